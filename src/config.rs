@@ -1,0 +1,547 @@
+//! `proxy.toml`: the configuration model, its defaults and its validation.
+//!
+//! Every table is `deny_unknown_fields`, so a typo is an error that names the file, line and key
+//! instead of a silently ignored setting.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration, as read from `proxy.toml` (or built from defaults and flags).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Store file, local certificate and key live here.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub upstream: Option<Upstream>,
+    #[serde(default)]
+    pub coi: Coi,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default, rename = "account")]
+    pub accounts: Vec<Account>,
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// Listening addresses; a missing key disables that listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Plain IMAP with STARTTLS offered.
+    pub imap: Option<SocketAddr>,
+    /// Implicit-TLS IMAP.
+    pub imaps: Option<SocketAddr>,
+    /// Submission with STARTTLS offered (served by a later version).
+    pub smtp: Option<SocketAddr>,
+    /// Implicit-TLS submission (served by a later version).
+    pub smtps: Option<SocketAddr>,
+    /// Whether LOGIN/AUTHENTICATE are allowed before TLS on the plain listener. Unset means:
+    /// allowed on loopback addresses only, where nobody can listen in.
+    pub plaintext_auth: Option<bool>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            imap: Some(SocketAddr::from(([127, 0, 0, 1], 1143))),
+            imaps: Some(SocketAddr::from(([127, 0, 0, 1], 1993))),
+            smtp: None,
+            smtps: None,
+            plaintext_auth: None,
+        }
+    }
+}
+
+impl Listen {
+    /// Whether plaintext authentication is allowed on a plain listener bound to `addr`.
+    pub fn plaintext_auth_allowed(&self, addr: &SocketAddr) -> bool {
+        self.plaintext_auth.unwrap_or_else(|| addr.ip().is_loopback())
+    }
+}
+
+/// A provider's servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub imap: String,
+    pub smtp: Option<String>,
+    /// An extra trust anchor (PEM) for a provider with a private CA or a self-signed certificate.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Coi {
+    #[serde(default = "default_mailbox_root")]
+    pub mailbox_root: String,
+}
+
+impl Default for Coi {
+    fn default() -> Self {
+        Coi { mailbox_root: default_mailbox_root() }
+    }
+}
+
+/// Bounds on everything a peer controls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Longest command line a client may send (bytes, literals excluded).
+    #[serde(default = "default_max_line")]
+    pub max_line: usize,
+    /// Largest literal (e.g. an APPENDed message) a client may send after login.
+    #[serde(default = "default_max_literal")]
+    pub max_literal: u64,
+    /// Seconds a client may take to log in.
+    #[serde(default = "default_login_timeout")]
+    pub login_timeout_secs: u64,
+    /// Seconds of client silence after which an authenticated session is logged out
+    /// (RFC 3501 5.4: at least 30 minutes).
+    #[serde(default = "default_autologout")]
+    pub autologout_secs: u64,
+    /// Seconds allowed for connecting to a provider (TCP, TLS and greeting).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line: default_max_line(),
+            max_literal: default_max_literal(),
+            login_timeout_secs: default_login_timeout(),
+            autologout_secs: default_autologout(),
+            connect_timeout_secs: default_connect_timeout(),
+        }
+    }
+}
+
+impl Limits {
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_secs(self.login_timeout_secs)
+    }
+    pub fn autologout(&self) -> Duration {
+        Duration::from_secs(self.autologout_secs)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+}
+
+/// A per-login or per-domain provider override.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    pub login: Option<String>,
+    pub domain: Option<String>,
+    pub imap: Option<String>,
+    pub smtp: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    /// Lets the account worker log in with no client connected (used by later versions).
+    pub password_command: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// A `RUST_LOG`-style filter, e.g. `info` or `coi_proxy=debug`.
+    pub filter: Option<String>,
+}
+
+fn default_state_dir() -> PathBuf {
+    default_state_dir_for_user()
+}
+fn default_mailbox_root() -> String {
+    "COI".into()
+}
+fn default_max_line() -> usize {
+    64 * 1024
+}
+fn default_max_literal() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_login_timeout() -> u64 {
+    60
+}
+fn default_autologout() -> u64 {
+    30 * 60
+}
+fn default_connect_timeout() -> u64 {
+    15
+}
+
+/// `$XDG_DATA_HOME/coi-proxy`, else `~/.local/share/coi-proxy`; `/var/lib/coi-proxy` for a
+/// user without a home.
+pub fn default_state_dir_for_user() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("coi-proxy");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/share/coi-proxy");
+    }
+    PathBuf::from("/var/lib/coi-proxy")
+}
+
+/// Where `run` and `check` look for a config file when none is given.
+pub fn default_config_paths() -> Vec<PathBuf> {
+    let mut paths = vec![PathBuf::from("proxy.toml")];
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        paths.push(PathBuf::from(dir).join("coi-proxy/proxy.toml"));
+    } else if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        paths.push(PathBuf::from(home).join(".config/coi-proxy/proxy.toml"));
+    }
+    paths.push(PathBuf::from("/etc/coi-proxy/proxy.toml"));
+    paths
+}
+
+/// A configuration problem, worded for the person who edits the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {key}{message}")]
+    Syntax { path: PathBuf, line: usize, column: usize, key: String, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+impl Config {
+    /// A configuration with every default and no provider (one may come from `--upstream`).
+    pub fn defaults() -> Config {
+        toml::from_str("").expect("the empty config is valid")
+    }
+
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: URLs, account selectors. Returns the offending key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if let Some(up) = &self.upstream {
+            ServerUrl::parse_imap(&up.imap).map_err(|m| ("upstream.imap".to_string(), m))?;
+            if let Some(smtp) = &up.smtp {
+                ServerUrl::parse_smtp(smtp).map_err(|m| ("upstream.smtp".to_string(), m))?;
+            }
+        }
+        for (i, account) in self.accounts.iter().enumerate() {
+            let key = |k: &str| format!("account[{i}].{k}");
+            match (&account.login, &account.domain) {
+                (None, None) => {
+                    return Err((key("login"), "an [[account]] needs `login` or `domain`".into()));
+                }
+                (Some(_), Some(_)) => {
+                    return Err((key("domain"), "give either `login` or `domain`, not both".into()));
+                }
+                _ => {}
+            }
+            if let Some(imap) = &account.imap {
+                ServerUrl::parse_imap(imap).map_err(|m| (key("imap"), m))?;
+            }
+            if let Some(smtp) = &account.smtp {
+                ServerUrl::parse_smtp(smtp).map_err(|m| (key("smtp"), m))?;
+            }
+            if account.imap.is_none() && self.upstream.is_none() {
+                return Err((key("imap"), "no `imap` here and no [upstream] to fall back on".into()));
+            }
+        }
+        if self.limits.max_line < 1024 {
+            return Err(("limits.max_line".into(), "must be at least 1024".into()));
+        }
+        if self.limits.autologout_secs < 30 * 60 {
+            return Err((
+                "limits.autologout_secs".into(),
+                "RFC 3501 requires at least 1800 seconds".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The IMAP provider for a login: an `[[account]]` whose `login` matches, then one whose
+    /// `domain` matches, then `[upstream]`.
+    pub fn provider_for(&self, login: &str) -> Option<Provider> {
+        let domain = login.rsplit_once('@').map(|(_, d)| d);
+        let by_login = self
+            .accounts
+            .iter()
+            .find(|a| a.login.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(login)));
+        let by_domain = || {
+            self.accounts.iter().find(|a| {
+                a.domain.as_deref().zip(domain).is_some_and(|(a, d)| a.eq_ignore_ascii_case(d))
+            })
+        };
+        let upstream = self.upstream.as_ref();
+        match by_login.or_else(by_domain) {
+            Some(account) => {
+                let imap = account.imap.as_deref().or(upstream.map(|u| u.imap.as_str()))?;
+                Some(Provider {
+                    imap: ServerUrl::parse_imap(imap).ok()?,
+                    ca_file: account.ca_file.clone().or(upstream.and_then(|u| u.ca_file.clone())),
+                })
+            }
+            None => {
+                let u = upstream?;
+                Some(Provider { imap: ServerUrl::parse_imap(&u.imap).ok()?, ca_file: u.ca_file.clone() })
+            }
+        }
+    }
+
+    /// Every distinct IMAP provider named in the config (for `check`).
+    pub fn providers(&self) -> Vec<Provider> {
+        let mut out: Vec<Provider> = Vec::new();
+        let upstream = self.upstream.iter().map(|u| (u.imap.as_str(), u.ca_file.clone()));
+        let accounts = self.accounts.iter().filter_map(|a| {
+            let ca = a.ca_file.clone().or(self.upstream.as_ref().and_then(|u| u.ca_file.clone()));
+            a.imap.as_deref().map(|i| (i, ca))
+        });
+        for (url, ca_file) in upstream.chain(accounts) {
+            if let Ok(imap) = ServerUrl::parse_imap(url) {
+                let p = Provider { imap, ca_file };
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Where one login's IMAP traffic goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    pub imap: ServerUrl,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How to secure a connection to a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// TLS from the first byte (imaps://, smtps://).
+    Implicit,
+    /// Plain, then STARTTLS before anything else.
+    StartTls,
+    /// No TLS at all; only allowed to loopback addresses.
+    Plain,
+}
+
+/// A parsed `imaps://host:port`-style provider address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    pub security: Security,
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        write!(f, "{host}:{}", self.port)
+    }
+}
+
+impl ServerUrl {
+    pub fn parse_imap(url: &str) -> Result<ServerUrl, String> {
+        ServerUrl::parse(url, &[("imaps", Security::Implicit, 993), ("imap+starttls", Security::StartTls, 143), ("imap", Security::Plain, 143)])
+    }
+
+    pub fn parse_smtp(url: &str) -> Result<ServerUrl, String> {
+        ServerUrl::parse(url, &[("smtps", Security::Implicit, 465), ("smtp+starttls", Security::StartTls, 587), ("smtp", Security::Plain, 587)])
+    }
+
+    fn parse(url: &str, schemes: &[(&str, Security, u16)]) -> Result<ServerUrl, String> {
+        let known = || schemes.iter().map(|s| format!("{}://", s.0)).collect::<Vec<_>>().join(", ");
+        let (scheme, rest) =
+            url.split_once("://").ok_or_else(|| format!("`{url}` is not a URL; use one of {}", known()))?;
+        let &(_, security, default_port) = schemes
+            .iter()
+            .find(|s| s.0.eq_ignore_ascii_case(scheme))
+            .ok_or_else(|| format!("unknown scheme `{scheme}://`; use one of {}", known()))?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or("unclosed `[` in IPv6 address")?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() || host.contains('/') || host.contains('@') {
+            return Err(format!("`{url}` needs a host name and nothing else (e.g. {}://mail.example.org)", schemes[0].0));
+        }
+        let port = match port {
+            Some(p) => p.parse::<u16>().map_err(|_| format!("`{p}` is not a port number"))?,
+            None => default_port,
+        };
+        let parsed = ServerUrl { security, host: host.to_string(), port };
+        if security == Security::Plain && !parsed.is_loopback() {
+            return Err(format!(
+                "`{url}` would send passwords unencrypted over the network; plain connections are \
+                 allowed to loopback addresses only (use {}:// or {}://)",
+                schemes[0].0, schemes[1].0
+            ));
+        }
+        Ok(parsed)
+    }
+
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+fn syntax_error(text: &str, path: &Path, err: &toml::de::Error) -> ConfigError {
+    let (line, column) = match err.span() {
+        Some(span) => line_column(text, span.start),
+        None => (0, 0),
+    };
+    let message = err.message().trim().to_string();
+    let key = key_at(text, err.span().map(|s| s.start).unwrap_or(0));
+    ConfigError::Syntax { path: path.to_owned(), line, column, key, message }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The dotted key of the line an error points at (`listen.imap`), as a prefix for the message.
+fn key_at(text: &str, offset: usize) -> String {
+    let mut table = String::new();
+    let mut key = String::new();
+    let mut pos = 0;
+    for raw in text.split_inclusive('\n') {
+        let line = raw.trim();
+        if line.starts_with('[') {
+            table = line.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            key.clear();
+        } else if let Some((k, _)) = line.split_once('=') {
+            if !line.starts_with('#') {
+                key = k.trim().to_string();
+            }
+        }
+        pos += raw.len();
+        if pos > offset {
+            break;
+        }
+    }
+    match (table.is_empty(), key.is_empty()) {
+        (_, true) if table.is_empty() => String::new(),
+        (_, true) => format!("[{table}]: "),
+        (true, false) => format!("{key}: "),
+        (false, false) => format!("{table}.{key}: "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("proxy.toml"))
+    }
+
+    #[test]
+    fn empty_config_has_loopback_listeners() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen.imap.unwrap().to_string(), "127.0.0.1:1143");
+        assert_eq!(c.listen.imaps.unwrap().to_string(), "127.0.0.1:1993");
+        assert!(c.upstream.is_none());
+        assert_eq!(c.coi.mailbox_root, "COI");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("[listen]\nimap = \"127.0.0.1:1143\"\nimapp = \"x\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("proxy.toml:3:1: listen.imapp: unknown field `imapp`"), "{err}");
+    }
+
+    #[test]
+    fn bad_type_names_key() {
+        let err = parse("[limits]\nmax_line = \"big\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("proxy.toml:2:"), "{err}");
+        assert!(err.contains("limits.max_line"), "{err}");
+    }
+
+    #[test]
+    fn plain_upstream_only_to_loopback() {
+        assert!(ServerUrl::parse_imap("imap://127.0.0.1:143").is_ok());
+        assert!(ServerUrl::parse_imap("imap://localhost").is_ok());
+        assert!(ServerUrl::parse_imap("imap://[::1]:10143").is_ok());
+        let err = ServerUrl::parse_imap("imap://mail.example.org").unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
+        let err = parse("[upstream]\nimap = \"imap://mail.example.org\"\n").unwrap_err().to_string();
+        assert!(err.contains("upstream.imap"), "{err}");
+    }
+
+    #[test]
+    fn urls_parse_with_default_ports() {
+        let u = ServerUrl::parse_imap("imaps://imap.example.org").unwrap();
+        assert_eq!((u.security, u.host.as_str(), u.port), (Security::Implicit, "imap.example.org", 993));
+        let u = ServerUrl::parse_imap("imap+starttls://imap.example.org:10143/").unwrap();
+        assert_eq!((u.security, u.port), (Security::StartTls, 10143));
+        assert!(ServerUrl::parse_imap("pop3://x").unwrap_err().contains("unknown scheme"));
+        assert!(ServerUrl::parse_imap("imaps://x:99999").is_err());
+        assert!(ServerUrl::parse_smtp("smtps://smtp.example.org").unwrap().port == 465);
+    }
+
+    #[test]
+    fn routing_login_then_domain_then_upstream() {
+        let c = parse(
+            r#"
+            [upstream]
+            imap = "imaps://default.example:993"
+            [[account]]
+            domain = "example.net"
+            imap = "imaps://net.example:993"
+            [[account]]
+            login = "Alice@example.net"
+            imap = "imaps://alice.example:993"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.provider_for("alice@EXAMPLE.net").unwrap().imap.host, "alice.example");
+        assert_eq!(c.provider_for("bob@example.net").unwrap().imap.host, "net.example");
+        assert_eq!(c.provider_for("carol@example.org").unwrap().imap.host, "default.example");
+        assert_eq!(c.providers().len(), 3);
+    }
+
+    #[test]
+    fn account_needs_a_selector_and_a_provider() {
+        let err = parse("[[account]]\nimap = \"imaps://x\"\n").unwrap_err().to_string();
+        assert!(err.contains("account[0].login"), "{err}");
+        let err = parse("[[account]]\nlogin = \"a@b\"\n").unwrap_err().to_string();
+        assert!(err.contains("no [upstream]"), "{err}");
+    }
+
+    #[test]
+    fn plaintext_auth_default_follows_address() {
+        let l = Listen::default();
+        assert!(l.plaintext_auth_allowed(&"127.0.0.1:1143".parse().unwrap()));
+        assert!(!l.plaintext_auth_allowed(&"0.0.0.0:1143".parse().unwrap()));
+        assert!(!l.plaintext_auth_allowed(&"192.0.2.1:1143".parse().unwrap()));
+    }
+}

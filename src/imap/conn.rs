@@ -1,0 +1,134 @@
+//! A buffered IMAP connection for the phases where whole messages are read (before login, and the
+//! proxy's own exchanges with a provider). The relay takes the stream and the buffer over after
+//! login and streams from then on.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::framing::{Fragment, Framer};
+use crate::net::Stream;
+
+/// Read size; also the granularity in which literals are relayed.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+pub struct Conn {
+    pub stream: Stream,
+    /// Bytes read but not yet consumed.
+    pub buf: BytesMut,
+    pub framer: Framer,
+}
+
+/// Why no whole message could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The peer closed the connection between messages.
+    #[error("connection closed")]
+    Eof,
+    /// The peer closed the connection in the middle of a message.
+    #[error("connection closed in the middle of a message")]
+    Truncated,
+    /// The message was longer than allowed; it was read and discarded, except for a refused
+    /// synchronizing literal, which the peer never sends. `tag` is what the message began with.
+    #[error("message too long")]
+    TooLong { tag: Vec<u8>, literal: bool },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Conn {
+    pub fn new(stream: Stream, max_line: usize) -> Conn {
+        Conn { stream, buf: BytesMut::with_capacity(1024), framer: Framer::new(max_line) }
+    }
+
+    /// Reads more bytes into the buffer; 0 means end of stream.
+    pub async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 512 {
+            self.buf.reserve(READ_CHUNK.max(self.buf.len()));
+        }
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Reads one whole command or response, literals inline, of at most `limit` bytes. When a
+    /// synchronizing literal is announced and `continuation` is given, it is sent so the peer goes
+    /// on (that is the server's role; a client reading responses passes `None`).
+    pub async fn read_message(&mut self, limit: usize, continuation: Option<&[u8]>) -> Result<Vec<u8>, ReadError> {
+        let mut msg = Vec::new();
+        let mut too_long: Option<Vec<u8>> = None;
+        loop {
+            while let Some(fragment) = self.framer.next(&self.buf) {
+                match fragment {
+                    Fragment::Line { len, literal, .. } => {
+                        if too_long.is_none() && msg.len() + len > limit {
+                            too_long = Some(tag_of(if msg.is_empty() { &self.buf[..len] } else { &msg }));
+                        }
+                        if too_long.is_none() {
+                            msg.extend_from_slice(&self.buf[..len]);
+                        }
+                        self.buf.advance(len);
+                        match literal {
+                            None => return too_long.map_or(Ok(msg), |tag| Err(ReadError::TooLong { tag, literal: false })),
+                            Some(lit) if too_long.is_none() && (msg.len() as u64).saturating_add(lit.len) > limit as u64 => {
+                                let tag = tag_of(&msg);
+                                if lit.sync {
+                                    // RFC 3501 7.5: refusing instead of sending "+" means the
+                                    // client never sends the literal.
+                                    self.framer.cancel_literal();
+                                    return Err(ReadError::TooLong { tag, literal: true });
+                                }
+                                too_long = Some(tag);
+                            }
+                            Some(lit) if lit.sync && too_long.is_none() => {
+                                if let Some(c) = continuation {
+                                    self.write(c).await?;
+                                }
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    Fragment::LiteralData { len, .. } => {
+                        if too_long.is_none() {
+                            msg.extend_from_slice(&self.buf[..len]);
+                        }
+                        self.buf.advance(len);
+                    }
+                    Fragment::Overlong { len, start, end, literal, .. } => {
+                        if start && too_long.is_none() {
+                            too_long = Some(tag_of(if msg.is_empty() { &self.buf[..len] } else { &msg }));
+                        }
+                        self.buf.advance(len);
+                        if end {
+                            match literal {
+                                Some(lit) if lit.sync => {
+                                    self.framer.cancel_literal();
+                                    return Err(ReadError::TooLong { tag: too_long.unwrap_or_default(), literal: true });
+                                }
+                                Some(_) => {}
+                                None => return Err(ReadError::TooLong { tag: too_long.unwrap_or_default(), literal: false }),
+                            }
+                        }
+                    }
+                }
+            }
+            if self.fill().await? == 0 {
+                let idle = msg.is_empty() && self.buf.is_empty() && too_long.is_none() && self.framer.at_message_start();
+                return Err(if idle { ReadError::Eof } else { ReadError::Truncated });
+            }
+        }
+    }
+}
+
+/// The tag a message starts with, if it has a plausible one.
+fn tag_of(msg: &[u8]) -> Vec<u8> {
+    let end = msg.iter().position(|&b| b == b' ' || b == b'\r' || b == b'\n').unwrap_or(msg.len());
+    let tag = &msg[..end.min(64)];
+    if !tag.is_empty() && tag.iter().all(|&b| super::command::is_atom_char(b) && b != b'+') {
+        tag.to_vec()
+    } else {
+        Vec::new()
+    }
+}

@@ -1,0 +1,10 @@
+//! IMAP: framing, the few commands the proxy parses, capabilities, provider connections, and
+//! the client session with its relay.
+
+pub mod capability;
+pub mod command;
+pub mod conn;
+pub mod framing;
+pub mod relay;
+pub mod session;
+pub mod upstream;

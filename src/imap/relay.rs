@@ -1,0 +1,358 @@
+//! The authenticated phase: client and provider bytes relayed both ways, byte-exactly, as a
+//! streaming copy.
+//!
+//! Each direction runs as its own future so that neither can block the other (a client sending
+//! a large APPEND while the provider streams a large FETCH must not deadlock). Only the
+//! response direction writes to the client; when the command direction must answer the client
+//! itself (a refused command), it hands the response over a channel and the response direction
+//! writes it between two provider responses, never inside one.
+
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, watch};
+
+use super::capability;
+use super::command;
+use super::conn::{Conn, READ_CHUNK};
+use super::framing::{Fragment, Framer, Literal};
+use crate::net::Stream;
+
+/// What the relay needs to know about its session.
+pub struct RelayOptions {
+    pub max_literal: u64,
+    pub autologout: Duration,
+    /// Capabilities the proxy adds to the provider's.
+    pub extra_capabilities: Vec<&'static str>,
+}
+
+/// Why a relay ended, for the session's log line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RelayEnd {
+    ClientClosed,
+    ProviderClosed,
+    /// The proxy ended the session with a `* BYE` (reason given).
+    Bye(&'static str),
+    Shutdown,
+    ClientError(String),
+    ProviderError(String),
+}
+
+/// Byte counts for the session's log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Traffic {
+    pub from_client: u64,
+    pub from_provider: u64,
+}
+
+/// A message from the command direction to the response direction.
+enum ToClient {
+    /// A complete response the proxy makes itself.
+    Response(Vec<u8>),
+    /// A final `* BYE` line; the session ends after it.
+    Bye(Vec<u8>, &'static str),
+}
+
+/// Relays until either side closes, the proxy says BYE, or shutdown is signalled.
+pub async fn run(client: Conn, upstream: Conn, opts: RelayOptions, mut shutdown: watch::Receiver<bool>) -> (RelayEnd, Traffic) {
+    let (client_read, client_write) = tokio::io::split(client.stream);
+    let (up_read, up_write) = tokio::io::split(upstream.stream);
+    let (tx, rx) = mpsc::channel(16);
+    let (mut from_client, mut from_provider) = (0, 0);
+    let end = {
+        let commands = commands(client_read, client.buf, client.framer, up_write, tx, &opts, &mut from_client);
+        let responses = responses(up_read, upstream.buf, upstream.framer, client_write, rx, &opts, &mut shutdown, &mut from_provider);
+        tokio::pin!(commands, responses);
+        tokio::select! {
+            end = &mut commands => match end {
+                // The response direction is still writing the BYE: give it a moment to finish.
+                CommandsEnd::Handover => tokio::time::timeout(Duration::from_secs(5), &mut responses)
+                    .await
+                    .unwrap_or(RelayEnd::Bye("timed out while saying BYE")),
+                CommandsEnd::Ended(end) => end,
+            },
+            end = &mut responses => end,
+        }
+    };
+    (end, Traffic { from_client, from_provider })
+}
+
+enum CommandsEnd {
+    Ended(RelayEnd),
+    /// A BYE was handed to the response direction, which ends the session.
+    Handover,
+}
+
+/// Client → provider.
+async fn commands(
+    mut read: ReadHalf<Stream>,
+    mut buf: BytesMut,
+    mut framer: Framer,
+    mut write: WriteHalf<Stream>,
+    to_client: mpsc::Sender<ToClient>,
+    opts: &RelayOptions,
+    counted: &mut u64,
+) -> CommandsEnd {
+    let mut out = Output::default();
+    // The rest of the current command is being dropped (it was refused).
+    let mut discarding = false;
+    // Part of the current command has already gone to the provider.
+    let mut forwarded = false;
+    let mut tag: Vec<u8> = Vec::new();
+    loop {
+        let mut pos = 0;
+        while let Some(fragment) = framer.next(&buf[pos..]) {
+            let (start, len) = (pos, fragment_len(&fragment));
+            pos += len;
+            let bytes = &buf[start..pos];
+            match fragment {
+                Fragment::Line { first, literal, .. } => {
+                    if first {
+                        discarding = false;
+                        forwarded = false;
+                        tag = command::head(bytes).map(|(t, _)| t.to_vec()).unwrap_or_default();
+                        if let Some(reply) = refuse_command(bytes) {
+                            discarding = true;
+                                                        if to_client.send(ToClient::Response(reply)).await.is_err() {
+                                return CommandsEnd::Ended(RelayEnd::ClientClosed);
+                            }
+                        }
+                    }
+                    if discarding {
+                                                if literal.is_some_and(|l| l.sync) {
+                            framer.cancel_literal();
+                        }
+                        continue;
+                    }
+                    if let Some(lit) = literal.filter(|l| l.len > opts.max_literal) {
+                                                if forwarded {
+                            let bye = format!("* BYE [TOOBIG] Literal of {} bytes exceeds the limit of {} bytes\r\n", lit.len, opts.max_literal);
+                            let _ = to_client.send(ToClient::Bye(bye.into_bytes(), "literal too big")).await;
+                            return CommandsEnd::Handover;
+                        }
+                        let reply = too_big(&tag, lit, opts.max_literal);
+                        if lit.sync {
+                            framer.cancel_literal();
+                        } else {
+                            discarding = true;
+                        }
+                        if to_client.send(ToClient::Response(reply)).await.is_err() {
+                            return CommandsEnd::Ended(RelayEnd::ClientClosed);
+                        }
+                        continue;
+                    }
+                    out.pass(&buf, start, pos);
+                    forwarded = true;
+                }
+                Fragment::LiteralData { .. } => {
+                    if discarding {
+                                            } else {
+                        out.pass(&buf, start, pos);
+                    }
+                }
+                Fragment::Overlong { start: line_start, first, end, literal, .. } => {
+                                        if line_start && !first {
+                        let bye = b"* BYE Command line too long\r\n".to_vec();
+                        let _ = to_client.send(ToClient::Bye(bye, "command line too long")).await;
+                        return CommandsEnd::Handover;
+                    }
+                    if line_start {
+                        tag = command::head(bytes).map(|(t, _)| t.to_vec()).unwrap_or_default();
+                        discarding = true;
+                        let reply = tagged_or_untagged(&tag, "BAD Command line too long");
+                        if to_client.send(ToClient::Response(reply)).await.is_err() {
+                            return CommandsEnd::Ended(RelayEnd::ClientClosed);
+                        }
+                    }
+                    if end && literal.is_some_and(|l| l.sync) {
+                        framer.cancel_literal();
+                    }
+                }
+            }
+        }
+        if let Err(e) = out.write_to(&mut write, &buf[..pos]).await {
+            return CommandsEnd::Ended(RelayEnd::ProviderError(e.to_string()));
+        }
+        buf.advance(pos);
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        match tokio::time::timeout(opts.autologout, read.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => return CommandsEnd::Ended(RelayEnd::ClientClosed),
+            Ok(Ok(n)) => *counted += n as u64,
+            Ok(Err(e)) => return CommandsEnd::Ended(RelayEnd::ClientError(e.to_string())),
+            Err(_) => {
+                let bye = b"* BYE Autologout; idle for too long\r\n".to_vec();
+                let _ = to_client.send(ToClient::Bye(bye, "autologout")).await;
+                return CommandsEnd::Handover;
+            }
+        }
+    }
+}
+
+/// Provider → client.
+#[allow(clippy::too_many_arguments)]
+async fn responses(
+    mut read: ReadHalf<Stream>,
+    mut buf: BytesMut,
+    mut framer: Framer,
+    mut write: WriteHalf<Stream>,
+    mut from_commands: mpsc::Receiver<ToClient>,
+    opts: &RelayOptions,
+    shutdown: &mut watch::Receiver<bool>,
+    counted: &mut u64,
+) -> RelayEnd {
+    let mut out = Output::default();
+    let mut provider_said_bye = false;
+    let mut shutting_down = *shutdown.borrow();
+    loop {
+        if shutting_down && framer.at_message_start() {
+            let _ = write_flush(&mut write, b"* BYE coi-proxy is shutting down\r\n").await;
+            return RelayEnd::Shutdown;
+        }
+        tokio::select! {
+            biased;
+            msg = from_commands.recv(), if framer.at_message_start() => match msg {
+                Some(ToClient::Response(bytes)) => {
+                    if let Err(e) = write_flush(&mut write, &bytes).await {
+                        return RelayEnd::ClientError(e.to_string());
+                    }
+                }
+                Some(ToClient::Bye(bytes, why)) => {
+                    let _ = write_flush(&mut write, &bytes).await;
+                    return RelayEnd::Bye(why);
+                }
+                None => return RelayEnd::ClientClosed,
+            },
+            _ = shutdown.changed(), if !shutting_down => shutting_down = true,
+            read = async {
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(READ_CHUNK);
+                }
+                read.read_buf(&mut buf).await
+            } => {
+                let n = match read {
+                    Ok(0) => {
+                        if !provider_said_bye && framer.at_message_start() {
+                            let _ = write_flush(&mut write, b"* BYE [UNAVAILABLE] The provider closed the connection\r\n").await;
+                        }
+                        return RelayEnd::ProviderClosed;
+                    }
+                    Ok(n) => n,
+                    Err(e) => {
+                        if framer.at_message_start() {
+                            let bye = format!("* BYE [UNAVAILABLE] Lost the connection to the provider: {e}\r\n");
+                            let _ = write_flush(&mut write, bye.as_bytes()).await;
+                        }
+                        return RelayEnd::ProviderError(e.to_string());
+                    }
+                };
+                *counted += n as u64;
+                let mut pos = 0;
+                while let Some(fragment) = framer.next(&buf[pos..]) {
+                    let (start, len) = (pos, fragment_len(&fragment));
+                    pos += len;
+                    let bytes = &buf[start..pos];
+                    if let Fragment::Line { first: true, .. } = fragment {
+                        if bytes.starts_with(b"* BYE") {
+                            provider_said_bye = true;
+                        }
+                        if let Some(rewritten) = capability::rewrite_response(bytes, &opts.extra_capabilities) {
+                            out.push(&buf, &rewritten);
+                            continue;
+                        }
+                    }
+                    out.pass(&buf, start, pos);
+                }
+                if let Err(e) = out.write_to(&mut write, &buf[..pos]).await {
+                    return RelayEnd::ClientError(e.to_string());
+                }
+                buf.advance(pos);
+            }
+        }
+    }
+}
+
+fn fragment_len(f: &Fragment) -> usize {
+    match *f {
+        Fragment::Line { len, .. } | Fragment::LiteralData { len, .. } | Fragment::Overlong { len, .. } => len,
+    }
+}
+
+/// Commands the proxy answers itself instead of relaying, with the answer.
+fn refuse_command(line: &[u8]) -> Option<Vec<u8>> {
+    let (tag, name) = command::head(line)?;
+    let reply = if name.eq_ignore_ascii_case(b"COMPRESS") {
+        "NO [CANNOT] COMPRESS is not available through coi-proxy"
+    } else if name.eq_ignore_ascii_case(b"STARTTLS") {
+        "BAD STARTTLS is only valid before login"
+    } else {
+        return None;
+    };
+    Some(tagged_or_untagged(tag, reply))
+}
+
+fn too_big(tag: &[u8], lit: Literal, max: u64) -> Vec<u8> {
+    let status = if lit.sync { "NO" } else { "BAD" };
+    tagged_or_untagged(tag, &format!("{status} [TOOBIG] Literal of {} bytes exceeds the limit of {max} bytes", lit.len))
+}
+
+fn tagged_or_untagged(tag: &[u8], text: &str) -> Vec<u8> {
+    let tag: &[u8] = if tag.is_empty() { b"*" } else { tag };
+    [tag, b" ", text.as_bytes(), b"\r\n"].concat()
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+/// What one pass over the read buffer sends on: a run of unchanged input is written straight
+/// from the read buffer (no copy); only once something is rewritten or dropped is the output
+/// assembled in a second buffer.
+#[derive(Default)]
+struct Output {
+    assembled: Vec<u8>,
+    /// Unchanged input bytes `start..end` of the read buffer, not yet copied anywhere.
+    run: Option<(usize, usize)>,
+}
+
+impl Output {
+    /// Sends `buf[start..end]` on unchanged.
+    fn pass(&mut self, buf: &[u8], start: usize, end: usize) {
+        match self.run {
+            Some((s, e)) if e == start => self.run = Some((s, end)),
+            Some((s, e)) => {
+                // Something between the runs was dropped.
+                self.assembled.extend_from_slice(&buf[s..e]);
+                self.run = Some((start, end));
+            }
+            None => self.run = Some((start, end)),
+        }
+    }
+
+    /// Sends `bytes` in place of the fragment just framed.
+    fn push(&mut self, buf: &[u8], bytes: &[u8]) {
+        if let Some((s, e)) = self.run.take() {
+            self.assembled.extend_from_slice(&buf[s..e]);
+        }
+        self.assembled.extend_from_slice(bytes);
+    }
+
+    async fn write_to<W: AsyncWrite + Unpin>(&mut self, w: &mut W, buf: &[u8]) -> std::io::Result<()> {
+        let run = self.run.take();
+        if self.assembled.is_empty() {
+            return match run {
+                Some((s, e)) => write_flush(w, &buf[s..e]).await,
+                None => Ok(()),
+            };
+        }
+        if let Some((s, e)) = run {
+            self.assembled.extend_from_slice(&buf[s..e]);
+        }
+        let result = write_flush(w, &self.assembled).await;
+        self.assembled.clear();
+        result
+    }
+}

@@ -1,0 +1,435 @@
+//! One client connection, from greeting to logout.
+//!
+//! Before login the proxy speaks for itself: greeting, CAPABILITY, STARTTLS, NOOP, ID, LOGOUT,
+//! and LOGIN / AUTHENTICATE, which pick the provider by login name and log in there with the
+//! same credentials. After a successful login the session becomes a [`relay`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use base64::Engine;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::capability;
+use super::command::{self, Arg, Command};
+use super::conn::{Conn, ReadError};
+use super::relay::{self, RelayOptions};
+use super::upstream::{AuthOutcome, Upstream};
+use crate::net::Stream;
+use crate::secret::Secret;
+use crate::server::Shared;
+
+/// Largest command accepted before login (LOGIN with two literals fits easily).
+const PRE_LOGIN_LIMIT: usize = 16 * 1024;
+/// Failed logins allowed on one connection before it is closed.
+const MAX_AUTH_FAILURES: u32 = 3;
+
+/// How a listener's connections begin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Plain, STARTTLS offered.
+    Imap,
+    /// TLS from the first byte.
+    Imaps,
+}
+
+/// What a session needs to know about the listener it came from.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    pub kind: ListenerKind,
+    pub addr: SocketAddr,
+    pub plaintext_auth: bool,
+}
+
+static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Serves one client connection until it ends.
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listener: ListenerInfo, shutdown: watch::Receiver<bool>) {
+    let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("session", id, client = %peer, login = tracing::field::Empty, provider = tracing::field::Empty);
+    async move {
+        debug!(listener = %listener.addr, "connected");
+        let started = Instant::now();
+        let _ = tcp.set_nodelay(true);
+        let mut session = Session { shared, listener, shutdown, client_id: None, auth_failures: 0 };
+        let outcome = session.run(tcp).await;
+        info!(outcome = %outcome, secs = started.elapsed().as_secs(), "session ended");
+    }
+    .instrument(span)
+    .await
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    listener: ListenerInfo,
+    shutdown: watch::Receiver<bool>,
+    /// The client's `ID` name, e.g. `Delta Chat`.
+    client_id: Option<String>,
+    auth_failures: u32,
+}
+
+/// What the pre-login phase ended with.
+enum PreLogin {
+    LoggedIn(Conn, Upstream),
+    Ended(String),
+}
+
+impl Session {
+    async fn run(&mut self, tcp: TcpStream) -> String {
+        let limits = self.shared.config.limits.clone();
+        let stream = match self.listener.kind {
+            ListenerKind::Imaps => match tokio::time::timeout(limits.login_timeout(), self.shared.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => Stream::ServerTls(Box::new(tls)),
+                Ok(Err(e)) => return format!("TLS handshake failed: {e}"),
+                Err(_) => return "TLS handshake timed out".into(),
+            },
+            ListenerKind::Imap => Stream::Plain(tcp),
+        };
+        let mut conn = Conn::new(stream, limits.max_line);
+        let pre = tokio::time::timeout(limits.login_timeout(), self.pre_login(&mut conn)).await;
+        let (conn, upstream) = match pre {
+            Ok(PreLogin::LoggedIn(conn, upstream)) => (conn, upstream),
+            Ok(PreLogin::Ended(why)) => return why,
+            Err(_) => {
+                let _ = conn.write(b"* BYE Login timed out\r\n").await;
+                return "login timed out".into();
+            }
+        };
+        let opts = RelayOptions { max_literal: limits.max_literal, autologout: limits.autologout(), extra_capabilities: Vec::new() };
+        let (end, traffic) = relay::run(conn, upstream.conn, opts, self.shutdown.clone()).await;
+        format!("{end:?}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider)
+    }
+
+    fn tls_active(conn: &Conn) -> bool {
+        conn.stream.is_tls()
+    }
+
+    fn greeting(&self, conn: &Conn) -> Vec<u8> {
+        let caps = capability::pre_login(Self::tls_active(conn), self.listener.plaintext_auth);
+        format!("* OK [CAPABILITY {caps}] coi-proxy ready.\r\n").into_bytes()
+    }
+
+    async fn pre_login(&mut self, conn: &mut Conn) -> PreLogin {
+        let greeting = self.greeting(conn);
+        if conn.write(&greeting).await.is_err() {
+            return PreLogin::Ended("client left before the greeting".into());
+        }
+        if self.listener.kind == ListenerKind::Imap {
+            match conn.fill().await {
+                Ok(0) | Err(_) => return PreLogin::Ended("client left without a command".into()),
+                Ok(_) if conn.buf[0] == 0x16 => {
+                    // A TLS ClientHello: the client is set to SSL/TLS on the STARTTLS port.
+                    warn!(
+                        "client started TLS on the plain IMAP port {}; set the client to STARTTLS here, or to SSL/TLS on the imaps port",
+                        self.listener.addr
+                    );
+                    return PreLogin::Ended("TLS spoken on the plain port".into());
+                }
+                Ok(_) => {}
+            }
+        }
+        loop {
+            if *self.shutdown.borrow() {
+                let _ = conn.write(b"* BYE coi-proxy is shutting down\r\n").await;
+                return PreLogin::Ended("shutdown".into());
+            }
+            let read = tokio::select! {
+                read = conn.read_message(PRE_LOGIN_LIMIT, Some(b"+ Ready for literal data\r\n")) => read,
+                _ = self.shutdown.changed() => continue,
+            };
+            let msg = match read {
+                Ok(msg) => msg,
+                Err(ReadError::TooLong { tag, .. }) => {
+                    let tag = if tag.is_empty() { "*".to_string() } else { String::from_utf8_lossy(&tag).into_owned() };
+                    if conn.write(format!("{tag} BAD Command too long\r\n").as_bytes()).await.is_err() {
+                        return PreLogin::Ended("client left".into());
+                    }
+                    continue;
+                }
+                Err(ReadError::Eof) => return PreLogin::Ended("client closed the connection before login".into()),
+                Err(e) => return PreLogin::Ended(format!("client connection failed before login: {e}")),
+            };
+            // The raw command may hold a password: wiped when dropped.
+            let msg = Secret::new(msg);
+            let cmd = match command::parse(msg.expose()) {
+                Ok(cmd) => cmd,
+                Err(e) => {
+                    let tag = command::head(msg.expose()).map(|(t, _)| String::from_utf8_lossy(t).into_owned());
+                    let reply = format!("{} BAD {e}\r\n", tag.as_deref().unwrap_or("*"));
+                    if conn.write(reply.as_bytes()).await.is_err() {
+                        return PreLogin::Ended("client left".into());
+                    }
+                    continue;
+                }
+            };
+            debug!(command = %cmd.name, "pre-login command");
+            match self.handle(conn, cmd).await {
+                Ok(None) => {}
+                Ok(Some(done)) => return done,
+                Err(e) => return PreLogin::Ended(format!("client connection failed before login: {e}")),
+            }
+        }
+    }
+
+    /// Handles one pre-login command; `Some` ends the pre-login phase.
+    async fn handle(&mut self, conn: &mut Conn, cmd: Command) -> std::io::Result<Option<PreLogin>> {
+        let tag = cmd.tag.as_str();
+        match cmd.name.as_str() {
+            "CAPABILITY" => {
+                let caps = capability::pre_login(Self::tls_active(conn), self.listener.plaintext_auth);
+                conn.write(format!("* CAPABILITY {caps}\r\n{tag} OK Capability completed.\r\n").as_bytes()).await?;
+            }
+            "NOOP" => conn.write(format!("{tag} OK NOOP completed.\r\n").as_bytes()).await?,
+            "ID" => {
+                self.client_id = client_name(&cmd.args);
+                if let Some(name) = &self.client_id {
+                    info!(client_name = %name, "client identified itself");
+                }
+                let version = env!("CARGO_PKG_VERSION");
+                conn.write(format!("* ID (\"name\" \"coi-proxy\" \"version\" \"{version}\")\r\n{tag} OK ID completed.\r\n").as_bytes())
+                    .await?;
+            }
+            "LOGOUT" => {
+                conn.write(format!("* BYE Logging out\r\n{tag} OK Logout completed.\r\n").as_bytes()).await?;
+                return Ok(Some(PreLogin::Ended("logged out before login".into())));
+            }
+            "STARTTLS" => return self.starttls(conn, tag).await,
+            "LOGIN" => {
+                let (Some(user), Some(pass), 2) = (cmd.args.first().and_then(Arg::astring), cmd.args.get(1).and_then(Arg::astring), cmd.args.len()) else {
+                    conn.write(format!("{tag} BAD LOGIN expects a user name and a password\r\n").as_bytes()).await?;
+                    return Ok(None);
+                };
+                let user = String::from_utf8_lossy(user).into_owned();
+                let pass = Secret::new(pass.to_vec());
+                drop(cmd.args);
+                return self.login(conn, &cmd.tag, user, pass).await;
+            }
+            "AUTHENTICATE" => return self.authenticate(conn, cmd).await,
+            "ENABLE" | "SELECT" | "EXAMINE" | "LIST" | "LSUB" | "STATUS" | "APPEND" | "CREATE" | "DELETE" | "RENAME"
+            | "SUBSCRIBE" | "UNSUBSCRIBE" | "NAMESPACE" | "GETMETADATA" | "SETMETADATA" | "IDLE" => {
+                conn.write(format!("{tag} BAD Log in first: {} is valid only after LOGIN\r\n", cmd.name).as_bytes()).await?;
+            }
+            other => {
+                let known = other.starts_with("UID ") || ["FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE", "CLOSE", "CHECK"].contains(&other);
+                let reply = if known { format!("{tag} BAD Log in first: {other} is valid only after LOGIN\r\n") } else { format!("{tag} BAD Unknown command\r\n") };
+                conn.write(reply.as_bytes()).await?;
+            }
+        }
+        Ok(None)
+    }
+
+    async fn starttls(&mut self, conn: &mut Conn, tag: &str) -> std::io::Result<Option<PreLogin>> {
+        if Self::tls_active(conn) {
+            conn.write(format!("{tag} BAD TLS is already active\r\n").as_bytes()).await?;
+            return Ok(None);
+        }
+        conn.write(format!("{tag} OK Begin TLS negotiation now.\r\n").as_bytes()).await?;
+        if !conn.buf.is_empty() {
+            // Anything pipelined after STARTTLS arrived in plaintext and could be an injection.
+            return Ok(Some(PreLogin::Ended("client sent data after STARTTLS before the TLS handshake".into())));
+        }
+        let tcp = conn.stream.take_plain().expect("plain before STARTTLS");
+        match self.shared.acceptor.accept(tcp).await {
+            Ok(tls) => {
+                conn.stream = Stream::ServerTls(Box::new(tls));
+                conn.framer.reset();
+                debug!("STARTTLS done");
+                Ok(None)
+            }
+            Err(e) => Ok(Some(PreLogin::Ended(format!("STARTTLS handshake failed: {e}")))),
+        }
+    }
+
+    async fn authenticate(&mut self, conn: &mut Conn, cmd: Command) -> std::io::Result<Option<PreLogin>> {
+        let tag = cmd.tag.clone();
+        let mechanism = cmd.args.first().and_then(Arg::astring).map(|m| m.to_ascii_uppercase());
+        let initial = cmd.args.get(1).and_then(Arg::astring).map(|ir| Secret::new(ir.to_vec()));
+        let credentials = match mechanism.as_deref() {
+            Some(b"PLAIN") => {
+                let Some(payload) = self.sasl_step(conn, &tag, initial, "").await? else { return Ok(None) };
+                match parse_plain(payload.expose()) {
+                    Some(creds) => creds,
+                    None => {
+                        conn.write(format!("{tag} BAD Malformed AUTHENTICATE PLAIN data\r\n").as_bytes()).await?;
+                        return Ok(None);
+                    }
+                }
+            }
+            Some(b"LOGIN") => {
+                // "Username:" and "Password:", base64, as every client of this mechanism expects.
+                let Some(user) = self.sasl_step(conn, &tag, initial, "VXNlcm5hbWU6").await? else { return Ok(None) };
+                let Some(pass) = self.sasl_step(conn, &tag, None, "UGFzc3dvcmQ6").await? else { return Ok(None) };
+                (String::from_utf8_lossy(user.expose()).into_owned(), pass)
+            }
+            _ => {
+                conn.write(format!("{tag} NO [CANNOT] Unsupported authentication mechanism; use PLAIN or LOGIN\r\n").as_bytes()).await?;
+                return Ok(None);
+            }
+        };
+        let (user, pass) = credentials;
+        self.login(conn, &tag, user, pass).await
+    }
+
+    /// One SASL exchange: the initial response if the client sent one, else a `+` challenge and
+    /// the client's base64 line. `None` means the exchange was answered already (error or abort).
+    async fn sasl_step(&mut self, conn: &mut Conn, tag: &str, initial: Option<Secret>, challenge: &str) -> std::io::Result<Option<Secret>> {
+        let encoded = match initial {
+            Some(ir) => ir,
+            None => {
+                conn.write(format!("+ {challenge}\r\n").as_bytes()).await?;
+                match conn.read_message(PRE_LOGIN_LIMIT, None).await {
+                    Ok(line) => Secret::new(line),
+                    Err(ReadError::TooLong { .. }) => {
+                        conn.write(format!("{tag} BAD Authentication data too long\r\n").as_bytes()).await?;
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(std::io::Error::other(e.to_string())),
+                }
+            }
+        };
+        let trimmed = encoded.expose().trim_ascii_end();
+        if trimmed == b"*" {
+            conn.write(format!("{tag} BAD Authentication aborted\r\n").as_bytes()).await?;
+            return Ok(None);
+        }
+        if trimmed == b"=" {
+            return Ok(Some(Secret::default()));
+        }
+        match base64::engine::general_purpose::STANDARD.decode(trimmed) {
+            Ok(decoded) => Ok(Some(Secret::new(decoded))),
+            Err(_) => {
+                conn.write(format!("{tag} BAD Invalid base64 in authentication data\r\n").as_bytes()).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Logs in at the provider chosen by `user`, answering the client with the provider's verdict.
+    async fn login(&mut self, conn: &mut Conn, tag: &str, user: String, pass: Secret) -> std::io::Result<Option<PreLogin>> {
+        if !Self::tls_active(conn) && !self.listener.plaintext_auth {
+            conn.write(
+                format!("{tag} NO [PRIVACYREQUIRED] Plaintext login is disabled on this port; use STARTTLS first, or the implicit-TLS port\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+            return Ok(None);
+        }
+        let span = tracing::Span::current();
+        span.record("login", user.as_str());
+        let Some(provider) = self.shared.config.provider_for(&user) else {
+            warn!("no provider configured for this login");
+            conn.write(format!("{tag} NO [UNAVAILABLE] No provider is configured for this login\r\n").as_bytes()).await?;
+            return Ok(None);
+        };
+        span.record("provider", provider.imap.to_string().as_str());
+        let limits = &self.shared.config.limits;
+        let mut upstream = match Upstream::connect(&provider, &self.shared.upstream_tls, limits.connect_timeout(), limits.max_line).await {
+            Ok(up) => up,
+            Err(e) => {
+                warn!(cause = %e, "provider unavailable");
+                conn.write(format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
+                return Ok(None);
+            }
+        };
+        let outcome = match tokio::time::timeout(limits.connect_timeout(), upstream.authenticate(&user, &pass)).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => {
+                warn!(cause = %e, "provider failed during login");
+                conn.write(format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
+                return Ok(None);
+            }
+            Err(_) => {
+                warn!("provider did not answer the login in time");
+                conn.write(format!("{tag} NO [UNAVAILABLE] timed out waiting for {} to log in\r\n", upstream.server).as_bytes()).await?;
+                return Ok(None);
+            }
+        };
+        drop(pass);
+        match outcome {
+            AuthOutcome::Ok(status) => {
+                let caps = capability::post_login(&upstream.capabilities, &[]).join(" ");
+                let text = status_text(&status);
+                conn.write(format!("{tag} OK [CAPABILITY {caps}] {text}\r\n").as_bytes()).await?;
+                info!("logged in");
+                if !upstream.conn.buf.is_empty() {
+                    debug!(bytes = upstream.conn.buf.len(), "provider sent more after login; relaying it");
+                }
+                Ok(Some(PreLogin::LoggedIn(std::mem::replace(conn, Conn::new(Stream::Upgrading, 1024)), upstream)))
+            }
+            AuthOutcome::Rejected(status) => {
+                self.auth_failures += 1;
+                info!(failures = self.auth_failures, "login rejected by the provider");
+                conn.write(&[tag.as_bytes(), b" ", &status].concat()).await?;
+                if self.auth_failures >= MAX_AUTH_FAILURES {
+                    conn.write(b"* BYE Too many failed logins\r\n").await?;
+                    return Ok(Some(PreLogin::Ended("too many failed logins".into())));
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The human text of a tagged `OK` status (after any response code), without the line end.
+fn status_text(status: &[u8]) -> String {
+    let s = String::from_utf8_lossy(status);
+    let s = s.trim_end();
+    let s = s.strip_prefix("OK").unwrap_or(s).trim_start();
+    let s = if s.starts_with('[') { s.split_once(']').map_or("", |(_, t)| t.trim_start()) } else { s };
+    if s.is_empty() { "Logged in".into() } else { s.to_string() }
+}
+
+/// `authzid NUL authcid NUL password`; a different authzid (acting as another user) is refused.
+fn parse_plain(payload: &[u8]) -> Option<(String, Secret)> {
+    let mut parts = payload.splitn(3, |&b| b == 0);
+    let authz = parts.next()?;
+    let user = parts.next()?;
+    let pass = parts.next()?;
+    if user.is_empty() || (!authz.is_empty() && authz != user) {
+        return None;
+    }
+    Some((String::from_utf8(user.to_vec()).ok()?, Secret::new(pass.to_vec())))
+}
+
+/// The `name` field of an ID parameter list.
+fn client_name(args: &[Arg]) -> Option<String> {
+    let Some(Arg::List(items)) = args.first() else { return None };
+    items.chunks(2).find_map(|kv| match kv {
+        [Arg::Str(k), Arg::Str(v)] if k.eq_ignore_ascii_case(b"name") => Some(String::from_utf8_lossy(v).into_owned()),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_payloads() {
+        let (u, p) = parse_plain(b"\0alice\0secret").unwrap();
+        assert_eq!((u.as_str(), p.expose()), ("alice", &b"secret"[..]));
+        assert!(parse_plain(b"alice\0alice\0secret").is_some());
+        assert!(parse_plain(b"bob\0alice\0secret").is_none());
+        assert!(parse_plain(b"\0alice").is_none());
+        assert!(parse_plain(b"\0\0secret").is_none());
+    }
+
+    #[test]
+    fn status_texts() {
+        assert_eq!(status_text(b"OK [CAPABILITY IMAP4rev1] Logged in\r\n"), "Logged in");
+        assert_eq!(status_text(b"OK Welcome\r\n"), "Welcome");
+        assert_eq!(status_text(b"OK\r\n"), "Logged in");
+    }
+
+    #[test]
+    fn id_names() {
+        let cmd = command::parse(b"a ID (\"name\" \"Delta Chat\" \"version\" \"2.0\")\r\n").unwrap();
+        assert_eq!(client_name(&cmd.args).as_deref(), Some("Delta Chat"));
+        let cmd = command::parse(b"a ID NIL\r\n").unwrap();
+        assert_eq!(client_name(&cmd.args), None);
+    }
+}

@@ -1,0 +1,332 @@
+//! Connecting and logging in to a provider: TCP, TLS (implicit or STARTTLS), greeting,
+//! capabilities, authentication. Every failure becomes an [`UpstreamError`] whose text is fit to
+//! show the user in `NO [UNAVAILABLE] <reason>`: it names the server and the cause, never a secret.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use super::capability;
+use super::command;
+use super::conn::{Conn, ReadError};
+use crate::config::{Provider, Security, ServerUrl};
+use crate::net::Stream;
+use crate::secret::Secret;
+use crate::tls::UpstreamTls;
+
+/// Largest response the proxy reads whole from a provider while logging in.
+const MAX_RESPONSE: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot resolve {host}: {detail}")]
+    Dns { host: String, detail: String },
+    #[error("connection refused by {server}")]
+    Refused { server: String },
+    #[error("timed out {stage} {server}")]
+    Timeout { stage: &'static str, server: String },
+    #[error("cannot reach {server}: {detail}")]
+    Network { server: String, detail: String },
+    #[error("TLS with {server} failed: {detail}")]
+    Tls { server: String, detail: String },
+    #[error("{server} sent no usable greeting: {detail}")]
+    Greeting { server: String, detail: String },
+    #[error("{server} refused STARTTLS: {detail}")]
+    StartTls { server: String, detail: String },
+    #[error("{server} closed the connection")]
+    Closed { server: String },
+    #[error("{server} sent a malformed response")]
+    Protocol { server: String },
+    #[error("{server} does not allow login over this connection (LOGINDISABLED)")]
+    LoginDisabled { server: String },
+}
+
+/// A connection to a provider, greeted and possibly logged in.
+pub struct Upstream {
+    pub conn: Conn,
+    pub capabilities: Vec<String>,
+    pub server: ServerUrl,
+    next_tag: u64,
+}
+
+/// How a login attempt at the provider ended.
+pub enum AuthOutcome {
+    /// The provider's tagged `OK` line, tag removed (`OK [CAPABILITY ...] Logged in\r\n`).
+    Ok(Vec<u8>),
+    /// The provider's tagged `NO`/`BAD` line, tag removed.
+    Rejected(Vec<u8>),
+}
+
+/// The tag space of the proxy's own commands; clients never see these tags.
+pub const OWN_TAG_PREFIX: &str = "coip";
+
+static SESSION_TAGS: AtomicU64 = AtomicU64::new(1);
+
+impl Upstream {
+    /// Connects to `provider` and reads its greeting, all within `timeout`.
+    pub async fn connect(provider: &Provider, tls: &UpstreamTls, timeout: Duration, max_line: usize) -> Result<Upstream, UpstreamError> {
+        let server = provider.imap.clone();
+        let name = server.to_string();
+        match tokio::time::timeout(timeout, Self::connect_inner(provider, tls, max_line)).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout { stage: "connecting to", server: name }),
+        }
+    }
+
+    async fn connect_inner(provider: &Provider, tls: &UpstreamTls, max_line: usize) -> Result<Upstream, UpstreamError> {
+        let server = provider.imap.clone();
+        let name = server.to_string();
+        let tcp = tcp_connect(&server).await?;
+        let _ = tcp.set_nodelay(true);
+        let tls_config = || {
+            tls.config(provider.ca_file.as_deref()).map_err(|e| UpstreamError::Tls { server: name.clone(), detail: e.to_string() })
+        };
+        let stream = match server.security {
+            Security::Implicit => tls_handshake(tcp, &server, tls_config()?).await?,
+            _ => Stream::Plain(tcp),
+        };
+        let mut up = Upstream {
+            conn: Conn::new(stream, max_line),
+            capabilities: Vec::new(),
+            server: server.clone(),
+            next_tag: SESSION_TAGS.fetch_add(1, Ordering::Relaxed) * 1000,
+        };
+        let greeting = up.read_response().await.map_err(|e| match e {
+            UpstreamError::Closed { .. } => UpstreamError::Greeting { server: name.clone(), detail: "closed before greeting".into() },
+            e => e,
+        })?;
+        if !greeting.starts_with(b"* OK") && !greeting.starts_with(b"* PREAUTH") {
+            let detail = String::from_utf8_lossy(&greeting[..greeting.len().min(200)]).trim_end().to_string();
+            return Err(UpstreamError::Greeting { server: name, detail });
+        }
+        up.capabilities = capability::find_in_response(&greeting)
+            .map(|r| capability::parse_list(&greeting[r]))
+            .unwrap_or_default();
+        if server.security == Security::StartTls {
+            let tag = up.tag();
+            up.send(format!("{tag} STARTTLS\r\n").as_bytes()).await?;
+            let status = up.read_tagged(&tag).await?;
+            if !status.starts_with(b"OK") {
+                let detail = String::from_utf8_lossy(&status).trim_end().to_string();
+                return Err(UpstreamError::StartTls { server: name, detail });
+            }
+            if !up.conn.buf.is_empty() {
+                // Bytes after the OK were sent in plaintext and could be injected.
+                return Err(UpstreamError::StartTls { server: name, detail: "data after the STARTTLS response".into() });
+            }
+            let tcp = up.conn.stream.take_plain().expect("plain before STARTTLS");
+            up.conn.stream = tls_handshake(tcp, &server, tls_config()?).await?;
+            up.capabilities.clear();
+        }
+        if up.capabilities.is_empty() {
+            up.capabilities = up.fetch_capabilities().await?;
+        }
+        Ok(up)
+    }
+
+    /// A fresh tag in the proxy's own tag space.
+    pub fn tag(&mut self) -> String {
+        self.next_tag += 1;
+        format!("{OWN_TAG_PREFIX}{}", self.next_tag)
+    }
+
+    pub fn has(&self, cap: &str) -> bool {
+        self.capabilities.iter().any(|c| c.eq_ignore_ascii_case(cap))
+    }
+
+    /// Logs in with AUTHENTICATE PLAIN where offered (one base64 line; no quoting pitfalls),
+    /// else LOGIN.
+    pub async fn authenticate(&mut self, login: &str, password: &Secret) -> Result<AuthOutcome, UpstreamError> {
+        let tag = self.tag();
+        if self.has("AUTH=PLAIN") {
+            let mut plain = Vec::with_capacity(login.len() * 2 + password.len() + 2);
+            plain.extend_from_slice(login.as_bytes());
+            plain.push(0);
+            plain.extend_from_slice(login.as_bytes());
+            plain.push(0);
+            plain.extend_from_slice(password.expose());
+            let b64 = Secret::new(base64::engine::general_purpose::STANDARD.encode(&plain).into_bytes());
+            Secret::new(plain).wipe();
+            if self.has("SASL-IR") {
+                let mut cmd = format!("{tag} AUTHENTICATE PLAIN ").into_bytes();
+                cmd.extend_from_slice(b64.expose());
+                cmd.extend_from_slice(b"\r\n");
+                self.send(&cmd).await?;
+                Secret::new(cmd).wipe();
+            } else {
+                self.send(format!("{tag} AUTHENTICATE PLAIN\r\n").as_bytes()).await?;
+                let reply = self.read_response().await?;
+                if reply.starts_with(b"+") {
+                    let mut line = b64.expose().to_vec();
+                    line.extend_from_slice(b"\r\n");
+                    self.send(&line).await?;
+                    Secret::new(line).wipe();
+                } else if let Some(rest) = reply.strip_prefix(format!("{tag} ").as_bytes()) {
+                    return Ok(AuthOutcome::Rejected(rest.to_vec()));
+                }
+            }
+        } else if self.has("LOGINDISABLED") {
+            return Err(UpstreamError::LoginDisabled { server: self.server.to_string() });
+        } else {
+            let literal_plus = self.has("LITERAL+");
+            let mut cmd = format!("{tag} LOGIN ").into_bytes();
+            cmd.extend(command::astring(login.as_bytes(), literal_plus));
+            cmd.push(b' ');
+            cmd.extend(command::astring(password.expose(), literal_plus));
+            cmd.extend_from_slice(b"\r\n");
+            let cmd = Secret::new(cmd);
+            if let Some(refusal) = self.send_waiting_for_continuations(cmd.expose()).await? {
+                return match refusal.strip_prefix(format!("{tag} ").as_bytes()) {
+                    Some(status) => Ok(AuthOutcome::Rejected(status.to_vec())),
+                    None => Err(UpstreamError::Protocol { server: self.server.to_string() }),
+                };
+            }
+        }
+        let status = self.read_tagged(&tag).await?;
+        if status.starts_with(b"OK") {
+            match capability::find_in_response(&[b"* ", &status[..]].concat()) {
+                Some(range) => self.capabilities = capability::parse_list(&[b"* ", &status[..]].concat()[range]),
+                None => self.capabilities = self.fetch_capabilities().await?,
+            }
+            Ok(AuthOutcome::Ok(status))
+        } else {
+            Ok(AuthOutcome::Rejected(status))
+        }
+    }
+
+    async fn fetch_capabilities(&mut self) -> Result<Vec<String>, UpstreamError> {
+        let tag = self.tag();
+        self.send(format!("{tag} CAPABILITY\r\n").as_bytes()).await?;
+        let mut caps = Vec::new();
+        loop {
+            let resp = self.read_response().await?;
+            if let Some(range) = capability::find_in_response(&resp) {
+                caps = capability::parse_list(&resp[range]);
+            }
+            if resp.starts_with(format!("{tag} ").as_bytes()) {
+                return Ok(caps);
+            }
+        }
+    }
+
+    /// Sends a command, pausing after each synchronizing literal announcement for the server's
+    /// `+`, as RFC 3501 requires. Returns the server's response when it refused to go on.
+    async fn send_waiting_for_continuations(&mut self, cmd: &[u8]) -> Result<Option<Vec<u8>>, UpstreamError> {
+        let mut rest = cmd;
+        loop {
+            let Some(pos) = rest.windows(3).position(|w| w == b"}\r\n") else {
+                return self.send(rest).await.map(|()| None);
+            };
+            let (part, after) = rest.split_at(pos + 3);
+            self.send(part).await?;
+            rest = after;
+            if !part[..part.len() - 2].ends_with(b"+}") {
+                let reply = self.read_response().await?;
+                if !reply.starts_with(b"+") {
+                    return Ok(Some(reply));
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+        self.conn.write(bytes).await.map_err(|e| self.io_error(e))
+    }
+
+    /// Reads responses until the tagged one for `tag`; returns it without the tag.
+    pub async fn read_tagged(&mut self, tag: &str) -> Result<Vec<u8>, UpstreamError> {
+        let prefix = format!("{tag} ");
+        loop {
+            let resp = self.read_response().await?;
+            if let Some(rest) = resp.strip_prefix(prefix.as_bytes()) {
+                return Ok(rest.to_vec());
+            }
+            if resp.starts_with(b"* BYE") {
+                return Err(UpstreamError::Closed { server: self.server.to_string() });
+            }
+        }
+    }
+
+    pub async fn read_response(&mut self) -> Result<Vec<u8>, UpstreamError> {
+        match self.conn.read_message(MAX_RESPONSE, None).await {
+            Ok(msg) => Ok(msg),
+            Err(ReadError::Eof | ReadError::Truncated) => Err(UpstreamError::Closed { server: self.server.to_string() }),
+            Err(ReadError::TooLong { .. }) => Err(UpstreamError::Protocol { server: self.server.to_string() }),
+            Err(ReadError::Io(e)) => Err(self.io_error(e)),
+        }
+    }
+
+    fn io_error(&self, e: std::io::Error) -> UpstreamError {
+        UpstreamError::Network { server: self.server.to_string(), detail: e.to_string() }
+    }
+}
+
+async fn tcp_connect(server: &ServerUrl) -> Result<TcpStream, UpstreamError> {
+    let name = server.to_string();
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((server.host.as_str(), server.port))
+        .await
+        .map_err(|e| UpstreamError::Dns { host: server.host.clone(), detail: dns_detail(&e) })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(UpstreamError::Dns { host: server.host.clone(), detail: "no addresses".into() });
+    }
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.expect("at least one address was tried");
+    Err(match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => UpstreamError::Refused { server: name },
+        std::io::ErrorKind::TimedOut => UpstreamError::Timeout { stage: "connecting to", server: name },
+        _ => UpstreamError::Network { server: name, detail: e.to_string() },
+    })
+}
+
+fn dns_detail(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("failed to lookup address information") {
+        "no such host (DNS lookup failed)".into()
+    } else {
+        text
+    }
+}
+
+async fn tls_handshake(tcp: TcpStream, server: &ServerUrl, config: std::sync::Arc<rustls::ClientConfig>) -> Result<Stream, UpstreamError> {
+    let name = server.to_string();
+    let server_name = ServerName::try_from(server.host.clone())
+        .map_err(|_| UpstreamError::Tls { server: name.clone(), detail: "invalid host name".into() })?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    match connector.connect(server_name, tcp).await {
+        Ok(tls) => Ok(Stream::ClientTls(Box::new(tls))),
+        Err(e) => Err(UpstreamError::Tls { server: name, detail: tls_detail(&e) }),
+    }
+}
+
+/// A user-facing explanation of a failed TLS handshake.
+fn tls_detail(e: &std::io::Error) -> String {
+    use rustls::{CertificateError, Error};
+    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "the server closed the connection during the handshake (is this a TLS port?)".into(),
+            _ => e.to_string(),
+        };
+    };
+    match inner {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "certificate not trusted (unknown issuer; add the provider's CA as ca_file)".into()
+        }
+        Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => {
+            "certificate is for another host name".into()
+        }
+        Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => "certificate has expired".into(),
+        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => "the server does not speak TLS on this port".into(),
+        other => other.to_string(),
+    }
+}

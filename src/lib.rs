@@ -1,0 +1,14 @@
+//! coi-proxy: makes any IMAP4rev1 provider look like a Chat over IMAP (COI) server.
+//!
+//! The daemon sits between mail clients and the provider. Mail traffic is relayed byte-exactly;
+//! the COI server side is emulated locally. `main.rs` is only the command line; everything else
+//! lives here, one module per concern.
+
+pub mod check;
+pub mod config;
+pub mod imap;
+pub mod logging;
+pub mod net;
+pub mod secret;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,146 @@
+//! The `coi-proxy` command line; all work is done by the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use coi_proxy::config::{self, Config, ConfigError};
+
+#[derive(Parser)]
+#[command(
+    name = "coi-proxy",
+    version,
+    about = "Makes any IMAP mail provider look like a Chat over IMAP (COI) server",
+    after_help = "Examples:\n  \
+        coi-proxy run --upstream imaps://imap.example.org:993   # no config file needed\n  \
+        coi-proxy run --config /etc/coi-proxy/proxy.toml\n  \
+        coi-proxy check                                         # test the config and the provider\n  \
+        coi-proxy cert export ~/coi-proxy-ca.pem                # the certificate your mail client must trust\n\n\
+        Without --config, proxy.toml is looked for in ., $XDG_CONFIG_HOME/coi-proxy and /etc/coi-proxy."
+)]
+struct Cli {
+    /// The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml).
+    #[arg(long, short, global = true, env = "COI_PROXY_CONFIG")]
+    config: Option<PathBuf>,
+    /// The provider's IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap).
+    #[arg(long, global = true, value_name = "URL")]
+    upstream: Option<String>,
+    /// Where the proxy keeps its state (overrides state_dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the proxy until SIGTERM or Ctrl-C.
+    Run,
+    /// Validates the configuration and connects to every provider.
+    Check,
+    /// Manages the local TLS certificate that mail clients connect to.
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertAction {
+    /// Writes the PEM certificate (the local CA) that mail clients must trust; to stdout without PATH.
+    Export { path: Option<PathBuf> },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (config, source) = match load_config(&cli) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("coi-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    coi_proxy::logging::init(config.log.filter.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coi-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Run => {
+            if let Some(path) = &source {
+                tracing::info!(config = %path.display(), "configuration loaded");
+            }
+            match runtime.block_on(coi_proxy::server::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("coi-proxy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check => {
+            let (report, ok) = runtime.block_on(coi_proxy::check::run(&config, source.as_deref()));
+            print!("{report}");
+            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Command::Cert { action: CertAction::Export { path } } => export_cert(&config, path),
+    }
+}
+
+fn export_cert(config: &Config, path: Option<PathBuf>) -> ExitCode {
+    let names = coi_proxy::tls::cert_names(&[config.listen.imap, config.listen.imaps].iter().flatten().map(|a| a.ip()).collect::<Vec<_>>());
+    let result = std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| coi_proxy::tls::ensure_local_cert(&config.state_dir, &names).map_err(|e| e.to_string()))
+        .and_then(|_| coi_proxy::tls::export_pem(&config.state_dir).map_err(|e| e.to_string()));
+    let pem = match result {
+        Ok(pem) => pem,
+        Err(e) => {
+            eprintln!("coi-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match path {
+        None => print!("{pem}"),
+        Some(path) => {
+            if let Err(e) = std::fs::write(&path, pem) {
+                eprintln!("coi-proxy: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!("wrote {}; import it as a trusted certificate authority in your mail client or system", path.display());
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The config from `--config`, else the first default path that exists, else defaults; then the
+/// command-line overrides.
+fn load_config(cli: &Cli) -> Result<(Config, Option<PathBuf>), ConfigError> {
+    let source = match &cli.config {
+        Some(path) => Some(path.clone()),
+        None => config::default_config_paths().into_iter().find(|p| p.is_file()),
+    };
+    let mut config = match &source {
+        Some(path) => Config::load(path)?,
+        None => Config::defaults(),
+    };
+    if let Some(url) = &cli.upstream {
+        config::ServerUrl::parse_imap(url).map_err(|message| ConfigError::Invalid {
+            path: "--upstream".into(),
+            key: "upstream".into(),
+            message,
+        })?;
+        match &mut config.upstream {
+            Some(up) => up.imap = url.clone(),
+            None => config.upstream = Some(config::Upstream { imap: url.clone(), smtp: None, ca_file: None }),
+        }
+    }
+    if let Some(dir) = &cli.state_dir {
+        config.state_dir = dir.clone();
+    }
+    Ok((config, source))
+}

@@ -1,0 +1,289 @@
+//! TLS on both sides: the local certificate clients connect to, and verification of providers.
+//!
+//! The local side is a small private CA plus a leaf certificate signed by it, both kept under
+//! `state_dir`. A user trusts the CA once (`coi-proxy cert export`); the leaf can then be renewed
+//! (or gain a new host name) without the client noticing.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use time::{Duration, OffsetDateTime};
+
+/// Leaf lifetime; browsers' and Apple's limit for server certificates is 398 days.
+const LEAF_DAYS: i64 = 397;
+/// Renew the leaf this long before it expires.
+const RENEW_BEFORE_DAYS: i64 = 30;
+const CA_DAYS: i64 = 3650;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("cannot create the local certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{path}: not a usable PEM certificate or key ({reason})")]
+    Pem { path: PathBuf, reason: String },
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Paths of the local certificate files under `state_dir`.
+pub struct LocalCertPaths {
+    pub ca: PathBuf,
+    pub ca_key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `not_after=<unix seconds>` and `names=<comma list>` of the current leaf.
+    pub meta: PathBuf,
+}
+
+impl LocalCertPaths {
+    pub fn new(state_dir: &Path) -> LocalCertPaths {
+        let dir = state_dir.join("tls");
+        LocalCertPaths {
+            ca: dir.join("ca.pem"),
+            ca_key: dir.join("ca-key.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            meta: dir.join("cert.meta"),
+        }
+    }
+}
+
+/// What [`ensure_local_cert`] had to do, for the log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CertAction {
+    Reused,
+    Created,
+    /// Renewed because it expires soon or lacked a host name.
+    Renewed(String),
+}
+
+/// Makes sure a CA and a leaf for `names` exist under `state_dir`, valid for at least 30 more
+/// days; creates or renews what is missing.
+pub fn ensure_local_cert(state_dir: &Path, names: &[String]) -> Result<CertAction, TlsError> {
+    let paths = LocalCertPaths::new(state_dir);
+    let dir = paths.cert.parent().expect("tls dir");
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::File { path: dir.to_owned(), source })?;
+    let (issuer, ca_pem, created_ca) = load_or_create_ca(&paths)?;
+    let reason = if created_ca || !paths.cert.exists() || !paths.key.exists() {
+        None
+    } else {
+        leaf_renewal_reason(&paths, names)
+    };
+    match (created_ca || !paths.cert.exists(), reason) {
+        (false, None) => return Ok(CertAction::Reused),
+        (true, _) => {
+            write_leaf(&paths, &issuer, &ca_pem, names)?;
+            Ok(CertAction::Created)
+        }
+        (false, Some(reason)) => {
+            write_leaf(&paths, &issuer, &ca_pem, names)?;
+            Ok(CertAction::Renewed(reason))
+        }
+    }
+}
+
+fn load_or_create_ca(paths: &LocalCertPaths) -> Result<(Issuer<'static, KeyPair>, String, bool), TlsError> {
+    if paths.ca.exists() && paths.ca_key.exists() {
+        let ca_pem = read(&paths.ca)?;
+        let key = KeyPair::from_pem(&read(&paths.ca_key)?).map_err(|e| pem_error(&paths.ca_key, e))?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).map_err(|e| pem_error(&paths.ca, e))?;
+        return Ok((issuer, ca_pem, false));
+    }
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let host = hostname();
+    params.distinguished_name.push(DnType::CommonName, format!("coi-proxy local CA ({host})"));
+    params.distinguished_name.push(DnType::OrganizationName, "coi-proxy");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::days(1);
+    params.not_after = now + Duration::days(CA_DAYS);
+    let cert = params.self_signed(&key)?;
+    write_private(&paths.ca_key, key.serialize_pem().as_bytes())?;
+    write_public(&paths.ca, cert.pem().as_bytes())?;
+    Ok((Issuer::new(params, key), cert.pem(), true))
+}
+
+fn leaf_renewal_reason(paths: &LocalCertPaths, names: &[String]) -> Option<String> {
+    let meta = std::fs::read_to_string(&paths.meta).unwrap_or_default();
+    let field = |k: &str| meta.lines().find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')));
+    let not_after: i64 = field("not_after").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let have: Vec<&str> = field("names").unwrap_or("").split(',').collect();
+    let renew_at = not_after - RENEW_BEFORE_DAYS * 86_400;
+    if OffsetDateTime::now_utc().unix_timestamp() >= renew_at {
+        let expiry = OffsetDateTime::from_unix_timestamp(not_after).map(|t| t.date().to_string()).unwrap_or_default();
+        return Some(format!("it expires on {expiry}, within {RENEW_BEFORE_DAYS} days"));
+    }
+    names
+        .iter()
+        .find(|n| !have.contains(&n.as_str()))
+        .map(|n| format!("it does not cover the listen address {n}"))
+}
+
+fn write_leaf(paths: &LocalCertPaths, issuer: &Issuer<'static, KeyPair>, ca_pem: &str, names: &[String]) -> Result<(), TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params.distinguished_name.push(DnType::CommonName, "coi-proxy");
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(LEAF_DAYS);
+    let cert = params.signed_by(&key, issuer)?;
+    write_private(&paths.key, key.serialize_pem().as_bytes())?;
+    write_public(&paths.cert, format!("{}{}", cert.pem(), ca_pem).as_bytes())?;
+    let meta = format!("not_after={}\nnames={}\n", params.not_after.unix_timestamp(), names.join(","));
+    write_public(&paths.meta, meta.as_bytes())
+}
+
+/// Test hook and renewal aid: rewrites the recorded expiry of the current leaf.
+pub fn set_recorded_expiry(state_dir: &Path, not_after: OffsetDateTime) -> Result<(), TlsError> {
+    let paths = LocalCertPaths::new(state_dir);
+    let meta = std::fs::read_to_string(&paths.meta).unwrap_or_default();
+    let names = meta.lines().find_map(|l| l.strip_prefix("names=")).unwrap_or("");
+    write_public(&paths.meta, format!("not_after={}\nnames={names}\n", not_after.unix_timestamp()).as_bytes())
+}
+
+/// The names the leaf must cover for the given listen addresses.
+pub fn cert_names(listen_ips: &[std::net::IpAddr]) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    for ip in listen_ips {
+        if ip.is_unspecified() {
+            let host = hostname();
+            if !host.is_empty() && !names.contains(&host) {
+                names.push(host);
+            }
+        } else if !names.contains(&ip.to_string()) {
+            names.push(ip.to_string());
+        }
+    }
+    names
+}
+
+/// The server-side TLS configuration from the files under `state_dir`.
+pub fn server_config(state_dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let paths = LocalCertPaths::new(state_dir);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| pem_error(&paths.cert, e))?;
+    let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| pem_error(&paths.key, e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"imap".to_vec(), b"smtp".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The PEM a client must trust (the local CA).
+pub fn export_pem(state_dir: &Path) -> Result<String, TlsError> {
+    read(&LocalCertPaths::new(state_dir).ca)
+}
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Client configurations for providers, one per extra trust anchor, built once: loading the
+/// platform's roots is too slow to do per connection.
+#[derive(Default)]
+pub struct UpstreamTls {
+    configs: Mutex<HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>>>,
+}
+
+impl UpstreamTls {
+    pub fn config(&self, ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let key = ca_file.map(Path::to_path_buf);
+        if let Some(config) = self.configs.lock().expect("tls cache").get(&key) {
+            return Ok(config.clone());
+        }
+        let extra: Vec<CertificateDer<'static>> = match ca_file {
+            Some(path) => CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<_, _>>())
+                .map_err(|e| pem_error(path, e))?,
+            None => Vec::new(),
+        };
+        let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider())?;
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        let config = Arc::new(config);
+        self.configs.lock().expect("tls cache").insert(key, config.clone());
+        Ok(config)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::File { path: path.to_owned(), source })
+}
+
+fn pem_error(path: &Path, e: impl std::fmt::Display) -> TlsError {
+    TlsError::Pem { path: path.to_owned(), reason: e.to_string() }
+}
+
+/// Writes a private key readable by the owner only (0600), replacing the file atomically.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    write_atomic(path, bytes, 0o600)
+}
+
+fn write_public(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    write_atomic(path, bytes, 0o644)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+    let tmp = path.with_extension("tmp");
+    let err = |source| TlsError::File { path: path.to_owned(), source };
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(err)?;
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn creates_reuses_and_renews() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = cert_names(&["127.0.0.1".parse().unwrap()]);
+        assert_eq!(ensure_local_cert(dir.path(), &names).unwrap(), CertAction::Created);
+        let paths = LocalCertPaths::new(dir.path());
+        for key in [&paths.key, &paths.ca_key] {
+            assert_eq!(std::fs::metadata(key).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let first = std::fs::read(&paths.cert).unwrap();
+        assert_eq!(ensure_local_cert(dir.path(), &names).unwrap(), CertAction::Reused);
+        assert_eq!(std::fs::read(&paths.cert).unwrap(), first);
+        server_config(dir.path()).unwrap();
+
+        set_recorded_expiry(dir.path(), OffsetDateTime::now_utc() + Duration::days(10)).unwrap();
+        let ca_before = export_pem(dir.path()).unwrap();
+        assert!(matches!(ensure_local_cert(dir.path(), &names).unwrap(), CertAction::Renewed(r) if r.contains("expires")));
+        assert_ne!(std::fs::read(&paths.cert).unwrap(), first);
+        assert_eq!(export_pem(dir.path()).unwrap(), ca_before, "renewal keeps the CA the user trusts");
+
+        let more = cert_names(&["192.0.2.7".parse().unwrap()]);
+        assert!(matches!(ensure_local_cert(dir.path(), &more).unwrap(), CertAction::Renewed(r) if r.contains("192.0.2.7")));
+    }
+}

@@ -1,0 +1,6 @@
+//! Shared helpers of the integration tests: `mod support;` in a test file.
+// Each test binary compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+pub mod imap_client;
+pub mod provider;
