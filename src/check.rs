@@ -40,11 +40,16 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
         let _ = writeln!(out, "\nprovider {} ({mode})", provider.imap);
         match Upstream::connect(&provider, &tls, config.limits.connect_timeout(), config.limits.max_line).await {
             Ok(up) => {
-                let tls_line = if up.conn.stream.is_tls() { "TLS ok, certificate verified" } else { "no TLS (loopback)" };
+                let tls_line =
+                    if up.conn.stream.is_tls() { "TLS ok, certificate verified" } else { "no TLS (loopback)" };
                 let _ = writeln!(out, "  reachable: yes; {tls_line}");
                 let _ = writeln!(out, "  capabilities before login: {}", up.capabilities.join(" "));
                 let stripped = capability::stripped(&up.capabilities);
-                let _ = writeln!(out, "  coi-proxy strips: {}", if stripped.is_empty() { "nothing".into() } else { stripped.join(" ") });
+                let _ = writeln!(
+                    out,
+                    "  coi-proxy strips: {}",
+                    if stripped.is_empty() { "nothing".into() } else { stripped.join(" ") }
+                );
                 let _ = writeln!(out, "  coi-proxy adds: nothing yet");
             }
             Err(e) => {

@@ -220,19 +220,15 @@ impl Config {
 
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(&text, path)
     }
 
     /// Parses and validates config text; `path` only names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
-        config.validate().map_err(|(key, message)| ConfigError::Invalid {
-            path: path.to_owned(),
-            key,
-            message,
-        })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid { path: path.to_owned(), key, message })?;
         Ok(config)
     }
 
@@ -269,10 +265,7 @@ impl Config {
             return Err(("limits.max_line".into(), "must be at least 1024".into()));
         }
         if self.limits.autologout_secs < 30 * 60 {
-            return Err((
-                "limits.autologout_secs".into(),
-                "RFC 3501 requires at least 1800 seconds".into(),
-            ));
+            return Err(("limits.autologout_secs".into(), "RFC 3501 requires at least 1800 seconds".into()));
         }
         Ok(())
     }
@@ -281,14 +274,11 @@ impl Config {
     /// `domain` matches, then `[upstream]`.
     pub fn provider_for(&self, login: &str) -> Option<Provider> {
         let domain = login.rsplit_once('@').map(|(_, d)| d);
-        let by_login = self
-            .accounts
-            .iter()
-            .find(|a| a.login.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(login)));
+        let by_login = self.accounts.iter().find(|a| a.login.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(login)));
         let by_domain = || {
-            self.accounts.iter().find(|a| {
-                a.domain.as_deref().zip(domain).is_some_and(|(a, d)| a.eq_ignore_ascii_case(d))
-            })
+            self.accounts
+                .iter()
+                .find(|a| a.domain.as_deref().zip(domain).is_some_and(|(a, d)| a.eq_ignore_ascii_case(d)))
         };
         let upstream = self.upstream.as_ref();
         match by_login.or_else(by_domain) {
@@ -361,11 +351,25 @@ impl std::fmt::Display for ServerUrl {
 
 impl ServerUrl {
     pub fn parse_imap(url: &str) -> Result<ServerUrl, String> {
-        ServerUrl::parse(url, &[("imaps", Security::Implicit, 993), ("imap+starttls", Security::StartTls, 143), ("imap", Security::Plain, 143)])
+        ServerUrl::parse(
+            url,
+            &[
+                ("imaps", Security::Implicit, 993),
+                ("imap+starttls", Security::StartTls, 143),
+                ("imap", Security::Plain, 143),
+            ],
+        )
     }
 
     pub fn parse_smtp(url: &str) -> Result<ServerUrl, String> {
-        ServerUrl::parse(url, &[("smtps", Security::Implicit, 465), ("smtp+starttls", Security::StartTls, 587), ("smtp", Security::Plain, 587)])
+        ServerUrl::parse(
+            url,
+            &[
+                ("smtps", Security::Implicit, 465),
+                ("smtp+starttls", Security::StartTls, 587),
+                ("smtp", Security::Plain, 587),
+            ],
+        )
     }
 
     fn parse(url: &str, schemes: &[(&str, Security, u16)]) -> Result<ServerUrl, String> {
@@ -387,7 +391,10 @@ impl ServerUrl {
             }
         };
         if host.is_empty() || host.contains('/') || host.contains('@') {
-            return Err(format!("`{url}` needs a host name and nothing else (e.g. {}://mail.example.org)", schemes[0].0));
+            return Err(format!(
+                "`{url}` needs a host name and nothing else (e.g. {}://mail.example.org)",
+                schemes[0].0
+            ));
         }
         let port = match port {
             Some(p) => p.parse::<u16>().map_err(|_| format!("`{p}` is not a port number"))?,
@@ -405,8 +412,7 @@ impl ServerUrl {
     }
 
     pub fn is_loopback(&self) -> bool {
-        self.host.eq_ignore_ascii_case("localhost")
-            || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        self.host.eq_ignore_ascii_case("localhost") || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 }
 

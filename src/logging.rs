@@ -14,5 +14,6 @@ pub fn init(config_filter: Option<&str>) {
         eprintln!("coi-proxy: ignoring invalid log filter {filter:?}: {e}");
         EnvFilter::new("info")
     });
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }

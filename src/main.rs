@@ -92,7 +92,9 @@ fn main() -> ExitCode {
 }
 
 fn export_cert(config: &Config, path: Option<PathBuf>) -> ExitCode {
-    let names = coi_proxy::tls::cert_names(&[config.listen.imap, config.listen.imaps].iter().flatten().map(|a| a.ip()).collect::<Vec<_>>());
+    let names = coi_proxy::tls::cert_names(
+        &[config.listen.imap, config.listen.imaps].iter().flatten().map(|a| a.ip()).collect::<Vec<_>>(),
+    );
     let result = std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| e.to_string())
         .and_then(|()| coi_proxy::tls::ensure_local_cert(&config.state_dir, &names).map_err(|e| e.to_string()))
@@ -111,7 +113,10 @@ fn export_cert(config: &Config, path: Option<PathBuf>) -> ExitCode {
                 eprintln!("coi-proxy: cannot write {}: {e}", path.display());
                 return ExitCode::FAILURE;
             }
-            eprintln!("wrote {}; import it as a trusted certificate authority in your mail client or system", path.display());
+            eprintln!(
+                "wrote {}; import it as a trusted certificate authority in your mail client or system",
+                path.display()
+            );
         }
     }
     ExitCode::SUCCESS

@@ -24,7 +24,9 @@ pub struct Shared {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("no provider configured: pass --upstream imaps://imap.example.org:993, or set [upstream] imap in proxy.toml")]
+    #[error(
+        "no provider configured: pass --upstream imaps://imap.example.org:993, or set [upstream] imap in proxy.toml"
+    )]
     NoProvider,
     #[error("no listener configured: set [listen] imap and/or imaps in proxy.toml")]
     NoListener,
@@ -46,10 +48,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     if config.upstream.is_none() && config.accounts.iter().all(|a| a.imap.is_none()) {
         return Err(RunError::NoProvider);
     }
-    let listeners: Vec<(SocketAddr, ListenerKind)> = [(config.listen.imap, ListenerKind::Imap), (config.listen.imaps, ListenerKind::Imaps)]
-        .into_iter()
-        .filter_map(|(addr, kind)| addr.map(|a| (a, kind)))
-        .collect();
+    let listeners: Vec<(SocketAddr, ListenerKind)> =
+        [(config.listen.imap, ListenerKind::Imap), (config.listen.imaps, ListenerKind::Imaps)]
+            .into_iter()
+            .filter_map(|(addr, kind)| addr.map(|a| (a, kind)))
+            .collect();
     if listeners.is_empty() {
         return Err(RunError::NoListener);
     }
@@ -77,17 +80,31 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         };
         let listener = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, kind: label, source })?;
         let local = listener.local_addr().map_err(|source| RunError::Bind { addr, kind: label, source })?;
-        let info = ListenerInfo { kind, addr: local, plaintext_auth: shared.config.listen.plaintext_auth_allowed(&local) };
+        let info =
+            ListenerInfo { kind, addr: local, plaintext_auth: shared.config.listen.plaintext_auth_allowed(&local) };
         let mode = match kind {
             ListenerKind::Imap if info.plaintext_auth => "plain or STARTTLS",
             ListenerKind::Imap => "STARTTLS required before login",
             ListenerKind::Imaps => "implicit TLS",
         };
         info!(listener = label, "listening on {local} ({label}, {mode})");
-        accept_tasks.push(tokio::spawn(accept_loop(listener, info, shared.clone(), shutdown_rx.clone(), alive_tx.clone())));
+        accept_tasks.push(tokio::spawn(accept_loop(
+            listener,
+            info,
+            shared.clone(),
+            shutdown_rx.clone(),
+            alive_tx.clone(),
+        )));
     }
     drop(alive_tx);
-    for (addr, kind) in shared.config.listen.smtp.iter().map(|a| (a, "smtp")).chain(shared.config.listen.smtps.iter().map(|a| (a, "smtps"))) {
+    for (addr, kind) in shared
+        .config
+        .listen
+        .smtp
+        .iter()
+        .map(|a| (a, "smtp"))
+        .chain(shared.config.listen.smtps.iter().map(|a| (a, "smtps")))
+    {
         warn!("[listen] {kind} = {addr} is not served yet by this version");
     }
     info!(version = env!("CARGO_PKG_VERSION"), "coi-proxy ready");
@@ -105,7 +122,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, info: ListenerInfo, shared: Arc<Shared>, shutdown: watch::Receiver<bool>, alive: mpsc::Sender<()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    info: ListenerInfo,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {

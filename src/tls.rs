@@ -123,13 +123,15 @@ fn leaf_renewal_reason(paths: &LocalCertPaths, names: &[String]) -> Option<Strin
         let expiry = OffsetDateTime::from_unix_timestamp(not_after).map(|t| t.date().to_string()).unwrap_or_default();
         return Some(format!("it expires on {expiry}, within {RENEW_BEFORE_DAYS} days"));
     }
-    names
-        .iter()
-        .find(|n| !have.contains(&n.as_str()))
-        .map(|n| format!("it does not cover the listen address {n}"))
+    names.iter().find(|n| !have.contains(&n.as_str())).map(|n| format!("it does not cover the listen address {n}"))
 }
 
-fn write_leaf(paths: &LocalCertPaths, issuer: &Issuer<'static, KeyPair>, ca_pem: &str, names: &[String]) -> Result<(), TlsError> {
+fn write_leaf(
+    paths: &LocalCertPaths,
+    issuer: &Issuer<'static, KeyPair>,
+    ca_pem: &str,
+    names: &[String],
+) -> Result<(), TlsError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names.to_vec())?;
     params.distinguished_name.push(DnType::CommonName, "coi-proxy");
@@ -279,11 +281,15 @@ mod tests {
 
         set_recorded_expiry(dir.path(), OffsetDateTime::now_utc() + Duration::days(10)).unwrap();
         let ca_before = export_pem(dir.path()).unwrap();
-        assert!(matches!(ensure_local_cert(dir.path(), &names).unwrap(), CertAction::Renewed(r) if r.contains("expires")));
+        assert!(
+            matches!(ensure_local_cert(dir.path(), &names).unwrap(), CertAction::Renewed(r) if r.contains("expires"))
+        );
         assert_ne!(std::fs::read(&paths.cert).unwrap(), first);
         assert_eq!(export_pem(dir.path()).unwrap(), ca_before, "renewal keeps the CA the user trusts");
 
         let more = cert_names(&["192.0.2.7".parse().unwrap()]);
-        assert!(matches!(ensure_local_cert(dir.path(), &more).unwrap(), CertAction::Renewed(r) if r.contains("192.0.2.7")));
+        assert!(
+            matches!(ensure_local_cert(dir.path(), &more).unwrap(), CertAction::Renewed(r) if r.contains("192.0.2.7"))
+        );
     }
 }

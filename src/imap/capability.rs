@@ -44,10 +44,7 @@ fn passes(cap: &str) -> bool {
 
 /// Splits a capability list (`IMAP4rev1 IDLE ...`) into atoms.
 pub fn parse_list(text: &[u8]) -> Vec<String> {
-    text.split(|&b| b == b' ')
-        .filter(|w| !w.is_empty())
-        .map(|w| String::from_utf8_lossy(w).into_owned())
-        .collect()
+    text.split(|&b| b == b' ').filter(|w| !w.is_empty()).map(|w| String::from_utf8_lossy(w).into_owned()).collect()
 }
 
 /// Finds the capability list in a response line: an untagged `* CAPABILITY ...` response or a
@@ -103,7 +100,10 @@ mod tests {
     fn strips_what_cannot_pass() {
         let got = post_login(&caps("IMAP4rev1 STARTTLS AUTH=PLAIN COMPRESS=DEFLATE IDLE STARTTLSX LITERAL+"), &["COI"]);
         assert_eq!(got.join(" "), "IMAP4rev1 IDLE STARTTLSX LITERAL+ COI");
-        assert_eq!(stripped(&caps("IMAP4rev1 compress=deflate LOGINDISABLED")).join(" "), "compress=deflate LOGINDISABLED");
+        assert_eq!(
+            stripped(&caps("IMAP4rev1 compress=deflate LOGINDISABLED")).join(" "),
+            "compress=deflate LOGINDISABLED"
+        );
     }
 
     #[test]
@@ -121,7 +121,10 @@ mod tests {
 
     #[test]
     fn pre_login_sets() {
-        assert_eq!(pre_login(false, true), "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID LITERAL+ STARTTLS AUTH=PLAIN AUTH=LOGIN");
+        assert_eq!(
+            pre_login(false, true),
+            "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID LITERAL+ STARTTLS AUTH=PLAIN AUTH=LOGIN"
+        );
         assert!(pre_login(false, false).ends_with("STARTTLS LOGINDISABLED"));
         assert!(!pre_login(true, false).contains("STARTTLS"));
     }

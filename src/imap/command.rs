@@ -220,12 +220,19 @@ impl<'a> Parser<'a> {
         if digits.is_empty() || digits.len() > 10 || !self.eat(b'}') {
             return Err(ParseError::Syntax("bad literal length"));
         }
-        let len: usize = std::str::from_utf8(digits).ok().and_then(|d| d.parse().ok()).ok_or(ParseError::Syntax("bad literal length"))?;
+        let len: usize = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse().ok())
+            .ok_or(ParseError::Syntax("bad literal length"))?;
         self.eat(b'\r');
         if !self.eat(b'\n') {
             return Err(ParseError::Syntax("literal announcement must end the line"));
         }
-        let end = self.pos.checked_add(len).filter(|&e| e <= self.buf.len()).ok_or(ParseError::Syntax("literal is cut short"))?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(ParseError::Syntax("literal is cut short"))?;
         let bytes = self.buf[self.pos..end].to_vec();
         self.pos = end;
         Ok(bytes)
@@ -271,9 +278,15 @@ mod tests {
     #[test]
     fn lists_nil_and_uid() {
         let c = parse(b"x ID (\"name\" \"Delta Chat\" \"version\" NIL)\r\n").unwrap();
-        assert_eq!(c.args, vec![Arg::List(vec![
-            Arg::Str(b"name".to_vec()), Arg::Str(b"Delta Chat".to_vec()), Arg::Str(b"version".to_vec()), Arg::Nil,
-        ])]);
+        assert_eq!(
+            c.args,
+            vec![Arg::List(vec![
+                Arg::Str(b"name".to_vec()),
+                Arg::Str(b"Delta Chat".to_vec()),
+                Arg::Str(b"version".to_vec()),
+                Arg::Nil,
+            ])]
+        );
         let c = parse(b"x uid store 1:* +FLAGS (\\Seen)\r\n").unwrap();
         assert_eq!(c.name, "UID STORE");
         assert_eq!(c.args[2], Arg::List(vec![Arg::Atom("\\Seen".into())]));

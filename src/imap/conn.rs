@@ -71,8 +71,12 @@ impl Conn {
                         }
                         self.buf.advance(len);
                         match literal {
-                            None => return too_long.map_or(Ok(msg), |tag| Err(ReadError::TooLong { tag, literal: false })),
-                            Some(lit) if too_long.is_none() && (msg.len() as u64).saturating_add(lit.len) > limit as u64 => {
+                            None => {
+                                return too_long.map_or(Ok(msg), |tag| Err(ReadError::TooLong { tag, literal: false }));
+                            }
+                            Some(lit)
+                                if too_long.is_none() && (msg.len() as u64).saturating_add(lit.len) > limit as u64 =>
+                            {
                                 let tag = tag_of(&msg);
                                 if lit.sync {
                                     // RFC 3501 7.5: refusing instead of sending "+" means the
@@ -105,17 +109,26 @@ impl Conn {
                             match literal {
                                 Some(lit) if lit.sync => {
                                     self.framer.cancel_literal();
-                                    return Err(ReadError::TooLong { tag: too_long.unwrap_or_default(), literal: true });
+                                    return Err(ReadError::TooLong {
+                                        tag: too_long.unwrap_or_default(),
+                                        literal: true,
+                                    });
                                 }
                                 Some(_) => {}
-                                None => return Err(ReadError::TooLong { tag: too_long.unwrap_or_default(), literal: false }),
+                                None => {
+                                    return Err(ReadError::TooLong {
+                                        tag: too_long.unwrap_or_default(),
+                                        literal: false,
+                                    });
+                                }
                             }
                         }
                     }
                 }
             }
             if self.fill().await? == 0 {
-                let idle = msg.is_empty() && self.buf.is_empty() && too_long.is_none() && self.framer.at_message_start();
+                let idle =
+                    msg.is_empty() && self.buf.is_empty() && too_long.is_none() && self.framer.at_message_start();
                 return Err(if idle { ReadError::Eof } else { ReadError::Truncated });
             }
         }

@@ -36,9 +36,13 @@ enum State {
     MessageStart,
     /// Expecting the line that continues a message after a literal.
     Continuation,
-    Literal { remaining: u64 },
+    Literal {
+        remaining: u64,
+    },
     /// Inside an over-long line; `first` as in [`Fragment::Line`].
-    Overlong { first: bool },
+    Overlong {
+        first: bool,
+    },
 }
 
 /// Bytes of an over-long line held back so its literal announcement is always seen whole.
@@ -105,7 +109,13 @@ impl Framer {
                         // Too long to buffer: hand it out in pieces, keeping a tail back.
                         self.scanned = 0;
                         self.state = State::Overlong { first };
-                        Some(Fragment::Overlong { len: buf.len() - TAIL, start: true, first, end: false, literal: None })
+                        Some(Fragment::Overlong {
+                            len: buf.len() - TAIL,
+                            start: true,
+                            first,
+                            end: false,
+                            literal: None,
+                        })
                     }
                     None => {
                         self.scanned = limit;
@@ -119,13 +129,9 @@ impl Framer {
                     self.after_line(literal);
                     Some(Fragment::Overlong { len: i + 1, start: false, first, end: true, literal })
                 }
-                None if buf.len() > TAIL => Some(Fragment::Overlong {
-                    len: buf.len() - TAIL,
-                    start: false,
-                    first,
-                    end: false,
-                    literal: None,
-                }),
+                None if buf.len() > TAIL => {
+                    Some(Fragment::Overlong { len: buf.len() - TAIL, start: false, first, end: false, literal: None })
+                }
                 None => None,
             },
         }
@@ -179,7 +185,9 @@ mod tests {
             buf.extend_from_slice(chunk);
             while let Some(f) = framer.next(&buf) {
                 let len = match f {
-                    Fragment::Line { len, .. } | Fragment::LiteralData { len, .. } | Fragment::Overlong { len, .. } => len,
+                    Fragment::Line { len, .. } | Fragment::LiteralData { len, .. } | Fragment::Overlong { len, .. } => {
+                        len
+                    }
                 };
                 out.push((f, buf.drain(..len).collect()));
             }
@@ -265,7 +273,14 @@ mod tests {
         assert_eq!(literal_at_end(b"x {12}\r\n"), Some(Literal { len: 12, sync: true, binary: false }));
         assert_eq!(literal_at_end(b"x {12+}\n"), Some(Literal { len: 12, sync: false, binary: false }));
         assert_eq!(literal_at_end(b"x ~{1}\r\n").unwrap().binary, true);
-        for not in [&b"x {}\r\n"[..], b"x {1a}\r\n", b"x {12}", b"x 12}\r\n", b"x {99999999999999999999}\r\n", b"x \"{5}\"\r\n"] {
+        for not in [
+            &b"x {}\r\n"[..],
+            b"x {1a}\r\n",
+            b"x {12}",
+            b"x 12}\r\n",
+            b"x {99999999999999999999}\r\n",
+            b"x \"{5}\"\r\n",
+        ] {
             assert_eq!(literal_at_end(not), None, "{}", String::from_utf8_lossy(not));
         }
     }

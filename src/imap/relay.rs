@@ -55,14 +55,28 @@ enum ToClient {
 }
 
 /// Relays until either side closes, the proxy says BYE, or shutdown is signalled.
-pub async fn run(client: Conn, upstream: Conn, opts: RelayOptions, mut shutdown: watch::Receiver<bool>) -> (RelayEnd, Traffic) {
+pub async fn run(
+    client: Conn,
+    upstream: Conn,
+    opts: RelayOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> (RelayEnd, Traffic) {
     let (client_read, client_write) = tokio::io::split(client.stream);
     let (up_read, up_write) = tokio::io::split(upstream.stream);
     let (tx, rx) = mpsc::channel(16);
     let (mut from_client, mut from_provider) = (0, 0);
     let end = {
         let commands = commands(client_read, client.buf, client.framer, up_write, tx, &opts, &mut from_client);
-        let responses = responses(up_read, upstream.buf, upstream.framer, client_write, rx, &opts, &mut shutdown, &mut from_provider);
+        let responses = responses(
+            up_read,
+            upstream.buf,
+            upstream.framer,
+            client_write,
+            rx,
+            &opts,
+            &mut shutdown,
+            &mut from_provider,
+        );
         tokio::pin!(commands, responses);
         tokio::select! {
             end = &mut commands => match end {
@@ -114,20 +128,23 @@ async fn commands(
                         tag = command::head(bytes).map(|(t, _)| t.to_vec()).unwrap_or_default();
                         if let Some(reply) = refuse_command(bytes) {
                             discarding = true;
-                                                        if to_client.send(ToClient::Response(reply)).await.is_err() {
+                            if to_client.send(ToClient::Response(reply)).await.is_err() {
                                 return CommandsEnd::Ended(RelayEnd::ClientClosed);
                             }
                         }
                     }
                     if discarding {
-                                                if literal.is_some_and(|l| l.sync) {
+                        if literal.is_some_and(|l| l.sync) {
                             framer.cancel_literal();
                         }
                         continue;
                     }
                     if let Some(lit) = literal.filter(|l| l.len > opts.max_literal) {
-                                                if forwarded {
-                            let bye = format!("* BYE [TOOBIG] Literal of {} bytes exceeds the limit of {} bytes\r\n", lit.len, opts.max_literal);
+                        if forwarded {
+                            let bye = format!(
+                                "* BYE [TOOBIG] Literal of {} bytes exceeds the limit of {} bytes\r\n",
+                                lit.len, opts.max_literal
+                            );
                             let _ = to_client.send(ToClient::Bye(bye.into_bytes(), "literal too big")).await;
                             return CommandsEnd::Handover;
                         }
@@ -147,12 +164,12 @@ async fn commands(
                 }
                 Fragment::LiteralData { .. } => {
                     if discarding {
-                                            } else {
+                    } else {
                         out.pass(&buf, start, pos);
                     }
                 }
                 Fragment::Overlong { start: line_start, first, end, literal, .. } => {
-                                        if line_start && !first {
+                    if line_start && !first {
                         let bye = b"* BYE Command line too long\r\n".to_vec();
                         let _ = to_client.send(ToClient::Bye(bye, "command line too long")).await;
                         return CommandsEnd::Handover;

@@ -48,9 +48,16 @@ pub struct ListenerInfo {
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one client connection until it ends.
-pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listener: ListenerInfo, shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: ListenerInfo,
+    shutdown: watch::Receiver<bool>,
+) {
     let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("session", id, client = %peer, login = tracing::field::Empty, provider = tracing::field::Empty);
+    let span =
+        info_span!("session", id, client = %peer, login = tracing::field::Empty, provider = tracing::field::Empty);
     async move {
         debug!(listener = %listener.addr, "connected");
         let started = Instant::now();
@@ -82,11 +89,13 @@ impl Session {
     async fn run(&mut self, tcp: TcpStream) -> String {
         let limits = self.shared.config.limits.clone();
         let stream = match self.listener.kind {
-            ListenerKind::Imaps => match tokio::time::timeout(limits.login_timeout(), self.shared.acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => Stream::ServerTls(Box::new(tls)),
-                Ok(Err(e)) => return format!("TLS handshake failed: {e}"),
-                Err(_) => return "TLS handshake timed out".into(),
-            },
+            ListenerKind::Imaps => {
+                match tokio::time::timeout(limits.login_timeout(), self.shared.acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => Stream::ServerTls(Box::new(tls)),
+                    Ok(Err(e)) => return format!("TLS handshake failed: {e}"),
+                    Err(_) => return "TLS handshake timed out".into(),
+                }
+            }
             ListenerKind::Imap => Stream::Plain(tcp),
         };
         let mut conn = Conn::new(stream, limits.max_line);
@@ -99,7 +108,11 @@ impl Session {
                 return "login timed out".into();
             }
         };
-        let opts = RelayOptions { max_literal: limits.max_literal, autologout: limits.autologout(), extra_capabilities: Vec::new() };
+        let opts = RelayOptions {
+            max_literal: limits.max_literal,
+            autologout: limits.autologout(),
+            extra_capabilities: Vec::new(),
+        };
         let (end, traffic) = relay::run(conn, upstream.conn, opts, self.shutdown.clone()).await;
         format!("{end:?}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider)
     }
@@ -190,8 +203,11 @@ impl Session {
                     info!(client_name = %name, "client identified itself");
                 }
                 let version = env!("CARGO_PKG_VERSION");
-                conn.write(format!("* ID (\"name\" \"coi-proxy\" \"version\" \"{version}\")\r\n{tag} OK ID completed.\r\n").as_bytes())
-                    .await?;
+                conn.write(
+                    format!("* ID (\"name\" \"coi-proxy\" \"version\" \"{version}\")\r\n{tag} OK ID completed.\r\n")
+                        .as_bytes(),
+                )
+                .await?;
             }
             "LOGOUT" => {
                 conn.write(format!("* BYE Logging out\r\n{tag} OK Logout completed.\r\n").as_bytes()).await?;
@@ -199,7 +215,9 @@ impl Session {
             }
             "STARTTLS" => return self.starttls(conn, tag).await,
             "LOGIN" => {
-                let (Some(user), Some(pass), 2) = (cmd.args.first().and_then(Arg::astring), cmd.args.get(1).and_then(Arg::astring), cmd.args.len()) else {
+                let (Some(user), Some(pass), 2) =
+                    (cmd.args.first().and_then(Arg::astring), cmd.args.get(1).and_then(Arg::astring), cmd.args.len())
+                else {
                     conn.write(format!("{tag} BAD LOGIN expects a user name and a password\r\n").as_bytes()).await?;
                     return Ok(None);
                 };
@@ -209,13 +227,19 @@ impl Session {
                 return self.login(conn, &cmd.tag, user, pass).await;
             }
             "AUTHENTICATE" => return self.authenticate(conn, cmd).await,
-            "ENABLE" | "SELECT" | "EXAMINE" | "LIST" | "LSUB" | "STATUS" | "APPEND" | "CREATE" | "DELETE" | "RENAME"
-            | "SUBSCRIBE" | "UNSUBSCRIBE" | "NAMESPACE" | "GETMETADATA" | "SETMETADATA" | "IDLE" => {
-                conn.write(format!("{tag} BAD Log in first: {} is valid only after LOGIN\r\n", cmd.name).as_bytes()).await?;
+            "ENABLE" | "SELECT" | "EXAMINE" | "LIST" | "LSUB" | "STATUS" | "APPEND" | "CREATE" | "DELETE"
+            | "RENAME" | "SUBSCRIBE" | "UNSUBSCRIBE" | "NAMESPACE" | "GETMETADATA" | "SETMETADATA" | "IDLE" => {
+                conn.write(format!("{tag} BAD Log in first: {} is valid only after LOGIN\r\n", cmd.name).as_bytes())
+                    .await?;
             }
             other => {
-                let known = other.starts_with("UID ") || ["FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE", "CLOSE", "CHECK"].contains(&other);
-                let reply = if known { format!("{tag} BAD Log in first: {other} is valid only after LOGIN\r\n") } else { format!("{tag} BAD Unknown command\r\n") };
+                let known = other.starts_with("UID ")
+                    || ["FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE", "CLOSE", "CHECK"].contains(&other);
+                let reply = if known {
+                    format!("{tag} BAD Log in first: {other} is valid only after LOGIN\r\n")
+                } else {
+                    format!("{tag} BAD Unknown command\r\n")
+                };
                 conn.write(reply.as_bytes()).await?;
             }
         }
@@ -266,7 +290,11 @@ impl Session {
                 (String::from_utf8_lossy(user.expose()).into_owned(), pass)
             }
             _ => {
-                conn.write(format!("{tag} NO [CANNOT] Unsupported authentication mechanism; use PLAIN or LOGIN\r\n").as_bytes()).await?;
+                conn.write(
+                    format!("{tag} NO [CANNOT] Unsupported authentication mechanism; use PLAIN or LOGIN\r\n")
+                        .as_bytes(),
+                )
+                .await?;
                 return Ok(None);
             }
         };
@@ -276,7 +304,13 @@ impl Session {
 
     /// One SASL exchange: the initial response if the client sent one, else a `+` challenge and
     /// the client's base64 line. `None` means the exchange was answered already (error or abort).
-    async fn sasl_step(&mut self, conn: &mut Conn, tag: &str, initial: Option<Secret>, challenge: &str) -> std::io::Result<Option<Secret>> {
+    async fn sasl_step(
+        &mut self,
+        conn: &mut Conn,
+        tag: &str,
+        initial: Option<Secret>,
+        challenge: &str,
+    ) -> std::io::Result<Option<Secret>> {
         let encoded = match initial {
             Some(ir) => ir,
             None => {
@@ -309,7 +343,13 @@ impl Session {
     }
 
     /// Logs in at the provider chosen by `user`, answering the client with the provider's verdict.
-    async fn login(&mut self, conn: &mut Conn, tag: &str, user: String, pass: Secret) -> std::io::Result<Option<PreLogin>> {
+    async fn login(
+        &mut self,
+        conn: &mut Conn,
+        tag: &str,
+        user: String,
+        pass: Secret,
+    ) -> std::io::Result<Option<PreLogin>> {
         if !Self::tls_active(conn) && !self.listener.plaintext_auth {
             conn.write(
                 format!("{tag} NO [PRIVACYREQUIRED] Plaintext login is disabled on this port; use STARTTLS first, or the implicit-TLS port\r\n")
@@ -322,19 +362,23 @@ impl Session {
         span.record("login", user.as_str());
         let Some(provider) = self.shared.config.provider_for(&user) else {
             warn!("no provider configured for this login");
-            conn.write(format!("{tag} NO [UNAVAILABLE] No provider is configured for this login\r\n").as_bytes()).await?;
+            conn.write(format!("{tag} NO [UNAVAILABLE] No provider is configured for this login\r\n").as_bytes())
+                .await?;
             return Ok(None);
         };
         span.record("provider", provider.imap.to_string().as_str());
         let limits = &self.shared.config.limits;
-        let mut upstream = match Upstream::connect(&provider, &self.shared.upstream_tls, limits.connect_timeout(), limits.max_line).await {
-            Ok(up) => up,
-            Err(e) => {
-                warn!(cause = %e, "provider unavailable");
-                conn.write(format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
-                return Ok(None);
-            }
-        };
+        let mut upstream =
+            match Upstream::connect(&provider, &self.shared.upstream_tls, limits.connect_timeout(), limits.max_line)
+                .await
+            {
+                Ok(up) => up,
+                Err(e) => {
+                    warn!(cause = %e, "provider unavailable");
+                    conn.write(format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
+                    return Ok(None);
+                }
+            };
         let outcome = match tokio::time::timeout(limits.connect_timeout(), upstream.authenticate(&user, &pass)).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
@@ -344,7 +388,11 @@ impl Session {
             }
             Err(_) => {
                 warn!("provider did not answer the login in time");
-                conn.write(format!("{tag} NO [UNAVAILABLE] timed out waiting for {} to log in\r\n", upstream.server).as_bytes()).await?;
+                conn.write(
+                    format!("{tag} NO [UNAVAILABLE] timed out waiting for {} to log in\r\n", upstream.server)
+                        .as_bytes(),
+                )
+                .await?;
                 return Ok(None);
             }
         };

@@ -68,7 +68,12 @@ static SESSION_TAGS: AtomicU64 = AtomicU64::new(1);
 
 impl Upstream {
     /// Connects to `provider` and reads its greeting, all within `timeout`.
-    pub async fn connect(provider: &Provider, tls: &UpstreamTls, timeout: Duration, max_line: usize) -> Result<Upstream, UpstreamError> {
+    pub async fn connect(
+        provider: &Provider,
+        tls: &UpstreamTls,
+        timeout: Duration,
+        max_line: usize,
+    ) -> Result<Upstream, UpstreamError> {
         let server = provider.imap.clone();
         let name = server.to_string();
         match tokio::time::timeout(timeout, Self::connect_inner(provider, tls, max_line)).await {
@@ -83,7 +88,8 @@ impl Upstream {
         let tcp = tcp_connect(&server).await?;
         let _ = tcp.set_nodelay(true);
         let tls_config = || {
-            tls.config(provider.ca_file.as_deref()).map_err(|e| UpstreamError::Tls { server: name.clone(), detail: e.to_string() })
+            tls.config(provider.ca_file.as_deref())
+                .map_err(|e| UpstreamError::Tls { server: name.clone(), detail: e.to_string() })
         };
         let stream = match server.security {
             Security::Implicit => tls_handshake(tcp, &server, tls_config()?).await?,
@@ -96,16 +102,17 @@ impl Upstream {
             next_tag: SESSION_TAGS.fetch_add(1, Ordering::Relaxed) * 1000,
         };
         let greeting = up.read_response().await.map_err(|e| match e {
-            UpstreamError::Closed { .. } => UpstreamError::Greeting { server: name.clone(), detail: "closed before greeting".into() },
+            UpstreamError::Closed { .. } => {
+                UpstreamError::Greeting { server: name.clone(), detail: "closed before greeting".into() }
+            }
             e => e,
         })?;
         if !greeting.starts_with(b"* OK") && !greeting.starts_with(b"* PREAUTH") {
             let detail = String::from_utf8_lossy(&greeting[..greeting.len().min(200)]).trim_end().to_string();
             return Err(UpstreamError::Greeting { server: name, detail });
         }
-        up.capabilities = capability::find_in_response(&greeting)
-            .map(|r| capability::parse_list(&greeting[r]))
-            .unwrap_or_default();
+        up.capabilities =
+            capability::find_in_response(&greeting).map(|r| capability::parse_list(&greeting[r])).unwrap_or_default();
         if server.security == Security::StartTls {
             let tag = up.tag();
             up.send(format!("{tag} STARTTLS\r\n").as_bytes()).await?;
@@ -116,7 +123,10 @@ impl Upstream {
             }
             if !up.conn.buf.is_empty() {
                 // Bytes after the OK were sent in plaintext and could be injected.
-                return Err(UpstreamError::StartTls { server: name, detail: "data after the STARTTLS response".into() });
+                return Err(UpstreamError::StartTls {
+                    server: name,
+                    detail: "data after the STARTTLS response".into(),
+                });
             }
             let tcp = up.conn.stream.take_plain().expect("plain before STARTTLS");
             up.conn.stream = tls_handshake(tcp, &server, tls_config()?).await?;
@@ -254,7 +264,9 @@ impl Upstream {
     pub async fn read_response(&mut self) -> Result<Vec<u8>, UpstreamError> {
         match self.conn.read_message(MAX_RESPONSE, None).await {
             Ok(msg) => Ok(msg),
-            Err(ReadError::Eof | ReadError::Truncated) => Err(UpstreamError::Closed { server: self.server.to_string() }),
+            Err(ReadError::Eof | ReadError::Truncated) => {
+                Err(UpstreamError::Closed { server: self.server.to_string() })
+            }
             Err(ReadError::TooLong { .. }) => Err(UpstreamError::Protocol { server: self.server.to_string() }),
             Err(ReadError::Io(e)) => Err(self.io_error(e)),
         }
@@ -291,14 +303,14 @@ async fn tcp_connect(server: &ServerUrl) -> Result<TcpStream, UpstreamError> {
 
 fn dns_detail(e: &std::io::Error) -> String {
     let text = e.to_string();
-    if text.contains("failed to lookup address information") {
-        "no such host (DNS lookup failed)".into()
-    } else {
-        text
-    }
+    if text.contains("failed to lookup address information") { "no such host (DNS lookup failed)".into() } else { text }
 }
 
-async fn tls_handshake(tcp: TcpStream, server: &ServerUrl, config: std::sync::Arc<rustls::ClientConfig>) -> Result<Stream, UpstreamError> {
+async fn tls_handshake(
+    tcp: TcpStream,
+    server: &ServerUrl,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<Stream, UpstreamError> {
     let name = server.to_string();
     let server_name = ServerName::try_from(server.host.clone())
         .map_err(|_| UpstreamError::Tls { server: name.clone(), detail: "invalid host name".into() })?;
@@ -314,7 +326,9 @@ fn tls_detail(e: &std::io::Error) -> String {
     use rustls::{CertificateError, Error};
     let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
         return match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => "the server closed the connection during the handshake (is this a TLS port?)".into(),
+            std::io::ErrorKind::UnexpectedEof => {
+                "the server closed the connection during the handshake (is this a TLS port?)".into()
+            }
             _ => e.to_string(),
         };
     };
@@ -322,11 +336,15 @@ fn tls_detail(e: &std::io::Error) -> String {
         Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
             "certificate not trusted (unknown issuer; add the provider's CA as ca_file)".into()
         }
-        Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => {
-            "certificate is for another host name".into()
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "certificate is for another host name".into(),
+        Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+            "certificate has expired".into()
         }
-        Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => "certificate has expired".into(),
-        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => "the server does not speak TLS on this port".into(),
+        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => {
+            "the server does not speak TLS on this port".into()
+        }
         other => other.to_string(),
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 /// short enough that a hanging test fails visibly.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// One IMAP connection; lines are kept with their CRLF, as sent.
 pub struct ImapClient<S: Read + Write = TcpStream> {
     /// The server greeting, CRLF included.
     pub greeting: String,
@@ -48,6 +49,11 @@ impl<S: Read + Write> ImapClient<S> {
         };
         client.greeting = client.read_line();
         client
+    }
+
+    /// Wraps a connection whose greeting was already read (e.g. after STARTTLS).
+    pub fn from_stream_no_greeting(stream: S) -> Self {
+        ImapClient { greeting: String::new(), conn: BufReader::new(stream), transcript: String::new(), next_tag: 1 }
     }
 
     /// Everything sent ("C: ") and received ("S: ") so far, lossily as UTF-8.

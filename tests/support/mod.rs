@@ -4,3 +4,4 @@
 
 pub mod imap_client;
 pub mod provider;
+pub mod proxy;

@@ -129,7 +129,8 @@ impl Provider {
         let (guard, exit, output) = Guard::start(&scripts, &state_dir, &cmd);
         if exit != Some(0) {
             return Err(format!(
-                "start-provider.sh failed (exit {exit:?}):\n{output}{}",
+                "start-provider.sh failed (exit {}):\n{output}{}",
+                exit.map_or_else(|| "status unknown".to_owned(), |code| code.to_string()),
                 log_tails(&state_dir)
             ));
         }
@@ -140,16 +141,8 @@ impl Provider {
             .filter(|(key, _)| key.starts_with("PROVIDER_"))
             .map(|(key, value)| (key.to_owned(), value.trim_matches('"').to_owned()))
             .collect();
-        let var = |key: &str| {
-            env.get(key)
-                .cloned()
-                .ok_or_else(|| format!("start-provider.sh printed no {key}"))
-        };
-        let port = |key: &str| {
-            var(key)?
-                .parse::<u16>()
-                .map_err(|e| format!("{key}: {e}"))
-        };
+        let var = |key: &str| env.get(key).cloned().ok_or_else(|| format!("start-provider.sh printed no {key}"));
+        let port = |key: &str| var(key)?.parse::<u16>().map_err(|e| format!("{key}: {e}"));
         Ok(Provider {
             imap_port: port("PROVIDER_IMAP_PORT")?,
             imaps_port: port("PROVIDER_IMAPS_PORT")?,
@@ -299,11 +292,9 @@ fn script_dir() -> PathBuf {
     }
     let rel = Path::new(file!()).with_file_name("provider");
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .ancestors()
-        .map(|base| base.join(&rel))
-        .find(|dir| dir.join("start-provider.sh").is_file())
-        .unwrap_or_else(|| panic!("provider scripts not found (looked for {}; set COI_TEST_PROVIDER_DIR)", rel.display()))
+    manifest.ancestors().map(|base| base.join(&rel)).find(|dir| dir.join("start-provider.sh").is_file()).unwrap_or_else(
+        || panic!("provider scripts not found (looked for {}; set COI_TEST_PROVIDER_DIR)", rel.display()),
+    )
 }
 
 /// A fresh state directory, mode 0755, directly in /tmp rather than $TMPDIR:
