@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use time::{Duration, OffsetDateTime};
 
 /// Leaf lifetime; browsers' and Apple's limit for server certificates is 398 days.
@@ -215,7 +217,11 @@ impl UpstreamTls {
                 .map_err(|e| pem_error(path, e))?,
             None => Vec::new(),
         };
-        let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider())?;
+        // A self-hosted provider's self-signed certificate is its own anchor; webpki refuses such
+        // a certificate as an end entity (it is marked as a CA), so it is matched exactly instead.
+        let pinned = extra.clone();
+        let platform = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider())?;
+        let verifier = PinnedOrPlatform { pinned, platform };
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -224,6 +230,55 @@ impl UpstreamTls {
         let config = Arc::new(config);
         self.configs.lock().expect("tls cache").insert(key, config.clone());
         Ok(config)
+    }
+}
+
+/// Accepts a server certificate that is exactly one of the configured `ca_file` certificates
+/// (if it is valid for the name), else asks the platform verifier. Handshake signatures are
+/// always checked, so only the holder of the pinned certificate's key gets through.
+#[derive(Debug)]
+struct PinnedOrPlatform {
+    pinned: Vec<CertificateDer<'static>>,
+    platform: rustls_platform_verifier::Verifier,
+}
+
+impl ServerCertVerifier for PinnedOrPlatform {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+            let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_name(&parsed, server_name)?;
+            return Ok(ServerCertVerified::assertion());
+        }
+        self.platform.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.platform.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.platform.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.platform.supported_verify_schemes()
     }
 }
 

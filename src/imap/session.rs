@@ -132,7 +132,14 @@ impl Session {
             return PreLogin::Ended("client left before the greeting".into());
         }
         if self.listener.kind == ListenerKind::Imap {
-            match conn.fill().await {
+            let first = tokio::select! {
+                read = conn.fill() => read,
+                _ = self.shutdown.changed() => {
+                    let _ = conn.write(b"* BYE coi-proxy is shutting down\r\n").await;
+                    return PreLogin::Ended("shutdown".into());
+                }
+            };
+            match first {
                 Ok(0) | Err(_) => return PreLogin::Ended("client left without a command".into()),
                 Ok(_) if conn.buf[0] == 0x16 => {
                     // A TLS ClientHello: the client is set to SSL/TLS on the STARTTLS port.

@@ -342,6 +342,11 @@ fn tls_detail(e: &std::io::Error) -> String {
         Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
             "certificate has expired".into()
         }
+        Error::InvalidCertificate(CertificateError::Other(other))
+            if format!("{other:?}").contains("CaUsedAsEndEntity") =>
+        {
+            "certificate not trusted (self-signed; add the provider's certificate as ca_file)".into()
+        }
         Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => {
             "the server does not speak TLS on this port".into()
         }
