@@ -444,10 +444,10 @@ fn key_at(text: &str, offset: usize) -> String {
         if line.starts_with('[') {
             table = line.trim_matches(|c| c == '[' || c == ']').trim().to_string();
             key.clear();
-        } else if let Some((k, _)) = line.split_once('=') {
-            if !line.starts_with('#') {
-                key = k.trim().to_string();
-            }
+        } else if let Some((k, _)) = line.split_once('=')
+            && !line.starts_with('#')
+        {
+            key = k.trim().to_string();
         }
         pos += raw.len();
         if pos > offset {

@@ -80,7 +80,7 @@ pub fn ensure_local_cert(state_dir: &Path, names: &[String]) -> Result<CertActio
         leaf_renewal_reason(&paths, names)
     };
     match (created_ca || !paths.cert.exists(), reason) {
-        (false, None) => return Ok(CertAction::Reused),
+        (false, None) => Ok(CertAction::Reused),
         (true, _) => {
             write_leaf(&paths, &issuer, &ca_pem, names)?;
             Ok(CertAction::Created)

@@ -175,7 +175,7 @@ fn big_message(size: usize) -> Vec<u8> {
         x = x.wrapping_mul(1103515245).wrapping_add(12345);
         let c = b'!' + ((x >> 16) % 90) as u8;
         msg.push(c);
-        if msg.len() % 998 == 0 {
+        if msg.len().is_multiple_of(998) {
             msg.extend_from_slice(b"\r\n");
         }
     }

@@ -272,7 +272,7 @@ mod tests {
     fn announcement_parsing() {
         assert_eq!(literal_at_end(b"x {12}\r\n"), Some(Literal { len: 12, sync: true, binary: false }));
         assert_eq!(literal_at_end(b"x {12+}\n"), Some(Literal { len: 12, sync: false, binary: false }));
-        assert_eq!(literal_at_end(b"x ~{1}\r\n").unwrap().binary, true);
+        assert!(literal_at_end(b"x ~{1}\r\n").unwrap().binary);
         for not in [
             &b"x {}\r\n"[..],
             b"x {1a}\r\n",

@@ -81,7 +81,7 @@ struct Session {
 
 /// What the pre-login phase ended with.
 enum PreLogin {
-    LoggedIn(Conn, Upstream),
+    LoggedIn(Box<(Conn, Upstream)>),
     Ended(String),
 }
 
@@ -101,7 +101,7 @@ impl Session {
         let mut conn = Conn::new(stream, limits.max_line);
         let pre = tokio::time::timeout(limits.login_timeout(), self.pre_login(&mut conn)).await;
         let (conn, upstream) = match pre {
-            Ok(PreLogin::LoggedIn(conn, upstream)) => (conn, upstream),
+            Ok(PreLogin::LoggedIn(pair)) => *pair,
             Ok(PreLogin::Ended(why)) => return why,
             Err(_) => {
                 let _ = conn.write(b"* BYE Login timed out\r\n").await;
@@ -413,7 +413,10 @@ impl Session {
                 if !upstream.conn.buf.is_empty() {
                     debug!(bytes = upstream.conn.buf.len(), "provider sent more after login; relaying it");
                 }
-                Ok(Some(PreLogin::LoggedIn(std::mem::replace(conn, Conn::new(Stream::Upgrading, 1024)), upstream)))
+                Ok(Some(PreLogin::LoggedIn(Box::new((
+                    std::mem::replace(conn, Conn::new(Stream::Upgrading, 1024)),
+                    upstream,
+                )))))
             }
             AuthOutcome::Rejected(status) => {
                 self.auth_failures += 1;

@@ -1,0 +1,106 @@
+//! The command line: help, version, config errors, `check`, `cert export`.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use support::provider::Provider;
+
+fn coi_proxy(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("COI_PROXY_CONFIG")
+        .output()
+        .expect("run coi-proxy")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn help_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = coi_proxy(&["--help"], dir.path());
+    assert!(help.status.success());
+    let help = text(&help);
+    for word in ["run", "check", "cert", "Examples:", "--upstream imaps://"] {
+        assert!(help.contains(word), "{word} missing from --help:\n{help}");
+    }
+    let version = text(&coi_proxy(&["--version"], dir.path()));
+    assert_eq!(version.trim(), format!("coi-proxy {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn a_config_error_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("proxy.toml"), "[listen]\nimap = \"127.0.0.1:1143\"\nimapp = \"x\"\n").unwrap();
+    // Found through the default lookup (./proxy.toml).
+    let out = coi_proxy(&["run"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let msg = text(&out);
+    assert!(msg.contains("proxy.toml:3:1: listen.imapp: unknown field `imapp`"), "{msg}");
+    let out = coi_proxy(&["--config", "missing.toml", "check"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("cannot read missing.toml"), "{}", text(&out));
+}
+
+#[test]
+fn run_without_a_provider_says_how_to_give_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = coi_proxy(&["run"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("pass --upstream imaps://"), "{}", text(&out));
+    let out = coi_proxy(&["--upstream", "imap://mail.example.org", "run"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("loopback"), "{}", text(&out));
+}
+
+#[test]
+fn check_reports_reachable_and_unreachable_providers() {
+    let provider = Provider::start();
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "[upstream]\nimap = \"imap://127.0.0.1:{}\"\n[[account]]\ndomain = \"down.example\"\nimap = \"imap://127.0.0.1:{closed}\"\n",
+        provider.imap_port
+    );
+    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
+    let out = coi_proxy(&["check"], dir.path());
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("config: proxy.toml (valid)"), "{report}");
+    assert!(
+        report.contains(&format!("provider 127.0.0.1:{} (plain (loopback))\n  reachable: yes", provider.imap_port)),
+        "{report}"
+    );
+    assert!(report.contains("capabilities before login: IMAP4rev1"), "{report}");
+    assert!(report.contains(&format!("reachable: NO: connection refused by 127.0.0.1:{closed}")), "{report}");
+
+    std::fs::write(
+        dir.path().join("proxy.toml"),
+        format!("[upstream]\nimap = \"imap://127.0.0.1:{}\"\n", provider.imap_port),
+    )
+    .unwrap();
+    let out = coi_proxy(&["check"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn cert_export_writes_the_ca_the_daemon_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = coi_proxy(&["--state-dir", state.to_str().unwrap(), "cert", "export", "ca.pem"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let exported = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    assert!(exported.starts_with("-----BEGIN CERTIFICATE-----"), "{exported}");
+    assert_eq!(exported, std::fs::read_to_string(state.join("tls/ca.pem")).unwrap());
+    // To stdout, and stable across calls.
+    let out = coi_proxy(&["--state-dir", state.to_str().unwrap(), "cert", "export"], dir.path());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), exported);
+}
