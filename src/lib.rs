@@ -4,6 +4,7 @@
 //! the COI server side is emulated locally. `main.rs` is only the command line; everything else
 //! lives here, one module per concern.
 
+pub mod accounts;
 pub mod check;
 pub mod config;
 pub mod imap;
@@ -11,4 +12,5 @@ pub mod logging;
 pub mod net;
 pub mod secret;
 pub mod server;
+pub mod store;
 pub mod tls;

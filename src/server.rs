@@ -11,8 +11,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
+use crate::accounts::Credentials;
 use crate::config::Config;
 use crate::imap::session::{self, ListenerInfo, ListenerKind};
+use crate::store::Store;
 use crate::tls::{self, CertAction, UpstreamTls};
 
 /// What every session shares.
@@ -20,6 +22,8 @@ pub struct Shared {
     pub config: Config,
     pub upstream_tls: UpstreamTls,
     pub acceptor: TlsAcceptor,
+    pub credentials: Credentials,
+    pub store: Store,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,8 @@ pub enum RunError {
     StateDir { path: String, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr} ({kind}): {source}")]
     Bind { addr: SocketAddr, kind: &'static str, source: std::io::Error },
     #[error("cannot install signal handlers: {0}")]
@@ -67,7 +73,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         CertAction::Reused => {}
     }
     let acceptor = TlsAcceptor::from(tls::server_config(&config.state_dir)?);
-    let shared = Arc::new(Shared { config, upstream_tls: UpstreamTls::default(), acceptor });
+    let store = Store::open(&config.state_dir)?;
+    let shared = Arc::new(Shared {
+        config,
+        upstream_tls: UpstreamTls::default(),
+        acceptor,
+        credentials: Credentials::default(),
+        store,
+    });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Every session holds a sender; when all are gone, every session has ended.

@@ -403,9 +403,9 @@ impl Session {
                 return Ok(None);
             }
         };
-        drop(pass);
         match outcome {
             AuthOutcome::Ok(status) => {
+                self.shared.credentials.remember(&user, &pass);
                 let caps = capability::post_login(&upstream.capabilities, &[]).join(" ");
                 let text = status_text(&status);
                 conn.write(format!("{tag} OK [CAPABILITY {caps}] {text}\r\n").as_bytes()).await?;
