@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod check;
+pub mod coi;
 pub mod config;
 pub mod imap;
 pub mod logging;

@@ -13,6 +13,10 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+
+mod metadata;
+pub use metadata::TooManyEntries;
+
 /// Bumped whenever a table's meaning or encoding changes; `open` migrates older files.
 pub const SCHEMA_VERSION: u32 = 1;
 

@@ -1,0 +1,3 @@
+//! Chat over IMAP server emulation: METADATA configuration, chat folders, chat detection.
+
+pub mod metadata;

@@ -1,0 +1,107 @@
+//! METADATA entries the proxy keeps itself: all entries of an account whose provider lacks
+//! METADATA. Keyed by account, mailbox and entry; the values are opaque bytes.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Store, StoreError};
+
+/// `account NUL mailbox NUL entry` → value.
+const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
+
+fn prefix(account: &str, mailbox: &[u8]) -> String {
+    format!("{}\0{}\0", account.to_ascii_lowercase(), String::from_utf8_lossy(mailbox))
+}
+
+/// A SETMETADATA that would pass a per-account limit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooManyEntries;
+
+impl Store {
+    /// All entries of `mailbox` (`""` for server entries) of `account`.
+    pub fn metadata_entries(&self, account: &str, mailbox: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(METADATA) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let prefix = prefix(account, mailbox);
+        let mut out = BTreeMap::new();
+        for item in table.range(prefix.as_str()..)? {
+            let (key, value) = item?;
+            let Some(entry) = key.value().strip_prefix(prefix.as_str()) else { break };
+            out.insert(entry.to_string(), value.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Sets (`Some`) or deletes (`None`) entries in one transaction; refused whole when the
+    /// account would then hold more than `max_entries` entries.
+    pub fn metadata_apply(
+        &self,
+        account: &str,
+        mailbox: &[u8],
+        changes: &[(String, Option<Vec<u8>>)],
+        max_entries: usize,
+    ) -> Result<Result<(), TooManyEntries>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let too_many = {
+            let mut table = txn.open_table(METADATA)?;
+            let key_prefix = prefix(account, mailbox);
+            for (entry, value) in changes {
+                let key = format!("{key_prefix}{entry}");
+                match value {
+                    Some(v) => table.insert(key.as_str(), v.as_slice())?,
+                    None => table.remove(key.as_str())?,
+                };
+            }
+            let account_prefix = format!("{}\0", account.to_ascii_lowercase());
+            let mut count = 0;
+            for item in table.range(account_prefix.as_str()..)? {
+                if !item?.0.value().starts_with(account_prefix.as_str()) {
+                    break;
+                }
+                count += 1;
+            }
+            count > max_entries
+        };
+        if too_many {
+            txn.abort()?;
+            return Ok(Err(TooManyEntries));
+        }
+        txn.commit()?;
+        Ok(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_per_account_and_mailbox_with_a_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let set = |e: &str, v: Option<&str>| (e.to_string(), v.map(|v| v.as_bytes().to_vec()));
+        store
+            .metadata_apply("Alice@x", b"", &[set("/private/a", Some("1")), set("/private/b", Some("2"))], 10)
+            .unwrap()
+            .unwrap();
+        store.metadata_apply("alice@x", b"INBOX", &[set("/private/a", Some("3"))], 10).unwrap().unwrap();
+        store.metadata_apply("bob@x", b"", &[set("/private/a", Some("4"))], 10).unwrap().unwrap();
+        let server = store.metadata_entries("alice@x", b"").unwrap();
+        assert_eq!(server.len(), 2);
+        assert_eq!(server["/private/b"], b"2");
+        assert_eq!(store.metadata_entries("alice@x", b"INBOX").unwrap()["/private/a"], b"3");
+        store.metadata_apply("alice@x", b"", &[set("/private/a", None)], 10).unwrap().unwrap();
+        assert_eq!(store.metadata_entries("alice@x", b"").unwrap().len(), 1);
+        // alice has 2 entries; 2 more would make 4 > 3: refused, nothing written.
+        let result = store
+            .metadata_apply("alice@x", b"", &[set("/private/c", Some("x")), set("/private/d", Some("y"))], 3)
+            .unwrap();
+        assert_eq!(result, Err(TooManyEntries));
+        assert_eq!(store.metadata_entries("alice@x", b"").unwrap().len(), 1);
+    }
+}
