@@ -5,6 +5,7 @@ pub mod capability;
 pub mod command;
 pub mod conn;
 pub mod framing;
+pub mod own;
 pub mod relay;
 pub mod session;
 pub mod upstream;

@@ -17,6 +17,8 @@ use super::capability;
 use super::command;
 use super::conn::{Conn, READ_CHUNK};
 use super::framing::{Fragment, Framer, Literal};
+use super::own::{Interceptor, Link, OwnCommands, OwnEvent};
+use super::upstream::OWN_TAG_PREFIX;
 use crate::net::Stream;
 
 /// What the relay needs to know about its session.
@@ -54,29 +56,46 @@ enum ToClient {
     Bye(Vec<u8>, &'static str),
 }
 
+/// Largest command an interceptor is given (METADATA values included).
+const MAX_INTERCEPTED: usize = 1024 * 1024;
+
 /// Relays until either side closes, the proxy says BYE, or shutdown is signalled.
-pub async fn run(
+pub async fn run<I: Interceptor>(
     client: Conn,
     upstream: Conn,
     opts: RelayOptions,
+    interceptor: &mut I,
     mut shutdown: watch::Receiver<bool>,
 ) -> (RelayEnd, Traffic) {
     let (client_read, client_write) = tokio::io::split(client.stream);
     let (up_read, up_write) = tokio::io::split(upstream.stream);
     let (tx, rx) = mpsc::channel(16);
+    let link = Link::default();
     let (mut from_client, mut from_provider) = (0, 0);
     let end = {
-        let commands = commands(client_read, client.buf, client.framer, up_write, tx, &opts, &mut from_client);
-        let responses = responses(
-            up_read,
-            upstream.buf,
-            upstream.framer,
-            client_write,
-            rx,
-            &opts,
-            &mut shutdown,
-            &mut from_provider,
-        );
+        let commands = Commands {
+            read: client_read,
+            buf: client.buf,
+            framer: client.framer,
+            write: up_write,
+            to_client: tx,
+            opts: &opts,
+            link: &link,
+            counted: &mut from_client,
+            next_own_tag: 0,
+        }
+        .run(interceptor);
+        let responses = Responses {
+            read: up_read,
+            buf: upstream.buf,
+            framer: upstream.framer,
+            write: client_write,
+            from_commands: rx,
+            opts: &opts,
+            link: &link,
+            counted: &mut from_provider,
+        }
+        .run(&mut shutdown);
         tokio::pin!(commands, responses);
         tokio::select! {
             end = &mut commands => match end {
@@ -98,197 +117,312 @@ enum CommandsEnd {
     Handover,
 }
 
+/// What happens to the rest of the current client command.
+enum Mode {
+    Relay,
+    /// Refused: dropped up to its end.
+    Discard,
+    /// Read whole for the interceptor.
+    Collect(Vec<u8>),
+}
+
 /// Client → provider.
-async fn commands(
-    mut read: ReadHalf<Stream>,
-    mut buf: BytesMut,
-    mut framer: Framer,
-    mut write: WriteHalf<Stream>,
+struct Commands<'a> {
+    read: ReadHalf<Stream>,
+    buf: BytesMut,
+    framer: Framer,
+    write: WriteHalf<Stream>,
     to_client: mpsc::Sender<ToClient>,
-    opts: &RelayOptions,
-    counted: &mut u64,
-) -> CommandsEnd {
-    let mut out = Output::default();
-    // The rest of the current command is being dropped (it was refused).
-    let mut discarding = false;
-    // Part of the current command has already gone to the provider.
-    let mut forwarded = false;
-    let mut tag: Vec<u8> = Vec::new();
-    loop {
-        let mut pos = 0;
-        while let Some(fragment) = framer.next(&buf[pos..]) {
-            let (start, len) = (pos, fragment_len(&fragment));
-            pos += len;
-            let bytes = &buf[start..pos];
-            match fragment {
-                Fragment::Line { first, literal, .. } => {
-                    if first {
-                        discarding = false;
-                        forwarded = false;
-                        tag = command::head(bytes).map(|(t, _)| t.to_vec()).unwrap_or_default();
-                        if let Some(reply) = refuse_command(bytes) {
-                            discarding = true;
-                            if to_client.send(ToClient::Response(reply)).await.is_err() {
-                                return CommandsEnd::Ended(RelayEnd::ClientClosed);
+    opts: &'a RelayOptions,
+    link: &'a Link,
+    counted: &'a mut u64,
+    next_own_tag: u64,
+}
+
+impl Commands<'_> {
+    async fn run<I: Interceptor>(mut self, interceptor: &mut I) -> CommandsEnd {
+        let mut out = Output::default();
+        let mut mode = Mode::Relay;
+        // Part of the current command has already gone to the provider.
+        let mut forwarded = false;
+        let mut tag: Vec<u8> = Vec::new();
+        loop {
+            let mut pos = 0;
+            let mut collected = None;
+            let mut replies: Vec<ToClient> = Vec::new();
+            while let Some(fragment) = self.framer.next(&self.buf[pos..]) {
+                let (start, len) = (pos, fragment_len(&fragment));
+                pos += len;
+                let bytes = &self.buf[start..pos];
+                match fragment {
+                    Fragment::Line { first, literal, .. } => {
+                        if first {
+                            mode = Mode::Relay;
+                            forwarded = false;
+                            let head = command::head(bytes);
+                            tag = head.map(|(t, _)| t.to_vec()).unwrap_or_default();
+                            if let Some(reply) = refuse_command(bytes) {
+                                mode = Mode::Discard;
+                                replies.push(ToClient::Response(reply));
+                            } else if head.is_some_and(|(_, name)| interceptor.wants(name)) {
+                                mode = Mode::Collect(Vec::new());
+                            }
+                        }
+                        match &mut mode {
+                            Mode::Discard => {
+                                if literal.is_some_and(|l| l.sync) {
+                                    self.framer.cancel_literal();
+                                }
+                            }
+                            Mode::Collect(command) => {
+                                let too_big = literal.is_some_and(|l| l.len > MAX_INTERCEPTED as u64)
+                                    || command.len() + len > MAX_INTERCEPTED;
+                                if too_big {
+                                    let lit = literal.unwrap_or(Literal { len: 0, sync: false, binary: false });
+                                    if lit.sync {
+                                        self.framer.cancel_literal();
+                                    }
+                                    mode = Mode::Discard;
+                                    let text =
+                                        format!("{} [TOOBIG] Command too large", if lit.sync { "NO" } else { "BAD" });
+                                    replies.push(ToClient::Response(tagged_or_untagged(&tag, &text)));
+                                    continue;
+                                }
+                                command.extend_from_slice(bytes);
+                                match literal {
+                                    None => {
+                                        collected = Some(std::mem::take(command));
+                                        mode = Mode::Relay;
+                                        break;
+                                    }
+                                    Some(l) if l.sync => {
+                                        replies.push(ToClient::Response(b"+ Ready for literal data\r\n".to_vec()))
+                                    }
+                                    Some(_) => {}
+                                }
+                            }
+                            Mode::Relay => {
+                                if let Some(lit) = literal.filter(|l| l.len > self.opts.max_literal) {
+                                    if forwarded {
+                                        let bye = format!(
+                                            "* BYE [TOOBIG] Literal of {} bytes exceeds the limit of {} bytes\r\n",
+                                            lit.len, self.opts.max_literal
+                                        );
+                                        let _ = self
+                                            .to_client
+                                            .send(ToClient::Bye(bye.into_bytes(), "literal too big"))
+                                            .await;
+                                        return CommandsEnd::Handover;
+                                    }
+                                    replies.push(ToClient::Response(too_big(&tag, lit, self.opts.max_literal)));
+                                    if lit.sync {
+                                        self.framer.cancel_literal();
+                                    } else {
+                                        mode = Mode::Discard;
+                                    }
+                                    continue;
+                                }
+                                if first && !tag.is_empty() {
+                                    self.link.started(&tag);
+                                }
+                                out.pass(&self.buf, start, pos);
+                                forwarded = true;
                             }
                         }
                     }
-                    if discarding {
-                        if literal.is_some_and(|l| l.sync) {
-                            framer.cancel_literal();
-                        }
-                        continue;
-                    }
-                    if let Some(lit) = literal.filter(|l| l.len > opts.max_literal) {
-                        if forwarded {
-                            let bye = format!(
-                                "* BYE [TOOBIG] Literal of {} bytes exceeds the limit of {} bytes\r\n",
-                                lit.len, opts.max_literal
-                            );
-                            let _ = to_client.send(ToClient::Bye(bye.into_bytes(), "literal too big")).await;
+                    Fragment::LiteralData { .. } => match &mut mode {
+                        Mode::Discard => {}
+                        Mode::Collect(command) => command.extend_from_slice(bytes),
+                        Mode::Relay => out.pass(&self.buf, start, pos),
+                    },
+                    Fragment::Overlong { start: line_start, first, end, literal, .. } => {
+                        if line_start && !first {
+                            let bye = b"* BYE Command line too long\r\n".to_vec();
+                            let _ = self.to_client.send(ToClient::Bye(bye, "command line too long")).await;
                             return CommandsEnd::Handover;
                         }
-                        let reply = too_big(&tag, lit, opts.max_literal);
-                        if lit.sync {
-                            framer.cancel_literal();
-                        } else {
-                            discarding = true;
+                        if line_start {
+                            if first {
+                                tag = command::head(bytes).map(|(t, _)| t.to_vec()).unwrap_or_default();
+                            }
+                            mode = Mode::Discard;
+                            replies.push(ToClient::Response(tagged_or_untagged(&tag, "BAD Command line too long")));
                         }
-                        if to_client.send(ToClient::Response(reply)).await.is_err() {
-                            return CommandsEnd::Ended(RelayEnd::ClientClosed);
+                        if end && literal.is_some_and(|l| l.sync) {
+                            self.framer.cancel_literal();
                         }
-                        continue;
-                    }
-                    out.pass(&buf, start, pos);
-                    forwarded = true;
-                }
-                Fragment::LiteralData { .. } => {
-                    if discarding {
-                    } else {
-                        out.pass(&buf, start, pos);
-                    }
-                }
-                Fragment::Overlong { start: line_start, first, end, literal, .. } => {
-                    if line_start && !first {
-                        let bye = b"* BYE Command line too long\r\n".to_vec();
-                        let _ = to_client.send(ToClient::Bye(bye, "command line too long")).await;
-                        return CommandsEnd::Handover;
-                    }
-                    if line_start {
-                        tag = command::head(bytes).map(|(t, _)| t.to_vec()).unwrap_or_default();
-                        discarding = true;
-                        let reply = tagged_or_untagged(&tag, "BAD Command line too long");
-                        if to_client.send(ToClient::Response(reply)).await.is_err() {
-                            return CommandsEnd::Ended(RelayEnd::ClientClosed);
-                        }
-                    }
-                    if end && literal.is_some_and(|l| l.sync) {
-                        framer.cancel_literal();
                     }
                 }
             }
-        }
-        if let Err(e) = out.write_to(&mut write, &buf[..pos]).await {
-            return CommandsEnd::Ended(RelayEnd::ProviderError(e.to_string()));
-        }
-        buf.advance(pos);
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(READ_CHUNK);
-        }
-        match tokio::time::timeout(opts.autologout, read.read_buf(&mut buf)).await {
-            Ok(Ok(0)) => return CommandsEnd::Ended(RelayEnd::ClientClosed),
-            Ok(Ok(n)) => *counted += n as u64,
-            Ok(Err(e)) => return CommandsEnd::Ended(RelayEnd::ClientError(e.to_string())),
-            Err(_) => {
-                let bye = b"* BYE Autologout; idle for too long\r\n".to_vec();
-                let _ = to_client.send(ToClient::Bye(bye, "autologout")).await;
-                return CommandsEnd::Handover;
+            if let Err(e) = out.write_to(&mut self.write, &self.buf[..pos]).await {
+                return CommandsEnd::Ended(RelayEnd::ProviderError(e.to_string()));
+            }
+            self.buf.advance(pos);
+            for reply in replies {
+                if self.to_client.send(reply).await.is_err() {
+                    return CommandsEnd::Ended(RelayEnd::ClientClosed);
+                }
+            }
+            if let Some(command) = collected {
+                let mut own = OwnCommands { write: &mut self.write, link: self.link, next_tag: &mut self.next_own_tag };
+                let reply = interceptor.handle(command, &mut own).await;
+                if self.to_client.send(ToClient::Response(reply)).await.is_err() {
+                    return CommandsEnd::Ended(RelayEnd::ClientClosed);
+                }
+                // More commands may be buffered already.
+                continue;
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            match tokio::time::timeout(self.opts.autologout, self.read.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) => return CommandsEnd::Ended(RelayEnd::ClientClosed),
+                Ok(Ok(n)) => *self.counted += n as u64,
+                Ok(Err(e)) => return CommandsEnd::Ended(RelayEnd::ClientError(e.to_string())),
+                Err(_) => {
+                    let bye = b"* BYE Autologout; idle for too long\r\n".to_vec();
+                    let _ = self.to_client.send(ToClient::Bye(bye, "autologout")).await;
+                    return CommandsEnd::Handover;
+                }
             }
         }
     }
 }
 
 /// Provider → client.
-#[allow(clippy::too_many_arguments)]
-async fn responses(
-    mut read: ReadHalf<Stream>,
-    mut buf: BytesMut,
-    mut framer: Framer,
-    mut write: WriteHalf<Stream>,
-    mut from_commands: mpsc::Receiver<ToClient>,
-    opts: &RelayOptions,
-    shutdown: &mut watch::Receiver<bool>,
-    counted: &mut u64,
-) -> RelayEnd {
-    let mut out = Output::default();
-    let mut provider_said_bye = false;
-    let mut shutting_down = *shutdown.borrow();
-    loop {
-        if shutting_down && framer.at_message_start() {
-            let _ = write_flush(&mut write, b"* BYE coi-proxy is shutting down\r\n").await;
-            return RelayEnd::Shutdown;
-        }
-        tokio::select! {
-            biased;
-            msg = from_commands.recv(), if framer.at_message_start() => match msg {
-                Some(ToClient::Response(bytes)) => {
-                    if let Err(e) = write_flush(&mut write, &bytes).await {
-                        return RelayEnd::ClientError(e.to_string());
-                    }
-                }
-                Some(ToClient::Bye(bytes, why)) => {
-                    let _ = write_flush(&mut write, &bytes).await;
-                    return RelayEnd::Bye(why);
-                }
-                None => return RelayEnd::ClientClosed,
-            },
-            _ = shutdown.changed(), if !shutting_down => shutting_down = true,
-            read = async {
-                if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(READ_CHUNK);
-                }
-                read.read_buf(&mut buf).await
-            } => {
-                let n = match read {
-                    Ok(0) => {
-                        if !provider_said_bye && framer.at_message_start() {
-                            let _ = write_flush(&mut write, b"* BYE [UNAVAILABLE] The provider closed the connection\r\n").await;
+struct Responses<'a> {
+    read: ReadHalf<Stream>,
+    buf: BytesMut,
+    framer: Framer,
+    write: WriteHalf<Stream>,
+    from_commands: mpsc::Receiver<ToClient>,
+    opts: &'a RelayOptions,
+    link: &'a Link,
+    counted: &'a mut u64,
+}
+
+impl Responses<'_> {
+    async fn run(mut self, shutdown: &mut watch::Receiver<bool>) -> RelayEnd {
+        let mut out = Output::default();
+        let mut provider_said_bye = false;
+        let mut shutting_down = *shutdown.borrow();
+        // A response that belongs to an own command, being read whole.
+        let mut capture: Option<Vec<u8>> = None;
+        loop {
+            if shutting_down && self.framer.at_message_start() {
+                let _ = write_flush(&mut self.write, b"* BYE coi-proxy is shutting down\r\n").await;
+                return RelayEnd::Shutdown;
+            }
+            tokio::select! {
+                biased;
+                msg = self.from_commands.recv(), if self.framer.at_message_start() => match msg {
+                    Some(ToClient::Response(bytes)) => {
+                        if let Err(e) = write_flush(&mut self.write, &bytes).await {
+                            return RelayEnd::ClientError(e.to_string());
                         }
-                        return RelayEnd::ProviderClosed;
                     }
-                    Ok(n) => n,
-                    Err(e) => {
-                        if framer.at_message_start() {
-                            let bye = format!("* BYE [UNAVAILABLE] Lost the connection to the provider: {e}\r\n");
-                            let _ = write_flush(&mut write, bye.as_bytes()).await;
-                        }
-                        return RelayEnd::ProviderError(e.to_string());
+                    Some(ToClient::Bye(bytes, why)) => {
+                        let _ = write_flush(&mut self.write, &bytes).await;
+                        return RelayEnd::Bye(why);
                     }
-                };
-                *counted += n as u64;
-                let mut pos = 0;
-                while let Some(fragment) = framer.next(&buf[pos..]) {
-                    let (start, len) = (pos, fragment_len(&fragment));
-                    pos += len;
-                    let bytes = &buf[start..pos];
-                    if let Fragment::Line { first: true, .. } = fragment {
-                        if bytes.starts_with(b"* BYE") {
-                            provider_said_bye = true;
+                    None => return RelayEnd::ClientClosed,
+                },
+                _ = shutdown.changed(), if !shutting_down => shutting_down = true,
+                read = async {
+                    if self.buf.capacity() - self.buf.len() < 1024 {
+                        self.buf.reserve(READ_CHUNK);
+                    }
+                    self.read.read_buf(&mut self.buf).await
+                } => {
+                    let n = match read {
+                        Ok(0) => {
+                            if !provider_said_bye && self.framer.at_message_start() {
+                                let _ = write_flush(&mut self.write, b"* BYE [UNAVAILABLE] The provider closed the connection\r\n").await;
+                            }
+                            return RelayEnd::ProviderClosed;
                         }
-                        if let Some(rewritten) = capability::rewrite_response(bytes, &opts.extra_capabilities) {
-                            out.push(&buf, &rewritten);
+                        Ok(n) => n,
+                        Err(e) => {
+                            if self.framer.at_message_start() {
+                                let bye = format!("* BYE [UNAVAILABLE] Lost the connection to the provider: {e}\r\n");
+                                let _ = write_flush(&mut self.write, bye.as_bytes()).await;
+                            }
+                            return RelayEnd::ProviderError(e.to_string());
+                        }
+                    };
+                    *self.counted += n as u64;
+                    let mut pos = 0;
+                    while let Some(fragment) = self.framer.next(&self.buf[pos..]) {
+                        let (start, len) = (pos, fragment_len(&fragment));
+                        pos += len;
+                        let bytes = &self.buf[start..pos];
+                        if let Some(captured) = capture.as_mut() {
+                            captured.extend_from_slice(bytes);
+                            if self.framer.at_message_start() {
+                                self.link.deliver(OwnEvent::Untagged(capture.take().unwrap_or_default()), None);
+                            }
                             continue;
                         }
+                        if let Fragment::Line { first: true, .. } = fragment {
+                            if let Some(routed) = self.route(bytes) {
+                                match routed {
+                                    Route::Drop => {}
+                                    Route::Capture => {
+                                        if self.framer.at_message_start() {
+                                            self.link.deliver(OwnEvent::Untagged(bytes.to_vec()), None);
+                                        } else {
+                                            capture = Some(bytes.to_vec());
+                                        }
+                                    }
+                                }
+                                continue;
+                            }
+                            if bytes.starts_with(b"* BYE") {
+                                provider_said_bye = true;
+                            }
+                            if let Some(rewritten) = capability::rewrite_response(bytes, &self.opts.extra_capabilities) {
+                                out.push(&self.buf, &rewritten);
+                                continue;
+                            }
+                        }
+                        out.pass(&self.buf, start, pos);
                     }
-                    out.pass(&buf, start, pos);
+                    if let Err(e) = out.write_to(&mut self.write, &self.buf[..pos]).await {
+                        return RelayEnd::ClientError(e.to_string());
+                    }
+                    self.buf.advance(pos);
                 }
-                if let Err(e) = out.write_to(&mut write, &buf[..pos]).await {
-                    return RelayEnd::ClientError(e.to_string());
-                }
-                buf.advance(pos);
             }
         }
     }
+
+    /// Where the response starting with `line` goes if not to the client; keeps the count of
+    /// client commands in flight.
+    fn route(&self, line: &[u8]) -> Option<Route> {
+        if line.starts_with(b"+") {
+            if self.link.own_pending() {
+                self.link.deliver(OwnEvent::Continuation, None);
+                return Some(Route::Drop);
+            }
+            return None;
+        }
+        if line.starts_with(b"* ") {
+            return self.link.captures(line).then_some(Route::Capture);
+        }
+        let tag = &line[..line.iter().position(|&b| b == b' ').unwrap_or(line.len())];
+        if tag.starts_with(OWN_TAG_PREFIX.as_bytes()) {
+            let status = line.get(tag.len() + 1..).unwrap_or_default().to_vec();
+            self.link.deliver(OwnEvent::Status(status), Some(tag));
+            return Some(Route::Drop);
+        }
+        self.link.completed(tag);
+        None
+    }
+}
+
+enum Route {
+    Drop,
+    Capture,
 }
 
 fn fragment_len(f: &Fragment) -> usize {

@@ -113,7 +113,7 @@ impl Session {
             autologout: limits.autologout(),
             extra_capabilities: Vec::new(),
         };
-        let (end, traffic) = relay::run(conn, upstream.conn, opts, self.shutdown.clone()).await;
+        let (end, traffic) = relay::run(conn, upstream.conn, opts, &mut super::own::Relay, self.shutdown.clone()).await;
         format!("{end:?}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider)
     }
 

@@ -1,0 +1,236 @@
+//! The proxy's own commands on a client's provider connection.
+//!
+//! Some client commands cannot simply be relayed: a SETMETADATA that enables COI must create
+//! the chat folders before the client hears OK; a GETMETADATA must merge what the provider
+//! stores with what the proxy computes. Such commands are handed to an [`Interceptor`], which
+//! talks to the provider through [`OwnCommands`]. Own commands carry tags from the proxy's own
+//! tag space, and the response direction routes everything tagged with them (and the untagged
+//! responses asked for) back here, so nothing the proxy asks ever reaches the client.
+//!
+//! Before an own command goes out, the client commands already relayed are allowed to finish
+//! (`drain`), so untagged responses cannot be mistaken for each other; later client commands
+//! wait in the read buffer, keeping their order.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::sync::{Notify, mpsc};
+
+use super::framing::{Fragment, Framer};
+use super::upstream::OWN_TAG_PREFIX;
+use crate::net::Stream;
+
+/// How long an own command waits for relayed client commands to finish before going ahead.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the provider gets to answer an own command.
+const OWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Commands the proxy handles itself after login.
+pub trait Interceptor: Send {
+    /// Whether the command named `name` (upper or lower case) is handled here; it is then read
+    /// whole (the proxy answers `+` to its synchronizing literals) and given to `handle`.
+    fn wants(&self, name: &[u8]) -> bool;
+
+    /// Handles one whole command; returns the complete response for the client.
+    fn handle(&mut self, command: Vec<u8>, own: &mut OwnCommands<'_>) -> impl Future<Output = Vec<u8>> + Send;
+}
+
+/// Intercepts nothing: a pure relay.
+pub struct Relay;
+
+impl Interceptor for Relay {
+    fn wants(&self, _: &[u8]) -> bool {
+        false
+    }
+
+    async fn handle(&mut self, _: Vec<u8>, _: &mut OwnCommands<'_>) -> Vec<u8> {
+        unreachable!("wants() is always false")
+    }
+}
+
+/// What the provider answered to an own command.
+#[derive(Debug, Clone)]
+pub struct OwnReply {
+    /// The untagged responses asked for, whole (literals inline).
+    pub untagged: Vec<Vec<u8>>,
+    /// The tagged status without the tag, e.g. `OK Create completed.\r\n`.
+    pub status: Vec<u8>,
+}
+
+impl OwnReply {
+    pub fn ok(&self) -> bool {
+        self.status.starts_with(b"OK")
+    }
+
+    /// The status for the client: `tag` + the provider's status line.
+    pub fn for_client(&self, tag: &str) -> Vec<u8> {
+        [tag.as_bytes(), b" ", &self.status].concat()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OwnError {
+    #[error("lost the connection to the provider: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the provider closed the connection")]
+    Closed,
+    #[error("the provider did not answer in time")]
+    Timeout,
+}
+
+/// An event for a pending own command, from the response direction.
+pub(crate) enum OwnEvent {
+    Continuation,
+    Untagged(Vec<u8>),
+    Status(Vec<u8>),
+}
+
+pub(crate) struct OwnPending {
+    pub tag: String,
+    /// Prefixes of the untagged responses that belong to the own command (`* METADATA `).
+    pub capture: &'static [&'static [u8]],
+    pub events: mpsc::UnboundedSender<OwnEvent>,
+}
+
+/// What the two directions of one session share.
+#[derive(Default)]
+pub(crate) struct Link {
+    state: Mutex<LinkState>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct LinkState {
+    /// Tags of relayed client commands whose tagged response has not come yet.
+    in_flight: HashMap<Vec<u8>, usize>,
+    own: Option<OwnPending>,
+}
+
+impl Link {
+    /// A client command with `tag` went to the provider.
+    pub fn started(&self, tag: &[u8]) {
+        *self.state.lock().expect("link").in_flight.entry(tag.to_vec()).or_default() += 1;
+    }
+
+    /// The tagged response for `tag` passed.
+    pub fn completed(&self, tag: &[u8]) {
+        let mut state = self.state.lock().expect("link");
+        if let Some(n) = state.in_flight.get_mut(tag) {
+            *n -= 1;
+            if *n == 0 {
+                state.in_flight.remove(tag);
+            }
+        }
+        if state.in_flight.is_empty() {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Whether an own command is waiting for responses.
+    pub fn own_pending(&self) -> bool {
+        self.state.lock().expect("link").own.is_some()
+    }
+
+    /// Whether an untagged response starting with `line` belongs to the pending own command.
+    pub fn captures(&self, line: &[u8]) -> bool {
+        let state = self.state.lock().expect("link");
+        state.own.as_ref().is_some_and(|own| own.capture.iter().any(|p| starts_with_ci(line, p)))
+    }
+
+    /// Delivers an event to the pending own command. A status for `tag` ends it.
+    pub fn deliver(&self, event: OwnEvent, status_tag: Option<&[u8]>) {
+        let mut state = self.state.lock().expect("link");
+        let Some(own) = state.own.as_ref() else { return };
+        if let Some(tag) = status_tag
+            && tag != own.tag.as_bytes()
+        {
+            return;
+        }
+        let _ = own.events.send(event);
+        if status_tag.is_some() {
+            state.own = None;
+        }
+    }
+
+    async fn drain(&self) {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        loop {
+            let notified = self.changed.notified();
+            if self.state.lock().expect("link").in_flight.is_empty() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::debug!("relayed commands still unanswered; sending the proxy's command anyway");
+                return;
+            }
+        }
+    }
+}
+
+fn starts_with_ci(haystack: &[u8], prefix: &[u8]) -> bool {
+    haystack.len() >= prefix.len() && haystack[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// Sends the proxy's own commands on the session's provider connection.
+pub struct OwnCommands<'a> {
+    pub(crate) write: &'a mut WriteHalf<Stream>,
+    pub(crate) link: &'a Link,
+    pub(crate) next_tag: &'a mut u64,
+}
+
+impl OwnCommands<'_> {
+    /// Runs `command` (everything after the tag, CRLF included; literals of either kind) and
+    /// returns the provider's answer, with the untagged responses that start with one of
+    /// `capture` (e.g. `b"* METADATA "`).
+    pub async fn run(&mut self, command: &[u8], capture: &'static [&'static [u8]]) -> Result<OwnReply, OwnError> {
+        self.link.drain().await;
+        *self.next_tag += 1;
+        let tag = format!("{OWN_TAG_PREFIX}s{}", self.next_tag);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.link.state.lock().expect("link").own = Some(OwnPending { tag: tag.clone(), capture, events: tx });
+        let result = tokio::time::timeout(OWN_TIMEOUT, async {
+            let mut untagged = Vec::new();
+            // Send up to and including each synchronizing literal announcement, then wait for "+".
+            let mut pending_write = format!("{tag} ").into_bytes();
+            let mut framer = Framer::new(usize::MAX / 2);
+            let mut rest = command;
+            while let Some(fragment) = framer.next(rest) {
+                let (len, wait) = match fragment {
+                    Fragment::Line { len, literal, .. } => (len, literal.is_some_and(|l| l.sync)),
+                    Fragment::LiteralData { len, .. } | Fragment::Overlong { len, .. } => (len, false),
+                };
+                pending_write.extend_from_slice(&rest[..len]);
+                rest = &rest[len..];
+                if wait {
+                    self.write.write_all(&pending_write).await?;
+                    self.write.flush().await?;
+                    pending_write.clear();
+                    loop {
+                        match rx.recv().await.ok_or(OwnError::Closed)? {
+                            OwnEvent::Continuation => break,
+                            OwnEvent::Untagged(u) => untagged.push(u),
+                            OwnEvent::Status(status) => return Ok(OwnReply { untagged, status }),
+                        }
+                    }
+                }
+            }
+            pending_write.extend_from_slice(rest);
+            self.write.write_all(&pending_write).await?;
+            self.write.flush().await?;
+            loop {
+                match rx.recv().await.ok_or(OwnError::Closed)? {
+                    OwnEvent::Continuation => {}
+                    OwnEvent::Untagged(u) => untagged.push(u),
+                    OwnEvent::Status(status) => return Ok(OwnReply { untagged, status }),
+                }
+            }
+        })
+        .await
+        .unwrap_or(Err(OwnError::Timeout));
+        self.link.state.lock().expect("link").own = None;
+        result
+    }
+}
