@@ -24,6 +24,8 @@ pub struct Config {
     pub coi: Coi,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub queue: Queue,
     #[serde(default, rename = "account")]
     pub accounts: Vec<Account>,
     #[serde(default)]
@@ -81,12 +83,38 @@ pub struct Upstream {
 pub struct Coi {
     #[serde(default = "default_mailbox_root")]
     pub mailbox_root: String,
+    /// Clients (by their IMAP `ID` name) that watch INBOX only and so are shown `<root>/Chats`
+    /// in its place while the message filter is `active`.
+    #[serde(default = "default_chat_clients")]
+    pub chat_clients: Vec<String>,
+    /// How often the account worker polls a provider without IDLE, in seconds.
+    #[serde(default = "default_poll_secs")]
+    pub poll_secs: u64,
+    /// METADATA entries per account kept by the proxy (for providers without METADATA).
+    #[serde(default = "default_max_metadata_entries")]
+    pub max_metadata_entries: usize,
+    /// Largest METADATA value kept by the proxy, bytes.
+    #[serde(default = "default_max_metadata_size")]
+    pub max_metadata_size: u64,
 }
 
 impl Default for Coi {
     fn default() -> Self {
-        Coi { mailbox_root: default_mailbox_root() }
+        toml::from_str("").expect("defaults")
     }
+}
+
+fn default_chat_clients() -> Vec<String> {
+    vec!["Delta Chat".into()]
+}
+fn default_poll_secs() -> u64 {
+    10
+}
+fn default_max_metadata_entries() -> usize {
+    1000
+}
+fn default_max_metadata_size() -> u64 {
+    64 * 1024
 }
 
 /// Bounds on everything a peer controls.
@@ -133,6 +161,42 @@ impl Limits {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
     }
+}
+
+/// The outgoing mail queue (SMTP submission).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Queue {
+    /// Delay before the first retry after a temporary failure; doubled per attempt.
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial_secs: u64,
+    /// Longest delay between two attempts.
+    #[serde(default = "default_retry_max")]
+    pub retry_max_secs: u64,
+    /// How long a message may stay undelivered before it is given up and a failure report goes
+    /// to the sender's INBOX (default 5 days, as most MTAs).
+    #[serde(default = "default_give_up")]
+    pub give_up_after_secs: u64,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            retry_initial_secs: default_retry_initial(),
+            retry_max_secs: default_retry_max(),
+            give_up_after_secs: default_give_up(),
+        }
+    }
+}
+
+fn default_retry_initial() -> u64 {
+    60
+}
+fn default_retry_max() -> u64 {
+    60 * 60
+}
+fn default_give_up() -> u64 {
+    5 * 24 * 60 * 60
 }
 
 /// A per-login or per-domain provider override.
@@ -264,6 +328,12 @@ impl Config {
         if self.limits.max_line < 1024 {
             return Err(("limits.max_line".into(), "must be at least 1024".into()));
         }
+        if self.queue.retry_initial_secs == 0 || self.queue.retry_max_secs < self.queue.retry_initial_secs {
+            return Err((
+                "queue.retry_initial_secs".into(),
+                "must be at least 1 and at most queue.retry_max_secs".into(),
+            ));
+        }
         if self.limits.autologout_secs < 30 * 60 {
             return Err(("limits.autologout_secs".into(), "RFC 3501 requires at least 1800 seconds".into()));
         }
@@ -314,6 +384,38 @@ impl Config {
         }
         out
     }
+}
+
+impl Config {
+    /// The submission server for a login, routed like [`Config::provider_for`]: an `[[account]]`
+    /// matched by `login`, then by `domain`, each falling back to `[upstream] smtp`.
+    pub fn smtp_provider_for(&self, login: &str) -> Option<SmtpProvider> {
+        let domain = login.rsplit_once('@').map(|(_, d)| d);
+        let account =
+            self.accounts.iter().find(|a| a.login.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(login))).or_else(
+                || {
+                    self.accounts
+                        .iter()
+                        .find(|a| a.domain.as_deref().zip(domain).is_some_and(|(a, d)| a.eq_ignore_ascii_case(d)))
+                },
+            );
+        let upstream = self.upstream.as_ref();
+        let url = account.and_then(|a| a.smtp.as_deref()).or(upstream.and_then(|u| u.smtp.as_deref()))?;
+        let ca_file = account.and_then(|a| a.ca_file.clone()).or(upstream.and_then(|u| u.ca_file.clone()));
+        Some(SmtpProvider { smtp: ServerUrl::parse_smtp(url).ok()?, ca_file })
+    }
+
+    /// Whether any login has a submission server (else the SMTP listeners are not started).
+    pub fn has_smtp_provider(&self) -> bool {
+        self.upstream.as_ref().is_some_and(|u| u.smtp.is_some()) || self.accounts.iter().any(|a| a.smtp.is_some())
+    }
+}
+
+/// Where one login's submitted mail goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpProvider {
+    pub smtp: ServerUrl,
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Where one login's IMAP traffic goes.
@@ -541,6 +643,36 @@ mod tests {
         assert!(err.contains("account[0].login"), "{err}");
         let err = parse("[[account]]\nlogin = \"a@b\"\n").unwrap_err().to_string();
         assert!(err.contains("no [upstream]"), "{err}");
+    }
+
+    #[test]
+    fn smtp_routing_and_queue_defaults() {
+        let c = parse(
+            r#"
+            [upstream]
+            imap = "imaps://default.example"
+            smtp = "smtps://default.example"
+            [[account]]
+            domain = "example.net"
+            imap = "imaps://net.example"
+            [[account]]
+            login = "alice@example.net"
+            smtp = "smtp+starttls://alice.example"
+            "#,
+        )
+        .unwrap();
+        let alice = c.smtp_provider_for("Alice@example.net").unwrap().smtp;
+        assert_eq!((alice.host.as_str(), alice.port, alice.security), ("alice.example", 587, Security::StartTls));
+        assert_eq!(c.smtp_provider_for("bob@example.net").unwrap().smtp.host, "default.example");
+        assert_eq!(c.smtp_provider_for("carol@example.org").unwrap().smtp.port, 465);
+        assert!(c.has_smtp_provider());
+        assert_eq!(c.queue.give_up_after_secs, 5 * 24 * 3600);
+        let none = parse("[upstream]\nimap = \"imaps://x\"\n").unwrap();
+        assert!(none.smtp_provider_for("a@x").is_none() && !none.has_smtp_provider());
+        let err = parse("[queue]\nretry_initial_secs = 0\n").unwrap_err().to_string();
+        assert!(err.contains("queue.retry_initial_secs"), "{err}");
+        let err = parse("[queue]\nretry = 1\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
     }
 
     #[test]

@@ -13,5 +13,6 @@ pub mod logging;
 pub mod net;
 pub mod secret;
 pub mod server;
+pub mod smtp;
 pub mod store;
 pub mod tls;

@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use crate::accounts::Credentials;
+use crate::coi::hub::Hub;
 use crate::config::Config;
 use crate::imap::session::{self, ListenerInfo, ListenerKind};
 use crate::store::Store;
@@ -24,6 +25,10 @@ pub struct Shared {
     pub acceptor: TlsAcceptor,
     pub credentials: Credentials,
     pub store: Store,
+    /// Per-account COI state and workers.
+    pub hub: Hub,
+    /// Turns true when the daemon shuts down.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,15 +79,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     let acceptor = TlsAcceptor::from(tls::server_config(&config.state_dir)?);
     let store = Store::open(&config.state_dir)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         config,
         upstream_tls: UpstreamTls::default(),
         acceptor,
         credentials: Credentials::default(),
         store,
+        hub: Hub::default(),
+        shutdown: shutdown_rx.clone(),
     });
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Every session holds a sender; when all are gone, every session has ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let mut accept_tasks = Vec::new();
@@ -109,17 +115,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             alive_tx.clone(),
         )));
     }
+    // SMTP submission listeners and the queue's relay task.
+    accept_tasks.extend(crate::smtp::server::start(shared.clone(), shutdown_rx.clone(), alive_tx.clone()).await?);
     drop(alive_tx);
-    for (addr, kind) in shared
-        .config
-        .listen
-        .smtp
-        .iter()
-        .map(|a| (a, "smtp"))
-        .chain(shared.config.listen.smtps.iter().map(|a| (a, "smtps")))
-    {
-        warn!("[listen] {kind} = {addr} is not served yet by this version");
-    }
     info!(version = env!("CARGO_PKG_VERSION"), "coi-proxy ready");
 
     wait_for_signal().await?;

@@ -135,6 +135,25 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Takes one whole message out of the buffer if one is there, without reading. Together
+    /// with [`Conn::fill`] (which is cancel-safe) this lets a caller wait on other things too.
+    pub fn try_message(&mut self) -> Option<Vec<u8>> {
+        let mut framer = self.framer.clone();
+        let mut pos = 0;
+        while let Some(fragment) = framer.next(&self.buf[pos..]) {
+            pos += match fragment {
+                Fragment::Line { len, .. } | Fragment::LiteralData { len, .. } | Fragment::Overlong { len, .. } => len,
+            };
+            if framer.at_message_start() {
+                self.framer = framer;
+                return Some(self.buf.split_to(pos).to_vec());
+            }
+        }
+        None
+    }
+}
+
 /// The tag a message starts with, if it has a plausible one.
 fn tag_of(msg: &[u8]) -> Vec<u8> {
     let end = msg.iter().position(|&b| b == b' ' || b == b'\r' || b == b'\n').unwrap_or(msg.len());

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, WriteHalf};
@@ -96,36 +96,52 @@ pub(crate) struct OwnPending {
 }
 
 /// What the two directions of one session share.
-#[derive(Default)]
 pub(crate) struct Link {
     state: Mutex<LinkState>,
     changed: Notify,
+    /// Called when a watched command completes.
+    on_watched: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 #[derive(Default)]
 struct LinkState {
-    /// Tags of relayed client commands whose tagged response has not come yet.
-    in_flight: HashMap<Vec<u8>, usize>,
+    /// Tags of relayed client commands whose tagged response has not come yet, with whether
+    /// their completion is watched.
+    in_flight: HashMap<Vec<u8>, (usize, bool)>,
     own: Option<OwnPending>,
 }
 
 impl Link {
+    pub fn new(on_watched: Option<Arc<dyn Fn() + Send + Sync>>) -> Link {
+        Link { state: Mutex::default(), changed: Notify::new(), on_watched }
+    }
+
     /// A client command with `tag` went to the provider.
-    pub fn started(&self, tag: &[u8]) {
-        *self.state.lock().expect("link").in_flight.entry(tag.to_vec()).or_default() += 1;
+    pub fn started(&self, tag: &[u8], watched: bool) {
+        let mut state = self.state.lock().expect("link");
+        let entry = state.in_flight.entry(tag.to_vec()).or_default();
+        entry.0 += 1;
+        entry.1 |= watched;
     }
 
     /// The tagged response for `tag` passed.
     pub fn completed(&self, tag: &[u8]) {
-        let mut state = self.state.lock().expect("link");
-        if let Some(n) = state.in_flight.get_mut(tag) {
-            *n -= 1;
-            if *n == 0 {
-                state.in_flight.remove(tag);
+        let mut watched = false;
+        {
+            let mut state = self.state.lock().expect("link");
+            if let Some((n, w)) = state.in_flight.get_mut(tag) {
+                *n -= 1;
+                if *n == 0 {
+                    watched = *w;
+                    state.in_flight.remove(tag);
+                }
+            }
+            if state.in_flight.is_empty() {
+                self.changed.notify_waiters();
             }
         }
-        if state.in_flight.is_empty() {
-            self.changed.notify_waiters();
+        if watched && let Some(callback) = &self.on_watched {
+            callback();
         }
     }
 

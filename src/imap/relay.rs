@@ -7,6 +7,7 @@
 //! itself (a refused command), it hands the response over a channel and the response direction
 //! writes it between two provider responses, never inside one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -27,6 +28,9 @@ pub struct RelayOptions {
     pub autologout: Duration,
     /// Capabilities the proxy adds to the provider's.
     pub extra_capabilities: Vec<&'static str>,
+    /// Called when a STORE that sets or clears `\Seen` has been answered (the COI worker
+    /// moves chat messages once they are seen).
+    pub seen_changed: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// Why a relay ended, for the session's log line.
@@ -70,7 +74,7 @@ pub async fn run<I: Interceptor>(
     let (client_read, client_write) = tokio::io::split(client.stream);
     let (up_read, up_write) = tokio::io::split(upstream.stream);
     let (tx, rx) = mpsc::channel(16);
-    let link = Link::default();
+    let link = Link::new(opts.seen_changed.clone());
     let (mut from_client, mut from_provider) = (0, 0);
     let end = {
         let commands = Commands {
@@ -223,7 +227,7 @@ impl Commands<'_> {
                                     continue;
                                 }
                                 if first && !tag.is_empty() {
-                                    self.link.started(&tag);
+                                    self.link.started(&tag, touches_seen(bytes));
                                 }
                                 out.pass(&self.buf, start, pos);
                                 forwarded = true;
@@ -423,6 +427,12 @@ impl Responses<'_> {
 enum Route {
     Drop,
     Capture,
+}
+
+/// Whether a command line is a STORE that changes `\Seen`.
+fn touches_seen(line: &[u8]) -> bool {
+    command::head_with_uid(line).is_some_and(|(_, name, _)| name.eq_ignore_ascii_case(b"STORE"))
+        && line.windows(5).any(|w| w.eq_ignore_ascii_case(b"\\seen"))
 }
 
 fn fragment_len(f: &Fragment) -> usize {

@@ -19,6 +19,7 @@ use super::command::{self, Arg, Command};
 use super::conn::{Conn, ReadError};
 use super::relay::{self, RelayOptions};
 use super::upstream::{AuthOutcome, Upstream};
+use crate::coi::{self, hub::Account, session::CoiSession};
 use crate::net::Stream;
 use crate::secret::Secret;
 use crate::server::Shared;
@@ -62,7 +63,7 @@ pub async fn serve(
         debug!(listener = %listener.addr, "connected");
         let started = Instant::now();
         let _ = tcp.set_nodelay(true);
-        let mut session = Session { shared, listener, shutdown, client_id: None, auth_failures: 0 };
+        let mut session = Session { shared, listener, shutdown, client_id: None, account: None, auth_failures: 0 };
         let outcome = session.run(tcp).await;
         info!(outcome = %outcome, secs = started.elapsed().as_secs(), "session ended");
     }
@@ -76,6 +77,8 @@ struct Session {
     shutdown: watch::Receiver<bool>,
     /// The client's `ID` name, e.g. `Delta Chat`.
     client_id: Option<String>,
+    /// The account, once logged in.
+    account: Option<Arc<Account>>,
     auth_failures: u32,
 }
 
@@ -108,12 +111,19 @@ impl Session {
                 return "login timed out".into();
             }
         };
+        let account = self.account.clone().expect("logged in");
+        let provider_metadata = upstream.has("METADATA");
         let opts = RelayOptions {
             max_literal: limits.max_literal,
             autologout: limits.autologout(),
-            extra_capabilities: Vec::new(),
+            extra_capabilities: CoiSession::capabilities(provider_metadata),
+            seen_changed: Some({
+                let account = account.clone();
+                Arc::new(move || account.nudge.notify_one())
+            }),
         };
-        let (end, traffic) = relay::run(conn, upstream.conn, opts, &mut super::own::Relay, self.shutdown.clone()).await;
+        let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, self.client_id.clone());
+        let (end, traffic) = relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone()).await;
         format!("{end:?}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider)
     }
 
@@ -406,7 +416,15 @@ impl Session {
         match outcome {
             AuthOutcome::Ok(status) => {
                 self.shared.credentials.remember(&user, &pass);
-                let caps = capability::post_login(&upstream.capabilities, &[]).join(" ");
+                let provider_metadata = upstream.has("METADATA");
+                let account = self.shared.hub.account(&user);
+                if let Err(e) = coi::load_config(&self.shared, &account, &mut upstream).await {
+                    warn!("cannot read the COI configuration: {e}");
+                }
+                coi::worker::ensure_running(&self.shared, &account);
+                self.account = Some(account);
+                let extra = CoiSession::capabilities(provider_metadata);
+                let caps = capability::post_login(&upstream.capabilities, &extra).join(" ");
                 let text = status_text(&status);
                 conn.write(format!("{tag} OK [CAPABILITY {caps}] {text}\r\n").as_bytes()).await?;
                 info!("logged in");
@@ -454,7 +472,7 @@ fn parse_plain(payload: &[u8]) -> Option<(String, Secret)> {
 }
 
 /// The `name` field of an ID parameter list.
-fn client_name(args: &[Arg]) -> Option<String> {
+pub fn client_name(args: &[Arg]) -> Option<String> {
     let Some(Arg::List(items)) = args.first() else { return None };
     items.chunks(2).find_map(|kv| match kv {
         [Arg::Str(k), Arg::Str(v)] if k.eq_ignore_ascii_case(b"name") => Some(String::from_utf8_lossy(v).into_owned()),

@@ -243,8 +243,58 @@ impl Upstream {
         }
     }
 
+    /// Appends `message` to `mailbox` with `flags` (e.g. `\Seen`, or empty): the proxy's own
+    /// messages to the user, such as delivery-failure reports. `Ok(Err(status))` carries the
+    /// provider's refusal (`NO ...`), tag removed.
+    pub async fn append(
+        &mut self,
+        mailbox: &str,
+        flags: &str,
+        message: &[u8],
+    ) -> Result<Result<(), String>, UpstreamError> {
+        let tag = self.tag();
+        let literal_plus = self.has("LITERAL+");
+        let mut cmd = format!("{tag} APPEND ").into_bytes();
+        cmd.extend(command::astring(mailbox.as_bytes(), literal_plus));
+        let plus = if literal_plus { "+" } else { "" };
+        cmd.extend_from_slice(format!(" ({flags}) {{{}{plus}}}\r\n", message.len()).as_bytes());
+        self.send(&cmd).await?;
+        let status_text = |s: &[u8]| String::from_utf8_lossy(s).trim_end().to_string();
+        if !literal_plus {
+            loop {
+                let reply = self.read_response().await?;
+                if reply.starts_with(b"+") {
+                    break;
+                }
+                if let Some(status) = reply.strip_prefix(format!("{tag} ").as_bytes()) {
+                    return Ok(Err(status_text(status)));
+                }
+            }
+        }
+        self.send(message).await?;
+        self.send(b"\r\n").await?;
+        let status = self.read_tagged(&tag).await?;
+        Ok(if status.starts_with(b"OK") { Ok(()) } else { Err(status_text(&status)) })
+    }
+
     async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
         self.conn.write(bytes).await.map_err(|e| self.io_error(e))
+    }
+
+    /// Runs one command (everything after the tag, CRLF included, no synchronizing literals)
+    /// and returns its untagged responses and the tagged status without the tag.
+    pub async fn command(&mut self, command: &[u8]) -> Result<(Vec<Vec<u8>>, Vec<u8>), UpstreamError> {
+        let tag = self.tag();
+        self.send(&[tag.as_bytes(), b" ", command].concat()).await?;
+        let prefix = format!("{tag} ");
+        let mut untagged = Vec::new();
+        loop {
+            let resp = self.read_response().await?;
+            if let Some(status) = resp.strip_prefix(prefix.as_bytes()) {
+                return Ok((untagged, status.to_vec()));
+            }
+            untagged.push(resp);
+        }
     }
 
     /// Reads responses until the tagged one for `tag`; returns it without the tag.
@@ -277,7 +327,7 @@ impl Upstream {
     }
 }
 
-async fn tcp_connect(server: &ServerUrl) -> Result<TcpStream, UpstreamError> {
+pub(crate) async fn tcp_connect(server: &ServerUrl) -> Result<TcpStream, UpstreamError> {
     let name = server.to_string();
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((server.host.as_str(), server.port))
         .await
@@ -306,7 +356,7 @@ fn dns_detail(e: &std::io::Error) -> String {
     if text.contains("failed to lookup address information") { "no such host (DNS lookup failed)".into() } else { text }
 }
 
-async fn tls_handshake(
+pub(crate) async fn tls_handshake(
     tcp: TcpStream,
     server: &ServerUrl,
     config: std::sync::Arc<rustls::ClientConfig>,

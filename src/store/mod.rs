@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+mod queue;
+pub use queue::{Attempt, MailParams, QueuedMessage, Recipient, RecipientState};
 
+mod coi;
 mod metadata;
 pub use metadata::TooManyEntries;
 

@@ -1,0 +1,88 @@
+//! Names of the COI folders on a provider: `<prefix><root><sep>Chats` and `…Contacts`, with the
+//! provider's personal namespace prefix and hierarchy separator (Dovecot uses `.` or `/`).
+
+use crate::imap::command::{self, Arg};
+
+/// The provider's personal namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    pub prefix: String,
+    pub separator: Option<char>,
+}
+
+impl Namespace {
+    /// From `* NAMESPACE (("INBOX." ".")) NIL NIL`: the first personal namespace.
+    pub fn from_namespace_response(resp: &[u8]) -> Option<Namespace> {
+        let body = resp.strip_prefix(b"* ")?;
+        let cmd = command::parse(&[b"x ", body].concat()).ok()?;
+        if cmd.name != "NAMESPACE" {
+            return None;
+        }
+        let Some(Arg::List(personal)) = cmd.args.first() else { return None };
+        let Some(Arg::List(first)) = personal.first() else { return None };
+        let prefix = String::from_utf8_lossy(first.first()?.astring()?).into_owned();
+        let separator = match first.get(1) {
+            Some(Arg::Str(s)) => s.first().map(|&b| b as char),
+            _ => None,
+        };
+        Some(Namespace { prefix, separator })
+    }
+
+    /// From `* LIST (\Noselect) "/" ""`: the separator, no prefix.
+    pub fn from_list_response(resp: &[u8]) -> Option<Namespace> {
+        let body = resp.strip_prefix(b"* ")?;
+        let cmd = command::parse(&[b"x ", body].concat()).ok()?;
+        if cmd.name != "LIST" {
+            return None;
+        }
+        let separator = match cmd.args.get(1) {
+            Some(Arg::Str(s)) => s.first().map(|&b| b as char),
+            _ => None,
+        };
+        Some(Namespace { prefix: String::new(), separator })
+    }
+
+    /// The mailbox root as clients see it (the `mailbox-root` METADATA value).
+    pub fn root(&self, configured: &str) -> String {
+        format!("{}{configured}", self.prefix)
+    }
+
+    pub fn chats(&self, configured_root: &str) -> String {
+        self.child(configured_root, "Chats")
+    }
+
+    pub fn contacts(&self, configured_root: &str) -> String {
+        self.child(configured_root, "Contacts")
+    }
+
+    fn child(&self, configured_root: &str, name: &str) -> String {
+        let sep = self.separator.unwrap_or('/');
+        format!("{}{sep}{name}", self.root(configured_root))
+    }
+
+    /// Whether `mailbox` lies in the Trash folder `trash` (or is it).
+    pub fn in_trash(&self, mailbox: &str, trash: &str) -> bool {
+        let sep = self.separator.unwrap_or('/');
+        mailbox == trash || mailbox.starts_with(&format!("{trash}{sep}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dovecot_namespaces() {
+        let ns = Namespace::from_namespace_response(b"* NAMESPACE ((\"\" \".\")) NIL NIL\r\n").unwrap();
+        assert_eq!(ns, Namespace { prefix: String::new(), separator: Some('.') });
+        assert_eq!(ns.chats("COI"), "COI.Chats");
+        assert_eq!(ns.contacts("COI"), "COI.Contacts");
+        let ns = Namespace::from_namespace_response(b"* NAMESPACE ((\"INBOX/\" \"/\")) NIL NIL\r\n").unwrap();
+        assert_eq!(ns.chats("COI"), "INBOX/COI/Chats");
+        assert_eq!(ns.root("COI"), "INBOX/COI");
+        let ns = Namespace::from_list_response(b"* LIST (\\Noselect) \"/\" \"\"\r\n").unwrap();
+        assert_eq!(ns.chats("COI"), "COI/Chats");
+        assert!(ns.in_trash("Trash/COI/Chats", "Trash"));
+        assert!(!ns.in_trash("Trashy", "Trash"));
+    }
+}

@@ -1,0 +1,520 @@
+//! The COI server side of one client session: the commands the proxy intercepts after login.
+//!
+//! - GETMETADATA / SETMETADATA: the COI entries are answered and validated here; other entries
+//!   go to the provider when it has METADATA, else to the local store.
+//! - CREATE / DELETE / RENAME of `<root>/Chats` switch COI on and off, as the spec asks.
+//! - ID and SELECT / EXAMINE / STATUS: a chat client that watches INBOX only (today's Delta
+//!   Chat) is shown `<root>/Chats` in its place while the filter is `active`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tracing::{debug, info, warn};
+
+use super::folders::Namespace;
+use super::hub::Account;
+use super::metadata::{
+    self, CoiChange, CoiConfig, ENABLED, Filter, GetMetadata, MESSAGE_FILTER, MetadataError, SetMetadata,
+};
+use crate::imap::command::{self, Arg, Command};
+use crate::imap::own::{Interceptor, OwnCommands, OwnError, OwnReply};
+use crate::imap::session::client_name;
+use crate::server::Shared;
+use crate::store::TooManyEntries;
+
+const CAPTURE_METADATA: &[&[u8]] = &[b"* METADATA "];
+const CAPTURE_NAMESPACE: &[&[u8]] = &[b"* NAMESPACE ", b"* LIST "];
+const CAPTURE_LIST: &[&[u8]] = &[b"* LIST "];
+const CAPTURE_STATUS: &[&[u8]] = &[b"* STATUS "];
+
+/// The COI side of one logged-in session.
+pub struct CoiSession {
+    shared: Arc<Shared>,
+    account: Arc<Account>,
+    /// The provider stores METADATA itself.
+    provider_metadata: bool,
+    namespace: Option<Namespace>,
+    /// The client's ID name (`Delta Chat`), from before or after login.
+    client_name: Option<String>,
+}
+
+/// A reply for the client, or the reason the provider failed us.
+type Reply = Result<Vec<u8>, OwnError>;
+
+impl CoiSession {
+    pub fn new(
+        shared: Arc<Shared>,
+        account: Arc<Account>,
+        provider_metadata: bool,
+        client_name: Option<String>,
+    ) -> Self {
+        CoiSession { shared, account, provider_metadata, namespace: None, client_name }
+    }
+
+    /// Capabilities the proxy adds for this session.
+    pub fn capabilities(provider_metadata: bool) -> Vec<&'static str> {
+        if provider_metadata { vec!["COI"] } else { vec!["COI", "METADATA"] }
+    }
+
+    fn is_chat_client(&self) -> bool {
+        let clients = &self.shared.config.coi.chat_clients;
+        self.client_name.as_deref().is_some_and(|n| clients.iter().any(|c| c.eq_ignore_ascii_case(n)))
+    }
+
+    fn root(&self) -> &str {
+        &self.shared.config.coi.mailbox_root
+    }
+
+    async fn dispatch(&mut self, raw: &[u8], cmd: &Command, own: &mut OwnCommands<'_>) -> Reply {
+        match cmd.name.as_str() {
+            "GETMETADATA" => match metadata::parse_get(cmd) {
+                Ok(req) => self.get_metadata(&cmd.tag, req, own).await,
+                Err(e) => Ok(tagged(&cmd.tag, &e.to_string())),
+            },
+            "SETMETADATA" => match metadata::parse_set(cmd) {
+                Ok(req) => self.set_metadata(&cmd.tag, req, own).await,
+                Err(e) => Ok(tagged(&cmd.tag, &e.to_string())),
+            },
+            "CREATE" | "DELETE" | "RENAME" => self.mailbox_command(raw, cmd, own).await,
+            "ID" => {
+                if let Some(name) = client_name(&cmd.args) {
+                    info!(client_name = %name, "client identified itself");
+                    self.client_name = Some(name);
+                }
+                Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag))
+            }
+            "SELECT" | "EXAMINE" | "STATUS" => self.select_like(raw, cmd, own).await,
+            _ => Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag)),
+        }
+    }
+
+    /// The provider's namespace, asked once per session.
+    async fn namespace(&mut self, own: &mut OwnCommands<'_>) -> Result<Namespace, OwnError> {
+        if let Some(ns) = &self.namespace {
+            return Ok(ns.clone());
+        }
+        let reply = own.run(b"NAMESPACE\r\n", CAPTURE_NAMESPACE).await?;
+        let mut ns = reply.untagged.iter().find_map(|r| Namespace::from_namespace_response(r));
+        if ns.as_ref().is_none_or(|n| n.separator.is_none()) {
+            let reply = own.run(b"LIST \"\" \"\"\r\n", CAPTURE_LIST).await?;
+            let sep = reply.untagged.iter().find_map(|r| Namespace::from_list_response(r)).and_then(|n| n.separator);
+            let prefix = ns.map(|n| n.prefix).unwrap_or_default();
+            ns = Some(Namespace { prefix, separator: sep });
+        }
+        let ns = ns.unwrap_or(Namespace { prefix: String::new(), separator: Some('/') });
+        self.namespace = Some(ns.clone());
+        Ok(ns)
+    }
+
+    /// The account's COI configuration, from the provider or the local store.
+    async fn read_config(&mut self, own: &mut OwnCommands<'_>) -> Result<CoiConfig, OwnError> {
+        let config = if self.provider_metadata {
+            let cmd = format!("GETMETADATA \"\" ({ENABLED} {MESSAGE_FILTER})\r\n");
+            let reply = own.run(cmd.as_bytes(), CAPTURE_METADATA).await?;
+            config_from_responses(&reply.untagged)
+        } else {
+            let entries = self.local_entries(b"");
+            CoiConfig::from_values(
+                entries.get(ENABLED).map(Vec::as_slice),
+                entries.get(MESSAGE_FILTER).map(Vec::as_slice),
+            )
+        };
+        self.account.set_config(config);
+        Ok(config)
+    }
+
+    fn local_entries(&self, mailbox: &[u8]) -> BTreeMap<String, Vec<u8>> {
+        match self.shared.store.metadata_entries(&self.account.login, mailbox) {
+            Ok(entries) => entries,
+            Err(e) => {
+                warn!("cannot read METADATA from the store: {e}");
+                BTreeMap::new()
+            }
+        }
+    }
+
+    async fn get_metadata(&mut self, tag: &str, req: GetMetadata, own: &mut OwnCommands<'_>) -> Reply {
+        let server_level = req.mailbox.is_empty();
+        let reaches_coi = server_level && req.entries.iter().any(|e| metadata::reaches_coi(e, req.depth));
+        let mut entries: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        let mut longest: Option<u64> = None;
+        if self.provider_metadata {
+            let elsewhere: Vec<&String> =
+                req.entries.iter().filter(|e| !server_level || !metadata::is_coi_entry(e)).collect();
+            if !elsewhere.is_empty() {
+                let reply = own.run(&get_command(&req, &elsewhere), CAPTURE_METADATA).await?;
+                if !reply.ok() {
+                    return Ok(reply.for_client(tag));
+                }
+                for resp in &reply.untagged {
+                    if let Some((_, found)) = metadata::parse_response(resp) {
+                        entries.extend(found.into_iter().filter(|(e, _)| !server_level || !metadata::is_coi_entry(e)));
+                    }
+                }
+                longest = long_entries(&reply.status);
+            }
+        } else {
+            let mut available = self.local_entries(&req.mailbox);
+            available.retain(|e, _| !server_level || !metadata::is_coi_entry(e));
+            let plain = GetMetadata {
+                entries: req.entries.iter().filter(|e| !server_level || !metadata::is_coi_entry(e)).cloned().collect(),
+                ..req.clone()
+            };
+            let (found, long) = metadata::select(&plain, &available);
+            entries.extend(found);
+            longest = long;
+        }
+        if reaches_coi {
+            let config = self.read_config(own).await?;
+            let root = self.namespace(own).await?.root(self.root());
+            let ours = GetMetadata {
+                entries: req.entries.iter().filter(|e| metadata::reaches_coi(e, req.depth)).cloned().collect(),
+                ..req.clone()
+            };
+            let (found, long) = metadata::select(&ours, &metadata::coi_entries(&config, &root));
+            for entry in found {
+                if !entries.iter().any(|(e, _)| *e == entry.0) {
+                    entries.push(entry);
+                }
+            }
+            longest = longest.max(long);
+        }
+        let mut reply = if entries.is_empty() { Vec::new() } else { metadata::format_response(&req.mailbox, &entries) };
+        let code = longest.map(|n| format!("[METADATA LONGENTRIES {n}] ")).unwrap_or_default();
+        reply.extend(tagged(tag, &format!("OK {code}Getmetadata completed.")));
+        Ok(reply)
+    }
+
+    async fn set_metadata(&mut self, tag: &str, mut req: SetMetadata, own: &mut OwnCommands<'_>) -> Reply {
+        let change = match metadata::coi_change(&req) {
+            Ok(change) => change,
+            Err(e) => return Ok(tagged(tag, &e.to_string())),
+        };
+        // Stored normalised: "" disables like NIL.
+        for (entry, value) in &mut req.entries {
+            if (entry == ENABLED || entry == MESSAGE_FILTER) && value.as_deref() == Some(b"") {
+                *value = None;
+            }
+        }
+        if change.enabled == Some(true)
+            && let Err(status) = self.create_folders(own).await?
+        {
+            return Ok(tagged(tag, &status));
+        }
+        if self.provider_metadata {
+            let reply = own.run(&set_command(&req), &[]).await?;
+            if !reply.ok() {
+                return Ok(reply.for_client(tag));
+            }
+        } else {
+            let max = self.shared.config.coi.max_metadata_size;
+            if let Some((_, Some(v))) =
+                req.entries.iter().find(|(_, v)| v.as_ref().is_some_and(|v| v.len() as u64 > max))
+            {
+                debug!(size = v.len(), "METADATA value over the limit");
+                return Ok(tagged(tag, &MetadataError::TooLarge(max).to_string()));
+            }
+            let max_entries = self.shared.config.coi.max_metadata_entries;
+            match self.shared.store.metadata_apply(&self.account.login, &req.mailbox, &req.entries, max_entries) {
+                Ok(Ok(())) => {}
+                Ok(Err(TooManyEntries)) => return Ok(tagged(tag, &MetadataError::TooMany.to_string())),
+                Err(e) => {
+                    warn!("cannot write METADATA to the store: {e}");
+                    return Ok(tagged(tag, "NO [SERVERBUG] The proxy could not store the entries"));
+                }
+            }
+        }
+        if change != CoiChange::default() {
+            let mut config = self.account.current();
+            if let Some(enabled) = change.enabled {
+                config.enabled = enabled;
+            }
+            if let Some(filter) = change.filter {
+                config.filter = filter;
+            }
+            self.publish(config);
+        }
+        Ok(tagged(tag, "OK SETMETADATA complete"))
+    }
+
+    fn publish(&self, config: CoiConfig) {
+        info!(enabled = config.enabled, filter = config.filter.as_str(), "COI configuration changed");
+        self.account.set_config(config);
+        super::worker::ensure_running(&self.shared, &self.account);
+    }
+
+    /// Creates `<root>/Chats` (subscribed) and `<root>/Contacts` where missing.
+    async fn create_folders(&mut self, own: &mut OwnCommands<'_>) -> Result<Result<(), String>, OwnError> {
+        let ns = self.namespace(own).await?;
+        let (chats, contacts) = (ns.chats(self.root()), ns.contacts(self.root()));
+        for (name, subscribe) in [(chats, true), (contacts, false)] {
+            let quoted = String::from_utf8_lossy(&command::astring(name.as_bytes(), false)).into_owned();
+            let reply = own.run(format!("CREATE {quoted}\r\n").as_bytes(), &[]).await?;
+            let exists = reply.status.windows(15).any(|w| w.eq_ignore_ascii_case(b"[ALREADYEXISTS]"));
+            if !reply.ok() && !exists {
+                let text = String::from_utf8_lossy(&reply.status).trim_end().to_string();
+                warn!(mailbox = %name, "cannot create a COI folder: {text}");
+                return Ok(Err(format!("NO [SERVERBUG] Cannot create {name}: {text}")));
+            }
+            if subscribe {
+                own.run(format!("SUBSCRIBE {quoted}\r\n").as_bytes(), &[]).await?;
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Stores `enabled` (COI switched on or off through its Chats folder).
+    async fn set_enabled(&mut self, enabled: bool, own: &mut OwnCommands<'_>) -> Result<(), OwnError> {
+        let value: Option<Vec<u8>> = enabled.then(|| b"yes".to_vec());
+        if self.provider_metadata {
+            let v = if enabled { "yes" } else { "NIL" };
+            let reply = own.run(format!("SETMETADATA \"\" ({ENABLED} {v})\r\n").as_bytes(), &[]).await?;
+            if !reply.ok() {
+                warn!("provider refused to store the COI state: {}", String::from_utf8_lossy(&reply.status).trim_end());
+            }
+        } else if let Err(e) =
+            self.shared.store.metadata_apply(&self.account.login, b"", &[(ENABLED.to_string(), value)], usize::MAX)
+        {
+            warn!("cannot store the COI state: {e}");
+        }
+        let current = self.read_config(own).await.unwrap_or_else(|_| self.account.current());
+        self.publish(CoiConfig { enabled, ..current });
+        Ok(())
+    }
+
+    /// CREATE, DELETE and RENAME: relayed, and when they touch `<root>/Chats`, COI follows.
+    async fn mailbox_command(&mut self, raw: &[u8], cmd: &Command, own: &mut OwnCommands<'_>) -> Reply {
+        let names: Vec<String> =
+            cmd.args.iter().filter_map(Arg::astring).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+        let ns = self.namespace(own).await?;
+        let chats = ns.chats(self.root());
+        let (is_chats_source, is_chats_target) = match cmd.name.as_str() {
+            "RENAME" => (names.first() == Some(&chats), names.get(1) == Some(&chats)),
+            _ => (names.first() == Some(&chats), false),
+        };
+        if !is_chats_source && !is_chats_target {
+            return Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag));
+        }
+        let enable = match cmd.name.as_str() {
+            "CREATE" => Some(true),
+            "DELETE" => Some(false),
+            _ if is_chats_target => Some(true),
+            _ => {
+                let target = names.get(1).cloned().unwrap_or_default();
+                let trash = self.trash(own).await?;
+                if !ns.in_trash(&target, &trash) {
+                    return Ok(tagged(&cmd.tag, "NO [CANNOT] COI mailbox can't be renamed"));
+                }
+                Some(false)
+            }
+        };
+        let reply = forward(raw, own, &[]).await?;
+        if reply.ok()
+            && let Some(enabled) = enable
+        {
+            if enabled {
+                // Contacts belongs with Chats; the client created Chats itself.
+                if let Err(status) = self.create_folders(own).await? {
+                    warn!("{status}");
+                }
+            }
+            self.set_enabled(enabled, own).await?;
+        }
+        Ok(reply.for_client(&cmd.tag))
+    }
+
+    /// The provider's `\Trash` special-use folder, else `Trash`.
+    async fn trash(&mut self, own: &mut OwnCommands<'_>) -> Result<String, OwnError> {
+        let reply = own.run(b"LIST \"\" \"*\" RETURN (SPECIAL-USE)\r\n", CAPTURE_LIST).await?;
+        let found = reply.untagged.iter().find_map(|line| {
+            let text = String::from_utf8_lossy(line);
+            if !text.contains("\\Trash") {
+                return None;
+            }
+            let body = line.strip_prefix(b"* ")?;
+            let parsed = command::parse(&[b"x ", body].concat()).ok()?;
+            parsed.args.get(2)?.astring().map(|n| String::from_utf8_lossy(n).into_owned())
+        });
+        Ok(found.unwrap_or_else(|| "Trash".into()))
+    }
+
+    /// SELECT, EXAMINE and STATUS of INBOX by a chat client while the filter is `active`: the
+    /// Chats folder is used instead, and a STATUS answer keeps the name the client asked for.
+    async fn select_like(&mut self, raw: &[u8], cmd: &Command, own: &mut OwnCommands<'_>) -> Reply {
+        let asks_inbox = cmd.args.first().and_then(Arg::astring).is_some_and(|m| m.eq_ignore_ascii_case(b"INBOX"));
+        let active = self.account.current().effective_filter() == Filter::Active;
+        if !(asks_inbox && active && self.is_chat_client()) {
+            return Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag));
+        }
+        let chats = self.namespace(own).await?.chats(self.root());
+        let rest = &raw[raw.iter().position(|&b| b == b' ').unwrap_or(0)..];
+        let after_name = skip_first_arg(rest, cmd.name.len());
+        let mut rewritten = format!("{} ", cmd.name).into_bytes();
+        rewritten.extend(command::astring(chats.as_bytes(), false));
+        rewritten.extend_from_slice(after_name);
+        debug!(mailbox = %chats, "chat client: INBOX shown as the Chats folder");
+        let reply = own.run(&rewritten, CAPTURE_STATUS).await?;
+        let mut out = Vec::new();
+        for status in &reply.untagged {
+            out.extend(rename_status(status, b"INBOX"));
+        }
+        out.extend(reply.for_client(&cmd.tag));
+        Ok(out)
+    }
+}
+
+impl Interceptor for CoiSession {
+    fn wants(&self, name: &[u8]) -> bool {
+        let upper = name.to_ascii_uppercase();
+        match upper.as_slice() {
+            b"GETMETADATA" | b"SETMETADATA" | b"CREATE" | b"DELETE" | b"RENAME" | b"ID" => true,
+            b"SELECT" | b"EXAMINE" | b"STATUS" => self.is_chat_client(),
+            _ => false,
+        }
+    }
+
+    async fn handle(&mut self, raw: Vec<u8>, own: &mut OwnCommands<'_>) -> Vec<u8> {
+        let cmd = match command::parse(&raw) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                let tag = command::head(&raw).map(|(t, _)| String::from_utf8_lossy(t).into_owned());
+                return tagged(tag.as_deref().unwrap_or("*"), &format!("BAD {e}"));
+            }
+        };
+        match self.dispatch(&raw, &cmd, own).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                warn!(command = %cmd.name, "provider failed: {e}");
+                tagged(&cmd.tag, &format!("NO [UNAVAILABLE] {e}"))
+            }
+        }
+    }
+}
+
+/// Relays a client command as an own command (the client's tag replaced).
+async fn forward(
+    raw: &[u8],
+    own: &mut OwnCommands<'_>,
+    capture: &'static [&'static [u8]],
+) -> Result<OwnReply, OwnError> {
+    let after_tag = raw.iter().position(|&b| b == b' ').map_or(raw, |i| &raw[i + 1..]);
+    own.run(after_tag, capture).await
+}
+
+fn tagged(tag: &str, text: &str) -> Vec<u8> {
+    format!("{tag} {text}\r\n").into_bytes()
+}
+
+fn get_command(req: &GetMetadata, entries: &[&String]) -> Vec<u8> {
+    let mut options = Vec::new();
+    if let Some(n) = req.max_size {
+        options.push(format!("MAXSIZE {n}"));
+    }
+    match req.depth {
+        metadata::Depth::Zero => {}
+        metadata::Depth::One => options.push("DEPTH 1".into()),
+        metadata::Depth::Infinity => options.push("DEPTH infinity".into()),
+    }
+    let mut cmd = b"GETMETADATA ".to_vec();
+    if !options.is_empty() {
+        cmd.extend(format!("({}) ", options.join(" ")).into_bytes());
+    }
+    cmd.extend(command::astring(&req.mailbox, true));
+    let list: Vec<&str> = entries.iter().map(|e| e.as_str()).collect();
+    cmd.extend(format!(" ({})\r\n", list.join(" ")).into_bytes());
+    cmd
+}
+
+fn set_command(req: &SetMetadata) -> Vec<u8> {
+    let mut cmd = b"SETMETADATA ".to_vec();
+    cmd.extend(command::astring(&req.mailbox, true));
+    cmd.extend_from_slice(b" (");
+    for (i, (entry, value)) in req.entries.iter().enumerate() {
+        if i > 0 {
+            cmd.push(b' ');
+        }
+        cmd.extend_from_slice(entry.as_bytes());
+        cmd.push(b' ');
+        match value {
+            Some(v) => {
+                cmd.extend_from_slice(format!("{{{}}}\r\n", v.len()).as_bytes());
+                cmd.extend_from_slice(v);
+            }
+            None => cmd.extend_from_slice(b"NIL"),
+        }
+    }
+    cmd.extend_from_slice(b")\r\n");
+    cmd
+}
+
+/// The COI configuration from provider `* METADATA` responses.
+fn config_from_responses(responses: &[Vec<u8>]) -> CoiConfig {
+    let mut values: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for resp in responses {
+        if let Some((_, entries)) = metadata::parse_response(resp) {
+            values.extend(entries.into_iter().filter_map(|(e, v)| Some((e, v?))));
+        }
+    }
+    CoiConfig::from_values(values.get(ENABLED).map(Vec::as_slice), values.get(MESSAGE_FILTER).map(Vec::as_slice))
+}
+
+/// The `n` of `OK [METADATA LONGENTRIES n] ...`.
+fn long_entries(status: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(status);
+    let rest = text.split("[METADATA LONGENTRIES ").nth(1)?;
+    rest.split(']').next()?.trim().parse().ok()
+}
+
+/// The bytes after the first argument (the mailbox) of `SELECT x …`; `rest` starts at the space
+/// before the command name.
+fn skip_first_arg(rest: &[u8], name_len: usize) -> &[u8] {
+    let args = rest.get(1 + name_len + 1..).unwrap_or_default();
+    let end = match args.first() {
+        Some(b'"') => {
+            let mut i = 1;
+            while i < args.len() && args[i] != b'"' {
+                i += if args[i] == b'\\' { 2 } else { 1 };
+            }
+            (i + 1).min(args.len())
+        }
+        _ => args.iter().position(|&b| b == b' ' || b == b'\r' || b == b'\n').unwrap_or(args.len()),
+    };
+    &args[end..]
+}
+
+/// `* STATUS <any> (...)` with the mailbox name replaced.
+fn rename_status(resp: &[u8], name: &[u8]) -> Vec<u8> {
+    let Some(paren) = resp.iter().position(|&b| b == b'(') else { return resp.to_vec() };
+    [b"* STATUS ", name, b" ", &resp[paren..]].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_for_the_provider() {
+        let req = GetMetadata { mailbox: vec![], entries: vec![], depth: metadata::Depth::One, max_size: Some(10) };
+        let entries = ["/private/a".to_string(), "/shared/b".to_string()];
+        let refs: Vec<&String> = entries.iter().collect();
+        assert_eq!(get_command(&req, &refs), b"GETMETADATA (MAXSIZE 10 DEPTH 1) \"\" (/private/a /shared/b)\r\n");
+        let set = SetMetadata {
+            mailbox: b"INBOX".to_vec(),
+            entries: vec![("/private/a".into(), Some(b"x y".to_vec())), ("/private/b".into(), None)],
+        };
+        assert_eq!(set_command(&set), b"SETMETADATA \"INBOX\" (/private/a {3}\r\nx y /private/b NIL)\r\n");
+    }
+
+    #[test]
+    fn status_and_select_rewriting() {
+        assert_eq!(
+            rename_status(b"* STATUS \"COI.Chats\" (MESSAGES 2)\r\n", b"INBOX"),
+            b"* STATUS INBOX (MESSAGES 2)\r\n"
+        );
+        let raw = b"a1 SELECT \"INBOX\" (CONDSTORE)\r\n";
+        let rest = &raw[2..];
+        assert_eq!(skip_first_arg(rest, 6), b" (CONDSTORE)\r\n");
+        assert_eq!(skip_first_arg(&b"a1 STATUS INBOX (UIDNEXT)\r\n"[2..], 6), b" (UIDNEXT)\r\n");
+        assert_eq!(long_entries(b"OK [METADATA LONGENTRIES 42] done\r\n"), Some(42));
+    }
+}

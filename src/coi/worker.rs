@@ -1,0 +1,460 @@
+//! The account worker: the proxy's own connection to an account with COI enabled, doing what
+//! a COI server does at delivery time. It waits in IDLE on INBOX (or polls a provider without
+//! IDLE), classifies each new message from its header fields, sets `$Chat`, and moves chat
+//! messages to `<root>/Chats`: at once in `active` mode, once they are `\Seen` in `seen` mode.
+//! It reconnects with backoff when the provider drops, and stops when COI is disabled.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::classify::{ChatHeaders, FIELDS};
+use super::folders::Namespace;
+use super::hub::Account;
+use super::metadata::{self, CoiConfig, ENABLED, Filter, MESSAGE_FILTER};
+use crate::imap::command;
+use crate::imap::upstream::{AuthOutcome, Upstream, UpstreamError};
+use crate::server::Shared;
+
+/// Longest IDLE before it is renewed (RFC 2177: at most 29 minutes).
+const IDLE_RENEW: Duration = Duration::from_secs(25 * 60);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Credentials(#[from] crate::accounts::CredentialError),
+    #[error("no provider is configured for this login")]
+    NoProvider,
+    #[error("the provider refused the login: {0}")]
+    LoginRejected(String),
+    #[error("the provider refused {command}: {status}")]
+    Refused { command: &'static str, status: String },
+}
+
+/// Starts the worker for `account` if COI is enabled and none runs yet.
+pub fn ensure_running(shared: &Arc<Shared>, account: &Arc<Account>) {
+    if !account.current().enabled || account.worker_running.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let span = info_span!(parent: None, "worker", login = %account.login);
+    tokio::spawn(run(shared.clone(), account.clone()).instrument(span));
+}
+
+async fn run(shared: Arc<Shared>, account: Arc<Account>) {
+    info!("account worker started");
+    let mut backoff = Duration::from_secs(1);
+    let mut config_rx = account.config.subscribe();
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let result = tokio::select! {
+            result = serve(&shared, &account, &mut config_rx) => result,
+            _ = shutdown.changed() => break,
+        };
+        match result {
+            Ok(()) => {
+                backoff = Duration::from_secs(1);
+                if !account.current().enabled {
+                    break;
+                }
+            }
+            Err(e) => {
+                warn!("account worker: {e}; retrying in {} s", backoff.as_secs());
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = account.nudge.notified() => {}
+                    _ = shutdown.changed() => break,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    account.worker_running.store(false, Ordering::SeqCst);
+    info!("account worker stopped");
+    // COI may have been enabled again while stopping.
+    ensure_running(&shared, &account);
+}
+
+/// One connection's worth of work; `Ok` when COI was disabled.
+async fn serve(
+    shared: &Shared,
+    account: &Account,
+    config_rx: &mut watch::Receiver<CoiConfig>,
+) -> Result<(), WorkerError> {
+    let login = account.login.as_str();
+    let provider = shared.config.provider_for(login).ok_or(WorkerError::NoProvider)?;
+    let password = shared.credentials.password(&shared.config, login).await?;
+    let limits = &shared.config.limits;
+    let mut up = Upstream::connect(&provider, &shared.upstream_tls, limits.connect_timeout(), limits.max_line).await?;
+    if let AuthOutcome::Rejected(status) = up.authenticate(login, &password).await? {
+        return Err(WorkerError::LoginRejected(String::from_utf8_lossy(&status).trim_end().to_string()));
+    }
+    drop(password);
+    if up.has("METADATA") {
+        let (untagged, _) = up.command(format!("GETMETADATA \"\" ({ENABLED} {MESSAGE_FILTER})\r\n").as_bytes()).await?;
+        account.set_config(config_from(&untagged));
+    }
+    if !account.current().enabled {
+        return Ok(());
+    }
+    let mut inbox = Inbox::open(shared, account, &mut up).await?;
+    info!(chats = %inbox.chats, "watching INBOX");
+    loop {
+        config_rx.mark_unchanged();
+        let config = account.current();
+        if !config.enabled {
+            return Ok(());
+        }
+        inbox.process_new(&mut up, config.filter).await?;
+        if config.filter == Filter::Seen {
+            inbox.move_seen(&mut up).await?;
+        }
+        wait_for_change(&mut up, account, config_rx, shared.config.coi.poll_secs).await?;
+    }
+}
+
+pub(crate) fn config_from(untagged: &[Vec<u8>]) -> CoiConfig {
+    let mut enabled = None;
+    let mut filter = None;
+    for resp in untagged {
+        for (entry, value) in metadata::parse_response(resp).map(|r| r.1).unwrap_or_default() {
+            match entry.as_str() {
+                ENABLED => enabled = value,
+                MESSAGE_FILTER => filter = value,
+                _ => {}
+            }
+        }
+    }
+    CoiConfig::from_values(enabled.as_deref(), filter.as_deref())
+}
+
+/// The worker's view of INBOX.
+struct Inbox<'a> {
+    shared: &'a Shared,
+    login: &'a str,
+    chats: String,
+    uidvalidity: u32,
+    /// The next UID not yet classified.
+    next_uid: u32,
+    /// The provider accepts `$Chat` (PERMANENTFLAGS has `\*`).
+    keywords: bool,
+    /// Chat messages still in INBOX, waiting for `\Seen` (seen mode).
+    waiting: BTreeSet<u32>,
+}
+
+impl<'a> Inbox<'a> {
+    async fn open(shared: &'a Shared, account: &'a Account, up: &mut Upstream) -> Result<Inbox<'a>, WorkerError> {
+        let (untagged, _) = up.command(b"NAMESPACE\r\n").await?;
+        let mut ns = untagged.iter().find_map(|r| Namespace::from_namespace_response(r));
+        if ns.as_ref().is_none_or(|n| n.separator.is_none()) {
+            let (untagged, _) = up.command(b"LIST \"\" \"\"\r\n").await?;
+            let separator = untagged.iter().find_map(|r| Namespace::from_list_response(r)).and_then(|n| n.separator);
+            ns = Some(Namespace { prefix: ns.map(|n| n.prefix).unwrap_or_default(), separator });
+        }
+        let ns = ns.unwrap_or(Namespace { prefix: String::new(), separator: Some('/') });
+        let chats = ns.chats(&shared.config.coi.mailbox_root);
+        let quoted = String::from_utf8_lossy(&command::astring(chats.as_bytes(), false)).into_owned();
+        // Chats may be missing if COI was enabled elsewhere; an existing one just says NO.
+        up.command(format!("CREATE {quoted}\r\n").as_bytes()).await?;
+        up.command(format!("SUBSCRIBE {quoted}\r\n").as_bytes()).await?;
+        let (untagged, status) = up.command(b"SELECT INBOX\r\n").await?;
+        if !status.starts_with(b"OK") {
+            return Err(WorkerError::Refused {
+                command: "SELECT INBOX",
+                status: String::from_utf8_lossy(&status).trim_end().into(),
+            });
+        }
+        let code = |name: &str| untagged.iter().find_map(|r| response_code_number(r, name));
+        let uidvalidity = code("UIDVALIDITY").unwrap_or(0);
+        let uidnext = code("UIDNEXT").unwrap_or(1);
+        let keywords = untagged.iter().any(|r| {
+            let t = String::from_utf8_lossy(r);
+            t.contains("[PERMANENTFLAGS") && t.contains("\\*")
+        });
+        let store = &shared.store;
+        let login = account.login.as_str();
+        let next_uid = match store.inbox_position(login) {
+            Ok(Some((v, next))) if v == uidvalidity => next,
+            // First start (or a new UIDVALIDITY): filter what arrives from now on.
+            _ => uidnext,
+        };
+        let _ = store.set_inbox_position(login, uidvalidity, next_uid);
+        let mut inbox = Inbox { shared, login, chats, uidvalidity, next_uid, keywords, waiting: BTreeSet::new() };
+        if keywords {
+            let (untagged, _) = up.command(b"UID SEARCH UNSEEN KEYWORD $Chat\r\n").await?;
+            inbox.waiting.extend(untagged.iter().flat_map(|r| search_uids(r)));
+        }
+        Ok(inbox)
+    }
+
+    /// Classifies messages from `next_uid` on, marks chats, and moves them as `filter` says.
+    async fn process_new(&mut self, up: &mut Upstream, filter: Filter) -> Result<(), WorkerError> {
+        let cmd = format!("UID FETCH {}:* (UID FLAGS BODY.PEEK[HEADER.FIELDS ({FIELDS})])\r\n", self.next_uid);
+        let (untagged, _) = up.command(cmd.as_bytes()).await?;
+        let mut chat: Vec<(u32, bool)> = Vec::new();
+        let mut chat_ids = Vec::new();
+        let mut highest = None;
+        for resp in &untagged {
+            let Some(item) = FetchItem::parse(resp) else { continue };
+            if item.uid < self.next_uid {
+                continue; // `n:*` returns the last message when n is past the end
+            }
+            highest = highest.max(Some(item.uid));
+            let headers = ChatHeaders::parse(&item.header);
+            let store = &self.shared.store;
+            if headers.is_chat(|id| store.is_chat_id(self.login, id).unwrap_or(false)) {
+                chat.push((item.uid, item.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen"))));
+                chat_ids.extend(headers.message_id);
+            }
+        }
+        let Some(highest) = highest else { return Ok(()) };
+        if !chat.is_empty() {
+            let all: Vec<u32> = chat.iter().map(|c| c.0).collect();
+            debug!(uids = ?all, "chat messages");
+            if let Err(e) = self.shared.store.remember_chat_ids(self.login, &chat_ids) {
+                warn!("cannot remember chat Message-IDs: {e}");
+            }
+            if self.keywords {
+                up.command(format!("UID STORE {} +FLAGS.SILENT ($Chat)\r\n", uid_set(&all)).as_bytes()).await?;
+            }
+            match filter {
+                Filter::Active => self.move_to_chats(up, &all).await?,
+                Filter::Seen => {
+                    let seen: Vec<u32> = chat.iter().filter(|c| c.1).map(|c| c.0).collect();
+                    self.waiting.extend(chat.iter().filter(|c| !c.1).map(|c| c.0));
+                    if !seen.is_empty() {
+                        self.move_to_chats(up, &seen).await?;
+                    }
+                }
+                Filter::None => {}
+            }
+        }
+        self.next_uid = highest + 1;
+        if let Err(e) = self.shared.store.set_inbox_position(self.login, self.uidvalidity, self.next_uid) {
+            warn!("cannot record the INBOX position: {e}");
+        }
+        Ok(())
+    }
+
+    /// Seen mode: moves the waiting chat messages that have become `\Seen`.
+    async fn move_seen(&mut self, up: &mut Upstream) -> Result<(), WorkerError> {
+        if self.waiting.is_empty() {
+            return Ok(());
+        }
+        let uids: Vec<u32> = self.waiting.iter().copied().collect();
+        let (untagged, _) = up.command(format!("UID FETCH {} (UID FLAGS)\r\n", uid_set(&uids)).as_bytes()).await?;
+        let mut still_here = BTreeSet::new();
+        let mut seen = Vec::new();
+        for item in untagged.iter().filter_map(|r| FetchItem::parse(r)) {
+            if item.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen")) {
+                seen.push(item.uid);
+            } else {
+                still_here.insert(item.uid);
+            }
+        }
+        self.waiting = still_here;
+        if !seen.is_empty() {
+            self.move_to_chats(up, &seen).await?;
+        }
+        Ok(())
+    }
+
+    /// UID MOVE where offered, else COPY + `\Deleted` + UID EXPUNGE (UIDPLUS), flags kept.
+    async fn move_to_chats(&mut self, up: &mut Upstream, uids: &[u32]) -> Result<(), WorkerError> {
+        let set = uid_set(uids);
+        let target = String::from_utf8_lossy(&command::astring(self.chats.as_bytes(), false)).into_owned();
+        let refused = |command, status: Vec<u8>| WorkerError::Refused {
+            command,
+            status: String::from_utf8_lossy(&status).trim_end().into(),
+        };
+        if up.has("MOVE") {
+            let (_, status) = up.command(format!("UID MOVE {set} {target}\r\n").as_bytes()).await?;
+            if !status.starts_with(b"OK") {
+                return Err(refused("UID MOVE", status));
+            }
+        } else if up.has("UIDPLUS") {
+            let (_, status) = up.command(format!("UID COPY {set} {target}\r\n").as_bytes()).await?;
+            if !status.starts_with(b"OK") {
+                return Err(refused("UID COPY", status));
+            }
+            up.command(format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)\r\n").as_bytes()).await?;
+            up.command(format!("UID EXPUNGE {set}\r\n").as_bytes()).await?;
+        } else {
+            warn!("the provider offers neither MOVE nor UIDPLUS; chat messages stay in INBOX");
+            return Ok(());
+        }
+        info!(count = uids.len(), to = %self.chats, "moved chat messages");
+        Ok(())
+    }
+}
+
+/// Waits in IDLE (or polls) until INBOX changes, a session nudges, the COI configuration
+/// changes, or it is time to renew the IDLE.
+async fn wait_for_change(
+    up: &mut Upstream,
+    account: &Account,
+    config_rx: &mut watch::Receiver<CoiConfig>,
+    poll_secs: u64,
+) -> Result<(), WorkerError> {
+    if !up.has("IDLE") {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(poll_secs.max(1))) => {}
+            _ = account.nudge.notified() => {}
+            _ = config_rx.changed() => {}
+        }
+        up.command(b"NOOP\r\n").await?;
+        return Ok(());
+    }
+    let tag = up.tag();
+    up.conn.write(format!("{tag} IDLE\r\n").as_bytes()).await.map_err(|e| network(up, e))?;
+    loop {
+        let resp = up.read_response().await?;
+        if resp.starts_with(b"+") {
+            break;
+        }
+        if resp.starts_with(format!("{tag} ").as_bytes()) {
+            return Err(WorkerError::Refused {
+                command: "IDLE",
+                status: String::from_utf8_lossy(&resp).trim_end().into(),
+            });
+        }
+    }
+    let deadline = tokio::time::Instant::now() + IDLE_RENEW;
+    'wait: loop {
+        while let Some(resp) = up.conn.try_message() {
+            if is_mailbox_change(&resp) {
+                break 'wait;
+            }
+        }
+        tokio::select! {
+            read = up.conn.fill() => match read {
+                Ok(0) => return Err(UpstreamError::Closed { server: up.server.to_string() }.into()),
+                Ok(_) => {}
+                Err(e) => return Err(network(up, e)),
+            },
+            _ = account.nudge.notified() => break,
+            _ = config_rx.changed() => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    up.conn.write(b"DONE\r\n").await.map_err(|e| network(up, e))?;
+    up.read_tagged(&tag).await?;
+    Ok(())
+}
+
+fn network(up: &Upstream, e: std::io::Error) -> WorkerError {
+    UpstreamError::Network { server: up.server.to_string(), detail: e.to_string() }.into()
+}
+
+/// `* n EXISTS`, `* n EXPUNGE`, `* n FETCH (…)` (flags changed by another client).
+fn is_mailbox_change(resp: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&resp[..resp.len().min(64)]).to_ascii_uppercase();
+    let mut words = text.split_whitespace();
+    words.next() == Some("*")
+        && words.next().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        && matches!(words.next(), Some("EXISTS" | "EXPUNGE" | "FETCH" | "RECENT"))
+}
+
+/// The number in a `* OK [NAME n]` response code.
+fn response_code_number(resp: &[u8], name: &str) -> Option<u32> {
+    let text = String::from_utf8_lossy(resp);
+    let rest = text.split(&format!("[{name} ")).nth(1)?;
+    rest.split(']').next()?.trim().parse().ok()
+}
+
+fn search_uids(resp: &[u8]) -> Vec<u32> {
+    let text = String::from_utf8_lossy(resp);
+    let Some(rest) = text.strip_prefix("* SEARCH") else { return Vec::new() };
+    rest.split_whitespace().filter_map(|n| n.parse().ok()).collect()
+}
+
+/// A compact UID set: `1:3,7`.
+fn uid_set(uids: &[u32]) -> String {
+    let mut sorted = uids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        while i + 1 < sorted.len() && sorted[i + 1] == sorted[i] + 1 {
+            i += 1;
+        }
+        parts.push(if sorted[i] == start { start.to_string() } else { format!("{start}:{}", sorted[i]) });
+        i += 1;
+    }
+    parts.join(",")
+}
+
+/// The parts of a `* n FETCH (UID … FLAGS (…) BODY[…] {n}…)` response the worker asked for.
+#[derive(Debug, PartialEq, Eq)]
+struct FetchItem {
+    uid: u32,
+    flags: Vec<String>,
+    header: Vec<u8>,
+}
+
+impl FetchItem {
+    fn parse(resp: &[u8]) -> Option<FetchItem> {
+        let upper_head = String::from_utf8_lossy(&resp[..resp.len().min(32)]).to_ascii_uppercase();
+        if !upper_head.starts_with("* ") || !upper_head.contains(" FETCH (") {
+            return None;
+        }
+        // Everything before the first literal is attribute text; the literal is the header.
+        let literal_at = resp.windows(3).position(|w| w == b"}\r\n");
+        let attrs = String::from_utf8_lossy(&resp[..literal_at.unwrap_or(resp.len())]).into_owned();
+        let upper = attrs.to_ascii_uppercase();
+        let uid_at = upper.find("UID ")? + 4;
+        let uid = attrs[uid_at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+        let flags = upper
+            .find("FLAGS (")
+            .and_then(|at| {
+                let rest = &attrs[at + 7..];
+                rest.find(')').map(|end| rest[..end].split_whitespace().map(str::to_string).collect())
+            })
+            .unwrap_or_default();
+        let header = match literal_at {
+            Some(end) => {
+                let open = resp[..end].iter().rposition(|&b| b == b'{')?;
+                let len: usize = std::str::from_utf8(&resp[open + 1..end]).ok()?.trim_end_matches('+').parse().ok()?;
+                let start = end + 3;
+                resp.get(start..start + len)?.to_vec()
+            }
+            None => Vec::new(),
+        };
+        Some(FetchItem { uid, flags, header })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_responses() {
+        let resp = b"* 3 FETCH (UID 17 FLAGS (\\Seen $Chat) BODY[HEADER.FIELDS (CHAT-VERSION MESSAGE-ID)] {38}\r\nChat-Version: 1.0\r\nMessage-ID: <a@b>\r\n\r\n)\r\n";
+        let item = FetchItem::parse(resp).unwrap();
+        assert_eq!(item.uid, 17);
+        assert_eq!(item.flags, vec!["\\Seen", "$Chat"]);
+        assert!(ChatHeaders::parse(&item.header).chat_version);
+        let item = FetchItem::parse(b"* 1 FETCH (FLAGS () UID 4)\r\n").unwrap();
+        assert_eq!((item.uid, item.flags.len(), item.header.len()), (4, 0, 0));
+        assert!(FetchItem::parse(b"* 1 EXISTS\r\n").is_none());
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(uid_set(&[7, 1, 2, 3, 9, 10]), "1:3,7,9:10");
+        assert_eq!(response_code_number(b"* OK [UIDNEXT 42] Predicted next UID\r\n", "UIDNEXT"), Some(42));
+        assert_eq!(search_uids(b"* SEARCH 3 5 8\r\n"), vec![3, 5, 8]);
+        assert!(is_mailbox_change(b"* 4 EXISTS\r\n"));
+        assert!(is_mailbox_change(b"* 2 FETCH (FLAGS (\\Seen))\r\n"));
+        assert!(!is_mailbox_change(b"* OK Still here\r\n"));
+    }
+}

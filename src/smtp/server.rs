@@ -1,0 +1,283 @@
+//! The submission listeners: binds `[listen] smtp` (STARTTLS offered) and `smtps` (implicit
+//! TLS), runs one task per connection that drives a [`Session`] with the socket, checks logins
+//! at the provider and commits messages to the queue.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use super::queue::{self, Queue};
+use super::relay::SmtpClient;
+use super::session::{AuthResult, Event, Policy, Session};
+use super::{CapsCache, Smtp};
+use crate::imap::upstream::{AuthOutcome, Upstream};
+use crate::net::Stream;
+use crate::secret::Secret;
+use crate::server::{RunError, Shared};
+
+/// RFC 5321 4.5.3.2.7: a server should wait at least 5 minutes for the next command.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+const READ_CHUNK: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Smtp,
+    Smtps,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Listener {
+    kind: Kind,
+    addr: SocketAddr,
+    plaintext_auth: bool,
+}
+
+/// Binds the SMTP listeners of the config and starts the relay task. Returns the accept loops
+/// (aborted at shutdown); sessions and the relay hold `alive` until they end.
+pub async fn start(
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) -> Result<Vec<JoinHandle<()>>, RunError> {
+    let wanted: Vec<(SocketAddr, Kind)> =
+        [(shared.config.listen.smtp, Kind::Smtp), (shared.config.listen.smtps, Kind::Smtps)]
+            .into_iter()
+            .filter_map(|(addr, kind)| addr.map(|a| (a, kind)))
+            .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !shared.config.has_smtp_provider() {
+        warn!(
+            "[listen] smtp/smtps are set but no submission server is configured ([upstream] smtp); not listening for SMTP"
+        );
+        return Ok(Vec::new());
+    }
+    let (queue, wakeups) = Queue::new(shared.store.clone(), shared.config.queue.clone());
+    let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue });
+    let mut tasks = Vec::new();
+    for (addr, kind) in wanted {
+        let label = match kind {
+            Kind::Smtp => "smtp",
+            Kind::Smtps => "smtps",
+        };
+        let listener = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, kind: label, source })?;
+        let local = listener.local_addr().map_err(|source| RunError::Bind { addr, kind: label, source })?;
+        let info = Listener { kind, addr: local, plaintext_auth: shared.config.listen.plaintext_auth_allowed(&local) };
+        let mode = match kind {
+            Kind::Smtp if info.plaintext_auth => "plain or STARTTLS",
+            Kind::Smtp => "STARTTLS required before AUTH",
+            Kind::Smtps => "implicit TLS",
+        };
+        info!(listener = label, "listening on {local} ({label}, {mode})");
+        tasks.push(tokio::spawn(accept_loop(listener, info, ctx.clone(), shutdown.clone(), alive.clone())));
+    }
+    // Learn the default provider's SIZE/SMTPUTF8/DSN before the first client asks.
+    if let Some(provider) = default_provider(&shared) {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let shared = &ctx.shared;
+            ctx.caps.get(&provider, &shared.upstream_tls, shared.config.limits.connect_timeout()).await;
+        });
+    }
+    tokio::spawn(queue::run_relay(ctx, wakeups, shutdown, alive));
+    Ok(tasks)
+}
+
+/// The provider whose capabilities are advertised before a client has logged in.
+fn default_provider(shared: &Shared) -> Option<crate::config::SmtpProvider> {
+    let up = shared.config.upstream.as_ref()?;
+    let url = crate::config::ServerUrl::parse_smtp(up.smtp.as_deref()?).ok()?;
+    Some(crate::config::SmtpProvider { smtp: url, ca_file: up.ca_file.clone() })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    info: Listener,
+    ctx: Arc<Smtp>,
+    shutdown: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let (ctx, shutdown, alive) = (ctx.clone(), shutdown.clone(), alive.clone());
+                tokio::spawn(async move {
+                    serve(ctx, tcp, peer, info, shutdown).await;
+                    drop(alive);
+                });
+            }
+            Err(e) => {
+                error!(listener = %info.addr, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+
+async fn serve(ctx: Arc<Smtp>, tcp: TcpStream, peer: SocketAddr, listener: Listener, shutdown: watch::Receiver<bool>) {
+    let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("smtp", id, client = %peer, login = tracing::field::Empty);
+    async move {
+        debug!(listener = %listener.addr, "connected");
+        let started = Instant::now();
+        let _ = tcp.set_nodelay(true);
+        let outcome = run(&ctx, tcp, listener, shutdown).await;
+        info!(outcome = %outcome, secs = started.elapsed().as_secs(), "smtp session ended");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run(ctx: &Smtp, tcp: TcpStream, listener: Listener, mut shutdown: watch::Receiver<bool>) -> String {
+    let shared = &ctx.shared;
+    let mut stream = match listener.kind {
+        Kind::Smtps => {
+            match tokio::time::timeout(shared.config.limits.login_timeout(), shared.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => Stream::ServerTls(Box::new(tls)),
+                Ok(Err(e)) => return format!("TLS handshake failed: {e}"),
+                Err(_) => return "TLS handshake timed out".into(),
+            }
+        }
+        Kind::Smtp => Stream::Plain(tcp),
+    };
+    let caps = match default_provider(shared) {
+        Some(p) => ctx.caps.get(&p, &shared.upstream_tls, shared.config.limits.connect_timeout()).await,
+        None => None,
+    };
+    let mut session =
+        Session::new(&super::hostname(), stream.is_tls(), listener.plaintext_auth, Policy::for_provider(caps.as_ref()));
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut queued = 0u32;
+    loop {
+        match session.next_event() {
+            Event::NeedInput => {
+                if let Err(e) = flush(&mut stream, &mut session).await {
+                    return format!("client connection failed: {e}");
+                }
+                let read = tokio::select! {
+                    read = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)) => read,
+                    _ = shutdown.wait_for(|down| *down) => {
+                        session.close_with("421 4.3.2 coi-proxy is shutting down; try again later");
+                        continue;
+                    }
+                };
+                match read {
+                    Ok(Ok(0)) => {
+                        return if session.in_data() {
+                            "client vanished in the middle of a message (not queued)".into()
+                        } else {
+                            format!("client closed the connection; {queued} message(s) queued")
+                        };
+                    }
+                    Ok(Ok(n)) => session.feed(&buf[..n]),
+                    Ok(Err(e)) => return format!("client connection failed: {e}"),
+                    Err(_) => session.close_with("421 4.4.2 Timeout; closing the connection"),
+                }
+            }
+            Event::Authenticate { login, password } => {
+                let result = check_login(ctx, &login, &password).await;
+                if matches!(result, AuthResult::Ok(_)) {
+                    shared.credentials.remember(&login, &password);
+                    tracing::Span::current().record("login", login.as_str());
+                    info!("logged in");
+                } else {
+                    info!(login, "login not accepted: {result:?}");
+                }
+                password.wipe();
+                session.auth_result(result);
+            }
+            Event::Enqueue(submission) => {
+                let result = ctx.queue.enqueue(submission).await;
+                queued += u32::from(result.is_ok());
+                session.queued(result);
+            }
+            Event::StartTls => {
+                if let Err(e) = flush(&mut stream, &mut session).await {
+                    return format!("client connection failed: {e}");
+                }
+                if session.has_buffered_input() {
+                    // Pipelined after STARTTLS in plaintext: possibly injected (RFC 3207 6).
+                    return "client sent data after STARTTLS before the TLS handshake".into();
+                }
+                let tcp = stream.take_plain().expect("STARTTLS only on a plain connection");
+                match tokio::time::timeout(shared.config.limits.login_timeout(), shared.acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => stream = Stream::ServerTls(Box::new(tls)),
+                    Ok(Err(e)) => return format!("STARTTLS handshake failed: {e}"),
+                    Err(_) => return "STARTTLS handshake timed out".into(),
+                }
+                session.tls_started();
+            }
+            Event::Close => {
+                let _ = flush(&mut stream, &mut session).await;
+                let _ = stream.shutdown().await;
+                return format!("closed; {queued} message(s) queued");
+            }
+        }
+    }
+}
+
+async fn flush(stream: &mut Stream, session: &mut Session) -> std::io::Result<()> {
+    if !session.has_output() {
+        return Ok(());
+    }
+    let out = session.take_output();
+    match tokio::time::timeout(IDLE_TIMEOUT, async {
+        stream.write_all(&out).await?;
+        stream.flush().await
+    })
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client does not read")),
+    }
+}
+
+/// Checks a login at the account's submission server. If that server cannot be reached, the
+/// account's IMAP server decides instead, so mail can still be queued while submission is down.
+async fn check_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthResult {
+    let shared = &ctx.shared;
+    let timeout = shared.config.limits.connect_timeout();
+    let Some(provider) = shared.config.smtp_provider_for(login) else {
+        return AuthResult::Unavailable("no submission server is configured for this account".into());
+    };
+    let smtp_error = match SmtpClient::connect(&provider, &shared.upstream_tls, timeout).await {
+        Ok(mut client) => {
+            ctx.caps.record(&provider, &client.caps);
+            let policy = Policy::for_provider(Some(&client.caps));
+            let reply = client.authenticate(login, password).await;
+            client.quit().await;
+            match reply {
+                Ok(r) if r.code == 235 => return AuthResult::Ok(Some(policy)),
+                Ok(r) if r.is_transient() => return AuthResult::Unavailable(format!("the provider said: {r}")),
+                Ok(_) => return AuthResult::Refused,
+                Err(e) => e.to_string(),
+            }
+        }
+        Err(e) => e.to_string(),
+    };
+    warn!("submission server unreachable ({smtp_error}); checking the login at the IMAP server instead");
+    let Some(imap) = shared.config.provider_for(login) else {
+        return AuthResult::Unavailable(smtp_error);
+    };
+    let mut up = match Upstream::connect(&imap, &shared.upstream_tls, timeout, shared.config.limits.max_line).await {
+        Ok(up) => up,
+        Err(e) => return AuthResult::Unavailable(format!("{smtp_error}; {e}")),
+    };
+    match up.authenticate(login, password).await {
+        Ok(AuthOutcome::Ok(_)) => {
+            AuthResult::Ok(ctx.caps.known(&provider).as_ref().map(|c| Policy::for_provider(Some(c))))
+        }
+        Ok(AuthOutcome::Rejected(_)) => AuthResult::Refused,
+        Err(e) => AuthResult::Unavailable(format!("{smtp_error}; {e}")),
+    }
+}

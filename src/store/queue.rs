@@ -1,0 +1,278 @@
+//! The outgoing mail queue: what a client submitted (envelope and raw message) and how its
+//! delivery to the provider is going.
+//!
+//! Two tables keyed by the queue id, so that listing and scheduling never read message bodies:
+//! `queue_envelope` holds a JSON [`QueuedMessage`] (small, rewritten after every attempt) and
+//! `queue_body` the message bytes exactly as received (written once). `queue_meta` holds the next
+//! id, so ids are never reused, even after the newest message was delivered and removed.
+//!
+//! Every method is one redb transaction: a message and its envelope are committed together, and
+//! [`Store::queue_save`] records an outcome and removes a finished message atomically.
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+
+const ENVELOPES: TableDefinition<u64, &str> = TableDefinition::new("queue_envelope");
+const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_body");
+const META: TableDefinition<&str, u64> = TableDefinition::new("queue_meta");
+
+/// Attempt records kept per message; the oldest beyond this are dropped (the first one stays).
+const MAX_ATTEMPTS_KEPT: usize = 30;
+
+/// A queued message: its envelope and the state of its delivery. Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    /// The account that submitted it; its credentials are used to relay it.
+    pub login: String,
+    /// The reverse path (`MAIL FROM`), possibly empty.
+    pub from: String,
+    pub params: MailParams,
+    pub recipients: Vec<Recipient>,
+    /// Bytes of the message as received (after un-dot-stuffing).
+    pub size: u64,
+    pub received_at: i64,
+    pub next_attempt_at: i64,
+    /// After this, pending recipients are given up and reported as failed.
+    pub give_up_at: i64,
+    pub attempts: Vec<Attempt>,
+    /// Set once some recipient failed for good: a failure report must reach the sender's INBOX
+    /// before the message may leave the queue.
+    pub report_pending: bool,
+}
+
+/// `MAIL FROM` parameters to pass on to the provider.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MailParams {
+    /// `BODY=8BITMIME`
+    pub eight_bit: bool,
+    /// `SMTPUTF8`
+    pub smtputf8: bool,
+    /// DSN `RET=FULL|HDRS`
+    pub ret: Option<String>,
+    /// DSN `ENVID=`, xtext-decoded.
+    pub envid: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    /// DSN `NOTIFY=` value as received, e.g. `SUCCESS,FAILURE`.
+    pub notify: Option<String>,
+    /// DSN `ORCPT=rfc822;` address, xtext-decoded.
+    pub orcpt: Option<String>,
+    pub state: RecipientState,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RecipientState {
+    Pending,
+    /// The provider accepted the message for this recipient (its reply).
+    Delivered {
+        at: i64,
+        reply: String,
+    },
+    /// Refused for good, or given up (the reason, usually the provider's reply).
+    Failed {
+        at: i64,
+        reply: String,
+    },
+}
+
+/// One delivery attempt: when, and what came of it, in words.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at: i64,
+    pub result: String,
+}
+
+impl QueuedMessage {
+    /// Nothing left to do: every recipient is settled and no report is owed.
+    pub fn is_done(&self) -> bool {
+        !self.report_pending && self.recipients.iter().all(|r| r.state != RecipientState::Pending)
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &Recipient> {
+        self.recipients.iter().filter(|r| r.state == RecipientState::Pending)
+    }
+
+    /// Appends an attempt record, keeping the first and the most recent ones.
+    pub fn record_attempt(&mut self, at: i64, result: impl Into<String>) {
+        if self.attempts.len() >= MAX_ATTEMPTS_KEPT {
+            self.attempts.remove(1);
+        }
+        self.attempts.push(Attempt { at, result: result.into() });
+    }
+}
+
+/// Whether a read transaction may treat a missing table as empty.
+fn missing(e: &TableError) -> bool {
+    matches!(e, TableError::TableDoesNotExist(_))
+}
+
+fn encode(msg: &QueuedMessage) -> String {
+    serde_json::to_string(msg).expect("queue records always serialize")
+}
+
+fn decode(id: u64, json: &str) -> Result<QueuedMessage, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("queue entry {id}: {e}")))
+}
+
+impl Store {
+    /// Commits a new message and its envelope durably; returns its queue id.
+    pub fn queue_insert(&self, msg: &QueuedMessage, body: &[u8]) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let id = {
+            let mut meta = txn.open_table(META)?;
+            let id = meta.get("next_id")?.map(|v| v.value()).unwrap_or(1);
+            meta.insert("next_id", id + 1)?;
+            txn.open_table(ENVELOPES)?.insert(id, encode(msg).as_str())?;
+            txn.open_table(BODIES)?.insert(id, body)?;
+            id
+        };
+        txn.commit()?;
+        Ok(id)
+    }
+
+    /// Every queued message, oldest first.
+    pub fn queue_list(&self) -> Result<Vec<(u64, QueuedMessage)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(ENVELOPES) {
+            Ok(t) => t,
+            Err(e) if missing(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (id, json) = entry?;
+            out.push((id.value(), decode(id.value(), json.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn queue_get(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(ENVELOPES) {
+            Ok(t) => t,
+            Err(e) if missing(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        table.get(id)?.map(|json| decode(id, json.value())).transpose()
+    }
+
+    /// The message bytes as received.
+    pub fn queue_body(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(BODIES) {
+            Ok(t) => t,
+            Err(e) if missing(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table.get(id)?.map(|b| b.value().to_vec()))
+    }
+
+    /// Stores a message's new state, or removes it when [`QueuedMessage::is_done`], in one
+    /// durable transaction. Returns `false` if the id is no longer queued (e.g. dropped by hand).
+    pub fn queue_save(&self, id: u64, msg: &QueuedMessage) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let existed = {
+            let mut envelopes = txn.open_table(ENVELOPES)?;
+            let existed = envelopes.get(id)?.is_some();
+            if existed {
+                if msg.is_done() {
+                    envelopes.remove(id)?;
+                    txn.open_table(BODIES)?.remove(id)?;
+                } else {
+                    envelopes.insert(id, encode(msg).as_str())?;
+                }
+            }
+            existed
+        };
+        txn.commit()?;
+        Ok(existed)
+    }
+
+    /// Removes a message whatever its state; `false` if there was none with this id.
+    pub fn queue_remove(&self, id: u64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let existed = {
+            let existed = txn.open_table(ENVELOPES)?.remove(id)?.is_some();
+            txn.open_table(BODIES)?.remove(id)?;
+            existed
+        };
+        txn.commit()?;
+        Ok(existed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(rcpts: &[&str]) -> QueuedMessage {
+        QueuedMessage {
+            login: "alice@example.org".into(),
+            from: "alice@example.org".into(),
+            params: MailParams { eight_bit: true, ..Default::default() },
+            recipients: rcpts
+                .iter()
+                .map(|a| Recipient {
+                    address: a.to_string(),
+                    notify: None,
+                    orcpt: None,
+                    state: RecipientState::Pending,
+                })
+                .collect(),
+            size: 5,
+            received_at: 1,
+            next_attempt_at: 1,
+            give_up_at: 100,
+            attempts: Vec::new(),
+            report_pending: false,
+        }
+    }
+
+    #[test]
+    fn insert_list_save_remove_and_ids_are_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.queue_list().unwrap().is_empty(), "a fresh store has no queue tables yet");
+        let mut m = message(&["bob@example.org", "carol@example.org"]);
+        let id = store.queue_insert(&m, b"hello").unwrap();
+        assert_eq!(store.queue_body(id).unwrap().unwrap(), b"hello");
+        assert_eq!(store.queue_list().unwrap(), vec![(id, m.clone())]);
+
+        m.recipients[0].state = RecipientState::Delivered { at: 2, reply: "250 ok".into() };
+        m.record_attempt(2, "1 delivered, 1 deferred");
+        assert!(store.queue_save(id, &m).unwrap());
+        assert_eq!(store.queue_get(id).unwrap().unwrap(), m);
+
+        m.recipients[1].state = RecipientState::Failed { at: 3, reply: "550 no".into() };
+        m.report_pending = true;
+        store.queue_save(id, &m).unwrap();
+        assert!(store.queue_get(id).unwrap().is_some(), "kept until the report is delivered");
+        m.report_pending = false;
+        store.queue_save(id, &m).unwrap();
+        assert!(store.queue_get(id).unwrap().is_none() && store.queue_body(id).unwrap().is_none());
+        assert!(!store.queue_save(id, &m).unwrap(), "a removed message stays removed");
+
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let id2 = store.queue_insert(&message(&["bob@example.org"]), b"x").unwrap();
+        assert!(id2 > id);
+        assert!(store.queue_remove(id2).unwrap());
+        assert!(!store.queue_remove(id2).unwrap());
+    }
+
+    #[test]
+    fn attempt_history_is_bounded() {
+        let mut m = message(&["bob@example.org"]);
+        for i in 0..100 {
+            m.record_attempt(i, format!("try {i}"));
+        }
+        assert_eq!(m.attempts.len(), MAX_ATTEMPTS_KEPT);
+        assert_eq!(m.attempts[0].result, "try 0");
+        assert_eq!(m.attempts.last().unwrap().result, "try 99");
+    }
+}
