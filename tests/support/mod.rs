@@ -5,3 +5,4 @@
 pub mod imap_client;
 pub mod provider;
 pub mod proxy;
+pub mod smtp_client;

@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::imap_client::ImapClient;
+use super::smtp_client::SmtpClient;
 
 /// How to start a proxy.
 #[derive(Clone)]
 pub struct ProxyBuilder {
     upstream: Option<String>,
+    upstream_smtp: Option<String>,
     listen_extra: String,
     extra: String,
     log_filter: String,
@@ -27,6 +29,9 @@ pub struct Proxy {
     pub log_path: PathBuf,
     pub imap_port: u16,
     pub imaps_port: u16,
+    /// 0 unless a submission server is configured (`upstream_smtp`, or `smtp` in an account).
+    pub smtp_port: u16,
+    pub smtps_port: u16,
     builder: ProxyBuilder,
 }
 
@@ -36,6 +41,11 @@ impl ProxyBuilder {
     /// The provider every login goes to unless an `[[account]]` in `extra` says otherwise.
     pub fn upstream(mut self, url: impl Into<String>) -> Self {
         self.upstream = Some(url.into());
+        self
+    }
+    /// `[upstream] smtp`: the provider's submission server (needs `upstream` too).
+    pub fn upstream_smtp(mut self, url: impl Into<String>) -> Self {
+        self.upstream_smtp = Some(url.into());
         self
     }
     /// Lines added to `[listen]`, e.g. `plaintext_auth = false`.
@@ -65,8 +75,17 @@ impl ProxyBuilder {
         let state_dir = tempfile::Builder::new().prefix("coi-proxy-test.").tempdir().expect("temp dir");
         let config_path = state_dir.path().join("proxy.toml");
         let log_path = state_dir.path().join("proxy.log");
-        let mut proxy =
-            Proxy { child: None, state_dir, config_path, log_path, imap_port: 0, imaps_port: 0, builder: self };
+        let mut proxy = Proxy {
+            child: None,
+            state_dir,
+            config_path,
+            log_path,
+            imap_port: 0,
+            imaps_port: 0,
+            smtp_port: 0,
+            smtps_port: 0,
+            builder: self,
+        };
         proxy.write_config();
         proxy.spawn();
         proxy
@@ -77,6 +96,7 @@ impl Proxy {
     pub fn builder() -> ProxyBuilder {
         ProxyBuilder {
             upstream: None,
+            upstream_smtp: None,
             listen_extra: String::new(),
             extra: String::new(),
             log_filter: "debug".into(),
@@ -93,8 +113,12 @@ impl Proxy {
         let mut toml = format!("state_dir = {:?}\n", self.state_dir.path().join("state").display().to_string());
         if let Some(up) = &self.builder.upstream {
             toml.push_str(&format!("[upstream]\nimap = {up:?}\n"));
+            if let Some(smtp) = &self.builder.upstream_smtp {
+                toml.push_str(&format!("smtp = {smtp:?}\n"));
+            }
         }
         toml.push_str("[listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\n");
+        toml.push_str("smtp = \"127.0.0.1:0\"\nsmtps = \"127.0.0.1:0\"\n");
         toml.push_str(&self.builder.listen_extra);
         toml.push_str(&self.builder.extra);
         std::fs::write(&self.config_path, toml).expect("write config");
@@ -122,6 +146,8 @@ impl Proxy {
             if new.contains("coi-proxy ready") {
                 self.imap_port = port_after(new, "(imap,").unwrap_or(0);
                 self.imaps_port = port_after(new, "(imaps,").unwrap_or(0);
+                self.smtp_port = port_after(new, "(smtp,").unwrap_or(0);
+                self.smtps_port = port_after(new, "(smtps,").unwrap_or(0);
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -195,6 +221,17 @@ impl Proxy {
     /// A plain connection to the imap listener.
     pub fn connect(&self) -> ImapClient {
         ImapClient::connect(self.imap_port)
+    }
+
+    /// A plain connection to the smtp listener, greeting read.
+    pub fn connect_smtp(&self) -> SmtpClient {
+        SmtpClient::connect(self.smtp_port)
+    }
+
+    /// An implicit-TLS connection to the smtps listener, trusting the proxy's CA.
+    pub fn connect_smtps(&self) -> SmtpClient<TlsStream> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.smtps_port)).expect("connect smtps");
+        SmtpClient::from_stream(tls_client(tcp, &self.ca_path(), "localhost"))
     }
 
     /// An implicit-TLS connection to the imaps listener, trusting the proxy's CA.
