@@ -179,6 +179,10 @@ impl CoiSession {
             }
             longest = longest.max(long);
         }
+        // In the order asked for, as a provider answers.
+        entries.sort_by_cached_key(|(e, _)| {
+            (req.entries.iter().position(|r| metadata::covers(r, req.depth, e)).unwrap_or(usize::MAX), e.clone())
+        });
         let mut reply = if entries.is_empty() { Vec::new() } else { metadata::format_response(&req.mailbox, &entries) };
         let code = longest.map(|n| format!("[METADATA LONGENTRIES {n}] ")).unwrap_or_default();
         reply.extend(tagged(tag, &format!("OK {code}Getmetadata completed.")));

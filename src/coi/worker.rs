@@ -23,6 +23,8 @@ use crate::server::Shared;
 /// Longest IDLE before it is renewed (RFC 2177: at most 29 minutes).
 const IDLE_RENEW: Duration = Duration::from_secs(25 * 60);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Messages classified per FETCH when catching up with a large INBOX.
+const BATCH: u32 = 500;
 
 #[derive(Debug, thiserror::Error)]
 enum WorkerError {
@@ -142,6 +144,8 @@ struct Inbox<'a> {
     uidvalidity: u32,
     /// The next UID not yet classified.
     next_uid: u32,
+    /// UIDNEXT when INBOX was selected: below it, work goes in batches.
+    uidnext: u32,
     /// The provider accepts `$Chat` (PERMANENTFLAGS has `\*`).
     keywords: bool,
     /// Chat messages still in INBOX, waiting for `\Seen` (seen mode).
@@ -181,11 +185,13 @@ impl<'a> Inbox<'a> {
         let login = account.login.as_str();
         let next_uid = match store.inbox_position(login) {
             Ok(Some((v, next))) if v == uidvalidity => next,
-            // First start (or a new UIDVALIDITY): filter what arrives from now on.
-            _ => uidnext,
+            // First start (or a new UIDVALIDITY): the whole INBOX, so that chat messages that
+            // came before COI was switched on are filtered too.
+            _ => 1,
         };
         let _ = store.set_inbox_position(login, uidvalidity, next_uid);
-        let mut inbox = Inbox { shared, login, chats, uidvalidity, next_uid, keywords, waiting: BTreeSet::new() };
+        let mut inbox =
+            Inbox { shared, login, chats, uidvalidity, next_uid, uidnext, keywords, waiting: BTreeSet::new() };
         if keywords {
             let (untagged, _) = up.command(b"UID SEARCH UNSEEN KEYWORD $Chat\r\n").await?;
             inbox.waiting.extend(untagged.iter().flat_map(|r| search_uids(r)));
@@ -193,9 +199,19 @@ impl<'a> Inbox<'a> {
         Ok(inbox)
     }
 
-    /// Classifies messages from `next_uid` on, marks chats, and moves them as `filter` says.
+    /// Classifies messages from `next_uid` on, in batches, marks chats, and moves them as
+    /// `filter` says.
     async fn process_new(&mut self, up: &mut Upstream, filter: Filter) -> Result<(), WorkerError> {
-        let cmd = format!("UID FETCH {}:* (UID FLAGS BODY.PEEK[HEADER.FIELDS ({FIELDS})])\r\n", self.next_uid);
+        while self.next_uid + BATCH < self.uidnext {
+            let last = self.next_uid + BATCH - 1;
+            self.process_range(up, filter, &format!("{}:{last}", self.next_uid)).await?;
+            self.next_uid = self.next_uid.max(last + 1);
+        }
+        self.process_range(up, filter, &format!("{}:*", self.next_uid)).await
+    }
+
+    async fn process_range(&mut self, up: &mut Upstream, filter: Filter, range: &str) -> Result<(), WorkerError> {
+        let cmd = format!("UID FETCH {range} (UID FLAGS BODY.PEEK[HEADER.FIELDS ({FIELDS})])\r\n");
         let (untagged, _) = up.command(cmd.as_bytes()).await?;
         let mut chat: Vec<(u32, bool)> = Vec::new();
         let mut chat_ids = Vec::new();

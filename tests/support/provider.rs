@@ -33,6 +33,8 @@ pub struct ProviderOptions {
     pub no_idle: bool,
     /// Enable RFC 5464 METADATA (off by default in Dovecot 2.3).
     pub metadata: bool,
+    /// "/" as the hierarchy separator instead of Dovecot's default ".".
+    pub slash_separator: bool,
     /// More tokens to remove from the post-login CAPABILITY.
     pub remove_caps: Vec<String>,
     /// A private Postfix as the submission service, which issues DSNs.
@@ -107,6 +109,7 @@ impl Provider {
         for (on, flag) in [
             (opts.no_idle, "--no-idle"),
             (opts.metadata, "--metadata"),
+            (opts.slash_separator, "--slash-separator"),
             (opts.postfix, "--postfix"),
             (opts.rawlog, "--rawlog"),
         ] {

@@ -19,6 +19,7 @@
 #   --password P             password for every user (default "secret")
 #   --no-idle                legacy variant: remove IDLE from CAPABILITY
 #   --metadata               enable RFC 5464 METADATA (off by default in Dovecot 2.3)
+#   --slash-separator        "/" as hierarchy separator (default: Maildir++'s ".")
 #   --remove-cap "X Y"       remove arbitrary tokens from the post-login CAPABILITY
 #   --rawlog                 rawlogs: post-login per user in STATE/rawlog/<user>/,
 #                            pre-login (both protocols) in STATE/rawlog/login/
@@ -41,7 +42,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 IMAP_PORT="" IMAPS_PORT="" SMTP_PORT="" SMTPS_PORT="" LMTP_PORT="" RELAY_PORT=""
 DOMAINS=() USERS="alice bob carol" PASSWORD="secret"
-NO_IDLE=0 METADATA=0 REMOVE_CAP="" RAWLOG=0 VERBOSE=0 MAXCONN=100 AUTH_DELAY="0" POSTFIX=0
+NO_IDLE=0 METADATA=0 SLASH=0 REMOVE_CAP="" RAWLOG=0 VERBOSE=0 MAXCONN=100 AUTH_DELAY="0" POSTFIX=0
 STATE=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -56,6 +57,7 @@ while [ $# -gt 0 ]; do
     --password) PASSWORD="$2"; shift 2;;
     --no-idle) NO_IDLE=1; shift;;
     --metadata) METADATA=1; shift;;
+    --slash-separator) SLASH=1; shift;;
     --remove-cap) REMOVE_CAP="$REMOVE_CAP $2"; shift 2;;
     --rawlog) RAWLOG=1; shift;;
     --verbose) VERBOSE=1; shift;;
@@ -180,6 +182,10 @@ if [ "$POSTFIX" = 1 ]; then
   PROTOCOLS="imap lmtp"
   AUTH_POSTFIX_CONF=$'service auth {\n  unix_listener auth-postfix {\n    mode = 0660\n    user = postfix\n    group = postfix\n  }\n}'
 fi
+# --slash-separator: "/" as hierarchy separator (Maildir with the fs layout), as many
+# providers have, instead of Maildir++'s "."
+MAIL_LAYOUT="" NS_SEPARATOR=""
+if [ "$SLASH" = 1 ]; then MAIL_LAYOUT=":LAYOUT=fs"; NS_SEPARATOR="separator = /"; fi
 METADATA_CONF="imap_metadata = no"
 if [ "$METADATA" = 1 ]; then
   METADATA_CONF=$'imap_metadata = yes\nmail_attribute_dict = file:%h/dovecot-attributes'
@@ -226,9 +232,10 @@ userdb {
   default_fields = uid=$MAIL_UID gid=$MAIL_GID home=$STATE/mail/%Ld/%Ln
 }
 
-mail_location = maildir:~/Maildir
+mail_location = maildir:~/Maildir$MAIL_LAYOUT
 mail_max_userip_connections = $MAXCONN
 namespace inbox {
+  $NS_SEPARATOR
   inbox = yes
   mailbox Drafts {
     special_use = \\Drafts
