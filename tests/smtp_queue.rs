@@ -1,0 +1,243 @@
+//! The durable queue against a real Dovecot: mail accepted while the provider's submission
+//! server is down goes out when it is back; a permanent refusal becomes a failure report in the
+//! sender's INBOX; a SIGKILL during 200 submissions loses no acknowledged message.
+
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::provider::Provider;
+use support::proxy::{Proxy, signal};
+use support::smtp_client::{data_block, inbox, wait_for_inbox};
+
+const ALICE: &str = "alice@example.org";
+const BOB: &str = "bob@example.org";
+
+/// Quick retries, so the tests need not wait minutes.
+const FAST_RETRIES: &str = "[queue]\nretry_initial_secs = 1\nretry_max_secs = 2\n";
+
+fn has(message: &[u8], needle: &str) -> bool {
+    message.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// A TCP forwarder from a local port to `target`, standing in for a submission server that
+/// comes back. Stops accepting when dropped.
+struct Forwarder {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl Forwarder {
+    fn start(listener: TcpListener, target: u16) -> Forwarder {
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Forwarder { port, stop }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+#[test]
+fn accepted_while_the_provider_is_down_and_delivered_when_it_returns() {
+    let provider = Provider::start();
+    // A port where nothing listens yet.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{port}"))
+        .extra(FAST_RETRIES)
+        .start();
+    let mut c = proxy.connect_smtp();
+    // The login is checked at the IMAP server while submission is unreachable.
+    c.login(ALICE, "secret");
+    let message = b"Subject: while you were away\r\n\r\nqueued\r\n";
+    let reply = c.send_message(ALICE, &[BOB], message);
+    assert_eq!(reply.code, 250, "{}", c.transcript());
+    c.expect("QUIT", 221);
+    proxy.wait_for_log("delivery deferred: connection refused", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(inbox(provider.imap_port, BOB, "secret").is_empty());
+
+    let _forwarder = Forwarder::start(TcpListener::bind(("127.0.0.1", port)).unwrap(), provider.smtp_port);
+    let started = Instant::now();
+    let arrived = wait_for_inbox(provider.imap_port, BOB, "secret", Duration::from_secs(20), |m| !m.is_empty());
+    assert!(arrived[0].ends_with(message));
+    println!("delivered {:?} after the provider came back", started.elapsed());
+    let log = proxy.log();
+    assert!(log.contains("relayed: delivered to 1"), "{log}");
+}
+
+#[test]
+fn permanent_refusal_puts_a_failure_report_into_the_senders_inbox() {
+    let provider = Provider::start();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{}", provider.smtp_port))
+        .extra(FAST_RETRIES)
+        .start();
+    let mut c = proxy.connect_smtp();
+    c.login(ALICE, "secret");
+    let message = b"From: alice@example.org\r\nSubject: to someone who is not there\r\n\r\nhello?\r\n";
+    // The proxy accepts both recipients; the provider refuses one of them for good.
+    let reply = c.send_message(ALICE, &[BOB, "nobody@example.org"], message);
+    assert_eq!(reply.code, 250, "{}", c.transcript());
+    c.expect("QUIT", 221);
+
+    wait_for_inbox(provider.imap_port, BOB, "secret", Duration::from_secs(20), |m| !m.is_empty());
+    let reports = wait_for_inbox(provider.imap_port, ALICE, "secret", Duration::from_secs(20), |m| !m.is_empty());
+    let report = &reports[0];
+    let text = String::from_utf8_lossy(report);
+    assert!(has(report, "Subject: Undelivered mail: to someone who is not there"), "{text}");
+    assert!(has(report, "multipart/report; report-type=delivery-status"), "{text}");
+    assert!(has(report, "  nobody@example.org\r\n      The provider refused it: 550 5.1.1"), "{text}");
+    assert!(has(report, "Final-Recipient: rfc822; nobody@example.org\r\nAction: failed\r\nStatus: 5.1.1"), "{text}");
+    assert!(has(report, "It was delivered to the other 1 recipient(s)."), "{text}");
+    assert!(has(report, "text/rfc822-headers\r\n\r\nFrom: alice@example.org\r\nSubject: to someone"), "{text}");
+    assert!(!has(report, "hello?"), "the body is not quoted");
+    proxy.wait_for_log("failure report put into the sender's INBOX", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(inbox(provider.imap_port, ALICE, "secret").len(), 1, "exactly one report");
+}
+
+/// Submits messages `first..first+count` on one connection, each with Subject `crash-N`, and
+/// records every one that got `250` after its data. Stops quietly at the first error (the
+/// daemon is killed under it).
+fn submit_until_killed(port: u16, first: usize, count: usize, attempted: &AtomicUsize, acked: &Mutex<Vec<usize>>) {
+    let Ok(tcp) = TcpStream::connect(("127.0.0.1", port)) else { return };
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut r = BufReader::new(tcp.try_clone().unwrap());
+    let mut w = tcp;
+    let mut reply = || -> Option<u16> {
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line.get(..3)?.parse().ok();
+            }
+        }
+    };
+    let auth = base64_plain(ALICE, "secret");
+    let greet = format!("EHLO crash.test\r\nAUTH PLAIN {auth}\r\n");
+    if reply() != Some(220) || w.write_all(greet.as_bytes()).is_err() || reply() != Some(250) || reply() != Some(235) {
+        return;
+    }
+    for n in first..first + count {
+        let body =
+            format!("From: {ALICE}\r\nTo: {BOB}\r\nSubject: crash-{n}\r\n\r\nmessage {n}\r\n{}\r\n", "x".repeat(2000));
+        let mut batch = format!("MAIL FROM:<{ALICE}>\r\nRCPT TO:<{BOB}>\r\nDATA\r\n").into_bytes();
+        attempted.fetch_add(1, Ordering::SeqCst);
+        if w.write_all(&batch).is_err() || reply() != Some(250) || reply() != Some(250) || reply() != Some(354) {
+            return;
+        }
+        batch = data_block(body.as_bytes());
+        if w.write_all(&batch).is_err() {
+            return;
+        }
+        match reply() {
+            Some(250) => acked.lock().unwrap().push(n),
+            _ => return,
+        }
+    }
+    let _ = w.write_all(b"QUIT\r\n");
+    let mut rest = Vec::new();
+    let _ = w.read_to_end(&mut rest);
+}
+
+fn base64_plain(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+}
+
+#[test]
+fn sigkill_during_200_submissions_loses_no_acknowledged_message() {
+    const TOTAL: usize = 200;
+    const CLIENTS: usize = 4;
+    let provider = Provider::start();
+    let mut proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{}", provider.smtp_port))
+        .extra(FAST_RETRIES)
+        .log("info")
+        .start();
+    let attempted = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let port = proxy.smtp_port;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (attempted, acked) = (attempted.clone(), acked.clone());
+            std::thread::spawn(move || {
+                submit_until_killed(port, i * (TOTAL / CLIENTS), TOTAL / CLIENTS, &attempted, &acked)
+            })
+        })
+        .collect();
+    // Kill once a good part is acknowledged, while the rest is in flight.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < TOTAL * 2 / 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    signal(proxy.pid(), 9);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let acked: BTreeSet<usize> = acked.lock().unwrap().iter().copied().collect();
+    let attempted = attempted.load(Ordering::SeqCst);
+    assert!(!acked.is_empty() && acked.len() < TOTAL, "the kill must come mid-way: {} acknowledged", acked.len());
+
+    // After the restart no password is known (memory only): the queue waits for a login.
+    proxy.restart();
+    let mut c = proxy.connect_smtp();
+    c.login(ALICE, "secret");
+    c.expect("QUIT", 221);
+
+    let subject_of = |m: &Vec<u8>| -> Option<usize> {
+        let text = String::from_utf8_lossy(m);
+        text.split("Subject: crash-").nth(1)?.split("\r\n").next()?.parse().ok()
+    };
+    let messages = wait_for_inbox(provider.imap_port, BOB, "secret", Duration::from_secs(90), |msgs| {
+        let got: BTreeSet<usize> = msgs.iter().filter_map(subject_of).collect();
+        acked.is_subset(&got)
+    });
+    let mut counts: HashMap<usize, usize> = HashMap::new();
+    for n in messages.iter().filter_map(subject_of) {
+        *counts.entry(n).or_default() += 1;
+    }
+    let duplicates: usize = counts.values().map(|c| c - 1).sum();
+    println!(
+        "crash test: {attempted} submitted, {} acknowledged with 250, {} distinct arrived ({} beyond the acknowledged ones), {duplicates} duplicate(s)",
+        acked.len(),
+        counts.len(),
+        counts.len() - acked.len()
+    );
+    let missing: Vec<_> = acked.iter().filter(|n| !counts.contains_key(n)).collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert!(counts.len() <= attempted, "nothing arrives that was not submitted");
+}
