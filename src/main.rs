@@ -43,6 +43,21 @@ enum Command {
         #[command(subcommand)]
         action: CertAction,
     },
+    /// Shows and steers the outgoing mail queue (works while the daemon runs).
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Lists queued messages: recipients, state, attempts, next try.
+    List,
+    /// Tries a message again now.
+    Retry { id: u64 },
+    /// Removes a message from the queue without sending it.
+    Drop { id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -88,6 +103,24 @@ fn main() -> ExitCode {
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Command::Cert { action: CertAction::Export { path } } => export_cert(&config, path),
+        Command::Queue { action } => {
+            use coi_proxy::smtp::control::{self, Command as Q};
+            let cmd = match action {
+                QueueAction::List => Q::List,
+                QueueAction::Retry { id } => Q::Retry(id),
+                QueueAction::Drop { id } => Q::Drop(id),
+            };
+            match control::cli(&config, cmd) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("coi-proxy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

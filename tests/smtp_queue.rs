@@ -241,3 +241,67 @@ fn sigkill_during_200_submissions_loses_no_acknowledged_message() {
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
     assert!(counts.len() <= attempted, "nothing arrives that was not submitted");
 }
+
+/// `coi-proxy queue ...` with the test proxy's config; (exit success, stdout + stderr).
+fn queue_cli(proxy: &Proxy, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
+        .arg("--config")
+        .arg(&proxy.config_path)
+        .arg("queue")
+        .args(args)
+        .output()
+        .expect("run coi-proxy queue");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn queue_list_retry_and_drop_while_the_daemon_runs_and_after() {
+    let provider = Provider::start();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{port}"))
+        .extra("[queue]\nretry_initial_secs = 3600\nretry_max_secs = 3600\n")
+        .start();
+    let mut c = proxy.connect_smtp();
+    c.login(ALICE, "secret");
+    for subject in ["first", "second"] {
+        let reply = c.send_message(ALICE, &[BOB], format!("Subject: {subject}\r\n\r\nx\r\n").as_bytes());
+        assert_eq!(reply.code, 250, "{}", c.transcript());
+    }
+    c.expect("QUIT", 221);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let (ok, text) = queue_cli(&proxy, &["list"]);
+        assert!(ok, "{text}");
+        if text.matches("deferred: connection refused").count() == 2 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(listed.starts_with("2 message(s) in the queue:"), "{listed}");
+    assert!(listed.contains("#1  from alice@example.org") && listed.contains("#2  from"), "{listed}");
+    assert!(listed.contains("to bob@example.org: pending") && listed.contains("next attempt in "), "{listed}");
+    assert!(listed.matches("deferred: connection refused").count() == 2, "{listed}");
+
+    let (ok, text) = queue_cli(&proxy, &["drop", "1"]);
+    assert!(ok && text.contains("removed"), "{text}");
+    let (ok, text) = queue_cli(&proxy, &["drop", "1"]);
+    assert!(!ok && text.contains("no message 1"), "{text}");
+
+    // The provider is back; without `retry` the next attempt would be in an hour.
+    let _forwarder = Forwarder::start(TcpListener::bind(("127.0.0.1", port)).unwrap(), provider.smtp_port);
+    let (ok, text) = queue_cli(&proxy, &["retry", "2"]);
+    assert!(ok, "{text}");
+    let arrived = wait_for_inbox(provider.imap_port, BOB, "secret", Duration::from_secs(10), |m| !m.is_empty());
+    assert_eq!(arrived.len(), 1);
+    assert!(has(&arrived[0], "Subject: second"));
+    proxy.wait_for_log("relayed: delivered to 1", Duration::from_secs(5));
+    assert_eq!(queue_cli(&proxy, &["list"]).1, "The queue is empty.\n");
+
+    // With the daemon stopped, the command line opens the store itself.
+    proxy.stop();
+    let (ok, text) = queue_cli(&proxy, &["list"]);
+    assert!(ok && text == "The queue is empty.\n", "{text}");
+}

@@ -3,6 +3,7 @@
 //! submission server (`relay`) with retries. Refusals and give-ups become a delivery-failure
 //! report in the sender's INBOX (`report`).
 
+pub mod control;
 pub mod queue;
 pub mod relay;
 pub mod report;

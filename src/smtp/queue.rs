@@ -83,6 +83,11 @@ impl Queue {
         let _ = self.wake.send((id, login));
         Ok(id)
     }
+
+    /// Makes the relay try message `id` of `login` now (`coi-proxy queue retry`).
+    pub fn wake(&self, id: u64, login: String) {
+        let _ = self.wake.send((id, login));
+    }
 }
 
 async fn blocking<T: Send + 'static>(

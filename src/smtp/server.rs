@@ -87,6 +87,7 @@ pub async fn start(
             ctx.caps.get(&provider, &shared.upstream_tls, shared.config.limits.connect_timeout()).await;
         });
     }
+    tokio::spawn(super::control::serve(ctx.clone(), shutdown.clone()));
     tokio::spawn(queue::run_relay(ctx, wakeups, shutdown, alive));
     Ok(tasks)
 }

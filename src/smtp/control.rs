@@ -1,0 +1,265 @@
+//! `coi-proxy queue list|retry ID|drop ID`: showing and steering the queue.
+//!
+//! redb lets one process at a time open the store, and the running daemon holds it. So the
+//! daemon serves these commands on a Unix socket in the state directory (`control.sock`, mode
+//! 0600, inside the 0700 state directory), and the command line asks it there; only when no
+//! daemon answers does the command line open the store itself.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::Smtp;
+use super::queue::now;
+use super::report::rfc5322_date;
+use crate::config::Config;
+use crate::store::{QueuedMessage, RecipientState, Store};
+
+/// One queue command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    List,
+    Retry(u64),
+    Drop(u64),
+}
+
+impl Command {
+    fn to_line(self) -> String {
+        match self {
+            Command::List => "queue list".into(),
+            Command::Retry(id) => format!("queue retry {id}"),
+            Command::Drop(id) => format!("queue drop {id}"),
+        }
+    }
+
+    fn parse(line: &str) -> Option<Command> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["queue", "list"] => Some(Command::List),
+            ["queue", "retry", id] => id.parse().ok().map(Command::Retry),
+            ["queue", "drop", id] => id.parse().ok().map(Command::Drop),
+            _ => None,
+        }
+    }
+}
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("control.sock")
+}
+
+/// Runs `cmd` for the command line: through the running daemon if there is one, else on the
+/// store directly. `Ok` is the text to print; `Err` the error to show (exit status 1).
+pub fn cli(config: &Config, cmd: Command) -> Result<String, String> {
+    let socket = socket_path(&config.state_dir);
+    if let Ok(stream) = UnixStream::connect(&socket) {
+        return ask(stream, cmd)
+            .unwrap_or_else(|e| Err(format!("the running coi-proxy did not answer on {}: {e}", socket.display())));
+    }
+    if !config.state_dir.join("coi-proxy.redb").exists() {
+        return match cmd {
+            Command::List => Ok("The queue is empty.\n".into()),
+            Command::Retry(id) | Command::Drop(id) => Err(format!("no message {id} in the queue")),
+        };
+    }
+    let store = Store::open(&config.state_dir).map_err(|e| {
+        format!(
+            "{e}\n(is a coi-proxy daemon running with this state directory? It holds the store; \
+             its control socket {} did not answer)",
+            socket.display()
+        )
+    })?;
+    execute(&store, cmd).map(|(text, _)| text)
+}
+
+fn ask(stream: UnixStream, cmd: Command) -> std::io::Result<Result<String, String>> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut writer = stream.try_clone()?;
+    writer.write_all(format!("{}\n", cmd.to_line()).as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    let mut text = String::new();
+    for line in reader.lines() {
+        text.push_str(&line?);
+        text.push('\n');
+    }
+    Ok(if status.trim_end() == "ok" { Ok(text) } else { Err(text.trim_end().to_string()) })
+}
+
+/// Carries out `cmd` on the store. For `retry`, also returns the message's login so that a
+/// daemon can wake its relay.
+fn execute(store: &Store, cmd: Command) -> Result<(String, Option<String>), String> {
+    match cmd {
+        Command::List => {
+            let list = store.queue_list().map_err(|e| e.to_string())?;
+            Ok((describe(&list, now()), None))
+        }
+        Command::Retry(id) => {
+            let mut msg =
+                store.queue_get(id).map_err(|e| e.to_string())?.ok_or(format!("no message {id} in the queue"))?;
+            msg.next_attempt_at = now();
+            store.queue_save(id, &msg).map_err(|e| e.to_string())?;
+            Ok((format!("message {id} will be tried again now\n"), Some(msg.login)))
+        }
+        Command::Drop(id) => match store.queue_remove(id).map_err(|e| e.to_string())? {
+            true => Ok((format!("message {id} removed from the queue; it will not be sent\n"), None)),
+            false => Err(format!("no message {id} in the queue")),
+        },
+    }
+}
+
+/// Serves the control socket until shutdown.
+pub async fn serve(ctx: Arc<Smtp>, mut shutdown: watch::Receiver<bool>) {
+    let path = socket_path(&ctx.shared.config.state_dir);
+    // A socket left by a killed daemon; the store lock already ensures no other daemon runs.
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(
+                "cannot create the control socket {}: {e}; `coi-proxy queue` will not work while running",
+                path.display()
+            );
+            return;
+        }
+    };
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|down| *down) => break,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(read.take(1024));
+            if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = match Command::parse(&line) {
+                Some(cmd) => {
+                    let store = ctx.shared.store.clone();
+                    let result = tokio::task::spawn_blocking(move || execute(&store, cmd))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                    if let Ok((_, Some(login))) = &result
+                        && let Command::Retry(id) = cmd
+                    {
+                        ctx.queue.wake(id, login.clone());
+                    }
+                    if result.is_ok() && cmd != Command::List {
+                        info!("control: {}", cmd.to_line());
+                    }
+                    match result {
+                        Ok((text, _)) => format!("ok\n{text}"),
+                        Err(e) => format!("error\n{e}\n"),
+                    }
+                }
+                None => "error\nunknown command; use: queue list | queue retry ID | queue drop ID\n".into(),
+            };
+            let _ = write.write_all(reply.as_bytes()).await;
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// The queue as text for people: one block per message.
+pub fn describe(list: &[(u64, QueuedMessage)], now: i64) -> String {
+    if list.is_empty() {
+        return "The queue is empty.\n".into();
+    }
+    let mut out = format!("{} message(s) in the queue:\n", list.len());
+    for (id, msg) in list {
+        let from = if msg.from.is_empty() { "<>" } else { msg.from.as_str() };
+        out.push_str(&format!(
+            "\n#{id}  from {from} (account {}), {} bytes, accepted {}\n",
+            msg.login,
+            msg.size,
+            rfc5322_date(msg.received_at)
+        ));
+        for r in &msg.recipients {
+            let state = match &r.state {
+                RecipientState::Pending => "pending".to_string(),
+                RecipientState::Delivered { reply, .. } => format!("delivered ({reply})"),
+                RecipientState::Failed { reply, .. } => format!("failed ({reply})"),
+            };
+            out.push_str(&format!("    to {}: {state}\n", r.address));
+        }
+        if msg.report_pending {
+            out.push_str("    a failure report for the sender is waiting to be put into the INBOX\n");
+        }
+        if msg.pending().next().is_some() || msg.report_pending {
+            let wait = msg.next_attempt_at - now;
+            let next = if wait <= 0 { "now".to_string() } else { format!("in {wait} s") };
+            out.push_str(&format!("    next attempt {next}; gives up {}\n", rfc5322_date(msg.give_up_at)));
+        }
+        match msg.attempts.last() {
+            Some(last) => out.push_str(&format!(
+                "    {} attempt(s); last {}: {}\n",
+                msg.attempts.len(),
+                rfc5322_date(last.at),
+                last.result
+            )),
+            None => out.push_str("    not tried yet\n"),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MailParams, Recipient};
+
+    #[test]
+    fn commands_round_trip() {
+        for cmd in [Command::List, Command::Retry(7), Command::Drop(12)] {
+            assert_eq!(Command::parse(&cmd.to_line()), Some(cmd));
+        }
+        assert_eq!(Command::parse("queue drop x"), None);
+        assert_eq!(Command::parse("rm -rf"), None);
+    }
+
+    #[test]
+    fn list_retry_drop_on_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(execute(&store, Command::List).unwrap().0, "The queue is empty.\n");
+        let msg = QueuedMessage {
+            login: "alice@example.org".into(),
+            from: "alice@example.org".into(),
+            params: MailParams::default(),
+            recipients: vec![Recipient {
+                address: "bob@example.org".into(),
+                notify: None,
+                orcpt: None,
+                state: RecipientState::Pending,
+            }],
+            size: 42,
+            received_at: 0,
+            next_attempt_at: now() + 100,
+            give_up_at: now() + 1000,
+            attempts: Vec::new(),
+            report_pending: false,
+        };
+        let id = store.queue_insert(&msg, b"x").unwrap();
+        let list = execute(&store, Command::List).unwrap().0;
+        assert!(list.contains(&format!("#{id}  from alice@example.org")), "{list}");
+        assert!(list.contains("to bob@example.org: pending") && list.contains("not tried yet"), "{list}");
+        let (_, login) = execute(&store, Command::Retry(id)).unwrap();
+        assert_eq!(login.as_deref(), Some("alice@example.org"));
+        assert!(execute(&store, Command::List).unwrap().0.contains("next attempt now"));
+        execute(&store, Command::Drop(id)).unwrap();
+        assert!(execute(&store, Command::Drop(id)).unwrap_err().contains("no message"));
+    }
+}
