@@ -342,3 +342,50 @@ fn malformed_and_oversized_metadata_commands() {
     assert_eq!(c.read_line(), "m5 OK SETMETADATA complete\r\n");
     c.expect_ok("m6 NOOP");
 }
+
+#[test]
+fn an_idle_client_is_not_woken_by_chat_messages_in_active_mode() {
+    let p = provider(false);
+    let proxy = Proxy::for_port(p.imap_port);
+    let mut setup = login(&proxy, "alice@example.org");
+    enable(&mut setup, "active");
+    p.deliver("bob@example.org", "alice@example.org", &mail_message("q0@example.org", ""));
+    let mut c = login(&proxy, "alice@example.org");
+    let sel = c.expect_ok("s SELECT INBOX");
+    assert!(sel.iter().any(|l| l == "* 1 EXISTS\r\n"), "{sel:?}");
+    c.send_raw(b"i IDLE\r\n");
+    assert!(c.read_line().starts_with("+ "));
+    // A chat message: moved to Chats, and the idling client hears nothing.
+    p.deliver("bob@example.org", "alice@example.org", &chat_message("q1@example.org"));
+    let mut d = direct(&p, "alice@example.org");
+    wait_until("the chat in Chats", Duration::from_secs(5), || count(&mut d, "COI.Chats") == 1);
+    assert_eq!(c.line_within(Duration::from_millis(2500)), None, "woken by a chat message");
+    // Ordinary mail still wakes it promptly.
+    c.set_timeout(Duration::from_secs(2));
+    let sent = Instant::now();
+    p.deliver("bob@example.org", "alice@example.org", &mail_message("q2@example.org", ""));
+    // Flag news held back during the chat's hold (the new `$Chat` keyword) may come first.
+    while let Some(line) = c.line_within(Duration::from_secs(2)) {
+        if line == "* 2 EXISTS\r\n" {
+            break;
+        }
+        assert!(
+            line.starts_with("* FLAGS") || line.starts_with("* OK [PERMANENTFLAGS") || line.contains("RECENT"),
+            "{line}"
+        );
+    }
+    eprintln!("ordinary mail woke the idle client after {:?}", sent.elapsed());
+    assert!(sent.elapsed() < Duration::from_secs(2));
+    c.set_timeout(Duration::from_secs(10));
+    c.send_raw(b"DONE\r\n");
+    loop {
+        let line = c.read_line();
+        assert!(!line.contains("EXPUNGE"), "{line}");
+        if line.starts_with("i ") {
+            assert!(line.starts_with("i OK"), "{line}");
+            break;
+        }
+    }
+    let f = c.expect_ok("f FETCH 1:* (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])").join("");
+    assert!(f.contains("q0@") && f.contains("q2@") && !f.contains("q1@"), "{f}");
+}

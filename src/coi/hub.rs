@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, watch};
 
 use super::metadata::CoiConfig;
+use crate::imap::quiet::Verdicts;
 
 /// One account (one login name).
 pub struct Account {
@@ -15,6 +16,8 @@ pub struct Account {
     pub config: watch::Sender<CoiConfig>,
     /// Wakes the worker: a client changed flags (seen mode) or mail may have arrived.
     pub nudge: Notify,
+    /// What the worker decided about new INBOX messages (for the quiet INBOX).
+    pub verdicts: watch::Sender<Verdicts>,
     /// Whether a worker task runs for this account.
     pub worker_running: std::sync::atomic::AtomicBool,
 }
@@ -37,6 +40,7 @@ impl Hub {
                     login: key,
                     config: watch::channel(CoiConfig::default()).0,
                     nudge: Notify::new(),
+                    verdicts: watch::channel(Verdicts::default()).0,
                     worker_running: Default::default(),
                 })
             })

@@ -139,6 +139,7 @@ pub(crate) fn config_from(untagged: &[Vec<u8>]) -> CoiConfig {
 /// The worker's view of INBOX.
 struct Inbox<'a> {
     shared: &'a Shared,
+    account: &'a Account,
     login: &'a str,
     chats: String,
     uidvalidity: u32,
@@ -191,7 +192,7 @@ impl<'a> Inbox<'a> {
         };
         let _ = store.set_inbox_position(login, uidvalidity, next_uid);
         let mut inbox =
-            Inbox { shared, login, chats, uidvalidity, next_uid, uidnext, keywords, waiting: BTreeSet::new() };
+            Inbox { shared, account, login, chats, uidvalidity, next_uid, uidnext, keywords, waiting: BTreeSet::new() };
         if keywords {
             let (untagged, _) = up.command(b"UID SEARCH UNSEEN KEYWORD $Chat\r\n").await?;
             inbox.waiting.extend(untagged.iter().flat_map(|r| search_uids(r)));
@@ -216,12 +217,14 @@ impl<'a> Inbox<'a> {
         let mut chat: Vec<(u32, bool)> = Vec::new();
         let mut chat_ids = Vec::new();
         let mut highest = None;
+        let mut classified = 0;
         for resp in &untagged {
             let Some(item) = FetchItem::parse(resp) else { continue };
             if item.uid < self.next_uid {
                 continue; // `n:*` returns the last message when n is past the end
             }
             highest = highest.max(Some(item.uid));
+            classified += 1;
             let headers = ChatHeaders::parse(&item.header);
             let store = &self.shared.store;
             if headers.is_chat(|id| store.is_chat_id(self.login, id).unwrap_or(false)) {
@@ -230,6 +233,7 @@ impl<'a> Inbox<'a> {
             }
         }
         let Some(highest) = highest else { return Ok(()) };
+        let kept = (classified - chat.len()) as u64;
         if !chat.is_empty() {
             let all: Vec<u32> = chat.iter().map(|c| c.0).collect();
             debug!(uids = ?all, "chat messages");
@@ -251,6 +255,11 @@ impl<'a> Inbox<'a> {
                 Filter::None => {}
             }
         }
+        let moved = if filter == Filter::Active { chat.len() as u64 } else { 0 };
+        self.account.verdicts.send_modify(|v| {
+            v.kept += kept;
+            v.moved += moved;
+        });
         self.next_uid = highest + 1;
         if let Err(e) = self.shared.store.set_inbox_position(self.login, self.uidvalidity, self.next_uid) {
             warn!("cannot record the INBOX position: {e}");

@@ -6,6 +6,7 @@ pub mod command;
 pub mod conn;
 pub mod framing;
 pub mod own;
+pub mod quiet;
 pub mod relay;
 pub mod session;
 pub mod upstream;

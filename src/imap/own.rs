@@ -105,6 +105,10 @@ pub(crate) struct Link {
 
 #[derive(Default)]
 struct LinkState {
+    /// The tag of the client's IDLE while it runs.
+    idle: Option<Vec<u8>>,
+    /// The client has INBOX selected (as far as the relayed SELECT/EXAMINE said).
+    inbox_selected: bool,
     /// Tags of relayed client commands whose tagged response has not come yet, with whether
     /// their completion is watched.
     in_flight: HashMap<Vec<u8>, (usize, bool)>,
@@ -124,11 +128,34 @@ impl Link {
         entry.1 |= watched;
     }
 
+    /// The client started IDLE with `tag`.
+    pub fn idle_started(&self, tag: &[u8]) {
+        self.state.lock().expect("link").idle = Some(tag.to_vec());
+    }
+
+    /// Whether `tag` is the client's running IDLE.
+    pub fn is_idle_tag(&self, tag: &[u8]) -> bool {
+        self.state.lock().expect("link").idle.as_deref() == Some(tag)
+    }
+
+    /// The client idles with INBOX selected.
+    pub fn idle_in_inbox(&self) -> bool {
+        let state = self.state.lock().expect("link");
+        state.idle.is_some() && state.inbox_selected
+    }
+
+    pub fn set_inbox_selected(&self, selected: bool) {
+        self.state.lock().expect("link").inbox_selected = selected;
+    }
+
     /// The tagged response for `tag` passed.
     pub fn completed(&self, tag: &[u8]) {
         let mut watched = false;
         {
             let mut state = self.state.lock().expect("link");
+            if state.idle.as_deref() == Some(tag) {
+                state.idle = None;
+            }
             if let Some((n, w)) = state.in_flight.get_mut(tag) {
                 *n -= 1;
                 if *n == 0 {

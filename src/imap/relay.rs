@@ -19,6 +19,7 @@ use super::command;
 use super::conn::{Conn, READ_CHUNK};
 use super::framing::{Fragment, Framer, Literal};
 use super::own::{Interceptor, Link, OwnCommands, OwnEvent};
+use super::quiet::{Quiet, Verdict, Verdicts};
 use super::upstream::OWN_TAG_PREFIX;
 use crate::net::Stream;
 
@@ -31,6 +32,14 @@ pub struct RelayOptions {
     /// Called when a STORE that sets or clears `\Seen` has been answered (the COI worker
     /// moves chat messages once they are seen).
     pub seen_changed: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Keeps an IDLE-ing client asleep while messages that get moved away arrive.
+    pub quiet: Option<QuietInbox>,
+}
+
+/// What the quiet INBOX needs: whether it applies now, and the worker's verdicts.
+pub struct QuietInbox {
+    pub active: Arc<dyn Fn() -> bool + Send + Sync>,
+    pub verdicts: watch::Receiver<Verdicts>,
 }
 
 /// Why a relay ended, for the session's log line.
@@ -98,6 +107,7 @@ pub async fn run<I: Interceptor>(
             opts: &opts,
             link: &link,
             counted: &mut from_provider,
+            quiet: opts.quiet.as_ref().map(|q| Quiet::new(q.verdicts.clone())),
         }
         .run(&mut shutdown);
         tokio::pin!(commands, responses);
@@ -165,6 +175,9 @@ impl Commands<'_> {
                             forwarded = false;
                             let head = command::head(bytes);
                             tag = head.map(|(t, _)| t.to_vec()).unwrap_or_default();
+                            if let Some((_, name)) = head {
+                                self.note_state(name, bytes, interceptor.wants(name));
+                            }
                             if let Some(reply) = refuse_command(bytes) {
                                 mode = Mode::Discard;
                                 replies.push(ToClient::Response(reply));
@@ -293,6 +306,23 @@ impl Commands<'_> {
     }
 }
 
+impl Commands<'_> {
+    /// Keeps track of what the quiet INBOX needs: IDLE running, INBOX selected.
+    fn note_state(&self, name: &[u8], line: &[u8], intercepted: bool) {
+        if name.eq_ignore_ascii_case(b"IDLE") {
+            if let Some((tag, _)) = command::head(line) {
+                self.link.idle_started(tag);
+            }
+        } else if name.eq_ignore_ascii_case(b"SELECT") || name.eq_ignore_ascii_case(b"EXAMINE") {
+            let mailbox = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or_default();
+            let mailbox = mailbox.split(|&b| b == b' ' || b == b'\r' || b == b'\n').next().unwrap_or_default();
+            let inbox = mailbox.eq_ignore_ascii_case(b"INBOX") || mailbox.eq_ignore_ascii_case(b"\"INBOX\"");
+            // An intercepted SELECT INBOX is a chat client's, which is shown Chats instead.
+            self.link.set_inbox_selected(inbox && !intercepted);
+        }
+    }
+}
+
 /// Provider → client.
 struct Responses<'a> {
     read: ReadHalf<Stream>,
@@ -303,6 +333,7 @@ struct Responses<'a> {
     opts: &'a RelayOptions,
     link: &'a Link,
     counted: &'a mut u64,
+    quiet: Option<Quiet>,
 }
 
 impl Responses<'_> {
@@ -312,13 +343,35 @@ impl Responses<'_> {
         let mut shutting_down = *shutdown.borrow();
         // A response that belongs to an own command, being read whole.
         let mut capture: Option<Vec<u8>> = None;
+        // The rest of a response that was held back is dropped too.
+        let mut dropping = false;
         loop {
             if shutting_down && self.framer.at_message_start() {
                 let _ = write_flush(&mut self.write, b"* BYE coi-proxy is shutting down\r\n").await;
                 return RelayEnd::Shutdown;
             }
+            let quiet_deadline = self.quiet.as_ref().and_then(Quiet::deadline);
             tokio::select! {
                 biased;
+                _ = async {
+                    match (quiet_deadline, self.quiet.as_mut()) {
+                        (Some(deadline), Some(quiet)) => {
+                            let verdicts = quiet.verdicts();
+                            tokio::select! {
+                                _ = tokio::time::sleep_until(deadline.into()) => {}
+                                _ = verdicts.changed() => {}
+                            }
+                        }
+                        _ => std::future::pending().await,
+                    }
+                }, if self.framer.at_message_start() => {
+                    let release = self.quiet.as_mut().and_then(|q| q.poll(std::time::Instant::now()));
+                    if let Some(exists) = release
+                        && let Err(e) = write_flush(&mut self.write, &exists).await
+                    {
+                        return RelayEnd::ClientError(e.to_string());
+                    }
+                }
                 msg = self.from_commands.recv(), if self.framer.at_message_start() => match msg {
                     Some(ToClient::Response(bytes)) => {
                         if let Err(e) = write_flush(&mut self.write, &bytes).await {
@@ -367,7 +420,25 @@ impl Responses<'_> {
                             }
                             continue;
                         }
+                        if dropping {
+                            dropping = !self.framer.at_message_start();
+                            continue;
+                        }
                         if let Fragment::Line { first: true, .. } = fragment {
+                            if let Some(quiet) = self.quiet.as_mut() {
+                                if bytes.starts_with(b"* ") {
+                                    let allowed = self.link.idle_in_inbox() && self.opts.quiet.as_ref().is_some_and(|q| (q.active)());
+                                    if quiet.on_untagged(bytes, allowed, std::time::Instant::now()) == Verdict::Drop {
+                                        dropping = !self.framer.at_message_start();
+                                        continue;
+                                    }
+                                } else if !bytes.starts_with(b"+") {
+                                    let tag = &bytes[..bytes.iter().position(|&b| b == b' ').unwrap_or(bytes.len())];
+                                    if self.link.is_idle_tag(tag) && let Some(exists) = quiet.release() {
+                                        out.push(&self.buf, &exists);
+                                    }
+                                }
+                            }
                             if let Some(routed) = self.route(bytes) {
                                 match routed {
                                     Route::Drop => {}

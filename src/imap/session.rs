@@ -17,9 +17,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::capability;
 use super::command::{self, Arg, Command};
 use super::conn::{Conn, ReadError};
-use super::relay::{self, RelayOptions};
+use super::relay::{self, QuietInbox, RelayOptions};
 use super::upstream::{AuthOutcome, Upstream};
-use crate::coi::{self, hub::Account, session::CoiSession};
+use crate::coi::{self, hub::Account, metadata::Filter, session::CoiSession};
 use crate::net::Stream;
 use crate::secret::Secret;
 use crate::server::Shared;
@@ -120,6 +120,13 @@ impl Session {
             seen_changed: Some({
                 let account = account.clone();
                 Arc::new(move || account.nudge.notify_one())
+            }),
+            quiet: Some(QuietInbox {
+                active: {
+                    let account = account.clone();
+                    Arc::new(move || account.current().effective_filter() == Filter::Active)
+                },
+                verdicts: account.verdicts.subscribe(),
             }),
         };
         let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, self.client_id.clone());

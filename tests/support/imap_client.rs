@@ -35,6 +35,24 @@ impl ImapClient<TcpStream> {
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.conn.get_ref().set_read_timeout(Some(timeout)).expect("set_read_timeout");
     }
+
+    /// The next line if one arrives within `timeout`, `None` if the server stays silent.
+    pub fn line_within(&mut self, timeout: Duration) -> Option<String> {
+        self.set_timeout(timeout);
+        let mut line = Vec::new();
+        let result = self.conn.read_until(b'\n', &mut line);
+        self.set_timeout(DEFAULT_TIMEOUT);
+        match result {
+            Ok(_) if !line.is_empty() => {
+                let line = String::from_utf8_lossy(&line).into_owned();
+                self.transcript += &format!("S: {line}");
+                Some(line)
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) && line.is_empty() => None,
+            Ok(_) => self.fail("connection closed by the server"),
+            Err(e) => self.read_error(e),
+        }
+    }
 }
 
 impl<S: Read + Write> ImapClient<S> {
