@@ -242,6 +242,29 @@ fn sigkill_during_200_submissions_loses_no_acknowledged_message() {
     assert!(counts.len() <= attempted, "nothing arrives that was not submitted");
 }
 
+#[test]
+fn giving_up_puts_a_failure_report_into_the_senders_inbox() {
+    let provider = Provider::start();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{port}"))
+        .extra("[queue]\nretry_initial_secs = 1\nretry_max_secs = 1\ngive_up_after_secs = 3\n")
+        .start();
+    let mut c = proxy.connect_smtp();
+    c.login(ALICE, "secret");
+    let reply = c.send_message(ALICE, &[BOB], b"Subject: never to arrive\r\n\r\nx\r\n");
+    assert_eq!(reply.code, 250, "{}", c.transcript());
+    c.expect("QUIT", 221);
+    let reports = wait_for_inbox(provider.imap_port, ALICE, "secret", Duration::from_secs(20), |m| !m.is_empty());
+    let text = String::from_utf8_lossy(&reports[0]);
+    assert!(has(&reports[0], "Subject: Undelivered mail: never to arrive"), "{text}");
+    assert!(has(&reports[0], "      gave up after "), "{text}");
+    assert!(has(&reports[0], "connection refused"), "the last error is named: {text}");
+    assert!(has(&reports[0], "Final-Recipient: rfc822; bob@example.org\r\nAction: failed\r\nStatus: 4.4.7"), "{text}");
+    assert!(inbox(provider.imap_port, BOB, "secret").is_empty());
+}
+
 /// `coi-proxy queue ...` with the test proxy's config; (exit success, stdout + stderr).
 fn queue_cli(proxy: &Proxy, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_coi-proxy"))

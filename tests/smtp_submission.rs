@@ -230,3 +230,17 @@ fn bad_input_gets_the_right_code_and_the_session_goes_on() {
     assert_eq!(inbox.len(), 1, "only the good message arrives");
     assert!(has(&inbox, b"Subject: still fine"));
 }
+
+#[test]
+fn shutdown_says_421_to_an_idle_client_and_exits_cleanly() {
+    // (Three failed logins closing the connection is a unit test: Dovecot delays each failure
+    // by seconds.)
+    let (_provider, mut proxy) = setup();
+    let mut idle = proxy.connect_smtp();
+    idle.login(ALICE, "secret");
+    let status = proxy.stop().expect("was running");
+    assert!(status.success(), "{status:?}");
+    let r = idle.read_reply();
+    assert!(r.code == 421 && r.text().contains("shutting down"), "{r:?}");
+    idle.expect_eof();
+}

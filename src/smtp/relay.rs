@@ -275,8 +275,9 @@ impl SmtpClient {
         plain.push(0);
         plain.extend_from_slice(password.expose());
         let plain = Secret::new(plain);
+        let b64 = Secret::new(base64::engine::general_purpose::STANDARD.encode(plain.expose()).into_bytes());
         let mut cmd = b"AUTH PLAIN ".to_vec();
-        cmd.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(plain.expose()).as_bytes());
+        cmd.extend_from_slice(b64.expose());
         cmd.extend_from_slice(b"\r\n");
         let cmd = Secret::new(cmd);
         self.command(cmd.expose()).await

@@ -31,6 +31,8 @@ pub const MAX_RECIPIENTS: usize = 100;
 pub const MAX_HEADER: usize = 1024 * 1024;
 /// Protocol errors after which the connection is closed.
 const MAX_ERRORS: u32 = 20;
+/// Failed logins after which the connection is closed (as for IMAP): password guessing.
+const MAX_AUTH_FAILURES: u32 = 3;
 
 /// What the proxy advertises and enforces; from the provider's EHLO where known.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +157,7 @@ pub struct Session {
     policy: Policy,
     tx: Option<Transaction>,
     errors: u32,
+    auth_failures: u32,
 }
 
 impl Session {
@@ -173,6 +176,7 @@ impl Session {
             policy,
             tx: None,
             errors: 0,
+            auth_failures: 0,
         };
         s.reply(&format!("220 {hostname} ESMTP coi-proxy ready"));
         s
@@ -276,7 +280,13 @@ impl Session {
                 self.login = Some(login);
                 self.reply("235 2.7.0 Authentication successful");
             }
-            AuthResult::Refused => self.error("535 5.7.8 Authentication credentials invalid"),
+            AuthResult::Refused => {
+                self.auth_failures += 1;
+                self.error("535 5.7.8 Authentication credentials invalid");
+                if self.auth_failures >= MAX_AUTH_FAILURES {
+                    self.close_with("421 4.7.0 Too many failed logins; closing the connection");
+                }
+            }
             AuthResult::Unavailable(why) => {
                 self.reply(&format!("454 4.7.0 Temporary authentication failure: {}", one_line(&why)))
             }
@@ -864,6 +874,20 @@ mod tests {
             ),
             "{out}"
         );
+    }
+
+    #[test]
+    fn three_failed_logins_close_the_session() {
+        let mut s = Session::new("p", false, true, policy());
+        run(&mut s, b"EHLO c\r\n");
+        for _ in 0..3 {
+            let (_, event) = run(&mut s, b"AUTH PLAIN AGFAYgB4\r\n");
+            assert!(matches!(event, Event::Authenticate { .. }));
+            s.auth_result(AuthResult::Refused);
+        }
+        let (out, event) = run(&mut s, b"");
+        assert!(out.ends_with("535 5.7.8 Authentication credentials invalid\r\n421 4.7.0 Too many failed logins; closing the connection\r\n"), "{out}");
+        assert!(matches!(event, Event::Close));
     }
 
     #[test]
