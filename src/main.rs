@@ -126,7 +126,11 @@ fn main() -> ExitCode {
 
 fn export_cert(config: &Config, path: Option<PathBuf>) -> ExitCode {
     let names = coi_proxy::tls::cert_names(
-        &[config.listen.imap, config.listen.imaps].iter().flatten().map(|a| a.ip()).collect::<Vec<_>>(),
+        &[config.listen.imap, config.listen.imaps, config.listen.smtp, config.listen.smtps]
+            .iter()
+            .flatten()
+            .map(|a| a.ip())
+            .collect::<Vec<_>>(),
     );
     let result = std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| e.to_string())

@@ -68,7 +68,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         return Err(RunError::NoListener);
     }
     prepare_state_dir(&config)?;
-    let names = tls::cert_names(&listeners.iter().map(|(a, _)| a.ip()).collect::<Vec<_>>());
+    // The certificate covers the SMTP listeners too (same certificate for both protocols).
+    let smtp_ips = [config.listen.smtp, config.listen.smtps].into_iter().flatten().map(|a| a.ip());
+    let names = tls::cert_names(&listeners.iter().map(|(a, _)| a.ip()).chain(smtp_ips).collect::<Vec<_>>());
     match tls::ensure_local_cert(&config.state_dir, &names)? {
         CertAction::Created => info!(
             path = %tls::LocalCertPaths::new(&config.state_dir).ca.display(),
