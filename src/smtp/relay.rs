@@ -43,15 +43,6 @@ impl Reply {
     pub fn is_transient(&self) -> bool {
         (400..500).contains(&self.code)
     }
-    /// The enhanced status code (`5.1.1`) at the start of the text, if any.
-    pub fn enhanced(&self) -> Option<&str> {
-        let first = self.text.split_whitespace().next()?;
-        let mut parts = first.split('.');
-        let ok = parts.next().is_some_and(|c| matches!(c, "2" | "4" | "5"))
-            && parts.clone().count() == 2
-            && parts.all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
-        ok.then_some(first)
-    }
 }
 
 impl std::fmt::Display for Reply {
@@ -119,7 +110,6 @@ pub struct ProviderCaps {
     pub smtputf8: bool,
     pub dsn: bool,
     pub pipelining: bool,
-    pub starttls: bool,
     pub auth_plain: bool,
 }
 
@@ -136,7 +126,6 @@ impl ProviderCaps {
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "DSN" => caps.dsn = true,
                 "PIPELINING" => caps.pipelining = true,
-                "STARTTLS" => caps.starttls = true,
                 "AUTH" => caps.auth_plain = words.any(|m| m.eq_ignore_ascii_case("PLAIN")),
                 _ => {}
             }
@@ -501,14 +490,6 @@ mod tests {
         assert!(matches!(parse_reply(b"HTTP/1.1 400\r\n"), Err(ReplyError::Malformed(_))));
         assert!(matches!(parse_reply(b"250x\r\n"), Err(ReplyError::Malformed(_))));
         assert_eq!(parse_reply(&vec![b'2'; MAX_REPLY_LINE + 10]), Err(ReplyError::TooLong));
-    }
-
-    #[test]
-    fn enhanced_codes() {
-        let r = |t: &str| Reply { code: 550, text: t.into() };
-        assert_eq!(r("5.1.1 <x@y> User doesn't exist").enhanced(), Some("5.1.1"));
-        assert_eq!(r("User doesn't exist").enhanced(), None);
-        assert_eq!(r("5.1 nope").enhanced(), None);
         assert!(Reply { code: 451, text: String::new() }.is_transient());
     }
 

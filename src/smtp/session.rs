@@ -201,11 +201,6 @@ impl Session {
         !self.input.is_empty()
     }
 
-    /// The authenticated login, if any.
-    pub fn login(&self) -> Option<&str> {
-        self.login.as_deref()
-    }
-
     /// True while the client is sending message data: a shutdown then must not cut it short
     /// silently.
     pub fn in_data(&self) -> bool {
