@@ -328,3 +328,83 @@ fn queue_list_retry_and_drop_while_the_daemon_runs_and_after() {
     let (ok, text) = queue_cli(&proxy, &["list"]);
     assert!(ok && text == "The queue is empty.\n", "{text}");
 }
+
+/// A submission server that defers one recipient once (`451`), which Dovecot cannot be made to
+/// do; it records the recipients of every transaction that reached DATA.
+fn flaky_server(listener: TcpListener, transactions: Arc<Mutex<Vec<Vec<String>>>>) {
+    std::thread::spawn(move || {
+        let mut deferred_once = false;
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut r = BufReader::new(stream.try_clone().unwrap());
+            let mut w = stream;
+            let _ = w.write_all(b"220 flaky.test ESMTP\r\n");
+            let mut rcpts = Vec::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let upper = line.to_ascii_uppercase();
+                let reply: &[u8] = if upper.starts_with("EHLO") {
+                    b"250-flaky.test\r\n250-8BITMIME\r\n250 AUTH PLAIN\r\n"
+                } else if upper.starts_with("AUTH") {
+                    b"235 2.7.0 ok\r\n"
+                } else if upper.starts_with("MAIL") || upper.starts_with("RSET") {
+                    rcpts.clear();
+                    b"250 2.1.0 ok\r\n"
+                } else if upper.starts_with("RCPT") {
+                    if line.contains("carol") && !deferred_once {
+                        deferred_once = true;
+                        b"451 4.2.0 carol's mailbox is busy, try later\r\n"
+                    } else {
+                        rcpts.push(line.trim_end().to_string());
+                        b"250 2.1.5 ok\r\n"
+                    }
+                } else if upper.starts_with("DATA") {
+                    let _ = w.write_all(b"354 go on\r\n");
+                    let mut data = String::new();
+                    while !data.ends_with("\r\n.\r\n") {
+                        if r.read_line(&mut data).unwrap_or(0) == 0 {
+                            return;
+                        }
+                    }
+                    transactions.lock().unwrap().push(std::mem::take(&mut rcpts));
+                    b"250 2.0.0 accepted\r\n"
+                } else if upper.starts_with("QUIT") {
+                    let _ = w.write_all(b"221 bye\r\n");
+                    break;
+                } else {
+                    b"500 5.5.1 what?\r\n"
+                };
+                let _ = w.write_all(reply);
+            }
+        }
+    });
+}
+
+#[test]
+fn a_deferred_recipient_is_retried_alone() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let transactions = Arc::new(Mutex::new(Vec::new()));
+    flaky_server(listener, transactions.clone());
+    let proxy = Proxy::builder()
+        .upstream("imap://127.0.0.1:1")
+        .upstream_smtp(format!("smtp://127.0.0.1:{port}"))
+        .extra(FAST_RETRIES)
+        .start();
+    let mut c = proxy.connect_smtp();
+    c.login(ALICE, "secret");
+    let reply = c.send_message(ALICE, &[BOB, "carol@example.org"], b"Subject: partly later\r\n\r\nx\r\n");
+    assert_eq!(reply.code, 250, "{}", c.transcript());
+    c.expect("QUIT", 221);
+    proxy.wait_for_log("relayed: delivered to 1, deferred for 1: 451 4.2.0", Duration::from_secs(10));
+    proxy.wait_for_log("relayed: delivered to 1 id=1", Duration::from_secs(10));
+    let transactions = transactions.lock().unwrap().clone();
+    assert_eq!(
+        transactions,
+        vec![vec![format!("RCPT TO:<{BOB}>")], vec!["RCPT TO:<carol@example.org>".to_string()]],
+        "bob got it once, carol on the retry"
+    );
+}
