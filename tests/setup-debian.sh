@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what the test suite needs on Debian/Ubuntu: a real Dovecot (IMAP, LMTP,
-# submission) that the tests start on random loopback ports, plus python3 and openssl used
-# by the provider scripts. Nothing is configured system-wide; no service is started.
+# submission) that the tests start on random loopback ports, python3 and openssl used by the
+# provider scripts, and Delta Chat (deltachat-rpc-server/-client from PyPI) for the real-client
+# tests. Nothing is configured system-wide; no service is started.
 set -eu
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -15,4 +16,11 @@ if [ -n "$missing" ]; then
   # policy-rc.d-less machines would start the system Dovecot; it is not needed, stop it again.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
   $SUDO systemctl disable --now dovecot 2>/dev/null || true
+fi
+
+# Delta Chat for tests/deltachat.rs, into the python3 the tests run.
+if ! python3 -c "import deltachat_rpc_client, deltachat_rpc_server" 2>/dev/null; then
+  python3 -m pip --version >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pip
+  python3 -m pip install --quiet deltachat-rpc-server deltachat-rpc-client 2>/dev/null \
+    || python3 -m pip install --quiet --user --break-system-packages deltachat-rpc-server deltachat-rpc-client
 fi

@@ -4,10 +4,14 @@
 //! first References id starting with `chat$`. Beyond the spec: a reply (In-Reply-To or
 //! References) to a Message-ID the proxy has classified as chat before, so a plain mail
 //! client's reply to a chat stays in the chat (modern Delta Chat's ids carry no prefix); and
-//! reports (`multipart/report`: read receipts, delivery reports) about chat messages.
+//! reports (`multipart/report`: read receipts, delivery reports) about chat messages; and
+//! today's Delta Chat's encrypted messages, which carry no Chat-Version outside the encryption
+//! (RFC 9788 header protection): `multipart/encrypted` with the obscured Subject `[...]` and
+//! the recipients hidden as `To: "hidden-recipients": ;`, a shape ordinary encrypted email
+//! does not have.
 
 /// The header fields the worker fetches (`BODY.PEEK[HEADER.FIELDS (...)]`).
-pub const FIELDS: &str = "CHAT-VERSION MESSAGE-ID REFERENCES IN-REPLY-TO CONTENT-TYPE";
+pub const FIELDS: &str = "CHAT-VERSION MESSAGE-ID REFERENCES IN-REPLY-TO CONTENT-TYPE SUBJECT TO";
 
 /// The fields that matter, parsed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -17,22 +21,32 @@ pub struct ChatHeaders {
     pub in_reply_to: Vec<String>,
     pub references: Vec<String>,
     pub is_report: bool,
+    /// Delta Chat's header-protected encrypted shape (see the module doc).
+    pub protected_chat_shape: bool,
 }
 
 impl ChatHeaders {
     /// Parses a header block (folded lines allowed, any case of field names).
     pub fn parse(raw: &[u8]) -> ChatHeaders {
         let mut h = ChatHeaders::default();
+        let (mut encrypted, mut obscured_subject, mut hidden_recipients) = (false, false, false);
         for (name, value) in fields(raw) {
             match name.to_ascii_lowercase().as_str() {
                 "chat-version" => h.chat_version = true,
                 "message-id" => h.message_id = msg_ids(&value).into_iter().next(),
                 "in-reply-to" => h.in_reply_to = msg_ids(&value),
                 "references" => h.references = msg_ids(&value),
-                "content-type" => h.is_report = value.trim_start().to_ascii_lowercase().starts_with("multipart/report"),
+                "content-type" => {
+                    let value = value.trim_start().to_ascii_lowercase();
+                    h.is_report = value.starts_with("multipart/report");
+                    encrypted = value.starts_with("multipart/encrypted");
+                }
+                "subject" => obscured_subject = value.trim() == "[...]",
+                "to" => hidden_recipients = value.trim_start().starts_with("\"hidden-recipients\":"),
                 _ => {}
             }
         }
+        h.protected_chat_shape = encrypted && obscured_subject && hidden_recipients;
         h
     }
 
@@ -40,6 +54,7 @@ impl ChatHeaders {
     pub fn is_chat(&self, known: impl Fn(&str) -> bool) -> bool {
         let chat_prefix = |id: &str| id.starts_with("chat$");
         self.chat_version
+            || self.protected_chat_shape
             || self.message_id.as_deref().is_some_and(chat_prefix)
             || self.references.first().is_some_and(|id| chat_prefix(id))
             || self.in_reply_to.iter().chain(&self.references).any(|id| known(id))
@@ -104,6 +119,18 @@ mod tests {
         assert!(!chat("References: <other@y> <chat$1@x>\r\n"), "only the first References id counts");
         assert!(!chat("In-Reply-To: <chat$1@x>\r\n"), "In-Reply-To is not a spec rule");
         assert!(!chat("Subject: hello\r\nMessage-ID: <plain@x>\r\n\r\n"));
+    }
+
+    #[test]
+    fn delta_chats_encrypted_shape() {
+        let dc = "Message-ID: <bdfe52c5-073e@localhost>\r\nTo: \"hidden-recipients\": ;\r\nSubject: [...]\r\n\
+                  Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\";\r\n boundary=\"x\"\r\n\r\n";
+        assert!(chat(dc));
+        // Ordinary encrypted email, even with header protection, keeps its recipients.
+        assert!(!chat(
+            "To: bob@example.org\r\nSubject: [...]\r\nContent-Type: multipart/encrypted; protocol=\"x\"\r\n"
+        ));
+        assert!(!chat("To: \"hidden-recipients\": ;\r\nSubject: Hello\r\nContent-Type: multipart/encrypted\r\n"));
     }
 
     #[test]

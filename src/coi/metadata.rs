@@ -31,11 +31,14 @@ pub struct GetMetadata {
     pub max_size: Option<u64>,
 }
 
+/// Entries with their values; `None` is NIL (absent, or to be deleted).
+pub type Entries = Vec<(String, Option<Vec<u8>>)>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetMetadata {
     pub mailbox: Vec<u8>,
     /// `None` deletes the entry.
-    pub entries: Vec<(String, Option<Vec<u8>>)>,
+    pub entries: Entries,
 }
 
 /// The COI message filter mode (COI server spec, "Configure Message Filtering").
@@ -266,13 +269,10 @@ pub fn coi_change(set: &SetMetadata) -> Result<CoiChange, MetadataError> {
 /// Selects, from `available` entries, what a GETMETADATA returns: every requested entry that
 /// exists (or NIL for a missing one asked for at depth 0), the covered descendants, and entries
 /// over MAXSIZE left out. Returns the entries and the LONGENTRIES value, if any.
-pub fn select(
-    req: &GetMetadata,
-    available: &BTreeMap<String, Vec<u8>>,
-) -> (Vec<(String, Option<Vec<u8>>)>, Option<u64>) {
-    let mut out: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+pub fn select(req: &GetMetadata, available: &BTreeMap<String, Vec<u8>>) -> (Entries, Option<u64>) {
+    let mut out: Entries = Vec::new();
     let mut longest: Option<u64> = None;
-    let mut push = |entry: &str, value: Option<&Vec<u8>>, out: &mut Vec<(String, Option<Vec<u8>>)>| {
+    let mut push = |entry: &str, value: Option<&Vec<u8>>, out: &mut Entries| {
         if out.iter().any(|(e, _)| e == entry) {
             return;
         }
@@ -336,7 +336,7 @@ pub fn format_mailbox(mailbox: &[u8]) -> Vec<u8> {
 }
 
 /// Parses `* METADATA <mailbox> (<entry> <value> ...)` responses (from a provider).
-pub fn parse_response(resp: &[u8]) -> Option<(Vec<u8>, Vec<(String, Option<Vec<u8>>)>)> {
+pub fn parse_response(resp: &[u8]) -> Option<(Vec<u8>, Entries)> {
     // The response grammar is the command grammar's: reuse the command parser on it.
     let body = resp.strip_prefix(b"* ")?;
     let cmd = crate::imap::command::parse(&[b"x ", body].concat()).ok()?;

@@ -295,6 +295,10 @@ impl Commands<'_> {
             match tokio::time::timeout(self.opts.autologout, self.read.read_buf(&mut self.buf)).await {
                 Ok(Ok(0)) => return CommandsEnd::Ended(RelayEnd::ClientClosed),
                 Ok(Ok(n)) => *self.counted += n as u64,
+                // Many clients close TLS without close_notify: that is a close, not a failure.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return CommandsEnd::Ended(RelayEnd::ClientClosed);
+                }
                 Ok(Err(e)) => return CommandsEnd::Ended(RelayEnd::ClientError(e.to_string())),
                 Err(_) => {
                     let bye = b"* BYE Autologout; idle for too long\r\n".to_vec();

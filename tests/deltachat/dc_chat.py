@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Delta Chat through coi-proxy: two real Delta Chat accounts (alice, bob) exchange messages
+and a read receipt with their IMAP going through the proxy; a third account (carol) only
+receives, so the test can look at where her chat messages land on the provider.
+
+Run by tests/deltachat.rs, which starts the provider and the proxy:
+
+    dc_chat.py --proxy-imap PORT --provider-imap PORT --provider-smtp PORT --filter none|active
+
+Exit status 0 and a JSON report on stdout when every step passed; non-zero with the reason
+on stderr otherwise. Needs `pip install deltachat-rpc-server deltachat-rpc-client`.
+"""
+import argparse
+import imaplib
+import json
+import os
+import shutil
+import smtplib
+import sys
+import tempfile
+import time
+
+from deltachat_rpc_client import DeltaChat, EventType, Rpc
+
+PASSWORD = "secret"
+imaplib.Commands.setdefault("SETMETADATA", ("AUTH", "SELECTED"))
+COI = "/private/vendor/vendor.dovecot/coi/config"
+
+
+def wait(account, etype, pred=lambda e: True, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        e = account.wait_for_event()
+        if e.kind == etype and pred(e):
+            return e
+    raise TimeoutError("no %s within %ss" % (etype, timeout))
+
+
+def transport(user, args):
+    return {
+        "addr": user, "password": PASSWORD,
+        "imapServer": "127.0.0.1", "imapPort": args.proxy_imap, "imapSecurity": "starttls", "imapUser": user,
+        # Submission goes straight to the provider (the proxy's SMTP side is tested elsewhere).
+        "smtpServer": "127.0.0.1", "smtpPort": args.provider_smtp, "smtpSecurity": "starttls",
+        "smtpUser": user, "smtpPassword": PASSWORD,
+        "certificateChecks": "acceptInvalidCertificates",
+    }
+
+
+def enable_coi(port, user, mode):
+    """Through the proxy, as a COI client would: also lets the proxy's worker log in."""
+    m = imaplib.IMAP4("127.0.0.1", port)
+    m.login(user, PASSWORD)
+    typ, data = m._simple_command("SETMETADATA", '""', "(%s/enabled yes %s/message-filter %s)" % (COI, COI, mode))
+    assert typ == "OK", (typ, data)
+    m.logout()
+
+
+def count(port, user, mailbox):
+    m = imaplib.IMAP4("127.0.0.1", port)
+    m.login(user, PASSWORD)
+    typ, data = m.status(mailbox, "(MESSAGES)")
+    m.logout()
+    return int(data[0].decode().rsplit("MESSAGES ", 1)[1].rstrip(")")) if typ == "OK" else -1
+
+
+def wait_count(port, user, mailbox, n, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if count(port, user, mailbox) == n:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("%s %s never held %d messages (has %d)" % (user, mailbox, n, count(port, user, mailbox)))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--proxy-imap", type=int, required=True)
+    ap.add_argument("--provider-imap", type=int, required=True)
+    ap.add_argument("--provider-smtp", type=int, required=True)
+    ap.add_argument("--filter", choices=["none", "active"], required=True)
+    args = ap.parse_args()
+    report = {"filter": args.filter, "timings": {}}
+    t = report["timings"]
+    for user in ("alice@example.org", "bob@example.org", "carol@example.org"):
+        enable_coi(args.proxy_imap, user, args.filter)
+    accounts_dir = tempfile.mkdtemp(prefix="dc.accounts.")
+    # pip may put the server next to the interpreter or in ~/.local/bin, off PATH.
+    server = shutil.which("deltachat-rpc-server") or next(
+        (p for p in (os.path.join(os.path.dirname(sys.executable), "deltachat-rpc-server"),
+                     os.path.expanduser("~/.local/bin/deltachat-rpc-server")) if os.path.exists(p)),
+        "deltachat-rpc-server")
+    try:
+        with Rpc(accounts_dir=accounts_dir, rpc_server_path=server) as rpc:
+            dc = DeltaChat(rpc)
+            report["core_version"] = dc.rpc.get_system_info()["deltachat_core_version"]
+            alice, bob, carol = dc.add_account(), dc.add_account(), dc.add_account()
+            for name, ac in (("alice", alice), ("bob", bob), ("carol", carol)):
+                ac.add_or_update_transport(transport("%s@example.org" % name, args))
+            # carol is configured (so alice gets her key) but never fetches: her mail stays put.
+            for ac in (alice, bob):
+                ac.start_io()
+                rpc.wait_for_all_work_done(ac.id)
+
+            chat = alice.create_contact(bob, "Bob").create_chat()
+            sent_at = time.monotonic()
+            out_msg = chat.send_text("hello bob, this is alice")
+            e = wait(bob, EventType.INCOMING_MSG)
+            t["alice_to_bob_s"] = round(time.monotonic() - sent_at, 3)
+            in_msg = bob.get_message_by_id(e.msg_id)
+            snap = in_msg.get_snapshot()
+            assert snap.text == "hello bob, this is alice", snap.text
+            bob.get_chat_by_id(snap.chat_id).accept()
+            seen_at = time.monotonic()
+            in_msg.mark_seen()
+            wait(alice, EventType.MSG_READ, lambda x: x.msg_id == out_msg.id)
+            t["read_receipt_s"] = round(time.monotonic() - seen_at, 3)
+            reply_at = time.monotonic()
+            bob.get_chat_by_id(snap.chat_id).send_text("hi alice, bob here")
+            e = wait(alice, EventType.INCOMING_MSG)
+            t["bob_to_alice_s"] = round(time.monotonic() - reply_at, 3)
+            assert alice.get_message_by_id(e.msg_id).get_snapshot().text == "hi alice, bob here"
+
+            # carol's Delta Chat does not run: her mailbox shows where chat and ordinary mail land.
+            alice.create_contact(carol, "Carol").create_chat().send_text("hello carol")
+            with smtplib.SMTP("127.0.0.1", args.provider_smtp) as s:
+                s.login("bob@example.org", PASSWORD)
+                s.sendmail("bob@example.org", ["carol@example.org"],
+                           b"From: bob@example.org\r\nTo: carol@example.org\r\nSubject: plain mail\r\n\r\nhi\r\n")
+            chats = "COI.Chats"
+            if args.filter == "active":
+                wait_count(args.provider_imap, "carol@example.org", chats, 1)
+                wait_count(args.provider_imap, "carol@example.org", "INBOX", 1)
+            else:
+                wait_count(args.provider_imap, "carol@example.org", "INBOX", 2)
+                assert count(args.provider_imap, "carol@example.org", chats) == 0
+            report["carol"] = {"inbox": count(args.provider_imap, "carol@example.org", "INBOX"),
+                               "chats": count(args.provider_imap, "carol@example.org", chats)}
+            for ac in (alice, bob):
+                ac.stop_io()
+    except Exception as e:  # noqa: BLE001 - the reason goes to the caller
+        print("FAILED: %r" % e, file=sys.stderr)
+        print(json.dumps(report))
+        return 1
+    finally:
+        shutil.rmtree(accounts_dir, ignore_errors=True)
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
