@@ -389,3 +389,23 @@ fn an_idle_client_is_not_woken_by_chat_messages_in_active_mode() {
     let f = c.expect_ok("f FETCH 1:* (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])").join("");
     assert!(f.contains("q0@") && f.contains("q2@") && !f.contains("q1@"), "{f}");
 }
+
+#[test]
+fn the_worker_reconnects_when_the_provider_drops_it() {
+    let p = provider(false);
+    let proxy = Proxy::for_port(p.imap_port);
+    let mut c = login(&proxy, "alice@example.org");
+    enable(&mut c, "active");
+    drop(c);
+    proxy.wait_for_log("watching INBOX", Duration::from_secs(5));
+    // Disconnect every session of alice at the provider, the worker's included.
+    let conf = p.state_dir.join("dovecot.conf");
+    let kicked = std::process::Command::new("doveadm").arg("-c").arg(&conf).args(["kick", "alice@example.org"]).output().unwrap();
+    assert!(kicked.status.success(), "{}", String::from_utf8_lossy(&kicked.stderr));
+    let log = proxy.wait_for_log("retrying in", Duration::from_secs(5));
+    assert!(log.contains("account worker"), "{log}");
+    wait_until("a second 'watching INBOX'", Duration::from_secs(10), || proxy.log().matches("watching INBOX").count() >= 2);
+    p.deliver("bob@example.org", "alice@example.org", &chat_message("r1@example.org"));
+    let mut d = direct(&p, "alice@example.org");
+    wait_until("the chat in Chats after the reconnect", Duration::from_secs(5), || count(&mut d, "COI.Chats") == 1);
+}
