@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -20,7 +20,9 @@ use crate::tls::{self, CertAction, UpstreamTls};
 
 /// What every session shares.
 pub struct Shared {
-    pub config: Config,
+    /// The configuration in force; `reload` swaps it (sessions keep the one they started with
+    /// for the values they already read).
+    config: RwLock<Arc<Config>>,
     pub upstream_tls: UpstreamTls,
     pub acceptor: TlsAcceptor,
     pub credentials: Credentials,
@@ -29,6 +31,18 @@ pub struct Shared {
     pub hub: Hub,
     /// Turns true when the daemon shuts down.
     pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    /// Puts a new configuration in force for everything that reads it from now on.
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().expect("config lock") = Arc::new(config);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +97,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let store = Store::open(&config.state_dir)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
-        config,
+        config: RwLock::new(Arc::new(config)),
         upstream_tls: UpstreamTls::default(),
         acceptor,
         credentials: Credentials::default(),
@@ -102,7 +116,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         let listener = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, kind: label, source })?;
         let local = listener.local_addr().map_err(|source| RunError::Bind { addr, kind: label, source })?;
         let info =
-            ListenerInfo { kind, addr: local, plaintext_auth: shared.config.listen.plaintext_auth_allowed(&local) };
+            ListenerInfo { kind, addr: local, plaintext_auth: shared.config().listen.plaintext_auth_allowed(&local) };
         let mode = match kind {
             ListenerKind::Imap if info.plaintext_auth => "plain or STARTTLS",
             ListenerKind::Imap => "STARTTLS required before login",

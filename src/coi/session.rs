@@ -57,12 +57,12 @@ impl CoiSession {
     }
 
     fn is_chat_client(&self) -> bool {
-        let clients = &self.shared.config.coi.chat_clients;
+        let clients = &self.shared.config().coi.chat_clients;
         self.client_name.as_deref().is_some_and(|n| clients.iter().any(|c| c.eq_ignore_ascii_case(n)))
     }
 
-    fn root(&self) -> &str {
-        &self.shared.config.coi.mailbox_root
+    fn root(&self) -> String {
+        self.shared.config().coi.mailbox_root.clone()
     }
 
     async fn dispatch(&mut self, raw: &[u8], cmd: &Command, own: &mut OwnCommands<'_>) -> Reply {
@@ -166,7 +166,7 @@ impl CoiSession {
         }
         if reaches_coi {
             let config = self.read_config(own).await?;
-            let root = self.namespace(own).await?.root(self.root());
+            let root = self.namespace(own).await?.root(&self.root());
             let ours = GetMetadata {
                 entries: req.entries.iter().filter(|e| metadata::reaches_coi(e, req.depth)).cloned().collect(),
                 ..req.clone()
@@ -211,14 +211,14 @@ impl CoiSession {
                 return Ok(reply.for_client(tag));
             }
         } else {
-            let max = self.shared.config.coi.max_metadata_size;
+            let max = self.shared.config().coi.max_metadata_size;
             if let Some((_, Some(v))) =
                 req.entries.iter().find(|(_, v)| v.as_ref().is_some_and(|v| v.len() as u64 > max))
             {
                 debug!(size = v.len(), "METADATA value over the limit");
                 return Ok(tagged(tag, &MetadataError::TooLarge(max).to_string()));
             }
-            let max_entries = self.shared.config.coi.max_metadata_entries;
+            let max_entries = self.shared.config().coi.max_metadata_entries;
             match self.shared.store.metadata_apply(&self.account.login, &req.mailbox, &req.entries, max_entries) {
                 Ok(Ok(())) => {}
                 Ok(Err(TooManyEntries)) => return Ok(tagged(tag, &MetadataError::TooMany.to_string())),
@@ -250,7 +250,7 @@ impl CoiSession {
     /// Creates `<root>/Chats` (subscribed) and `<root>/Contacts` where missing.
     async fn create_folders(&mut self, own: &mut OwnCommands<'_>) -> Result<Result<(), String>, OwnError> {
         let ns = self.namespace(own).await?;
-        let (chats, contacts) = (ns.chats(self.root()), ns.contacts(self.root()));
+        let (chats, contacts) = (ns.chats(&self.root()), ns.contacts(&self.root()));
         for (name, subscribe) in [(chats, true), (contacts, false)] {
             let quoted = String::from_utf8_lossy(&command::astring(name.as_bytes(), false)).into_owned();
             let reply = own.run(format!("CREATE {quoted}\r\n").as_bytes(), &[]).await?;
@@ -291,7 +291,7 @@ impl CoiSession {
         let names: Vec<String> =
             cmd.args.iter().filter_map(Arg::astring).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
         let ns = self.namespace(own).await?;
-        let chats = ns.chats(self.root());
+        let chats = ns.chats(&self.root());
         let (is_chats_source, is_chats_target) = match cmd.name.as_str() {
             "RENAME" => (names.first() == Some(&chats), names.get(1) == Some(&chats)),
             _ => (names.first() == Some(&chats), false),
@@ -350,7 +350,7 @@ impl CoiSession {
         if !(asks_inbox && active && self.is_chat_client()) {
             return Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag));
         }
-        let chats = self.namespace(own).await?.chats(self.root());
+        let chats = self.namespace(own).await?.chats(&self.root());
         let rest = &raw[raw.iter().position(|&b| b == b' ').unwrap_or(0)..];
         let after_name = skip_first_arg(rest, cmd.name.len());
         let mut rewritten = format!("{} ", cmd.name).into_bytes();

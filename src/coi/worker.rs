@@ -90,9 +90,9 @@ async fn serve(
     config_rx: &mut watch::Receiver<CoiConfig>,
 ) -> Result<(), WorkerError> {
     let login = account.login.as_str();
-    let provider = shared.config.provider_for(login).ok_or(WorkerError::NoProvider)?;
-    let password = shared.credentials.password(&shared.config, login).await?;
-    let limits = &shared.config.limits;
+    let provider = shared.config().provider_for(login).ok_or(WorkerError::NoProvider)?;
+    let password = shared.credentials.password(&shared.config(), login).await?;
+    let limits = &shared.config().limits;
     let mut up = Upstream::connect(&provider, &shared.upstream_tls, limits.connect_timeout(), limits.max_line).await?;
     if let AuthOutcome::Rejected(status) = up.authenticate(login, &password).await? {
         return Err(WorkerError::LoginRejected(String::from_utf8_lossy(&status).trim_end().to_string()));
@@ -117,7 +117,7 @@ async fn serve(
         if config.filter == Filter::Seen {
             inbox.move_seen(&mut up).await?;
         }
-        wait_for_change(&mut up, account, config_rx, shared.config.coi.poll_secs).await?;
+        wait_for_change(&mut up, account, config_rx, shared.config().coi.poll_secs).await?;
     }
 }
 
@@ -163,7 +163,7 @@ impl<'a> Inbox<'a> {
             ns = Some(Namespace { prefix: ns.map(|n| n.prefix).unwrap_or_default(), separator });
         }
         let ns = ns.unwrap_or(Namespace { prefix: String::new(), separator: Some('/') });
-        let chats = ns.chats(&shared.config.coi.mailbox_root);
+        let chats = ns.chats(&shared.config().coi.mailbox_root);
         let quoted = String::from_utf8_lossy(&command::astring(chats.as_bytes(), false)).into_owned();
         // Chats may be missing if COI was enabled elsewhere; an existing one just says NO.
         up.command(format!("CREATE {quoted}\r\n").as_bytes()).await?;

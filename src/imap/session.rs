@@ -90,7 +90,7 @@ enum PreLogin {
 
 impl Session {
     async fn run(&mut self, tcp: TcpStream) -> String {
-        let limits = self.shared.config.limits.clone();
+        let limits = self.shared.config().limits.clone();
         let stream = match self.listener.kind {
             ListenerKind::Imaps => {
                 match tokio::time::timeout(limits.login_timeout(), self.shared.acceptor.accept(tcp)).await {
@@ -384,14 +384,14 @@ impl Session {
         }
         let span = tracing::Span::current();
         span.record("login", user.as_str());
-        let Some(provider) = self.shared.config.provider_for(&user) else {
+        let Some(provider) = self.shared.config().provider_for(&user) else {
             warn!("no provider configured for this login");
             conn.write(format!("{tag} NO [UNAVAILABLE] No provider is configured for this login\r\n").as_bytes())
                 .await?;
             return Ok(None);
         };
         span.record("provider", provider.imap.to_string().as_str());
-        let limits = &self.shared.config.limits;
+        let limits = &self.shared.config().limits;
         let mut upstream =
             match Upstream::connect(&provider, &self.shared.upstream_tls, limits.connect_timeout(), limits.max_line)
                 .await

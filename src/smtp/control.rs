@@ -118,7 +118,7 @@ fn execute(store: &Store, cmd: Command) -> Result<(String, Option<String>), Stri
 
 /// Serves the control socket until shutdown.
 pub async fn serve(ctx: Arc<Smtp>, mut shutdown: watch::Receiver<bool>) {
-    let path = socket_path(&ctx.shared.config.state_dir);
+    let path = socket_path(&ctx.shared.config().state_dir);
     // A socket left by a killed daemon; the store lock already ensures no other daemon runs.
     let _ = std::fs::remove_file(&path);
     let listener = match UnixListener::bind(&path) {

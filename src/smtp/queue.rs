@@ -148,7 +148,7 @@ pub async fn run_relay(
             if busy.len() >= MAX_CONNECTIONS {
                 break;
             }
-            match ctx.shared.credentials.password(&ctx.shared.config, &login).await {
+            match ctx.shared.credentials.password(&ctx.shared.config(), &login).await {
                 Ok(password) => {
                     if waiting.remove(&login) {
                         info!(login, "password known now; relaying the waiting mail");
@@ -272,7 +272,7 @@ async fn save(store: &Store, id: u64, msg: &QueuedMessage) {
 async fn defer(ctx: &Smtp, id: u64, msg: &mut QueuedMessage, why: &str) {
     let t = now();
     msg.record_attempt(t, format!("deferred: {why}"));
-    msg.next_attempt_at = t + backoff(&ctx.shared.config.queue, msg.attempts.len());
+    msg.next_attempt_at = t + backoff(&ctx.shared.config().queue, msg.attempts.len());
     info!(id, retry_in_secs = msg.next_attempt_at - t, "delivery deferred: {why}");
     save(&ctx.shared.store, id, msg).await;
 }
@@ -280,7 +280,7 @@ async fn defer(ctx: &Smtp, id: u64, msg: &mut QueuedMessage, why: &str) {
 async fn relay(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(u64, QueuedMessage)]) {
     let shared = &ctx.shared;
     let pending = |m: &QueuedMessage| m.pending().next().is_some();
-    let Some(provider) = shared.config.smtp_provider_for(login) else {
+    let Some(provider) = shared.config().smtp_provider_for(login) else {
         let why = format!("no submission server is configured for {login} ([upstream] smtp or [[account]] smtp)");
         for (id, msg) in msgs.iter_mut().filter(|(_, m)| pending(m)) {
             defer(ctx, *id, msg, &why).await;
@@ -288,7 +288,7 @@ async fn relay(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(u64, Que
         return;
     };
     let mut client =
-        match SmtpClient::connect(&provider, &shared.upstream_tls, shared.config.limits.connect_timeout()).await {
+        match SmtpClient::connect(&provider, &shared.upstream_tls, shared.config().limits.connect_timeout()).await {
             Ok(client) => client,
             Err(e) => {
                 for (id, msg) in msgs.iter_mut().filter(|(_, m)| pending(m)) {
@@ -388,7 +388,7 @@ async fn settle(ctx: &Smtp, id: u64, msg: &mut QueuedMessage, tx: Option<&Transa
     }
     msg.record_attempt(t, summary.clone());
     if !deferred.is_empty() {
-        msg.next_attempt_at = t + backoff(&ctx.shared.config.queue, msg.attempts.len());
+        msg.next_attempt_at = t + backoff(&ctx.shared.config().queue, msg.attempts.len());
     }
     info!(id, "relayed: {summary}");
     save(&ctx.shared.store, id, msg).await;
@@ -401,11 +401,10 @@ async fn send_reports(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(u
     for (id, msg) in msgs.iter_mut().filter(|(_, m)| m.report_pending) {
         let result = async {
             if upstream.is_none() {
-                let provider = shared
-                    .config
-                    .provider_for(login)
-                    .ok_or_else(|| format!("no IMAP provider configured for {login}"))?;
-                let limits = &shared.config.limits;
+                let config = shared.config();
+                let provider =
+                    config.provider_for(login).ok_or_else(|| format!("no IMAP provider configured for {login}"))?;
+                let limits = &config.limits;
                 let mut up =
                     Upstream::connect(&provider, &shared.upstream_tls, limits.connect_timeout(), limits.max_line)
                         .await
@@ -444,7 +443,7 @@ async fn send_reports(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(u
             }
             Err(why) => {
                 let t = now();
-                msg.next_attempt_at = t + backoff(&shared.config.queue, msg.attempts.len().max(1));
+                msg.next_attempt_at = t + backoff(&shared.config().queue, msg.attempts.len().max(1));
                 warn!(id = *id, "cannot deliver the failure report yet: {why}");
                 save(&shared.store, *id, msg).await;
             }

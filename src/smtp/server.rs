@@ -47,20 +47,20 @@ pub async fn start(
     alive: mpsc::Sender<()>,
 ) -> Result<Vec<JoinHandle<()>>, RunError> {
     let wanted: Vec<(SocketAddr, Kind)> =
-        [(shared.config.listen.smtp, Kind::Smtp), (shared.config.listen.smtps, Kind::Smtps)]
+        [(shared.config().listen.smtp, Kind::Smtp), (shared.config().listen.smtps, Kind::Smtps)]
             .into_iter()
             .filter_map(|(addr, kind)| addr.map(|a| (a, kind)))
             .collect();
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    if !shared.config.has_smtp_provider() {
+    if !shared.config().has_smtp_provider() {
         warn!(
             "[listen] smtp/smtps are set but no submission server is configured ([upstream] smtp); not listening for SMTP"
         );
         return Ok(Vec::new());
     }
-    let (queue, wakeups) = Queue::new(shared.store.clone(), shared.config.queue.clone());
+    let (queue, wakeups) = Queue::new(shared.store.clone(), shared.config().queue.clone());
     let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue });
     let mut tasks = Vec::new();
     for (addr, kind) in wanted {
@@ -70,7 +70,8 @@ pub async fn start(
         };
         let listener = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, kind: label, source })?;
         let local = listener.local_addr().map_err(|source| RunError::Bind { addr, kind: label, source })?;
-        let info = Listener { kind, addr: local, plaintext_auth: shared.config.listen.plaintext_auth_allowed(&local) };
+        let info =
+            Listener { kind, addr: local, plaintext_auth: shared.config().listen.plaintext_auth_allowed(&local) };
         let mode = match kind {
             Kind::Smtp if info.plaintext_auth => "plain or STARTTLS",
             Kind::Smtp => "STARTTLS required before AUTH",
@@ -84,7 +85,7 @@ pub async fn start(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let shared = &ctx.shared;
-            ctx.caps.get(&provider, &shared.upstream_tls, shared.config.limits.connect_timeout()).await;
+            ctx.caps.get(&provider, &shared.upstream_tls, shared.config().limits.connect_timeout()).await;
         });
     }
     tokio::spawn(super::control::serve(ctx.clone(), shutdown.clone()));
@@ -94,7 +95,8 @@ pub async fn start(
 
 /// The provider whose capabilities are advertised before a client has logged in.
 fn default_provider(shared: &Shared) -> Option<crate::config::SmtpProvider> {
-    let up = shared.config.upstream.as_ref()?;
+    let config = shared.config();
+    let up = config.upstream.as_ref()?;
     let url = crate::config::ServerUrl::parse_smtp(up.smtp.as_deref()?).ok()?;
     Some(crate::config::SmtpProvider { smtp: url, ca_file: up.ca_file.clone() })
 }
@@ -143,7 +145,7 @@ async fn run(ctx: &Smtp, tcp: TcpStream, listener: Listener, mut shutdown: watch
     let shared = &ctx.shared;
     let mut stream = match listener.kind {
         Kind::Smtps => {
-            match tokio::time::timeout(shared.config.limits.login_timeout(), shared.acceptor.accept(tcp)).await {
+            match tokio::time::timeout(shared.config().limits.login_timeout(), shared.acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => Stream::ServerTls(Box::new(tls)),
                 Ok(Err(e)) => return format!("TLS handshake failed: {e}"),
                 Err(_) => return "TLS handshake timed out".into(),
@@ -152,7 +154,7 @@ async fn run(ctx: &Smtp, tcp: TcpStream, listener: Listener, mut shutdown: watch
         Kind::Smtp => Stream::Plain(tcp),
     };
     let caps = match default_provider(shared) {
-        Some(p) => ctx.caps.get(&p, &shared.upstream_tls, shared.config.limits.connect_timeout()).await,
+        Some(p) => ctx.caps.get(&p, &shared.upstream_tls, shared.config().limits.connect_timeout()).await,
         None => None,
     };
     let mut session =
@@ -211,7 +213,7 @@ async fn run(ctx: &Smtp, tcp: TcpStream, listener: Listener, mut shutdown: watch
                     return "client sent data after STARTTLS before the TLS handshake".into();
                 }
                 let tcp = stream.take_plain().expect("STARTTLS only on a plain connection");
-                match tokio::time::timeout(shared.config.limits.login_timeout(), shared.acceptor.accept(tcp)).await {
+                match tokio::time::timeout(shared.config().limits.login_timeout(), shared.acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => stream = Stream::ServerTls(Box::new(tls)),
                     Ok(Err(e)) => return format!("STARTTLS handshake failed: {e}"),
                     Err(_) => return "STARTTLS handshake timed out".into(),
@@ -247,8 +249,8 @@ async fn flush(stream: &mut Stream, session: &mut Session) -> std::io::Result<()
 /// account's IMAP server decides instead, so mail can still be queued while submission is down.
 async fn check_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthResult {
     let shared = &ctx.shared;
-    let timeout = shared.config.limits.connect_timeout();
-    let Some(provider) = shared.config.smtp_provider_for(login) else {
+    let timeout = shared.config().limits.connect_timeout();
+    let Some(provider) = shared.config().smtp_provider_for(login) else {
         return AuthResult::Unavailable("no submission server is configured for this account".into());
     };
     let smtp_error = match SmtpClient::connect(&provider, &shared.upstream_tls, timeout).await {
@@ -267,10 +269,10 @@ async fn check_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthResult {
         Err(e) => e.to_string(),
     };
     warn!("submission server unreachable ({smtp_error}); checking the login at the IMAP server instead");
-    let Some(imap) = shared.config.provider_for(login) else {
+    let Some(imap) = shared.config().provider_for(login) else {
         return AuthResult::Unavailable(smtp_error);
     };
-    let mut up = match Upstream::connect(&imap, &shared.upstream_tls, timeout, shared.config.limits.max_line).await {
+    let mut up = match Upstream::connect(&imap, &shared.upstream_tls, timeout, shared.config().limits.max_line).await {
         Ok(up) => up,
         Err(e) => return AuthResult::Unavailable(format!("{smtp_error}; {e}")),
     };
