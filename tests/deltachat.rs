@@ -6,7 +6,7 @@ mod support;
 
 use std::process::Command;
 
-use support::provider::Provider;
+use support::provider::{Provider, ProviderOptions};
 use support::proxy::Proxy;
 
 fn round_trip(filter: &str) {
@@ -40,4 +40,39 @@ fn delta_chat_round_trip_filter_none() {
 #[test]
 fn delta_chat_round_trip_filter_active() {
     round_trip("active");
+}
+
+/// Runs the receive-only scenario: does bob (IMAP on `bob_imap`) get alice's message?
+fn receives(provider: &Provider, bob_imap: u16, wait_secs: u32) -> (bool, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deltachat/dc_chat.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg("--receive-only")
+        .args(["--bob-imap", &bob_imap.to_string()])
+        .args(["--provider-imap", &provider.imap_port.to_string()])
+        .args(["--provider-smtp", &provider.smtp_port.to_string()])
+        .args(["--wait", &wait_secs.to_string()])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    (stdout.contains("\"received\": true"), stdout)
+}
+
+#[test]
+fn delta_chat_receives_from_a_provider_without_idle_only_through_the_proxy() {
+    let provider = Provider::start_with(ProviderOptions { no_idle: true, ..Default::default() });
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .extra("[coi]\npoll_secs = 2")
+        .start();
+    let (through_proxy, report) = receives(&provider, proxy.imap_port, 15);
+    eprintln!("through the proxy: {report}");
+    assert!(through_proxy, "Delta Chat through the proxy must receive: {report}");
+    let (direct, report) = receives(&provider, provider.imap_port, 15);
+    eprintln!("directly: {report}");
+    assert!(
+        !direct,
+        "directly, Delta Chat was expected to receive nothing (it sends no IMAP command without IDLE): {report}"
+    );
 }

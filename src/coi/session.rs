@@ -51,9 +51,18 @@ impl CoiSession {
         CoiSession { shared, account, provider_metadata, namespace: None, client_name }
     }
 
-    /// Capabilities the proxy adds for this session.
-    pub fn capabilities(provider_metadata: bool) -> Vec<&'static str> {
-        if provider_metadata { vec!["COI"] } else { vec!["COI", "METADATA"] }
+    /// Capabilities the proxy adds for this session: IDLE where the provider lacks it (the
+    /// proxy serves it by polling), COI, and METADATA where the provider lacks it.
+    pub fn capabilities(provider_metadata: bool, provider_idle: bool) -> Vec<&'static str> {
+        let mut caps = Vec::new();
+        if !provider_idle {
+            caps.push("IDLE");
+        }
+        caps.push("COI");
+        if !provider_metadata {
+            caps.push("METADATA");
+        }
+        caps
     }
 
     fn is_chat_client(&self) -> bool {

@@ -34,6 +34,8 @@ pub struct RelayOptions {
     pub seen_changed: Option<Arc<dyn Fn() + Send + Sync>>,
     /// Keeps an IDLE-ing client asleep while messages that get moved away arrive.
     pub quiet: Option<QuietInbox>,
+    /// The provider lacks IDLE: the proxy serves it, polling with NOOP at this interval.
+    pub emulate_idle: Option<Duration>,
 }
 
 /// What the quiet INBOX needs: whether it applies now, and the worker's verdicts.
@@ -67,6 +69,8 @@ enum ToClient {
     Response(Vec<u8>),
     /// A final `* BYE` line; the session ends after it.
     Bye(Vec<u8>, &'static str),
+    /// The tagged end of an emulated IDLE: what the quiet INBOX held back goes first.
+    IdleDone(Vec<u8>),
 }
 
 /// Largest command an interceptor is given (METADATA values included).
@@ -96,6 +100,7 @@ pub async fn run<I: Interceptor>(
             link: &link,
             counted: &mut from_client,
             next_own_tag: 0,
+            emulated_idle: None,
         }
         .run(interceptor);
         let responses = Responses {
@@ -151,6 +156,8 @@ struct Commands<'a> {
     link: &'a Link,
     counted: &'a mut u64,
     next_own_tag: u64,
+    /// The tag of an IDLE the proxy serves itself, and when to poll the provider next.
+    emulated_idle: Option<(Vec<u8>, tokio::time::Instant)>,
 }
 
 impl Commands<'_> {
@@ -170,6 +177,30 @@ impl Commands<'_> {
                 let bytes = &self.buf[start..pos];
                 match fragment {
                     Fragment::Line { first, literal, .. } => {
+                        if first && let Some((idle_tag, _)) = self.emulated_idle.take() {
+                            // Only DONE may come during IDLE (RFC 2177).
+                            let done = bytes.trim_ascii().eq_ignore_ascii_case(b"DONE");
+                            let text = if done { "OK Idle completed." } else { "BAD Expected DONE" };
+                            replies.push(ToClient::IdleDone(tagged_or_untagged(&idle_tag, text)));
+                            self.link.completed(&idle_tag);
+                            mode = Mode::Discard;
+                            if literal.is_some_and(|l| l.sync) {
+                                self.framer.cancel_literal();
+                            }
+                            continue;
+                        }
+                        if first
+                            && let Some(interval) = self.opts.emulate_idle
+                            && let Some((idle_tag, name)) = command::head(bytes)
+                            && name.eq_ignore_ascii_case(b"IDLE")
+                            && literal.is_none()
+                        {
+                            self.link.idle_started(idle_tag);
+                            self.emulated_idle = Some((idle_tag.to_vec(), tokio::time::Instant::now() + interval));
+                            replies.push(ToClient::Response(b"+ idling\r\n".to_vec()));
+                            mode = Mode::Discard;
+                            continue;
+                        }
                         if first {
                             mode = Mode::Relay;
                             forwarded = false;
@@ -292,6 +323,31 @@ impl Commands<'_> {
             if self.buf.capacity() - self.buf.len() < 1024 {
                 self.buf.reserve(READ_CHUNK);
             }
+            if let Some((_, next_poll)) = self.emulated_idle {
+                let read = tokio::select! {
+                    read = self.read.read_buf(&mut self.buf) => Some(read),
+                    _ = tokio::time::sleep_until(next_poll) => None,
+                };
+                match read {
+                    Some(Ok(0)) => return CommandsEnd::Ended(RelayEnd::ClientClosed),
+                    Some(Ok(n)) => *self.counted += n as u64,
+                    Some(Err(e)) => return CommandsEnd::Ended(RelayEnd::ClientError(e.to_string())),
+                    None => {
+                        // The provider's untagged answers to NOOP (EXISTS, EXPUNGE, FETCH) reach
+                        // the idling client, as IDLE would have sent them.
+                        let mut own =
+                            OwnCommands { write: &mut self.write, link: self.link, next_tag: &mut self.next_own_tag };
+                        if let Err(e) = own.run(b"NOOP\r\n", &[]).await {
+                            return CommandsEnd::Ended(RelayEnd::ProviderError(e.to_string()));
+                        }
+                        let interval = self.opts.emulate_idle.unwrap_or(Duration::from_secs(10));
+                        if let Some((_, next)) = self.emulated_idle.as_mut() {
+                            *next = tokio::time::Instant::now() + interval;
+                        }
+                    }
+                }
+                continue;
+            }
             match tokio::time::timeout(self.opts.autologout, self.read.read_buf(&mut self.buf)).await {
                 Ok(Ok(0)) => return CommandsEnd::Ended(RelayEnd::ClientClosed),
                 Ok(Ok(n)) => *self.counted += n as u64,
@@ -379,6 +435,12 @@ impl Responses<'_> {
                 msg = self.from_commands.recv(), if self.framer.at_message_start() => match msg {
                     Some(ToClient::Response(bytes)) => {
                         if let Err(e) = write_flush(&mut self.write, &bytes).await {
+                            return RelayEnd::ClientError(e.to_string());
+                        }
+                    }
+                    Some(ToClient::IdleDone(bytes)) => {
+                        let held = self.quiet.as_mut().and_then(Quiet::release).unwrap_or_default();
+                        if let Err(e) = write_flush(&mut self.write, &[held, bytes].concat()).await {
                             return RelayEnd::ClientError(e.to_string());
                         }
                     }

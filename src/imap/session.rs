@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use tokio::net::TcpStream;
@@ -116,7 +116,7 @@ impl Session {
         let opts = RelayOptions {
             max_literal: limits.max_literal,
             autologout: limits.autologout(),
-            extra_capabilities: CoiSession::capabilities(provider_metadata),
+            extra_capabilities: CoiSession::capabilities(provider_metadata, upstream.has("IDLE")),
             seen_changed: Some({
                 let account = account.clone();
                 Arc::new(move || account.nudge.notify_one())
@@ -128,6 +128,8 @@ impl Session {
                 },
                 verdicts: account.verdicts.subscribe(),
             }),
+            emulate_idle: (!upstream.has("IDLE"))
+                .then(|| Duration::from_secs(self.shared.config().coi.poll_secs.max(1))),
         };
         let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, self.client_id.clone());
         let (end, traffic) = relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone()).await;
@@ -430,7 +432,7 @@ impl Session {
                 }
                 coi::worker::ensure_running(&self.shared, &account);
                 self.account = Some(account);
-                let extra = CoiSession::capabilities(provider_metadata);
+                let extra = CoiSession::capabilities(provider_metadata, upstream.has("IDLE"));
                 let caps = capability::post_login(&upstream.capabilities, &extra).join(" ");
                 let text = status_text(&status);
                 conn.write(format!("{tag} OK [CAPABILITY {caps}] {text}\r\n").as_bytes()).await?;

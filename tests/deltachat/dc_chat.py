@@ -6,6 +6,11 @@ receives, so the test can look at where her chat messages land on the provider.
 Run by tests/deltachat.rs, which starts the provider and the proxy:
 
     dc_chat.py --proxy-imap PORT --provider-imap PORT --provider-smtp PORT --filter none|active
+    dc_chat.py --receive-only --bob-imap PORT --provider-imap PORT --provider-smtp PORT --wait SECS
+
+The second form only checks whether bob, whose IMAP goes to --bob-imap (the proxy, or the
+provider directly), receives one message from alice within --wait seconds; it reports
+{"received": bool, "after_s": float} and exits 0 either way.
 
 Exit status 0 and a JSON report on stdout when every step passed; non-zero with the reason
 on stderr otherwise. Needs `pip install deltachat-rpc-server deltachat-rpc-client`.
@@ -36,10 +41,11 @@ def wait(account, etype, pred=lambda e: True, timeout=60):
     raise TimeoutError("no %s within %ss" % (etype, timeout))
 
 
-def transport(user, args):
+def transport(user, args, imap_port=None):
     return {
         "addr": user, "password": PASSWORD,
-        "imapServer": "127.0.0.1", "imapPort": args.proxy_imap, "imapSecurity": "starttls", "imapUser": user,
+        "imapServer": "127.0.0.1", "imapPort": imap_port or args.proxy_imap, "imapSecurity": "starttls",
+        "imapUser": user,
         # Submission goes straight to the provider (the proxy's SMTP side is tested elsewhere).
         "smtpServer": "127.0.0.1", "smtpPort": args.provider_smtp, "smtpSecurity": "starttls",
         "smtpUser": user, "smtpPassword": PASSWORD,
@@ -73,23 +79,61 @@ def wait_count(port, user, mailbox, n, timeout=20):
     raise TimeoutError("%s %s never held %d messages (has %d)" % (user, mailbox, n, count(port, user, mailbox)))
 
 
+def receive_only(args):
+    """Does bob receive at all? (Delta Chat sends no IMAP command to a provider without IDLE.)"""
+    report = {"received": False}
+    accounts_dir = tempfile.mkdtemp(prefix="dc.accounts.")
+    try:
+        with Rpc(accounts_dir=accounts_dir, rpc_server_path=rpc_server()) as rpc:
+            dc = DeltaChat(rpc)
+            alice, bob = dc.add_account(), dc.add_account()
+            alice.add_or_update_transport(transport("alice@example.org", args, args.provider_imap))
+            bob.add_or_update_transport(transport("bob@example.org", args, args.bob_imap))
+            for ac in (alice, bob):
+                ac.start_io()
+                rpc.wait_for_all_work_done(ac.id)
+            time.sleep(1)  # let bob's IMAP loop settle into its (fake or real) idle
+            sent_at = time.monotonic()
+            alice.create_contact(bob, "Bob").create_chat().send_text("are you there?")
+            try:
+                wait(bob, EventType.INCOMING_MSG, timeout=args.wait)
+                report = {"received": True, "after_s": round(time.monotonic() - sent_at, 3)}
+            except TimeoutError:
+                report = {"received": False, "after_s": args.wait}
+            for ac in (alice, bob):
+                ac.stop_io()
+    finally:
+        shutil.rmtree(accounts_dir, ignore_errors=True)
+    print(json.dumps(report))
+    return 0
+
+
+def rpc_server():
+    # pip may put the server next to the interpreter or in ~/.local/bin, off PATH.
+    return shutil.which("deltachat-rpc-server") or next(
+        (p for p in (os.path.join(os.path.dirname(sys.executable), "deltachat-rpc-server"),
+                     os.path.expanduser("~/.local/bin/deltachat-rpc-server")) if os.path.exists(p)),
+        "deltachat-rpc-server")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--proxy-imap", type=int, required=True)
+    ap.add_argument("--receive-only", action="store_true")
+    ap.add_argument("--bob-imap", type=int)
+    ap.add_argument("--wait", type=float, default=20)
+    ap.add_argument("--proxy-imap", type=int)
     ap.add_argument("--provider-imap", type=int, required=True)
     ap.add_argument("--provider-smtp", type=int, required=True)
-    ap.add_argument("--filter", choices=["none", "active"], required=True)
+    ap.add_argument("--filter", choices=["none", "active"])
     args = ap.parse_args()
+    if args.receive_only:
+        return receive_only(args)
     report = {"filter": args.filter, "timings": {}}
     t = report["timings"]
     for user in ("alice@example.org", "bob@example.org", "carol@example.org"):
         enable_coi(args.proxy_imap, user, args.filter)
     accounts_dir = tempfile.mkdtemp(prefix="dc.accounts.")
-    # pip may put the server next to the interpreter or in ~/.local/bin, off PATH.
-    server = shutil.which("deltachat-rpc-server") or next(
-        (p for p in (os.path.join(os.path.dirname(sys.executable), "deltachat-rpc-server"),
-                     os.path.expanduser("~/.local/bin/deltachat-rpc-server")) if os.path.exists(p)),
-        "deltachat-rpc-server")
+    server = rpc_server()
     try:
         with Rpc(accounts_dir=accounts_dir, rpc_server_path=server) as rpc:
             dc = DeltaChat(rpc)
