@@ -11,6 +11,7 @@ pub mod config;
 pub mod imap;
 pub mod logging;
 pub mod net;
+pub mod sd_notify;
 pub mod secret;
 pub mod server;
 pub mod smtp;

@@ -135,9 +135,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     accept_tasks.extend(crate::smtp::server::start(shared.clone(), shutdown_rx.clone(), alive_tx.clone()).await?);
     drop(alive_tx);
     info!(version = env!("CARGO_PKG_VERSION"), "coi-proxy ready");
+    crate::sd_notify::ready("serving");
 
     wait_for_signal().await?;
     info!("shutting down: no new connections, saying BYE to every client");
+    crate::sd_notify::stopping();
     let _ = shutdown_tx.send(true);
     for task in accept_tasks {
         task.abort();

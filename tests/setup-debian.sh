@@ -1,12 +1,13 @@
 #!/bin/sh
 # Installs what the test suite needs on Debian/Ubuntu: a real Dovecot (IMAP, LMTP,
 # submission) that the tests start on random loopback ports, python3 and openssl used by the
-# provider scripts, and Delta Chat (deltachat-rpc-server/-client from PyPI) for the real-client
-# tests. Nothing is configured system-wide; no service is started.
+# provider scripts, systemd for `systemd-analyze` (tests/ops.rs checks the shipped unit files
+# with it), and Delta Chat (deltachat-rpc-server/-client from PyPI) for the real-client tests.
+# Nothing is configured system-wide; no service is started.
 set -eu
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
-PACKAGES="dovecot-imapd dovecot-lmtpd dovecot-submissiond python3 openssl"
+PACKAGES="dovecot-imapd dovecot-lmtpd dovecot-submissiond python3 openssl systemd"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -20,6 +20,7 @@ pub struct ProxyBuilder {
     extra: String,
     log_filter: String,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 pub struct Proxy {
@@ -70,6 +71,11 @@ impl ProxyBuilder {
         self.args.push(arg.into());
         self
     }
+    /// An environment variable for the daemon (e.g. `NOTIFY_SOCKET`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
 
     pub fn start(self) -> Proxy {
         let state_dir = tempfile::Builder::new().prefix("coi-proxy-test.").tempdir().expect("temp dir");
@@ -101,6 +107,7 @@ impl Proxy {
             extra: String::new(),
             log_filter: "debug".into(),
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -133,6 +140,7 @@ impl Proxy {
             .arg("run")
             .args(&self.builder.args)
             .env("RUST_LOG", &self.builder.log_filter)
+            .envs(self.builder.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
