@@ -88,7 +88,13 @@ fn main() -> ExitCode {
             if let Some(path) = &source {
                 tracing::info!(config = %path.display(), "configuration loaded");
             }
-            match runtime.block_on(coi_proxy::server::run(config)) {
+            // SIGHUP re-reads the file the daemon started with, with the same overrides.
+            let reload = source.clone().map(|path| {
+                let (upstream, state_dir) = (cli.upstream.clone(), cli.state_dir.clone());
+                Box::new(move || apply_overrides(Config::load(&path)?, upstream.as_deref(), state_dir.as_deref()))
+                    as coi_proxy::server::ConfigSource
+            });
+            match runtime.block_on(coi_proxy::server::run(config, reload)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -125,13 +131,7 @@ fn main() -> ExitCode {
 }
 
 fn export_cert(config: &Config, path: Option<PathBuf>) -> ExitCode {
-    let names = coi_proxy::tls::cert_names(
-        &[config.listen.imap, config.listen.imaps, config.listen.smtp, config.listen.smtps]
-            .iter()
-            .flatten()
-            .map(|a| a.ip())
-            .collect::<Vec<_>>(),
-    );
+    let names = coi_proxy::tls::cert_names_for(config);
     let result = std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| e.to_string())
         .and_then(|()| coi_proxy::tls::ensure_local_cert(&config.state_dir, &names).map_err(|e| e.to_string()))
@@ -166,23 +166,32 @@ fn load_config(cli: &Cli) -> Result<(Config, Option<PathBuf>), ConfigError> {
         Some(path) => Some(path.clone()),
         None => config::default_config_paths().into_iter().find(|p| p.is_file()),
     };
-    let mut config = match &source {
+    let config = match &source {
         Some(path) => Config::load(path)?,
         None => Config::defaults(),
     };
-    if let Some(url) = &cli.upstream {
+    Ok((apply_overrides(config, cli.upstream.as_deref(), cli.state_dir.as_deref())?, source))
+}
+
+/// `--upstream` and `--state-dir` over what the file says.
+fn apply_overrides(
+    mut config: Config,
+    upstream: Option<&str>,
+    state_dir: Option<&std::path::Path>,
+) -> Result<Config, ConfigError> {
+    if let Some(url) = upstream {
         config::ServerUrl::parse_imap(url).map_err(|message| ConfigError::Invalid {
             path: "--upstream".into(),
             key: "upstream".into(),
             message,
         })?;
         match &mut config.upstream {
-            Some(up) => up.imap = url.clone(),
-            None => config.upstream = Some(config::Upstream { imap: url.clone(), smtp: None, ca_file: None }),
+            Some(up) => up.imap = url.to_string(),
+            None => config.upstream = Some(config::Upstream { imap: url.to_string(), smtp: None, ca_file: None }),
         }
     }
-    if let Some(dir) = &cli.state_dir {
-        config.state_dir = dir.clone();
+    if let Some(dir) = state_dir {
+        config.state_dir = dir.to_path_buf();
     }
-    Ok((config, source))
+    Ok(config)
 }

@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::accounts::Credentials;
 use crate::coi::hub::Hub;
 use crate::config::Config;
 use crate::imap::session::{self, ListenerInfo, ListenerKind};
 use crate::store::Store;
-use crate::tls::{self, CertAction, UpstreamTls};
+use crate::tls::{self, CertAction, LocalCert, UpstreamTls};
 
 /// What every session shares.
 pub struct Shared {
@@ -68,24 +69,19 @@ pub enum RunError {
 /// How long sessions get to say BYE after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), RunError> {
-    if config.upstream.is_none() && config.accounts.iter().all(|a| a.imap.is_none()) {
-        return Err(RunError::NoProvider);
-    }
-    let listeners: Vec<(SocketAddr, ListenerKind)> =
-        [(config.listen.imap, ListenerKind::Imap), (config.listen.imaps, ListenerKind::Imaps)]
-            .into_iter()
-            .filter_map(|(addr, kind)| addr.map(|a| (a, kind)))
-            .collect();
-    if listeners.is_empty() {
-        return Err(RunError::NoListener);
-    }
+/// Re-reads the configuration for a SIGHUP reload (`main.rs`: the same file again, with the
+/// same command-line overrides).
+pub type ConfigSource = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+
+/// How often the running daemon checks whether the local certificate is due for renewal.
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads the configuration from `reload`
+/// (without one, SIGHUP only says that a restart is needed).
+pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), RunError> {
+    check_runnable(&config)?;
     prepare_state_dir(&config)?;
-    // The certificate covers the SMTP listeners too (same certificate for both protocols).
-    let smtp_ips = [config.listen.smtp, config.listen.smtps].into_iter().flatten().map(|a| a.ip());
-    let names = tls::cert_names(&listeners.iter().map(|(a, _)| a.ip()).chain(smtp_ips).collect::<Vec<_>>());
-    match tls::ensure_local_cert(&config.state_dir, &names)? {
+    match tls::ensure_local_cert(&config.state_dir, &tls::cert_names_for(&config))? {
         CertAction::Created => info!(
             path = %tls::LocalCertPaths::new(&config.state_dir).ca.display(),
             "created a local certificate authority and certificate; `coi-proxy cert export` gives the PEM for clients to trust"
@@ -93,13 +89,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         CertAction::Renewed(why) => info!("renewed the local certificate: {why}"),
         CertAction::Reused => {}
     }
-    let acceptor = TlsAcceptor::from(tls::server_config(&config.state_dir)?);
+    let (server_tls, local_cert) = tls::local_server_config(&config.state_dir)?;
     let store = Store::open(&config.state_dir)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         config: RwLock::new(Arc::new(config)),
         upstream_tls: UpstreamTls::default(),
-        acceptor,
+        acceptor: TlsAcceptor::from(server_tls),
         credentials: Credentials::default(),
         store,
         hub: Hub::default(),
@@ -107,43 +103,22 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     });
     // Every session holds a sender; when all are gone, every session has ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    let mut accept_tasks = Vec::new();
-    for (addr, kind) in listeners {
-        let label = match kind {
-            ListenerKind::Imap => "imap",
-            ListenerKind::Imaps => "imaps",
-        };
-        let listener = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, kind: label, source })?;
-        let local = listener.local_addr().map_err(|source| RunError::Bind { addr, kind: label, source })?;
-        let info =
-            ListenerInfo { kind, addr: local, plaintext_auth: shared.config().listen.plaintext_auth_allowed(&local) };
-        let mode = match kind {
-            ListenerKind::Imap if info.plaintext_auth => "plain or STARTTLS",
-            ListenerKind::Imap => "STARTTLS required before login",
-            ListenerKind::Imaps => "implicit TLS",
-        };
-        info!(listener = label, "listening on {local} ({label}, {mode})");
-        accept_tasks.push(tokio::spawn(accept_loop(
-            listener,
-            info,
-            shared.clone(),
-            shutdown_rx.clone(),
-            alive_tx.clone(),
-        )));
+    let mut listeners = Listeners { shared: shared.clone(), alive: alive_tx, imap: Vec::new(), smtp: Vec::new() };
+    for (kind, addr) in imap_addrs(&shared.config()) {
+        let bound = bind_imap(kind, addr).await?;
+        listeners.serve_imap(kind, addr, bound);
     }
     // SMTP submission listeners and the queue's relay task.
-    accept_tasks.extend(crate::smtp::server::start(shared.clone(), shutdown_rx.clone(), alive_tx.clone()).await?);
-    drop(alive_tx);
+    listeners.smtp = crate::smtp::server::start(shared.clone(), shutdown_rx.clone(), listeners.alive.clone()).await?;
+    tokio::spawn(renew_cert_daily(shared.clone(), local_cert.clone()));
     info!(version = env!("CARGO_PKG_VERSION"), "coi-proxy ready");
     crate::sd_notify::ready("serving");
 
-    wait_for_signal().await?;
+    wait_for_signal(&mut listeners, reload.as_ref(), &local_cert).await?;
     info!("shutting down: no new connections, saying BYE to every client");
     crate::sd_notify::stopping();
     let _ = shutdown_tx.send(true);
-    for task in accept_tasks {
-        task.abort();
-    }
+    listeners.stop();
     match tokio::time::timeout(SHUTDOWN_GRACE, alive_rx.recv()).await {
         Ok(_) => info!("all sessions closed"),
         Err(_) => warn!("sessions still open after {} s; closing them", SHUTDOWN_GRACE.as_secs()),
@@ -151,17 +126,134 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     Ok(())
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    info: ListenerInfo,
+/// What `run` (and a reload) needs from a configuration before it can serve anything.
+fn check_runnable(config: &Config) -> Result<(), RunError> {
+    if config.upstream.is_none() && config.accounts.iter().all(|a| a.imap.is_none()) {
+        return Err(RunError::NoProvider);
+    }
+    if imap_addrs(config).is_empty() {
+        return Err(RunError::NoListener);
+    }
+    Ok(())
+}
+
+fn imap_addrs(config: &Config) -> Vec<(ListenerKind, SocketAddr)> {
+    [(ListenerKind::Imap, config.listen.imap), (ListenerKind::Imaps, config.listen.imaps)]
+        .into_iter()
+        .filter_map(|(kind, addr)| addr.map(|a| (kind, a)))
+        .collect()
+}
+
+fn label(kind: ListenerKind) -> &'static str {
+    match kind {
+        ListenerKind::Imap => "imap",
+        ListenerKind::Imaps => "imaps",
+    }
+}
+
+async fn bind_imap(kind: ListenerKind, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, kind: label(kind), source })
+}
+
+/// The running accept loops. A reload stops and starts the ones whose address changed; the
+/// sessions they accepted are tasks of their own and go on.
+struct Listeners {
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
+    /// Handed to every session; dropped at shutdown so that the last session's end is seen.
     alive: mpsc::Sender<()>,
-) {
+    /// IMAP listeners by kind, with the address they were configured with.
+    imap: Vec<(ListenerKind, SocketAddr, JoinHandle<()>)>,
+    smtp: Vec<JoinHandle<()>>,
+}
+
+impl Listeners {
+    fn serve_imap(&mut self, kind: ListenerKind, configured: SocketAddr, listener: TcpListener) {
+        let local = listener.local_addr().unwrap_or(configured);
+        let mode = match kind {
+            ListenerKind::Imap if self.shared.config().listen.plaintext_auth_allowed(&local) => "plain or STARTTLS",
+            ListenerKind::Imap => "STARTTLS required before login",
+            ListenerKind::Imaps => "implicit TLS",
+        };
+        let name = label(kind);
+        info!(listener = name, "listening on {local} ({name}, {mode})");
+        let task = tokio::spawn(accept_loop(listener, kind, self.shared.clone(), self.alive.clone()));
+        self.imap.push((kind, configured, task));
+    }
+
+    /// Takes `new` into force: rebinds changed listeners first (so that a port in use refuses
+    /// the reload instead of leaving a listener down), then swaps the configuration.
+    async fn reload(&mut self, mut new: Config, local_cert: &LocalCert) -> Result<Vec<String>, String> {
+        check_runnable(&new).map_err(|e| e.to_string())?;
+        let old = self.shared.config();
+        let mut changes = Vec::new();
+        if new.state_dir != old.state_dir {
+            warn!("state_dir changes take effect at the next start; keeping {}", old.state_dir.display());
+            new.state_dir = old.state_dir.clone();
+        }
+        let wanted = imap_addrs(&new);
+        let running: Vec<(ListenerKind, SocketAddr)> = self.imap.iter().map(|(k, a, _)| (*k, *a)).collect();
+        let mut bound = Vec::new();
+        for &(kind, addr) in wanted.iter().filter(|w| !running.contains(w)) {
+            // Moving to a port the old listener holds fails here; the old one is still serving.
+            bound.push((kind, addr, bind_imap(kind, addr).await.map_err(|e| e.to_string())?));
+        }
+        if [old.listen.smtp, old.listen.smtps] != [new.listen.smtp, new.listen.smtps] {
+            warn!("[listen] smtp/smtps changes take effect at the next start");
+            new.listen.smtp = old.listen.smtp;
+            new.listen.smtps = old.listen.smtps;
+        }
+        let state_dir = new.state_dir.clone();
+        let names = tls::cert_names_for(&new);
+        match tokio::task::spawn_blocking(move || tls::ensure_local_cert(&state_dir, &names)).await {
+            Ok(Ok(CertAction::Reused)) => {}
+            Ok(Ok(action)) => {
+                local_cert.reload(&new.state_dir).map_err(|e| e.to_string())?;
+                changes.push(format!("local certificate: {action:?}"));
+            }
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(e) => return Err(e.to_string()),
+        }
+        // Nothing can fail from here on.
+        self.imap.retain(|(kind, addr, task)| {
+            let keep = wanted.contains(&(*kind, *addr));
+            if !keep {
+                task.abort();
+                changes.push(format!("{} listener on {addr} stopped", label(*kind)));
+            }
+            keep
+        });
+        if old.providers() != new.providers() {
+            changes.push("providers changed (next logins use them)".into());
+        }
+        self.shared.upstream_tls.clear();
+        self.shared.set_config(new);
+        for (kind, addr, listener) in bound {
+            changes.push(format!("{} listener on {addr} started", label(kind)));
+            self.serve_imap(kind, addr, listener);
+        }
+        Ok(changes)
+    }
+
+    fn stop(self) {
+        for (_, _, task) in &self.imap {
+            task.abort();
+        }
+        for task in &self.smtp {
+            task.abort();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<Shared>, alive: mpsc::Sender<()>) {
+    let Ok(addr) = listener.local_addr() else { return };
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
-                let (shared, info, shutdown, alive) = (shared.clone(), info.clone(), shutdown.clone(), alive.clone());
+                // Read per connection, so that a reload that changes it applies to the next one.
+                let plaintext_auth = shared.config().listen.plaintext_auth_allowed(&addr);
+                let info = ListenerInfo { kind, addr, plaintext_auth };
+                let (shared, alive) = (shared.clone(), alive.clone());
+                let shutdown = shared.shutdown.clone();
                 tokio::spawn(async move {
                     session::serve(shared, tcp, peer, info, shutdown).await;
                     drop(alive);
@@ -169,14 +261,48 @@ async fn accept_loop(
             }
             Err(e) => {
                 // Out of file descriptors and similar: back off instead of spinning.
-                error!(listener = %info.addr, "accept failed: {e}");
+                error!(listener = %addr, "accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
-async fn wait_for_signal() -> Result<(), RunError> {
+/// Checks the local certificate once a day and renews it 30 days before it expires, so a
+/// daemon that runs for a year never serves an expired certificate.
+async fn renew_cert_daily(shared: Arc<Shared>, local_cert: Arc<LocalCert>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CERT_CHECK_EVERY) => {}
+            _ = shutdown.wait_for(|down| *down) => return,
+        }
+        let config = shared.config();
+        let (dir, names) = (config.state_dir.clone(), tls::cert_names_for(&config));
+        match tokio::task::spawn_blocking(move || tls::ensure_local_cert(&dir, &names)).await {
+            Ok(Ok(CertAction::Reused)) => debug!("local certificate checked; not due for renewal"),
+            Ok(Ok(action)) => {
+                let why = match action {
+                    CertAction::Renewed(why) => why,
+                    _ => "its files were missing".into(),
+                };
+                match local_cert.reload(&config.state_dir) {
+                    Ok(()) => info!("renewed the local certificate: {why}"),
+                    Err(e) => error!("renewed the local certificate ({why}) but cannot load it: {e}"),
+                }
+            }
+            Ok(Err(e)) => error!("cannot renew the local certificate: {e}"),
+            Err(e) => error!("certificate renewal task failed: {e}"),
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT; on SIGHUP reloads the configuration.
+async fn wait_for_signal(
+    listeners: &mut Listeners,
+    reload: Option<&ConfigSource>,
+    local_cert: &LocalCert,
+) -> Result<(), RunError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
@@ -185,7 +311,23 @@ async fn wait_for_signal() -> Result<(), RunError> {
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => warn!("SIGHUP: this version cannot reload its configuration; restart coi-proxy to apply changes"),
+            _ = hup.recv() => {
+                let Some(source) = reload else {
+                    warn!("SIGHUP: no configuration file to re-read; restart coi-proxy to apply changes");
+                    continue;
+                };
+                crate::sd_notify::reloading();
+                let result = match source() {
+                    Ok(new) => listeners.reload(new, local_cert).await,
+                    Err(e) => Err(e.to_string()),
+                };
+                match result {
+                    Ok(changes) if changes.is_empty() => info!("configuration reloaded"),
+                    Ok(changes) => info!("configuration reloaded: {}", changes.join("; ")),
+                    Err(e) => error!("configuration reload refused, the previous configuration stays in force: {e}"),
+                }
+                crate::sd_notify::ready("serving");
+            }
         }
     }
 }

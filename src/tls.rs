@@ -8,13 +8,15 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use time::{Duration, OffsetDateTime};
 
 /// Leaf lifetime; browsers' and Apple's limit for server certificates is 398 days.
@@ -174,19 +176,58 @@ pub fn cert_names(listen_ips: &[std::net::IpAddr]) -> Vec<String> {
     names
 }
 
+/// The names the leaf must cover for a configuration: every IMAP and SMTP listener's address.
+pub fn cert_names_for(config: &crate::config::Config) -> Vec<String> {
+    let l = &config.listen;
+    let ips: Vec<std::net::IpAddr> = [l.imap, l.imaps, l.smtp, l.smtps].iter().flatten().map(|a| a.ip()).collect();
+    cert_names(&ips)
+}
+
 /// The server-side TLS configuration from the files under `state_dir`.
 pub fn server_config(state_dir: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let paths = LocalCertPaths::new(state_dir);
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| pem_error(&paths.cert, e))?;
-    let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| pem_error(&paths.key, e))?;
+    local_server_config(state_dir).map(|(config, _)| config)
+}
+
+/// The server-side TLS configuration and the handle that swaps its certificate after a renewal.
+pub fn local_server_config(state_dir: &Path) -> Result<(Arc<rustls::ServerConfig>, Arc<LocalCert>), TlsError> {
+    let cert = Arc::new(LocalCert { current: RwLock::new(LocalCert::read(state_dir)?) });
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(cert.clone());
     config.alpn_protocols = vec![b"imap".to_vec(), b"smtp".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), cert))
+}
+
+/// The certificate the listeners present. A renewal while the daemon runs swaps it here, so
+/// every listener serves the new one from the next handshake on, without a restart.
+#[derive(Debug)]
+pub struct LocalCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl LocalCert {
+    fn read(state_dir: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+        let paths = LocalCertPaths::new(state_dir);
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.cert)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| pem_error(&paths.cert, e))?;
+        let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| pem_error(&paths.key, e))?;
+        Ok(Arc::new(CertifiedKey::from_der(certs, key, &provider())?))
+    }
+
+    /// Puts the files under `state_dir` in force (after [`ensure_local_cert`] renewed them).
+    pub fn reload(&self, state_dir: &Path) -> Result<(), TlsError> {
+        let fresh = LocalCert::read(state_dir)?;
+        *self.current.write().expect("cert lock") = fresh;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for LocalCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().expect("cert lock").clone())
+    }
 }
 
 /// The PEM a client must trust (the local CA).
@@ -206,6 +247,11 @@ pub struct UpstreamTls {
 }
 
 impl UpstreamTls {
+    /// Forgets the built configurations, so a reload re-reads every `ca_file`.
+    pub fn clear(&self) {
+        self.configs.lock().expect("tls cache").clear();
+    }
+
     pub fn config(&self, ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         let key = ca_file.map(Path::to_path_buf);
         if let Some(config) = self.configs.lock().expect("tls cache").get(&key) {
@@ -332,7 +378,9 @@ mod tests {
         let first = std::fs::read(&paths.cert).unwrap();
         assert_eq!(ensure_local_cert(dir.path(), &names).unwrap(), CertAction::Reused);
         assert_eq!(std::fs::read(&paths.cert).unwrap(), first);
-        server_config(dir.path()).unwrap();
+        let (_, live) = local_server_config(dir.path()).unwrap();
+        let served = || live.current.read().unwrap().cert[0].clone();
+        let before = served();
 
         set_recorded_expiry(dir.path(), OffsetDateTime::now_utc() + Duration::days(10)).unwrap();
         let ca_before = export_pem(dir.path()).unwrap();
@@ -340,6 +388,9 @@ mod tests {
             matches!(ensure_local_cert(dir.path(), &names).unwrap(), CertAction::Renewed(r) if r.contains("expires"))
         );
         assert_ne!(std::fs::read(&paths.cert).unwrap(), first);
+        assert_eq!(served(), before, "the old leaf is served until reloaded");
+        live.reload(dir.path()).unwrap();
+        assert_ne!(served(), before, "the renewed leaf is served after reload");
         assert_eq!(export_pem(dir.path()).unwrap(), ca_before, "renewal keeps the CA the user trusts");
 
         let more = cert_names(&["192.0.2.7".parse().unwrap()]);

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use support::provider::{Provider, ProviderOptions};
 use support::proxy::Proxy;
 
 fn repo(path: &str) -> PathBuf {
@@ -115,7 +116,7 @@ impl NotifySocket {
 }
 
 #[test]
-fn tells_systemd_when_ready_and_stopping() {
+fn tells_systemd_when_ready_reloading_and_stopping() {
     let provider_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let notify = NotifySocket::new();
     let mut proxy = Proxy::builder()
@@ -123,6 +124,101 @@ fn tells_systemd_when_ready_and_stopping() {
         .env("NOTIFY_SOCKET", notify.path.to_str().unwrap())
         .start();
     assert!(notify.next().starts_with("READY=1\n"));
+    support::proxy::signal(proxy.pid(), 1);
+    assert!(notify.next().starts_with("RELOADING=1\n"));
+    assert!(notify.next().starts_with("READY=1\n"));
     proxy.stop();
     assert!(notify.next().starts_with("STOPPING=1\n"));
+}
+
+/// Waits until `count` lines of the log contain `needle`.
+fn wait_for_count(proxy: &Proxy, needle: &str, count: usize) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = proxy.log();
+        if log.matches(needle).count() >= count {
+            return log;
+        }
+        assert!(std::time::Instant::now() < deadline, "log never showed {needle:?} {count} times:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn sighup_reloads_providers_and_listeners_and_refuses_a_broken_config() {
+    let old = Provider::start();
+    let new = Provider::start_with(ProviderOptions { password: Some("new-secret".into()), ..Default::default() });
+    let account =
+        |port: u16| format!("[[account]]\nlogin = \"alice@example.org\"\nimap = \"imap://127.0.0.1:{port}\"\n");
+    let notify = NotifySocket::new();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", old.imap_port))
+        .extra(&account(old.imap_port))
+        .env("NOTIFY_SOCKET", notify.path.to_str().unwrap())
+        .start();
+    assert!(notify.next().starts_with("READY=1\n"));
+    let mut before = proxy.connect();
+    before.login("alice@example.org", "secret");
+    before.expect_ok("b1 SELECT INBOX");
+
+    // alice moves to the new provider; bob stays on [upstream].
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(&proxy.config_path, config.replace(&account(old.imap_port), &account(new.imap_port))).unwrap();
+    support::proxy::signal(proxy.pid(), 1);
+    assert!(notify.next().starts_with("RELOADING=1\n"));
+    assert!(notify.next().starts_with("READY=1\n"));
+    let log = wait_for_count(&proxy, "configuration reloaded", 1);
+    assert!(log.contains("providers changed"), "{log}");
+    let mut c = proxy.connect();
+    assert!(c.command("a LOGIN alice@example.org secret").last().unwrap().starts_with("a NO"));
+    c.login("alice@example.org", "new-secret");
+    proxy.connect().login("bob@example.org", "secret");
+    // The session from before the reload is still on the old provider, on the same listener.
+    before.expect_ok("b2 NOOP");
+
+    // A broken file is refused; the daemon goes on with the configuration in force.
+    std::fs::write(&proxy.config_path, "[listen\nimap = ").unwrap();
+    support::proxy::signal(proxy.pid(), 1);
+    let log = wait_for_count(&proxy, "configuration reload refused", 1);
+    assert!(log.contains("the previous configuration stays in force"), "{log}");
+    proxy.connect().login("alice@example.org", "new-secret");
+    before.expect_ok("b3 NOOP");
+
+    // A listener whose address changed is restarted; the other one keeps its port.
+    let port = free_port();
+    let moved = config
+        .replace(&account(old.imap_port), &account(new.imap_port))
+        .replace("imap = \"127.0.0.1:0\"", &format!("imap = \"127.0.0.1:{port}\""));
+    std::fs::write(&proxy.config_path, moved).unwrap();
+    support::proxy::signal(proxy.pid(), 1);
+    let log = wait_for_count(&proxy, "configuration reloaded", 2);
+    assert!(log.contains(&format!("imap listener on 127.0.0.1:{port} started")), "{log}");
+    support::imap_client::ImapClient::connect(port).login("alice@example.org", "new-secret");
+    proxy.connect_tls().login("bob@example.org", "secret");
+    // The old plain listener is closed, but its session goes on.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", proxy.imap_port)).is_err());
+    before.expect_ok("b4 NOOP");
+}
+
+#[test]
+fn a_certificate_near_expiry_is_replaced_at_start() {
+    let mut proxy = Proxy::builder().upstream(format!("imap://127.0.0.1:{}", free_port())).start();
+    let state = proxy.state_dir.path().join("state");
+    let cert = state.join("tls/cert.pem");
+    let (first_cert, first_ca) = (std::fs::read(&cert).unwrap(), std::fs::read(proxy.ca_path()).unwrap());
+    proxy.stop();
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+    coi_proxy::tls::set_recorded_expiry(&state, soon).unwrap();
+    proxy.restart();
+    let log = proxy.wait_for_log("renewed the local certificate", Duration::from_secs(5));
+    assert!(log.contains(&format!("it expires on {}, within 30 days", soon.date())), "{log}");
+    assert_ne!(std::fs::read(&cert).unwrap(), first_cert, "a new leaf");
+    assert_eq!(std::fs::read(proxy.ca_path()).unwrap(), first_ca, "under the CA the clients trust");
+    // Clients that trust the CA accept the renewed certificate.
+    let mut c = proxy.connect_tls();
+    c.expect_ok("t1 CAPABILITY");
 }
