@@ -87,7 +87,8 @@ pub struct Coi {
     /// in its place while the message filter is `active`.
     #[serde(default = "default_chat_clients")]
     pub chat_clients: Vec<String>,
-    /// How often the account worker polls a provider without IDLE, in seconds.
+    /// How often a provider without IDLE is polled, in seconds: by the account worker, and for
+    /// clients in IDLE (which the proxy then serves itself).
     #[serde(default = "default_poll_secs")]
     pub poll_secs: u64,
     /// METADATA entries per account kept by the proxy (for providers without METADATA).

@@ -308,7 +308,16 @@ pub fn select(req: &GetMetadata, available: &BTreeMap<String, Vec<u8>>) -> (Entr
 pub fn format_response(mailbox: &[u8], entries: &[(String, Option<Vec<u8>>)]) -> Vec<u8> {
     let mut out = b"* METADATA ".to_vec();
     out.extend(format_mailbox(mailbox));
-    out.extend_from_slice(b" (");
+    out.push(b' ');
+    out.extend(format_entries(entries));
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// `(<entry> <value> ...)`, values as literals or NIL: the list of a METADATA response, and of a
+/// SETMETADATA the proxy sends.
+pub fn format_entries(entries: &[(String, Option<Vec<u8>>)]) -> Vec<u8> {
+    let mut out = b"(".to_vec();
     for (i, (entry, value)) in entries.iter().enumerate() {
         if i > 0 {
             out.push(b' ');
@@ -322,7 +331,7 @@ pub fn format_response(mailbox: &[u8], entries: &[(String, Option<Vec<u8>>)]) ->
             None => out.extend_from_slice(b" NIL"),
         }
     }
-    out.extend_from_slice(b")\r\n");
+    out.push(b')');
     out
 }
 

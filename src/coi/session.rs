@@ -441,22 +441,9 @@ fn get_command(req: &GetMetadata, entries: &[&String]) -> Vec<u8> {
 fn set_command(req: &SetMetadata) -> Vec<u8> {
     let mut cmd = b"SETMETADATA ".to_vec();
     cmd.extend(command::astring(&req.mailbox, true));
-    cmd.extend_from_slice(b" (");
-    for (i, (entry, value)) in req.entries.iter().enumerate() {
-        if i > 0 {
-            cmd.push(b' ');
-        }
-        cmd.extend_from_slice(entry.as_bytes());
-        cmd.push(b' ');
-        match value {
-            Some(v) => {
-                cmd.extend_from_slice(format!("{{{}}}\r\n", v.len()).as_bytes());
-                cmd.extend_from_slice(v);
-            }
-            None => cmd.extend_from_slice(b"NIL"),
-        }
-    }
-    cmd.extend_from_slice(b")\r\n");
+    cmd.push(b' ');
+    cmd.extend(metadata::format_entries(&req.entries));
+    cmd.extend_from_slice(b"\r\n");
     cmd
 }
 

@@ -21,7 +21,10 @@ use crate::imap::upstream::{AuthOutcome, Upstream, UpstreamError};
 use crate::server::Shared;
 
 /// Longest IDLE before it is renewed (RFC 2177: at most 29 minutes).
-const IDLE_RENEW: Duration = Duration::from_secs(25 * 60);
+/// Also a safety net: a provider may miss reporting mail that arrived just before IDLE began.
+const IDLE_RENEW: Duration = Duration::from_secs(5 * 60);
+/// IDLE after new mail, to catch what arrived while the worker was busy.
+const IDLE_SETTLE: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Messages classified per FETCH when catching up with a large INBOX.
 const BATCH: u32 = 500;
@@ -113,11 +116,15 @@ async fn serve(
         if !config.enabled {
             return Ok(());
         }
+        let before = inbox.next_uid;
         inbox.process_new(&mut up, config.filter).await?;
+        // Mail that lands between a FETCH and the start of IDLE may go unreported by the
+        // provider (its change notification starts with IDLE): after new mail, look again soon.
+        let renew = if inbox.next_uid != before { IDLE_SETTLE } else { IDLE_RENEW };
         if config.filter == Filter::Seen {
             inbox.move_seen(&mut up).await?;
         }
-        wait_for_change(&mut up, account, config_rx, shared.config().coi.poll_secs).await?;
+        wait_for_change(&mut up, account, config_rx, shared.config().coi.poll_secs, renew).await?;
     }
 }
 
@@ -326,6 +333,7 @@ async fn wait_for_change(
     account: &Account,
     config_rx: &mut watch::Receiver<CoiConfig>,
     poll_secs: u64,
+    renew: Duration,
 ) -> Result<(), WorkerError> {
     if !up.has("IDLE") {
         tokio::select! {
@@ -338,6 +346,8 @@ async fn wait_for_change(
     }
     let tag = up.tag();
     up.conn.write(format!("{tag} IDLE\r\n").as_bytes()).await.map_err(|e| network(up, e))?;
+    // News that comes before the continuation counts too (the provider syncs as IDLE starts).
+    let mut changed = false;
     loop {
         let resp = up.read_response().await?;
         if resp.starts_with(b"+") {
@@ -349,9 +359,10 @@ async fn wait_for_change(
                 status: String::from_utf8_lossy(&resp).trim_end().into(),
             });
         }
+        changed |= is_mailbox_change(&resp);
     }
-    let deadline = tokio::time::Instant::now() + IDLE_RENEW;
-    'wait: loop {
+    let deadline = tokio::time::Instant::now() + renew;
+    'wait: while !changed {
         while let Some(resp) = up.conn.try_message() {
             if is_mailbox_change(&resp) {
                 break 'wait;

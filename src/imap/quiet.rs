@@ -67,8 +67,10 @@ impl Quiet {
     /// Looks at an untagged response on its way to the client. `holding_allowed` is true while
     /// the client idles on INBOX with the `active` filter on.
     pub fn on_untagged(&mut self, line: &[u8], holding_allowed: bool, now: Instant) -> Verdict {
+        // The worker's first `$Chat` makes the provider announce new FLAGS, even when it moved
+        // the message before the provider told this session about it.
         let mailbox_news = line.starts_with(b"* FLAGS ") || line.starts_with(b"* OK [PERMANENTFLAGS ");
-        if mailbox_news && self.hold.is_some() {
+        if mailbox_news && (self.hold.is_some() || holding_allowed) {
             self.deferred.extend_from_slice(line);
             return Verdict::Drop;
         }
@@ -240,7 +242,9 @@ mod tests {
             q.release(),
             Some(b"* FLAGS (\\Seen $Chat)\r\n* OK [PERMANENTFLAGS (\\Seen $Chat \\*)] Flags\r\n".to_vec())
         );
-        assert_eq!(q.on_untagged(b"* FLAGS (\\Seen)\r\n", true, t), Verdict::Forward, "no hold, no deferral");
+        assert_eq!(q.on_untagged(b"* FLAGS (\\Seen)\r\n", false, t), Verdict::Forward, "not idling: passed on");
+        assert_eq!(q.on_untagged(b"* FLAGS (\\Seen)\r\n", true, t), Verdict::Drop, "idling: kept for later");
+        assert_eq!(q.release(), Some(b"* FLAGS (\\Seen)\r\n".to_vec()));
     }
 
     #[test]
