@@ -362,11 +362,12 @@ async fn wait_for_change(
         changed |= is_mailbox_change(&resp);
     }
     let deadline = tokio::time::Instant::now() + renew;
-    'wait: while !changed {
+    while !changed {
         while let Some(resp) = up.conn.try_message() {
-            if is_mailbox_change(&resp) {
-                break 'wait;
-            }
+            changed |= is_mailbox_change(&resp);
+        }
+        if changed {
+            break;
         }
         tokio::select! {
             read = up.conn.fill() => match read {
