@@ -47,6 +47,8 @@ pub struct Listen {
     /// Whether LOGIN/AUTHENTICATE are allowed before TLS on the plain listener. Unset means:
     /// allowed on loopback addresses only, where nobody can listen in.
     pub plaintext_auth: Option<bool>,
+    /// HTTP `/healthz` and `/metrics` (Prometheus); loopback only, as it has no authentication.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for Listen {
@@ -57,6 +59,7 @@ impl Default for Listen {
             smtp: None,
             smtps: None,
             plaintext_auth: None,
+            metrics: None,
         }
     }
 }
@@ -325,6 +328,12 @@ impl Config {
             if account.imap.is_none() && self.upstream.is_none() {
                 return Err((key("imap"), "no `imap` here and no [upstream] to fall back on".into()));
             }
+        }
+        if self.listen.metrics.is_some_and(|a| !a.ip().is_loopback()) {
+            return Err((
+                "listen.metrics".into(),
+                "must be a loopback address: it has no authentication (scrape it via SSH or a proxy)".into(),
+            ));
         }
         if self.limits.max_line < 1024 {
             return Err(("limits.max_line".into(), "must be at least 1024".into()));
@@ -674,6 +683,13 @@ mod tests {
         assert!(err.contains("queue.retry_initial_secs"), "{err}");
         let err = parse("[queue]\nretry = 1\n").unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn metrics_only_on_loopback() {
+        assert!(parse("[listen]\nmetrics = \"127.0.0.1:9143\"\n").unwrap().listen.metrics.is_some());
+        let err = parse("[listen]\nmetrics = \"0.0.0.0:9143\"\n").unwrap_err().to_string();
+        assert!(err.contains("listen.metrics: must be a loopback address"), "{err}");
     }
 
     #[test]

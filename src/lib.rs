@@ -10,6 +10,7 @@ pub mod coi;
 pub mod config;
 pub mod imap;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod sd_notify;
 pub mod secret;

@@ -103,10 +103,15 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     });
     // Every session holds a sender; when all are gone, every session has ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    let mut listeners = Listeners { shared: shared.clone(), alive: alive_tx, imap: Vec::new(), smtp: Vec::new() };
+    let mut listeners =
+        Listeners { shared: shared.clone(), alive: alive_tx, imap: Vec::new(), smtp: Vec::new(), metrics: None };
     for (kind, addr) in imap_addrs(&shared.config()) {
         let bound = bind_imap(kind, addr).await?;
         listeners.serve_imap(kind, addr, bound);
+    }
+    if let Some(addr) = shared.config().listen.metrics {
+        let bound = bind_metrics(addr).await?;
+        listeners.serve_metrics(addr, bound);
     }
     // SMTP submission listeners and the queue's relay task.
     listeners.smtp = crate::smtp::server::start(shared.clone(), shutdown_rx.clone(), listeners.alive.clone()).await?;
@@ -155,6 +160,10 @@ async fn bind_imap(kind: ListenerKind, addr: SocketAddr) -> Result<TcpListener, 
     TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, kind: label(kind), source })
 }
 
+async fn bind_metrics(addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, kind: "metrics", source })
+}
+
 /// The running accept loops. A reload stops and starts the ones whose address changed; the
 /// sessions they accepted are tasks of their own and go on.
 struct Listeners {
@@ -164,6 +173,8 @@ struct Listeners {
     /// IMAP listeners by kind, with the address they were configured with.
     imap: Vec<(ListenerKind, SocketAddr, JoinHandle<()>)>,
     smtp: Vec<JoinHandle<()>>,
+    /// The HTTP `/metrics` listener, with its configured address.
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
 impl Listeners {
@@ -178,6 +189,13 @@ impl Listeners {
         info!(listener = name, "listening on {local} ({name}, {mode})");
         let task = tokio::spawn(accept_loop(listener, kind, self.shared.clone(), self.alive.clone()));
         self.imap.push((kind, configured, task));
+    }
+
+    fn serve_metrics(&mut self, configured: SocketAddr, listener: TcpListener) {
+        let local = listener.local_addr().unwrap_or(configured);
+        info!(listener = "metrics", "listening on {local} (metrics, http://{local}/metrics and /healthz)");
+        let task = tokio::spawn(crate::metrics::serve(listener, self.shared.clone()));
+        self.metrics = Some((configured, task));
     }
 
     /// Takes `new` into force: rebinds changed listeners first (so that a port in use refuses
@@ -197,6 +215,11 @@ impl Listeners {
             // Moving to a port the old listener holds fails here; the old one is still serving.
             bound.push((kind, addr, bind_imap(kind, addr).await.map_err(|e| e.to_string())?));
         }
+        let metrics_moved = new.listen.metrics != self.metrics.as_ref().map(|(a, _)| *a);
+        let metrics = match new.listen.metrics {
+            Some(addr) if metrics_moved => Some((addr, bind_metrics(addr).await.map_err(|e| e.to_string())?)),
+            _ => None,
+        };
         if [old.listen.smtp, old.listen.smtps] != [new.listen.smtp, new.listen.smtps] {
             warn!("[listen] smtp/smtps changes take effect at the next start");
             new.listen.smtp = old.listen.smtp;
@@ -222,6 +245,10 @@ impl Listeners {
             }
             keep
         });
+        if metrics_moved && let Some((addr, task)) = self.metrics.take() {
+            task.abort();
+            changes.push(format!("metrics listener on {addr} stopped"));
+        }
         if old.providers() != new.providers() {
             changes.push("providers changed (next logins use them)".into());
         }
@@ -231,6 +258,10 @@ impl Listeners {
             changes.push(format!("{} listener on {addr} started", label(kind)));
             self.serve_imap(kind, addr, listener);
         }
+        if let Some((addr, listener)) = metrics {
+            changes.push(format!("metrics listener on {addr} started"));
+            self.serve_metrics(addr, listener);
+        }
         Ok(changes)
     }
 
@@ -238,7 +269,7 @@ impl Listeners {
         for (_, _, task) in &self.imap {
             task.abort();
         }
-        for task in &self.smtp {
+        for task in self.smtp.iter().chain(self.metrics.as_ref().map(|(_, t)| t)) {
             task.abort();
         }
     }
@@ -255,6 +286,7 @@ async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<Shar
                 let (shared, alive) = (shared.clone(), alive.clone());
                 let shutdown = shared.shutdown.clone();
                 tokio::spawn(async move {
+                    let _open = crate::metrics::session_opened(label(kind));
                     session::serve(shared, tcp, peer, info, shutdown).await;
                     drop(alive);
                 });

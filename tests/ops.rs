@@ -222,3 +222,67 @@ fn a_certificate_near_expiry_is_replaced_at_start() {
     let mut c = proxy.connect_tls();
     c.expect_ok("t1 CAPABILITY");
 }
+
+/// One HTTP GET to the metrics listener: status line and body.
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// The value of one sample line (`name{labels}`) in a Prometheus exposition.
+fn sample(metrics: &str, series: &str) -> f64 {
+    let line = metrics.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '));
+    line.unwrap_or_else(|| panic!("{series} missing:\n{metrics}")).rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn healthz_and_metrics_follow_a_session() {
+    let provider = Provider::start();
+    let closed = free_port();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .listen("metrics = \"127.0.0.1:0\"")
+        .extra(&format!("[[account]]\ndomain = \"down.example\"\nimap = \"imap://127.0.0.1:{closed}\"\n"))
+        .start();
+    assert_ne!(proxy.metrics_port, 0);
+    assert_eq!(http_get(proxy.metrics_port, "/healthz"), ("HTTP/1.1 200 OK".into(), "ok\n".into()));
+    assert!(http_get(proxy.metrics_port, "/nothing").0.contains("404"));
+
+    let (status, before) = http_get(proxy.metrics_port, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(before.contains("# TYPE coi_proxy_sessions_total counter"), "{before}");
+    assert_eq!(sample(&before, "coi_proxy_queue_depth"), 0.0);
+
+    let mut c = proxy.connect();
+    c.login("alice@example.org", "secret");
+    c.expect_ok("m1 SELECT INBOX");
+    c.expect_ok("m2 NOOP");
+    let (_, during) = http_get(proxy.metrics_port, "/metrics");
+    assert_eq!(sample(&during, "coi_proxy_sessions_open{listener=\"imap\"}"), 1.0, "{during}");
+    assert!(sample(&during, "coi_proxy_commands_relayed_total") >= 2.0, "{during}");
+    // A login whose provider is down.
+    let no = proxy.connect().command("x LOGIN carol@down.example secret");
+    assert!(no.last().unwrap().starts_with("x NO [UNAVAILABLE]"), "{no:?}");
+    c.expect_ok("m3 LOGOUT");
+    drop(c);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let (_, after) = http_get(proxy.metrics_port, "/metrics");
+        if sample(&after, "coi_proxy_sessions_open{listener=\"imap\"}") == 0.0 || std::time::Instant::now() > deadline {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(sample(&after, "coi_proxy_sessions_open{listener=\"imap\"}"), 0.0, "{after}");
+    assert_eq!(sample(&after, "coi_proxy_sessions_total{listener=\"imap\"}"), 2.0, "{after}");
+    assert_eq!(sample(&after, "coi_proxy_provider_connect_failures_total{cause=\"refused\"}"), 1.0, "{after}");
+    assert!(sample(&after, "coi_proxy_bytes_total{direction=\"from_client\"}") > 0.0, "{after}");
+    assert!(sample(&after, "coi_proxy_bytes_total{direction=\"from_provider\"}") > 0.0, "{after}");
+}

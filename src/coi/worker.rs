@@ -233,6 +233,7 @@ impl<'a> Inbox<'a> {
             highest = highest.max(Some(item.uid));
             classified += 1;
             let headers = ChatHeaders::parse(&item.header);
+            crate::metrics::saw_message_header(&item.header);
             let store = &self.shared.store;
             if headers.is_chat(|id| store.is_chat_id(self.login, id).unwrap_or(false)) {
                 chat.push((item.uid, item.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen"))));
@@ -322,6 +323,7 @@ impl<'a> Inbox<'a> {
             return Ok(());
         }
         info!(count = uids.len(), to = %self.chats, "moved chat messages");
+        crate::metrics::worker_moved(self.account.current().filter, uids.len());
         Ok(())
     }
 }

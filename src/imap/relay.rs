@@ -272,6 +272,7 @@ impl Commands<'_> {
                                 }
                                 if first && !tag.is_empty() {
                                     self.link.started(&tag, touches_seen(bytes));
+                                    crate::metrics::COMMANDS_RELAYED.inc();
                                 }
                                 out.pass(&self.buf, start, pos);
                                 forwarded = true;

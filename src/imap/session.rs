@@ -133,6 +133,7 @@ impl Session {
         };
         let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, self.client_id.clone());
         let (end, traffic) = relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone()).await;
+        crate::metrics::traffic(traffic.from_client, traffic.from_provider);
         format!("{end:?}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider)
     }
 
@@ -401,6 +402,7 @@ impl Session {
                 Ok(up) => up,
                 Err(e) => {
                     warn!(cause = %e, "provider unavailable");
+                    crate::metrics::provider_connect_failed(&e);
                     conn.write(format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
                     return Ok(None);
                 }

@@ -113,6 +113,7 @@ async fn accept_loop(
             Ok((tcp, peer)) => {
                 let (ctx, shutdown, alive) = (ctx.clone(), shutdown.clone(), alive.clone());
                 tokio::spawn(async move {
+                    let _open = crate::metrics::session_opened(if info.kind == Kind::Smtp { "smtp" } else { "smtps" });
                     serve(ctx, tcp, peer, info, shutdown).await;
                     drop(alive);
                 });

@@ -33,6 +33,8 @@ pub struct Proxy {
     /// 0 unless a submission server is configured (`upstream_smtp`, or `smtp` in an account).
     pub smtp_port: u16,
     pub smtps_port: u16,
+    /// 0 unless `[listen] metrics` is set (e.g. `.listen("metrics = \"127.0.0.1:0\"")`).
+    pub metrics_port: u16,
     builder: ProxyBuilder,
 }
 
@@ -90,6 +92,7 @@ impl ProxyBuilder {
             imaps_port: 0,
             smtp_port: 0,
             smtps_port: 0,
+            metrics_port: 0,
             builder: self,
         };
         proxy.write_config();
@@ -156,6 +159,7 @@ impl Proxy {
                 self.imaps_port = port_after(new, "(imaps,").unwrap_or(0);
                 self.smtp_port = port_after(new, "(smtp,").unwrap_or(0);
                 self.smtps_port = port_after(new, "(smtps,").unwrap_or(0);
+                self.metrics_port = port_after(new, "(metrics,").unwrap_or(0);
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {

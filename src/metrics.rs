@@ -1,0 +1,340 @@
+//! Health and metrics on an optional loopback HTTP listener (`[listen] metrics`): `/healthz`
+//! for service monitors and `/metrics` in Prometheus' text format.
+//!
+//! The counters are global atomics so that the code paths that count need one line and no
+//! handle; they are read only when scraped. The HTTP side is a few lines of HTTP/1.1 on tokio
+//! (one request per connection), enough for Prometheus and `curl`; it has no authentication,
+//! which is why the listener must be on a loopback address.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::debug;
+
+use crate::coi::metadata::Filter;
+use crate::imap::upstream::UpstreamError;
+use crate::server::Shared;
+
+/// A monotonically increasing count.
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    const fn new() -> Counter {
+        Counter(AtomicU64::new(0))
+    }
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    const fn new() -> Gauge {
+        Gauge(AtomicI64::new(0))
+    }
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The client listeners, as labelled in `/metrics`.
+pub const LISTENERS: [&str; 4] = ["imap", "imaps", "smtp", "smtps"];
+
+/// Why a connection to a provider's IMAP server failed, as labelled in `/metrics`.
+const CAUSES: [&str; 10] =
+    ["dns", "refused", "timeout", "network", "tls", "greeting", "starttls", "closed", "protocol", "login_disabled"];
+
+pub static SESSIONS_OPEN: [Gauge; 4] = [const { Gauge::new() }; 4];
+pub static SESSIONS_TOTAL: [Counter; 4] = [const { Counter::new() }; 4];
+/// Tagged client commands passed on to the provider (the proxy's own answers not included).
+pub static COMMANDS_RELAYED: Counter = Counter::new();
+pub static BYTES_FROM_CLIENT: Counter = Counter::new();
+pub static BYTES_FROM_PROVIDER: Counter = Counter::new();
+static PROVIDER_CONNECT_FAILURES: [Counter; 10] = [const { Counter::new() }; 10];
+/// Chat messages the account worker moved to Chats, by message filter (`active`, `seen`).
+static WORKER_MOVES: [Counter; 2] = [const { Counter::new() }; 2];
+pub static PUSHES_SENT: Counter = Counter::new();
+pub static PUSHES_FAILED: Counter = Counter::new();
+/// Read receipts (RFC 8098) and delivery reports (RFC 3464) among the messages the worker classified.
+static MDNS_SEEN: Counter = Counter::new();
+static DSNS_SEEN: Counter = Counter::new();
+
+/// Counts a session on `listener` as open until the returned guard is dropped.
+pub fn session_opened(listener: &str) -> SessionGuard {
+    let i = LISTENERS.iter().position(|l| *l == listener).unwrap_or(0);
+    SESSIONS_TOTAL[i].inc();
+    SESSIONS_OPEN[i].inc();
+    SessionGuard(i)
+}
+
+/// Keeps a session counted as open; see [`session_opened`].
+pub struct SessionGuard(usize);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        SESSIONS_OPEN[self.0].dec();
+    }
+}
+
+/// Adds one ended session's traffic (the relay reports it when a session ends).
+pub fn traffic(from_client: u64, from_provider: u64) {
+    BYTES_FROM_CLIENT.add(from_client);
+    BYTES_FROM_PROVIDER.add(from_provider);
+}
+
+/// Counts a failed connection to a provider by its cause.
+pub fn provider_connect_failed(e: &UpstreamError) {
+    let cause = match e {
+        UpstreamError::Dns { .. } => "dns",
+        UpstreamError::Refused { .. } => "refused",
+        UpstreamError::Timeout { .. } => "timeout",
+        UpstreamError::Network { .. } => "network",
+        UpstreamError::Tls { .. } => "tls",
+        UpstreamError::Greeting { .. } => "greeting",
+        UpstreamError::StartTls { .. } => "starttls",
+        UpstreamError::Closed { .. } => "closed",
+        UpstreamError::Protocol { .. } => "protocol",
+        UpstreamError::LoginDisabled { .. } => "login_disabled",
+    };
+    if let Some(i) = CAUSES.iter().position(|c| *c == cause) {
+        PROVIDER_CONNECT_FAILURES[i].inc();
+    }
+}
+
+/// Counts chat messages moved by the account worker under `filter`.
+pub fn worker_moved(filter: Filter, count: usize) {
+    match filter {
+        Filter::Active => WORKER_MOVES[0].add(count as u64),
+        Filter::Seen => WORKER_MOVES[1].add(count as u64),
+        Filter::None => {}
+    }
+}
+
+/// Looks at the header of a message the worker classified and counts MDNs and DSNs.
+pub fn saw_message_header(header: &[u8]) {
+    match report_type(header) {
+        Some(Report::Mdn) => MDNS_SEEN.inc(),
+        Some(Report::Dsn) => DSNS_SEEN.inc(),
+        None => {}
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Report {
+    Mdn,
+    Dsn,
+}
+
+/// `multipart/report` with `report-type=disposition-notification` or `delivery-status`.
+fn report_type(header: &[u8]) -> Option<Report> {
+    let text = String::from_utf8_lossy(header).to_ascii_lowercase();
+    // Unfold, then find the Content-Type field.
+    let unfolded = text.replace("\r\n ", " ").replace("\r\n\t", " ").replace("\n ", " ").replace("\n\t", " ");
+    let value = unfolded.lines().find_map(|l| l.strip_prefix("content-type:"))?;
+    if !value.trim_start().starts_with("multipart/report") {
+        return None;
+    }
+    let compact: String = value.chars().filter(|c| !c.is_whitespace() && *c != '"').collect();
+    if compact.contains("report-type=disposition-notification") {
+        Some(Report::Mdn)
+    } else if compact.contains("report-type=delivery-status") {
+        Some(Report::Dsn)
+    } else {
+        None
+    }
+}
+
+/// Serves `/healthz` and `/metrics` until the task is aborted.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(10), answer(stream, &shared)).await {
+                debug!("metrics request: {e}");
+            }
+        });
+    }
+}
+
+/// Reads one request head and answers it; the connection is closed afterwards.
+async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() > 8192 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (status, content_type, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET" | "HEAD", "/healthz") => match health(shared).await {
+            Ok(()) => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_string()),
+            Err(why) => ("503 Service Unavailable", "text/plain; charset=utf-8", format!("{why}\n")),
+        },
+        ("GET" | "HEAD", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(shared).await),
+        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain; charset=utf-8", "try /metrics or /healthz\n".into()),
+        _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "GET only\n".into()),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        response.extend_from_slice(body.as_bytes());
+    }
+    stream.write_all(&response).await?;
+    stream.shutdown().await
+}
+
+/// Healthy: not shutting down (the listeners are bound before this listener starts), and the
+/// store answers a read.
+async fn health(shared: &Shared) -> Result<(), String> {
+    if *shared.shutdown.borrow() {
+        return Err("shutting down".into());
+    }
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || store.schema_version()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The Prometheus text exposition of every counter, plus the queue read from the store.
+async fn render(shared: &Shared) -> String {
+    let store = shared.store.clone();
+    let queue = tokio::task::spawn_blocking(move || store.queue_list()).await.ok().and_then(Result::ok);
+    let (depth, oldest) = match &queue {
+        Some(list) => {
+            let oldest = list.iter().map(|(_, m)| m.received_at).min();
+            (list.len() as i64, oldest.map_or(0, |t| (crate::smtp::queue::now() - t).max(0)))
+        }
+        None => (-1, 0),
+    };
+    let mut out = Exposition::default();
+    out.family("coi_proxy_sessions_open", "gauge", "Client sessions open now, by listener.");
+    for (i, l) in LISTENERS.iter().enumerate() {
+        out.sample("coi_proxy_sessions_open", &[("listener", l)], SESSIONS_OPEN[i].get());
+    }
+    out.family("coi_proxy_sessions_total", "counter", "Client sessions accepted, by listener.");
+    for (i, l) in LISTENERS.iter().enumerate() {
+        out.sample("coi_proxy_sessions_total", &[("listener", l)], SESSIONS_TOTAL[i].get());
+    }
+    out.single(
+        "coi_proxy_commands_relayed_total",
+        "counter",
+        "Client commands relayed to providers.",
+        &COMMANDS_RELAYED,
+    );
+    out.family("coi_proxy_bytes_total", "counter", "IMAP bytes relayed after login, counted when a session ends.");
+    out.sample("coi_proxy_bytes_total", &[("direction", "from_client")], BYTES_FROM_CLIENT.get());
+    out.sample("coi_proxy_bytes_total", &[("direction", "from_provider")], BYTES_FROM_PROVIDER.get());
+    out.family(
+        "coi_proxy_provider_connect_failures_total",
+        "counter",
+        "Failed connections to IMAP providers, by cause.",
+    );
+    for (i, cause) in CAUSES.iter().enumerate() {
+        let value = PROVIDER_CONNECT_FAILURES[i].get();
+        out.sample("coi_proxy_provider_connect_failures_total", &[("cause", cause)], value);
+    }
+    out.family("coi_proxy_worker_moves_total", "counter", "Chat messages moved to Chats, by message filter.");
+    out.sample("coi_proxy_worker_moves_total", &[("mode", "active")], WORKER_MOVES[0].get());
+    out.sample("coi_proxy_worker_moves_total", &[("mode", "seen")], WORKER_MOVES[1].get());
+    out.family("coi_proxy_pushes_total", "counter", "WebPush notifications, by outcome.");
+    out.sample("coi_proxy_pushes_total", &[("result", "sent")], PUSHES_SENT.get());
+    out.sample("coi_proxy_pushes_total", &[("result", "failed")], PUSHES_FAILED.get());
+    out.family("coi_proxy_queue_depth", "gauge", "Messages in the outgoing SMTP queue (-1: store unreadable).");
+    out.sample("coi_proxy_queue_depth", &[], depth);
+    out.family("coi_proxy_queue_oldest_age_seconds", "gauge", "Age of the oldest queued message.");
+    out.sample("coi_proxy_queue_oldest_age_seconds", &[], oldest);
+    out.family("coi_proxy_reports_seen_total", "counter", "Read receipts (mdn) and delivery reports (dsn) classified.");
+    out.sample("coi_proxy_reports_seen_total", &[("kind", "mdn")], MDNS_SEEN.get());
+    out.sample("coi_proxy_reports_seen_total", &[("kind", "dsn")], DSNS_SEEN.get());
+    out.family("coi_proxy_info", "gauge", "The running version.");
+    out.sample("coi_proxy_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+    out.0
+}
+
+/// Prometheus text format 0.0.4.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        match labels.is_empty() {
+            true => _ = writeln!(self.0, "{name} {value}"),
+            false => _ = writeln!(self.0, "{name}{{{}}} {value}", labels.join(",")),
+        }
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, counter: &Counter) {
+        self.family(name, kind, help);
+        self.sample(name, &[], counter.get());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_are_recognised() {
+        let mdn = b"Subject: Read\r\nContent-Type: multipart/report;\r\n\treport-type=\"disposition-notification\";\r\n boundary=x\r\n\r\n";
+        assert_eq!(report_type(mdn), Some(Report::Mdn));
+        let dsn = b"Content-Type: multipart/report; report-type=delivery-status; boundary=y\r\n\r\n";
+        assert_eq!(report_type(dsn), Some(Report::Dsn));
+        assert_eq!(report_type(b"Content-Type: text/plain\r\n\r\n"), None);
+        assert_eq!(report_type(b"Subject: report-type=delivery-status\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn exposition_format() {
+        let mut out = Exposition::default();
+        out.family("x_total", "counter", "Things.");
+        out.sample("x_total", &[("a", "b"), ("c", "d")], 3);
+        out.sample("y", &[], -1);
+        assert_eq!(out.0, "# HELP x_total Things.\n# TYPE x_total counter\nx_total{a=\"b\",c=\"d\"} 3\ny -1\n");
+    }
+
+    #[test]
+    fn sessions_are_counted_open_until_dropped() {
+        let before = (SESSIONS_OPEN[3].get(), SESSIONS_TOTAL[3].get());
+        let guard = session_opened("smtps");
+        assert_eq!((SESSIONS_OPEN[3].get(), SESSIONS_TOTAL[3].get()), (before.0 + 1, before.1 + 1));
+        drop(guard);
+        assert_eq!(SESSIONS_OPEN[3].get(), before.0);
+    }
+}
