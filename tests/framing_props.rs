@@ -5,10 +5,13 @@
 use coi_proxy::imap::framing::{Fragment, Framer};
 use proptest::prelude::*;
 
+/// A line, and the literal it announces (bytes, synchronizing) if any.
+type Part = (String, Option<(Vec<u8>, bool)>);
+
 /// One generated message: lines, each optionally followed by a literal of arbitrary bytes.
 #[derive(Debug, Clone)]
 struct Message {
-    parts: Vec<(String, Option<(Vec<u8>, bool)>)>,
+    parts: Vec<Part>,
 }
 
 fn line_text() -> impl Strategy<Value = String> {
@@ -35,7 +38,9 @@ fn encode(messages: &[Message]) -> (Vec<u8>, usize) {
             lines += 1;
             match literal {
                 Some((bytes, sync)) => {
-                    out.extend_from_slice(format!(" {{{}{}}}\r\n", bytes.len(), if *sync { "" } else { "+" }).as_bytes());
+                    out.extend_from_slice(
+                        format!(" {{{}{}}}\r\n", bytes.len(), if *sync { "" } else { "+" }).as_bytes(),
+                    );
                     out.extend_from_slice(bytes);
                 }
                 None => out.extend_from_slice(b"\r\n"),

@@ -171,10 +171,6 @@ impl<'a> Inbox<'a> {
         }
         let ns = ns.unwrap_or(Namespace { prefix: String::new(), separator: Some('/') });
         let chats = ns.chats(&shared.config().coi.mailbox_root);
-        let quoted = String::from_utf8_lossy(&command::astring(chats.as_bytes(), false)).into_owned();
-        // Chats may be missing if COI was enabled elsewhere; an existing one just says NO.
-        up.command(format!("CREATE {quoted}\r\n").as_bytes()).await?;
-        up.command(format!("SUBSCRIBE {quoted}\r\n").as_bytes()).await?;
         let (untagged, status) = up.command(b"SELECT INBOX\r\n").await?;
         if !status.starts_with(b"OK") {
             return Err(WorkerError::Refused {
@@ -307,12 +303,12 @@ impl<'a> Inbox<'a> {
             status: String::from_utf8_lossy(&status).trim_end().into(),
         };
         if up.has("MOVE") {
-            let (_, status) = up.command(format!("UID MOVE {set} {target}\r\n").as_bytes()).await?;
+            let (_, status) = into_chats(up, &format!("UID MOVE {set} {target}\r\n"), &target).await?;
             if !status.starts_with(b"OK") {
                 return Err(refused("UID MOVE", status));
             }
         } else if up.has("UIDPLUS") {
-            let (_, status) = up.command(format!("UID COPY {set} {target}\r\n").as_bytes()).await?;
+            let (_, status) = into_chats(up, &format!("UID COPY {set} {target}\r\n"), &target).await?;
             if !status.starts_with(b"OK") {
                 return Err(refused("UID COPY", status));
             }
@@ -326,6 +322,19 @@ impl<'a> Inbox<'a> {
         crate::metrics::worker_moved(self.account.current().filter, uids.len());
         Ok(())
     }
+}
+
+/// Runs a MOVE or COPY into Chats; where Chats is missing (`[TRYCREATE]`), creates and
+/// subscribes it first. Chats is made on first use, as on a COI server, and never recreated
+/// behind a client that just deleted it to switch COI off.
+async fn into_chats(up: &mut Upstream, command: &str, target: &str) -> Result<(Vec<Vec<u8>>, Vec<u8>), WorkerError> {
+    let (untagged, status) = up.command(command.as_bytes()).await?;
+    if !status.windows(11).any(|w| w.eq_ignore_ascii_case(b"[TRYCREATE]")) {
+        return Ok((untagged, status));
+    }
+    up.command(format!("CREATE {target}\r\n").as_bytes()).await?;
+    up.command(format!("SUBSCRIBE {target}\r\n").as_bytes()).await?;
+    Ok(up.command(command.as_bytes()).await?)
 }
 
 /// Waits in IDLE (or polls) until INBOX changes, a session nudges, the COI configuration
