@@ -400,11 +400,18 @@ fn the_worker_reconnects_when_the_provider_drops_it() {
     proxy.wait_for_log("watching INBOX", Duration::from_secs(5));
     // Disconnect every session of alice at the provider, the worker's included.
     let conf = p.state_dir.join("dovecot.conf");
-    let kicked = std::process::Command::new("doveadm").arg("-c").arg(&conf).args(["kick", "alice@example.org"]).output().unwrap();
+    let kicked = std::process::Command::new("doveadm")
+        .arg("-c")
+        .arg(&conf)
+        .args(["kick", "alice@example.org"])
+        .output()
+        .unwrap();
     assert!(kicked.status.success(), "{}", String::from_utf8_lossy(&kicked.stderr));
     let log = proxy.wait_for_log("retrying in", Duration::from_secs(5));
     assert!(log.contains("account worker"), "{log}");
-    wait_until("a second 'watching INBOX'", Duration::from_secs(10), || proxy.log().matches("watching INBOX").count() >= 2);
+    wait_until("a second 'watching INBOX'", Duration::from_secs(10), || {
+        proxy.log().matches("watching INBOX").count() >= 2
+    });
     p.deliver("bob@example.org", "alice@example.org", &chat_message("r1@example.org"));
     let mut d = direct(&p, "alice@example.org");
     wait_until("the chat in Chats after the reconnect", Duration::from_secs(5), || count(&mut d, "COI.Chats") == 1);
