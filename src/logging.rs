@@ -1,19 +1,179 @@
-//! Log output: human-readable lines on stderr (journald adds its own timestamps), filtered by
-//! `RUST_LOG`, else the config's `[log] filter`, else `info`.
+//! Log output on stderr: human-readable lines by default (journald adds its own timestamps), or
+//! one JSON object per line (`--log-format json`) for journald's structured fields, Loki and
+//! friends. Filtered by `RUST_LOG`, else the config's `[log] filter`, else `info`; a reload
+//! applies a changed `[log] filter` unless `RUST_LOG` is set.
+//!
+//! The JSON lines are written here on serde_json (already a dependency) rather than with
+//! tracing-subscriber's `json` feature, which would pull in another crate for ~80 lines.
 
+use std::fmt;
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Human,
+    Json,
+}
+
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// Swaps the filter of the installed subscriber (set by [`init`]).
+static SET_FILTER: OnceLock<SetFilter> = OnceLock::new();
 
 /// Installs the global subscriber. Later calls are ignored (tests may call it repeatedly).
-pub fn init(config_filter: Option<&str>) {
+pub fn init(config_filter: Option<&str>, format: Format) {
+    let filter = filter(config_filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // The reload handle's type names the whole subscriber, hence one chain per format.
+    let installed = match format {
+        Format::Human => {
+            let builder =
+                tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).with_writer(std::io::stderr);
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().map(|()| Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())) as SetFilter)
+        }
+        Format::Json => {
+            let builder = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .fmt_fields(JsonFields)
+                .event_format(JsonLines)
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.try_init().map(|()| Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())) as SetFilter)
+        }
+    };
+    if let Ok(set) = installed {
+        let _ = SET_FILTER.set(set);
+    }
+}
+
+/// Puts a reloaded `[log] filter` in force; `RUST_LOG`, when set, keeps precedence.
+pub fn reload_filter(config_filter: Option<&str>) {
+    if std::env::var("RUST_LOG").is_ok_and(|f| !f.is_empty()) {
+        return;
+    }
+    if let Some(set) = SET_FILTER.get()
+        && let Err(e) = set(filter(config_filter))
+    {
+        tracing::warn!("cannot change the log filter: {e}");
+    }
+}
+
+fn filter(config_filter: Option<&str>) -> EnvFilter {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .filter(|f| !f.is_empty())
         .or_else(|| config_filter.map(str::to_string))
         .unwrap_or_else(|| "info".to_string());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+    EnvFilter::try_new(&filter).unwrap_or_else(|e| {
         eprintln!("coi-proxy: ignoring invalid log filter {filter:?}: {e}");
         EnvFilter::new("info")
-    });
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    })
+}
+
+/// One JSON object per event: `timestamp`, `level`, `target`, the event's fields (`message`
+/// among them) and `spans`, root first, each with its `name` and fields.
+struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let meta = event.metadata();
+        let mut line = Map::new();
+        line.insert("timestamp".into(), timestamp().into());
+        line.insert("level".into(), meta.level().as_str().into());
+        line.insert("target".into(), meta.target().into());
+        event.record(&mut JsonVisitor(&mut line));
+        if let Some(scope) = ctx.event_scope() {
+            let spans: Vec<Value> = scope
+                .from_root()
+                .map(|span| {
+                    let ext = span.extensions();
+                    let mut fields = ext
+                        .get::<FormattedFields<N>>()
+                        .and_then(|f| serde_json::from_str::<Map<String, Value>>(&f.fields).ok())
+                        .unwrap_or_default();
+                    fields.insert("name".into(), span.name().into());
+                    Value::Object(fields)
+                })
+                .collect();
+            line.insert("spans".into(), spans.into());
+        }
+        writeln!(writer, "{}", Value::Object(line))
+    }
+}
+
+/// Span fields kept as a JSON object (so [`JsonLines`] can nest them); fields recorded later
+/// (`login` once known) are merged in.
+struct JsonFields;
+
+impl<'writer> FormatFields<'writer> for JsonFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut map = Map::new();
+        fields.record(&mut JsonVisitor(&mut map));
+        write!(writer, "{}", Value::Object(map))
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        let mut map: Map<String, Value> = serde_json::from_str(&current.fields).unwrap_or_default();
+        fields.record(&mut JsonVisitor(&mut map));
+        current.fields = Value::Object(map).to_string();
+        Ok(())
+    }
+}
+
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds.
+fn timestamp() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }

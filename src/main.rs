@@ -28,14 +28,22 @@ struct Cli {
     /// Where the proxy keeps its state (overrides state_dir).
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Log lines as human-readable text or as one JSON object per line (journald, Loki).
+    #[arg(long, global = true, value_enum, default_value = "human", env = "COI_PROXY_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the proxy until SIGTERM or Ctrl-C.
-    Run,
+    /// Runs the proxy until SIGTERM or Ctrl-C; SIGHUP reloads the configuration.
+    Run {
+        /// Logs every IMAP line of every session, with passwords, AUTHENTICATE data and message
+        /// bodies replaced by markers (for bug reports; verbose).
+        #[arg(long)]
+        trace_protocol: bool,
+    },
     /// Validates the configuration and connects to every provider.
     Check,
     /// Manages the local TLS certificate that mail clients connect to.
@@ -48,6 +56,12 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -75,7 +89,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    coi_proxy::logging::init(config.log.filter.as_deref());
+    let format = match cli.log_format {
+        LogFormat::Human => coi_proxy::logging::Format::Human,
+        LogFormat::Json => coi_proxy::logging::Format::Json,
+    };
+    coi_proxy::logging::init(config.log.filter.as_deref(), format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -84,7 +102,13 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run => {
+        Command::Run { trace_protocol } => {
+            if trace_protocol {
+                coi_proxy::imap::trace::enable();
+                tracing::info!(
+                    "protocol trace on: every IMAP line is logged; passwords, AUTHENTICATE data and message bodies are replaced by markers"
+                );
+            }
             if let Some(path) = &source {
                 tracing::info!(config = %path.display(), "configuration loaded");
             }

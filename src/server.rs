@@ -253,6 +253,7 @@ impl Listeners {
             changes.push("providers changed (next logins use them)".into());
         }
         self.shared.upstream_tls.clear();
+        crate::logging::reload_filter(new.log.filter.as_deref());
         self.shared.set_config(new);
         for (kind, addr, listener) in bound {
             changes.push(format!("{} listener on {addr} started", label(kind)));

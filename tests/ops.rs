@@ -286,3 +286,71 @@ fn healthz_and_metrics_follow_a_session() {
     assert!(sample(&after, "coi_proxy_bytes_total{direction=\"from_client\"}") > 0.0, "{after}");
     assert!(sample(&after, "coi_proxy_bytes_total{direction=\"from_provider\"}") > 0.0, "{after}");
 }
+
+#[test]
+fn protocol_trace_hides_passwords_sasl_payloads_and_bodies() {
+    use base64::Engine;
+    let password = "Tr4ce-pw-9z";
+    let body = "The quick brown body text 4711";
+    let provider = Provider::start_with(ProviderOptions { password: Some(password.into()), ..Default::default() });
+    let message = format!("From: bob@example.org\r\nTo: alice@example.org\r\nSubject: traced\r\n\r\n{body}\r\n");
+    provider.deliver("bob@example.org", "alice@example.org", message.as_bytes());
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .arg("--trace-protocol")
+        .log("info")
+        .start();
+    let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0alice@example.org\0{password}"));
+
+    let mut c = proxy.connect();
+    c.login("alice@example.org", password);
+    c.expect_ok("t1 SELECT INBOX");
+    let fetched = c.expect_ok("t2 FETCH 1 (BODY[])");
+    assert!(fetched.concat().contains(body), "{fetched:?}");
+    c.expect_ok(&format!("t3 SEARCH SUBJECT \"{}\"", "y".repeat(400)));
+    let mut c = proxy.connect();
+    assert!(c.command(&format!("a AUTHENTICATE PLAIN {plain}")).last().unwrap().starts_with("a OK"));
+    let mut c = proxy.connect();
+    c.send_raw(b"b AUTHENTICATE PLAIN\r\n");
+    assert!(c.read_line().starts_with('+'));
+    c.send_raw(format!("{plain}\r\n").as_bytes());
+    assert!(c.read_line().starts_with("b OK"));
+
+    let log = proxy.log();
+    for expected in [
+        "C: L1 LOGIN [redacted]",
+        "C: a AUTHENTICATE PLAIN [redacted]",
+        "C: b AUTHENTICATE PLAIN",
+        "C: [redacted] (AUTHENTICATE data)",
+        "C: t2 FETCH 1 (BODY[])",
+        "[literal data omitted]",
+        "more characters]",
+    ] {
+        assert!(log.contains(expected), "{expected:?} missing from the trace:\n{log}");
+    }
+    assert!(log.lines().any(|l| l.contains("S: * 1 FETCH (") && l.contains("BODY[] {")), "{log}");
+    for secret in [password, plain.as_str(), body] {
+        assert!(!log.contains(secret), "{secret:?} found in the trace:\n{log}");
+    }
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_session_fields() {
+    let provider = Provider::start();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .arg("--log-format")
+        .arg("json")
+        .log("info")
+        .start();
+    proxy.connect().login("alice@example.org", "secret");
+    let log = proxy.wait_for_log("logged in", Duration::from_secs(5));
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert!(lines.iter().all(|l| l["timestamp"].is_string() && l["level"].is_string()), "{log}");
+    let login = lines.iter().find(|l| l["message"] == "logged in").unwrap();
+    assert_eq!(login["level"], "INFO");
+    assert_eq!(login["spans"][0]["name"], "session");
+    assert_eq!(login["spans"][0]["login"], "alice@example.org");
+    assert!(login["spans"][0]["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{login}");
+}

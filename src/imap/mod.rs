@@ -9,4 +9,5 @@ pub mod own;
 pub mod quiet;
 pub mod relay;
 pub mod session;
+pub mod trace;
 pub mod upstream;

@@ -175,6 +175,7 @@ impl Commands<'_> {
                 let (start, len) = (pos, fragment_len(&fragment));
                 pos += len;
                 let bytes = &self.buf[start..pos];
+                super::trace::client_fragment(&fragment, bytes);
                 match fragment {
                     Fragment::Line { first, literal, .. } => {
                         if first && let Some((idle_tag, _)) = self.emulated_idle.take() {
@@ -480,6 +481,7 @@ impl Responses<'_> {
                         let (start, len) = (pos, fragment_len(&fragment));
                         pos += len;
                         let bytes = &self.buf[start..pos];
+                        super::trace::provider_fragment(&fragment, bytes);
                         if let Some(captured) = capture.as_mut() {
                             captured.extend_from_slice(bytes);
                             if self.framer.at_message_start() {

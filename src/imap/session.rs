@@ -195,6 +195,7 @@ impl Session {
             };
             // The raw command may hold a password: wiped when dropped.
             let msg = Secret::new(msg);
+            super::trace::client_message(msg.expose());
             let cmd = match command::parse(msg.expose()) {
                 Ok(cmd) => cmd,
                 Err(e) => {
@@ -342,6 +343,7 @@ impl Session {
             Some(ir) => ir,
             None => {
                 conn.write(format!("+ {challenge}\r\n").as_bytes()).await?;
+                super::trace::client_sasl();
                 match conn.read_message(PRE_LOGIN_LIMIT, None).await {
                     Ok(line) => Secret::new(line),
                     Err(ReadError::TooLong { .. }) => {
