@@ -81,14 +81,40 @@ fn check_reports_reachable_and_unreachable_providers() {
     );
     assert!(report.contains("capabilities before login: IMAP4rev1"), "{report}");
     assert!(report.contains(&format!("reachable: NO: connection refused by 127.0.0.1:{closed}")), "{report}");
+    assert!(report.contains("hint: nothing listens there"), "{report}");
+    for line in [
+        "listen imap: 127.0.0.1:1143 (plain, STARTTLS offered; login before STARTTLS allowed)",
+        "listen imaps: 127.0.0.1:1993 (implicit TLS)",
+        "listen metrics: off",
+        "local certificate: not created yet",
+        "queue: empty",
+        "coi-proxy adds: COI",
+        "    COI: served by coi-proxy",
+        "    METADATA: ",
+        "    IDLE: native (relayed to the provider)",
+        "    WEBPUSH",
+    ] {
+        assert!(report.contains(line), "{line:?} missing:\n{report}");
+    }
 
+    // With a submission server, and everything reachable.
     std::fs::write(
         dir.path().join("proxy.toml"),
-        format!("[upstream]\nimap = \"imap://127.0.0.1:{}\"\n", provider.imap_port),
+        format!(
+            "[upstream]\nimap = \"imap://127.0.0.1:{}\"\nsmtp = \"smtp://127.0.0.1:{}\"\n",
+            provider.imap_port, provider.smtp_port
+        ),
     )
     .unwrap();
     let out = coi_proxy(&["check"], dir.path());
-    assert!(out.status.success(), "{}", text(&out));
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        report.contains(&format!("submission 127.0.0.1:{} (plain (loopback))\n  reachable: yes", provider.smtp_port)),
+        "{report}"
+    );
+    assert!(report.contains("  offers: SIZE"), "{report}");
+    assert!(!report.contains("secret"), "{report}");
 }
 
 #[test]
