@@ -26,6 +26,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub queue: Queue,
+    #[serde(default)]
+    pub push: Push,
     #[serde(default, rename = "account")]
     pub accounts: Vec<Account>,
     #[serde(default)]
@@ -203,6 +205,59 @@ fn default_give_up() -> u64 {
     5 * 24 * 60 * 60
 }
 
+/// The COI WebPush extension.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Push {
+    /// Subscriptions per account; one more is refused with `NO` (Dovecot's default).
+    #[serde(default = "default_subscription_limit")]
+    pub subscription_limit: usize,
+    /// Seconds a client has to confirm a subscription before it is dropped (the spec's 5 min).
+    #[serde(default = "default_validation_expiry")]
+    pub validation_expiry_secs: u64,
+    /// The VAPID JWT `sub`: a `mailto:` or `https:` contact for the push services. Unset means
+    /// `mailto:postmaster@<the account's domain>`.
+    pub vapid_subject: Option<String>,
+    /// How long a push service keeps a push for a device that is offline, seconds (the `TTL`
+    /// header): a day, so that a phone that comes back is still woken.
+    #[serde(default = "default_push_ttl")]
+    pub ttl_secs: u64,
+    /// Attempts per push when the push service fails or asks to wait (429).
+    #[serde(default = "default_push_attempts")]
+    pub max_attempts: u32,
+    /// Seconds allowed for one request to a push service.
+    #[serde(default = "default_push_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for Push {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+impl Push {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+fn default_subscription_limit() -> usize {
+    10
+}
+fn default_validation_expiry() -> u64 {
+    5 * 60
+}
+fn default_push_ttl() -> u64 {
+    24 * 60 * 60
+}
+fn default_push_attempts() -> u32 {
+    4
+}
+fn default_push_timeout() -> u64 {
+    10
+}
+
 /// A per-login or per-domain provider override.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -342,6 +397,17 @@ impl Config {
             return Err((
                 "queue.retry_initial_secs".into(),
                 "must be at least 1 and at most queue.retry_max_secs".into(),
+            ));
+        }
+        if let Some(sub) = &self.push.vapid_subject
+            && !(sub.starts_with("mailto:") || sub.starts_with("https:"))
+        {
+            return Err(("push.vapid_subject".into(), "must be a mailto: or https: URI".into()));
+        }
+        if self.push.max_attempts == 0 || self.push.timeout_secs == 0 {
+            return Err((
+                "push.max_attempts".into(),
+                "push.max_attempts and push.timeout_secs must be at least 1".into(),
             ));
         }
         if self.limits.autologout_secs < 30 * 60 {

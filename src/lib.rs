@@ -12,6 +12,7 @@ pub mod imap;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod push;
 pub mod sd_notify;
 pub mod secret;
 pub mod server;

@@ -115,6 +115,7 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     }
     // SMTP submission listeners and the queue's relay task.
     listeners.smtp = crate::smtp::server::start(shared.clone(), shutdown_rx.clone(), listeners.alive.clone()).await?;
+    crate::push::start_workers(&shared);
     tokio::spawn(renew_cert_daily(shared.clone(), local_cert.clone()));
     info!(version = env!("CARGO_PKG_VERSION"), "coi-proxy ready");
     crate::sd_notify::ready("serving");

@@ -14,6 +14,8 @@ pub const MAILBOX_ROOT: &str = "/private/vendor/vendor.dovecot/coi/config/mailbo
 pub const MESSAGE_FILTER: &str = "/private/vendor/vendor.dovecot/coi/config/message-filter";
 /// The subtree the proxy answers for itself, whatever the provider stores.
 pub const COI_SUBTREE: &str = "/private/vendor/vendor.dovecot/coi";
+/// The WebPush subtree, also answered by the proxy (see `push::entries`).
+pub const WEBPUSH_SUBTREE: &str = crate::push::entries::SUBTREE;
 
 /// How deep below a requested entry to return entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,9 +191,9 @@ fn entry_name(arg: &Arg) -> Result<String, MetadataError> {
     Ok(lower)
 }
 
-/// Whether `entry` belongs to the subtree the proxy answers for.
+/// Whether `entry` belongs to a subtree the proxy answers for (COI, WebPush).
 pub fn is_coi_entry(entry: &str) -> bool {
-    entry == COI_SUBTREE || entry.starts_with(&format!("{COI_SUBTREE}/"))
+    [COI_SUBTREE, WEBPUSH_SUBTREE].iter().any(|t| entry == *t || entry.starts_with(&format!("{t}/")))
 }
 
 /// Whether a request for `requested` at `depth` covers `entry`.
@@ -209,10 +211,17 @@ pub fn covers(requested: &str, depth: Depth, entry: &str) -> bool {
     }
 }
 
-/// Whether a request for `requested` at `depth` may reach into the COI subtree (`select`
-/// applies the exact depth rules afterwards).
+/// Whether a request for `requested` at `depth` may reach into a subtree the proxy answers
+/// for (`select` applies the exact depth rules afterwards).
 pub fn reaches_coi(requested: &str, depth: Depth) -> bool {
-    is_coi_entry(requested) || (depth != Depth::Zero && COI_SUBTREE.starts_with(&format!("{requested}/")))
+    reaches(requested, depth, COI_SUBTREE) || reaches(requested, depth, WEBPUSH_SUBTREE)
+}
+
+/// Whether a request for `requested` at `depth` may reach into `subtree`.
+pub fn reaches(requested: &str, depth: Depth, subtree: &str) -> bool {
+    requested == subtree
+        || requested.starts_with(&format!("{subtree}/"))
+        || (depth != Depth::Zero && subtree.starts_with(&format!("{requested}/")))
 }
 
 /// The COI entries with their values, for answering GETMETADATA.
@@ -488,5 +497,10 @@ active)\r\n"
         assert!(!reaches_coi("/private/comment", Depth::Infinity));
         assert!(!reaches_coi("/shared", Depth::Infinity));
         assert!(!reaches_coi("/private", Depth::Zero));
+        assert!(reaches_coi("/private/vendor/vendor.dovecot/webpush/subscriptions", Depth::One));
+        assert!(reaches("/private/vendor/vendor.dovecot", Depth::One, WEBPUSH_SUBTREE));
+        assert!(!reaches("/private/vendor/vendor.dovecot/webpush", Depth::Infinity, COI_SUBTREE));
+        assert!(is_coi_entry("/private/vendor/vendor.dovecot/webpush/vapid"));
+        assert!(!is_coi_entry("/private/vendor/vendor.dovecot/webpushx"));
     }
 }

@@ -52,13 +52,14 @@ impl CoiSession {
     }
 
     /// Capabilities the proxy adds for this session: IDLE where the provider lacks it (the
-    /// proxy serves it by polling), COI, and METADATA where the provider lacks it.
+    /// proxy serves it by polling), COI, WEBPUSH, and METADATA where the provider lacks it.
     pub fn capabilities(provider_metadata: bool, provider_idle: bool) -> Vec<&'static str> {
         let mut caps = Vec::new();
         if !provider_idle {
             caps.push("IDLE");
         }
         caps.push("COI");
+        caps.push(crate::push::CAPABILITY);
         if !provider_metadata {
             caps.push("METADATA");
         }
@@ -174,13 +175,21 @@ impl CoiSession {
             longest = long;
         }
         if reaches_coi {
-            let config = self.read_config(own).await?;
-            let root = self.namespace(own).await?.root(&self.root());
+            let reaches = |subtree| req.entries.iter().any(|e| metadata::reaches(e, req.depth, subtree));
+            let mut available = BTreeMap::new();
+            if reaches(metadata::COI_SUBTREE) {
+                let config = self.read_config(own).await?;
+                let root = self.namespace(own).await?.root(&self.root());
+                available.extend(metadata::coi_entries(&config, &root));
+            }
+            if reaches(metadata::WEBPUSH_SUBTREE) {
+                available.extend(crate::push::entries::available(&self.shared, &self.account.login));
+            }
             let ours = GetMetadata {
                 entries: req.entries.iter().filter(|e| metadata::reaches_coi(e, req.depth)).cloned().collect(),
                 ..req.clone()
             };
-            let (found, long) = metadata::select(&ours, &metadata::coi_entries(&config, &root));
+            let (found, long) = metadata::select(&ours, &available);
             for entry in found {
                 if !entries.iter().any(|(e, _)| *e == entry.0) {
                     entries.push(entry);
@@ -203,6 +212,18 @@ impl CoiSession {
             Ok(change) => change,
             Err(e) => return Ok(tagged(tag, &e.to_string())),
         };
+        // WebPush entries are the proxy's alone; the rest goes on as before.
+        let push = match crate::push::entries::changes(&req) {
+            Ok(push) => push,
+            Err(e) => return Ok(tagged(tag, &e.to_string())),
+        };
+        req.entries.retain(|(entry, _)| !crate::push::entries::is_entry(entry));
+        if let Err(e) = crate::push::entries::apply(&self.shared, &self.account, push).await {
+            return Ok(tagged(tag, &e.to_string()));
+        }
+        if req.entries.is_empty() {
+            return Ok(tagged(tag, "OK SETMETADATA complete"));
+        }
         // Stored normalised: "" disables like NIL.
         for (entry, value) in &mut req.entries {
             if (entry == ENABLED || entry == MESSAGE_FILTER) && value.as_deref() == Some(b"") {

@@ -29,6 +29,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Messages classified per FETCH when catching up with a large INBOX.
 const BATCH: u32 = 500;
 
+/// A COPYUID response code: the target's UIDVALIDITY and (old, new) UID pairs.
+type CopyUid = (u32, Vec<(u32, u32)>);
+
 #[derive(Debug, thiserror::Error)]
 enum WorkerError {
     #[error(transparent)]
@@ -43,9 +46,14 @@ enum WorkerError {
     Refused { command: &'static str, status: String },
 }
 
-/// Starts the worker for `account` if COI is enabled and none runs yet.
+/// Whether `account` needs its worker: COI enabled, or a validated push subscription.
+fn wanted(shared: &Shared, account: &Account) -> bool {
+    account.current().enabled || crate::push::wanted(&shared.store, &account.login)
+}
+
+/// Starts the worker for `account` if it is wanted and none runs yet.
 pub fn ensure_running(shared: &Arc<Shared>, account: &Arc<Account>) {
-    if !account.current().enabled || account.worker_running.swap(true, Ordering::SeqCst) {
+    if !wanted(shared, account) || account.worker_running.swap(true, Ordering::SeqCst) {
         return;
     }
     let span = info_span!(parent: None, "worker", login = %account.login);
@@ -65,7 +73,7 @@ async fn run(shared: Arc<Shared>, account: Arc<Account>) {
         match result {
             Ok(()) => {
                 backoff = Duration::from_secs(1);
-                if !account.current().enabled {
+                if !wanted(&shared, &account) {
                     break;
                 }
             }
@@ -82,11 +90,11 @@ async fn run(shared: Arc<Shared>, account: Arc<Account>) {
     }
     account.worker_running.store(false, Ordering::SeqCst);
     info!("account worker stopped");
-    // COI may have been enabled again while stopping.
+    // COI may have been enabled (or a subscription validated) again while stopping.
     ensure_running(&shared, &account);
 }
 
-/// One connection's worth of work; `Ok` when COI was disabled.
+/// One connection's worth of work; `Ok` when the worker is no longer wanted.
 async fn serve(
     shared: &Shared,
     account: &Account,
@@ -105,7 +113,7 @@ async fn serve(
         let (untagged, _) = up.command(format!("GETMETADATA \"\" ({ENABLED} {MESSAGE_FILTER})\r\n").as_bytes()).await?;
         account.set_config(config_from(&untagged));
     }
-    if !account.current().enabled {
+    if !wanted(shared, account) {
         return Ok(());
     }
     let mut inbox = Inbox::open(shared, account, &mut up).await?;
@@ -113,11 +121,11 @@ async fn serve(
     loop {
         config_rx.mark_unchanged();
         let config = account.current();
-        if !config.enabled {
+        if !wanted(shared, account) {
             return Ok(());
         }
         let before = inbox.next_uid;
-        inbox.process_new(&mut up, config.filter).await?;
+        inbox.process_new(&mut up, config.effective_filter()).await?;
         // Mail that lands between a FETCH and the start of IDLE may go unreported by the
         // provider (its change notification starts with IDLE): after new mail, look again soon.
         let renew = if inbox.next_uid != before { IDLE_SETTLE } else { IDLE_RENEW };
@@ -158,6 +166,8 @@ struct Inbox<'a> {
     keywords: bool,
     /// Chat messages still in INBOX, waiting for `\Seen` (seen mode).
     waiting: BTreeSet<u32>,
+    /// The first UID to push about (older messages were there before the worker).
+    push_from: u32,
 }
 
 impl<'a> Inbox<'a> {
@@ -187,15 +197,18 @@ impl<'a> Inbox<'a> {
         });
         let store = &shared.store;
         let login = account.login.as_str();
-        let next_uid = match store.inbox_position(login) {
-            Ok(Some((v, next))) if v == uidvalidity => next,
-            // First start (or a new UIDVALIDITY): the whole INBOX, so that chat messages that
-            // came before COI was switched on are filtered too.
-            _ => 1,
+        let stored = match store.inbox_position(login) {
+            Ok(Some((v, next))) if v == uidvalidity => Some(next),
+            _ => None,
         };
+        // First start (or a new UIDVALIDITY): the whole INBOX, so that chat messages that
+        // came before COI was switched on are filtered too.
+        let next_uid = stored.unwrap_or(1);
+        let push_from = crate::push::notify::first_to_push(stored, uidnext);
         let _ = store.set_inbox_position(login, uidvalidity, next_uid);
+        let waiting = BTreeSet::new();
         let mut inbox =
-            Inbox { shared, account, login, chats, uidvalidity, next_uid, uidnext, keywords, waiting: BTreeSet::new() };
+            Inbox { shared, account, login, chats, uidvalidity, next_uid, uidnext, keywords, waiting, push_from };
         if keywords {
             let (untagged, _) = up.command(b"UID SEARCH UNSEEN KEYWORD $Chat\r\n").await?;
             inbox.waiting.extend(untagged.iter().flat_map(|r| search_uids(r)));
@@ -218,6 +231,8 @@ impl<'a> Inbox<'a> {
         let cmd = format!("UID FETCH {range} (UID FLAGS BODY.PEEK[HEADER.FIELDS ({FIELDS})])\r\n");
         let (untagged, _) = up.command(cmd.as_bytes()).await?;
         let mut chat: Vec<(u32, bool)> = Vec::new();
+        // (UID, chat) of the messages new enough to push about.
+        let mut new: Vec<(u32, bool)> = Vec::new();
         let mut chat_ids = Vec::new();
         let mut highest = None;
         let mut classified = 0;
@@ -231,11 +246,18 @@ impl<'a> Inbox<'a> {
             let headers = ChatHeaders::parse(&item.header);
             crate::metrics::saw_message_header(&item.header);
             let store = &self.shared.store;
-            if headers.is_chat(|id| store.is_chat_id(self.login, id).unwrap_or(false)) {
+            let is_chat = headers.is_chat(|id| store.is_chat_id(self.login, id).unwrap_or(false));
+            if is_chat {
                 chat.push((item.uid, item.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen"))));
                 chat_ids.extend(headers.message_id);
             }
+            if item.uid >= self.push_from {
+                new.push((item.uid, is_chat || item.flags.iter().any(|f| f.eq_ignore_ascii_case("$Chat"))));
+            }
         }
+        let config = self.shared.config();
+        let mut pending =
+            crate::push::notify::prepare(&self.shared.store, &config, self.login, up, self.uidvalidity, &new).await?;
         let Some(highest) = highest else { return Ok(()) };
         let kept = (classified - chat.len()) as u64;
         if !chat.is_empty() {
@@ -244,20 +266,25 @@ impl<'a> Inbox<'a> {
             if let Err(e) = self.shared.store.remember_chat_ids(self.login, &chat_ids) {
                 warn!("cannot remember chat Message-IDs: {e}");
             }
-            if self.keywords {
+            // A worker that runs for pushes only leaves the mailbox alone.
+            if self.keywords && self.account.current().enabled {
                 up.command(format!("UID STORE {} +FLAGS.SILENT ($Chat)\r\n", uid_set(&all)).as_bytes()).await?;
             }
-            match filter {
+            let moved = match filter {
                 Filter::Active => self.move_to_chats(up, &all).await?,
                 Filter::Seen => {
                     let seen: Vec<u32> = chat.iter().filter(|c| c.1).map(|c| c.0).collect();
                     self.waiting.extend(chat.iter().filter(|c| !c.1).map(|c| c.0));
-                    if !seen.is_empty() {
-                        self.move_to_chats(up, &seen).await?;
-                    }
+                    if seen.is_empty() { None } else { self.move_to_chats(up, &seen).await? }
                 }
-                Filter::None => {}
+                Filter::None => None,
+            };
+            if let (Some(pending), Some((uidvalidity, map))) = (&mut pending, moved) {
+                pending.moved(&self.chats, uidvalidity, &map);
             }
+        }
+        if let Some(pending) = pending {
+            pending.send(self.shared.store.clone(), config);
         }
         let moved = if filter == Filter::Active { chat.len() as u64 } else { 0 };
         self.account.verdicts.send_modify(|v| {
@@ -295,32 +322,40 @@ impl<'a> Inbox<'a> {
     }
 
     /// UID MOVE where offered, else COPY + `\Deleted` + UID EXPUNGE (UIDPLUS), flags kept.
-    async fn move_to_chats(&mut self, up: &mut Upstream, uids: &[u32]) -> Result<(), WorkerError> {
+    /// Where the messages went, if the provider said (COPYUID): UIDVALIDITY, (old, new) UIDs.
+    async fn move_to_chats(&mut self, up: &mut Upstream, uids: &[u32]) -> Result<Option<CopyUid>, WorkerError> {
         let set = uid_set(uids);
         let target = String::from_utf8_lossy(&command::astring(self.chats.as_bytes(), false)).into_owned();
         let refused = |command, status: Vec<u8>| WorkerError::Refused {
             command,
             status: String::from_utf8_lossy(&status).trim_end().into(),
         };
-        if up.has("MOVE") {
-            let (_, status) = into_chats(up, &format!("UID MOVE {set} {target}\r\n"), &target).await?;
+        let copyuid = |untagged: &[Vec<u8>], status: &[u8]| {
+            let all: Vec<&[u8]> = untagged.iter().map(Vec::as_slice).chain([status]).collect();
+            crate::push::imap::copyuid(&all)
+        };
+        let moved = if up.has("MOVE") {
+            let (untagged, status) = into_chats(up, &format!("UID MOVE {set} {target}\r\n"), &target).await?;
             if !status.starts_with(b"OK") {
                 return Err(refused("UID MOVE", status));
             }
+            copyuid(&untagged, &status)
         } else if up.has("UIDPLUS") {
-            let (_, status) = into_chats(up, &format!("UID COPY {set} {target}\r\n"), &target).await?;
+            let (untagged, status) = into_chats(up, &format!("UID COPY {set} {target}\r\n"), &target).await?;
             if !status.starts_with(b"OK") {
                 return Err(refused("UID COPY", status));
             }
             up.command(format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)\r\n").as_bytes()).await?;
+            let moved = copyuid(&untagged, &status);
             up.command(format!("UID EXPUNGE {set}\r\n").as_bytes()).await?;
+            moved
         } else {
             warn!("the provider offers neither MOVE nor UIDPLUS; chat messages stay in INBOX");
-            return Ok(());
-        }
+            return Ok(None);
+        };
         info!(count = uids.len(), to = %self.chats, "moved chat messages");
         crate::metrics::worker_moved(self.account.current().filter, uids.len());
-        Ok(())
+        Ok(moved)
     }
 }
 

@@ -20,6 +20,9 @@ mod coi;
 mod metadata;
 pub use metadata::TooManyEntries;
 
+mod push;
+pub use push::{PushSubscription, TooManySubscriptions, Validation};
+
 /// Bumped whenever a table's meaning or encoding changes; `open` migrates older files.
 pub const SCHEMA_VERSION: u32 = 1;
 

@@ -1,0 +1,206 @@
+//! The account worker's side of pushing: for the new messages it has classified, fetch what
+//! the payloads need (only when the account has subscriptions that want them), and once the
+//! messages are where they stay (INBOX, or Chats in `active` mode), send the pushes in the
+//! background, one task per subscription so that its pushes keep their order.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use super::payload::{self, Parsed, Summary};
+use super::subscription::{self, Subscription};
+use super::{imap, now, send, vapid};
+use crate::config::Config;
+use crate::imap::upstream::{Upstream, UpstreamError};
+use crate::store::{PushSubscription, Store};
+
+/// Pushes in flight at once, over all accounts.
+static IN_FLIGHT: Semaphore = Semaphore::const_new(64);
+/// Messages that came while no worker ran (after a restart, or between a subscription's
+/// validation and the worker's start) are pushed too, but at most this many UIDs back: a phone
+/// need not buzz a hundred times after a week-long outage.
+const CATCH_UP: u32 = 20;
+/// Clock difference allowed between the provider (INTERNALDATE) and us.
+const CLOCK_SLACK: i64 = 60;
+
+/// The first INBOX UID to look at for pushes, given where the worker stopped last time (`None`:
+/// it never ran) and UIDNEXT now. Older messages than a subscription are left out later, by
+/// their INTERNALDATE ([`Pending::send`]).
+pub fn first_to_push(stored_next: Option<u32>, uidnext: u32) -> u32 {
+    stored_next.unwrap_or(1).max(uidnext.saturating_sub(CATCH_UP))
+}
+
+/// Whether a message that arrived at `arrived` is news to a subscription made at `created`.
+fn news_to(arrived: Option<i64>, created: u64) -> bool {
+    arrived.is_none_or(|a| a + CLOCK_SLACK >= created as i64)
+}
+
+/// New messages about to be pushed.
+pub struct Pending {
+    login: String,
+    subscriptions: Vec<(PushSubscription, Subscription)>,
+    messages: Vec<Message>,
+}
+
+struct Message {
+    chat: bool,
+    /// INTERNALDATE, seconds since the epoch.
+    arrived: Option<i64>,
+    parsed: Parsed,
+    body: Option<String>,
+    /// Where the message is now: folder, UIDVALIDITY, UID.
+    folder: String,
+    uidvalidity: u32,
+    uid: u32,
+}
+
+/// Fetches the header fields and body start of the `new` messages (UID, chat) in the selected
+/// INBOX that some validated subscription of `login` wants. `None` when there is nothing to push.
+pub async fn prepare(
+    store: &Store,
+    config: &Config,
+    login: &str,
+    up: &mut Upstream,
+    inbox_uidvalidity: u32,
+    new: &[(u32, bool)],
+) -> Result<Option<Pending>, UpstreamError> {
+    if new.is_empty() {
+        return Ok(None);
+    }
+    let subscriptions: Vec<(PushSubscription, Subscription)> =
+        match store.push_subscriptions(login, now(), config.push.validation_expiry_secs) {
+            Ok(subs) => subs
+                .into_iter()
+                .filter(|s| s.validated)
+                .filter_map(|s| subscription::parse(s.json.as_bytes()).ok().map(|parsed| (s, parsed)))
+                .collect(),
+            Err(e) => {
+                warn!("cannot read push subscriptions: {e}");
+                return Ok(None);
+            }
+        };
+    let wanted: Vec<&(u32, bool)> =
+        new.iter().filter(|(_, chat)| subscriptions.iter().any(|(_, s)| s.msgtype.wants(*chat))).collect();
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    let uids: Vec<String> = wanted.iter().map(|(uid, _)| uid.to_string()).collect();
+    let cmd = format!(
+        "UID FETCH {} (UID INTERNALDATE BODY.PEEK[HEADER.FIELDS ({})] BODY.PEEK[TEXT]<0.{}>)\r\n",
+        uids.join(","),
+        payload::HEADER_FIELDS,
+        payload::MAX_BODY + 1
+    );
+    let (untagged, _) = up.command(cmd.as_bytes()).await?;
+    debug!(uids = %uids.join(","), "fetched new messages to push about");
+    let mut messages = Vec::new();
+    for fetched in untagged.iter().filter_map(|r| imap::parse_fetch(r)) {
+        let Some(&&(uid, chat)) = wanted.iter().find(|(u, _)| *u == fetched.uid) else { continue };
+        let mut parsed = payload::parse_header(&fetched.header);
+        if parsed.mdn {
+            debug!(uid, "a read receipt: no push");
+            continue;
+        }
+        parsed.date = parsed.date.or(fetched.internal_date);
+        let body = fetched.text.as_deref().and_then(payload::body_text);
+        let (arrived, folder, uidvalidity) = (fetched.internal_date, "INBOX".into(), inbox_uidvalidity);
+        messages.push(Message { chat, arrived, parsed, body, folder, uidvalidity, uid });
+    }
+    messages.sort_by_key(|m| m.uid);
+    Ok((!messages.is_empty()).then(|| Pending { login: login.to_string(), subscriptions, messages }))
+}
+
+impl Pending {
+    /// Records that messages were moved to `folder` (from a COPYUID code).
+    pub fn moved(&mut self, folder: &str, uidvalidity: u32, map: &[(u32, u32)]) {
+        for m in &mut self.messages {
+            if let Some(&(_, to)) = map.iter().find(|(from, _)| *from == m.uid) {
+                m.folder = folder.to_string();
+                m.uidvalidity = uidvalidity;
+                m.uid = to;
+            }
+        }
+    }
+
+    /// Sends the pushes in the background.
+    pub fn send(self, store: Store, config: Arc<Config>) {
+        let Pending { login, subscriptions, messages } = self;
+        let messages = Arc::new(messages);
+        for (stored, sub) in subscriptions {
+            let payloads: Vec<(u32, String)> = messages
+                .iter()
+                .filter(|m| sub.msgtype.wants(m.chat) && news_to(m.arrived, stored.created))
+                .map(|m| (m.uid, payload::build(&summary(m))))
+                .collect();
+            if payloads.is_empty() {
+                continue;
+            }
+            let (store, config, login) = (store.clone(), config.clone(), login.clone());
+            tokio::spawn(async move {
+                let Ok(_permit) = IN_FLIGHT.acquire().await else { return };
+                let key = match super::vapid_key(&store) {
+                    Ok(k) => k,
+                    Err(e) => return warn!("cannot push: {e}"),
+                };
+                let subject = vapid::subject(config.push.vapid_subject.as_deref(), &login);
+                for (uid, payload) in payloads {
+                    let push = send::Push {
+                        subscription: &sub,
+                        payload: payload.as_bytes(),
+                        key: &key,
+                        subject: &subject,
+                        ttl: config.push.ttl_secs,
+                        validation: false,
+                        timeout: config.push.timeout(),
+                    };
+                    match send::deliver(&push, config.push.max_attempts, &stored.id).await {
+                        send::Verdict::Delivered => debug!(subscription = %stored.id, uid, "pushed"),
+                        send::Verdict::Gone => {
+                            info!(subscription = %stored.id, "the push service says the subscription is gone; removing it");
+                            if let Err(e) = store.push_unsubscribe(&login, &stored.id) {
+                                warn!("cannot remove a push subscription: {e}");
+                            }
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn summary(m: &Message) -> Summary {
+    let p = &m.parsed;
+    Summary {
+        folder: m.folder.clone(),
+        uidvalidity: m.uidvalidity,
+        uid: m.uid,
+        date: p.date,
+        from_email: p.from_email.clone(),
+        from_name: p.from_name.clone(),
+        subject: p.subject.clone(),
+        msg_id: p.msg_id.clone(),
+        group_id: p.group_id.clone(),
+        content_type: p.content_type.clone(),
+        content_encoding: p.content_encoding.clone(),
+        body: m.body.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_counts_as_new() {
+        assert_eq!(first_to_push(None, 50), 30, "first start: the last few, filtered by date");
+        assert_eq!(first_to_push(None, 5), 1);
+        assert_eq!(first_to_push(Some(45), 50), 45, "missed while down");
+        assert_eq!(first_to_push(Some(3), 500), 480, "bounded");
+        assert_eq!(first_to_push(Some(3), 10), 3);
+        assert!(news_to(Some(1000), 1000) && news_to(Some(950), 1000) && news_to(None, 1000));
+        assert!(!news_to(Some(900), 1000), "older than the subscription");
+    }
+}

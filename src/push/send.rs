@@ -1,0 +1,202 @@
+//! Sending one push (RFC 8030): encrypt the payload (RFC 8291, `aes128gcm`), sign a VAPID JWT,
+//! POST to the push service, and read its answer: `201` delivered, `404`/`410` the
+//! subscription is gone, `429` come back after `Retry-After`, other failures retry with backoff.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+use web_push_native::jwt_simple::algorithms::ES256KeyPair;
+
+use super::subscription::Subscription;
+use super::vapid;
+
+/// Longest wait a `Retry-After` may ask for before we give up on that push instead.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What a push service's answer means for us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered,
+    /// The subscription no longer exists (404, 410): delete it.
+    Gone,
+    /// Too many requests (429): try again after this long.
+    RetryAfter(Option<Duration>),
+    /// A failure that may pass (5xx, network).
+    Retry,
+    /// The request itself is wrong (400, 401, 403, 413, …): retrying cannot help.
+    Failed,
+}
+
+/// Reads a push service's status code and `Retry-After` (seconds; an HTTP date is not worth
+/// parsing here and falls back to our own backoff).
+pub fn classify(status: u16, retry_after: Option<&str>) -> Verdict {
+    match status {
+        200..=299 => Verdict::Delivered,
+        404 | 410 => Verdict::Gone,
+        429 => Verdict::RetryAfter(retry_after.and_then(|v| v.trim().parse().ok()).map(Duration::from_secs)),
+        408 | 500..=599 => Verdict::Retry,
+        _ => Verdict::Failed,
+    }
+}
+
+/// How long to wait before attempt `attempt` (1-based count of failures so far).
+pub fn backoff(verdict: Verdict, failures: u32) -> Option<Duration> {
+    let exponential = FIRST_BACKOFF * 2u32.saturating_pow(failures.saturating_sub(1).min(10));
+    match verdict {
+        Verdict::Retry | Verdict::RetryAfter(None) => Some(exponential),
+        Verdict::RetryAfter(Some(d)) if d <= MAX_RETRY_AFTER => Some(d),
+        _ => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Vapid(#[from] vapid::VapidError),
+    #[error("cannot encrypt the push payload")]
+    Encrypt,
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(String),
+    /// The push service could not be reached; names its origin only (the endpoint path is the
+    /// subscription's secret).
+    #[error("{origin}: {detail}")]
+    Network { origin: String, detail: String },
+}
+
+/// One push request, ready to go.
+pub struct Push<'a> {
+    pub subscription: &'a Subscription,
+    pub payload: &'a [u8],
+    pub key: &'a ES256KeyPair,
+    /// JWT `sub`.
+    pub subject: &'a str,
+    pub ttl: u64,
+    /// The request that proves a subscription works (adds `WebPush-Validation`).
+    pub validation: bool,
+    pub timeout: Duration,
+}
+
+/// The client for every push: no redirects (a redirect could lead a loopback-only `http://`
+/// request elsewhere), no proxy from the environment, platform trust for https.
+fn client() -> Result<&'static reqwest::Client, SendError> {
+    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let tls = crate::tls::UpstreamTls::default().config(None).map_err(|e| e.to_string())?;
+            let mut tls = (*tls).clone();
+            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| SendError::Client(e.clone()))
+}
+
+/// Sends once; the service's status and `Retry-After`.
+pub async fn post(push: &Push<'_>) -> Result<(u16, Option<String>), SendError> {
+    let sub = push.subscription;
+    let url = super::subscription::check_endpoint(&sub.endpoint)
+        .map_err(|_| SendError::Network { origin: "(invalid endpoint)".into(), detail: "refused".into() })?;
+    let origin = vapid::audience(&url);
+    let ua_public = web_push_native::p256::PublicKey::from_sec1_bytes(&sub.p256dh).map_err(|_| SendError::Encrypt)?;
+    let auth = web_push_native::Auth::clone_from_slice(&sub.auth);
+    let body = web_push_native::encrypt(push.payload.to_vec(), &ua_public, &auth).map_err(|_| SendError::Encrypt)?;
+    let authorization = vapid::authorization(push.key, &url, push.subject)?;
+    let mut request = client()?
+        .post(url)
+        .timeout(push.timeout)
+        .header("TTL", push.ttl.to_string())
+        .header("Content-Encoding", "aes128gcm")
+        .header("Content-Type", "application/octet-stream")
+        .header("Authorization", authorization)
+        .body(body);
+    if push.validation {
+        request = request.header("WebPush-Validation", "");
+    }
+    let response =
+        request.send().await.map_err(|e| SendError::Network { origin: origin.clone(), detail: root_cause(&e) })?;
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("Retry-After").and_then(|v| v.to_str().ok()).map(str::to_string);
+    debug!(%origin, status, "push sent");
+    Ok((status, retry_after))
+}
+
+/// Sends with retries; the final verdict (`Retry` when the attempts ran out).
+pub async fn deliver(push: &Push<'_>, max_attempts: u32, id: &str) -> Verdict {
+    let origin = super::subscription::check_endpoint(&push.subscription.endpoint)
+        .map(|u| vapid::audience(&u))
+        .unwrap_or_default();
+    let mut failures = 0;
+    loop {
+        let verdict = match post(push).await {
+            Ok((status, retry_after)) => {
+                let verdict = classify(status, retry_after.as_deref());
+                if !matches!(verdict, Verdict::Delivered | Verdict::Gone) {
+                    warn!(subscription = id, %origin, status, "push service refused the push");
+                }
+                verdict
+            }
+            Err(e) => {
+                warn!(subscription = id, "push failed: {e}");
+                if matches!(e, SendError::Network { .. }) { Verdict::Retry } else { Verdict::Failed }
+            }
+        };
+        failures += 1;
+        let wait = match backoff(verdict, failures) {
+            Some(wait) if failures < max_attempts => wait,
+            _ => {
+                if !matches!(verdict, Verdict::Delivered | Verdict::Gone) {
+                    info!(subscription = id, %origin, attempts = failures, "giving up on a push");
+                }
+                return verdict;
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// The innermost error text (reqwest's own says only "error sending request").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers() {
+        assert_eq!(classify(201, None), Verdict::Delivered);
+        assert_eq!(classify(404, None), Verdict::Gone);
+        assert_eq!(classify(410, None), Verdict::Gone);
+        assert_eq!(classify(429, Some("7")), Verdict::RetryAfter(Some(Duration::from_secs(7))));
+        assert_eq!(classify(429, Some("Wed, 21 Oct 2015 07:28:00 GMT")), Verdict::RetryAfter(None));
+        assert_eq!(classify(503, None), Verdict::Retry);
+        assert_eq!(classify(413, None), Verdict::Failed);
+        assert_eq!(classify(403, None), Verdict::Failed);
+    }
+
+    #[test]
+    fn waits() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(Verdict::Retry, 1), Some(s(1)));
+        assert_eq!(backoff(Verdict::Retry, 3), Some(s(4)));
+        assert_eq!(backoff(Verdict::RetryAfter(Some(s(30))), 1), Some(s(30)));
+        assert_eq!(backoff(Verdict::RetryAfter(Some(s(3600))), 1), None, "too long: give up");
+        assert_eq!(backoff(Verdict::RetryAfter(None), 2), Some(s(2)));
+        assert_eq!(backoff(Verdict::Failed, 1), None);
+        assert_eq!(backoff(Verdict::Gone, 1), None);
+        assert_eq!(backoff(Verdict::Delivered, 1), None);
+    }
+}

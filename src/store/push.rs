@@ -1,0 +1,307 @@
+//! WebPush state: the VAPID key and each account's subscriptions.
+//!
+//! One VAPID key per installation, not per account: a push service sees the key of every
+//! request anyway, so per-account keys would hide nothing from it, while one key is one secret
+//! to guard and back up, and a client that subscribes for several accounts through the same
+//! proxy can use one application server key. The private key never leaves this table except
+//! to sign, and is never logged.
+//!
+//! Subscriptions are kept as the client's JSON (known keys only) with when they were made,
+//! whether they are validated, and the validation token. Unvalidated ones count against the
+//! limit only until they expire, and are dropped at the next change.
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+
+/// `"vapid"` → private key (32-octet P-256 scalar).
+const PUSH_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("push_keys");
+/// `account NUL id` → [`PushSubscription`] as JSON.
+const PUSH_SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("push_subscriptions");
+
+/// A stored subscription.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushSubscription {
+    pub id: String,
+    /// The subscription's JSON, known keys only.
+    pub json: String,
+    /// Unix seconds.
+    pub created: u64,
+    pub validated: bool,
+    /// What the client must set `.../validate` to.
+    pub token: String,
+}
+
+impl std::fmt::Debug for PushSubscription {
+    /// Without the JSON (endpoint and keys) and the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushSubscription").field("id", &self.id).field("validated", &self.validated).finish()
+    }
+}
+
+impl PushSubscription {
+    /// Still of use: validated, or within the validation window.
+    pub fn alive(&self, now: u64, expiry: u64) -> bool {
+        self.validated || now < self.created.saturating_add(expiry)
+    }
+}
+
+/// Subscribing would pass the per-account limit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooManySubscriptions;
+
+/// The result of setting `.../<id>/validate`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Validation {
+    Validated,
+    /// No such subscription, expired, or the wrong value: the client cannot tell these apart.
+    Refused,
+}
+
+fn key(account: &str, id: &str) -> String {
+    format!("{}\0{id}", account.to_ascii_lowercase())
+}
+
+fn decode(bytes: &[u8]) -> Result<PushSubscription, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("push subscription: {e}")))
+}
+
+fn encode(sub: &PushSubscription) -> Vec<u8> {
+    serde_json::to_vec(sub).expect("plain struct")
+}
+
+impl Store {
+    /// The installation's VAPID private key, made by `generate` the first time.
+    pub fn vapid_key(&self, generate: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        {
+            let txn = self.db.begin_read()?;
+            match txn.open_table(PUSH_KEYS) {
+                Ok(table) => {
+                    if let Some(v) = table.get("vapid")? {
+                        return Ok(v.value().to_vec());
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let txn = self.db.begin_write()?;
+        let key = {
+            let mut table = txn.open_table(PUSH_KEYS)?;
+            // Another task may have made it meanwhile.
+            let existing = table.get("vapid")?.map(|v| v.value().to_vec());
+            match existing {
+                Some(k) => k,
+                None => {
+                    let k = generate();
+                    table.insert("vapid", k.as_slice())?;
+                    k
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(key)
+    }
+
+    /// Adds or replaces a subscription; refused when the account would then have more than
+    /// `limit` live ones. Expired unvalidated ones of the account are dropped on the way.
+    pub fn push_subscribe(
+        &self,
+        account: &str,
+        sub: &PushSubscription,
+        limit: usize,
+        now: u64,
+        expiry: u64,
+    ) -> Result<Result<(), TooManySubscriptions>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let too_many = {
+            let mut table = txn.open_table(PUSH_SUBSCRIPTIONS)?;
+            let others = purge_and_list(&mut table, account, now, expiry)?;
+            let live = others.iter().filter(|s| s.id != sub.id).count();
+            if live >= limit {
+                true
+            } else {
+                table.insert(key(account, &sub.id).as_str(), encode(sub).as_slice())?;
+                false
+            }
+        };
+        if too_many {
+            txn.abort()?;
+            return Ok(Err(TooManySubscriptions));
+        }
+        txn.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// Marks a subscription validated if `token` is its token and it has not expired.
+    pub fn push_validate(
+        &self,
+        account: &str,
+        id: &str,
+        token: &[u8],
+        now: u64,
+        expiry: u64,
+    ) -> Result<Validation, StoreError> {
+        let txn = self.db.begin_write()?;
+        let outcome = {
+            let mut table = txn.open_table(PUSH_SUBSCRIPTIONS)?;
+            let k = key(account, id);
+            let found = table.get(k.as_str())?.map(|v| decode(v.value())).transpose()?;
+            match found {
+                Some(mut sub) if sub.alive(now, expiry) && constant_time_eq(sub.token.as_bytes(), token) => {
+                    sub.validated = true;
+                    table.insert(k.as_str(), encode(&sub).as_slice())?;
+                    Validation::Validated
+                }
+                _ => Validation::Refused,
+            }
+        };
+        txn.commit()?;
+        Ok(outcome)
+    }
+
+    /// Removes a subscription; whether it existed.
+    pub fn push_unsubscribe(&self, account: &str, id: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let existed = txn.open_table(PUSH_SUBSCRIPTIONS)?.remove(key(account, id).as_str())?.is_some();
+        txn.commit()?;
+        Ok(existed)
+    }
+
+    /// The account's live subscriptions, by id.
+    pub fn push_subscriptions(
+        &self,
+        account: &str,
+        now: u64,
+        expiry: u64,
+    ) -> Result<Vec<PushSubscription>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(PUSH_SUBSCRIPTIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let prefix = key(account, "");
+        let mut out = Vec::new();
+        for item in table.range(prefix.as_str()..)? {
+            let (k, v) = item?;
+            if !k.value().starts_with(prefix.as_str()) {
+                break;
+            }
+            let sub = decode(v.value())?;
+            if sub.alive(now, expiry) {
+                out.push(sub);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Accounts with at least one validated subscription.
+    pub fn push_accounts(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(PUSH_SUBSCRIPTIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out: Vec<String> = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let account = k.value().split('\0').next().unwrap_or_default().to_string();
+            if out.last() != Some(&account) && decode(v.value())?.validated {
+                out.push(account);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Drops the account's expired subscriptions and returns the rest.
+fn purge_and_list(
+    table: &mut redb::Table<&str, &[u8]>,
+    account: &str,
+    now: u64,
+    expiry: u64,
+) -> Result<Vec<PushSubscription>, StoreError> {
+    let prefix = key(account, "");
+    let mut live = Vec::new();
+    let mut expired = Vec::new();
+    for item in table.range(prefix.as_str()..)? {
+        let (k, v) = item?;
+        if !k.value().starts_with(prefix.as_str()) {
+            break;
+        }
+        let sub = decode(v.value())?;
+        if sub.alive(now, expiry) { live.push(sub) } else { expired.push(k.value().to_string()) }
+    }
+    for k in expired {
+        table.remove(k.as_str())?;
+    }
+    Ok(live)
+}
+
+/// Comparison whose time does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(id: &str, created: u64) -> PushSubscription {
+        PushSubscription { id: id.into(), json: "{}".into(), created, validated: false, token: format!("tok-{id}") }
+    }
+
+    #[test]
+    fn vapid_key_is_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = store.vapid_key(|| vec![1; 32]).unwrap();
+        let second = store.vapid_key(|| panic!("must not generate again")).unwrap();
+        assert_eq!(first, second);
+        drop(store);
+        assert_eq!(Store::open(dir.path()).unwrap().vapid_key(|| vec![2; 32]).unwrap(), first);
+    }
+
+    #[test]
+    fn subscribe_limit_validate_expire_unsubscribe() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (limit, expiry) = (2, 300);
+        store.push_subscribe("Alice@x", &sub("aaaaaaaaaa", 1000), limit, 1000, expiry).unwrap().unwrap();
+        store.push_subscribe("alice@x", &sub("bbbbbbbbbb", 1000), limit, 1000, expiry).unwrap().unwrap();
+        store.push_subscribe("bob@x", &sub("aaaaaaaaaa", 1000), limit, 1000, expiry).unwrap().unwrap();
+        assert_eq!(
+            store.push_subscribe("alice@x", &sub("cccccccccc", 1000), limit, 1000, expiry).unwrap(),
+            Err(TooManySubscriptions)
+        );
+        // Replacing one is not an addition.
+        store.push_subscribe("alice@x", &sub("bbbbbbbbbb", 1001), limit, 1001, expiry).unwrap().unwrap();
+        assert_eq!(store.push_validate("alice@x", "aaaaaaaaaa", b"wrong", 1010, expiry).unwrap(), Validation::Refused);
+        assert_eq!(
+            store.push_validate("alice@x", "zzzzzzzzzz", b"tok-zzzzzzzzzz", 1010, expiry).unwrap(),
+            Validation::Refused
+        );
+        assert_eq!(
+            store.push_validate("alice@x", "aaaaaaaaaa", b"tok-aaaaaaaaaa", 1010, expiry).unwrap(),
+            Validation::Validated
+        );
+        assert_eq!(store.push_accounts().unwrap(), vec!["alice@x".to_string()]);
+        // b expires unvalidated; a stays; then a new one fits.
+        assert_eq!(
+            store.push_validate("alice@x", "bbbbbbbbbb", b"tok-bbbbbbbbbb", 1301, expiry).unwrap(),
+            Validation::Refused
+        );
+        let live: Vec<String> =
+            store.push_subscriptions("alice@x", 1301, expiry).unwrap().into_iter().map(|s| s.id).collect();
+        assert_eq!(live, vec!["aaaaaaaaaa"]);
+        store.push_subscribe("alice@x", &sub("cccccccccc", 1302), limit, 1302, expiry).unwrap().unwrap();
+        assert!(store.push_unsubscribe("alice@x", "aaaaaaaaaa").unwrap());
+        assert!(!store.push_unsubscribe("alice@x", "aaaaaaaaaa").unwrap());
+        assert!(store.push_accounts().unwrap().is_empty());
+        assert_eq!(store.push_subscriptions("bob@x", 1302, expiry).unwrap().len(), 0, "bob's expired");
+        assert!(!format!("{:?}", sub("x", 1)).contains("tok"), "Debug hides the token");
+    }
+}
