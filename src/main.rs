@@ -78,6 +78,13 @@ enum QueueAction {
 enum CertAction {
     /// Writes the PEM certificate (the local CA) that mail clients must trust; to stdout without PATH.
     Export { path: Option<PathBuf> },
+    /// Adds the local CA to this user's trust stores where the command line can (system store as
+    /// root, Thunderbird/Firefox/Chromium NSS databases, macOS login keychain) and says what is left.
+    Install {
+        /// Only show what would be done.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -133,6 +140,7 @@ fn main() -> ExitCode {
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Command::Cert { action: CertAction::Export { path } } => export_cert(&config, path),
+        Command::Cert { action: CertAction::Install { dry_run } } => install_cert(&config, dry_run),
         Command::Queue { action } => {
             use coi_proxy::smtp::control::{self, Command as Q};
             let cmd = match action {
@@ -155,11 +163,8 @@ fn main() -> ExitCode {
 }
 
 fn export_cert(config: &Config, path: Option<PathBuf>) -> ExitCode {
-    let names = coi_proxy::tls::cert_names_for(config);
-    let result = std::fs::create_dir_all(&config.state_dir)
-        .map_err(|e| e.to_string())
-        .and_then(|()| coi_proxy::tls::ensure_local_cert(&config.state_dir, &names).map_err(|e| e.to_string()))
-        .and_then(|_| coi_proxy::tls::export_pem(&config.state_dir).map_err(|e| e.to_string()));
+    let result =
+        ensure_cert(config).and_then(|()| coi_proxy::tls::export_pem(&config.state_dir).map_err(|e| e.to_string()));
     let pem = match result {
         Ok(pem) => pem,
         Err(e) => {
@@ -181,6 +186,27 @@ fn export_cert(config: &Config, path: Option<PathBuf>) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Creates the local CA and certificate if they do not exist yet (as `run` would).
+fn ensure_cert(config: &Config) -> Result<(), String> {
+    let names = coi_proxy::tls::cert_names_for(config);
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", config.state_dir.display()))
+        .and_then(|()| {
+            coi_proxy::tls::ensure_local_cert(&config.state_dir, &names).map(drop).map_err(|e| e.to_string())
+        })
+}
+
+fn install_cert(config: &Config, dry_run: bool) -> ExitCode {
+    if let Err(e) = ensure_cert(config) {
+        eprintln!("coi-proxy: {e}");
+        return ExitCode::FAILURE;
+    }
+    let ca = coi_proxy::tls::LocalCertPaths::new(&config.state_dir).ca;
+    let (report, ok) = coi_proxy::trust::execute(&coi_proxy::trust::plan(&ca), dry_run);
+    print!("{report}");
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// The config from `--config`, else the first default path that exists, else defaults; then the

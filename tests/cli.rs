@@ -130,3 +130,23 @@ fn cert_export_writes_the_ca_the_daemon_uses() {
     let out = coi_proxy(&["--state-dir", state.to_str().unwrap(), "cert", "export"], dir.path());
     assert_eq!(String::from_utf8_lossy(&out.stdout), exported);
 }
+
+#[test]
+fn cert_install_dry_run_says_what_it_would_do() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(".thunderbird/p.default")).unwrap();
+    std::fs::write(dir.path().join(".thunderbird/p.default/cert9.db"), b"").unwrap();
+    let state = dir.path().join("state");
+    let out = coi_proxy(&["--state-dir", state.to_str().unwrap(), "cert", "install", "--dry-run"], dir.path());
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    let ca = state.join("tls/ca.pem");
+    assert!(ca.exists(), "the CA is created first");
+    // What applies depends on the machine (root or not, certutil or not); each names the CA file
+    // and Windows gets its command.
+    assert!(report.contains(ca.to_str().unwrap()), "{report}");
+    assert!(report.contains("certutil -user -addstore Root"), "{report}");
+    if cfg!(target_os = "linux") && !report.contains("would copy the CA to") {
+        assert!(report.contains(".thunderbird/p.default"), "the user's Thunderbird profile is found:\n{report}");
+    }
+}
