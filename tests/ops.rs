@@ -354,3 +354,53 @@ fn json_logs_are_one_object_per_line_with_the_session_fields() {
     assert_eq!(login["spans"][0]["login"], "alice@example.org");
     assert!(login["spans"][0]["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{login}");
 }
+
+/// Every key the configuration accepts, per table, read from the parser itself: an unknown
+/// key's error lists the expected ones (every table is `deny_unknown_fields`).
+fn config_keys() -> Vec<(String, Vec<String>)> {
+    let tables = ["", "listen", "upstream", "coi", "limits", "queue", "push", "log", "[account]"];
+    let mut out = Vec::new();
+    for table in tables {
+        let text = match table {
+            "" => "no_such_key = 1\n".to_string(),
+            "[account]" => "[[account]]\nno_such_key = 1\n".to_string(),
+            t => format!("[{t}]\nno_such_key = 1\n"),
+        };
+        let err = coi_proxy::config::Config::parse(&text, Path::new("t.toml")).unwrap_err().to_string();
+        // serde: "expected `a`", "expected `a` or `b`", "expected one of `a`, `b`, `c`".
+        let expected = err.split("expected ").nth(1).unwrap_or_else(|| panic!("{table}: {err}"));
+        let expected = expected.trim_start_matches("one of ").replace(" or ", ", ");
+        let keys = expected.split(", ").map(|k| k.trim_matches(|c: char| c == '`' || c.is_whitespace()).to_string());
+        out.push((table.trim_matches(|c| c == '[' || c == ']').to_string(), keys.collect()));
+    }
+    out
+}
+
+#[test]
+fn every_config_key_is_documented_in_readme_and_proxy_toml() {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let reference = readme.split("## Configuration reference").nth(1).expect("README has a Configuration reference");
+    let example = std::fs::read_to_string(repo("proxy.toml")).unwrap();
+    let mut missing = Vec::new();
+    for (table, keys) in config_keys() {
+        for key in keys {
+            let tables = ["", "listen", "upstream", "coi", "limits", "queue", "push", "log", "account"];
+            if table.is_empty() && tables.contains(&key.as_str()) {
+                continue; // a table, not a key
+            }
+            let name = if table.is_empty() { key.clone() } else { format!("{table}.{key}") };
+            // `key` in a list, or `[table] key` at the start of a row.
+            if !reference.contains(&format!("`{key}`")) && !reference.contains(&format!("] {key}`")) {
+                missing.push(format!("README: {name}"));
+            }
+            let in_example = example.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
+            });
+            if !in_example {
+                missing.push(format!("proxy.toml: {name}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "configuration keys not documented:\n{}", missing.join("\n"));
+}
