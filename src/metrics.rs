@@ -71,8 +71,8 @@ pub static BYTES_FROM_PROVIDER: Counter = Counter::new();
 static PROVIDER_CONNECT_FAILURES: [Counter; 10] = [const { Counter::new() }; 10];
 /// Chat messages the account worker moved to Chats, by message filter (`active`, `seen`).
 static WORKER_MOVES: [Counter; 2] = [const { Counter::new() }; 2];
-pub static PUSHES_SENT: Counter = Counter::new();
-pub static PUSHES_FAILED: Counter = Counter::new();
+static PUSHES_SENT: Counter = Counter::new();
+static PUSHES_FAILED: Counter = Counter::new();
 /// Read receipts (RFC 8098) and delivery reports (RFC 3464) among the messages the worker classified.
 static MDNS_SEEN: Counter = Counter::new();
 static DSNS_SEEN: Counter = Counter::new();
@@ -116,6 +116,14 @@ pub fn provider_connect_failed(e: &UpstreamError) {
     };
     if let Some(i) = CAUSES.iter().position(|c| *c == cause) {
         PROVIDER_CONNECT_FAILURES[i].inc();
+    }
+}
+
+/// Counts a push at its final verdict: delivered, or failed (refused, gone, attempts used up).
+pub fn push_done(delivered: bool) {
+    match delivered {
+        true => PUSHES_SENT.inc(),
+        false => PUSHES_FAILED.inc(),
     }
 }
 

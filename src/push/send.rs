@@ -155,6 +155,7 @@ pub async fn deliver(push: &Push<'_>, max_attempts: u32, id: &str) -> Verdict {
                 if !matches!(verdict, Verdict::Delivered | Verdict::Gone) {
                     info!(subscription = id, %origin, attempts = failures, "giving up on a push");
                 }
+                crate::metrics::push_done(verdict == Verdict::Delivered);
                 return verdict;
             }
         };
