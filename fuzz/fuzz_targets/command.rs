@@ -1,0 +1,21 @@
+//! Decoding of the commands the proxy parses itself: the generic parser, METADATA, and the
+//! cheap head() used on every relayed line.
+#![no_main]
+
+use coi_proxy::coi::metadata;
+use coi_proxy::imap::command;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = command::head(data);
+    let _ = command::head_with_uid(data);
+    if let Ok(cmd) = command::parse(data) {
+        if let Ok(get) = metadata::parse_get(&cmd) {
+            let (entries, _) = metadata::select(&get, &metadata::coi_entries(&Default::default(), "COI"));
+            let _ = metadata::format_response(&get.mailbox, &entries);
+        }
+        if let Ok(set) = metadata::parse_set(&cmd) {
+            let _ = metadata::coi_change(&set);
+        }
+    }
+});

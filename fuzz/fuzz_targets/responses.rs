@@ -1,0 +1,23 @@
+//! Inspection and rewriting of provider responses: capability lists, METADATA responses, the
+//! quiet INBOX state machine.
+#![no_main]
+
+use coi_proxy::coi::metadata;
+use coi_proxy::imap::capability;
+use coi_proxy::imap::quiet::{Quiet, Verdicts};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(rewritten) = capability::rewrite_response(data, &["COI"]) {
+        assert!(capability::find_in_response(&rewritten).is_some());
+    }
+    let _ = metadata::parse_response(data);
+    let (_tx, rx) = tokio::sync::watch::channel(Verdicts::default());
+    let mut quiet = Quiet::new(rx);
+    let now = std::time::Instant::now();
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        let _ = quiet.on_untagged(line, line.len() % 2 == 0, now);
+        let _ = quiet.poll(now);
+    }
+    let _ = quiet.release();
+});
