@@ -143,6 +143,20 @@ pub struct Limits {
     /// Seconds allowed for connecting to a provider (TCP, TLS and greeting).
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// Seconds the provider may stay silent while it owes a client an answer (IDLE excepted);
+    /// then the client gets `* BYE [UNAVAILABLE] ... timed out` instead of waiting forever.
+    #[serde(default = "default_provider_timeout")]
+    pub provider_timeout_secs: u64,
+    /// IMAP sessions open at once; one more gets `* BYE [UNAVAILABLE] Too many connections`.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// IMAP sessions open at once from one client address (an IPv6 /64 counts as one).
+    #[serde(default = "default_max_sessions_per_ip")]
+    pub max_sessions_per_ip: usize,
+    /// Wait before answering a failed login, doubled per recent failure from the same address
+    /// (at most 30 s). Unset: 2000 on listeners bound to a non-loopback address, none on
+    /// loopback ones; set: this on every listener (0 turns it off).
+    pub auth_failure_delay_ms: Option<u64>,
 }
 
 impl Default for Limits {
@@ -153,6 +167,10 @@ impl Default for Limits {
             login_timeout_secs: default_login_timeout(),
             autologout_secs: default_autologout(),
             connect_timeout_secs: default_connect_timeout(),
+            provider_timeout_secs: default_provider_timeout(),
+            max_sessions: default_max_sessions(),
+            max_sessions_per_ip: default_max_sessions_per_ip(),
+            auth_failure_delay_ms: None,
         }
     }
 }
@@ -166,6 +184,14 @@ impl Limits {
     }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+    pub fn provider_timeout(&self) -> Duration {
+        Duration::from_secs(self.provider_timeout_secs)
+    }
+    /// The base delay after a failed login on a listener bound to `listener`.
+    pub fn auth_failure_delay(&self, listener: &SocketAddr) -> Duration {
+        let default = if listener.ip().is_loopback() { 0 } else { DEFAULT_AUTH_FAILURE_DELAY_MS };
+        Duration::from_millis(self.auth_failure_delay_ms.unwrap_or(default))
     }
 }
 
@@ -299,6 +325,18 @@ fn default_autologout() -> u64 {
 fn default_connect_timeout() -> u64 {
     15
 }
+fn default_max_sessions() -> usize {
+    2000
+}
+fn default_max_sessions_per_ip() -> usize {
+    // A mail client opens a few connections per account; this leaves room for many accounts.
+    100
+}
+const DEFAULT_AUTH_FAILURE_DELAY_MS: u64 = 2000;
+fn default_provider_timeout() -> u64 {
+    // Long searches and copies on a large mailbox; Dovecot sends progress lines meanwhile.
+    5 * 60
+}
 
 /// `$XDG_DATA_HOME/coi-proxy`, else `~/.local/share/coi-proxy`; `/var/lib/coi-proxy` for a
 /// user without a home.
@@ -388,6 +426,15 @@ impl Config {
             return Err((
                 "listen.metrics".into(),
                 "must be a loopback address: it has no authentication (scrape it via SSH or a proxy)".into(),
+            ));
+        }
+        if self.limits.provider_timeout_secs == 0 {
+            return Err(("limits.provider_timeout_secs".into(), "must be at least 1".into()));
+        }
+        if self.limits.max_sessions == 0 || self.limits.max_sessions_per_ip == 0 {
+            return Err((
+                "limits.max_sessions".into(),
+                "max_sessions and max_sessions_per_ip must be at least 1".into(),
             ));
         }
         if self.limits.max_line < 1024 {

@@ -9,6 +9,7 @@ pub mod check;
 pub mod coi;
 pub mod config;
 pub mod imap;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod net;

@@ -30,6 +30,10 @@ pub struct Shared {
     pub store: Store,
     /// Per-account COI state and workers.
     pub hub: Hub,
+    /// Open IMAP sessions per client address, for `[limits] max_sessions*`.
+    pub sessions: crate::limits::Sessions,
+    /// Recent failed logins per client address, for the delay before answering one.
+    pub auth_failures: crate::limits::AuthFailures,
     /// Turns true when the daemon shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -99,6 +103,8 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
         credentials: Credentials::default(),
         store,
         hub: Hub::default(),
+        sessions: Default::default(),
+        auth_failures: Default::default(),
         shutdown: shutdown_rx.clone(),
     });
     // Every session holds a sender; when all are gone, every session has ended.
@@ -285,11 +291,13 @@ async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<Shar
                 // Read per connection, so that a reload that changes it applies to the next one.
                 let plaintext_auth = shared.config().listen.plaintext_auth_allowed(&addr);
                 let info = ListenerInfo { kind, addr, plaintext_auth };
+                let limits = &shared.config().limits;
+                let admitted = shared.sessions.admit(peer.ip(), limits.max_sessions, limits.max_sessions_per_ip);
                 let (shared, alive) = (shared.clone(), alive.clone());
                 let shutdown = shared.shutdown.clone();
                 tokio::spawn(async move {
                     let _open = crate::metrics::session_opened(label(kind));
-                    session::serve(shared, tcp, peer, info, shutdown).await;
+                    session::serve(shared, tcp, peer, info, admitted, shutdown).await;
                     drop(alive);
                 });
             }

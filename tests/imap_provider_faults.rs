@@ -272,3 +272,60 @@ fn broken_provider_tls_gets_no_with_the_reason() {
     other.expect_ok("b1 NOOP");
     fakes[0].wait_for_event("TLS handshake failed", Duration::from_secs(5));
 }
+
+#[test]
+fn a_stalled_provider_times_out_but_idle_and_slow_uploads_do_not() {
+    let dovecot = Provider::start();
+    let mut stalls = greet_and_login();
+    stalls.extend([Step::Expect("NOOP"), Step::Stall(Duration::from_secs(30))]);
+    let mut quiet = greet_and_login();
+    quiet.extend([
+        Step::Expect("IDLE"),
+        Step::send("+ idling\r\n"),
+        Step::Stall(Duration::from_secs(4)),
+        Step::send("* 1 EXISTS\r\n"),
+        Step::Expect("DONE"),
+        Step::send("i1 OK Idle completed\r\n"),
+        // A literal sent slowly: the provider is silent, but the client is the one still talking.
+        Step::Expect("APPEND"),
+        Step::Expect(""),
+        Step::Expect(""),
+        Step::Expect(""),
+        Step::send("a1 OK Append completed\r\n"),
+        Step::Expect("NOOP"),
+        Step::Reply("OK NOOP completed"),
+    ]);
+    let fakes = [stalls, quiet].map(FakeProvider::start);
+    let accounts = [("stall@example.org", fakes[0].url(), None), ("quiet@example.org", fakes[1].url(), None)];
+    let proxy = proxy_with(&dovecot, &accounts).extra("[limits]\nprovider_timeout_secs = 2").start();
+    let mut other = bystander(&proxy);
+
+    let mut c = proxy.connect();
+    c.login("stall@example.org", "secret");
+    // Silence while nothing is asked is fine.
+    std::thread::sleep(Duration::from_secs(3));
+    c.send_raw(b"s1 NOOP\r\n");
+    let started = std::time::Instant::now();
+    assert_eq!(c.read_line(), "* BYE [UNAVAILABLE] The provider did not answer for 2 seconds; timed out\r\n");
+    assert!(started.elapsed() >= Duration::from_secs(2) && started.elapsed() < Duration::from_secs(5));
+    c.expect_eof();
+    proxy.wait_for_log("the provider timed out", Duration::from_secs(5));
+    other.expect_ok("b1 NOOP");
+
+    let mut c = proxy.connect();
+    c.login("quiet@example.org", "secret");
+    c.send_raw(b"i1 IDLE\r\n");
+    assert_eq!(c.read_line(), "+ idling\r\n");
+    c.set_timeout(Duration::from_secs(10));
+    assert_eq!(c.read_line(), "* 1 EXISTS\r\n");
+    c.send_raw(b"DONE\r\n");
+    assert_eq!(c.read_line(), "i1 OK Idle completed\r\n");
+    c.send_raw(b"a1 APPEND INBOX {14+}\r\nline1\r\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    c.send_raw(b"line2\r\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    c.send_raw(b"\r\n");
+    assert_eq!(c.read_line(), "a1 OK Append completed\r\n");
+    c.expect_ok("n1 NOOP");
+    other.expect_ok("b2 NOOP");
+}

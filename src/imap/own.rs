@@ -172,6 +172,13 @@ impl Link {
         }
     }
 
+    /// Whether the provider owes an answer: an own command, or a client command other than a
+    /// running IDLE (which may rightly stay silent for as long as the client likes).
+    pub fn waiting_for_provider(&self) -> bool {
+        let state = self.state.lock().expect("link");
+        state.own.is_some() || (!state.in_flight.is_empty() && state.idle.is_none())
+    }
+
     /// Whether an own command is waiting for responses.
     pub fn own_pending(&self) -> bool {
         self.state.lock().expect("link").own.is_some()

@@ -8,6 +8,7 @@
 //! writes it between two provider responses, never inside one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -27,6 +28,8 @@ use crate::net::Stream;
 pub struct RelayOptions {
     pub max_literal: u64,
     pub autologout: Duration,
+    /// How long the provider may stay silent while it owes an answer.
+    pub provider_timeout: Duration,
     /// Capabilities the proxy adds to the provider's.
     pub extra_capabilities: Vec<&'static str>,
     /// Called when a STORE that sets or clears `\Seen` has been answered (the COI worker
@@ -88,6 +91,7 @@ pub async fn run<I: Interceptor>(
     let (up_read, up_write) = tokio::io::split(upstream.stream);
     let (tx, rx) = mpsc::channel(16);
     let link = Link::new(opts.seen_changed.clone());
+    let activity = Activity::new();
     let (mut from_client, mut from_provider) = (0, 0);
     let end = {
         let commands = Commands {
@@ -98,6 +102,7 @@ pub async fn run<I: Interceptor>(
             to_client: tx,
             opts: &opts,
             link: &link,
+            activity: &activity,
             counted: &mut from_client,
             next_own_tag: 0,
             emulated_idle: None,
@@ -111,6 +116,7 @@ pub async fn run<I: Interceptor>(
             from_commands: rx,
             opts: &opts,
             link: &link,
+            activity: &activity,
             counted: &mut from_provider,
             quiet: opts.quiet.as_ref().map(|q| Quiet::new(q.verdicts.clone())),
         }
@@ -154,6 +160,7 @@ struct Commands<'a> {
     to_client: mpsc::Sender<ToClient>,
     opts: &'a RelayOptions,
     link: &'a Link,
+    activity: &'a Activity,
     counted: &'a mut u64,
     next_own_tag: u64,
     /// The tag of an IDLE the proxy serves itself, and when to poll the provider next.
@@ -307,6 +314,9 @@ impl Commands<'_> {
             if let Err(e) = out.write_to(&mut self.write, &self.buf[..pos]).await {
                 return CommandsEnd::Ended(RelayEnd::ProviderError(e.to_string()));
             }
+            if pos > 0 {
+                self.activity.touch();
+            }
             self.buf.advance(pos);
             for reply in replies {
                 if self.to_client.send(reply).await.is_err() {
@@ -314,6 +324,7 @@ impl Commands<'_> {
                 }
             }
             if let Some(command) = collected {
+                self.activity.touch();
                 let mut own = OwnCommands { write: &mut self.write, link: self.link, next_tag: &mut self.next_own_tag };
                 let reply = interceptor.handle(command, &mut own).await;
                 if self.to_client.send(ToClient::Response(reply)).await.is_err() {
@@ -337,6 +348,7 @@ impl Commands<'_> {
                     None => {
                         // The provider's untagged answers to NOOP (EXISTS, EXPUNGE, FETCH) reach
                         // the idling client, as IDLE would have sent them.
+                        self.activity.touch();
                         let mut own =
                             OwnCommands { write: &mut self.write, link: self.link, next_tag: &mut self.next_own_tag };
                         if let Err(e) = own.run(b"NOOP\r\n", &[]).await {
@@ -394,6 +406,7 @@ struct Responses<'a> {
     from_commands: mpsc::Receiver<ToClient>,
     opts: &'a RelayOptions,
     link: &'a Link,
+    activity: &'a Activity,
     counted: &'a mut u64,
     quiet: Option<Quiet>,
 }
@@ -413,8 +426,23 @@ impl Responses<'_> {
                 return RelayEnd::Shutdown;
             }
             let quiet_deadline = self.quiet.as_ref().and_then(Quiet::deadline);
+            let timeout = self.opts.provider_timeout;
+            let now = tokio::time::Instant::now();
+            let silent_until = Some(self.activity.last() + timeout).filter(|&d| d > now).unwrap_or(now + timeout);
             tokio::select! {
                 biased;
+                _ = tokio::time::sleep_until(silent_until) => {
+                    if self.link.waiting_for_provider() && self.activity.last().elapsed() >= timeout {
+                        if self.framer.at_message_start() {
+                            let bye = format!(
+                                "* BYE [UNAVAILABLE] The provider did not answer for {} seconds; timed out\r\n",
+                                timeout.as_secs()
+                            );
+                            let _ = write_flush(&mut self.write, bye.as_bytes()).await;
+                        }
+                        return RelayEnd::Bye("the provider timed out");
+                    }
+                }
                 _ = async {
                     match (quiet_deadline, self.quiet.as_mut()) {
                         (Some(deadline), Some(quiet)) => {
@@ -476,6 +504,7 @@ impl Responses<'_> {
                         }
                     };
                     *self.counted += n as u64;
+                    self.activity.touch();
                     let mut pos = 0;
                     while let Some(fragment) = self.framer.next(&self.buf[pos..]) {
                         let (start, len) = (pos, fragment_len(&fragment));
@@ -567,6 +596,28 @@ impl Responses<'_> {
 enum Route {
     Drop,
     Capture,
+}
+
+/// When bytes last went to or came from the provider. Sending counts too: a client uploading a
+/// large literal slowly is not the provider's silence.
+struct Activity {
+    start: tokio::time::Instant,
+    /// Milliseconds after `start`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { start: tokio::time::Instant::now(), last: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        self.last.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
 }
 
 /// Whether a command line is a STORE that changes `\Seen`.

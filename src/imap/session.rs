@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -20,6 +21,7 @@ use super::conn::{Conn, ReadError};
 use super::relay::{self, QuietInbox, RelayOptions};
 use super::upstream::{AuthOutcome, Upstream};
 use crate::coi::{self, hub::Account, metadata::Filter, session::CoiSession};
+use crate::limits::{Refused, SessionPermit};
 use crate::net::Stream;
 use crate::secret::Secret;
 use crate::server::Shared;
@@ -54,6 +56,7 @@ pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     listener: ListenerInfo,
+    admitted: Result<SessionPermit, Refused>,
     shutdown: watch::Receiver<bool>,
 ) {
     let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
@@ -63,8 +66,11 @@ pub async fn serve(
         debug!(listener = %listener.addr, "connected");
         let started = Instant::now();
         let _ = tcp.set_nodelay(true);
-        let mut session = Session { shared, listener, shutdown, client_id: None, account: None, auth_failures: 0 };
-        let outcome = session.run(tcp).await;
+        let refused = admitted.as_ref().err().copied();
+        let mut session =
+            Session { shared, listener, peer, shutdown, client_id: None, account: None, auth_failures: 0 };
+        let outcome = session.run(tcp, refused).await;
+        drop(admitted);
         info!(outcome = %outcome, secs = started.elapsed().as_secs(), "session ended");
     }
     .instrument(span)
@@ -74,6 +80,7 @@ pub async fn serve(
 struct Session {
     shared: Arc<Shared>,
     listener: ListenerInfo,
+    peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
     /// The client's `ID` name, e.g. `Delta Chat`.
     client_id: Option<String>,
@@ -89,7 +96,8 @@ enum PreLogin {
 }
 
 impl Session {
-    async fn run(&mut self, tcp: TcpStream) -> String {
+    /// Serves the connection; a `refused` one only gets a BYE saying why.
+    async fn run(&mut self, tcp: TcpStream, refused: Option<Refused>) -> String {
         let limits = self.shared.config().limits.clone();
         let stream = match self.listener.kind {
             ListenerKind::Imaps => {
@@ -102,6 +110,11 @@ impl Session {
             ListenerKind::Imap => Stream::Plain(tcp),
         };
         let mut conn = Conn::new(stream, limits.max_line);
+        if let Some(refused) = refused {
+            let _ = conn.write(format!("* BYE [UNAVAILABLE] {refused}\r\n").as_bytes()).await;
+            let _ = conn.stream.shutdown().await;
+            return format!("refused: {refused}");
+        }
         let pre = tokio::time::timeout(limits.login_timeout(), self.pre_login(&mut conn)).await;
         let (conn, upstream) = match pre {
             Ok(PreLogin::LoggedIn(pair)) => *pair,
@@ -116,6 +129,7 @@ impl Session {
         let opts = RelayOptions {
             max_literal: limits.max_literal,
             autologout: limits.autologout(),
+            provider_timeout: limits.provider_timeout(),
             extra_capabilities: CoiSession::capabilities(provider_metadata, upstream.has("IDLE")),
             seen_changed: Some({
                 let account = account.clone();
@@ -428,6 +442,7 @@ impl Session {
         };
         match outcome {
             AuthOutcome::Ok(status) => {
+                self.shared.auth_failures.succeeded(self.peer.ip());
                 self.shared.credentials.remember(&user, &pass);
                 let provider_metadata = upstream.has("METADATA");
                 let account = self.shared.hub.account(&user);
@@ -451,7 +466,15 @@ impl Session {
             }
             AuthOutcome::Rejected(status) => {
                 self.auth_failures += 1;
-                info!(failures = self.auth_failures, "login rejected by the provider");
+                let base = self.shared.config().limits.auth_failure_delay(&self.listener.addr);
+                let delay = self.shared.auth_failures.failed(self.peer.ip(), base);
+                info!(
+                    failures = self.auth_failures,
+                    delay_ms = delay.as_millis() as u64,
+                    "login rejected by the provider"
+                );
+                // Slows down password guessing; the provider's verdict is known already.
+                tokio::time::sleep(delay).await;
                 conn.write(&[tag.as_bytes(), b" ", &status].concat()).await?;
                 if self.auth_failures >= MAX_AUTH_FAILURES {
                     conn.write(b"* BYE Too many failed logins\r\n").await?;

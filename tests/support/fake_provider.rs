@@ -23,8 +23,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 pub enum Step {
     /// Sends these bytes as they are.
     Send(Vec<u8>),
-    /// Reads one line from the proxy and checks that its command (the word after the tag)
-    /// starts with this, case-insensitively; the tag is kept for [`Step::Reply`].
+    /// Reads one line from the proxy and checks that its command (what follows the tag), or for
+    /// an untagged line such as `DONE` the whole line, starts with this, case-insensitively; the
+    /// first word is kept as the tag for [`Step::Reply`]. An empty prefix takes any line.
     Expect(&'static str),
     /// Sends `<tag of the last Expect> <text>\r\n`.
     Reply(&'static str),
@@ -169,10 +170,12 @@ fn run(tcp: TcpStream, script: &[Step], sent: &AtomicU64) -> std::io::Result<Str
             Step::Expect(prefix) => {
                 let line = read_line(&mut conn, &mut pending)?;
                 let text = String::from_utf8_lossy(&line).into_owned();
-                let mut words = text.splitn(3, ' ');
+                let mut words = text.splitn(2, ' ');
                 tag = words.next().unwrap_or_default().to_string();
-                let command = words.next().unwrap_or_default();
-                if !command.to_ascii_uppercase().starts_with(&prefix.to_ascii_uppercase()) {
+                let command = words.next().unwrap_or_default().to_ascii_uppercase();
+                let prefix = prefix.to_ascii_uppercase();
+                // A line without a tag (DONE, literal data) is matched as a whole.
+                if !command.starts_with(&prefix) && !text.to_ascii_uppercase().starts_with(&prefix) {
                     return Ok(format!("expected {prefix}, got {:?}", text.trim_end()));
                 }
             }

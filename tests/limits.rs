@@ -1,0 +1,215 @@
+//! Limits against abuse: sessions in total and per client address, the delay after failed
+//! logins, and a full disk, which must never be acknowledged as stored.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::fake_provider::{FakeProvider, Step, greet_and_login};
+use support::imap_client::ImapClient;
+use support::provider::Provider;
+use support::proxy::Proxy;
+
+/// A plain connection to `port` from the loopback address `source` (127.0.0.1 and 127.0.0.2
+/// are different client addresses to the proxy).
+fn connect_from(source: &str, port: u16) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+    let tcp = rt
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(format!("{source}:0").parse().unwrap())?;
+            socket.connect(([127, 0, 0, 1], port).into()).await
+        })
+        .unwrap()
+        .into_std()
+        .unwrap();
+    tcp.set_nonblocking(false).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp
+}
+
+/// The first line the proxy sends, and whether it then closes the connection.
+fn greeting_and_close(tcp: TcpStream) -> (String, bool) {
+    let mut r = BufReader::new(tcp);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    r.get_ref().set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let closed = matches!(r.read(&mut [0u8; 16]), Ok(0));
+    (line, closed)
+}
+
+#[test]
+fn sessions_are_limited_in_total_and_per_address() {
+    let dovecot = Provider::start();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", dovecot.imap_port))
+        .extra("[limits]\nmax_sessions = 3\nmax_sessions_per_ip = 2")
+        .start();
+    let mut first = ImapClient::from_stream(connect_from("127.0.0.1", proxy.imap_port));
+    first.login("alice@example.org", "secret");
+    let second = ImapClient::from_stream(connect_from("127.0.0.1", proxy.imap_port));
+    assert!(second.greeting.starts_with("* OK"), "{}", second.greeting);
+
+    let (bye, closed) = greeting_and_close(connect_from("127.0.0.1", proxy.imap_port));
+    assert_eq!(bye, "* BYE [UNAVAILABLE] Too many connections from your address\r\n");
+    assert!(closed);
+    // Over implicit TLS the refusal comes after the handshake, readable by the client.
+    let mut tls = proxy.connect_tls();
+    assert_eq!(tls.greeting, "* BYE [UNAVAILABLE] Too many connections from your address\r\n");
+    tls.expect_eof();
+
+    // Another address still gets in, up to the total.
+    let mut third = ImapClient::from_stream(connect_from("127.0.0.2", proxy.imap_port));
+    third.login("bob@example.org", "secret");
+    let (bye, closed) = greeting_and_close(connect_from("127.0.0.2", proxy.imap_port));
+    assert_eq!(bye, "* BYE [UNAVAILABLE] Too many connections\r\n");
+    assert!(closed);
+
+    // The sessions that were in go on, and a closed one frees its place.
+    first.expect_ok("n1 NOOP");
+    third.expect_ok("n2 NOOP");
+    drop(second);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut again = loop {
+        let c = ImapClient::from_stream(connect_from("127.0.0.1", proxy.imap_port));
+        if c.greeting.starts_with("* OK") {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the closed session's place was not freed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    again.login("carol@example.org", "secret");
+    let log = proxy.log();
+    assert!(log.contains("refused: Too many connections from your address"), "{log}");
+}
+
+/// How long the proxy takes to answer a LOGIN (the fake rejects or accepts it at once).
+fn timed_login(c: &mut ImapClient, tag: &str, login: &str) -> (Duration, String) {
+    let started = Instant::now();
+    let lines = c.command(&format!("{tag} LOGIN {login} secret"));
+    (started.elapsed(), lines.last().cloned().unwrap_or_default())
+}
+
+#[test]
+fn failed_logins_are_answered_later_and_later_per_address() {
+    let mut refuse = greet_and_login()[..2].to_vec();
+    refuse.push(Step::Reply("NO [AUTHENTICATIONFAILED] Authentication failed."));
+    let refusing = FakeProvider::start(refuse);
+    let accepting = FakeProvider::start(greet_and_login());
+    let accounts = format!(
+        "[[account]]\nlogin = \"wrong@example.org\"\nimap = {:?}\n[[account]]\nlogin = \"right@example.org\"\nimap = {:?}\n",
+        refusing.url(),
+        accepting.url()
+    );
+    let ms = Duration::from_millis;
+    // Loopback listeners get no delay by default.
+    let proxy = Proxy::builder().upstream(refusing.url()).extra(&accounts).start();
+    let mut c = proxy.connect();
+    let (took, no) = timed_login(&mut c, "d1", "wrong@example.org");
+    assert!(no.starts_with("d1 NO [AUTHENTICATIONFAILED]") && took < ms(1000), "{no} after {took:?}");
+
+    let proxy = Proxy::builder()
+        .upstream(refusing.url())
+        .extra(&accounts)
+        .extra("[limits]\nauth_failure_delay_ms = 300")
+        .start();
+    let mut c = ImapClient::from_stream(connect_from("127.0.0.1", proxy.imap_port));
+    let (took, no) = timed_login(&mut c, "a1", "wrong@example.org");
+    assert!(no.starts_with("a1 NO [AUTHENTICATIONFAILED]") && took >= ms(300), "{no} after {took:?}");
+    let (took, _) = timed_login(&mut c, "a2", "wrong@example.org");
+    assert!(took >= ms(600), "second failure after {took:?}");
+    // The count belongs to the address, not the connection.
+    let mut c = ImapClient::from_stream(connect_from("127.0.0.1", proxy.imap_port));
+    let (took, _) = timed_login(&mut c, "a3", "wrong@example.org");
+    assert!(took >= ms(1200), "third failure after {took:?}");
+    // Another address starts from the base delay.
+    let mut other = ImapClient::from_stream(connect_from("127.0.0.2", proxy.imap_port));
+    let (took, _) = timed_login(&mut other, "o1", "wrong@example.org");
+    assert!(took >= ms(300) && took < ms(1200), "other address after {took:?}");
+    // A successful login clears the address's record.
+    let mut ok = ImapClient::from_stream(connect_from("127.0.0.1", proxy.imap_port));
+    ok.login("right@example.org", "secret");
+    let (took, _) = timed_login(&mut c, "a4", "wrong@example.org");
+    assert!(took >= ms(300) && took < ms(1200), "after a success {took:?}");
+    assert!(proxy.log().contains("login rejected by the provider failures=1 delay_ms=300"), "{}", proxy.log());
+}
+
+/// A tmpfs mounted for one test; unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` where mounting is not allowed (not root, or no mount namespace rights).
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.dir.path().join("filler")).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.write_all(&[0]);
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_refused_never_acknowledged() {
+    let Some(disk) = SmallDisk::mount("8m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let dovecot = Provider::start();
+    let mut proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", dovecot.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{}", dovecot.smtp_port))
+        .start();
+    // The state directory moves onto the small disk; the config keeps pointing at a symlink.
+    proxy.stop();
+    let state = proxy.state_dir.path().join("state");
+    let small = disk.dir.path().join("state");
+    assert!(Command::new("cp").arg("-a").arg(&state).arg(&small).status().unwrap().success());
+    std::fs::remove_dir_all(&state).unwrap();
+    std::os::unix::fs::symlink(&small, &state).unwrap();
+    proxy.restart();
+    let mut c = proxy.connect();
+    c.login("alice@example.org", "secret");
+    // Dovecot here lacks METADATA, so the proxy keeps it in its store.
+    c.expect_ok("m1 SETMETADATA INBOX (/private/comment \"fits\")");
+    let mut other = proxy.connect();
+    other.login("bob@example.org", "secret");
+    disk.fill();
+
+    let value = "v".repeat(32 * 1024);
+    let no = c.command(&format!("m2 SETMETADATA INBOX (/private/comment \"{value}\")"));
+    assert_eq!(no, ["m2 NO [SERVERBUG] The proxy could not store the entries\r\n"]);
+    proxy.wait_for_log("cannot write METADATA to the store", Duration::from_secs(5));
+    let mut smtp = proxy.connect_smtp();
+    smtp.login("alice@example.org", "secret");
+    let message = format!("From: alice@example.org\r\nTo: bob@example.org\r\nSubject: full\r\n\r\n{value}\r\n");
+    let reply = smtp.send_message("alice@example.org", &["bob@example.org"], message.as_bytes());
+    assert_eq!(reply.code, 451, "a message that could not be stored was answered {reply:?}");
+    assert!(reply.text().contains("Cannot store the message now"), "{reply:?}");
+
+    // The daemon and the other session go on.
+    other.expect_ok("n1 NOOP");
+    c.expect_ok("n2 NOOP");
+    assert!(proxy.is_running());
+    proxy.stop();
+}
