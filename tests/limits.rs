@@ -198,7 +198,10 @@ fn a_full_disk_is_refused_never_acknowledged() {
 
     let value = "v".repeat(32 * 1024);
     let no = c.command(&format!("m2 SETMETADATA INBOX (/private/comment \"{value}\")"));
-    assert_eq!(no, ["m2 NO [SERVERBUG] The proxy could not store the entries\r\n"]);
+    assert_eq!(
+        no,
+        ["m2 NO [UNAVAILABLE] The proxy cannot store the entries now (its store is full or unwritable)\r\n"]
+    );
     proxy.wait_for_log("cannot write METADATA to the store", Duration::from_secs(5));
     let mut smtp = proxy.connect_smtp();
     smtp.login("alice@example.org", "secret");

@@ -254,7 +254,10 @@ impl CoiSession {
                 Ok(Err(TooManyEntries)) => return Ok(tagged(tag, &MetadataError::TooMany.to_string())),
                 Err(e) => {
                     warn!("cannot write METADATA to the store: {e}");
-                    return Ok(tagged(tag, "NO [SERVERBUG] The proxy could not store the entries"));
+                    return Ok(tagged(
+                        tag,
+                        "NO [UNAVAILABLE] The proxy cannot store the entries now (its store is full or unwritable)",
+                    ));
                 }
             }
         }

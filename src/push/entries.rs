@@ -52,7 +52,7 @@ pub enum EntryError {
     Validation,
     #[error("NO [UNAVAILABLE] the push service did not take the validation push: {0}")]
     ValidationPush(String),
-    #[error("NO [SERVERBUG] the proxy could not store the subscription")]
+    #[error("NO [UNAVAILABLE] the proxy cannot store the subscription now (its store is full or unwritable)")]
     Store,
 }
 
