@@ -37,8 +37,13 @@ pub fn stripped(provider: &[String]) -> Vec<String> {
 }
 
 fn passes(cap: &str) -> bool {
+    // Compared as bytes: a provider may send anything, and slicing a str off a char boundary
+    // would panic (found by the `responses` fuzz target).
+    let cap = cap.as_bytes();
     !STRIPPED_PREFIXES.iter().any(|p| {
-        cap.len() >= p.len() && cap[..p.len()].eq_ignore_ascii_case(p) && (p.ends_with('=') || cap.len() == p.len())
+        cap.len() >= p.len()
+            && cap[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+            && (p.ends_with('=') || cap.len() == p.len())
     })
 }
 
@@ -117,6 +122,13 @@ mod tests {
         assert!(rewrite_response(b"* 3 EXISTS\r\n", &[]).is_none());
         assert!(rewrite_response(b"a1 OK done CAPABILITY x\r\n", &[]).is_none());
         assert!(rewrite_response(b"* OK [CAPABILITY unterminated\r\n", &[]).is_none());
+    }
+
+    #[test]
+    fn non_utf8_capabilities_do_not_panic() {
+        let line = b"* CAPABILITY IMAP4\x00\xc0v1 IDLE \xc3\xa4UTH=X COMPRESS=DEFLATE\r\n";
+        let rewritten = rewrite_response(line, &["COI"]).unwrap();
+        assert!(!String::from_utf8_lossy(&rewritten).contains("COMPRESS"));
     }
 
     #[test]
