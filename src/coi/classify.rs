@@ -62,7 +62,7 @@ impl ChatHeaders {
 }
 
 /// Unfolded `(name, value)` pairs of a header block.
-fn fields(raw: &[u8]) -> Vec<(String, String)> {
+pub(crate) fn fields(raw: &[u8]) -> Vec<(String, String)> {
     let text = String::from_utf8_lossy(raw);
     let mut out: Vec<(String, String)> = Vec::new();
     for line in text.split('\n') {
@@ -85,7 +85,7 @@ fn fields(raw: &[u8]) -> Vec<(String, String)> {
 }
 
 /// The ids in a msg-id list (`<a@b> <c@d>`), without angle brackets; a bare id is accepted.
-fn msg_ids(value: &str) -> Vec<String> {
+pub(crate) fn msg_ids(value: &str) -> Vec<String> {
     let mut ids = Vec::new();
     let mut rest = value;
     while let Some(start) = rest.find('<') {

@@ -5,6 +5,7 @@ pub mod classify;
 pub mod folders;
 pub mod hub;
 pub mod metadata;
+pub mod receipts;
 pub mod session;
 pub mod worker;
 

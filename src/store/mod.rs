@@ -17,6 +17,8 @@ mod queue;
 pub use queue::{Attempt, MailParams, QueuedMessage, Recipient, RecipientState};
 
 mod coi;
+mod receipts;
+pub use receipts::{SentChat, Tick};
 mod metadata;
 pub use metadata::TooManyEntries;
 

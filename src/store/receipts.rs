@@ -1,0 +1,227 @@
+//! Receipt state: the chat messages the user sent through the proxy with what their recipients'
+//! servers and clients reported (for the `$Delivered`/`$Read` ticks and `coi-proxy queue list`),
+//! and the read receipts the proxy sent itself (so that it never sends one twice).
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+
+/// `account NUL message-id` → JSON [`SentChat`].
+const SENT: TableDefinition<&str, &str> = TableDefinition::new("receipts_sent");
+/// `account NUL message-id` of received messages → Unix time the proxy's MDN went out (0: the
+/// message was already read when read receipts started, or a chat client answered it).
+const MDN_DONE: TableDefinition<&str, i64> = TableDefinition::new("receipts_mdn_done");
+/// `account` → Unix time read receipts started for it (messages read before get none).
+const MDN_BASELINE: TableDefinition<&str, i64> = TableDefinition::new("receipts_mdn_baseline");
+
+/// Sent chat messages kept per account; the oldest go first.
+pub const MAX_SENT: usize = 2_000;
+
+/// A chat message the user sent through the proxy. Times are Unix seconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SentChat {
+    pub sent_at: i64,
+    /// The DSN envelope id the proxy asked for (if the provider offered DSN).
+    pub envid: Option<String>,
+    pub recipients: Vec<Tick>,
+    /// Keywords already set on the user's copy (`$Delivered`, `$Read`).
+    pub marked: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tick {
+    pub address: String,
+    pub delivered: Option<i64>,
+    pub failed: Option<i64>,
+    pub read: Option<i64>,
+}
+
+impl SentChat {
+    /// The keywords the user's copy should carry: `$Delivered` once any recipient's delivery
+    /// was reported, `$Read` once any read it (one tick per message, as messengers show).
+    pub fn wanted_keywords(&self) -> Vec<&'static str> {
+        let mut k = Vec::new();
+        if self.recipients.iter().any(|t| t.delivered.is_some() || t.read.is_some()) {
+            k.push(crate::coi::receipts::DELIVERED);
+        }
+        if self.recipients.iter().any(|t| t.read.is_some()) {
+            k.push(crate::coi::receipts::READ);
+        }
+        k
+    }
+}
+
+fn key(account: &str, id: &str) -> String {
+    format!("{}\0{id}", account.to_ascii_lowercase())
+}
+
+fn decode(json: &str) -> Result<SentChat, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("receipt record: {e}")))
+}
+
+impl Store {
+    /// Records a sent chat message unless it is known already, dropping the account's oldest
+    /// beyond [`MAX_SENT`].
+    pub fn sent_chat_insert(&self, account: &str, message_id: &str, sent: &SentChat) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(SENT)?;
+            let k = key(account, message_id);
+            if table.get(k.as_str())?.is_none() {
+                let json = serde_json::to_string(sent).expect("receipt records serialize");
+                table.insert(k.as_str(), json.as_str())?;
+            }
+            let (start, end) = (key(account, ""), format!("{}\u{1}", account.to_ascii_lowercase()));
+            let mut all: Vec<(i64, String)> = Vec::new();
+            for item in table.range(start.as_str()..end.as_str())? {
+                let (k, v) = item?;
+                all.push((decode(v.value()).map_or(0, |s| s.sent_at), k.value().to_string()));
+            }
+            if all.len() > MAX_SENT {
+                all.sort();
+                for (_, k) in &all[..all.len() - MAX_SENT] {
+                    table.remove(k.as_str())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Changes the record of a sent chat message found by Message-ID or else by envelope id,
+    /// in one transaction; its Message-ID and new state, `None` if it is not one of ours.
+    pub fn sent_chat_update(
+        &self,
+        account: &str,
+        message_id: Option<&str>,
+        envid: Option<&str>,
+        change: impl FnOnce(&mut SentChat),
+    ) -> Result<Option<(String, SentChat)>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let found = {
+            let mut table = txn.open_table(SENT)?;
+            let mut found = None;
+            if let Some(id) = message_id
+                && let Some(v) = table.get(key(account, id).as_str())?
+            {
+                found = Some((id.to_string(), decode(v.value())?));
+            }
+            if found.is_none()
+                && let Some(envid) = envid
+            {
+                let (start, end) = (key(account, ""), format!("{}\u{1}", account.to_ascii_lowercase()));
+                for item in table.range(start.as_str()..end.as_str())? {
+                    let (k, v) = item?;
+                    let sent = decode(v.value())?;
+                    if sent.envid.as_deref() == Some(envid) {
+                        found = Some((k.value()[start.len()..].to_string(), sent));
+                        break;
+                    }
+                }
+            }
+            if let Some((id, sent)) = &mut found {
+                change(sent);
+                let json = serde_json::to_string(&*sent).expect("receipt records serialize");
+                table.insert(key(account, id).as_str(), json.as_str())?;
+            }
+            found
+        };
+        txn.commit()?;
+        Ok(found)
+    }
+
+    /// Sent chat messages whose copy still lacks a keyword it should have.
+    pub fn sent_chats_to_mark(&self, account: &str) -> Result<Vec<(String, SentChat)>, StoreError> {
+        Ok(self
+            .sent_chats()?
+            .into_iter()
+            .filter(|(a, _, s)| {
+                a.eq_ignore_ascii_case(account) && s.wanted_keywords().iter().any(|k| !s.marked.iter().any(|m| m == k))
+            })
+            .map(|(_, id, s)| (id, s))
+            .collect())
+    }
+
+    /// All sent chat messages: (account, Message-ID, record).
+    pub fn sent_chats(&self) -> Result<Vec<(String, String, SentChat)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(SENT) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let (account, id) = k.value().split_once('\0').unwrap_or(("", k.value()));
+            out.push((account.to_string(), id.to_string(), decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Claims the read receipt for a received message: `true` exactly once per message.
+    pub fn mdn_claim(&self, account: &str, message_id: &str, at: i64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let fresh = {
+            let mut table = txn.open_table(MDN_DONE)?;
+            let k = key(account, message_id);
+            let fresh = table.get(k.as_str())?.is_none();
+            if fresh {
+                table.insert(k.as_str(), at)?;
+            }
+            fresh
+        };
+        txn.commit()?;
+        Ok(fresh)
+    }
+
+    /// When read receipts started for `account`, if they have.
+    pub fn mdn_baseline(&self, account: &str) -> Result<Option<i64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(MDN_BASELINE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table.get(account.to_ascii_lowercase().as_str())?.map(|v| v.value()))
+    }
+
+    pub fn set_mdn_baseline(&self, account: &str, at: i64) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(MDN_BASELINE)?.insert(account.to_ascii_lowercase().as_str(), at)?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sent_chats_and_mdn_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tick = |a: &str| Tick { address: a.into(), ..Default::default() };
+        let sent =
+            SentChat { sent_at: 1, envid: Some("coi.1".into()), recipients: vec![tick("bob@x")], marked: vec![] };
+        store.sent_chat_insert("Alice@x", "m1@x", &sent).unwrap();
+        assert!(store.sent_chats_to_mark("alice@x").unwrap().is_empty());
+        let by_envid = store
+            .sent_chat_update("alice@x", Some("unknown@x"), Some("coi.1"), |s| s.recipients[0].delivered = Some(5));
+        assert_eq!(by_envid.unwrap().unwrap().0, "m1@x");
+        assert_eq!(store.sent_chat_update("alice@x", None, Some("coi.2"), |_| {}).unwrap(), None);
+        let todo = store.sent_chats_to_mark("alice@x").unwrap();
+        assert_eq!(todo[0].1.wanted_keywords(), vec!["$Delivered"]);
+        store.sent_chat_update("alice@x", Some("m1@x"), None, |s| s.marked.push("$Delivered".into())).unwrap();
+        assert!(store.sent_chats_to_mark("alice@x").unwrap().is_empty());
+        assert_eq!(store.sent_chats().unwrap()[0].0, "alice@x");
+
+        assert!(store.mdn_claim("alice@x", "o@y", 3).unwrap());
+        assert!(!store.mdn_claim("ALICE@x", "o@y", 4).unwrap(), "never twice");
+        assert_eq!(store.mdn_baseline("alice@x").unwrap(), None);
+        store.set_mdn_baseline("alice@x", 9).unwrap();
+        assert_eq!(store.mdn_baseline("alice@x").unwrap(), Some(9));
+    }
+}
