@@ -295,6 +295,10 @@ pub struct Account {
     pub ca_file: Option<PathBuf>,
     /// Lets the account worker log in with no client connected (used by later versions).
     pub password_command: Option<String>,
+    /// Send read receipts for chat messages that plain mail clients mark read (see README,
+    /// Receipts).
+    #[serde(default)]
+    pub read_receipts: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -2,7 +2,8 @@
 # Installs what the test suite needs on Debian/Ubuntu: a real Dovecot (IMAP, LMTP,
 # submission) that the tests start on random loopback ports, python3 and openssl used by the
 # provider scripts, systemd for `systemd-analyze` (tests/ops.rs checks the shipped unit files
-# with it), and Delta Chat (deltachat-rpc-server/-client from PyPI) for the real-client tests.
+# with it), Postfix (tests/receipts.rs runs a private instance as the provider's MTA, for
+# DSNs), and Delta Chat (deltachat-rpc-server/-client from PyPI) for the real-client tests.
 # Nothing is configured system-wide; no service is started.
 set -eu
 SUDO=""
@@ -17,6 +18,13 @@ if [ -n "$missing" ]; then
   # policy-rc.d-less machines would start the system Dovecot; it is not needed, stop it again.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
   $SUDO systemctl disable --now dovecot 2>/dev/null || true
+fi
+
+# Postfix without a system configuration (the tests write their own, see tests/support/provider).
+if ! dpkg-query -W -f='${Status}' postfix 2>/dev/null | grep -q "ok installed"; then
+  echo 'postfix postfix/main_mailer_type select No configuration' | $SUDO debconf-set-selections
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postfix
+  $SUDO systemctl disable --now postfix 2>/dev/null || true
 fi
 
 # Delta Chat for tests/deltachat.rs, into the python3 the tests run.

@@ -255,6 +255,8 @@ impl<'a> Inbox<'a> {
                 new.push((item.uid, is_chat || item.flags.iter().any(|f| f.eq_ignore_ascii_case("$Chat"))));
             }
         }
+        // Receipts (src/smtp/receipts.rs): DSNs and MDNs about the user's sent chat messages.
+        crate::smtp::receipts::on_new_messages(up, self.login, &untagged).await?;
         let config = self.shared.config();
         let mut pending =
             crate::push::notify::prepare(&self.shared.store, &config, self.login, up, self.uidvalidity, &new).await?;

@@ -133,7 +133,13 @@ impl Session {
             extra_capabilities: CoiSession::capabilities(provider_metadata, upstream.has("IDLE")),
             seen_changed: Some({
                 let account = account.clone();
-                Arc::new(move || account.nudge.notify_one())
+                // Read receipts for plain clients (src/smtp/receipts.rs).
+                let receipts =
+                    crate::smtp::receipts::SeenHook::new(&self.shared, &account.login, self.client_id.as_deref());
+                Arc::new(move || {
+                    account.nudge.notify_one();
+                    receipts.seen();
+                })
             }),
             quiet: Some(QuietInbox {
                 active: {

@@ -100,7 +100,7 @@ fn execute(store: &Store, cmd: Command) -> Result<(String, Option<String>), Stri
     match cmd {
         Command::List => {
             let list = store.queue_list().map_err(|e| e.to_string())?;
-            Ok((describe(&list, now()), None))
+            Ok((describe(&list, now()) + &super::receipts::describe(store), None))
         }
         Command::Retry(id) => {
             let mut msg =
@@ -251,6 +251,7 @@ mod tests {
             give_up_at: now() + 1000,
             attempts: Vec::new(),
             report_pending: false,
+            chat_followup: false,
         };
         let id = store.queue_insert(&msg, b"x").unwrap();
         let list = execute(&store, Command::List).unwrap().0;

@@ -5,6 +5,7 @@
 
 pub mod control;
 pub mod queue;
+pub mod receipts;
 pub mod relay;
 pub mod report;
 pub mod server;

@@ -60,7 +60,7 @@ impl Queue {
     /// Commits a message durably (redb commit = fsync) and wakes the relay; the id on success.
     pub async fn enqueue(&self, sub: Submission) -> Result<u64, String> {
         let at = now();
-        let msg = QueuedMessage {
+        let mut msg = QueuedMessage {
             login: sub.login,
             from: sub.from,
             params: sub.params,
@@ -71,7 +71,9 @@ impl Queue {
             give_up_at: at.saturating_add(self.settings.give_up_after_secs as i64),
             attempts: Vec::new(),
             report_pending: false,
+            chat_followup: false,
         };
+        super::receipts::prepare(&mut msg, &sub.body);
         let store = self.store.clone();
         let login = msg.login.clone();
         let (rcpts, size) = (msg.recipients.len(), msg.size);
@@ -119,6 +121,7 @@ pub async fn run_relay(
     mut shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
+    super::receipts::start(ctx.clone());
     let mut schedule: BTreeMap<u64, Due> = BTreeMap::new();
     let store = ctx.shared.store.clone();
     match blocking(move || store.queue_list()).await {
@@ -248,7 +251,11 @@ async fn deliver_batch(ctx: Arc<Smtp>, login: String, password: Secret, ids: Vec
     }
 
     if msgs.iter().any(|(_, m)| m.pending().next().is_some()) {
+        super::receipts::before_relay(store, &msgs).await;
         relay(&ctx, &login, &password, &mut msgs).await;
+    }
+    if msgs.iter().any(|(_, m)| m.chat_followup) {
+        super::receipts::follow_up(&ctx, &login, &password, &mut msgs).await;
     }
     if msgs.iter().any(|(_, m)| m.report_pending) {
         send_reports(&ctx, &login, &password, &mut msgs).await;
@@ -261,7 +268,7 @@ async fn deliver_batch(ctx: Arc<Smtp>, login: String, password: Secret, ids: Vec
 
 /// Saves a message's state (removing it when done); errors are logged, the attempt stays
 /// valid in memory and is retried from the stored state after a restart.
-async fn save(store: &Store, id: u64, msg: &QueuedMessage) {
+pub(super) async fn save(store: &Store, id: u64, msg: &QueuedMessage) {
     let (s, m) = (store.clone(), msg.clone());
     if let Err(e) = blocking(move || s.queue_save(id, &m)).await {
         error!(id, "cannot record a delivery attempt: {e}");

@@ -199,6 +199,7 @@ mod tests {
             give_up_at: 0,
             attempts: Vec::new(),
             report_pending: true,
+            chat_followup: false,
         };
         let body = b"Subject: Hello\r\n there\r\nFrom: alice@example.org\r\n\r\nsecret body\r\n";
         let report = String::from_utf8(failure_report(9, &msg, body, "proxy.test", 60)).unwrap();

@@ -40,6 +40,10 @@ pub struct QueuedMessage {
     /// Set once some recipient failed for good: a failure report must reach the sender's INBOX
     /// before the message may leave the queue.
     pub report_pending: bool,
+    /// A chat message whose follow-up (its copy in Chats, see `smtp::receipts`) is still to
+    /// be done once the provider has it; keeps it in the queue until then.
+    #[serde(default)]
+    pub chat_followup: bool,
 }
 
 /// `MAIL FROM` parameters to pass on to the provider.
@@ -90,7 +94,9 @@ pub struct Attempt {
 impl QueuedMessage {
     /// Nothing left to do: every recipient is settled and no report is owed.
     pub fn is_done(&self) -> bool {
-        !self.report_pending && self.recipients.iter().all(|r| r.state != RecipientState::Pending)
+        !self.report_pending
+            && !self.chat_followup
+            && self.recipients.iter().all(|r| r.state != RecipientState::Pending)
     }
 
     pub fn pending(&self) -> impl Iterator<Item = &Recipient> {
@@ -230,6 +236,7 @@ mod tests {
             give_up_at: 100,
             attempts: Vec::new(),
             report_pending: false,
+            chat_followup: false,
         }
     }
 
