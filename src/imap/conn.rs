@@ -11,6 +11,46 @@ use crate::net::Stream;
 /// Read size; also the granularity in which literals are relayed.
 pub const READ_CHUNK: usize = 16 * 1024;
 
+/// How much to read at once: small while traffic is light, so idle sessions stay small, and
+/// doubling while reads fill the buffer, so a bulk FETCH or APPEND streams in fewer, larger reads
+/// (fewer system calls per byte relayed).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSize {
+    size: usize,
+    /// Room in the buffer before the last read.
+    spare: usize,
+}
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        ReadSize { size: READ_CHUNK, spare: 0 }
+    }
+}
+
+impl ReadSize {
+    const MAX: usize = 256 * 1024;
+
+    /// Makes room in `buf` before a read; gives a large buffer back once traffic is light again.
+    pub fn prepare(&mut self, buf: &mut BytesMut) {
+        if buf.is_empty() && self.size == READ_CHUNK && buf.capacity() > 4 * READ_CHUNK {
+            *buf = BytesMut::with_capacity(READ_CHUNK);
+        }
+        if buf.capacity() - buf.len() < self.size / 2 {
+            buf.reserve(self.size);
+        }
+        self.spare = buf.capacity() - buf.len();
+    }
+
+    /// Adapts to a read of `n` bytes.
+    pub fn after_read(&mut self, n: usize) {
+        if n >= self.spare {
+            self.size = (self.size * 2).min(Self::MAX);
+        } else if n < READ_CHUNK / 4 {
+            self.size = READ_CHUNK;
+        }
+    }
+}
+
 pub struct Conn {
     pub stream: Stream,
     /// Bytes read but not yet consumed.
@@ -162,5 +202,30 @@ fn tag_of(msg: &[u8]) -> Vec<u8> {
         tag.to_vec()
     } else {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_grow_while_full_and_shrink_when_light() {
+        let mut size = ReadSize::default();
+        let mut buf = BytesMut::new();
+        for _ in 0..6 {
+            size.prepare(&mut buf);
+            let room = buf.capacity() - buf.len();
+            buf.extend(std::iter::repeat_n(0u8, room));
+            size.after_read(room);
+            buf.clear();
+        }
+        assert_eq!(size.size, ReadSize::MAX);
+        assert!(buf.capacity() >= ReadSize::MAX / 2);
+        size.prepare(&mut buf);
+        size.after_read(10);
+        size.prepare(&mut buf);
+        assert_eq!(size.size, READ_CHUNK);
+        assert!(buf.capacity() <= 2 * READ_CHUNK, "a light session gives its large buffer back");
     }
 }

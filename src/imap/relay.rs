@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::capability;
 use super::command;
-use super::conn::{Conn, READ_CHUNK};
+use super::conn::{Conn, ReadSize};
 use super::framing::{Fragment, Framer, Literal};
 use super::own::{Interceptor, Link, OwnCommands, OwnEvent};
 use super::quiet::{Quiet, Verdict, Verdicts};
@@ -106,6 +106,7 @@ pub async fn run<I: Interceptor>(
             counted: &mut from_client,
             next_own_tag: 0,
             emulated_idle: None,
+            read_size: ReadSize::default(),
         }
         .run(interceptor);
         let responses = Responses {
@@ -119,6 +120,7 @@ pub async fn run<I: Interceptor>(
             activity: &activity,
             counted: &mut from_provider,
             quiet: opts.quiet.as_ref().map(|q| Quiet::new(q.verdicts.clone())),
+            read_size: ReadSize::default(),
         }
         .run(&mut shutdown);
         tokio::pin!(commands, responses);
@@ -165,6 +167,7 @@ struct Commands<'a> {
     next_own_tag: u64,
     /// The tag of an IDLE the proxy serves itself, and when to poll the provider next.
     emulated_idle: Option<(Vec<u8>, tokio::time::Instant)>,
+    read_size: ReadSize,
 }
 
 impl Commands<'_> {
@@ -333,9 +336,7 @@ impl Commands<'_> {
                 // More commands may be buffered already.
                 continue;
             }
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(READ_CHUNK);
-            }
+            self.read_size.prepare(&mut self.buf);
             if let Some((_, next_poll)) = self.emulated_idle {
                 let read = tokio::select! {
                     read = self.read.read_buf(&mut self.buf) => Some(read),
@@ -343,7 +344,10 @@ impl Commands<'_> {
                 };
                 match read {
                     Some(Ok(0)) => return CommandsEnd::Ended(RelayEnd::ClientClosed),
-                    Some(Ok(n)) => *self.counted += n as u64,
+                    Some(Ok(n)) => {
+                        *self.counted += n as u64;
+                        self.read_size.after_read(n);
+                    }
                     Some(Err(e)) => return CommandsEnd::Ended(RelayEnd::ClientError(e.to_string())),
                     None => {
                         // The provider's untagged answers to NOOP (EXISTS, EXPUNGE, FETCH) reach
@@ -364,7 +368,10 @@ impl Commands<'_> {
             }
             match tokio::time::timeout(self.opts.autologout, self.read.read_buf(&mut self.buf)).await {
                 Ok(Ok(0)) => return CommandsEnd::Ended(RelayEnd::ClientClosed),
-                Ok(Ok(n)) => *self.counted += n as u64,
+                Ok(Ok(n)) => {
+                    *self.counted += n as u64;
+                    self.read_size.after_read(n);
+                }
                 // Many clients close TLS without close_notify: that is a close, not a failure.
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return CommandsEnd::Ended(RelayEnd::ClientClosed);
@@ -409,6 +416,7 @@ struct Responses<'a> {
     activity: &'a Activity,
     counted: &'a mut u64,
     quiet: Option<Quiet>,
+    read_size: ReadSize,
 }
 
 impl Responses<'_> {
@@ -425,6 +433,7 @@ impl Responses<'_> {
                 let _ = write_flush(&mut self.write, b"* BYE coi-proxy is shutting down\r\n").await;
                 return RelayEnd::Shutdown;
             }
+            self.read_size.prepare(&mut self.buf);
             let quiet_deadline = self.quiet.as_ref().and_then(Quiet::deadline);
             let timeout = self.opts.provider_timeout;
             let now = tokio::time::Instant::now();
@@ -481,12 +490,7 @@ impl Responses<'_> {
                     None => return RelayEnd::ClientClosed,
                 },
                 _ = shutdown.changed(), if !shutting_down => shutting_down = true,
-                read = async {
-                    if self.buf.capacity() - self.buf.len() < 1024 {
-                        self.buf.reserve(READ_CHUNK);
-                    }
-                    self.read.read_buf(&mut self.buf).await
-                } => {
+                read = self.read.read_buf(&mut self.buf) => {
                     let n = match read {
                         Ok(0) => {
                             if !provider_said_bye && self.framer.at_message_start() {
@@ -504,6 +508,7 @@ impl Responses<'_> {
                         }
                     };
                     *self.counted += n as u64;
+                    self.read_size.after_read(n);
                     self.activity.touch();
                     let mut pos = 0;
                     while let Some(fragment) = self.framer.next(&self.buf[pos..]) {
