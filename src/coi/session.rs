@@ -7,7 +7,7 @@
 //!   Chat) is shown `<root>/Chats` in its place while the filter is `active`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tracing::{debug, info, warn};
 
@@ -34,8 +34,9 @@ pub struct CoiSession {
     /// The provider stores METADATA itself.
     provider_metadata: bool,
     namespace: Option<Namespace>,
-    /// The client's ID name (`Delta Chat`), from before or after login.
-    client_name: Option<String>,
+    /// The client's ID name (`Delta Chat`), from before or after login; shared with the
+    /// session's read-receipt hook.
+    client_name: Arc<Mutex<Option<String>>>,
 }
 
 /// A reply for the client, or the reason the provider failed us.
@@ -46,7 +47,7 @@ impl CoiSession {
         shared: Arc<Shared>,
         account: Arc<Account>,
         provider_metadata: bool,
-        client_name: Option<String>,
+        client_name: Arc<Mutex<Option<String>>>,
     ) -> Self {
         CoiSession { shared, account, provider_metadata, namespace: None, client_name }
     }
@@ -68,7 +69,8 @@ impl CoiSession {
 
     fn is_chat_client(&self) -> bool {
         let clients = &self.shared.config().coi.chat_clients;
-        self.client_name.as_deref().is_some_and(|n| clients.iter().any(|c| c.eq_ignore_ascii_case(n)))
+        let name = self.client_name.lock().expect("client name");
+        name.as_deref().is_some_and(|n| clients.iter().any(|c| c.eq_ignore_ascii_case(n)))
     }
 
     fn root(&self) -> String {
@@ -89,7 +91,7 @@ impl CoiSession {
             "ID" => {
                 if let Some(name) = client_name(&cmd.args) {
                     info!(client_name = %name, "client identified itself");
-                    self.client_name = Some(name);
+                    *self.client_name.lock().expect("client name") = Some(name);
                 }
                 Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag))
             }

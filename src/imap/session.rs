@@ -5,8 +5,8 @@
 //! same credentials. After a successful login the session becomes a [`relay`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -126,6 +126,9 @@ impl Session {
         };
         let account = self.account.clone().expect("logged in");
         let provider_metadata = upstream.has("METADATA");
+        // The client's ID name: sent before login, or after it (Delta Chat), then seen by the
+        // COI interceptor; the read-receipt hook reads it when flags change.
+        let client_name = Arc::new(Mutex::new(self.client_id.clone()));
         let opts = RelayOptions {
             max_literal: limits.max_literal,
             autologout: limits.autologout(),
@@ -134,8 +137,7 @@ impl Session {
             seen_changed: Some({
                 let account = account.clone();
                 // Read receipts for plain clients (src/smtp/receipts.rs).
-                let receipts =
-                    crate::smtp::receipts::SeenHook::new(&self.shared, &account.login, self.client_id.as_deref());
+                let receipts = crate::smtp::receipts::SeenHook::new(&self.shared, &account.login, client_name.clone());
                 Arc::new(move || {
                     account.nudge.notify_one();
                     receipts.seen();
@@ -151,7 +153,7 @@ impl Session {
             emulate_idle: (!upstream.has("IDLE"))
                 .then(|| Duration::from_secs(self.shared.config().coi.poll_secs.max(1))),
         };
-        let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, self.client_id.clone());
+        let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name);
         let (end, traffic) = relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone()).await;
         crate::metrics::traffic(traffic.from_client, traffic.from_provider);
         format!("{end:?}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider)

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -93,26 +93,28 @@ pub fn read_receipts_for(config: &crate::config::Config, login: &str) -> bool {
 pub struct SeenHook {
     login: String,
     enabled: bool,
-    chat_client: bool,
+    /// The client's ID name, shared with the session: chat clients send ID after login too.
+    client_name: Arc<Mutex<Option<String>>>,
+    chat_clients: Vec<String>,
 }
 
 impl SeenHook {
-    /// `client_name`: the client's ID name, if it sent one before login.
-    pub fn new(shared: &Shared, login: &str, client_name: Option<&str>) -> SeenHook {
+    pub fn new(shared: &Shared, login: &str, client_name: Arc<Mutex<Option<String>>>) -> SeenHook {
         let config = shared.config();
         let enabled = read_receipts_for(&config, login);
-        let chat_client =
-            client_name.is_some_and(|n| config.coi.chat_clients.iter().any(|c| c.eq_ignore_ascii_case(n)));
         if enabled && matches!(shared.store.mdn_baseline(login), Ok(None)) {
             // The first session with read receipts on: what is read already gets none.
             submit(Job::Seen { login: login.to_string(), send: false });
         }
-        SeenHook { login: login.to_string(), enabled, chat_client }
+        SeenHook { login: login.to_string(), enabled, client_name, chat_clients: config.coi.chat_clients.clone() }
     }
 
     pub fn seen(&self) {
         if self.enabled {
-            submit(Job::Seen { login: self.login.clone(), send: !self.chat_client });
+            // A chat client sends its own receipts: the proxy sends none for it (and marks none).
+            let name = self.client_name.lock().expect("client name").clone();
+            let chat_client = name.is_some_and(|n| self.chat_clients.iter().any(|c| c.eq_ignore_ascii_case(&n)));
+            submit(Job::Seen { login: self.login.clone(), send: !chat_client });
         }
     }
 }
