@@ -46,6 +46,8 @@ pub struct ProviderOptions {
     pub users: Option<Vec<String>>,
     /// Password of every user.
     pub password: Option<String>,
+    /// Dovecot's `mail_max_userip_connections` (default 100), for many sessions per user.
+    pub max_conns: Option<u32>,
 }
 
 /// A running provider; everything listens on 127.0.0.1.
@@ -125,6 +127,9 @@ impl Provider {
         }
         if let Some(password) = &opts.password {
             cmd.arg("--password").arg(password);
+        }
+        if let Some(max_conns) = opts.max_conns {
+            cmd.arg("--max-conns").arg(max_conns.to_string());
         }
         let state_dir = make_state_dir();
         cmd.arg(&state_dir);
