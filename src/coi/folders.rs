@@ -2,6 +2,7 @@
 //! provider's personal namespace prefix and hierarchy separator (Dovecot uses `.` or `/`).
 
 use crate::imap::command::{self, Arg};
+use crate::imap::upstream::{Upstream, UpstreamError};
 
 /// The provider's personal namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,18 @@ impl Namespace {
             _ => None,
         };
         Some(Namespace { prefix: String::new(), separator })
+    }
+
+    /// Asks the provider: NAMESPACE, and where that gives no separator, `LIST "" ""`.
+    pub async fn discover(up: &mut Upstream) -> Result<Namespace, UpstreamError> {
+        let (untagged, _) = up.command(b"NAMESPACE\r\n").await?;
+        let mut ns = untagged.iter().find_map(|r| Namespace::from_namespace_response(r));
+        if ns.as_ref().is_none_or(|n| n.separator.is_none()) {
+            let (untagged, _) = up.command(b"LIST \"\" \"\"\r\n").await?;
+            let separator = untagged.iter().find_map(|r| Namespace::from_list_response(r)).and_then(|n| n.separator);
+            ns = Some(Namespace { prefix: ns.map(|n| n.prefix).unwrap_or_default(), separator });
+        }
+        Ok(ns.unwrap_or(Namespace { prefix: String::new(), separator: Some('/') }))
     }
 
     /// The mailbox root as clients see it (the `mailbox-root` METADATA value).

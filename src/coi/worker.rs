@@ -172,15 +172,7 @@ struct Inbox<'a> {
 
 impl<'a> Inbox<'a> {
     async fn open(shared: &'a Shared, account: &'a Account, up: &mut Upstream) -> Result<Inbox<'a>, WorkerError> {
-        let (untagged, _) = up.command(b"NAMESPACE\r\n").await?;
-        let mut ns = untagged.iter().find_map(|r| Namespace::from_namespace_response(r));
-        if ns.as_ref().is_none_or(|n| n.separator.is_none()) {
-            let (untagged, _) = up.command(b"LIST \"\" \"\"\r\n").await?;
-            let separator = untagged.iter().find_map(|r| Namespace::from_list_response(r)).and_then(|n| n.separator);
-            ns = Some(Namespace { prefix: ns.map(|n| n.prefix).unwrap_or_default(), separator });
-        }
-        let ns = ns.unwrap_or(Namespace { prefix: String::new(), separator: Some('/') });
-        let chats = ns.chats(&shared.config().coi.mailbox_root);
+        let chats = Namespace::discover(up).await?.chats(&shared.config().coi.mailbox_root);
         let (untagged, status) = up.command(b"SELECT INBOX\r\n").await?;
         if !status.starts_with(b"OK") {
             return Err(WorkerError::Refused {

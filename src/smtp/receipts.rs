@@ -265,14 +265,7 @@ type ImapResult<T> = Result<T, crate::imap::upstream::UpstreamError>;
 
 /// `<root>/Chats` as the provider names it (NAMESPACE, else the separator from LIST).
 async fn chats_folder(shared: &Shared, up: &mut Upstream) -> ImapResult<String> {
-    let (untagged, _) = up.command(b"NAMESPACE\r\n").await?;
-    let mut ns = untagged.iter().find_map(|r| Namespace::from_namespace_response(r));
-    if ns.as_ref().is_none_or(|n| n.separator.is_none()) {
-        let (untagged, _) = up.command(b"LIST \"\" \"\"\r\n").await?;
-        let separator = untagged.iter().find_map(|r| Namespace::from_list_response(r)).and_then(|n| n.separator);
-        ns = Some(Namespace { prefix: ns.map(|n| n.prefix).unwrap_or_default(), separator });
-    }
-    Ok(ns.unwrap_or(Namespace { prefix: String::new(), separator: Some('/') }).chats(&shared.config().coi.mailbox_root))
+    Ok(Namespace::discover(up).await?.chats(&shared.config().coi.mailbox_root))
 }
 
 /// The Sent folder: the one with `\Sent` (RFC 6154), else one named `Sent`.
