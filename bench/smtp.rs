@@ -1,0 +1,316 @@
+//! SMTP submission throughput against a real Dovecot (issue 4, Benchmark).
+//!
+//! `SMTP_MESSAGES` (1,000) messages of 20 KB over one authenticated connection (AUTH PLAIN,
+//! MAIL/RCPT/DATA pipelined), first straight to Dovecot's submission port, then through the
+//! proxy's submission listener (`[upstream] smtp` = that port), in one run; prints messages/s for
+//! both and the ratio (target >= 0.8; the proxy fsyncs every accepted message). Then it polls the
+//! recipient's INBOX at Dovecot over IMAP (STATUS, fresh connection each time) until the
+//! proxy's queue has relayed everything, and prints how long that took.
+//!
+//! Run with `cargo bench --bench smtp`; bench/README.md has the figures.
+
+// The provider harness serves the integration tests too; the benchmark uses only part of it.
+#[allow(dead_code)]
+#[path = "../tests/support/provider.rs"]
+mod provider;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+use provider::Provider;
+
+const SENDER: &str = "alice@example.org";
+/// Recipient of the direct run.
+const DIRECT_RCPT: &str = "carol@example.org";
+/// Recipient of the proxied run, whose INBOX is polled for the queue's relaying.
+const PROXIED_RCPT: &str = "bob@example.org";
+const MESSAGE_SIZE: usize = 20 * 1024;
+/// Untimed messages each way first (to the sender's own INBOX).
+const WARMUP: usize = 10;
+/// Gives up if the recipient's INBOX does not grow for this long.
+const RELAY_STALL: Duration = Duration::from_secs(120);
+
+fn main() {
+    let messages = env_usize("SMTP_MESSAGES", 1_000);
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "coi-proxy SMTP submission bench: {messages} messages of {MESSAGE_SIZE} bytes each way (load average before: {})",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    let provider = Provider::start();
+    let password = provider.password.clone();
+    let proxy = Proxy::start(provider.imap_port, provider.smtp_port);
+
+    // Direct.
+    let mut c = Smtp::login(provider.smtp_port, SENDER, &password);
+    c.send_many(SENDER, WARMUP, "warm-direct");
+    let direct = c.send_many(DIRECT_RCPT, messages, "direct");
+    c.quit();
+
+    // Through the proxy.
+    let mut c = Smtp::login(proxy.smtp_port, SENDER, &password);
+    c.send_many(SENDER, WARMUP, "warm-proxied");
+    let base = inbox_count(provider.imap_port, PROXIED_RCPT, &password);
+    let started = Instant::now();
+    let proxied = c.send_many(PROXIED_RCPT, messages, "proxied");
+    let accepted = started.elapsed();
+    c.quit();
+
+    // Until the queue has relayed everything.
+    let mut last = (base, Instant::now());
+    let relayed = loop {
+        let n = inbox_count(provider.imap_port, PROXIED_RCPT, &password);
+        if n >= base + messages {
+            break started.elapsed();
+        }
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        assert!(
+            last.1.elapsed() < RELAY_STALL,
+            "the queue relayed nothing for {RELAY_STALL:?}: {} of {messages} arrived",
+            n - base
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let direct_rate = messages as f64 / direct.as_secs_f64();
+    let proxied_rate = messages as f64 / proxied.as_secs_f64();
+    let ratio = proxied_rate / direct_rate;
+    println!("\nSubmission, {messages} x {MESSAGE_SIZE} bytes, one connection, AUTH PLAIN, MAIL/RCPT/DATA pipelined");
+    println!("  direct   {direct_rate:8.1} msg/s  ({:.2} s)", direct.as_secs_f64());
+    println!("  proxied  {proxied_rate:8.1} msg/s  ({:.2} s)", proxied.as_secs_f64());
+    println!("  ratio    {ratio:8.3}   target >= 0.8: {}", if ratio >= 0.8 { "PASS" } else { "MISS" });
+    println!(
+        "Queue: all {messages} relayed to Dovecot {:.2} s after the first submission ({:.2} s after the last 250)",
+        relayed.as_secs_f64(),
+        (relayed - accepted).as_secs_f64()
+    );
+    let problems: Vec<String> = fs::read_to_string(&proxy.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .map(str::to_owned)
+        .collect();
+    if !problems.is_empty() {
+        println!("\ncoi-proxy logged {} warnings/errors; the first 10:", problems.len());
+        for l in problems.iter().take(10) {
+            println!("  {l}");
+        }
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
+}
+
+/// A 20 KB plain-text message with a unique Message-ID, CRLF line ends.
+fn message(to: &str, id: &str) -> Vec<u8> {
+    let mut m = format!(
+        "From: <{SENDER}>\r\nTo: <{to}>\r\nSubject: bench {id}\r\nMessage-ID: <{id}@bench.example.org>\r\n\
+         Date: Mon, 2 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+    )
+    .into_bytes();
+    let line = b"The quick brown fox jumps over the lazy dog; 0123456789 abcdefghijklmnopqrstu\r\n";
+    while m.len() + line.len() <= MESSAGE_SIZE {
+        m.extend_from_slice(line);
+    }
+    m.resize(MESSAGE_SIZE - 2, b'x');
+    m.extend_from_slice(b"\r\n");
+    m
+}
+
+/// A message as DATA content: dot-stuffed, CRLF before the final dot.
+fn data_block(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 16);
+    let mut line_start = true;
+    for &b in message {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// A minimal blocking SMTP client (after tests/support/smtp_client.rs).
+struct Smtp {
+    conn: BufReader<TcpStream>,
+    pipelining: bool,
+}
+
+impl Smtp {
+    fn login(port: u16, user: &str, password: &str) -> Smtp {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
+        tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let mut c = Smtp { conn: BufReader::new(tcp), pipelining: false };
+        c.expect(220, "greeting");
+        c.send(b"EHLO bench.client\r\n");
+        let ehlo = c.expect(250, "EHLO");
+        c.pipelining = ehlo.iter().any(|l| l.eq_ignore_ascii_case("PIPELINING"));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        c.send(format!("AUTH PLAIN {b64}\r\n").as_bytes());
+        c.expect(235, "AUTH PLAIN");
+        c
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        let s = self.conn.get_mut();
+        s.write_all(bytes).and_then(|_| s.flush()).expect("write to the SMTP server");
+    }
+
+    /// Reads one whole reply: its code and lines.
+    fn reply(&mut self) -> (u16, Vec<String>) {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.conn.read_line(&mut line).expect("read from the SMTP server");
+            assert!(n > 0, "the SMTP server closed the connection; replies so far: {lines:?}");
+            let code: u16 =
+                line.get(..3).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("not a reply: {line:?}"));
+            lines.push(line.get(4..).unwrap_or("").trim_end().to_string());
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return (code, lines);
+            }
+        }
+    }
+
+    fn expect(&mut self, code: u16, what: &str) -> Vec<String> {
+        let (got, lines) = self.reply();
+        assert_eq!(got, code, "{what}: expected {code}, got {got} {lines:?}");
+        lines
+    }
+
+    /// Sends `n` messages to `to`; returns the time from the first MAIL to the last 250.
+    fn send_many(&mut self, to: &str, n: usize, tag: &str) -> Duration {
+        let bodies: Vec<Vec<u8>> = (0..n).map(|i| data_block(&message(to, &format!("{tag}-{i}")))).collect();
+        let start = Instant::now();
+        for body in &bodies {
+            let envelope = format!("MAIL FROM:<{SENDER}>\r\nRCPT TO:<{to}>\r\nDATA\r\n");
+            if self.pipelining {
+                self.send(envelope.as_bytes());
+                self.expect(250, "MAIL");
+                self.expect(250, "RCPT");
+                self.expect(354, "DATA");
+            } else {
+                for (line, code) in envelope.split_inclusive("\r\n").zip([250, 250, 354]) {
+                    self.send(line.as_bytes());
+                    self.expect(code, line.trim_end());
+                }
+            }
+            self.send(body);
+            self.expect(250, "end of data");
+        }
+        start.elapsed()
+    }
+
+    fn quit(mut self) {
+        self.send(b"QUIT\r\n");
+        self.expect(221, "QUIT");
+    }
+}
+
+/// The number of messages in `user`'s INBOX at Dovecot (STATUS over a fresh connection).
+fn inbox_count(imap_port: u16, user: &str, password: &str) -> usize {
+    let tcp = TcpStream::connect(("127.0.0.1", imap_port)).expect("connect to Dovecot's IMAP");
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut conn = BufReader::new(tcp);
+    let read_until = |conn: &mut BufReader<TcpStream>, tag: &str| -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            assert!(conn.read_line(&mut line).expect("read from Dovecot") > 0, "Dovecot closed: {lines:?}");
+            let done = line.starts_with(tag);
+            lines.push(line);
+            if done {
+                return lines;
+            }
+        }
+    };
+    read_until(&mut conn, "* OK");
+    conn.get_mut()
+        .write_all(format!("a LOGIN \"{user}\" \"{password}\"\r\nb STATUS INBOX (MESSAGES)\r\nc LOGOUT\r\n").as_bytes())
+        .expect("write to Dovecot");
+    let login = read_until(&mut conn, "a ");
+    assert!(login.last().unwrap().starts_with("a OK"), "LOGIN {user}: {login:?}");
+    let status = read_until(&mut conn, "b ");
+    status
+        .iter()
+        .find_map(|l| l.split_once("(MESSAGES ")?.1.split(')').next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("STATUS INBOX: {status:?}"))
+}
+
+/// The release `coi-proxy` with a temporary proxy.toml; its submission listener's port.
+struct Proxy {
+    child: Child,
+    smtp_port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    fn start(imap_port: u16, smtp_port: u16) -> Proxy {
+        let dir = tempfile::Builder::new().prefix("coi-proxy-smtp.").tempdir().expect("temp dir");
+        let config = dir.path().join("proxy.toml");
+        let log = dir.path().join("proxy.log");
+        let state = dir.path().join("state");
+        fs::write(
+            &config,
+            format!(
+                "state_dir = {:?}\n[upstream]\nimap = \"imap://127.0.0.1:{imap_port}\"\n\
+                 smtp = \"smtp://127.0.0.1:{smtp_port}\"\n\
+                 [listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\n\
+                 smtp = \"127.0.0.1:0\"\nsmtps = \"127.0.0.1:0\"\n",
+                state.display().to_string()
+            ),
+        )
+        .expect("write proxy.toml");
+        let child = Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            // Warnings only; the servers' own info lines give the listening ports.
+            .env("RUST_LOG", "warn,coi_proxy::server=info,coi_proxy::smtp::server=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("create proxy.log"))
+            .spawn()
+            .expect("spawn coi-proxy");
+        let mut proxy = Proxy { child, smtp_port: 0, log, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = fs::read_to_string(&proxy.log).unwrap_or_default();
+            let port = text
+                .lines()
+                .filter_map(|l| l.split_once("listening on ")?.1.split_once(" (smtp,"))
+                .find_map(|(addr, _)| addr.rsplit(':').next()?.parse().ok());
+            if let (true, Some(port)) = (text.contains("coi-proxy ready"), port) {
+                proxy.smtp_port = port;
+                return proxy;
+            }
+            if let Some(status) = proxy.child.try_wait().expect("wait for coi-proxy") {
+                panic!("coi-proxy exited ({status}):\n{text}");
+            }
+            assert!(Instant::now() < deadline, "coi-proxy did not become ready with an smtp listener:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
