@@ -12,14 +12,14 @@
 
 // The provider harness serves the integration tests too; the benchmark uses only part of it.
 #[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
 #[path = "../tests/support/provider.rs"]
 mod provider;
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use common::{Proxy, log_problems, raise_fd_limit};
 use provider::{Provider, ProviderOptions};
 
 /// Users the sessions are spread over, so that no user's INBOX sees all the traffic.
@@ -74,7 +75,12 @@ fn main() {
     // Let Dovecot reap the direct sessions' processes before the proxied ones need them.
     std::thread::sleep(Duration::from_secs(5));
 
-    let proxy = Proxy::start(provider.imap_port, sessions);
+    let proxy = Proxy::start(&format!(
+        "[upstream]\nimap = \"imap://127.0.0.1:{}\"\n[listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\n\
+         [limits]\nmax_sessions = {max}\nmax_sessions_per_ip = {max}\n",
+        provider.imap_port,
+        max = sessions + 100
+    ));
     let rss_before = proxy.status_kib("VmRSS:");
     let cpu_before = proxy.cpu_secs();
     let proxied = runtime.block_on(run_load(proxy.port, &logins, sessions, seconds, Some(&proxy)));
@@ -572,98 +578,6 @@ impl Rng {
     }
 }
 
-/// A `coi-proxy` process in front of Dovecot, with its own state dir; killed on drop.
-struct Proxy {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Proxy {
-    /// Starts the release binary with limits that admit `sessions` from 127.0.0.1.
-    fn start(upstream_port: u16, sessions: usize) -> Proxy {
-        let dir = tempfile::Builder::new().prefix("coi-proxy-load.").tempdir().expect("temp dir");
-        let config = dir.path().join("proxy.toml");
-        let log = dir.path().join("proxy.log");
-        let state = dir.path().join("state");
-        let max = sessions + 100;
-        fs::write(
-            &config,
-            format!(
-                "state_dir = {:?}\n[upstream]\nimap = \"imap://127.0.0.1:{upstream_port}\"\n\
-                 [listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\n\
-                 [limits]\nmax_sessions = {max}\nmax_sessions_per_ip = {max}\n",
-                state.display().to_string()
-            ),
-        )
-        .expect("write proxy.toml");
-        let child = Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            // Warnings only, so logging costs nothing per session; the server's own info lines
-            // give the listening port.
-            .env("RUST_LOG", "warn,coi_proxy::server=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("create proxy.log"))
-            .spawn()
-            .expect("spawn coi-proxy");
-        let mut proxy = Proxy { child, port: 0, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = fs::read_to_string(&proxy.log).unwrap_or_default();
-            if text.contains("coi-proxy ready") {
-                proxy.port = text
-                    .lines()
-                    .filter_map(|l| l.split_once("listening on ")?.1.split_once(" (imap,"))
-                    .find_map(|(addr, _)| addr.rsplit(':').next()?.parse().ok())
-                    .unwrap_or_else(|| panic!("no imap listener in the proxy's log:\n{text}"));
-                return proxy;
-            }
-            if let Some(status) = proxy.child.try_wait().expect("wait for coi-proxy") {
-                panic!("coi-proxy exited ({status}):\n{text}");
-            }
-            assert!(Instant::now() < deadline, "coi-proxy did not become ready:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// User plus system CPU time so far (USER_HZ is 100 on Linux).
-    fn cpu_secs(&self) -> f64 {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("read the proxy's stat");
-        // utime and stime are fields 14 and 15; the command name before them is in parentheses.
-        let fields: Vec<&str> = stat.rsplit_once(')').expect("comm in /proc/PID/stat").1.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-        ticks as f64 / 100.0
-    }
-
-    /// A KiB figure of /proc/PID/status, e.g. `VmRSS:` or `VmHWM:` (peak RSS).
-    fn status_kib(&self, field: &str) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("read the proxy's status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The warning and error lines of a proxy or Dovecot log.
-fn log_problems(path: &Path) -> Vec<String> {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let markers = [" WARN ", " ERROR ", "Warning:", "Error:", "Fatal:", "Panic:"];
-    text.lines().filter(|l| markers.iter().any(|m| l.contains(m))).map(str::to_owned).collect()
-}
-
 /// Log lines grouped by their text from the severity marker on (dropping times, pids and
 /// session ids), most frequent first, so that one repeated warning does not hide the others.
 fn distinct(lines: &[String]) -> Vec<(String, usize)> {
@@ -675,29 +589,4 @@ fn distinct(lines: &[String]) -> Vec<(String, usize)> {
     let mut counts: Vec<_> = counts.into_iter().collect();
     counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     counts
-}
-
-/// Raises this process's soft limit of open files to at least `want` (as far as the hard limit
-/// allows): it holds every session's socket, and the proxy inherits the limit.
-fn raise_fd_limit(want: u64) {
-    #[repr(C)]
-    struct Rlimit {
-        cur: u64,
-        max: u64,
-    }
-    unsafe extern "C" {
-        fn getrlimit(resource: i32, rlim: *mut Rlimit) -> i32;
-        fn setrlimit(resource: i32, rlim: *const Rlimit) -> i32;
-    }
-    const RLIMIT_NOFILE: i32 = 7;
-    let mut limit = Rlimit { cur: 0, max: 0 };
-    // SAFETY: plain libc calls on a properly laid out struct that outlives them.
-    unsafe {
-        if getrlimit(RLIMIT_NOFILE, &mut limit) == 0 && limit.cur < want {
-            let raised = Rlimit { cur: want.min(limit.max), max: limit.max };
-            if setrlimit(RLIMIT_NOFILE, &raised) != 0 || raised.cur < want {
-                eprintln!("warning: open files limited to {}; {want} are needed", raised.cur.max(limit.cur));
-            }
-        }
-    }
 }

@@ -5,16 +5,17 @@
 
 // The provider harness serves the integration tests too; the benchmark uses only part of it.
 #[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
 #[path = "../tests/support/provider.rs"]
 mod provider;
 
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Proxy, log_problems, raise_fd_limit};
 use provider::{Provider, ProviderOptions};
 
 /// Messages put into alice's INBOX, and their size range; sizes are skewed towards the small end
@@ -76,14 +77,21 @@ fn main() {
     );
 
     // Each figure is printed as soon as it is measured, so a later failure does not lose it.
-    let proxy = Proxy::start(provider.imap_port);
+    let config = &format!(
+        "[upstream]\nimap = \"imap://127.0.0.1:{}\"\n[listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\n\
+         [limits]\nmax_sessions_per_ip = {}\n",
+        provider.imap_port,
+        // Every session of the benchmark comes from 127.0.0.1.
+        IDLE_SESSIONS + 100
+    );
+    let proxy = Proxy::start(config);
     print_fetch(&bench_fetch(provider.imap_port, &proxy, alice, stored));
     print_noop(&bench_noop(provider.imap_port, proxy.port, alice));
     let mut problems = proxy.problems();
     drop(proxy);
 
     // A fresh proxy, so that memory the allocator kept from the FETCH runs cannot hide the cost.
-    let proxy = Proxy::start(provider.imap_port);
+    let proxy = Proxy::start(config);
     print_idle(&bench_idle(&proxy, &logins));
     problems.extend(proxy.problems());
     drop(proxy);
@@ -467,131 +475,6 @@ fn literal_len(line: &[u8]) -> Option<u64> {
     let line = line.strip_suffix(b"+").unwrap_or(line);
     let open = line.iter().rposition(|&b| b == b'{')?;
     std::str::from_utf8(&line[open + 1..]).ok()?.parse().ok()
-}
-
-/// A `coi-proxy` process in front of Dovecot, with its own state dir; killed on drop.
-struct Proxy {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Proxy {
-    fn start(upstream_port: u16) -> Proxy {
-        let dir = tempfile::Builder::new().prefix("coi-proxy-bench.").tempdir().expect("temp dir");
-        let config = dir.path().join("proxy.toml");
-        let log = dir.path().join("proxy.log");
-        let state = dir.path().join("state");
-        fs::write(
-            &config,
-            format!(
-                "state_dir = {:?}\n[upstream]\nimap = \"imap://127.0.0.1:{upstream_port}\"\n\
-                 [listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\n\
-                 [limits]\nmax_sessions_per_ip = {}\n",
-                state.display().to_string(),
-                // Every session of the benchmark comes from 127.0.0.1.
-                IDLE_SESSIONS + 100
-            ),
-        )
-        .expect("write proxy.toml");
-        let child = Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            // Warnings only, so logging costs nothing per session; the server's own info lines
-            // are kept, as they give the listening port.
-            .env("RUST_LOG", "warn,coi_proxy::server=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("create proxy.log"))
-            .spawn()
-            .expect("spawn coi-proxy");
-        let mut proxy = Proxy { child, port: 0, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = fs::read_to_string(&proxy.log).unwrap_or_default();
-            if text.contains("coi-proxy ready") {
-                proxy.port = text
-                    .lines()
-                    .filter_map(|l| l.split_once("listening on ")?.1.split_once(" (imap,"))
-                    .find_map(|(addr, _)| addr.rsplit(':').next()?.parse().ok())
-                    .unwrap_or_else(|| panic!("no imap listener in the proxy's log:\n{text}"));
-                return proxy;
-            }
-            if let Some(status) = proxy.child.try_wait().expect("wait for coi-proxy") {
-                panic!("coi-proxy exited ({status}):\n{text}");
-            }
-            assert!(Instant::now() < deadline, "coi-proxy did not become ready:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// User plus system CPU time so far, in the kernel's 10 ms ticks (USER_HZ is 100 on Linux).
-    fn cpu_secs(&self) -> f64 {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("read the proxy's stat");
-        // utime and stime are fields 14 and 15; the command name before them is in parentheses.
-        let fields: Vec<&str> = stat.rsplit_once(')').expect("comm in /proc/PID/stat").1.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-        ticks as f64 / 100.0
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read the proxy's status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .expect("VmRSS in /proc/PID/status")
-    }
-
-    fn problems(&self) -> Vec<String> {
-        log_problems(&self.log)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The warning and error lines of a proxy or Dovecot log.
-fn log_problems(path: &std::path::Path) -> Vec<String> {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let markers = [" WARN ", " ERROR ", "Warning:", "Error:", "Fatal:", "Panic:"];
-    text.lines().filter(|l| markers.iter().any(|m| l.contains(m))).map(str::to_owned).collect()
-}
-
-/// Raises this process's soft limit of open files to at least `want` (as far as the hard limit
-/// allows): it holds every idle session's socket, and the proxy inherits the limit and needs two
-/// per session.
-fn raise_fd_limit(want: u64) {
-    #[repr(C)]
-    struct Rlimit {
-        cur: u64,
-        max: u64,
-    }
-    unsafe extern "C" {
-        fn getrlimit(resource: i32, rlim: *mut Rlimit) -> i32;
-        fn setrlimit(resource: i32, rlim: *const Rlimit) -> i32;
-    }
-    const RLIMIT_NOFILE: i32 = 7;
-    let mut limit = Rlimit { cur: 0, max: 0 };
-    // SAFETY: plain libc calls on a properly laid out struct that outlives them.
-    unsafe {
-        if getrlimit(RLIMIT_NOFILE, &mut limit) == 0 && limit.cur < want {
-            let raised = Rlimit { cur: want.min(limit.max), max: limit.max };
-            if setrlimit(RLIMIT_NOFILE, &raised) != 0 || raised.cur < want {
-                eprintln!("warning: open files limited to {}; {want} are needed", raised.cur.max(limit.cur));
-            }
-        }
-    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -7,6 +7,8 @@
 
 // The harnesses serve the integration tests too; the benchmark uses only part of them.
 #[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
 #[path = "../tests/support/provider.rs"]
 mod provider;
 #[allow(dead_code)]
@@ -16,11 +18,10 @@ mod push_endpoint;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::Proxy;
 use provider::Provider;
 use push_endpoint::{Device, PushEndpoint};
 
@@ -36,7 +37,10 @@ fn main() {
     println!("coi-proxy push latency: {messages} messages, delivery -> push vs. delivery -> direct IDLE EXISTS");
 
     let provider = Provider::start();
-    let proxy = Proxy::start(provider.imap_port);
+    let proxy = Proxy::start(&format!(
+        "[upstream]\nimap = \"imap://127.0.0.1:{}\"\n[listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\n",
+        provider.imap_port
+    ));
     let ep = PushEndpoint::start();
     let dev = Device::new();
 
@@ -196,66 +200,5 @@ impl Imap {
             }
         }
         assert!(lines.last().unwrap().starts_with(&format!("{tag} OK")), "{command}: {lines:?}");
-    }
-}
-
-/// The release proxy binary in front of `upstream_port`.
-struct Proxy {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Proxy {
-    fn start(upstream_port: u16) -> Proxy {
-        let dir = tempfile::Builder::new().prefix("coi-proxy-push.").tempdir().expect("temp dir");
-        let config = dir.path().join("proxy.toml");
-        let log = dir.path().join("proxy.log");
-        let state = dir.path().join("state");
-        fs::write(
-            &config,
-            format!(
-                "state_dir = {:?}\n[upstream]\nimap = \"imap://127.0.0.1:{upstream_port}\"\n\
-                 [listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\n",
-                state.display().to_string()
-            ),
-        )
-        .expect("write proxy.toml");
-        let child = Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .env("RUST_LOG", "warn,coi_proxy::server=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("create proxy.log"))
-            .spawn()
-            .expect("spawn coi-proxy");
-        let mut proxy = Proxy { child, port: 0, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = fs::read_to_string(&proxy.log).unwrap_or_default();
-            if text.contains("coi-proxy ready") {
-                proxy.port = text
-                    .lines()
-                    .filter_map(|l| l.split_once("listening on ")?.1.split_once(" (imap,"))
-                    .find_map(|(addr, _)| addr.rsplit(':').next()?.parse().ok())
-                    .unwrap_or_else(|| panic!("no imap listener in the proxy's log:\n{text}"));
-                return proxy;
-            }
-            if let Some(status) = proxy.child.try_wait().expect("wait for coi-proxy") {
-                panic!("coi-proxy exited ({status}):\n{text}");
-            }
-            assert!(Instant::now() < deadline, "coi-proxy did not become ready:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

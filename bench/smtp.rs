@@ -11,18 +11,19 @@
 
 // The provider harness serves the integration tests too; the benchmark uses only part of it.
 #[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
 #[path = "../tests/support/provider.rs"]
 mod provider;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 
+use common::Proxy;
 use provider::Provider;
 
 const SENDER: &str = "alice@example.org";
@@ -45,7 +46,11 @@ fn main() {
     );
     let provider = Provider::start();
     let password = provider.password.clone();
-    let proxy = Proxy::start(provider.imap_port, provider.smtp_port);
+    let proxy = Proxy::start(&format!(
+        "[upstream]\nimap = \"imap://127.0.0.1:{}\"\nsmtp = \"smtp://127.0.0.1:{}\"\n\
+         [listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\nsmtp = \"127.0.0.1:0\"\nsmtps = \"127.0.0.1:0\"\n",
+        provider.imap_port, provider.smtp_port
+    ));
 
     // Direct.
     let mut c = Smtp::login(provider.smtp_port, SENDER, &password);
@@ -54,7 +59,7 @@ fn main() {
     c.quit();
 
     // Through the proxy.
-    let mut c = Smtp::login(proxy.smtp_port, SENDER, &password);
+    let mut c = Smtp::login(proxy.smtp_port.expect("the proxy's smtp listener"), SENDER, &password);
     c.send_many(SENDER, WARMUP, "warm-proxied");
     let base = inbox_count(provider.imap_port, PROXIED_RCPT, &password);
     let started = Instant::now();
@@ -249,68 +254,4 @@ fn inbox_count(imap_port: u16, user: &str, password: &str) -> usize {
         .iter()
         .find_map(|l| l.split_once("(MESSAGES ")?.1.split(')').next()?.trim().parse().ok())
         .unwrap_or_else(|| panic!("STATUS INBOX: {status:?}"))
-}
-
-/// The release `coi-proxy` with a temporary proxy.toml; its submission listener's port.
-struct Proxy {
-    child: Child,
-    smtp_port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Proxy {
-    fn start(imap_port: u16, smtp_port: u16) -> Proxy {
-        let dir = tempfile::Builder::new().prefix("coi-proxy-smtp.").tempdir().expect("temp dir");
-        let config = dir.path().join("proxy.toml");
-        let log = dir.path().join("proxy.log");
-        let state = dir.path().join("state");
-        fs::write(
-            &config,
-            format!(
-                "state_dir = {:?}\n[upstream]\nimap = \"imap://127.0.0.1:{imap_port}\"\n\
-                 smtp = \"smtp://127.0.0.1:{smtp_port}\"\n\
-                 [listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\n\
-                 smtp = \"127.0.0.1:0\"\nsmtps = \"127.0.0.1:0\"\n",
-                state.display().to_string()
-            ),
-        )
-        .expect("write proxy.toml");
-        let child = Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            // Warnings only; the servers' own info lines give the listening ports.
-            .env("RUST_LOG", "warn,coi_proxy::server=info,coi_proxy::smtp::server=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("create proxy.log"))
-            .spawn()
-            .expect("spawn coi-proxy");
-        let mut proxy = Proxy { child, smtp_port: 0, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = fs::read_to_string(&proxy.log).unwrap_or_default();
-            let port = text
-                .lines()
-                .filter_map(|l| l.split_once("listening on ")?.1.split_once(" (smtp,"))
-                .find_map(|(addr, _)| addr.rsplit(':').next()?.parse().ok());
-            if let (true, Some(port)) = (text.contains("coi-proxy ready"), port) {
-                proxy.smtp_port = port;
-                return proxy;
-            }
-            if let Some(status) = proxy.child.try_wait().expect("wait for coi-proxy") {
-                panic!("coi-proxy exited ({status}):\n{text}");
-            }
-            assert!(Instant::now() < deadline, "coi-proxy did not become ready with an smtp listener:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
