@@ -209,6 +209,20 @@ pub struct Queue {
     /// to the sender's INBOX (default 5 days, as most MTAs).
     #[serde(default = "default_give_up")]
     pub give_up_after_secs: u64,
+    /// Messages one account may have waiting for the provider; one more is refused with
+    /// `452 4.3.1` (the client keeps it and retries), so an unreachable provider or a runaway
+    /// client cannot fill the disk for everyone.
+    #[serde(default = "default_queue_messages")]
+    pub max_messages_per_account: u64,
+    /// Bytes of message data one account may have waiting; beyond it, `452 4.3.1` as well.
+    #[serde(default = "default_queue_bytes")]
+    pub max_bytes_per_account: u64,
+}
+
+impl Queue {
+    pub fn cap(&self) -> crate::store::QueueCap {
+        crate::store::QueueCap { messages: self.max_messages_per_account, bytes: self.max_bytes_per_account }
+    }
 }
 
 impl Default for Queue {
@@ -217,6 +231,8 @@ impl Default for Queue {
             retry_initial_secs: default_retry_initial(),
             retry_max_secs: default_retry_max(),
             give_up_after_secs: default_give_up(),
+            max_messages_per_account: default_queue_messages(),
+            max_bytes_per_account: default_queue_bytes(),
         }
     }
 }
@@ -229,6 +245,12 @@ fn default_retry_max() -> u64 {
 }
 fn default_give_up() -> u64 {
     5 * 24 * 60 * 60
+}
+fn default_queue_messages() -> u64 {
+    1000
+}
+fn default_queue_bytes() -> u64 {
+    512 * 1024 * 1024
 }
 
 /// The COI WebPush extension.
@@ -448,6 +470,12 @@ impl Config {
             return Err((
                 "queue.retry_initial_secs".into(),
                 "must be at least 1 and at most queue.retry_max_secs".into(),
+            ));
+        }
+        if self.queue.max_messages_per_account == 0 || self.queue.max_bytes_per_account == 0 {
+            return Err((
+                "queue.max_messages_per_account".into(),
+                "max_messages_per_account and max_bytes_per_account must be at least 1".into(),
             ));
         }
         if let Some(sub) = &self.push.vapid_subject

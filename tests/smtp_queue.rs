@@ -126,6 +126,65 @@ fn permanent_refusal_puts_a_failure_report_into_the_senders_inbox() {
     assert_eq!(inbox(provider.imap_port, ALICE, "secret").len(), 1, "exactly one report");
 }
 
+#[test]
+fn a_full_account_queue_answers_452_and_loses_nothing() {
+    let provider = Provider::start();
+    // Submission unreachable: everything accepted stays queued.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{port}"))
+        .extra(&format!("{FAST_RETRIES}max_messages_per_account = 2\nmax_bytes_per_account = 3000\n"))
+        .start();
+    let body = |subject: &str, size: usize| {
+        let mut m = format!("Subject: {subject}\r\n\r\n").into_bytes();
+        m.resize(size - 2, b'x');
+        m.extend_from_slice(b"\r\n");
+        m
+    };
+    let mut c = proxy.connect_smtp();
+    c.login(ALICE, "secret");
+    assert_eq!(c.send_message(ALICE, &[BOB], &body("first", 1000)).code, 250, "{}", c.transcript());
+    // No SIZE declared: the byte limit is noticed when the message is complete.
+    let reply = c.send_message(ALICE, &[BOB], &body("too big for what is left", 2500));
+    assert_eq!(reply.code, 452, "{}", c.transcript());
+    assert!(reply.text().contains("4.3.1 Queue full: 1000 bytes of this account's mail are waiting"), "{reply:?}");
+    // SIZE declared: refused at MAIL, before the client sends anything.
+    let reply = c.command("MAIL FROM:<alice@example.org> SIZE=2500");
+    assert_eq!(reply.code, 452, "{}", c.transcript());
+    assert_eq!(c.send_message(ALICE, &[BOB], &body("second", 500)).code, 250, "{}", c.transcript());
+    let reply = c.send_message(ALICE, &[BOB], &body("third", 100));
+    assert_eq!(reply.code, 452, "{}", c.transcript());
+    assert!(reply.text().contains("4.3.1 Queue full: 2 messages of this account are waiting"), "{reply:?}");
+    // The session goes on, and another account is not affected.
+    c.expect("NOOP", 250);
+    let mut other = proxy.connect_smtp();
+    other.login("carol@example.org", "secret");
+    assert_eq!(other.send_message("carol@example.org", &[BOB], &body("carol's", 2900)).code, 250);
+
+    // The provider returns: what was accepted arrives, and alice has room again.
+    let _forwarder = Forwarder::start(TcpListener::bind(("127.0.0.1", port)).unwrap(), provider.smtp_port);
+    let arrived = wait_for_inbox(provider.imap_port, BOB, "secret", Duration::from_secs(20), |m| m.len() >= 3);
+    let subjects: BTreeSet<String> = arrived
+        .iter()
+        .map(|m| {
+            String::from_utf8_lossy(m).lines().find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned)).unwrap()
+        })
+        .collect();
+    assert_eq!(subjects, BTreeSet::from(["first".into(), "second".into(), "carol's".into()]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = c.send_message(ALICE, &[BOB], &body("third", 100));
+        if reply.code == 250 {
+            break;
+        }
+        assert!(reply.code == 452 && Instant::now() < deadline, "{}", c.transcript());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.expect("QUIT", 221);
+    wait_for_inbox(provider.imap_port, BOB, "secret", Duration::from_secs(20), |m| m.len() == 4);
+}
+
 /// Submits messages `first..first+count` on one connection, each with Subject `crash-N`, and
 /// records every one that got `250` after its data. Stops quietly at the first error (the
 /// daemon is killed under it).

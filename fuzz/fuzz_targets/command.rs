@@ -1,5 +1,5 @@
-//! Decoding of the commands the proxy parses itself: the generic parser, METADATA, and the
-//! cheap head() used on every relayed line.
+//! Decoding of the commands the proxy parses itself: the generic parser, METADATA (COI and
+//! WebPush entries), and the cheap head() used on every relayed line.
 #![no_main]
 
 use coi_proxy::coi::metadata;
@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Ok(set) = metadata::parse_set(&cmd) {
             let _ = metadata::coi_change(&set);
+            let _ = coi_proxy::push::entries::changes(&set);
         }
     }
 });

@@ -1,7 +1,7 @@
 //! The SMTP submission state machine, driven like the server drives it, with any input.
 #![no_main]
 
-use coi_proxy::smtp::session::{AuthResult, Event, Policy, Session};
+use coi_proxy::smtp::session::{AuthResult, Event, Policy, QueueRefusal, Session};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,9 +22,14 @@ fuzz_target!(|data: &[u8]| {
                 let result = if login.len() % 2 == 0 { AuthResult::Ok(None) } else { AuthResult::Refused };
                 session.auth_result(result);
             }
+            Event::CheckRoom { size, .. } => {
+                let full = size % 3 == 1;
+                session.room(if full { Err(QueueRefusal::Full("full".into())) } else { Ok(()) });
+            }
             Event::Enqueue(submission) => {
                 assert!(submission.body.len() <= 4096 + 1024 * 1024 + 2);
-                session.queued(Ok(1));
+                let full = submission.body.len() % 5 == 4;
+                session.queued(if full { Err(QueueRefusal::Full("full".into())) } else { Ok(1) });
             }
             Event::StartTls => session.tls_started(),
             Event::Close => break,

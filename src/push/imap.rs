@@ -111,7 +111,8 @@ pub fn internal_date(text: &str) -> Option<i64> {
     let mut t = time.split(':').map(|n| n.parse::<u8>().ok());
     let (hour, minute, second) = (t.next()??, t.next()??, t.next()??);
     let (sign, hhmm) = zone.split_at_checked(1)?;
-    if hhmm.len() != 4 || !matches!(sign, "+" | "-") {
+    // Digits only: a provider's bytes must not make the slicing below cut a character.
+    if hhmm.len() != 4 || !hhmm.bytes().all(|b| b.is_ascii_digit()) || !matches!(sign, "+" | "-") {
         return None;
     }
     let dt = mail_parser::DateTime {
@@ -182,6 +183,9 @@ mod tests {
         assert_eq!(internal_date(" 1-Jan-1970 00:00:00 +0000"), Some(0));
         assert_eq!(internal_date("1-Foo-1970 00:00:00 +0000"), None);
         assert_eq!(internal_date("1-Jan-1970 00:00:00"), None);
+        // Found by fuzzing: a non-ASCII zone used to panic on a char boundary.
+        assert_eq!(internal_date("22-Nov-2026 08:01:00 +\u{fffd}3"), None);
+        assert_eq!(internal_date("22-Nov-2026 08:01:00 +0\u{e9}"), None);
     }
 
     #[test]

@@ -253,7 +253,7 @@ mod tests {
             report_pending: false,
             chat_followup: false,
         };
-        let id = store.queue_insert(&msg, b"x").unwrap();
+        let id = store.queue_insert(&msg, b"x", None).unwrap();
         let list = execute(&store, Command::List).unwrap().0;
         assert!(list.contains(&format!("#{id}  from alice@example.org")), "{list}");
         assert!(list.contains("to bob@example.org: pending") && list.contains("not tried yet"), "{list}");

@@ -23,11 +23,11 @@ use tracing::{debug, error, info, warn};
 use super::Smtp;
 use super::relay::{Reply, SmtpClient, Transaction};
 use super::report;
-use super::session::Submission;
+use super::session::{QueueRefusal, Submission};
 use crate::accounts::CredentialError;
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::secret::Secret;
-use crate::store::{QueuedMessage, RecipientState, Store, StoreError};
+use crate::store::{QueueCap, QueuedMessage, RecipientState, Store, StoreError};
 
 /// Accounts relayed to at the same time.
 pub const MAX_CONNECTIONS: usize = 4;
@@ -57,8 +57,30 @@ impl Queue {
         (Queue { store, settings, wake }, wakeups)
     }
 
-    /// Commits a message durably (redb commit = fsync) and wakes the relay; the id on success.
-    pub async fn enqueue(&self, sub: Submission) -> Result<u64, String> {
+    /// Commits a client's message durably (redb commit = fsync) and wakes the relay; the id
+    /// on success. The account's queue limits apply.
+    pub async fn enqueue(&self, sub: Submission) -> Result<u64, QueueRefusal> {
+        self.insert(sub, Some(self.settings.cap())).await
+    }
+
+    /// As [`Queue::enqueue`] for a read receipt the proxy sends itself: outside the account's
+    /// limits, since the user's read action cannot be repeated later.
+    pub async fn enqueue_receipt(&self, sub: Submission) -> Result<u64, QueueRefusal> {
+        self.insert(sub, None).await
+    }
+
+    /// Whether `login` has room for one more message of about `size` bytes (0: unknown).
+    pub async fn room(&self, login: String, size: u64) -> Result<(), QueueRefusal> {
+        let store = self.store.clone();
+        let cap = self.settings.cap();
+        let usage = blocking(move || store.queue_usage(&login)).await.map_err(|e| {
+            error!("cannot read the queue: {e}");
+            QueueRefusal::Unavailable("the queue is not readable".into())
+        })?;
+        usage.refusal(&cap, size).map_or(Ok(()), |why| Err(QueueRefusal::Full(why)))
+    }
+
+    async fn insert(&self, sub: Submission, cap: Option<QueueCap>) -> Result<u64, QueueRefusal> {
         let at = now();
         let mut msg = QueuedMessage {
             login: sub.login,
@@ -77,9 +99,15 @@ impl Queue {
         let store = self.store.clone();
         let login = msg.login.clone();
         let (rcpts, size) = (msg.recipients.len(), msg.size);
-        let id = blocking(move || store.queue_insert(&msg, &sub.body)).await.map_err(|e| {
-            error!("cannot queue a message: {e}");
-            "the queue is not writable".to_string()
+        let id = blocking(move || store.queue_insert(&msg, &sub.body, cap.as_ref())).await.map_err(|e| match e {
+            StoreError::QueueFull(why) => {
+                warn!(size, "message refused: {why}");
+                QueueRefusal::Full(why)
+            }
+            e => {
+                error!("cannot queue a message: {e}");
+                QueueRefusal::Unavailable("the queue is not writable".into())
+            }
         })?;
         info!(id, rcpts, size, "message queued");
         let _ = self.wake.send((id, login));
@@ -465,7 +493,12 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_maximum() {
-        let s = crate::config::Queue { retry_initial_secs: 60, retry_max_secs: 3600, give_up_after_secs: 1 };
+        let s = crate::config::Queue {
+            retry_initial_secs: 60,
+            retry_max_secs: 3600,
+            give_up_after_secs: 1,
+            ..Default::default()
+        };
         let delays: Vec<i64> = (1..=8).map(|n| backoff(&s, n)).collect();
         assert_eq!(delays, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
         assert_eq!(backoff(&s, 1000), 3600);

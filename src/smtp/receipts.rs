@@ -547,7 +547,7 @@ async fn read_receipts(ctx: &Arc<Smtp>, login: &str, up: &mut Upstream, chats: &
                 }],
                 body: mdn,
             };
-            match ctx.queue.enqueue(submission).await {
+            match ctx.queue.enqueue_receipt(submission).await {
                 Ok(id) => info!(id, mailbox, uid, "read receipt queued"),
                 Err(e) => warn!(mailbox, uid, "cannot queue a read receipt: {e}"),
             }

@@ -200,6 +200,7 @@ async fn run(ctx: &Smtp, tcp: TcpStream, listener: Listener, mut shutdown: watch
                 password.wipe();
                 session.auth_result(result);
             }
+            Event::CheckRoom { login, size } => session.room(ctx.queue.room(login, size).await),
             Event::Enqueue(submission) => {
                 let result = ctx.queue.enqueue(submission).await;
                 queued += u32::from(result.is_ok());

@@ -59,6 +59,8 @@ enum State {
     /// An [`Event::Authenticate`] is out.
     AwaitAuth,
     Data(Box<Data>),
+    /// An [`Event::CheckRoom`] is out for this MAIL's transaction.
+    AwaitRoom(Box<Transaction>),
     /// An [`Event::Enqueue`] is out.
     AwaitQueue,
     /// `STARTTLS` was accepted; an [`Event::StartTls`] is out.
@@ -121,6 +123,9 @@ pub enum Event {
     NeedInput,
     /// Check these credentials at the provider, then call [`Session::auth_result`].
     Authenticate { login: String, password: Secret },
+    /// Check that the account's queue has room for a message of about `size` bytes (0 when
+    /// the client declared none), then call [`Session::room`].
+    CheckRoom { login: String, size: u64 },
     /// Commit the message durably, then call [`Session::queued`].
     Enqueue(Submission),
     /// Write the output, then do the TLS handshake and call [`Session::tls_started`]. Input
@@ -128,6 +133,17 @@ pub enum Event {
     StartTls,
     /// Write the output and close the connection.
     Close,
+}
+
+/// Why a message cannot go into the queue now; the client keeps it and tries again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueRefusal {
+    /// The account's share of the queue is used up (`452 4.3.1`).
+    #[error("queue full: {0}")]
+    Full(String),
+    /// The store cannot take it (`451 4.3.0`).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// How a login check ended.
@@ -216,7 +232,7 @@ impl Session {
             }
             match &mut self.state {
                 State::Closed => return Event::Close,
-                State::AwaitAuth | State::AwaitQueue | State::AwaitTls => {
+                State::AwaitAuth | State::AwaitRoom(_) | State::AwaitQueue | State::AwaitTls => {
                     unreachable!("the caller must hand back the result of the last event first")
                 }
                 State::Data(_) => match self.data_step() {
@@ -288,13 +304,36 @@ impl Session {
         }
     }
 
+    /// The result of [`Event::CheckRoom`]: the MAIL command is accepted or refused.
+    pub fn room(&mut self, result: Result<(), QueueRefusal>) {
+        let State::AwaitRoom(tx) = std::mem::replace(&mut self.state, State::Command) else {
+            unreachable!("room() answers CheckRoom only")
+        };
+        match result {
+            Ok(()) => {
+                self.tx = Some(*tx);
+                self.reply("250 2.1.0 Sender OK");
+            }
+            Err(why) => self.refuse(why),
+        }
+    }
+
     /// The result of [`Event::Enqueue`]: the queue id, or why the message could not be stored.
-    pub fn queued(&mut self, result: Result<u64, String>) {
+    pub fn queued(&mut self, result: Result<u64, QueueRefusal>) {
         debug_assert!(matches!(self.state, State::AwaitQueue));
         self.state = State::Command;
         match result {
             Ok(id) => self.reply(&format!("250 2.0.0 Ok: queued as {id}")),
-            Err(why) => {
+            Err(why) => self.refuse(why),
+        }
+    }
+
+    fn refuse(&mut self, why: QueueRefusal) {
+        match why {
+            QueueRefusal::Full(why) => {
+                self.reply(&format!("452 4.3.1 Queue full: {}; try again later", one_line(&why)))
+            }
+            QueueRefusal::Unavailable(why) => {
                 self.reply(&format!("451 4.3.0 Cannot store the message now ({}); try again later", one_line(&why)))
             }
         }
@@ -389,7 +428,7 @@ impl Session {
                 }
             }
             Request::Auth { mechanism, initial_response } => return self.auth(mechanism, initial_response),
-            Request::Mail { from } => self.mail(from),
+            Request::Mail { from } => return self.mail(from),
             Request::Rcpt { to } => self.rcpt(to),
             Request::Data => self.data(),
             Request::Rset => {
@@ -527,28 +566,44 @@ impl Session {
         Some(Event::Authenticate { login, password })
     }
 
-    fn mail(&mut self, from: MailFrom<Cow<'_, str>>) {
+    /// A valid MAIL opens a transaction once the account's queue has room ([`Event::CheckRoom`]).
+    fn mail(&mut self, from: MailFrom<Cow<'_, str>>) -> Option<Event> {
+        let size = from.size as u64;
+        match self.check_mail(from) {
+            Ok(tx) => {
+                let login = self.login.clone().unwrap_or_default();
+                self.state = State::AwaitRoom(Box::new(tx));
+                Some(Event::CheckRoom { login, size })
+            }
+            Err(reply) => {
+                self.error(&reply);
+                None
+            }
+        }
+    }
+
+    fn check_mail(&self, from: MailFrom<Cow<'_, str>>) -> Result<Transaction, String> {
         if self.greeted.is_none() {
-            return self.error("503 5.5.1 Send EHLO first");
+            return Err("503 5.5.1 Send EHLO first".into());
         }
         if self.login.is_none() {
-            return if self.auth_offered() {
-                self.error("530 5.7.0 Authentication required")
+            return Err(if self.auth_offered() {
+                "530 5.7.0 Authentication required".into()
             } else {
-                self.error("530 5.7.0 Must issue a STARTTLS command first")
-            };
+                "530 5.7.0 Must issue a STARTTLS command first".into()
+            });
         }
         if self.tx.is_some() {
-            return self.error("503 5.5.1 Nested MAIL command");
+            return Err("503 5.5.1 Nested MAIL command".into());
         }
         if from.size as u64 > self.policy.max_size {
-            return self.error(&format!("552 5.3.4 Message size exceeds the limit of {} bytes", self.policy.max_size));
+            return Err(format!("552 5.3.4 Message size exceeds the limit of {} bytes", self.policy.max_size));
         }
         if from.flags & MAIL_SMTPUTF8 != 0 && !self.policy.smtputf8 {
-            return self.error("555 5.5.4 SMTPUTF8 is not offered (the provider does not support it)");
+            return Err("555 5.5.4 SMTPUTF8 is not offered (the provider does not support it)".into());
         }
         if from.flags & MAIL_BODY_BINARYMIME != 0 {
-            return self.error("555 5.5.4 BODY=BINARYMIME is not offered");
+            return Err("555 5.5.4 BODY=BINARYMIME is not offered".into());
         }
         let ret = if from.flags & MAIL_RET_FULL != 0 {
             Some("FULL".to_string())
@@ -558,7 +613,7 @@ impl Session {
             None
         };
         if (ret.is_some() || from.env_id.is_some()) && !self.policy.dsn {
-            return self.error("555 5.5.4 DSN parameters are not offered (the provider does not support DSN)");
+            return Err("555 5.5.4 DSN parameters are not offered (the provider does not support DSN)".into());
         }
         let params = MailParams {
             eight_bit: from.flags & MAIL_BODY_8BITMIME != 0,
@@ -566,8 +621,7 @@ impl Session {
             ret,
             envid: from.env_id.map(Cow::into_owned),
         };
-        self.tx = Some(Transaction { from: from.address.into_owned(), params, recipients: Vec::new() });
-        self.reply("250 2.1.0 Sender OK");
+        Ok(Transaction { from: from.address.into_owned(), params, recipients: Vec::new() })
     }
 
     fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) {
@@ -709,9 +763,14 @@ mod tests {
 
     /// Feeds `input` and runs the session until it needs more or has an event; returns the
     /// output as text and the event.
+    /// Feeds `input` and runs to the next event, answering queue-room checks with "room".
     fn run(s: &mut Session, input: &[u8]) -> (String, Event) {
         s.feed(input);
-        let event = s.next_event();
+        let mut event = s.next_event();
+        while let Event::CheckRoom { .. } = event {
+            s.room(Ok(()));
+            event = s.next_event();
+        }
         (String::from_utf8(s.take_output()).unwrap(), event)
     }
 
@@ -798,11 +857,41 @@ mod tests {
         let input = b"MAIL FROM:<>\r\nRCPT TO:<c@d>\r\nDATA\r\n.\r\n";
         let mut event = Event::NeedInput;
         for b in input.iter() {
-            s.feed(&[*b]);
-            event = s.next_event();
+            (_, event) = run(&mut s, &[*b]);
         }
         let Event::Enqueue(sub) = event else { panic!("{event:?}") };
         assert!(sub.body.is_empty() && sub.from.is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_mail_and_at_the_final_dot_with_452() {
+        let mut s = authed();
+        s.feed(b"MAIL FROM:<a@b> SIZE=300\r\nRCPT TO:<c@d>\r\nDATA\r\n");
+        let event = s.next_event();
+        assert!(matches!(event, Event::CheckRoom { ref login, size: 300 } if login == "a@b"), "{event:?}");
+        s.room(Err(QueueRefusal::Full("1000 messages are waiting".into())));
+        let event = s.next_event();
+        assert!(matches!(event, Event::NeedInput), "{event:?}");
+        let out = String::from_utf8(s.take_output()).unwrap();
+        assert_eq!(
+            out,
+            "452 4.3.1 Queue full: 1000 messages are waiting; try again later\r\n503 5.5.1 Need MAIL command first\r\n503 5.5.1 Need MAIL command first\r\n"
+        );
+
+        // Room at MAIL, but full by the time the message is committed (another session).
+        let (_, event) = run(&mut s, b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nhi\r\n.\r\n");
+        assert!(matches!(event, Event::Enqueue(_)), "{event:?}");
+        s.queued(Err(QueueRefusal::Full("too many bytes".into())));
+        let (out, _) = run(&mut s, b"NOOP\r\n");
+        assert_eq!(out, "452 4.3.1 Queue full: too many bytes; try again later\r\n250 2.0.0 Ok\r\n");
+        s.feed(b"MAIL FROM:<a@b>\r\n");
+        let event = s.next_event();
+        assert!(matches!(event, Event::CheckRoom { size: 0, .. }), "{event:?}");
+        s.room(Err(QueueRefusal::Unavailable("the queue is not readable".into())));
+        assert_eq!(
+            String::from_utf8(s.take_output()).unwrap(),
+            "451 4.3.0 Cannot store the message now (the queue is not readable); try again later\r\n"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 mod queue;
-pub use queue::{Attempt, MailParams, QueuedMessage, Recipient, RecipientState};
+pub use queue::{Attempt, MailParams, QueueCap, QueueUsage, QueuedMessage, Recipient, RecipientState};
 
 mod coi;
 mod receipts;
@@ -42,6 +42,9 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     #[error("store: {0}")]
     Corrupt(String),
+    /// The account's share of the queue is used up (`[queue]` limits); nothing was stored.
+    #[error("the queue is full for this account: {0}")]
+    QueueFull(String),
 }
 
 macro_rules! db_error_from {

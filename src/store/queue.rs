@@ -125,20 +125,93 @@ fn decode(id: u64, json: &str) -> Result<QueuedMessage, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("queue entry {id}: {e}")))
 }
 
+/// How much one account may have waiting in the queue (`[queue]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCap {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// What an account has in the queue now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueUsage {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+impl QueueUsage {
+    /// Why one more message of `size` bytes would go beyond `cap`, in words for the client.
+    pub fn refusal(&self, cap: &QueueCap, size: u64) -> Option<String> {
+        if self.messages >= cap.messages {
+            Some(format!(
+                "{} messages of this account are waiting for the provider (the limit is {})",
+                self.messages, cap.messages
+            ))
+        } else if self.bytes.saturating_add(size) > cap.bytes {
+            Some(format!(
+                "{} bytes of this account's mail are waiting for the provider (the limit is {})",
+                self.bytes, cap.bytes
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// The two fields usage needs; the rest of an envelope is skipped unread.
+#[derive(Deserialize)]
+struct Owner<'a> {
+    #[serde(borrow)]
+    login: std::borrow::Cow<'a, str>,
+    size: u64,
+}
+
+fn usage_in(table: &impl ReadableTable<u64, &'static str>, login: &str) -> Result<QueueUsage, StoreError> {
+    let mut usage = QueueUsage::default();
+    for entry in table.iter()? {
+        let (id, json) = entry?;
+        let owner: Owner = serde_json::from_str(json.value())
+            .map_err(|e| StoreError::Corrupt(format!("queue entry {}: {e}", id.value())))?;
+        if owner.login == login {
+            usage.messages += 1;
+            usage.bytes = usage.bytes.saturating_add(owner.size);
+        }
+    }
+    Ok(usage)
+}
+
 impl Store {
-    /// Commits a new message and its envelope durably; returns its queue id.
-    pub fn queue_insert(&self, msg: &QueuedMessage, body: &[u8]) -> Result<u64, StoreError> {
+    /// Commits a new message and its envelope durably; returns its queue id. With a `cap`, the
+    /// account's usage is checked in the same transaction, so concurrent submissions cannot
+    /// slip past it together: beyond it, [`StoreError::QueueFull`] and nothing is stored.
+    pub fn queue_insert(&self, msg: &QueuedMessage, body: &[u8], cap: Option<&QueueCap>) -> Result<u64, StoreError> {
         let txn = self.db.begin_write()?;
         let id = {
+            let mut envelopes = txn.open_table(ENVELOPES)?;
+            if let Some(cap) = cap
+                && let Some(why) = usage_in(&envelopes, &msg.login)?.refusal(cap, body.len() as u64)
+            {
+                return Err(StoreError::QueueFull(why));
+            }
             let mut meta = txn.open_table(META)?;
             let id = meta.get("next_id")?.map(|v| v.value()).unwrap_or(1);
             meta.insert("next_id", id + 1)?;
-            txn.open_table(ENVELOPES)?.insert(id, encode(msg).as_str())?;
+            envelopes.insert(id, encode(msg).as_str())?;
             txn.open_table(BODIES)?.insert(id, body)?;
             id
         };
         txn.commit()?;
         Ok(id)
+    }
+
+    /// What `login` has in the queue now.
+    pub fn queue_usage(&self, login: &str) -> Result<QueueUsage, StoreError> {
+        let txn = self.db.begin_read()?;
+        match txn.open_table(ENVELOPES) {
+            Ok(table) => usage_in(&table, login),
+            Err(e) if missing(&e) => Ok(QueueUsage::default()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Every queued message, oldest first.
@@ -246,7 +319,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert!(store.queue_list().unwrap().is_empty(), "a fresh store has no queue tables yet");
         let mut m = message(&["bob@example.org", "carol@example.org"]);
-        let id = store.queue_insert(&m, b"hello").unwrap();
+        let id = store.queue_insert(&m, b"hello", None).unwrap();
         assert_eq!(store.queue_body(id).unwrap().unwrap(), b"hello");
         assert_eq!(store.queue_list().unwrap(), vec![(id, m.clone())]);
 
@@ -266,10 +339,32 @@ mod tests {
 
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        let id2 = store.queue_insert(&message(&["bob@example.org"]), b"x").unwrap();
+        let id2 = store.queue_insert(&message(&["bob@example.org"]), b"x", None).unwrap();
         assert!(id2 > id);
         assert!(store.queue_remove(id2).unwrap());
         assert!(!store.queue_remove(id2).unwrap());
+    }
+
+    #[test]
+    fn the_cap_counts_one_account_and_refuses_without_storing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cap = QueueCap { messages: 2, bytes: 12 };
+        let alice = message(&["bob@example.org"]);
+        let mut carol = message(&["bob@example.org"]);
+        carol.login = "carol@example.org".into();
+        assert_eq!(store.queue_usage("alice@example.org").unwrap(), QueueUsage::default());
+        let first = store.queue_insert(&alice, b"hello", Some(&cap)).unwrap();
+        store.queue_insert(&carol, b"other account", None).unwrap();
+        let err = store.queue_insert(&alice, b"too big!", Some(&cap)).unwrap_err().to_string();
+        assert!(err.contains("5 bytes") && err.contains("limit is 12"), "{err}");
+        store.queue_insert(&alice, b"small", Some(&cap)).unwrap();
+        let err = store.queue_insert(&alice, b"x", Some(&cap)).unwrap_err();
+        assert!(matches!(err, StoreError::QueueFull(ref why) if why.contains("2 messages")), "{err}");
+        assert_eq!(store.queue_usage("alice@example.org").unwrap(), QueueUsage { messages: 2, bytes: 10 });
+        assert_eq!(store.queue_list().unwrap().len(), 3, "refused messages are not stored");
+        store.queue_remove(first).unwrap();
+        store.queue_insert(&alice, b"x", Some(&cap)).expect("room again once one left");
     }
 
     #[test]
