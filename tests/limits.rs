@@ -12,6 +12,7 @@ use support::fake_provider::{FakeProvider, Step, greet_and_login};
 use support::imap_client::ImapClient;
 use support::provider::Provider;
 use support::proxy::Proxy;
+use support::smtp_client::SmtpClient;
 
 /// A plain connection to `port` from the loopback address `source` (127.0.0.1 and 127.0.0.2
 /// are different client addresses to the proxy).
@@ -135,6 +136,61 @@ fn failed_logins_are_answered_later_and_later_per_address() {
     let (took, _) = timed_login(&mut c, "a4", "wrong@example.org");
     assert!(took >= ms(300) && took < ms(1200), "after a success {took:?}");
     assert!(proxy.log().contains("login rejected by the provider failures=1 delay_ms=300"), "{}", proxy.log());
+}
+
+#[test]
+fn smtp_shares_the_session_limits_and_delays_failed_logins() {
+    let dovecot = Provider::start();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", dovecot.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{}", dovecot.smtp_port))
+        .extra("[limits]\nmax_sessions_per_ip = 2\nauth_failure_delay_ms = 300")
+        .start();
+    // One IMAP and one SMTP session use up the address's two places.
+    let mut imap = ImapClient::from_stream(connect_from("127.0.0.1", proxy.imap_port));
+    imap.login("alice@example.org", "secret");
+    let mut smtp = SmtpClient::from_stream(connect_from("127.0.0.1", proxy.smtp_port));
+    assert_eq!(smtp.greeting.code, 220, "{:?}", smtp.greeting);
+    let mut refused = SmtpClient::from_stream(connect_from("127.0.0.1", proxy.smtp_port));
+    assert_eq!(refused.greeting.code, 421, "{:?}", refused.greeting);
+    assert_eq!(refused.greeting.text(), "4.7.0 Too many connections from your address; try again later");
+    refused.expect_eof();
+    let mut tls = proxy.connect_smtps();
+    assert_eq!(tls.greeting.text(), "4.7.0 Too many connections from your address; try again later");
+    tls.expect_eof();
+
+    // Failed AUTH waits as a failed IMAP LOGIN does, longer each time from the same address.
+    let ms = Duration::from_millis;
+    smtp.ehlo();
+    let started = Instant::now();
+    assert_eq!(smtp.auth_plain("alice@example.org", "wrong").code, 535);
+    assert!(started.elapsed() >= ms(300), "first failure after {:?}", started.elapsed());
+    let started = Instant::now();
+    assert_eq!(smtp.auth_plain("alice@example.org", "wrong").code, 535);
+    assert!(started.elapsed() >= ms(600), "second failure after {:?}", started.elapsed());
+    // The session and the IMAP one go on; a right password clears the record.
+    assert_eq!(smtp.auth_plain("alice@example.org", "secret").code, 235, "{}", smtp.transcript());
+    imap.expect_ok("n1 NOOP");
+    drop(smtp);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut again = loop {
+        let c = SmtpClient::from_stream(connect_from("127.0.0.1", proxy.smtp_port));
+        if c.greeting.code == 220 {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the closed session's place was not freed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    again.ehlo();
+    let started = Instant::now();
+    assert_eq!(again.auth_plain("alice@example.org", "wrong").code, 535);
+    assert!(started.elapsed() >= ms(300), "after {:?}", started.elapsed());
+    // The provider's own check takes a varying time; the proxy's delays are in its log.
+    let log = proxy.log();
+    let delays: Vec<&str> = log.lines().filter_map(|l| l.split("delay_ms=").nth(1)).collect();
+    assert_eq!(delays, ["300", "600", "300"], "after a success the delay starts again\n{log}");
+    assert!(log.contains("refused: Too many connections from your address"), "{log}");
+    assert!(!log.contains("wrong"), "no password in the log");
 }
 
 /// A tmpfs mounted for one test; unmounted on drop.

@@ -18,6 +18,7 @@ use super::relay::SmtpClient;
 use super::session::{AuthResult, Event, Policy, Session};
 use super::{CapsCache, Smtp};
 use crate::imap::upstream::{AuthOutcome, Upstream};
+use crate::limits::Refused;
 use crate::net::Stream;
 use crate::secret::Secret;
 use crate::server::{RunError, Shared};
@@ -111,11 +112,15 @@ async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
+                // One budget with the IMAP sessions: the limits are per daemon and per address.
+                let limits = &ctx.shared.config().limits;
+                let admitted = ctx.shared.sessions.admit(peer.ip(), limits.max_sessions, limits.max_sessions_per_ip);
                 let (ctx, shutdown, alive) = (ctx.clone(), shutdown.clone(), alive.clone());
                 tokio::spawn(async move {
                     let _open = crate::metrics::session_opened(if info.kind == Kind::Smtp { "smtp" } else { "smtps" });
-                    serve(ctx, tcp, peer, info, shutdown).await;
-                    drop(alive);
+                    let refused = admitted.as_ref().err().copied();
+                    serve(ctx, tcp, peer, info, refused, shutdown).await;
+                    drop((admitted, alive));
                 });
             }
             Err(e) => {
@@ -128,21 +133,35 @@ async fn accept_loop(
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
-async fn serve(ctx: Arc<Smtp>, tcp: TcpStream, peer: SocketAddr, listener: Listener, shutdown: watch::Receiver<bool>) {
+async fn serve(
+    ctx: Arc<Smtp>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: Listener,
+    refused: Option<Refused>,
+    shutdown: watch::Receiver<bool>,
+) {
     let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("smtp", id, client = %peer, login = tracing::field::Empty);
     async move {
         debug!(listener = %listener.addr, "connected");
         let started = Instant::now();
         let _ = tcp.set_nodelay(true);
-        let outcome = run(&ctx, tcp, listener, shutdown).await;
+        let outcome = run(&ctx, tcp, peer, listener, refused, shutdown).await;
         info!(outcome = %outcome, secs = started.elapsed().as_secs(), "smtp session ended");
     }
     .instrument(span)
     .await
 }
 
-async fn run(ctx: &Smtp, tcp: TcpStream, listener: Listener, mut shutdown: watch::Receiver<bool>) -> String {
+async fn run(
+    ctx: &Smtp,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: Listener,
+    refused: Option<Refused>,
+    mut shutdown: watch::Receiver<bool>,
+) -> String {
     let shared = &ctx.shared;
     let mut stream = match listener.kind {
         Kind::Smtps => {
@@ -154,6 +173,12 @@ async fn run(ctx: &Smtp, tcp: TcpStream, listener: Listener, mut shutdown: watch
         }
         Kind::Smtp => Stream::Plain(tcp),
     };
+    if let Some(why) = refused {
+        // After the TLS handshake on smtps, so that the client can read why.
+        let _ = stream.write_all(format!("421 4.7.0 {why}; try again later\r\n").as_bytes()).await;
+        let _ = stream.shutdown().await;
+        return format!("refused: {why}");
+    }
     let caps = match default_provider(shared) {
         Some(p) => ctx.caps.get(&p, &shared.upstream_tls, shared.config().limits.connect_timeout()).await,
         None => None,
@@ -190,12 +215,21 @@ async fn run(ctx: &Smtp, tcp: TcpStream, listener: Listener, mut shutdown: watch
             }
             Event::Authenticate { login, password } => {
                 let result = check_login(ctx, &login, &password).await;
-                if matches!(result, AuthResult::Ok(_)) {
-                    shared.credentials.remember(&login, &password);
-                    tracing::Span::current().record("login", login.as_str());
-                    info!("logged in");
-                } else {
-                    info!(login, "login not accepted: {result:?}");
+                match &result {
+                    AuthResult::Ok(_) => {
+                        shared.auth_failures.succeeded(peer.ip());
+                        shared.credentials.remember(&login, &password);
+                        tracing::Span::current().record("login", login.as_str());
+                        info!("logged in");
+                    }
+                    AuthResult::Refused => {
+                        let base = shared.config().limits.auth_failure_delay(&listener.addr);
+                        let delay = shared.auth_failures.failed(peer.ip(), base);
+                        info!(login, delay_ms = delay.as_millis() as u64, "login rejected by the provider");
+                        // Slows down password guessing, as on the IMAP side.
+                        tokio::time::sleep(delay).await;
+                    }
+                    AuthResult::Unavailable(_) => info!(login, "login not checked: {result:?}"),
                 }
                 password.wipe();
                 session.auth_result(result);
