@@ -295,8 +295,19 @@ fn a_stalled_provider_times_out_but_idle_and_slow_uploads_do_not() {
         Step::Expect("NOOP"),
         Step::Reply("OK NOOP completed"),
     ]);
-    let fakes = [stalls, quiet].map(FakeProvider::start);
-    let accounts = [("stall@example.org", fakes[0].url(), None), ("quiet@example.org", fakes[1].url(), None)];
+    let mut stalls_after_done = greet_and_login();
+    stalls_after_done.extend([
+        Step::Expect("IDLE"),
+        Step::send("+ idling\r\n"),
+        Step::Expect("DONE"),
+        Step::Stall(Duration::from_secs(30)),
+    ]);
+    let fakes = [stalls, quiet, stalls_after_done].map(FakeProvider::start);
+    let accounts = [
+        ("stall@example.org", fakes[0].url(), None),
+        ("quiet@example.org", fakes[1].url(), None),
+        ("done@example.org", fakes[2].url(), None),
+    ];
     let proxy = proxy_with(&dovecot, &accounts).extra("[limits]\nprovider_timeout_secs = 2").start();
     let mut other = bystander(&proxy);
 
@@ -328,4 +339,17 @@ fn a_stalled_provider_times_out_but_idle_and_slow_uploads_do_not() {
     assert_eq!(c.read_line(), "a1 OK Append completed\r\n");
     c.expect_ok("n1 NOOP");
     other.expect_ok("b2 NOOP");
+
+    // An IDLE may be silent for long; once the client says DONE, the provider owes the answer.
+    let mut c = proxy.connect();
+    c.login("done@example.org", "secret");
+    c.send_raw(b"i2 IDLE\r\n");
+    assert_eq!(c.read_line(), "+ idling\r\n");
+    std::thread::sleep(Duration::from_secs(3));
+    c.send_raw(b"DONE\r\n");
+    let started = std::time::Instant::now();
+    assert_eq!(c.read_line(), "* BYE [UNAVAILABLE] The provider did not answer for 2 seconds; timed out\r\n");
+    assert!(started.elapsed() >= Duration::from_secs(2) && started.elapsed() < Duration::from_secs(5));
+    c.expect_eof();
+    other.expect_ok("b3 NOOP");
 }

@@ -107,6 +107,8 @@ pub(crate) struct Link {
 struct LinkState {
     /// The tag of the client's IDLE while it runs.
     idle: Option<Vec<u8>>,
+    /// The client sent DONE for that IDLE: from now on the provider owes its tagged response.
+    idle_done: bool,
     /// The client has INBOX selected (as far as the relayed SELECT/EXAMINE said).
     inbox_selected: bool,
     /// Tags of relayed client commands whose tagged response has not come yet, with whether
@@ -130,7 +132,15 @@ impl Link {
 
     /// The client started IDLE with `tag`.
     pub fn idle_started(&self, tag: &[u8]) {
-        self.state.lock().expect("link").idle = Some(tag.to_vec());
+        let mut state = self.state.lock().expect("link");
+        state.idle = Some(tag.to_vec());
+        state.idle_done = false;
+    }
+
+    /// The client ended its IDLE with DONE.
+    pub fn idle_done(&self) {
+        let mut state = self.state.lock().expect("link");
+        state.idle_done = state.idle.is_some();
     }
 
     /// Whether `tag` is the client's running IDLE.
@@ -155,6 +165,7 @@ impl Link {
             let mut state = self.state.lock().expect("link");
             if state.idle.as_deref() == Some(tag) {
                 state.idle = None;
+                state.idle_done = false;
             }
             if let Some((n, w)) = state.in_flight.get_mut(tag) {
                 *n -= 1;
@@ -173,10 +184,11 @@ impl Link {
     }
 
     /// Whether the provider owes an answer: an own command, or a client command other than a
-    /// running IDLE (which may rightly stay silent for as long as the client likes).
+    /// running IDLE (which may rightly stay silent for as long as the client likes; after the
+    /// client's DONE it owes the tagged response).
     pub fn waiting_for_provider(&self) -> bool {
         let state = self.state.lock().expect("link");
-        state.own.is_some() || (!state.in_flight.is_empty() && state.idle.is_none())
+        state.own.is_some() || (!state.in_flight.is_empty() && (state.idle.is_none() || state.idle_done))
     }
 
     /// Whether an own command is waiting for responses.

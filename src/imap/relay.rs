@@ -219,6 +219,8 @@ impl Commands<'_> {
                             tag = head.map(|(t, _)| t.to_vec()).unwrap_or_default();
                             if let Some((_, name)) = head {
                                 self.note_state(name, bytes, interceptor.wants(name));
+                            } else if bytes.trim_ascii().eq_ignore_ascii_case(b"DONE") {
+                                self.link.idle_done();
                             }
                             if let Some(reply) = refuse_command(bytes) {
                                 mode = Mode::Discard;
