@@ -1,6 +1,7 @@
 //! Delta Chat (`deltachat-rpc-server` from PyPI), a real chat-over-email client, through the
 //! proxy: messages and a read receipt between two accounts, with the COI filter `none` and
-//! `active`; in `active` chat messages land in `COI/Chats` while ordinary mail stays in INBOX.
+//! `active`; in `active` chat messages land in `COI/Chats` while ordinary mail stays in INBOX;
+//! and Delta Chat taking the proxy's read receipt for a plain client as read (`MsgRead`).
 
 mod support;
 
@@ -75,4 +76,42 @@ fn delta_chat_receives_from_a_provider_without_idle_only_through_the_proxy() {
         !direct,
         "directly, Delta Chat was expected to receive nothing (it sends no IMAP command without IDLE): {report}"
     );
+}
+
+#[test]
+fn delta_chat_takes_the_proxys_read_receipt_for_a_plain_client_as_read() {
+    let provider = Provider::start();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{}", provider.smtp_port))
+        .extra("[[account]]\nlogin = \"bob@example.org\"\nread_receipts = true\n")
+        .start();
+    // Receipts start with bob's first login through the proxy; what was read before gets none.
+    let mut bob = proxy.connect();
+    bob.login("bob@example.org", "secret");
+    proxy.wait_for_log("read receipts start now", std::time::Duration::from_secs(10));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deltachat/dc_chat.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg("--read-receipt")
+        .args(["--proxy-imap", &proxy.imap_port.to_string()])
+        .args(["--provider-imap", &provider.imap_port.to_string()])
+        .args(["--provider-smtp", &provider.smtp_port.to_string()])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "Delta Chat did not take the receipt as read ({}):\n{}\n{stdout}\nproxy log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        proxy.log()
+    );
+    eprintln!("Delta Chat read receipt: {stdout}");
+    assert!(stdout.contains("$MDNSent"), "the original is marked: {stdout}");
+    // Exactly one receipt reached alice (Delta Chat leaves it in her INBOX, marked seen).
+    let alice = support::smtp_client::inbox(provider.imap_port, "alice@example.org", "secret");
+    let receipts = alice.iter().filter(|m| m.windows(27).any(|w| w == b"Subject: Chat: Read receipt")).count();
+    assert_eq!(receipts, 1, "{}", proxy.log());
+    assert_eq!(proxy.log().matches("read receipt queued").count(), 1);
 }
