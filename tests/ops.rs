@@ -404,3 +404,14 @@ fn every_config_key_is_documented_in_readme_and_proxy_toml() {
     }
     assert!(missing.is_empty(), "configuration keys not documented:\n{}", missing.join("\n"));
 }
+
+/// Crates with a published advisory that has no fixed version stay out of the build (SECURITY.md,
+/// "Dependencies"): a stand-in for `cargo deny`'s ban list, which needs no network.
+#[test]
+fn crates_with_unfixed_advisories_stay_out_of_the_lock_file() {
+    let lock = std::fs::read_to_string(repo("Cargo.lock")).unwrap();
+    let banned = [("rsa", "RUSTSEC-2023-0071, Marvin timing attack, no fixed version")];
+    for (name, why) in banned {
+        assert!(!lock.contains(&format!("\nname = \"{name}\"\n")), "{name} is back in Cargo.lock ({why})");
+    }
+}

@@ -172,7 +172,7 @@ fn subscribe_validate_push_and_unsubscribe() {
     assert!(validation.headers.contains_key("webpush-validation"), "{:?}", validation.headers);
     assert!(validation.headers.contains_key("ttl"));
     let claims = check_vapid(&validation, &pem, &ep.origin());
-    assert_eq!(claims.subject.as_deref(), Some("mailto:postmaster@example.org"));
+    assert_eq!(claims["sub"], "mailto:postmaster@example.org");
     let token = dev.decrypt(&validation)["validation"].as_str().unwrap().to_string();
     assert!(token.len() >= 32);
 

@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use base64::Engine;
 use tracing::{info, warn};
-use web_push_native::jwt_simple::algorithms::ES256KeyPair;
 
 use crate::server::Shared;
 use crate::store::Store;
@@ -37,7 +36,7 @@ pub enum KeyError {
 }
 
 /// The installation's VAPID key pair, made on first use.
-pub fn vapid_key(store: &Store) -> Result<ES256KeyPair, KeyError> {
+pub fn vapid_key(store: &Store) -> Result<vapid::VapidKey, KeyError> {
     Ok(vapid::key_pair(&store.vapid_key(vapid::generate)?)?)
 }
 

@@ -6,7 +6,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
-use web_push_native::jwt_simple::algorithms::ES256KeyPair;
 
 use super::subscription::Subscription;
 use super::vapid;
@@ -53,8 +52,6 @@ pub fn backoff(verdict: Verdict, failures: u32) -> Option<Duration> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    #[error(transparent)]
-    Vapid(#[from] vapid::VapidError),
     #[error("cannot encrypt the push payload")]
     Encrypt,
     #[error("cannot set up the HTTP client: {0}")]
@@ -69,7 +66,7 @@ pub enum SendError {
 pub struct Push<'a> {
     pub subscription: &'a Subscription,
     pub payload: &'a [u8],
-    pub key: &'a ES256KeyPair,
+    pub key: &'a vapid::VapidKey,
     /// JWT `sub`.
     pub subject: &'a str,
     pub ttl: u64,
@@ -108,7 +105,7 @@ pub async fn post(push: &Push<'_>) -> Result<(u16, Option<String>), SendError> {
     let ua_public = web_push_native::p256::PublicKey::from_sec1_bytes(&sub.p256dh).map_err(|_| SendError::Encrypt)?;
     let auth = web_push_native::Auth::clone_from_slice(&sub.auth);
     let body = web_push_native::encrypt(push.payload.to_vec(), &ua_public, &auth).map_err(|_| SendError::Encrypt)?;
-    let authorization = vapid::authorization(push.key, &url, push.subject)?;
+    let authorization = vapid::authorization(push.key, &url, push.subject);
     let mut request = client()?
         .post(url)
         .timeout(push.timeout)

@@ -196,7 +196,7 @@ fi
 # and the load test would measure that instead of the proxy.
 LIMITS_CONF=""
 if [ "$MAXCONN" -gt 500 ]; then
-  LIMITS_CONF="default_process_limit = $(( MAXCONN + 100 ))"$'\n'"default_client_limit = $(( 2 * MAXCONN + 1000 ))"
+  LIMITS_CONF="default_process_limit = $(( MAXCONN + 100 ))"$'\n'"default_client_limit = $(( 5 * MAXCONN + 1000 ))"
 fi
 
 write_conf() {  # $1 = extra imap_capability line (may be empty)
