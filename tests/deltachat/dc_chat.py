@@ -96,30 +96,25 @@ def wait_count(port, user, mailbox, n, timeout=20):
 def receive_only(args):
     """Does bob receive at all? (Delta Chat sends no IMAP command to a provider without IDLE.)"""
     report = {"received": False}
-    accounts_dir = tempfile.mkdtemp(prefix="dc.accounts.")
-    try:
-        with Rpc(accounts_dir=accounts_dir, rpc_server_path=rpc_server()) as rpc:
-            dc = DeltaChat(rpc)
-            alice, bob = dc.add_account(), dc.add_account()
-            alice.add_or_update_transport(transport("alice@example.org", args, args.provider_imap))
-            bob.add_or_update_transport(transport("bob@example.org", args, args.bob_imap))
-            for ac in (alice, bob):
-                ac.start_io()
-                rpc.wait_for_all_work_done(ac.id)
-            time.sleep(1)  # let bob's IMAP loop settle into its (fake or real) idle
-            sent_at = time.monotonic()
-            alice.create_contact(bob, "Bob").create_chat().send_text("are you there?")
-            try:
-                wait(bob, EventType.INCOMING_MSG, timeout=args.wait)
-                report = {"received": True, "after_s": round(time.monotonic() - sent_at, 3)}
-            except TimeoutError:
-                report = {"received": False, "after_s": args.wait}
-            for ac in (alice, bob):
-                ac.stop_io()
-    finally:
-        shutil.rmtree(accounts_dir, ignore_errors=True)
-    print(json.dumps(report))
-    return 0
+
+    def body(dc, rpc):
+        alice, bob = dc.add_account(), dc.add_account()
+        alice.add_or_update_transport(transport("alice@example.org", args, args.provider_imap))
+        bob.add_or_update_transport(transport("bob@example.org", args, args.bob_imap))
+        for ac in (alice, bob):
+            ac.start_io()
+            rpc.wait_for_all_work_done(ac.id)
+        time.sleep(1)  # let bob's IMAP loop settle into its (fake or real) idle
+        sent_at = time.monotonic()
+        alice.create_contact(bob, "Bob").create_chat().send_text("are you there?")
+        try:
+            wait(bob, EventType.INCOMING_MSG, timeout=args.wait)
+            report.update(received=True, after_s=round(time.monotonic() - sent_at, 3))
+        except TimeoutError:
+            report.update(received=False, after_s=args.wait)
+        for ac in (alice, bob):
+            ac.stop_io()
+    return run_scenario(body, report)
 
 
 def read_receipt(args):
@@ -129,44 +124,52 @@ def read_receipt(args):
     chat client sends it in the clear. What is checked is Delta Chat's side: that it takes the
     proxy's MDN as the read receipt for the message it sent."""
     report = {}
+
+    def body(dc, rpc):
+        alice = dc.add_account()
+        alice.add_or_update_transport(transport("alice@example.org", args, args.provider_imap))
+        alice.set_config("force_encryption", "0")
+        alice.start_io()
+        rpc.wait_for_all_work_done(alice.id)
+        out_msg = alice.create_contact("bob@example.org", "Bob").create_chat().send_text("hello bob, read me")
+        wait_count(args.provider_imap, "bob@example.org", "INBOX", 1)
+
+        m = imaplib.IMAP4("127.0.0.1", args.provider_imap)
+        m.login("bob@example.org", PASSWORD)
+        m.select("INBOX")
+        raw = m.fetch("1", "(BODY.PEEK[])")[1][0][1]
+        assert b"Chat-Version: 1.0\r\n" in raw and b"-----BEGIN PGP MESSAGE-----" not in raw, raw[:2000]
+        report["dc_requested_receipt_in_clear"] = b"Chat-Disposition-Notification-To" in raw
+        if not report["dc_requested_receipt_in_clear"]:
+            raw = raw.replace(b"Chat-Version: 1.0\r\n",
+                              b"Chat-Version: 1.0\r\nChat-Disposition-Notification-To: alice@example.org\r\n", 1)
+        m.store("1", "+FLAGS.SILENT", "\\Deleted")
+        m.expunge()
+        assert m.append("INBOX", None, None, raw)[0] == "OK"
+        m.logout()
+
+        bob = imaplib.IMAP4("127.0.0.1", args.proxy_imap)
+        bob.login("bob@example.org", PASSWORD)
+        bob.select("INBOX")
+        seen_at = time.monotonic()
+        assert bob.store("1", "+FLAGS", "\\Seen")[0] == "OK"
+        wait(alice, EventType.MSG_READ, lambda x: x.msg_id == out_msg.id, timeout=30)
+        report["read_receipt_s"] = round(time.monotonic() - seen_at, 3)
+        report["alice_state"] = out_msg.get_snapshot().state
+        flags = bob.fetch("1", "(FLAGS)")[1][0].decode()
+        report["bob_flags"] = flags
+        bob.logout()
+        alice.stop_io()
+    return run_scenario(body, report)
+
+
+def run_scenario(body, report):
+    """Runs body(dc, rpc) with a fresh accounts directory and prints the JSON report; returns 0,
+    or 1 with the reason on stderr."""
     accounts_dir = tempfile.mkdtemp(prefix="dc.accounts.")
     try:
         with Rpc(accounts_dir=accounts_dir, rpc_server_path=rpc_server()) as rpc:
-            dc = DeltaChat(rpc)
-            alice = dc.add_account()
-            alice.add_or_update_transport(transport("alice@example.org", args, args.provider_imap))
-            alice.set_config("force_encryption", "0")
-            alice.start_io()
-            rpc.wait_for_all_work_done(alice.id)
-            out_msg = alice.create_contact("bob@example.org", "Bob").create_chat().send_text("hello bob, read me")
-            wait_count(args.provider_imap, "bob@example.org", "INBOX", 1)
-
-            m = imaplib.IMAP4("127.0.0.1", args.provider_imap)
-            m.login("bob@example.org", PASSWORD)
-            m.select("INBOX")
-            raw = m.fetch("1", "(BODY.PEEK[])")[1][0][1]
-            assert b"Chat-Version: 1.0\r\n" in raw and b"-----BEGIN PGP MESSAGE-----" not in raw, raw[:2000]
-            report["dc_requested_receipt_in_clear"] = b"Chat-Disposition-Notification-To" in raw
-            if not report["dc_requested_receipt_in_clear"]:
-                raw = raw.replace(b"Chat-Version: 1.0\r\n",
-                                  b"Chat-Version: 1.0\r\nChat-Disposition-Notification-To: alice@example.org\r\n", 1)
-            m.store("1", "+FLAGS.SILENT", "\\Deleted")
-            m.expunge()
-            assert m.append("INBOX", None, None, raw)[0] == "OK"
-            m.logout()
-
-            bob = imaplib.IMAP4("127.0.0.1", args.proxy_imap)
-            bob.login("bob@example.org", PASSWORD)
-            bob.select("INBOX")
-            seen_at = time.monotonic()
-            assert bob.store("1", "+FLAGS", "\\Seen")[0] == "OK"
-            wait(alice, EventType.MSG_READ, lambda x: x.msg_id == out_msg.id, timeout=30)
-            report["read_receipt_s"] = round(time.monotonic() - seen_at, 3)
-            report["alice_state"] = out_msg.get_snapshot().state
-            flags = bob.fetch("1", "(FLAGS)")[1][0].decode()
-            report["bob_flags"] = flags
-            bob.logout()
-            alice.stop_io()
+            body(DeltaChat(rpc), rpc)
     except Exception as e:  # noqa: BLE001 - the reason goes to the caller
         print("FAILED: %r" % e, file=sys.stderr)
         print(json.dumps(report))
@@ -204,64 +207,54 @@ def main():
     t = report["timings"]
     for user in ("alice@example.org", "bob@example.org", "carol@example.org"):
         enable_coi(args.proxy_imap, user, args.filter)
-    accounts_dir = tempfile.mkdtemp(prefix="dc.accounts.")
-    server = rpc_server()
-    try:
-        with Rpc(accounts_dir=accounts_dir, rpc_server_path=server) as rpc:
-            dc = DeltaChat(rpc)
-            report["core_version"] = dc.rpc.get_system_info()["deltachat_core_version"]
-            alice, bob, carol = dc.add_account(), dc.add_account(), dc.add_account()
-            for name, ac in (("alice", alice), ("bob", bob), ("carol", carol)):
-                ac.add_or_update_transport(transport("%s@example.org" % name, args))
-            # carol is configured (so alice gets her key) but never fetches: her mail stays put.
-            for ac in (alice, bob):
-                ac.start_io()
-                rpc.wait_for_all_work_done(ac.id)
 
-            chat = alice.create_contact(bob, "Bob").create_chat()
-            sent_at = time.monotonic()
-            out_msg = chat.send_text("hello bob, this is alice")
-            e = wait(bob, EventType.INCOMING_MSG)
-            t["alice_to_bob_s"] = round(time.monotonic() - sent_at, 3)
-            in_msg = bob.get_message_by_id(e.msg_id)
-            snap = in_msg.get_snapshot()
-            assert snap.text == "hello bob, this is alice", snap.text
-            bob.get_chat_by_id(snap.chat_id).accept()
-            seen_at = time.monotonic()
-            in_msg.mark_seen()
-            wait(alice, EventType.MSG_READ, lambda x: x.msg_id == out_msg.id)
-            t["read_receipt_s"] = round(time.monotonic() - seen_at, 3)
-            reply_at = time.monotonic()
-            bob.get_chat_by_id(snap.chat_id).send_text("hi alice, bob here")
-            e = wait(alice, EventType.INCOMING_MSG)
-            t["bob_to_alice_s"] = round(time.monotonic() - reply_at, 3)
-            assert alice.get_message_by_id(e.msg_id).get_snapshot().text == "hi alice, bob here"
+    def body(dc, rpc):
+        report["core_version"] = dc.rpc.get_system_info()["deltachat_core_version"]
+        alice, bob, carol = dc.add_account(), dc.add_account(), dc.add_account()
+        for name, ac in (("alice", alice), ("bob", bob), ("carol", carol)):
+            ac.add_or_update_transport(transport("%s@example.org" % name, args))
+        # carol is configured (so alice gets her key) but never fetches: her mail stays put.
+        for ac in (alice, bob):
+            ac.start_io()
+            rpc.wait_for_all_work_done(ac.id)
 
-            # carol's Delta Chat does not run: her mailbox shows where chat and ordinary mail land.
-            alice.create_contact(carol, "Carol").create_chat().send_text("hello carol")
-            with smtplib.SMTP("127.0.0.1", args.provider_smtp) as s:
-                s.login("bob@example.org", PASSWORD)
-                s.sendmail("bob@example.org", ["carol@example.org"],
-                           b"From: bob@example.org\r\nTo: carol@example.org\r\nSubject: plain mail\r\n\r\nhi\r\n")
-            chats = "COI.Chats"
-            if args.filter == "active":
-                wait_count(args.provider_imap, "carol@example.org", chats, 1)
-                wait_count(args.provider_imap, "carol@example.org", "INBOX", 1)
-            else:
-                wait_count(args.provider_imap, "carol@example.org", "INBOX", 2)
-                assert count(args.provider_imap, "carol@example.org", chats) == 0
-            report["carol"] = {"inbox": count(args.provider_imap, "carol@example.org", "INBOX"),
-                               "chats": count(args.provider_imap, "carol@example.org", chats)}
-            for ac in (alice, bob):
-                ac.stop_io()
-    except Exception as e:  # noqa: BLE001 - the reason goes to the caller
-        print("FAILED: %r" % e, file=sys.stderr)
-        print(json.dumps(report))
-        return 1
-    finally:
-        shutil.rmtree(accounts_dir, ignore_errors=True)
-    print(json.dumps(report))
-    return 0
+        chat = alice.create_contact(bob, "Bob").create_chat()
+        sent_at = time.monotonic()
+        out_msg = chat.send_text("hello bob, this is alice")
+        e = wait(bob, EventType.INCOMING_MSG)
+        t["alice_to_bob_s"] = round(time.monotonic() - sent_at, 3)
+        in_msg = bob.get_message_by_id(e.msg_id)
+        snap = in_msg.get_snapshot()
+        assert snap.text == "hello bob, this is alice", snap.text
+        bob.get_chat_by_id(snap.chat_id).accept()
+        seen_at = time.monotonic()
+        in_msg.mark_seen()
+        wait(alice, EventType.MSG_READ, lambda x: x.msg_id == out_msg.id)
+        t["read_receipt_s"] = round(time.monotonic() - seen_at, 3)
+        reply_at = time.monotonic()
+        bob.get_chat_by_id(snap.chat_id).send_text("hi alice, bob here")
+        e = wait(alice, EventType.INCOMING_MSG)
+        t["bob_to_alice_s"] = round(time.monotonic() - reply_at, 3)
+        assert alice.get_message_by_id(e.msg_id).get_snapshot().text == "hi alice, bob here"
+
+        # carol's Delta Chat does not run: her mailbox shows where chat and ordinary mail land.
+        alice.create_contact(carol, "Carol").create_chat().send_text("hello carol")
+        with smtplib.SMTP("127.0.0.1", args.provider_smtp) as s:
+            s.login("bob@example.org", PASSWORD)
+            s.sendmail("bob@example.org", ["carol@example.org"],
+                       b"From: bob@example.org\r\nTo: carol@example.org\r\nSubject: plain mail\r\n\r\nhi\r\n")
+        chats = "COI.Chats"
+        if args.filter == "active":
+            wait_count(args.provider_imap, "carol@example.org", chats, 1)
+            wait_count(args.provider_imap, "carol@example.org", "INBOX", 1)
+        else:
+            wait_count(args.provider_imap, "carol@example.org", "INBOX", 2)
+            assert count(args.provider_imap, "carol@example.org", chats) == 0
+        report["carol"] = {"inbox": count(args.provider_imap, "carol@example.org", "INBOX"),
+                           "chats": count(args.provider_imap, "carol@example.org", chats)}
+        for ac in (alice, bob):
+            ac.stop_io()
+    return run_scenario(body, report)
 
 
 if __name__ == "__main__":
