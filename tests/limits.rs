@@ -12,7 +12,7 @@ use support::fake_provider::{FakeProvider, Step, greet_and_login};
 use support::imap_client::ImapClient;
 use support::provider::Provider;
 use support::proxy::Proxy;
-use support::smtp_client::SmtpClient;
+use support::smtp_client::{SmtpClient, wait_for_inbox};
 
 /// A plain connection to `port` from the loopback address `source` (127.0.0.1 and 127.0.0.2
 /// are different client addresses to the proxy).
@@ -217,6 +217,11 @@ impl SmallDisk {
         while f.write_all(&chunk).is_ok() {}
         let _ = f.write_all(&[0]);
     }
+
+    /// Frees what `fill` took.
+    fn free(&self) {
+        std::fs::remove_file(self.dir.path().join("filler")).unwrap();
+    }
 }
 
 impl Drop for SmallDisk {
@@ -263,12 +268,21 @@ fn a_full_disk_is_refused_never_acknowledged() {
     smtp.login("alice@example.org", "secret");
     let message = format!("From: alice@example.org\r\nTo: bob@example.org\r\nSubject: full\r\n\r\n{value}\r\n");
     let reply = smtp.send_message("alice@example.org", &["bob@example.org"], message.as_bytes());
-    assert_eq!(reply.code, 451, "a message that could not be stored was answered {reply:?}");
-    assert!(reply.text().contains("Cannot store the message now"), "{reply:?}");
+    assert_eq!(reply.code, 452, "a message that could not be stored was answered {reply:?}");
+    assert!(reply.text().starts_with("4.3.1 Insufficient system storage"), "{reply:?}");
 
     // The daemon and the other session go on.
     other.expect_ok("n1 NOOP");
     c.expect_ok("n2 NOOP");
     assert!(proxy.is_running());
+
+    // Once there is room again, the store works again without a restart.
+    disk.free();
+    c.expect_ok("m3 SETMETADATA INBOX (/private/comment \"after\")");
+    let got = c.expect_ok("m4 GETMETADATA INBOX /private/comment");
+    assert!(got.concat().contains("{5}\r\nafter)"), "{got:?}");
+    let reply = smtp.send_message("alice@example.org", &["bob@example.org"], message.as_bytes());
+    assert_eq!(reply.code, 250, "{reply:?}");
+    wait_for_inbox(dovecot.imap_port, "bob@example.org", "secret", Duration::from_secs(20), |m| !m.is_empty());
     proxy.stop();
 }

@@ -104,6 +104,10 @@ impl Queue {
                 warn!(size, "message refused: {why}");
                 QueueRefusal::Full(why)
             }
+            StoreError::DiskFull => {
+                error!(size, "cannot queue a message: the disk under state_dir is full");
+                QueueRefusal::NoSpace
+            }
             e => {
                 error!("cannot queue a message: {e}");
                 QueueRefusal::Unavailable("the queue is not writable".into())

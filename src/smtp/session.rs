@@ -141,6 +141,9 @@ pub enum QueueRefusal {
     /// The account's share of the queue is used up (`452 4.3.1`).
     #[error("queue full: {0}")]
     Full(String),
+    /// The disk under the store is full (`452 4.3.1`).
+    #[error("the proxy's disk is full")]
+    NoSpace,
     /// The store cannot take it (`451 4.3.0`).
     #[error("{0}")]
     Unavailable(String),
@@ -332,6 +335,9 @@ impl Session {
         match why {
             QueueRefusal::Full(why) => {
                 self.reply(&format!("452 4.3.1 Queue full: {}; try again later", one_line(&why)))
+            }
+            QueueRefusal::NoSpace => {
+                self.reply("452 4.3.1 Insufficient system storage: the proxy's disk is full; try again later")
             }
             QueueRefusal::Unavailable(why) => {
                 self.reply(&format!("451 4.3.0 Cannot store the message now ({}); try again later", one_line(&why)))
@@ -891,6 +897,13 @@ mod tests {
         assert_eq!(
             String::from_utf8(s.take_output()).unwrap(),
             "451 4.3.0 Cannot store the message now (the queue is not readable); try again later\r\n"
+        );
+        let (_, event) = run(&mut s, b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nhi\r\n.\r\n");
+        assert!(matches!(event, Event::Enqueue(_)), "{event:?}");
+        s.queued(Err(QueueRefusal::NoSpace));
+        assert_eq!(
+            String::from_utf8(s.take_output()).unwrap(),
+            "452 4.3.1 Insufficient system storage: the proxy's disk is full; try again later\r\n"
         );
     }
 

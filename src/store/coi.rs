@@ -2,7 +2,7 @@
 //! plain mail clients stay in the chat), bounded per account, and how far it has processed
 //! each account's INBOX.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use super::{Store, StoreError};
 
@@ -27,7 +27,7 @@ impl Store {
             return Ok(());
         }
         let account = account_key(account);
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             let mut by_id = txn.open_table(CHAT_IDS)?;
             let mut order = txn.open_table(CHAT_ID_ORDER)?;
@@ -64,7 +64,7 @@ impl Store {
     }
 
     pub fn is_chat_id(&self, account: &str, id: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = match txn.open_table(CHAT_IDS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
@@ -75,7 +75,7 @@ impl Store {
 
     /// Where the worker stopped in INBOX: (UIDVALIDITY, next UID).
     pub fn inbox_position(&self, account: &str) -> Result<Option<(u32, u32)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = match txn.open_table(INBOX_POSITION) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -85,7 +85,7 @@ impl Store {
     }
 
     pub fn set_inbox_position(&self, account: &str, uidvalidity: u32, next_uid: u32) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         txn.open_table(INBOX_POSITION)?.insert(account_key(account).as_str(), (uidvalidity, next_uid))?;
         txn.commit()?;
         Ok(())

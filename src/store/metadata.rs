@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use super::{Store, StoreError};
 
@@ -21,7 +21,7 @@ pub struct TooManyEntries;
 impl Store {
     /// All entries of `mailbox` (`""` for server entries) of `account`.
     pub fn metadata_entries(&self, account: &str, mailbox: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = match txn.open_table(METADATA) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
@@ -46,7 +46,7 @@ impl Store {
         changes: &[(String, Option<Vec<u8>>)],
         max_entries: usize,
     ) -> Result<Result<(), TooManyEntries>, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let too_many = {
             let mut table = txn.open_table(METADATA)?;
             let key_prefix = prefix(account, mailbox);

@@ -10,7 +10,7 @@
 //! whether they are validated, and the validation token. Unvalidated ones count against the
 //! limit only until they expire, and are dropped at the next change.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
@@ -75,7 +75,7 @@ impl Store {
     /// The installation's VAPID private key, made by `generate` the first time.
     pub fn vapid_key(&self, generate: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
         {
-            let txn = self.db.begin_read()?;
+            let txn = self.begin_read()?;
             match txn.open_table(PUSH_KEYS) {
                 Ok(table) => {
                     if let Some(v) = table.get("vapid")? {
@@ -86,7 +86,7 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let key = {
             let mut table = txn.open_table(PUSH_KEYS)?;
             // Another task may have made it meanwhile.
@@ -114,7 +114,7 @@ impl Store {
         now: u64,
         expiry: u64,
     ) -> Result<Result<(), TooManySubscriptions>, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let too_many = {
             let mut table = txn.open_table(PUSH_SUBSCRIPTIONS)?;
             let others = purge_and_list(&mut table, account, now, expiry)?;
@@ -143,7 +143,7 @@ impl Store {
         now: u64,
         expiry: u64,
     ) -> Result<Validation, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let outcome = {
             let mut table = txn.open_table(PUSH_SUBSCRIPTIONS)?;
             let k = key(account, id);
@@ -163,7 +163,7 @@ impl Store {
 
     /// Removes a subscription; whether it existed.
     pub fn push_unsubscribe(&self, account: &str, id: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let existed = txn.open_table(PUSH_SUBSCRIPTIONS)?.remove(key(account, id).as_str())?.is_some();
         txn.commit()?;
         Ok(existed)
@@ -176,7 +176,7 @@ impl Store {
         now: u64,
         expiry: u64,
     ) -> Result<Vec<PushSubscription>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = match txn.open_table(PUSH_SUBSCRIPTIONS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -199,7 +199,7 @@ impl Store {
 
     /// Accounts with at least one validated subscription.
     pub fn push_accounts(&self) -> Result<Vec<String>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = match txn.open_table(PUSH_SUBSCRIPTIONS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),

@@ -9,7 +9,7 @@
 //! Every method is one redb transaction: a message and its envelope are committed together, and
 //! [`Store::queue_save`] records an outcome and removes a finished message atomically.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{ReadableTable, TableDefinition, TableError};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
@@ -185,7 +185,7 @@ impl Store {
     /// account's usage is checked in the same transaction, so concurrent submissions cannot
     /// slip past it together: beyond it, [`StoreError::QueueFull`] and nothing is stored.
     pub fn queue_insert(&self, msg: &QueuedMessage, body: &[u8], cap: Option<&QueueCap>) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let id = {
             let mut envelopes = txn.open_table(ENVELOPES)?;
             if let Some(cap) = cap
@@ -206,7 +206,7 @@ impl Store {
 
     /// What `login` has in the queue now.
     pub fn queue_usage(&self, login: &str) -> Result<QueueUsage, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         match txn.open_table(ENVELOPES) {
             Ok(table) => usage_in(&table, login),
             Err(e) if missing(&e) => Ok(QueueUsage::default()),
@@ -216,7 +216,7 @@ impl Store {
 
     /// Every queued message, oldest first.
     pub fn queue_list(&self) -> Result<Vec<(u64, QueuedMessage)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = match txn.open_table(ENVELOPES) {
             Ok(t) => t,
             Err(e) if missing(&e) => return Ok(Vec::new()),
@@ -231,7 +231,7 @@ impl Store {
     }
 
     pub fn queue_get(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = match txn.open_table(ENVELOPES) {
             Ok(t) => t,
             Err(e) if missing(&e) => return Ok(None),
@@ -242,7 +242,7 @@ impl Store {
 
     /// The message bytes as received.
     pub fn queue_body(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = match txn.open_table(BODIES) {
             Ok(t) => t,
             Err(e) if missing(&e) => return Ok(None),
@@ -254,7 +254,7 @@ impl Store {
     /// Stores a message's new state, or removes it when [`QueuedMessage::is_done`], in one
     /// durable transaction. Returns `false` if the id is no longer queued (e.g. dropped by hand).
     pub fn queue_save(&self, id: u64, msg: &QueuedMessage) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let existed = {
             let mut envelopes = txn.open_table(ENVELOPES)?;
             let existed = envelopes.get(id)?.is_some();
@@ -274,7 +274,7 @@ impl Store {
 
     /// Removes a message whatever its state; `false` if there was none with this id.
     pub fn queue_remove(&self, id: u64) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let existed = {
             let existed = txn.open_table(ENVELOPES)?.remove(id)?.is_some();
             txn.open_table(BODIES)?.remove(id)?;

@@ -2,7 +2,7 @@
 //! servers and clients reported (for the `$Delivered`/`$Read` ticks and `coi-proxy queue list`),
 //! and the read receipts the proxy sent itself (so that it never sends one twice).
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
@@ -64,7 +64,7 @@ impl Store {
     /// Records a sent chat message unless it is known already, dropping the account's oldest
     /// beyond [`MAX_SENT`].
     pub fn sent_chat_insert(&self, account: &str, message_id: &str, sent: &SentChat) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         {
             let mut table = txn.open_table(SENT)?;
             let k = key(account, message_id);
@@ -98,7 +98,7 @@ impl Store {
         envid: Option<&str>,
         change: impl FnOnce(&mut SentChat),
     ) -> Result<Option<(String, SentChat)>, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let found = {
             let mut table = txn.open_table(SENT)?;
             let mut found = None;
@@ -145,7 +145,7 @@ impl Store {
 
     /// All sent chat messages: (account, Message-ID, record).
     pub fn sent_chats(&self) -> Result<Vec<(String, String, SentChat)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = match txn.open_table(SENT) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -162,7 +162,7 @@ impl Store {
 
     /// Claims the read receipt for a received message: `true` exactly once per message.
     pub fn mdn_claim(&self, account: &str, message_id: &str, at: i64) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let fresh = {
             let mut table = txn.open_table(MDN_DONE)?;
             let k = key(account, message_id);
@@ -178,7 +178,7 @@ impl Store {
 
     /// When read receipts started for `account`, if they have.
     pub fn mdn_baseline(&self, account: &str) -> Result<Option<i64>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = match txn.open_table(MDN_BASELINE) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -188,7 +188,7 @@ impl Store {
     }
 
     pub fn set_mdn_baseline(&self, account: &str, at: i64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         txn.open_table(MDN_BASELINE)?.insert(account.to_ascii_lowercase().as_str(), at)?;
         txn.commit()?;
         Ok(())
