@@ -162,19 +162,29 @@ fn a_full_account_queue_answers_452_and_loses_nothing() {
     other.login("carol@example.org", "secret");
     assert_eq!(other.send_message("carol@example.org", &[BOB], &body("carol's", 2900)).code, 250);
 
+    // A reload that raises the limit applies to the next message.
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(&proxy.config_path, config.replace("max_messages_per_account = 2", "max_messages_per_account = 3"))
+        .unwrap();
+    signal(proxy.pid(), 1);
+    proxy.wait_for_log("configuration reloaded", Duration::from_secs(10));
+    assert_eq!(c.send_message(ALICE, &[BOB], &body("third", 100)).code, 250, "{}", c.transcript());
+    let reply = c.send_message(ALICE, &[BOB], &body("fourth", 100));
+    assert!(reply.text().contains("3 messages of this account are waiting"), "{reply:?}");
+
     // The provider returns: what was accepted arrives, and alice has room again.
     let _forwarder = Forwarder::start(TcpListener::bind(("127.0.0.1", port)).unwrap(), provider.smtp_port);
-    let arrived = wait_for_inbox(provider.imap_port, BOB, "secret", Duration::from_secs(20), |m| m.len() >= 3);
+    let arrived = wait_for_inbox(provider.imap_port, BOB, "secret", Duration::from_secs(20), |m| m.len() >= 4);
     let subjects: BTreeSet<String> = arrived
         .iter()
         .map(|m| {
             String::from_utf8_lossy(m).lines().find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned)).unwrap()
         })
         .collect();
-    assert_eq!(subjects, BTreeSet::from(["first".into(), "second".into(), "carol's".into()]));
+    assert_eq!(subjects, BTreeSet::from(["first".into(), "second".into(), "third".into(), "carol's".into()]));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let reply = c.send_message(ALICE, &[BOB], &body("third", 100));
+        let reply = c.send_message(ALICE, &[BOB], &body("fourth", 100));
         if reply.code == 250 {
             break;
         }
@@ -182,7 +192,7 @@ fn a_full_account_queue_answers_452_and_loses_nothing() {
         std::thread::sleep(Duration::from_millis(200));
     }
     c.expect("QUIT", 221);
-    wait_for_inbox(provider.imap_port, BOB, "secret", Duration::from_secs(20), |m| m.len() == 4);
+    wait_for_inbox(provider.imap_port, BOB, "secret", Duration::from_secs(20), |m| m.len() == 5);
 }
 
 /// Submits messages `first..first+count` on one connection, each with Subject `crash-N`, and

@@ -43,8 +43,8 @@ pub fn now() -> i64 {
 
 /// The submission side's handle on the queue.
 pub struct Queue {
-    store: Store,
-    settings: crate::config::Queue,
+    /// The store, and `[queue]` read at each use so that a reload applies to the next message.
+    shared: Arc<crate::server::Shared>,
     wake: mpsc::UnboundedSender<(u64, String)>,
 }
 
@@ -52,15 +52,15 @@ pub struct Queue {
 pub type Wakeups = mpsc::UnboundedReceiver<(u64, String)>;
 
 impl Queue {
-    pub fn new(store: Store, settings: crate::config::Queue) -> (Queue, Wakeups) {
+    pub fn new(shared: Arc<crate::server::Shared>) -> (Queue, Wakeups) {
         let (wake, wakeups) = mpsc::unbounded_channel();
-        (Queue { store, settings, wake }, wakeups)
+        (Queue { shared, wake }, wakeups)
     }
 
     /// Commits a client's message durably (redb commit = fsync) and wakes the relay; the id
     /// on success. The account's queue limits apply.
     pub async fn enqueue(&self, sub: Submission) -> Result<u64, QueueRefusal> {
-        self.insert(sub, Some(self.settings.cap())).await
+        self.insert(sub, Some(self.shared.config().queue.cap())).await
     }
 
     /// As [`Queue::enqueue`] for a read receipt the proxy sends itself: outside the account's
@@ -71,8 +71,8 @@ impl Queue {
 
     /// Whether `login` has room for one more message of about `size` bytes (0: unknown).
     pub async fn room(&self, login: String, size: u64) -> Result<(), QueueRefusal> {
-        let store = self.store.clone();
-        let cap = self.settings.cap();
+        let store = self.shared.store.clone();
+        let cap = self.shared.config().queue.cap();
         let usage = blocking(move || store.queue_usage(&login)).await.map_err(|e| {
             error!("cannot read the queue: {e}");
             QueueRefusal::Unavailable("the queue is not readable".into())
@@ -90,13 +90,13 @@ impl Queue {
             size: sub.body.len() as u64,
             received_at: at,
             next_attempt_at: at,
-            give_up_at: at.saturating_add(self.settings.give_up_after_secs as i64),
+            give_up_at: at.saturating_add(self.shared.config().queue.give_up_after_secs as i64),
             attempts: Vec::new(),
             report_pending: false,
             chat_followup: false,
         };
         super::receipts::prepare(&mut msg, &sub.body);
-        let store = self.store.clone();
+        let store = self.shared.store.clone();
         let login = msg.login.clone();
         let (rcpts, size) = (msg.recipients.len(), msg.size);
         let id = blocking(move || store.queue_insert(&msg, &sub.body, cap.as_ref())).await.map_err(|e| match e {

@@ -61,7 +61,7 @@ pub async fn start(
         );
         return Ok(Vec::new());
     }
-    let (queue, wakeups) = Queue::new(shared.store.clone(), shared.config().queue.clone());
+    let (queue, wakeups) = Queue::new(shared.clone());
     let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue });
     let mut tasks = Vec::new();
     for (addr, kind) in wanted {
