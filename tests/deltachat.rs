@@ -86,10 +86,8 @@ fn delta_chat_takes_the_proxys_read_receipt_for_a_plain_client_as_read() {
         .upstream_smtp(format!("smtp://127.0.0.1:{}", provider.smtp_port))
         .extra("[[account]]\nlogin = \"bob@example.org\"\nread_receipts = true\n")
         .start();
-    // Receipts start with bob's first login through the proxy; what was read before gets none.
-    let mut bob = proxy.connect();
-    bob.login("bob@example.org", "secret");
-    proxy.wait_for_log("read receipts start now", std::time::Duration::from_secs(10));
+    // bob's first login through the proxy is in the script; he marks the message read at once,
+    // which must not count as read before receipts started.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deltachat/dc_chat.py");
     let out = Command::new("python3")
         .arg(script)

@@ -137,7 +137,8 @@ impl Session {
             seen_changed: Some({
                 let account = account.clone();
                 // Read receipts for plain clients (src/smtp/receipts.rs).
-                let receipts = crate::smtp::receipts::SeenHook::new(&self.shared, &account.login, client_name.clone());
+                let receipts =
+                    crate::smtp::receipts::SeenHook::new(&self.shared, &account.login, client_name.clone()).await;
                 Arc::new(move || {
                     account.nudge.notify_one();
                     receipts.seen();

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::Smtp;
@@ -39,13 +39,16 @@ use crate::store::{MailParams, QueuedMessage, Recipient, RecipientState, SentCha
 /// Delays after which marks that found no copy yet are tried again (a client's own Sent copy
 /// may come seconds after the message).
 const MARK_RETRIES: [Duration; 3] = [Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(300)];
+/// Longest wait of an account's first session for the read-receipt baseline.
+const BASELINE_WAIT: Duration = Duration::from_secs(10);
 
 /// Work for the agent, per account.
 #[derive(Debug)]
 enum Job {
     /// A client set `\Seen`; `send` is false for chat clients (they send their own receipts)
-    /// and for the first look at an account (the baseline).
-    Seen { login: String, send: bool },
+    /// and for the first look at an account (the baseline). `done` is dropped once the look is
+    /// over.
+    Seen { login: String, send: bool, done: Option<oneshot::Sender<()>> },
     /// A report about a sent message arrived.
     Report { login: String, report: Report },
     /// Put the keywords the records ask for on the user's copies (`retry`: index into
@@ -99,12 +102,18 @@ pub struct SeenHook {
 }
 
 impl SeenHook {
-    pub fn new(shared: &Shared, login: &str, client_name: Arc<Mutex<Option<String>>>) -> SeenHook {
+    /// For the first session with read receipts on, this waits (at most [`BASELINE_WAIT`]) until
+    /// what is read already has been marked to get no receipt; the session relays nothing
+    /// before, so a message the user reads at once is not mistaken for one read before.
+    pub async fn new(shared: &Shared, login: &str, client_name: Arc<Mutex<Option<String>>>) -> SeenHook {
         let config = shared.config();
         let enabled = read_receipts_for(&config, login);
         if enabled && matches!(shared.store.mdn_baseline(login), Ok(None)) {
-            // The first session with read receipts on: what is read already gets none.
-            submit(Job::Seen { login: login.to_string(), send: false });
+            let (done, baseline) = oneshot::channel();
+            submit(Job::Seen { login: login.to_string(), send: false, done: Some(done) });
+            if tokio::time::timeout(BASELINE_WAIT, baseline).await.is_err() {
+                warn!(login, "read receipts: the first look at the account takes long; going on without it");
+            }
         }
         SeenHook { login: login.to_string(), enabled, client_name, chat_clients: config.coi.chat_clients.clone() }
     }
@@ -114,7 +123,7 @@ impl SeenHook {
             // A chat client sends its own receipts: the proxy sends none for it (and marks none).
             let name = self.client_name.lock().expect("client name").clone();
             let chat_client = name.is_some_and(|n| self.chat_clients.iter().any(|c| c.eq_ignore_ascii_case(&n)));
-            submit(Job::Seen { login: self.login.clone(), send: !chat_client });
+            submit(Job::Seen { login: self.login.clone(), send: !chat_client, done: None });
         }
     }
 }
@@ -386,11 +395,14 @@ async fn work(ctx: &Arc<Smtp>, login: &str, jobs: Vec<Job>) -> Result<(), String
     let shared = &ctx.shared;
     let store = &shared.store;
     let (mut look, mut send, mut mark_retry) = (false, false, None::<usize>);
+    // Sessions waiting for this look; dropped (so told) when this function returns.
+    let mut _waiting = Vec::new();
     for job in jobs {
         match job {
-            Job::Seen { send: s, .. } => {
+            Job::Seen { send: s, done, .. } => {
                 look = true;
                 send |= s;
+                _waiting.extend(done);
             }
             Job::Report { report, .. } => {
                 let l = login.to_string();
