@@ -152,6 +152,9 @@ fn a_full_account_queue_answers_452_and_loses_nothing() {
     // SIZE declared: refused at MAIL, before the client sends anything.
     let reply = c.command("MAIL FROM:<alice@example.org> SIZE=2500");
     assert_eq!(reply.code, 452, "{}", c.transcript());
+    // What could never fit is refused for good: SIZE itself stays within the byte limit.
+    assert!(c.ehlo().has_line("SIZE 3000"), "{}", c.transcript());
+    assert_eq!(c.command("MAIL FROM:<alice@example.org> SIZE=3001").code, 552, "{}", c.transcript());
     assert_eq!(c.send_message(ALICE, &[BOB], &body("second", 500)).code, 250, "{}", c.transcript());
     let reply = c.send_message(ALICE, &[BOB], &body("third", 100));
     assert_eq!(reply.code, 452, "{}", c.transcript());

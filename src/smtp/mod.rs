@@ -104,13 +104,16 @@ impl CapsCache {
 }
 
 impl Policy {
-    /// What to offer clients of a provider with these capabilities (`None`: unknown).
-    pub fn for_provider(caps: Option<&ProviderCaps>) -> Policy {
+    /// What to offer clients of a provider with these capabilities (`None`: unknown). SIZE is
+    /// also kept within `queue_bytes` (`[queue] max_bytes_per_account`): a message that could
+    /// never fit the account's queue is refused for good (`552`), not deferred forever (`452`).
+    pub fn for_provider(caps: Option<&ProviderCaps>, queue_bytes: u64) -> Policy {
         let max_size = match caps.and_then(|c| c.size) {
             Some(n) if n > 0 => n.min(HARD_MAX_SIZE),
             Some(_) => HARD_MAX_SIZE,
             None => DEFAULT_MAX_SIZE,
-        };
+        }
+        .min(queue_bytes);
         Policy { max_size, smtputf8: caps.is_some_and(|c| c.smtputf8 && c.eight_bit), dsn: caps.is_some_and(|c| c.dsn) }
     }
 }

@@ -183,8 +183,13 @@ async fn run(
         Some(p) => ctx.caps.get(&p, &shared.upstream_tls, shared.config().limits.connect_timeout()).await,
         None => None,
     };
-    let mut session =
-        Session::new(&super::hostname(), stream.is_tls(), listener.plaintext_auth, Policy::for_provider(caps.as_ref()));
+    let queue_bytes = shared.config().queue.max_bytes_per_account;
+    let mut session = Session::new(
+        &super::hostname(),
+        stream.is_tls(),
+        listener.plaintext_auth,
+        Policy::for_provider(caps.as_ref(), queue_bytes),
+    );
     let mut buf = vec![0u8; READ_CHUNK];
     let mut queued = 0u32;
     loop {
@@ -286,13 +291,14 @@ async fn flush(stream: &mut Stream, session: &mut Session) -> std::io::Result<()
 async fn check_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthResult {
     let shared = &ctx.shared;
     let timeout = shared.config().limits.connect_timeout();
+    let queue_bytes = shared.config().queue.max_bytes_per_account;
     let Some(provider) = shared.config().smtp_provider_for(login) else {
         return AuthResult::Unavailable("no submission server is configured for this account".into());
     };
     let smtp_error = match SmtpClient::connect(&provider, &shared.upstream_tls, timeout).await {
         Ok(mut client) => {
             ctx.caps.record(&provider, &client.caps);
-            let policy = Policy::for_provider(Some(&client.caps));
+            let policy = Policy::for_provider(Some(&client.caps), queue_bytes);
             let reply = client.authenticate(login, password).await;
             client.quit().await;
             match reply {
@@ -314,7 +320,7 @@ async fn check_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthResult {
     };
     match up.authenticate(login, password).await {
         Ok(AuthOutcome::Ok(_)) => {
-            AuthResult::Ok(ctx.caps.known(&provider).as_ref().map(|c| Policy::for_provider(Some(c))))
+            AuthResult::Ok(ctx.caps.known(&provider).as_ref().map(|c| Policy::for_provider(Some(c), queue_bytes)))
         }
         Ok(AuthOutcome::Rejected(_)) => AuthResult::Refused,
         Err(e) => AuthResult::Unavailable(format!("{smtp_error}; {e}")),
