@@ -276,6 +276,10 @@ pub struct Push {
     /// Seconds allowed for one request to a push service.
     #[serde(default = "default_push_timeout")]
     pub timeout_secs: u64,
+    /// Allow push endpoints on private networks (a self-hosted push server on the LAN). Off,
+    /// a logged-in user cannot make the proxy send requests into the network it runs in.
+    #[serde(default)]
+    pub private_endpoints: bool,
 }
 
 impl Default for Push {

@@ -186,6 +186,7 @@ async fn validation_push(shared: &Shared, login: &str, sub: &Subscription, token
         ttl: config.push.validation_expiry_secs,
         validation: true,
         timeout: config.push.timeout(),
+        private_endpoints: config.push.private_endpoints,
     };
     match send::post(&push).await {
         Ok((status, _)) if send::classify(status, None) == send::Verdict::Delivered => Ok(()),

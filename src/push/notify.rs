@@ -153,6 +153,7 @@ impl Pending {
                         ttl: config.push.ttl_secs,
                         validation: false,
                         timeout: config.push.timeout(),
+                        private_endpoints: config.push.private_endpoints,
                     };
                     match send::deliver(&push, config.push.max_attempts, &stored.id).await {
                         send::Verdict::Delivered => debug!(subscription = %stored.id, uid, "pushed"),

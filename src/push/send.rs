@@ -2,7 +2,8 @@
 //! POST to the push service, and read its answer: `201` delivered, `404`/`410` the
 //! subscription is gone, `429` come back after `Retry-After`, other failures retry with backoff.
 
-use std::sync::OnceLock;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
@@ -54,6 +55,9 @@ pub fn backoff(verdict: Verdict, failures: u32) -> Option<Duration> {
 pub enum SendError {
     #[error("cannot encrypt the push payload")]
     Encrypt,
+    /// The endpoint is an address on a private network and `[push] private_endpoints` is off.
+    #[error("{origin} is on a private network (allow it with [push] private_endpoints = true)")]
+    PrivateNetwork { origin: String },
     #[error("cannot set up the HTTP client: {0}")]
     Client(String),
     /// The push service could not be reached; names its origin only (the endpoint path is the
@@ -73,13 +77,72 @@ pub struct Push<'a> {
     /// The request that proves a subscription works (adds `WebPush-Validation`).
     pub validation: bool,
     pub timeout: Duration,
+    /// `[push] private_endpoints`.
+    pub private_endpoints: bool,
 }
 
 /// The client for every push: no redirects (a redirect could lead a loopback-only `http://`
 /// request elsewhere), no proxy from the environment, platform trust for https.
-fn client() -> Result<&'static reqwest::Client, SendError> {
-    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
-    CLIENT
+/// Whether an address is on the public internet: not loopback, private, link-local, shared
+/// (CGNAT), unique-local, multicast or unspecified.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_unspecified()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                !(v6.is_loopback()
+                    || v6.is_multicast()
+                    || v6.is_unspecified()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80
+                    || (first & 0xffc0) == 0xfec0)
+            }
+        },
+    }
+}
+
+/// Resolves push service names to public addresses only (unless `[push] private_endpoints`);
+/// `localhost`, which only plain `http://` endpoints may name, keeps its loopback addresses.
+struct EndpointResolver {
+    private_endpoints: bool,
+}
+
+impl reqwest::dns::Resolve for EndpointResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let private_endpoints = self.private_endpoints;
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let localhost = host.eq_ignore_ascii_case("localhost");
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| private_endpoints || is_public(a.ip()) || (localhost && a.ip().is_loopback()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!(
+                    "{host} has no public address (a push server on a private network needs [push] private_endpoints = true)"
+                )
+                .into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+fn client(private_endpoints: bool) -> Result<&'static reqwest::Client, SendError> {
+    static CLIENTS: [OnceLock<Result<reqwest::Client, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    CLIENTS[usize::from(private_endpoints)]
         .get_or_init(|| {
             let tls = crate::tls::UpstreamTls::default().config(None).map_err(|e| e.to_string())?;
             let mut tls = (*tls).clone();
@@ -88,6 +151,7 @@ fn client() -> Result<&'static reqwest::Client, SendError> {
                 .tls_backend_preconfigured(tls)
                 .redirect(reqwest::redirect::Policy::none())
                 .no_proxy()
+                .dns_resolver(Arc::new(EndpointResolver { private_endpoints }))
                 .connect_timeout(Duration::from_secs(5))
                 .build()
                 .map_err(|e| e.to_string())
@@ -96,17 +160,32 @@ fn client() -> Result<&'static reqwest::Client, SendError> {
         .map_err(|e| SendError::Client(e.clone()))
 }
 
+/// An `https://` endpoint given as an address must be public (names are checked when they are
+/// resolved); `http://` is only accepted for loopback by `check_endpoint` already.
+fn check_address(url: &reqwest::Url, private_endpoints: bool) -> Result<(), SendError> {
+    let ip = match url.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+        _ => return Ok(()),
+    };
+    if url.scheme() == "https" && !private_endpoints && !is_public(ip) {
+        return Err(SendError::PrivateNetwork { origin: vapid::audience(url) });
+    }
+    Ok(())
+}
+
 /// Sends once; the service's status and `Retry-After`.
 pub async fn post(push: &Push<'_>) -> Result<(u16, Option<String>), SendError> {
     let sub = push.subscription;
     let url = super::subscription::check_endpoint(&sub.endpoint)
         .map_err(|_| SendError::Network { origin: "(invalid endpoint)".into(), detail: "refused".into() })?;
     let origin = vapid::audience(&url);
+    check_address(&url, push.private_endpoints)?;
     let ua_public = web_push_native::p256::PublicKey::from_sec1_bytes(&sub.p256dh).map_err(|_| SendError::Encrypt)?;
     let auth = web_push_native::Auth::clone_from_slice(&sub.auth);
     let body = web_push_native::encrypt(push.payload.to_vec(), &ua_public, &auth).map_err(|_| SendError::Encrypt)?;
     let authorization = vapid::authorization(push.key, &url, push.subject);
-    let mut request = client()?
+    let mut request = client(push.private_endpoints)?
         .post(url)
         .timeout(push.timeout)
         .header("TTL", push.ttl.to_string())
@@ -196,5 +275,61 @@ mod tests {
         assert_eq!(backoff(Verdict::Failed, 1), None);
         assert_eq!(backoff(Verdict::Gone, 1), None);
         assert_eq!(backoff(Verdict::Delivered, 1), None);
+    }
+
+    #[test]
+    fn public_addresses() {
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "100.128.0.1"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn private_endpoint_addresses_are_refused_unless_allowed() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let refused = check_address(&url("https://169.254.169.254/latest"), false).unwrap_err().to_string();
+        assert_eq!(
+            refused,
+            "https://169.254.169.254 is on a private network (allow it with [push] private_endpoints = true)"
+        );
+        assert!(check_address(&url("https://[fd00::1]:8443/p"), false).is_err());
+        assert!(check_address(&url("https://10.0.0.5/p"), true).is_ok(), "allowed by the config");
+        assert!(check_address(&url("https://8.8.8.8/p"), false).is_ok());
+        assert!(check_address(&url("https://push.example.org/p"), false).is_ok(), "names: checked when resolved");
+        assert!(check_address(&url("http://127.0.0.1:8080/p"), false).is_ok(), "loopback http, for local gateways");
+    }
+
+    #[tokio::test]
+    async fn names_resolve_to_public_addresses_only() {
+        use reqwest::dns::Resolve;
+        let resolve =
+            |name: &str, private_endpoints: bool| EndpointResolver { private_endpoints }.resolve(name.parse().unwrap());
+        let localhost: Vec<_> = resolve("localhost", false).await.unwrap().collect();
+        assert!(localhost.iter().all(|a| a.ip().is_loopback()) && !localhost.is_empty());
+        // A name that resolves to a private address (an address as name stands in for DNS).
+        let err = resolve("10.0.0.7", false).await.err().unwrap().to_string();
+        assert!(err.contains("has no public address"), "{err}");
+        assert!(resolve("10.0.0.7", true).await.is_ok());
+        assert!(resolve("127.0.0.1", false).await.is_err(), "loopback only by the name localhost");
     }
 }
