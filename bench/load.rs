@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use common::{Proxy, log_problems, raise_fd_limit};
+use common::{Proxy, Rng, log_problems, raise_fd_limit};
 use provider::{Provider, ProviderOptions};
 
 /// Users the sessions are spread over, so that no user's INBOX sees all the traffic.
@@ -561,21 +561,6 @@ fn literal_len(line: &[u8]) -> Option<usize> {
     let line = line.strip_suffix(b"+").unwrap_or(line);
     let open = line.iter().rposition(|&b| b == b'{')?;
     std::str::from_utf8(&line[open + 1..]).ok()?.parse().ok()
-}
-
-/// xorshift64*: random choices and message text without a crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
 }
 
 /// Log lines grouped by their text from the severity marker on (dropping times, pids and

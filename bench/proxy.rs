@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Proxy, log_problems, raise_fd_limit};
+use common::{Proxy, Rng, log_problems, raise_fd_limit};
 use provider::{Provider, ProviderOptions};
 
 /// Messages put into alice's INBOX, and their size range; sizes are skewed towards the small end
@@ -330,24 +330,6 @@ fn message(i: usize, size: usize, to: &str, rng: &mut Rng) -> Vec<u8> {
     }
     m.extend_from_slice(b"\r\n");
     m
-}
-
-/// xorshift64*: deterministic test data without a crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// What a command's response consisted of.

@@ -12,6 +12,8 @@
 // The provider harness serves the integration tests too; the benchmark uses only part of it.
 #[allow(dead_code)]
 mod common;
+#[path = "../tests/support/data_block.rs"]
+mod data_block;
 #[allow(dead_code)]
 #[path = "../tests/support/provider.rs"]
 mod provider;
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 
 use common::Proxy;
+use data_block::data_block;
 use provider::Provider;
 
 const SENDER: &str = "alice@example.org";
@@ -128,24 +131,6 @@ fn message(to: &str, id: &str) -> Vec<u8> {
     m.resize(MESSAGE_SIZE - 2, b'x');
     m.extend_from_slice(b"\r\n");
     m
-}
-
-/// A message as DATA content: dot-stuffed, CRLF before the final dot.
-fn data_block(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + 16);
-    let mut line_start = true;
-    for &b in message {
-        if line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        line_start = b == b'\n';
-    }
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
 }
 
 /// A minimal blocking SMTP client (after tests/support/smtp_client.rs).

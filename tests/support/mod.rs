@@ -2,6 +2,7 @@
 // Each test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod data_block;
 pub mod fake_provider;
 pub mod imap_client;
 pub mod provider;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use base64::Engine;
 
+pub use super::data_block::data_block;
+
 /// One reply: its code and the text of each line (after `NNN-`/`NNN `).
 #[derive(Debug, Clone)]
 pub struct Reply {
@@ -159,24 +161,6 @@ impl<S: Read + Write> SmtpClient<S> {
             Err(e) => self.fail(&format!("expected EOF, got error {e}")),
         }
     }
-}
-
-/// A message as DATA content: dot-stuffed, CRLF before the final dot.
-pub fn data_block(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + 16);
-    let mut line_start = true;
-    for &b in message {
-        if line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        line_start = b == b'\n';
-    }
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
 }
 
 /// Every message in `user`'s INBOX at the provider (read directly, not through the proxy), as
