@@ -6,6 +6,8 @@
 // The provider harness serves the integration tests too; the benchmark uses only part of it.
 #[allow(dead_code)]
 mod common;
+#[path = "../tests/support/data_block.rs"]
+mod data_block;
 #[allow(dead_code)]
 #[path = "../tests/support/provider.rs"]
 mod provider;

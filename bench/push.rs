@@ -8,6 +8,8 @@
 // The harnesses serve the integration tests too; the benchmark uses only part of them.
 #[allow(dead_code)]
 mod common;
+#[path = "../tests/support/data_block.rs"]
+mod data_block;
 #[allow(dead_code)]
 #[path = "../tests/support/provider.rs"]
 mod provider;

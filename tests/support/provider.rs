@@ -385,22 +385,9 @@ impl SmtpClient {
         self.expect(code);
     }
 
-    /// Sends a DATA body: a line starting with "." gets another one (RFC 5321
-    /// 4.5.2), and the body ends with CRLF before the final ".".
+    /// Sends a DATA body (dot-stuffed, see `data_block`).
     fn data(&mut self, message: &[u8], code: u16) {
-        let mut body = Vec::with_capacity(message.len() + 16);
-        let mut line_start = true;
-        for &b in message {
-            if line_start && b == b'.' {
-                body.push(b'.');
-            }
-            body.push(b);
-            line_start = b == b'\n';
-        }
-        if !body.is_empty() && !body.ends_with(b"\r\n") {
-            body.extend_from_slice(b"\r\n");
-        }
-        body.extend_from_slice(b".\r\n");
+        let body = super::data_block::data_block(message);
         self.transcript += &format!("C: <{} bytes of message>\r\n", message.len());
         self.send(&body);
         self.expect(code);
