@@ -7,8 +7,8 @@ use std::path::Path;
 
 use crate::coi::session::CoiSession;
 use crate::config::{Config, Security, SmtpProvider};
-use crate::imap::capability;
 use crate::imap::upstream::Upstream;
+use crate::imap::wire::capability;
 use crate::smtp::relay::SmtpClient;
 use crate::tls::{LocalCertPaths, UpstreamTls};
 

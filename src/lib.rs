@@ -4,6 +4,7 @@
 //! the COI server side is emulated locally. `main.rs` is only the command line; everything else
 //! lives here, one module per concern.
 
+pub mod account;
 pub mod accounts;
 pub mod check;
 pub mod coi;

@@ -111,7 +111,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { trace_protocol } => {
             if trace_protocol {
-                coi_proxy::imap::trace::enable();
+                coi_proxy::imap::wire::trace::enable();
                 tracing::info!(
                     "protocol trace on: every IMAP line is logged; passwords, AUTHENTICATE data and message bodies are replaced by markers"
                 );

@@ -2,7 +2,7 @@
 //! the fragments are the same; the fragments put together are the input, byte for byte; and no
 //! literal content is ever taken for a line.
 
-use coi_proxy::imap::framing::{Fragment, Framer};
+use coi_proxy::imap::wire::framing::{Fragment, Framer};
 use proptest::prelude::*;
 
 /// A line, and the literal it announces (bytes, synchronizing) if any.

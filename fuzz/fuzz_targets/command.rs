@@ -3,7 +3,7 @@
 #![no_main]
 
 use coi_proxy::coi::metadata;
-use coi_proxy::imap::command;
+use coi_proxy::imap::wire::command;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

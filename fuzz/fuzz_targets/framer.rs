@@ -2,7 +2,7 @@
 //! the fragments put together are the input, and a bounded line limit holds.
 #![no_main]
 
-use coi_proxy::imap::framing::{Fragment, Framer};
+use coi_proxy::imap::wire::framing::{Fragment, Framer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

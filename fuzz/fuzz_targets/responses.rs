@@ -3,8 +3,8 @@
 #![no_main]
 
 use coi_proxy::coi::metadata;
-use coi_proxy::imap::capability;
-use coi_proxy::imap::quiet::{Quiet, Verdicts};
+use coi_proxy::imap::wire::capability;
+use coi_proxy::imap::session::quiet::{Quiet, Verdicts};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,8 +1,8 @@
 //! Names of the COI folders on a provider: `<prefix><root><sep>Chats` and `…Contacts`, with the
 //! provider's personal namespace prefix and hierarchy separator (Dovecot uses `.` or `/`).
 
-use crate::imap::command::{self, Arg};
 use crate::imap::upstream::{Upstream, UpstreamError};
+use crate::imap::wire::command::{self, Arg};
 
 /// The provider's personal namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, watch};
 
 use super::metadata::CoiConfig;
-use crate::imap::quiet::Verdicts;
+use crate::account::Verdicts;
 
 /// One account (one login name).
 pub struct Account {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::imap::command::{Arg, Command};
+use crate::imap::wire::command::{Arg, Command};
 
 /// Where the COI server configuration lives (COI server spec, "Getting COI Namespace Configuration").
 pub const COI_CONFIG: &str = "/private/vendor/vendor.dovecot/coi/config";
@@ -346,10 +346,10 @@ pub fn format_entries(entries: &[(String, Option<Vec<u8>>)]) -> Vec<u8> {
 
 /// A mailbox name as an atom where it can be (`INBOX`), else quoted (`""`), else a literal.
 pub fn format_mailbox(mailbox: &[u8]) -> Vec<u8> {
-    if !mailbox.is_empty() && mailbox.iter().all(|&b| crate::imap::command::is_atom_char(b)) {
+    if !mailbox.is_empty() && mailbox.iter().all(|&b| crate::imap::wire::command::is_atom_char(b)) {
         mailbox.to_vec()
     } else {
-        crate::imap::command::astring(mailbox, false)
+        crate::imap::wire::command::astring(mailbox, false)
     }
 }
 
@@ -357,7 +357,7 @@ pub fn format_mailbox(mailbox: &[u8]) -> Vec<u8> {
 pub fn parse_response(resp: &[u8]) -> Option<(Vec<u8>, Entries)> {
     // The response grammar is the command grammar's: reuse the command parser on it.
     let body = resp.strip_prefix(b"* ")?;
-    let cmd = crate::imap::command::parse(&[b"x ", body].concat()).ok()?;
+    let cmd = crate::imap::wire::command::parse(&[b"x ", body].concat()).ok()?;
     if cmd.name != "METADATA" {
         return None;
     }
@@ -376,7 +376,7 @@ pub fn parse_response(resp: &[u8]) -> Option<(Vec<u8>, Entries)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imap::command::parse;
+    use crate::imap::wire::command::parse;
 
     fn get(line: &str) -> Result<GetMetadata, MetadataError> {
         parse_get(&parse(line.as_bytes()).unwrap())

@@ -16,9 +16,9 @@ use super::hub::Account;
 use super::metadata::{
     self, CoiChange, CoiConfig, ENABLED, Filter, GetMetadata, MESSAGE_FILTER, MetadataError, SetMetadata,
 };
-use crate::imap::command::{self, Arg, Command};
-use crate::imap::own::{Interceptor, OwnCommands, OwnError, OwnReply};
-use crate::imap::session::client_name;
+use crate::imap::wire::command::client_name;
+use crate::imap::wire::command::{self, Arg, Command};
+use crate::imap::wire::provider::{Interceptor, ProviderCommands, ProviderError, Reply as OwnReply};
 use crate::server::Shared;
 use crate::store::TooManyEntries;
 
@@ -40,7 +40,7 @@ pub struct CoiSession {
 }
 
 /// A reply for the client, or the reason the provider failed us.
-type Reply = Result<Vec<u8>, OwnError>;
+type Reply = Result<Vec<u8>, ProviderError>;
 
 impl CoiSession {
     pub fn new(
@@ -77,7 +77,7 @@ impl CoiSession {
         self.shared.config().coi.mailbox_root.clone()
     }
 
-    async fn dispatch(&mut self, raw: &[u8], cmd: &Command, own: &mut OwnCommands<'_>) -> Reply {
+    async fn dispatch(&mut self, raw: &[u8], cmd: &Command, own: &mut impl ProviderCommands) -> Reply {
         match cmd.name.as_str() {
             "GETMETADATA" => match metadata::parse_get(cmd) {
                 Ok(req) => self.get_metadata(&cmd.tag, req, own).await,
@@ -101,7 +101,7 @@ impl CoiSession {
     }
 
     /// The provider's namespace, asked once per session.
-    async fn namespace(&mut self, own: &mut OwnCommands<'_>) -> Result<Namespace, OwnError> {
+    async fn namespace(&mut self, own: &mut impl ProviderCommands) -> Result<Namespace, ProviderError> {
         if let Some(ns) = &self.namespace {
             return Ok(ns.clone());
         }
@@ -119,7 +119,7 @@ impl CoiSession {
     }
 
     /// The account's COI configuration, from the provider or the local store.
-    async fn read_config(&mut self, own: &mut OwnCommands<'_>) -> Result<CoiConfig, OwnError> {
+    async fn read_config(&mut self, own: &mut impl ProviderCommands) -> Result<CoiConfig, ProviderError> {
         let config = if self.provider_metadata {
             let cmd = format!("GETMETADATA \"\" ({ENABLED} {MESSAGE_FILTER})\r\n");
             let reply = own.run(cmd.as_bytes(), CAPTURE_METADATA).await?;
@@ -145,7 +145,7 @@ impl CoiSession {
         }
     }
 
-    async fn get_metadata(&mut self, tag: &str, req: GetMetadata, own: &mut OwnCommands<'_>) -> Reply {
+    async fn get_metadata(&mut self, tag: &str, req: GetMetadata, own: &mut impl ProviderCommands) -> Reply {
         let server_level = req.mailbox.is_empty();
         let reaches_coi = server_level && req.entries.iter().any(|e| metadata::reaches_coi(e, req.depth));
         let mut entries: Vec<(String, Option<Vec<u8>>)> = Vec::new();
@@ -209,7 +209,7 @@ impl CoiSession {
         Ok(reply)
     }
 
-    async fn set_metadata(&mut self, tag: &str, mut req: SetMetadata, own: &mut OwnCommands<'_>) -> Reply {
+    async fn set_metadata(&mut self, tag: &str, mut req: SetMetadata, own: &mut impl ProviderCommands) -> Reply {
         let change = match metadata::coi_change(&req) {
             Ok(change) => change,
             Err(e) => return Ok(tagged(tag, &e.to_string())),
@@ -283,7 +283,7 @@ impl CoiSession {
     }
 
     /// Creates `<root>/Chats` (subscribed) and `<root>/Contacts` where missing.
-    async fn create_folders(&mut self, own: &mut OwnCommands<'_>) -> Result<Result<(), String>, OwnError> {
+    async fn create_folders(&mut self, own: &mut impl ProviderCommands) -> Result<Result<(), String>, ProviderError> {
         let ns = self.namespace(own).await?;
         let (chats, contacts) = (ns.chats(&self.root()), ns.contacts(&self.root()));
         for (name, subscribe) in [(chats, true), (contacts, false)] {
@@ -303,7 +303,7 @@ impl CoiSession {
     }
 
     /// Stores `enabled` (COI switched on or off through its Chats folder).
-    async fn set_enabled(&mut self, enabled: bool, own: &mut OwnCommands<'_>) -> Result<(), OwnError> {
+    async fn set_enabled(&mut self, enabled: bool, own: &mut impl ProviderCommands) -> Result<(), ProviderError> {
         let value: Option<Vec<u8>> = enabled.then(|| b"yes".to_vec());
         if self.provider_metadata {
             let v = if enabled { "yes" } else { "NIL" };
@@ -322,7 +322,7 @@ impl CoiSession {
     }
 
     /// CREATE, DELETE and RENAME: relayed, and when they touch `<root>/Chats`, COI follows.
-    async fn mailbox_command(&mut self, raw: &[u8], cmd: &Command, own: &mut OwnCommands<'_>) -> Reply {
+    async fn mailbox_command(&mut self, raw: &[u8], cmd: &Command, own: &mut impl ProviderCommands) -> Reply {
         let names: Vec<String> =
             cmd.args.iter().filter_map(Arg::astring).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
         let ns = self.namespace(own).await?;
@@ -363,7 +363,7 @@ impl CoiSession {
     }
 
     /// The provider's `\Trash` special-use folder, else `Trash`.
-    async fn trash(&mut self, own: &mut OwnCommands<'_>) -> Result<String, OwnError> {
+    async fn trash(&mut self, own: &mut impl ProviderCommands) -> Result<String, ProviderError> {
         let reply = own.run(b"LIST \"\" \"*\" RETURN (SPECIAL-USE)\r\n", CAPTURE_LIST).await?;
         let found = reply.untagged.iter().find_map(|line| {
             let text = String::from_utf8_lossy(line);
@@ -379,7 +379,7 @@ impl CoiSession {
 
     /// SELECT, EXAMINE and STATUS of INBOX by a chat client while the filter is `active`: the
     /// Chats folder is used instead, and a STATUS answer keeps the name the client asked for.
-    async fn select_like(&mut self, raw: &[u8], cmd: &Command, own: &mut OwnCommands<'_>) -> Reply {
+    async fn select_like(&mut self, raw: &[u8], cmd: &Command, own: &mut impl ProviderCommands) -> Reply {
         let asks_inbox = cmd.args.first().and_then(Arg::astring).is_some_and(|m| m.eq_ignore_ascii_case(b"INBOX"));
         let active = self.account.current().effective_filter() == Filter::Active;
         if !(asks_inbox && active && self.is_chat_client()) {
@@ -412,7 +412,7 @@ impl Interceptor for CoiSession {
         }
     }
 
-    async fn handle(&mut self, raw: Vec<u8>, own: &mut OwnCommands<'_>) -> Vec<u8> {
+    async fn handle<P: ProviderCommands>(&mut self, raw: Vec<u8>, own: &mut P) -> Vec<u8> {
         let cmd = match command::parse(&raw) {
             Ok(cmd) => cmd,
             Err(e) => {
@@ -433,9 +433,9 @@ impl Interceptor for CoiSession {
 /// Relays a client command as an own command (the client's tag replaced).
 async fn forward(
     raw: &[u8],
-    own: &mut OwnCommands<'_>,
+    own: &mut impl ProviderCommands,
     capture: &'static [&'static [u8]],
-) -> Result<OwnReply, OwnError> {
+) -> Result<OwnReply, ProviderError> {
     let after_tag = raw.iter().position(|&b| b == b' ').map_or(raw, |i| &raw[i + 1..]);
     own.run(after_tag, capture).await
 }

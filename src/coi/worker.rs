@@ -16,8 +16,8 @@ use super::classify::{ChatHeaders, FIELDS};
 use super::folders::Namespace;
 use super::hub::Account;
 use super::metadata::{self, CoiConfig, ENABLED, Filter, MESSAGE_FILTER};
-use crate::imap::command;
 use crate::imap::upstream::{AuthOutcome, Upstream, UpstreamError};
+use crate::imap::wire::command;
 use crate::server::Shared;
 
 /// Longest IDLE before it is renewed (RFC 2177: at most 29 minutes).

@@ -5,7 +5,7 @@
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::framing::{Fragment, Framer};
+use crate::imap::wire::framing::{Fragment, Framer};
 use crate::net::Stream;
 
 /// Read size; also the granularity in which literals are relayed.
@@ -198,7 +198,7 @@ impl Conn {
 fn tag_of(msg: &[u8]) -> Vec<u8> {
     let end = msg.iter().position(|&b| b == b' ' || b == b'\r' || b == b'\n').unwrap_or(msg.len());
     let tag = &msg[..end.min(64)];
-    if !tag.is_empty() && tag.iter().all(|&b| super::command::is_atom_char(b) && b != b'+') {
+    if !tag.is_empty() && tag.iter().all(|&b| crate::imap::wire::command::is_atom_char(b) && b != b'+') {
         tag.to_vec()
     } else {
         Vec::new()

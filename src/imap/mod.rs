@@ -1,13 +1,9 @@
-//! IMAP: framing, the few commands the proxy parses, capabilities, provider connections, and
-//! the client session with its relay.
+//! IMAP in three parts: `wire` (framing, the command and response syntax the proxy needs,
+//! capabilities; sans-I/O, imports only the floor), `upstream` and `conn` (connections to a
+//! provider and buffered reading, shared by sessions, account workers and `check`), and
+//! `session` (one client connection: pre-login, then the relay with its policy).
 
-pub mod capability;
-pub mod command;
 pub mod conn;
-pub mod framing;
-pub mod own;
-pub mod quiet;
-pub mod relay;
 pub mod session;
-pub mod trace;
 pub mod upstream;
+pub mod wire;

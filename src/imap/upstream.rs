@@ -10,10 +10,10 @@ use base64::Engine;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::capability;
-use super::command;
-use super::conn::{Conn, ReadError};
 use crate::config::{Provider, Security, ServerUrl};
+use crate::imap::conn::{Conn, ReadError};
+use crate::imap::wire::capability;
+use crate::imap::wire::command;
 use crate::net::Stream;
 use crate::secret::Secret;
 use crate::tls::UpstreamTls;

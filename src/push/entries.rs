@@ -199,7 +199,7 @@ async fn validation_push(shared: &Shared, login: &str, sub: &Subscription, token
 mod tests {
     use super::*;
     use crate::coi::metadata::parse_set;
-    use crate::imap::command::parse;
+    use crate::imap::wire::command::parse;
     use subscription::tests::{AUTH, P256DH};
 
     fn set(line: &str) -> Result<Vec<Change>, EntryError> {

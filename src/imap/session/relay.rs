@@ -15,13 +15,14 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 
-use super::capability;
-use super::command;
-use super::conn::{Conn, ReadSize};
-use super::framing::{Fragment, Framer, Literal};
-use super::own::{Interceptor, Link, OwnCommands, OwnEvent};
+use super::own::{Link, OwnCommands, OwnEvent};
 use super::quiet::{Quiet, Verdict, Verdicts};
-use super::upstream::OWN_TAG_PREFIX;
+use crate::imap::conn::{Conn, ReadSize};
+use crate::imap::upstream::OWN_TAG_PREFIX;
+use crate::imap::wire::capability;
+use crate::imap::wire::command;
+use crate::imap::wire::framing::{Fragment, Framer, Literal};
+use crate::imap::wire::provider::{Interceptor, ProviderCommands};
 use crate::net::Stream;
 
 /// What the relay needs to know about its session.
@@ -185,7 +186,7 @@ impl Commands<'_> {
                 let (start, len) = (pos, fragment_len(&fragment));
                 pos += len;
                 let bytes = &self.buf[start..pos];
-                super::trace::client_fragment(&fragment, bytes);
+                crate::imap::wire::trace::client_fragment(&fragment, bytes);
                 match fragment {
                     Fragment::Line { first, literal, .. } => {
                         if first && let Some((idle_tag, _)) = self.emulated_idle.take() {
@@ -517,7 +518,7 @@ impl Responses<'_> {
                         let (start, len) = (pos, fragment_len(&fragment));
                         pos += len;
                         let bytes = &self.buf[start..pos];
-                        super::trace::provider_fragment(&fragment, bytes);
+                        crate::imap::wire::trace::provider_fragment(&fragment, bytes);
                         if let Some(captured) = capture.as_mut() {
                             captured.extend_from_slice(bytes);
                             if self.framer.at_message_start() {

@@ -17,14 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-/// What the account worker has decided so far (monotonic counters).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Verdicts {
-    /// Ordinary messages left in INBOX.
-    pub kept: u64,
-    /// Chat messages moved out of INBOX.
-    pub moved: u64,
-}
+pub use crate::account::Verdicts;
 
 /// How long an EXISTS is held when the worker says nothing.
 const HOLD: Duration = Duration::from_millis(1200);

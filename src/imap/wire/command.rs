@@ -261,6 +261,15 @@ pub fn astring(value: &[u8], literal_plus: bool) -> Vec<u8> {
     }
 }
 
+/// The `name` field of an ID parameter list.
+pub fn client_name(args: &[Arg]) -> Option<String> {
+    let Some(Arg::List(items)) = args.first() else { return None };
+    items.chunks(2).find_map(|kv| match kv {
+        [Arg::Str(k), Arg::Str(v)] if k.eq_ignore_ascii_case(b"name") => Some(String::from_utf8_lossy(v).into_owned()),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

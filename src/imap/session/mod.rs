@@ -4,6 +4,10 @@
 //! and LOGIN / AUTHENTICATE, which pick the provider by login name and log in there with the
 //! same credentials. After a successful login the session becomes a [`relay`].
 
+mod own;
+pub mod quiet;
+mod relay;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,12 +19,12 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::capability;
-use super::command::{self, Arg, Command};
-use super::conn::{Conn, ReadError};
-use super::relay::{self, QuietInbox, RelayOptions};
-use super::upstream::{AuthOutcome, Upstream};
+use self::relay::{QuietInbox, RelayOptions};
 use crate::coi::{self, hub::Account, metadata::Filter, session::CoiSession};
+use crate::imap::conn::{Conn, ReadError};
+use crate::imap::upstream::{AuthOutcome, Upstream};
+use crate::imap::wire::capability;
+use crate::imap::wire::command::{self, Arg, Command};
 use crate::limits::{Refused, SessionPermit};
 use crate::net::Stream;
 use crate::secret::Secret;
@@ -218,7 +222,7 @@ impl Session {
             };
             // The raw command may hold a password: wiped when dropped.
             let msg = Secret::new(msg);
-            super::trace::client_message(msg.expose());
+            crate::imap::wire::trace::client_message(msg.expose());
             let cmd = match command::parse(msg.expose()) {
                 Ok(cmd) => cmd,
                 Err(e) => {
@@ -249,7 +253,7 @@ impl Session {
             }
             "NOOP" => conn.write(format!("{tag} OK NOOP completed.\r\n").as_bytes()).await?,
             "ID" => {
-                self.client_id = client_name(&cmd.args);
+                self.client_id = command::client_name(&cmd.args);
                 if let Some(name) = &self.client_id {
                     info!(client_name = %name, "client identified itself");
                 }
@@ -366,7 +370,7 @@ impl Session {
             Some(ir) => ir,
             None => {
                 conn.write(format!("+ {challenge}\r\n").as_bytes()).await?;
-                super::trace::client_sasl();
+                crate::imap::wire::trace::client_sasl();
                 match conn.read_message(PRE_LOGIN_LIMIT, None).await {
                     Ok(line) => Secret::new(line),
                     Err(ReadError::TooLong { .. }) => {
@@ -516,15 +520,6 @@ fn parse_plain(payload: &[u8]) -> Option<(String, Secret)> {
     Some((String::from_utf8(user.to_vec()).ok()?, Secret::new(pass.to_vec())))
 }
 
-/// The `name` field of an ID parameter list.
-pub fn client_name(args: &[Arg]) -> Option<String> {
-    let Some(Arg::List(items)) = args.first() else { return None };
-    items.chunks(2).find_map(|kv| match kv {
-        [Arg::Str(k), Arg::Str(v)] if k.eq_ignore_ascii_case(b"name") => Some(String::from_utf8_lossy(v).into_owned()),
-        _ => None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,8 +544,8 @@ mod tests {
     #[test]
     fn id_names() {
         let cmd = command::parse(b"a ID (\"name\" \"Delta Chat\" \"version\" \"2.0\")\r\n").unwrap();
-        assert_eq!(client_name(&cmd.args).as_deref(), Some("Delta Chat"));
+        assert_eq!(command::client_name(&cmd.args).as_deref(), Some("Delta Chat"));
         let cmd = command::parse(b"a ID NIL\r\n").unwrap();
-        assert_eq!(client_name(&cmd.args), None);
+        assert_eq!(command::client_name(&cmd.args), None);
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Some client commands cannot simply be relayed: a SETMETADATA that enables COI must create
 //! the chat folders before the client hears OK; a GETMETADATA must merge what the provider
-//! stores with what the proxy computes. Such commands are handed to an [`Interceptor`], which
-//! talks to the provider through [`OwnCommands`]. Own commands carry tags from the proxy's own
+//! stores with what the proxy computes. Such commands are handed to an `Interceptor` (`imap::wire::provider`),
+//! which talks to the provider through [`OwnCommands`]. Own commands carry tags from the proxy's own
 //! tag space, and the response direction routes everything tagged with them (and the untagged
 //! responses asked for) back here, so nothing the proxy asks ever reaches the client.
 //!
@@ -12,74 +12,21 @@
 //! wait in the read buffer, keeping their order.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::sync::{Notify, mpsc};
 
-use super::framing::{Fragment, Framer};
-use super::upstream::OWN_TAG_PREFIX;
+use crate::imap::upstream::OWN_TAG_PREFIX;
+use crate::imap::wire::framing::{Fragment, Framer};
+use crate::imap::wire::provider::{ProviderCommands, ProviderError, Reply};
 use crate::net::Stream;
 
 /// How long an own command waits for relayed client commands to finish before going ahead.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the provider gets to answer an own command.
 const OWN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Commands the proxy handles itself after login.
-pub trait Interceptor: Send {
-    /// Whether the command named `name` (upper or lower case) is handled here; it is then read
-    /// whole (the proxy answers `+` to its synchronizing literals) and given to `handle`.
-    fn wants(&self, name: &[u8]) -> bool;
-
-    /// Handles one whole command; returns the complete response for the client.
-    fn handle(&mut self, command: Vec<u8>, own: &mut OwnCommands<'_>) -> impl Future<Output = Vec<u8>> + Send;
-}
-
-/// Intercepts nothing: a pure relay.
-pub struct Relay;
-
-impl Interceptor for Relay {
-    fn wants(&self, _: &[u8]) -> bool {
-        false
-    }
-
-    async fn handle(&mut self, _: Vec<u8>, _: &mut OwnCommands<'_>) -> Vec<u8> {
-        unreachable!("wants() is always false")
-    }
-}
-
-/// What the provider answered to an own command.
-#[derive(Debug, Clone)]
-pub struct OwnReply {
-    /// The untagged responses asked for, whole (literals inline).
-    pub untagged: Vec<Vec<u8>>,
-    /// The tagged status without the tag, e.g. `OK Create completed.\r\n`.
-    pub status: Vec<u8>,
-}
-
-impl OwnReply {
-    pub fn ok(&self) -> bool {
-        self.status.starts_with(b"OK")
-    }
-
-    /// The status for the client: `tag` + the provider's status line.
-    pub fn for_client(&self, tag: &str) -> Vec<u8> {
-        [tag.as_bytes(), b" ", &self.status].concat()
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum OwnError {
-    #[error("lost the connection to the provider: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("the provider closed the connection")]
-    Closed,
-    #[error("the provider did not answer in time")]
-    Timeout,
-}
 
 /// An event for a pending own command, from the response direction.
 pub(crate) enum OwnEvent {
@@ -243,11 +190,10 @@ pub struct OwnCommands<'a> {
     pub(crate) next_tag: &'a mut u64,
 }
 
-impl OwnCommands<'_> {
-    /// Runs `command` (everything after the tag, CRLF included; literals of either kind) and
-    /// returns the provider's answer, with the untagged responses that start with one of
-    /// `capture` (e.g. `b"* METADATA "`).
-    pub async fn run(&mut self, command: &[u8], capture: &'static [&'static [u8]]) -> Result<OwnReply, OwnError> {
+impl ProviderCommands for OwnCommands<'_> {
+    /// Runs `command` on the client's provider connection; the untagged responses not captured
+    /// reach the client as they would have anyway.
+    async fn run(&mut self, command: &[u8], capture: &'static [&'static [u8]]) -> Result<Reply, ProviderError> {
         self.link.drain().await;
         *self.next_tag += 1;
         let tag = format!("{OWN_TAG_PREFIX}s{}", self.next_tag);
@@ -271,10 +217,10 @@ impl OwnCommands<'_> {
                     self.write.flush().await?;
                     pending_write.clear();
                     loop {
-                        match rx.recv().await.ok_or(OwnError::Closed)? {
+                        match rx.recv().await.ok_or(ProviderError::Closed)? {
                             OwnEvent::Continuation => break,
                             OwnEvent::Untagged(u) => untagged.push(u),
-                            OwnEvent::Status(status) => return Ok(OwnReply { untagged, status }),
+                            OwnEvent::Status(status) => return Ok(Reply { untagged, status }),
                         }
                     }
                 }
@@ -283,15 +229,15 @@ impl OwnCommands<'_> {
             self.write.write_all(&pending_write).await?;
             self.write.flush().await?;
             loop {
-                match rx.recv().await.ok_or(OwnError::Closed)? {
+                match rx.recv().await.ok_or(ProviderError::Closed)? {
                     OwnEvent::Continuation => {}
                     OwnEvent::Untagged(u) => untagged.push(u),
-                    OwnEvent::Status(status) => return Ok(OwnReply { untagged, status }),
+                    OwnEvent::Status(status) => return Ok(Reply { untagged, status }),
                 }
             }
         })
         .await
-        .unwrap_or(Err(OwnError::Timeout));
+        .unwrap_or(Err(ProviderError::Timeout));
         self.link.state.lock().expect("link").own = None;
         result
     }

@@ -1,0 +1,10 @@
+//! The IMAP wire: framing (lines and literals, bounded), the few commands the proxy parses,
+//! capability lists, the protocol trace's redaction, and the contract by which the feature wings
+//! talk to a provider without knowing which connection carries their commands. Sans-I/O; imports
+//! only the floor.
+
+pub mod capability;
+pub mod command;
+pub mod framing;
+pub mod provider;
+pub mod trace;
