@@ -17,7 +17,7 @@ use super::metadata::{
     self, CoiChange, CoiConfig, ENABLED, Filter, GetMetadata, MESSAGE_FILTER, MetadataError, SetMetadata,
 };
 use crate::imap::wire::command::client_name;
-use crate::imap::wire::command::{self, Arg, Command};
+use crate::imap::wire::command::{self, Arg, Command, CommandName};
 use crate::imap::wire::provider::{Interceptor, ProviderCommands, ProviderError, Reply as OwnReply};
 use crate::server::Shared;
 use crate::store::TooManyEntries;
@@ -403,11 +403,11 @@ impl CoiSession {
 }
 
 impl Interceptor for CoiSession {
-    fn wants(&self, name: &[u8]) -> bool {
-        let upper = name.to_ascii_uppercase();
-        match upper.as_slice() {
-            b"GETMETADATA" | b"SETMETADATA" | b"CREATE" | b"DELETE" | b"RENAME" | b"ID" => true,
-            b"SELECT" | b"EXAMINE" | b"STATUS" => self.is_chat_client(),
+    fn wants(&self, name: CommandName) -> bool {
+        use CommandName::*;
+        match name {
+            GetMetadata | SetMetadata | Create | Delete | Rename | Id => true,
+            Select | Examine | Status => self.is_chat_client(),
             _ => false,
         }
     }
