@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 
 use super::own::{OwnCommands, OwnReply, OwnRequest};
@@ -25,6 +25,7 @@ use super::quiet::Verdicts;
 use crate::imap::conn::{Conn, READ_CHUNK, ReadSize};
 use crate::imap::wire::provider::Interceptor;
 use crate::imap::wire::trace;
+use crate::net::Stream;
 
 /// What the relay needs to know about its session.
 pub struct RelayOptions {
@@ -63,18 +64,13 @@ const LAST_WORDS: Duration = Duration::from_secs(5);
 type Intercepting<'a, I> = Pin<Box<dyn Future<Output = (&'a mut I, Vec<u8>)> + Send + 'a>>;
 
 /// Relays until either side closes, the proxy says BYE, or shutdown is signalled.
-pub async fn run<'a, I: Interceptor>(
+pub async fn run<I: Interceptor>(
     client: Conn,
     upstream: Conn,
     opts: RelayOptions,
-    interceptor: &'a mut I,
-    mut shutdown: watch::Receiver<bool>,
+    interceptor: &mut I,
+    shutdown: watch::Receiver<bool>,
 ) -> (RelayEnd, Traffic) {
-    let (mut client_read, mut client_write) = tokio::io::split(client.stream);
-    let (mut provider_read, mut provider_write) = tokio::io::split(upstream.stream);
-    let (mut client_buf, mut provider_buf) = (client.buf, upstream.buf);
-    let (mut client_size, mut provider_size) = (ReadSize::default(), ReadSize::default());
-    let mut traffic = Traffic::default();
     let mut verdicts = opts.quiet.as_ref().map(|q| q.verdicts.clone());
     let initial = verdicts.as_mut().map(|v| *v.borrow_and_update()).unwrap_or_default();
     let policy_opts = PolicyOptions {
@@ -86,156 +82,260 @@ pub async fn run<'a, I: Interceptor>(
         quiet: opts.quiet.as_ref().map(|q| q.active.clone()),
     };
     let mut policy = Policy::new(policy_opts, client.framer, upstream.framer, initial, Instant::now());
-    // The interceptor, when it is not at work; its own commands come over `own_rx`.
-    let mut interceptor: Option<&'a mut I> = Some(interceptor);
-    let mut intercepting: Option<Intercepting<'a, I>> = None;
-    let (own_tx, mut own_rx) = mpsc::unbounded_channel::<OwnRequest>();
-    let mut own_replies: Option<mpsc::UnboundedSender<OwnReply>> = None;
-    let (mut to_client, mut to_provider) = (Outbox::default(), Outbox::default());
-    let mut shutting_down = *shutdown.borrow();
+    let shutting_down = *shutdown.borrow();
     if shutting_down {
         policy.shutdown();
     }
-    let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+    let (client_read, client_write) = tokio::io::split(client.stream);
+    let (provider_read, provider_write) = tokio::io::split(upstream.stream);
+    let (own_tx, own_rx) = mpsc::unbounded_channel();
+    let mut relay = Relay {
+        policy,
+        client_read,
+        client_write,
+        client_buf: client.buf,
+        client_size: ReadSize::default(),
+        provider_read,
+        provider_write,
+        provider_buf: upstream.buf,
+        provider_size: ReadSize::default(),
+        to_client: Outbox::default(),
+        to_provider: Outbox::default(),
+        traffic: Traffic::default(),
+        interceptor: Some(interceptor),
+        intercepting: None,
+        own_tx,
+        own_rx,
+        own_replies: None,
+        seen_changed: opts.seen_changed.clone(),
+        verdicts,
+        shutdown,
+        shutting_down,
+        armed: None,
+    };
+    let sleep = tokio::time::sleep_until(far_future());
     tokio::pin!(sleep);
-    let mut armed = None;
-    loop {
-        if to_client.is_idle() {
-            if let Some(bytes) = policy.poll_to_client() {
-                to_client.set(bytes);
-            } else if !provider_buf.is_empty() {
-                let now = Instant::now();
-                frame(&mut provider_buf, &mut to_client, |buf| {
-                    let step = policy.provider_input(buf, now)?;
-                    trace::provider_fragment(&step.fragment, &buf[..step.len]);
-                    Some(step)
-                });
-            }
+    let end = loop {
+        if let Some(end) = relay.work().await {
+            break end;
         }
-        if to_provider.is_idle() {
-            if let Some(bytes) = policy.poll_to_provider() {
-                to_provider.set(bytes);
-            } else if !client_buf.is_empty() {
-                let wants = |name| interceptor.as_deref().is_some_and(|i| i.wants(name));
-                let now = Instant::now();
-                frame(&mut client_buf, &mut to_provider, |buf| {
-                    let step = policy.client_input(buf, now, wants)?;
-                    trace::client_fragment(&step.fragment, &buf[..step.len]);
-                    Some(step)
-                });
-            }
+        if let Some(end) = relay.wait(sleep.as_mut()).await {
+            break end;
         }
-        while let Some(event) = policy.poll_event() {
-            match event {
-                Event::Intercept(command) => {
-                    let Some(i) = interceptor.take() else { unreachable!("one intercepted command at a time") };
-                    let mut own = OwnCommands::new(own_tx.clone());
-                    intercepting = Some(Box::pin(async move {
-                        let reply = i.handle(command, &mut own).await;
-                        (i, reply)
-                    }));
-                }
-                Event::OwnUntagged(response) => {
-                    if let Some(replies) = &own_replies {
-                        let _ = replies.send(OwnReply::Untagged(response));
-                    }
-                }
-                Event::OwnStatus(status) => {
-                    if let Some(replies) = own_replies.take() {
-                        let _ = replies.send(OwnReply::Status(status));
-                    }
-                }
-                Event::SeenChanged => {
-                    if let Some(seen_changed) = &opts.seen_changed {
-                        seen_changed();
-                    }
-                }
-                Event::End(end) => {
-                    if !to_client.is_idle() {
-                        let _ = tokio::time::timeout(LAST_WORDS, to_client.write(&mut client_write)).await;
-                    }
-                    return (end, traffic);
+    };
+    (end, relay.traffic)
+}
+
+/// One session's sockets, buffers and policy.
+struct Relay<'a, I> {
+    policy: Policy,
+    client_read: ReadHalf<Stream>,
+    client_write: WriteHalf<Stream>,
+    client_buf: BytesMut,
+    client_size: ReadSize,
+    provider_read: ReadHalf<Stream>,
+    provider_write: WriteHalf<Stream>,
+    provider_buf: BytesMut,
+    provider_size: ReadSize,
+    to_client: Outbox,
+    to_provider: Outbox,
+    traffic: Traffic,
+    /// The interceptor when it is not at work.
+    interceptor: Option<&'a mut I>,
+    intercepting: Option<Intercepting<'a, I>>,
+    /// The interceptor's own commands come here ...
+    own_tx: mpsc::UnboundedSender<OwnRequest>,
+    own_rx: mpsc::UnboundedReceiver<OwnRequest>,
+    /// ... and the responses to the pending one go there.
+    own_replies: Option<mpsc::UnboundedSender<OwnReply>>,
+    seen_changed: Option<Arc<dyn Fn() + Send + Sync>>,
+    verdicts: Option<watch::Receiver<Verdicts>>,
+    shutdown: watch::Receiver<bool>,
+    shutting_down: bool,
+    /// The policy's deadline the timer is set to.
+    armed: Option<Instant>,
+}
+
+impl<'a, I: Interceptor> Relay<'a, I> {
+    /// Lets the policy work through what is buffered until it waits for I/O: frames what was
+    /// read, takes what it writes itself, acts on its events. `Some` when the session is over.
+    async fn work(&mut self) -> Option<RelayEnd> {
+        loop {
+            let mut progress = false;
+            if self.to_provider.is_idle() {
+                if let Some(bytes) = self.policy.poll_to_provider() {
+                    self.to_provider.set(bytes);
+                    progress = true;
+                } else {
+                    progress |= self.frame_client();
                 }
             }
+            if self.to_client.is_idle() {
+                // Framing first: the proxy's answers pending go in before the next response.
+                if self.frame_provider() {
+                    progress = true;
+                } else if let Some(bytes) = self.policy.poll_to_client() {
+                    self.to_client.set(bytes);
+                    progress = true;
+                }
+            }
+            while let Some(event) = self.policy.poll_event() {
+                progress = true;
+                if let Event::End(end) = event {
+                    if !self.to_client.is_idle() {
+                        let _ = tokio::time::timeout(LAST_WORDS, self.to_client.write(&mut self.client_write)).await;
+                    }
+                    return Some(end);
+                }
+                self.event(event);
+            }
+            if !progress {
+                return None;
+            }
         }
-        let deadline = policy.deadline();
-        if deadline != armed {
-            armed = deadline;
-            let at = deadline.map_or_else(far_future, tokio::time::Instant::from_std);
-            sleep.as_mut().reset(at);
+    }
+
+    fn frame_client(&mut self) -> bool {
+        if self.client_buf.is_empty() {
+            return false;
         }
-        let read_provider = to_client.is_idle();
-        let read_client = to_provider.is_idle() && policy.reading_client();
+        let (policy, interceptor) = (&mut self.policy, &self.interceptor);
+        let wants = |name| interceptor.as_deref().is_some_and(|i| i.wants(name));
+        let now = Instant::now();
+        frame(&mut self.client_buf, &mut self.to_provider, |buf| {
+            let step = policy.client_input(buf, now, wants)?;
+            trace::client_fragment(&step.fragment, &buf[..step.len]);
+            Some(step)
+        })
+    }
+
+    fn frame_provider(&mut self) -> bool {
+        if self.provider_buf.is_empty() {
+            return false;
+        }
+        let policy = &mut self.policy;
+        let now = Instant::now();
+        frame(&mut self.provider_buf, &mut self.to_client, |buf| {
+            let step = policy.provider_input(buf, now)?;
+            trace::provider_fragment(&step.fragment, &buf[..step.len]);
+            Some(step)
+        })
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Intercept(command) => {
+                // The policy hands out one command at a time.
+                let Some(interceptor) = self.interceptor.take() else { return };
+                let mut own = OwnCommands::new(self.own_tx.clone());
+                self.intercepting = Some(Box::pin(async move {
+                    let reply = interceptor.handle(command, &mut own).await;
+                    (interceptor, reply)
+                }));
+            }
+            Event::OwnUntagged(response) => {
+                if let Some(replies) = &self.own_replies {
+                    let _ = replies.send(OwnReply::Untagged(response));
+                }
+            }
+            Event::OwnStatus(status) => {
+                if let Some(replies) = self.own_replies.take() {
+                    let _ = replies.send(OwnReply::Status(status));
+                }
+            }
+            Event::SeenChanged => {
+                if let Some(seen_changed) = &self.seen_changed {
+                    seen_changed();
+                }
+            }
+            Event::End(_) => {}
+        }
+    }
+
+    /// Waits for the next thing to happen: a write done, bytes read, the policy's deadline,
+    /// new verdicts, shutdown, the interceptor. `Some` when the session is over.
+    async fn wait(&mut self, mut sleep: Pin<&mut tokio::time::Sleep>) -> Option<RelayEnd> {
+        let deadline = self.policy.deadline();
+        if deadline != self.armed {
+            self.armed = deadline;
+            sleep.as_mut().reset(deadline.map_or_else(far_future, tokio::time::Instant::from_std));
+        }
+        // A side is read again once what was read from it has been written on.
+        let read_provider = self.to_client.is_idle();
+        let read_client = self.to_provider.is_idle() && self.policy.reading_client();
         if read_provider {
-            provider_size.prepare(&mut provider_buf);
+            self.provider_size.prepare(&mut self.provider_buf);
         }
         if read_client {
-            client_size.prepare(&mut client_buf);
+            self.client_size.prepare(&mut self.client_buf);
         }
         tokio::select! {
             biased;
-            written = to_client.write(&mut client_write), if !to_client.is_idle() => {
+            written = self.to_client.write(&mut self.client_write), if !self.to_client.is_idle() => {
                 if let Err(e) = written {
-                    return (RelayEnd::ClientError(e.to_string()), traffic);
+                    return Some(RelayEnd::ClientError(e.to_string()));
                 }
             }
-            written = to_provider.write(&mut provider_write), if !to_provider.is_idle() => {
+            written = self.to_provider.write(&mut self.provider_write), if !self.to_provider.is_idle() => {
                 if let Err(e) = written {
-                    return (RelayEnd::ProviderError(e.to_string()), traffic);
+                    return Some(RelayEnd::ProviderError(e.to_string()));
                 }
             }
-            read = provider_read.read_buf(&mut provider_buf), if read_provider => match read {
-                Ok(0) => policy.provider_closed(),
+            read = self.provider_read.read_buf(&mut self.provider_buf), if read_provider => match read {
+                Ok(0) => self.policy.provider_closed(),
                 Ok(n) => {
-                    traffic.from_provider += n as u64;
-                    provider_size.after_read(n);
-                    policy.provider_read(Instant::now());
+                    self.traffic.from_provider += n as u64;
+                    self.provider_size.after_read(n);
+                    self.policy.provider_read(Instant::now());
                 }
-                Err(e) => policy.provider_failed(e.to_string()),
+                Err(e) => self.policy.provider_failed(e.to_string()),
             },
-            read = client_read.read_buf(&mut client_buf), if read_client => match read {
-                Ok(0) => return (RelayEnd::ClientClosed, traffic),
+            read = self.client_read.read_buf(&mut self.client_buf), if read_client => match read {
+                Ok(0) => return Some(RelayEnd::ClientClosed),
                 Ok(n) => {
-                    traffic.from_client += n as u64;
-                    client_size.after_read(n);
-                    policy.client_read(Instant::now());
+                    self.traffic.from_client += n as u64;
+                    self.client_size.after_read(n);
+                    self.policy.client_read(Instant::now());
                 }
                 // Many clients close TLS without close_notify: that is a close, not a failure.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return (RelayEnd::ClientClosed, traffic),
-                Err(e) => return (RelayEnd::ClientError(e.to_string()), traffic),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Some(RelayEnd::ClientClosed),
+                Err(e) => return Some(RelayEnd::ClientError(e.to_string())),
             },
-            () = &mut sleep, if armed.is_some() => {
-                armed = None;
-                policy.tick(Instant::now());
+            () = sleep, if self.armed.is_some() => {
+                self.armed = None;
+                self.policy.tick(Instant::now());
             }
-            changed = async { verdicts.as_mut()?.changed().await.ok() }, if verdicts.is_some() => match changed {
-                Some(()) => {
-                    let current = verdicts.as_mut().map(|v| *v.borrow_and_update()).unwrap_or_default();
-                    policy.set_verdicts(current, Instant::now());
+            changed = async { self.verdicts.as_mut()?.changed().await.ok() }, if self.verdicts.is_some() => {
+                match changed {
+                    Some(()) => {
+                        let current = self.verdicts.as_mut().map(|v| *v.borrow_and_update()).unwrap_or_default();
+                        self.policy.set_verdicts(current, Instant::now());
+                    }
+                    // The worker's side is gone: no more verdicts.
+                    None => self.verdicts = None,
                 }
-                // The worker's side is gone: no more verdicts.
-                None => verdicts = None,
-            },
-            _ = shutdown.changed(), if !shutting_down => {
-                shutting_down = true;
-                policy.shutdown();
             }
-            (i, reply) = async {
-                match intercepting.as_mut() {
+            _ = self.shutdown.changed(), if !self.shutting_down => {
+                self.shutting_down = true;
+                self.policy.shutdown();
+            }
+            (interceptor, reply) = async {
+                match self.intercepting.as_mut() {
                     Some(work) => work.await,
                     None => std::future::pending().await,
                 }
-            }, if intercepting.is_some() => {
-                intercepting = None;
-                interceptor = Some(i);
-                own_replies = None;
-                policy.interceptor_reply(reply, Instant::now());
+            }, if self.intercepting.is_some() => {
+                self.intercepting = None;
+                self.interceptor = Some(interceptor);
+                self.own_replies = None;
+                self.policy.interceptor_reply(reply, Instant::now());
             }
-            Some(request) = own_rx.recv() => {
-                own_replies = Some(request.replies);
-                policy.own_request(request.command, request.capture, Instant::now());
+            Some(request) = self.own_rx.recv() => {
+                self.own_replies = Some(request.replies);
+                self.policy.own_request(request.command, request.capture, Instant::now());
             }
         }
+        None
     }
 }
 
@@ -244,8 +344,8 @@ fn far_future() -> tokio::time::Instant {
 }
 
 /// Runs `next` over the bytes in `buf`, putting what it decides into `out`; the bytes framed
-/// leave `buf` for `out` (without a copy).
-fn frame(buf: &mut BytesMut, out: &mut Outbox, mut next: impl FnMut(&[u8]) -> Option<Step>) {
+/// leave `buf` for `out` (without a copy). Whether anything was framed.
+fn frame(buf: &mut BytesMut, out: &mut Outbox, mut next: impl FnMut(&[u8]) -> Option<Step>) -> bool {
     let mut pos = 0;
     while let Some(step) = next(&buf[pos..]) {
         let end = pos + step.len;
@@ -262,6 +362,7 @@ fn frame(buf: &mut BytesMut, out: &mut Outbox, mut next: impl FnMut(&[u8]) -> Op
     if pos > 0 {
         out.seal(buf.split_to(pos));
     }
+    pos > 0
 }
 
 /// What goes to one side next: a run of unchanged input is written straight from the read

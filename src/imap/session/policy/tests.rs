@@ -91,10 +91,6 @@ impl Session {
     fn pump(&mut self) {
         loop {
             let mut progress = false;
-            if let Some(bytes) = self.policy.poll_to_client() {
-                self.client.extend(bytes);
-                progress = true;
-            }
             while let Some(step) = self.policy.provider_input(&self.from_provider, self.now) {
                 let bytes: Vec<u8> = self.from_provider.drain(..step.len).collect();
                 self.client.extend(&step.before);
@@ -104,6 +100,10 @@ impl Session {
                     _ => {}
                 }
                 self.steps.push((bytes, step.keep));
+                progress = true;
+            }
+            if let Some(bytes) = self.policy.poll_to_client() {
+                self.client.extend(bytes);
                 progress = true;
             }
             if let Some(bytes) = self.policy.poll_to_provider() {
