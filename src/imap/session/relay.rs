@@ -152,7 +152,7 @@ struct Relay<'a, I> {
     verdicts: Option<watch::Receiver<Verdicts>>,
     shutdown: watch::Receiver<bool>,
     shutting_down: bool,
-    /// The policy's deadline the timer is set to.
+    /// When the timer fires (at or before the policy's deadline).
     armed: Option<Instant>,
 }
 
@@ -255,10 +255,13 @@ impl<'a, I: Interceptor> Relay<'a, I> {
     /// Waits for the next thing to happen: a write done, bytes read, the policy's deadline,
     /// new verdicts, shutdown, the interceptor. `Some` when the session is over.
     async fn wait(&mut self, mut sleep: Pin<&mut tokio::time::Sleep>) -> Option<RelayEnd> {
-        let deadline = self.policy.deadline();
-        if deadline != self.armed {
-            self.armed = deadline;
-            sleep.as_mut().reset(deadline.map_or_else(far_future, tokio::time::Instant::from_std));
+        // A timer set earlier than needed just fires early (ticking is harmless then), so it is
+        // only reset to move it forward: not on every read that pushes a deadline back.
+        if let Some(deadline) = self.policy.deadline()
+            && self.armed.is_none_or(|armed| deadline < armed)
+        {
+            self.armed = Some(deadline);
+            sleep.as_mut().reset(tokio::time::Instant::from_std(deadline));
         }
         // A side is read again once what was read from it has been written on.
         let read_provider = self.to_client.is_idle();

@@ -531,3 +531,16 @@ fn a_seen_change_is_reported_when_answered() {
     s.provider_sends(b"* 1 FETCH (FLAGS (\\Seen))\r\na OK\r\n");
     assert_eq!(s.events(), vec![Event::SeenChanged]);
 }
+
+#[test]
+fn an_early_tick_changes_nothing() {
+    let mut s = emulating();
+    s.client.clear();
+    s.policy.own_request(b"NOOP\r\n".to_vec(), &[], s.now);
+    for secs in [0, 1, 5, 9] {
+        s.policy.tick(s.t0 + Duration::from_secs(secs));
+    }
+    s.pump();
+    assert!(s.client.is_empty() && s.events().is_empty());
+    assert_eq!(String::from_utf8_lossy(&s.provider), "coips1 NOOP\r\n", "only the requested command");
+}
