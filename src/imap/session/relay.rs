@@ -71,48 +71,7 @@ pub async fn run<I: Interceptor>(
     interceptor: &mut I,
     shutdown: watch::Receiver<bool>,
 ) -> (RelayEnd, Traffic) {
-    let mut verdicts = opts.quiet.as_ref().map(|q| q.verdicts.clone());
-    let initial = verdicts.as_mut().map(|v| *v.borrow_and_update()).unwrap_or_default();
-    let policy_opts = PolicyOptions {
-        max_literal: opts.max_literal,
-        autologout: opts.autologout,
-        provider_timeout: opts.provider_timeout,
-        extra_capabilities: opts.extra_capabilities.clone(),
-        emulate_idle: opts.emulate_idle,
-        quiet: opts.quiet.as_ref().map(|q| q.active.clone()),
-    };
-    let mut policy = Policy::new(policy_opts, client.framer, upstream.framer, initial, Instant::now());
-    let shutting_down = *shutdown.borrow();
-    if shutting_down {
-        policy.shutdown();
-    }
-    let (client_read, client_write) = tokio::io::split(client.stream);
-    let (provider_read, provider_write) = tokio::io::split(upstream.stream);
-    let (own_tx, own_rx) = mpsc::unbounded_channel();
-    let mut relay = Relay {
-        policy,
-        client_read,
-        client_write,
-        client_buf: client.buf,
-        client_size: ReadSize::default(),
-        provider_read,
-        provider_write,
-        provider_buf: upstream.buf,
-        provider_size: ReadSize::default(),
-        to_client: Outbox::default(),
-        to_provider: Outbox::default(),
-        traffic: Traffic::default(),
-        interceptor: Some(interceptor),
-        intercepting: None,
-        own_tx,
-        own_rx,
-        own_replies: None,
-        seen_changed: opts.seen_changed.clone(),
-        verdicts,
-        shutdown,
-        shutting_down,
-        armed: None,
-    };
+    let mut relay = Relay::new(client, upstream, opts, interceptor, shutdown);
     let sleep = tokio::time::sleep_until(far_future());
     tokio::pin!(sleep);
     let end = loop {
@@ -157,6 +116,57 @@ struct Relay<'a, I> {
 }
 
 impl<'a, I: Interceptor> Relay<'a, I> {
+    fn new(
+        client: Conn,
+        upstream: Conn,
+        opts: RelayOptions,
+        interceptor: &'a mut I,
+        shutdown: watch::Receiver<bool>,
+    ) -> Relay<'a, I> {
+        let mut verdicts = opts.quiet.as_ref().map(|q| q.verdicts.clone());
+        let initial = verdicts.as_mut().map(|v| *v.borrow_and_update()).unwrap_or_default();
+        let policy_opts = PolicyOptions {
+            max_literal: opts.max_literal,
+            autologout: opts.autologout,
+            provider_timeout: opts.provider_timeout,
+            extra_capabilities: opts.extra_capabilities,
+            emulate_idle: opts.emulate_idle,
+            quiet: opts.quiet.map(|q| q.active),
+        };
+        let mut policy = Policy::new(policy_opts, client.framer, upstream.framer, initial, Instant::now());
+        let shutting_down = *shutdown.borrow();
+        if shutting_down {
+            policy.shutdown();
+        }
+        let (client_read, client_write) = tokio::io::split(client.stream);
+        let (provider_read, provider_write) = tokio::io::split(upstream.stream);
+        let (own_tx, own_rx) = mpsc::unbounded_channel();
+        Relay {
+            policy,
+            client_read,
+            client_write,
+            client_buf: client.buf,
+            client_size: ReadSize::default(),
+            provider_read,
+            provider_write,
+            provider_buf: upstream.buf,
+            provider_size: ReadSize::default(),
+            to_client: Outbox::default(),
+            to_provider: Outbox::default(),
+            traffic: Traffic::default(),
+            interceptor: Some(interceptor),
+            intercepting: None,
+            own_tx,
+            own_rx,
+            own_replies: None,
+            seen_changed: opts.seen_changed,
+            verdicts,
+            shutdown,
+            shutting_down,
+            armed: None,
+        }
+    }
+
     /// Lets the policy work through what is buffered until it waits for I/O: frames what was
     /// read, takes what it writes itself, acts on its events. `Some` when the session is over.
     async fn work(&mut self) -> Option<RelayEnd> {
@@ -252,6 +262,33 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         }
     }
 
+    fn after_provider_read(&mut self, read: std::io::Result<usize>) {
+        match read {
+            Ok(0) => self.policy.provider_closed(),
+            Ok(n) => {
+                self.traffic.from_provider += n as u64;
+                self.provider_size.after_read(n);
+                self.policy.provider_read(Instant::now());
+            }
+            Err(e) => self.policy.provider_failed(e.to_string()),
+        }
+    }
+
+    fn after_client_read(&mut self, read: std::io::Result<usize>) -> Option<RelayEnd> {
+        match read {
+            Ok(0) => Some(RelayEnd::ClientClosed),
+            Ok(n) => {
+                self.traffic.from_client += n as u64;
+                self.client_size.after_read(n);
+                self.policy.client_read(Instant::now());
+                None
+            }
+            // Many clients close TLS without close_notify: that is a close, not a failure.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Some(RelayEnd::ClientClosed),
+            Err(e) => Some(RelayEnd::ClientError(e.to_string())),
+        }
+    }
+
     /// Waits for the next thing to happen: a write done, bytes read, the policy's deadline,
     /// new verdicts, shutdown, the interceptor. `Some` when the session is over.
     async fn wait(&mut self, mut sleep: Pin<&mut tokio::time::Sleep>) -> Option<RelayEnd> {
@@ -284,26 +321,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                     return Some(RelayEnd::ProviderError(e.to_string()));
                 }
             }
-            read = self.provider_read.read_buf(&mut self.provider_buf), if read_provider => match read {
-                Ok(0) => self.policy.provider_closed(),
-                Ok(n) => {
-                    self.traffic.from_provider += n as u64;
-                    self.provider_size.after_read(n);
-                    self.policy.provider_read(Instant::now());
-                }
-                Err(e) => self.policy.provider_failed(e.to_string()),
-            },
-            read = self.client_read.read_buf(&mut self.client_buf), if read_client => match read {
-                Ok(0) => return Some(RelayEnd::ClientClosed),
-                Ok(n) => {
-                    self.traffic.from_client += n as u64;
-                    self.client_size.after_read(n);
-                    self.policy.client_read(Instant::now());
-                }
-                // Many clients close TLS without close_notify: that is a close, not a failure.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Some(RelayEnd::ClientClosed),
-                Err(e) => return Some(RelayEnd::ClientError(e.to_string())),
-            },
+            read = self.provider_read.read_buf(&mut self.provider_buf), if read_provider => self.after_provider_read(read),
+            read = self.client_read.read_buf(&mut self.client_buf), if read_client => return self.after_client_read(read),
             () = sleep, if self.armed.is_some() => {
                 self.armed = None;
                 self.policy.tick(Instant::now());

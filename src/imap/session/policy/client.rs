@@ -62,69 +62,76 @@ impl Policy {
             }
             self.command_start(bytes, wants);
         }
-        match &mut self.current.mode {
+        match self.current.mode {
             Mode::Discard => {
                 if literal.is_some_and(|l| l.sync) {
                     self.client.refuse_literal();
                 }
                 Keep::Discard
             }
-            Mode::Collect(command) => {
-                let too_big = literal.is_some_and(|l| l.len > MAX_INTERCEPTED as u64)
-                    || command.len() + bytes.len() > MAX_INTERCEPTED;
-                if too_big {
-                    let sync = literal.is_some_and(|l| l.sync);
-                    if sync {
-                        self.client.refuse_literal();
-                    }
-                    self.current.mode = Mode::Discard;
-                    let text = if sync { "NO [TOOBIG] Command too large" } else { "BAD [TOOBIG] Command too large" };
-                    self.answer(&self.current.tag.clone(), text);
-                    return Keep::Discard;
-                }
-                command.extend_from_slice(bytes);
-                match literal {
-                    None => {
-                        let command = std::mem::take(command);
-                        self.current.mode = Mode::Relay;
-                        self.intercepting = true;
-                        self.events.push_back(Event::Intercept(command));
-                    }
-                    Some(l) if l.sync => self.answers.push(Answer::Bytes(b"+ Ready for literal data\r\n".to_vec())),
-                    Some(_) => {}
-                }
-                Keep::Collect
-            }
-            Mode::Relay => {
-                let max = self.opts.max_literal;
-                if let Some(lit) = literal.filter(|l| l.len > max) {
-                    if self.current.forwarded {
-                        let bye =
-                            format!("* BYE [TOOBIG] Literal of {} bytes exceeds the limit of {max} bytes\r\n", lit.len);
-                        self.end_with_bye(bye.into_bytes(), "literal too big", now);
-                        return Keep::Discard;
-                    }
-                    let status = if lit.sync { "NO" } else { "BAD" };
-                    let text =
-                        format!("{status} [TOOBIG] Literal of {} bytes exceeds the limit of {max} bytes", lit.len);
-                    self.answer(&self.current.tag.clone(), &text);
-                    if lit.sync {
-                        self.client.refuse_literal();
-                    } else {
-                        self.current.mode = Mode::Discard;
-                    }
-                    return Keep::Discard;
-                }
-                if first && !self.current.tag.is_empty() {
-                    let entry = self.commands.in_flight.entry(self.current.tag.clone()).or_default();
-                    entry.0 += 1;
-                    entry.1 |= touches_seen(bytes);
-                    crate::metrics::COMMANDS_RELAYED.inc();
-                }
-                self.current.forwarded = true;
-                Keep::Forward
-            }
+            Mode::Collect(_) => self.collect_line(literal, bytes),
+            Mode::Relay => self.relay_line(first, literal, bytes, now),
         }
+    }
+
+    /// A line of a command for the interceptor: kept until the command is whole, within
+    /// [`MAX_INTERCEPTED`].
+    fn collect_line(&mut self, literal: Option<Literal>, bytes: &[u8]) -> Keep {
+        let Mode::Collect(command) = &mut self.current.mode else { return Keep::Discard };
+        let too_big =
+            literal.is_some_and(|l| l.len > MAX_INTERCEPTED as u64) || command.len() + bytes.len() > MAX_INTERCEPTED;
+        if too_big {
+            let sync = literal.is_some_and(|l| l.sync);
+            if sync {
+                self.client.refuse_literal();
+            }
+            self.current.mode = Mode::Discard;
+            let text = if sync { "NO [TOOBIG] Command too large" } else { "BAD [TOOBIG] Command too large" };
+            self.answer(&self.current.tag.clone(), text);
+            return Keep::Discard;
+        }
+        command.extend_from_slice(bytes);
+        match literal {
+            None => {
+                let command = std::mem::take(command);
+                self.current.mode = Mode::Relay;
+                self.intercepting = true;
+                self.events.push_back(Event::Intercept(command));
+            }
+            Some(l) if l.sync => self.answers.push(Answer::Bytes(b"+ Ready for literal data\r\n".to_vec())),
+            Some(_) => {}
+        }
+        Keep::Collect
+    }
+
+    /// A line of a relayed command: forwarded, unless it announces a literal over the limit.
+    fn relay_line(&mut self, first: bool, literal: Option<Literal>, bytes: &[u8], now: Instant) -> Keep {
+        let max = self.opts.max_literal;
+        if let Some(lit) = literal.filter(|l| l.len > max) {
+            if self.current.forwarded {
+                // Part of the command is with the provider already: it cannot be taken back.
+                let bye = format!("* BYE [TOOBIG] Literal of {} bytes exceeds the limit of {max} bytes\r\n", lit.len);
+                self.end_with_bye(bye.into_bytes(), "literal too big", now);
+                return Keep::Discard;
+            }
+            let status = if lit.sync { "NO" } else { "BAD" };
+            let text = format!("{status} [TOOBIG] Literal of {} bytes exceeds the limit of {max} bytes", lit.len);
+            self.answer(&self.current.tag.clone(), &text);
+            if lit.sync {
+                self.client.refuse_literal();
+            } else {
+                self.current.mode = Mode::Discard;
+            }
+            return Keep::Discard;
+        }
+        if first && !self.current.tag.is_empty() {
+            let entry = self.commands.in_flight.entry(self.current.tag.clone()).or_default();
+            entry.0 += 1;
+            entry.1 |= touches_seen(bytes);
+            crate::metrics::COMMANDS_RELAYED.inc();
+        }
+        self.current.forwarded = true;
+        Keep::Forward
     }
 
     /// The first line of a message while the proxy serves IDLE ends it, and the start of an

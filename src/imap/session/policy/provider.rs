@@ -43,40 +43,8 @@ impl Policy {
         if let Some(keep) = self.quiet_response(bytes, complete, now, before) {
             return keep;
         }
-        if bytes.starts_with(b"+") {
-            return match self.own.continuation() {
-                Some(piece) => {
-                    self.to_provider.extend(piece);
-                    Keep::Own
-                }
-                None => Keep::Forward,
-            };
-        }
-        if bytes.starts_with(b"* ") {
-            if self.own.captures(bytes) {
-                if complete {
-                    self.own_untagged(bytes.to_vec());
-                } else {
-                    self.capture = Some(bytes.to_vec());
-                }
-                return Keep::Own;
-            }
-        } else {
-            let tag = first_word(bytes);
-            match self.own.tagged(tag) {
-                Tagged::Running(origin) => {
-                    let status = bytes.get(tag.len() + 1..).unwrap_or_default();
-                    self.own_done(origin, status, now);
-                    return Keep::Own;
-                }
-                Tagged::Abandoned => return Keep::Own,
-                Tagged::Client => {
-                    self.completed(tag);
-                    if self.own.busy() {
-                        self.start_own(now);
-                    }
-                }
-            }
+        if let Some(keep) = self.route(bytes, complete, now) {
+            return keep;
         }
         if bytes.starts_with(b"* BYE") {
             self.provider_said_bye = true;
@@ -84,6 +52,43 @@ impl Policy {
         match capability::rewrite_response(bytes, &self.opts.extra_capabilities) {
             Some(rewritten) => Keep::Replace(rewritten),
             None => Keep::Forward,
+        }
+    }
+
+    /// Where a response starting with `line` goes if it is the proxy's own; a client's tagged
+    /// response completes its command.
+    fn route(&mut self, line: &[u8], complete: bool, now: Instant) -> Option<Keep> {
+        if line.starts_with(b"+") {
+            let piece = self.own.continuation()?;
+            self.to_provider.extend(piece);
+            return Some(Keep::Own);
+        }
+        if line.starts_with(b"* ") {
+            if !self.own.captures(line) {
+                return None;
+            }
+            if complete {
+                self.own_untagged(line.to_vec());
+            } else {
+                self.capture = Some(line.to_vec());
+            }
+            return Some(Keep::Own);
+        }
+        let tag = first_word(line);
+        match self.own.tagged(tag) {
+            Tagged::Running(origin) => {
+                let status = line.get(tag.len() + 1..).unwrap_or_default();
+                self.own_done(origin, status, now);
+                Some(Keep::Own)
+            }
+            Tagged::Abandoned => Some(Keep::Own),
+            Tagged::Client => {
+                self.completed(tag);
+                if self.own.busy() {
+                    self.start_own(now);
+                }
+                None
+            }
         }
     }
 
