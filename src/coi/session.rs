@@ -78,24 +78,24 @@ impl CoiSession {
     }
 
     async fn dispatch(&mut self, raw: &[u8], cmd: &Command, own: &mut impl ProviderCommands) -> Reply {
-        match cmd.name.as_str() {
-            "GETMETADATA" => match metadata::parse_get(cmd) {
+        match cmd.kind {
+            CommandName::GetMetadata => match metadata::parse_get(cmd) {
                 Ok(req) => self.get_metadata(&cmd.tag, req, own).await,
                 Err(e) => Ok(tagged(&cmd.tag, &e.to_string())),
             },
-            "SETMETADATA" => match metadata::parse_set(cmd) {
+            CommandName::SetMetadata => match metadata::parse_set(cmd) {
                 Ok(req) => self.set_metadata(&cmd.tag, req, own).await,
                 Err(e) => Ok(tagged(&cmd.tag, &e.to_string())),
             },
-            "CREATE" | "DELETE" | "RENAME" => self.mailbox_command(raw, cmd, own).await,
-            "ID" => {
+            CommandName::Create | CommandName::Delete | CommandName::Rename => self.mailbox_command(raw, cmd, own).await,
+            CommandName::Id => {
                 if let Some(name) = client_name(&cmd.args) {
                     info!(client_name = %name, "client identified itself");
                     *self.client_name.lock().expect("client name") = Some(name);
                 }
                 Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag))
             }
-            "SELECT" | "EXAMINE" | "STATUS" => self.select_like(raw, cmd, own).await,
+            CommandName::Select | CommandName::Examine | CommandName::Status => self.select_like(raw, cmd, own).await,
             _ => Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag)),
         }
     }
@@ -327,16 +327,16 @@ impl CoiSession {
             cmd.args.iter().filter_map(Arg::astring).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
         let ns = self.namespace(own).await?;
         let chats = ns.chats(&self.root());
-        let (is_chats_source, is_chats_target) = match cmd.name.as_str() {
-            "RENAME" => (names.first() == Some(&chats), names.get(1) == Some(&chats)),
+        let (is_chats_source, is_chats_target) = match cmd.kind {
+            CommandName::Rename => (names.first() == Some(&chats), names.get(1) == Some(&chats)),
             _ => (names.first() == Some(&chats), false),
         };
         if !is_chats_source && !is_chats_target {
             return Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag));
         }
-        let enable = match cmd.name.as_str() {
-            "CREATE" => Some(true),
-            "DELETE" => Some(false),
+        let enable = match cmd.kind {
+            CommandName::Create => Some(true),
+            CommandName::Delete => Some(false),
             _ if is_chats_target => Some(true),
             _ => {
                 let target = names.get(1).cloned().unwrap_or_default();
