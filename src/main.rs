@@ -123,9 +123,9 @@ fn main() -> ExitCode {
             let reload = source.clone().map(|path| {
                 let (upstream, state_dir) = (cli.upstream.clone(), cli.state_dir.clone());
                 Box::new(move || apply_overrides(Config::load(&path)?, upstream.as_deref(), state_dir.as_deref()))
-                    as coi_proxy::server::ConfigSource
+                    as coi_proxy::app::ConfigSource
             });
-            match runtime.block_on(coi_proxy::server::run(config, reload)) {
+            match runtime.block_on(coi_proxy::app::run(config, reload)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

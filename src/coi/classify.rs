@@ -10,6 +10,8 @@
 //! the recipients hidden as `To: "hidden-recipients": ;`, a shape ordinary encrypted email
 //! does not have.
 
+use crate::mail::{fields, msg_ids};
+
 /// The header fields the worker fetches (`BODY.PEEK[HEADER.FIELDS (...)]`).
 pub const FIELDS: &str = "CHAT-VERSION MESSAGE-ID REFERENCES IN-REPLY-TO CONTENT-TYPE SUBJECT TO";
 
@@ -59,47 +61,6 @@ impl ChatHeaders {
             || self.references.first().is_some_and(|id| chat_prefix(id))
             || self.in_reply_to.iter().chain(&self.references).any(|id| known(id))
     }
-}
-
-/// Unfolded `(name, value)` pairs of a header block.
-pub(crate) fn fields(raw: &[u8]) -> Vec<(String, String)> {
-    let text = String::from_utf8_lossy(raw);
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.is_empty() {
-            continue;
-        }
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = out.last_mut() {
-                value.push(' ');
-                value.push_str(line.trim());
-            }
-            continue;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            out.push((name.trim().to_string(), value.trim().to_string()));
-        }
-    }
-    out
-}
-
-/// The ids in a msg-id list (`<a@b> <c@d>`), without angle brackets; a bare id is accepted.
-pub(crate) fn msg_ids(value: &str) -> Vec<String> {
-    let mut ids = Vec::new();
-    let mut rest = value;
-    while let Some(start) = rest.find('<') {
-        let Some(len) = rest[start..].find('>') else { break };
-        let id = rest[start + 1..start + len].trim();
-        if !id.is_empty() {
-            ids.push(id.to_string());
-        }
-        rest = &rest[start + len + 1..];
-    }
-    if ids.is_empty() && !value.trim().is_empty() && !value.contains(' ') {
-        ids.push(value.trim().to_string());
-    }
-    ids
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! Names of the COI folders on a provider: `<prefix><root><sep>Chats` and `…Contacts`, with the
 //! provider's personal namespace prefix and hierarchy separator (Dovecot uses `.` or `/`).
 
-use crate::imap::upstream::{Upstream, UpstreamError};
 use crate::imap::wire::command::{self, Arg};
+use crate::imap::wire::provider::{ProviderCommands, ProviderError};
+
+const CAPTURE_NAMESPACE: &[&[u8]] = &[b"* NAMESPACE "];
+const CAPTURE_LIST: &[&[u8]] = &[b"* LIST "];
 
 /// The provider's personal namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,12 +47,13 @@ impl Namespace {
     }
 
     /// Asks the provider: NAMESPACE, and where that gives no separator, `LIST "" ""`.
-    pub async fn discover(up: &mut Upstream) -> Result<Namespace, UpstreamError> {
-        let (untagged, _) = up.command(b"NAMESPACE\r\n").await?;
-        let mut ns = untagged.iter().find_map(|r| Namespace::from_namespace_response(r));
+    pub async fn discover(provider: &mut impl ProviderCommands) -> Result<Namespace, ProviderError> {
+        let reply = provider.run(b"NAMESPACE\r\n", CAPTURE_NAMESPACE).await?;
+        let mut ns = reply.untagged.iter().find_map(|r| Namespace::from_namespace_response(r));
         if ns.as_ref().is_none_or(|n| n.separator.is_none()) {
-            let (untagged, _) = up.command(b"LIST \"\" \"\"\r\n").await?;
-            let separator = untagged.iter().find_map(|r| Namespace::from_list_response(r)).and_then(|n| n.separator);
+            let reply = provider.run(b"LIST \"\" \"\"\r\n", CAPTURE_LIST).await?;
+            let separator =
+                reply.untagged.iter().find_map(|r| Namespace::from_list_response(r)).and_then(|n| n.separator);
             ns = Some(Namespace { prefix: ns.map(|n| n.prefix).unwrap_or_default(), separator });
         }
         Ok(ns.unwrap_or(Namespace { prefix: String::new(), separator: Some('/') }))

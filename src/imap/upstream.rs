@@ -14,6 +14,7 @@ use crate::config::{Provider, Security, ServerUrl};
 use crate::imap::conn::{Conn, ReadError};
 use crate::imap::wire::capability;
 use crate::imap::wire::command;
+use crate::imap::wire::provider::{ProviderCommands, ProviderError, Reply};
 use crate::net::Stream;
 use crate::secret::Secret;
 use crate::tls::UpstreamTls;
@@ -43,6 +44,30 @@ pub enum UpstreamError {
     Protocol { server: String },
     #[error("{server} does not allow login over this connection (LOGINDISABLED)")]
     LoginDisabled { server: String },
+}
+
+impl UpstreamError {
+    /// The cause, as `/metrics` labels it (one of `metrics::CAUSES`).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            UpstreamError::Dns { .. } => "dns",
+            UpstreamError::Refused { .. } => "refused",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Network { .. } => "network",
+            UpstreamError::Tls { .. } => "tls",
+            UpstreamError::Greeting { .. } => "greeting",
+            UpstreamError::StartTls { .. } => "starttls",
+            UpstreamError::Closed { .. } => "closed",
+            UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::LoginDisabled { .. } => "login_disabled",
+        }
+    }
+}
+
+impl From<UpstreamError> for ProviderError {
+    fn from(e: UpstreamError) -> ProviderError {
+        ProviderError::Connection(Box::new(e))
+    }
 }
 
 /// A connection to a provider, greeted and possibly logged in.
@@ -244,14 +269,9 @@ impl Upstream {
     }
 
     /// Appends `message` to `mailbox` with `flags` (e.g. `\Seen`, or empty): the proxy's own
-    /// messages to the user, such as delivery-failure reports. `Ok(Err(status))` carries the
-    /// provider's refusal (`NO ...`), tag removed.
-    pub async fn append(
-        &mut self,
-        mailbox: &str,
-        flags: &str,
-        message: &[u8],
-    ) -> Result<Result<(), String>, UpstreamError> {
+    /// messages to the user, such as delivery-failure reports. The reply says whether the
+    /// provider took it (a refusal is `NO ...`).
+    pub async fn append(&mut self, mailbox: &str, flags: &str, message: &[u8]) -> Result<Reply, UpstreamError> {
         let tag = self.tag();
         let literal_plus = self.has("LITERAL+");
         let mut cmd = format!("{tag} APPEND ").into_bytes();
@@ -259,7 +279,6 @@ impl Upstream {
         let plus = if literal_plus { "+" } else { "" };
         cmd.extend_from_slice(format!(" ({flags}) {{{}{plus}}}\r\n", message.len()).as_bytes());
         self.send(&cmd).await?;
-        let status_text = |s: &[u8]| String::from_utf8_lossy(s).trim_end().to_string();
         if !literal_plus {
             loop {
                 let reply = self.read_response().await?;
@@ -267,14 +286,14 @@ impl Upstream {
                     break;
                 }
                 if let Some(status) = reply.strip_prefix(format!("{tag} ").as_bytes()) {
-                    return Ok(Err(status_text(status)));
+                    return Ok(Reply { untagged: Vec::new(), status: status.to_vec() });
                 }
             }
         }
         self.send(message).await?;
         self.send(b"\r\n").await?;
         let status = self.read_tagged(&tag).await?;
-        Ok(if status.starts_with(b"OK") { Ok(()) } else { Err(status_text(&status)) })
+        Ok(Reply { untagged: Vec::new(), status })
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
@@ -325,6 +344,64 @@ impl Upstream {
     fn io_error(&self, e: std::io::Error) -> UpstreamError {
         UpstreamError::Network { server: self.server.to_string(), detail: e.to_string() }
     }
+}
+
+/// The worker's and the receipts agent's connections carry the wings' commands directly.
+impl ProviderCommands for Upstream {
+    async fn run(&mut self, command: &[u8], capture: &'static [&'static [u8]]) -> Result<Reply, ProviderError> {
+        let tag = self.tag();
+        let prefix = format!("{tag} ");
+        let full = [tag.as_bytes(), b" ", command].concat();
+        let mut untagged = Vec::new();
+        let captured = |resp: &[u8]| capture.iter().any(|p| starts_with_ci(resp, p));
+        // Sent up to `sent`; literal announcements are looked for from `search` on (never in a
+        // literal's data). At each synchronizing one, the provider's `+` is awaited.
+        let (mut sent, mut search) = (0, 0);
+        while let Some(at) = full[search..].windows(3).position(|w| w == b"}\r\n") {
+            let close = search + at;
+            let end = close + 3;
+            let literal = full[..close].iter().rposition(|&b| b == b'{').and_then(|open| {
+                let inner = std::str::from_utf8(&full[open + 1..close]).ok()?;
+                let (digits, plus) = inner.strip_suffix('+').map_or((inner, false), |d| (d, true));
+                Some((digits.parse::<usize>().ok()?, plus))
+            });
+            let Some((len, plus)) = literal else {
+                search = end;
+                continue;
+            };
+            if !plus {
+                self.send(&full[sent..end]).await?;
+                sent = end;
+                loop {
+                    let resp = self.read_response().await?;
+                    if resp.starts_with(b"+") {
+                        break;
+                    }
+                    if let Some(status) = resp.strip_prefix(prefix.as_bytes()) {
+                        return Ok(Reply { untagged, status: status.to_vec() });
+                    }
+                    if captured(&resp) {
+                        untagged.push(resp);
+                    }
+                }
+            }
+            search = (end + len).min(full.len());
+        }
+        self.send(&full[sent..]).await?;
+        loop {
+            let resp = self.read_response().await?;
+            if let Some(status) = resp.strip_prefix(prefix.as_bytes()) {
+                return Ok(Reply { untagged, status: status.to_vec() });
+            }
+            if captured(&resp) {
+                untagged.push(resp);
+            }
+        }
+    }
+}
+
+fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
+    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 pub(crate) async fn tcp_connect(server: &ServerUrl) -> Result<TcpStream, UpstreamError> {

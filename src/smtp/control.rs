@@ -19,9 +19,9 @@ use tracing::{info, warn};
 
 use super::Smtp;
 use super::queue::now;
-use super::report::rfc5322_date;
 use crate::config::Config;
-use crate::store::{QueuedMessage, RecipientState, Store};
+use crate::mail::rfc5322_date;
+use crate::store::{QueuedMessage, RecipientState, Store, StoreError};
 
 /// One queue command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,35 +51,49 @@ impl Command {
     }
 }
 
+/// Why a queue command failed; the text is shown to the user (exit status 1).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no message {0} in the queue")]
+    NoSuchMessage(u64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "{source}\n(is a coi-proxy daemon running with this state directory? It holds the store; its control socket {} did not answer)",
+        socket.display()
+    )]
+    Locked { source: StoreError, socket: PathBuf },
+    #[error("the running coi-proxy did not answer on {}: {source}", socket.display())]
+    NoAnswer { socket: PathBuf, source: std::io::Error },
+    /// The running daemon's answer to a command it refused, as it sent it.
+    #[error("{0}")]
+    Daemon(String),
+    #[error("the store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("control.sock")
 }
 
 /// Runs `cmd` for the command line: through the running daemon if there is one, else on the
 /// store directly. `Ok` is the text to print; `Err` the error to show (exit status 1).
-pub fn cli(config: &Config, cmd: Command) -> Result<String, String> {
+pub fn cli(config: &Config, cmd: Command) -> Result<String, ControlError> {
     let socket = socket_path(&config.state_dir);
     if let Ok(stream) = UnixStream::connect(&socket) {
-        return ask(stream, cmd)
-            .unwrap_or_else(|e| Err(format!("the running coi-proxy did not answer on {}: {e}", socket.display())));
+        return ask(stream, cmd).unwrap_or_else(|source| Err(ControlError::NoAnswer { socket, source }));
     }
     if !config.state_dir.join("coi-proxy.redb").exists() {
         return match cmd {
             Command::List => Ok("The queue is empty.\n".into()),
-            Command::Retry(id) | Command::Drop(id) => Err(format!("no message {id} in the queue")),
+            Command::Retry(id) | Command::Drop(id) => Err(ControlError::NoSuchMessage(id)),
         };
     }
-    let store = Store::open(&config.state_dir).map_err(|e| {
-        format!(
-            "{e}\n(is a coi-proxy daemon running with this state directory? It holds the store; \
-             its control socket {} did not answer)",
-            socket.display()
-        )
-    })?;
+    let store = Store::open(&config.state_dir).map_err(|source| ControlError::Locked { source, socket })?;
     execute(&store, cmd).map(|(text, _)| text)
 }
 
-fn ask(stream: UnixStream, cmd: Command) -> std::io::Result<Result<String, String>> {
+fn ask(stream: UnixStream, cmd: Command) -> std::io::Result<Result<String, ControlError>> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut writer = stream.try_clone()?;
     writer.write_all(format!("{}\n", cmd.to_line()).as_bytes())?;
@@ -91,27 +105,26 @@ fn ask(stream: UnixStream, cmd: Command) -> std::io::Result<Result<String, Strin
         text.push_str(&line?);
         text.push('\n');
     }
-    Ok(if status.trim_end() == "ok" { Ok(text) } else { Err(text.trim_end().to_string()) })
+    Ok(if status.trim_end() == "ok" { Ok(text) } else { Err(ControlError::Daemon(text.trim_end().to_string())) })
 }
 
 /// Carries out `cmd` on the store. For `retry`, also returns the message's login so that a
 /// daemon can wake its relay.
-fn execute(store: &Store, cmd: Command) -> Result<(String, Option<String>), String> {
+fn execute(store: &Store, cmd: Command) -> Result<(String, Option<String>), ControlError> {
     match cmd {
         Command::List => {
-            let list = store.queue_list().map_err(|e| e.to_string())?;
-            Ok((describe(&list, now()) + &super::receipts::describe(store), None))
+            let list = store.queue_list()?;
+            Ok((describe(&list, now()) + &crate::receipts::sent::describe(store), None))
         }
         Command::Retry(id) => {
-            let mut msg =
-                store.queue_get(id).map_err(|e| e.to_string())?.ok_or(format!("no message {id} in the queue"))?;
+            let mut msg = store.queue_get(id)?.ok_or(ControlError::NoSuchMessage(id))?;
             msg.next_attempt_at = now();
-            store.queue_save(id, &msg).map_err(|e| e.to_string())?;
+            store.queue_save(id, &msg)?;
             Ok((format!("message {id} will be tried again now\n"), Some(msg.login)))
         }
-        Command::Drop(id) => match store.queue_remove(id).map_err(|e| e.to_string())? {
+        Command::Drop(id) => match store.queue_remove(id)? {
             true => Ok((format!("message {id} removed from the queue; it will not be sent\n"), None)),
-            false => Err(format!("no message {id} in the queue")),
+            false => Err(ControlError::NoSuchMessage(id)),
         },
     }
 }
@@ -151,11 +164,11 @@ pub async fn serve(ctx: Arc<Smtp>, mut shutdown: watch::Receiver<bool>) {
                     let store = ctx.shared.store.clone();
                     let result = tokio::task::spawn_blocking(move || execute(&store, cmd))
                         .await
-                        .unwrap_or_else(|e| Err(e.to_string()));
+                        .unwrap_or_else(|e| Err(e.into()));
                     if let Ok((_, Some(login))) = &result
                         && let Command::Retry(id) = cmd
                     {
-                        ctx.queue.wake(id, login.clone());
+                        ctx.shared.queue.wake(id, login.clone());
                     }
                     if result.is_ok() && cmd != Command::List {
                         info!("control: {}", cmd.to_line());
@@ -261,6 +274,6 @@ mod tests {
         assert_eq!(login.as_deref(), Some("alice@example.org"));
         assert!(execute(&store, Command::List).unwrap().0.contains("next attempt now"));
         execute(&store, Command::Drop(id)).unwrap();
-        assert!(execute(&store, Command::Drop(id)).unwrap_err().contains("no message"));
+        assert!(execute(&store, Command::Drop(id)).unwrap_err().to_string().contains("no message"));
     }
 }

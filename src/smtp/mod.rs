@@ -1,7 +1,9 @@
-//! SMTP submission: clients hand mail to the proxy (`server`, `session`), the proxy commits it
-//! to a durable queue and answers `250`, and a relay task (`queue`) hands it to the provider's
-//! submission server (`relay`) with retries. Refusals and give-ups become a delivery-failure
-//! report in the sender's INBOX (`report`).
+//! SMTP submission (an edge): clients hand mail to the proxy (`server`, `session`), the proxy
+//! commits it to a durable queue and answers `250`, and a relay task (`queue`) hands it to the
+//! provider's submission server (`relay`) with retries. Refusals and give-ups become a
+//! delivery-failure report in the sender's INBOX (`report`). The receipts agent (`receipts`)
+//! runs here because it sends through the queue. The IMAP side is reached only through
+//! `imap::upstream` (the proxy's own provider connections) and the context's channels.
 
 pub mod control;
 pub mod queue;
@@ -16,16 +18,44 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::SmtpProvider;
-use crate::server::Shared;
+use crate::context::Context;
+use crate::imap::upstream::{AuthOutcome, Upstream, UpstreamError};
+use crate::secret::Secret;
 use crate::tls::UpstreamTls;
 use relay::{ProviderCaps, SmtpClient};
 use session::Policy;
 
 /// What the SMTP sessions and the relay task share.
 pub struct Smtp {
-    pub shared: Arc<Shared>,
+    pub shared: Arc<Context>,
     pub caps: CapsCache,
     pub queue: queue::Queue,
+}
+
+/// Why the proxy could not get into an account's IMAP side for its own work (a failure
+/// report for the INBOX, a chat copy, receipts).
+#[derive(Debug, thiserror::Error)]
+pub enum ImapLoginError {
+    #[error("no IMAP provider configured for {0}")]
+    NoProvider(String),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("the IMAP login was refused: {0}")]
+    Refused(String),
+}
+
+/// Connects to `login`'s IMAP provider and logs in with `password`.
+pub async fn imap_login(ctx: &Context, login: &str, password: &Secret) -> Result<Upstream, ImapLoginError> {
+    let config = ctx.config();
+    let provider = config.provider_for(login).ok_or_else(|| ImapLoginError::NoProvider(login.to_string()))?;
+    let limits = &config.limits;
+    let mut up = Upstream::connect(&provider, &ctx.upstream_tls, limits.connect_timeout(), limits.max_line).await?;
+    match up.authenticate(login, password).await? {
+        AuthOutcome::Ok(_) => Ok(up),
+        AuthOutcome::Rejected(status) => {
+            Err(ImapLoginError::Refused(String::from_utf8_lossy(&status).trim_end().to_string()))
+        }
+    }
 }
 
 /// The machine's name, for greetings and reports (`localhost` if unknown).
