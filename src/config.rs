@@ -219,12 +219,6 @@ pub struct Queue {
     pub max_bytes_per_account: u64,
 }
 
-impl Queue {
-    pub fn cap(&self) -> crate::store::QueueCap {
-        crate::store::QueueCap { messages: self.max_messages_per_account, bytes: self.max_bytes_per_account }
-    }
-}
-
 impl Default for Queue {
     fn default() -> Self {
         Queue {

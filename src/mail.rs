@@ -26,6 +26,46 @@ pub fn rfc5322_date(unix: i64) -> String {
     )
 }
 
+/// The header fields that tell chat messages and reports from other mail (`coi::classify`
+/// decides with them; receipts read the report and Message-ID parts).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChatHeaders {
+    pub chat_version: bool,
+    pub message_id: Option<String>,
+    pub in_reply_to: Vec<String>,
+    pub references: Vec<String>,
+    pub is_report: bool,
+    /// Delta Chat's header-protected encrypted shape: `multipart/encrypted` with the obscured
+    /// Subject `[...]` and the recipients hidden as `To: "hidden-recipients": ;`.
+    pub protected_chat_shape: bool,
+}
+
+impl ChatHeaders {
+    /// Parses a header block (folded lines allowed, any case of field names).
+    pub fn parse(raw: &[u8]) -> ChatHeaders {
+        let mut h = ChatHeaders::default();
+        let (mut encrypted, mut obscured_subject, mut hidden_recipients) = (false, false, false);
+        for (name, value) in fields(raw) {
+            match name.to_ascii_lowercase().as_str() {
+                "chat-version" => h.chat_version = true,
+                "message-id" => h.message_id = msg_ids(&value).into_iter().next(),
+                "in-reply-to" => h.in_reply_to = msg_ids(&value),
+                "references" => h.references = msg_ids(&value),
+                "content-type" => {
+                    let value = value.trim_start().to_ascii_lowercase();
+                    h.is_report = value.starts_with("multipart/report");
+                    encrypted = value.starts_with("multipart/encrypted");
+                }
+                "subject" => obscured_subject = value.trim() == "[...]",
+                "to" => hidden_recipients = value.trim_start().starts_with("\"hidden-recipients\":"),
+                _ => {}
+            }
+        }
+        h.protected_chat_shape = encrypted && obscured_subject && hidden_recipients;
+        h
+    }
+}
+
 /// Unfolded `(name, value)` pairs of a header block.
 pub fn fields(raw: &[u8]) -> Vec<(String, String)> {
     let text = String::from_utf8_lossy(raw);

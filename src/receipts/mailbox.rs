@@ -1,19 +1,13 @@
-//! The mailboxes receipts work in, found on the provider: `<root>/Chats`, the Sent folder, a
-//! message by its Message-ID. Through [`ProviderCommands`], so that any provider connection
+//! The mailboxes receipts work in, found on the provider: the Sent folder, a message by its
+//! Message-ID (`<root>/Chats` is named by the COI wing and handed in). Through [`ProviderCommands`], so that any provider connection
 //! (the receipts agent's, the queue's) can carry them.
 
-use crate::coi::folders::Namespace;
 use crate::imap::wire::command;
 use crate::imap::wire::provider::{ProviderCommands, ProviderError};
 use crate::imap::wire::response::search_uids;
 
 const CAPTURE_LIST: &[&[u8]] = &[b"* LIST "];
 const CAPTURE_SEARCH: &[&[u8]] = &[b"* SEARCH"];
-
-/// `<root>/Chats` as the provider names it (NAMESPACE, else the separator from LIST).
-pub async fn chats_folder(provider: &mut impl ProviderCommands, mailbox_root: &str) -> Result<String, ProviderError> {
-    Ok(Namespace::discover(provider).await?.chats(mailbox_root))
-}
 
 /// The Sent folder: the one with `\Sent` (RFC 6154), else one named `Sent`.
 pub async fn sent_folder(provider: &mut impl ProviderCommands) -> Result<Option<String>, ProviderError> {

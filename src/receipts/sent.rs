@@ -11,11 +11,10 @@ use tracing::{debug, info, warn};
 use super::formats::{self, Outcome, Report};
 use super::{db, mailbox};
 use crate::clock::now;
-use crate::coi::classify::ChatHeaders;
 use crate::context::{Context, ReceiptJob};
 use crate::imap::wire::provider::{ProviderCommands, ProviderError};
 use crate::imap::wire::response::{fetch_uid, first_literal, uid_set};
-use crate::mail::{header_end, rfc5322_date, unique};
+use crate::mail::{ChatHeaders, header_end, rfc5322_date, unique};
 use crate::store::{QueuedMessage, SentChat, Store, Tick};
 
 const CAPTURE_FETCH: &[&[u8]] = &[b"* "];

@@ -57,7 +57,7 @@ impl Queue {
     /// Commits a client's message durably (redb commit = fsync) and wakes the relay; the id
     /// on success. The account's queue limits apply.
     pub async fn enqueue(&self, sub: Submission) -> Result<u64, QueueRefusal> {
-        self.insert(sub, Some(self.shared.config().queue.cap())).await
+        self.insert(sub, Some(cap(&self.shared.config().queue))).await
     }
 
     /// As [`Queue::enqueue`] for a read receipt the proxy sends itself: outside the account's
@@ -69,7 +69,7 @@ impl Queue {
     /// Whether `login` has room for one more message of about `size` bytes (0: unknown).
     pub async fn room(&self, login: String, size: u64) -> Result<(), QueueRefusal> {
         let store = self.shared.store.clone();
-        let cap = self.shared.config().queue.cap();
+        let cap = cap(&self.shared.config().queue);
         let usage = blocking(move || store.queue_usage(&login)).await.map_err(|e| {
             error!("cannot read the queue: {e}");
             QueueRefusal::Unavailable("the queue is not readable".into())
@@ -114,6 +114,11 @@ impl Queue {
         self.shared.queue.wake(id, login);
         Ok(id)
     }
+}
+
+/// An account's limits in the queue, from `[queue]`.
+fn cap(settings: &crate::config::Queue) -> QueueCap {
+    QueueCap { messages: settings.max_messages_per_account, bytes: settings.max_bytes_per_account }
 }
 
 async fn blocking<T: Send + 'static>(

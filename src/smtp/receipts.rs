@@ -15,6 +15,7 @@ use super::queue::{Queue, now};
 use super::session::{QueueRefusal, Submission};
 use super::{ImapLoginError, Smtp};
 use crate::account::CredentialError;
+use crate::coi::folders::Namespace;
 use crate::context::ReceiptJob;
 use crate::imap::upstream::{Upstream, UpstreamError};
 use crate::imap::wire::provider::ProviderError;
@@ -85,7 +86,7 @@ pub async fn follow_up(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(
                     .unwrap_or_default();
                 if imap.is_none() {
                     let mut up = super::imap_login(shared, login, password).await?;
-                    let chats = mailbox::chats_folder(&mut up, &shared.config().coi.mailbox_root).await?;
+                    let chats = Namespace::discover(&mut up).await?.chats(&shared.config().coi.mailbox_root);
                     imap = Some((up, chats));
                 }
                 let (up, chats) = imap.as_mut().expect("connected above");
@@ -176,7 +177,7 @@ async fn work(ctx: &Arc<Smtp>, login: &str, jobs: Vec<ReceiptJob>) -> Result<(),
     let password = shared.credentials.password(&shared.config(), login).await?;
     let mut up = super::imap_login(shared, login, &password).await?;
     drop(password);
-    let chats = mailbox::chats_folder(&mut up, &shared.config().coi.mailbox_root).await?;
+    let chats = Namespace::discover(&mut up).await?.chats(&shared.config().coi.mailbox_root);
     if look {
         receipts::read_receipts(store, &ctx.queue, login, &mut up, &chats, send).await?;
     }

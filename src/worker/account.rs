@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::wanted;
 use crate::account::{Account, CoiConfig, Filter};
-use crate::coi::classify::{ChatHeaders, FIELDS};
+use crate::coi::classify::{self, ChatHeaders, FIELDS};
 use crate::coi::folders::Namespace;
 use crate::context::Context;
 use crate::imap::upstream::{AuthOutcome, Upstream, UpstreamError};
@@ -211,7 +211,7 @@ impl<'a> Inbox<'a> {
             let headers = ChatHeaders::parse(&item.header);
             crate::metrics::saw_message_header(&item.header);
             let store = &self.shared.store;
-            let is_chat = headers.is_chat(|id| store.is_chat_id(self.login, id).unwrap_or(false));
+            let is_chat = classify::is_chat(&headers, |id| store.is_chat_id(self.login, id).unwrap_or(false));
             if is_chat {
                 chat.push((item.uid, item.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen"))));
                 chat_ids.extend(headers.message_id);
