@@ -44,6 +44,9 @@ pub enum RunError {
     Signals(std::io::Error),
 }
 
+/// What a reload changed, a line each, for the log.
+type Changes = Vec<String>;
+
 /// Why a reload was refused (the previous configuration stays in force).
 #[derive(Debug, thiserror::Error)]
 enum ReloadError {
@@ -190,7 +193,7 @@ impl Listeners {
 
     /// Takes `new` into force: rebinds changed listeners first (so that a port in use refuses
     /// the reload instead of leaving a listener down), then swaps the configuration.
-    async fn reload(&mut self, mut new: Config, local_cert: &LocalCert) -> Result<Vec<String>, ReloadError> {
+    async fn reload(&mut self, mut new: Config, local_cert: &LocalCert) -> Result<Changes, ReloadError> {
         check_runnable(&new)?;
         let old = self.ctx.config();
         let mut changes = Vec::new();

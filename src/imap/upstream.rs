@@ -158,7 +158,7 @@ impl Upstream {
             up.capabilities.clear();
         }
         if up.capabilities.is_empty() {
-            up.capabilities = up.fetch_capabilities().await?;
+            up.refresh_capabilities().await?;
         }
         Ok(up)
     }
@@ -225,7 +225,7 @@ impl Upstream {
         if status.starts_with(b"OK") {
             match capability::find_in_response(&[b"* ", &status[..]].concat()) {
                 Some(range) => self.capabilities = capability::parse_list(&[b"* ", &status[..]].concat()[range]),
-                None => self.capabilities = self.fetch_capabilities().await?,
+                None => self.refresh_capabilities().await?,
             }
             Ok(AuthOutcome::Ok(status))
         } else {
@@ -233,7 +233,8 @@ impl Upstream {
         }
     }
 
-    async fn fetch_capabilities(&mut self) -> Result<Vec<String>, UpstreamError> {
+    /// Asks for the capabilities (when the greeting or the login did not say them).
+    async fn refresh_capabilities(&mut self) -> Result<(), UpstreamError> {
         let tag = self.tag();
         self.send(format!("{tag} CAPABILITY\r\n").as_bytes()).await?;
         let mut caps = Vec::new();
@@ -243,7 +244,8 @@ impl Upstream {
                 caps = capability::parse_list(&resp[range]);
             }
             if resp.starts_with(format!("{tag} ").as_bytes()) {
-                return Ok(caps);
+                self.capabilities = caps;
+                return Ok(());
             }
         }
     }

@@ -237,9 +237,10 @@ async fn validation_push(
         timeout: config.push.timeout(),
         private_endpoints: config.push.private_endpoints,
     };
-    match send::post(&push).await? {
-        (status, _) if send::classify(status, None) == send::Verdict::Delivered => Ok(()),
-        (status, _) => Err(ValidationPushError::Refused(status)),
+    let answer = send::post(&push).await?;
+    match send::classify(answer.status, None) {
+        send::Verdict::Delivered => Ok(()),
+        _ => Err(ValidationPushError::Refused(answer.status)),
     }
 }
 

@@ -6,14 +6,17 @@ use crate::imap::wire::command;
 use crate::imap::wire::provider::{ProviderCommands, ProviderError};
 use crate::imap::wire::response::search_uids;
 
-const CAPTURE_LIST: &[&[u8]] = &[b"* LIST "];
 const CAPTURE_SEARCH: &[&[u8]] = &[b"* SEARCH"];
 
-/// The Sent folder: the one with `\Sent` (RFC 6154), else one named `Sent`.
-pub async fn sent_folder(provider: &mut impl ProviderCommands) -> Result<Option<String>, ProviderError> {
-    let reply = provider.run(b"LIST \"\" \"*\"\r\n", CAPTURE_LIST).await?;
+/// Lists every mailbox, for [`sent_in`].
+pub const LIST_ALL: &[u8] = b"LIST \"\" \"*\"\r\n";
+pub const CAPTURE_LIST: &[&[u8]] = &[b"* LIST "];
+
+/// The Sent folder among the `* LIST` responses: the one with `\Sent` (RFC 6154), else one
+/// named `Sent`.
+pub fn sent_in(list: &[Vec<u8>]) -> Option<String> {
     let mut named = None;
-    for resp in &reply.untagged {
+    for resp in list {
         let Ok(cmd) = command::parse(&[b"x ", resp.strip_prefix(b"* ").unwrap_or(resp)].concat()) else { continue };
         let (Some(command::Arg::List(attrs)), Some(name)) =
             (cmd.args.first(), cmd.args.get(2).and_then(|a| a.astring()))
@@ -22,13 +25,13 @@ pub async fn sent_folder(provider: &mut impl ProviderCommands) -> Result<Option<
         };
         let name = String::from_utf8_lossy(name).into_owned();
         if attrs.iter().any(|a| a.astring().is_some_and(|a| a.eq_ignore_ascii_case(b"\\Sent"))) {
-            return Ok(Some(name));
+            return Some(name);
         }
         if name.eq_ignore_ascii_case("Sent") {
             named = Some(name);
         }
     }
-    Ok(named)
+    named
 }
 
 fn quoted(mailbox: &str) -> String {
@@ -54,4 +57,18 @@ pub async fn search_message_id(
     let command = format!("UID SEARCH HEADER Message-ID \"<{id}>\"\r\n");
     let reply = provider.run(command.as_bytes(), CAPTURE_SEARCH).await?;
     Ok(reply.untagged.iter().flat_map(|r| search_uids(r)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sent_folder() {
+        let list = |lines: &[&str]| lines.iter().map(|l| l.as_bytes().to_vec()).collect::<Vec<_>>();
+        let special = list(&["* LIST () \".\" Sent\r\n", "* LIST (\\Sent) \".\" \"Gesendet\"\r\n"]);
+        assert_eq!(sent_in(&special).as_deref(), Some("Gesendet"));
+        assert_eq!(sent_in(&list(&["* LIST () \"/\" sent\r\n"])).as_deref(), Some("sent"));
+        assert_eq!(sent_in(&list(&["* LIST () \"/\" INBOX\r\n"])), None);
+    }
 }

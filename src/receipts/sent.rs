@@ -157,7 +157,8 @@ pub async fn mark(
     provider: &mut impl ProviderCommands,
     chats: &str,
 ) -> Result<bool, ProviderError> {
-    let sent_box = mailbox::sent_folder(provider).await?;
+    let list = provider.run(mailbox::LIST_ALL, mailbox::CAPTURE_LIST).await?;
+    let sent_box = mailbox::sent_in(&list.untagged);
     let mut left = false;
     for (id, sent) in store.sent_chats_to_mark(login).unwrap_or_default() {
         let wanted: Vec<&str> =

@@ -90,7 +90,7 @@ pub fn cli(config: &Config, cmd: Command) -> Result<String, ControlError> {
         };
     }
     let store = Store::open(&config.state_dir).map_err(|source| ControlError::Locked { source, socket })?;
-    execute(&store, cmd).map(|(text, _)| text)
+    execute(&store, cmd).map(|done| done.text)
 }
 
 fn ask(stream: UnixStream, cmd: Command) -> std::io::Result<Result<String, ControlError>> {
@@ -110,20 +110,29 @@ fn ask(stream: UnixStream, cmd: Command) -> std::io::Result<Result<String, Contr
 
 /// Carries out `cmd` on the store. For `retry`, also returns the message's login so that a
 /// daemon can wake its relay.
-fn execute(store: &Store, cmd: Command) -> Result<(String, Option<String>), ControlError> {
+/// A command carried out: the text for the user, and for `retry` the login whose relay to wake.
+#[derive(Debug)]
+struct Done {
+    text: String,
+    wake: Option<String>,
+}
+
+fn execute(store: &Store, cmd: Command) -> Result<Done, ControlError> {
     match cmd {
         Command::List => {
             let list = store.queue_list()?;
-            Ok((describe(&list, now()) + &crate::receipts::sent::describe(store), None))
+            Ok(Done { text: describe(&list, now()) + &crate::receipts::sent::describe(store), wake: None })
         }
         Command::Retry(id) => {
             let mut msg = store.queue_get(id)?.ok_or(ControlError::NoSuchMessage(id))?;
             msg.next_attempt_at = now();
             store.queue_save(id, &msg)?;
-            Ok((format!("message {id} will be tried again now\n"), Some(msg.login)))
+            Ok(Done { text: format!("message {id} will be tried again now\n"), wake: Some(msg.login) })
         }
         Command::Drop(id) => match store.queue_remove(id)? {
-            true => Ok((format!("message {id} removed from the queue; it will not be sent\n"), None)),
+            true => {
+                Ok(Done { text: format!("message {id} removed from the queue; it will not be sent\n"), wake: None })
+            }
             false => Err(ControlError::NoSuchMessage(id)),
         },
     }
@@ -165,7 +174,7 @@ pub async fn serve(ctx: Arc<Smtp>, mut shutdown: watch::Receiver<bool>) {
                     let result = tokio::task::spawn_blocking(move || execute(&store, cmd))
                         .await
                         .unwrap_or_else(|e| Err(e.into()));
-                    if let Ok((_, Some(login))) = &result
+                    if let Ok(Done { wake: Some(login), .. }) = &result
                         && let Command::Retry(id) = cmd
                     {
                         ctx.shared.queue.wake(id, login.clone());
@@ -174,7 +183,7 @@ pub async fn serve(ctx: Arc<Smtp>, mut shutdown: watch::Receiver<bool>) {
                         info!("control: {}", cmd.to_line());
                     }
                     match result {
-                        Ok((text, _)) => format!("ok\n{text}"),
+                        Ok(done) => format!("ok\n{}", done.text),
                         Err(e) => format!("error\n{e}\n"),
                     }
                 }
@@ -247,7 +256,7 @@ mod tests {
     fn list_retry_drop_on_a_store() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(execute(&store, Command::List).unwrap().0, "The queue is empty.\n");
+        assert_eq!(execute(&store, Command::List).unwrap().text, "The queue is empty.\n");
         let msg = QueuedMessage {
             login: "alice@example.org".into(),
             from: "alice@example.org".into(),
@@ -267,12 +276,12 @@ mod tests {
             chat_followup: false,
         };
         let id = store.queue_insert(&msg, b"x", None).unwrap();
-        let list = execute(&store, Command::List).unwrap().0;
+        let list = execute(&store, Command::List).unwrap().text;
         assert!(list.contains(&format!("#{id}  from alice@example.org")), "{list}");
         assert!(list.contains("to bob@example.org: pending") && list.contains("not tried yet"), "{list}");
-        let (_, login) = execute(&store, Command::Retry(id)).unwrap();
+        let login = execute(&store, Command::Retry(id)).unwrap().wake;
         assert_eq!(login.as_deref(), Some("alice@example.org"));
-        assert!(execute(&store, Command::List).unwrap().0.contains("next attempt now"));
+        assert!(execute(&store, Command::List).unwrap().text.contains("next attempt now"));
         execute(&store, Command::Drop(id)).unwrap();
         assert!(execute(&store, Command::Drop(id)).unwrap_err().to_string().contains("no message"));
     }
