@@ -2,21 +2,21 @@
 //! capabilities, authentication. Every failure becomes an [`UpstreamError`] whose text is fit to
 //! show the user in `NO [UNAVAILABLE] <reason>`: it names the server and the cause, never a secret.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 
+use crate::account::CredentialError;
 use crate::config::{Provider, Security, ServerUrl};
+use crate::context::Context;
 use crate::imap::conn::{Conn, ReadError};
 use crate::imap::wire::capability;
 use crate::imap::wire::command;
 use crate::imap::wire::provider::{ProviderCommands, ProviderError, Reply};
-use crate::net::Stream;
+use crate::net::{NetError, Stream, tcp_connect, tls_handshake};
 use crate::secret::Secret;
+use crate::store::StoreError;
 use crate::tls::UpstreamTls;
 
 /// Largest response the proxy reads whole from a provider while logging in.
@@ -24,22 +24,12 @@ const MAX_RESPONSE: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("cannot resolve {host}: {detail}")]
-    Dns { host: String, detail: String },
-    #[error("connection refused by {server}")]
-    Refused { server: String },
-    #[error("timed out {stage} {server}")]
-    Timeout { stage: &'static str, server: String },
-    #[error("cannot reach {server}: {detail}")]
-    Network { server: String, detail: String },
-    #[error("TLS with {server} failed: {detail}")]
-    Tls { server: String, detail: String },
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("{server} sent no usable greeting: {detail}")]
     Greeting { server: String, detail: String },
     #[error("{server} refused STARTTLS: {detail}")]
     StartTls { server: String, detail: String },
-    #[error("{server} closed the connection")]
-    Closed { server: String },
     #[error("{server} sent a malformed response")]
     Protocol { server: String },
     #[error("{server} does not allow login over this connection (LOGINDISABLED)")]
@@ -50,18 +40,40 @@ impl UpstreamError {
     /// The cause, as `/metrics` labels it (one of `metrics::CAUSES`).
     pub fn cause(&self) -> &'static str {
         match self {
-            UpstreamError::Dns { .. } => "dns",
-            UpstreamError::Refused { .. } => "refused",
-            UpstreamError::Timeout { .. } => "timeout",
-            UpstreamError::Network { .. } => "network",
-            UpstreamError::Tls { .. } => "tls",
+            UpstreamError::Net(e) => e.cause(),
             UpstreamError::Greeting { .. } => "greeting",
             UpstreamError::StartTls { .. } => "starttls",
-            UpstreamError::Closed { .. } => "closed",
             UpstreamError::Protocol { .. } => "protocol",
             UpstreamError::LoginDisabled { .. } => "login_disabled",
         }
     }
+
+    /// The provider closed the connection.
+    pub fn closed(server: &ServerUrl) -> UpstreamError {
+        NetError::Closed { server: server.to_string() }.into()
+    }
+}
+
+/// Why work the proxy does on its own provider connection for an account (the account worker,
+/// failure reports, chat copies, receipts) stopped; it is logged and tried again later.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnWorkError {
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    #[error("no IMAP provider is configured for {0}")]
+    NoProvider(String),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("the provider refused the login: {0}")]
+    LoginRefused(String),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error("the provider refused {command}: {status}")]
+    Refused { command: &'static str, status: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store task failed")]
+    StoreTask,
 }
 
 impl From<UpstreamError> for ProviderError {
@@ -103,7 +115,7 @@ impl Upstream {
         let name = server.to_string();
         match tokio::time::timeout(timeout, Self::connect_inner(provider, tls, max_line)).await {
             Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout { stage: "connecting to", server: name }),
+            Err(_) => Err(NetError::Timeout { stage: "connecting to", server: name }.into()),
         }
     }
 
@@ -114,7 +126,7 @@ impl Upstream {
         let _ = tcp.set_nodelay(true);
         let tls_config = || {
             tls.config(provider.ca_file.as_deref())
-                .map_err(|e| UpstreamError::Tls { server: name.clone(), detail: e.to_string() })
+                .map_err(|e| UpstreamError::from(NetError::Tls { server: name.clone(), detail: e.to_string() }))
         };
         let stream = match server.security {
             Security::Implicit => tls_handshake(tcp, &server, tls_config()?).await?,
@@ -127,7 +139,7 @@ impl Upstream {
             next_tag: SESSION_TAGS.fetch_add(1, Ordering::Relaxed) * 1000,
         };
         let greeting = up.read_response().await.map_err(|e| match e {
-            UpstreamError::Closed { .. } => {
+            UpstreamError::Net(NetError::Closed { .. }) => {
                 UpstreamError::Greeting { server: name.clone(), detail: "closed before greeting".into() }
             }
             e => e,
@@ -161,6 +173,21 @@ impl Upstream {
             up.refresh_capabilities().await?;
         }
         Ok(up)
+    }
+
+    /// Connects to `login`'s provider and logs in with `password`: the proxy's own connection
+    /// for work on the account.
+    pub async fn open(ctx: &Context, login: &str, password: &Secret) -> Result<Upstream, OwnWorkError> {
+        let config = ctx.config();
+        let provider = config.provider_for(login).ok_or_else(|| OwnWorkError::NoProvider(login.to_string()))?;
+        let limits = &config.limits;
+        let mut up = Upstream::connect(&provider, &ctx.upstream_tls, limits.connect_timeout(), limits.max_line).await?;
+        match up.authenticate(login, password).await? {
+            AuthOutcome::Ok(_) => Ok(up),
+            AuthOutcome::Rejected(status) => {
+                Err(OwnWorkError::LoginRefused(String::from_utf8_lossy(&status).trim_end().to_string()))
+            }
+        }
     }
 
     /// A fresh tag in the proxy's own tag space.
@@ -327,7 +354,7 @@ impl Upstream {
                 return Ok(rest.to_vec());
             }
             if resp.starts_with(b"* BYE") {
-                return Err(UpstreamError::Closed { server: self.server.to_string() });
+                return Err(UpstreamError::closed(&self.server));
             }
         }
     }
@@ -335,16 +362,15 @@ impl Upstream {
     pub async fn read_response(&mut self) -> Result<Vec<u8>, UpstreamError> {
         match self.conn.read_message(MAX_RESPONSE, None).await {
             Ok(msg) => Ok(msg),
-            Err(ReadError::Eof | ReadError::Truncated) => {
-                Err(UpstreamError::Closed { server: self.server.to_string() })
-            }
+            Err(ReadError::Eof | ReadError::Truncated) => Err(UpstreamError::closed(&self.server)),
             Err(ReadError::TooLong { .. }) => Err(UpstreamError::Protocol { server: self.server.to_string() }),
             Err(ReadError::Io(e)) => Err(self.io_error(e)),
         }
     }
 
-    fn io_error(&self, e: std::io::Error) -> UpstreamError {
-        UpstreamError::Network { server: self.server.to_string(), detail: e.to_string() }
+    /// A failure of the network under this connection.
+    pub fn io_error(&self, e: std::io::Error) -> UpstreamError {
+        NetError::Network { server: self.server.to_string(), detail: e.to_string() }.into()
     }
 }
 
@@ -404,81 +430,4 @@ impl ProviderCommands for Upstream {
 
 fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
     line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
-}
-
-pub(crate) async fn tcp_connect(server: &ServerUrl) -> Result<TcpStream, UpstreamError> {
-    let name = server.to_string();
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((server.host.as_str(), server.port))
-        .await
-        .map_err(|e| UpstreamError::Dns { host: server.host.clone(), detail: dns_detail(&e) })?
-        .collect();
-    if addrs.is_empty() {
-        return Err(UpstreamError::Dns { host: server.host.clone(), detail: "no addresses".into() });
-    }
-    let mut last = None;
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(tcp) => return Ok(tcp),
-            Err(e) => last = Some(e),
-        }
-    }
-    let e = last.expect("at least one address was tried");
-    Err(match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => UpstreamError::Refused { server: name },
-        std::io::ErrorKind::TimedOut => UpstreamError::Timeout { stage: "connecting to", server: name },
-        _ => UpstreamError::Network { server: name, detail: e.to_string() },
-    })
-}
-
-fn dns_detail(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    if text.contains("failed to lookup address information") { "no such host (DNS lookup failed)".into() } else { text }
-}
-
-pub(crate) async fn tls_handshake(
-    tcp: TcpStream,
-    server: &ServerUrl,
-    config: std::sync::Arc<rustls::ClientConfig>,
-) -> Result<Stream, UpstreamError> {
-    let name = server.to_string();
-    let server_name = ServerName::try_from(server.host.clone())
-        .map_err(|_| UpstreamError::Tls { server: name.clone(), detail: "invalid host name".into() })?;
-    let connector = tokio_rustls::TlsConnector::from(config);
-    match connector.connect(server_name, tcp).await {
-        Ok(tls) => Ok(Stream::ClientTls(Box::new(tls))),
-        Err(e) => Err(UpstreamError::Tls { server: name, detail: tls_detail(&e) }),
-    }
-}
-
-/// A user-facing explanation of a failed TLS handshake.
-fn tls_detail(e: &std::io::Error) -> String {
-    use rustls::{CertificateError, Error};
-    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
-        return match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                "the server closed the connection during the handshake (is this a TLS port?)".into()
-            }
-            _ => e.to_string(),
-        };
-    };
-    match inner {
-        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "certificate not trusted (unknown issuer; add the provider's CA as ca_file)".into()
-        }
-        Error::InvalidCertificate(
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => "certificate is for another host name".into(),
-        Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
-            "certificate has expired".into()
-        }
-        Error::InvalidCertificate(CertificateError::Other(other))
-            if format!("{other:?}").contains("CaUsedAsEndEntity") =>
-        {
-            "certificate not trusted (self-signed; add the provider's certificate as ca_file)".into()
-        }
-        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => {
-            "the server does not speak TLS on this port".into()
-        }
-        other => other.to_string(),
-    }
 }

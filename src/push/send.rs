@@ -58,8 +58,9 @@ pub enum SendError {
     /// The endpoint is an address on a private network and `[push] private_endpoints` is off.
     #[error("{origin} is on a private network (allow it with [push] private_endpoints = true)")]
     PrivateNetwork { origin: String },
+    /// The HTTP client could not be built (its TLS setup or reqwest's); kept and shared.
     #[error("cannot set up the HTTP client: {0}")]
-    Client(Arc<ClientError>),
+    Client(Arc<dyn std::error::Error + Send + Sync>),
     /// The push service could not be reached; names its origin only (the endpoint path is the
     /// subscription's secret).
     #[error("{origin}: {detail}")]
@@ -138,24 +139,16 @@ impl reqwest::dns::Resolve for EndpointResolver {
     }
 }
 
-/// Why the HTTP client for pushes could not be built (kept, and shared by every push after).
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    #[error(transparent)]
-    Build(#[from] reqwest::Error),
-}
-
 /// The client for every push: no redirects (a redirect could lead a loopback-only `http://`
 /// request elsewhere), no proxy from the environment, platform trust for https. Built once per
 /// `private_endpoints` setting and shared, with its connection pool, by every push.
 fn client(private_endpoints: bool) -> Result<&'static reqwest::Client, SendError> {
-    type Built = Result<reqwest::Client, Arc<ClientError>>;
+    type SetupError = Arc<dyn std::error::Error + Send + Sync>;
+    type Built = Result<reqwest::Client, SetupError>;
     static CLIENTS: [OnceLock<Built>; 2] = [OnceLock::new(), OnceLock::new()];
     CLIENTS[usize::from(private_endpoints)]
         .get_or_init(|| {
-            let tls = crate::tls::UpstreamTls::default().config(None).map_err(|e| Arc::new(e.into()))?;
+            let tls = crate::tls::UpstreamTls::default().config(None).map_err(|e| Arc::new(e) as SetupError)?;
             let mut tls = (*tls).clone();
             tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             reqwest::Client::builder()
@@ -165,7 +158,7 @@ fn client(private_endpoints: bool) -> Result<&'static reqwest::Client, SendError
                 .dns_resolver(Arc::new(EndpointResolver { private_endpoints }))
                 .connect_timeout(Duration::from_secs(5))
                 .build()
-                .map_err(|e| Arc::new(e.into()))
+                .map_err(|e| Arc::new(e) as SetupError)
         })
         .as_ref()
         .map_err(|e| SendError::Client(e.clone()))

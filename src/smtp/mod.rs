@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 
 use crate::config::SmtpProvider;
 use crate::context::Context;
-use crate::imap::upstream::{AuthOutcome, Upstream, UpstreamError};
-use crate::secret::Secret;
 use crate::tls::UpstreamTls;
 use relay::{ProviderCaps, SmtpClient};
 use session::Policy;
@@ -30,32 +28,6 @@ pub struct Smtp {
     pub shared: Arc<Context>,
     pub caps: CapsCache,
     pub queue: queue::Queue,
-}
-
-/// Why the proxy could not get into an account's IMAP side for its own work (a failure
-/// report for the INBOX, a chat copy, receipts).
-#[derive(Debug, thiserror::Error)]
-pub enum ImapLoginError {
-    #[error("no IMAP provider configured for {0}")]
-    NoProvider(String),
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    #[error("the IMAP login was refused: {0}")]
-    Refused(String),
-}
-
-/// Connects to `login`'s IMAP provider and logs in with `password`.
-pub async fn imap_login(ctx: &Context, login: &str, password: &Secret) -> Result<Upstream, ImapLoginError> {
-    let config = ctx.config();
-    let provider = config.provider_for(login).ok_or_else(|| ImapLoginError::NoProvider(login.to_string()))?;
-    let limits = &config.limits;
-    let mut up = Upstream::connect(&provider, &ctx.upstream_tls, limits.connect_timeout(), limits.max_line).await?;
-    match up.authenticate(login, password).await? {
-        AuthOutcome::Ok(_) => Ok(up),
-        AuthOutcome::Rejected(status) => {
-            Err(ImapLoginError::Refused(String::from_utf8_lossy(&status).trim_end().to_string()))
-        }
-    }
 }
 
 /// The machine's name, for greetings and reports (`localhost` if unknown).

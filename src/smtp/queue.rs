@@ -20,13 +20,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
+use super::Smtp;
 use super::relay::{Reply, SmtpClient, Transaction};
 use super::report;
 use super::session::{QueueRefusal, Submission};
-use super::{ImapLoginError, Smtp};
 use crate::account::CredentialError;
 use crate::context::Context;
-use crate::imap::upstream::{Upstream, UpstreamError};
+use crate::imap::upstream::{OwnWorkError, Upstream};
 use crate::secret::Secret;
 use crate::store::{QueueCap, QueuedMessage, RecipientState, Store, StoreError};
 
@@ -429,27 +429,14 @@ async fn settle(ctx: &Smtp, id: u64, msg: &mut QueuedMessage, tx: Option<&Transa
     save(&ctx.shared.store, id, msg).await;
 }
 
-/// Why a failure report did not reach the sender's INBOX yet.
-#[derive(Debug, thiserror::Error)]
-enum ReportError {
-    #[error(transparent)]
-    Login(#[from] ImapLoginError),
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("APPEND refused: {0}")]
-    AppendRefused(String),
-}
-
 /// Puts a failure report into the sender's INBOX for every message that owes one.
 async fn send_reports(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(u64, QueuedMessage)]) {
     let shared = &ctx.shared;
     let mut upstream: Option<Upstream> = None;
     for (id, msg) in msgs.iter_mut().filter(|(_, m)| m.report_pending) {
-        let result: Result<(), ReportError> = async {
+        let result: Result<(), OwnWorkError> = async {
             if upstream.is_none() {
-                upstream = Some(super::imap_login(shared, login, password).await?);
+                upstream = Some(Upstream::open(shared, login, password).await?);
             }
             let s = shared.store.clone();
             let i = *id;
@@ -458,7 +445,7 @@ async fn send_reports(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(u
             let up = upstream.as_mut().expect("connected above");
             match up.append("INBOX", "", &report).await {
                 Ok(reply) if reply.ok() => Ok(()),
-                Ok(reply) => Err(ReportError::AppendRefused(reply.status_text())),
+                Ok(reply) => Err(OwnWorkError::Refused { command: "APPEND", status: reply.status_text() }),
                 Err(e) => {
                     upstream = None;
                     Err(e.into())

@@ -11,40 +11,19 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::Smtp;
 use super::queue::{Queue, now};
 use super::session::{QueueRefusal, Submission};
-use super::{ImapLoginError, Smtp};
-use crate::account::CredentialError;
 use crate::coi::folders::Namespace;
 use crate::context::ReceiptJob;
-use crate::imap::upstream::{Upstream, UpstreamError};
-use crate::imap::wire::provider::ProviderError;
+use crate::imap::upstream::{OwnWorkError, Upstream};
 use crate::receipts::{self, Mdn, Outbox, db, mailbox, sent};
 use crate::secret::Secret;
-use crate::store::{MailParams, QueuedMessage, Recipient, RecipientState, StoreError};
+use crate::store::{MailParams, QueuedMessage, Recipient, RecipientState};
 
 /// Delays after which marks that found no copy yet are tried again (a client's own Sent copy
 /// may come seconds after the message).
 const MARK_RETRIES: [Duration; 3] = [Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(300)];
-
-/// Why the agent could not finish an account's work (it is logged; the jobs come again).
-#[derive(Debug, thiserror::Error)]
-enum AgentError {
-    #[error(transparent)]
-    Credentials(#[from] CredentialError),
-    #[error(transparent)]
-    Login(#[from] ImapLoginError),
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("the store task failed")]
-    StoreTask,
-    #[error("APPEND refused: {0}")]
-    AppendRefused(String),
-}
 
 /// Starts the agent on `jobs`, the other end of `Context::receipts`.
 pub fn start(ctx: Arc<Smtp>, jobs: mpsc::UnboundedReceiver<ReceiptJob>) {
@@ -78,14 +57,14 @@ pub async fn follow_up(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(
         let accepted = msg.recipients.iter().any(|r| matches!(r.state, RecipientState::Delivered { .. }));
         let enabled = shared.accounts.account(login).current().enabled;
         if accepted && enabled {
-            let result: Result<(), AgentError> = async {
+            let result: Result<(), OwnWorkError> = async {
                 let i = *id;
                 let body = db(&shared.store, move |s| s.queue_body(i))
                     .await
-                    .ok_or(AgentError::StoreTask)??
+                    .ok_or(OwnWorkError::StoreTask)??
                     .unwrap_or_default();
                 if imap.is_none() {
-                    let mut up = super::imap_login(shared, login, password).await?;
+                    let mut up = Upstream::open(shared, login, password).await?;
                     let chats = Namespace::discover(&mut up).await?.chats(&shared.config().coi.mailbox_root);
                     imap = Some((up, chats));
                 }
@@ -117,7 +96,7 @@ pub async fn follow_up(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(
 
 /// APPENDs `body` (`\Seen`) to `mailbox` unless a message with its Message-ID is there already
 /// (an earlier attempt got as far as the APPEND, then the proxy stopped).
-async fn append_once(up: &mut Upstream, mailbox: &str, body: &[u8]) -> Result<(), AgentError> {
+async fn append_once(up: &mut Upstream, mailbox: &str, body: &[u8]) -> Result<(), OwnWorkError> {
     if let Some(id) = sent::message_id(body)
         && !mailbox::search_message_id(up, mailbox, &id).await?.is_empty()
     {
@@ -125,7 +104,7 @@ async fn append_once(up: &mut Upstream, mailbox: &str, body: &[u8]) -> Result<()
     }
     let reply = up.append(mailbox, "\\Seen", body).await?;
     if !reply.ok() {
-        return Err(AgentError::AppendRefused(reply.status_text()));
+        return Err(OwnWorkError::Refused { command: "APPEND", status: reply.status_text() });
     }
     Ok(())
 }
@@ -154,7 +133,7 @@ async fn run(ctx: Arc<Smtp>, mut rx: mpsc::UnboundedReceiver<ReceiptJob>) {
     }
 }
 
-async fn work(ctx: &Arc<Smtp>, login: &str, jobs: Vec<ReceiptJob>) -> Result<(), AgentError> {
+async fn work(ctx: &Arc<Smtp>, login: &str, jobs: Vec<ReceiptJob>) -> Result<(), OwnWorkError> {
     let shared = &ctx.shared;
     let store = &shared.store;
     let (mut look, mut send, mut mark_retry) = (false, false, None::<usize>);
@@ -175,7 +154,7 @@ async fn work(ctx: &Arc<Smtp>, login: &str, jobs: Vec<ReceiptJob>) -> Result<(),
         return Ok(());
     }
     let password = shared.credentials.password(&shared.config(), login).await?;
-    let mut up = super::imap_login(shared, login, &password).await?;
+    let mut up = Upstream::open(shared, login, &password).await?;
     drop(password);
     let chats = Namespace::discover(&mut up).await?.chats(&shared.config().coi.mailbox_root);
     if look {

@@ -18,9 +18,8 @@ use crate::account::{Account, CoiConfig, Filter};
 use crate::coi::classify::{self, ChatHeaders, FIELDS};
 use crate::coi::folders::Namespace;
 use crate::context::Context;
-use crate::imap::upstream::{AuthOutcome, Upstream, UpstreamError};
+use crate::imap::upstream::{OwnWorkError, Upstream, UpstreamError};
 use crate::imap::wire::command;
-use crate::imap::wire::provider::ProviderError;
 use crate::imap::wire::response::{response_code_number, search_uids, uid_set};
 
 /// Longest IDLE before it is renewed (RFC 2177: at most 29 minutes).
@@ -34,22 +33,6 @@ const BATCH: u32 = 500;
 
 /// A COPYUID response code: the target's UIDVALIDITY and (old, new) UID pairs.
 type CopyUid = (u32, Vec<(u32, u32)>);
-
-#[derive(Debug, thiserror::Error)]
-enum WorkerError {
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
-    #[error(transparent)]
-    Credentials(#[from] crate::account::CredentialError),
-    #[error("no provider is configured for this login")]
-    NoProvider,
-    #[error("the provider refused the login: {0}")]
-    LoginRejected(String),
-    #[error("the provider refused {command}: {status}")]
-    Refused { command: &'static str, status: String },
-}
 
 /// Serves the account until it no longer needs a worker or the daemon shuts down.
 pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>) {
@@ -88,15 +71,10 @@ async fn serve(
     shared: &Context,
     account: &Account,
     config_rx: &mut watch::Receiver<CoiConfig>,
-) -> Result<(), WorkerError> {
+) -> Result<(), OwnWorkError> {
     let login = account.login.as_str();
-    let provider = shared.config().provider_for(login).ok_or(WorkerError::NoProvider)?;
     let password = shared.credentials.password(&shared.config(), login).await?;
-    let limits = &shared.config().limits;
-    let mut up = Upstream::connect(&provider, &shared.upstream_tls, limits.connect_timeout(), limits.max_line).await?;
-    if let AuthOutcome::Rejected(status) = up.authenticate(login, &password).await? {
-        return Err(WorkerError::LoginRejected(String::from_utf8_lossy(&status).trim_end().to_string()));
-    }
+    let mut up = Upstream::open(shared, login, &password).await?;
     drop(password);
     if up.has("METADATA") {
         account.set_config(crate::coi::config_at_provider(&mut up).await?);
@@ -144,11 +122,11 @@ struct Inbox<'a> {
 }
 
 impl<'a> Inbox<'a> {
-    async fn open(shared: &'a Context, account: &'a Account, up: &mut Upstream) -> Result<Inbox<'a>, WorkerError> {
+    async fn open(shared: &'a Context, account: &'a Account, up: &mut Upstream) -> Result<Inbox<'a>, OwnWorkError> {
         let chats = Namespace::discover(up).await?.chats(&shared.config().coi.mailbox_root);
         let (untagged, status) = up.command(b"SELECT INBOX\r\n").await?;
         if !status.starts_with(b"OK") {
-            return Err(WorkerError::Refused {
+            return Err(OwnWorkError::Refused {
                 command: "SELECT INBOX",
                 status: String::from_utf8_lossy(&status).trim_end().into(),
             });
@@ -183,7 +161,7 @@ impl<'a> Inbox<'a> {
 
     /// Classifies messages from `next_uid` on, in batches, marks chats, and moves them as
     /// `filter` says.
-    async fn process_new(&mut self, up: &mut Upstream, filter: Filter) -> Result<(), WorkerError> {
+    async fn process_new(&mut self, up: &mut Upstream, filter: Filter) -> Result<(), OwnWorkError> {
         while self.next_uid + BATCH < self.uidnext {
             let last = self.next_uid + BATCH - 1;
             self.process_range(up, filter, &format!("{}:{last}", self.next_uid)).await?;
@@ -192,7 +170,7 @@ impl<'a> Inbox<'a> {
         self.process_range(up, filter, &format!("{}:*", self.next_uid)).await
     }
 
-    async fn process_range(&mut self, up: &mut Upstream, filter: Filter, range: &str) -> Result<(), WorkerError> {
+    async fn process_range(&mut self, up: &mut Upstream, filter: Filter, range: &str) -> Result<(), OwnWorkError> {
         let cmd = format!("UID FETCH {range} (UID FLAGS BODY.PEEK[HEADER.FIELDS ({FIELDS})])\r\n");
         let (untagged, _) = up.command(cmd.as_bytes()).await?;
         let mut chat: Vec<(u32, bool)> = Vec::new();
@@ -266,7 +244,7 @@ impl<'a> Inbox<'a> {
     }
 
     /// Seen mode: moves the waiting chat messages that have become `\Seen`.
-    async fn move_seen(&mut self, up: &mut Upstream) -> Result<(), WorkerError> {
+    async fn move_seen(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
         if self.waiting.is_empty() {
             return Ok(());
         }
@@ -290,10 +268,10 @@ impl<'a> Inbox<'a> {
 
     /// UID MOVE where offered, else COPY + `\Deleted` + UID EXPUNGE (UIDPLUS), flags kept.
     /// Where the messages went, if the provider said (COPYUID): UIDVALIDITY, (old, new) UIDs.
-    async fn move_to_chats(&mut self, up: &mut Upstream, uids: &[u32]) -> Result<Option<CopyUid>, WorkerError> {
+    async fn move_to_chats(&mut self, up: &mut Upstream, uids: &[u32]) -> Result<Option<CopyUid>, OwnWorkError> {
         let set = uid_set(uids);
         let target = String::from_utf8_lossy(&command::astring(self.chats.as_bytes(), false)).into_owned();
-        let refused = |command, status: Vec<u8>| WorkerError::Refused {
+        let refused = |command, status: Vec<u8>| OwnWorkError::Refused {
             command,
             status: String::from_utf8_lossy(&status).trim_end().into(),
         };
@@ -329,7 +307,7 @@ impl<'a> Inbox<'a> {
 /// Runs a MOVE or COPY into Chats; where Chats is missing (`[TRYCREATE]`), creates and
 /// subscribes it first. Chats is made on first use, as on a COI server, and never recreated
 /// behind a client that just deleted it to switch COI off.
-async fn into_chats(up: &mut Upstream, command: &str, target: &str) -> Result<(Vec<Vec<u8>>, Vec<u8>), WorkerError> {
+async fn into_chats(up: &mut Upstream, command: &str, target: &str) -> Result<(Vec<Vec<u8>>, Vec<u8>), OwnWorkError> {
     let (untagged, status) = up.command(command.as_bytes()).await?;
     if !status.windows(11).any(|w| w.eq_ignore_ascii_case(b"[TRYCREATE]")) {
         return Ok((untagged, status));
@@ -347,7 +325,7 @@ async fn wait_for_change(
     config_rx: &mut watch::Receiver<CoiConfig>,
     poll_secs: u64,
     renew: Duration,
-) -> Result<(), WorkerError> {
+) -> Result<(), OwnWorkError> {
     if !up.has("IDLE") {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(poll_secs.max(1))) => {}
@@ -367,7 +345,7 @@ async fn wait_for_change(
             break;
         }
         if resp.starts_with(format!("{tag} ").as_bytes()) {
-            return Err(WorkerError::Refused {
+            return Err(OwnWorkError::Refused {
                 command: "IDLE",
                 status: String::from_utf8_lossy(&resp).trim_end().into(),
             });
@@ -384,7 +362,7 @@ async fn wait_for_change(
         }
         tokio::select! {
             read = up.conn.fill() => match read {
-                Ok(0) => return Err(UpstreamError::Closed { server: up.server.to_string() }.into()),
+                Ok(0) => return Err(UpstreamError::closed(&up.server).into()),
                 Ok(_) => {}
                 Err(e) => return Err(network(up, e)),
             },
@@ -398,8 +376,8 @@ async fn wait_for_change(
     Ok(())
 }
 
-fn network(up: &Upstream, e: std::io::Error) -> WorkerError {
-    UpstreamError::Network { server: up.server.to_string(), detail: e.to_string() }.into()
+fn network(up: &Upstream, e: std::io::Error) -> OwnWorkError {
+    up.io_error(e).into()
 }
 
 /// `* n EXISTS`, `* n EXPUNGE`, `* n FETCH (…)` (flags changed by another client).
