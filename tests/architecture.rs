@@ -2,9 +2,7 @@
 //! modules it imports (`use crate::…` with nested braces, inline `crate::a::b` paths, `super::`
 //! and `self::` paths, 2018-style paths through a child module), places each file on the map,
 //! and fails on an import the map forbids and on any import cycle between the map's modules.
-//!
-//! Test code (`#[cfg(test)]` items) is not looked at: a unit test may build what it needs from
-//! anywhere.
+//! Unit tests (`#[cfg(test)] mod tests`) count like the code around them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -254,21 +252,22 @@ fn cycles(edges: &BTreeMap<(Node, Node), Vec<String>>) -> Vec<Vec<Node>> {
         .collect()
 }
 
-/// The imports of one file, test code left out.
+/// The imports of one file (its unit tests included: they live in the module and obey its
+/// rules).
 fn imports(file: &str, text: &str, modules: &BTreeSet<Vec<String>>) -> Vec<Import> {
-    let code = without_test_items(&blank_comments_and_literals(text));
-    let here = module_of(file);
+    let code = blank_comments_and_literals(text);
+    let file_module = module_of(file);
     // In main.rs (the binary) the library is `coi_proxy`, the same modules.
     let crate_names: &[&str] = if file == "main.rs" { &["crate", "coi_proxy"] } else { &["crate"] };
     let bytes = code.as_bytes();
     let mut out = Vec::new();
     let line_at = |pos: usize| code[..pos].matches('\n').count() + 1;
-    let resolve = |written: String, pos: usize, out: &mut Vec<Import>| {
+    let resolve = |written: String, pos: usize, here: &[String], out: &mut Vec<Import>| {
         let segments: Vec<String> = written.split("::").map(|s| s.trim().to_string()).collect();
         let absolute: Vec<String> = match segments[0].as_str() {
             s if crate_names.contains(&s) => segments[1..].to_vec(),
             "super" | "self" => {
-                let mut base = here.clone();
+                let mut base = here.to_vec();
                 let mut rest = segments.as_slice();
                 while let Some(first) = rest.first() {
                     match first.as_str() {
@@ -284,8 +283,8 @@ fn imports(file: &str, text: &str, modules: &BTreeSet<Vec<String>>) -> Vec<Impor
                 base
             }
             // 2018 paths: a child module of this one (`use relay::SmtpClient;` in smtp/mod.rs).
-            first if modules.contains(&[here.clone(), vec![first.to_string()]].concat()) => {
-                [here.clone(), segments].concat()
+            first if modules.contains(&[here.to_vec(), vec![first.to_string()]].concat()) => {
+                [here.to_vec(), segments].concat()
             }
             _ => return,
         };
@@ -295,13 +294,34 @@ fn imports(file: &str, text: &str, modules: &BTreeSet<Vec<String>>) -> Vec<Impor
         }
         out.push(Import { file: file.to_string(), line: line_at(pos), written, module });
     };
+    // Inline modules (`mod name { … }`) open at a brace depth; `super` inside one is the file.
+    let (mut depth, mut inline): (usize, Vec<(String, usize)>) = (0, Vec::new());
+    let here = |inline: &[(String, usize)]| -> Vec<String> {
+        file_module.iter().cloned().chain(inline.iter().map(|(name, _)| name.clone())).collect()
+    };
     let mut i = 0;
     while i < bytes.len() {
+        match bytes[i] {
+            b'{' => depth += 1,
+            b'}' => {
+                depth = depth.saturating_sub(1);
+                inline.retain(|(_, d)| *d <= depth);
+            }
+            _ => {}
+        }
+        if word_at(bytes, i, "mod") {
+            let rest = &code[i + 3..];
+            let name: String = rest.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            let after = rest.trim_start()[name.len()..].trim_start();
+            if !name.is_empty() && after.starts_with('{') {
+                inline.push((name, depth + 1));
+            }
+        }
         if word_at(bytes, i, "use") {
             let start = i + 3;
             let Some(len) = code[start..].find(';') else { break };
             for path in expand_use_tree(&code[start..start + len]) {
-                resolve(path, i, &mut out);
+                resolve(path, i, &here(&inline), &mut out);
             }
             i = start + len + 1;
             continue;
@@ -319,7 +339,7 @@ fn imports(file: &str, text: &str, modules: &BTreeSet<Vec<String>>) -> Vec<Impor
                 }
                 end = seg_start + seg_len;
             }
-            resolve(code[i..end].to_string(), i, &mut out);
+            resolve(code[i..end].to_string(), i, &here(&inline), &mut out);
             i = end;
             continue;
         }
@@ -474,42 +494,6 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The code with every `#[cfg(test)]` item (a `mod tests { … }`, a function, a `use`) blanked.
-fn without_test_items(code: &str) -> String {
-    let mut out = code.as_bytes().to_vec();
-    let b = code.as_bytes();
-    let mut from = 0;
-    while let Some(at) = code[from..].find("#[cfg(test)]").map(|n| from + n) {
-        let mut j = at + "#[cfg(test)]".len();
-        let mut depth = 0usize;
-        while j < b.len() {
-            match b[j] {
-                b'{' => depth += 1,
-                b'}' => {
-                    depth = depth.saturating_sub(1);
-                    if depth == 0 {
-                        j += 1;
-                        break;
-                    }
-                }
-                b';' if depth == 0 => {
-                    j += 1;
-                    break;
-                }
-                _ => {}
-            }
-            j += 1;
-        }
-        for c in &mut out[at..j.min(b.len())] {
-            if *c != b'\n' {
-                *c = b' ';
-            }
-        }
-        from = j.min(b.len());
-    }
-    String::from_utf8(out).unwrap_or_default()
-}
-
 /// Every `.rs` file below `dir`, as (path relative to `dir` with `/`, contents).
 fn read_tree(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -618,6 +602,17 @@ mod checker {
     }
 
     #[test]
+    fn super_in_an_inline_module_is_the_file() {
+        let findings = with(&[(
+            "config.rs",
+            "use crate::secret::Secret;\nmod inner {\n    use super::super::coi::metadata::Filter;\n    fn f() { super::helper(); }\n}\nfn helper() {}\n",
+        )]);
+        let text = findings.to_string();
+        assert!(text.contains("src/config.rs:3: config (floor) imports upward: coi (wing)"), "{text}");
+        assert_eq!(findings.forbidden.len(), 1, "super::helper is config itself: {text}");
+    }
+
+    #[test]
     fn a_cycle_between_floor_files_is_found() {
         let findings = with(&[("secret.rs", "pub struct Secret;\nuse crate::config::Config;\n")]);
         assert!(findings.forbidden.is_empty(), "floor files may import each other: {findings}");
@@ -628,12 +623,19 @@ mod checker {
     }
 
     #[test]
-    fn comments_strings_and_test_code_are_not_imports() {
+    fn comments_and_strings_are_not_imports_but_unit_tests_are() {
         let findings = with(&[(
             "store/mod.rs",
-            "pub struct Store; // use crate::coi::X;\nconst S: &str = \"crate::coi::metadata\";\nconst R: &str = r#\"use crate::coi::y;\"#;\nfn l<'a>(c: char) -> bool { c == '\"' }\n#[cfg(test)]\nmod tests {\n    use crate::coi::metadata::Filter;\n    fn t() { crate::push::entries::x(); }\n}\n",
+            "pub struct Store; // use crate::coi::X;\nconst S: &str = \"crate::coi::metadata\";\nconst R: &str = r#\"use crate::coi::y;\"#;\nfn l<'a>(c: char) -> bool { c == '\"' }\n",
         )]);
         assert!(findings.is_empty(), "{findings}");
+        let findings = with(&[(
+            "store/mod.rs",
+            "pub struct Store;\n#[cfg(test)]\nmod tests {\n    use super::*;\n    fn t() { crate::push::entries::x(); }\n}\n",
+        )]);
+        let text = findings.to_string();
+        assert!(text.contains("src/store/mod.rs:5: store (store) imports upward: push (wing)"), "{text}");
+        assert_eq!(findings.forbidden.len(), 1, "`super::*` in the tests is the store itself: {text}");
     }
 
     #[test]
