@@ -1,6 +1,9 @@
 //! Connecting and logging in to a provider: TCP, TLS (implicit or STARTTLS), greeting,
-//! capabilities, authentication. Every failure becomes an [`UpstreamError`] whose text is fit to
-//! show the user in `NO [UNAVAILABLE] <reason>`: it names the server and the cause, never a secret.
+//! capabilities, authentication; shared by the sessions, the worker, the SMTP side and `check`.
+//! Every failure becomes an [`UpstreamError`] whose text is fit to show the user in
+//! `NO [UNAVAILABLE] <reason>`: it names the server and the cause, never a secret. The proxy's
+//! own connections for an account ([`Upstream::open`]) carry the wings' commands
+//! ([`ProviderCommands`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,6 +25,7 @@ use crate::tls::UpstreamTls;
 /// Largest response the proxy reads whole from a provider while logging in.
 const MAX_RESPONSE: usize = 256 * 1024;
 
+/// Why a connection to a provider's IMAP server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error(transparent)]

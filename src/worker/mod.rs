@@ -7,7 +7,7 @@
 
 mod account;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -26,7 +26,8 @@ fn wanted(ctx: &Context, account: &Account) -> bool {
 /// worker per account that needs one, and at shutdown waits for the workers to stop.
 pub async fn supervise(ctx: Arc<Context>, mut requests: mpsc::UnboundedReceiver<String>) {
     let mut shutdown = ctx.shutdown.clone();
-    let mut workers = Workers { ctx: ctx.clone(), tasks: JoinSet::new(), running: HashMap::new() };
+    let mut workers =
+        Workers { ctx: ctx.clone(), tasks: JoinSet::new(), by_task: HashMap::new(), running: HashSet::new() };
     for login in at_start(&ctx) {
         workers.start_if_needed(&login);
     }
@@ -35,16 +36,20 @@ pub async fn supervise(ctx: Arc<Context>, mut requests: mpsc::UnboundedReceiver<
             _ = shutdown.wait_for(|down| *down) => break,
             Some(login) = requests.recv() => workers.start_if_needed(&login),
             Some(ended) = workers.tasks.join_next_with_id(), if !workers.tasks.is_empty() => {
-                let id = match &ended {
-                    Ok((id, ())) => *id,
+                let (id, stopped) = match &ended {
+                    Ok((id, ())) => (*id, true),
                     Err(e) => {
-                        warn!("an account worker failed: {e}");
-                        e.id()
+                        warn!("an account worker failed: {e}; the account's next request starts another");
+                        (e.id(), false)
                     }
                 };
-                // COI may have been enabled (or a subscription validated) again while it stopped.
-                if let Some(login) = workers.running.remove(&id) && !*ctx.shutdown.borrow() {
-                    workers.start_if_needed(&login);
+                if let Some(login) = workers.by_task.remove(&id) {
+                    workers.running.remove(&login);
+                    // COI may have been enabled (or a subscription validated) again while it
+                    // stopped; a failed one waits for the next request, so it cannot spin.
+                    if stopped && !*ctx.shutdown.borrow() {
+                        workers.start_if_needed(&login);
+                    }
                 }
             }
         }
@@ -53,24 +58,28 @@ pub async fn supervise(ctx: Arc<Context>, mut requests: mpsc::UnboundedReceiver<
     while workers.tasks.join_next().await.is_some() {}
 }
 
-/// The running workers, by task.
+/// The running workers.
 struct Workers {
     ctx: Arc<Context>,
     tasks: JoinSet<()>,
-    running: HashMap<Id, String>,
+    /// Each task's account.
+    by_task: HashMap<Id, String>,
+    /// The accounts that have a worker.
+    running: HashSet<String>,
 }
 
 impl Workers {
     fn start_if_needed(&mut self, login: &str) {
         let account = self.ctx.accounts.account(login);
-        if self.running.values().any(|l| *l == account.login) || !wanted(&self.ctx, &account) {
+        if self.running.contains(&account.login) || !wanted(&self.ctx, &account) {
             return;
         }
         crate::metrics::WORKER_STARTS.inc();
         let span = info_span!(parent: None, "worker", login = %account.login);
         let login = account.login.clone();
         let handle = self.tasks.spawn(account::run(self.ctx.clone(), account).instrument(span));
-        self.running.insert(handle.id(), login);
+        self.by_task.insert(handle.id(), login.clone());
+        self.running.insert(login);
     }
 }
 
