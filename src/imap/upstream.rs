@@ -435,3 +435,46 @@ impl ProviderCommands for Upstream {
 fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
     line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A wing's command with a synchronizing literal on the proxy's own connection: the literal
+    /// waits for the provider's `+`, and only the responses asked for are captured.
+    #[tokio::test]
+    async fn own_commands_wait_for_continuations_and_capture_by_prefix() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let provider = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tcp = BufReader::new(tcp);
+            tcp.write_all(b"* OK [CAPABILITY IMAP4rev1 METADATA] ready\r\n").await.unwrap();
+            let mut line = String::new();
+            tcp.read_line(&mut line).await.unwrap();
+            assert!(line.ends_with(" SETMETADATA \"\" (/private/x {3}\r\n"), "{line:?}");
+            let tag = line.split(' ').next().unwrap().to_string();
+            // Nothing of the literal may come before the continuation.
+            let early = tokio::time::timeout(Duration::from_millis(200), tcp.read_u8()).await;
+            assert!(early.is_err(), "literal sent before the continuation: {early:?}");
+            tcp.write_all(b"* 4 EXISTS\r\n+ go ahead\r\n").await.unwrap();
+            let mut rest = String::new();
+            tcp.read_line(&mut rest).await.unwrap();
+            assert_eq!(rest, "abc)\r\n");
+            let answer = format!("* METADATA \"\" (/private/x \"abc\")\r\n* 5 EXISTS\r\n{tag} OK done\r\n");
+            tcp.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let imap = ServerUrl::parse_imap(&format!("imap://127.0.0.1:{port}")).unwrap();
+        let provider_config = Provider { imap, ca_file: None };
+        let mut up = Upstream::connect(&provider_config, &UpstreamTls::default(), Duration::from_secs(5), 64 * 1024)
+            .await
+            .unwrap();
+        let reply = up.run(b"SETMETADATA \"\" (/private/x {3}\r\nabc)\r\n", &[b"* metadata "]).await.unwrap();
+        assert_eq!(reply.untagged, vec![b"* METADATA \"\" (/private/x \"abc\")\r\n".to_vec()]);
+        assert!(reply.ok(), "{}", reply.status_text());
+        provider.await.unwrap();
+    }
+}
