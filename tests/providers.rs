@@ -12,7 +12,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::imap_client::ImapClient;
-use support::other_provider::{start_all, AnyProvider, Kind};
+use support::other_provider::{AnyProvider, Kind, start_all};
 use support::proxy::Proxy;
 
 const ENABLED: &str = "/private/vendor/vendor.dovecot/coi/config/enabled";
@@ -39,11 +39,7 @@ fn pushes(kind: Kind) -> bool {
 /// From delivery to the proxy's reaction: 1 s after the provider's announcement (Cyrus announces
 /// ~0.5 s after delivery), or one poll interval plus 1 s where the provider announces nothing.
 fn deadline(kind: Kind) -> Duration {
-    if pushes(kind) {
-        Duration::from_millis(1500)
-    } else {
-        Duration::from_secs(POLL_SECS + 1)
-    }
+    if pushes(kind) { Duration::from_millis(1500) } else { Duration::from_secs(POLL_SECS + 1) }
 }
 
 fn proxy_for(p: &AnyProvider) -> Proxy {

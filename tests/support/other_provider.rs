@@ -200,9 +200,10 @@ impl AnyProvider {
     pub fn start(kind: Kind) -> AnyProvider {
         match kind {
             Kind::Dovecot => AnyProvider::Dovecot(kind, Provider::start()),
-            Kind::DovecotNoIdle => {
-                AnyProvider::Dovecot(kind, Provider::start_with(ProviderOptions { no_idle: true, ..Default::default() }))
-            }
+            Kind::DovecotNoIdle => AnyProvider::Dovecot(
+                kind,
+                Provider::start_with(ProviderOptions { no_idle: true, ..Default::default() }),
+            ),
             other => AnyProvider::Other(OtherProvider::start(other)),
         }
     }
@@ -251,9 +252,6 @@ impl AnyProvider {
 pub fn start_all(kinds: &[Kind]) -> Vec<AnyProvider> {
     std::thread::scope(|s| {
         let handles: Vec<_> = kinds.iter().map(|&k| s.spawn(move || AnyProvider::start(k))).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
     })
 }
