@@ -26,6 +26,9 @@ pub enum Kind {
     /// Dovecot with IDLE removed from CAPABILITY (a legacy provider the proxy must poll).
     DovecotNoIdle,
     Cyrus,
+    /// Cyrus with METADATA hidden from CAPABILITY, so the proxy keeps the COI entries itself
+    /// (what the provider profile decides for Cyrus, applied by hand until it is wired in).
+    CyrusNoMetadata,
     Courier,
     Imap4d,
 }
@@ -39,6 +42,7 @@ impl Kind {
             Kind::Dovecot => "dovecot",
             Kind::DovecotNoIdle => "dovecot-no-idle",
             Kind::Cyrus => "cyrus",
+            Kind::CyrusNoMetadata => "cyrus-no-metadata",
             Kind::Courier => "courier",
             Kind::Imap4d => "imap4d",
         }
@@ -54,6 +58,8 @@ pub struct OtherOptions {
     pub cyrus_debian_defaults: bool,
     /// imap4d: log whole sessions into its log (for a look after a failure).
     pub transcript: bool,
+    /// Cyrus: capabilities to hide (`suppress_capabilities`), e.g. METADATA.
+    pub remove_caps: Vec<String>,
 }
 
 /// A running Cyrus, Courier or imap4d; everything listens on 127.0.0.1.
@@ -104,17 +110,21 @@ impl OtherProvider {
     fn try_start(kind: Kind, opts: &OtherOptions) -> Result<OtherProvider, String> {
         let scripts = provider::script_dir();
         let script = match kind {
-            Kind::Cyrus => "start-cyrus.sh",
+            Kind::Cyrus | Kind::CyrusNoMetadata => "start-cyrus.sh",
             Kind::Courier => "start-courier.sh",
             Kind::Imap4d => "start-imap4d.sh",
             Kind::Dovecot | Kind::DovecotNoIdle => panic!("Dovecot is support::provider::Provider"),
         };
         let mut cmd = Command::new(scripts.join(script));
-        if opts.no_idle && matches!(kind, Kind::Cyrus | Kind::Courier) {
+        let cyrus = matches!(kind, Kind::Cyrus | Kind::CyrusNoMetadata);
+        if opts.no_idle && (cyrus || kind == Kind::Courier) {
             cmd.arg("--no-idle");
         }
-        if opts.cyrus_debian_defaults && kind == Kind::Cyrus {
+        if opts.cyrus_debian_defaults && cyrus {
             cmd.arg("--debian-defaults");
+        }
+        if !opts.remove_caps.is_empty() && cyrus {
+            cmd.arg("--remove-cap").arg(opts.remove_caps.join(" "));
         }
         if kind == Kind::Imap4d {
             // LOGIN only: the AUTH= list is long and mostly unusable here, and its
@@ -204,6 +214,10 @@ impl AnyProvider {
                 kind,
                 Provider::start_with(ProviderOptions { no_idle: true, ..Default::default() }),
             ),
+            Kind::CyrusNoMetadata => AnyProvider::Other(OtherProvider::start_with(
+                kind,
+                OtherOptions { remove_caps: vec!["METADATA".into()], ..Default::default() },
+            )),
             other => AnyProvider::Other(OtherProvider::start(other)),
         }
     }
