@@ -6,6 +6,7 @@
 # Usage: build.sh SOURCE [OUT_DIR]
 #   SOURCE    a git directory (or clone) of github.com/dovecot/imaptest
 #   OUT_DIR   default: target/imaptest (in the crate); gets bin/imaptest and tests/
+# (libdovecot.so lives in /usr/lib/dovecot, outside the loader path: the binary gets an rpath.)
 # Then: IMAPTEST=OUT_DIR/bin/imaptest cargo test --test imaptest -- --nocapture
 #   (IMAPTEST_TESTS defaults to OUT_DIR/tests, next to the binary's bin/)
 #
@@ -43,7 +44,7 @@ if grep -q 'const struct imap_parser_params \*params' /usr/include/dovecot/imap-
     src/commands.c src/imap-client.c src/test-parser.c
 fi
 ./autogen.sh >build.log 2>&1 || { tail -30 build.log >&2; exit 1; }
-./configure --with-dovecot=/usr/lib/dovecot >>build.log 2>&1 || { tail -30 build.log >&2; exit 1; }
+LDFLAGS="-Wl,-rpath,/usr/lib/dovecot" ./configure --with-dovecot=/usr/lib/dovecot >>build.log 2>&1 || { tail -30 build.log >&2; exit 1; }
 make -j"$(nproc)" >>build.log 2>&1 || { tail -40 build.log >&2; exit 1; }
 
 mkdir -p "$OUT/bin"
