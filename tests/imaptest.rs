@@ -14,7 +14,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -77,7 +77,7 @@ impl Outcome {
 }
 
 /// Runs the whole suite against 127.0.0.1:`port`.
-fn run(bin: &PathBuf, tests: &PathBuf, port: u16, mailbox: &str) -> Outcome {
+fn run(bin: &Path, tests: &Path, port: u16, mailbox: &str) -> Outcome {
     let out = Command::new(bin)
         .arg("host=127.0.0.1")
         .arg(format!("port={port}"))
@@ -119,7 +119,7 @@ fn tail(text: &str) -> String {
 /// Runs each group on its own (Courier: on the whole suite imaptest aborts on its own assertion,
 /// `!client->append_unfinished`, after Courier's missing EXISTS following an APPEND). A group
 /// that makes imaptest crash counts as failed.
-fn run_each(bin: &PathBuf, tests: &PathBuf, port: u16, mailbox: &str) -> Outcome {
+fn run_each(bin: &Path, tests: &Path, port: u16, mailbox: &str) -> Outcome {
     let mut groups: Vec<PathBuf> = std::fs::read_dir(tests)
         .expect("read the imaptest tests dir")
         .map(|e| e.expect("dir entry").path())
@@ -173,7 +173,7 @@ fn start(kind: Kind) -> AnyProvider {
 }
 
 /// The suite directly and through a proxy, each on a fresh provider, both at once.
-fn direct_and_proxied(kind: Kind, bin: &PathBuf, tests: &PathBuf) -> (Outcome, Outcome) {
+fn direct_and_proxied(kind: Kind, bin: &Path, tests: &Path) -> (Outcome, Outcome) {
     let mailbox = if kind == Kind::Courier { "INBOX.imaptest" } else { "imaptest" };
     let run = if kind == Kind::Courier { run_each } else { run };
     let started = Instant::now();
