@@ -40,7 +40,8 @@ fi
 # are not installed but unpacked into /opt/imap-providers (what the start scripts look for);
 # their libraries and helpers come from the packages that install beside Dovecot. A
 # policy-rc.d that exits 101 keeps the installs from starting system daemons.
-OTHERS="cyrus-common cyrus-admin cyrus-clients sasl2-bin courier-base courier-authdaemon courier-authlib-userdb mailutils-imap4d"
+# (gamin/libgamin0: courier-imap's imapd links libfam; the unpacked .deb brings no dependencies)
+OTHERS="cyrus-common cyrus-admin cyrus-clients sasl2-bin courier-base courier-authdaemon courier-authlib-userdb gamin libgamin0 mailutils-imap4d"
 missing=""
 for p in $OTHERS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -63,5 +64,11 @@ for pkg in cyrus-imapd courier-imap; do
     (cd "$PROV_ROOT/debs" && ls "${pkg}"_*.deb >/dev/null 2>&1 || $SUDO apt-get download "$pkg")
     $SUDO dpkg-deb -x "$(ls -t "$PROV_ROOT/debs/${pkg}"_*.deb | head -1)" "$PROV_ROOT/$pkg"
     $SUDO touch "$PROV_ROOT/$pkg/.unpacked"
+  fi
+done
+# The unpacked binaries must find every library (their Depends were installed above).
+for bin in $PROV_ROOT/cyrus-imapd/usr/lib/cyrus/bin/imapd $PROV_ROOT/courier-imap/usr/bin/imapd; do
+  if ldd "$bin" | grep -q "not found"; then
+    echo "$bin: missing libraries:" >&2; ldd "$bin" | grep "not found" >&2; exit 1
   fi
 done
