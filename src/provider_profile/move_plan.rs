@@ -129,6 +129,16 @@ impl MovePlan {
         })
     }
 
+    /// Moving `uids` to the profile's Chats folder (`<prefix><root><sep>Chats`) its way.
+    pub fn to_chats(
+        profile: &super::ProviderProfile,
+        configured_root: &str,
+        uids: &[u32],
+        pending: &[u32],
+    ) -> Result<MovePlan, MoveError> {
+        MovePlan::new(profile.move_strategy, uids, &profile.folder(configured_root, "Chats"), pending)
+    }
+
     /// Only the expunge of what earlier plans left pending (nothing new to copy).
     pub fn retry(pending: &[u32], target: &str) -> Result<MovePlan, MoveError> {
         MovePlan::new(MoveStrategy::CopySafeExpunge, &[], target, pending)
@@ -424,6 +434,19 @@ mod tests {
         let mut plan = MovePlan::new(MoveStrategy::Move, &[1], "Chats", &[]).unwrap();
         plan.start();
         assert_eq!(plan.start(), Next::Failed(MoveError::Unexpected { command: "start" }));
+    }
+
+    #[test]
+    fn from_a_profile() {
+        use crate::provider_profile::{Facts, Namespaces, ProviderProfile};
+        let caps: Vec<String> = ["IMAP4rev1", "UIDPLUS", "IDLE"].map(String::from).to_vec();
+        let ns = Namespaces::parse(b"* NAMESPACE ((\"INBOX.\" \".\")) NIL NIL").unwrap();
+        let profile = ProviderProfile::decide(&Facts { capabilities: &caps, namespace: Some(&ns), ..Facts::default() });
+        let (lines, end) =
+            run(MovePlan::to_chats(&profile, "COI", &[3], &[]).unwrap(), &[Reply::Ok, Reply::Ok, Reply::Ok]);
+        assert_eq!(lines[0], "UID COPY 3 \"INBOX.COI.Chats\"\r\n");
+        assert_eq!(lines[2], "UID EXPUNGE 3\r\n");
+        assert_eq!(end, done(&[3], &[]));
     }
 
     #[test]
