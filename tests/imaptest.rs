@@ -76,8 +76,9 @@ impl Outcome {
     }
 }
 
-/// Runs the whole suite against 127.0.0.1:`port`.
-fn run(bin: &Path, tests: &Path, port: u16, mailbox: &str) -> Outcome {
+/// Runs the suite (`tests` a directory) or one group (a file) against 127.0.0.1:`port`;
+/// `outcome.groups` is 0 when imaptest ended without its summary (it crashed).
+fn invoke(bin: &Path, tests: &Path, port: u16, mailbox: &str) -> (Outcome, std::process::ExitStatus) {
     let out = Command::new(bin)
         .arg("host=127.0.0.1")
         .arg(format!("port={port}"))
@@ -88,8 +89,13 @@ fn run(bin: &Path, tests: &Path, port: u16, mailbox: &str) -> Outcome {
         .output()
         .expect("run imaptest");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let outcome = Outcome::parse(text);
-    assert!(outcome.groups > 0, "imaptest ended without a summary ({}):\n{}", out.status, tail(&outcome.output));
+    (Outcome::parse(text), out.status)
+}
+
+/// Runs the whole suite against 127.0.0.1:`port`.
+fn run(bin: &Path, tests: &Path, port: u16, mailbox: &str) -> Outcome {
+    let (outcome, status) = invoke(bin, tests, port, mailbox);
+    assert!(outcome.groups > 0, "imaptest ended without a summary ({status}):\n{}", tail(&outcome.output));
     outcome
 }
 
@@ -129,17 +135,7 @@ fn run_each(bin: &Path, tests: &Path, port: u16, mailbox: &str) -> Outcome {
     let mut total = Outcome::default();
     for group in groups {
         let name = group.file_name().unwrap().to_string_lossy().into_owned();
-        let out = Command::new(bin)
-            .arg("host=127.0.0.1")
-            .arg(format!("port={port}"))
-            .arg("user=imaptest@example.org")
-            .arg("pass=secret")
-            .arg(format!("box={mailbox}"))
-            .arg(format!("test={}", group.display()))
-            .output()
-            .expect("run imaptest");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        let one = Outcome::parse(text);
+        let (one, status) = invoke(bin, &group, port, mailbox);
         total.groups += 1;
         if one.groups == 0 || one.failed_groups > 0 {
             total.failed_groups += 1;
@@ -147,7 +143,7 @@ fn run_each(bin: &Path, tests: &Path, port: u16, mailbox: &str) -> Outcome {
             if one.groups == 0 {
                 total.output.push_str(&format!(
                     "*** Test {name} crashed imaptest ({})\n{}\n\n",
-                    out.status,
+                    status,
                     tail(&one.output)
                 ));
                 continue;

@@ -137,19 +137,7 @@ impl OtherProvider {
         let state_dir = provider::make_state_dir();
         cmd.arg(&state_dir);
         let (guard, exit, output) = Guard::start(&scripts.join("stop-other.sh"), &state_dir, &cmd);
-        if exit != Some(0) {
-            return Err(format!(
-                "{script} failed (exit {}):\n{output}{}",
-                exit.map_or_else(|| "status unknown".to_owned(), |code| code.to_string()),
-                provider::log_tails(&state_dir)
-            ));
-        }
-        let env: BTreeMap<String, String> = output
-            .lines()
-            .filter_map(|line| line.split_once('='))
-            .filter(|(key, _)| key.starts_with("PROVIDER_"))
-            .map(|(key, value)| (key.to_owned(), value.trim_matches('"').to_owned()))
-            .collect();
+        let env = provider::script_env(script, exit, &output, &state_dir)?;
         let var = |key: &str| env.get(key).cloned().ok_or_else(|| format!("{script} printed no {key}"));
         let port = |key: &str| var(key)?.parse::<u16>().map_err(|e| format!("{key}: {e}"));
         Ok(OtherProvider {

@@ -135,20 +135,7 @@ impl Provider {
         cmd.arg(&state_dir);
         // From here on an early return drops the guard, which cleans up.
         let (guard, exit, output) = Guard::start(&scripts.join("stop-provider.sh"), &state_dir, &cmd);
-        if exit != Some(0) {
-            return Err(format!(
-                "start-provider.sh failed (exit {}):\n{output}{}",
-                exit.map_or_else(|| "status unknown".to_owned(), |code| code.to_string()),
-                log_tails(&state_dir)
-            ));
-        }
-
-        let env: BTreeMap<String, String> = output
-            .lines()
-            .filter_map(|line| line.split_once('='))
-            .filter(|(key, _)| key.starts_with("PROVIDER_"))
-            .map(|(key, value)| (key.to_owned(), value.trim_matches('"').to_owned()))
-            .collect();
+        let env = script_env("start-provider.sh", exit, &output, &state_dir)?;
         let var = |key: &str| env.get(key).cloned().ok_or_else(|| format!("start-provider.sh printed no {key}"));
         let port = |key: &str| var(key)?.parse::<u16>().map_err(|e| format!("{key}: {e}"));
         Ok(Provider {
@@ -325,8 +312,31 @@ pub(super) fn make_state_dir() -> PathBuf {
     dir
 }
 
+/// The `PROVIDER_*` lines a start script printed, or why it failed (with its output and the
+/// tails of its logs).
+pub(super) fn script_env(
+    script: &str,
+    exit: Option<i32>,
+    output: &str,
+    state_dir: &Path,
+) -> Result<BTreeMap<String, String>, String> {
+    if exit != Some(0) {
+        return Err(format!(
+            "{script} failed (exit {}):\n{output}{}",
+            exit.map_or_else(|| "status unknown".to_owned(), |code| code.to_string()),
+            log_tails(state_dir)
+        ));
+    }
+    Ok(output
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .filter(|(key, _)| key.starts_with("PROVIDER_"))
+        .map(|(key, value)| (key.to_owned(), value.trim_matches('"').to_owned()))
+        .collect())
+}
+
 /// The end of the logs that usually explain a failed start.
-pub(super) fn log_tails(state_dir: &Path) -> String {
+fn log_tails(state_dir: &Path) -> String {
     let mut out = String::new();
     for name in ["startup.log", "dovecot.log", "relay.log", "master.log", "imapd.log", "imap4d.log"] {
         if let Ok(text) = fs::read_to_string(state_dir.join("log").join(name)) {
