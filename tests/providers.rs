@@ -286,6 +286,58 @@ fn capabilities_are_clean(kind: Kind) {
     }
 }
 
+/// The provider profile, decided from what the live server says, matches the server: the COI
+/// folder where the server accepts it, the move strategy its capabilities allow, and the IDLE
+/// mode its measured behaviour calls for (deliver during IDLE, wait 1.5 s for the EXISTS).
+fn profile_matches_the_server(kind: Kind) {
+    use coi_proxy::provider_profile::namespace::separator_from_list;
+    use coi_proxy::provider_profile::{Facts, IdleMode, MoveStrategy, Namespaces, ProviderProfile};
+    let p = AnyProvider::start(kind);
+    let mut c = ImapClient::connect(p.imap_port());
+    let greeting = c.greeting.clone();
+    c.login("alice@example.org", p.password());
+    let caps = c.expect_ok("c CAPABILITY");
+    let caps: Vec<String> = caps[0].trim_end().split(' ').skip(2).map(str::to_owned).collect();
+    let ns = c.expect_ok("n NAMESPACE");
+    let ns = Namespaces::parse(ns[0].as_bytes()).unwrap_or_else(|e| panic!("{}: {e}: {ns:?}", p.name()));
+    let list = c.expect_ok("l LIST \"\" \"\"");
+    let list_separator = separator_from_list(list[0].as_bytes());
+    // Measured: does IDLE push a delivery within 1.5 s?
+    let idle_pushes = caps.iter().any(|c| c == "IDLE").then(|| {
+        c.expect_ok("e EXAMINE INBOX");
+        c.send_raw(b"i IDLE\r\n");
+        assert!(c.read_line().starts_with("+ "), "{}", p.name());
+        p.deliver("bob@example.org", "alice@example.org", &mail_message("probe@example.org"));
+        let pushed = std::iter::from_fn(|| c.line_within(Duration::from_millis(1500))).any(|l| l.contains(" EXISTS"));
+        c.send_raw(b"DONE\r\n");
+        pushed
+    });
+    let facts = Facts {
+        host: "127.0.0.1",
+        greeting: &greeting,
+        capabilities: &caps,
+        namespace: Some(&ns),
+        list_separator,
+        idle_pushes: None,
+    };
+    let profile = ProviderProfile::decide(&facts);
+    let measured = ProviderProfile::decide(&Facts { idle_pushes, ..facts });
+    assert_eq!(profile.idle, measured.idle, "{}: the server's reputation and its measured IDLE differ", p.name());
+    let (moves, idle) = match kind {
+        Kind::Dovecot => (MoveStrategy::Move, true),
+        Kind::DovecotNoIdle => (MoveStrategy::Move, false),
+        Kind::Cyrus | Kind::CyrusNoMetadata => (MoveStrategy::Move, true),
+        Kind::Courier => (MoveStrategy::CopyUidExpunge, false),
+        Kind::Imap4d => (MoveStrategy::CopySafeExpunge, false),
+    };
+    assert_eq!(profile.move_strategy, moves, "{}", p.name());
+    assert_eq!(profile.idle == IdleMode::Push, idle, "{}: {:?}", p.name(), profile.idle);
+    assert_eq!(profile.folder("COI", "Chats"), chats(kind), "{}", p.name());
+    // and the server takes that name
+    let r = c.command(&format!("k CREATE {}", quoted(chats(kind))));
+    assert!(r.last().is_some_and(|l| l.starts_with("k OK")), "{}: {r:?}", p.name());
+}
+
 /// One test per provider and check, so each can be ignored with its own reason.
 macro_rules! over {
     ($check:ident: $($name:ident = $kind:expr $(, ignore = $why:literal)?;)*) => {
@@ -297,6 +349,14 @@ macro_rules! over {
             }
         )*
     };
+}
+
+over! { profile_matches_the_server:
+    profile_dovecot = Kind::Dovecot;
+    profile_dovecot_no_idle = Kind::DovecotNoIdle;
+    profile_cyrus = Kind::Cyrus;
+    profile_courier = Kind::Courier;
+    profile_imap4d = Kind::Imap4d;
 }
 
 over! { capabilities_are_clean:
