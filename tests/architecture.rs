@@ -48,7 +48,7 @@ impl fmt::Display for Node {
 }
 
 const FLOOR_FILES: &[&str] =
-    &["config", "account", "mail", "limits", "logging", "secret", "net", "tls", "metrics", "sd_notify", "clock"];
+    &["config", "account", "mail", "limits", "logging", "secret", "net", "tls", "metrics", "sd_notify", "clock", "provider_profile"];
 const TOP_FILES: &[&str] = &["main", "app", "check", "trust", "cli"];
 
 /// Where a module (its path below the crate root) stands on the map; `None`: not on the map.
@@ -69,7 +69,7 @@ fn place(module: &[String]) -> Option<Node> {
         ("coi" | "push" | "receipts", _) => node(first, Level::Wing),
         ("context", None) => node("context", Level::Context),
         ("store", _) => node("store", Level::Base),
-        (f, None) if FLOOR_FILES.contains(&f) => node(f, Level::Floor),
+        (f, _) if FLOOR_FILES.contains(&f) => node(f, Level::Floor),
         (t, _) if TOP_FILES.contains(&t) => node(t, Level::Top),
         _ => None,
     }

@@ -3,6 +3,7 @@
 
 use crate::imap::wire::command::{self, Arg};
 use crate::imap::wire::provider::{ProviderCommands, ProviderError};
+use crate::provider_profile::Namespaces;
 
 const CAPTURE_NAMESPACE: &[&[u8]] = &[b"* NAMESPACE "];
 const CAPTURE_LIST: &[&[u8]] = &[b"* LIST "];
@@ -15,21 +16,14 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// From `* NAMESPACE (("INBOX." ".")) NIL NIL`: the first personal namespace.
+    /// From `* NAMESPACE (("INBOX." ".")) NIL NIL`: the first personal namespace. Read by the
+    /// provider profile's RFC 2342 reader, which takes Courier's `(("#shared." ".")("shared." "."))`
+    /// (no space between descriptors); the generic command parser refused that whole response,
+    /// so Courier's `INBOX.` prefix was lost and `CREATE COI.Chats` refused.
     pub fn from_namespace_response(resp: &[u8]) -> Option<Namespace> {
-        let body = resp.strip_prefix(b"* ")?;
-        let cmd = command::parse(&[b"x ", body].concat()).ok()?;
-        if cmd.name != "NAMESPACE" {
-            return None;
-        }
-        let Some(Arg::List(personal)) = cmd.args.first() else { return None };
-        let Some(Arg::List(first)) = personal.first() else { return None };
-        let prefix = String::from_utf8_lossy(first.first()?.astring()?).into_owned();
-        let separator = match first.get(1) {
-            Some(Arg::Str(s)) => s.first().map(|&b| b as char),
-            _ => None,
-        };
-        Some(Namespace { prefix, separator })
+        let ns = Namespaces::parse(resp).ok()?;
+        let personal = ns.personal()?;
+        Some(Namespace { prefix: personal.prefix.clone(), separator: personal.separator })
     }
 
     /// From `* LIST (\Noselect) "/" ""`: the separator, no prefix.
@@ -97,6 +91,9 @@ mod tests {
         let ns = Namespace::from_namespace_response(b"* NAMESPACE ((\"INBOX/\" \"/\")) NIL NIL\r\n").unwrap();
         assert_eq!(ns.chats("COI"), "INBOX/COI/Chats");
         assert_eq!(ns.root("COI"), "INBOX/COI");
+        let courier = b"* NAMESPACE ((\"INBOX.\" \".\")) NIL ((\"#shared.\" \".\")(\"shared.\" \".\"))\r\n";
+        let ns = Namespace::from_namespace_response(courier).unwrap();
+        assert_eq!(ns.chats("COI"), "INBOX.COI.Chats");
         let ns = Namespace::from_list_response(b"* LIST (\\Noselect) \"/\" \"\"\r\n").unwrap();
         assert_eq!(ns.chats("COI"), "COI/Chats");
         assert!(ns.in_trash("Trash/COI/Chats", "Trash"));
