@@ -28,7 +28,10 @@ impl Proxy {
         let state = dir.path().join("state");
         fs::write(&config_path, format!("state_dir = {:?}\n{config}", state.display().to_string()))
             .expect("write proxy.toml");
-        let child = Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
+        // `COI_PROXY_BIN` runs another build (e.g. the one before a change) under the same bench.
+        let binary =
+            std::env::var_os("COI_PROXY_BIN").map_or(PathBuf::from(env!("CARGO_BIN_EXE_coi-proxy")), PathBuf::from);
+        let child = Command::new(binary)
             .arg("--config")
             .arg(&config_path)
             .arg("run")
