@@ -94,7 +94,7 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
         CertAction::Reused => {}
     }
     let (server_tls, local_cert) = tls::local_server_config(&config.state_dir)?;
-    let store = Store::open(&config.state_dir)?;
+    let store = Store::open_async(&config.state_dir).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         config: RwLock::new(Arc::new(config)),
@@ -121,7 +121,7 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     }
     // SMTP submission listeners and the queue's relay task.
     listeners.smtp = crate::smtp::server::start(shared.clone(), shutdown_rx.clone(), listeners.alive.clone()).await?;
-    crate::push::start_workers(&shared);
+    crate::push::start_workers(&shared).await;
     tokio::spawn(renew_cert_daily(shared.clone(), local_cert.clone()));
     info!(version = env!("CARGO_PKG_VERSION"), "coi-proxy ready");
     crate::sd_notify::ready("serving");

@@ -185,7 +185,7 @@ impl CoiSession {
                 available.extend(metadata::coi_entries(&config, &root));
             }
             if reaches(metadata::WEBPUSH_SUBTREE) {
-                available.extend(crate::push::entries::available(&self.shared, &self.account.login));
+                available.extend(crate::push::entries::available(&self.shared, &self.account.login).await);
             }
             let ours = GetMetadata {
                 entries: req.entries.iter().filter(|e| metadata::reaches_coi(e, req.depth)).cloned().collect(),
@@ -251,7 +251,7 @@ impl CoiSession {
                 return Ok(tagged(tag, &MetadataError::TooLarge(max).to_string()));
             }
             let max_entries = self.shared.config().coi.max_metadata_entries;
-            match self.shared.store.metadata_apply(&self.account.login, &req.mailbox, &req.entries, max_entries) {
+            match self.shared.store.metadata_apply(&self.account.login, &req.mailbox, &req.entries, max_entries).await {
                 Ok(Ok(())) => {}
                 Ok(Err(TooManyEntries)) => return Ok(tagged(tag, &MetadataError::TooMany.to_string())),
                 Err(e) => {
@@ -311,8 +311,11 @@ impl CoiSession {
             if !reply.ok() {
                 warn!("provider refused to store the COI state: {}", String::from_utf8_lossy(&reply.status).trim_end());
             }
-        } else if let Err(e) =
-            self.shared.store.metadata_apply(&self.account.login, b"", &[(ENABLED.to_string(), value)], usize::MAX)
+        } else if let Err(e) = self
+            .shared
+            .store
+            .metadata_apply(&self.account.login, b"", &[(ENABLED.to_string(), value)], usize::MAX)
+            .await
         {
             warn!("cannot store the COI state: {e}");
         }

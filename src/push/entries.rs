@@ -92,9 +92,9 @@ pub fn changes(set: &SetMetadata) -> Result<Vec<Change>, EntryError> {
 
 /// The entries a GETMETADATA may return: the VAPID key (made on first use) and the live
 /// subscriptions, each with `created` and `validated`.
-pub fn available(shared: &Shared, login: &str) -> BTreeMap<String, Vec<u8>> {
+pub async fn available(shared: &Shared, login: &str) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
-    match super::vapid_key(&shared.store).and_then(|k| Ok(vapid::public_pem(&k)?)) {
+    match super::vapid_key(&shared.store).await.and_then(|k| Ok(vapid::public_pem(&k)?)) {
         Ok(pem) => {
             out.insert(VAPID.to_string(), pem.into_bytes());
         }
@@ -129,7 +129,7 @@ pub async fn apply(shared: &Arc<Shared>, account: &Arc<Account>, changes: Vec<Ch
                     validated: false,
                     token: token.clone(),
                 };
-                match shared.store.push_subscribe(login, &stored, config.push.subscription_limit, now(), expiry) {
+                match shared.store.push_subscribe(login, &stored, config.push.subscription_limit, now(), expiry).await {
                     Ok(Ok(())) => {}
                     Ok(Err(TooManySubscriptions)) => return Err(EntryError::TooMany),
                     Err(e) => {
@@ -138,12 +138,13 @@ pub async fn apply(shared: &Arc<Shared>, account: &Arc<Account>, changes: Vec<Ch
                     }
                 }
                 if let Err(reason) = validation_push(shared, login, &subscription, &token).await {
-                    let _ = shared.store.push_unsubscribe(login, &id);
+                    let _ = shared.store.push_unsubscribe(login, &id).await;
                     return Err(EntryError::ValidationPush(reason));
                 }
                 info!(subscription = %id, "push subscription added; validation push sent");
             }
-            Change::Validate { id, value } => match shared.store.push_validate(login, &id, &value, now(), expiry) {
+            Change::Validate { id, value } => match shared.store.push_validate(login, &id, &value, now(), expiry).await
+            {
                 Ok(Validation::Validated) => {
                     info!(subscription = %id, "push subscription validated");
                     crate::coi::worker::ensure_running(shared, account);
@@ -155,7 +156,7 @@ pub async fn apply(shared: &Arc<Shared>, account: &Arc<Account>, changes: Vec<Ch
                 }
             },
             Change::Unsubscribe { id } => {
-                match shared.store.push_unsubscribe(login, &id) {
+                match shared.store.push_unsubscribe(login, &id).await {
                     Ok(true) => info!(subscription = %id, "push subscription removed"),
                     Ok(false) => {}
                     Err(e) => {
@@ -175,7 +176,7 @@ pub async fn apply(shared: &Arc<Shared>, account: &Arc<Account>, changes: Vec<Ch
 /// for the answer, and learns from a refusal that its endpoint does not work.
 async fn validation_push(shared: &Shared, login: &str, sub: &Subscription, token: &str) -> Result<(), String> {
     let config = shared.config();
-    let key = super::vapid_key(&shared.store).map_err(|e| e.to_string())?;
+    let key = super::vapid_key(&shared.store).await.map_err(|e| e.to_string())?;
     let subject = vapid::subject(config.push.vapid_subject.as_deref(), login);
     let payload = format!("{{\"validation\":\"{token}\"}}");
     let push = send::Push {

@@ -36,20 +36,20 @@ pub enum KeyError {
 }
 
 /// The installation's VAPID key pair, made on first use.
-pub fn vapid_key(store: &Store) -> Result<vapid::VapidKey, KeyError> {
-    Ok(vapid::key_pair(&store.vapid_key(vapid::generate)?)?)
+pub async fn vapid_key(store: &Store) -> Result<vapid::VapidKey, KeyError> {
+    Ok(vapid::key_pair(&store.vapid_key(vapid::generate).await?)?)
 }
 
 /// Whether `login` has a validated subscription (and so needs its account worker).
 pub fn wanted(store: &Store, login: &str) -> bool {
-    store.push_accounts().is_ok_and(|accounts| accounts.iter().any(|a| a.eq_ignore_ascii_case(login)))
+    store.push_validated(login).unwrap_or(false)
 }
 
 /// Starts the account worker of every account with a validated subscription whose password the
 /// configuration can supply (`password_command`), so pushes go on with no client connected
 /// after a restart. Other accounts get their worker at their next login.
-pub fn start_workers(shared: &Arc<Shared>) {
-    let accounts = match shared.store.push_accounts() {
+pub async fn start_workers(shared: &Arc<Shared>) {
+    let accounts = match shared.store.read(|s| s.push_accounts()).await {
         Ok(a) => a,
         Err(e) => return warn!("cannot read push subscriptions: {e}"),
     };

@@ -95,7 +95,8 @@ fn ask(stream: UnixStream, cmd: Command) -> std::io::Result<Result<String, Strin
 }
 
 /// Carries out `cmd` on the store. For `retry`, also returns the message's login so that a
-/// daemon can wake its relay.
+/// daemon can wake its relay. Waits for the store's writer: never call it on the runtime (the
+/// daemon runs it with `spawn_blocking`).
 fn execute(store: &Store, cmd: Command) -> Result<(String, Option<String>), String> {
     match cmd {
         Command::List => {
@@ -106,10 +107,10 @@ fn execute(store: &Store, cmd: Command) -> Result<(String, Option<String>), Stri
             let mut msg =
                 store.queue_get(id).map_err(|e| e.to_string())?.ok_or(format!("no message {id} in the queue"))?;
             msg.next_attempt_at = now();
-            store.queue_save(id, &msg).map_err(|e| e.to_string())?;
+            store.queue_save(id, &msg).wait().map_err(|e| e.to_string())?;
             Ok((format!("message {id} will be tried again now\n"), Some(msg.login)))
         }
-        Command::Drop(id) => match store.queue_remove(id).map_err(|e| e.to_string())? {
+        Command::Drop(id) => match store.queue_remove(id).wait().map_err(|e| e.to_string())? {
             true => Ok((format!("message {id} removed from the queue; it will not be sent\n"), None)),
             false => Err(format!("no message {id} in the queue")),
         },
@@ -253,7 +254,7 @@ mod tests {
             report_pending: false,
             chat_followup: false,
         };
-        let id = store.queue_insert(&msg, b"x", None).unwrap();
+        let id = store.queue_insert(&msg, b"x".to_vec(), None).wait().unwrap();
         let list = execute(&store, Command::List).unwrap().0;
         assert!(list.contains(&format!("#{id}  from alice@example.org")), "{list}");
         assert!(list.contains("to bob@example.org: pending") && list.contains("not tried yet"), "{list}");

@@ -128,12 +128,6 @@ impl SeenHook {
     }
 }
 
-/// Runs a store call off the async threads (redb calls block).
-async fn db<T: Send + 'static>(store: &Store, f: impl FnOnce(&Store) -> T + Send + 'static) -> Option<T> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store)).await.ok()
-}
-
 /// Unique enough for ENVIDs and Message-IDs: time, process and a counter.
 fn unique() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -173,7 +167,7 @@ fn message_id(body: &[u8]) -> Option<String> {
 pub async fn before_relay(store: &Store, msgs: &[(u64, QueuedMessage)]) {
     for (id, msg) in msgs.iter().filter(|(_, m)| m.chat_followup && m.pending().next().is_some()) {
         let id = *id;
-        let Some(Ok(Some(body))) = db(store, move |s| s.queue_body(id)).await else { continue };
+        let Ok(Some(body)) = store.read(move |s| s.queue_body(id)).await else { continue };
         let Some(message_id) = message_id(&body) else { continue };
         let sent = SentChat {
             sent_at: msg.received_at,
@@ -185,8 +179,7 @@ pub async fn before_relay(store: &Store, msgs: &[(u64, QueuedMessage)]) {
                 .collect(),
             marked: Vec::new(),
         };
-        let login = msg.login.clone();
-        if let Some(Err(e)) = db(store, move |s| s.sent_chat_insert(&login, &message_id, &sent)).await {
+        if let Err(e) = store.sent_chat_insert(&msg.login, &message_id, &sent).await {
             warn!(id, "cannot record a sent chat message: {e}");
         }
     }
@@ -204,11 +197,8 @@ pub async fn follow_up(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(
         if accepted && enabled {
             let result = async {
                 let i = *id;
-                let body = db(&shared.store, move |s| s.queue_body(i))
-                    .await
-                    .ok_or("the store task failed")?
-                    .map_err(|e| e.to_string())?
-                    .unwrap_or_default();
+                let body =
+                    shared.store.read(move |s| s.queue_body(i)).await.map_err(|e| e.to_string())?.unwrap_or_default();
                 if imap.is_none() {
                     let mut up = connect(shared, login, password).await?;
                     let chats = chats_folder(shared, &mut up).await.map_err(|e| e.to_string())?;
@@ -405,8 +395,7 @@ async fn work(ctx: &Arc<Smtp>, login: &str, jobs: Vec<Job>) -> Result<(), String
                 _waiting.extend(done);
             }
             Job::Report { report, .. } => {
-                let l = login.to_string();
-                if db(store, move |s| record(s, &l, &report)).await == Some(true) {
+                if record(store, login, &report).await {
                     mark_retry = Some(0);
                 }
             }
@@ -414,8 +403,8 @@ async fn work(ctx: &Arc<Smtp>, login: &str, jobs: Vec<Job>) -> Result<(), String
         }
     }
     let l = login.to_string();
-    let marks_due = mark_retry.is_some()
-        && db(store, move |s| s.sent_chats_to_mark(&l)).await.and_then(Result::ok).is_some_and(|m| !m.is_empty());
+    let marks_due =
+        mark_retry.is_some() && store.read(move |s| s.sent_chats_to_mark(&l)).await.is_ok_and(|m| !m.is_empty());
     if !look && !marks_due {
         return Ok(());
     }
@@ -442,34 +431,39 @@ async fn work(ctx: &Arc<Smtp>, login: &str, jobs: Vec<Job>) -> Result<(), String
 }
 
 /// Applies a report to the record of the sent message it is about; whether it was one of ours.
-fn record(store: &Store, login: &str, report: &Report) -> bool {
+async fn record(store: &Store, login: &str, report: &Report) -> bool {
     let t = now();
     let result = match report {
         Report::Delivery { envid, message_id, recipients } => {
-            store.sent_chat_update(login, message_id.as_deref(), envid.as_deref(), |sent| {
-                for (address, outcome) in recipients {
-                    let Some(tick) = sent.recipients.iter_mut().find(|t| t.address.eq_ignore_ascii_case(address))
-                    else {
-                        continue;
-                    };
-                    match outcome {
-                        Outcome::Delivered => tick.delivered = tick.delivered.or(Some(t)),
-                        Outcome::Failed => tick.failed = tick.failed.or(Some(t)),
+            let recipients = recipients.clone();
+            store
+                .sent_chat_update(login, message_id.as_deref(), envid.as_deref(), move |sent| {
+                    for (address, outcome) in &recipients {
+                        let Some(tick) = sent.recipients.iter_mut().find(|t| t.address.eq_ignore_ascii_case(address))
+                        else {
+                            continue;
+                        };
+                        match outcome {
+                            Outcome::Delivered => tick.delivered = tick.delivered.or(Some(t)),
+                            Outcome::Failed => tick.failed = tick.failed.or(Some(t)),
+                        }
                     }
-                }
-            })
+                })
+                .await
         }
         Report::Read { original_message_id } => {
-            store.sent_chat_update(login, Some(original_message_id), None, |sent| {
-                // The MDN's sender is not checked against the recipients: a group's members are
-                // not all known, and one reader is what the tick says.
-                if sent.recipients.is_empty() {
-                    sent.recipients.push(Tick::default());
-                }
-                if let Some(tick) = sent.recipients.iter_mut().find(|t| t.read.is_none()) {
-                    tick.read = Some(t);
-                }
-            })
+            store
+                .sent_chat_update(login, Some(original_message_id), None, move |sent| {
+                    // The MDN's sender is not checked against the recipients: a group's members are
+                    // not all known, and one reader is what the tick says.
+                    if sent.recipients.is_empty() {
+                        sent.recipients.push(Tick::default());
+                    }
+                    if let Some(tick) = sent.recipients.iter_mut().find(|t| t.read.is_none()) {
+                        tick.read = Some(t);
+                    }
+                })
+                .await
         }
     };
     match result {
@@ -485,7 +479,8 @@ fn record(store: &Store, login: &str, report: &Report) -> bool {
 async fn mark(store: &Store, login: &str, up: &mut Upstream, chats: &str) -> ImapResult<bool> {
     let sent_box = sent_folder(up).await?;
     let mut left = false;
-    for (id, sent) in store.sent_chats_to_mark(login).unwrap_or_default() {
+    let l = login.to_string();
+    for (id, sent) in store.read(move |s| s.sent_chats_to_mark(&l)).await.unwrap_or_default() {
         let wanted: Vec<&str> =
             sent.wanted_keywords().into_iter().filter(|k| !sent.marked.iter().any(|m| m == k)).collect();
         let mut found = false;
@@ -503,9 +498,9 @@ async fn mark(store: &Store, login: &str, up: &mut Upstream, chats: &str) -> Ima
             }
         }
         if found {
-            let (l, marked): (String, Vec<String>) =
-                (login.to_string(), wanted.iter().map(|k| k.to_string()).collect());
-            db(store, move |s| s.sent_chat_update(&l, Some(&id), None, |sent| sent.marked.extend(marked))).await;
+            let marked: Vec<String> = wanted.iter().map(|k| k.to_string()).collect();
+            let _ =
+                store.sent_chat_update(login, Some(&id), None, move |sent| sent.marked.extend(marked.clone())).await;
         } else {
             left = true;
         }
@@ -540,9 +535,9 @@ async fn read_receipts(ctx: &Arc<Smtp>, login: &str, up: &mut Upstream, chats: &
             let (Some(uid), Some(header)) = (fetch_uid(resp), literal(resp)) else { continue };
             let Some(request) = formats::mdn_request(header, &own) else { continue };
             handled.push(uid);
-            let (l, id, at) = (login.to_string(), request.original_message_id.clone(), if send { now() } else { 0 });
-            let claimed = db(store, move |s| s.mdn_claim(&l, &id, at)).await;
-            if !send || !matches!(claimed, Some(Ok(true))) {
+            let at = if send { now() } else { 0 };
+            let claimed = store.mdn_claim(login, &request.original_message_id, at).await;
+            if !send || !matches!(claimed, Ok(true)) {
                 continue;
             }
             let mdn =
@@ -569,11 +564,10 @@ async fn read_receipts(ctx: &Arc<Smtp>, login: &str, up: &mut Upstream, chats: &
             up.command(format!("UID STORE {set} +FLAGS.SILENT ({MDN_SENT})\r\n").as_bytes()).await?;
         }
     }
-    let l = login.to_string();
     if baseline.is_none() {
-        match db(store, move |s| s.set_mdn_baseline(&l, now())).await {
-            Some(Err(e)) => warn!("cannot record the read receipt baseline: {e}"),
-            _ => info!("read receipts start now; messages read before get none"),
+        match store.set_mdn_baseline(login, now()).await {
+            Err(e) => warn!("cannot record the read receipt baseline: {e}"),
+            Ok(()) => info!("read receipts start now; messages read before get none"),
         }
     }
     Ok(())
@@ -673,22 +667,22 @@ mod tests {
         assert_eq!(search_uids(b"* SEARCH 4 7\r\n"), vec![4, 7]);
     }
 
-    #[test]
-    fn records_from_reports() {
+    #[tokio::test]
+    async fn records_from_reports() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let tick = |a: &str| Tick { address: a.into(), ..Default::default() };
         let sent =
             SentChat { sent_at: 1, envid: Some("coi.1".into()), recipients: vec![tick("bob@x")], marked: vec![] };
-        store.sent_chat_insert("alice@x", "m@x", &sent).unwrap();
+        store.sent_chat_insert("alice@x", "m@x", &sent).await.unwrap();
         let dsn = Report::Delivery {
             envid: Some("coi.1".into()),
             message_id: None,
             recipients: vec![("bob@x".into(), Outcome::Delivered)],
         };
-        assert!(record(&store, "alice@x", &dsn));
-        assert!(!record(&store, "alice@x", &Report::Read { original_message_id: "other@x".into() }));
-        assert!(record(&store, "alice@x", &Report::Read { original_message_id: "m@x".into() }));
+        assert!(record(&store, "alice@x", &dsn).await);
+        assert!(!record(&store, "alice@x", &Report::Read { original_message_id: "other@x".into() }).await);
+        assert!(record(&store, "alice@x", &Report::Read { original_message_id: "m@x".into() }).await);
         let (_, _, s) = &store.sent_chats().unwrap()[0];
         assert_eq!(s.wanted_keywords(), vec!["$Delivered", "$Read"]);
         let text = describe(&store);
