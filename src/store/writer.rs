@@ -44,7 +44,7 @@ const MAX_GROUP: usize = 512;
 
 /// A job's view of its transaction: the transaction (to open tables), and a way to undo the
 /// job's writes while still answering its value.
-pub(crate) struct Txn<'a> {
+pub(super) struct Txn<'a> {
     txn: &'a WriteTransaction,
     discard: bool,
 }
@@ -53,7 +53,7 @@ impl Txn<'_> {
     /// Undoes this job's writes (the transaction is aborted, not committed); the job's value is
     /// still its answer. For refusals that are found after writing, e.g. a limit that the
     /// writes would pass.
-    pub(crate) fn discard(&mut self) {
+    pub(super) fn discard(&mut self) {
         self.discard = true;
     }
 }
@@ -157,13 +157,13 @@ where
 
 /// Counts of what the writer did, for tests and metrics.
 #[derive(Debug, Default)]
-pub(crate) struct Stats {
+pub(super) struct Stats {
     /// Durable commits (one fsync each).
-    pub(crate) commits: AtomicU64,
+    pub(super) commits: AtomicU64,
     /// Jobs whose writes a durable commit holds.
-    pub(crate) committed_jobs: AtomicU64,
+    pub(super) committed_jobs: AtomicU64,
     /// Transactions rolled back to drop a failed job and run the rest again.
-    pub(crate) reruns: AtomicU64,
+    pub(super) reruns: AtomicU64,
 }
 
 /// The handle to the writer thread; dropping it lets the thread finish the jobs sent so far
