@@ -26,7 +26,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::Proxy;
+use common::{Proxy, env_list, env_usize};
 use data_block::data_block;
 use provider::{Provider, ProviderOptions};
 
@@ -128,20 +128,6 @@ fn main() {
         for l in problems.iter().take(10) {
             println!("  {l}");
         }
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
-}
-
-fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .split(',')
-            .map(|n| n.trim().parse().unwrap_or_else(|_| panic!("{name}={v}: not a list of numbers")))
-            .collect(),
-        Err(_) => default.to_vec(),
     }
 }
 

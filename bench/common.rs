@@ -161,3 +161,19 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
+
+/// A number from the environment, or `default`; panics on anything else.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
+}
+
+/// A comma-separated list of numbers from the environment, or `default`.
+pub fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .split(',')
+            .map(|n| n.trim().parse().unwrap_or_else(|_| panic!("{name}={v}: not a list of numbers")))
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}

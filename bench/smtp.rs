@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use common::Proxy;
+use common::{Proxy, env_list, env_usize};
 use data_block::data_block;
 use provider::{Provider, ProviderOptions};
 
@@ -182,20 +182,6 @@ fn wait_for_relay(imap_port: u16, password: &str, base: usize, messages: usize, 
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .split(',')
-            .map(|n| n.trim().parse().unwrap_or_else(|_| panic!("{name}={v}: not a list of numbers")))
-            .collect(),
-        Err(_) => default.to_vec(),
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
 }
 
 /// A 20 KB plain-text message with a unique Message-ID, CRLF line ends.
