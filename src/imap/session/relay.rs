@@ -258,6 +258,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                     seen_changed();
                 }
             }
+            // `work` ends the session itself.
             Event::End(_) => {}
         }
     }
