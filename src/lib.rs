@@ -7,6 +7,7 @@
 pub mod account;
 pub mod accounts;
 pub mod check;
+pub mod cli;
 pub mod coi;
 pub mod config;
 pub mod imap;

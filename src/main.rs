@@ -56,6 +56,27 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Writes a file that sets up a mail client in one step (to stdout).
+    Profile {
+        #[command(subcommand)]
+        kind: coi_proxy::cli::profile::ProfileCommand,
+    },
+    /// Writes the man pages or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// coi-proxy.1 and one page per subcommand, into DIR.
+    Man { dir: PathBuf },
+    /// The completion script for SHELL, to stdout.
+    Completions { shell: coi_proxy::cli::generate::Shell },
+    /// Man pages into DIR/man and completions into DIR/completions (what the package installs).
+    All { dir: PathBuf },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -89,6 +110,9 @@ enum CertAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Generate { what } = &cli.command {
+        return generate(what);
+    }
     let (config, source) = match load_config(&cli) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -141,6 +165,23 @@ fn main() -> ExitCode {
         }
         Command::Cert { action: CertAction::Export { path } } => export_cert(&config, path),
         Command::Cert { action: CertAction::Install { dry_run } } => install_cert(&config, dry_run),
+        Command::Profile { kind } => match coi_proxy::cli::profile::run(&config, &kind) {
+            Ok(bytes) => {
+                use std::io::Write;
+                match std::io::stdout().write_all(&bytes) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("coi-proxy: cannot write the profile: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("coi-proxy: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Generate { .. } => unreachable!("handled before the config is read"),
         Command::Queue { action } => {
             use coi_proxy::smtp::control::{self, Command as Q};
             let cmd = match action {
@@ -158,6 +199,27 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn generate(what: &Generate) -> ExitCode {
+    use clap::CommandFactory;
+    use coi_proxy::cli::generate;
+    let result = match what {
+        Generate::Man { dir } => generate::man_pages(Cli::command(), dir),
+        Generate::All { dir } => generate::all(Cli::command(), dir),
+        Generate::Completions { shell } => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&generate::completions(Cli::command(), *shell));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coi-proxy: {e}");
+            ExitCode::FAILURE
         }
     }
 }
