@@ -14,6 +14,7 @@ use coi_proxy::config::{self, Config, ConfigError};
     after_help = "Examples:\n  \
         coi-proxy run --upstream imaps://imap.example.org:993   # no config file needed\n  \
         coi-proxy run --config /etc/coi-proxy/proxy.toml\n  \
+        coi-proxy setup alice@example.org --password-stdin      # find the provider, add the account\n  \
         coi-proxy check                                         # test the config and the provider\n  \
         coi-proxy cert export ~/coi-proxy-ca.pem                # the certificate your mail client must trust\n\n\
         Without --config, proxy.toml is looked for in ., $XDG_CONFIG_HOME/coi-proxy and /etc/coi-proxy."
@@ -45,7 +46,11 @@ enum Command {
         trace_protocol: bool,
     },
     /// Validates the configuration and connects to every provider.
-    Check,
+    Check {
+        /// Only validate the configuration: contact no provider (exit status 1 if none is configured).
+        #[arg(long)]
+        offline: bool,
+    },
     /// Manages the local TLS certificate that mail clients connect to.
     Cert {
         #[command(subcommand)]
@@ -56,6 +61,9 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Finds the provider's servers from an e-mail address, tries the login and adds the account
+    /// to the configuration; then prints what to enter in the mail client.
+    Setup(coi_proxy::cli::setup::SetupArgs),
     /// Writes a file that sets up a mail client in one step (to stdout).
     Profile {
         #[command(subcommand)]
@@ -110,8 +118,11 @@ enum CertAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Generate { what } = &cli.command {
-        return generate(what);
+    match &cli.command {
+        Command::Generate { what } => return generate(what),
+        // Before the config is read: setup may create the file, or name what is wrong in it.
+        Command::Setup(args) => return setup(args, cli.config.as_deref()),
+        _ => {}
     }
     let (config, source) = match load_config(&cli) {
         Ok(loaded) => loaded,
@@ -158,8 +169,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check => {
-            let (report, ok) = runtime.block_on(coi_proxy::check::run(&config, source.as_deref()));
+        Command::Check { offline } => {
+            let (report, ok) = match offline {
+                true => coi_proxy::check::offline(&config, source.as_deref()),
+                false => runtime.block_on(coi_proxy::check::run(&config, source.as_deref())),
+            };
             print!("{report}");
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
@@ -181,7 +195,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Generate { .. } => unreachable!("handled before the config is read"),
+        Command::Generate { .. } | Command::Setup(_) => unreachable!("handled before the config is read"),
         Command::Queue { action } => {
             use coi_proxy::smtp::control::{self, Command as Q};
             let cmd = match action {
@@ -199,6 +213,25 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn setup(args: &coi_proxy::cli::setup::SetupArgs, config: Option<&std::path::Path>) -> ExitCode {
+    let path = coi_proxy::cli::setup::config_path(config);
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|rt| rt.block_on(coi_proxy::cli::setup::run(args, &path)).map_err(|e| e.to_string()));
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("coi-proxy: {e}");
+            ExitCode::FAILURE
         }
     }
 }

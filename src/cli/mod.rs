@@ -4,3 +4,4 @@
 pub mod client_settings;
 pub mod generate;
 pub mod profile;
+pub mod setup;
