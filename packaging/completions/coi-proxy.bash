@@ -37,6 +37,9 @@ _coi__proxy() {
             coi__proxy,run)
                 cmd="coi__proxy__subcmd__run"
                 ;;
+            coi__proxy,setup)
+                cmd="coi__proxy__subcmd__setup"
+                ;;
             coi__proxy__subcmd__cert,export)
                 cmd="coi__proxy__subcmd__cert__subcmd__export"
                 ;;
@@ -99,6 +102,9 @@ _coi__proxy() {
                 ;;
             coi__proxy__subcmd__help,run)
                 cmd="coi__proxy__subcmd__help__subcmd__run"
+                ;;
+            coi__proxy__subcmd__help,setup)
+                cmd="coi__proxy__subcmd__help__subcmd__setup"
                 ;;
             coi__proxy__subcmd__help__subcmd__cert,export)
                 cmd="coi__proxy__subcmd__help__subcmd__cert__subcmd__export"
@@ -179,7 +185,7 @@ _coi__proxy() {
 
     case "${cmd}" in
         coi__proxy)
-            opts="-c -h -V --config --upstream --state-dir --log-format --help --version run check cert queue profile generate help"
+            opts="-c -h -V --config --upstream --state-dir --log-format --help --version run check cert queue setup profile generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -611,7 +617,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__help)
-            opts="run check cert queue profile generate help"
+            opts="run check cert queue setup profile generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -849,6 +855,20 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__help__subcmd__run)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__help__subcmd__setup)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1249,6 +1269,60 @@ _coi__proxy() {
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --upstream)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__setup)
+            opts="-c -h --password-stdin --dry-run --login --ca-file --timeout --dns --autoconfig-url --config --upstream --state-dir --log-format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --login)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --autoconfig-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

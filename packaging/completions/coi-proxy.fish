@@ -35,6 +35,7 @@ complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "run" -d 'Runs t
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "check" -d 'Validates the configuration and connects to every provider'
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "cert" -d 'Manages the local TLS certificate that mail clients connect to'
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "queue" -d 'Shows and steers the outgoing mail queue (works while the daemon runs)'
+complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "setup" -d 'Finds the provider\'s servers from an e-mail address, tries the login and adds the account to the configuration; then prints what to enter in the mail client'
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "profile" -d 'Writes a file that sets up a mail client in one step (to stdout)'
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "generate" -d 'Writes the man pages or shell completions (for packaging)'
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -109,6 +110,19 @@ complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_se
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from help" -f -a "retry" -d 'Tries a message again now'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from help" -f -a "drop" -d 'Removes a message from the queue without sending it'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l login -d 'The login, if the provider wants something other than what it publishes (usually the address)' -r
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l ca-file -d 'An extra trust anchor (PEM) for a provider with a private CA; written as the account\'s ca_file' -r -F
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l timeout -d 'Seconds each network step (HTTP request, DNS question, connection, login) may take' -r
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l dns -d 'The DNS server to ask instead of those in /etc/resolv.conf, e.g. 127.0.0.1:5353 (tests point this at a local server)' -r
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l autoconfig-url -d 'A base URL that stands in for both https://autoconfig.DOMAIN and https://DOMAIN/.well-known/autoconfig (tests point this at a local server; http:// is accepted for loopback addresses only)' -r
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
+json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l password-stdin -d 'Read the provider\'s password from the first line of standard input and try the login (IMAP and SMTP) before anything is written. Without it the login is not tried'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l dry-run -d 'Print the configuration that would be written, and write nothing'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and not __fish_seen_subcommand_from apple thunderbird help" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and not __fish_seen_subcommand_from apple thunderbird help" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and not __fish_seen_subcommand_from apple thunderbird help" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
@@ -169,13 +183,14 @@ complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "completions" -d 'The completion script for SHELL, to stdout'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "all" -d 'Man pages into DIR/man and completions into DIR/completions (what the package installs)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue profile generate help" -f -a "run" -d 'Runs the proxy until SIGTERM or Ctrl-C; SIGHUP reloads the configuration'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue profile generate help" -f -a "check" -d 'Validates the configuration and connects to every provider'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue profile generate help" -f -a "cert" -d 'Manages the local TLS certificate that mail clients connect to'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue profile generate help" -f -a "queue" -d 'Shows and steers the outgoing mail queue (works while the daemon runs)'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue profile generate help" -f -a "profile" -d 'Writes a file that sets up a mail client in one step (to stdout)'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue profile generate help" -f -a "generate" -d 'Writes the man pages or shell completions (for packaging)'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue profile generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue setup profile generate help" -f -a "run" -d 'Runs the proxy until SIGTERM or Ctrl-C; SIGHUP reloads the configuration'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue setup profile generate help" -f -a "check" -d 'Validates the configuration and connects to every provider'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue setup profile generate help" -f -a "cert" -d 'Manages the local TLS certificate that mail clients connect to'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue setup profile generate help" -f -a "queue" -d 'Shows and steers the outgoing mail queue (works while the daemon runs)'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue setup profile generate help" -f -a "setup" -d 'Finds the provider\'s servers from an e-mail address, tries the login and adds the account to the configuration; then prints what to enter in the mail client'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue setup profile generate help" -f -a "profile" -d 'Writes a file that sets up a mail client in one step (to stdout)'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue setup profile generate help" -f -a "generate" -d 'Writes the man pages or shell completions (for packaging)'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue setup profile generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and __fish_seen_subcommand_from cert" -f -a "export" -d 'Writes the PEM certificate (the local CA) that mail clients must trust; to stdout without PATH'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and __fish_seen_subcommand_from cert" -f -a "install" -d 'Adds the local CA to this user\'s trust stores where the command line can (system store as root, Thunderbird/Firefox/Chromium NSS databases, macOS login keychain) and says what is left'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and __fish_seen_subcommand_from queue" -f -a "list" -d 'Lists queued messages: recipients, state, attempts, next try'
