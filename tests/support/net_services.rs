@@ -24,7 +24,7 @@ impl Dns {
             );
             return None;
         };
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("dnsmasq.log");
         for _ in 0..3 {
             let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -41,16 +41,19 @@ impl Dns {
                 cmd.arg(format!("--local=/{d}/"));
             }
             cmd.args(records).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-            let mut child = cmd.spawn().expect("spawn dnsmasq");
+            // Dropped (and so killed) on any panic below.
+            let mut server =
+                Dns { child: cmd.spawn().expect("spawn dnsmasq"), _dir: dir, addr: ([127, 0, 0, 1], port).into() };
             // Ready once it answers; a taken port makes it exit at once.
             let deadline = Instant::now() + Duration::from_secs(5);
             let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             probe.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
             let query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04test\x00\x00\x01\x00\x01";
             loop {
-                if let Some(status) = child.try_wait().unwrap() {
+                if let Some(status) = server.child.try_wait().unwrap() {
                     let err = std::fs::read_to_string(&log).unwrap_or_default();
                     if err.contains("in use") {
+                        dir = std::mem::replace(&mut server._dir, tempfile::tempdir().unwrap());
                         break;
                     }
                     panic!("dnsmasq exited ({status}): {err}");
@@ -58,7 +61,7 @@ impl Dns {
                 let _ = probe.send_to(query, ("127.0.0.1", port));
                 let mut buf = [0u8; 512];
                 if probe.recv(&mut buf).is_ok() {
-                    return Some(Dns { child, _dir: dir, addr: ([127, 0, 0, 1], port).into() });
+                    return Some(server);
                 }
                 assert!(Instant::now() < deadline, "dnsmasq did not answer on port {port}");
             }
@@ -98,12 +101,14 @@ impl Web {
             .stderr(Stdio::null())
             .spawn()
             .expect("python3 -m http.server");
+        // Dropped (and so killed) on any panic below.
+        let mut web = Web { child, root, port: 0 };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(port) = text.split("port ").nth(1).and_then(|r| r.split_whitespace().next()) {
-                let port = port.parse().expect("http.server port");
-                return Web { child, root, port };
+                web.port = port.parse().expect("http.server port");
+                return web;
             }
             assert!(Instant::now() < deadline, "http.server did not start: {text}");
             std::thread::sleep(Duration::from_millis(20));
