@@ -203,16 +203,7 @@ fn main() -> ExitCode {
                 QueueAction::Retry { id } => Q::Retry(id),
                 QueueAction::Drop { id } => Q::Drop(id),
             };
-            match control::cli(&config, cmd) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("coi-proxy: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            print_or_fail(control::cli(&config, cmd))
         }
     }
 }
@@ -224,6 +215,11 @@ fn setup(args: &coi_proxy::cli::setup::SetupArgs, config: Option<&std::path::Pat
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))
         .and_then(|rt| rt.block_on(coi_proxy::cli::setup::run(args, &path)).map_err(|e| e.to_string()));
+    print_or_fail(result)
+}
+
+/// A command's text on stdout, or its error on stderr and a failing exit status.
+fn print_or_fail<E: std::fmt::Display>(result: Result<String, E>) -> ExitCode {
     match result {
         Ok(text) => {
             print!("{text}");

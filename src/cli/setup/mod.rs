@@ -258,42 +258,22 @@ pub async fn discover(args: &SetupArgs, domain: &str, timeout: Duration) -> Resu
         Some(server) => dns::Resolver { servers: vec![server], timeout },
         None => dns::Resolver::system(timeout),
     };
-    let srv = |name: String, security: Security| {
-        let resolver = &resolver;
-        async move {
-            let records = resolver.srv(&name).await;
-            (name, security, records)
-        }
-    };
-    let mut imap = None;
-    for (name, security, records) in [
-        srv(format!("_imaps._tcp.{domain}"), Security::Implicit).await,
-        srv(format!("_imap._tcp.{domain}"), Security::StartTls).await,
-    ] {
-        match first_usable(records) {
-            Ok(Some(s)) => {
-                imap = Some(Server { host: s.target, port: s.port, security, username: None, auth: Vec::new() });
-                break;
-            }
-            Ok(None) => note(format!("DNS SRV {name}: none")),
-            Err(e) => note(format!("DNS SRV {name}: {e}")),
-        }
-    }
+    let imap = srv_first(
+        &resolver,
+        [(format!("_imaps._tcp.{domain}"), Security::Implicit), (format!("_imap._tcp.{domain}"), Security::StartTls)],
+        &mut note,
+    )
+    .await;
     if let Some(imap) = imap {
-        let mut smtp = None;
-        for (name, security, records) in [
-            srv(format!("_submissions._tcp.{domain}"), Security::Implicit).await,
-            srv(format!("_submission._tcp.{domain}"), Security::StartTls).await,
-        ] {
-            match first_usable(records) {
-                Ok(Some(s)) => {
-                    smtp = Some(Server { host: s.target, port: s.port, security, username: None, auth: Vec::new() });
-                    break;
-                }
-                Ok(None) => note(format!("DNS SRV {name}: none")),
-                Err(e) => note(format!("DNS SRV {name}: {e}")),
-            }
-        }
+        let smtp = srv_first(
+            &resolver,
+            [
+                (format!("_submissions._tcp.{domain}"), Security::Implicit),
+                (format!("_submission._tcp.{domain}"), Security::StartTls),
+            ],
+            &mut note,
+        )
+        .await;
         let known = known::by_server(&imap.host).or_else(|| known::by_domain(domain));
         let source = "DNS SRV records (not authenticated by DNSSEC: check the host names)".to_string();
         return Ok(Found { source, imap, smtp, known });
@@ -318,6 +298,25 @@ pub async fn discover(args: &SetupArgs, domain: &str, timeout: Duration) -> Resu
     }
     note(format!("built-in table: {domain} is not one of its providers"));
     Err(SetupError::NotFound { domain: domain.to_string(), tried })
+}
+
+/// The first of `names` (the TLS service first) with a usable SRV record; the others are asked
+/// only if it has none.
+async fn srv_first(
+    resolver: &dns::Resolver,
+    names: [(String, Security); 2],
+    note: &mut impl FnMut(String),
+) -> Option<Server> {
+    for (name, security) in names {
+        match first_usable(resolver.srv(&name).await) {
+            Ok(Some(s)) => {
+                return Some(Server { host: s.target, port: s.port, security, username: None, auth: Vec::new() });
+            }
+            Ok(None) => note(format!("DNS SRV {name}: none")),
+            Err(e) => note(format!("DNS SRV {name}: {e}")),
+        }
+    }
+    None
 }
 
 fn from_table(k: &'static Known, source: String) -> Found {
