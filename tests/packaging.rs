@@ -95,6 +95,16 @@ fn the_packaged_config_waits_for_a_provider_and_shares_the_state_dir() {
 }
 
 #[test]
+fn the_debian_changelog_names_this_version() {
+    let text = std::fs::read_to_string(repo("packaging/debian/changelog")).unwrap();
+    let first = text.lines().next().unwrap();
+    let want = format!("coi-proxy ({}-1) unstable; urgency=medium", env!("CARGO_PKG_VERSION"));
+    assert_eq!(first, want, "a new version needs a packaging/debian/changelog entry (dch -v VERSION-1)");
+    let trailer = text.lines().find(|l| l.starts_with(" -- ")).expect("a maintainer line");
+    assert!(trailer.contains("> ") && trailer.ends_with("+0000"), "{trailer}");
+}
+
+#[test]
 fn the_drop_in_makes_the_package_unit_and_it_verifies() {
     let drop_in = std::fs::read_to_string(repo("packaging/debian/coi-proxy.service.conf")).unwrap();
     for line in [
