@@ -139,14 +139,14 @@ fn the_drop_in_makes_the_package_unit_and_it_verifies() {
         .unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
-    let cat = Command::new("systemd-analyze")
-        .arg("cat-config")
+    // And verify did read the drop-in: a stray key in it is reported.
+    std::fs::write(dir.path().join("coi-proxy.service.d/debian.conf"), format!("{drop_in}Bogus=1\n")).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
         .arg(dir.path().join("coi-proxy.service"))
         .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.path().display()))
         .output()
         .unwrap();
-    let shown = String::from_utf8_lossy(&cat.stdout);
-    if cat.status.success() && !shown.is_empty() {
-        assert!(shown.contains("User=coi-proxy"), "the drop-in was not picked up:\n{shown}");
-    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("debian.conf") && said.contains("Bogus"), "the drop-in was not read:\n{said}");
 }
