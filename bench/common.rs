@@ -34,7 +34,7 @@ impl Proxy {
             .arg("run")
             // Warnings only, so logging costs nothing per session; the servers' own info lines
             // give the listening ports.
-            .env("RUST_LOG", "warn,coi_proxy::server=info,coi_proxy::smtp::server=info")
+            .env("RUST_LOG", "warn,coi_proxy::app=info,coi_proxy::smtp::server=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("create proxy.log"))

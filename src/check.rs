@@ -5,7 +5,6 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::coi::session::CoiSession;
 use crate::config::{Config, Security, SmtpProvider};
 use crate::imap::upstream::Upstream;
 use crate::imap::wire::capability;
@@ -145,7 +144,7 @@ fn queue(config: &Config) -> String {
 
 /// What the proxy adds on top of the provider after login.
 fn additions(out: &mut String, config: &Config, metadata: bool, idle: bool) {
-    let added = CoiSession::capabilities(metadata, idle);
+    let added = crate::coi::session::capabilities(metadata, idle, &[crate::push::CAPABILITY]);
     let _ = writeln!(out, "  coi-proxy adds: {}", added.join(" "));
     let _ = writeln!(out, "    COI: served by coi-proxy (mailbox root {:?})", config.coi.mailbox_root);
     let _ = match metadata {

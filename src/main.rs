@@ -158,9 +158,9 @@ fn main() -> ExitCode {
             let reload = source.clone().map(|path| {
                 let (upstream, state_dir) = (cli.upstream.clone(), cli.state_dir.clone());
                 Box::new(move || apply_overrides(Config::load(&path)?, upstream.as_deref(), state_dir.as_deref()))
-                    as coi_proxy::server::ConfigSource
+                    as coi_proxy::app::ConfigSource
             });
-            match runtime.block_on(coi_proxy::server::run(config, reload)) {
+            match runtime.block_on(coi_proxy::app::run(config, reload)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -254,8 +254,7 @@ fn generate(what: &Generate) -> ExitCode {
 }
 
 fn export_cert(config: &Config, path: Option<PathBuf>) -> ExitCode {
-    let result =
-        ensure_cert(config).and_then(|()| coi_proxy::tls::export_pem(&config.state_dir).map_err(|e| e.to_string()));
+    let result = ensure_cert(config).and_then(|()| Ok(coi_proxy::tls::export_pem(&config.state_dir)?));
     let pem = match result {
         Ok(pem) => pem,
         Err(e) => {
@@ -279,14 +278,22 @@ fn export_cert(config: &Config, path: Option<PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Why the local certificate could not be made or read.
+#[derive(Debug, thiserror::Error)]
+enum CertError {
+    #[error("cannot create {}: {source}", path.display())]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] coi_proxy::tls::TlsError),
+}
+
 /// Creates the local CA and certificate if they do not exist yet (as `run` would).
-fn ensure_cert(config: &Config) -> Result<(), String> {
+fn ensure_cert(config: &Config) -> Result<(), CertError> {
     let names = coi_proxy::tls::cert_names_for(config);
     std::fs::create_dir_all(&config.state_dir)
-        .map_err(|e| format!("cannot create {}: {e}", config.state_dir.display()))
-        .and_then(|()| {
-            coi_proxy::tls::ensure_local_cert(&config.state_dir, &names).map(drop).map_err(|e| e.to_string())
-        })
+        .map_err(|source| CertError::StateDir { path: config.state_dir.clone(), source })?;
+    coi_proxy::tls::ensure_local_cert(&config.state_dir, &names)?;
+    Ok(())
 }
 
 fn install_cert(config: &Config, dry_run: bool) -> ExitCode {
@@ -321,10 +328,10 @@ fn apply_overrides(
     state_dir: Option<&std::path::Path>,
 ) -> Result<Config, ConfigError> {
     if let Some(url) = upstream {
-        config::ServerUrl::parse_imap(url).map_err(|message| ConfigError::Invalid {
+        config::ServerUrl::parse_imap(url).map_err(|e| ConfigError::Invalid {
             path: "--upstream".into(),
             key: "upstream".into(),
-            message,
+            message: e.to_string(),
         })?;
         match &mut config.upstream {
             Some(up) => up.imap = url.to_string(),

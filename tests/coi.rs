@@ -416,3 +416,27 @@ fn the_worker_reconnects_when_the_provider_drops_it() {
     let mut d = direct(&p, "alice@example.org");
     wait_until("the chat in Chats after the reconnect", Duration::from_secs(5), || count(&mut d, "COI.Chats") == 1);
 }
+
+/// One worker per account however often it is asked for (each login, COI enabled in two
+/// sessions), and none started once the daemon shuts down.
+#[test]
+fn one_worker_per_account_and_none_after_shutdown() {
+    let p = provider(false);
+    let mut proxy = Proxy::for_port(p.imap_port);
+    let mut a = login(&proxy, "alice@example.org");
+    enable(&mut a, "active");
+    proxy.wait_for_log("watching INBOX", Duration::from_secs(5));
+    let mut b = login(&proxy, "alice@example.org");
+    enable(&mut b, "seen");
+    let mut c = login(&proxy, "ALICE@example.org");
+    c.expect_ok("n NOOP");
+    p.deliver("bob@example.org", "alice@example.org", &chat_message("w1@example.org"));
+    // The worker is busy and still the only one: in seen mode the chat waits in INBOX.
+    proxy.wait_for_log("chat messages", Duration::from_secs(5));
+    drop((a, b, c));
+    let status = proxy.stop().expect("stopped");
+    assert!(status.success(), "{status:?}");
+    let log = proxy.log();
+    assert_eq!(log.matches("account worker started").count(), 1, "{log}");
+    assert_eq!(log.matches("account worker stopped").count(), 1, "{log}");
+}

@@ -65,7 +65,7 @@ trap cleanup EXIT
 # Every path in the places a package touches, to compare after the purge.
 snapshot() {
 	find /etc /usr /var/lib /opt /srv -xdev \
-		\( -path /var/lib/dpkg -o -path /var/lib/apt -o -path /var/lib/ucf -o -path /usr/local/cargo \) -prune -o -print 2>/dev/null | sort
+		\( -path /var/lib/dpkg -o -path /var/lib/apt -o -path /var/lib/ucf -o -path /usr/local/cargo -o -path /opt/imap-providers \) -prune -o -print 2>/dev/null | sort
 }
 snapshot >"$W/before"
 

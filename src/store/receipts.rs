@@ -43,10 +43,10 @@ impl SentChat {
     pub fn wanted_keywords(&self) -> Vec<&'static str> {
         let mut k = Vec::new();
         if self.recipients.iter().any(|t| t.delivered.is_some() || t.read.is_some()) {
-            k.push(crate::coi::receipts::DELIVERED);
+            k.push(crate::mail::DELIVERED);
         }
         if self.recipients.iter().any(|t| t.read.is_some()) {
-            k.push(crate::coi::receipts::READ);
+            k.push(crate::mail::READ);
         }
         k
     }

@@ -432,7 +432,7 @@ async fn try_login(
         " (a wrong password, or the provider wants an app password)".to_string()
     };
     let tls = crate::tls::UpstreamTls::default();
-    let imap = ServerUrl::parse_imap(&entry.imap).map_err(SetupError::Login)?;
+    let imap = ServerUrl::parse_imap(&entry.imap).map_err(|e| SetupError::Login(e.to_string()))?;
     let provider = Provider { imap, ca_file: entry.ca_file.clone() };
     let mut up = crate::imap::upstream::Upstream::connect(&provider, &tls, timeout, 64 * 1024)
         .await
@@ -456,7 +456,7 @@ async fn try_login(
         }
     }
     let Some(smtp) = &entry.smtp else { return Ok(()) };
-    let smtp = ServerUrl::parse_smtp(smtp).map_err(SetupError::Login)?;
+    let smtp = ServerUrl::parse_smtp(smtp).map_err(|e| SetupError::Login(e.to_string()))?;
     let provider = SmtpProvider { smtp, ca_file: entry.ca_file.clone() };
     let mut client = crate::smtp::relay::SmtpClient::connect(&provider, &tls, timeout)
         .await

@@ -20,7 +20,9 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use self::relay::{QuietInbox, RelayOptions};
-use crate::coi::{self, hub::Account, metadata::Filter, session::CoiSession};
+use crate::account::{Account, Filter};
+use crate::coi::{self, session::CoiSession};
+use crate::context::Context;
 use crate::imap::conn::{Conn, ReadError};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::imap::wire::capability;
@@ -28,7 +30,6 @@ use crate::imap::wire::command::{self, Arg, Command};
 use crate::limits::{Refused, SessionPermit};
 use crate::net::Stream;
 use crate::secret::Secret;
-use crate::server::Shared;
 
 /// Largest command accepted before login (LOGIN with two literals fits easily).
 const PRE_LOGIN_LIMIT: usize = 16 * 1024;
@@ -56,7 +57,7 @@ static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one client connection until it ends.
 pub async fn serve(
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     tcp: TcpStream,
     peer: SocketAddr,
     listener: ListenerInfo,
@@ -82,7 +83,7 @@ pub async fn serve(
 }
 
 struct Session {
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     listener: ListenerInfo,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
@@ -137,12 +138,15 @@ impl Session {
             max_literal: limits.max_literal,
             autologout: limits.autologout(),
             provider_timeout: limits.provider_timeout(),
-            extra_capabilities: CoiSession::capabilities(provider_metadata, upstream.has("IDLE")),
+            extra_capabilities: coi::session::capabilities(
+                provider_metadata,
+                upstream.has("IDLE"),
+                &[crate::push::CAPABILITY],
+            ),
             seen_changed: Some({
                 let account = account.clone();
-                // Read receipts for plain clients (src/smtp/receipts.rs).
-                let receipts =
-                    crate::smtp::receipts::SeenHook::new(&self.shared, &account.login, client_name.clone()).await;
+                // Read receipts for plain clients (src/receipts/).
+                let receipts = crate::receipts::SeenHook::new(&self.shared, &account.login, client_name.clone()).await;
                 Arc::new(move || {
                     account.nudge.notify_one();
                     receipts.seen();
@@ -158,7 +162,8 @@ impl Session {
             emulate_idle: (!upstream.has("IDLE"))
                 .then(|| Duration::from_secs(self.shared.config().coi.poll_secs.max(1))),
         };
-        let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name);
+        let webpush = crate::push::entries::Entries::new(self.shared.clone(), account.clone());
+        let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name, webpush);
         let (end, traffic) = relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone()).await;
         crate::metrics::traffic(traffic.from_client, traffic.from_provider);
         format!("{end:?}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider)
@@ -431,7 +436,7 @@ impl Session {
                 Ok(up) => up,
                 Err(e) => {
                     warn!(cause = %e, "provider unavailable");
-                    crate::metrics::provider_connect_failed(&e);
+                    crate::metrics::provider_connect_failed(e.cause());
                     conn.write(format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
                     return Ok(None);
                 }
@@ -458,13 +463,14 @@ impl Session {
                 self.shared.auth_failures.succeeded(self.peer.ip());
                 self.shared.credentials.remember(&user, &pass);
                 let provider_metadata = upstream.has("METADATA");
-                let account = self.shared.hub.account(&user);
-                if let Err(e) = coi::load_config(&self.shared, &account, &mut upstream).await {
+                let account = self.shared.accounts.account(&user);
+                if let Err(e) = coi::load_config(&mut upstream, provider_metadata, &self.shared.store, &account).await {
                     warn!("cannot read the COI configuration: {e}");
                 }
-                coi::worker::ensure_running(&self.shared, &account);
+                self.shared.workers.want(&account.login);
                 self.account = Some(account);
-                let extra = CoiSession::capabilities(provider_metadata, upstream.has("IDLE"));
+                let extra =
+                    coi::session::capabilities(provider_metadata, upstream.has("IDLE"), &[crate::push::CAPABILITY]);
                 let caps = capability::post_login(&upstream.capabilities, &extra).join(" ");
                 let text = status_text(&status);
                 conn.write(format!("{tag} OK [CAPABILITY {caps}] {text}\r\n").as_bytes()).await?;
