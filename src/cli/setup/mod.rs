@@ -102,7 +102,7 @@ impl Found {
 pub async fn run(args: &SetupArgs, config_path: &Path) -> Result<String, SetupError> {
     let (_, domain) = split_address(&args.address)?;
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let password = if args.password_stdin { Some(read_password()?) } else { None };
+    let password = if args.password_stdin { Some(read_password(&args.address)?) } else { None };
     let found = discover(args, &domain, timeout).await?;
     let login = args.login.clone().or_else(|| found.imap.username.clone()).unwrap_or_else(|| args.address.clone());
     eprintln!("found via {}:", found.source);
@@ -183,12 +183,31 @@ fn split_address(address: &str) -> Result<(String, String), SetupError> {
     Ok((local.to_string(), domain))
 }
 
-fn read_password() -> Result<Secret, SetupError> {
+/// The first line of standard input. At a terminal it asks for it and turns echo off while it
+/// is typed (with `stty`, where there is one), so the password is not shown.
+fn read_password(address: &str) -> Result<Secret, SetupError> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    let stty = |arg: &str| {
+        std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let hidden = terminal && stty("-echo");
+    if terminal {
+        eprint!("password for {address} at the provider{}: ", if hidden { "" } else { " (shown as you type)" });
+    }
     let mut buf = Vec::new();
-    std::io::stdin().take(64 * 1024).read_to_end(&mut buf).map_err(|e| SetupError::Password(e.to_string()))?;
-    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
-    buf.truncate(line_end);
-    if buf.last() == Some(&b'\r') {
+    let read = stdin.lock().take(64 * 1024).read_until(b'\n', &mut buf);
+    if hidden {
+        stty("echo");
+        eprintln!();
+    }
+    read.map_err(|e| SetupError::Password(e.to_string()))?;
+    while buf.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
         buf.pop();
     }
     let password = Secret::new(buf);
