@@ -198,7 +198,7 @@ impl<E: EntryOwner> CoiSession<E> {
                 available.extend(metadata::coi_entries(&config, &root));
             }
             if reaches(self.entries.subtree()) {
-                available.extend(self.entries.available());
+                available.extend(self.entries.available().await);
             }
             let ours = GetMetadata {
                 entries: req.entries.iter().filter(|e| self.reaches_ours(e, req.depth)).cloned().collect(),
@@ -265,7 +265,7 @@ impl<E: EntryOwner> CoiSession<E> {
                 return Ok(tagged(tag, &refusal(&MetadataError::TooLarge(max))));
             }
             let max_entries = self.shared.config().coi.max_metadata_entries;
-            match self.shared.store.metadata_apply(&self.account.login, &req.mailbox, &req.entries, max_entries) {
+            match self.shared.store.metadata_apply(&self.account.login, &req.mailbox, &req.entries, max_entries).await {
                 Ok(Ok(())) => {}
                 Ok(Err(TooManyEntries)) => return Ok(tagged(tag, &refusal(&MetadataError::TooMany))),
                 Err(e) => {
@@ -328,8 +328,11 @@ impl<E: EntryOwner> CoiSession<E> {
             if !reply.ok() {
                 warn!("provider refused to store the COI state: {}", String::from_utf8_lossy(&reply.status).trim_end());
             }
-        } else if let Err(e) =
-            self.shared.store.metadata_apply(&self.account.login, b"", &[(ENABLED.to_string(), value)], usize::MAX)
+        } else if let Err(e) = self
+            .shared
+            .store
+            .metadata_apply(&self.account.login, b"", &[(ENABLED.to_string(), value)], usize::MAX)
+            .await
         {
             warn!("cannot store the COI state: {e}");
         }
