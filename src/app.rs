@@ -6,7 +6,6 @@
 mod http;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +29,8 @@ pub enum RunError {
     NoProvider,
     #[error("no listener configured: set [listen] imap and/or imaps in proxy.toml")]
     NoListener,
-    #[error("cannot create the state directory {path}: {source}")]
-    StateDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
@@ -220,12 +219,13 @@ impl Listeners {
         }
         let state_dir = new.state_dir.clone();
         let names = tls::cert_names_for(&new);
-        match tokio::task::spawn_blocking(move || tls::ensure_local_cert(&state_dir, &names)).await?? {
-            CertAction::Reused => {}
-            action => {
-                local_cert.reload(&new.state_dir)?;
-                changes.push(format!("local certificate: {action:?}"));
-            }
+        let action = tokio::task::spawn_blocking(move || tls::ensure_local_cert(&state_dir, &names)).await??;
+        // Read again whatever happened: `coi-proxy cert rotate` writes the files for a reload.
+        if local_cert.reload(&new.state_dir)? || action != CertAction::Reused {
+            changes.push(format!(
+                "local certificate {}",
+                if action == CertAction::Reused { "reloaded".to_string() } else { action.to_string() }
+            ));
         }
         // Nothing can fail from here on.
         self.imap.retain(|(kind, addr, task)| {
@@ -313,7 +313,7 @@ async fn renew_cert_daily(ctx: Arc<Context>, local_cert: Arc<LocalCert>) {
                     _ => "its files were missing".into(),
                 };
                 match local_cert.reload(&config.state_dir) {
-                    Ok(()) => info!("renewed the local certificate: {why}"),
+                    Ok(_) => info!("renewed the local certificate: {why}"),
                     Err(e) => error!("renewed the local certificate ({why}) but cannot load it: {e}"),
                 }
             }
@@ -358,15 +358,13 @@ async fn wait_for_signal(
     }
 }
 
-/// Creates `state_dir` (mode 0700: it holds private keys) if it does not exist.
+/// Creates `state_dir` (0700: it holds private keys and queued mail) or makes it private.
 fn prepare_state_dir(config: &Config) -> Result<(), RunError> {
     let dir = &config.state_dir;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| RunError::StateDir { path: dir.display().to_string(), source })?;
+    match crate::state::prepare(dir)? {
+        crate::state::Prepared::Private => {}
+        prepared @ crate::state::Prepared::Created => info!(state_dir = %dir.display(), "state directory {prepared}"),
+        prepared => warn!(state_dir = %dir.display(), "state directory {}: {prepared}", dir.display()),
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use crate::config::{Config, Security, SmtpProvider};
 use crate::imap::upstream::Upstream;
 use crate::imap::wire::capability;
 use crate::smtp::relay::SmtpClient;
-use crate::tls::{LocalCertPaths, UpstreamTls};
+use crate::tls::UpstreamTls;
 
 /// Runs the checks and returns the report and whether every provider was reachable.
 pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
@@ -21,10 +21,10 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
         Some(path) => _ = writeln!(out, "config: {} (valid)", path.display()),
         None => _ = writeln!(out, "config: none found, using defaults"),
     }
-    let _ = writeln!(out, "state_dir: {}", config.state_dir.display());
+    state_dir(&mut out, &config.state_dir);
     listeners(&mut out, config);
     local_certificate(&mut out, &config.state_dir);
-    let _ = writeln!(out, "queue: {}", queue(config));
+    let _ = writeln!(out, "queue: {}", crate::smtp::control::summary(config));
 
     let providers = config.providers();
     if providers.is_empty() {
@@ -111,35 +111,30 @@ fn listeners(out: &mut String, config: &Config) {
     }
 }
 
-/// The local certificate: where the CA is, when the leaf expires, which names it covers.
-fn local_certificate(out: &mut String, state_dir: &Path) {
-    let paths = LocalCertPaths::new(state_dir);
-    if !paths.ca.exists() {
-        let _ = writeln!(out, "local certificate: not created yet (made at the first `coi-proxy run`)");
-        return;
-    }
-    let meta = std::fs::read_to_string(&paths.meta).unwrap_or_default();
-    let field = |k: &str| meta.lines().find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')));
-    let expires = field("not_after")
-        .and_then(|v| v.parse::<i64>().ok())
-        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-        .map_or("unknown".to_string(), |t| t.date().to_string());
-    let names = field("names").unwrap_or("unknown");
-    let _ = writeln!(
-        out,
-        "local certificate: CA {} (trust this in clients); server certificate expires {expires} (renewed 30 days before), covers {names}",
-        paths.ca.display()
-    );
+/// The state directory and whether anything is stored there (nothing is created).
+fn state_dir(out: &mut String, dir: &Path) {
+    let _ = match crate::state::existing(dir) {
+        Ok(None) => {
+            writeln!(out, "state_dir: {} ({})", dir.display(), crate::state::no_state_here(dir, "does not exist"))
+        }
+        Ok(Some(crate::state::Prepared::MadePrivate { was })) => {
+            writeln!(out, "state_dir: {} (was readable by other users, mode {was:o}; made it private)", dir.display())
+        }
+        Ok(Some(_)) => writeln!(out, "state_dir: {} (private)", dir.display()),
+        Err(e) => writeln!(out, "state_dir: {} (NOT USABLE: {e})", dir.display()),
+    };
 }
 
-/// The queue's size: from the running daemon if there is one, else from the store.
-fn queue(config: &Config) -> String {
-    use crate::smtp::control::{self, Command};
-    match control::cli(config, Command::List) {
-        Ok(text) if text.starts_with("The queue is empty") => "empty".into(),
-        Ok(text) => text.lines().next().unwrap_or("").trim_end_matches(':').to_string(),
-        Err(e) => format!("unknown ({e})"),
-    }
+/// The local certificate: where the CA is, when the leaf expires, which names it covers.
+fn local_certificate(out: &mut String, state_dir: &Path) {
+    let _ = match crate::tls::describe(state_dir) {
+        Some(text) => writeln!(out, "local certificate: {text}"),
+        None => writeln!(
+            out,
+            "local certificate: {}",
+            crate::state::no_state_here(state_dir, "has no local certificate authority (tls/ca.pem)")
+        ),
+    };
 }
 
 /// What the proxy adds on top of the provider after login.

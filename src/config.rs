@@ -362,6 +362,20 @@ fn default_provider_timeout() -> u64 {
     5 * 60
 }
 
+/// Where the system-wide configuration lives (`/etc/coi-proxy/proxy.toml`): the systemd unit's
+/// and the Debian package's.
+pub const SYSTEM_CONFIG_DIR: &str = "/etc/coi-proxy";
+/// The state directory of the system service (the unit's `StateDirectory=coi-proxy`), and the
+/// default `state_dir` of a configuration read from [`SYSTEM_CONFIG_DIR`], so that every command
+/// run with the system's config (`sudo coi-proxy cert export`, `queue list`, `check`) uses the
+/// service's state without a `--state-dir`.
+pub const SYSTEM_STATE_DIR: &str = "/var/lib/coi-proxy";
+
+/// Whether `path` is the system-wide configuration (a file in [`SYSTEM_CONFIG_DIR`]).
+pub fn is_system_config(path: &Path) -> bool {
+    std::path::absolute(path).is_ok_and(|p| p.parent() == Some(Path::new(SYSTEM_CONFIG_DIR)))
+}
+
 /// `$XDG_DATA_HOME/coi-proxy`, else `~/.local/share/coi-proxy`; `/var/lib/coi-proxy` for a
 /// user without a home.
 pub fn default_state_dir_for_user() -> PathBuf {
@@ -395,6 +409,9 @@ pub enum ConfigError {
     Syntax { path: PathBuf, line: usize, column: usize, key: String, message: String },
     #[error("{path}: {key}: {message}")]
     Invalid { path: PathBuf, key: String, message: String },
+    /// A command-line option's value.
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
 }
 
 impl Config {
@@ -410,9 +427,13 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Parses and validates config text; `path` only names the source in errors.
+    /// Parses and validates config text; `path` names the source in errors, and a file in
+    /// [`SYSTEM_CONFIG_DIR`] without `state_dir` gets [`SYSTEM_STATE_DIR`].
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
+        if is_system_config(path) && toml::from_str::<toml::Table>(text).is_ok_and(|t| !t.contains_key("state_dir")) {
+            config.state_dir = PathBuf::from(SYSTEM_STATE_DIR);
+        }
         config.validate().map_err(|(key, message)| ConfigError::Invalid { path: path.to_owned(), key, message })?;
         Ok(config)
     }
@@ -474,6 +495,14 @@ impl Config {
             return Err((
                 "queue.max_messages_per_account".into(),
                 "max_messages_per_account and max_bytes_per_account must be at least 1".into(),
+            ));
+        }
+        if let Some(filter) = &self.log.filter
+            && let Err(e) = tracing_subscriber::EnvFilter::try_new(filter)
+        {
+            return Err((
+                "log.filter".into(),
+                format!("`{filter}` is not a log filter ({e}); e.g. \"info\" or \"coi_proxy=debug,info\""),
             ));
         }
         if let Some(sub) = &self.push.vapid_subject

@@ -312,7 +312,8 @@ fn cert_rotate_keeps_clients_of_the_old_ca_working_for_the_overlap() {
     signal(proxy.pid(), 1);
     proxy.wait_for_log("configuration reloaded", Duration::from_secs(10));
     for ca in [&old_ca, &new_ca] {
-        handshake_with(proxy.imaps_port, ca).unwrap_or_else(|e| panic!("a client trusting {} fails: {e}", ca.display()));
+        handshake_with(proxy.imaps_port, ca)
+            .unwrap_or_else(|e| panic!("a client trusting {} fails: {e}", ca.display()));
     }
 }
 
@@ -325,8 +326,7 @@ fn a_ca_made_by_the_previous_release_keeps_working_unchanged() {
         std::fs::copy(repo("tests/fixtures/state-release1/tls").join(file), state.join("tls").join(file)).unwrap();
     }
     let ca = std::fs::read(state.join("tls/ca.pem")).unwrap();
-    let proxy =
-        Proxy::builder().upstream(format!("imap://127.0.0.1:{}", free_port())).state_dir(&state).start();
+    let proxy = Proxy::builder().upstream(format!("imap://127.0.0.1:{}", free_port())).state_dir(&state).start();
     assert_eq!(std::fs::read(state.join("tls/ca.pem")).unwrap(), ca, "the CA is kept byte for byte");
     let mut c = proxy.connect_tls();
     c.expect_ok("t1 CAPABILITY");

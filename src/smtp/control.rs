@@ -44,18 +44,32 @@ impl Command {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["queue", "list"] => Some(Command::List),
-            ["queue", "retry", id] => id.parse().ok().map(Command::Retry),
-            ["queue", "drop", id] => id.parse().ok().map(Command::Drop),
+            ["queue", "retry", id] => parse_id(id).map(Command::Retry),
+            ["queue", "drop", id] => parse_id(id).map(Command::Drop),
             _ => None,
         }
     }
 }
 
+/// A queue id as `queue list` prints it (`#3`) or bare (`3`).
+pub fn parse_id(text: &str) -> Option<u64> {
+    let digits = text.trim().strip_prefix('#').unwrap_or(text.trim());
+    digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse().ok()).flatten()
+}
+
+/// How long the command line waits for the running daemon's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why a queue command failed; the text is shown to the user (exit status 1).
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("no message {0} in the queue")]
+    #[error("no message #{0} in the queue")]
     NoSuchMessage(u64),
+    /// Nothing is stored where the command looked (see `state::no_state_here`).
+    #[error("{0}")]
+    NoState(String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
@@ -65,6 +79,11 @@ pub enum ControlError {
     Locked { source: StoreError, socket: PathBuf },
     #[error("the running coi-proxy did not answer on {}: {source}", socket.display())]
     NoAnswer { socket: PathBuf, source: std::io::Error },
+    #[error(
+        "the coi-proxy daemon did not answer on {} within {} s; is it stopped or hung? (systemctl status coi-proxy)",
+        socket.display(), ANSWER_TIMEOUT.as_secs()
+    )]
+    Timeout { socket: PathBuf },
     /// The running daemon's answer to a command it refused, as it sent it.
     #[error("{0}")]
     Daemon(String),
@@ -78,34 +97,85 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 
 /// Runs `cmd` for the command line: through the running daemon if there is one, else on the
 /// store directly. `Ok` is the text to print; `Err` the error to show (exit status 1).
+///
+/// It never creates the state directory or the store: where there is none, the error says "no
+/// state here" with the directory it looked in. `list` starts with that directory and whether
+/// a daemon answered.
 pub fn cli(config: &Config, cmd: Command) -> Result<String, ControlError> {
-    let socket = socket_path(&config.state_dir);
+    let dir = &config.state_dir;
+    if crate::state::existing(dir)?.is_none() {
+        return Err(ControlError::NoState(crate::state::no_state_here(dir, "does not exist")));
+    }
+    let socket = socket_path(dir);
+    // A socket nobody accepts on was left by a daemon that is gone: read the store instead.
     if let Ok(stream) = UnixStream::connect(&socket) {
-        return ask(stream, cmd).unwrap_or_else(|source| Err(ControlError::NoAnswer { socket, source }));
+        let text = ask(stream, cmd, &socket)?;
+        return Ok(match cmd {
+            Command::List => format!("state directory: {} (answered by the running daemon)\n{text}", dir.display()),
+            _ => text,
+        });
     }
-    if !config.state_dir.join("coi-proxy.redb").exists() {
-        return match cmd {
-            Command::List => Ok("The queue is empty.\n".into()),
-            Command::Retry(id) | Command::Drop(id) => Err(ControlError::NoSuchMessage(id)),
-        };
+    if !dir.join("coi-proxy.redb").exists() {
+        return Err(ControlError::NoState(crate::state::no_state_here(dir, "has no store (coi-proxy.redb)")));
     }
-    let store = Store::open(&config.state_dir).map_err(|source| ControlError::Locked { source, socket })?;
-    execute(&store, cmd).map(|done| done.text)
+    let store = Store::open(dir).map_err(|source| ControlError::Locked { source, socket })?;
+    let text = execute(&store, cmd)?.text;
+    Ok(match cmd {
+        Command::List => format!(
+            "state directory: {} (no daemon is running: read from the store; nothing is sent until coi-proxy runs)\n{text}",
+            dir.display()
+        ),
+        _ => text,
+    })
 }
 
-fn ask(stream: UnixStream, cmd: Command) -> std::io::Result<Result<String, ControlError>> {
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut writer = stream.try_clone()?;
-    writer.write_all(format!("{}\n", cmd.to_line()).as_bytes())?;
-    let mut reader = BufReader::new(stream);
-    let mut status = String::new();
-    reader.read_line(&mut status)?;
-    let mut text = String::new();
-    for line in reader.lines() {
-        text.push_str(&line?);
-        text.push('\n');
+/// The queue in one line, for `check`: its size, or why it cannot be read.
+pub fn summary(config: &Config) -> String {
+    match cli(config, Command::List) {
+        Ok(text) => {
+            let first = text.lines().nth(1).unwrap_or("");
+            match first.starts_with("The queue is empty") {
+                true => "empty".into(),
+                false => first.trim_end_matches(':').to_string(),
+            }
+        }
+        Err(ControlError::NoState(why)) => why,
+        Err(e) => format!("unknown ({e})"),
     }
-    Ok(if status.trim_end() == "ok" { Ok(text) } else { Err(ControlError::Daemon(text.trim_end().to_string())) })
+}
+
+/// Sends `cmd` to the daemon and reads its answer, all within [`ANSWER_TIMEOUT`].
+fn ask(stream: UnixStream, cmd: Command, socket: &Path) -> Result<String, ControlError> {
+    let deadline = std::time::Instant::now() + ANSWER_TIMEOUT;
+    let io = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            ControlError::Timeout { socket: socket.to_owned() }
+        }
+        _ => ControlError::NoAnswer { socket: socket.to_owned(), source },
+    };
+    let left = || deadline.saturating_duration_since(std::time::Instant::now()).max(Duration::from_millis(1));
+    stream.set_write_timeout(Some(left())).map_err(io)?;
+    let mut writer = stream.try_clone().map_err(io)?;
+    writer.write_all(format!("{}\n", cmd.to_line()).as_bytes()).map_err(io)?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    loop {
+        reader.get_ref().set_read_timeout(Some(left())).map_err(io)?;
+        let mut line = String::new();
+        match reader.read_line(&mut line).map_err(io)? {
+            0 => break,
+            _ => answer.push_str(&line),
+        }
+    }
+    let (status, text) = answer.split_once('\n').unwrap_or((answer.as_str(), ""));
+    match status {
+        "ok" => Ok(text.to_string()),
+        "" => Err(ControlError::NoAnswer {
+            socket: socket.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "it closed the connection"),
+        }),
+        _ => Err(ControlError::Daemon(text.trim_end().to_string())),
+    }
 }
 
 /// A command carried out: the text for the user, and for `retry` the login whose relay to wake.
