@@ -1,12 +1,14 @@
-//! `coi-proxy check`: validates the configuration, connects to every provider and reports what
-//! the proxy will pass on, strip and add, in a form a user can paste into a bug report. It
-//! never prints a password (it logs in nowhere) and reads the queue without changing it.
+//! `coi-proxy check`: validates the configuration and runs what the daemon will run: what `run`
+//! would refuse (listeners, `ca_file`s), every route, every provider (what the proxy will pass
+//! on, strip and add), and each account's `password_command` with a login at its servers. The
+//! report is fit to paste into a bug report: it never prints a password (the command's output
+//! and error output are not shown) and reads the queue without changing it.
 
 use std::fmt::Write;
 use std::path::Path;
 
 use crate::config::{Config, Security, SmtpProvider};
-use crate::imap::upstream::Upstream;
+use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::imap::wire::capability;
 use crate::smtp::relay::SmtpClient;
 use crate::tls::UpstreamTls;
@@ -21,10 +23,20 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
         Some(path) => _ = writeln!(out, "config: {} (valid)", path.display()),
         None => _ = writeln!(out, "config: none found, using defaults"),
     }
-    state_dir(&mut out, &config.state_dir);
+    let has_state = state_dir(&mut out, &config.state_dir);
     listeners(&mut out, config);
-    local_certificate(&mut out, &config.state_dir);
-    let _ = writeln!(out, "queue: {}", crate::smtp::control::summary(config));
+    for refusal in crate::app::refusals(config) {
+        ok = false;
+        let _ = writeln!(out, "run would refuse: {refusal}");
+    }
+    if has_state {
+        local_certificate(&mut out, &config.state_dir);
+        let _ = writeln!(out, "queue: {}", crate::smtp::control::summary(config));
+    } else {
+        let _ = writeln!(out, "local certificate: no state here (made at the daemon's first start)");
+        let _ = writeln!(out, "queue: no state here");
+    }
+    routes(&mut out, config);
 
     let providers = config.providers();
     if providers.is_empty() {
@@ -80,7 +92,122 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
             }
         }
     }
+    ok &= accounts(&mut out, config, &tls).await;
     (out, ok)
+}
+
+/// Where each `[[account]]` and every other login go.
+fn routes(out: &mut String, config: &Config) {
+    let show = |imap: Option<String>, smtp: Option<String>| {
+        let imap = imap.map_or("none".to_string(), |u| shown(&u, false));
+        let smtp = smtp.map_or("none (no submission)".to_string(), |u| shown(&u, true));
+        format!("imap {imap}, smtp {smtp}")
+    };
+    let upstream = config.upstream.as_ref();
+    for account in &config.accounts {
+        let who = match (&account.login, &account.domain) {
+            (Some(login), _) => format!("login {login}"),
+            (None, Some(domain)) => format!("domain {domain}"),
+            (None, None) => continue,
+        };
+        let imap = account.imap.clone().or(upstream.map(|u| u.imap.clone()));
+        let smtp = account.smtp.clone().or(upstream.and_then(|u| u.smtp.clone()));
+        let _ = writeln!(out, "route {who}: {}", show(imap, smtp));
+        if account.login.is_none() && account.password_command.is_some() {
+            let _ = writeln!(
+                out,
+                "  note: password_command is used only in an [[account]] with `login`; here it is ignored"
+            );
+        }
+    }
+    match upstream {
+        Some(u) => _ = writeln!(out, "route any other login: {}", show(Some(u.imap.clone()), u.smtp.clone())),
+        None => _ = writeln!(out, "route any other login: none (no [upstream]: such logins are refused)"),
+    }
+}
+
+/// A configured server URL as the report shows it: `host:port (mode)`.
+fn shown(url: &str, smtp: bool) -> String {
+    let parsed =
+        if smtp { crate::config::ServerUrl::parse_smtp(url) } else { crate::config::ServerUrl::parse_imap(url) };
+    parsed.map_or_else(|e| format!("invalid: {e}"), |u| format!("{u} ({})", mode(u.security)))
+}
+
+/// Each `[[account]]` with a `password_command`: runs it (its output is never shown) and logs
+/// in at the account's IMAP and submission servers with it, as the worker and the queue will.
+async fn accounts(out: &mut String, config: &Config, tls: &UpstreamTls) -> bool {
+    let mut ok = true;
+    let credentials = crate::account::Credentials::default();
+    for account in &config.accounts {
+        let (Some(login), Some(_)) = (&account.login, &account.password_command) else { continue };
+        let password = match credentials.password(config, login).await {
+            Ok(password) => {
+                let _ = writeln!(out, "\naccount {login}: password_command ok (printed a password)");
+                password
+            }
+            Err(e) => {
+                ok = false;
+                let reason = match e {
+                    crate::account::CredentialError::Command { reason, .. } => reason,
+                    e => e.to_string(),
+                };
+                let _ = writeln!(out, "\naccount {login}: password_command FAILED: {reason}");
+                continue;
+            }
+        };
+        let limits = &config.limits;
+        if let Some(provider) = config.provider_for(login) {
+            let server = provider.imap.to_string();
+            let result = match Upstream::connect(&provider, tls, limits.connect_timeout(), limits.max_line).await {
+                Ok(mut up) => {
+                    match tokio::time::timeout(limits.connect_timeout(), up.authenticate(login, &password)).await {
+                        Ok(Ok(AuthOutcome::Ok(_))) => Ok(()),
+                        Ok(Ok(AuthOutcome::Rejected(status))) => {
+                            Err(Login::Refused(String::from_utf8_lossy(&status).trim_end().to_string()))
+                        }
+                        Ok(Err(e)) => Err(Login::Failed(e.to_string())),
+                        Err(_) => Err(Login::Failed("no answer to the login in time".into())),
+                    }
+                }
+                Err(e) => Err(Login::Failed(e.to_string())),
+            };
+            ok &= login_line(out, &server, result);
+        }
+        if let Some(provider) = config.smtp_provider_for(login) {
+            let server = format!("submission {}", provider.smtp);
+            let result = match SmtpClient::connect(&provider, tls, limits.connect_timeout()).await {
+                Ok(mut client) => {
+                    let reply = client.authenticate(login, &password).await;
+                    client.quit().await;
+                    match reply {
+                        Ok(reply) if reply.code == 235 => Ok(()),
+                        Ok(reply) => Err(Login::Refused(reply.to_string())),
+                        Err(e) => Err(Login::Failed(e.to_string())),
+                    }
+                }
+                Err(e) => Err(Login::Failed(e.to_string())),
+            };
+            ok &= login_line(out, &server, result);
+        }
+        password.wipe();
+    }
+    ok
+}
+
+/// Why a login of `check` did not succeed: the server's verdict, or no verdict at all.
+enum Login {
+    Refused(String),
+    Failed(String),
+}
+
+/// One "login at …" line; whether it was accepted.
+fn login_line(out: &mut String, server: &str, result: Result<(), Login>) -> bool {
+    let _ = match &result {
+        Ok(()) => writeln!(out, "  login at {server}: accepted"),
+        Err(Login::Refused(why)) => writeln!(out, "  login at {server}: REFUSED: {why}"),
+        Err(Login::Failed(why)) => writeln!(out, "  login at {server}: not tried: {why}"),
+    };
+    result.is_ok()
 }
 
 fn listeners(out: &mut String, config: &Config) {
@@ -111,8 +238,10 @@ fn listeners(out: &mut String, config: &Config) {
     }
 }
 
-/// The state directory and whether anything is stored there (nothing is created).
-fn state_dir(out: &mut String, dir: &Path) {
+/// The state directory and whether anything is stored there (nothing is created); whether it
+/// exists.
+fn state_dir(out: &mut String, dir: &Path) -> bool {
+    let exists = dir.exists();
     let _ = match crate::state::existing(dir) {
         Ok(None) => {
             writeln!(out, "state_dir: {} ({})", dir.display(), crate::state::no_state_here(dir, "does not exist"))
@@ -123,6 +252,7 @@ fn state_dir(out: &mut String, dir: &Path) {
         Ok(Some(_)) => writeln!(out, "state_dir: {} (private)", dir.display()),
         Err(e) => writeln!(out, "state_dir: {} (NOT USABLE: {e})", dir.display()),
     };
+    exists
 }
 
 /// The local certificate: where the CA is, when the leaf expires, which names it covers.

@@ -61,16 +61,29 @@ pub fn init(config_filter: Option<&str>, format: Format) {
     }
 }
 
-/// Puts a reloaded `[log] filter` in force; `RUST_LOG`, when set, keeps precedence.
-pub fn reload_filter(config_filter: Option<&str>) {
-    if std::env::var("RUST_LOG").is_ok_and(|f| !f.is_empty()) {
-        return;
+/// What a reload did with `[log] filter`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FilterReload {
+    /// In force now (the filter, as written).
+    Applied(String),
+    /// Not applied: `RUST_LOG` (its value) is set and keeps precedence until a restart without it.
+    EnvWins(String),
+}
+
+/// Puts a reloaded `[log] filter` in force; `RUST_LOG`, when set, keeps precedence. The filter
+/// has been validated with the configuration (`config::Config::validate`).
+pub fn reload_filter(config_filter: Option<&str>) -> FilterReload {
+    if let Ok(env) = std::env::var("RUST_LOG")
+        && !env.is_empty()
+    {
+        return FilterReload::EnvWins(env);
     }
     if let Some(set) = SET_FILTER.get()
         && let Err(e) = set(filter(config_filter))
     {
         tracing::warn!("cannot change the log filter: {e}");
     }
+    FilterReload::Applied(config_filter.unwrap_or("info").to_string())
 }
 
 fn filter(config_filter: Option<&str>) -> EnvFilter {

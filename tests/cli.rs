@@ -153,3 +153,69 @@ fn cert_install_dry_run_says_what_it_would_do() {
         assert!(report.contains(".thunderbird/p.default"), "the user's Thunderbird profile is found:\n{report}");
     }
 }
+
+/// `check` with `config` as ./proxy.toml: exit code and report.
+fn check_with(dir: &Path, config: &str) -> (Option<i32>, String) {
+    std::fs::write(dir.join("proxy.toml"), config).unwrap();
+    let out = coi_proxy(&["check"], dir);
+    (out.status.code(), text(&out))
+}
+
+#[test]
+fn check_refuses_what_run_and_reload_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = Provider::start();
+    let upstream = format!("[upstream]\nimap = \"imap://127.0.0.1:{}\"\n", provider.imap_port);
+
+    // Only a metrics listener: `run` refuses to start without an IMAP listener.
+    let (code, report) = check_with(dir.path(), &format!("{upstream}[listen]\nmetrics = \"127.0.0.1:9143\"\n"));
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("run would refuse") && report.contains("no listener configured"), "{report}");
+
+    // An invalid log filter is a configuration error, as it is for run and a reload.
+    let (code, report) = check_with(dir.path(), &format!("{upstream}[log]\nfilter = \"coi_proxy=[\"\n"));
+    assert_eq!(code, Some(2), "{report}");
+    assert!(report.contains("log.filter") && report.contains("not a log filter"), "{report}");
+
+    // A ca_file that is missing or holds no certificate, although this provider is plain.
+    for (content, expected) in [(None, "cannot read"), (Some("garbage\n"), "no PEM certificate")] {
+        let ca = dir.path().join("provider-ca.pem");
+        let _ = std::fs::remove_file(&ca);
+        if let Some(content) = content {
+            std::fs::write(&ca, content).unwrap();
+        }
+        let config = format!("{upstream}ca_file = {:?}\n", ca.display().to_string());
+        let (code, report) = check_with(dir.path(), &config);
+        assert_eq!(code, Some(1), "{report}");
+        assert!(report.contains("ca_file") && report.contains(expected), "{expected}: {report}");
+    }
+}
+
+#[test]
+fn check_runs_each_password_command_and_logs_in_without_showing_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = Provider::start();
+    let account =
+        |login: &str, command: &str| format!("[[account]]\nlogin = \"{login}\"\npassword_command = {command:?}\n");
+    let config = format!(
+        "[upstream]\nimap = \"imap://127.0.0.1:{}\"\nsmtp = \"smtp://127.0.0.1:{}\"\n{}{}{}\
+         [[account]]\ndomain = \"example.net\"\nimap = \"imap://127.0.0.1:{}\"\n",
+        provider.imap_port,
+        provider.smtp_port,
+        account("alice@example.org", "echo secret"),
+        account("bob@example.org", "echo Wr0ng-Pw-77"),
+        account("carol@example.org", "echo Leaked-On-Stderr >&2; exit 3"),
+        provider.imap_port,
+    );
+    let (code, report) = check_with(dir.path(), &config);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("account alice@example.org: password_command ok"), "{report}");
+    assert!(report.contains(&format!("login at 127.0.0.1:{}: accepted", provider.imap_port)), "{report}");
+    assert!(report.contains(&format!("login at submission 127.0.0.1:{}: accepted", provider.smtp_port)), "{report}");
+    assert!(report.contains("account bob@example.org: password_command ok") && report.contains("REFUSED"), "{report}");
+    assert!(report.contains("account carol@example.org: password_command FAILED: exited with"), "{report}");
+    assert!(!report.contains("Wr0ng") && !report.contains("Leaked"), "{report}");
+    // Each route: which servers a login or domain goes to.
+    assert!(report.contains(&format!("route domain example.net: imap 127.0.0.1:{}", provider.imap_port)), "{report}");
+    assert!(report.contains("route any other login: imap"), "{report}");
+}

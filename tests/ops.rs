@@ -415,3 +415,44 @@ fn crates_with_unfixed_advisories_stay_out_of_the_lock_file() {
         assert!(!lock.contains(&format!("\nname = \"{name}\"\n")), "{name} is back in Cargo.lock ({why})");
     }
 }
+
+#[test]
+fn a_reload_names_what_needs_a_restart_and_applies_the_log_filter() {
+    let provider = Provider::start();
+    let closed = free_port();
+    // RUST_LOG unset (empty), so that [log] filter decides.
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{closed}"))
+        .extra("[log]\nfilter = \"info\"\n")
+        .log("")
+        .start();
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+
+    // The log filter applies at once: a debug line of the next session appears.
+    std::fs::write(&proxy.config_path, config.replace("filter = \"info\"", "filter = \"debug\"")).unwrap();
+    support::proxy::signal(proxy.pid(), 1);
+    let log = wait_for_count(&proxy, "configuration reloaded", 1);
+    assert!(log.contains("log filter now debug"), "{log}");
+    drop(proxy.connect());
+    proxy.wait_for_log(" connected", Duration::from_secs(5));
+
+    // The SMTP listener and state_dir need a restart: the reload says so and which.
+    let port = free_port();
+    let changed = config
+        .replace("smtp = \"127.0.0.1:0\"", &format!("smtp = \"127.0.0.1:{port}\""))
+        .replace("/state\"", "/other-state\"");
+    std::fs::write(&proxy.config_path, changed).unwrap();
+    support::proxy::signal(proxy.pid(), 1);
+    let log = wait_for_count(&proxy, "configuration reloaded", 2);
+    let line = log.lines().filter(|l| l.contains("configuration reloaded")).nth(1).unwrap();
+    assert!(line.contains("needs a restart"), "{line}");
+    assert!(line.contains(&format!("smtp listener 127.0.0.1:{port}")) && line.contains("state_dir"), "{line}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "not applied, as said");
+
+    // An invalid log filter is refused, not replaced by a default.
+    std::fs::write(&proxy.config_path, config.replace("filter = \"info\"", "filter = \"coi_proxy=[\"")).unwrap();
+    support::proxy::signal(proxy.pid(), 1);
+    let log = wait_for_count(&proxy, "configuration reload refused", 1);
+    assert!(log.contains("log.filter"), "{log}");
+}

@@ -186,6 +186,17 @@ impl ServerCertVerifier for PinnedOrPlatform {
     }
 }
 
+/// Whether a configured `ca_file` holds at least one PEM certificate: the problem, in words.
+pub fn check_ca_file(path: &Path) -> Result<usize, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let certs: Vec<_> =
+        CertificateDer::pem_slice_iter(&text).collect::<Result<_, _>>().map_err(|e| format!("not a PEM file: {e}"))?;
+    match certs.len() {
+        0 => Err("no PEM certificate in it (-----BEGIN CERTIFICATE-----)".into()),
+        n => Ok(n),
+    }
+}
+
 fn read(path: &Path) -> Result<String, TlsError> {
     std::fs::read_to_string(path).map_err(|source| TlsError::File { path: path.to_owned(), source })
 }
