@@ -6,11 +6,13 @@
 
 use std::fmt::Write;
 use std::path::Path;
+use std::time::Duration;
 
-use crate::config::{Config, Security, SmtpProvider};
-use crate::imap::upstream::{AuthOutcome, Upstream};
+use crate::config::{Config, Security, ServerUrl, SmtpProvider};
+use crate::imap::upstream::{AuthOutcome, Upstream, UpstreamError};
 use crate::imap::wire::capability;
-use crate::smtp::relay::SmtpClient;
+use crate::net::{NetError, Phase, TlsProblem};
+use crate::smtp::relay::{RelayError, SmtpClient};
 use crate::tls::UpstreamTls;
 
 /// Runs the checks and returns the report and whether every provider was reachable.
@@ -46,7 +48,8 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
     let tls = UpstreamTls::default();
     for provider in providers {
         let _ = writeln!(out, "\nprovider {} ({})", provider.imap, mode(provider.imap.security));
-        match Upstream::connect(&provider, &tls, config.limits.connect_timeout(), config.limits.max_line).await {
+        let attempt = Upstream::connect(&provider, &tls, config.limits.connect_timeout(), config.limits.max_line);
+        match with_tls_probe(&provider.imap, attempt).await {
             Ok(up) => {
                 let tls_line =
                     if up.conn.stream.is_tls() { "TLS ok, certificate verified" } else { "no TLS (loopback)" };
@@ -59,14 +62,16 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
             }
             Err(e) => {
                 ok = false;
-                let _ = writeln!(out, "  reachable: NO: {e}");
-                let _ = writeln!(out, "  {}", hint(&e.to_string()));
+                let error = e.as_ref().map(|e| (e.to_string(), imap_net(e)));
+                unreachable(&mut out, &provider.imap, false, error);
             }
         }
     }
     for provider in smtp_providers(config) {
         let _ = writeln!(out, "\nsubmission {} ({})", provider.smtp, mode(provider.smtp.security));
-        match SmtpClient::connect(&provider, &tls, config.limits.connect_timeout()).await {
+        match with_tls_probe(&provider.smtp, SmtpClient::connect(&provider, &tls, config.limits.connect_timeout()))
+            .await
+        {
             Ok(client) => {
                 let tls_line = if provider.smtp.security == Security::Plain {
                     "no TLS (loopback)"
@@ -87,8 +92,8 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
             }
             Err(e) => {
                 ok = false;
-                let _ = writeln!(out, "  reachable: NO: {e}");
-                let _ = writeln!(out, "  {}", hint(&e.to_string()));
+                let error = e.as_ref().map(|e| (e.to_string(), smtp_net(e)));
+                unreachable(&mut out, &provider.smtp, true, error);
             }
         }
     }
@@ -324,17 +329,91 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
-/// What to try next for a provider that cannot be reached.
-fn hint(error: &str) -> &'static str {
-    if error.contains("refused") {
-        "hint: nothing listens there; check the host and port (993 for imaps://, 143 for imap+starttls://, 465 for smtps://, 587 for smtp+starttls://)"
-    } else if error.contains("resolve") {
-        "hint: the host name does not resolve; check its spelling and this machine's DNS"
-    } else if error.contains("TLS") || error.contains("certificate") {
-        "hint: TLS failed; a wrong scheme (imaps:// against a STARTTLS port or the reverse) or a private CA (set ca_file) are the usual causes"
-    } else if error.contains("timed out") {
-        "hint: no answer in time; a firewall, or TLS spoken to a plain port (try the other scheme)"
-    } else {
-        "hint: run with RUST_LOG=debug for details"
+fn imap_net(e: &UpstreamError) -> Option<&NetError> {
+    match e {
+        UpstreamError::Net(net) => Some(net),
+        _ => None,
     }
+}
+
+fn smtp_net(e: &RelayError) -> Option<&NetError> {
+    match e {
+        RelayError::Net(net) => Some(net),
+        _ => None,
+    }
+}
+
+/// Runs `attempt` (connecting to `url`); for a plain or STARTTLS URL that has not answered after
+/// a second, also tries whether the port answers a TLS handshake, which explains the silence at
+/// once (`Err(None)`) instead of after the whole connect timeout.
+async fn with_tls_probe<T, E>(url: &ServerUrl, attempt: impl Future<Output = Result<T, E>>) -> Result<T, Option<E>> {
+    if url.security == Security::Implicit {
+        return attempt.await.map_err(Some);
+    }
+    let probe = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match crate::net::speaks_tls(url, Duration::from_secs(3)).await {
+            true => (),
+            false => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = attempt => result.map_err(Some),
+        () = probe => Err(None),
+    }
+}
+
+/// The report lines for a server that could not be used: what happened and what to change.
+/// `net` is the network error under the failure, if there is one; `None` for `error` means the
+/// TLS probe found the port speaking TLS from the first byte.
+fn unreachable(out: &mut String, url: &ServerUrl, smtp: bool, error: Option<(String, Option<&NetError>)>) {
+    let (tls, starttls, tls_port, starttls_port) =
+        if smtp { ("smtps", "smtp+starttls", 465, 587) } else { ("imaps", "imap+starttls", 993, 143) };
+    let Some((error, net)) = error else {
+        let _ =
+            writeln!(out, "  reachable: NO: connected, but {url} sent no greeting: it answers a TLS handshake instead");
+        let _ = writeln!(
+            out,
+            "  hint: this port speaks TLS from the first byte, not {}: use {tls}://{url} (or the STARTTLS port, usually {starttls_port})",
+            if url.security == Security::StartTls { "STARTTLS" } else { "plain text" }
+        );
+        return;
+    };
+    let _ = writeln!(out, "  reachable: NO: {error}");
+    let hint = match net {
+        Some(NetError::Refused { .. }) => format!(
+            "nothing listens there; check the host and port ({tls_port} for {tls}://, {starttls_port} for {starttls}://)"
+        ),
+        Some(NetError::Dns { .. }) => {
+            "the host name does not resolve; check its spelling and this machine's DNS".into()
+        }
+        Some(NetError::Tls { problem, .. }) => match problem {
+            TlsProblem::NotTls => format!(
+                "this port speaks plain text first: use {starttls}://{url} (or the implicit-TLS port, usually {tls_port})"
+            ),
+            TlsProblem::Untrusted => {
+                "the provider's certificate is not trusted here; for a private CA or a self-signed \
+                 certificate, set ca_file to its PEM file"
+                    .into()
+            }
+            TlsProblem::WrongHost => "the certificate names another host: configure the host name it was issued \
+                 for (the provider's documentation says which)"
+                .into(),
+            TlsProblem::Expired => "the provider's certificate has expired; only the provider can fix that".into(),
+            TlsProblem::Closed => format!(
+                "the server closed the connection in the TLS handshake; if this port expects STARTTLS, use {starttls}://{url}"
+            ),
+            TlsProblem::Setup => "the local TLS setup failed; check ca_file".into(),
+            TlsProblem::Other => "run with RUST_LOG=debug for details".into(),
+        },
+        Some(NetError::Timeout { phase: Phase::Greeting, .. }) => {
+            format!("connected, but no greeting came; if this port speaks TLS from the first byte, use {tls}://{url}")
+        }
+        Some(NetError::Timeout { phase: Phase::Connecting, .. }) => {
+            "no answer to the connection: a firewall, or a wrong host or port".into()
+        }
+        Some(NetError::Timeout { phase, .. }) => format!("the server stopped answering ({phase} it)"),
+        _ => "run with RUST_LOG=debug for details".into(),
+    };
+    let _ = writeln!(out, "  hint: {hint}");
 }

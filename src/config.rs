@@ -631,6 +631,11 @@ pub struct ServerUrl {
 pub enum UrlError {
     #[error("`{url}` is not a URL; use one of {known}")]
     NotUrl { url: String, known: String },
+    /// `imaps://user:password@host`: the part before `@` is never repeated (it may be a password).
+    #[error(
+        "`{scheme}://…@{rest}` has a user name or password in it; leave them out: coi-proxy logs in with what the mail client sends (what was there is not shown)"
+    )]
+    Credentials { scheme: String, rest: String },
     #[error("unknown scheme `{scheme}://`; use one of {known}")]
     Scheme { scheme: String, known: String },
     #[error("unclosed `[` in IPv6 address")]
@@ -678,7 +683,11 @@ impl ServerUrl {
     fn parse(url: &str, schemes: &[(&'static str, Security, u16)]) -> Result<ServerUrl, UrlError> {
         let known = || schemes.iter().map(|s| format!("{}://", s.0)).collect::<Vec<_>>().join(", ");
         let (scheme, rest) =
-            url.split_once("://").ok_or_else(|| UrlError::NotUrl { url: url.to_string(), known: known() })?;
+            url.split_once("://").ok_or_else(|| UrlError::NotUrl { url: redacted(url), known: known() })?;
+        let authority = rest.split('/').next().unwrap_or(rest);
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            return Err(UrlError::Credentials { scheme: scheme.to_string(), rest: host.to_string() });
+        }
         let &(_, security, default_port) = schemes
             .iter()
             .find(|s| s.0.eq_ignore_ascii_case(scheme))
@@ -707,8 +716,17 @@ impl ServerUrl {
         Ok(parsed)
     }
 
+    /// Whether the host is this machine.
     pub fn is_loopback(&self) -> bool {
         self.host.eq_ignore_ascii_case("localhost") || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+/// `url` fit for an error text: whatever precedes an `@` (a user name and password) replaced.
+fn redacted(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((_, host)) => format!("…@{host}"),
+        None => url.to_string(),
     }
 }
 
@@ -797,6 +815,18 @@ mod tests {
         assert!(err.contains("loopback") && err.contains("(use imaps:// or imap+starttls://)"), "{err}");
         let err = parse("[upstream]\nimap = \"imap://mail.example.org\"\n").unwrap_err().to_string();
         assert!(err.contains("upstream.imap"), "{err}");
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_refused_and_not_repeated() {
+        for url in
+            ["imaps://alice:Pw-9@imap.example.org", "imaps://alice:Pw-9@imap.example.org:993/x", "alice:Pw-9@host"]
+        {
+            let err = ServerUrl::parse_imap(url).unwrap_err().to_string();
+            assert!(!err.contains("Pw-9") && !err.contains("alice"), "{url}: {err}");
+        }
+        let err = ServerUrl::parse_imap("imaps://alice:Pw-9@imap.example.org").unwrap_err().to_string();
+        assert!(err.contains("user name or password") && err.contains("imap.example.org"), "{err}");
     }
 
     #[test]

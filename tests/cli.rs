@@ -4,6 +4,7 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use support::provider::Provider;
 
@@ -218,4 +219,106 @@ fn check_runs_each_password_command_and_logs_in_without_showing_the_secret() {
     // Each route: which servers a login or domain goes to.
     assert!(report.contains(&format!("route domain example.net: imap 127.0.0.1:{}", provider.imap_port)), "{report}");
     assert!(report.contains("route any other login: imap"), "{report}");
+}
+
+/// `check` against one IMAP or submission URL (with an optional ca_file): its report and how
+/// long it took.
+fn check_url(dir: &Path, provider: &Provider, imap: &str, smtp: Option<&str>, ca: bool) -> (String, Duration) {
+    let mut config = format!("[upstream]\nimap = {imap:?}\n");
+    if let Some(smtp) = smtp {
+        config.push_str(&format!("smtp = {smtp:?}\n"));
+    }
+    if ca {
+        config.push_str(&format!("ca_file = {:?}\n", provider.ca_cert.display().to_string()));
+    }
+    let started = Instant::now();
+    let (_, report) = check_with(dir, &config);
+    (report, started.elapsed())
+}
+
+/// The hint line under `what` (e.g. `provider 127.0.0.1:993`) in a check report.
+fn hint_for(report: &str, what: &str) -> String {
+    let block = report.split("\n\n").find(|b| b.starts_with(what)).unwrap_or_else(|| panic!("{what}: {report}"));
+    block.lines().find(|l| l.trim_start().starts_with("hint:")).unwrap_or("").to_string()
+}
+
+#[test]
+fn check_diagnoses_every_wrong_tls_mode_quickly_and_points_at_the_right_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = Provider::start();
+    let (imap, imaps, smtp, smtps) = (provider.imap_port, provider.imaps_port, provider.smtp_port, provider.smtps_port);
+
+    // STARTTLS configured, the port speaks TLS from the first byte: said at once, not after 15 s.
+    let (report, took) = check_url(
+        dir.path(),
+        &provider,
+        &format!("imap+starttls://127.0.0.1:{imaps}"),
+        Some(&format!("smtp+starttls://127.0.0.1:{smtps}")),
+        true,
+    );
+    assert!(took < Duration::from_secs(8), "took {took:?}:\n{report}");
+    for what in [format!("provider 127.0.0.1:{imaps}"), format!("submission 127.0.0.1:{smtps}")] {
+        let hint = hint_for(&report, &what);
+        assert!(hint.contains("speaks TLS from the first byte") && hint.contains("s://"), "{what}: {hint}\n{report}");
+    }
+    assert!(hint_for(&report, &format!("provider 127.0.0.1:{imaps}")).contains("imaps://"), "{report}");
+    assert!(hint_for(&report, &format!("submission 127.0.0.1:{smtps}")).contains("smtps://"), "{report}");
+    assert!(!report.contains("timed out connecting"), "{report}");
+
+    // Implicit TLS configured, the port speaks plain text first.
+    let (report, _) = check_url(
+        dir.path(),
+        &provider,
+        &format!("imaps://127.0.0.1:{imap}"),
+        Some(&format!("smtps://127.0.0.1:{smtp}")),
+        true,
+    );
+    let hint = hint_for(&report, &format!("provider 127.0.0.1:{imap}"));
+    assert!(hint.contains("imap+starttls://"), "{hint}\n{report}");
+    let hint = hint_for(&report, &format!("submission 127.0.0.1:{smtp}"));
+    assert!(hint.contains("smtp+starttls://"), "{hint}\n{report}");
+
+    // An untrusted certificate and a certificate for another host: no scheme hint.
+    let (report, _) = check_url(dir.path(), &provider, &format!("imaps://127.0.0.1:{imaps}"), None, false);
+    let hint = hint_for(&report, &format!("provider 127.0.0.1:{imaps}"));
+    assert!(hint.contains("ca_file") && !hint.contains("scheme") && !hint.contains("://"), "{hint}\n{report}");
+    // The provider's certificate covers localhost and 127.0.0.1; reached as 127.0.0.2 it names
+    // another host.
+    let other_name = forward("127.0.0.2", imaps);
+    let (report, _) = check_url(dir.path(), &provider, &format!("imaps://127.0.0.2:{other_name}"), None, true);
+    let hint = hint_for(&report, &format!("provider 127.0.0.2:{other_name}"));
+    assert!(hint.contains("host name") && !hint.contains("://"), "{hint}\n{report}");
+}
+
+#[test]
+fn a_password_in_an_upstream_url_is_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = coi_proxy(&["--upstream", "imaps://alice:Pw-Secret-9@imap.example.org", "run"], dir.path());
+    let msg = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{msg}");
+    assert!(!msg.contains("Pw-Secret-9") && !msg.contains("alice:"), "{msg}");
+    assert!(msg.contains("user name or password") && msg.starts_with("coi-proxy: --upstream: "), "{msg}");
+    std::fs::write(dir.path().join("proxy.toml"), "[upstream]\nimap = \"imaps://bob:Pw-Secret-9@imap.example.org\"\n")
+        .unwrap();
+    let out = coi_proxy(&["check"], dir.path());
+    assert!(!text(&out).contains("Pw-Secret-9") && text(&out).contains("upstream.imap"), "{}", text(&out));
+}
+
+/// A TCP forwarder from a port on `ip` to 127.0.0.1:`target`, for reaching a server by another
+/// address; lives as long as the test process.
+fn forward(ip: &str, target: u16) -> u16 {
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
+            for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    port
 }

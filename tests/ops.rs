@@ -282,7 +282,11 @@ fn healthz_and_metrics_follow_a_session() {
     };
     assert_eq!(sample(&after, "coi_proxy_sessions_open{listener=\"imap\"}"), 0.0, "{after}");
     assert_eq!(sample(&after, "coi_proxy_sessions_total{listener=\"imap\"}"), 2.0, "{after}");
-    assert_eq!(sample(&after, "coi_proxy_provider_connect_failures_total{cause=\"refused\"}"), 1.0, "{after}");
+    assert_eq!(
+        sample(&after, "coi_proxy_provider_connect_failures_total{protocol=\"imap\",cause=\"refused\"}"),
+        1.0,
+        "{after}"
+    );
     assert!(sample(&after, "coi_proxy_bytes_total{direction=\"from_client\"}") > 0.0, "{after}");
     assert!(sample(&after, "coi_proxy_bytes_total{direction=\"from_provider\"}") > 0.0, "{after}");
 }
@@ -455,4 +459,27 @@ fn a_reload_names_what_needs_a_restart_and_applies_the_log_filter() {
     support::proxy::signal(proxy.pid(), 1);
     let log = wait_for_count(&proxy, "configuration reload refused", 1);
     assert!(log.contains("log.filter"), "{log}");
+}
+
+#[test]
+fn metrics_count_submission_failures_and_relay_outcomes() {
+    let provider = Provider::start();
+    let closed = free_port();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{closed}"))
+        .listen("metrics = \"127.0.0.1:0\"")
+        .start();
+    let mut c = proxy.connect_smtp();
+    c.login("alice@example.org", "secret");
+    let reply =
+        c.send_message("alice@example.org", &["bob@example.org", "carol@example.org"], b"Subject: x\r\n\r\nx\r\n");
+    assert_eq!(reply.code, 250, "{}", c.transcript());
+    proxy.wait_for_log("delivery deferred", Duration::from_secs(10));
+    let (_, metrics) = http_get(proxy.metrics_port, "/metrics");
+    // The AUTH check and the relay attempt each found the submission server down.
+    let refused = sample(&metrics, "coi_proxy_provider_connect_failures_total{protocol=\"smtp\",cause=\"refused\"}");
+    assert!(refused >= 2.0, "{metrics}");
+    assert_eq!(sample(&metrics, "coi_proxy_relay_recipients_total{outcome=\"deferred\"}"), 2.0, "{metrics}");
+    assert_eq!(sample(&metrics, "coi_proxy_relay_recipients_total{outcome=\"delivered\"}"), 0.0, "{metrics}");
 }

@@ -298,6 +298,7 @@ async fn defer(ctx: &Smtp, id: u64, msg: &mut QueuedMessage, why: &str) {
     msg.record_attempt(t, format!("deferred: {why}"));
     msg.next_attempt_at = t + backoff(&ctx.shared.config().queue, msg.attempts.len());
     info!(id, retry_in_secs = msg.next_attempt_at - t, "delivery deferred: {why}");
+    crate::metrics::relayed("deferred", msg.pending().count() as u64);
     save(&ctx.shared.store, id, msg).await;
 }
 
@@ -402,6 +403,9 @@ async fn settle(ctx: &Smtp, id: u64, msg: &mut QueuedMessage, tx: Option<&Transa
     if failed > 0 {
         msg.report_pending = true;
     }
+    crate::metrics::relayed("delivered", delivered);
+    crate::metrics::relayed("refused", failed);
+    crate::metrics::relayed("deferred", deferred.len() as u64);
     let mut summary = format!("delivered to {delivered}");
     if failed > 0 {
         summary.push_str(&format!(", refused for {failed}"));
