@@ -5,6 +5,7 @@
 //! 0600, inside the 0700 state directory), and the command line asks it there; only when no
 //! daemon answers does the command line open the store itself.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -119,7 +120,7 @@ pub fn cli(config: &Config, cmd: Command) -> Result<String, ControlError> {
         return Err(ControlError::NoState(crate::state::no_state_here(dir, "has no store (coi-proxy.redb)")));
     }
     let store = Store::open(dir).map_err(|source| ControlError::Locked { source, socket })?;
-    let text = execute(&store, cmd)?.text;
+    let text = execute(&store, cmd, None)?.text;
     Ok(match cmd {
         Command::List => format!(
             "state directory: {} (no daemon is running: read from the store; nothing is sent until coi-proxy runs)\n{text}",
@@ -188,25 +189,59 @@ struct Done {
 /// Carries out `cmd` on the store. For `retry`, also returns the message's login so that a
 /// daemon can wake its relay. Waits for the store's writer: never call it on the runtime (the
 /// daemon runs it with `spawn_blocking`).
-fn execute(store: &Store, cmd: Command) -> Result<Done, ControlError> {
+/// `waits`: why each account's mail waits, from the running daemon's relay; `None` when no
+/// daemon runs (then nothing is sent at all).
+fn execute(store: &Store, cmd: Command, waits: Option<&HashMap<String, String>>) -> Result<Done, ControlError> {
     match cmd {
         Command::List => {
             let list = store.queue_list()?;
-            Ok(Done { text: describe(&list, now()) + &crate::receipts::sent::describe(store), wake: None })
+            let text = describe(&list, now(), waits) + &deliveries(&store.deliveries()?);
+            Ok(Done { text: text + &crate::receipts::sent::describe(store), wake: None })
         }
         Command::Retry(id) => {
             let mut msg = store.queue_get(id)?.ok_or(ControlError::NoSuchMessage(id))?;
             msg.next_attempt_at = now();
             store.queue_save(id, &msg).wait()?;
-            Ok(Done { text: format!("message {id} will be tried again now\n"), wake: Some(msg.login) })
+            let text = match waits {
+                Some(_) => format!("message #{id} will be tried again now\n"),
+                None => format!("message #{id} will be tried as soon as coi-proxy runs\n"),
+            };
+            Ok(Done { text, wake: Some(msg.login) })
         }
         Command::Drop(id) => match store.queue_remove(id).wait()? {
             true => {
-                Ok(Done { text: format!("message {id} removed from the queue; it will not be sent\n"), wake: None })
+                Ok(Done { text: format!("message #{id} removed from the queue; it will not be sent\n"), wake: None })
             }
             false => Err(ControlError::NoSuchMessage(id)),
         },
     }
+}
+
+/// How many deliveries `queue list` shows at most (the newest).
+const DELIVERIES_SHOWN: usize = 50;
+
+/// The recent deliveries as text: one line per recipient, newest last.
+fn deliveries(list: &[crate::store::Delivery]) -> String {
+    if list.is_empty() {
+        return String::new();
+    }
+    let days = crate::store::DELIVERIES_KEPT_SECS / 86_400;
+    let mut out = format!("\nRecent deliveries (kept {days} days), newest last:\n");
+    if list.len() > DELIVERIES_SHOWN {
+        out.push_str(&format!("    … {} earlier ones not shown\n", list.len() - DELIVERIES_SHOWN));
+    }
+    for d in &list[list.len().saturating_sub(DELIVERIES_SHOWN)..] {
+        let what = if d.delivered { "delivered" } else { "FAILED" };
+        out.push_str(&format!(
+            "    #{}  {} to {}: {what} {} ({})\n",
+            d.id,
+            d.login,
+            d.recipient,
+            rfc5322_date(d.at),
+            d.reply
+        ));
+    }
+    out
 }
 
 /// Serves the control socket until shutdown.
@@ -242,7 +277,8 @@ pub async fn serve(ctx: Arc<Smtp>, mut shutdown: watch::Receiver<bool>) {
             let reply = match Command::parse(&line) {
                 Some(cmd) => {
                     let store = ctx.shared.store.clone();
-                    let result = tokio::task::spawn_blocking(move || execute(&store, cmd))
+                    let waits = ctx.waits.snapshot();
+                    let result = tokio::task::spawn_blocking(move || execute(&store, cmd, Some(&waits)))
                         .await
                         .unwrap_or_else(|e| Err(e.into()));
                     if let Ok(Done { wake: Some(login), .. }) = &result
@@ -266,8 +302,9 @@ pub async fn serve(ctx: Arc<Smtp>, mut shutdown: watch::Receiver<bool>) {
     let _ = std::fs::remove_file(&path);
 }
 
-/// The queue as text for people: one block per message.
-pub fn describe(list: &[(u64, QueuedMessage)], now: i64) -> String {
+/// The queue as text for people: one block per message, with why it waits (`waits` as in
+/// [`execute`]).
+pub fn describe(list: &[(u64, QueuedMessage)], now: i64, waits: Option<&HashMap<String, String>>) -> String {
     if list.is_empty() {
         return "The queue is empty.\n".into();
     }
@@ -291,10 +328,20 @@ pub fn describe(list: &[(u64, QueuedMessage)], now: i64) -> String {
         if msg.report_pending {
             out.push_str("    a failure report for the sender is waiting to be put into the INBOX\n");
         }
+        let why = match waits {
+            Some(waits) => waits.get(&msg.login.to_ascii_lowercase()).cloned(),
+            None => Some("no coi-proxy runs with this state directory; nothing is sent until one does".into()),
+        };
         if msg.pending().next().is_some() || msg.report_pending {
-            let wait = msg.next_attempt_at - now;
-            let next = if wait <= 0 { "now".to_string() } else { format!("in {wait} s") };
-            out.push_str(&format!("    next attempt {next}; gives up {}\n", rfc5322_date(msg.give_up_at)));
+            let gives_up = rfc5322_date(msg.give_up_at);
+            match &why {
+                Some(why) => out.push_str(&format!("    waiting: {why}; gives up {gives_up}\n")),
+                None => {
+                    let wait = msg.next_attempt_at - now;
+                    let next = if wait <= 0 { "now".to_string() } else { format!("in {wait} s") };
+                    out.push_str(&format!("    next attempt {next}; gives up {gives_up}\n"));
+                }
+            }
         }
         match msg.attempts.last() {
             Some(last) => out.push_str(&format!(
@@ -303,6 +350,7 @@ pub fn describe(list: &[(u64, QueuedMessage)], now: i64) -> String {
                 rfc5322_date(last.at),
                 last.result
             )),
+            None if why.is_some() => out.push_str("    no attempt yet\n"),
             None => out.push_str("    not tried yet\n"),
         }
     }
@@ -320,6 +368,8 @@ mod tests {
             assert_eq!(Command::parse(&cmd.to_line()), Some(cmd));
         }
         assert_eq!(Command::parse("queue drop x"), None);
+        assert_eq!(Command::parse("queue drop #12"), Some(Command::Drop(12)));
+        assert_eq!((parse_id("#3"), parse_id(" 3 "), parse_id("#"), parse_id("-3")), (Some(3), Some(3), None, None));
         assert_eq!(Command::parse("rm -rf"), None);
     }
 
@@ -327,7 +377,9 @@ mod tests {
     fn list_retry_drop_on_a_store() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(execute(&store, Command::List).unwrap().text, "The queue is empty.\n");
+        let running = HashMap::new();
+        let daemon = Some(&running);
+        assert_eq!(execute(&store, Command::List, daemon).unwrap().text, "The queue is empty.\n");
         let msg = QueuedMessage {
             login: "alice@example.org".into(),
             from: "alice@example.org".into(),
@@ -347,13 +399,19 @@ mod tests {
             chat_followup: false,
         };
         let id = store.queue_insert(&msg, b"x".to_vec(), None).wait().unwrap();
-        let list = execute(&store, Command::List).unwrap().text;
+        let list = execute(&store, Command::List, daemon).unwrap().text;
         assert!(list.contains(&format!("#{id}  from alice@example.org")), "{list}");
         assert!(list.contains("to bob@example.org: pending") && list.contains("not tried yet"), "{list}");
-        let login = execute(&store, Command::Retry(id)).unwrap().wake;
+        let login = execute(&store, Command::Retry(id), daemon).unwrap().wake;
         assert_eq!(login.as_deref(), Some("alice@example.org"));
-        assert!(execute(&store, Command::List).unwrap().text.contains("next attempt now"));
-        execute(&store, Command::Drop(id)).unwrap();
-        assert!(execute(&store, Command::Drop(id)).unwrap_err().to_string().contains("no message"));
+        assert!(execute(&store, Command::List, daemon).unwrap().text.contains("next attempt now"));
+        // Why it waits, as the relay knows it; and with no daemon at all.
+        let waits = HashMap::from([("alice@example.org".to_string(), "no password known".to_string())]);
+        let list = execute(&store, Command::List, Some(&waits)).unwrap().text;
+        assert!(list.contains("waiting: no password known;") && !list.contains("next attempt"), "{list}");
+        let list = execute(&store, Command::List, None).unwrap().text;
+        assert!(list.contains("waiting: no coi-proxy runs with this state directory"), "{list}");
+        execute(&store, Command::Drop(id), daemon).unwrap();
+        assert!(execute(&store, Command::Drop(id), daemon).unwrap_err().to_string().contains("no message #"));
     }
 }

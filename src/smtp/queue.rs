@@ -175,10 +175,17 @@ pub async fn run_relay(
                     if waiting.remove(&login) {
                         info!(login, "password known now; relaying the waiting mail");
                     }
+                    ctx.waits.set(&login, "being sent now".into());
                     busy.insert(login.clone());
                     jobs.spawn(deliver_batch(ctx.clone(), login, password, ids));
                 }
                 Err(e) => {
+                    ctx.waits.set(&login, match &e {
+                        CredentialError::Unknown { .. } => format!(
+                            "no password known for {login} until it logs in through the proxy (IMAP or SMTP), or set password_command"
+                        ),
+                        e => e.to_string(),
+                    });
                     if waiting.insert(login.clone()) {
                         match e {
                             CredentialError::Unknown { .. } => info!(
@@ -209,6 +216,7 @@ pub async fn run_relay(
             Some(done) = jobs.join_next(), if !jobs.is_empty() => match done {
                 Ok((login, results)) => {
                     busy.remove(&login);
+                    ctx.waits.clear(&login);
                     for (id, next) in results {
                         match next {
                             Some(at) => if let Some(d) = schedule.get_mut(&id) { d.at = at },

@@ -74,7 +74,7 @@ pub async fn start(
         return Ok(Vec::new());
     }
     let queue = Queue::new(shared.clone());
-    let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue });
+    let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue, waits: Default::default() });
     let mut tasks = Vec::new();
     for (addr, kind) in wanted {
         let label = match kind {

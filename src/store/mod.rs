@@ -32,6 +32,8 @@ use redb::{
 };
 use tracing::warn;
 
+mod deliveries;
+pub use deliveries::{DELIVERIES_KEPT_SECS, Delivery};
 mod queue;
 pub use queue::{Attempt, MailParams, QueueCap, QueueUsage, QueuedMessage, Recipient, RecipientState};
 
