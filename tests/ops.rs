@@ -483,3 +483,57 @@ fn metrics_count_submission_failures_and_relay_outcomes() {
     assert_eq!(sample(&metrics, "coi_proxy_relay_recipients_total{outcome=\"deferred\"}"), 2.0, "{metrics}");
     assert_eq!(sample(&metrics, "coi_proxy_relay_recipients_total{outcome=\"delivered\"}"), 0.0, "{metrics}");
 }
+
+#[test]
+fn log_lines_carry_words_not_rust_debug_forms() {
+    let provider = Provider::start();
+    let closed = free_port();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{closed}"))
+        .extra(&format!("[[account]]\ndomain = \"down.example\"\nimap = \"imap://127.0.0.1:{closed}\"\n"))
+        .log("info")
+        .start();
+    // A session that ends normally, an SMTP login nobody can check, a reload that renews.
+    let mut c = proxy.connect();
+    c.login("alice@example.org", "secret");
+    c.expect_ok("l1 LOGOUT");
+    drop(c);
+    let mut smtp = proxy.connect_smtp();
+    smtp.ehlo();
+    assert_eq!(smtp.auth_plain("carol@down.example", "secret").code / 100, 4, "{}", smtp.transcript());
+    coi_proxy::tls::set_recorded_expiry(&proxy.state, time::OffsetDateTime::now_utc() + time::Duration::days(3))
+        .unwrap();
+    support::proxy::signal(proxy.pid(), 1);
+    wait_for_count(&proxy, "configuration reloaded", 1);
+    let log = wait_for_count(&proxy, "session ended", 1);
+    assert!(log.contains("local certificate renewed (it expires on"), "{log}");
+    for debug_form in ["ClientClosed", "ProviderClosed", "Unavailable(\"", "Renewed(\"", "Some(\"", "Err("] {
+        assert!(!log.contains(debug_form), "{debug_form:?} in the log:\n{log}");
+    }
+    // Every session's outcome is words (`outcome=the client closed …`), not an enum's name.
+    for line in log.lines().filter(|l| l.contains("outcome=")) {
+        let outcome = line.split("outcome=").nth(1).unwrap();
+        assert!(!outcome.starts_with(|c: char| c.is_ascii_uppercase()), "{line}");
+    }
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_names_the_first() {
+    let first = Proxy::builder().upstream(format!("imap://127.0.0.1:{}", free_port())).start();
+    let config = first.state_dir.path().join("second.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[upstream]\nimap = \"imap://127.0.0.1:1\"\n[listen]\nimap = \"127.0.0.1:0\"\n",
+            first.state.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_coi-proxy")).arg("--config").arg(&config).arg("run").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("another coi-proxy uses this state directory"), "{text}");
+    assert!(!text.contains("Database already open"), "{text}");
+    assert_eq!(text.matches("another coi-proxy").count(), 1, "said once:\n{text}");
+}

@@ -261,7 +261,7 @@ async fn run(
                         // Slows down password guessing, as on the IMAP side.
                         tokio::time::sleep(delay).await;
                     }
-                    AuthResult::Unavailable(_) => info!(login, "login not checked: {result:?}"),
+                    AuthResult::Unavailable(why) => info!(login, "login not checked: {why}"),
                 }
                 password.wipe();
                 session.auth_result(result);
