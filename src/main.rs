@@ -14,6 +14,7 @@ use coi_proxy::config::{self, Config, ConfigError};
     after_help = "Examples:\n  \
         coi-proxy run --upstream imaps://imap.example.org:993   # no config file needed\n  \
         coi-proxy run --config /etc/coi-proxy/proxy.toml\n  \
+        coi-proxy setup alice@example.org --password-stdin      # find the provider, add the account\n  \
         coi-proxy check                                         # test the config and the provider\n  \
         coi-proxy cert export ~/coi-proxy-ca.pem                # the certificate your mail client must trust\n\n\
         Without --config, proxy.toml is looked for in ., $XDG_CONFIG_HOME/coi-proxy and /etc/coi-proxy."
@@ -57,6 +58,9 @@ enum Command {
         /// The provider's IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap).
         #[arg(long, value_name = "URL")]
         upstream: Option<String>,
+        /// Only validate the configuration: contact no provider (exit status 1 if none is configured).
+        #[arg(long)]
+        offline: bool,
     },
     /// Manages the local TLS certificate that mail clients connect to.
     Cert {
@@ -68,6 +72,30 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Finds the provider's servers from an e-mail address, tries the login and adds the account
+    /// to the configuration; then prints what to enter in the mail client.
+    Setup(coi_proxy::cli::setup::SetupArgs),
+    /// Writes a file that sets up a mail client in one step (to stdout).
+    Profile {
+        #[command(subcommand)]
+        kind: coi_proxy::cli::profile::ProfileCommand,
+    },
+    /// Writes the man pages or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// coi-proxy.1 and one page per subcommand, into DIR.
+    Man { dir: PathBuf },
+    /// The completion script for SHELL, to stdout.
+    Completions { shell: coi_proxy::cli::generate::Shell },
+    /// Man pages into DIR/man and completions into DIR/completions (what the package installs).
+    All { dir: PathBuf },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -131,6 +159,12 @@ enum CertAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Generate { what } => return generate(what),
+        // Before the config is read: setup may create the file, or name what is wrong in it.
+        Command::Setup(args) => return setup(args, cli.config.as_deref()),
+        _ => {}
+    }
     let (config, source) = match load_config(&cli) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -176,8 +210,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { .. } => {
-            let (report, ok) = runtime.block_on(coi_proxy::check::run(&config, source.as_deref()));
+        Command::Check { offline, .. } => {
+            let (report, ok) = match offline {
+                true => coi_proxy::check::offline(&config, source.as_deref()),
+                false => runtime.block_on(coi_proxy::check::run(&config, source.as_deref())),
+            };
             print!("{report}");
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
@@ -187,6 +224,23 @@ fn main() -> ExitCode {
             CertAction::Create => create_cert(&config),
             CertAction::Rotate { overlap_days } => rotate_cert(&config, overlap_days),
         }),
+        Command::Profile { kind } => match coi_proxy::cli::profile::run(&config, &kind) {
+            Ok(bytes) => {
+                use std::io::Write;
+                match std::io::stdout().write_all(&bytes) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("coi-proxy: cannot write the profile: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("coi-proxy: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Generate { .. } | Command::Setup(_) => unreachable!("handled before the config is read"),
         Command::Queue { action } => {
             use coi_proxy::smtp::control::{self, Command as Q};
             let cmd = match action {
@@ -194,18 +248,49 @@ fn main() -> ExitCode {
                 QueueAction::Retry { id } => Q::Retry(id),
                 QueueAction::Drop { id } => Q::Drop(id),
             };
-            print_or_fail(control::cli(&config, cmd).map_err(|e| e.to_string()))
+            print_or_fail(control::cli(&config, cmd))
         }
     }
 }
 
+fn setup(args: &coi_proxy::cli::setup::SetupArgs, config: Option<&std::path::Path>) -> ExitCode {
+    let path = coi_proxy::cli::setup::config_path(config);
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|rt| rt.block_on(coi_proxy::cli::setup::run(args, &path)).map_err(|e| e.to_string()));
+    print_or_fail(result)
+}
+
 /// A command's text on stdout, or its error on stderr and a failing exit status.
-fn print_or_fail(result: Result<String, String>) -> ExitCode {
+fn print_or_fail<E: std::fmt::Display>(result: Result<String, E>) -> ExitCode {
     match result {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
         }
+        Err(e) => {
+            eprintln!("coi-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn generate(what: &Generate) -> ExitCode {
+    use clap::CommandFactory;
+    use coi_proxy::cli::generate;
+    let result = match what {
+        Generate::Man { dir } => generate::man_pages(Cli::command(), dir),
+        Generate::All { dir } => generate::all(Cli::command(), dir),
+        Generate::Completions { shell } => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&generate::completions(Cli::command(), *shell));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("coi-proxy: {e}");
             ExitCode::FAILURE
@@ -223,7 +308,7 @@ fn command_log_format(command: &Command) -> Option<LogFormat> {
 /// `--upstream` after the subcommand (`run`, `check`), else before it.
 fn upstream_override(command: &Command, cli: &Cli) -> Option<String> {
     let after = match command {
-        Command::Run { upstream, .. } | Command::Check { upstream } => upstream.clone(),
+        Command::Run { upstream, .. } | Command::Check { upstream, .. } => upstream.clone(),
         _ => None,
     };
     after.or_else(|| cli.upstream.clone())
