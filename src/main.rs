@@ -91,11 +91,20 @@ enum Command {
 #[derive(Subcommand)]
 enum Generate {
     /// coi-proxy.1 and one page per subcommand, into DIR.
-    Man { dir: PathBuf },
+    Man {
+        /// The directory for the pages.
+        dir: PathBuf,
+    },
     /// The completion script for SHELL, to stdout.
-    Completions { shell: coi_proxy::cli::generate::Shell },
+    Completions {
+        /// The shell the script is for.
+        shell: coi_proxy::cli::generate::Shell,
+    },
     /// Man pages into DIR/man and completions into DIR/completions (what the package installs).
-    All { dir: PathBuf },
+    All {
+        /// The directory to write `man/` and `completions/` into.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
