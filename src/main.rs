@@ -185,6 +185,9 @@ fn main() -> ExitCode {
         Some(LogFormat::Json) => coi_proxy::logging::Format::Json,
         _ => coi_proxy::logging::Format::Human,
     };
+    if let Command::Run { trace_protocol: true, .. } = cli.command {
+        coi_proxy::logging::keep_protocol_trace();
+    }
     coi_proxy::logging::init(config.log.filter.as_deref(), format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

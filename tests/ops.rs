@@ -537,3 +537,47 @@ fn a_second_daemon_on_the_same_state_dir_names_the_first() {
     assert!(!text.contains("Database already open"), "{text}");
     assert_eq!(text.matches("another coi-proxy").count(), 1, "said once:\n{text}");
 }
+
+#[test]
+fn protocol_trace_shows_both_directions_before_login_never_sasl_data_and_survives_rust_log_warn() {
+    use base64::Engine;
+    let provider = Provider::start();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .arg("--trace-protocol")
+        // Warnings only, but for the start-up lines the harness waits for.
+        .log("warn,coi_proxy::app=info")
+        .start();
+    let token = base64::engine::general_purpose::STANDARD
+        .encode("user=alice@example.org\x01auth=Bearer ya29.Secret-Token-42\x01\x01");
+    let mut c = proxy.connect();
+    c.expect_ok("c1 CAPABILITY");
+    // XOAUTH2 data sent without waiting for `+`: the mechanism is refused, and the token that
+    // follows is not a command.
+    c.send_raw(format!("x AUTHENTICATE XOAUTH2\r\n{token}\r\n").as_bytes());
+    assert!(c.read_line().starts_with("x NO"));
+    let bad = c.read_line();
+    assert!(bad.contains("BAD"), "{bad}");
+    c.send_raw(b"p AUTHENTICATE PLAIN\r\n");
+    assert!(c.read_line().starts_with('+'));
+    c.send_raw(b"*\r\n");
+    assert!(c.read_line().starts_with("p BAD"));
+    c.login("alice@example.org", "secret");
+
+    let log = proxy.wait_for_log("S: L1 OK", Duration::from_secs(5));
+    for expected in [
+        "S: * OK [CAPABILITY",
+        "C: c1 CAPABILITY",
+        "S: * CAPABILITY",
+        "S: c1 OK",
+        "C: x AUTHENTICATE XOAUTH2",
+        "S: x NO",
+        "S: +",
+        "C: L1 LOGIN [redacted]",
+    ] {
+        assert!(log.contains(expected), "{expected:?} missing from the trace:\n{log}");
+    }
+    for secret in [token.as_str(), "ya29", "Secret-Token"] {
+        assert!(!log.contains(secret), "{secret:?} found in the trace:\n{log}");
+    }
+}

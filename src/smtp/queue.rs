@@ -289,6 +289,8 @@ async fn deliver_batch(ctx: Arc<Smtp>, login: String, password: Secret, ids: Vec
     for (id, msg) in msgs {
         results.push((id, (!msg.is_done()).then_some(msg.next_attempt_at)));
     }
+    // Done sending; the relay task clears it too when it takes the results.
+    ctx.waits.clear(&login);
     (login, results)
 }
 
