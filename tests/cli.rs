@@ -60,6 +60,9 @@ fn run_without_a_provider_says_how_to_give_one() {
     let out = coi_proxy(&["--upstream", "imap://mail.example.org", "run"], dir.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("loopback"), "{}", text(&out));
+    // Said once, naming the option, not the option and a key.
+    assert!(text(&out).starts_with("coi-proxy: --upstream: `imap://"), "{}", text(&out));
+    assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
 }
 
 #[test]
