@@ -298,27 +298,15 @@ fn no_secret_reaches_a_trace_level_log() {
     }
 }
 
-/// The first line the proxy sends on a plain TCP connection to `port` after `send`, and when.
-fn first_line_plain(port: u16, send: &[u8]) -> (String, Duration) {
-    use std::io::{BufRead, Write};
-    let started = Instant::now();
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
-    tcp.write_all(send).unwrap();
-    let mut line = String::new();
-    let _ = std::io::BufReader::new(tcp).read_line(&mut line);
-    (line, started.elapsed())
-}
-
 #[test]
 fn a_plain_client_on_the_implicit_tls_port_is_told_at_once() {
     let provider = Provider::start();
     let proxy = Proxy::for_port(provider.imap_port);
     // Set to STARTTLS or no security: the client waits for a greeting that TLS never sends.
-    let (line, took) = first_line_plain(proxy.imaps_port, b"");
+    let (line, took) = support::first_line(proxy.imaps_port, b"");
     assert!(line.starts_with("* BYE ") && line.contains("SSL/TLS"), "{line:?}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    let (line, took) = first_line_plain(proxy.imaps_port, b"a1 CAPABILITY\r\n");
+    let (line, took) = support::first_line(proxy.imaps_port, b"a1 CAPABILITY\r\n");
     assert!(line.starts_with("* BYE ") && took < Duration::from_secs(1), "{line:?} after {took:?}");
     let log = proxy.wait_for_log("on the implicit-TLS IMAP port", Duration::from_secs(5));
     assert!(log.contains("set the client to SSL/TLS here"), "{log}");

@@ -245,28 +245,15 @@ fn shutdown_says_421_to_an_idle_client_and_exits_cleanly() {
     idle.expect_eof();
 }
 
-/// The first line the proxy sends on a plain connection to `port` (after `send`, if any), and
-/// how long it took.
-fn first_line(port: u16, send: &[u8]) -> (String, Duration) {
-    use std::io::{BufRead, Write};
-    let started = std::time::Instant::now();
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
-    tcp.write_all(send).unwrap();
-    let mut line = String::new();
-    let _ = std::io::BufReader::new(tcp).read_line(&mut line);
-    (line, started.elapsed())
-}
-
 #[test]
 fn a_client_in_the_wrong_tls_mode_is_told_at_once() {
     let (_provider, proxy) = setup();
     // STARTTLS (or no security) set for the implicit-TLS port: the client waits for a greeting.
-    let (line, took) = first_line(proxy.smtps_port, b"");
+    let (line, took) = support::first_line(proxy.smtps_port, b"");
     assert!(line.starts_with("554 5.7.0 ") && line.contains("SSL/TLS"), "{line:?}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
     // A client that speaks first gets the answer at once.
-    let (line, took) = first_line(proxy.smtps_port, b"EHLO client.example\r\n");
+    let (line, took) = support::first_line(proxy.smtps_port, b"EHLO client.example\r\n");
     assert!(line.starts_with("554 5.7.0 ") && took < Duration::from_secs(1), "{line:?} after {took:?}");
     proxy.wait_for_log("on the implicit-TLS SMTP port", Duration::from_secs(5));
 
