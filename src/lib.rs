@@ -24,6 +24,7 @@ pub mod receipts;
 pub mod sd_notify;
 pub mod secret;
 pub mod smtp;
+pub mod state;
 pub mod store;
 pub mod tls;
 pub mod trust;

@@ -11,7 +11,7 @@ use std::path::Path;
 /// The floors, bottom up (ARCHITECTURE.md, "The map").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Level {
-    /// L0: config, account, mail, limits, logging, secret, net, tls, metrics, sd_notify, clock.
+    /// L0: config, account, mail, limits, logging, secret, net, tls, state, metrics, sd_notify, clock.
     Floor,
     /// L1: `imap::wire` (the IMAP syntax) and `store` (redb); neither imports the other.
     Base,
@@ -56,6 +56,7 @@ const FLOOR_FILES: &[&str] = &[
     "secret",
     "net",
     "tls",
+    "state",
     "metrics",
     "sd_notify",
     "clock",
