@@ -172,8 +172,9 @@ impl AsyncWrite for Stream {
 
 /// How long a client on an implicit-TLS listener may send nothing before it is taken for one
 /// that waits for a plain greeting (set to STARTTLS or no security): TLS clients send their
-/// hello right after connecting.
-pub const TLS_HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// hello right after connecting. Not shorter: on a lossy mobile link a lost hello is sent again
+/// after about 1 s, and again 2 s later.
+pub const TLS_HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// What a client sent first on a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
