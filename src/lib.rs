@@ -14,6 +14,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod openpgp;
 pub mod push;
 pub mod sd_notify;
 pub mod secret;
