@@ -18,3 +18,4 @@
 pub mod fingerprint;
 pub mod key;
 pub mod mime;
+pub mod seal;
