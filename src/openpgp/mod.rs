@@ -15,6 +15,8 @@
 //! - [`securejoin`]: invite links and the handshake, both roles
 //! - [`mime`]: byte-level header helpers
 
+pub mod autocrypt;
+pub mod decrypt;
 pub mod fingerprint;
 pub mod key;
 pub mod mime;
