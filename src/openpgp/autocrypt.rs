@@ -119,7 +119,8 @@ impl AutocryptHeader {
     }
 
     /// The header value as we send it: `addr=…; [prefer-encrypt=mutual;] [_verified=1;]
-    /// keydata=…`, the key data split into words of 76 characters so [`fold`] can fold it.
+    /// keydata=…`, the key data split into words as Delta Chat splits it (70 characters, then
+    /// 78) so [`fold`] folds it into the same lines.
     pub fn value(&self) -> String {
         let mut out = format!("addr={};", self.addr);
         if self.prefer_encrypt == PreferEncrypt::Mutual {
@@ -130,10 +131,10 @@ impl AutocryptHeader {
         }
         out.push_str(" keydata=");
         let data = base64::engine::general_purpose::STANDARD.encode(self.key.to_bytes());
-        for (i, chunk) in data.as_bytes().chunks(76).enumerate() {
-            if i > 0 {
-                out.push(' ');
-            }
+        let first = data.len().min(70);
+        out.push_str(&data[..first]);
+        for chunk in data.as_bytes()[first..].chunks(78) {
+            out.push(' ');
             // Base64 output is ASCII.
             out.push_str(std::str::from_utf8(chunk).unwrap_or(""));
         }
@@ -241,13 +242,28 @@ mod tests {
             verified: false,
         };
         let field = h.field("Autocrypt");
-        assert!(field.starts_with("Autocrypt: addr=alice@example.org; prefer-encrypt=mutual; keydata="));
-        assert!(field.lines().all(|l| l.len() <= 78), "{field}");
+        assert!(field.starts_with("Autocrypt: addr=alice@example.org; prefer-encrypt=mutual;\r\n keydata="));
+        assert!(field.lines().all(|l| l.len() <= 79), "{field}");
         let value = crate::openpgp::mime::first_value(field.as_bytes(), "Autocrypt").unwrap();
         assert_eq!(AutocryptHeader::parse(&value).unwrap(), h);
         let gossip = AutocryptHeader { prefer_encrypt: PreferEncrypt::NoPreference, verified: true, ..h.clone() };
         assert!(gossip.value().starts_with("addr=alice@example.org; _verified=1; keydata="));
         assert_eq!(AutocryptHeader::parse(&gossip.value()).unwrap(), gossip);
+    }
+
+    #[test]
+    fn formats_byte_for_byte_like_delta_chat() {
+        use crate::openpgp::decrypt::tests::{account, fixture};
+        use crate::openpgp::decrypt::{NoKeys, decrypt};
+        use crate::openpgp::mime;
+        let d = decrypt(&fixture("group.eml"), &account("bob"), &NoKeys).unwrap();
+        let header = mime::split(&d.inner).0;
+        let raw = |name: &str| -> Vec<String> {
+            mime::fields(header).iter().filter(|f| f.is(name)).map(|f| String::from_utf8(f.crlf()).unwrap()).collect()
+        };
+        assert_eq!(vec![d.autocrypt.as_ref().unwrap().field("Autocrypt")], raw("Autocrypt"));
+        let gossip: Vec<String> = d.gossip.iter().map(|g| g.field("Autocrypt-Gossip")).collect();
+        assert_eq!(gossip, raw("Autocrypt-Gossip"));
     }
 
     #[test]

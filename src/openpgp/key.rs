@@ -203,7 +203,7 @@ impl AccountKey {
             .seipd_v1(&mut rng, SymmetricKeyAlgorithm::AES128);
         builder.encrypt_to_key(&mut rng, subkey).map_err(|e| fail(&e))?;
         builder.sign(&*self.secret, Password::empty(), HashAlgorithm::Sha256);
-        let bytes = builder.to_vec(&mut rng).map_err(|e| fail(&e))?;
+        let bytes = builder.to_vec(rng).map_err(|e| fail(&e))?;
         let message = pgp::composed::Message::from_bytes(&bytes[..]).map_err(|e| fail(&e))?;
         let mut plain = message.decrypt(&Password::empty(), &self.secret).map_err(|e| fail(&e))?;
         let data = plain.as_data_vec().map_err(|e| fail(&e))?;

@@ -20,4 +20,6 @@ pub mod decrypt;
 pub mod fingerprint;
 pub mod key;
 pub mod mime;
+pub mod peer;
+pub mod recommend;
 pub mod seal;
