@@ -17,6 +17,7 @@
 
 pub mod autocrypt;
 pub mod decrypt;
+pub mod encrypt;
 pub mod fingerprint;
 pub mod key;
 pub mod mime;
