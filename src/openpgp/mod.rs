@@ -24,3 +24,4 @@ pub mod mime;
 pub mod peer;
 pub mod recommend;
 pub mod seal;
+pub mod view;
