@@ -271,7 +271,7 @@ mod tests {
         let good = format!("addr=alice@example.org; keydata={}", keydata());
         let other = format!("addr=mallory@example.org; keydata={}", keydata());
         let broken = "addr=alice@example.org; keydata=AAAA".to_string();
-        assert!(sender_header(&[good.clone()], "Alice@example.org").is_some());
+        assert!(sender_header(std::slice::from_ref(&good), "Alice@example.org").is_some());
         assert!(sender_header(&[good.clone(), other.clone(), broken.clone()], "alice@example.org").is_some());
         assert!(sender_header(&[other], "alice@example.org").is_none(), "addr must be From");
         assert!(sender_header(&[good.clone(), good], "alice@example.org").is_none(), "two valid discard all");

@@ -3,8 +3,8 @@
 //! `tests/fixtures/deltachat/`), and the user's Autocrypt header on mail that stays clear.
 //!
 //! Outer (what the provider stores): `From: <addr>`, `Date`, `Message-ID`, `MIME-Version`,
-//! `To: "hidden-recipients": ;`, `Subject: [...]`, copies of `Chat-Version` and
-//! `Chat-Is-Post-Message`, `Content-Type: multipart/encrypted`. Inner: the client's own header
+//! `To: "hidden-recipients": ;`, `Subject: [...]`, `Content-Type: multipart/encrypted` (Delta
+//! Chat 2.65 copies no `Chat-Version` outside). Inner: the client's own header
 //! fields (real From with name, To, Cc, Subject, Date, In-Reply-To, References, …) plus
 //! `HP-Outer:` records of every outer value (RFC 9788), the user's `Autocrypt` header,
 //! `Autocrypt-Gossip` for each To/Cc recipient when there are two or more, and the root
@@ -210,8 +210,6 @@ pub fn seal(message: &[u8], key: &AccountKey, target: Target<'_>, options: &Opti
             HIDDEN_RECIPIENTS.to_string()
         } else if field.is("Subject") {
             "[...]".to_string()
-        } else if field.is("Chat-Version") || field.is("Chat-Is-Post-Message") {
-            field.value()
         } else {
             continue;
         };
@@ -328,14 +326,14 @@ fn pgp_encrypt(
             rng.fill_bytes(&mut salt);
             let s2k = StringToKey::Salted { hash_alg: HashAlgorithm::default(), salt };
             let mut builder = builder.seipd_v2(&mut rng, SYMMETRIC, AeadAlgorithm::Ocb, ChunkSize::C8KiB);
-            builder.encrypt_with_password(&mut rng, s2k, &Password::from(password)).map_err(fail)?;
+            builder.encrypt_with_password(rng, s2k, &Password::from(password)).map_err(fail)?;
             if options.sign {
                 builder.sign(&**secret, Password::empty(), hash);
             }
             if options.compress {
                 builder.compression(CompressionAlgorithm::ZLIB);
             }
-            builder.to_armored_string(&mut rng, ArmorOptions::default()).map_err(fail)
+            builder.to_armored_string(rng, ArmorOptions::default()).map_err(fail)
         }
         Target::Keys(recipients) => {
             let mut keys: Vec<&PublicKey> = vec![key.public_key()];

@@ -257,7 +257,8 @@ impl AccountKey {
 /// self-signatures verify and there is an encryption subkey we can use.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PublicKey {
-    key: SignedPublicKey,
+    /// Shared: peer keys are cloned into verdicts, events and messages.
+    key: std::sync::Arc<SignedPublicKey>,
     fingerprint: Fingerprint,
     encryption_subkey: usize,
 }
@@ -290,7 +291,7 @@ impl PublicKey {
             .position(|s| usable_for_encryption(s, now))
             .ok_or(PublicKeyError::NoEncryptionSubkey)?;
         let fingerprint = Fingerprint::from(&key.fingerprint());
-        Ok(PublicKey { key, fingerprint, encryption_subkey })
+        Ok(PublicKey { key: std::sync::Arc::new(key), fingerprint, encryption_subkey })
     }
 
     /// Parses the binary transferable public key (Autocrypt `keydata` after base64).

@@ -171,6 +171,43 @@ pub fn mailboxes(value: &str) -> Vec<Mailbox> {
         .collect()
 }
 
+/// An unstructured header value: as is when it is printable ASCII, else one RFC 2047
+/// B-encoded word per 45 bytes (so no encoded word exceeds 75 characters).
+pub fn encode_text(text: &str) -> String {
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) && !text.contains("=?") {
+        return text.to_string();
+    }
+    let mut words = Vec::new();
+    let mut chunk = String::new();
+    for c in text.chars() {
+        if chunk.len() + c.len_utf8() > 45 {
+            words.push(std::mem::take(&mut chunk));
+        }
+        chunk.push(c);
+    }
+    if !chunk.is_empty() {
+        words.push(chunk);
+    }
+    words
+        .iter()
+        .map(|w| format!("=?utf-8?B?{}?=", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, w)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A mailbox for an address field: `<addr>` without a name, `"Name" <addr>` for plain ASCII
+/// names, an encoded word otherwise.
+pub fn format_mailbox(name: &str, addr: &str) -> String {
+    let name = name.trim();
+    if name.is_empty() {
+        return format!("<{addr}>");
+    }
+    if name.bytes().all(|b| (0x20..0x7f).contains(&b)) && !name.contains("=?") {
+        return format!("\"{}\" <{addr}>", name.replace('\\', "\\\\").replace('"', "\\\""));
+    }
+    format!("{} <{addr}>", encode_text(name))
+}
+
 /// The canonical form Autocrypt compares addresses in: trimmed and lower-cased.
 pub fn canonical_addr(addr: &str) -> String {
     addr.trim().to_lowercase()
@@ -244,6 +281,24 @@ mod tests {
         let g = fields(b" stray\r\nA: 1\r\n");
         assert_eq!(g.len(), 2);
         assert_eq!(g[0].name, "");
+    }
+
+    #[test]
+    fn mailboxes_and_encoded_words_round_trip() {
+        for name in ["", "Bob", "Bob \"the\" Builder", "Jürgen Groß", &"ü".repeat(40)] {
+            let written = format_mailbox(name, "bob@example.org");
+            let back = mailboxes(&written);
+            assert_eq!(back.len(), 1, "{written}");
+            assert_eq!(back[0].addr, "bob@example.org");
+            assert_eq!(back[0].name.as_deref().unwrap_or(""), name, "{written}");
+            assert!(written.split(' ').all(|w| w.len() <= 75), "{written}");
+        }
+        assert_eq!(encode_text("Message from Bob"), "Message from Bob");
+        let subject = format!("Subject: {}\r\n\r\n", encode_text("Nachricht von Jürgen"));
+        assert_eq!(
+            MessageParser::new().parse_headers(subject.as_bytes()).unwrap().subject(),
+            Some("Nachricht von Jürgen")
+        );
     }
 
     #[test]

@@ -24,4 +24,5 @@ pub mod mime;
 pub mod peer;
 pub mod recommend;
 pub mod seal;
+pub mod securejoin;
 pub mod view;
