@@ -669,6 +669,31 @@ mod tests {
         assert_eq!(import(Some("correct horse")).unwrap().fingerprint(), key.fingerprint());
     }
 
+    fn other_program(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/tests/fixtures/openpgp/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn imports_a_gnupg_key_and_refuses_rsa_and_keys_that_cannot_encrypt() {
+        let key = AccountKey::import_armored(&other_program("gnupg-secret.asc"), "GnuPG@example.org", None).unwrap();
+        assert_eq!(key.addr(), "gnupg@example.org");
+        assert_eq!(key.public_key().addresses(), ["gnupg@example.org"], "published with Delta Chat's user ID");
+        assert!(matches!(
+            AccountKey::import_armored(&other_program("rsa-secret.asc"), "rsa@example.org", None),
+            Err(KeyError::RsaSecretKey)
+        ));
+        // A signing key without an encryption subkey.
+        let params = SecretKeyParamsBuilder::default()
+            .key_type(KeyType::Ed25519Legacy)
+            .can_certify(true)
+            .can_sign(true)
+            .primary_user_id("<solo@example.org>".into())
+            .build()
+            .unwrap();
+        let solo = params.generate(OsRng).unwrap().to_armored_bytes(ArmorOptions::default()).unwrap();
+        assert!(matches!(AccountKey::import_armored(&solo, "solo@example.org", None), Err(KeyError::NoEncryptionSubkey)));
+    }
+
     #[test]
     fn user_id_addresses() {
         assert_eq!(user_id_addr(b"<a@b.org>").as_deref(), Some("a@b.org"));
