@@ -691,7 +691,10 @@ mod tests {
             .build()
             .unwrap();
         let solo = params.generate(OsRng).unwrap().to_armored_bytes(ArmorOptions::default()).unwrap();
-        assert!(matches!(AccountKey::import_armored(&solo, "solo@example.org", None), Err(KeyError::NoEncryptionSubkey)));
+        assert!(matches!(
+            AccountKey::import_armored(&solo, "solo@example.org", None),
+            Err(KeyError::NoEncryptionSubkey)
+        ));
     }
 
     #[test]
