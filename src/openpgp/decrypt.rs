@@ -357,17 +357,8 @@ fn finish(
         return Err(DecryptError::PlaintextTooLarge);
     }
     let inner = mime::normalize_crlf(&data);
-    let outer_header = mime::split(outer).0.to_vec();
-    let (inner_header, _) = mime::split(&inner);
-
-    let from = mime::first_value(inner_header, "From")
-        .or_else(|| mime::first_value(&outer_header, "From"))
-        .and_then(|v| mime::mailboxes(&v).into_iter().next());
-    let autocrypt = from.as_ref().and_then(|f| {
-        let inner_values = mime::all_values(inner_header, "Autocrypt");
-        let values = if inner_values.is_empty() { mime::all_values(&outer_header, "Autocrypt") } else { inner_values };
-        sender_header(&values, &f.addr)
-    });
+    let outer_header = mime::split(outer).0;
+    let (_, autocrypt) = sender(outer_header, &inner);
     let (signature, intended_recipients) = match &plain {
         Message::Signed { reader, .. } => {
             let sig = reader.signature(0).cloned();
@@ -376,6 +367,37 @@ fn finish(
         }
         _ => (SignatureStatus::Unsigned, Vec::new()),
     };
+    Ok(inspect(outer, inner, method, signature, intended_recipients))
+}
+
+/// The sender (inner From, else outer) and its valid Autocrypt header (inner headers win).
+fn sender(outer_header: &[u8], inner: &[u8]) -> (Option<Mailbox>, Option<AutocryptHeader>) {
+    let inner_header = mime::split(inner).0;
+    let from = mime::first_value(inner_header, "From")
+        .or_else(|| mime::first_value(outer_header, "From"))
+        .and_then(|v| mime::mailboxes(&v).into_iter().next());
+    let autocrypt = from.as_ref().and_then(|f| {
+        let inner_values = mime::all_values(inner_header, "Autocrypt");
+        let values = if inner_values.is_empty() { mime::all_values(outer_header, "Autocrypt") } else { inner_values };
+        sender_header(&values, &f.addr)
+    });
+    (from, autocrypt)
+}
+
+/// Reads a decrypted message (`inner`, CRLF) whose signature was checked: sender, Autocrypt key,
+/// protected headers, and the gossip a valid signature allows. Everything after the cryptography;
+/// public so the MIME handling can be fuzzed without it.
+pub fn inspect(
+    outer: &[u8],
+    inner: Vec<u8>,
+    method: Method,
+    signature: SignatureStatus,
+    intended_recipients: Vec<Fingerprint>,
+) -> Decrypted {
+    let inner = mime::normalize_crlf(&inner);
+    let outer_header = mime::split(outer).0.to_vec();
+    let (from, autocrypt) = sender(&outer_header, &inner);
+    let inner_header = mime::split(&inner).0;
     let protected = ProtectedHeaders::from_header(inner_header);
     let gossip = match (&signature, &from) {
         (SignatureStatus::Valid(_), Some(from)) => {
@@ -383,7 +405,7 @@ fn finish(
         }
         _ => Vec::new(),
     };
-    Ok(Decrypted { outer_header, inner, method, signature, intended_recipients, from, autocrypt, gossip, protected })
+    Decrypted { outer_header, inner, method, signature, intended_recipients, from, autocrypt, gossip, protected }
 }
 
 fn intended(sig: &Signature) -> Vec<Fingerprint> {

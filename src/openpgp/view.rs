@@ -17,7 +17,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::decrypt::{DecryptError, KeyLookup, NoKeys, SignatureStatus, decrypt, encrypted_payload};
+use super::decrypt::{DecryptError, Decrypted, KeyLookup, NoKeys, SignatureStatus, decrypt, encrypted_payload};
 use super::key::AccountKey;
 use super::mime::{self, Field};
 
@@ -57,28 +57,32 @@ pub fn render_with(message: &[u8], key: &AccountKey, lookup: &dyn KeyLookup) -> 
         return View::NotEncrypted;
     }
     match decrypt(message, key, lookup) {
-        Ok(d) => {
-            let (inner_header, body) = mime::split(&d.inner);
-            let mut out = marker(&signature_text(&d.signature));
-            let outer = mime::split(message).0;
-            for field in mime::fields(outer).iter().filter(|f| is_trace(f)) {
-                out.extend_from_slice(&field.crlf());
-            }
-            let inner_fields = mime::fields(inner_header);
-            for field in
-                inner_fields.iter().filter(|f| !f.is("HP-Outer") && !is_trace(f) && !f.is(MARKER) && !f.name.is_empty())
-            {
-                out.extend_from_slice(&field.crlf());
-            }
-            if !inner_fields.iter().any(|f| f.is("MIME-Version")) {
-                out.extend_from_slice(b"MIME-Version: 1.0\r\n");
-            }
-            out.extend_from_slice(b"\r\n");
-            out.extend_from_slice(body);
-            View::Decrypted { bytes: mime::normalize_crlf(&out), signature: d.signature }
-        }
-        Err(error) => View::Failed { bytes: failure(message, &error), error },
+        Ok(d) => View::Decrypted { bytes: compose(message, &d), signature: d.signature },
+        Err(error) => View::Failed { bytes: explain(message, &error), error },
     }
+}
+
+/// The view of a decrypted message: marker, outer trace fields, inner fields without HP-Outer
+/// (and without forged trace or marker fields), the inner body; CRLF.
+pub fn compose(message: &[u8], d: &Decrypted) -> Vec<u8> {
+    let (inner_header, body) = mime::split(&d.inner);
+    let mut out = marker(&signature_text(&d.signature));
+    let outer = mime::split(message).0;
+    for field in mime::fields(outer).iter().filter(|f| is_trace(f)) {
+        out.extend_from_slice(&field.crlf());
+    }
+    let inner_fields = mime::fields(inner_header);
+    for field in
+        inner_fields.iter().filter(|f| !f.is("HP-Outer") && !is_trace(f) && !f.is(MARKER) && !f.name.is_empty())
+    {
+        out.extend_from_slice(&field.crlf());
+    }
+    if !inner_fields.iter().any(|f| f.is("MIME-Version")) {
+        out.extend_from_slice(b"MIME-Version: 1.0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    mime::normalize_crlf(&out)
 }
 
 fn marker(value: &str) -> Vec<u8> {
@@ -133,7 +137,7 @@ fn advice(error: &DecryptError) -> &'static str {
 
 /// The readable substitute of an undecryptable message: outer header fields (trace and
 /// addressing), a text part with the reason, the original attached.
-fn failure(message: &[u8], error: &DecryptError) -> Vec<u8> {
+pub fn explain(message: &[u8], error: &DecryptError) -> Vec<u8> {
     let original = mime::normalize_crlf(message);
     let digest = Sha256::digest(&original);
     let boundary: String =
