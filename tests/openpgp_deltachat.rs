@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use coi_proxy::openpgp::autocrypt::PreferEncrypt;
-use coi_proxy::openpgp::decrypt::{NoKeys, SignatureStatus, decrypt};
+use coi_proxy::openpgp::decrypt::{Decrypted, NoKeys, SignatureStatus, decrypt};
 use coi_proxy::openpgp::encrypt::{Options, encrypt};
 use coi_proxy::openpgp::key::AccountKey;
 use coi_proxy::openpgp::mime;
@@ -95,6 +95,18 @@ fn drive(mut child: Child, watch: &mut Watch, mut step: impl FnMut(&[u8])) -> (b
         std::thread::sleep(Duration::from_millis(200));
     };
     (status.success(), out.join().unwrap(), err.join().unwrap())
+}
+
+/// Waits for the "Hello from Delta Chat" the script sends after a handshake, decrypted.
+fn hello_from_delta_chat(provider: &Provider, key: &AccountKey) -> Decrypted {
+    let hello = |m: &Vec<u8>| {
+        decrypt(m, key, &NoKeys).ok().filter(|d| mime::split(&d.inner).1.starts_with(b"Hello from Delta Chat"))
+    };
+    let messages =
+        support::smtp_client::wait_for_inbox(provider.imap_port, key.addr(), "secret", Duration::from_secs(30), |ms| {
+            ms.iter().any(|m| hello(m).is_some())
+        });
+    messages.iter().find_map(hello).unwrap()
 }
 
 #[test]
@@ -192,23 +204,10 @@ fn our_inviter_completes_securejoin_with_a_delta_chat_joiner() {
     assert_eq!(r["chat"]["is_encrypted"], true, "{r}");
 
     // Delta Chat now writes to us encrypted and signed with the key it proved.
-    let messages = support::smtp_client::wait_for_inbox(
-        provider.imap_port,
-        "alice@example.org",
-        "secret",
-        Duration::from_secs(30),
-        |ms| {
-            ms.iter().any(|m| {
-                decrypt(m, &alice, &NoKeys).is_ok_and(|d| mime::split(&d.inner).1.starts_with(b"Hello from Delta Chat"))
-            })
-        },
+    assert_eq!(
+        hello_from_delta_chat(&provider, &alice).signature,
+        SignatureStatus::Valid(bob_key.fingerprint().clone())
     );
-    let hello = messages
-        .iter()
-        .filter_map(|m| decrypt(m, &alice, &NoKeys).ok())
-        .find(|d| mime::split(&d.inner).1.starts_with(b"Hello from Delta Chat"))
-        .unwrap();
-    assert_eq!(hello.signature, SignatureStatus::Valid(bob_key.fingerprint().clone()));
 }
 
 #[test]
@@ -264,21 +263,8 @@ fn our_joiner_completes_securejoin_with_a_delta_chat_inviter() {
     eprintln!("{r:#}");
     assert_eq!(r["joiner_contact"]["is_key_contact"], true, "{r}");
     assert_eq!(r["joiner_contact"]["display_name"], "Bob Plain", "{r}");
-    let messages = support::smtp_client::wait_for_inbox(
-        provider.imap_port,
-        "bob@example.org",
-        "secret",
-        Duration::from_secs(30),
-        |ms| {
-            ms.iter().any(|m| {
-                decrypt(m, &bob, &NoKeys).is_ok_and(|d| mime::split(&d.inner).1.starts_with(b"Hello from Delta Chat"))
-            })
-        },
+    assert_eq!(
+        hello_from_delta_chat(&provider, &bob).signature,
+        SignatureStatus::Valid(alice_key.fingerprint().clone())
     );
-    let hello = messages
-        .iter()
-        .filter_map(|m| decrypt(m, &bob, &NoKeys).ok())
-        .find(|d| mime::split(&d.inner).1.starts_with(b"Hello from Delta Chat"))
-        .unwrap();
-    assert_eq!(hello.signature, SignatureStatus::Valid(alice_key.fingerprint().clone()));
 }

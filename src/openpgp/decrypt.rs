@@ -17,7 +17,7 @@ use pgp::types::{KeyDetails, Password, StringToKey, VerifyingKey};
 
 use super::autocrypt::{AutocryptHeader, gossip_headers, sender_header};
 use super::fingerprint::Fingerprint;
-use super::key::{AccountKey, PublicKey};
+use super::key::{AccountKey, PublicKey, short};
 use super::mime::{self, Mailbox};
 
 /// Largest message we decrypt (Delta Chat splits large attachments into post-messages; a
@@ -336,10 +336,6 @@ fn map_decrypt_error(e: pgp::errors::Error) -> DecryptError {
         pgp::errors::Error::Unsupported { .. } => DecryptError::Unsupported(short(&e)),
         other => DecryptError::Corrupt(short(&other)),
     }
-}
-
-fn short(e: &dyn std::fmt::Display) -> String {
-    e.to_string().lines().next().unwrap_or("").chars().take(200).collect()
 }
 
 /// Reads the plaintext (bounded), checks the signature, parses the inner message.

@@ -30,7 +30,7 @@ use pgp::types::{CompressionAlgorithm, KeyDetails, KeyVersion, Password, StringT
 use rand_core_06::{OsRng, RngCore};
 
 use super::autocrypt::{AutocryptHeader, PreferEncrypt};
-use super::key::{AccountKey, PublicKey};
+use super::key::{AccountKey, PublicKey, short};
 use super::mime::{self, Field, canonical_addr, fold};
 
 /// Largest message we encrypt (the SMTP side has its own, usually smaller, limit).
@@ -313,9 +313,7 @@ fn pgp_encrypt(
     target: Target<'_>,
     options: &Options,
 ) -> Result<String, EncryptError> {
-    let fail = |e: pgp::errors::Error| {
-        EncryptError::Pgp(e.to_string().lines().next().unwrap_or("").chars().take(200).collect())
-    };
+    let fail = |e: pgp::errors::Error| EncryptError::Pgp(short(&e));
     let secret = key.signed_secret();
     let mut rng = OsRng;
     let builder = MessageBuilder::from_bytes("", inner);

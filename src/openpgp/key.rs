@@ -380,7 +380,7 @@ fn is_rsa(algorithm: PublicKeyAlgorithm) -> bool {
 
 /// An rPGP error as one short line. rPGP's messages name packets and algorithms, never key
 /// material; the length cap keeps a pathological message out of logs.
-fn short(e: &dyn fmt::Display) -> String {
+pub(crate) fn short(e: &dyn fmt::Display) -> String {
     e.to_string().lines().next().unwrap_or("").chars().take(200).collect()
 }
 

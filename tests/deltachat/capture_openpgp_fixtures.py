@@ -32,7 +32,6 @@ import glob
 import imaplib
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
@@ -40,7 +39,8 @@ import tempfile
 import time
 
 from deltachat_rpc_client import DeltaChat, EventType, Rpc
-from deltachat_rpc_client._utils import AttrDict
+
+from dc_chat import rpc_server, wait  # same directory: the shared event wait and server lookup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -64,21 +64,6 @@ def transport(env, user):
         "smtpUser": user, "smtpPassword": env["PROVIDER_PASSWORD"],
         "certificateChecks": "acceptInvalidCertificates",
     }
-
-
-def wait(account, etype, pred=lambda e: True, timeout=60):
-    events = account._rpc.get_queue(account.id)
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            e = AttrDict(events.get(timeout=max(remaining, 0.01)))
-        except queue.Empty:
-            e = None
-        if e is not None and e.kind == etype and pred(e):
-            return e
-        if time.monotonic() >= deadline:
-            raise TimeoutError("no %s within %ss" % (etype, timeout))
 
 
 class Mailbox:
@@ -139,7 +124,7 @@ def main():
         manifest["messages"][name] = dict(meta, message_id=message_id(raw))
 
     try:
-        server = shutil.which("deltachat-rpc-server") or "deltachat-rpc-server"
+        server = rpc_server()
         with Rpc(accounts_dir=accounts_dir, rpc_server_path=server) as rpc:
             dc = DeltaChat(rpc)
             manifest["core_version"] = dc.rpc.get_system_info()["deltachat_core_version"]

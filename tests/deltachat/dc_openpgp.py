@@ -21,7 +21,6 @@ import argparse
 import glob
 import json
 import os
-import queue
 import shutil
 import smtplib
 import sys
@@ -29,7 +28,8 @@ import tempfile
 import time
 
 from deltachat_rpc_client import DeltaChat, EventType, Rpc
-from deltachat_rpc_client._utils import AttrDict
+
+from dc_chat import rpc_server, wait  # same directory: the shared event wait and server lookup
 
 PASSWORD = "secret"
 
@@ -42,21 +42,6 @@ def transport(user, args):
         "smtpUser": user, "smtpPassword": PASSWORD,
         "certificateChecks": "acceptInvalidCertificates",
     }
-
-
-def wait(account, etype, pred=lambda e: True, timeout=60):
-    events = account._rpc.get_queue(account.id)
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            e = AttrDict(events.get(timeout=max(remaining, 0.01)))
-        except queue.Empty:
-            e = None
-        if e is not None and e.kind == etype and pred(e):
-            return e
-        if time.monotonic() >= deadline:
-            raise TimeoutError("no %s within %ss" % (etype, timeout))
 
 
 def plain(snapshot):
@@ -133,7 +118,7 @@ def main():
     args = ap.parse_args()
     report = {"mode": args.mode}
     accounts_dir = tempfile.mkdtemp(prefix="dc.openpgp.")
-    server = shutil.which("deltachat-rpc-server") or "deltachat-rpc-server"
+    server = rpc_server()
     try:
         with Rpc(accounts_dir=accounts_dir, rpc_server_path=server) as rpc:
             dc = DeltaChat(rpc)

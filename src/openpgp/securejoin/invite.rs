@@ -124,7 +124,11 @@ impl Invite {
         if let Target::Group { id, .. } = &self.target {
             let _ = write!(out, "&x={id}");
         }
-        let _ = write!(out, "&i={}&s={}&a={}", self.invitenumber, self.auth, encode(self.addr()));
+        // v3 links may come without an invitenumber; then none is written either.
+        if !self.invitenumber.is_empty() {
+            let _ = write!(out, "&i={}", self.invitenumber);
+        }
+        let _ = write!(out, "&s={}&a={}", self.auth, encode(self.addr()));
         if self.addrs.len() > 1 {
             let rest: Vec<String> = self.addrs[1..].iter().map(|a| encode(a)).collect();
             let _ = write!(out, "&r={}", rest.join(","));
@@ -342,6 +346,8 @@ mod tests {
             let invite = Invite::parse(&l).unwrap_or_else(|e| panic!("{l}: {e}"));
             assert_eq!(invite.addr(), "alice@example.org");
             assert_eq!(invite.auth, "BEVrjme8guPrn2rAbBhv7hOV");
+            // Written back (without an invitenumber if it had none), it parses to the same.
+            assert_eq!(Invite::parse(&invite.to_link()).unwrap(), invite);
         }
     }
 
