@@ -105,6 +105,60 @@ pub fn add_autocrypt(message: &[u8], key: &AccountKey, prefer: PreferEncrypt) ->
     out
 }
 
+/// What the gateway sends for one outgoing message ([`prepare`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    /// Already encrypted, or carrying its own Autocrypt header: send the message as it is.
+    AsIs,
+    /// In clear with the user's Autocrypt header, because these recipients have no key.
+    Clear { message: Vec<u8>, without_key: Vec<String> },
+    /// Encrypted and signed to every recipient.
+    Encrypted { message: Vec<u8> },
+    /// Not to be sent: some recipients have no key and others are verified contacts, who must
+    /// never get clear text silently. The SMTP side answers with an error naming them.
+    Refused { without_key: Vec<String>, verified: Vec<String> },
+}
+
+/// The SMTP entry point: decides and builds what goes out for a message from the account to
+/// `envelope` (every RCPT TO, so Bcc recipients count), knowing peers through `known`.
+pub fn prepare(
+    message: &[u8],
+    key: &AccountKey,
+    envelope: &[String],
+    known: &dyn Fn(&str) -> Option<super::peer::Peer>,
+    prefer: PreferEncrypt,
+    now: i64,
+) -> Result<Prepared, EncryptError> {
+    use super::recommend::{Decision, decide};
+    if classify(message) != Outgoing::Plain {
+        return Ok(Prepared::AsIs);
+    }
+    let peers: Vec<(String, Option<super::peer::Peer>)> = envelope
+        .iter()
+        .map(|a| canonical_addr(a))
+        .filter(|a| a != key.addr())
+        .map(|a| {
+            let p = known(&a);
+            (a, p)
+        })
+        .collect();
+    let view: Vec<(&str, Option<&super::peer::Peer>)> = peers.iter().map(|(a, p)| (a.as_str(), p.as_ref())).collect();
+    match decide(&view) {
+        Decision::Encrypt(keys) => {
+            Ok(Prepared::Encrypted { message: encrypt(message, key, &keys, &Options::mail(prefer, now))? })
+        }
+        Decision::Clear { .. } if peers.is_empty() => {
+            // Only to ourselves: encrypt to our own key.
+            let message = seal(message, key, Target::Keys(&[]), &Options::mail(prefer, now))?;
+            Ok(Prepared::Encrypted { message })
+        }
+        Decision::Clear { without_key } => {
+            Ok(Prepared::Clear { message: add_autocrypt(message, key, prefer), without_key })
+        }
+        Decision::Refuse { without_key, verified } => Ok(Prepared::Refused { without_key, verified }),
+    }
+}
+
 fn own_header(key: &AccountKey, prefer: PreferEncrypt) -> AutocryptHeader {
     AutocryptHeader {
         addr: key.addr().to_string(),
@@ -615,6 +669,42 @@ Hallo Bob, hallo Carol.\r\n"
         assert!(
             encrypt(&with, &alice, &recipients(&["bob"]), &Options::mail(PreferEncrypt::Mutual, NOW)).is_ok(),
             "our own header on the message is replaced by the inner one, not duplicated"
+        );
+    }
+
+    #[test]
+    fn the_smtp_entry_point_decides() {
+        use crate::openpgp::peer::{Peer, verify};
+        let alice = account("alice");
+        let bob_peer = Peer { public_key: Some(account("bob").public_key().clone()), ..Peer::new("bob@example.org") };
+        let carol_verified =
+            verify(None, "carol@example.org", account("carol").public_key(), 1).peer().cloned().unwrap();
+        let known = move |a: &str| match a {
+            "bob@example.org" => Some(bob_peer.clone()),
+            "carol@example.org" => Some(carol_verified.clone()),
+            _ => None,
+        };
+        let msg = b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: s\r\n\r\nbody\r\n";
+        let env = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = |e: &[&str]| prepare(msg, &alice, &env(e), &known, PreferEncrypt::Mutual, NOW).unwrap();
+        let Prepared::Encrypted { message } = p(&["bob@example.org", "Carol@example.org"]) else { panic!() };
+        assert!(decrypt(&message, &account("carol"), &NoKeys).is_ok(), "Bcc'd carol can read it");
+        let Prepared::Clear { message, without_key } = p(&["bob@example.org", "dave@example.org"]) else { panic!() };
+        assert_eq!(without_key, ["dave@example.org"]);
+        assert_eq!(classify(&message), Outgoing::OwnAutocrypt);
+        assert_eq!(
+            p(&["carol@example.org", "dave@example.org"]),
+            Prepared::Refused {
+                without_key: vec!["dave@example.org".into()],
+                verified: vec!["carol@example.org".into()]
+            }
+        );
+        let Prepared::Encrypted { message } = p(&["alice@example.org"]) else { panic!() };
+        assert!(decrypt(&message, &alice, &NoKeys).is_ok(), "a message to oneself is encrypted to oneself");
+        assert_eq!(
+            prepare(&fixture("one-to-one.eml"), &alice, &env(&["bob@example.org"]), &known, PreferEncrypt::Mutual, NOW)
+                .unwrap(),
+            Prepared::AsIs
         );
     }
 

@@ -8,10 +8,11 @@
 //! peer leaves the stored state on the verified key and comes back as
 //! [`Verdict::VerifiedKeyKept`] with the offered key, for the caller to report.
 
-use super::autocrypt::{AutocryptHeader, PreferEncrypt};
+use super::autocrypt::{AutocryptHeader, PreferEncrypt, sender_header};
+use super::decrypt::{Decrypted, SignatureStatus};
 use super::fingerprint::Fingerprint;
 use super::key::PublicKey;
-use super::mime::canonical_addr;
+use super::mime::{self, canonical_addr};
 
 /// The state of one peer, keyed by its canonical address.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -217,6 +218,63 @@ pub fn verify(old: Option<&Peer>, addr: &str, key: &PublicKey, at: i64) -> Verdi
     Verdict::Verified(peer)
 }
 
+/// Applies everything one decrypted message says about keys: the sender's Autocrypt header
+/// (effective date from the protected Date) and, when the signature is valid, each gossip
+/// header (`_verified` counts only when we verified the sender and the message is signed with
+/// that verified key). `known` gives the stored state of an address. Returns the address and
+/// verdict of every peer concerned, sender first; store [`Verdict::peer`] of each.
+pub fn observe(
+    decrypted: &Decrypted,
+    received_at: i64,
+    known: &dyn Fn(&str) -> Option<Peer>,
+) -> Vec<(String, Verdict)> {
+    let Some(from) = decrypted.from.as_ref().map(|f| canonical_addr(&f.addr)) else {
+        return Vec::new();
+    };
+    let date = effective_date(decrypted.protected.date, received_at);
+    let sender = known(&from);
+    let incoming = Incoming {
+        from: &from,
+        effective_date: date,
+        header: decrypted.autocrypt.as_ref(),
+        is_report: decrypted.protected.is_read_receipt,
+    };
+    let verdict = update(sender.as_ref(), &incoming);
+    let sender_verified = match (&decrypted.signature, sender.as_ref().and_then(Peer::verified_fingerprint)) {
+        (SignatureStatus::Valid(signer), Some(verified)) => signer == verified,
+        _ => false,
+    };
+    let mut out = vec![(from.clone(), verdict)];
+    for gossip in &decrypted.gossip {
+        let old = known(&gossip.addr);
+        out.push((gossip.addr.clone(), update_from_gossip(old.as_ref(), gossip, date, &from, sender_verified)));
+    }
+    out
+}
+
+/// The sender's update for a message that was not encrypted: its header section (Autocrypt
+/// header outside; no gossip counts).
+pub fn observe_clear(
+    header: &[u8],
+    received_at: i64,
+    known: &dyn Fn(&str) -> Option<Peer>,
+) -> Option<(String, Verdict)> {
+    let from = mime::first_value(header, "From").map(|v| mime::mailboxes(&v))?;
+    let [from] = from.as_slice() else {
+        // Level 1: messages with several From addresses do not count.
+        return None;
+    };
+    let from = canonical_addr(&from.addr);
+    let header_value = sender_header(&mime::all_values(header, "Autocrypt"), &from);
+    let date = effective_date(mime::first_value(header, "Date").and_then(|d| mime::parse_date(&d)), received_at);
+    let is_report = mime::first_value(header, "Content-Type")
+        .and_then(|v| mime::content_type(&v))
+        .is_some_and(|ct| ct.mime == "multipart/report");
+    let incoming = Incoming { from: &from, effective_date: date, header: header_value.as_ref(), is_report };
+    let verdict = update(known(&from).as_ref(), &incoming);
+    Some((from, verdict))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -320,6 +378,45 @@ pub(crate) mod tests {
         // From a verified sender it does.
         let Verdict::Verified(p) = update_from_gossip(Some(&p), &g0v, 300, "Alice@example.org", true) else { panic!() };
         assert_eq!(p.verified.unwrap().via, VerifiedVia::Introduced { by: "alice@example.org".into() });
+    }
+
+    #[test]
+    fn observing_captured_delta_chat_mail() {
+        use crate::openpgp::decrypt::tests::{account, exported_fingerprint, fixture};
+        use crate::openpgp::decrypt::{NoKeys, decrypt};
+        let bob = account("bob");
+        let group = decrypt(&fixture("group.eml"), &bob, &NoKeys).unwrap();
+        let none = |_: &str| None;
+        let seen = observe(&group, 1_796_600_000, &none);
+        let summary: Vec<(&str, bool)> = seen.iter().map(|(a, v)| (a.as_str(), matches!(v, Verdict::New(_)))).collect();
+        assert_eq!(summary, [("alice@example.org", true), ("bob@example.org", true), ("carol@example.org", true)]);
+        let alice = seen[0].1.peer().unwrap();
+        assert_eq!(alice.public_key.as_ref().unwrap().fingerprint(), &exported_fingerprint("alice"));
+        assert_eq!(
+            alice.autocrypt_timestamp,
+            group.protected.date.unwrap(),
+            "the protected Date, not the random outer one"
+        );
+        let carol = seen[2].1.peer().unwrap();
+        assert!(carol.public_key.is_none() && carol.gossip_key.is_some());
+        // The read receipt does not count (Level 1 skips multipart/report).
+        let receipt = decrypt(&fixture("read-receipt.eml"), &account("alice"), &NoKeys).unwrap();
+        assert_eq!(observe(&receipt, 1_796_600_000, &none)[0].1, Verdict::NotApplicable);
+        // Clear mail: the outer header.
+        let h = format!(
+            "From: Dave <dave@example.org>\r\nDate: Sat, 5 Dec 2026 19:35:50 +0000\r\n{}",
+            crate::openpgp::autocrypt::AutocryptHeader {
+                addr: "dave@example.org".into(),
+                prefer_encrypt: PreferEncrypt::Mutual,
+                key: keys()[0].public_key().clone(),
+                verified: false
+            }
+            .field("Autocrypt")
+        );
+        let (addr, verdict) = observe_clear(h.as_bytes(), 1_796_600_000, &none).unwrap();
+        assert_eq!(addr, "dave@example.org");
+        assert!(matches!(verdict, Verdict::New(p) if p.prefer_encrypt == PreferEncrypt::Mutual));
+        assert!(observe_clear(b"From: a@b.org, c@d.org\r\n", 1, &none).is_none());
     }
 
     #[test]
