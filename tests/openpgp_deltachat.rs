@@ -97,16 +97,15 @@ fn drive(mut child: Child, watch: &mut Watch, mut step: impl FnMut(&[u8])) -> (b
     (status.success(), out.join().unwrap(), err.join().unwrap())
 }
 
-/// Waits for the "Hello from Delta Chat" the script sends after a handshake, decrypted.
-fn hello_from_delta_chat(provider: &Provider, key: &AccountKey) -> Decrypted {
-    let hello = |m: &Vec<u8>| {
-        decrypt(m, key, &NoKeys).ok().filter(|d| mime::split(&d.inner).1.starts_with(b"Hello from Delta Chat"))
-    };
+/// Waits for the message whose text starts with `text` in `key`'s INBOX, decrypted.
+fn received(provider: &Provider, key: &AccountKey, text: &str) -> Decrypted {
+    let wanted =
+        |m: &Vec<u8>| decrypt(m, key, &NoKeys).ok().filter(|d| mime::split(&d.inner).1.starts_with(text.as_bytes()));
     let messages =
         support::smtp_client::wait_for_inbox(provider.imap_port, key.addr(), "secret", Duration::from_secs(30), |ms| {
-            ms.iter().any(|m| hello(m).is_some())
+            ms.iter().any(|m| wanted(m).is_some())
         });
-    messages.iter().find_map(hello).unwrap()
+    messages.iter().find_map(wanted).unwrap()
 }
 
 #[test]
@@ -205,26 +204,26 @@ fn our_inviter_completes_securejoin_with_a_delta_chat_joiner() {
 
     // Delta Chat now writes to us encrypted and signed with the key it proved.
     assert_eq!(
-        hello_from_delta_chat(&provider, &alice).signature,
+        received(&provider, &alice, "Hello from Delta Chat").signature,
         SignatureStatus::Valid(bob_key.fingerprint().clone())
     );
 }
 
-#[test]
-fn our_joiner_completes_securejoin_with_a_delta_chat_inviter() {
-    let provider = Provider::start();
-    let bob = AccountKey::generate("bob@example.org").unwrap();
-    let mut child = script(&provider, "inviter", "alice@example.org")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// Starts Delta Chat as an inviter (`mode`), joins its link with our joiner as bob; returns the
+/// link's invite, the inviter's key our joiner verified, what Delta Chat reported, and the
+/// joiner's events.
+fn join_delta_chat(
+    provider: &Provider,
+    bob: &AccountKey,
+    mode: &str,
+) -> (Invite, coi_proxy::openpgp::key::PublicKey, serde_json::Value, Option<String>) {
+    let mut child =
+        script(provider, mode, "alice@example.org").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     lines.read_line(&mut first).unwrap();
     let link =
         first.strip_prefix("LINK ").unwrap_or_else(|| panic!("no link from Delta Chat: {first:?}")).trim().to_string();
-    child.stdout = None;
     let rest = std::thread::spawn(move || {
         let mut s = String::new();
         lines.read_to_string(&mut s).unwrap();
@@ -232,14 +231,14 @@ fn our_joiner_completes_securejoin_with_a_delta_chat_inviter() {
     });
     let invite = Invite::parse(&link).unwrap();
     assert_eq!(invite.addr(), "alice@example.org");
-    let (mut state, first) = joiner::start(&bob, &invite, now()).unwrap();
+    let (mut state, first) = joiner::start(bob, &invite, now()).unwrap();
     provider.submit("bob@example.org", &first.from, &["alice@example.org"], &first.message);
 
-    let mut watch = Watch::new(&provider, "bob@example.org");
-    let mut joined = false;
+    let mut watch = Watch::new(provider, "bob@example.org");
+    let mut joined = None;
     let mut steps = vec![first.step];
     let mut alice_key = None;
-    let (ok, _, stderr) = drive(child, &mut watch, |m| match state.handle(&bob, "Bob Plain", m, now()) {
+    let (ok, _, stderr) = drive(child, &mut watch, |m| match state.handle(bob, "Bob Plain", m, now()) {
         Ok(JoinerEvent::InviterVerified { state: next, inviter_key, send, .. }) => {
             steps.push(send.step);
             let to: Vec<&str> = send.to.iter().map(String::as_str).collect();
@@ -247,24 +246,50 @@ fn our_joiner_completes_securejoin_with_a_delta_chat_inviter() {
             alice_key = Some(inviter_key);
             state = next;
         }
-        Ok(JoinerEvent::Joined { state: next, .. }) => {
-            joined = true;
+        Ok(JoinerEvent::Joined { state: next, group, .. }) => {
+            joined = Some(group);
             state = next;
         }
         Err(_) => {}
     });
     let stdout = rest.join().unwrap();
     assert!(ok, "Delta Chat's inviter did not finish: {stderr}\n{stdout}\nsteps: {steps:?}");
-    assert!(joined, "we never got the confirmation; steps {steps:?}");
-    assert_eq!(steps, ["vc-request-pubkey", "vc-request-with-auth"]);
-    let alice_key = alice_key.unwrap();
-    assert_eq!(alice_key.fingerprint(), &invite.fingerprint);
+    let group = joined.unwrap_or_else(|| panic!("we never got the confirmation; steps {steps:?}"));
+    let request = if group.is_some() { "vg-request-with-auth" } else { "vc-request-with-auth" };
+    assert_eq!(steps, ["vc-request-pubkey", request]);
     let r = report(&stdout);
     eprintln!("{r:#}");
+    (invite, alice_key.unwrap(), r, group)
+}
+
+#[test]
+fn our_joiner_completes_securejoin_with_a_delta_chat_inviter() {
+    let provider = Provider::start();
+    let bob = AccountKey::generate("bob@example.org").unwrap();
+    let (invite, alice_key, r, group) = join_delta_chat(&provider, &bob, "inviter");
+    assert_eq!(group, None);
+    assert_eq!(alice_key.fingerprint(), &invite.fingerprint);
     assert_eq!(r["joiner_contact"]["is_key_contact"], true, "{r}");
     assert_eq!(r["joiner_contact"]["display_name"], "Bob Plain", "{r}");
     assert_eq!(
-        hello_from_delta_chat(&provider, &bob).signature,
+        received(&provider, &bob, "Hello from Delta Chat").signature,
         SignatureStatus::Valid(alice_key.fingerprint().clone())
     );
+}
+
+#[test]
+fn our_joiner_joins_a_delta_chat_group() {
+    let provider = Provider::start();
+    let bob = AccountKey::generate("bob@example.org").unwrap();
+    let (invite, alice_key, r, group) = join_delta_chat(&provider, &bob, "group-inviter");
+    let coi_proxy::openpgp::securejoin::invite::Target::Group { id, name } = &invite.target else {
+        panic!("{invite:?}")
+    };
+    assert_eq!(name, "Team");
+    assert_eq!(group.as_ref(), Some(id));
+    assert!(r["members"].as_array().unwrap().iter().any(|m| m == "bob@example.org"), "{r}");
+    // The group's message reaches us with the group id among the protected headers.
+    let d = received(&provider, &bob, "Hello group");
+    assert_eq!(d.protected.chat_group_id.as_ref(), Some(id));
+    assert_eq!(d.signature, SignatureStatus::Valid(alice_key.fingerprint().clone()));
 }

@@ -13,6 +13,8 @@ plays the gateway's side with the Rust code directly, over the same provider):
     dc_openpgp.py inviter --provider-imap P --provider-smtp P --user alice@example.org
         Prints "LINK <invite link>" and waits until someone completes the handshake (inviter
         progress 1000); then sends "Hello from Delta Chat" to the new contact.
+    dc_openpgp.py group-inviter --provider-imap P --provider-smtp P --user alice@example.org
+        The same with a new group "Team" and its invite link; then "Hello group" to the group.
 
 Prints a JSON report on stdout (last line) and exits 0 when Delta Chat did what was asked;
 non-zero with the reason on stderr otherwise.
@@ -105,9 +107,24 @@ def inviter(args, dc, rpc, report):
     ac.stop_io()
 
 
+def group_inviter(args, dc, rpc, report):
+    ac = dc.add_account()
+    ac.add_or_update_transport(transport(args.user, args))
+    ac.set_config("displayname", "Alice DC")
+    ac.start_io()
+    rpc.wait_for_all_work_done(ac.id)
+    group = ac.create_group("Team")
+    print("LINK " + group.get_qr_code(), flush=True)
+    e = wait(ac, EventType.SECUREJOIN_INVITER_PROGRESS, lambda e: e.progress == 1000, timeout=90)
+    report["members"] = [c.get_snapshot().address for c in group.get_contacts()]
+    group.send_text("Hello group")
+    rpc.wait_for_all_work_done(ac.id)
+    ac.stop_io()
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["accept", "joiner", "inviter"])
+    ap.add_argument("mode", choices=["accept", "joiner", "inviter", "group-inviter"])
     ap.add_argument("--provider-imap", type=int, required=True)
     ap.add_argument("--provider-smtp", type=int, required=True)
     ap.add_argument("--lmtp", type=int)
@@ -123,7 +140,7 @@ def main():
         with Rpc(accounts_dir=accounts_dir, rpc_server_path=server) as rpc:
             dc = DeltaChat(rpc)
             report["core_version"] = dc.rpc.get_system_info()["deltachat_core_version"]
-            {"accept": accept, "joiner": joiner, "inviter": inviter}[args.mode](args, dc, rpc, report)
+            {"accept": accept, "joiner": joiner, "inviter": inviter, "group-inviter": group_inviter}[args.mode](args, dc, rpc, report)
     except Exception as e:  # noqa: BLE001 - the reason goes to the caller
         print("FAILED: %r" % e, file=sys.stderr)
         print(json.dumps(report, default=str))
