@@ -93,8 +93,8 @@ pub enum Method {
     Password { index: usize },
 }
 
-/// A decrypted message.
-#[derive(Debug, Clone)]
+/// A decrypted message. Its `Debug` leaves out the plaintext (private mail, not for logs).
+#[derive(Clone)]
 pub struct Decrypted {
     /// The outer (cleartext) header section as received.
     pub outer_header: Vec<u8>,
@@ -111,6 +111,19 @@ pub struct Decrypted {
     /// Usable gossip: only when the signature is valid.
     pub gossip: Vec<AutocryptHeader>,
     pub protected: ProtectedHeaders,
+}
+
+impl std::fmt::Debug for Decrypted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decrypted")
+            .field("inner_bytes", &self.inner.len())
+            .field("method", &self.method)
+            .field("signature", &self.signature)
+            .field("from", &self.from.as_ref().map(|m| &m.addr))
+            .field("gossip", &self.gossip.iter().map(|g| &g.addr).collect::<Vec<_>>())
+            .field("secure_join", &self.protected.secure_join)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Decrypted {
@@ -516,6 +529,7 @@ pub(crate) mod tests {
         assert!(d.gossip.is_empty(), "a 1:1 message gossips nothing");
         assert!(mime::split(&d.inner).1.starts_with(b"Hello Bob, this is Alice."));
         assert_eq!(d.header("HP-Outer").as_deref(), Some("From: <alice@example.org>"));
+        assert!(!format!("{d:?}").contains("Hello Bob"), "no plaintext in Debug");
     }
 
     #[test]
