@@ -34,7 +34,8 @@
 //!   [`securejoin::joiner::Joining::handle`]; `coi-proxy join` calls
 //!   [`securejoin::joiner::start`]. Every event carries the message to send and the peer to
 //!   mark with [`peer::verify`].
-//! - sessions of plain clients: [`securejoin::step::is_handshake`] says what to hide;
+//! - sessions of plain clients: [`securejoin::step::is_handshake`] (decrypted) or
+//!   [`securejoin::step::raw_step`] (as stored) says what to hide;
 //!   [`view::render`] gives the bytes to serve for an encrypted UID (decide once, cache).
 
 pub mod autocrypt;

@@ -1,7 +1,8 @@
 //! Which SecureJoin step a decrypted message is (Delta Chat `get_secure_join_step`), and the
 //! predicate sessions use to hide handshake mail from plain clients.
 
-use crate::openpgp::decrypt::{Decrypted, ProtectedHeaders};
+use crate::openpgp::decrypt::{DecryptError, Decrypted, NoKeys, ProtectedHeaders, decrypt, decrypt_with_passwords};
+use crate::openpgp::key::AccountKey;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -51,6 +52,19 @@ pub fn is_handshake(decrypted: &Decrypted) -> bool {
     step(&decrypted.protected).is_some_and(|s| s != Step::MemberAdded)
 }
 
+/// The step of a raw message as it sits at the provider, for a session deciding what a plain
+/// client sees: decrypted with the account key, else (the first two v3 steps) with the
+/// passwords of our open invites and joins. `None` for mail that is no handshake or that we
+/// cannot read at all.
+pub fn raw_step(message: &[u8], key: &AccountKey, passwords: &[&str]) -> Option<Step> {
+    let decrypted = match decrypt(message, key, &NoKeys) {
+        Ok(d) => d,
+        Err(DecryptError::PasswordOnly) => decrypt_with_passwords(message, passwords, &NoKeys).ok()?,
+        Err(_) => return None,
+    };
+    step(&decrypted.protected)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +89,11 @@ mod tests {
         {
             assert!(!is_handshake(&decrypt(&fixture(name), key, &NoKeys).unwrap()), "{name}");
         }
+        assert_eq!(raw_step(&fixture("securejoin-1-vc-request-pubkey.eml"), &alice, &[&pw]), Some(Step::RequestPubkey));
+        assert_eq!(raw_step(&fixture("securejoin-1-vc-request-pubkey.eml"), &alice, &[]), None);
+        assert_eq!(raw_step(&fixture("securejoin-4-vc-contact-confirm.eml"), &bob, &[]), Some(Step::ContactConfirm));
+        assert_eq!(raw_step(&fixture("one-to-one.eml"), &bob, &[&pw]), None);
+        assert_eq!(raw_step(b"From: a@b.org\r\n\r\nhi", &bob, &[]), None);
         let mut p = ProtectedHeaders { secure_join: Some("vg-member-added".into()), ..Default::default() };
         assert_eq!(step(&p), Some(Step::MemberAdded));
         p.secure_join = Some("vc-something-new".into());
