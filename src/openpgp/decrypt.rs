@@ -153,6 +153,7 @@ pub struct ProtectedHeaders {
     pub date: Option<i64>,
     pub message_id: Option<String>,
     pub in_reply_to: Option<String>,
+    /// The ids of References, without angle brackets.
     pub references: Vec<String>,
     pub to: Vec<Mailbox>,
     pub cc: Vec<Mailbox>,
@@ -182,7 +183,7 @@ impl ProtectedHeaders {
             date: value("Date").and_then(|d| mime::parse_date(&d)),
             message_id: value("Message-ID"),
             in_reply_to: value("In-Reply-To"),
-            references: value("References").map(|r| message_ids(&r)).unwrap_or_default(),
+            references: value("References").map(|r| crate::mail::msg_ids(&r)).unwrap_or_default(),
             to: boxes("To"),
             cc: boxes("Cc"),
             chat_version: value("Chat-Version"),
@@ -217,11 +218,6 @@ fn decode_text(value: &str) -> String {
         .parse_headers(block.as_bytes())
         .and_then(|m| m.subject().map(str::to_string))
         .unwrap_or_else(|| value.to_string())
-}
-
-/// The `<…>` message ids of a References value.
-fn message_ids(value: &str) -> Vec<String> {
-    value.split_whitespace().filter(|t| t.starts_with('<') && t.ends_with('>')).map(str::to_string).collect()
 }
 
 /// The encrypted payload of a PGP/MIME message: the `application/octet-stream` part of a

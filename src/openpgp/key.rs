@@ -401,16 +401,9 @@ fn unlock(secret: &mut SignedSecretKey, passphrase: Option<&Secret>) -> Result<(
     Ok(())
 }
 
-/// The address of a user ID: the part in angle brackets, or the whole ID when it is a bare
-/// address.
+/// The address of a user ID (`Name <addr>` or a bare address), lower-cased.
 fn user_id_addr(id: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(id);
-    let inner = match (text.rfind('<'), text.rfind('>')) {
-        (Some(open), Some(close)) if open < close => &text[open + 1..close],
-        _ => text.as_ref(),
-    };
-    let addr = canonical_addr(inner);
-    addr.contains('@').then_some(addr)
+    crate::mail::address(&String::from_utf8_lossy(id))
 }
 
 fn validate_user_id(secret: &SignedSecretKey, addr: &str) -> Result<(), KeyError> {

@@ -3,25 +3,14 @@
 //! re-encoded), unfold values, normalize line ends, fold what we write. Typed values (addresses,
 //! dates, content types) come from mail-parser, the crate's MIME parser.
 //!
-//! Kept inside the wing until the floor has a `mail` module (ARCHITECTURE: floor `mail`); the
-//! functions are small and free of OpenPGP so they can move down unchanged.
+//! What the floor's `mail` module already has (splitting a message, dates, addresses, message
+//! ids) is used from there; the rest is free of OpenPGP and can move down to `mail` unchanged
+//! when another module needs it.
 
 use mail_parser::{HeaderValue, MessageParser};
 
-/// Splits a message after its header section: the header part keeps its last line end, the body
-/// starts after the empty line. A message without an empty line is all header.
-pub fn split(message: &[u8]) -> (&[u8], &[u8]) {
-    let mut at = 0;
-    while at < message.len() {
-        let end = memchr::memchr(b'\n', &message[at..]).map_or(message.len(), |i| at + i + 1);
-        let line = &message[at..end];
-        if line == b"\r\n" || line == b"\n" {
-            return (&message[..at], &message[end..]);
-        }
-        at = end;
-    }
-    (message, &[])
-}
+/// The header section (with its last line end) and the body: the floor's splitter.
+pub use crate::mail::split_header as split;
 
 /// One header field as written: its name and the whole field (name, colon, value, folded
 /// continuation lines and the final line end).
@@ -221,10 +210,8 @@ pub fn parse_date(value: &str) -> Option<i64> {
     date.is_valid().then(|| date.to_timestamp())
 }
 
-/// An RFC 5322 date in UTC.
-pub fn format_date(unix: i64) -> String {
-    mail_parser::DateTime::from_timestamp(unix).to_rfc822()
-}
+/// An RFC 5322 date in UTC: the floor's.
+pub use crate::mail::rfc5322_date as format_date;
 
 /// A content type: lower-cased `type/subtype` and its parameters (names lower-cased).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,7 +249,7 @@ mod tests {
         assert_eq!(split(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"), (&b"A: 1\r\nB: 2\r\n"[..], &b"body\r\n"[..]));
         assert_eq!(split(b"A: 1\n\nbody"), (&b"A: 1\n"[..], &b"body"[..]));
         assert_eq!(split(b"A: 1\r\n"), (&b"A: 1\r\n"[..], &b""[..]));
-        assert_eq!(split(b"\r\nbody"), (&b""[..], &b"body"[..]));
+        assert_eq!(split(b"\r\nbody"), (&b""[..], &b"body"[..]), "no header at all");
     }
 
     #[test]
