@@ -143,22 +143,17 @@ def main():
             bob.start_io()
             rpc.wait_for_all_work_done(bob.id)
             bob.secure_join(link)
-            save("securejoin-1-vc-request-pubkey.eml", box["alice"].next_new("bob@example.org"),
-                 sender="bob", receiver="alice", step="vc-request-pubkey")
-            bob.stop_io()
-            alice.start_io()
-            save("securejoin-2-vc-pubkey.eml", box["bob"].next_new("alice@example.org"),
-                 sender="alice", receiver="bob", step="vc-pubkey")
-            alice.stop_io()
-            bob.start_io()
-            save("securejoin-3-vc-request-with-auth.eml", box["alice"].next_new("bob@example.org"),
-                 sender="bob", receiver="alice", step="vc-request-with-auth")
-            bob.stop_io()
-            alice.start_io()
-            save("securejoin-4-vc-contact-confirm.eml", box["bob"].next_new("alice@example.org"),
-                 sender="alice", receiver="bob", step="vc-contact-confirm")
+            # Each step: the sender's message is caught at the receiver, then the sender stops
+            # and the receiver starts, reads it and sends the next step.
+            steps = [(1, "vc-request-pubkey"), (2, "vc-pubkey"), (3, "vc-request-with-auth"), (4, "vc-contact-confirm")]
+            for n, step in steps:
+                sender, receiver = ("bob", "alice") if n % 2 else ("alice", "bob")
+                save("securejoin-%d-%s.eml" % (n, step), box[receiver].next_new("%s@example.org" % sender),
+                     sender=sender, receiver=receiver, step=step)
+                if n < 4:
+                    acs[sender].stop_io()
+                acs[receiver].start_io()
             wait(alice, EventType.SECUREJOIN_INVITER_PROGRESS, lambda e: e.progress == 1000)
-            bob.start_io()
             wait(bob, EventType.SECUREJOIN_JOINER_PROGRESS, lambda e: e.progress == 1000)
             rpc.wait_for_all_work_done(alice.id)
             rpc.wait_for_all_work_done(bob.id)

@@ -46,6 +46,17 @@ def transport(user, args):
     }
 
 
+def online(dc, rpc, args, name=None):
+    """A new account for args.user, configured and online."""
+    ac = dc.add_account()
+    ac.add_or_update_transport(transport(args.user, args))
+    if name:
+        ac.set_config("displayname", name)
+    ac.start_io()
+    rpc.wait_for_all_work_done(ac.id)
+    return ac
+
+
 def plain(snapshot):
     """A JSON-able copy of a snapshot."""
     return {k: v for k, v in snapshot.items() if isinstance(v, (str, int, float, bool, type(None), list))}
@@ -74,51 +85,36 @@ def accept(args, dc, rpc, report):
 
 
 def joiner(args, dc, rpc, report):
-    ac = dc.add_account()
-    ac.add_or_update_transport(transport(args.user, args))
-    ac.set_config("displayname", "Bob DC")
-    ac.start_io()
-    rpc.wait_for_all_work_done(ac.id)
+    ac = online(dc, rpc, args, "Bob DC")
     t = time.monotonic()
     chat = ac.secure_join(args.link)
     e = wait(ac, EventType.SECUREJOIN_JOINER_PROGRESS, lambda e: e.progress == 1000, timeout=90)
     report["joined_after_s"] = round(time.monotonic() - t, 2)
     report["inviter_contact"] = plain(ac.get_contact_by_id(e.contact_id).get_snapshot())
-    chat.send_text("Hello from Delta Chat")
-    rpc.wait_for_all_work_done(ac.id)
+    chat.send_text("Hello from Delta Chat").wait_until_delivered()
     report["chat"] = plain(chat.get_basic_snapshot())
     ac.stop_io()
 
 
 def inviter(args, dc, rpc, report):
-    ac = dc.add_account()
-    ac.add_or_update_transport(transport(args.user, args))
-    ac.set_config("displayname", "Alice DC")
-    ac.start_io()
-    rpc.wait_for_all_work_done(ac.id)
+    ac = online(dc, rpc, args, "Alice DC")
     print("LINK " + ac.get_qr_code(), flush=True)
     t = time.monotonic()
     e = wait(ac, EventType.SECUREJOIN_INVITER_PROGRESS, lambda e: e.progress == 1000, timeout=90)
     report["joined_after_s"] = round(time.monotonic() - t, 2)
     contact = ac.get_contact_by_id(e.contact_id)
     report["joiner_contact"] = plain(contact.get_snapshot())
-    contact.create_chat().send_text("Hello from Delta Chat")
-    rpc.wait_for_all_work_done(ac.id)
+    contact.create_chat().send_text("Hello from Delta Chat").wait_until_delivered()
     ac.stop_io()
 
 
 def group_inviter(args, dc, rpc, report):
-    ac = dc.add_account()
-    ac.add_or_update_transport(transport(args.user, args))
-    ac.set_config("displayname", "Alice DC")
-    ac.start_io()
-    rpc.wait_for_all_work_done(ac.id)
+    ac = online(dc, rpc, args, "Alice DC")
     group = ac.create_group("Team")
     print("LINK " + group.get_qr_code(), flush=True)
     e = wait(ac, EventType.SECUREJOIN_INVITER_PROGRESS, lambda e: e.progress == 1000, timeout=90)
     report["members"] = [c.get_snapshot().address for c in group.get_contacts()]
-    group.send_text("Hello group")
-    rpc.wait_for_all_work_done(ac.id)
+    group.send_text("Hello group").wait_until_delivered()
     ac.stop_io()
 
 
