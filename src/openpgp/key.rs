@@ -379,9 +379,27 @@ fn is_rsa(algorithm: PublicKeyAlgorithm) -> bool {
 }
 
 /// An rPGP error as one short line. rPGP's messages name packets and algorithms, never key
-/// material; the length cap keeps a pathological message out of logs.
+/// material; the length cap keeps a pathological message out of logs. Formatting stops at the
+/// first line end or 200 characters: rPGP's errors end in a captured backtrace (when
+/// `RUST_BACKTRACE` is set), and formatting that would symbolize it, which costs tens of
+/// milliseconds and hundreds of megabytes of debug information per malformed key.
 pub(crate) fn short(e: &dyn fmt::Display) -> String {
-    e.to_string().lines().next().unwrap_or("").chars().take(200).collect()
+    /// Collects up to a limit and then fails the write, which ends the formatting.
+    struct Line(String);
+    impl fmt::Write for Line {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            for c in s.chars() {
+                if c == '\n' || self.0.chars().count() >= 200 {
+                    return Err(fmt::Error);
+                }
+                self.0.push(c);
+            }
+            Ok(())
+        }
+    }
+    let mut line = Line(String::new());
+    let _ = fmt::write(&mut line, format_args!("{e}"));
+    line.0
 }
 
 fn unlock(secret: &mut SignedSecretKey, passphrase: Option<&Secret>) -> Result<(), KeyError> {
@@ -688,6 +706,20 @@ mod tests {
             AccountKey::import_armored(&solo, "solo@example.org", None),
             Err(KeyError::NoEncryptionSubkey)
         ));
+    }
+
+    #[test]
+    fn error_texts_stop_before_a_backtrace() {
+        struct WithTail;
+        impl fmt::Display for WithTail {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bad packet")?;
+                f.write_str("\nstack backtrace:\n")?;
+                panic!("formatting went past the first line");
+            }
+        }
+        assert_eq!(short(&WithTail), "bad packet");
+        assert_eq!(short(&"x".repeat(500)).len(), 200);
     }
 
     #[test]
