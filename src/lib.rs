@@ -18,6 +18,7 @@ pub mod logging;
 pub mod mail;
 pub mod metrics;
 pub mod net;
+pub mod openpgp;
 pub mod provider_profile;
 pub mod push;
 pub mod receipts;

@@ -79,7 +79,7 @@ fn place(module: &[String]) -> Option<Node> {
         ("imap", Some("session")) => node("imap::session", Level::Edge),
         ("imap", Some(_)) => None,
         ("smtp" | "worker", _) => node(first, Level::Edge),
-        ("coi" | "push" | "receipts", _) => node(first, Level::Wing),
+        ("coi" | "push" | "receipts" | "openpgp", _) => node(first, Level::Wing),
         ("context", None) => node("context", Level::Context),
         ("store", _) => node("store", Level::Base),
         (f, _) if FLOOR_FILES.contains(&f) => node(f, Level::Floor),
