@@ -93,10 +93,7 @@ pub fn parse_items(text: &[u8]) -> Result<Vec<Item>, FetchSyntax> {
         loop {
             p.skip_spaces();
             match p.peek() {
-                Some(b')') => {
-                    p.pos += 1;
-                    break;
-                }
+                Some(b')') => break,
                 None => return Err(FetchSyntax("unclosed item list")),
                 _ => items.push(p.item()?),
             }
