@@ -329,7 +329,7 @@ async fn accept_loop(listener: TcpListener, kind: ListenerKind, ctx: Arc<Context
             Ok((tcp, peer)) => {
                 // Read per connection, so that a reload that changes it applies to the next one.
                 let plaintext_auth = ctx.config().listen.plaintext_auth_allowed(&addr);
-                let info = ListenerInfo { kind, addr, plaintext_auth };
+                let info = ListenerInfo { kind, addr, plaintext_auth, views: None };
                 let limits = &ctx.config().limits;
                 let admitted = ctx.sessions.admit(peer.ip(), limits.max_sessions, limits.max_sessions_per_ip);
                 let (ctx, alive) = (ctx.clone(), alive.clone());

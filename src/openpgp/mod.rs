@@ -50,4 +50,5 @@ pub mod peer;
 pub mod recommend;
 pub mod seal;
 pub mod securejoin;
+pub mod session;
 pub mod view;

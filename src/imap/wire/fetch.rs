@@ -293,6 +293,95 @@ impl Parser<'_> {
     }
 }
 
+/// A provider's `* n FETCH (...)` response (literals inline): the message number and each
+/// item's name (upper-cased, `BODY[]<0>` as written) with its value as it is on the wire.
+pub fn parse_response(resp: &[u8]) -> Option<(u32, Vec<(String, Vec<u8>)>)> {
+    let rest = resp.strip_prefix(b"* ")?;
+    let sp = rest.iter().position(|&b| b == b' ')?;
+    let number: u32 = std::str::from_utf8(&rest[..sp]).ok()?.parse().ok()?;
+    let rest = &rest[sp + 1..];
+    if rest.len() < 7 || !rest[..7].eq_ignore_ascii_case(b"FETCH (") {
+        return None;
+    }
+    let body = &rest[7..];
+    let mut pos = 0;
+    let mut items = Vec::new();
+    loop {
+        while body.get(pos) == Some(&b' ') {
+            pos += 1;
+        }
+        match body.get(pos)? {
+            b')' => return Some((number, items)),
+            _ => {}
+        }
+        let start = pos;
+        let mut depth = 0;
+        while let Some(&b) = body.get(pos) {
+            match b {
+                b'[' => depth += 1,
+                b']' => depth -= 1,
+                b' ' if depth == 0 => break,
+                _ => {}
+            }
+            pos += 1;
+        }
+        let name = String::from_utf8_lossy(&body[start..pos]).to_ascii_uppercase();
+        pos += 1;
+        let value_start = pos;
+        pos = skip_value(body, pos)?;
+        items.push((name, body[value_start..pos].to_vec()));
+    }
+}
+
+/// The end of the IMAP value starting at `pos`: atom, number, NIL, quoted string, literal or
+/// parenthesised list.
+fn skip_value(bytes: &[u8], mut pos: usize) -> Option<usize> {
+    match *bytes.get(pos)? {
+        b'"' => {
+            pos += 1;
+            loop {
+                match *bytes.get(pos)? {
+                    b'\\' => pos += 2,
+                    b'"' => return Some(pos + 1),
+                    _ => pos += 1,
+                }
+            }
+        }
+        b'{' => {
+            let close = pos + bytes[pos..].iter().position(|&b| b == b'}')?;
+            let len: usize = std::str::from_utf8(&bytes[pos + 1..close]).ok()?.trim_end_matches('+').parse().ok()?;
+            let data = close + 3;
+            (data + len <= bytes.len()).then_some(data + len)
+        }
+        b'(' => {
+            pos += 1;
+            loop {
+                while bytes.get(pos) == Some(&b' ') {
+                    pos += 1;
+                }
+                if *bytes.get(pos)? == b')' {
+                    return Some(pos + 1);
+                }
+                pos = skip_value(bytes, pos)?;
+            }
+        }
+        _ => {
+            let start = pos;
+            while let Some(&b) = bytes.get(pos) {
+                if b == b' ' || b == b')' || b == b'\r' || b == b'\n' {
+                    break;
+                }
+                if b == b'[' {
+                    // An atom with a section, e.g. inside a list: up to its `]`.
+                    pos += bytes[pos..].iter().position(|&c| c == b']')?;
+                }
+                pos += 1;
+            }
+            (pos > start).then_some(pos)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +401,26 @@ mod tests {
         assert!(items[0].sets_seen());
         assert_eq!(parse_items(b"FULL").unwrap().len(), 5);
         assert_eq!(parse_items(b"(FLAGS) (CHANGEDSINCE 4)").unwrap(), vec![Item::Other("FLAGS".into())]);
+    }
+
+    #[test]
+    fn provider_responses() {
+        let resp = b"* 12 FETCH (UID 40 FLAGS (\\Seen $Chat) INTERNALDATE \"05-Dec-2026 19:35:50 +0000\" BODY[]<0> {5}\r\nhe)lo MODSEQ (7))\r\n";
+        let (n, items) = parse_response(resp).unwrap();
+        assert_eq!(n, 12);
+        let names: Vec<&str> = items.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["UID", "FLAGS", "INTERNALDATE", "BODY[]<0>", "MODSEQ"]);
+        assert_eq!(items[1].1, b"(\\Seen $Chat)");
+        assert_eq!(items[3].1, b"{5}\r\nhe)lo");
+        for bad in [
+            &b"* 1 FETCH (UID"[..],
+            b"* x FETCH ()",
+            b"* 1 FETCH (BODY[] {9}\r\nab)",
+            b"* 1 EXISTS",
+            b"* 1 FETCH (A (B",
+        ] {
+            assert!(parse_response(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -71,6 +71,16 @@ pub trait Interceptor: Send {
     /// whole (the proxy answers `+` to its synchronizing literals) and given to `handle`.
     fn wants(&self, name: CommandName) -> bool;
 
+    /// Whether the command starting with `line` (its first line, literals not yet read) is
+    /// handled here; `uid` for a `UID` command. By default the non-UID commands [`wants`]
+    /// names; an interceptor that looks at more than the name (the decrypted view takes a
+    /// FETCH only when it asks for content) says so here.
+    ///
+    /// [`wants`]: Interceptor::wants
+    fn wants_command(&self, name: CommandName, uid: bool, _line: &[u8]) -> bool {
+        !uid && self.wants(name)
+    }
+
     /// Handles one whole command; returns the complete response for the client.
     fn handle<P: ProviderCommands>(
         &mut self,
@@ -89,5 +99,31 @@ impl Interceptor for Relay {
 
     async fn handle<P: ProviderCommands>(&mut self, _: Vec<u8>, _: &mut P) -> Vec<u8> {
         unreachable!("wants() is always false")
+    }
+}
+
+/// Two interceptors on one session: a command goes to the first that wants it.
+pub struct Both<A, B>(pub A, pub B);
+
+impl<A: Interceptor, B: Interceptor> Interceptor for Both<A, B> {
+    fn wants(&self, name: CommandName) -> bool {
+        self.0.wants(name) || self.1.wants(name)
+    }
+
+    fn wants_command(&self, name: CommandName, uid: bool, line: &[u8]) -> bool {
+        self.0.wants_command(name, uid, line) || self.1.wants_command(name, uid, line)
+    }
+
+    async fn handle<P: ProviderCommands>(&mut self, command: Vec<u8>, provider: &mut P) -> Vec<u8> {
+        let (name, uid, first_line) = {
+            let line_end = command.iter().position(|&b| b == b'\n').map_or(command.len(), |i| i + 1);
+            let head = super::command::Head::parse(&command[..line_end]);
+            (head.map_or(CommandName::Other, |h| h.name), head.is_some_and(|h| h.uid), command[..line_end].to_vec())
+        };
+        if self.0.wants_command(name, uid, &first_line) {
+            self.0.handle(command, provider).await
+        } else {
+            self.1.handle(command, provider).await
+        }
     }
 }

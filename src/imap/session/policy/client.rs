@@ -18,7 +18,7 @@ impl Policy {
         fragment: Fragment,
         bytes: &[u8],
         now: Instant,
-        wants: &dyn Fn(CommandName) -> bool,
+        wants: &dyn Fn(CommandName, bool, &[u8]) -> bool,
     ) -> Keep {
         match fragment {
             Fragment::Line { first, literal, .. } => self.client_line(first, literal, bytes, now, wants),
@@ -54,7 +54,7 @@ impl Policy {
         literal: Option<Literal>,
         bytes: &[u8],
         now: Instant,
-        wants: &dyn Fn(CommandName) -> bool,
+        wants: &dyn Fn(CommandName, bool, &[u8]) -> bool,
     ) -> Keep {
         if first {
             if let Some(keep) = self.emulated_idle_line(literal, bytes, now) {
@@ -162,7 +162,7 @@ impl Policy {
 
     /// A new command starts with `line`: what is to become of it, and what it tells about
     /// the session (IDLE running, INBOX selected).
-    fn command_start(&mut self, line: &[u8], wants: &dyn Fn(CommandName) -> bool) {
+    fn command_start(&mut self, line: &[u8], wants: &dyn Fn(CommandName, bool, &[u8]) -> bool) {
         self.current.mode = Mode::Relay;
         self.current.forwarded = false;
         let head = Head::parse(line);
@@ -173,7 +173,7 @@ impl Policy {
             }
             return;
         };
-        let intercepted = !head.uid && wants(head.name);
+        let intercepted = wants(head.name, head.uid, line);
         if head.is(CommandName::Idle) {
             self.commands.idle = Some(head.tag.to_vec());
             self.commands.idle_done = false;
