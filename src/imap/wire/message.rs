@@ -311,14 +311,13 @@ fn param_list(params: &[(String, String)]) -> String {
     if params.is_empty() {
         return "NIL".into();
     }
-    let items: Vec<String> =
-        params.iter().map(|(k, v)| format!("{} {}", quoted(&k.to_ascii_uppercase()), quoted(v))).collect();
+    let items: Vec<String> = params.iter().map(|(k, v)| format!("{} {}", quoted(k), quoted(v))).collect();
     format!("({})", items.join(" "))
 }
 
 fn extension(mime: &Mime) -> String {
     let disposition = match &mime.disposition {
-        Some((kind, params)) => format!("({} {})", quoted(&kind.to_ascii_uppercase()), param_list(params)),
+        Some((kind, params)) => format!("({} {})", quoted(kind), param_list(params)),
         None => "NIL".into(),
     };
     let language = match mime.language.as_slice() {
@@ -338,7 +337,7 @@ fn structure(raw: &[u8], e: &Entity, extended: bool) -> String {
                 out.push_str(&structure(raw, child, extended));
             }
             out.push(' ');
-            out.push_str(&quoted(&m.subtype.to_ascii_uppercase()));
+            out.push_str(&quoted(&m.subtype));
             if extended {
                 out.push_str(&format!(" {} {}", param_list(&m.params), extension(m)));
             }
@@ -349,12 +348,12 @@ fn structure(raw: &[u8], e: &Entity, extended: bool) -> String {
             let body = &raw[e.body.clone()];
             let mut out = format!(
                 "({} {} {} {} {} {} {}",
-                quoted(&m.ctype.to_ascii_uppercase()),
-                quoted(&m.subtype.to_ascii_uppercase()),
+                quoted(&m.ctype),
+                quoted(&m.subtype),
                 param_list(&m.params),
                 string(m.id.as_deref()),
                 string(m.description.as_deref()),
-                quoted(&m.encoding.as_deref().unwrap_or("7BIT").to_ascii_uppercase()),
+                quoted(m.encoding.as_deref().unwrap_or("7bit")),
                 body.len()
             );
             let lines = || memchr::memchr_iter(b'\n', body).count();
@@ -514,9 +513,9 @@ From: x@example.org\r\nSubject: inner\r\n\r\ninner body\r\n\r\n--b1--\r\nepilogu
         assert!(not.ends_with("To: bob@example.org, \"Carol C\" <carol@example.org>\r\n\r\n"), "{not}");
         assert_eq!(
             one(&v, "BODYSTRUCTURE"),
-            "BODYSTRUCTURE (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 20 2 NIL NIL NIL NIL)"
+            "BODYSTRUCTURE (\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 20 2 NIL NIL NIL NIL)"
         );
-        assert_eq!(one(&v, "BODY"), "BODY (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" 20 2)");
+        assert_eq!(one(&v, "BODY"), "BODY (\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 20 2)");
         assert_eq!(
             one(&v, "ENVELOPE"),
             "ENVELOPE (\"Sat, 5 Dec 2026 19:35:50 +0000\" \"Hello\" ((\"Alice\" NIL \"alice\" \"example.org\")) \
@@ -539,9 +538,9 @@ From: x@example.org\r\nSubject: inner\r\n\r\ninner body\r\n\r\n--b1--\r\nepilogu
         assert_eq!(one(&v, "BODY[2.1]"), "BODY[2.1] {12}\r\ninner body\r\n");
         assert_eq!(one(&v, "BODY[3]"), "BODY[3] {0}\r\n");
         let bs = one(&v, "BODYSTRUCTURE");
-        assert!(bs.starts_with("BODYSTRUCTURE ((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" 5 0 NIL NIL NIL NIL)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 51 (NIL \"inner\" ((NIL NIL \"x\" \"example.org\"))"), "{bs}");
-        assert!(bs.ends_with(" \"MIXED\" (\"BOUNDARY\" \"b1\") NIL NIL NIL)"), "{bs}");
-        assert!(bs.contains("(\"ATTACHMENT\" (\"FILENAME\" \"m.eml\"))"), "{bs}");
+        assert!(bs.starts_with("BODYSTRUCTURE ((\"text\" \"plain\" (\"charset\" \"utf-8\") NIL NIL \"7bit\" 5 0 NIL NIL NIL NIL)(\"message\" \"rfc822\" NIL NIL NIL \"7bit\" 51 (NIL \"inner\" ((NIL NIL \"x\" \"example.org\"))"), "{bs}");
+        assert!(bs.ends_with(" \"mixed\" (\"boundary\" \"b1\") NIL NIL NIL)"), "{bs}");
+        assert!(bs.contains("(\"attachment\" (\"filename\" \"m.eml\"))"), "{bs}");
         assert_eq!(v.size(), MULTI.len());
     }
 
