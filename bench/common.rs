@@ -1,6 +1,7 @@
 //! What every benchmark needs around the proxy: the release binary started in front of the
 //! harness's Dovecot with a temporary proxy.toml, its ports read from its log, its CPU and memory
-//! read from /proc, and the open-files limit raised for many sessions.
+//! (and any other proxy's) read from /proc, the open-files limit raised for many sessions, and
+//! the small statistics the reports share.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,10 +13,12 @@ pub struct Proxy {
     child: Child,
     /// The plain IMAP listener.
     pub port: u16,
+    /// The implicit-TLS IMAP listener, when the config has one.
+    pub tls_port: Option<u16>,
     /// The plain submission listener, when the config has an SMTP provider.
     pub smtp_port: Option<u16>,
     pub log: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Proxy {
@@ -41,7 +44,7 @@ impl Proxy {
             .spawn()
             .expect("spawn coi-proxy");
         let wants_smtp = config.contains("\nsmtp = ");
-        let mut proxy = Proxy { child, port: 0, smtp_port: None, log, _dir: dir };
+        let mut proxy = Proxy { child, port: 0, tls_port: None, smtp_port: None, log, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = fs::read_to_string(&proxy.log).unwrap_or_default();
@@ -51,6 +54,7 @@ impl Proxy {
                 && (smtp.is_some() || !wants_smtp)
             {
                 proxy.port = imap;
+                proxy.tls_port = listening_port(&text, "imaps");
                 proxy.smtp_port = smtp;
                 return proxy;
             }
@@ -66,31 +70,24 @@ impl Proxy {
         self.child.id()
     }
 
-    /// User plus system CPU time so far, in the kernel's 10 ms ticks (USER_HZ is 100 on Linux).
-    pub fn cpu_secs(&self) -> f64 {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("read the proxy's stat");
-        // utime and stime are fields 14 and 15; the command name before them is in parentheses.
-        let fields: Vec<&str> = stat.rsplit_once(')').expect("comm in /proc/PID/stat").1.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-        ticks as f64 / 100.0
-    }
-
     /// A KiB figure of /proc/PID/status, e.g. `VmRSS:` or `VmHWM:` (peak RSS).
     pub fn status_kib(&self, field: &str) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read the proxy's status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+        status_kib(self.pid(), field)
     }
 
-    pub fn rss_kib(&self) -> u64 {
-        self.status_kib("VmRSS:")
+    /// The certificate the implicit-TLS listener presents (the proxy's own local CA issued it).
+    pub fn tls_cert(&self) -> PathBuf {
+        self.dir.path().join("state/tls/cert.pem")
     }
 
     pub fn problems(&self) -> Vec<String> {
         log_problems(&self.log)
+    }
+}
+
+impl Processes for Proxy {
+    fn pids(&self) -> Vec<u32> {
+        vec![self.pid()]
     }
 }
 
@@ -108,16 +105,48 @@ fn listening_port(log: &str, kind: &str) -> Option<u16> {
         .find_map(|(addr, _)| addr.rsplit(':').next()?.parse().ok())
 }
 
-/// The warning and error lines of a proxy or Dovecot log.
+/// What marks a warning or error line in the proxy's, Dovecot's and nginx's logs.
+const PROBLEM_MARKERS: [&str; 8] = [" WARN ", " ERROR ", "Warning:", "Error:", "Fatal:", "Panic:", "[warn]", "[error]"];
+
+/// The warning and error lines of a proxy, Dovecot or nginx log.
 pub fn log_problems(path: &Path) -> Vec<String> {
     let text = fs::read_to_string(path).unwrap_or_default();
-    let markers = [" WARN ", " ERROR ", "Warning:", "Error:", "Fatal:", "Panic:"];
-    text.lines().filter(|l| markers.iter().any(|m| l.contains(m))).map(str::to_owned).collect()
+    text.lines().filter(|l| PROBLEM_MARKERS.iter().any(|m| l.contains(m))).map(str::to_owned).collect()
 }
 
-/// Raises this process's soft limit of open files to at least `want` (as far as the hard limit
-/// allows): it holds every session's socket, and the proxy inherits the limit and needs two per
-/// session.
+/// Prints each log's problems at the end of a report: the distinct ones (first 10), with counts.
+pub fn print_problems(logs: &[(&str, Vec<String>)]) {
+    for (what, lines) in logs {
+        if !lines.is_empty() {
+            println!("\n{what} logged {} warnings/errors; distinct ones (first 10), with counts:", lines.len());
+            for (text, count) in distinct(lines).iter().take(10) {
+                println!("  {count:6} x {text}");
+            }
+        }
+    }
+}
+
+/// Log lines grouped by their text from the severity marker on (dropping times, pids and
+/// session ids), most frequent first, so that one repeated warning does not hide the others.
+fn distinct(lines: &[String]) -> Vec<(String, usize)> {
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for line in lines {
+        let at = PROBLEM_MARKERS.iter().filter_map(|m| line.find(m.trim())).min();
+        *counts.entry(line[at.unwrap_or(0)..].to_owned()).or_default() += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+    counts
+}
+
+/// A target's verdict in a report.
+pub fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "MISS" }
+}
+
+/// Raises this process's limit of open files to at least `want`: it holds every session's
+/// socket, and the proxy, nginx and Dovecot inherit the limit (the proxy needs two per session).
+/// The hard limit is raised too where allowed (as root), else the soft one as far as it goes.
 pub fn raise_fd_limit(want: u64) {
     #[repr(C)]
     struct Rlimit {
@@ -132,11 +161,16 @@ pub fn raise_fd_limit(want: u64) {
     let mut limit = Rlimit { cur: 0, max: 0 };
     // SAFETY: plain libc calls on a properly laid out struct that outlives them.
     unsafe {
-        if getrlimit(RLIMIT_NOFILE, &mut limit) == 0 && limit.cur < want {
-            let raised = Rlimit { cur: want.min(limit.max), max: limit.max };
-            if setrlimit(RLIMIT_NOFILE, &raised) != 0 || raised.cur < want {
-                eprintln!("warning: open files limited to {}; {want} are needed", raised.cur.max(limit.cur));
-            }
+        if getrlimit(RLIMIT_NOFILE, &mut limit) != 0 || limit.cur >= want {
+            return;
+        }
+        let raised = Rlimit { cur: want, max: limit.max.max(want) };
+        if setrlimit(RLIMIT_NOFILE, &raised) == 0 {
+            return;
+        }
+        let capped = Rlimit { cur: want.min(limit.max), max: limit.max };
+        if setrlimit(RLIMIT_NOFILE, &capped) != 0 || capped.cur < want {
+            eprintln!("warning: open files limited to {}; {want} are needed", capped.cur.max(limit.cur));
         }
     }
 }
@@ -157,4 +191,125 @@ impl Rng {
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// The processes that do a proxy's work, whose CPU time and memory its figures count: the one
+/// coi-proxy process, or nginx's workers.
+pub trait Processes {
+    fn pids(&self) -> Vec<u32>;
+
+    /// VmRSS of all of them, KiB.
+    fn rss_kib(&self) -> u64 {
+        self.pids().into_iter().map(|pid| status_kib(pid, "VmRSS:")).sum()
+    }
+
+    /// User plus system CPU time of all of them so far.
+    fn cpu_secs(&self) -> f64 {
+        self.pids().into_iter().map(cpu_secs).sum()
+    }
+}
+
+/// A KiB figure of /proc/PID/status, e.g. `VmRSS:`.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status =
+        fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// CPU time a process has used so far, all its threads: the scheduler's exact run time
+/// (`/proc/PID/task/*/schedstat`, ns) rather than utime + stime, which count 10 ms ticks and
+/// miss most of a short, busy FETCH.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"));
+    let nanos: u64 = tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    nanos as f64 / 1e9
+}
+
+/// The processes whose parent is `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            fs::read_to_string(format!("/proc/{child}/stat")).ok().is_some_and(|stat| {
+                // ppid is field 4, the second after the parenthesised command name.
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+/// Sends SIGTERM to a process the bench started.
+pub fn terminate(pid: u32) {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    const SIGTERM: i32 = 15;
+    // SAFETY: a plain libc call; the pid is a child of this process, not yet reaped.
+    unsafe {
+        kill(pid as i32, SIGTERM);
+    }
+}
+
+/// The open file descriptors of a process, and its limit (the `Max open files` soft limit).
+pub fn fds(pid: u32) -> (usize, String) {
+    let open = fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+    let limit = fs::read_to_string(format!("/proc/{pid}/limits"))
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .map(|l| l.split_whitespace().nth(3).unwrap_or("?").to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    (open, limit)
+}
+
+/// The load average, for the first line of a report: other work on this machine skews every
+/// figure.
+pub fn load_average() -> String {
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// A numeric environment variable, or `default`; the benches take their parameters this way
+/// since `cargo bench` passes arguments awkwardly.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
+}
+
+/// The length of the literal announced at the end of `line` (`{n}` or `{n+}` before CRLF).
+pub fn literal_len(line: &[u8]) -> Option<usize> {
+    let line = line.strip_suffix(b"\r\n")?.strip_suffix(b"}")?;
+    let line = line.strip_suffix(b"+").unwrap_or(line);
+    let open = line.iter().rposition(|&b| b == b'{')?;
+    std::str::from_utf8(&line[open + 1..]).ok()?.parse().ok()
+}
+
+/// The value at rank `p` (0..=1) of sorted values (nearest rank).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.5)
+}
+
+pub fn min_max(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+/// Bytes in MB (10^6), as throughput figures are given.
+pub fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
 }

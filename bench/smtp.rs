@@ -18,14 +18,13 @@ mod data_block;
 #[path = "../tests/support/provider.rs"]
 mod provider;
 
-use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use common::Proxy;
+use common::{Proxy, env_usize, load_average, print_problems, verdict};
 use data_block::data_block;
 use provider::Provider;
 
@@ -42,10 +41,9 @@ const RELAY_STALL: Duration = Duration::from_secs(120);
 
 fn main() {
     let messages = env_usize("SMTP_MESSAGES", 1_000);
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "coi-proxy SMTP submission bench: {messages} messages of {MESSAGE_SIZE} bytes each way (load average before: {})",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load_average()
     );
     let provider = Provider::start();
     let password = provider.password.clone();
@@ -93,28 +91,13 @@ fn main() {
     println!("\nSubmission, {messages} x {MESSAGE_SIZE} bytes, one connection, AUTH PLAIN, MAIL/RCPT/DATA pipelined");
     println!("  direct   {direct_rate:8.1} msg/s  ({:.2} s)", direct.as_secs_f64());
     println!("  proxied  {proxied_rate:8.1} msg/s  ({:.2} s)", proxied.as_secs_f64());
-    println!("  ratio    {ratio:8.3}   target >= 0.8: {}", if ratio >= 0.8 { "PASS" } else { "MISS" });
+    println!("  ratio    {ratio:8.3}   target >= 0.8: {}", verdict(ratio >= 0.8));
     println!(
         "Queue: all {messages} relayed to Dovecot {:.2} s after the first submission ({:.2} s after the last 250)",
         relayed.as_secs_f64(),
         (relayed - accepted).as_secs_f64()
     );
-    let problems: Vec<String> = fs::read_to_string(&proxy.log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .map(str::to_owned)
-        .collect();
-    if !problems.is_empty() {
-        println!("\ncoi-proxy logged {} warnings/errors; the first 10:", problems.len());
-        for l in problems.iter().take(10) {
-            println!("  {l}");
-        }
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
+    print_problems(&[("coi-proxy", proxy.problems())]);
 }
 
 /// A 20 KB plain-text message with a unique Message-ID, CRLF line ends.

@@ -24,7 +24,10 @@
 #   --rawlog                 rawlogs: post-login per user in STATE/rawlog/<user>/,
 #                            pre-login (both protocols) in STATE/rawlog/login/
 #   --verbose                auth_verbose + mail_debug into STATE/log/dovecot.log
-#   --max-conns N            mail_max_userip_connections (default 100)
+#   --max-conns N            mail_max_userip_connections (default 100); above 500 the
+#                            process and client limits of every service grow with it
+#   --imap-client-limit N    sessions one imap process serves (default 1), so that very many
+#                            sessions need few processes (10,000 at 1 would be 10,000 processes)
 #   --require-auth-delay     keep Dovecot's 2 s auth_failure_delay (default 0 s)
 #   --postfix                MTA variant (root only; apt-get install postfix): a real
 #                            Postfix, run from STATE/postfix/conf with its own queue,
@@ -43,6 +46,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 IMAP_PORT="" IMAPS_PORT="" SMTP_PORT="" SMTPS_PORT="" LMTP_PORT="" RELAY_PORT=""
 DOMAINS=() USERS="alice bob carol" PASSWORD="secret"
 NO_IDLE=0 METADATA=0 SLASH=0 REMOVE_CAP="" RAWLOG=0 VERBOSE=0 MAXCONN=100 AUTH_DELAY="0" POSTFIX=0
+IMAP_CLIENT_LIMIT=1
 STATE=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -62,6 +66,7 @@ while [ $# -gt 0 ]; do
     --rawlog) RAWLOG=1; shift;;
     --verbose) VERBOSE=1; shift;;
     --max-conns) MAXCONN="$2"; shift 2;;
+    --imap-client-limit) IMAP_CLIENT_LIMIT="$2"; shift 2;;
     --require-auth-delay) AUTH_DELAY="2 secs"; shift;;
     --postfix) POSTFIX=1; shift;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0;;
@@ -272,6 +277,9 @@ protocol imap {
   $1
 }
 
+service imap {
+  client_limit = $IMAP_CLIENT_LIMIT
+}
 service imap-login {
   chroot = $CHROOT_LOGIN
   $LOGIN_EXEC_IMAP
