@@ -146,8 +146,9 @@ pub fn verdict(pass: bool) -> &'static str {
 
 /// Raises this process's limit of open files to at least `want`: it holds every session's
 /// socket, and the proxy, nginx and Dovecot inherit the limit (the proxy needs two per session).
-/// The hard limit is raised too where allowed (as root), else the soft one as far as it goes.
-pub fn raise_fd_limit(want: u64) {
+/// The hard limit is raised too where allowed (with CAP_SYS_RESOURCE), else the soft one as far
+/// as the hard one lets it. Returns the limit now in force.
+pub fn raise_fd_limit(want: u64) -> u64 {
     #[repr(C)]
     struct Rlimit {
         cur: u64,
@@ -159,19 +160,22 @@ pub fn raise_fd_limit(want: u64) {
     }
     const RLIMIT_NOFILE: i32 = 7;
     let mut limit = Rlimit { cur: 0, max: 0 };
-    // SAFETY: plain libc calls on a properly laid out struct that outlives them.
+    // SAFETY: plain libc calls on properly laid out structs that outlive them.
     unsafe {
         if getrlimit(RLIMIT_NOFILE, &mut limit) != 0 || limit.cur >= want {
-            return;
+            return limit.cur;
         }
-        let raised = Rlimit { cur: want, max: limit.max.max(want) };
-        if setrlimit(RLIMIT_NOFILE, &raised) == 0 {
-            return;
+        if setrlimit(RLIMIT_NOFILE, &Rlimit { cur: want, max: limit.max.max(want) }) == 0 {
+            return want;
         }
         let capped = Rlimit { cur: want.min(limit.max), max: limit.max };
-        if setrlimit(RLIMIT_NOFILE, &capped) != 0 || capped.cur < want {
-            eprintln!("warning: open files limited to {}; {want} are needed", capped.cur.max(limit.cur));
+        if setrlimit(RLIMIT_NOFILE, &capped) != 0 {
+            return limit.cur;
         }
+        if capped.cur < want {
+            eprintln!("warning: open files limited to {} (the hard limit); {want} are needed", capped.cur);
+        }
+        capped.cur
     }
 }
 

@@ -23,7 +23,7 @@ mod nginx;
 #[path = "../tests/support/provider.rs"]
 mod provider;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,8 @@ use provider::{Provider, ProviderOptions};
 const USERS: usize = 20;
 /// Sessions one Dovecot imap process serves, so that 10,000 sessions need 200 processes.
 const IMAP_CLIENT_LIMIT: u32 = 50;
+/// Open files a proxy needs besides two sockets per session (listeners, epoll, its store, logs).
+const FD_RESERVE: u64 = 64;
 /// Logins in flight at once while the 10,000 sessions open.
 const SCALE_CONCURRENCY: usize = 64;
 
@@ -50,17 +52,24 @@ const TARGET_BUSY_KIB: f64 = 41.0;
 const TARGET_SCALE_MB: f64 = 150.0;
 
 fn main() {
-    let p = Params::from_env();
+    let mut p = Params::from_env();
     println!("coi-proxy vs nginx's mail proxy vs direct (load average before: {})", load_average());
     let most = p.scale.max(p.mix_sessions).max(p.idle_sessions);
     // The bench holds every client socket; the proxies (which inherit the limit) two per session.
-    raise_fd_limit(2 * most as u64 + 4096);
+    let fd_limit = raise_fd_limit(2 * most as u64 + FD_RESERVE);
+    let fits = (fd_limit.saturating_sub(FD_RESERVE) / 2) as usize;
+    if p.scale > fits {
+        println!(
+            "The open-files limit ({fd_limit}, which this process cannot raise) fits {fits} sessions through one \
+             coi-proxy process (two sockets each): the scale run opens {fits} instead of {}",
+            p.scale
+        );
+        p.scale = fits;
+    }
     let nginx_missing = Nginx::missing();
     if let Some(install) = &nginx_missing {
         println!("nginx's mail proxy is not installed ({install}): coi-proxy vs direct only");
     }
-    let with_nginx = nginx_missing.is_none();
-
     let users: Vec<String> =
         ["alice".to_owned()].into_iter().chain((2..=USERS).map(|i| format!("user{i:02}"))).collect();
     let provider = Provider::start_with(ProviderOptions {
@@ -70,119 +79,192 @@ fn main() {
         imap_client_limit: Some(IMAP_CLIENT_LIMIT),
         ..Default::default()
     });
-    let logins: Vec<String> = users.iter().map(|u| format!("{u}@example.org")).collect();
-    let alice = &logins[0];
-    let dovecot_key = provider.state_dir.join("tls/key.pem");
-    let start_nginx = |connections| {
-        with_nginx.then(|| Nginx::start(provider.imap_port, &provider.ca_cert, &dovecot_key, connections))
+    let mut bench = Bench {
+        logins: users.iter().map(|u| format!("{u}@example.org")).collect(),
+        dovecot_key: provider.state_dir.join("tls/key.pem"),
+        plain: format!("imap://127.0.0.1:{}", provider.imap_port),
+        provider,
+        with_nginx: nginx_missing.is_none(),
+        problems: Vec::new(),
+        nginx_problems: Vec::new(),
+        summary: Summary::default(),
     };
-    let plain = format!("imap://127.0.0.1:{}", provider.imap_port);
-    let mut problems: Vec<String> = Vec::new();
-    let mut nginx_problems: Vec<String> = Vec::new();
-    let mut summary = Summary::default();
 
-    let started = Instant::now();
-    let stored = mailbox::fill(provider.imap_port, alice);
-    println!(
-        "{} messages, {:.1} MB in {alice}'s INBOX (APPENDed in {:.1} s); Dovecot imap processes serve {IMAP_CLIENT_LIMIT} sessions each\n",
-        mailbox::MESSAGES,
-        mb(stored),
-        started.elapsed().as_secs_f64()
-    );
+    if p.fetch_rounds + p.tls_rounds + p.noop_rounds > 0 {
+        let started = Instant::now();
+        let stored = mailbox::fill(bench.provider.imap_port, &bench.logins[0]);
+        println!(
+            "{} messages, {:.1} MB in {}'s INBOX (APPENDed in {:.1} s); Dovecot imap processes serve {IMAP_CLIENT_LIMIT} sessions each\n",
+            mailbox::MESSAGES,
+            mb(stored),
+            bench.logins[0],
+            started.elapsed().as_secs_f64()
+        );
+        bench.fetch_and_noop(&p, stored);
+        if p.tls_rounds > 0 {
+            bench.fetch_tls(&p, stored);
+        }
+    }
+    if p.idle_sessions > 0 {
+        bench.idle(p.idle_sessions);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    if p.mix_sessions > 0 {
+        bench.mix(&runtime, p.mix_sessions, p.mix_seconds);
+    }
+    if p.scale > 0 {
+        bench.scale(&runtime, p.scale);
+    }
+    bench.summary.print(bench.with_nginx, &p);
+    print_problems(&[
+        ("coi-proxy", bench.problems),
+        ("nginx", bench.nginx_problems),
+        ("Dovecot", log_problems(&bench.provider.log)),
+    ]);
+}
 
-    // FETCH and NOOP, plain TCP.
-    {
-        let coi = Proxy::start(&coi_config(&plain, None, 100));
-        let nginx = start_nginx(100);
-        let mut routes = routes(&provider, &coi, nginx.as_ref(), alice, None, FAST_BUFFER);
-        let fetch = measure::fetch(&mut routes, p.fetch_rounds, stored);
-        fetch.print("FETCH throughput, UID FETCH 1:* BODY.PEEK[], plain TCP", &routes);
-        summary.fetch = (1..routes.len()).map(|i| median(&fetch.ratios(i))).collect();
-        println!();
-        let mut routes = routes_small(&provider, &coi, nginx.as_ref(), alice);
-        let noop = measure::noop(&mut routes, p.noop_rounds, p.noops);
-        noop.print(&routes, p.noops);
-        summary.noop = (1..routes.len())
-            .map(|i| {
-                let (a50, a99) = noop.added(i);
-                (median(&a50), median(&a99))
-            })
-            .collect();
-        println!();
-        problems.extend(coi.problems());
-        nginx_problems.extend(nginx.iter().flat_map(Nginx::problems));
+/// One run's Dovecot and what the phases collect.
+struct Bench {
+    provider: Provider,
+    logins: Vec<String>,
+    /// Dovecot's TLS key, which nginx's TLS listener uses too.
+    dovecot_key: PathBuf,
+    /// Dovecot's plain IMAP as coi-proxy's upstream.
+    plain: String,
+    with_nginx: bool,
+    problems: Vec<String>,
+    nginx_problems: Vec<String>,
+    summary: Summary,
+}
+
+impl Bench {
+    /// A fresh coi-proxy in front of `upstream`, for up to `sessions` sessions (all from
+    /// 127.0.0.1).
+    fn coi(&self, upstream: &str, ca_file: Option<&Path>, sessions: usize) -> Proxy {
+        let ca = ca_file.map_or(String::new(), |f| format!("ca_file = {:?}\n", f.display().to_string()));
+        Proxy::start(&format!(
+            "[upstream]\nimap = \"{upstream}\"\n{ca}[listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\n\
+             [limits]\nmax_sessions = {max}\nmax_sessions_per_ip = {max}\n",
+            max = sessions + 100
+        ))
     }
 
-    // FETCH with TLS: the client to the proxy, and the proxy to Dovecot (nginx cannot do the latter).
-    {
-        let imaps = format!("imaps://127.0.0.1:{}", provider.imaps_port);
-        let coi = Proxy::start(&coi_config(&imaps, Some(&provider.ca_cert), 100));
-        let nginx = start_nginx(100);
-        let dovecot_tls = Tls::pinned(&provider.ca_cert);
+    /// A fresh nginx in front of Dovecot's plain IMAP, if it is installed.
+    fn nginx(&self, connections: usize) -> Option<Nginx> {
+        self.with_nginx
+            .then(|| Nginx::start(self.provider.imap_port, &self.provider.ca_cert, &self.dovecot_key, connections))
+    }
+
+    /// Keeps the proxies' log problems for the end of the report.
+    fn done_with(&mut self, coi: Proxy, nginx: Option<Nginx>) {
+        self.problems.extend(coi.problems());
+        self.nginx_problems.extend(nginx.iter().flat_map(Nginx::problems));
+    }
+
+    /// One logged-in client per route, plain TCP: direct, coi-proxy and (if running) nginx.
+    fn routes<'a>(&self, coi: &'a Proxy, nginx: Option<&'a Nginx>, buffer: usize) -> Vec<Route<'a>> {
+        let login = |port| Client::login(port, &self.logins[0], buffer);
+        let mut routes = vec![
+            Route { name: "direct", client: login(self.provider.imap_port), procs: None },
+            Route { name: "coi-proxy", client: login(coi.port), procs: Some(coi) },
+        ];
+        if let Some(nginx) = nginx {
+            routes.push(Route { name: "nginx", client: login(nginx.port), procs: Some(nginx) });
+        }
+        routes
+    }
+
+    /// FETCH and NOOP over plain TCP.
+    fn fetch_and_noop(&mut self, p: &Params, stored: u64) {
+        let coi = self.coi(&self.plain, None, 100);
+        let nginx = self.nginx(100);
+        if p.fetch_rounds > 0 {
+            let mut routes = self.routes(&coi, nginx.as_ref(), FAST_BUFFER);
+            let fetch = measure::fetch(&mut routes, p.fetch_rounds, stored);
+            fetch.print("FETCH throughput, UID FETCH 1:* BODY.PEEK[], plain TCP", &routes);
+            self.summary.fetch = (1..routes.len()).map(|i| median(&fetch.ratios(i))).collect();
+            println!();
+        }
+        if p.noop_rounds > 0 {
+            let mut routes = self.routes(&coi, nginx.as_ref(), SMALL_BUFFER);
+            let noop = measure::noop(&mut routes, p.noop_rounds, p.noops);
+            noop.print(&routes, p.noops);
+            self.summary.noop = (1..routes.len())
+                .map(|i| {
+                    let (a50, a99) = noop.added(i);
+                    (median(&a50), median(&a99))
+                })
+                .collect();
+            println!();
+        }
+        self.done_with(coi, nginx);
+    }
+
+    /// FETCH with TLS from the client to the proxy, and from the proxy to Dovecot (nginx
+    /// cannot do the latter; its TLS-to-the-client-only figure is for information).
+    fn fetch_tls(&mut self, p: &Params, stored: u64) {
+        let imaps = format!("imaps://127.0.0.1:{}", self.provider.imaps_port);
+        let coi = self.coi(&imaps, Some(&self.provider.ca_cert), 100);
+        let nginx = self.nginx(100);
+        let dovecot_tls = Tls::pinned(&self.provider.ca_cert);
         let coi_tls = Tls::pinned(&coi.tls_cert());
         let login = |name, port, tls, procs| Route {
             name,
-            client: Client::login_over(port, Some(tls), alice, FAST_BUFFER),
+            client: Client::login_over(port, Some(tls), &self.logins[0], FAST_BUFFER),
             procs,
         };
         let mut routes = vec![
-            login("direct TLS", provider.imaps_port, &dovecot_tls, None),
+            login("direct TLS", self.provider.imaps_port, &dovecot_tls, None),
             login("coi-proxy TLS+TLS", coi.tls_port.expect("imaps listener"), &coi_tls, Some(&coi as &dyn Processes)),
         ];
         if let Some(nginx) = &nginx {
-            // Informational: TLS to the client only, plain to Dovecot.
             routes.push(login("nginx TLS+plain", nginx.tls_port, &dovecot_tls, Some(nginx)));
         }
         let fetch = measure::fetch(&mut routes, p.tls_rounds, stored);
-        fetch.print("FETCH throughput, TLS from the client (and from the proxy to Dovecot, coi-proxy only)", &routes);
-        summary.fetch_tls = (1..routes.len()).map(|i| median(&fetch.ratios(i))).collect();
+        fetch.print("FETCH throughput, TLS from the client (and from coi-proxy to Dovecot)", &routes);
+        self.summary.fetch_tls = (1..routes.len()).map(|i| median(&fetch.ratios(i))).collect();
         println!();
-        problems.extend(coi.problems());
-        nginx_problems.extend(nginx.iter().flat_map(Nginx::problems));
+        drop(routes);
+        self.done_with(coi, nginx);
     }
 
-    // Memory per idle session, each proxy fresh so that memory kept from earlier runs cannot
-    // hide the cost.
-    {
-        measure::Idle::print_header(p.idle_sessions);
-        let coi = Proxy::start(&coi_config(&plain, None, p.idle_sessions));
-        let idle = measure::idle(coi.port, &logins, p.idle_sessions, &coi);
+    /// Memory per idle session, each proxy fresh so that memory kept from earlier phases cannot
+    /// hide the cost.
+    fn idle(&mut self, sessions: usize) {
+        measure::Idle::print_header(sessions);
+        let coi = self.coi(&self.plain, None, sessions);
+        let idle = measure::idle(coi.port, &self.logins, sessions, &coi);
         idle.print("coi-proxy");
-        summary.idle.push(idle.kib_per_session());
-        problems.extend(coi.problems());
-        drop(coi);
-        if let Some(nginx) = start_nginx(p.idle_sessions) {
-            let idle = measure::idle(nginx.port, &logins, p.idle_sessions, &nginx);
+        self.summary.idle.push(idle.kib_per_session());
+        self.done_with(coi, None);
+        if let Some(nginx) = self.nginx(sessions) {
+            let idle = measure::idle(nginx.port, &self.logins, sessions, &nginx);
             idle.print("nginx (workers)");
-            summary.idle.push(idle.kib_per_session());
-            nginx_problems.extend(nginx.problems());
+            self.summary.idle.push(idle.kib_per_session());
+            self.nginx_problems.extend(nginx.problems());
         }
         println!();
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-
-    // The mixed load; alice's 100 MB INBOX is left out.
-    if p.mix_sessions > 0 {
-        let mix_logins = &logins[1..];
-        runtime.block_on(mix::seed(provider.imap_port, mix_logins));
+    /// The mixed load over every route in turn; alice's 100 MB INBOX is left out.
+    fn mix(&mut self, runtime: &tokio::runtime::Runtime, sessions: usize, seconds: u64) {
+        let logins = self.logins[1..].to_vec();
+        runtime.block_on(mix::seed(self.provider.imap_port, &logins));
         println!(
-            "Mixed load: {} sessions over {} users, {} s per route (logins spread over the first tenth)",
-            p.mix_sessions,
-            mix_logins.len(),
-            p.mix_seconds
+            "Mixed load: {sessions} sessions over {} users, {seconds} s per route (logins spread over the first tenth)",
+            logins.len(),
         );
         LoadResult::print_header();
-        let direct =
-            runtime.block_on(mix::run_load(provider.imap_port, mix_logins, p.mix_sessions, p.mix_seconds, None));
+        let direct = runtime.block_on(mix::run_load(self.provider.imap_port, &logins, sessions, seconds, None));
         direct.print("direct");
         let mut busy = Vec::new();
         let mut run = |name: &str, port: u16, procs: &dyn Processes| {
             // Let Dovecot reap the previous route's sessions first.
             std::thread::sleep(Duration::from_secs(5));
             let (rss, cpu) = (procs.rss_kib(), procs.cpu_secs());
-            let result = runtime.block_on(mix::run_load(port, mix_logins, p.mix_sessions, p.mix_seconds, Some(procs)));
+            let result = runtime.block_on(mix::run_load(port, &logins, sessions, seconds, Some(procs)));
             result.print(name);
+            result.print_errors(name);
             busy.push(Busy {
                 name: name.to_owned(),
                 before: rss,
@@ -190,54 +272,47 @@ fn main() {
                 cpu: procs.cpu_secs() - cpu,
                 commands: result.commands(),
                 errors: result.errors(),
-                sessions: p.mix_sessions,
-                seconds: p.mix_seconds,
+                sessions,
+                seconds,
             });
-            result.print_errors(name);
         };
-        let coi = Proxy::start(&coi_config(&plain, None, p.mix_sessions));
+        let coi = self.coi(&self.plain, None, sessions);
         run("coi-proxy", coi.port, &coi);
-        problems.extend(coi.problems());
-        drop(coi);
-        if let Some(nginx) = start_nginx(p.mix_sessions) {
+        self.done_with(coi, None);
+        if let Some(nginx) = self.nginx(sessions) {
             run("nginx", nginx.port, &nginx);
-            nginx_problems.extend(nginx.problems());
+            self.nginx_problems.extend(nginx.problems());
         }
         direct.print_errors("direct");
         for b in &busy {
             b.print(direct.commands());
         }
-        summary.busy =
+        self.summary.busy =
             busy.iter().map(|b| (b.kib_per_session(), b.commands as f64 / direct.commands() as f64)).collect();
-        summary.mix_errors = (direct.errors(), busy.iter().map(|b| b.errors).collect());
+        self.summary.mix_errors = (direct.errors(), busy.iter().map(|b| b.errors).collect());
         println!();
     }
 
-    // Many concurrent sessions.
-    if p.scale > 0 {
+    /// Many concurrent sessions through each proxy.
+    fn scale(&mut self, runtime: &tokio::runtime::Runtime, sessions: usize) {
         println!(
-            "{} concurrent sessions (LOGIN + SELECT INBOX, {SCALE_CONCURRENCY} logins in flight), then a NOOP on each",
-            p.scale
+            "{sessions} concurrent sessions (LOGIN + SELECT INBOX, {SCALE_CONCURRENCY} logins in flight), then a NOOP on each"
         );
         std::thread::sleep(Duration::from_secs(5));
-        let coi = Proxy::start(&coi_config(&plain, None, p.scale));
-        let held = runtime.block_on(hold(coi.port, &logins, p.scale, &coi));
+        let coi = self.coi(&self.plain, None, sessions);
+        let held = runtime.block_on(hold(coi.port, &self.logins, sessions, &coi));
         held.print("coi-proxy");
-        summary.scale.push((held.errors(), held.rss_kib as f64 / 1024.0));
-        problems.extend(coi.problems());
-        drop(coi);
-        if let Some(nginx) = start_nginx(p.scale) {
+        self.summary.scale.push((held.errors(), held.rss_kib as f64 / 1024.0));
+        self.done_with(coi, None);
+        if let Some(nginx) = self.nginx(sessions) {
             std::thread::sleep(Duration::from_secs(5));
-            let held = runtime.block_on(hold(nginx.port, &logins, p.scale, &nginx));
+            let held = runtime.block_on(hold(nginx.port, &self.logins, sessions, &nginx));
             held.print("nginx (workers)");
-            summary.scale.push((held.errors(), held.rss_kib as f64 / 1024.0));
-            nginx_problems.extend(nginx.problems());
+            self.summary.scale.push((held.errors(), held.rss_kib as f64 / 1024.0));
+            self.nginx_problems.extend(nginx.problems());
         }
         println!();
     }
-
-    summary.print(with_nginx, &p);
-    print_problems(&[("coi-proxy", problems), ("nginx", nginx_problems), ("Dovecot", log_problems(&provider.log))]);
 }
 
 /// What the environment may change (defaults in brackets): `PEERS_FETCH_ROUNDS` [20],
@@ -268,48 +343,6 @@ impl Params {
             scale: env_usize("PEERS_SCALE", 10_000),
         }
     }
-}
-
-/// coi-proxy's config in front of `upstream`, for up to `sessions` sessions (all from 127.0.0.1).
-fn coi_config(upstream: &str, ca_file: Option<&Path>, sessions: usize) -> String {
-    let ca = ca_file.map_or(String::new(), |f| format!("ca_file = {:?}\n", f.display().to_string()));
-    format!(
-        "[upstream]\nimap = \"{upstream}\"\n{ca}[listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\n\
-         [limits]\nmax_sessions = {max}\nmax_sessions_per_ip = {max}\n",
-        max = sessions + 100
-    )
-}
-
-/// One logged-in client per route, plain TCP: direct, coi-proxy and (if running) nginx.
-fn routes<'a>(
-    provider: &Provider,
-    coi: &'a Proxy,
-    nginx: Option<&'a Nginx>,
-    user: &str,
-    tls: Option<&Tls>,
-    buffer: usize,
-) -> Vec<Route<'a>> {
-    let mut routes = vec![
-        Route { name: "direct", client: Client::login_over(provider.imap_port, tls, user, buffer), procs: None },
-        Route { name: "coi-proxy", client: Client::login_over(coi.port, tls, user, buffer), procs: Some(coi) },
-    ];
-    if let Some(nginx) = nginx {
-        routes.push(Route {
-            name: "nginx",
-            client: Client::login_over(nginx.port, tls, user, buffer),
-            procs: Some(nginx),
-        });
-    }
-    routes
-}
-
-/// [`routes`] for NOOPs: small buffers, and no CPU accounting.
-fn routes_small<'a>(provider: &Provider, coi: &'a Proxy, nginx: Option<&'a Nginx>, user: &str) -> Vec<Route<'a>> {
-    let mut routes = routes(provider, coi, nginx, user, None, SMALL_BUFFER);
-    for route in &mut routes {
-        route.procs = None;
-    }
-    routes
 }
 
 /// A proxy's figures under the mixed load.

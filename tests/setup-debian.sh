@@ -3,8 +3,9 @@
 # submission) that the tests start on random loopback ports, python3 and openssl used by the
 # provider scripts, systemd for `systemd-analyze` (tests/ops.rs checks the shipped unit files
 # with it), Postfix (tests/receipts.rs runs a private instance as the provider's MTA, for
-# DSNs), and Delta Chat (deltachat-rpc-server/-client from PyPI) for the real-client tests.
-# Nothing is configured system-wide; no service is started.
+# DSNs), and Delta Chat (deltachat-rpc-server/-client from PyPI) for the real-client tests;
+# for the benches (bench/README.md), nginx's mail proxy, which `cargo bench --bench peers`
+# measures coi-proxy against. Nothing is configured system-wide; no service is started.
 set -eu
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -25,6 +26,12 @@ if ! dpkg-query -W -f='${Status}' postfix 2>/dev/null | grep -q "ok installed"; 
   echo 'postfix postfix/main_mailer_type select No configuration' | $SUDO debconf-set-selections
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postfix
   $SUDO systemctl disable --now postfix 2>/dev/null || true
+fi
+
+# nginx's mail proxy for bench/peers.rs (it runs a private instance from its own config).
+if ! dpkg-query -W -f='${Status}' libnginx-mod-mail 2>/dev/null | grep -q "ok installed"; then
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light libnginx-mod-mail
+  $SUDO systemctl disable --now nginx 2>/dev/null || true
 fi
 
 # Delta Chat for tests/deltachat.rs, into the python3 the tests run.
