@@ -9,8 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A `coi-proxy` process with its own state dir; killed on drop.
+///
+/// `COI_BENCH_WRAP` in the environment runs it under a tool that execs it in place, e.g.
+/// `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p` (see bench/README.md, Profiling);
+/// such a proxy is ended with SIGTERM, so that the tool writes its output.
 pub struct Proxy {
     child: Child,
+    wrapped: bool,
     /// The plain IMAP listener.
     pub port: u16,
     /// The implicit-TLS IMAP listener, when the config has one.
@@ -31,7 +36,17 @@ impl Proxy {
         let state = dir.path().join("state");
         fs::write(&config_path, format!("state_dir = {:?}\n{config}", state.display().to_string()))
             .expect("write proxy.toml");
-        let child = Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
+        let wrap = std::env::var("COI_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut command = match words.next() {
+            Some(tool) => {
+                let mut c = Command::new(tool);
+                c.args(words).arg(env!("CARGO_BIN_EXE_coi-proxy"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_coi-proxy")),
+        };
+        let child = command
             .arg("--config")
             .arg(&config_path)
             .arg("run")
@@ -44,8 +59,10 @@ impl Proxy {
             .spawn()
             .expect("spawn coi-proxy");
         let wants_smtp = config.contains("\nsmtp = ");
-        let mut proxy = Proxy { child, port: 0, tls_port: None, smtp_port: None, log, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let wrapped = !wrap.trim().is_empty();
+        let mut proxy = Proxy { child, wrapped, port: 0, tls_port: None, smtp_port: None, log, dir };
+        // A tool such as valgrind starts it many times slower.
+        let deadline = Instant::now() + Duration::from_secs(if wrapped { 300 } else { 20 });
         loop {
             let text = fs::read_to_string(&proxy.log).unwrap_or_default();
             let imap = listening_port(&text, "imap");
@@ -93,6 +110,16 @@ impl Processes for Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        if self.wrapped {
+            terminate(self.child.id());
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -207,10 +234,36 @@ pub trait Processes {
         self.pids().into_iter().map(|pid| status_kib(pid, "VmRSS:")).sum()
     }
 
-    /// User plus system CPU time of all of them so far.
+    /// CPU time all of them have used so far.
     fn cpu_secs(&self) -> f64 {
         self.pids().into_iter().map(cpu_secs).sum()
     }
+}
+
+/// A process and its children, e.g. Dovecot's master and the services it starts.
+pub struct Tree(pub u32);
+
+impl Processes for Tree {
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = children(self.0);
+        pids.insert(0, self.0);
+        pids
+    }
+}
+
+/// Dovecot's processes: its master and the services it started.
+pub fn dovecot(provider: &crate::provider::Provider) -> Tree {
+    Tree(provider.env["PROVIDER_PID"].parse().expect("PROVIDER_PID"))
+}
+
+/// CPU time the calling thread has used so far (a bench's client runs on it).
+pub fn thread_cpu_secs() -> f64 {
+    schedstat_secs(Path::new("/proc/thread-self/schedstat"))
+}
+
+fn schedstat_secs(path: &Path) -> f64 {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    text.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0) as f64 / 1e9
 }
 
 /// A KiB figure of /proc/PID/status, e.g. `VmRSS:`.
@@ -228,12 +281,9 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
 /// (`/proc/PID/task/*/schedstat`, ns) rather than utime + stime, which count 10 ms ticks and
 /// miss most of a short, busy FETCH.
 pub fn cpu_secs(pid: u32) -> f64 {
-    let tasks = fs::read_dir(format!("/proc/{pid}/task")).unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"));
-    let nanos: u64 = tasks
-        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    nanos as f64 / 1e9
+    // A process that has exited counts nothing (Dovecot ends idle processes).
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    tasks.filter_map(|t| Some(schedstat_secs(&t.ok()?.path().join("schedstat")))).sum()
 }
 
 /// The processes whose parent is `pid`.
@@ -252,13 +302,21 @@ pub fn children(pid: u32) -> Vec<u32> {
 
 /// Sends SIGTERM to a process the bench started.
 pub fn terminate(pid: u32) {
+    signal(pid, 15);
+}
+
+/// Sends SIGINT to a process the bench started (a profiler then writes its summary).
+pub fn interrupt(pid: u32) {
+    signal(pid, 2);
+}
+
+fn signal(pid: u32, signal: i32) {
     unsafe extern "C" {
         fn kill(pid: i32, sig: i32) -> i32;
     }
-    const SIGTERM: i32 = 15;
     // SAFETY: a plain libc call; the pid is a child of this process, not yet reaped.
     unsafe {
-        kill(pid as i32, SIGTERM);
+        kill(pid as i32, signal);
     }
 }
 

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::client::{Client, SMALL_BUFFER};
-use crate::common::{Processes, fds, mb, median, min_max, percentile};
+use crate::common::{Processes, fds, mb, median, min_max, percentile, thread_cpu_secs};
 
 /// One way to the Dovecot, with one logged-in client.
 pub struct Route<'a> {
@@ -22,21 +22,23 @@ pub struct Fetch {
     pub bytes: u64,
     /// Seconds, per route and round.
     pub secs: Vec<Vec<f64>>,
-    /// CPU time the route's proxy used per second of FETCH (1.0 = one core busy).
-    pub cpu: Vec<Option<f64>>,
+    /// CPU seconds over all rounds, per route: the client, Dovecot, the proxy (if any).
+    pub cpu: Vec<[f64; 3]>,
 }
 
 /// FETCHes the whole mailbox over every route, once untimed (to warm Dovecot's caches), then
 /// `rounds` times, each round starting at the next route; every response must carry the stored
-/// message bytes and the same total.
-pub fn fetch(routes: &mut [Route], rounds: usize, stored: u64) -> Fetch {
+/// message bytes and the same total. Counts the CPU time of the client (this thread), of
+/// `dovecot` and of the route's proxy.
+pub fn fetch(routes: &mut [Route], rounds: usize, stored: u64, dovecot: &dyn Processes) -> Fetch {
     let mut bytes = 0;
     let mut once = |route: &mut Route| {
-        let cpu = route.procs.map(|p| p.cpu_secs());
+        let cpu = |route: &Route| [thread_cpu_secs(), dovecot.cpu_secs(), route.procs.map_or(0.0, |p| p.cpu_secs())];
+        let before = cpu(route);
         let started = Instant::now();
         let response = route.client.run("UID FETCH 1:* BODY.PEEK[]");
         let secs = started.elapsed().as_secs_f64();
-        let cpu = route.procs.zip(cpu).map(|(p, before)| p.cpu_secs() - before);
+        let after = cpu(route);
         assert_eq!(
             response.literal_bytes, stored,
             "{}: the FETCH returned other message bytes than stored",
@@ -46,22 +48,23 @@ pub fn fetch(routes: &mut [Route], rounds: usize, stored: u64) -> Fetch {
             bytes = response.bytes;
         }
         assert_eq!(response.bytes, bytes, "{}: the FETCH response differs in size", route.name);
-        (secs, cpu)
+        (secs, [0, 1, 2].map(|k| after[k] - before[k]))
     };
     for route in routes.iter_mut() {
         once(route);
     }
     let n = routes.len();
     let mut secs = vec![Vec::new(); n];
-    let mut cpu = vec![0.0; n];
+    let mut cpu = vec![[0.0; 3]; n];
     for round in 0..rounds {
         for i in (0..n).map(|k| (round + k) % n) {
             let (s, c) = once(&mut routes[i]);
             secs[i].push(s);
-            cpu[i] += c.unwrap_or(0.0);
+            for k in 0..3 {
+                cpu[i][k] += c[k];
+            }
         }
     }
-    let cpu = routes.iter().enumerate().map(|(i, r)| r.procs.map(|_| cpu[i] / secs[i].iter().sum::<f64>())).collect();
     Fetch { bytes, secs, cpu }
 }
 
@@ -80,7 +83,7 @@ impl Fetch {
         let rounds = self.secs[0].len();
         println!("{title} ({:.1} MB response; {rounds} rounds, the routes taking turns to go first)", mb(self.bytes));
         println!(
-            "  {:<18} {:>9} {:>9}   {:>16} {:>17}   proxy CPU",
+            "  {:<18} {:>9} {:>9}   {:>16} {:>17}   CPU ms per 100 MB: client Dovecot proxy = sum",
             "", "MB/s", "best", "ratio (median)", "spread of rounds"
         );
         for (i, route) in routes.iter().enumerate() {
@@ -93,7 +96,14 @@ impl Fetch {
                 let (lo, hi) = min_max(&ratios);
                 format!("{:>16.3} {:>17}", median(&ratios), format!("{lo:.3} .. {hi:.3}"))
             };
-            let cpu = self.cpu[i].map_or(String::new(), |c| format!("{:.0}% of a core", 100.0 * c));
+            let per_100mb = self.cpu[i].map(|c| c * 1e3 * 100.0 / (rounds as f64 * mb(self.bytes)));
+            let cpu = format!(
+                "{:>6.1} {:>7.1} {:>5.1} = {:.1}",
+                per_100mb[0],
+                per_100mb[1],
+                per_100mb[2],
+                per_100mb.iter().sum::<f64>()
+            );
             println!("  {:<18} {:>9.1} {best:>9.1}   {ratio}   {cpu}", route.name, median(&rates));
         }
     }

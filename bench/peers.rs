@@ -180,7 +180,7 @@ impl Bench {
         let nginx = self.nginx(100);
         if p.fetch_rounds > 0 {
             let mut routes = self.routes(&coi, nginx.as_ref(), FAST_BUFFER);
-            let fetch = measure::fetch(&mut routes, p.fetch_rounds, stored);
+            let fetch = measure::fetch(&mut routes, p.fetch_rounds, stored, &common::dovecot(&self.provider));
             fetch.print("FETCH throughput, UID FETCH 1:* BODY.PEEK[], plain TCP", &routes);
             self.summary.fetch = (1..routes.len()).map(|i| median(&fetch.ratios(i))).collect();
             println!();
@@ -220,7 +220,7 @@ impl Bench {
         if let Some(nginx) = &nginx {
             routes.push(login("nginx TLS+plain", nginx.tls_port, &dovecot_tls, Some(nginx)));
         }
-        let fetch = measure::fetch(&mut routes, p.tls_rounds, stored);
+        let fetch = measure::fetch(&mut routes, p.tls_rounds, stored, &common::dovecot(&self.provider));
         fetch.print("FETCH throughput, TLS from the client (and from coi-proxy to Dovecot)", &routes);
         self.summary.fetch_tls = (1..routes.len()).map(|i| median(&fetch.ratios(i))).collect();
         println!();

@@ -21,7 +21,7 @@ mod provider;
 use std::time::Instant;
 
 use client::{Client, FAST_BUFFER, PASSWORD, SMALL_BUFFER};
-use common::{Proxy, load_average, log_problems, mb, median, raise_fd_limit, verdict};
+use common::{Proxy, dovecot, load_average, log_problems, mb, median, raise_fd_limit, verdict};
 use measure::Route;
 use provider::{Provider, ProviderOptions};
 
@@ -76,7 +76,7 @@ fn main() {
         route("direct", provider.imap_port, None, FAST_BUFFER),
         route("proxied", proxy.port, Some(&proxy), FAST_BUFFER),
     ];
-    let fetch = measure::fetch(&mut routes, FETCH_ROUNDS, stored);
+    let fetch = measure::fetch(&mut routes, FETCH_ROUNDS, stored, &dovecot(&provider));
     fetch.print("FETCH throughput, UID FETCH 1:* BODY.PEEK[]", &routes);
     let ratio = median(&fetch.ratios(1));
     println!("  target ratio >= {TARGET_THROUGHPUT_RATIO}: {}\n", verdict(ratio >= TARGET_THROUGHPUT_RATIO));
