@@ -87,11 +87,13 @@ fn main() {
         }
         "idle" => {
             let proxy = Proxy::start(&config);
-            drop(Client::login(proxy.port, &logins[0], SMALL_BUFFER));
+            let client_tls = tls.then(|| Tls::pinned(&proxy.tls_cert()));
+            let port = if tls { proxy.tls_port.expect("imaps listener") } else { proxy.port };
+            let login = |user| Client::login_over(port, client_tls.as_ref(), user, SMALL_BUFFER);
+            drop(login(&logins[0]));
             let before = proxy.rss_kib();
             let attached = Attached::start(&proxy);
-            let open: Vec<Client> =
-                (0..sessions).map(|i| Client::login(proxy.port, &logins[i % logins.len()], SMALL_BUFFER)).collect();
+            let open: Vec<Client> = (0..sessions).map(|i| login(&logins[i % logins.len()])).collect();
             std::thread::sleep(Duration::from_secs(env_usize("PROFILE_HOLD", 2) as u64));
             let with = proxy.rss_kib();
             println!(
@@ -112,6 +114,7 @@ fn main() {
             let result = runtime.block_on(mix::run_load(proxy.port, &logins[1..], sessions, seconds, Some(&proxy)));
             mix::LoadResult::print_header();
             result.print("coi-proxy");
+            result.print_errors("coi-proxy");
             println!(
                 "VmRSS {before} KiB before, peak {} KiB: {:.1} KiB per busy session",
                 result.peak_rss_kib,

@@ -27,7 +27,10 @@
 #   --max-conns N            mail_max_userip_connections (default 100); above 500 the
 #                            process and client limits of every service grow with it
 #   --imap-client-limit N    sessions one imap process serves (default 1), so that very many
-#                            sessions need few processes (10,000 at 1 would be 10,000 processes)
+#                            sessions need few processes (10,000 at 1 would be 10,000 processes);
+#                            above 1 the login service runs in Dovecot's high-performance mode
+#                            too (long-lived imap-login processes, one per core), so that a
+#                            storm of logins is not a storm of forks
 #   --require-auth-delay     keep Dovecot's 2 s auth_failure_delay (default 0 s)
 #   --postfix                MTA variant (root only; apt-get install postfix): a real
 #                            Postfix, run from STATE/postfix/conf with its own queue,
@@ -205,8 +208,11 @@ if [ "$MAXCONN" -gt 500 ]; then
 fi
 
 # A process serving many sessions must outlive its first one (service_count = 1 ends it then).
-IMAP_SERVICE_COUNT=""
-[ "$IMAP_CLIENT_LIMIT" -gt 1 ] && IMAP_SERVICE_COUNT="service_count = 0"
+IMAP_SERVICE_COUNT="" LOGIN_MODE=""
+if [ "$IMAP_CLIENT_LIMIT" -gt 1 ]; then
+  IMAP_SERVICE_COUNT="service_count = 0"
+  LOGIN_MODE=$'service_count = 0\n  process_min_avail = '"$(nproc)"
+fi
 
 write_conf() {  # $1 = extra imap_capability line (may be empty)
 cat > "$STATE/dovecot.conf" <<EOF
@@ -288,6 +294,7 @@ service imap {
 service imap-login {
   chroot = $CHROOT_LOGIN
   $LOGIN_EXEC_IMAP
+  $LOGIN_MODE
   inet_listener imap {
     address = 127.0.0.1
     port = $IMAP_PORT
