@@ -30,6 +30,11 @@ impl Proxy {
     /// Starts the proxy; `config` is the proxy.toml after `state_dir` (the `[upstream]`,
     /// `[listen]` and `[limits]` tables). Listeners should use port 0.
     pub fn start(config: &str) -> Proxy {
+        Proxy::start_binary(Path::new(env!("CARGO_BIN_EXE_coi-proxy")), config)
+    }
+
+    /// Like [`Proxy::start`] with another build of coi-proxy, to compare two in one run.
+    pub fn start_binary(binary: &Path, config: &str) -> Proxy {
         let dir = tempfile::Builder::new().prefix("coi-proxy-bench.").tempdir().expect("temp dir");
         let config_path = dir.path().join("proxy.toml");
         let log = dir.path().join("proxy.log");
@@ -41,10 +46,10 @@ impl Proxy {
         let mut command = match words.next() {
             Some(tool) => {
                 let mut c = Command::new(tool);
-                c.args(words).arg(env!("CARGO_BIN_EXE_coi-proxy"));
+                c.args(words).arg(binary);
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_coi-proxy")),
+            None => Command::new(binary),
         };
         let child = command
             .arg("--config")

@@ -141,12 +141,16 @@ impl Bench {
     /// A fresh coi-proxy in front of `upstream`, for up to `sessions` sessions (all from
     /// 127.0.0.1).
     fn coi(&self, upstream: &str, ca_file: Option<&Path>, sessions: usize) -> Proxy {
+        Proxy::start(&self.coi_config(upstream, ca_file, sessions))
+    }
+
+    fn coi_config(&self, upstream: &str, ca_file: Option<&Path>, sessions: usize) -> String {
         let ca = ca_file.map_or(String::new(), |f| format!("ca_file = {:?}\n", f.display().to_string()));
-        Proxy::start(&format!(
+        format!(
             "[upstream]\nimap = \"{upstream}\"\n{ca}[listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\n\
              [limits]\nmax_sessions = {max}\nmax_sessions_per_ip = {max}\n",
             max = sessions + 100
-        ))
+        )
     }
 
     /// A fresh nginx in front of Dovecot's plain IMAP, if it is installed.
@@ -161,13 +165,23 @@ impl Bench {
         self.nginx_problems.extend(nginx.iter().flat_map(Nginx::problems));
     }
 
-    /// One logged-in client per route, plain TCP: direct, coi-proxy and (if running) nginx.
-    fn routes<'a>(&self, coi: &'a Proxy, nginx: Option<&'a Nginx>, buffer: usize) -> Vec<Route<'a>> {
+    /// One logged-in client per route, plain TCP: direct, coi-proxy, the other coi-proxy build
+    /// and nginx (if running).
+    fn routes<'a>(
+        &self,
+        coi: &'a Proxy,
+        coi_b: Option<&'a Proxy>,
+        nginx: Option<&'a Nginx>,
+        buffer: usize,
+    ) -> Vec<Route<'a>> {
         let login = |port| Client::login(port, &self.logins[0], buffer);
         let mut routes = vec![
             Route { name: "direct", client: login(self.provider.imap_port), procs: None },
             Route { name: "coi-proxy", client: login(coi.port), procs: Some(coi) },
         ];
+        if let Some(b) = coi_b {
+            routes.push(Route { name: "coi-proxy B", client: login(b.port), procs: Some(b) });
+        }
         if let Some(nginx) = nginx {
             routes.push(Route { name: "nginx", client: login(nginx.port), procs: Some(nginx) });
         }
@@ -177,19 +191,20 @@ impl Bench {
     /// FETCH and NOOP over plain TCP.
     fn fetch_and_noop(&mut self, p: &Params, stored: u64) {
         let coi = self.coi(&self.plain, None, 100);
+        let coi_b = p.coi_b.as_ref().map(|bin| Proxy::start_binary(bin, &self.coi_config(&self.plain, None, 100)));
         let nginx = self.nginx(100);
         if p.fetch_rounds > 0 {
-            let mut routes = self.routes(&coi, nginx.as_ref(), FAST_BUFFER);
+            let mut routes = self.routes(&coi, coi_b.as_ref(), nginx.as_ref(), FAST_BUFFER);
             let fetch = measure::fetch(&mut routes, p.fetch_rounds, stored, &common::dovecot(&self.provider));
             fetch.print("FETCH throughput, UID FETCH 1:* BODY.PEEK[], plain TCP", &routes);
-            self.summary.fetch = (1..routes.len()).map(|i| median(&fetch.ratios(i))).collect();
+            self.summary.fetch = summary_routes(&routes).map(|i| median(&fetch.ratios(i))).collect();
             println!();
         }
         if p.noop_rounds > 0 {
-            let mut routes = self.routes(&coi, nginx.as_ref(), SMALL_BUFFER);
+            let mut routes = self.routes(&coi, coi_b.as_ref(), nginx.as_ref(), SMALL_BUFFER);
             let noop = measure::noop(&mut routes, p.noop_rounds, p.noops);
             noop.print(&routes, p.noops);
-            self.summary.noop = (1..routes.len())
+            self.summary.noop = summary_routes(&routes)
                 .map(|i| {
                     let (a50, a99) = noop.added(i);
                     (median(&a50), median(&a99))
@@ -197,6 +212,7 @@ impl Bench {
                 .collect();
             println!();
         }
+        self.problems.extend(coi_b.iter().flat_map(Proxy::problems));
         self.done_with(coi, nginx);
     }
 
@@ -318,8 +334,11 @@ impl Bench {
 /// What the environment may change (defaults in brackets): `PEERS_FETCH_ROUNDS` [20],
 /// `PEERS_TLS_ROUNDS` [10], `PEERS_NOOP_ROUNDS` [5], `PEERS_NOOPS` [10000] per route and round,
 /// `PEERS_IDLE_SESSIONS` [500], `PEERS_MIX_SESSIONS` [1000] (0 skips the mix),
-/// `PEERS_MIX_SECONDS` [60] per route, `PEERS_SCALE` [10000] (0 skips it).
+/// `PEERS_MIX_SECONDS` [60] per route, `PEERS_SCALE` [10000] (0 skips it); `PEERS_COI_B`, the
+/// path of another coi-proxy build, adds it as a route "coi-proxy B" to the plain FETCH and NOOP
+/// (an A/B comparison of a change within one run).
 struct Params {
+    coi_b: Option<PathBuf>,
     fetch_rounds: usize,
     tls_rounds: usize,
     noop_rounds: usize,
@@ -333,6 +352,7 @@ struct Params {
 impl Params {
     fn from_env() -> Params {
         Params {
+            coi_b: std::env::var_os("PEERS_COI_B").map(PathBuf::from),
             fetch_rounds: env_usize("PEERS_FETCH_ROUNDS", 20),
             tls_rounds: env_usize("PEERS_TLS_ROUNDS", 10),
             noop_rounds: env_usize("PEERS_NOOP_ROUNDS", 5),
@@ -343,6 +363,11 @@ impl Params {
             scale: env_usize("PEERS_SCALE", 10_000),
         }
     }
+}
+
+/// The routes of the closing table: coi-proxy and nginx (not direct, not coi-proxy B).
+fn summary_routes<'a>(routes: &'a [Route]) -> impl Iterator<Item = usize> + 'a {
+    (1..routes.len()).filter(|&i| routes[i].name != "coi-proxy B")
 }
 
 /// A proxy's figures under the mixed load.

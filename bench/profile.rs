@@ -1,4 +1,4 @@
-//! Drives one workload through coi-proxy for a profiler (issue 19: find where the time and the
+//! Drives one workload through coi-proxy (or nginx, for comparison) for a profiler (issue 19: find where the time and the
 //! memory go before fixing anything): the ~100 MB FETCH (plain, or TLS on both legs), idle
 //! sessions, or the mixed load. The proxy may run under a tool that execs it in place
 //! (`COI_BENCH_WRAP`, e.g. valgrind), and a tool that attaches to its pid (`PROFILE_ATTACH`,
@@ -17,6 +17,7 @@ mod data_block;
 mod mailbox;
 #[allow(dead_code)]
 mod mix;
+mod nginx;
 #[allow(dead_code)]
 #[path = "../tests/support/provider.rs"]
 mod provider;
@@ -27,14 +28,16 @@ use std::time::{Duration, Instant};
 
 use client::{Client, FAST_BUFFER, PASSWORD, SMALL_BUFFER, Tls};
 use common::{Processes, Proxy, env_usize, load_average, mb, raise_fd_limit};
+use nginx::Nginx;
 use provider::{Provider, ProviderOptions};
 
 const USERS: usize = 20;
 
 fn main() {
     let workload = std::env::var("PROFILE").unwrap_or_else(|_| "fetch".into());
+    let which = std::env::var("PROFILE_PROXY").unwrap_or_else(|_| "coi".into());
     let sessions = env_usize("PROFILE_SESSIONS", 500);
-    println!("coi-proxy profile run: {workload} (load average before: {})", load_average());
+    println!("profile run: {workload} through {which} (load average before: {})", load_average());
     raise_fd_limit(2 * sessions as u64 + 1024);
     let users: Vec<String> =
         ["alice".to_owned()].into_iter().chain((2..=USERS).map(|i| format!("user{i:02}"))).collect();
@@ -47,60 +50,46 @@ fn main() {
     });
     let logins: Vec<String> = users.iter().map(|u| format!("{u}@example.org")).collect();
     let tls = std::env::var_os("PROFILE_TLS").is_some_and(|v| v == "1");
-    let upstream = if tls {
-        format!(
-            "imap = \"imaps://127.0.0.1:{}\"\nca_file = {:?}",
-            provider.imaps_port,
-            provider.ca_cert.display().to_string()
-        )
-    } else {
-        format!("imap = \"imap://127.0.0.1:{}\"", provider.imap_port)
-    };
-    let config = format!(
-        "[upstream]\n{upstream}\n[listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\n\
-         [limits]\nmax_sessions = {max}\nmax_sessions_per_ip = {max}\n",
-        max = sessions + 100
-    );
+    let stored = (workload == "fetch").then(|| mailbox::fill(provider.imap_port, &logins[0]));
+    let proxy = Under::start(&which, &provider, tls, sessions);
+    let client_tls = tls.then(|| Tls::pinned(&proxy.tls_cert(&provider)));
+    let port = proxy.port(tls);
+    let login = |user| Client::login_over(port, client_tls.as_ref(), user, SMALL_BUFFER);
+    let procs = proxy.procs();
     match workload.as_str() {
         "fetch" => {
-            let stored = mailbox::fill(provider.imap_port, &logins[0]);
-            let proxy = Proxy::start(&config);
-            let client_tls = tls.then(|| Tls::pinned(&proxy.tls_cert()));
-            let port = if tls { proxy.tls_port.expect("imaps listener") } else { proxy.port };
+            let stored = stored.expect("filled");
             let mut client = Client::login_over(port, client_tls.as_ref(), &logins[0], FAST_BUFFER);
             let rounds = env_usize("PROFILE_ROUNDS", 5);
-            let attached = Attached::start(&proxy);
-            let (cpu, started) = (proxy.cpu_secs(), Instant::now());
+            let attached = Attached::start(procs);
+            let (cpu, started) = (procs.cpu_secs(), Instant::now());
             for _ in 0..rounds {
                 let response = client.run("UID FETCH 1:* BODY.PEEK[]");
                 assert_eq!(response.literal_bytes, stored, "the FETCH returned other message bytes than stored");
             }
-            let (secs, cpu) = (started.elapsed().as_secs_f64(), proxy.cpu_secs() - cpu);
+            let (secs, cpu) = (started.elapsed().as_secs_f64(), procs.cpu_secs() - cpu);
             attached.stop();
             println!(
                 "{rounds} x FETCH of {:.1} MB{}: {:.1} MB/s, proxy CPU {cpu:.2} s ({:.1} ms per 100 MB)",
                 mb(stored),
-                if tls { " over TLS both legs" } else { "" },
+                if tls { " over TLS" } else { "" },
                 rounds as f64 * mb(stored) / secs,
                 cpu * 1e3 * 100.0 / (rounds as f64 * mb(stored))
             );
         }
         "idle" => {
-            let proxy = Proxy::start(&config);
-            let client_tls = tls.then(|| Tls::pinned(&proxy.tls_cert()));
-            let port = if tls { proxy.tls_port.expect("imaps listener") } else { proxy.port };
-            let login = |user| Client::login_over(port, client_tls.as_ref(), user, SMALL_BUFFER);
             drop(login(&logins[0]));
-            let before = proxy.rss_kib();
-            let attached = Attached::start(&proxy);
+            std::thread::sleep(Duration::from_secs(1));
+            let before = procs.rss_kib();
+            let attached = Attached::start(procs);
             let open: Vec<Client> = (0..sessions).map(|i| login(&logins[i % logins.len()])).collect();
             std::thread::sleep(Duration::from_secs(env_usize("PROFILE_HOLD", 2) as u64));
-            let with = proxy.rss_kib();
+            let with = procs.rss_kib();
             println!(
                 "{sessions} idle sessions: VmRSS {before} -> {with} KiB, {:.1} KiB per session",
-                (with - before) as f64 / sessions as f64
+                with.saturating_sub(before) as f64 / sessions as f64
             );
-            print_memory_map(proxy.pid());
+            print_memory_map(procs);
             attached.stop();
             drop(open);
         }
@@ -108,32 +97,95 @@ fn main() {
             let seconds = env_usize("PROFILE_SECONDS", 30) as u64;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             runtime.block_on(mix::seed(provider.imap_port, &logins[1..]));
-            let proxy = Proxy::start(&config);
-            let before = proxy.rss_kib();
-            let attached = Attached::start(&proxy);
-            let result = runtime.block_on(mix::run_load(proxy.port, &logins[1..], sessions, seconds, Some(&proxy)));
+            let before = procs.rss_kib();
+            let attached = Attached::start(procs);
+            let result = runtime.block_on(mix::run_load(port, &logins[1..], sessions, seconds, Some(procs)));
             mix::LoadResult::print_header();
-            result.print("coi-proxy");
-            result.print_errors("coi-proxy");
+            result.print(&which);
+            result.print_errors(&which);
             println!(
                 "VmRSS {before} KiB before, peak {} KiB: {:.1} KiB per busy session",
                 result.peak_rss_kib,
-                (result.peak_rss_kib - before) as f64 / sessions as f64
+                result.peak_rss_kib.saturating_sub(before) as f64 / sessions as f64
             );
-            print_memory_map(proxy.pid());
+            print_memory_map(procs);
             attached.stop();
         }
         other => panic!("PROFILE={other}: one of fetch, idle, busy"),
     }
 }
 
-/// The tool of `PROFILE_ATTACH` (`{pid}` is the proxy's pid), running until `stop`.
+/// The proxy under study: coi-proxy (TLS on both legs with `PROFILE_TLS=1`) or nginx (TLS to
+/// the client only).
+enum Under {
+    Coi(Proxy),
+    Nginx(Nginx),
+}
+
+impl Under {
+    fn start(which: &str, provider: &Provider, tls: bool, sessions: usize) -> Under {
+        match which {
+            "coi" => {
+                let upstream = if tls {
+                    format!(
+                        "imap = \"imaps://127.0.0.1:{}\"\nca_file = {:?}",
+                        provider.imaps_port,
+                        provider.ca_cert.display().to_string()
+                    )
+                } else {
+                    format!("imap = \"imap://127.0.0.1:{}\"", provider.imap_port)
+                };
+                Under::Coi(Proxy::start(&format!(
+                    "[upstream]\n{upstream}\n[listen]\nimap = \"127.0.0.1:0\"\nimaps = \"127.0.0.1:0\"\n\
+                     [limits]\nmax_sessions = {max}\nmax_sessions_per_ip = {max}\n",
+                    max = sessions + 100
+                )))
+            }
+            "nginx" => {
+                if let Some(install) = Nginx::missing() {
+                    panic!("PROFILE_PROXY=nginx: {install}");
+                }
+                let key = provider.state_dir.join("tls/key.pem");
+                Under::Nginx(Nginx::start(provider.imap_port, &provider.ca_cert, &key, sessions))
+            }
+            other => panic!("PROFILE_PROXY={other}: coi or nginx"),
+        }
+    }
+
+    fn port(&self, tls: bool) -> u16 {
+        match (self, tls) {
+            (Under::Coi(p), false) => p.port,
+            (Under::Coi(p), true) => p.tls_port.expect("imaps listener"),
+            (Under::Nginx(n), false) => n.port,
+            (Under::Nginx(n), true) => n.tls_port,
+        }
+    }
+
+    /// The certificate its TLS listener presents (nginx has Dovecot's).
+    fn tls_cert(&self, provider: &Provider) -> std::path::PathBuf {
+        match self {
+            Under::Coi(p) => p.tls_cert(),
+            Under::Nginx(_) => provider.ca_cert.clone(),
+        }
+    }
+
+    fn procs(&self) -> &dyn Processes {
+        match self {
+            Under::Coi(p) => p,
+            Under::Nginx(n) => n,
+        }
+    }
+}
+
+/// The tool of `PROFILE_ATTACH` (`{pid}` is the proxy's pid, or nginx's worker pids separated
+/// by commas), running until `stop`.
 struct Attached(Option<Child>);
 
 impl Attached {
-    fn start(proxy: &Proxy) -> Attached {
+    fn start(procs: &dyn Processes) -> Attached {
         let Ok(command) = std::env::var("PROFILE_ATTACH") else { return Attached(None) };
-        let command = command.replace("{pid}", &proxy.pid().to_string());
+        let pids: Vec<String> = procs.pids().iter().map(u32::to_string).collect();
+        let command = command.replace("{pid}", &pids.join(","));
         let mut words = command.split_whitespace();
         let tool = words.next().expect("PROFILE_ATTACH names a tool");
         let child = Command::new(tool).args(words).stdin(Stdio::null()).spawn().expect("start PROFILE_ATTACH");
@@ -153,8 +205,10 @@ impl Attached {
 
 /// Where the proxy's resident memory is, by kind of mapping (/proc/PID/smaps): the heap and
 /// other anonymous memory (allocator arenas, thread stacks), and file-backed pages.
-fn print_memory_map(pid: u32) {
-    let smaps = fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+fn print_memory_map(procs: &dyn Processes) {
+    let pids = procs.pids();
+    let smaps: String =
+        pids.iter().map(|pid| fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps")).collect();
     let (mut heap, mut anon, mut anon_maps, mut file, mut stack_like) = (0u64, 0u64, 0, 0u64, 0);
     let mut current = String::new();
     for line in smaps.lines() {
@@ -184,6 +238,6 @@ fn print_memory_map(pid: u32) {
     }
     println!(
         "  resident: [heap] {heap} KiB, other anonymous {anon} KiB in {anon_maps} mappings ({stack_like} with <= 16 KiB), file-backed {file} KiB; threads {}",
-        fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count)
+        pids.iter().map(|pid| fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count)).sum::<usize>()
     );
 }
