@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 /// A `coi-proxy` process with its own state dir; killed on drop.
 ///
-/// `COI_BENCH_WRAP` in the environment runs it under a tool that execs it in place, e.g.
+/// `COI_BENCH_BIN` in the environment starts another build instead of this crate's (to measure
+/// a change without committing it); `COI_BENCH_WRAP` runs it under a tool that execs it in place, e.g.
 /// `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p` (see bench/README.md, Profiling);
 /// such a proxy is ended with SIGTERM, so that the tool writes its output.
 pub struct Proxy {
@@ -30,7 +31,10 @@ impl Proxy {
     /// Starts the proxy; `config` is the proxy.toml after `state_dir` (the `[upstream]`,
     /// `[listen]` and `[limits]` tables). Listeners should use port 0.
     pub fn start(config: &str) -> Proxy {
-        Proxy::start_binary(Path::new(env!("CARGO_BIN_EXE_coi-proxy")), config)
+        match std::env::var_os("COI_BENCH_BIN").filter(|b| !b.is_empty()) {
+            Some(binary) => Proxy::start_binary(Path::new(&binary), config),
+            None => Proxy::start_binary(Path::new(env!("CARGO_BIN_EXE_coi-proxy")), config),
+        }
     }
 
     /// Like [`Proxy::start`] with another build of coi-proxy, to compare two in one run.

@@ -80,7 +80,19 @@ mail {{
         );
         let config_path = dir.path().join("nginx.conf");
         fs::write(&config_path, config).expect("write nginx.conf");
-        let child = Command::new(NGINX)
+        // As COI_BENCH_WRAP for coi-proxy: a tool that execs nginx in place, e.g. valgrind
+        // (whose output then comes per worker process, as they are forked).
+        let wrap = std::env::var("NGINX_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut command = match words.next() {
+            Some(tool) => {
+                let mut c = Command::new(tool);
+                c.args(words).arg(NGINX);
+                c
+            }
+            None => Command::new(NGINX),
+        };
+        let child = command
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
@@ -94,7 +106,7 @@ mail {{
             .spawn()
             .expect("spawn nginx");
         let mut nginx = Nginx { child, port, tls_port, log, _auth: auth, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(if wrap.trim().is_empty() { 20 } else { 300 });
         while !(greets(port) && nginx.pids().len() == WORKERS) {
             if let Some(status) = nginx.child.try_wait().expect("wait for nginx") {
                 panic!("nginx exited ({status}):\n{}", fs::read_to_string(&nginx.log).unwrap_or_default());

@@ -1,10 +1,10 @@
 //! Drives one workload through coi-proxy (or nginx, for comparison) for a profiler (issue 19: find where the time and the
-//! memory go before fixing anything): the ~100 MB FETCH (plain, or TLS on both legs), idle
-//! sessions, or the mixed load. The proxy may run under a tool that execs it in place
+//! memory go before fixing anything): the ~100 MB FETCH (plain, or TLS on both legs),
+//! sequential NOOPs, idle sessions, or the mixed load. The proxy may run under a tool that execs it in place
 //! (`COI_BENCH_WRAP`, e.g. valgrind), and a tool that attaches to its pid (`PROFILE_ATTACH`,
 //! e.g. `strace -f -c -p {pid}`) runs around the workload only, after setup and logins.
 //!
-//! Run with `PROFILE=fetch|idle|busy cargo bench --bench profile`; bench/README.md (Profiling)
+//! Run with `PROFILE=fetch|noop|idle|busy cargo bench --bench profile`; bench/README.md (Profiling)
 //! has the parameters, the commands used and what they found.
 
 // The provider harness serves the integration tests too; the benchmark uses only part of it.
@@ -77,6 +77,25 @@ fn main() {
                 cpu * 1e3 * 100.0 / (rounds as f64 * mb(stored))
             );
         }
+        "noop" => {
+            let noops = env_usize("PROFILE_NOOPS", 100_000);
+            let mut client = login(&logins[0]);
+            for _ in 0..1_000 {
+                client.run("NOOP");
+            }
+            let attached = Attached::start(procs);
+            let (cpu, started) = (procs.cpu_secs(), Instant::now());
+            for _ in 0..noops {
+                client.run("NOOP");
+            }
+            let (secs, cpu) = (started.elapsed().as_secs_f64(), procs.cpu_secs() - cpu);
+            attached.stop();
+            println!(
+                "{noops} sequential NOOPs: {:.1} µs per round trip, proxy CPU {:.2} µs per NOOP",
+                secs * 1e6 / noops as f64,
+                cpu * 1e6 / noops as f64
+            );
+        }
         "idle" => {
             drop(login(&logins[0]));
             std::thread::sleep(Duration::from_secs(1));
@@ -111,7 +130,7 @@ fn main() {
             print_memory_map(procs);
             attached.stop();
         }
-        other => panic!("PROFILE={other}: one of fetch, idle, busy"),
+        other => panic!("PROFILE={other}: one of fetch, noop, idle, busy"),
     }
 }
 
