@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::client::{Client, SMALL_BUFFER};
-use crate::common::{Processes, fds, mb, median, min_max, percentile, thread_cpu_secs};
+use crate::common::{Processes, Rng, fds, mb, median, min_max, percentile, thread_cpu_secs};
 
 /// One way to the Dovecot, with one logged-in client.
 pub struct Route<'a> {
@@ -27,7 +27,7 @@ pub struct Fetch {
 }
 
 /// FETCHes the whole mailbox over every route, once untimed (to warm Dovecot's caches), then
-/// `rounds` times, each round starting at the next route; every response must carry the stored
+/// `rounds` times, each round in a new random order of the routes; every response must carry the stored
 /// message bytes and the same total. Counts the CPU time of the client (this thread), of
 /// `dovecot` and of the route's proxy.
 pub fn fetch(routes: &mut [Route], rounds: usize, stored: u64, dovecot: &dyn Processes) -> Fetch {
@@ -56,8 +56,9 @@ pub fn fetch(routes: &mut [Route], rounds: usize, stored: u64, dovecot: &dyn Pro
     let n = routes.len();
     let mut secs = vec![Vec::new(); n];
     let mut cpu = vec![[0.0; 3]; n];
-    for round in 0..rounds {
-        for i in (0..n).map(|k| (round + k) % n) {
+    let mut rng = Rng(0x5eed_f37c);
+    for _ in 0..rounds {
+        for i in shuffled(n, &mut rng) {
             let (s, c) = once(&mut routes[i]);
             secs[i].push(s);
             for k in 0..3 {
@@ -81,7 +82,7 @@ impl Fetch {
 
     pub fn print(&self, title: &str, routes: &[Route]) {
         let rounds = self.secs[0].len();
-        println!("{title} ({:.1} MB response; {rounds} rounds, the routes taking turns to go first)", mb(self.bytes));
+        println!("{title} ({:.1} MB response; {rounds} rounds, the routes in a new random order each)", mb(self.bytes));
         println!(
             "  {:<18} {:>9} {:>9}   {:>16} {:>17}   CPU ms per 100 MB: client Dovecot proxy = sum",
             "", "MB/s", "best", "ratio (median)", "spread of rounds"
@@ -109,6 +110,17 @@ impl Fetch {
     }
 }
 
+/// The routes `0..n` in a random order: each round takes them in a new one, so that no route
+/// always follows the same other (whose after-effects, e.g. caches or a busy core, it would
+/// always inherit) and none always goes first.
+fn shuffled(n: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    order
+}
+
 /// NOOPs sent over every route before timing, so connection warm-up is not measured.
 const NOOP_WARMUP: usize = 500;
 /// NOOPs one route runs before the next takes its turn.
@@ -118,8 +130,8 @@ const NOOP_BLOCK: usize = 100;
 pub struct Noop(pub Vec<Vec<(f64, f64)>>);
 
 /// `rounds` rounds of `per_round` sequential NOOPs per route on the selected INBOX, each timed
-/// from write to tagged OK. Within a round the routes take turns in blocks of 100 NOOPs, so that
-/// a noisy second hits all of them alike.
+/// from write to tagged OK. Within a round the routes take turns in blocks of 100 NOOPs (in a new
+/// random order each time), so that a noisy second hits all of them alike.
 pub fn noop(routes: &mut [Route], rounds: usize, per_round: usize) -> Noop {
     for route in routes.iter_mut() {
         for _ in 0..NOOP_WARMUP {
@@ -128,10 +140,11 @@ pub fn noop(routes: &mut [Route], rounds: usize, per_round: usize) -> Noop {
     }
     let n = routes.len();
     let mut result = vec![Vec::new(); n];
+    let mut rng = Rng(0x5eed_4009);
     for _ in 0..rounds {
         let mut micros = vec![Vec::with_capacity(per_round); n];
         for block in 0..per_round.div_ceil(NOOP_BLOCK) {
-            for i in (0..n).map(|k| (block + k) % n) {
+            for i in shuffled(n, &mut rng) {
                 for _ in 0..NOOP_BLOCK.min(per_round - block * NOOP_BLOCK) {
                     let started = Instant::now();
                     routes[i].client.run("NOOP");
