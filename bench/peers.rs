@@ -331,7 +331,7 @@ impl Bench {
     }
 }
 
-/// What the environment may change (defaults in brackets): `PEERS_FETCH_ROUNDS` [20],
+/// What the environment may change (defaults in brackets): `PEERS_FETCH_ROUNDS` [150],
 /// `PEERS_TLS_ROUNDS` [10], `PEERS_NOOP_ROUNDS` [5], `PEERS_NOOPS` [10000] per route and round,
 /// `PEERS_IDLE_SESSIONS` [500], `PEERS_MIX_SESSIONS` [1000] (0 skips the mix),
 /// `PEERS_MIX_SECONDS` [60] per route, `PEERS_SCALE` [10000] (0 skips it); `PEERS_COI_B`, the
@@ -353,7 +353,7 @@ impl Params {
     fn from_env() -> Params {
         Params {
             coi_b: std::env::var_os("PEERS_COI_B").map(PathBuf::from),
-            fetch_rounds: env_usize("PEERS_FETCH_ROUNDS", 20),
+            fetch_rounds: env_usize("PEERS_FETCH_ROUNDS", 150),
             tls_rounds: env_usize("PEERS_TLS_ROUNDS", 10),
             noop_rounds: env_usize("PEERS_NOOP_ROUNDS", 5),
             noops: env_usize("PEERS_NOOPS", 10_000),
