@@ -1,7 +1,7 @@
 //! A blocking IMAP client made to read fast, for the benches that time single connections:
 //! one large buffer, and no parsing beyond what finds the end of a response (line ends and
 //! literal lengths), so the client is not the bottleneck. Plain TCP or TLS (trusting exactly
-//! one pinned certificate, the server's own).
+//! the server's own certificate).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -9,11 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::ServerName;
 
 use crate::common::literal_len;
 
@@ -160,66 +156,14 @@ impl Client {
     }
 }
 
-/// A TLS client configuration that trusts exactly the first certificate of a PEM file: the
-/// bench knows which certificate each server presents (Dovecot's self-signed one, which webpki
-/// would refuse as an end entity since it is marked as a CA, or the proxy's leaf).
+/// A TLS client configuration that trusts exactly the certificates of a PEM file: the bench
+/// knows which certificate each server presents (Dovecot's self-signed one, or the proxy's leaf
+/// with its local CA). The proxy's own upstream configuration does just that for a `ca_file`.
 pub struct Tls(Arc<rustls::ClientConfig>);
 
 impl Tls {
     pub fn pinned(cert_pem: &Path) -> Tls {
-        let cert = CertificateDer::from_pem_file(cert_pem).unwrap_or_else(|e| panic!("{}: {e}", cert_pem.display()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned { cert, provider }))
-            .with_no_client_auth();
-        Tls(Arc::new(config))
-    }
-}
-
-#[derive(Debug)]
-struct Pinned {
-    cert: CertificateDer<'static>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.cert.as_ref() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General("not the pinned certificate".into()))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        let configs = coi_proxy::tls::UpstreamTls::default();
+        Tls(configs.config(Some(cert_pem)).unwrap_or_else(|e| panic!("{}: {e}", cert_pem.display())))
     }
 }

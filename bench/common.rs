@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// A `coi-proxy` process with its own state dir; killed on drop.
 ///
-/// `COI_BENCH_BIN` in the environment starts another build instead of this crate's (to measure
+/// `COI_PROXY_BIN` in the environment starts another build instead of this crate's (to measure
 /// a change without committing it); `COI_BENCH_WRAP` runs it under a tool that execs it in place, e.g.
 /// `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p` (see bench/README.md, Profiling);
 /// such a proxy is ended with SIGTERM, so that the tool writes its output.
@@ -31,7 +31,8 @@ impl Proxy {
     /// Starts the proxy; `config` is the proxy.toml after `state_dir` (the `[upstream]`,
     /// `[listen]` and `[limits]` tables). Listeners should use port 0.
     pub fn start(config: &str) -> Proxy {
-        match std::env::var_os("COI_BENCH_BIN").filter(|b| !b.is_empty()) {
+        // `COI_PROXY_BIN` runs another build (e.g. the one before a change) under the same bench.
+        match std::env::var_os("COI_PROXY_BIN").filter(|b| !b.is_empty()) {
             Some(binary) => Proxy::start_binary(Path::new(&binary), config),
             None => Proxy::start_binary(Path::new(env!("CARGO_BIN_EXE_coi-proxy")), config),
         }
@@ -45,30 +46,20 @@ impl Proxy {
         let state = dir.path().join("state");
         fs::write(&config_path, format!("state_dir = {:?}\n{config}", state.display().to_string()))
             .expect("write proxy.toml");
-        let wrap = std::env::var("COI_BENCH_WRAP").unwrap_or_default();
-        let mut words = wrap.split_whitespace();
-        let mut command = match words.next() {
-            Some(tool) => {
-                let mut c = Command::new(tool);
-                c.args(words).arg(binary);
-                c
-            }
-            None => Command::new(binary),
-        };
+        let (mut command, wrapped) = wrapped_command("COI_BENCH_WRAP", binary);
         let child = command
             .arg("--config")
             .arg(&config_path)
             .arg("run")
             // Warnings only, so logging costs nothing per session; the servers' own info lines
             // give the listening ports.
-            .env("RUST_LOG", "warn,coi_proxy::server=info,coi_proxy::smtp::server=info")
+            .env("RUST_LOG", "warn,coi_proxy::app=info,coi_proxy::smtp::server=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("create proxy.log"))
             .spawn()
             .expect("spawn coi-proxy");
         let wants_smtp = config.contains("\nsmtp = ");
-        let wrapped = !wrap.trim().is_empty();
         let mut proxy = Proxy { child, wrapped, port: 0, tls_port: None, smtp_port: None, log, dir };
         // A tool such as valgrind starts it many times slower.
         let deadline = Instant::now() + Duration::from_secs(if wrapped { 300 } else { 20 });
@@ -119,18 +110,40 @@ impl Processes for Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        if self.wrapped {
-            terminate(self.child.id());
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        // A tool needs time to write its output; a plain proxy has nothing to save.
+        stop(&mut self.child, self.wrapped.then_some(Duration::from_secs(120)));
+    }
+}
+
+/// Ends a child the bench started: with `grace`, SIGTERM first and SIGKILL only if it has not
+/// exited by then; without, SIGKILL at once.
+pub fn stop(child: &mut Child, grace: Option<Duration>) {
+    if let Some(grace) = grace {
+        terminate(child.id());
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A command for `program`, run under the tool (with arguments) that the environment variable
+/// `wrap` names, if any, e.g. `valgrind --tool=massif`; and whether it is.
+pub fn wrapped_command(wrap: &str, program: &Path) -> (Command, bool) {
+    let wrap = std::env::var(wrap).unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    match words.next() {
+        Some(tool) => {
+            let mut command = Command::new(tool);
+            command.args(words).arg(program);
+            (command, true)
+        }
+        None => (Command::new(program), false),
     }
 }
 
@@ -354,6 +367,17 @@ pub fn load_average() -> String {
 /// since `cargo bench` passes arguments awkwardly.
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
+}
+
+/// A comma-separated list of numbers from the environment, or `default`.
+pub fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .split(',')
+            .map(|n| n.trim().parse().unwrap_or_else(|_| panic!("{name}={v}: not a list of numbers")))
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
 }
 
 /// The length of the literal announced at the end of `line` (`{n}` or `{n+}` before CRLF).

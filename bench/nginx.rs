@@ -8,13 +8,13 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::common::{Processes, children, log_problems, terminate};
+use crate::common::{Processes, children, log_problems, stop, wrapped_command};
 
 const NGINX: &str = "/usr/sbin/nginx";
 const MAIL_MODULE: &str = "/usr/lib/nginx/modules/ngx_mail_module.so";
@@ -23,6 +23,8 @@ const WORKERS: usize = 2;
 
 pub struct Nginx {
     child: Child,
+    /// Runs under a tool (`NGINX_BENCH_WRAP`), which needs time to write its output at the end.
+    wrapped: bool,
     pub port: u16,
     pub tls_port: u16,
     pub log: PathBuf,
@@ -82,16 +84,7 @@ mail {{
         fs::write(&config_path, config).expect("write nginx.conf");
         // As COI_BENCH_WRAP for coi-proxy: a tool that execs nginx in place, e.g. valgrind
         // (whose output then comes per worker process, as they are forked).
-        let wrap = std::env::var("NGINX_BENCH_WRAP").unwrap_or_default();
-        let mut words = wrap.split_whitespace();
-        let mut command = match words.next() {
-            Some(tool) => {
-                let mut c = Command::new(tool);
-                c.args(words).arg(NGINX);
-                c
-            }
-            None => Command::new(NGINX),
-        };
+        let (mut command, wrapped) = wrapped_command("NGINX_BENCH_WRAP", Path::new(NGINX));
         let child = command
             .arg("-p")
             .arg(dir.path())
@@ -105,8 +98,8 @@ mail {{
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn nginx");
-        let mut nginx = Nginx { child, port, tls_port, log, _auth: auth, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(if wrap.trim().is_empty() { 20 } else { 300 });
+        let mut nginx = Nginx { child, wrapped, port, tls_port, log, _auth: auth, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(if wrapped { 300 } else { 20 });
         while !(greets(port) && nginx.pids().len() == WORKERS) {
             if let Some(status) = nginx.child.try_wait().expect("wait for nginx") {
                 panic!("nginx exited ({status}):\n{}", fs::read_to_string(&nginx.log).unwrap_or_default());
@@ -132,16 +125,7 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGKILL to the master only would leave the workers serving: ask for a fast shutdown
         // (SIGTERM), which takes the workers down too.
-        terminate(self.child.id());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child, Some(Duration::from_secs(if self.wrapped { 120 } else { 10 })));
     }
 }
 

@@ -5,7 +5,6 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::coi::session::CoiSession;
 use crate::config::{Config, Security, SmtpProvider};
 use crate::imap::upstream::Upstream;
 use crate::imap::wire::capability;
@@ -145,7 +144,7 @@ fn queue(config: &Config) -> String {
 
 /// What the proxy adds on top of the provider after login.
 fn additions(out: &mut String, config: &Config, metadata: bool, idle: bool) {
-    let added = CoiSession::capabilities(metadata, idle);
+    let added = crate::coi::session::capabilities(metadata, idle, &[crate::push::CAPABILITY]);
     let _ = writeln!(out, "  coi-proxy adds: {}", added.join(" "));
     let _ = writeln!(out, "    COI: served by coi-proxy (mailbox root {:?})", config.coi.mailbox_root);
     let _ = match metadata {
@@ -213,4 +212,33 @@ fn hint(error: &str) -> &'static str {
     } else {
         "hint: run with RUST_LOG=debug for details"
     }
+}
+
+/// `coi-proxy check --offline`: the configuration part of the report, contacting nothing and
+/// opening no store, so it is safe before the daemon starts (the packaged unit's
+/// `ExecCondition`). Fails when no provider is configured, as the daemon would.
+pub fn offline(config: &Config, source: Option<&Path>) -> (String, bool) {
+    let mut out = String::new();
+    match source {
+        Some(path) => _ = writeln!(out, "config: {} (valid)", path.display()),
+        None => _ = writeln!(out, "config: none found, using defaults"),
+    }
+    let _ = writeln!(out, "state_dir: {}", config.state_dir.display());
+    listeners(&mut out, config);
+    let providers = config.providers();
+    for provider in &providers {
+        let _ =
+            writeln!(out, "provider {} ({}): not contacted (--offline)", provider.imap, mode(provider.imap.security));
+    }
+    for provider in smtp_providers(config) {
+        let _ =
+            writeln!(out, "submission {} ({}): not contacted (--offline)", provider.smtp, mode(provider.smtp.security));
+    }
+    if providers.is_empty() {
+        let _ = writeln!(
+            out,
+            "provider: none configured (run `coi-proxy setup ADDRESS`, pass --upstream or set [upstream] imap)"
+        );
+    }
+    (out, !providers.is_empty())
 }

@@ -219,12 +219,6 @@ pub struct Queue {
     pub max_bytes_per_account: u64,
 }
 
-impl Queue {
-    pub fn cap(&self) -> crate::store::QueueCap {
-        crate::store::QueueCap { messages: self.max_messages_per_account, bytes: self.max_bytes_per_account }
-    }
-}
-
 impl Default for Queue {
     fn default() -> Self {
         Queue {
@@ -426,9 +420,9 @@ impl Config {
     /// Checks what serde cannot: URLs, account selectors. Returns the offending key.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if let Some(up) = &self.upstream {
-            ServerUrl::parse_imap(&up.imap).map_err(|m| ("upstream.imap".to_string(), m))?;
+            ServerUrl::parse_imap(&up.imap).map_err(|e| ("upstream.imap".to_string(), e.to_string()))?;
             if let Some(smtp) = &up.smtp {
-                ServerUrl::parse_smtp(smtp).map_err(|m| ("upstream.smtp".to_string(), m))?;
+                ServerUrl::parse_smtp(smtp).map_err(|e| ("upstream.smtp".to_string(), e.to_string()))?;
             }
         }
         for (i, account) in self.accounts.iter().enumerate() {
@@ -443,10 +437,10 @@ impl Config {
                 _ => {}
             }
             if let Some(imap) = &account.imap {
-                ServerUrl::parse_imap(imap).map_err(|m| (key("imap"), m))?;
+                ServerUrl::parse_imap(imap).map_err(|e| (key("imap"), e.to_string()))?;
             }
             if let Some(smtp) = &account.smtp {
-                ServerUrl::parse_smtp(smtp).map_err(|m| (key("smtp"), m))?;
+                ServerUrl::parse_smtp(smtp).map_err(|e| (key("smtp"), e.to_string()))?;
             }
             if account.imap.is_none() && self.upstream.is_none() {
                 return Err((key("imap"), "no `imap` here and no [upstream] to fall back on".into()));
@@ -603,6 +597,25 @@ pub struct ServerUrl {
     pub port: u16,
 }
 
+/// Why a server URL in the configuration is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("`{url}` is not a URL; use one of {known}")]
+    NotUrl { url: String, known: String },
+    #[error("unknown scheme `{scheme}://`; use one of {known}")]
+    Scheme { scheme: String, known: String },
+    #[error("unclosed `[` in IPv6 address")]
+    UnclosedBracket,
+    #[error("`{url}` needs a host name and nothing else (e.g. {scheme}://mail.example.org)")]
+    Host { url: String, scheme: &'static str },
+    #[error("`{0}` is not a port number")]
+    Port(String),
+    #[error(
+        "`{url}` would send passwords unencrypted over the network; plain connections are allowed to loopback addresses only (use {tls}:// or {starttls}://)"
+    )]
+    Plain { url: String, tls: &'static str, starttls: &'static str },
+}
+
 impl std::fmt::Display for ServerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
@@ -611,7 +624,7 @@ impl std::fmt::Display for ServerUrl {
 }
 
 impl ServerUrl {
-    pub fn parse_imap(url: &str) -> Result<ServerUrl, String> {
+    pub fn parse_imap(url: &str) -> Result<ServerUrl, UrlError> {
         ServerUrl::parse(
             url,
             &[
@@ -622,7 +635,7 @@ impl ServerUrl {
         )
     }
 
-    pub fn parse_smtp(url: &str) -> Result<ServerUrl, String> {
+    pub fn parse_smtp(url: &str) -> Result<ServerUrl, UrlError> {
         ServerUrl::parse(
             url,
             &[
@@ -633,17 +646,17 @@ impl ServerUrl {
         )
     }
 
-    fn parse(url: &str, schemes: &[(&str, Security, u16)]) -> Result<ServerUrl, String> {
+    fn parse(url: &str, schemes: &[(&'static str, Security, u16)]) -> Result<ServerUrl, UrlError> {
         let known = || schemes.iter().map(|s| format!("{}://", s.0)).collect::<Vec<_>>().join(", ");
         let (scheme, rest) =
-            url.split_once("://").ok_or_else(|| format!("`{url}` is not a URL; use one of {}", known()))?;
+            url.split_once("://").ok_or_else(|| UrlError::NotUrl { url: url.to_string(), known: known() })?;
         let &(_, security, default_port) = schemes
             .iter()
             .find(|s| s.0.eq_ignore_ascii_case(scheme))
-            .ok_or_else(|| format!("unknown scheme `{scheme}://`; use one of {}", known()))?;
+            .ok_or_else(|| UrlError::Scheme { scheme: scheme.to_string(), known: known() })?;
         let rest = rest.trim_end_matches('/');
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or("unclosed `[` in IPv6 address")?;
+            let (host, after) = v6.split_once(']').ok_or(UrlError::UnclosedBracket)?;
             (host, after.strip_prefix(':'))
         } else {
             match rest.rsplit_once(':') {
@@ -652,22 +665,15 @@ impl ServerUrl {
             }
         };
         if host.is_empty() || host.contains('/') || host.contains('@') {
-            return Err(format!(
-                "`{url}` needs a host name and nothing else (e.g. {}://mail.example.org)",
-                schemes[0].0
-            ));
+            return Err(UrlError::Host { url: url.to_string(), scheme: schemes[0].0 });
         }
         let port = match port {
-            Some(p) => p.parse::<u16>().map_err(|_| format!("`{p}` is not a port number"))?,
+            Some(p) => p.parse::<u16>().map_err(|_| UrlError::Port(p.to_string()))?,
             None => default_port,
         };
         let parsed = ServerUrl { security, host: host.to_string(), port };
         if security == Security::Plain && !parsed.is_loopback() {
-            return Err(format!(
-                "`{url}` would send passwords unencrypted over the network; plain connections are \
-                 allowed to loopback addresses only (use {}:// or {}://)",
-                schemes[0].0, schemes[1].0
-            ));
+            return Err(UrlError::Plain { url: url.to_string(), tls: schemes[0].0, starttls: schemes[1].0 });
         }
         Ok(parsed)
     }
@@ -758,8 +764,8 @@ mod tests {
         assert!(ServerUrl::parse_imap("imap://127.0.0.1:143").is_ok());
         assert!(ServerUrl::parse_imap("imap://localhost").is_ok());
         assert!(ServerUrl::parse_imap("imap://[::1]:10143").is_ok());
-        let err = ServerUrl::parse_imap("imap://mail.example.org").unwrap_err();
-        assert!(err.contains("loopback"), "{err}");
+        let err = ServerUrl::parse_imap("imap://mail.example.org").unwrap_err().to_string();
+        assert!(err.contains("loopback") && err.contains("(use imaps:// or imap+starttls://)"), "{err}");
         let err = parse("[upstream]\nimap = \"imap://mail.example.org\"\n").unwrap_err().to_string();
         assert!(err.contains("upstream.imap"), "{err}");
     }
@@ -770,7 +776,7 @@ mod tests {
         assert_eq!((u.security, u.host.as_str(), u.port), (Security::Implicit, "imap.example.org", 993));
         let u = ServerUrl::parse_imap("imap+starttls://imap.example.org:10143/").unwrap();
         assert_eq!((u.security, u.port), (Security::StartTls, 10143));
-        assert!(ServerUrl::parse_imap("pop3://x").unwrap_err().contains("unknown scheme"));
+        assert!(ServerUrl::parse_imap("pop3://x").unwrap_err().to_string().contains("unknown scheme"));
         assert!(ServerUrl::parse_imap("imaps://x:99999").is_err());
         assert!(ServerUrl::parse_smtp("smtps://smtp.example.org").unwrap().port == 465);
     }

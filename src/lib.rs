@@ -5,20 +5,26 @@
 //! lives here, one module per concern.
 
 pub mod account;
-pub mod accounts;
+pub mod app;
 pub mod check;
+pub mod cli;
+pub mod clock;
 pub mod coi;
 pub mod config;
+pub mod context;
 pub mod imap;
 pub mod limits;
 pub mod logging;
+pub mod mail;
 pub mod metrics;
 pub mod net;
+pub mod provider_profile;
 pub mod push;
+pub mod receipts;
 pub mod sd_notify;
 pub mod secret;
-pub mod server;
 pub mod smtp;
 pub mod store;
 pub mod tls;
 pub mod trust;
+pub mod worker;

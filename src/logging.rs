@@ -26,7 +26,7 @@ pub enum Format {
     Json,
 }
 
-type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), tracing_subscriber::reload::Error> + Send + Sync>;
 
 /// Swaps the filter of the installed subscriber (set by [`init`]).
 static SET_FILTER: OnceLock<SetFilter> = OnceLock::new();
@@ -42,7 +42,7 @@ pub fn init(config_filter: Option<&str>, format: Format) {
                 tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).with_writer(std::io::stderr);
             let builder = builder.with_filter_reloading();
             let handle = builder.reload_handle();
-            builder.try_init().map(|()| Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())) as SetFilter)
+            builder.try_init().map(|()| Box::new(move |f| handle.reload(f)) as SetFilter)
         }
         Format::Json => {
             let builder = tracing_subscriber::fmt()
@@ -53,7 +53,7 @@ pub fn init(config_filter: Option<&str>, format: Format) {
                 .with_writer(std::io::stderr);
             let builder = builder.with_filter_reloading();
             let handle = builder.reload_handle();
-            builder.try_init().map(|()| Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())) as SetFilter)
+            builder.try_init().map(|()| Box::new(move |f| handle.reload(f)) as SetFilter)
         }
     };
     if let Ok(set) = installed {

@@ -14,6 +14,7 @@ use coi_proxy::config::{self, Config, ConfigError};
     after_help = "Examples:\n  \
         coi-proxy run --upstream imaps://imap.example.org:993   # no config file needed\n  \
         coi-proxy run --config /etc/coi-proxy/proxy.toml\n  \
+        coi-proxy setup alice@example.org --password-stdin      # find the provider, add the account\n  \
         coi-proxy check                                         # test the config and the provider\n  \
         coi-proxy cert export ~/coi-proxy-ca.pem                # the certificate your mail client must trust\n\n\
         Without --config, proxy.toml is looked for in ., $XDG_CONFIG_HOME/coi-proxy and /etc/coi-proxy."
@@ -45,7 +46,11 @@ enum Command {
         trace_protocol: bool,
     },
     /// Validates the configuration and connects to every provider.
-    Check,
+    Check {
+        /// Only validate the configuration: contact no provider (exit status 1 if none is configured).
+        #[arg(long)]
+        offline: bool,
+    },
     /// Manages the local TLS certificate that mail clients connect to.
     Cert {
         #[command(subcommand)]
@@ -56,6 +61,30 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Finds the provider's servers from an e-mail address, tries the login and adds the account
+    /// to the configuration; then prints what to enter in the mail client.
+    Setup(coi_proxy::cli::setup::SetupArgs),
+    /// Writes a file that sets up a mail client in one step (to stdout).
+    Profile {
+        #[command(subcommand)]
+        kind: coi_proxy::cli::profile::ProfileCommand,
+    },
+    /// Writes the man pages or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// coi-proxy.1 and one page per subcommand, into DIR.
+    Man { dir: PathBuf },
+    /// The completion script for SHELL, to stdout.
+    Completions { shell: coi_proxy::cli::generate::Shell },
+    /// Man pages into DIR/man and completions into DIR/completions (what the package installs).
+    All { dir: PathBuf },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -89,6 +118,12 @@ enum CertAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Generate { what } => return generate(what),
+        // Before the config is read: setup may create the file, or name what is wrong in it.
+        Command::Setup(args) => return setup(args, cli.config.as_deref()),
+        _ => {}
+    }
     let (config, source) = match load_config(&cli) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -123,9 +158,9 @@ fn main() -> ExitCode {
             let reload = source.clone().map(|path| {
                 let (upstream, state_dir) = (cli.upstream.clone(), cli.state_dir.clone());
                 Box::new(move || apply_overrides(Config::load(&path)?, upstream.as_deref(), state_dir.as_deref()))
-                    as coi_proxy::server::ConfigSource
+                    as coi_proxy::app::ConfigSource
             });
-            match runtime.block_on(coi_proxy::server::run(config, reload)) {
+            match runtime.block_on(coi_proxy::app::run(config, reload)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -134,13 +169,33 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check => {
-            let (report, ok) = runtime.block_on(coi_proxy::check::run(&config, source.as_deref()));
+        Command::Check { offline } => {
+            let (report, ok) = match offline {
+                true => coi_proxy::check::offline(&config, source.as_deref()),
+                false => runtime.block_on(coi_proxy::check::run(&config, source.as_deref())),
+            };
             print!("{report}");
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Command::Cert { action: CertAction::Export { path } } => export_cert(&config, path),
         Command::Cert { action: CertAction::Install { dry_run } } => install_cert(&config, dry_run),
+        Command::Profile { kind } => match coi_proxy::cli::profile::run(&config, &kind) {
+            Ok(bytes) => {
+                use std::io::Write;
+                match std::io::stdout().write_all(&bytes) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("coi-proxy: cannot write the profile: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("coi-proxy: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Generate { .. } | Command::Setup(_) => unreachable!("handled before the config is read"),
         Command::Queue { action } => {
             use coi_proxy::smtp::control::{self, Command as Q};
             let cmd = match action {
@@ -148,23 +203,58 @@ fn main() -> ExitCode {
                 QueueAction::Retry { id } => Q::Retry(id),
                 QueueAction::Drop { id } => Q::Drop(id),
             };
-            match control::cli(&config, cmd) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("coi-proxy: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            print_or_fail(control::cli(&config, cmd))
+        }
+    }
+}
+
+fn setup(args: &coi_proxy::cli::setup::SetupArgs, config: Option<&std::path::Path>) -> ExitCode {
+    let path = coi_proxy::cli::setup::config_path(config);
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|rt| rt.block_on(coi_proxy::cli::setup::run(args, &path)).map_err(|e| e.to_string()));
+    print_or_fail(result)
+}
+
+/// A command's text on stdout, or its error on stderr and a failing exit status.
+fn print_or_fail<E: std::fmt::Display>(result: Result<String, E>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("coi-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn generate(what: &Generate) -> ExitCode {
+    use clap::CommandFactory;
+    use coi_proxy::cli::generate;
+    let result = match what {
+        Generate::Man { dir } => generate::man_pages(Cli::command(), dir),
+        Generate::All { dir } => generate::all(Cli::command(), dir),
+        Generate::Completions { shell } => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&generate::completions(Cli::command(), *shell));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coi-proxy: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
 fn export_cert(config: &Config, path: Option<PathBuf>) -> ExitCode {
-    let result =
-        ensure_cert(config).and_then(|()| coi_proxy::tls::export_pem(&config.state_dir).map_err(|e| e.to_string()));
+    let result = ensure_cert(config).and_then(|()| Ok(coi_proxy::tls::export_pem(&config.state_dir)?));
     let pem = match result {
         Ok(pem) => pem,
         Err(e) => {
@@ -188,14 +278,22 @@ fn export_cert(config: &Config, path: Option<PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Why the local certificate could not be made or read.
+#[derive(Debug, thiserror::Error)]
+enum CertError {
+    #[error("cannot create {}: {source}", path.display())]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] coi_proxy::tls::TlsError),
+}
+
 /// Creates the local CA and certificate if they do not exist yet (as `run` would).
-fn ensure_cert(config: &Config) -> Result<(), String> {
+fn ensure_cert(config: &Config) -> Result<(), CertError> {
     let names = coi_proxy::tls::cert_names_for(config);
     std::fs::create_dir_all(&config.state_dir)
-        .map_err(|e| format!("cannot create {}: {e}", config.state_dir.display()))
-        .and_then(|()| {
-            coi_proxy::tls::ensure_local_cert(&config.state_dir, &names).map(drop).map_err(|e| e.to_string())
-        })
+        .map_err(|source| CertError::StateDir { path: config.state_dir.clone(), source })?;
+    coi_proxy::tls::ensure_local_cert(&config.state_dir, &names)?;
+    Ok(())
 }
 
 fn install_cert(config: &Config, dry_run: bool) -> ExitCode {
@@ -230,10 +328,10 @@ fn apply_overrides(
     state_dir: Option<&std::path::Path>,
 ) -> Result<Config, ConfigError> {
     if let Some(url) = upstream {
-        config::ServerUrl::parse_imap(url).map_err(|message| ConfigError::Invalid {
+        config::ServerUrl::parse_imap(url).map_err(|e| ConfigError::Invalid {
             path: "--upstream".into(),
             key: "upstream".into(),
-            message,
+            message: e.to_string(),
         })?;
         match &mut config.upstream {
             Some(up) => up.imap = url.to_string(),

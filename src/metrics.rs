@@ -1,23 +1,12 @@
-//! Health and metrics on an optional loopback HTTP listener (`[listen] metrics`): `/healthz`
-//! for service monitors and `/metrics` in Prometheus' text format.
+//! The counters behind `/metrics` (served by `app`'s HTTP listener), and their Prometheus text.
 //!
 //! The counters are global atomics so that the code paths that count need one line and no
-//! handle; they are read only when scraped. The HTTP side is a few lines of HTTP/1.1 on tokio
-//! (one request per connection), enough for Prometheus and `curl`; it has no authentication,
-//! which is why the listener must be on a loopback address.
+//! handle; they are read only when scraped.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tracing::debug;
-
-use crate::coi::metadata::Filter;
-use crate::imap::upstream::UpstreamError;
-use crate::server::Shared;
+use crate::account::Filter;
 
 /// A monotonically increasing count.
 pub struct Counter(AtomicU64);
@@ -58,8 +47,9 @@ impl Gauge {
 /// The client listeners, as labelled in `/metrics`.
 pub const LISTENERS: [&str; 4] = ["imap", "imaps", "smtp", "smtps"];
 
-/// Why a connection to a provider's IMAP server failed, as labelled in `/metrics`.
-const CAUSES: [&str; 10] =
+/// Why a connection to a provider's IMAP server failed, as labelled in `/metrics` (the
+/// connection code names its causes with these words).
+pub const CAUSES: [&str; 10] =
     ["dns", "refused", "timeout", "network", "tls", "greeting", "starttls", "closed", "protocol", "login_disabled"];
 
 pub static SESSIONS_OPEN: [Gauge; 4] = [const { Gauge::new() }; 4];
@@ -71,6 +61,8 @@ pub static BYTES_FROM_PROVIDER: Counter = Counter::new();
 static PROVIDER_CONNECT_FAILURES: [Counter; 10] = [const { Counter::new() }; 10];
 /// Chat messages the account worker moved to Chats, by message filter (`active`, `seen`).
 static WORKER_MOVES: [Counter; 2] = [const { Counter::new() }; 2];
+/// Account workers started (by the supervisor, one per account that needs one).
+pub static WORKER_STARTS: Counter = Counter::new();
 static PUSHES_SENT: Counter = Counter::new();
 static PUSHES_FAILED: Counter = Counter::new();
 /// Read receipts (RFC 8098) and delivery reports (RFC 3464) among the messages the worker classified.
@@ -100,20 +92,8 @@ pub fn traffic(from_client: u64, from_provider: u64) {
     BYTES_FROM_PROVIDER.add(from_provider);
 }
 
-/// Counts a failed connection to a provider by its cause.
-pub fn provider_connect_failed(e: &UpstreamError) {
-    let cause = match e {
-        UpstreamError::Dns { .. } => "dns",
-        UpstreamError::Refused { .. } => "refused",
-        UpstreamError::Timeout { .. } => "timeout",
-        UpstreamError::Network { .. } => "network",
-        UpstreamError::Tls { .. } => "tls",
-        UpstreamError::Greeting { .. } => "greeting",
-        UpstreamError::StartTls { .. } => "starttls",
-        UpstreamError::Closed { .. } => "closed",
-        UpstreamError::Protocol { .. } => "protocol",
-        UpstreamError::LoginDisabled { .. } => "login_disabled",
-    };
+/// Counts a failed connection to a provider by its cause (one of [`CAUSES`]).
+pub fn provider_connect_failed(cause: &str) {
     if let Some(i) = CAUSES.iter().position(|c| *c == cause) {
         PROVIDER_CONNECT_FAILURES[i].inc();
     }
@@ -170,82 +150,10 @@ fn report_type(header: &[u8]) -> Option<Report> {
     }
 }
 
-/// Serves `/healthz` and `/metrics` until the task is aborted.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(10), answer(stream, &shared)).await {
-                debug!("metrics request: {e}");
-            }
-        });
-    }
-}
-
-/// Reads one request head and answers it; the connection is closed afterwards.
-async fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 || head.len() > 8192 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let mut words = line.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET" | "HEAD", "/healthz") => match health(shared).await {
-            Ok(()) => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_string()),
-            Err(why) => ("503 Service Unavailable", "text/plain; charset=utf-8", format!("{why}\n")),
-        },
-        ("GET" | "HEAD", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(shared).await),
-        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain; charset=utf-8", "try /metrics or /healthz\n".into()),
-        _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "GET only\n".into()),
-    };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if method != "HEAD" {
-        response.extend_from_slice(body.as_bytes());
-    }
-    stream.write_all(&response).await?;
-    stream.shutdown().await
-}
-
-/// Healthy: not shutting down (the listeners are bound before this listener starts), and the
-/// store answers a read.
-async fn health(shared: &Shared) -> Result<(), String> {
-    if *shared.shutdown.borrow() {
-        return Err("shutting down".into());
-    }
-    let store = shared.store.clone();
-    match tokio::task::spawn_blocking(move || store.schema_version()).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// The Prometheus text exposition of every counter, plus the queue read from the store.
-async fn render(shared: &Shared) -> String {
-    let store = shared.store.clone();
-    let queue = tokio::task::spawn_blocking(move || store.queue_list()).await.ok().and_then(Result::ok);
-    let (depth, oldest) = match &queue {
-        Some(list) => {
-            let oldest = list.iter().map(|(_, m)| m.received_at).min();
-            (list.len() as i64, oldest.map_or(0, |t| (crate::smtp::queue::now() - t).max(0)))
-        }
-        None => (-1, 0),
-    };
+/// The Prometheus text exposition of every counter, with the queue's depth (-1: unknown) and
+/// the age of its oldest message as read from the store by the caller.
+pub fn render(queue_depth: i64, oldest_age: i64) -> String {
+    let (depth, oldest) = (queue_depth, oldest_age);
     let mut out = Exposition::default();
     out.family("coi_proxy_sessions_open", "gauge", "Client sessions open now, by listener.");
     for (i, l) in LISTENERS.iter().enumerate() {
@@ -276,6 +184,7 @@ async fn render(shared: &Shared) -> String {
     out.family("coi_proxy_worker_moves_total", "counter", "Chat messages moved to Chats, by message filter.");
     out.sample("coi_proxy_worker_moves_total", &[("mode", "active")], WORKER_MOVES[0].get());
     out.sample("coi_proxy_worker_moves_total", &[("mode", "seen")], WORKER_MOVES[1].get());
+    out.single("coi_proxy_worker_starts_total", "counter", "Account workers started.", &WORKER_STARTS);
     out.family("coi_proxy_pushes_total", "counter", "WebPush notifications, by outcome.");
     out.sample("coi_proxy_pushes_total", &[("result", "sent")], PUSHES_SENT.get());
     out.sample("coi_proxy_pushes_total", &[("result", "failed")], PUSHES_FAILED.get());

@@ -1,12 +1,51 @@
 //! One stream type for every connection the proxy holds, plain or TLS, so sessions can upgrade
-//! with STARTTLS in place and the relay code is written once.
+//! with STARTTLS in place and the relay code is written once; and opening one to a provider's
+//! server (IMAP or SMTP): DNS, TCP, TLS, with errors that name the server and the cause.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::net::SocketAddr;
+
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::config::ServerUrl;
+
+/// Why the network under a provider connection (IMAP or SMTP) failed: while connecting, in
+/// TLS, or later. The text is fit to show the user: it names the server and the cause, never a
+/// secret.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot resolve {host}: {detail}")]
+    Dns { host: String, detail: String },
+    #[error("connection refused by {server}")]
+    Refused { server: String },
+    #[error("timed out {stage} {server}")]
+    Timeout { stage: &'static str, server: String },
+    #[error("cannot reach {server}: {detail}")]
+    Network { server: String, detail: String },
+    #[error("TLS with {server} failed: {detail}")]
+    Tls { server: String, detail: String },
+    #[error("{server} closed the connection")]
+    Closed { server: String },
+}
+
+impl NetError {
+    /// The cause, as `/metrics` labels it.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            NetError::Dns { .. } => "dns",
+            NetError::Refused { .. } => "refused",
+            NetError::Timeout { .. } => "timeout",
+            NetError::Network { .. } => "network",
+            NetError::Tls { .. } => "tls",
+            NetError::Closed { .. } => "closed",
+        }
+    }
+}
 
 /// A TCP connection, possibly wrapped in TLS (as server towards clients, as client towards
 /// providers).
@@ -85,5 +124,82 @@ impl AsyncWrite for Stream {
             Stream::ClientTls(s) => s.is_write_vectored(),
             Stream::Upgrading => false,
         }
+    }
+}
+
+pub async fn tcp_connect(server: &ServerUrl) -> Result<TcpStream, NetError> {
+    let name = server.to_string();
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((server.host.as_str(), server.port))
+        .await
+        .map_err(|e| NetError::Dns { host: server.host.clone(), detail: dns_detail(&e) })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(NetError::Dns { host: server.host.clone(), detail: "no addresses".into() });
+    }
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.expect("at least one address was tried");
+    Err(match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => NetError::Refused { server: name },
+        std::io::ErrorKind::TimedOut => NetError::Timeout { stage: "connecting to", server: name },
+        _ => NetError::Network { server: name, detail: e.to_string() },
+    })
+}
+
+fn dns_detail(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("failed to lookup address information") { "no such host (DNS lookup failed)".into() } else { text }
+}
+
+pub async fn tls_handshake(
+    tcp: TcpStream,
+    server: &ServerUrl,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<Stream, NetError> {
+    let name = server.to_string();
+    let server_name = ServerName::try_from(server.host.clone())
+        .map_err(|_| NetError::Tls { server: name.clone(), detail: "invalid host name".into() })?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    match connector.connect(server_name, tcp).await {
+        Ok(tls) => Ok(Stream::ClientTls(Box::new(tls))),
+        Err(e) => Err(NetError::Tls { server: name, detail: tls_detail(&e) }),
+    }
+}
+
+/// A user-facing explanation of a failed TLS handshake.
+fn tls_detail(e: &std::io::Error) -> String {
+    use rustls::{CertificateError, Error};
+    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                "the server closed the connection during the handshake (is this a TLS port?)".into()
+            }
+            _ => e.to_string(),
+        };
+    };
+    match inner {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "certificate not trusted (unknown issuer; add the provider's CA as ca_file)".into()
+        }
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "certificate is for another host name".into(),
+        Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+            "certificate has expired".into()
+        }
+        Error::InvalidCertificate(CertificateError::Other(other))
+            if format!("{other:?}").contains("CaUsedAsEndEntity") =>
+        {
+            "certificate not trusted (self-signed; add the provider's certificate as ca_file)".into()
+        }
+        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => {
+            "the server does not speak TLS on this port".into()
+        }
+        other => other.to_string(),
     }
 }

@@ -1,4 +1,5 @@
-//! "Is this a chat message?", decided from header fields only (the worker fetches just these).
+//! "Is this a chat message?", decided from header fields only (the worker fetches just these;
+//! `mail::ChatHeaders` reads them).
 //!
 //! The COI server spec's rules: a `Chat-Version` header; a Message-ID starting with `chat$`; the
 //! first References id starting with `chat$`. Beyond the spec: a reply (In-Reply-To or
@@ -10,96 +11,20 @@
 //! the recipients hidden as `To: "hidden-recipients": ;`, a shape ordinary encrypted email
 //! does not have.
 
+pub use crate::mail::ChatHeaders;
+
 /// The header fields the worker fetches (`BODY.PEEK[HEADER.FIELDS (...)]`).
 pub const FIELDS: &str = "CHAT-VERSION MESSAGE-ID REFERENCES IN-REPLY-TO CONTENT-TYPE SUBJECT TO";
 
-/// The fields that matter, parsed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ChatHeaders {
-    pub chat_version: bool,
-    pub message_id: Option<String>,
-    pub in_reply_to: Vec<String>,
-    pub references: Vec<String>,
-    pub is_report: bool,
-    /// Delta Chat's header-protected encrypted shape (see the module doc).
-    pub protected_chat_shape: bool,
-}
-
-impl ChatHeaders {
-    /// Parses a header block (folded lines allowed, any case of field names).
-    pub fn parse(raw: &[u8]) -> ChatHeaders {
-        let mut h = ChatHeaders::default();
-        let (mut encrypted, mut obscured_subject, mut hidden_recipients) = (false, false, false);
-        for (name, value) in fields(raw) {
-            match name.to_ascii_lowercase().as_str() {
-                "chat-version" => h.chat_version = true,
-                "message-id" => h.message_id = msg_ids(&value).into_iter().next(),
-                "in-reply-to" => h.in_reply_to = msg_ids(&value),
-                "references" => h.references = msg_ids(&value),
-                "content-type" => {
-                    let value = value.trim_start().to_ascii_lowercase();
-                    h.is_report = value.starts_with("multipart/report");
-                    encrypted = value.starts_with("multipart/encrypted");
-                }
-                "subject" => obscured_subject = value.trim() == "[...]",
-                "to" => hidden_recipients = value.trim_start().starts_with("\"hidden-recipients\":"),
-                _ => {}
-            }
-        }
-        h.protected_chat_shape = encrypted && obscured_subject && hidden_recipients;
-        h
-    }
-
-    /// Whether the message is chat; `known` says whether a Message-ID was classified chat before.
-    pub fn is_chat(&self, known: impl Fn(&str) -> bool) -> bool {
-        let chat_prefix = |id: &str| id.starts_with("chat$");
-        self.chat_version
-            || self.protected_chat_shape
-            || self.message_id.as_deref().is_some_and(chat_prefix)
-            || self.references.first().is_some_and(|id| chat_prefix(id))
-            || self.in_reply_to.iter().chain(&self.references).any(|id| known(id))
-    }
-}
-
-/// Unfolded `(name, value)` pairs of a header block.
-pub(crate) fn fields(raw: &[u8]) -> Vec<(String, String)> {
-    let text = String::from_utf8_lossy(raw);
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.is_empty() {
-            continue;
-        }
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = out.last_mut() {
-                value.push(' ');
-                value.push_str(line.trim());
-            }
-            continue;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            out.push((name.trim().to_string(), value.trim().to_string()));
-        }
-    }
-    out
-}
-
-/// The ids in a msg-id list (`<a@b> <c@d>`), without angle brackets; a bare id is accepted.
-pub(crate) fn msg_ids(value: &str) -> Vec<String> {
-    let mut ids = Vec::new();
-    let mut rest = value;
-    while let Some(start) = rest.find('<') {
-        let Some(len) = rest[start..].find('>') else { break };
-        let id = rest[start + 1..start + len].trim();
-        if !id.is_empty() {
-            ids.push(id.to_string());
-        }
-        rest = &rest[start + len + 1..];
-    }
-    if ids.is_empty() && !value.trim().is_empty() && !value.contains(' ') {
-        ids.push(value.trim().to_string());
-    }
-    ids
+/// Whether the message with these header fields is chat; `known` says whether a Message-ID
+/// was classified chat before.
+pub fn is_chat(headers: &ChatHeaders, known: impl Fn(&str) -> bool) -> bool {
+    let chat_prefix = |id: &str| id.starts_with("chat$");
+    headers.chat_version
+        || headers.protected_chat_shape
+        || headers.message_id.as_deref().is_some_and(chat_prefix)
+        || headers.references.first().is_some_and(|id| chat_prefix(id))
+        || headers.in_reply_to.iter().chain(&headers.references).any(|id| known(id))
 }
 
 #[cfg(test)]
@@ -107,7 +32,7 @@ mod tests {
     use super::*;
 
     fn chat(raw: &str) -> bool {
-        ChatHeaders::parse(raw.as_bytes()).is_chat(|id| id == "known@x")
+        is_chat(&ChatHeaders::parse(raw.as_bytes()), |id| id == "known@x")
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! Names of the COI folders on a provider: `<prefix><root><sep>Chats` and `…Contacts`, with the
 //! provider's personal namespace prefix and hierarchy separator (Dovecot uses `.` or `/`).
 
-use crate::imap::upstream::{Upstream, UpstreamError};
 use crate::imap::wire::command::{self, Arg};
+use crate::imap::wire::provider::{ProviderCommands, ProviderError};
+use crate::provider_profile::Namespaces;
+
+const CAPTURE_NAMESPACE: &[&[u8]] = &[b"* NAMESPACE "];
+const CAPTURE_LIST: &[&[u8]] = &[b"* LIST "];
 
 /// The provider's personal namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,21 +16,14 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// From `* NAMESPACE (("INBOX." ".")) NIL NIL`: the first personal namespace.
+    /// From `* NAMESPACE (("INBOX." ".")) NIL NIL`: the first personal namespace. Read by the
+    /// provider profile's RFC 2342 reader, which takes Courier's `(("#shared." ".")("shared." "."))`
+    /// (no space between descriptors); the generic command parser refused that whole response,
+    /// so Courier's `INBOX.` prefix was lost and `CREATE COI.Chats` refused.
     pub fn from_namespace_response(resp: &[u8]) -> Option<Namespace> {
-        let body = resp.strip_prefix(b"* ")?;
-        let cmd = command::parse(&[b"x ", body].concat()).ok()?;
-        if cmd.name != "NAMESPACE" {
-            return None;
-        }
-        let Some(Arg::List(personal)) = cmd.args.first() else { return None };
-        let Some(Arg::List(first)) = personal.first() else { return None };
-        let prefix = String::from_utf8_lossy(first.first()?.astring()?).into_owned();
-        let separator = match first.get(1) {
-            Some(Arg::Str(s)) => s.first().map(|&b| b as char),
-            _ => None,
-        };
-        Some(Namespace { prefix, separator })
+        let ns = Namespaces::parse(resp).ok()?;
+        let personal = ns.personal()?;
+        Some(Namespace { prefix: personal.prefix.clone(), separator: personal.separator })
     }
 
     /// From `* LIST (\Noselect) "/" ""`: the separator, no prefix.
@@ -44,12 +41,13 @@ impl Namespace {
     }
 
     /// Asks the provider: NAMESPACE, and where that gives no separator, `LIST "" ""`.
-    pub async fn discover(up: &mut Upstream) -> Result<Namespace, UpstreamError> {
-        let (untagged, _) = up.command(b"NAMESPACE\r\n").await?;
-        let mut ns = untagged.iter().find_map(|r| Namespace::from_namespace_response(r));
+    pub async fn discover(provider: &mut impl ProviderCommands) -> Result<Namespace, ProviderError> {
+        let reply = provider.run(b"NAMESPACE\r\n", CAPTURE_NAMESPACE).await?;
+        let mut ns = reply.untagged.iter().find_map(|r| Namespace::from_namespace_response(r));
         if ns.as_ref().is_none_or(|n| n.separator.is_none()) {
-            let (untagged, _) = up.command(b"LIST \"\" \"\"\r\n").await?;
-            let separator = untagged.iter().find_map(|r| Namespace::from_list_response(r)).and_then(|n| n.separator);
+            let reply = provider.run(b"LIST \"\" \"\"\r\n", CAPTURE_LIST).await?;
+            let separator =
+                reply.untagged.iter().find_map(|r| Namespace::from_list_response(r)).and_then(|n| n.separator);
             ns = Some(Namespace { prefix: ns.map(|n| n.prefix).unwrap_or_default(), separator });
         }
         Ok(ns.unwrap_or(Namespace { prefix: String::new(), separator: Some('/') }))
@@ -93,6 +91,9 @@ mod tests {
         let ns = Namespace::from_namespace_response(b"* NAMESPACE ((\"INBOX/\" \"/\")) NIL NIL\r\n").unwrap();
         assert_eq!(ns.chats("COI"), "INBOX/COI/Chats");
         assert_eq!(ns.root("COI"), "INBOX/COI");
+        let courier = b"* NAMESPACE ((\"INBOX.\" \".\")) NIL ((\"#shared.\" \".\")(\"shared.\" \".\"))\r\n";
+        let ns = Namespace::from_namespace_response(courier).unwrap();
+        assert_eq!(ns.chats("COI"), "INBOX.COI.Chats");
         let ns = Namespace::from_list_response(b"* LIST (\\Noselect) \"/\" \"\"\r\n").unwrap();
         assert_eq!(ns.chats("COI"), "COI/Chats");
         assert!(ns.in_trash("Trash/COI/Chats", "Trash"));

@@ -1,34 +1,52 @@
-//! Chat over IMAP server emulation: METADATA configuration, chat folders, chat detection, and
-//! the account worker that filters incoming chat messages.
+//! Chat over IMAP server emulation (a wing): the COI configuration as METADATA entries, the chat
+//! folders, chat detection, and the interceptor that serves a client session's COI commands.
+//! The account worker that filters incoming chat messages is an edge (`worker`) built on these.
 
 pub mod classify;
 pub mod folders;
-pub mod hub;
 pub mod metadata;
-pub mod receipts;
 pub mod session;
-pub mod worker;
 
-use crate::imap::upstream::{Upstream, UpstreamError};
-use crate::server::Shared;
-use hub::Account;
-use metadata::{CoiConfig, ENABLED, MESSAGE_FILTER};
+use tracing::warn;
 
-/// Reads an account's COI configuration at login (from the provider's METADATA, else the local
-/// store) and publishes it to the account's sessions and worker.
+use crate::account::{Account, CoiConfig};
+use crate::imap::wire::provider::{ProviderCommands, ProviderError};
+use crate::store::Store;
+use metadata::{ENABLED, MESSAGE_FILTER};
+
+const CAPTURE_METADATA: &[&[u8]] = &[b"* METADATA "];
+
+/// Reads an account's COI configuration (from the provider's METADATA when it has it, else the
+/// local store) and publishes it to the account's sessions and worker.
 pub async fn load_config(
-    shared: &Shared,
+    provider: &mut impl ProviderCommands,
+    provider_metadata: bool,
+    store: &Store,
     account: &Account,
-    upstream: &mut Upstream,
-) -> Result<CoiConfig, UpstreamError> {
-    let config = if upstream.has("METADATA") {
-        let (untagged, _) =
-            upstream.command(format!("GETMETADATA \"\" ({ENABLED} {MESSAGE_FILTER})\r\n").as_bytes()).await?;
-        worker::config_from(&untagged)
-    } else {
-        let entries = shared.store.metadata_entries(&account.login, b"").unwrap_or_default();
-        CoiConfig::from_values(entries.get(ENABLED).map(Vec::as_slice), entries.get(MESSAGE_FILTER).map(Vec::as_slice))
+) -> Result<CoiConfig, ProviderError> {
+    let config = match provider_metadata {
+        true => config_at_provider(provider).await?,
+        false => stored_config(store, &account.login),
     };
     account.set_config(config);
     Ok(config)
+}
+
+/// The configuration as the provider's METADATA has it.
+pub async fn config_at_provider(provider: &mut impl ProviderCommands) -> Result<CoiConfig, ProviderError> {
+    let command = format!("GETMETADATA \"\" ({ENABLED} {MESSAGE_FILTER})\r\n");
+    let reply = provider.run(command.as_bytes(), CAPTURE_METADATA).await?;
+    Ok(metadata::config_from_responses(&reply.untagged))
+}
+
+/// The configuration as the local store has it (for a provider without METADATA); the
+/// defaults if the store cannot be read.
+pub fn stored_config(store: &Store, login: &str) -> CoiConfig {
+    match store.metadata_entries(login, b"") {
+        Ok(entries) => metadata::config_from(&entries),
+        Err(e) => {
+            warn!("cannot read METADATA from the store: {e}");
+            CoiConfig::default()
+        }
+    }
 }

@@ -12,24 +12,25 @@ use std::sync::{Arc, Mutex};
 use tracing::{debug, info, warn};
 
 use super::folders::Namespace;
-use super::hub::Account;
-use super::metadata::{
-    self, CoiChange, CoiConfig, ENABLED, Filter, GetMetadata, MESSAGE_FILTER, MetadataError, SetMetadata,
-};
+use super::metadata::{self, CoiChange, ENABLED, MESSAGE_FILTER, MetadataError};
+use crate::account::{Account, CoiConfig, Filter};
+use crate::context::Context;
 use crate::imap::wire::command::client_name;
-use crate::imap::wire::command::{self, Arg, Command};
+use crate::imap::wire::command::{self, Arg, Command, CommandName};
+use crate::imap::wire::metadata::{
+    Depth, EntryOwner, GetMetadata, Refusal, SetMetadata, Status, covers, format_entries, format_response, in_subtree,
+    parse_get, parse_response, parse_set, reaches, select,
+};
 use crate::imap::wire::provider::{Interceptor, ProviderCommands, ProviderError, Reply as OwnReply};
-use crate::server::Shared;
 use crate::store::TooManyEntries;
 
 const CAPTURE_METADATA: &[&[u8]] = &[b"* METADATA "];
-const CAPTURE_NAMESPACE: &[&[u8]] = &[b"* NAMESPACE ", b"* LIST "];
 const CAPTURE_LIST: &[&[u8]] = &[b"* LIST "];
 const CAPTURE_STATUS: &[&[u8]] = &[b"* STATUS "];
 
-/// The COI side of one logged-in session.
-pub struct CoiSession {
-    shared: Arc<Shared>,
+/// The COI side of one logged-in session; `E` answers the entries of another wing (WebPush).
+pub struct CoiSession<E> {
+    shared: Arc<Context>,
     account: Arc<Account>,
     /// The provider stores METADATA itself.
     provider_metadata: bool,
@@ -37,34 +38,67 @@ pub struct CoiSession {
     /// The client's ID name (`Delta Chat`), from before or after login; shared with the
     /// session's read-receipt hook.
     client_name: Arc<Mutex<Option<String>>>,
+    /// The subtree of entries another wing answers (WebPush), plugged in by the session.
+    entries: E,
 }
 
 /// A reply for the client, or the reason the provider failed us.
 type Reply = Result<Vec<u8>, ProviderError>;
 
-impl CoiSession {
+/// Capabilities the proxy adds for a session: IDLE where the provider lacks it (the proxy
+/// serves it by polling), COI, those of the wings plugged in (`WEBPUSH`), and METADATA where
+/// the provider lacks it.
+pub fn capabilities(provider_metadata: bool, provider_idle: bool, wings: &[&'static str]) -> Vec<&'static str> {
+    let mut caps = Vec::new();
+    if !provider_idle {
+        caps.push("IDLE");
+    }
+    caps.push("COI");
+    caps.extend_from_slice(wings);
+    if !provider_metadata {
+        caps.push("METADATA");
+    }
+    caps
+}
+
+/// The tagged response text (after the tag) for a refused METADATA command.
+fn refusal(e: &impl Refusal) -> String {
+    match e.status() {
+        Status::Bad => format!("BAD {e}"),
+        Status::Cannot => format!("NO [CANNOT] {e}"),
+        Status::Unavailable => format!("NO [UNAVAILABLE] {e}"),
+        Status::MaxSize(max) => format!("NO [METADATA MAXSIZE {max}] {e}"),
+        Status::TooMany => format!("NO [METADATA TOOMANY] {e}"),
+    }
+}
+
+/// A COI folder the provider would not create.
+#[derive(Debug, thiserror::Error)]
+#[error("Cannot create {name}: {status}")]
+struct FolderError {
+    name: String,
+    status: String,
+}
+
+impl<E: EntryOwner> CoiSession<E> {
     pub fn new(
-        shared: Arc<Shared>,
+        shared: Arc<Context>,
         account: Arc<Account>,
         provider_metadata: bool,
         client_name: Arc<Mutex<Option<String>>>,
+        entries: E,
     ) -> Self {
-        CoiSession { shared, account, provider_metadata, namespace: None, client_name }
+        CoiSession { shared, account, provider_metadata, namespace: None, client_name, entries }
     }
 
-    /// Capabilities the proxy adds for this session: IDLE where the provider lacks it (the
-    /// proxy serves it by polling), COI, WEBPUSH, and METADATA where the provider lacks it.
-    pub fn capabilities(provider_metadata: bool, provider_idle: bool) -> Vec<&'static str> {
-        let mut caps = Vec::new();
-        if !provider_idle {
-            caps.push("IDLE");
-        }
-        caps.push("COI");
-        caps.push(crate::push::CAPABILITY);
-        if !provider_metadata {
-            caps.push("METADATA");
-        }
-        caps
+    /// Whether the proxy answers `entry` itself (COI, or the plugged-in wing's subtree).
+    fn answers(&self, entry: &str) -> bool {
+        metadata::is_coi_entry(entry) || in_subtree(entry, self.entries.subtree())
+    }
+
+    /// Whether a request may reach into a subtree the proxy answers.
+    fn reaches_ours(&self, requested: &str, depth: Depth) -> bool {
+        metadata::reaches_coi(requested, depth) || reaches(requested, depth, self.entries.subtree())
     }
 
     fn is_chat_client(&self) -> bool {
@@ -78,24 +112,26 @@ impl CoiSession {
     }
 
     async fn dispatch(&mut self, raw: &[u8], cmd: &Command, own: &mut impl ProviderCommands) -> Reply {
-        match cmd.name.as_str() {
-            "GETMETADATA" => match metadata::parse_get(cmd) {
+        match cmd.kind {
+            CommandName::GetMetadata => match parse_get(cmd) {
                 Ok(req) => self.get_metadata(&cmd.tag, req, own).await,
-                Err(e) => Ok(tagged(&cmd.tag, &e.to_string())),
+                Err(e) => Ok(tagged(&cmd.tag, &refusal(&e))),
             },
-            "SETMETADATA" => match metadata::parse_set(cmd) {
+            CommandName::SetMetadata => match parse_set(cmd) {
                 Ok(req) => self.set_metadata(&cmd.tag, req, own).await,
-                Err(e) => Ok(tagged(&cmd.tag, &e.to_string())),
+                Err(e) => Ok(tagged(&cmd.tag, &refusal(&e))),
             },
-            "CREATE" | "DELETE" | "RENAME" => self.mailbox_command(raw, cmd, own).await,
-            "ID" => {
+            CommandName::Create | CommandName::Delete | CommandName::Rename => {
+                self.mailbox_command(raw, cmd, own).await
+            }
+            CommandName::Id => {
                 if let Some(name) = client_name(&cmd.args) {
                     info!(client_name = %name, "client identified itself");
                     *self.client_name.lock().expect("client name") = Some(name);
                 }
                 Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag))
             }
-            "SELECT" | "EXAMINE" | "STATUS" => self.select_like(raw, cmd, own).await,
+            CommandName::Select | CommandName::Examine | CommandName::Status => self.select_like(raw, cmd, own).await,
             _ => Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag)),
         }
     }
@@ -105,34 +141,14 @@ impl CoiSession {
         if let Some(ns) = &self.namespace {
             return Ok(ns.clone());
         }
-        let reply = own.run(b"NAMESPACE\r\n", CAPTURE_NAMESPACE).await?;
-        let mut ns = reply.untagged.iter().find_map(|r| Namespace::from_namespace_response(r));
-        if ns.as_ref().is_none_or(|n| n.separator.is_none()) {
-            let reply = own.run(b"LIST \"\" \"\"\r\n", CAPTURE_LIST).await?;
-            let sep = reply.untagged.iter().find_map(|r| Namespace::from_list_response(r)).and_then(|n| n.separator);
-            let prefix = ns.map(|n| n.prefix).unwrap_or_default();
-            ns = Some(Namespace { prefix, separator: sep });
-        }
-        let ns = ns.unwrap_or(Namespace { prefix: String::new(), separator: Some('/') });
+        let ns = Namespace::discover(own).await?;
         self.namespace = Some(ns.clone());
         Ok(ns)
     }
 
     /// The account's COI configuration, from the provider or the local store.
     async fn read_config(&mut self, own: &mut impl ProviderCommands) -> Result<CoiConfig, ProviderError> {
-        let config = if self.provider_metadata {
-            let cmd = format!("GETMETADATA \"\" ({ENABLED} {MESSAGE_FILTER})\r\n");
-            let reply = own.run(cmd.as_bytes(), CAPTURE_METADATA).await?;
-            config_from_responses(&reply.untagged)
-        } else {
-            let entries = self.local_entries(b"");
-            CoiConfig::from_values(
-                entries.get(ENABLED).map(Vec::as_slice),
-                entries.get(MESSAGE_FILTER).map(Vec::as_slice),
-            )
-        };
-        self.account.set_config(config);
-        Ok(config)
+        super::load_config(own, self.provider_metadata, &self.shared.store, &self.account).await
     }
 
     fn local_entries(&self, mailbox: &[u8]) -> BTreeMap<String, Vec<u8>> {
@@ -147,51 +163,50 @@ impl CoiSession {
 
     async fn get_metadata(&mut self, tag: &str, req: GetMetadata, own: &mut impl ProviderCommands) -> Reply {
         let server_level = req.mailbox.is_empty();
-        let reaches_coi = server_level && req.entries.iter().any(|e| metadata::reaches_coi(e, req.depth));
+        let reaches_ours = server_level && req.entries.iter().any(|e| self.reaches_ours(e, req.depth));
         let mut entries: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         let mut longest: Option<u64> = None;
         if self.provider_metadata {
-            let elsewhere: Vec<&String> =
-                req.entries.iter().filter(|e| !server_level || !metadata::is_coi_entry(e)).collect();
+            let elsewhere: Vec<&String> = req.entries.iter().filter(|e| !server_level || !self.answers(e)).collect();
             if !elsewhere.is_empty() {
                 let reply = own.run(&get_command(&req, &elsewhere), CAPTURE_METADATA).await?;
                 if !reply.ok() {
                     return Ok(reply.for_client(tag));
                 }
                 for resp in &reply.untagged {
-                    if let Some((_, found)) = metadata::parse_response(resp) {
-                        entries.extend(found.into_iter().filter(|(e, _)| !server_level || !metadata::is_coi_entry(e)));
+                    if let Some((_, found)) = parse_response(resp) {
+                        entries.extend(found.into_iter().filter(|(e, _)| !server_level || !self.answers(e)));
                     }
                 }
                 longest = long_entries(&reply.status);
             }
         } else {
             let mut available = self.local_entries(&req.mailbox);
-            available.retain(|e, _| !server_level || !metadata::is_coi_entry(e));
+            available.retain(|e, _| !server_level || !self.answers(e));
             let plain = GetMetadata {
-                entries: req.entries.iter().filter(|e| !server_level || !metadata::is_coi_entry(e)).cloned().collect(),
+                entries: req.entries.iter().filter(|e| !server_level || !self.answers(e)).cloned().collect(),
                 ..req.clone()
             };
-            let (found, long) = metadata::select(&plain, &available);
+            let (found, long) = select(&plain, &available);
             entries.extend(found);
             longest = long;
         }
-        if reaches_coi {
-            let reaches = |subtree| req.entries.iter().any(|e| metadata::reaches(e, req.depth, subtree));
+        if reaches_ours {
+            let reaches = |subtree| req.entries.iter().any(|e| reaches(e, req.depth, subtree));
             let mut available = BTreeMap::new();
             if reaches(metadata::COI_SUBTREE) {
                 let config = self.read_config(own).await?;
                 let root = self.namespace(own).await?.root(&self.root());
                 available.extend(metadata::coi_entries(&config, &root));
             }
-            if reaches(metadata::WEBPUSH_SUBTREE) {
-                available.extend(crate::push::entries::available(&self.shared, &self.account.login));
+            if reaches(self.entries.subtree()) {
+                available.extend(self.entries.available().await);
             }
             let ours = GetMetadata {
-                entries: req.entries.iter().filter(|e| metadata::reaches_coi(e, req.depth)).cloned().collect(),
+                entries: req.entries.iter().filter(|e| self.reaches_ours(e, req.depth)).cloned().collect(),
                 ..req.clone()
             };
-            let (found, long) = metadata::select(&ours, &available);
+            let (found, long) = select(&ours, &available);
             for entry in found {
                 if !entries.iter().any(|(e, _)| *e == entry.0) {
                     entries.push(entry);
@@ -201,28 +216,29 @@ impl CoiSession {
         }
         // In the order asked for, as a provider answers.
         entries.sort_by_cached_key(|(e, _)| {
-            (req.entries.iter().position(|r| metadata::covers(r, req.depth, e)).unwrap_or(usize::MAX), e.clone())
+            (req.entries.iter().position(|r| covers(r, req.depth, e)).unwrap_or(usize::MAX), e.clone())
         });
-        let mut reply = if entries.is_empty() { Vec::new() } else { metadata::format_response(&req.mailbox, &entries) };
+        let mut reply = if entries.is_empty() { Vec::new() } else { format_response(&req.mailbox, &entries) };
         let code = longest.map(|n| format!("[METADATA LONGENTRIES {n}] ")).unwrap_or_default();
         reply.extend(tagged(tag, &format!("OK {code}Getmetadata completed.")));
         Ok(reply)
     }
 
     async fn set_metadata(&mut self, tag: &str, mut req: SetMetadata, own: &mut impl ProviderCommands) -> Reply {
+        // The entries the proxy answers itself exist on the server level only.
+        if !req.mailbox.is_empty() && req.entries.iter().any(|(e, _)| self.answers(e)) {
+            return Ok(tagged(tag, &refusal(&MetadataError::NotServerLevel)));
+        }
         let change = match metadata::coi_change(&req) {
             Ok(change) => change,
-            Err(e) => return Ok(tagged(tag, &e.to_string())),
+            Err(e) => return Ok(tagged(tag, &refusal(&e))),
         };
-        // WebPush entries are the proxy's alone; the rest goes on as before.
-        let push = match crate::push::entries::changes(&req) {
-            Ok(push) => push,
-            Err(e) => return Ok(tagged(tag, &e.to_string())),
-        };
-        req.entries.retain(|(entry, _)| !crate::push::entries::is_entry(entry));
-        if let Err(e) = crate::push::entries::apply(&self.shared, &self.account, push).await {
-            return Ok(tagged(tag, &e.to_string()));
+        // The plugged-in wing's entries (WebPush) are the proxy's alone; the rest goes on.
+        if let Err(e) = self.entries.set(&req).await {
+            return Ok(tagged(tag, &refusal(&e)));
         }
+        let theirs = self.entries.subtree();
+        req.entries.retain(|(entry, _)| !in_subtree(entry, theirs));
         if req.entries.is_empty() {
             return Ok(tagged(tag, "OK SETMETADATA complete"));
         }
@@ -233,9 +249,9 @@ impl CoiSession {
             }
         }
         if change.enabled == Some(true)
-            && let Err(status) = self.create_folders(own).await?
+            && let Err(e) = self.create_folders(own).await?
         {
-            return Ok(tagged(tag, &status));
+            return Ok(tagged(tag, &format!("NO [SERVERBUG] {e}")));
         }
         if self.provider_metadata {
             let reply = own.run(&set_command(&req), &[]).await?;
@@ -248,12 +264,12 @@ impl CoiSession {
                 req.entries.iter().find(|(_, v)| v.as_ref().is_some_and(|v| v.len() as u64 > max))
             {
                 debug!(size = v.len(), "METADATA value over the limit");
-                return Ok(tagged(tag, &MetadataError::TooLarge(max).to_string()));
+                return Ok(tagged(tag, &refusal(&MetadataError::TooLarge(max))));
             }
             let max_entries = self.shared.config().coi.max_metadata_entries;
-            match self.shared.store.metadata_apply(&self.account.login, &req.mailbox, &req.entries, max_entries) {
+            match self.shared.store.metadata_apply(&self.account.login, &req.mailbox, &req.entries, max_entries).await {
                 Ok(Ok(())) => {}
-                Ok(Err(TooManyEntries)) => return Ok(tagged(tag, &MetadataError::TooMany.to_string())),
+                Ok(Err(TooManyEntries)) => return Ok(tagged(tag, &refusal(&MetadataError::TooMany))),
                 Err(e) => {
                     warn!("cannot write METADATA to the store: {e}");
                     return Ok(tagged(
@@ -279,11 +295,14 @@ impl CoiSession {
     fn publish(&self, config: CoiConfig) {
         info!(enabled = config.enabled, filter = config.filter.as_str(), "COI configuration changed");
         self.account.set_config(config);
-        super::worker::ensure_running(&self.shared, &self.account);
+        self.shared.workers.want(&self.account.login);
     }
 
     /// Creates `<root>/Chats` (subscribed) and `<root>/Contacts` where missing.
-    async fn create_folders(&mut self, own: &mut impl ProviderCommands) -> Result<Result<(), String>, ProviderError> {
+    async fn create_folders(
+        &mut self,
+        own: &mut impl ProviderCommands,
+    ) -> Result<Result<(), FolderError>, ProviderError> {
         let ns = self.namespace(own).await?;
         let (chats, contacts) = (ns.chats(&self.root()), ns.contacts(&self.root()));
         for (name, subscribe) in [(chats, true), (contacts, false)] {
@@ -291,9 +310,9 @@ impl CoiSession {
             let reply = own.run(format!("CREATE {quoted}\r\n").as_bytes(), &[]).await?;
             let exists = reply.status.windows(15).any(|w| w.eq_ignore_ascii_case(b"[ALREADYEXISTS]"));
             if !reply.ok() && !exists {
-                let text = String::from_utf8_lossy(&reply.status).trim_end().to_string();
-                warn!(mailbox = %name, "cannot create a COI folder: {text}");
-                return Ok(Err(format!("NO [SERVERBUG] Cannot create {name}: {text}")));
+                let status = reply.status_text();
+                warn!(mailbox = %name, "cannot create a COI folder: {status}");
+                return Ok(Err(FolderError { name, status }));
             }
             if subscribe {
                 own.run(format!("SUBSCRIBE {quoted}\r\n").as_bytes(), &[]).await?;
@@ -311,8 +330,11 @@ impl CoiSession {
             if !reply.ok() {
                 warn!("provider refused to store the COI state: {}", String::from_utf8_lossy(&reply.status).trim_end());
             }
-        } else if let Err(e) =
-            self.shared.store.metadata_apply(&self.account.login, b"", &[(ENABLED.to_string(), value)], usize::MAX)
+        } else if let Err(e) = self
+            .shared
+            .store
+            .metadata_apply(&self.account.login, b"", &[(ENABLED.to_string(), value)], usize::MAX)
+            .await
         {
             warn!("cannot store the COI state: {e}");
         }
@@ -327,16 +349,16 @@ impl CoiSession {
             cmd.args.iter().filter_map(Arg::astring).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
         let ns = self.namespace(own).await?;
         let chats = ns.chats(&self.root());
-        let (is_chats_source, is_chats_target) = match cmd.name.as_str() {
-            "RENAME" => (names.first() == Some(&chats), names.get(1) == Some(&chats)),
+        let (is_chats_source, is_chats_target) = match cmd.kind {
+            CommandName::Rename => (names.first() == Some(&chats), names.get(1) == Some(&chats)),
             _ => (names.first() == Some(&chats), false),
         };
         if !is_chats_source && !is_chats_target {
             return Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag));
         }
-        let enable = match cmd.name.as_str() {
-            "CREATE" => Some(true),
-            "DELETE" => Some(false),
+        let enable = match cmd.kind {
+            CommandName::Create => Some(true),
+            CommandName::Delete => Some(false),
             _ if is_chats_target => Some(true),
             _ => {
                 let target = names.get(1).cloned().unwrap_or_default();
@@ -353,8 +375,8 @@ impl CoiSession {
         {
             if enabled {
                 // Contacts belongs with Chats; the client created Chats itself.
-                if let Err(status) = self.create_folders(own).await? {
-                    warn!("{status}");
+                if let Err(e) = self.create_folders(own).await? {
+                    warn!("{e}");
                 }
             }
             self.set_enabled(enabled, own).await?;
@@ -402,12 +424,12 @@ impl CoiSession {
     }
 }
 
-impl Interceptor for CoiSession {
-    fn wants(&self, name: &[u8]) -> bool {
-        let upper = name.to_ascii_uppercase();
-        match upper.as_slice() {
-            b"GETMETADATA" | b"SETMETADATA" | b"CREATE" | b"DELETE" | b"RENAME" | b"ID" => true,
-            b"SELECT" | b"EXAMINE" | b"STATUS" => self.is_chat_client(),
+impl<E: EntryOwner> Interceptor for CoiSession<E> {
+    fn wants(&self, name: CommandName) -> bool {
+        use CommandName::*;
+        match name {
+            GetMetadata | SetMetadata | Create | Delete | Rename | Id => true,
+            Select | Examine | Status => self.is_chat_client(),
             _ => false,
         }
     }
@@ -450,9 +472,9 @@ fn get_command(req: &GetMetadata, entries: &[&String]) -> Vec<u8> {
         options.push(format!("MAXSIZE {n}"));
     }
     match req.depth {
-        metadata::Depth::Zero => {}
-        metadata::Depth::One => options.push("DEPTH 1".into()),
-        metadata::Depth::Infinity => options.push("DEPTH infinity".into()),
+        Depth::Zero => {}
+        Depth::One => options.push("DEPTH 1".into()),
+        Depth::Infinity => options.push("DEPTH infinity".into()),
     }
     let mut cmd = b"GETMETADATA ".to_vec();
     if !options.is_empty() {
@@ -468,20 +490,9 @@ fn set_command(req: &SetMetadata) -> Vec<u8> {
     let mut cmd = b"SETMETADATA ".to_vec();
     cmd.extend(command::astring(&req.mailbox, true));
     cmd.push(b' ');
-    cmd.extend(metadata::format_entries(&req.entries));
+    cmd.extend(format_entries(&req.entries));
     cmd.extend_from_slice(b"\r\n");
     cmd
-}
-
-/// The COI configuration from provider `* METADATA` responses.
-fn config_from_responses(responses: &[Vec<u8>]) -> CoiConfig {
-    let mut values: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for resp in responses {
-        if let Some((_, entries)) = metadata::parse_response(resp) {
-            values.extend(entries.into_iter().filter_map(|(e, v)| Some((e, v?))));
-        }
-    }
-    CoiConfig::from_values(values.get(ENABLED).map(Vec::as_slice), values.get(MESSAGE_FILTER).map(Vec::as_slice))
 }
 
 /// The `n` of `OK [METADATA LONGENTRIES n] ...`.
@@ -520,7 +531,7 @@ mod tests {
 
     #[test]
     fn commands_for_the_provider() {
-        let req = GetMetadata { mailbox: vec![], entries: vec![], depth: metadata::Depth::One, max_size: Some(10) };
+        let req = GetMetadata { mailbox: vec![], entries: vec![], depth: Depth::One, max_size: Some(10) };
         let entries = ["/private/a".to_string(), "/shared/b".to_string()];
         let refs: Vec<&String> = entries.iter().collect();
         assert_eq!(get_command(&req, &refs), b"GETMETADATA (MAXSIZE 10 DEPTH 1) \"\" (/private/a /shared/b)\r\n");

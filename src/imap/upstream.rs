@@ -1,48 +1,87 @@
 //! Connecting and logging in to a provider: TCP, TLS (implicit or STARTTLS), greeting,
-//! capabilities, authentication. Every failure becomes an [`UpstreamError`] whose text is fit to
-//! show the user in `NO [UNAVAILABLE] <reason>`: it names the server and the cause, never a secret.
+//! capabilities, authentication; shared by the sessions, the worker, the SMTP side and `check`.
+//! Every failure becomes an [`UpstreamError`] whose text is fit to show the user in
+//! `NO [UNAVAILABLE] <reason>`: it names the server and the cause, never a secret. The proxy's
+//! own connections for an account ([`Upstream::open`]) carry the wings' commands
+//! ([`ProviderCommands`]).
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 
+use crate::account::CredentialError;
 use crate::config::{Provider, Security, ServerUrl};
+use crate::context::Context;
 use crate::imap::conn::{Conn, ReadError};
 use crate::imap::wire::capability;
 use crate::imap::wire::command;
-use crate::net::Stream;
+use crate::imap::wire::provider::{ProviderCommands, ProviderError, Reply};
+use crate::net::{NetError, Stream, tcp_connect, tls_handshake};
 use crate::secret::Secret;
+use crate::store::StoreError;
 use crate::tls::UpstreamTls;
 
 /// Largest response the proxy reads whole from a provider while logging in.
 const MAX_RESPONSE: usize = 256 * 1024;
 
+/// Why a connection to a provider's IMAP server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("cannot resolve {host}: {detail}")]
-    Dns { host: String, detail: String },
-    #[error("connection refused by {server}")]
-    Refused { server: String },
-    #[error("timed out {stage} {server}")]
-    Timeout { stage: &'static str, server: String },
-    #[error("cannot reach {server}: {detail}")]
-    Network { server: String, detail: String },
-    #[error("TLS with {server} failed: {detail}")]
-    Tls { server: String, detail: String },
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("{server} sent no usable greeting: {detail}")]
     Greeting { server: String, detail: String },
     #[error("{server} refused STARTTLS: {detail}")]
     StartTls { server: String, detail: String },
-    #[error("{server} closed the connection")]
-    Closed { server: String },
     #[error("{server} sent a malformed response")]
     Protocol { server: String },
     #[error("{server} does not allow login over this connection (LOGINDISABLED)")]
     LoginDisabled { server: String },
+}
+
+impl UpstreamError {
+    /// The cause, as `/metrics` labels it (one of `metrics::CAUSES`).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            UpstreamError::Net(e) => e.cause(),
+            UpstreamError::Greeting { .. } => "greeting",
+            UpstreamError::StartTls { .. } => "starttls",
+            UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::LoginDisabled { .. } => "login_disabled",
+        }
+    }
+
+    /// The provider closed the connection.
+    pub fn closed(server: &ServerUrl) -> UpstreamError {
+        NetError::Closed { server: server.to_string() }.into()
+    }
+}
+
+/// Why work the proxy does on its own provider connection for an account (the account worker,
+/// failure reports, chat copies, receipts) stopped; it is logged and tried again later.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnWorkError {
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    #[error("no IMAP provider is configured for {0}")]
+    NoProvider(String),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("the provider refused the login: {0}")]
+    LoginRefused(String),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error("the provider refused {command}: {status}")]
+    Refused { command: &'static str, status: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<UpstreamError> for ProviderError {
+    fn from(e: UpstreamError) -> ProviderError {
+        ProviderError::Connection(Box::new(e))
+    }
 }
 
 /// A connection to a provider, greeted and possibly logged in.
@@ -78,7 +117,7 @@ impl Upstream {
         let name = server.to_string();
         match tokio::time::timeout(timeout, Self::connect_inner(provider, tls, max_line)).await {
             Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout { stage: "connecting to", server: name }),
+            Err(_) => Err(NetError::Timeout { stage: "connecting to", server: name }.into()),
         }
     }
 
@@ -89,7 +128,7 @@ impl Upstream {
         let _ = tcp.set_nodelay(true);
         let tls_config = || {
             tls.config(provider.ca_file.as_deref())
-                .map_err(|e| UpstreamError::Tls { server: name.clone(), detail: e.to_string() })
+                .map_err(|e| UpstreamError::from(NetError::Tls { server: name.clone(), detail: e.to_string() }))
         };
         let stream = match server.security {
             Security::Implicit => tls_handshake(tcp, &server, tls_config()?).await?,
@@ -102,7 +141,7 @@ impl Upstream {
             next_tag: SESSION_TAGS.fetch_add(1, Ordering::Relaxed) * 1000,
         };
         let greeting = up.read_response().await.map_err(|e| match e {
-            UpstreamError::Closed { .. } => {
+            UpstreamError::Net(NetError::Closed { .. }) => {
                 UpstreamError::Greeting { server: name.clone(), detail: "closed before greeting".into() }
             }
             e => e,
@@ -133,9 +172,24 @@ impl Upstream {
             up.capabilities.clear();
         }
         if up.capabilities.is_empty() {
-            up.capabilities = up.fetch_capabilities().await?;
+            up.refresh_capabilities().await?;
         }
         Ok(up)
+    }
+
+    /// Connects to `login`'s provider and logs in with `password`: the proxy's own connection
+    /// for work on the account.
+    pub async fn open(ctx: &Context, login: &str, password: &Secret) -> Result<Upstream, OwnWorkError> {
+        let config = ctx.config();
+        let provider = config.provider_for(login).ok_or_else(|| OwnWorkError::NoProvider(login.to_string()))?;
+        let limits = &config.limits;
+        let mut up = Upstream::connect(&provider, &ctx.upstream_tls, limits.connect_timeout(), limits.max_line).await?;
+        match up.authenticate(login, password).await? {
+            AuthOutcome::Ok(_) => Ok(up),
+            AuthOutcome::Rejected(status) => {
+                Err(OwnWorkError::LoginRefused(String::from_utf8_lossy(&status).trim_end().to_string()))
+            }
+        }
     }
 
     /// A fresh tag in the proxy's own tag space.
@@ -200,7 +254,7 @@ impl Upstream {
         if status.starts_with(b"OK") {
             match capability::find_in_response(&[b"* ", &status[..]].concat()) {
                 Some(range) => self.capabilities = capability::parse_list(&[b"* ", &status[..]].concat()[range]),
-                None => self.capabilities = self.fetch_capabilities().await?,
+                None => self.refresh_capabilities().await?,
             }
             Ok(AuthOutcome::Ok(status))
         } else {
@@ -208,7 +262,8 @@ impl Upstream {
         }
     }
 
-    async fn fetch_capabilities(&mut self) -> Result<Vec<String>, UpstreamError> {
+    /// Asks for the capabilities (when the greeting or the login did not say them).
+    async fn refresh_capabilities(&mut self) -> Result<(), UpstreamError> {
         let tag = self.tag();
         self.send(format!("{tag} CAPABILITY\r\n").as_bytes()).await?;
         let mut caps = Vec::new();
@@ -218,7 +273,8 @@ impl Upstream {
                 caps = capability::parse_list(&resp[range]);
             }
             if resp.starts_with(format!("{tag} ").as_bytes()) {
-                return Ok(caps);
+                self.capabilities = caps;
+                return Ok(());
             }
         }
     }
@@ -244,14 +300,9 @@ impl Upstream {
     }
 
     /// Appends `message` to `mailbox` with `flags` (e.g. `\Seen`, or empty): the proxy's own
-    /// messages to the user, such as delivery-failure reports. `Ok(Err(status))` carries the
-    /// provider's refusal (`NO ...`), tag removed.
-    pub async fn append(
-        &mut self,
-        mailbox: &str,
-        flags: &str,
-        message: &[u8],
-    ) -> Result<Result<(), String>, UpstreamError> {
+    /// messages to the user, such as delivery-failure reports. The reply says whether the
+    /// provider took it (a refusal is `NO ...`).
+    pub async fn append(&mut self, mailbox: &str, flags: &str, message: &[u8]) -> Result<Reply, UpstreamError> {
         let tag = self.tag();
         let literal_plus = self.has("LITERAL+");
         let mut cmd = format!("{tag} APPEND ").into_bytes();
@@ -259,7 +310,6 @@ impl Upstream {
         let plus = if literal_plus { "+" } else { "" };
         cmd.extend_from_slice(format!(" ({flags}) {{{}{plus}}}\r\n", message.len()).as_bytes());
         self.send(&cmd).await?;
-        let status_text = |s: &[u8]| String::from_utf8_lossy(s).trim_end().to_string();
         if !literal_plus {
             loop {
                 let reply = self.read_response().await?;
@@ -267,14 +317,14 @@ impl Upstream {
                     break;
                 }
                 if let Some(status) = reply.strip_prefix(format!("{tag} ").as_bytes()) {
-                    return Ok(Err(status_text(status)));
+                    return Ok(Reply { untagged: Vec::new(), status: status.to_vec() });
                 }
             }
         }
         self.send(message).await?;
         self.send(b"\r\n").await?;
         let status = self.read_tagged(&tag).await?;
-        Ok(if status.starts_with(b"OK") { Ok(()) } else { Err(status_text(&status)) })
+        Ok(Reply { untagged: Vec::new(), status })
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
@@ -306,7 +356,7 @@ impl Upstream {
                 return Ok(rest.to_vec());
             }
             if resp.starts_with(b"* BYE") {
-                return Err(UpstreamError::Closed { server: self.server.to_string() });
+                return Err(UpstreamError::closed(&self.server));
             }
         }
     }
@@ -314,92 +364,115 @@ impl Upstream {
     pub async fn read_response(&mut self) -> Result<Vec<u8>, UpstreamError> {
         match self.conn.read_message(MAX_RESPONSE, None).await {
             Ok(msg) => Ok(msg),
-            Err(ReadError::Eof | ReadError::Truncated) => {
-                Err(UpstreamError::Closed { server: self.server.to_string() })
-            }
+            Err(ReadError::Eof | ReadError::Truncated) => Err(UpstreamError::closed(&self.server)),
             Err(ReadError::TooLong { .. }) => Err(UpstreamError::Protocol { server: self.server.to_string() }),
             Err(ReadError::Io(e)) => Err(self.io_error(e)),
         }
     }
 
-    fn io_error(&self, e: std::io::Error) -> UpstreamError {
-        UpstreamError::Network { server: self.server.to_string(), detail: e.to_string() }
+    /// A failure of the network under this connection.
+    pub fn io_error(&self, e: std::io::Error) -> UpstreamError {
+        NetError::Network { server: self.server.to_string(), detail: e.to_string() }.into()
     }
 }
 
-pub(crate) async fn tcp_connect(server: &ServerUrl) -> Result<TcpStream, UpstreamError> {
-    let name = server.to_string();
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((server.host.as_str(), server.port))
-        .await
-        .map_err(|e| UpstreamError::Dns { host: server.host.clone(), detail: dns_detail(&e) })?
-        .collect();
-    if addrs.is_empty() {
-        return Err(UpstreamError::Dns { host: server.host.clone(), detail: "no addresses".into() });
-    }
-    let mut last = None;
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(tcp) => return Ok(tcp),
-            Err(e) => last = Some(e),
-        }
-    }
-    let e = last.expect("at least one address was tried");
-    Err(match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => UpstreamError::Refused { server: name },
-        std::io::ErrorKind::TimedOut => UpstreamError::Timeout { stage: "connecting to", server: name },
-        _ => UpstreamError::Network { server: name, detail: e.to_string() },
-    })
-}
-
-fn dns_detail(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    if text.contains("failed to lookup address information") { "no such host (DNS lookup failed)".into() } else { text }
-}
-
-pub(crate) async fn tls_handshake(
-    tcp: TcpStream,
-    server: &ServerUrl,
-    config: std::sync::Arc<rustls::ClientConfig>,
-) -> Result<Stream, UpstreamError> {
-    let name = server.to_string();
-    let server_name = ServerName::try_from(server.host.clone())
-        .map_err(|_| UpstreamError::Tls { server: name.clone(), detail: "invalid host name".into() })?;
-    let connector = tokio_rustls::TlsConnector::from(config);
-    match connector.connect(server_name, tcp).await {
-        Ok(tls) => Ok(Stream::ClientTls(Box::new(tls))),
-        Err(e) => Err(UpstreamError::Tls { server: name, detail: tls_detail(&e) }),
-    }
-}
-
-/// A user-facing explanation of a failed TLS handshake.
-fn tls_detail(e: &std::io::Error) -> String {
-    use rustls::{CertificateError, Error};
-    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
-        return match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
-                "the server closed the connection during the handshake (is this a TLS port?)".into()
+/// The worker's and the receipts agent's connections carry the wings' commands directly.
+impl ProviderCommands for Upstream {
+    async fn run(&mut self, command: &[u8], capture: &'static [&'static [u8]]) -> Result<Reply, ProviderError> {
+        let tag = self.tag();
+        let prefix = format!("{tag} ");
+        let full = [tag.as_bytes(), b" ", command].concat();
+        let mut untagged = Vec::new();
+        let captured = |resp: &[u8]| capture.iter().any(|p| starts_with_ci(resp, p));
+        // Sent up to `sent`; literal announcements are looked for from `search` on (never in a
+        // literal's data). At each synchronizing one, the provider's `+` is awaited.
+        let (mut sent, mut search) = (0, 0);
+        while let Some(at) = full[search..].windows(3).position(|w| w == b"}\r\n") {
+            let close = search + at;
+            let end = close + 3;
+            let literal = full[..close].iter().rposition(|&b| b == b'{').and_then(|open| {
+                let inner = std::str::from_utf8(&full[open + 1..close]).ok()?;
+                let (digits, plus) = inner.strip_suffix('+').map_or((inner, false), |d| (d, true));
+                Some((digits.parse::<usize>().ok()?, plus))
+            });
+            let Some((len, plus)) = literal else {
+                search = end;
+                continue;
+            };
+            if !plus {
+                self.send(&full[sent..end]).await?;
+                sent = end;
+                loop {
+                    let resp = self.read_response().await?;
+                    if resp.starts_with(b"+") {
+                        break;
+                    }
+                    if let Some(status) = resp.strip_prefix(prefix.as_bytes()) {
+                        return Ok(Reply { untagged, status: status.to_vec() });
+                    }
+                    if captured(&resp) {
+                        untagged.push(resp);
+                    }
+                }
             }
-            _ => e.to_string(),
-        };
-    };
-    match inner {
-        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "certificate not trusted (unknown issuer; add the provider's CA as ca_file)".into()
+            search = (end + len).min(full.len());
         }
-        Error::InvalidCertificate(
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => "certificate is for another host name".into(),
-        Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
-            "certificate has expired".into()
+        self.send(&full[sent..]).await?;
+        loop {
+            let resp = self.read_response().await?;
+            if let Some(status) = resp.strip_prefix(prefix.as_bytes()) {
+                return Ok(Reply { untagged, status: status.to_vec() });
+            }
+            if captured(&resp) {
+                untagged.push(resp);
+            }
         }
-        Error::InvalidCertificate(CertificateError::Other(other))
-            if format!("{other:?}").contains("CaUsedAsEndEntity") =>
-        {
-            "certificate not trusted (self-signed; add the provider's certificate as ca_file)".into()
-        }
-        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => {
-            "the server does not speak TLS on this port".into()
-        }
-        other => other.to_string(),
+    }
+}
+
+fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
+    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A wing's command with a synchronizing literal on the proxy's own connection: the literal
+    /// waits for the provider's `+`, and only the responses asked for are captured.
+    #[tokio::test]
+    async fn own_commands_wait_for_continuations_and_capture_by_prefix() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let provider = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tcp = BufReader::new(tcp);
+            tcp.write_all(b"* OK [CAPABILITY IMAP4rev1 METADATA] ready\r\n").await.unwrap();
+            let mut line = String::new();
+            tcp.read_line(&mut line).await.unwrap();
+            assert!(line.ends_with(" SETMETADATA \"\" (/private/x {3}\r\n"), "{line:?}");
+            let tag = line.split(' ').next().unwrap().to_string();
+            // Nothing of the literal may come before the continuation.
+            let early = tokio::time::timeout(Duration::from_millis(200), tcp.read_u8()).await;
+            assert!(early.is_err(), "literal sent before the continuation: {early:?}");
+            tcp.write_all(b"* 4 EXISTS\r\n+ go ahead\r\n").await.unwrap();
+            let mut rest = String::new();
+            tcp.read_line(&mut rest).await.unwrap();
+            assert_eq!(rest, "abc)\r\n");
+            let answer = format!("* METADATA \"\" (/private/x \"abc\")\r\n* 5 EXISTS\r\n{tag} OK done\r\n");
+            tcp.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let imap = ServerUrl::parse_imap(&format!("imap://127.0.0.1:{port}")).unwrap();
+        let provider_config = Provider { imap, ca_file: None };
+        let mut up = Upstream::connect(&provider_config, &UpstreamTls::default(), Duration::from_secs(5), 64 * 1024)
+            .await
+            .unwrap();
+        let reply = up.run(b"SETMETADATA \"\" (/private/x {3}\r\nabc)\r\n", &[b"* metadata "]).await.unwrap();
+        assert_eq!(reply.untagged, vec![b"* METADATA \"\" (/private/x \"abc\")\r\n".to_vec()]);
+        assert!(reply.ok(), "{}", reply.status_text());
+        provider.await.unwrap();
     }
 }

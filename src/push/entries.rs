@@ -12,10 +12,10 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::subscription::{self, Subscription, SubscriptionError};
-use super::{now, send, vapid};
-use crate::coi::hub::Account;
-use crate::coi::metadata::SetMetadata;
-use crate::server::Shared;
+use super::{KeyError, now, send, vapid};
+use crate::account::Account;
+use crate::context::Context;
+use crate::imap::wire::metadata::{EntryOwner, Refusal, SetMetadata, Status, in_subtree};
 use crate::store::{PushSubscription, TooManySubscriptions, Validation};
 
 pub const SUBTREE: &str = "/private/vendor/vendor.dovecot/webpush";
@@ -24,7 +24,36 @@ pub const SUBSCRIPTIONS: &str = "/private/vendor/vendor.dovecot/webpush/subscrip
 
 /// Whether `entry` is in the WebPush subtree.
 pub fn is_entry(entry: &str) -> bool {
-    entry == SUBTREE || entry.starts_with(&format!("{SUBTREE}/"))
+    in_subtree(entry, SUBTREE)
+}
+
+/// The WebPush entries of one session's account, plugged into the COI interceptor.
+pub struct Entries {
+    ctx: Arc<Context>,
+    account: Arc<Account>,
+}
+
+impl Entries {
+    pub fn new(ctx: Arc<Context>, account: Arc<Account>) -> Entries {
+        Entries { ctx, account }
+    }
+}
+
+impl EntryOwner for Entries {
+    type Error = EntryError;
+
+    fn subtree(&self) -> &'static str {
+        SUBTREE
+    }
+
+    async fn available(&self) -> BTreeMap<String, Vec<u8>> {
+        available(&self.ctx, &self.account.login).await
+    }
+
+    async fn set(&mut self, set: &SetMetadata) -> Result<(), EntryError> {
+        let changes = changes(set)?;
+        apply(&self.ctx, &self.account, changes).await
+    }
 }
 
 /// A SETMETADATA of a WebPush entry, checked.
@@ -35,37 +64,52 @@ pub enum Change {
     Validate { id: String, value: Vec<u8> },
 }
 
-/// Why a WebPush SETMETADATA was refused; `Display` is the response text after the tag.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+/// Why a WebPush SETMETADATA was refused; the session answers with the [`Refusal::status`]
+/// code and this text.
+#[derive(Debug, thiserror::Error)]
 pub enum EntryError {
-    #[error("NO [CANNOT] unable to set read-only entry {VAPID}")]
+    #[error("unable to set read-only entry {VAPID}")]
     ReadOnly,
-    #[error("NO [CANNOT] WebPush entries exist on the server level only (mailbox \"\")")]
+    #[error("WebPush entries exist on the server level only (mailbox \"\")")]
     NotServerLevel,
-    #[error("NO [CANNOT] no such WebPush entry: {0}")]
+    #[error("no such WebPush entry: {0}")]
     Unknown(String),
-    #[error("NO [CANNOT] invalid subscription: {0}")]
+    #[error("invalid subscription: {0}")]
     Subscription(#[from] SubscriptionError),
-    #[error("NO [CANNOT] Too many subscriptions, delete old ones first")]
+    #[error("Too many subscriptions, delete old ones first")]
     TooMany,
-    #[error("NO [CANNOT] invalid validation")]
+    #[error("invalid validation")]
     Validation,
-    #[error("NO [UNAVAILABLE] the push service did not take the validation push: {0}")]
-    ValidationPush(String),
-    #[error("NO [UNAVAILABLE] the proxy cannot store the subscription now (its store is full or unwritable)")]
+    #[error("the push service did not take the validation push: {0}")]
+    ValidationPush(#[from] ValidationPushError),
+    #[error("the proxy cannot store the subscription now (its store is full or unwritable)")]
     Store,
+}
+
+impl Refusal for EntryError {
+    fn status(&self) -> Status {
+        match self {
+            EntryError::ValidationPush(_) | EntryError::Store => Status::Unavailable,
+            _ => Status::Cannot,
+        }
+    }
+}
+
+/// Why a validation push did not get through.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidationPushError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Send(#[from] send::SendError),
+    #[error("it answered {0}")]
+    Refused(u16),
 }
 
 /// The WebPush changes of a SETMETADATA; other entries are not looked at.
 pub fn changes(set: &SetMetadata) -> Result<Vec<Change>, EntryError> {
     let mut out = Vec::new();
-    for (entry, value) in &set.entries {
-        if !is_entry(entry) {
-            continue;
-        }
-        if !set.mailbox.is_empty() {
-            return Err(EntryError::NotServerLevel);
-        }
+    for (entry, value) in set.entries_in(SUBTREE).map_err(|_| EntryError::NotServerLevel)? {
         if entry == VAPID {
             return Err(EntryError::ReadOnly);
         }
@@ -79,7 +123,7 @@ pub fn changes(set: &SetMetadata) -> Result<Vec<Change>, EntryError> {
         subscription::check_id(id)?;
         let id = id.to_string();
         // "" deletes like NIL, as COI clients use it for the COI entries.
-        let value = value.as_deref().filter(|v| !v.is_empty());
+        let value = value.filter(|v| !v.is_empty());
         out.push(match (validate, value) {
             (true, Some(v)) => Change::Validate { id, value: v.to_vec() },
             (true, None) => return Err(EntryError::Validation),
@@ -92,9 +136,9 @@ pub fn changes(set: &SetMetadata) -> Result<Vec<Change>, EntryError> {
 
 /// The entries a GETMETADATA may return: the VAPID key (made on first use) and the live
 /// subscriptions, each with `created` and `validated`.
-pub fn available(shared: &Shared, login: &str) -> BTreeMap<String, Vec<u8>> {
+pub async fn available(shared: &Context, login: &str) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
-    match super::vapid_key(&shared.store).and_then(|k| Ok(vapid::public_pem(&k)?)) {
+    match super::vapid_key(&shared.store).await.and_then(|k| Ok(vapid::public_pem(&k)?)) {
         Ok(pem) => {
             out.insert(VAPID.to_string(), pem.into_bytes());
         }
@@ -114,7 +158,7 @@ pub fn available(shared: &Shared, login: &str) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Carries out checked changes, in order; stops at the first refusal.
-pub async fn apply(shared: &Arc<Shared>, account: &Arc<Account>, changes: Vec<Change>) -> Result<(), EntryError> {
+pub async fn apply(shared: &Context, account: &Account, changes: Vec<Change>) -> Result<(), EntryError> {
     let login = account.login.as_str();
     let config = shared.config();
     let expiry = config.push.validation_expiry_secs;
@@ -129,7 +173,7 @@ pub async fn apply(shared: &Arc<Shared>, account: &Arc<Account>, changes: Vec<Ch
                     validated: false,
                     token: token.clone(),
                 };
-                match shared.store.push_subscribe(login, &stored, config.push.subscription_limit, now(), expiry) {
+                match shared.store.push_subscribe(login, &stored, config.push.subscription_limit, now(), expiry).await {
                     Ok(Ok(())) => {}
                     Ok(Err(TooManySubscriptions)) => return Err(EntryError::TooMany),
                     Err(e) => {
@@ -138,15 +182,16 @@ pub async fn apply(shared: &Arc<Shared>, account: &Arc<Account>, changes: Vec<Ch
                     }
                 }
                 if let Err(reason) = validation_push(shared, login, &subscription, &token).await {
-                    let _ = shared.store.push_unsubscribe(login, &id);
-                    return Err(EntryError::ValidationPush(reason));
+                    let _ = shared.store.push_unsubscribe(login, &id).await;
+                    return Err(reason.into());
                 }
                 info!(subscription = %id, "push subscription added; validation push sent");
             }
-            Change::Validate { id, value } => match shared.store.push_validate(login, &id, &value, now(), expiry) {
+            Change::Validate { id, value } => match shared.store.push_validate(login, &id, &value, now(), expiry).await
+            {
                 Ok(Validation::Validated) => {
                     info!(subscription = %id, "push subscription validated");
-                    crate::coi::worker::ensure_running(shared, account);
+                    shared.workers.want(login);
                 }
                 Ok(Validation::Refused) => return Err(EntryError::Validation),
                 Err(e) => {
@@ -155,7 +200,7 @@ pub async fn apply(shared: &Arc<Shared>, account: &Arc<Account>, changes: Vec<Ch
                 }
             },
             Change::Unsubscribe { id } => {
-                match shared.store.push_unsubscribe(login, &id) {
+                match shared.store.push_unsubscribe(login, &id).await {
                     Ok(true) => info!(subscription = %id, "push subscription removed"),
                     Ok(false) => {}
                     Err(e) => {
@@ -173,9 +218,14 @@ pub async fn apply(shared: &Arc<Shared>, account: &Arc<Account>, changes: Vec<Ch
 
 /// `{"validation":"<token>"}` with `WebPush-Validation`, at once and once: the client waits
 /// for the answer, and learns from a refusal that its endpoint does not work.
-async fn validation_push(shared: &Shared, login: &str, sub: &Subscription, token: &str) -> Result<(), String> {
+async fn validation_push(
+    shared: &Context,
+    login: &str,
+    sub: &Subscription,
+    token: &str,
+) -> Result<(), ValidationPushError> {
     let config = shared.config();
-    let key = super::vapid_key(&shared.store).map_err(|e| e.to_string())?;
+    let key = super::vapid_key(&shared.store).await?;
     let subject = vapid::subject(config.push.vapid_subject.as_deref(), login);
     let payload = format!("{{\"validation\":\"{token}\"}}");
     let push = send::Push {
@@ -188,18 +238,18 @@ async fn validation_push(shared: &Shared, login: &str, sub: &Subscription, token
         timeout: config.push.timeout(),
         private_endpoints: config.push.private_endpoints,
     };
-    match send::post(&push).await {
-        Ok((status, _)) if send::classify(status, None) == send::Verdict::Delivered => Ok(()),
-        Ok((status, _)) => Err(format!("it answered {status}")),
-        Err(e) => Err(e.to_string()),
+    let answer = send::post(&push).await?;
+    match send::classify(answer.status, None) {
+        send::Verdict::Delivered => Ok(()),
+        _ => Err(ValidationPushError::Refused(answer.status)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coi::metadata::parse_set;
     use crate::imap::wire::command::parse;
+    use crate::imap::wire::metadata::parse_set;
     use subscription::tests::{AUTH, P256DH};
 
     fn set(line: &str) -> Result<Vec<Change>, EntryError> {
@@ -222,25 +272,27 @@ mod tests {
             set(&format!("a SETMETADATA \"\" ({SUBSCRIPTIONS}/abcdefghij12/validate \"v\")\r\n")).unwrap(),
             vec![Change::Validate { id: "abcdefghij12".into(), value: b"v".to_vec() }]
         );
-        assert_eq!(set(&format!("a SETMETADATA \"\" ({VAPID} x)\r\n")), Err(EntryError::ReadOnly));
-        assert_eq!(
+        assert!(matches!(set(&format!("a SETMETADATA \"\" ({VAPID} x)\r\n")), Err(EntryError::ReadOnly)));
+        assert!(matches!(
             set(&format!("a SETMETADATA INBOX ({SUBSCRIPTIONS}/abcdefghij12 NIL)\r\n")),
             Err(EntryError::NotServerLevel)
-        );
-        assert_eq!(
+        ));
+        assert!(matches!(
             set(&format!("a SETMETADATA \"\" ({SUBSCRIPTIONS}/short NIL)\r\n")),
-            Err(SubscriptionError::Id.into())
-        );
-        assert_eq!(
+            Err(EntryError::Subscription(SubscriptionError::Id))
+        ));
+        assert!(matches!(
             set(&format!("a SETMETADATA \"\" ({SUBSCRIPTIONS}/abcdefghij12/validate NIL)\r\n")),
             Err(EntryError::Validation)
-        );
+        ));
         assert!(matches!(set(&format!("a SETMETADATA \"\" ({SUBTREE}/other x)\r\n")), Err(EntryError::Unknown(_))));
         assert!(matches!(
             set(&format!("a SETMETADATA \"\" ({SUBSCRIPTIONS}/abcdefghij12 \"{{}}\")\r\n")),
             Err(EntryError::Subscription(SubscriptionError::Missing("resource")))
         ));
         assert!(set("a SETMETADATA \"\" (/private/comment x)\r\n").unwrap().is_empty());
-        assert_eq!(EntryError::Validation.to_string(), "NO [CANNOT] invalid validation");
+        assert_eq!(EntryError::Validation.to_string(), "invalid validation");
+        assert_eq!(EntryError::Validation.status(), Status::Cannot);
+        assert_eq!(EntryError::Store.status(), Status::Unavailable);
     }
 }

@@ -12,7 +12,7 @@ use super::payload::{self, Parsed, Summary};
 use super::subscription::{self, Subscription};
 use super::{imap, now, send, vapid};
 use crate::config::Config;
-use crate::imap::upstream::{Upstream, UpstreamError};
+use crate::imap::wire::provider::{self, ProviderCommands, ProviderError};
 use crate::store::{PushSubscription, Store};
 
 /// Pushes in flight at once, over all accounts.
@@ -61,10 +61,10 @@ pub async fn prepare(
     store: &Store,
     config: &Config,
     login: &str,
-    up: &mut Upstream,
+    provider: &mut impl ProviderCommands,
     inbox_uidvalidity: u32,
     new: &[(u32, bool)],
-) -> Result<Option<Pending>, UpstreamError> {
+) -> Result<Option<Pending>, ProviderError> {
     if new.is_empty() {
         return Ok(None);
     }
@@ -92,10 +92,10 @@ pub async fn prepare(
         payload::HEADER_FIELDS,
         payload::MAX_BODY + 1
     );
-    let (untagged, _) = up.command(cmd.as_bytes()).await?;
+    let reply = provider.run(cmd.as_bytes(), provider::ALL).await?;
     debug!(uids = %uids.join(","), "fetched new messages to push about");
     let mut messages = Vec::new();
-    for fetched in untagged.iter().filter_map(|r| imap::parse_fetch(r)) {
+    for fetched in reply.untagged.iter().filter_map(|r| imap::parse_fetch(r)) {
         let Some(&&(uid, chat)) = wanted.iter().find(|(u, _)| *u == fetched.uid) else { continue };
         let mut parsed = payload::parse_header(&fetched.header);
         if parsed.mdn {
@@ -139,7 +139,7 @@ impl Pending {
             let (store, config, login) = (store.clone(), config.clone(), login.clone());
             tokio::spawn(async move {
                 let Ok(_permit) = IN_FLIGHT.acquire().await else { return };
-                let key = match super::vapid_key(&store) {
+                let key = match super::vapid_key(&store).await {
                     Ok(k) => k,
                     Err(e) => return warn!("cannot push: {e}"),
                 };
@@ -159,7 +159,7 @@ impl Pending {
                         send::Verdict::Delivered => debug!(subscription = %stored.id, uid, "pushed"),
                         send::Verdict::Gone => {
                             info!(subscription = %stored.id, "the push service says the subscription is gone; removing it");
-                            if let Err(e) = store.push_unsubscribe(&login, &stored.id) {
+                            if let Err(e) = store.push_unsubscribe(&login, &stored.id).await {
                                 warn!("cannot remove a push subscription: {e}");
                             }
                             return;
@@ -173,19 +173,11 @@ impl Pending {
 }
 
 fn summary(m: &Message) -> Summary {
-    let p = &m.parsed;
     Summary {
         folder: m.folder.clone(),
         uidvalidity: m.uidvalidity,
         uid: m.uid,
-        date: p.date,
-        from_email: p.from_email.clone(),
-        from_name: p.from_name.clone(),
-        subject: p.subject.clone(),
-        msg_id: p.msg_id.clone(),
-        group_id: p.group_id.clone(),
-        content_type: p.content_type.clone(),
-        content_encoding: p.content_encoding.clone(),
+        header: m.parsed.clone(),
         body: m.body.clone(),
     }
 }

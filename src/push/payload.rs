@@ -22,24 +22,18 @@ pub struct Summary {
     pub folder: String,
     pub uidvalidity: u32,
     pub uid: u32,
-    /// Seconds since the epoch.
-    pub date: Option<i64>,
-    pub from_email: Option<String>,
-    pub from_name: Option<String>,
-    pub subject: Option<String>,
-    pub msg_id: Option<String>,
-    pub group_id: Option<String>,
-    pub content_type: Option<String>,
-    pub content_encoding: Option<String>,
+    /// What the message's header says.
+    pub header: Parsed,
     /// The raw body (still in its transfer encoding), when it is short UTF-8 text.
     pub body: Option<String>,
 }
 
 /// The payload JSON.
-pub fn build(m: &Summary) -> String {
+pub fn build(summary: &Summary) -> String {
+    let (m, body) = (&summary.header, &summary.body);
     let mut out = String::from("{\"folder\":\"");
-    escape(&mut out, &m.folder);
-    out.push_str(&format!("\",\"uidvalidity\":{},\"uid\":{}", m.uidvalidity, m.uid));
+    escape(&mut out, &summary.folder);
+    out.push_str(&format!("\",\"uidvalidity\":{},\"uid\":{}", summary.uidvalidity, summary.uid));
     if let Some(date) = m.date {
         out.push_str(&format!(",\"date\":\"{}\"", rfc3339(date)));
     }
@@ -59,7 +53,7 @@ pub fn build(m: &Summary) -> String {
         }
     }
     let before_body = out.len();
-    if let Some(body) = &m.body {
+    if let Some(body) = body {
         // Content-Type and -Transfer-Encoding go with the body or not at all.
         if let Some(ct) = m.content_type.as_deref().filter(|ct| !is_default_content_type(ct)) {
             out.push_str(",\"content-type\":\"");
@@ -162,7 +156,7 @@ pub fn rfc3339(unix: i64) -> String {
     format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}+00:00", d.year, d.month, d.day, d.hour, d.minute, d.second)
 }
 
-/// The parts of a message a push needs, from its header and (when short) its body.
+/// The parts of a message's header a push needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Parsed {
     pub date: Option<i64>,
@@ -267,7 +261,7 @@ mod tests {
     }
 
     fn subject(s: &str) -> String {
-        build(&Summary { subject: Some(s.into()), ..common() })
+        build(&Summary { header: Parsed { subject: Some(s.into()), ..Default::default() }, ..common() })
     }
 
     /// The cases of Dovecot's `test-webpush-message.c`, with its expected strings.
@@ -277,15 +271,18 @@ mod tests {
             folder: "box\"name".into(),
             uidvalidity: 1234567890,
             uid: 1122334455,
-            date: Some(1566042493),
-            from_email: Some("test \"local@example.com".into()),
-            from_name: Some("test user\"name".into()),
-            subject: Some("some \"subject\"".into()),
-            msg_id: Some("<\"msgid\"@example.com>".into()),
-            group_id: Some("group\"id".into()),
-            content_type: Some("text/html; charset=\"iso-8859-1\"".into()),
-            content_encoding: Some("broken\"value".into()),
             body: Some("body\"text".into()),
+            header: Parsed {
+                date: Some(1566042493),
+                from_email: Some("test \"local@example.com".into()),
+                from_name: Some("test user\"name".into()),
+                subject: Some("some \"subject\"".into()),
+                msg_id: Some("<\"msgid\"@example.com>".into()),
+                group_id: Some("group\"id".into()),
+                content_type: Some("text/html; charset=\"iso-8859-1\"".into()),
+                content_encoding: Some("broken\"value".into()),
+                ..Default::default()
+            },
         };
         assert_eq!(
             build(&m),
@@ -295,10 +292,14 @@ mod tests {
 
     #[test]
     fn utf8_from_and_subject() {
-        let m =
-            Summary {
-                from_email: Some("päivi@example.com".into()), from_name: Some("Päivi Smith".into()), ..common()
-            };
+        let m = Summary {
+            header: Parsed {
+                from_email: Some("päivi@example.com".into()),
+                from_name: Some("Päivi Smith".into()),
+                ..Default::default()
+            },
+            ..common()
+        };
         assert_eq!(build(&m), format!(r#"{PREFIX}"from-email":"päivi@example.com","from-name":"Päivi Smith"}}"#));
         assert_eq!(subject("Päivi Smith"), format!(r#"{PREFIX}"subject":"Päivi Smith"}}"#));
     }
@@ -334,15 +335,24 @@ mod tests {
 
     #[test]
     fn large_from_subject_msgid() {
-        let m =
-            Summary { from_email: Some(format!("{}@1234567.example.com", t(80))), from_name: Some(t(100)), ..common() };
+        let m = Summary {
+            header: Parsed {
+                from_email: Some(format!("{}@1234567.example.com", t(80))),
+                from_name: Some(t(100)),
+                ..Default::default()
+            },
+            ..common()
+        };
         assert_eq!(
             build(&m),
             format!(r#"{PREFIX}"from-email":"{}@1234567.example.com","from-name":"{}"}}"#, t(80), t(100))
         );
         let m = Summary {
-            from_email: Some(format!("{}@12345678.example.com", t(80))),
-            from_name: Some(t(100) + "x"),
+            header: Parsed {
+                from_email: Some(format!("{}@12345678.example.com", t(80))),
+                from_name: Some(t(100) + "x"),
+                ..Default::default()
+            },
             ..common()
         };
         assert_eq!(
@@ -351,34 +361,49 @@ mod tests {
         );
         assert_eq!(subject(&t(100)), format!(r#"{PREFIX}"subject":"{}"}}"#, t(100)));
         assert_eq!(subject(&(t(100) + "x")), format!(r#"{PREFIX}"subject":"{}…"}}"#, t(100)));
-        let m = Summary { msg_id: Some(t(100) + "x"), ..common() };
+        let m = Summary { header: Parsed { msg_id: Some(t(100) + "x"), ..Default::default() }, ..common() };
         assert_eq!(build(&m), format!(r#"{PREFIX}"msg-id":"{}…"}}"#, t(100)));
     }
 
     #[test]
     fn large_group_is_dropped() {
-        let m = Summary { group_id: Some(t(100)), ..common() };
+        let m = Summary { header: Parsed { group_id: Some(t(100)), ..Default::default() }, ..common() };
         assert_eq!(build(&m), format!(r#"{PREFIX}"group-id":"{}"}}"#, t(100)));
-        let m = Summary { group_id: Some(t(100) + "1"), body: Some("x".into()), ..common() };
+        let m = Summary {
+            body: Some("x".into()),
+            header: Parsed { group_id: Some(t(100) + "1"), ..Default::default() },
+            ..common()
+        };
         assert_eq!(build(&m), format!(r#"{PREFIX}"content":"x"}}"#));
     }
 
     #[test]
     fn body_only_when_the_whole_fits() {
         let body = t(3000) + &t(500) + &t(400) + &t(20) + "12";
-        let m = Summary { subject: Some("foo".into()), body: Some(body.clone()), ..common() };
+        let m = Summary {
+            body: Some(body.clone()),
+            header: Parsed { subject: Some("foo".into()), ..Default::default() },
+            ..common()
+        };
         let out = build(&m);
         assert_eq!(out, format!(r#"{PREFIX}"subject":"foo","content":"{body}"}}"#));
         assert_eq!(out.len(), MAX_PLAINTEXT);
-        let m = Summary { subject: Some("foo".into()), body: Some(body + "3"), ..common() };
+        let m = Summary {
+            body: Some(body + "3"),
+            header: Parsed { subject: Some("foo".into()), ..Default::default() },
+            ..common()
+        };
         assert_eq!(build(&m), format!(r#"{PREFIX}"subject":"foo"}}"#));
         // Long Content-Type and -Encoding are not cut, but count towards the limit.
         let body = t(500) + &t(300) + &t(50) + &t(30) + "1234";
         let m = Summary {
-            subject: Some("x".into()),
-            content_type: Some(t(2000)),
-            content_encoding: Some(t(1000)),
             body: Some(body.clone()),
+            header: Parsed {
+                subject: Some("x".into()),
+                content_type: Some(t(2000)),
+                content_encoding: Some(t(1000)),
+                ..Default::default()
+            },
             ..common()
         };
         assert_eq!(
@@ -397,10 +422,13 @@ mod tests {
     fn default_content_type_and_encoding_are_left_out() {
         let with = |ct: Option<&str>, cte: Option<&str>| {
             build(&Summary {
-                subject: Some("x".into()),
                 body: Some("y".into()),
-                content_type: ct.map(str::to_string),
-                content_encoding: cte.map(str::to_string),
+                header: Parsed {
+                    subject: Some("x".into()),
+                    content_type: ct.map(str::to_string),
+                    content_encoding: cte.map(str::to_string),
+                    ..Default::default()
+                },
                 ..common()
             })
         };

@@ -58,8 +58,9 @@ pub enum SendError {
     /// The endpoint is an address on a private network and `[push] private_endpoints` is off.
     #[error("{origin} is on a private network (allow it with [push] private_endpoints = true)")]
     PrivateNetwork { origin: String },
+    /// The HTTP client could not be built (its TLS setup or reqwest's); kept and shared.
     #[error("cannot set up the HTTP client: {0}")]
-    Client(String),
+    Client(Arc<dyn std::error::Error + Send + Sync>),
     /// The push service could not be reached; names its origin only (the endpoint path is the
     /// subscription's secret).
     #[error("{origin}: {detail}")]
@@ -81,8 +82,6 @@ pub struct Push<'a> {
     pub private_endpoints: bool,
 }
 
-/// The client for every push: no redirects (a redirect could lead a loopback-only `http://`
-/// request elsewhere), no proxy from the environment, platform trust for https.
 /// Whether an address is on the public internet: not loopback, private, link-local, shared
 /// (CGNAT), unique-local, multicast or unspecified.
 pub fn is_public(ip: IpAddr) -> bool {
@@ -140,11 +139,16 @@ impl reqwest::dns::Resolve for EndpointResolver {
     }
 }
 
+/// The client for every push: no redirects (a redirect could lead a loopback-only `http://`
+/// request elsewhere), no proxy from the environment, platform trust for https. Built once per
+/// `private_endpoints` setting and shared, with its connection pool, by every push.
 fn client(private_endpoints: bool) -> Result<&'static reqwest::Client, SendError> {
-    static CLIENTS: [OnceLock<Result<reqwest::Client, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    type SetupError = Arc<dyn std::error::Error + Send + Sync>;
+    type Built = Result<reqwest::Client, SetupError>;
+    static CLIENTS: [OnceLock<Built>; 2] = [OnceLock::new(), OnceLock::new()];
     CLIENTS[usize::from(private_endpoints)]
         .get_or_init(|| {
-            let tls = crate::tls::UpstreamTls::default().config(None).map_err(|e| e.to_string())?;
+            let tls = crate::tls::UpstreamTls::default().config(None).map_err(|e| Arc::new(e) as SetupError)?;
             let mut tls = (*tls).clone();
             tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             reqwest::Client::builder()
@@ -154,7 +158,7 @@ fn client(private_endpoints: bool) -> Result<&'static reqwest::Client, SendError
                 .dns_resolver(Arc::new(EndpointResolver { private_endpoints }))
                 .connect_timeout(Duration::from_secs(5))
                 .build()
-                .map_err(|e| e.to_string())
+                .map_err(|e| Arc::new(e) as SetupError)
         })
         .as_ref()
         .map_err(|e| SendError::Client(e.clone()))
@@ -174,8 +178,16 @@ fn check_address(url: &reqwest::Url, private_endpoints: bool) -> Result<(), Send
     Ok(())
 }
 
+/// What a push service answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// `Retry-After`, as sent.
+    pub retry_after: Option<String>,
+}
+
 /// Sends once; the service's status and `Retry-After`.
-pub async fn post(push: &Push<'_>) -> Result<(u16, Option<String>), SendError> {
+pub async fn post(push: &Push<'_>) -> Result<Answer, SendError> {
     let sub = push.subscription;
     let url = super::subscription::check_endpoint(&sub.endpoint)
         .map_err(|_| SendError::Network { origin: "(invalid endpoint)".into(), detail: "refused".into() })?;
@@ -201,7 +213,7 @@ pub async fn post(push: &Push<'_>) -> Result<(u16, Option<String>), SendError> {
     let status = response.status().as_u16();
     let retry_after = response.headers().get("Retry-After").and_then(|v| v.to_str().ok()).map(str::to_string);
     debug!(%origin, status, "push sent");
-    Ok((status, retry_after))
+    Ok(Answer { status, retry_after })
 }
 
 /// Sends with retries; the final verdict (`Retry` when the attempts ran out).
@@ -212,7 +224,7 @@ pub async fn deliver(push: &Push<'_>, max_attempts: u32, id: &str) -> Verdict {
     let mut failures = 0;
     loop {
         let verdict = match post(push).await {
-            Ok((status, retry_after)) => {
+            Ok(Answer { status, retry_after }) => {
                 let verdict = classify(status, retry_after.as_deref());
                 if !matches!(verdict, Verdict::Delivered | Verdict::Gone) {
                     warn!(subscription = id, %origin, status, "push service refused the push");

@@ -19,9 +19,9 @@ use tracing::{info, warn};
 
 use super::Smtp;
 use super::queue::now;
-use super::report::rfc5322_date;
 use crate::config::Config;
-use crate::store::{QueuedMessage, RecipientState, Store};
+use crate::mail::rfc5322_date;
+use crate::store::{QueuedMessage, RecipientState, Store, StoreError};
 
 /// One queue command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,35 +51,49 @@ impl Command {
     }
 }
 
+/// Why a queue command failed; the text is shown to the user (exit status 1).
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no message {0} in the queue")]
+    NoSuchMessage(u64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "{source}\n(is a coi-proxy daemon running with this state directory? It holds the store; its control socket {} did not answer)",
+        socket.display()
+    )]
+    Locked { source: StoreError, socket: PathBuf },
+    #[error("the running coi-proxy did not answer on {}: {source}", socket.display())]
+    NoAnswer { socket: PathBuf, source: std::io::Error },
+    /// The running daemon's answer to a command it refused, as it sent it.
+    #[error("{0}")]
+    Daemon(String),
+    #[error("the store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("control.sock")
 }
 
 /// Runs `cmd` for the command line: through the running daemon if there is one, else on the
 /// store directly. `Ok` is the text to print; `Err` the error to show (exit status 1).
-pub fn cli(config: &Config, cmd: Command) -> Result<String, String> {
+pub fn cli(config: &Config, cmd: Command) -> Result<String, ControlError> {
     let socket = socket_path(&config.state_dir);
     if let Ok(stream) = UnixStream::connect(&socket) {
-        return ask(stream, cmd)
-            .unwrap_or_else(|e| Err(format!("the running coi-proxy did not answer on {}: {e}", socket.display())));
+        return ask(stream, cmd).unwrap_or_else(|source| Err(ControlError::NoAnswer { socket, source }));
     }
     if !config.state_dir.join("coi-proxy.redb").exists() {
         return match cmd {
             Command::List => Ok("The queue is empty.\n".into()),
-            Command::Retry(id) | Command::Drop(id) => Err(format!("no message {id} in the queue")),
+            Command::Retry(id) | Command::Drop(id) => Err(ControlError::NoSuchMessage(id)),
         };
     }
-    let store = Store::open(&config.state_dir).map_err(|e| {
-        format!(
-            "{e}\n(is a coi-proxy daemon running with this state directory? It holds the store; \
-             its control socket {} did not answer)",
-            socket.display()
-        )
-    })?;
-    execute(&store, cmd).map(|(text, _)| text)
+    let store = Store::open(&config.state_dir).map_err(|source| ControlError::Locked { source, socket })?;
+    execute(&store, cmd).map(|done| done.text)
 }
 
-fn ask(stream: UnixStream, cmd: Command) -> std::io::Result<Result<String, String>> {
+fn ask(stream: UnixStream, cmd: Command) -> std::io::Result<Result<String, ControlError>> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut writer = stream.try_clone()?;
     writer.write_all(format!("{}\n", cmd.to_line()).as_bytes())?;
@@ -91,27 +105,36 @@ fn ask(stream: UnixStream, cmd: Command) -> std::io::Result<Result<String, Strin
         text.push_str(&line?);
         text.push('\n');
     }
-    Ok(if status.trim_end() == "ok" { Ok(text) } else { Err(text.trim_end().to_string()) })
+    Ok(if status.trim_end() == "ok" { Ok(text) } else { Err(ControlError::Daemon(text.trim_end().to_string())) })
+}
+
+/// A command carried out: the text for the user, and for `retry` the login whose relay to wake.
+#[derive(Debug)]
+struct Done {
+    text: String,
+    wake: Option<String>,
 }
 
 /// Carries out `cmd` on the store. For `retry`, also returns the message's login so that a
-/// daemon can wake its relay.
-fn execute(store: &Store, cmd: Command) -> Result<(String, Option<String>), String> {
+/// daemon can wake its relay. Waits for the store's writer: never call it on the runtime (the
+/// daemon runs it with `spawn_blocking`).
+fn execute(store: &Store, cmd: Command) -> Result<Done, ControlError> {
     match cmd {
         Command::List => {
-            let list = store.queue_list().map_err(|e| e.to_string())?;
-            Ok((describe(&list, now()) + &super::receipts::describe(store), None))
+            let list = store.queue_list()?;
+            Ok(Done { text: describe(&list, now()) + &crate::receipts::sent::describe(store), wake: None })
         }
         Command::Retry(id) => {
-            let mut msg =
-                store.queue_get(id).map_err(|e| e.to_string())?.ok_or(format!("no message {id} in the queue"))?;
+            let mut msg = store.queue_get(id)?.ok_or(ControlError::NoSuchMessage(id))?;
             msg.next_attempt_at = now();
-            store.queue_save(id, &msg).map_err(|e| e.to_string())?;
-            Ok((format!("message {id} will be tried again now\n"), Some(msg.login)))
+            store.queue_save(id, &msg).wait()?;
+            Ok(Done { text: format!("message {id} will be tried again now\n"), wake: Some(msg.login) })
         }
-        Command::Drop(id) => match store.queue_remove(id).map_err(|e| e.to_string())? {
-            true => Ok((format!("message {id} removed from the queue; it will not be sent\n"), None)),
-            false => Err(format!("no message {id} in the queue")),
+        Command::Drop(id) => match store.queue_remove(id).wait()? {
+            true => {
+                Ok(Done { text: format!("message {id} removed from the queue; it will not be sent\n"), wake: None })
+            }
+            false => Err(ControlError::NoSuchMessage(id)),
         },
     }
 }
@@ -151,17 +174,17 @@ pub async fn serve(ctx: Arc<Smtp>, mut shutdown: watch::Receiver<bool>) {
                     let store = ctx.shared.store.clone();
                     let result = tokio::task::spawn_blocking(move || execute(&store, cmd))
                         .await
-                        .unwrap_or_else(|e| Err(e.to_string()));
-                    if let Ok((_, Some(login))) = &result
+                        .unwrap_or_else(|e| Err(e.into()));
+                    if let Ok(Done { wake: Some(login), .. }) = &result
                         && let Command::Retry(id) = cmd
                     {
-                        ctx.queue.wake(id, login.clone());
+                        ctx.shared.queue.wake(id, login.clone());
                     }
                     if result.is_ok() && cmd != Command::List {
                         info!("control: {}", cmd.to_line());
                     }
                     match result {
-                        Ok((text, _)) => format!("ok\n{text}"),
+                        Ok(done) => format!("ok\n{}", done.text),
                         Err(e) => format!("error\n{e}\n"),
                     }
                 }
@@ -234,7 +257,7 @@ mod tests {
     fn list_retry_drop_on_a_store() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(execute(&store, Command::List).unwrap().0, "The queue is empty.\n");
+        assert_eq!(execute(&store, Command::List).unwrap().text, "The queue is empty.\n");
         let msg = QueuedMessage {
             login: "alice@example.org".into(),
             from: "alice@example.org".into(),
@@ -253,14 +276,14 @@ mod tests {
             report_pending: false,
             chat_followup: false,
         };
-        let id = store.queue_insert(&msg, b"x", None).unwrap();
-        let list = execute(&store, Command::List).unwrap().0;
+        let id = store.queue_insert(&msg, b"x".to_vec(), None).wait().unwrap();
+        let list = execute(&store, Command::List).unwrap().text;
         assert!(list.contains(&format!("#{id}  from alice@example.org")), "{list}");
         assert!(list.contains("to bob@example.org: pending") && list.contains("not tried yet"), "{list}");
-        let (_, login) = execute(&store, Command::Retry(id)).unwrap();
+        let login = execute(&store, Command::Retry(id)).unwrap().wake;
         assert_eq!(login.as_deref(), Some("alice@example.org"));
-        assert!(execute(&store, Command::List).unwrap().0.contains("next attempt now"));
+        assert!(execute(&store, Command::List).unwrap().text.contains("next attempt now"));
         execute(&store, Command::Drop(id)).unwrap();
-        assert!(execute(&store, Command::Drop(id)).unwrap_err().contains("no message"));
+        assert!(execute(&store, Command::Drop(id)).unwrap_err().to_string().contains("no message"));
     }
 }

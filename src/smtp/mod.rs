@@ -1,7 +1,9 @@
-//! SMTP submission: clients hand mail to the proxy (`server`, `session`), the proxy commits it
-//! to a durable queue and answers `250`, and a relay task (`queue`) hands it to the provider's
-//! submission server (`relay`) with retries. Refusals and give-ups become a delivery-failure
-//! report in the sender's INBOX (`report`).
+//! SMTP submission (an edge): clients hand mail to the proxy (`server`, `session`), the proxy
+//! commits it to a durable queue and answers `250`, and a relay task (`queue`) hands it to the
+//! provider's submission server (`relay`) with retries. Refusals and give-ups become a
+//! delivery-failure report in the sender's INBOX (`report`). The receipts agent (`receipts`)
+//! runs here because it sends through the queue. The IMAP side is reached only through
+//! `imap::upstream` (the proxy's own provider connections) and the context's channels.
 
 pub mod control;
 pub mod queue;
@@ -16,14 +18,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::SmtpProvider;
-use crate::server::Shared;
+use crate::context::Context;
 use crate::tls::UpstreamTls;
 use relay::{ProviderCaps, SmtpClient};
 use session::Policy;
 
 /// What the SMTP sessions and the relay task share.
 pub struct Smtp {
-    pub shared: Arc<Shared>,
+    pub shared: Arc<Context>,
     pub caps: CapsCache,
     pub queue: queue::Queue,
 }

@@ -24,8 +24,9 @@ use super::Smtp;
 use super::relay::{Reply, SmtpClient, Transaction};
 use super::report;
 use super::session::{QueueRefusal, Submission};
-use crate::accounts::CredentialError;
-use crate::imap::upstream::{AuthOutcome, Upstream};
+use crate::account::CredentialError;
+use crate::context::Context;
+use crate::imap::upstream::{OwnWorkError, Upstream};
 use crate::secret::Secret;
 use crate::store::{QueueCap, QueuedMessage, RecipientState, Store, StoreError};
 
@@ -36,31 +37,27 @@ const CREDENTIAL_POLL: i64 = 3;
 /// Longest sleep of the relay task when nothing is due (it also wakes on new mail).
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
-/// Unix seconds.
-pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
+pub use crate::clock::now;
 
 /// The submission side's handle on the queue.
 pub struct Queue {
-    /// The store, and `[queue]` read at each use so that a reload applies to the next message.
-    shared: Arc<crate::server::Shared>,
-    wake: mpsc::UnboundedSender<(u64, String)>,
+    /// The store, the relay's wake-ups, and `[queue]` read at each use so that a reload applies
+    /// to the next message.
+    shared: Arc<Context>,
 }
 
-/// What the relay task learns from `enqueue`: a new id and its account.
+/// What the relay task learns from `enqueue` (through `Context::queue`): a new id and its account.
 pub type Wakeups = mpsc::UnboundedReceiver<(u64, String)>;
 
 impl Queue {
-    pub fn new(shared: Arc<crate::server::Shared>) -> (Queue, Wakeups) {
-        let (wake, wakeups) = mpsc::unbounded_channel();
-        (Queue { shared, wake }, wakeups)
+    pub fn new(shared: Arc<Context>) -> Queue {
+        Queue { shared }
     }
 
     /// Commits a client's message durably (redb commit = fsync) and wakes the relay; the id
     /// on success. The account's queue limits apply.
     pub async fn enqueue(&self, sub: Submission) -> Result<u64, QueueRefusal> {
-        self.insert(sub, Some(self.shared.config().queue.cap())).await
+        self.insert(sub, Some(cap(&self.shared.config().queue))).await
     }
 
     /// As [`Queue::enqueue`] for a read receipt the proxy sends itself: outside the account's
@@ -71,9 +68,8 @@ impl Queue {
 
     /// Whether `login` has room for one more message of about `size` bytes (0: unknown).
     pub async fn room(&self, login: String, size: u64) -> Result<(), QueueRefusal> {
-        let store = self.shared.store.clone();
-        let cap = self.shared.config().queue.cap();
-        let usage = blocking(move || store.queue_usage(&login)).await.map_err(|e| {
+        let cap = cap(&self.shared.config().queue);
+        let usage = self.shared.store.read(move |s| s.queue_usage(&login)).await.map_err(|e| {
             error!("cannot read the queue: {e}");
             QueueRefusal::Unavailable("the queue is not readable".into())
         })?;
@@ -95,11 +91,10 @@ impl Queue {
             report_pending: false,
             chat_followup: false,
         };
-        super::receipts::prepare(&mut msg, &sub.body);
-        let store = self.shared.store.clone();
+        crate::receipts::prepare(&mut msg, &sub.body);
         let login = msg.login.clone();
         let (rcpts, size) = (msg.recipients.len(), msg.size);
-        let id = blocking(move || store.queue_insert(&msg, &sub.body, cap.as_ref())).await.map_err(|e| match e {
+        let id = self.shared.store.queue_insert(&msg, sub.body, cap).await.map_err(|e| match e {
             StoreError::QueueFull(why) => {
                 warn!(size, "message refused: {why}");
                 QueueRefusal::Full(why)
@@ -114,20 +109,14 @@ impl Queue {
             }
         })?;
         info!(id, rcpts, size, "message queued");
-        let _ = self.wake.send((id, login));
+        self.shared.queue.wake(id, login);
         Ok(id)
-    }
-
-    /// Makes the relay try message `id` of `login` now (`coi-proxy queue retry`).
-    pub fn wake(&self, id: u64, login: String) {
-        let _ = self.wake.send((id, login));
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(StoreError::Corrupt(format!("store task failed: {e}"))))
+/// An account's limits in the queue, from `[queue]`.
+fn cap(settings: &crate::config::Queue) -> QueueCap {
+    QueueCap { messages: settings.max_messages_per_account, bytes: settings.max_bytes_per_account }
 }
 
 /// Delay before the next attempt after `attempts` attempts: doubling from the initial delay.
@@ -153,10 +142,8 @@ pub async fn run_relay(
     mut shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
-    super::receipts::start(ctx.clone());
     let mut schedule: BTreeMap<u64, Due> = BTreeMap::new();
-    let store = ctx.shared.store.clone();
-    match blocking(move || store.queue_list()).await {
+    match ctx.shared.store.read(|s| s.queue_list()).await {
         Ok(list) => {
             if !list.is_empty() {
                 info!(messages = list.len(), "resuming the queue");
@@ -253,8 +240,7 @@ async fn deliver_batch(ctx: Arc<Smtp>, login: String, password: Secret, ids: Vec
     let mut results = Vec::new();
     let mut msgs: Vec<(u64, QueuedMessage)> = Vec::new();
     for id in ids {
-        let s = store.clone();
-        match blocking(move || s.queue_get(id)).await {
+        match store.queue_get(id) {
             Ok(Some(msg)) => msgs.push((id, msg)),
             Ok(None) => results.push((id, None)),
             Err(e) => {
@@ -283,7 +269,7 @@ async fn deliver_batch(ctx: Arc<Smtp>, login: String, password: Secret, ids: Vec
     }
 
     if msgs.iter().any(|(_, m)| m.pending().next().is_some()) {
-        super::receipts::before_relay(store, &msgs).await;
+        crate::receipts::before_relay(store, &msgs).await;
         relay(&ctx, &login, &password, &mut msgs).await;
     }
     if msgs.iter().any(|(_, m)| m.chat_followup) {
@@ -301,8 +287,7 @@ async fn deliver_batch(ctx: Arc<Smtp>, login: String, password: Secret, ids: Vec
 /// Saves a message's state (removing it when done); errors are logged, the attempt stays
 /// valid in memory and is retried from the stored state after a restart.
 pub(super) async fn save(store: &Store, id: u64, msg: &QueuedMessage) {
-    let (s, m) = (store.clone(), msg.clone());
-    if let Err(e) = blocking(move || s.queue_save(id, &m)).await {
+    if let Err(e) = store.queue_save(id, msg).await {
         error!(id, "cannot record a delivery attempt: {e}");
     }
 }
@@ -361,9 +346,8 @@ async fn relay(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(u64, Que
             defer(ctx, *id, msg, why).await;
             continue;
         }
-        let s = shared.store.clone();
         let i = *id;
-        let body = match blocking(move || s.queue_body(i)).await {
+        let body = match shared.store.read(move |s| s.queue_body(i)).await {
             Ok(Some(body)) => body,
             Ok(None) => {
                 error!(id = *id, "a queued message has no body in the store");
@@ -438,38 +422,20 @@ async fn send_reports(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(u
     let shared = &ctx.shared;
     let mut upstream: Option<Upstream> = None;
     for (id, msg) in msgs.iter_mut().filter(|(_, m)| m.report_pending) {
-        let result = async {
+        let result: Result<(), OwnWorkError> = async {
             if upstream.is_none() {
-                let config = shared.config();
-                let provider =
-                    config.provider_for(login).ok_or_else(|| format!("no IMAP provider configured for {login}"))?;
-                let limits = &config.limits;
-                let mut up =
-                    Upstream::connect(&provider, &shared.upstream_tls, limits.connect_timeout(), limits.max_line)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                match up.authenticate(login, password).await.map_err(|e| e.to_string())? {
-                    AuthOutcome::Ok(_) => {}
-                    AuthOutcome::Rejected(status) => {
-                        return Err(format!(
-                            "the IMAP login was refused: {}",
-                            String::from_utf8_lossy(&status).trim_end()
-                        ));
-                    }
-                }
-                upstream = Some(up);
+                upstream = Some(Upstream::open(shared, login, password).await?);
             }
-            let s = shared.store.clone();
             let i = *id;
-            let body = blocking(move || s.queue_body(i)).await.map_err(|e| e.to_string())?.unwrap_or_default();
+            let body = shared.store.read(move |s| s.queue_body(i)).await?.unwrap_or_default();
             let report = report::failure_report(*id, msg, &body, &super::hostname(), now());
             let up = upstream.as_mut().expect("connected above");
             match up.append("INBOX", "", &report).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(status)) => Err(format!("APPEND refused: {status}")),
+                Ok(reply) if reply.ok() => Ok(()),
+                Ok(reply) => Err(OwnWorkError::Refused { command: "APPEND", status: reply.status_text() }),
                 Err(e) => {
                     upstream = None;
-                    Err(e.to_string())
+                    Err(e.into())
                 }
             }
         }

@@ -15,8 +15,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Security, ServerUrl, SmtpProvider};
-use crate::imap::upstream::{UpstreamError, tcp_connect, tls_handshake};
-use crate::net::Stream;
+use crate::net::{NetError, Stream, tcp_connect, tls_handshake};
 use crate::secret::Secret;
 use crate::store::{QueuedMessage, RecipientState};
 use crate::tls::UpstreamTls;
@@ -139,7 +138,7 @@ impl ProviderCaps {
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error(transparent)]
-    Connect(#[from] UpstreamError),
+    Net(#[from] NetError),
     #[error("{server} sent an unexpected greeting: {reply}")]
     Greeting { server: String, reply: Reply },
     #[error("{server} refused STARTTLS: {reply}")]
@@ -150,12 +149,8 @@ pub enum RelayError {
     Ehlo { server: String, reply: Reply },
     #[error("{server} sent a malformed reply: {detail}")]
     Protocol { server: String, detail: String },
-    #[error("{server} closed the connection")]
-    Closed { server: String },
     #[error("{server} did not answer within {} s", REPLY_TIMEOUT.as_secs())]
     Timeout { server: String },
-    #[error("connection to {server} failed: {detail}")]
-    Io { server: String, detail: String },
 }
 
 /// What the provider said to one transaction.
@@ -202,7 +197,7 @@ impl SmtpClient {
         let server = provider.smtp.to_string();
         match tokio::time::timeout(timeout, Self::connect_inner(provider, tls)).await {
             Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout { stage: "connecting to", server }.into()),
+            Err(_) => Err(NetError::Timeout { stage: "connecting to", server }.into()),
         }
     }
 
@@ -213,7 +208,7 @@ impl SmtpClient {
         let _ = tcp.set_nodelay(true);
         let tls_config = || {
             tls.config(provider.ca_file.as_deref())
-                .map_err(|e| UpstreamError::Tls { server: server.clone(), detail: e.to_string() })
+                .map_err(|e| NetError::Tls { server: server.clone(), detail: e.to_string() })
         };
         let stream = match url.security {
             Security::Implicit => tls_handshake(tcp, url, tls_config()?).await?,
@@ -413,7 +408,7 @@ impl SmtpClient {
             }
             let read = tokio::time::timeout(REPLY_TIMEOUT, self.stream.read_buf(&mut self.buf)).await;
             match read {
-                Ok(Ok(0)) => return Err(RelayError::Closed { server: self.server.clone() }),
+                Ok(Ok(0)) => return Err(NetError::Closed { server: self.server.clone() }.into()),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(self.io_error(e)),
                 Err(_) => return Err(RelayError::Timeout { server: self.server.clone() }),
@@ -422,7 +417,7 @@ impl SmtpClient {
     }
 
     fn io_error(&self, e: std::io::Error) -> RelayError {
-        RelayError::Io { server: self.server.clone(), detail: e.to_string() }
+        NetError::Network { server: self.server.clone(), detail: e.to_string() }.into()
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 
+use crate::mail::rfc5322_date;
 use crate::store::{QueuedMessage, RecipientState};
 
 /// At most this much of the original header section is quoted.
@@ -152,31 +153,10 @@ fn header_value(header: &[u8], name: &str) -> Option<String> {
     value.map(|v| one_line(v.trim()).chars().take(200).collect())
 }
 
-/// `Sun, 22 Nov 2026 05:47:52 +0000`
-pub fn rfc5322_date(unix: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        &t.weekday().to_string()[..3],
-        t.day(),
-        &t.month().to_string()[..3],
-        t.year(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::{MailParams, Recipient};
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_795_326_472), "Sun, 22 Nov 2026 05:47:52 +0000");
-    }
 
     #[test]
     fn report_names_the_failures_and_quotes_the_header() {

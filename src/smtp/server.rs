@@ -13,15 +13,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::queue::{self, Queue};
+use super::queue::{self, Queue, Wakeups};
 use super::relay::SmtpClient;
 use super::session::{AuthResult, Event, Policy, Session};
 use super::{CapsCache, Smtp};
+use crate::context::{Context, ReceiptJob};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::limits::Refused;
 use crate::net::Stream;
 use crate::secret::Secret;
-use crate::server::{RunError, Shared};
 
 /// RFC 5321 4.5.3.2.7: a server should wait at least 5 minutes for the next command.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -40,13 +40,25 @@ struct Listener {
     plaintext_auth: bool,
 }
 
-/// Binds the SMTP listeners of the config and starts the relay task. Returns the accept loops
-/// (aborted at shutdown); sessions and the relay hold `alive` until they end.
+/// Why the SMTP side could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({kind}): {source}")]
+    Bind { addr: SocketAddr, kind: &'static str, source: std::io::Error },
+}
+
+/// Binds the SMTP listeners of the config and starts the relay task (fed by `channels.0`, the
+/// other end of `Context::queue`) and the receipts agent (fed by `channels.1`, the other end
+/// of `Context::receipts`). Returns the accept loops (aborted at shutdown); sessions and the
+/// relay hold `alive` until they end. Without SMTP, the channels are dropped: nothing is
+/// queued, and receipts are not worked on.
 pub async fn start(
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
+    channels: (Wakeups, mpsc::UnboundedReceiver<ReceiptJob>),
     shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
-) -> Result<Vec<JoinHandle<()>>, RunError> {
+) -> Result<Vec<JoinHandle<()>>, StartError> {
+    let (wakeups, receipt_jobs) = channels;
     let wanted: Vec<(SocketAddr, Kind)> =
         [(shared.config().listen.smtp, Kind::Smtp), (shared.config().listen.smtps, Kind::Smtps)]
             .into_iter()
@@ -61,7 +73,7 @@ pub async fn start(
         );
         return Ok(Vec::new());
     }
-    let (queue, wakeups) = Queue::new(shared.clone());
+    let queue = Queue::new(shared.clone());
     let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue });
     let mut tasks = Vec::new();
     for (addr, kind) in wanted {
@@ -69,8 +81,9 @@ pub async fn start(
             Kind::Smtp => "smtp",
             Kind::Smtps => "smtps",
         };
-        let listener = TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, kind: label, source })?;
-        let local = listener.local_addr().map_err(|source| RunError::Bind { addr, kind: label, source })?;
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, kind: label, source })?;
+        let local = listener.local_addr().map_err(|source| StartError::Bind { addr, kind: label, source })?;
         let info =
             Listener { kind, addr: local, plaintext_auth: shared.config().listen.plaintext_auth_allowed(&local) };
         let mode = match kind {
@@ -90,12 +103,13 @@ pub async fn start(
         });
     }
     tokio::spawn(super::control::serve(ctx.clone(), shutdown.clone()));
+    super::receipts::start(ctx.clone(), receipt_jobs);
     tokio::spawn(queue::run_relay(ctx, wakeups, shutdown, alive));
     Ok(tasks)
 }
 
 /// The provider whose capabilities are advertised before a client has logged in.
-fn default_provider(shared: &Shared) -> Option<crate::config::SmtpProvider> {
+fn default_provider(shared: &Context) -> Option<crate::config::SmtpProvider> {
     let config = shared.config();
     let up = config.upstream.as_ref()?;
     let url = crate::config::ServerUrl::parse_smtp(up.smtp.as_deref()?).ok()?;

@@ -581,35 +581,31 @@ impl Session {
                 self.state = State::AwaitRoom(Box::new(tx));
                 Some(Event::CheckRoom { login, size })
             }
-            Err(reply) => {
-                self.error(&reply);
+            Err(refused) => {
+                self.error(&refused.to_string());
                 None
             }
         }
     }
 
-    fn check_mail(&self, from: MailFrom<Cow<'_, str>>) -> Result<Transaction, String> {
+    fn check_mail(&self, from: MailFrom<Cow<'_, str>>) -> Result<Transaction, MailRefused> {
         if self.greeted.is_none() {
-            return Err("503 5.5.1 Send EHLO first".into());
+            return Err(MailRefused::NoEhlo);
         }
         if self.login.is_none() {
-            return Err(if self.auth_offered() {
-                "530 5.7.0 Authentication required".into()
-            } else {
-                "530 5.7.0 Must issue a STARTTLS command first".into()
-            });
+            return Err(if self.auth_offered() { MailRefused::AuthRequired } else { MailRefused::StartTlsFirst });
         }
         if self.tx.is_some() {
-            return Err("503 5.5.1 Nested MAIL command".into());
+            return Err(MailRefused::Nested);
         }
         if from.size as u64 > self.policy.max_size {
-            return Err(format!("552 5.3.4 Message size exceeds the limit of {} bytes", self.policy.max_size));
+            return Err(MailRefused::TooLarge(self.policy.max_size));
         }
         if from.flags & MAIL_SMTPUTF8 != 0 && !self.policy.smtputf8 {
-            return Err("555 5.5.4 SMTPUTF8 is not offered (the provider does not support it)".into());
+            return Err(MailRefused::NoSmtpUtf8);
         }
         if from.flags & MAIL_BODY_BINARYMIME != 0 {
-            return Err("555 5.5.4 BODY=BINARYMIME is not offered".into());
+            return Err(MailRefused::NoBinaryMime);
         }
         let ret = if from.flags & MAIL_RET_FULL != 0 {
             Some("FULL".to_string())
@@ -619,7 +615,7 @@ impl Session {
             None
         };
         if (ret.is_some() || from.env_id.is_some()) && !self.policy.dsn {
-            return Err("555 5.5.4 DSN parameters are not offered (the provider does not support DSN)".into());
+            return Err(MailRefused::NoDsn);
         }
         let params = MailParams {
             eight_bit: from.flags & MAIL_BODY_8BITMIME != 0,
@@ -757,6 +753,27 @@ fn has_bare_lf(body: &[u8]) -> bool {
 /// Text safe to put into one reply line.
 fn one_line(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(300).collect()
+}
+
+/// Why a MAIL command is refused; `Display` is the reply line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum MailRefused {
+    #[error("503 5.5.1 Send EHLO first")]
+    NoEhlo,
+    #[error("530 5.7.0 Authentication required")]
+    AuthRequired,
+    #[error("530 5.7.0 Must issue a STARTTLS command first")]
+    StartTlsFirst,
+    #[error("503 5.5.1 Nested MAIL command")]
+    Nested,
+    #[error("552 5.3.4 Message size exceeds the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("555 5.5.4 SMTPUTF8 is not offered (the provider does not support it)")]
+    NoSmtpUtf8,
+    #[error("555 5.5.4 BODY=BINARYMIME is not offered")]
+    NoBinaryMime,
+    #[error("555 5.5.4 DSN parameters are not offered (the provider does not support DSN)")]
+    NoDsn,
 }
 
 #[cfg(test)]

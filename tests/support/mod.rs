@@ -5,6 +5,8 @@
 pub mod data_block;
 pub mod fake_provider;
 pub mod imap_client;
+pub mod net_services;
+pub mod other_provider;
 pub mod provider;
 pub mod proxy;
 pub mod smtp_client;

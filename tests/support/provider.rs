@@ -140,21 +140,8 @@ impl Provider {
         let state_dir = make_state_dir();
         cmd.arg(&state_dir);
         // From here on an early return drops the guard, which cleans up.
-        let (guard, exit, output) = Guard::start(&scripts, &state_dir, &cmd);
-        if exit != Some(0) {
-            return Err(format!(
-                "start-provider.sh failed (exit {}):\n{output}{}",
-                exit.map_or_else(|| "status unknown".to_owned(), |code| code.to_string()),
-                log_tails(&state_dir)
-            ));
-        }
-
-        let env: BTreeMap<String, String> = output
-            .lines()
-            .filter_map(|line| line.split_once('='))
-            .filter(|(key, _)| key.starts_with("PROVIDER_"))
-            .map(|(key, value)| (key.to_owned(), value.trim_matches('"').to_owned()))
-            .collect();
+        let (guard, exit, output) = Guard::start(&scripts.join("stop-provider.sh"), &state_dir, &cmd);
+        let env = script_env("start-provider.sh", exit, &output, &state_dir)?;
         let var = |key: &str| env.get(key).cloned().ok_or_else(|| format!("start-provider.sh printed no {key}"));
         let port = |key: &str| var(key)?.parse::<u16>().map_err(|e| format!("{key}: {e}"));
         Ok(Provider {
@@ -178,15 +165,7 @@ impl Provider {
     /// no auth). Use CRLF line endings; dot-stuffing is done here. Panics on
     /// any non-2xx reply, e.g. for an unknown recipient.
     pub fn deliver(&self, from: &str, to: &str, message: &[u8]) {
-        let mut c = SmtpClient::connect("LMTP", self.lmtp_port);
-        c.expect(220);
-        c.command("LHLO localhost", 250);
-        c.command(&format!("MAIL FROM:<{from}>"), 250);
-        c.command(&format!("RCPT TO:<{to}>"), 250);
-        c.command("DATA", 354);
-        // LMTP answers once per accepted recipient; there is one
-        c.data(message, 250);
-        c.command("QUIT", 221);
+        lmtp_deliver(self.lmtp_port, from, to, message);
     }
 
     /// Sends `message` like a mail client: to the submission port, as `user`
@@ -214,6 +193,20 @@ impl Provider {
     }
 }
 
+/// Delivers `message` to `to` over LMTP on 127.0.0.1:`port` (no auth; Dovecot's and Cyrus's
+/// LMTP both take it so). Dot-stuffing is done here; panics on any non-2xx reply.
+pub(super) fn lmtp_deliver(port: u16, from: &str, to: &str, message: &[u8]) {
+    let mut c = SmtpClient::connect("LMTP", port);
+    c.expect(220);
+    c.command("LHLO localhost", 250);
+    c.command(&format!("MAIL FROM:<{from}>"), 250);
+    c.command(&format!("RCPT TO:<{to}>"), 250);
+    c.command("DATA", 354);
+    // LMTP answers once per accepted recipient; there is one
+    c.data(message, 250);
+    c.command("QUIT", 221);
+}
+
 /// The shell that owns a provider from start to stop: it runs
 /// start-provider.sh (output and exit code come back on its stdout), then
 /// waits for EOF on its stdin and runs stop-provider.sh. We close that pipe in
@@ -234,7 +227,7 @@ exec "$stop" "$state" $clean
 "#;
 
 #[derive(Debug)]
-struct Guard {
+pub(super) struct Guard {
     child: Option<Child>,
     /// Set if `COI_TEST_KEEP_PROVIDER` asked to keep this state dir.
     kept_dir: Option<PathBuf>,
@@ -243,12 +236,12 @@ struct Guard {
 impl Guard {
     /// Runs `start` (start-provider.sh with its arguments) under a new guard
     /// and returns the guard, the exit code and the script's output.
-    fn start(scripts: &Path, state_dir: &Path, start: &Command) -> (Guard, Option<i32>, String) {
+    pub(super) fn start(stop_script: &Path, state_dir: &Path, start: &Command) -> (Guard, Option<i32>, String) {
         let keep = std::env::var_os("COI_TEST_KEEP_PROVIDER").is_some_and(|v| !v.is_empty());
         let child = Command::new("sh")
             .arg("-c")
             .arg(GUARD_SCRIPT)
-            .arg(scripts.join("stop-provider.sh"))
+            .arg(stop_script)
             .arg(state_dir)
             .arg(if keep { "" } else { "--clean" })
             .arg(start.get_program())
@@ -278,7 +271,7 @@ impl Guard {
         (guard, exit, output)
     }
 
-    fn stop(&mut self) {
+    pub(super) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             drop(child.stdin.take());
             // errors are not actionable here (and this runs in Drop)
@@ -300,7 +293,7 @@ impl Drop for Guard {
 /// `file!()` is relative to the workspace root (or absolute when the module
 /// is included with `#[path]`), so try it against the manifest dir and its
 /// ancestors; that also works from another crate that includes this module.
-fn script_dir() -> PathBuf {
+pub(super) fn script_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("COI_TEST_PROVIDER_DIR") {
         return dir.into();
     }
@@ -315,7 +308,7 @@ fn script_dir() -> PathBuf {
 /// as root, Dovecot's mail processes run as `dovecot` and must be able to
 /// traverse every parent (a tempdir is 0700), and the unix sockets inside
 /// must stay within the ~108-byte path limit (start-provider.sh allows 70).
-fn make_state_dir() -> PathBuf {
+pub(super) fn make_state_dir() -> PathBuf {
     let dir = tempfile::Builder::new()
         .prefix("coi-provider.")
         .tempdir_in("/tmp")
@@ -325,10 +318,33 @@ fn make_state_dir() -> PathBuf {
     dir
 }
 
+/// The `PROVIDER_*` lines a start script printed, or why it failed (with its output and the
+/// tails of its logs).
+pub(super) fn script_env(
+    script: &str,
+    exit: Option<i32>,
+    output: &str,
+    state_dir: &Path,
+) -> Result<BTreeMap<String, String>, String> {
+    if exit != Some(0) {
+        return Err(format!(
+            "{script} failed (exit {}):\n{output}{}",
+            exit.map_or_else(|| "status unknown".to_owned(), |code| code.to_string()),
+            log_tails(state_dir)
+        ));
+    }
+    Ok(output
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .filter(|(key, _)| key.starts_with("PROVIDER_"))
+        .map(|(key, value)| (key.to_owned(), value.trim_matches('"').to_owned()))
+        .collect())
+}
+
 /// The end of the logs that usually explain a failed start.
 fn log_tails(state_dir: &Path) -> String {
     let mut out = String::new();
-    for name in ["startup.log", "dovecot.log", "relay.log"] {
+    for name in ["startup.log", "dovecot.log", "relay.log", "master.log", "imapd.log", "imap4d.log"] {
         if let Ok(text) = fs::read_to_string(state_dir.join("log").join(name)) {
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(20)..];

@@ -5,6 +5,7 @@
 //! same credentials. After a successful login the session becomes a [`relay`].
 
 mod own;
+pub mod policy;
 pub mod quiet;
 mod relay;
 
@@ -20,15 +21,16 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use self::relay::{QuietInbox, RelayOptions};
-use crate::coi::{self, hub::Account, metadata::Filter, session::CoiSession};
+use crate::account::{Account, Filter};
+use crate::coi::{self, session::CoiSession};
+use crate::context::Context;
 use crate::imap::conn::{Conn, ReadError};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::imap::wire::capability;
-use crate::imap::wire::command::{self, Arg, Command};
+use crate::imap::wire::command::{self, Arg, Command, CommandName};
 use crate::limits::{Refused, SessionPermit};
 use crate::net::Stream;
 use crate::secret::Secret;
-use crate::server::Shared;
 
 /// Largest command accepted before login (LOGIN with two literals fits easily).
 const PRE_LOGIN_LIMIT: usize = 16 * 1024;
@@ -56,7 +58,7 @@ static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one client connection until it ends.
 pub async fn serve(
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     tcp: TcpStream,
     peer: SocketAddr,
     listener: ListenerInfo,
@@ -82,7 +84,7 @@ pub async fn serve(
 }
 
 struct Session {
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     listener: ListenerInfo,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
@@ -137,12 +139,15 @@ impl Session {
             max_literal: limits.max_literal,
             autologout: limits.autologout(),
             provider_timeout: limits.provider_timeout(),
-            extra_capabilities: CoiSession::capabilities(provider_metadata, upstream.has("IDLE")),
+            extra_capabilities: coi::session::capabilities(
+                provider_metadata,
+                upstream.has("IDLE"),
+                &[crate::push::CAPABILITY],
+            ),
             seen_changed: Some({
                 let account = account.clone();
-                // Read receipts for plain clients (src/smtp/receipts.rs).
-                let receipts =
-                    crate::smtp::receipts::SeenHook::new(&self.shared, &account.login, client_name.clone()).await;
+                // Read receipts for plain clients (src/receipts/).
+                let receipts = crate::receipts::SeenHook::new(&self.shared, &account.login, client_name.clone()).await;
                 Arc::new(move || {
                     account.nudge.notify_one();
                     receipts.seen();
@@ -158,7 +163,8 @@ impl Session {
             emulate_idle: (!upstream.has("IDLE"))
                 .then(|| Duration::from_secs(self.shared.config().coi.poll_secs.max(1))),
         };
-        let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name);
+        let webpush = crate::push::entries::Entries::new(self.shared.clone(), account.clone());
+        let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name, webpush);
         let (end, traffic) = relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone()).await;
         crate::metrics::traffic(traffic.from_client, traffic.from_provider);
         format!("{end:?}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider)
@@ -246,13 +252,14 @@ impl Session {
     /// Handles one pre-login command; `Some` ends the pre-login phase.
     async fn handle(&mut self, conn: &mut Conn, cmd: Command) -> std::io::Result<Option<PreLogin>> {
         let tag = cmd.tag.as_str();
-        match cmd.name.as_str() {
-            "CAPABILITY" => {
+        let kind = if cmd.uid { CommandName::Other } else { cmd.kind };
+        match kind {
+            CommandName::Capability => {
                 let caps = capability::pre_login(Self::tls_active(conn), self.listener.plaintext_auth);
                 conn.write(format!("* CAPABILITY {caps}\r\n{tag} OK Capability completed.\r\n").as_bytes()).await?;
             }
-            "NOOP" => conn.write(format!("{tag} OK NOOP completed.\r\n").as_bytes()).await?,
-            "ID" => {
+            CommandName::Noop => conn.write(format!("{tag} OK NOOP completed.\r\n").as_bytes()).await?,
+            CommandName::Id => {
                 self.client_id = command::client_name(&cmd.args);
                 if let Some(name) = &self.client_id {
                     info!(client_name = %name, "client identified itself");
@@ -264,12 +271,12 @@ impl Session {
                 )
                 .await?;
             }
-            "LOGOUT" => {
+            CommandName::Logout => {
                 conn.write(format!("* BYE Logging out\r\n{tag} OK Logout completed.\r\n").as_bytes()).await?;
                 return Ok(Some(PreLogin::Ended("logged out before login".into())));
             }
-            "STARTTLS" => return self.starttls(conn, tag).await,
-            "LOGIN" => {
+            CommandName::Starttls => return self.starttls(conn, tag).await,
+            CommandName::Login => {
                 let (Some(user), Some(pass), 2) =
                     (cmd.args.first().and_then(Arg::astring), cmd.args.get(1).and_then(Arg::astring), cmd.args.len())
                 else {
@@ -281,17 +288,10 @@ impl Session {
                 drop(cmd.args);
                 return self.login(conn, &cmd.tag, user, pass).await;
             }
-            "AUTHENTICATE" => return self.authenticate(conn, cmd).await,
-            "ENABLE" | "SELECT" | "EXAMINE" | "LIST" | "LSUB" | "STATUS" | "APPEND" | "CREATE" | "DELETE"
-            | "RENAME" | "SUBSCRIBE" | "UNSUBSCRIBE" | "NAMESPACE" | "GETMETADATA" | "SETMETADATA" | "IDLE" => {
-                conn.write(format!("{tag} BAD Log in first: {} is valid only after LOGIN\r\n", cmd.name).as_bytes())
-                    .await?;
-            }
-            other => {
-                let known = other.starts_with("UID ")
-                    || ["FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE", "CLOSE", "CHECK"].contains(&other);
-                let reply = if known {
-                    format!("{tag} BAD Log in first: {other} is valid only after LOGIN\r\n")
+            CommandName::Authenticate => return self.authenticate(conn, cmd).await,
+            _ => {
+                let reply = if cmd.uid || cmd.kind.authenticated_only() {
+                    format!("{tag} BAD Log in first: {} is valid only after LOGIN\r\n", cmd.name)
                 } else {
                     format!("{tag} BAD Unknown command\r\n")
                 };
@@ -431,7 +431,7 @@ impl Session {
                 Ok(up) => up,
                 Err(e) => {
                     warn!(cause = %e, "provider unavailable");
-                    crate::metrics::provider_connect_failed(&e);
+                    crate::metrics::provider_connect_failed(e.cause());
                     conn.write(format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
                     return Ok(None);
                 }
@@ -458,13 +458,14 @@ impl Session {
                 self.shared.auth_failures.succeeded(self.peer.ip());
                 self.shared.credentials.remember(&user, &pass);
                 let provider_metadata = upstream.has("METADATA");
-                let account = self.shared.hub.account(&user);
-                if let Err(e) = coi::load_config(&self.shared, &account, &mut upstream).await {
+                let account = self.shared.accounts.account(&user);
+                if let Err(e) = coi::load_config(&mut upstream, provider_metadata, &self.shared.store, &account).await {
                     warn!("cannot read the COI configuration: {e}");
                 }
-                coi::worker::ensure_running(&self.shared, &account);
+                self.shared.workers.want(&account.login);
                 self.account = Some(account);
-                let extra = CoiSession::capabilities(provider_metadata, upstream.has("IDLE"));
+                let extra =
+                    coi::session::capabilities(provider_metadata, upstream.has("IDLE"), &[crate::push::CAPABILITY]);
                 let caps = capability::post_login(&upstream.capabilities, &extra).join(" ");
                 let text = status_text(&status);
                 conn.write(format!("{tag} OK [CAPABILITY {caps}] {text}\r\n").as_bytes()).await?;

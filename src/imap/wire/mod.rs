@@ -6,5 +6,7 @@
 pub mod capability;
 pub mod command;
 pub mod framing;
+pub mod metadata;
 pub mod provider;
+pub mod response;
 pub mod trace;

@@ -1,9 +1,13 @@
-//! The daemon: prepares state and TLS, binds the listeners, accepts connections, and shuts down
-//! gracefully on SIGTERM/SIGINT (stop accepting, `* BYE` to every client, close providers).
+//! The daemon, and the one place that starts things: prepares state and TLS, builds the
+//! [`Context`], starts the worker supervisor, binds the listeners (IMAP, SMTP with its queue
+//! and receipts agent, metrics), reloads on SIGHUP, and shuts down gracefully on SIGTERM/SIGINT
+//! (stop accepting, `* BYE` to every client, close providers; no worker restarts).
+
+mod http;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -12,43 +16,11 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
-use crate::accounts::Credentials;
-use crate::coi::hub::Hub;
 use crate::config::Config;
+use crate::context::Context;
 use crate::imap::session::{self, ListenerInfo, ListenerKind};
 use crate::store::Store;
-use crate::tls::{self, CertAction, LocalCert, UpstreamTls};
-
-/// What every session shares.
-pub struct Shared {
-    /// The configuration in force; `reload` swaps it (sessions keep the one they started with
-    /// for the values they already read).
-    config: RwLock<Arc<Config>>,
-    pub upstream_tls: UpstreamTls,
-    pub acceptor: TlsAcceptor,
-    pub credentials: Credentials,
-    pub store: Store,
-    /// Per-account COI state and workers.
-    pub hub: Hub,
-    /// Open IMAP sessions per client address, for `[limits] max_sessions*`.
-    pub sessions: crate::limits::Sessions,
-    /// Recent failed logins per client address, for the delay before answering one.
-    pub auth_failures: crate::limits::AuthFailures,
-    /// Turns true when the daemon shuts down.
-    pub shutdown: watch::Receiver<bool>,
-}
-
-impl Shared {
-    /// The configuration in force now.
-    pub fn config(&self) -> Arc<Config> {
-        self.config.read().expect("config lock").clone()
-    }
-
-    /// Puts a new configuration in force for everything that reads it from now on.
-    pub fn set_config(&self, config: Config) {
-        *self.config.write().expect("config lock") = Arc::new(config);
-    }
-}
+use crate::tls::{self, CertAction, LocalCert};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -66,8 +38,26 @@ pub enum RunError {
     Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr} ({kind}): {source}")]
     Bind { addr: SocketAddr, kind: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Smtp(#[from] crate::smtp::server::StartError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+}
+
+/// What a reload changed, a line each, for the log.
+type Changes = Vec<String>;
+
+/// Why a reload was refused (the previous configuration stays in force).
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("the certificate task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// How long sessions get to say BYE after a shutdown signal.
@@ -94,35 +84,29 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
         CertAction::Reused => {}
     }
     let (server_tls, local_cert) = tls::local_server_config(&config.state_dir)?;
-    let store = Store::open(&config.state_dir)?;
+    let store = Store::open_async(&config.state_dir).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        config: RwLock::new(Arc::new(config)),
-        upstream_tls: UpstreamTls::default(),
-        acceptor: TlsAcceptor::from(server_tls),
-        credentials: Credentials::default(),
-        store,
-        hub: Hub::default(),
-        sessions: Default::default(),
-        auth_failures: Default::default(),
-        shutdown: shutdown_rx.clone(),
-    });
+    let (context, receivers) = Context::new(config, TlsAcceptor::from(server_tls), store, shutdown_rx.clone());
+    let ctx = Arc::new(context);
+    // The worker supervisor first: logins ask it for workers as soon as the listeners accept.
+    let supervisor = tokio::spawn(crate::worker::supervise(ctx.clone(), receivers.workers));
     // Every session holds a sender; when all are gone, every session has ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let mut listeners =
-        Listeners { shared: shared.clone(), alive: alive_tx, imap: Vec::new(), smtp: Vec::new(), metrics: None };
-    for (kind, addr) in imap_addrs(&shared.config()) {
+        Listeners { ctx: ctx.clone(), alive: alive_tx, imap: Vec::new(), smtp: Vec::new(), metrics: None };
+    for (kind, addr) in imap_addrs(&ctx.config()) {
         let bound = bind_imap(kind, addr).await?;
         listeners.serve_imap(kind, addr, bound);
     }
-    if let Some(addr) = shared.config().listen.metrics {
+    if let Some(addr) = ctx.config().listen.metrics {
         let bound = bind_metrics(addr).await?;
         listeners.serve_metrics(addr, bound);
     }
-    // SMTP submission listeners and the queue's relay task.
-    listeners.smtp = crate::smtp::server::start(shared.clone(), shutdown_rx.clone(), listeners.alive.clone()).await?;
-    crate::push::start_workers(&shared);
-    tokio::spawn(renew_cert_daily(shared.clone(), local_cert.clone()));
+    // SMTP submission listeners, the queue's relay task and the receipts agent.
+    let smtp_channels = (receivers.queue, receivers.receipts);
+    listeners.smtp =
+        crate::smtp::server::start(ctx.clone(), smtp_channels, shutdown_rx.clone(), listeners.alive.clone()).await?;
+    tokio::spawn(renew_cert_daily(ctx.clone(), local_cert.clone()));
     info!(version = env!("CARGO_PKG_VERSION"), "coi-proxy ready");
     crate::sd_notify::ready("serving");
 
@@ -135,6 +119,8 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
         Ok(_) => info!("all sessions closed"),
         Err(_) => warn!("sessions still open after {} s; closing them", SHUTDOWN_GRACE.as_secs()),
     }
+    // The supervisor has stopped its workers by now (it watches the same signal).
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, supervisor).await;
     Ok(())
 }
 
@@ -174,7 +160,7 @@ async fn bind_metrics(addr: SocketAddr) -> Result<TcpListener, RunError> {
 /// The running accept loops. A reload stops and starts the ones whose address changed; the
 /// sessions they accepted are tasks of their own and go on.
 struct Listeners {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
     /// Handed to every session; dropped at shutdown so that the last session's end is seen.
     alive: mpsc::Sender<()>,
     /// IMAP listeners by kind, with the address they were configured with.
@@ -188,28 +174,28 @@ impl Listeners {
     fn serve_imap(&mut self, kind: ListenerKind, configured: SocketAddr, listener: TcpListener) {
         let local = listener.local_addr().unwrap_or(configured);
         let mode = match kind {
-            ListenerKind::Imap if self.shared.config().listen.plaintext_auth_allowed(&local) => "plain or STARTTLS",
+            ListenerKind::Imap if self.ctx.config().listen.plaintext_auth_allowed(&local) => "plain or STARTTLS",
             ListenerKind::Imap => "STARTTLS required before login",
             ListenerKind::Imaps => "implicit TLS",
         };
         let name = label(kind);
         info!(listener = name, "listening on {local} ({name}, {mode})");
-        let task = tokio::spawn(accept_loop(listener, kind, self.shared.clone(), self.alive.clone()));
+        let task = tokio::spawn(accept_loop(listener, kind, self.ctx.clone(), self.alive.clone()));
         self.imap.push((kind, configured, task));
     }
 
     fn serve_metrics(&mut self, configured: SocketAddr, listener: TcpListener) {
         let local = listener.local_addr().unwrap_or(configured);
         info!(listener = "metrics", "listening on {local} (metrics, http://{local}/metrics and /healthz)");
-        let task = tokio::spawn(crate::metrics::serve(listener, self.shared.clone()));
+        let task = tokio::spawn(http::serve(listener, self.ctx.clone()));
         self.metrics = Some((configured, task));
     }
 
     /// Takes `new` into force: rebinds changed listeners first (so that a port in use refuses
     /// the reload instead of leaving a listener down), then swaps the configuration.
-    async fn reload(&mut self, mut new: Config, local_cert: &LocalCert) -> Result<Vec<String>, String> {
-        check_runnable(&new).map_err(|e| e.to_string())?;
-        let old = self.shared.config();
+    async fn reload(&mut self, mut new: Config, local_cert: &LocalCert) -> Result<Changes, ReloadError> {
+        check_runnable(&new)?;
+        let old = self.ctx.config();
         let mut changes = Vec::new();
         if new.state_dir != old.state_dir {
             warn!("state_dir changes take effect at the next start; keeping {}", old.state_dir.display());
@@ -220,11 +206,11 @@ impl Listeners {
         let mut bound = Vec::new();
         for &(kind, addr) in wanted.iter().filter(|w| !running.contains(w)) {
             // Moving to a port the old listener holds fails here; the old one is still serving.
-            bound.push((kind, addr, bind_imap(kind, addr).await.map_err(|e| e.to_string())?));
+            bound.push((kind, addr, bind_imap(kind, addr).await?));
         }
         let metrics_moved = new.listen.metrics != self.metrics.as_ref().map(|(a, _)| *a);
         let metrics = match new.listen.metrics {
-            Some(addr) if metrics_moved => Some((addr, bind_metrics(addr).await.map_err(|e| e.to_string())?)),
+            Some(addr) if metrics_moved => Some((addr, bind_metrics(addr).await?)),
             _ => None,
         };
         if [old.listen.smtp, old.listen.smtps] != [new.listen.smtp, new.listen.smtps] {
@@ -234,14 +220,12 @@ impl Listeners {
         }
         let state_dir = new.state_dir.clone();
         let names = tls::cert_names_for(&new);
-        match tokio::task::spawn_blocking(move || tls::ensure_local_cert(&state_dir, &names)).await {
-            Ok(Ok(CertAction::Reused)) => {}
-            Ok(Ok(action)) => {
-                local_cert.reload(&new.state_dir).map_err(|e| e.to_string())?;
+        match tokio::task::spawn_blocking(move || tls::ensure_local_cert(&state_dir, &names)).await?? {
+            CertAction::Reused => {}
+            action => {
+                local_cert.reload(&new.state_dir)?;
                 changes.push(format!("local certificate: {action:?}"));
             }
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(e) => return Err(e.to_string()),
         }
         // Nothing can fail from here on.
         self.imap.retain(|(kind, addr, task)| {
@@ -259,9 +243,9 @@ impl Listeners {
         if old.providers() != new.providers() {
             changes.push("providers changed (next logins use them)".into());
         }
-        self.shared.upstream_tls.clear();
+        self.ctx.upstream_tls.clear();
         crate::logging::reload_filter(new.log.filter.as_deref());
-        self.shared.set_config(new);
+        self.ctx.set_config(new);
         for (kind, addr, listener) in bound {
             changes.push(format!("{} listener on {addr} started", label(kind)));
             self.serve_imap(kind, addr, listener);
@@ -283,21 +267,21 @@ impl Listeners {
     }
 }
 
-async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<Shared>, alive: mpsc::Sender<()>) {
+async fn accept_loop(listener: TcpListener, kind: ListenerKind, ctx: Arc<Context>, alive: mpsc::Sender<()>) {
     let Ok(addr) = listener.local_addr() else { return };
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
                 // Read per connection, so that a reload that changes it applies to the next one.
-                let plaintext_auth = shared.config().listen.plaintext_auth_allowed(&addr);
+                let plaintext_auth = ctx.config().listen.plaintext_auth_allowed(&addr);
                 let info = ListenerInfo { kind, addr, plaintext_auth };
-                let limits = &shared.config().limits;
-                let admitted = shared.sessions.admit(peer.ip(), limits.max_sessions, limits.max_sessions_per_ip);
-                let (shared, alive) = (shared.clone(), alive.clone());
-                let shutdown = shared.shutdown.clone();
+                let limits = &ctx.config().limits;
+                let admitted = ctx.sessions.admit(peer.ip(), limits.max_sessions, limits.max_sessions_per_ip);
+                let (ctx, alive) = (ctx.clone(), alive.clone());
+                let shutdown = ctx.shutdown.clone();
                 tokio::spawn(async move {
                     let _open = crate::metrics::session_opened(label(kind));
-                    session::serve(shared, tcp, peer, info, admitted, shutdown).await;
+                    session::serve(ctx, tcp, peer, info, admitted, shutdown).await;
                     drop(alive);
                 });
             }
@@ -312,14 +296,14 @@ async fn accept_loop(listener: TcpListener, kind: ListenerKind, shared: Arc<Shar
 
 /// Checks the local certificate once a day and renews it 30 days before it expires, so a
 /// daemon that runs for a year never serves an expired certificate.
-async fn renew_cert_daily(shared: Arc<Shared>, local_cert: Arc<LocalCert>) {
-    let mut shutdown = shared.shutdown.clone();
+async fn renew_cert_daily(ctx: Arc<Context>, local_cert: Arc<LocalCert>) {
+    let mut shutdown = ctx.shutdown.clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CERT_CHECK_EVERY) => {}
             _ = shutdown.wait_for(|down| *down) => return,
         }
-        let config = shared.config();
+        let config = ctx.config();
         let (dir, names) = (config.state_dir.clone(), tls::cert_names_for(&config));
         match tokio::task::spawn_blocking(move || tls::ensure_local_cert(&dir, &names)).await {
             Ok(Ok(CertAction::Reused)) => debug!("local certificate checked; not due for renewal"),
@@ -361,7 +345,7 @@ async fn wait_for_signal(
                 crate::sd_notify::reloading();
                 let result = match source() {
                     Ok(new) => listeners.reload(new, local_cert).await,
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e.into()),
                 };
                 match result {
                     Ok(changes) if changes.is_empty() => info!("configuration reloaded"),

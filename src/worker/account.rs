@@ -1,24 +1,26 @@
-//! The account worker: the proxy's own connection to an account with COI enabled, doing what
-//! a COI server does at delivery time. It waits in IDLE on INBOX (or polls a provider without
-//! IDLE), classifies each new message from its header fields, sets `$Chat`, and moves chat
-//! messages to `<root>/Chats`: at once in `active` mode, once they are `\Seen` in `seen` mode.
-//! It reconnects with backoff when the provider drops, and stops when COI is disabled.
+//! One account's worker: the proxy's own connection to an account with COI enabled (or push
+//! subscriptions), doing what a COI server does at delivery time. It waits in IDLE on INBOX (or
+//! polls a provider without IDLE), classifies each new message from its header fields, sets
+//! `$Chat`, and moves chat messages to `<root>/Chats`: at once in `active` mode, once they are
+//! `\Seen` in `seen` mode; it hands reports to the receipts wing and new mail to the push wing.
+//! It reconnects with backoff when the provider drops, and returns when it is no longer needed
+//! or the daemon shuts down (the supervisor decides what happens next).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, warn};
 
-use super::classify::{ChatHeaders, FIELDS};
-use super::folders::Namespace;
-use super::hub::Account;
-use super::metadata::{self, CoiConfig, ENABLED, Filter, MESSAGE_FILTER};
-use crate::imap::upstream::{AuthOutcome, Upstream, UpstreamError};
+use super::wanted;
+use crate::account::{Account, CoiConfig, Filter};
+use crate::coi::classify::{self, ChatHeaders, FIELDS};
+use crate::coi::folders::Namespace;
+use crate::context::Context;
+use crate::imap::upstream::{OwnWorkError, Upstream, UpstreamError};
 use crate::imap::wire::command;
-use crate::server::Shared;
+use crate::imap::wire::response::{response_code_number, search_uids, uid_set};
 
 /// Longest IDLE before it is renewed (RFC 2177: at most 29 minutes).
 /// Also a safety net: a provider may miss reporting mail that arrived just before IDLE began.
@@ -32,35 +34,8 @@ const BATCH: u32 = 500;
 /// A COPYUID response code: the target's UIDVALIDITY and (old, new) UID pairs.
 type CopyUid = (u32, Vec<(u32, u32)>);
 
-#[derive(Debug, thiserror::Error)]
-enum WorkerError {
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    #[error(transparent)]
-    Credentials(#[from] crate::accounts::CredentialError),
-    #[error("no provider is configured for this login")]
-    NoProvider,
-    #[error("the provider refused the login: {0}")]
-    LoginRejected(String),
-    #[error("the provider refused {command}: {status}")]
-    Refused { command: &'static str, status: String },
-}
-
-/// Whether `account` needs its worker: COI enabled, or a validated push subscription.
-fn wanted(shared: &Shared, account: &Account) -> bool {
-    account.current().enabled || crate::push::wanted(&shared.store, &account.login)
-}
-
-/// Starts the worker for `account` if it is wanted and none runs yet.
-pub fn ensure_running(shared: &Arc<Shared>, account: &Arc<Account>) {
-    if !wanted(shared, account) || account.worker_running.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    let span = info_span!(parent: None, "worker", login = %account.login);
-    tokio::spawn(run(shared.clone(), account.clone()).instrument(span));
-}
-
-async fn run(shared: Arc<Shared>, account: Arc<Account>) {
+/// Serves the account until it no longer needs a worker or the daemon shuts down.
+pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>) {
     info!("account worker started");
     let mut backoff = Duration::from_secs(1);
     let mut config_rx = account.config.subscribe();
@@ -88,30 +63,21 @@ async fn run(shared: Arc<Shared>, account: Arc<Account>) {
             }
         }
     }
-    account.worker_running.store(false, Ordering::SeqCst);
     info!("account worker stopped");
-    // COI may have been enabled (or a subscription validated) again while stopping.
-    ensure_running(&shared, &account);
 }
 
 /// One connection's worth of work; `Ok` when the worker is no longer wanted.
 async fn serve(
-    shared: &Shared,
+    shared: &Context,
     account: &Account,
     config_rx: &mut watch::Receiver<CoiConfig>,
-) -> Result<(), WorkerError> {
+) -> Result<(), OwnWorkError> {
     let login = account.login.as_str();
-    let provider = shared.config().provider_for(login).ok_or(WorkerError::NoProvider)?;
     let password = shared.credentials.password(&shared.config(), login).await?;
-    let limits = &shared.config().limits;
-    let mut up = Upstream::connect(&provider, &shared.upstream_tls, limits.connect_timeout(), limits.max_line).await?;
-    if let AuthOutcome::Rejected(status) = up.authenticate(login, &password).await? {
-        return Err(WorkerError::LoginRejected(String::from_utf8_lossy(&status).trim_end().to_string()));
-    }
+    let mut up = Upstream::open(shared, login, &password).await?;
     drop(password);
     if up.has("METADATA") {
-        let (untagged, _) = up.command(format!("GETMETADATA \"\" ({ENABLED} {MESSAGE_FILTER})\r\n").as_bytes()).await?;
-        account.set_config(config_from(&untagged));
+        account.set_config(crate::coi::config_at_provider(&mut up).await?);
     }
     if !wanted(shared, account) {
         return Ok(());
@@ -136,24 +102,9 @@ async fn serve(
     }
 }
 
-pub(crate) fn config_from(untagged: &[Vec<u8>]) -> CoiConfig {
-    let mut enabled = None;
-    let mut filter = None;
-    for resp in untagged {
-        for (entry, value) in metadata::parse_response(resp).map(|r| r.1).unwrap_or_default() {
-            match entry.as_str() {
-                ENABLED => enabled = value,
-                MESSAGE_FILTER => filter = value,
-                _ => {}
-            }
-        }
-    }
-    CoiConfig::from_values(enabled.as_deref(), filter.as_deref())
-}
-
 /// The worker's view of INBOX.
 struct Inbox<'a> {
-    shared: &'a Shared,
+    shared: &'a Context,
     account: &'a Account,
     login: &'a str,
     chats: String,
@@ -171,11 +122,11 @@ struct Inbox<'a> {
 }
 
 impl<'a> Inbox<'a> {
-    async fn open(shared: &'a Shared, account: &'a Account, up: &mut Upstream) -> Result<Inbox<'a>, WorkerError> {
+    async fn open(shared: &'a Context, account: &'a Account, up: &mut Upstream) -> Result<Inbox<'a>, OwnWorkError> {
         let chats = Namespace::discover(up).await?.chats(&shared.config().coi.mailbox_root);
         let (untagged, status) = up.command(b"SELECT INBOX\r\n").await?;
         if !status.starts_with(b"OK") {
-            return Err(WorkerError::Refused {
+            return Err(OwnWorkError::Refused {
                 command: "SELECT INBOX",
                 status: String::from_utf8_lossy(&status).trim_end().into(),
             });
@@ -197,7 +148,7 @@ impl<'a> Inbox<'a> {
         // came before COI was switched on are filtered too.
         let next_uid = stored.unwrap_or(1);
         let push_from = crate::push::notify::first_to_push(stored, uidnext);
-        let _ = store.set_inbox_position(login, uidvalidity, next_uid);
+        let _ = store.set_inbox_position(login, uidvalidity, next_uid).await;
         let waiting = BTreeSet::new();
         let mut inbox =
             Inbox { shared, account, login, chats, uidvalidity, next_uid, uidnext, keywords, waiting, push_from };
@@ -210,7 +161,7 @@ impl<'a> Inbox<'a> {
 
     /// Classifies messages from `next_uid` on, in batches, marks chats, and moves them as
     /// `filter` says.
-    async fn process_new(&mut self, up: &mut Upstream, filter: Filter) -> Result<(), WorkerError> {
+    async fn process_new(&mut self, up: &mut Upstream, filter: Filter) -> Result<(), OwnWorkError> {
         while self.next_uid + BATCH < self.uidnext {
             let last = self.next_uid + BATCH - 1;
             self.process_range(up, filter, &format!("{}:{last}", self.next_uid)).await?;
@@ -219,7 +170,7 @@ impl<'a> Inbox<'a> {
         self.process_range(up, filter, &format!("{}:*", self.next_uid)).await
     }
 
-    async fn process_range(&mut self, up: &mut Upstream, filter: Filter, range: &str) -> Result<(), WorkerError> {
+    async fn process_range(&mut self, up: &mut Upstream, filter: Filter, range: &str) -> Result<(), OwnWorkError> {
         let cmd = format!("UID FETCH {range} (UID FLAGS BODY.PEEK[HEADER.FIELDS ({FIELDS})])\r\n");
         let (untagged, _) = up.command(cmd.as_bytes()).await?;
         let mut chat: Vec<(u32, bool)> = Vec::new();
@@ -238,7 +189,7 @@ impl<'a> Inbox<'a> {
             let headers = ChatHeaders::parse(&item.header);
             crate::metrics::saw_message_header(&item.header);
             let store = &self.shared.store;
-            let is_chat = headers.is_chat(|id| store.is_chat_id(self.login, id).unwrap_or(false));
+            let is_chat = classify::is_chat(&headers, |id| store.is_chat_id(self.login, id).unwrap_or(false));
             if is_chat {
                 chat.push((item.uid, item.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen"))));
                 chat_ids.extend(headers.message_id);
@@ -247,8 +198,8 @@ impl<'a> Inbox<'a> {
                 new.push((item.uid, is_chat || item.flags.iter().any(|f| f.eq_ignore_ascii_case("$Chat"))));
             }
         }
-        // Receipts (src/smtp/receipts.rs): DSNs and MDNs about the user's sent chat messages.
-        crate::smtp::receipts::on_new_messages(up, self.login, &untagged).await?;
+        // Receipts: DSNs and MDNs about the user's sent chat messages.
+        crate::receipts::on_new_messages(self.shared, up, self.login, &untagged).await?;
         let config = self.shared.config();
         let mut pending =
             crate::push::notify::prepare(&self.shared.store, &config, self.login, up, self.uidvalidity, &new).await?;
@@ -257,7 +208,7 @@ impl<'a> Inbox<'a> {
         if !chat.is_empty() {
             let all: Vec<u32> = chat.iter().map(|c| c.0).collect();
             debug!(uids = ?all, "chat messages");
-            if let Err(e) = self.shared.store.remember_chat_ids(self.login, &chat_ids) {
+            if let Err(e) = self.shared.store.remember_chat_ids(self.login, &chat_ids).await {
                 warn!("cannot remember chat Message-IDs: {e}");
             }
             // A worker that runs for pushes only leaves the mailbox alone.
@@ -286,14 +237,14 @@ impl<'a> Inbox<'a> {
             v.moved += moved;
         });
         self.next_uid = highest + 1;
-        if let Err(e) = self.shared.store.set_inbox_position(self.login, self.uidvalidity, self.next_uid) {
+        if let Err(e) = self.shared.store.set_inbox_position(self.login, self.uidvalidity, self.next_uid).await {
             warn!("cannot record the INBOX position: {e}");
         }
         Ok(())
     }
 
     /// Seen mode: moves the waiting chat messages that have become `\Seen`.
-    async fn move_seen(&mut self, up: &mut Upstream) -> Result<(), WorkerError> {
+    async fn move_seen(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
         if self.waiting.is_empty() {
             return Ok(());
         }
@@ -317,10 +268,10 @@ impl<'a> Inbox<'a> {
 
     /// UID MOVE where offered, else COPY + `\Deleted` + UID EXPUNGE (UIDPLUS), flags kept.
     /// Where the messages went, if the provider said (COPYUID): UIDVALIDITY, (old, new) UIDs.
-    async fn move_to_chats(&mut self, up: &mut Upstream, uids: &[u32]) -> Result<Option<CopyUid>, WorkerError> {
+    async fn move_to_chats(&mut self, up: &mut Upstream, uids: &[u32]) -> Result<Option<CopyUid>, OwnWorkError> {
         let set = uid_set(uids);
         let target = String::from_utf8_lossy(&command::astring(self.chats.as_bytes(), false)).into_owned();
-        let refused = |command, status: Vec<u8>| WorkerError::Refused {
+        let refused = |command, status: Vec<u8>| OwnWorkError::Refused {
             command,
             status: String::from_utf8_lossy(&status).trim_end().into(),
         };
@@ -356,7 +307,7 @@ impl<'a> Inbox<'a> {
 /// Runs a MOVE or COPY into Chats; where Chats is missing (`[TRYCREATE]`), creates and
 /// subscribes it first. Chats is made on first use, as on a COI server, and never recreated
 /// behind a client that just deleted it to switch COI off.
-async fn into_chats(up: &mut Upstream, command: &str, target: &str) -> Result<(Vec<Vec<u8>>, Vec<u8>), WorkerError> {
+async fn into_chats(up: &mut Upstream, command: &str, target: &str) -> Result<(Vec<Vec<u8>>, Vec<u8>), OwnWorkError> {
     let (untagged, status) = up.command(command.as_bytes()).await?;
     if !status.windows(11).any(|w| w.eq_ignore_ascii_case(b"[TRYCREATE]")) {
         return Ok((untagged, status));
@@ -374,7 +325,7 @@ async fn wait_for_change(
     config_rx: &mut watch::Receiver<CoiConfig>,
     poll_secs: u64,
     renew: Duration,
-) -> Result<(), WorkerError> {
+) -> Result<(), OwnWorkError> {
     if !up.has("IDLE") {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(poll_secs.max(1))) => {}
@@ -394,7 +345,7 @@ async fn wait_for_change(
             break;
         }
         if resp.starts_with(format!("{tag} ").as_bytes()) {
-            return Err(WorkerError::Refused {
+            return Err(OwnWorkError::Refused {
                 command: "IDLE",
                 status: String::from_utf8_lossy(&resp).trim_end().into(),
             });
@@ -411,7 +362,7 @@ async fn wait_for_change(
         }
         tokio::select! {
             read = up.conn.fill() => match read {
-                Ok(0) => return Err(UpstreamError::Closed { server: up.server.to_string() }.into()),
+                Ok(0) => return Err(UpstreamError::closed(&up.server).into()),
                 Ok(_) => {}
                 Err(e) => return Err(network(up, e)),
             },
@@ -425,8 +376,8 @@ async fn wait_for_change(
     Ok(())
 }
 
-fn network(up: &Upstream, e: std::io::Error) -> WorkerError {
-    UpstreamError::Network { server: up.server.to_string(), detail: e.to_string() }.into()
+fn network(up: &Upstream, e: std::io::Error) -> OwnWorkError {
+    up.io_error(e).into()
 }
 
 /// `* n EXISTS`, `* n EXPUNGE`, `* n FETCH (…)` (flags changed by another client).
@@ -436,37 +387,6 @@ fn is_mailbox_change(resp: &[u8]) -> bool {
     words.next() == Some("*")
         && words.next().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
         && matches!(words.next(), Some("EXISTS" | "EXPUNGE" | "FETCH" | "RECENT"))
-}
-
-/// The number in a `* OK [NAME n]` response code.
-fn response_code_number(resp: &[u8], name: &str) -> Option<u32> {
-    let text = String::from_utf8_lossy(resp);
-    let rest = text.split(&format!("[{name} ")).nth(1)?;
-    rest.split(']').next()?.trim().parse().ok()
-}
-
-fn search_uids(resp: &[u8]) -> Vec<u32> {
-    let text = String::from_utf8_lossy(resp);
-    let Some(rest) = text.strip_prefix("* SEARCH") else { return Vec::new() };
-    rest.split_whitespace().filter_map(|n| n.parse().ok()).collect()
-}
-
-/// A compact UID set: `1:3,7`.
-fn uid_set(uids: &[u32]) -> String {
-    let mut sorted = uids.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let start = sorted[i];
-        while i + 1 < sorted.len() && sorted[i + 1] == sorted[i] + 1 {
-            i += 1;
-        }
-        parts.push(if sorted[i] == start { start.to_string() } else { format!("{start}:{}", sorted[i]) });
-        i += 1;
-    }
-    parts.join(",")
 }
 
 /// The parts of a `* n FETCH (UID … FLAGS (…) BODY[…] {n}…)` response the worker asked for.
@@ -527,9 +447,6 @@ mod tests {
 
     #[test]
     fn helpers() {
-        assert_eq!(uid_set(&[7, 1, 2, 3, 9, 10]), "1:3,7,9:10");
-        assert_eq!(response_code_number(b"* OK [UIDNEXT 42] Predicted next UID\r\n", "UIDNEXT"), Some(42));
-        assert_eq!(search_uids(b"* SEARCH 3 5 8\r\n"), vec![3, 5, 8]);
         assert!(is_mailbox_change(b"* 4 EXISTS\r\n"));
         assert!(is_mailbox_change(b"* 2 FETCH (FLAGS (\\Seen))\r\n"));
         assert!(!is_mailbox_change(b"* OK Still here\r\n"));

@@ -2,19 +2,12 @@
 //! plain mail client in the exact shape of coi-spec §3.3, deciding whether a message asks for
 //! one, and recognising the reports that come back for messages the user sent: delivery status
 //! notifications (RFC 3464, from the provider's MTA) and MDNs (from the other side's client).
-//! The proxy's side of it (queue, IMAP) is in `smtp::receipts`.
+//! The rules that use them are in `sent` and `read`.
 
-use super::classify::{fields, msg_ids};
+use crate::mail::{address, fields, msg_ids, rfc5322_date, split_header};
 
 /// Header fields fetched to decide on a read receipt.
 pub const MDN_FIELDS: &str = "FROM MESSAGE-ID CHAT-VERSION DISPOSITION-NOTIFICATION-TO CHAT-DISPOSITION-NOTIFICATION-TO AUTO-SUBMITTED CONTENT-TYPE";
-
-/// Keyword on a received message once its read receipt went out (COI, RFC 3503).
-pub const MDN_SENT: &str = "$MDNSent";
-/// Keyword on the user's sent copy once the provider's MTA reported it delivered.
-pub const DELIVERED: &str = "$Delivered";
-/// Keyword on the user's sent copy once a recipient's client reported it displayed.
-pub const READ: &str = "$Read";
 
 /// A received message that asks for a read receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +63,7 @@ pub fn build_mdn(p: &MdnParams) -> Vec<u8> {
         format!("From: <{}>", p.from),
         format!("To: <{}>", p.request.to),
         "Subject: Chat: Read receipt".to_string(),
-        format!("Date: {}", crate::smtp::report::rfc5322_date(p.date)),
+        format!("Date: {}", rfc5322_date(p.date)),
         format!("Message-ID: <mdn.{}@{domain}>", p.unique),
         format!("In-Reply-To: <{original}>"),
         format!("References: <{original}>"),
@@ -178,26 +171,6 @@ pub fn parse_report(message: &[u8]) -> Option<Report> {
             Some(Report::Read { original_message_id })
         }),
         _ => None,
-    }
-}
-
-/// The address in `Name <a@b>` or `a@b`, lower case.
-pub fn address(value: &str) -> Option<String> {
-    let inner = match (value.rfind('<'), value.rfind('>')) {
-        (Some(open), Some(close)) if open < close => &value[open + 1..close],
-        _ => value,
-    };
-    let addr = inner.trim().to_ascii_lowercase();
-    addr.contains('@').then_some(addr)
-}
-
-fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
-    if let Some(at) = message.windows(4).position(|w| w == b"\r\n\r\n") {
-        return (&message[..at + 2], &message[at + 4..]);
-    }
-    match message.windows(2).position(|w| w == b"\n\n") {
-        Some(at) => (&message[..at + 1], &message[at + 2..]),
-        None => (message, &[]),
     }
 }
 

@@ -1,0 +1,142 @@
+//! What every edge and wing is handed: the configuration in force, the store, the accounts and
+//! their credentials, TLS towards providers and clients, the session caps, the shutdown signal,
+//! and the channels to the long-running tasks (the worker supervisor, the receipts agent, the
+//! queue's relay). Built once by `app`, which also starts the tasks that read the channels;
+//! nothing here starts anything, so a wing that needs a worker asks for one and never spawns it.
+
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::account::{Accounts, Credentials};
+use crate::config::Config;
+use crate::limits::{AuthFailures, Sessions};
+use crate::store::Store;
+use crate::tls::UpstreamTls;
+
+/// The handles, shared by every session, worker and task (`Arc<Context>`).
+pub struct Context {
+    /// The configuration in force; `reload` swaps it (sessions keep the one they started with
+    /// for the values they already read).
+    config: RwLock<Arc<Config>>,
+    pub upstream_tls: UpstreamTls,
+    pub acceptor: TlsAcceptor,
+    pub credentials: Credentials,
+    pub store: Store,
+    /// Every account seen since start: COI settings, worker nudges, verdicts.
+    pub accounts: Accounts,
+    /// Open sessions (IMAP and SMTP) per client address, for `[limits] max_sessions*`.
+    pub sessions: Sessions,
+    /// Recent failed logins per client address, for the delay before answering one.
+    pub auth_failures: AuthFailures,
+    /// Turns true when the daemon shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Asks the worker supervisor for an account's worker.
+    pub workers: Workers,
+    /// Hands work to the receipts agent (which runs with the SMTP side).
+    pub receipts: Receipts,
+    /// Wakes the queue's relay task for a message.
+    pub queue: QueueWake,
+}
+
+/// The other ends of the context's channels, for the tasks `app` starts.
+pub struct Receivers {
+    pub workers: mpsc::UnboundedReceiver<String>,
+    pub receipts: mpsc::UnboundedReceiver<ReceiptJob>,
+    pub queue: mpsc::UnboundedReceiver<(u64, String)>,
+}
+
+impl Context {
+    pub fn new(
+        config: Config,
+        acceptor: TlsAcceptor,
+        store: Store,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Context, Receivers) {
+        let (workers, workers_rx) = mpsc::unbounded_channel();
+        let (receipts, receipts_rx) = mpsc::unbounded_channel();
+        let (queue, queue_rx) = mpsc::unbounded_channel();
+        let context = Context {
+            config: RwLock::new(Arc::new(config)),
+            upstream_tls: UpstreamTls::default(),
+            acceptor,
+            credentials: Credentials::default(),
+            store,
+            accounts: Accounts::default(),
+            sessions: Sessions::default(),
+            auth_failures: AuthFailures::default(),
+            shutdown,
+            workers: Workers(workers),
+            receipts: Receipts(receipts),
+            queue: QueueWake(queue),
+        };
+        (context, Receivers { workers: workers_rx, receipts: receipts_rx, queue: queue_rx })
+    }
+
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    /// Puts a new configuration in force for everything that reads it from now on.
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().expect("config lock") = Arc::new(config);
+    }
+}
+
+/// The way to an account's worker: the supervisor (`worker::supervise`) owns every worker's
+/// life and starts one for an account that needs it and has none.
+pub struct Workers(mpsc::UnboundedSender<String>);
+
+impl Workers {
+    /// Asks for `login`'s worker (at login, when COI is enabled, when a push subscription is
+    /// validated); a no-op when one runs or the account needs none.
+    pub fn want(&self, login: &str) {
+        let _ = self.0.send(login.to_ascii_lowercase());
+    }
+}
+
+/// Work for the receipts agent (`smtp::receipts`).
+#[derive(Debug)]
+pub enum ReceiptJob {
+    /// A client set `\Seen`; `send` is false for chat clients (they send their own receipts)
+    /// and for the first look at an account (the baseline). `done` is dropped once the look is
+    /// over.
+    Seen { login: String, send: bool, done: Option<oneshot::Sender<()>> },
+    /// Put the keywords the records ask for on the user's copies (`retry`: how many retries
+    /// came before).
+    Mark { login: String, retry: usize },
+}
+
+impl ReceiptJob {
+    pub fn login(&self) -> &str {
+        match self {
+            ReceiptJob::Seen { login, .. } | ReceiptJob::Mark { login, .. } => login,
+        }
+    }
+}
+
+/// The receipts agent's inbox. Without an SMTP side there is no agent (no queue to send
+/// receipts through, no sent chat messages to track): jobs are then dropped.
+pub struct Receipts(mpsc::UnboundedSender<ReceiptJob>);
+
+impl Receipts {
+    pub fn submit(&self, job: ReceiptJob) {
+        let _ = self.0.send(job);
+    }
+
+    /// Whether an agent reads the jobs.
+    pub fn running(&self) -> bool {
+        !self.0.is_closed()
+    }
+}
+
+/// Makes the queue's relay task look at a message now (a new message, `coi-proxy queue retry`).
+pub struct QueueWake(mpsc::UnboundedSender<(u64, String)>);
+
+impl QueueWake {
+    pub fn wake(&self, id: u64, login: String) {
+        let _ = self.0.send((id, login));
+    }
+}

@@ -1,0 +1,66 @@
+//! Reading the few untagged responses the proxy's own commands need (SEARCH results, a FETCH's
+//! UID and literal, response codes) and writing UID sets. Pure functions over whole responses
+//! as a provider connection returns them (literals inline).
+
+/// The number in a `* OK [NAME n]` response code.
+pub fn response_code_number(resp: &[u8], name: &str) -> Option<u32> {
+    let text = String::from_utf8_lossy(resp);
+    let rest = text.split(&format!("[{name} ")).nth(1)?;
+    rest.split(']').next()?.trim().parse().ok()
+}
+
+/// The UIDs of a `* SEARCH` response (none for any other response).
+pub fn search_uids(resp: &[u8]) -> Vec<u32> {
+    let text = String::from_utf8_lossy(resp);
+    let Some(rest) = text.strip_prefix("* SEARCH") else { return Vec::new() };
+    rest.split_whitespace().filter_map(|n| n.parse().ok()).collect()
+}
+
+/// A compact UID set: `1:3,7`.
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut sorted = uids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        while i + 1 < sorted.len() && sorted[i + 1] == sorted[i] + 1 {
+            i += 1;
+        }
+        parts.push(if sorted[i] == start { start.to_string() } else { format!("{start}:{}", sorted[i]) });
+        i += 1;
+    }
+    parts.join(",")
+}
+
+/// The UID in a FETCH response.
+pub fn fetch_uid(resp: &[u8]) -> Option<u32> {
+    let head = &resp[..memchr::memmem::find(resp, b"}\r\n").unwrap_or(resp.len())];
+    let text = String::from_utf8_lossy(head).to_ascii_uppercase();
+    let at = text.find("UID ")? + 4;
+    text[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// The first literal in a response.
+pub fn first_literal(resp: &[u8]) -> Option<&[u8]> {
+    let end = memchr::memmem::find(resp, b"}\r\n")?;
+    let open = resp[..end].iter().rposition(|&b| b == b'{')?;
+    let len: usize = std::str::from_utf8(&resp[open + 1..end]).ok()?.trim_end_matches('+').parse().ok()?;
+    resp.get(end + 3..end + 3 + len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses() {
+        assert_eq!(uid_set(&[7, 1, 2, 3, 9, 10]), "1:3,7,9:10");
+        assert_eq!(response_code_number(b"* OK [UIDNEXT 42] Predicted next UID\r\n", "UIDNEXT"), Some(42));
+        assert_eq!(search_uids(b"* SEARCH 3 5 8\r\n"), vec![3, 5, 8]);
+        let resp = b"* 2 FETCH (UID 9 BODY[]<0> {5}\r\nhello)\r\n";
+        assert_eq!((fetch_uid(resp), first_literal(resp)), (Some(9), Some(&b"hello"[..])));
+        assert_eq!(fetch_uid(b"* 2 FETCH (FLAGS () UID 12)\r\n"), Some(12));
+    }
+}
