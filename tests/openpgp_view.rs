@@ -189,6 +189,21 @@ async fn plain_client_reads_encrypted_mail_consistently() {
         // A non-PEEK fetch sets \Seen at the provider.
         let answer = session.handle(b"g UID FETCH 1 (FLAGS BODY[TEXT])\r\n".to_vec(), &mut up).await;
         assert!(String::from_utf8_lossy(&answer).contains("\\Seen"), "{}", String::from_utf8_lossy(&answer));
+        // SEARCH: clear text for the encrypted ones, the provider's answer for the rest, flags
+        // from the provider, any combination.
+        for (program, expected) in [
+            ("UID SEARCH BODY \"Hello Bob\"", "* SEARCH 1 2\r\n"),
+            ("UID SEARCH BODY \"in clear\"", "* SEARCH 1\r\n"),
+            ("UID SEARCH OR SUBJECT multi SUBJECT ordinary", "* SEARCH 2 4\r\n"),
+            ("UID SEARCH SEEN BODY hello", "* SEARCH 1\r\n"),
+            ("SEARCH NOT SEEN SUBJECT multi", "* SEARCH 2\r\n"),
+            ("UID SEARCH BODY \"BEGIN PGP MESSAGE\"", "* SEARCH 3\r\n"),
+            ("UID SEARCH TEXT \"not encrypted\" UID 4:*", "* SEARCH 4\r\n"),
+        ] {
+            let answer = session.handle(format!("q {program}\r\n").into_bytes(), &mut up).await;
+            let answer = String::from_utf8(answer).unwrap();
+            assert!(answer.starts_with(expected) && answer.contains("\r\nq OK"), "{program}: {answer}");
+        }
         let (bytes, entries) = views.memory();
         assert!(entries == 3 && bytes > 0);
         got

@@ -49,6 +49,7 @@ pub mod mime;
 pub mod peer;
 pub mod recommend;
 pub mod seal;
+pub mod search;
 pub mod securejoin;
 pub mod session;
 pub mod view;

@@ -154,6 +154,86 @@ impl ViewSession {
         Reply { untagged: vec![out], status }
     }
 
+    /// SEARCH and UID SEARCH: the provider's answer for messages that are not encrypted, the
+    /// program judged on the clear text (with the provider's word on flags, dates, UIDs) for
+    /// those that are.
+    async fn search(&mut self, tag: &str, rest: &[u8], provider: &mut impl ProviderCommands) -> Reply {
+        let Some((mailbox, uidvalidity)) = self.selected.clone() else { return relay(rest, provider).await };
+        let Ok(parsed) = command::parse(&[tag.as_bytes(), b" ", rest].concat()) else {
+            return relay(rest, provider).await;
+        };
+        let program = match super::search::parse(&parsed.args) {
+            Ok(program) => program,
+            Err(e) => {
+                debug!("{e}; the provider answers alone");
+                return relay(rest, provider).await;
+            }
+        };
+        let encrypted = match search(provider, format!("UID SEARCH {ENCRYPTED_KEY}\r\n")).await {
+            Ok(found) => found,
+            Err(e) => return failed(&e),
+        };
+        if encrypted.is_empty() {
+            return relay(rest, provider).await;
+        }
+        // The program as the client wrote it, now asked by UID.
+        let program_text = {
+            let at = rest.windows(6).position(|w| w.eq_ignore_ascii_case(b"SEARCH")).map_or(0, |i| i + 6);
+            &rest[at..]
+        };
+        let answer = match provider.run(&[b"UID SEARCH", program_text].concat(), &[b"* SEARCH"]).await {
+            Ok(reply) => reply,
+            Err(e) => return failed(&e),
+        };
+        if !answer.ok() {
+            return answer;
+        }
+        let by_provider: Vec<u32> = answer.untagged.iter().flat_map(|r| search_uids(r)).collect();
+        let within = uid_set(&encrypted);
+        let mut keys: Vec<(String, Vec<u32>)> = Vec::new();
+        for key in program.provider_keys() {
+            match search(provider, format!("UID SEARCH UID {within} {key}\r\n")).await {
+                Ok(found) => keys.push((key, found)),
+                Err(e) => return failed(&e),
+            }
+        }
+        let messages: Vec<(u32, u32, Vec<(String, Vec<u8>)>)> = encrypted.iter().map(|&u| (u, u, Vec::new())).collect();
+        let views = match self.views_of(&mailbox, uidvalidity, &messages, provider).await {
+            Ok(views) => views,
+            Err(e) => return failed(&e),
+        };
+        let mut found: Vec<u32> = by_provider.iter().copied().filter(|u| !encrypted.contains(u)).collect();
+        for (&uid, shown) in encrypted.iter().zip(&views) {
+            let hit = match shown {
+                Shown::View { view, .. } => {
+                    let clear = super::search::Clear::new(view);
+                    program.matches(&clear, &|key| keys.iter().any(|(k, uids)| k == key && uids.contains(&uid)))
+                }
+                Shown::Original => by_provider.contains(&uid),
+            };
+            if hit {
+                found.push(uid);
+            }
+        }
+        found.sort_unstable();
+        if !parsed.uid && !found.is_empty() {
+            // Message numbers for a SEARCH without UID.
+            let line = format!("UID FETCH {} (UID)\r\n", uid_set(&found));
+            let reply = match provider.run(line.as_bytes(), &[b"* "]).await {
+                Ok(reply) => reply,
+                Err(e) => return failed(&e),
+            };
+            found = reply.untagged.iter().filter_map(|r| fetch::parse_response(r)).map(|(n, _)| n).collect();
+            found.sort_unstable();
+        }
+        let mut line = String::from("* SEARCH");
+        for n in &found {
+            line.push_str(&format!(" {n}"));
+        }
+        line.push_str("\r\n");
+        Reply { untagged: vec![line.into_bytes()], status: answer.status }
+    }
+
     /// The views of the messages, deciding those not decided yet from their originals.
     async fn views_of(
         &self,
@@ -216,6 +296,7 @@ impl Interceptor for ViewSession {
         }
         match name {
             CommandName::Select | CommandName::Examine => true,
+            CommandName::Search => self.selected.is_some(),
             CommandName::Fetch => {
                 self.selected.is_some()
                     && FetchRequest::parse(rest_of(line)).is_some_and(|r| r.items.iter().any(Item::is_content))
@@ -230,6 +311,7 @@ impl Interceptor for ViewSession {
         let rest = rest_of(&command);
         let reply = match head.name {
             CommandName::Select | CommandName::Examine => self.select(&tag, rest, provider).await,
+            CommandName::Search => self.search(&tag, rest, provider).await,
             _ => self.fetch(rest, provider).await,
         };
         let mut out: Vec<u8> = reply.untagged.concat();
