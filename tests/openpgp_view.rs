@@ -215,3 +215,84 @@ async fn plain_client_reads_encrypted_mail_consistently() {
     let again = responses(&session.handle(format!("f UID FETCH 1:* {ITEMS}\r\n").into_bytes(), &mut up).await);
     assert_eq!(again, served, "views survive a restart byte for byte");
 }
+
+/// A free loopback port (bound and released; the daemon binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn imaplib(port: u16, user: &str, password: &str, name: Option<&str>) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openpgp_view/read.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(script).arg(port.to_string()).arg(user).arg(password);
+    if let Some(name) = name {
+        cmd.arg(name);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "read.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The whole daemon (listener, session, relay, policy, interceptors) in this process, with a
+/// key for the account: imaplib reads the clear text; a chat client gets the originals.
+#[test]
+fn daemon_serves_views_to_plain_clients_and_originals_to_chat_clients() {
+    let p = Provider::start();
+    let bob_login = p.users[0].clone();
+    let alice = AccountKey::generate("alice@example.org").unwrap();
+    let bob = Arc::new(AccountKey::generate(&bob_login).unwrap());
+    let to_bob = vec![(bob_login.clone(), bob.public_key().clone())];
+    let opts = Options::mail(PreferEncrypt::Mutual, 0);
+    let clear = message(
+        &alice,
+        &bob_login,
+        "secret",
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nHello Bob, in clear.\r\n",
+    );
+    p.deliver("alice@example.org", &bob_login, &encrypt(&clear, &alice, &to_bob, &opts).unwrap());
+    let big = format!("From: x@example.org\r\nSubject: ordinary\r\n\r\n{}\r\n", "ordinary line\r\n".repeat(20_000));
+    p.deliver("x@example.org", &bob_login, big.as_bytes());
+
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let toml = format!(
+        "state_dir = {:?}\n[upstream]\nimap = \"imap://127.0.0.1:{}\"\n[listen]\nimap = \"127.0.0.1:{port}\"\n",
+        state.path().display().to_string(),
+        p.imap_port
+    );
+    let config = coi_proxy::config::Config::parse(&toml, &state.path().join("proxy.toml")).unwrap();
+    let keys: Arc<dyn SecretKeys> = Arc::new(Keys(vec![bob.clone()]));
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _ = runtime.block_on(coi_proxy::app::run_with(config, None, Some(keys)));
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the daemon did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let plain = imaplib(port, &bob_login, &p.password, None);
+    let caps: Vec<&str> = plain["caps"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert!(
+        !caps.iter().any(|c| c.starts_with("SORT") || c.starts_with("THREAD") || c.starts_with("BINARY")),
+        "{caps:?}"
+    );
+    let messages = plain["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2);
+    let (secret, ordinary) = (&messages[0], &messages[1]);
+    assert_eq!(secret["subject"], "secret");
+    assert_eq!(secret["text"].as_str().unwrap().trim_end(), "Hello Bob, in clear.");
+    assert_eq!(secret["encrypted"], false);
+    assert_eq!(secret["size"], secret["body_len"], "RFC822.SIZE agrees with BODY[]");
+    assert!(secret["head"].as_str().unwrap().contains("BODYSTRUCTURE (\"text\" \"plain\""), "{}", secret["head"]);
+    assert_eq!(ordinary["subject"], "ordinary");
+    assert_eq!(ordinary["size"], ordinary["body_len"]);
+    assert!(ordinary["body_len"].as_u64().unwrap() > 300_000, "the ordinary message whole");
+    assert_eq!(plain["search"], serde_json::json!(["1"]));
+    assert!(plain["flags"].as_str().unwrap().contains("\\Seen"), "{}", plain["flags"]);
+
+    let chat = imaplib(port, &bob_login, &p.password, Some("Delta Chat"));
+    let secret = &chat["messages"].as_array().unwrap()[0];
+    assert_eq!(secret["encrypted"], true, "a chat client sees the message as stored");
+}
