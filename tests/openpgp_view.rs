@@ -24,7 +24,7 @@ use coi_proxy::openpgp::view::{View, render};
 use coi_proxy::secret::Secret;
 use coi_proxy::store::Store;
 use coi_proxy::tls::UpstreamTls;
-use support::provider::Provider;
+use support::provider::{Provider, ProviderOptions};
 
 struct Keys(Vec<Arc<AccountKey>>);
 
@@ -295,4 +295,77 @@ fn daemon_serves_views_to_plain_clients_and_originals_to_chat_clients() {
     let chat = imaplib(port, &bob_login, &p.password, Some("Delta Chat"));
     let secret = &chat["messages"].as_array().unwrap()[0];
     assert_eq!(secret["encrypted"], true, "a chat client sees the message as stored");
+}
+
+/// Dovecot's imaptest in its stress mode (random commands from several clients, checking that
+/// every answer about a UID agrees with the earlier ones: sizes, structures, bodies, flags)
+/// through the daemon with views, over a mailbox it fills from an mbox of encrypted messages.
+/// Runs only where `IMAPTEST` names the binary (tests/support/imaptest/build.sh).
+#[test]
+fn imaptest_finds_no_inconsistency_in_views() {
+    use std::io::Write;
+    let Some(bin) = std::env::var_os("IMAPTEST").filter(|v| !v.is_empty()) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "imaptest_finds_no_inconsistency_in_views: skipped: IMAPTEST not set (tests/support/imaptest/build.sh builds imaptest)"
+        );
+        return;
+    };
+    let p = Provider::start_with(ProviderOptions { users: Some(vec!["imaptest".into()]), ..Default::default() });
+    let user = "imaptest@example.org";
+    let alice = AccountKey::generate("alice@example.org").unwrap();
+    let key = Arc::new(AccountKey::generate(user).unwrap());
+    let to = vec![(user.to_string(), key.public_key().clone())];
+    let opts = Options::mail(PreferEncrypt::Mutual, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let mbox = dir.path().join("encrypted.mbox");
+    let mut text = String::new();
+    for i in 0..20 {
+        let body = format!(
+            "Content-Type: text/plain; charset=utf-8\r\n\r\nMessage {i}: {}\r\n",
+            "some clear text ".repeat(10 * (i + 1))
+        );
+        let clear = message(&alice, user, &format!("subject-{i}"), &body);
+        let encrypted = encrypt(&clear, &alice, &to, &opts).unwrap();
+        text.push_str("From alice@example.org Sat Dec  5 19:35:50 2026\n");
+        text.push_str(&String::from_utf8(encrypted).unwrap().replace("\r\n", "\n"));
+        text.push('\n');
+    }
+    std::fs::write(&mbox, text).unwrap();
+
+    let state = dir.path().join("state");
+    let port = free_port();
+    let toml = format!(
+        "state_dir = {:?}\n[upstream]\nimap = \"imap://127.0.0.1:{}\"\n[listen]\nimap = \"127.0.0.1:{port}\"\n",
+        state.display().to_string(),
+        p.imap_port
+    );
+    let config = coi_proxy::config::Config::parse(&toml, &dir.path().join("proxy.toml")).unwrap();
+    let keys: Arc<dyn SecretKeys> = Arc::new(Keys(vec![key]));
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _ = runtime.block_on(coi_proxy::app::run_with(config, None, Some(keys)));
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the daemon did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = std::process::Command::new(bin)
+        .arg("host=127.0.0.1")
+        .arg(format!("port={port}"))
+        .arg(format!("user={user}"))
+        .arg(format!("pass={}", p.password))
+        .arg(format!("mbox={}", mbox.display()))
+        .arg("clients=3")
+        .arg("msgs=20")
+        .arg("secs=15")
+        .arg("box=INBOX")
+        .output()
+        .unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let _ = writeln!(std::io::stderr(), "{report}");
+    let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error:") || l.contains(" changed")).collect();
+    assert!(errors.is_empty(), "imaptest found inconsistencies:\n{}", errors.join("\n"));
+    assert!(report.contains("Fetc") || report.contains("Logi"), "imaptest did not run:\n{report}");
 }
