@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use super::cache::{Shown, Views};
 use crate::imap::wire::command::{self, CommandName, Head};
-use crate::imap::wire::fetch::{self, Item};
+use crate::imap::wire::fetch::{self, Item, Items};
 use crate::imap::wire::message::MessageView;
 use crate::imap::wire::provider::{ALL, Interceptor, ProviderCommands, ProviderError, Reply};
 use crate::imap::wire::response::{response_code_number, search_uids, uid_set};
@@ -197,7 +197,7 @@ impl ViewSession {
                 Err(e) => return failed(&e),
             }
         }
-        let messages: Vec<(u32, u32, Vec<(String, Vec<u8>)>)> = encrypted.iter().map(|&u| (u, u, Vec::new())).collect();
+        let messages: Vec<(u32, u32, Items)> = encrypted.iter().map(|&u| (u, u, Vec::new())).collect();
         let views = match self.views_of(&mailbox, uidvalidity, &messages, provider).await {
             Ok(views) => views,
             Err(e) => return failed(&e),
@@ -239,7 +239,7 @@ impl ViewSession {
         &self,
         mailbox: &str,
         uidvalidity: u32,
-        messages: &[(u32, u32, Vec<(String, Vec<u8>)>)],
+        messages: &[(u32, u32, Items)],
         provider: &mut impl ProviderCommands,
     ) -> Result<Vec<Shown>, ProviderError> {
         let ids: Vec<ViewId> =

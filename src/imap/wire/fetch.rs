@@ -293,9 +293,12 @@ impl Parser<'_> {
     }
 }
 
-/// A provider's `* n FETCH (...)` response (literals inline): the message number and each
-/// item's name (upper-cased, `BODY[]<0>` as written) with its value as it is on the wire.
-pub fn parse_response(resp: &[u8]) -> Option<(u32, Vec<(String, Vec<u8>)>)> {
+/// A FETCH response's items: name (upper-cased, `BODY[]<0>` as written) and the value as it is
+/// on the wire.
+pub type Items = Vec<(String, Vec<u8>)>;
+
+/// A provider's `* n FETCH (...)` response (literals inline): the message number and its items.
+pub fn parse_response(resp: &[u8]) -> Option<(u32, Items)> {
     let rest = resp.strip_prefix(b"* ")?;
     let sp = rest.iter().position(|&b| b == b' ')?;
     let number: u32 = std::str::from_utf8(&rest[..sp]).ok()?.parse().ok()?;
@@ -310,9 +313,8 @@ pub fn parse_response(resp: &[u8]) -> Option<(u32, Vec<(String, Vec<u8>)>)> {
         while body.get(pos) == Some(&b' ') {
             pos += 1;
         }
-        match body.get(pos)? {
-            b')' => return Some((number, items)),
-            _ => {}
+        if *body.get(pos)? == b')' {
+            return Some((number, items));
         }
         let start = pos;
         let mut depth = 0;

@@ -194,8 +194,11 @@ fn entity(
     let len = raw.len();
     let at = |offset: u32| (base + offset as usize).min(len);
     let (header_start, body_start, mut body_end) = (at(part.offset_header), at(part.offset_body), at(part.offset_end));
+    let mut header_start = header_start;
     if id == 0 {
-        // The root reaches to the end of the message (mail-parser may stop at the last boundary).
+        // The root is the whole message: from its first byte (mail-parser may skip leading
+        // garbage) to its end (it may stop at the last boundary).
+        header_start = base;
         body_end = body_end.max(base + message.raw_message.len()).min(len);
     }
     let body_end = body_end.max(body_start);
@@ -550,10 +553,16 @@ From: x@example.org\r\nSubject: inner\r\n\r\ninner body\r\n\r\n--b1--\r\nepilogu
             &b""[..],
             b"\r\n",
             b"no header at all",
+            b"\r\n\r\nx",
+            b" leading: space\r\n\r\nx",
+            b"Subject: x\n\nbare line ends\n",
             b"Content-Type: multipart/mixed\r\n\r\n--x\r\n",
+            b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: message/rfc822\r\n\r\n--x--\r\n",
             b"\xff\xfe:\r\n\r\n",
         ] {
             let v = MessageView::new(raw.to_vec());
+            let whole = [v.section(&Section::header()).unwrap(), v.section(&Section::text()).unwrap()].concat();
+            assert_eq!(whole, raw, "header and text make the whole");
             for item in ["BODYSTRUCTURE", "ENVELOPE", "BODY[1.2.3.MIME]", "BODY[HEADER]", "BODY[1.TEXT]", "RFC822.SIZE"]
             {
                 let _ = one(&v, item);
