@@ -6,8 +6,9 @@
 //! intercepted at all; an intercepted one first asks the provider which of its messages are
 //! encrypted (`SEARCH … HEADER Content-Type multipart/encrypted`, small), has the provider
 //! answer the others straight to the client (their literals stream as before), and composes
-//! the answers for the encrypted ones. SELECT and EXAMINE are watched for the mailbox name and
-//! UIDVALIDITY, which name a view together with the UID.
+//! the answers for the encrypted ones. SELECT and EXAMINE are relayed untouched but watched for
+//! the mailbox name; its UIDVALIDITY (asked with STATUS before the first view) and the UID name
+//! a view.
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use crate::imap::wire::command::{self, CommandName, Head};
 use crate::imap::wire::fetch::{self, Item, Items};
 use crate::imap::wire::message::MessageView;
 use crate::imap::wire::provider::{ALL, Interceptor, ProviderCommands, ProviderError, Reply};
-use crate::imap::wire::response::{response_code_number, search_uids, uid_set};
+use crate::imap::wire::response::{search_uids, uid_set};
 use crate::store::ViewId;
 
 /// Capabilities a session of an account with views loses (`-NAME` removes it, see
@@ -39,35 +40,46 @@ pub struct ViewSession {
     plain: Arc<dyn Fn() -> bool + Send + Sync>,
     /// The selected mailbox and its UIDVALIDITY.
     selected: Option<(String, u32)>,
+    /// A SELECT or EXAMINE went by (with its mailbox, if it was on its line): `selected` is
+    /// asked again before the next view.
+    selecting: std::sync::Mutex<Option<Option<String>>>,
 }
 
 impl ViewSession {
     pub fn new(views: Arc<Views>, login: &str, plain: Arc<dyn Fn() -> bool + Send + Sync>) -> ViewSession {
-        ViewSession { views, login: login.to_string(), plain, selected: None }
+        ViewSession { views, login: login.to_string(), plain, selected: None, selecting: Default::default() }
     }
 
-    async fn select(&mut self, tag: &str, rest: &[u8], provider: &mut impl ProviderCommands) -> Reply {
-        self.selected = None;
-        const CAPTURE: &[&[u8]] = &[b"* OK [UIDVALIDITY "];
-        let reply = match provider.run(rest, CAPTURE).await {
-            Ok(reply) => reply,
-            Err(e) => return failed(&e),
-        };
-        let uidvalidity = reply.untagged.iter().find_map(|r| response_code_number(r, "UIDVALIDITY"));
-        let mailbox = command::parse(&[tag.as_bytes(), b" ", rest].concat())
-            .ok()
-            .and_then(|c| c.args.first().and_then(|a| a.astring().map(|m| String::from_utf8_lossy(m).into_owned())));
-        if let (true, Some(uidvalidity), Some(mailbox)) = (reply.ok(), uidvalidity, mailbox) {
-            let mailbox = if mailbox.eq_ignore_ascii_case("INBOX") { "INBOX".to_string() } else { mailbox };
-            self.views.mailbox_seen(&self.login, &mailbox, uidvalidity).await;
-            self.selected = Some((mailbox, uidvalidity));
+    /// The selected mailbox and its UIDVALIDITY, asked with STATUS once after each SELECT
+    /// (which is relayed untouched: its answer streams, and the relay keeps knowing whether
+    /// INBOX is selected).
+    async fn selected(&mut self, provider: &mut impl ProviderCommands) -> Result<Option<(String, u32)>, ProviderError> {
+        let pending = self.selecting.lock().expect("selecting").take();
+        if let Some(mailbox) = pending {
+            self.selected = None;
+            let Some(mailbox) = mailbox else { return Ok(None) };
+            let quoted = String::from_utf8_lossy(&command::astring(mailbox.as_bytes(), false)).into_owned();
+            let reply = provider.run(format!("STATUS {quoted} (UIDVALIDITY)\r\n").as_bytes(), &[b"* STATUS"]).await?;
+            let uidvalidity = reply.untagged.iter().find_map(|r| {
+                let text = String::from_utf8_lossy(r).to_ascii_uppercase();
+                let at = text.find("UIDVALIDITY ")? + "UIDVALIDITY ".len();
+                text[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok()
+            });
+            if let Some(uidvalidity) = uidvalidity {
+                self.views.mailbox_seen(&self.login, &mailbox, uidvalidity).await;
+                self.selected = Some((mailbox, uidvalidity));
+            }
         }
-        reply
+        Ok(self.selected.clone())
     }
 
     async fn fetch(&mut self, rest: &[u8], provider: &mut impl ProviderCommands) -> Reply {
         let Some(request) = FetchRequest::parse(rest) else { return relay(rest, provider).await };
-        let Some((mailbox, uidvalidity)) = self.selected.clone() else { return relay(rest, provider).await };
+        let (mailbox, uidvalidity) = match self.selected(provider).await {
+            Ok(Some(selected)) => selected,
+            Ok(None) => return relay(rest, provider).await,
+            Err(e) => return failed(&e),
+        };
         let by = if request.uid { "UID SEARCH UID" } else { "SEARCH" };
         let set = &request.set;
         let all = match search(provider, format!("{by} {set}\r\n")).await {
@@ -158,7 +170,11 @@ impl ViewSession {
     /// program judged on the clear text (with the provider's word on flags, dates, UIDs) for
     /// those that are.
     async fn search(&mut self, tag: &str, rest: &[u8], provider: &mut impl ProviderCommands) -> Reply {
-        let Some((mailbox, uidvalidity)) = self.selected.clone() else { return relay(rest, provider).await };
+        let (mailbox, uidvalidity) = match self.selected(provider).await {
+            Ok(Some(selected)) => selected,
+            Ok(None) => return relay(rest, provider).await,
+            Err(e) => return failed(&e),
+        };
         let Ok(parsed) = command::parse(&[tag.as_bytes(), b" ", rest].concat()) else {
             return relay(rest, provider).await;
         };
@@ -285,6 +301,16 @@ impl ViewSession {
     }
 }
 
+impl ViewSession {
+    /// Whether a mailbox is (or is being) selected.
+    fn has_mailbox(&self) -> bool {
+        match &*self.selecting.lock().expect("selecting") {
+            Some(pending) => pending.is_some(),
+            None => self.selected.is_some(),
+        }
+    }
+}
+
 impl Interceptor for ViewSession {
     fn wants(&self, _: CommandName) -> bool {
         false
@@ -295,10 +321,18 @@ impl Interceptor for ViewSession {
             return false;
         }
         match name {
-            CommandName::Select | CommandName::Examine => true,
-            CommandName::Search => self.selected.is_some(),
+            CommandName::Select | CommandName::Examine => {
+                // Watched, not taken: the mailbox name is kept for the next FETCH or SEARCH.
+                let mailbox = command::parse(line).ok().and_then(|c| {
+                    let name = String::from_utf8_lossy(c.args.first()?.astring()?).into_owned();
+                    Some(if name.eq_ignore_ascii_case("INBOX") { "INBOX".to_string() } else { name })
+                });
+                *self.selecting.lock().expect("selecting") = Some(mailbox);
+                false
+            }
+            CommandName::Search => self.has_mailbox(),
             CommandName::Fetch => {
-                self.selected.is_some()
+                self.has_mailbox()
                     && FetchRequest::parse(rest_of(line)).is_some_and(|r| r.items.iter().any(Item::is_content))
             }
             _ => false,
@@ -310,9 +344,9 @@ impl Interceptor for ViewSession {
         let tag = String::from_utf8_lossy(head.tag).into_owned();
         let rest = rest_of(&command);
         let reply = match head.name {
-            CommandName::Select | CommandName::Examine => self.select(&tag, rest, provider).await,
             CommandName::Search => self.search(&tag, rest, provider).await,
-            _ => self.fetch(rest, provider).await,
+            CommandName::Fetch => self.fetch(rest, provider).await,
+            _ => relay(rest, provider).await,
         };
         let mut out: Vec<u8> = reply.untagged.concat();
         out.extend(reply.for_client(&tag));
