@@ -18,7 +18,7 @@ use super::cache::{Shown, Views};
 use crate::imap::wire::command::{self, CommandName, Head};
 use crate::imap::wire::fetch::{self, Item, Items};
 use crate::imap::wire::message::MessageView;
-use crate::imap::wire::provider::{ALL, Interceptor, ProviderCommands, ProviderError, Reply};
+use crate::imap::wire::provider::{FETCHES, Interceptor, ProviderCommands, ProviderError, Reply};
 use crate::imap::wire::response::{search_uids, uid_set};
 use crate::store::ViewId;
 
@@ -124,7 +124,7 @@ impl ViewSession {
             }
         }
         let line = format!("{command} {} ({})\r\n", uid_set(&encrypted), provider_items.join(" "));
-        let reply = match provider.run(line.as_bytes(), ALL).await {
+        let reply = match provider.run(line.as_bytes(), FETCHES).await {
             Ok(reply) => reply,
             Err(e) => return failed(&e),
         };
@@ -145,8 +145,11 @@ impl ViewSession {
                 None => out.extend_from_slice(resp),
             }
         }
-        let views = match self.views_of(&mailbox, uidvalidity, &messages, provider).await {
-            Ok(views) => views,
+        let views = match self.views_of(&mailbox, uidvalidity, &messages, request.uid, provider).await {
+            Ok((views, passthrough)) => {
+                out.extend(passthrough.concat());
+                views
+            }
             Err(e) => return failed(&e),
         };
         let mut originals = Vec::new();
@@ -185,19 +188,22 @@ impl ViewSession {
                 return relay(rest, provider).await;
             }
         };
-        let encrypted = match search(provider, format!("UID SEARCH {ENCRYPTED_KEY}\r\n")).await {
+        // Everything in the client command's numbering (UIDs or message numbers): a UID command
+        // during a SEARCH by number would let the provider send EXPUNGE in the middle of it.
+        let (by, within_key) = if parsed.uid { ("UID SEARCH", "UID ") } else { ("SEARCH", "") };
+        let encrypted = match search(provider, format!("{by} {ENCRYPTED_KEY}\r\n")).await {
             Ok(found) => found,
             Err(e) => return failed(&e),
         };
         if encrypted.is_empty() {
             return relay(rest, provider).await;
         }
-        // The program as the client wrote it, now asked by UID.
+        // The program as the client wrote it.
         let program_text = {
             let at = rest.windows(6).position(|w| w.eq_ignore_ascii_case(b"SEARCH")).map_or(0, |i| i + 6);
             &rest[at..]
         };
-        let answer = match provider.run(&[b"UID SEARCH", program_text].concat(), &[b"* SEARCH"]).await {
+        let answer = match provider.run(&[by.as_bytes(), program_text].concat(), &[b"* SEARCH"]).await {
             Ok(reply) => reply,
             Err(e) => return failed(&e),
         };
@@ -208,46 +214,63 @@ impl ViewSession {
         let within = uid_set(&encrypted);
         let mut keys: Vec<(String, Vec<u32>)> = Vec::new();
         for key in program.provider_keys() {
-            match search(provider, format!("UID SEARCH UID {within} {key}\r\n")).await {
+            match search(provider, format!("{by} {within_key}{within} {key}\r\n")).await {
                 Ok(found) => keys.push((key, found)),
                 Err(e) => return failed(&e),
             }
         }
-        let messages: Vec<(u32, u32, Items)> = encrypted.iter().map(|&u| (u, u, Vec::new())).collect();
-        let views = match self.views_of(&mailbox, uidvalidity, &messages, provider).await {
-            Ok(views) => views,
-            Err(e) => return failed(&e),
-        };
-        let mut found: Vec<u32> = by_provider.iter().copied().filter(|u| !encrypted.contains(u)).collect();
-        for (&uid, shown) in encrypted.iter().zip(&views) {
-            let hit = match shown {
-                Shown::View { view, .. } => {
-                    let clear = super::search::Clear::new(view);
-                    program.matches(&clear, &|key| keys.iter().any(|(k, uids)| k == key && uids.contains(&uid)))
-                }
-                Shown::Original => by_provider.contains(&uid),
-            };
-            if hit {
-                found.push(uid);
-            }
-        }
-        found.sort_unstable();
-        if !parsed.uid && !found.is_empty() {
-            // Message numbers for a SEARCH without UID.
-            let line = format!("UID FETCH {} (UID)\r\n", uid_set(&found));
-            let reply = match provider.run(line.as_bytes(), &[b"* "]).await {
+        let mut untagged = Vec::new();
+        let messages: Vec<(u32, u32, Items)> = if parsed.uid {
+            encrypted.iter().map(|&u| (u, u, Vec::new())).collect()
+        } else {
+            // Their UIDs, which name the views.
+            let line = format!("FETCH {within} (UID)\r\n");
+            let reply = match provider.run(line.as_bytes(), FETCHES).await {
                 Ok(reply) => reply,
                 Err(e) => return failed(&e),
             };
-            found = reply.untagged.iter().filter_map(|r| fetch::parse_response(r)).map(|(n, _)| n).collect();
-            found.sort_unstable();
+            let mut pairs = Vec::new();
+            for resp in reply.untagged {
+                let uid = fetch::parse_response(&resp).and_then(|(n, items)| {
+                    let uid = items.iter().find(|(k, _)| k == "UID")?;
+                    Some((n, std::str::from_utf8(&uid.1).ok()?.parse::<u32>().ok()?))
+                });
+                match uid {
+                    Some((n, uid)) => pairs.push((n, uid, Vec::new())),
+                    None => untagged.push(resp),
+                }
+            }
+            encrypted.iter().filter_map(|n| pairs.iter().find(|(m, _, _)| m == n).cloned()).collect()
+        };
+        let views = match self.views_of(&mailbox, uidvalidity, &messages, parsed.uid, provider).await {
+            Ok((views, passthrough)) => {
+                untagged.extend(passthrough);
+                views
+            }
+            Err(e) => return failed(&e),
+        };
+        let encrypted: Vec<u32> = messages.iter().map(|(n, _, _)| *n).collect();
+        let mut found: Vec<u32> = by_provider.iter().copied().filter(|n| !encrypted.contains(n)).collect();
+        for (&n, shown) in encrypted.iter().zip(&views) {
+            let hit = match shown {
+                Shown::View { view, .. } => {
+                    let clear = super::search::Clear::new(view);
+                    program.matches(&clear, &|key| keys.iter().any(|(k, ns)| k == key && ns.contains(&n)))
+                }
+                Shown::Original => by_provider.contains(&n),
+            };
+            if hit {
+                found.push(n);
+            }
         }
+        found.sort_unstable();
         let mut line = String::from("* SEARCH");
         for n in &found {
             line.push_str(&format!(" {n}"));
         }
         line.push_str("\r\n");
-        Reply { untagged: vec![line.into_bytes()], status: answer.status }
+        untagged.push(line.into_bytes());
+        Reply { untagged, status: answer.status }
     }
 
     /// The views of the messages, deciding those not decided yet from their originals.
@@ -256,8 +279,9 @@ impl ViewSession {
         mailbox: &str,
         uidvalidity: u32,
         messages: &[(u32, u32, Items)],
+        by_uid: bool,
         provider: &mut impl ProviderCommands,
-    ) -> Result<Vec<Shown>, ProviderError> {
+    ) -> Result<(Vec<Shown>, Vec<Vec<u8>>), ProviderError> {
         let ids: Vec<ViewId> =
             messages.iter().map(|(_, uid, _)| ViewId::new(&self.login, mailbox, uidvalidity, *uid)).collect();
         let views = self.views.clone();
@@ -266,13 +290,26 @@ impl ViewSession {
             tokio::task::spawn_blocking(move || lookup.iter().map(|id| views.known(id)).collect())
                 .await
                 .map_err(|e| ProviderError::Connection(Box::new(e)))?;
-        let missing: Vec<u32> = ids.iter().zip(&known).filter(|(_, k)| k.is_none()).map(|(id, _)| id.uid).collect();
+        // In the client command's numbering: a UID command while the client waits for a FETCH or
+        // SEARCH by number would let the provider send EXPUNGE in the middle of it.
+        let missing: Vec<u32> = messages
+            .iter()
+            .zip(&known)
+            .filter(|(_, k)| k.is_none())
+            .map(|((number, uid, _), _)| if by_uid { *uid } else { *number })
+            .collect();
         let mut originals: Vec<(u32, Vec<u8>)> = Vec::new();
+        // Untagged responses that are not about these messages (EXISTS, EXPUNGE) go on.
+        let mut passthrough = Vec::new();
         if !missing.is_empty() {
-            let line = format!("UID FETCH {} (UID BODY.PEEK[])\r\n", uid_set(&missing));
-            let reply = provider.run(line.as_bytes(), ALL).await?;
+            let command = if by_uid { "UID FETCH" } else { "FETCH" };
+            let line = format!("{command} {} (UID BODY.PEEK[])\r\n", uid_set(&missing));
+            let reply = provider.run(line.as_bytes(), FETCHES).await?;
             for resp in &reply.untagged {
-                let Some((_, items)) = fetch::parse_response(resp) else { continue };
+                let Some((_, items)) = fetch::parse_response(resp) else {
+                    passthrough.push(resp.clone());
+                    continue;
+                };
                 let uid =
                     items.iter().find(|(n, _)| n == "UID").and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
                 let body = items.iter().find(|(n, _)| n == "BODY[]").and_then(|(_, v)| literal_or_string(v));
@@ -297,7 +334,7 @@ impl ViewSession {
         })
         .await
         .map_err(|e| ProviderError::Connection(Box::new(e)))?;
-        Ok(decided)
+        Ok((decided, passthrough))
     }
 }
 

@@ -13,6 +13,27 @@ use super::command::CommandName;
 /// Capture every untagged response of a command.
 pub const ALL: &[&[u8]] = &[b"* "];
 
+/// Capture the FETCH responses only (`* <number> FETCH`), so that EXISTS, EXPUNGE and the
+/// like still reach the client in their order.
+pub const FETCHES: &[&[u8]] = &[FETCH_PATTERN];
+
+/// The capture entry that stands for `* <number> FETCH`.
+const FETCH_PATTERN: &[u8] = b"* <n> FETCH";
+
+/// Whether the untagged response `resp` is one that `capture` asks for: a prefix (any case),
+/// or [`FETCHES`]'s pattern.
+pub fn captures(capture: &[&[u8]], resp: &[u8]) -> bool {
+    capture.iter().any(|p| {
+        if *p == FETCH_PATTERN {
+            let Some(rest) = resp.strip_prefix(b"* ") else { return false };
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            digits > 0 && rest[digits..].len() >= 6 && rest[digits..digits + 6].eq_ignore_ascii_case(b" FETCH")
+        } else {
+            resp.len() >= p.len() && resp[..p.len()].eq_ignore_ascii_case(p)
+        }
+    })
+}
+
 /// What the provider answered to a command.
 #[derive(Debug, Clone, Default)]
 pub struct Reply {
@@ -125,5 +146,18 @@ impl<A: Interceptor, B: Interceptor> Interceptor for Both<A, B> {
         } else {
             self.1.handle(command, provider).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_patterns() {
+        assert!(captures(FETCHES, b"* 12 FETCH (UID 4)\r\n") && captures(FETCHES, b"* 1 fetch (FLAGS ())\r\n"));
+        assert!(!captures(FETCHES, b"* 12 EXPUNGE\r\n") && !captures(FETCHES, b"* FETCH\r\n"));
+        assert!(!captures(FETCHES, b"* 3 EXISTS\r\n") && !captures(FETCHES, b"* 3 FETC"));
+        assert!(captures(ALL, b"* 3 EXISTS\r\n") && captures(&[b"* search"], b"* SEARCH 1\r\n"));
     }
 }
