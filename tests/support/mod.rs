@@ -5,6 +5,7 @@
 pub mod data_block;
 pub mod fake_provider;
 pub mod imap_client;
+pub mod mailbox;
 pub mod net_services;
 pub mod other_provider;
 pub mod provider;
