@@ -48,8 +48,10 @@ struct Poller {
 impl Poller {
     fn check(&mut self, lines: &[String], what: &str) {
         for line in lines {
-            assert!(!line.contains("chat.example"), "{what}: the client saw a chat message: {line}");
-            assert!(numbered(line, "EXPUNGE").is_none(), "{what}: a message came and went: {line}");
+            let transcript = self.c.transcript();
+            let tail = &transcript[transcript.len().saturating_sub(3000)..];
+            assert!(!line.contains("chat.example"), "{what}: the client saw a chat message: {line}\n{tail}");
+            assert!(numbered(line, "EXPUNGE").is_none(), "{what}: a message came and went: {line}\n{tail}");
             if let Some(n) = numbered(line, "EXISTS") {
                 self.exists = n;
             }
@@ -99,6 +101,7 @@ fn a_polling_plain_client_never_sees_a_chat_message_under_active() {
         let mut other = login(&proxy, ALICE);
         poller.run("s SELECT INBOX");
         assert_eq!(poller.exists, 1);
+
         let mut d = direct(&p, ALICE);
         let (mut chat_noops, mut mail_delays) = (Vec::new(), Vec::new());
         for round in 0..4 {
@@ -162,7 +165,10 @@ fn an_emulated_idle_client_never_sees_a_chat_message_under_active() {
             assert_eq!(line, "* 1 EXISTS\r\n", "only the mail is announced");
             break;
         }
-        assert!(line.starts_with("* FLAGS") || line.starts_with("* OK [PERMANENTFLAGS") || line.contains("RECENT"), "{line}");
+        assert!(
+            line.starts_with("* FLAGS") || line.starts_with("* OK [PERMANENTFLAGS") || line.contains("RECENT"),
+            "{line}"
+        );
     }
     poller.c.send_raw(b"DONE\r\n");
     loop {
@@ -321,7 +327,8 @@ fn minor_items() {
         assert!(last(&r).starts_with("a NO"), "metadata={metadata}: an unknown COI entry is refused: {r:?}");
         let r = c.expect_ok("b GETMETADATA \"\" /private/vendor/vendor.dovecot/coi/config/foo");
         assert!(!r.join("").contains("bar"), "{r:?}");
-        let r = c.command("w SETMETADATA INBOX (/private/vendor/vendor.dovecot/webpush/subscriptions/abcdefghij12 NIL)");
+        let r =
+            c.command("w SETMETADATA INBOX (/private/vendor/vendor.dovecot/webpush/subscriptions/abcdefghij12 NIL)");
         assert!(last(&r).starts_with("w NO") && last(&r).contains("WebPush"), "metadata={metadata}: {r:?}");
         let r = c.command(&format!("x SETMETADATA INBOX ({ENABLED} yes)"));
         assert!(last(&r).starts_with("x NO") && last(&r).contains("COI"), "{r:?}");

@@ -189,7 +189,9 @@ fn a_read_is_credited_to_the_recipient_who_read() {
         assert!(start.elapsed() < Duration::from_secs(30), "no $Read: {flags}");
         std::thread::sleep(Duration::from_millis(20));
     };
-    eprintln!("delivered tick {delivered_after:?} after the DSN arrived; read tick {read_after:?} after the MDN arrived");
+    eprintln!(
+        "delivered tick {delivered_after:?} after the DSN arrived; read tick {read_after:?} after the MDN arrived"
+    );
 
     // A receipt from someone the message did not go to counts for nobody.
     p.deliver("dave@example.org", ALICE, &mdn("dave@example.org", id, "dave-mdn@example.org"));

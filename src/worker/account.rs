@@ -380,7 +380,8 @@ async fn into_chats(up: &mut Upstream, command: &str, target: &str) -> Result<(V
 
 /// Waits in IDLE (or polls) until INBOX changes, a session nudges, the COI configuration
 /// changes, or it is time to renew the IDLE. Returns when the next look at INBOX began: just
-/// before the command that ends the wait, so that every message the provider had then is seen.
+/// before the NOOP that brings the worker's view of INBOX up to date, so that every message
+/// the provider had then is seen.
 async fn wait_for_change(
     up: &mut Upstream,
     account: &Account,
@@ -434,9 +435,12 @@ async fn wait_for_change(
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    let began = Instant::now();
     up.conn.write(b"DONE\r\n").await.map_err(|e| network(up, e))?;
     up.read_tagged(&tag).await?;
+    // The end of IDLE does not bring the mailbox up to date (Dovecot syncs a session's view at
+    // the end of a command, and a FETCH sees only what the view has): a NOOP does.
+    let began = Instant::now();
+    up.command(b"NOOP\r\n").await?;
     Ok(began)
 }
 

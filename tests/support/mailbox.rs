@@ -52,8 +52,10 @@ pub fn chat_message(id: &str) -> Vec<u8> {
 
 /// An ordinary mail from bob to alice.
 pub fn mail_message(id: &str) -> Vec<u8> {
-    format!("From: bob@example.org\r\nTo: alice@example.org\r\nMessage-ID: <{id}>\r\nSubject: mail {id}\r\n\r\nhello\r\n")
-        .into_bytes()
+    format!(
+        "From: bob@example.org\r\nTo: alice@example.org\r\nMessage-ID: <{id}>\r\nSubject: mail {id}\r\n\r\nhello\r\n"
+    )
+    .into_bytes()
 }
 
 /// Switches COI on with `filter`.

@@ -280,7 +280,8 @@ mod tests {
         Verdicts { watching: true, moved, position: Some((7, uidnext)), ..Verdicts::default() }
     }
 
-    const SELECTED: &[u8] = b"* FLAGS (\\Seen)\r\n* 9 EXISTS\r\n* OK [UIDVALIDITY 7] UIDs valid\r\n* OK [UIDNEXT 10] next\r\n";
+    const SELECTED: &[u8] =
+        b"* FLAGS (\\Seen)\r\n* 9 EXISTS\r\n* OK [UIDVALIDITY 7] UIDs valid\r\n* OK [UIDNEXT 10] next\r\n";
 
     #[test]
     fn a_select_counting_only_classified_uids_is_trusted_at_once() {
@@ -304,7 +305,10 @@ mod tests {
         assert_eq!(look.poll(&moved, t), Next::Rerun(b"SELECT INBOX\r\n".to_vec(), CAPTURE_ALL));
         look.rerun_untagged(b"* 8 EXISTS\r\n");
         look.rerun_untagged(b"* OK [UIDNEXT 10] next\r\n");
-        assert_eq!(look.rerun_done(b"OK done\r\n", t), Next::Release(b"* 8 EXISTS\r\n* OK [UIDNEXT 10] next\r\ns OK done\r\n".to_vec()));
+        assert_eq!(
+            look.rerun_done(b"OK done\r\n", t),
+            Next::Release(b"* 8 EXISTS\r\n* OK [UIDNEXT 10] next\r\ns OK done\r\n".to_vec())
+        );
     }
 
     #[test]

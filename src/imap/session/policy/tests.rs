@@ -267,7 +267,10 @@ fn quiet_inbox_a_polling_client_never_sees_a_chat_message() {
     s.policy.set_verdicts(v, s.now);
     s.pump();
     assert!(String::from_utf8_lossy(&s.provider).ends_with("coips1 NOOP\r\n"), "the session asks for the EXPUNGE");
-    assert_eq!(s.provider_sends(b"* 5 EXPUNGE\r\n* 1 RECENT\r\ncoips1 OK NOOP completed.\r\n"), "* 5 EXISTS\r\nn OK NOOP completed.\r\n");
+    assert_eq!(
+        s.provider_sends(b"* 5 EXPUNGE\r\n* 1 RECENT\r\ncoips1 OK NOOP completed.\r\n"),
+        "* 5 EXISTS\r\nn OK NOOP completed.\r\n"
+    );
     assert!(String::from_utf8_lossy(&s.provider).ends_with("f FETCH 1:* (FLAGS)\r\n"), "then the next command");
     // A chat alone: nothing to tell.
     s.provider_sends(b"* 5 FETCH (FLAGS ())\r\nf OK done\r\n");
@@ -307,7 +310,11 @@ fn quiet_inbox_a_status_of_inbox_waits_for_the_worker() {
     let (mut s, _) = in_inbox();
     s.now = s.t0 + Duration::from_millis(10);
     s.client_sends(b"t STATUS INBOX (MESSAGES UIDNEXT)\r\n");
-    assert_eq!(s.provider_sends(b"* STATUS INBOX (MESSAGES 4 UIDNEXT 5)\r\nt OK\r\n"), "* STATUS INBOX (MESSAGES 4 UIDNEXT 5)\r\nt OK\r\n", "all classified");
+    assert_eq!(
+        s.provider_sends(b"* STATUS INBOX (MESSAGES 4 UIDNEXT 5)\r\nt OK\r\n"),
+        "* STATUS INBOX (MESSAGES 4 UIDNEXT 5)\r\nt OK\r\n",
+        "all classified"
+    );
     s.client_sends(b"t STATUS INBOX (MESSAGES)\r\n");
     assert_eq!(s.provider_sends(b"* STATUS INBOX (MESSAGES 5)\r\nt OK\r\n"), "", "not known to be classified");
     assert_eq!(s.events(), vec![Event::WakeWorker]);
