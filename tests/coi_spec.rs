@@ -261,8 +261,9 @@ fn mailbox_names_are_compared_as_the_provider_resolves_them() {
         // Dovecot drops a trailing separator: this creates COI.Chats.
         c.expect_ok("c1 CREATE COI.Chats.");
         assert!(enabled(&mut c), "metadata={metadata}: CREATE COI.Chats. enables");
-        c.expect_ok("c2 DELETE COI.Chats.");
-        assert!(!enabled(&mut c), "metadata={metadata}: DELETE COI.Chats. disables");
+        // (Dovecot refuses DELETE with a trailing separator.)
+        c.expect_ok("c2 DELETE COI.Chats");
+        assert!(!enabled(&mut c), "metadata={metadata}: DELETE COI.Chats disables");
     }
     // A root outside ASCII goes to the provider in modified UTF-7, and is recognised so.
     let p = provider(false);
@@ -275,7 +276,7 @@ fn mailbox_names_are_compared_as_the_provider_resolves_them() {
     assert!(root[0].contains("&AMQ-rger"), "{root:?}");
     c.expect_ok("d DELETE &AMQ-rger.Chats");
     assert!(!enabled(&mut c));
-    c.expect_ok("c CREATE &AMQ-rger.Chats.");
+    c.expect_ok("c CREATE &AMQ-rger.Chats");
     assert!(enabled(&mut c));
 }
 
