@@ -68,10 +68,11 @@ impl Policy {
         if let Some(keep) = self.quiet_response(bytes, complete, now, before) {
             return keep;
         }
-        if !bytes.starts_with(b"* ") && !bytes.starts_with(b"+") {
-            if let Some(keep) = self.client_tagged(bytes, complete, now) {
-                return keep;
-            }
+        if !bytes.starts_with(b"* ")
+            && !bytes.starts_with(b"+")
+            && let Some(keep) = self.client_tagged(bytes, complete, now)
+        {
+            return keep;
         }
         if bytes.starts_with(b"* BYE") {
             self.provider_said_bye = true;
