@@ -94,6 +94,8 @@ fn check_reports_reachable_and_unreachable_providers() {
         "queue: no state here",
         "coi-proxy adds: COI",
         "    COI: served by coi-proxy",
+        "    COI beyond the spec (deliberate): mail already in INBOX is filtered",
+        "([coi] chat_clients: Delta Chat) see COI/Chats when they select INBOX under active",
         "    METADATA: ",
         "    IDLE: native (relayed to the provider)",
         "    WEBPUSH",
