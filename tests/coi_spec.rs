@@ -360,3 +360,26 @@ fn one_worker_per_account_started_once_over_a_metadata_provider() {
     assert_eq!(log.matches("account worker started").count(), 1, "{log}");
     assert_eq!(log.matches("account worker stopped").count(), 1, "{log}");
 }
+
+/// An account whose password the proxy cannot get by itself: after a restart the log says why
+/// nothing moves yet, and its first login starts the filtering again.
+#[test]
+fn after_a_restart_an_account_without_password_command_filters_from_its_first_login() {
+    let p = provider(false);
+    let mut proxy = proxy_with(&p, "");
+    let mut c = login(&proxy, ALICE);
+    enable(&mut c, "active");
+    proxy.wait_for_log("watching INBOX", Duration::from_secs(10));
+    c.command("z LOGOUT");
+    proxy.restart();
+    proxy.wait_for_log("COI filtering waits for a login", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(proxy.log().matches("watching INBOX").count(), 1, "no worker before a login");
+    let _c = login(&proxy, ALICE);
+    wait_until("a worker after the login", Duration::from_secs(10), || {
+        proxy.log().matches("watching INBOX").count() == 2
+    });
+    p.deliver("bob@example.org", ALICE, &chat_message("w1@chat.example"));
+    let mut d = direct(&p, ALICE);
+    wait_until("the chat moved once the account logged in", Duration::from_secs(5), || count(&mut d, "COI.Chats") == 1);
+}

@@ -111,6 +111,19 @@ async fn at_start(ctx: &Context) -> Vec<String> {
         }
         Err(e) => warn!("cannot read push subscriptions: {e}"),
     }
+    // COI switched on in the proxy's store (a provider without METADATA) for an account whose
+    // password the proxy cannot get by itself: said, so an operator knows why nothing moves.
+    match ctx.store.read(|s| s.metadata_accounts_with(b"", crate::coi::metadata::ENABLED)).await {
+        Ok(logins) => {
+            for login in logins {
+                let waits = !out.iter().any(|l| l.eq_ignore_ascii_case(&login));
+                if waits && crate::coi::stored_config(&ctx.store, &login).enabled {
+                    info!(%login, "COI filtering waits for a login (no password_command for this account)");
+                }
+            }
+        }
+        Err(e) => warn!("cannot read the COI settings: {e}"),
+    }
     out.sort();
     out.dedup();
     for login in &out {
