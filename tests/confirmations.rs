@@ -9,38 +9,12 @@ use std::time::{Duration, Instant};
 use support::imap_client::ImapClient;
 use support::mailbox::{ALICE, BOB, CAROL, ENABLED, FILTER, direct, flags_of, login, uid_of, wait_until};
 use support::provider::{Provider, ProviderOptions};
-use support::proxy::Proxy;
+use support::receipts::{chat_from_alice, mdns_about, proxy_with_smtp, queue_list};
 use support::smtp_client::{inbox, wait_for_inbox};
 
 fn postfix_provider() -> Provider {
     assert!(std::path::Path::new("/usr/sbin/postfix").exists(), "Postfix is needed: tests/setup-debian.sh installs it");
     Provider::start_with(ProviderOptions { postfix: true, ..Default::default() })
-}
-
-fn proxy_for(provider: &Provider, extra: &str) -> Proxy {
-    Proxy::builder()
-        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
-        .upstream_smtp(format!("smtp://127.0.0.1:{}", provider.smtp_port))
-        .extra(extra)
-        .start()
-}
-
-fn has(message: &[u8], needle: &str) -> bool {
-    message.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
-/// A chat message from alice asking for a read receipt the way Delta Chat does.
-fn chat_from_alice(id: &str, to: &str) -> Vec<u8> {
-    format!(
-        "From: alice@example.org\r\nTo: {to}\r\nChat-Version: 1.0\r\nMessage-ID: <{id}>\r\n\
-         Chat-Disposition-Notification-To: alice@example.org\r\nSubject: Message from alice\r\n\r\nhello {id}\r\n"
-    )
-    .into_bytes()
-}
-
-fn mdns_about(messages: &[Vec<u8>], id: &str) -> usize {
-    let needle = format!("Original-Message-ID: <{id}>");
-    messages.iter().filter(|m| has(m, &needle)).count()
 }
 
 /// A read receipt from `reader` about `original`, as a chat client writes it.
@@ -56,21 +30,10 @@ fn mdn(reader: &str, original: &str, report_id: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// `coi-proxy queue list` with the test proxy's config.
-fn queue_list(proxy: &Proxy) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
-        .arg("--config")
-        .arg(&proxy.config_path)
-        .args(["queue", "list"])
-        .output()
-        .expect("run coi-proxy queue list");
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
 #[test]
 fn a_read_by_fetch_sends_its_read_receipt_once() {
     let p = postfix_provider();
-    let proxy = proxy_for(&p, "[[account]]\nlogin = \"bob@example.org\"\nread_receipts = true\n");
+    let proxy = proxy_with_smtp(&p, "[[account]]\nlogin = \"bob@example.org\"\nread_receipts = true\n");
     let mut bob = login(&proxy, BOB);
     proxy.wait_for_log("read receipts start now", Duration::from_secs(10));
     let ids = ["body@example.org", "peek@example.org", "rfc822@example.org", "text@example.org", "other@example.org"];
@@ -143,7 +106,7 @@ fn alice_state(d: &mut ImapClient, id: &str) -> (usize, String) {
 #[test]
 fn a_read_is_credited_to_the_recipient_who_read() {
     let p = postfix_provider();
-    let proxy = proxy_for(&p, "[[account]]\nlogin = \"bob@example.org\"\nread_receipts = true\n");
+    let proxy = proxy_with_smtp(&p, "[[account]]\nlogin = \"bob@example.org\"\nread_receipts = true\n");
     let mut alice = login(&proxy, ALICE);
     alice.expect_ok(&format!("e SETMETADATA \"\" ({ENABLED} yes {FILTER} none)"));
     let mut bob = login(&proxy, BOB);
@@ -212,7 +175,7 @@ fn a_read_is_credited_to_the_recipient_who_read() {
 fn a_report_is_recorded_once_across_a_restart_and_when_it_comes_twice() {
     let p = postfix_provider();
     let extra = "[[account]]\nlogin = \"alice@example.org\"\npassword_command = \"printf secret\"\n";
-    let mut proxy = proxy_for(&p, extra);
+    let mut proxy = proxy_with_smtp(&p, extra);
     let mut alice = login(&proxy, ALICE);
     alice.expect_ok(&format!("e SETMETADATA \"\" ({ENABLED} yes {FILTER} none)"));
     let id = "restart@example.org";
