@@ -287,10 +287,11 @@ fn additions(out: &mut String, config: &Config, metadata: bool, idle: bool) {
          ([coi] chat_clients: {clients}) see {}/Chats when they select INBOX under active",
         config.coi.mailbox_root
     );
-    if metadata {
-        let every = config.coi.config_check_secs;
-        let _ = writeln!(out, "    COI settings: read again from METADATA at the latest every {every} s");
-    }
+    let every = config.coi.config_check_secs;
+    let _ = writeln!(
+        out,
+        "    COI settings changed elsewhere (where the provider keeps them in METADATA): followed within {every} s ([coi] config_check_secs)"
+    );
     let _ = match metadata {
         true => writeln!(out, "    METADATA: passed to the provider (COI settings stored there)"),
         false => writeln!(out, "    METADATA: emulated (kept in coi-proxy's store, per account)"),
