@@ -13,27 +13,35 @@ pub const READ_CHUNK: usize = 16 * 1024;
 
 /// How much to read at once: small while traffic is light, so idle sessions stay small, and
 /// doubling while reads fill the buffer, so a bulk FETCH or APPEND streams in fewer, larger reads
-/// (fewer system calls per byte relayed).
+/// (fewer system calls per byte relayed). After a small read a grown buffer is given back, so a
+/// session that once moved a large message does not keep its buffer for life.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadSize {
     size: usize,
     /// Room in the buffer before the last read.
     spare: usize,
+    /// The last read was small after the size had grown: give the large buffer back once empty.
+    shrink: bool,
 }
 
 impl Default for ReadSize {
     fn default() -> Self {
-        ReadSize { size: READ_CHUNK, spare: 0 }
+        ReadSize { size: ReadSize::INITIAL, spare: 0, shrink: false }
     }
 }
 
 impl ReadSize {
+    /// What a session reads while traffic is light (commands, short responses, IDLE updates).
+    const INITIAL: usize = 2 * 1024;
     const MAX: usize = 256 * 1024;
 
     /// Makes room in `buf` before a read; gives a large buffer back once traffic is light again.
     pub fn prepare(&mut self, buf: &mut BytesMut) {
-        if buf.is_empty() && self.size == READ_CHUNK && buf.capacity() > 4 * READ_CHUNK {
-            *buf = BytesMut::with_capacity(READ_CHUNK);
+        // `capacity` may not show a large allocation that `reserve` would reclaim (the bytes
+        // relayed from it were split off), hence `shrink` as well.
+        if buf.is_empty() && self.size == Self::INITIAL && (self.shrink || buf.capacity() > 2 * Self::INITIAL) {
+            *buf = BytesMut::with_capacity(Self::INITIAL);
+            self.shrink = false;
         }
         if buf.capacity() - buf.len() < self.size / 2 {
             buf.reserve(self.size);
@@ -45,8 +53,9 @@ impl ReadSize {
     pub fn after_read(&mut self, n: usize) {
         if n >= self.spare {
             self.size = (self.size * 2).min(Self::MAX);
-        } else if n < READ_CHUNK / 4 {
-            self.size = READ_CHUNK;
+        } else if n < Self::INITIAL && self.size > Self::INITIAL {
+            self.size = Self::INITIAL;
+            self.shrink = true;
         }
     }
 }
@@ -209,23 +218,65 @@ fn tag_of(msg: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// Fills the room `prepare` made, as a read would; the bytes are then relayed (split off).
+    fn full_read(size: &mut ReadSize, buf: &mut BytesMut) -> usize {
+        size.prepare(buf);
+        let room = buf.capacity() - buf.len();
+        buf.extend(std::iter::repeat_n(0u8, room));
+        size.after_read(room);
+        drop(buf.split());
+        room
+    }
+
     #[test]
     fn reads_grow_while_full_and_shrink_when_light() {
         let mut size = ReadSize::default();
         let mut buf = BytesMut::new();
-        for _ in 0..6 {
-            size.prepare(&mut buf);
-            let room = buf.capacity() - buf.len();
-            buf.extend(std::iter::repeat_n(0u8, room));
-            size.after_read(room);
-            buf.clear();
+        size.prepare(&mut buf);
+        assert!(buf.capacity() <= 2 * ReadSize::INITIAL, "an idle session starts with a small buffer");
+        let mut largest = 0;
+        for _ in 0..8 {
+            largest = largest.max(full_read(&mut size, &mut buf));
         }
         assert_eq!(size.size, ReadSize::MAX);
-        assert!(buf.capacity() >= ReadSize::MAX / 2);
+        assert!(largest >= ReadSize::MAX / 2, "bulk transfers read large chunks");
         size.prepare(&mut buf);
-        size.after_read(10);
+        buf.extend_from_slice(b"* OK\r\n");
+        size.after_read(6);
+        drop(buf.split());
         size.prepare(&mut buf);
-        assert_eq!(size.size, READ_CHUNK);
-        assert!(buf.capacity() <= 2 * READ_CHUNK, "a light session gives its large buffer back");
+        assert_eq!(size.size, ReadSize::INITIAL);
+        assert!(buf.capacity() <= 2 * ReadSize::INITIAL, "a light session gives its large buffer back");
+        // The doubling still works after giving back.
+        for _ in 0..8 {
+            full_read(&mut size, &mut buf);
+        }
+        assert_eq!(size.size, ReadSize::MAX);
+    }
+
+    #[test]
+    fn a_large_buffer_carried_over_is_given_back_when_empty() {
+        // The pre-login buffer grows by `Conn::fill`; the relay starts from it.
+        let mut buf = BytesMut::with_capacity(READ_CHUNK + 1024);
+        let mut size = ReadSize::default();
+        buf.extend_from_slice(b"a NOOP\r\n");
+        size.prepare(&mut buf);
+        assert!(buf.capacity() > READ_CHUNK, "a buffer holding bytes is kept");
+        drop(buf.split());
+        size.prepare(&mut buf);
+        assert!(buf.capacity() <= 2 * ReadSize::INITIAL);
+    }
+
+    #[test]
+    fn a_medium_read_keeps_the_size() {
+        let mut size = ReadSize::default();
+        let mut buf = BytesMut::new();
+        for _ in 0..3 {
+            full_read(&mut size, &mut buf);
+        }
+        let grown = size.size;
+        size.prepare(&mut buf);
+        size.after_read(ReadSize::INITIAL);
+        assert_eq!(size.size, grown, "the tail of a message is no reason to shrink");
     }
 }
