@@ -114,7 +114,8 @@ impl Session {
                 if let Some(outcome) = self.plain_client_on_tls_port(&mut tcp).await {
                     return outcome;
                 }
-                match tokio::time::timeout(limits.login_timeout(), self.shared.acceptor.accept(tcp)).await {
+                // Boxed, like the phases below, so the session task stays small while it waits.
+                match tokio::time::timeout(limits.login_timeout(), Box::pin(self.shared.acceptor.accept(tcp))).await {
                     Ok(Ok(tls)) => Stream::ServerTls(Box::new(tls)),
                     Ok(Err(e)) => return format!("TLS handshake failed: {e}"),
                     Err(_) => return "TLS handshake timed out (the client sent its hello, then stopped)".into(),
@@ -128,7 +129,7 @@ impl Session {
             let _ = conn.stream.shutdown().await;
             return format!("refused: {refused}");
         }
-        let pre = tokio::time::timeout(limits.login_timeout(), self.pre_login(&mut conn)).await;
+        let pre = tokio::time::timeout(limits.login_timeout(), Box::pin(self.pre_login(&mut conn))).await;
         let (conn, upstream) = match pre {
             Ok(PreLogin::LoggedIn(pair)) => *pair,
             Ok(PreLogin::Ended(why)) => return why,
@@ -186,11 +187,11 @@ impl Session {
         let (end, traffic) = match views {
             Some(view) => {
                 let mut both = Both(coi, view);
-                relay::run(conn, upstream.conn, opts, &mut both, self.shutdown.clone()).await
+                Box::pin(relay::run(conn, upstream.conn, opts, &mut both, self.shutdown.clone())).await
             }
             None => {
                 let mut coi = coi;
-                relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone()).await
+                Box::pin(relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone())).await
             }
         };
         crate::metrics::traffic(traffic.from_client, traffic.from_provider);
@@ -604,6 +605,45 @@ fn parse_plain(payload: &[u8]) -> Option<(String, Secret)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<F, Fut>(_f: F) -> usize
+    where
+        F: FnOnce(
+            Arc<Context>,
+            TcpStream,
+            SocketAddr,
+            ListenerInfo,
+            Result<SessionPermit, Refused>,
+            watch::Receiver<bool>,
+        ) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every connection is one spawned task of this size, idle or not: the pre-login phase and
+    /// the relay live in boxes of their own, so an idle session does not carry both side by side.
+    #[test]
+    fn the_session_task_is_small() {
+        let size = future_size(serve);
+        eprintln!("session task: {size} bytes");
+        assert!(size <= 2048, "the session task is {size} bytes");
+        fn relay_size<'a, F, Fut>(_f: F) -> usize
+        where
+            F: FnOnce(
+                Conn,
+                Conn,
+                RelayOptions,
+                &'a mut CoiSession<crate::push::entries::Entries>,
+                watch::Receiver<bool>,
+            ) -> Fut,
+        {
+            std::mem::size_of::<Fut>()
+        }
+        let relay = relay_size(relay::run::<CoiSession<crate::push::entries::Entries>>);
+        eprintln!("relay: {relay} bytes");
+        assert!(relay <= 4096, "the relay's state is {relay} bytes");
+    }
 
     #[test]
     fn plain_payloads() {
