@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -28,6 +29,7 @@ use crate::imap::conn::{Conn, ReadError};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::imap::wire::capability;
 use crate::imap::wire::command::{self, Arg, Command, CommandName};
+use crate::imap::wire::framing::Framer;
 use crate::imap::wire::provider::Both;
 use crate::limits::{Refused, SessionPermit};
 use crate::net::Stream;
@@ -184,14 +186,20 @@ impl Session {
             ViewSession::new(views, &account.login, plain)
         });
         let coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name, webpush);
+        // Only the connection goes on: the provider's capabilities (~2 KB) are not kept for the
+        // session's life.
+        let upstream = {
+            let up = upstream;
+            up.conn
+        };
         let (end, traffic) = match views {
             Some(view) => {
                 let mut both = Both(coi, view);
-                Box::pin(relay::run(conn, upstream.conn, opts, &mut both, self.shutdown.clone())).await
+                Box::pin(relay::run(conn, upstream, opts, &mut both, self.shutdown.clone())).await
             }
             None => {
                 let mut coi = coi;
-                Box::pin(relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone())).await
+                Box::pin(relay::run(conn, upstream, opts, &mut coi, self.shutdown.clone())).await
             }
         };
         crate::metrics::traffic(traffic.from_client, traffic.from_provider);
@@ -548,7 +556,11 @@ impl Session {
                     debug!(bytes = upstream.conn.buf.len(), "provider sent more after login; relaying it");
                 }
                 Ok(Some(PreLogin::LoggedIn(Box::new((
-                    std::mem::replace(conn, Conn::new(Stream::Upgrading, 1024)),
+                    // The placeholder lives as long as the session: no buffer.
+                    std::mem::replace(
+                        conn,
+                        Conn { stream: Stream::Upgrading, buf: BytesMut::new(), framer: Framer::new(0) },
+                    ),
                     upstream,
                 )))))
             }
