@@ -22,7 +22,7 @@ use super::own::{OwnCommands, OwnReply, OwnRequest};
 pub use super::policy::RelayEnd;
 use super::policy::{Event, Keep, Policy, PolicyOptions, Step};
 use super::quiet::Verdicts;
-use crate::imap::conn::{Conn, READ_CHUNK, ReadSize};
+use crate::imap::conn::{Conn, ReadSize};
 use crate::imap::wire::provider::Interceptor;
 use crate::imap::wire::trace;
 use crate::net::Stream;
@@ -58,6 +58,9 @@ pub struct Traffic {
     pub from_client: u64,
     pub from_provider: u64,
 }
+
+/// The most an idle outbox keeps of its assembly buffer.
+const KEEP_ASSEMBLED: usize = 4 * 1024;
 
 /// How long the last words to the client may take once the session is over.
 const LAST_WORDS: Duration = Duration::from_secs(5);
@@ -489,10 +492,30 @@ impl Outbox {
         self.run = None;
         self.written = 0;
         self.pending = false;
-        if self.assembled.capacity() > 4 * READ_CHUNK {
+        // A rewritten answer is usually a line or two; a large one (a view's message) is not
+        // kept for the session's life.
+        if self.assembled.capacity() > KEEP_ASSEMBLED {
             self.assembled = Vec::new();
         } else {
             self.assembled.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outbox_gives_a_large_assembly_back_once_written() {
+        let mut out = Outbox::default();
+        out.set(vec![b'x'; 40 * 1024]);
+        assert!(!out.is_idle());
+        out.clear();
+        assert_eq!(out.assembled.capacity(), 0, "a 40 KB rewrite is not kept");
+        out.set(b"* CAPABILITY IMAP4rev1\r\n".to_vec());
+        out.clear();
+        assert!(out.assembled.capacity() > 0, "a small one is reused");
+        assert!(out.is_idle());
     }
 }
