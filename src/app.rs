@@ -41,6 +41,8 @@ pub enum RunError {
     Bind { addr: SocketAddr, kind: &'static str, source: std::io::Error },
     #[error(transparent)]
     Smtp(#[from] crate::smtp::server::StartError),
+    #[error("[autocrypt]: {0}")]
+    Autocrypt(#[from] crate::openpgp::identity::IdentityError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -91,6 +93,7 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     }
     let (server_tls, local_cert) = tls::local_server_config(&config.state_dir)?;
     let store = Store::open_async(&config.state_dir).await?;
+    let identity = open_identity(&config, &store).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (context, receivers) = Context::new(config, TlsAcceptor::from(server_tls), store, shutdown_rx.clone());
     let ctx = Arc::new(context);
@@ -111,7 +114,8 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     // SMTP submission listeners, the queue's relay task and the receipts agent.
     let smtp_channels = (receivers.queue, receivers.receipts);
     listeners.smtp =
-        crate::smtp::server::start(ctx.clone(), smtp_channels, shutdown_rx.clone(), listeners.alive.clone()).await?;
+        crate::smtp::server::start(ctx.clone(), smtp_channels, shutdown_rx.clone(), listeners.alive.clone(), identity)
+            .await?;
     tokio::spawn(renew_cert_daily(ctx.clone(), local_cert.clone()));
     info!(version = env!("CARGO_PKG_VERSION"), "coi-proxy ready");
     crate::sd_notify::ready("serving");
@@ -128,6 +132,22 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     // The supervisor has stopped its workers by now (it watches the same signal).
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, supervisor).await;
     Ok(())
+}
+
+/// The OpenPGP gateway's state (its seal key file is read or made here, off the runtime);
+/// `None` when `[autocrypt] enabled = false`. A seal key file that others can read, or that is
+/// not one, stops the start: keys sealed under it would be exposed or lost.
+async fn open_identity(config: &Config, store: &Store) -> Result<Option<crate::openpgp::identity::Identity>, RunError> {
+    use crate::openpgp::identity::{Identity, IdentityError};
+    if !config.autocrypt.enabled {
+        info!("Autocrypt is off ([autocrypt] enabled = false): mail passes as clients send it");
+        return Ok(None);
+    }
+    let (config, store) = (config.clone(), store.clone());
+    let identity = tokio::task::spawn_blocking(move || Identity::open(&config, store))
+        .await
+        .unwrap_or_else(|e| Err(IdentityError::Task(e.to_string())))?;
+    Ok(Some(identity))
 }
 
 /// What `run` (and a reload) needs from a configuration before it can serve anything.

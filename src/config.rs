@@ -28,6 +28,8 @@ pub struct Config {
     pub queue: Queue,
     #[serde(default)]
     pub push: Push,
+    #[serde(default)]
+    pub autocrypt: Autocrypt,
     #[serde(default, rename = "account")]
     pub accounts: Vec<Account>,
     #[serde(default)]
@@ -302,6 +304,39 @@ fn default_push_attempts() -> u32 {
 }
 fn default_push_timeout() -> u64 {
     10
+}
+
+/// The OpenPGP gateway (issue 14): an OpenPGP key per account, Autocrypt and SecureJoin on the
+/// plain mail client's behalf, so that Delta Chat users can write to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autocrypt {
+    /// On by default: reaching Delta Chat users is what COI promises, and for everyone else it
+    /// adds one `Autocrypt` header to outgoing mail; mail is encrypted only to correspondents
+    /// who announced a key. Off: no keys are made, mail passes as the client sends it.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The key-encryption key that seals the accounts' secret keys in the store (default
+    /// `<state_dir>/seal.key`). Keep it elsewhere (a systemd credential, a mounted secret) and
+    /// a copy of the state directory alone reveals no secret key.
+    pub seal_key: Option<PathBuf>,
+}
+
+impl Default for Autocrypt {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+impl Autocrypt {
+    /// Where the seal key file is.
+    pub fn seal_key_path(&self, state_dir: &Path) -> PathBuf {
+        self.seal_key.clone().unwrap_or_else(|| state_dir.join("seal.key"))
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A per-login or per-domain provider override.

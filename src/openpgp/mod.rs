@@ -9,6 +9,8 @@
 //!
 //! - [`key`], [`fingerprint`]: the account's key (generate, import, export) and peers' keys
 //! - [`seal`]: secret keys encrypted at rest under a key-encryption-key file
+//! - [`identity`]: the one place that keeps the wing's state in the store (sealed account
+//!   keys made on first use, peers, invites, handshakes); the rest of the wing is sans-I/O
 //! - [`autocrypt`], [`peer`], [`recommend`]: Autocrypt Level 1 headers, peer state and its
 //!   updates, the encryption recommendation
 //! - [`encrypt`]: outgoing mail as PGP/MIME in Delta Chat's shape
@@ -42,6 +44,7 @@ pub mod autocrypt;
 pub mod decrypt;
 pub mod encrypt;
 pub mod fingerprint;
+pub mod identity;
 pub mod key;
 pub mod mime;
 pub mod peer;

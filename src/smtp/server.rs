@@ -57,6 +57,7 @@ pub async fn start(
     channels: (Wakeups, mpsc::UnboundedReceiver<ReceiptJob>),
     shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
+    identity: Option<crate::openpgp::identity::Identity>,
 ) -> Result<Vec<JoinHandle<()>>, StartError> {
     let (wakeups, receipt_jobs) = channels;
     let wanted: Vec<(SocketAddr, Kind)> =
@@ -74,7 +75,13 @@ pub async fn start(
         return Ok(Vec::new());
     }
     let queue = Queue::new(shared.clone());
-    let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue, waits: Default::default() });
+    let ctx = Arc::new(Smtp {
+        shared: shared.clone(),
+        caps: CapsCache::default(),
+        queue,
+        waits: Default::default(),
+        identity,
+    });
     let mut tasks = Vec::new();
     for (addr, kind) in wanted {
         let label = match kind {
