@@ -9,6 +9,8 @@
 //!
 //! - [`key`], [`fingerprint`]: the account's key (generate, import, export) and peers' keys
 //! - [`seal`]: secret keys encrypted at rest under a key-encryption-key file
+//! - [`commands`]: `coi-proxy key export|import`, `invite`, `join`, for the control socket
+//!   and the command line
 //! - [`identity`]: the one place that keeps the wing's state in the store (sealed account
 //!   keys made on first use, peers, invites, handshakes); the rest of the wing is sans-I/O
 //! - [`autocrypt`], [`peer`], [`recommend`]: Autocrypt Level 1 headers, peer state and its
@@ -41,6 +43,7 @@
 //!   [`view::render`] gives the bytes to serve for an encrypted UID (decide once, cache).
 
 pub mod autocrypt;
+pub mod commands;
 pub mod decrypt;
 pub mod encrypt;
 pub mod fingerprint;

@@ -1,0 +1,121 @@
+//! The OpenPGP gateway's commands against the real daemon and a real Dovecot: `key export`,
+//! `key import`, `invite` and `join` work through the running daemon's control socket and
+//! without a daemon; keys, invites and handshakes survive a restart; a `join` sends the first
+//! SecureJoin message through the account's provider, encrypted.
+
+mod support;
+
+use std::process::Output;
+use std::time::Duration;
+
+use coi_proxy::openpgp::key::{AccountKey, PublicKey};
+use coi_proxy::openpgp::securejoin::invite::Invite;
+use support::provider::Provider;
+use support::proxy::Proxy;
+use support::smtp_client::wait_for_inbox;
+
+const ALICE: &str = "alice@example.org";
+const BOB: &str = "bob@example.org";
+
+fn cli(proxy: &Proxy, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
+        .arg("--config")
+        .arg(&proxy.config_path)
+        .args(args)
+        .output()
+        .expect("run coi-proxy")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn start(provider: &Provider) -> Proxy {
+    Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{}", provider.smtp_port))
+        .start()
+}
+
+fn fingerprint(armored_public: &str) -> String {
+    PublicKey::from_armored(armored_public.as_bytes()).expect("an armored public key").fingerprint().hex()
+}
+
+#[test]
+fn keys_invites_and_joins_through_the_running_daemon_and_after_a_restart() {
+    let provider = Provider::start();
+    let mut proxy = start(&provider);
+
+    // Export: made at first use, the same key every time; the secret key is Alice's.
+    let public = stdout(&cli(&proxy, &["key", "export", ALICE]));
+    assert!(public.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"), "{public}");
+    assert_eq!(fingerprint(&stdout(&cli(&proxy, &["key", "export", ALICE]))), fingerprint(&public));
+    let secret = stdout(&cli(&proxy, &["key", "export", ALICE, "--secret"]));
+    let key = AccountKey::import_armored(secret.as_bytes(), ALICE, None).expect("the secret export imports");
+    assert_eq!(key.fingerprint().hex(), fingerprint(&public));
+    let log = proxy.log();
+    assert!(!log.contains("PRIVATE KEY") && log.contains("control: key export alice@example.org --secret"), "{log}");
+
+    // Import: Bob brings the key his Delta Chat made; a bad file changes nothing.
+    let bobs = AccountKey::generate(BOB).unwrap();
+    let file = proxy.state_dir.path().join("bob.asc");
+    std::fs::write(&file, bobs.secret_armored().unwrap().expose()).unwrap();
+    let text = stdout(&cli(&proxy, &["key", "import", BOB, file.to_str().unwrap()]));
+    assert!(text.contains(&bobs.fingerprint().hex()), "{text}");
+    std::fs::write(&file, &public).unwrap();
+    let refused = cli(&proxy, &["key", "import", BOB, file.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("public key"), "{refused:?}");
+    assert_eq!(fingerprint(&stdout(&cli(&proxy, &["key", "export", BOB]))), bobs.fingerprint().hex());
+
+    // Invite: the link is the last line and carries Alice's key.
+    let text = stdout(&cli(&proxy, &["invite", ALICE]));
+    let link = text.lines().last().unwrap().to_string();
+    assert!(link.starts_with("https://i.delta.chat/#"), "{text}");
+    let invite = Invite::parse(&link).unwrap();
+    assert_eq!((invite.fingerprint.hex(), invite.addr()), (fingerprint(&public), ALICE));
+    assert!(!proxy.log().contains(&invite.auth), "the link's tokens are not logged");
+
+    // Join: Bob's relay needs his password, which a login gives the proxy.
+    let mut imap = proxy.connect();
+    imap.login(BOB, "secret");
+    let text = stdout(&cli(&proxy, &["join", BOB, &link]));
+    assert!(text.contains("asked alice@example.org"), "{text}");
+    let arrived = wait_for_inbox(provider.imap_port, ALICE, "secret", Duration::from_secs(20), |m| !m.is_empty());
+    let request = String::from_utf8_lossy(&arrived[0]).into_owned();
+    assert!(request.contains("multipart/encrypted") && request.contains("From: "), "{request}");
+    assert!(!request.contains("vc-request-pubkey"), "the step is inside the encryption: {request}");
+    let bad = cli(&proxy, &["join", BOB, "https://example.org/not-an-invite"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("invite link"), "{bad:?}");
+    drop(imap);
+
+    // A restart keeps the keys (and the invite still answers to the same key).
+    proxy.restart();
+    assert_eq!(fingerprint(&stdout(&cli(&proxy, &["key", "export", ALICE]))), fingerprint(&public));
+    assert_eq!(fingerprint(&stdout(&cli(&proxy, &["key", "export", BOB]))), bobs.fingerprint().hex());
+
+    // Without a daemon the command line does the same on the store.
+    proxy.stop();
+    assert_eq!(fingerprint(&stdout(&cli(&proxy, &["key", "export", ALICE]))), fingerprint(&public));
+    let link2 = stdout(&cli(&proxy, &["invite", ALICE])).lines().last().unwrap().to_string();
+    assert_ne!(link2, link, "a new invite each time");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(proxy.state.join("seal.key")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn autocrypt_off_keeps_no_keys_and_says_so() {
+    let provider = Provider::start();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{}", provider.smtp_port))
+        .extra("[autocrypt]\nenabled = false\n")
+        .start();
+    let out = cli(&proxy, &["key", "export", ALICE]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Autocrypt is off"), "{out:?}");
+    assert!(!proxy.state.join("seal.key").exists());
+}
