@@ -98,7 +98,7 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     let (context, receivers) = Context::new(config, TlsAcceptor::from(server_tls), store, shutdown_rx.clone());
     let ctx = Arc::new(context);
     // The worker supervisor first: logins ask it for workers as soon as the listeners accept.
-    let supervisor = tokio::spawn(crate::worker::supervise(ctx.clone(), receivers.workers));
+    let supervisor = tokio::spawn(crate::worker::supervise(ctx.clone(), receivers.workers, identity.clone()));
     // Every session holds a sender; when all are gone, every session has ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let mut listeners =

@@ -119,3 +119,41 @@ fn autocrypt_off_keeps_no_keys_and_says_so() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Autocrypt is off"), "{out:?}");
     assert!(!proxy.state.join("seal.key").exists());
 }
+
+/// The stored peer `addr` of `login`, read from a stopped proxy's state directory.
+fn stored_peer(proxy: &Proxy, login: &str, addr: &str) -> Option<coi_proxy::openpgp::peer::Peer> {
+    use coi_proxy::openpgp::identity::Identity;
+    use coi_proxy::openpgp::seal::SealKey;
+    let store = coi_proxy::store::Store::open(&proxy.state).unwrap();
+    let seal = SealKey::load(&proxy.state.join("seal.key")).unwrap();
+    Identity::with_seal(store, seal).peer(login, addr).unwrap()
+}
+
+/// Both roles of SecureJoin run in the account workers, with no mail client connected: Alice's
+/// invite, Bob's join, four messages through Dovecot, and each is the other's verified contact.
+#[test]
+fn invite_and_join_complete_in_the_workers_and_both_sides_are_verified() {
+    let provider = Provider::start();
+    let mut proxy = start(&provider);
+    // The workers need the passwords: a login gives them to the proxy.
+    for user in [ALICE, BOB] {
+        let mut c = proxy.connect();
+        c.login(user, "secret");
+    }
+    let link = stdout(&cli(&proxy, &["invite", ALICE])).lines().last().unwrap().to_string();
+    let text = stdout(&cli(&proxy, &["join", BOB, &link]));
+    assert!(text.contains("asked alice@example.org"), "{text}");
+    proxy.wait_for_log("SecureJoin complete", Duration::from_secs(60));
+    let log = proxy.log();
+    assert!(log.contains("the joiner proved the invite's token"), "{log}");
+    proxy.stop();
+    let bob_at_alice = stored_peer(&proxy, ALICE, BOB).expect("Alice knows Bob");
+    let alice_at_bob = stored_peer(&proxy, BOB, ALICE).expect("Bob knows Alice");
+    assert!(bob_at_alice.is_verified() && alice_at_bob.is_verified());
+    let alice_key = stdout(&cli(&proxy, &["key", "export", ALICE]));
+    assert_eq!(alice_at_bob.verified_fingerprint().unwrap().hex(), fingerprint(&alice_key));
+    // Four handshake messages went through the provider, two each way.
+    let at_alice = support::smtp_client::inbox(provider.imap_port, ALICE, "secret");
+    let at_bob = support::smtp_client::inbox(provider.imap_port, BOB, "secret");
+    assert_eq!((at_alice.len(), at_bob.len()), (2, 2));
+}

@@ -94,6 +94,8 @@ impl GatewayCommand {
 pub struct Answer {
     pub text: String,
     pub queued: Vec<(u64, String)>,
+    /// The account whose key the command used (its worker should run).
+    pub login: Option<String>,
 }
 
 /// The display name our invites and handshake mails carry: the address's local part (the
@@ -104,7 +106,13 @@ fn display_name(login: &str) -> String {
 
 /// Carries out `cmd`. `give_up_secs`: how long queued handshake mail is tried (`[queue]`).
 pub fn execute(identity: &Identity, cmd: &GatewayCommand, now: i64, give_up_secs: u64) -> Result<Answer, CommandError> {
-    let text = |text: String| Ok(Answer { text, queued: Vec::new() });
+    let login = match cmd {
+        GatewayCommand::KeyExport { login, .. }
+        | GatewayCommand::KeyImport { login, .. }
+        | GatewayCommand::Invite { login }
+        | GatewayCommand::Join { login, .. } => Some(login.to_ascii_lowercase()),
+    };
+    let text = |text: String| Ok(Answer { text, queued: Vec::new(), login: login.clone() });
     match cmd {
         GatewayCommand::KeyExport { login, secret } => {
             let key = identity.account_key_blocking(login)?;
@@ -151,6 +159,7 @@ pub fn execute(identity: &Identity, cmd: &GatewayCommand, now: i64, give_up_secs
                     invite.addr()
                 ),
                 queued: vec![(queued, login.clone())],
+                login: Some(login.to_ascii_lowercase()),
             })
         }
     }

@@ -11,6 +11,8 @@
 //! - [`seal`]: secret keys encrypted at rest under a key-encryption-key file
 //! - [`commands`]: `coi-proxy key export|import`, `invite`, `join`, for the control socket
 //!   and the command line
+//! - [`incoming`]: one new message for the account worker: SecureJoin steps, then Autocrypt
+//!   and gossip into the peer table
 //! - [`identity`]: the one place that keeps the wing's state in the store (sealed account
 //!   keys made on first use, peers, invites, handshakes); the rest of the wing is sans-I/O
 //! - [`autocrypt`], [`peer`], [`recommend`]: Autocrypt Level 1 headers, peer state and its
@@ -48,6 +50,7 @@ pub mod decrypt;
 pub mod encrypt;
 pub mod fingerprint;
 pub mod identity;
+pub mod incoming;
 pub mod key;
 pub mod mime;
 pub mod peer;

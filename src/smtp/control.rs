@@ -350,6 +350,10 @@ async fn gateway(ctx: &Arc<Smtp>, cmd: GatewayCommand) -> String {
     match result {
         Ok(Ok(answer)) => {
             info!("control: {shown}");
+            // The account has a key now: its worker answers handshakes from here on.
+            if let Some(login) = answer.login.as_deref() {
+                ctx.shared.workers.want(login);
+            }
             for (id, login) in answer.queued {
                 ctx.shared.queue.wake(id, login);
             }

@@ -21,6 +21,7 @@ use crate::context::Context;
 use crate::imap::upstream::{OwnWorkError, Upstream, UpstreamError};
 use crate::imap::wire::command;
 use crate::imap::wire::response::{response_code_number, search_uids, uid_set};
+use crate::openpgp::identity::Identity;
 
 /// Longest IDLE before it is renewed (RFC 2177: at most 29 minutes).
 /// Also a safety net: a provider may miss reporting mail that arrived just before IDLE began.
@@ -35,20 +36,20 @@ const BATCH: u32 = 500;
 type CopyUid = (u32, Vec<(u32, u32)>);
 
 /// Serves the account until it no longer needs a worker or the daemon shuts down.
-pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>) {
+pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>, identity: Option<Identity>) {
     info!("account worker started");
     let mut backoff = Duration::from_secs(1);
     let mut config_rx = account.config.subscribe();
     let mut shutdown = shared.shutdown.clone();
     loop {
         let result = tokio::select! {
-            result = serve(&shared, &account, &mut config_rx) => result,
+            result = serve(&shared, &account, &mut config_rx, identity.as_ref()) => result,
             _ = shutdown.changed() => break,
         };
         match result {
             Ok(()) => {
                 backoff = Duration::from_secs(1);
-                if !wanted(&shared, &account) {
+                if !wanted(&shared, &account, identity.as_ref()) {
                     break;
                 }
             }
@@ -71,6 +72,7 @@ async fn serve(
     shared: &Context,
     account: &Account,
     config_rx: &mut watch::Receiver<CoiConfig>,
+    identity: Option<&Identity>,
 ) -> Result<(), OwnWorkError> {
     let login = account.login.as_str();
     let password = shared.credentials.password(&shared.config(), login).await?;
@@ -79,16 +81,20 @@ async fn serve(
     if up.has("METADATA") {
         account.set_config(crate::coi::config_at_provider(&mut up).await?);
     }
-    if !wanted(shared, account) {
+    if !wanted(shared, account, identity) {
         return Ok(());
     }
     let mut inbox = Inbox::open(shared, account, &mut up).await?;
+    inbox.gateway = identity.filter(|_| super::gateway::wanted(identity, login));
     info!(chats = %inbox.chats, "watching INBOX");
     loop {
         config_rx.mark_unchanged();
         let config = account.current();
-        if !wanted(shared, account) {
+        if !wanted(shared, account, identity) {
             return Ok(());
+        }
+        if inbox.gateway.is_none() {
+            inbox.gateway = identity.filter(|_| super::gateway::wanted(identity, login));
         }
         let before = inbox.next_uid;
         inbox.process_new(&mut up, config.effective_filter()).await?;
@@ -119,6 +125,8 @@ struct Inbox<'a> {
     waiting: BTreeSet<u32>,
     /// The first UID to push about (older messages were there before the worker).
     push_from: u32,
+    /// The OpenPGP gateway, when the account has a key.
+    gateway: Option<&'a Identity>,
 }
 
 impl<'a> Inbox<'a> {
@@ -150,8 +158,19 @@ impl<'a> Inbox<'a> {
         let push_from = crate::push::notify::first_to_push(stored, uidnext);
         let _ = store.set_inbox_position(login, uidvalidity, next_uid).await;
         let waiting = BTreeSet::new();
-        let mut inbox =
-            Inbox { shared, account, login, chats, uidvalidity, next_uid, uidnext, keywords, waiting, push_from };
+        let mut inbox = Inbox {
+            shared,
+            account,
+            login,
+            chats,
+            uidvalidity,
+            next_uid,
+            uidnext,
+            keywords,
+            waiting,
+            push_from,
+            gateway: None,
+        };
         if keywords {
             let (untagged, _) = up.command(b"UID SEARCH UNSEEN KEYWORD $Chat\r\n").await?;
             inbox.waiting.extend(untagged.iter().flat_map(|r| search_uids(r)));
@@ -197,6 +216,11 @@ impl<'a> Inbox<'a> {
             if item.uid >= self.push_from {
                 new.push((item.uid, is_chat || item.flags.iter().any(|f| f.eq_ignore_ascii_case("$Chat"))));
             }
+        }
+        // The OpenPGP gateway, before anything moves: SecureJoin steps, Autocrypt, gossip.
+        if let Some(identity) = self.gateway {
+            let fresh: Vec<u32> = new.iter().map(|n| n.0).collect();
+            super::gateway::on_new(self.shared, identity, up, self.login, &fresh).await?;
         }
         // Receipts: DSNs and MDNs about the user's sent chat messages.
         crate::receipts::on_new_messages(self.shared, up, self.login, &untagged).await?;
@@ -391,14 +415,14 @@ fn is_mailbox_change(resp: &[u8]) -> bool {
 
 /// The parts of a `* n FETCH (UID … FLAGS (…) BODY[…] {n}…)` response the worker asked for.
 #[derive(Debug, PartialEq, Eq)]
-struct FetchItem {
-    uid: u32,
+pub(super) struct FetchItem {
+    pub(super) uid: u32,
     flags: Vec<String>,
-    header: Vec<u8>,
+    pub(super) header: Vec<u8>,
 }
 
 impl FetchItem {
-    fn parse(resp: &[u8]) -> Option<FetchItem> {
+    pub(super) fn parse(resp: &[u8]) -> Option<FetchItem> {
         let upper_head = String::from_utf8_lossy(&resp[..resp.len().min(32)]).to_ascii_uppercase();
         if !upper_head.starts_with("* ") || !upper_head.contains(" FETCH (") {
             return None;

@@ -6,6 +6,7 @@
 //! shuts down.
 
 mod account;
+mod gateway;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,19 +17,29 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::account::Account;
 use crate::context::Context;
+use crate::openpgp::identity::Identity;
 
-/// Whether `account` needs its worker: COI enabled, or a validated push subscription.
-fn wanted(ctx: &Context, account: &Account) -> bool {
-    account.current().enabled || crate::push::wanted(&ctx.store, &account.login)
+/// Whether `account` needs its worker: COI enabled, a validated push subscription, or an
+/// OpenPGP key (the gateway answers SecureJoin and learns keys with no client connected).
+fn wanted(ctx: &Context, account: &Account, identity: Option<&Identity>) -> bool {
+    account.current().enabled
+        || crate::push::wanted(&ctx.store, &account.login)
+        || gateway::wanted(identity, &account.login)
 }
 
 /// Runs until shutdown: reads the requests for workers (`Context::workers`), keeps exactly one
 /// worker per account that needs one, and at shutdown waits for the workers to stop.
-pub async fn supervise(ctx: Arc<Context>, mut requests: mpsc::UnboundedReceiver<String>) {
+/// `identity`: the OpenPGP gateway's state (`None` with `[autocrypt] enabled = false`).
+pub async fn supervise(ctx: Arc<Context>, mut requests: mpsc::UnboundedReceiver<String>, identity: Option<Identity>) {
     let mut shutdown = ctx.shutdown.clone();
-    let mut workers =
-        Workers { ctx: ctx.clone(), tasks: JoinSet::new(), by_task: HashMap::new(), running: HashSet::new() };
-    for login in at_start(&ctx).await {
+    let mut workers = Workers {
+        ctx: ctx.clone(),
+        tasks: JoinSet::new(),
+        by_task: HashMap::new(),
+        running: HashSet::new(),
+        identity: identity.clone(),
+    };
+    for login in at_start(&ctx, identity.as_ref()).await {
         workers.start_if_needed(&login);
     }
     loop {
@@ -66,34 +77,42 @@ struct Workers {
     by_task: HashMap<Id, String>,
     /// The accounts that have a worker.
     running: HashSet<String>,
+    identity: Option<Identity>,
 }
 
 impl Workers {
     fn start_if_needed(&mut self, login: &str) {
         let account = self.ctx.accounts.account(login);
-        if self.running.contains(&account.login) || !wanted(&self.ctx, &account) {
+        if self.running.contains(&account.login) || !wanted(&self.ctx, &account, self.identity.as_ref()) {
             return;
         }
         crate::metrics::WORKER_STARTS.inc();
         let span = info_span!(parent: None, "worker", login = %account.login);
         let login = account.login.clone();
-        let handle = self.tasks.spawn(account::run(self.ctx.clone(), account).instrument(span));
+        let handle = self.tasks.spawn(account::run(self.ctx.clone(), account, self.identity.clone()).instrument(span));
         self.by_task.insert(handle.id(), login.clone());
         self.running.insert(login);
     }
 }
 
-/// The accounts whose workers start with the daemon: those with a validated subscription whose
-/// password the configuration can supply (`password_command`), so pushes go on with no client
-/// connected after a restart. Other accounts get their worker at their next login.
-async fn at_start(ctx: &Context) -> Vec<String> {
-    let logins = match ctx.store.read(|s| s.push_accounts()).await {
+/// The accounts whose workers start with the daemon: those with a validated subscription or
+/// an OpenPGP key whose password the configuration can supply (`password_command`), so pushes
+/// and SecureJoin go on with no client connected after a restart. Other accounts get their
+/// worker at their next login.
+async fn at_start(ctx: &Context, identity: Option<&Identity>) -> Vec<String> {
+    let mut logins = match ctx.store.read(|s| s.push_accounts()).await {
         Ok(logins) => logins,
         Err(e) => {
             warn!("cannot read push subscriptions: {e}");
-            return Vec::new();
+            Vec::new()
         }
     };
+    if identity.is_some() {
+        match ctx.store.read(|s| s.accounts_with_keys()).await {
+            Ok(keyed) => logins.extend(keyed.into_iter().filter(|l| !logins.contains(l)).collect::<Vec<_>>()),
+            Err(e) => warn!("cannot read the accounts' OpenPGP keys: {e}"),
+        }
+    }
     let config = ctx.config();
     let mut out = Vec::new();
     for login in logins {
