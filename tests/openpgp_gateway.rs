@@ -16,6 +16,7 @@ use support::smtp_client::wait_for_inbox;
 
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
+const CAROL: &str = "carol@example.org";
 
 fn cli(proxy: &Proxy, args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
@@ -146,14 +147,33 @@ fn invite_and_join_complete_in_the_workers_and_both_sides_are_verified() {
     proxy.wait_for_log("SecureJoin complete", Duration::from_secs(60));
     let log = proxy.log();
     assert!(log.contains("the joiner proved the invite's token"), "{log}");
+
+    // Bob's plain client now writes to Alice: encrypted at the provider, the real Subject
+    // inside only. To Alice and Carol (no key) together: refused, never clear to a verified
+    // contact. To Carol alone: clear, with Bob's Autocrypt header.
+    let mut smtp = proxy.connect_smtp();
+    smtp.login(BOB, "secret");
+    let plain = b"From: bob@example.org\r\nTo: alice@example.org\r\nSubject: lunch?\r\nMessage-ID: <p1@example.org>\r\n\r\nat noon\r\n";
+    assert_eq!(smtp.send_message(BOB, &[ALICE], plain).code, 250, "{}", smtp.transcript());
+    let reply = smtp.send_message(BOB, &[ALICE, CAROL], plain);
+    assert_eq!(reply.code, 554, "{}", smtp.transcript());
+    assert!(smtp.transcript().contains("carol@example.org have no key"), "{}", smtp.transcript());
+    assert_eq!(smtp.send_message(BOB, &[CAROL], plain).code, 250, "{}", smtp.transcript());
+    let at_carol = wait_for_inbox(provider.imap_port, CAROL, "secret", Duration::from_secs(20), |m| !m.is_empty());
+    let clear = String::from_utf8_lossy(&at_carol[0]).into_owned();
+    assert!(clear.contains("Autocrypt: addr=bob@example.org;") && clear.contains("at noon"), "{clear}");
+    let at_alice = wait_for_inbox(provider.imap_port, ALICE, "secret", Duration::from_secs(20), |m| m.len() >= 3);
+    let sealed = String::from_utf8_lossy(&at_alice[2]).into_owned();
+    assert!(sealed.contains("multipart/encrypted") && !sealed.contains("at noon"), "{sealed}");
+    assert!(!sealed.contains("lunch?"), "the Subject is protected: {sealed}");
     proxy.stop();
     let bob_at_alice = stored_peer(&proxy, ALICE, BOB).expect("Alice knows Bob");
     let alice_at_bob = stored_peer(&proxy, BOB, ALICE).expect("Bob knows Alice");
     assert!(bob_at_alice.is_verified() && alice_at_bob.is_verified());
     let alice_key = stdout(&cli(&proxy, &["key", "export", ALICE]));
     assert_eq!(alice_at_bob.verified_fingerprint().unwrap().hex(), fingerprint(&alice_key));
-    // Four handshake messages went through the provider, two each way.
+    // Four handshake messages went through the provider, two each way (and Bob's letter).
     let at_alice = support::smtp_client::inbox(provider.imap_port, ALICE, "secret");
     let at_bob = support::smtp_client::inbox(provider.imap_port, BOB, "secret");
-    assert_eq!((at_alice.len(), at_bob.len()), (2, 2));
+    assert_eq!((at_alice.len(), at_bob.len()), (3, 2));
 }

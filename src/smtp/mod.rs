@@ -6,6 +6,7 @@
 //! `imap::upstream` (the proxy's own provider connections) and the context's channels.
 
 pub mod control;
+mod gateway;
 pub mod queue;
 pub mod receipts;
 pub mod relay;

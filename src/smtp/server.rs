@@ -274,8 +274,11 @@ async fn run(
                 session.auth_result(result);
             }
             Event::CheckRoom { login, size } => session.room(ctx.queue.room(login, size).await),
-            Event::Enqueue(submission) => {
-                let result = ctx.queue.enqueue(submission).await;
+            Event::Enqueue(mut submission) => {
+                let result = match super::gateway::outgoing(ctx, &mut submission).await {
+                    Ok(()) => ctx.queue.enqueue(submission).await,
+                    Err(refusal) => Err(refusal),
+                };
                 queued += u32::from(result.is_ok());
                 session.queued(result);
             }
