@@ -112,6 +112,16 @@ impl Default for Coi {
     }
 }
 
+impl Coi {
+    /// Whether a session whose client named itself `id_name` (IMAP `ID`) is a chat client: it
+    /// is listed in `chat_clients` (Delta Chat by default). A chat client sees mail exactly as
+    /// stored and sends its own receipts; every other session is a plain mail client, for which
+    /// the proxy acts (read receipts, the OpenPGP gateway, hiding SecureJoin mail).
+    pub fn is_chat_client(&self, id_name: Option<&str>) -> bool {
+        id_name.is_some_and(|n| self.chat_clients.iter().any(|c| c.eq_ignore_ascii_case(n.trim())))
+    }
+}
+
 fn default_chat_clients() -> Vec<String> {
     vec!["Delta Chat".into()]
 }
@@ -947,5 +957,26 @@ mod tests {
         assert!(l.plaintext_auth_allowed(&"127.0.0.1:1143".parse().unwrap()));
         assert!(!l.plaintext_auth_allowed(&"0.0.0.0:1143".parse().unwrap()));
         assert!(!l.plaintext_auth_allowed(&"192.0.2.1:1143".parse().unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod chat_client_tests {
+    use super::*;
+
+    #[test]
+    fn chat_clients_are_named_by_id_and_the_list_is_configurable() {
+        let coi = Coi::default();
+        assert!(coi.is_chat_client(Some("Delta Chat")) && coi.is_chat_client(Some("delta chat")));
+        assert!(!coi.is_chat_client(Some("Thunderbird")) && !coi.is_chat_client(None));
+        let coi: Coi = toml::from_str("chat_clients = [\"Delta Chat\", \"ArcaneChat\"]").unwrap();
+        assert!(coi.is_chat_client(Some("ArcaneChat")));
+        let autocrypt = Config::parse("", Path::new("proxy.toml")).unwrap().autocrypt;
+        assert!(autocrypt.enabled, "on by default");
+        assert_eq!(autocrypt.seal_key_path(Path::new("/s")), Path::new("/s/seal.key"));
+        let off = Config::parse("[autocrypt]\nenabled = false\nseal_key = \"/k\"\n", Path::new("proxy.toml")).unwrap();
+        assert!(!off.autocrypt.enabled);
+        assert_eq!(off.autocrypt.seal_key_path(Path::new("/s")), Path::new("/k"));
+        assert!(Config::parse("[autocrypt]\nenable = true\n", Path::new("proxy.toml")).is_err(), "typos are errors");
     }
 }
