@@ -130,3 +130,73 @@ fn not_for_us(role: &str, e: &Rejected) {
         other => info!("SecureJoin ({role}): a handshake message was refused: {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openpgp::autocrypt::{AutocryptHeader, PreferEncrypt};
+    use crate::openpgp::encrypt::{Options, encrypt};
+    use crate::openpgp::key::AccountKey;
+    use crate::openpgp::seal::SealKey;
+    use crate::store::Store;
+
+    const ALICE: &str = "alice@example.org";
+    const BOB: &str = "bob@example.net";
+
+    fn letter(now: i64) -> Vec<u8> {
+        format!(
+            "From: Bob <{BOB}>\r\nTo: {ALICE}\r\nSubject: hi\r\nDate: {}\r\nMessage-ID: <b@example.net>\r\n\r\nhello\r\n",
+            crate::mail::rfc5322_date(now)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn encrypted_mail_teaches_the_senders_key_and_a_tampered_one_teaches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Identity::with_seal(Store::open(dir.path()).unwrap(), SealKey::generate());
+        let alice = identity.account_key_blocking(ALICE).unwrap();
+        let bob = AccountKey::generate(BOB).unwrap();
+        let now = crate::clock::now();
+        let to_alice = [(ALICE.to_string(), alice.public_key().clone())];
+        let sealed = encrypt(&letter(now), &bob, &to_alice, &Options::mail(PreferEncrypt::Mutual, now)).unwrap();
+
+        // One byte changed inside the armored OpenPGP message: nothing is learnt.
+        let mut tampered = sealed.clone();
+        let begin = b"-----BEGIN PGP MESSAGE-----";
+        let at = tampered.windows(begin.len()).position(|w| w == begin).unwrap();
+        let at = at + tampered[at..].windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 200;
+        tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+        assert_eq!(handle(&identity, ALICE, &tampered, now).unwrap(), Handled::default());
+        assert_eq!(identity.peer(ALICE, BOB).unwrap(), None);
+
+        assert_eq!(handle(&identity, ALICE, &sealed, now).unwrap(), Handled::default());
+        let peer = identity.peer(ALICE, BOB).unwrap().expect("Bob's key learnt");
+        assert_eq!(peer.public_key.as_ref().map(|k| k.fingerprint()), Some(bob.fingerprint()));
+    }
+
+    #[test]
+    fn a_verified_contacts_new_key_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Identity::with_seal(Store::open(dir.path()).unwrap(), SealKey::generate());
+        let (bob, other) = (AccountKey::generate(BOB).unwrap(), AccountKey::generate(BOB).unwrap());
+        let now = crate::clock::now();
+        mark_verified(&identity, ALICE, BOB, bob.public_key(), now - 10).unwrap();
+        let header = AutocryptHeader {
+            addr: BOB.into(),
+            prefer_encrypt: PreferEncrypt::Mutual,
+            key: other.public_key().clone(),
+            verified: false,
+        };
+        let mut clear = mime::fold("Autocrypt", &header.value()).into_bytes();
+        clear.extend_from_slice(b"\r\n");
+        clear.extend_from_slice(&letter(now));
+        handle(&identity, ALICE, &clear, now).unwrap();
+        let peer = identity.peer(ALICE, BOB).unwrap().unwrap();
+        assert_eq!(peer.verified_fingerprint(), Some(bob.fingerprint()), "still the verified key");
+        assert_eq!(peer.encryption_key().map(|k| k.fingerprint()), Some(bob.fingerprint()), "and encrypted to it");
+        // A SecureJoin with the other key does not replace it either.
+        mark_verified(&identity, ALICE, BOB, other.public_key(), now).unwrap();
+        assert_eq!(identity.peer(ALICE, BOB).unwrap().unwrap().verified_fingerprint(), Some(bob.fingerprint()));
+    }
+}
