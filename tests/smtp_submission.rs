@@ -28,23 +28,6 @@ fn has(messages: &[Vec<u8>], needle: &[u8]) -> bool {
     messages.iter().any(|m| m.windows(needle.len()).any(|w| w == needle))
 }
 
-/// The message without the `Autocrypt` field the proxy adds (`[autocrypt]` is on by default;
-/// tests/openpgp_gateway.rs tests what it adds): everything else must arrive byte for byte.
-fn without_autocrypt(message: &[u8]) -> Vec<u8> {
-    let Some(at) = message.windows(13).position(|w| w == b"\r\nAutocrypt: ") else {
-        panic!("the proxy adds its Autocrypt header:\n{}", String::from_utf8_lossy(message));
-    };
-    let mut end = at + 2;
-    loop {
-        let next = end + message[end..].windows(2).position(|w| w == b"\r\n").unwrap() + 2;
-        end = next;
-        if !matches!(message.get(end), Some(b' ' | b'\t')) {
-            break;
-        }
-    }
-    [&message[..at + 2], &message[end..]].concat()
-}
-
 #[test]
 fn delivered_to_the_recipients_inbox_over_tls_both_ways() {
     let provider = Provider::start();
@@ -67,7 +50,7 @@ fn delivered_to_the_recipients_inbox_over_tls_both_ways() {
     assert!(reply.text().contains("queued as"), "{reply:?}");
     c.expect("QUIT", 221);
     let inbox = wait_for_inbox(provider.imap_port, BOB, "secret", Duration::from_secs(20), |m| !m.is_empty());
-    let delivered = without_autocrypt(&inbox[0]);
+    let delivered = support::smtp_client::without_autocrypt(&inbox[0]);
     assert!(delivered.ends_with(message), "delivered bytes differ:\n{}", String::from_utf8_lossy(&inbox[0]));
     let log = proxy.wait_for_log("relayed: delivered to 1", Duration::from_secs(5));
     assert!(!log.contains("AHNlY3JldA") && !log.contains("\0secret"), "no AUTH payload in the log");
@@ -193,7 +176,7 @@ fn eight_bit_and_utf8_bodies_arrive_intact() {
     c.send_raw(&data_block(&message));
     assert_eq!(c.read_reply().code, 250, "{}", c.transcript());
     let inbox = wait_for_inbox(provider.imap_port, BOB, "secret", Duration::from_secs(20), |m| !m.is_empty());
-    let delivered = without_autocrypt(&inbox[0]);
+    let delivered = support::smtp_client::without_autocrypt(&inbox[0]);
     assert!(delivered.ends_with(&message), "bytes changed:\n{}", String::from_utf8_lossy(&inbox[0]));
 }
 
