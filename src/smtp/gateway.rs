@@ -11,13 +11,19 @@ use super::Smtp;
 use super::session::{QueueRefusal, Submission};
 use crate::openpgp::autocrypt::PreferEncrypt;
 use crate::openpgp::encrypt::{Prepared, prepare};
+use crate::openpgp::identity::IdentityError;
+use crate::store::StoreError;
 
 /// Applies the gateway to `sub` (in place); `Err` is the refusal for the client.
 pub async fn outgoing(ctx: &Smtp, sub: &mut Submission) -> Result<(), QueueRefusal> {
     let Some(identity) = ctx.identity.clone() else { return Ok(()) };
-    let key = identity.account_key(&sub.login).await.map_err(|e| {
-        warn!("OpenPGP gateway: no key for the account: {e}");
-        QueueRefusal::Unavailable("the account's OpenPGP key is not available".into())
+    let key = identity.account_key(&sub.login).await.map_err(|e| match e {
+        // The key made now could not be stored: as for the message itself, `452`.
+        IdentityError::Store(StoreError::DiskFull) => QueueRefusal::NoSpace,
+        e => {
+            warn!("OpenPGP gateway: no key for the account: {e}");
+            QueueRefusal::Unavailable("the account's OpenPGP key is not available".into())
+        }
     })?;
     // The worker learns keys from here on.
     ctx.shared.workers.want(&sub.login);
