@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::process::Output;
 use std::time::Duration;
 
 use coi_proxy::openpgp::key::{AccountKey, PublicKey};
 use coi_proxy::openpgp::securejoin::invite::Invite;
+use support::openpgp::{cli, stdout, stored_peer};
 use support::provider::Provider;
 use support::proxy::Proxy;
 use support::smtp_client::wait_for_inbox;
@@ -17,20 +17,6 @@ use support::smtp_client::wait_for_inbox;
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
 const CAROL: &str = "carol@example.org";
-
-fn cli(proxy: &Proxy, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
-        .arg("--config")
-        .arg(&proxy.config_path)
-        .args(args)
-        .output()
-        .expect("run coi-proxy")
-}
-
-fn stdout(out: &Output) -> String {
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn start(provider: &Provider) -> Proxy {
     Proxy::builder()
@@ -119,15 +105,6 @@ fn autocrypt_off_keeps_no_keys_and_says_so() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Autocrypt is off"), "{out:?}");
     assert!(!proxy.state.join("seal.key").exists());
-}
-
-/// The stored peer `addr` of `login`, read from a stopped proxy's state directory.
-fn stored_peer(proxy: &Proxy, login: &str, addr: &str) -> Option<coi_proxy::openpgp::peer::Peer> {
-    use coi_proxy::openpgp::identity::Identity;
-    use coi_proxy::openpgp::seal::SealKey;
-    let store = coi_proxy::store::Store::open(&proxy.state).unwrap();
-    let seal = SealKey::load(&proxy.state.join("seal.key")).unwrap();
-    Identity::with_seal(store, seal).peer(login, addr).unwrap()
 }
 
 /// Both roles of SecureJoin run in the account workers, with no mail client connected: Alice's

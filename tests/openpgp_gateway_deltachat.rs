@@ -8,46 +8,19 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use coi_proxy::openpgp::autocrypt::{AutocryptHeader, PreferEncrypt};
-use coi_proxy::openpgp::identity::Identity;
 use coi_proxy::openpgp::key::AccountKey;
 use coi_proxy::openpgp::mime;
-use coi_proxy::openpgp::seal::SealKey;
+use support::openpgp::{cli, dc_report as report, dc_script as script, stdout, stored_peer};
 use support::provider::Provider;
 use support::proxy::Proxy;
 use support::smtp_client::wait_for_inbox;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deltachat/dc_openpgp.py");
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
-
-fn script(provider: &Provider, mode: &str, user: &str) -> Command {
-    let mut c = Command::new("python3");
-    c.arg(SCRIPT)
-        .arg(mode)
-        .args(["--provider-imap", &provider.imap_port.to_string()])
-        .args(["--provider-smtp", &provider.smtp_port.to_string()])
-        .args(["--lmtp", &provider.lmtp_port.to_string()])
-        .args(["--user", user]);
-    c
-}
-
-fn report(stdout: &str) -> serde_json::Value {
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("{}");
-    serde_json::from_str(line).unwrap()
-}
-
-fn cli(proxy: &Proxy, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_coi-proxy")).arg("--config").arg(&proxy.config_path).args(args).output().unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The proxy, with `user` logged in once (its worker needs the password).
 fn proxy_for(provider: &Provider, user: &str) -> Proxy {
@@ -58,12 +31,6 @@ fn proxy_for(provider: &Provider, user: &str) -> Proxy {
     let mut c = proxy.connect();
     c.login(user, "secret");
     proxy
-}
-
-fn stored_peer(proxy: &Proxy, login: &str, addr: &str) -> Option<coi_proxy::openpgp::peer::Peer> {
-    let store = coi_proxy::store::Store::open(&proxy.state).unwrap();
-    let seal = SealKey::load(&proxy.state.join("seal.key")).unwrap();
-    Identity::with_seal(store, seal).peer(login, addr).unwrap()
 }
 
 #[test]
