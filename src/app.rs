@@ -45,6 +45,8 @@ pub enum RunError {
     Bind { addr: SocketAddr, kind: &'static str, source: std::io::Error },
     #[error(transparent)]
     Smtp(#[from] crate::smtp::server::StartError),
+    #[error("[autocrypt]: {0}")]
+    Autocrypt(#[from] crate::openpgp::identity::IdentityError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -86,8 +88,8 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     run_with(config, reload, None).await
 }
 
-/// As [`run`]; with `keys`, plain clients' sessions see encrypted mail decrypted (issue 15),
-/// the views sealed with the state directory's `seal.key`.
+/// As [`run`], with the decrypted views' keys given (tests) instead of the OpenPGP gateway's
+/// own; plain clients' sessions see encrypted mail decrypted either way.
 pub async fn run_with(
     config: Config,
     reload: Option<ConfigSource>,
@@ -105,21 +107,37 @@ pub async fn run_with(
     }
     let (server_tls, local_cert) = tls::local_server_config(&config.state_dir)?;
     let store = Store::open_async(&config.state_dir).await?;
-    let views = match keys {
-        Some(keys) => {
-            let path = config.state_dir.join("seal.key");
-            let seal =
-                tokio::task::spawn_blocking(move || crate::openpgp::seal::SealKey::load_or_create(&path)).await??;
-            let budget = crate::openpgp::cache::DEFAULT_BUDGET;
-            Some(Arc::new(crate::openpgp::cache::Views::new(store.clone(), Arc::new(seal), keys, budget)))
+    let identity = open_identity(&config, &store).await?;
+    // Plain clients' sessions see encrypted mail decrypted with the keys the gateway holds
+    // (or, in tests, the keys given), the views sealed under the gateway's seal key.
+    let views = match (keys, &identity) {
+        (Some(keys), identity) => {
+            let seal = match identity {
+                Some(identity) => identity.seal(),
+                None => {
+                    let path = config.autocrypt.seal_key_path(&config.state_dir);
+                    Arc::new(
+                        tokio::task::spawn_blocking(move || crate::openpgp::seal::SealKey::load_or_create(&path))
+                            .await??,
+                    )
+                }
+            };
+            Some((keys, seal))
         }
-        None => None,
-    };
+        (None, Some(identity)) => {
+            let keys: Arc<dyn crate::openpgp::cache::SecretKeys> = Arc::new(identity.clone());
+            Some((keys, identity.seal()))
+        }
+        (None, None) => None,
+    }
+    .map(|(keys, seal)| {
+        Arc::new(crate::openpgp::cache::Views::new(store.clone(), seal, keys, crate::openpgp::cache::DEFAULT_BUDGET))
+    });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (context, receivers) = Context::new(config, TlsAcceptor::from(server_tls), store, shutdown_rx.clone());
     let ctx = Arc::new(context);
     // The worker supervisor first: logins ask it for workers as soon as the listeners accept.
-    let supervisor = tokio::spawn(crate::worker::supervise(ctx.clone(), receivers.workers));
+    let supervisor = tokio::spawn(crate::worker::supervise(ctx.clone(), receivers.workers, identity.clone()));
     // Every session holds a sender; when all are gone, every session has ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let mut listeners =
@@ -135,7 +153,8 @@ pub async fn run_with(
     // SMTP submission listeners, the queue's relay task and the receipts agent.
     let smtp_channels = (receivers.queue, receivers.receipts);
     listeners.smtp =
-        crate::smtp::server::start(ctx.clone(), smtp_channels, shutdown_rx.clone(), listeners.alive.clone()).await?;
+        crate::smtp::server::start(ctx.clone(), smtp_channels, shutdown_rx.clone(), listeners.alive.clone(), identity)
+            .await?;
     tokio::spawn(renew_cert_daily(ctx.clone(), local_cert.clone()));
     info!(version = env!("CARGO_PKG_VERSION"), "coi-proxy ready");
     crate::sd_notify::ready("serving");
@@ -152,6 +171,26 @@ pub async fn run_with(
     // The supervisor has stopped its workers by now (it watches the same signal).
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, supervisor).await;
     Ok(())
+}
+
+/// The OpenPGP gateway's state (its seal key file is read or made here, off the runtime);
+/// `None` when `[autocrypt] enabled = false`. A seal key file that others can read, or that is
+/// not one, stops the start: keys sealed under it would be exposed or lost.
+async fn open_identity(config: &Config, store: &Store) -> Result<Option<crate::openpgp::identity::Identity>, RunError> {
+    use crate::openpgp::identity::{Identity, IdentityError};
+    if !config.autocrypt.enabled {
+        info!("Autocrypt is off ([autocrypt] enabled = false): mail passes as clients send it");
+        return Ok(None);
+    }
+    let (config, store) = (config.clone(), store.clone());
+    let identity = tokio::task::spawn_blocking(move || {
+        let identity = Identity::open(&config, store)?;
+        identity.preload()?;
+        Ok(identity)
+    })
+    .await
+    .unwrap_or_else(|e| Err(IdentityError::Task(e.to_string())))?;
+    Ok(Some(identity))
 }
 
 /// What `run` (and a reload) needs from a configuration before it can serve anything.

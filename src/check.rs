@@ -38,6 +38,7 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
         let _ = writeln!(out, "local certificate: no state here (made at the daemon's first start)");
         let _ = writeln!(out, "queue: no state here");
     }
+    ok &= autocrypt(&mut out, config);
     routes(&mut out, config);
 
     let providers = config.providers();
@@ -444,6 +445,7 @@ pub fn offline(config: &Config, source: Option<&Path>) -> (String, bool) {
     }
     let _ = writeln!(out, "state_dir: {}", config.state_dir.display());
     listeners(&mut out, config);
+    let autocrypt_ok = autocrypt(&mut out, config);
     let providers = config.providers();
     for provider in &providers {
         let _ =
@@ -459,5 +461,34 @@ pub fn offline(config: &Config, source: Option<&Path>) -> (String, bool) {
             "provider: none configured (run `coi-proxy setup ADDRESS`, pass --upstream or set [upstream] imap)"
         );
     }
-    (out, !providers.is_empty())
+    (out, !providers.is_empty() && autocrypt_ok)
+}
+
+/// `[autocrypt]`: on or off, and whether the seal key file is fit (the daemon refuses a
+/// readable one). Reads only the file's metadata, never the key.
+fn autocrypt(out: &mut String, config: &Config) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    if !config.autocrypt.enabled {
+        let _ = writeln!(out, "autocrypt: off ([autocrypt] enabled = false): no OpenPGP keys, mail passes as sent");
+        return true;
+    }
+    let path = config.autocrypt.seal_key_path(&config.state_dir);
+    let (state, ok) = match std::fs::metadata(&path) {
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => (
+            format!(
+                "readable by others (mode {:o}); the daemon refuses it: chmod 600 it",
+                meta.permissions().mode() & 0o777
+            ),
+            false,
+        ),
+        Ok(_) => ("present, mode 600".to_string(), true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ("made at the first use of a key".to_string(), true),
+        Err(e) => (format!("unreadable: {e}"), false),
+    };
+    let _ = writeln!(
+        out,
+        "autocrypt: on (an OpenPGP key per account, Autocrypt and SecureJoin for plain clients); seal key {}: {state}",
+        path.display()
+    );
+    ok
 }

@@ -28,6 +28,8 @@ pub struct Config {
     pub queue: Queue,
     #[serde(default)]
     pub push: Push,
+    #[serde(default)]
+    pub autocrypt: Autocrypt,
     #[serde(default, rename = "account")]
     pub accounts: Vec<Account>,
     #[serde(default)]
@@ -111,6 +113,16 @@ pub struct Coi {
 impl Default for Coi {
     fn default() -> Self {
         toml::from_str("").expect("defaults")
+    }
+}
+
+impl Coi {
+    /// Whether a session whose client named itself `id_name` (IMAP `ID`) is a chat client: it
+    /// is listed in `chat_clients` (Delta Chat by default). A chat client sees mail exactly as
+    /// stored and sends its own receipts; every other session is a plain mail client, for which
+    /// the proxy acts (read receipts, the OpenPGP gateway, hiding SecureJoin mail).
+    pub fn is_chat_client(&self, id_name: Option<&str>) -> bool {
+        id_name.is_some_and(|n| self.chat_clients.iter().any(|c| c.eq_ignore_ascii_case(n.trim())))
     }
 }
 
@@ -309,6 +321,39 @@ fn default_push_attempts() -> u32 {
 }
 fn default_push_timeout() -> u64 {
     10
+}
+
+/// The OpenPGP gateway (issue 14): an OpenPGP key per account, Autocrypt and SecureJoin on the
+/// plain mail client's behalf, so that Delta Chat users can write to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autocrypt {
+    /// On by default: reaching Delta Chat users is what COI promises, and for everyone else it
+    /// adds one `Autocrypt` header to outgoing mail; mail is encrypted only to correspondents
+    /// who announced a key. Off: no keys are made, mail passes as the client sends it.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The key-encryption key that seals the accounts' secret keys in the store (default
+    /// `<state_dir>/seal.key`). Keep it elsewhere (a systemd credential, a mounted secret) and
+    /// a copy of the state directory alone reveals no secret key.
+    pub seal_key: Option<PathBuf>,
+}
+
+impl Default for Autocrypt {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+impl Autocrypt {
+    /// Where the seal key file is.
+    pub fn seal_key_path(&self, state_dir: &Path) -> PathBuf {
+        self.seal_key.clone().unwrap_or_else(|| state_dir.join("seal.key"))
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A per-login or per-domain provider override.
@@ -919,5 +964,26 @@ mod tests {
         assert!(l.plaintext_auth_allowed(&"127.0.0.1:1143".parse().unwrap()));
         assert!(!l.plaintext_auth_allowed(&"0.0.0.0:1143".parse().unwrap()));
         assert!(!l.plaintext_auth_allowed(&"192.0.2.1:1143".parse().unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod chat_client_tests {
+    use super::*;
+
+    #[test]
+    fn chat_clients_are_named_by_id_and_the_list_is_configurable() {
+        let coi = Coi::default();
+        assert!(coi.is_chat_client(Some("Delta Chat")) && coi.is_chat_client(Some("delta chat")));
+        assert!(!coi.is_chat_client(Some("Thunderbird")) && !coi.is_chat_client(None));
+        let coi: Coi = toml::from_str("chat_clients = [\"Delta Chat\", \"ArcaneChat\"]").unwrap();
+        assert!(coi.is_chat_client(Some("ArcaneChat")));
+        let autocrypt = Config::parse("", Path::new("proxy.toml")).unwrap().autocrypt;
+        assert!(autocrypt.enabled, "on by default");
+        assert_eq!(autocrypt.seal_key_path(Path::new("/s")), Path::new("/s/seal.key"));
+        let off = Config::parse("[autocrypt]\nenabled = false\nseal_key = \"/k\"\n", Path::new("proxy.toml")).unwrap();
+        assert!(!off.autocrypt.enabled);
+        assert_eq!(off.autocrypt.seal_key_path(Path::new("/s")), Path::new("/k"));
+        assert!(Config::parse("[autocrypt]\nenable = true\n", Path::new("proxy.toml")).is_err(), "typos are errors");
     }
 }

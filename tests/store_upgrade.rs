@@ -176,3 +176,29 @@ fn a_store_of_the_previous_release_takes_new_writes() {
     }
     assert!(Path::new(FIXTURE).exists());
 }
+
+/// The OpenPGP gateway's tables came after schema 1: a store of the previous release has none
+/// (no key, no peers), takes them on first use, and keeps them and everything else across a
+/// reopen, still as schema 1 (the tables are additive; the old release ignores them).
+#[test]
+fn a_store_of_the_previous_release_takes_openpgp_state() {
+    let dir = state_dir();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.account_key("alice@example.org").unwrap(), None);
+    assert!(store.peers("alice@example.org").unwrap().is_empty());
+    assert!(
+        store.invites("alice@example.org").unwrap().is_empty() && store.joins("alice@example.org").unwrap().is_empty()
+    );
+    assert!(store.accounts_with_keys().unwrap().is_empty());
+    store.put_account_key("alice@example.org", b"sealed".to_vec(), false).wait().unwrap();
+    store.put_peers("alice@example.org", vec![("bob@example.net".into(), b"peer".to_vec())]).wait().unwrap().unwrap();
+    store.put_invite("alice@example.org", "inv", b"invite".to_vec()).wait().unwrap();
+    store.put_join("alice@example.org", "j", Some(b"join".to_vec())).wait().unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    check_contents(&store);
+    assert_eq!(store.account_key("alice@example.org").unwrap().as_deref(), Some(&b"sealed"[..]));
+    assert_eq!(store.peer("alice@example.org", "bob@example.net").unwrap().as_deref(), Some(&b"peer"[..]));
+    assert_eq!(store.invites("alice@example.org").unwrap(), [("inv".to_string(), b"invite".to_vec())]);
+    assert_eq!(store.joins("alice@example.org").unwrap(), [("j".to_string(), b"join".to_vec())]);
+}

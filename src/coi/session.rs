@@ -102,9 +102,8 @@ impl<E: EntryOwner> CoiSession<E> {
     }
 
     fn is_chat_client(&self) -> bool {
-        let clients = &self.shared.config().coi.chat_clients;
         let name = self.client_name.lock().expect("client name");
-        name.as_deref().is_some_and(|n| clients.iter().any(|c| c.eq_ignore_ascii_case(n)))
+        self.shared.config().coi.is_chat_client(name.as_deref())
     }
 
     fn root(&self) -> String {

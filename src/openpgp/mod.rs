@@ -9,6 +9,12 @@
 //!
 //! - [`key`], [`fingerprint`]: the account's key (generate, import, export) and peers' keys
 //! - [`seal`]: secret keys encrypted at rest under a key-encryption-key file
+//! - [`commands`]: `coi-proxy key export|import`, `invite`, `join`, for the control socket
+//!   and the command line
+//! - [`incoming`]: one new message for the account worker: SecureJoin steps, then Autocrypt
+//!   and gossip into the peer table
+//! - [`identity`]: the one place that keeps the wing's state in the store (sealed account
+//!   keys made on first use, peers, invites, handshakes); the rest of the wing is sans-I/O
 //! - [`autocrypt`], [`peer`], [`recommend`]: Autocrypt Level 1 headers, peer state and its
 //!   updates, the encryption recommendation
 //! - [`encrypt`]: outgoing mail as PGP/MIME in Delta Chat's shape
@@ -41,9 +47,12 @@
 
 pub mod autocrypt;
 pub mod cache;
+pub mod commands;
 pub mod decrypt;
 pub mod encrypt;
 pub mod fingerprint;
+pub mod identity;
+pub mod incoming;
 pub mod key;
 pub mod mime;
 pub mod peer;

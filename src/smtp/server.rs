@@ -57,6 +57,7 @@ pub async fn start(
     channels: (Wakeups, mpsc::UnboundedReceiver<ReceiptJob>),
     shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
+    identity: Option<crate::openpgp::identity::Identity>,
 ) -> Result<Vec<JoinHandle<()>>, StartError> {
     let (wakeups, receipt_jobs) = channels;
     let wanted: Vec<(SocketAddr, Kind)> =
@@ -74,7 +75,13 @@ pub async fn start(
         return Ok(Vec::new());
     }
     let queue = Queue::new(shared.clone());
-    let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue, waits: Default::default() });
+    let ctx = Arc::new(Smtp {
+        shared: shared.clone(),
+        caps: CapsCache::default(),
+        queue,
+        waits: Default::default(),
+        identity,
+    });
     let mut tasks = Vec::new();
     for (addr, kind) in wanted {
         let label = match kind {
@@ -267,8 +274,11 @@ async fn run(
                 session.auth_result(result);
             }
             Event::CheckRoom { login, size } => session.room(ctx.queue.room(login, size).await),
-            Event::Enqueue(submission) => {
-                let result = ctx.queue.enqueue(submission).await;
+            Event::Enqueue(mut submission) => {
+                let result = match super::gateway::outgoing(ctx, &mut submission).await {
+                    Ok(()) => ctx.queue.enqueue(submission).await,
+                    Err(refusal) => Err(refusal),
+                };
                 queued += u32::from(result.is_ok());
                 session.queued(result);
             }

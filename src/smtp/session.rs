@@ -147,6 +147,10 @@ pub enum QueueRefusal {
     /// The store cannot take it (`451 4.3.0`).
     #[error("{0}")]
     Unavailable(String),
+    /// Not to be sent as it is (`554 5.7.1`): the OpenPGP gateway would have to send clear text
+    /// to a verified contact. The text says whom and what to do.
+    #[error("{0}")]
+    NotEncryptable(String),
 }
 
 /// How a login check ended.
@@ -342,6 +346,7 @@ impl Session {
             QueueRefusal::Unavailable(why) => {
                 self.reply(&format!("451 4.3.0 Cannot store the message now ({}); try again later", one_line(&why)))
             }
+            QueueRefusal::NotEncryptable(why) => self.reply(&format!("554 5.7.1 {}", one_line(&why))),
         }
     }
 

@@ -42,6 +42,8 @@ mod receipts;
 pub use receipts::{SentChat, Tick};
 mod metadata;
 pub use metadata::TooManyEntries;
+mod openpgp;
+pub use openpgp::{MAX_PEERS, TooManyPeers};
 
 mod push;
 pub use push::{PushSubscription, TooManySubscriptions, Validation};

@@ -26,6 +26,7 @@ use crate::context::Context;
 use crate::imap::upstream::{OwnWorkError, Upstream, UpstreamError};
 use crate::imap::wire::command;
 use crate::imap::wire::response::{response_code_number, search_uids, uid_set};
+use crate::openpgp::identity::Identity;
 
 /// Longest IDLE before it is renewed (RFC 2177: at most 29 minutes).
 /// Also a safety net: a provider may miss reporting mail that arrived just before IDLE began.
@@ -42,14 +43,14 @@ const MAX_WAITING: usize = 10_000;
 type CopyUid = (u32, Vec<(u32, u32)>);
 
 /// Serves the account until the daemon shuts down.
-pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>) {
+pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>, identity: Option<Identity>) {
     info!("account worker started");
     let mut backoff = Duration::from_secs(1);
     let mut config_rx = account.config.subscribe();
     let mut shutdown = shared.shutdown.clone();
     loop {
         let result = tokio::select! {
-            result = serve(&shared, &account, &mut config_rx) => result,
+            result = serve(&shared, &account, &mut config_rx, identity.as_ref()) => result,
             _ = shutdown.changed() => break,
         };
         unwatch(&account);
@@ -79,8 +80,10 @@ pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>) {
 }
 
 /// Whether the account has work for its worker now: COI enabled, or a validated subscription.
-fn has_work(shared: &Context, account: &Account) -> bool {
-    account.current().enabled || crate::push::wanted(&shared.store, &account.login)
+fn has_work(shared: &Context, account: &Account, identity: Option<&Identity>) -> bool {
+    account.current().enabled
+        || crate::push::wanted(&shared.store, &account.login)
+        || super::gateway::wanted(identity, &account.login)
 }
 
 /// Sessions stop waiting for this worker.
@@ -93,6 +96,7 @@ async fn serve(
     shared: &Context,
     account: &Account,
     config_rx: &mut watch::Receiver<CoiConfig>,
+    identity: Option<&Identity>,
 ) -> Result<(), OwnWorkError> {
     let login = account.login.as_str();
     let password = shared.credentials.password(&shared.config(), login).await?;
@@ -109,7 +113,7 @@ async fn serve(
             account.set_config(crate::coi::config_at_provider(&mut up).await?);
         }
         let config = account.current();
-        if !has_work(shared, account) {
+        if !has_work(shared, account, identity) {
             unwatch(account);
             if !metadata {
                 let _ = up.command(b"LOGOUT\r\n").await;
@@ -132,6 +136,10 @@ async fn serve(
                 inbox.insert(opened)
             }
         };
+        // A key made after the worker started (a first message sent, an invite) wakes the gateway.
+        if inbox.gateway.is_none() {
+            inbox.gateway = identity.filter(|_| super::gateway::wanted(identity, login));
+        }
         let before = inbox.next_uid;
         let filter = config.effective_filter();
         inbox.process_new(&mut up, filter).await?;
@@ -172,6 +180,8 @@ struct Inbox<'a> {
     waiting: BTreeSet<u32>,
     /// The first UID to push about (older messages were there before the worker).
     push_from: u32,
+    /// The OpenPGP gateway, when the account has a key.
+    gateway: Option<&'a Identity>,
 }
 
 impl<'a> Inbox<'a> {
@@ -203,7 +213,19 @@ impl<'a> Inbox<'a> {
         let push_from = crate::push::notify::first_to_push(stored, uidnext);
         let _ = store.set_inbox_position(login, uidvalidity, next_uid).await;
         let waiting = BTreeSet::new();
-        Ok(Inbox { shared, account, login, chats, uidvalidity, next_uid, uidnext, keywords, waiting, push_from })
+        Ok(Inbox {
+            shared,
+            account,
+            login,
+            chats,
+            uidvalidity,
+            next_uid,
+            uidnext,
+            keywords,
+            waiting,
+            push_from,
+            gateway: None,
+        })
     }
 
     /// Classifies messages from `next_uid` on, in batches, marks chats, and moves them as
@@ -244,6 +266,11 @@ impl<'a> Inbox<'a> {
             if item.uid >= self.push_from {
                 new.push((item.uid, is_chat || item.flags.iter().any(|f| f.eq_ignore_ascii_case("$Chat"))));
             }
+        }
+        // The OpenPGP gateway, before anything moves: SecureJoin steps, Autocrypt, gossip.
+        if let Some(identity) = self.gateway {
+            let uids: Vec<u32> = new.iter().map(|n| n.0).collect();
+            super::gateway::on_new(self.shared, identity, up, self.login, &uids).await?;
         }
         // Receipts: DSNs and MDNs about the user's sent chat messages, each handed over once.
         crate::receipts::on_new_messages(self.shared, up, self.login, &fresh).await?;
@@ -459,14 +486,14 @@ fn is_mailbox_change(resp: &[u8]) -> bool {
 
 /// The parts of a `* n FETCH (UID … FLAGS (…) BODY[…] {n}…)` response the worker asked for.
 #[derive(Debug, PartialEq, Eq)]
-struct FetchItem {
-    uid: u32,
+pub(super) struct FetchItem {
+    pub(super) uid: u32,
     flags: Vec<String>,
-    header: Vec<u8>,
+    pub(super) header: Vec<u8>,
 }
 
 impl FetchItem {
-    fn parse(resp: &[u8]) -> Option<FetchItem> {
+    pub(super) fn parse(resp: &[u8]) -> Option<FetchItem> {
         let upper_head = String::from_utf8_lossy(&resp[..resp.len().min(32)]).to_ascii_uppercase();
         if !upper_head.starts_with("* ") || !upper_head.contains(" FETCH (") {
             return None;

@@ -8,6 +8,7 @@
 //! with a `password_command` gets its worker, client connected or not.
 
 mod account;
+mod gateway;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,21 +19,30 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::account::Account;
 use crate::context::Context;
+use crate::openpgp::identity::Identity;
 
-/// Whether `account` needs a worker: COI enabled, a validated push subscription, or a
-/// `password_command` (its worker watches the COI configuration with no client connected).
-fn wanted(ctx: &Context, account: &Account) -> bool {
+/// Whether `account` needs a worker: COI enabled, a validated push subscription, a
+/// `password_command` (its worker watches the COI configuration with no client connected), or
+/// an OpenPGP key (the gateway answers SecureJoin and learns keys with no client connected).
+fn wanted(ctx: &Context, account: &Account, identity: Option<&Identity>) -> bool {
     account.current().enabled
         || crate::push::wanted(&ctx.store, &account.login)
         || crate::account::password_command(&ctx.config(), &account.login).is_some()
+        || gateway::wanted(identity, &account.login)
 }
 
 /// Runs until shutdown: reads the requests for workers (`Context::workers`), keeps exactly one
 /// worker per account that needs one, and at shutdown waits for the workers to stop.
-pub async fn supervise(ctx: Arc<Context>, mut requests: mpsc::UnboundedReceiver<String>) {
+/// `identity`: the OpenPGP gateway's state (`None` with `[autocrypt] enabled = false`).
+pub async fn supervise(ctx: Arc<Context>, mut requests: mpsc::UnboundedReceiver<String>, identity: Option<Identity>) {
     let mut shutdown = ctx.shutdown.clone();
-    let mut workers =
-        Workers { ctx: ctx.clone(), tasks: JoinSet::new(), by_task: HashMap::new(), running: HashSet::new() };
+    let mut workers = Workers {
+        ctx: ctx.clone(),
+        tasks: JoinSet::new(),
+        by_task: HashMap::new(),
+        running: HashSet::new(),
+        identity: identity.clone(),
+    };
     for login in at_start(&ctx).await {
         workers.start_if_needed(&login);
     }
@@ -66,6 +76,7 @@ struct Workers {
     by_task: HashMap<Id, String>,
     /// The accounts that have a worker.
     running: HashSet<String>,
+    identity: Option<Identity>,
 }
 
 impl Workers {
@@ -77,13 +88,13 @@ impl Workers {
             account.nudge.notify_one();
             return;
         }
-        if !wanted(&self.ctx, &account) {
+        if !wanted(&self.ctx, &account, self.identity.as_ref()) {
             return;
         }
         crate::metrics::WORKER_STARTS.inc();
         let span = info_span!(parent: None, "worker", login = %account.login);
         let login = account.login.clone();
-        let handle = self.tasks.spawn(account::run(self.ctx.clone(), account).instrument(span));
+        let handle = self.tasks.spawn(account::run(self.ctx.clone(), account, self.identity.clone()).instrument(span));
         self.by_task.insert(handle.id(), login.clone());
         self.running.insert(login);
     }

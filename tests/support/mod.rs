@@ -7,6 +7,7 @@ pub mod fake_provider;
 pub mod imap_client;
 pub mod mailbox;
 pub mod net_services;
+pub mod openpgp;
 pub mod other_provider;
 pub mod provider;
 pub mod proxy;

@@ -179,9 +179,7 @@ impl Session {
             let name = client_name.clone();
             let plain = Arc::new(move || {
                 let name = name.lock().expect("client name");
-                !name
-                    .as_deref()
-                    .is_some_and(|n| config.config().coi.chat_clients.iter().any(|c| c.eq_ignore_ascii_case(n)))
+                !config.config().coi.is_chat_client(name.as_deref())
             });
             ViewSession::new(views, &account.login, plain)
         });
