@@ -22,11 +22,14 @@ pub struct ReadSize {
     spare: usize,
     /// The last read was small after the size had grown: give the large buffer back once empty.
     shrink: bool,
+    /// The size reached before the last shrink: a full read goes straight back to it, so a
+    /// stream that pauses for a moment does not climb up from the small size again.
+    peak: usize,
 }
 
 impl Default for ReadSize {
     fn default() -> Self {
-        ReadSize { size: ReadSize::INITIAL, spare: 0, shrink: false }
+        ReadSize { size: ReadSize::INITIAL, spare: 0, shrink: false, peak: ReadSize::INITIAL }
     }
 }
 
@@ -55,7 +58,8 @@ impl ReadSize {
     /// Adapts to a read of `n` bytes.
     pub fn after_read(&mut self, n: usize) {
         if n >= self.spare {
-            self.size = (self.size * 2).min(Self::MAX);
+            self.size = if self.size < self.peak { self.peak } else { (self.size * 2).min(Self::MAX) };
+            self.peak = self.size;
         } else if n < Self::INITIAL && self.size > Self::INITIAL {
             self.size = Self::INITIAL;
             self.shrink = true;
@@ -251,10 +255,8 @@ mod tests {
         size.prepare(&mut buf);
         assert_eq!(size.size, ReadSize::INITIAL);
         assert!(buf.capacity() <= 2 * ReadSize::INITIAL, "a light session gives its large buffer back");
-        // The doubling still works after giving back.
-        for _ in 0..8 {
-            full_read(&mut size, &mut buf);
-        }
+        // A stream that goes on after a pause is back at full size after one full read.
+        full_read(&mut size, &mut buf);
         assert_eq!(size.size, ReadSize::MAX);
     }
 
