@@ -20,6 +20,7 @@ use super::{CapsCache, Smtp};
 use crate::context::{Context, ReceiptJob};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::limits::Refused;
+use crate::limits::logins::Gate;
 use crate::net::Stream;
 use crate::secret::Secret;
 
@@ -233,17 +234,27 @@ async fn run(
                 }
             }
             Event::Authenticate { login, password } => {
-                let result = check_login(ctx, &login, &password).await;
+                let key = shared.config().account_key(&login);
+                let base = shared.config().limits.auth_failure_delay(&listener.addr);
+                let gate = shared.logins.check(peer.ip(), &key, password.expose(), Instant::now());
+                let result = if gate == Gate::Ask {
+                    check_login(ctx, &login, &password, peer).await
+                } else {
+                    let delay = shared.logins.refusal_delay(peer.ip(), base);
+                    info!(why = ?gate, delay_ms = delay.as_millis() as u64, "login refused by the proxy (back-off after failed logins)");
+                    tokio::time::sleep(delay).await;
+                    AuthResult::Refused
+                };
                 match &result {
                     AuthResult::Ok(_) => {
-                        shared.auth_failures.succeeded(peer.ip());
+                        shared.logins.succeeded(&key, password.expose(), Instant::now());
                         shared.credentials.remember(&login, &password);
                         tracing::Span::current().record("login", login.as_str());
                         info!("logged in");
                     }
+                    AuthResult::Refused if gate != Gate::Ask => {}
                     AuthResult::Refused => {
-                        let base = shared.config().limits.auth_failure_delay(&listener.addr);
-                        let delay = shared.auth_failures.failed(peer.ip(), base);
+                        let delay = shared.logins.failed(peer.ip(), &key, password.expose(), base, Instant::now());
                         info!(login, delay_ms = delay.as_millis() as u64, "login rejected by the provider");
                         // Slows down password guessing, as on the IMAP side.
                         tokio::time::sleep(delay).await;
@@ -302,18 +313,26 @@ async fn flush(stream: &mut Stream, session: &mut Session) -> std::io::Result<()
 
 /// Checks a login at the account's submission server. If that server cannot be reached, the
 /// account's IMAP server decides instead, so mail can still be queued while submission is down.
-async fn check_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthResult {
+async fn check_login(ctx: &Smtp, login: &str, password: &Secret, peer: SocketAddr) -> AuthResult {
     let shared = &ctx.shared;
     let timeout = shared.config().limits.connect_timeout();
     let queue_bytes = shared.config().queue.max_bytes_per_account;
     let Some(provider) = shared.config().smtp_provider_for(login) else {
         return AuthResult::Unavailable("no submission server is configured for this account".into());
     };
+    let forward = shared.config().forward_client_address(login);
     let smtp_error = match SmtpClient::connect(&provider, &shared.upstream_tls, timeout).await {
         Ok(mut client) => {
             ctx.caps.record(&provider, &client.caps);
             let policy = Policy::for_provider(Some(&client.caps), queue_bytes);
-            let reply = client.authenticate(login, password).await;
+            let reply = match forward {
+                true => client.forward_client_address(peer.ip()).await,
+                false => Ok(()),
+            };
+            let reply = match reply {
+                Ok(()) => client.authenticate(login, password).await,
+                Err(e) => Err(e),
+            };
             client.quit().await;
             match reply {
                 Ok(r) if r.code == 235 => return AuthResult::Ok(Some(policy)),
@@ -332,6 +351,9 @@ async fn check_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthResult {
         Ok(up) => up,
         Err(e) => return AuthResult::Unavailable(format!("{smtp_error}; {e}")),
     };
+    if forward && let Err(e) = up.identify_client(peer).await {
+        return AuthResult::Unavailable(format!("{smtp_error}; {e}"));
+    }
     match up.authenticate(login, password).await {
         Ok(AuthOutcome::Ok(_)) => {
             AuthResult::Ok(ctx.caps.known(&provider).as_ref().map(|c| Policy::for_provider(Some(c), queue_bytes)))

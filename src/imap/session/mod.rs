@@ -28,6 +28,7 @@ use crate::imap::conn::{Conn, ReadError};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::imap::wire::capability;
 use crate::imap::wire::command::{self, Arg, Command, CommandName};
+use crate::limits::logins::Gate;
 use crate::limits::{Refused, SessionPermit};
 use crate::net::Stream;
 use crate::secret::Secret;
@@ -36,6 +37,9 @@ use crate::secret::Secret;
 const PRE_LOGIN_LIMIT: usize = 16 * 1024;
 /// Failed logins allowed on one connection before it is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
+/// The answer to a login refused by the proxy itself: Dovecot's words for a wrong password,
+/// so that a guesser cannot tell who refused.
+const AUTHENTICATION_FAILED: &str = "NO [AUTHENTICATIONFAILED] Authentication failed.\r\n";
 
 /// How a listener's connections begin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,7 +427,17 @@ impl Session {
             return Ok(None);
         };
         span.record("provider", provider.imap.to_string().as_str());
-        let limits = &self.shared.config().limits;
+        let config = self.shared.config();
+        let key = config.account_key(&user);
+        let base = config.limits.auth_failure_delay(&self.listener.addr);
+        let gate = self.shared.logins.check(self.peer.ip(), &key, pass.expose(), Instant::now());
+        if gate != Gate::Ask {
+            // Never asked: the provider would count it against the proxy's address.
+            let delay = self.shared.logins.refusal_delay(self.peer.ip(), base);
+            info!(why = ?gate, delay_ms = delay.as_millis() as u64, "login refused by the proxy (back-off after failed logins)");
+            return self.refuse_login(conn, tag, delay, AUTHENTICATION_FAILED.as_bytes()).await;
+        }
+        let limits = &config.limits;
         let mut upstream =
             match Upstream::connect(&provider, &self.shared.upstream_tls, limits.connect_timeout(), limits.max_line)
                 .await
@@ -436,7 +450,15 @@ impl Session {
                     return Ok(None);
                 }
             };
-        let outcome = match tokio::time::timeout(limits.connect_timeout(), upstream.authenticate(&user, &pass)).await {
+        let forward = config.forward_client_address(&user);
+        let peer = self.peer;
+        let login = async {
+            if forward {
+                upstream.identify_client(peer).await?;
+            }
+            upstream.authenticate(&user, &pass).await
+        };
+        let outcome = match tokio::time::timeout(limits.connect_timeout(), login).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
                 warn!(cause = %e, "provider failed during login");
@@ -455,7 +477,7 @@ impl Session {
         };
         match outcome {
             AuthOutcome::Ok(status) => {
-                self.shared.auth_failures.succeeded(self.peer.ip());
+                self.shared.logins.succeeded(&key, pass.expose(), Instant::now());
                 self.shared.credentials.remember(&user, &pass);
                 let provider_metadata = upstream.has("METADATA");
                 let account = self.shared.accounts.account(&user);
@@ -479,24 +501,34 @@ impl Session {
                 )))))
             }
             AuthOutcome::Rejected(status) => {
-                self.auth_failures += 1;
-                let base = self.shared.config().limits.auth_failure_delay(&self.listener.addr);
-                let delay = self.shared.auth_failures.failed(self.peer.ip(), base);
+                let delay = self.shared.logins.failed(self.peer.ip(), &key, pass.expose(), base, Instant::now());
                 info!(
-                    failures = self.auth_failures,
+                    failures = self.auth_failures + 1,
                     delay_ms = delay.as_millis() as u64,
                     "login rejected by the provider"
                 );
-                // Slows down password guessing; the provider's verdict is known already.
-                tokio::time::sleep(delay).await;
-                conn.write(&[tag.as_bytes(), b" ", &status].concat()).await?;
-                if self.auth_failures >= MAX_AUTH_FAILURES {
-                    conn.write(b"* BYE Too many failed logins\r\n").await?;
-                    return Ok(Some(PreLogin::Ended("too many failed logins".into())));
-                }
-                Ok(None)
+                self.refuse_login(conn, tag, delay, &status).await
             }
         }
+    }
+
+    /// Answers a failed login after `delay` (slowing down password guessing) with `status`
+    /// (after the tag); the connection ends after [`MAX_AUTH_FAILURES`].
+    async fn refuse_login(
+        &mut self,
+        conn: &mut Conn,
+        tag: &str,
+        delay: Duration,
+        status: &[u8],
+    ) -> std::io::Result<Option<PreLogin>> {
+        self.auth_failures += 1;
+        tokio::time::sleep(delay).await;
+        conn.write(&[tag.as_bytes(), b" ", status].concat()).await?;
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            conn.write(b"* BYE Too many failed logins\r\n").await?;
+            return Ok(Some(PreLogin::Ended("too many failed logins".into())));
+        }
+        Ok(None)
     }
 }
 
