@@ -164,7 +164,11 @@ fn fill_metadata(c: &mut ImapClient, n: usize, size: usize) {
         }
         cmd.pop();
         cmd.push(')');
+        let t = Instant::now();
         c.expect_ok(&cmd);
+        if std::env::var("PROBE").is_ok() {
+            eprintln!("SETMETADATA of {} bytes: {:?}", cmd.len(), t.elapsed());
+        }
         i += per_command;
     }
 }
@@ -180,11 +184,15 @@ fn metadata_readers_that_do_not_read_take_bounded_memory() {
     let proxy = imap_proxy(&dovecot, "");
     let mut c = proxy.connect();
     c.login("alice@example.org", "secret");
+    let t = Instant::now();
     fill_metadata(&mut c, 990, 64 * 1024);
+    eprintln!("stored 990 entries in {:?}", t.elapsed());
     // The entries are there, and read back whole by a client that reads.
+    let t = Instant::now();
     let got = c.expect_ok("g GETMETADATA (DEPTH infinity) \"\" /private");
     assert_eq!(got.concat().matches("{65536}").count(), 990);
     drop(got);
+    eprintln!("read them back in {:?}", t.elapsed());
     std::thread::sleep(Duration::from_secs(1));
     let before = rss_kib(proxy.pid());
     let running = Arc::new(AtomicBool::new(true));

@@ -71,12 +71,62 @@ pub trait Interceptor: Send {
     /// whole (the proxy answers `+` to its synchronizing literals) and given to `handle`.
     fn wants(&self, name: CommandName) -> bool;
 
-    /// Handles one whole command; returns the complete response for the client.
+    /// Handles one whole command; returns the response for the client, or its last part when
+    /// the earlier parts went to `out` (a long response, written as the client reads it).
     fn handle<P: ProviderCommands>(
         &mut self,
         command: Vec<u8>,
         provider: &mut P,
+        out: &mut ReplyOut,
     ) -> impl Future<Output = Vec<u8>> + Send;
+}
+
+/// Where an interceptor writes a long response in parts (many METADATA entries). A part is
+/// taken only once the client has taken the one before, so memory stays bounded whatever the
+/// response's size, and a client that does not read stops the interceptor instead of making the
+/// proxy buffer. Once a part is out, the response is the only thing the client hears until its
+/// end: no more commands go to the provider on the interceptor's behalf.
+pub struct ReplyOut(Sink);
+
+enum Sink {
+    Channel(Option<tokio::sync::mpsc::Sender<Vec<u8>>>),
+    Collect(Vec<u8>),
+}
+
+impl ReplyOut {
+    /// Parts go into `parts` (a channel of capacity 1 that the session's relay reads when the
+    /// client has taken the last part).
+    pub fn channel(parts: tokio::sync::mpsc::Sender<Vec<u8>>) -> ReplyOut {
+        ReplyOut(Sink::Channel(Some(parts)))
+    }
+
+    /// Parts are kept in memory (tests, and callers that want the whole response).
+    pub fn collect() -> ReplyOut {
+        ReplyOut(Sink::Collect(Vec::new()))
+    }
+
+    /// Writes one part; waits until there is room. A client that is gone takes the rest
+    /// without a word.
+    pub async fn send(&mut self, part: Vec<u8>) {
+        match &mut self.0 {
+            Sink::Channel(tx) => {
+                if let Some(sender) = tx
+                    && sender.send(part).await.is_err()
+                {
+                    *tx = None;
+                }
+            }
+            Sink::Collect(all) => all.extend(part),
+        }
+    }
+
+    /// What [`ReplyOut::collect`] collected.
+    pub fn collected(self) -> Vec<u8> {
+        match self.0 {
+            Sink::Collect(all) => all,
+            Sink::Channel(_) => Vec::new(),
+        }
+    }
 }
 
 /// Intercepts nothing: a pure relay.
@@ -87,7 +137,7 @@ impl Interceptor for Relay {
         false
     }
 
-    async fn handle<P: ProviderCommands>(&mut self, _: Vec<u8>, _: &mut P) -> Vec<u8> {
+    async fn handle<P: ProviderCommands>(&mut self, _: Vec<u8>, _: &mut P, _: &mut ReplyOut) -> Vec<u8> {
         unreachable!("wants() is always false")
     }
 }
