@@ -54,6 +54,9 @@ pub struct ProviderOptions {
     pub trusted_proxy: bool,
     /// Case-sensitive user names: `Bob@example.org` and `bob@example.org` are two users.
     pub case_sensitive: bool,
+    /// Sessions one Dovecot imap process serves (default 1), so that 10,000 sessions need
+    /// hundreds of processes rather than 10,000.
+    pub imap_client_limit: Option<u32>,
 }
 
 /// A running provider; everything listens on 127.0.0.1.
@@ -138,6 +141,9 @@ impl Provider {
         }
         if let Some(max_conns) = opts.max_conns {
             cmd.arg("--max-conns").arg(max_conns.to_string());
+        }
+        if let Some(limit) = opts.imap_client_limit {
+            cmd.arg("--imap-client-limit").arg(limit.to_string());
         }
         let state_dir = make_state_dir();
         cmd.arg(&state_dir);
