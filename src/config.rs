@@ -142,6 +142,11 @@ pub struct Limits {
     /// Seconds a client may take to log in.
     #[serde(default = "default_login_timeout")]
     pub login_timeout_secs: u64,
+    /// Seconds an SMTP client may take to send one message's data (DATA to the final dot);
+    /// then `421` and the partial message is dropped (a trickling client must not hold a
+    /// session, and what it sent, for ever).
+    #[serde(default = "default_data_timeout")]
+    pub data_timeout_secs: u64,
     /// Seconds of client silence after which an authenticated session is logged out
     /// (RFC 3501 5.4: at least 30 minutes).
     #[serde(default = "default_autologout")]
@@ -171,6 +176,7 @@ impl Default for Limits {
             max_line: default_max_line(),
             max_literal: default_max_literal(),
             login_timeout_secs: default_login_timeout(),
+            data_timeout_secs: default_data_timeout(),
             autologout_secs: default_autologout(),
             connect_timeout_secs: default_connect_timeout(),
             provider_timeout_secs: default_provider_timeout(),
@@ -184,6 +190,9 @@ impl Default for Limits {
 impl Limits {
     pub fn login_timeout(&self) -> Duration {
         Duration::from_secs(self.login_timeout_secs)
+    }
+    pub fn data_timeout(&self) -> Duration {
+        Duration::from_secs(self.data_timeout_secs)
     }
     pub fn autologout(&self) -> Duration {
         Duration::from_secs(self.autologout_secs)
@@ -363,6 +372,9 @@ fn default_max_literal() -> u64 {
 }
 fn default_login_timeout() -> u64 {
     60
+}
+fn default_data_timeout() -> u64 {
+    10 * 60
 }
 fn default_autologout() -> u64 {
     30 * 60

@@ -132,8 +132,12 @@ impl<E: EntryOwner> CoiSession<E> {
             }
             CommandName::Id => {
                 if let Some(name) = client_name(&cmd.args) {
-                    info!(client_name = %name, "client identified itself");
-                    *self.client_name.lock().expect("client name") = Some(name);
+                    let mut known = self.client_name.lock().expect("client name");
+                    // Logged when it changes only: a client repeating ID does not grow the log.
+                    if known.as_deref() != Some(name.as_str()) {
+                        info!(client_name = %crate::logging::peer_text(&name), "client identified itself");
+                    }
+                    *known = Some(name);
                 }
                 Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag))
             }

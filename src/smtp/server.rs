@@ -177,6 +177,7 @@ async fn run(
     refused: Option<Refused>,
     mut shutdown: watch::Receiver<bool>,
 ) -> String {
+    let started = Instant::now();
     let shared = &ctx.shared;
     let mut stream = match listener.kind {
         Kind::Smtps => {
@@ -211,14 +212,29 @@ async fn run(
     let mut buf = vec![0u8; READ_CHUNK];
     let mut queued = 0u32;
     let mut first_read = !stream.is_tls();
+    let limits = shared.config().limits.clone();
+    let login_deadline = started + limits.login_timeout();
+    let mut data_since: Option<Instant> = None;
     loop {
         match session.next_event() {
             Event::NeedInput => {
                 if let Err(e) = flush(&mut stream, &mut session).await {
                     return format!("client connection failed: {e}");
                 }
+                // Before login, the login timeout counts from the connection (as on the IMAP
+                // side, whatever the client sends); within DATA, the data timeout from DATA.
+                let now = Instant::now();
+                data_since = if session.in_data() { data_since.or(Some(now)) } else { None };
+                let (wait, expired) = if !session.logged_in() {
+                    (login_deadline.saturating_duration_since(now), "421 4.7.0 Login timed out; closing the connection")
+                } else if let Some(since) = data_since {
+                    let left = (since + limits.data_timeout()).saturating_duration_since(now);
+                    (left, "421 4.4.2 Message data timed out; closing the connection (not queued)")
+                } else {
+                    (IDLE_TIMEOUT, "421 4.4.2 Timeout; closing the connection")
+                };
                 let read = tokio::select! {
-                    read = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)) => read,
+                    read = tokio::time::timeout(wait.min(IDLE_TIMEOUT), stream.read(&mut buf)) => read,
                     _ = shutdown.wait_for(|down| *down) => {
                         session.close_with("421 4.3.2 coi-proxy is shutting down; try again later");
                         continue;
@@ -243,6 +259,7 @@ async fn run(
                     }
                     Ok(Ok(n)) => session.feed(&buf[..n]),
                     Ok(Err(e)) => return format!("client connection failed: {e}"),
+                    Err(_) if wait <= IDLE_TIMEOUT => session.close_with(expired),
                     Err(_) => session.close_with("421 4.4.2 Timeout; closing the connection"),
                 }
             }
@@ -268,7 +285,7 @@ async fn run(
                     AuthResult::Refused if gate != Gate::Ask => {}
                     AuthResult::Refused => {
                         let delay = shared.logins.failed(peer.ip(), &key, password.expose(), base, Instant::now());
-                        info!(login, delay_ms = delay.as_millis() as u64, "login rejected by the provider");
+                        info!(login = %crate::logging::peer_text(&login), delay_ms = delay.as_millis() as u64, "login rejected by the provider");
                         // Slows down password guessing, as on the IMAP side.
                         tokio::time::sleep(delay).await;
                     }

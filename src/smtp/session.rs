@@ -222,6 +222,11 @@ impl Session {
 
     /// True while the client is sending message data: a shutdown then must not cut it short
     /// silently.
+    /// Whether the client has logged in (the login timeout no longer applies).
+    pub fn logged_in(&self) -> bool {
+        self.login.is_some()
+    }
+
     pub fn in_data(&self) -> bool {
         matches!(self.state, State::Data(_))
     }
@@ -395,6 +400,11 @@ impl Session {
     }
 
     fn command(&mut self, line: &[u8]) -> Option<Event> {
+        if size_beyond(line, self.policy.max_size) {
+            // smtp-proto reads SIZE into a usize that overflows; what does not fit is too big.
+            self.error(&MailRefused::TooLarge(self.policy.max_size).to_string());
+            return None;
+        }
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
             Err(e) => {
@@ -730,6 +740,10 @@ impl Session {
                 self.error("550 5.6.0 Message refused: it contains a bare LF; SMTP requires CRLF line ends");
                 None
             }
+            DataSink::Keep(_) if has_bare_cr(&data.body) => {
+                self.error("550 5.6.0 Message refused: it contains a bare CR; SMTP requires CRLF line ends");
+                None
+            }
             DataSink::Keep(_) => {
                 self.state = State::AwaitQueue;
                 Some(Event::Enqueue(Submission {
@@ -748,6 +762,25 @@ impl Session {
 /// smuggling when relayed.
 fn has_bare_lf(body: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', body).any(|i| i == 0 || body[i - 1] != b'\r')
+}
+
+/// A CR not followed by LF: a receiver that ends lines at CR would see lines (and an end of
+/// data, `\r.\r`) that are not there.
+fn has_bare_cr(body: &[u8]) -> bool {
+    memchr::memchr_iter(b'\r', body).any(|i| body.get(i + 1) != Some(&b'\n'))
+}
+
+/// Whether `line` is a MAIL command with a `SIZE=` beyond `max` (also one too large for 64
+/// bits, which smtp-proto would wrap around).
+fn size_beyond(line: &[u8], max: u64) -> bool {
+    if !line.get(..4).is_some_and(|verb| verb.eq_ignore_ascii_case(b"MAIL")) {
+        return false;
+    }
+    line.split(|b| b.is_ascii_whitespace()).any(|word| {
+        word.get(..5).is_some_and(|p| p.eq_ignore_ascii_case(b"SIZE="))
+            && word[5..].iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(&word[5..]).ok().and_then(|n| n.parse::<u64>().ok()).is_none_or(|n| n > max)
+    })
 }
 
 /// Text safe to put into one reply line.
@@ -967,6 +1000,15 @@ mod tests {
         }
         let (out, _) = run(&mut s, b"\r\n\r\nbody\r\n.\r\nNOOP\r\n");
         assert!(out.ends_with("552 5.3.4 Message header exceeds 1048576 bytes\r\n250 2.0.0 Ok\r\n"), "{out}");
+    }
+
+    #[test]
+    fn bare_cr_and_sizes_beyond_64_bits() {
+        let mut s = authed();
+        let (out, _) = run(&mut s, b"MAIL FROM:<a@b> SIZE=99999999999999999999999\r\nMAIL FROM:<a@b> size=18446744073709551615\r\n");
+        assert_eq!(out.matches("552 5.3.4 Message size exceeds the limit of 1000 bytes\r\n").count(), 2, "{out}");
+        assert!(has_bare_cr(b"hi\r.\r\n") && has_bare_cr(b"a\r") && !has_bare_cr(b"a\r\nb\r\n"));
+        assert!(!size_beyond(b"MAIL FROM:<a@b> SIZE=1000", 1000) && !size_beyond(b"RCPT TO:<SIZE=99999>", 1));
     }
 
     #[test]

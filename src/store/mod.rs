@@ -160,7 +160,7 @@ struct File {
 
 /// Memory redb may use to cache the file's pages (its default is 1 GiB): part of the daemon's
 /// memory bound (SECURITY.md). Reads beyond it come from the OS page cache.
-const CACHE_SIZE: usize = 64 * 1024 * 1024;
+const CACHE_SIZE: usize = 8 * 1024 * 1024;
 
 fn open_file(path: &Path) -> Result<Database, StoreError> {
     redb::Builder::new().set_cache_size(CACHE_SIZE).create(path).map_err(|e| match e {

@@ -78,7 +78,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let refused = admitted.as_ref().err().copied();
         let mut session =
-            Session { shared, listener, peer, shutdown, client_id: None, account: None, auth_failures: 0 };
+            Session { shared, listener, peer, shutdown, client_id: None, account: None, auth_failures: 0, ids: 0 };
         let outcome = session.run(tcp, refused).await;
         drop(admitted);
         info!(outcome = %outcome, secs = started.elapsed().as_secs(), "session ended");
@@ -97,7 +97,12 @@ struct Session {
     /// The account, once logged in.
     account: Option<Arc<Account>>,
     auth_failures: u32,
+    /// ID commands before login.
+    ids: u32,
 }
+
+/// ID commands before login that are logged one by one.
+const LOGGED_IDS: u32 = 3;
 
 /// What the pre-login phase ended with.
 enum PreLogin {
@@ -129,6 +134,9 @@ impl Session {
             return format!("refused: {refused}");
         }
         let pre = tokio::time::timeout(limits.login_timeout(), self.pre_login(&mut conn)).await;
+        if self.ids > LOGGED_IDS {
+            info!(repeated = self.ids - LOGGED_IDS, "client repeated ID before login (not logged one by one)");
+        }
         let (conn, upstream) = match pre {
             Ok(PreLogin::LoggedIn(pair)) => *pair,
             Ok(PreLogin::Ended(why)) => return why,
@@ -299,8 +307,13 @@ impl Session {
             CommandName::Noop => say(conn, format!("{tag} OK NOOP completed.\r\n").as_bytes()).await?,
             CommandName::Id => {
                 self.client_id = command::client_name(&cmd.args);
-                if let Some(name) = &self.client_id {
-                    info!(client_name = %name, "client identified itself");
+                // A client may repeat ID as often as it likes before login: a few are logged,
+                // the rest counted (said once, when the pre-login phase ends).
+                self.ids += 1;
+                if let Some(name) = &self.client_id
+                    && self.ids <= LOGGED_IDS
+                {
+                    info!(client_name = %crate::logging::peer_text(name), "client identified itself");
                 }
                 let version = env!("CARGO_PKG_VERSION");
                 say(
@@ -454,7 +467,7 @@ impl Session {
             return Ok(None);
         }
         let span = tracing::Span::current();
-        span.record("login", user.as_str());
+        span.record("login", crate::logging::peer_text(&user).as_str());
         let Some(provider) = self.shared.config().provider_for(&user) else {
             warn!("no provider configured for this login");
             say(conn, format!("{tag} NO [UNAVAILABLE] No provider is configured for this login\r\n").as_bytes())
