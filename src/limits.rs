@@ -4,6 +4,7 @@
 //! [`logins::Logins`].
 
 pub mod logins;
+pub mod memory;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

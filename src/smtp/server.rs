@@ -164,6 +164,7 @@ async fn serve(
         let _ = tcp.set_nodelay(true);
         let outcome = run(&ctx, tcp, peer, listener, refused, shutdown).await;
         info!(outcome = %outcome, secs = started.elapsed().as_secs(), "smtp session ended");
+        crate::limits::memory::session_ended();
     }
     .instrument(span)
     .await
@@ -292,7 +293,11 @@ async fn run(
                     AuthResult::Unavailable(why) => info!(login, "login not checked: {why}"),
                 }
                 password.wipe();
+                let ok = matches!(result, AuthResult::Ok(_));
                 session.auth_result(result);
+                if ok {
+                    session.set_senders(senders(&shared.config(), &login));
+                }
             }
             Event::CheckRoom { login, size } => session.room(ctx.queue.room(login, size).await),
             Event::Enqueue(submission) => {
@@ -372,6 +377,18 @@ async fn flush(stream: &mut Stream, session: &mut Session) -> std::io::Result<()
 
 /// Checks a login at the account's submission server. If that server cannot be reached, the
 /// account's IMAP server decides instead, so mail can still be queued while submission is down.
+/// The addresses `login` may send as: itself and its `[[account]] addresses`, or any with
+/// `allow_any_sender`.
+fn senders(config: &crate::config::Config, login: &str) -> Option<Vec<String>> {
+    let account = config.account_for(login);
+    if account.is_some_and(|a| a.allow_any_sender) {
+        return None;
+    }
+    let mut list = vec![login.to_string()];
+    list.extend(account.map(|a| a.addresses.clone()).unwrap_or_default());
+    Some(list)
+}
+
 async fn check_login(ctx: &Smtp, login: &str, password: &Secret, peer: SocketAddr) -> AuthResult {
     let shared = &ctx.shared;
     let timeout = shared.config().limits.connect_timeout();

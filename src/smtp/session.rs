@@ -171,6 +171,9 @@ pub struct Session {
     /// `Some(esmtp)` after HELO/EHLO.
     greeted: Option<bool>,
     login: Option<String>,
+    /// The addresses the login may send as (lower case; `MAIL FROM` and `From:`); `None`:
+    /// any. The login itself once logged in, unless [`Session::set_senders`] says otherwise.
+    senders: Option<Vec<String>>,
     /// The login being checked while [`State::AwaitAuth`].
     pending_login: Option<String>,
     policy: Policy,
@@ -191,6 +194,7 @@ impl Session {
             plaintext_auth,
             greeted: None,
             login: None,
+            senders: Some(Vec::new()),
             pending_login: None,
             policy,
             tx: None,
@@ -286,6 +290,28 @@ impl Session {
         }
     }
 
+    /// The addresses the logged-in account may send as (its login and aliases), or `None` for
+    /// any (`[[account]] allow_any_sender`).
+    pub fn set_senders(&mut self, senders: Option<Vec<String>>) {
+        self.senders = senders.map(|list| list.iter().map(|a| a.to_ascii_lowercase()).collect());
+    }
+
+    /// Whether the account may send as `address`.
+    fn may_send_as(&self, address: &str) -> bool {
+        self.senders.as_ref().is_none_or(|list| list.iter().any(|a| a.eq_ignore_ascii_case(address)))
+    }
+
+    /// The first `From:` address of `message` the account may not send as.
+    fn foreign_from(&self, message: &[u8]) -> Option<String> {
+        self.senders.as_ref()?;
+        let (header, _) = crate::mail::split_header(message);
+        crate::mail::fields(header)
+            .into_iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("from"))
+            .flat_map(|(_, value)| value.split(',').filter_map(crate::mail::address).collect::<Vec<_>>())
+            .find(|address| !self.may_send_as(address))
+    }
+
     /// The result of [`Event::Authenticate`].
     pub fn auth_result(&mut self, result: AuthResult) {
         debug_assert!(matches!(self.state, State::AwaitAuth));
@@ -296,6 +322,7 @@ impl Session {
                 if let Some(policy) = policy {
                     self.policy = policy;
                 }
+                self.senders = Some(vec![login.to_ascii_lowercase()]);
                 self.login = Some(login);
                 self.reply("235 2.7.0 Authentication successful");
             }
@@ -608,6 +635,9 @@ impl Session {
         if self.tx.is_some() {
             return Err(MailRefused::Nested);
         }
+        if !from.address.is_empty() && !self.may_send_as(&from.address) {
+            return Err(MailRefused::NotYours);
+        }
         if from.size as u64 > self.policy.max_size {
             return Err(MailRefused::TooLarge(self.policy.max_size));
         }
@@ -744,6 +774,11 @@ impl Session {
                 self.error("550 5.6.0 Message refused: it contains a bare CR; SMTP requires CRLF line ends");
                 None
             }
+            DataSink::Keep(_) if let Some(foreign) = self.foreign_from(&data.body) => {
+                let foreign = one_line(&foreign);
+                self.error(&format!("550 5.7.1 From: {foreign} is not an address of this account"));
+                None
+            }
             DataSink::Keep(_) => {
                 self.state = State::AwaitQueue;
                 Some(Event::Enqueue(Submission {
@@ -805,6 +840,8 @@ enum MailRefused {
     NoSmtpUtf8,
     #[error("555 5.5.4 BODY=BINARYMIME is not offered")]
     NoBinaryMime,
+    #[error("550 5.7.1 Sender address is not an address of this account")]
+    NotYours,
     #[error("555 5.5.4 DSN parameters are not offered (the provider does not support DSN)")]
     NoDsn,
 }
@@ -1000,6 +1037,24 @@ mod tests {
         }
         let (out, _) = run(&mut s, b"\r\n\r\nbody\r\n.\r\nNOOP\r\n");
         assert!(out.ends_with("552 5.3.4 Message header exceeds 1048576 bytes\r\n250 2.0.0 Ok\r\n"), "{out}");
+    }
+
+    #[test]
+    fn the_sender_is_one_of_the_accounts_addresses() {
+        let mut s = authed();
+        let (out, _) = run(&mut s, b"MAIL FROM:<bob@x>\r\n");
+        assert_eq!(out, "550 5.7.1 Sender address is not an address of this account\r\n");
+        s.set_senders(Some(vec!["a@b".into(), "Alias@B".into()]));
+        let (out, event) =
+            run(&mut s, b"MAIL FROM:<alias@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nFrom: Bob <bob@x>\r\n\r\nhi\r\n.\r\n");
+        assert!(out.ends_with("550 5.7.1 From: bob@x is not an address of this account\r\n"), "{out}");
+        assert!(matches!(event, Event::NeedInput), "{event:?}");
+        let (_, event) = run(&mut s, b"MAIL FROM:<>\r\nRCPT TO:<c@d>\r\nDATA\r\nFrom: <A@b>\r\n\r\nhi\r\n.\r\n");
+        assert!(matches!(event, Event::Enqueue(_)), "{event:?}");
+        let mut s = authed();
+        s.set_senders(None);
+        let (_, event) = run(&mut s, b"MAIL FROM:<list@y>\r\nRCPT TO:<c@d>\r\nDATA\r\nFrom: list@y\r\n\r\nhi\r\n.\r\n");
+        assert!(matches!(event, Event::Enqueue(_)), "{event:?}");
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub async fn serve(
         let outcome = session.run(tcp, refused).await;
         drop(admitted);
         info!(outcome = %outcome, secs = started.elapsed().as_secs(), "session ended");
+        crate::limits::memory::session_ended();
     }
     .instrument(span)
     .await
