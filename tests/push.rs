@@ -23,7 +23,10 @@ const ALICE: &str = "alice@example.org";
 /// A proxy in front of `p` that may push to the test's endpoint on loopback (a push server
 /// on the proxy's own network needs `private_endpoints`).
 fn push_proxy(p: &Provider) -> Proxy {
-    Proxy::builder().upstream(format!("imap://127.0.0.1:{}", p.imap_port)).extra("[push]\nprivate_endpoints = true").start()
+    Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", p.imap_port))
+        .extra("[push]\nprivate_endpoints = true")
+        .start()
 }
 
 fn login(proxy: &Proxy) -> ImapClient {

@@ -99,7 +99,10 @@ fn check_contents(store: &Store) {
     let sizes = store.metadata_sizes("alice@example.org", b"").unwrap();
     assert_eq!(sizes.into_iter().collect::<Vec<_>>(), [(ENABLED.to_string(), 3), (FILTER.to_string(), 6)]);
     assert_eq!(store.metadata_sizes("alice@example.org", b"INBOX").unwrap()["/private/comment"], 4);
-    assert_eq!(store.metadata_value("alice@example.org", b"INBOX", "/private/comment").unwrap().unwrap(), [0, 1, 2, 255]);
+    assert_eq!(
+        store.metadata_value("alice@example.org", b"INBOX", "/private/comment").unwrap().unwrap(),
+        [0, 1, 2, 255]
+    );
 
     let key = store.vapid_key(|| panic!("the stored key must be found")).wait().unwrap();
     assert_eq!(key, (1..=32).collect::<Vec<u8>>());

@@ -184,7 +184,8 @@ active)\r\n"
         let seen =
             set(b"a SETMETADATA \"\" (/private/vendor/vendor.dovecot/coi/config/message-filter {4}\r\nseen)\r\n");
         assert_eq!(coi_change(&seen).unwrap().filter, Some(Filter::Seen));
-        let crlf = set(b"a SETMETADATA \"\" (/private/vendor/vendor.dovecot/coi/config/enabled {8+}\r\nx\r\n* BYE)\r\n");
+        let crlf =
+            set(b"a SETMETADATA \"\" (/private/vendor/vendor.dovecot/coi/config/enabled {8+}\r\nx\r\n* BYE)\r\n");
         assert_eq!(
             coi_change(&crlf).unwrap_err().to_string(),
             "invalid value for /private/vendor/vendor.dovecot/coi/config/enabled: \"x\\r\\n* BYE\""

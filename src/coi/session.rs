@@ -204,8 +204,7 @@ impl<E: EntryOwner> CoiSession<E> {
         let theirs = self.entries.subtree();
         let mut sources = Sources::default();
         if self.provider_metadata {
-            let elsewhere: Vec<&String> =
-                req.entries.iter().filter(|e| !server_level || !answers(e, theirs)).collect();
+            let elsewhere: Vec<&String> = req.entries.iter().filter(|e| !server_level || !answers(e, theirs)).collect();
             if !elsewhere.is_empty() {
                 let reply = own.run(&get_command(&req, &elsewhere), CAPTURE_METADATA).await?;
                 if !reply.ok() {
@@ -213,7 +212,9 @@ impl<E: EntryOwner> CoiSession<E> {
                 }
                 for resp in &reply.untagged {
                     if let Some((_, found)) = parse_response(resp) {
-                        sources.provider.extend(found.into_iter().filter(|(e, _)| !server_level || !answers(e, theirs)));
+                        sources
+                            .provider
+                            .extend(found.into_iter().filter(|(e, _)| !server_level || !answers(e, theirs)));
                     }
                 }
                 sources.provider_longest = long_entries(&reply.status);

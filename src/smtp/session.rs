@@ -1060,7 +1060,10 @@ mod tests {
     #[test]
     fn bare_cr_and_sizes_beyond_64_bits() {
         let mut s = authed();
-        let (out, _) = run(&mut s, b"MAIL FROM:<a@b> SIZE=99999999999999999999999\r\nMAIL FROM:<a@b> size=18446744073709551615\r\n");
+        let (out, _) = run(
+            &mut s,
+            b"MAIL FROM:<a@b> SIZE=99999999999999999999999\r\nMAIL FROM:<a@b> size=18446744073709551615\r\n",
+        );
         assert_eq!(out.matches("552 5.3.4 Message size exceeds the limit of 1000 bytes\r\n").count(), 2, "{out}");
         assert!(has_bare_cr(b"hi\r.\r\n") && has_bare_cr(b"a\r") && !has_bare_cr(b"a\r\nb\r\n"));
         assert!(!size_beyond(b"MAIL FROM:<a@b> SIZE=1000", 1000) && !size_beyond(b"RCPT TO:<SIZE=99999>", 1));

@@ -151,7 +151,10 @@ mod tests {
         assert_eq!(server.len(), 2);
         assert_eq!(server["/private/b"], b"2");
         let sizes = store.metadata_sizes("alice@x", b"").unwrap();
-        assert_eq!(sizes.into_iter().collect::<Vec<_>>(), [("/private/a".to_string(), 1), ("/private/b".to_string(), 1)]);
+        assert_eq!(
+            sizes.into_iter().collect::<Vec<_>>(),
+            [("/private/a".to_string(), 1), ("/private/b".to_string(), 1)]
+        );
         assert_eq!(store.metadata_value("alice@x", b"", "/private/b").unwrap().as_deref(), Some(&b"2"[..]));
         assert_eq!(store.metadata_value("alice@x", b"INBOX", "/private/b").unwrap(), None);
         assert_eq!(store.metadata_entries("alice@x", b"INBOX").unwrap()["/private/a"], b"3");

@@ -372,9 +372,12 @@ impl Policy {
 
     /// Bytes of the proxy's own words waiting for the client.
     fn pending_answers(&self) -> usize {
-        self.answers.iter().map(|a| match a {
-            Answer::Bytes(b) | Answer::IdleEnd(b) => b.len(),
-        }).sum()
+        self.answers
+            .iter()
+            .map(|a| match a {
+                Answer::Bytes(b) | Answer::IdleEnd(b) => b.len(),
+            })
+            .sum()
     }
 
     /// The interceptor wants `command` (everything after the tag, CRLF included) run on the
