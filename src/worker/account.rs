@@ -1,19 +1,24 @@
-//! One account's worker: the proxy's own connection to an account with COI enabled (or push
-//! subscriptions), doing what a COI server does at delivery time. It waits in IDLE on INBOX (or
-//! polls a provider without IDLE), classifies each new message from its header fields, sets
-//! `$Chat`, and moves chat messages to `<root>/Chats`: at once in `active` mode, once they are
-//! `\Seen` in `seen` mode; it hands reports to the receipts wing and new mail to the push wing.
-//! It reconnects with backoff when the provider drops, and returns when it is no longer needed
-//! or the daemon shuts down (the supervisor decides what happens next).
+//! One account's worker: the proxy's own connection for an account with COI enabled, push
+//! subscriptions, or a `password_command`, doing what a COI server does at delivery time. It
+//! waits in IDLE on INBOX (or polls a provider without IDLE), classifies each new message from
+//! its header fields, sets `$Chat`, and moves chat messages to `<root>/Chats`: at once in
+//! `active` mode, once they are `\Seen` in `seen` mode; it hands reports to the receipts wing
+//! and new mail to the push wing, and tells the sessions' quiet INBOX when it has looked.
+//!
+//! It is started once and runs until the daemon shuts down. Each cycle begins by reading the
+//! COI configuration again where the provider keeps it (METADATA), so a change made by another
+//! device or proxy instance counts from the next message on; a cycle comes at the latest every
+//! `[coi] config_check_secs`. With nothing to do (COI off, no subscription) it stays connected
+//! to watch that configuration, or, where the proxy keeps it, waits unconnected for a change.
+//! It reconnects with backoff when the provider drops.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::wanted;
 use crate::account::{Account, CoiConfig, Filter};
 use crate::coi::classify::{self, ChatHeaders, FIELDS};
 use crate::coi::folders::Namespace;
@@ -30,11 +35,13 @@ const IDLE_SETTLE: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Messages classified per FETCH when catching up with a large INBOX.
 const BATCH: u32 = 500;
+/// Chat messages remembered as waiting for `\Seen` where the provider keeps no `$Chat`.
+const MAX_WAITING: usize = 10_000;
 
 /// A COPYUID response code: the target's UIDVALIDITY and (old, new) UID pairs.
 type CopyUid = (u32, Vec<(u32, u32)>);
 
-/// Serves the account until it no longer needs a worker or the daemon shuts down.
+/// Serves the account until the daemon shuts down.
 pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>) {
     info!("account worker started");
     let mut backoff = Duration::from_secs(1);
@@ -45,11 +52,15 @@ pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>) {
             result = serve(&shared, &account, &mut config_rx) => result,
             _ = shutdown.changed() => break,
         };
+        unwatch(&account);
         match result {
             Ok(()) => {
+                // Nothing to do, and nothing to watch at the provider: until that changes.
                 backoff = Duration::from_secs(1);
-                if !wanted(&shared, &account) {
-                    break;
+                tokio::select! {
+                    _ = config_rx.changed() => {}
+                    _ = account.nudge.notified() => {}
+                    _ = shutdown.changed() => break,
                 }
             }
             Err(e) => {
@@ -63,10 +74,21 @@ pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>) {
             }
         }
     }
+    unwatch(&account);
     info!("account worker stopped");
 }
 
-/// One connection's worth of work; `Ok` when the worker is no longer wanted.
+/// Whether the account has work for its worker now: COI enabled, or a validated subscription.
+fn has_work(shared: &Context, account: &Account) -> bool {
+    account.current().enabled || crate::push::wanted(&shared.store, &account.login)
+}
+
+/// Sessions stop waiting for this worker.
+fn unwatch(account: &Account) {
+    account.verdicts.send_if_modified(|v| std::mem::replace(&mut v.watching, false));
+}
+
+/// One connection's worth of work; `Ok` when there is nothing to do and nothing to watch.
 async fn serve(
     shared: &Context,
     account: &Account,
@@ -74,31 +96,61 @@ async fn serve(
 ) -> Result<(), OwnWorkError> {
     let login = account.login.as_str();
     let password = shared.credentials.password(&shared.config(), login).await?;
+    // Every message in INBOX when the first look begins counts as looked at after it.
+    let mut look_began = Instant::now();
     let mut up = Upstream::open(shared, login, &password).await?;
     drop(password);
-    if up.has("METADATA") {
-        account.set_config(crate::coi::config_at_provider(&mut up).await?);
-    }
-    if !wanted(shared, account) {
-        return Ok(());
-    }
-    let mut inbox = Inbox::open(shared, account, &mut up).await?;
-    info!(chats = %inbox.chats, "watching INBOX");
+    let metadata = up.has("METADATA");
+    let check_every = Duration::from_secs(shared.config().coi.config_check_secs.max(1));
+    let mut inbox: Option<Inbox> = None;
     loop {
         config_rx.mark_unchanged();
-        let config = account.current();
-        if !wanted(shared, account) {
-            return Ok(());
+        if metadata {
+            account.set_config(crate::coi::config_at_provider(&mut up).await?);
         }
+        let config = account.current();
+        if !has_work(shared, account) {
+            unwatch(account);
+            if !metadata {
+                let _ = up.command(b"LOGOUT\r\n").await;
+                return Ok(());
+            }
+            debug!("nothing to do; watching the COI configuration");
+            tokio::select! {
+                _ = tokio::time::sleep(check_every) => {}
+                _ = account.nudge.notified() => {}
+                _ = config_rx.changed() => {}
+            }
+            look_began = Instant::now();
+            continue;
+        }
+        let inbox = match &mut inbox {
+            Some(inbox) => inbox,
+            None => {
+                let opened = Inbox::open(shared, account, &mut up).await?;
+                info!(chats = %opened.chats, "watching INBOX");
+                inbox.insert(opened)
+            }
+        };
         let before = inbox.next_uid;
-        inbox.process_new(&mut up, config.effective_filter()).await?;
-        // Mail that lands between a FETCH and the start of IDLE may go unreported by the
-        // provider (its change notification starts with IDLE): after new mail, look again soon.
-        let renew = if inbox.next_uid != before { IDLE_SETTLE } else { IDLE_RENEW };
-        if config.filter == Filter::Seen {
+        let filter = config.effective_filter();
+        inbox.process_new(&mut up, filter).await?;
+        if filter == Filter::Seen {
             inbox.move_seen(&mut up).await?;
         }
-        wait_for_change(&mut up, account, config_rx, shared.config().coi.poll_secs, renew).await?;
+        let position = (inbox.uidvalidity, inbox.next_uid);
+        account.verdicts.send_modify(|v| {
+            v.watching = true;
+            v.looked = Some(look_began);
+            v.position = Some(position);
+        });
+        // Mail that lands between a FETCH and the start of IDLE may go unreported by the
+        // provider (its change notification starts with IDLE): after new mail, look again soon.
+        let mut renew = if inbox.next_uid != before { IDLE_SETTLE } else { IDLE_RENEW };
+        if metadata {
+            renew = renew.min(check_every);
+        }
+        look_began = wait_for_change(&mut up, account, config_rx, shared.config().coi.poll_secs, renew).await?;
     }
 }
 
@@ -115,7 +167,8 @@ struct Inbox<'a> {
     uidnext: u32,
     /// The provider accepts `$Chat` (PERMANENTFLAGS has `\*`).
     keywords: bool,
-    /// Chat messages still in INBOX, waiting for `\Seen` (seen mode).
+    /// Chat messages still in INBOX and not `\Seen`, for a provider that keeps no `$Chat` (with
+    /// one, `seen` mode searches for the keyword instead).
     waiting: BTreeSet<u32>,
     /// The first UID to push about (older messages were there before the worker).
     push_from: u32,
@@ -150,13 +203,7 @@ impl<'a> Inbox<'a> {
         let push_from = crate::push::notify::first_to_push(stored, uidnext);
         let _ = store.set_inbox_position(login, uidvalidity, next_uid).await;
         let waiting = BTreeSet::new();
-        let mut inbox =
-            Inbox { shared, account, login, chats, uidvalidity, next_uid, uidnext, keywords, waiting, push_from };
-        if keywords {
-            let (untagged, _) = up.command(b"UID SEARCH UNSEEN KEYWORD $Chat\r\n").await?;
-            inbox.waiting.extend(untagged.iter().flat_map(|r| search_uids(r)));
-        }
-        Ok(inbox)
+        Ok(Inbox { shared, account, login, chats, uidvalidity, next_uid, uidnext, keywords, waiting, push_from })
     }
 
     /// Classifies messages from `next_uid` on, in batches, marks chats, and moves them as
@@ -179,11 +226,11 @@ impl<'a> Inbox<'a> {
         let mut chat_ids = Vec::new();
         let mut highest = None;
         let mut classified = 0;
-        for resp in &untagged {
+        // `n:*` returns the last message when n is past the end: that one was handled before.
+        let fresh: Vec<Vec<u8>> =
+            untagged.into_iter().filter(|r| FetchItem::parse(r).is_some_and(|i| i.uid >= self.next_uid)).collect();
+        for resp in &fresh {
             let Some(item) = FetchItem::parse(resp) else { continue };
-            if item.uid < self.next_uid {
-                continue; // `n:*` returns the last message when n is past the end
-            }
             highest = highest.max(Some(item.uid));
             classified += 1;
             let headers = ChatHeaders::parse(&item.header);
@@ -198,8 +245,8 @@ impl<'a> Inbox<'a> {
                 new.push((item.uid, is_chat || item.flags.iter().any(|f| f.eq_ignore_ascii_case("$Chat"))));
             }
         }
-        // Receipts: DSNs and MDNs about the user's sent chat messages.
-        crate::receipts::on_new_messages(self.shared, up, self.login, &untagged).await?;
+        // Receipts: DSNs and MDNs about the user's sent chat messages, each handed over once.
+        crate::receipts::on_new_messages(self.shared, up, self.login, &fresh).await?;
         let config = self.shared.config();
         let mut pending =
             crate::push::notify::prepare(&self.shared.store, &config, self.login, up, self.uidvalidity, &new).await?;
@@ -215,11 +262,16 @@ impl<'a> Inbox<'a> {
             if self.keywords && self.account.current().enabled {
                 up.command(format!("UID STORE {} +FLAGS.SILENT ($Chat)\r\n", uid_set(&all)).as_bytes()).await?;
             }
+            if !self.keywords {
+                self.waiting.extend(chat.iter().filter(|c| !c.1).map(|c| c.0));
+                while self.waiting.len() > MAX_WAITING {
+                    self.waiting.pop_first();
+                }
+            }
             let moved = match filter {
                 Filter::Active => self.move_to_chats(up, &all).await?,
                 Filter::Seen => {
                     let seen: Vec<u32> = chat.iter().filter(|c| c.1).map(|c| c.0).collect();
-                    self.waiting.extend(chat.iter().filter(|c| !c.1).map(|c| c.0));
                     if seen.is_empty() { None } else { self.move_to_chats(up, &seen).await? }
                 }
                 Filter::None => None,
@@ -243,8 +295,17 @@ impl<'a> Inbox<'a> {
         Ok(())
     }
 
-    /// Seen mode: moves the waiting chat messages that have become `\Seen`.
+    /// Seen mode: moves every chat message in INBOX that is `\Seen`, whenever it became so and
+    /// whatever the filter was when it came (`$Chat` marks them all).
     async fn move_seen(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
+        if self.keywords {
+            let (untagged, _) = up.command(b"UID SEARCH SEEN KEYWORD $Chat\r\n").await?;
+            let seen: Vec<u32> = untagged.iter().flat_map(|r| search_uids(r)).collect();
+            if !seen.is_empty() {
+                self.move_to_chats(up, &seen).await?;
+            }
+            return Ok(());
+        }
         if self.waiting.is_empty() {
             return Ok(());
         }
@@ -318,22 +379,25 @@ async fn into_chats(up: &mut Upstream, command: &str, target: &str) -> Result<(V
 }
 
 /// Waits in IDLE (or polls) until INBOX changes, a session nudges, the COI configuration
-/// changes, or it is time to renew the IDLE.
+/// changes, or it is time to renew the IDLE. Returns when the next look at INBOX began: just
+/// before the NOOP that brings the worker's view of INBOX up to date, so that every message
+/// the provider had then is seen.
 async fn wait_for_change(
     up: &mut Upstream,
     account: &Account,
     config_rx: &mut watch::Receiver<CoiConfig>,
     poll_secs: u64,
     renew: Duration,
-) -> Result<(), OwnWorkError> {
+) -> Result<Instant, OwnWorkError> {
     if !up.has("IDLE") {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(poll_secs.max(1))) => {}
+            _ = tokio::time::sleep(Duration::from_secs(poll_secs.max(1)).min(renew)) => {}
             _ = account.nudge.notified() => {}
             _ = config_rx.changed() => {}
         }
+        let began = Instant::now();
         up.command(b"NOOP\r\n").await?;
-        return Ok(());
+        return Ok(began);
     }
     let tag = up.tag();
     up.conn.write(format!("{tag} IDLE\r\n").as_bytes()).await.map_err(|e| network(up, e))?;
@@ -373,7 +437,11 @@ async fn wait_for_change(
     }
     up.conn.write(b"DONE\r\n").await.map_err(|e| network(up, e))?;
     up.read_tagged(&tag).await?;
-    Ok(())
+    // The end of IDLE does not bring the mailbox up to date (Dovecot syncs a session's view at
+    // the end of a command, and a FETCH sees only what the view has): a NOOP does.
+    let began = Instant::now();
+    up.command(b"NOOP\r\n").await?;
+    Ok(began)
 }
 
 fn network(up: &Upstream, e: std::io::Error) -> OwnWorkError {

@@ -175,6 +175,10 @@ impl Session {
                     Arc::new(move || account.current().effective_filter() == Filter::Active)
                 },
                 verdicts: account.verdicts.subscribe(),
+                wake: {
+                    let account = account.clone();
+                    Arc::new(move || account.nudge.notify_one())
+                },
             }),
             emulate_idle: (!upstream.has("IDLE"))
                 .then(|| Duration::from_secs(self.shared.config().coi.poll_secs.max(1))),
