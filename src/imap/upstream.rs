@@ -219,6 +219,25 @@ impl Upstream {
         self.capabilities.iter().any(|c| c.eq_ignore_ascii_case(cap))
     }
 
+    /// Tells the provider, before the login, which address the client connects from (RFC 2971
+    /// `ID` with Dovecot's `x-originating-ip`): a provider that trusts the proxy then counts a
+    /// failed login against the client's address, not the proxy's. Nothing is sent to a
+    /// provider without `ID`; its answer does not matter (others ignore the fields).
+    pub async fn identify_client(&mut self, client: std::net::SocketAddr) -> Result<(), UpstreamError> {
+        if !self.has("ID") {
+            return Ok(());
+        }
+        let tag = self.tag();
+        let cmd = format!(
+            "{tag} ID (\"x-originating-ip\" \"{}\" \"x-originating-port\" \"{}\")\r\n",
+            client.ip().to_canonical(),
+            client.port()
+        );
+        self.send(cmd.as_bytes()).await?;
+        self.read_tagged(&tag).await?;
+        Ok(())
+    }
+
     /// Logs in with AUTHENTICATE PLAIN where offered (one base64 line; no quoting pitfalls),
     /// else LOGIN.
     pub async fn authenticate(&mut self, login: &str, password: &Secret) -> Result<AuthOutcome, UpstreamError> {
