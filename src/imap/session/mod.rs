@@ -32,8 +32,11 @@ use crate::limits::{Refused, SessionPermit};
 use crate::net::Stream;
 use crate::secret::Secret;
 
-/// Largest command accepted before login (LOGIN with two literals fits easily).
-const PRE_LOGIN_LIMIT: usize = 16 * 1024;
+/// Largest command accepted before login. The largest is an RFC 2971 ID: 30 field/value pairs
+/// of up to 30 and 1024 octets, about 32 KB as quoted strings and up to twice that with every
+/// octet escaped; Dovecot accepts it (imaptest's `id` group sends 31,807 bytes), so the proxy
+/// must too. LOGIN with two literals fits easily.
+const PRE_LOGIN_LIMIT: usize = 64 * 1024;
 /// Failed logins allowed on one connection before it is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
 
