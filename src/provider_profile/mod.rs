@@ -116,6 +116,12 @@ pub struct ProviderProfile {
     /// `\Important` hold it once more.
     pub labels: bool,
     pub limits: Limits,
+    /// Whether UIDs seen in a read-only (EXAMINE) session stay valid once the mailbox is
+    /// SELECTed. Not on imap4d: its Maildir gives new messages provisional UIDs in a read-only
+    /// session and renumbers them at the next read-write SELECT (measured: UID 2 under EXAMINE
+    /// became UID 3 under SELECT, and `UID COPY 2` was then BAD). There the worker watches
+    /// INBOX SELECTed, at the cost of the `\Recent` flags.
+    pub examine_uids_stable: bool,
     /// Post-login capabilities the proxy must not pass on, beyond those it never passes
     /// (STARTTLS, LOGINDISABLED, AUTH=, COMPRESS=: see imap::wire::capability).
     pub strip: Vec<&'static str>,
@@ -160,6 +166,7 @@ impl ProviderProfile {
             condstore: has("CONDSTORE"),
             labels: has("X-GM-EXT-1") || server == Server::Gmail,
             limits: limits(server),
+            examine_uids_stable: server != Server::Imap4d,
             strip,
         }
     }
@@ -295,6 +302,10 @@ mod tests {
         assert_eq!(decide("outlook.office365.com"), Server::Outlook);
         assert_eq!(decide("imap-mail.outlook.com"), Server::Outlook);
         assert_eq!(decide("notgmail.com"), Server::Other);
+        let imap4d = ProviderProfile::decide(&Facts { greeting: "* OK IMAP4rev1\r\n", ..Facts::default() });
+        assert_eq!(imap4d.server, Server::Imap4d);
+        assert!(!imap4d.examine_uids_stable);
+        assert!(ProviderProfile::decide(&Facts { greeting: "* OK Dovecot ready.", ..Facts::default() }).examine_uids_stable);
         assert_eq!(decide("gmail.com.example.org"), Server::Other);
     }
 }

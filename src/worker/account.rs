@@ -5,6 +5,14 @@
 //! `\Seen` in `seen` mode; it hands reports to the receipts wing and new mail to the push wing.
 //! It reconnects with backoff when the provider drops, and returns when it is no longer needed
 //! or the daemon shuts down (the supervisor decides what happens next).
+//!
+//! INBOX is watched EXAMINEd (read-only), not SELECTed: a SELECT takes the `\Recent` flags of
+//! the new mail from the user's own clients. Only to change something (`$Chat`, a move) is INBOX
+//! SELECTed, briefly, and EXAMINEd again right after. (Not on imap4d, whose UIDs change between
+//! EXAMINE and SELECT: see `ProviderProfile::examine_uids_stable`.) How it moves, and whether it waits in IDLE
+//! or polls, the provider profile says (`provider_profile`): MOVE; COPY + `\Deleted` + UID
+//! EXPUNGE (UIDPLUS); or, with neither (imap4d), COPY + `\Deleted` + EXPUNGE only while no
+//! message of the user's is `\Deleted`. Courier's and imap4d's IDLE do not push: polled.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -19,8 +27,9 @@ use crate::coi::classify::{self, ChatHeaders, FIELDS};
 use crate::coi::folders::Namespace;
 use crate::context::Context;
 use crate::imap::upstream::{OwnWorkError, Upstream, UpstreamError};
-use crate::imap::wire::command;
 use crate::imap::wire::response::{response_code_number, search_uids, uid_set};
+use crate::provider_profile::move_plan::{Command, MovePlan, Next, Reply};
+use crate::provider_profile::{IdleMode, MetadataHome, ProviderProfile};
 
 /// Longest IDLE before it is renewed (RFC 2177: at most 29 minutes).
 /// Also a safety net: a provider may miss reporting mail that arrived just before IDLE began.
@@ -76,14 +85,17 @@ async fn serve(
     let password = shared.credentials.password(&shared.config(), login).await?;
     let mut up = Upstream::open(shared, login, &password).await?;
     drop(password);
-    if up.has("METADATA") {
+    let profile = up.profile();
+    // Cyrus advertises METADATA but refuses the COI entries: there they are in the store.
+    if profile.metadata == MetadataHome::Provider {
         account.set_config(crate::coi::config_at_provider(&mut up).await?);
     }
     if !wanted(shared, account) {
         return Ok(());
     }
-    let mut inbox = Inbox::open(shared, account, &mut up).await?;
-    info!(chats = %inbox.chats, "watching INBOX");
+    let mut inbox = Inbox::open(shared, account, &mut up, profile).await?;
+    let mut next_poll = tokio::time::Instant::now();
+    info!(chats = %inbox.chats, idle = ?inbox.profile.idle, moves = ?inbox.profile.move_strategy, "watching INBOX");
     loop {
         config_rx.mark_unchanged();
         let config = account.current();
@@ -98,7 +110,21 @@ async fn serve(
         if config.filter == Filter::Seen {
             inbox.move_seen(&mut up).await?;
         }
-        wait_for_change(&mut up, account, config_rx, shared.config().coi.poll_secs, renew).await?;
+        inbox.expunge_pending(&mut up).await?;
+        // Polls keep their beat: the interval runs from the last poll, not from the end of the
+        // work it found, so mail is seen within one interval of its delivery.
+        let poll = (inbox.profile.idle != IdleMode::Push).then(|| {
+            let (interval, now) = (Duration::from_secs(shared.config().coi.poll_secs.max(1)), tokio::time::Instant::now());
+            if now >= next_poll {
+                next_poll = (next_poll + interval).max(now);
+            }
+            next_poll
+        });
+        // Where INBOX is watched SELECTed (imap4d), a poll SELECTs it again: imap4d's NOOP never
+        // reports mail in an INBOX that was pristine (a Maildir that never held mail) when
+        // SELECTed.
+        let poll_with: &[u8] = if inbox.profile.examine_uids_stable { b"NOOP\r\n" } else { b"SELECT INBOX\r\n" };
+        wait_for_change(&mut up, account, config_rx, renew, poll.map(|at| (at, poll_with))).await?;
     }
 }
 
@@ -113,8 +139,13 @@ struct Inbox<'a> {
     next_uid: u32,
     /// UIDNEXT when INBOX was selected: below it, work goes in batches.
     uidnext: u32,
-    /// The provider accepts `$Chat` (PERMANENTFLAGS has `\*`).
-    keywords: bool,
+    /// The provider accepts `$Chat` (PERMANENTFLAGS has `\*`); known from the first SELECT (an
+    /// EXAMINE shows no permanent flags).
+    keywords: Option<bool>,
+    profile: ProviderProfile,
+    /// Copied to Chats and flagged `\Deleted` but not yet expunged, because the user had
+    /// `\Deleted` messages of their own in INBOX (no UIDPLUS: an EXPUNGE would take those too).
+    pending: Vec<u32>,
     /// Chat messages still in INBOX, waiting for `\Seen` (seen mode).
     waiting: BTreeSet<u32>,
     /// The first UID to push about (older messages were there before the worker).
@@ -122,22 +153,18 @@ struct Inbox<'a> {
 }
 
 impl<'a> Inbox<'a> {
-    async fn open(shared: &'a Context, account: &'a Account, up: &mut Upstream) -> Result<Inbox<'a>, OwnWorkError> {
+    async fn open(
+        shared: &'a Context,
+        account: &'a Account,
+        up: &mut Upstream,
+        profile: ProviderProfile,
+    ) -> Result<Inbox<'a>, OwnWorkError> {
         let chats = Namespace::discover(up).await?.chats(&shared.config().coi.mailbox_root);
-        let (untagged, status) = up.command(b"SELECT INBOX\r\n").await?;
-        if !status.starts_with(b"OK") {
-            return Err(OwnWorkError::Refused {
-                command: "SELECT INBOX",
-                status: String::from_utf8_lossy(&status).trim_end().into(),
-            });
-        }
+        let watch = if profile.examine_uids_stable { "EXAMINE" } else { "SELECT" };
+        let untagged = open_inbox(up, watch).await?;
         let code = |name: &str| untagged.iter().find_map(|r| response_code_number(r, name));
         let uidvalidity = code("UIDVALIDITY").unwrap_or(0);
         let uidnext = code("UIDNEXT").unwrap_or(1);
-        let keywords = untagged.iter().any(|r| {
-            let t = String::from_utf8_lossy(r);
-            t.contains("[PERMANENTFLAGS") && t.contains("\\*")
-        });
         let store = &shared.store;
         let login = account.login.as_str();
         let stored = match store.inbox_position(login) {
@@ -150,13 +177,62 @@ impl<'a> Inbox<'a> {
         let push_from = crate::push::notify::first_to_push(stored, uidnext);
         let _ = store.set_inbox_position(login, uidvalidity, next_uid).await;
         let waiting = BTreeSet::new();
-        let mut inbox =
-            Inbox { shared, account, login, chats, uidvalidity, next_uid, uidnext, keywords, waiting, push_from };
-        if keywords {
-            let (untagged, _) = up.command(b"UID SEARCH UNSEEN KEYWORD $Chat\r\n").await?;
-            inbox.waiting.extend(untagged.iter().flat_map(|r| search_uids(r)));
-        }
+        let mut inbox = Inbox {
+            shared,
+            account,
+            login,
+            chats,
+            uidvalidity,
+            next_uid,
+            uidnext,
+            keywords: (watch == "SELECT").then(|| permanent_keywords(&untagged)),
+            profile,
+            pending: Vec::new(),
+            waiting,
+            push_from,
+        };
+        // A provider without keywords has no `$Chat` message (or refuses the search): none wait.
+        let (untagged, _) = up.command(b"UID SEARCH UNSEEN KEYWORD $Chat\r\n").await?;
+        inbox.waiting.extend(untagged.iter().flat_map(|r| search_uids(r)));
         Ok(inbox)
+    }
+
+    /// SELECTs INBOX to change it (learning whether it takes keywords); [`Inbox::read_only`]
+    /// goes back to watching it EXAMINEd.
+    async fn writable(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
+        if self.profile.examine_uids_stable {
+            let untagged = open_inbox(up, "SELECT").await?;
+            self.keywords = Some(permanent_keywords(&untagged));
+        }
+        Ok(())
+    }
+
+    async fn read_only(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
+        if self.profile.examine_uids_stable {
+            open_inbox(up, "EXAMINE").await?;
+        }
+        Ok(())
+    }
+
+    /// Expunges what earlier moves left flagged, once the user has no `\Deleted` message of
+    /// their own in INBOX (only without UIDPLUS).
+    async fn expunge_pending(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let deleted = {
+            let (untagged, _) = up.command(b"UID SEARCH DELETED\r\n").await?;
+            untagged.iter().flat_map(|r| search_uids(r)).collect::<BTreeSet<u32>>()
+        };
+        // Still blocked: no need to SELECT just to learn it again.
+        if deleted.iter().any(|u| !self.pending.contains(u)) {
+            return Ok(());
+        }
+        self.writable(up).await?;
+        let plan = MovePlan::retry(&self.pending, &self.chats)?;
+        let (outcome, _) = run_plan(up, plan).await?;
+        self.pending = outcome.pending;
+        self.read_only(up).await
     }
 
     /// Classifies messages from `next_uid` on, in batches, marks chats, and moves them as
@@ -212,10 +288,15 @@ impl<'a> Inbox<'a> {
                 warn!("cannot remember chat Message-IDs: {e}");
             }
             // A worker that runs for pushes only leaves the mailbox alone.
-            if self.keywords && self.account.current().enabled {
+            let writes = self.account.current().enabled;
+            if writes {
+                self.writable(up).await?;
+            }
+            if writes && self.keywords == Some(true) {
                 up.command(format!("UID STORE {} +FLAGS.SILENT ($Chat)\r\n", uid_set(&all)).as_bytes()).await?;
             }
             let moved = match filter {
+                _ if !writes => None,
                 Filter::Active => self.move_to_chats(up, &all).await?,
                 Filter::Seen => {
                     let seen: Vec<u32> = chat.iter().filter(|c| c.1).map(|c| c.0).collect();
@@ -224,6 +305,9 @@ impl<'a> Inbox<'a> {
                 }
                 Filter::None => None,
             };
+            if writes {
+                self.read_only(up).await?;
+            }
             if let (Some(pending), Some((uidvalidity, map))) = (&mut pending, moved) {
                 pending.moved(&self.chats, uidvalidity, &map);
             }
@@ -261,78 +345,98 @@ impl<'a> Inbox<'a> {
         }
         self.waiting = still_here;
         if !seen.is_empty() {
+            self.writable(up).await?;
             self.move_to_chats(up, &seen).await?;
+            self.read_only(up).await?;
         }
         Ok(())
     }
 
-    /// UID MOVE where offered, else COPY + `\Deleted` + UID EXPUNGE (UIDPLUS), flags kept.
-    /// Where the messages went, if the provider said (COPYUID): UIDVALIDITY, (old, new) UIDs.
+    /// Moves `uids` (INBOX SELECTed) the profile's way, flags kept. Where the messages went, if
+    /// the provider said (COPYUID): UIDVALIDITY, (old, new) UIDs. Without UIDPLUS, what could
+    /// not be expunged safely yet is kept in `pending` for a later cycle.
     async fn move_to_chats(&mut self, up: &mut Upstream, uids: &[u32]) -> Result<Option<CopyUid>, OwnWorkError> {
-        let set = uid_set(uids);
-        let target = String::from_utf8_lossy(&command::astring(self.chats.as_bytes(), false)).into_owned();
-        let refused = |command, status: Vec<u8>| OwnWorkError::Refused {
-            command,
-            status: String::from_utf8_lossy(&status).trim_end().into(),
-        };
-        let copyuid = |untagged: &[Vec<u8>], status: &[u8]| {
-            let all: Vec<&[u8]> = untagged.iter().map(Vec::as_slice).chain([status]).collect();
-            crate::push::imap::copyuid(&all)
-        };
-        let moved = if up.has("MOVE") {
-            let (untagged, status) = into_chats(up, &format!("UID MOVE {set} {target}\r\n"), &target).await?;
-            if !status.starts_with(b"OK") {
-                return Err(refused("UID MOVE", status));
-            }
-            copyuid(&untagged, &status)
-        } else if up.has("UIDPLUS") {
-            let (untagged, status) = into_chats(up, &format!("UID COPY {set} {target}\r\n"), &target).await?;
-            if !status.starts_with(b"OK") {
-                return Err(refused("UID COPY", status));
-            }
-            up.command(format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)\r\n").as_bytes()).await?;
-            let moved = copyuid(&untagged, &status);
-            up.command(format!("UID EXPUNGE {set}\r\n").as_bytes()).await?;
-            moved
-        } else {
-            warn!("the provider offers neither MOVE nor UIDPLUS; chat messages stay in INBOX");
-            return Ok(None);
-        };
-        info!(count = uids.len(), to = %self.chats, "moved chat messages");
+        let plan = MovePlan::new(self.profile.move_strategy, uids, &self.chats, &self.pending)?;
+        let (outcome, copied) = run_plan(up, plan).await?;
+        self.pending = outcome.pending;
+        if !self.pending.is_empty() {
+            info!(
+                count = self.pending.len(),
+                "chat messages copied to Chats wait in INBOX, flagged \\Deleted: the user keeps \\Deleted messages \
+                 there and the provider has no UIDPLUS, so an EXPUNGE now would take theirs too"
+            );
+        }
+        info!(count = uids.len(), to = %self.chats, strategy = ?self.profile.move_strategy, "moved chat messages");
         crate::metrics::worker_moved(self.account.current().filter, uids.len());
-        Ok(moved)
+        Ok(copied)
     }
 }
 
-/// Runs a MOVE or COPY into Chats; where Chats is missing (`[TRYCREATE]`), creates and
-/// subscribes it first. Chats is made on first use, as on a COI server, and never recreated
-/// behind a client that just deleted it to switch COI off.
-async fn into_chats(up: &mut Upstream, command: &str, target: &str) -> Result<(Vec<Vec<u8>>, Vec<u8>), OwnWorkError> {
-    let (untagged, status) = up.command(command.as_bytes()).await?;
-    if !status.windows(11).any(|w| w.eq_ignore_ascii_case(b"[TRYCREATE]")) {
-        return Ok((untagged, status));
+/// Runs a move plan to its end: each command, its reply read back into the plan. The COPYUID
+/// of the MOVE or COPY, where the provider gave one.
+async fn run_plan(
+    up: &mut Upstream,
+    mut plan: MovePlan,
+) -> Result<(crate::provider_profile::move_plan::Outcome, Option<CopyUid>), OwnWorkError> {
+    let mut next = plan.start();
+    let mut copied = None;
+    loop {
+        let command = match next {
+            Next::Send(command) => command,
+            Next::Done(outcome) => return Ok((outcome, copied)),
+            Next::Failed(e) => return Err(e.into()),
+        };
+        let (untagged, status) = up.command(command.to_line().as_bytes()).await?;
+        let reply = if !status.starts_with(b"OK") {
+            Reply::Refused(String::from_utf8_lossy(&status).trim_end().into())
+        } else if command == Command::SearchDeleted {
+            Reply::Searched(untagged.iter().flat_map(|r| search_uids(r)).collect())
+        } else {
+            if matches!(command, Command::UidMove { .. } | Command::UidCopy { .. }) {
+                let all: Vec<&[u8]> = untagged.iter().map(Vec::as_slice).chain([status.as_slice()]).collect();
+                copied = crate::push::imap::copyuid(&all);
+            }
+            Reply::Ok
+        };
+        next = plan.on_reply(reply);
     }
-    up.command(format!("CREATE {target}\r\n").as_bytes()).await?;
-    up.command(format!("SUBSCRIBE {target}\r\n").as_bytes()).await?;
-    Ok(up.command(command.as_bytes()).await?)
 }
 
-/// Waits in IDLE (or polls) until INBOX changes, a session nudges, the COI configuration
-/// changes, or it is time to renew the IDLE.
+/// Whether a SELECT's PERMANENTFLAGS take new keywords (`\*`).
+fn permanent_keywords(untagged: &[Vec<u8>]) -> bool {
+    untagged.iter().any(|r| {
+        let t = String::from_utf8_lossy(r);
+        t.contains("[PERMANENTFLAGS") && t.contains("\\*")
+    })
+}
+
+/// SELECTs or EXAMINEs INBOX; its untagged responses.
+async fn open_inbox(up: &mut Upstream, how: &'static str) -> Result<Vec<Vec<u8>>, OwnWorkError> {
+    let (untagged, status) = up.command(format!("{how} INBOX\r\n").as_bytes()).await?;
+    if !status.starts_with(b"OK") {
+        let command = if how == "SELECT" { "SELECT INBOX" } else { "EXAMINE INBOX" };
+        return Err(OwnWorkError::Refused { command, status: String::from_utf8_lossy(&status).trim_end().into() });
+    }
+    Ok(untagged)
+}
+
+/// Waits in IDLE until INBOX changes, a session nudges, the COI configuration changes, or it is
+/// time to renew the IDLE; where the provider's IDLE is missing or does not push, until the
+/// `poll` instant (or a nudge, or a change of configuration), then sends the poll's command.
 async fn wait_for_change(
     up: &mut Upstream,
     account: &Account,
     config_rx: &mut watch::Receiver<CoiConfig>,
-    poll_secs: u64,
     renew: Duration,
+    poll: Option<(tokio::time::Instant, &[u8])>,
 ) -> Result<(), OwnWorkError> {
-    if !up.has("IDLE") {
+    if let Some((at, command)) = poll {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(poll_secs.max(1))) => {}
+            _ = tokio::time::sleep_until(at) => {}
             _ = account.nudge.notified() => {}
             _ = config_rx.changed() => {}
         }
-        up.command(b"NOOP\r\n").await?;
+        up.command(command).await?;
         return Ok(());
     }
     let tag = up.tag();

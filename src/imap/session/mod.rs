@@ -30,6 +30,7 @@ use crate::imap::wire::capability;
 use crate::imap::wire::command::{self, Arg, Command, CommandName};
 use crate::limits::{Refused, SessionPermit};
 use crate::net::Stream;
+use crate::provider_profile::{IdleMode, MetadataHome};
 use crate::secret::Secret;
 
 /// Largest command accepted before login. The largest is an RFC 2971 ID: 30 field/value pairs
@@ -137,7 +138,10 @@ impl Session {
             }
         };
         let account = self.account.clone().expect("logged in");
-        let provider_metadata = upstream.has("METADATA");
+        let profile = upstream.profile();
+        // Where the COI entries live: Cyrus advertises METADATA but refuses the COI entries
+        // (`NO Permission denied`), so there they are the proxy's, as where METADATA is missing.
+        let provider_metadata = profile.metadata == MetadataHome::Provider;
         // The client's ID name: sent before login, or after it (Delta Chat), then seen by the
         // COI interceptor; the read-receipt hook reads it when flags change.
         let client_name = Arc::new(Mutex::new(self.client_id.clone()));
@@ -146,7 +150,7 @@ impl Session {
             autologout: limits.autologout(),
             provider_timeout: limits.provider_timeout(),
             extra_capabilities: coi::session::capabilities(
-                provider_metadata,
+                upstream.has("METADATA"),
                 upstream.has("IDLE"),
                 &[crate::push::CAPABILITY],
             ),
@@ -166,7 +170,9 @@ impl Session {
                 },
                 verdicts: account.verdicts.subscribe(),
             }),
-            emulate_idle: (!upstream.has("IDLE"))
+            // Where IDLE is missing or does not push (Courier reports new mail only after 60 s,
+            // imap4d not before DONE), the proxy serves IDLE by polling.
+            emulate_idle: (profile.idle != IdleMode::Push)
                 .then(|| Duration::from_secs(self.shared.config().coi.poll_secs.max(1))),
         };
         let webpush = crate::push::entries::Entries::new(self.shared.clone(), account.clone());
@@ -496,7 +502,7 @@ impl Session {
             AuthOutcome::Ok(status) => {
                 self.shared.auth_failures.succeeded(self.peer.ip());
                 self.shared.credentials.remember(&user, &pass);
-                let provider_metadata = upstream.has("METADATA");
+                let provider_metadata = upstream.profile().metadata == MetadataHome::Provider;
                 let account = self.shared.accounts.account(&user);
                 if let Err(e) = coi::load_config(&mut upstream, provider_metadata, &self.shared.store, &account).await {
                     warn!("cannot read the COI configuration: {e}");
@@ -504,7 +510,7 @@ impl Session {
                 self.shared.workers.want(&account.login);
                 self.account = Some(account);
                 let extra =
-                    coi::session::capabilities(provider_metadata, upstream.has("IDLE"), &[crate::push::CAPABILITY]);
+                    coi::session::capabilities(upstream.has("METADATA"), upstream.has("IDLE"), &[crate::push::CAPABILITY]);
                 let caps = capability::post_login(&upstream.capabilities, &extra).join(" ");
                 let text = status_text(&status);
                 say(conn, format!("{tag} OK [CAPABILITY {caps}] {text}\r\n").as_bytes()).await?;
