@@ -7,6 +7,12 @@
 
 #[allow(dead_code)]
 mod common;
+#[allow(dead_code)]
+#[path = "../tests/support/data_block.rs"]
+mod data_block;
+#[allow(dead_code)]
+#[path = "../tests/support/provider.rs"]
+mod provider;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
