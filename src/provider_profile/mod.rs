@@ -305,7 +305,9 @@ mod tests {
         let imap4d = ProviderProfile::decide(&Facts { greeting: "* OK IMAP4rev1\r\n", ..Facts::default() });
         assert_eq!(imap4d.server, Server::Imap4d);
         assert!(!imap4d.examine_uids_stable);
-        assert!(ProviderProfile::decide(&Facts { greeting: "* OK Dovecot ready.", ..Facts::default() }).examine_uids_stable);
+        assert!(
+            ProviderProfile::decide(&Facts { greeting: "* OK Dovecot ready.", ..Facts::default() }).examine_uids_stable
+        );
         assert_eq!(decide("gmail.com.example.org"), Server::Other);
     }
 }

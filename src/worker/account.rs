@@ -114,7 +114,8 @@ async fn serve(
         // Polls keep their beat: the interval runs from the last poll, not from the end of the
         // work it found, so mail is seen within one interval of its delivery.
         let poll = (inbox.profile.idle != IdleMode::Push).then(|| {
-            let (interval, now) = (Duration::from_secs(shared.config().coi.poll_secs.max(1)), tokio::time::Instant::now());
+            let (interval, now) =
+                (Duration::from_secs(shared.config().coi.poll_secs.max(1)), tokio::time::Instant::now());
             if now >= next_poll {
                 next_poll = (next_poll + interval).max(now);
             }

@@ -509,8 +509,11 @@ impl Session {
                 }
                 self.shared.workers.want(&account.login);
                 self.account = Some(account);
-                let extra =
-                    coi::session::capabilities(upstream.has("METADATA"), upstream.has("IDLE"), &[crate::push::CAPABILITY]);
+                let extra = coi::session::capabilities(
+                    upstream.has("METADATA"),
+                    upstream.has("IDLE"),
+                    &[crate::push::CAPABILITY],
+                );
                 let caps = capability::post_login(&upstream.capabilities, &extra).join(" ");
                 let text = status_text(&status);
                 say(conn, format!("{tag} OK [CAPABILITY {caps}] {text}\r\n").as_bytes()).await?;
