@@ -53,8 +53,9 @@ pub enum MoveStrategy {
     /// (UIDPLUS, RFC 4315): messages the user marked `\Deleted` stay.
     CopyUidExpunge,
     /// No UIDPLUS: a plain EXPUNGE would also remove what the user marked `\Deleted` and kept.
-    /// So EXPUNGE only while no other message is `\Deleted`; until then the copied originals
-    /// stay, flagged, and are hidden from clients (see [`move_plan`]).
+    /// So the user's `\Deleted` messages are set aside for the EXPUNGE (flag off, EXPUNGE, flag
+    /// on again); where the provider refuses that, the copied originals stay, flagged, until
+    /// the user's are gone (see [`move_plan`]).
     CopySafeExpunge,
 }
 

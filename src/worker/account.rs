@@ -11,8 +11,8 @@
 //! SELECTed, briefly, and EXAMINEd again right after. (Not on imap4d, whose UIDs change between
 //! EXAMINE and SELECT: see `ProviderProfile::examine_uids_stable`.) How it moves, and whether it waits in IDLE
 //! or polls, the provider profile says (`provider_profile`): MOVE; COPY + `\Deleted` + UID
-//! EXPUNGE (UIDPLUS); or, with neither (imap4d), COPY + `\Deleted` + EXPUNGE only while no
-//! message of the user's is `\Deleted`. Courier's and imap4d's IDLE do not push: polled.
+//! EXPUNGE (UIDPLUS); or, with neither (imap4d), COPY + `\Deleted` + EXPUNGE with the user's
+//! own `\Deleted` messages set aside (unflagged for that moment, flagged again after). Courier's and imap4d's IDLE do not push: polled.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -364,7 +364,7 @@ impl<'a> Inbox<'a> {
             info!(
                 count = self.pending.len(),
                 "chat messages copied to Chats wait in INBOX, flagged \\Deleted: the user keeps \\Deleted messages \
-                 there and the provider has no UIDPLUS, so an EXPUNGE now would take theirs too"
+                 there, the provider has no UIDPLUS and refused to unflag theirs for the moment of an EXPUNGE"
             );
         }
         info!(count = uids.len(), to = %self.chats, strategy = ?self.profile.move_strategy, "moved chat messages");
