@@ -355,6 +355,36 @@ fn profile_matches_the_server(kind: Kind) {
     assert!(r.last().is_some_and(|l| l.starts_with("k OK")), "{}: {r:?}", p.name());
 }
 
+/// `coi-proxy check` says what the proxy makes of the provider: which server it is, and whether
+/// its IDLE is polled. (check does not log in: METADATA and post-login capabilities it cannot
+/// see, so its METADATA line is a guess from the capabilities before login.)
+fn check_tells_the_profile(kind: Kind) {
+    let p = AnyProvider::start(kind);
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = format!("imap://127.0.0.1:{}", p.imap_port());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
+        .args(["check", "--upstream", &upstream])
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("COI_PROXY_CONFIG")
+        .output()
+        .expect("run coi-proxy check");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let not_pushing = "    IDLE: the provider's does not report new mail as it comes; served by coi-proxy polling";
+    let lines: &[&str] = match kind {
+        Kind::Dovecot => &["  recognised as: Dovecot\n", "    IDLE: native"],
+        Kind::Cyrus => &["  recognised as: Cyrus IMAP\n"],
+        Kind::Courier => &["  recognised as: Courier-IMAP\n", not_pushing],
+        Kind::Imap4d => &["  recognised as: GNU Mailutils imap4d\n", not_pushing],
+        Kind::DovecotNoIdle | Kind::CyrusNoMetadata => unreachable!("not checked"),
+    };
+    for line in lines {
+        assert!(report.contains(line), "{}: {line:?} missing:\n{report}", p.name());
+    }
+}
+
 /// One test per provider and check, so each can be ignored with its own reason.
 macro_rules! over {
     ($check:ident: $($name:ident = $kind:expr $(, ignore = $why:literal)?;)*) => {
@@ -374,6 +404,13 @@ over! { profile_matches_the_server:
     profile_cyrus = Kind::Cyrus;
     profile_courier = Kind::Courier;
     profile_imap4d = Kind::Imap4d;
+}
+
+over! { check_tells_the_profile:
+    check_dovecot = Kind::Dovecot;
+    check_cyrus = Kind::Cyrus;
+    check_courier = Kind::Courier;
+    check_imap4d = Kind::Imap4d;
 }
 
 over! { capabilities_are_clean:

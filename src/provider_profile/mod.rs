@@ -27,6 +27,20 @@ pub enum Server {
     Other,
 }
 
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Server::Dovecot => "Dovecot",
+            Server::Cyrus => "Cyrus IMAP",
+            Server::Courier => "Courier-IMAP",
+            Server::Imap4d => "GNU Mailutils imap4d",
+            Server::Gmail => "Gmail",
+            Server::Outlook => "Outlook.com / Microsoft 365",
+            Server::Other => "an IMAP4rev1 server coi-proxy has no profile for (standard behaviour assumed)",
+        })
+    }
+}
+
 /// What the profile is decided from. Capabilities are the post-login list.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Facts<'a> {
