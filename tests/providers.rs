@@ -484,6 +484,25 @@ fn harness_starts_cyrus_courier_and_imap4d() {
     }
 }
 
+/// The account worker watches INBOX EXAMINEd: new mail it has classified keeps its `\Recent`
+/// flag for the user's own clients (a worker that SELECTed INBOX would take it).
+#[test]
+fn the_worker_leaves_recent_to_the_users_clients() {
+    let p = AnyProvider::start(Kind::Dovecot);
+    let proxy = proxy_for(&p);
+    let mut c = login(&proxy, "alice@example.org");
+    enable(&proxy, &mut c);
+    drop(c);
+    proxy.wait_for_log("watching INBOX", Duration::from_secs(10));
+    p.deliver("bob@example.org", "alice@example.org", &mail_message("recent@example.org"));
+    // Dovecot tells the worker within ~0.5 s; it fetches the header and keeps the message.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut d = direct(&p, "alice@example.org");
+    let r = d.expect_ok("s SELECT INBOX");
+    assert!(r.contains(&"* 1 EXISTS\r\n".to_owned()), "{r:?}");
+    assert!(r.contains(&"* 1 RECENT\r\n".to_owned()), "the worker took \\Recent: {r:?}\n{}", proxy.log());
+}
+
 /// RFC 2971 allows 30 field/value pairs of up to 30 and 1024 octets: about 32 KB on one line
 /// (imaptest's `id` group sends 31,807 bytes before login). Dovecot accepts it; so must the proxy,
 /// and the connection goes on either way.
