@@ -9,10 +9,13 @@
 //! INBOX is watched EXAMINEd (read-only), not SELECTed: a SELECT takes the `\Recent` flags of
 //! the new mail from the user's own clients. Only to change something (`$Chat`, a move) is INBOX
 //! SELECTed, briefly, and EXAMINEd again right after. (Not on imap4d, whose UIDs change between
-//! EXAMINE and SELECT: see `ProviderProfile::examine_uids_stable`.) How it moves, and whether it waits in IDLE
-//! or polls, the provider profile says (`provider_profile`): MOVE; COPY + `\Deleted` + UID
-//! EXPUNGE (UIDPLUS); or, with neither (imap4d), COPY + `\Deleted` + EXPUNGE with the user's
-//! own `\Deleted` messages set aside (unflagged for that moment, flagged again after). Courier's and imap4d's IDLE do not push: polled.
+//! EXAMINE and SELECT: see `ProviderProfile::examine_uids_stable`.)
+//!
+//! How it moves, and whether it waits in IDLE or polls, the provider profile says
+//! (`provider_profile`): MOVE; COPY + `\Deleted` + UID EXPUNGE (UIDPLUS); or, with neither
+//! (imap4d), COPY + `\Deleted` + EXPUNGE with the user's own `\Deleted` messages set aside
+//! (unflagged for that moment, flagged again after). Courier's and imap4d's IDLE do not push:
+//! those are polled.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
