@@ -282,6 +282,21 @@ fn additions(out: &mut String, config: &Config, up: &Upstream) {
     let added = crate::coi::session::capabilities(metadata, idle, &[crate::push::CAPABILITY]);
     let _ = writeln!(out, "  coi-proxy adds: {}", added.join(" "));
     let _ = writeln!(out, "    COI: served by coi-proxy (mailbox root {:?})", config.coi.mailbox_root);
+    // Where the proxy goes beyond the spec, deliberately (README: "Where coi-proxy goes beyond
+    // the COI spec").
+    let clients = config.coi.chat_clients.join(", ");
+    let _ = writeln!(
+        out,
+        "    COI beyond the spec (deliberate): mail already in INBOX is filtered when COI is switched on; \
+         replies to chat messages and Delta Chat's encrypted mail count as chat; chat clients \
+         ([coi] chat_clients: {clients}) see {}/Chats when they select INBOX under active",
+        config.coi.mailbox_root
+    );
+    let every = config.coi.config_check_secs;
+    let _ = writeln!(
+        out,
+        "    COI settings changed elsewhere (where the provider keeps them in METADATA): followed within {every} s ([coi] config_check_secs)"
+    );
     let _ = match (metadata, profile.metadata) {
         (true, MetadataHome::Provider) => {
             writeln!(out, "    METADATA: passed to the provider (COI settings stored there)")

@@ -96,6 +96,10 @@ pub struct Coi {
     /// clients in IDLE (which the proxy then serves itself).
     #[serde(default = "default_poll_secs")]
     pub poll_secs: u64,
+    /// The longest the account worker goes without reading the COI configuration again from
+    /// the provider's METADATA (where another device or proxy instance may change it), seconds.
+    #[serde(default = "default_config_check_secs")]
+    pub config_check_secs: u64,
     /// METADATA entries per account kept by the proxy (for providers without METADATA).
     #[serde(default = "default_max_metadata_entries")]
     pub max_metadata_entries: usize,
@@ -115,6 +119,9 @@ fn default_chat_clients() -> Vec<String> {
 }
 fn default_poll_secs() -> u64 {
     10
+}
+fn default_config_check_secs() -> u64 {
+    30
 }
 fn default_max_metadata_entries() -> usize {
     1000

@@ -116,6 +116,8 @@ fn check_contents(store: &Store) {
             read: Some(1_700_000_400),
         }],
         marked: vec!["$Delivered".into()],
+        // Not in records of the previous release: none recorded yet.
+        reports: Vec::new(),
     };
     assert_eq!(store.sent_chats().unwrap(), [("alice@example.org".into(), "m1@example.org".into(), sent.clone())]);
     assert_eq!(store.sent_chats_to_mark("alice@example.org").unwrap(), [("m1@example.org".into(), sent)]);
@@ -149,6 +151,10 @@ fn a_store_of_the_previous_release_takes_new_writes() {
     assert!(store.queue_get(2).unwrap().is_none(), "and is removed now that it is done");
     store.set_inbox_position("alice@example.org", 1_234_567, 50).wait().unwrap();
     store.remember_chat_ids("alice@example.org", &["m3@example.org".into()]).wait().unwrap();
+    let noted = store.sent_chat_update("alice@example.org", Some("m1@example.org"), None, |s| {
+        s.note_report("mdn1@example.org");
+    });
+    assert!(noted.wait().unwrap().is_some(), "a report is recorded on a record of before");
     // Message 1's pending recipient is delivered now: the old store keeps it as a recent
     // delivery, in the table the upgrade adds on first use.
     let (_, mut first, _) = expected_queue().remove(0);
@@ -164,6 +170,7 @@ fn a_store_of_the_previous_release_takes_new_writes() {
     assert_eq!(store.queue_list().unwrap().iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 4]);
     assert_eq!(store.deliveries().unwrap().len(), 1);
     assert_eq!(store.inbox_position("alice@example.org").unwrap(), Some((1_234_567, 50)));
+    assert_eq!(store.sent_chats().unwrap()[0].2.reports, ["mdn1@example.org"]);
     for id in ["m1@example.org", "m3@example.org"] {
         assert!(store.is_chat_id("alice@example.org", id).unwrap());
     }

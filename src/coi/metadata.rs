@@ -32,6 +32,9 @@ pub enum MetadataError {
     TooMany,
     #[error("COI entries exist on the server level only (mailbox \"\")")]
     NotServerLevel,
+    /// A COI entry the spec does not define: it could not be read back, so it is not stored.
+    #[error("no such COI entry: {0}")]
+    Unknown(String),
 }
 
 impl Refusal for MetadataError {
@@ -94,7 +97,9 @@ pub fn coi_change(set: &SetMetadata) -> Result<CoiChange, MetadataError> {
                     )
                 }
             },
-            _ => {}
+            // Deleting what does not exist is fine; anything else could not be read back.
+            _ if value.is_none() => {}
+            _ => return Err(MetadataError::Unknown(entry.clone())),
         }
     }
     Ok(change)
@@ -183,6 +188,13 @@ active)\r\n"
         assert_eq!(MetadataError::TooLarge(5).status(), Status::MaxSize(5));
         let on_inbox = set(b"a SETMETADATA INBOX (/private/vendor/vendor.dovecot/coi/config/enabled yes)\r\n");
         assert_eq!(coi_change(&on_inbox), Err(MetadataError::NotServerLevel));
+        let unknown = set(b"a SETMETADATA \"\" (/private/vendor/vendor.dovecot/coi/config/foo bar)\r\n");
+        assert_eq!(
+            coi_change(&unknown).unwrap_err().to_string(),
+            "no such COI entry: /private/vendor/vendor.dovecot/coi/config/foo"
+        );
+        let delete = set(b"a SETMETADATA \"\" (/private/vendor/vendor.dovecot/coi/foo NIL)\r\n");
+        assert_eq!(coi_change(&delete), Ok(CoiChange::default()));
     }
 
     #[test]

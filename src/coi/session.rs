@@ -225,8 +225,9 @@ impl<E: EntryOwner> CoiSession<E> {
     }
 
     async fn set_metadata(&mut self, tag: &str, mut req: SetMetadata, own: &mut impl ProviderCommands) -> Reply {
-        // The entries the proxy answers itself exist on the server level only.
-        if !req.mailbox.is_empty() && req.entries.iter().any(|(e, _)| self.answers(e)) {
+        // The COI entries exist on the server level only (the plugged-in wing says so for its
+        // own, in its words).
+        if !req.mailbox.is_empty() && req.entries.iter().any(|(e, _)| metadata::is_coi_entry(e)) {
             return Ok(tagged(tag, &refusal(&MetadataError::NotServerLevel)));
         }
         let change = match metadata::coi_change(&req) {
@@ -343,45 +344,62 @@ impl<E: EntryOwner> CoiSession<E> {
         Ok(())
     }
 
-    /// CREATE, DELETE and RENAME: relayed, and when they touch `<root>/Chats`, COI follows.
+    /// CREATE, DELETE and RENAME: relayed, and when they touch `<root>/Chats`, COI follows
+    /// (COI server spec §1.4). Names are compared as the provider resolves them. Renaming Chats
+    /// or a parent of it (the root) into Trash disables COI, anywhere else is refused; a
+    /// rename that makes Chats enables it.
     async fn mailbox_command(&mut self, raw: &[u8], cmd: &Command, own: &mut impl ProviderCommands) -> Reply {
-        let names: Vec<String> =
-            cmd.args.iter().filter_map(Arg::astring).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+        let names: Vec<&[u8]> = cmd.args.iter().filter_map(Arg::astring).collect();
         let ns = self.namespace(own).await?;
         let chats = ns.chats(&self.root());
-        let (is_chats_source, is_chats_target) = match cmd.kind {
-            CommandName::Rename => (names.first() == Some(&chats), names.get(1) == Some(&chats)),
-            _ => (names.first() == Some(&chats), false),
-        };
-        if !is_chats_source && !is_chats_target {
-            return Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag));
-        }
+        let first = names.first().copied().unwrap_or_default();
         let enable = match cmd.kind {
-            CommandName::Create => Some(true),
-            CommandName::Delete => Some(false),
-            _ if is_chats_target => Some(true),
-            _ => {
-                let target = names.get(1).cloned().unwrap_or_default();
+            CommandName::Create if ns.same(first, chats.as_bytes()) => Some(true),
+            CommandName::Delete if ns.same(first, chats.as_bytes()) => Some(false),
+            CommandName::Rename if ns.holds(first, chats.as_bytes()) => {
+                let target = names.get(1).copied().unwrap_or_default();
                 let trash = self.trash(own).await?;
-                if !ns.in_trash(&target, &trash) {
+                if !ns.in_trash(target, trash.as_bytes()) && !ns.in_trash(target, b"Trash") {
                     return Ok(tagged(&cmd.tag, "NO [CANNOT] COI mailbox can't be renamed"));
                 }
                 Some(false)
             }
+            CommandName::Rename if names.get(1).is_some_and(|t| ns.holds(t, chats.as_bytes())) => {
+                // Chats itself, or a parent whose rename may bring a Chats along.
+                let reply = forward(raw, own, &[]).await?;
+                if reply.ok() && (ns.same(names[1], chats.as_bytes()) || self.exists(&chats, own).await?) {
+                    self.switched_on(own).await?;
+                }
+                return Ok(reply.for_client(&cmd.tag));
+            }
+            _ => None,
         };
         let reply = forward(raw, own, &[]).await?;
         if reply.ok()
             && let Some(enabled) = enable
         {
             if enabled {
-                // Contacts belongs with Chats; the client created Chats itself.
-                if let Err(e) = self.create_folders(own).await? {
-                    warn!("{e}");
-                }
+                self.switched_on(own).await?;
+            } else {
+                self.set_enabled(false, own).await?;
             }
-            self.set_enabled(enabled, own).await?;
         }
         Ok(reply.for_client(&cmd.tag))
+    }
+
+    /// Chats came to be: Contacts belongs with it, and COI is on.
+    async fn switched_on(&mut self, own: &mut impl ProviderCommands) -> Result<(), ProviderError> {
+        if let Err(e) = self.create_folders(own).await? {
+            warn!("{e}");
+        }
+        self.set_enabled(true, own).await
+    }
+
+    /// Whether `mailbox` exists at the provider.
+    async fn exists(&mut self, mailbox: &str, own: &mut impl ProviderCommands) -> Result<bool, ProviderError> {
+        let quoted = String::from_utf8_lossy(&command::astring(mailbox.as_bytes(), false)).into_owned();
+        let reply = own.run(format!("LIST \"\" {quoted}\r\n").as_bytes(), CAPTURE_LIST).await?;
+        Ok(reply.untagged.iter().any(|l| !String::from_utf8_lossy(l).to_ascii_lowercase().contains("\\nonexistent")))
     }
 
     /// The provider's `\Trash` special-use folder, else `Trash`.

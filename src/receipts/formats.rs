@@ -100,8 +100,33 @@ pub fn build_mdn(p: &MdnParams) -> Vec<u8> {
 pub enum Report {
     /// A DSN (RFC 3464): per recipient, delivered (or relayed on) or failed.
     Delivery { envid: Option<String>, message_id: Option<String>, recipients: Vec<(String, Outcome)> },
-    /// An MDN saying the message was displayed.
-    Read { original_message_id: String },
+    /// An MDN saying the message was displayed, by `reader` (its `Final-Recipient`, else its
+    /// `From`, lower case), as far as the report says.
+    Read { original_message_id: String, reader: Vec<String> },
+}
+
+impl Report {
+    /// What identifies the report when it carries no Message-ID: what it says.
+    pub fn fallback_id(&self) -> String {
+        match self {
+            Report::Delivery { envid, message_id, recipients } => {
+                let rcpts: Vec<String> = recipients.iter().map(|(a, o)| format!("{a}={o:?}")).collect();
+                format!(
+                    "dsn:{}:{}:{}",
+                    envid.as_deref().unwrap_or(""),
+                    message_id.as_deref().unwrap_or(""),
+                    rcpts.join(",")
+                )
+            }
+            Report::Read { original_message_id, reader } => format!("mdn:{original_message_id}:{}", reader.join(",")),
+        }
+    }
+}
+
+/// The Message-ID of a report (its own, not the one it is about).
+pub fn report_id(message: &[u8]) -> Option<String> {
+    let (header, _) = split_header(message);
+    field(header, "message-id").and_then(|v| msg_ids(&v).into_iter().next())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +193,12 @@ pub fn parse_report(message: &[u8]) -> Option<Report> {
                 return None;
             }
             let original_message_id = msg_ids(&get("original-message-id")?).into_iter().next()?;
-            Some(Report::Read { original_message_id })
+            // Who read it: the MDN's Final-Recipient (`rfc822;bob@example.org`), then its From.
+            let final_recipient =
+                get("final-recipient").and_then(|v| address(v.split_once(';').map_or(v.as_str(), |(_, a)| a)));
+            let from = field(header, "from").and_then(|v| address(&v));
+            let reader = final_recipient.into_iter().chain(from).collect();
+            Some(Report::Read { original_message_id, reader })
         }),
         _ => None,
     }
@@ -276,7 +306,14 @@ mod tests {
         assert!(!text.contains("message/rfc822"), "no copy of the original");
         assert_eq!(text.matches("\r\n--mdn-u1\r\n").count(), 2, "two parts");
         assert!(text.ends_with("\r\n--mdn-u1--\r\n"));
-        assert_eq!(parse_report(&mdn), Some(Report::Read { original_message_id: "Mr.a@example.org".into() }));
+        assert_eq!(
+            parse_report(&mdn),
+            Some(Report::Read {
+                original_message_id: "Mr.a@example.org".into(),
+                reader: vec!["bob@example.org".into(), "bob@example.org".into()]
+            })
+        );
+        assert_eq!(report_id(&mdn).as_deref(), Some("mdn.u1@example.org"));
         // Our own receipts are not receipts we would answer.
         assert_eq!(mdn_request(&mdn, &own()), None);
     }

@@ -37,6 +37,25 @@ impl Store {
         Ok(out)
     }
 
+    /// The accounts that hold `entry` on `mailbox` (`""` for server entries), in key order.
+    pub fn metadata_accounts_with(&self, mailbox: &[u8], entry: &str) -> Result<Vec<String>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(METADATA) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let suffix = format!("\0{}\0{entry}", String::from_utf8_lossy(mailbox));
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (key, _) = item?;
+            if let Some(account) = key.value().strip_suffix(suffix.as_str()) {
+                out.push(account.to_string());
+            }
+        }
+        Ok(out)
+    }
+
     /// Sets (`Some`) or deletes (`None`) entries in one transaction; refused whole when the
     /// account would then hold more than `max_entries` entries.
     pub fn metadata_apply(
@@ -105,5 +124,9 @@ mod tests {
             .unwrap();
         assert_eq!(result, Err(TooManyEntries));
         assert_eq!(store.metadata_entries("alice@x", b"").unwrap().len(), 1);
+        assert_eq!(store.metadata_accounts_with(b"", "/private/b").unwrap(), ["alice@x"]);
+        assert!(store.metadata_accounts_with(b"INBOX", "/private/b").unwrap().is_empty());
+        store.metadata_apply("bob@x", b"", &[set("/private/b", Some("5"))], 10).wait().unwrap().unwrap();
+        assert_eq!(store.metadata_accounts_with(b"", "/private/b").unwrap(), ["alice@x", "bob@x"]);
     }
 }

@@ -1,10 +1,16 @@
-//! One account's worker: the proxy's own connection to an account with COI enabled (or push
-//! subscriptions), doing what a COI server does at delivery time. It waits in IDLE on INBOX (or
-//! polls a provider without IDLE), classifies each new message from its header fields, sets
-//! `$Chat`, and moves chat messages to `<root>/Chats`: at once in `active` mode, once they are
-//! `\Seen` in `seen` mode; it hands reports to the receipts wing and new mail to the push wing.
-//! It reconnects with backoff when the provider drops, and returns when it is no longer needed
-//! or the daemon shuts down (the supervisor decides what happens next).
+//! One account's worker: the proxy's own connection for an account with COI enabled, push
+//! subscriptions, or a `password_command`, doing what a COI server does at delivery time. It
+//! waits in IDLE on INBOX (or polls a provider without IDLE), classifies each new message from
+//! its header fields, sets `$Chat`, and moves chat messages to `<root>/Chats`: at once in
+//! `active` mode, once they are `\Seen` in `seen` mode; it hands reports to the receipts wing
+//! and new mail to the push wing, and tells the sessions' quiet INBOX when it has looked.
+//!
+//! It is started once and runs until the daemon shuts down. Each cycle begins by reading the
+//! COI configuration again where the provider keeps it (METADATA), so a change made by another
+//! device or proxy instance counts from the next message on; a cycle comes at the latest every
+//! `[coi] config_check_secs`. With nothing to do (COI off, no subscription) it stays connected
+//! to watch that configuration, or, where the proxy keeps it, waits unconnected for a change.
+//! It reconnects with backoff when the provider drops.
 //!
 //! INBOX is watched EXAMINEd (read-only), not SELECTed: a SELECT takes the `\Recent` flags of
 //! the new mail from the user's own clients. Only to change something (`$Chat`, a move) is INBOX
@@ -19,12 +25,11 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::wanted;
 use crate::account::{Account, CoiConfig, Filter};
 use crate::coi::classify::{self, ChatHeaders, FIELDS};
 use crate::coi::folders::Namespace;
@@ -42,11 +47,13 @@ const IDLE_SETTLE: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Messages classified per FETCH when catching up with a large INBOX.
 const BATCH: u32 = 500;
+/// Chat messages remembered as waiting for `\Seen` where the provider keeps no `$Chat`.
+const MAX_WAITING: usize = 10_000;
 
 /// A COPYUID response code: the target's UIDVALIDITY and (old, new) UID pairs.
 type CopyUid = (u32, Vec<(u32, u32)>);
 
-/// Serves the account until it no longer needs a worker or the daemon shuts down.
+/// Serves the account until the daemon shuts down.
 pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>) {
     info!("account worker started");
     let mut backoff = Duration::from_secs(1);
@@ -57,11 +64,15 @@ pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>) {
             result = serve(&shared, &account, &mut config_rx) => result,
             _ = shutdown.changed() => break,
         };
+        unwatch(&account);
         match result {
             Ok(()) => {
+                // Nothing to do, and nothing to watch at the provider: until that changes.
                 backoff = Duration::from_secs(1);
-                if !wanted(&shared, &account) {
-                    break;
+                tokio::select! {
+                    _ = config_rx.changed() => {}
+                    _ = account.nudge.notified() => {}
+                    _ = shutdown.changed() => break,
                 }
             }
             Err(e) => {
@@ -75,10 +86,21 @@ pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>) {
             }
         }
     }
+    unwatch(&account);
     info!("account worker stopped");
 }
 
-/// One connection's worth of work; `Ok` when the worker is no longer wanted.
+/// Whether the account has work for its worker now: COI enabled, or a validated subscription.
+fn has_work(shared: &Context, account: &Account) -> bool {
+    account.current().enabled || crate::push::wanted(&shared.store, &account.login)
+}
+
+/// Sessions stop waiting for this worker.
+fn unwatch(account: &Account) {
+    account.verdicts.send_if_modified(|v| std::mem::replace(&mut v.watching, false));
+}
+
+/// One connection's worth of work; `Ok` when there is nothing to do and nothing to watch.
 async fn serve(
     shared: &Context,
     account: &Account,
@@ -86,37 +108,67 @@ async fn serve(
 ) -> Result<(), OwnWorkError> {
     let login = account.login.as_str();
     let password = shared.credentials.password(&shared.config(), login).await?;
+    // Every message in INBOX when the first look begins counts as looked at after it.
+    let mut look_began = Instant::now();
     let mut up = Upstream::open(shared, login, &password).await?;
     drop(password);
     let profile = up.profile();
     // Cyrus advertises METADATA but refuses the COI entries: there they are in the store.
-    if profile.metadata == MetadataHome::Provider {
-        account.set_config(crate::coi::config_at_provider(&mut up).await?);
-    }
-    if !wanted(shared, account) {
-        return Ok(());
-    }
-    let mut inbox = Inbox::open(shared, account, &mut up, profile).await?;
+    let metadata = profile.metadata == MetadataHome::Provider;
     let mut next_poll = tokio::time::Instant::now();
-    info!(chats = %inbox.chats, idle = ?inbox.profile.idle, moves = ?inbox.profile.move_strategy, "watching INBOX");
+    let check_every = Duration::from_secs(shared.config().coi.config_check_secs.max(1));
+    let mut inbox: Option<Inbox> = None;
     loop {
         config_rx.mark_unchanged();
-        let config = account.current();
-        if !wanted(shared, account) {
-            return Ok(());
+        if metadata {
+            account.set_config(crate::coi::config_at_provider(&mut up).await?);
         }
+        let config = account.current();
+        if !has_work(shared, account) {
+            unwatch(account);
+            if !metadata {
+                let _ = up.command(b"LOGOUT\r\n").await;
+                return Ok(());
+            }
+            debug!("nothing to do; watching the COI configuration");
+            tokio::select! {
+                _ = tokio::time::sleep(check_every) => {}
+                _ = account.nudge.notified() => {}
+                _ = config_rx.changed() => {}
+            }
+            look_began = Instant::now();
+            continue;
+        }
+        let inbox = match &mut inbox {
+            Some(inbox) => inbox,
+            None => {
+                let opened = Inbox::open(shared, account, &mut up, profile.clone()).await?;
+                info!(chats = %opened.chats, idle = ?profile.idle, moves = ?profile.move_strategy, "watching INBOX");
+                inbox.insert(opened)
+            }
+        };
         let before = inbox.next_uid;
-        inbox.process_new(&mut up, config.effective_filter()).await?;
-        // Mail that lands between a FETCH and the start of IDLE may go unreported by the
-        // provider (its change notification starts with IDLE): after new mail, look again soon.
-        let renew = if inbox.next_uid != before { IDLE_SETTLE } else { IDLE_RENEW };
-        if config.filter == Filter::Seen {
+        let filter = config.effective_filter();
+        inbox.process_new(&mut up, filter).await?;
+        if filter == Filter::Seen {
             inbox.move_seen(&mut up).await?;
         }
         inbox.expunge_pending(&mut up).await?;
+        let position = (inbox.uidvalidity, inbox.next_uid);
+        account.verdicts.send_modify(|v| {
+            v.watching = true;
+            v.looked = Some(look_began);
+            v.position = Some(position);
+        });
+        // Mail that lands between a FETCH and the start of IDLE may go unreported by the
+        // provider (its change notification starts with IDLE): after new mail, look again soon.
+        let mut renew = if inbox.next_uid != before { IDLE_SETTLE } else { IDLE_RENEW };
+        if metadata {
+            renew = renew.min(check_every);
+        }
         // Polls keep their beat: the interval runs from the last poll, not from the end of the
         // work it found, so mail is seen within one interval of its delivery.
-        let poll = (inbox.profile.idle != IdleMode::Push).then(|| {
+        let poll = (profile.idle != IdleMode::Push).then(|| {
             let (interval, now) =
                 (Duration::from_secs(shared.config().coi.poll_secs.max(1)), tokio::time::Instant::now());
             if now >= next_poll {
@@ -127,8 +179,8 @@ async fn serve(
         // Where INBOX is watched SELECTed (imap4d), a poll SELECTs it again: imap4d's NOOP never
         // reports mail in an INBOX that was pristine (a Maildir that never held mail) when
         // SELECTed.
-        let poll_with: &[u8] = if inbox.profile.examine_uids_stable { b"NOOP\r\n" } else { b"SELECT INBOX\r\n" };
-        wait_for_change(&mut up, account, config_rx, renew, poll.map(|at| (at, poll_with))).await?;
+        let poll_with: &[u8] = if profile.examine_uids_stable { b"NOOP\r\n" } else { b"SELECT INBOX\r\n" };
+        look_began = wait_for_change(&mut up, account, config_rx, renew, poll.map(|at| (at, poll_with))).await?;
     }
 }
 
@@ -148,9 +200,11 @@ struct Inbox<'a> {
     keywords: Option<bool>,
     profile: ProviderProfile,
     /// Copied to Chats and flagged `\Deleted` but not yet expunged, because the user had
-    /// `\Deleted` messages of their own in INBOX (no UIDPLUS: an EXPUNGE would take those too).
+    /// `\Deleted` messages of their own in INBOX and the provider would not unflag them for
+    /// the moment of an EXPUNGE (no UIDPLUS: an EXPUNGE would take those too).
     pending: Vec<u32>,
-    /// Chat messages still in INBOX, waiting for `\Seen` (seen mode).
+    /// Chat messages still in INBOX and not `\Seen`, for a provider that keeps no `$Chat` (with
+    /// one, `seen` mode searches for the keyword instead).
     waiting: BTreeSet<u32>,
     /// The first UID to push about (older messages were there before the worker).
     push_from: u32,
@@ -169,6 +223,7 @@ impl<'a> Inbox<'a> {
         let code = |name: &str| untagged.iter().find_map(|r| response_code_number(r, name));
         let uidvalidity = code("UIDVALIDITY").unwrap_or(0);
         let uidnext = code("UIDNEXT").unwrap_or(1);
+        let keywords = (watch == "SELECT").then(|| permanent_keywords(&untagged));
         let store = &shared.store;
         let login = account.login.as_str();
         let stored = match store.inbox_position(login) {
@@ -181,7 +236,8 @@ impl<'a> Inbox<'a> {
         let push_from = crate::push::notify::first_to_push(stored, uidnext);
         let _ = store.set_inbox_position(login, uidvalidity, next_uid).await;
         let waiting = BTreeSet::new();
-        let mut inbox = Inbox {
+        let pending = Vec::new();
+        Ok(Inbox {
             shared,
             account,
             login,
@@ -189,16 +245,12 @@ impl<'a> Inbox<'a> {
             uidvalidity,
             next_uid,
             uidnext,
-            keywords: (watch == "SELECT").then(|| permanent_keywords(&untagged)),
+            keywords,
             profile,
-            pending: Vec::new(),
+            pending,
             waiting,
             push_from,
-        };
-        // A provider without keywords has no `$Chat` message (or refuses the search): none wait.
-        let (untagged, _) = up.command(b"UID SEARCH UNSEEN KEYWORD $Chat\r\n").await?;
-        inbox.waiting.extend(untagged.iter().flat_map(|r| search_uids(r)));
-        Ok(inbox)
+        })
     }
 
     /// SELECTs INBOX to change it (learning whether it takes keywords); [`Inbox::read_only`]
@@ -259,11 +311,11 @@ impl<'a> Inbox<'a> {
         let mut chat_ids = Vec::new();
         let mut highest = None;
         let mut classified = 0;
-        for resp in &untagged {
+        // `n:*` returns the last message when n is past the end: that one was handled before.
+        let fresh: Vec<Vec<u8>> =
+            untagged.into_iter().filter(|r| FetchItem::parse(r).is_some_and(|i| i.uid >= self.next_uid)).collect();
+        for resp in &fresh {
             let Some(item) = FetchItem::parse(resp) else { continue };
-            if item.uid < self.next_uid {
-                continue; // `n:*` returns the last message when n is past the end
-            }
             highest = highest.max(Some(item.uid));
             classified += 1;
             let headers = ChatHeaders::parse(&item.header);
@@ -278,8 +330,8 @@ impl<'a> Inbox<'a> {
                 new.push((item.uid, is_chat || item.flags.iter().any(|f| f.eq_ignore_ascii_case("$Chat"))));
             }
         }
-        // Receipts: DSNs and MDNs about the user's sent chat messages.
-        crate::receipts::on_new_messages(self.shared, up, self.login, &untagged).await?;
+        // Receipts: DSNs and MDNs about the user's sent chat messages, each handed over once.
+        crate::receipts::on_new_messages(self.shared, up, self.login, &fresh).await?;
         let config = self.shared.config();
         let mut pending =
             crate::push::notify::prepare(&self.shared.store, &config, self.login, up, self.uidvalidity, &new).await?;
@@ -299,12 +351,17 @@ impl<'a> Inbox<'a> {
             if writes && self.keywords == Some(true) {
                 up.command(format!("UID STORE {} +FLAGS.SILENT ($Chat)\r\n", uid_set(&all)).as_bytes()).await?;
             }
+            if self.keywords != Some(true) {
+                self.waiting.extend(chat.iter().filter(|c| !c.1).map(|c| c.0));
+                while self.waiting.len() > MAX_WAITING {
+                    self.waiting.pop_first();
+                }
+            }
             let moved = match filter {
                 _ if !writes => None,
                 Filter::Active => self.move_to_chats(up, &all).await?,
                 Filter::Seen => {
                     let seen: Vec<u32> = chat.iter().filter(|c| c.1).map(|c| c.0).collect();
-                    self.waiting.extend(chat.iter().filter(|c| !c.1).map(|c| c.0));
                     if seen.is_empty() { None } else { self.move_to_chats(up, &seen).await? }
                 }
                 Filter::None => None,
@@ -331,8 +388,23 @@ impl<'a> Inbox<'a> {
         Ok(())
     }
 
-    /// Seen mode: moves the waiting chat messages that have become `\Seen`.
+    /// Seen mode: moves every chat message in INBOX that is `\Seen`, whenever it became so and
+    /// whatever the filter was when it came (`$Chat` marks them all).
     async fn move_seen(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
+        // Before the first SELECT of this connection it is not known whether the provider
+        // keeps `$Chat`: the search costs little and finds nothing where it does not.
+        if self.keywords != Some(false) {
+            let (untagged, _) = up.command(b"UID SEARCH SEEN KEYWORD $Chat\r\n").await?;
+            let seen: Vec<u32> = untagged.iter().flat_map(|r| search_uids(r)).collect();
+            if !seen.is_empty() {
+                self.writable(up).await?;
+                self.move_to_chats(up, &seen).await?;
+                self.read_only(up).await?;
+            }
+            if self.keywords == Some(true) {
+                return Ok(());
+            }
+        }
         if self.waiting.is_empty() {
             return Ok(());
         }
@@ -424,24 +496,27 @@ async fn open_inbox(up: &mut Upstream, how: &'static str) -> Result<Vec<Vec<u8>>
     Ok(untagged)
 }
 
-/// Waits in IDLE until INBOX changes, a session nudges, the COI configuration changes, or it is
-/// time to renew the IDLE; where the provider's IDLE is missing or does not push, until the
-/// `poll` instant (or a nudge, or a change of configuration), then sends the poll's command.
+/// Waits in IDLE (or, where the provider's IDLE is missing or does not push, until the `poll`
+/// instant, then sends the poll's command) until INBOX changes, a session nudges, the COI
+/// configuration changes, or it is time to renew the IDLE. Returns when the next look at INBOX began: just
+/// before the NOOP that brings the worker's view of INBOX up to date, so that every message
+/// the provider had then is seen.
 async fn wait_for_change(
     up: &mut Upstream,
     account: &Account,
     config_rx: &mut watch::Receiver<CoiConfig>,
     renew: Duration,
     poll: Option<(tokio::time::Instant, &[u8])>,
-) -> Result<(), OwnWorkError> {
+) -> Result<Instant, OwnWorkError> {
     if let Some((at, command)) = poll {
         tokio::select! {
-            _ = tokio::time::sleep_until(at) => {}
+            _ = tokio::time::sleep_until(at.min(tokio::time::Instant::now() + renew)) => {}
             _ = account.nudge.notified() => {}
             _ = config_rx.changed() => {}
         }
+        let began = Instant::now();
         up.command(command).await?;
-        return Ok(());
+        return Ok(began);
     }
     let tag = up.tag();
     up.conn.write(format!("{tag} IDLE\r\n").as_bytes()).await.map_err(|e| network(up, e))?;
@@ -481,7 +556,11 @@ async fn wait_for_change(
     }
     up.conn.write(b"DONE\r\n").await.map_err(|e| network(up, e))?;
     up.read_tagged(&tag).await?;
-    Ok(())
+    // The end of IDLE does not bring the mailbox up to date (Dovecot syncs a session's view at
+    // the end of a command, and a FETCH sees only what the view has): a NOOP does.
+    let began = Instant::now();
+    up.command(b"NOOP\r\n").await?;
+    Ok(began)
 }
 
 fn network(up: &Upstream, e: std::io::Error) -> OwnWorkError {

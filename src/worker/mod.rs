@@ -1,9 +1,11 @@
 //! The account workers (an edge): the proxy's own connection per account that needs one (COI
-//! enabled, or a validated push subscription), doing at delivery time what a COI server does
-//! (`account`). One supervisor owns every worker's life: sessions and wings ask for a worker
-//! through [`Context::workers`]; the supervisor starts one when the account needs it and none
-//! runs, starts it again if it stopped while still needed, and starts nothing once the daemon
-//! shuts down.
+//! enabled, a validated push subscription, or a `password_command` to work with no client),
+//! doing at delivery time what a COI server does (`account`). One supervisor owns every worker's
+//! life: sessions and wings ask for a worker through [`Context::workers`]; the supervisor
+//! starts one when the account needs it and none runs, and a worker once started runs until
+//! the daemon shuts down (with COI switched off it only watches the configuration), so an
+//! account never has two and none is started and stopped in a row. At start-up every account
+//! with a `password_command` gets its worker, client connected or not.
 
 mod account;
 
@@ -17,9 +19,12 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::account::Account;
 use crate::context::Context;
 
-/// Whether `account` needs its worker: COI enabled, or a validated push subscription.
+/// Whether `account` needs a worker: COI enabled, a validated push subscription, or a
+/// `password_command` (its worker watches the COI configuration with no client connected).
 fn wanted(ctx: &Context, account: &Account) -> bool {
-    account.current().enabled || crate::push::wanted(&ctx.store, &account.login)
+    account.current().enabled
+        || crate::push::wanted(&ctx.store, &account.login)
+        || crate::account::password_command(&ctx.config(), &account.login).is_some()
 }
 
 /// Runs until shutdown: reads the requests for workers (`Context::workers`), keeps exactly one
@@ -36,20 +41,15 @@ pub async fn supervise(ctx: Arc<Context>, mut requests: mpsc::UnboundedReceiver<
             _ = shutdown.wait_for(|down| *down) => break,
             Some(login) = requests.recv() => workers.start_if_needed(&login),
             Some(ended) = workers.tasks.join_next_with_id(), if !workers.tasks.is_empty() => {
-                let (id, stopped) = match &ended {
-                    Ok((id, ())) => (*id, true),
+                let id = match &ended {
+                    Ok((id, ())) => *id,
                     Err(e) => {
                         warn!("an account worker failed: {e}; the account's next request starts another");
-                        (e.id(), false)
+                        e.id()
                     }
                 };
                 if let Some(login) = workers.by_task.remove(&id) {
                     workers.running.remove(&login);
-                    // COI may have been enabled (or a subscription validated) again while it
-                    // stopped; a failed one waits for the next request, so it cannot spin.
-                    if stopped && !*ctx.shutdown.borrow() {
-                        workers.start_if_needed(&login);
-                    }
                 }
             }
         }
@@ -69,9 +69,15 @@ struct Workers {
 }
 
 impl Workers {
+    /// Starts the account's worker if it needs one and has none; a running one is woken to
+    /// look at what changed (COI switched on, a subscription validated).
     fn start_if_needed(&mut self, login: &str) {
         let account = self.ctx.accounts.account(login);
-        if self.running.contains(&account.login) || !wanted(&self.ctx, &account) {
+        if self.running.contains(&account.login) {
+            account.nudge.notify_one();
+            return;
+        }
+        if !wanted(&self.ctx, &account) {
             return;
         }
         crate::metrics::WORKER_STARTS.inc();
@@ -83,27 +89,46 @@ impl Workers {
     }
 }
 
-/// The accounts whose workers start with the daemon: those with a validated subscription whose
-/// password the configuration can supply (`password_command`), so pushes go on with no client
-/// connected after a restart. Other accounts get their worker at their next login.
+/// The accounts whose workers start with the daemon: every `[[account]]` with a
+/// `password_command`, so that filtering (COI on in the local store or the provider's
+/// METADATA, which the worker reads) and pushes go on with no client connected after a
+/// restart. Other accounts get their worker at their next login.
 async fn at_start(ctx: &Context) -> Vec<String> {
-    let logins = match ctx.store.read(|s| s.push_accounts()).await {
-        Ok(logins) => logins,
-        Err(e) => {
-            warn!("cannot read push subscriptions: {e}");
-            return Vec::new();
-        }
-    };
     let config = ctx.config();
-    let mut out = Vec::new();
-    for login in logins {
-        if crate::account::password_command(&config, &login).is_none() {
-            info!(%login, "push subscriptions wait for a login (no password_command for this account)");
-            continue;
+    let mut out: Vec<String> = config
+        .accounts
+        .iter()
+        .filter(|a| a.password_command.is_some())
+        .filter_map(|a| a.login.as_ref().map(|l| l.to_ascii_lowercase()))
+        .collect();
+    match ctx.store.read(|s| s.push_accounts()).await {
+        Ok(logins) => {
+            for login in logins {
+                if !out.iter().any(|l| l.eq_ignore_ascii_case(&login)) {
+                    info!(%login, "push subscriptions wait for a login (no password_command for this account)");
+                }
+            }
         }
+        Err(e) => warn!("cannot read push subscriptions: {e}"),
+    }
+    // COI switched on in the proxy's store (a provider without METADATA) for an account whose
+    // password the proxy cannot get by itself: said, so an operator knows why nothing moves.
+    match ctx.store.read(|s| s.metadata_accounts_with(b"", crate::coi::metadata::ENABLED)).await {
+        Ok(logins) => {
+            for login in logins {
+                let waits = !out.iter().any(|l| l.eq_ignore_ascii_case(&login));
+                if waits && crate::coi::stored_config(&ctx.store, &login).enabled {
+                    info!(%login, "COI filtering waits for a login (no password_command for this account)");
+                }
+            }
+        }
+        Err(e) => warn!("cannot read the COI settings: {e}"),
+    }
+    out.sort();
+    out.dedup();
+    for login in &out {
         // The COI configuration as the local store has it; the worker reads the provider's.
-        ctx.accounts.account(&login).set_config(crate::coi::stored_config(&ctx.store, &login));
-        out.push(login);
+        ctx.accounts.account(login).set_config(crate::coi::stored_config(&ctx.store, login));
     }
     out
 }

@@ -169,6 +169,10 @@ impl Session {
                     Arc::new(move || account.current().effective_filter() == Filter::Active)
                 },
                 verdicts: account.verdicts.subscribe(),
+                wake: {
+                    let account = account.clone();
+                    Arc::new(move || account.nudge.notify_one())
+                },
             }),
             // Where IDLE is missing or does not push (Courier reports new mail only after 60 s,
             // imap4d not before DONE), the proxy serves IDLE by polling.

@@ -44,10 +44,12 @@ pub struct RelayOptions {
     pub emulate_idle: Option<Duration>,
 }
 
-/// What the quiet INBOX needs: whether it applies now, and the worker's verdicts.
+/// What the quiet INBOX needs: whether it applies now, the worker's verdicts, and a way to wake
+/// the worker when new messages wait for its look.
 pub struct QuietInbox {
     pub active: Arc<dyn Fn() -> bool + Send + Sync>,
     pub verdicts: watch::Receiver<Verdicts>,
+    pub wake: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// Byte counts for the session's log line.
@@ -108,6 +110,7 @@ struct Relay<'a, I> {
     /// ... and the responses to the pending one go there.
     own_replies: Option<mpsc::UnboundedSender<OwnReply>>,
     seen_changed: Option<Arc<dyn Fn() + Send + Sync>>,
+    wake_worker: Option<Arc<dyn Fn() + Send + Sync>>,
     verdicts: Option<watch::Receiver<Verdicts>>,
     shutdown: watch::Receiver<bool>,
     shutting_down: bool,
@@ -124,6 +127,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         shutdown: watch::Receiver<bool>,
     ) -> Relay<'a, I> {
         let mut verdicts = opts.quiet.as_ref().map(|q| q.verdicts.clone());
+        let wake_worker = opts.quiet.as_ref().map(|q| q.wake.clone());
         let initial = verdicts.as_mut().map(|v| *v.borrow_and_update()).unwrap_or_default();
         let policy_opts = PolicyOptions {
             max_literal: opts.max_literal,
@@ -160,6 +164,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             own_rx,
             own_replies: None,
             seen_changed: opts.seen_changed,
+            wake_worker,
             verdicts,
             shutdown,
             shutting_down,
@@ -258,6 +263,11 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             Event::SeenChanged => {
                 if let Some(seen_changed) = &self.seen_changed {
                     seen_changed();
+                }
+            }
+            Event::WakeWorker => {
+                if let Some(wake) = &self.wake_worker {
+                    wake();
                 }
             }
             // `work` ends the session itself.

@@ -6,6 +6,7 @@
 pub mod capability;
 pub mod command;
 pub mod framing;
+pub mod mailbox;
 pub mod metadata;
 pub mod provider;
 pub mod response;

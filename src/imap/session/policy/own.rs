@@ -24,6 +24,10 @@ pub(super) enum Origin {
     /// The emulated IDLE's poll: the tagged status is dropped, untagged responses go to the
     /// client.
     Poll,
+    /// The quiet INBOX asks for the EXPUNGEs of moved messages (a NOOP), as `Poll`.
+    Settle,
+    /// A held answer's command run again; its captured responses replace the answer.
+    Rerun,
 }
 
 #[derive(Debug)]
@@ -100,6 +104,11 @@ impl Own {
     /// When the queued command goes out at the latest (once none is running).
     pub fn drain_deadline(&self) -> Option<Instant> {
         self.queued.as_ref().filter(|_| self.running.is_none()).map(|q| q.drain_deadline)
+    }
+
+    /// Who asked for the running command.
+    pub fn running_origin(&self) -> Option<Origin> {
+        self.running.as_ref().map(|r| r.origin)
     }
 
     /// Whether an untagged response starting with `line` belongs to the running command.
@@ -191,7 +200,14 @@ impl Policy {
 
     /// An untagged response the running own command captures, whole.
     pub(super) fn own_untagged(&mut self, response: Vec<u8>) {
-        self.events.push_back(Event::OwnUntagged(response));
+        match self.own.running_origin() {
+            Some(Origin::Rerun) => {
+                if let Some(look) = self.look.as_mut() {
+                    look.rerun_untagged(&response);
+                }
+            }
+            _ => self.events.push_back(Event::OwnUntagged(response)),
+        }
     }
 
     /// The tagged status of an own command; `status` is the line after the tag.
@@ -202,6 +218,14 @@ impl Policy {
                 let interval = self.opts.emulate_idle.unwrap_or(Duration::from_secs(10));
                 if let Some(idle) = self.emulated_idle.as_mut() {
                     idle.next_poll = now + interval;
+                }
+                self.settle_due = true;
+            }
+            Origin::Settle => self.settle_due = true,
+            Origin::Rerun => {
+                if let Some(look) = self.look.as_mut() {
+                    let next = look.rerun_done(status, now);
+                    self.look_next(next, now);
                 }
             }
         }
