@@ -250,6 +250,12 @@ fn idle_client_is_woken(kind: Kind) {
     // message) about new mail, not even directly; a used one, even emptied again, it does.
     let before = if kind == Kind::Imap4d {
         p.deliver("bob@example.org", "alice@example.org", &mail_message("first@example.org"));
+        // and a read-write session that has ended: only then is the Maildir set up for good
+        // (under load a SELECT right after the delivery still found it pristine)
+        let mut d = direct(&p, "alice@example.org");
+        d.expect_ok("s SELECT INBOX");
+        d.expect_ok("c CLOSE");
+        d.expect_ok("l LOGOUT");
         1
     } else {
         0
