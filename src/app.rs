@@ -36,6 +36,10 @@ pub enum RunError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
+    Seal(#[from] crate::openpgp::seal::SealError),
+    #[error("reading the seal key did not finish: {0}")]
+    SealTask(#[from] tokio::task::JoinError),
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr} ({kind}): {source}")]
     Bind { addr: SocketAddr, kind: &'static str, source: std::io::Error },
@@ -79,6 +83,16 @@ const CERT_CHECK_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
 /// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads the configuration from `reload`
 /// (without one, SIGHUP only says that a restart is needed).
 pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), RunError> {
+    run_with(config, reload, None).await
+}
+
+/// As [`run`]; with `keys`, plain clients' sessions see encrypted mail decrypted (issue 15),
+/// the views sealed with the state directory's `seal.key`.
+pub async fn run_with(
+    config: Config,
+    reload: Option<ConfigSource>,
+    keys: Option<Arc<dyn crate::openpgp::cache::SecretKeys>>,
+) -> Result<(), RunError> {
     check_runnable(&config)?;
     prepare_state_dir(&config)?;
     match tls::ensure_local_cert(&config.state_dir, &tls::cert_names_for(&config))? {
@@ -91,6 +105,16 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     }
     let (server_tls, local_cert) = tls::local_server_config(&config.state_dir)?;
     let store = Store::open_async(&config.state_dir).await?;
+    let views = match keys {
+        Some(keys) => {
+            let path = config.state_dir.join("seal.key");
+            let seal =
+                tokio::task::spawn_blocking(move || crate::openpgp::seal::SealKey::load_or_create(&path)).await??;
+            let budget = crate::openpgp::cache::DEFAULT_BUDGET;
+            Some(Arc::new(crate::openpgp::cache::Views::new(store.clone(), Arc::new(seal), keys, budget)))
+        }
+        None => None,
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (context, receivers) = Context::new(config, TlsAcceptor::from(server_tls), store, shutdown_rx.clone());
     let ctx = Arc::new(context);
@@ -99,7 +123,7 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     // Every session holds a sender; when all are gone, every session has ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let mut listeners =
-        Listeners { ctx: ctx.clone(), alive: alive_tx, imap: Vec::new(), smtp: Vec::new(), metrics: None };
+        Listeners { ctx: ctx.clone(), alive: alive_tx, imap: Vec::new(), smtp: Vec::new(), metrics: None, views };
     for (kind, addr) in imap_addrs(&ctx.config()) {
         let bound = bind_imap(kind, addr).await?;
         listeners.serve_imap(kind, addr, bound);
@@ -197,6 +221,8 @@ struct Listeners {
     smtp: Vec<JoinHandle<()>>,
     /// The HTTP `/metrics` listener, with its configured address.
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
+    /// The decrypted views, when keys are held.
+    views: Option<Arc<crate::openpgp::cache::Views>>,
 }
 
 impl Listeners {
@@ -209,7 +235,7 @@ impl Listeners {
         };
         let name = label(kind);
         info!(listener = name, "listening on {local} ({name}, {mode})");
-        let task = tokio::spawn(accept_loop(listener, kind, self.ctx.clone(), self.alive.clone()));
+        let task = tokio::spawn(accept_loop(listener, kind, self.ctx.clone(), self.alive.clone(), self.views.clone()));
         self.imap.push((kind, configured, task));
     }
 
@@ -322,14 +348,20 @@ impl Listeners {
     }
 }
 
-async fn accept_loop(listener: TcpListener, kind: ListenerKind, ctx: Arc<Context>, alive: mpsc::Sender<()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    kind: ListenerKind,
+    ctx: Arc<Context>,
+    alive: mpsc::Sender<()>,
+    views: Option<Arc<crate::openpgp::cache::Views>>,
+) {
     let Ok(addr) = listener.local_addr() else { return };
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
                 // Read per connection, so that a reload that changes it applies to the next one.
                 let plaintext_auth = ctx.config().listen.plaintext_auth_allowed(&addr);
-                let info = ListenerInfo { kind, addr, plaintext_auth };
+                let info = ListenerInfo { kind, addr, plaintext_auth, views: views.clone() };
                 let limits = &ctx.config().limits;
                 let admitted = ctx.sessions.admit(peer.ip(), limits.max_sessions, limits.max_sessions_per_ip);
                 let (ctx, alive) = (ctx.clone(), alive.clone());

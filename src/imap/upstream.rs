@@ -418,7 +418,7 @@ impl ProviderCommands for Upstream {
         let prefix = format!("{tag} ");
         let full = [tag.as_bytes(), b" ", command].concat();
         let mut untagged = Vec::new();
-        let captured = |resp: &[u8]| capture.iter().any(|p| starts_with_ci(resp, p));
+        let captured = |resp: &[u8]| crate::imap::wire::provider::captures(capture, resp);
         // Sent up to `sent`; literal announcements are looked for from `search` on (never in a
         // literal's data). At each synchronizing one, the provider's `+` is awaited.
         let (mut sent, mut search) = (0, 0);
@@ -463,10 +463,6 @@ impl ProviderCommands for Upstream {
             }
         }
     }
-}
-
-fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
-    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //!   updates, the encryption recommendation
 //! - [`encrypt`]: outgoing mail as PGP/MIME in Delta Chat's shape
 //! - [`decrypt`]: incoming PGP/MIME: signer, gossip, protected headers
-//! - [`view`]: the decrypted message a plain client sees
+//! - [`view`]: the decrypted message a plain client sees; [`cache`]: each UID's view decided
+//!   once, kept sealed
 //! - [`securejoin`]: invite links and both roles of the handshake
 //! - [`mime`]: byte-level header helpers (until the floor has a `mail` module)
 //!
@@ -39,6 +40,7 @@
 //!   [`view::render`] gives the bytes to serve for an encrypted UID (decide once, cache).
 
 pub mod autocrypt;
+pub mod cache;
 pub mod decrypt;
 pub mod encrypt;
 pub mod fingerprint;
@@ -47,5 +49,7 @@ pub mod mime;
 pub mod peer;
 pub mod recommend;
 pub mod seal;
+pub mod search;
 pub mod securejoin;
+pub mod session;
 pub mod view;

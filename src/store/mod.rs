@@ -46,6 +46,9 @@ pub use metadata::TooManyEntries;
 mod push;
 pub use push::{PushSubscription, TooManySubscriptions, Validation};
 
+mod views;
+pub use views::ViewId;
+
 mod writer;
 pub use writer::Pending;
 use writer::{Txn, Writer};

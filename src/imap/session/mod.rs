@@ -28,8 +28,10 @@ use crate::imap::conn::{Conn, ReadError};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::imap::wire::capability;
 use crate::imap::wire::command::{self, Arg, Command, CommandName};
+use crate::imap::wire::provider::Both;
 use crate::limits::{Refused, SessionPermit};
 use crate::net::Stream;
+use crate::openpgp::session::ViewSession;
 use crate::provider_profile::{IdleMode, MetadataHome};
 use crate::secret::Secret;
 
@@ -56,6 +58,8 @@ pub struct ListenerInfo {
     pub kind: ListenerKind,
     pub addr: SocketAddr,
     pub plaintext_auth: bool,
+    /// The decrypted views (issue 15), when the OpenPGP gateway holds keys.
+    pub views: Option<Arc<crate::openpgp::cache::Views>>,
 }
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
@@ -149,11 +153,7 @@ impl Session {
             max_literal: limits.max_literal,
             autologout: limits.autologout(),
             provider_timeout: limits.provider_timeout(),
-            extra_capabilities: coi::session::capabilities(
-                upstream.has("METADATA"),
-                upstream.has("IDLE"),
-                &[crate::push::CAPABILITY],
-            ),
+            extra_capabilities: self.extra_capabilities(upstream.has("METADATA"), upstream.has("IDLE"), &account.login),
             seen_changed: Some({
                 let account = account.clone();
                 // Read receipts for plain clients (src/receipts/).
@@ -180,10 +180,44 @@ impl Session {
                 .then(|| Duration::from_secs(self.shared.config().coi.poll_secs.max(1))),
         };
         let webpush = crate::push::entries::Entries::new(self.shared.clone(), account.clone());
-        let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name, webpush);
-        let (end, traffic) = relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone()).await;
+        let views = self.views_for(&account.login).map(|views| {
+            let config = self.shared.clone();
+            let name = client_name.clone();
+            let plain = Arc::new(move || {
+                let name = name.lock().expect("client name");
+                !name
+                    .as_deref()
+                    .is_some_and(|n| config.config().coi.chat_clients.iter().any(|c| c.eq_ignore_ascii_case(n)))
+            });
+            ViewSession::new(views, &account.login, plain)
+        });
+        let coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name, webpush);
+        let (end, traffic) = match views {
+            Some(view) => {
+                let mut both = Both(coi, view);
+                relay::run(conn, upstream.conn, opts, &mut both, self.shutdown.clone()).await
+            }
+            None => {
+                let mut coi = coi;
+                relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone()).await
+            }
+        };
         crate::metrics::traffic(traffic.from_client, traffic.from_provider);
         format!("{end}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider)
+    }
+
+    /// The views for `login`'s plain sessions, when it has keys.
+    fn views_for(&self, login: &str) -> Option<Arc<crate::openpgp::cache::Views>> {
+        self.listener.views.clone().filter(|v| v.enabled(login))
+    }
+
+    /// What the proxy adds to (and, with views, takes from) the provider's capabilities.
+    fn extra_capabilities(&self, provider_metadata: bool, idle: bool, login: &str) -> Vec<&'static str> {
+        let mut extra = coi::session::capabilities(provider_metadata, idle, &[crate::push::CAPABILITY]);
+        if self.views_for(login).is_some() {
+            extra.extend_from_slice(crate::openpgp::session::DROPPED_CAPABILITIES);
+        }
+        extra
     }
 
     /// On the implicit-TLS port, a client that speaks plain text or waits for a greeting is set
@@ -513,11 +547,7 @@ impl Session {
                 }
                 self.shared.workers.want(&account.login);
                 self.account = Some(account);
-                let extra = coi::session::capabilities(
-                    upstream.has("METADATA"),
-                    upstream.has("IDLE"),
-                    &[crate::push::CAPABILITY],
-                );
+                let extra = self.extra_capabilities(upstream.has("METADATA"), upstream.has("IDLE"), &user);
                 let caps = capability::post_login(&upstream.capabilities, &extra).join(" ");
                 let text = status_text(&status);
                 say(conn, format!("{tag} OK [CAPABILITY {caps}] {text}\r\n").as_bytes()).await?;

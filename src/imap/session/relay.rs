@@ -217,7 +217,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             return false;
         }
         let (policy, interceptor) = (&mut self.policy, &self.interceptor);
-        let wants = |name| interceptor.as_deref().is_some_and(|i| i.wants(name));
+        let wants = |name, uid, line: &[u8]| interceptor.as_deref().is_some_and(|i| i.wants_command(name, uid, line));
         let now = Instant::now();
         frame(&mut self.client_buf, &mut self.to_provider, |buf| {
             let step = policy.client_input(buf, now, wants)?;

@@ -19,7 +19,7 @@ impl Policy {
         fragment: Fragment,
         bytes: &[u8],
         now: Instant,
-        wants: &dyn Fn(CommandName) -> bool,
+        wants: &dyn Fn(CommandName, bool, &[u8]) -> bool,
     ) -> Keep {
         match fragment {
             Fragment::Line { first, literal, .. } => self.client_line(first, literal, bytes, now, wants),
@@ -55,7 +55,7 @@ impl Policy {
         literal: Option<Literal>,
         bytes: &[u8],
         now: Instant,
-        wants: &dyn Fn(CommandName) -> bool,
+        wants: &dyn Fn(CommandName, bool, &[u8]) -> bool,
     ) -> Keep {
         if first {
             if let Some(keep) = self.emulated_idle_line(literal, bytes, now) {
@@ -179,7 +179,7 @@ impl Policy {
         line: &[u8],
         literal: Option<Literal>,
         now: Instant,
-        wants: &dyn Fn(CommandName) -> bool,
+        wants: &dyn Fn(CommandName, bool, &[u8]) -> bool,
     ) {
         self.current.mode = Mode::Relay;
         self.current.forwarded = false;
@@ -191,7 +191,7 @@ impl Policy {
             }
             return;
         };
-        let intercepted = !head.uid && wants(head.name);
+        let intercepted = wants(head.name, head.uid, line);
         if head.is(CommandName::Idle) {
             self.commands.idle = Some(head.tag.to_vec());
             self.commands.idle_done = false;

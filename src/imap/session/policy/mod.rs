@@ -302,8 +302,13 @@ impl Policy {
 
     /// Frames the next client fragment at the front of `buf` and decides its fate; `None` when
     /// more bytes are needed or client commands must wait (see [`Policy::reading_client`]).
-    /// `wants` says whether the interceptor handles a command.
-    pub fn client_input(&mut self, buf: &[u8], now: Instant, wants: impl Fn(CommandName) -> bool) -> Option<Step> {
+    /// `wants` says whether the interceptor handles a command (name, `UID`, first line).
+    pub fn client_input(
+        &mut self,
+        buf: &[u8],
+        now: Instant,
+        wants: impl Fn(CommandName, bool, &[u8]) -> bool,
+    ) -> Option<Step> {
         if !self.reading_client() || (self.waiting_for_done() && !starts_with_done(buf)) {
             return None;
         }

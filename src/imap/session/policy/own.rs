@@ -113,7 +113,7 @@ impl Own {
 
     /// Whether an untagged response starting with `line` belongs to the running command.
     pub fn captures(&self, line: &[u8]) -> bool {
-        self.running.as_ref().is_some_and(|r| r.capture.iter().any(|p| starts_with_ci(line, p)))
+        self.running.as_ref().is_some_and(|r| crate::imap::wire::provider::captures(r.capture, line))
     }
 
     /// Whose tagged response carries `tag`; an own one is done with.
@@ -232,8 +232,4 @@ impl Policy {
         self.client_clock = now;
         self.start_own(now);
     }
-}
-
-fn starts_with_ci(haystack: &[u8], prefix: &[u8]) -> bool {
-    haystack.len() >= prefix.len() && haystack[..prefix.len()].eq_ignore_ascii_case(prefix)
 }

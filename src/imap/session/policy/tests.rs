@@ -112,7 +112,9 @@ impl Session {
                 progress = true;
             }
             let wants = self.wants;
-            while let Some(step) = self.policy.client_input(&self.from_client, self.now, wants) {
+            while let Some(step) =
+                self.policy.client_input(&self.from_client, self.now, |n, uid, _: &[u8]| !uid && wants(n))
+            {
                 let bytes: Vec<u8> = self.from_client.drain(..step.len).collect();
                 if step.keep == Keep::Forward {
                     self.provider.extend(&bytes);
