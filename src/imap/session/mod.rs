@@ -33,10 +33,14 @@ use crate::limits::logins::Gate;
 use crate::limits::{Refused, SessionPermit};
 use crate::net::Stream;
 use crate::openpgp::session::ViewSession;
+use crate::provider_profile::{IdleMode, MetadataHome};
 use crate::secret::Secret;
 
-/// Largest command accepted before login (LOGIN with two literals fits easily).
-const PRE_LOGIN_LIMIT: usize = 16 * 1024;
+/// Largest command accepted before login. The largest is an RFC 2971 ID: 30 field/value pairs
+/// of up to 30 and 1024 octets, about 32 KB as quoted strings and up to twice that with every
+/// octet escaped; Dovecot accepts it (imaptest's `id` group sends 31,807 bytes), so the proxy
+/// must too. LOGIN with two literals fits easily.
+const PRE_LOGIN_LIMIT: usize = 64 * 1024;
 /// Failed logins allowed on one connection before it is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
 /// The answer to a login refused by the proxy itself: Dovecot's words for a wrong password,
@@ -151,7 +155,10 @@ impl Session {
             }
         };
         let account = self.account.clone().expect("logged in");
-        let provider_metadata = upstream.has("METADATA");
+        let profile = upstream.profile();
+        // Where the COI entries live: Cyrus advertises METADATA but refuses the COI entries
+        // (`NO Permission denied`), so there they are the proxy's, as where METADATA is missing.
+        let provider_metadata = profile.metadata == MetadataHome::Provider;
         // The client's ID name: sent before login, or after it (Delta Chat), then seen by the
         // COI interceptor; the read-receipt hook reads it when flags change.
         let client_name = Arc::new(Mutex::new(self.client_id.clone()));
@@ -159,7 +166,7 @@ impl Session {
             max_literal: limits.max_literal,
             autologout: limits.autologout(),
             provider_timeout: limits.provider_timeout(),
-            extra_capabilities: self.extra_capabilities(provider_metadata, upstream.has("IDLE"), &account.login),
+            extra_capabilities: self.extra_capabilities(upstream.has("METADATA"), upstream.has("IDLE"), &account.login),
             seen_changed: Some({
                 let account = account.clone();
                 // Read receipts for plain clients (src/receipts/).
@@ -180,7 +187,9 @@ impl Session {
                     Arc::new(move || account.nudge.notify_one())
                 },
             }),
-            emulate_idle: (!upstream.has("IDLE"))
+            // Where IDLE is missing or does not push (Courier reports new mail only after 60 s,
+            // imap4d not before DONE), the proxy serves IDLE by polling.
+            emulate_idle: (profile.idle != IdleMode::Push)
                 .then(|| Duration::from_secs(self.shared.config().coi.poll_secs.max(1))),
         };
         let webpush = crate::push::entries::Entries::new(self.shared.clone(), account.clone());
@@ -565,14 +574,14 @@ impl Session {
             AuthOutcome::Ok(status) => {
                 self.shared.logins.succeeded(&key, pass.expose(), Instant::now());
                 self.shared.credentials.remember(&user, &pass);
-                let provider_metadata = upstream.has("METADATA");
+                let provider_metadata = upstream.profile().metadata == MetadataHome::Provider;
                 let account = self.shared.accounts.account(&user);
                 if let Err(e) = coi::load_config(&mut upstream, provider_metadata, &self.shared.store, &account).await {
                     warn!("cannot read the COI configuration: {e}");
                 }
                 self.shared.workers.want(&account.login);
                 self.account = Some(account);
-                let extra = self.extra_capabilities(provider_metadata, upstream.has("IDLE"), &user);
+                let extra = self.extra_capabilities(upstream.has("METADATA"), upstream.has("IDLE"), &user);
                 let caps = capability::post_login(&upstream.capabilities, &extra).join(" ");
                 let text = status_text(&status);
                 say(conn, format!("{tag} OK [CAPABILITY {caps}] {text}\r\n").as_bytes()).await?;
