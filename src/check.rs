@@ -12,6 +12,7 @@ use crate::config::{Config, Security, ServerUrl, SmtpProvider};
 use crate::imap::upstream::{AuthOutcome, Upstream, UpstreamError};
 use crate::imap::wire::capability;
 use crate::net::{NetError, Phase, TlsProblem};
+use crate::provider_profile::{IdleMode, MetadataHome};
 use crate::smtp::relay::{RelayError, SmtpClient};
 use crate::tls::UpstreamTls;
 
@@ -59,7 +60,7 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
                 let stripped = capability::stripped(&up.capabilities);
                 let stripped = if stripped.is_empty() { "nothing".into() } else { stripped.join(" ") };
                 let _ = writeln!(out, "  coi-proxy strips: {stripped}");
-                additions(&mut out, config, up.has("METADATA"), up.has("IDLE"));
+                additions(&mut out, config, &up);
             }
             Err(e) => {
                 ok = false;
@@ -273,8 +274,12 @@ fn local_certificate(out: &mut String, state_dir: &Path) {
     };
 }
 
-/// What the proxy adds on top of the provider after login.
-fn additions(out: &mut String, config: &Config, metadata: bool, idle: bool) {
+/// What the proxy adds on top of the provider after login, and what its provider profile
+/// (decided from the greeting, the host and the capabilities before login) changes.
+fn additions(out: &mut String, config: &Config, up: &Upstream) {
+    let (metadata, idle) = (up.has("METADATA"), up.has("IDLE"));
+    let profile = up.profile();
+    let _ = writeln!(out, "  recognised as: {}", profile.server);
     let added = crate::coi::session::capabilities(metadata, idle, &[crate::push::CAPABILITY]);
     let _ = writeln!(out, "  coi-proxy adds: {}", added.join(" "));
     let _ = writeln!(out, "    COI: served by coi-proxy (mailbox root {:?})", config.coi.mailbox_root);
@@ -293,13 +298,24 @@ fn additions(out: &mut String, config: &Config, metadata: bool, idle: bool) {
         out,
         "    COI settings changed elsewhere (where the provider keeps them in METADATA): followed within {every} s ([coi] config_check_secs)"
     );
-    let _ = match metadata {
-        true => writeln!(out, "    METADATA: passed to the provider (COI settings stored there)"),
-        false => writeln!(out, "    METADATA: emulated (kept in coi-proxy's store, per account)"),
+    let _ = match (metadata, profile.metadata) {
+        (true, MetadataHome::Provider) => {
+            writeln!(out, "    METADATA: passed to the provider (COI settings stored there)")
+        }
+        (true, MetadataHome::Proxy) => writeln!(
+            out,
+            "    METADATA: the provider refuses the COI entries; COI settings kept in coi-proxy's store, per account"
+        ),
+        (false, _) => writeln!(out, "    METADATA: emulated (kept in coi-proxy's store, per account)"),
     };
-    let _ = match idle {
-        true => writeln!(out, "    IDLE: native (relayed to the provider)"),
-        false => writeln!(out, "    IDLE: polled by coi-proxy every {} s ([coi] poll_secs)", config.coi.poll_secs),
+    let _ = match (idle, profile.idle) {
+        (true, IdleMode::Push) => writeln!(out, "    IDLE: native (relayed to the provider)"),
+        (true, IdleMode::Poll(_)) => writeln!(
+            out,
+            "    IDLE: the provider's does not report new mail as it comes; served by coi-proxy polling every {} s ([coi] poll_secs)",
+            config.coi.poll_secs
+        ),
+        (false, _) => writeln!(out, "    IDLE: polled by coi-proxy every {} s ([coi] poll_secs)", config.coi.poll_secs),
     };
     let _ = match added.iter().find(|c| c.starts_with("WEBPUSH")) {
         Some(cap) => writeln!(out, "    {cap}: served by coi-proxy"),

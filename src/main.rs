@@ -500,7 +500,14 @@ fn apply_overrides(
             .map_err(|e| ConfigError::Flag { flag: "--upstream", message: e.to_string() })?;
         match &mut config.upstream {
             Some(up) => up.imap = url.to_string(),
-            None => config.upstream = Some(config::Upstream { imap: url.to_string(), smtp: None, ca_file: None }),
+            None => {
+                config.upstream = Some(config::Upstream {
+                    imap: url.to_string(),
+                    smtp: None,
+                    ca_file: None,
+                    forward_client_address: None,
+                })
+            }
         }
     }
     if let Some(dir) = state_dir {

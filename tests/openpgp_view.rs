@@ -14,7 +14,7 @@ use coi_proxy::config::{Provider as Endpoint, ServerUrl};
 use coi_proxy::imap::upstream::{AuthOutcome, Upstream};
 use coi_proxy::imap::wire::command::CommandName;
 use coi_proxy::imap::wire::fetch::parse_response;
-use coi_proxy::imap::wire::provider::{ALL, Interceptor, ProviderCommands};
+use coi_proxy::imap::wire::provider::{ALL, Interceptor, ProviderCommands, ReplyOut};
 use coi_proxy::openpgp::autocrypt::PreferEncrypt;
 use coi_proxy::openpgp::cache::{DEFAULT_BUDGET, SecretKeys, Views};
 use coi_proxy::openpgp::encrypt::{Options, encrypt};
@@ -158,7 +158,7 @@ async fn plain_client_reads_encrypted_mail_consistently() {
         let line = format!("f UID FETCH 1:* {ITEMS}\r\n");
         assert!(session.wants_command(CommandName::Fetch, true, line.as_bytes()));
         assert!(!session.wants_command(CommandName::Fetch, true, b"f UID FETCH 1:* (UID FLAGS)\r\n"));
-        let answer = session.handle(line.into_bytes(), &mut up).await;
+        let answer = session.handle(line.into_bytes(), &mut up, &mut ReplyOut::collect()).await;
         assert!(String::from_utf8_lossy(&answer).contains("\r\nf OK"), "{}", String::from_utf8_lossy(&answer));
         let got = responses(&answer);
         assert_eq!(got.len(), 3, "the three encrypted messages come from the views; the ordinary one streams");
@@ -180,7 +180,8 @@ async fn plain_client_reads_encrypted_mail_consistently() {
         let text = String::from_utf8_lossy(body);
         assert!(text.contains("could not decrypt") && text.contains("encrypted-message.eml"));
         // A non-PEEK fetch sets \Seen at the provider.
-        let answer = session.handle(b"g UID FETCH 1 (FLAGS BODY[TEXT])\r\n".to_vec(), &mut up).await;
+        let answer =
+            session.handle(b"g UID FETCH 1 (FLAGS BODY[TEXT])\r\n".to_vec(), &mut up, &mut ReplyOut::collect()).await;
         assert!(String::from_utf8_lossy(&answer).contains("\\Seen"), "{}", String::from_utf8_lossy(&answer));
         // SEARCH: clear text for the encrypted ones, the provider's answer for the rest, flags
         // from the provider, any combination.
@@ -193,7 +194,8 @@ async fn plain_client_reads_encrypted_mail_consistently() {
             ("UID SEARCH BODY \"BEGIN PGP MESSAGE\"", "* SEARCH 3\r\n"),
             ("UID SEARCH TEXT \"not encrypted\" UID 4:*", "* SEARCH 4\r\n"),
         ] {
-            let answer = session.handle(format!("q {program}\r\n").into_bytes(), &mut up).await;
+            let answer =
+                session.handle(format!("q {program}\r\n").into_bytes(), &mut up, &mut ReplyOut::collect()).await;
             let answer = String::from_utf8(answer).unwrap();
             assert!(answer.starts_with(expected) && answer.contains("\r\nq OK"), "{program}: {answer}");
         }
@@ -205,7 +207,9 @@ async fn plain_client_reads_encrypted_mail_consistently() {
     let views = Arc::new(Views::new(Store::open(dir.path()).unwrap(), seal, Arc::new(Keys(vec![])), DEFAULT_BUDGET));
     let mut session = ViewSession::new(views, &bob_login, Arc::new(|| true));
     assert!(!session.wants_command(CommandName::Select, false, b"s SELECT INBOX\r\n"));
-    let again = responses(&session.handle(format!("f UID FETCH 1:* {ITEMS}\r\n").into_bytes(), &mut up).await);
+    let again = responses(
+        &session.handle(format!("f UID FETCH 1:* {ITEMS}\r\n").into_bytes(), &mut up, &mut ReplyOut::collect()).await,
+    );
     assert_eq!(again, served, "views survive a restart byte for byte");
 }
 

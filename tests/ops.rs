@@ -175,6 +175,8 @@ fn sighup_reloads_providers_and_listeners_and_refuses_a_broken_config() {
     assert!(log.contains("providers changed"), "{log}");
     let mut c = proxy.connect();
     assert!(c.command("a LOGIN alice@example.org secret").last().unwrap().starts_with("a NO"));
+    // A refused login puts the account under a 1 s back-off (src/limits/logins.rs).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     c.login("alice@example.org", "new-secret");
     proxy.connect().login("bob@example.org", "secret");
     // The session from before the reload is still on the old provider, on the same listener.

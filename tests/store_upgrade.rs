@@ -1,6 +1,7 @@
 //! An upgrade keeps state: a store file written by the release before the store writer (schema
 //! 1, `tests/fixtures/store-schema1.redb`, made by the code of that release with every table
-//! filled) opens with this version, reads back exactly what was written, and takes new writes.
+//! filled) opens with this version, is migrated (schema 2: METADATA sizes kept beside the
+//! values), reads back exactly what was written, and takes new writes.
 
 use std::path::Path;
 
@@ -72,7 +73,7 @@ fn expected_queue() -> Vec<(u64, QueuedMessage, Vec<u8>)> {
 
 /// Everything the fixture holds, read through this version's accessors.
 fn check_contents(store: &Store) {
-    assert_eq!(store.schema_version().unwrap(), 1);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     let queue = store.queue_list().unwrap();
     let expected = expected_queue();
     assert_eq!(queue, expected.iter().map(|(id, m, _)| (*id, m.clone())).collect::<Vec<_>>());
@@ -94,6 +95,14 @@ fn check_contents(store: &Store) {
     assert_eq!((server[ENABLED].as_slice(), server[FILTER].as_slice()), (&b"yes"[..], &b"active"[..]));
     let inbox = store.metadata_entries("alice@example.org", b"INBOX").unwrap();
     assert_eq!(inbox["/private/comment"], [0, 1, 2, 255]);
+    // Schema 2: the sizes, from the values, without reading them.
+    let sizes = store.metadata_sizes("alice@example.org", b"").unwrap();
+    assert_eq!(sizes.into_iter().collect::<Vec<_>>(), [(ENABLED.to_string(), 3), (FILTER.to_string(), 6)]);
+    assert_eq!(store.metadata_sizes("alice@example.org", b"INBOX").unwrap()["/private/comment"], 4);
+    assert_eq!(
+        store.metadata_value("alice@example.org", b"INBOX", "/private/comment").unwrap().unwrap(),
+        [0, 1, 2, 255]
+    );
 
     let key = store.vapid_key(|| panic!("the stored key must be found")).wait().unwrap();
     assert_eq!(key, (1..=32).collect::<Vec<u8>>());
@@ -128,7 +137,7 @@ fn check_contents(store: &Store) {
 
 #[test]
 fn a_store_of_the_previous_release_reads_unchanged() {
-    assert_eq!(SCHEMA_VERSION, 1, "a new schema needs a migration test of its own");
+    assert_eq!(SCHEMA_VERSION, 2, "a new schema needs a migration test of its own");
     let dir = state_dir();
     let store = Store::open(dir.path()).unwrap();
     check_contents(&store);

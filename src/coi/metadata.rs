@@ -86,15 +86,12 @@ pub fn coi_change(set: &SetMetadata) -> Result<CoiChange, MetadataError> {
             ENABLED => match value {
                 Some(b"yes") => change.enabled = Some(true),
                 None | Some(b"") => change.enabled = Some(false),
-                Some(other) => return Err(MetadataError::InvalidEnabled(String::from_utf8_lossy(other).into_owned())),
+                Some(other) => return Err(MetadataError::InvalidEnabled(shown(other))),
             },
             MESSAGE_FILTER => match value {
                 None | Some(b"") => change.filter = Some(Filter::None),
                 Some(v) => {
-                    change.filter = Some(
-                        Filter::parse(v)
-                            .ok_or_else(|| MetadataError::InvalidFilter(String::from_utf8_lossy(v).into_owned()))?,
-                    )
+                    change.filter = Some(Filter::parse(v).ok_or_else(|| MetadataError::InvalidFilter(shown(v)))?)
                 }
             },
             // Deleting what does not exist is fine; anything else could not be read back.
@@ -103,6 +100,16 @@ pub fn coi_change(set: &SetMetadata) -> Result<CoiChange, MetadataError> {
         }
     }
     Ok(change)
+}
+
+/// A refused value as the refusal quotes it: printable ASCII only (other bytes as `\xNN`, so a
+/// CR LF in it cannot start a line of its own), at most 40 bytes of it.
+fn shown(value: &[u8]) -> String {
+    let mut out: String = value.iter().take(40).flat_map(|&b| std::ascii::escape_default(b)).map(char::from).collect();
+    if value.len() > 40 {
+        out.push_str("...");
+    }
+    out
 }
 
 /// The COI configuration from the entries as stored (provider responses or the local store);
@@ -182,6 +189,12 @@ active)\r\n"
         let seen =
             set(b"a SETMETADATA \"\" (/private/vendor/vendor.dovecot/coi/config/message-filter {4}\r\nseen)\r\n");
         assert_eq!(coi_change(&seen).unwrap().filter, Some(Filter::Seen));
+        let crlf =
+            set(b"a SETMETADATA \"\" (/private/vendor/vendor.dovecot/coi/config/enabled {8+}\r\nx\r\n* BYE)\r\n");
+        assert_eq!(
+            coi_change(&crlf).unwrap_err().to_string(),
+            "invalid value for /private/vendor/vendor.dovecot/coi/config/enabled: \"x\\r\\n* BYE\""
+        );
         let root = set(b"a SETMETADATA \"\" (/private/vendor/vendor.dovecot/coi/config/mailbox-root X)\r\n");
         assert_eq!(coi_change(&root), Err(MetadataError::ReadOnly));
         assert_eq!(MetadataError::ReadOnly.status(), Status::Cannot);

@@ -18,6 +18,7 @@ use crate::imap::wire::capability;
 use crate::imap::wire::command;
 use crate::imap::wire::provider::{ProviderCommands, ProviderError, Reply};
 use crate::net::{NetError, Phase, Stream, TlsProblem, tcp_connect, tls_handshake};
+use crate::provider_profile::{Facts, ProviderProfile};
 use crate::secret::Secret;
 use crate::store::StoreError;
 use crate::tls::UpstreamTls;
@@ -76,6 +77,8 @@ pub enum OwnWorkError {
     Refused { command: &'static str, status: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("moving chat messages: {0}")]
+    Move(#[from] crate::provider_profile::move_plan::MoveError),
 }
 
 impl From<UpstreamError> for ProviderError {
@@ -89,6 +92,8 @@ pub struct Upstream {
     pub conn: Conn,
     pub capabilities: Vec<String>,
     pub server: ServerUrl,
+    /// The greeting line: part of what the provider profile is decided from.
+    pub greeting: String,
     next_tag: u64,
 }
 
@@ -153,6 +158,7 @@ impl Upstream {
             conn: Conn::new(stream, max_line),
             capabilities: Vec::new(),
             server: server.clone(),
+            greeting: String::new(),
             next_tag: SESSION_TAGS.fetch_add(1, Ordering::Relaxed) * 1000,
         };
         let greeting = up.read_response().await.map_err(|e| match e {
@@ -165,6 +171,7 @@ impl Upstream {
             let detail = String::from_utf8_lossy(&greeting[..greeting.len().min(200)]).trim_end().to_string();
             return Err(UpstreamError::Greeting { server: name, detail });
         }
+        up.greeting = String::from_utf8_lossy(&greeting[..greeting.len().min(300)]).trim_end().to_owned();
         up.capabilities =
             capability::find_in_response(&greeting).map(|r| capability::parse_list(&greeting[r])).unwrap_or_default();
         if server.security == Security::StartTls {
@@ -209,6 +216,17 @@ impl Upstream {
         }
     }
 
+    /// What the proxy must do differently on this provider, from its host, greeting and
+    /// current capabilities (call after login: the post-login list counts).
+    pub fn profile(&self) -> ProviderProfile {
+        ProviderProfile::decide(&Facts {
+            host: &self.server.host,
+            greeting: &self.greeting,
+            capabilities: &self.capabilities,
+            ..Facts::default()
+        })
+    }
+
     /// A fresh tag in the proxy's own tag space.
     pub fn tag(&mut self) -> String {
         self.next_tag += 1;
@@ -217,6 +235,25 @@ impl Upstream {
 
     pub fn has(&self, cap: &str) -> bool {
         self.capabilities.iter().any(|c| c.eq_ignore_ascii_case(cap))
+    }
+
+    /// Tells the provider, before the login, which address the client connects from (RFC 2971
+    /// `ID` with Dovecot's `x-originating-ip`): a provider that trusts the proxy then counts a
+    /// failed login against the client's address, not the proxy's. Nothing is sent to a
+    /// provider without `ID`; its answer does not matter (others ignore the fields).
+    pub async fn identify_client(&mut self, client: std::net::SocketAddr) -> Result<(), UpstreamError> {
+        if !self.has("ID") {
+            return Ok(());
+        }
+        let tag = self.tag();
+        let cmd = format!(
+            "{tag} ID (\"x-originating-ip\" \"{}\" \"x-originating-port\" \"{}\")\r\n",
+            client.ip().to_canonical(),
+            client.port()
+        );
+        self.send(cmd.as_bytes()).await?;
+        self.read_tagged(&tag).await?;
+        Ok(())
     }
 
     /// Logs in with AUTHENTICATE PLAIN where offered (one base64 line; no quoting pitfalls),

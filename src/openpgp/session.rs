@@ -18,7 +18,7 @@ use super::cache::{Shown, Views};
 use crate::imap::wire::command::{self, CommandName, Head};
 use crate::imap::wire::fetch::{self, Item, Items};
 use crate::imap::wire::message::MessageView;
-use crate::imap::wire::provider::{FETCHES, Interceptor, ProviderCommands, ProviderError, Reply};
+use crate::imap::wire::provider::{FETCHES, Interceptor, ProviderCommands, ProviderError, Reply, ReplyOut};
 use crate::imap::wire::response::{search_uids, uid_set};
 use crate::store::ViewId;
 
@@ -376,7 +376,12 @@ impl Interceptor for ViewSession {
         }
     }
 
-    async fn handle<P: ProviderCommands>(&mut self, command: Vec<u8>, provider: &mut P) -> Vec<u8> {
+    async fn handle<P: ProviderCommands>(
+        &mut self,
+        command: Vec<u8>,
+        provider: &mut P,
+        _out: &mut ReplyOut,
+    ) -> Vec<u8> {
         let Some(head) = Head::parse(&command) else { return b"* BAD Invalid command\r\n".to_vec() };
         let tag = String::from_utf8_lossy(head.tag).into_owned();
         let rest = rest_of(&command);

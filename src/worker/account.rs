@@ -11,6 +11,17 @@
 //! `[coi] config_check_secs`. With nothing to do (COI off, no subscription) it stays connected
 //! to watch that configuration, or, where the proxy keeps it, waits unconnected for a change.
 //! It reconnects with backoff when the provider drops.
+//!
+//! INBOX is watched EXAMINEd (read-only), not SELECTed: a SELECT takes the `\Recent` flags of
+//! the new mail from the user's own clients. Only to change something (`$Chat`, a move) is INBOX
+//! SELECTed, briefly, and EXAMINEd again right after. (Not on imap4d, whose UIDs change between
+//! EXAMINE and SELECT: see `ProviderProfile::examine_uids_stable`.)
+//!
+//! How it moves, and whether it waits in IDLE or polls, the provider profile says
+//! (`provider_profile`): MOVE; COPY + `\Deleted` + UID EXPUNGE (UIDPLUS); or, with neither
+//! (imap4d), COPY + `\Deleted` + EXPUNGE with the user's own `\Deleted` messages set aside
+//! (unflagged for that moment, flagged again after). Courier's and imap4d's IDLE do not push:
+//! those are polled.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -24,9 +35,10 @@ use crate::coi::classify::{self, ChatHeaders, FIELDS};
 use crate::coi::folders::Namespace;
 use crate::context::Context;
 use crate::imap::upstream::{OwnWorkError, Upstream, UpstreamError};
-use crate::imap::wire::command;
 use crate::imap::wire::response::{response_code_number, search_uids, uid_set};
 use crate::openpgp::identity::Identity;
+use crate::provider_profile::move_plan::{Command, MovePlan, Next, Reply};
+use crate::provider_profile::{IdleMode, MetadataHome, ProviderProfile};
 
 /// Longest IDLE before it is renewed (RFC 2177: at most 29 minutes).
 /// Also a safety net: a provider may miss reporting mail that arrived just before IDLE began.
@@ -104,7 +116,10 @@ async fn serve(
     let mut look_began = Instant::now();
     let mut up = Upstream::open(shared, login, &password).await?;
     drop(password);
-    let metadata = up.has("METADATA");
+    let profile = up.profile();
+    // Cyrus advertises METADATA but refuses the COI entries: there they are in the store.
+    let metadata = profile.metadata == MetadataHome::Provider;
+    let mut next_poll = tokio::time::Instant::now();
     let check_every = Duration::from_secs(shared.config().coi.config_check_secs.max(1));
     let mut inbox: Option<Inbox> = None;
     loop {
@@ -131,8 +146,8 @@ async fn serve(
         let inbox = match &mut inbox {
             Some(inbox) => inbox,
             None => {
-                let opened = Inbox::open(shared, account, &mut up).await?;
-                info!(chats = %opened.chats, "watching INBOX");
+                let opened = Inbox::open(shared, account, &mut up, profile.clone()).await?;
+                info!(chats = %opened.chats, idle = ?profile.idle, moves = ?profile.move_strategy, "watching INBOX");
                 inbox.insert(opened)
             }
         };
@@ -146,6 +161,7 @@ async fn serve(
         if filter == Filter::Seen {
             inbox.move_seen(&mut up).await?;
         }
+        inbox.expunge_pending(&mut up).await?;
         let position = (inbox.uidvalidity, inbox.next_uid);
         account.verdicts.send_modify(|v| {
             v.watching = true;
@@ -158,7 +174,21 @@ async fn serve(
         if metadata {
             renew = renew.min(check_every);
         }
-        look_began = wait_for_change(&mut up, account, config_rx, shared.config().coi.poll_secs, renew).await?;
+        // Polls keep their beat: the interval runs from the last poll, not from the end of the
+        // work it found, so mail is seen within one interval of its delivery.
+        let poll = (profile.idle != IdleMode::Push).then(|| {
+            let (interval, now) =
+                (Duration::from_secs(shared.config().coi.poll_secs.max(1)), tokio::time::Instant::now());
+            if now >= next_poll {
+                next_poll = (next_poll + interval).max(now);
+            }
+            next_poll
+        });
+        // Where INBOX is watched SELECTed (imap4d), a poll SELECTs it again: imap4d's NOOP never
+        // reports mail in an INBOX that was pristine (a Maildir that never held mail) when
+        // SELECTed.
+        let poll_with: &[u8] = if profile.examine_uids_stable { b"NOOP\r\n" } else { b"SELECT INBOX\r\n" };
+        look_began = wait_for_change(&mut up, account, config_rx, renew, poll.map(|at| (at, poll_with))).await?;
     }
 }
 
@@ -173,8 +203,14 @@ struct Inbox<'a> {
     next_uid: u32,
     /// UIDNEXT when INBOX was selected: below it, work goes in batches.
     uidnext: u32,
-    /// The provider accepts `$Chat` (PERMANENTFLAGS has `\*`).
-    keywords: bool,
+    /// The provider accepts `$Chat` (PERMANENTFLAGS has `\*`); known from the first SELECT (an
+    /// EXAMINE shows no permanent flags).
+    keywords: Option<bool>,
+    profile: ProviderProfile,
+    /// Copied to Chats and flagged `\Deleted` but not yet expunged, because the user had
+    /// `\Deleted` messages of their own in INBOX and the provider would not unflag them for
+    /// the moment of an EXPUNGE (no UIDPLUS: an EXPUNGE would take those too).
+    pending: Vec<u32>,
     /// Chat messages still in INBOX and not `\Seen`, for a provider that keeps no `$Chat` (with
     /// one, `seen` mode searches for the keyword instead).
     waiting: BTreeSet<u32>,
@@ -185,22 +221,19 @@ struct Inbox<'a> {
 }
 
 impl<'a> Inbox<'a> {
-    async fn open(shared: &'a Context, account: &'a Account, up: &mut Upstream) -> Result<Inbox<'a>, OwnWorkError> {
+    async fn open(
+        shared: &'a Context,
+        account: &'a Account,
+        up: &mut Upstream,
+        profile: ProviderProfile,
+    ) -> Result<Inbox<'a>, OwnWorkError> {
         let chats = Namespace::discover(up).await?.chats(&shared.config().coi.mailbox_root);
-        let (untagged, status) = up.command(b"SELECT INBOX\r\n").await?;
-        if !status.starts_with(b"OK") {
-            return Err(OwnWorkError::Refused {
-                command: "SELECT INBOX",
-                status: String::from_utf8_lossy(&status).trim_end().into(),
-            });
-        }
+        let watch = if profile.examine_uids_stable { "EXAMINE" } else { "SELECT" };
+        let untagged = open_inbox(up, watch).await?;
         let code = |name: &str| untagged.iter().find_map(|r| response_code_number(r, name));
         let uidvalidity = code("UIDVALIDITY").unwrap_or(0);
         let uidnext = code("UIDNEXT").unwrap_or(1);
-        let keywords = untagged.iter().any(|r| {
-            let t = String::from_utf8_lossy(r);
-            t.contains("[PERMANENTFLAGS") && t.contains("\\*")
-        });
+        let keywords = (watch == "SELECT").then(|| permanent_keywords(&untagged));
         let store = &shared.store;
         let login = account.login.as_str();
         let stored = match store.inbox_position(login) {
@@ -213,6 +246,7 @@ impl<'a> Inbox<'a> {
         let push_from = crate::push::notify::first_to_push(stored, uidnext);
         let _ = store.set_inbox_position(login, uidvalidity, next_uid).await;
         let waiting = BTreeSet::new();
+        let pending = Vec::new();
         Ok(Inbox {
             shared,
             account,
@@ -222,10 +256,50 @@ impl<'a> Inbox<'a> {
             next_uid,
             uidnext,
             keywords,
+            profile,
+            pending,
             waiting,
             push_from,
             gateway: None,
         })
+    }
+
+    /// SELECTs INBOX to change it (learning whether it takes keywords); [`Inbox::read_only`]
+    /// goes back to watching it EXAMINEd.
+    async fn writable(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
+        if self.profile.examine_uids_stable {
+            let untagged = open_inbox(up, "SELECT").await?;
+            self.keywords = Some(permanent_keywords(&untagged));
+        }
+        Ok(())
+    }
+
+    async fn read_only(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
+        if self.profile.examine_uids_stable {
+            open_inbox(up, "EXAMINE").await?;
+        }
+        Ok(())
+    }
+
+    /// Expunges what earlier moves left flagged, once the user has no `\Deleted` message of
+    /// their own in INBOX (only without UIDPLUS).
+    async fn expunge_pending(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let deleted = {
+            let (untagged, _) = up.command(b"UID SEARCH DELETED\r\n").await?;
+            untagged.iter().flat_map(|r| search_uids(r)).collect::<BTreeSet<u32>>()
+        };
+        // Still blocked: no need to SELECT just to learn it again.
+        if deleted.iter().any(|u| !self.pending.contains(u)) {
+            return Ok(());
+        }
+        self.writable(up).await?;
+        let plan = MovePlan::retry(&self.pending, &self.chats)?;
+        let (outcome, _) = run_plan(up, plan).await?;
+        self.pending = outcome.pending;
+        self.read_only(up).await
     }
 
     /// Classifies messages from `next_uid` on, in batches, marks chats, and moves them as
@@ -286,16 +360,21 @@ impl<'a> Inbox<'a> {
                 warn!("cannot remember chat Message-IDs: {e}");
             }
             // A worker that runs for pushes only leaves the mailbox alone.
-            if self.keywords && self.account.current().enabled {
+            let writes = self.account.current().enabled;
+            if writes {
+                self.writable(up).await?;
+            }
+            if writes && self.keywords == Some(true) {
                 up.command(format!("UID STORE {} +FLAGS.SILENT ($Chat)\r\n", uid_set(&all)).as_bytes()).await?;
             }
-            if !self.keywords {
+            if self.keywords != Some(true) {
                 self.waiting.extend(chat.iter().filter(|c| !c.1).map(|c| c.0));
                 while self.waiting.len() > MAX_WAITING {
                     self.waiting.pop_first();
                 }
             }
             let moved = match filter {
+                _ if !writes => None,
                 Filter::Active => self.move_to_chats(up, &all).await?,
                 Filter::Seen => {
                     let seen: Vec<u32> = chat.iter().filter(|c| c.1).map(|c| c.0).collect();
@@ -303,6 +382,9 @@ impl<'a> Inbox<'a> {
                 }
                 Filter::None => None,
             };
+            if writes {
+                self.read_only(up).await?;
+            }
             if let (Some(pending), Some((uidvalidity, map))) = (&mut pending, moved) {
                 pending.moved(&self.chats, uidvalidity, &map);
             }
@@ -325,13 +407,19 @@ impl<'a> Inbox<'a> {
     /// Seen mode: moves every chat message in INBOX that is `\Seen`, whenever it became so and
     /// whatever the filter was when it came (`$Chat` marks them all).
     async fn move_seen(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
-        if self.keywords {
+        // Before the first SELECT of this connection it is not known whether the provider
+        // keeps `$Chat`: the search costs little and finds nothing where it does not.
+        if self.keywords != Some(false) {
             let (untagged, _) = up.command(b"UID SEARCH SEEN KEYWORD $Chat\r\n").await?;
             let seen: Vec<u32> = untagged.iter().flat_map(|r| search_uids(r)).collect();
             if !seen.is_empty() {
+                self.writable(up).await?;
                 self.move_to_chats(up, &seen).await?;
+                self.read_only(up).await?;
             }
-            return Ok(());
+            if self.keywords == Some(true) {
+                return Ok(());
+            }
         }
         if self.waiting.is_empty() {
             return Ok(());
@@ -349,81 +437,101 @@ impl<'a> Inbox<'a> {
         }
         self.waiting = still_here;
         if !seen.is_empty() {
+            self.writable(up).await?;
             self.move_to_chats(up, &seen).await?;
+            self.read_only(up).await?;
         }
         Ok(())
     }
 
-    /// UID MOVE where offered, else COPY + `\Deleted` + UID EXPUNGE (UIDPLUS), flags kept.
-    /// Where the messages went, if the provider said (COPYUID): UIDVALIDITY, (old, new) UIDs.
+    /// Moves `uids` (INBOX SELECTed) the profile's way, flags kept. Where the messages went, if
+    /// the provider said (COPYUID): UIDVALIDITY, (old, new) UIDs. Without UIDPLUS, what could
+    /// not be expunged safely yet is kept in `pending` for a later cycle.
     async fn move_to_chats(&mut self, up: &mut Upstream, uids: &[u32]) -> Result<Option<CopyUid>, OwnWorkError> {
-        let set = uid_set(uids);
-        let target = String::from_utf8_lossy(&command::astring(self.chats.as_bytes(), false)).into_owned();
-        let refused = |command, status: Vec<u8>| OwnWorkError::Refused {
-            command,
-            status: String::from_utf8_lossy(&status).trim_end().into(),
-        };
-        let copyuid = |untagged: &[Vec<u8>], status: &[u8]| {
-            let all: Vec<&[u8]> = untagged.iter().map(Vec::as_slice).chain([status]).collect();
-            crate::push::imap::copyuid(&all)
-        };
-        let moved = if up.has("MOVE") {
-            let (untagged, status) = into_chats(up, &format!("UID MOVE {set} {target}\r\n"), &target).await?;
-            if !status.starts_with(b"OK") {
-                return Err(refused("UID MOVE", status));
-            }
-            copyuid(&untagged, &status)
-        } else if up.has("UIDPLUS") {
-            let (untagged, status) = into_chats(up, &format!("UID COPY {set} {target}\r\n"), &target).await?;
-            if !status.starts_with(b"OK") {
-                return Err(refused("UID COPY", status));
-            }
-            up.command(format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)\r\n").as_bytes()).await?;
-            let moved = copyuid(&untagged, &status);
-            up.command(format!("UID EXPUNGE {set}\r\n").as_bytes()).await?;
-            moved
-        } else {
-            warn!("the provider offers neither MOVE nor UIDPLUS; chat messages stay in INBOX");
-            return Ok(None);
-        };
-        info!(count = uids.len(), to = %self.chats, "moved chat messages");
+        let plan = MovePlan::new(self.profile.move_strategy, uids, &self.chats, &self.pending)?;
+        let (outcome, copied) = run_plan(up, plan).await?;
+        self.pending = outcome.pending;
+        if !self.pending.is_empty() {
+            info!(
+                count = self.pending.len(),
+                "chat messages copied to Chats wait in INBOX, flagged \\Deleted: the user keeps \\Deleted messages \
+                 there, the provider has no UIDPLUS and refused to unflag theirs for the moment of an EXPUNGE"
+            );
+        }
+        info!(count = uids.len(), to = %self.chats, strategy = ?self.profile.move_strategy, "moved chat messages");
         crate::metrics::worker_moved(self.account.current().filter, uids.len());
-        Ok(moved)
+        Ok(copied)
     }
 }
 
-/// Runs a MOVE or COPY into Chats; where Chats is missing (`[TRYCREATE]`), creates and
-/// subscribes it first. Chats is made on first use, as on a COI server, and never recreated
-/// behind a client that just deleted it to switch COI off.
-async fn into_chats(up: &mut Upstream, command: &str, target: &str) -> Result<(Vec<Vec<u8>>, Vec<u8>), OwnWorkError> {
-    let (untagged, status) = up.command(command.as_bytes()).await?;
-    if !status.windows(11).any(|w| w.eq_ignore_ascii_case(b"[TRYCREATE]")) {
-        return Ok((untagged, status));
+/// Runs a move plan to its end: each command, its reply read back into the plan. The COPYUID
+/// of the MOVE or COPY, where the provider gave one.
+async fn run_plan(
+    up: &mut Upstream,
+    mut plan: MovePlan,
+) -> Result<(crate::provider_profile::move_plan::Outcome, Option<CopyUid>), OwnWorkError> {
+    let mut next = plan.start();
+    let mut copied = None;
+    loop {
+        let command = match next {
+            Next::Send(command) => command,
+            Next::Done(outcome) => return Ok((outcome, copied)),
+            Next::Failed(e) => return Err(e.into()),
+        };
+        let (untagged, status) = up.command(command.to_line().as_bytes()).await?;
+        let reply = if !status.starts_with(b"OK") {
+            Reply::Refused(String::from_utf8_lossy(&status).trim_end().into())
+        } else if command == Command::SearchDeleted {
+            Reply::Searched(untagged.iter().flat_map(|r| search_uids(r)).collect())
+        } else {
+            if matches!(command, Command::UidMove { .. } | Command::UidCopy { .. }) {
+                let all: Vec<&[u8]> = untagged.iter().map(Vec::as_slice).chain([status.as_slice()]).collect();
+                copied = crate::push::imap::copyuid(&all);
+            }
+            Reply::Ok
+        };
+        next = plan.on_reply(reply);
     }
-    up.command(format!("CREATE {target}\r\n").as_bytes()).await?;
-    up.command(format!("SUBSCRIBE {target}\r\n").as_bytes()).await?;
-    Ok(up.command(command.as_bytes()).await?)
 }
 
-/// Waits in IDLE (or polls) until INBOX changes, a session nudges, the COI configuration
-/// changes, or it is time to renew the IDLE. Returns when the next look at INBOX began: just
+/// Whether a SELECT's PERMANENTFLAGS take new keywords (`\*`).
+fn permanent_keywords(untagged: &[Vec<u8>]) -> bool {
+    untagged.iter().any(|r| {
+        let t = String::from_utf8_lossy(r);
+        t.contains("[PERMANENTFLAGS") && t.contains("\\*")
+    })
+}
+
+/// SELECTs or EXAMINEs INBOX; its untagged responses.
+async fn open_inbox(up: &mut Upstream, how: &'static str) -> Result<Vec<Vec<u8>>, OwnWorkError> {
+    let (untagged, status) = up.command(format!("{how} INBOX\r\n").as_bytes()).await?;
+    if !status.starts_with(b"OK") {
+        let command = if how == "SELECT" { "SELECT INBOX" } else { "EXAMINE INBOX" };
+        return Err(OwnWorkError::Refused { command, status: String::from_utf8_lossy(&status).trim_end().into() });
+    }
+    Ok(untagged)
+}
+
+/// Waits in IDLE (or, where the provider's IDLE is missing or does not push, until the `poll`
+/// instant, then sends the poll's command) until INBOX changes, a session nudges, the COI
+/// configuration changes, or it is time to renew the IDLE. Returns when the next look at INBOX began: just
 /// before the NOOP that brings the worker's view of INBOX up to date, so that every message
 /// the provider had then is seen.
 async fn wait_for_change(
     up: &mut Upstream,
     account: &Account,
     config_rx: &mut watch::Receiver<CoiConfig>,
-    poll_secs: u64,
     renew: Duration,
+    poll: Option<(tokio::time::Instant, &[u8])>,
 ) -> Result<Instant, OwnWorkError> {
-    if !up.has("IDLE") {
+    if let Some((at, command)) = poll {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(poll_secs.max(1)).min(renew)) => {}
+            _ = tokio::time::sleep_until(at.min(tokio::time::Instant::now() + renew)) => {}
             _ = account.nudge.notified() => {}
             _ = config_rx.changed() => {}
         }
         let began = Instant::now();
-        up.command(b"NOOP\r\n").await?;
+        up.command(command).await?;
         return Ok(began);
     }
     let tag = up.tag();

@@ -23,7 +23,7 @@ pub use super::policy::RelayEnd;
 use super::policy::{Event, Keep, Policy, PolicyOptions, Step};
 use super::quiet::Verdicts;
 use crate::imap::conn::{Conn, ReadSize};
-use crate::imap::wire::provider::Interceptor;
+use crate::imap::wire::provider::{Interceptor, ReplyOut};
 use crate::imap::wire::trace;
 use crate::net::Stream;
 
@@ -64,6 +64,9 @@ const KEEP_ASSEMBLED: usize = 4 * 1024;
 
 /// How long the last words to the client may take once the session is over.
 const LAST_WORDS: Duration = Duration::from_secs(5);
+/// How long a client may leave what it is sent unread before the session ends: it stops being
+/// served, and what was waiting for it is freed.
+const CLIENT_STALL: Duration = Duration::from_secs(5 * 60);
 
 /// The interceptor at work on one command; it hands itself back with the reply.
 type Intercepting<'a, I> = Pin<Box<dyn Future<Output = (&'a mut I, Vec<u8>)> + Send + 'a>>;
@@ -107,6 +110,8 @@ struct Relay<'a, I> {
     /// The interceptor when it is not at work.
     interceptor: Option<&'a mut I>,
     intercepting: Option<Intercepting<'a, I>>,
+    /// The parts of the interceptor's response it writes before its end.
+    parts: Option<mpsc::Receiver<Vec<u8>>>,
     /// The interceptor's own commands come here ...
     own_tx: mpsc::UnboundedSender<OwnRequest>,
     own_rx: mpsc::UnboundedReceiver<OwnRequest>,
@@ -163,6 +168,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             traffic: Traffic::default(),
             interceptor: Some(interceptor),
             intercepting: None,
+            parts: None,
             own_tx,
             own_rx,
             own_replies: None,
@@ -248,8 +254,12 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                 // The policy hands out one command at a time.
                 let Some(interceptor) = self.interceptor.take() else { return };
                 let mut own = OwnCommands::new(self.own_tx.clone());
+                // One part waits at most: the next is made once the client took that.
+                let (parts, rx) = mpsc::channel(1);
+                self.parts = Some(rx);
                 self.intercepting = Some(Box::pin(async move {
-                    let reply = interceptor.handle(command, &mut own).await;
+                    let mut out = ReplyOut::channel(parts);
+                    let reply = interceptor.handle(command, &mut own, &mut out).await;
                     (interceptor, reply)
                 }));
             }
@@ -317,7 +327,9 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             sleep.as_mut().reset(tokio::time::Instant::from_std(deadline));
         }
         // A side is read again once what was read from it has been written on.
-        let read_provider = self.to_client.is_idle();
+        let read_provider = self.to_client.is_idle() && self.policy.reading_provider();
+        let want_part = self.to_client.is_idle() && self.policy.wants_part();
+        let stalled = self.to_client.stalled_at(CLIENT_STALL);
         let read_client = self.to_provider.is_idle() && self.policy.reading_client();
         if read_provider {
             self.provider_size.prepare(&mut self.provider_buf);
@@ -339,6 +351,15 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             }
             read = self.provider_read.read_buf(&mut self.provider_buf), if read_provider => self.after_provider_read(read),
             read = self.client_read.read_buf(&mut self.client_buf), if read_client => return self.after_client_read(read),
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(stalled.unwrap_or_else(Instant::now))), if stalled.is_some() => {
+                return Some(RelayEnd::ClientError(format!(
+                    "the client read nothing for {} seconds",
+                    CLIENT_STALL.as_secs()
+                )));
+            }
+            Some(part) = async { self.parts.as_mut()?.recv().await }, if want_part && self.parts.is_some() => {
+                self.policy.interceptor_part(part, Instant::now());
+            }
             () = sleep, if self.armed.is_some() => {
                 self.armed = None;
                 self.policy.tick(Instant::now());
@@ -366,9 +387,20 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                 self.intercepting = None;
                 self.interceptor = Some(interceptor);
                 self.own_replies = None;
+                // A part it wrote last may still wait in the channel: it goes first.
+                if let Some(mut parts) = self.parts.take() {
+                    while let Ok(part) = parts.try_recv() {
+                        self.policy.interceptor_part(part, Instant::now());
+                    }
+                }
                 self.policy.interceptor_reply(reply, Instant::now());
             }
             Some(request) = self.own_rx.recv() => {
+                if self.policy.streaming() {
+                    // Its response has begun: the provider is not read until it ends. The
+                    // request is dropped, and the interceptor hears that the command failed.
+                    return None;
+                }
                 self.own_replies = Some(request.replies);
                 self.policy.own_request(request.command, request.capture, Instant::now());
             }
@@ -417,11 +449,18 @@ struct Outbox {
     written: usize,
     /// Whether there is output (sealed and not yet all written and flushed).
     pending: bool,
+    /// When the output became pending, or the last write made progress.
+    progress: Option<Instant>,
 }
 
 impl Outbox {
     fn is_idle(&self) -> bool {
         !self.pending
+    }
+
+    /// When the peer will have read nothing of what waits for it for `limit`.
+    fn stalled_at(&self, limit: Duration) -> Option<Instant> {
+        self.pending.then(|| self.progress.unwrap_or_else(Instant::now) + limit)
     }
 
     /// Sends `buf[start..end]` on unchanged.
@@ -454,6 +493,7 @@ impl Outbox {
         }
         self.chunk = chunk;
         self.pending = !self.output().is_empty();
+        self.progress = Some(Instant::now());
         if !self.pending {
             self.clear();
         }
@@ -463,6 +503,7 @@ impl Outbox {
     fn set(&mut self, bytes: Vec<u8>) {
         self.assembled = bytes;
         self.pending = !self.assembled.is_empty();
+        self.progress = Some(Instant::now());
     }
 
     fn output(&self) -> &[u8] {
@@ -481,6 +522,7 @@ impl Outbox {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
             self.written += n;
+            self.progress = Some(Instant::now());
         }
         w.flush().await?;
         self.clear();

@@ -102,12 +102,62 @@ pub trait Interceptor: Send {
         !uid && self.wants(name)
     }
 
-    /// Handles one whole command; returns the complete response for the client.
+    /// Handles one whole command; returns the response for the client, or its last part when
+    /// the earlier parts went to `out` (a long response, written as the client reads it).
     fn handle<P: ProviderCommands>(
         &mut self,
         command: Vec<u8>,
         provider: &mut P,
+        out: &mut ReplyOut,
     ) -> impl Future<Output = Vec<u8>> + Send;
+}
+
+/// Where an interceptor writes a long response in parts (many METADATA entries). A part is
+/// taken only once the client has taken the one before, so memory stays bounded whatever the
+/// response's size, and a client that does not read stops the interceptor instead of making the
+/// proxy buffer. Once a part is out, the response is the only thing the client hears until its
+/// end: no more commands go to the provider on the interceptor's behalf.
+pub struct ReplyOut(Sink);
+
+enum Sink {
+    Channel(Option<tokio::sync::mpsc::Sender<Vec<u8>>>),
+    Collect(Vec<u8>),
+}
+
+impl ReplyOut {
+    /// Parts go into `parts` (a channel of capacity 1 that the session's relay reads when the
+    /// client has taken the last part).
+    pub fn channel(parts: tokio::sync::mpsc::Sender<Vec<u8>>) -> ReplyOut {
+        ReplyOut(Sink::Channel(Some(parts)))
+    }
+
+    /// Parts are kept in memory (tests, and callers that want the whole response).
+    pub fn collect() -> ReplyOut {
+        ReplyOut(Sink::Collect(Vec::new()))
+    }
+
+    /// Writes one part; waits until there is room. A client that is gone takes the rest
+    /// without a word.
+    pub async fn send(&mut self, part: Vec<u8>) {
+        match &mut self.0 {
+            Sink::Channel(tx) => {
+                if let Some(sender) = tx
+                    && sender.send(part).await.is_err()
+                {
+                    *tx = None;
+                }
+            }
+            Sink::Collect(all) => all.extend(part),
+        }
+    }
+
+    /// What [`ReplyOut::collect`] collected.
+    pub fn collected(self) -> Vec<u8> {
+        match self.0 {
+            Sink::Collect(all) => all,
+            Sink::Channel(_) => Vec::new(),
+        }
+    }
 }
 
 /// Intercepts nothing: a pure relay.
@@ -118,7 +168,7 @@ impl Interceptor for Relay {
         false
     }
 
-    async fn handle<P: ProviderCommands>(&mut self, _: Vec<u8>, _: &mut P) -> Vec<u8> {
+    async fn handle<P: ProviderCommands>(&mut self, _: Vec<u8>, _: &mut P, _: &mut ReplyOut) -> Vec<u8> {
         unreachable!("wants() is always false")
     }
 }
@@ -135,16 +185,16 @@ impl<A: Interceptor, B: Interceptor> Interceptor for Both<A, B> {
         self.0.wants_command(name, uid, line) || self.1.wants_command(name, uid, line)
     }
 
-    async fn handle<P: ProviderCommands>(&mut self, command: Vec<u8>, provider: &mut P) -> Vec<u8> {
+    async fn handle<P: ProviderCommands>(&mut self, command: Vec<u8>, provider: &mut P, out: &mut ReplyOut) -> Vec<u8> {
         let (name, uid, first_line) = {
             let line_end = command.iter().position(|&b| b == b'\n').map_or(command.len(), |i| i + 1);
             let head = super::command::Head::parse(&command[..line_end]);
             (head.map_or(CommandName::Other, |h| h.name), head.is_some_and(|h| h.uid), command[..line_end].to_vec())
         };
         if self.0.wants_command(name, uid, &first_line) {
-            self.0.handle(command, provider).await
+            self.0.handle(command, provider, out).await
         } else {
-            self.1.handle(command, provider).await
+            self.1.handle(command, provider, out).await
         }
     }
 }

@@ -198,6 +198,12 @@ impl Policy {
         } else if head.is(CommandName::Select) || head.is(CommandName::Examine) {
             // An intercepted SELECT INBOX is a chat client's, which is shown Chats instead.
             self.commands.inbox_selected = selects_inbox(line) && !intercepted;
+            // The counts the client knows are of the mailbox it leaves: the new one's EXISTS
+            // and RECENT are news however they compare (imaptest's `select`: EXAMINE, CLOSE,
+            // SELECT of the same mailbox must show `* n RECENT` both times).
+            if let Some(quiet) = self.quiet.as_mut() {
+                quiet.reset();
+            }
         }
         if let Some(refusal) = refusal(head) {
             self.current.mode = Mode::Discard;

@@ -50,6 +50,15 @@ use settle::{Look, Next};
 const MAX_INTERCEPTED: usize = 1024 * 1024;
 /// How long the BYE that ends a session may wait for the provider's response in progress.
 const BYE_WAIT: Duration = Duration::from_secs(5);
+/// What the proxy reads whole of the provider's responses to one of its own commands (bytes).
+const MAX_CAPTURE: usize = 4 * 1024 * 1024;
+/// The status an own command ends with when its responses were larger than that.
+const CAPTURE_TOO_LARGE: &[u8] =
+    b"NO [LIMIT] The provider's answer is larger than coi-proxy reads for this command (4 MiB); ask for less\r\n";
+/// The proxy's own words waiting for the client, at most (bytes): beyond it, client commands
+/// are not read until the client has read what it was told (a client that pipelines commands
+/// the proxy answers itself, and never reads, must not make it buffer without end).
+const MAX_PENDING_ANSWERS: usize = 64 * 1024;
 
 /// What the policy needs to know about its session.
 #[derive(Clone)]
@@ -235,6 +244,9 @@ pub struct Policy {
     emulated_idle: Option<EmulatedIdle>,
     /// A collected command is with the interceptor.
     intercepting: bool,
+    /// A part of the interceptor's response has come: from the next message start on, the
+    /// provider is not framed (nor read) until the response's last part is out.
+    streaming: bool,
     own: Own,
     /// When the client last sent anything (or reading it resumed): the autologout clock.
     client_clock: Instant,
@@ -254,6 +266,9 @@ pub struct Policy {
     seen_news: bool,
     /// A response to the own command, being read whole.
     capture: Option<Vec<u8>>,
+    /// Bytes captured for the running own command so far; beyond [`MAX_CAPTURE`] the rest is
+    /// dropped and the command ends with [`CAPTURE_TOO_LARGE`].
+    captured: usize,
     /// The rest of a response that was held back is dropped too.
     holding: bool,
     /// The rest of a response goes to the held SELECT answer.
@@ -279,6 +294,7 @@ impl Policy {
             commands: Commands::default(),
             emulated_idle: None,
             intercepting: false,
+            streaming: false,
             own: Own::default(),
             client_clock: now,
             activity: now,
@@ -289,6 +305,7 @@ impl Policy {
             fetch_response: false,
             seen_news: false,
             capture: None,
+            captured: 0,
             holding: false,
             collecting: false,
             provider_said_bye: false,
@@ -322,6 +339,9 @@ impl Policy {
     /// Frames the next provider fragment at the front of `buf` and decides its fate; `None`
     /// when more bytes are needed.
     pub fn provider_input(&mut self, buf: &[u8], now: Instant) -> Option<Step> {
+        if !self.reading_provider() {
+            return None;
+        }
         let fragment = self.provider.next(buf)?;
         let len = fragment.len();
         let mut before = Vec::new();
@@ -351,6 +371,7 @@ impl Policy {
             && !self.own.busy()
             && self.ending.is_none()
             && self.ended.is_none()
+            && self.pending_answers() < MAX_PENDING_ANSWERS
             && (!self.client.at_message_start() || !self.settling() || self.idle_open())
     }
 
@@ -375,13 +396,53 @@ impl Policy {
         self.client.at_message_start() && self.settling() && self.idle_open()
     }
 
-    /// The interceptor answered the command it was given. An own command of its still
-    /// pending is abandoned (it timed out): its responses are dropped when they come.
+    /// Whether provider bytes are wanted now: not between two parts of the interceptor's
+    /// response once it has begun (they would land inside it).
+    pub fn reading_provider(&self) -> bool {
+        !(self.streaming && self.provider.at_message_start())
+    }
+
+    /// Whether the interceptor's next part is wanted now: it is at work and what it wrote
+    /// before has been handed out (the I/O loop takes it once that is written, too).
+    pub fn wants_part(&self) -> bool {
+        self.intercepting && self.answers.is_empty()
+    }
+
+    /// Whether a part of the interceptor's response is out or waiting (it then runs no more
+    /// own commands: the provider is not read until its response ends).
+    pub fn streaming(&self) -> bool {
+        self.streaming
+    }
+
+    /// A part of the interceptor's response; more follows, and
+    /// [`Policy::interceptor_reply`] ends it.
+    pub fn interceptor_part(&mut self, part: Vec<u8>, now: Instant) {
+        if !self.intercepting {
+            return;
+        }
+        self.streaming = true;
+        self.answers.push(Answer::Bytes(part));
+        self.client_clock = now;
+    }
+
+    /// The interceptor answered the command it was given (the last part of its response). An
+    /// own command of its still pending is abandoned (it timed out): its responses are dropped
+    /// when they come.
     pub fn interceptor_reply(&mut self, reply: Vec<u8>, now: Instant) {
         self.intercepting = false;
         self.own.abandon();
         self.answers.push(Answer::Bytes(reply));
         self.client_clock = now;
+    }
+
+    /// Bytes of the proxy's own words waiting for the client.
+    fn pending_answers(&self) -> usize {
+        self.answers
+            .iter()
+            .map(|a| match a {
+                Answer::Bytes(b) | Answer::IdleEnd(b) => b.len(),
+            })
+            .sum()
     }
 
     /// The interceptor wants `command` (everything after the tag, CRLF included) run on the
@@ -498,7 +559,10 @@ impl Policy {
             return None;
         }
         let mut out = self.take_answers();
-        if let Some(ending) = self.ending.take() {
+        // Not inside the interceptor's response: the BYE waits for its end.
+        if !self.streaming
+            && let Some(ending) = self.ending.take()
+        {
             out.extend_from_slice(&ending.bye);
             self.ended = Some(ending.end);
         }
@@ -552,7 +616,7 @@ impl Policy {
     /// Ends the session now; `bye` is said only if no provider response is in progress.
     fn end_now(&mut self, end: RelayEnd, bye: Option<String>) {
         self.ending = None;
-        if self.provider.at_message_start() {
+        if self.provider.at_message_start() && !self.streaming {
             if let Some(bye) = bye {
                 self.answers.push(Answer::Bytes(bye.into_bytes()));
             }
@@ -563,6 +627,10 @@ impl Policy {
     }
 
     fn take_answers(&mut self) -> Vec<u8> {
+        if !self.intercepting {
+            // The interceptor's last part is among them: the provider may be read again.
+            self.streaming = false;
+        }
         let mut out = Vec::new();
         for answer in self.answers.drain(..) {
             match answer {

@@ -191,6 +191,7 @@ impl Policy {
             framer: Framer::new(usize::MAX / 2),
             waiting: false,
         };
+        self.captured = 0;
         self.to_provider.extend_from_slice(&running.tag);
         self.to_provider.push(b' ');
         self.to_provider.extend(running.next_piece());

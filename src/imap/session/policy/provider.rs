@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::own::Tagged;
 use super::settle::{Look, is_status_inbox};
-use super::{Event, Keep, Policy};
+use super::{CAPTURE_TOO_LARGE, Event, Keep, MAX_CAPTURE, Policy};
 use crate::imap::session::quiet::{self, Quiet, Verdict};
 use crate::imap::wire::capability;
 use crate::imap::wire::framing::Fragment;
@@ -27,10 +27,18 @@ impl Policy {
     ) -> Keep {
         let complete = self.provider.at_message_start();
         if let Some(captured) = self.capture.as_mut() {
-            captured.extend_from_slice(bytes);
+            self.captured = self.captured.saturating_add(bytes.len());
+            if self.captured <= MAX_CAPTURE {
+                captured.extend_from_slice(bytes);
+            } else {
+                // Too large to read whole: dropped, and the command ends as too large.
+                *captured = Vec::new();
+            }
             if complete {
                 let response = self.capture.take().unwrap_or_default();
-                self.own_untagged(response);
+                if self.captured <= MAX_CAPTURE {
+                    self.own_untagged(response);
+                }
             }
             return Keep::Own;
         }
@@ -94,8 +102,11 @@ impl Policy {
             if !self.own.captures(line) {
                 return None;
             }
+            self.captured = self.captured.saturating_add(line.len());
             if complete {
-                self.own_untagged(line.to_vec());
+                if self.captured <= MAX_CAPTURE {
+                    self.own_untagged(line.to_vec());
+                }
             } else {
                 self.capture = Some(line.to_vec());
             }
@@ -105,6 +116,8 @@ impl Policy {
         match self.own.tagged(tag) {
             Tagged::Running(origin) => {
                 let status = line.get(tag.len() + 1..).unwrap_or_default();
+                let status = if self.captured > MAX_CAPTURE { CAPTURE_TOO_LARGE } else { status };
+                self.captured = 0;
                 self.own_done(origin, status, now);
                 Some(Keep::Own)
             }

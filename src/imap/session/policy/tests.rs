@@ -357,6 +357,26 @@ fn a_read_by_fetch_is_reported_for_read_receipts() {
     assert_eq!(s.events(), vec![Event::SeenChanged], "in IDLE: at once");
 }
 
+#[test]
+fn quiet_inbox_counts_start_over_with_each_select() {
+    // imaptest's `select`: EXAMINE, CLOSE, SELECT of one mailbox; the provider says the same
+    // RECENT count both times, and the client must hear it both times.
+    let mut s = Session::new(PolicyOptions { quiet: Some(Arc::new(|| true)), ..options() });
+    for (tag, command) in [("e", "EXAMINE"), ("s", "SELECT")] {
+        s.client_sends(format!("{tag} {command} box\r\n").as_bytes());
+        let answer = format!("* 2 EXISTS\r\n* 2 RECENT\r\n{tag} OK done\r\n");
+        assert_eq!(s.provider_sends(answer.as_bytes()), answer, "{command}");
+        s.client_sends(b"c CLOSE\r\n");
+        s.provider_sends(b"c OK closed\r\n");
+    }
+    // Within one selection a RECENT count back where the client knows it is still no news.
+    s.client_sends(b"s2 SELECT INBOX\r\n");
+    s.provider_sends(b"* 4 EXISTS\r\n* 1 RECENT\r\ns2 OK done\r\n");
+    s.client_sends(b"i IDLE\r\n");
+    s.provider_sends(b"+ idling\r\n");
+    assert_eq!(s.provider_sends(b"* 1 RECENT\r\n"), "");
+}
+
 fn emulating() -> Session {
     let mut s = Session::new(PolicyOptions { emulate_idle: Some(POLL), ..options() });
     assert_eq!(s.client_sends(b"i IDLE\r\n"), "", "the provider has no IDLE: not relayed");
