@@ -315,7 +315,7 @@ fn seen_moves_every_chat_message_that_becomes_seen_after_a_switch() {
     d.expect_ok("s SELECT INBOX");
     d.expect_ok("t STORE 1 +FLAGS (\\Seen)");
     d.expect_ok("u UNSELECT");
-    wait_until("the chat in Chats once seen", Duration::from_secs(5), || count(&mut d, "COI.Chats") == 1);
+    wait_until("the chat in Chats once seen", Duration::from_secs(20), || count(&mut d, "COI.Chats") == 1);
 }
 
 #[test]
