@@ -220,9 +220,14 @@ fn filter_active_moves_chat_messages_and_keeps_mail() {
         let mut d = direct(&p, "alice@example.org");
         let started = Instant::now();
         p.deliver("bob@example.org", "alice@example.org", &chat_message("a1@example.org"));
-        let moved = wait_until("the chat message in Chats", Duration::from_secs(5), || count(&mut d, "COI.Chats") == 1);
-        eprintln!("metadata={metadata}: delivery -> in Chats after {moved:?}");
-        assert!(started.elapsed() < Duration::from_secs(2), "moved after {:?}", started.elapsed());
+        // A liveness bound, not a speed test (bench/coi measures the delay): a move that
+        // missed the provider's notification would wait for the next IDLE renewal, minutes.
+        let moved =
+            wait_until("the chat message in Chats", Duration::from_secs(20), || count(&mut d, "COI.Chats") == 1);
+        eprintln!(
+            "metadata={metadata}: delivery -> in Chats after {moved:?}, {:?} after the delivery began",
+            started.elapsed()
+        );
         // The spec's other rules, a reply to a known chat, and ordinary mail.
         p.deliver("bob@example.org", "alice@example.org", &mail_message("chat$a2@example.org", ""));
         p.deliver(
@@ -236,7 +241,7 @@ fn filter_active_moves_chat_messages_and_keeps_mail() {
             &mail_message("a4@example.org", "In-Reply-To: <a1@example.org>\r\n"),
         );
         p.deliver("bob@example.org", "alice@example.org", &mail_message("a5@example.org", ""));
-        wait_until("four chat messages in Chats", Duration::from_secs(5), || count(&mut d, "COI.Chats") == 4);
+        wait_until("four chat messages in Chats", Duration::from_secs(20), || count(&mut d, "COI.Chats") == 4);
         assert_eq!(count(&mut d, "INBOX"), 1);
         d.expect_ok("x SELECT COI.Chats");
         let flags = d.expect_ok("f FETCH 1:* (FLAGS)");
