@@ -12,6 +12,7 @@ pub mod clock;
 pub mod coi;
 pub mod config;
 pub mod context;
+pub mod deflate;
 pub mod imap;
 pub mod limits;
 pub mod logging;

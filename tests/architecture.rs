@@ -11,13 +11,13 @@ use std::path::Path;
 /// The floors, bottom up (ARCHITECTURE.md, "The map").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Level {
-    /// L0: config, account, mail, limits, logging, secret, net, tls, metrics, sd_notify, clock.
+    /// L0: config, account, mail, limits, logging, secret, net, deflate, tls, metrics, sd_notify, clock.
     Floor,
     /// L1: `imap::wire` (the IMAP syntax) and `store` (redb); neither imports the other.
     Base,
     /// L2: `context`.
     Context,
-    /// L3: coi, push, receipts.
+    /// L3: coi, push, receipts, deltachat.
     Wing,
     /// L4: imap::session, imap::upstream (with imap::conn), smtp, worker.
     Edge,
@@ -59,6 +59,7 @@ const FLOOR_FILES: &[&str] = &[
     "metrics",
     "sd_notify",
     "clock",
+    "deflate",
     "provider_profile",
 ];
 const TOP_FILES: &[&str] = &["main", "app", "check", "trust", "cli"];
@@ -78,7 +79,7 @@ fn place(module: &[String]) -> Option<Node> {
         ("imap", Some("session")) => node("imap::session", Level::Edge),
         ("imap", Some(_)) => None,
         ("smtp" | "worker", _) => node(first, Level::Edge),
-        ("coi" | "push" | "receipts", _) => node(first, Level::Wing),
+        ("coi" | "push" | "receipts" | "deltachat", _) => node(first, Level::Wing),
         ("context", None) => node("context", Level::Context),
         ("store", _) => node("store", Level::Base),
         (f, _) if FLOOR_FILES.contains(&f) => node(f, Level::Floor),
