@@ -13,6 +13,7 @@ pub mod coi;
 pub mod config;
 pub mod context;
 pub mod deflate;
+pub mod deltachat;
 pub mod imap;
 pub mod limits;
 pub mod logging;

@@ -18,8 +18,8 @@ use crate::context::Context;
 use crate::imap::wire::command::client_name;
 use crate::imap::wire::command::{self, Arg, Command, CommandName};
 use crate::imap::wire::metadata::{
-    Depth, EntryOwner, GetMetadata, Refusal, SetMetadata, Status, covers, format_entries, format_response, in_subtree,
-    parse_get, parse_response, parse_set, reaches, select,
+    Depth, EntryOwner, GetMetadata, LocalEntries, NoLocalEntries, Refusal, SetMetadata, Status, covers, format_entries,
+    format_response, in_subtree, parse_get, parse_response, parse_set, reaches, select,
 };
 use crate::imap::wire::provider::{Interceptor, ProviderCommands, ProviderError, Reply as OwnReply};
 use crate::store::TooManyEntries;
@@ -28,8 +28,9 @@ const CAPTURE_METADATA: &[&[u8]] = &[b"* METADATA "];
 const CAPTURE_LIST: &[&[u8]] = &[b"* LIST "];
 const CAPTURE_STATUS: &[&[u8]] = &[b"* STATUS "];
 
-/// The COI side of one logged-in session; `E` answers the entries of another wing (WebPush).
-pub struct CoiSession<E> {
+/// The COI side of one logged-in session; `E` answers the entries of another wing (WebPush),
+/// `L` entries a wing answers by name on the server or a mailbox (Delta Chat's).
+pub struct CoiSession<E, L = NoLocalEntries> {
     shared: Arc<Context>,
     account: Arc<Account>,
     /// The provider stores METADATA itself.
@@ -40,6 +41,8 @@ pub struct CoiSession<E> {
     client_name: Arc<Mutex<Option<String>>>,
     /// The subtree of entries another wing answers (WebPush), plugged in by the session.
     entries: E,
+    /// Entries answered locally on the server or a mailbox (Delta Chat), plugged in likewise.
+    local: L,
 }
 
 /// A reply for the client, or the reason the provider failed us.
@@ -80,20 +83,36 @@ struct FolderError {
     status: String,
 }
 
-impl<E: EntryOwner> CoiSession<E> {
+impl<E: EntryOwner, L: LocalEntries> CoiSession<E, L> {
     pub fn new(
         shared: Arc<Context>,
         account: Arc<Account>,
         provider_metadata: bool,
         client_name: Arc<Mutex<Option<String>>>,
         entries: E,
+        local: L,
     ) -> Self {
-        CoiSession { shared, account, provider_metadata, namespace: None, client_name, entries }
+        CoiSession { shared, account, provider_metadata, namespace: None, client_name, entries, local }
     }
 
     /// Whether the proxy answers `entry` itself (COI, or the plugged-in wing's subtree).
     fn answers(&self, entry: &str) -> bool {
         metadata::is_coi_entry(entry) || in_subtree(entry, self.entries.subtree())
+    }
+
+    /// Whether `entry` of `mailbox` is answered locally by name (Delta Chat's entries).
+    fn local_answers(&self, mailbox: &[u8], entry: &str) -> bool {
+        self.local.subtrees(mailbox).iter().any(|s| in_subtree(entry, s))
+    }
+
+    /// Whether a request for `requested` on `mailbox` may reach into the local entries.
+    fn local_reaches(&self, mailbox: &[u8], requested: &str, depth: Depth) -> bool {
+        self.local.subtrees(mailbox).iter().any(|s| reaches(requested, depth, s))
+    }
+
+    /// Whether the proxy answers `entry` of `mailbox` itself, in any way.
+    fn ours(&self, mailbox: &[u8], entry: &str) -> bool {
+        (mailbox.is_empty() && self.answers(entry)) || self.local_answers(mailbox, entry)
     }
 
     /// Whether a request may reach into a subtree the proxy answers.
@@ -163,11 +182,14 @@ impl<E: EntryOwner> CoiSession<E> {
 
     async fn get_metadata(&mut self, tag: &str, req: GetMetadata, own: &mut impl ProviderCommands) -> Reply {
         let server_level = req.mailbox.is_empty();
-        let reaches_ours = server_level && req.entries.iter().any(|e| self.reaches_ours(e, req.depth));
+        let mailbox = req.mailbox.clone();
+        let reaches_local = req.entries.iter().any(|e| self.local_reaches(&mailbox, e, req.depth));
+        let reaches_ours =
+            reaches_local || (server_level && req.entries.iter().any(|e| self.reaches_ours(e, req.depth)));
         let mut entries: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         let mut longest: Option<u64> = None;
         if self.provider_metadata {
-            let elsewhere: Vec<&String> = req.entries.iter().filter(|e| !server_level || !self.answers(e)).collect();
+            let elsewhere: Vec<&String> = req.entries.iter().filter(|e| !self.ours(&mailbox, e)).collect();
             if !elsewhere.is_empty() {
                 let reply = own.run(&get_command(&req, &elsewhere), CAPTURE_METADATA).await?;
                 if !reply.ok() {
@@ -175,16 +197,16 @@ impl<E: EntryOwner> CoiSession<E> {
                 }
                 for resp in &reply.untagged {
                     if let Some((_, found)) = parse_response(resp) {
-                        entries.extend(found.into_iter().filter(|(e, _)| !server_level || !self.answers(e)));
+                        entries.extend(found.into_iter().filter(|(e, _)| !self.ours(&mailbox, e)));
                     }
                 }
                 longest = long_entries(&reply.status);
             }
         } else {
             let mut available = self.local_entries(&req.mailbox);
-            available.retain(|e, _| !server_level || !self.answers(e));
+            available.retain(|e, _| !self.ours(&mailbox, e));
             let plain = GetMetadata {
-                entries: req.entries.iter().filter(|e| !server_level || !self.answers(e)).cloned().collect(),
+                entries: req.entries.iter().filter(|e| !self.ours(&mailbox, e)).cloned().collect(),
                 ..req.clone()
             };
             let (found, long) = select(&plain, &available);
@@ -192,8 +214,11 @@ impl<E: EntryOwner> CoiSession<E> {
             longest = long;
         }
         if reaches_ours {
-            let reaches = |subtree| req.entries.iter().any(|e| reaches(e, req.depth, subtree));
+            let reaches = |subtree| server_level && req.entries.iter().any(|e| reaches(e, req.depth, subtree));
             let mut available = BTreeMap::new();
+            if reaches_local {
+                available.extend(self.local.available(&mailbox).await);
+            }
             if reaches(metadata::COI_SUBTREE) {
                 let config = self.read_config(own).await?;
                 let root = self.namespace(own).await?.root(&self.root());
@@ -203,7 +228,14 @@ impl<E: EntryOwner> CoiSession<E> {
                 available.extend(self.entries.available().await);
             }
             let ours = GetMetadata {
-                entries: req.entries.iter().filter(|e| self.reaches_ours(e, req.depth)).cloned().collect(),
+                entries: req
+                    .entries
+                    .iter()
+                    .filter(|e| {
+                        (server_level && self.reaches_ours(e, req.depth)) || self.local_reaches(&mailbox, e, req.depth)
+                    })
+                    .cloned()
+                    .collect(),
                 ..req.clone()
             };
             let (found, long) = select(&ours, &available);
@@ -236,6 +268,15 @@ impl<E: EntryOwner> CoiSession<E> {
         // The plugged-in wing's entries (WebPush) are the proxy's alone; the rest goes on.
         if let Err(e) = self.entries.set(&req).await {
             return Ok(tagged(tag, &refusal(&e)));
+        }
+        // So are the local ones (Delta Chat's device tokens).
+        let local: Vec<_> = req.entries.iter().filter(|(e, _)| self.local_answers(&req.mailbox, e)).cloned().collect();
+        if !local.is_empty() {
+            if let Err(e) = self.local.set(&req.mailbox, &local).await {
+                return Ok(tagged(tag, &refusal(&e)));
+            }
+            let mailbox = req.mailbox.clone();
+            req.entries.retain(|(entry, _)| !self.local_answers(&mailbox, entry));
         }
         let theirs = self.entries.subtree();
         req.entries.retain(|(entry, _)| !in_subtree(entry, theirs));
@@ -424,7 +465,7 @@ impl<E: EntryOwner> CoiSession<E> {
     }
 }
 
-impl<E: EntryOwner> Interceptor for CoiSession<E> {
+impl<E: EntryOwner, L: LocalEntries> Interceptor for CoiSession<E, L> {
     fn wants(&self, name: CommandName) -> bool {
         use CommandName::*;
         match name {

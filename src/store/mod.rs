@@ -41,6 +41,9 @@ pub use receipts::{SentChat, Tick};
 mod metadata;
 pub use metadata::TooManyEntries;
 
+mod deltachat;
+pub use deltachat::RetryEntry;
+
 mod push;
 pub use push::{PushSubscription, TooManySubscriptions, Validation};
 

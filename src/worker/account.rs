@@ -119,6 +119,9 @@ struct Inbox<'a> {
     waiting: BTreeSet<u32>,
     /// The first UID to push about (older messages were there before the worker).
     push_from: u32,
+    /// The first UID to notify Delta Chat devices of: what came while the worker was down (a
+    /// few at most), nothing from before it ever ran.
+    notify_from: u32,
 }
 
 impl<'a> Inbox<'a> {
@@ -148,10 +151,22 @@ impl<'a> Inbox<'a> {
         // came before COI was switched on are filtered too.
         let next_uid = stored.unwrap_or(1);
         let push_from = crate::push::notify::first_to_push(stored, uidnext);
+        let notify_from = if stored.is_some() { push_from } else { uidnext };
         let _ = store.set_inbox_position(login, uidvalidity, next_uid).await;
         let waiting = BTreeSet::new();
-        let mut inbox =
-            Inbox { shared, account, login, chats, uidvalidity, next_uid, uidnext, keywords, waiting, push_from };
+        let mut inbox = Inbox {
+            shared,
+            account,
+            login,
+            chats,
+            uidvalidity,
+            next_uid,
+            uidnext,
+            keywords,
+            waiting,
+            push_from,
+            notify_from,
+        };
         if keywords {
             let (untagged, _) = up.command(b"UID SEARCH UNSEEN KEYWORD $Chat\r\n").await?;
             inbox.waiting.extend(untagged.iter().flat_map(|r| search_uids(r)));
@@ -177,6 +192,8 @@ impl<'a> Inbox<'a> {
         // (UID, chat) of the messages new enough to push about.
         let mut new: Vec<(u32, bool)> = Vec::new();
         let mut chat_ids = Vec::new();
+        // The header fields of the messages new enough to notify Delta Chat devices of.
+        let mut new_headers: Vec<Vec<u8>> = Vec::new();
         let mut highest = None;
         let mut classified = 0;
         for resp in &untagged {
@@ -197,7 +214,12 @@ impl<'a> Inbox<'a> {
             if item.uid >= self.push_from {
                 new.push((item.uid, is_chat || item.flags.iter().any(|f| f.eq_ignore_ascii_case("$Chat"))));
             }
+            if item.uid >= self.notify_from {
+                new_headers.push(item.header.clone());
+            }
         }
+        // Delta Chat devices first: the notification leaves before the rest of the work.
+        crate::deltachat::on_new_mail(self.shared, self.login, new_headers.iter().map(Vec::as_slice));
         // Receipts: DSNs and MDNs about the user's sent chat messages.
         crate::receipts::on_new_messages(self.shared, up, self.login, &untagged).await?;
         let config = self.shared.config();

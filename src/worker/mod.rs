@@ -17,9 +17,12 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::account::Account;
 use crate::context::Context;
 
-/// Whether `account` needs its worker: COI enabled, or a validated push subscription.
+/// Whether `account` needs its worker: COI enabled, a validated push subscription, or a Delta
+/// Chat device to notify.
 fn wanted(ctx: &Context, account: &Account) -> bool {
-    account.current().enabled || crate::push::wanted(&ctx.store, &account.login)
+    account.current().enabled
+        || crate::push::wanted(&ctx.store, &account.login)
+        || crate::deltachat::wanted(&ctx.store, &ctx.config(), &account.login)
 }
 
 /// Runs until shutdown: reads the requests for workers (`Context::workers`), keeps exactly one
@@ -83,17 +86,26 @@ impl Workers {
     }
 }
 
-/// The accounts whose workers start with the daemon: those with a validated subscription whose
+/// The accounts whose workers start with the daemon: those with a validated subscription (or a
+/// Delta Chat device token) whose
 /// password the configuration can supply (`password_command`), so pushes go on with no client
 /// connected after a restart. Other accounts get their worker at their next login.
 async fn at_start(ctx: &Context) -> Vec<String> {
-    let logins = match ctx.store.read(|s| s.push_accounts()).await {
+    let mut logins = match ctx.store.read(|s| s.push_accounts()).await {
         Ok(logins) => logins,
         Err(e) => {
             warn!("cannot read push subscriptions: {e}");
-            return Vec::new();
+            Vec::new()
         }
     };
+    // And those with Delta Chat devices to notify.
+    let now = crate::clock::now_unsigned();
+    match ctx.store.read(move |s| s.dc_token_accounts(now, crate::deltachat::TOKEN_MAX_AGE)).await {
+        Ok(more) => logins.extend(more),
+        Err(e) => warn!("cannot read Delta Chat device tokens: {e}"),
+    }
+    logins.sort();
+    logins.dedup();
     let config = ctx.config();
     let mut out = Vec::new();
     for login in logins {

@@ -34,6 +34,8 @@ use crate::secret::Secret;
 
 /// Largest command accepted before login (LOGIN with two literals fits easily).
 const PRE_LOGIN_LIMIT: usize = 16 * 1024;
+/// Served by the proxy (`policy`), towards the client.
+const COMPRESS_CAPABILITY: &str = "COMPRESS=DEFLATE";
 /// Failed logins allowed on one connection before it is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
 
@@ -139,11 +141,7 @@ impl Session {
             max_literal: limits.max_literal,
             autologout: limits.autologout(),
             provider_timeout: limits.provider_timeout(),
-            extra_capabilities: coi::session::capabilities(
-                provider_metadata,
-                upstream.has("IDLE"),
-                &[crate::push::CAPABILITY],
-            ),
+            extra_capabilities: self.extra_capabilities(&upstream),
             seen_changed: Some({
                 let account = account.clone();
                 // Read receipts for plain clients (src/receipts/).
@@ -162,12 +160,41 @@ impl Session {
             }),
             emulate_idle: (!upstream.has("IDLE"))
                 .then(|| Duration::from_secs(self.shared.config().coi.poll_secs.max(1))),
+            compress: true,
         };
         let webpush = crate::push::entries::Entries::new(self.shared.clone(), account.clone());
-        let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name, webpush);
+        let deltachat = crate::deltachat::entries::Entries::new(self.shared.clone(), account.clone());
+        let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name, webpush, deltachat);
+        let provider_wire = upstream.compressed.clone();
         let (end, traffic) = relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone()).await;
         crate::metrics::traffic(traffic.from_client, traffic.from_provider);
-        format!("{end:?}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider)
+        let mut line = format!(
+            "{end:?}; {} bytes from client, {} bytes from provider",
+            traffic.from_client, traffic.from_provider
+        );
+        if let Some(wire) = &traffic.client_wire {
+            let (wire_in, plain_in, wire_out, plain_out) = wire.get();
+            line.push_str(&format!(
+                "; client compressed: {wire_in} bytes in for {plain_in}, {wire_out} bytes out for {plain_out}"
+            ));
+        }
+        if let Some(wire) = &provider_wire {
+            let (wire_in, plain_in, wire_out, plain_out) = wire.get();
+            line.push_str(&format!(
+                "; provider compressed: {wire_in} bytes in for {plain_in}, {wire_out} bytes out for {plain_out}"
+            ));
+        }
+        line
+    }
+
+    /// What the proxy adds to the provider's capabilities after login: what COI, WebPush and
+    /// Delta Chat need (`XDELTAPUSH` while push is on, `METADATA`), and COMPRESS=DEFLATE, which
+    /// the proxy serves itself whatever the provider offers.
+    fn extra_capabilities(&self, upstream: &Upstream) -> Vec<&'static str> {
+        let mut wings = vec![crate::push::CAPABILITY];
+        wings.extend(crate::deltachat::capability(&self.shared.config()));
+        wings.push(COMPRESS_CAPABILITY);
+        coi::session::capabilities(upstream.has("METADATA"), upstream.has("IDLE"), &wings)
     }
 
     fn tls_active(conn: &Conn) -> bool {
@@ -455,6 +482,11 @@ impl Session {
         };
         match outcome {
             AuthOutcome::Ok(status) => {
+                if let Err(e) = upstream.compress().await {
+                    warn!(cause = %e, "provider failed while turning on compression");
+                    conn.write(format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
+                    return Ok(None);
+                }
                 self.shared.auth_failures.succeeded(self.peer.ip());
                 self.shared.credentials.remember(&user, &pass);
                 let provider_metadata = upstream.has("METADATA");
@@ -464,8 +496,7 @@ impl Session {
                 }
                 self.shared.workers.want(&account.login);
                 self.account = Some(account);
-                let extra =
-                    coi::session::capabilities(provider_metadata, upstream.has("IDLE"), &[crate::push::CAPABILITY]);
+                let extra = self.extra_capabilities(&upstream);
                 let caps = capability::post_login(&upstream.capabilities, &extra).join(" ");
                 let text = status_text(&status);
                 conn.write(format!("{tag} OK [CAPABILITY {caps}] {text}\r\n").as_bytes()).await?;

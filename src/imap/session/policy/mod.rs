@@ -62,6 +62,8 @@ pub struct PolicyOptions {
     /// The quiet INBOX applies to this session; the function says whether it is on now (the
     /// account's COI filter is `active`).
     pub quiet: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    /// The proxy serves `COMPRESS DEFLATE` (RFC 4978) itself; else it refuses it.
+    pub compress: bool,
 }
 
 /// What becomes of one framed fragment.
@@ -103,6 +105,10 @@ pub enum Event {
     OwnStatus(Vec<u8>),
     /// A STORE that sets or clears `\Seen` has been answered.
     SeenChanged,
+    /// The client's `COMPRESS DEFLATE` was answered `OK` in what `poll_to_client` gave last:
+    /// once that is written, both directions of the client's connection are compressed, the
+    /// client bytes not framed yet included.
+    Compress,
     /// The session is over; what `poll_to_client` gave before is its last word.
     End(RelayEnd),
 }
@@ -126,6 +132,18 @@ enum Answer {
     Bytes(Vec<u8>),
     /// The tagged end of an emulated IDLE: what the quiet INBOX held back goes first.
     IdleEnd(Vec<u8>),
+    /// The `OK` to `COMPRESS DEFLATE`: the last uncompressed bytes for the client.
+    Compress(Vec<u8>),
+}
+
+/// COMPRESS=DEFLATE towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Compression {
+    #[default]
+    Off,
+    /// The `OK` waits to be written; nothing more is read or written until then.
+    Answering,
+    On,
 }
 
 /// The BYE that ends the session once the provider's response in progress is complete.
@@ -201,6 +219,7 @@ pub struct Policy {
     /// The rest of a response that was held back is dropped too.
     holding: bool,
     provider_said_bye: bool,
+    compression: Compression,
     answers: Vec<Answer>,
     to_provider: Vec<u8>,
     events: VecDeque<Event>,
@@ -229,6 +248,7 @@ impl Policy {
             capture: None,
             holding: false,
             provider_said_bye: false,
+            compression: Compression::Off,
             answers: Vec::new(),
             to_provider: Vec::new(),
             events: VecDeque::new(),
@@ -254,6 +274,10 @@ impl Policy {
     /// Frames the next provider fragment at the front of `buf` and decides its fate; `None`
     /// when more bytes are needed.
     pub fn provider_input(&mut self, buf: &[u8], now: Instant) -> Option<Step> {
+        if self.compression == Compression::Answering && self.provider.at_message_start() {
+            // The next response is compressed: it waits for the OK (`poll_to_client`).
+            return None;
+        }
         let fragment = self.provider.next(buf)?;
         let len = fragment.len();
         let mut before = Vec::new();
@@ -278,7 +302,11 @@ impl Policy {
     /// works (later commands wait in the read buffer, keeping their order), nor once the
     /// session is ending.
     pub fn reading_client(&self) -> bool {
-        !self.intercepting && !self.own.busy() && self.ending.is_none() && self.ended.is_none()
+        !self.intercepting
+            && !self.own.busy()
+            && self.ending.is_none()
+            && self.ended.is_none()
+            && self.compression != Compression::Answering
     }
 
     /// The interceptor answered the command it was given. An own command of its still
@@ -476,6 +504,12 @@ impl Policy {
                         out.extend(held);
                     }
                     out.extend(bytes);
+                }
+                Answer::Compress(bytes) => {
+                    // Nothing is framed while it waits, so it is the last answer.
+                    out.extend(bytes);
+                    self.compression = Compression::On;
+                    self.events.push_back(Event::Compress);
                 }
             }
         }
