@@ -110,6 +110,9 @@ pub struct Coi {
     pub rescue_junk: bool,
     /// The Junk folder's name, for a provider that does not mark it `\Junk` (SPECIAL-USE).
     pub junk_folder: Option<String>,
+    /// How often the worker looks at Junk at the latest (it looks each time it wakes), seconds.
+    #[serde(default = "default_junk_poll_secs")]
+    pub junk_poll_secs: u64,
 }
 
 impl Default for Coi {
@@ -118,6 +121,9 @@ impl Default for Coi {
     }
 }
 
+fn default_junk_poll_secs() -> u64 {
+    60
+}
 fn default_true() -> bool {
     true
 }
@@ -559,6 +565,9 @@ impl Config {
         if self.deltachat.push() {
             check_notifier_url(&self.deltachat.notifier_url)
                 .map_err(|e| ("deltachat.notifier_url".to_string(), e.to_string()))?;
+        }
+        if self.coi.junk_poll_secs == 0 {
+            return Err(("coi.junk_poll_secs".into(), "must be at least 1".into()));
         }
         if self.deltachat.max_smtp_recipients == 0 {
             return Err(("deltachat.max_smtp_recipients".into(), "must be at least 1".into()));

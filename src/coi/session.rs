@@ -92,7 +92,16 @@ impl<E: EntryOwner, L: LocalEntries> CoiSession<E, L> {
         entries: E,
         local: L,
     ) -> Self {
-        CoiSession { shared, account, provider_metadata, namespace: None, client_name, entries, local }
+        let session = CoiSession { shared, account, provider_metadata, namespace: None, client_name, entries, local };
+        session.note_chat_client();
+        session
+    }
+
+    /// A chat client's chat mail in Junk is rescued by the account worker, which it may now need.
+    fn note_chat_client(&self) {
+        if self.is_chat_client() && !self.account.chat_client.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.shared.workers.want(&self.account.login);
+        }
     }
 
     /// Whether the proxy answers `entry` itself (COI, or the plugged-in wing's subtree).
@@ -147,6 +156,7 @@ impl<E: EntryOwner, L: LocalEntries> CoiSession<E, L> {
                 if let Some(name) = client_name(&cmd.args) {
                     info!(client_name = %name, "client identified itself");
                     *self.client_name.lock().expect("client name") = Some(name);
+                    self.note_chat_client();
                 }
                 Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag))
             }

@@ -84,17 +84,26 @@ async fn serve(
     }
     let mut inbox = Inbox::open(shared, account, &mut up).await?;
     info!(chats = %inbox.chats, "watching INBOX");
+    let mut junk = super::junk::Junk::find(shared, &mut up).await?;
     loop {
         config_rx.mark_unchanged();
         let config = account.current();
         if !wanted(shared, account) {
             return Ok(());
         }
+        if let Some(junk) = &mut junk {
+            // Rescued chat mail goes where the chat client looks; in INBOX it is new mail below.
+            let target = if config.effective_filter() == Filter::Active { inbox.chats.clone() } else { "INBOX".into() };
+            junk.check(shared, login, &mut up, &target).await?;
+        }
         let before = inbox.next_uid;
         inbox.process_new(&mut up, config.effective_filter()).await?;
         // Mail that lands between a FETCH and the start of IDLE may go unreported by the
         // provider (its change notification starts with IDLE): after new mail, look again soon.
-        let renew = if inbox.next_uid != before { IDLE_SETTLE } else { IDLE_RENEW };
+        let mut renew = if inbox.next_uid != before { IDLE_SETTLE } else { IDLE_RENEW };
+        if junk.is_some() {
+            renew = renew.min(Duration::from_secs(shared.config().coi.junk_poll_secs));
+        }
         if config.filter == Filter::Seen {
             inbox.move_seen(&mut up).await?;
         }
@@ -288,42 +297,53 @@ impl<'a> Inbox<'a> {
         Ok(())
     }
 
-    /// UID MOVE where offered, else COPY + `\Deleted` + UID EXPUNGE (UIDPLUS), flags kept.
-    /// Where the messages went, if the provider said (COPYUID): UIDVALIDITY, (old, new) UIDs.
+    /// Moves chat messages to Chats; where they went, if the provider said (COPYUID).
     async fn move_to_chats(&mut self, up: &mut Upstream, uids: &[u32]) -> Result<Option<CopyUid>, OwnWorkError> {
-        let set = uid_set(uids);
-        let target = String::from_utf8_lossy(&command::astring(self.chats.as_bytes(), false)).into_owned();
-        let refused = |command, status: Vec<u8>| OwnWorkError::Refused {
-            command,
-            status: String::from_utf8_lossy(&status).trim_end().into(),
-        };
-        let copyuid = |untagged: &[Vec<u8>], status: &[u8]| {
-            let all: Vec<&[u8]> = untagged.iter().map(Vec::as_slice).chain([status]).collect();
-            crate::push::imap::copyuid(&all)
-        };
-        let moved = if up.has("MOVE") {
-            let (untagged, status) = into_chats(up, &format!("UID MOVE {set} {target}\r\n"), &target).await?;
-            if !status.starts_with(b"OK") {
-                return Err(refused("UID MOVE", status));
-            }
-            copyuid(&untagged, &status)
-        } else if up.has("UIDPLUS") {
-            let (untagged, status) = into_chats(up, &format!("UID COPY {set} {target}\r\n"), &target).await?;
-            if !status.starts_with(b"OK") {
-                return Err(refused("UID COPY", status));
-            }
-            up.command(format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)\r\n").as_bytes()).await?;
-            let moved = copyuid(&untagged, &status);
-            up.command(format!("UID EXPUNGE {set}\r\n").as_bytes()).await?;
-            moved
-        } else {
-            warn!("the provider offers neither MOVE nor UIDPLUS; chat messages stay in INBOX");
-            return Ok(None);
-        };
+        let Some(moved) = move_uids(up, uids, &self.chats).await? else { return Ok(None) };
         info!(count = uids.len(), to = %self.chats, "moved chat messages");
         crate::metrics::worker_moved(self.account.current().filter, uids.len());
         Ok(moved)
     }
+}
+
+/// Moves messages of the selected mailbox to `target`: UID MOVE where offered, else COPY +
+/// `\Deleted` + UID EXPUNGE (UIDPLUS), flags kept. `None` when the provider can do neither;
+/// else where they went, if the provider said (COPYUID): UIDVALIDITY, (old, new) UIDs.
+pub(super) async fn move_uids(
+    up: &mut Upstream,
+    uids: &[u32],
+    target: &str,
+) -> Result<Option<Option<CopyUid>>, OwnWorkError> {
+    let set = uid_set(uids);
+    let target = String::from_utf8_lossy(&command::astring(target.as_bytes(), false)).into_owned();
+    let refused = |command, status: Vec<u8>| OwnWorkError::Refused {
+        command,
+        status: String::from_utf8_lossy(&status).trim_end().into(),
+    };
+    let copyuid = |untagged: &[Vec<u8>], status: &[u8]| {
+        let all: Vec<&[u8]> = untagged.iter().map(Vec::as_slice).chain([status]).collect();
+        crate::push::imap::copyuid(&all)
+    };
+    let moved = if up.has("MOVE") {
+        let (untagged, status) = into_chats(up, &format!("UID MOVE {set} {target}\r\n"), &target).await?;
+        if !status.starts_with(b"OK") {
+            return Err(refused("UID MOVE", status));
+        }
+        copyuid(&untagged, &status)
+    } else if up.has("UIDPLUS") {
+        let (untagged, status) = into_chats(up, &format!("UID COPY {set} {target}\r\n"), &target).await?;
+        if !status.starts_with(b"OK") {
+            return Err(refused("UID COPY", status));
+        }
+        up.command(format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)\r\n").as_bytes()).await?;
+        let moved = copyuid(&untagged, &status);
+        up.command(format!("UID EXPUNGE {set}\r\n").as_bytes()).await?;
+        moved
+    } else {
+        warn!("the provider offers neither MOVE nor UIDPLUS; chat messages stay where they are");
+        return Ok(None);
+    };
+    Ok(Some(moved))
 }
 
 /// Runs a MOVE or COPY into Chats; where Chats is missing (`[TRYCREATE]`), creates and
@@ -413,14 +433,14 @@ fn is_mailbox_change(resp: &[u8]) -> bool {
 
 /// The parts of a `* n FETCH (UID … FLAGS (…) BODY[…] {n}…)` response the worker asked for.
 #[derive(Debug, PartialEq, Eq)]
-struct FetchItem {
-    uid: u32,
-    flags: Vec<String>,
-    header: Vec<u8>,
+pub(super) struct FetchItem {
+    pub(super) uid: u32,
+    pub(super) flags: Vec<String>,
+    pub(super) header: Vec<u8>,
 }
 
 impl FetchItem {
-    fn parse(resp: &[u8]) -> Option<FetchItem> {
+    pub(super) fn parse(resp: &[u8]) -> Option<FetchItem> {
         let upper_head = String::from_utf8_lossy(&resp[..resp.len().min(32)]).to_ascii_uppercase();
         if !upper_head.starts_with("* ") || !upper_head.contains(" FETCH (") {
             return None;

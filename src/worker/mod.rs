@@ -6,6 +6,7 @@
 //! shuts down.
 
 mod account;
+mod junk;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,12 +18,14 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::account::Account;
 use crate::context::Context;
 
-/// Whether `account` needs its worker: COI enabled, a validated push subscription, or a Delta
-/// Chat device to notify.
+/// Whether `account` needs its worker: COI enabled, a validated push subscription, a Delta
+/// Chat device to notify, or a chat client's mail to rescue from Junk.
 fn wanted(ctx: &Context, account: &Account) -> bool {
+    let config = ctx.config();
     account.current().enabled
         || crate::push::wanted(&ctx.store, &account.login)
-        || crate::deltachat::wanted(&ctx.store, &ctx.config(), &account.login)
+        || crate::deltachat::wanted(&ctx.store, &config, &account.login)
+        || (config.coi.rescue_junk && account.chat_client.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// Runs until shutdown: reads the requests for workers (`Context::workers`), keeps exactly one
