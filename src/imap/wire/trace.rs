@@ -115,13 +115,17 @@ pub fn redact_message(msg: &[u8]) -> String {
     out
 }
 
-/// The first line of a client command, with LOGIN's and AUTHENTICATE's credentials redacted.
+/// The first line of a client command, with LOGIN's and AUTHENTICATE's credentials and Delta
+/// Chat's device tokens redacted.
 pub fn redact_command_line(line: &[u8]) -> String {
     let text = String::from_utf8_lossy(line);
     let mut words = text.split_ascii_whitespace();
     let (tag, name) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     if name.eq_ignore_ascii_case("LOGIN") {
         return format!("{tag} {name} {REDACTED}");
+    }
+    if name.eq_ignore_ascii_case("SETMETADATA") && text.to_ascii_lowercase().contains("/private/devicetoken") {
+        return format!("{tag} {name} {REDACTED} (device token)");
     }
     if name.eq_ignore_ascii_case("AUTHENTICATE") {
         let mechanism = words.next().unwrap_or("");
@@ -174,6 +178,10 @@ mod tests {
         );
         assert_eq!(redact_message(b"a4 AUTHENTICATE PLAIN\r\n"), "a4 AUTHENTICATE PLAIN");
         assert_eq!(redact_command_line(b"x LOGIN u p\r\n"), "x LOGIN [redacted]");
+        assert_eq!(
+            redact_message(b"d SETMETADATA \"INBOX\" (/private/devicetoken \"openpgp:c2VjcmV0\")\r\n"),
+            "d SETMETADATA [redacted] (device token)"
+        );
     }
 
     #[test]
