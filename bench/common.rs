@@ -22,6 +22,11 @@ impl Proxy {
     /// Starts the proxy; `config` is the proxy.toml after `state_dir` (the `[upstream]`,
     /// `[listen]` and `[limits]` tables). Listeners should use port 0.
     pub fn start(config: &str) -> Proxy {
+        Self::start_logging(config, "warn,coi_proxy::app=info,coi_proxy::smtp::server=info")
+    }
+
+    /// [`Proxy::start`] with another `RUST_LOG` filter (it must keep `coi_proxy::app=info`).
+    pub fn start_logging(config: &str, filter: &str) -> Proxy {
         let dir = tempfile::Builder::new().prefix("coi-proxy-bench.").tempdir().expect("temp dir");
         let config_path = dir.path().join("proxy.toml");
         let log = dir.path().join("proxy.log");
@@ -37,7 +42,7 @@ impl Proxy {
             .arg("run")
             // Warnings only, so logging costs nothing per session; the servers' own info lines
             // give the listening ports.
-            .env("RUST_LOG", "warn,coi_proxy::app=info,coi_proxy::smtp::server=info")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("create proxy.log"))

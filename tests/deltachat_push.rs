@@ -164,8 +164,11 @@ fn devices_are_notified_of_new_mail_with_no_client_connected_but_not_of_own_mail
 fn a_failed_notification_is_retried_after_8_s_and_a_restart_keeps_tokens_and_the_retry() {
     let provider = Provider::start();
     let notifier = Notifier::start();
-    let mut proxy =
-        proxy_for(&provider, &notifier, &format!("[[account]]\nlogin = \"{ALICE}\"\npassword_command = \"printf secret\"\n"));
+    let mut proxy = proxy_for(
+        &provider,
+        &notifier,
+        &format!("[[account]]\nlogin = \"{ALICE}\"\npassword_command = \"printf secret\"\n"),
+    );
     let from = proxy.log().len();
     register(&proxy, &[PHONE]);
     wait_for_worker(&proxy, from);
