@@ -1,7 +1,7 @@
 //! Delta Chat on any provider (issue 17), against a real Dovecot:
 //!
 //! 1. Push latency: LMTP delivery → the device token's POST at a notifier on loopback, p50/p99
-//!    over `DC_MESSAGES` (200) messages, next to the provider's own floor in the same run:
+//!    over `DC_MESSAGES` (100) messages `DC_GAP_MS` (2000) apart, then back to back, next to the provider's own floor in the same run:
 //!    delivery → `* n EXISTS` at a client idling directly at Dovecot. "POST minus EXISTS" is
 //!    what the proxy adds after the provider announced the message (target: under 100 ms).
 //! 2. COMPRESS=DEFLATE: a whole mailbox fetched through the proxy with and without compression
@@ -9,7 +9,7 @@
 //!    side compressed too.
 //! 3. A Delta Chat session (`tests/deltachat/dc_chat.py`, two real Delta Chat 2.65 accounts
 //!    through the proxy): the bytes on the wire against the bytes relayed, from the proxy's
-//!    session lines. `DC_SESSION=0` skips it.
+//!    session lines. `DC_PARTS` (`latency,compress,session`) picks the parts.
 //!
 //! Run with `cargo bench --bench deltachat`; bench/README.md has the figures.
 
@@ -40,16 +40,26 @@ const TOKEN: &str = "openpgp:wcDMA1Jx0zPqd2tbAQv+benchmark/device/token==";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() {
-    let messages = env_usize("DC_MESSAGES", 200);
-    latency(messages);
-    compression();
-    if env_usize("DC_SESSION", 1) != 0 {
+    let messages = env_usize("DC_MESSAGES", 100);
+    let parts = std::env::var("DC_PARTS").unwrap_or_else(|_| "latency,compress,session".into());
+    if parts.contains("latency") {
+        // Mail spaced as in real life (the worker back in a long IDLE), then back to back.
+        latency(messages, Duration::from_millis(env_usize("DC_GAP_MS", 2000) as u64));
+        latency(messages, Duration::ZERO);
+    }
+    if parts.contains("compress") {
+        compression();
+    }
+    if parts.contains("session") {
         delta_chat_session();
     }
 }
 
-fn latency(messages: usize) {
-    println!("Delta Chat push: {messages} messages, delivery -> notifier POST vs. delivery -> direct IDLE EXISTS");
+fn latency(messages: usize, gap: Duration) {
+    println!(
+        "\nDelta Chat push: {messages} messages {:.1} s apart, delivery -> notifier POST vs. delivery -> direct IDLE EXISTS",
+        gap.as_secs_f64()
+    );
     let provider = Provider::start();
     let notifier = Notifier::start();
     let proxy = Proxy::start(&format!(
@@ -93,6 +103,7 @@ fn latency(messages: usize) {
 
     let (mut post, mut floor, mut added) = (Vec::new(), Vec::new(), Vec::new());
     for i in 1..=messages {
+        std::thread::sleep(gap);
         let sent = Instant::now();
         provider.deliver("bob@example.org", ALICE, &message(i));
         let seen = loop {

@@ -18,6 +18,7 @@ use crate::coi::classify::{self, ChatHeaders, FIELDS};
 use crate::context::Context;
 use crate::imap::upstream::{OwnWorkError, Upstream};
 use crate::imap::wire::command;
+use crate::imap::wire::response::{list_mailbox_with, status_number};
 
 /// On the first look, at most this many of Junk's newest messages are classified.
 const FIRST_LOOK: u32 = 200;
@@ -48,7 +49,7 @@ impl Junk {
                     b"LIST \"\" \"*\"\r\n"
                 };
                 let (untagged, _) = up.command(list).await?;
-                untagged.iter().find_map(|line| junk_in_list(line))
+                untagged.iter().find_map(|line| list_mailbox_with(line, "\\Junk"))
             }
         };
         match name {
@@ -79,8 +80,8 @@ impl Junk {
             return Ok(0);
         }
         let (Some(uidnext), Some(uidvalidity)) = (
-            untagged.iter().find_map(|r| status_item(r, "UIDNEXT")),
-            untagged.iter().find_map(|r| status_item(r, "UIDVALIDITY")),
+            untagged.iter().find_map(|r| status_number(r, "UIDNEXT")),
+            untagged.iter().find_map(|r| status_number(r, "UIDVALIDITY")),
         ) else {
             return Ok(0);
         };
@@ -140,56 +141,5 @@ impl Junk {
         }
         crate::metrics::junk_rescued(chat.len());
         Ok(chat.len())
-    }
-}
-
-/// The mailbox of a `* LIST (… \Junk …) "." "Name"` response.
-fn junk_in_list(line: &[u8]) -> Option<String> {
-    let body = line.strip_prefix(b"* ")?;
-    let parsed = command::parse(&[b"x ", body].concat()).ok()?;
-    if !parsed.name.eq_ignore_ascii_case("LIST") {
-        return None;
-    }
-    let command::Arg::List(attributes) = parsed.args.first()? else { return None };
-    let junk = attributes.iter().any(|a| a.astring().is_some_and(|a| a.eq_ignore_ascii_case(b"\\Junk")));
-    if !junk {
-        return None;
-    }
-    parsed.args.get(2)?.astring().map(|n| String::from_utf8_lossy(n).into_owned())
-}
-
-/// A number from a `* STATUS name (UIDNEXT n …)` response.
-fn status_item(resp: &[u8], item: &str) -> Option<u32> {
-    let text = String::from_utf8_lossy(resp);
-    if !text.get(..9).is_some_and(|h| h.eq_ignore_ascii_case("* STATUS ")) {
-        return None;
-    }
-    let items = &text[text.rfind('(')? + 1..];
-    let mut words = items.split(|c: char| c.is_whitespace() || c == ')');
-    while let Some(word) = words.next() {
-        if word.eq_ignore_ascii_case(item) {
-            return words.next()?.parse().ok();
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_junk_in_a_list_and_numbers_in_a_status() {
-        assert_eq!(junk_in_list(b"* LIST (\\HasNoChildren \\Junk) \".\" Junk\r\n").as_deref(), Some("Junk"));
-        assert_eq!(junk_in_list(b"* LIST (\\Junk) \"/\" \"[Gmail]/Spam\"\r\n").as_deref(), Some("[Gmail]/Spam"));
-        assert_eq!(junk_in_list(b"* LIST (\\HasNoChildren \\Trash) \".\" Trash\r\n"), None);
-        assert_eq!(junk_in_list(b"* LSUB (\\Junk) \".\" Junk\r\n"), None);
-        assert_eq!(junk_in_list(b"garbage"), None);
-        let status = b"* STATUS Junk (UIDNEXT 17 UIDVALIDITY 1700000000)\r\n";
-        assert_eq!(status_item(status, "UIDNEXT"), Some(17));
-        assert_eq!(status_item(status, "uidvalidity"), Some(1_700_000_000));
-        assert_eq!(status_item(b"* STATUS \"a (b\" (MESSAGES 2)\r\n", "MESSAGES"), Some(2));
-        assert_eq!(status_item(b"* 3 EXISTS\r\n", "UIDNEXT"), None);
-        assert_eq!(status_item(b"* STATUS Junk (UIDNEXT x)\r\n", "UIDNEXT"), None);
     }
 }
