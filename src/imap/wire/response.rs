@@ -100,8 +100,14 @@ mod tests {
 
     #[test]
     fn list_attributes_and_status_numbers() {
-        assert_eq!(list_mailbox_with(b"* LIST (\\HasNoChildren \\Junk) \".\" Junk\r\n", "\\Junk").as_deref(), Some("Junk"));
-        assert_eq!(list_mailbox_with(b"* LIST (\\Junk) \"/\" \"[Gmail]/Spam\"\r\n", "\\junk").as_deref(), Some("[Gmail]/Spam"));
+        assert_eq!(
+            list_mailbox_with(b"* LIST (\\HasNoChildren \\Junk) \".\" Junk\r\n", "\\Junk").as_deref(),
+            Some("Junk")
+        );
+        assert_eq!(
+            list_mailbox_with(b"* LIST (\\Junk) \"/\" \"[Gmail]/Spam\"\r\n", "\\junk").as_deref(),
+            Some("[Gmail]/Spam")
+        );
         assert_eq!(list_mailbox_with(b"* LIST (\\HasNoChildren \\Trash) \".\" Trash\r\n", "\\Junk"), None);
         assert_eq!(list_mailbox_with(b"* LSUB (\\Junk) \".\" Junk\r\n", "\\Junk"), None);
         assert_eq!(list_mailbox_with(b"garbage", "\\Junk"), None);
