@@ -30,7 +30,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Proxy, Rng, env_usize};
+use common::{Proxy, Rng, cpu_secs, env_usize};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use notifier::Notifier;
 use provider::{Provider, ProviderOptions};
@@ -183,11 +183,11 @@ fn compression() {
                     c.deflate();
                 }
                 c.command("b", "SELECT INBOX");
-                let (cpu, wire_in, plain_in) = (proxy.cpu_secs(), c.wire_in, c.plain_in);
+                let (cpu, wire_in, plain_in) = (cpu_secs(proxy.pid()), c.wire_in, c.plain_in);
                 let started = Instant::now();
                 c.command("f", "UID FETCH 1:* BODY.PEEK[]");
                 let secs = started.elapsed().as_secs_f64();
-                let cpu = proxy.cpu_secs() - cpu;
+                let cpu = cpu_secs(proxy.pid()) - cpu;
                 let (wire, plain) = (c.wire_in - wire_in, c.plain_in - plain_in);
                 if timed {
                     println!(

@@ -139,6 +139,11 @@ fn devices_are_notified_of_new_mail_with_no_client_connected_but_not_of_own_mail
     tokens.sort();
     assert_eq!(tokens, [PHONE, TABLET]);
     assert!(posts.iter().all(|p| p.path == "/notify"));
+    // The raw token is the whole body, as Delta Chat's notifier expects (no JSON, no form).
+    for p in &posts {
+        assert_eq!(p.headers.get("content-length"), Some(&p.token.len().to_string()), "{p:?}");
+        assert!(!p.headers.contains_key("content-type"), "{p:?}");
+    }
     eprintln!("delivery -> notifier: {:?}", posts[1].at.duration_since(delivered));
 
     // Her own mail (her other device's copy) wakes nobody.

@@ -40,6 +40,9 @@ _coi__proxy() {
             coi__proxy,setup)
                 cmd="coi__proxy__subcmd__setup"
                 ;;
+            coi__proxy__subcmd__cert,create)
+                cmd="coi__proxy__subcmd__cert__subcmd__create"
+                ;;
             coi__proxy__subcmd__cert,export)
                 cmd="coi__proxy__subcmd__cert__subcmd__export"
                 ;;
@@ -49,6 +52,12 @@ _coi__proxy() {
             coi__proxy__subcmd__cert,install)
                 cmd="coi__proxy__subcmd__cert__subcmd__install"
                 ;;
+            coi__proxy__subcmd__cert,rotate)
+                cmd="coi__proxy__subcmd__cert__subcmd__rotate"
+                ;;
+            coi__proxy__subcmd__cert__subcmd__help,create)
+                cmd="coi__proxy__subcmd__cert__subcmd__help__subcmd__create"
+                ;;
             coi__proxy__subcmd__cert__subcmd__help,export)
                 cmd="coi__proxy__subcmd__cert__subcmd__help__subcmd__export"
                 ;;
@@ -57,6 +66,9 @@ _coi__proxy() {
                 ;;
             coi__proxy__subcmd__cert__subcmd__help,install)
                 cmd="coi__proxy__subcmd__cert__subcmd__help__subcmd__install"
+                ;;
+            coi__proxy__subcmd__cert__subcmd__help,rotate)
+                cmd="coi__proxy__subcmd__cert__subcmd__help__subcmd__rotate"
                 ;;
             coi__proxy__subcmd__generate,all)
                 cmd="coi__proxy__subcmd__generate__subcmd__all"
@@ -106,11 +118,17 @@ _coi__proxy() {
             coi__proxy__subcmd__help,setup)
                 cmd="coi__proxy__subcmd__help__subcmd__setup"
                 ;;
+            coi__proxy__subcmd__help__subcmd__cert,create)
+                cmd="coi__proxy__subcmd__help__subcmd__cert__subcmd__create"
+                ;;
             coi__proxy__subcmd__help__subcmd__cert,export)
                 cmd="coi__proxy__subcmd__help__subcmd__cert__subcmd__export"
                 ;;
             coi__proxy__subcmd__help__subcmd__cert,install)
                 cmd="coi__proxy__subcmd__help__subcmd__cert__subcmd__install"
+                ;;
+            coi__proxy__subcmd__help__subcmd__cert,rotate)
+                cmd="coi__proxy__subcmd__help__subcmd__cert__subcmd__rotate"
                 ;;
             coi__proxy__subcmd__help__subcmd__generate,all)
                 cmd="coi__proxy__subcmd__help__subcmd__generate__subcmd__all"
@@ -185,7 +203,7 @@ _coi__proxy() {
 
     case "${cmd}" in
         coi__proxy)
-            opts="-c -h -V --config --upstream --state-dir --log-format --help --version run check cert queue setup profile generate help"
+            opts="-c -h -V --config --state-dir --upstream --log-format --help --version run check cert queue setup profile generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -199,11 +217,11 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
+                --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --state-dir)
+                --upstream)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -219,7 +237,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__cert)
-            opts="-c -h --config --upstream --state-dir --log-format --help export install help"
+            opts="-c -h --config --state-dir --help export install create rotate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -233,16 +251,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -252,8 +262,8 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        coi__subcmd__proxy__subcmd__cert__subcmd__export)
-            opts="-c -h --config --upstream --state-dir --log-format --help"
+        coi__subcmd__proxy__subcmd__cert__subcmd__create)
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -267,16 +277,34 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__cert__subcmd__export)
+            opts="-c -h --config --state-dir --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -287,8 +315,22 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__cert__subcmd__help)
-            opts="export install help"
+            opts="export install create rotate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__cert__subcmd__help__subcmd__create)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -342,8 +384,22 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        coi__subcmd__proxy__subcmd__cert__subcmd__help__subcmd__rotate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         coi__subcmd__proxy__subcmd__cert__subcmd__install)
-            opts="-c -h --dry-run --config --upstream --state-dir --log-format --help"
+            opts="-c -h --dry-run --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -357,16 +413,38 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__cert__subcmd__rotate)
+            opts="-c -h --overlap-days --config --state-dir --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --overlap-days)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -377,12 +455,16 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__check)
-            opts="-c -h --offline --config --upstream --state-dir --log-format --help"
+            opts="-c -h --upstream --offline --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --upstream)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -391,16 +473,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -411,7 +485,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__generate)
-            opts="-c -h --config --upstream --state-dir --log-format --help man completions all help"
+            opts="-c -h --config --state-dir --help man completions all help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -425,16 +499,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -445,7 +511,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__generate__subcmd__all)
-            opts="-c -h --config --upstream --state-dir --log-format --help"
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -459,16 +525,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -479,7 +537,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__generate__subcmd__completions)
-            opts="-c -h --config --upstream --state-dir --log-format --help bash elvish fish powershell zsh"
+            opts="-c -h --config --state-dir --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -493,16 +551,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -583,7 +633,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__generate__subcmd__man)
-            opts="-c -h --config --upstream --state-dir --log-format --help"
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -597,16 +647,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -631,8 +673,22 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__help__subcmd__cert)
-            opts="export install"
+            opts="export install create rotate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__help__subcmd__cert__subcmd__create)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -659,6 +715,20 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__help__subcmd__cert__subcmd__install)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__help__subcmd__cert__subcmd__rotate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -883,7 +953,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__profile)
-            opts="-c -h --config --upstream --state-dir --log-format --help apple thunderbird help"
+            opts="-c -h --config --state-dir --help apple thunderbird help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -897,16 +967,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -917,7 +979,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__profile__subcmd__apple)
-            opts="-c -h --address --host --config --upstream --state-dir --log-format --help"
+            opts="-c -h --address --host --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -939,16 +1001,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1015,7 +1069,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__profile__subcmd__thunderbird)
-            opts="-c -h --address --host --config --upstream --state-dir --log-format --help"
+            opts="-c -h --address --host --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1037,16 +1091,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1057,7 +1103,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__queue)
-            opts="-c -h --config --upstream --state-dir --log-format --help list retry drop help"
+            opts="-c -h --config --state-dir --help list retry drop help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1071,16 +1117,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1091,7 +1129,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__queue__subcmd__drop)
-            opts="-c -h --config --upstream --state-dir --log-format --help"
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1105,16 +1143,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1195,7 +1225,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__queue__subcmd__list)
-            opts="-c -h --config --upstream --state-dir --log-format --help"
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1209,16 +1239,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1229,7 +1251,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__queue__subcmd__retry)
-            opts="-c -h --config --upstream --state-dir --log-format --help"
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1243,16 +1265,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1263,12 +1277,20 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__run)
-            opts="-c -h --trace-protocol --config --upstream --state-dir --log-format --help"
+            opts="-c -h --upstream --log-format --trace-protocol --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --upstream)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1277,16 +1299,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1297,7 +1311,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__setup)
-            opts="-c -h --password-stdin --dry-run --login --ca-file --timeout --dns --autoconfig-url --config --upstream --state-dir --log-format --help"
+            opts="-c -h --password-stdin --dry-run --login --ca-file --timeout --dns --autoconfig-url --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1331,16 +1345,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -145,13 +145,18 @@ async fn post(url: &str, token: &Secret) -> Outcome {
     }
 }
 
+/// Why no HTTP client could be built (the platform's trust store, or reqwest's setup).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot set up HTTPS to the notifier: {0}")]
+pub struct ClientError(Arc<dyn std::error::Error + Send + Sync>);
+
 /// One HTTP client for every notification (its connection pool keeps the connection to the
 /// notifier open): platform trust, no redirects, no proxy from the environment.
-fn client() -> Result<&'static reqwest::Client, String> {
-    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+fn client() -> Result<&'static reqwest::Client, ClientError> {
+    static CLIENT: OnceLock<Result<reqwest::Client, ClientError>> = OnceLock::new();
     CLIENT
         .get_or_init(|| {
-            let tls = crate::tls::UpstreamTls::default().config(None).map_err(|e| e.to_string())?;
+            let tls = crate::tls::UpstreamTls::default().config(None).map_err(|e| ClientError(Arc::new(e)))?;
             let mut tls = (*tls).clone();
             tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             reqwest::Client::builder()
@@ -160,7 +165,7 @@ fn client() -> Result<&'static reqwest::Client, String> {
                 .no_proxy()
                 .connect_timeout(Duration::from_secs(10))
                 .build()
-                .map_err(|e| e.to_string())
+                .map_err(|e| ClientError(Arc::new(e)))
         })
         .as_ref()
         .map_err(Clone::clone)

@@ -74,7 +74,7 @@ pub async fn start(
         return Ok(Vec::new());
     }
     let queue = Queue::new(shared.clone());
-    let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue });
+    let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue, waits: Default::default() });
     let mut tasks = Vec::new();
     for (addr, kind) in wanted {
         let label = match kind {
@@ -170,7 +170,7 @@ async fn serve(
 
 async fn run(
     ctx: &Smtp,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
     listener: Listener,
     refused: Option<Refused>,
@@ -179,10 +179,13 @@ async fn run(
     let shared = &ctx.shared;
     let mut stream = match listener.kind {
         Kind::Smtps => {
+            if let Some(outcome) = plain_client_on_tls_port(shared, &mut tcp, &listener).await {
+                return outcome;
+            }
             match tokio::time::timeout(shared.config().limits.login_timeout(), shared.acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => Stream::ServerTls(Box::new(tls)),
                 Ok(Err(e)) => return format!("TLS handshake failed: {e}"),
-                Err(_) => return "TLS handshake timed out".into(),
+                Err(_) => return "TLS handshake timed out (the client sent its hello, then stopped)".into(),
             }
         }
         Kind::Smtp => Stream::Plain(tcp),
@@ -206,6 +209,7 @@ async fn run(
     );
     let mut buf = vec![0u8; READ_CHUNK];
     let mut queued = 0u32;
+    let mut first_read = !stream.is_tls();
     loop {
         match session.next_event() {
             Event::NeedInput => {
@@ -226,6 +230,15 @@ async fn run(
                         } else {
                             format!("client closed the connection; {queued} message(s) queued")
                         };
+                    }
+                    Ok(Ok(n)) if std::mem::take(&mut first_read) && crate::net::is_tls_hello(&buf[..n]) => {
+                        // The client is set to SSL/TLS for this STARTTLS port; it has read our
+                        // plain greeting as a broken TLS record and shows a TLS error.
+                        warn!(
+                            "client started TLS on the plain SMTP port {}; set the client to STARTTLS here, or to SSL/TLS on the smtps port",
+                            listener.addr
+                        );
+                        return "TLS spoken on the plain port".into();
                     }
                     Ok(Ok(n)) => session.feed(&buf[..n]),
                     Ok(Err(e)) => return format!("client connection failed: {e}"),
@@ -248,7 +261,7 @@ async fn run(
                         // Slows down password guessing, as on the IMAP side.
                         tokio::time::sleep(delay).await;
                     }
-                    AuthResult::Unavailable(_) => info!(login, "login not checked: {result:?}"),
+                    AuthResult::Unavailable(why) => info!(login, "login not checked: {why}"),
                 }
                 password.wipe();
                 session.auth_result(result);
@@ -282,6 +295,35 @@ async fn run(
             }
         }
     }
+}
+
+/// On the implicit-TLS port, a client that speaks plain text or waits for a greeting is set to
+/// STARTTLS (or no security): it gets a plain `554` that says so at once, instead of a TLS
+/// handshake that never starts. `None` when the client did start TLS.
+async fn plain_client_on_tls_port(shared: &Context, tcp: &mut TcpStream, listener: &Listener) -> Option<String> {
+    use crate::net::FirstBytes;
+    let what = match crate::net::first_bytes(tcp, crate::net::TLS_HELLO_WAIT).await {
+        FirstBytes::TlsHello => return None,
+        FirstBytes::Closed => return Some("client left before the TLS handshake".into()),
+        FirstBytes::Text => "spoke plain text".to_string(),
+        FirstBytes::Silent => {
+            format!(
+                "sent no TLS hello within {} s (it waits for a plain greeting)",
+                crate::net::TLS_HELLO_WAIT.as_secs()
+            )
+        }
+    };
+    let starttls = match shared.config().listen.smtp.filter(|a| a.port() != 0) {
+        Some(addr) => format!(", or to STARTTLS on port {}", addr.port()),
+        None => String::new(),
+    };
+    warn!("client {what} on the implicit-TLS SMTP port {}; set the client to SSL/TLS here{starttls}", listener.addr);
+    let reply = format!(
+        "554 5.7.0 This port expects TLS from the first byte: set your mail client to SSL/TLS for it{starttls}\r\n"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(reply.as_bytes())).await;
+    let _ = tcp.shutdown().await;
+    Some(format!("plain text on the implicit-TLS port (the client {what})"))
 }
 
 async fn flush(stream: &mut Stream, session: &mut Session) -> std::io::Result<()> {

@@ -50,6 +50,9 @@ pub struct ProviderOptions {
     pub password: Option<String>,
     /// Dovecot's `mail_max_userip_connections` (default 100), for many sessions per user.
     pub max_conns: Option<u32>,
+    /// Sessions one Dovecot imap process serves (default 1), so that 10,000 sessions need
+    /// hundreds of processes rather than 10,000.
+    pub imap_client_limit: Option<u32>,
 }
 
 /// A running provider; everything listens on 127.0.0.1.
@@ -133,6 +136,9 @@ impl Provider {
         }
         if let Some(max_conns) = opts.max_conns {
             cmd.arg("--max-conns").arg(max_conns.to_string());
+        }
+        if let Some(limit) = opts.imap_client_limit {
+            cmd.arg("--imap-client-limit").arg(limit.to_string());
         }
         let state_dir = make_state_dir();
         cmd.arg(&state_dir);
