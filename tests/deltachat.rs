@@ -57,7 +57,9 @@ fn chat_mail_the_provider_files_in_junk_reaches_delta_chat() {
     let provider = Provider::start();
     let proxy = Proxy::builder()
         .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
-        .extra("[deltachat]\ncomment = \"coi-proxy test server\"\n")
+        // Junk looked at every 2 s (60 s by default) while the worker idles in INBOX; without the
+        // rescue (rescue_junk = false) Delta Chat does not get the message within 60 s.
+        .extra("[coi]\njunk_poll_secs = 2\n[deltachat]\ncomment = \"coi-proxy test server\"\n")
         .start();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deltachat/dc_chat.py");
     let out = Command::new("python3")
