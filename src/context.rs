@@ -11,7 +11,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::account::{Accounts, Credentials};
 use crate::config::Config;
-use crate::limits::{AuthFailures, Sessions};
+use crate::limits::Sessions;
+use crate::limits::logins::Logins;
 use crate::store::Store;
 use crate::tls::UpstreamTls;
 
@@ -28,8 +29,8 @@ pub struct Context {
     pub accounts: Accounts,
     /// Open sessions (IMAP and SMTP) per client address, for `[limits] max_sessions*`.
     pub sessions: Sessions,
-    /// Recent failed logins per client address, for the delay before answering one.
-    pub auth_failures: AuthFailures,
+    /// The login gate: back-off per client address and per account, verified passwords.
+    pub logins: Logins,
     /// Turns true when the daemon shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// Asks the worker supervisor for an account's worker.
@@ -69,7 +70,7 @@ impl Context {
             store,
             accounts: Accounts::default(),
             sessions: Sessions::default(),
-            auth_failures: AuthFailures::default(),
+            logins: Logins::default(),
             shutdown,
             workers: Workers(workers),
             receipts: Receipts(receipts),

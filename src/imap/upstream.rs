@@ -20,6 +20,7 @@ use crate::imap::wire::capability;
 use crate::imap::wire::command;
 use crate::imap::wire::provider::{ProviderCommands, ProviderError, Reply};
 use crate::net::{NetError, Phase, Stream, TlsProblem, tcp_connect, tls_handshake};
+use crate::provider_profile::{Facts, ProviderProfile};
 use crate::secret::Secret;
 use crate::store::StoreError;
 use crate::tls::UpstreamTls;
@@ -78,6 +79,8 @@ pub enum OwnWorkError {
     Refused { command: &'static str, status: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("moving chat messages: {0}")]
+    Move(#[from] crate::provider_profile::move_plan::MoveError),
 }
 
 impl From<UpstreamError> for ProviderError {
@@ -93,6 +96,8 @@ pub struct Upstream {
     pub server: ServerUrl,
     /// Bytes on the wire once COMPRESS=DEFLATE is on ([`Upstream::compress`]).
     pub compressed: Option<Arc<Counters>>,
+    /// The greeting line: part of what the provider profile is decided from.
+    pub greeting: String,
     next_tag: u64,
 }
 
@@ -158,6 +163,7 @@ impl Upstream {
             capabilities: Vec::new(),
             server: server.clone(),
             compressed: None,
+            greeting: String::new(),
             next_tag: SESSION_TAGS.fetch_add(1, Ordering::Relaxed) * 1000,
         };
         let greeting = up.read_response().await.map_err(|e| match e {
@@ -170,6 +176,7 @@ impl Upstream {
             let detail = String::from_utf8_lossy(&greeting[..greeting.len().min(200)]).trim_end().to_string();
             return Err(UpstreamError::Greeting { server: name, detail });
         }
+        up.greeting = String::from_utf8_lossy(&greeting[..greeting.len().min(300)]).trim_end().to_owned();
         up.capabilities =
             capability::find_in_response(&greeting).map(|r| capability::parse_list(&greeting[r])).unwrap_or_default();
         if server.security == Security::StartTls {
@@ -217,6 +224,17 @@ impl Upstream {
         }
     }
 
+    /// What the proxy must do differently on this provider, from its host, greeting and
+    /// current capabilities (call after login: the post-login list counts).
+    pub fn profile(&self) -> ProviderProfile {
+        ProviderProfile::decide(&Facts {
+            host: &self.server.host,
+            greeting: &self.greeting,
+            capabilities: &self.capabilities,
+            ..Facts::default()
+        })
+    }
+
     /// A fresh tag in the proxy's own tag space.
     pub fn tag(&mut self) -> String {
         self.next_tag += 1;
@@ -225,6 +243,25 @@ impl Upstream {
 
     pub fn has(&self, cap: &str) -> bool {
         self.capabilities.iter().any(|c| c.eq_ignore_ascii_case(cap))
+    }
+
+    /// Tells the provider, before the login, which address the client connects from (RFC 2971
+    /// `ID` with Dovecot's `x-originating-ip`): a provider that trusts the proxy then counts a
+    /// failed login against the client's address, not the proxy's. Nothing is sent to a
+    /// provider without `ID`; its answer does not matter (others ignore the fields).
+    pub async fn identify_client(&mut self, client: std::net::SocketAddr) -> Result<(), UpstreamError> {
+        if !self.has("ID") {
+            return Ok(());
+        }
+        let tag = self.tag();
+        let cmd = format!(
+            "{tag} ID (\"x-originating-ip\" \"{}\" \"x-originating-port\" \"{}\")\r\n",
+            client.ip().to_canonical(),
+            client.port()
+        );
+        self.send(cmd.as_bytes()).await?;
+        self.read_tagged(&tag).await?;
+        Ok(())
     }
 
     /// Logs in with AUTHENTICATE PLAIN where offered (one base64 line; no quoting pitfalls),
@@ -430,7 +467,7 @@ impl ProviderCommands for Upstream {
         let prefix = format!("{tag} ");
         let full = [tag.as_bytes(), b" ", command].concat();
         let mut untagged = Vec::new();
-        let captured = |resp: &[u8]| capture.iter().any(|p| starts_with_ci(resp, p));
+        let captured = |resp: &[u8]| crate::imap::wire::provider::captures(capture, resp);
         // Sent up to `sent`; literal announcements are looked for from `search` on (never in a
         // literal's data). At each synchronizing one, the provider's `+` is awaited.
         let (mut sent, mut search) = (0, 0);
@@ -475,10 +512,6 @@ impl ProviderCommands for Upstream {
             }
         }
     }
-}
-
-fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
-    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 #[cfg(test)]

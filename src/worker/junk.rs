@@ -2,23 +2,26 @@
 //! chat client looks (INBOX, or Chats in `active` mode). Delta Chat watches INBOX only, so a
 //! chat message that Gmail or Outlook call spam is otherwise never seen.
 //!
-//! The worker keeps INBOX selected and in IDLE; Junk is looked at with one `STATUS (UIDNEXT
-//! UIDVALIDITY)` each time the worker wakes, and at least every `[coi] junk_poll_secs` (the
-//! IDLE is renewed that often): one small exchange per minute per account by default, and a
-//! rescue at most that long after the provider filed the message (at once when other mail
-//! wakes the worker). Only when UIDNEXT moved is Junk selected, its new messages' header fields
-//! fetched and classified (`coi::classify`, as for INBOX), the chat ones moved, and INBOX
-//! selected again. (NOTIFY, RFC 5465, could report Junk during IDLE, but few providers offer
-//! it; STATUS works everywhere.)
+//! The worker keeps INBOX open (EXAMINEd, see `account`) and in IDLE; Junk is looked at with one
+//! `STATUS (UIDNEXT UIDVALIDITY)` each time the worker wakes, and at least every `[coi]
+//! junk_poll_secs` (the IDLE is renewed that often): one small exchange per minute per account
+//! by default, and a rescue at most that long after the provider filed the message (at once
+//! when other mail wakes the worker). Only when UIDNEXT moved is Junk EXAMINEd, its new
+//! messages' header fields fetched and classified (`coi::classify`, as for INBOX); only when
+//! some are chat mail is it SELECTed, to move them the provider profile's way (`MovePlan`).
+//! Then INBOX is opened again as the worker watches it. (Where UIDs change between EXAMINE and
+//! SELECT, imap4d, Junk is SELECTed at once.) (NOTIFY, RFC 5465, could report Junk during IDLE,
+//! but few providers offer it; STATUS works everywhere.)
 
 use tracing::{debug, info, warn};
 
-use super::account::{FetchItem, move_uids};
+use super::account::{FetchItem, open_inbox, run_plan};
 use crate::coi::classify::{self, ChatHeaders, FIELDS};
 use crate::context::Context;
 use crate::imap::upstream::{OwnWorkError, Upstream};
 use crate::imap::wire::command;
 use crate::imap::wire::response::{list_mailbox_with, status_number};
+use crate::provider_profile::move_plan::MovePlan;
 
 /// On the first look, at most this many of Junk's newest messages are classified.
 const FIRST_LOOK: u32 = 200;
@@ -64,8 +67,8 @@ impl Junk {
         }
     }
 
-    /// Looks at Junk and moves its new chat messages to `target`; INBOX is selected again after.
-    /// How many were rescued.
+    /// Looks at Junk and moves its new chat messages to `target`; INBOX is opened again after,
+    /// EXAMINEd (or SELECTed where the profile watches it so). How many were rescued.
     pub(super) async fn check(
         &mut self,
         shared: &Context,
@@ -94,13 +97,8 @@ impl Junk {
         }
         let rescued = self.rescue(shared, login, up, &quoted, target).await;
         // Back to INBOX, whatever happened in Junk.
-        let (_, status) = up.command(b"SELECT INBOX\r\n").await?;
-        if !status.starts_with(b"OK") {
-            return Err(OwnWorkError::Refused {
-                command: "SELECT INBOX",
-                status: String::from_utf8_lossy(&status).trim_end().into(),
-            });
-        }
+        let watch = if up.profile().examine_uids_stable { "EXAMINE" } else { "SELECT" };
+        open_inbox(up, watch).await?;
         self.next_uid = uidnext;
         rescued
     }
@@ -113,9 +111,9 @@ impl Junk {
         quoted: &str,
         target: &str,
     ) -> Result<usize, OwnWorkError> {
-        let (_, status) = up.command(format!("SELECT {quoted}\r\n").as_bytes()).await?;
-        if !status.starts_with(b"OK") {
-            warn!(junk = %self.name, "cannot select Junk: {}", String::from_utf8_lossy(&status).trim_end());
+        // Read-only while looking: a SELECT would take the `\Recent` flags of the user's clients.
+        let stable = up.profile().examine_uids_stable;
+        if !self.open(up, quoted, if stable { "EXAMINE" } else { "SELECT" }).await? {
             return Ok(0);
         }
         let cmd = format!("UID FETCH {}:* (UID FLAGS BODY.PEEK[HEADER.FIELDS ({FIELDS})])\r\n", self.next_uid);
@@ -133,13 +131,32 @@ impl Junk {
         if chat.is_empty() {
             return Ok(0);
         }
-        if move_uids(up, &chat, target).await?.is_none() {
+        if stable && !self.open(up, quoted, "SELECT").await? {
             return Ok(0);
+        }
+        let plan = MovePlan::new(up.profile().move_strategy, &chat, target, &[])?;
+        let (outcome, _) = run_plan(up, plan).await?;
+        if !outcome.pending.is_empty() {
+            info!(
+                count = outcome.pending.len(),
+                junk = %self.name,
+                "rescued chat messages were copied but wait in Junk, flagged \\Deleted: the user keeps \\Deleted \
+                 messages there and the provider has no UIDPLUS"
+            );
         }
         for uid in &chat {
             info!(uid, from = %self.name, to = %target, "rescued a chat message from Junk");
         }
         crate::metrics::junk_rescued(chat.len());
         Ok(chat.len())
+    }
+
+    /// EXAMINEs or SELECTs Junk; `false` (said in the log) when the provider refuses.
+    async fn open(&self, up: &mut Upstream, quoted: &str, how: &str) -> Result<bool, OwnWorkError> {
+        let (_, status) = up.command(format!("{how} {quoted}\r\n").as_bytes()).await?;
+        if !status.starts_with(b"OK") {
+            warn!(junk = %self.name, "cannot open Junk ({how}): {}", String::from_utf8_lossy(&status).trim_end());
+        }
+        Ok(status.starts_with(b"OK"))
     }
 }
