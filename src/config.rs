@@ -30,6 +30,7 @@ pub struct Config {
     pub push: Push,
     #[serde(default)]
     pub deltachat: DeltaChat,
+    #[serde(default)]
     pub autocrypt: Autocrypt,
     #[serde(default, rename = "account")]
     pub accounts: Vec<Account>,

@@ -176,7 +176,7 @@ async fn serve(
         if let Some(junk) = junk.as_mut().filter(|_| rescues(shared, account)) {
             // Rescued chat mail goes where the chat client looks; in INBOX it is new mail below.
             let target = if config.effective_filter() == Filter::Active { inbox.chats.clone() } else { "INBOX".into() };
-            junk.check(shared, login, &mut up, &target).await?;
+            junk.check(shared, identity, login, &mut up, &target).await?;
         }
         let before = inbox.next_uid;
         let filter = config.effective_filter();

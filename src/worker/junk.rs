@@ -1,6 +1,11 @@
 //! Spam rescue: chat mail that the provider filed in its Junk folder is moved back where the
 //! chat client looks (INBOX, or Chats in `active` mode). Delta Chat watches INBOX only, so a
-//! chat message that Gmail or Outlook call spam is otherwise never seen.
+//! chat message that Gmail or Outlook call spam is otherwise never seen. Chat mail is what
+//! `coi::classify` says (a `Chat-Version` header, or a reply to a known chat), and any mail
+//! whose `From` is a verified contact of the account (SecureJoin, or gossip from one: the
+//! OpenPGP gateway's peer store). The `From` is not checked against a signature here (the
+//! worker reads header fields only): a spammer who knows whom the user verified can have one
+//! message rescued per forged sender, as with a reply to a known chat.
 //!
 //! The worker keeps INBOX open (EXAMINEd, see `account`) and in IDLE; Junk is looked at with one
 //! `STATUS (UIDNEXT UIDVALIDITY)` each time the worker wakes, and at least every `[coi]
@@ -21,6 +26,7 @@ use crate::context::Context;
 use crate::imap::upstream::{OwnWorkError, Upstream};
 use crate::imap::wire::command;
 use crate::imap::wire::response::{list_mailbox_with, status_number};
+use crate::openpgp::identity::Identity;
 use crate::provider_profile::move_plan::MovePlan;
 
 /// On the first look, at most this many of Junk's newest messages are classified.
@@ -72,6 +78,7 @@ impl Junk {
     pub(super) async fn check(
         &mut self,
         shared: &Context,
+        identity: Option<&Identity>,
         login: &str,
         up: &mut Upstream,
         target: &str,
@@ -95,7 +102,7 @@ impl Junk {
         if uidnext <= self.next_uid {
             return Ok(0);
         }
-        let rescued = self.rescue(shared, login, up, &quoted, target).await;
+        let rescued = self.rescue(shared, identity, login, up, &quoted, target).await;
         // Back to INBOX, whatever happened in Junk.
         let watch = if up.profile().examine_uids_stable { "EXAMINE" } else { "SELECT" };
         open_inbox(up, watch).await?;
@@ -106,6 +113,7 @@ impl Junk {
     async fn rescue(
         &mut self,
         shared: &Context,
+        identity: Option<&Identity>,
         login: &str,
         up: &mut Upstream,
         quoted: &str,
@@ -123,9 +131,13 @@ impl Junk {
             if item.uid < self.next_uid {
                 continue;
             }
-            let headers = ChatHeaders::parse(&item.header);
-            if classify::is_chat(&headers, |id| shared.store.is_chat_id(login, id).unwrap_or(false)) {
-                chat.push(item.uid);
+            let is_chat =
+                |h: &ChatHeaders| classify::is_chat(h, |id| shared.store.is_chat_id(login, id).unwrap_or(false));
+            let verified = |addr: &str| {
+                identity.is_some_and(|i| i.peer(login, addr).ok().flatten().is_some_and(|p| p.verified.is_some()))
+            };
+            if let Some(why) = why_rescue(&item.header, is_chat, verified) {
+                chat.push((item.uid, why));
             }
         }
         if chat.is_empty() {
@@ -134,7 +146,8 @@ impl Junk {
         if stable && !self.open(up, quoted, "SELECT").await? {
             return Ok(0);
         }
-        let plan = MovePlan::new(up.profile().move_strategy, &chat, target, &[])?;
+        let uids: Vec<u32> = chat.iter().map(|c| c.0).collect();
+        let plan = MovePlan::new(up.profile().move_strategy, &uids, target, &[])?;
         let (outcome, _) = run_plan(up, plan).await?;
         if !outcome.pending.is_empty() {
             info!(
@@ -144,8 +157,8 @@ impl Junk {
                  messages there and the provider has no UIDPLUS"
             );
         }
-        for uid in &chat {
-            info!(uid, from = %self.name, to = %target, "rescued a chat message from Junk");
+        for (uid, why) in &chat {
+            info!(uid, from = %self.name, to = %target, why = why.as_str(), "rescued a message from Junk");
         }
         crate::metrics::junk_rescued(chat.len());
         Ok(chat.len())
@@ -158,5 +171,71 @@ impl Junk {
             warn!(junk = %self.name, "cannot open Junk ({how}): {}", String::from_utf8_lossy(&status).trim_end());
         }
         Ok(status.starts_with(b"OK"))
+    }
+}
+
+/// Why a message in Junk is rescued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// Chat mail (`coi::classify`).
+    Chat,
+    /// Its `From` is a verified contact of the account.
+    VerifiedPeer,
+}
+
+impl Why {
+    fn as_str(self) -> &'static str {
+        match self {
+            Why::Chat => "chat mail",
+            Why::VerifiedPeer => "from a verified contact",
+        }
+    }
+}
+
+/// Whether the message with these header fields leaves Junk: chat mail (`is_chat`), or mail
+/// whose `From` address `verified` says is a verified contact. `None`: it stays.
+fn why_rescue(
+    header: &[u8],
+    is_chat: impl FnOnce(&ChatHeaders) -> bool,
+    verified: impl FnOnce(&str) -> bool,
+) -> Option<Why> {
+    if is_chat(&ChatHeaders::parse(header)) {
+        return Some(Why::Chat);
+    }
+    let from = crate::mail::fields(header)
+        .into_iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("from"))
+        .and_then(|(_, value)| crate::mail::address(&value))?;
+    verified(&from).then_some(Why::VerifiedPeer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: &[u8] = b"Chat-Version: 1.0\r\nFrom: Spam <spam@example.net>\r\n\r\n";
+    const PLAIN: &[u8] = b"Subject: hi\r\nFrom: \"Bob B.\" <Bob@Example.net>\r\n\r\n";
+
+    fn classify(h: &ChatHeaders) -> bool {
+        h.chat_version
+    }
+
+    #[test]
+    fn chat_mail_and_mail_from_verified_contacts_leave_junk() {
+        assert_eq!(why_rescue(CHAT, classify, |_| false), Some(Why::Chat));
+        // The address as the store keys it is the peer store's to canonicalise: it gets the
+        // address as written.
+        let mut asked = String::new();
+        assert_eq!(
+            why_rescue(PLAIN, classify, |a| {
+                asked = a.to_string();
+                true
+            }),
+            Some(Why::VerifiedPeer)
+        );
+        assert!(asked.eq_ignore_ascii_case("bob@example.net"), "{asked}");
+        assert_eq!(why_rescue(PLAIN, classify, |_| false), None, "a known but unverified sender stays");
+        assert_eq!(why_rescue(b"Subject: no sender\r\n\r\n", classify, |_| true), None, "no From: stays");
+        assert_eq!(why_rescue(b"From: not an address\r\n\r\n", classify, |_| true), None);
     }
 }
