@@ -82,7 +82,7 @@ fn chat_mail_the_provider_files_in_junk_reaches_delta_chat() {
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON report");
     assert_eq!(report["junk_left"], 0, "{report}");
     assert_eq!(report["server_comment"], "\"coi-proxy test server\"", "Delta Chat read the proxy's METADATA: {report}");
-    assert_eq!(proxy.log().matches("rescued a chat message from Junk").count(), 1, "{}", proxy.log());
+    assert_eq!(proxy.log().matches("rescued a message from Junk").count(), 1, "{}", proxy.log());
 }
 
 #[test]

@@ -177,6 +177,10 @@ async fn serve(
             // Rescued chat mail goes where the chat client looks; in INBOX it is new mail below.
             let target = if config.effective_filter() == Filter::Active { inbox.chats.clone() } else { "INBOX".into() };
             junk.check(shared, identity, login, &mut up, &target).await?;
+            // Mail delivered to INBOX while Junk was looked at may be in no view a FETCH reads
+            // (its `* n EXISTS` went by with the STATUS, and IDLE does not report it again):
+            // a NOOP brings the view up to date, as after IDLE.
+            up.command(b"NOOP\r\n").await?;
         }
         let before = inbox.next_uid;
         let filter = config.effective_filter();
