@@ -52,7 +52,9 @@ fuzz_target!(|data: &[u8]| {
         if policy.deadline().is_some_and(|d| d <= now) {
             policy.tick(now);
         }
-        let wants = |name| matches!(name, CommandName::GetMetadata | CommandName::SetMetadata | CommandName::Create);
+        let wants = |name, _uid: bool, _line: &[u8]| {
+            matches!(name, CommandName::GetMetadata | CommandName::SetMetadata | CommandName::Create)
+        };
         while let Some(step) = policy.client_input(&client, now, wants) {
             assert!(step.len > 0 && step.len <= client.len());
             client.drain(..step.len);
