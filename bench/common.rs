@@ -27,19 +27,32 @@ pub struct Proxy {
     dir: tempfile::TempDir,
 }
 
+/// Warnings only, so logging costs nothing per session; the servers' own info lines give the
+/// listening ports.
+const QUIET: &str = "warn,coi_proxy::app=info,coi_proxy::smtp::server=info";
+
 impl Proxy {
     /// Starts the proxy; `config` is the proxy.toml after `state_dir` (the `[upstream]`,
     /// `[listen]` and `[limits]` tables). Listeners should use port 0.
     pub fn start(config: &str) -> Proxy {
+        Self::start_logging(config, QUIET)
+    }
+
+    /// [`Proxy::start`] with another `RUST_LOG` filter (it must keep `coi_proxy::app=info`).
+    pub fn start_logging(config: &str, filter: &str) -> Proxy {
         // `COI_PROXY_BIN` runs another build (e.g. the one before a change) under the same bench.
         match std::env::var_os("COI_PROXY_BIN").filter(|b| !b.is_empty()) {
-            Some(binary) => Proxy::start_binary(Path::new(&binary), config),
-            None => Proxy::start_binary(Path::new(env!("CARGO_BIN_EXE_coi-proxy")), config),
+            Some(binary) => Proxy::start_binary_logging(Path::new(&binary), config, filter),
+            None => Proxy::start_binary_logging(Path::new(env!("CARGO_BIN_EXE_coi-proxy")), config, filter),
         }
     }
 
     /// Like [`Proxy::start`] with another build of coi-proxy, to compare two in one run.
     pub fn start_binary(binary: &Path, config: &str) -> Proxy {
+        Self::start_binary_logging(binary, config, QUIET)
+    }
+
+    fn start_binary_logging(binary: &Path, config: &str, filter: &str) -> Proxy {
         let dir = tempfile::Builder::new().prefix("coi-proxy-bench.").tempdir().expect("temp dir");
         let config_path = dir.path().join("proxy.toml");
         let log = dir.path().join("proxy.log");
@@ -51,9 +64,7 @@ impl Proxy {
             .arg("--config")
             .arg(&config_path)
             .arg("run")
-            // Warnings only, so logging costs nothing per session; the servers' own info lines
-            // give the listening ports.
-            .env("RUST_LOG", "warn,coi_proxy::app=info,coi_proxy::smtp::server=info")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).expect("create proxy.log"))

@@ -5,6 +5,7 @@
 //! never written anywhere.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -86,6 +87,9 @@ pub struct Account {
     pub nudge: Notify,
     /// What the worker decided about new INBOX messages (for the quiet INBOX).
     pub verdicts: watch::Sender<Verdicts>,
+    /// A chat client (`[coi] chat_clients`) logged in since start: its chat mail in Junk is
+    /// rescued by the worker (`[coi] rescue_junk`).
+    pub chat_client: AtomicBool,
 }
 
 impl Account {
@@ -122,6 +126,7 @@ impl Accounts {
                     config: watch::channel(CoiConfig::default()).0,
                     nudge: Notify::new(),
                     verdicts: watch::channel(Verdicts::default()).0,
+                    chat_client: AtomicBool::new(false),
                 })
             })
             .clone()

@@ -138,6 +138,8 @@ pub async fn run_with(
     let ctx = Arc::new(context);
     // The worker supervisor first: logins ask it for workers as soon as the listeners accept.
     let supervisor = tokio::spawn(crate::worker::supervise(ctx.clone(), receivers.workers, identity.clone()));
+    // Delta Chat push: the notifier and its retries (kept across restarts).
+    tokio::spawn(crate::deltachat::notifier::run(ctx.clone(), receivers.notify));
     // Every session holds a sender; when all are gone, every session has ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let mut listeners =

@@ -29,6 +29,8 @@ pub struct Config {
     #[serde(default)]
     pub push: Push,
     #[serde(default)]
+    pub deltachat: DeltaChat,
+    #[serde(default)]
     pub autocrypt: Autocrypt,
     #[serde(default, rename = "account")]
     pub accounts: Vec<Account>,
@@ -114,6 +116,15 @@ pub struct Coi {
     /// Largest METADATA value kept by the proxy, bytes.
     #[serde(default = "default_max_metadata_size")]
     pub max_metadata_size: u64,
+    /// Move chat mail the provider filed as spam (its `\Junk` folder) to INBOX (Chats in
+    /// `active` mode); the account worker looks at Junk each time it wakes.
+    #[serde(default = "default_true")]
+    pub rescue_junk: bool,
+    /// The Junk folder's name, for a provider that does not mark it `\Junk` (SPECIAL-USE).
+    pub junk_folder: Option<String>,
+    /// How often the worker looks at Junk at the latest (it looks each time it wakes), seconds.
+    #[serde(default = "default_junk_poll_secs")]
+    pub junk_poll_secs: u64,
 }
 
 impl Default for Coi {
@@ -122,6 +133,9 @@ impl Default for Coi {
     }
 }
 
+fn default_junk_poll_secs() -> u64 {
+    60
+}
 impl Coi {
     /// Whether a session whose client named itself `id_name` (IMAP `ID`) is a chat client: it
     /// is listed in `chat_clients` (Delta Chat by default). A chat client sees mail exactly as
@@ -338,6 +352,32 @@ fn default_push_timeout() -> u64 {
     10
 }
 
+/// What Delta Chat reads from a chatmail relay, served on any provider: push notifications
+/// through Delta Chat's notification service and the server's METADATA entries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaChat {
+    /// Where a new message's device tokens are POSTed; `""` turns Delta Chat push off. The
+    /// default is Delta Chat's public service (README: what it sees).
+    #[serde(default = "default_notifier_url")]
+    pub notifier_url: String,
+    /// `/shared/vendor/deltachat/maxsmtprecipients`: how many recipients Delta Chat puts on one
+    /// message (it splits larger groups). 50 is Delta Chat's own default for providers it does
+    /// not know, safe for ordinary providers (chatmail relays say 1000).
+    #[serde(default = "default_max_smtp_recipients")]
+    pub max_smtp_recipients: u32,
+    /// `/shared/comment`: a note about this server that Delta Chat shows in its account info.
+    pub comment: Option<String>,
+    /// `/shared/admin`: how to reach the admin (a `mailto:` URI), shown likewise.
+    pub admin: Option<String>,
+}
+
+impl Default for DeltaChat {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
 /// The OpenPGP gateway (issue 14): an OpenPGP key per account, Autocrypt and SecureJoin on the
 /// plain mail client's behalf, so that Delta Chat users can write to it.
 #[derive(Debug, Clone, Deserialize)]
@@ -358,6 +398,20 @@ impl Default for Autocrypt {
     fn default() -> Self {
         toml::from_str("").expect("defaults")
     }
+}
+
+impl DeltaChat {
+    /// Whether push is on (a notifier is set).
+    pub fn push(&self) -> bool {
+        !self.notifier_url.is_empty()
+    }
+}
+
+fn default_notifier_url() -> String {
+    "https://notifications.delta.chat/notify".into()
+}
+fn default_max_smtp_recipients() -> u32 {
+    50
 }
 
 impl Autocrypt {
@@ -488,6 +542,24 @@ pub fn default_config_paths() -> Vec<PathBuf> {
     paths
 }
 
+/// `https://…`, or `http://` to a loopback address (a notifier on this machine): device tokens
+/// never cross a network in the clear.
+fn check_notifier_url(text: &str) -> Result<(), &'static str> {
+    let url = url::Url::parse(text).map_err(|_| "not a URL (https://host/path, or \"\" to turn push off)")?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => return Err("the URL has no host"),
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err("http:// only to this machine (127.0.0.1, ::1, localhost); use https://"),
+        _ => Err("must be an https:// URL"),
+    }
+}
+
 /// A configuration problem, worded for the person who edits the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -603,6 +675,16 @@ impl Config {
                 "push.max_attempts".into(),
                 "push.max_attempts and push.timeout_secs must be at least 1".into(),
             ));
+        }
+        if self.deltachat.push() {
+            check_notifier_url(&self.deltachat.notifier_url)
+                .map_err(|e| ("deltachat.notifier_url".to_string(), e.to_string()))?;
+        }
+        if self.coi.junk_poll_secs == 0 {
+            return Err(("coi.junk_poll_secs".into(), "must be at least 1".into()));
+        }
+        if self.deltachat.max_smtp_recipients == 0 {
+            return Err(("deltachat.max_smtp_recipients".into(), "must be at least 1".into()));
         }
         if self.limits.autologout_secs < 30 * 60 {
             return Err(("limits.autologout_secs".into(), "RFC 3501 requires at least 1800 seconds".into()));
@@ -1029,6 +1111,27 @@ mod tests {
         assert!(l.plaintext_auth_allowed(&"127.0.0.1:1143".parse().unwrap()));
         assert!(!l.plaintext_auth_allowed(&"0.0.0.0:1143".parse().unwrap()));
         assert!(!l.plaintext_auth_allowed(&"192.0.2.1:1143".parse().unwrap()));
+    }
+
+    #[test]
+    fn deltachat_defaults_and_notifier_urls() {
+        let c = Config::defaults();
+        assert_eq!(c.deltachat.notifier_url, "https://notifications.delta.chat/notify");
+        assert_eq!(c.deltachat.max_smtp_recipients, 50);
+        assert!(c.deltachat.push() && c.coi.rescue_junk && c.coi.junk_folder.is_none());
+        assert!(!parse("[deltachat]\nnotifier_url = \"\"\n").unwrap().deltachat.push(), "\"\" turns push off");
+        assert!(parse("[deltachat]\nnotifier_url = \"http://127.0.0.1:8080/notify\"\n").is_ok());
+        assert!(parse("[deltachat]\nnotifier_url = \"http://[::1]/n\"\n").is_ok());
+        for bad in ["http://notify.example.org/n", "ftp://x/y", "notifications.delta.chat"] {
+            let err = parse(&format!("[deltachat]\nnotifier_url = \"{bad}\"\n")).unwrap_err().to_string();
+            assert!(err.contains("deltachat.notifier_url"), "{bad}: {err}");
+        }
+        let err = parse("[deltachat]\nmax_smtp_recipients = 0\n").unwrap_err().to_string();
+        assert!(err.contains("deltachat.max_smtp_recipients"), "{err}");
+        let c = parse("[deltachat]\ncomment = \"hi\"\nadmin = \"mailto:a@b\"\n[coi]\nrescue_junk = false\njunk_folder = \"Spam\"\n").unwrap();
+        assert_eq!((c.deltachat.comment.as_deref(), c.deltachat.admin.as_deref()), (Some("hi"), Some("mailto:a@b")));
+        assert!(!c.coi.rescue_junk);
+        assert_eq!(c.coi.junk_folder.as_deref(), Some("Spam"));
     }
 }
 

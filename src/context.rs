@@ -1,7 +1,7 @@
 //! What every edge and wing is handed: the configuration in force, the store, the accounts and
 //! their credentials, TLS towards providers and clients, the session caps, the shutdown signal,
 //! and the channels to the long-running tasks (the worker supervisor, the receipts agent, the
-//! queue's relay). Built once by `app`, which also starts the tasks that read the channels;
+//! queue's relay, the Delta Chat notifier). Built once by `app`, which also starts the tasks that read the channels;
 //! nothing here starts anything, so a wing that needs a worker asks for one and never spawns it.
 
 use std::sync::{Arc, RwLock};
@@ -39,6 +39,8 @@ pub struct Context {
     pub receipts: Receipts,
     /// Wakes the queue's relay task for a message.
     pub queue: QueueWake,
+    /// Tells the Delta Chat notifier about new mail for an account.
+    pub notify: Notify,
 }
 
 /// The other ends of the context's channels, for the tasks `app` starts.
@@ -46,6 +48,7 @@ pub struct Receivers {
     pub workers: mpsc::UnboundedReceiver<String>,
     pub receipts: mpsc::UnboundedReceiver<ReceiptJob>,
     pub queue: mpsc::UnboundedReceiver<(u64, String)>,
+    pub notify: mpsc::UnboundedReceiver<String>,
 }
 
 impl Context {
@@ -58,6 +61,7 @@ impl Context {
         let (workers, workers_rx) = mpsc::unbounded_channel();
         let (receipts, receipts_rx) = mpsc::unbounded_channel();
         let (queue, queue_rx) = mpsc::unbounded_channel();
+        let (notify, notify_rx) = mpsc::unbounded_channel();
         let context = Context {
             config: RwLock::new(Arc::new(config)),
             upstream_tls: UpstreamTls::default(),
@@ -71,8 +75,10 @@ impl Context {
             workers: Workers(workers),
             receipts: Receipts(receipts),
             queue: QueueWake(queue),
+            notify: Notify(notify),
         };
-        (context, Receivers { workers: workers_rx, receipts: receipts_rx, queue: queue_rx })
+        let receivers = Receivers { workers: workers_rx, receipts: receipts_rx, queue: queue_rx, notify: notify_rx };
+        (context, receivers)
     }
 
     /// The configuration in force now.
@@ -139,5 +145,15 @@ pub struct QueueWake(mpsc::UnboundedSender<(u64, String)>);
 impl QueueWake {
     pub fn wake(&self, id: u64, login: String) {
         let _ = self.0.send((id, login));
+    }
+}
+
+/// The Delta Chat notifier's inbox (`deltachat::notifier`): accounts with new mail for their
+/// devices. Without a notifier task (push off) the news is dropped.
+pub struct Notify(mpsc::UnboundedSender<String>);
+
+impl Notify {
+    pub fn new_mail(&self, login: &str) {
+        let _ = self.0.send(login.to_ascii_lowercase());
     }
 }

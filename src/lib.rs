@@ -12,6 +12,8 @@ pub mod clock;
 pub mod coi;
 pub mod config;
 pub mod context;
+pub mod deflate;
+pub mod deltachat;
 pub mod imap;
 pub mod limits;
 pub mod logging;

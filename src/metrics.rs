@@ -72,6 +72,8 @@ static WORKER_MOVES: [Counter; 2] = [const { Counter::new() }; 2];
 pub static WORKER_STARTS: Counter = Counter::new();
 static PUSHES_SENT: Counter = Counter::new();
 static PUSHES_FAILED: Counter = Counter::new();
+static DC_NOTIFIED: [Counter; 2] = [const { Counter::new() }; 2];
+static JUNK_RESCUED: Counter = Counter::new();
 /// Read receipts (RFC 8098) and delivery reports (RFC 3464) among the messages the worker classified.
 static MDNS_SEEN: Counter = Counter::new();
 static DSNS_SEEN: Counter = Counter::new();
@@ -126,6 +128,16 @@ pub fn push_done(delivered: bool) {
         true => PUSHES_SENT.inc(),
         false => PUSHES_FAILED.inc(),
     }
+}
+
+/// Counts a POST to the Delta Chat notifier: answered 200, or not (retried, or the token gone).
+pub fn deltachat_notified(delivered: bool) {
+    DC_NOTIFIED[usize::from(!delivered)].inc();
+}
+
+/// Counts chat messages the account worker moved out of the provider's Junk folder.
+pub fn junk_rescued(count: usize) {
+    JUNK_RESCUED.add(count as u64);
 }
 
 /// Counts chat messages moved by the account worker under `filter`.
@@ -219,6 +231,10 @@ pub fn render(queue_depth: i64, oldest_age: i64) -> String {
     out.family("coi_proxy_pushes_total", "counter", "WebPush notifications, by outcome.");
     out.sample("coi_proxy_pushes_total", &[("result", "sent")], PUSHES_SENT.get());
     out.sample("coi_proxy_pushes_total", &[("result", "failed")], PUSHES_FAILED.get());
+    out.family("coi_proxy_deltachat_notifications_total", "counter", "POSTs to the Delta Chat notifier, by outcome.");
+    out.sample("coi_proxy_deltachat_notifications_total", &[("result", "sent")], DC_NOTIFIED[0].get());
+    out.sample("coi_proxy_deltachat_notifications_total", &[("result", "failed")], DC_NOTIFIED[1].get());
+    out.single("coi_proxy_junk_rescued_total", "counter", "Chat messages moved out of Junk.", &JUNK_RESCUED);
     out.family("coi_proxy_queue_depth", "gauge", "Messages in the outgoing SMTP queue (-1: store unreadable).");
     out.sample("coi_proxy_queue_depth", &[], depth);
     out.family("coi_proxy_queue_oldest_age_seconds", "gauge", "Age of the oldest queued message.");

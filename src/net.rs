@@ -10,12 +10,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::ServerUrl;
+use crate::deflate::{Counters, Deflate};
 
 /// Why the network under a provider connection (IMAP or SMTP) failed: while connecting, in
 /// TLS, or later. The text is fit to show the user: it names the server and the cause, never a
@@ -96,13 +98,31 @@ pub enum Stream {
     Plain(TcpStream),
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Any of the above with COMPRESS=DEFLATE on it (RFC 4978), once a side asked for it.
+    Deflate(Box<Deflate<Stream>>),
     /// Only while an upgrade is in progress.
     Upgrading,
 }
 
 impl Stream {
     pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::ServerTls(_) | Stream::ClientTls(_))
+        match self {
+            Stream::ServerTls(_) | Stream::ClientTls(_) => true,
+            Stream::Deflate(inner) => inner.get_ref().is_tls(),
+            Stream::Plain(_) | Stream::Upgrading => false,
+        }
+    }
+
+    /// Puts COMPRESS=DEFLATE on the stream; `already_read` are bytes read after the command
+    /// that started it. The counters say how many bytes go over the wire.
+    pub fn compress(self, already_read: &[u8]) -> (Stream, Arc<Counters>) {
+        let deflate = Deflate::new(self, already_read, crate::deflate::LEVEL);
+        let counters = deflate.counters();
+        (Stream::Deflate(Box::new(deflate)), counters)
+    }
+
+    pub fn is_compressed(&self) -> bool {
+        matches!(self, Stream::Deflate(_))
     }
 
     /// Takes the plain TCP stream out for a STARTTLS upgrade.
@@ -129,6 +149,10 @@ macro_rules! delegate {
                 $e
             }
             Stream::ClientTls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+            Stream::Deflate($s) => {
                 let $s = Pin::new($s.as_mut());
                 $e
             }
@@ -165,7 +189,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::ServerTls(s) => s.is_write_vectored(),
             Stream::ClientTls(s) => s.is_write_vectored(),
-            Stream::Upgrading => false,
+            Stream::Deflate(_) | Stream::Upgrading => false,
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Delta Chat (`deltachat-rpc-server` from PyPI), a real chat-over-email client, through the
 //! proxy: messages and a read receipt between two accounts, with the COI filter `none` and
 //! `active`; in `active` chat messages land in `COI/Chats` while ordinary mail stays in INBOX;
-//! and Delta Chat taking the proxy's read receipt for a plain client as read (`MsgRead`).
+//! Delta Chat taking the proxy's read receipt for a plain client as read (`MsgRead`); Delta Chat
+//! turning on COMPRESS=DEFLATE with the proxy (and the proxy with a provider that offers it);
+//! and chat mail the provider files in Junk reaching Delta Chat.
 
 mod support;
 
@@ -11,7 +13,10 @@ use support::provider::{Provider, ProviderOptions};
 use support::proxy::Proxy;
 
 fn round_trip(filter: &str) {
-    let provider = Provider::start();
+    round_trip_with(filter, Provider::start());
+}
+
+fn round_trip_with(filter: &str, provider: Provider) -> Proxy {
     let proxy = Proxy::for_port(provider.imap_port);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deltachat/dc_chat.py");
     let out = Command::new("python3")
@@ -31,6 +36,53 @@ fn round_trip(filter: &str) {
         proxy.log()
     );
     eprintln!("Delta Chat, filter {filter}: {stdout}");
+    // Delta Chat asks for COMPRESS whenever it is offered: every one of its sessions ran on it.
+    let log = proxy.log();
+    let compressed = log.matches("client compressed:").count();
+    assert!(compressed > 0, "Delta Chat did not use COMPRESS:\n{log}");
+    proxy
+}
+
+#[test]
+fn delta_chat_compresses_both_ways_with_a_provider_that_offers_compress() {
+    let provider = Provider::start_with(ProviderOptions { compress: true, ..Default::default() });
+    let proxy = round_trip_with("none", provider);
+    let log = proxy.log();
+    let both = log.lines().filter(|l| l.contains("client compressed:") && l.contains("provider compressed:")).count();
+    assert!(both > 0, "no session compressed on both sides:\n{log}");
+}
+
+#[test]
+fn chat_mail_the_provider_files_in_junk_reaches_delta_chat() {
+    let provider = Provider::start();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        // Junk looked at every 2 s (60 s by default) while the worker idles in INBOX; without the
+        // rescue (rescue_junk = false) Delta Chat does not get the message within 60 s.
+        .extra("[coi]\njunk_poll_secs = 2\n[deltachat]\ncomment = \"coi-proxy test server\"\n")
+        .start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deltachat/dc_chat.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg("--junk")
+        .args(["--proxy-imap", &proxy.imap_port.to_string()])
+        .args(["--provider-imap", &provider.imap_port.to_string()])
+        .args(["--provider-smtp", &provider.smtp_port.to_string()])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "Delta Chat did not get the message from Junk ({}):\n{}\n{stdout}\nproxy log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        proxy.log()
+    );
+    eprintln!("Delta Chat, junk: {stdout}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON report");
+    assert_eq!(report["junk_left"], 0, "{report}");
+    assert_eq!(report["server_comment"], "\"coi-proxy test server\"", "Delta Chat read the proxy's METADATA: {report}");
+    assert_eq!(proxy.log().matches("rescued a message from Junk").count(), 1, "{}", proxy.log());
 }
 
 #[test]

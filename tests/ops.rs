@@ -364,7 +364,8 @@ fn json_logs_are_one_object_per_line_with_the_session_fields() {
 /// Every key the configuration accepts, per table, read from the parser itself: an unknown
 /// key's error lists the expected ones (every table is `deny_unknown_fields`).
 fn config_keys() -> Vec<(String, Vec<String>)> {
-    let tables = ["", "listen", "upstream", "coi", "limits", "queue", "push", "autocrypt", "log", "[account]"];
+    let tables =
+        ["", "listen", "upstream", "coi", "limits", "queue", "push", "deltachat", "autocrypt", "log", "[account]"];
     let mut out = Vec::new();
     for table in tables {
         let text = match table {
@@ -390,7 +391,19 @@ fn every_config_key_is_documented_in_readme_and_proxy_toml() {
     let mut missing = Vec::new();
     for (table, keys) in config_keys() {
         for key in keys {
-            let tables = ["", "listen", "upstream", "coi", "limits", "queue", "push", "autocrypt", "log", "account"];
+            let tables = [
+                "",
+                "listen",
+                "upstream",
+                "coi",
+                "limits",
+                "queue",
+                "push",
+                "deltachat",
+                "autocrypt",
+                "log",
+                "account",
+            ];
             if table.is_empty() && tables.contains(&key.as_str()) {
                 continue; // a table, not a key
             }

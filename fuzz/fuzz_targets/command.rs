@@ -1,5 +1,5 @@
-//! Decoding of the commands the proxy parses itself: the generic parser, METADATA (COI and
-//! WebPush entries), the cheap heads (tag and CommandName) read from every relayed line, and
+//! Decoding of the commands the proxy parses itself: the generic parser, METADATA (COI, WebPush
+//! and Delta Chat entries), the cheap heads (tag and CommandName) read from every relayed line, and
 //! mailbox names (modified UTF-7, compared as a provider resolves them).
 #![no_main]
 
@@ -24,6 +24,14 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(set) = metadata::parse_set(&cmd) {
             let _ = coi::coi_change(&set);
             let _ = coi_proxy::push::entries::changes(&set);
+            // Delta Chat's device tokens, as the proxy checks them before keeping one.
+            for (_, value) in &set.entries {
+                if let Some(value) = value
+                    && coi_proxy::deltachat::entries::check_token(value).is_ok()
+                {
+                    assert!(value.len() <= coi_proxy::deltachat::MAX_TOKEN && value.iter().all(u8::is_ascii_graphic));
+                }
+            }
         }
     }
 });

@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
         extra_capabilities: vec!["COI"],
         emulate_idle: (setup & 1 == 1).then_some(Duration::from_secs(10)),
         quiet: (setup & 2 == 2).then(|| Arc::new(move || setup & 4 == 4) as Arc<dyn Fn() -> bool + Send + Sync>),
+        compress: setup & 8 == 8,
     };
     let t0 = Instant::now();
     let mut now = t0;
@@ -51,7 +52,9 @@ fuzz_target!(|data: &[u8]| {
         if policy.deadline().is_some_and(|d| d <= now) {
             policy.tick(now);
         }
-        let wants = |name| matches!(name, CommandName::GetMetadata | CommandName::SetMetadata | CommandName::Create);
+        let wants = |name, _uid: bool, _line: &[u8]| {
+            matches!(name, CommandName::GetMetadata | CommandName::SetMetadata | CommandName::Create)
+        };
         while let Some(step) = policy.client_input(&client, now, wants) {
             assert!(step.len > 0 && step.len <= client.len());
             client.drain(..step.len);

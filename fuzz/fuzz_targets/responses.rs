@@ -1,6 +1,6 @@
 //! Inspection and rewriting of provider responses: capability lists, METADATA responses, the
-//! SEARCH / FETCH / response-code readers of the proxy's own commands, the quiet INBOX state
-//! machine.
+//! SEARCH / FETCH / response-code / LIST / STATUS readers of the proxy's own commands, the quiet
+//! INBOX state machine.
 #![no_main]
 
 use coi_proxy::imap::wire::{capability, metadata, response};
@@ -16,6 +16,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = response::fetch_uid(data);
     let _ = response::first_literal(data);
     let _ = response::response_code_number(data, "UIDNEXT");
+    let _ = response::list_mailbox_with(data, "\\Junk");
+    let _ = response::status_number(data, "UIDNEXT");
     let mut quiet = Quiet::new(Verdicts { watching: true, ..Verdicts::default() });
     let t0 = std::time::Instant::now();
     let mut now = t0;

@@ -13,8 +13,9 @@
 
 pub use crate::mail::ChatHeaders;
 
-/// The header fields the worker fetches (`BODY.PEEK[HEADER.FIELDS (...)]`).
-pub const FIELDS: &str = "CHAT-VERSION MESSAGE-ID REFERENCES IN-REPLY-TO CONTENT-TYPE SUBJECT TO";
+/// The header fields the worker fetches (`BODY.PEEK[HEADER.FIELDS (...)]`); `FROM` tells the
+/// user's own mail apart (no Delta Chat push for it).
+pub const FIELDS: &str = "CHAT-VERSION MESSAGE-ID REFERENCES IN-REPLY-TO CONTENT-TYPE SUBJECT TO FROM";
 
 /// Whether the message with these header fields is chat; `known` says whether a Message-ID
 /// was classified chat before.

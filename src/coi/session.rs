@@ -18,8 +18,8 @@ use crate::context::Context;
 use crate::imap::wire::command::client_name;
 use crate::imap::wire::command::{self, Arg, Command, CommandName};
 use crate::imap::wire::metadata::{
-    Depth, EntryOwner, GetMetadata, Refusal, RequestOrder, SetMetadata, Status, format_entries, format_mailbox,
-    in_subtree, parse_get, parse_response, parse_set, reaches, select, select_by,
+    Depth, EntryOwner, GetMetadata, LocalEntries, NoLocalEntries, Refusal, RequestOrder, SetMetadata, Status,
+    format_entries, format_mailbox, in_subtree, parse_get, parse_response, parse_set, reaches, select, select_by,
 };
 use crate::imap::wire::provider::{Interceptor, ProviderCommands, ProviderError, Reply as OwnReply, ReplyOut};
 use crate::store::TooManyEntries;
@@ -28,8 +28,9 @@ const CAPTURE_METADATA: &[&[u8]] = &[b"* METADATA "];
 const CAPTURE_LIST: &[&[u8]] = &[b"* LIST "];
 const CAPTURE_STATUS: &[&[u8]] = &[b"* STATUS "];
 
-/// The COI side of one logged-in session; `E` answers the entries of another wing (WebPush).
-pub struct CoiSession<E> {
+/// The COI side of one logged-in session; `E` answers the entries of another wing (WebPush),
+/// `L` entries a wing answers by name on the server or a mailbox (Delta Chat's).
+pub struct CoiSession<E, L = NoLocalEntries> {
     shared: Arc<Context>,
     account: Arc<Account>,
     /// The provider stores METADATA itself.
@@ -40,6 +41,8 @@ pub struct CoiSession<E> {
     client_name: Arc<Mutex<Option<String>>>,
     /// The subtree of entries another wing answers (WebPush), plugged in by the session.
     entries: E,
+    /// Entries answered locally on the server or a mailbox (Delta Chat), plugged in likewise.
+    local: L,
 }
 
 /// A reply for the client, or the reason the provider failed us.
@@ -80,15 +83,40 @@ struct FolderError {
     status: String,
 }
 
-impl<E: EntryOwner> CoiSession<E> {
+impl<E: EntryOwner, L: LocalEntries> CoiSession<E, L> {
     pub fn new(
         shared: Arc<Context>,
         account: Arc<Account>,
         provider_metadata: bool,
         client_name: Arc<Mutex<Option<String>>>,
         entries: E,
+        local: L,
     ) -> Self {
-        CoiSession { shared, account, provider_metadata, namespace: None, client_name, entries }
+        let session = CoiSession { shared, account, provider_metadata, namespace: None, client_name, entries, local };
+        session.note_chat_client();
+        session
+    }
+
+    /// A chat client's chat mail in Junk is rescued by the account worker, which it may now need.
+    fn note_chat_client(&self) {
+        if self.is_chat_client() && !self.account.chat_client.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.shared.workers.want(&self.account.login);
+        }
+    }
+
+    /// Whether `entry` of `mailbox` is answered locally by name (Delta Chat's entries).
+    fn local_answers(&self, mailbox: &[u8], entry: &str) -> bool {
+        self.local.subtrees(mailbox).iter().any(|s| in_subtree(entry, s))
+    }
+
+    /// Whether a request for `requested` on `mailbox` may reach into the local entries.
+    fn local_reaches(&self, mailbox: &[u8], requested: &str, depth: Depth) -> bool {
+        self.local.subtrees(mailbox).iter().any(|s| reaches(requested, depth, s))
+    }
+
+    /// Whether the proxy answers `entry` of `mailbox` itself, in any way.
+    fn ours(&self, mailbox: &[u8], entry: &str) -> bool {
+        (mailbox.is_empty() && answers(entry, self.entries.subtree())) || self.local_answers(mailbox, entry)
     }
 
     /// Whether a request may reach into a subtree the proxy answers.
@@ -132,6 +160,8 @@ impl<E: EntryOwner> CoiSession<E> {
                         info!(client_name = %crate::logging::peer_text(&name), "client identified itself");
                     }
                     *known = Some(name);
+                    drop(known);
+                    self.note_chat_client();
                 }
                 Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag))
             }
@@ -186,7 +216,11 @@ impl<E: EntryOwner> CoiSession<E> {
         out: &mut ReplyOut,
     ) -> Reply {
         let server_level = req.mailbox.is_empty();
-        let reaches_ours = server_level && req.entries.iter().any(|e| self.reaches_ours(e, req.depth));
+        let mailbox = req.mailbox.clone();
+        let local = self.local.subtrees(&mailbox);
+        let reaches_local = req.entries.iter().any(|e| self.local_reaches(&mailbox, e, req.depth));
+        let reaches_ours =
+            reaches_local || (server_level && req.entries.iter().any(|e| self.reaches_ours(e, req.depth)));
         if self.provider_metadata && !reaches_ours {
             // Nothing the proxy answers itself: the provider's responses reach the client as
             // they come, never held here.
@@ -198,7 +232,7 @@ impl<E: EntryOwner> CoiSession<E> {
         let theirs = self.entries.subtree();
         let mut sources = Sources::default();
         if self.provider_metadata {
-            let elsewhere: Vec<&String> = req.entries.iter().filter(|e| !server_level || !answers(e, theirs)).collect();
+            let elsewhere: Vec<&String> = req.entries.iter().filter(|e| !self.ours(&mailbox, e)).collect();
             if !elsewhere.is_empty() {
                 let reply = own.run(&get_command(&req, &elsewhere), CAPTURE_METADATA).await?;
                 if !reply.ok() {
@@ -206,9 +240,7 @@ impl<E: EntryOwner> CoiSession<E> {
                 }
                 for resp in &reply.untagged {
                     if let Some((_, found)) = parse_response(resp) {
-                        sources
-                            .provider
-                            .extend(found.into_iter().filter(|(e, _)| !server_level || !answers(e, theirs)));
+                        sources.provider.extend(found.into_iter().filter(|(e, _)| !self.ours(&mailbox, e)));
                     }
                 }
                 sources.provider_longest = long_entries(&reply.status);
@@ -217,7 +249,10 @@ impl<E: EntryOwner> CoiSession<E> {
             sources.stored = Some(self.local_sizes(&req.mailbox));
         }
         if reaches_ours {
-            let reaches = |subtree| req.entries.iter().any(|e| reaches(e, req.depth, subtree));
+            let reaches = |subtree| server_level && req.entries.iter().any(|e| reaches(e, req.depth, subtree));
+            if reaches_local {
+                sources.ours.extend(self.local.available(&mailbox).await);
+            }
             if reaches(metadata::COI_SUBTREE) {
                 let config = self.read_config(own).await?;
                 let root = self.namespace(own).await?.root(&self.root());
@@ -229,11 +264,11 @@ impl<E: EntryOwner> CoiSession<E> {
         }
         // Selecting and ordering tens of thousands of entries takes a while: not on the runtime.
         let (selected, longest) = if req.entries.len() > OFF_RUNTIME_ENTRIES {
-            tokio::task::spawn_blocking(move || selection(&req, sources, theirs))
+            tokio::task::spawn_blocking(move || selection(&req, sources, theirs, &local))
                 .await
                 .map_err(|e| ProviderError::Connection(Box::new(e)))?
         } else {
-            selection(&req, sources, theirs)
+            selection(&req, sources, theirs, &local)
         };
         let code = longest.map(|n| format!("[METADATA LONGENTRIES {n}] ")).unwrap_or_default();
         let status = tagged(tag, &format!("OK {code}Getmetadata completed."));
@@ -300,6 +335,15 @@ impl<E: EntryOwner> CoiSession<E> {
         // The plugged-in wing's entries (WebPush) are the proxy's alone; the rest goes on.
         if let Err(e) = self.entries.set(&req).await {
             return Ok(tagged(tag, &refusal(&e)));
+        }
+        // So are the local ones (Delta Chat's device tokens).
+        let local: Vec<_> = req.entries.iter().filter(|(e, _)| self.local_answers(&req.mailbox, e)).cloned().collect();
+        if !local.is_empty() {
+            if let Err(e) = self.local.set(&req.mailbox, &local).await {
+                return Ok(tagged(tag, &refusal(&e)));
+            }
+            let mailbox = req.mailbox.clone();
+            req.entries.retain(|(entry, _)| !self.local_answers(&mailbox, entry));
         }
         let theirs = self.entries.subtree();
         req.entries.retain(|(entry, _)| !in_subtree(entry, theirs));
@@ -508,7 +552,7 @@ impl<E: EntryOwner> CoiSession<E> {
     }
 }
 
-impl<E: EntryOwner> Interceptor for CoiSession<E> {
+impl<E: EntryOwner, L: LocalEntries> Interceptor for CoiSession<E, L> {
     fn wants(&self, name: CommandName) -> bool {
         use CommandName::*;
         match name {
@@ -597,26 +641,27 @@ fn reaches_ours(requested: &str, depth: Depth, theirs: &str) -> bool {
 
 /// Selects from `sources` what `req` returns, in the order asked for, and the LONGENTRIES
 /// value. Linear in the entries asked for and found.
-fn selection(req: &GetMetadata, sources: Sources, theirs: &str) -> (Selected, Option<u64>) {
+fn selection(req: &GetMetadata, sources: Sources, theirs: &str, local: &[&str]) -> (Selected, Option<u64>) {
     let server_level = req.mailbox.is_empty();
+    // Answered by the proxy on this mailbox: COI and `theirs` on the server level, and the
+    // subtrees answered locally (Delta Chat's) wherever they are.
+    let mine = |e: &str| (server_level && answers(e, theirs)) || local.iter().any(|s| in_subtree(e, s));
+    let reaches_mine = |e: &str| {
+        (server_level && reaches_ours(e, req.depth, theirs)) || local.iter().any(|s| reaches(e, req.depth, s))
+    };
     let mut entries: Vec<(String, Value)> =
         sources.provider.into_iter().map(|(e, v)| (e, v.map_or(Value::Nil, Value::Bytes))).collect();
     let mut longest = sources.provider_longest;
     if let Some(mut stored) = sources.stored {
-        stored.retain(|e, _| !server_level || !answers(e, theirs));
-        let plain = GetMetadata {
-            entries: req.entries.iter().filter(|e| !server_level || !answers(e, theirs)).cloned().collect(),
-            ..req.clone()
-        };
+        stored.retain(|e, _| !mine(e));
+        let plain = GetMetadata { entries: req.entries.iter().filter(|e| !mine(e)).cloned().collect(), ..req.clone() };
         let (found, long) = select_by(&plain, &stored, |size| *size);
         entries.extend(found.into_iter().map(|(e, v)| (e, if v.is_some() { Value::Stored } else { Value::Nil })));
         longest = long;
     }
-    if server_level && req.entries.iter().any(|e| reaches_ours(e, req.depth, theirs)) {
-        let ours = GetMetadata {
-            entries: req.entries.iter().filter(|e| reaches_ours(e, req.depth, theirs)).cloned().collect(),
-            ..req.clone()
-        };
+    if req.entries.iter().any(|e| reaches_mine(e)) {
+        let ours =
+            GetMetadata { entries: req.entries.iter().filter(|e| reaches_mine(e)).cloned().collect(), ..req.clone() };
         let (found, long) = select(&ours, &sources.ours);
         let known: HashSet<String> = entries.iter().map(|(e, _)| e.clone()).collect();
         entries.extend(

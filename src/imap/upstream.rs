@@ -5,6 +5,7 @@
 //! own connections for an account ([`Upstream::open`]) carry the wings' commands
 //! ([`ProviderCommands`]).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use base64::Engine;
 use crate::account::CredentialError;
 use crate::config::{Provider, Security, ServerUrl};
 use crate::context::Context;
+use crate::deflate::Counters;
 use crate::imap::conn::{Conn, ReadError};
 use crate::imap::wire::capability;
 use crate::imap::wire::command;
@@ -92,6 +94,8 @@ pub struct Upstream {
     pub conn: Conn,
     pub capabilities: Vec<String>,
     pub server: ServerUrl,
+    /// Bytes on the wire once COMPRESS=DEFLATE is on ([`Upstream::compress`]).
+    pub compressed: Option<Arc<Counters>>,
     /// The greeting line: part of what the provider profile is decided from.
     pub greeting: String,
     next_tag: u64,
@@ -158,6 +162,7 @@ impl Upstream {
             conn: Conn::new(stream, max_line),
             capabilities: Vec::new(),
             server: server.clone(),
+            compressed: None,
             greeting: String::new(),
             next_tag: SESSION_TAGS.fetch_add(1, Ordering::Relaxed) * 1000,
         };
@@ -209,7 +214,10 @@ impl Upstream {
         let limits = &config.limits;
         let mut up = Upstream::connect(&provider, &ctx.upstream_tls, limits.connect_timeout(), limits.max_line).await?;
         match up.authenticate(login, password).await? {
-            AuthOutcome::Ok(_) => Ok(up),
+            AuthOutcome::Ok(_) => {
+                up.compress().await?;
+                Ok(up)
+            }
             AuthOutcome::Rejected(status) => {
                 Err(OwnWorkError::LoginRefused(String::from_utf8_lossy(&status).trim_end().to_string()))
             }
@@ -314,6 +322,28 @@ impl Upstream {
         } else {
             Ok(AuthOutcome::Rejected(status))
         }
+    }
+
+    /// Turns on COMPRESS=DEFLATE (RFC 4978) where the provider offers it, after login: less on
+    /// the wire for every command after it. A refusal leaves the connection as it was.
+    pub async fn compress(&mut self) -> Result<(), UpstreamError> {
+        if !self.has("COMPRESS=DEFLATE") || self.compressed.is_some() {
+            return Ok(());
+        }
+        let tag = self.tag();
+        self.send(format!("{tag} COMPRESS DEFLATE\r\n").as_bytes()).await?;
+        let status = self.read_tagged(&tag).await?;
+        if !status.starts_with(b"OK") {
+            tracing::debug!(status = %String::from_utf8_lossy(&status).trim_end(), "provider refused COMPRESS");
+            return Ok(());
+        }
+        let stream = std::mem::replace(&mut self.conn.stream, Stream::Upgrading);
+        let already_read = self.conn.buf.split();
+        let (stream, counters) = stream.compress(&already_read);
+        self.conn.stream = stream;
+        self.compressed = Some(counters);
+        tracing::debug!("provider connection compressed (COMPRESS DEFLATE)");
+        Ok(())
     }
 
     /// Asks for the capabilities (when the greeting or the login did not say them).

@@ -45,6 +45,9 @@ pub use metadata::TooManyEntries;
 mod openpgp;
 pub use openpgp::{MAX_PEERS, TooManyPeers};
 
+mod deltachat;
+pub use deltachat::RetryEntry;
+
 mod push;
 pub use push::{PushSubscription, TooManySubscriptions, Validation};
 

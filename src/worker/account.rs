@@ -91,11 +91,26 @@ pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>, identity: O
     info!("account worker stopped");
 }
 
-/// Whether the account has work for its worker now: COI enabled, or a validated subscription.
+/// Whether the account has work for its worker now: COI enabled, a validated subscription, a
+/// Delta Chat device to notify, a chat client's mail to rescue from Junk, or an OpenPGP key.
 fn has_work(shared: &Context, account: &Account, identity: Option<&Identity>) -> bool {
+    let config = shared.config();
     account.current().enabled
         || crate::push::wanted(&shared.store, &account.login)
+        || crate::deltachat::wanted(&shared.store, &config, &account.login)
+        || (config.coi.rescue_junk && account.chat_client.load(std::sync::atomic::Ordering::Relaxed))
         || super::gateway::wanted(identity, &account.login)
+}
+
+/// Whether chat mail is rescued from Junk for the account: with COI, push or a chat client (not
+/// for a worker that runs only to watch the configuration or for the OpenPGP gateway).
+fn rescues(shared: &Context, account: &Account) -> bool {
+    let config = shared.config();
+    config.coi.rescue_junk
+        && (account.current().enabled
+            || crate::push::wanted(&shared.store, &account.login)
+            || crate::deltachat::wanted(&shared.store, &config, &account.login)
+            || account.chat_client.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// Sessions stop waiting for this worker.
@@ -122,6 +137,8 @@ async fn serve(
     let mut next_poll = tokio::time::Instant::now();
     let check_every = Duration::from_secs(shared.config().coi.config_check_secs.max(1));
     let mut inbox: Option<Inbox> = None;
+    // Found with INBOX, on the first cycle with work.
+    let mut junk: Option<super::junk::Junk> = None;
     loop {
         config_rx.mark_unchanged();
         if metadata {
@@ -148,12 +165,22 @@ async fn serve(
             None => {
                 let opened = Inbox::open(shared, account, &mut up, profile.clone()).await?;
                 info!(chats = %opened.chats, idle = ?profile.idle, moves = ?profile.move_strategy, "watching INBOX");
+                junk = super::junk::Junk::find(shared, &mut up).await?;
                 inbox.insert(opened)
             }
         };
         // A key made after the worker started (a first message sent, an invite) wakes the gateway.
         if inbox.gateway.is_none() {
             inbox.gateway = identity.filter(|_| super::gateway::wanted(identity, login));
+        }
+        if let Some(junk) = junk.as_mut().filter(|_| rescues(shared, account)) {
+            // Rescued chat mail goes where the chat client looks; in INBOX it is new mail below.
+            let target = if config.effective_filter() == Filter::Active { inbox.chats.clone() } else { "INBOX".into() };
+            junk.check(shared, identity, login, &mut up, &target).await?;
+            // Mail delivered to INBOX while Junk was looked at may be in no view a FETCH reads
+            // (its `* n EXISTS` went by with the STATUS, and IDLE does not report it again):
+            // a NOOP brings the view up to date, as after IDLE.
+            up.command(b"NOOP\r\n").await?;
         }
         let before = inbox.next_uid;
         let filter = config.effective_filter();
@@ -173,6 +200,9 @@ async fn serve(
         let mut renew = if inbox.next_uid != before { IDLE_SETTLE } else { IDLE_RENEW };
         if metadata {
             renew = renew.min(check_every);
+        }
+        if junk.is_some() {
+            renew = renew.min(Duration::from_secs(shared.config().coi.junk_poll_secs));
         }
         // Polls keep their beat: the interval runs from the last poll, not from the end of the
         // work it found, so mail is seen within one interval of its delivery.
@@ -216,6 +246,9 @@ struct Inbox<'a> {
     waiting: BTreeSet<u32>,
     /// The first UID to push about (older messages were there before the worker).
     push_from: u32,
+    /// The first UID to notify Delta Chat devices of: what came while the worker was down (a
+    /// few at most), nothing from before it ever ran.
+    notify_from: u32,
     /// The OpenPGP gateway, when the account has a key.
     gateway: Option<&'a Identity>,
 }
@@ -244,6 +277,7 @@ impl<'a> Inbox<'a> {
         // came before COI was switched on are filtered too.
         let next_uid = stored.unwrap_or(1);
         let push_from = crate::push::notify::first_to_push(stored, uidnext);
+        let notify_from = if stored.is_some() { push_from } else { uidnext };
         let _ = store.set_inbox_position(login, uidvalidity, next_uid).await;
         let waiting = BTreeSet::new();
         let pending = Vec::new();
@@ -260,6 +294,7 @@ impl<'a> Inbox<'a> {
             pending,
             waiting,
             push_from,
+            notify_from,
             gateway: None,
         })
     }
@@ -320,6 +355,8 @@ impl<'a> Inbox<'a> {
         // (UID, chat) of the messages new enough to push about.
         let mut new: Vec<(u32, bool)> = Vec::new();
         let mut chat_ids = Vec::new();
+        // The header fields of the messages new enough to notify Delta Chat devices of.
+        let mut new_headers: Vec<Vec<u8>> = Vec::new();
         let mut highest = None;
         let mut classified = 0;
         // `n:*` returns the last message when n is past the end: that one was handled before.
@@ -340,7 +377,12 @@ impl<'a> Inbox<'a> {
             if item.uid >= self.push_from {
                 new.push((item.uid, is_chat || item.flags.iter().any(|f| f.eq_ignore_ascii_case("$Chat"))));
             }
+            if item.uid >= self.notify_from {
+                new_headers.push(item.header.clone());
+            }
         }
+        // Delta Chat devices first: the notification leaves before the rest of the work.
+        crate::deltachat::on_new_mail(self.shared, self.login, new_headers.iter().map(Vec::as_slice));
         // The OpenPGP gateway, before anything moves: SecureJoin steps, Autocrypt, gossip.
         if let Some(identity) = self.gateway {
             let uids: Vec<u32> = new.iter().map(|n| n.0).collect();
@@ -466,7 +508,7 @@ impl<'a> Inbox<'a> {
 
 /// Runs a move plan to its end: each command, its reply read back into the plan. The COPYUID
 /// of the MOVE or COPY, where the provider gave one.
-async fn run_plan(
+pub(super) async fn run_plan(
     up: &mut Upstream,
     mut plan: MovePlan,
 ) -> Result<(crate::provider_profile::move_plan::Outcome, Option<CopyUid>), OwnWorkError> {
@@ -503,7 +545,7 @@ fn permanent_keywords(untagged: &[Vec<u8>]) -> bool {
 }
 
 /// SELECTs or EXAMINEs INBOX; its untagged responses.
-async fn open_inbox(up: &mut Upstream, how: &'static str) -> Result<Vec<Vec<u8>>, OwnWorkError> {
+pub(super) async fn open_inbox(up: &mut Upstream, how: &'static str) -> Result<Vec<Vec<u8>>, OwnWorkError> {
     let (untagged, status) = up.command(format!("{how} INBOX\r\n").as_bytes()).await?;
     if !status.starts_with(b"OK") {
         let command = if how == "SELECT" { "SELECT INBOX" } else { "EXAMINE INBOX" };
@@ -596,7 +638,7 @@ fn is_mailbox_change(resp: &[u8]) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct FetchItem {
     pub(super) uid: u32,
-    flags: Vec<String>,
+    pub(super) flags: Vec<String>,
     pub(super) header: Vec<u8>,
 }
 

@@ -9,6 +9,7 @@
 
 mod account;
 mod gateway;
+mod junk;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,13 +22,17 @@ use crate::account::Account;
 use crate::context::Context;
 use crate::openpgp::identity::Identity;
 
-/// Whether `account` needs a worker: COI enabled, a validated push subscription, a
-/// `password_command` (its worker watches the COI configuration with no client connected), or
-/// an OpenPGP key (the gateway answers SecureJoin and learns keys with no client connected).
+/// Whether `account` needs a worker: COI enabled, a validated push subscription, a Delta Chat
+/// device to notify, a chat client's mail to rescue from Junk, a `password_command` (its worker
+/// watches the COI configuration with no client connected), or an OpenPGP key (the gateway
+/// answers SecureJoin and learns keys with no client connected).
 fn wanted(ctx: &Context, account: &Account, identity: Option<&Identity>) -> bool {
+    let config = ctx.config();
     account.current().enabled
         || crate::push::wanted(&ctx.store, &account.login)
-        || crate::account::password_command(&ctx.config(), &account.login).is_some()
+        || crate::deltachat::wanted(&ctx.store, &config, &account.login)
+        || (config.coi.rescue_junk && account.chat_client.load(std::sync::atomic::Ordering::Relaxed))
+        || crate::account::password_command(&config, &account.login).is_some()
         || gateway::wanted(identity, &account.login)
 }
 
@@ -121,6 +126,18 @@ async fn at_start(ctx: &Context) -> Vec<String> {
             }
         }
         Err(e) => warn!("cannot read push subscriptions: {e}"),
+    }
+    // Likewise Delta Chat devices to notify.
+    let now = crate::clock::now_unsigned();
+    match ctx.store.read(move |s| s.dc_token_accounts(now, crate::deltachat::TOKEN_MAX_AGE)).await {
+        Ok(logins) => {
+            for login in logins {
+                if !out.iter().any(|l| l.eq_ignore_ascii_case(&login)) {
+                    info!(%login, "Delta Chat push waits for a login (no password_command for this account)");
+                }
+            }
+        }
+        Err(e) => warn!("cannot read Delta Chat device tokens: {e}"),
     }
     // COI switched on in the proxy's store (a provider without METADATA) for an account whose
     // password the proxy cannot get by itself: said, so an operator knows why nothing moves.

@@ -8,6 +8,7 @@ Run by tests/deltachat.rs, which starts the provider and the proxy:
     dc_chat.py --proxy-imap PORT --provider-imap PORT --provider-smtp PORT --filter none|active
     dc_chat.py --receive-only --bob-imap PORT --provider-imap PORT --provider-smtp PORT --wait SECS
     dc_chat.py --read-receipt --proxy-imap PORT --provider-imap PORT --provider-smtp PORT
+    dc_chat.py --junk --proxy-imap PORT --provider-imap PORT --provider-smtp PORT
 
 The second form only checks whether bob, whose IMAP goes to --bob-imap (the proxy, or the
 provider directly), receives one message from alice within --wait seconds; it reports
@@ -16,6 +17,12 @@ provider directly), receives one message from alice within --wait seconds; it re
 The third form: alice (Delta Chat) writes to bob, who reads with a plain IMAP client through the
 proxy (which sends bob's read receipts, `read_receipts = true`); passes when alice's Delta Chat
 reports the message as read (its MsgRead event) from the proxy's receipt.
+
+The fourth form: alice (Delta Chat, straight at the provider) writes to bob while bob's Delta
+Chat, through the proxy, is not running; the provider's "spam filter" (this script, with imaplib
+at the provider) files the message in Junk; then bob's Delta Chat starts and must receive it
+(the proxy's worker moves chat mail out of Junk). Also reports what Delta Chat read from the
+proxy's METADATA (its server comment).
 
 Exit status 0 and a JSON report on stdout when every step passed; non-zero with the reason
 on stderr otherwise. Needs `pip install deltachat-rpc-server deltachat-rpc-client`.
@@ -163,6 +170,47 @@ def read_receipt(args):
     return run_scenario(body, report)
 
 
+def junk(args):
+    """Chat mail that the provider files as spam reaches Delta Chat through the proxy. Delta Chat
+    itself looks into a spam folder only when it scans folders (at start and now and then), so
+    bob's Delta Chat is started first and idles in INBOX; then alice's message is filed in Junk
+    at the provider. It reaches bob only when the proxy's worker moves it to INBOX."""
+    report = {}
+
+    def body(dc, rpc):
+        alice, bob = dc.add_account(), dc.add_account()
+        alice.add_or_update_transport(transport("alice@example.org", args, args.provider_imap))
+        bob.add_or_update_transport(transport("bob@example.org", args))
+        alice.start_io()
+        rpc.wait_for_all_work_done(alice.id)
+        # bob as an account (his key comes with him): Delta Chat 2.65 sends encrypted only.
+        alice.create_contact(bob, "Bob").create_chat().send_text("hello from the junk folder")
+        wait_count(args.provider_imap, "bob@example.org", "INBOX", 1)
+        m = imaplib.IMAP4("127.0.0.1", args.provider_imap)
+        m.login("bob@example.org", PASSWORD)
+        m.select("INBOX")
+        raw = m.fetch("1", "(BODY.PEEK[])")[1][0][1]
+        m.store("1", "+FLAGS.SILENT", "\\Deleted")
+        m.expunge()
+        bob.start_io()
+        # bob's Delta Chat has scanned its folders (Junk among them, still empty) and idles in INBOX.
+        wait(bob, EventType.IMAP_INBOX_IDLE)
+        time.sleep(0.5)
+        assert m.append("Junk", None, None, raw)[0] == "OK"
+        m.logout()
+        filed_at = time.monotonic()
+        report["filed_in_junk"] = True
+        e = wait(bob, EventType.INCOMING_MSG, timeout=60)
+        report["received_s"] = round(time.monotonic() - filed_at, 3)
+        report["text"] = bob.get_message_by_id(e.msg_id).get_snapshot().text
+        assert report["text"] == "hello from the junk folder", report["text"]
+        report["junk_left"] = count(args.provider_imap, "bob@example.org", "Junk")
+        report["server_comment"] = bob.get_info().get("imap_server_comment")
+        for ac in (alice, bob):
+            ac.stop_io()
+    return run_scenario(body, report)
+
+
 def run_scenario(body, report):
     """Runs body(dc, rpc) with a fresh accounts directory and prints the JSON report; returns 0,
     or 1 with the reason on stderr."""
@@ -192,6 +240,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--receive-only", action="store_true")
     ap.add_argument("--read-receipt", action="store_true")
+    ap.add_argument("--junk", action="store_true")
     ap.add_argument("--bob-imap", type=int)
     ap.add_argument("--wait", type=float, default=20)
     ap.add_argument("--proxy-imap", type=int)
@@ -203,6 +252,8 @@ def main():
         return receive_only(args)
     if args.read_receipt:
         return read_receipt(args)
+    if args.junk:
+        return junk(args)
     report = {"filter": args.filter, "timings": {}}
     t = report["timings"]
     for user in ("alice@example.org", "bob@example.org", "carol@example.org"):

@@ -33,6 +33,8 @@ pub struct ProviderOptions {
     pub no_idle: bool,
     /// Enable RFC 5464 METADATA (off by default in Dovecot 2.3).
     pub metadata: bool,
+    /// Offer COMPRESS=DEFLATE (RFC 4978, Dovecot's imap_zlib plugin).
+    pub compress: bool,
     /// "/" as the hierarchy separator instead of Dovecot's default ".".
     pub slash_separator: bool,
     /// More tokens to remove from the post-login CAPABILITY.
@@ -120,6 +122,7 @@ impl Provider {
         for (on, flag) in [
             (opts.no_idle, "--no-idle"),
             (opts.metadata, "--metadata"),
+            (opts.compress, "--compress"),
             (opts.slash_separator, "--slash-separator"),
             (opts.postfix, "--postfix"),
             (opts.rawlog, "--rawlog"),

@@ -43,6 +43,8 @@ use crate::secret::Secret;
 /// octet escaped; Dovecot accepts it (imaptest's `id` group sends 31,807 bytes), so the proxy
 /// must too. LOGIN with two literals fits easily.
 const PRE_LOGIN_LIMIT: usize = 64 * 1024;
+/// Served by the proxy (`policy`), towards the client.
+const COMPRESS_CAPABILITY: &str = "COMPRESS=DEFLATE";
 /// Failed logins allowed on one connection before it is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
 /// The answer to a login refused by the proxy itself: Dovecot's words for a wrong password,
@@ -194,6 +196,7 @@ impl Session {
             // imap4d not before DONE), the proxy serves IDLE by polling.
             emulate_idle: (profile.idle != IdleMode::Push)
                 .then(|| Duration::from_secs(self.shared.config().coi.poll_secs.max(1))),
+            compress: true,
         };
         let webpush = crate::push::entries::Entries::new(self.shared.clone(), account.clone());
         let views = self.views_for(&account.login).map(|views| {
@@ -205,7 +208,9 @@ impl Session {
             });
             ViewSession::new(views, &account.login, plain)
         });
-        let coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name, webpush);
+        let deltachat = crate::deltachat::entries::Entries::new(self.shared.clone(), account.clone());
+        let coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name, webpush, deltachat);
+        let provider_wire = upstream.compressed.clone();
         // Only the connection goes on: the provider's capabilities (~2 KB) are not kept for the
         // session's life.
         let upstream = {
@@ -223,9 +228,26 @@ impl Session {
             }
         };
         crate::metrics::traffic(traffic.from_client, traffic.from_provider);
-        format!("{end}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider)
+        let mut line =
+            format!("{end}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider);
+        if let Some(wire) = &traffic.client_wire {
+            let (wire_in, plain_in, wire_out, plain_out) = wire.get();
+            line.push_str(&format!(
+                "; client compressed: {wire_in} bytes in for {plain_in}, {wire_out} bytes out for {plain_out}"
+            ));
+        }
+        if let Some(wire) = &provider_wire {
+            let (wire_in, plain_in, wire_out, plain_out) = wire.get();
+            line.push_str(&format!(
+                "; provider compressed: {wire_in} bytes in for {plain_in}, {wire_out} bytes out for {plain_out}"
+            ));
+        }
+        line
     }
 
+    /// What the proxy adds to the provider's capabilities after login: what COI, WebPush and
+    /// Delta Chat need (`XDELTAPUSH` while push is on, `METADATA`), and COMPRESS=DEFLATE, which
+    /// the proxy serves itself whatever the provider offers.
     /// The views for `login`'s plain sessions, when it has keys.
     fn views_for(&self, login: &str) -> Option<Arc<crate::openpgp::cache::Views>> {
         self.listener.views.clone().filter(|v| v.enabled(login))
@@ -233,7 +255,10 @@ impl Session {
 
     /// What the proxy adds to (and, with views, takes from) the provider's capabilities.
     fn extra_capabilities(&self, provider_metadata: bool, idle: bool, login: &str) -> Vec<&'static str> {
-        let mut extra = coi::session::capabilities(provider_metadata, idle, &[crate::push::CAPABILITY]);
+        let mut wings = vec![crate::push::CAPABILITY];
+        wings.extend(crate::deltachat::capability(&self.shared.config()));
+        wings.push(COMPRESS_CAPABILITY);
+        let mut extra = coi::session::capabilities(provider_metadata, idle, &wings);
         if self.views_for(login).is_some() {
             extra.extend_from_slice(crate::openpgp::session::DROPPED_CAPABILITIES);
         }
@@ -581,6 +606,11 @@ impl Session {
         };
         match outcome {
             AuthOutcome::Ok(status) => {
+                if let Err(e) = upstream.compress().await {
+                    warn!(cause = %e, "provider failed while turning on compression");
+                    say(conn, format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
+                    return Ok(None);
+                }
                 self.shared.logins.succeeded(&key, pass.expose(), Instant::now());
                 self.shared.credentials.remember(&user, &pass);
                 let provider_metadata = upstream.profile().metadata == MetadataHome::Provider;

@@ -22,6 +22,7 @@ use super::own::{OwnCommands, OwnReply, OwnRequest};
 pub use super::policy::RelayEnd;
 use super::policy::{Event, Keep, Policy, PolicyOptions, Step};
 use super::quiet::Verdicts;
+use crate::deflate::Counters;
 use crate::imap::conn::{Conn, ReadSize};
 use crate::imap::wire::provider::{Interceptor, ReplyOut};
 use crate::imap::wire::trace;
@@ -42,6 +43,8 @@ pub struct RelayOptions {
     pub quiet: Option<QuietInbox>,
     /// The provider lacks IDLE: the proxy serves it, polling with NOOP at this interval.
     pub emulate_idle: Option<Duration>,
+    /// Serve the client's `COMPRESS DEFLATE`.
+    pub compress: bool,
 }
 
 /// What the quiet INBOX needs: whether it applies now, the worker's verdicts, and a way to wake
@@ -52,11 +55,14 @@ pub struct QuietInbox {
     pub wake: Arc<dyn Fn() + Send + Sync>,
 }
 
-/// Byte counts for the session's log line.
-#[derive(Debug, Default, Clone, Copy)]
+/// Byte counts for the session's log line (uncompressed; the bytes on the wire of a
+/// compressed side are in its counters).
+#[derive(Debug, Default, Clone)]
 pub struct Traffic {
     pub from_client: u64,
     pub from_provider: u64,
+    /// The client's connection, once it asked for COMPRESS.
+    pub client_wire: Option<Arc<Counters>>,
 }
 
 /// The most an idle outbox keeps of its assembly buffer.
@@ -90,7 +96,7 @@ pub async fn run<I: Interceptor>(
             break end;
         }
     };
-    (end, relay.traffic)
+    (end, relay.traffic.clone())
 }
 
 /// One session's sockets, buffers and policy.
@@ -144,6 +150,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             extra_capabilities: opts.extra_capabilities,
             emulate_idle: opts.emulate_idle,
             quiet: opts.quiet.map(|q| q.active),
+            compress: opts.compress,
         };
         let mut policy = Policy::new(policy_opts, client.framer, upstream.framer, initial, Instant::now());
         let shutting_down = *shutdown.borrow();
@@ -213,12 +220,37 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                     }
                     return Some(end);
                 }
+                if event == Event::Compress {
+                    if let Err(e) = self.start_compression().await {
+                        return Some(RelayEnd::ClientError(e.to_string()));
+                    }
+                    continue;
+                }
                 self.event(event);
             }
             if !progress {
                 return None;
             }
         }
+    }
+
+    /// Writes the `OK` to the client's COMPRESS (the last uncompressed bytes), then puts
+    /// deflate on its connection; what the client sent after the command is compressed too.
+    async fn start_compression(&mut self) -> std::io::Result<()> {
+        if !self.to_client.is_idle() {
+            tokio::time::timeout(LAST_WORDS, self.to_client.write(&mut self.client_write))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client did not read"))??;
+        }
+        let (placeholder_read, placeholder_write) = tokio::io::split(Stream::Upgrading);
+        let read = std::mem::replace(&mut self.client_read, placeholder_read);
+        let write = std::mem::replace(&mut self.client_write, placeholder_write);
+        let already_read = self.client_buf.split();
+        let (stream, counters) = read.unsplit(write).compress(&already_read);
+        (self.client_read, self.client_write) = tokio::io::split(stream);
+        self.traffic.client_wire = Some(counters);
+        tracing::debug!("client connection compressed (COMPRESS DEFLATE)");
+        Ok(())
     }
 
     fn frame_client(&mut self) -> bool {
@@ -283,8 +315,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                     wake();
                 }
             }
-            // `work` ends the session itself.
-            Event::End(_) => {}
+            // `work` handles these itself.
+            Event::End(_) | Event::Compress => {}
         }
     }
 

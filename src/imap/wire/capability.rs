@@ -3,8 +3,11 @@
 
 /// Capabilities we must not pass on, and why:
 /// - `STARTTLS`, `LOGINDISABLED`, `AUTH=*`: the client's TLS and login are with us, not the provider.
-/// - `COMPRESS=*`: the relay frames the byte stream, so it cannot carry a compressed one.
-const STRIPPED_PREFIXES: &[&str] = &["STARTTLS", "LOGINDISABLED", "AUTH=", "COMPRESS="];
+/// - `COMPRESS=*`: compression is per connection; the proxy's connection to the provider has
+///   its own, and the proxy offers the client its own (`COMPRESS=DEFLATE`, served by the relay).
+/// - `XCHATMAIL`: a chatmail relay's flag; Delta Chat then deletes the mail it downloaded, which
+///   an ordinary mailbox behind the proxy must never see.
+const STRIPPED_PREFIXES: &[&str] = &["STARTTLS", "LOGINDISABLED", "AUTH=", "COMPRESS=", "XCHATMAIL"];
 
 /// What the client may do before logging in, given the connection's state.
 pub fn pre_login(tls_active: bool, plaintext_auth_allowed: bool) -> String {
@@ -123,8 +126,8 @@ mod tests {
         let got = post_login(&caps("IMAP4rev1 STARTTLS AUTH=PLAIN COMPRESS=DEFLATE IDLE STARTTLSX LITERAL+"), &["COI"]);
         assert_eq!(got.join(" "), "IMAP4rev1 IDLE STARTTLSX LITERAL+ COI");
         assert_eq!(
-            stripped(&caps("IMAP4rev1 compress=deflate LOGINDISABLED")).join(" "),
-            "compress=deflate LOGINDISABLED"
+            stripped(&caps("IMAP4rev1 compress=deflate LOGINDISABLED XDELTAPUSH XCHATMAIL")).join(" "),
+            "compress=deflate LOGINDISABLED XCHATMAIL"
         );
     }
 

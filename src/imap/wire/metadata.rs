@@ -109,6 +109,41 @@ pub trait EntryOwner: Send {
     fn set(&mut self, set: &SetMetadata) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
+/// Entries a wing answers itself by name, on the server (`""`) or on a mailbox, that the
+/// provider never sees (Delta Chat's: the server's shared vendor entries, the device tokens it
+/// sets on INBOX). The session plugs one into the COI interceptor next to an [`EntryOwner`].
+pub trait LocalEntries: Send {
+    type Error: Refusal + Send;
+
+    /// The subtrees answered here on `mailbox` (each the entry itself or below it).
+    fn subtrees(&self, mailbox: &[u8]) -> Vec<&'static str>;
+
+    /// Those subtrees' entries that have a value, on `mailbox`; the rest is NIL.
+    fn available(&self, mailbox: &[u8]) -> impl Future<Output = BTreeMap<String, Vec<u8>>> + Send;
+
+    /// Carries out the entries of a SETMETADATA on `mailbox` that lie in those subtrees.
+    fn set(&mut self, mailbox: &[u8], entries: &Entries) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Answers nothing: every entry is the provider's (or COI's).
+pub struct NoLocalEntries;
+
+impl LocalEntries for NoLocalEntries {
+    type Error = SyntaxError;
+
+    fn subtrees(&self, _: &[u8]) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    async fn available(&self, _: &[u8]) -> BTreeMap<String, Vec<u8>> {
+        BTreeMap::new()
+    }
+
+    async fn set(&mut self, _: &[u8], _: &Entries) -> Result<(), SyntaxError> {
+        Ok(())
+    }
+}
+
 /// Parses the arguments of a GETMETADATA command.
 pub fn parse_get(cmd: &Command) -> Result<GetMetadata, SyntaxError> {
     let mut args = cmd.args.iter().peekable();

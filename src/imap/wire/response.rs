@@ -2,11 +2,45 @@
 //! UID and literal, response codes) and writing UID sets. Pure functions over whole responses
 //! as a provider connection returns them (literals inline).
 
+use super::command;
+
 /// The number in a `* OK [NAME n]` response code.
 pub fn response_code_number(resp: &[u8], name: &str) -> Option<u32> {
     let text = String::from_utf8_lossy(resp);
     let rest = text.split(&format!("[{name} ")).nth(1)?;
     rest.split(']').next()?.trim().parse().ok()
+}
+
+/// The mailbox of a `* LIST (… attribute …) "." "Name"` response that carries `attribute`
+/// (e.g. `\\Junk`, RFC 6154).
+pub fn list_mailbox_with(line: &[u8], attribute: &str) -> Option<String> {
+    let body = line.strip_prefix(b"* ")?;
+    let parsed = command::parse(&[b"x ", body].concat()).ok()?;
+    if !parsed.name.eq_ignore_ascii_case("LIST") {
+        return None;
+    }
+    let command::Arg::List(attributes) = parsed.args.first()? else { return None };
+    let has = attributes.iter().any(|a| a.astring().is_some_and(|a| a.eq_ignore_ascii_case(attribute.as_bytes())));
+    if !has {
+        return None;
+    }
+    parsed.args.get(2)?.astring().map(|n| String::from_utf8_lossy(n).into_owned())
+}
+
+/// A number from a `* STATUS name (UIDNEXT n …)` response.
+pub fn status_number(resp: &[u8], item: &str) -> Option<u32> {
+    let text = String::from_utf8_lossy(resp);
+    if !text.get(..9).is_some_and(|h| h.eq_ignore_ascii_case("* STATUS ")) {
+        return None;
+    }
+    let items = &text[text.rfind('(')? + 1..];
+    let mut words = items.split(|c: char| c.is_whitespace() || c == ')');
+    while let Some(word) = words.next() {
+        if word.eq_ignore_ascii_case(item) {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
 }
 
 /// The UIDs of a `* SEARCH` response (none for any other response).
@@ -62,5 +96,27 @@ mod tests {
         let resp = b"* 2 FETCH (UID 9 BODY[]<0> {5}\r\nhello)\r\n";
         assert_eq!((fetch_uid(resp), first_literal(resp)), (Some(9), Some(&b"hello"[..])));
         assert_eq!(fetch_uid(b"* 2 FETCH (FLAGS () UID 12)\r\n"), Some(12));
+    }
+
+    #[test]
+    fn list_attributes_and_status_numbers() {
+        assert_eq!(
+            list_mailbox_with(b"* LIST (\\HasNoChildren \\Junk) \".\" Junk\r\n", "\\Junk").as_deref(),
+            Some("Junk")
+        );
+        assert_eq!(
+            list_mailbox_with(b"* LIST (\\Junk) \"/\" \"[Gmail]/Spam\"\r\n", "\\junk").as_deref(),
+            Some("[Gmail]/Spam")
+        );
+        assert_eq!(list_mailbox_with(b"* LIST (\\HasNoChildren \\Trash) \".\" Trash\r\n", "\\Junk"), None);
+        assert_eq!(list_mailbox_with(b"* LSUB (\\Junk) \".\" Junk\r\n", "\\Junk"), None);
+        assert_eq!(list_mailbox_with(b"garbage", "\\Junk"), None);
+        let status = b"* STATUS Junk (UIDNEXT 17 UIDVALIDITY 1700000000)\r\n";
+        assert_eq!(status_number(status, "UIDNEXT"), Some(17));
+        assert_eq!(status_number(status, "uidvalidity"), Some(1_700_000_000));
+        assert_eq!(status_number(b"* STATUS \"a (b\" (MESSAGES 2)\r\n", "MESSAGES"), Some(2));
+        assert_eq!(status_number(b"* 3 EXISTS\r\n", "UIDNEXT"), None);
+        assert_eq!(status_number(b"* STATUS Junk (UIDNEXT x)\r\n", "UIDNEXT"), None);
+        assert_eq!(status_number("* STATUS ä (UIDNEXT 1)".as_bytes(), "UIDNEXT"), Some(1));
     }
 }

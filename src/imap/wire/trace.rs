@@ -128,9 +128,10 @@ pub fn redact_message(msg: &[u8]) -> String {
     out
 }
 
-/// The first line of a client command, with LOGIN's and AUTHENTICATE's credentials redacted;
-/// a line of one word (no command: SASL data, e.g. an XOAUTH2 token sent without waiting for
-/// the `+`) is not shown at all. `DONE` (the end of IDLE) is the one-word line clients send.
+/// The first line of a client command, with LOGIN's and AUTHENTICATE's credentials and Delta
+/// Chat's device tokens redacted; a line of one word (no command: SASL data, e.g. an XOAUTH2
+/// token sent without waiting for the `+`) is not shown at all. `DONE` (the end of IDLE) is the
+/// one-word line clients send.
 pub fn redact_command_line(line: &[u8]) -> String {
     let text = String::from_utf8_lossy(line);
     let mut words = text.split_ascii_whitespace();
@@ -141,6 +142,9 @@ pub fn redact_command_line(line: &[u8]) -> String {
     }
     if name.eq_ignore_ascii_case("LOGIN") {
         return format!("{tag} {name} {REDACTED}");
+    }
+    if name.eq_ignore_ascii_case("SETMETADATA") && text.to_ascii_lowercase().contains("/private/devicetoken") {
+        return format!("{tag} {name} {REDACTED} (device token)");
     }
     if name.eq_ignore_ascii_case("AUTHENTICATE") {
         let mechanism = words.next().unwrap_or("");
@@ -193,6 +197,10 @@ mod tests {
         );
         assert_eq!(redact_message(b"a4 AUTHENTICATE PLAIN\r\n"), "a4 AUTHENTICATE PLAIN");
         assert_eq!(redact_command_line(b"x LOGIN u p\r\n"), "x LOGIN [redacted]");
+        assert_eq!(
+            redact_message(b"d SETMETADATA \"INBOX\" (/private/devicetoken \"openpgp:c2VjcmV0\")\r\n"),
+            "d SETMETADATA [redacted] (device token)"
+        );
         // SASL data the client sent without waiting for `+` reaches the command reader.
         let token = b"dXNlcj1hbGljZQFhdXRoPUJlYXJlciB5YTI5LlNlY3JldAEB\r\n";
         let shown = redact_message(token);

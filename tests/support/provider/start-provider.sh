@@ -19,6 +19,7 @@
 #   --password P             password for every user (default "secret")
 #   --no-idle                legacy variant: remove IDLE from CAPABILITY
 #   --metadata               enable RFC 5464 METADATA (off by default in Dovecot 2.3)
+#   --compress               offer COMPRESS=DEFLATE (RFC 4978; Dovecot's imap_zlib plugin)
 #   --slash-separator        "/" as hierarchy separator (default: Maildir++'s ".")
 #   --remove-cap "X Y"       remove arbitrary tokens from the post-login CAPABILITY
 #   --rawlog                 rawlogs: post-login per user in STATE/rawlog/<user>/,
@@ -53,7 +54,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 IMAP_PORT="" IMAPS_PORT="" SMTP_PORT="" SMTPS_PORT="" LMTP_PORT="" RELAY_PORT=""
 DOMAINS=() USERS="alice bob carol" PASSWORD="secret"
-NO_IDLE=0 METADATA=0 SLASH=0 REMOVE_CAP="" RAWLOG=0 VERBOSE=0 MAXCONN=100 AUTH_DELAY="0" POSTFIX=0
+NO_IDLE=0 METADATA=0 COMPRESS=0 SLASH=0 REMOVE_CAP="" RAWLOG=0 VERBOSE=0 MAXCONN=100 AUTH_DELAY="0" POSTFIX=0
 TRUSTED_CONF="" USER_FORMAT="%Lu" HOME_FORMAT="%Ld/%Ln"
 IMAP_CLIENT_LIMIT=1
 STATE=""
@@ -70,6 +71,7 @@ while [ $# -gt 0 ]; do
     --password) PASSWORD="$2"; shift 2;;
     --no-idle) NO_IDLE=1; shift;;
     --metadata) METADATA=1; shift;;
+    --compress) COMPRESS=1; shift;;
     --slash-separator) SLASH=1; shift;;
     --remove-cap) REMOVE_CAP="$REMOVE_CAP $2"; shift 2;;
     --rawlog) RAWLOG=1; shift;;
@@ -202,6 +204,8 @@ fi
 # providers have, instead of Maildir++'s "."
 MAIL_LAYOUT="" NS_SEPARATOR=""
 if [ "$SLASH" = 1 ]; then MAIL_LAYOUT=":LAYOUT=fs"; NS_SEPARATOR="separator = /"; fi
+COMPRESS_CONF=""
+if [ "$COMPRESS" = 1 ]; then COMPRESS_CONF='mail_plugins = $mail_plugins imap_zlib'; fi
 METADATA_CONF="imap_metadata = no"
 if [ "$METADATA" = 1 ]; then
   METADATA_CONF=$'imap_metadata = yes\nmail_attribute_dict = file:%h/dovecot-attributes'
@@ -292,6 +296,7 @@ $METADATA_CONF
 imap_id_log = *
 protocol imap {
   mail_max_userip_connections = $MAXCONN
+  $COMPRESS_CONF
   $RAWLOG_CONF
   $1
 }

@@ -1,15 +1,14 @@
 //! The client's side of the policy: what becomes of each command fragment.
 //!
-//! A command is relayed as it is framed, unless it is refused (COMPRESS, STARTTLS, limits),
-//! answered by the proxy (an IDLE the provider cannot serve) or collected for the
-//! interceptor. Refusing a synchronizing literal goes through the framer
+//! A command is relayed as it is framed, unless it is refused (STARTTLS, limits), answered by
+//! the proxy (an IDLE the provider cannot serve, COMPRESS) or collected for the interceptor. Refusing a synchronizing literal goes through the framer
 //! ([`Framer::refuse_literal`](crate::imap::wire::framing::Framer::refuse_literal)): the
 //! client then sends neither it nor the rest of the command.
 
 use std::time::Instant;
 
 use super::settle::Look;
-use super::{Answer, EmulatedIdle, Event, Keep, MAX_INTERCEPTED, Mode, Policy, tagged_or_untagged};
+use super::{Answer, Compression, EmulatedIdle, Event, Keep, MAX_INTERCEPTED, Mode, Policy, tagged_or_untagged};
 use crate::imap::wire::command::{self, CommandName, Head};
 use crate::imap::wire::framing::{Fragment, Literal};
 
@@ -205,7 +204,10 @@ impl Policy {
                 quiet.reset();
             }
         }
-        if let Some(refusal) = refusal(head) {
+        if head.is(CommandName::Compress) && self.opts.compress {
+            self.current.mode = Mode::Discard;
+            self.compress(head.tag, line);
+        } else if let Some(refusal) = refusal(head) {
             self.current.mode = Mode::Discard;
             self.answer(head.tag, refusal);
             return;
@@ -227,6 +229,19 @@ impl Policy {
         if selects_inbox && literal.is_none() && verdicts.watching {
             let command = &line[head.tag.len() + 1..];
             self.look = Some(Look::select(head.tag, command, verdicts, now));
+        }
+    }
+
+    /// `COMPRESS <mechanism>` (RFC 4978), which the proxy serves itself: DEFLATE once.
+    fn compress(&mut self, tag: &[u8], line: &[u8]) {
+        let mechanism = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or_default().trim_ascii();
+        if self.compression != Compression::Off {
+            self.answer(tag, "NO [COMPRESSIONACTIVE] DEFLATE is already active");
+        } else if !mechanism.eq_ignore_ascii_case(b"DEFLATE") {
+            self.answer(tag, "BAD Only COMPRESS DEFLATE is supported");
+        } else {
+            self.compression = Compression::Answering;
+            self.answers.push(Answer::Compress(tagged_or_untagged(tag, "OK DEFLATE active")));
         }
     }
 

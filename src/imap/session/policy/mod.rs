@@ -75,6 +75,8 @@ pub struct PolicyOptions {
     /// The quiet INBOX applies to this session; the function says whether it is on now (the
     /// account's COI filter is `active`).
     pub quiet: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    /// The proxy serves `COMPRESS DEFLATE` (RFC 4978) itself; else it refuses it.
+    pub compress: bool,
 }
 
 /// What becomes of one framed fragment.
@@ -118,6 +120,10 @@ pub enum Event {
     /// the provider reported `\Seen` in the FLAGS of a message read by a body FETCH or changed
     /// elsewhere.
     SeenChanged,
+    /// The client's `COMPRESS DEFLATE` was answered `OK` in what `poll_to_client` gave last:
+    /// once that is written, both directions of the client's connection are compressed, the
+    /// client bytes not framed yet included.
+    Compress,
     /// New messages wait for the account worker's look at INBOX: wake it.
     WakeWorker,
     /// The session is over; what `poll_to_client` gave before is its last word.
@@ -169,6 +175,18 @@ enum Answer {
     Bytes(Vec<u8>),
     /// The tagged end of an emulated IDLE: what the quiet INBOX held back goes first.
     IdleEnd(Vec<u8>),
+    /// The `OK` to `COMPRESS DEFLATE`: the last uncompressed bytes for the client.
+    Compress(Vec<u8>),
+}
+
+/// COMPRESS=DEFLATE towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Compression {
+    #[default]
+    Off,
+    /// The `OK` waits to be written; nothing more is read or written until then.
+    Answering,
+    On,
 }
 
 /// The BYE that ends the session once the provider's response in progress is complete.
@@ -274,6 +292,7 @@ pub struct Policy {
     /// The rest of a response goes to the held SELECT answer.
     collecting: bool,
     provider_said_bye: bool,
+    compression: Compression,
     answers: Vec<Answer>,
     to_provider: Vec<u8>,
     events: VecDeque<Event>,
@@ -309,6 +328,7 @@ impl Policy {
             holding: false,
             collecting: false,
             provider_said_bye: false,
+            compression: Compression::Off,
             answers: Vec::new(),
             to_provider: Vec::new(),
             events: VecDeque::new(),
@@ -342,6 +362,10 @@ impl Policy {
         if !self.reading_provider() {
             return None;
         }
+        if self.compression == Compression::Answering && self.provider.at_message_start() {
+            // The next response is compressed: it waits for the OK (`poll_to_client`).
+            return None;
+        }
         let fragment = self.provider.next(buf)?;
         let len = fragment.len();
         let mut before = Vec::new();
@@ -371,6 +395,7 @@ impl Policy {
             && !self.own.busy()
             && self.ending.is_none()
             && self.ended.is_none()
+            && self.compression != Compression::Answering
             && self.pending_answers() < MAX_PENDING_ANSWERS
             && (!self.client.at_message_start() || !self.settling() || self.idle_open())
     }
@@ -440,7 +465,7 @@ impl Policy {
         self.answers
             .iter()
             .map(|a| match a {
-                Answer::Bytes(b) | Answer::IdleEnd(b) => b.len(),
+                Answer::Bytes(b) | Answer::IdleEnd(b) | Answer::Compress(b) => b.len(),
             })
             .sum()
     }
@@ -643,6 +668,12 @@ impl Policy {
                         out.extend(news);
                     }
                     out.extend(bytes);
+                }
+                Answer::Compress(bytes) => {
+                    // Nothing is framed while it waits, so it is the last answer.
+                    out.extend(bytes);
+                    self.compression = Compression::On;
+                    self.events.push_back(Event::Compress);
                 }
             }
         }

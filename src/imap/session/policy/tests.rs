@@ -20,6 +20,7 @@ fn options() -> PolicyOptions {
         extra_capabilities: vec!["COI"],
         emulate_idle: None,
         quiet: None,
+        compress: false,
     }
 }
 
@@ -123,7 +124,12 @@ impl Session {
                 progress = true;
             }
             while let Some(event) = self.policy.poll_event() {
+                // The loop switches the client's connection to compression before anything else.
+                let switch = event == Event::Compress;
                 self.events.push(event);
+                if switch {
+                    return;
+                }
                 progress = true;
             }
             if !progress {
@@ -721,4 +727,43 @@ fn an_early_tick_changes_nothing() {
     s.pump();
     assert!(s.client.is_empty() && s.events().is_empty());
     assert_eq!(String::from_utf8_lossy(&s.provider), "coips1 NOOP\r\n", "only the requested command");
+}
+
+#[test]
+fn compress_deflate_is_answered_by_the_proxy_between_responses_and_then_switched_on() {
+    let mut s = Session::new(PolicyOptions { compress: true, ..options() });
+    assert_eq!(s.client_sends(b"a FETCH 1 BODY[]\r\n"), "a FETCH 1 BODY[]\r\n");
+    // The provider is in the middle of a response when COMPRESS comes: the OK waits for its end.
+    assert_eq!(s.provider_sends(b"* 1 FETCH (BODY[] {5}\r\nab"), "* 1 FETCH (BODY[] {5}\r\nab");
+    assert_eq!(s.client_sends(b"z COMPRESS DEFLATE\r\nthe rest is compressed"), "");
+    assert!(s.events().is_empty());
+    // The end of the FETCH response goes on; the next response (compressed) waits for the switch.
+    assert_eq!(s.provider_sends(b"cde)\r\na OK done\r\n"), "cde)\r\nz OK DEFLATE active\r\n");
+    assert_eq!(s.events(), vec![Event::Compress]);
+    assert_eq!(s.from_provider, b"a OK done\r\n", "not framed before the switch");
+    assert_eq!(s.from_client, b"the rest is compressed", "left for the inflater");
+    // After the switch (the loop inflates), everything goes on as before.
+    s.from_client.clear();
+    assert_eq!(s.provider_sends(b""), "a OK done\r\n");
+    assert!(s.events().is_empty());
+    assert_eq!(s.client_sends(b"b NOOP\r\n"), "b NOOP\r\n");
+    let before = s.client.len();
+    assert_eq!(s.client_sends(b"c COMPRESS DEFLATE\r\nd COMPRESS x\r\n"), "");
+    assert_eq!(
+        String::from_utf8_lossy(&s.client[before..]),
+        "c NO [COMPRESSIONACTIVE] DEFLATE is already active\r\nd NO [COMPRESSIONACTIVE] DEFLATE is already active\r\n"
+    );
+    assert!(s.events().is_empty());
+}
+
+#[test]
+fn compress_with_another_mechanism_or_a_literal_is_refused_and_nothing_switches() {
+    let mut s = Session::new(PolicyOptions { compress: true, ..options() });
+    assert_eq!(s.client_sends(b"a COMPRESS GZIP\r\nb COMPRESS {7}\r\n"), "");
+    assert_eq!(
+        String::from_utf8_lossy(&s.client),
+        "a BAD Only COMPRESS DEFLATE is supported\r\nb BAD Only COMPRESS DEFLATE is supported\r\n"
+    );
+    assert!(s.events().is_empty());
+    assert_eq!(s.client_sends(b"c NOOP\r\n"), "c NOOP\r\n", "the refused literal was never sent");
 }
