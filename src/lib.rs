@@ -21,6 +21,7 @@ pub mod provider_profile;
 pub mod push;
 pub mod receipts;
 pub mod sd_notify;
+pub mod seal;
 pub mod secret;
 pub mod smtp;
 pub mod store;

@@ -11,7 +11,8 @@ use std::path::Path;
 /// The floors, bottom up (ARCHITECTURE.md, "The map").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Level {
-    /// L0: config, account, mail, limits, logging, secret, net, tls, metrics, sd_notify, clock.
+    /// L0: config, account, mail, limits, logging, secret, net, tls, metrics, sd_notify, clock,
+    /// provider_profile, seal.
     Floor,
     /// L1: `imap::wire` (the IMAP syntax) and `store` (redb); neither imports the other.
     Base,
@@ -48,7 +49,7 @@ impl fmt::Display for Node {
 }
 
 const FLOOR_FILES: &[&str] =
-    &["config", "account", "mail", "limits", "logging", "secret", "net", "tls", "metrics", "sd_notify", "clock", "provider_profile"];
+    &["config", "account", "mail", "limits", "logging", "secret", "net", "tls", "metrics", "sd_notify", "clock", "provider_profile", "seal"];
 const TOP_FILES: &[&str] = &["main", "app", "check", "trust", "cli"];
 
 /// Where a module (its path below the crate root) stands on the map; `None`: not on the map.
