@@ -33,6 +33,9 @@ pub use metadata::TooManyEntries;
 mod push;
 pub use push::{PushSubscription, TooManySubscriptions, Validation};
 
+mod oauth;
+pub use oauth::OAuthGrant;
+
 /// Bumped whenever a table's meaning or encoding changes; `open` migrates older files.
 pub const SCHEMA_VERSION: u32 = 1;
 
