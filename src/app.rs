@@ -36,6 +36,8 @@ pub enum RunError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
     #[error("cannot listen on {addr} ({kind}): {source}")]
     Bind { addr: SocketAddr, kind: &'static str, source: std::io::Error },
     #[error(transparent)]
@@ -85,8 +87,9 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     }
     let (server_tls, local_cert) = tls::local_server_config(&config.state_dir)?;
     let store = Store::open(&config.state_dir)?;
+    let seal = crate::seal::SealKey::load_or_create(&config.seal_key_path())?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (context, receivers) = Context::new(config, TlsAcceptor::from(server_tls), store, shutdown_rx.clone());
+    let (context, receivers) = Context::new(config, TlsAcceptor::from(server_tls), store, seal, shutdown_rx.clone());
     let ctx = Arc::new(context);
     // The worker supervisor first: logins ask it for workers as soon as the listeners accept.
     let supervisor = tokio::spawn(crate::worker::supervise(ctx.clone(), receivers.workers));

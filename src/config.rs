@@ -459,7 +459,8 @@ impl Config {
                 if account.password_command.is_some() {
                     return Err((
                         key("password_command"),
-                        "an account with [account.oauth2] signs in with its OAuth2 grant; remove password_command".into(),
+                        "an account with [account.oauth2] signs in with its OAuth2 grant; remove password_command"
+                            .into(),
                     ));
                 }
             }

@@ -1,8 +1,9 @@
-//! What every edge and wing is handed: the configuration in force, the store, the accounts and
-//! their credentials, TLS towards providers and clients, the session caps, the shutdown signal,
-//! and the channels to the long-running tasks (the worker supervisor, the receipts agent, the
-//! queue's relay). Built once by `app`, which also starts the tasks that read the channels;
-//! nothing here starts anything, so a wing that needs a worker asks for one and never spawns it.
+//! What every edge and wing is handed: the configuration in force, the store and the key that
+//! seals its secrets, the accounts and their credentials, TLS towards providers and clients, the
+//! session caps, the shutdown signal, and the channels to the long-running tasks (the worker
+//! supervisor, the receipts agent, the queue's relay). Built once by `app`, which also starts
+//! the tasks that read the channels; nothing here starts anything, so a wing that needs a worker
+//! asks for one and never spawns it.
 
 use std::sync::{Arc, RwLock};
 
@@ -12,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::account::{Accounts, Credentials};
 use crate::config::Config;
 use crate::limits::{AuthFailures, Sessions};
+use crate::seal::SealKey;
 use crate::store::Store;
 use crate::tls::UpstreamTls;
 
@@ -24,6 +26,8 @@ pub struct Context {
     pub acceptor: TlsAcceptor,
     pub credentials: Credentials,
     pub store: Store,
+    /// Seals the secrets the store keeps (OAuth2 tokens, local password hashes).
+    pub seal: Arc<SealKey>,
     /// Every account seen since start: COI settings, worker nudges, verdicts.
     pub accounts: Accounts,
     /// Open sessions (IMAP and SMTP) per client address, for `[limits] max_sessions*`.
@@ -52,6 +56,7 @@ impl Context {
         config: Config,
         acceptor: TlsAcceptor,
         store: Store,
+        seal: SealKey,
         shutdown: watch::Receiver<bool>,
     ) -> (Context, Receivers) {
         let (workers, workers_rx) = mpsc::unbounded_channel();
@@ -63,6 +68,7 @@ impl Context {
             acceptor,
             credentials: Credentials::default(),
             store,
+            seal: Arc::new(seal),
             accounts: Accounts::default(),
             sessions: Sessions::default(),
             auth_failures: AuthFailures::default(),

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod mail;
 pub mod metrics;
 pub mod net;
+pub mod oauth;
 pub mod provider_profile;
 pub mod push;
 pub mod receipts;

@@ -18,7 +18,7 @@ enum Level {
     Base,
     /// L2: `context`.
     Context,
-    /// L3: coi, push, receipts.
+    /// L3: coi, push, receipts, oauth.
     Wing,
     /// L4: imap::session, imap::upstream (with imap::conn), smtp, worker.
     Edge,
@@ -48,8 +48,21 @@ impl fmt::Display for Node {
     }
 }
 
-const FLOOR_FILES: &[&str] =
-    &["config", "account", "mail", "limits", "logging", "secret", "net", "tls", "metrics", "sd_notify", "clock", "provider_profile", "seal"];
+const FLOOR_FILES: &[&str] = &[
+    "config",
+    "account",
+    "mail",
+    "limits",
+    "logging",
+    "secret",
+    "net",
+    "tls",
+    "metrics",
+    "sd_notify",
+    "clock",
+    "provider_profile",
+    "seal",
+];
 const TOP_FILES: &[&str] = &["main", "app", "check", "trust", "cli"];
 
 /// Where a module (its path below the crate root) stands on the map; `None`: not on the map.
@@ -67,7 +80,7 @@ fn place(module: &[String]) -> Option<Node> {
         ("imap", Some("session")) => node("imap::session", Level::Edge),
         ("imap", Some(_)) => None,
         ("smtp" | "worker", _) => node(first, Level::Edge),
-        ("coi" | "push" | "receipts", _) => node(first, Level::Wing),
+        ("coi" | "push" | "receipts" | "oauth", _) => node(first, Level::Wing),
         ("context", None) => node("context", Level::Context),
         ("store", _) => node("store", Level::Base),
         (f, _) if FLOOR_FILES.contains(&f) => node(f, Level::Floor),

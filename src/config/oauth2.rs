@@ -188,9 +188,10 @@ mod tests {
         .endpoints()
         .unwrap();
         assert!(tenant.token_url.contains("/t1/"));
-        let google = oauth("provider = \"google\"\nclient_id = \"x.apps.googleusercontent.com\"\nclient_secret = \"s\"\n")
-            .endpoints()
-            .unwrap();
+        let google =
+            oauth("provider = \"google\"\nclient_id = \"x.apps.googleusercontent.com\"\nclient_secret = \"s\"\n")
+                .endpoints()
+                .unwrap();
         assert_eq!(google.device_authorization_url, None);
         assert_eq!(google.scope, "https://mail.google.com/");
         assert!(google.authorize_params.contains(&("prompt".into(), "consent".into())));
@@ -203,7 +204,9 @@ mod tests {
         assert_eq!(err("provider = \"yahoo\"\nclient_id = \"a\"\n").0, "provider");
         assert_eq!(err("client_id = \"a\"\nscope = \"s\"\n").0, "token_url");
         assert_eq!(err("client_id = \"a\"\ntoken_url = \"https://x/t\"\nscope = \"s\"\n").0, "authorization_url");
-        let (key, why) = err("client_id = \"a\"\ntoken_url = \"http://idp.example/t\"\nscope = \"s\"\nauthorization_url = \"https://x/a\"\n");
+        let (key, why) = err(
+            "client_id = \"a\"\ntoken_url = \"http://idp.example/t\"\nscope = \"s\"\nauthorization_url = \"https://x/a\"\n",
+        );
         assert_eq!(key, "token_url");
         assert!(why.contains("unencrypted"), "{why}");
         assert_eq!(err("provider = \"google\"\nclient_id = \" \"\n").0, "client_id");
