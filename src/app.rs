@@ -3,6 +3,7 @@
 //! and receipts agent, metrics), reloads on SIGHUP, and shuts down gracefully on SIGTERM/SIGINT
 //! (stop accepting, `* BYE` to every client, close providers; no worker restarts).
 
+mod control;
 mod http;
 
 use std::net::SocketAddr;
@@ -109,6 +110,7 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     let smtp_channels = (receivers.queue, receivers.receipts);
     listeners.smtp =
         crate::smtp::server::start(ctx.clone(), smtp_channels, shutdown_rx.clone(), listeners.alive.clone()).await?;
+    tokio::spawn(control::serve(ctx.clone(), shutdown_rx.clone()));
     tokio::spawn(renew_cert_daily(ctx.clone(), local_cert.clone()));
     info!(version = env!("CARGO_PKG_VERSION"), "coi-proxy ready");
     crate::sd_notify::ready("serving");

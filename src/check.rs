@@ -25,6 +25,7 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
     listeners(&mut out, config);
     local_certificate(&mut out, &config.state_dir);
     let _ = writeln!(out, "queue: {}", queue(config));
+    oauth2(&mut out, config).await;
 
     let providers = config.providers();
     if providers.is_empty() {
@@ -139,6 +140,22 @@ fn queue(config: &Config) -> String {
         Ok(text) if text.starts_with("The queue is empty") => "empty".into(),
         Ok(text) => text.lines().next().unwrap_or("").trim_end_matches(':').to_string(),
         Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// The OAuth2 accounts' state (authorized, refreshed, refused), from the daemon or the store.
+async fn oauth2(out: &mut String, config: &Config) {
+    if config.accounts.iter().all(|a| a.oauth2.is_none()) {
+        return;
+    }
+    let socket = crate::smtp::control::socket_path(&config.state_dir);
+    match crate::oauth::control::status(config, &socket).await {
+        Ok(text) => {
+            for line in text.lines() {
+                let _ = writeln!(out, "oauth2 {line}");
+            }
+        }
+        Err(e) => _ = writeln!(out, "oauth2: unknown ({e})"),
     }
 }
 

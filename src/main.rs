@@ -56,6 +56,30 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Signs the proxy in to providers that want OAuth2 (Gmail, Microsoft 365; works while the
+    /// daemon runs).
+    Oauth {
+        #[command(subcommand)]
+        action: OauthAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum OauthAction {
+    /// Authorizes coi-proxy at the provider of LOGIN (an [[account]] with [account.oauth2]):
+    /// prints the URL and code to use, stores the grant, and sets the local password your mail
+    /// client will log in to coi-proxy with.
+    Authorize {
+        login: String,
+        /// Read the local password from the first line of stdin (required).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Use the browser flow (PKCE, loopback redirect) where the device flow is the default.
+        #[arg(long)]
+        browser: bool,
+    },
+    /// Shows each OAuth2 account's state: authorized, refreshed, or refused by the provider.
+    Status,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -158,6 +182,44 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Oauth { action } => runtime.block_on(oauth(&config, action)),
+    }
+}
+
+async fn oauth(config: &Config, action: OauthAction) -> ExitCode {
+    let socket = coi_proxy::smtp::control::socket_path(&config.state_dir);
+    let result = match action {
+        OauthAction::Authorize { login, password_stdin, browser } => {
+            if !password_stdin {
+                eprintln!(
+                    "coi-proxy: give the local password your mail client will use on stdin, with --password-stdin \
+                     (e.g. `read -rs PW; printf '%s\\n' \"$PW\" | coi-proxy oauth authorize {login} --password-stdin`)"
+                );
+                return ExitCode::from(2);
+            }
+            let password = match coi_proxy::oauth::authorize::read_password(std::io::stdin().lock()) {
+                Ok(password) => password,
+                Err(e) => {
+                    eprintln!("coi-proxy: cannot read the password from stdin: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut out = std::io::stdout();
+            coi_proxy::oauth::authorize::run(config, &socket, &login, password, browser, &mut out)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        OauthAction::Status => coi_proxy::oauth::control::status(config, &socket).await.map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("coi-proxy: {e}");
+            ExitCode::FAILURE
         }
     }
 }

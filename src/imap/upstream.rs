@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 
-use crate::account::CredentialError;
+use crate::account::{Credential, CredentialError};
 use crate::config::{Provider, Security, ServerUrl};
 use crate::context::Context;
 use crate::imap::conn::{Conn, ReadError};
@@ -18,6 +18,8 @@ use crate::imap::wire::capability;
 use crate::imap::wire::command;
 use crate::imap::wire::provider::{ProviderCommands, ProviderError, Reply};
 use crate::net::{NetError, Stream, tcp_connect, tls_handshake};
+use crate::oauth::sasl::{Challenge, Mechanism};
+use crate::oauth::{self, OAuthError};
 use crate::secret::Secret;
 use crate::store::StoreError;
 use crate::tls::UpstreamTls;
@@ -38,6 +40,11 @@ pub enum UpstreamError {
     Protocol { server: String },
     #[error("{server} does not allow login over this connection (LOGINDISABLED)")]
     LoginDisabled { server: String },
+    #[error("{server} offers neither AUTH=XOAUTH2 nor AUTH=OAUTHBEARER for an OAuth2 sign-in")]
+    NoBearerAuth { server: String },
+    /// The OAuth2 sign-in could not be done now (the identity provider, the store).
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
 }
 
 impl UpstreamError {
@@ -49,6 +56,8 @@ impl UpstreamError {
             UpstreamError::StartTls { .. } => "starttls",
             UpstreamError::Protocol { .. } => "protocol",
             UpstreamError::LoginDisabled { .. } => "login_disabled",
+            UpstreamError::NoBearerAuth { .. } => "login_disabled",
+            UpstreamError::OAuth(_) => "oauth",
         }
     }
 
@@ -179,14 +188,18 @@ impl Upstream {
         Ok(up)
     }
 
-    /// Connects to `login`'s provider and logs in with `password`: the proxy's own connection
+    /// Connects to `login`'s provider and signs in with `credential`: the proxy's own connection
     /// for work on the account.
-    pub async fn open(ctx: &Context, login: &str, password: &Secret) -> Result<Upstream, OwnWorkError> {
+    pub async fn open(ctx: &Context, login: &str, credential: &Credential) -> Result<Upstream, OwnWorkError> {
         let config = ctx.config();
         let provider = config.provider_for(login).ok_or_else(|| OwnWorkError::NoProvider(login.to_string()))?;
         let limits = &config.limits;
         let mut up = Upstream::connect(&provider, &ctx.upstream_tls, limits.connect_timeout(), limits.max_line).await?;
-        match up.authenticate(login, password).await? {
+        let outcome = match credential {
+            Credential::Password(password) => up.authenticate(login, password).await?,
+            Credential::OAuth2 => up.sign_in_oauth2(ctx, login, None).await?,
+        };
+        match outcome {
             AuthOutcome::Ok(_) => Ok(up),
             AuthOutcome::Rejected(status) => {
                 Err(OwnWorkError::LoginRefused(String::from_utf8_lossy(&status).trim_end().to_string()))
@@ -202,6 +215,95 @@ impl Upstream {
 
     pub fn has(&self, cap: &str) -> bool {
         self.capabilities.iter().any(|c| c.eq_ignore_ascii_case(cap))
+    }
+
+    /// Logs a client in with what it gave: with OAuth2 where `[account.oauth2]` applies (the
+    /// local password is checked by the proxy and never sent on), else with the same
+    /// credentials.
+    pub async fn log_in(
+        &mut self,
+        ctx: &Context,
+        login: &str,
+        password: &Secret,
+    ) -> Result<AuthOutcome, UpstreamError> {
+        if ctx.config().oauth2_for(login).is_some() {
+            return self.sign_in_oauth2(ctx, login, Some(password)).await;
+        }
+        self.authenticate(login, password).await
+    }
+
+    /// Signs in with an access token of `login`'s grant (for a client, after checking its
+    /// local `password`). A token the provider turns down is refreshed once and tried again; a
+    /// refusal the client must act on (wrong password, no or a revoked grant) comes back as a
+    /// `NO [AUTHENTICATIONFAILED]` status that says what to do.
+    async fn sign_in_oauth2(
+        &mut self,
+        ctx: &Context,
+        login: &str,
+        password: Option<&Secret>,
+    ) -> Result<AuthOutcome, UpstreamError> {
+        let token = match password {
+            Some(password) => oauth::sign_in(ctx, login, password).await,
+            None => oauth::access_token(ctx, login, None).await,
+        };
+        let token = match token {
+            Ok(token) => token,
+            Err(e) => return oauth_refusal(e),
+        };
+        match self.authenticate_bearer(login, &token).await? {
+            AuthOutcome::Ok(status) => Ok(AuthOutcome::Ok(status)),
+            AuthOutcome::Rejected(_) => {
+                tracing::info!(login, "the provider turned the access token down; refreshing it once");
+                match oauth::access_token(ctx, login, Some(&token)).await {
+                    Ok(fresh) => self.authenticate_bearer(login, &fresh).await,
+                    Err(e) => oauth_refusal(e),
+                }
+            }
+        }
+    }
+
+    /// AUTHENTICATE with a bearer token: XOAUTH2 or OAUTHBEARER, whichever the provider offers,
+    /// as an initial response where SASL-IR allows. A refusal's challenge is answered as the
+    /// mechanism wants before the provider's `NO`.
+    pub async fn authenticate_bearer(&mut self, login: &str, token: &Secret) -> Result<AuthOutcome, UpstreamError> {
+        let offered = self
+            .capabilities
+            .iter()
+            .filter_map(|c| c.get(..5).filter(|p| p.eq_ignore_ascii_case("AUTH=")).map(|_| &c[5..]));
+        let mechanism = Mechanism::choose(offered)
+            .ok_or_else(|| UpstreamError::NoBearerAuth { server: self.server.to_string() })?;
+        let response = mechanism.initial_response_b64(login, token, &self.server.host, self.server.port);
+        let tag = self.tag();
+        let mut line = format!("{tag} AUTHENTICATE {}", mechanism.name()).into_bytes();
+        let mut pending = Some(response);
+        if self.has("SASL-IR") {
+            line.push(b' ');
+            line.extend_from_slice(pending.take().expect("not sent yet").expose());
+        }
+        line.extend_from_slice(b"\r\n");
+        let line = Secret::new(line);
+        self.send(line.expose()).await?;
+        let prefix = format!("{tag} ");
+        loop {
+            let reply = self.read_response().await?;
+            if let Some(status) = reply.strip_prefix(prefix.as_bytes()) {
+                return self.logged_in(status.to_vec()).await;
+            }
+            if let Some(challenge) = reply.strip_prefix(b"+") {
+                let answer = match pending.take() {
+                    Some(response) => Secret::new([response.expose(), b"\r\n"].concat()),
+                    None => {
+                        // The refusal's challenge (a JSON error); answering it ends the exchange.
+                        let why = Challenge::parse(challenge).map_or_else(|| "no details".into(), |c| c.describe());
+                        tracing::debug!(mechanism = mechanism.name(), "the provider refused the token ({why})");
+                        Secret::new(format!("{}\r\n", mechanism.abort_response_b64()).into_bytes())
+                    }
+                };
+                self.send(answer.expose()).await?;
+            } else if reply.starts_with(b"* BYE") {
+                return Err(UpstreamError::closed(&self.server));
+            }
+        }
     }
 
     /// Logs in with AUTHENTICATE PLAIN where offered (one base64 line; no quoting pitfalls),
@@ -253,6 +355,11 @@ impl Upstream {
             }
         }
         let status = self.read_tagged(&tag).await?;
+        self.logged_in(status).await
+    }
+
+    /// The outcome of a login from the provider's tagged status; after `OK`, its capabilities.
+    async fn logged_in(&mut self, status: Vec<u8>) -> Result<AuthOutcome, UpstreamError> {
         if status.starts_with(b"OK") {
             match capability::find_in_response(&[b"* ", &status[..]].concat()) {
                 Some(range) => self.capabilities = capability::parse_list(&[b"* ", &status[..]].concat()[range]),
@@ -430,6 +537,21 @@ impl ProviderCommands for Upstream {
             }
         }
     }
+}
+
+/// An OAuth2 sign-in that did not get as far as the provider: a refusal the client must act on
+/// becomes its `NO [AUTHENTICATIONFAILED]` status (saying what to do; a wrong password is not
+/// told apart from a wrong login), anything else a failure to log in now.
+fn oauth_refusal(e: OAuthError) -> Result<AuthOutcome, UpstreamError> {
+    if !e.refuses_login() {
+        return Err(e.into());
+    }
+    tracing::info!("OAuth2 sign-in refused: {e}");
+    let text = match e {
+        OAuthError::WrongPassword => "Authentication failed.".to_string(),
+        e => e.to_string().chars().map(|c| if c.is_ascii_graphic() { c } else { ' ' }).collect(),
+    };
+    Ok(AuthOutcome::Rejected(format!("NO [AUTHENTICATIONFAILED] {text}\r\n").into_bytes()))
 }
 
 fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {

@@ -65,12 +65,14 @@ pub fn origin(url: &str) -> String {
 /// POSTs `form` (application/x-www-form-urlencoded) to `url` and reads the answer.
 pub async fn post_form(url: &str, form: &[(&str, &[u8])]) -> Result<Answer, HttpError> {
     let origin = origin(url);
-    let mut body = url::form_urlencoded::Serializer::new(String::new());
-    for (key, value) in form {
-        // Values are ASCII tokens and codes in practice; anything else is sent as UTF-8 text.
-        body.append_pair(key, &String::from_utf8_lossy(value));
-    }
-    let body = Secret::new(body.finish().into_bytes());
+    let body = {
+        let mut body = url::form_urlencoded::Serializer::new(String::new());
+        for (key, value) in form {
+            // Values are ASCII tokens and codes in practice; anything else is sent as UTF-8 text.
+            body.append_pair(key, &String::from_utf8_lossy(value));
+        }
+        Secret::new(body.finish().into_bytes())
+    };
     let network = |e: reqwest::Error| HttpError::Network { origin: origin.clone(), detail: describe(e) };
     let mut response = client()?
         .post(url)

@@ -2,24 +2,20 @@
 //!
 //! redb lets one process at a time open the store, and the running daemon holds it. So the
 //! daemon serves these commands on a Unix socket in the state directory (`control.sock`, mode
-//! 0600, inside the 0700 state directory), and the command line asks it there; only when no
-//! daemon answers does the command line open the store itself.
+//! 0600, inside the 0700 state directory; served by `app::control`, which hands `queue …` lines
+//! to [`answer`]), and the command line asks it there; only when no daemon answers does the
+//! command line open the store itself.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixListener;
-use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
-use super::Smtp;
 use super::queue::now;
 use crate::config::Config;
+use crate::context::Context;
 use crate::mail::rfc5322_date;
 use crate::store::{QueuedMessage, RecipientState, Store, StoreError};
 
@@ -138,61 +134,29 @@ fn execute(store: &Store, cmd: Command) -> Result<Done, ControlError> {
     }
 }
 
-/// Serves the control socket until shutdown.
-pub async fn serve(ctx: Arc<Smtp>, mut shutdown: watch::Receiver<bool>) {
-    let path = socket_path(&ctx.shared.config().state_dir);
-    // A socket left by a killed daemon; the store lock already ensures no other daemon runs.
-    let _ = std::fs::remove_file(&path);
-    let listener = match UnixListener::bind(&path) {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(
-                "cannot create the control socket {}: {e}; `coi-proxy queue` will not work while running",
-                path.display()
-            );
-            return;
-        }
-    };
-    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|down| *down) => break,
-        };
-        let Ok((stream, _)) = accepted else { continue };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let mut reader = tokio::io::BufReader::new(read.take(1024));
-            if reader.read_line(&mut line).await.is_err() {
-                return;
-            }
-            let reply = match Command::parse(&line) {
-                Some(cmd) => {
-                    let store = ctx.shared.store.clone();
-                    let result = tokio::task::spawn_blocking(move || execute(&store, cmd))
-                        .await
-                        .unwrap_or_else(|e| Err(e.into()));
-                    if let Ok(Done { wake: Some(login), .. }) = &result
-                        && let Command::Retry(id) = cmd
-                    {
-                        ctx.shared.queue.wake(id, login.clone());
-                    }
-                    if result.is_ok() && cmd != Command::List {
-                        info!("control: {}", cmd.to_line());
-                    }
-                    match result {
-                        Ok(done) => format!("ok\n{}", done.text),
-                        Err(e) => format!("error\n{e}\n"),
-                    }
-                }
-                None => "error\nunknown command; use: queue list | queue retry ID | queue drop ID\n".into(),
-            };
-            let _ = write.write_all(reply.as_bytes()).await;
-        });
+/// The daemon's answer to a control line (`ok` or `error`, then text); `None` if it is not a
+/// queue command.
+pub async fn answer(shared: &Context, line: &str) -> Option<String> {
+    if line.split_whitespace().next() != Some("queue") {
+        return None;
     }
-    let _ = std::fs::remove_file(&path);
+    let Some(cmd) = Command::parse(line) else {
+        return Some("error\nunknown command; use: queue list | queue retry ID | queue drop ID\n".into());
+    };
+    let store = shared.store.clone();
+    let result = tokio::task::spawn_blocking(move || execute(&store, cmd)).await.unwrap_or_else(|e| Err(e.into()));
+    if let Ok(Done { wake: Some(login), .. }) = &result
+        && let Command::Retry(id) = cmd
+    {
+        shared.queue.wake(id, login.clone());
+    }
+    if result.is_ok() && cmd != Command::List {
+        info!("control: {}", cmd.to_line());
+    }
+    Some(match result {
+        Ok(done) => format!("ok\n{}", done.text),
+        Err(e) => format!("error\n{e}\n"),
+    })
 }
 
 /// The queue as text for people: one block per message.

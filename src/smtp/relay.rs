@@ -1,5 +1,5 @@
 //! A small SMTP client for the provider's submission server: greeting, EHLO, STARTTLS, AUTH
-//! PLAIN, then transactions (MAIL with parameters, RCPT per recipient, DATA with dot-stuffing)
+//! PLAIN (or XOAUTH2 / OAUTHBEARER with a token of the account's OAuth2 grant), then transactions (MAIL with parameters, RCPT per recipient, DATA with dot-stuffing)
 //! and QUIT. Own code rather than lettre or mail-send because the queue needs the exact reply of
 //! every recipient (temporary or permanent) and control over MAIL/RCPT parameters (BODY,
 //! SMTPUTF8, and the DSN ones).
@@ -15,7 +15,10 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Security, ServerUrl, SmtpProvider};
+use crate::context::Context;
 use crate::net::{NetError, Stream, tcp_connect, tls_handshake};
+use crate::oauth::sasl::{Challenge, Mechanism};
+use crate::oauth::{self, OAuthError};
 use crate::secret::Secret;
 use crate::store::{QueuedMessage, RecipientState};
 use crate::tls::UpstreamTls;
@@ -110,6 +113,8 @@ pub struct ProviderCaps {
     pub dsn: bool,
     pub pipelining: bool,
     pub auth_plain: bool,
+    /// The bearer-token mechanism to use, where one is offered.
+    pub auth_bearer: Option<Mechanism>,
 }
 
 impl ProviderCaps {
@@ -125,7 +130,11 @@ impl ProviderCaps {
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "DSN" => caps.dsn = true,
                 "PIPELINING" => caps.pipelining = true,
-                "AUTH" => caps.auth_plain = words.any(|m| m.eq_ignore_ascii_case("PLAIN")),
+                "AUTH" => {
+                    let mechanisms: Vec<&str> = words.collect();
+                    caps.auth_plain = mechanisms.iter().any(|m| m.eq_ignore_ascii_case("PLAIN"));
+                    caps.auth_bearer = Mechanism::choose(mechanisms);
+                }
                 _ => {}
             }
         }
@@ -145,6 +154,8 @@ pub enum RelayError {
     StartTls { server: String, reply: Reply },
     #[error("{server} does not offer AUTH PLAIN")]
     NoAuthPlain { server: String },
+    #[error("{server} offers neither AUTH XOAUTH2 nor AUTH OAUTHBEARER for an OAuth2 sign-in")]
+    NoBearerAuth { server: String },
     #[error("{server} refused EHLO: {reply}")]
     Ehlo { server: String, reply: Reply },
     #[error("{server} sent a malformed reply: {detail}")]
@@ -182,6 +193,8 @@ impl Transaction {
 pub struct SmtpClient {
     stream: Stream,
     buf: BytesMut,
+    /// Host and port, as OAUTHBEARER names them.
+    url: ServerUrl,
     pub server: String,
     pub caps: ProviderCaps,
 }
@@ -214,8 +227,13 @@ impl SmtpClient {
             Security::Implicit => tls_handshake(tcp, url, tls_config()?).await?,
             _ => Stream::Plain(tcp),
         };
-        let mut client =
-            SmtpClient { stream, buf: BytesMut::with_capacity(4096), server: server.clone(), caps: Default::default() };
+        let mut client = SmtpClient {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            url: url.clone(),
+            server: server.clone(),
+            caps: Default::default(),
+        };
         let greeting = client.read_reply().await?;
         if greeting.code != 220 {
             return Err(RelayError::Greeting { server, reply: greeting });
@@ -265,6 +283,49 @@ impl SmtpClient {
         cmd.extend_from_slice(b"\r\n");
         let cmd = Secret::new(cmd);
         self.command(cmd.expose()).await
+    }
+
+    /// AUTH with a bearer token, XOAUTH2 or OAUTHBEARER as offered: `AUTH <mechanism>`, the
+    /// `334`, then the response on a line of its own (Dovecot refuses a 2 KB AUTH line, and
+    /// RFC 4954 allows both). A refusal's `334` challenge is answered as the mechanism wants; the
+    /// final reply is returned (`235`, `535` …).
+    pub async fn authenticate_bearer(&mut self, login: &str, token: &Secret) -> Result<Reply, RelayError> {
+        let Some(mechanism) = self.caps.auth_bearer else {
+            return Err(RelayError::NoBearerAuth { server: self.server.clone() });
+        };
+        let reply = self.command(format!("AUTH {}\r\n", mechanism.name()).as_bytes()).await?;
+        if reply.code != 334 {
+            return Ok(reply);
+        }
+        let response = mechanism.initial_response_b64(login, token, &self.url.host, self.url.port);
+        let line = Secret::new([response.expose(), b"\r\n"].concat());
+        let reply = self.command(line.expose()).await?;
+        if reply.code != 334 {
+            return Ok(reply);
+        }
+        let why = Challenge::parse(reply.text.as_bytes()).map_or_else(|| "no details".into(), |c| c.describe());
+        tracing::debug!(mechanism = mechanism.name(), "the provider refused the token ({why})");
+        self.command(format!("{}\r\n", mechanism.abort_response_b64()).as_bytes()).await
+    }
+
+    /// Signs in with `token` of `login`'s OAuth2 grant; a token the provider refuses for good is
+    /// refreshed once and tried again. `Ok(Err)`: no usable token (the grant is gone or the
+    /// identity provider unreachable).
+    pub async fn authenticate_oauth2(
+        &mut self,
+        shared: &Context,
+        login: &str,
+        token: Secret,
+    ) -> Result<Result<Reply, OAuthError>, RelayError> {
+        let reply = self.authenticate_bearer(login, &token).await?;
+        if reply.is_positive() || reply.is_transient() {
+            return Ok(Ok(reply));
+        }
+        tracing::info!(login, "{} turned the access token down ({reply}); refreshing it once", self.server);
+        match oauth::access_token(shared, login, Some(&token)).await {
+            Ok(fresh) => Ok(Ok(self.authenticate_bearer(login, &fresh).await?)),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     /// Offers `body` for the pending recipients of `msg`. With PIPELINING, MAIL, the RCPTs and
@@ -478,6 +539,7 @@ mod tests {
                 eight_bit: true,
                 pipelining: true,
                 auth_plain: true,
+                auth_bearer: None,
                 ..Default::default()
             }
         );

@@ -21,6 +21,7 @@ use crate::context::{Context, ReceiptJob};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::limits::Refused;
 use crate::net::Stream;
+use crate::oauth::{self, OAuthError};
 use crate::secret::Secret;
 
 /// RFC 5321 4.5.3.2.7: a server should wait at least 5 minutes for the next command.
@@ -102,7 +103,6 @@ pub async fn start(
             ctx.caps.get(&provider, &shared.upstream_tls, shared.config().limits.connect_timeout()).await;
         });
     }
-    tokio::spawn(super::control::serve(ctx.clone(), shutdown.clone()));
     super::receipts::start(ctx.clone(), receipt_jobs);
     tokio::spawn(queue::run_relay(ctx, wakeups, shutdown, alive));
     Ok(tasks)
@@ -249,6 +249,7 @@ async fn run(
                         tokio::time::sleep(delay).await;
                     }
                     AuthResult::Unavailable(_) => info!(login, "login not checked: {result:?}"),
+                    AuthResult::Reauthorize(why) => info!(login, "login refused: {why}"),
                 }
                 password.wipe();
                 session.auth_result(result);
@@ -300,10 +301,57 @@ async fn flush(stream: &mut Stream, session: &mut Session) -> std::io::Result<()
     }
 }
 
+/// An OAuth2 account's login: the local password decides (it never reaches the provider); then
+/// the submission server is asked whether the grant still works (XOAUTH2 / OAUTHBEARER, one
+/// refresh if it turns the token down), so a revoked grant is told at once. If the server cannot
+/// be reached, the login stands and mail is queued.
+async fn check_oauth2_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthResult {
+    let shared = &ctx.shared;
+    let refusal = |e: OAuthError| match e {
+        OAuthError::WrongPassword => AuthResult::Refused,
+        e if e.refuses_login() => AuthResult::Reauthorize(e.to_string()),
+        e => AuthResult::Unavailable(e.to_string()),
+    };
+    let token = match oauth::sign_in(shared, login, password).await {
+        Ok(token) => token,
+        Err(e) => return refusal(e),
+    };
+    let queue_bytes = shared.config().queue.max_bytes_per_account;
+    let Some(provider) = shared.config().smtp_provider_for(login) else {
+        return AuthResult::Unavailable("no submission server is configured for this account".into());
+    };
+    let mut client =
+        match SmtpClient::connect(&provider, &shared.upstream_tls, shared.config().limits.connect_timeout()).await {
+            Ok(client) => client,
+            Err(e) => {
+                warn!("submission server unreachable ({e}); the local password is right, so mail is queued");
+                return AuthResult::Ok(
+                    ctx.caps.known(&provider).as_ref().map(|c| Policy::for_provider(Some(c), queue_bytes)),
+                );
+            }
+        };
+    ctx.caps.record(&provider, &client.caps);
+    let policy = Policy::for_provider(Some(&client.caps), queue_bytes);
+    let reply = client.authenticate_oauth2(shared, login, token).await;
+    client.quit().await;
+    match reply {
+        Ok(Ok(r)) if r.code == 235 => AuthResult::Ok(Some(policy)),
+        Ok(Ok(r)) if r.is_transient() => AuthResult::Unavailable(format!("the provider said: {r}")),
+        Ok(Ok(r)) => AuthResult::Reauthorize(format!(
+            "the provider refused coi-proxy's OAuth2 sign-in ({r}); if this persists, run `coi-proxy oauth authorize {login}`"
+        )),
+        Ok(Err(e)) => refusal(e),
+        Err(e) => AuthResult::Unavailable(e.to_string()),
+    }
+}
+
 /// Checks a login at the account's submission server. If that server cannot be reached, the
 /// account's IMAP server decides instead, so mail can still be queued while submission is down.
 async fn check_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthResult {
     let shared = &ctx.shared;
+    if shared.config().oauth2_for(login).is_some() {
+        return check_oauth2_login(ctx, login, password).await;
+    }
     let timeout = shared.config().limits.connect_timeout();
     let queue_bytes = shared.config().queue.max_bytes_per_account;
     let Some(provider) = shared.config().smtp_provider_for(login) else {

@@ -73,9 +73,9 @@ async fn serve(
     config_rx: &mut watch::Receiver<CoiConfig>,
 ) -> Result<(), OwnWorkError> {
     let login = account.login.as_str();
-    let password = shared.credentials.password(&shared.config(), login).await?;
-    let mut up = Upstream::open(shared, login, &password).await?;
-    drop(password);
+    let credential = shared.credentials.credential(&shared.config(), login).await?;
+    let mut up = Upstream::open(shared, login, &credential).await?;
+    drop(credential);
     if up.has("METADATA") {
         account.set_config(crate::coi::config_at_provider(&mut up).await?);
     }

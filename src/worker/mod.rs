@@ -84,8 +84,8 @@ impl Workers {
 }
 
 /// The accounts whose workers start with the daemon: those with a validated subscription whose
-/// password the configuration can supply (`password_command`), so pushes go on with no client
-/// connected after a restart. Other accounts get their worker at their next login.
+/// sign-in the configuration can supply (`password_command`, or an OAuth2 grant), so pushes go
+/// on with no client connected after a restart. Other accounts get their worker at their next login.
 fn at_start(ctx: &Context) -> Vec<String> {
     let logins = match ctx.store.push_accounts() {
         Ok(logins) => logins,
@@ -97,7 +97,7 @@ fn at_start(ctx: &Context) -> Vec<String> {
     let config = ctx.config();
     let mut out = Vec::new();
     for login in logins {
-        if crate::account::password_command(&config, &login).is_none() {
+        if !crate::account::works_without_client(&config, &login) {
             info!(%login, "push subscriptions wait for a login (no password_command for this account)");
             continue;
         }

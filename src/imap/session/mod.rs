@@ -441,23 +441,24 @@ impl Session {
                     return Ok(None);
                 }
             };
-        let outcome = match tokio::time::timeout(limits.connect_timeout(), upstream.authenticate(&user, &pass)).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => {
-                warn!(cause = %e, "provider failed during login");
-                conn.write(format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
-                return Ok(None);
-            }
-            Err(_) => {
-                warn!("provider did not answer the login in time");
-                conn.write(
-                    format!("{tag} NO [UNAVAILABLE] timed out waiting for {} to log in\r\n", upstream.server)
-                        .as_bytes(),
-                )
-                .await?;
-                return Ok(None);
-            }
-        };
+        let outcome =
+            match tokio::time::timeout(limits.connect_timeout(), upstream.log_in(&self.shared, &user, &pass)).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(e)) => {
+                    warn!(cause = %e, "provider failed during login");
+                    conn.write(format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
+                    return Ok(None);
+                }
+                Err(_) => {
+                    warn!("provider did not answer the login in time");
+                    conn.write(
+                        format!("{tag} NO [UNAVAILABLE] timed out waiting for {} to log in\r\n", upstream.server)
+                            .as_bytes(),
+                    )
+                    .await?;
+                    return Ok(None);
+                }
+            };
         match outcome {
             AuthOutcome::Ok(status) => {
                 self.shared.auth_failures.succeeded(self.peer.ip());

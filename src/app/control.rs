@@ -1,0 +1,63 @@
+//! The daemon's control socket (`control.sock` in the state directory, mode 0600): the command
+//! line's way to a running daemon, which holds the store. Each connection sends one request
+//! line (and, for some, a body); the area it names answers it: `queue …` the queue
+//! (`smtp::control`), `oauth …` the OAuth2 grants (`oauth::control`). Served whether or not SMTP
+//! is configured.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::context::Context;
+
+/// Longest request line.
+const MAX_LINE: u64 = 1024;
+
+/// Serves the control socket until shutdown.
+pub async fn serve(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let path = crate::smtp::control::socket_path(&ctx.config().state_dir);
+    // A socket left by a killed daemon; the store lock already ensures no other daemon runs.
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(
+                "cannot create the control socket {}: {e}; `coi-proxy queue` and `coi-proxy oauth` will not reach the running daemon",
+                path.display()
+            );
+            return;
+        }
+    };
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|down| *down) => break,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut reader = tokio::io::BufReader::new(read);
+            let mut line = String::new();
+            if (&mut reader).take(MAX_LINE).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = match crate::smtp::control::answer(&ctx, &line).await {
+                Some(reply) => reply,
+                None if crate::oauth::control::is_ours(&line) => {
+                    crate::oauth::control::answer(&ctx, &line, &mut reader).await
+                }
+                None => {
+                    "error\nunknown command; use: queue list | queue retry ID | queue drop ID | oauth status\n".into()
+                }
+            };
+            let _ = write.write_all(reply.as_bytes()).await;
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+}
