@@ -192,8 +192,7 @@ async fn store_request<R: AsyncBufRead + Unpin>(ctx: &Context, login: &str, body
         ));
     }
     let tokens = TokenSet { access_token: access, refresh_token: Some(refresh), expires_in: request.expires_in };
-    grant::save_new(&ctx.store, &ctx.seal, login, &endpoints, tokens, password).await.map_err(|e| e.to_string())?;
-    grant::forget(ctx, login).await;
+    grant::replace(ctx, login, &endpoints, tokens, password).await.map_err(|e| e.to_string())?;
     info!(login, "control: stored a new OAuth2 authorization");
     // The account's work that waited for a sign-in may go on now.
     ctx.workers.want(login);

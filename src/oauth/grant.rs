@@ -14,9 +14,9 @@ use super::http;
 use super::password;
 use super::token::{TokenReply, TokenSet};
 use super::{OAuthError, blocking};
-use crate::account::Bearer;
+use crate::account::{Account, Bearer};
 use crate::clock::now;
-use crate::config::OAuth2Endpoints;
+use crate::config::{Config, OAuth2Endpoints};
 use crate::context::Context;
 use crate::seal::SealKey;
 use crate::secret::Secret;
@@ -126,18 +126,17 @@ pub async fn save_new(
     .await?
 }
 
-async fn load(ctx: &Context, login: &str) -> Result<OAuthGrant, OAuthError> {
-    let (store, owned) = (ctx.store.clone(), login.to_string());
+async fn load(store: &Store, login: &str) -> Result<OAuthGrant, OAuthError> {
+    let (store, owned) = (store.clone(), login.to_string());
     blocking(move || store.oauth_grant(&owned)).await??.ok_or_else(|| OAuthError::NotAuthorized { login: login.into() })
 }
 
-async fn save(ctx: &Context, login: &str, grant: OAuthGrant) -> Result<(), OAuthError> {
-    let (store, login) = (ctx.store.clone(), login.to_string());
+async fn save(store: &Store, login: &str, grant: OAuthGrant) -> Result<(), OAuthError> {
+    let (store, login) = (store.clone(), login.to_string());
     Ok(blocking(move || store.oauth_grant_save(&login, &grant)).await??)
 }
 
-fn endpoints_for(ctx: &Context, login: &str) -> Result<OAuth2Endpoints, OAuthError> {
-    let config = ctx.config();
+fn endpoints_for(config: &Config, login: &str) -> Result<OAuth2Endpoints, OAuthError> {
     let oauth2 = config.oauth2_for(login).ok_or_else(|| OAuthError::NotConfigured { login: login.into() })?;
     oauth2.endpoints().map_err(|(key, why)| OAuthError::Config { login: login.into(), key, why })
 }
@@ -145,8 +144,8 @@ fn endpoints_for(ctx: &Context, login: &str) -> Result<OAuth2Endpoints, OAuthErr
 /// A client's login: `password` checked against the stored hash (off the runtime), then a
 /// good access token. A wrong password never reaches the provider.
 pub async fn sign_in(ctx: &Context, login: &str, password: &Secret) -> Result<Secret, OAuthError> {
-    endpoints_for(ctx, login)?;
-    let grant = load(ctx, login).await?;
+    endpoints_for(&ctx.config(), login)?;
+    let grant = load(&ctx.store, login).await?;
     let (key, owned, given) = (ctx.seal.clone(), login.to_string(), password.clone());
     let matches = blocking(move || {
         let hash = key.open(&password_purpose(&owned), &grant.sealed_password);
@@ -161,70 +160,111 @@ pub async fn sign_in(ctx: &Context, login: &str, password: &Secret) -> Result<Se
 
 /// A good access token for `login`, refreshed if it expires soon. `refused`: the token the
 /// provider just turned down, which forces a refresh unless another task has refreshed since.
+///
+/// The work runs in a task of its own that finishes even when the caller gives up (a client's
+/// login timeout): a refresh whose answer has arrived is always committed, because the provider
+/// may have revoked the old refresh token with that answer.
 pub async fn access_token(ctx: &Context, login: &str, refused: Option<&Secret>) -> Result<Secret, OAuthError> {
-    let account = ctx.accounts.account(login);
-    let mut slot = account.bearer.lock().await;
-    let t = now();
-    let turned_down = |token: &Secret| refused.is_some_and(|r| r.expose() == token.expose());
-    if let Some(bearer) = slot.as_ref()
-        && fresh(bearer.expires_at, bearer.lifetime, t)
-        && !turned_down(&bearer.token)
-    {
-        return Ok(bearer.token.clone());
-    }
-    *slot = None;
-    let endpoints = endpoints_for(ctx, login)?;
-    let mut grant = load(ctx, login).await?;
-    if grant.token_url != endpoints.token_url || grant.client_id != endpoints.client_id {
-        return Err(OAuthError::Reauthorize {
-            login: login.into(),
-            reason: "the configuration names another token_url or client_id than the grant was made for".into(),
-        });
-    }
-    let tokens = Tokens::open(&ctx.seal, login, &grant.sealed_tokens)?;
-    let lifetime = grant.access_expires_at - grant.refreshed_at.unwrap_or(grant.authorized_at);
-    if fresh(grant.access_expires_at, lifetime, t) && !turned_down(&tokens.access) {
-        *slot = Some(Bearer { token: tokens.access.clone(), expires_at: grant.access_expires_at, lifetime });
-        return Ok(tokens.access);
-    }
-    if let Some((at, reason)) = &grant.refused
-        && t - at < ASK_AGAIN_AFTER
-    {
-        return Err(OAuthError::Reauthorize { login: login.into(), reason: reason.clone() });
-    }
-    let origin = http::origin(&endpoints.token_url);
-    match endpoint::refresh(&endpoints, &tokens.refresh).await? {
-        TokenReply::Tokens(set) => {
-            let rotated = set.refresh_token.is_some();
-            let fresh_tokens =
-                Tokens { access: set.access_token, refresh: set.refresh_token.unwrap_or(tokens.refresh) };
-            let lifetime = set.expires_in.min(i64::MAX as u64) as i64;
-            grant.sealed_tokens = fresh_tokens.seal(&ctx.seal, login);
-            grant.access_expires_at = t.saturating_add(lifetime);
-            grant.refreshed_at = Some(t);
-            grant.refreshes += 1;
-            grant.refused = None;
-            let expires_at = grant.access_expires_at;
-            // Durable before the new token is used: the provider may have revoked the old
-            // refresh token already.
-            save(ctx, login, grant).await?;
-            *slot = Some(Bearer { token: fresh_tokens.access.clone(), expires_at, lifetime });
-            info!(login, expires_in = lifetime, rotated, "refreshed the OAuth2 access token");
-            Ok(fresh_tokens.access)
+    let job = Refresh {
+        account: ctx.accounts.account(login),
+        store: ctx.store.clone(),
+        seal: ctx.seal.clone(),
+        config: ctx.config(),
+        login: login.to_string(),
+        refused: refused.cloned(),
+    };
+    tokio::spawn(job.run()).await.map_err(|_| OAuthError::Task)?
+}
+
+/// What [`access_token`] hands its task.
+struct Refresh {
+    account: Arc<Account>,
+    store: Store,
+    seal: Arc<SealKey>,
+    config: Arc<Config>,
+    login: String,
+    refused: Option<Secret>,
+}
+
+impl Refresh {
+    async fn run(self) -> Result<Secret, OAuthError> {
+        let Refresh { account, store, seal, config, login, refused } = self;
+        let login = login.as_str();
+        let mut slot = account.bearer.lock().await;
+        let t = now();
+        let turned_down = |token: &Secret| refused.as_ref().is_some_and(|r| r.expose() == token.expose());
+        if let Some(bearer) = slot.as_ref()
+            && fresh(bearer.expires_at, bearer.lifetime, t)
+            && !turned_down(&bearer.token)
+        {
+            return Ok(bearer.token.clone());
         }
-        TokenReply::Error(e) if e.is_permanent() => {
-            warn!(login, "{origin} refused to refresh the OAuth2 grant: {}", e.describe());
-            grant.refused = Some((t, e.describe()));
-            save(ctx, login, grant).await?;
-            Err(OAuthError::Reauthorize { login: login.into(), reason: e.describe() })
+        *slot = None;
+        let endpoints = endpoints_for(&config, login)?;
+        let mut grant = load(&store, login).await?;
+        if grant.token_url != endpoints.token_url || grant.client_id != endpoints.client_id {
+            return Err(OAuthError::Reauthorize {
+                login: login.into(),
+                reason: "the configuration names another token_url or client_id than the grant was made for".into(),
+            });
         }
-        TokenReply::Error(e) => Err(OAuthError::Provider { origin, error: e.describe() }),
+        let tokens = Tokens::open(&seal, login, &grant.sealed_tokens)?;
+        let lifetime = grant.access_expires_at - grant.refreshed_at.unwrap_or(grant.authorized_at);
+        if fresh(grant.access_expires_at, lifetime, t) && !turned_down(&tokens.access) {
+            *slot = Some(Bearer { token: tokens.access.clone(), expires_at: grant.access_expires_at, lifetime });
+            return Ok(tokens.access);
+        }
+        if let Some((at, reason)) = &grant.refused
+            && t - at < ASK_AGAIN_AFTER
+        {
+            return Err(OAuthError::Reauthorize { login: login.into(), reason: reason.clone() });
+        }
+        let origin = http::origin(&endpoints.token_url);
+        match endpoint::refresh(&endpoints, &tokens.refresh).await? {
+            TokenReply::Tokens(set) => {
+                let rotated = set.refresh_token.is_some();
+                let fresh_tokens =
+                    Tokens { access: set.access_token, refresh: set.refresh_token.unwrap_or(tokens.refresh) };
+                let lifetime = set.expires_in.min(i64::MAX as u64) as i64;
+                grant.sealed_tokens = fresh_tokens.seal(&seal, login);
+                grant.access_expires_at = t.saturating_add(lifetime);
+                grant.refreshed_at = Some(t);
+                grant.refreshes += 1;
+                grant.refused = None;
+                let expires_at = grant.access_expires_at;
+                // Durable before the new token is used: the provider may have revoked the old
+                // refresh token already.
+                save(&store, login, grant).await?;
+                *slot = Some(Bearer { token: fresh_tokens.access.clone(), expires_at, lifetime });
+                info!(login, expires_in = lifetime, rotated, "refreshed the OAuth2 access token");
+                Ok(fresh_tokens.access)
+            }
+            TokenReply::Error(e) if e.is_permanent() => {
+                warn!(login, "{origin} refused to refresh the OAuth2 grant: {}", e.describe());
+                grant.refused = Some((t, e.describe()));
+                save(&store, login, grant).await?;
+                Err(OAuthError::Reauthorize { login: login.into(), reason: e.describe() })
+            }
+            TokenReply::Error(e) => Err(OAuthError::Provider { origin, error: e.describe() }),
+        }
     }
 }
 
-/// Forgets `login`'s access token in memory (a new grant was stored).
-pub async fn forget(ctx: &Context, login: &str) {
-    *ctx.accounts.account(login).bearer.lock().await = None;
+/// Stores a new grant for `login` in the running daemon: under the account's lock, so that a
+/// refresh in flight cannot write the old grant back over it, and with the cached access token
+/// dropped.
+pub async fn replace(
+    ctx: &Context,
+    login: &str,
+    endpoints: &OAuth2Endpoints,
+    tokens: TokenSet,
+    password: Secret,
+) -> Result<(), OAuthError> {
+    let account = ctx.accounts.account(login);
+    let mut slot = account.bearer.lock().await;
+    save_new(&ctx.store, &ctx.seal, login, endpoints, tokens, password).await?;
+    *slot = None;
+    Ok(())
 }
 
 #[cfg(test)]

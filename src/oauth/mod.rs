@@ -26,7 +26,7 @@ pub mod sasl;
 pub mod token;
 
 pub use browser::{Redirect, parse_redirect};
-pub use grant::{access_token, forget, save_new, sign_in};
+pub use grant::{access_token, sign_in};
 
 use crate::seal::SealError;
 use crate::store::StoreError;
