@@ -28,7 +28,10 @@ impl Proxy {
         let state = dir.path().join("state");
         fs::write(&config_path, format!("state_dir = {:?}\n{config}", state.display().to_string()))
             .expect("write proxy.toml");
-        let child = Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
+        // `COI_PROXY_BIN` runs another build (e.g. the one before a change) under the same bench.
+        let binary =
+            std::env::var_os("COI_PROXY_BIN").map_or(PathBuf::from(env!("CARGO_BIN_EXE_coi-proxy")), PathBuf::from);
+        let child = Command::new(binary)
             .arg("--config")
             .arg(&config_path)
             .arg("run")
@@ -156,5 +159,21 @@ impl Rng {
     }
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A number from the environment, or `default`; panics on anything else.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
+}
+
+/// A comma-separated list of numbers from the environment, or `default`.
+pub fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .split(',')
+            .map(|n| n.trim().parse().unwrap_or_else(|_| panic!("{name}={v}: not a list of numbers")))
+            .collect(),
+        Err(_) => default.to_vec(),
     }
 }

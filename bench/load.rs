@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use common::{Proxy, Rng, log_problems, raise_fd_limit};
+use common::{Proxy, Rng, env_usize, log_problems, raise_fd_limit};
 use provider::{Provider, ProviderOptions};
 
 /// Users the sessions are spread over, so that no user's INBOX sees all the traffic.
@@ -130,10 +130,6 @@ fn main() {
             }
         }
     }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
 }
 
 /// The commands of the mix, indexes into `LoadResult::done`/`failed`.

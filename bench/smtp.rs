@@ -7,6 +7,12 @@
 //! recipient's INBOX at Dovecot over IMAP (STATUS, fresh connection each time) until the
 //! proxy's queue has relayed everything, and prints how long that took.
 //!
+//! Then concurrent submitters through the proxy (issue 13, item 4): for each N of
+//! `SMTP_CONCURRENCY` (1, 8, 32), N connections, each its own account, share `SMTP_MESSAGES`
+//! messages; messages/s = all of them / time from the first MAIL to the last `250`. Each `250`
+//! still waits for the commit that holds its message; concurrent commits may share one fsync.
+//! Between the levels the queue is left to drain, so that each level starts from an empty queue.
+//!
 //! Run with `cargo bench --bench smtp`; bench/README.md has the figures.
 
 // The provider harness serves the integration tests too; the benchmark uses only part of it.
@@ -21,13 +27,14 @@ mod provider;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use common::Proxy;
+use common::{Proxy, env_list, env_usize};
 use data_block::data_block;
-use provider::Provider;
+use provider::{Provider, ProviderOptions};
 
 const SENDER: &str = "alice@example.org";
 /// Recipient of the direct run.
@@ -39,15 +46,23 @@ const MESSAGE_SIZE: usize = 20 * 1024;
 const WARMUP: usize = 10;
 /// Gives up if the recipient's INBOX does not grow for this long.
 const RELAY_STALL: Duration = Duration::from_secs(120);
+/// Most concurrent submitters of a level; each logs in as its own user (`sub01`…).
+const MAX_SUBMITTERS: usize = 32;
 
 fn main() {
     let messages = env_usize("SMTP_MESSAGES", 1_000);
+    let levels = env_list("SMTP_CONCURRENCY", &[1, 8, 32]);
+    assert!(
+        levels.iter().all(|&n| (1..=MAX_SUBMITTERS).contains(&n)),
+        "SMTP_CONCURRENCY: each level must be 1 to {MAX_SUBMITTERS}"
+    );
     let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "coi-proxy SMTP submission bench: {messages} messages of {MESSAGE_SIZE} bytes each way (load average before: {})",
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
-    let provider = Provider::start();
+    let users = ["alice", "bob", "carol"].map(String::from).into_iter().chain((1..=MAX_SUBMITTERS).map(submitter));
+    let provider = Provider::start_with(ProviderOptions { users: Some(users.collect()), ..Default::default() });
     let password = provider.password.clone();
     let proxy = Proxy::start(&format!(
         "[upstream]\nimap = \"imap://127.0.0.1:{}\"\nsmtp = \"smtp://127.0.0.1:{}\"\n\
@@ -57,36 +72,21 @@ fn main() {
 
     // Direct.
     let mut c = Smtp::login(provider.smtp_port, SENDER, &password);
-    c.send_many(SENDER, WARMUP, "warm-direct");
-    let direct = c.send_many(DIRECT_RCPT, messages, "direct");
+    c.send_many(SENDER, SENDER, WARMUP, "warm-direct");
+    let direct = c.send_many(SENDER, DIRECT_RCPT, messages, "direct");
     c.quit();
 
     // Through the proxy.
     let mut c = Smtp::login(proxy.smtp_port.expect("the proxy's smtp listener"), SENDER, &password);
-    c.send_many(SENDER, WARMUP, "warm-proxied");
+    c.send_many(SENDER, SENDER, WARMUP, "warm-proxied");
     let base = inbox_count(provider.imap_port, PROXIED_RCPT, &password);
     let started = Instant::now();
-    let proxied = c.send_many(PROXIED_RCPT, messages, "proxied");
+    let proxied = c.send_many(SENDER, PROXIED_RCPT, messages, "proxied");
     let accepted = started.elapsed();
     c.quit();
 
     // Until the queue has relayed everything.
-    let mut last = (base, Instant::now());
-    let relayed = loop {
-        let n = inbox_count(provider.imap_port, PROXIED_RCPT, &password);
-        if n >= base + messages {
-            break started.elapsed();
-        }
-        if n != last.0 {
-            last = (n, Instant::now());
-        }
-        assert!(
-            last.1.elapsed() < RELAY_STALL,
-            "the queue relayed nothing for {RELAY_STALL:?}: {} of {messages} arrived",
-            n - base
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let relayed = wait_for_relay(provider.imap_port, &password, base, messages, started);
     let direct_rate = messages as f64 / direct.as_secs_f64();
     let proxied_rate = messages as f64 / proxied.as_secs_f64();
     let ratio = proxied_rate / direct_rate;
@@ -99,6 +99,23 @@ fn main() {
         relayed.as_secs_f64(),
         (relayed - accepted).as_secs_f64()
     );
+
+    // Concurrent submitters through the proxy.
+    let proxy_port = proxy.smtp_port.expect("the proxy's smtp listener");
+    println!(
+        "\nConcurrent submission through the proxy, {messages} x {MESSAGE_SIZE} bytes per level, one account per connection"
+    );
+    for &n in &levels {
+        let base = inbox_count(provider.imap_port, PROXIED_RCPT, &password);
+        let (took, started) = submit_concurrently(proxy_port, &password, n, messages);
+        let relayed = wait_for_relay(provider.imap_port, &password, base, messages, started);
+        println!(
+            "  {n:>2} submitters {:8.1} msg/s  ({:.2} s; queue relayed all {:.2} s after the first MAIL)",
+            messages as f64 / took.as_secs_f64(),
+            took.as_secs_f64(),
+            relayed.as_secs_f64()
+        );
+    }
     let problems: Vec<String> = fs::read_to_string(&proxy.log)
         .unwrap_or_default()
         .lines()
@@ -113,14 +130,64 @@ fn main() {
     }
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
+/// The login of the `i`th concurrent submitter (1-based).
+fn submitter(i: usize) -> String {
+    format!("sub{i:02}")
+}
+
+/// `n` connections, each logged in as its own submitter, send `messages` to the proxied
+/// recipient between them; the time from the first MAIL to the last `250`, and when the first
+/// MAIL went out.
+fn submit_concurrently(port: u16, password: &str, n: usize, messages: usize) -> (Duration, Instant) {
+    let start = Barrier::new(n + 1);
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..n)
+            .map(|i| {
+                let start = &start;
+                scope.spawn(move || {
+                    let login = format!("{}@example.org", submitter(i + 1));
+                    let mut c = Smtp::login(port, &login, password);
+                    let share = messages / n + usize::from(i < messages % n);
+                    start.wait();
+                    c.send_many(&login, PROXIED_RCPT, share, &format!("concurrent{n}-{i}"));
+                    c.quit();
+                })
+            })
+            .collect();
+        start.wait();
+        let started = Instant::now();
+        for t in threads {
+            t.join().expect("a submitter failed");
+        }
+        (started.elapsed(), started)
+    })
+}
+
+/// Polls the proxied recipient's INBOX until it holds `base + messages`; the time since
+/// `started`.
+fn wait_for_relay(imap_port: u16, password: &str, base: usize, messages: usize, started: Instant) -> Duration {
+    let mut last = (base, Instant::now());
+    loop {
+        let n = inbox_count(imap_port, PROXIED_RCPT, password);
+        if n >= base + messages {
+            return started.elapsed();
+        }
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        assert!(
+            last.1.elapsed() < RELAY_STALL,
+            "the queue relayed nothing for {RELAY_STALL:?}: {} of {messages} arrived",
+            n - base
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A 20 KB plain-text message with a unique Message-ID, CRLF line ends.
-fn message(to: &str, id: &str) -> Vec<u8> {
+fn message(from: &str, to: &str, id: &str) -> Vec<u8> {
     let mut m = format!(
-        "From: <{SENDER}>\r\nTo: <{to}>\r\nSubject: bench {id}\r\nMessage-ID: <{id}@bench.example.org>\r\n\
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: bench {id}\r\nMessage-ID: <{id}@bench.example.org>\r\n\
          Date: Mon, 2 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
     )
     .into_bytes();
@@ -182,12 +249,12 @@ impl Smtp {
         lines
     }
 
-    /// Sends `n` messages to `to`; returns the time from the first MAIL to the last 250.
-    fn send_many(&mut self, to: &str, n: usize, tag: &str) -> Duration {
-        let bodies: Vec<Vec<u8>> = (0..n).map(|i| data_block(&message(to, &format!("{tag}-{i}")))).collect();
+    /// Sends `n` messages from `from` to `to`; returns the time from the first MAIL to the last 250.
+    fn send_many(&mut self, from: &str, to: &str, n: usize, tag: &str) -> Duration {
+        let bodies: Vec<Vec<u8>> = (0..n).map(|i| data_block(&message(from, to, &format!("{tag}-{i}")))).collect();
         let start = Instant::now();
         for body in &bodies {
-            let envelope = format!("MAIL FROM:<{SENDER}>\r\nRCPT TO:<{to}>\r\nDATA\r\n");
+            let envelope = format!("MAIL FROM:<{from}>\r\nRCPT TO:<{to}>\r\nDATA\r\n");
             if self.pipelining {
                 self.send(envelope.as_bytes());
                 self.expect(250, "MAIL");

@@ -87,7 +87,7 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
         CertAction::Reused => {}
     }
     let (server_tls, local_cert) = tls::local_server_config(&config.state_dir)?;
-    let store = Store::open(&config.state_dir)?;
+    let store = Store::open_async(&config.state_dir).await?;
     let seal = crate::seal::SealKey::load_or_create(&config.seal_key_path())?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (context, receivers) = Context::new(config, TlsAcceptor::from(server_tls), store, seal, shutdown_rx.clone());

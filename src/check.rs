@@ -230,3 +230,32 @@ fn hint(error: &str) -> &'static str {
         "hint: run with RUST_LOG=debug for details"
     }
 }
+
+/// `coi-proxy check --offline`: the configuration part of the report, contacting nothing and
+/// opening no store, so it is safe before the daemon starts (the packaged unit's
+/// `ExecCondition`). Fails when no provider is configured, as the daemon would.
+pub fn offline(config: &Config, source: Option<&Path>) -> (String, bool) {
+    let mut out = String::new();
+    match source {
+        Some(path) => _ = writeln!(out, "config: {} (valid)", path.display()),
+        None => _ = writeln!(out, "config: none found, using defaults"),
+    }
+    let _ = writeln!(out, "state_dir: {}", config.state_dir.display());
+    listeners(&mut out, config);
+    let providers = config.providers();
+    for provider in &providers {
+        let _ =
+            writeln!(out, "provider {} ({}): not contacted (--offline)", provider.imap, mode(provider.imap.security));
+    }
+    for provider in smtp_providers(config) {
+        let _ =
+            writeln!(out, "submission {} ({}): not contacted (--offline)", provider.smtp, mode(provider.smtp.security));
+    }
+    if providers.is_empty() {
+        let _ = writeln!(
+            out,
+            "provider: none configured (run `coi-proxy setup ADDRESS`, pass --upstream or set [upstream] imap)"
+        );
+    }
+    (out, !providers.is_empty())
+}

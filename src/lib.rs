@@ -7,6 +7,7 @@
 pub mod account;
 pub mod app;
 pub mod check;
+pub mod cli;
 pub mod clock;
 pub mod coi;
 pub mod config;

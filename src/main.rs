@@ -14,6 +14,7 @@ use coi_proxy::config::{self, Config, ConfigError};
     after_help = "Examples:\n  \
         coi-proxy run --upstream imaps://imap.example.org:993   # no config file needed\n  \
         coi-proxy run --config /etc/coi-proxy/proxy.toml\n  \
+        coi-proxy setup alice@example.org --password-stdin      # find the provider, add the account\n  \
         coi-proxy check                                         # test the config and the provider\n  \
         coi-proxy cert export ~/coi-proxy-ca.pem                # the certificate your mail client must trust\n\n\
         Without --config, proxy.toml is looked for in ., $XDG_CONFIG_HOME/coi-proxy and /etc/coi-proxy."
@@ -45,7 +46,11 @@ enum Command {
         trace_protocol: bool,
     },
     /// Validates the configuration and connects to every provider.
-    Check,
+    Check {
+        /// Only validate the configuration: contact no provider (exit status 1 if none is configured).
+        #[arg(long)]
+        offline: bool,
+    },
     /// Manages the local TLS certificate that mail clients connect to.
     Cert {
         #[command(subcommand)]
@@ -61,6 +66,20 @@ enum Command {
     Oauth {
         #[command(subcommand)]
         action: OauthAction,
+    },
+    /// Finds the provider's servers from an e-mail address, tries the login and adds the account
+    /// to the configuration; then prints what to enter in the mail client.
+    Setup(coi_proxy::cli::setup::SetupArgs),
+    /// Writes a file that sets up a mail client in one step (to stdout).
+    Profile {
+        #[command(subcommand)]
+        kind: coi_proxy::cli::profile::ProfileCommand,
+    },
+    /// Writes the man pages or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
     },
 }
 
@@ -80,6 +99,16 @@ enum OauthAction {
     },
     /// Shows each OAuth2 account's state: authorized, refreshed, or refused by the provider.
     Status,
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// coi-proxy.1 and one page per subcommand, into DIR.
+    Man { dir: PathBuf },
+    /// The completion script for SHELL, to stdout.
+    Completions { shell: coi_proxy::cli::generate::Shell },
+    /// Man pages into DIR/man and completions into DIR/completions (what the package installs).
+    All { dir: PathBuf },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -113,6 +142,12 @@ enum CertAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Generate { what } => return generate(what),
+        // Before the config is read: setup may create the file, or name what is wrong in it.
+        Command::Setup(args) => return setup(args, cli.config.as_deref()),
+        _ => {}
+    }
     let (config, source) = match load_config(&cli) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -158,13 +193,33 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check => {
-            let (report, ok) = runtime.block_on(coi_proxy::check::run(&config, source.as_deref()));
+        Command::Check { offline } => {
+            let (report, ok) = match offline {
+                true => coi_proxy::check::offline(&config, source.as_deref()),
+                false => runtime.block_on(coi_proxy::check::run(&config, source.as_deref())),
+            };
             print!("{report}");
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Command::Cert { action: CertAction::Export { path } } => export_cert(&config, path),
         Command::Cert { action: CertAction::Install { dry_run } } => install_cert(&config, dry_run),
+        Command::Profile { kind } => match coi_proxy::cli::profile::run(&config, &kind) {
+            Ok(bytes) => {
+                use std::io::Write;
+                match std::io::stdout().write_all(&bytes) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("coi-proxy: cannot write the profile: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("coi-proxy: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Generate { .. } | Command::Setup(_) => unreachable!("handled before the config is read"),
         Command::Queue { action } => {
             use coi_proxy::smtp::control::{self, Command as Q};
             let cmd = match action {
@@ -172,18 +227,54 @@ fn main() -> ExitCode {
                 QueueAction::Retry { id } => Q::Retry(id),
                 QueueAction::Drop { id } => Q::Drop(id),
             };
-            match control::cli(&config, cmd) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("coi-proxy: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            print_or_fail(control::cli(&config, cmd))
         }
         Command::Oauth { action } => runtime.block_on(oauth(&config, action)),
+    }
+}
+
+fn setup(args: &coi_proxy::cli::setup::SetupArgs, config: Option<&std::path::Path>) -> ExitCode {
+    let path = coi_proxy::cli::setup::config_path(config);
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|rt| rt.block_on(coi_proxy::cli::setup::run(args, &path)).map_err(|e| e.to_string()));
+    print_or_fail(result)
+}
+
+/// A command's text on stdout, or its error on stderr and a failing exit status.
+fn print_or_fail<E: std::fmt::Display>(result: Result<String, E>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("coi-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn generate(what: &Generate) -> ExitCode {
+    use clap::CommandFactory;
+    use coi_proxy::cli::generate;
+    let result = match what {
+        Generate::Man { dir } => generate::man_pages(Cli::command(), dir),
+        Generate::All { dir } => generate::all(Cli::command(), dir),
+        Generate::Completions { shell } => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&generate::completions(Cli::command(), *shell));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coi-proxy: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -194,11 +285,12 @@ async fn oauth(config: &Config, action: OauthAction) -> ExitCode {
             if !password_stdin {
                 eprintln!(
                     "coi-proxy: give the local password your mail client will use on stdin, with --password-stdin \
-                     (e.g. `read -rs PW; printf '%s\\n' \"$PW\" | coi-proxy oauth authorize {login} --password-stdin`)"
+                     (at a terminal it is asked for, without echo)"
                 );
                 return ExitCode::from(2);
             }
-            let password = match coi_proxy::oauth::authorize::read_password(std::io::stdin().lock()) {
+            let prompt = format!("the local password {login}'s mail client will log in to coi-proxy with");
+            let password = match coi_proxy::cli::password::read_stdin(&prompt) {
                 Ok(password) => password,
                 Err(e) => {
                     eprintln!("coi-proxy: cannot read the password from stdin: {e}");
@@ -212,16 +304,7 @@ async fn oauth(config: &Config, action: OauthAction) -> ExitCode {
         }
         OauthAction::Status => coi_proxy::oauth::control::status(config, &socket).await.map_err(|e| e.to_string()),
     };
-    match result {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("coi-proxy: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    print_or_fail(result)
 }
 
 fn export_cert(config: &Config, path: Option<PathBuf>) -> ExitCode {

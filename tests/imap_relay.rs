@@ -293,6 +293,20 @@ fn commands_the_proxy_cannot_carry_are_refused_cleanly() {
     c.expect_ok("c3 NOOP");
 }
 
+#[test]
+fn client_tags_like_the_proxys_own_are_answered() {
+    let (_provider, proxy) = setup();
+    let mut c = proxy.connect();
+    c.login("alice@example.org", "secret");
+    // The proxy's own commands are tagged `coips<n>`; a client may use such tags too.
+    c.expect_ok("coip1 NOOP");
+    c.expect_ok("coips1 NOOP");
+    // CREATE is the proxy's to carry out (with its own commands); so is the answer.
+    c.expect_ok("coips1 CREATE Tagged");
+    c.expect_ok("coips2 SELECT Tagged");
+    c.expect_ok("coips3 NOOP");
+}
+
 /// Replaces what legitimately differs between two runs of the same script.
 fn normalise(transcript: &str) -> String {
     transcript

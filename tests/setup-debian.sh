@@ -3,13 +3,16 @@
 # submission) that the tests start on random loopback ports, python3 and openssl used by the
 # provider scripts, systemd for `systemd-analyze` (tests/ops.rs checks the shipped unit files
 # with it), Postfix (tests/receipts.rs runs a private instance as the provider's MTA, for
-# DSNs), Delta Chat (deltachat-rpc-server/-client from PyPI) for the real-client tests, and
-# three more IMAP providers for tests/providers.rs: Cyrus, Courier and GNU Mailutils imap4d.
+# DSNs), Delta Chat (deltachat-rpc-server/-client from PyPI) and the mail clients of
+# tests/clients.rs (isync, offlineimap3, neomutt, curl) for the real-client tests, three more
+# IMAP providers for tests/providers.rs: Cyrus, Courier and GNU Mailutils imap4d, dnsmasq and
+# man for tests/setup.rs and tests/packaging.rs, and lintian for tests/package.sh.
 # Nothing is configured system-wide; no service is started.
 set -eu
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
-PACKAGES="dovecot-imapd dovecot-lmtpd dovecot-submissiond python3 openssl systemd"
+PACKAGES="dovecot-imapd dovecot-lmtpd dovecot-submissiond python3 openssl systemd \
+  isync offlineimap3 neomutt curl dnsmasq-base man-db lintian"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -1,5 +1,5 @@
 //! Decoding of the commands the proxy parses itself: the generic parser, METADATA (COI and
-//! WebPush entries), and the cheap head() used on every relayed line.
+//! WebPush entries), and the cheap heads (tag and CommandName) read from every relayed line.
 #![no_main]
 
 use coi_proxy::coi::metadata as coi;
@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = command::head(data);
-    let _ = command::head_with_uid(data);
+    if let Some(head) = command::Head::parse(data) {
+        assert!(data.starts_with(head.tag));
+    }
     if let Ok(cmd) = command::parse(data) {
         if let Ok(get) = metadata::parse_get(&cmd) {
             let (entries, _) = metadata::select(&get, &coi::coi_entries(&Default::default(), "COI"));

@@ -16,12 +16,14 @@ fuzz_target!(|data: &[u8]| {
     let _ = response::fetch_uid(data);
     let _ = response::first_literal(data);
     let _ = response::response_code_number(data, "UIDNEXT");
-    let (_tx, rx) = tokio::sync::watch::channel(Verdicts::default());
-    let mut quiet = Quiet::new(rx);
+    let mut quiet = Quiet::new(Verdicts::default());
     let now = std::time::Instant::now();
     for line in data.split_inclusive(|&b| b == b'\n') {
         let _ = quiet.on_untagged(line, line.len() % 2 == 0, now);
         let _ = quiet.poll(now);
+        if line.len() % 3 == 0 {
+            quiet.set_verdicts(Verdicts { kept: line.len() as u64, moved: 1 });
+        }
     }
     let _ = quiet.release();
 });

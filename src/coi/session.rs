@@ -16,7 +16,7 @@ use super::metadata::{self, CoiChange, ENABLED, MESSAGE_FILTER, MetadataError};
 use crate::account::{Account, CoiConfig, Filter};
 use crate::context::Context;
 use crate::imap::wire::command::client_name;
-use crate::imap::wire::command::{self, Arg, Command};
+use crate::imap::wire::command::{self, Arg, Command, CommandName};
 use crate::imap::wire::metadata::{
     Depth, EntryOwner, GetMetadata, Refusal, SetMetadata, Status, covers, format_entries, format_response, in_subtree,
     parse_get, parse_response, parse_set, reaches, select,
@@ -112,24 +112,26 @@ impl<E: EntryOwner> CoiSession<E> {
     }
 
     async fn dispatch(&mut self, raw: &[u8], cmd: &Command, own: &mut impl ProviderCommands) -> Reply {
-        match cmd.name.as_str() {
-            "GETMETADATA" => match parse_get(cmd) {
+        match cmd.kind {
+            CommandName::GetMetadata => match parse_get(cmd) {
                 Ok(req) => self.get_metadata(&cmd.tag, req, own).await,
                 Err(e) => Ok(tagged(&cmd.tag, &refusal(&e))),
             },
-            "SETMETADATA" => match parse_set(cmd) {
+            CommandName::SetMetadata => match parse_set(cmd) {
                 Ok(req) => self.set_metadata(&cmd.tag, req, own).await,
                 Err(e) => Ok(tagged(&cmd.tag, &refusal(&e))),
             },
-            "CREATE" | "DELETE" | "RENAME" => self.mailbox_command(raw, cmd, own).await,
-            "ID" => {
+            CommandName::Create | CommandName::Delete | CommandName::Rename => {
+                self.mailbox_command(raw, cmd, own).await
+            }
+            CommandName::Id => {
                 if let Some(name) = client_name(&cmd.args) {
                     info!(client_name = %name, "client identified itself");
                     *self.client_name.lock().expect("client name") = Some(name);
                 }
                 Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag))
             }
-            "SELECT" | "EXAMINE" | "STATUS" => self.select_like(raw, cmd, own).await,
+            CommandName::Select | CommandName::Examine | CommandName::Status => self.select_like(raw, cmd, own).await,
             _ => Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag)),
         }
     }
@@ -198,7 +200,7 @@ impl<E: EntryOwner> CoiSession<E> {
                 available.extend(metadata::coi_entries(&config, &root));
             }
             if reaches(self.entries.subtree()) {
-                available.extend(self.entries.available());
+                available.extend(self.entries.available().await);
             }
             let ours = GetMetadata {
                 entries: req.entries.iter().filter(|e| self.reaches_ours(e, req.depth)).cloned().collect(),
@@ -265,7 +267,7 @@ impl<E: EntryOwner> CoiSession<E> {
                 return Ok(tagged(tag, &refusal(&MetadataError::TooLarge(max))));
             }
             let max_entries = self.shared.config().coi.max_metadata_entries;
-            match self.shared.store.metadata_apply(&self.account.login, &req.mailbox, &req.entries, max_entries) {
+            match self.shared.store.metadata_apply(&self.account.login, &req.mailbox, &req.entries, max_entries).await {
                 Ok(Ok(())) => {}
                 Ok(Err(TooManyEntries)) => return Ok(tagged(tag, &refusal(&MetadataError::TooMany))),
                 Err(e) => {
@@ -328,8 +330,11 @@ impl<E: EntryOwner> CoiSession<E> {
             if !reply.ok() {
                 warn!("provider refused to store the COI state: {}", String::from_utf8_lossy(&reply.status).trim_end());
             }
-        } else if let Err(e) =
-            self.shared.store.metadata_apply(&self.account.login, b"", &[(ENABLED.to_string(), value)], usize::MAX)
+        } else if let Err(e) = self
+            .shared
+            .store
+            .metadata_apply(&self.account.login, b"", &[(ENABLED.to_string(), value)], usize::MAX)
+            .await
         {
             warn!("cannot store the COI state: {e}");
         }
@@ -344,16 +349,16 @@ impl<E: EntryOwner> CoiSession<E> {
             cmd.args.iter().filter_map(Arg::astring).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
         let ns = self.namespace(own).await?;
         let chats = ns.chats(&self.root());
-        let (is_chats_source, is_chats_target) = match cmd.name.as_str() {
-            "RENAME" => (names.first() == Some(&chats), names.get(1) == Some(&chats)),
+        let (is_chats_source, is_chats_target) = match cmd.kind {
+            CommandName::Rename => (names.first() == Some(&chats), names.get(1) == Some(&chats)),
             _ => (names.first() == Some(&chats), false),
         };
         if !is_chats_source && !is_chats_target {
             return Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag));
         }
-        let enable = match cmd.name.as_str() {
-            "CREATE" => Some(true),
-            "DELETE" => Some(false),
+        let enable = match cmd.kind {
+            CommandName::Create => Some(true),
+            CommandName::Delete => Some(false),
             _ if is_chats_target => Some(true),
             _ => {
                 let target = names.get(1).cloned().unwrap_or_default();
@@ -420,11 +425,11 @@ impl<E: EntryOwner> CoiSession<E> {
 }
 
 impl<E: EntryOwner> Interceptor for CoiSession<E> {
-    fn wants(&self, name: &[u8]) -> bool {
-        let upper = name.to_ascii_uppercase();
-        match upper.as_slice() {
-            b"GETMETADATA" | b"SETMETADATA" | b"CREATE" | b"DELETE" | b"RENAME" | b"ID" => true,
-            b"SELECT" | b"EXAMINE" | b"STATUS" => self.is_chat_client(),
+    fn wants(&self, name: CommandName) -> bool {
+        use CommandName::*;
+        match name {
+            GetMetadata | SetMetadata | Create | Delete | Rename | Id => true,
+            Select | Examine | Status => self.is_chat_client(),
             _ => false,
         }
     }

@@ -121,7 +121,7 @@ impl Conn {
                                 if lit.sync {
                                     // RFC 3501 7.5: refusing instead of sending "+" means the
                                     // client never sends the literal.
-                                    self.framer.cancel_literal();
+                                    self.framer.refuse_literal();
                                     return Err(ReadError::TooLong { tag, literal: true });
                                 }
                                 too_long = Some(tag);
@@ -148,7 +148,7 @@ impl Conn {
                         if end {
                             match literal {
                                 Some(lit) if lit.sync => {
-                                    self.framer.cancel_literal();
+                                    self.framer.refuse_literal();
                                     return Err(ReadError::TooLong {
                                         tag: too_long.unwrap_or_default(),
                                         literal: true,

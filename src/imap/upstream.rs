@@ -85,8 +85,6 @@ pub enum OwnWorkError {
     Refused { command: &'static str, status: String },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the store task failed")]
-    StoreTask,
 }
 
 impl From<UpstreamError> for ProviderError {

@@ -73,26 +73,9 @@ pub async fn run<W: Write>(
     ))
 }
 
-/// The local password from stdin: everything up to the first line end (or the end).
-pub fn read_password(mut input: impl std::io::Read) -> std::io::Result<Secret> {
-    let mut all = Vec::new();
-    input.read_to_end(&mut all)?;
-    let all = Secret::new(all);
-    let line = all.expose().split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    Ok(Secret::new(line.to_vec()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_password_is_the_first_line() {
-        assert_eq!(read_password(&b"pw one\r\nrest"[..]).unwrap().expose(), b"pw one");
-        assert_eq!(read_password(&b"x"[..]).unwrap().expose(), b"x");
-        assert!(read_password(&b""[..]).unwrap().is_empty());
-    }
 
     #[tokio::test]
     async fn what_is_refused_before_any_request() {

@@ -154,14 +154,10 @@ pub fn is_ours(line: &str) -> bool {
 pub async fn answer<R: AsyncBufRead + Unpin>(ctx: &Context, line: &str, body: &mut R) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
     let result = match words.as_slice() {
-        ["oauth", "status"] => {
-            let store = ctx.store.clone();
-            match tokio::task::spawn_blocking(move || store.oauth_grants()).await {
-                Ok(Ok(grants)) => Ok(describe(&ctx.config(), &grants, now())),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("a background task failed".to_string()),
-            }
-        }
+        ["oauth", "status"] => match ctx.store.read(|s| s.oauth_grants()).await {
+            Ok(grants) => Ok(describe(&ctx.config(), &grants, now())),
+            Err(e) => Err(e.to_string()),
+        },
         ["oauth", "store", login] => store_request(ctx, login, body).await,
         _ => Err("unknown command; use: oauth status | oauth store LOGIN".to_string()),
     };

@@ -120,20 +120,19 @@ pub async fn save_new(
     let (store, key, login, endpoints) = (store.clone(), key.clone(), login.to_string(), endpoints.clone());
     blocking(move || {
         let grant = new_grant(&key, &login, &endpoints, tokens, &password, now())?;
-        store.oauth_grant_save(&login, &grant)?;
+        store.oauth_grant_save(&login, &grant).wait()?;
         Ok(())
     })
     .await?
 }
 
-async fn load(store: &Store, login: &str) -> Result<OAuthGrant, OAuthError> {
-    let (store, owned) = (store.clone(), login.to_string());
-    blocking(move || store.oauth_grant(&owned)).await??.ok_or_else(|| OAuthError::NotAuthorized { login: login.into() })
+/// A point read (one key): called directly, as the store's doc allows.
+fn load(store: &Store, login: &str) -> Result<OAuthGrant, OAuthError> {
+    store.oauth_grant(login)?.ok_or_else(|| OAuthError::NotAuthorized { login: login.into() })
 }
 
 async fn save(store: &Store, login: &str, grant: OAuthGrant) -> Result<(), OAuthError> {
-    let (store, login) = (store.clone(), login.to_string());
-    Ok(blocking(move || store.oauth_grant_save(&login, &grant)).await??)
+    Ok(store.oauth_grant_save(login, &grant).await?)
 }
 
 fn endpoints_for(config: &Config, login: &str) -> Result<OAuth2Endpoints, OAuthError> {
@@ -145,7 +144,7 @@ fn endpoints_for(config: &Config, login: &str) -> Result<OAuth2Endpoints, OAuthE
 /// good access token. A wrong password never reaches the provider.
 pub async fn sign_in(ctx: &Context, login: &str, password: &Secret) -> Result<Secret, OAuthError> {
     endpoints_for(&ctx.config(), login)?;
-    let grant = load(&ctx.store, login).await?;
+    let grant = load(&ctx.store, login)?;
     let (key, owned, given) = (ctx.seal.clone(), login.to_string(), password.clone());
     let matches = blocking(move || {
         let hash = key.open(&password_purpose(&owned), &grant.sealed_password);
@@ -201,7 +200,7 @@ impl Refresh {
         }
         *slot = None;
         let endpoints = endpoints_for(&config, login)?;
-        let mut grant = load(&store, login).await?;
+        let mut grant = load(&store, login)?;
         if grant.token_url != endpoints.token_url || grant.client_id != endpoints.client_id {
             return Err(OAuthError::Reauthorize {
                 login: login.into(),

@@ -46,8 +46,8 @@ impl EntryOwner for Entries {
         SUBTREE
     }
 
-    fn available(&self) -> BTreeMap<String, Vec<u8>> {
-        available(&self.ctx, &self.account.login)
+    async fn available(&self) -> BTreeMap<String, Vec<u8>> {
+        available(&self.ctx, &self.account.login).await
     }
 
     async fn set(&mut self, set: &SetMetadata) -> Result<(), EntryError> {
@@ -136,9 +136,9 @@ pub fn changes(set: &SetMetadata) -> Result<Vec<Change>, EntryError> {
 
 /// The entries a GETMETADATA may return: the VAPID key (made on first use) and the live
 /// subscriptions, each with `created` and `validated`.
-pub fn available(shared: &Context, login: &str) -> BTreeMap<String, Vec<u8>> {
+pub async fn available(shared: &Context, login: &str) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
-    match super::vapid_key(&shared.store).and_then(|k| Ok(vapid::public_pem(&k)?)) {
+    match super::vapid_key(&shared.store).await.and_then(|k| Ok(vapid::public_pem(&k)?)) {
         Ok(pem) => {
             out.insert(VAPID.to_string(), pem.into_bytes());
         }
@@ -173,7 +173,7 @@ pub async fn apply(shared: &Context, account: &Account, changes: Vec<Change>) ->
                     validated: false,
                     token: token.clone(),
                 };
-                match shared.store.push_subscribe(login, &stored, config.push.subscription_limit, now(), expiry) {
+                match shared.store.push_subscribe(login, &stored, config.push.subscription_limit, now(), expiry).await {
                     Ok(Ok(())) => {}
                     Ok(Err(TooManySubscriptions)) => return Err(EntryError::TooMany),
                     Err(e) => {
@@ -182,12 +182,13 @@ pub async fn apply(shared: &Context, account: &Account, changes: Vec<Change>) ->
                     }
                 }
                 if let Err(reason) = validation_push(shared, login, &subscription, &token).await {
-                    let _ = shared.store.push_unsubscribe(login, &id);
+                    let _ = shared.store.push_unsubscribe(login, &id).await;
                     return Err(reason.into());
                 }
                 info!(subscription = %id, "push subscription added; validation push sent");
             }
-            Change::Validate { id, value } => match shared.store.push_validate(login, &id, &value, now(), expiry) {
+            Change::Validate { id, value } => match shared.store.push_validate(login, &id, &value, now(), expiry).await
+            {
                 Ok(Validation::Validated) => {
                     info!(subscription = %id, "push subscription validated");
                     shared.workers.want(login);
@@ -199,7 +200,7 @@ pub async fn apply(shared: &Context, account: &Account, changes: Vec<Change>) ->
                 }
             },
             Change::Unsubscribe { id } => {
-                match shared.store.push_unsubscribe(login, &id) {
+                match shared.store.push_unsubscribe(login, &id).await {
                     Ok(true) => info!(subscription = %id, "push subscription removed"),
                     Ok(false) => {}
                     Err(e) => {
@@ -224,7 +225,7 @@ async fn validation_push(
     token: &str,
 ) -> Result<(), ValidationPushError> {
     let config = shared.config();
-    let key = super::vapid_key(&shared.store)?;
+    let key = super::vapid_key(&shared.store).await?;
     let subject = vapid::subject(config.push.vapid_subject.as_deref(), login);
     let payload = format!("{{\"validation\":\"{token}\"}}");
     let push = send::Push {

@@ -32,13 +32,13 @@ pub enum KeyError {
 }
 
 /// The installation's VAPID key pair, made on first use.
-pub fn vapid_key(store: &Store) -> Result<vapid::VapidKey, KeyError> {
-    Ok(vapid::key_pair(&store.vapid_key(vapid::generate)?)?)
+pub async fn vapid_key(store: &Store) -> Result<vapid::VapidKey, KeyError> {
+    Ok(vapid::key_pair(&store.vapid_key(vapid::generate).await?)?)
 }
 
 /// Whether `login` has a validated subscription (and so needs its account worker).
 pub fn wanted(store: &Store, login: &str) -> bool {
-    store.push_accounts().is_ok_and(|accounts| accounts.iter().any(|a| a.eq_ignore_ascii_case(login)))
+    store.push_validated(login).unwrap_or(false)
 }
 
 /// Seconds since the epoch, as the subscription table keeps them.

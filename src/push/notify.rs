@@ -139,7 +139,7 @@ impl Pending {
             let (store, config, login) = (store.clone(), config.clone(), login.clone());
             tokio::spawn(async move {
                 let Ok(_permit) = IN_FLIGHT.acquire().await else { return };
-                let key = match super::vapid_key(&store) {
+                let key = match super::vapid_key(&store).await {
                     Ok(k) => k,
                     Err(e) => return warn!("cannot push: {e}"),
                 };
@@ -159,7 +159,7 @@ impl Pending {
                         send::Verdict::Delivered => debug!(subscription = %stored.id, uid, "pushed"),
                         send::Verdict::Gone => {
                             info!(subscription = %stored.id, "the push service says the subscription is gone; removing it");
-                            if let Err(e) = store.push_unsubscribe(&login, &stored.id) {
+                            if let Err(e) = store.push_unsubscribe(&login, &stored.id).await {
                                 warn!("cannot remove a push subscription: {e}");
                             }
                             return;

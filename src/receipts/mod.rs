@@ -13,11 +13,3 @@ pub mod sent;
 
 pub use read::{Mdn, Outbox, SeenHook, read_receipts, read_receipts_for};
 pub use sent::{before_relay, on_new_messages, prepare};
-
-use crate::store::Store;
-
-/// Runs a store call off the async threads (redb calls block).
-pub async fn db<T: Send + 'static>(store: &Store, f: impl FnOnce(&Store) -> T + Send + 'static) -> Option<T> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store)).await.ok()
-}

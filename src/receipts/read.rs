@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::db;
 use super::formats::{self, MdnParams};
 use super::mailbox::select;
 use crate::clock::now;
@@ -126,9 +125,9 @@ pub async fn read_receipts(
             let (Some(uid), Some(header)) = (fetch_uid(resp), first_literal(resp)) else { continue };
             let Some(request) = formats::mdn_request(header, &own) else { continue };
             handled.push(uid);
-            let (l, id, at) = (login.to_string(), request.original_message_id.clone(), if send { now() } else { 0 });
-            let claimed = db(store, move |s| s.mdn_claim(&l, &id, at)).await;
-            if !send || !matches!(claimed, Some(Ok(true))) {
+            let at = if send { now() } else { 0 };
+            let claimed = store.mdn_claim(login, &request.original_message_id, at).await;
+            if !send || !matches!(claimed, Ok(true)) {
                 continue;
             }
             let body =
@@ -144,11 +143,10 @@ pub async fn read_receipts(
             provider.run(command.as_bytes(), &[]).await?;
         }
     }
-    let l = login.to_string();
     if baseline.is_none() {
-        match db(store, move |s| s.set_mdn_baseline(&l, now())).await {
-            Some(Err(e)) => warn!("cannot record the read receipt baseline: {e}"),
-            _ => info!("read receipts start now; messages read before get none"),
+        match store.set_mdn_baseline(login, now()).await {
+            Err(e) => warn!("cannot record the read receipt baseline: {e}"),
+            Ok(()) => info!("read receipts start now; messages read before get none"),
         }
     }
     Ok(())

@@ -9,7 +9,7 @@
 use tracing::{debug, info, warn};
 
 use super::formats::{self, Outcome, Report};
-use super::{db, mailbox};
+use super::mailbox;
 use crate::clock::now;
 use crate::context::{Context, ReceiptJob};
 use crate::imap::wire::provider::{ProviderCommands, ProviderError};
@@ -48,7 +48,7 @@ pub fn message_id(body: &[u8]) -> Option<String> {
 pub async fn before_relay(store: &Store, msgs: &[(u64, QueuedMessage)]) {
     for (id, msg) in msgs.iter().filter(|(_, m)| m.chat_followup && m.pending().next().is_some()) {
         let id = *id;
-        let Some(Ok(Some(body))) = db(store, move |s| s.queue_body(id)).await else { continue };
+        let Ok(Some(body)) = store.read(move |s| s.queue_body(id)).await else { continue };
         let Some(message_id) = message_id(&body) else { continue };
         let sent = SentChat {
             sent_at: msg.received_at,
@@ -60,8 +60,7 @@ pub async fn before_relay(store: &Store, msgs: &[(u64, QueuedMessage)]) {
                 .collect(),
             marked: Vec::new(),
         };
-        let login = msg.login.clone();
-        if let Some(Err(e)) = db(store, move |s| s.sent_chat_insert(&login, &message_id, &sent)).await {
+        if let Err(e) = store.sent_chat_insert(&msg.login, &message_id, &sent).await {
             warn!(id, "cannot record a sent chat message: {e}");
         }
     }
@@ -94,8 +93,7 @@ pub async fn on_new_messages(
     for resp in &reply.untagged {
         if let Some(report) = first_literal(resp).and_then(formats::parse_report) {
             debug!(?report, "report received");
-            let l = login.to_string();
-            ours |= db(&ctx.store, move |s| record(s, &l, &report)).await == Some(true);
+            ours |= record(&ctx.store, login, &report).await;
         }
     }
     if ours {
@@ -105,34 +103,39 @@ pub async fn on_new_messages(
 }
 
 /// Applies a report to the record of the sent message it is about; whether it was one of ours.
-pub fn record(store: &Store, login: &str, report: &Report) -> bool {
+pub async fn record(store: &Store, login: &str, report: &Report) -> bool {
     let t = now();
     let result = match report {
         Report::Delivery { envid, message_id, recipients } => {
-            store.sent_chat_update(login, message_id.as_deref(), envid.as_deref(), |sent| {
-                for (address, outcome) in recipients {
-                    let Some(tick) = sent.recipients.iter_mut().find(|t| t.address.eq_ignore_ascii_case(address))
-                    else {
-                        continue;
-                    };
-                    match outcome {
-                        Outcome::Delivered => tick.delivered = tick.delivered.or(Some(t)),
-                        Outcome::Failed => tick.failed = tick.failed.or(Some(t)),
+            let recipients = recipients.clone();
+            store
+                .sent_chat_update(login, message_id.as_deref(), envid.as_deref(), move |sent| {
+                    for (address, outcome) in &recipients {
+                        let Some(tick) = sent.recipients.iter_mut().find(|t| t.address.eq_ignore_ascii_case(address))
+                        else {
+                            continue;
+                        };
+                        match outcome {
+                            Outcome::Delivered => tick.delivered = tick.delivered.or(Some(t)),
+                            Outcome::Failed => tick.failed = tick.failed.or(Some(t)),
+                        }
                     }
-                }
-            })
+                })
+                .await
         }
         Report::Read { original_message_id } => {
-            store.sent_chat_update(login, Some(original_message_id), None, |sent| {
-                // The MDN's sender is not checked against the recipients: a group's members are
-                // not all known, and one reader is what the tick says.
-                if sent.recipients.is_empty() {
-                    sent.recipients.push(Tick::default());
-                }
-                if let Some(tick) = sent.recipients.iter_mut().find(|t| t.read.is_none()) {
-                    tick.read = Some(t);
-                }
-            })
+            store
+                .sent_chat_update(login, Some(original_message_id), None, move |sent| {
+                    // The MDN's sender is not checked against the recipients: a group's members are
+                    // not all known, and one reader is what the tick says.
+                    if sent.recipients.is_empty() {
+                        sent.recipients.push(Tick::default());
+                    }
+                    if let Some(tick) = sent.recipients.iter_mut().find(|t| t.read.is_none()) {
+                        tick.read = Some(t);
+                    }
+                })
+                .await
         }
     };
     match result {
@@ -147,7 +150,7 @@ pub fn record(store: &Store, login: &str, report: &Report) -> bool {
 /// Whether some sent chat message of `login` waits for keywords on its copy.
 pub async fn marks_due(store: &Store, login: &str) -> bool {
     let l = login.to_string();
-    db(store, move |s| s.sent_chats_to_mark(&l)).await.and_then(Result::ok).is_some_and(|m| !m.is_empty())
+    store.read(move |s| s.sent_chats_to_mark(&l)).await.is_ok_and(|m| !m.is_empty())
 }
 
 /// Puts the wanted keywords on the user's copies; whether some copy was not found.
@@ -160,7 +163,8 @@ pub async fn mark(
     let list = provider.run(mailbox::LIST_ALL, mailbox::CAPTURE_LIST).await?;
     let sent_box = mailbox::sent_in(&list.untagged);
     let mut left = false;
-    for (id, sent) in store.sent_chats_to_mark(login).unwrap_or_default() {
+    let l = login.to_string();
+    for (id, sent) in store.read(move |s| s.sent_chats_to_mark(&l)).await.unwrap_or_default() {
         let wanted: Vec<&str> =
             sent.wanted_keywords().into_iter().filter(|k| !sent.marked.iter().any(|m| m == k)).collect();
         let mut found = false;
@@ -176,9 +180,9 @@ pub async fn mark(
             }
         }
         if found {
-            let (l, marked): (String, Vec<String>) =
-                (login.to_string(), wanted.iter().map(|k| k.to_string()).collect());
-            db(store, move |s| s.sent_chat_update(&l, Some(&id), None, |sent| sent.marked.extend(marked))).await;
+            let marked: Vec<String> = wanted.iter().map(|k| k.to_string()).collect();
+            let _ =
+                store.sent_chat_update(login, Some(&id), None, move |sent| sent.marked.extend(marked.clone())).await;
         } else {
             left = true;
         }
@@ -273,22 +277,22 @@ mod tests {
         assert!(!mdn.chat_followup, "receipts get no copy");
     }
 
-    #[test]
-    fn records_from_reports() {
+    #[tokio::test]
+    async fn records_from_reports() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let tick = |a: &str| Tick { address: a.into(), ..Default::default() };
         let sent =
             SentChat { sent_at: 1, envid: Some("coi.1".into()), recipients: vec![tick("bob@x")], marked: vec![] };
-        store.sent_chat_insert("alice@x", "m@x", &sent).unwrap();
+        store.sent_chat_insert("alice@x", "m@x", &sent).await.unwrap();
         let dsn = Report::Delivery {
             envid: Some("coi.1".into()),
             message_id: None,
             recipients: vec![("bob@x".into(), Outcome::Delivered)],
         };
-        assert!(record(&store, "alice@x", &dsn));
-        assert!(!record(&store, "alice@x", &Report::Read { original_message_id: "other@x".into() }));
-        assert!(record(&store, "alice@x", &Report::Read { original_message_id: "m@x".into() }));
+        assert!(record(&store, "alice@x", &dsn).await);
+        assert!(!record(&store, "alice@x", &Report::Read { original_message_id: "other@x".into() }).await);
+        assert!(record(&store, "alice@x", &Report::Read { original_message_id: "m@x".into() }).await);
         let (_, _, s) = &store.sent_chats().unwrap()[0];
         assert_eq!(s.wanted_keywords(), vec!["$Delivered", "$Read"]);
         let text = describe(&store);

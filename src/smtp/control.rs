@@ -104,8 +104,6 @@ fn ask(stream: UnixStream, cmd: Command) -> std::io::Result<Result<String, Contr
     Ok(if status.trim_end() == "ok" { Ok(text) } else { Err(ControlError::Daemon(text.trim_end().to_string())) })
 }
 
-/// Carries out `cmd` on the store. For `retry`, also returns the message's login so that a
-/// daemon can wake its relay.
 /// A command carried out: the text for the user, and for `retry` the login whose relay to wake.
 #[derive(Debug)]
 struct Done {
@@ -113,6 +111,9 @@ struct Done {
     wake: Option<String>,
 }
 
+/// Carries out `cmd` on the store. For `retry`, also returns the message's login so that a
+/// daemon can wake its relay. Waits for the store's writer: never call it on the runtime (the
+/// daemon runs it with `spawn_blocking`).
 fn execute(store: &Store, cmd: Command) -> Result<Done, ControlError> {
     match cmd {
         Command::List => {
@@ -122,10 +123,10 @@ fn execute(store: &Store, cmd: Command) -> Result<Done, ControlError> {
         Command::Retry(id) => {
             let mut msg = store.queue_get(id)?.ok_or(ControlError::NoSuchMessage(id))?;
             msg.next_attempt_at = now();
-            store.queue_save(id, &msg)?;
+            store.queue_save(id, &msg).wait()?;
             Ok(Done { text: format!("message {id} will be tried again now\n"), wake: Some(msg.login) })
         }
-        Command::Drop(id) => match store.queue_remove(id)? {
+        Command::Drop(id) => match store.queue_remove(id).wait()? {
             true => {
                 Ok(Done { text: format!("message {id} removed from the queue; it will not be sent\n"), wake: None })
             }
@@ -239,7 +240,7 @@ mod tests {
             report_pending: false,
             chat_followup: false,
         };
-        let id = store.queue_insert(&msg, b"x", None).unwrap();
+        let id = store.queue_insert(&msg, b"x".to_vec(), None).wait().unwrap();
         let list = execute(&store, Command::List).unwrap().text;
         assert!(list.contains(&format!("#{id}  from alice@example.org")), "{list}");
         assert!(list.contains("to bob@example.org: pending") && list.contains("not tried yet"), "{list}");

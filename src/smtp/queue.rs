@@ -69,9 +69,8 @@ impl Queue {
 
     /// Whether `login` has room for one more message of about `size` bytes (0: unknown).
     pub async fn room(&self, login: String, size: u64) -> Result<(), QueueRefusal> {
-        let store = self.shared.store.clone();
         let cap = cap(&self.shared.config().queue);
-        let usage = blocking(move || store.queue_usage(&login)).await.map_err(|e| {
+        let usage = self.shared.store.read(move |s| s.queue_usage(&login)).await.map_err(|e| {
             error!("cannot read the queue: {e}");
             QueueRefusal::Unavailable("the queue is not readable".into())
         })?;
@@ -94,10 +93,9 @@ impl Queue {
             chat_followup: false,
         };
         crate::receipts::prepare(&mut msg, &sub.body);
-        let store = self.shared.store.clone();
         let login = msg.login.clone();
         let (rcpts, size) = (msg.recipients.len(), msg.size);
-        let id = blocking(move || store.queue_insert(&msg, &sub.body, cap.as_ref())).await.map_err(|e| match e {
+        let id = self.shared.store.queue_insert(&msg, sub.body, cap).await.map_err(|e| match e {
             StoreError::QueueFull(why) => {
                 warn!(size, "message refused: {why}");
                 QueueRefusal::Full(why)
@@ -120,12 +118,6 @@ impl Queue {
 /// An account's limits in the queue, from `[queue]`.
 fn cap(settings: &crate::config::Queue) -> QueueCap {
     QueueCap { messages: settings.max_messages_per_account, bytes: settings.max_bytes_per_account }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(StoreError::Corrupt(format!("store task failed: {e}"))))
 }
 
 /// Delay before the next attempt after `attempts` attempts: doubling from the initial delay.
@@ -152,8 +144,7 @@ pub async fn run_relay(
     alive: mpsc::Sender<()>,
 ) {
     let mut schedule: BTreeMap<u64, Due> = BTreeMap::new();
-    let store = ctx.shared.store.clone();
-    match blocking(move || store.queue_list()).await {
+    match ctx.shared.store.read(|s| s.queue_list()).await {
         Ok(list) => {
             if !list.is_empty() {
                 info!(messages = list.len(), "resuming the queue");
@@ -250,8 +241,7 @@ async fn deliver_batch(ctx: Arc<Smtp>, login: String, credential: Credential, id
     let mut results = Vec::new();
     let mut msgs: Vec<(u64, QueuedMessage)> = Vec::new();
     for id in ids {
-        let s = store.clone();
-        match blocking(move || s.queue_get(id)).await {
+        match store.queue_get(id) {
             Ok(Some(msg)) => msgs.push((id, msg)),
             Ok(None) => results.push((id, None)),
             Err(e) => {
@@ -298,8 +288,7 @@ async fn deliver_batch(ctx: Arc<Smtp>, login: String, credential: Credential, id
 /// Saves a message's state (removing it when done); errors are logged, the attempt stays
 /// valid in memory and is retried from the stored state after a restart.
 pub(super) async fn save(store: &Store, id: u64, msg: &QueuedMessage) {
-    let (s, m) = (store.clone(), msg.clone());
-    if let Err(e) = blocking(move || s.queue_save(id, &m)).await {
+    if let Err(e) = store.queue_save(id, msg).await {
         error!(id, "cannot record a delivery attempt: {e}");
     }
 }
@@ -368,9 +357,8 @@ async fn relay(ctx: &Smtp, login: &str, credential: &Credential, msgs: &mut [(u6
             defer(ctx, *id, msg, why).await;
             continue;
         }
-        let s = shared.store.clone();
         let i = *id;
-        let body = match blocking(move || s.queue_body(i)).await {
+        let body = match shared.store.read(move |s| s.queue_body(i)).await {
             Ok(Some(body)) => body,
             Ok(None) => {
                 error!(id = *id, "a queued message has no body in the store");
@@ -449,9 +437,8 @@ async fn send_reports(ctx: &Smtp, login: &str, credential: &Credential, msgs: &m
             if upstream.is_none() {
                 upstream = Some(Upstream::open(shared, login, credential).await?);
             }
-            let s = shared.store.clone();
             let i = *id;
-            let body = blocking(move || s.queue_body(i)).await?.unwrap_or_default();
+            let body = shared.store.read(move |s| s.queue_body(i)).await?.unwrap_or_default();
             let report = report::failure_report(*id, msg, &body, &super::hostname(), now());
             let up = upstream.as_mut().expect("connected above");
             match up.append("INBOX", "", &report).await {

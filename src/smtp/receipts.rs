@@ -18,7 +18,7 @@ use crate::account::Credential;
 use crate::coi::folders::Namespace;
 use crate::context::ReceiptJob;
 use crate::imap::upstream::{OwnWorkError, Upstream};
-use crate::receipts::{self, Mdn, Outbox, db, mailbox, sent};
+use crate::receipts::{self, Mdn, Outbox, mailbox, sent};
 use crate::store::{MailParams, QueuedMessage, Recipient, RecipientState};
 
 /// Delays after which marks that found no copy yet are tried again (a client's own Sent copy
@@ -59,10 +59,7 @@ pub async fn follow_up(ctx: &Smtp, login: &str, credential: &Credential, msgs: &
         if accepted && enabled {
             let result: Result<(), OwnWorkError> = async {
                 let i = *id;
-                let body = db(&shared.store, move |s| s.queue_body(i))
-                    .await
-                    .ok_or(OwnWorkError::StoreTask)??
-                    .unwrap_or_default();
+                let body = shared.store.read(move |s| s.queue_body(i)).await?.unwrap_or_default();
                 if imap.is_none() {
                     let mut up = Upstream::open(shared, login, credential).await?;
                     let chats = Namespace::discover(&mut up).await?.chats(&shared.config().coi.mailbox_root);

@@ -4,7 +4,7 @@
 
 use redb::{ReadableTable, TableDefinition};
 
-use super::{Store, StoreError};
+use super::{Pending, Store, StoreError};
 
 /// `account NUL message-id` → sequence number.
 const CHAT_IDS: TableDefinition<&str, u64> = TableDefinition::new("chat_ids");
@@ -22,13 +22,12 @@ fn account_key(account: &str) -> String {
 
 impl Store {
     /// Remembers chat Message-IDs, dropping the oldest beyond [`MAX_CHAT_IDS`].
-    pub fn remember_chat_ids(&self, account: &str, ids: &[String]) -> Result<(), StoreError> {
+    pub fn remember_chat_ids(&self, account: &str, ids: &[String]) -> Pending<()> {
         if ids.is_empty() {
-            return Ok(());
+            return Pending::ready(Ok(()));
         }
-        let account = account_key(account);
-        let txn = self.begin_write()?;
-        {
+        let (account, ids) = (account_key(account), ids.to_vec());
+        self.write(move |txn| {
             let mut by_id = txn.open_table(CHAT_IDS)?;
             let mut order = txn.open_table(CHAT_ID_ORDER)?;
             let prefix = format!("{account}\0");
@@ -36,7 +35,7 @@ impl Store {
                 Some(item) => item?.0.value()[prefix.len()..].parse::<u64>().unwrap_or(0) + 1,
                 None => 0,
             };
-            for id in ids {
+            for id in &ids {
                 let key = format!("{prefix}{id}");
                 if by_id.get(key.as_str())?.is_some() {
                     continue;
@@ -58,9 +57,8 @@ impl Store {
                     by_id.remove(format!("{prefix}{id}").as_str())?;
                 }
             }
-        }
-        txn.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     pub fn is_chat_id(&self, account: &str, id: &str) -> Result<bool, StoreError> {
@@ -84,11 +82,12 @@ impl Store {
         Ok(table.get(account_key(account).as_str())?.map(|v| v.value()))
     }
 
-    pub fn set_inbox_position(&self, account: &str, uidvalidity: u32, next_uid: u32) -> Result<(), StoreError> {
-        let txn = self.begin_write()?;
-        txn.open_table(INBOX_POSITION)?.insert(account_key(account).as_str(), (uidvalidity, next_uid))?;
-        txn.commit()?;
-        Ok(())
+    pub fn set_inbox_position(&self, account: &str, uidvalidity: u32, next_uid: u32) -> Pending<()> {
+        let account = account_key(account);
+        self.write(move |txn| {
+            txn.open_table(INBOX_POSITION)?.insert(account.as_str(), (uidvalidity, next_uid))?;
+            Ok(())
+        })
     }
 }
 
@@ -100,10 +99,10 @@ mod tests {
     fn chat_ids_are_bounded_per_account() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.remember_chat_ids("b@x", &["other".into()]).unwrap();
+        store.remember_chat_ids("b@x", &["other".into()]).wait().unwrap();
         let ids: Vec<String> = (0..MAX_CHAT_IDS + 5).map(|i| format!("id{i}@x")).collect();
         for chunk in ids.chunks(1000) {
-            store.remember_chat_ids("A@x", chunk).unwrap();
+            store.remember_chat_ids("A@x", chunk).wait().unwrap();
         }
         assert!(!store.is_chat_id("a@x", "id0@x").unwrap(), "oldest dropped");
         assert!(!store.is_chat_id("a@x", "id4@x").unwrap());
@@ -111,7 +110,7 @@ mod tests {
         assert!(store.is_chat_id("a@x", &format!("id{}@x", MAX_CHAT_IDS + 4)).unwrap());
         assert!(store.is_chat_id("b@x", "other").unwrap(), "other accounts untouched");
         assert_eq!(store.inbox_position("a@x").unwrap(), None);
-        store.set_inbox_position("a@x", 7, 42).unwrap();
+        store.set_inbox_position("a@x", 7, 42).wait().unwrap();
         assert_eq!(store.inbox_position("A@x").unwrap(), Some((7, 42)));
     }
 }

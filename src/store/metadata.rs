@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use redb::{ReadableTable, TableDefinition};
 
-use super::{Store, StoreError};
+use super::{Pending, Store, StoreError};
 
 /// `account NUL mailbox NUL entry` → value.
 const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
@@ -45,34 +45,34 @@ impl Store {
         mailbox: &[u8],
         changes: &[(String, Option<Vec<u8>>)],
         max_entries: usize,
-    ) -> Result<Result<(), TooManyEntries>, StoreError> {
-        let txn = self.begin_write()?;
-        let too_many = {
-            let mut table = txn.open_table(METADATA)?;
-            let key_prefix = prefix(account, mailbox);
-            for (entry, value) in changes {
-                let key = format!("{key_prefix}{entry}");
-                match value {
-                    Some(v) => table.insert(key.as_str(), v.as_slice())?,
-                    None => table.remove(key.as_str())?,
-                };
-            }
-            let account_prefix = format!("{}\0", account.to_ascii_lowercase());
-            let mut count = 0;
-            for item in table.range(account_prefix.as_str()..)? {
-                if !item?.0.value().starts_with(account_prefix.as_str()) {
-                    break;
+    ) -> Pending<Result<(), TooManyEntries>> {
+        let (key_prefix, account_prefix) = (prefix(account, mailbox), format!("{}\0", account.to_ascii_lowercase()));
+        let changes = changes.to_vec();
+        self.write(move |txn| {
+            let too_many = {
+                let mut table = txn.open_table(METADATA)?;
+                for (entry, value) in &changes {
+                    let key = format!("{key_prefix}{entry}");
+                    match value {
+                        Some(v) => table.insert(key.as_str(), v.as_slice())?,
+                        None => table.remove(key.as_str())?,
+                    };
                 }
-                count += 1;
+                let mut count = 0;
+                for item in table.range(account_prefix.as_str()..)? {
+                    if !item?.0.value().starts_with(account_prefix.as_str()) {
+                        break;
+                    }
+                    count += 1;
+                }
+                count > max_entries
+            };
+            if too_many {
+                txn.discard();
+                return Ok(Err(TooManyEntries));
             }
-            count > max_entries
-        };
-        if too_many {
-            txn.abort()?;
-            return Ok(Err(TooManyEntries));
-        }
-        txn.commit()?;
-        Ok(Ok(()))
+            Ok(Ok(()))
+        })
     }
 }
 
@@ -87,19 +87,21 @@ mod tests {
         let set = |e: &str, v: Option<&str>| (e.to_string(), v.map(|v| v.as_bytes().to_vec()));
         store
             .metadata_apply("Alice@x", b"", &[set("/private/a", Some("1")), set("/private/b", Some("2"))], 10)
+            .wait()
             .unwrap()
             .unwrap();
-        store.metadata_apply("alice@x", b"INBOX", &[set("/private/a", Some("3"))], 10).unwrap().unwrap();
-        store.metadata_apply("bob@x", b"", &[set("/private/a", Some("4"))], 10).unwrap().unwrap();
+        store.metadata_apply("alice@x", b"INBOX", &[set("/private/a", Some("3"))], 10).wait().unwrap().unwrap();
+        store.metadata_apply("bob@x", b"", &[set("/private/a", Some("4"))], 10).wait().unwrap().unwrap();
         let server = store.metadata_entries("alice@x", b"").unwrap();
         assert_eq!(server.len(), 2);
         assert_eq!(server["/private/b"], b"2");
         assert_eq!(store.metadata_entries("alice@x", b"INBOX").unwrap()["/private/a"], b"3");
-        store.metadata_apply("alice@x", b"", &[set("/private/a", None)], 10).unwrap().unwrap();
+        store.metadata_apply("alice@x", b"", &[set("/private/a", None)], 10).wait().unwrap().unwrap();
         assert_eq!(store.metadata_entries("alice@x", b"").unwrap().len(), 1);
         // alice has 2 entries; 2 more would make 4 > 3: refused, nothing written.
         let result = store
             .metadata_apply("alice@x", b"", &[set("/private/c", Some("x")), set("/private/d", Some("y"))], 3)
+            .wait()
             .unwrap();
         assert_eq!(result, Err(TooManyEntries));
         assert_eq!(store.metadata_entries("alice@x", b"").unwrap().len(), 1);

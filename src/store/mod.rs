@@ -2,17 +2,28 @@
 //! disk. Each concern has its tables and typed accessors in a submodule (`queue`, `coi`, …);
 //! nothing outside `store` opens the file.
 //!
-//! redb commits are durable (fsync) when `commit` returns, which is what lets the SMTP side
-//! answer `250` only after a message is safe. The file carries a schema version so that an
-//! upgrade never silently misreads old data and a downgrade refuses to start.
+//! Writes go through one writer thread (`writer`): every write accessor returns a
+//! [`Pending`], which async code awaits and which resolves once the write is durable (fsync),
+//! what lets the SMTP side answer `250` only after a message is safe. Concurrent writes share
+//! one commit, so one fsync. Sync code off the runtime (the command line, tests) blocks on it
+//! with [`Pending::wait`].
 //!
-//! All calls block: async code calls them through `tokio::task::spawn_blocking`.
+//! Reads are redb MVCC read transactions, which never wait for the writer. Point lookups and
+//! small per-account reads (an INBOX position, a Message-ID, an account's METADATA entries or
+//! push subscriptions) are called directly, also on the runtime: they read a few pages that are
+//! normally cached. Reads that grow with the queue or with the number of accounts (the queue's
+//! list, usage and bodies, all sent chat messages) are run off the runtime with
+//! [`Store::read`].
+//!
+//! The file carries a schema version so that an upgrade never silently misreads old data and a
+//! downgrade refuses to start.
 //!
 //! A full disk fails the commit at hand (nothing is acknowledged) and, as for any I/O error,
 //! leaves redb refusing every later transaction until the file is opened again; the store does
 //! that by itself at the next transaction, so the daemon recovers once there is room again.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use redb::{
@@ -35,6 +46,10 @@ pub use push::{PushSubscription, TooManySubscriptions, Validation};
 
 mod oauth;
 pub use oauth::OAuthGrant;
+
+mod writer;
+pub use writer::Pending;
+use writer::{Txn, Writer};
 
 /// Bumped whenever a table's meaning or encoding changes; `open` migrates older files.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -59,6 +74,16 @@ pub enum StoreError {
     /// The account's share of the queue is used up (`[queue]` limits); nothing was stored.
     #[error("the queue is full for this account: {0}")]
     QueueFull(String),
+    /// The commit this write shared with others failed (the reason, as the writer saw it);
+    /// nothing of the write is stored.
+    #[error("store: the commit failed: {0}")]
+    CommitFailed(String),
+    /// The writer thread is gone (the store is being closed); nothing was stored.
+    #[error("store: the writer has stopped")]
+    WriterGone,
+    /// A read run off the runtime did not finish (its task panicked or was cancelled).
+    #[error("store: a read did not finish: {0}")]
+    ReadFailed(String),
 }
 
 macro_rules! db_error_from {
@@ -78,6 +103,22 @@ impl StoreError {
             e => StoreError::Db(e),
         }
     }
+
+    /// Refusals that a write returns before it has written anything, so that the transaction
+    /// it shares with other writes can go on without rolling back.
+    fn wrote_nothing(&self) -> bool {
+        matches!(self, StoreError::QueueFull(_))
+    }
+
+    /// The error for each write of a group whose commit failed with `self` (redb errors are
+    /// not `Clone`); a full disk stays [`StoreError::DiskFull`], so that SMTP can say `452`.
+    fn for_group(&self) -> StoreError {
+        match self {
+            StoreError::DiskFull => StoreError::DiskFull,
+            StoreError::WriterGone => StoreError::WriterGone,
+            e => StoreError::CommitFailed(e.to_string()),
+        }
+    }
 }
 
 /// ENOSPC or EDQUOT.
@@ -86,12 +127,26 @@ fn is_disk_full(e: &std::io::Error) -> bool {
 }
 db_error_from!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
-/// A handle to the store; cheap to clone.
+/// A handle to the store; cheap to clone. The file is closed when the last handle is dropped
+/// (after the writes sent so far are done).
 #[derive(Clone)]
 pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // Declared first: dropped (the writer thread stopped) before the file handle goes.
+    writer: Writer,
+    file: Arc<File>,
+}
+
+/// The redb file, opened again after an I/O error; shared by readers and the writer thread.
+struct File {
     /// `None` after an I/O error until the file is opened again.
-    db: Arc<RwLock<Option<Arc<Database>>>>,
+    db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
+    /// Times the file was opened again after an I/O error.
+    reopened: AtomicU64,
 }
 
 fn open_file(path: &Path) -> Result<Database, StoreError> {
@@ -101,21 +156,12 @@ fn open_file(path: &Path) -> Result<Database, StoreError> {
     })
 }
 
-impl Store {
-    /// Opens (or creates) `state_dir/coi-proxy.redb` and checks its schema version.
-    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        let path = state_dir.join("coi-proxy.redb");
-        let db = open_file(&path)?;
-        let store = Store { db: Arc::new(RwLock::new(Some(Arc::new(db)))), path };
-        store.check_schema()?;
-        Ok(store)
-    }
-
-    pub(crate) fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+impl File {
+    fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
         self.begin(Database::begin_write)
     }
 
-    pub(crate) fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
         self.begin(|db| db.begin_read())
     }
 
@@ -134,6 +180,7 @@ impl Store {
                 }
                 // The old handle must be gone before the file can be locked again.
                 drop(db);
+                self.reopened.fetch_add(1, Ordering::Relaxed);
                 Ok(start(&*self.database()?)?)
             }
             result => Ok(result?),
@@ -153,10 +200,7 @@ impl Store {
         Ok(db)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
+    /// Records this version's schema in a new file; refuses a file of a newer version.
     fn check_schema(&self) -> Result<(), StoreError> {
         let txn = self.begin_write()?;
         {
@@ -176,6 +220,59 @@ impl Store {
         txn.commit()?;
         Ok(())
     }
+}
+
+impl Store {
+    /// Opens (or creates) `state_dir/coi-proxy.redb`, checks its schema version and starts the
+    /// writer thread. Blocks (it may commit): call it before the runtime serves anything, or
+    /// off it.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join("coi-proxy.redb");
+        let db = open_file(&path)?;
+        let file = Arc::new(File { db: RwLock::new(Some(Arc::new(db))), path, reopened: AtomicU64::new(0) });
+        file.check_schema()?;
+        let writer = Writer::start(file.clone())?;
+        Ok(Store { inner: Arc::new(Inner { writer, file }) })
+    }
+
+    /// [`Store::open`] on tokio's blocking threads, for async code.
+    pub async fn open_async(state_dir: &Path) -> Result<Store, StoreError> {
+        let dir = state_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Open { path: state_dir.join("coi-proxy.redb"), reason: e.to_string() }))
+    }
+
+    /// Sends a write to the writer thread: `work` runs in a transaction shared with the other
+    /// writes waiting, perhaps more than once (see `writer`), and the `Pending` resolves once
+    /// its commit is durable.
+    fn write<T, F>(&self, work: F) -> Pending<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Txn<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.writer.submit(work)
+    }
+
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        self.inner.file.begin_read()
+    }
+
+    /// Runs a read that may be large or slow (see the module doc) on tokio's blocking threads.
+    pub async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || read(&store))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::ReadFailed(e.to_string())))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.file.path
+    }
 
     /// The schema version recorded in the file.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
@@ -185,11 +282,18 @@ impl Store {
     }
 
     /// Test and migration aid: records another schema version.
-    pub fn set_schema_version(&self, version: u32) -> Result<(), StoreError> {
-        let txn = self.begin_write()?;
-        txn.open_table(META)?.insert("schema_version", version)?;
-        txn.commit()?;
-        Ok(())
+    pub fn set_schema_version(&self, version: u32) -> Pending<()> {
+        self.write(move |txn| {
+            txn.open_table(META)?.insert("schema_version", version)?;
+            Ok(())
+        })
+    }
+
+    /// Durable commits so far (one fsync each) and the writes they held, since the store was
+    /// opened: how well group commit shares the disk.
+    pub fn commit_counts(&self) -> (u64, u64) {
+        let stats = &self.inner.writer.stats;
+        (stats.commits.load(Ordering::Relaxed), stats.committed_jobs.load(Ordering::Relaxed))
     }
 }
 
@@ -202,7 +306,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        store.set_schema_version(SCHEMA_VERSION + 1).unwrap();
+        store.set_schema_version(SCHEMA_VERSION + 1).wait().unwrap();
         drop(store);
         let err = Store::open(dir.path()).err().expect("newer schema must be refused").to_string();
         assert!(err.contains("newer coi-proxy"), "{err}");

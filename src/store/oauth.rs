@@ -1,12 +1,13 @@
 //! OAuth2 grants: per account, what `coi-proxy oauth authorize` obtained and each refresh
 //! renewed. The tokens and the local password's hash arrive sealed (the oauth wing seals them
 //! with `seal`); this table keeps them as opaque bytes next to the facts `check` shows in clear
-//! (which endpoint and client, when authorized, refreshed, refused).
+//! (which endpoint and client, when authorized, refreshed, refused). Point reads: called
+//! directly; writes go through the store's writer like every other.
 
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{Pending, Store, StoreError};
 
 /// `account` (lower case) → [`OAuthGrant`] as JSON.
 const OAUTH_GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("oauth_grants");
@@ -83,14 +84,14 @@ impl Store {
         table.get(login.as_str())?.map(|v| decode(&login, v.value())).transpose()
     }
 
-    /// Stores `login`'s grant, replacing any; durable when this returns (a rotated refresh token
-    /// must survive a crash before it is used).
-    pub fn oauth_grant_save(&self, login: &str, grant: &OAuthGrant) -> Result<(), StoreError> {
-        let json = serde_json::to_vec(grant).expect("plain struct");
-        let txn = self.begin_write()?;
-        txn.open_table(OAUTH_GRANTS)?.insert(login.to_ascii_lowercase().as_str(), json.as_slice())?;
-        txn.commit()?;
-        Ok(())
+    /// Stores `login`'s grant, replacing any; durable when the `Pending` resolves (a rotated
+    /// refresh token must survive a crash before it is used).
+    pub fn oauth_grant_save(&self, login: &str, grant: &OAuthGrant) -> Pending<()> {
+        let (login, json) = (login.to_ascii_lowercase(), serde_json::to_vec(grant).expect("plain struct"));
+        self.write(move |txn| {
+            txn.open_table(OAUTH_GRANTS)?.insert(login.as_str(), json.as_slice())?;
+            Ok(())
+        })
     }
 
     /// Every stored grant, by login.
@@ -137,11 +138,11 @@ mod tests {
         assert_eq!(store.oauth_grant("a@x").unwrap(), None);
         assert!(store.oauth_grants().unwrap().is_empty());
         let mut g = grant();
-        store.oauth_grant_save("A@x", &g).unwrap();
+        store.oauth_grant_save("A@x", &g).wait().unwrap();
         assert_eq!(store.oauth_grant("a@X").unwrap(), Some(g.clone()));
         g.refreshes = 1;
         g.refused = Some((70, "invalid_grant".into()));
-        store.oauth_grant_save("a@x", &g).unwrap();
+        store.oauth_grant_save("a@x", &g).wait().unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.oauth_grants().unwrap(), vec![("a@x".to_string(), g)]);

@@ -13,7 +13,7 @@
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{Pending, Store, StoreError};
 
 /// `"vapid"` → private key (32-octet P-256 scalar).
 const PUSH_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("push_keys");
@@ -72,36 +72,36 @@ fn encode(sub: &PushSubscription) -> Vec<u8> {
 }
 
 impl Store {
-    /// The installation's VAPID private key, made by `generate` the first time.
-    pub fn vapid_key(&self, generate: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
-        {
-            let txn = self.begin_read()?;
-            match txn.open_table(PUSH_KEYS) {
-                Ok(table) => {
-                    if let Some(v) = table.get("vapid")? {
-                        return Ok(v.value().to_vec());
-                    }
-                }
-                Err(redb::TableError::TableDoesNotExist(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
+    /// The installation's VAPID private key, made by `generate` the first time (on the writer
+    /// thread; it may be called more than once, the key stored is the one returned).
+    pub fn vapid_key(&self, mut generate: impl FnMut() -> Vec<u8> + Send + 'static) -> Pending<Vec<u8>> {
+        match self.stored_vapid_key() {
+            Ok(Some(key)) => return Pending::ready(Ok(key)),
+            Ok(None) => {}
+            Err(e) => return Pending::ready(Err(e)),
         }
-        let txn = self.begin_write()?;
-        let key = {
+        self.write(move |txn| {
             let mut table = txn.open_table(PUSH_KEYS)?;
             // Another task may have made it meanwhile.
             let existing = table.get("vapid")?.map(|v| v.value().to_vec());
-            match existing {
+            Ok(match existing {
                 Some(k) => k,
                 None => {
                     let k = generate();
                     table.insert("vapid", k.as_slice())?;
                     k
                 }
-            }
-        };
-        txn.commit()?;
-        Ok(key)
+            })
+        })
+    }
+
+    fn stored_vapid_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.begin_read()?;
+        match txn.open_table(PUSH_KEYS) {
+            Ok(table) => Ok(table.get("vapid")?.map(|v| v.value().to_vec())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Adds or replaces a subscription; refused when the account would then have more than
@@ -113,60 +113,49 @@ impl Store {
         limit: usize,
         now: u64,
         expiry: u64,
-    ) -> Result<Result<(), TooManySubscriptions>, StoreError> {
-        let txn = self.begin_write()?;
-        let too_many = {
-            let mut table = txn.open_table(PUSH_SUBSCRIPTIONS)?;
-            let others = purge_and_list(&mut table, account, now, expiry)?;
-            let live = others.iter().filter(|s| s.id != sub.id).count();
-            if live >= limit {
-                true
-            } else {
-                table.insert(key(account, &sub.id).as_str(), encode(sub).as_slice())?;
-                false
+    ) -> Pending<Result<(), TooManySubscriptions>> {
+        let (account, id, json) = (account.to_string(), sub.id.clone(), encode(sub));
+        self.write(move |txn| {
+            let too_many = {
+                let mut table = txn.open_table(PUSH_SUBSCRIPTIONS)?;
+                let others = purge_and_list(&mut table, &account, now, expiry)?;
+                let live = others.iter().filter(|s| s.id != id).count();
+                if live >= limit {
+                    true
+                } else {
+                    table.insert(key(&account, &id).as_str(), json.as_slice())?;
+                    false
+                }
+            };
+            if too_many {
+                txn.discard();
+                return Ok(Err(TooManySubscriptions));
             }
-        };
-        if too_many {
-            txn.abort()?;
-            return Ok(Err(TooManySubscriptions));
-        }
-        txn.commit()?;
-        Ok(Ok(()))
+            Ok(Ok(()))
+        })
     }
 
     /// Marks a subscription validated if `token` is its token and it has not expired.
-    pub fn push_validate(
-        &self,
-        account: &str,
-        id: &str,
-        token: &[u8],
-        now: u64,
-        expiry: u64,
-    ) -> Result<Validation, StoreError> {
-        let txn = self.begin_write()?;
-        let outcome = {
+    pub fn push_validate(&self, account: &str, id: &str, token: &[u8], now: u64, expiry: u64) -> Pending<Validation> {
+        let (k, token) = (key(account, id), token.to_vec());
+        self.write(move |txn| {
             let mut table = txn.open_table(PUSH_SUBSCRIPTIONS)?;
-            let k = key(account, id);
             let found = table.get(k.as_str())?.map(|v| decode(v.value())).transpose()?;
-            match found {
-                Some(mut sub) if sub.alive(now, expiry) && constant_time_eq(sub.token.as_bytes(), token) => {
+            Ok(match found {
+                Some(mut sub) if sub.alive(now, expiry) && constant_time_eq(sub.token.as_bytes(), &token) => {
                     sub.validated = true;
                     table.insert(k.as_str(), encode(&sub).as_slice())?;
                     Validation::Validated
                 }
                 _ => Validation::Refused,
-            }
-        };
-        txn.commit()?;
-        Ok(outcome)
+            })
+        })
     }
 
     /// Removes a subscription; whether it existed.
-    pub fn push_unsubscribe(&self, account: &str, id: &str) -> Result<bool, StoreError> {
-        let txn = self.begin_write()?;
-        let existed = txn.open_table(PUSH_SUBSCRIPTIONS)?.remove(key(account, id).as_str())?.is_some();
-        txn.commit()?;
-        Ok(existed)
+    pub fn push_unsubscribe(&self, account: &str, id: &str) -> Pending<bool> {
+        let k = key(account, id);
+        self.write(move |txn| Ok(txn.open_table(PUSH_SUBSCRIPTIONS)?.remove(k.as_str())?.is_some()))
     }
 
     /// The account's live subscriptions, by id.
@@ -195,6 +184,27 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Whether `account` has a validated subscription (a read of its own entries only).
+    pub fn push_validated(&self, account: &str) -> Result<bool, StoreError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(PUSH_SUBSCRIPTIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let prefix = key(account, "");
+        for item in table.range(prefix.as_str()..)? {
+            let (k, v) = item?;
+            if !k.value().starts_with(prefix.as_str()) {
+                break;
+            }
+            if decode(v.value())?.validated {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Accounts with at least one validated subscription.
@@ -258,11 +268,11 @@ mod tests {
     fn vapid_key_is_made_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let first = store.vapid_key(|| vec![1; 32]).unwrap();
-        let second = store.vapid_key(|| panic!("must not generate again")).unwrap();
+        let first = store.vapid_key(|| vec![1; 32]).wait().unwrap();
+        let second = store.vapid_key(|| panic!("must not generate again")).wait().unwrap();
         assert_eq!(first, second);
         drop(store);
-        assert_eq!(Store::open(dir.path()).unwrap().vapid_key(|| vec![2; 32]).unwrap(), first);
+        assert_eq!(Store::open(dir.path()).unwrap().vapid_key(|| vec![2; 32]).wait().unwrap(), first);
     }
 
     #[test]
@@ -270,36 +280,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (limit, expiry) = (2, 300);
-        store.push_subscribe("Alice@x", &sub("aaaaaaaaaa", 1000), limit, 1000, expiry).unwrap().unwrap();
-        store.push_subscribe("alice@x", &sub("bbbbbbbbbb", 1000), limit, 1000, expiry).unwrap().unwrap();
-        store.push_subscribe("bob@x", &sub("aaaaaaaaaa", 1000), limit, 1000, expiry).unwrap().unwrap();
+        store.push_subscribe("Alice@x", &sub("aaaaaaaaaa", 1000), limit, 1000, expiry).wait().unwrap().unwrap();
+        store.push_subscribe("alice@x", &sub("bbbbbbbbbb", 1000), limit, 1000, expiry).wait().unwrap().unwrap();
+        store.push_subscribe("bob@x", &sub("aaaaaaaaaa", 1000), limit, 1000, expiry).wait().unwrap().unwrap();
         assert_eq!(
-            store.push_subscribe("alice@x", &sub("cccccccccc", 1000), limit, 1000, expiry).unwrap(),
+            store.push_subscribe("alice@x", &sub("cccccccccc", 1000), limit, 1000, expiry).wait().unwrap(),
             Err(TooManySubscriptions)
         );
         // Replacing one is not an addition.
-        store.push_subscribe("alice@x", &sub("bbbbbbbbbb", 1001), limit, 1001, expiry).unwrap().unwrap();
-        assert_eq!(store.push_validate("alice@x", "aaaaaaaaaa", b"wrong", 1010, expiry).unwrap(), Validation::Refused);
+        store.push_subscribe("alice@x", &sub("bbbbbbbbbb", 1001), limit, 1001, expiry).wait().unwrap().unwrap();
         assert_eq!(
-            store.push_validate("alice@x", "zzzzzzzzzz", b"tok-zzzzzzzzzz", 1010, expiry).unwrap(),
+            store.push_validate("alice@x", "aaaaaaaaaa", b"wrong", 1010, expiry).wait().unwrap(),
             Validation::Refused
         );
         assert_eq!(
-            store.push_validate("alice@x", "aaaaaaaaaa", b"tok-aaaaaaaaaa", 1010, expiry).unwrap(),
+            store.push_validate("alice@x", "zzzzzzzzzz", b"tok-zzzzzzzzzz", 1010, expiry).wait().unwrap(),
+            Validation::Refused
+        );
+        assert_eq!(
+            store.push_validate("alice@x", "aaaaaaaaaa", b"tok-aaaaaaaaaa", 1010, expiry).wait().unwrap(),
             Validation::Validated
         );
         assert_eq!(store.push_accounts().unwrap(), vec!["alice@x".to_string()]);
         // b expires unvalidated; a stays; then a new one fits.
         assert_eq!(
-            store.push_validate("alice@x", "bbbbbbbbbb", b"tok-bbbbbbbbbb", 1301, expiry).unwrap(),
+            store.push_validate("alice@x", "bbbbbbbbbb", b"tok-bbbbbbbbbb", 1301, expiry).wait().unwrap(),
             Validation::Refused
         );
         let live: Vec<String> =
             store.push_subscriptions("alice@x", 1301, expiry).unwrap().into_iter().map(|s| s.id).collect();
         assert_eq!(live, vec!["aaaaaaaaaa"]);
-        store.push_subscribe("alice@x", &sub("cccccccccc", 1302), limit, 1302, expiry).unwrap().unwrap();
-        assert!(store.push_unsubscribe("alice@x", "aaaaaaaaaa").unwrap());
-        assert!(!store.push_unsubscribe("alice@x", "aaaaaaaaaa").unwrap());
+        store.push_subscribe("alice@x", &sub("cccccccccc", 1302), limit, 1302, expiry).wait().unwrap().unwrap();
+        assert!(store.push_unsubscribe("alice@x", "aaaaaaaaaa").wait().unwrap());
+        assert!(!store.push_unsubscribe("alice@x", "aaaaaaaaaa").wait().unwrap());
         assert!(store.push_accounts().unwrap().is_empty());
         assert_eq!(store.push_subscriptions("bob@x", 1302, expiry).unwrap().len(), 0, "bob's expired");
         assert!(!format!("{:?}", sub("x", 1)).contains("tok"), "Debug hides the token");

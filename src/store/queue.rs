@@ -6,13 +6,14 @@
 //! `queue_body` the message bytes exactly as received (written once). `queue_meta` holds the next
 //! id, so ids are never reused, even after the newest message was delivered and removed.
 //!
-//! Every method is one redb transaction: a message and its envelope are committed together, and
-//! [`Store::queue_save`] records an outcome and removes a finished message atomically.
+//! Every method is one redb transaction (a write shares its commit with other writes, see
+//! `writer`): a message and its envelope are committed together, and [`Store::queue_save`]
+//! records an outcome and removes a finished message atomically.
 
 use redb::{ReadableTable, TableDefinition, TableError};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{Pending, Store, StoreError};
 
 const ENVELOPES: TableDefinition<u64, &str> = TableDefinition::new("queue_envelope");
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_body");
@@ -181,27 +182,27 @@ fn usage_in(table: &impl ReadableTable<u64, &'static str>, login: &str) -> Resul
 }
 
 impl Store {
-    /// Commits a new message and its envelope durably; returns its queue id. With a `cap`, the
-    /// account's usage is checked in the same transaction, so concurrent submissions cannot
-    /// slip past it together: beyond it, [`StoreError::QueueFull`] and nothing is stored.
-    pub fn queue_insert(&self, msg: &QueuedMessage, body: &[u8], cap: Option<&QueueCap>) -> Result<u64, StoreError> {
-        let txn = self.begin_write()?;
-        let id = {
+    /// Commits a new message and its envelope durably; its queue id once the commit is on disk.
+    /// With a `cap`, the account's usage is checked in the same transaction, so concurrent
+    /// submissions cannot slip past it together: beyond it, [`StoreError::QueueFull`] and nothing
+    /// is stored.
+    pub fn queue_insert(&self, msg: &QueuedMessage, body: Vec<u8>, cap: Option<QueueCap>) -> Pending<u64> {
+        let (json, login) = (encode(msg), msg.login.clone());
+        self.write(move |txn| {
             let mut envelopes = txn.open_table(ENVELOPES)?;
-            if let Some(cap) = cap
-                && let Some(why) = usage_in(&envelopes, &msg.login)?.refusal(cap, body.len() as u64)
+            // Refused before anything is written (see `StoreError::wrote_nothing`).
+            if let Some(cap) = &cap
+                && let Some(why) = usage_in(&envelopes, &login)?.refusal(cap, body.len() as u64)
             {
                 return Err(StoreError::QueueFull(why));
             }
             let mut meta = txn.open_table(META)?;
             let id = meta.get("next_id")?.map(|v| v.value()).unwrap_or(1);
             meta.insert("next_id", id + 1)?;
-            envelopes.insert(id, encode(msg).as_str())?;
-            txn.open_table(BODIES)?.insert(id, body)?;
-            id
-        };
-        txn.commit()?;
-        Ok(id)
+            envelopes.insert(id, json.as_str())?;
+            txn.open_table(BODIES)?.insert(id, body.as_slice())?;
+            Ok(id)
+        })
     }
 
     /// What `login` has in the queue now.
@@ -252,36 +253,31 @@ impl Store {
     }
 
     /// Stores a message's new state, or removes it when [`QueuedMessage::is_done`], in one
-    /// durable transaction. Returns `false` if the id is no longer queued (e.g. dropped by hand).
-    pub fn queue_save(&self, id: u64, msg: &QueuedMessage) -> Result<bool, StoreError> {
-        let txn = self.begin_write()?;
-        let existed = {
+    /// durable transaction. `false` if the id is no longer queued (e.g. dropped by hand).
+    pub fn queue_save(&self, id: u64, msg: &QueuedMessage) -> Pending<bool> {
+        let (json, done) = (encode(msg), msg.is_done());
+        self.write(move |txn| {
             let mut envelopes = txn.open_table(ENVELOPES)?;
             let existed = envelopes.get(id)?.is_some();
             if existed {
-                if msg.is_done() {
+                if done {
                     envelopes.remove(id)?;
                     txn.open_table(BODIES)?.remove(id)?;
                 } else {
-                    envelopes.insert(id, encode(msg).as_str())?;
+                    envelopes.insert(id, json.as_str())?;
                 }
             }
-            existed
-        };
-        txn.commit()?;
-        Ok(existed)
+            Ok(existed)
+        })
     }
 
     /// Removes a message whatever its state; `false` if there was none with this id.
-    pub fn queue_remove(&self, id: u64) -> Result<bool, StoreError> {
-        let txn = self.begin_write()?;
-        let existed = {
+    pub fn queue_remove(&self, id: u64) -> Pending<bool> {
+        self.write(move |txn| {
             let existed = txn.open_table(ENVELOPES)?.remove(id)?.is_some();
             txn.open_table(BODIES)?.remove(id)?;
-            existed
-        };
-        txn.commit()?;
-        Ok(existed)
+            Ok(existed)
+        })
     }
 }
 
@@ -319,30 +315,30 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert!(store.queue_list().unwrap().is_empty(), "a fresh store has no queue tables yet");
         let mut m = message(&["bob@example.org", "carol@example.org"]);
-        let id = store.queue_insert(&m, b"hello", None).unwrap();
+        let id = store.queue_insert(&m, b"hello".to_vec(), None).wait().unwrap();
         assert_eq!(store.queue_body(id).unwrap().unwrap(), b"hello");
         assert_eq!(store.queue_list().unwrap(), vec![(id, m.clone())]);
 
         m.recipients[0].state = RecipientState::Delivered { at: 2, reply: "250 ok".into() };
         m.record_attempt(2, "1 delivered, 1 deferred");
-        assert!(store.queue_save(id, &m).unwrap());
+        assert!(store.queue_save(id, &m).wait().unwrap());
         assert_eq!(store.queue_get(id).unwrap().unwrap(), m);
 
         m.recipients[1].state = RecipientState::Failed { at: 3, reply: "550 no".into() };
         m.report_pending = true;
-        store.queue_save(id, &m).unwrap();
+        store.queue_save(id, &m).wait().unwrap();
         assert!(store.queue_get(id).unwrap().is_some(), "kept until the report is delivered");
         m.report_pending = false;
-        store.queue_save(id, &m).unwrap();
+        store.queue_save(id, &m).wait().unwrap();
         assert!(store.queue_get(id).unwrap().is_none() && store.queue_body(id).unwrap().is_none());
-        assert!(!store.queue_save(id, &m).unwrap(), "a removed message stays removed");
+        assert!(!store.queue_save(id, &m).wait().unwrap(), "a removed message stays removed");
 
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        let id2 = store.queue_insert(&message(&["bob@example.org"]), b"x", None).unwrap();
+        let id2 = store.queue_insert(&message(&["bob@example.org"]), b"x".to_vec(), None).wait().unwrap();
         assert!(id2 > id);
-        assert!(store.queue_remove(id2).unwrap());
-        assert!(!store.queue_remove(id2).unwrap());
+        assert!(store.queue_remove(id2).wait().unwrap());
+        assert!(!store.queue_remove(id2).wait().unwrap());
     }
 
     #[test]
@@ -354,17 +350,17 @@ mod tests {
         let mut carol = message(&["bob@example.org"]);
         carol.login = "carol@example.org".into();
         assert_eq!(store.queue_usage("alice@example.org").unwrap(), QueueUsage::default());
-        let first = store.queue_insert(&alice, b"hello", Some(&cap)).unwrap();
-        store.queue_insert(&carol, b"other account", None).unwrap();
-        let err = store.queue_insert(&alice, b"too big!", Some(&cap)).unwrap_err().to_string();
+        let first = store.queue_insert(&alice, b"hello".to_vec(), Some(cap)).wait().unwrap();
+        store.queue_insert(&carol, b"other account".to_vec(), None).wait().unwrap();
+        let err = store.queue_insert(&alice, b"too big!".to_vec(), Some(cap)).wait().unwrap_err().to_string();
         assert!(err.contains("5 bytes") && err.contains("limit is 12"), "{err}");
-        store.queue_insert(&alice, b"small", Some(&cap)).unwrap();
-        let err = store.queue_insert(&alice, b"x", Some(&cap)).unwrap_err();
+        store.queue_insert(&alice, b"small".to_vec(), Some(cap)).wait().unwrap();
+        let err = store.queue_insert(&alice, b"x".to_vec(), Some(cap)).wait().unwrap_err();
         assert!(matches!(err, StoreError::QueueFull(ref why) if why.contains("2 messages")), "{err}");
         assert_eq!(store.queue_usage("alice@example.org").unwrap(), QueueUsage { messages: 2, bytes: 10 });
         assert_eq!(store.queue_list().unwrap().len(), 3, "refused messages are not stored");
-        store.queue_remove(first).unwrap();
-        store.queue_insert(&alice, b"x", Some(&cap)).expect("room again once one left");
+        store.queue_remove(first).wait().unwrap();
+        store.queue_insert(&alice, b"x".to_vec(), Some(cap)).wait().expect("room again once one left");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{Pending, Store, StoreError};
 
 /// `account NUL message-id` → JSON [`SentChat`].
 const SENT: TableDefinition<&str, &str> = TableDefinition::new("receipts_sent");
@@ -63,16 +63,15 @@ fn decode(json: &str) -> Result<SentChat, StoreError> {
 impl Store {
     /// Records a sent chat message unless it is known already, dropping the account's oldest
     /// beyond [`MAX_SENT`].
-    pub fn sent_chat_insert(&self, account: &str, message_id: &str, sent: &SentChat) -> Result<(), StoreError> {
-        let txn = self.begin_write()?;
-        {
+    pub fn sent_chat_insert(&self, account: &str, message_id: &str, sent: &SentChat) -> Pending<()> {
+        let k = key(account, message_id);
+        let (start, end) = (key(account, ""), format!("{}\u{1}", account.to_ascii_lowercase()));
+        let json = serde_json::to_string(sent).expect("receipt records serialize");
+        self.write(move |txn| {
             let mut table = txn.open_table(SENT)?;
-            let k = key(account, message_id);
             if table.get(k.as_str())?.is_none() {
-                let json = serde_json::to_string(sent).expect("receipt records serialize");
                 table.insert(k.as_str(), json.as_str())?;
             }
-            let (start, end) = (key(account, ""), format!("{}\u{1}", account.to_ascii_lowercase()));
             let mut all: Vec<(i64, String)> = Vec::new();
             for item in table.range(start.as_str()..end.as_str())? {
                 let (k, v) = item?;
@@ -84,37 +83,38 @@ impl Store {
                     table.remove(k.as_str())?;
                 }
             }
-        }
-        txn.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Changes the record of a sent chat message found by Message-ID or else by envelope id,
     /// in one transaction; its Message-ID and new state, `None` if it is not one of ours.
+    /// `change` may be called more than once (see `writer`); only the last call counts.
     pub fn sent_chat_update(
         &self,
         account: &str,
         message_id: Option<&str>,
         envid: Option<&str>,
-        change: impl FnOnce(&mut SentChat),
-    ) -> Result<Option<(String, SentChat)>, StoreError> {
-        let txn = self.begin_write()?;
-        let found = {
+        mut change: impl FnMut(&mut SentChat) + Send + 'static,
+    ) -> Pending<Option<(String, SentChat)>> {
+        let (account, message_id, envid) =
+            (account.to_string(), message_id.map(str::to_string), envid.map(str::to_string));
+        self.write(move |txn| {
             let mut table = txn.open_table(SENT)?;
             let mut found = None;
-            if let Some(id) = message_id
-                && let Some(v) = table.get(key(account, id).as_str())?
+            if let Some(id) = &message_id
+                && let Some(v) = table.get(key(&account, id).as_str())?
             {
                 found = Some((id.to_string(), decode(v.value())?));
             }
             if found.is_none()
-                && let Some(envid) = envid
+                && let Some(envid) = &envid
             {
-                let (start, end) = (key(account, ""), format!("{}\u{1}", account.to_ascii_lowercase()));
+                let (start, end) = (key(&account, ""), format!("{}\u{1}", account.to_ascii_lowercase()));
                 for item in table.range(start.as_str()..end.as_str())? {
                     let (k, v) = item?;
                     let sent = decode(v.value())?;
-                    if sent.envid.as_deref() == Some(envid) {
+                    if sent.envid.as_deref() == Some(envid.as_str()) {
                         found = Some((k.value()[start.len()..].to_string(), sent));
                         break;
                     }
@@ -123,24 +123,30 @@ impl Store {
             if let Some((id, sent)) = &mut found {
                 change(sent);
                 let json = serde_json::to_string(&*sent).expect("receipt records serialize");
-                table.insert(key(account, id).as_str(), json.as_str())?;
+                table.insert(key(&account, id).as_str(), json.as_str())?;
             }
-            found
-        };
-        txn.commit()?;
-        Ok(found)
+            Ok(found)
+        })
     }
 
-    /// Sent chat messages whose copy still lacks a keyword it should have.
+    /// Sent chat messages of `account` whose copy still lacks a keyword it should have.
     pub fn sent_chats_to_mark(&self, account: &str) -> Result<Vec<(String, SentChat)>, StoreError> {
-        Ok(self
-            .sent_chats()?
-            .into_iter()
-            .filter(|(a, _, s)| {
-                a.eq_ignore_ascii_case(account) && s.wanted_keywords().iter().any(|k| !s.marked.iter().any(|m| m == k))
-            })
-            .map(|(_, id, s)| (id, s))
-            .collect())
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(SENT) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let (start, end) = (key(account, ""), format!("{}\u{1}", account.to_ascii_lowercase()));
+        let mut out = Vec::new();
+        for item in table.range(start.as_str()..end.as_str())? {
+            let (k, v) = item?;
+            let sent = decode(v.value())?;
+            if sent.wanted_keywords().iter().any(|k| !sent.marked.iter().any(|m| m == k)) {
+                out.push((k.value()[start.len()..].to_string(), sent));
+            }
+        }
+        Ok(out)
     }
 
     /// All sent chat messages: (account, Message-ID, record).
@@ -161,19 +167,16 @@ impl Store {
     }
 
     /// Claims the read receipt for a received message: `true` exactly once per message.
-    pub fn mdn_claim(&self, account: &str, message_id: &str, at: i64) -> Result<bool, StoreError> {
-        let txn = self.begin_write()?;
-        let fresh = {
+    pub fn mdn_claim(&self, account: &str, message_id: &str, at: i64) -> Pending<bool> {
+        let k = key(account, message_id);
+        self.write(move |txn| {
             let mut table = txn.open_table(MDN_DONE)?;
-            let k = key(account, message_id);
             let fresh = table.get(k.as_str())?.is_none();
             if fresh {
                 table.insert(k.as_str(), at)?;
             }
-            fresh
-        };
-        txn.commit()?;
-        Ok(fresh)
+            Ok(fresh)
+        })
     }
 
     /// When read receipts started for `account`, if they have.
@@ -187,11 +190,12 @@ impl Store {
         Ok(table.get(account.to_ascii_lowercase().as_str())?.map(|v| v.value()))
     }
 
-    pub fn set_mdn_baseline(&self, account: &str, at: i64) -> Result<(), StoreError> {
-        let txn = self.begin_write()?;
-        txn.open_table(MDN_BASELINE)?.insert(account.to_ascii_lowercase().as_str(), at)?;
-        txn.commit()?;
-        Ok(())
+    pub fn set_mdn_baseline(&self, account: &str, at: i64) -> Pending<()> {
+        let account = account.to_ascii_lowercase();
+        self.write(move |txn| {
+            txn.open_table(MDN_BASELINE)?.insert(account.as_str(), at)?;
+            Ok(())
+        })
     }
 }
 
@@ -206,22 +210,23 @@ mod tests {
         let tick = |a: &str| Tick { address: a.into(), ..Default::default() };
         let sent =
             SentChat { sent_at: 1, envid: Some("coi.1".into()), recipients: vec![tick("bob@x")], marked: vec![] };
-        store.sent_chat_insert("Alice@x", "m1@x", &sent).unwrap();
+        store.sent_chat_insert("Alice@x", "m1@x", &sent).wait().unwrap();
         assert!(store.sent_chats_to_mark("alice@x").unwrap().is_empty());
         let by_envid = store
-            .sent_chat_update("alice@x", Some("unknown@x"), Some("coi.1"), |s| s.recipients[0].delivered = Some(5));
+            .sent_chat_update("alice@x", Some("unknown@x"), Some("coi.1"), |s| s.recipients[0].delivered = Some(5))
+            .wait();
         assert_eq!(by_envid.unwrap().unwrap().0, "m1@x");
-        assert_eq!(store.sent_chat_update("alice@x", None, Some("coi.2"), |_| {}).unwrap(), None);
+        assert_eq!(store.sent_chat_update("alice@x", None, Some("coi.2"), |_| {}).wait().unwrap(), None);
         let todo = store.sent_chats_to_mark("alice@x").unwrap();
         assert_eq!(todo[0].1.wanted_keywords(), vec!["$Delivered"]);
-        store.sent_chat_update("alice@x", Some("m1@x"), None, |s| s.marked.push("$Delivered".into())).unwrap();
+        store.sent_chat_update("alice@x", Some("m1@x"), None, |s| s.marked.push("$Delivered".into())).wait().unwrap();
         assert!(store.sent_chats_to_mark("alice@x").unwrap().is_empty());
         assert_eq!(store.sent_chats().unwrap()[0].0, "alice@x");
 
-        assert!(store.mdn_claim("alice@x", "o@y", 3).unwrap());
-        assert!(!store.mdn_claim("ALICE@x", "o@y", 4).unwrap(), "never twice");
+        assert!(store.mdn_claim("alice@x", "o@y", 3).wait().unwrap());
+        assert!(!store.mdn_claim("ALICE@x", "o@y", 4).wait().unwrap(), "never twice");
         assert_eq!(store.mdn_baseline("alice@x").unwrap(), None);
-        store.set_mdn_baseline("alice@x", 9).unwrap();
+        store.set_mdn_baseline("alice@x", 9).wait().unwrap();
         assert_eq!(store.mdn_baseline("alice@x").unwrap(), Some(9));
     }
 }

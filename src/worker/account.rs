@@ -148,7 +148,7 @@ impl<'a> Inbox<'a> {
         // came before COI was switched on are filtered too.
         let next_uid = stored.unwrap_or(1);
         let push_from = crate::push::notify::first_to_push(stored, uidnext);
-        let _ = store.set_inbox_position(login, uidvalidity, next_uid);
+        let _ = store.set_inbox_position(login, uidvalidity, next_uid).await;
         let waiting = BTreeSet::new();
         let mut inbox =
             Inbox { shared, account, login, chats, uidvalidity, next_uid, uidnext, keywords, waiting, push_from };
@@ -208,7 +208,7 @@ impl<'a> Inbox<'a> {
         if !chat.is_empty() {
             let all: Vec<u32> = chat.iter().map(|c| c.0).collect();
             debug!(uids = ?all, "chat messages");
-            if let Err(e) = self.shared.store.remember_chat_ids(self.login, &chat_ids) {
+            if let Err(e) = self.shared.store.remember_chat_ids(self.login, &chat_ids).await {
                 warn!("cannot remember chat Message-IDs: {e}");
             }
             // A worker that runs for pushes only leaves the mailbox alone.
@@ -237,7 +237,7 @@ impl<'a> Inbox<'a> {
             v.moved += moved;
         });
         self.next_uid = highest + 1;
-        if let Err(e) = self.shared.store.set_inbox_position(self.login, self.uidvalidity, self.next_uid) {
+        if let Err(e) = self.shared.store.set_inbox_position(self.login, self.uidvalidity, self.next_uid).await {
             warn!("cannot record the INBOX position: {e}");
         }
         Ok(())

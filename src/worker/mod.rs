@@ -28,7 +28,7 @@ pub async fn supervise(ctx: Arc<Context>, mut requests: mpsc::UnboundedReceiver<
     let mut shutdown = ctx.shutdown.clone();
     let mut workers =
         Workers { ctx: ctx.clone(), tasks: JoinSet::new(), by_task: HashMap::new(), running: HashSet::new() };
-    for login in at_start(&ctx) {
+    for login in at_start(&ctx).await {
         workers.start_if_needed(&login);
     }
     loop {
@@ -86,8 +86,8 @@ impl Workers {
 /// The accounts whose workers start with the daemon: those with a validated subscription whose
 /// sign-in the configuration can supply (`password_command`, or an OAuth2 grant), so pushes go
 /// on with no client connected after a restart. Other accounts get their worker at their next login.
-fn at_start(ctx: &Context) -> Vec<String> {
-    let logins = match ctx.store.push_accounts() {
+async fn at_start(ctx: &Context) -> Vec<String> {
+    let logins = match ctx.store.read(|s| s.push_accounts()).await {
         Ok(logins) => logins,
         Err(e) => {
             warn!("cannot read push subscriptions: {e}");

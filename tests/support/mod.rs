@@ -6,6 +6,7 @@ pub mod data_block;
 pub mod fake_provider;
 pub mod idp;
 pub mod imap_client;
+pub mod net_services;
 pub mod other_provider;
 pub mod provider;
 pub mod proxy;

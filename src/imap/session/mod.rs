@@ -5,6 +5,7 @@
 //! same credentials. After a successful login the session becomes a [`relay`].
 
 mod own;
+pub mod policy;
 pub mod quiet;
 mod relay;
 
@@ -26,7 +27,7 @@ use crate::context::Context;
 use crate::imap::conn::{Conn, ReadError};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::imap::wire::capability;
-use crate::imap::wire::command::{self, Arg, Command};
+use crate::imap::wire::command::{self, Arg, Command, CommandName};
 use crate::limits::{Refused, SessionPermit};
 use crate::net::Stream;
 use crate::secret::Secret;
@@ -251,13 +252,14 @@ impl Session {
     /// Handles one pre-login command; `Some` ends the pre-login phase.
     async fn handle(&mut self, conn: &mut Conn, cmd: Command) -> std::io::Result<Option<PreLogin>> {
         let tag = cmd.tag.as_str();
-        match cmd.name.as_str() {
-            "CAPABILITY" => {
+        let kind = if cmd.uid { CommandName::Other } else { cmd.kind };
+        match kind {
+            CommandName::Capability => {
                 let caps = capability::pre_login(Self::tls_active(conn), self.listener.plaintext_auth);
                 conn.write(format!("* CAPABILITY {caps}\r\n{tag} OK Capability completed.\r\n").as_bytes()).await?;
             }
-            "NOOP" => conn.write(format!("{tag} OK NOOP completed.\r\n").as_bytes()).await?,
-            "ID" => {
+            CommandName::Noop => conn.write(format!("{tag} OK NOOP completed.\r\n").as_bytes()).await?,
+            CommandName::Id => {
                 self.client_id = command::client_name(&cmd.args);
                 if let Some(name) = &self.client_id {
                     info!(client_name = %name, "client identified itself");
@@ -269,12 +271,12 @@ impl Session {
                 )
                 .await?;
             }
-            "LOGOUT" => {
+            CommandName::Logout => {
                 conn.write(format!("* BYE Logging out\r\n{tag} OK Logout completed.\r\n").as_bytes()).await?;
                 return Ok(Some(PreLogin::Ended("logged out before login".into())));
             }
-            "STARTTLS" => return self.starttls(conn, tag).await,
-            "LOGIN" => {
+            CommandName::Starttls => return self.starttls(conn, tag).await,
+            CommandName::Login => {
                 let (Some(user), Some(pass), 2) =
                     (cmd.args.first().and_then(Arg::astring), cmd.args.get(1).and_then(Arg::astring), cmd.args.len())
                 else {
@@ -286,17 +288,10 @@ impl Session {
                 drop(cmd.args);
                 return self.login(conn, &cmd.tag, user, pass).await;
             }
-            "AUTHENTICATE" => return self.authenticate(conn, cmd).await,
-            "ENABLE" | "SELECT" | "EXAMINE" | "LIST" | "LSUB" | "STATUS" | "APPEND" | "CREATE" | "DELETE"
-            | "RENAME" | "SUBSCRIBE" | "UNSUBSCRIBE" | "NAMESPACE" | "GETMETADATA" | "SETMETADATA" | "IDLE" => {
-                conn.write(format!("{tag} BAD Log in first: {} is valid only after LOGIN\r\n", cmd.name).as_bytes())
-                    .await?;
-            }
-            other => {
-                let known = other.starts_with("UID ")
-                    || ["FETCH", "STORE", "SEARCH", "COPY", "MOVE", "EXPUNGE", "CLOSE", "CHECK"].contains(&other);
-                let reply = if known {
-                    format!("{tag} BAD Log in first: {other} is valid only after LOGIN\r\n")
+            CommandName::Authenticate => return self.authenticate(conn, cmd).await,
+            _ => {
+                let reply = if cmd.uid || cmd.kind.authenticated_only() {
+                    format!("{tag} BAD Log in first: {} is valid only after LOGIN\r\n", cmd.name)
                 } else {
                     format!("{tag} BAD Unknown command\r\n")
                 };

@@ -11,11 +11,10 @@
 //! ends IDLE, the EXISTS is passed on. Sequence numbers stay consistent: the client is only
 //! ever told about messages it can address.
 //!
-//! A sans-I/O state machine: the relay feeds it responses and the clock.
+//! A sans-I/O state machine: the relay policy feeds it responses, the worker's verdicts and
+//! the clock.
 
 use std::time::{Duration, Instant};
-
-use tokio::sync::watch;
 
 pub use crate::account::Verdicts;
 
@@ -34,7 +33,8 @@ struct Hold {
 
 /// The hold state of one session.
 pub struct Quiet {
-    verdicts: watch::Receiver<Verdicts>,
+    /// The worker's latest counts.
+    verdicts: Verdicts,
     /// The message count the client knows, once an EXISTS has passed.
     client_exists: Option<u32>,
     /// The RECENT count the client knows.
@@ -53,7 +53,8 @@ pub enum Verdict {
 }
 
 impl Quiet {
-    pub fn new(verdicts: watch::Receiver<Verdicts>) -> Quiet {
+    /// Starts with the worker's counts as they are now.
+    pub fn new(verdicts: Verdicts) -> Quiet {
         Quiet { verdicts, client_exists: None, client_recent: None, hold: None, deferred: Vec::new() }
     }
 
@@ -72,7 +73,7 @@ impl Quiet {
             Kind::Exists => {
                 let grows = self.client_exists.is_some_and(|c| n > c);
                 if holding_allowed && grows {
-                    let base = *self.verdicts.borrow();
+                    let base = self.verdicts;
                     let hold = self.hold.get_or_insert(Hold { provider_exists: n, deadline: now + HOLD, base });
                     hold.provider_exists = n;
                     return Verdict::Drop;
@@ -114,7 +115,7 @@ impl Quiet {
     /// The EXISTS to send now, if the hold should end: the worker kept an ordinary message, or
     /// time is up. A move by the worker extends the wait for its EXPUNGE.
     pub fn poll(&mut self, now: Instant) -> Option<Vec<u8>> {
-        let current = *self.verdicts.borrow();
+        let current = self.verdicts;
         let hold = self.hold.as_mut()?;
         if current.moved > hold.base.moved {
             hold.deadline = hold.deadline.max(now + AFTER_MOVE);
@@ -139,8 +140,9 @@ impl Quiet {
         self.hold.as_ref().map(|h| h.deadline)
     }
 
-    pub fn verdicts(&mut self) -> &mut watch::Receiver<Verdicts> {
-        &mut self.verdicts
+    /// The worker's counts changed; `poll` tells what follows from it.
+    pub fn set_verdicts(&mut self, verdicts: Verdicts) {
+        self.verdicts = verdicts;
     }
 
     /// A new mailbox is being selected: counts start over.
@@ -180,20 +182,19 @@ fn numbered(line: &[u8]) -> Option<(u32, Kind)> {
 mod tests {
     use super::*;
 
-    fn setup() -> (watch::Sender<Verdicts>, Quiet, Instant) {
-        let (tx, rx) = watch::channel(Verdicts::default());
-        let mut q = Quiet::new(rx);
+    fn setup() -> (Quiet, Instant) {
+        let mut q = Quiet::new(Verdicts::default());
         let t = Instant::now();
         assert_eq!(q.on_untagged(b"* 4 EXISTS\r\n", false, t), Verdict::Forward);
-        (tx, q, t)
+        (q, t)
     }
 
     #[test]
     fn a_moved_chat_message_never_reaches_the_client() {
-        let (tx, mut q, t) = setup();
+        let (mut q, t) = setup();
         assert_eq!(q.on_untagged(b"* 5 EXISTS\r\n", true, t), Verdict::Drop);
         assert_eq!(q.on_untagged(b"* 1 RECENT\r\n", true, t), Verdict::Drop);
-        tx.send(Verdicts { kept: 0, moved: 1 }).unwrap();
+        q.set_verdicts(Verdicts { kept: 0, moved: 1 });
         assert_eq!(q.poll(t + Duration::from_millis(1100)), None, "a move extends the wait");
         assert_eq!(q.poll(t + Duration::from_millis(1300)), None);
         assert_eq!(q.on_untagged(b"* 5 EXPUNGE\r\n", true, t + Duration::from_millis(1400)), Verdict::Drop);
@@ -203,17 +204,17 @@ mod tests {
 
     #[test]
     fn ordinary_mail_is_released_when_the_worker_keeps_it() {
-        let (tx, mut q, t) = setup();
+        let (mut q, t) = setup();
         assert_eq!(q.on_untagged(b"* 5 EXISTS\r\n", true, t), Verdict::Drop);
         assert_eq!(q.poll(t + Duration::from_millis(10)), None);
-        tx.send(Verdicts { kept: 1, moved: 0 }).unwrap();
+        q.set_verdicts(Verdicts { kept: 1, moved: 0 });
         assert_eq!(q.poll(t + Duration::from_millis(20)), Some(b"* 5 EXISTS\r\n".to_vec()));
         assert_eq!(q.on_untagged(b"* 5 EXPUNGE\r\n", true, t), Verdict::Forward);
     }
 
     #[test]
     fn hold_times_out_and_ends_with_idle() {
-        let (_tx, mut q, t) = setup();
+        let (mut q, t) = setup();
         q.on_untagged(b"* 5 EXISTS\r\n", true, t);
         q.on_untagged(b"* 6 EXISTS\r\n", true, t);
         assert_eq!(q.poll(t + HOLD), Some(b"* 6 EXISTS\r\n".to_vec()));
@@ -226,7 +227,7 @@ mod tests {
 
     #[test]
     fn flag_news_during_a_hold_waits_for_the_end_of_idle() {
-        let (_tx, mut q, t) = setup();
+        let (mut q, t) = setup();
         q.on_untagged(b"* 5 EXISTS\r\n", true, t);
         assert_eq!(q.on_untagged(b"* FLAGS (\\Seen $Chat)\r\n", true, t), Verdict::Drop);
         assert_eq!(q.on_untagged(b"* OK [PERMANENTFLAGS (\\Seen $Chat \\*)] Flags\r\n", true, t), Verdict::Drop);
@@ -242,7 +243,7 @@ mod tests {
 
     #[test]
     fn mixed_batch_expunges_the_chat_and_shows_the_mail() {
-        let (_tx, mut q, t) = setup();
+        let (mut q, t) = setup();
         q.on_untagged(b"* 6 EXISTS\r\n", true, t); // a chat (5) and a mail (6)
         assert_eq!(q.on_untagged(b"* 5 EXPUNGE\r\n", true, t), Verdict::Drop);
         assert_eq!(q.release(), Some(b"* 5 EXISTS\r\n".to_vec()));

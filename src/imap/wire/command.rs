@@ -30,7 +30,162 @@ impl Arg {
 pub struct Command {
     pub tag: String,
     pub name: String,
+    /// The name as the proxy knows it (for `UID FETCH`: `Fetch`, with `uid` set).
+    pub kind: CommandName,
+    pub uid: bool,
     pub args: Vec<Arg>,
+}
+
+/// The commands the proxy treats in any way of its own, told apart once from the line head
+/// so that no caller matches names as strings. Everything else is [`CommandName::Other`] and
+/// is relayed untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandName {
+    Capability,
+    Noop,
+    Logout,
+    Starttls,
+    Authenticate,
+    Login,
+    Id,
+    Enable,
+    Select,
+    Examine,
+    Create,
+    Delete,
+    Rename,
+    Subscribe,
+    Unsubscribe,
+    List,
+    Lsub,
+    Namespace,
+    Status,
+    Append,
+    Idle,
+    Check,
+    Close,
+    Expunge,
+    Search,
+    Fetch,
+    Store,
+    Copy,
+    Move,
+    Compress,
+    GetMetadata,
+    SetMetadata,
+    Other,
+}
+
+impl CommandName {
+    /// The name for a command word, in any case. Allocation-free: it runs on every relayed
+    /// command line.
+    pub fn parse(word: &[u8]) -> CommandName {
+        let mut upper = [0u8; 16];
+        let Some(upper) = upper.get_mut(..word.len()) else { return CommandName::Other };
+        upper.copy_from_slice(word);
+        upper.make_ascii_uppercase();
+        match &*upper {
+            b"CAPABILITY" => CommandName::Capability,
+            b"NOOP" => CommandName::Noop,
+            b"LOGOUT" => CommandName::Logout,
+            b"STARTTLS" => CommandName::Starttls,
+            b"AUTHENTICATE" => CommandName::Authenticate,
+            b"LOGIN" => CommandName::Login,
+            b"ID" => CommandName::Id,
+            b"ENABLE" => CommandName::Enable,
+            b"SELECT" => CommandName::Select,
+            b"EXAMINE" => CommandName::Examine,
+            b"CREATE" => CommandName::Create,
+            b"DELETE" => CommandName::Delete,
+            b"RENAME" => CommandName::Rename,
+            b"SUBSCRIBE" => CommandName::Subscribe,
+            b"UNSUBSCRIBE" => CommandName::Unsubscribe,
+            b"LIST" => CommandName::List,
+            b"LSUB" => CommandName::Lsub,
+            b"NAMESPACE" => CommandName::Namespace,
+            b"STATUS" => CommandName::Status,
+            b"APPEND" => CommandName::Append,
+            b"IDLE" => CommandName::Idle,
+            b"CHECK" => CommandName::Check,
+            b"CLOSE" => CommandName::Close,
+            b"EXPUNGE" => CommandName::Expunge,
+            b"SEARCH" => CommandName::Search,
+            b"FETCH" => CommandName::Fetch,
+            b"STORE" => CommandName::Store,
+            b"COPY" => CommandName::Copy,
+            b"MOVE" => CommandName::Move,
+            b"COMPRESS" => CommandName::Compress,
+            b"GETMETADATA" => CommandName::GetMetadata,
+            b"SETMETADATA" => CommandName::SetMetadata,
+            _ => CommandName::Other,
+        }
+    }
+
+    /// Commands that are valid only once logged in (RFC 3501 6.3 and 6.4, and the extensions
+    /// the proxy knows): before login they get "Log in first" rather than "Unknown command".
+    pub fn authenticated_only(self) -> bool {
+        use CommandName::*;
+        matches!(
+            self,
+            Enable
+                | Select
+                | Examine
+                | List
+                | Lsub
+                | Status
+                | Append
+                | Create
+                | Delete
+                | Rename
+                | Subscribe
+                | Unsubscribe
+                | Namespace
+                | GetMetadata
+                | SetMetadata
+                | Idle
+                | Fetch
+                | Store
+                | Search
+                | Copy
+                | Move
+                | Expunge
+                | Close
+                | Check
+        )
+    }
+}
+
+/// The head of a command line: its tag and what command it is. `UID FETCH` is `Fetch` with
+/// `uid` set; a bare `UID` is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head<'a> {
+    pub tag: &'a [u8],
+    pub name: CommandName,
+    pub uid: bool,
+}
+
+impl<'a> Head<'a> {
+    /// Reads the head of a command line without allocating; `None` for a line without a valid
+    /// tag and name (a `DONE`, a continuation, garbage).
+    pub fn parse(line: &'a [u8]) -> Option<Head<'a>> {
+        let (tag, word) = head(line)?;
+        if !word.eq_ignore_ascii_case(b"UID") {
+            return Some(Head { tag, name: CommandName::parse(word), uid: false });
+        }
+        let rest = &trim_line_end(line)[tag.len() + 1 + word.len()..];
+        match rest.strip_prefix(b" ") {
+            Some(rest) => {
+                let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+                Some(Head { tag, name: CommandName::parse(&rest[..end]), uid: true })
+            }
+            None => Some(Head { tag, name: CommandName::Other, uid: false }),
+        }
+    }
+
+    /// Whether this is the plain (not `UID`) command `name`.
+    pub fn is(&self, name: CommandName) -> bool {
+        !self.uid && self.name == name
+    }
 }
 
 /// Why a command could not be parsed; the text goes into a `BAD` response.
@@ -44,8 +199,8 @@ pub enum ParseError {
     Syntax(&'static str),
 }
 
-/// The tag and command name at the start of a command line, found without allocating.
-/// `UID` commands give `UID` as name; [`head_with_uid`] looks one word further.
+/// The tag and command word at the start of a command line, found without allocating.
+/// `UID` commands give `UID` as the word; [`Head::parse`] looks one word further.
 pub fn head(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let line = trim_line_end(line);
     let sp = memchr::memchr(b' ', line)?;
@@ -57,19 +212,6 @@ pub fn head(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
     let name = &rest[..end];
     (!name.is_empty() && name.iter().all(|&b| is_atom_char(b))).then_some((tag, name))
-}
-
-/// Like [`head`], but returns `UID X` as the name `X` with a flag.
-pub fn head_with_uid(line: &[u8]) -> Option<(&[u8], &[u8], bool)> {
-    let (tag, name) = head(line)?;
-    if !name.eq_ignore_ascii_case(b"UID") {
-        return Some((tag, name, false));
-    }
-    let line = trim_line_end(line);
-    let rest = &line[tag.len() + 1 + name.len()..];
-    let rest = rest.strip_prefix(b" ")?;
-    let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
-    Some((tag, &rest[..end], true))
 }
 
 /// Parses a whole command message (ending in CRLF or LF).
@@ -84,8 +226,10 @@ pub fn parse(msg: &[u8]) -> Result<Command, ParseError> {
     if name.is_empty() {
         return Err(ParseError::Name);
     }
+    let (mut kind, mut uid) = (CommandName::parse(&name), false);
     if name == b"UID" && p.eat(b' ') {
         let sub = p.take_while(is_atom_char).to_ascii_uppercase();
+        (kind, uid) = (CommandName::parse(&sub), true);
         name.push(b' ');
         name.extend(sub);
     }
@@ -97,7 +241,7 @@ pub fn parse(msg: &[u8]) -> Result<Command, ParseError> {
     if p.pos != p.buf.len() {
         return Err(ParseError::Syntax("unexpected character"));
     }
-    Ok(Command { tag, name, args })
+    Ok(Command { tag, name, kind, uid, args })
 }
 
 fn trim_line_end(line: &[u8]) -> &[u8] {
@@ -319,7 +463,23 @@ mod tests {
         assert_eq!(head(b"a1 SELECT INBOX\r\n"), Some((&b"a1"[..], &b"SELECT"[..])));
         assert_eq!(head(b"DONE\r\n"), None);
         assert_eq!(head(b"\x16\x03\x01"), None);
-        assert_eq!(head_with_uid(b"7 UID MOVE 1 x\r\n"), Some((&b"7"[..], &b"MOVE"[..], true)));
+    }
+
+    #[test]
+    fn command_names() {
+        let h = Head::parse(b"7 uid Move 1 x\r\n").unwrap();
+        assert_eq!((h.tag, h.name, h.uid), (&b"7"[..], CommandName::Move, true));
+        assert!(!h.is(CommandName::Move));
+        let h = Head::parse(b"a idle\r\n").unwrap();
+        assert!(h.is(CommandName::Idle));
+        assert_eq!(Head::parse(b"a UID\r\n").unwrap().name, CommandName::Other);
+        assert_eq!(Head::parse(b"a GetMetadata \"\" /x\r\n").unwrap().name, CommandName::GetMetadata);
+        assert_eq!(CommandName::parse(b"XSOMETHINGVERYLONGINDEED"), CommandName::Other);
+        assert_eq!(CommandName::parse(b""), CommandName::Other);
+        assert_eq!(Head::parse(b"DONE\r\n"), None);
+        let c = parse(b"x UID STORE 1 +FLAGS (\\Seen)\r\n").unwrap();
+        assert_eq!((c.kind, c.uid), (CommandName::Store, true));
+        assert!(CommandName::Fetch.authenticated_only() && !CommandName::Compress.authenticated_only());
     }
 
     #[test]

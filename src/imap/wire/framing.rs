@@ -30,6 +30,20 @@ pub enum Fragment {
     Overlong { len: usize, start: bool, first: bool, end: bool, literal: Option<Literal> },
 }
 
+impl Fragment {
+    /// How many bytes at the front of the buffer belong to the fragment (never 0).
+    pub fn len(&self) -> usize {
+        match *self {
+            Fragment::Line { len, .. } | Fragment::LiteralData { len, .. } | Fragment::Overlong { len, .. } => len,
+        }
+    }
+
+    /// Always false: a fragment holds at least one byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Expecting the first line of a new command or response.
@@ -56,11 +70,14 @@ pub struct Framer {
     max_line: usize,
     /// How far the current partial line has already been searched for a line end.
     scanned: usize,
+    /// The fragment just returned announced a synchronizing literal, which may still be
+    /// refused ([`Framer::refuse_literal`]).
+    refusable: bool,
 }
 
 impl Framer {
     pub fn new(max_line: usize) -> Framer {
-        Framer { state: State::MessageStart, max_line: max_line.max(TAIL * 2), scanned: 0 }
+        Framer { state: State::MessageStart, max_line: max_line.max(TAIL * 2), scanned: 0, refusable: false }
     }
 
     /// True between messages (no command or response is half-way through).
@@ -78,11 +95,39 @@ impl Framer {
     pub fn reset(&mut self) {
         self.state = State::MessageStart;
         self.scanned = 0;
+        self.refusable = false;
     }
 
     /// The next fragment at the front of `buf`, or `None` when more bytes are needed. The caller
     /// must remove the fragment's `len` bytes from the front of its buffer before calling again.
     pub fn next(&mut self, buf: &[u8]) -> Option<Fragment> {
+        let fragment = self.frame(buf);
+        self.refusable = match fragment {
+            Some(Fragment::Line { literal, .. } | Fragment::Overlong { end: true, literal, .. }) => {
+                literal.is_some_and(|l| l.sync)
+            }
+            Some(_) => false,
+            None => self.refusable,
+        };
+        fragment
+    }
+
+    /// Refuses the synchronizing literal that the fragment just returned announced: the peer
+    /// was not sent `+`, so it sends neither the literal nor the rest of its message (RFC 3501
+    /// 7.5), and the next line starts a new message. Returns false, changing nothing, when
+    /// that fragment announced no synchronizing literal: a non-synchronizing literal comes
+    /// regardless, so it must be framed (and dropped) like any other.
+    pub fn refuse_literal(&mut self) -> bool {
+        if !self.refusable {
+            return false;
+        }
+        self.refusable = false;
+        self.state = State::MessageStart;
+        self.scanned = 0;
+        true
+    }
+
+    fn frame(&mut self, buf: &[u8]) -> Option<Fragment> {
         match self.state {
             State::Literal { remaining } => {
                 if buf.is_empty() {
@@ -143,14 +188,6 @@ impl Framer {
             Some(Literal { len, .. }) => State::Literal { remaining: len },
             None => State::MessageStart,
         };
-    }
-
-    /// Turns the literal just announced into nothing: the caller refused it (the client was told
-    /// so and will not send it, as RFC 3501 7.5 allows for synchronizing literals).
-    pub fn cancel_literal(&mut self) {
-        if matches!(self.state, State::Literal { .. }) {
-            self.state = State::MessageStart;
-        }
     }
 }
 
@@ -286,10 +323,38 @@ mod tests {
     }
 
     #[test]
-    fn cancelled_literal_starts_a_new_message() {
+    fn a_refused_literal_starts_a_new_message() {
         let mut f = Framer::new(1024);
         assert!(matches!(f.next(b"a APPEND x {99}\r\n"), Some(Fragment::Line { literal: Some(_), .. })));
-        f.cancel_literal();
+        assert!(f.refuse_literal());
+        assert!(f.at_message_start());
+        assert!(!f.refuse_literal(), "only once");
         assert!(matches!(f.next(b"b NOOP\r\n"), Some(Fragment::Line { first: true, literal: None, .. })));
+        // A zero-length synchronizing literal waits for "+" too.
+        assert!(matches!(f.next(b"c APPEND x {0}\r\n"), Some(Fragment::Line { .. })));
+        assert!(f.refuse_literal());
+        assert!(matches!(f.next(b"d NOOP\r\n"), Some(Fragment::Line { first: true, .. })));
+    }
+
+    #[test]
+    fn only_a_just_announced_synchronizing_literal_can_be_refused() {
+        let mut f = Framer::new(1024);
+        assert!(matches!(f.next(b"a APPEND x {3+}\r\n"), Some(Fragment::Line { .. })));
+        assert!(!f.refuse_literal(), "a non-synchronizing literal comes anyway");
+        assert!(f.in_literal());
+        let mut f = Framer::new(1024);
+        f.next(b"a APPEND x {3}\r\n");
+        assert!(f.next(b"ab").is_some());
+        assert!(!f.refuse_literal(), "its bytes are arriving: too late");
+        assert!(f.next(b"c").is_some());
+        assert!(!f.refuse_literal());
+        let mut f = Framer::new(1024);
+        f.next(b"a NOOP\r\n");
+        assert!(!f.refuse_literal());
+        // Waiting for more bytes keeps the announcement refusable.
+        let mut f = Framer::new(1024);
+        f.next(b"a APPEND x {3}\r\n");
+        assert!(f.next(b"").is_none());
+        assert!(f.refuse_literal());
     }
 }

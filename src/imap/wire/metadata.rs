@@ -101,8 +101,8 @@ pub trait EntryOwner: Send {
     /// The subtree, e.g. `/private/vendor/vendor.dovecot/webpush`.
     fn subtree(&self) -> &'static str;
 
-    /// The entries a GETMETADATA may return.
-    fn available(&self) -> BTreeMap<String, Vec<u8>>;
+    /// The entries a GETMETADATA may return (made on first use, so a store write may come first).
+    fn available(&self) -> impl Future<Output = BTreeMap<String, Vec<u8>>> + Send;
 
     /// Checks the entries of `set` in the subtree (on the server level), then carries them out
     /// in order; stops at the first refusal.

@@ -8,6 +8,8 @@
 
 use std::future::Future;
 
+use super::command::CommandName;
+
 /// Capture every untagged response of a command.
 pub const ALL: &[&[u8]] = &[b"* "];
 
@@ -65,9 +67,9 @@ pub trait ProviderCommands: Send {
 
 /// Commands a wing handles itself after login, on a client session.
 pub trait Interceptor: Send {
-    /// Whether the command named `name` (upper or lower case) is handled here; it is then read
+    /// Whether the command `name` (never a `UID` command) is handled here; it is then read
     /// whole (the proxy answers `+` to its synchronizing literals) and given to `handle`.
-    fn wants(&self, name: &[u8]) -> bool;
+    fn wants(&self, name: CommandName) -> bool;
 
     /// Handles one whole command; returns the complete response for the client.
     fn handle<P: ProviderCommands>(
@@ -81,7 +83,7 @@ pub trait Interceptor: Send {
 pub struct Relay;
 
 impl Interceptor for Relay {
-    fn wants(&self, _: &[u8]) -> bool {
+    fn wants(&self, _: CommandName) -> bool {
         false
     }
 

@@ -1,0 +1,76 @@
+//! The relay policy driven by any interleaving of client bytes, provider bytes, time, worker
+//! verdicts, interceptor replies and own commands: it never panics, every step covers bytes
+//! that were there, and nothing is asked of the interceptor while it is at work.
+#![no_main]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coi_proxy::imap::session::policy::{Event, Policy, PolicyOptions};
+use coi_proxy::imap::session::quiet::Verdicts;
+use coi_proxy::imap::wire::command::CommandName;
+use coi_proxy::imap::wire::framing::Framer;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&setup, mut rest)) = data.split_first() else { return };
+    let opts = PolicyOptions {
+        max_literal: 300,
+        autologout: Duration::from_secs(1800),
+        provider_timeout: Duration::from_secs(300),
+        extra_capabilities: vec!["COI"],
+        emulate_idle: (setup & 1 == 1).then_some(Duration::from_secs(10)),
+        quiet: (setup & 2 == 2).then(|| Arc::new(move || setup & 4 == 4) as Arc<dyn Fn() -> bool + Send + Sync>),
+    };
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut policy = Policy::new(opts, Framer::new(256), Framer::new(256), Verdicts::default(), now);
+    let (mut client, mut provider) = (Vec::new(), Vec::new());
+    let mut intercepting = false;
+    let mut verdicts = Verdicts::default();
+    while let [kind, len, tail @ ..] = rest {
+        let n = usize::from(*len).min(tail.len());
+        let (chunk, tail) = tail.split_at(n);
+        rest = tail;
+        match kind % 6 {
+            0 => client.extend_from_slice(chunk),
+            1 => provider.extend_from_slice(chunk),
+            2 => now += Duration::from_millis(u64::from(*len) * 100),
+            3 if intercepting => {
+                policy.interceptor_reply(chunk.to_vec(), now);
+                intercepting = false;
+            }
+            4 if intercepting => policy.own_request(chunk.to_vec(), &[b"* METADATA "], now),
+            5 => {
+                verdicts.kept += u64::from(*len & 1);
+                verdicts.moved += u64::from(*len >> 7);
+                policy.set_verdicts(verdicts, now);
+            }
+            _ => {}
+        }
+        if policy.deadline().is_some_and(|d| d <= now) {
+            policy.tick(now);
+        }
+        let wants = |name| matches!(name, CommandName::GetMetadata | CommandName::SetMetadata | CommandName::Create);
+        while let Some(step) = policy.client_input(&client, now, wants) {
+            assert!(step.len > 0 && step.len <= client.len());
+            client.drain(..step.len);
+        }
+        while let Some(step) = policy.provider_input(&provider, now) {
+            assert!(step.len > 0 && step.len <= provider.len());
+            provider.drain(..step.len);
+        }
+        let _ = policy.poll_to_client();
+        let _ = policy.poll_to_provider();
+        while let Some(event) = policy.poll_event() {
+            match event {
+                Event::Intercept(_) => {
+                    assert!(!intercepting, "one command at a time");
+                    intercepting = true;
+                }
+                Event::End(_) => return,
+                _ => {}
+            }
+        }
+    }
+});

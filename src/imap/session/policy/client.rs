@@ -1,0 +1,220 @@
+//! The client's side of the policy: what becomes of each command fragment.
+//!
+//! A command is relayed as it is framed, unless it is refused (COMPRESS, STARTTLS, limits),
+//! answered by the proxy (an IDLE the provider cannot serve) or collected for the
+//! interceptor. Refusing a synchronizing literal goes through the framer
+//! ([`Framer::refuse_literal`](crate::imap::wire::framing::Framer::refuse_literal)): the
+//! client then sends neither it nor the rest of the command.
+
+use std::time::Instant;
+
+use super::{Answer, EmulatedIdle, Event, Keep, MAX_INTERCEPTED, Mode, Policy, tagged_or_untagged};
+use crate::imap::wire::command::{self, CommandName, Head};
+use crate::imap::wire::framing::{Fragment, Literal};
+
+impl Policy {
+    pub(super) fn client_fragment(
+        &mut self,
+        fragment: Fragment,
+        bytes: &[u8],
+        now: Instant,
+        wants: &dyn Fn(CommandName) -> bool,
+    ) -> Keep {
+        match fragment {
+            Fragment::Line { first, literal, .. } => self.client_line(first, literal, bytes, now, wants),
+            Fragment::LiteralData { .. } => match &mut self.current.mode {
+                Mode::Discard => Keep::Discard,
+                Mode::Collect(command) => {
+                    command.extend_from_slice(bytes);
+                    Keep::Collect
+                }
+                Mode::Relay => Keep::Forward,
+            },
+            Fragment::Overlong { start, first, end, literal, .. } => {
+                if start && !first {
+                    self.end_with_bye(b"* BYE Command line too long\r\n".to_vec(), "command line too long", now);
+                    return Keep::Discard;
+                }
+                if start {
+                    self.current.tag = command::head(bytes).map(|(t, _)| t.to_vec()).unwrap_or_default();
+                    self.current.mode = Mode::Discard;
+                    self.answer(&self.current.tag.clone(), "BAD Command line too long");
+                }
+                if end && literal.is_some_and(|l| l.sync) {
+                    self.client.refuse_literal();
+                }
+                Keep::Discard
+            }
+        }
+    }
+
+    fn client_line(
+        &mut self,
+        first: bool,
+        literal: Option<Literal>,
+        bytes: &[u8],
+        now: Instant,
+        wants: &dyn Fn(CommandName) -> bool,
+    ) -> Keep {
+        if first {
+            if let Some(keep) = self.emulated_idle_line(literal, bytes, now) {
+                return keep;
+            }
+            self.command_start(bytes, wants);
+        }
+        match self.current.mode {
+            Mode::Discard => {
+                if literal.is_some_and(|l| l.sync) {
+                    self.client.refuse_literal();
+                }
+                Keep::Discard
+            }
+            Mode::Collect(_) => self.collect_line(literal, bytes),
+            Mode::Relay => self.relay_line(first, literal, bytes, now),
+        }
+    }
+
+    /// A line of a command for the interceptor: kept until the command is whole, within
+    /// [`MAX_INTERCEPTED`].
+    fn collect_line(&mut self, literal: Option<Literal>, bytes: &[u8]) -> Keep {
+        let Mode::Collect(command) = &mut self.current.mode else { return Keep::Discard };
+        let too_big =
+            literal.is_some_and(|l| l.len > MAX_INTERCEPTED as u64) || command.len() + bytes.len() > MAX_INTERCEPTED;
+        if too_big {
+            let sync = literal.is_some_and(|l| l.sync);
+            if sync {
+                self.client.refuse_literal();
+            }
+            self.current.mode = Mode::Discard;
+            let text = if sync { "NO [TOOBIG] Command too large" } else { "BAD [TOOBIG] Command too large" };
+            self.answer(&self.current.tag.clone(), text);
+            return Keep::Discard;
+        }
+        command.extend_from_slice(bytes);
+        match literal {
+            None => {
+                let command = std::mem::take(command);
+                self.current.mode = Mode::Relay;
+                self.intercepting = true;
+                self.events.push_back(Event::Intercept(command));
+            }
+            Some(l) if l.sync => self.answers.push(Answer::Bytes(b"+ Ready for literal data\r\n".to_vec())),
+            Some(_) => {}
+        }
+        Keep::Collect
+    }
+
+    /// A line of a relayed command: forwarded, unless it announces a literal over the limit.
+    fn relay_line(&mut self, first: bool, literal: Option<Literal>, bytes: &[u8], now: Instant) -> Keep {
+        let max = self.opts.max_literal;
+        if let Some(lit) = literal.filter(|l| l.len > max) {
+            if self.current.forwarded {
+                // Part of the command is with the provider already: it cannot be taken back.
+                let bye = format!("* BYE [TOOBIG] Literal of {} bytes exceeds the limit of {max} bytes\r\n", lit.len);
+                self.end_with_bye(bye.into_bytes(), "literal too big", now);
+                return Keep::Discard;
+            }
+            let status = if lit.sync { "NO" } else { "BAD" };
+            let text = format!("{status} [TOOBIG] Literal of {} bytes exceeds the limit of {max} bytes", lit.len);
+            self.answer(&self.current.tag.clone(), &text);
+            if lit.sync {
+                self.client.refuse_literal();
+            } else {
+                self.current.mode = Mode::Discard;
+            }
+            return Keep::Discard;
+        }
+        if first && !self.current.tag.is_empty() {
+            let entry = self.commands.in_flight.entry(self.current.tag.clone()).or_default();
+            entry.0 += 1;
+            entry.1 |= touches_seen(bytes);
+            crate::metrics::COMMANDS_RELAYED.inc();
+        }
+        self.current.forwarded = true;
+        Keep::Forward
+    }
+
+    /// The first line of a message while the proxy serves IDLE ends it, and the start of an
+    /// IDLE it must serve. `None` for any other line.
+    fn emulated_idle_line(&mut self, literal: Option<Literal>, bytes: &[u8], now: Instant) -> Option<Keep> {
+        if let Some(idle) = self.emulated_idle.take() {
+            // Only DONE may come during IDLE (RFC 2177).
+            let done = bytes.trim_ascii().eq_ignore_ascii_case(b"DONE");
+            let text = if done { "OK Idle completed." } else { "BAD Expected DONE" };
+            self.answers.push(Answer::IdleEnd(tagged_or_untagged(&idle.tag, text)));
+            self.completed(&idle.tag);
+            self.current.mode = Mode::Discard;
+            self.client_clock = now;
+            if literal.is_some_and(|l| l.sync) {
+                self.client.refuse_literal();
+            }
+            return Some(Keep::Discard);
+        }
+        let interval = self.opts.emulate_idle?;
+        let head = Head::parse(bytes).filter(|h| h.is(CommandName::Idle) && literal.is_none())?;
+        self.commands.idle = Some(head.tag.to_vec());
+        self.commands.idle_done = false;
+        self.emulated_idle = Some(EmulatedIdle { tag: head.tag.to_vec(), next_poll: now + interval });
+        self.answers.push(Answer::Bytes(b"+ idling\r\n".to_vec()));
+        self.current.mode = Mode::Discard;
+        Some(Keep::Discard)
+    }
+
+    /// A new command starts with `line`: what is to become of it, and what it tells about
+    /// the session (IDLE running, INBOX selected).
+    fn command_start(&mut self, line: &[u8], wants: &dyn Fn(CommandName) -> bool) {
+        self.current.mode = Mode::Relay;
+        self.current.forwarded = false;
+        let head = Head::parse(line);
+        self.current.tag = head.map(|h| h.tag.to_vec()).unwrap_or_default();
+        let Some(head) = head else {
+            if line.trim_ascii().eq_ignore_ascii_case(b"DONE") {
+                self.commands.idle_done = self.commands.idle.is_some();
+            }
+            return;
+        };
+        let intercepted = !head.uid && wants(head.name);
+        if head.is(CommandName::Idle) {
+            self.commands.idle = Some(head.tag.to_vec());
+            self.commands.idle_done = false;
+        } else if head.is(CommandName::Select) || head.is(CommandName::Examine) {
+            // An intercepted SELECT INBOX is a chat client's, which is shown Chats instead.
+            self.commands.inbox_selected = selects_inbox(line) && !intercepted;
+        }
+        if let Some(refusal) = refusal(head) {
+            self.current.mode = Mode::Discard;
+            self.answer(head.tag, refusal);
+        } else if intercepted {
+            self.current.mode = Mode::Collect(Vec::new());
+        }
+    }
+
+    /// A response the proxy makes itself, tagged with `tag`.
+    fn answer(&mut self, tag: &[u8], text: &str) {
+        self.answers.push(Answer::Bytes(tagged_or_untagged(tag, text)));
+    }
+}
+
+/// Commands the proxy answers itself instead of relaying, with the answer.
+fn refusal(head: Head) -> Option<&'static str> {
+    if head.is(CommandName::Compress) {
+        Some("NO [CANNOT] COMPRESS is not available through coi-proxy")
+    } else if head.is(CommandName::Starttls) {
+        Some("BAD STARTTLS is only valid before login")
+    } else {
+        None
+    }
+}
+
+/// Whether a SELECT or EXAMINE line names INBOX.
+fn selects_inbox(line: &[u8]) -> bool {
+    let mailbox = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or_default();
+    let mailbox = mailbox.split(|&b| b == b' ' || b == b'\r' || b == b'\n').next().unwrap_or_default();
+    mailbox.eq_ignore_ascii_case(b"INBOX") || mailbox.eq_ignore_ascii_case(b"\"INBOX\"")
+}
+
+/// Whether a command line is a STORE (or UID STORE) that changes `\Seen`.
+fn touches_seen(line: &[u8]) -> bool {
+    Head::parse(line).is_some_and(|h| h.name == CommandName::Store)
+        && line.windows(5).any(|w| w.eq_ignore_ascii_case(b"\\seen"))
+}

@@ -1,0 +1,215 @@
+//! The proxy's own commands on a client's provider connection, as the policy sees them.
+//!
+//! An own command waits until the client commands already relayed are answered (so untagged
+//! responses cannot be mistaken for each other; at most [`DRAIN_TIMEOUT`]), then goes out
+//! under a tag of the proxy's that no relayed client command in flight carries, in pieces up
+//! to each synchronizing literal (the next piece follows the provider's `+`). Responses are
+//! routed by that exact tag, so a client is free to use any tag, `coip1` included. A command
+//! whose requester gave up stays known until its tagged response, which is then dropped.
+
+use std::time::{Duration, Instant};
+
+use super::{Event, Policy};
+use crate::imap::upstream::OWN_TAG_PREFIX;
+use crate::imap::wire::framing::{Fragment, Framer};
+
+/// How long an own command waits for relayed client commands to finish before going ahead.
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who asked for an own command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// The interceptor, which gets the responses as [`Event`]s.
+    Interceptor,
+    /// The emulated IDLE's poll: the tagged status is dropped, untagged responses go to the
+    /// client.
+    Poll,
+}
+
+#[derive(Debug)]
+struct Queued {
+    command: Vec<u8>,
+    capture: &'static [&'static [u8]],
+    origin: Origin,
+    /// Goes out at the latest then, even with client commands unanswered.
+    drain_deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Running {
+    tag: Vec<u8>,
+    capture: &'static [&'static [u8]],
+    origin: Origin,
+    /// What is still to be sent after the provider's `+`.
+    rest: Vec<u8>,
+    framer: Framer,
+    /// Sent up to a synchronizing literal; waiting for `+`.
+    waiting: bool,
+}
+
+/// The own command queued or on the wire, and those given up on.
+#[derive(Debug, Default)]
+pub(super) struct Own {
+    next_tag: u64,
+    queued: Option<Queued>,
+    running: Option<Running>,
+    /// Tags of commands whose requester gave up, until their tagged response.
+    abandoned: Vec<Vec<u8>>,
+}
+
+/// Whose tagged response a line is.
+pub(super) enum Tagged {
+    /// The running own command's: it is complete.
+    Running(Origin),
+    /// One given up on.
+    Abandoned,
+    /// Not the proxy's: the client's.
+    Client,
+}
+
+impl Own {
+    /// An own command waits or runs; client commands wait meanwhile.
+    pub fn busy(&self) -> bool {
+        self.queued.is_some() || self.running.is_some()
+    }
+
+    pub fn request(&mut self, command: Vec<u8>, capture: &'static [&'static [u8]], origin: Origin, now: Instant) {
+        // The requester works one command at a time: a new request means it gave up on the last.
+        if self.running.as_ref().is_some_and(|r| r.origin == origin) {
+            self.abandon_running();
+        }
+        self.queued = Some(Queued { command, capture, origin, drain_deadline: now + DRAIN_TIMEOUT });
+    }
+
+    /// The interceptor is done: whatever it still had pending is given up.
+    pub fn abandon(&mut self) {
+        if self.queued.as_ref().is_some_and(|q| q.origin == Origin::Interceptor) {
+            self.queued = None;
+        }
+        if self.running.as_ref().is_some_and(|r| r.origin == Origin::Interceptor) {
+            self.abandon_running();
+        }
+    }
+
+    fn abandon_running(&mut self) {
+        if let Some(running) = self.running.take() {
+            self.abandoned.push(running.tag);
+        }
+    }
+
+    /// When the queued command goes out at the latest (once none is running).
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        self.queued.as_ref().filter(|_| self.running.is_none()).map(|q| q.drain_deadline)
+    }
+
+    /// Whether an untagged response starting with `line` belongs to the running command.
+    pub fn captures(&self, line: &[u8]) -> bool {
+        self.running.as_ref().is_some_and(|r| r.capture.iter().any(|p| starts_with_ci(line, p)))
+    }
+
+    /// Whose tagged response carries `tag`; an own one is done with.
+    pub fn tagged(&mut self, tag: &[u8]) -> Tagged {
+        if let Some(running) = &self.running
+            && running.tag == tag
+        {
+            let origin = running.origin;
+            self.running = None;
+            return Tagged::Running(origin);
+        }
+        if let Some(i) = self.abandoned.iter().position(|t| t == tag) {
+            self.abandoned.swap_remove(i);
+            return Tagged::Abandoned;
+        }
+        Tagged::Client
+    }
+
+    /// The provider sent `+`: whether it was for the running command (then the next piece,
+    /// if it waited for one).
+    pub fn continuation(&mut self) -> Option<Vec<u8>> {
+        let running = self.running.as_mut()?;
+        Some(if running.waiting { running.next_piece() } else { Vec::new() })
+    }
+}
+
+impl Running {
+    /// The bytes up to and including the next synchronizing literal announcement, or all.
+    fn next_piece(&mut self) -> Vec<u8> {
+        let mut n = 0;
+        self.waiting = false;
+        while let Some(fragment) = self.framer.next(&self.rest[n..]) {
+            n += fragment.len();
+            if let Fragment::Line { literal: Some(l), .. } = fragment
+                && l.sync
+            {
+                self.waiting = true;
+                break;
+            }
+        }
+        if !self.waiting {
+            n = self.rest.len();
+        }
+        self.rest.drain(..n).collect()
+    }
+}
+
+impl Policy {
+    /// Sends the queued own command if the client's relayed commands are answered, or have
+    /// had long enough.
+    pub(super) fn start_own(&mut self, now: Instant) {
+        let Some(queued) = &self.own.queued else { return };
+        if self.own.running.is_some() {
+            return;
+        }
+        if !self.commands.in_flight.is_empty() {
+            if now < queued.drain_deadline {
+                return;
+            }
+            tracing::debug!("relayed commands still unanswered; sending the proxy's command anyway");
+        }
+        let Some(queued) = self.own.queued.take() else { return };
+        let tag = loop {
+            self.own.next_tag += 1;
+            let tag = format!("{OWN_TAG_PREFIX}s{}", self.own.next_tag).into_bytes();
+            if !self.commands.in_flight.contains_key(&tag) && !self.own.abandoned.contains(&tag) {
+                break tag;
+            }
+        };
+        let mut running = Running {
+            tag,
+            capture: queued.capture,
+            origin: queued.origin,
+            rest: queued.command,
+            framer: Framer::new(usize::MAX / 2),
+            waiting: false,
+        };
+        self.to_provider.extend_from_slice(&running.tag);
+        self.to_provider.push(b' ');
+        self.to_provider.extend(running.next_piece());
+        self.own.running = Some(running);
+        self.activity = now;
+    }
+
+    /// An untagged response the running own command captures, whole.
+    pub(super) fn own_untagged(&mut self, response: Vec<u8>) {
+        self.events.push_back(Event::OwnUntagged(response));
+    }
+
+    /// The tagged status of an own command; `status` is the line after the tag.
+    pub(super) fn own_done(&mut self, origin: Origin, status: &[u8], now: Instant) {
+        match origin {
+            Origin::Interceptor => self.events.push_back(Event::OwnStatus(status.to_vec())),
+            Origin::Poll => {
+                let interval = self.opts.emulate_idle.unwrap_or(Duration::from_secs(10));
+                if let Some(idle) = self.emulated_idle.as_mut() {
+                    idle.next_poll = now + interval;
+                }
+            }
+        }
+        self.client_clock = now;
+        self.start_own(now);
+    }
+}
+
+fn starts_with_ci(haystack: &[u8], prefix: &[u8]) -> bool {
+    haystack.len() >= prefix.len() && haystack[..prefix.len()].eq_ignore_ascii_case(prefix)
+}

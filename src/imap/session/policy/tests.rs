@@ -1,0 +1,546 @@
+//! The policy driven with byte strings and instants, as the I/O loop drives it, without a
+//! socket: what each side hears, in order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const AUTOLOGOUT: Duration = Duration::from_secs(1800);
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(300);
+const POLL: Duration = Duration::from_secs(10);
+
+fn options() -> PolicyOptions {
+    PolicyOptions {
+        max_literal: 1000,
+        autologout: AUTOLOGOUT,
+        provider_timeout: PROVIDER_TIMEOUT,
+        extra_capabilities: vec!["COI"],
+        emulate_idle: None,
+        quiet: None,
+    }
+}
+
+/// A policy and everything it made each side hear, as the I/O loop would have written it.
+struct Session {
+    policy: Policy,
+    t0: Instant,
+    now: Instant,
+    /// Unframed bytes, as in the loop's read buffers.
+    from_client: Vec<u8>,
+    from_provider: Vec<u8>,
+    /// What each side was sent so far.
+    client: Vec<u8>,
+    provider: Vec<u8>,
+    events: Vec<Event>,
+    /// Each fragment's fate, for the tests that look closer.
+    steps: Vec<(Vec<u8>, Keep)>,
+    wants: fn(CommandName) -> bool,
+}
+
+impl Session {
+    fn new(opts: PolicyOptions) -> Session {
+        let t0 = Instant::now();
+        let policy = Policy::new(opts, Framer::new(200), Framer::new(200), Verdicts::default(), t0);
+        Session {
+            policy,
+            t0,
+            now: t0,
+            from_client: Vec::new(),
+            from_provider: Vec::new(),
+            client: Vec::new(),
+            provider: Vec::new(),
+            events: Vec::new(),
+            steps: Vec::new(),
+            wants: |_| false,
+        }
+    }
+
+    /// The client sends `bytes`; returns what reached the provider because of them.
+    fn client_sends(&mut self, bytes: &[u8]) -> String {
+        self.policy.client_read(self.now);
+        self.from_client.extend_from_slice(bytes);
+        let before = self.provider.len();
+        self.pump();
+        String::from_utf8_lossy(&self.provider[before..]).into_owned()
+    }
+
+    /// The provider sends `bytes`; returns what reached the client because of them.
+    fn provider_sends(&mut self, bytes: &[u8]) -> String {
+        self.policy.provider_read(self.now);
+        self.from_provider.extend_from_slice(bytes);
+        let before = self.client.len();
+        self.pump();
+        String::from_utf8_lossy(&self.client[before..]).into_owned()
+    }
+
+    /// Time passes to `t0 + at`; returns what reached the client.
+    fn at(&mut self, at: Duration) -> String {
+        self.now = self.t0 + at;
+        let before = self.client.len();
+        if self.policy.deadline().is_some_and(|d| d <= self.now) {
+            self.policy.tick(self.now);
+        }
+        self.pump();
+        String::from_utf8_lossy(&self.client[before..]).into_owned()
+    }
+
+    /// What the I/O loop does between reads: the proxy's own output, the buffered input,
+    /// the events.
+    fn pump(&mut self) {
+        loop {
+            let mut progress = false;
+            while let Some(step) = self.policy.provider_input(&self.from_provider, self.now) {
+                let bytes: Vec<u8> = self.from_provider.drain(..step.len).collect();
+                self.client.extend(&step.before);
+                match &step.keep {
+                    Keep::Forward => self.client.extend(&bytes),
+                    Keep::Replace(with) => self.client.extend(with),
+                    _ => {}
+                }
+                self.steps.push((bytes, step.keep));
+                progress = true;
+            }
+            if let Some(bytes) = self.policy.poll_to_client() {
+                self.client.extend(bytes);
+                progress = true;
+            }
+            if let Some(bytes) = self.policy.poll_to_provider() {
+                self.provider.extend(bytes);
+                progress = true;
+            }
+            let wants = self.wants;
+            while let Some(step) = self.policy.client_input(&self.from_client, self.now, wants) {
+                let bytes: Vec<u8> = self.from_client.drain(..step.len).collect();
+                if step.keep == Keep::Forward {
+                    self.provider.extend(&bytes);
+                }
+                self.steps.push((bytes, step.keep));
+                progress = true;
+            }
+            while let Some(event) = self.policy.poll_event() {
+                self.events.push(event);
+                progress = true;
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The fate of the last fragment framed.
+    fn last_keep(&self) -> &Keep {
+        &self.steps.last().expect("a fragment").1
+    }
+}
+
+/// A session with the quiet INBOX on, idling on INBOX with 4 messages.
+fn idling_on_inbox() -> (Session, Arc<AtomicBool>) {
+    let active = Arc::new(AtomicBool::new(true));
+    let flag = active.clone();
+    let mut s = Session::new(PolicyOptions { quiet: Some(Arc::new(move || flag.load(Ordering::SeqCst))), ..options() });
+    assert_eq!(s.client_sends(b"s SELECT INBOX\r\n"), "s SELECT INBOX\r\n");
+    let selected = "* 4 EXISTS\r\ns OK [READ-WRITE] Select completed.\r\n";
+    assert_eq!(s.provider_sends(selected.as_bytes()), selected);
+    assert_eq!(s.client_sends(b"i IDLE\r\n"), "i IDLE\r\n");
+    assert_eq!(s.provider_sends(b"+ idling\r\n"), "+ idling\r\n");
+    (s, active)
+}
+
+#[test]
+fn quiet_inbox_a_chat_the_worker_moves_never_wakes_the_idle_client() {
+    let (mut s, _) = idling_on_inbox();
+    assert_eq!(s.provider_sends(b"* 5 EXISTS\r\n"), "");
+    assert_eq!(*s.last_keep(), Keep::Hold);
+    assert_eq!(s.provider_sends(b"* 1 RECENT\r\n"), "");
+    // The chat's keyword is mailbox news, told after IDLE rather than now.
+    assert_eq!(s.provider_sends(b"* FLAGS (\\Seen $Chat)\r\n"), "");
+    s.policy.set_verdicts(Verdicts { kept: 0, moved: 1 }, s.now);
+    assert_eq!(s.at(Duration::from_millis(1300)), "", "a move extends the wait for the EXPUNGE");
+    assert_eq!(s.provider_sends(b"* 5 EXPUNGE\r\n"), "");
+    assert_eq!(s.policy.deadline(), Some(s.t0 + AUTOLOGOUT), "nothing held any more; IDLE may last");
+    assert_eq!(s.at(Duration::from_secs(60)), "");
+    assert_eq!(s.client_sends(b"DONE\r\n"), "DONE\r\n");
+    assert_eq!(
+        s.provider_sends(b"i OK Idle completed.\r\n"),
+        "* FLAGS (\\Seen $Chat)\r\ni OK Idle completed.\r\n",
+        "only the deferred mailbox news, never the chat"
+    );
+}
+
+#[test]
+fn quiet_inbox_ordinary_mail_is_released_when_the_worker_keeps_it() {
+    let (mut s, _) = idling_on_inbox();
+    assert_eq!(s.provider_sends(b"* 5 EXISTS\r\n"), "");
+    s.now = s.t0 + Duration::from_millis(100);
+    s.policy.set_verdicts(Verdicts { kept: 1, moved: 0 }, s.now);
+    s.pump();
+    assert_eq!(String::from_utf8_lossy(&s.client).rsplit_once("+ idling\r\n").unwrap().1, "* 5 EXISTS\r\n");
+}
+
+#[test]
+fn quiet_inbox_a_hold_ends_in_time_and_with_idle() {
+    let (mut s, _) = idling_on_inbox();
+    s.provider_sends(b"* 5 EXISTS\r\n");
+    assert_eq!(s.at(Duration::from_millis(1199)), "");
+    assert_eq!(s.at(Duration::from_millis(1200)), "* 5 EXISTS\r\n", "the worker said nothing: told anyway");
+    s.provider_sends(b"* 6 EXISTS\r\n");
+    s.client_sends(b"DONE\r\n");
+    assert_eq!(s.provider_sends(b"i OK Idle completed.\r\n"), "* 6 EXISTS\r\ni OK Idle completed.\r\n");
+    assert_eq!(s.provider_sends(b"* 7 EXISTS\r\n"), "* 7 EXISTS\r\n", "not idling: nothing is held");
+}
+
+#[test]
+fn quiet_inbox_holds_a_whole_response_and_releases_only_between_responses() {
+    let (mut s, _) = idling_on_inbox();
+    s.provider_sends(b"* 5 EXISTS\r\n* 5 FETCH (BODY[] {5}\r\nab");
+    assert_eq!(s.steps.iter().rev().take(3).filter(|(_, k)| *k == Keep::Hold).count(), 3);
+    s.policy.set_verdicts(Verdicts { kept: 1, moved: 0 }, s.now);
+    s.pump();
+    assert!(s.client.ends_with(b"+ idling\r\n"), "not inside the held response");
+    assert_eq!(s.provider_sends(b"cde)\r\n"), "* 5 EXISTS\r\n");
+}
+
+#[test]
+fn quiet_inbox_stays_out_of_the_way_when_off_or_elsewhere() {
+    let (mut s, active) = idling_on_inbox();
+    active.store(false, Ordering::SeqCst);
+    assert_eq!(s.provider_sends(b"* 5 EXISTS\r\n"), "* 5 EXISTS\r\n", "filter not active");
+    let mut s = Session::new(PolicyOptions { quiet: Some(Arc::new(|| true)), ..options() });
+    s.client_sends(b"s SELECT Archive\r\n");
+    s.provider_sends(b"* 4 EXISTS\r\ns OK done\r\n");
+    s.client_sends(b"i IDLE\r\n");
+    assert_eq!(s.provider_sends(b"+ idling\r\n* 5 EXISTS\r\n"), "+ idling\r\n* 5 EXISTS\r\n", "not INBOX");
+}
+
+fn emulating() -> Session {
+    let mut s = Session::new(PolicyOptions { emulate_idle: Some(POLL), ..options() });
+    assert_eq!(s.client_sends(b"i IDLE\r\n"), "", "the provider has no IDLE: not relayed");
+    assert_eq!(*s.last_keep(), Keep::Discard);
+    assert_eq!(String::from_utf8_lossy(&s.client), "+ idling\r\n");
+    s
+}
+
+#[test]
+fn idle_emulation_polls_with_noop_and_passes_news() {
+    let mut s = emulating();
+    assert_eq!(s.policy.deadline(), Some(s.t0 + POLL), "no autologout while the proxy serves IDLE");
+    assert_eq!(s.at(POLL - Duration::from_millis(1)), "");
+    assert!(s.provider.is_empty());
+    s.at(POLL);
+    assert_eq!(String::from_utf8_lossy(&s.provider), "coips1 NOOP\r\n");
+    assert!(!s.policy.reading_client(), "client commands wait for the poll");
+    assert_eq!(s.provider_sends(b"* 3 EXISTS\r\n"), "* 3 EXISTS\r\n", "as IDLE would have told it");
+    assert_eq!(s.provider_sends(b"coips1 OK NOOP completed.\r\n"), "", "the poll's status is the proxy's");
+    assert_eq!(s.policy.deadline(), Some(s.t0 + 2 * POLL), "next poll one interval after the answer");
+    s.at(2 * POLL);
+    assert!(String::from_utf8_lossy(&s.provider).ends_with("coips2 NOOP\r\n"));
+    // DONE during a poll waits for it: the IDLE's end comes after the poll's news.
+    assert_eq!(s.client_sends(b"DONE\r\n"), "");
+    assert_eq!(
+        s.provider_sends(b"* 4 EXISTS\r\ncoips2 OK NOOP completed.\r\n"),
+        "* 4 EXISTS\r\ni OK Idle completed.\r\n"
+    );
+    assert!(s.events().is_empty());
+    assert_eq!(s.client_sends(b"a NOOP\r\n"), "a NOOP\r\n", "relaying as before");
+}
+
+#[test]
+fn idle_emulation_ends_with_done_only() {
+    let mut s = emulating();
+    assert_eq!(s.client_sends(b"DONE\r\n"), "");
+    assert!(String::from_utf8_lossy(&s.client).ends_with("i OK Idle completed.\r\n"));
+    let mut s = emulating();
+    assert_eq!(s.client_sends(b"a APPEND x {5}\r\n"), "", "anything else ends IDLE, refused");
+    assert!(String::from_utf8_lossy(&s.client).ends_with("i BAD Expected DONE\r\n"));
+    assert!(s.policy.client.at_message_start(), "the refused literal never comes");
+    assert_eq!(s.client_sends(b"b NOOP\r\n"), "b NOOP\r\n");
+    assert_eq!(s.policy.deadline(), Some(s.t0 + PROVIDER_TIMEOUT), "IDLE over: no more polls");
+}
+
+#[test]
+fn idle_is_relayed_where_the_provider_has_it() {
+    let mut s = Session::new(options());
+    assert_eq!(s.client_sends(b"i IDLE\r\n"), "i IDLE\r\n");
+    assert_eq!(s.provider_sends(b"+ idling\r\n"), "+ idling\r\n");
+    assert_eq!(s.policy.deadline(), Some(s.t0 + AUTOLOGOUT), "an IDLE owes nothing until DONE");
+    s.now = s.t0 + Duration::from_secs(5);
+    s.client_sends(b"DONE\r\n");
+    assert_eq!(s.policy.deadline(), Some(s.now + PROVIDER_TIMEOUT), "after DONE the provider owes the OK");
+}
+
+fn wants_metadata(name: CommandName) -> bool {
+    matches!(name, CommandName::GetMetadata | CommandName::SetMetadata)
+}
+
+#[test]
+fn local_metadata_answers_go_between_provider_responses() {
+    let mut s = Session::new(options());
+    s.wants = wants_metadata;
+    assert_eq!(s.client_sends(b"f FETCH 1 BODY[]\r\n"), "f FETCH 1 BODY[]\r\n");
+    assert_eq!(s.provider_sends(b"* 1 FETCH (BODY[] {10}\r\n0123"), "* 1 FETCH (BODY[] {10}\r\n0123");
+    assert_eq!(s.client_sends(b"m GETMETADATA \"\" /shared/comment\r\nn NOOP\r\n"), "", "collected; n waits");
+    assert_eq!(s.events(), vec![Event::Intercept(b"m GETMETADATA \"\" /shared/comment\r\n".to_vec())]);
+    assert!(!s.policy.reading_client());
+    s.policy.interceptor_reply(b"* METADATA \"\" (/shared/comment NIL)\r\nm OK done\r\n".to_vec(), s.now);
+    s.pump();
+    assert!(s.client.ends_with(b"0123"), "never inside the provider's response");
+    assert_eq!(
+        s.provider_sends(b"456789)\r\nf OK Fetch completed.\r\n"),
+        "456789)\r\n* METADATA \"\" (/shared/comment NIL)\r\nm OK done\r\nf OK Fetch completed.\r\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&s.provider), "f FETCH 1 BODY[]\r\nn NOOP\r\n", "n went on after the reply");
+}
+
+#[test]
+fn an_interceptor_command_is_collected_with_its_literals() {
+    let mut s = Session::new(options());
+    s.wants = wants_metadata;
+    assert_eq!(s.client_sends(b"m SETMETADATA \"\" (/private/x {3}\r\n"), "");
+    assert_eq!(String::from_utf8_lossy(&s.client), "+ Ready for literal data\r\n");
+    assert_eq!(s.client_sends(b"abc)\r\n"), "");
+    assert_eq!(s.events(), vec![Event::Intercept(b"m SETMETADATA \"\" (/private/x {3}\r\nabc)\r\n".to_vec())]);
+    assert!(s.steps.iter().all(|(_, k)| *k == Keep::Collect));
+    // UID commands are never intercepted.
+    s.policy.interceptor_reply(b"m OK\r\n".to_vec(), s.now);
+    s.wants = |_| true;
+    assert_eq!(s.client_sends(b"u UID FETCH 1 FLAGS\r\n"), "u UID FETCH 1 FLAGS\r\n");
+}
+
+#[test]
+fn own_commands_are_routed_by_their_tag_and_capture() {
+    let mut s = Session::new(options());
+    s.wants = wants_metadata;
+    s.client_sends(b"a NOOP\r\n");
+    s.client_sends(b"m GETMETADATA \"\" /shared/comment\r\n");
+    s.events();
+    s.policy.own_request(b"GETMETADATA \"\" /shared/comment\r\n".to_vec(), &[b"* METADATA "], s.now);
+    s.pump();
+    assert_eq!(String::from_utf8_lossy(&s.provider), "a NOOP\r\n", "waits for the relayed command");
+    assert_eq!(s.provider_sends(b"a OK NOOP completed.\r\n"), "a OK NOOP completed.\r\n");
+    assert!(String::from_utf8_lossy(&s.provider).ends_with("coips1 GETMETADATA \"\" /shared/comment\r\n"));
+    let got = s.provider_sends(b"* METADATA \"\" (/shared/comment {2}\r\nhi)\r\n* 2 EXISTS\r\ncoips1 OK done\r\n");
+    assert_eq!(got, "* 2 EXISTS\r\n", "only what the own command does not capture");
+    assert_eq!(
+        s.events(),
+        vec![
+            Event::OwnUntagged(b"* METADATA \"\" (/shared/comment {2}\r\nhi)\r\n".to_vec()),
+            Event::OwnStatus(b"OK done\r\n".to_vec())
+        ]
+    );
+}
+
+#[test]
+fn an_own_command_waits_for_plus_before_each_synchronizing_literal() {
+    let mut s = Session::new(options());
+    s.policy.own_request(b"SETMETADATA \"\" (/private/x {3}\r\nabc)\r\n".to_vec(), &[], s.now);
+    s.pump();
+    assert_eq!(String::from_utf8_lossy(&s.provider), "coips1 SETMETADATA \"\" (/private/x {3}\r\n");
+    assert_eq!(s.provider_sends(b"+ go ahead\r\n"), "", "the proxy's continuation");
+    assert!(s.provider.ends_with(b"{3}\r\nabc)\r\n"));
+    assert_eq!(s.provider_sends(b"coips1 OK\r\n"), "");
+    assert_eq!(s.events(), vec![Event::OwnStatus(b"OK\r\n".to_vec())]);
+}
+
+#[test]
+fn a_client_may_use_tags_that_look_like_the_proxys() {
+    let mut s = Session::new(options());
+    assert_eq!(s.client_sends(b"coip1 NOOP\r\ncoips1 NOOP\r\n"), "coip1 NOOP\r\ncoips1 NOOP\r\n");
+    assert_eq!(s.provider_sends(b"coip1 OK NOOP completed.\r\n"), "coip1 OK NOOP completed.\r\n");
+    // A relayed command unanswered past the drain wait: the own command's tag steers clear.
+    s.policy.own_request(b"NAMESPACE\r\n".to_vec(), &[b"* NAMESPACE "], s.now);
+    s.at(own::DRAIN_TIMEOUT);
+    assert!(String::from_utf8_lossy(&s.provider).ends_with("coips2 NAMESPACE\r\n"));
+    assert_eq!(s.provider_sends(b"coips1 OK NOOP completed.\r\n"), "coips1 OK NOOP completed.\r\n");
+    assert_eq!(s.provider_sends(b"* NAMESPACE ((\"\" \".\")) NIL NIL\r\ncoips2 OK\r\n"), "");
+    assert_eq!(s.events().len(), 2);
+}
+
+#[test]
+fn an_abandoned_own_command_is_dropped_when_it_answers() {
+    let mut s = Session::new(options());
+    s.wants = wants_metadata;
+    s.client_sends(b"m GETMETADATA \"\" /x\r\n");
+    s.policy.own_request(b"GETMETADATA \"\" /x\r\n".to_vec(), &[b"* METADATA "], s.now);
+    s.pump();
+    // The interceptor timed out and answered.
+    s.policy.interceptor_reply(b"m NO [UNAVAILABLE] the provider did not answer in time\r\n".to_vec(), s.now);
+    s.pump();
+    assert!(s.client.ends_with(b"m NO [UNAVAILABLE] the provider did not answer in time\r\n"));
+    assert!(s.policy.reading_client());
+    assert_eq!(s.provider_sends(b"coips1 OK late\r\n"), "");
+    assert_eq!(s.client_sends(b"a NOOP\r\n"), "a NOOP\r\n");
+}
+
+#[test]
+fn capabilities_are_rewritten_untagged_and_in_response_codes() {
+    let mut s = Session::new(options());
+    s.client_sends(b"c CAPABILITY\r\n");
+    assert_eq!(
+        s.provider_sends(
+            b"* CAPABILITY IMAP4rev1 COMPRESS=DEFLATE IDLE\r\nc OK [CAPABILITY IMAP4rev1 STARTTLS] done\r\n"
+        ),
+        "* CAPABILITY IMAP4rev1 IDLE COI\r\nc OK [CAPABILITY IMAP4rev1 COI] done\r\n"
+    );
+    s.client_sends(b"f FETCH 1 BODY[]\r\n");
+    let fetch = "* 1 FETCH (BODY[] {33}\r\n* CAPABILITY IMAP4rev1 STARTTLS\r\n)\r\n";
+    assert_eq!(s.provider_sends(fetch.as_bytes()), fetch, "literal bytes are never responses");
+}
+
+#[test]
+fn unchanged_bytes_take_the_zero_copy_path() {
+    let mut s = Session::new(options());
+    s.client_sends(b"f FETCH 1 BODY[]\r\n");
+    s.provider_sends(b"* 1 FETCH (BODY[] {6}\r\nabc");
+    s.provider_sends(b"def)\r\nf OK\r\n");
+    assert!(s.steps[1..].iter().all(|(_, k)| *k == Keep::Forward), "{:?}", s.steps);
+    assert!(s.steps.iter().any(|(b, _)| b == b"abc"), "literal pieces pass as they come");
+}
+
+#[test]
+fn overlong_lines_are_refused_and_the_session_goes_on() {
+    let mut s = Session::new(options());
+    let mut line = b"a SEARCH ".to_vec();
+    line.extend(std::iter::repeat_n(b'x', 500));
+    line.extend(b"\r\n");
+    assert_eq!(s.client_sends(&line), "");
+    assert!(String::from_utf8_lossy(&s.client).ends_with("a BAD Command line too long\r\n"));
+    assert_eq!(s.client_sends(b"b NOOP\r\n"), "b NOOP\r\n");
+    // The same after a literal: the command is half sent, the session cannot go on.
+    s.client_sends(b"c APPEND x {1+}\r\ny");
+    assert_eq!(s.client_sends(&line[2..]), "");
+    s.pump();
+    assert!(String::from_utf8_lossy(&s.client).ends_with("* BYE Command line too long\r\n"));
+    assert_eq!(s.events(), vec![Event::End(RelayEnd::Bye("command line too long"))]);
+}
+
+#[test]
+fn literals_over_the_limit_are_refused() {
+    let mut s = Session::new(options());
+    assert_eq!(s.client_sends(b"a APPEND x {1001}\r\n"), "");
+    assert!(
+        String::from_utf8_lossy(&s.client)
+            .ends_with("a NO [TOOBIG] Literal of 1001 bytes exceeds the limit of 1000 bytes\r\n")
+    );
+    assert!(s.policy.client.at_message_start(), "a refused synchronizing literal never comes");
+    assert_eq!(s.client_sends(b"b APPEND x {1001+}\r\n"), "");
+    assert!(
+        String::from_utf8_lossy(&s.client)
+            .ends_with("b BAD [TOOBIG] Literal of 1001 bytes exceeds the limit of 1000 bytes\r\n")
+    );
+    assert_eq!(s.client_sends(&[b'z'; 1001]), "", "a non-synchronizing literal comes anyway: dropped");
+    assert_eq!(s.client_sends(b"\r\nc NOOP\r\n"), "c NOOP\r\n");
+    assert_eq!(s.client_sends(b"d APPEND x {1000}\r\n"), "d APPEND x {1000}\r\n", "at the limit: relayed");
+    // Over the limit after part of the command went out: the session ends.
+    let mut s = Session::new(options());
+    s.client_sends(b"e APPEND x {3+}\r\nabc {2000+}\r\n");
+    assert_eq!(s.provider, b"e APPEND x {3+}\r\nabc");
+    assert!(
+        String::from_utf8_lossy(&s.client)
+            .ends_with("* BYE [TOOBIG] Literal of 2000 bytes exceeds the limit of 1000 bytes\r\n")
+    );
+    assert_eq!(s.events(), vec![Event::End(RelayEnd::Bye("literal too big"))]);
+}
+
+#[test]
+fn an_oversized_intercepted_command_is_refused() {
+    let mut s = Session::new(options());
+    s.wants = wants_metadata;
+    let big = MAX_INTERCEPTED + 1;
+    assert_eq!(s.client_sends(format!("m SETMETADATA \"\" (/private/x {{{big}}}\r\n").as_bytes()), "");
+    assert!(String::from_utf8_lossy(&s.client).ends_with("m NO [TOOBIG] Command too large\r\n"));
+    assert!(s.events().is_empty());
+    assert_eq!(s.client_sends(b"n NOOP\r\n"), "n NOOP\r\n");
+}
+
+#[test]
+fn commands_the_proxy_cannot_carry_are_refused() {
+    let mut s = Session::new(options());
+    assert_eq!(s.client_sends(b"z COMPRESS DEFLATE\r\nt STARTTLS\r\n"), "");
+    assert_eq!(
+        String::from_utf8_lossy(&s.client),
+        "z NO [CANNOT] COMPRESS is not available through coi-proxy\r\nt BAD STARTTLS is only valid before login\r\n"
+    );
+}
+
+#[test]
+fn a_silent_provider_that_owes_an_answer_is_timed_out() {
+    let mut s = Session::new(options());
+    s.client_sends(b"a NOOP\r\n");
+    assert_eq!(s.policy.deadline(), Some(s.t0 + PROVIDER_TIMEOUT));
+    s.at(PROVIDER_TIMEOUT);
+    assert_eq!(
+        String::from_utf8_lossy(&s.client),
+        "* BYE [UNAVAILABLE] The provider did not answer for 300 seconds; timed out\r\n"
+    );
+    assert_eq!(s.events(), vec![Event::End(RelayEnd::Bye("the provider timed out"))]);
+    // In the middle of a response: no BYE inside it, the session just ends.
+    let mut s = Session::new(options());
+    s.client_sends(b"f FETCH 1 BODY[]\r\n");
+    s.provider_sends(b"* 1 FETCH (BODY[] {10}\r\nab");
+    s.at(PROVIDER_TIMEOUT);
+    assert!(s.client.ends_with(b"ab"));
+    assert_eq!(s.events(), vec![Event::End(RelayEnd::Bye("the provider timed out"))]);
+}
+
+#[test]
+fn a_silent_client_is_logged_out() {
+    let mut s = Session::new(options());
+    assert_eq!(s.at(AUTOLOGOUT), "* BYE Autologout; idle for too long\r\n");
+    assert_eq!(s.events(), vec![Event::End(RelayEnd::Bye("autologout"))]);
+}
+
+#[test]
+fn shutdown_waits_for_the_response_in_progress() {
+    let mut s = Session::new(options());
+    s.client_sends(b"f FETCH 1 BODY[]\r\n");
+    s.provider_sends(b"* 1 FETCH (BODY[] {4}\r\nab");
+    s.policy.shutdown();
+    s.pump();
+    assert!(s.events().is_empty());
+    assert_eq!(s.client_sends(b"g NOOP\r\n"), "", "no new commands");
+    assert_eq!(s.provider_sends(b"cd)\r\n"), "cd)\r\n* BYE coi-proxy is shutting down\r\n");
+    assert_eq!(s.events(), vec![Event::End(RelayEnd::Shutdown)]);
+}
+
+#[test]
+fn the_providers_end_is_told_between_responses() {
+    let mut s = Session::new(options());
+    s.policy.provider_closed();
+    s.pump();
+    assert_eq!(String::from_utf8_lossy(&s.client), "* BYE [UNAVAILABLE] The provider closed the connection\r\n");
+    assert_eq!(s.events(), vec![Event::End(RelayEnd::ProviderClosed)]);
+    let mut s = Session::new(options());
+    s.provider_sends(b"* BYE Server shutting down\r\n");
+    s.policy.provider_closed();
+    s.pump();
+    assert_eq!(String::from_utf8_lossy(&s.client), "* BYE Server shutting down\r\n", "one BYE is enough");
+}
+
+#[test]
+fn a_seen_change_is_reported_when_answered() {
+    let mut s = Session::new(options());
+    s.client_sends(b"a UID STORE 1 +FLAGS (\\Seen)\r\nb STORE 2 +FLAGS (\\Flagged)\r\n");
+    s.provider_sends(b"b OK\r\n");
+    assert!(s.events().is_empty());
+    s.provider_sends(b"* 1 FETCH (FLAGS (\\Seen))\r\na OK\r\n");
+    assert_eq!(s.events(), vec![Event::SeenChanged]);
+}
+
+#[test]
+fn an_early_tick_changes_nothing() {
+    let mut s = emulating();
+    s.client.clear();
+    s.policy.own_request(b"NOOP\r\n".to_vec(), &[], s.now);
+    for secs in [0, 1, 5, 9] {
+        s.policy.tick(s.t0 + Duration::from_secs(secs));
+    }
+    s.pump();
+    assert!(s.client.is_empty() && s.events().is_empty());
+    assert_eq!(String::from_utf8_lossy(&s.provider), "coips1 NOOP\r\n", "only the requested command");
+}

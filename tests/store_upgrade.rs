@@ -1,0 +1,158 @@
+//! An upgrade keeps state: a store file written by the release before the store writer (schema
+//! 1, `tests/fixtures/store-schema1.redb`, made by the code of that release with every table
+//! filled) opens with this version, reads back exactly what was written, and takes new writes.
+
+use std::path::Path;
+
+use coi_proxy::store::{
+    Attempt, MailParams, QueuedMessage, Recipient, RecipientState, SCHEMA_VERSION, SentChat, Store, Tick,
+};
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/store-schema1.redb");
+const ENABLED: &str = "/private/vendor/vendor.dovecot/coi/config/enabled";
+const FILTER: &str = "/private/vendor/vendor.dovecot/coi/config/message-filter";
+
+/// A copy of the fixture in a fresh state dir (the test must not change the fixture).
+fn state_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(FIXTURE, dir.path().join("coi-proxy.redb")).expect("copy the fixture");
+    dir
+}
+
+fn rcpt(address: &str, state: RecipientState) -> Recipient {
+    Recipient {
+        address: address.into(),
+        notify: Some("SUCCESS,FAILURE".into()),
+        orcpt: Some(format!("rfc822;{address}")),
+        state,
+    }
+}
+
+fn expected_queue() -> Vec<(u64, QueuedMessage, Vec<u8>)> {
+    let body1 = b"From: alice@example.org\r\nTo: bob@example.org\r\nChat-Version: 1.0\r\nMessage-ID: <m1@example.org>\r\n\r\nhello\r\n".to_vec();
+    let first = QueuedMessage {
+        login: "alice@example.org".into(),
+        from: "alice@example.org".into(),
+        params: MailParams {
+            eight_bit: true,
+            smtputf8: false,
+            ret: Some("HDRS".into()),
+            envid: Some("coi.fixture.1".into()),
+        },
+        recipients: vec![
+            rcpt("bob@example.org", RecipientState::Pending),
+            rcpt("carol@example.org", RecipientState::Delivered { at: 1_700_000_100, reply: "250 2.0.0 ok".into() }),
+        ],
+        size: body1.len() as u64,
+        received_at: 1_700_000_000,
+        next_attempt_at: 1_700_000_160,
+        give_up_at: 1_700_432_000,
+        attempts: vec![Attempt { at: 1_700_000_100, result: "1 delivered, 1 deferred: 451 try later".into() }],
+        report_pending: false,
+        chat_followup: true,
+    };
+    let second = QueuedMessage {
+        login: "dave@example.net".into(),
+        from: "".into(),
+        params: MailParams::default(),
+        recipients: vec![rcpt(
+            "eve@example.com",
+            RecipientState::Failed { at: 1_700_000_200, reply: "550 5.1.1 no such user".into() },
+        )],
+        size: 3,
+        received_at: 1_700_000_050,
+        next_attempt_at: 1_700_000_050,
+        give_up_at: 1_700_432_050,
+        attempts: vec![],
+        report_pending: true,
+        chat_followup: false,
+    };
+    vec![(1, first, body1), (2, second, b"x\r\n".to_vec())]
+}
+
+/// Everything the fixture holds, read through this version's accessors.
+fn check_contents(store: &Store) {
+    assert_eq!(store.schema_version().unwrap(), 1);
+    let queue = store.queue_list().unwrap();
+    let expected = expected_queue();
+    assert_eq!(queue, expected.iter().map(|(id, m, _)| (*id, m.clone())).collect::<Vec<_>>());
+    for (id, _, body) in &expected {
+        assert_eq!(store.queue_body(*id).unwrap().as_deref(), Some(body.as_slice()));
+    }
+    assert_eq!(store.queue_body(3).unwrap(), None, "the removed message stays removed");
+
+    for id in ["m1@example.org", "m2@example.org"] {
+        assert!(store.is_chat_id("alice@example.org", id).unwrap(), "{id}");
+    }
+    assert!(store.is_chat_id("DAVE@example.net", "d1@example.net").unwrap());
+    assert!(!store.is_chat_id("alice@example.org", "d1@example.net").unwrap());
+    assert_eq!(store.inbox_position("alice@example.org").unwrap(), Some((1_234_567, 42)));
+    assert_eq!(store.inbox_position("dave@example.net").unwrap(), None);
+
+    let server = store.metadata_entries("alice@example.org", b"").unwrap();
+    assert_eq!(server.len(), 2);
+    assert_eq!((server[ENABLED].as_slice(), server[FILTER].as_slice()), (&b"yes"[..], &b"active"[..]));
+    let inbox = store.metadata_entries("alice@example.org", b"INBOX").unwrap();
+    assert_eq!(inbox["/private/comment"], [0, 1, 2, 255]);
+
+    let key = store.vapid_key(|| panic!("the stored key must be found")).wait().unwrap();
+    assert_eq!(key, (1..=32).collect::<Vec<u8>>());
+    // At a time when the unvalidated one has not expired yet.
+    let subs = store.push_subscriptions("alice@example.org", 4_000_000_001, 300).unwrap();
+    let ids: Vec<(&str, bool, u64)> = subs.iter().map(|s| (s.id.as_str(), s.validated, s.created)).collect();
+    assert_eq!(ids, [("sub-pending", false, 4_000_000_000), ("sub-validated", true, 1_700_000_000)]);
+    assert!(subs[1].json.contains("https://push.example.net/sub-validated"));
+    assert_eq!(subs[1].token, "token-sub-validated");
+    assert_eq!(store.push_accounts().unwrap(), ["alice@example.org"]);
+    assert!(store.push_validated("alice@example.org").unwrap());
+
+    let sent = SentChat {
+        sent_at: 1_700_000_000,
+        envid: Some("coi.fixture.1".into()),
+        recipients: vec![Tick {
+            address: "bob@example.org".into(),
+            delivered: Some(1_700_000_300),
+            failed: None,
+            read: Some(1_700_000_400),
+        }],
+        marked: vec!["$Delivered".into()],
+    };
+    assert_eq!(store.sent_chats().unwrap(), [("alice@example.org".into(), "m1@example.org".into(), sent.clone())]);
+    assert_eq!(store.sent_chats_to_mark("alice@example.org").unwrap(), [("m1@example.org".into(), sent)]);
+    assert_eq!(store.mdn_baseline("alice@example.org").unwrap(), Some(1_699_999_999));
+}
+
+#[test]
+fn a_store_of_the_previous_release_reads_unchanged() {
+    assert_eq!(SCHEMA_VERSION, 1, "a new schema needs a migration test of its own");
+    let dir = state_dir();
+    let store = Store::open(dir.path()).unwrap();
+    check_contents(&store);
+    assert!(!store.mdn_claim("alice@example.org", "in1@example.net", 1).wait().unwrap(), "claimed before");
+    drop(store);
+    // Opening and reading changed nothing.
+    let store = Store::open(dir.path()).unwrap();
+    check_contents(&store);
+}
+
+#[test]
+fn a_store_of_the_previous_release_takes_new_writes() {
+    let dir = state_dir();
+    let store = Store::open(dir.path()).unwrap();
+    let (_, mut msg, _) = expected_queue().remove(1);
+    msg.report_pending = false;
+    let id = store.queue_insert(&msg, b"new".to_vec(), None).wait().unwrap();
+    assert_eq!(id, 4, "ids go on after the ones used before the upgrade");
+    assert!(store.queue_save(2, &msg).wait().unwrap(), "message 2 was queued before the upgrade");
+    assert!(store.queue_get(2).unwrap().is_none(), "and is removed now that it is done");
+    store.set_inbox_position("alice@example.org", 1_234_567, 50).wait().unwrap();
+    store.remember_chat_ids("alice@example.org", &["m3@example.org".into()]).wait().unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.queue_list().unwrap().iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 4]);
+    assert_eq!(store.inbox_position("alice@example.org").unwrap(), Some((1_234_567, 50)));
+    for id in ["m1@example.org", "m3@example.org"] {
+        assert!(store.is_chat_id("alice@example.org", id).unwrap());
+    }
+    assert!(Path::new(FIXTURE).exists());
+}
