@@ -563,6 +563,55 @@ mod tests {
 
     use super::*;
 
+    /// A bearer token without SASL-IR: the response after the `+`; a refusal's challenge is
+    /// answered as the mechanism wants (OAUTHBEARER: `AQ==`), then the provider's `NO` is the
+    /// outcome.
+    #[tokio::test]
+    async fn bearer_tokens_without_sasl_ir_and_a_refusal() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let provider = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tcp = BufReader::new(tcp);
+            tcp.write_all(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN AUTH=OAUTHBEARER] ready\r\n").await.unwrap();
+            let mut line = String::new();
+            tcp.read_line(&mut line).await.unwrap();
+            let tag = line.split(' ').next().unwrap().to_string();
+            assert_eq!(line, format!("{tag} AUTHENTICATE OAUTHBEARER\r\n"));
+            tcp.write_all(b"+ \r\n").await.unwrap();
+            line.clear();
+            tcp.read_line(&mut line).await.unwrap();
+            let raw = base64::engine::general_purpose::STANDARD.decode(line.trim_end()).unwrap();
+            assert_eq!(
+                raw,
+                b"n,a=a@x,\x01host=127.0.0.1\x01port="
+                    .iter()
+                    .chain(port.to_string().as_bytes())
+                    .chain(b"\x01auth=Bearer tok\x01\x01")
+                    .copied()
+                    .collect::<Vec<u8>>()
+            );
+            tcp.write_all(b"+ eyJzdGF0dXMiOiJpbnZhbGlkX3Rva2VuIn0=\r\n").await.unwrap();
+            line.clear();
+            tcp.read_line(&mut line).await.unwrap();
+            assert_eq!(line, "AQ==\r\n");
+            tcp.write_all(format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n").as_bytes())
+                .await
+                .unwrap();
+        });
+        let imap = ServerUrl::parse_imap(&format!("imap://127.0.0.1:{port}")).unwrap();
+        let provider_config = Provider { imap, ca_file: None };
+        let mut up = Upstream::connect(&provider_config, &UpstreamTls::default(), Duration::from_secs(5), 64 * 1024)
+            .await
+            .unwrap();
+        let outcome = up.authenticate_bearer("a@x", &Secret::new(b"tok".to_vec())).await.unwrap();
+        assert!(matches!(outcome, AuthOutcome::Rejected(s) if s.starts_with(b"NO [AUTHENTICATIONFAILED]")));
+        provider.await.unwrap();
+        up.capabilities.retain(|c| !c.starts_with("AUTH=OAUTH"));
+        let err = up.authenticate_bearer("a@x", &Secret::default()).await.err().expect("no bearer mechanism");
+        assert!(err.to_string().contains("offers neither AUTH=XOAUTH2 nor AUTH=OAUTHBEARER"), "{err}");
+    }
+
     /// A wing's command with a synchronizing literal on the proxy's own connection: the literal
     /// waits for the provider's `+`, and only the responses asked for are captured.
     #[tokio::test]

@@ -523,6 +523,46 @@ pub fn dot_stuff(data: &[u8], mut at_line_start: bool, out: &mut Vec<u8>) -> boo
 mod tests {
     use super::*;
 
+    /// XOAUTH2 as Dovecot, Gmail and Microsoft take it: `AUTH XOAUTH2`, the `334`, the response
+    /// on its own line; a refused token's `334 <JSON>` is answered with an empty line.
+    #[tokio::test]
+    async fn bearer_auth_waits_for_334_and_answers_a_refusal() {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let token = Secret::new(b"tok".to_vec());
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let response = b64("user=a@x\x01auth=Bearer tok\x01\x01");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tcp = BufReader::new(tcp);
+            let mut line = String::new();
+            let mut expect = async |tcp: &mut BufReader<tokio::net::TcpStream>, want: &str, reply: &str| {
+                line.clear();
+                tcp.read_line(&mut line).await.unwrap();
+                assert_eq!(line, want);
+                tcp.get_mut().write_all(reply.as_bytes()).await.unwrap();
+            };
+            tcp.get_mut().write_all(b"220 ready\r\n").await.unwrap();
+            expect(&mut tcp, "EHLO coi-proxy\r\n", "250-mail.example\r\n250 AUTH PLAIN XOAUTH2 OAUTHBEARER\r\n").await;
+            expect(&mut tcp, "AUTH XOAUTH2\r\n", "334 \r\n").await;
+            let challenge = format!("334 {}\r\n", b64(r#"{"status":"401","schemes":"bearer","scope":"mail"}"#));
+            expect(&mut tcp, &format!("{response}\r\n"), &challenge).await;
+            expect(&mut tcp, "\r\n", "535 5.7.8 Authentication failed\r\n").await;
+            expect(&mut tcp, "AUTH XOAUTH2\r\n", "334 \r\n").await;
+            expect(&mut tcp, &format!("{response}\r\n"), "235 2.7.0 Authenticated\r\n").await;
+        });
+        let smtp = ServerUrl::parse_smtp(&format!("smtp://127.0.0.1:{port}")).unwrap();
+        let provider = SmtpProvider { smtp, ca_file: None };
+        let mut client = SmtpClient::connect(&provider, &UpstreamTls::default(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(client.caps.auth_bearer, Some(Mechanism::XOAuth2));
+        assert_eq!(client.authenticate_bearer("a@x", &token).await.unwrap().code, 535);
+        assert_eq!(client.authenticate_bearer("a@x", &token).await.unwrap().code, 235);
+        server.await.unwrap();
+        client.caps.auth_bearer = None;
+        assert!(matches!(client.authenticate_bearer("a@x", &token).await, Err(RelayError::NoBearerAuth { .. })));
+    }
+
     #[test]
     fn replies_single_multi_partial_and_bad() {
         assert_eq!(parse_reply(b"250 2.1.0 Ok\r\n"), Ok(Some((Reply { code: 250, text: "2.1.0 Ok".into() }, 14))));
