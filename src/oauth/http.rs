@@ -38,9 +38,7 @@ fn client() -> Result<&'static reqwest::Client, HttpError> {
     static CLIENT: OnceLock<Built> = OnceLock::new();
     CLIENT
         .get_or_init(|| {
-            let tls = crate::tls::UpstreamTls::default().config(None).map_err(|e| Arc::new(e) as SetupError)?;
-            let mut tls = (*tls).clone();
-            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            let tls = crate::tls::https_client_config().map_err(|e| Arc::new(e) as SetupError)?;
             reqwest::Client::builder()
                 .tls_backend_preconfigured(tls)
                 .redirect(reqwest::redirect::Policy::none())
