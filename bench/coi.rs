@@ -21,12 +21,11 @@ mod data_block;
 #[path = "../tests/support/provider.rs"]
 mod provider;
 
-use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Proxy, env_list, env_usize};
+use common::{Processes, Proxy, env_list, env_usize, load_average, print_problems};
 use data_block::data_block;
 use provider::{Provider, ProviderOptions};
 
@@ -42,11 +41,10 @@ fn main() {
     let levels = env_list("COI_ACCOUNTS", &[1, 16]);
     let messages = env_usize("COI_MESSAGES", 4_000);
     let deliverers = env_usize("COI_DELIVERERS", 4);
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "coi-proxy COI move bench: {messages} chat mails per level, accounts per level {levels:?}, {deliverers} LMTP \
          connections (load average before: {})",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load_average()
     );
     // Every level gets accounts of its own: a worker that ran before would skew the next level.
     let users: Vec<Vec<String>> =
@@ -122,13 +120,7 @@ fn main() {
             want as f64 / moved.as_secs_f64()
         );
     }
-    let problems = proxy.problems();
-    if !problems.is_empty() {
-        println!("\ncoi-proxy logged {} warnings/errors; the first 10:", problems.len());
-        for l in problems.iter().take(10) {
-            println!("  {l}");
-        }
-    }
+    print_problems(&[("coi-proxy", proxy.problems())]);
 }
 
 /// A small chat mail (Chat-Version) with a unique Message-ID.

@@ -24,7 +24,6 @@ mod data_block;
 #[path = "../tests/support/provider.rs"]
 mod provider;
 
-use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::sync::Barrier;
@@ -32,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use common::{Proxy, env_list, env_usize};
+use common::{Proxy, env_list, env_usize, load_average, print_problems, verdict};
 use data_block::data_block;
 use provider::{Provider, ProviderOptions};
 
@@ -56,10 +55,9 @@ fn main() {
         levels.iter().all(|&n| (1..=MAX_SUBMITTERS).contains(&n)),
         "SMTP_CONCURRENCY: each level must be 1 to {MAX_SUBMITTERS}"
     );
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "coi-proxy SMTP submission bench: {messages} messages of {MESSAGE_SIZE} bytes each way (load average before: {})",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load_average()
     );
     let users = ["alice", "bob", "carol"].map(String::from).into_iter().chain((1..=MAX_SUBMITTERS).map(submitter));
     let provider = Provider::start_with(ProviderOptions { users: Some(users.collect()), ..Default::default() });
@@ -93,7 +91,7 @@ fn main() {
     println!("\nSubmission, {messages} x {MESSAGE_SIZE} bytes, one connection, AUTH PLAIN, MAIL/RCPT/DATA pipelined");
     println!("  direct   {direct_rate:8.1} msg/s  ({:.2} s)", direct.as_secs_f64());
     println!("  proxied  {proxied_rate:8.1} msg/s  ({:.2} s)", proxied.as_secs_f64());
-    println!("  ratio    {ratio:8.3}   target >= 0.8: {}", if ratio >= 0.8 { "PASS" } else { "MISS" });
+    println!("  ratio    {ratio:8.3}   target >= 0.8: {}", verdict(ratio >= 0.8));
     println!(
         "Queue: all {messages} relayed to Dovecot {:.2} s after the first submission ({:.2} s after the last 250)",
         relayed.as_secs_f64(),
@@ -116,18 +114,7 @@ fn main() {
             relayed.as_secs_f64()
         );
     }
-    let problems: Vec<String> = fs::read_to_string(&proxy.log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .map(str::to_owned)
-        .collect();
-    if !problems.is_empty() {
-        println!("\ncoi-proxy logged {} warnings/errors; the first 10:", problems.len());
-        for l in problems.iter().take(10) {
-            println!("  {l}");
-        }
-    }
+    print_problems(&[("coi-proxy", proxy.problems())]);
 }
 
 /// The login of the `i`th concurrent submitter (1-based).

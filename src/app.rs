@@ -7,7 +7,6 @@ mod control;
 mod http;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +30,10 @@ pub enum RunError {
     NoProvider,
     #[error("no listener configured: set [listen] imap and/or imaps in proxy.toml")]
     NoListener,
-    #[error("cannot create the state directory {path}: {source}")]
-    StateDir { path: String, source: std::io::Error },
+    #[error("{key} = {}: {problem}; fix the file or the key in proxy.toml", path.display())]
+    CaFile { key: String, path: std::path::PathBuf, problem: String },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
@@ -45,10 +46,17 @@ pub enum RunError {
     Smtp(#[from] crate::smtp::server::StartError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("a start-up task failed: {0}")]
+    Task(&'static str),
 }
 
-/// What a reload changed, a line each, for the log.
-type Changes = Vec<String>;
+/// What a reload changed, for the log: what it put in force, and what it could not (a restart
+/// is needed), so that the log never claims more than happened.
+#[derive(Debug, Default)]
+struct Changes {
+    applied: Vec<String>,
+    needs_restart: Vec<String>,
+}
 
 /// Why a reload was refused (the previous configuration stays in force).
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +96,10 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     }
     let (server_tls, local_cert) = tls::local_server_config(&config.state_dir)?;
     let store = Store::open_async(&config.state_dir).await?;
-    let seal = crate::seal::SealKey::load_or_create(&config.seal_key_path())?;
+    let seal_path = config.seal_key_path();
+    let seal = tokio::task::spawn_blocking(move || crate::seal::SealKey::load_or_create(&seal_path))
+        .await
+        .map_err(|_| RunError::Task("reading the seal key"))??;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (context, receivers) = Context::new(config, TlsAcceptor::from(server_tls), store, seal, shutdown_rx.clone());
     let ctx = Arc::new(context);
@@ -108,9 +119,10 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     }
     // SMTP submission listeners, the queue's relay task and the receipts agent.
     let smtp_channels = (receivers.queue, receivers.receipts);
-    listeners.smtp =
+    let (smtp, relay_waits) =
         crate::smtp::server::start(ctx.clone(), smtp_channels, shutdown_rx.clone(), listeners.alive.clone()).await?;
-    tokio::spawn(control::serve(ctx.clone(), shutdown_rx.clone()));
+    listeners.smtp = smtp;
+    tokio::spawn(control::serve(ctx.clone(), relay_waits, shutdown_rx.clone()));
     tokio::spawn(renew_cert_daily(ctx.clone(), local_cert.clone()));
     info!(version = env!("CARGO_PKG_VERSION"), "coi-proxy ready");
     crate::sd_notify::ready("serving");
@@ -131,13 +143,36 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
 
 /// What `run` (and a reload) needs from a configuration before it can serve anything.
 fn check_runnable(config: &Config) -> Result<(), RunError> {
+    refusals(config).into_iter().next().map_or(Ok(()), Err)
+}
+
+/// Every reason `run` (and a reload) would refuse `config`; `check` lists them all.
+pub fn refusals(config: &Config) -> Vec<RunError> {
+    let mut out = Vec::new();
     if config.upstream.is_none() && config.accounts.iter().all(|a| a.imap.is_none()) {
-        return Err(RunError::NoProvider);
+        out.push(RunError::NoProvider);
     }
     if imap_addrs(config).is_empty() {
-        return Err(RunError::NoListener);
+        out.push(RunError::NoListener);
     }
-    Ok(())
+    for (key, path) in ca_files(config) {
+        if let Err(problem) = tls::check_ca_file(&path) {
+            out.push(RunError::CaFile { key, path, problem });
+        }
+    }
+    out
+}
+
+/// Every `ca_file` of the configuration, with its key.
+fn ca_files(config: &Config) -> Vec<(String, std::path::PathBuf)> {
+    let upstream =
+        config.upstream.iter().filter_map(|u| u.ca_file.clone()).map(|p| ("upstream.ca_file".to_string(), p));
+    let accounts = config
+        .accounts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| a.ca_file.clone().map(|p| (format!("account[{i}].ca_file"), p)));
+    upstream.chain(accounts).collect()
 }
 
 fn imap_addrs(config: &Config) -> Vec<(ListenerKind, SocketAddr)> {
@@ -201,9 +236,13 @@ impl Listeners {
     async fn reload(&mut self, mut new: Config, local_cert: &LocalCert) -> Result<Changes, ReloadError> {
         check_runnable(&new)?;
         let old = self.ctx.config();
-        let mut changes = Vec::new();
+        let mut changes = Changes::default();
         if new.state_dir != old.state_dir {
-            warn!("state_dir changes take effect at the next start; keeping {}", old.state_dir.display());
+            changes.needs_restart.push(format!(
+                "state_dir {} (still using {})",
+                new.state_dir.display(),
+                old.state_dir.display()
+            ));
             new.state_dir = old.state_dir.clone();
         }
         let wanted = imap_addrs(&new);
@@ -218,45 +257,67 @@ impl Listeners {
             Some(addr) if metrics_moved => Some((addr, bind_metrics(addr).await?)),
             _ => None,
         };
-        if [old.listen.smtp, old.listen.smtps] != [new.listen.smtp, new.listen.smtps] {
-            warn!("[listen] smtp/smtps changes take effect at the next start");
-            new.listen.smtp = old.listen.smtp;
-            new.listen.smtps = old.listen.smtps;
+        // The SMTP side (listeners, relay, control socket) is started once, at start.
+        for (name, was, wanted) in
+            [("smtp", old.listen.smtp, new.listen.smtp), ("smtps", old.listen.smtps, new.listen.smtps)]
+        {
+            if was != wanted {
+                let wanted = wanted.map_or("off".to_string(), |a| a.to_string());
+                changes.needs_restart.push(format!("{name} listener {wanted}"));
+            }
+        }
+        new.listen.smtp = old.listen.smtp;
+        new.listen.smtps = old.listen.smtps;
+        if !old.has_smtp_provider()
+            && new.has_smtp_provider()
+            && [old.listen.smtp, old.listen.smtps].iter().any(Option::is_some)
+        {
+            changes.needs_restart.push("SMTP submission (a submission server is configured now)".into());
         }
         let state_dir = new.state_dir.clone();
         let names = tls::cert_names_for(&new);
-        match tokio::task::spawn_blocking(move || tls::ensure_local_cert(&state_dir, &names)).await?? {
-            CertAction::Reused => {}
-            action => {
-                local_cert.reload(&new.state_dir)?;
-                changes.push(format!("local certificate: {action:?}"));
-            }
+        let action = tokio::task::spawn_blocking(move || tls::ensure_local_cert(&state_dir, &names)).await??;
+        // Read again whatever happened: `coi-proxy cert rotate` writes the files for a reload.
+        if local_cert.reload(&new.state_dir)? || action != CertAction::Reused {
+            changes.applied.push(format!(
+                "local certificate {}",
+                if action == CertAction::Reused { "reloaded".to_string() } else { action.to_string() }
+            ));
         }
         // Nothing can fail from here on.
         self.imap.retain(|(kind, addr, task)| {
             let keep = wanted.contains(&(*kind, *addr));
             if !keep {
                 task.abort();
-                changes.push(format!("{} listener on {addr} stopped", label(*kind)));
+                changes.applied.push(format!("{} listener on {addr} stopped", label(*kind)));
             }
             keep
         });
         if metrics_moved && let Some((addr, task)) = self.metrics.take() {
             task.abort();
-            changes.push(format!("metrics listener on {addr} stopped"));
+            changes.applied.push(format!("metrics listener on {addr} stopped"));
         }
         if old.providers() != new.providers() {
-            changes.push("providers changed (next logins use them)".into());
+            changes.applied.push("providers changed (next logins use them)".into());
         }
         self.ctx.upstream_tls.clear();
-        crate::logging::reload_filter(new.log.filter.as_deref());
+        if old.log.filter != new.log.filter {
+            match crate::logging::reload_filter(new.log.filter.as_deref()) {
+                crate::logging::FilterReload::Applied(filter) => {
+                    changes.applied.push(format!("log filter now {filter}"))
+                }
+                crate::logging::FilterReload::EnvWins(env) => {
+                    changes.needs_restart.push(format!("[log] filter (RUST_LOG={env} is set and wins over it)"))
+                }
+            }
+        }
         self.ctx.set_config(new);
         for (kind, addr, listener) in bound {
-            changes.push(format!("{} listener on {addr} started", label(kind)));
+            changes.applied.push(format!("{} listener on {addr} started", label(kind)));
             self.serve_imap(kind, addr, listener);
         }
         if let Some((addr, listener)) = metrics {
-            changes.push(format!("metrics listener on {addr} started"));
+            changes.applied.push(format!("metrics listener on {addr} started"));
             self.serve_metrics(addr, listener);
         }
         Ok(changes)
@@ -318,7 +379,7 @@ async fn renew_cert_daily(ctx: Arc<Context>, local_cert: Arc<LocalCert>) {
                     _ => "its files were missing".into(),
                 };
                 match local_cert.reload(&config.state_dir) {
-                    Ok(()) => info!("renewed the local certificate: {why}"),
+                    Ok(_) => info!("renewed the local certificate: {why}"),
                     Err(e) => error!("renewed the local certificate ({why}) but cannot load it: {e}"),
                 }
             }
@@ -353,8 +414,15 @@ async fn wait_for_signal(
                     Err(e) => Err(e.into()),
                 };
                 match result {
-                    Ok(changes) if changes.is_empty() => info!("configuration reloaded"),
-                    Ok(changes) => info!("configuration reloaded: {}", changes.join("; ")),
+                    Ok(Changes { applied, needs_restart }) if needs_restart.is_empty() => match applied.is_empty() {
+                        true => info!("configuration reloaded (no change that needs applying)"),
+                        false => info!("configuration reloaded: {}", applied.join("; ")),
+                    },
+                    Ok(Changes { applied, needs_restart }) => warn!(
+                        "configuration reloaded in part; applied: {}; needs a restart: {}",
+                        if applied.is_empty() { "nothing else".to_string() } else { applied.join("; ") },
+                        needs_restart.join("; ")
+                    ),
                     Err(e) => error!("configuration reload refused, the previous configuration stays in force: {e}"),
                 }
                 crate::sd_notify::ready("serving");
@@ -363,15 +431,13 @@ async fn wait_for_signal(
     }
 }
 
-/// Creates `state_dir` (mode 0700: it holds private keys) if it does not exist.
+/// Creates `state_dir` (0700: it holds private keys and queued mail) or makes it private.
 fn prepare_state_dir(config: &Config) -> Result<(), RunError> {
     let dir = &config.state_dir;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| RunError::StateDir { path: dir.display().to_string(), source })?;
+    match crate::state::prepare(dir)? {
+        crate::state::Prepared::Private => {}
+        prepared @ crate::state::Prepared::Created => info!(state_dir = %dir.display(), "state directory {prepared}"),
+        prepared => warn!(state_dir = %dir.display(), "state directory {}: {prepared}", dir.display()),
     }
     Ok(())
 }

@@ -1,15 +1,19 @@
-//! `coi-proxy check`: validates the configuration, connects to every provider and reports what
-//! the proxy will pass on, strip and add, in a form a user can paste into a bug report. It
-//! never prints a password (it logs in nowhere) and reads the queue without changing it.
+//! `coi-proxy check`: validates the configuration and runs what the daemon will run: what `run`
+//! would refuse (listeners, `ca_file`s), every route, every provider (what the proxy will pass
+//! on, strip and add), and each account's `password_command` with a login at its servers. The
+//! report is fit to paste into a bug report: it never prints a password (the command's output
+//! and error output are not shown) and reads the queue without changing it.
 
 use std::fmt::Write;
 use std::path::Path;
+use std::time::Duration;
 
-use crate::config::{Config, Security, SmtpProvider};
-use crate::imap::upstream::Upstream;
+use crate::config::{Config, Security, ServerUrl, SmtpProvider};
+use crate::imap::upstream::{AuthOutcome, Upstream, UpstreamError};
 use crate::imap::wire::capability;
-use crate::smtp::relay::SmtpClient;
-use crate::tls::{LocalCertPaths, UpstreamTls};
+use crate::net::{NetError, Phase, TlsProblem};
+use crate::smtp::relay::{RelayError, SmtpClient};
+use crate::tls::UpstreamTls;
 
 /// Runs the checks and returns the report and whether every provider was reachable.
 pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
@@ -21,11 +25,21 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
         Some(path) => _ = writeln!(out, "config: {} (valid)", path.display()),
         None => _ = writeln!(out, "config: none found, using defaults"),
     }
-    let _ = writeln!(out, "state_dir: {}", config.state_dir.display());
+    let has_state = state_dir(&mut out, &config.state_dir);
     listeners(&mut out, config);
-    local_certificate(&mut out, &config.state_dir);
-    let _ = writeln!(out, "queue: {}", queue(config));
+    for refusal in crate::app::refusals(config) {
+        ok = false;
+        let _ = writeln!(out, "run would refuse: {refusal}");
+    }
+    if has_state {
+        local_certificate(&mut out, &config.state_dir);
+        let _ = writeln!(out, "queue: {}", crate::smtp::control::summary(config));
+    } else {
+        let _ = writeln!(out, "local certificate: no state here (made at the daemon's first start)");
+        let _ = writeln!(out, "queue: no state here");
+    }
     oauth2(&mut out, config).await;
+    routes(&mut out, config);
 
     let providers = config.providers();
     if providers.is_empty() {
@@ -35,7 +49,8 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
     let tls = UpstreamTls::default();
     for provider in providers {
         let _ = writeln!(out, "\nprovider {} ({})", provider.imap, mode(provider.imap.security));
-        match Upstream::connect(&provider, &tls, config.limits.connect_timeout(), config.limits.max_line).await {
+        let attempt = Upstream::connect(&provider, &tls, config.limits.connect_timeout(), config.limits.max_line);
+        match with_tls_probe(&provider.imap, attempt).await {
             Ok(up) => {
                 let tls_line =
                     if up.conn.stream.is_tls() { "TLS ok, certificate verified" } else { "no TLS (loopback)" };
@@ -48,14 +63,16 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
             }
             Err(e) => {
                 ok = false;
-                let _ = writeln!(out, "  reachable: NO: {e}");
-                let _ = writeln!(out, "  {}", hint(&e.to_string()));
+                let error = e.as_ref().map(|e| (e.to_string(), imap_net(e)));
+                unreachable(&mut out, &provider.imap, false, error);
             }
         }
     }
     for provider in smtp_providers(config) {
         let _ = writeln!(out, "\nsubmission {} ({})", provider.smtp, mode(provider.smtp.security));
-        match SmtpClient::connect(&provider, &tls, config.limits.connect_timeout()).await {
+        match with_tls_probe(&provider.smtp, SmtpClient::connect(&provider, &tls, config.limits.connect_timeout()))
+            .await
+        {
             Ok(client) => {
                 let tls_line = if provider.smtp.security == Security::Plain {
                     "no TLS (loopback)"
@@ -76,12 +93,127 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
             }
             Err(e) => {
                 ok = false;
-                let _ = writeln!(out, "  reachable: NO: {e}");
-                let _ = writeln!(out, "  {}", hint(&e.to_string()));
+                let error = e.as_ref().map(|e| (e.to_string(), smtp_net(e)));
+                unreachable(&mut out, &provider.smtp, true, error);
             }
         }
     }
+    ok &= accounts(&mut out, config, &tls).await;
     (out, ok)
+}
+
+/// Where each `[[account]]` and every other login go.
+fn routes(out: &mut String, config: &Config) {
+    let show = |imap: Option<String>, smtp: Option<String>| {
+        let imap = imap.map_or("none".to_string(), |u| shown(&u, false));
+        let smtp = smtp.map_or("none (no submission)".to_string(), |u| shown(&u, true));
+        format!("imap {imap}, smtp {smtp}")
+    };
+    let upstream = config.upstream.as_ref();
+    for account in &config.accounts {
+        let who = match (&account.login, &account.domain) {
+            (Some(login), _) => format!("login {login}"),
+            (None, Some(domain)) => format!("domain {domain}"),
+            (None, None) => continue,
+        };
+        let imap = account.imap.clone().or(upstream.map(|u| u.imap.clone()));
+        let smtp = account.smtp.clone().or(upstream.and_then(|u| u.smtp.clone()));
+        let _ = writeln!(out, "route {who}: {}", show(imap, smtp));
+        if account.login.is_none() && account.password_command.is_some() {
+            let _ = writeln!(
+                out,
+                "  note: password_command is used only in an [[account]] with `login`; here it is ignored"
+            );
+        }
+    }
+    match upstream {
+        Some(u) => _ = writeln!(out, "route any other login: {}", show(Some(u.imap.clone()), u.smtp.clone())),
+        None => _ = writeln!(out, "route any other login: none (no [upstream]: such logins are refused)"),
+    }
+}
+
+/// A configured server URL as the report shows it: `host:port (mode)`.
+fn shown(url: &str, smtp: bool) -> String {
+    let parsed =
+        if smtp { crate::config::ServerUrl::parse_smtp(url) } else { crate::config::ServerUrl::parse_imap(url) };
+    parsed.map_or_else(|e| format!("invalid: {e}"), |u| format!("{u} ({})", mode(u.security)))
+}
+
+/// Each `[[account]]` with a `password_command`: runs it (its output is never shown) and logs
+/// in at the account's IMAP and submission servers with it, as the worker and the queue will.
+async fn accounts(out: &mut String, config: &Config, tls: &UpstreamTls) -> bool {
+    let mut ok = true;
+    let credentials = crate::account::Credentials::default();
+    for account in &config.accounts {
+        let (Some(login), Some(_)) = (&account.login, &account.password_command) else { continue };
+        let password = match credentials.password(config, login).await {
+            Ok(password) => {
+                let _ = writeln!(out, "\naccount {login}: password_command ok (printed a password)");
+                password
+            }
+            Err(e) => {
+                ok = false;
+                let reason = match e {
+                    crate::account::CredentialError::Command { reason, .. } => reason,
+                    e => e.to_string(),
+                };
+                let _ = writeln!(out, "\naccount {login}: password_command FAILED: {reason}");
+                continue;
+            }
+        };
+        let limits = &config.limits;
+        if let Some(provider) = config.provider_for(login) {
+            let server = provider.imap.to_string();
+            let result = match Upstream::connect(&provider, tls, limits.connect_timeout(), limits.max_line).await {
+                Ok(mut up) => {
+                    match tokio::time::timeout(limits.connect_timeout(), up.authenticate(login, &password)).await {
+                        Ok(Ok(AuthOutcome::Ok(_))) => Ok(()),
+                        Ok(Ok(AuthOutcome::Rejected(status))) => {
+                            Err(Login::Refused(String::from_utf8_lossy(&status).trim_end().to_string()))
+                        }
+                        Ok(Err(e)) => Err(Login::Failed(e.to_string())),
+                        Err(_) => Err(Login::Failed("no answer to the login in time".into())),
+                    }
+                }
+                Err(e) => Err(Login::Failed(e.to_string())),
+            };
+            ok &= login_line(out, &server, result);
+        }
+        if let Some(provider) = config.smtp_provider_for(login) {
+            let server = format!("submission {}", provider.smtp);
+            let result = match SmtpClient::connect(&provider, tls, limits.connect_timeout()).await {
+                Ok(mut client) => {
+                    let reply = client.authenticate(login, &password).await;
+                    client.quit().await;
+                    match reply {
+                        Ok(reply) if reply.code == 235 => Ok(()),
+                        Ok(reply) => Err(Login::Refused(reply.to_string())),
+                        Err(e) => Err(Login::Failed(e.to_string())),
+                    }
+                }
+                Err(e) => Err(Login::Failed(e.to_string())),
+            };
+            ok &= login_line(out, &server, result);
+        }
+        password.wipe();
+    }
+    ok
+}
+
+/// Why a login of `check` did not succeed: the server's verdict, or no verdict at all.
+enum Login {
+    Refused(String),
+    Failed(String),
+}
+
+/// One "login at …" line; whether it was accepted.
+fn login_line(out: &mut String, server: &str, result: Result<(), Login>) -> bool {
+    let _ = match &result {
+        Ok(()) => writeln!(out, "  login at {server}: accepted"),
+        Err(Login::Refused(why)) => writeln!(out, "  login at {server}: REFUSED: {why}"),
+        Err(Login::Failed(why)) => writeln!(out, "  login at {server}: not tried: {why}"),
+    };
+    result.is_ok()
 }
 
 fn listeners(out: &mut String, config: &Config) {
@@ -112,35 +244,33 @@ fn listeners(out: &mut String, config: &Config) {
     }
 }
 
-/// The local certificate: where the CA is, when the leaf expires, which names it covers.
-fn local_certificate(out: &mut String, state_dir: &Path) {
-    let paths = LocalCertPaths::new(state_dir);
-    if !paths.ca.exists() {
-        let _ = writeln!(out, "local certificate: not created yet (made at the first `coi-proxy run`)");
-        return;
-    }
-    let meta = std::fs::read_to_string(&paths.meta).unwrap_or_default();
-    let field = |k: &str| meta.lines().find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')));
-    let expires = field("not_after")
-        .and_then(|v| v.parse::<i64>().ok())
-        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-        .map_or("unknown".to_string(), |t| t.date().to_string());
-    let names = field("names").unwrap_or("unknown");
-    let _ = writeln!(
-        out,
-        "local certificate: CA {} (trust this in clients); server certificate expires {expires} (renewed 30 days before), covers {names}",
-        paths.ca.display()
-    );
+/// The state directory and whether anything is stored there (nothing is created); whether it
+/// exists.
+fn state_dir(out: &mut String, dir: &Path) -> bool {
+    let exists = dir.exists();
+    let _ = match crate::state::existing(dir) {
+        Ok(None) => {
+            writeln!(out, "state_dir: {} ({})", dir.display(), crate::state::no_state_here(dir, "does not exist"))
+        }
+        Ok(Some(crate::state::Prepared::MadePrivate { was })) => {
+            writeln!(out, "state_dir: {} (was readable by other users, mode {was:o}; made it private)", dir.display())
+        }
+        Ok(Some(_)) => writeln!(out, "state_dir: {} (private)", dir.display()),
+        Err(e) => writeln!(out, "state_dir: {} (NOT USABLE: {e})", dir.display()),
+    };
+    exists
 }
 
-/// The queue's size: from the running daemon if there is one, else from the store.
-fn queue(config: &Config) -> String {
-    use crate::smtp::control::{self, Command};
-    match control::cli(config, Command::List) {
-        Ok(text) if text.starts_with("The queue is empty") => "empty".into(),
-        Ok(text) => text.lines().next().unwrap_or("").trim_end_matches(':').to_string(),
-        Err(e) => format!("unknown ({e})"),
-    }
+/// The local certificate: where the CA is, when the leaf expires, which names it covers.
+fn local_certificate(out: &mut String, state_dir: &Path) {
+    let _ = match crate::tls::describe(state_dir) {
+        Some(text) => writeln!(out, "local certificate: {text}"),
+        None => writeln!(
+            out,
+            "local certificate: {}",
+            crate::state::no_state_here(state_dir, "has no local certificate authority (tls/ca.pem)")
+        ),
+    };
 }
 
 /// The OAuth2 accounts' state (authorized, refreshed, refused), from the daemon or the store.
@@ -216,19 +346,93 @@ fn yes_no(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
-/// What to try next for a provider that cannot be reached.
-fn hint(error: &str) -> &'static str {
-    if error.contains("refused") {
-        "hint: nothing listens there; check the host and port (993 for imaps://, 143 for imap+starttls://, 465 for smtps://, 587 for smtp+starttls://)"
-    } else if error.contains("resolve") {
-        "hint: the host name does not resolve; check its spelling and this machine's DNS"
-    } else if error.contains("TLS") || error.contains("certificate") {
-        "hint: TLS failed; a wrong scheme (imaps:// against a STARTTLS port or the reverse) or a private CA (set ca_file) are the usual causes"
-    } else if error.contains("timed out") {
-        "hint: no answer in time; a firewall, or TLS spoken to a plain port (try the other scheme)"
-    } else {
-        "hint: run with RUST_LOG=debug for details"
+fn imap_net(e: &UpstreamError) -> Option<&NetError> {
+    match e {
+        UpstreamError::Net(net) => Some(net),
+        _ => None,
     }
+}
+
+fn smtp_net(e: &RelayError) -> Option<&NetError> {
+    match e {
+        RelayError::Net(net) => Some(net),
+        _ => None,
+    }
+}
+
+/// Runs `attempt` (connecting to `url`); for a plain or STARTTLS URL that has not answered after
+/// a second, also tries whether the port answers a TLS handshake, which explains the silence at
+/// once (`Err(None)`) instead of after the whole connect timeout.
+async fn with_tls_probe<T, E>(url: &ServerUrl, attempt: impl Future<Output = Result<T, E>>) -> Result<T, Option<E>> {
+    if url.security == Security::Implicit {
+        return attempt.await.map_err(Some);
+    }
+    let probe = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match crate::net::speaks_tls(url, Duration::from_secs(3)).await {
+            true => (),
+            false => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = attempt => result.map_err(Some),
+        () = probe => Err(None),
+    }
+}
+
+/// The report lines for a server that could not be used: what happened and what to change.
+/// `net` is the network error under the failure, if there is one; `None` for `error` means the
+/// TLS probe found the port speaking TLS from the first byte.
+fn unreachable(out: &mut String, url: &ServerUrl, smtp: bool, error: Option<(String, Option<&NetError>)>) {
+    let (tls, starttls, tls_port, starttls_port) =
+        if smtp { ("smtps", "smtp+starttls", 465, 587) } else { ("imaps", "imap+starttls", 993, 143) };
+    let Some((error, net)) = error else {
+        let _ =
+            writeln!(out, "  reachable: NO: connected, but {url} sent no greeting: it answers a TLS handshake instead");
+        let _ = writeln!(
+            out,
+            "  hint: this port speaks TLS from the first byte, not {}: use {tls}://{url} (or the STARTTLS port, usually {starttls_port})",
+            if url.security == Security::StartTls { "STARTTLS" } else { "plain text" }
+        );
+        return;
+    };
+    let _ = writeln!(out, "  reachable: NO: {error}");
+    let hint = match net {
+        Some(NetError::Refused { .. }) => format!(
+            "nothing listens there; check the host and port ({tls_port} for {tls}://, {starttls_port} for {starttls}://)"
+        ),
+        Some(NetError::Dns { .. }) => {
+            "the host name does not resolve; check its spelling and this machine's DNS".into()
+        }
+        Some(NetError::Tls { problem, .. }) => match problem {
+            TlsProblem::NotTls => format!(
+                "this port speaks plain text first: use {starttls}://{url} (or the implicit-TLS port, usually {tls_port})"
+            ),
+            TlsProblem::Untrusted => {
+                "the provider's certificate is not trusted here; for a private CA or a self-signed \
+                 certificate, set ca_file to its PEM file"
+                    .into()
+            }
+            TlsProblem::WrongHost => "the certificate names another host: configure the host name it was issued \
+                 for (the provider's documentation says which)"
+                .into(),
+            TlsProblem::Expired => "the provider's certificate has expired; only the provider can fix that".into(),
+            TlsProblem::Closed => format!(
+                "the server closed the connection in the TLS handshake; if this port expects STARTTLS, use {starttls}://{url}"
+            ),
+            TlsProblem::Setup => "the local TLS setup failed; check ca_file".into(),
+            TlsProblem::Other => "run with RUST_LOG=debug for details".into(),
+        },
+        Some(NetError::Timeout { phase: Phase::Greeting, .. }) => {
+            format!("connected, but no greeting came; if this port speaks TLS from the first byte, use {tls}://{url}")
+        }
+        Some(NetError::Timeout { phase: Phase::Connecting, .. }) => {
+            "no answer to the connection: a firewall, or a wrong host or port".into()
+        }
+        Some(NetError::Timeout { phase, .. }) => format!("the server stopped answering ({phase} it)"),
+        _ => "run with RUST_LOG=debug for details".into(),
+    };
+    let _ = writeln!(out, "  hint: {hint}");
 }
 
 /// `coi-proxy check --offline`: the configuration part of the report, contacting nothing and

@@ -371,6 +371,20 @@ fn default_provider_timeout() -> u64 {
     5 * 60
 }
 
+/// Where the system-wide configuration lives (`/etc/coi-proxy/proxy.toml`): the systemd unit's
+/// and the Debian package's.
+pub const SYSTEM_CONFIG_DIR: &str = "/etc/coi-proxy";
+/// The state directory of the system service (the unit's `StateDirectory=coi-proxy`), and the
+/// default `state_dir` of a configuration read from [`SYSTEM_CONFIG_DIR`], so that every command
+/// run with the system's config (`sudo coi-proxy cert export`, `queue list`, `check`) uses the
+/// service's state without a `--state-dir`.
+pub const SYSTEM_STATE_DIR: &str = "/var/lib/coi-proxy";
+
+/// Whether `path` is the system-wide configuration (a file in [`SYSTEM_CONFIG_DIR`]).
+pub fn is_system_config(path: &Path) -> bool {
+    std::path::absolute(path).is_ok_and(|p| p.parent() == Some(Path::new(SYSTEM_CONFIG_DIR)))
+}
+
 /// `$XDG_DATA_HOME/coi-proxy`, else `~/.local/share/coi-proxy`; `/var/lib/coi-proxy` for a
 /// user without a home.
 pub fn default_state_dir_for_user() -> PathBuf {
@@ -404,6 +418,9 @@ pub enum ConfigError {
     Syntax { path: PathBuf, line: usize, column: usize, key: String, message: String },
     #[error("{path}: {key}: {message}")]
     Invalid { path: PathBuf, key: String, message: String },
+    /// A command-line option's value.
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
 }
 
 impl Config {
@@ -419,9 +436,13 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Parses and validates config text; `path` only names the source in errors.
+    /// Parses and validates config text; `path` names the source in errors, and a file in
+    /// [`SYSTEM_CONFIG_DIR`] without `state_dir` gets [`SYSTEM_STATE_DIR`].
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| syntax_error(text, path, &e))?;
+        if is_system_config(path) && toml::from_str::<toml::Table>(text).is_ok_and(|t| !t.contains_key("state_dir")) {
+            config.state_dir = PathBuf::from(SYSTEM_STATE_DIR);
+        }
         config.validate().map_err(|(key, message)| ConfigError::Invalid { path: path.to_owned(), key, message })?;
         Ok(config)
     }
@@ -493,6 +514,14 @@ impl Config {
             return Err((
                 "queue.max_messages_per_account".into(),
                 "max_messages_per_account and max_bytes_per_account must be at least 1".into(),
+            ));
+        }
+        if let Some(filter) = &self.log.filter
+            && let Err(e) = tracing_subscriber::EnvFilter::try_new(filter)
+        {
+            return Err((
+                "log.filter".into(),
+                format!("`{filter}` is not a log filter ({e}); e.g. \"info\" or \"coi_proxy=debug,info\""),
             ));
         }
         if let Some(sub) = &self.push.vapid_subject
@@ -647,6 +676,11 @@ pub struct ServerUrl {
 pub enum UrlError {
     #[error("`{url}` is not a URL; use one of {known}")]
     NotUrl { url: String, known: String },
+    /// `imaps://user:password@host`: the part before `@` is never repeated (it may be a password).
+    #[error(
+        "`{scheme}://…@{rest}` has a user name or password in it; leave them out: coi-proxy logs in with what the mail client sends (what was there is not shown)"
+    )]
+    Credentials { scheme: String, rest: String },
     #[error("unknown scheme `{scheme}://`; use one of {known}")]
     Scheme { scheme: String, known: String },
     #[error("unclosed `[` in IPv6 address")]
@@ -694,7 +728,11 @@ impl ServerUrl {
     fn parse(url: &str, schemes: &[(&'static str, Security, u16)]) -> Result<ServerUrl, UrlError> {
         let known = || schemes.iter().map(|s| format!("{}://", s.0)).collect::<Vec<_>>().join(", ");
         let (scheme, rest) =
-            url.split_once("://").ok_or_else(|| UrlError::NotUrl { url: url.to_string(), known: known() })?;
+            url.split_once("://").ok_or_else(|| UrlError::NotUrl { url: redacted(url), known: known() })?;
+        let authority = rest.split('/').next().unwrap_or(rest);
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            return Err(UrlError::Credentials { scheme: scheme.to_string(), rest: host.to_string() });
+        }
         let &(_, security, default_port) = schemes
             .iter()
             .find(|s| s.0.eq_ignore_ascii_case(scheme))
@@ -723,8 +761,17 @@ impl ServerUrl {
         Ok(parsed)
     }
 
+    /// Whether the host is this machine.
     pub fn is_loopback(&self) -> bool {
         self.host.eq_ignore_ascii_case("localhost") || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+/// `url` fit for an error text: whatever precedes an `@` (a user name and password) replaced.
+fn redacted(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((_, host)) => format!("…@{host}"),
+        None => url.to_string(),
     }
 }
 
@@ -813,6 +860,18 @@ mod tests {
         assert!(err.contains("loopback") && err.contains("(use imaps:// or imap+starttls://)"), "{err}");
         let err = parse("[upstream]\nimap = \"imap://mail.example.org\"\n").unwrap_err().to_string();
         assert!(err.contains("upstream.imap"), "{err}");
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_refused_and_not_repeated() {
+        for url in
+            ["imaps://alice:Pw-9@imap.example.org", "imaps://alice:Pw-9@imap.example.org:993/x", "alice:Pw-9@host"]
+        {
+            let err = ServerUrl::parse_imap(url).unwrap_err().to_string();
+            assert!(!err.contains("Pw-9") && !err.contains("alice"), "{url}: {err}");
+        }
+        let err = ServerUrl::parse_imap("imaps://alice:Pw-9@imap.example.org").unwrap_err().to_string();
+        assert!(err.contains("user name or password") && err.contains("imap.example.org"), "{err}");
     }
 
     #[test]

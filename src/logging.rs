@@ -31,6 +31,17 @@ type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), tracing_subscriber::reload:
 /// Swaps the filter of the installed subscriber (set by [`init`]).
 static SET_FILTER: OnceLock<SetFilter> = OnceLock::new();
 
+/// The protocol trace's target: its lines are logged at `info`, whatever the filter says for
+/// the rest, while `--trace-protocol` is on.
+const PROTOCOL_TARGET: &str = "coi_proxy::protocol";
+static PROTOCOL_TRACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Keeps the protocol trace's lines through every filter (`RUST_LOG=warn` included), now and
+/// after a reload; call before [`init`].
+pub fn keep_protocol_trace() {
+    PROTOCOL_TRACE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Installs the global subscriber. Later calls are ignored (tests may call it repeatedly).
 pub fn init(config_filter: Option<&str>, format: Format) {
     let filter = filter(config_filter);
@@ -61,16 +72,29 @@ pub fn init(config_filter: Option<&str>, format: Format) {
     }
 }
 
-/// Puts a reloaded `[log] filter` in force; `RUST_LOG`, when set, keeps precedence.
-pub fn reload_filter(config_filter: Option<&str>) {
-    if std::env::var("RUST_LOG").is_ok_and(|f| !f.is_empty()) {
-        return;
+/// What a reload did with `[log] filter`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FilterReload {
+    /// In force now (the filter, as written).
+    Applied(String),
+    /// Not applied: `RUST_LOG` (its value) is set and keeps precedence until a restart without it.
+    EnvWins(String),
+}
+
+/// Puts a reloaded `[log] filter` in force; `RUST_LOG`, when set, keeps precedence. The filter
+/// has been validated with the configuration (`config::Config::validate`).
+pub fn reload_filter(config_filter: Option<&str>) -> FilterReload {
+    if let Ok(env) = std::env::var("RUST_LOG")
+        && !env.is_empty()
+    {
+        return FilterReload::EnvWins(env);
     }
     if let Some(set) = SET_FILTER.get()
         && let Err(e) = set(filter(config_filter))
     {
         tracing::warn!("cannot change the log filter: {e}");
     }
+    FilterReload::Applied(config_filter.unwrap_or("info").to_string())
 }
 
 fn filter(config_filter: Option<&str>) -> EnvFilter {
@@ -79,10 +103,14 @@ fn filter(config_filter: Option<&str>) -> EnvFilter {
         .filter(|f| !f.is_empty())
         .or_else(|| config_filter.map(str::to_string))
         .unwrap_or_else(|| "info".to_string());
-    EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
         eprintln!("coi-proxy: ignoring invalid log filter {filter:?}: {e}");
         EnvFilter::new("info")
-    })
+    });
+    match PROTOCOL_TRACE.load(std::sync::atomic::Ordering::Relaxed) {
+        true => filter.add_directive(format!("{PROTOCOL_TARGET}=info").parse().expect("a valid directive")),
+        false => filter,
+    }
 }
 
 /// One JSON object per event: `timestamp`, `level`, `target`, the event's fields (`message`

@@ -117,8 +117,12 @@ pub fn address(value: &str) -> Option<String> {
     addr.contains('@').then_some(addr)
 }
 
-/// The header section and the body of a message (CRLF or bare LF line ends).
+/// The header section and the body of a message (CRLF or bare LF line ends). A message that
+/// starts with an empty line has no header section.
 pub fn split_header(message: &[u8]) -> (&[u8], &[u8]) {
+    if let Some(body) = message.strip_prefix(b"\r\n").or_else(|| message.strip_prefix(b"\n")) {
+        return (&[], body);
+    }
     if let Some(at) = message.windows(4).position(|w| w == b"\r\n\r\n") {
         return (&message[..at + 2], &message[at + 4..]);
     }

@@ -23,15 +23,16 @@ struct Cli {
     /// The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml).
     #[arg(long, short, global = true, env = "COI_PROXY_CONFIG")]
     config: Option<PathBuf>,
-    /// The provider's IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap).
-    #[arg(long, global = true, value_name = "URL")]
-    upstream: Option<String>,
-    /// Where the proxy keeps its state (overrides state_dir).
+    /// Where the proxy keeps its state (overrides state_dir; the default is the config's, or
+    /// /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy).
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Log lines as human-readable text or as one JSON object per line (journald, Loki).
-    #[arg(long, global = true, value_enum, default_value = "human", env = "COI_PROXY_LOG_FORMAT")]
-    log_format: LogFormat,
+    /// Accepted before the subcommand too (`coi-proxy --upstream URL run`); see `run --help`.
+    #[arg(long, value_name = "URL", hide = true)]
+    upstream: Option<String>,
+    /// Accepted before the subcommand too; see `run --help`.
+    #[arg(long, value_enum, hide = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,13 +41,23 @@ struct Cli {
 enum Command {
     /// Runs the proxy until SIGTERM or Ctrl-C; SIGHUP reloads the configuration.
     Run {
+        /// The provider's IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap).
+        #[arg(long, value_name = "URL")]
+        upstream: Option<String>,
+        /// Log lines as human-readable text (default) or as one JSON object per line (journald, Loki).
+        #[arg(long, value_enum, env = "COI_PROXY_LOG_FORMAT")]
+        log_format: Option<LogFormat>,
         /// Logs every IMAP line of every session, with passwords, AUTHENTICATE data and message
         /// bodies replaced by markers (for bug reports; verbose).
         #[arg(long)]
         trace_protocol: bool,
     },
-    /// Validates the configuration and connects to every provider.
+    /// Validates the configuration and runs what the daemon will run: its listeners, every
+    /// provider and route, each ca_file, and each account's password_command with a login.
     Check {
+        /// The provider's IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap).
+        #[arg(long, value_name = "URL")]
+        upstream: Option<String>,
         /// Only validate the configuration: contact no provider (exit status 1 if none is configured).
         #[arg(long)]
         offline: bool,
@@ -104,11 +115,20 @@ enum OauthAction {
 #[derive(Subcommand)]
 enum Generate {
     /// coi-proxy.1 and one page per subcommand, into DIR.
-    Man { dir: PathBuf },
+    Man {
+        /// The directory for the pages.
+        dir: PathBuf,
+    },
     /// The completion script for SHELL, to stdout.
-    Completions { shell: coi_proxy::cli::generate::Shell },
+    Completions {
+        /// The shell the script is for.
+        shell: coi_proxy::cli::generate::Shell,
+    },
     /// Man pages into DIR/man and completions into DIR/completions (what the package installs).
-    All { dir: PathBuf },
+    All {
+        /// The directory to write `man/` and `completions/` into.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -119,24 +139,54 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum QueueAction {
-    /// Lists queued messages: recipients, state, attempts, next try.
+    /// Lists queued messages (recipients, state, why each waits, next try) and recent deliveries.
     List,
     /// Tries a message again now.
-    Retry { id: u64 },
+    Retry {
+        /// The message, as `queue list` shows it (#3 or 3).
+        #[arg(value_parser = queue_id)]
+        id: u64,
+    },
     /// Removes a message from the queue without sending it.
-    Drop { id: u64 },
+    Drop {
+        /// The message, as `queue list` shows it (#3 or 3).
+        #[arg(value_parser = queue_id)]
+        id: u64,
+    },
+}
+
+/// A queue id as `queue list` prints it (`#3`), or the bare number.
+fn queue_id(text: &str) -> Result<u64, String> {
+    coi_proxy::smtp::control::parse_id(text).ok_or_else(|| {
+        format!("`{text}` is not a message of the queue; give the number `coi-proxy queue list` shows, e.g. #3")
+    })
 }
 
 #[derive(Subcommand)]
 enum CertAction {
-    /// Writes the PEM certificate (the local CA) that mail clients must trust; to stdout without PATH.
-    Export { path: Option<PathBuf> },
+    /// Writes the PEM certificate (the local CA) that mail clients must trust. Reads the state
+    /// directory only: it never creates a CA.
+    Export {
+        /// The file to write; without it, the PEM goes to stdout.
+        path: Option<PathBuf>,
+    },
     /// Adds the local CA to this user's trust stores where the command line can (system store as
     /// root, Thunderbird/Firefox/Chromium NSS databases, macOS login keychain) and says what is left.
     Install {
         /// Only show what would be done.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Creates the local CA and server certificate in the state directory now, as the daemon
+    /// does at its first start (for installers; an existing CA is kept).
+    Create,
+    /// Replaces the local CA with a new one (with name constraints). Clients that trust the
+    /// current CA still connect for the overlap; within it, give every client the new CA
+    /// (`cert export`/`cert install`). Reload the daemon afterwards to serve it.
+    Rotate {
+        /// Days during which clients that still trust only the current CA connect (0: none).
+        #[arg(long, value_name = "DAYS", default_value_t = coi_proxy::tls::DEFAULT_OVERLAP_DAYS)]
+        overlap_days: u32,
     },
 }
 
@@ -155,10 +205,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let format = match cli.log_format {
-        LogFormat::Human => coi_proxy::logging::Format::Human,
-        LogFormat::Json => coi_proxy::logging::Format::Json,
+    let format = match command_log_format(&cli.command).or(cli.log_format) {
+        Some(LogFormat::Json) => coi_proxy::logging::Format::Json,
+        _ => coi_proxy::logging::Format::Human,
     };
+    if let Command::Run { trace_protocol: true, .. } = cli.command {
+        coi_proxy::logging::keep_protocol_trace();
+    }
     coi_proxy::logging::init(config.log.filter.as_deref(), format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -168,7 +221,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { trace_protocol } => {
+        Command::Run { trace_protocol, .. } => {
             if trace_protocol {
                 coi_proxy::imap::wire::trace::enable();
                 tracing::info!(
@@ -180,20 +233,20 @@ fn main() -> ExitCode {
             }
             // SIGHUP re-reads the file the daemon started with, with the same overrides.
             let reload = source.clone().map(|path| {
-                let (upstream, state_dir) = (cli.upstream.clone(), cli.state_dir.clone());
+                let (upstream, state_dir) = (upstream_override(&cli.command, &cli), cli.state_dir.clone());
                 Box::new(move || apply_overrides(Config::load(&path)?, upstream.as_deref(), state_dir.as_deref()))
                     as coi_proxy::app::ConfigSource
             });
             match runtime.block_on(coi_proxy::app::run(config, reload)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    // Once: the log goes to stderr (the journal) as well.
                     tracing::error!("{e}");
-                    eprintln!("coi-proxy: {e}");
                     ExitCode::FAILURE
                 }
             }
         }
-        Command::Check { offline } => {
+        Command::Check { offline, .. } => {
             let (report, ok) = match offline {
                 true => coi_proxy::check::offline(&config, source.as_deref()),
                 false => runtime.block_on(coi_proxy::check::run(&config, source.as_deref())),
@@ -201,8 +254,12 @@ fn main() -> ExitCode {
             print!("{report}");
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
-        Command::Cert { action: CertAction::Export { path } } => export_cert(&config, path),
-        Command::Cert { action: CertAction::Install { dry_run } } => install_cert(&config, dry_run),
+        Command::Cert { action } => print_or_fail(match action {
+            CertAction::Export { path } => export_cert(&config, path),
+            CertAction::Install { dry_run } => install_cert(&config, dry_run),
+            CertAction::Create => create_cert(&config),
+            CertAction::Rotate { overlap_days } => rotate_cert(&config, overlap_days),
+        }),
         Command::Profile { kind } => match coi_proxy::cli::profile::run(&config, &kind) {
             Ok(bytes) => {
                 use std::io::Write;
@@ -307,58 +364,106 @@ async fn oauth(config: &Config, action: OauthAction) -> ExitCode {
     print_or_fail(result)
 }
 
-fn export_cert(config: &Config, path: Option<PathBuf>) -> ExitCode {
-    let result = ensure_cert(config).and_then(|()| Ok(coi_proxy::tls::export_pem(&config.state_dir)?));
-    let pem = match result {
-        Ok(pem) => pem,
-        Err(e) => {
-            eprintln!("coi-proxy: {e}");
-            return ExitCode::FAILURE;
-        }
+fn command_log_format(command: &Command) -> Option<LogFormat> {
+    match command {
+        Command::Run { log_format, .. } => *log_format,
+        _ => None,
+    }
+}
+
+/// `--upstream` after the subcommand (`run`, `check`), else before it.
+fn upstream_override(command: &Command, cli: &Cli) -> Option<String> {
+    let after = match command {
+        Command::Run { upstream, .. } | Command::Check { upstream, .. } => upstream.clone(),
+        _ => None,
     };
+    after.or_else(|| cli.upstream.clone())
+}
+
+/// The local CA's file, for the commands that only read it: nothing is created, and a missing
+/// CA is "no state here" with the directory looked in.
+fn existing_ca(config: &Config) -> Result<PathBuf, String> {
+    use coi_proxy::state;
+    let dir = &config.state_dir;
+    match state::existing(dir).map_err(|e| e.to_string())? {
+        None => {
+            return Err(state::no_state_here(dir, "does not exist")
+                + "; the daemon makes it at its first start, `coi-proxy cert create` now");
+        }
+        Some(prepared @ state::Prepared::MadePrivate { .. }) => eprintln!("coi-proxy: {}: {prepared}", dir.display()),
+        Some(_) => {}
+    }
+    let ca = coi_proxy::tls::LocalCertPaths::new(dir).ca;
+    if !ca.exists() {
+        return Err(state::no_state_here(dir, "has no local certificate authority (tls/ca.pem)")
+            + "; the daemon makes it at its first start, `coi-proxy cert create` now");
+    }
+    Ok(ca)
+}
+
+fn export_cert(config: &Config, path: Option<PathBuf>) -> Result<String, String> {
+    let ca = existing_ca(config)?;
+    let pem = coi_proxy::tls::export_pem(&config.state_dir).map_err(|e| e.to_string())?;
     match path {
-        None => print!("{pem}"),
+        None => Ok(pem),
         Some(path) => {
-            if let Err(e) = std::fs::write(&path, pem) {
-                eprintln!("coi-proxy: cannot write {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
+            std::fs::write(&path, pem).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             eprintln!(
-                "wrote {}; import it as a trusted certificate authority in your mail client or system",
-                path.display()
+                "wrote {} (the local CA, {}); import it as a trusted certificate authority in your mail client or system",
+                path.display(),
+                ca.display()
             );
+            Ok(String::new())
         }
     }
-    ExitCode::SUCCESS
 }
 
-/// Why the local certificate could not be made or read.
-#[derive(Debug, thiserror::Error)]
-enum CertError {
-    #[error("cannot create {}: {source}", path.display())]
-    StateDir { path: PathBuf, source: std::io::Error },
-    #[error(transparent)]
-    Tls(#[from] coi_proxy::tls::TlsError),
-}
-
-/// Creates the local CA and certificate if they do not exist yet (as `run` would).
-fn ensure_cert(config: &Config) -> Result<(), CertError> {
-    let names = coi_proxy::tls::cert_names_for(config);
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(|source| CertError::StateDir { path: config.state_dir.clone(), source })?;
-    coi_proxy::tls::ensure_local_cert(&config.state_dir, &names)?;
-    Ok(())
-}
-
-fn install_cert(config: &Config, dry_run: bool) -> ExitCode {
-    if let Err(e) = ensure_cert(config) {
-        eprintln!("coi-proxy: {e}");
-        return ExitCode::FAILURE;
+fn install_cert(config: &Config, dry_run: bool) -> Result<String, String> {
+    let ca = existing_ca(config)?;
+    match coi_proxy::trust::execute(&coi_proxy::trust::plan(&ca), dry_run) {
+        (report, true) => Ok(report),
+        (report, false) => {
+            print!("{report}");
+            Err("not every step succeeded (see above)".into())
+        }
     }
-    let ca = coi_proxy::tls::LocalCertPaths::new(&config.state_dir).ca;
-    let (report, ok) = coi_proxy::trust::execute(&coi_proxy::trust::plan(&ca), dry_run);
-    print!("{report}");
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// `cert create`: the CA and leaf as the daemon's first start makes them.
+fn create_cert(config: &Config) -> Result<String, String> {
+    use coi_proxy::tls::{self, CertAction};
+    coi_proxy::state::prepare(&config.state_dir).map_err(|e| e.to_string())?;
+    let action = tls::ensure_local_cert(&config.state_dir, &tls::cert_names_for(config)).map_err(|e| e.to_string())?;
+    let ca = tls::LocalCertPaths::new(&config.state_dir).ca;
+    Ok(match action {
+        CertAction::Created => {
+            format!("created the local CA {}; `coi-proxy cert export` gives it to clients\n", ca.display())
+        }
+        CertAction::Reused => format!("the local CA {} exists already; kept\n", ca.display()),
+        action => format!("the local CA {} exists already; its server certificate was {action}\n", ca.display()),
+    })
+}
+
+/// `cert rotate`: a new CA, the old one kept trusted for the overlap (see `tls::local`).
+fn rotate_cert(config: &Config, overlap_days: u32) -> Result<String, String> {
+    use coi_proxy::tls;
+    coi_proxy::state::prepare(&config.state_dir).map_err(|e| e.to_string())?;
+    let rotated =
+        tls::rotate_ca(&config.state_dir, &tls::cert_names_for(config), overlap_days).map_err(|e| e.to_string())?;
+    let ca = tls::LocalCertPaths::new(&config.state_dir).ca;
+    let mut out = format!("made a new local CA: {}\n", ca.display());
+    match rotated.overlap_until {
+        Some(until) => out.push_str(&format!(
+            "clients that trust the previous CA keep connecting for {overlap_days} days, until {}; before then, give every \
+             client the new CA (`coi-proxy cert export FILE`, or `coi-proxy cert install` on this machine)\n",
+            until.date()
+        )),
+        None => out.push_str(
+            "no overlap: every client must trust the new CA now (`coi-proxy cert export FILE`, `coi-proxy cert install`)\n",
+        ),
+    }
+    out.push_str("reload the running daemon to serve it: systemctl reload coi-proxy (or kill -HUP its pid)\n");
+    Ok(out)
 }
 
 /// The config from `--config`, else the first default path that exists, else defaults; then the
@@ -372,7 +477,8 @@ fn load_config(cli: &Cli) -> Result<(Config, Option<PathBuf>), ConfigError> {
         Some(path) => Config::load(path)?,
         None => Config::defaults(),
     };
-    Ok((apply_overrides(config, cli.upstream.as_deref(), cli.state_dir.as_deref())?, source))
+    let upstream = upstream_override(&cli.command, cli);
+    Ok((apply_overrides(config, upstream.as_deref(), cli.state_dir.as_deref())?, source))
 }
 
 /// `--upstream` and `--state-dir` over what the file says.
@@ -382,11 +488,8 @@ fn apply_overrides(
     state_dir: Option<&std::path::Path>,
 ) -> Result<Config, ConfigError> {
     if let Some(url) = upstream {
-        config::ServerUrl::parse_imap(url).map_err(|e| ConfigError::Invalid {
-            path: "--upstream".into(),
-            key: "upstream".into(),
-            message: e.to_string(),
-        })?;
+        config::ServerUrl::parse_imap(url)
+            .map_err(|e| ConfigError::Flag { flag: "--upstream", message: e.to_string() })?;
         match &mut config.upstream {
             Some(up) => up.imap = url.to_string(),
             None => config.upstream = Some(config::Upstream { imap: url.to_string(), smtp: None, ca_file: None }),
@@ -396,4 +499,65 @@ fn apply_overrides(
         config.state_dir = dir.to_path_buf();
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every subcommand says what it is in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+                let id = arg.get_id().as_str();
+                if arg.get_help().is_none() && !["help", "version"].contains(&id) {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let mut cli = Cli::command();
+        cli.build();
+        walk(&cli, "coi-proxy", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    /// `--upstream` and `--log-format` belong to `run` (and `check`), not to `cert` or `queue`.
+    #[test]
+    fn options_are_listed_where_they_apply() {
+        let mut cli = Cli::command();
+        cli.build();
+        let visible = |path: &[&str]| -> Vec<String> {
+            let mut cmd = &cli;
+            for name in path {
+                cmd = cmd.find_subcommand(name).unwrap();
+            }
+            cmd.get_arguments().filter(|a| !a.is_hide_set()).filter_map(|a| a.get_long().map(str::to_string)).collect()
+        };
+        for path in [&["cert", "export"][..], &["queue", "list"], &["cert"], &["queue"]] {
+            let args = visible(path);
+            assert!(!args.contains(&"upstream".into()) && !args.contains(&"log-format".into()), "{path:?}: {args:?}");
+            assert!(args.contains(&"state-dir".into()), "{path:?}: {args:?}");
+        }
+        assert!(visible(&["run"]).contains(&"upstream".into()) && visible(&["run"]).contains(&"log-format".into()));
+        assert!(visible(&["check"]).contains(&"upstream".into()));
+        // Both places still work.
+        for args in
+            [&["coi-proxy", "--upstream", "imaps://x", "run"][..], &["coi-proxy", "run", "--upstream", "imaps://x"]]
+        {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(upstream_override(&cli.command, &cli).as_deref(), Some("imaps://x"));
+        }
+        assert_eq!(queue_id("#12"), Ok(12));
+        assert_eq!(queue_id("12"), Ok(12));
+        assert!(queue_id("x").unwrap_err().contains("coi-proxy queue list"));
+    }
 }

@@ -69,7 +69,14 @@ pub static SESSIONS_TOTAL: [Counter; 4] = [const { Counter::new() }; 4];
 pub static COMMANDS_RELAYED: Counter = Counter::new();
 pub static BYTES_FROM_CLIENT: Counter = Counter::new();
 pub static BYTES_FROM_PROVIDER: Counter = Counter::new();
-static PROVIDER_CONNECT_FAILURES: [Counter; 11] = [const { Counter::new() }; 11];
+static PROVIDER_CONNECT_FAILURES: [Counter; CAUSES.len()] = [const { Counter::new() }; CAUSES.len()];
+/// The same for providers' submission (SMTP) servers.
+static SUBMISSION_CONNECT_FAILURES: [Counter; CAUSES.len()] = [const { Counter::new() }; CAUSES.len()];
+/// What became of each recipient at a relay attempt, by [`RELAY_OUTCOMES`].
+static RELAY_OUTCOMES_TOTAL: [Counter; 3] = [const { Counter::new() }; 3];
+/// A relayed recipient's outcome, as labelled in `/metrics`: the provider took it, refused it
+/// for good, or it waits for another attempt.
+pub const RELAY_OUTCOMES: [&str; 3] = ["delivered", "refused", "deferred"];
 /// Chat messages the account worker moved to Chats, by message filter (`active`, `seen`).
 static WORKER_MOVES: [Counter; 2] = [const { Counter::new() }; 2];
 /// Account workers started (by the supervisor, one per account that needs one).
@@ -107,6 +114,20 @@ pub fn traffic(from_client: u64, from_provider: u64) {
 pub fn provider_connect_failed(cause: &str) {
     if let Some(i) = CAUSES.iter().position(|c| *c == cause) {
         PROVIDER_CONNECT_FAILURES[i].inc();
+    }
+}
+
+/// Counts a failed connection to a provider's submission server by its cause (one of [`CAUSES`]).
+pub fn submission_connect_failed(cause: &str) {
+    if let Some(i) = CAUSES.iter().position(|c| *c == cause) {
+        SUBMISSION_CONNECT_FAILURES[i].inc();
+    }
+}
+
+/// Counts `n` recipients of a relay attempt with `outcome` (one of [`RELAY_OUTCOMES`]).
+pub fn relayed(outcome: &str, n: u64) {
+    if let Some(i) = RELAY_OUTCOMES.iter().position(|o| *o == outcome) {
+        RELAY_OUTCOMES_TOTAL[i].add(n);
     }
 }
 
@@ -186,11 +207,21 @@ pub fn render(queue_depth: i64, oldest_age: i64) -> String {
     out.family(
         "coi_proxy_provider_connect_failures_total",
         "counter",
-        "Failed connections to IMAP providers, by cause.",
+        "Failed connections to providers' IMAP and submission (SMTP) servers, by protocol and cause.",
     );
-    for (i, cause) in CAUSES.iter().enumerate() {
-        let value = PROVIDER_CONNECT_FAILURES[i].get();
-        out.sample("coi_proxy_provider_connect_failures_total", &[("cause", cause)], value);
+    for (protocol, counters) in [("imap", &PROVIDER_CONNECT_FAILURES), ("smtp", &SUBMISSION_CONNECT_FAILURES)] {
+        for (i, cause) in CAUSES.iter().enumerate() {
+            let value = counters[i].get();
+            out.sample("coi_proxy_provider_connect_failures_total", &[("protocol", protocol), ("cause", cause)], value);
+        }
+    }
+    out.family(
+        "coi_proxy_relay_recipients_total",
+        "counter",
+        "Recipients of queued mail at relay attempts, by outcome (delivered, refused for good, deferred).",
+    );
+    for (i, outcome) in RELAY_OUTCOMES.iter().enumerate() {
+        out.sample("coi_proxy_relay_recipients_total", &[("outcome", outcome)], RELAY_OUTCOMES_TOTAL[i].get());
     }
     out.family("coi_proxy_worker_moves_total", "counter", "Chat messages moved to Chats, by message filter.");
     out.sample("coi_proxy_worker_moves_total", &[("mode", "active")], WORKER_MOVES[0].get());

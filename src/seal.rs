@@ -22,7 +22,7 @@
 //! (who corresponds with whom and since when), when each OAuth2 grant was made and refreshed.
 //! Sealed values can also leave the machine (cluster state in etcd) without exposing secrets.
 //!
-//! Moved here (the floor) from `openpgp::seal` so that every wing seals alike.
+//! In the floor, not in a wing, so that every wing (openpgp, oauth) seals alike under one key.
 
 use std::fs;
 use std::io::Write;

@@ -11,7 +11,7 @@ use std::path::Path;
 /// The floors, bottom up (ARCHITECTURE.md, "The map").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Level {
-    /// L0: config, account, mail, limits, logging, secret, net, tls, metrics, sd_notify, clock,
+    /// L0: config, account, mail, limits, logging, secret, net, tls, state, metrics, sd_notify, clock,
     /// provider_profile, seal.
     Floor,
     /// L1: `imap::wire` (the IMAP syntax) and `store` (redb); neither imports the other.
@@ -57,6 +57,7 @@ const FLOOR_FILES: &[&str] = &[
     "secret",
     "net",
     "tls",
+    "state",
     "metrics",
     "sd_notify",
     "clock",
@@ -80,7 +81,7 @@ fn place(module: &[String]) -> Option<Node> {
         ("imap", Some("session")) => node("imap::session", Level::Edge),
         ("imap", Some(_)) => None,
         ("smtp" | "worker", _) => node(first, Level::Edge),
-        ("coi" | "push" | "receipts" | "oauth", _) => node(first, Level::Wing),
+        ("coi" | "push" | "receipts" | "oauth" | "openpgp", _) => node(first, Level::Wing),
         ("context", None) => node("context", Level::Context),
         ("store", _) => node("store", Level::Base),
         (f, _) if FLOOR_FILES.contains(&f) => node(f, Level::Floor),

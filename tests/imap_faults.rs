@@ -158,7 +158,9 @@ fn provider_down_gives_no_unavailable_with_the_reason() {
         .start();
     let mut c = proxy.connect();
     let no = c.command("d3 LOGIN alice@example.org secret");
-    assert!(last(&no).starts_with("d3 NO [UNAVAILABLE] timed out connecting to 127.0.0.1:"), "{no:?}");
+    // Connected, but no greeting: the timeout says which step it was.
+    assert!(last(&no).starts_with("d3 NO [UNAVAILABLE] timed out waiting for the greeting of 127.0.0.1:"), "{no:?}");
+    assert!(last(&no).contains("(connected; it sent nothing)"), "{no:?}");
 }
 
 #[test]
@@ -294,4 +296,20 @@ fn no_secret_reaches_a_trace_level_log() {
     for secret in [password, &plain, &b64(password), "Tr0ub4dor"] {
         assert!(!log.contains(secret), "secret {secret:?} found in the log");
     }
+}
+
+#[test]
+fn a_plain_client_on_the_implicit_tls_port_is_told_at_once() {
+    let provider = Provider::start();
+    let proxy = Proxy::for_port(provider.imap_port);
+    // Set to STARTTLS or no security: the client waits for a greeting that TLS never sends.
+    let (line, took) = support::first_line(proxy.imaps_port, b"");
+    assert!(line.starts_with("* BYE ") && line.contains("SSL/TLS"), "{line:?}");
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    let (line, took) = support::first_line(proxy.imaps_port, b"a1 CAPABILITY\r\n");
+    assert!(line.starts_with("* BYE ") && took < Duration::from_secs(1), "{line:?} after {took:?}");
+    let log = proxy.wait_for_log("on the implicit-TLS IMAP port", Duration::from_secs(5));
+    assert!(log.contains("set the client to SSL/TLS here"), "{log}");
+    // A TLS client still connects.
+    proxy.connect_tls().expect_ok("t1 CAPABILITY");
 }

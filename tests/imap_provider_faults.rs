@@ -99,7 +99,7 @@ fn provider_closing_at_any_point_ends_only_that_session() {
     let mut rest = Vec::new();
     c.read_to_end(&mut rest).unwrap();
     assert_eq!(rest, vec![b'm'; 100]);
-    proxy.wait_for_log("ProviderClosed", Duration::from_secs(5));
+    proxy.wait_for_log("the provider closed the connection", Duration::from_secs(5));
     other.expect_ok("b1 NOOP");
 
     // Mid-IDLE.
@@ -352,4 +352,31 @@ fn a_stalled_provider_times_out_but_idle_and_slow_uploads_do_not() {
     assert!(started.elapsed() >= Duration::from_secs(2) && started.elapsed() < Duration::from_secs(5));
     c.expect_eof();
     other.expect_ok("b3 NOOP");
+}
+
+#[test]
+fn sigterm_mid_fetch_ends_the_session_with_a_log_line_before_the_daemon_exits() {
+    const GIB: u64 = 1 << 30;
+    let dovecot = Provider::start();
+    let mut script = greet_and_login();
+    script.extend([Step::Expect("FETCH"), Step::HugeLiteral(GIB), Step::Reply("OK Fetch completed")]);
+    let fake = FakeProvider::start(script);
+    let mut proxy = proxy_with(&dovecot, &[("big@example.org", fake.url(), None)]).log("info").start();
+    // A client that asks for a huge message and reads none of it: the response cannot end.
+    let mut c = raw_login(&proxy, "big@example.org");
+    c.get_mut().write_all(b"f1 FETCH 1 BODY[]\r\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fake.literal_sent() < 1 << 20 {
+        assert!(std::time::Instant::now() < deadline, "the literal never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = std::time::Instant::now();
+    let status = proxy.stop().expect("it was running");
+    assert!(status.success(), "{status:?}:\n{}", proxy.log());
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    let log = proxy.log();
+    let ended = log.lines().find(|l| l.contains("session ended") && l.contains("big@example.org"));
+    let ended = ended.unwrap_or_else(|| panic!("no 'session ended' line for the FETCH:\n{log}"));
+    assert!(ended.contains("shutdown") && ended.contains("mid-response"), "{ended}");
+    assert!(log.contains("all sessions closed"), "{log}");
 }

@@ -41,6 +41,11 @@ fn string<'a>(d: &'a plist::Dictionary, key: &str) -> &'a str {
 fn apple_profile_has_the_account_and_the_local_ca() {
     let dir = tempfile::tempdir().unwrap();
     config(dir.path(), true);
+    // The profile carries the daemon's CA; it makes none of its own.
+    let out = coi_proxy(dir.path(), &["profile", "apple", "alice@example.org"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no state here"));
+    assert!(!dir.path().join("state").exists());
+    assert!(coi_proxy(dir.path(), &["cert", "create"]).status.success());
     let out = coi_proxy(dir.path(), &["profile", "apple", "alice@example.org"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let profile = plist::Value::from_reader_xml(&out.stdout[..]).expect("a property list");

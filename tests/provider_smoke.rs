@@ -187,3 +187,33 @@ fn running(pid: &str) -> bool {
     std::fs::read_to_string(Path::new("/proc").join(pid).join("stat"))
         .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
 }
+
+#[test]
+fn imap_client_limit_lets_one_process_serve_several_sessions() {
+    let imap_processes = |provider: &Provider| {
+        let master = &provider.env["PROVIDER_PID"];
+        let dir = std::fs::read_dir("/proc").unwrap();
+        dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+            .filter(|stat| {
+                // comm in parentheses, then state and ppid
+                let Some((head, rest)) = stat.rsplit_once(") ") else { return false };
+                head.ends_with("(imap") && rest.split_whitespace().nth(1) == Some(master.as_str())
+            })
+            .count()
+    };
+    for (limit, want) in [(None, 3), (Some(4), 1)] {
+        let provider = Provider::start_with(ProviderOptions { imap_client_limit: limit, ..Default::default() });
+        let sessions: Vec<ImapClient> = provider
+            .users
+            .iter()
+            .map(|user| {
+                let mut imap = ImapClient::connect(provider.imap_port);
+                imap.login(user, &provider.password);
+                imap.expect_ok("s1 SELECT INBOX");
+                imap
+            })
+            .collect();
+        assert_eq!(sessions.len(), 3);
+        assert_eq!(imap_processes(&provider), want, "imap processes for 3 sessions with client limit {limit:?}");
+    }
+}

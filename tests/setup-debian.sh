@@ -6,8 +6,9 @@
 # DSNs), Delta Chat (deltachat-rpc-server/-client from PyPI) and the mail clients of
 # tests/clients.rs (isync, offlineimap3, neomutt, curl) for the real-client tests, three more
 # IMAP providers for tests/providers.rs: Cyrus, Courier and GNU Mailutils imap4d, dnsmasq and
-# man for tests/setup.rs and tests/packaging.rs, and lintian for tests/package.sh.
-# Nothing is configured system-wide; no service is started.
+# man for tests/setup.rs and tests/packaging.rs, and lintian for tests/package.sh; for the
+# benches (bench/README.md), nginx's mail proxy, which `cargo bench --bench peers` measures
+# coi-proxy against. Nothing is configured system-wide; no service is started.
 set -eu
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -29,6 +30,12 @@ if ! dpkg-query -W -f='${Status}' postfix 2>/dev/null | grep -q "ok installed"; 
   echo 'postfix postfix/main_mailer_type select No configuration' | $SUDO debconf-set-selections
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postfix
   $SUDO systemctl disable --now postfix 2>/dev/null || true
+fi
+
+# nginx's mail proxy for bench/peers.rs (it runs a private instance from its own config).
+if ! dpkg-query -W -f='${Status}' libnginx-mod-mail 2>/dev/null | grep -q "ok installed"; then
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light libnginx-mod-mail
+  $SUDO systemctl disable --now nginx 2>/dev/null || true
 fi
 
 # Delta Chat for tests/deltachat.rs, into the python3 the tests run.

@@ -371,20 +371,22 @@ fn queue_list_retry_and_drop_while_the_daemon_runs_and_after() {
     let listed = loop {
         let (ok, text) = queue_cli(&proxy, &["list"]);
         assert!(ok, "{text}");
-        if text.matches("deferred: connection refused").count() == 2 || Instant::now() > deadline {
+        let settled = text.matches("deferred: connection refused").count() == 2 && !text.contains("being sent now");
+        if settled || Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(listed.starts_with("2 message(s) in the queue:"), "{listed}");
+    assert!(listed.starts_with("state directory: ") && listed.contains("answered by the running daemon"), "{listed}");
+    assert!(listed.contains("\n2 message(s) in the queue:"), "{listed}");
     assert!(listed.contains("#1  from alice@example.org") && listed.contains("#2  from"), "{listed}");
     assert!(listed.contains("to bob@example.org: pending") && listed.contains("next attempt in "), "{listed}");
     assert!(listed.matches("deferred: connection refused").count() == 2, "{listed}");
 
     let (ok, text) = queue_cli(&proxy, &["drop", "1"]);
     assert!(ok && text.contains("removed"), "{text}");
-    let (ok, text) = queue_cli(&proxy, &["drop", "1"]);
-    assert!(!ok && text.contains("no message 1"), "{text}");
+    let (ok, text) = queue_cli(&proxy, &["drop", "#1"]);
+    assert!(!ok && text.contains("no message #1"), "{text}");
 
     // The provider is back; without `retry` the next attempt would be in an hour.
     let _forwarder = Forwarder::start(TcpListener::bind(("127.0.0.1", port)).unwrap(), provider.smtp_port);
@@ -394,12 +396,12 @@ fn queue_list_retry_and_drop_while_the_daemon_runs_and_after() {
     assert_eq!(arrived.len(), 1);
     assert!(has(&arrived[0], "Subject: second"));
     proxy.wait_for_log("relayed: delivered to 1", Duration::from_secs(5));
-    assert_eq!(queue_cli(&proxy, &["list"]).1, "The queue is empty.\n");
+    assert!(queue_cli(&proxy, &["list"]).1.contains("\nThe queue is empty.\n"));
 
     // With the daemon stopped, the command line opens the store itself.
     proxy.stop();
     let (ok, text) = queue_cli(&proxy, &["list"]);
-    assert!(ok && text == "The queue is empty.\n", "{text}");
+    assert!(ok && text.contains("no daemon is running") && text.contains("\nThe queue is empty.\n"), "{text}");
 }
 
 /// A submission server that defers one recipient once (`451`), which Dovecot cannot be made to
@@ -480,4 +482,86 @@ fn a_deferred_recipient_is_retried_alone() {
         vec![vec![format!("RCPT TO:<{BOB}>")], vec!["RCPT TO:<carol@example.org>".to_string()]],
         "bob got it once, carol on the retry"
     );
+}
+
+/// `queue list` until it contains `needle` (10 s at most); the listing.
+fn list_until(proxy: &Proxy, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, text) = queue_cli(proxy, &["list"]);
+        if ok && text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "queue list never showed {needle:?}:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn queue_list_says_why_each_message_waits_and_what_went_out() {
+    let provider = Provider::start();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{port}"))
+        .extra(FAST_RETRIES)
+        .start();
+    let mut c = proxy.connect_smtp();
+    c.login(ALICE, "secret");
+    assert_eq!(c.send_message(ALICE, &[BOB], b"Subject: waits\r\n\r\nx\r\n").code, 250, "{}", c.transcript());
+    proxy.wait_for_log("delivery deferred", Duration::from_secs(10));
+
+    // After a restart no password is known until alice logs in again: the listing says so.
+    proxy.restart();
+    let listed = list_until(&proxy, "waiting:");
+    assert!(listed.contains("waiting: no password known for alice@example.org"), "{listed}");
+    assert!(!listed.contains("next attempt now"), "{listed}");
+
+    // A password_command that fails: its error, not "not tried yet".
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let failing = format!("{config}[[account]]\nlogin = \"{ALICE}\"\npassword_command = \"exit 3\"\n");
+    std::fs::write(&proxy.config_path, &failing).unwrap();
+    proxy.restart();
+    let listed = list_until(&proxy, "waiting:");
+    assert!(listed.contains("waiting: password_command for alice@example.org failed: exited with"), "{listed}");
+    assert!(!listed.contains("not tried yet"), "{listed}");
+
+    // The provider is back and alice's password known: `retry '#1'` as listed sends it, and the
+    // delivery stays listed with the provider's answer.
+    std::fs::write(
+        &proxy.config_path,
+        config.replace(
+            "[queue]",
+            &format!("[[account]]\nlogin = \"{ALICE}\"\npassword_command = \"echo secret\"\n[queue]"),
+        ),
+    )
+    .unwrap();
+    proxy.restart();
+    let _forwarder = Forwarder::start(TcpListener::bind(("127.0.0.1", port)).unwrap(), provider.smtp_port);
+    let (ok, text) = queue_cli(&proxy, &["retry", "#1"]);
+    assert!(ok && text.contains("#1 will be tried again now"), "{text}");
+    wait_for_inbox(provider.imap_port, BOB, "secret", Duration::from_secs(20), |m| !m.is_empty());
+    let listed = list_until(&proxy, "Recent deliveries");
+    assert!(listed.contains("The queue is empty."), "{listed}");
+    let line = listed.lines().find(|l| l.contains(BOB)).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.contains("#1") && line.contains("delivered") && line.contains("250"), "{line}");
+    // Kept when the daemon is stopped, too.
+    proxy.stop();
+    let (ok, text) = queue_cli(&proxy, &["list"]);
+    assert!(ok && text.contains("no daemon is running") && text.contains(BOB), "{text}");
+}
+
+#[test]
+fn queue_commands_time_out_on_a_stopped_daemon() {
+    let provider = Provider::start();
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{}", provider.smtp_port))
+        .start();
+    signal(proxy.pid(), 19); // SIGSTOP: the socket accepts, nobody answers
+    let started = Instant::now();
+    let (ok, text) = queue_cli(&proxy, &["list"]);
+    signal(proxy.pid(), 18); // SIGCONT
+    assert!(!ok && text.contains("did not answer") && text.contains("stopped or hung"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
 }

@@ -244,3 +244,23 @@ fn shutdown_says_421_to_an_idle_client_and_exits_cleanly() {
     assert!(r.code == 421 && r.text().contains("shutting down"), "{r:?}");
     idle.expect_eof();
 }
+
+#[test]
+fn a_client_in_the_wrong_tls_mode_is_told_at_once() {
+    let (_provider, proxy) = setup();
+    // STARTTLS (or no security) set for the implicit-TLS port: the client waits for a greeting.
+    let (line, took) = support::first_line(proxy.smtps_port, b"");
+    assert!(line.starts_with("554 5.7.0 ") && line.contains("SSL/TLS"), "{line:?}");
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    // A client that speaks first gets the answer at once.
+    let (line, took) = support::first_line(proxy.smtps_port, b"EHLO client.example\r\n");
+    assert!(line.starts_with("554 5.7.0 ") && took < Duration::from_secs(1), "{line:?} after {took:?}");
+    proxy.wait_for_log("on the implicit-TLS SMTP port", Duration::from_secs(5));
+
+    // SSL/TLS set for the STARTTLS port: the client's hello is recognised and the log says so.
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", proxy.smtp_port)).unwrap();
+    let tls = std::panic::catch_unwind(|| support::proxy::tls_client(tcp, &proxy.ca_path(), "localhost"));
+    assert!(tls.is_err(), "no TLS on the plain port");
+    let log = proxy.wait_for_log("client started TLS on the plain SMTP port", Duration::from_secs(5));
+    assert!(log.contains("set the client to STARTTLS here, or to SSL/TLS on the smtps port"), "{log}");
+}

@@ -120,6 +120,8 @@ fn check_contents(store: &Store) {
     assert_eq!(store.sent_chats().unwrap(), [("alice@example.org".into(), "m1@example.org".into(), sent.clone())]);
     assert_eq!(store.sent_chats_to_mark("alice@example.org").unwrap(), [("m1@example.org".into(), sent)]);
     assert_eq!(store.mdn_baseline("alice@example.org").unwrap(), Some(1_699_999_999));
+    // Recent deliveries came later: an old store lists none (and has no such table).
+    assert!(store.deliveries().unwrap().is_empty());
 }
 
 #[test]
@@ -147,9 +149,20 @@ fn a_store_of_the_previous_release_takes_new_writes() {
     assert!(store.queue_get(2).unwrap().is_none(), "and is removed now that it is done");
     store.set_inbox_position("alice@example.org", 1_234_567, 50).wait().unwrap();
     store.remember_chat_ids("alice@example.org", &["m3@example.org".into()]).wait().unwrap();
+    // Message 1's pending recipient is delivered now: the old store keeps it as a recent
+    // delivery, in the table the upgrade adds on first use.
+    let (_, mut first, _) = expected_queue().remove(0);
+    let now = coi_proxy::clock::now();
+    first.recipients[0].state = RecipientState::Delivered { at: now, reply: "250 2.0.0 ok".into() };
+    assert!(store.queue_save(1, &first).wait().unwrap());
+    let delivered = store.deliveries().unwrap();
+    assert_eq!(delivered.len(), 1, "only the recipient settled now: {delivered:?}");
+    assert_eq!((delivered[0].id, delivered[0].recipient.as_str()), (1, "bob@example.org"));
     drop(store);
     let store = Store::open(dir.path()).unwrap();
+    // Message 1 stays: its chat follow-up is still owed.
     assert_eq!(store.queue_list().unwrap().iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 4]);
+    assert_eq!(store.deliveries().unwrap().len(), 1);
     assert_eq!(store.inbox_position("alice@example.org").unwrap(), Some((1_234_567, 50)));
     for id in ["m1@example.org", "m3@example.org"] {
         assert!(store.is_chat_id("alice@example.org", id).unwrap());

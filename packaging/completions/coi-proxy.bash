@@ -43,6 +43,9 @@ _coi__proxy() {
             coi__proxy,setup)
                 cmd="coi__proxy__subcmd__setup"
                 ;;
+            coi__proxy__subcmd__cert,create)
+                cmd="coi__proxy__subcmd__cert__subcmd__create"
+                ;;
             coi__proxy__subcmd__cert,export)
                 cmd="coi__proxy__subcmd__cert__subcmd__export"
                 ;;
@@ -52,6 +55,12 @@ _coi__proxy() {
             coi__proxy__subcmd__cert,install)
                 cmd="coi__proxy__subcmd__cert__subcmd__install"
                 ;;
+            coi__proxy__subcmd__cert,rotate)
+                cmd="coi__proxy__subcmd__cert__subcmd__rotate"
+                ;;
+            coi__proxy__subcmd__cert__subcmd__help,create)
+                cmd="coi__proxy__subcmd__cert__subcmd__help__subcmd__create"
+                ;;
             coi__proxy__subcmd__cert__subcmd__help,export)
                 cmd="coi__proxy__subcmd__cert__subcmd__help__subcmd__export"
                 ;;
@@ -60,6 +69,9 @@ _coi__proxy() {
                 ;;
             coi__proxy__subcmd__cert__subcmd__help,install)
                 cmd="coi__proxy__subcmd__cert__subcmd__help__subcmd__install"
+                ;;
+            coi__proxy__subcmd__cert__subcmd__help,rotate)
+                cmd="coi__proxy__subcmd__cert__subcmd__help__subcmd__rotate"
                 ;;
             coi__proxy__subcmd__generate,all)
                 cmd="coi__proxy__subcmd__generate__subcmd__all"
@@ -112,11 +124,17 @@ _coi__proxy() {
             coi__proxy__subcmd__help,setup)
                 cmd="coi__proxy__subcmd__help__subcmd__setup"
                 ;;
+            coi__proxy__subcmd__help__subcmd__cert,create)
+                cmd="coi__proxy__subcmd__help__subcmd__cert__subcmd__create"
+                ;;
             coi__proxy__subcmd__help__subcmd__cert,export)
                 cmd="coi__proxy__subcmd__help__subcmd__cert__subcmd__export"
                 ;;
             coi__proxy__subcmd__help__subcmd__cert,install)
                 cmd="coi__proxy__subcmd__help__subcmd__cert__subcmd__install"
+                ;;
+            coi__proxy__subcmd__help__subcmd__cert,rotate)
+                cmd="coi__proxy__subcmd__help__subcmd__cert__subcmd__rotate"
                 ;;
             coi__proxy__subcmd__help__subcmd__generate,all)
                 cmd="coi__proxy__subcmd__help__subcmd__generate__subcmd__all"
@@ -215,7 +233,7 @@ _coi__proxy() {
 
     case "${cmd}" in
         coi__proxy)
-            opts="-c -h -V --config --upstream --state-dir --log-format --help --version run check cert queue oauth setup profile generate help"
+            opts="-c -h -V --config --state-dir --upstream --log-format --help --version run check cert queue oauth setup profile generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -229,11 +247,11 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
+                --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --state-dir)
+                --upstream)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -249,7 +267,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__cert)
-            opts="-c -h --config --upstream --state-dir --log-format --help export install help"
+            opts="-c -h --config --state-dir --help export install create rotate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -263,16 +281,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -282,8 +292,8 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        coi__subcmd__proxy__subcmd__cert__subcmd__export)
-            opts="-c -h --config --upstream --state-dir --log-format --help"
+        coi__subcmd__proxy__subcmd__cert__subcmd__create)
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -297,16 +307,34 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__cert__subcmd__export)
+            opts="-c -h --config --state-dir --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -317,8 +345,22 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__cert__subcmd__help)
-            opts="export install help"
+            opts="export install create rotate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__cert__subcmd__help__subcmd__create)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -372,8 +414,22 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        coi__subcmd__proxy__subcmd__cert__subcmd__help__subcmd__rotate)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         coi__subcmd__proxy__subcmd__cert__subcmd__install)
-            opts="-c -h --dry-run --config --upstream --state-dir --log-format --help"
+            opts="-c -h --dry-run --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -387,16 +443,38 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__cert__subcmd__rotate)
+            opts="-c -h --overlap-days --config --state-dir --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --overlap-days)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -407,12 +485,16 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__check)
-            opts="-c -h --offline --config --upstream --state-dir --log-format --help"
+            opts="-c -h --upstream --offline --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --upstream)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -421,16 +503,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -441,7 +515,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__generate)
-            opts="-c -h --config --upstream --state-dir --log-format --help man completions all help"
+            opts="-c -h --config --state-dir --help man completions all help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -455,16 +529,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -475,7 +541,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__generate__subcmd__all)
-            opts="-c -h --config --upstream --state-dir --log-format --help"
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -489,16 +555,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -509,7 +567,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__generate__subcmd__completions)
-            opts="-c -h --config --upstream --state-dir --log-format --help bash elvish fish powershell zsh"
+            opts="-c -h --config --state-dir --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -523,16 +581,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -613,7 +663,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__generate__subcmd__man)
-            opts="-c -h --config --upstream --state-dir --log-format --help"
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -627,16 +677,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -661,8 +703,22 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__help__subcmd__cert)
-            opts="export install"
+            opts="export install create rotate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__help__subcmd__cert__subcmd__create)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -689,6 +745,20 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__help__subcmd__cert__subcmd__install)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__help__subcmd__cert__subcmd__rotate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -955,7 +1025,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__oauth)
-            opts="-c -h --config --upstream --state-dir --log-format --help authorize status help"
+            opts="-c -h --config --state-dir --help authorize status help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -969,16 +1039,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -989,7 +1051,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__oauth__subcmd__authorize)
-            opts="-c -h --password-stdin --browser --config --upstream --state-dir --log-format --help"
+            opts="-c -h --password-stdin --browser --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1003,16 +1065,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1079,7 +1133,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__oauth__subcmd__status)
-            opts="-c -h --config --upstream --state-dir --log-format --help"
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1093,16 +1147,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1113,7 +1159,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__profile)
-            opts="-c -h --config --upstream --state-dir --log-format --help apple thunderbird help"
+            opts="-c -h --config --state-dir --help apple thunderbird help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1127,16 +1173,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1147,7 +1185,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__profile__subcmd__apple)
-            opts="-c -h --address --host --config --upstream --state-dir --log-format --help"
+            opts="-c -h --address --host --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1169,16 +1207,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1245,7 +1275,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__profile__subcmd__thunderbird)
-            opts="-c -h --address --host --config --upstream --state-dir --log-format --help"
+            opts="-c -h --address --host --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1267,16 +1297,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1287,7 +1309,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__queue)
-            opts="-c -h --config --upstream --state-dir --log-format --help list retry drop help"
+            opts="-c -h --config --state-dir --help list retry drop help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1301,16 +1323,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1321,7 +1335,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__queue__subcmd__drop)
-            opts="-c -h --config --upstream --state-dir --log-format --help"
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1335,16 +1349,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1425,7 +1431,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__queue__subcmd__list)
-            opts="-c -h --config --upstream --state-dir --log-format --help"
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1439,16 +1445,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1459,7 +1457,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__queue__subcmd__retry)
-            opts="-c -h --config --upstream --state-dir --log-format --help"
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1473,16 +1471,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1493,12 +1483,20 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__run)
-            opts="-c -h --trace-protocol --config --upstream --state-dir --log-format --help"
+            opts="-c -h --upstream --log-format --trace-protocol --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --upstream)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1507,16 +1505,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -1527,7 +1517,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__setup)
-            opts="-c -h --password-stdin --dry-run --login --ca-file --timeout --dns --autoconfig-url --config --upstream --state-dir --log-format --help"
+            opts="-c -h --password-stdin --dry-run --login --ca-file --timeout --dns --autoconfig-url --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1561,16 +1551,8 @@ _coi__proxy() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --upstream)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --log-format)
-                    COMPREPLY=($(compgen -W "human json" -- "${cur}"))
                     return 0
                     ;;
                 *)

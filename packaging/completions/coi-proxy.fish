@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_coi_proxy_global_optspecs
-    string join \n c/config= upstream= state-dir= log-format= h/help V/version
+    string join \n c/config= state-dir= upstream= log-format= h/help V/version
 end
 
 function __fish_coi_proxy_needs_command
@@ -25,14 +25,14 @@ function __fish_coi_proxy_using_subcommand
 end
 
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
+complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
+complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -l upstream -d 'Accepted before the subcommand too (`coi-proxy --upstream URL run`); see `run --help`' -r
+complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -l log-format -d 'Accepted before the subcommand too; see `run --help`' -r -f -a "human\t''
 json\t''"
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -s V -l version -d 'Print version'
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "run" -d 'Runs the proxy until SIGTERM or Ctrl-C; SIGHUP reloads the configuration'
-complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "check" -d 'Validates the configuration and connects to every provider'
+complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "check" -d 'Validates the configuration and runs what the daemon will run: its listeners, every provider and route, each ca_file, and each account\'s password_command with a login'
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "cert" -d 'Manages the local TLS certificate that mail clients connect to'
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "queue" -d 'Shows and steers the outgoing mail queue (works while the daemon runs)'
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "oauth" -d 'Signs the proxy in to providers that want OAuth2 (Gmail, Microsoft 365; works while the daemon runs)'
@@ -40,99 +40,78 @@ complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "setup" -d 'Find
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "profile" -d 'Writes a file that sets up a mail client in one step (to stdout)'
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "generate" -d 'Writes the man pages or shell completions (for packaging)'
 complete -c coi-proxy -n "__fish_coi_proxy_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand run" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand run" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand run" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand run" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand run" -l log-format -d 'Log lines as human-readable text (default) or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
 json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand run" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand run" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand run" -l trace-protocol -d 'Logs every IMAP line of every session, with passwords, AUTHENTICATE data and message bodies replaced by markers (for bug reports; verbose)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand run" -s h -l help -d 'Print help'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand check" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand check" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand check" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand check" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand check" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand check" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand check" -l offline -d 'Only validate the configuration: contact no provider (exit status 1 if none is configured)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand check" -s h -l help -d 'Print help'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install help" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install help" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install help" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install help" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install help" -s h -l help -d 'Print help'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install help" -f -a "export" -d 'Writes the PEM certificate (the local CA) that mail clients must trust; to stdout without PATH'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install help" -f -a "install" -d 'Adds the local CA to this user\'s trust stores where the command line can (system store as root, Thunderbird/Firefox/Chromium NSS databases, macOS login keychain) and says what is left'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install create rotate help" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install create rotate help" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install create rotate help" -s h -l help -d 'Print help'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install create rotate help" -f -a "export" -d 'Writes the PEM certificate (the local CA) that mail clients must trust. Reads the state directory only: it never creates a CA'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install create rotate help" -f -a "install" -d 'Adds the local CA to this user\'s trust stores where the command line can (system store as root, Thunderbird/Firefox/Chromium NSS databases, macOS login keychain) and says what is left'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install create rotate help" -f -a "create" -d 'Creates the local CA and server certificate in the state directory now, as the daemon does at its first start (for installers; an existing CA is kept)'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install create rotate help" -f -a "rotate" -d 'Replaces the local CA with a new one (with name constraints). Clients that trust the current CA still connect for the overlap; within it, give every client the new CA (`cert export`/`cert install`). Reload the daemon afterwards to serve it'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and not __fish_seen_subcommand_from export install create rotate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from export" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from export" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from export" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from export" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from export" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from export" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from install" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from install" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from install" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from install" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from install" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from install" -l dry-run -d 'Only show what would be done'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from install" -s h -l help -d 'Print help'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from help" -f -a "export" -d 'Writes the PEM certificate (the local CA) that mail clients must trust; to stdout without PATH'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from create" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from create" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from rotate" -l overlap-days -d 'Days during which clients that still trust only the current CA connect (0: none)' -r
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from rotate" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from rotate" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from rotate" -s h -l help -d 'Print help'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from help" -f -a "export" -d 'Writes the PEM certificate (the local CA) that mail clients must trust. Reads the state directory only: it never creates a CA'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from help" -f -a "install" -d 'Adds the local CA to this user\'s trust stores where the command line can (system store as root, Thunderbird/Firefox/Chromium NSS databases, macOS login keychain) and says what is left'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from help" -f -a "create" -d 'Creates the local CA and server certificate in the state directory now, as the daemon does at its first start (for installers; an existing CA is kept)'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from help" -f -a "rotate" -d 'Replaces the local CA with a new one (with name constraints). Clients that trust the current CA still connect for the overlap; within it, give every client the new CA (`cert export`/`cert install`). Reload the daemon afterwards to serve it'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand cert; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and not __fish_seen_subcommand_from list retry drop help" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and not __fish_seen_subcommand_from list retry drop help" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and not __fish_seen_subcommand_from list retry drop help" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and not __fish_seen_subcommand_from list retry drop help" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and not __fish_seen_subcommand_from list retry drop help" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and not __fish_seen_subcommand_from list retry drop help" -s h -l help -d 'Print help'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and not __fish_seen_subcommand_from list retry drop help" -f -a "list" -d 'Lists queued messages: recipients, state, attempts, next try'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and not __fish_seen_subcommand_from list retry drop help" -f -a "list" -d 'Lists queued messages (recipients, state, why each waits, next try) and recent deliveries'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and not __fish_seen_subcommand_from list retry drop help" -f -a "retry" -d 'Tries a message again now'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and not __fish_seen_subcommand_from list retry drop help" -f -a "drop" -d 'Removes a message from the queue without sending it'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and not __fish_seen_subcommand_from list retry drop help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from list" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from list" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from list" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from list" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from list" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from retry" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from retry" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from retry" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from retry" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from retry" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from retry" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from drop" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from drop" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from drop" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from drop" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from drop" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from drop" -s h -l help -d 'Print help'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from help" -f -a "list" -d 'Lists queued messages: recipients, state, attempts, next try'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from help" -f -a "list" -d 'Lists queued messages (recipients, state, why each waits, next try) and recent deliveries'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from help" -f -a "retry" -d 'Tries a message again now'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from help" -f -a "drop" -d 'Removes a message from the queue without sending it'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand queue; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and not __fish_seen_subcommand_from authorize status help" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and not __fish_seen_subcommand_from authorize status help" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and not __fish_seen_subcommand_from authorize status help" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and not __fish_seen_subcommand_from authorize status help" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and not __fish_seen_subcommand_from authorize status help" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and not __fish_seen_subcommand_from authorize status help" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and not __fish_seen_subcommand_from authorize status help" -f -a "authorize" -d 'Authorizes coi-proxy at the provider of LOGIN (an [[account]] with [account.oauth2]): prints the URL and code to use, stores the grant, and sets the local password your mail client will log in to coi-proxy with'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and not __fish_seen_subcommand_from authorize status help" -f -a "status" -d 'Shows each OAuth2 account\'s state: authorized, refreshed, or refused by the provider'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and not __fish_seen_subcommand_from authorize status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from authorize" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from authorize" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from authorize" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from authorize" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from authorize" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from authorize" -l password-stdin -d 'Read the local password from the first line of stdin (required)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from authorize" -l browser -d 'Use the browser flow (PKCE, loopback redirect) where the device flow is the default'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from authorize" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from status" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from status" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from status" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from status" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from status" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from help" -f -a "authorize" -d 'Authorizes coi-proxy at the provider of LOGIN (an [[account]] with [account.oauth2]): prints the URL and code to use, stores the grant, and sets the local password your mail client will log in to coi-proxy with'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand oauth; and __fish_seen_subcommand_from help" -f -a "status" -d 'Shows each OAuth2 account\'s state: authorized, refreshed, or refused by the provider'
@@ -143,18 +122,12 @@ complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l timeout -d
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l dns -d 'The DNS server to ask instead of those in /etc/resolv.conf, e.g. 127.0.0.1:5353 (tests point this at a local server)' -r
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l autoconfig-url -d 'A base URL that stands in for both https://autoconfig.DOMAIN and https://DOMAIN/.well-known/autoconfig (tests point this at a local server; http:// is accepted for loopback addresses only)' -r
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l password-stdin -d 'Read the provider\'s password from the first line of standard input and try the login (IMAP and SMTP) before anything is written. Without it the login is not tried'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -l dry-run -d 'Print the configuration that would be written, and write nothing'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand setup" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and not __fish_seen_subcommand_from apple thunderbird help" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and not __fish_seen_subcommand_from apple thunderbird help" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and not __fish_seen_subcommand_from apple thunderbird help" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and not __fish_seen_subcommand_from apple thunderbird help" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and not __fish_seen_subcommand_from apple thunderbird help" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and not __fish_seen_subcommand_from apple thunderbird help" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and not __fish_seen_subcommand_from apple thunderbird help" -f -a "apple" -d 'An Apple configuration profile (.mobileconfig) for Mail on macOS and iOS: the IMAP and SMTP account and the local CA certificate; open the file to install it'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and not __fish_seen_subcommand_from apple thunderbird help" -f -a "thunderbird" -d 'An autoconfig file (config-v1.1.xml) in Thunderbird\'s format'
@@ -162,56 +135,38 @@ complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and not __f
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from apple" -l address -d 'The e-mail address, if the login is not one' -r
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from apple" -l host -d 'The name clients connect to (default: localhost for a loopback listener, this machine\'s name for 0.0.0.0); the local certificate must cover it (`coi-proxy check` lists the names)' -r
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from apple" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from apple" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from apple" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from apple" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from apple" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from apple" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from thunderbird" -l address -d 'The e-mail address, if the login is not one' -r
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from thunderbird" -l host -d 'The name clients connect to (default: localhost for a loopback listener, this machine\'s name for 0.0.0.0); the local certificate must cover it (`coi-proxy check` lists the names)' -r
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from thunderbird" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from thunderbird" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from thunderbird" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from thunderbird" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from thunderbird" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from thunderbird" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from help" -f -a "apple" -d 'An Apple configuration profile (.mobileconfig) for Mail on macOS and iOS: the IMAP and SMTP account and the local CA certificate; open the file to install it'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from help" -f -a "thunderbird" -d 'An autoconfig file (config-v1.1.xml) in Thunderbird\'s format'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand profile; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and not __fish_seen_subcommand_from man completions all help" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and not __fish_seen_subcommand_from man completions all help" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and not __fish_seen_subcommand_from man completions all help" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and not __fish_seen_subcommand_from man completions all help" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and not __fish_seen_subcommand_from man completions all help" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and not __fish_seen_subcommand_from man completions all help" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and not __fish_seen_subcommand_from man completions all help" -f -a "man" -d 'coi-proxy.1 and one page per subcommand, into DIR'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and not __fish_seen_subcommand_from man completions all help" -f -a "completions" -d 'The completion script for SHELL, to stdout'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and not __fish_seen_subcommand_from man completions all help" -f -a "all" -d 'Man pages into DIR/man and completions into DIR/completions (what the package installs)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and not __fish_seen_subcommand_from man completions all help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from man" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from man" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from man" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from man" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from man" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from man" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from completions" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from completions" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from completions" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from completions" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from completions" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from completions" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from all" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from all" -l upstream -d 'The provider\'s IMAP server, e.g. imaps://imap.example.org:993 (overrides [upstream] imap)' -r
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from all" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir)' -r -F
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from all" -l log-format -d 'Log lines as human-readable text or as one JSON object per line (journald, Loki)' -r -f -a "human\t''
-json\t''"
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from all" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from all" -s h -l help -d 'Print help'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "man" -d 'coi-proxy.1 and one page per subcommand, into DIR'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "completions" -d 'The completion script for SHELL, to stdout'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "all" -d 'Man pages into DIR/man and completions into DIR/completions (what the package installs)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand generate; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue oauth setup profile generate help" -f -a "run" -d 'Runs the proxy until SIGTERM or Ctrl-C; SIGHUP reloads the configuration'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue oauth setup profile generate help" -f -a "check" -d 'Validates the configuration and connects to every provider'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue oauth setup profile generate help" -f -a "check" -d 'Validates the configuration and runs what the daemon will run: its listeners, every provider and route, each ca_file, and each account\'s password_command with a login'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue oauth setup profile generate help" -f -a "cert" -d 'Manages the local TLS certificate that mail clients connect to'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue oauth setup profile generate help" -f -a "queue" -d 'Shows and steers the outgoing mail queue (works while the daemon runs)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue oauth setup profile generate help" -f -a "oauth" -d 'Signs the proxy in to providers that want OAuth2 (Gmail, Microsoft 365; works while the daemon runs)'
@@ -219,9 +174,11 @@ complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue oauth setup profile generate help" -f -a "profile" -d 'Writes a file that sets up a mail client in one step (to stdout)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue oauth setup profile generate help" -f -a "generate" -d 'Writes the man pages or shell completions (for packaging)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and not __fish_seen_subcommand_from run check cert queue oauth setup profile generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and __fish_seen_subcommand_from cert" -f -a "export" -d 'Writes the PEM certificate (the local CA) that mail clients must trust; to stdout without PATH'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and __fish_seen_subcommand_from cert" -f -a "export" -d 'Writes the PEM certificate (the local CA) that mail clients must trust. Reads the state directory only: it never creates a CA'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and __fish_seen_subcommand_from cert" -f -a "install" -d 'Adds the local CA to this user\'s trust stores where the command line can (system store as root, Thunderbird/Firefox/Chromium NSS databases, macOS login keychain) and says what is left'
-complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and __fish_seen_subcommand_from queue" -f -a "list" -d 'Lists queued messages: recipients, state, attempts, next try'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and __fish_seen_subcommand_from cert" -f -a "create" -d 'Creates the local CA and server certificate in the state directory now, as the daemon does at its first start (for installers; an existing CA is kept)'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and __fish_seen_subcommand_from cert" -f -a "rotate" -d 'Replaces the local CA with a new one (with name constraints). Clients that trust the current CA still connect for the overlap; within it, give every client the new CA (`cert export`/`cert install`). Reload the daemon afterwards to serve it'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and __fish_seen_subcommand_from queue" -f -a "list" -d 'Lists queued messages (recipients, state, why each waits, next try) and recent deliveries'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and __fish_seen_subcommand_from queue" -f -a "retry" -d 'Tries a message again now'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and __fish_seen_subcommand_from queue" -f -a "drop" -d 'Removes a message from the queue without sending it'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand help; and __fish_seen_subcommand_from oauth" -f -a "authorize" -d 'Authorizes coi-proxy at the provider of LOGIN (an [[account]] with [account.oauth2]): prints the URL and code to use, stores the grant, and sets the local password your mail client will log in to coi-proxy with'

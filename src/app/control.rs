@@ -13,12 +13,14 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use crate::context::Context;
+use crate::smtp::Waits;
 
 /// Longest request line.
 const MAX_LINE: u64 = 1024;
 
 /// Serves the control socket until shutdown.
-pub async fn serve(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+/// `waits`: the SMTP relay's reasons for `queue list` (`None` without SMTP).
+pub async fn serve(ctx: Arc<Context>, waits: Option<Arc<Waits>>, mut shutdown: watch::Receiver<bool>) {
     let path = crate::smtp::control::socket_path(&ctx.config().state_dir);
     // A socket left by a killed daemon; the store lock already ensures no other daemon runs.
     let _ = std::fs::remove_file(&path);
@@ -39,7 +41,7 @@ pub async fn serve(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.wait_for(|down| *down) => break,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let ctx = ctx.clone();
+        let (ctx, waits) = (ctx.clone(), waits.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut reader = tokio::io::BufReader::new(read);
@@ -47,7 +49,7 @@ pub async fn serve(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
             if (&mut reader).take(MAX_LINE).read_line(&mut line).await.is_err() {
                 return;
             }
-            let reply = match crate::smtp::control::answer(&ctx, &line).await {
+            let reply = match crate::smtp::control::answer(&ctx, waits.as_deref(), &line).await {
                 Some(reply) => reply,
                 None if crate::oauth::control::is_ours(&line) => {
                     crate::oauth::control::answer(&ctx, &line, &mut reader).await

@@ -47,23 +47,32 @@ pub struct ProfileArgs {
     pub host: Option<String>,
 }
 
-/// Builds the requested profile under `config`; the local CA is created if it does not exist yet.
+/// Builds the requested profile under `config`, with the local CA of its state directory.
 pub fn run(config: &crate::config::Config, command: &ProfileCommand) -> Result<Vec<u8>, ProfileError> {
     let (ProfileCommand::Apple(args) | ProfileCommand::Thunderbird(args)) = command;
     let settings = ClientSettings::for_login(config, &args.login, args.host.as_deref())?;
     let address = args.address.as_deref().unwrap_or(&args.login);
     match command {
-        ProfileCommand::Apple(_) => apple(&settings, address, &local_ca(config)?),
+        ProfileCommand::Apple(_) => {
+            // The settings' own errors first: they say what to configure.
+            settings.require_smtp()?;
+            apple(&settings, address, &local_ca(config)?)
+        }
         ProfileCommand::Thunderbird(_) => thunderbird(&settings, address).map(String::into_bytes),
     }
 }
 
-/// The local CA as PEM, made first if this is a fresh state directory (as `run` would).
+/// The local CA as PEM. Only read, as by `cert export`: a CA made here in a state directory the
+/// daemon does not use would be one the clients trust in vain.
 fn local_ca(config: &crate::config::Config) -> Result<String, ProfileError> {
     let state = &config.state_dir;
     let ca = || -> Result<String, String> {
-        std::fs::create_dir_all(state).map_err(|e| format!("cannot create {}: {e}", state.display()))?;
-        crate::tls::ensure_local_cert(state, &crate::tls::cert_names_for(config)).map_err(|e| e.to_string())?;
+        let exists = crate::state::existing(state).map_err(|e| e.to_string())?.is_some();
+        if !exists || !crate::tls::LocalCertPaths::new(state).ca.exists() {
+            let what = if exists { "has no local certificate authority (tls/ca.pem)" } else { "does not exist" };
+            return Err(crate::state::no_state_here(state, what)
+                + "; the daemon makes it at its first start, `coi-proxy cert create` now");
+        }
         crate::tls::export_pem(state).map_err(|e| e.to_string())
     };
     ca().map_err(ProfileError::LocalCa)

@@ -17,7 +17,7 @@ use crate::imap::conn::{Conn, ReadError};
 use crate::imap::wire::capability;
 use crate::imap::wire::command;
 use crate::imap::wire::provider::{ProviderCommands, ProviderError, Reply};
-use crate::net::{NetError, Stream, tcp_connect, tls_handshake};
+use crate::net::{NetError, Phase, Stream, TlsProblem, tcp_connect, tls_handshake};
 use crate::oauth::sasl::{Challenge, Mechanism};
 use crate::oauth::{self, OAuthError};
 use crate::secret::Secret;
@@ -122,27 +122,42 @@ impl Upstream {
         timeout: Duration,
         max_line: usize,
     ) -> Result<Upstream, UpstreamError> {
-        let server = provider.imap.clone();
-        let name = server.to_string();
-        match tokio::time::timeout(timeout, Self::connect_inner(provider, tls, max_line)).await {
+        let name = provider.imap.to_string();
+        // The step reached when the time is up, so that the error says which one took too long.
+        let mut phase = Phase::Connecting;
+        match tokio::time::timeout(timeout, Self::connect_inner(provider, tls, max_line, &mut phase)).await {
             Ok(result) => result,
-            Err(_) => Err(NetError::Timeout { stage: "connecting to", server: name }.into()),
+            Err(_) => Err(NetError::Timeout { phase, server: name }.into()),
         }
     }
 
-    async fn connect_inner(provider: &Provider, tls: &UpstreamTls, max_line: usize) -> Result<Upstream, UpstreamError> {
+    async fn connect_inner(
+        provider: &Provider,
+        tls: &UpstreamTls,
+        max_line: usize,
+        phase: &mut Phase,
+    ) -> Result<Upstream, UpstreamError> {
         let server = provider.imap.clone();
         let name = server.to_string();
         let tcp = tcp_connect(&server).await?;
         let _ = tcp.set_nodelay(true);
         let tls_config = || {
-            tls.config(provider.ca_file.as_deref())
-                .map_err(|e| UpstreamError::from(NetError::Tls { server: name.clone(), detail: e.to_string() }))
+            tls.config(provider.ca_file.as_deref()).map_err(|e| {
+                UpstreamError::from(NetError::Tls {
+                    server: name.clone(),
+                    detail: e.to_string(),
+                    problem: TlsProblem::Setup,
+                })
+            })
         };
         let stream = match server.security {
-            Security::Implicit => tls_handshake(tcp, &server, tls_config()?).await?,
+            Security::Implicit => {
+                *phase = Phase::TlsHandshake;
+                tls_handshake(tcp, &server, tls_config()?).await?
+            }
             _ => Stream::Plain(tcp),
         };
+        *phase = Phase::Greeting;
         let mut up = Upstream {
             conn: Conn::new(stream, max_line),
             capabilities: Vec::new(),
@@ -162,6 +177,7 @@ impl Upstream {
         up.capabilities =
             capability::find_in_response(&greeting).map(|r| capability::parse_list(&greeting[r])).unwrap_or_default();
         if server.security == Security::StartTls {
+            *phase = Phase::StartTls;
             let tag = up.tag();
             up.send(format!("{tag} STARTTLS\r\n").as_bytes()).await?;
             let status = up.read_tagged(&tag).await?;
@@ -181,6 +197,7 @@ impl Upstream {
             up.capabilities.clear();
         }
         if up.capabilities.is_empty() {
+            *phase = Phase::Capabilities;
             up.refresh_capabilities().await?;
         }
         Ok(up)

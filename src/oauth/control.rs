@@ -6,7 +6,6 @@
 //! Requests: `oauth store <login>` and one line of JSON (the local password, the tokens, the
 //! endpoint and client they came from); `oauth status`. Answers: `ok` or `error`, then text.
 
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -35,8 +34,8 @@ pub enum ControlError {
     /// The running daemon's answer to a request it refused, as it sent it.
     #[error("the running coi-proxy: {0}")]
     Daemon(String),
-    #[error("cannot create the state directory {}: {source}", path.display())]
-    StateDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error(
         "{source}\n(is a coi-proxy daemon running with this state directory? It holds the store; its control socket {} did not answer)",
         socket.display()
@@ -99,15 +98,23 @@ pub async fn store_grant(
     Ok(format!("stored the authorization for {login} (no coi-proxy daemon was running)\n"))
 }
 
-/// The state of every OAuth2 account, from the running daemon or the store.
+/// The state of every OAuth2 account, from the running daemon or the store. It only reads:
+/// where there is no state directory or no store, nothing is created and every account is
+/// "not authorized yet", after the words that say where it looked.
 pub async fn status(config: &Config, socket: &Path) -> Result<String, ControlError> {
+    let dir = &config.state_dir;
+    if crate::state::existing(dir)?.is_none() {
+        let here = crate::state::no_state_here(dir, "does not exist");
+        return Ok(format!("{here}\n{}", describe(config, &[], now())));
+    }
     if let Ok(stream) = tokio::net::UnixStream::connect(socket).await {
         return ask(stream, b"oauth status\n")
             .await
             .map_err(|source| ControlError::NoAnswer { socket: socket.into(), source })?;
     }
-    if !config.state_dir.join("coi-proxy.redb").exists() {
-        return Ok(describe(config, &[], now()));
+    if !dir.join("coi-proxy.redb").exists() {
+        let here = crate::state::no_state_here(dir, "has no store (coi-proxy.redb)");
+        return Ok(format!("{here}\n{}", describe(config, &[], now())));
     }
     let store =
         Store::open(&config.state_dir).map_err(|source| ControlError::Locked { source, socket: socket.into() })?;
@@ -119,11 +126,8 @@ pub async fn status(config: &Config, socket: &Path) -> Result<String, ControlErr
 async fn open_directly(config: &Config, socket: &Path) -> Result<(Store, Arc<SealKey>), ControlError> {
     let (state_dir, key_path, socket) = (config.state_dir.clone(), config.seal_key_path(), socket.to_path_buf());
     tokio::task::spawn_blocking(move || {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&state_dir)
-            .map_err(|source| ControlError::StateDir { path: state_dir.clone(), source })?;
+        // Authorizing writes state: the directory is made (0700) or made private, as by `run`.
+        crate::state::prepare(&state_dir)?;
         let store = Store::open(&state_dir).map_err(|source| ControlError::Locked { source, socket })?;
         let key = SealKey::load_or_create(&key_path)?;
         Ok((store, Arc::new(key)))

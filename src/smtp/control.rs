@@ -6,6 +6,7 @@
 //! to [`answer`]), and the command line asks it there; only when no daemon answers does the
 //! command line open the store itself.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use tracing::info;
 
+use super::Waits;
 use super::queue::now;
 use crate::config::Config;
 use crate::context::Context;
@@ -40,18 +42,32 @@ impl Command {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["queue", "list"] => Some(Command::List),
-            ["queue", "retry", id] => id.parse().ok().map(Command::Retry),
-            ["queue", "drop", id] => id.parse().ok().map(Command::Drop),
+            ["queue", "retry", id] => parse_id(id).map(Command::Retry),
+            ["queue", "drop", id] => parse_id(id).map(Command::Drop),
             _ => None,
         }
     }
 }
 
+/// A queue id as `queue list` prints it (`#3`) or bare (`3`).
+pub fn parse_id(text: &str) -> Option<u64> {
+    let digits = text.trim().strip_prefix('#').unwrap_or(text.trim());
+    digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse().ok()).flatten()
+}
+
+/// How long the command line waits for the running daemon's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why a queue command failed; the text is shown to the user (exit status 1).
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("no message {0} in the queue")]
+    #[error("no message #{0} in the queue")]
     NoSuchMessage(u64),
+    /// Nothing is stored where the command looked (see `state::no_state_here`).
+    #[error("{0}")]
+    NoState(String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
@@ -61,6 +77,11 @@ pub enum ControlError {
     Locked { source: StoreError, socket: PathBuf },
     #[error("the running coi-proxy did not answer on {}: {source}", socket.display())]
     NoAnswer { socket: PathBuf, source: std::io::Error },
+    #[error(
+        "the coi-proxy daemon did not answer on {} within {} s; is it stopped or hung? (systemctl status coi-proxy)",
+        socket.display(), ANSWER_TIMEOUT.as_secs()
+    )]
+    Timeout { socket: PathBuf },
     /// The running daemon's answer to a command it refused, as it sent it.
     #[error("{0}")]
     Daemon(String),
@@ -74,34 +95,85 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 
 /// Runs `cmd` for the command line: through the running daemon if there is one, else on the
 /// store directly. `Ok` is the text to print; `Err` the error to show (exit status 1).
+///
+/// It never creates the state directory or the store: where there is none, the error says "no
+/// state here" with the directory it looked in. `list` starts with that directory and whether
+/// a daemon answered.
 pub fn cli(config: &Config, cmd: Command) -> Result<String, ControlError> {
-    let socket = socket_path(&config.state_dir);
+    let dir = &config.state_dir;
+    if crate::state::existing(dir)?.is_none() {
+        return Err(ControlError::NoState(crate::state::no_state_here(dir, "does not exist")));
+    }
+    let socket = socket_path(dir);
+    // A socket nobody accepts on was left by a daemon that is gone: read the store instead.
     if let Ok(stream) = UnixStream::connect(&socket) {
-        return ask(stream, cmd).unwrap_or_else(|source| Err(ControlError::NoAnswer { socket, source }));
+        let text = ask(stream, cmd, &socket)?;
+        return Ok(match cmd {
+            Command::List => format!("state directory: {} (answered by the running daemon)\n{text}", dir.display()),
+            _ => text,
+        });
     }
-    if !config.state_dir.join("coi-proxy.redb").exists() {
-        return match cmd {
-            Command::List => Ok("The queue is empty.\n".into()),
-            Command::Retry(id) | Command::Drop(id) => Err(ControlError::NoSuchMessage(id)),
-        };
+    if !dir.join("coi-proxy.redb").exists() {
+        return Err(ControlError::NoState(crate::state::no_state_here(dir, "has no store (coi-proxy.redb)")));
     }
-    let store = Store::open(&config.state_dir).map_err(|source| ControlError::Locked { source, socket })?;
-    execute(&store, cmd).map(|done| done.text)
+    let store = Store::open(dir).map_err(|source| ControlError::Locked { source, socket })?;
+    let text = execute(&store, cmd, None)?.text;
+    Ok(match cmd {
+        Command::List => format!(
+            "state directory: {} (no daemon is running: read from the store; nothing is sent until coi-proxy runs)\n{text}",
+            dir.display()
+        ),
+        _ => text,
+    })
 }
 
-fn ask(stream: UnixStream, cmd: Command) -> std::io::Result<Result<String, ControlError>> {
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut writer = stream.try_clone()?;
-    writer.write_all(format!("{}\n", cmd.to_line()).as_bytes())?;
-    let mut reader = BufReader::new(stream);
-    let mut status = String::new();
-    reader.read_line(&mut status)?;
-    let mut text = String::new();
-    for line in reader.lines() {
-        text.push_str(&line?);
-        text.push('\n');
+/// The queue in one line, for `check`: its size, or why it cannot be read.
+pub fn summary(config: &Config) -> String {
+    match cli(config, Command::List) {
+        Ok(text) => {
+            let first = text.lines().nth(1).unwrap_or("");
+            match first.starts_with("The queue is empty") {
+                true => "empty".into(),
+                false => first.trim_end_matches(':').to_string(),
+            }
+        }
+        Err(ControlError::NoState(why)) => why,
+        Err(e) => format!("unknown ({e})"),
     }
-    Ok(if status.trim_end() == "ok" { Ok(text) } else { Err(ControlError::Daemon(text.trim_end().to_string())) })
+}
+
+/// Sends `cmd` to the daemon and reads its answer, all within [`ANSWER_TIMEOUT`].
+fn ask(stream: UnixStream, cmd: Command, socket: &Path) -> Result<String, ControlError> {
+    let deadline = std::time::Instant::now() + ANSWER_TIMEOUT;
+    let io = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            ControlError::Timeout { socket: socket.to_owned() }
+        }
+        _ => ControlError::NoAnswer { socket: socket.to_owned(), source },
+    };
+    let left = || deadline.saturating_duration_since(std::time::Instant::now()).max(Duration::from_millis(1));
+    stream.set_write_timeout(Some(left())).map_err(io)?;
+    let mut writer = stream.try_clone().map_err(io)?;
+    writer.write_all(format!("{}\n", cmd.to_line()).as_bytes()).map_err(io)?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    loop {
+        reader.get_ref().set_read_timeout(Some(left())).map_err(io)?;
+        let mut line = String::new();
+        match reader.read_line(&mut line).map_err(io)? {
+            0 => break,
+            _ => answer.push_str(&line),
+        }
+    }
+    let (status, text) = answer.split_once('\n').unwrap_or((answer.as_str(), ""));
+    match status {
+        "ok" => Ok(text.to_string()),
+        "" => Err(ControlError::NoAnswer {
+            socket: socket.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "it closed the connection"),
+        }),
+        _ => Err(ControlError::Daemon(text.trim_end().to_string())),
+    }
 }
 
 /// A command carried out: the text for the user, and for `retry` the login whose relay to wake.
@@ -114,30 +186,70 @@ struct Done {
 /// Carries out `cmd` on the store. For `retry`, also returns the message's login so that a
 /// daemon can wake its relay. Waits for the store's writer: never call it on the runtime (the
 /// daemon runs it with `spawn_blocking`).
-fn execute(store: &Store, cmd: Command) -> Result<Done, ControlError> {
+/// `waits`: why each account's mail waits, from the running daemon's relay; `None` when no
+/// daemon runs (then nothing is sent at all).
+fn execute(store: &Store, cmd: Command, waits: Option<&HashMap<String, String>>) -> Result<Done, ControlError> {
     match cmd {
         Command::List => {
             let list = store.queue_list()?;
-            Ok(Done { text: describe(&list, now()) + &crate::receipts::sent::describe(store), wake: None })
+            let text = describe(&list, now(), waits) + &deliveries(&store.deliveries()?);
+            Ok(Done { text: text + &crate::receipts::sent::describe(store), wake: None })
         }
         Command::Retry(id) => {
             let mut msg = store.queue_get(id)?.ok_or(ControlError::NoSuchMessage(id))?;
             msg.next_attempt_at = now();
             store.queue_save(id, &msg).wait()?;
-            Ok(Done { text: format!("message {id} will be tried again now\n"), wake: Some(msg.login) })
+            let text = match waits {
+                Some(_) => format!("message #{id} will be tried again now\n"),
+                None => format!("message #{id} will be tried as soon as coi-proxy runs\n"),
+            };
+            Ok(Done { text, wake: Some(msg.login) })
         }
         Command::Drop(id) => match store.queue_remove(id).wait()? {
             true => {
-                Ok(Done { text: format!("message {id} removed from the queue; it will not be sent\n"), wake: None })
+                Ok(Done { text: format!("message #{id} removed from the queue; it will not be sent\n"), wake: None })
             }
             false => Err(ControlError::NoSuchMessage(id)),
         },
     }
 }
 
+/// How many deliveries `queue list` shows at most (the newest).
+const DELIVERIES_SHOWN: usize = 50;
+
+/// The recent deliveries as text: one line per recipient, newest last.
+fn deliveries(list: &[crate::store::Delivery]) -> String {
+    if list.is_empty() {
+        return String::new();
+    }
+    let days = crate::store::DELIVERIES_KEPT_SECS / 86_400;
+    let mut out = format!("\nRecent deliveries (kept {days} days), newest last:\n");
+    if list.len() > DELIVERIES_SHOWN {
+        out.push_str(&format!("    … {} earlier ones not shown\n", list.len() - DELIVERIES_SHOWN));
+    }
+    for d in &list[list.len().saturating_sub(DELIVERIES_SHOWN)..] {
+        let what = if d.delivered { "delivered" } else { "FAILED" };
+        out.push_str(&format!(
+            "    #{}  {} to {}: {what} {} ({})\n",
+            d.id,
+            d.login,
+            d.recipient,
+            rfc5322_date(d.at),
+            d.reply
+        ));
+    }
+    out
+}
+
+/// The key of a reason in `waits` that holds for every account (no login is `*`).
+const EVERY_ACCOUNT: &str = "*";
+/// Why queued mail waits in a daemon that runs without the SMTP side.
+const NO_RELAY: &str = "the running coi-proxy does not relay (no [upstream] smtp, or no [listen] smtp/smtps); nothing is sent until it does";
+
 /// The daemon's answer to a control line (`ok` or `error`, then text); `None` if it is not a
-/// queue command.
-pub async fn answer(shared: &Context, line: &str) -> Option<String> {
+/// queue command. `waits`: the SMTP relay's reasons ([`super::Smtp::waits`]); `None` when the
+/// daemon runs without SMTP (no relay: nothing queued is sent).
+pub async fn answer(shared: &Context, waits: Option<&Waits>, line: &str) -> Option<String> {
     if line.split_whitespace().next() != Some("queue") {
         return None;
     }
@@ -145,7 +257,12 @@ pub async fn answer(shared: &Context, line: &str) -> Option<String> {
         return Some("error\nunknown command; use: queue list | queue retry ID | queue drop ID\n".into());
     };
     let store = shared.store.clone();
-    let result = tokio::task::spawn_blocking(move || execute(&store, cmd)).await.unwrap_or_else(|e| Err(e.into()));
+    let waits = match waits {
+        Some(waits) => waits.snapshot(),
+        None => HashMap::from([(EVERY_ACCOUNT.to_string(), NO_RELAY.to_string())]),
+    };
+    let result =
+        tokio::task::spawn_blocking(move || execute(&store, cmd, Some(&waits))).await.unwrap_or_else(|e| Err(e.into()));
     if let Ok(Done { wake: Some(login), .. }) = &result
         && let Command::Retry(id) = cmd
     {
@@ -160,8 +277,9 @@ pub async fn answer(shared: &Context, line: &str) -> Option<String> {
     })
 }
 
-/// The queue as text for people: one block per message.
-pub fn describe(list: &[(u64, QueuedMessage)], now: i64) -> String {
+/// The queue as text for people: one block per message, with why it waits (`waits` as in
+/// [`execute`]).
+pub fn describe(list: &[(u64, QueuedMessage)], now: i64, waits: Option<&HashMap<String, String>>) -> String {
     if list.is_empty() {
         return "The queue is empty.\n".into();
     }
@@ -185,10 +303,20 @@ pub fn describe(list: &[(u64, QueuedMessage)], now: i64) -> String {
         if msg.report_pending {
             out.push_str("    a failure report for the sender is waiting to be put into the INBOX\n");
         }
+        let why = match waits {
+            Some(waits) => waits.get(&msg.login.to_ascii_lowercase()).or_else(|| waits.get(EVERY_ACCOUNT)).cloned(),
+            None => Some("no coi-proxy runs with this state directory; nothing is sent until one does".into()),
+        };
         if msg.pending().next().is_some() || msg.report_pending {
-            let wait = msg.next_attempt_at - now;
-            let next = if wait <= 0 { "now".to_string() } else { format!("in {wait} s") };
-            out.push_str(&format!("    next attempt {next}; gives up {}\n", rfc5322_date(msg.give_up_at)));
+            let gives_up = rfc5322_date(msg.give_up_at);
+            match &why {
+                Some(why) => out.push_str(&format!("    waiting: {why}; gives up {gives_up}\n")),
+                None => {
+                    let wait = msg.next_attempt_at - now;
+                    let next = if wait <= 0 { "now".to_string() } else { format!("in {wait} s") };
+                    out.push_str(&format!("    next attempt {next}; gives up {gives_up}\n"));
+                }
+            }
         }
         match msg.attempts.last() {
             Some(last) => out.push_str(&format!(
@@ -197,6 +325,7 @@ pub fn describe(list: &[(u64, QueuedMessage)], now: i64) -> String {
                 rfc5322_date(last.at),
                 last.result
             )),
+            None if why.is_some() => out.push_str("    no attempt yet\n"),
             None => out.push_str("    not tried yet\n"),
         }
     }
@@ -214,6 +343,8 @@ mod tests {
             assert_eq!(Command::parse(&cmd.to_line()), Some(cmd));
         }
         assert_eq!(Command::parse("queue drop x"), None);
+        assert_eq!(Command::parse("queue drop #12"), Some(Command::Drop(12)));
+        assert_eq!((parse_id("#3"), parse_id(" 3 "), parse_id("#"), parse_id("-3")), (Some(3), Some(3), None, None));
         assert_eq!(Command::parse("rm -rf"), None);
     }
 
@@ -221,7 +352,9 @@ mod tests {
     fn list_retry_drop_on_a_store() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(execute(&store, Command::List).unwrap().text, "The queue is empty.\n");
+        let running = HashMap::new();
+        let daemon = Some(&running);
+        assert_eq!(execute(&store, Command::List, daemon).unwrap().text, "The queue is empty.\n");
         let msg = QueuedMessage {
             login: "alice@example.org".into(),
             from: "alice@example.org".into(),
@@ -241,13 +374,19 @@ mod tests {
             chat_followup: false,
         };
         let id = store.queue_insert(&msg, b"x".to_vec(), None).wait().unwrap();
-        let list = execute(&store, Command::List).unwrap().text;
+        let list = execute(&store, Command::List, daemon).unwrap().text;
         assert!(list.contains(&format!("#{id}  from alice@example.org")), "{list}");
         assert!(list.contains("to bob@example.org: pending") && list.contains("not tried yet"), "{list}");
-        let login = execute(&store, Command::Retry(id)).unwrap().wake;
+        let login = execute(&store, Command::Retry(id), daemon).unwrap().wake;
         assert_eq!(login.as_deref(), Some("alice@example.org"));
-        assert!(execute(&store, Command::List).unwrap().text.contains("next attempt now"));
-        execute(&store, Command::Drop(id)).unwrap();
-        assert!(execute(&store, Command::Drop(id)).unwrap_err().to_string().contains("no message"));
+        assert!(execute(&store, Command::List, daemon).unwrap().text.contains("next attempt now"));
+        // Why it waits, as the relay knows it; and with no daemon at all.
+        let waits = HashMap::from([("alice@example.org".to_string(), "no password known".to_string())]);
+        let list = execute(&store, Command::List, Some(&waits)).unwrap().text;
+        assert!(list.contains("waiting: no password known;") && !list.contains("next attempt"), "{list}");
+        let list = execute(&store, Command::List, None).unwrap().text;
+        assert!(list.contains("waiting: no coi-proxy runs with this state directory"), "{list}");
+        execute(&store, Command::Drop(id), daemon).unwrap();
+        assert!(execute(&store, Command::Drop(id), daemon).unwrap_err().to_string().contains("no message #"));
     }
 }

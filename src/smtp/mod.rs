@@ -28,6 +28,29 @@ pub struct Smtp {
     pub shared: Arc<Context>,
     pub caps: CapsCache,
     pub queue: queue::Queue,
+    /// Why each account's queued mail waits right now, as the relay task knows it (for
+    /// `queue list`).
+    pub waits: Arc<Waits>,
+}
+
+/// Why an account's queued mail is not being sent, by login: what the relay task knows and
+/// the store does not (no password yet, a failing `password_command`, a send in progress).
+#[derive(Default)]
+pub struct Waits(Mutex<HashMap<String, String>>);
+
+impl Waits {
+    pub fn set(&self, login: &str, why: String) {
+        self.0.lock().expect("waits").insert(login.to_ascii_lowercase(), why);
+    }
+
+    pub fn clear(&self, login: &str) {
+        self.0.lock().expect("waits").remove(&login.to_ascii_lowercase());
+    }
+
+    /// A copy, for a listing made off the runtime.
+    pub fn snapshot(&self) -> HashMap<String, String> {
+        self.0.lock().expect("waits").clone()
+    }
 }
 
 /// The machine's name, for greetings and reports (`localhost` if unknown).

@@ -176,10 +176,17 @@ pub async fn run_relay(
                     if waiting.remove(&login) {
                         info!(login, "password known now; relaying the waiting mail");
                     }
+                    ctx.waits.set(&login, "being sent now".into());
                     busy.insert(login.clone());
                     jobs.spawn(deliver_batch(ctx.clone(), login, credential, ids));
                 }
                 Err(e) => {
+                    ctx.waits.set(&login, match &e {
+                        CredentialError::Unknown { .. } => format!(
+                            "no password known for {login} until it logs in through the proxy (IMAP or SMTP), or set password_command"
+                        ),
+                        e => e.to_string(),
+                    });
                     if waiting.insert(login.clone()) {
                         match e {
                             CredentialError::Unknown { .. } => info!(
@@ -210,6 +217,7 @@ pub async fn run_relay(
             Some(done) = jobs.join_next(), if !jobs.is_empty() => match done {
                 Ok((login, results)) => {
                     busy.remove(&login);
+                    ctx.waits.clear(&login);
                     for (id, next) in results {
                         match next {
                             Some(at) => if let Some(d) = schedule.get_mut(&id) { d.at = at },
@@ -282,6 +290,8 @@ async fn deliver_batch(ctx: Arc<Smtp>, login: String, credential: Credential, id
     for (id, msg) in msgs {
         results.push((id, (!msg.is_done()).then_some(msg.next_attempt_at)));
     }
+    // Done sending; the relay task clears it too when it takes the results.
+    ctx.waits.clear(&login);
     (login, results)
 }
 
@@ -299,6 +309,7 @@ async fn defer(ctx: &Smtp, id: u64, msg: &mut QueuedMessage, why: &str) {
     msg.record_attempt(t, format!("deferred: {why}"));
     msg.next_attempt_at = t + backoff(&ctx.shared.config().queue, msg.attempts.len());
     info!(id, retry_in_secs = msg.next_attempt_at - t, "delivery deferred: {why}");
+    crate::metrics::relayed("deferred", msg.pending().count() as u64);
     save(&ctx.shared.store, id, msg).await;
 }
 
@@ -413,6 +424,9 @@ async fn settle(ctx: &Smtp, id: u64, msg: &mut QueuedMessage, tx: Option<&Transa
     if failed > 0 {
         msg.report_pending = true;
     }
+    crate::metrics::relayed("delivered", delivered);
+    crate::metrics::relayed("refused", failed);
+    crate::metrics::relayed("deferred", deferred.len() as u64);
     let mut summary = format!("delivered to {delivered}");
     if failed > 0 {
         summary.push_str(&format!(", refused for {failed}"));

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Security, ServerUrl, SmtpProvider};
 use crate::context::Context;
-use crate::net::{NetError, Stream, tcp_connect, tls_handshake};
+use crate::net::{NetError, Phase, Stream, TlsProblem, tcp_connect, tls_handshake};
 use crate::oauth::sasl::{Challenge, Mechanism};
 use crate::oauth::{self, OAuthError};
 use crate::secret::Secret;
@@ -164,6 +164,21 @@ pub enum RelayError {
     Timeout { server: String },
 }
 
+impl RelayError {
+    /// The cause, as `/metrics` labels it (one of `metrics::CAUSES`).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            RelayError::Net(e) => e.cause(),
+            RelayError::Greeting { .. } => "greeting",
+            RelayError::StartTls { .. } => "starttls",
+            RelayError::NoAuthPlain { .. } | RelayError::Ehlo { .. } | RelayError::Protocol { .. } => "protocol",
+            RelayError::Timeout { .. } => "timeout",
+            // As on the IMAP side: the server does not take this kind of sign-in.
+            RelayError::NoBearerAuth { .. } => "login_disabled",
+        }
+    }
+}
+
 /// What the provider said to one transaction.
 #[derive(Debug, Clone)]
 pub struct Transaction {
@@ -208,25 +223,41 @@ impl SmtpClient {
         timeout: Duration,
     ) -> Result<SmtpClient, RelayError> {
         let server = provider.smtp.to_string();
-        match tokio::time::timeout(timeout, Self::connect_inner(provider, tls)).await {
+        let mut phase = Phase::Connecting;
+        let result = match tokio::time::timeout(timeout, Self::connect_inner(provider, tls, &mut phase)).await {
             Ok(result) => result,
-            Err(_) => Err(NetError::Timeout { stage: "connecting to", server }.into()),
+            Err(_) => Err(NetError::Timeout { phase, server }.into()),
+        };
+        if let Err(e) = &result {
+            crate::metrics::submission_connect_failed(e.cause());
         }
+        result
     }
 
-    async fn connect_inner(provider: &SmtpProvider, tls: &UpstreamTls) -> Result<SmtpClient, RelayError> {
+    async fn connect_inner(
+        provider: &SmtpProvider,
+        tls: &UpstreamTls,
+        phase: &mut Phase,
+    ) -> Result<SmtpClient, RelayError> {
         let url: &ServerUrl = &provider.smtp;
         let server = url.to_string();
         let tcp = tcp_connect(url).await?;
         let _ = tcp.set_nodelay(true);
         let tls_config = || {
-            tls.config(provider.ca_file.as_deref())
-                .map_err(|e| NetError::Tls { server: server.clone(), detail: e.to_string() })
+            tls.config(provider.ca_file.as_deref()).map_err(|e| NetError::Tls {
+                server: server.clone(),
+                detail: e.to_string(),
+                problem: TlsProblem::Setup,
+            })
         };
         let stream = match url.security {
-            Security::Implicit => tls_handshake(tcp, url, tls_config()?).await?,
+            Security::Implicit => {
+                *phase = Phase::TlsHandshake;
+                tls_handshake(tcp, url, tls_config()?).await?
+            }
             _ => Stream::Plain(tcp),
         };
+        *phase = Phase::Greeting;
         let mut client = SmtpClient {
             stream,
             buf: BytesMut::with_capacity(4096),
@@ -238,8 +269,10 @@ impl SmtpClient {
         if greeting.code != 220 {
             return Err(RelayError::Greeting { server, reply: greeting });
         }
+        *phase = Phase::Capabilities;
         client.ehlo().await?;
         if url.security == Security::StartTls {
+            *phase = Phase::StartTls;
             let reply = client.command(b"STARTTLS\r\n").await?;
             if reply.code != 220 {
                 return Err(RelayError::StartTls { server, reply });

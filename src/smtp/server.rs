@@ -16,7 +16,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::queue::{self, Queue, Wakeups};
 use super::relay::SmtpClient;
 use super::session::{AuthResult, Event, Policy, Session};
-use super::{CapsCache, Smtp};
+use super::{CapsCache, Smtp, Waits};
 use crate::context::{Context, ReceiptJob};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::limits::Refused;
@@ -50,15 +50,16 @@ pub enum StartError {
 
 /// Binds the SMTP listeners of the config and starts the relay task (fed by `channels.0`, the
 /// other end of `Context::queue`) and the receipts agent (fed by `channels.1`, the other end
-/// of `Context::receipts`). Returns the accept loops (aborted at shutdown); sessions and the
-/// relay hold `alive` until they end. Without SMTP, the channels are dropped: nothing is
-/// queued, and receipts are not worked on.
+/// of `Context::receipts`). Returns the accept loops (aborted at shutdown) and the relay's
+/// reasons for waiting (for `queue list` on the control socket); sessions and the relay hold
+/// `alive` until they end. Without SMTP, the channels are dropped: nothing is queued, and
+/// receipts are not worked on.
 pub async fn start(
     shared: Arc<Context>,
     channels: (Wakeups, mpsc::UnboundedReceiver<ReceiptJob>),
     shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
-) -> Result<Vec<JoinHandle<()>>, StartError> {
+) -> Result<(Vec<JoinHandle<()>>, Option<Arc<Waits>>), StartError> {
     let (wakeups, receipt_jobs) = channels;
     let wanted: Vec<(SocketAddr, Kind)> =
         [(shared.config().listen.smtp, Kind::Smtp), (shared.config().listen.smtps, Kind::Smtps)]
@@ -66,16 +67,17 @@ pub async fn start(
             .filter_map(|(addr, kind)| addr.map(|a| (a, kind)))
             .collect();
     if wanted.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     if !shared.config().has_smtp_provider() {
         warn!(
             "[listen] smtp/smtps are set but no submission server is configured ([upstream] smtp); not listening for SMTP"
         );
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let queue = Queue::new(shared.clone());
-    let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue });
+    let waits = Arc::new(Waits::default());
+    let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue, waits: waits.clone() });
     let mut tasks = Vec::new();
     for (addr, kind) in wanted {
         let label = match kind {
@@ -105,7 +107,7 @@ pub async fn start(
     }
     super::receipts::start(ctx.clone(), receipt_jobs);
     tokio::spawn(queue::run_relay(ctx, wakeups, shutdown, alive));
-    Ok(tasks)
+    Ok((tasks, Some(waits)))
 }
 
 /// The provider whose capabilities are advertised before a client has logged in.
@@ -170,7 +172,7 @@ async fn serve(
 
 async fn run(
     ctx: &Smtp,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
     listener: Listener,
     refused: Option<Refused>,
@@ -179,10 +181,13 @@ async fn run(
     let shared = &ctx.shared;
     let mut stream = match listener.kind {
         Kind::Smtps => {
+            if let Some(outcome) = plain_client_on_tls_port(shared, &mut tcp, &listener).await {
+                return outcome;
+            }
             match tokio::time::timeout(shared.config().limits.login_timeout(), shared.acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => Stream::ServerTls(Box::new(tls)),
                 Ok(Err(e)) => return format!("TLS handshake failed: {e}"),
-                Err(_) => return "TLS handshake timed out".into(),
+                Err(_) => return "TLS handshake timed out (the client sent its hello, then stopped)".into(),
             }
         }
         Kind::Smtp => Stream::Plain(tcp),
@@ -206,6 +211,7 @@ async fn run(
     );
     let mut buf = vec![0u8; READ_CHUNK];
     let mut queued = 0u32;
+    let mut first_read = !stream.is_tls();
     loop {
         match session.next_event() {
             Event::NeedInput => {
@@ -226,6 +232,15 @@ async fn run(
                         } else {
                             format!("client closed the connection; {queued} message(s) queued")
                         };
+                    }
+                    Ok(Ok(n)) if std::mem::take(&mut first_read) && crate::net::is_tls_hello(&buf[..n]) => {
+                        // The client is set to SSL/TLS for this STARTTLS port; it has read our
+                        // plain greeting as a broken TLS record and shows a TLS error.
+                        warn!(
+                            "client started TLS on the plain SMTP port {}; set the client to STARTTLS here, or to SSL/TLS on the smtps port",
+                            listener.addr
+                        );
+                        return "TLS spoken on the plain port".into();
                     }
                     Ok(Ok(n)) => session.feed(&buf[..n]),
                     Ok(Err(e)) => return format!("client connection failed: {e}"),
@@ -248,7 +263,7 @@ async fn run(
                         // Slows down password guessing, as on the IMAP side.
                         tokio::time::sleep(delay).await;
                     }
-                    AuthResult::Unavailable(_) => info!(login, "login not checked: {result:?}"),
+                    AuthResult::Unavailable(why) => info!(login, "login not checked: {why}"),
                     AuthResult::Reauthorize(why) => info!(login, "login refused: {why}"),
                 }
                 password.wipe();
@@ -283,6 +298,35 @@ async fn run(
             }
         }
     }
+}
+
+/// On the implicit-TLS port, a client that speaks plain text or waits for a greeting is set to
+/// STARTTLS (or no security): it gets a plain `554` that says so at once, instead of a TLS
+/// handshake that never starts. `None` when the client did start TLS.
+async fn plain_client_on_tls_port(shared: &Context, tcp: &mut TcpStream, listener: &Listener) -> Option<String> {
+    use crate::net::FirstBytes;
+    let what = match crate::net::first_bytes(tcp, crate::net::TLS_HELLO_WAIT).await {
+        FirstBytes::TlsHello => return None,
+        FirstBytes::Closed => return Some("client left before the TLS handshake".into()),
+        FirstBytes::Text => "spoke plain text".to_string(),
+        FirstBytes::Silent => {
+            format!(
+                "sent no TLS hello within {} s (it waits for a plain greeting)",
+                crate::net::TLS_HELLO_WAIT.as_secs()
+            )
+        }
+    };
+    let starttls = match shared.config().listen.smtp.filter(|a| a.port() != 0) {
+        Some(addr) => format!(", or to STARTTLS on port {}", addr.port()),
+        None => String::new(),
+    };
+    warn!("client {what} on the implicit-TLS SMTP port {}; set the client to SSL/TLS here{starttls}", listener.addr);
+    let reply = format!(
+        "554 5.7.0 This port expects TLS from the first byte: set your mail client to SSL/TLS for it{starttls}\r\n"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(reply.as_bytes())).await;
+    let _ = tcp.shutdown().await;
+    Some(format!("plain text on the implicit-TLS port (the client {what})"))
 }
 
 async fn flush(stream: &mut Stream, session: &mut Session) -> std::io::Result<()> {

@@ -32,6 +32,8 @@ use redb::{
 };
 use tracing::warn;
 
+mod deliveries;
+pub use deliveries::{DELIVERIES_KEPT_SECS, Delivery};
 mod queue;
 pub use queue::{Attempt, MailParams, QueueCap, QueueUsage, QueuedMessage, Recipient, RecipientState};
 
@@ -60,6 +62,13 @@ const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 pub enum StoreError {
     #[error("cannot open the store {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    /// redb's lock on the file: one process at a time.
+    #[error(
+        "another coi-proxy uses this state directory ({}): its store {} is locked. Stop that one first, or give this \
+         one a state directory of its own (state_dir or --state-dir)",
+        path.parent().unwrap_or(path).display(), path.display()
+    )]
+    InUse { path: PathBuf },
     #[error(
         "the store {path} was written by a newer coi-proxy (schema {found}, this version knows {known}); refusing to misread it"
     )]
@@ -152,6 +161,7 @@ struct File {
 fn open_file(path: &Path) -> Result<Database, StoreError> {
     Database::create(path).map_err(|e| match e {
         DatabaseError::Storage(StorageError::Io(io)) if is_disk_full(&io) => StoreError::DiskFull,
+        DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.to_path_buf() },
         e => StoreError::Open { path: path.to_path_buf(), reason: e.to_string() },
     })
 }
@@ -228,6 +238,9 @@ impl Store {
     /// off it.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         let path = state_dir.join("coi-proxy.redb");
+        // Queued mail is in it: 0600 whoever creates it (redb would leave it to the umask).
+        crate::state::private_file(&path)
+            .map_err(|e| StoreError::Open { path: path.clone(), reason: e.to_string() })?;
         let db = open_file(&path)?;
         let file = Arc::new(File { db: RwLock::new(Some(Arc::new(db))), path, reopened: AtomicU64::new(0) });
         file.check_schema()?;
@@ -310,5 +323,17 @@ mod tests {
         drop(store);
         let err = Store::open(dir.path()).err().expect("newer schema must be refused").to_string();
         assert!(err.contains("newer coi-proxy"), "{err}");
+    }
+
+    #[test]
+    fn the_file_is_private_and_a_second_opener_is_told_who_holds_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mode = std::fs::metadata(store.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let err = Store::open(dir.path()).err().expect("the file is locked").to_string();
+        assert!(err.starts_with("another coi-proxy uses this state directory"), "{err}");
+        assert!(!err.contains("Database already open"), "{err}");
     }
 }

@@ -114,7 +114,7 @@ impl QueuedMessage {
 }
 
 /// Whether a read transaction may treat a missing table as empty.
-fn missing(e: &TableError) -> bool {
+pub(super) fn missing(e: &TableError) -> bool {
     matches!(e, TableError::TableDoesNotExist(_))
 }
 
@@ -253,12 +253,17 @@ impl Store {
     }
 
     /// Stores a message's new state, or removes it when [`QueuedMessage::is_done`], in one
-    /// durable transaction. `false` if the id is no longer queued (e.g. dropped by hand).
+    /// durable transaction, with the recipients it settled since the last save (see
+    /// `deliveries`). `false` if the id is no longer queued (e.g. dropped by hand).
     pub fn queue_save(&self, id: u64, msg: &QueuedMessage) -> Pending<bool> {
-        let (json, done) = (encode(msg), msg.is_done());
+        let (json, done, new) = (encode(msg), msg.is_done(), msg.clone());
         self.write(move |txn| {
             let mut envelopes = txn.open_table(ENVELOPES)?;
-            let existed = envelopes.get(id)?.is_some();
+            let old = envelopes.get(id)?.map(|json| decode(id, json.value())).transpose()?;
+            let existed = old.is_some();
+            if let Some(old) = &old {
+                super::deliveries::record(txn, id, old, &new)?;
+            }
             if existed {
                 if done {
                     envelopes.remove(id)?;

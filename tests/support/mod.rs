@@ -11,3 +11,16 @@ pub mod other_provider;
 pub mod provider;
 pub mod proxy;
 pub mod smtp_client;
+
+/// The first line a server sends on a plain TCP connection to `port` after `send` (if anything),
+/// and how long it took; empty if it closed without a line.
+pub fn first_line(port: u16, send: &[u8]) -> (String, std::time::Duration) {
+    use std::io::{BufRead, Write};
+    let started = std::time::Instant::now();
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(90))).unwrap();
+    tcp.write_all(send).unwrap();
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(tcp).read_line(&mut line);
+    (line, started.elapsed())
+}

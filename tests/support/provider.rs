@@ -55,6 +55,9 @@ pub struct ProviderOptions {
     /// The bearer mechanisms offered with `oauth2_introspection_url` (default both), e.g.
     /// `"oauthbearer"`.
     pub oauth2_mechanisms: Option<String>,
+    /// Sessions one Dovecot imap process serves (default 1), so that 10,000 sessions need
+    /// hundreds of processes rather than 10,000.
+    pub imap_client_limit: Option<u32>,
 }
 
 /// A running provider; everything listens on 127.0.0.1.
@@ -143,6 +146,9 @@ impl Provider {
         }
         if let Some(mechanisms) = &opts.oauth2_mechanisms {
             cmd.arg("--oauth2-mechanisms").arg(mechanisms);
+        }
+        if let Some(limit) = opts.imap_client_limit {
+            cmd.arg("--imap-client-limit").arg(limit.to_string());
         }
         let state_dir = make_state_dir();
         cmd.arg(&state_dir);

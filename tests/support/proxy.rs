@@ -21,11 +21,14 @@ pub struct ProxyBuilder {
     log_filter: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    state: Option<PathBuf>,
 }
 
 pub struct Proxy {
     child: Option<Child>,
     pub state_dir: tempfile::TempDir,
+    /// The daemon's `state_dir` (`state_dir/state` unless the builder named another).
+    pub state: PathBuf,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     pub imap_port: u16,
@@ -73,6 +76,11 @@ impl ProxyBuilder {
         self.args.push(arg.into());
         self
     }
+    /// The daemon's `state_dir` (default: `state` in the proxy's temporary directory).
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state = Some(dir.to_path_buf());
+        self
+    }
     /// An environment variable for the daemon (e.g. `NOTIFY_SOCKET`).
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
@@ -83,9 +91,11 @@ impl ProxyBuilder {
         let state_dir = tempfile::Builder::new().prefix("coi-proxy-test.").tempdir().expect("temp dir");
         let config_path = state_dir.path().join("proxy.toml");
         let log_path = state_dir.path().join("proxy.log");
+        let state = self.state.clone().unwrap_or_else(|| state_dir.path().join("state"));
         let mut proxy = Proxy {
             child: None,
             state_dir,
+            state,
             config_path,
             log_path,
             imap_port: 0,
@@ -111,6 +121,7 @@ impl Proxy {
             log_filter: "debug".into(),
             args: Vec::new(),
             env: Vec::new(),
+            state: None,
         }
     }
 
@@ -120,7 +131,7 @@ impl Proxy {
     }
 
     fn write_config(&self) {
-        let mut toml = format!("state_dir = {:?}\n", self.state_dir.path().join("state").display().to_string());
+        let mut toml = format!("state_dir = {:?}\n", self.state.display().to_string());
         if let Some(up) = &self.builder.upstream {
             toml.push_str(&format!("[upstream]\nimap = {up:?}\n"));
             if let Some(smtp) = &self.builder.upstream_smtp {
@@ -227,7 +238,7 @@ impl Proxy {
     }
 
     pub fn ca_path(&self) -> PathBuf {
-        self.state_dir.path().join("state/tls/ca.pem")
+        self.state.join("tls/ca.pem")
     }
 
     /// A plain connection to the imap listener.

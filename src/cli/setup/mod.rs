@@ -367,9 +367,7 @@ enum FetchError {
 /// HTTP off loopback, at most [`autoconfig::MAX_BYTES`].
 async fn fetch_autoconfig(url: &str, timeout: Duration) -> Result<String, FetchError> {
     let secs = timeout.as_secs();
-    let tls = crate::tls::UpstreamTls::default().config(None).map_err(|e| FetchError::Other(e.to_string()))?;
-    let mut tls = (*tls).clone();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tls = crate::tls::https_client_config().map_err(|e| FetchError::Other(e.to_string()))?;
     let policy = reqwest::redirect::Policy::custom(|attempt| {
         let secure = attempt.url().scheme() == "https"
             || attempt.url().host_str().is_some_and(|h| h == "127.0.0.1" || h == "[::1]" || h == "localhost");

@@ -103,21 +103,24 @@ enum PreLogin {
 
 impl Session {
     /// Serves the connection; a `refused` one only gets a BYE saying why.
-    async fn run(&mut self, tcp: TcpStream, refused: Option<Refused>) -> String {
+    async fn run(&mut self, mut tcp: TcpStream, refused: Option<Refused>) -> String {
         let limits = self.shared.config().limits.clone();
         let stream = match self.listener.kind {
             ListenerKind::Imaps => {
+                if let Some(outcome) = self.plain_client_on_tls_port(&mut tcp).await {
+                    return outcome;
+                }
                 match tokio::time::timeout(limits.login_timeout(), self.shared.acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => Stream::ServerTls(Box::new(tls)),
                     Ok(Err(e)) => return format!("TLS handshake failed: {e}"),
-                    Err(_) => return "TLS handshake timed out".into(),
+                    Err(_) => return "TLS handshake timed out (the client sent its hello, then stopped)".into(),
                 }
             }
             ListenerKind::Imap => Stream::Plain(tcp),
         };
         let mut conn = Conn::new(stream, limits.max_line);
         if let Some(refused) = refused {
-            let _ = conn.write(format!("* BYE [UNAVAILABLE] {refused}\r\n").as_bytes()).await;
+            let _ = say(&mut conn, format!("* BYE [UNAVAILABLE] {refused}\r\n").as_bytes()).await;
             let _ = conn.stream.shutdown().await;
             return format!("refused: {refused}");
         }
@@ -126,7 +129,7 @@ impl Session {
             Ok(PreLogin::LoggedIn(pair)) => *pair,
             Ok(PreLogin::Ended(why)) => return why,
             Err(_) => {
-                let _ = conn.write(b"* BYE Login timed out\r\n").await;
+                let _ = say(&mut conn, b"* BYE Login timed out\r\n").await;
                 return "login timed out".into();
             }
         };
@@ -167,7 +170,38 @@ impl Session {
         let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name, webpush);
         let (end, traffic) = relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone()).await;
         crate::metrics::traffic(traffic.from_client, traffic.from_provider);
-        format!("{end:?}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider)
+        format!("{end}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider)
+    }
+
+    /// On the implicit-TLS port, a client that speaks plain text or waits for a greeting is set
+    /// to STARTTLS (or no security): it gets a plain `* BYE` that says so at once, instead of a
+    /// TLS handshake that never starts. `None` when the client did start TLS.
+    async fn plain_client_on_tls_port(&self, tcp: &mut TcpStream) -> Option<String> {
+        use crate::net::FirstBytes;
+        let what = match crate::net::first_bytes(tcp, crate::net::TLS_HELLO_WAIT).await {
+            FirstBytes::TlsHello => return None,
+            FirstBytes::Closed => return Some("client left before the TLS handshake".into()),
+            FirstBytes::Text => "spoke plain text".to_string(),
+            FirstBytes::Silent => format!(
+                "sent no TLS hello within {} s (it waits for a plain greeting)",
+                crate::net::TLS_HELLO_WAIT.as_secs()
+            ),
+        };
+        let starttls = match self.shared.config().listen.imap.filter(|a| a.port() != 0) {
+            Some(addr) => format!(", or to STARTTLS on port {}", addr.port()),
+            None => String::new(),
+        };
+        warn!(
+            "client {what} on the implicit-TLS IMAP port {}; set the client to SSL/TLS here{starttls}",
+            self.listener.addr
+        );
+        let bye = format!(
+            "* BYE This port expects TLS from the first byte: set your mail client to SSL/TLS for it{starttls}\r\n"
+        );
+        crate::imap::wire::trace::server_message(bye.as_bytes());
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(bye.as_bytes())).await;
+        let _ = tcp.shutdown().await;
+        Some(format!("plain text on the implicit-TLS port (the client {what})"))
     }
 
     fn tls_active(conn: &Conn) -> bool {
@@ -181,20 +215,20 @@ impl Session {
 
     async fn pre_login(&mut self, conn: &mut Conn) -> PreLogin {
         let greeting = self.greeting(conn);
-        if conn.write(&greeting).await.is_err() {
+        if say(conn, &greeting).await.is_err() {
             return PreLogin::Ended("client left before the greeting".into());
         }
         if self.listener.kind == ListenerKind::Imap {
             let first = tokio::select! {
                 read = conn.fill() => read,
                 _ = self.shutdown.changed() => {
-                    let _ = conn.write(b"* BYE coi-proxy is shutting down\r\n").await;
+                    let _ = say(conn, b"* BYE coi-proxy is shutting down\r\n").await;
                     return PreLogin::Ended("shutdown".into());
                 }
             };
             match first {
                 Ok(0) | Err(_) => return PreLogin::Ended("client left without a command".into()),
-                Ok(_) if conn.buf[0] == 0x16 => {
+                Ok(_) if crate::net::is_tls_hello(&conn.buf) => {
                     // A TLS ClientHello: the client is set to SSL/TLS on the STARTTLS port.
                     warn!(
                         "client started TLS on the plain IMAP port {}; set the client to STARTTLS here, or to SSL/TLS on the imaps port",
@@ -207,7 +241,7 @@ impl Session {
         }
         loop {
             if *self.shutdown.borrow() {
-                let _ = conn.write(b"* BYE coi-proxy is shutting down\r\n").await;
+                let _ = say(conn, b"* BYE coi-proxy is shutting down\r\n").await;
                 return PreLogin::Ended("shutdown".into());
             }
             let read = tokio::select! {
@@ -218,7 +252,7 @@ impl Session {
                 Ok(msg) => msg,
                 Err(ReadError::TooLong { tag, .. }) => {
                     let tag = if tag.is_empty() { "*".to_string() } else { String::from_utf8_lossy(&tag).into_owned() };
-                    if conn.write(format!("{tag} BAD Command too long\r\n").as_bytes()).await.is_err() {
+                    if say(conn, format!("{tag} BAD Command too long\r\n").as_bytes()).await.is_err() {
                         return PreLogin::Ended("client left".into());
                     }
                     continue;
@@ -234,7 +268,7 @@ impl Session {
                 Err(e) => {
                     let tag = command::head(msg.expose()).map(|(t, _)| String::from_utf8_lossy(t).into_owned());
                     let reply = format!("{} BAD {e}\r\n", tag.as_deref().unwrap_or("*"));
-                    if conn.write(reply.as_bytes()).await.is_err() {
+                    if say(conn, reply.as_bytes()).await.is_err() {
                         return PreLogin::Ended("client left".into());
                     }
                     continue;
@@ -256,23 +290,24 @@ impl Session {
         match kind {
             CommandName::Capability => {
                 let caps = capability::pre_login(Self::tls_active(conn), self.listener.plaintext_auth);
-                conn.write(format!("* CAPABILITY {caps}\r\n{tag} OK Capability completed.\r\n").as_bytes()).await?;
+                say(conn, format!("* CAPABILITY {caps}\r\n{tag} OK Capability completed.\r\n").as_bytes()).await?;
             }
-            CommandName::Noop => conn.write(format!("{tag} OK NOOP completed.\r\n").as_bytes()).await?,
+            CommandName::Noop => say(conn, format!("{tag} OK NOOP completed.\r\n").as_bytes()).await?,
             CommandName::Id => {
                 self.client_id = command::client_name(&cmd.args);
                 if let Some(name) = &self.client_id {
                     info!(client_name = %name, "client identified itself");
                 }
                 let version = env!("CARGO_PKG_VERSION");
-                conn.write(
+                say(
+                    conn,
                     format!("* ID (\"name\" \"coi-proxy\" \"version\" \"{version}\")\r\n{tag} OK ID completed.\r\n")
                         .as_bytes(),
                 )
                 .await?;
             }
             CommandName::Logout => {
-                conn.write(format!("* BYE Logging out\r\n{tag} OK Logout completed.\r\n").as_bytes()).await?;
+                say(conn, format!("* BYE Logging out\r\n{tag} OK Logout completed.\r\n").as_bytes()).await?;
                 return Ok(Some(PreLogin::Ended("logged out before login".into())));
             }
             CommandName::Starttls => return self.starttls(conn, tag).await,
@@ -280,7 +315,7 @@ impl Session {
                 let (Some(user), Some(pass), 2) =
                     (cmd.args.first().and_then(Arg::astring), cmd.args.get(1).and_then(Arg::astring), cmd.args.len())
                 else {
-                    conn.write(format!("{tag} BAD LOGIN expects a user name and a password\r\n").as_bytes()).await?;
+                    say(conn, format!("{tag} BAD LOGIN expects a user name and a password\r\n").as_bytes()).await?;
                     return Ok(None);
                 };
                 let user = String::from_utf8_lossy(user).into_owned();
@@ -295,7 +330,7 @@ impl Session {
                 } else {
                     format!("{tag} BAD Unknown command\r\n")
                 };
-                conn.write(reply.as_bytes()).await?;
+                say(conn, reply.as_bytes()).await?;
             }
         }
         Ok(None)
@@ -303,10 +338,10 @@ impl Session {
 
     async fn starttls(&mut self, conn: &mut Conn, tag: &str) -> std::io::Result<Option<PreLogin>> {
         if Self::tls_active(conn) {
-            conn.write(format!("{tag} BAD TLS is already active\r\n").as_bytes()).await?;
+            say(conn, format!("{tag} BAD TLS is already active\r\n").as_bytes()).await?;
             return Ok(None);
         }
-        conn.write(format!("{tag} OK Begin TLS negotiation now.\r\n").as_bytes()).await?;
+        say(conn, format!("{tag} OK Begin TLS negotiation now.\r\n").as_bytes()).await?;
         if !conn.buf.is_empty() {
             // Anything pipelined after STARTTLS arrived in plaintext and could be an injection.
             return Ok(Some(PreLogin::Ended("client sent data after STARTTLS before the TLS handshake".into())));
@@ -333,7 +368,7 @@ impl Session {
                 match parse_plain(payload.expose()) {
                     Some(creds) => creds,
                     None => {
-                        conn.write(format!("{tag} BAD Malformed AUTHENTICATE PLAIN data\r\n").as_bytes()).await?;
+                        say(conn, format!("{tag} BAD Malformed AUTHENTICATE PLAIN data\r\n").as_bytes()).await?;
                         return Ok(None);
                     }
                 }
@@ -345,7 +380,8 @@ impl Session {
                 (String::from_utf8_lossy(user.expose()).into_owned(), pass)
             }
             _ => {
-                conn.write(
+                say(
+                    conn,
                     format!("{tag} NO [CANNOT] Unsupported authentication mechanism; use PLAIN or LOGIN\r\n")
                         .as_bytes(),
                 )
@@ -369,12 +405,12 @@ impl Session {
         let encoded = match initial {
             Some(ir) => ir,
             None => {
-                conn.write(format!("+ {challenge}\r\n").as_bytes()).await?;
+                say(conn, format!("+ {challenge}\r\n").as_bytes()).await?;
                 crate::imap::wire::trace::client_sasl();
                 match conn.read_message(PRE_LOGIN_LIMIT, None).await {
                     Ok(line) => Secret::new(line),
                     Err(ReadError::TooLong { .. }) => {
-                        conn.write(format!("{tag} BAD Authentication data too long\r\n").as_bytes()).await?;
+                        say(conn, format!("{tag} BAD Authentication data too long\r\n").as_bytes()).await?;
                         return Ok(None);
                     }
                     Err(e) => return Err(std::io::Error::other(e.to_string())),
@@ -383,7 +419,7 @@ impl Session {
         };
         let trimmed = encoded.expose().trim_ascii_end();
         if trimmed == b"*" {
-            conn.write(format!("{tag} BAD Authentication aborted\r\n").as_bytes()).await?;
+            say(conn, format!("{tag} BAD Authentication aborted\r\n").as_bytes()).await?;
             return Ok(None);
         }
         if trimmed == b"=" {
@@ -392,7 +428,7 @@ impl Session {
         match base64::engine::general_purpose::STANDARD.decode(trimmed) {
             Ok(decoded) => Ok(Some(Secret::new(decoded))),
             Err(_) => {
-                conn.write(format!("{tag} BAD Invalid base64 in authentication data\r\n").as_bytes()).await?;
+                say(conn, format!("{tag} BAD Invalid base64 in authentication data\r\n").as_bytes()).await?;
                 Ok(None)
             }
         }
@@ -407,18 +443,17 @@ impl Session {
         pass: Secret,
     ) -> std::io::Result<Option<PreLogin>> {
         if !Self::tls_active(conn) && !self.listener.plaintext_auth {
-            conn.write(
-                format!("{tag} NO [PRIVACYREQUIRED] Plaintext login is disabled on this port; use STARTTLS first, or the implicit-TLS port\r\n")
-                    .as_bytes(),
-            )
-            .await?;
+            let no = format!(
+                "{tag} NO [PRIVACYREQUIRED] Plaintext login is disabled on this port; use STARTTLS first, or the implicit-TLS port\r\n"
+            );
+            say(conn, no.as_bytes()).await?;
             return Ok(None);
         }
         let span = tracing::Span::current();
         span.record("login", user.as_str());
         let Some(provider) = self.shared.config().provider_for(&user) else {
             warn!("no provider configured for this login");
-            conn.write(format!("{tag} NO [UNAVAILABLE] No provider is configured for this login\r\n").as_bytes())
+            say(conn, format!("{tag} NO [UNAVAILABLE] No provider is configured for this login\r\n").as_bytes())
                 .await?;
             return Ok(None);
         };
@@ -432,7 +467,7 @@ impl Session {
                 Err(e) => {
                     warn!(cause = %e, "provider unavailable");
                     crate::metrics::provider_connect_failed(e.cause());
-                    conn.write(format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
+                    say(conn, format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
                     return Ok(None);
                 }
             };
@@ -441,12 +476,13 @@ impl Session {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(e)) => {
                     warn!(cause = %e, "provider failed during login");
-                    conn.write(format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
+                    say(conn, format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
                     return Ok(None);
                 }
                 Err(_) => {
                     warn!("provider did not answer the login in time");
-                    conn.write(
+                    say(
+                        conn,
                         format!("{tag} NO [UNAVAILABLE] timed out waiting for {} to log in\r\n", upstream.server)
                             .as_bytes(),
                     )
@@ -469,7 +505,7 @@ impl Session {
                     coi::session::capabilities(provider_metadata, upstream.has("IDLE"), &[crate::push::CAPABILITY]);
                 let caps = capability::post_login(&upstream.capabilities, &extra).join(" ");
                 let text = status_text(&status);
-                conn.write(format!("{tag} OK [CAPABILITY {caps}] {text}\r\n").as_bytes()).await?;
+                say(conn, format!("{tag} OK [CAPABILITY {caps}] {text}\r\n").as_bytes()).await?;
                 info!("logged in");
                 if !upstream.conn.buf.is_empty() {
                     debug!(bytes = upstream.conn.buf.len(), "provider sent more after login; relaying it");
@@ -490,15 +526,22 @@ impl Session {
                 );
                 // Slows down password guessing; the provider's verdict is known already.
                 tokio::time::sleep(delay).await;
-                conn.write(&[tag.as_bytes(), b" ", &status].concat()).await?;
+                say(conn, &[tag.as_bytes(), b" ", &status].concat()).await?;
                 if self.auth_failures >= MAX_AUTH_FAILURES {
-                    conn.write(b"* BYE Too many failed logins\r\n").await?;
+                    say(conn, b"* BYE Too many failed logins\r\n").await?;
                     return Ok(Some(PreLogin::Ended("too many failed logins".into())));
                 }
                 Ok(None)
             }
         }
     }
+}
+
+/// Writes the proxy's own words to the client before login, traced (`--trace-protocol`) like
+/// the client's, so that the trace shows both directions.
+async fn say(conn: &mut Conn, bytes: &[u8]) -> std::io::Result<()> {
+    crate::imap::wire::trace::server_message(bytes);
+    conn.write(bytes).await
 }
 
 /// The human text of a tagged `OK` status (after any response code), without the line end.

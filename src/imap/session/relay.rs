@@ -136,7 +136,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         let mut policy = Policy::new(policy_opts, client.framer, upstream.framer, initial, Instant::now());
         let shutting_down = *shutdown.borrow();
         if shutting_down {
-            policy.shutdown();
+            policy.shutdown(Instant::now());
         }
         let (client_read, client_write) = tokio::io::split(client.stream);
         let (provider_read, provider_write) = tokio::io::split(upstream.stream);
@@ -192,7 +192,9 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             while let Some(event) = self.policy.poll_event() {
                 progress = true;
                 if let Event::End(end) = event {
-                    if !self.to_client.is_idle() {
+                    // A session cut off at shutdown has no last words: the client is not
+                    // reading what it was sent already, and the daemon is about to exit.
+                    if !self.to_client.is_idle() && end != RelayEnd::ShutdownCut {
                         let _ = tokio::time::timeout(LAST_WORDS, self.to_client.write(&mut self.client_write)).await;
                     }
                     return Some(end);
@@ -340,7 +342,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             }
             _ = self.shutdown.changed(), if !self.shutting_down => {
                 self.shutting_down = true;
-                self.policy.shutdown();
+                self.policy.shutdown(Instant::now());
             }
             (interceptor, reply) = async {
                 match self.intercepting.as_mut() {

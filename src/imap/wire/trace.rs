@@ -1,6 +1,8 @@
 //! The protocol trace (`coi-proxy run --trace-protocol`): every IMAP line a session exchanges,
+//! both directions, before login (the proxy's own greeting and answers too) and after it,
 //! logged with credentials, AUTHENTICATE payloads and literal data (message bodies) replaced by
-//! markers, and long lines cut.
+//! markers, and long lines cut. A client line that is not a command (one word, e.g. SASL data
+//! sent without waiting for the `+`, which the proxy then reads as a command) is never shown.
 //!
 //! Sans-I/O: the functions here turn bytes into the redacted text; the session and relay call
 //! them behind [`on`], one relaxed load, so the hot path pays nothing while tracing is off.
@@ -32,6 +34,17 @@ pub fn on() -> bool {
 pub fn client_message(msg: &[u8]) {
     if on() {
         tracing::info!(target: "coi_proxy::protocol", "C: {}", redact_message(msg));
+    }
+}
+
+/// The proxy's own words to the client before login (greeting, CAPABILITY, `+`, the LOGIN
+/// answer), one trace line per line.
+#[inline]
+pub fn server_message(msg: &[u8]) {
+    if on() {
+        for line in msg.split_inclusive(|&b| b == b'\n') {
+            tracing::info!(target: "coi_proxy::protocol", "S: {}", cap(line));
+        }
     }
 }
 
@@ -115,11 +128,17 @@ pub fn redact_message(msg: &[u8]) -> String {
     out
 }
 
-/// The first line of a client command, with LOGIN's and AUTHENTICATE's credentials redacted.
+/// The first line of a client command, with LOGIN's and AUTHENTICATE's credentials redacted;
+/// a line of one word (no command: SASL data, e.g. an XOAUTH2 token sent without waiting for
+/// the `+`) is not shown at all. `DONE` (the end of IDLE) is the one-word line clients send.
 pub fn redact_command_line(line: &[u8]) -> String {
     let text = String::from_utf8_lossy(line);
     let mut words = text.split_ascii_whitespace();
     let (tag, name) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    if name.is_empty() && !tag.eq_ignore_ascii_case("DONE") {
+        let len = text.trim_end_matches(['\r', '\n']).len();
+        return format!("{REDACTED} (not a command, {len} bytes: never shown, it may be AUTHENTICATE data)");
+    }
     if name.eq_ignore_ascii_case("LOGIN") {
         return format!("{tag} {name} {REDACTED}");
     }
@@ -174,6 +193,11 @@ mod tests {
         );
         assert_eq!(redact_message(b"a4 AUTHENTICATE PLAIN\r\n"), "a4 AUTHENTICATE PLAIN");
         assert_eq!(redact_command_line(b"x LOGIN u p\r\n"), "x LOGIN [redacted]");
+        // SASL data the client sent without waiting for `+` reaches the command reader.
+        let token = b"dXNlcj1hbGljZQFhdXRoPUJlYXJlciB5YTI5LlNlY3JldAEB\r\n";
+        let shown = redact_message(token);
+        assert!(shown.starts_with("[redacted] (not a command, 48 bytes") && !shown.contains("dXNl"), "{shown}");
+        assert_eq!(redact_command_line(b"DONE\r\n"), "DONE");
     }
 
     #[test]

@@ -115,9 +115,35 @@ pub enum RelayEnd {
     /// The proxy ended the session with a `* BYE` (reason given).
     Bye(&'static str),
     Shutdown,
+    /// Shutdown came in the middle of a provider response that did not end within
+    /// [`SHUTDOWN_CUT`]: the session was cut off mid-response, without a BYE.
+    ShutdownCut,
     ClientError(String),
     ProviderError(String),
 }
+
+impl std::fmt::Display for RelayEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayEnd::ClientClosed => f.write_str("the client closed the connection"),
+            RelayEnd::ProviderClosed => f.write_str("the provider closed the connection"),
+            RelayEnd::Bye(why) => write!(f, "coi-proxy said BYE: {why}"),
+            RelayEnd::Shutdown => f.write_str("coi-proxy said BYE at shutdown"),
+            RelayEnd::ShutdownCut => write!(
+                f,
+                "cut off at shutdown mid-response: the response in progress did not end within {} s",
+                SHUTDOWN_CUT.as_secs()
+            ),
+            RelayEnd::ClientError(e) => write!(f, "the client connection failed: {e}"),
+            RelayEnd::ProviderError(e) => write!(f, "the provider connection failed: {e}"),
+        }
+    }
+}
+
+/// How long a shutdown waits for the provider's response in progress before it cuts the
+/// session off; below the daemon's grace period, so that every session ends (and says so in
+/// the log) before the process exits.
+pub const SHUTDOWN_CUT: Duration = Duration::from_secs(7);
 
 /// Something the proxy tells the client, waiting for the provider's response in progress to
 /// end.
@@ -133,7 +159,7 @@ enum Answer {
 struct Ending {
     bye: Vec<u8>,
     end: RelayEnd,
-    /// Unless this passes first; `None` waits as long as it takes (shutdown).
+    /// Unless this passes first; `None` waits as long as it takes.
     deadline: Option<Instant>,
 }
 
@@ -308,13 +334,14 @@ impl Policy {
         }
     }
 
-    /// The proxy is shutting down: BYE once the provider's response in progress is complete.
-    pub fn shutdown(&mut self) {
+    /// The proxy is shutting down: BYE once the provider's response in progress is complete,
+    /// or the session is cut off if that takes longer than [`SHUTDOWN_CUT`].
+    pub fn shutdown(&mut self, now: Instant) {
         if self.ending.is_none() && self.ended.is_none() {
             self.ending = Some(Ending {
                 bye: b"* BYE coi-proxy is shutting down\r\n".to_vec(),
                 end: RelayEnd::Shutdown,
-                deadline: None,
+                deadline: Some(now + SHUTDOWN_CUT),
             });
         }
     }
@@ -365,9 +392,12 @@ impl Policy {
         if let Some(ending) = &self.ending
             && ending.deadline.is_some_and(|d| now >= d)
         {
+            self.ended = Some(match ending.end {
+                RelayEnd::Shutdown => RelayEnd::ShutdownCut,
+                _ => RelayEnd::Bye("timed out while saying BYE"),
+            });
             self.ending = None;
             self.answers.clear();
-            self.ended = Some(RelayEnd::Bye("timed out while saying BYE"));
             return;
         }
         let timeout = self.opts.provider_timeout;

@@ -500,12 +500,31 @@ fn shutdown_waits_for_the_response_in_progress() {
     let mut s = Session::new(options());
     s.client_sends(b"f FETCH 1 BODY[]\r\n");
     s.provider_sends(b"* 1 FETCH (BODY[] {4}\r\nab");
-    s.policy.shutdown();
+    s.policy.shutdown(s.now);
     s.pump();
     assert!(s.events().is_empty());
     assert_eq!(s.client_sends(b"g NOOP\r\n"), "", "no new commands");
     assert_eq!(s.provider_sends(b"cd)\r\n"), "cd)\r\n* BYE coi-proxy is shutting down\r\n");
     assert_eq!(s.events(), vec![Event::End(RelayEnd::Shutdown)]);
+}
+
+#[test]
+fn shutdown_cuts_off_a_response_that_does_not_end_in_time() {
+    let mut s = Session::new(options());
+    s.client_sends(b"f FETCH 1 BODY[]\r\n");
+    s.provider_sends(b"* 1 FETCH (BODY[] {400000000}\r\nabc");
+    s.policy.shutdown(s.now);
+    assert_eq!(s.policy.deadline(), Some(s.now + SHUTDOWN_CUT), "the cut is a deadline");
+    s.policy.tick(s.now + SHUTDOWN_CUT - Duration::from_millis(1));
+    s.pump();
+    assert!(s.events().is_empty(), "the response may still end in time");
+    s.policy.tick(s.now + SHUTDOWN_CUT);
+    s.pump();
+    assert_eq!(s.events(), vec![Event::End(RelayEnd::ShutdownCut)]);
+    assert!(!String::from_utf8_lossy(&s.client).contains("BYE"), "no BYE in the middle of a literal");
+    let said = RelayEnd::ShutdownCut.to_string();
+    assert!(said.contains("shutdown") && said.contains("mid-response"), "{said}");
+    assert_eq!(RelayEnd::ClientClosed.to_string(), "the client closed the connection");
 }
 
 #[test]
