@@ -527,3 +527,87 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// An upgrade: a state directory of the release before OAuth2 (its schema-1 store with every
+/// table filled, `tests/fixtures/store-schema1.redb`, and its CA, `state-release1/tls`; no
+/// `seal.key`). `oauth status` only reads it; `oauth authorize` adds the seal key (0600) and the
+/// grant; the daemon starts on it, alice signs in by her local password, the old queue's mail for
+/// her is worked on over XOAUTH2; what the old store held is still there.
+#[test]
+fn a_state_dir_of_the_previous_release_takes_an_oauth2_account() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let idp = Idp::start();
+    let provider = Provider::start_with(ProviderOptions {
+        oauth2_introspection_url: Some(idp.introspection_url()),
+        ..ProviderOptions::default()
+    });
+    let parent = tempfile::tempdir().unwrap();
+    let state = parent.path().join("state");
+    let config = parent.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[upstream]\nimap = \"imap://127.0.0.1:{}\"\n[[account]]\nlogin = \"{ALICE}\"\n{}",
+            state.display().to_string(),
+            provider.imap_port,
+            idp.account_config()
+        ),
+    )
+    .unwrap();
+
+    // No state directory yet: status says where it looked and creates nothing.
+    let out = coi_proxy(&config, &["oauth", "status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("no state here"), "{text}");
+    assert!(text.contains(&format!("{ALICE}: not authorized yet")), "{text}");
+    assert!(!state.exists(), "oauth status created the state directory");
+
+    // The previous release's state, as it left it.
+    std::fs::create_dir_all(state.join("tls")).unwrap();
+    for file in ["ca.pem", "ca-key.pem", "cert.pem", "key.pem", "cert.meta"] {
+        std::fs::copy(repo.join("tests/fixtures/state-release1/tls").join(file), state.join("tls").join(file)).unwrap();
+    }
+    std::fs::copy(repo.join("tests/fixtures/store-schema1.redb"), state.join("coi-proxy.redb")).unwrap();
+    let ca = std::fs::read(state.join("tls/ca.pem")).unwrap();
+    let out = coi_proxy(&config, &["oauth", "status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(&format!("{ALICE}: not authorized yet")), "{text}");
+    assert!(!state.join("seal.key").exists(), "a reading command made the seal key");
+
+    authorize(&config, &idp, ALICE, LOCAL);
+    assert_eq!((mode(&state), mode(&state.join("seal.key"))), (0o700, 0o600));
+
+    let mut proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{}", provider.smtp_port))
+        .state_dir(&state)
+        .extra(&format!("[[account]]\nlogin = \"{ALICE}\"\n{}", idp.account_config()))
+        .start();
+    let status = imap_login(&proxy, ALICE, LOCAL);
+    assert!(status.starts_with("a OK"), "{status}\n{}", proxy.log());
+    // The old release's queued chat message from alice to bob (Message-ID m1@example.org).
+    // The old release's queued chat message from alice (m1@example.org) is past its give-up
+    // time: its failure report goes into alice's INBOX over the proxy's own XOAUTH2 sign-in.
+    let reported = std::panic::catch_unwind(|| {
+        wait_for_inbox(provider.imap_port, ALICE, "secret", Duration::from_secs(30), |msgs| {
+            msgs.iter().any(|m| String::from_utf8_lossy(m).contains("m1@example.org"))
+        })
+    });
+    assert!(reported.is_ok(), "no failure report for the old queue's message:\n{}", proxy.log());
+    proxy.stop();
+    assert_eq!(std::fs::read(state.join("tls/ca.pem")).unwrap(), ca, "the CA is kept byte for byte");
+
+    let store = coi_proxy::store::Store::open(&state).unwrap();
+    assert_eq!(store.schema_version().unwrap(), coi_proxy::store::SCHEMA_VERSION);
+    assert!(store.is_chat_id("alice@example.org", "m1@example.org").unwrap());
+    assert_eq!(store.inbox_position("dave@example.net").unwrap(), None);
+    assert_eq!(store.mdn_baseline("alice@example.org").unwrap(), Some(1_699_999_999));
+    assert!(store.oauth_grant(ALICE).unwrap().is_some(), "the grant is stored next to the old state");
+    let dave = store.queue_list().unwrap();
+    assert!(dave.iter().any(|(id, m)| *id == 2 && m.login == "dave@example.net"), "{dave:?}");
+}

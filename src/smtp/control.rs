@@ -386,6 +386,10 @@ mod tests {
         assert!(list.contains("waiting: no password known;") && !list.contains("next attempt"), "{list}");
         let list = execute(&store, Command::List, None).unwrap().text;
         assert!(list.contains("waiting: no coi-proxy runs with this state directory"), "{list}");
+        // A daemon without the SMTP side: every account's mail waits for that.
+        let no_relay = HashMap::from([(EVERY_ACCOUNT.to_string(), NO_RELAY.to_string())]);
+        let list = execute(&store, Command::List, Some(&no_relay)).unwrap().text;
+        assert!(list.contains("waiting: the running coi-proxy does not relay"), "{list}");
         execute(&store, Command::Drop(id), daemon).unwrap();
         assert!(execute(&store, Command::Drop(id), daemon).unwrap_err().to_string().contains("no message #"));
     }
