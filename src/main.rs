@@ -100,6 +100,7 @@ enum OauthAction {
     /// prints the URL and code to use, stores the grant, and sets the local password your mail
     /// client will log in to coi-proxy with.
     Authorize {
+        /// The account's login, as in its [[account]] entry.
         login: String,
         /// Read the local password from the first line of stdin (required).
         #[arg(long)]
