@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::{Notify, watch};
 
@@ -61,13 +62,21 @@ impl CoiConfig {
     }
 }
 
-/// What the account worker has decided so far (monotonic counters).
+/// What the account worker has decided so far, for the sessions that keep new messages from
+/// their clients until it has (the quiet INBOX).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Verdicts {
-    /// Ordinary messages left in INBOX.
+    /// Ordinary messages left in INBOX (monotonic).
     pub kept: u64,
-    /// Chat messages moved out of INBOX.
+    /// Chat messages moved out of INBOX (monotonic).
     pub moved: u64,
+    /// The worker watches INBOX and files chat messages; while it does not, nobody waits for it.
+    pub watching: bool,
+    /// When the worker's latest completed look at INBOX began: every message in INBOX then has
+    /// been classified since, and moved if chat under `active`.
+    pub looked: Option<Instant>,
+    /// INBOX's UIDVALIDITY and the first UID not classified yet, as of `looked`.
+    pub position: Option<(u32, u32)>,
 }
 
 /// One account (one login name), shared by its sessions and its worker.

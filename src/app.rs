@@ -44,6 +44,8 @@ pub enum RunError {
     Bind { addr: SocketAddr, kind: &'static str, source: std::io::Error },
     #[error(transparent)]
     Smtp(#[from] crate::smtp::server::StartError),
+    #[error("[autocrypt]: {0}")]
+    Autocrypt(#[from] crate::openpgp::identity::IdentityError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("a start-up task failed: {0}")]
@@ -84,6 +86,16 @@ const CERT_CHECK_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
 /// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads the configuration from `reload`
 /// (without one, SIGHUP only says that a restart is needed).
 pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), RunError> {
+    run_with(config, reload, None).await
+}
+
+/// As [`run`], with the decrypted views' keys given (tests) instead of the OpenPGP gateway's
+/// own; plain clients' sessions see encrypted mail decrypted either way.
+pub async fn run_with(
+    config: Config,
+    reload: Option<ConfigSource>,
+    keys: Option<Arc<dyn crate::openpgp::cache::SecretKeys>>,
+) -> Result<(), RunError> {
     check_runnable(&config)?;
     prepare_state_dir(&config)?;
     match tls::ensure_local_cert(&config.state_dir, &tls::cert_names_for(&config))? {
@@ -96,19 +108,35 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     }
     let (server_tls, local_cert) = tls::local_server_config(&config.state_dir)?;
     let store = Store::open_async(&config.state_dir).await?;
+    // One seal key for every secret in the store: OAuth2 grants, OpenPGP keys, cached views.
     let seal_path = config.seal_key_path();
     let seal = tokio::task::spawn_blocking(move || crate::seal::SealKey::load_or_create(&seal_path))
         .await
         .map_err(|_| RunError::Task("reading the seal key"))??;
+    let seal = Arc::new(seal);
+    let identity = open_identity(&config, &store, &seal).await?;
+    // Plain clients' sessions see encrypted mail decrypted with the keys the gateway holds
+    // (or, in tests, the keys given), the views sealed under the same seal key.
+    let keys = keys.or_else(|| {
+        identity.clone().map(|identity| Arc::new(identity) as Arc<dyn crate::openpgp::cache::SecretKeys>)
+    });
+    let views = keys.map(|keys| {
+        Arc::new(crate::openpgp::cache::Views::new(
+            store.clone(),
+            seal.clone(),
+            keys,
+            crate::openpgp::cache::DEFAULT_BUDGET,
+        ))
+    });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (context, receivers) = Context::new(config, TlsAcceptor::from(server_tls), store, seal, shutdown_rx.clone());
     let ctx = Arc::new(context);
     // The worker supervisor first: logins ask it for workers as soon as the listeners accept.
-    let supervisor = tokio::spawn(crate::worker::supervise(ctx.clone(), receivers.workers));
+    let supervisor = tokio::spawn(crate::worker::supervise(ctx.clone(), receivers.workers, identity.clone()));
     // Every session holds a sender; when all are gone, every session has ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let mut listeners =
-        Listeners { ctx: ctx.clone(), alive: alive_tx, imap: Vec::new(), smtp: Vec::new(), metrics: None };
+        Listeners { ctx: ctx.clone(), alive: alive_tx, imap: Vec::new(), smtp: Vec::new(), metrics: None, views };
     for (kind, addr) in imap_addrs(&ctx.config()) {
         let bound = bind_imap(kind, addr).await?;
         listeners.serve_imap(kind, addr, bound);
@@ -119,10 +147,16 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     }
     // SMTP submission listeners, the queue's relay task and the receipts agent.
     let smtp_channels = (receivers.queue, receivers.receipts);
-    let (smtp, relay_waits) =
-        crate::smtp::server::start(ctx.clone(), smtp_channels, shutdown_rx.clone(), listeners.alive.clone()).await?;
+    let (smtp, relay_waits) = crate::smtp::server::start(
+        ctx.clone(),
+        smtp_channels,
+        shutdown_rx.clone(),
+        listeners.alive.clone(),
+        identity.clone(),
+    )
+    .await?;
     listeners.smtp = smtp;
-    tokio::spawn(control::serve(ctx.clone(), relay_waits, shutdown_rx.clone()));
+    tokio::spawn(control::serve(ctx.clone(), relay_waits, identity, shutdown_rx.clone()));
     tokio::spawn(renew_cert_daily(ctx.clone(), local_cert.clone()));
     info!(version = env!("CARGO_PKG_VERSION"), "coi-proxy ready");
     crate::sd_notify::ready("serving");
@@ -139,6 +173,30 @@ pub async fn run(config: Config, reload: Option<ConfigSource>) -> Result<(), Run
     // The supervisor has stopped its workers by now (it watches the same signal).
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, supervisor).await;
     Ok(())
+}
+
+/// The OpenPGP gateway's state, its keys sealed under the daemon's one seal key (`run_with`
+/// has read it; a seal key file that others can read, or that is not one, stopped the start
+/// there); `None` when `[autocrypt] enabled = false`. Unseals the stored keys off the runtime.
+async fn open_identity(
+    config: &Config,
+    store: &Store,
+    seal: &Arc<crate::seal::SealKey>,
+) -> Result<Option<crate::openpgp::identity::Identity>, RunError> {
+    use crate::openpgp::identity::{Identity, IdentityError};
+    if !config.autocrypt.enabled {
+        info!("Autocrypt is off ([autocrypt] enabled = false): mail passes as clients send it");
+        return Ok(None);
+    }
+    let (store, seal) = (store.clone(), seal.clone());
+    let identity = tokio::task::spawn_blocking(move || {
+        let identity = Identity::with_seal(store, seal);
+        identity.preload()?;
+        Ok(identity)
+    })
+    .await
+    .unwrap_or_else(|e| Err(IdentityError::Task(e.to_string())))?;
+    Ok(Some(identity))
 }
 
 /// What `run` (and a reload) needs from a configuration before it can serve anything.
@@ -208,6 +266,8 @@ struct Listeners {
     smtp: Vec<JoinHandle<()>>,
     /// The HTTP `/metrics` listener, with its configured address.
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
+    /// The decrypted views, when keys are held.
+    views: Option<Arc<crate::openpgp::cache::Views>>,
 }
 
 impl Listeners {
@@ -220,7 +280,7 @@ impl Listeners {
         };
         let name = label(kind);
         info!(listener = name, "listening on {local} ({name}, {mode})");
-        let task = tokio::spawn(accept_loop(listener, kind, self.ctx.clone(), self.alive.clone()));
+        let task = tokio::spawn(accept_loop(listener, kind, self.ctx.clone(), self.alive.clone(), self.views.clone()));
         self.imap.push((kind, configured, task));
     }
 
@@ -333,14 +393,20 @@ impl Listeners {
     }
 }
 
-async fn accept_loop(listener: TcpListener, kind: ListenerKind, ctx: Arc<Context>, alive: mpsc::Sender<()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    kind: ListenerKind,
+    ctx: Arc<Context>,
+    alive: mpsc::Sender<()>,
+    views: Option<Arc<crate::openpgp::cache::Views>>,
+) {
     let Ok(addr) = listener.local_addr() else { return };
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
                 // Read per connection, so that a reload that changes it applies to the next one.
                 let plaintext_auth = ctx.config().listen.plaintext_auth_allowed(&addr);
-                let info = ListenerInfo { kind, addr, plaintext_auth };
+                let info = ListenerInfo { kind, addr, plaintext_auth, views: views.clone() };
                 let limits = &ctx.config().limits;
                 let admitted = ctx.sessions.admit(peer.ip(), limits.max_sessions, limits.max_sessions_per_ip);
                 let (ctx, alive) = (ctx.clone(), alive.clone());

@@ -12,6 +12,7 @@ use crate::config::{Config, Security, ServerUrl, SmtpProvider};
 use crate::imap::upstream::{AuthOutcome, Upstream, UpstreamError};
 use crate::imap::wire::capability;
 use crate::net::{NetError, Phase, TlsProblem};
+use crate::provider_profile::{IdleMode, MetadataHome};
 use crate::smtp::relay::{RelayError, SmtpClient};
 use crate::tls::UpstreamTls;
 
@@ -39,6 +40,7 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
         let _ = writeln!(out, "queue: no state here");
     }
     oauth2(&mut out, config).await;
+    ok &= autocrypt(&mut out, config);
     routes(&mut out, config);
 
     let providers = config.providers();
@@ -59,7 +61,7 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
                 let stripped = capability::stripped(&up.capabilities);
                 let stripped = if stripped.is_empty() { "nothing".into() } else { stripped.join(" ") };
                 let _ = writeln!(out, "  coi-proxy strips: {stripped}");
-                additions(&mut out, config, up.has("METADATA"), up.has("IDLE"));
+                additions(&mut out, config, &up);
             }
             Err(e) => {
                 ok = false;
@@ -289,18 +291,48 @@ async fn oauth2(out: &mut String, config: &Config) {
     }
 }
 
-/// What the proxy adds on top of the provider after login.
-fn additions(out: &mut String, config: &Config, metadata: bool, idle: bool) {
+/// What the proxy adds on top of the provider after login, and what its provider profile
+/// (decided from the greeting, the host and the capabilities before login) changes.
+fn additions(out: &mut String, config: &Config, up: &Upstream) {
+    let (metadata, idle) = (up.has("METADATA"), up.has("IDLE"));
+    let profile = up.profile();
+    let _ = writeln!(out, "  recognised as: {}", profile.server);
     let added = crate::coi::session::capabilities(metadata, idle, &[crate::push::CAPABILITY]);
     let _ = writeln!(out, "  coi-proxy adds: {}", added.join(" "));
     let _ = writeln!(out, "    COI: served by coi-proxy (mailbox root {:?})", config.coi.mailbox_root);
-    let _ = match metadata {
-        true => writeln!(out, "    METADATA: passed to the provider (COI settings stored there)"),
-        false => writeln!(out, "    METADATA: emulated (kept in coi-proxy's store, per account)"),
+    // Where the proxy goes beyond the spec, deliberately (README: "Where coi-proxy goes beyond
+    // the COI spec").
+    let clients = config.coi.chat_clients.join(", ");
+    let _ = writeln!(
+        out,
+        "    COI beyond the spec (deliberate): mail already in INBOX is filtered when COI is switched on; \
+         replies to chat messages and Delta Chat's encrypted mail count as chat; chat clients \
+         ([coi] chat_clients: {clients}) see {}/Chats when they select INBOX under active",
+        config.coi.mailbox_root
+    );
+    let every = config.coi.config_check_secs;
+    let _ = writeln!(
+        out,
+        "    COI settings changed elsewhere (where the provider keeps them in METADATA): followed within {every} s ([coi] config_check_secs)"
+    );
+    let _ = match (metadata, profile.metadata) {
+        (true, MetadataHome::Provider) => {
+            writeln!(out, "    METADATA: passed to the provider (COI settings stored there)")
+        }
+        (true, MetadataHome::Proxy) => writeln!(
+            out,
+            "    METADATA: the provider refuses the COI entries; COI settings kept in coi-proxy's store, per account"
+        ),
+        (false, _) => writeln!(out, "    METADATA: emulated (kept in coi-proxy's store, per account)"),
     };
-    let _ = match idle {
-        true => writeln!(out, "    IDLE: native (relayed to the provider)"),
-        false => writeln!(out, "    IDLE: polled by coi-proxy every {} s ([coi] poll_secs)", config.coi.poll_secs),
+    let _ = match (idle, profile.idle) {
+        (true, IdleMode::Push) => writeln!(out, "    IDLE: native (relayed to the provider)"),
+        (true, IdleMode::Poll(_)) => writeln!(
+            out,
+            "    IDLE: the provider's does not report new mail as it comes; served by coi-proxy polling every {} s ([coi] poll_secs)",
+            config.coi.poll_secs
+        ),
+        (false, _) => writeln!(out, "    IDLE: polled by coi-proxy every {} s ([coi] poll_secs)", config.coi.poll_secs),
     };
     let _ = match added.iter().find(|c| c.starts_with("WEBPUSH")) {
         Some(cap) => writeln!(out, "    {cap}: served by coi-proxy"),
@@ -446,6 +478,7 @@ pub fn offline(config: &Config, source: Option<&Path>) -> (String, bool) {
     }
     let _ = writeln!(out, "state_dir: {}", config.state_dir.display());
     listeners(&mut out, config);
+    let autocrypt_ok = autocrypt(&mut out, config);
     let providers = config.providers();
     for provider in &providers {
         let _ =
@@ -461,5 +494,34 @@ pub fn offline(config: &Config, source: Option<&Path>) -> (String, bool) {
             "provider: none configured (run `coi-proxy setup ADDRESS`, pass --upstream or set [upstream] imap)"
         );
     }
-    (out, !providers.is_empty())
+    (out, !providers.is_empty() && autocrypt_ok)
+}
+
+/// `[autocrypt]`: on or off, and whether the seal key file is fit (the daemon refuses a
+/// readable one). Reads only the file's metadata, never the key.
+fn autocrypt(out: &mut String, config: &Config) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    if !config.autocrypt.enabled {
+        let _ = writeln!(out, "autocrypt: off ([autocrypt] enabled = false): no OpenPGP keys, mail passes as sent");
+        return true;
+    }
+    let path = config.seal_key_path();
+    let (state, ok) = match std::fs::metadata(&path) {
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => (
+            format!(
+                "readable by others (mode {:o}); the daemon refuses it: chmod 600 it",
+                meta.permissions().mode() & 0o777
+            ),
+            false,
+        ),
+        Ok(_) => ("present, mode 600".to_string(), true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ("made at the first use of a key".to_string(), true),
+        Err(e) => (format!("unreadable: {e}"), false),
+    };
+    let _ = writeln!(
+        out,
+        "autocrypt: on (an OpenPGP key per account, Autocrypt and SecureJoin for plain clients); seal key {}: {state}",
+        path.display()
+    );
+    ok
 }

@@ -34,6 +34,8 @@ pub struct Config {
     pub queue: Queue,
     #[serde(default)]
     pub push: Push,
+    #[serde(default)]
+    pub autocrypt: Autocrypt,
     #[serde(default, rename = "account")]
     pub accounts: Vec<Account>,
     #[serde(default)]
@@ -87,6 +89,12 @@ pub struct Upstream {
     pub smtp: Option<String>,
     /// An extra trust anchor (PEM) for a provider with a private CA or a self-signed certificate.
     pub ca_file: Option<PathBuf>,
+    /// Tell the provider each client's address before its login (IMAP `ID` with
+    /// `x-originating-ip`, submission `XCLIENT ADDR`), so that the provider's own penalty for
+    /// failed logins hits the guesser's address, not the proxy's. A provider takes it only
+    /// from addresses it trusts (Dovecot: `login_trusted_networks` with the proxy's address);
+    /// others ignore it. Unset: on.
+    pub forward_client_address: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -102,6 +110,10 @@ pub struct Coi {
     /// clients in IDLE (which the proxy then serves itself).
     #[serde(default = "default_poll_secs")]
     pub poll_secs: u64,
+    /// The longest the account worker goes without reading the COI configuration again from
+    /// the provider's METADATA (where another device or proxy instance may change it), seconds.
+    #[serde(default = "default_config_check_secs")]
+    pub config_check_secs: u64,
     /// METADATA entries per account kept by the proxy (for providers without METADATA).
     #[serde(default = "default_max_metadata_entries")]
     pub max_metadata_entries: usize,
@@ -116,11 +128,24 @@ impl Default for Coi {
     }
 }
 
+impl Coi {
+    /// Whether a session whose client named itself `id_name` (IMAP `ID`) is a chat client: it
+    /// is listed in `chat_clients` (Delta Chat by default). A chat client sees mail exactly as
+    /// stored and sends its own receipts; every other session is a plain mail client, for which
+    /// the proxy acts (read receipts, the OpenPGP gateway, hiding SecureJoin mail).
+    pub fn is_chat_client(&self, id_name: Option<&str>) -> bool {
+        id_name.is_some_and(|n| self.chat_clients.iter().any(|c| c.eq_ignore_ascii_case(n.trim())))
+    }
+}
+
 fn default_chat_clients() -> Vec<String> {
     vec!["Delta Chat".into()]
 }
 fn default_poll_secs() -> u64 {
     10
+}
+fn default_config_check_secs() -> u64 {
+    30
 }
 fn default_max_metadata_entries() -> usize {
     1000
@@ -142,6 +167,11 @@ pub struct Limits {
     /// Seconds a client may take to log in.
     #[serde(default = "default_login_timeout")]
     pub login_timeout_secs: u64,
+    /// Seconds an SMTP client may take to send one message's data (DATA to the final dot);
+    /// then `421` and the partial message is dropped (a trickling client must not hold a
+    /// session, and what it sent, for ever).
+    #[serde(default = "default_data_timeout")]
+    pub data_timeout_secs: u64,
     /// Seconds of client silence after which an authenticated session is logged out
     /// (RFC 3501 5.4: at least 30 minutes).
     #[serde(default = "default_autologout")]
@@ -171,6 +201,7 @@ impl Default for Limits {
             max_line: default_max_line(),
             max_literal: default_max_literal(),
             login_timeout_secs: default_login_timeout(),
+            data_timeout_secs: default_data_timeout(),
             autologout_secs: default_autologout(),
             connect_timeout_secs: default_connect_timeout(),
             provider_timeout_secs: default_provider_timeout(),
@@ -184,6 +215,9 @@ impl Default for Limits {
 impl Limits {
     pub fn login_timeout(&self) -> Duration {
         Duration::from_secs(self.login_timeout_secs)
+    }
+    pub fn data_timeout(&self) -> Duration {
+        Duration::from_secs(self.data_timeout_secs)
     }
     pub fn autologout(&self) -> Duration {
         Duration::from_secs(self.autologout_secs)
@@ -310,6 +344,30 @@ fn default_push_timeout() -> u64 {
     10
 }
 
+/// The OpenPGP gateway (issue 14): an OpenPGP key per account, Autocrypt and SecureJoin on the
+/// plain mail client's behalf, so that Delta Chat users can write to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autocrypt {
+    /// On by default: reaching Delta Chat users is what COI promises, and for everyone else it
+    /// adds one `Autocrypt` header to outgoing mail; mail is encrypted only to correspondents
+    /// who announced a key. Off: no keys are made, mail passes as the client sends it.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    // The secret keys are sealed with the top-level `seal_key_file`, as every secret in the
+    // store: one key, so OAuth2 grants, OpenPGP keys and cached views cannot drift apart.
+}
+
+impl Default for Autocrypt {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
 /// A per-login or per-domain provider override.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -328,6 +386,21 @@ pub struct Account {
     /// Sign in to the provider with OAuth2; the client logs in to the proxy with a local
     /// password (`coi-proxy oauth authorize`).
     pub oauth2: Option<OAuth2>,
+    /// More addresses the account may send as (aliases), besides its login: SMTP `MAIL FROM`
+    /// and the `From:` field must be one of them.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Let the account send with any `MAIL FROM` and `From:` (a list server, a shared
+    /// mailbox); the provider's own rules still apply.
+    #[serde(default)]
+    pub allow_any_sender: bool,
+    /// Whether the provider tells logins apart by case (`Bob@x` and `bob@x` two users). The
+    /// proxy keeps each account's state under its login: exactly as typed when this is true,
+    /// lower-cased when false. Unset: true, so that two users never share state; set false
+    /// for a provider that ignores case (most do) when users type their login differently.
+    pub login_case_sensitive: Option<bool>,
+    /// As `[upstream] forward_client_address`, for this account's provider.
+    pub forward_client_address: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -352,6 +425,9 @@ fn default_max_literal() -> u64 {
 fn default_login_timeout() -> u64 {
     60
 }
+fn default_data_timeout() -> u64 {
+    10 * 60
+}
 fn default_autologout() -> u64 {
     30 * 60
 }
@@ -366,6 +442,9 @@ fn default_max_sessions_per_ip() -> usize {
     100
 }
 const DEFAULT_AUTH_FAILURE_DELAY_MS: u64 = 2000;
+/// `[[account]] login_case_sensitive` when unset: two logins that differ in case are two
+/// accounts unless the config says the provider ignores case.
+const DEFAULT_LOGIN_CASE_SENSITIVE: bool = true;
 fn default_provider_timeout() -> u64 {
     // Long searches and copies on a large mailbox; Dovecot sends progress lines meanwhile.
     5 * 60
@@ -539,6 +618,35 @@ impl Config {
             return Err(("limits.autologout_secs".into(), "RFC 3501 requires at least 1800 seconds".into()));
         }
         Ok(())
+    }
+
+    /// The `[[account]]` that applies to a login: the one whose `login` matches, else the one
+    /// whose `domain` matches.
+    pub fn account_for(&self, login: &str) -> Option<&Account> {
+        let domain = login.rsplit_once('@').map(|(_, d)| d);
+        self.accounts.iter().find(|a| a.login.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(login))).or_else(|| {
+            self.accounts
+                .iter()
+                .find(|a| a.domain.as_deref().zip(domain).is_some_and(|(a, d)| a.eq_ignore_ascii_case(d)))
+        })
+    }
+
+    /// The account `login` is, as the proxy keys its state (COI settings, METADATA it keeps,
+    /// push subscriptions, queued mail, remembered password) and logs in for the account's own
+    /// work: the login exactly as given where the provider tells case apart
+    /// (`login_case_sensitive`, the default), else lower-cased.
+    pub fn account_key(&self, login: &str) -> String {
+        let case_sensitive =
+            self.account_for(login).and_then(|a| a.login_case_sensitive).unwrap_or(DEFAULT_LOGIN_CASE_SENSITIVE);
+        if case_sensitive { login.to_string() } else { login.to_ascii_lowercase() }
+    }
+
+    /// Whether the provider of `login` is told the client's address before a login.
+    pub fn forward_client_address(&self, login: &str) -> bool {
+        self.account_for(login)
+            .and_then(|a| a.forward_client_address)
+            .or(self.upstream.as_ref().and_then(|u| u.forward_client_address))
+            .unwrap_or(true)
     }
 
     /// The IMAP provider for a login: an `[[account]]` whose `login` matches, then one whose
@@ -996,5 +1104,29 @@ mod tests {
         assert!(l.plaintext_auth_allowed(&"127.0.0.1:1143".parse().unwrap()));
         assert!(!l.plaintext_auth_allowed(&"0.0.0.0:1143".parse().unwrap()));
         assert!(!l.plaintext_auth_allowed(&"192.0.2.1:1143".parse().unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod chat_client_tests {
+    use super::*;
+
+    #[test]
+    fn chat_clients_are_named_by_id_and_the_list_is_configurable() {
+        let coi = Coi::default();
+        assert!(coi.is_chat_client(Some("Delta Chat")) && coi.is_chat_client(Some("delta chat")));
+        assert!(!coi.is_chat_client(Some("Thunderbird")) && !coi.is_chat_client(None));
+        let coi: Coi = toml::from_str("chat_clients = [\"Delta Chat\", \"ArcaneChat\"]").unwrap();
+        assert!(coi.is_chat_client(Some("ArcaneChat")));
+        let autocrypt = Config::parse("", Path::new("proxy.toml")).unwrap().autocrypt;
+        assert!(autocrypt.enabled, "on by default");
+        let off = Config::parse("[autocrypt]\nenabled = false\n", Path::new("proxy.toml")).unwrap();
+        assert!(!off.autocrypt.enabled);
+        // One seal key for every secret: the OpenPGP keys use the top-level `seal_key_file`.
+        let one = Config::parse("seal_key_file = \"/k\"\n", Path::new("proxy.toml")).unwrap();
+        assert_eq!(one.seal_key_path(), Path::new("/k"));
+        let err = Config::parse("[autocrypt]\nseal_key = \"/k\"\n", Path::new("proxy.toml")).unwrap_err();
+        assert!(err.to_string().contains("seal_key"), "{err}");
+        assert!(Config::parse("[autocrypt]\nenable = true\n", Path::new("proxy.toml")).is_err(), "typos are errors");
     }
 }

@@ -12,7 +12,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::account::{Accounts, Credentials};
 use crate::config::Config;
-use crate::limits::{AuthFailures, Sessions};
+use crate::limits::Sessions;
+use crate::limits::logins::Logins;
 use crate::seal::SealKey;
 use crate::store::Store;
 use crate::tls::UpstreamTls;
@@ -26,14 +27,15 @@ pub struct Context {
     pub acceptor: TlsAcceptor,
     pub credentials: Credentials,
     pub store: Store,
-    /// Seals the secrets the store keeps (OAuth2 tokens, local password hashes).
+    /// Seals the secrets the store keeps (OAuth2 tokens, local password hashes, OpenPGP secret
+    /// keys, cached decrypted views): one key, shared with the OpenPGP gateway.
     pub seal: Arc<SealKey>,
     /// Every account seen since start: COI settings, worker nudges, verdicts.
     pub accounts: Accounts,
     /// Open sessions (IMAP and SMTP) per client address, for `[limits] max_sessions*`.
     pub sessions: Sessions,
-    /// Recent failed logins per client address, for the delay before answering one.
-    pub auth_failures: AuthFailures,
+    /// The login gate: back-off per client address and per account, verified passwords.
+    pub logins: Logins,
     /// Turns true when the daemon shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// Asks the worker supervisor for an account's worker.
@@ -56,7 +58,7 @@ impl Context {
         config: Config,
         acceptor: TlsAcceptor,
         store: Store,
-        seal: SealKey,
+        seal: impl Into<Arc<SealKey>>,
         shutdown: watch::Receiver<bool>,
     ) -> (Context, Receivers) {
         let (workers, workers_rx) = mpsc::unbounded_channel();
@@ -68,10 +70,10 @@ impl Context {
             acceptor,
             credentials: Credentials::default(),
             store,
-            seal: Arc::new(seal),
+            seal: seal.into(),
             accounts: Accounts::default(),
             sessions: Sessions::default(),
-            auth_failures: AuthFailures::default(),
+            logins: Logins::default(),
             shutdown,
             workers: Workers(workers),
             receipts: Receipts(receipts),

@@ -1,12 +1,14 @@
 //! What one client address may take from the daemon: open sessions (in total and per address)
-//! and the pace of failed logins. Each session holds a [`SessionPermit`]; a failed login waits
-//! for [`AuthFailures::failed`], which grows per address so that guessing passwords from one
-//! machine gets slow while one typo costs the user little.
+//! and the pace of failed logins. Each session holds a [`SessionPermit`]; whether a login may
+//! reach the provider at all, and how long a failed one waits for its answer, is
+//! [`logins::Logins`].
+
+pub mod logins;
+pub mod memory;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 /// Sessions open now, in total and per client address.
 #[derive(Default)]
@@ -73,52 +75,6 @@ impl Drop for SessionPermit {
     }
 }
 
-/// Longest wait after a failed login.
-const MAX_DELAY: Duration = Duration::from_secs(30);
-/// Failures older than this are forgotten.
-const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
-/// Addresses remembered at most; an attacker with many addresses must not grow the map without
-/// bound (beyond it, a new address gets the base delay only).
-const MAX_ADDRESSES: usize = 10_000;
-
-/// Recent failed logins per client address.
-#[derive(Default)]
-pub struct AuthFailures {
-    recent: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-}
-
-impl AuthFailures {
-    /// Records a failed login from `peer`; returns how long to wait before answering it:
-    /// `base`, doubled for every earlier failure from the address in the last 15 minutes, at
-    /// most 30 s.
-    pub fn failed(&self, peer: IpAddr, base: Duration) -> Duration {
-        if base.is_zero() {
-            return base;
-        }
-        let now = Instant::now();
-        let mut recent = self.recent.lock().expect("auth failures");
-        if recent.len() >= MAX_ADDRESSES {
-            recent.retain(|_, (_, last)| now.duration_since(*last) < FORGET_AFTER);
-        }
-        let address = group(peer);
-        if recent.len() >= MAX_ADDRESSES && !recent.contains_key(&address) {
-            return base;
-        }
-        let (count, last) = recent.entry(address).or_insert((0, now));
-        if now.duration_since(*last) >= FORGET_AFTER {
-            *count = 0;
-        }
-        *count += 1;
-        *last = now;
-        base.saturating_mul(1 << (*count - 1).min(16)).min(MAX_DELAY.max(base))
-    }
-
-    /// A successful login from `peer` clears its record.
-    pub fn succeeded(&self, peer: IpAddr) {
-        self.recent.lock().expect("auth failures").remove(&group(peer));
-    }
-}
-
 /// The unit a limit applies to: an IPv4 address, or an IPv6 /64 (one host usually has a whole
 /// /64 to pick addresses from).
 fn group(ip: IpAddr) -> IpAddr {
@@ -155,18 +111,5 @@ mod tests {
         let _one = sessions.admit("2001:db8::1".parse().unwrap(), 10, 1).unwrap();
         assert!(sessions.admit("2001:db8::2".parse().unwrap(), 10, 1).is_err());
         assert!(sessions.admit("2001:db8:0:1::1".parse().unwrap(), 10, 1).is_ok());
-    }
-
-    #[test]
-    fn failure_delays_double_per_address_up_to_the_cap() {
-        let failures = AuthFailures::default();
-        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
-        let base = Duration::from_secs(1);
-        let delays: Vec<u64> = (0..7).map(|_| failures.failed(a, base).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
-        assert_eq!(failures.failed(b, base), base);
-        failures.succeeded(a);
-        assert_eq!(failures.failed(a, base), base);
-        assert_eq!(failures.failed(a, Duration::ZERO), Duration::ZERO);
     }
 }

@@ -26,6 +26,37 @@ pub enum Format {
     Json,
 }
 
+/// Longest peer-supplied value a log line quotes (characters).
+const MAX_PEER_TEXT: usize = 200;
+
+/// A value a peer sent (a client's ID name, an address, a refused value) as a log line may
+/// quote it: control characters and backslashes escaped (`\r`, `\n`, `\x1b`, `\\`), so that
+/// it can neither end the line nor colour the terminal, and cut at 200 characters, so that a
+/// client cannot make the log grow by what it sends.
+pub fn peer_text(value: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in value.chars().enumerate() {
+        if i == MAX_PEER_TEXT {
+            out.push_str(&format!("... ({} bytes)", value.len()));
+            break;
+        }
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 && c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), tracing_subscriber::reload::Error> + Send + Sync>;
 
 /// Swaps the filter of the installed subscriber (set by [`init`]).
@@ -204,4 +235,18 @@ fn timestamp() -> String {
         t.second(),
         t.millisecond()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_text;
+
+    #[test]
+    fn peer_text_is_one_escaped_short_line() {
+        assert_eq!(peer_text("Delta Chat"), "Delta Chat");
+        assert_eq!(peer_text("Evil\r\n2026 INFO x \x1b[31m\\"), "Evil\\r\\n2026 INFO x \\x1b[31m\\\\");
+        assert_eq!(peer_text("a\u{2028}b\u{202e}"), "a\\u{2028}b\\u{202e}");
+        let long = peer_text(&"n".repeat(15_000));
+        assert!(long.starts_with(&"n".repeat(200)) && long.ends_with("... (15000 bytes)"), "{long}");
+    }
 }

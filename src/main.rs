@@ -78,6 +78,25 @@ enum Command {
         #[command(subcommand)]
         action: OauthAction,
     },
+    /// The OpenPGP key coi-proxy holds for an account (works while the daemon runs).
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Prints a SecureJoin invite link for an account (last line): a Delta Chat user who opens
+    /// it becomes a verified contact; the daemon answers the handshake (works while it runs).
+    Invite {
+        /// The account (its login, an e-mail address).
+        login: String,
+    },
+    /// Joins a Delta Chat user's invite link (https://i.delta.chat/#...) for an account: the
+    /// daemon completes the handshake as their answers arrive (works while it runs).
+    Join {
+        /// The account (its login, an e-mail address).
+        login: String,
+        /// The invite link, quoted for the shell.
+        link: String,
+    },
     /// Finds the provider's servers from an e-mail address, tries the login and adds the account
     /// to the configuration; then prints what to enter in the mail client.
     Setup(coi_proxy::cli::setup::SetupArgs),
@@ -161,6 +180,27 @@ fn queue_id(text: &str) -> Result<u64, String> {
     coi_proxy::smtp::control::parse_id(text).ok_or_else(|| {
         format!("`{text}` is not a message of the queue; give the number `coi-proxy queue list` shows, e.g. #3")
     })
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Writes the account's key, ASCII-armored, to stdout (made now if it has none yet).
+    Export {
+        /// The account (its login, an e-mail address).
+        login: String,
+        /// The secret key instead of the public one (importable into Delta Chat or Thunderbird;
+        /// keep it safe: it reads all the account's encrypted mail).
+        #[arg(long)]
+        secret: bool,
+    },
+    /// Makes an ASCII-armored secret key (Delta Chat's or Thunderbird's export) the account's
+    /// key, so that one identity serves both.
+    Import {
+        /// The account (its login, an e-mail address).
+        login: String,
+        /// The file with the armored secret key.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -278,6 +318,28 @@ fn main() -> ExitCode {
             }
         },
         Command::Generate { .. } | Command::Setup(_) => unreachable!("handled before the config is read"),
+        Command::Key { action } => {
+            use coi_proxy::openpgp::commands::GatewayCommand as G;
+            let cmd = match action {
+                KeyAction::Export { login, secret } => G::KeyExport { login, secret },
+                KeyAction::Import { login, file } => match std::fs::read(&file) {
+                    Ok(armored) => G::KeyImport { login, armored },
+                    Err(e) => {
+                        eprintln!("coi-proxy: cannot read {}: {e}", file.display());
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            print_or_fail(coi_proxy::smtp::control::cli_gateway(&config, &cmd))
+        }
+        Command::Invite { login } => {
+            let cmd = coi_proxy::openpgp::commands::GatewayCommand::Invite { login };
+            print_or_fail(coi_proxy::smtp::control::cli_gateway(&config, &cmd))
+        }
+        Command::Join { login, link } => {
+            let cmd = coi_proxy::openpgp::commands::GatewayCommand::Join { login, link };
+            print_or_fail(coi_proxy::smtp::control::cli_gateway(&config, &cmd))
+        }
         Command::Queue { action } => {
             use coi_proxy::smtp::control::{self, Command as Q};
             let cmd = match action {
@@ -493,7 +555,14 @@ fn apply_overrides(
             .map_err(|e| ConfigError::Flag { flag: "--upstream", message: e.to_string() })?;
         match &mut config.upstream {
             Some(up) => up.imap = url.to_string(),
-            None => config.upstream = Some(config::Upstream { imap: url.to_string(), smtp: None, ca_file: None }),
+            None => {
+                config.upstream = Some(config::Upstream {
+                    imap: url.to_string(),
+                    smtp: None,
+                    ca_file: None,
+                    forward_client_address: None,
+                })
+            }
         }
     }
     if let Some(dir) = state_dir {

@@ -94,6 +94,8 @@ fn check_reports_reachable_and_unreachable_providers() {
         "queue: no state here",
         "coi-proxy adds: COI",
         "    COI: served by coi-proxy",
+        "    COI beyond the spec (deliberate): mail already in INBOX is filtered",
+        "([coi] chat_clients: Delta Chat) see COI/Chats when they select INBOX under active",
         "    METADATA: ",
         "    IDLE: native (relayed to the provider)",
         "    WEBPUSH",
@@ -324,4 +326,17 @@ fn forward(ip: &str, target: u16) -> u16 {
         }
     });
     port
+}
+
+/// check says how soon the account worker follows a COI setting changed by another device or
+/// proxy instance.
+#[test]
+fn check_tells_how_soon_coi_settings_changed_elsewhere_count() {
+    let provider = Provider::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        format!("[upstream]\nimap = \"imap://127.0.0.1:{}\"\n[coi]\nconfig_check_secs = 7\n", provider.imap_port);
+    std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
+    let report = text(&coi_proxy(&["check"], dir.path()));
+    assert!(report.contains("in METADATA): followed within 7 s ([coi] config_check_secs)\n"), "{report}");
 }

@@ -389,6 +389,7 @@ fn curl_imap_fetch_and_smtp_send() {
         Duration::from_secs(20),
         |m| !m.is_empty(),
     );
-    assert!(got[0].ends_with(sent.as_bytes()), "relayed byte for byte after the provider's trace headers");
+    let got = support::smtp_client::without_autocrypt(&got[0]);
+    assert!(got.ends_with(sent.as_bytes()), "relayed byte for byte after the provider's trace headers");
     w.chat_landed("curl@chat.example.org");
 }

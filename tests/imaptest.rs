@@ -223,13 +223,11 @@ fn dovecot_passes_the_whole_suite_directly() {
 }
 
 #[test]
-#[ignore = "issue 16: through the proxy `id` fails (an ID with 30 long pairs gets BAD and the connection is dropped) and `select` lacks `* n RECENT` (another proxy connection takes \\Recent)"]
 fn dovecot_parity() {
     parity(Kind::Dovecot);
 }
 
 #[test]
-#[ignore = "issue 16: through the proxy `id` fails (BAD Command too long for an ID with 30 long pairs, then the connection is dropped) and `select` lacks `* n RECENT`; directly only urlauth and urlauth-binary fail (no URLAUTH key on Cyrus)"]
 fn cyrus_parity() {
     parity(Kind::Cyrus);
 }

@@ -1,5 +1,5 @@
-//! Limits against abuse: sessions in total and per client address, the delay after failed
-//! logins, and a full disk, which must never be acknowledged as stored.
+//! Limits against abuse: sessions in total and per client address, the delay and back-off after
+//! failed logins, and a full disk, which must never be acknowledged as stored.
 
 mod support;
 
@@ -88,53 +88,67 @@ fn sessions_are_limited_in_total_and_per_address() {
 }
 
 /// How long the proxy takes to answer a LOGIN (the fake rejects or accepts it at once).
-fn timed_login(c: &mut ImapClient, tag: &str, login: &str) -> (Duration, String) {
+fn timed_login(c: &mut ImapClient, tag: &str, login: &str, password: &str) -> (Duration, String) {
     let started = Instant::now();
-    let lines = c.command(&format!("{tag} LOGIN {login} secret"));
+    let lines = c.command(&format!("{tag} LOGIN {login} {password}"));
     (started.elapsed(), lines.last().cloned().unwrap_or_default())
 }
 
 #[test]
-fn failed_logins_are_answered_later_and_later_per_address() {
+fn failed_logins_are_answered_later_and_put_address_and_account_under_back_off() {
     let mut refuse = greet_and_login()[..2].to_vec();
     refuse.push(Step::Reply("NO [AUTHENTICATIONFAILED] Authentication failed."));
     let refusing = FakeProvider::start(refuse);
     let accepting = FakeProvider::start(greet_and_login());
-    let accounts = format!(
-        "[[account]]\nlogin = \"wrong@example.org\"\nimap = {:?}\n[[account]]\nlogin = \"right@example.org\"\nimap = {:?}\n",
-        refusing.url(),
-        accepting.url()
-    );
+    // Every login is refused, but right@example.org's.
+    let accounts = format!("[[account]]\nlogin = \"right@example.org\"\nimap = {:?}\n", accepting.url());
     let ms = Duration::from_millis;
-    // Loopback listeners get no delay by default.
+    let from = |source: &str, proxy: &Proxy| ImapClient::from_stream(connect_from(source, proxy.imap_port));
+    // Loopback listeners get no answer delay by default.
     let proxy = Proxy::builder().upstream(refusing.url()).extra(&accounts).start();
-    let mut c = proxy.connect();
-    let (took, no) = timed_login(&mut c, "d1", "wrong@example.org");
-    assert!(no.starts_with("d1 NO [AUTHENTICATIONFAILED]") && took < ms(1000), "{no} after {took:?}");
+    let (took, no) = timed_login(&mut from("127.0.0.1", &proxy), "a1", "wrong@example.org", "secret1");
+    assert!(no.starts_with("a1 NO [AUTHENTICATIONFAILED]") && took < ms(1000), "{no} after {took:?}");
+    // The account is under back-off now: refused by the proxy, with the same answer, from any
+    // address.
+    let (_, no) = timed_login(&mut from("127.0.0.2", &proxy), "o1", "wrong@example.org", "secret2");
+    assert_eq!(no, "o1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n");
+    proxy.wait_for_log("login refused by the proxy", Duration::from_secs(5));
+    // The third failure from an address puts the address under back-off, for any account.
+    for (tag, login) in [("a2", "x1@example.org"), ("a3", "x2@example.org")] {
+        let (_, no) = timed_login(&mut from("127.0.0.1", &proxy), tag, login, "secret");
+        assert!(no.starts_with(&format!("{tag} NO")), "{no}");
+    }
+    let (_, no) = timed_login(&mut from("127.0.0.1", &proxy), "a4", "right@example.org", "secret");
+    assert!(no.starts_with("a4 NO [AUTHENTICATIONFAILED]"), "{no}");
+    // From elsewhere the account logs in; its password is verified from now on, so it gets in
+    // even from the address under back-off ...
+    from("127.0.0.2", &proxy).login("right@example.org", "secret");
+    from("127.0.0.1", &proxy).login("right@example.org", "secret");
+    // ... which stays under back-off for everyone else.
+    let (_, no) = timed_login(&mut from("127.0.0.1", &proxy), "a5", "x3@example.org", "secret");
+    assert!(no.starts_with("a5 NO"), "{no}");
+    let log = proxy.log();
+    assert_eq!(log.matches("login rejected by the provider").count(), 3, "{log}");
+    assert_eq!(log.matches("login refused by the proxy").count(), 3, "{log}");
 
+    // The answer comes later and later per address; a success does not reset that.
     let proxy = Proxy::builder()
         .upstream(refusing.url())
         .extra(&accounts)
         .extra("[limits]\nauth_failure_delay_ms = 300")
         .start();
-    let mut c = ImapClient::from_stream(connect_from("127.0.0.1", proxy.imap_port));
-    let (took, no) = timed_login(&mut c, "a1", "wrong@example.org");
-    assert!(no.starts_with("a1 NO [AUTHENTICATIONFAILED]") && took >= ms(300), "{no} after {took:?}");
-    let (took, _) = timed_login(&mut c, "a2", "wrong@example.org");
+    let mut c = from("127.0.0.1", &proxy);
+    let (took, no) = timed_login(&mut c, "d1", "wrong@example.org", "secret1");
+    assert!(no.starts_with("d1 NO [AUTHENTICATIONFAILED]") && took >= ms(300), "{no} after {took:?}");
+    // The count belongs to the address, not the connection (nor the account).
+    let (took, _) = timed_login(&mut from("127.0.0.1", &proxy), "d2", "x1@example.org", "secret");
     assert!(took >= ms(600), "second failure after {took:?}");
-    // The count belongs to the address, not the connection.
-    let mut c = ImapClient::from_stream(connect_from("127.0.0.1", proxy.imap_port));
-    let (took, _) = timed_login(&mut c, "a3", "wrong@example.org");
+    from("127.0.0.1", &proxy).login("right@example.org", "secret");
+    let (took, _) = timed_login(&mut from("127.0.0.1", &proxy), "d3", "x2@example.org", "secret");
     assert!(took >= ms(1200), "third failure after {took:?}");
     // Another address starts from the base delay.
-    let mut other = ImapClient::from_stream(connect_from("127.0.0.2", proxy.imap_port));
-    let (took, _) = timed_login(&mut other, "o1", "wrong@example.org");
+    let (took, _) = timed_login(&mut from("127.0.0.2", &proxy), "o1", "x3@example.org", "secret");
     assert!(took >= ms(300) && took < ms(1200), "other address after {took:?}");
-    // A successful login clears the address's record.
-    let mut ok = ImapClient::from_stream(connect_from("127.0.0.1", proxy.imap_port));
-    ok.login("right@example.org", "secret");
-    let (took, _) = timed_login(&mut c, "a4", "wrong@example.org");
-    assert!(took >= ms(300) && took < ms(1200), "after a success {took:?}");
     assert!(proxy.log().contains("login rejected by the provider failures=1 delay_ms=300"), "{}", proxy.log());
 }
 
@@ -159,19 +173,20 @@ fn smtp_shares_the_session_limits_and_delays_failed_logins() {
     assert_eq!(tls.greeting.text(), "4.7.0 Too many connections from your address; try again later");
     tls.expect_eof();
 
-    // Failed AUTH waits as a failed IMAP LOGIN does, longer each time from the same address.
+    // Failed AUTH waits as a failed IMAP LOGIN does, and puts the account under back-off.
     let ms = Duration::from_millis;
     smtp.ehlo();
     let started = Instant::now();
-    assert_eq!(smtp.auth_plain("alice@example.org", "wrong").code, 535);
+    assert_eq!(smtp.auth_plain("alice@example.org", "wrong1").code, 535);
     assert!(started.elapsed() >= ms(300), "first failure after {:?}", started.elapsed());
     let started = Instant::now();
-    assert_eq!(smtp.auth_plain("alice@example.org", "wrong").code, 535);
-    assert!(started.elapsed() >= ms(600), "second failure after {:?}", started.elapsed());
-    // The session and the IMAP one go on; a right password clears the record.
+    assert_eq!(smtp.auth_plain("alice@example.org", "wrong2").code, 535);
+    assert!(started.elapsed() >= ms(300), "refused by the proxy after {:?}", started.elapsed());
+    // alice's password is verified (her IMAP login): it is never held back.
     assert_eq!(smtp.auth_plain("alice@example.org", "secret").code, 235, "{}", smtp.transcript());
     imap.expect_ok("n1 NOOP");
     drop(smtp);
+    std::thread::sleep(ms(1100));
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut again = loop {
         let c = SmtpClient::from_stream(connect_from("127.0.0.1", proxy.smtp_port));
@@ -183,12 +198,17 @@ fn smtp_shares_the_session_limits_and_delays_failed_logins() {
     };
     again.ehlo();
     let started = Instant::now();
-    assert_eq!(again.auth_plain("alice@example.org", "wrong").code, 535);
-    assert!(started.elapsed() >= ms(300), "after {:?}", started.elapsed());
+    assert_eq!(again.auth_plain("bob@example.org", "wrong3").code, 535);
+    assert!(started.elapsed() >= ms(600), "after {:?}", started.elapsed());
     // The provider's own check takes a varying time; the proxy's delays are in its log.
     let log = proxy.log();
-    let delays: Vec<&str> = log.lines().filter_map(|l| l.split("delay_ms=").nth(1)).collect();
-    assert_eq!(delays, ["300", "600", "300"], "after a success the delay starts again\n{log}");
+    let delays: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rejected by the provider"))
+        .filter_map(|l| l.split("delay_ms=").nth(1))
+        .collect();
+    assert_eq!(delays, ["300", "600"], "alice's success did not clear the address\n{log}");
+    assert!(log.contains("login refused by the proxy"), "{log}");
     assert!(log.contains("refused: Too many connections from your address"), "{log}");
     assert!(!log.contains("wrong"), "no password in the log");
 }

@@ -8,7 +8,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use coi_proxy::openpgp::autocrypt::PreferEncrypt;
@@ -19,30 +19,12 @@ use coi_proxy::openpgp::mime;
 use coi_proxy::openpgp::securejoin::invite::Invite;
 use coi_proxy::openpgp::securejoin::inviter::{Inviter, InviterEvent, Issued};
 use coi_proxy::openpgp::securejoin::joiner::{self, JoinerEvent};
+use support::openpgp::{dc_report as report, dc_script as script};
 use support::provider::Provider;
 use support::smtp_client::inbox;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deltachat/dc_openpgp.py");
-
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
-fn script(provider: &Provider, mode: &str, user: &str) -> Command {
-    let mut c = Command::new("python3");
-    c.arg(SCRIPT)
-        .arg(mode)
-        .args(["--provider-imap", &provider.imap_port.to_string()])
-        .args(["--provider-smtp", &provider.smtp_port.to_string()])
-        .args(["--lmtp", &provider.lmtp_port.to_string()])
-        .args(["--user", user]);
-    c
-}
-
-/// The JSON report (the last line of stdout).
-fn report(stdout: &str) -> serde_json::Value {
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or("{}");
-    serde_json::from_str(line).unwrap()
 }
 
 /// New messages in `user`'s INBOX since the last call.

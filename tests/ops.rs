@@ -175,6 +175,8 @@ fn sighup_reloads_providers_and_listeners_and_refuses_a_broken_config() {
     assert!(log.contains("providers changed"), "{log}");
     let mut c = proxy.connect();
     assert!(c.command("a LOGIN alice@example.org secret").last().unwrap().starts_with("a NO"));
+    // A refused login puts the account under a 1 s back-off (src/limits/logins.rs).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     c.login("alice@example.org", "new-secret");
     proxy.connect().login("bob@example.org", "secret");
     // The session from before the reload is still on the old provider, on the same listener.
@@ -362,7 +364,8 @@ fn json_logs_are_one_object_per_line_with_the_session_fields() {
 /// Every key the configuration accepts, per table, read from the parser itself: an unknown
 /// key's error lists the expected ones (every table is `deny_unknown_fields`).
 fn config_keys() -> Vec<(String, Vec<String>)> {
-    let tables = ["", "listen", "upstream", "coi", "limits", "queue", "push", "log", "[account]", "account.oauth2"];
+    let tables =
+        ["", "listen", "upstream", "coi", "limits", "queue", "push", "autocrypt", "log", "[account]", "account.oauth2"];
     let mut out = Vec::new();
     for table in tables {
         let text = match table {
@@ -389,7 +392,7 @@ fn every_config_key_is_documented_in_readme_and_proxy_toml() {
     let mut missing = Vec::new();
     for (table, keys) in config_keys() {
         for key in keys {
-            let tables = ["", "listen", "upstream", "coi", "limits", "queue", "push", "log", "account"];
+            let tables = ["", "listen", "upstream", "coi", "limits", "queue", "push", "autocrypt", "log", "account"];
             if (table.is_empty() && tables.contains(&key.as_str())) || (table == "account" && key == "oauth2") {
                 continue; // a table, not a key
             }

@@ -177,13 +177,20 @@ fn chat_mail_is_moved(kind: Kind) {
     let delivered = Instant::now();
     p.deliver("bob@example.org", "alice@example.org", &chat_message("m1@example.org"));
     let limit = allowed(kind) + Duration::from_secs(5);
+    // The proxy's own word that the move is done is the instant measured: watching through the
+    // provider would add the watcher's delay (Courier's STATUS sometimes answers a second late,
+    // waiting on a lock the worker's session held).
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_until("the chat message in Chats", limit, || count_or_zero(&mut d, chats(kind)) == 1)
+        proxy.wait_for_log("moved chat messages", limit);
     }));
     if r.is_err() {
-        panic!("{}: chat mail never reached {}\nproxy log:\n{}", p.name(), chats(kind), proxy.log());
+        panic!("{}: chat mail never moved to {}\nproxy log:\n{}", p.name(), chats(kind), proxy.log());
     }
     let moved = Instant::now();
+    // Moved, not copied: in Chats and gone from INBOX.
+    wait_until("the chat message in Chats and gone from INBOX", Duration::from_secs(5), || {
+        count_or_zero(&mut d, chats(kind)) == 1 && count(&mut d, "INBOX") == 0
+    });
     let from = reference(announcement, delivered);
     let took = moved.saturating_duration_since(from);
     eprintln!(
@@ -194,7 +201,7 @@ fn chat_mail_is_moved(kind: Kind) {
         moved - delivered
     );
     assert_eq!(count(&mut d, "INBOX"), 0, "{}: moved, not copied", p.name());
-    assert!(took < allowed(kind), "{}: moved after {took:?}, allowed {:?}", p.name(), allowed(kind));
+    assert!(took < allowed(kind), "{}: moved after {took:?}, allowed {:?}\n{}", p.name(), allowed(kind), proxy.log());
 }
 
 fn user_deleted_mail_is_never_expunged(kind: Kind) {
@@ -223,16 +230,36 @@ fn user_deleted_mail_is_never_expunged(kind: Kind) {
     d.expect_ok("x EXAMINE INBOX");
     let f = d.expect_ok("f FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])").join("");
     assert!(f.contains("keep@example.org"), "{}: the user's \\Deleted message was expunged: {f}", p.name());
-    assert!(f.contains("\\Deleted"), "{}: its \\Deleted flag is kept: {f}", p.name());
-    // Clients of the proxy do not see the moved chat message in INBOX any more.
+    // imap4d keeps flags in the session that set them (not shared, not even after CHECK): a
+    // direct connection never sees the user's \Deleted there; the user's own session does.
+    if kind != Kind::Imap4d {
+        assert!(f.contains("\\Deleted"), "{}: its \\Deleted flag is kept: {f}", p.name());
+    }
+    // Clients of the proxy do not see the moved chat message in INBOX any more, and the user's
+    // session still has its \Deleted message, flag and all.
     c.expect_ok("n NOOP");
-    let f = c.expect_ok("f FETCH 1:* (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])").join("");
+    let f = c.expect_ok("f FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])").join("");
     assert!(!f.contains("move@example.org"), "{}: {f}", p.name());
+    assert!(f.contains("keep@example.org") && f.contains("\\Deleted"), "{}: {f}", p.name());
 }
 
 fn idle_client_is_woken(kind: Kind) {
     let p = AnyProvider::start(kind);
     let proxy = proxy_for(&p);
+    // imap4d never tells a session that SELECTed a pristine INBOX (a Maildir that never held a
+    // message) about new mail, not even directly; a used one, even emptied again, it does.
+    let before = if kind == Kind::Imap4d {
+        p.deliver("bob@example.org", "alice@example.org", &mail_message("first@example.org"));
+        // and a read-write session that has ended: only then is the Maildir set up for good
+        // (under load a SELECT right after the delivery still found it pristine)
+        let mut d = direct(&p, "alice@example.org");
+        d.expect_ok("s SELECT INBOX");
+        d.expect_ok("c CLOSE");
+        d.expect_ok("l LOGOUT");
+        1
+    } else {
+        0
+    };
     let mut c = login(&proxy, "alice@example.org");
     c.expect_ok("s SELECT INBOX");
     c.send_raw(b"i IDLE\r\n");
@@ -243,7 +270,7 @@ fn idle_client_is_woken(kind: Kind) {
     p.deliver("bob@example.org", "alice@example.org", &mail_message("wake@example.org"));
     let mut woken = None;
     while let Some(line) = c.line_within(allowed(kind) + Duration::from_secs(5)) {
-        if line == "* 1 EXISTS\r\n" {
+        if line == format!("* {} EXISTS\r\n", before + 1) {
             woken = Some(Instant::now());
             break;
         }
@@ -338,6 +365,36 @@ fn profile_matches_the_server(kind: Kind) {
     assert!(r.last().is_some_and(|l| l.starts_with("k OK")), "{}: {r:?}", p.name());
 }
 
+/// `coi-proxy check` says what the proxy makes of the provider: which server it is, and whether
+/// its IDLE is polled. (check does not log in: METADATA and post-login capabilities it cannot
+/// see, so its METADATA line is a guess from the capabilities before login.)
+fn check_tells_the_profile(kind: Kind) {
+    let p = AnyProvider::start(kind);
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = format!("imap://127.0.0.1:{}", p.imap_port());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
+        .args(["check", "--upstream", &upstream])
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("COI_PROXY_CONFIG")
+        .output()
+        .expect("run coi-proxy check");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let not_pushing = "    IDLE: the provider's does not report new mail as it comes; served by coi-proxy polling";
+    let lines: &[&str] = match kind {
+        Kind::Dovecot => &["  recognised as: Dovecot\n", "    IDLE: native"],
+        Kind::Cyrus => &["  recognised as: Cyrus IMAP\n"],
+        Kind::Courier => &["  recognised as: Courier-IMAP\n", not_pushing],
+        Kind::Imap4d => &["  recognised as: GNU Mailutils imap4d\n", not_pushing],
+        Kind::DovecotNoIdle | Kind::CyrusNoMetadata => unreachable!("not checked"),
+    };
+    for line in lines {
+        assert!(report.contains(line), "{}: {line:?} missing:\n{report}", p.name());
+    }
+}
+
 /// One test per provider and check, so each can be ignored with its own reason.
 macro_rules! over {
     ($check:ident: $($name:ident = $kind:expr $(, ignore = $why:literal)?;)*) => {
@@ -359,6 +416,13 @@ over! { profile_matches_the_server:
     profile_imap4d = Kind::Imap4d;
 }
 
+over! { check_tells_the_profile:
+    check_dovecot = Kind::Dovecot;
+    check_cyrus = Kind::Cyrus;
+    check_courier = Kind::Courier;
+    check_imap4d = Kind::Imap4d;
+}
+
 over! { capabilities_are_clean:
     caps_dovecot = Kind::Dovecot;
     caps_dovecot_no_idle = Kind::DovecotNoIdle;
@@ -370,7 +434,7 @@ over! { capabilities_are_clean:
 over! { coi_can_be_enabled:
     enable_dovecot = Kind::Dovecot;
     enable_dovecot_no_idle = Kind::DovecotNoIdle;
-    enable_cyrus = Kind::Cyrus, ignore = "issue 16: Cyrus refuses the COI METADATA entries (SETMETADATA /private/vendor/vendor.dovecot/coi/... gets NO Permission denied); keep them in the proxy store (provider_profile: MetadataHome::Proxy)";
+    enable_cyrus = Kind::Cyrus;
     enable_cyrus_no_metadata = Kind::CyrusNoMetadata;
     enable_courier = Kind::Courier;
     enable_imap4d = Kind::Imap4d;
@@ -379,19 +443,19 @@ over! { coi_can_be_enabled:
 over! { chat_mail_is_moved:
     move_dovecot = Kind::Dovecot;
     move_dovecot_no_idle = Kind::DovecotNoIdle;
-    move_cyrus = Kind::Cyrus, ignore = "issue 16: Cyrus refuses the COI METADATA entries (SETMETADATA /private/vendor/vendor.dovecot/coi/... gets NO Permission denied); keep them in the proxy store (provider_profile: MetadataHome::Proxy)";
+    move_cyrus = Kind::Cyrus;
     move_cyrus_no_metadata = Kind::CyrusNoMetadata;
-    move_courier = Kind::Courier, ignore = "issue 16: Courier's IDLE reports new mail only after 60 s (IMAP_IDLE_TIMEOUT, no FAM); the worker must poll it (provider_profile: IdleMode::Poll)";
-    move_imap4d = Kind::Imap4d, ignore = "issue 16: imap4d has neither MOVE nor UIDPLUS, so chat mail stays in INBOX; move with provider_profile::move_plan (CopySafeExpunge) and poll (its IDLE pushes nothing until DONE)";
+    move_courier = Kind::Courier;
+    move_imap4d = Kind::Imap4d;
 }
 
 over! { user_deleted_mail_is_never_expunged:
     keep_deleted_dovecot = Kind::Dovecot;
     keep_deleted_dovecot_no_idle = Kind::DovecotNoIdle;
-    keep_deleted_cyrus = Kind::Cyrus, ignore = "issue 16: Cyrus refuses the COI METADATA entries (SETMETADATA /private/vendor/vendor.dovecot/coi/... gets NO Permission denied); keep them in the proxy store (provider_profile: MetadataHome::Proxy)";
+    keep_deleted_cyrus = Kind::Cyrus;
     keep_deleted_cyrus_no_metadata = Kind::CyrusNoMetadata;
-    keep_deleted_courier = Kind::Courier, ignore = "issue 16: Courier's IDLE reports new mail only after 60 s (IMAP_IDLE_TIMEOUT, no FAM); the worker must poll it (provider_profile: IdleMode::Poll)";
-    keep_deleted_imap4d = Kind::Imap4d, ignore = "issue 16: imap4d has neither MOVE nor UIDPLUS, so chat mail stays in INBOX; move with provider_profile::move_plan (CopySafeExpunge) and poll (its IDLE pushes nothing until DONE)";
+    keep_deleted_courier = Kind::Courier;
+    keep_deleted_imap4d = Kind::Imap4d;
 }
 
 over! { idle_client_is_woken:
@@ -399,8 +463,8 @@ over! { idle_client_is_woken:
     idle_dovecot_no_idle = Kind::DovecotNoIdle;
     idle_cyrus = Kind::Cyrus;
     idle_cyrus_no_metadata = Kind::CyrusNoMetadata;
-    idle_courier = Kind::Courier, ignore = "issue 16: Courier's IDLE reports new mail only after 60 s; IDLE clients must be served by polling (provider_profile: IdleMode::Poll)";
-    idle_imap4d = Kind::Imap4d, ignore = "issue 16: imap4d's IDLE pushes nothing until DONE; IDLE clients must be served by polling (provider_profile: IdleMode::Poll)";
+    idle_courier = Kind::Courier;
+    idle_imap4d = Kind::Imap4d, ignore = "issue 16: flaky under load since the merge of main on 2026-12-05 (passes alone and in 3 of 4 runs of the idle_ group; in a whole-suite run the proxy's NOOP polls see no EXISTS from imap4d for 8 s): cause not yet found, imap4d's Maildir set-up after the first message or the session's quiet INBOX";
 }
 
 /// The harness itself: Cyrus, Courier and imap4d start side by side (in parallel), take LOGIN
@@ -430,11 +494,29 @@ fn harness_starts_cyrus_courier_and_imap4d() {
     }
 }
 
+/// The account worker watches INBOX EXAMINEd: new mail it has classified keeps its `\Recent`
+/// flag for the user's own clients (a worker that SELECTed INBOX would take it).
+#[test]
+fn the_worker_leaves_recent_to_the_users_clients() {
+    let p = AnyProvider::start(Kind::Dovecot);
+    let proxy = proxy_for(&p);
+    let mut c = login(&proxy, "alice@example.org");
+    enable(&proxy, &mut c);
+    drop(c);
+    proxy.wait_for_log("watching INBOX", Duration::from_secs(10));
+    p.deliver("bob@example.org", "alice@example.org", &mail_message("recent@example.org"));
+    // Dovecot tells the worker within ~0.5 s; it fetches the header and keeps the message.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut d = direct(&p, "alice@example.org");
+    let r = d.expect_ok("s SELECT INBOX");
+    assert!(r.contains(&"* 1 EXISTS\r\n".to_owned()), "{r:?}");
+    assert!(r.contains(&"* 1 RECENT\r\n".to_owned()), "the worker took \\Recent: {r:?}\n{}", proxy.log());
+}
+
 /// RFC 2971 allows 30 field/value pairs of up to 30 and 1024 octets: about 32 KB on one line
 /// (imaptest's `id` group sends 31,807 bytes before login). Dovecot accepts it; so must the proxy,
 /// and the connection goes on either way.
 #[test]
-#[ignore = "issue 16: the pre-login line limit (PRE_LOGIN_LIMIT, 16 KiB in imap::session) answers BAD Command too long, and the connection is lost after it"]
 fn an_rfc2971_sized_id_is_accepted_before_login() {
     let p = AnyProvider::start(Kind::Dovecot);
     let proxy = proxy_for(&p);
@@ -447,6 +529,10 @@ fn an_rfc2971_sized_id_is_accepted_before_login() {
     let mut c = proxy.connect();
     let r = c.command(&line);
     assert!(r.last().is_some_and(|l| l.starts_with("i OK")), "{r:?}");
+    // Beyond the proxy's pre-login limit (64 KiB): BAD, and the connection goes on.
+    let huge = format!("j ID (\"x\" \"{}\")", "v".repeat(70_000));
+    let r = c.command(&huge);
+    assert!(r.last().is_some_and(|l| l.starts_with("j BAD")), "{r:?}");
     c.login("alice@example.org", "secret");
     c.expect_ok("n NOOP");
 }
@@ -454,7 +540,6 @@ fn an_rfc2971_sized_id_is_accepted_before_login() {
 /// `* n RECENT` is part of every SELECT/EXAMINE answer, also when the count is the one the client
 /// heard at its last SELECT of that mailbox (imaptest's `select` group: EXAMINE, CLOSE, SELECT).
 #[test]
-#[ignore = "issue 16: the quiet-INBOX filter (imap::session::quiet) drops a RECENT count equal to the last one the client heard; Quiet::reset is never called on SELECT/EXAMINE"]
 fn recent_is_passed_on_when_a_mailbox_is_selected_again() {
     let p = AnyProvider::start(Kind::Dovecot);
     let proxy = proxy_for(&p);

@@ -20,6 +20,15 @@ const ENABLED: &str = "/private/vendor/vendor.dovecot/coi/config/enabled";
 const FILTER: &str = "/private/vendor/vendor.dovecot/coi/config/message-filter";
 const ALICE: &str = "alice@example.org";
 
+/// A proxy in front of `p` that may push to the test's endpoint on loopback (a push server
+/// on the proxy's own network needs `private_endpoints`).
+fn push_proxy(p: &Provider) -> Proxy {
+    Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", p.imap_port))
+        .extra("[push]\nprivate_endpoints = true")
+        .start()
+}
+
 fn login(proxy: &Proxy) -> ImapClient {
     let mut c = proxy.connect();
     c.login(ALICE, "secret");
@@ -120,7 +129,7 @@ Disposition: manual-action/MDN-sent-automatically; displayed\r\n--B--\r\n"
 #[test]
 fn capability_vapid_key_and_refusals() {
     let p = Provider::start();
-    let proxy = Proxy::for_port(p.imap_port);
+    let proxy = push_proxy(&p);
     let mut c = proxy.connect();
     assert!(!c.greeting.contains("WEBPUSH"), "{}", c.greeting);
     let caps = c.login(ALICE, "secret");
@@ -160,7 +169,7 @@ fn capability_vapid_key_and_refusals() {
 #[test]
 fn subscribe_validate_push_and_unsubscribe() {
     let p = Provider::start();
-    let proxy = Proxy::for_port(p.imap_port);
+    let proxy = push_proxy(&p);
     let ep = PushEndpoint::start();
     let dev = Device::new();
     let mut c = login(&proxy);
@@ -253,7 +262,7 @@ fn limit_and_expiry_of_unvalidated_subscriptions() {
     let p = Provider::start();
     let proxy = Proxy::builder()
         .upstream(format!("imap://127.0.0.1:{}", p.imap_port))
-        .extra("[push]\nsubscription_limit = 2\nvalidation_expiry_secs = 2")
+        .extra("[push]\nprivate_endpoints = true\nsubscription_limit = 2\nvalidation_expiry_secs = 2")
         .start();
     let ep = PushEndpoint::start();
     let mut c = login(&proxy);
@@ -282,7 +291,7 @@ fn limit_and_expiry_of_unvalidated_subscriptions() {
 #[test]
 fn msgtype_active_mode_and_a_gone_subscription() {
     let p = Provider::start();
-    let proxy = Proxy::for_port(p.imap_port);
+    let proxy = push_proxy(&p);
     let ep = PushEndpoint::start();
     let (chat_dev, mail_dev) = (Device::new(), Device::new());
     let mut c = login(&proxy);
@@ -324,7 +333,9 @@ fn restart_keeps_key_and_subscription_and_pushes_without_a_client() {
     let p = Provider::start();
     let mut proxy = Proxy::builder()
         .upstream(format!("imap://127.0.0.1:{}", p.imap_port))
-        .extra(&format!("[[account]]\nlogin = \"{ALICE}\"\npassword_command = \"printf secret\""))
+        .extra(&format!(
+            "[push]\nprivate_endpoints = true\n[[account]]\nlogin = \"{ALICE}\"\npassword_command = \"printf secret\""
+        ))
         .start();
     let ep = PushEndpoint::start();
     let dev = Device::new();

@@ -3,78 +3,20 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::imap_client::ImapClient;
+use support::mailbox::{ALICE, BOB, ENABLED, FILTER, flags_of, uid_of, wait_until};
 use support::provider::{Provider, ProviderOptions};
-use support::proxy::Proxy;
+use support::receipts::{chat_from_alice, has, mdns_about, proxy_with_smtp, queue_list};
 use support::smtp_client::{inbox, wait_for_inbox};
-
-const ALICE: &str = "alice@example.org";
-const BOB: &str = "bob@example.org";
-const ENABLED: &str = "/private/vendor/vendor.dovecot/coi/config/enabled";
-const FILTER: &str = "/private/vendor/vendor.dovecot/coi/config/message-filter";
-
-fn proxy_for(provider: &Provider, extra: &str) -> Proxy {
-    Proxy::builder()
-        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
-        .upstream_smtp(format!("smtp://127.0.0.1:{}", provider.smtp_port))
-        .extra(extra)
-        .start()
-}
-
-fn has(message: &[u8], needle: &str) -> bool {
-    message.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A chat message from alice asking for a read receipt the way Delta Chat does.
-fn chat_from_alice(id: &str) -> Vec<u8> {
-    format!(
-        "From: alice@example.org\r\nTo: bob@example.org\r\nChat-Version: 1.0\r\nMessage-ID: <{id}>\r\n\
-         Chat-Disposition-Notification-To: alice@example.org\r\nSubject: Message from alice\r\n\r\nhello {id}\r\n"
-    )
-    .into_bytes()
-}
-
-fn mdns_about(messages: &[Vec<u8>], id: &str) -> usize {
-    let needle = format!("Original-Message-ID: <{id}>");
-    messages.iter().filter(|m| has(m, &needle)).count()
-}
-
-/// The flags of the message with Message-ID `id` in `mailbox`, read directly at the provider.
-fn flags_of(provider: &Provider, user: &str, mailbox: &str, id: &str) -> Option<String> {
-    let mut c = ImapClient::connect(provider.imap_port);
-    c.login(user, "secret");
-    c.expect_ok(&format!("s SELECT {mailbox}"));
-    let search = c.expect_ok(&format!("f UID SEARCH HEADER Message-ID \"<{id}>\""));
-    let uid = search.iter().find_map(|l| l.strip_prefix("* SEARCH ")?.split_whitespace().next().map(str::to_string))?;
-    let fetch = c.expect_ok(&format!("g UID FETCH {uid} (FLAGS)"));
-    c.command("z LOGOUT");
-    fetch.iter().find(|l| l.contains("FLAGS (")).cloned()
-}
-
-fn uid_of(c: &mut ImapClient, id: &str) -> String {
-    let search = c.expect_ok(&format!("f UID SEARCH HEADER Message-ID \"<{id}>\""));
-    search
-        .iter()
-        .find_map(|l| l.strip_prefix("* SEARCH ")?.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| panic!("no message <{id}>: {search:?}"))
-}
 
 #[test]
 fn read_receipt_for_a_plain_client_exactly_once() {
     let provider = Provider::start();
-    let proxy = proxy_for(&provider, "[[account]]\nlogin = \"bob@example.org\"\nread_receipts = true\n");
+    let proxy = proxy_with_smtp(&provider, "[[account]]\nlogin = \"bob@example.org\"\nread_receipts = true\n");
     // Read before read receipts started: no receipt, ever.
-    provider.deliver(ALICE, BOB, &chat_from_alice("old@example.org"));
+    provider.deliver(ALICE, BOB, &chat_from_alice("old@example.org", BOB));
     let mut direct = ImapClient::connect(provider.imap_port);
     direct.login(BOB, "secret");
     direct.expect_ok("s SELECT INBOX");
@@ -86,7 +28,7 @@ fn read_receipt_for_a_plain_client_exactly_once() {
     proxy.wait_for_log("read receipts start now", Duration::from_secs(10));
     assert!(flags_of(&provider, BOB, "INBOX", "old@example.org").unwrap().contains("$MDNSent"));
 
-    provider.deliver(ALICE, BOB, &chat_from_alice("new@example.org"));
+    provider.deliver(ALICE, BOB, &chat_from_alice("new@example.org", BOB));
     // An ordinary message asking for a receipt is the plain client's own business.
     provider.deliver(
         ALICE,
@@ -138,7 +80,7 @@ fn read_receipt_for_a_plain_client_exactly_once() {
     assert!(!flags_of(&provider, BOB, "INBOX", "mail@example.org").unwrap().contains("$MDNSent"));
 
     // A chat client sends its own receipts: its `\Seen` gets `$MDNSent` and no receipt.
-    provider.deliver(ALICE, BOB, &chat_from_alice("dc@example.org"));
+    provider.deliver(ALICE, BOB, &chat_from_alice("dc@example.org", BOB));
     let mut dc = proxy.connect();
     dc.expect_ok("i ID (\"name\" \"Delta Chat\")");
     dc.login(BOB, "secret");
@@ -152,24 +94,13 @@ fn read_receipt_for_a_plain_client_exactly_once() {
     assert_eq!(mdns_about(&inbox(provider.imap_port, ALICE, "secret"), "dc@example.org"), 0);
 }
 
-/// `coi-proxy queue list` with the test proxy's config.
-fn queue_list(proxy: &Proxy) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
-        .arg("--config")
-        .arg(&proxy.config_path)
-        .args(["queue", "list"])
-        .output()
-        .expect("run coi-proxy queue list");
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
 #[test]
 fn chat_copy_delivery_and_read_ticks_with_postfix() {
     if !std::path::Path::new("/usr/sbin/postfix").exists() {
         panic!("Postfix is needed for DSNs: tests/setup-debian.sh installs it");
     }
     let provider = Provider::start_with(ProviderOptions { postfix: true, ..Default::default() });
-    let proxy = proxy_for(&provider, "[[account]]\nlogin = \"bob@example.org\"\nread_receipts = true\n");
+    let proxy = proxy_with_smtp(&provider, "[[account]]\nlogin = \"bob@example.org\"\nread_receipts = true\n");
 
     let mut alice = proxy.connect();
     alice.login(ALICE, "secret");
@@ -181,7 +112,7 @@ fn chat_copy_delivery_and_read_ticks_with_postfix() {
     let mut smtp = proxy.connect_smtp();
     smtp.login(ALICE, "secret");
     let id = "tick@example.org";
-    assert_eq!(smtp.send_message(ALICE, &[BOB], &chat_from_alice(id)).code, 250, "{}", smtp.transcript());
+    assert_eq!(smtp.send_message(ALICE, &[BOB], &chat_from_alice(id, BOB)).code, 250, "{}", smtp.transcript());
     smtp.command("QUIT");
 
     // The copy in Chats, seen, once; `$Delivered` from Postfix's DSN.

@@ -1,6 +1,7 @@
 //! An upgrade keeps state: a store file written by the release before the store writer (schema
 //! 1, `tests/fixtures/store-schema1.redb`, made by the code of that release with every table
-//! filled) opens with this version, reads back exactly what was written, and takes new writes.
+//! filled) opens with this version, is migrated (schema 2: METADATA sizes kept beside the
+//! values), reads back exactly what was written, and takes new writes.
 
 use std::path::Path;
 
@@ -72,7 +73,7 @@ fn expected_queue() -> Vec<(u64, QueuedMessage, Vec<u8>)> {
 
 /// Everything the fixture holds, read through this version's accessors.
 fn check_contents(store: &Store) {
-    assert_eq!(store.schema_version().unwrap(), 1);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     let queue = store.queue_list().unwrap();
     let expected = expected_queue();
     assert_eq!(queue, expected.iter().map(|(id, m, _)| (*id, m.clone())).collect::<Vec<_>>());
@@ -94,6 +95,14 @@ fn check_contents(store: &Store) {
     assert_eq!((server[ENABLED].as_slice(), server[FILTER].as_slice()), (&b"yes"[..], &b"active"[..]));
     let inbox = store.metadata_entries("alice@example.org", b"INBOX").unwrap();
     assert_eq!(inbox["/private/comment"], [0, 1, 2, 255]);
+    // Schema 2: the sizes, from the values, without reading them.
+    let sizes = store.metadata_sizes("alice@example.org", b"").unwrap();
+    assert_eq!(sizes.into_iter().collect::<Vec<_>>(), [(ENABLED.to_string(), 3), (FILTER.to_string(), 6)]);
+    assert_eq!(store.metadata_sizes("alice@example.org", b"INBOX").unwrap()["/private/comment"], 4);
+    assert_eq!(
+        store.metadata_value("alice@example.org", b"INBOX", "/private/comment").unwrap().unwrap(),
+        [0, 1, 2, 255]
+    );
 
     let key = store.vapid_key(|| panic!("the stored key must be found")).wait().unwrap();
     assert_eq!(key, (1..=32).collect::<Vec<u8>>());
@@ -116,6 +125,8 @@ fn check_contents(store: &Store) {
             read: Some(1_700_000_400),
         }],
         marked: vec!["$Delivered".into()],
+        // Not in records of the previous release: none recorded yet.
+        reports: Vec::new(),
     };
     assert_eq!(store.sent_chats().unwrap(), [("alice@example.org".into(), "m1@example.org".into(), sent.clone())]);
     assert_eq!(store.sent_chats_to_mark("alice@example.org").unwrap(), [("m1@example.org".into(), sent)]);
@@ -126,7 +137,7 @@ fn check_contents(store: &Store) {
 
 #[test]
 fn a_store_of_the_previous_release_reads_unchanged() {
-    assert_eq!(SCHEMA_VERSION, 1, "a new schema needs a migration test of its own");
+    assert_eq!(SCHEMA_VERSION, 2, "a new schema needs a migration test of its own");
     let dir = state_dir();
     let store = Store::open(dir.path()).unwrap();
     check_contents(&store);
@@ -149,6 +160,10 @@ fn a_store_of_the_previous_release_takes_new_writes() {
     assert!(store.queue_get(2).unwrap().is_none(), "and is removed now that it is done");
     store.set_inbox_position("alice@example.org", 1_234_567, 50).wait().unwrap();
     store.remember_chat_ids("alice@example.org", &["m3@example.org".into()]).wait().unwrap();
+    let noted = store.sent_chat_update("alice@example.org", Some("m1@example.org"), None, |s| {
+        s.note_report("mdn1@example.org");
+    });
+    assert!(noted.wait().unwrap().is_some(), "a report is recorded on a record of before");
     // Message 1's pending recipient is delivered now: the old store keeps it as a recent
     // delivery, in the table the upgrade adds on first use.
     let (_, mut first, _) = expected_queue().remove(0);
@@ -164,8 +179,35 @@ fn a_store_of_the_previous_release_takes_new_writes() {
     assert_eq!(store.queue_list().unwrap().iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 4]);
     assert_eq!(store.deliveries().unwrap().len(), 1);
     assert_eq!(store.inbox_position("alice@example.org").unwrap(), Some((1_234_567, 50)));
+    assert_eq!(store.sent_chats().unwrap()[0].2.reports, ["mdn1@example.org"]);
     for id in ["m1@example.org", "m3@example.org"] {
         assert!(store.is_chat_id("alice@example.org", id).unwrap());
     }
     assert!(Path::new(FIXTURE).exists());
+}
+
+/// The OpenPGP gateway's tables came after schema 1: a store of the previous release has none
+/// (no key, no peers), takes them on first use, and keeps them and everything else across a
+/// reopen, still as schema 1 (the tables are additive; the old release ignores them).
+#[test]
+fn a_store_of_the_previous_release_takes_openpgp_state() {
+    let dir = state_dir();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.account_key("alice@example.org").unwrap(), None);
+    assert!(store.peers("alice@example.org").unwrap().is_empty());
+    assert!(
+        store.invites("alice@example.org").unwrap().is_empty() && store.joins("alice@example.org").unwrap().is_empty()
+    );
+    assert!(store.accounts_with_keys().unwrap().is_empty());
+    store.put_account_key("alice@example.org", b"sealed".to_vec(), false).wait().unwrap();
+    store.put_peers("alice@example.org", vec![("bob@example.net".into(), b"peer".to_vec())]).wait().unwrap().unwrap();
+    store.put_invite("alice@example.org", "inv", b"invite".to_vec()).wait().unwrap();
+    store.put_join("alice@example.org", "j", Some(b"join".to_vec())).wait().unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    check_contents(&store);
+    assert_eq!(store.account_key("alice@example.org").unwrap().as_deref(), Some(&b"sealed"[..]));
+    assert_eq!(store.peer("alice@example.org", "bob@example.net").unwrap().as_deref(), Some(&b"peer"[..]));
+    assert_eq!(store.invites("alice@example.org").unwrap(), [("inv".to_string(), b"invite".to_vec())]);
+    assert_eq!(store.joins("alice@example.org").unwrap(), [("j".to_string(), b"join".to_vec())]);
 }

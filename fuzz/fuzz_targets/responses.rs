@@ -4,7 +4,7 @@
 #![no_main]
 
 use coi_proxy::imap::wire::{capability, metadata, response};
-use coi_proxy::imap::session::quiet::{Quiet, Verdicts};
+use coi_proxy::imap::session::quiet::{Quiet, SyncAbility, Verdicts};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,14 +16,28 @@ fuzz_target!(|data: &[u8]| {
     let _ = response::fetch_uid(data);
     let _ = response::first_literal(data);
     let _ = response::response_code_number(data, "UIDNEXT");
-    let mut quiet = Quiet::new(Verdicts::default());
-    let now = std::time::Instant::now();
+    let mut quiet = Quiet::new(Verdicts { watching: true, ..Verdicts::default() });
+    let t0 = std::time::Instant::now();
+    let mut now = t0;
+    let syncs = [SyncAbility::Now, SyncAbility::Later, SyncAbility::Idle];
     for line in data.split_inclusive(|&b| b == b'\n') {
-        let _ = quiet.on_untagged(line, line.len() % 2 == 0, now);
-        let _ = quiet.poll(now);
+        let _ = quiet.on_untagged(line, line.len() % 2 == 0, line.len() % 5 == 0, now);
+        let _ = quiet.take_growth();
+        let _ = quiet.poll(now, syncs[line.len() % 3]);
         if line.len() % 3 == 0 {
-            quiet.set_verdicts(Verdicts { kept: line.len() as u64, moved: 1 });
+            let moved = quiet.verdicts().moved + u64::from(line.len() % 7 == 0);
+            quiet.set_verdicts(Verdicts {
+                kept: line.len() as u64,
+                moved,
+                watching: line.len() % 11 != 0,
+                looked: Some(now),
+                position: Some((1, line.len() as u32)),
+            });
         }
+        if line.len() % 13 == 0 {
+            quiet.learn(line);
+        }
+        now += std::time::Duration::from_millis(line.len() as u64 * 10);
     }
     let _ = quiet.release();
 });

@@ -28,8 +28,14 @@ _coi__proxy() {
             coi__proxy,help)
                 cmd="coi__proxy__subcmd__help"
                 ;;
-            coi__proxy,oauth)
-                cmd="coi__proxy__subcmd__oauth"
+            coi__proxy,invite)
+                cmd="coi__proxy__subcmd__invite"
+                ;;
+            coi__proxy,join)
+                cmd="coi__proxy__subcmd__join"
+                ;;
+            coi__proxy,key)
+                cmd="coi__proxy__subcmd__key"
                 ;;
             coi__proxy,profile)
                 cmd="coi__proxy__subcmd__profile"
@@ -109,8 +115,14 @@ _coi__proxy() {
             coi__proxy__subcmd__help,help)
                 cmd="coi__proxy__subcmd__help__subcmd__help"
                 ;;
-            coi__proxy__subcmd__help,oauth)
-                cmd="coi__proxy__subcmd__help__subcmd__oauth"
+            coi__proxy__subcmd__help,invite)
+                cmd="coi__proxy__subcmd__help__subcmd__invite"
+                ;;
+            coi__proxy__subcmd__help,join)
+                cmd="coi__proxy__subcmd__help__subcmd__join"
+                ;;
+            coi__proxy__subcmd__help,key)
+                cmd="coi__proxy__subcmd__help__subcmd__key"
                 ;;
             coi__proxy__subcmd__help,profile)
                 cmd="coi__proxy__subcmd__help__subcmd__profile"
@@ -145,11 +157,11 @@ _coi__proxy() {
             coi__proxy__subcmd__help__subcmd__generate,man)
                 cmd="coi__proxy__subcmd__help__subcmd__generate__subcmd__man"
                 ;;
-            coi__proxy__subcmd__help__subcmd__oauth,authorize)
-                cmd="coi__proxy__subcmd__help__subcmd__oauth__subcmd__authorize"
+            coi__proxy__subcmd__help__subcmd__key,export)
+                cmd="coi__proxy__subcmd__help__subcmd__key__subcmd__export"
                 ;;
-            coi__proxy__subcmd__help__subcmd__oauth,status)
-                cmd="coi__proxy__subcmd__help__subcmd__oauth__subcmd__status"
+            coi__proxy__subcmd__help__subcmd__key,import)
+                cmd="coi__proxy__subcmd__help__subcmd__key__subcmd__import"
                 ;;
             coi__proxy__subcmd__help__subcmd__profile,apple)
                 cmd="coi__proxy__subcmd__help__subcmd__profile__subcmd__apple"
@@ -166,23 +178,23 @@ _coi__proxy() {
             coi__proxy__subcmd__help__subcmd__queue,retry)
                 cmd="coi__proxy__subcmd__help__subcmd__queue__subcmd__retry"
                 ;;
-            coi__proxy__subcmd__oauth,authorize)
-                cmd="coi__proxy__subcmd__oauth__subcmd__authorize"
+            coi__proxy__subcmd__key,export)
+                cmd="coi__proxy__subcmd__key__subcmd__export"
                 ;;
-            coi__proxy__subcmd__oauth,help)
-                cmd="coi__proxy__subcmd__oauth__subcmd__help"
+            coi__proxy__subcmd__key,help)
+                cmd="coi__proxy__subcmd__key__subcmd__help"
                 ;;
-            coi__proxy__subcmd__oauth,status)
-                cmd="coi__proxy__subcmd__oauth__subcmd__status"
+            coi__proxy__subcmd__key,import)
+                cmd="coi__proxy__subcmd__key__subcmd__import"
                 ;;
-            coi__proxy__subcmd__oauth__subcmd__help,authorize)
-                cmd="coi__proxy__subcmd__oauth__subcmd__help__subcmd__authorize"
+            coi__proxy__subcmd__key__subcmd__help,export)
+                cmd="coi__proxy__subcmd__key__subcmd__help__subcmd__export"
                 ;;
-            coi__proxy__subcmd__oauth__subcmd__help,help)
-                cmd="coi__proxy__subcmd__oauth__subcmd__help__subcmd__help"
+            coi__proxy__subcmd__key__subcmd__help,help)
+                cmd="coi__proxy__subcmd__key__subcmd__help__subcmd__help"
                 ;;
-            coi__proxy__subcmd__oauth__subcmd__help,status)
-                cmd="coi__proxy__subcmd__oauth__subcmd__help__subcmd__status"
+            coi__proxy__subcmd__key__subcmd__help,import)
+                cmd="coi__proxy__subcmd__key__subcmd__help__subcmd__import"
                 ;;
             coi__proxy__subcmd__profile,apple)
                 cmd="coi__proxy__subcmd__profile__subcmd__apple"
@@ -233,7 +245,7 @@ _coi__proxy() {
 
     case "${cmd}" in
         coi__proxy)
-            opts="-c -h -V --config --state-dir --upstream --log-format --help --version run check cert queue oauth setup profile generate help"
+            opts="-c -h -V --config --state-dir --upstream --log-format --help --version run check cert queue key invite join setup profile generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -689,7 +701,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__help)
-            opts="run check cert queue oauth setup profile generate help"
+            opts="run check cert queue key invite join setup profile generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -856,8 +868,8 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        coi__subcmd__proxy__subcmd__help__subcmd__oauth)
-            opts="authorize status"
+        coi__subcmd__proxy__subcmd__help__subcmd__invite)
+            opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -870,7 +882,35 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        coi__subcmd__proxy__subcmd__help__subcmd__oauth__subcmd__authorize)
+        coi__subcmd__proxy__subcmd__help__subcmd__join)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__help__subcmd__key)
+            opts="export import"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__help__subcmd__key__subcmd__export)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -884,7 +924,7 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        coi__subcmd__proxy__subcmd__help__subcmd__oauth__subcmd__status)
+        coi__subcmd__proxy__subcmd__help__subcmd__key__subcmd__import)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1024,8 +1064,8 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        coi__subcmd__proxy__subcmd__oauth)
-            opts="-c -h --config --state-dir --help authorize status help"
+        coi__subcmd__proxy__subcmd__invite)
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1050,8 +1090,60 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        coi__subcmd__proxy__subcmd__oauth__subcmd__authorize)
-            opts="-c -h --password-stdin --browser --config --state-dir --help"
+        coi__subcmd__proxy__subcmd__join)
+            opts="-c -h --config --state-dir --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__key)
+            opts="-c -h --config --state-dir --help export import help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__key__subcmd__export)
+            opts="-c -h --secret --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1076,8 +1168,8 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        coi__subcmd__proxy__subcmd__oauth__subcmd__help)
-            opts="authorize status help"
+        coi__subcmd__proxy__subcmd__key__subcmd__help)
+            opts="export import help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1090,7 +1182,7 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        coi__subcmd__proxy__subcmd__oauth__subcmd__help__subcmd__authorize)
+        coi__subcmd__proxy__subcmd__key__subcmd__help__subcmd__export)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1104,7 +1196,7 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        coi__subcmd__proxy__subcmd__oauth__subcmd__help__subcmd__help)
+        coi__subcmd__proxy__subcmd__key__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1118,7 +1210,7 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        coi__subcmd__proxy__subcmd__oauth__subcmd__help__subcmd__status)
+        coi__subcmd__proxy__subcmd__key__subcmd__help__subcmd__import)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1132,7 +1224,7 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        coi__subcmd__proxy__subcmd__oauth__subcmd__status)
+        coi__subcmd__proxy__subcmd__key__subcmd__import)
             opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -1,8 +1,9 @@
 //! The daemon's control socket (`control.sock` in the state directory, mode 0600): the command
 //! line's way to a running daemon, which holds the store. Each connection sends one request
 //! line (and, for some, a body); the area it names answers it: `queue …` the queue
-//! (`smtp::control`), `oauth …` the OAuth2 grants (`oauth::control`). Served whether or not SMTP
-//! is configured.
+//! (`smtp::control`), `key …`, `invite`, `join` the OpenPGP gateway (`smtp::control`, carried
+//! out by `openpgp::commands`), `oauth …` the OAuth2 grants (`oauth::control`). Served whether
+//! or not SMTP is configured.
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -13,14 +14,21 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use crate::context::Context;
+use crate::openpgp::identity::Identity;
 use crate::smtp::Waits;
 
-/// Longest request line.
-const MAX_LINE: u64 = 1024;
+/// Longest request line: `key import` carries an armored key on it.
+const MAX_LINE: u64 = crate::openpgp::commands::MAX_LINE as u64;
 
 /// Serves the control socket until shutdown.
-/// `waits`: the SMTP relay's reasons for `queue list` (`None` without SMTP).
-pub async fn serve(ctx: Arc<Context>, waits: Option<Arc<Waits>>, mut shutdown: watch::Receiver<bool>) {
+/// `waits`: the SMTP relay's reasons for `queue list` (`None` without SMTP); `identity`: the
+/// OpenPGP gateway's state (`None` when `[autocrypt] enabled = false`).
+pub async fn serve(
+    ctx: Arc<Context>,
+    waits: Option<Arc<Waits>>,
+    identity: Option<Identity>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let path = crate::smtp::control::socket_path(&ctx.config().state_dir);
     // A socket left by a killed daemon; the store lock already ensures no other daemon runs.
     let _ = std::fs::remove_file(&path);
@@ -41,7 +49,7 @@ pub async fn serve(ctx: Arc<Context>, waits: Option<Arc<Waits>>, mut shutdown: w
             _ = shutdown.wait_for(|down| *down) => break,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let (ctx, waits) = (ctx.clone(), waits.clone());
+        let (ctx, waits, identity) = (ctx.clone(), waits.clone(), identity.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut reader = tokio::io::BufReader::new(read);
@@ -54,9 +62,13 @@ pub async fn serve(ctx: Arc<Context>, waits: Option<Arc<Waits>>, mut shutdown: w
                 None if crate::oauth::control::is_ours(&line) => {
                     crate::oauth::control::answer(&ctx, &line, &mut reader).await
                 }
-                None => {
-                    "error\nunknown command; use: queue list | queue retry ID | queue drop ID | oauth status\n".into()
-                }
+                None => match crate::smtp::control::answer_gateway(&ctx, identity.as_ref(), &line).await {
+                    Some(reply) => reply,
+                    None => "error\nunknown command; use: queue list | queue retry ID | queue drop ID | key export \
+                             LOGIN [--secret] | key import LOGIN BASE64 | invite LOGIN | join LOGIN LINK | oauth \
+                             status\n"
+                        .into(),
+                },
             };
             let _ = write.write_all(reply.as_bytes()).await;
         });

@@ -1,7 +1,9 @@
 //! Names of the COI folders on a provider: `<prefix><root><sep>Chats` and `…Contacts`, with the
-//! provider's personal namespace prefix and hierarchy separator (Dovecot uses `.` or `/`).
+//! provider's personal namespace prefix and hierarchy separator (Dovecot uses `.` or `/`), the
+//! configured root in modified UTF-7; and names compared as the provider resolves them.
 
 use crate::imap::wire::command::{self, Arg};
+use crate::imap::wire::mailbox;
 use crate::imap::wire::provider::{ProviderCommands, ProviderError};
 use crate::provider_profile::Namespaces;
 
@@ -53,9 +55,10 @@ impl Namespace {
         Ok(ns.unwrap_or(Namespace { prefix: String::new(), separator: Some('/') }))
     }
 
-    /// The mailbox root as clients see it (the `mailbox-root` METADATA value).
+    /// The mailbox root as clients see it (the `mailbox-root` METADATA value), in modified
+    /// UTF-7 as on the wire.
     pub fn root(&self, configured: &str) -> String {
-        format!("{}{configured}", self.prefix)
+        format!("{}{}", self.prefix, mailbox::encode(configured))
     }
 
     pub fn chats(&self, configured_root: &str) -> String {
@@ -72,9 +75,19 @@ impl Namespace {
     }
 
     /// Whether `mailbox` lies in the Trash folder `trash` (or is it).
-    pub fn in_trash(&self, mailbox: &str, trash: &str) -> bool {
-        let sep = self.separator.unwrap_or('/');
-        mailbox == trash || mailbox.starts_with(&format!("{trash}{sep}"))
+    pub fn in_trash(&self, name: &[u8], trash: &[u8]) -> bool {
+        mailbox::at_or_below(name, trash, self.separator)
+    }
+
+    /// Whether two names are the same mailbox at this provider.
+    pub fn same(&self, a: &[u8], b: &[u8]) -> bool {
+        mailbox::canonical(a, self.separator) == mailbox::canonical(b, self.separator)
+    }
+
+    /// Whether renaming `name` takes `mailbox` with it: it is `mailbox` or one of its parents
+    /// (not INBOX, whose RENAME moves its messages and leaves its children).
+    pub fn holds(&self, name: &[u8], mailbox: &[u8]) -> bool {
+        mailbox::at_or_below(mailbox, name, self.separator) && mailbox::canonical(name, self.separator) != "INBOX"
     }
 }
 
@@ -96,7 +109,14 @@ mod tests {
         assert_eq!(ns.chats("COI"), "INBOX.COI.Chats");
         let ns = Namespace::from_list_response(b"* LIST (\\Noselect) \"/\" \"\"\r\n").unwrap();
         assert_eq!(ns.chats("COI"), "COI/Chats");
-        assert!(ns.in_trash("Trash/COI/Chats", "Trash"));
-        assert!(!ns.in_trash("Trashy", "Trash"));
+        assert!(ns.in_trash(b"Trash/COI/Chats", b"Trash"));
+        assert!(!ns.in_trash(b"Trashy", b"Trash"));
+        assert!(ns.same(b"COI/Chats/", b"COI/Chats"));
+        assert!(ns.holds(b"COI", b"COI/Chats") && ns.holds(b"COI/Chats", b"COI/Chats"));
+        assert!(!ns.holds(b"COI/Contacts", b"COI/Chats"));
+        let courier = Namespace { prefix: "INBOX.".into(), separator: Some('.') };
+        assert!(!courier.holds(b"INBOX", b"INBOX.COI.Chats"), "RENAME INBOX leaves its children");
+        assert!(courier.holds(b"inbox.COI", b"INBOX.COI.Chats"));
+        assert_eq!(courier.chats("Ärger"), "INBOX.&AMQ-rger.Chats");
     }
 }

@@ -32,6 +32,9 @@ pub enum MetadataError {
     TooMany,
     #[error("COI entries exist on the server level only (mailbox \"\")")]
     NotServerLevel,
+    /// A COI entry the spec does not define: it could not be read back, so it is not stored.
+    #[error("no such COI entry: {0}")]
+    Unknown(String),
 }
 
 impl Refusal for MetadataError {
@@ -83,21 +86,30 @@ pub fn coi_change(set: &SetMetadata) -> Result<CoiChange, MetadataError> {
             ENABLED => match value {
                 Some(b"yes") => change.enabled = Some(true),
                 None | Some(b"") => change.enabled = Some(false),
-                Some(other) => return Err(MetadataError::InvalidEnabled(String::from_utf8_lossy(other).into_owned())),
+                Some(other) => return Err(MetadataError::InvalidEnabled(shown(other))),
             },
             MESSAGE_FILTER => match value {
                 None | Some(b"") => change.filter = Some(Filter::None),
                 Some(v) => {
-                    change.filter = Some(
-                        Filter::parse(v)
-                            .ok_or_else(|| MetadataError::InvalidFilter(String::from_utf8_lossy(v).into_owned()))?,
-                    )
+                    change.filter = Some(Filter::parse(v).ok_or_else(|| MetadataError::InvalidFilter(shown(v)))?)
                 }
             },
-            _ => {}
+            // Deleting what does not exist is fine; anything else could not be read back.
+            _ if value.is_none() => {}
+            _ => return Err(MetadataError::Unknown(entry.clone())),
         }
     }
     Ok(change)
+}
+
+/// A refused value as the refusal quotes it: printable ASCII only (other bytes as `\xNN`, so a
+/// CR LF in it cannot start a line of its own), at most 40 bytes of it.
+fn shown(value: &[u8]) -> String {
+    let mut out: String = value.iter().take(40).flat_map(|&b| std::ascii::escape_default(b)).map(char::from).collect();
+    if value.len() > 40 {
+        out.push_str("...");
+    }
+    out
 }
 
 /// The COI configuration from the entries as stored (provider responses or the local store);
@@ -177,12 +189,25 @@ active)\r\n"
         let seen =
             set(b"a SETMETADATA \"\" (/private/vendor/vendor.dovecot/coi/config/message-filter {4}\r\nseen)\r\n");
         assert_eq!(coi_change(&seen).unwrap().filter, Some(Filter::Seen));
+        let crlf =
+            set(b"a SETMETADATA \"\" (/private/vendor/vendor.dovecot/coi/config/enabled {8+}\r\nx\r\n* BYE)\r\n");
+        assert_eq!(
+            coi_change(&crlf).unwrap_err().to_string(),
+            "invalid value for /private/vendor/vendor.dovecot/coi/config/enabled: \"x\\r\\n* BYE\""
+        );
         let root = set(b"a SETMETADATA \"\" (/private/vendor/vendor.dovecot/coi/config/mailbox-root X)\r\n");
         assert_eq!(coi_change(&root), Err(MetadataError::ReadOnly));
         assert_eq!(MetadataError::ReadOnly.status(), Status::Cannot);
         assert_eq!(MetadataError::TooLarge(5).status(), Status::MaxSize(5));
         let on_inbox = set(b"a SETMETADATA INBOX (/private/vendor/vendor.dovecot/coi/config/enabled yes)\r\n");
         assert_eq!(coi_change(&on_inbox), Err(MetadataError::NotServerLevel));
+        let unknown = set(b"a SETMETADATA \"\" (/private/vendor/vendor.dovecot/coi/config/foo bar)\r\n");
+        assert_eq!(
+            coi_change(&unknown).unwrap_err().to_string(),
+            "no such COI entry: /private/vendor/vendor.dovecot/coi/config/foo"
+        );
+        let delete = set(b"a SETMETADATA \"\" (/private/vendor/vendor.dovecot/coi/foo NIL)\r\n");
+        assert_eq!(coi_change(&delete), Ok(CoiChange::default()));
     }
 
     #[test]

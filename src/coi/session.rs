@@ -6,7 +6,7 @@
 //! - ID and SELECT / EXAMINE / STATUS: a chat client that watches INBOX only (today's Delta
 //!   Chat) is shown `<root>/Chats` in its place while the filter is `active`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tracing::{debug, info, warn};
@@ -18,10 +18,10 @@ use crate::context::Context;
 use crate::imap::wire::command::client_name;
 use crate::imap::wire::command::{self, Arg, Command, CommandName};
 use crate::imap::wire::metadata::{
-    Depth, EntryOwner, GetMetadata, Refusal, SetMetadata, Status, covers, format_entries, format_response, in_subtree,
-    parse_get, parse_response, parse_set, reaches, select,
+    Depth, EntryOwner, GetMetadata, Refusal, RequestOrder, SetMetadata, Status, format_entries, format_mailbox,
+    in_subtree, parse_get, parse_response, parse_set, reaches, select, select_by,
 };
-use crate::imap::wire::provider::{Interceptor, ProviderCommands, ProviderError, Reply as OwnReply};
+use crate::imap::wire::provider::{Interceptor, ProviderCommands, ProviderError, Reply as OwnReply, ReplyOut};
 use crate::store::TooManyEntries;
 
 const CAPTURE_METADATA: &[&[u8]] = &[b"* METADATA "];
@@ -91,30 +91,30 @@ impl<E: EntryOwner> CoiSession<E> {
         CoiSession { shared, account, provider_metadata, namespace: None, client_name, entries }
     }
 
-    /// Whether the proxy answers `entry` itself (COI, or the plugged-in wing's subtree).
-    fn answers(&self, entry: &str) -> bool {
-        metadata::is_coi_entry(entry) || in_subtree(entry, self.entries.subtree())
-    }
-
     /// Whether a request may reach into a subtree the proxy answers.
     fn reaches_ours(&self, requested: &str, depth: Depth) -> bool {
-        metadata::reaches_coi(requested, depth) || reaches(requested, depth, self.entries.subtree())
+        reaches_ours(requested, depth, self.entries.subtree())
     }
 
     fn is_chat_client(&self) -> bool {
-        let clients = &self.shared.config().coi.chat_clients;
         let name = self.client_name.lock().expect("client name");
-        name.as_deref().is_some_and(|n| clients.iter().any(|c| c.eq_ignore_ascii_case(n)))
+        self.shared.config().coi.is_chat_client(name.as_deref())
     }
 
     fn root(&self) -> String {
         self.shared.config().coi.mailbox_root.clone()
     }
 
-    async fn dispatch(&mut self, raw: &[u8], cmd: &Command, own: &mut impl ProviderCommands) -> Reply {
+    async fn dispatch(
+        &mut self,
+        raw: &[u8],
+        cmd: &Command,
+        own: &mut impl ProviderCommands,
+        out: &mut ReplyOut,
+    ) -> Reply {
         match cmd.kind {
             CommandName::GetMetadata => match parse_get(cmd) {
-                Ok(req) => self.get_metadata(&cmd.tag, req, own).await,
+                Ok(req) => self.get_metadata(raw, &cmd.tag, req, own, out).await,
                 Err(e) => Ok(tagged(&cmd.tag, &refusal(&e))),
             },
             CommandName::SetMetadata => match parse_set(cmd) {
@@ -126,8 +126,12 @@ impl<E: EntryOwner> CoiSession<E> {
             }
             CommandName::Id => {
                 if let Some(name) = client_name(&cmd.args) {
-                    info!(client_name = %name, "client identified itself");
-                    *self.client_name.lock().expect("client name") = Some(name);
+                    let mut known = self.client_name.lock().expect("client name");
+                    // Logged when it changes only: a client repeating ID does not grow the log.
+                    if known.as_deref() != Some(name.as_str()) {
+                        info!(client_name = %crate::logging::peer_text(&name), "client identified itself");
+                    }
+                    *known = Some(name);
                 }
                 Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag))
             }
@@ -151,8 +155,10 @@ impl<E: EntryOwner> CoiSession<E> {
         super::load_config(own, self.provider_metadata, &self.shared.store, &self.account).await
     }
 
-    fn local_entries(&self, mailbox: &[u8]) -> BTreeMap<String, Vec<u8>> {
-        match self.shared.store.metadata_entries(&self.account.login, mailbox) {
+    /// The entries the proxy keeps for `mailbox`, with their sizes (values are read as the
+    /// response is written).
+    fn local_sizes(&self, mailbox: &[u8]) -> BTreeMap<String, u64> {
+        match self.shared.store.metadata_sizes(&self.account.login, mailbox) {
             Ok(entries) => entries,
             Err(e) => {
                 warn!("cannot read METADATA from the store: {e}");
@@ -161,13 +167,38 @@ impl<E: EntryOwner> CoiSession<E> {
         }
     }
 
-    async fn get_metadata(&mut self, tag: &str, req: GetMetadata, own: &mut impl ProviderCommands) -> Reply {
+    /// Whether `mailbox` exists at the provider (for the METADATA the proxy keeps itself; a
+    /// provider with METADATA says so on its own).
+    async fn mailbox_exists(&mut self, mailbox: &[u8], own: &mut impl ProviderCommands) -> Result<bool, ProviderError> {
+        let mut cmd = b"LIST \"\" ".to_vec();
+        cmd.extend(command::astring(mailbox, false));
+        cmd.extend_from_slice(b"\r\n");
+        let reply = own.run(&cmd, CAPTURE_LIST).await?;
+        Ok(reply.ok() && !reply.untagged.is_empty())
+    }
+
+    async fn get_metadata(
+        &mut self,
+        raw: &[u8],
+        tag: &str,
+        req: GetMetadata,
+        own: &mut impl ProviderCommands,
+        out: &mut ReplyOut,
+    ) -> Reply {
         let server_level = req.mailbox.is_empty();
         let reaches_ours = server_level && req.entries.iter().any(|e| self.reaches_ours(e, req.depth));
-        let mut entries: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-        let mut longest: Option<u64> = None;
+        if self.provider_metadata && !reaches_ours {
+            // Nothing the proxy answers itself: the provider's responses reach the client as
+            // they come, never held here.
+            return Ok(forward(raw, own, &[]).await?.for_client(tag));
+        }
+        if !server_level && !self.mailbox_exists(&req.mailbox, own).await? {
+            return Ok(tagged(tag, "NO [NONEXISTENT] Mailbox doesn't exist"));
+        }
+        let theirs = self.entries.subtree();
+        let mut sources = Sources::default();
         if self.provider_metadata {
-            let elsewhere: Vec<&String> = req.entries.iter().filter(|e| !server_level || !self.answers(e)).collect();
+            let elsewhere: Vec<&String> = req.entries.iter().filter(|e| !server_level || !answers(e, theirs)).collect();
             if !elsewhere.is_empty() {
                 let reply = own.run(&get_command(&req, &elsewhere), CAPTURE_METADATA).await?;
                 if !reply.ok() {
@@ -175,58 +206,91 @@ impl<E: EntryOwner> CoiSession<E> {
                 }
                 for resp in &reply.untagged {
                     if let Some((_, found)) = parse_response(resp) {
-                        entries.extend(found.into_iter().filter(|(e, _)| !server_level || !self.answers(e)));
+                        sources
+                            .provider
+                            .extend(found.into_iter().filter(|(e, _)| !server_level || !answers(e, theirs)));
                     }
                 }
-                longest = long_entries(&reply.status);
+                sources.provider_longest = long_entries(&reply.status);
             }
         } else {
-            let mut available = self.local_entries(&req.mailbox);
-            available.retain(|e, _| !server_level || !self.answers(e));
-            let plain = GetMetadata {
-                entries: req.entries.iter().filter(|e| !server_level || !self.answers(e)).cloned().collect(),
-                ..req.clone()
-            };
-            let (found, long) = select(&plain, &available);
-            entries.extend(found);
-            longest = long;
+            sources.stored = Some(self.local_sizes(&req.mailbox));
         }
         if reaches_ours {
             let reaches = |subtree| req.entries.iter().any(|e| reaches(e, req.depth, subtree));
-            let mut available = BTreeMap::new();
             if reaches(metadata::COI_SUBTREE) {
                 let config = self.read_config(own).await?;
                 let root = self.namespace(own).await?.root(&self.root());
-                available.extend(metadata::coi_entries(&config, &root));
+                sources.ours.extend(metadata::coi_entries(&config, &root));
             }
-            if reaches(self.entries.subtree()) {
-                available.extend(self.entries.available().await);
+            if reaches(theirs) {
+                sources.ours.extend(self.entries.available().await);
             }
-            let ours = GetMetadata {
-                entries: req.entries.iter().filter(|e| self.reaches_ours(e, req.depth)).cloned().collect(),
-                ..req.clone()
-            };
-            let (found, long) = select(&ours, &available);
-            for entry in found {
-                if !entries.iter().any(|(e, _)| *e == entry.0) {
-                    entries.push(entry);
-                }
-            }
-            longest = longest.max(long);
         }
-        // In the order asked for, as a provider answers.
-        entries.sort_by_cached_key(|(e, _)| {
-            (req.entries.iter().position(|r| covers(r, req.depth, e)).unwrap_or(usize::MAX), e.clone())
-        });
-        let mut reply = if entries.is_empty() { Vec::new() } else { format_response(&req.mailbox, &entries) };
+        // Selecting and ordering tens of thousands of entries takes a while: not on the runtime.
+        let (selected, longest) = if req.entries.len() > OFF_RUNTIME_ENTRIES {
+            tokio::task::spawn_blocking(move || selection(&req, sources, theirs))
+                .await
+                .map_err(|e| ProviderError::Connection(Box::new(e)))?
+        } else {
+            selection(&req, sources, theirs)
+        };
         let code = longest.map(|n| format!("[METADATA LONGENTRIES {n}] ")).unwrap_or_default();
-        reply.extend(tagged(tag, &format!("OK {code}Getmetadata completed.")));
-        Ok(reply)
+        let status = tagged(tag, &format!("OK {code}Getmetadata completed."));
+        Ok(self.write_out(&selected, status, out).await)
+    }
+
+    /// Writes a METADATA response in parts of about [`PART`] bytes, values the proxy keeps
+    /// read one by one as the client takes the response; returns the last part, `status`
+    /// included. `* METADATA <mailbox> (<entry> <value> ...)`, values as literals, as
+    /// `format_response` writes it.
+    async fn write_out(&mut self, selected: &Selected, status: Vec<u8>, out: &mut ReplyOut) -> Vec<u8> {
+        if selected.entries.is_empty() {
+            return status;
+        }
+        let mut buf = b"* METADATA ".to_vec();
+        buf.extend(format_mailbox(&selected.mailbox));
+        buf.extend_from_slice(b" (");
+        for (i, (name, value)) in selected.entries.iter().enumerate() {
+            if i > 0 {
+                buf.push(b' ');
+            }
+            buf.extend_from_slice(name.as_bytes());
+            let stored;
+            let bytes = match value {
+                Value::Nil => None,
+                Value::Bytes(v) => Some(v.as_slice()),
+                Value::Stored => {
+                    stored = match self.shared.store.metadata_value(&self.account.login, &selected.mailbox, name) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            warn!("cannot read METADATA from the store: {e}");
+                            None
+                        }
+                    };
+                    stored.as_deref()
+                }
+            };
+            match bytes {
+                Some(v) => {
+                    buf.extend_from_slice(format!(" {{{}}}\r\n", v.len()).as_bytes());
+                    buf.extend_from_slice(v);
+                }
+                None => buf.extend_from_slice(b" NIL"),
+            }
+            if buf.len() >= PART {
+                out.send(std::mem::take(&mut buf)).await;
+            }
+        }
+        buf.extend_from_slice(b")\r\n");
+        buf.extend(status);
+        buf
     }
 
     async fn set_metadata(&mut self, tag: &str, mut req: SetMetadata, own: &mut impl ProviderCommands) -> Reply {
-        // The entries the proxy answers itself exist on the server level only.
-        if !req.mailbox.is_empty() && req.entries.iter().any(|(e, _)| self.answers(e)) {
+        // The COI entries exist on the server level only (the plugged-in wing says so for its
+        // own, in its words).
+        if !req.mailbox.is_empty() && req.entries.iter().any(|(e, _)| metadata::is_coi_entry(e)) {
             return Ok(tagged(tag, &refusal(&MetadataError::NotServerLevel)));
         }
         let change = match metadata::coi_change(&req) {
@@ -259,6 +323,9 @@ impl<E: EntryOwner> CoiSession<E> {
                 return Ok(reply.for_client(tag));
             }
         } else {
+            if !req.mailbox.is_empty() && !self.mailbox_exists(&req.mailbox, own).await? {
+                return Ok(tagged(tag, "NO [NONEXISTENT] Mailbox doesn't exist"));
+            }
             let max = self.shared.config().coi.max_metadata_size;
             if let Some((_, Some(v))) =
                 req.entries.iter().find(|(_, v)| v.as_ref().is_some_and(|v| v.len() as u64 > max))
@@ -343,45 +410,62 @@ impl<E: EntryOwner> CoiSession<E> {
         Ok(())
     }
 
-    /// CREATE, DELETE and RENAME: relayed, and when they touch `<root>/Chats`, COI follows.
+    /// CREATE, DELETE and RENAME: relayed, and when they touch `<root>/Chats`, COI follows
+    /// (COI server spec §1.4). Names are compared as the provider resolves them. Renaming Chats
+    /// or a parent of it (the root) into Trash disables COI, anywhere else is refused; a
+    /// rename that makes Chats enables it.
     async fn mailbox_command(&mut self, raw: &[u8], cmd: &Command, own: &mut impl ProviderCommands) -> Reply {
-        let names: Vec<String> =
-            cmd.args.iter().filter_map(Arg::astring).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+        let names: Vec<&[u8]> = cmd.args.iter().filter_map(Arg::astring).collect();
         let ns = self.namespace(own).await?;
         let chats = ns.chats(&self.root());
-        let (is_chats_source, is_chats_target) = match cmd.kind {
-            CommandName::Rename => (names.first() == Some(&chats), names.get(1) == Some(&chats)),
-            _ => (names.first() == Some(&chats), false),
-        };
-        if !is_chats_source && !is_chats_target {
-            return Ok(forward(raw, own, &[]).await?.for_client(&cmd.tag));
-        }
+        let first = names.first().copied().unwrap_or_default();
         let enable = match cmd.kind {
-            CommandName::Create => Some(true),
-            CommandName::Delete => Some(false),
-            _ if is_chats_target => Some(true),
-            _ => {
-                let target = names.get(1).cloned().unwrap_or_default();
+            CommandName::Create if ns.same(first, chats.as_bytes()) => Some(true),
+            CommandName::Delete if ns.same(first, chats.as_bytes()) => Some(false),
+            CommandName::Rename if ns.holds(first, chats.as_bytes()) => {
+                let target = names.get(1).copied().unwrap_or_default();
                 let trash = self.trash(own).await?;
-                if !ns.in_trash(&target, &trash) {
+                if !ns.in_trash(target, trash.as_bytes()) && !ns.in_trash(target, b"Trash") {
                     return Ok(tagged(&cmd.tag, "NO [CANNOT] COI mailbox can't be renamed"));
                 }
                 Some(false)
             }
+            CommandName::Rename if names.get(1).is_some_and(|t| ns.holds(t, chats.as_bytes())) => {
+                // Chats itself, or a parent whose rename may bring a Chats along.
+                let reply = forward(raw, own, &[]).await?;
+                if reply.ok() && (ns.same(names[1], chats.as_bytes()) || self.exists(&chats, own).await?) {
+                    self.switched_on(own).await?;
+                }
+                return Ok(reply.for_client(&cmd.tag));
+            }
+            _ => None,
         };
         let reply = forward(raw, own, &[]).await?;
         if reply.ok()
             && let Some(enabled) = enable
         {
             if enabled {
-                // Contacts belongs with Chats; the client created Chats itself.
-                if let Err(e) = self.create_folders(own).await? {
-                    warn!("{e}");
-                }
+                self.switched_on(own).await?;
+            } else {
+                self.set_enabled(false, own).await?;
             }
-            self.set_enabled(enabled, own).await?;
         }
         Ok(reply.for_client(&cmd.tag))
+    }
+
+    /// Chats came to be: Contacts belongs with it, and COI is on.
+    async fn switched_on(&mut self, own: &mut impl ProviderCommands) -> Result<(), ProviderError> {
+        if let Err(e) = self.create_folders(own).await? {
+            warn!("{e}");
+        }
+        self.set_enabled(true, own).await
+    }
+
+    /// Whether `mailbox` exists at the provider.
+    async fn exists(&mut self, mailbox: &str, own: &mut impl ProviderCommands) -> Result<bool, ProviderError> {
+        let quoted = String::from_utf8_lossy(&command::astring(mailbox.as_bytes(), false)).into_owned();
+        let reply = own.run(format!("LIST \"\" {quoted}\r\n").as_bytes(), CAPTURE_LIST).await?;
+        Ok(reply.untagged.iter().any(|l| !String::from_utf8_lossy(l).to_ascii_lowercase().contains("\\nonexistent")))
     }
 
     /// The provider's `\Trash` special-use folder, else `Trash`.
@@ -434,15 +518,30 @@ impl<E: EntryOwner> Interceptor for CoiSession<E> {
         }
     }
 
-    async fn handle<P: ProviderCommands>(&mut self, raw: Vec<u8>, own: &mut P) -> Vec<u8> {
-        let cmd = match command::parse(&raw) {
+    async fn handle<P: ProviderCommands>(&mut self, raw: Vec<u8>, own: &mut P, out: &mut ReplyOut) -> Vec<u8> {
+        // A command of up to a MiB (tens of thousands of entries) is parsed off the runtime.
+        let (raw, parsed) = if raw.len() > OFF_RUNTIME_BYTES {
+            match tokio::task::spawn_blocking(move || {
+                let parsed = command::parse(&raw);
+                (raw, parsed)
+            })
+            .await
+            {
+                Ok(done) => done,
+                Err(_) => return b"* BAD the proxy failed to read the command\r\n".to_vec(),
+            }
+        } else {
+            let parsed = command::parse(&raw);
+            (raw, parsed)
+        };
+        let cmd = match parsed {
             Ok(cmd) => cmd,
             Err(e) => {
                 let tag = command::head(&raw).map(|(t, _)| String::from_utf8_lossy(t).into_owned());
                 return tagged(tag.as_deref().unwrap_or("*"), &format!("BAD {e}"));
             }
         };
-        match self.dispatch(&raw, &cmd, own).await {
+        match self.dispatch(&raw, &cmd, own, out).await {
             Ok(reply) => reply,
             Err(e) => {
                 warn!(command = %cmd.name, "provider failed: {e}");
@@ -450,6 +549,84 @@ impl<E: EntryOwner> Interceptor for CoiSession<E> {
             }
         }
     }
+}
+
+/// Commands larger than this are parsed off the runtime.
+const OFF_RUNTIME_BYTES: usize = 64 * 1024;
+/// GETMETADATA requests for more entries than this are selected and ordered off the runtime.
+const OFF_RUNTIME_ENTRIES: usize = 1024;
+/// A long METADATA response goes to the client in parts of about this size.
+const PART: usize = 64 * 1024;
+
+/// Where a selected entry's value comes from.
+enum Value {
+    Nil,
+    /// In hand: the provider's, or one the proxy answers itself.
+    Bytes(Vec<u8>),
+    /// In the proxy's store: read when the response gets to it.
+    Stored,
+}
+
+/// What a GETMETADATA selects from.
+#[derive(Default)]
+struct Sources {
+    /// Entries the provider answered (a provider with METADATA).
+    provider: Vec<(String, Option<Vec<u8>>)>,
+    provider_longest: Option<u64>,
+    /// Entries the proxy keeps itself (a provider without), with their sizes.
+    stored: Option<BTreeMap<String, u64>>,
+    /// Entries the proxy answers itself (COI, and `theirs`, the plugged-in wing's).
+    ours: BTreeMap<String, Vec<u8>>,
+}
+
+/// The entries of a response, in the order a provider answers.
+struct Selected {
+    mailbox: Vec<u8>,
+    entries: Vec<(String, Value)>,
+}
+
+/// Whether the proxy answers `entry` itself: COI, or the plugged-in wing's subtree `theirs`.
+fn answers(entry: &str, theirs: &str) -> bool {
+    metadata::is_coi_entry(entry) || in_subtree(entry, theirs)
+}
+
+/// Whether a request may reach into a subtree the proxy answers.
+fn reaches_ours(requested: &str, depth: Depth, theirs: &str) -> bool {
+    metadata::reaches_coi(requested, depth) || reaches(requested, depth, theirs)
+}
+
+/// Selects from `sources` what `req` returns, in the order asked for, and the LONGENTRIES
+/// value. Linear in the entries asked for and found.
+fn selection(req: &GetMetadata, sources: Sources, theirs: &str) -> (Selected, Option<u64>) {
+    let server_level = req.mailbox.is_empty();
+    let mut entries: Vec<(String, Value)> =
+        sources.provider.into_iter().map(|(e, v)| (e, v.map_or(Value::Nil, Value::Bytes))).collect();
+    let mut longest = sources.provider_longest;
+    if let Some(mut stored) = sources.stored {
+        stored.retain(|e, _| !server_level || !answers(e, theirs));
+        let plain = GetMetadata {
+            entries: req.entries.iter().filter(|e| !server_level || !answers(e, theirs)).cloned().collect(),
+            ..req.clone()
+        };
+        let (found, long) = select_by(&plain, &stored, |size| *size);
+        entries.extend(found.into_iter().map(|(e, v)| (e, if v.is_some() { Value::Stored } else { Value::Nil })));
+        longest = long;
+    }
+    if server_level && req.entries.iter().any(|e| reaches_ours(e, req.depth, theirs)) {
+        let ours = GetMetadata {
+            entries: req.entries.iter().filter(|e| reaches_ours(e, req.depth, theirs)).cloned().collect(),
+            ..req.clone()
+        };
+        let (found, long) = select(&ours, &sources.ours);
+        let known: HashSet<String> = entries.iter().map(|(e, _)| e.clone()).collect();
+        entries.extend(
+            found.into_iter().filter(|(e, _)| !known.contains(e)).map(|(e, v)| (e, v.map_or(Value::Nil, Value::Bytes))),
+        );
+        longest = longest.max(long);
+    }
+    let order = RequestOrder::new(req);
+    entries.sort_by_cached_key(|(e, _)| (order.position(e), e.clone()));
+    (Selected { mailbox: req.mailbox.clone(), entries }, longest)
 }
 
 /// Relays a client command as an own command (the client's tag replaced).
@@ -462,7 +639,10 @@ async fn forward(
     own.run(after_tag, capture).await
 }
 
+/// `tag text CRLF`: one line, whatever the text holds (an error may quote what the client
+/// sent; a CR or LF in it would start a line of the client's choosing).
 fn tagged(tag: &str, text: &str) -> Vec<u8> {
+    let text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     format!("{tag} {text}\r\n").into_bytes()
 }
 

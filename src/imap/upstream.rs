@@ -20,6 +20,7 @@ use crate::imap::wire::provider::{ProviderCommands, ProviderError, Reply};
 use crate::net::{NetError, Phase, Stream, TlsProblem, tcp_connect, tls_handshake};
 use crate::oauth::sasl::{Challenge, Mechanism};
 use crate::oauth::{self, OAuthError};
+use crate::provider_profile::{Facts, ProviderProfile};
 use crate::secret::Secret;
 use crate::store::StoreError;
 use crate::tls::UpstreamTls;
@@ -85,6 +86,8 @@ pub enum OwnWorkError {
     Refused { command: &'static str, status: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("moving chat messages: {0}")]
+    Move(#[from] crate::provider_profile::move_plan::MoveError),
 }
 
 impl From<UpstreamError> for ProviderError {
@@ -98,6 +101,8 @@ pub struct Upstream {
     pub conn: Conn,
     pub capabilities: Vec<String>,
     pub server: ServerUrl,
+    /// The greeting line: part of what the provider profile is decided from.
+    pub greeting: String,
     next_tag: u64,
 }
 
@@ -162,6 +167,7 @@ impl Upstream {
             conn: Conn::new(stream, max_line),
             capabilities: Vec::new(),
             server: server.clone(),
+            greeting: String::new(),
             next_tag: SESSION_TAGS.fetch_add(1, Ordering::Relaxed) * 1000,
         };
         let greeting = up.read_response().await.map_err(|e| match e {
@@ -174,6 +180,7 @@ impl Upstream {
             let detail = String::from_utf8_lossy(&greeting[..greeting.len().min(200)]).trim_end().to_string();
             return Err(UpstreamError::Greeting { server: name, detail });
         }
+        up.greeting = String::from_utf8_lossy(&greeting[..greeting.len().min(300)]).trim_end().to_owned();
         up.capabilities =
             capability::find_in_response(&greeting).map(|r| capability::parse_list(&greeting[r])).unwrap_or_default();
         if server.security == Security::StartTls {
@@ -220,6 +227,17 @@ impl Upstream {
                 Err(OwnWorkError::LoginRefused(String::from_utf8_lossy(&status).trim_end().to_string()))
             }
         }
+    }
+
+    /// What the proxy must do differently on this provider, from its host, greeting and
+    /// current capabilities (call after login: the post-login list counts).
+    pub fn profile(&self) -> ProviderProfile {
+        ProviderProfile::decide(&Facts {
+            host: &self.server.host,
+            greeting: &self.greeting,
+            capabilities: &self.capabilities,
+            ..Facts::default()
+        })
     }
 
     /// A fresh tag in the proxy's own tag space.
@@ -319,6 +337,25 @@ impl Upstream {
                 return Err(UpstreamError::closed(&self.server));
             }
         }
+    }
+
+    /// Tells the provider, before the login, which address the client connects from (RFC 2971
+    /// `ID` with Dovecot's `x-originating-ip`): a provider that trusts the proxy then counts a
+    /// failed login against the client's address, not the proxy's. Nothing is sent to a
+    /// provider without `ID`; its answer does not matter (others ignore the fields).
+    pub async fn identify_client(&mut self, client: std::net::SocketAddr) -> Result<(), UpstreamError> {
+        if !self.has("ID") {
+            return Ok(());
+        }
+        let tag = self.tag();
+        let cmd = format!(
+            "{tag} ID (\"x-originating-ip\" \"{}\" \"x-originating-port\" \"{}\")\r\n",
+            client.ip().to_canonical(),
+            client.port()
+        );
+        self.send(cmd.as_bytes()).await?;
+        self.read_tagged(&tag).await?;
+        Ok(())
     }
 
     /// Logs in with AUTHENTICATE PLAIN where offered (one base64 line; no quoting pitfalls),
@@ -507,7 +544,7 @@ impl ProviderCommands for Upstream {
         let prefix = format!("{tag} ");
         let full = [tag.as_bytes(), b" ", command].concat();
         let mut untagged = Vec::new();
-        let captured = |resp: &[u8]| capture.iter().any(|p| starts_with_ci(resp, p));
+        let captured = |resp: &[u8]| crate::imap::wire::provider::captures(capture, resp);
         // Sent up to `sent`; literal announcements are looked for from `search` on (never in a
         // literal's data). At each synchronizing one, the provider's `+` is awaited.
         let (mut sent, mut search) = (0, 0);
@@ -567,10 +604,6 @@ fn oauth_refusal(e: OAuthError) -> Result<AuthOutcome, UpstreamError> {
         e => e.to_string().chars().map(|c| if c.is_ascii_graphic() { c } else { ' ' }).collect(),
     };
     Ok(AuthOutcome::Rejected(format!("NO [AUTHENTICATIONFAILED] {text}\r\n").into_bytes()))
-}
-
-fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
-    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 #[cfg(test)]

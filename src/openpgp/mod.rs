@@ -8,11 +8,18 @@
 //! view) are synchronous: callers on the runtime use `spawn_blocking`.
 //!
 //! - [`key`], [`fingerprint`]: the account's key (generate, import, export) and peers' keys
+//! - [`commands`]: `coi-proxy key export|import`, `invite`, `join`, for the control socket
+//!   and the command line
+//! - [`incoming`]: one new message for the account worker: SecureJoin steps, then Autocrypt
+//!   and gossip into the peer table
+//! - [`identity`]: the one place that keeps the wing's state in the store (sealed account
+//!   keys made on first use, peers, invites, handshakes); the rest of the wing is sans-I/O
 //! - [`autocrypt`], [`peer`], [`recommend`]: Autocrypt Level 1 headers, peer state and its
 //!   updates, the encryption recommendation
 //! - [`encrypt`]: outgoing mail as PGP/MIME in Delta Chat's shape
 //! - [`decrypt`]: incoming PGP/MIME: signer, gossip, protected headers
-//! - [`view`]: the decrypted message a plain client sees
+//! - [`view`]: the decrypted message a plain client sees; [`cache`]: each UID's view decided
+//!   once, kept sealed
 //! - [`securejoin`]: invite links and both roles of the handshake
 //! - [`mime`]: byte-level header helpers (until the floor has a `mail` module)
 //!
@@ -39,12 +46,18 @@
 //!   [`view::render`] gives the bytes to serve for an encrypted UID (decide once, cache).
 
 pub mod autocrypt;
+pub mod cache;
+pub mod commands;
 pub mod decrypt;
 pub mod encrypt;
 pub mod fingerprint;
+pub mod identity;
+pub mod incoming;
 pub mod key;
 pub mod mime;
 pub mod peer;
 pub mod recommend;
+pub mod search;
 pub mod securejoin;
+pub mod session;
 pub mod view;

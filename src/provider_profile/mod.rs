@@ -27,6 +27,20 @@ pub enum Server {
     Other,
 }
 
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Server::Dovecot => "Dovecot",
+            Server::Cyrus => "Cyrus IMAP",
+            Server::Courier => "Courier-IMAP",
+            Server::Imap4d => "GNU Mailutils imap4d",
+            Server::Gmail => "Gmail",
+            Server::Outlook => "Outlook.com / Microsoft 365",
+            Server::Other => "an IMAP4rev1 server coi-proxy has no profile for (standard behaviour assumed)",
+        })
+    }
+}
+
 /// What the profile is decided from. Capabilities are the post-login list.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Facts<'a> {
@@ -53,8 +67,9 @@ pub enum MoveStrategy {
     /// (UIDPLUS, RFC 4315): messages the user marked `\Deleted` stay.
     CopyUidExpunge,
     /// No UIDPLUS: a plain EXPUNGE would also remove what the user marked `\Deleted` and kept.
-    /// So EXPUNGE only while no other message is `\Deleted`; until then the copied originals
-    /// stay, flagged, and are hidden from clients (see [`move_plan`]).
+    /// So the user's `\Deleted` messages are set aside for the EXPUNGE (flag off, EXPUNGE, flag
+    /// on again); where the provider refuses that, the copied originals stay, flagged, until
+    /// the user's are gone (see [`move_plan`]).
     CopySafeExpunge,
 }
 
@@ -116,6 +131,12 @@ pub struct ProviderProfile {
     /// `\Important` hold it once more.
     pub labels: bool,
     pub limits: Limits,
+    /// Whether UIDs seen in a read-only (EXAMINE) session stay valid once the mailbox is
+    /// SELECTed. Not on imap4d: its Maildir gives new messages provisional UIDs in a read-only
+    /// session and renumbers them at the next read-write SELECT (measured: UID 2 under EXAMINE
+    /// became UID 3 under SELECT, and `UID COPY 2` was then BAD). There the worker watches
+    /// INBOX SELECTed, at the cost of the `\Recent` flags.
+    pub examine_uids_stable: bool,
     /// Post-login capabilities the proxy must not pass on, beyond those it never passes
     /// (STARTTLS, LOGINDISABLED, AUTH=, COMPRESS=: see imap::wire::capability).
     pub strip: Vec<&'static str>,
@@ -160,6 +181,7 @@ impl ProviderProfile {
             condstore: has("CONDSTORE"),
             labels: has("X-GM-EXT-1") || server == Server::Gmail,
             limits: limits(server),
+            examine_uids_stable: server != Server::Imap4d,
             strip,
         }
     }
@@ -295,6 +317,12 @@ mod tests {
         assert_eq!(decide("outlook.office365.com"), Server::Outlook);
         assert_eq!(decide("imap-mail.outlook.com"), Server::Outlook);
         assert_eq!(decide("notgmail.com"), Server::Other);
+        let imap4d = ProviderProfile::decide(&Facts { greeting: "* OK IMAP4rev1\r\n", ..Facts::default() });
+        assert_eq!(imap4d.server, Server::Imap4d);
+        assert!(!imap4d.examine_uids_stable);
+        assert!(
+            ProviderProfile::decide(&Facts { greeting: "* OK Dovecot ready.", ..Facts::default() }).examine_uids_stable
+        );
         assert_eq!(decide("gmail.com.example.org"), Server::Other);
     }
 }

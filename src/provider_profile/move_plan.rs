@@ -4,12 +4,16 @@
 //! With MOVE it is one command. Without it, COPY + `\Deleted` + EXPUNGE, and EXPUNGE is the
 //! danger: a plain EXPUNGE removes every `\Deleted` message, including those a user flagged and
 //! chose to keep for now. With UIDPLUS, `UID EXPUNGE` names exactly ours. Without it (imap4d),
-//! the plan asks which messages are `\Deleted` and expunges only while none but ours are; else
-//! ours stay flagged in INBOX, are reported as pending (for sessions to hide), and a later
-//! [`MovePlan::retry`] expunges them once the user's own `\Deleted` messages are gone.
+//! the plan asks which messages are `\Deleted`. If none but ours are, it expunges. Else it sets
+//! the user's aside for the moment of the EXPUNGE: `\Deleted` off, EXPUNGE, `\Deleted` on
+//! again (also when the EXPUNGE is refused), so ours leave at once and theirs stay, flag and
+//! all. Only if the provider will not take the flag off do ours stay flagged in INBOX, reported
+//! as pending, for a later [`MovePlan::retry`] once the user's own `\Deleted` messages are gone.
 //!
-//! A race remains without UIDPLUS: a message flagged `\Deleted` on another connection between
-//! our `UID SEARCH DELETED` and the `EXPUNGE` goes with ours. IMAP4rev1 offers nothing closer.
+//! Races remain without UIDPLUS: a message flagged `\Deleted` on another connection between our
+//! `UID SEARCH DELETED` and the `EXPUNGE` goes with ours; one the user unflags while set aside
+//! is flagged again. Another client's EXPUNGE in that moment spares the set-aside ones (the
+//! safe direction). IMAP4rev1 offers nothing closer.
 
 use std::collections::BTreeSet;
 
@@ -19,14 +23,32 @@ use super::MoveStrategy;
 /// `STORE 1 +FLAGS \Deleted`, which RFC 3501 allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    UidMove { uids: Vec<u32>, target: String },
-    UidCopy { uids: Vec<u32>, target: String },
-    StoreDeleted { uids: Vec<u32> },
-    UidExpunge { uids: Vec<u32> },
+    UidMove {
+        uids: Vec<u32>,
+        target: String,
+    },
+    UidCopy {
+        uids: Vec<u32>,
+        target: String,
+    },
+    StoreDeleted {
+        uids: Vec<u32>,
+    },
+    /// `\Deleted` off the user's messages for the moment of an EXPUNGE (set aside).
+    StoreUndeleted {
+        uids: Vec<u32>,
+    },
+    UidExpunge {
+        uids: Vec<u32>,
+    },
     SearchDeleted,
     Expunge,
-    Create { mailbox: String },
-    Subscribe { mailbox: String },
+    Create {
+        mailbox: String,
+    },
+    Subscribe {
+        mailbox: String,
+    },
 }
 
 impl Command {
@@ -36,6 +58,7 @@ impl Command {
             Command::UidMove { uids, target } => format!("UID MOVE {} {}\r\n", uid_set(uids), quote(target)),
             Command::UidCopy { uids, target } => format!("UID COPY {} {}\r\n", uid_set(uids), quote(target)),
             Command::StoreDeleted { uids } => format!("UID STORE {} +FLAGS.SILENT (\\Deleted)\r\n", uid_set(uids)),
+            Command::StoreUndeleted { uids } => format!("UID STORE {} -FLAGS.SILENT (\\Deleted)\r\n", uid_set(uids)),
             Command::UidExpunge { uids } => format!("UID EXPUNGE {}\r\n", uid_set(uids)),
             Command::SearchDeleted => "UID SEARCH DELETED\r\n".to_owned(),
             Command::Expunge => "EXPUNGE\r\n".to_owned(),
@@ -81,9 +104,13 @@ pub enum MoveError {
     Refused { command: &'static str, status: String },
     #[error("unexpected reply to {command}")]
     Unexpected { command: &'static str },
+    #[error(
+        "the provider refused to flag \\Deleted again the user's messages (UIDs {uids:?}) that were set aside for an EXPUNGE: {status}"
+    )]
+    NotRestored { uids: Vec<u32>, status: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Start,
     Moving,
@@ -94,6 +121,10 @@ enum Phase {
     UidExpunging,
     Searching,
     Expunging,
+    SettingAside,
+    ExpungingAside,
+    /// `\Deleted` back on the set-aside messages; the EXPUNGE's refusal, if it was refused.
+    Restoring(Option<String>),
     Done,
 }
 
@@ -108,6 +139,8 @@ pub struct MovePlan {
     phase: Phase,
     /// CREATE after `[TRYCREATE]` happens once; a second TRYCREATE is a failure.
     created: bool,
+    /// The user's `\Deleted` messages, unflagged for the moment of our EXPUNGE.
+    aside: Vec<u32>,
 }
 
 impl MovePlan {
@@ -126,6 +159,7 @@ impl MovePlan {
             pending: pending.into_iter().collect(),
             phase: Phase::Start,
             created: false,
+            aside: Vec::new(),
         })
     }
 
@@ -182,7 +216,7 @@ impl MovePlan {
 
     fn step(&mut self, reply: Reply) -> Next {
         let command = self.command_name();
-        match (self.phase, reply) {
+        match (self.phase.clone(), reply) {
             (Phase::Moving | Phase::Copying, Reply::Refused(status)) if try_create(&status) && !self.created => {
                 self.created = true;
                 self.phase = Phase::Creating;
@@ -217,13 +251,43 @@ impl MovePlan {
             }
             (Phase::Searching, Reply::Searched(deleted)) => {
                 let ours: BTreeSet<u32> = self.uids.iter().chain(&self.pending).copied().collect();
-                if deleted.iter().all(|u| ours.contains(u)) {
+                self.aside = deleted.iter().copied().filter(|u| !ours.contains(u)).collect();
+                if self.aside.is_empty() {
                     self.phase = Phase::Expunging;
                     Next::Send(Command::Expunge)
                 } else {
-                    // the user keeps \Deleted messages: ours wait, flagged and hidden
-                    Next::Done(Outcome { moved: Vec::new(), pending: ours.into_iter().collect() })
+                    // the user keeps \Deleted messages: set them aside for the EXPUNGE
+                    self.phase = Phase::SettingAside;
+                    Next::Send(Command::StoreUndeleted { uids: self.aside.clone() })
                 }
+            }
+            (Phase::SettingAside, Reply::Ok) => {
+                self.phase = Phase::ExpungingAside;
+                Next::Send(Command::Expunge)
+            }
+            (Phase::SettingAside, Reply::Refused(_)) => {
+                // nothing changed: ours wait, flagged, until the user's are gone
+                let ours: BTreeSet<u32> = self.uids.iter().chain(&self.pending).copied().collect();
+                Next::Done(Outcome { moved: Vec::new(), pending: ours.into_iter().collect() })
+            }
+            (Phase::ExpungingAside, reply) => {
+                let refused = match reply {
+                    Reply::Ok => None,
+                    Reply::Refused(status) => Some(status),
+                    Reply::Searched(_) => Some("an unexpected SEARCH reply".to_owned()),
+                };
+                self.phase = Phase::Restoring(refused);
+                Next::Send(Command::StoreDeleted { uids: self.aside.clone() })
+            }
+            (Phase::Restoring(expunge_refused), Reply::Ok) => match expunge_refused {
+                Some(status) => Next::Failed(MoveError::Refused { command: "EXPUNGE", status }),
+                None => {
+                    let moved: BTreeSet<u32> = self.uids.iter().chain(&self.pending).copied().collect();
+                    Next::Done(Outcome { moved: moved.into_iter().collect(), pending: Vec::new() })
+                }
+            },
+            (Phase::Restoring(_), Reply::Refused(status)) => {
+                Next::Failed(MoveError::NotRestored { uids: self.aside.clone(), status })
             }
             (Phase::Expunging, Reply::Ok) => {
                 let moved: BTreeSet<u32> = self.uids.iter().chain(&self.pending).copied().collect();
@@ -244,7 +308,8 @@ impl MovePlan {
             Phase::Flagging => "UID STORE",
             Phase::UidExpunging => "UID EXPUNGE",
             Phase::Searching => "UID SEARCH",
-            Phase::Expunging => "EXPUNGE",
+            Phase::Expunging | Phase::ExpungingAside => "EXPUNGE",
+            Phase::SettingAside | Phase::Restoring(_) => "UID STORE",
         }
     }
 }
@@ -364,16 +429,46 @@ mod tests {
     }
 
     #[test]
-    fn a_users_deleted_message_is_never_expunged() {
-        // The user flagged UID 2 and kept it: no EXPUNGE; ours wait, to be hidden.
+    fn a_users_deleted_message_is_set_aside_for_the_expunge() {
+        // The user flagged UIDs 2 and 3 and kept them: unflagged for the EXPUNGE, flagged again.
         let plan = MovePlan::new(MoveStrategy::CopySafeExpunge, &[4], "COI/Chats", &[]).unwrap();
-        let (lines, end) = run(plan, &[Reply::Ok, Reply::Ok, Reply::Searched(vec![2, 4])]);
+        let replies = [Reply::Ok, Reply::Ok, Reply::Searched(vec![2, 3, 4]), Reply::Ok, Reply::Ok, Reply::Ok];
+        let (lines, end) = run(plan.clone(), &replies);
+        assert_eq!(
+            lines[2..],
+            [
+                "UID SEARCH DELETED\r\n",
+                "UID STORE 2:3 -FLAGS.SILENT (\\Deleted)\r\n",
+                "EXPUNGE\r\n",
+                "UID STORE 2:3 +FLAGS.SILENT (\\Deleted)\r\n"
+            ]
+        );
+        assert_eq!(end, done(&[4], &[]));
+        // The EXPUNGE refused: theirs are flagged again all the same, then the failure.
+        let refused = Reply::Refused("NO EXPUNGE failed".into());
+        let replies = [Reply::Ok, Reply::Ok, Reply::Searched(vec![2, 4]), Reply::Ok, refused, Reply::Ok];
+        let (lines, end) = run(plan.clone(), &replies);
+        assert_eq!(lines.last().unwrap(), "UID STORE 2 +FLAGS.SILENT (\\Deleted)\r\n");
+        assert!(matches!(end, Next::Failed(MoveError::Refused { command: "EXPUNGE", .. })), "{end:?}");
+        // Flagging theirs again refused: said, with their UIDs.
+        let replies =
+            [Reply::Ok, Reply::Ok, Reply::Searched(vec![2, 4]), Reply::Ok, Reply::Ok, Reply::Refused("NO x".into())];
+        let (_, end) = run(plan.clone(), &replies);
+        assert_eq!(end, Next::Failed(MoveError::NotRestored { uids: vec![2], status: "NO x".into() }));
+    }
+
+    #[test]
+    fn without_a_way_to_set_aside_ours_wait() {
+        // The provider will not take \Deleted off the user's UID 2: no EXPUNGE; ours wait.
+        let plan = MovePlan::new(MoveStrategy::CopySafeExpunge, &[4], "COI/Chats", &[]).unwrap();
+        let no = Reply::Refused("NO read-only".into());
+        let (lines, end) = run(plan, &[Reply::Ok, Reply::Ok, Reply::Searched(vec![2, 4]), no.clone()]);
         assert!(!lines.iter().any(|l| l.starts_with("EXPUNGE")), "{lines:?}");
         assert_eq!(end, done(&[], &[4]));
         // Later, still flagged by the user: still waiting, now with the new one too.
         let plan = MovePlan::new(MoveStrategy::CopySafeExpunge, &[6], "COI/Chats", &[4]).unwrap();
-        let (lines, end) = run(plan, &[Reply::Ok, Reply::Ok, Reply::Searched(vec![2, 4, 6])]);
-        assert_eq!(lines.len(), 3);
+        let (lines, end) = run(plan, &[Reply::Ok, Reply::Ok, Reply::Searched(vec![2, 4, 6]), no]);
+        assert_eq!(lines.len(), 4);
         assert_eq!(end, done(&[], &[4, 6]));
         // The user expunged (or unflagged) theirs: the retry expunges ours.
         let (lines, end) =

@@ -80,8 +80,13 @@ pub enum EntryError {
     TooMany,
     #[error("invalid validation")]
     Validation,
-    #[error("the push service did not take the validation push: {0}")]
+    /// One text whatever went wrong (the details are logged): a refusal that told a closed
+    /// port from an open one, or a private address from a public one, made the proxy a port
+    /// scanner.
+    #[error("the push endpoint did not take the validation push")]
     ValidationPush(#[from] ValidationPushError),
+    #[error("too many push subscriptions in a short time; try again later")]
+    TooFast,
     #[error("the proxy cannot store the subscription now (its store is full or unwritable)")]
     Store,
 }
@@ -89,7 +94,7 @@ pub enum EntryError {
 impl Refusal for EntryError {
     fn status(&self) -> Status {
         match self {
-            EntryError::ValidationPush(_) | EntryError::Store => Status::Unavailable,
+            EntryError::ValidationPush(_) | EntryError::Store | EntryError::TooFast => Status::Unavailable,
             _ => Status::Cannot,
         }
     }
@@ -165,6 +170,10 @@ pub async fn apply(shared: &Context, account: &Account, changes: Vec<Change>) ->
     for change in changes {
         match change {
             Change::Subscribe { id, subscription } => {
+                if !validation_allowed(login, std::time::Instant::now()) {
+                    warn!(subscription = %id, "push subscription refused: too many validation pushes for this account");
+                    return Err(EntryError::TooFast);
+                }
                 let token = super::random_token();
                 let stored = PushSubscription {
                     id: id.clone(),
@@ -182,6 +191,7 @@ pub async fn apply(shared: &Context, account: &Account, changes: Vec<Change>) ->
                     }
                 }
                 if let Err(reason) = validation_push(shared, login, &subscription, &token).await {
+                    warn!(subscription = %id, "push endpoint refused: {reason}");
                     let _ = shared.store.push_unsubscribe(login, &id).await;
                     return Err(reason.into());
                 }
@@ -214,6 +224,36 @@ pub async fn apply(shared: &Context, account: &Account, changes: Vec<Change>) ->
         }
     }
     Ok(())
+}
+
+/// Validation pushes an account may send in a burst, and how often it gets one more: each
+/// subscription costs an outbound POST, and subscribe/unsubscribe churn must not make the
+/// proxy a request cannon.
+const VALIDATION_BURST: f64 = 10.0;
+const VALIDATION_EVERY: std::time::Duration = std::time::Duration::from_secs(6);
+/// Accounts whose validation budget is tracked at most (the least recently used go first).
+const MAX_BUDGETS: usize = 10_000;
+
+/// Whether `login` may send one more validation push now (and takes it from its budget).
+fn validation_allowed(login: &str, now: std::time::Instant) -> bool {
+    static BUDGETS: std::sync::Mutex<BTreeMap<String, (f64, std::time::Instant)>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let mut budgets = BUDGETS.lock().unwrap_or_else(|e| e.into_inner());
+    if budgets.len() >= MAX_BUDGETS && !budgets.contains_key(login) {
+        let oldest = budgets.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone());
+        if let Some(oldest) = oldest {
+            budgets.remove(&oldest);
+        }
+    }
+    let (tokens, at) = budgets.entry(login.to_string()).or_insert((VALIDATION_BURST, now));
+    let refill = now.duration_since(*at).as_secs_f64() / VALIDATION_EVERY.as_secs_f64();
+    *tokens = (*tokens + refill).min(VALIDATION_BURST);
+    *at = now;
+    if *tokens < 1.0 {
+        return false;
+    }
+    *tokens -= 1.0;
+    true
 }
 
 /// `{"validation":"<token>"}` with `WebPush-Validation`, at once and once: the client waits
@@ -292,6 +332,20 @@ mod tests {
         ));
         assert!(set("a SETMETADATA \"\" (/private/comment x)\r\n").unwrap().is_empty());
         assert_eq!(EntryError::Validation.to_string(), "invalid validation");
+        assert_eq!(
+            EntryError::from(ValidationPushError::Refused(404)).to_string(),
+            EntryError::from(ValidationPushError::Refused(500)).to_string(),
+            "one text, whatever the endpoint did"
+        );
+    }
+
+    #[test]
+    fn validation_pushes_are_rate_limited_per_account() {
+        let start = std::time::Instant::now();
+        let sent = (0..60).filter(|_| validation_allowed("churn@test", start)).count();
+        assert_eq!(sent, VALIDATION_BURST as usize);
+        assert!(validation_allowed("other@test", start), "another account has its own budget");
+        assert!(validation_allowed("churn@test", start + VALIDATION_EVERY), "one more after a while");
         assert_eq!(EntryError::Validation.status(), Status::Cannot);
         assert_eq!(EntryError::Store.status(), Status::Unavailable);
     }

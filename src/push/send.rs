@@ -83,11 +83,13 @@ pub struct Push<'a> {
 }
 
 /// Whether an address is on the public internet: not loopback, private, link-local, shared
-/// (CGNAT), unique-local, multicast or unspecified.
+/// (CGNAT), benchmarking (198.18/15), documentation, reserved (240/4), unique-local,
+/// multicast or unspecified; an IPv6 address that embeds an IPv4 one (IPv4-mapped,
+/// IPv4-compatible, NAT64, 6to4) is judged by the IPv4 address it reaches.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -95,25 +97,55 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_multicast()
                 || v4.is_unspecified()
                 || a == 0
-                || (a == 100 && (64..128).contains(&b)))
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || (a == 192 && b == 0 && (c == 0 || c == 2))
+                || (a == 198 && b == 51 && c == 100)
+                || (a == 203 && b == 0 && c == 113))
         }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public(IpAddr::V4(v4)),
-            None => {
-                let first = v6.segments()[0];
-                !(v6.is_loopback()
-                    || v6.is_multicast()
-                    || v6.is_unspecified()
-                    || (first & 0xfe00) == 0xfc00
-                    || (first & 0xffc0) == 0xfe80
-                    || (first & 0xffc0) == 0xfec0)
+        IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            let octets = v6.octets();
+            let embedded = |at: usize| {
+                IpAddr::V4(std::net::Ipv4Addr::new(octets[at], octets[at + 1], octets[at + 2], octets[at + 3]))
+            };
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
             }
-        },
+            // IPv4-compatible (::a.b.c.d, deprecated but still routed by some stacks).
+            if seg[..6].iter().all(|&s| s == 0) && !v6.is_loopback() && !v6.is_unspecified() {
+                return is_public(embedded(12));
+            }
+            // NAT64: the well-known prefix and the local-use one.
+            if (seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]) || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1) {
+                return is_public(embedded(12));
+            }
+            // 6to4.
+            if seg[0] == 0x2002 {
+                return is_public(embedded(2));
+            }
+            !(v6.is_loopback()
+                || v6.is_multicast()
+                || v6.is_unspecified()
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+                || (seg[0] & 0xffc0) == 0xfec0
+                || (seg[0] == 0x2001 && seg[1] == 0x0db8)
+                || (seg[0] == 0x2001 && seg[1] == 0)
+                || seg[..4] == [0x100, 0, 0, 0])
+        }
     }
 }
 
-/// Resolves push service names to public addresses only (unless `[push] private_endpoints`);
-/// `localhost`, which only plain `http://` endpoints may name, keeps its loopback addresses.
+/// Whether a host name means this machine (`localhost`, `LOCALHOST.`, `x.localhost`: RFC 6761
+/// lets resolvers answer these from loopback without asking DNS).
+fn is_localhost(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
+}
+
+/// Resolves push service names to public addresses only (unless `[push] private_endpoints`).
 struct EndpointResolver {
     private_endpoints: bool,
 }
@@ -123,11 +155,14 @@ impl reqwest::dns::Resolve for EndpointResolver {
         let private_endpoints = self.private_endpoints;
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let localhost = host.eq_ignore_ascii_case("localhost");
-            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| private_endpoints || is_public(a.ip()) || (localhost && a.ip().is_loopback()))
-                .collect();
+            let addrs: Vec<std::net::SocketAddr> = if !private_endpoints && is_localhost(&host) {
+                Vec::new()
+            } else {
+                tokio::net::lookup_host((host.as_str(), 0))
+                    .await?
+                    .filter(|a| private_endpoints || is_public(a.ip()))
+                    .collect()
+            };
             if addrs.is_empty() {
                 return Err(format!(
                     "{host} has no public address (a push server on a private network needs [push] private_endpoints = true)"
@@ -162,15 +197,19 @@ fn client(private_endpoints: bool) -> Result<&'static reqwest::Client, SendError
         .map_err(|e| SendError::Client(e.clone()))
 }
 
-/// An `https://` endpoint given as an address must be public (names are checked when they are
-/// resolved); `http://` is only accepted for loopback by `check_endpoint` already.
+/// Without `[push] private_endpoints`, an endpoint must be `https://` and not name this
+/// machine or a non-public address (names are checked again when they are resolved).
 fn check_address(url: &reqwest::Url, private_endpoints: bool) -> Result<(), SendError> {
-    let ip = match url.host() {
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
-        _ => return Ok(()),
+    if private_endpoints {
+        return Ok(());
+    }
+    let local = match url.host() {
+        Some(url::Host::Ipv4(ip)) => !is_public(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => !is_public(IpAddr::V6(ip)),
+        Some(url::Host::Domain(name)) => is_localhost(name),
+        None => true,
     };
-    if url.scheme() == "https" && !private_endpoints && !is_public(ip) {
+    if url.scheme() != "https" || local {
         return Err(SendError::PrivateNetwork { origin: vapid::audience(url) });
     }
     Ok(())
@@ -289,7 +328,9 @@ mod tests {
 
     #[test]
     fn public_addresses() {
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "100.128.0.1"] {
+        for ip in
+            ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8", "100.128.0.1", "64:ff9b::808:808", "198.20.0.1"]
+        {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
         for ip in [
@@ -309,6 +350,15 @@ mod tests {
             "fec0::1",
             "ff02::1",
             "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::a00:1",
+            "2002:7f00:1::1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
+            "192.0.2.1",
+            "2001:db8::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
@@ -326,7 +376,11 @@ mod tests {
         assert!(check_address(&url("https://10.0.0.5/p"), true).is_ok(), "allowed by the config");
         assert!(check_address(&url("https://8.8.8.8/p"), false).is_ok());
         assert!(check_address(&url("https://push.example.org/p"), false).is_ok(), "names: checked when resolved");
-        assert!(check_address(&url("http://127.0.0.1:8080/p"), false).is_ok(), "loopback http, for local gateways");
+        for local in ["http://127.0.0.1:8080/p", "https://localhost/p", "https://LOCALHOST./p", "https://127.1/p"] {
+            assert!(check_address(&url(local), false).is_err(), "{local}");
+            assert!(check_address(&url(local), true).is_ok(), "{local}: allowed by the config");
+        }
+        assert!(check_address(&url("http://push.example.org/p"), false).is_err(), "https only");
     }
 
     #[tokio::test]
@@ -334,12 +388,13 @@ mod tests {
         use reqwest::dns::Resolve;
         let resolve =
             |name: &str, private_endpoints: bool| EndpointResolver { private_endpoints }.resolve(name.parse().unwrap());
-        let localhost: Vec<_> = resolve("localhost", false).await.unwrap().collect();
-        assert!(localhost.iter().all(|a| a.ip().is_loopback()) && !localhost.is_empty());
+        assert!(resolve("localhost", false).await.is_err());
+        assert!(resolve("LocalHost.", false).await.is_err());
+        assert!(resolve("localhost", true).await.is_ok());
         // A name that resolves to a private address (an address as name stands in for DNS).
         let err = resolve("10.0.0.7", false).await.err().unwrap().to_string();
         assert!(err.contains("has no public address"), "{err}");
         assert!(resolve("10.0.0.7", true).await.is_ok());
-        assert!(resolve("127.0.0.1", false).await.is_err(), "loopback only by the name localhost");
+        assert!(resolve("127.0.0.1", false).await.is_err());
     }
 }

@@ -157,6 +157,8 @@ pub fn listing(json: &str, created: &str, validated: bool) -> String {
 
 /// An endpoint must be https, or http to a loopback address (a local push service or a test):
 /// push payloads are encrypted, but the VAPID token and the fact of a new message are not.
+/// Where it may lead (public addresses only, unless `[push] private_endpoints`) is checked as
+/// it is posted to (`send::post`).
 pub fn check_endpoint(endpoint: &str) -> Result<reqwest::Url, SubscriptionError> {
     let url = reqwest::Url::parse(endpoint).map_err(|_| SubscriptionError::Endpoint)?;
     let loopback = match url.host() {

@@ -7,7 +7,7 @@
 use crate::mail::{address, fields, msg_ids, rfc5322_date, split_header};
 
 /// Header fields fetched to decide on a read receipt.
-pub const MDN_FIELDS: &str = "FROM MESSAGE-ID CHAT-VERSION DISPOSITION-NOTIFICATION-TO CHAT-DISPOSITION-NOTIFICATION-TO AUTO-SUBMITTED CONTENT-TYPE";
+pub const MDN_FIELDS: &str = "FROM RETURN-PATH MESSAGE-ID CHAT-VERSION DISPOSITION-NOTIFICATION-TO CHAT-DISPOSITION-NOTIFICATION-TO AUTO-SUBMITTED CONTENT-TYPE";
 
 /// A received message that asks for a read receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,14 +19,18 @@ pub struct MdnRequest {
 
 /// Whether the message with this header block gets a read receipt from the proxy: a chat
 /// message (Chat-Version) that asks for one, not from the user (`own` addresses, lower case),
-/// not sent automatically, and not itself a report.
+/// not sent automatically, and not itself a report; and, where the message has a Return-Path,
+/// only to that address (RFC 8098 §2.1: a receipt to another address needs the user's consent,
+/// which an automatic receipt does not have).
 pub fn mdn_request(header: &[u8], own: &[String]) -> Option<MdnRequest> {
     let mut chat = false;
     let (mut from, mut to, mut id) = (None, None, None);
+    let mut return_path: Option<Option<String>> = None;
     for (name, value) in fields(header) {
         match name.to_ascii_lowercase().as_str() {
             "chat-version" => chat = true,
             "from" => from = address(&value),
+            "return-path" => return_path = Some(address(&value)),
             "message-id" => id = msg_ids(&value).into_iter().next(),
             // Delta Chat's own header wins: plain mail clients react oddly to the standard one.
             "chat-disposition-notification-to" => to = address(&value).or(to),
@@ -38,6 +42,9 @@ pub fn mdn_request(header: &[u8], own: &[String]) -> Option<MdnRequest> {
     }
     let (from, to) = (from?, to?);
     if !chat || own.contains(&from) || own.contains(&to) {
+        return None;
+    }
+    if return_path.is_some_and(|path| path.as_deref() != Some(to.as_str())) {
         return None;
     }
     Some(MdnRequest { to, original_message_id: id? })
@@ -100,8 +107,33 @@ pub fn build_mdn(p: &MdnParams) -> Vec<u8> {
 pub enum Report {
     /// A DSN (RFC 3464): per recipient, delivered (or relayed on) or failed.
     Delivery { envid: Option<String>, message_id: Option<String>, recipients: Vec<(String, Outcome)> },
-    /// An MDN saying the message was displayed.
-    Read { original_message_id: String },
+    /// An MDN saying the message was displayed, by `reader` (its `Final-Recipient`, else its
+    /// `From`, lower case), as far as the report says.
+    Read { original_message_id: String, reader: Vec<String> },
+}
+
+impl Report {
+    /// What identifies the report when it carries no Message-ID: what it says.
+    pub fn fallback_id(&self) -> String {
+        match self {
+            Report::Delivery { envid, message_id, recipients } => {
+                let rcpts: Vec<String> = recipients.iter().map(|(a, o)| format!("{a}={o:?}")).collect();
+                format!(
+                    "dsn:{}:{}:{}",
+                    envid.as_deref().unwrap_or(""),
+                    message_id.as_deref().unwrap_or(""),
+                    rcpts.join(",")
+                )
+            }
+            Report::Read { original_message_id, reader } => format!("mdn:{original_message_id}:{}", reader.join(",")),
+        }
+    }
+}
+
+/// The Message-ID of a report (its own, not the one it is about).
+pub fn report_id(message: &[u8]) -> Option<String> {
+    let (header, _) = split_header(message);
+    field(header, "message-id").and_then(|v| msg_ids(&v).into_iter().next())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +200,12 @@ pub fn parse_report(message: &[u8]) -> Option<Report> {
                 return None;
             }
             let original_message_id = msg_ids(&get("original-message-id")?).into_iter().next()?;
-            Some(Report::Read { original_message_id })
+            // Who read it: the MDN's Final-Recipient (`rfc822;bob@example.org`), then its From.
+            let final_recipient =
+                get("final-recipient").and_then(|v| address(v.split_once(';').map_or(v.as_str(), |(_, a)| a)));
+            let from = field(header, "from").and_then(|v| address(&v));
+            let reader = final_recipient.into_iter().chain(from).collect();
+            Some(Report::Read { original_message_id, reader })
         }),
         _ => None,
     }
@@ -249,6 +286,15 @@ mod tests {
         assert_eq!(mdn_request(mine, &own()), None, "never for the user's own messages");
         let auto = b"From: alice@example.org\r\nChat-Version: 1.0\r\nMessage-ID: <m@x>\r\nAuto-Submitted: auto-replied\r\nChat-Disposition-Notification-To: alice@example.org\r\n";
         assert_eq!(mdn_request(auto, &own()), None);
+        let same = b"Return-Path: <Alice@example.org>\r\nFrom: alice@example.org\r\nChat-Version: 1.0\r\n\
+                     Message-ID: <m@x>\r\nChat-Disposition-Notification-To: alice@example.org\r\n";
+        assert!(mdn_request(same, &own()).is_some(), "to the envelope sender: sent");
+        let elsewhere = b"Return-Path: <alice@example.org>\r\nFrom: alice@example.org\r\nChat-Version: 1.0\r\n\
+                          Message-ID: <m@x>\r\nChat-Disposition-Notification-To: victim@example.net\r\n";
+        assert_eq!(mdn_request(elsewhere, &own()), None, "RFC 8098 2.1: not automatically to another address");
+        let bounce = b"Return-Path: <>\r\nFrom: alice@example.org\r\nChat-Version: 1.0\r\n\
+                       Message-ID: <m@x>\r\nChat-Disposition-Notification-To: alice@example.org\r\n";
+        assert_eq!(mdn_request(bounce, &own()), None);
         let no_request = b"From: alice@example.org\r\nChat-Version: 1.0\r\nMessage-ID: <m@x>\r\n";
         assert_eq!(mdn_request(no_request, &own()), None);
     }
@@ -276,7 +322,14 @@ mod tests {
         assert!(!text.contains("message/rfc822"), "no copy of the original");
         assert_eq!(text.matches("\r\n--mdn-u1\r\n").count(), 2, "two parts");
         assert!(text.ends_with("\r\n--mdn-u1--\r\n"));
-        assert_eq!(parse_report(&mdn), Some(Report::Read { original_message_id: "Mr.a@example.org".into() }));
+        assert_eq!(
+            parse_report(&mdn),
+            Some(Report::Read {
+                original_message_id: "Mr.a@example.org".into(),
+                reader: vec!["bob@example.org".into(), "bob@example.org".into()]
+            })
+        );
+        assert_eq!(report_id(&mdn).as_deref(), Some("mdn.u1@example.org"));
         // Our own receipts are not receipts we would answer.
         assert_eq!(mdn_request(&mdn, &own()), None);
     }

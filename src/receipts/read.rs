@@ -43,7 +43,8 @@ pub struct SeenHook {
     enabled: bool,
     /// The client's ID name, shared with the session: chat clients send ID after login too.
     client_name: Arc<Mutex<Option<String>>>,
-    chat_clients: Vec<String>,
+    /// `[coi]` as the session started: which clients are chat clients.
+    coi: crate::config::Coi,
 }
 
 impl SeenHook {
@@ -60,15 +61,15 @@ impl SeenHook {
                 warn!(login, "read receipts: the first look at the account takes long; going on without it");
             }
         }
-        let chat_clients = config.coi.chat_clients.clone();
-        SeenHook { ctx: ctx.clone(), login: login.to_string(), enabled, client_name, chat_clients }
+        let coi = config.coi.clone();
+        SeenHook { ctx: ctx.clone(), login: login.to_string(), enabled, client_name, coi }
     }
 
     pub fn seen(&self) {
         if self.enabled {
             // A chat client sends its own receipts: the proxy sends none for it (and marks none).
             let name = self.client_name.lock().expect("client name").clone();
-            let chat_client = name.is_some_and(|n| self.chat_clients.iter().any(|c| c.eq_ignore_ascii_case(&n)));
+            let chat_client = self.coi.is_chat_client(name.as_deref());
             self.ctx.receipts.submit(ReceiptJob::Seen { login: self.login.clone(), send: !chat_client, done: None });
         }
     }

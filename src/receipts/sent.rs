@@ -59,6 +59,7 @@ pub async fn before_relay(store: &Store, msgs: &[(u64, QueuedMessage)]) {
                 .map(|r| Tick { address: r.address.clone(), ..Default::default() })
                 .collect(),
             marked: Vec::new(),
+            reports: Vec::new(),
         };
         if let Err(e) = store.sent_chat_insert(&msg.login, &message_id, &sent).await {
             warn!(id, "cannot record a sent chat message: {e}");
@@ -67,8 +68,9 @@ pub async fn before_relay(store: &Store, msgs: &[(u64, QueuedMessage)]) {
 }
 
 /// Called by the account worker with its `UID FETCH … BODY.PEEK[HEADER.FIELDS (…)]` responses
-/// for new INBOX messages (INBOX selected): reads the reports among them, records what they say
-/// about the user's sent chat messages, and asks the receipts agent to mark the copies.
+/// for new INBOX messages (INBOX selected), each message once: reads the reports among them,
+/// records what they say about the user's sent chat messages (each report once, by its
+/// Message-ID, however often it comes), and asks the receipts agent to mark the copies.
 pub async fn on_new_messages(
     ctx: &Context,
     provider: &mut impl ProviderCommands,
@@ -91,9 +93,11 @@ pub async fn on_new_messages(
     let reply = provider.run(command.as_bytes(), CAPTURE_FETCH).await?;
     let mut ours = false;
     for resp in &reply.untagged {
-        if let Some(report) = first_literal(resp).and_then(formats::parse_report) {
+        let Some(message) = first_literal(resp) else { continue };
+        if let Some(report) = formats::parse_report(message) {
             debug!(?report, "report received");
-            ours |= record(&ctx.store, login, &report).await;
+            let id = formats::report_id(message).unwrap_or_else(|| report.fallback_id());
+            ours |= record(&ctx.store, login, &id, &report).await == Recorded::New;
         }
     }
     if ours {
@@ -102,14 +106,35 @@ pub async fn on_new_messages(
     Ok(())
 }
 
-/// Applies a report to the record of the sent message it is about; whether it was one of ours.
-pub async fn record(store: &Store, login: &str, report: &Report) -> bool {
+/// What became of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded now.
+    New,
+    /// Recorded before (the same report again).
+    Already,
+    /// Not about a message the user sent through the proxy, or from someone it did not go to.
+    Ignored,
+}
+
+/// Applies the report `id` to the record of the sent message it is about, once: a read to the
+/// recipient it comes from, a delivery to the recipients it names.
+pub async fn record(store: &Store, login: &str, id: &str, report: &Report) -> Recorded {
     let t = now();
+    // Set by the last run of the change (see `Store::sent_chat_update`).
+    let outcome = std::sync::Arc::new(std::sync::Mutex::new(Recorded::Ignored));
+    let seen = outcome.clone();
+    let report_id = id.to_string();
     let result = match report {
         Report::Delivery { envid, message_id, recipients } => {
             let recipients = recipients.clone();
             store
                 .sent_chat_update(login, message_id.as_deref(), envid.as_deref(), move |sent| {
+                    if !sent.note_report(&report_id) {
+                        *seen.lock().expect("outcome") = Recorded::Already;
+                        return;
+                    }
+                    *seen.lock().expect("outcome") = Recorded::New;
                     for (address, outcome) in &recipients {
                         let Some(tick) = sent.recipients.iter_mut().find(|t| t.address.eq_ignore_ascii_case(address))
                         else {
@@ -123,28 +148,50 @@ pub async fn record(store: &Store, login: &str, report: &Report) -> bool {
                 })
                 .await
         }
-        Report::Read { original_message_id } => {
+        Report::Read { original_message_id, reader } => {
+            let reader = reader.clone();
             store
                 .sent_chat_update(login, Some(original_message_id), None, move |sent| {
-                    // The MDN's sender is not checked against the recipients: a group's members are
-                    // not all known, and one reader is what the tick says.
-                    if sent.recipients.is_empty() {
-                        sent.recipients.push(Tick::default());
+                    // The reader's tick: the first address the report names that the message
+                    // went to (a group message went to each member).
+                    let Some(i) = reader
+                        .iter()
+                        .find_map(|r| sent.recipients.iter().position(|t| t.address.eq_ignore_ascii_case(r)))
+                    else {
+                        *seen.lock().expect("outcome") = Recorded::Ignored;
+                        return;
+                    };
+                    if !sent.note_report(&report_id) {
+                        *seen.lock().expect("outcome") = Recorded::Already;
+                        return;
                     }
-                    if let Some(tick) = sent.recipients.iter_mut().find(|t| t.read.is_none()) {
-                        tick.read = Some(t);
-                    }
+                    *seen.lock().expect("outcome") = Recorded::New;
+                    let tick = &mut sent.recipients[i];
+                    tick.read = tick.read.or(Some(t));
                 })
                 .await
         }
     };
-    match result {
-        Ok(found) => found.is_some(),
+    let outcome = match result {
+        Ok(Some(_)) => *outcome.lock().expect("outcome"),
+        Ok(None) => {
+            debug!(report = id, "report about no message sent through the proxy");
+            return Recorded::Ignored;
+        }
         Err(e) => {
             warn!("cannot record a receipt: {e}");
-            false
+            return Recorded::Ignored;
         }
+    };
+    match (outcome, report) {
+        (Recorded::New, _) => info!(report = id, "report recorded"),
+        (Recorded::Already, _) => debug!(report = id, "report already recorded; not counted again"),
+        (Recorded::Ignored, Report::Read { reader, .. }) => {
+            debug!(report = id, ?reader, "read receipt from someone who was not a recipient; ignored")
+        }
+        (Recorded::Ignored, _) => {}
     }
+    outcome
 }
 
 /// Whether some sent chat message of `login` waits for keywords on its copy.
@@ -282,20 +329,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let tick = |a: &str| Tick { address: a.into(), ..Default::default() };
-        let sent =
-            SentChat { sent_at: 1, envid: Some("coi.1".into()), recipients: vec![tick("bob@x")], marked: vec![] };
+        let sent = SentChat {
+            sent_at: 1,
+            envid: Some("coi.1".into()),
+            recipients: vec![tick("carol@x"), tick("bob@x")],
+            ..Default::default()
+        };
         store.sent_chat_insert("alice@x", "m@x", &sent).await.unwrap();
         let dsn = Report::Delivery {
             envid: Some("coi.1".into()),
             message_id: None,
-            recipients: vec![("bob@x".into(), Outcome::Delivered)],
+            recipients: vec![("bob@x".into(), Outcome::Delivered), ("carol@x".into(), Outcome::Delivered)],
         };
-        assert!(record(&store, "alice@x", &dsn).await);
-        assert!(!record(&store, "alice@x", &Report::Read { original_message_id: "other@x".into() }).await);
-        assert!(record(&store, "alice@x", &Report::Read { original_message_id: "m@x".into() }).await);
+        assert_eq!(record(&store, "alice@x", "dsn1@x", &dsn).await, Recorded::New);
+        assert_eq!(record(&store, "alice@x", "dsn1@x", &dsn).await, Recorded::Already);
+        let read = |id: &str, reader: &[&str]| Report::Read {
+            original_message_id: id.into(),
+            reader: reader.iter().map(|r| r.to_string()).collect(),
+        };
+        assert_eq!(record(&store, "alice@x", "r0@x", &read("other@x", &["bob@x"])).await, Recorded::Ignored);
+        assert_eq!(
+            record(&store, "alice@x", "r1@x", &read("m@x", &["dave@x"])).await,
+            Recorded::Ignored,
+            "not a recipient"
+        );
+        assert_eq!(record(&store, "alice@x", "r2@x", &read("m@x", &["BOB@x", "carol@x"])).await, Recorded::New);
+        assert_eq!(record(&store, "alice@x", "r2@x", &read("m@x", &["bob@x"])).await, Recorded::Already);
         let (_, _, s) = &store.sent_chats().unwrap()[0];
         assert_eq!(s.wanted_keywords(), vec!["$Delivered", "$Read"]);
         let text = describe(&store);
         assert!(text.contains("<m@x>  account alice@x") && text.contains("to bob@x: read"), "{text}");
+        assert!(text.contains("to carol@x: delivered"), "the Final-Recipient read it, not the next: {text}");
     }
 }

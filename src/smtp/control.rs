@@ -1,9 +1,10 @@
-//! `coi-proxy queue list|retry ID|drop ID`: showing and steering the queue.
+//! `coi-proxy queue list|retry ID|drop ID`: showing and steering the queue; and the OpenPGP
+//! gateway's `key export|import`, `invite`, `join` (carried out by `openpgp::commands`).
 //!
 //! redb lets one process at a time open the store, and the running daemon holds it. So the
 //! daemon serves these commands on a Unix socket in the state directory (`control.sock`, mode
 //! 0600, inside the 0700 state directory; served by `app::control`, which hands `queue …` lines
-//! to [`answer`]), and the command line asks it there; only when no daemon answers does the
+//! to [`answer`] and the gateway's to [`answer_gateway`]), and the command line asks it there; only when no daemon answers does the
 //! command line open the store itself.
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use super::queue::now;
 use crate::config::Config;
 use crate::context::Context;
 use crate::mail::rfc5322_date;
+use crate::openpgp::commands::{self, GatewayCommand};
 use crate::store::{QueuedMessage, RecipientState, Store, StoreError};
 
 /// One queue command.
@@ -87,6 +89,10 @@ pub enum ControlError {
     Daemon(String),
     #[error("the store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Gateway(#[from] commands::CommandError),
+    #[error(transparent)]
+    Identity(#[from] crate::openpgp::identity::IdentityError),
 }
 
 pub fn socket_path(state_dir: &Path) -> PathBuf {
@@ -127,6 +133,26 @@ pub fn cli(config: &Config, cmd: Command) -> Result<String, ControlError> {
     })
 }
 
+/// Runs an OpenPGP gateway command for the command line: through the running daemon if there
+/// is one, else on the store directly (a queued handshake mail then goes out when the daemon
+/// runs). `Ok` is the text to print.
+pub fn cli_gateway(config: &Config, cmd: &GatewayCommand) -> Result<String, ControlError> {
+    let dir = &config.state_dir;
+    if crate::state::existing(dir)?.is_none() {
+        return Err(ControlError::NoState(crate::state::no_state_here(dir, "does not exist")));
+    }
+    let socket = socket_path(dir);
+    if let Ok(stream) = UnixStream::connect(&socket) {
+        return ask_line(stream, &cmd.to_line(), &socket);
+    }
+    if !config.autocrypt.enabled {
+        return Err(crate::openpgp::identity::IdentityError::Disabled.into());
+    }
+    let store = Store::open(dir).map_err(|source| ControlError::Locked { source, socket })?;
+    let identity = crate::openpgp::identity::Identity::open(config, store)?;
+    Ok(commands::execute(&identity, cmd, now(), config.queue.give_up_after_secs)?.text)
+}
+
 /// The queue in one line, for `check`: its size, or why it cannot be read.
 pub fn summary(config: &Config) -> String {
     match cli(config, Command::List) {
@@ -144,6 +170,11 @@ pub fn summary(config: &Config) -> String {
 
 /// Sends `cmd` to the daemon and reads its answer, all within [`ANSWER_TIMEOUT`].
 fn ask(stream: UnixStream, cmd: Command, socket: &Path) -> Result<String, ControlError> {
+    ask_line(stream, &cmd.to_line(), socket)
+}
+
+/// Sends one command line to the daemon and reads its answer, within [`ANSWER_TIMEOUT`].
+fn ask_line(stream: UnixStream, line: &str, socket: &Path) -> Result<String, ControlError> {
     let deadline = std::time::Instant::now() + ANSWER_TIMEOUT;
     let io = |source: std::io::Error| match source.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
@@ -154,7 +185,7 @@ fn ask(stream: UnixStream, cmd: Command, socket: &Path) -> Result<String, Contro
     let left = || deadline.saturating_duration_since(std::time::Instant::now()).max(Duration::from_millis(1));
     stream.set_write_timeout(Some(left())).map_err(io)?;
     let mut writer = stream.try_clone().map_err(io)?;
-    writer.write_all(format!("{}\n", cmd.to_line()).as_bytes()).map_err(io)?;
+    writer.write_all(format!("{line}\n").as_bytes()).map_err(io)?;
     let mut reader = BufReader::new(stream);
     let mut answer = String::new();
     loop {
@@ -275,6 +306,38 @@ pub async fn answer(shared: &Context, waits: Option<&Waits>, line: &str) -> Opti
         Ok(done) => format!("ok\n{}", done.text),
         Err(e) => format!("error\n{e}\n"),
     })
+}
+
+/// The daemon's answer to a gateway control line (`key …`, `invite`, `join`); `None` if it is
+/// not one. Carries it out off the runtime and wakes the relay for the handshake mail it
+/// queued. `identity`: the gateway's state, `None` when `[autocrypt] enabled = false`.
+pub async fn answer_gateway(
+    shared: &Context,
+    identity: Option<&crate::openpgp::identity::Identity>,
+    line: &str,
+) -> Option<String> {
+    let cmd = GatewayCommand::parse(line)?;
+    let Some(identity) = identity.cloned() else {
+        return Some(format!("error\n{}\n", crate::openpgp::identity::IdentityError::Disabled));
+    };
+    let give_up = shared.config().queue.give_up_after_secs;
+    let shown = cmd.shown();
+    let result = tokio::task::spawn_blocking(move || commands::execute(&identity, &cmd, now(), give_up)).await;
+    match result {
+        Ok(Ok(answer)) => {
+            info!("control: {shown}");
+            // The account has a key now: its worker answers handshakes from here on.
+            if let Some(login) = answer.login.as_deref() {
+                shared.workers.want(login);
+            }
+            for (id, login) in answer.queued {
+                shared.queue.wake(id, login);
+            }
+            Some(format!("ok\n{}", answer.text))
+        }
+        Ok(Err(e)) => Some(format!("error\n{e}\n")),
+        Err(e) => Some(format!("error\n{}\n", ControlError::Task(e))),
+    }
 }
 
 /// The queue as text for people: one block per message, with why it waits (`waits` as in

@@ -6,6 +6,7 @@
 //! `imap::upstream` (the proxy's own provider connections) and the context's channels.
 
 pub mod control;
+mod gateway;
 pub mod queue;
 pub mod receipts;
 pub mod relay;
@@ -31,6 +32,8 @@ pub struct Smtp {
     /// Why each account's queued mail waits right now, as the relay task knows it (for
     /// `queue list`).
     pub waits: Arc<Waits>,
+    /// The OpenPGP gateway's keys and peers; `None` when `[autocrypt] enabled = false`.
+    pub identity: Option<crate::openpgp::identity::Identity>,
 }
 
 /// Why an account's queued mail is not being sent, by login: what the relay task knows and

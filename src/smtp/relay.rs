@@ -115,6 +115,8 @@ pub struct ProviderCaps {
     pub auth_plain: bool,
     /// The bearer-token mechanism to use, where one is offered.
     pub auth_bearer: Option<Mechanism>,
+    /// `XCLIENT` with `ADDR`: the server takes the client's address from us (it trusts us).
+    pub xclient_addr: bool,
 }
 
 impl ProviderCaps {
@@ -135,6 +137,7 @@ impl ProviderCaps {
                     caps.auth_plain = mechanisms.iter().any(|m| m.eq_ignore_ascii_case("PLAIN"));
                     caps.auth_bearer = Mechanism::choose(mechanisms);
                 }
+                "XCLIENT" => caps.xclient_addr = words.any(|a| a.eq_ignore_ascii_case("ADDR")),
                 _ => {}
             }
         }
@@ -295,6 +298,25 @@ impl SmtpClient {
             return Err(RelayError::Ehlo { server: self.server.clone(), reply });
         }
         self.caps = ProviderCaps::from_ehlo(&reply);
+        Ok(())
+    }
+
+    /// Tells a server that offers `XCLIENT ADDR` (Postfix, Dovecot submission, to hosts they
+    /// trust) which address the client connects from, so that its penalty for failed logins
+    /// hits that address and not the proxy's; then EHLO again, as XCLIENT resets the session.
+    /// Does nothing where it is not offered or not accepted.
+    pub async fn forward_client_address(&mut self, client: std::net::IpAddr) -> Result<(), RelayError> {
+        if !self.caps.xclient_addr {
+            return Ok(());
+        }
+        let addr = match client.to_canonical() {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("IPV6:{v6}"),
+        };
+        let reply = self.command(format!("XCLIENT ADDR={addr}\r\n").as_bytes()).await?;
+        if reply.code == 220 {
+            self.ehlo().await?;
+        }
         Ok(())
     }
 

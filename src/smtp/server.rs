@@ -20,6 +20,7 @@ use super::{CapsCache, Smtp, Waits};
 use crate::context::{Context, ReceiptJob};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::limits::Refused;
+use crate::limits::logins::Gate;
 use crate::net::Stream;
 use crate::oauth::{self, OAuthError};
 use crate::secret::Secret;
@@ -59,6 +60,7 @@ pub async fn start(
     channels: (Wakeups, mpsc::UnboundedReceiver<ReceiptJob>),
     shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
+    identity: Option<crate::openpgp::identity::Identity>,
 ) -> Result<(Vec<JoinHandle<()>>, Option<Arc<Waits>>), StartError> {
     let (wakeups, receipt_jobs) = channels;
     let wanted: Vec<(SocketAddr, Kind)> =
@@ -77,7 +79,7 @@ pub async fn start(
     }
     let queue = Queue::new(shared.clone());
     let waits = Arc::new(Waits::default());
-    let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue, waits: waits.clone() });
+    let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue, waits: waits.clone(), identity });
     let mut tasks = Vec::new();
     for (addr, kind) in wanted {
         let label = match kind {
@@ -165,6 +167,7 @@ async fn serve(
         let _ = tcp.set_nodelay(true);
         let outcome = run(&ctx, tcp, peer, listener, refused, shutdown).await;
         info!(outcome = %outcome, secs = started.elapsed().as_secs(), "smtp session ended");
+        crate::limits::memory::session_ended();
     }
     .instrument(span)
     .await
@@ -178,6 +181,7 @@ async fn run(
     refused: Option<Refused>,
     mut shutdown: watch::Receiver<bool>,
 ) -> String {
+    let started = Instant::now();
     let shared = &ctx.shared;
     let mut stream = match listener.kind {
         Kind::Smtps => {
@@ -212,14 +216,29 @@ async fn run(
     let mut buf = vec![0u8; READ_CHUNK];
     let mut queued = 0u32;
     let mut first_read = !stream.is_tls();
+    let limits = shared.config().limits.clone();
+    let login_deadline = started + limits.login_timeout();
+    let mut data_since: Option<Instant> = None;
     loop {
         match session.next_event() {
             Event::NeedInput => {
                 if let Err(e) = flush(&mut stream, &mut session).await {
                     return format!("client connection failed: {e}");
                 }
+                // Before login, the login timeout counts from the connection (as on the IMAP
+                // side, whatever the client sends); within DATA, the data timeout from DATA.
+                let now = Instant::now();
+                data_since = if session.in_data() { data_since.or(Some(now)) } else { None };
+                let (wait, expired) = if !session.logged_in() {
+                    (login_deadline.saturating_duration_since(now), "421 4.7.0 Login timed out; closing the connection")
+                } else if let Some(since) = data_since {
+                    let left = (since + limits.data_timeout()).saturating_duration_since(now);
+                    (left, "421 4.4.2 Message data timed out; closing the connection (not queued)")
+                } else {
+                    (IDLE_TIMEOUT, "421 4.4.2 Timeout; closing the connection")
+                };
                 let read = tokio::select! {
-                    read = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)) => read,
+                    read = tokio::time::timeout(wait.min(IDLE_TIMEOUT), stream.read(&mut buf)) => read,
                     _ = shutdown.wait_for(|down| *down) => {
                         session.close_with("421 4.3.2 coi-proxy is shutting down; try again later");
                         continue;
@@ -244,22 +263,33 @@ async fn run(
                     }
                     Ok(Ok(n)) => session.feed(&buf[..n]),
                     Ok(Err(e)) => return format!("client connection failed: {e}"),
+                    Err(_) if wait <= IDLE_TIMEOUT => session.close_with(expired),
                     Err(_) => session.close_with("421 4.4.2 Timeout; closing the connection"),
                 }
             }
             Event::Authenticate { login, password } => {
-                let result = check_login(ctx, &login, &password).await;
+                let key = shared.config().account_key(&login);
+                let base = shared.config().limits.auth_failure_delay(&listener.addr);
+                let gate = shared.logins.check(peer.ip(), &key, password.expose(), Instant::now());
+                let result = if gate == Gate::Ask {
+                    check_login(ctx, &login, &password, peer).await
+                } else {
+                    let delay = shared.logins.refusal_delay(peer.ip(), base);
+                    info!(why = ?gate, delay_ms = delay.as_millis() as u64, "login refused by the proxy (back-off after failed logins)");
+                    tokio::time::sleep(delay).await;
+                    AuthResult::Refused
+                };
                 match &result {
                     AuthResult::Ok(_) => {
-                        shared.auth_failures.succeeded(peer.ip());
+                        shared.logins.succeeded(&key, password.expose(), Instant::now());
                         shared.credentials.remember(&login, &password);
                         tracing::Span::current().record("login", login.as_str());
                         info!("logged in");
                     }
+                    AuthResult::Refused if gate != Gate::Ask => {}
                     AuthResult::Refused => {
-                        let base = shared.config().limits.auth_failure_delay(&listener.addr);
-                        let delay = shared.auth_failures.failed(peer.ip(), base);
-                        info!(login, delay_ms = delay.as_millis() as u64, "login rejected by the provider");
+                        let delay = shared.logins.failed(peer.ip(), &key, password.expose(), base, Instant::now());
+                        info!(login = %crate::logging::peer_text(&login), delay_ms = delay.as_millis() as u64, "login rejected by the provider");
                         // Slows down password guessing, as on the IMAP side.
                         tokio::time::sleep(delay).await;
                     }
@@ -267,11 +297,18 @@ async fn run(
                     AuthResult::Reauthorize(why) => info!(login, "login refused: {why}"),
                 }
                 password.wipe();
+                let ok = matches!(result, AuthResult::Ok(_));
                 session.auth_result(result);
+                if ok {
+                    session.set_senders(senders(&shared.config(), &login));
+                }
             }
             Event::CheckRoom { login, size } => session.room(ctx.queue.room(login, size).await),
-            Event::Enqueue(submission) => {
-                let result = ctx.queue.enqueue(submission).await;
+            Event::Enqueue(mut submission) => {
+                let result = match super::gateway::outgoing(ctx, &mut submission).await {
+                    Ok(()) => ctx.queue.enqueue(submission).await,
+                    Err(refusal) => Err(refusal),
+                };
                 queued += u32::from(result.is_ok());
                 session.queued(result);
             }
@@ -391,7 +428,19 @@ async fn check_oauth2_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthR
 
 /// Checks a login at the account's submission server. If that server cannot be reached, the
 /// account's IMAP server decides instead, so mail can still be queued while submission is down.
-async fn check_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthResult {
+/// The addresses `login` may send as: itself and its `[[account]] addresses`, or any with
+/// `allow_any_sender`.
+fn senders(config: &crate::config::Config, login: &str) -> Option<Vec<String>> {
+    let account = config.account_for(login);
+    if account.is_some_and(|a| a.allow_any_sender) {
+        return None;
+    }
+    let mut list = vec![login.to_string()];
+    list.extend(account.map(|a| a.addresses.clone()).unwrap_or_default());
+    Some(list)
+}
+
+async fn check_login(ctx: &Smtp, login: &str, password: &Secret, peer: SocketAddr) -> AuthResult {
     let shared = &ctx.shared;
     if shared.config().oauth2_for(login).is_some() {
         return check_oauth2_login(ctx, login, password).await;
@@ -401,11 +450,19 @@ async fn check_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthResult {
     let Some(provider) = shared.config().smtp_provider_for(login) else {
         return AuthResult::Unavailable("no submission server is configured for this account".into());
     };
+    let forward = shared.config().forward_client_address(login);
     let smtp_error = match SmtpClient::connect(&provider, &shared.upstream_tls, timeout).await {
         Ok(mut client) => {
             ctx.caps.record(&provider, &client.caps);
             let policy = Policy::for_provider(Some(&client.caps), queue_bytes);
-            let reply = client.authenticate(login, password).await;
+            let reply = match forward {
+                true => client.forward_client_address(peer.ip()).await,
+                false => Ok(()),
+            };
+            let reply = match reply {
+                Ok(()) => client.authenticate(login, password).await,
+                Err(e) => Err(e),
+            };
             client.quit().await;
             match reply {
                 Ok(r) if r.code == 235 => return AuthResult::Ok(Some(policy)),
@@ -424,6 +481,9 @@ async fn check_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthResult {
         Ok(up) => up,
         Err(e) => return AuthResult::Unavailable(format!("{smtp_error}; {e}")),
     };
+    if forward && let Err(e) = up.identify_client(peer).await {
+        return AuthResult::Unavailable(format!("{smtp_error}; {e}"));
+    }
     match up.authenticate(login, password).await {
         Ok(AuthOutcome::Ok(_)) => {
             AuthResult::Ok(ctx.caps.known(&provider).as_ref().map(|c| Policy::for_provider(Some(c), queue_bytes)))

@@ -147,6 +147,10 @@ pub enum QueueRefusal {
     /// The store cannot take it (`451 4.3.0`).
     #[error("{0}")]
     Unavailable(String),
+    /// Not to be sent as it is (`554 5.7.1`): the OpenPGP gateway would have to send clear text
+    /// to a verified contact. The text says whom and what to do.
+    #[error("{0}")]
+    NotEncryptable(String),
 }
 
 /// How a login check ended.
@@ -174,6 +178,9 @@ pub struct Session {
     /// `Some(esmtp)` after HELO/EHLO.
     greeted: Option<bool>,
     login: Option<String>,
+    /// The addresses the login may send as (lower case; `MAIL FROM` and `From:`); `None`:
+    /// any. The login itself once logged in, unless [`Session::set_senders`] says otherwise.
+    senders: Option<Vec<String>>,
     /// The login being checked while [`State::AwaitAuth`].
     pending_login: Option<String>,
     policy: Policy,
@@ -194,6 +201,7 @@ impl Session {
             plaintext_auth,
             greeted: None,
             login: None,
+            senders: Some(Vec::new()),
             pending_login: None,
             policy,
             tx: None,
@@ -225,6 +233,11 @@ impl Session {
 
     /// True while the client is sending message data: a shutdown then must not cut it short
     /// silently.
+    /// Whether the client has logged in (the login timeout no longer applies).
+    pub fn logged_in(&self) -> bool {
+        self.login.is_some()
+    }
+
     pub fn in_data(&self) -> bool {
         matches!(self.state, State::Data(_))
     }
@@ -284,6 +297,28 @@ impl Session {
         }
     }
 
+    /// The addresses the logged-in account may send as (its login and aliases), or `None` for
+    /// any (`[[account]] allow_any_sender`).
+    pub fn set_senders(&mut self, senders: Option<Vec<String>>) {
+        self.senders = senders.map(|list| list.iter().map(|a| a.to_ascii_lowercase()).collect());
+    }
+
+    /// Whether the account may send as `address`.
+    fn may_send_as(&self, address: &str) -> bool {
+        self.senders.as_ref().is_none_or(|list| list.iter().any(|a| a.eq_ignore_ascii_case(address)))
+    }
+
+    /// The first `From:` address of `message` the account may not send as.
+    fn foreign_from(&self, message: &[u8]) -> Option<String> {
+        self.senders.as_ref()?;
+        let (header, _) = crate::mail::split_header(message);
+        crate::mail::fields(header)
+            .into_iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("from"))
+            .flat_map(|(_, value)| value.split(',').filter_map(crate::mail::address).collect::<Vec<_>>())
+            .find(|address| !self.may_send_as(address))
+    }
+
     /// The result of [`Event::Authenticate`].
     pub fn auth_result(&mut self, result: AuthResult) {
         debug_assert!(matches!(self.state, State::AwaitAuth));
@@ -294,6 +329,7 @@ impl Session {
                 if let Some(policy) = policy {
                     self.policy = policy;
                 }
+                self.senders = Some(vec![login.to_ascii_lowercase()]);
                 self.login = Some(login);
                 self.reply("235 2.7.0 Authentication successful");
             }
@@ -346,6 +382,7 @@ impl Session {
             QueueRefusal::Unavailable(why) => {
                 self.reply(&format!("451 4.3.0 Cannot store the message now ({}); try again later", one_line(&why)))
             }
+            QueueRefusal::NotEncryptable(why) => self.reply(&format!("554 5.7.1 {}", one_line(&why))),
         }
     }
 
@@ -399,6 +436,11 @@ impl Session {
     }
 
     fn command(&mut self, line: &[u8]) -> Option<Event> {
+        if size_beyond(line, self.policy.max_size) {
+            // smtp-proto reads SIZE into a usize that overflows; what does not fit is too big.
+            self.error(&MailRefused::TooLarge(self.policy.max_size).to_string());
+            return None;
+        }
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
             Err(e) => {
@@ -602,6 +644,9 @@ impl Session {
         if self.tx.is_some() {
             return Err(MailRefused::Nested);
         }
+        if !from.address.is_empty() && !self.may_send_as(&from.address) {
+            return Err(MailRefused::NotYours);
+        }
         if from.size as u64 > self.policy.max_size {
             return Err(MailRefused::TooLarge(self.policy.max_size));
         }
@@ -734,6 +779,15 @@ impl Session {
                 self.error("550 5.6.0 Message refused: it contains a bare LF; SMTP requires CRLF line ends");
                 None
             }
+            DataSink::Keep(_) if has_bare_cr(&data.body) => {
+                self.error("550 5.6.0 Message refused: it contains a bare CR; SMTP requires CRLF line ends");
+                None
+            }
+            DataSink::Keep(_) if let Some(foreign) = self.foreign_from(&data.body) => {
+                let foreign = one_line(&foreign);
+                self.error(&format!("550 5.7.1 From: {foreign} is not an address of this account"));
+                None
+            }
             DataSink::Keep(_) => {
                 self.state = State::AwaitQueue;
                 Some(Event::Enqueue(Submission {
@@ -752,6 +806,25 @@ impl Session {
 /// smuggling when relayed.
 fn has_bare_lf(body: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', body).any(|i| i == 0 || body[i - 1] != b'\r')
+}
+
+/// A CR not followed by LF: a receiver that ends lines at CR would see lines (and an end of
+/// data, `\r.\r`) that are not there.
+fn has_bare_cr(body: &[u8]) -> bool {
+    memchr::memchr_iter(b'\r', body).any(|i| body.get(i + 1) != Some(&b'\n'))
+}
+
+/// Whether `line` is a MAIL command with a `SIZE=` beyond `max` (also one too large for 64
+/// bits, which smtp-proto would wrap around).
+fn size_beyond(line: &[u8], max: u64) -> bool {
+    if !line.get(..4).is_some_and(|verb| verb.eq_ignore_ascii_case(b"MAIL")) {
+        return false;
+    }
+    line.split(|b| b.is_ascii_whitespace()).any(|word| {
+        word.get(..5).is_some_and(|p| p.eq_ignore_ascii_case(b"SIZE="))
+            && word[5..].iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(&word[5..]).ok().and_then(|n| n.parse::<u64>().ok()).is_none_or(|n| n > max)
+    })
 }
 
 /// Text safe to put into one reply line.
@@ -776,6 +849,8 @@ enum MailRefused {
     NoSmtpUtf8,
     #[error("555 5.5.4 BODY=BINARYMIME is not offered")]
     NoBinaryMime,
+    #[error("550 5.7.1 Sender address is not an address of this account")]
+    NotYours,
     #[error("555 5.5.4 DSN parameters are not offered (the provider does not support DSN)")]
     NoDsn,
 }
@@ -975,6 +1050,36 @@ mod tests {
         }
         let (out, _) = run(&mut s, b"\r\n\r\nbody\r\n.\r\nNOOP\r\n");
         assert!(out.ends_with("552 5.3.4 Message header exceeds 1048576 bytes\r\n250 2.0.0 Ok\r\n"), "{out}");
+    }
+
+    #[test]
+    fn the_sender_is_one_of_the_accounts_addresses() {
+        let mut s = authed();
+        let (out, _) = run(&mut s, b"MAIL FROM:<bob@x>\r\n");
+        assert_eq!(out, "550 5.7.1 Sender address is not an address of this account\r\n");
+        s.set_senders(Some(vec!["a@b".into(), "Alias@B".into()]));
+        let (out, event) =
+            run(&mut s, b"MAIL FROM:<alias@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nFrom: Bob <bob@x>\r\n\r\nhi\r\n.\r\n");
+        assert!(out.ends_with("550 5.7.1 From: bob@x is not an address of this account\r\n"), "{out}");
+        assert!(matches!(event, Event::NeedInput), "{event:?}");
+        let (_, event) = run(&mut s, b"MAIL FROM:<>\r\nRCPT TO:<c@d>\r\nDATA\r\nFrom: <A@b>\r\n\r\nhi\r\n.\r\n");
+        assert!(matches!(event, Event::Enqueue(_)), "{event:?}");
+        let mut s = authed();
+        s.set_senders(None);
+        let (_, event) = run(&mut s, b"MAIL FROM:<list@y>\r\nRCPT TO:<c@d>\r\nDATA\r\nFrom: list@y\r\n\r\nhi\r\n.\r\n");
+        assert!(matches!(event, Event::Enqueue(_)), "{event:?}");
+    }
+
+    #[test]
+    fn bare_cr_and_sizes_beyond_64_bits() {
+        let mut s = authed();
+        let (out, _) = run(
+            &mut s,
+            b"MAIL FROM:<a@b> SIZE=99999999999999999999999\r\nMAIL FROM:<a@b> size=18446744073709551615\r\n",
+        );
+        assert_eq!(out.matches("552 5.3.4 Message size exceeds the limit of 1000 bytes\r\n").count(), 2, "{out}");
+        assert!(has_bare_cr(b"hi\r.\r\n") && has_bare_cr(b"a\r") && !has_bare_cr(b"a\r\nb\r\n"));
+        assert!(!size_beyond(b"MAIL FROM:<a@b> SIZE=1000", 1000) && !size_beyond(b"RCPT TO:<SIZE=99999>", 1));
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! METADATA entries the proxy keeps itself: all entries of an account whose provider lacks
 //! METADATA. Keyed by account, mailbox and entry; the values are opaque bytes.
+//!
+//! Each value's size is kept beside it (`metadata_sizes`, since schema 2): counting an
+//! account's entries and selecting what a GETMETADATA returns read the small sizes table, never
+//! the values (up to 64 MiB per account), which are read one by one as a response is written.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +13,19 @@ use super::{Pending, Store, StoreError};
 
 /// `account NUL mailbox NUL entry` → value.
 const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
+/// The same keys → the value's size in bytes.
+const METADATA_SIZES: TableDefinition<&str, u64> = TableDefinition::new("metadata_sizes");
+
+/// Schema 1 → 2: the sizes table, from the values.
+pub(super) fn migrate_sizes(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let values = txn.open_table(METADATA)?;
+    let mut sizes = txn.open_table(METADATA_SIZES)?;
+    for item in values.iter()? {
+        let (key, value) = item?;
+        sizes.insert(key.value(), value.value().len() as u64)?;
+    }
+    Ok(())
+}
 
 fn prefix(account: &str, mailbox: &[u8]) -> String {
     format!("{}\0{}\0", account.to_ascii_lowercase(), String::from_utf8_lossy(mailbox))
@@ -37,6 +54,56 @@ impl Store {
         Ok(out)
     }
 
+    /// The names of the entries of `mailbox` (`""` for server entries) of `account`, with the
+    /// size of each value: what a GETMETADATA selects from, without reading the values.
+    pub fn metadata_sizes(&self, account: &str, mailbox: &[u8]) -> Result<BTreeMap<String, u64>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(METADATA_SIZES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let prefix = prefix(account, mailbox);
+        let mut out = BTreeMap::new();
+        for item in table.range(prefix.as_str()..)? {
+            let (key, value) = item?;
+            let Some(entry) = key.value().strip_prefix(prefix.as_str()) else { break };
+            out.insert(entry.to_string(), value.value());
+        }
+        Ok(out)
+    }
+
+    /// The accounts that hold `entry` on `mailbox` (`""` for server entries), in key order.
+    pub fn metadata_accounts_with(&self, mailbox: &[u8], entry: &str) -> Result<Vec<String>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(METADATA) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let suffix = format!("\0{}\0{entry}", String::from_utf8_lossy(mailbox));
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (key, _) = item?;
+            if let Some(account) = key.value().strip_suffix(suffix.as_str()) {
+                out.push(account.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// One entry's value, as a GETMETADATA response writes it out.
+    pub fn metadata_value(&self, account: &str, mailbox: &[u8], entry: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(METADATA) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let key = format!("{}{entry}", prefix(account, mailbox));
+        Ok(table.get(key.as_str())?.map(|v| v.value().to_vec()))
+    }
+
     /// Sets (`Some`) or deletes (`None`) entries in one transaction; refused whole when the
     /// account would then hold more than `max_entries` entries.
     pub fn metadata_apply(
@@ -51,15 +118,22 @@ impl Store {
         self.write(move |txn| {
             let too_many = {
                 let mut table = txn.open_table(METADATA)?;
+                let mut sizes = txn.open_table(METADATA_SIZES)?;
                 for (entry, value) in &changes {
                     let key = format!("{key_prefix}{entry}");
                     match value {
-                        Some(v) => table.insert(key.as_str(), v.as_slice())?,
-                        None => table.remove(key.as_str())?,
+                        Some(v) => {
+                            table.insert(key.as_str(), v.as_slice())?;
+                            sizes.insert(key.as_str(), v.len() as u64)?;
+                        }
+                        None => {
+                            table.remove(key.as_str())?;
+                            sizes.remove(key.as_str())?;
+                        }
                     };
                 }
                 let mut count = 0;
-                for item in table.range(account_prefix.as_str()..)? {
+                for item in sizes.range(account_prefix.as_str()..)? {
                     if !item?.0.value().starts_with(account_prefix.as_str()) {
                         break;
                     }
@@ -95,6 +169,13 @@ mod tests {
         let server = store.metadata_entries("alice@x", b"").unwrap();
         assert_eq!(server.len(), 2);
         assert_eq!(server["/private/b"], b"2");
+        let sizes = store.metadata_sizes("alice@x", b"").unwrap();
+        assert_eq!(
+            sizes.into_iter().collect::<Vec<_>>(),
+            [("/private/a".to_string(), 1), ("/private/b".to_string(), 1)]
+        );
+        assert_eq!(store.metadata_value("alice@x", b"", "/private/b").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(store.metadata_value("alice@x", b"INBOX", "/private/b").unwrap(), None);
         assert_eq!(store.metadata_entries("alice@x", b"INBOX").unwrap()["/private/a"], b"3");
         store.metadata_apply("alice@x", b"", &[set("/private/a", None)], 10).wait().unwrap().unwrap();
         assert_eq!(store.metadata_entries("alice@x", b"").unwrap().len(), 1);
@@ -105,5 +186,9 @@ mod tests {
             .unwrap();
         assert_eq!(result, Err(TooManyEntries));
         assert_eq!(store.metadata_entries("alice@x", b"").unwrap().len(), 1);
+        assert_eq!(store.metadata_accounts_with(b"", "/private/b").unwrap(), ["alice@x"]);
+        assert!(store.metadata_accounts_with(b"INBOX", "/private/b").unwrap().is_empty());
+        store.metadata_apply("bob@x", b"", &[set("/private/b", Some("5"))], 10).wait().unwrap().unwrap();
+        assert_eq!(store.metadata_accounts_with(b"", "/private/b").unwrap(), ["alice@x", "bob@x"]);
     }
 }

@@ -42,19 +42,26 @@ mod receipts;
 pub use receipts::{SentChat, Tick};
 mod metadata;
 pub use metadata::TooManyEntries;
+mod openpgp;
+pub use openpgp::{MAX_PEERS, TooManyPeers};
 
 mod push;
 pub use push::{PushSubscription, TooManySubscriptions, Validation};
 
 mod oauth;
 pub use oauth::OAuthGrant;
+mod views;
+pub use views::ViewId;
 
 mod writer;
 pub use writer::Pending;
 use writer::{Txn, Writer};
 
 /// Bumped whenever a table's meaning or encoding changes; `open` migrates older files.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// - 1: the first release with a store.
+/// - 2: `metadata_sizes` beside `metadata` (filled from it when a schema 1 file is opened).
+pub const SCHEMA_VERSION: u32 = 2;
 
 const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 
@@ -158,8 +165,12 @@ struct File {
     reopened: AtomicU64,
 }
 
+/// Memory redb may use to cache the file's pages (its default is 1 GiB): part of the daemon's
+/// memory bound (SECURITY.md). Reads beyond it come from the OS page cache.
+const CACHE_SIZE: usize = 8 * 1024 * 1024;
+
 fn open_file(path: &Path) -> Result<Database, StoreError> {
-    Database::create(path).map_err(|e| match e {
+    redb::Builder::new().set_cache_size(CACHE_SIZE).create(path).map_err(|e| match e {
         DatabaseError::Storage(StorageError::Io(io)) if is_disk_full(&io) => StoreError::DiskFull,
         DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.to_path_buf() },
         e => StoreError::Open { path: path.to_path_buf(), reason: e.to_string() },
@@ -221,8 +232,15 @@ impl File {
                     return Err(StoreError::TooNew { path: self.path.clone(), found: v, known: SCHEMA_VERSION });
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
-                // New file, or an older schema: nothing to migrate yet.
-                _ => {
+                // A new file: nothing to migrate.
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+                // An older schema: migrated in this same transaction, so all or nothing.
+                Some(v) => {
+                    if v < 2 {
+                        metadata::migrate_sizes(&txn)?;
+                    }
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
             }

@@ -27,6 +27,27 @@ pub struct SentChat {
     pub recipients: Vec<Tick>,
     /// Keywords already set on the user's copy (`$Delivered`, `$Read`).
     pub marked: Vec<String>,
+    /// The reports recorded for it (their Message-IDs), so that none counts twice; the oldest
+    /// go beyond [`MAX_REPORTS`]. Absent in records of earlier versions.
+    #[serde(default)]
+    pub reports: Vec<String>,
+}
+
+/// Reports remembered per sent message.
+pub const MAX_REPORTS: usize = 100;
+
+impl SentChat {
+    /// Remembers that the report `id` was recorded; `false` if it was already.
+    pub fn note_report(&mut self, id: &str) -> bool {
+        if self.reports.iter().any(|r| r == id) {
+            return false;
+        }
+        self.reports.push(id.to_string());
+        if self.reports.len() > MAX_REPORTS {
+            self.reports.remove(0);
+        }
+        true
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -209,7 +230,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let tick = |a: &str| Tick { address: a.into(), ..Default::default() };
         let sent =
-            SentChat { sent_at: 1, envid: Some("coi.1".into()), recipients: vec![tick("bob@x")], marked: vec![] };
+            SentChat { sent_at: 1, envid: Some("coi.1".into()), recipients: vec![tick("bob@x")], ..Default::default() };
         store.sent_chat_insert("Alice@x", "m1@x", &sent).wait().unwrap();
         assert!(store.sent_chats_to_mark("alice@x").unwrap().is_empty());
         let by_envid = store

@@ -1,26 +1,44 @@
-//! One account's worker: the proxy's own connection to an account with COI enabled (or push
-//! subscriptions), doing what a COI server does at delivery time. It waits in IDLE on INBOX (or
-//! polls a provider without IDLE), classifies each new message from its header fields, sets
-//! `$Chat`, and moves chat messages to `<root>/Chats`: at once in `active` mode, once they are
-//! `\Seen` in `seen` mode; it hands reports to the receipts wing and new mail to the push wing.
-//! It reconnects with backoff when the provider drops, and returns when it is no longer needed
-//! or the daemon shuts down (the supervisor decides what happens next).
+//! One account's worker: the proxy's own connection for an account with COI enabled, push
+//! subscriptions, or a `password_command`, doing what a COI server does at delivery time. It
+//! waits in IDLE on INBOX (or polls a provider without IDLE), classifies each new message from
+//! its header fields, sets `$Chat`, and moves chat messages to `<root>/Chats`: at once in
+//! `active` mode, once they are `\Seen` in `seen` mode; it hands reports to the receipts wing
+//! and new mail to the push wing, and tells the sessions' quiet INBOX when it has looked.
+//!
+//! It is started once and runs until the daemon shuts down. Each cycle begins by reading the
+//! COI configuration again where the provider keeps it (METADATA), so a change made by another
+//! device or proxy instance counts from the next message on; a cycle comes at the latest every
+//! `[coi] config_check_secs`. With nothing to do (COI off, no subscription) it stays connected
+//! to watch that configuration, or, where the proxy keeps it, waits unconnected for a change.
+//! It reconnects with backoff when the provider drops.
+//!
+//! INBOX is watched EXAMINEd (read-only), not SELECTed: a SELECT takes the `\Recent` flags of
+//! the new mail from the user's own clients. Only to change something (`$Chat`, a move) is INBOX
+//! SELECTed, briefly, and EXAMINEd again right after. (Not on imap4d, whose UIDs change between
+//! EXAMINE and SELECT: see `ProviderProfile::examine_uids_stable`.)
+//!
+//! How it moves, and whether it waits in IDLE or polls, the provider profile says
+//! (`provider_profile`): MOVE; COPY + `\Deleted` + UID EXPUNGE (UIDPLUS); or, with neither
+//! (imap4d), COPY + `\Deleted` + EXPUNGE with the user's own `\Deleted` messages set aside
+//! (unflagged for that moment, flagged again after). Courier's and imap4d's IDLE do not push:
+//! those are polled.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::wanted;
 use crate::account::{Account, CoiConfig, Filter};
 use crate::coi::classify::{self, ChatHeaders, FIELDS};
 use crate::coi::folders::Namespace;
 use crate::context::Context;
 use crate::imap::upstream::{OwnWorkError, Upstream, UpstreamError};
-use crate::imap::wire::command;
 use crate::imap::wire::response::{response_code_number, search_uids, uid_set};
+use crate::openpgp::identity::Identity;
+use crate::provider_profile::move_plan::{Command, MovePlan, Next, Reply};
+use crate::provider_profile::{IdleMode, MetadataHome, ProviderProfile};
 
 /// Longest IDLE before it is renewed (RFC 2177: at most 29 minutes).
 /// Also a safety net: a provider may miss reporting mail that arrived just before IDLE began.
@@ -30,26 +48,32 @@ const IDLE_SETTLE: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Messages classified per FETCH when catching up with a large INBOX.
 const BATCH: u32 = 500;
+/// Chat messages remembered as waiting for `\Seen` where the provider keeps no `$Chat`.
+const MAX_WAITING: usize = 10_000;
 
 /// A COPYUID response code: the target's UIDVALIDITY and (old, new) UID pairs.
 type CopyUid = (u32, Vec<(u32, u32)>);
 
-/// Serves the account until it no longer needs a worker or the daemon shuts down.
-pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>) {
+/// Serves the account until the daemon shuts down.
+pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>, identity: Option<Identity>) {
     info!("account worker started");
     let mut backoff = Duration::from_secs(1);
     let mut config_rx = account.config.subscribe();
     let mut shutdown = shared.shutdown.clone();
     loop {
         let result = tokio::select! {
-            result = serve(&shared, &account, &mut config_rx) => result,
+            result = serve(&shared, &account, &mut config_rx, identity.as_ref()) => result,
             _ = shutdown.changed() => break,
         };
+        unwatch(&account);
         match result {
             Ok(()) => {
+                // Nothing to do, and nothing to watch at the provider: until that changes.
                 backoff = Duration::from_secs(1);
-                if !wanted(&shared, &account) {
-                    break;
+                tokio::select! {
+                    _ = config_rx.changed() => {}
+                    _ = account.nudge.notified() => {}
+                    _ = shutdown.changed() => break,
                 }
             }
             Err(e) => {
@@ -63,42 +87,108 @@ pub(super) async fn run(shared: Arc<Context>, account: Arc<Account>) {
             }
         }
     }
+    unwatch(&account);
     info!("account worker stopped");
 }
 
-/// One connection's worth of work; `Ok` when the worker is no longer wanted.
+/// Whether the account has work for its worker now: COI enabled, or a validated subscription.
+fn has_work(shared: &Context, account: &Account, identity: Option<&Identity>) -> bool {
+    account.current().enabled
+        || crate::push::wanted(&shared.store, &account.login)
+        || super::gateway::wanted(identity, &account.login)
+}
+
+/// Sessions stop waiting for this worker.
+fn unwatch(account: &Account) {
+    account.verdicts.send_if_modified(|v| std::mem::replace(&mut v.watching, false));
+}
+
+/// One connection's worth of work; `Ok` when there is nothing to do and nothing to watch.
 async fn serve(
     shared: &Context,
     account: &Account,
     config_rx: &mut watch::Receiver<CoiConfig>,
+    identity: Option<&Identity>,
 ) -> Result<(), OwnWorkError> {
     let login = account.login.as_str();
     let credential = shared.credentials.credential(&shared.config(), login).await?;
+    // Every message in INBOX when the first look begins counts as looked at after it.
+    let mut look_began = Instant::now();
     let mut up = Upstream::open(shared, login, &credential).await?;
     drop(credential);
-    if up.has("METADATA") {
-        account.set_config(crate::coi::config_at_provider(&mut up).await?);
-    }
-    if !wanted(shared, account) {
-        return Ok(());
-    }
-    let mut inbox = Inbox::open(shared, account, &mut up).await?;
-    info!(chats = %inbox.chats, "watching INBOX");
+    let profile = up.profile();
+    // Cyrus advertises METADATA but refuses the COI entries: there they are in the store.
+    let metadata = profile.metadata == MetadataHome::Provider;
+    let mut next_poll = tokio::time::Instant::now();
+    let check_every = Duration::from_secs(shared.config().coi.config_check_secs.max(1));
+    let mut inbox: Option<Inbox> = None;
     loop {
         config_rx.mark_unchanged();
+        if metadata {
+            account.set_config(crate::coi::config_at_provider(&mut up).await?);
+        }
         let config = account.current();
-        if !wanted(shared, account) {
-            return Ok(());
+        if !has_work(shared, account, identity) {
+            unwatch(account);
+            if !metadata {
+                let _ = up.command(b"LOGOUT\r\n").await;
+                return Ok(());
+            }
+            debug!("nothing to do; watching the COI configuration");
+            tokio::select! {
+                _ = tokio::time::sleep(check_every) => {}
+                _ = account.nudge.notified() => {}
+                _ = config_rx.changed() => {}
+            }
+            look_began = Instant::now();
+            continue;
+        }
+        let inbox = match &mut inbox {
+            Some(inbox) => inbox,
+            None => {
+                let opened = Inbox::open(shared, account, &mut up, profile.clone()).await?;
+                info!(chats = %opened.chats, idle = ?profile.idle, moves = ?profile.move_strategy, "watching INBOX");
+                inbox.insert(opened)
+            }
+        };
+        // A key made after the worker started (a first message sent, an invite) wakes the gateway.
+        if inbox.gateway.is_none() {
+            inbox.gateway = identity.filter(|_| super::gateway::wanted(identity, login));
         }
         let before = inbox.next_uid;
-        inbox.process_new(&mut up, config.effective_filter()).await?;
-        // Mail that lands between a FETCH and the start of IDLE may go unreported by the
-        // provider (its change notification starts with IDLE): after new mail, look again soon.
-        let renew = if inbox.next_uid != before { IDLE_SETTLE } else { IDLE_RENEW };
-        if config.filter == Filter::Seen {
+        let filter = config.effective_filter();
+        inbox.process_new(&mut up, filter).await?;
+        if filter == Filter::Seen {
             inbox.move_seen(&mut up).await?;
         }
-        wait_for_change(&mut up, account, config_rx, shared.config().coi.poll_secs, renew).await?;
+        inbox.expunge_pending(&mut up).await?;
+        let position = (inbox.uidvalidity, inbox.next_uid);
+        account.verdicts.send_modify(|v| {
+            v.watching = true;
+            v.looked = Some(look_began);
+            v.position = Some(position);
+        });
+        // Mail that lands between a FETCH and the start of IDLE may go unreported by the
+        // provider (its change notification starts with IDLE): after new mail, look again soon.
+        let mut renew = if inbox.next_uid != before { IDLE_SETTLE } else { IDLE_RENEW };
+        if metadata {
+            renew = renew.min(check_every);
+        }
+        // Polls keep their beat: the interval runs from the last poll, not from the end of the
+        // work it found, so mail is seen within one interval of its delivery.
+        let poll = (profile.idle != IdleMode::Push).then(|| {
+            let (interval, now) =
+                (Duration::from_secs(shared.config().coi.poll_secs.max(1)), tokio::time::Instant::now());
+            if now >= next_poll {
+                next_poll = (next_poll + interval).max(now);
+            }
+            next_poll
+        });
+        // Where INBOX is watched SELECTed (imap4d), a poll SELECTs it again: imap4d's NOOP never
+        // reports mail in an INBOX that was pristine (a Maildir that never held mail) when
+        // SELECTed.
+        let poll_with: &[u8] = if profile.examine_uids_stable { b"NOOP\r\n" } else { b"SELECT INBOX\r\n" };
+        look_began = wait_for_change(&mut up, account, config_rx, renew, poll.map(|at| (at, poll_with))).await?;
     }
 }
 
@@ -113,31 +203,37 @@ struct Inbox<'a> {
     next_uid: u32,
     /// UIDNEXT when INBOX was selected: below it, work goes in batches.
     uidnext: u32,
-    /// The provider accepts `$Chat` (PERMANENTFLAGS has `\*`).
-    keywords: bool,
-    /// Chat messages still in INBOX, waiting for `\Seen` (seen mode).
+    /// The provider accepts `$Chat` (PERMANENTFLAGS has `\*`); known from the first SELECT (an
+    /// EXAMINE shows no permanent flags).
+    keywords: Option<bool>,
+    profile: ProviderProfile,
+    /// Copied to Chats and flagged `\Deleted` but not yet expunged, because the user had
+    /// `\Deleted` messages of their own in INBOX and the provider would not unflag them for
+    /// the moment of an EXPUNGE (no UIDPLUS: an EXPUNGE would take those too).
+    pending: Vec<u32>,
+    /// Chat messages still in INBOX and not `\Seen`, for a provider that keeps no `$Chat` (with
+    /// one, `seen` mode searches for the keyword instead).
     waiting: BTreeSet<u32>,
     /// The first UID to push about (older messages were there before the worker).
     push_from: u32,
+    /// The OpenPGP gateway, when the account has a key.
+    gateway: Option<&'a Identity>,
 }
 
 impl<'a> Inbox<'a> {
-    async fn open(shared: &'a Context, account: &'a Account, up: &mut Upstream) -> Result<Inbox<'a>, OwnWorkError> {
+    async fn open(
+        shared: &'a Context,
+        account: &'a Account,
+        up: &mut Upstream,
+        profile: ProviderProfile,
+    ) -> Result<Inbox<'a>, OwnWorkError> {
         let chats = Namespace::discover(up).await?.chats(&shared.config().coi.mailbox_root);
-        let (untagged, status) = up.command(b"SELECT INBOX\r\n").await?;
-        if !status.starts_with(b"OK") {
-            return Err(OwnWorkError::Refused {
-                command: "SELECT INBOX",
-                status: String::from_utf8_lossy(&status).trim_end().into(),
-            });
-        }
+        let watch = if profile.examine_uids_stable { "EXAMINE" } else { "SELECT" };
+        let untagged = open_inbox(up, watch).await?;
         let code = |name: &str| untagged.iter().find_map(|r| response_code_number(r, name));
         let uidvalidity = code("UIDVALIDITY").unwrap_or(0);
         let uidnext = code("UIDNEXT").unwrap_or(1);
-        let keywords = untagged.iter().any(|r| {
-            let t = String::from_utf8_lossy(r);
-            t.contains("[PERMANENTFLAGS") && t.contains("\\*")
-        });
+        let keywords = (watch == "SELECT").then(|| permanent_keywords(&untagged));
         let store = &shared.store;
         let login = account.login.as_str();
         let stored = match store.inbox_position(login) {
@@ -150,13 +246,60 @@ impl<'a> Inbox<'a> {
         let push_from = crate::push::notify::first_to_push(stored, uidnext);
         let _ = store.set_inbox_position(login, uidvalidity, next_uid).await;
         let waiting = BTreeSet::new();
-        let mut inbox =
-            Inbox { shared, account, login, chats, uidvalidity, next_uid, uidnext, keywords, waiting, push_from };
-        if keywords {
-            let (untagged, _) = up.command(b"UID SEARCH UNSEEN KEYWORD $Chat\r\n").await?;
-            inbox.waiting.extend(untagged.iter().flat_map(|r| search_uids(r)));
+        let pending = Vec::new();
+        Ok(Inbox {
+            shared,
+            account,
+            login,
+            chats,
+            uidvalidity,
+            next_uid,
+            uidnext,
+            keywords,
+            profile,
+            pending,
+            waiting,
+            push_from,
+            gateway: None,
+        })
+    }
+
+    /// SELECTs INBOX to change it (learning whether it takes keywords); [`Inbox::read_only`]
+    /// goes back to watching it EXAMINEd.
+    async fn writable(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
+        if self.profile.examine_uids_stable {
+            let untagged = open_inbox(up, "SELECT").await?;
+            self.keywords = Some(permanent_keywords(&untagged));
         }
-        Ok(inbox)
+        Ok(())
+    }
+
+    async fn read_only(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
+        if self.profile.examine_uids_stable {
+            open_inbox(up, "EXAMINE").await?;
+        }
+        Ok(())
+    }
+
+    /// Expunges what earlier moves left flagged, once the user has no `\Deleted` message of
+    /// their own in INBOX (only without UIDPLUS).
+    async fn expunge_pending(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let deleted = {
+            let (untagged, _) = up.command(b"UID SEARCH DELETED\r\n").await?;
+            untagged.iter().flat_map(|r| search_uids(r)).collect::<BTreeSet<u32>>()
+        };
+        // Still blocked: no need to SELECT just to learn it again.
+        if deleted.iter().any(|u| !self.pending.contains(u)) {
+            return Ok(());
+        }
+        self.writable(up).await?;
+        let plan = MovePlan::retry(&self.pending, &self.chats)?;
+        let (outcome, _) = run_plan(up, plan).await?;
+        self.pending = outcome.pending;
+        self.read_only(up).await
     }
 
     /// Classifies messages from `next_uid` on, in batches, marks chats, and moves them as
@@ -179,11 +322,11 @@ impl<'a> Inbox<'a> {
         let mut chat_ids = Vec::new();
         let mut highest = None;
         let mut classified = 0;
-        for resp in &untagged {
+        // `n:*` returns the last message when n is past the end: that one was handled before.
+        let fresh: Vec<Vec<u8>> =
+            untagged.into_iter().filter(|r| FetchItem::parse(r).is_some_and(|i| i.uid >= self.next_uid)).collect();
+        for resp in &fresh {
             let Some(item) = FetchItem::parse(resp) else { continue };
-            if item.uid < self.next_uid {
-                continue; // `n:*` returns the last message when n is past the end
-            }
             highest = highest.max(Some(item.uid));
             classified += 1;
             let headers = ChatHeaders::parse(&item.header);
@@ -198,8 +341,13 @@ impl<'a> Inbox<'a> {
                 new.push((item.uid, is_chat || item.flags.iter().any(|f| f.eq_ignore_ascii_case("$Chat"))));
             }
         }
-        // Receipts: DSNs and MDNs about the user's sent chat messages.
-        crate::receipts::on_new_messages(self.shared, up, self.login, &untagged).await?;
+        // The OpenPGP gateway, before anything moves: SecureJoin steps, Autocrypt, gossip.
+        if let Some(identity) = self.gateway {
+            let uids: Vec<u32> = new.iter().map(|n| n.0).collect();
+            super::gateway::on_new(self.shared, identity, up, self.login, &uids).await?;
+        }
+        // Receipts: DSNs and MDNs about the user's sent chat messages, each handed over once.
+        crate::receipts::on_new_messages(self.shared, up, self.login, &fresh).await?;
         let config = self.shared.config();
         let mut pending =
             crate::push::notify::prepare(&self.shared.store, &config, self.login, up, self.uidvalidity, &new).await?;
@@ -212,18 +360,31 @@ impl<'a> Inbox<'a> {
                 warn!("cannot remember chat Message-IDs: {e}");
             }
             // A worker that runs for pushes only leaves the mailbox alone.
-            if self.keywords && self.account.current().enabled {
+            let writes = self.account.current().enabled;
+            if writes {
+                self.writable(up).await?;
+            }
+            if writes && self.keywords == Some(true) {
                 up.command(format!("UID STORE {} +FLAGS.SILENT ($Chat)\r\n", uid_set(&all)).as_bytes()).await?;
             }
+            if self.keywords != Some(true) {
+                self.waiting.extend(chat.iter().filter(|c| !c.1).map(|c| c.0));
+                while self.waiting.len() > MAX_WAITING {
+                    self.waiting.pop_first();
+                }
+            }
             let moved = match filter {
+                _ if !writes => None,
                 Filter::Active => self.move_to_chats(up, &all).await?,
                 Filter::Seen => {
                     let seen: Vec<u32> = chat.iter().filter(|c| c.1).map(|c| c.0).collect();
-                    self.waiting.extend(chat.iter().filter(|c| !c.1).map(|c| c.0));
                     if seen.is_empty() { None } else { self.move_to_chats(up, &seen).await? }
                 }
                 Filter::None => None,
             };
+            if writes {
+                self.read_only(up).await?;
+            }
             if let (Some(pending), Some((uidvalidity, map))) = (&mut pending, moved) {
                 pending.moved(&self.chats, uidvalidity, &map);
             }
@@ -243,8 +404,23 @@ impl<'a> Inbox<'a> {
         Ok(())
     }
 
-    /// Seen mode: moves the waiting chat messages that have become `\Seen`.
+    /// Seen mode: moves every chat message in INBOX that is `\Seen`, whenever it became so and
+    /// whatever the filter was when it came (`$Chat` marks them all).
     async fn move_seen(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
+        // Before the first SELECT of this connection it is not known whether the provider
+        // keeps `$Chat`: the search costs little and finds nothing where it does not.
+        if self.keywords != Some(false) {
+            let (untagged, _) = up.command(b"UID SEARCH SEEN KEYWORD $Chat\r\n").await?;
+            let seen: Vec<u32> = untagged.iter().flat_map(|r| search_uids(r)).collect();
+            if !seen.is_empty() {
+                self.writable(up).await?;
+                self.move_to_chats(up, &seen).await?;
+                self.read_only(up).await?;
+            }
+            if self.keywords == Some(true) {
+                return Ok(());
+            }
+        }
         if self.waiting.is_empty() {
             return Ok(());
         }
@@ -261,79 +437,102 @@ impl<'a> Inbox<'a> {
         }
         self.waiting = still_here;
         if !seen.is_empty() {
+            self.writable(up).await?;
             self.move_to_chats(up, &seen).await?;
+            self.read_only(up).await?;
         }
         Ok(())
     }
 
-    /// UID MOVE where offered, else COPY + `\Deleted` + UID EXPUNGE (UIDPLUS), flags kept.
-    /// Where the messages went, if the provider said (COPYUID): UIDVALIDITY, (old, new) UIDs.
+    /// Moves `uids` (INBOX SELECTed) the profile's way, flags kept. Where the messages went, if
+    /// the provider said (COPYUID): UIDVALIDITY, (old, new) UIDs. Without UIDPLUS, what could
+    /// not be expunged safely yet is kept in `pending` for a later cycle.
     async fn move_to_chats(&mut self, up: &mut Upstream, uids: &[u32]) -> Result<Option<CopyUid>, OwnWorkError> {
-        let set = uid_set(uids);
-        let target = String::from_utf8_lossy(&command::astring(self.chats.as_bytes(), false)).into_owned();
-        let refused = |command, status: Vec<u8>| OwnWorkError::Refused {
-            command,
-            status: String::from_utf8_lossy(&status).trim_end().into(),
-        };
-        let copyuid = |untagged: &[Vec<u8>], status: &[u8]| {
-            let all: Vec<&[u8]> = untagged.iter().map(Vec::as_slice).chain([status]).collect();
-            crate::push::imap::copyuid(&all)
-        };
-        let moved = if up.has("MOVE") {
-            let (untagged, status) = into_chats(up, &format!("UID MOVE {set} {target}\r\n"), &target).await?;
-            if !status.starts_with(b"OK") {
-                return Err(refused("UID MOVE", status));
-            }
-            copyuid(&untagged, &status)
-        } else if up.has("UIDPLUS") {
-            let (untagged, status) = into_chats(up, &format!("UID COPY {set} {target}\r\n"), &target).await?;
-            if !status.starts_with(b"OK") {
-                return Err(refused("UID COPY", status));
-            }
-            up.command(format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)\r\n").as_bytes()).await?;
-            let moved = copyuid(&untagged, &status);
-            up.command(format!("UID EXPUNGE {set}\r\n").as_bytes()).await?;
-            moved
-        } else {
-            warn!("the provider offers neither MOVE nor UIDPLUS; chat messages stay in INBOX");
-            return Ok(None);
-        };
-        info!(count = uids.len(), to = %self.chats, "moved chat messages");
+        let plan = MovePlan::new(self.profile.move_strategy, uids, &self.chats, &self.pending)?;
+        let (outcome, copied) = run_plan(up, plan).await?;
+        self.pending = outcome.pending;
+        if !self.pending.is_empty() {
+            info!(
+                count = self.pending.len(),
+                "chat messages copied to Chats wait in INBOX, flagged \\Deleted: the user keeps \\Deleted messages \
+                 there, the provider has no UIDPLUS and refused to unflag theirs for the moment of an EXPUNGE"
+            );
+        }
+        info!(count = uids.len(), to = %self.chats, strategy = ?self.profile.move_strategy, "moved chat messages");
         crate::metrics::worker_moved(self.account.current().filter, uids.len());
-        Ok(moved)
+        Ok(copied)
     }
 }
 
-/// Runs a MOVE or COPY into Chats; where Chats is missing (`[TRYCREATE]`), creates and
-/// subscribes it first. Chats is made on first use, as on a COI server, and never recreated
-/// behind a client that just deleted it to switch COI off.
-async fn into_chats(up: &mut Upstream, command: &str, target: &str) -> Result<(Vec<Vec<u8>>, Vec<u8>), OwnWorkError> {
-    let (untagged, status) = up.command(command.as_bytes()).await?;
-    if !status.windows(11).any(|w| w.eq_ignore_ascii_case(b"[TRYCREATE]")) {
-        return Ok((untagged, status));
+/// Runs a move plan to its end: each command, its reply read back into the plan. The COPYUID
+/// of the MOVE or COPY, where the provider gave one.
+async fn run_plan(
+    up: &mut Upstream,
+    mut plan: MovePlan,
+) -> Result<(crate::provider_profile::move_plan::Outcome, Option<CopyUid>), OwnWorkError> {
+    let mut next = plan.start();
+    let mut copied = None;
+    loop {
+        let command = match next {
+            Next::Send(command) => command,
+            Next::Done(outcome) => return Ok((outcome, copied)),
+            Next::Failed(e) => return Err(e.into()),
+        };
+        let (untagged, status) = up.command(command.to_line().as_bytes()).await?;
+        let reply = if !status.starts_with(b"OK") {
+            Reply::Refused(String::from_utf8_lossy(&status).trim_end().into())
+        } else if command == Command::SearchDeleted {
+            Reply::Searched(untagged.iter().flat_map(|r| search_uids(r)).collect())
+        } else {
+            if matches!(command, Command::UidMove { .. } | Command::UidCopy { .. }) {
+                let all: Vec<&[u8]> = untagged.iter().map(Vec::as_slice).chain([status.as_slice()]).collect();
+                copied = crate::push::imap::copyuid(&all);
+            }
+            Reply::Ok
+        };
+        next = plan.on_reply(reply);
     }
-    up.command(format!("CREATE {target}\r\n").as_bytes()).await?;
-    up.command(format!("SUBSCRIBE {target}\r\n").as_bytes()).await?;
-    Ok(up.command(command.as_bytes()).await?)
 }
 
-/// Waits in IDLE (or polls) until INBOX changes, a session nudges, the COI configuration
-/// changes, or it is time to renew the IDLE.
+/// Whether a SELECT's PERMANENTFLAGS take new keywords (`\*`).
+fn permanent_keywords(untagged: &[Vec<u8>]) -> bool {
+    untagged.iter().any(|r| {
+        let t = String::from_utf8_lossy(r);
+        t.contains("[PERMANENTFLAGS") && t.contains("\\*")
+    })
+}
+
+/// SELECTs or EXAMINEs INBOX; its untagged responses.
+async fn open_inbox(up: &mut Upstream, how: &'static str) -> Result<Vec<Vec<u8>>, OwnWorkError> {
+    let (untagged, status) = up.command(format!("{how} INBOX\r\n").as_bytes()).await?;
+    if !status.starts_with(b"OK") {
+        let command = if how == "SELECT" { "SELECT INBOX" } else { "EXAMINE INBOX" };
+        return Err(OwnWorkError::Refused { command, status: String::from_utf8_lossy(&status).trim_end().into() });
+    }
+    Ok(untagged)
+}
+
+/// Waits in IDLE (or, where the provider's IDLE is missing or does not push, until the `poll`
+/// instant, then sends the poll's command) until INBOX changes, a session nudges, the COI
+/// configuration changes, or it is time to renew the IDLE. Returns when the next look at INBOX began: just
+/// before the NOOP that brings the worker's view of INBOX up to date, so that every message
+/// the provider had then is seen.
 async fn wait_for_change(
     up: &mut Upstream,
     account: &Account,
     config_rx: &mut watch::Receiver<CoiConfig>,
-    poll_secs: u64,
     renew: Duration,
-) -> Result<(), OwnWorkError> {
-    if !up.has("IDLE") {
+    poll: Option<(tokio::time::Instant, &[u8])>,
+) -> Result<Instant, OwnWorkError> {
+    if let Some((at, command)) = poll {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(poll_secs.max(1))) => {}
+            _ = tokio::time::sleep_until(at.min(tokio::time::Instant::now() + renew)) => {}
             _ = account.nudge.notified() => {}
             _ = config_rx.changed() => {}
         }
-        up.command(b"NOOP\r\n").await?;
-        return Ok(());
+        let began = Instant::now();
+        up.command(command).await?;
+        return Ok(began);
     }
     let tag = up.tag();
     up.conn.write(format!("{tag} IDLE\r\n").as_bytes()).await.map_err(|e| network(up, e))?;
@@ -373,7 +572,11 @@ async fn wait_for_change(
     }
     up.conn.write(b"DONE\r\n").await.map_err(|e| network(up, e))?;
     up.read_tagged(&tag).await?;
-    Ok(())
+    // The end of IDLE does not bring the mailbox up to date (Dovecot syncs a session's view at
+    // the end of a command, and a FETCH sees only what the view has): a NOOP does.
+    let began = Instant::now();
+    up.command(b"NOOP\r\n").await?;
+    Ok(began)
 }
 
 fn network(up: &Upstream, e: std::io::Error) -> OwnWorkError {
@@ -391,14 +594,14 @@ fn is_mailbox_change(resp: &[u8]) -> bool {
 
 /// The parts of a `* n FETCH (UID … FLAGS (…) BODY[…] {n}…)` response the worker asked for.
 #[derive(Debug, PartialEq, Eq)]
-struct FetchItem {
-    uid: u32,
+pub(super) struct FetchItem {
+    pub(super) uid: u32,
     flags: Vec<String>,
-    header: Vec<u8>,
+    pub(super) header: Vec<u8>,
 }
 
 impl FetchItem {
-    fn parse(resp: &[u8]) -> Option<FetchItem> {
+    pub(super) fn parse(resp: &[u8]) -> Option<FetchItem> {
         let upper_head = String::from_utf8_lossy(&resp[..resp.len().min(32)]).to_ascii_uppercase();
         if !upper_head.starts_with("* ") || !upper_head.contains(" FETCH (") {
             return None;

@@ -1,11 +1,14 @@
 //! The account workers (an edge): the proxy's own connection per account that needs one (COI
-//! enabled, or a validated push subscription), doing at delivery time what a COI server does
-//! (`account`). One supervisor owns every worker's life: sessions and wings ask for a worker
-//! through [`Context::workers`]; the supervisor starts one when the account needs it and none
-//! runs, starts it again if it stopped while still needed, and starts nothing once the daemon
-//! shuts down.
+//! enabled, a validated push subscription, or a `password_command` to work with no client),
+//! doing at delivery time what a COI server does (`account`). One supervisor owns every worker's
+//! life: sessions and wings ask for a worker through [`Context::workers`]; the supervisor
+//! starts one when the account needs it and none runs, and a worker once started runs until
+//! the daemon shuts down (with COI switched off it only watches the configuration), so an
+//! account never has two and none is started and stopped in a row. At start-up every account
+//! with a `password_command` gets its worker, client connected or not.
 
 mod account;
+mod gateway;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,18 +19,30 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::account::Account;
 use crate::context::Context;
+use crate::openpgp::identity::Identity;
 
-/// Whether `account` needs its worker: COI enabled, or a validated push subscription.
-fn wanted(ctx: &Context, account: &Account) -> bool {
-    account.current().enabled || crate::push::wanted(&ctx.store, &account.login)
+/// Whether `account` needs a worker: COI enabled, a validated push subscription, a
+/// `password_command` (its worker watches the COI configuration with no client connected), or
+/// an OpenPGP key (the gateway answers SecureJoin and learns keys with no client connected).
+fn wanted(ctx: &Context, account: &Account, identity: Option<&Identity>) -> bool {
+    account.current().enabled
+        || crate::push::wanted(&ctx.store, &account.login)
+        || crate::account::password_command(&ctx.config(), &account.login).is_some()
+        || gateway::wanted(identity, &account.login)
 }
 
 /// Runs until shutdown: reads the requests for workers (`Context::workers`), keeps exactly one
 /// worker per account that needs one, and at shutdown waits for the workers to stop.
-pub async fn supervise(ctx: Arc<Context>, mut requests: mpsc::UnboundedReceiver<String>) {
+/// `identity`: the OpenPGP gateway's state (`None` with `[autocrypt] enabled = false`).
+pub async fn supervise(ctx: Arc<Context>, mut requests: mpsc::UnboundedReceiver<String>, identity: Option<Identity>) {
     let mut shutdown = ctx.shutdown.clone();
-    let mut workers =
-        Workers { ctx: ctx.clone(), tasks: JoinSet::new(), by_task: HashMap::new(), running: HashSet::new() };
+    let mut workers = Workers {
+        ctx: ctx.clone(),
+        tasks: JoinSet::new(),
+        by_task: HashMap::new(),
+        running: HashSet::new(),
+        identity: identity.clone(),
+    };
     for login in at_start(&ctx).await {
         workers.start_if_needed(&login);
     }
@@ -36,20 +51,15 @@ pub async fn supervise(ctx: Arc<Context>, mut requests: mpsc::UnboundedReceiver<
             _ = shutdown.wait_for(|down| *down) => break,
             Some(login) = requests.recv() => workers.start_if_needed(&login),
             Some(ended) = workers.tasks.join_next_with_id(), if !workers.tasks.is_empty() => {
-                let (id, stopped) = match &ended {
-                    Ok((id, ())) => (*id, true),
+                let id = match &ended {
+                    Ok((id, ())) => *id,
                     Err(e) => {
                         warn!("an account worker failed: {e}; the account's next request starts another");
-                        (e.id(), false)
+                        e.id()
                     }
                 };
                 if let Some(login) = workers.by_task.remove(&id) {
                     workers.running.remove(&login);
-                    // COI may have been enabled (or a subscription validated) again while it
-                    // stopped; a failed one waits for the next request, so it cannot spin.
-                    if stopped && !*ctx.shutdown.borrow() {
-                        workers.start_if_needed(&login);
-                    }
                 }
             }
         }
@@ -66,44 +76,78 @@ struct Workers {
     by_task: HashMap<Id, String>,
     /// The accounts that have a worker.
     running: HashSet<String>,
+    identity: Option<Identity>,
 }
 
 impl Workers {
+    /// Starts the account's worker if it needs one and has none; a running one is woken to
+    /// look at what changed (COI switched on, a subscription validated).
     fn start_if_needed(&mut self, login: &str) {
         let account = self.ctx.accounts.account(login);
-        if self.running.contains(&account.login) || !wanted(&self.ctx, &account) {
+        if self.running.contains(&account.login) {
+            account.nudge.notify_one();
+            return;
+        }
+        if !wanted(&self.ctx, &account, self.identity.as_ref()) {
             return;
         }
         crate::metrics::WORKER_STARTS.inc();
         let span = info_span!(parent: None, "worker", login = %account.login);
         let login = account.login.clone();
-        let handle = self.tasks.spawn(account::run(self.ctx.clone(), account).instrument(span));
+        let handle = self.tasks.spawn(account::run(self.ctx.clone(), account, self.identity.clone()).instrument(span));
         self.by_task.insert(handle.id(), login.clone());
         self.running.insert(login);
     }
 }
 
-/// The accounts whose workers start with the daemon: those with a validated subscription whose
-/// sign-in the configuration can supply (`password_command`, or an OAuth2 grant), so pushes go
-/// on with no client connected after a restart. Other accounts get their worker at their next login.
+/// The accounts whose workers start with the daemon: every `[[account]]` with a
+/// `password_command`, so that filtering (COI on in the local store or the provider's
+/// METADATA, which the worker reads) and pushes go on with no client connected after a
+/// restart; and those with a validated push subscription whose sign-in the configuration can
+/// supply (`password_command`, or an OAuth2 grant). Other accounts get their worker at their
+/// next login.
 async fn at_start(ctx: &Context) -> Vec<String> {
-    let logins = match ctx.store.read(|s| s.push_accounts()).await {
-        Ok(logins) => logins,
-        Err(e) => {
-            warn!("cannot read push subscriptions: {e}");
-            return Vec::new();
-        }
-    };
     let config = ctx.config();
-    let mut out = Vec::new();
-    for login in logins {
-        if !crate::account::works_without_client(&config, &login) {
-            info!(%login, "push subscriptions wait for a login (no password_command for this account)");
-            continue;
+    let mut out: Vec<String> = config
+        .accounts
+        .iter()
+        .filter(|a| a.password_command.is_some())
+        .filter_map(|a| a.login.as_ref().map(|l| l.to_ascii_lowercase()))
+        .collect();
+    match ctx.store.read(|s| s.push_accounts()).await {
+        Ok(logins) => {
+            for login in logins {
+                if out.iter().any(|l| l.eq_ignore_ascii_case(&login)) {
+                    continue;
+                }
+                match crate::account::works_without_client(&config, &login) {
+                    true => out.push(login),
+                    false => {
+                        info!(%login, "push subscriptions wait for a login (no password_command for this account)")
+                    }
+                }
+            }
         }
+        Err(e) => warn!("cannot read push subscriptions: {e}"),
+    }
+    // COI switched on in the proxy's store (a provider without METADATA) for an account whose
+    // password the proxy cannot get by itself: said, so an operator knows why nothing moves.
+    match ctx.store.read(|s| s.metadata_accounts_with(b"", crate::coi::metadata::ENABLED)).await {
+        Ok(logins) => {
+            for login in logins {
+                let waits = !out.iter().any(|l| l.eq_ignore_ascii_case(&login));
+                if waits && crate::coi::stored_config(&ctx.store, &login).enabled {
+                    info!(%login, "COI filtering waits for a login (no password_command for this account)");
+                }
+            }
+        }
+        Err(e) => warn!("cannot read the COI settings: {e}"),
+    }
+    out.sort();
+    out.dedup();
+    for login in &out {
         // The COI configuration as the local store has it; the worker reads the provider's.
-        ctx.accounts.account(&login).set_config(crate::coi::stored_config(&ctx.store, &login));
-        out.push(login);
+        ctx.accounts.account(login).set_config(crate::coi::stored_config(&ctx.store, login));
     }
     out
 }

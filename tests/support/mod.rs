@@ -6,10 +6,13 @@ pub mod data_block;
 pub mod fake_provider;
 pub mod idp;
 pub mod imap_client;
+pub mod mailbox;
 pub mod net_services;
+pub mod openpgp;
 pub mod other_provider;
 pub mod provider;
 pub mod proxy;
+pub mod receipts;
 pub mod smtp_client;
 
 /// The first line a server sends on a plain TCP connection to `port` after `send` (if anything),

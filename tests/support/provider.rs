@@ -55,6 +55,12 @@ pub struct ProviderOptions {
     /// The bearer mechanisms offered with `oauth2_introspection_url` (default both), e.g.
     /// `"oauthbearer"`.
     pub oauth2_mechanisms: Option<String>,
+    /// Trust 127.0.0.1 as a proxy (`login_trusted_networks`): the client address it passes
+    /// on (IMAP `ID x-originating-ip`, submission `XCLIENT`) is what Dovecot's auth penalty
+    /// counts.
+    pub trusted_proxy: bool,
+    /// Case-sensitive user names: `Bob@example.org` and `bob@example.org` are two users.
+    pub case_sensitive: bool,
     /// Sessions one Dovecot imap process serves (default 1), so that 10,000 sessions need
     /// hundreds of processes rather than 10,000.
     pub imap_client_limit: Option<u32>,
@@ -124,6 +130,8 @@ impl Provider {
             (opts.slash_separator, "--slash-separator"),
             (opts.postfix, "--postfix"),
             (opts.rawlog, "--rawlog"),
+            (opts.trusted_proxy, "--trusted-proxy"),
+            (opts.case_sensitive, "--case-sensitive"),
         ] {
             if on {
                 cmd.arg(flag);

@@ -217,3 +217,20 @@ pub fn wait_for_inbox(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The message without the `Autocrypt` field the proxy adds (`[autocrypt]` is on by default;
+/// tests/openpgp_gateway.rs tests what it adds): everything else must arrive byte for byte.
+pub fn without_autocrypt(message: &[u8]) -> Vec<u8> {
+    let Some(at) = message.windows(13).position(|w| w == b"\r\nAutocrypt: ") else {
+        panic!("the proxy adds its Autocrypt header:\n{}", String::from_utf8_lossy(message));
+    };
+    let mut end = at + 2;
+    loop {
+        let next = end + message[end..].windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+        end = next;
+        if !matches!(message.get(end), Some(b' ' | b'\t')) {
+            break;
+        }
+    }
+    [&message[..at + 2], &message[end..]].concat()
+}

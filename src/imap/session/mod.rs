@@ -28,14 +28,24 @@ use crate::imap::conn::{Conn, ReadError};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::imap::wire::capability;
 use crate::imap::wire::command::{self, Arg, Command, CommandName};
+use crate::imap::wire::provider::Both;
+use crate::limits::logins::Gate;
 use crate::limits::{Refused, SessionPermit};
 use crate::net::Stream;
+use crate::openpgp::session::ViewSession;
+use crate::provider_profile::{IdleMode, MetadataHome};
 use crate::secret::Secret;
 
-/// Largest command accepted before login (LOGIN with two literals fits easily).
-const PRE_LOGIN_LIMIT: usize = 16 * 1024;
+/// Largest command accepted before login. The largest is an RFC 2971 ID: 30 field/value pairs
+/// of up to 30 and 1024 octets, about 32 KB as quoted strings and up to twice that with every
+/// octet escaped; Dovecot accepts it (imaptest's `id` group sends 31,807 bytes), so the proxy
+/// must too. LOGIN with two literals fits easily.
+const PRE_LOGIN_LIMIT: usize = 64 * 1024;
 /// Failed logins allowed on one connection before it is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
+/// The answer to a login refused by the proxy itself: Dovecot's words for a wrong password,
+/// so that a guesser cannot tell who refused.
+const AUTHENTICATION_FAILED: &str = "NO [AUTHENTICATIONFAILED] Authentication failed.\r\n";
 
 /// How a listener's connections begin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +62,8 @@ pub struct ListenerInfo {
     pub kind: ListenerKind,
     pub addr: SocketAddr,
     pub plaintext_auth: bool,
+    /// The decrypted views (issue 15), when the OpenPGP gateway holds keys.
+    pub views: Option<Arc<crate::openpgp::cache::Views>>,
 }
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
@@ -74,10 +86,11 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let refused = admitted.as_ref().err().copied();
         let mut session =
-            Session { shared, listener, peer, shutdown, client_id: None, account: None, auth_failures: 0 };
+            Session { shared, listener, peer, shutdown, client_id: None, account: None, auth_failures: 0, ids: 0 };
         let outcome = session.run(tcp, refused).await;
         drop(admitted);
         info!(outcome = %outcome, secs = started.elapsed().as_secs(), "session ended");
+        crate::limits::memory::session_ended();
     }
     .instrument(span)
     .await
@@ -93,7 +106,12 @@ struct Session {
     /// The account, once logged in.
     account: Option<Arc<Account>>,
     auth_failures: u32,
+    /// ID commands before login.
+    ids: u32,
 }
+
+/// ID commands before login that are logged one by one.
+const LOGGED_IDS: u32 = 3;
 
 /// What the pre-login phase ended with.
 enum PreLogin {
@@ -125,6 +143,9 @@ impl Session {
             return format!("refused: {refused}");
         }
         let pre = tokio::time::timeout(limits.login_timeout(), self.pre_login(&mut conn)).await;
+        if self.ids > LOGGED_IDS {
+            info!(repeated = self.ids - LOGGED_IDS, "client repeated ID before login (not logged one by one)");
+        }
         let (conn, upstream) = match pre {
             Ok(PreLogin::LoggedIn(pair)) => *pair,
             Ok(PreLogin::Ended(why)) => return why,
@@ -134,7 +155,10 @@ impl Session {
             }
         };
         let account = self.account.clone().expect("logged in");
-        let provider_metadata = upstream.has("METADATA");
+        let profile = upstream.profile();
+        // Where the COI entries live: Cyrus advertises METADATA but refuses the COI entries
+        // (`NO Permission denied`), so there they are the proxy's, as where METADATA is missing.
+        let provider_metadata = profile.metadata == MetadataHome::Provider;
         // The client's ID name: sent before login, or after it (Delta Chat), then seen by the
         // COI interceptor; the read-receipt hook reads it when flags change.
         let client_name = Arc::new(Mutex::new(self.client_id.clone()));
@@ -142,11 +166,7 @@ impl Session {
             max_literal: limits.max_literal,
             autologout: limits.autologout(),
             provider_timeout: limits.provider_timeout(),
-            extra_capabilities: coi::session::capabilities(
-                provider_metadata,
-                upstream.has("IDLE"),
-                &[crate::push::CAPABILITY],
-            ),
+            extra_capabilities: self.extra_capabilities(upstream.has("METADATA"), upstream.has("IDLE"), &account.login),
             seen_changed: Some({
                 let account = account.clone();
                 // Read receipts for plain clients (src/receipts/).
@@ -162,15 +182,53 @@ impl Session {
                     Arc::new(move || account.current().effective_filter() == Filter::Active)
                 },
                 verdicts: account.verdicts.subscribe(),
+                wake: {
+                    let account = account.clone();
+                    Arc::new(move || account.nudge.notify_one())
+                },
             }),
-            emulate_idle: (!upstream.has("IDLE"))
+            // Where IDLE is missing or does not push (Courier reports new mail only after 60 s,
+            // imap4d not before DONE), the proxy serves IDLE by polling.
+            emulate_idle: (profile.idle != IdleMode::Push)
                 .then(|| Duration::from_secs(self.shared.config().coi.poll_secs.max(1))),
         };
         let webpush = crate::push::entries::Entries::new(self.shared.clone(), account.clone());
-        let mut coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name, webpush);
-        let (end, traffic) = relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone()).await;
+        let views = self.views_for(&account.login).map(|views| {
+            let config = self.shared.clone();
+            let name = client_name.clone();
+            let plain = Arc::new(move || {
+                let name = name.lock().expect("client name");
+                !config.config().coi.is_chat_client(name.as_deref())
+            });
+            ViewSession::new(views, &account.login, plain)
+        });
+        let coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name, webpush);
+        let (end, traffic) = match views {
+            Some(view) => {
+                let mut both = Both(coi, view);
+                relay::run(conn, upstream.conn, opts, &mut both, self.shutdown.clone()).await
+            }
+            None => {
+                let mut coi = coi;
+                relay::run(conn, upstream.conn, opts, &mut coi, self.shutdown.clone()).await
+            }
+        };
         crate::metrics::traffic(traffic.from_client, traffic.from_provider);
         format!("{end}; {} bytes from client, {} bytes from provider", traffic.from_client, traffic.from_provider)
+    }
+
+    /// The views for `login`'s plain sessions, when it has keys.
+    fn views_for(&self, login: &str) -> Option<Arc<crate::openpgp::cache::Views>> {
+        self.listener.views.clone().filter(|v| v.enabled(login))
+    }
+
+    /// What the proxy adds to (and, with views, takes from) the provider's capabilities.
+    fn extra_capabilities(&self, provider_metadata: bool, idle: bool, login: &str) -> Vec<&'static str> {
+        let mut extra = coi::session::capabilities(provider_metadata, idle, &[crate::push::CAPABILITY]);
+        if self.views_for(login).is_some() {
+            extra.extend_from_slice(crate::openpgp::session::DROPPED_CAPABILITIES);
+        }
+        extra
     }
 
     /// On the implicit-TLS port, a client that speaks plain text or waits for a greeting is set
@@ -295,8 +353,13 @@ impl Session {
             CommandName::Noop => say(conn, format!("{tag} OK NOOP completed.\r\n").as_bytes()).await?,
             CommandName::Id => {
                 self.client_id = command::client_name(&cmd.args);
-                if let Some(name) = &self.client_id {
-                    info!(client_name = %name, "client identified itself");
+                // A client may repeat ID as often as it likes before login: a few are logged,
+                // the rest counted (said once, when the pre-login phase ends).
+                self.ids += 1;
+                if let Some(name) = &self.client_id
+                    && self.ids <= LOGGED_IDS
+                {
+                    info!(client_name = %crate::logging::peer_text(name), "client identified itself");
                 }
                 let version = env!("CARGO_PKG_VERSION");
                 say(
@@ -450,7 +513,7 @@ impl Session {
             return Ok(None);
         }
         let span = tracing::Span::current();
-        span.record("login", user.as_str());
+        span.record("login", crate::logging::peer_text(&user).as_str());
         let Some(provider) = self.shared.config().provider_for(&user) else {
             warn!("no provider configured for this login");
             say(conn, format!("{tag} NO [UNAVAILABLE] No provider is configured for this login\r\n").as_bytes())
@@ -458,7 +521,17 @@ impl Session {
             return Ok(None);
         };
         span.record("provider", provider.imap.to_string().as_str());
-        let limits = &self.shared.config().limits;
+        let config = self.shared.config();
+        let key = config.account_key(&user);
+        let base = config.limits.auth_failure_delay(&self.listener.addr);
+        let gate = self.shared.logins.check(self.peer.ip(), &key, pass.expose(), Instant::now());
+        if gate != Gate::Ask {
+            // Never asked: the provider would count it against the proxy's address.
+            let delay = self.shared.logins.refusal_delay(self.peer.ip(), base);
+            info!(why = ?gate, delay_ms = delay.as_millis() as u64, "login refused by the proxy (back-off after failed logins)");
+            return self.refuse_login(conn, tag, delay, AUTHENTICATION_FAILED.as_bytes()).await;
+        }
+        let limits = &config.limits;
         let mut upstream =
             match Upstream::connect(&provider, &self.shared.upstream_tls, limits.connect_timeout(), limits.max_line)
                 .await
@@ -471,38 +544,44 @@ impl Session {
                     return Ok(None);
                 }
             };
-        let outcome =
-            match tokio::time::timeout(limits.connect_timeout(), upstream.log_in(&self.shared, &user, &pass)).await {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(e)) => {
-                    warn!(cause = %e, "provider failed during login");
-                    say(conn, format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
-                    return Ok(None);
-                }
-                Err(_) => {
-                    warn!("provider did not answer the login in time");
-                    say(
-                        conn,
-                        format!("{tag} NO [UNAVAILABLE] timed out waiting for {} to log in\r\n", upstream.server)
-                            .as_bytes(),
-                    )
-                    .await?;
-                    return Ok(None);
-                }
-            };
+        let forward = config.forward_client_address(&user);
+        let peer = self.peer;
+        let login = async {
+            if forward {
+                upstream.identify_client(peer).await?;
+            }
+            upstream.log_in(&self.shared, &user, &pass).await
+        };
+        let outcome = match tokio::time::timeout(limits.connect_timeout(), login).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => {
+                warn!(cause = %e, "provider failed during login");
+                say(conn, format!("{tag} NO [UNAVAILABLE] {e}\r\n").as_bytes()).await?;
+                return Ok(None);
+            }
+            Err(_) => {
+                warn!("provider did not answer the login in time");
+                say(
+                    conn,
+                    format!("{tag} NO [UNAVAILABLE] timed out waiting for {} to log in\r\n", upstream.server)
+                        .as_bytes(),
+                )
+                .await?;
+                return Ok(None);
+            }
+        };
         match outcome {
             AuthOutcome::Ok(status) => {
-                self.shared.auth_failures.succeeded(self.peer.ip());
+                self.shared.logins.succeeded(&key, pass.expose(), Instant::now());
                 self.shared.credentials.remember(&user, &pass);
-                let provider_metadata = upstream.has("METADATA");
+                let provider_metadata = upstream.profile().metadata == MetadataHome::Provider;
                 let account = self.shared.accounts.account(&user);
                 if let Err(e) = coi::load_config(&mut upstream, provider_metadata, &self.shared.store, &account).await {
                     warn!("cannot read the COI configuration: {e}");
                 }
                 self.shared.workers.want(&account.login);
                 self.account = Some(account);
-                let extra =
-                    coi::session::capabilities(provider_metadata, upstream.has("IDLE"), &[crate::push::CAPABILITY]);
+                let extra = self.extra_capabilities(upstream.has("METADATA"), upstream.has("IDLE"), &user);
                 let caps = capability::post_login(&upstream.capabilities, &extra).join(" ");
                 let text = status_text(&status);
                 say(conn, format!("{tag} OK [CAPABILITY {caps}] {text}\r\n").as_bytes()).await?;
@@ -516,24 +595,34 @@ impl Session {
                 )))))
             }
             AuthOutcome::Rejected(status) => {
-                self.auth_failures += 1;
-                let base = self.shared.config().limits.auth_failure_delay(&self.listener.addr);
-                let delay = self.shared.auth_failures.failed(self.peer.ip(), base);
+                let delay = self.shared.logins.failed(self.peer.ip(), &key, pass.expose(), base, Instant::now());
                 info!(
-                    failures = self.auth_failures,
+                    failures = self.auth_failures + 1,
                     delay_ms = delay.as_millis() as u64,
                     "login rejected by the provider"
                 );
-                // Slows down password guessing; the provider's verdict is known already.
-                tokio::time::sleep(delay).await;
-                say(conn, &[tag.as_bytes(), b" ", &status].concat()).await?;
-                if self.auth_failures >= MAX_AUTH_FAILURES {
-                    say(conn, b"* BYE Too many failed logins\r\n").await?;
-                    return Ok(Some(PreLogin::Ended("too many failed logins".into())));
-                }
-                Ok(None)
+                self.refuse_login(conn, tag, delay, &status).await
             }
         }
+    }
+
+    /// Answers a failed login after `delay` (slowing down password guessing) with `status`
+    /// (after the tag); the connection ends after [`MAX_AUTH_FAILURES`].
+    async fn refuse_login(
+        &mut self,
+        conn: &mut Conn,
+        tag: &str,
+        delay: Duration,
+        status: &[u8],
+    ) -> std::io::Result<Option<PreLogin>> {
+        self.auth_failures += 1;
+        tokio::time::sleep(delay).await;
+        say(conn, &[tag.as_bytes(), b" ", status].concat()).await?;
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            say(conn, b"* BYE Too many failed logins\r\n").await?;
+            return Ok(Some(PreLogin::Ended("too many failed logins".into())));
+        }
+        Ok(None)
     }
 }
 

@@ -23,7 +23,7 @@ pub use super::policy::RelayEnd;
 use super::policy::{Event, Keep, Policy, PolicyOptions, Step};
 use super::quiet::Verdicts;
 use crate::imap::conn::{Conn, READ_CHUNK, ReadSize};
-use crate::imap::wire::provider::Interceptor;
+use crate::imap::wire::provider::{Interceptor, ReplyOut};
 use crate::imap::wire::trace;
 use crate::net::Stream;
 
@@ -44,10 +44,12 @@ pub struct RelayOptions {
     pub emulate_idle: Option<Duration>,
 }
 
-/// What the quiet INBOX needs: whether it applies now, and the worker's verdicts.
+/// What the quiet INBOX needs: whether it applies now, the worker's verdicts, and a way to wake
+/// the worker when new messages wait for its look.
 pub struct QuietInbox {
     pub active: Arc<dyn Fn() -> bool + Send + Sync>,
     pub verdicts: watch::Receiver<Verdicts>,
+    pub wake: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// Byte counts for the session's log line.
@@ -59,6 +61,9 @@ pub struct Traffic {
 
 /// How long the last words to the client may take once the session is over.
 const LAST_WORDS: Duration = Duration::from_secs(5);
+/// How long a client may leave what it is sent unread before the session ends: it stops being
+/// served, and what was waiting for it is freed.
+const CLIENT_STALL: Duration = Duration::from_secs(5 * 60);
 
 /// The interceptor at work on one command; it hands itself back with the reply.
 type Intercepting<'a, I> = Pin<Box<dyn Future<Output = (&'a mut I, Vec<u8>)> + Send + 'a>>;
@@ -102,12 +107,15 @@ struct Relay<'a, I> {
     /// The interceptor when it is not at work.
     interceptor: Option<&'a mut I>,
     intercepting: Option<Intercepting<'a, I>>,
+    /// The parts of the interceptor's response it writes before its end.
+    parts: Option<mpsc::Receiver<Vec<u8>>>,
     /// The interceptor's own commands come here ...
     own_tx: mpsc::UnboundedSender<OwnRequest>,
     own_rx: mpsc::UnboundedReceiver<OwnRequest>,
     /// ... and the responses to the pending one go there.
     own_replies: Option<mpsc::UnboundedSender<OwnReply>>,
     seen_changed: Option<Arc<dyn Fn() + Send + Sync>>,
+    wake_worker: Option<Arc<dyn Fn() + Send + Sync>>,
     verdicts: Option<watch::Receiver<Verdicts>>,
     shutdown: watch::Receiver<bool>,
     shutting_down: bool,
@@ -124,6 +132,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         shutdown: watch::Receiver<bool>,
     ) -> Relay<'a, I> {
         let mut verdicts = opts.quiet.as_ref().map(|q| q.verdicts.clone());
+        let wake_worker = opts.quiet.as_ref().map(|q| q.wake.clone());
         let initial = verdicts.as_mut().map(|v| *v.borrow_and_update()).unwrap_or_default();
         let policy_opts = PolicyOptions {
             max_literal: opts.max_literal,
@@ -156,10 +165,12 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             traffic: Traffic::default(),
             interceptor: Some(interceptor),
             intercepting: None,
+            parts: None,
             own_tx,
             own_rx,
             own_replies: None,
             seen_changed: opts.seen_changed,
+            wake_worker,
             verdicts,
             shutdown,
             shutting_down,
@@ -212,7 +223,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             return false;
         }
         let (policy, interceptor) = (&mut self.policy, &self.interceptor);
-        let wants = |name| interceptor.as_deref().is_some_and(|i| i.wants(name));
+        let wants = |name, uid, line: &[u8]| interceptor.as_deref().is_some_and(|i| i.wants_command(name, uid, line));
         let now = Instant::now();
         frame(&mut self.client_buf, &mut self.to_provider, |buf| {
             let step = policy.client_input(buf, now, wants)?;
@@ -240,8 +251,12 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                 // The policy hands out one command at a time.
                 let Some(interceptor) = self.interceptor.take() else { return };
                 let mut own = OwnCommands::new(self.own_tx.clone());
+                // One part waits at most: the next is made once the client took that.
+                let (parts, rx) = mpsc::channel(1);
+                self.parts = Some(rx);
                 self.intercepting = Some(Box::pin(async move {
-                    let reply = interceptor.handle(command, &mut own).await;
+                    let mut out = ReplyOut::channel(parts);
+                    let reply = interceptor.handle(command, &mut own, &mut out).await;
                     (interceptor, reply)
                 }));
             }
@@ -258,6 +273,11 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             Event::SeenChanged => {
                 if let Some(seen_changed) = &self.seen_changed {
                     seen_changed();
+                }
+            }
+            Event::WakeWorker => {
+                if let Some(wake) = &self.wake_worker {
+                    wake();
                 }
             }
             // `work` ends the session itself.
@@ -304,7 +324,9 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             sleep.as_mut().reset(tokio::time::Instant::from_std(deadline));
         }
         // A side is read again once what was read from it has been written on.
-        let read_provider = self.to_client.is_idle();
+        let read_provider = self.to_client.is_idle() && self.policy.reading_provider();
+        let want_part = self.to_client.is_idle() && self.policy.wants_part();
+        let stalled = self.to_client.stalled_at(CLIENT_STALL);
         let read_client = self.to_provider.is_idle() && self.policy.reading_client();
         if read_provider {
             self.provider_size.prepare(&mut self.provider_buf);
@@ -326,6 +348,15 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             }
             read = self.provider_read.read_buf(&mut self.provider_buf), if read_provider => self.after_provider_read(read),
             read = self.client_read.read_buf(&mut self.client_buf), if read_client => return self.after_client_read(read),
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(stalled.unwrap_or_else(Instant::now))), if stalled.is_some() => {
+                return Some(RelayEnd::ClientError(format!(
+                    "the client read nothing for {} seconds",
+                    CLIENT_STALL.as_secs()
+                )));
+            }
+            Some(part) = async { self.parts.as_mut()?.recv().await }, if want_part && self.parts.is_some() => {
+                self.policy.interceptor_part(part, Instant::now());
+            }
             () = sleep, if self.armed.is_some() => {
                 self.armed = None;
                 self.policy.tick(Instant::now());
@@ -353,9 +384,20 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                 self.intercepting = None;
                 self.interceptor = Some(interceptor);
                 self.own_replies = None;
+                // A part it wrote last may still wait in the channel: it goes first.
+                if let Some(mut parts) = self.parts.take() {
+                    while let Ok(part) = parts.try_recv() {
+                        self.policy.interceptor_part(part, Instant::now());
+                    }
+                }
                 self.policy.interceptor_reply(reply, Instant::now());
             }
             Some(request) = self.own_rx.recv() => {
+                if self.policy.streaming() {
+                    // Its response has begun: the provider is not read until it ends. The
+                    // request is dropped, and the interceptor hears that the command failed.
+                    return None;
+                }
                 self.own_replies = Some(request.replies);
                 self.policy.own_request(request.command, request.capture, Instant::now());
             }
@@ -404,11 +446,18 @@ struct Outbox {
     written: usize,
     /// Whether there is output (sealed and not yet all written and flushed).
     pending: bool,
+    /// When the output became pending, or the last write made progress.
+    progress: Option<Instant>,
 }
 
 impl Outbox {
     fn is_idle(&self) -> bool {
         !self.pending
+    }
+
+    /// When the peer will have read nothing of what waits for it for `limit`.
+    fn stalled_at(&self, limit: Duration) -> Option<Instant> {
+        self.pending.then(|| self.progress.unwrap_or_else(Instant::now) + limit)
     }
 
     /// Sends `buf[start..end]` on unchanged.
@@ -441,6 +490,7 @@ impl Outbox {
         }
         self.chunk = chunk;
         self.pending = !self.output().is_empty();
+        self.progress = Some(Instant::now());
         if !self.pending {
             self.clear();
         }
@@ -450,6 +500,7 @@ impl Outbox {
     fn set(&mut self, bytes: Vec<u8>) {
         self.assembled = bytes;
         self.pending = !self.assembled.is_empty();
+        self.progress = Some(Instant::now());
     }
 
     fn output(&self) -> &[u8] {
@@ -468,6 +519,7 @@ impl Outbox {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
             self.written += n;
+            self.progress = Some(Instant::now());
         }
         w.flush().await?;
         self.clear();

@@ -20,10 +20,20 @@ pub fn pre_login(tls_active: bool, plaintext_auth_allowed: bool) -> String {
     caps
 }
 
-/// The post-login list: the provider's, filtered, plus `extra` (what the proxy emulates).
+/// The post-login list: the provider's, filtered, plus `extra` (what the proxy emulates). An
+/// `extra` entry `-NAME` removes `NAME` and every `NAME=…` instead (what a session cannot
+/// offer, e.g. `SORT` on a plain session with decrypted views).
 pub fn post_login(provider: &[String], extra: &[&str]) -> Vec<String> {
-    let mut out: Vec<String> = provider.iter().filter(|c| passes(c)).cloned().collect();
-    for cap in extra {
+    let removed = |cap: &str| {
+        extra.iter().filter_map(|e| e.strip_prefix('-')).any(|r| {
+            cap.eq_ignore_ascii_case(r)
+                || (cap.len() > r.len()
+                    && cap.as_bytes()[..r.len()].eq_ignore_ascii_case(r.as_bytes())
+                    && cap.as_bytes()[r.len()] == b'=')
+        })
+    };
+    let mut out: Vec<String> = provider.iter().filter(|c| passes(c) && !removed(c)).cloned().collect();
+    for cap in extra.iter().filter(|e| !e.starts_with('-')) {
         if !out.iter().any(|c| c.eq_ignore_ascii_case(cap)) {
             out.push((*cap).to_string());
         }
@@ -96,6 +106,13 @@ pub fn rewrite_response(line: &[u8], extra: &[&str]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removed_capabilities() {
+        let provider: Vec<String> =
+            ["IMAP4rev1", "SORT", "SORT=DISPLAY", "SORTX", "THREAD=REFERENCES", "BINARY"].map(String::from).to_vec();
+        assert_eq!(post_login(&provider, &["-SORT", "-THREAD", "-BINARY", "COI"]), ["IMAP4rev1", "SORTX", "COI"]);
+    }
 
     fn caps(s: &str) -> Vec<String> {
         parse_list(s.as_bytes())

@@ -5,7 +5,10 @@
 
 pub mod capability;
 pub mod command;
+pub mod fetch;
 pub mod framing;
+pub mod mailbox;
+pub mod message;
 pub mod metadata;
 pub mod provider;
 pub mod response;

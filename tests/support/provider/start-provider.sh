@@ -39,6 +39,11 @@
 #                            still work (passwd-file, PLAIN/LOGIN only). The anvil
 #                            auth penalty is off, so refused tokens are not delayed.
 #   --oauth2-mechanisms "M"  the bearer mechanisms offered (default "xoauth2 oauthbearer")
+#   --trusted-proxy          login_trusted_networks = 127.0.0.1/32: a proxy connecting from
+#                            there may pass its client's address (IMAP ID x-originating-ip,
+#                            submission XCLIENT), which Dovecot's auth penalty then counts
+#   --case-sensitive         user names are case-sensitive (username_format=%u), so that
+#                            "Bob" and "bob" can be two users with their own mail
 #   --postfix                MTA variant (root only; apt-get install postfix): a real
 #                            Postfix, run from STATE/postfix/conf with its own queue,
 #                            is the submission service on --smtp-port (plain+STARTTLS)
@@ -57,6 +62,7 @@ IMAP_PORT="" IMAPS_PORT="" SMTP_PORT="" SMTPS_PORT="" LMTP_PORT="" RELAY_PORT=""
 DOMAINS=() USERS="alice bob carol" PASSWORD="secret"
 NO_IDLE=0 METADATA=0 SLASH=0 REMOVE_CAP="" RAWLOG=0 VERBOSE=0 MAXCONN=100 AUTH_DELAY="0" POSTFIX=0
 OAUTH2_URL="" OAUTH2_MECHS="xoauth2 oauthbearer"
+TRUSTED_CONF="" USER_FORMAT="%Lu" HOME_FORMAT="%Ld/%Ln"
 IMAP_CLIENT_LIMIT=1
 STATE=""
 while [ $# -gt 0 ]; do
@@ -79,6 +85,8 @@ while [ $# -gt 0 ]; do
     --max-conns) MAXCONN="$2"; shift 2;;
     --imap-client-limit) IMAP_CLIENT_LIMIT="$2"; shift 2;;
     --require-auth-delay) AUTH_DELAY="2 secs"; shift;;
+    --trusted-proxy) TRUSTED_CONF="login_trusted_networks = 127.0.0.1/32"; shift;;
+    --case-sensitive) USER_FORMAT="%u"; HOME_FORMAT="%d/%n"; shift;;
     --postfix) POSTFIX=1; shift;;
     --oauth2-introspection-url) OAUTH2_URL="$2"; shift 2;;
     --oauth2-mechanisms) OAUTH2_MECHS="$2"; shift 2;;
@@ -281,16 +289,17 @@ disable_plaintext_auth = no
 auth_mechanisms = $AUTH_MECHS
 auth_failure_delay = $AUTH_DELAY
 auth_cache_size = 0
+$TRUSTED_CONF
 $OAUTH2_PASSDB
 passdb {
   driver = passwd-file
   $PASSDB_MECHS
-  args = scheme=PLAIN username_format=%Lu $STATE/users
+  args = scheme=PLAIN username_format=$USER_FORMAT $STATE/users
 }
 userdb {
   driver = passwd-file
-  args = username_format=%Lu $STATE/users
-  default_fields = uid=$MAIL_UID gid=$MAIL_GID home=$STATE/mail/%Ld/%Ln
+  args = username_format=$USER_FORMAT $STATE/users
+  default_fields = uid=$MAIL_UID gid=$MAIL_GID home=$STATE/mail/$HOME_FORMAT
 }
 
 mail_location = maildir:~/Maildir$MAIL_LAYOUT

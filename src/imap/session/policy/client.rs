@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use super::settle::Look;
 use super::{Answer, EmulatedIdle, Event, Keep, MAX_INTERCEPTED, Mode, Policy, tagged_or_untagged};
 use crate::imap::wire::command::{self, CommandName, Head};
 use crate::imap::wire::framing::{Fragment, Literal};
@@ -18,7 +19,7 @@ impl Policy {
         fragment: Fragment,
         bytes: &[u8],
         now: Instant,
-        wants: &dyn Fn(CommandName) -> bool,
+        wants: &dyn Fn(CommandName, bool, &[u8]) -> bool,
     ) -> Keep {
         match fragment {
             Fragment::Line { first, literal, .. } => self.client_line(first, literal, bytes, now, wants),
@@ -54,13 +55,13 @@ impl Policy {
         literal: Option<Literal>,
         bytes: &[u8],
         now: Instant,
-        wants: &dyn Fn(CommandName) -> bool,
+        wants: &dyn Fn(CommandName, bool, &[u8]) -> bool,
     ) -> Keep {
         if first {
             if let Some(keep) = self.emulated_idle_line(literal, bytes, now) {
                 return keep;
             }
-            self.command_start(bytes, wants);
+            self.command_start(bytes, literal, now, wants);
         }
         match self.current.mode {
             Mode::Discard => {
@@ -125,9 +126,13 @@ impl Policy {
             return Keep::Discard;
         }
         if first && !self.current.tag.is_empty() {
+            if self.commands.in_flight.is_empty() {
+                self.commands.sent = self.quiet.as_ref().map(|q| q.verdicts()).unwrap_or_default();
+            }
             let entry = self.commands.in_flight.entry(self.current.tag.clone()).or_default();
-            entry.0 += 1;
-            entry.1 |= touches_seen(bytes);
+            entry.count += 1;
+            entry.stores_seen |= touches_seen(bytes);
+            entry.fetches_flags |= fetches_flags_only(bytes);
             crate::metrics::COMMANDS_RELAYED.inc();
         }
         self.current.forwarded = true;
@@ -141,8 +146,15 @@ impl Policy {
             // Only DONE may come during IDLE (RFC 2177).
             let done = bytes.trim_ascii().eq_ignore_ascii_case(b"DONE");
             let text = if done { "OK Idle completed." } else { "BAD Expected DONE" };
-            self.answers.push(Answer::IdleEnd(tagged_or_untagged(&idle.tag, text)));
+            let end = tagged_or_untagged(&idle.tag, text);
             self.completed(&idle.tag);
+            if self.settling() {
+                // News is held: the end of IDLE waits for it.
+                self.held_tagged.extend(end);
+                self.settle(now);
+            } else {
+                self.answers.push(Answer::IdleEnd(end));
+            }
             self.current.mode = Mode::Discard;
             self.client_clock = now;
             if literal.is_some_and(|l| l.sync) {
@@ -161,8 +173,14 @@ impl Policy {
     }
 
     /// A new command starts with `line`: what is to become of it, and what it tells about
-    /// the session (IDLE running, INBOX selected).
-    fn command_start(&mut self, line: &[u8], wants: &dyn Fn(CommandName) -> bool) {
+    /// the session (IDLE running, INBOX selected, the quiet INBOX in force).
+    fn command_start(
+        &mut self,
+        line: &[u8],
+        literal: Option<Literal>,
+        now: Instant,
+        wants: &dyn Fn(CommandName, bool, &[u8]) -> bool,
+    ) {
         self.current.mode = Mode::Relay;
         self.current.forwarded = false;
         let head = Head::parse(line);
@@ -173,19 +191,42 @@ impl Policy {
             }
             return;
         };
-        let intercepted = !head.uid && wants(head.name);
+        let intercepted = wants(head.name, head.uid, line);
         if head.is(CommandName::Idle) {
             self.commands.idle = Some(head.tag.to_vec());
             self.commands.idle_done = false;
         } else if head.is(CommandName::Select) || head.is(CommandName::Examine) {
             // An intercepted SELECT INBOX is a chat client's, which is shown Chats instead.
             self.commands.inbox_selected = selects_inbox(line) && !intercepted;
+            // The counts the client knows are of the mailbox it leaves: the new one's EXISTS
+            // and RECENT are news however they compare (imaptest's `select`: EXAMINE, CLOSE,
+            // SELECT of the same mailbox must show `* n RECENT` both times).
+            if let Some(quiet) = self.quiet.as_mut() {
+                quiet.reset();
+            }
         }
         if let Some(refusal) = refusal(head) {
             self.current.mode = Mode::Discard;
             self.answer(head.tag, refusal);
-        } else if intercepted {
+            return;
+        }
+        if intercepted {
             self.current.mode = Mode::Collect(Vec::new());
+            return;
+        }
+        // Under `active`, a plain client's commands in INBOX, and those that count INBOX's
+        // messages from elsewhere, go one at a time: their answers may wait for the worker.
+        let quiet = self.quiet.as_ref().filter(|_| self.opts.quiet.as_ref().is_some_and(|active| active()));
+        let Some(verdicts) = quiet.map(|q| q.verdicts()) else {
+            self.commands.serial = false;
+            return;
+        };
+        let selects_inbox = (head.is(CommandName::Select) || head.is(CommandName::Examine)) && selects_inbox(line);
+        let counts = head.is(CommandName::Status) || (head.is(CommandName::List) && contains_ci(line, b"STATUS"));
+        self.commands.serial = self.commands.inbox_selected || counts;
+        if selects_inbox && literal.is_none() && verdicts.watching {
+            let command = &line[head.tag.len() + 1..];
+            self.look = Some(Look::select(head.tag, command, verdicts, now));
         }
     }
 
@@ -215,6 +256,30 @@ fn selects_inbox(line: &[u8]) -> bool {
 
 /// Whether a command line is a STORE (or UID STORE) that changes `\Seen`.
 fn touches_seen(line: &[u8]) -> bool {
-    Head::parse(line).is_some_and(|h| h.name == CommandName::Store)
-        && line.windows(5).any(|w| w.eq_ignore_ascii_case(b"\\seen"))
+    Head::parse(line).is_some_and(|h| h.name == CommandName::Store) && contains_ci(line, b"\\seen")
+}
+
+/// Whether a command line is a FETCH (or UID FETCH) that reads no body without PEEK: the
+/// `\Seen` in the FLAGS it returns is the client's old news. A FETCH of `BODY[…]`, `BINARY[…]`,
+/// `RFC822` or `RFC822.TEXT` sets `\Seen`.
+fn fetches_flags_only(line: &[u8]) -> bool {
+    if !Head::parse(line).is_some_and(|h| h.name == CommandName::Fetch) {
+        return false;
+    }
+    let upper = line.to_ascii_uppercase();
+    // (item, whether what follows it must not continue a name: `RFC822` is not `RFC822.SIZE`)
+    let items: [(&[u8], bool); 4] = [(b"BODY[", false), (b"BINARY[", false), (b"RFC822.TEXT", true), (b"RFC822", true)];
+    let sets_seen = items.iter().any(|&(item, whole)| {
+        memchr::memmem::find_iter(&upper, item).any(|at| {
+            let before = if at == 0 { b' ' } else { upper[at - 1] };
+            let after = upper.get(at + item.len()).copied().unwrap_or(b' ');
+            let starts = !before.is_ascii_alphanumeric() && before != b'.';
+            starts && (!whole || !(after.is_ascii_alphanumeric() || after == b'.'))
+        })
+    });
+    !sets_seen
+}
+
+fn contains_ci(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }

@@ -20,8 +20,10 @@
 //! What it decides: commands the proxy cannot carry are refused; commands a wing handles are
 //! collected whole for the interceptor; literals and lines over the limits are refused
 //! without losing the connection where the protocol allows it; IDLE is served by the proxy
-//! where the provider lacks it (polling with NOOP); the quiet INBOX keeps an IDLE-ing client
-//! asleep while chat messages come and go; capability lists are rewritten; the proxy's own
+//! where the provider lacks it (polling with NOOP); under the COI `active` filter a plain client
+//! is told of no message in INBOX before the account worker has looked at it (the quiet INBOX,
+//! `settle.rs`), and such a session relays one command at a time; a message that becomes
+//! `\Seen` is reported for read receipts; capability lists are rewritten; the proxy's own
 //! commands get their own tags and their responses never reach the client; a provider that
 //! owes an answer and stays silent, a client silent too long, and shutdown end the session
 //! with a BYE. Whatever the proxy says itself goes to the client between two provider
@@ -30,6 +32,7 @@
 mod client;
 mod own;
 mod provider;
+mod settle;
 #[cfg(test)]
 mod tests;
 
@@ -37,15 +40,25 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::quiet::{Quiet, Verdicts};
+use super::quiet::{Poll, Quiet, SyncAbility, Verdicts};
 use crate::imap::wire::command::CommandName;
 use crate::imap::wire::framing::{Fragment, Framer};
 use own::Own;
+use settle::{Look, Next};
 
 /// Largest command an interceptor is given (METADATA values included).
 const MAX_INTERCEPTED: usize = 1024 * 1024;
 /// How long the BYE that ends a session may wait for the provider's response in progress.
 const BYE_WAIT: Duration = Duration::from_secs(5);
+/// What the proxy reads whole of the provider's responses to one of its own commands (bytes).
+const MAX_CAPTURE: usize = 4 * 1024 * 1024;
+/// The status an own command ends with when its responses were larger than that.
+const CAPTURE_TOO_LARGE: &[u8] =
+    b"NO [LIMIT] The provider's answer is larger than coi-proxy reads for this command (4 MiB); ask for less\r\n";
+/// The proxy's own words waiting for the client, at most (bytes): beyond it, client commands
+/// are not read until the client has read what it was told (a client that pipelines commands
+/// the proxy answers itself, and never reads, must not make it buffer without end).
+const MAX_PENDING_ANSWERS: usize = 64 * 1024;
 
 /// What the policy needs to know about its session.
 #[derive(Clone)]
@@ -101,8 +114,12 @@ pub enum Event {
     OwnUntagged(Vec<u8>),
     /// The tagged status (without the tag) that completes it.
     OwnStatus(Vec<u8>),
-    /// A STORE that sets or clears `\Seen` has been answered.
+    /// A message may have become `\Seen`: a STORE that sets or clears it has been answered, or
+    /// the provider reported `\Seen` in the FLAGS of a message read by a body FETCH or changed
+    /// elsewhere.
     SeenChanged,
+    /// New messages wait for the account worker's look at INBOX: wake it.
+    WakeWorker,
     /// The session is over; what `poll_to_client` gave before is its last word.
     End(RelayEnd),
 }
@@ -189,6 +206,17 @@ struct Current {
     tag: Vec<u8>,
 }
 
+/// A relayed client command whose tagged response has not come yet.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// How many commands carry the tag.
+    count: usize,
+    /// A STORE of `\Seen`: its completion is reported.
+    stores_seen: bool,
+    /// A FETCH that reads no body without PEEK: the `\Seen` in its FLAGS is no news.
+    fetches_flags: bool,
+}
+
 /// What both directions know about the client's commands.
 #[derive(Debug, Default)]
 struct Commands {
@@ -198,9 +226,12 @@ struct Commands {
     idle_done: bool,
     /// The client has INBOX selected (as far as the relayed SELECT/EXAMINE said).
     inbox_selected: bool,
-    /// Tags of relayed client commands whose tagged response has not come yet, with how many
-    /// and whether their completion is watched (a STORE of `\Seen`).
-    in_flight: HashMap<Vec<u8>, (usize, bool)>,
+    /// Tags of relayed client commands whose tagged response has not come yet.
+    in_flight: HashMap<Vec<u8>, InFlight>,
+    /// The quiet INBOX is in force for the commands in flight: the next waits for their end.
+    serial: bool,
+    /// The worker's counts when the first of the commands in flight went out.
+    sent: Verdicts,
 }
 
 /// The relay's policy for one session.
@@ -213,6 +244,9 @@ pub struct Policy {
     emulated_idle: Option<EmulatedIdle>,
     /// A collected command is with the interceptor.
     intercepting: bool,
+    /// A part of the interceptor's response has come: from the next message start on, the
+    /// provider is not framed (nor read) until the response's last part is out.
+    streaming: bool,
     own: Own,
     /// When the client last sent anything (or reading it resumed): the autologout clock.
     client_clock: Instant,
@@ -220,12 +254,25 @@ pub struct Policy {
     /// uploading a large literal slowly is not the provider's silence.
     activity: Instant,
     quiet: Option<Quiet>,
-    /// New verdicts came while a provider response was in progress.
-    quiet_poll_due: bool,
+    /// A held answer that counts INBOX's messages (SELECT, STATUS).
+    look: Option<Look>,
+    /// Tagged responses of client commands held back while the quiet INBOX holds their news.
+    held_tagged: Vec<u8>,
+    /// New verdicts came (or a hold may end) while a provider response was in progress.
+    settle_due: bool,
+    /// The provider's response in progress is an untagged FETCH.
+    fetch_response: bool,
+    /// The provider reported `\Seen` on a message: told when the command in flight ends.
+    seen_news: bool,
     /// A response to the own command, being read whole.
     capture: Option<Vec<u8>>,
+    /// Bytes captured for the running own command so far; beyond [`MAX_CAPTURE`] the rest is
+    /// dropped and the command ends with [`CAPTURE_TOO_LARGE`].
+    captured: usize,
     /// The rest of a response that was held back is dropped too.
     holding: bool,
+    /// The rest of a response goes to the held SELECT answer.
+    collecting: bool,
     provider_said_bye: bool,
     answers: Vec<Answer>,
     to_provider: Vec<u8>,
@@ -247,13 +294,20 @@ impl Policy {
             commands: Commands::default(),
             emulated_idle: None,
             intercepting: false,
+            streaming: false,
             own: Own::default(),
             client_clock: now,
             activity: now,
             quiet,
-            quiet_poll_due: false,
+            look: None,
+            held_tagged: Vec::new(),
+            settle_due: false,
+            fetch_response: false,
+            seen_news: false,
             capture: None,
+            captured: 0,
             holding: false,
+            collecting: false,
             provider_said_bye: false,
             answers: Vec::new(),
             to_provider: Vec::new(),
@@ -265,9 +319,14 @@ impl Policy {
 
     /// Frames the next client fragment at the front of `buf` and decides its fate; `None` when
     /// more bytes are needed or client commands must wait (see [`Policy::reading_client`]).
-    /// `wants` says whether the interceptor handles a command.
-    pub fn client_input(&mut self, buf: &[u8], now: Instant, wants: impl Fn(CommandName) -> bool) -> Option<Step> {
-        if !self.reading_client() {
+    /// `wants` says whether the interceptor handles a command (name, `UID`, first line).
+    pub fn client_input(
+        &mut self,
+        buf: &[u8],
+        now: Instant,
+        wants: impl Fn(CommandName, bool, &[u8]) -> bool,
+    ) -> Option<Step> {
+        if !self.reading_client() || (self.waiting_for_done() && !starts_with_done(buf)) {
             return None;
         }
         let fragment = self.client.next(buf)?;
@@ -280,12 +339,15 @@ impl Policy {
     /// Frames the next provider fragment at the front of `buf` and decides its fate; `None`
     /// when more bytes are needed.
     pub fn provider_input(&mut self, buf: &[u8], now: Instant) -> Option<Step> {
+        if !self.reading_provider() {
+            return None;
+        }
         let fragment = self.provider.next(buf)?;
         let len = fragment.len();
         let mut before = Vec::new();
         let keep = self.provider_fragment(fragment, &buf[..len], now, &mut before);
-        if self.quiet_poll_due && self.provider.at_message_start() {
-            self.quiet_poll(now);
+        if self.settle_due && self.provider.at_message_start() {
+            self.settle(now);
         }
         Some(Step { fragment, len, before, keep })
     }
@@ -301,19 +363,86 @@ impl Policy {
     }
 
     /// Whether client bytes are wanted now: not while the interceptor or an own command
-    /// works (later commands wait in the read buffer, keeping their order), nor once the
-    /// session is ending.
+    /// works (later commands wait in the read buffer, keeping their order), nor while the
+    /// quiet INBOX holds news or a command it serialises is in flight (a client in IDLE may
+    /// still send its DONE), nor once the session is ending.
     pub fn reading_client(&self) -> bool {
-        !self.intercepting && !self.own.busy() && self.ending.is_none() && self.ended.is_none()
+        !self.intercepting
+            && !self.own.busy()
+            && self.ending.is_none()
+            && self.ended.is_none()
+            && self.pending_answers() < MAX_PENDING_ANSWERS
+            && (!self.client.at_message_start() || !self.settling() || self.idle_open())
     }
 
-    /// The interceptor answered the command it was given. An own command of its still
-    /// pending is abandoned (it timed out): its responses are dropped when they come.
+    /// The quiet INBOX keeps the next client command waiting: it holds news or an answer, or a
+    /// command it serialises is in flight. A command already begun goes on.
+    fn settling(&self) -> bool {
+        let quiet = self.quiet.as_ref().is_some_and(Quiet::holding);
+        quiet || self.look.is_some() || !self.held_tagged.is_empty() || self.serial_in_flight()
+    }
+
+    fn serial_in_flight(&self) -> bool {
+        self.commands.serial && !self.commands.in_flight.is_empty()
+    }
+
+    /// The client is in IDLE (at the provider or served by the proxy) and has yet to send DONE.
+    fn idle_open(&self) -> bool {
+        self.emulated_idle.is_some() || (self.commands.idle.is_some() && !self.commands.idle_done)
+    }
+
+    /// Client input waits, except the DONE of an IDLE that is open.
+    fn waiting_for_done(&self) -> bool {
+        self.client.at_message_start() && self.settling() && self.idle_open()
+    }
+
+    /// Whether provider bytes are wanted now: not between two parts of the interceptor's
+    /// response once it has begun (they would land inside it).
+    pub fn reading_provider(&self) -> bool {
+        !(self.streaming && self.provider.at_message_start())
+    }
+
+    /// Whether the interceptor's next part is wanted now: it is at work and what it wrote
+    /// before has been handed out (the I/O loop takes it once that is written, too).
+    pub fn wants_part(&self) -> bool {
+        self.intercepting && self.answers.is_empty()
+    }
+
+    /// Whether a part of the interceptor's response is out or waiting (it then runs no more
+    /// own commands: the provider is not read until its response ends).
+    pub fn streaming(&self) -> bool {
+        self.streaming
+    }
+
+    /// A part of the interceptor's response; more follows, and
+    /// [`Policy::interceptor_reply`] ends it.
+    pub fn interceptor_part(&mut self, part: Vec<u8>, now: Instant) {
+        if !self.intercepting {
+            return;
+        }
+        self.streaming = true;
+        self.answers.push(Answer::Bytes(part));
+        self.client_clock = now;
+    }
+
+    /// The interceptor answered the command it was given (the last part of its response). An
+    /// own command of its still pending is abandoned (it timed out): its responses are dropped
+    /// when they come.
     pub fn interceptor_reply(&mut self, reply: Vec<u8>, now: Instant) {
         self.intercepting = false;
         self.own.abandon();
         self.answers.push(Answer::Bytes(reply));
         self.client_clock = now;
+    }
+
+    /// Bytes of the proxy's own words waiting for the client.
+    fn pending_answers(&self) -> usize {
+        self.answers
+            .iter()
+            .map(|a| match a {
+                Answer::Bytes(b) | Answer::IdleEnd(b) => b.len(),
+            })
+            .sum()
     }
 
     /// The interceptor wants `command` (everything after the tag, CRLF included) run on the
@@ -327,11 +456,7 @@ impl Policy {
     pub fn set_verdicts(&mut self, verdicts: Verdicts, now: Instant) {
         let Some(quiet) = self.quiet.as_mut() else { return };
         quiet.set_verdicts(verdicts);
-        if self.provider.at_message_start() {
-            self.quiet_poll(now);
-        } else {
-            self.quiet_poll_due = true;
-        }
+        self.settle(now);
     }
 
     /// The proxy is shutting down: BYE once the provider's response in progress is complete,
@@ -380,6 +505,7 @@ impl Policy {
         consider(self.own.drain_deadline());
         if self.provider.at_message_start() {
             consider(self.quiet.as_ref().and_then(Quiet::deadline));
+            consider(self.look.as_ref().and_then(Look::deadline));
         }
         deadline
     }
@@ -420,8 +546,9 @@ impl Policy {
             self.own.request(b"NOOP\r\n".to_vec(), &[], own::Origin::Poll, now);
         }
         self.start_own(now);
-        if self.provider.at_message_start() && self.quiet.as_ref().and_then(Quiet::deadline).is_some_and(|d| now >= d) {
-            self.quiet_poll(now);
+        let due = |d: Option<Instant>| d.is_some_and(|d| now >= d);
+        if due(self.quiet.as_ref().and_then(Quiet::deadline)) || due(self.look.as_ref().and_then(Look::deadline)) {
+            self.settle(now);
         }
     }
 
@@ -432,7 +559,10 @@ impl Policy {
             return None;
         }
         let mut out = self.take_answers();
-        if let Some(ending) = self.ending.take() {
+        // Not inside the interceptor's response: the BYE waits for its end.
+        if !self.streaming
+            && let Some(ending) = self.ending.take()
+        {
             out.extend_from_slice(&ending.bye);
             self.ended = Some(ending.end);
         }
@@ -486,7 +616,7 @@ impl Policy {
     /// Ends the session now; `bye` is said only if no provider response is in progress.
     fn end_now(&mut self, end: RelayEnd, bye: Option<String>) {
         self.ending = None;
-        if self.provider.at_message_start() {
+        if self.provider.at_message_start() && !self.streaming {
             if let Some(bye) = bye {
                 self.answers.push(Answer::Bytes(bye.into_bytes()));
             }
@@ -497,13 +627,20 @@ impl Policy {
     }
 
     fn take_answers(&mut self) -> Vec<u8> {
+        if !self.intercepting {
+            // The interceptor's last part is among them: the provider may be read again.
+            self.streaming = false;
+        }
         let mut out = Vec::new();
         for answer in self.answers.drain(..) {
             match answer {
                 Answer::Bytes(bytes) => out.extend(bytes),
                 Answer::IdleEnd(bytes) => {
-                    if let Some(held) = self.quiet.as_mut().and_then(Quiet::release) {
-                        out.extend(held);
+                    // Mailbox news deferred during IDLE goes first; held messages stay held.
+                    if let Some(quiet) = self.quiet.as_mut().filter(|q| !q.holding())
+                        && let Some(news) = quiet.release()
+                    {
+                        out.extend(news);
                     }
                     out.extend(bytes);
                 }
@@ -512,11 +649,77 @@ impl Policy {
         out
     }
 
-    /// Asks the quiet INBOX whether a hold ends now.
-    fn quiet_poll(&mut self, now: Instant) {
-        self.quiet_poll_due = false;
-        if let Some(exists) = self.quiet.as_mut().and_then(|q| q.poll(now)) {
-            self.answers.push(Answer::Bytes(exists));
+    /// Lets the quiet INBOX and a held answer act on the verdicts and the time: release what
+    /// may go to the client, ask the provider for news or run a command again, wake the
+    /// worker. Only between two provider responses (else once the one in progress is over).
+    fn settle(&mut self, now: Instant) {
+        if !self.provider.at_message_start() {
+            self.settle_due = true;
+            return;
+        }
+        self.settle_due = false;
+        let Some(quiet) = self.quiet.as_mut() else { return };
+        if quiet.take_growth() {
+            self.events.push_back(Event::WakeWorker);
+        }
+        let verdicts = quiet.verdicts();
+        if quiet.holding() {
+            let sync = if self.commands.idle.is_some() && self.emulated_idle.is_none() {
+                SyncAbility::Idle
+            } else if self.own.busy() || !self.commands.in_flight.is_empty() {
+                SyncAbility::Later
+            } else {
+                SyncAbility::Now
+            };
+            match quiet.poll(now, sync) {
+                Poll::Wait => {}
+                Poll::Sync => {
+                    self.own.request(b"NOOP\r\n".to_vec(), &[], own::Origin::Settle, now);
+                    self.start_own(now);
+                }
+                Poll::Release(bytes) => {
+                    if !bytes.is_empty() {
+                        self.answers.push(Answer::Bytes(bytes));
+                    }
+                }
+            }
+        }
+        if let Some(look) = self.look.as_mut() {
+            let next = look.poll(&verdicts, now);
+            self.look_next(next, now);
+        }
+        let quiet_holds = self.quiet.as_ref().is_some_and(Quiet::holding);
+        if !quiet_holds && self.look.is_none() && !self.held_tagged.is_empty() {
+            if self.commands.idle.is_none()
+                && let Some(news) = self.quiet.as_mut().and_then(Quiet::release)
+            {
+                self.answers.push(Answer::Bytes(news));
+            }
+            let tagged = std::mem::take(&mut self.held_tagged);
+            self.answers.push(Answer::Bytes(tagged));
+        }
+    }
+
+    /// Acts on what a held answer comes to.
+    fn look_next(&mut self, next: Next, now: Instant) {
+        match next {
+            Next::Wait => {}
+            Next::Wake => self.events.push_back(Event::WakeWorker),
+            Next::Rerun(command, capture) => {
+                self.own.request(command, capture, own::Origin::Rerun, now);
+                self.start_own(now);
+            }
+            Next::Release(bytes) => {
+                let select = self.look.take().is_some_and(|l| !l.is_status());
+                if select && let Some(quiet) = self.quiet.as_mut() {
+                    quiet.reset();
+                    quiet.learn(&bytes);
+                }
+                if !bytes.is_empty() {
+                    self.answers.push(Answer::Bytes(bytes));
+                }
+                self.settle(now);
+            }
         }
     }
 
@@ -527,16 +730,38 @@ impl Policy {
             c.idle = None;
             c.idle_done = false;
         }
-        if let Some((n, watched)) = c.in_flight.get_mut(tag) {
-            *n -= 1;
-            if *n == 0 {
-                if *watched {
+        if let Some(entry) = c.in_flight.get_mut(tag) {
+            entry.count -= 1;
+            if entry.count == 0 {
+                if entry.stores_seen || self.seen_news {
+                    self.seen_news = false;
                     self.events.push_back(Event::SeenChanged);
                 }
                 c.in_flight.remove(tag);
             }
         }
     }
+
+    /// A FETCH response line reported FLAGS with `\Seen` (and no `$MDNSent`): news for read
+    /// receipts unless a FETCH of flags only is in flight; told when the command in flight
+    /// ends, at once if none is (IDLE, unsolicited).
+    fn seen_reported(&mut self) {
+        let c = &self.commands;
+        if c.in_flight.values().any(|f| f.fetches_flags) {
+            return;
+        }
+        let idle = c.idle.as_ref().is_some_and(|t| c.in_flight.contains_key(t)) && !c.idle_done;
+        if c.in_flight.is_empty() || idle {
+            self.events.push_back(Event::SeenChanged);
+        } else {
+            self.seen_news = true;
+        }
+    }
+}
+
+/// Whether `buf` begins with the line `DONE`.
+fn starts_with_done(buf: &[u8]) -> bool {
+    buf.len() > 4 && buf[..4].eq_ignore_ascii_case(b"DONE") && matches!(buf[4], b'\r' | b'\n')
 }
 
 /// `tag text CRLF`, or untagged where the command had no usable tag.

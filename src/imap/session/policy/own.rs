@@ -24,6 +24,10 @@ pub(super) enum Origin {
     /// The emulated IDLE's poll: the tagged status is dropped, untagged responses go to the
     /// client.
     Poll,
+    /// The quiet INBOX asks for the EXPUNGEs of moved messages (a NOOP), as `Poll`.
+    Settle,
+    /// A held answer's command run again; its captured responses replace the answer.
+    Rerun,
 }
 
 #[derive(Debug)]
@@ -102,9 +106,14 @@ impl Own {
         self.queued.as_ref().filter(|_| self.running.is_none()).map(|q| q.drain_deadline)
     }
 
+    /// Who asked for the running command.
+    pub fn running_origin(&self) -> Option<Origin> {
+        self.running.as_ref().map(|r| r.origin)
+    }
+
     /// Whether an untagged response starting with `line` belongs to the running command.
     pub fn captures(&self, line: &[u8]) -> bool {
-        self.running.as_ref().is_some_and(|r| r.capture.iter().any(|p| starts_with_ci(line, p)))
+        self.running.as_ref().is_some_and(|r| crate::imap::wire::provider::captures(r.capture, line))
     }
 
     /// Whose tagged response carries `tag`; an own one is done with.
@@ -182,6 +191,7 @@ impl Policy {
             framer: Framer::new(usize::MAX / 2),
             waiting: false,
         };
+        self.captured = 0;
         self.to_provider.extend_from_slice(&running.tag);
         self.to_provider.push(b' ');
         self.to_provider.extend(running.next_piece());
@@ -191,7 +201,14 @@ impl Policy {
 
     /// An untagged response the running own command captures, whole.
     pub(super) fn own_untagged(&mut self, response: Vec<u8>) {
-        self.events.push_back(Event::OwnUntagged(response));
+        match self.own.running_origin() {
+            Some(Origin::Rerun) => {
+                if let Some(look) = self.look.as_mut() {
+                    look.rerun_untagged(&response);
+                }
+            }
+            _ => self.events.push_back(Event::OwnUntagged(response)),
+        }
     }
 
     /// The tagged status of an own command; `status` is the line after the tag.
@@ -203,13 +220,17 @@ impl Policy {
                 if let Some(idle) = self.emulated_idle.as_mut() {
                     idle.next_poll = now + interval;
                 }
+                self.settle_due = true;
+            }
+            Origin::Settle => self.settle_due = true,
+            Origin::Rerun => {
+                if let Some(look) = self.look.as_mut() {
+                    let next = look.rerun_done(status, now);
+                    self.look_next(next, now);
+                }
             }
         }
         self.client_clock = now;
         self.start_own(now);
     }
-}
-
-fn starts_with_ci(haystack: &[u8], prefix: &[u8]) -> bool {
-    haystack.len() >= prefix.len() && haystack[..prefix.len()].eq_ignore_ascii_case(prefix)
 }

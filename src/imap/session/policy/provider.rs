@@ -1,16 +1,19 @@
 //! The provider's side of the policy: what becomes of each response fragment.
 //!
 //! Most fragments are forwarded untouched (literal bytes always are, unless their response is
-//! held or the proxy's own). Only the first line of a response is looked at: the quiet INBOX
-//! may hold an untagged one back, responses to the proxy's own commands are routed to it by
-//! their exact tag (or, untagged, by what the command captures), tagged responses complete
-//! the client's commands, and capability lists are rewritten.
+//! held or the proxy's own). Only the lines of a response are looked at, never its literals:
+//! responses to the proxy's own commands are routed to it by their exact tag (or, untagged, by
+//! what the command captures); the quiet INBOX may hold an untagged response back, a SELECT of
+//! INBOX or a `STATUS INBOX` line until the worker has looked, and a client's tagged response
+//! while either holds news; tagged responses complete the client's commands; FETCH lines that
+//! report `\Seen` are news for read receipts; capability lists are rewritten.
 
 use std::time::Instant;
 
 use super::own::Tagged;
-use super::{Keep, Policy};
-use crate::imap::session::quiet::Verdict;
+use super::settle::{Look, is_status_inbox};
+use super::{CAPTURE_TOO_LARGE, Event, Keep, MAX_CAPTURE, Policy};
+use crate::imap::session::quiet::{self, Quiet, Verdict};
 use crate::imap::wire::capability;
 use crate::imap::wire::framing::Fragment;
 
@@ -24,15 +27,39 @@ impl Policy {
     ) -> Keep {
         let complete = self.provider.at_message_start();
         if let Some(captured) = self.capture.as_mut() {
-            captured.extend_from_slice(bytes);
+            self.captured = self.captured.saturating_add(bytes.len());
+            if self.captured <= MAX_CAPTURE {
+                captured.extend_from_slice(bytes);
+            } else {
+                // Too large to read whole: dropped, and the command ends as too large.
+                *captured = Vec::new();
+            }
             if complete {
                 let response = self.capture.take().unwrap_or_default();
-                self.own_untagged(response);
+                if self.captured <= MAX_CAPTURE {
+                    self.own_untagged(response);
+                }
             }
             return Keep::Own;
         }
+        if let Fragment::Line { first, .. } = fragment {
+            if first {
+                self.fetch_response = quiet::is_fetch(bytes);
+            }
+            if self.fetch_response && reports_seen(bytes) {
+                self.seen_reported();
+            }
+        }
         if self.holding {
             self.holding = !complete;
+            return Keep::Hold;
+        }
+        if self.collecting {
+            // The rest of a held SELECT response (its literals, the lines after them).
+            self.collecting = !complete;
+            if let Some(look) = self.look.as_mut() {
+                look.collect(bytes, false, now);
+            }
             return Keep::Hold;
         }
         let Fragment::Line { first: true, .. } = fragment else { return Keep::Forward };
@@ -40,10 +67,19 @@ impl Policy {
         if !self.answers.is_empty() {
             before.extend(self.take_answers());
         }
+        if let Some(keep) = self.route_own(bytes, complete, now) {
+            return keep;
+        }
+        if let Some(keep) = self.look_response(bytes, complete, now) {
+            return keep;
+        }
         if let Some(keep) = self.quiet_response(bytes, complete, now, before) {
             return keep;
         }
-        if let Some(keep) = self.route(bytes, complete, now) {
+        if !bytes.starts_with(b"* ")
+            && !bytes.starts_with(b"+")
+            && let Some(keep) = self.client_tagged(bytes, complete, now)
+        {
             return keep;
         }
         if bytes.starts_with(b"* BYE") {
@@ -55,9 +91,8 @@ impl Policy {
         }
     }
 
-    /// Where a response starting with `line` goes if it is the proxy's own; a client's tagged
-    /// response completes its command.
-    fn route(&mut self, line: &[u8], complete: bool, now: Instant) -> Option<Keep> {
+    /// Where a response starting with `line` goes if it is the proxy's own.
+    fn route_own(&mut self, line: &[u8], complete: bool, now: Instant) -> Option<Keep> {
         if line.starts_with(b"+") {
             let piece = self.own.continuation()?;
             self.to_provider.extend(piece);
@@ -67,8 +102,11 @@ impl Policy {
             if !self.own.captures(line) {
                 return None;
             }
+            self.captured = self.captured.saturating_add(line.len());
             if complete {
-                self.own_untagged(line.to_vec());
+                if self.captured <= MAX_CAPTURE {
+                    self.own_untagged(line.to_vec());
+                }
             } else {
                 self.capture = Some(line.to_vec());
             }
@@ -78,43 +116,137 @@ impl Policy {
         match self.own.tagged(tag) {
             Tagged::Running(origin) => {
                 let status = line.get(tag.len() + 1..).unwrap_or_default();
+                let status = if self.captured > MAX_CAPTURE { CAPTURE_TOO_LARGE } else { status };
+                self.captured = 0;
                 self.own_done(origin, status, now);
                 Some(Keep::Own)
             }
             Tagged::Abandoned => Some(Keep::Own),
-            Tagged::Client => {
-                self.completed(tag);
-                if self.own.busy() {
-                    self.start_own(now);
-                }
-                None
-            }
+            Tagged::Client => None,
         }
     }
 
+    /// A client's tagged response completes its command; it is held while the quiet INBOX
+    /// holds news (the client's next command would see the held messages).
+    fn client_tagged(&mut self, line: &[u8], complete: bool, now: Instant) -> Option<Keep> {
+        let tag = first_word(line);
+        let was_idle = self.commands.idle.as_deref() == Some(tag);
+        self.completed(tag);
+        if self.own.busy() {
+            self.start_own(now);
+        }
+        let holds = self.quiet.as_ref().is_some_and(Quiet::holding) || self.look.is_some();
+        if complete && (holds || !self.held_tagged.is_empty()) {
+            self.held_tagged.extend_from_slice(line);
+            self.settle_due = true;
+            return Some(Keep::Hold);
+        }
+        if was_idle {
+            // The end of IDLE: mailbox news deferred during it goes first.
+            self.settle_due = true;
+        }
+        None
+    }
+
+    /// A SELECT of INBOX is held whole; a `STATUS INBOX` line until it is trusted.
+    fn look_response(&mut self, line: &[u8], complete: bool, now: Instant) -> Option<Keep> {
+        // A SELECT's response begins once the commands before it are answered.
+        let in_flight = &self.commands.in_flight;
+        if let Some(look) = self.look.as_mut()
+            && look.collecting()
+            && in_flight.len() == 1
+            && look.tag_in(in_flight)
+        {
+            let tagged = look.ends_with(line);
+            let next = look.collect(line, tagged, now);
+            self.collecting = !complete;
+            if tagged {
+                self.completed(first_word(line));
+            }
+            if let Some(next) = next {
+                self.look_next(next, now);
+            }
+            return Some(Keep::Hold);
+        }
+        if !complete || !is_status_inbox(line) || !self.quiet_active() {
+            return None;
+        }
+        if let Some(look) = self.look.as_mut().filter(|l| l.is_status()) {
+            look.add_status(line);
+            return Some(Keep::Hold);
+        }
+        if self.look.is_some() {
+            return None;
+        }
+        let verdicts = self.quiet.as_ref().map(Quiet::verdicts).unwrap_or_default();
+        let sent = if self.commands.in_flight.is_empty() { verdicts } else { self.commands.sent };
+        let look = Look::status(line, sent, now)?;
+        self.look = Some(look);
+        self.events.push_back(Event::WakeWorker);
+        Some(Keep::Hold)
+    }
+
     /// The quiet INBOX's say on a response starting with `line`: `Some` if it holds it back.
-    /// The tagged end of the client's IDLE releases what is held, before it.
+    /// The tagged end of the client's IDLE releases deferred mailbox news before it.
     fn quiet_response(&mut self, line: &[u8], complete: bool, now: Instant, before: &mut Vec<u8>) -> Option<Keep> {
+        let active = self.quiet_active();
         let quiet = self.quiet.as_mut()?;
         if line.starts_with(b"* ") {
             let c = &self.commands;
-            let allowed =
-                c.idle.is_some() && c.inbox_selected && self.opts.quiet.as_ref().is_some_and(|active| active());
-            if quiet.on_untagged(line, allowed, now) == Verdict::Drop {
+            let allowed = c.inbox_selected && active;
+            let verdict = quiet.on_untagged(line, allowed, c.idle.is_some(), now);
+            if quiet.take_growth() {
+                self.events.push_back(Event::WakeWorker);
+                self.settle_due = true;
+            }
+            if verdict == Verdict::Drop {
                 self.holding = !complete;
                 return Some(Keep::Hold);
             }
         } else if !line.starts_with(b"+")
             && self.commands.idle.as_deref() == Some(first_word(line))
-            && let Some(held) = quiet.release()
+            && !quiet.holding()
+            && let Some(news) = quiet.release()
         {
-            before.extend(held);
+            before.extend(news);
         }
         None
+    }
+
+    /// Whether the quiet INBOX is in force now (the account's filter is `active`).
+    pub(super) fn quiet_active(&self) -> bool {
+        self.quiet.is_some() && self.opts.quiet.as_ref().is_some_and(|active| active())
     }
 }
 
 /// A tagged response's tag.
 fn first_word(line: &[u8]) -> &[u8] {
     &line[..line.iter().position(|&b| b == b' ').unwrap_or(line.len())]
+}
+
+/// Whether a line of a FETCH response reports FLAGS with `\Seen` and without `$MDNSent` (a
+/// message handled for read receipts already is no news).
+fn reports_seen(line: &[u8]) -> bool {
+    let Some(at) = find_ci(line, b"FLAGS (") else { return false };
+    let list = &line[at + 7..];
+    let list = &list[..list.iter().position(|&b| b == b')').unwrap_or(list.len())];
+    find_ci(list, b"\\Seen").is_some() && find_ci(list, b"$MDNSent").is_none()
+}
+
+fn find_ci(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_in_fetch_lines() {
+        assert!(reports_seen(b"* 3 FETCH (FLAGS (\\Seen) BODY[] {12}\r\n"));
+        assert!(reports_seen(b" FLAGS (\\Recent \\SEEN))\r\n"), "after a literal, any case");
+        assert!(!reports_seen(b"* 3 FETCH (FLAGS (\\Seen $MDNSent))\r\n"), "handled already");
+        assert!(!reports_seen(b"* 3 FETCH (FLAGS (\\Answered) UID 4)\r\n"));
+        assert!(!reports_seen(b"* 3 FETCH (UID 4 BODY[] {5}\r\n"));
+    }
 }

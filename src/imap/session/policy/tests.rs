@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::imap::session::quiet::HOLD;
 
 const AUTOLOGOUT: Duration = Duration::from_secs(1800);
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(300);
@@ -111,7 +112,9 @@ impl Session {
                 progress = true;
             }
             let wants = self.wants;
-            while let Some(step) = self.policy.client_input(&self.from_client, self.now, wants) {
+            while let Some(step) =
+                self.policy.client_input(&self.from_client, self.now, |n, uid, _: &[u8]| !uid && wants(n))
+            {
                 let bytes: Vec<u8> = self.from_client.drain(..step.len).collect();
                 if step.keep == Keep::Forward {
                     self.provider.extend(&bytes);
@@ -139,16 +142,32 @@ impl Session {
     }
 }
 
-/// A session with the quiet INBOX on, idling on INBOX with 4 messages.
-fn idling_on_inbox() -> (Session, Arc<AtomicBool>) {
+/// The worker watches INBOX and has classified every UID below 5; its latest look began at
+/// `t0 + looked`, and it has moved `moved` chat messages.
+fn verdicts(s: &Session, looked: Duration, moved: u64) -> Verdicts {
+    Verdicts { watching: true, moved, looked: Some(s.t0 + looked), position: Some((1, 5)), kept: 0 }
+}
+
+/// A session with the quiet INBOX on and INBOX selected with 4 messages (all classified).
+fn in_inbox() -> (Session, Arc<AtomicBool>) {
     let active = Arc::new(AtomicBool::new(true));
     let flag = active.clone();
     let mut s = Session::new(PolicyOptions { quiet: Some(Arc::new(move || flag.load(Ordering::SeqCst))), ..options() });
+    let v = verdicts(&s, Duration::ZERO, 0);
+    s.policy.set_verdicts(v, s.now);
     assert_eq!(s.client_sends(b"s SELECT INBOX\r\n"), "s SELECT INBOX\r\n");
-    let selected = "* 4 EXISTS\r\ns OK [READ-WRITE] Select completed.\r\n";
-    assert_eq!(s.provider_sends(selected.as_bytes()), selected);
+    let selected = "* 4 EXISTS\r\n* OK [UIDVALIDITY 1] UIDs valid\r\n* OK [UIDNEXT 5] Predicted next UID\r\n\
+                    s OK [READ-WRITE] Select completed.\r\n";
+    assert_eq!(s.provider_sends(selected.as_bytes()), selected, "every UID classified: told at once");
+    (s, active)
+}
+
+/// `in_inbox`, idling.
+fn idling_on_inbox() -> (Session, Arc<AtomicBool>) {
+    let (mut s, active) = in_inbox();
     assert_eq!(s.client_sends(b"i IDLE\r\n"), "i IDLE\r\n");
     assert_eq!(s.provider_sends(b"+ idling\r\n"), "+ idling\r\n");
+    s.events();
     (s, active)
 }
 
@@ -157,11 +176,13 @@ fn quiet_inbox_a_chat_the_worker_moves_never_wakes_the_idle_client() {
     let (mut s, _) = idling_on_inbox();
     assert_eq!(s.provider_sends(b"* 5 EXISTS\r\n"), "");
     assert_eq!(*s.last_keep(), Keep::Hold);
+    assert_eq!(s.events(), vec![Event::WakeWorker]);
     assert_eq!(s.provider_sends(b"* 1 RECENT\r\n"), "");
     // The chat's keyword is mailbox news, told after IDLE rather than now.
     assert_eq!(s.provider_sends(b"* FLAGS (\\Seen $Chat)\r\n"), "");
-    s.policy.set_verdicts(Verdicts { kept: 0, moved: 1 }, s.now);
-    assert_eq!(s.at(Duration::from_millis(1300)), "", "a move extends the wait for the EXPUNGE");
+    let v = verdicts(&s, Duration::from_millis(1), 1);
+    s.policy.set_verdicts(v, s.now);
+    assert_eq!(s.at(Duration::from_millis(2900)), "", "waiting for the EXPUNGE of the moved chat");
     assert_eq!(s.provider_sends(b"* 5 EXPUNGE\r\n"), "");
     assert_eq!(s.policy.deadline(), Some(s.t0 + AUTOLOGOUT), "nothing held any more; IDLE may last");
     assert_eq!(s.at(Duration::from_secs(60)), "");
@@ -174,25 +195,35 @@ fn quiet_inbox_a_chat_the_worker_moves_never_wakes_the_idle_client() {
 }
 
 #[test]
-fn quiet_inbox_ordinary_mail_is_released_when_the_worker_keeps_it() {
+fn quiet_inbox_ordinary_mail_is_released_once_the_worker_has_looked() {
     let (mut s, _) = idling_on_inbox();
-    assert_eq!(s.provider_sends(b"* 5 EXISTS\r\n"), "");
     s.now = s.t0 + Duration::from_millis(100);
-    s.policy.set_verdicts(Verdicts { kept: 1, moved: 0 }, s.now);
+    assert_eq!(s.provider_sends(b"* 5 EXISTS\r\n"), "");
+    let before = verdicts(&s, Duration::from_millis(99), 0);
+    s.policy.set_verdicts(before, s.now);
+    s.pump();
+    assert!(s.client.ends_with(b"+ idling\r\n"), "a look that began before the EXISTS says nothing");
+    let after = verdicts(&s, Duration::from_millis(101), 0);
+    s.policy.set_verdicts(after, s.now);
     s.pump();
     assert_eq!(String::from_utf8_lossy(&s.client).rsplit_once("+ idling\r\n").unwrap().1, "* 5 EXISTS\r\n");
 }
 
 #[test]
-fn quiet_inbox_a_hold_ends_in_time_and_with_idle() {
+fn quiet_inbox_a_hold_ends_in_time_and_the_end_of_idle_waits_for_it() {
     let (mut s, _) = idling_on_inbox();
     s.provider_sends(b"* 5 EXISTS\r\n");
-    assert_eq!(s.at(Duration::from_millis(1199)), "");
-    assert_eq!(s.at(Duration::from_millis(1200)), "* 5 EXISTS\r\n", "the worker said nothing: told anyway");
+    assert_eq!(s.at(HOLD - Duration::from_millis(1)), "");
+    assert_eq!(s.at(HOLD), "* 5 EXISTS\r\n", "the worker said nothing: told anyway");
     s.provider_sends(b"* 6 EXISTS\r\n");
     s.client_sends(b"DONE\r\n");
-    assert_eq!(s.provider_sends(b"i OK Idle completed.\r\n"), "* 6 EXISTS\r\ni OK Idle completed.\r\n");
-    assert_eq!(s.provider_sends(b"* 7 EXISTS\r\n"), "* 7 EXISTS\r\n", "not idling: nothing is held");
+    assert_eq!(s.provider_sends(b"i OK Idle completed.\r\n"), "", "the end of IDLE waits for the held message");
+    assert_eq!(s.client_sends(b"a NOOP\r\n"), "", "and so does the next command");
+    let v = verdicts(&s, HOLD + Duration::from_millis(1), 0);
+    s.policy.set_verdicts(v, s.now);
+    s.pump();
+    assert!(String::from_utf8_lossy(&s.client).ends_with("* 6 EXISTS\r\ni OK Idle completed.\r\n"));
+    assert_eq!(String::from_utf8_lossy(&s.provider).rsplit_once("DONE\r\n").unwrap().1, "a NOOP\r\n");
 }
 
 #[test]
@@ -200,7 +231,8 @@ fn quiet_inbox_holds_a_whole_response_and_releases_only_between_responses() {
     let (mut s, _) = idling_on_inbox();
     s.provider_sends(b"* 5 EXISTS\r\n* 5 FETCH (BODY[] {5}\r\nab");
     assert_eq!(s.steps.iter().rev().take(3).filter(|(_, k)| *k == Keep::Hold).count(), 3);
-    s.policy.set_verdicts(Verdicts { kept: 1, moved: 0 }, s.now);
+    let v = verdicts(&s, Duration::from_millis(1), 0);
+    s.policy.set_verdicts(v, s.now);
     s.pump();
     assert!(s.client.ends_with(b"+ idling\r\n"), "not inside the held response");
     assert_eq!(s.provider_sends(b"cde)\r\n"), "* 5 EXISTS\r\n");
@@ -212,10 +244,137 @@ fn quiet_inbox_stays_out_of_the_way_when_off_or_elsewhere() {
     active.store(false, Ordering::SeqCst);
     assert_eq!(s.provider_sends(b"* 5 EXISTS\r\n"), "* 5 EXISTS\r\n", "filter not active");
     let mut s = Session::new(PolicyOptions { quiet: Some(Arc::new(|| true)), ..options() });
+    let v = verdicts(&s, Duration::ZERO, 0);
+    s.policy.set_verdicts(v, s.now);
     s.client_sends(b"s SELECT Archive\r\n");
     s.provider_sends(b"* 4 EXISTS\r\ns OK done\r\n");
     s.client_sends(b"i IDLE\r\n");
     assert_eq!(s.provider_sends(b"+ idling\r\n* 5 EXISTS\r\n"), "+ idling\r\n* 5 EXISTS\r\n", "not INBOX");
+    // No worker watching INBOX: nothing to wait for.
+    let (mut s, _) = in_inbox();
+    s.policy.set_verdicts(Verdicts::default(), s.now);
+    s.client_sends(b"n NOOP\r\n");
+    assert_eq!(s.provider_sends(b"* 5 EXISTS\r\nn OK\r\n"), "* 5 EXISTS\r\nn OK\r\n");
+}
+
+#[test]
+fn quiet_inbox_a_polling_client_never_sees_a_chat_message() {
+    let (mut s, _) = in_inbox();
+    s.now = s.t0 + Duration::from_millis(10);
+    assert_eq!(s.client_sends(b"n NOOP\r\nf FETCH 1:* (FLAGS)\r\n"), "n NOOP\r\n", "one command at a time");
+    assert_eq!(s.provider_sends(b"* 6 EXISTS\r\n* 2 RECENT\r\nn OK NOOP completed.\r\n"), "");
+    assert_eq!(s.events(), vec![Event::WakeWorker]);
+    // The worker moved the chat (5) and kept the mail (6): the EXPUNGE is fetched first.
+    let v = verdicts(&s, Duration::from_millis(11), 1);
+    s.policy.set_verdicts(v, s.now);
+    s.pump();
+    assert!(String::from_utf8_lossy(&s.provider).ends_with("coips1 NOOP\r\n"), "the session asks for the EXPUNGE");
+    assert_eq!(
+        s.provider_sends(b"* 5 EXPUNGE\r\n* 1 RECENT\r\ncoips1 OK NOOP completed.\r\n"),
+        "* 5 EXISTS\r\nn OK NOOP completed.\r\n"
+    );
+    assert!(String::from_utf8_lossy(&s.provider).ends_with("f FETCH 1:* (FLAGS)\r\n"), "then the next command");
+    // A chat alone: nothing to tell.
+    s.provider_sends(b"* 5 FETCH (FLAGS ())\r\nf OK done\r\n");
+    s.client_sends(b"n NOOP\r\n");
+    s.now = s.t0 + Duration::from_millis(20);
+    assert_eq!(s.provider_sends(b"* 6 EXISTS\r\nn OK NOOP completed.\r\n"), "");
+    let v = verdicts(&s, Duration::from_millis(21), 2);
+    s.policy.set_verdicts(v, s.now);
+    s.pump();
+    assert!(String::from_utf8_lossy(&s.provider).ends_with("coips2 NOOP\r\n"));
+    assert_eq!(s.provider_sends(b"* 6 EXPUNGE\r\ncoips2 OK NOOP completed.\r\n"), "n OK NOOP completed.\r\n");
+}
+
+#[test]
+fn quiet_inbox_a_select_with_a_message_the_worker_has_not_seen_waits_and_runs_again() {
+    let (mut s, _) = in_inbox();
+    s.now = s.t0 + Duration::from_millis(10);
+    s.client_sends(b"s SELECT INBOX\r\n");
+    let stale = "* 5 EXISTS\r\n* OK [UIDVALIDITY 1] UIDs valid\r\n* OK [UIDNEXT 6] next\r\ns OK [READ-WRITE] done\r\n";
+    assert_eq!(s.provider_sends(stale.as_bytes()), "", "UID 5 is not classified yet");
+    assert_eq!(s.events(), vec![Event::WakeWorker]);
+    let v = Verdicts { position: Some((1, 6)), ..verdicts(&s, Duration::from_millis(11), 1) };
+    s.policy.set_verdicts(v, s.now);
+    s.pump();
+    assert!(String::from_utf8_lossy(&s.provider).ends_with("coips1 SELECT INBOX\r\n"), "the chat moved: again");
+    let fresh = "* 4 EXISTS\r\n* OK [UIDVALIDITY 1] UIDs valid\r\n* OK [UIDNEXT 6] next\r\n";
+    assert_eq!(
+        s.provider_sends(format!("{fresh}coips1 OK [READ-WRITE] done\r\n").as_bytes()),
+        format!("{fresh}s OK [READ-WRITE] done\r\n")
+    );
+    assert_eq!(s.client_sends(b"n NOOP\r\n"), "n NOOP\r\n");
+    assert_eq!(s.provider_sends(b"n OK\r\n"), "n OK\r\n", "the counts are the second answer's");
+}
+
+#[test]
+fn quiet_inbox_a_status_of_inbox_waits_for_the_worker() {
+    let (mut s, _) = in_inbox();
+    s.now = s.t0 + Duration::from_millis(10);
+    s.client_sends(b"t STATUS INBOX (MESSAGES UIDNEXT)\r\n");
+    assert_eq!(
+        s.provider_sends(b"* STATUS INBOX (MESSAGES 4 UIDNEXT 5)\r\nt OK\r\n"),
+        "* STATUS INBOX (MESSAGES 4 UIDNEXT 5)\r\nt OK\r\n",
+        "all classified"
+    );
+    s.client_sends(b"t STATUS INBOX (MESSAGES)\r\n");
+    assert_eq!(s.provider_sends(b"* STATUS INBOX (MESSAGES 5)\r\nt OK\r\n"), "", "not known to be classified");
+    assert_eq!(s.events(), vec![Event::WakeWorker]);
+    let v = verdicts(&s, Duration::from_millis(11), 1);
+    s.policy.set_verdicts(v, s.now);
+    s.pump();
+    assert!(String::from_utf8_lossy(&s.provider).ends_with("coips1 STATUS INBOX (MESSAGES)\r\n"));
+    assert_eq!(s.provider_sends(b"* STATUS INBOX (MESSAGES 4)\r\ncoips1 OK\r\n"), "");
+    s.now = s.t0 + Duration::from_millis(12);
+    let v = verdicts(&s, Duration::from_millis(13), 1);
+    s.policy.set_verdicts(v, s.now);
+    s.pump();
+    assert!(String::from_utf8_lossy(&s.client).ends_with("* STATUS INBOX (MESSAGES 4)\r\nt OK\r\n"));
+}
+
+#[test]
+fn a_read_by_fetch_is_reported_for_read_receipts() {
+    let mut s = Session::new(options());
+    s.client_sends(b"f UID FETCH 4 (BODY[])\r\n");
+    s.provider_sends(b"* 4 FETCH (UID 4 FLAGS (\\Seen) BODY[] {3}\r\nabc)\r\n");
+    assert!(s.events().is_empty(), "told when the command ends");
+    s.provider_sends(b"f OK\r\n");
+    assert_eq!(s.events(), vec![Event::SeenChanged]);
+    s.client_sends(b"g FETCH 1:* (FLAGS BODY.PEEK[HEADER])\r\n");
+    s.provider_sends(b"* 1 FETCH (FLAGS (\\Seen) BODY[HEADER] {2}\r\n\r\n)\r\ng OK\r\n");
+    assert!(s.events().is_empty(), "flags the client asked for are old news");
+    s.client_sends(b"h UID FETCH 5 (BODY[TEXT])\r\n");
+    s.provider_sends(b"* 5 FETCH (UID 5 BODY[TEXT] {3}\r\nabc FLAGS (\\Seen))\r\nh OK\r\n");
+    assert_eq!(s.events(), vec![Event::SeenChanged], "FLAGS after the literal");
+    s.client_sends(b"n NOOP\r\n");
+    s.provider_sends(b"* 2 FETCH (FLAGS (\\Seen))\r\nn OK\r\n");
+    assert_eq!(s.events(), vec![Event::SeenChanged], "read elsewhere, reported by the provider");
+    s.client_sends(b"n NOOP\r\n");
+    s.provider_sends(b"* 2 FETCH (FLAGS (\\Seen $MDNSent))\r\nn OK\r\n");
+    assert!(s.events().is_empty(), "handled already");
+    s.client_sends(b"i IDLE\r\n");
+    s.provider_sends(b"+ idling\r\n* 3 FETCH (FLAGS (\\Seen))\r\n");
+    assert_eq!(s.events(), vec![Event::SeenChanged], "in IDLE: at once");
+}
+
+#[test]
+fn quiet_inbox_counts_start_over_with_each_select() {
+    // imaptest's `select`: EXAMINE, CLOSE, SELECT of one mailbox; the provider says the same
+    // RECENT count both times, and the client must hear it both times.
+    let mut s = Session::new(PolicyOptions { quiet: Some(Arc::new(|| true)), ..options() });
+    for (tag, command) in [("e", "EXAMINE"), ("s", "SELECT")] {
+        s.client_sends(format!("{tag} {command} box\r\n").as_bytes());
+        let answer = format!("* 2 EXISTS\r\n* 2 RECENT\r\n{tag} OK done\r\n");
+        assert_eq!(s.provider_sends(answer.as_bytes()), answer, "{command}");
+        s.client_sends(b"c CLOSE\r\n");
+        s.provider_sends(b"c OK closed\r\n");
+    }
+    // Within one selection a RECENT count back where the client knows it is still no news.
+    s.client_sends(b"s2 SELECT INBOX\r\n");
+    s.provider_sends(b"* 4 EXISTS\r\n* 1 RECENT\r\ns2 OK done\r\n");
+    s.client_sends(b"i IDLE\r\n");
+    s.provider_sends(b"+ idling\r\n");
+    assert_eq!(s.provider_sends(b"* 1 RECENT\r\n"), "");
 }
 
 fn emulating() -> Session {

@@ -1,0 +1,358 @@
+//! The wing's state in the store, for the edges that do the I/O (worker, SMTP, the control
+//! socket): each account's key (made on first use, sealed at rest with [`SealKey`]), its
+//! Autocrypt peers, the invites it issued and the handshakes it started. One place encodes
+//! them, so the daemon and the command line read the same bytes.
+//!
+//! Everything here may block (key generation, unsealing, store commits): async callers use
+//! [`Identity::account_key`] (which runs on tokio's blocking threads) or `spawn_blocking`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tracing::{info, warn};
+
+use super::cache::SecretKeys;
+use super::fingerprint::Fingerprint;
+use super::key::{AccountKey, KeyError};
+use super::peer::{Peer, Verdict};
+use crate::seal::{SealError, SealKey, secret_key_purpose};
+use super::securejoin::inviter::Issued;
+use super::securejoin::joiner::Joining;
+use crate::config::Config;
+use crate::secret::Secret;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("Autocrypt is off ([autocrypt] enabled = false): no OpenPGP keys are kept")]
+    Disabled,
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("the OpenPGP key of {login}: {source}")]
+    Key { login: String, source: KeyError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the OpenPGP key of {0} is stored but does not open with this seal key (was the seal key file replaced?)")]
+    Unseal(String),
+    #[error("stored OpenPGP state of {login} is unreadable: {reason}")]
+    Corrupt { login: String, reason: String },
+    #[error("too many Autocrypt peers for {0}; new ones are not kept")]
+    TooManyPeers(String),
+    #[error("a key task did not finish: {0}")]
+    Task(String),
+}
+
+/// Handle to every account's OpenPGP state; cheap to clone.
+#[derive(Clone)]
+pub struct Identity {
+    store: Store,
+    seal: Arc<SealKey>,
+    /// Keys unsealed so far, by lowercased login (unsealing and parsing cost ~1 ms each).
+    keys: Arc<Mutex<HashMap<String, Arc<AccountKey>>>>,
+}
+
+impl Identity {
+    /// Loads (or creates, 0600) the seal key file of `config` (`seal_key_file`, the one key
+    /// every secret in the store is sealed with). Blocking file I/O.
+    pub fn open(config: &Config, store: Store) -> Result<Identity, IdentityError> {
+        if !config.autocrypt.enabled {
+            return Err(IdentityError::Disabled);
+        }
+        let seal = SealKey::load_or_create(&config.seal_key_path())?;
+        Ok(Identity::with_seal(store, seal))
+    }
+
+    /// With the seal key already loaded (the daemon's, shared with OAuth2 and the views).
+    pub fn with_seal(store: Store, seal: impl Into<Arc<SealKey>>) -> Identity {
+        Identity { store, seal: seal.into(), keys: Arc::default() }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The seal key, shared with what else this wing seals (the decrypted views' cache).
+    pub fn seal(&self) -> Arc<SealKey> {
+        self.seal.clone()
+    }
+
+    /// Unseals every stored account key into memory, so [`SecretKeys`] answers at once from
+    /// the first session on. Blocking; a key that does not open is said and skipped.
+    pub fn preload(&self) -> Result<usize, IdentityError> {
+        let logins = self.store.accounts_with_keys()?;
+        let mut loaded = 0;
+        for login in logins {
+            match self.account_key_blocking(&login) {
+                Ok(_) => loaded += 1,
+                Err(e) => warn!(%login, "the account's OpenPGP key stays closed: {e}"),
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// The account's key, made now if it has none. Blocking (generation, commit): call off the
+    /// runtime, or use [`Identity::account_key`].
+    pub fn account_key_blocking(&self, login: &str) -> Result<Arc<AccountKey>, IdentityError> {
+        let name = login.to_ascii_lowercase();
+        if let Some(key) = self.keys.lock().expect("key cache").get(&name) {
+            return Ok(key.clone());
+        }
+        let key = match self.store.account_key(&name)? {
+            Some(sealed) => self.unseal(&name, &sealed)?,
+            None => {
+                let started = std::time::Instant::now();
+                let key =
+                    AccountKey::generate(&name).map_err(|source| IdentityError::Key { login: name.clone(), source })?;
+                let sealed = self.seal_key(&name, &key)?;
+                let kept = self.store.put_account_key(&name, sealed.clone(), false).wait()?;
+                if kept == sealed {
+                    info!(
+                        login = %name,
+                        fingerprint = %key.fingerprint().hex(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "made the account's OpenPGP key"
+                    );
+                    key
+                } else {
+                    // Another first use stored its key first: that one is the account's.
+                    self.unseal(&name, &kept)?
+                }
+            }
+        };
+        let key = Arc::new(key);
+        self.keys.lock().expect("key cache").insert(name, key.clone());
+        Ok(key)
+    }
+
+    /// [`Identity::account_key_blocking`] for async code: a cached key at once, else on tokio's
+    /// blocking threads.
+    pub async fn account_key(&self, login: &str) -> Result<Arc<AccountKey>, IdentityError> {
+        if let Some(key) = self.keys.lock().expect("key cache").get(&login.to_ascii_lowercase()) {
+            return Ok(key.clone());
+        }
+        let (me, login) = (self.clone(), login.to_string());
+        tokio::task::spawn_blocking(move || me.account_key_blocking(&login))
+            .await
+            .unwrap_or_else(|e| Err(IdentityError::Task(e.to_string())))
+    }
+
+    /// Replaces the account's key with an imported one (`key import`). Blocking.
+    pub fn import(
+        &self,
+        login: &str,
+        armored: &[u8],
+        passphrase: Option<&Secret>,
+    ) -> Result<Fingerprint, IdentityError> {
+        let name = login.to_ascii_lowercase();
+        let key = AccountKey::import_armored(armored, &name, passphrase)
+            .map_err(|source| IdentityError::Key { login: name.clone(), source })?;
+        let sealed = self.seal_key(&name, &key)?;
+        self.store.put_account_key(&name, sealed, true).wait()?;
+        let fingerprint = key.fingerprint().clone();
+        self.keys.lock().expect("key cache").insert(name.clone(), Arc::new(key));
+        info!(login = %name, fingerprint = %fingerprint.hex(), "imported the account's OpenPGP key");
+        Ok(fingerprint)
+    }
+
+    fn seal_key(&self, login: &str, key: &AccountKey) -> Result<Vec<u8>, IdentityError> {
+        let bytes = key.secret_bytes().map_err(|source| IdentityError::Key { login: login.into(), source })?;
+        Ok(self.seal.seal(&secret_key_purpose(login), bytes.expose()))
+    }
+
+    fn unseal(&self, login: &str, sealed: &[u8]) -> Result<AccountKey, IdentityError> {
+        let bytes = self.seal.open(&secret_key_purpose(login), sealed).map_err(|e| match e {
+            SealError::Open => IdentityError::Unseal(login.into()),
+            e => IdentityError::Seal(e),
+        })?;
+        AccountKey::from_secret_bytes(bytes.expose(), login)
+            .map_err(|source| IdentityError::Key { login: login.into(), source })
+    }
+
+    /// One peer's state (`addr` as the wing canonicalizes it). An unreadable record is logged
+    /// and treated as unknown, so one bad record never stops the account's mail.
+    pub fn peer(&self, login: &str, addr: &str) -> Result<Option<Peer>, IdentityError> {
+        let addr = super::mime::canonical_addr(addr);
+        Ok(self.store.peer(login, &addr)?.and_then(|bytes| match serde_json::from_slice(&bytes) {
+            Ok(peer) => Some(peer),
+            Err(e) => {
+                warn!(login, peer = %addr, "unreadable Autocrypt peer record, ignored: {e}");
+                None
+            }
+        }))
+    }
+
+    pub fn peers(&self, login: &str) -> Result<Vec<Peer>, IdentityError> {
+        let mut out = Vec::new();
+        for (addr, bytes) in self.store.peers(login)? {
+            match serde_json::from_slice(&bytes) {
+                Ok(peer) => out.push(peer),
+                Err(e) => warn!(login, peer = %addr, "unreadable Autocrypt peer record, ignored: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores what the verdicts changed and logs key changes. Blocking (commit).
+    pub fn apply(&self, login: &str, verdicts: &[(String, Verdict)]) -> Result<(), IdentityError> {
+        let mut changed = Vec::new();
+        for (addr, verdict) in verdicts {
+            match verdict {
+                Verdict::KeyChanged { old, new, .. } => {
+                    info!(login, peer = %addr, old = %old.hex(), new = %new.hex(), "Autocrypt key of a peer changed")
+                }
+                Verdict::VerifiedKeyKept { verified, offered, .. } => warn!(
+                    login,
+                    peer = %addr,
+                    verified = %verified.hex(),
+                    offered = %offered.fingerprint().hex(),
+                    "a verified contact offered another key; the verified key is kept"
+                ),
+                _ => {}
+            }
+            if let Some(peer) = verdict.peer() {
+                let bytes = serde_json::to_vec(peer)
+                    .map_err(|e| IdentityError::Corrupt { login: login.into(), reason: e.to_string() })?;
+                changed.push((peer.addr.clone(), bytes));
+            }
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.store.put_peers(login, changed).wait()?.map_err(|_| IdentityError::TooManyPeers(login.into()))
+    }
+
+    /// The invites the account honours.
+    pub fn invites(&self, login: &str) -> Result<Vec<Issued>, IdentityError> {
+        self.store.invites(login)?.into_iter().map(|(_, bytes)| decode(login, &bytes)).collect()
+    }
+
+    pub fn add_invite(&self, login: &str, issued: &Issued) -> Result<(), IdentityError> {
+        let bytes = serde_json::to_vec(issued)
+            .map_err(|e| IdentityError::Corrupt { login: login.into(), reason: e.to_string() })?;
+        Ok(self.store.put_invite(login, &issued.invitenumber, bytes).wait()?)
+    }
+
+    /// The handshakes in progress, by id.
+    pub fn joins(&self, login: &str) -> Result<Vec<(String, Joining)>, IdentityError> {
+        self.store.joins(login)?.into_iter().map(|(id, bytes)| Ok((id, decode(login, &bytes)?))).collect()
+    }
+
+    /// Stores (`Some`) or ends (`None`) a handshake.
+    pub fn set_join(&self, login: &str, id: &str, state: Option<&Joining>) -> Result<(), IdentityError> {
+        let bytes = state
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| IdentityError::Corrupt { login: login.into(), reason: e.to_string() })?;
+        Ok(self.store.put_join(login, id, bytes).wait()?)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(login: &str, bytes: &[u8]) -> Result<T, IdentityError> {
+    serde_json::from_slice(bytes).map_err(|e| IdentityError::Corrupt { login: login.into(), reason: e.to_string() })
+}
+
+/// The decrypted views read the keys this handle has unsealed (all stored ones after
+/// [`Identity::preload`], and each new one as it is made): never a blocking call.
+impl SecretKeys for Identity {
+    fn secret_keys(&self, login: &str) -> Vec<Arc<AccountKey>> {
+        let keys = self.keys.lock().expect("key cache");
+        keys.get(&login.to_ascii_lowercase()).cloned().into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openpgp::peer::{Verdict, verify};
+    use crate::openpgp::securejoin::invite::Invite;
+
+    fn identity(dir: &std::path::Path) -> Identity {
+        let mut config: Config = toml::from_str("").unwrap();
+        config.state_dir = dir.to_path_buf();
+        Identity::open(&config, Store::open(dir).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_key_is_made_once_sealed_and_kept_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        let key = id.account_key_blocking("Alice@Example.org").unwrap();
+        assert_eq!(id.account_key_blocking("alice@example.org").unwrap().fingerprint(), key.fingerprint());
+        let sealed = id.store().account_key("alice@example.org").unwrap().unwrap();
+        let secret = key.secret_bytes().unwrap();
+        assert!(
+            !sealed.windows(32).any(|w| secret.expose().windows(32).any(|s| s == w)),
+            "the store holds no part of the secret key in clear"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("seal.key")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(id);
+        let again = identity(dir.path());
+        assert_eq!(again.account_key_blocking("alice@example.org").unwrap().fingerprint(), key.fingerprint());
+    }
+
+    #[test]
+    fn another_seal_key_does_not_open_a_stored_key_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        id.account_key_blocking("alice@example.org").unwrap();
+        let other = Identity::with_seal(id.store().clone(), SealKey::generate());
+        let err = other.account_key_blocking("alice@example.org").unwrap_err();
+        assert!(matches!(err, IdentityError::Unseal(_)), "{err}");
+    }
+
+    #[test]
+    fn disabled_autocrypt_keeps_no_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config: Config = toml::from_str("[autocrypt]\nenabled = false\n").unwrap();
+        config.state_dir = dir.path().to_path_buf();
+        let err = Identity::open(&config, Store::open(dir.path()).unwrap()).err().unwrap();
+        assert!(matches!(err, IdentityError::Disabled));
+        assert!(!dir.path().join("seal.key").exists());
+    }
+
+    #[test]
+    fn import_replaces_the_key_and_export_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        let made = id.account_key_blocking("alice@example.org").unwrap();
+        let other = AccountKey::generate("alice@example.org").unwrap();
+        let armored = other.secret_armored().unwrap();
+        let fingerprint = id.import("alice@example.org", armored.expose(), None).unwrap();
+        assert_eq!(&fingerprint, other.fingerprint());
+        assert_ne!(&fingerprint, made.fingerprint());
+        let reopened = Identity::with_seal(id.store().clone(), SealKey::load(&dir.path().join("seal.key")).unwrap());
+        assert_eq!(reopened.account_key_blocking("alice@example.org").unwrap().fingerprint(), other.fingerprint());
+        let err = id.import("alice@example.org", b"not a key", None).unwrap_err();
+        assert!(matches!(err, IdentityError::Key { .. }), "{err}");
+        assert_eq!(id.account_key_blocking("alice@example.org").unwrap().fingerprint(), other.fingerprint(), "kept");
+    }
+
+    #[test]
+    fn peers_invites_and_joins_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity(dir.path());
+        let bob = AccountKey::generate("bob@example.net").unwrap();
+        let verdict = verify(None, "Bob@example.net", bob.public_key(), 1_700_000_000);
+        assert!(matches!(verdict, Verdict::Verified(_)));
+        id.apply("alice@example.org", &[("bob@example.net".into(), verdict)]).unwrap();
+        let alice = id.account_key_blocking("alice@example.org").unwrap();
+        let invite = Invite::new_contact(alice.fingerprint().clone(), "alice@example.org", "Alice");
+        id.add_invite("alice@example.org", &Issued::from_invite(&invite, 5)).unwrap();
+        let bob_invite = Invite::new_contact(bob.fingerprint().clone(), "bob@example.net", "Bob");
+        let (joining, _send) = crate::openpgp::securejoin::joiner::start(&alice, &bob_invite, 7).unwrap();
+        id.set_join("alice@example.org", "j1", Some(&joining)).unwrap();
+        let store = id.store().clone();
+        drop(id);
+        let id = Identity::with_seal(store, SealKey::load(&dir.path().join("seal.key")).unwrap());
+        let peer = id.peer("alice@example.org", "BOB@example.net").unwrap().expect("stored");
+        assert!(peer.is_verified());
+        assert_eq!(peer.verified_fingerprint(), Some(bob.fingerprint()));
+        assert_eq!(id.peers("alice@example.org").unwrap().len(), 1);
+        assert_eq!(id.invites("alice@example.org").unwrap(), [Issued::from_invite(&invite, 5)]);
+        assert_eq!(id.joins("alice@example.org").unwrap(), [("j1".to_string(), joining)]);
+        id.set_join("alice@example.org", "j1", None).unwrap();
+        assert!(id.joins("alice@example.org").unwrap().is_empty());
+    }
+}

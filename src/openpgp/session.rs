@@ -1,0 +1,529 @@
+//! The decrypted view on a plain mail client's session (issue 15): FETCH of content (`BODY[]`,
+//! sections, `RFC822*`, `BODYSTRUCTURE`, `BODY`, `ENVELOPE`, `RFC822.SIZE`) is answered from
+//! each encrypted message's view ([`super::cache`]), everything else as the provider answers.
+//!
+//! Only what must be is taken out of the relay's stream: a FETCH without content items is not
+//! intercepted at all; an intercepted one first asks the provider which of its messages are
+//! encrypted (`SEARCH … HEADER Content-Type multipart/encrypted`, small), has the provider
+//! answer the others straight to the client (their literals stream as before), and composes
+//! the answers for the encrypted ones. SELECT and EXAMINE are relayed untouched but watched for
+//! the mailbox name; its UIDVALIDITY (asked with STATUS before the first view) and the UID name
+//! a view.
+
+use std::sync::Arc;
+
+use tracing::{debug, warn};
+
+use super::cache::{Shown, Views};
+use crate::imap::wire::command::{self, CommandName, Head};
+use crate::imap::wire::fetch::{self, Item, Items};
+use crate::imap::wire::message::MessageView;
+use crate::imap::wire::provider::{FETCHES, Interceptor, ProviderCommands, ProviderError, Reply, ReplyOut};
+use crate::imap::wire::response::{search_uids, uid_set};
+use crate::store::ViewId;
+
+/// Capabilities a session of an account with views loses (`-NAME` removes it, see
+/// `capability::post_login`): what the proxy cannot keep consistent with the views
+/// (server-side previews, sorting and threading by content, BINARY sections, CATENATE and
+/// URLAUTH of parts). Chat clients do not use them.
+pub const DROPPED_CAPABILITIES: &[&str] =
+    &["-BINARY", "-PREVIEW", "-SNIPPET", "-SORT", "-THREAD", "-CATENATE", "-URLAUTH"];
+
+/// The search key that finds PGP/MIME messages at the provider.
+const ENCRYPTED_KEY: &str = "HEADER Content-Type \"multipart/encrypted\"";
+
+/// One session's view state.
+pub struct ViewSession {
+    views: Arc<Views>,
+    login: String,
+    /// Whether the client is a plain mail program now (a chat client may say so after login).
+    plain: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The selected mailbox and its UIDVALIDITY.
+    selected: Option<(String, u32)>,
+    /// A SELECT or EXAMINE went by (with its mailbox, if it was on its line): `selected` is
+    /// asked again before the next view.
+    selecting: std::sync::Mutex<Option<Option<String>>>,
+}
+
+impl ViewSession {
+    pub fn new(views: Arc<Views>, login: &str, plain: Arc<dyn Fn() -> bool + Send + Sync>) -> ViewSession {
+        ViewSession { views, login: login.to_string(), plain, selected: None, selecting: Default::default() }
+    }
+
+    /// The selected mailbox and its UIDVALIDITY, asked with STATUS once after each SELECT
+    /// (which is relayed untouched: its answer streams, and the relay keeps knowing whether
+    /// INBOX is selected).
+    async fn selected(&mut self, provider: &mut impl ProviderCommands) -> Result<Option<(String, u32)>, ProviderError> {
+        let pending = self.selecting.lock().expect("selecting").take();
+        if let Some(mailbox) = pending {
+            self.selected = None;
+            let Some(mailbox) = mailbox else { return Ok(None) };
+            let quoted = String::from_utf8_lossy(&command::astring(mailbox.as_bytes(), false)).into_owned();
+            let reply = provider.run(format!("STATUS {quoted} (UIDVALIDITY)\r\n").as_bytes(), &[b"* STATUS"]).await?;
+            let uidvalidity = reply.untagged.iter().find_map(|r| {
+                let text = String::from_utf8_lossy(r).to_ascii_uppercase();
+                let at = text.find("UIDVALIDITY ")? + "UIDVALIDITY ".len();
+                text[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse::<u32>().ok()
+            });
+            if let Some(uidvalidity) = uidvalidity {
+                self.views.mailbox_seen(&self.login, &mailbox, uidvalidity).await;
+                self.selected = Some((mailbox, uidvalidity));
+            }
+        }
+        Ok(self.selected.clone())
+    }
+
+    async fn fetch(&mut self, rest: &[u8], provider: &mut impl ProviderCommands) -> Reply {
+        let Some(request) = FetchRequest::parse(rest) else { return relay(rest, provider).await };
+        let (mailbox, uidvalidity) = match self.selected(provider).await {
+            Ok(Some(selected)) => selected,
+            Ok(None) => return relay(rest, provider).await,
+            Err(e) => return failed(&e),
+        };
+        let by = if request.uid { "UID SEARCH UID" } else { "SEARCH" };
+        let set = &request.set;
+        let all = match search(provider, format!("{by} {set}\r\n")).await {
+            Ok(found) => found,
+            Err(e) => return failed(&e),
+        };
+        let encrypted = match search(provider, format!("{by} {set} {ENCRYPTED_KEY}\r\n")).await {
+            Ok(found) => found,
+            Err(e) => return failed(&e),
+        };
+        if encrypted.is_empty() {
+            return relay(rest, provider).await;
+        }
+        let command = if request.uid { "UID FETCH" } else { "FETCH" };
+        let others: Vec<u32> = all.iter().copied().filter(|n| !encrypted.contains(n)).collect();
+        let mut status = None;
+        if !others.is_empty() {
+            // Straight to the client: these literals stream.
+            let line = format!("{command} {} {}\r\n", uid_set(&others), request.items_text);
+            match provider.run(line.as_bytes(), &[]).await {
+                Ok(reply) if reply.ok() => status = Some(reply),
+                Ok(reply) => return reply,
+                Err(e) => return failed(&e),
+            }
+        }
+        let mut out = Vec::new();
+        if request.items.iter().any(Item::sets_seen) {
+            let store = if request.uid { "UID STORE" } else { "STORE" };
+            // Fails harmlessly on a mailbox opened with EXAMINE.
+            let line = format!("{store} {} +FLAGS.SILENT (\\Seen)\r\n", uid_set(&encrypted));
+            if let Err(e) = provider.run(line.as_bytes(), &[]).await {
+                return failed(&e);
+            }
+        }
+        // The provider's items (flags, dates, UID) and the message numbers of the encrypted ones.
+        let mut provider_items: Vec<String> = vec!["UID".into()];
+        for item in &request.items {
+            if let Item::Other(name) = item
+                && !provider_items.contains(name)
+            {
+                provider_items.push(name.clone());
+            }
+        }
+        let line = format!("{command} {} ({})\r\n", uid_set(&encrypted), provider_items.join(" "));
+        let reply = match provider.run(line.as_bytes(), FETCHES).await {
+            Ok(reply) => reply,
+            Err(e) => return failed(&e),
+        };
+        let mut messages = Vec::new();
+        for resp in &reply.untagged {
+            match fetch::parse_response(resp) {
+                Some((number, items)) => {
+                    let uid = items
+                        .iter()
+                        .find(|(n, _)| n == "UID")
+                        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
+                    match uid {
+                        Some(uid) => messages.push((number, uid, items)),
+                        None => out.extend_from_slice(resp),
+                    }
+                }
+                // EXISTS, EXPUNGE and the like go on to the client.
+                None => out.extend_from_slice(resp),
+            }
+        }
+        let views = match self.views_of(&mailbox, uidvalidity, &messages, request.uid, provider).await {
+            Ok((views, passthrough)) => {
+                out.extend(passthrough.concat());
+                views
+            }
+            Err(e) => return failed(&e),
+        };
+        let mut originals = Vec::new();
+        for ((number, uid, items), shown) in messages.iter().zip(views) {
+            match shown {
+                Shown::View { view, .. } => out.extend(compose(*number, request.uid, &request.items, items, &view)),
+                Shown::Original => originals.push(if request.uid { *uid } else { *number }),
+            }
+        }
+        if !originals.is_empty() {
+            let line = format!("{command} {} {}\r\n", uid_set(&originals), request.items_text);
+            if let Err(e) = provider.run(line.as_bytes(), &[]).await {
+                return failed(&e);
+            }
+        }
+        let status = status.unwrap_or(reply).status;
+        Reply { untagged: vec![out], status }
+    }
+
+    /// SEARCH and UID SEARCH: the provider's answer for messages that are not encrypted, the
+    /// program judged on the clear text (with the provider's word on flags, dates, UIDs) for
+    /// those that are.
+    async fn search(&mut self, tag: &str, rest: &[u8], provider: &mut impl ProviderCommands) -> Reply {
+        let (mailbox, uidvalidity) = match self.selected(provider).await {
+            Ok(Some(selected)) => selected,
+            Ok(None) => return relay(rest, provider).await,
+            Err(e) => return failed(&e),
+        };
+        let Ok(parsed) = command::parse(&[tag.as_bytes(), b" ", rest].concat()) else {
+            return relay(rest, provider).await;
+        };
+        let program = match super::search::parse(&parsed.args) {
+            Ok(program) => program,
+            Err(e) => {
+                debug!("{e}; the provider answers alone");
+                return relay(rest, provider).await;
+            }
+        };
+        // Everything in the client command's numbering (UIDs or message numbers): a UID command
+        // during a SEARCH by number would let the provider send EXPUNGE in the middle of it.
+        let (by, within_key) = if parsed.uid { ("UID SEARCH", "UID ") } else { ("SEARCH", "") };
+        let encrypted = match search(provider, format!("{by} {ENCRYPTED_KEY}\r\n")).await {
+            Ok(found) => found,
+            Err(e) => return failed(&e),
+        };
+        if encrypted.is_empty() {
+            return relay(rest, provider).await;
+        }
+        // The program as the client wrote it.
+        let program_text = {
+            let at = rest.windows(6).position(|w| w.eq_ignore_ascii_case(b"SEARCH")).map_or(0, |i| i + 6);
+            &rest[at..]
+        };
+        let answer = match provider.run(&[by.as_bytes(), program_text].concat(), &[b"* SEARCH"]).await {
+            Ok(reply) => reply,
+            Err(e) => return failed(&e),
+        };
+        if !answer.ok() {
+            return answer;
+        }
+        let by_provider: Vec<u32> = answer.untagged.iter().flat_map(|r| search_uids(r)).collect();
+        let within = uid_set(&encrypted);
+        let mut keys: Vec<(String, Vec<u32>)> = Vec::new();
+        for key in program.provider_keys() {
+            match search(provider, format!("{by} {within_key}{within} {key}\r\n")).await {
+                Ok(found) => keys.push((key, found)),
+                Err(e) => return failed(&e),
+            }
+        }
+        let mut untagged = Vec::new();
+        let messages: Vec<(u32, u32, Items)> = if parsed.uid {
+            encrypted.iter().map(|&u| (u, u, Vec::new())).collect()
+        } else {
+            // Their UIDs, which name the views.
+            let line = format!("FETCH {within} (UID)\r\n");
+            let reply = match provider.run(line.as_bytes(), FETCHES).await {
+                Ok(reply) => reply,
+                Err(e) => return failed(&e),
+            };
+            let mut pairs = Vec::new();
+            for resp in reply.untagged {
+                let uid = fetch::parse_response(&resp).and_then(|(n, items)| {
+                    let uid = items.iter().find(|(k, _)| k == "UID")?;
+                    Some((n, std::str::from_utf8(&uid.1).ok()?.parse::<u32>().ok()?))
+                });
+                match uid {
+                    Some((n, uid)) => pairs.push((n, uid, Vec::new())),
+                    None => untagged.push(resp),
+                }
+            }
+            encrypted.iter().filter_map(|n| pairs.iter().find(|(m, _, _)| m == n).cloned()).collect()
+        };
+        let views = match self.views_of(&mailbox, uidvalidity, &messages, parsed.uid, provider).await {
+            Ok((views, passthrough)) => {
+                untagged.extend(passthrough);
+                views
+            }
+            Err(e) => return failed(&e),
+        };
+        let encrypted: Vec<u32> = messages.iter().map(|(n, _, _)| *n).collect();
+        let mut found: Vec<u32> = by_provider.iter().copied().filter(|n| !encrypted.contains(n)).collect();
+        for (&n, shown) in encrypted.iter().zip(&views) {
+            let hit = match shown {
+                Shown::View { view, .. } => {
+                    let clear = super::search::Clear::new(view);
+                    program.matches(&clear, &|key| keys.iter().any(|(k, ns)| k == key && ns.contains(&n)))
+                }
+                Shown::Original => by_provider.contains(&n),
+            };
+            if hit {
+                found.push(n);
+            }
+        }
+        found.sort_unstable();
+        let mut line = String::from("* SEARCH");
+        for n in &found {
+            line.push_str(&format!(" {n}"));
+        }
+        line.push_str("\r\n");
+        untagged.push(line.into_bytes());
+        Reply { untagged, status: answer.status }
+    }
+
+    /// The views of the messages, deciding those not decided yet from their originals.
+    async fn views_of(
+        &self,
+        mailbox: &str,
+        uidvalidity: u32,
+        messages: &[(u32, u32, Items)],
+        by_uid: bool,
+        provider: &mut impl ProviderCommands,
+    ) -> Result<(Vec<Shown>, Vec<Vec<u8>>), ProviderError> {
+        let ids: Vec<ViewId> =
+            messages.iter().map(|(_, uid, _)| ViewId::new(&self.login, mailbox, uidvalidity, *uid)).collect();
+        let views = self.views.clone();
+        let lookup = ids.clone();
+        let known: Vec<Option<Shown>> =
+            tokio::task::spawn_blocking(move || lookup.iter().map(|id| views.known(id)).collect())
+                .await
+                .map_err(|e| ProviderError::Connection(Box::new(e)))?;
+        // In the client command's numbering: a UID command while the client waits for a FETCH or
+        // SEARCH by number would let the provider send EXPUNGE in the middle of it.
+        let missing: Vec<u32> = messages
+            .iter()
+            .zip(&known)
+            .filter(|(_, k)| k.is_none())
+            .map(|((number, uid, _), _)| if by_uid { *uid } else { *number })
+            .collect();
+        let mut originals: Vec<(u32, Vec<u8>)> = Vec::new();
+        // Untagged responses that are not about these messages (EXISTS, EXPUNGE) go on.
+        let mut passthrough = Vec::new();
+        if !missing.is_empty() {
+            let command = if by_uid { "UID FETCH" } else { "FETCH" };
+            let line = format!("{command} {} (UID BODY.PEEK[])\r\n", uid_set(&missing));
+            let reply = provider.run(line.as_bytes(), FETCHES).await?;
+            for resp in &reply.untagged {
+                let Some((_, items)) = fetch::parse_response(resp) else {
+                    passthrough.push(resp.clone());
+                    continue;
+                };
+                let uid =
+                    items.iter().find(|(n, _)| n == "UID").and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
+                let body = items.iter().find(|(n, _)| n == "BODY[]").and_then(|(_, v)| literal_or_string(v));
+                if let (Some(uid), Some(body)) = (uid, body) {
+                    originals.push((uid, body));
+                }
+            }
+        }
+        let views = self.views.clone();
+        let decided = tokio::task::spawn_blocking(move || {
+            ids.iter()
+                .zip(known)
+                .map(|(id, known)| match known {
+                    Some(shown) => shown,
+                    None => match originals.iter().find(|(uid, _)| *uid == id.uid) {
+                        Some((_, original)) => views.view_blocking(id, original),
+                        // Gone meanwhile (expunged): the provider's answer, whatever it is.
+                        None => Shown::Original,
+                    },
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| ProviderError::Connection(Box::new(e)))?;
+        Ok((decided, passthrough))
+    }
+}
+
+impl ViewSession {
+    /// Whether a mailbox is (or is being) selected.
+    fn has_mailbox(&self) -> bool {
+        match &*self.selecting.lock().expect("selecting") {
+            Some(pending) => pending.is_some(),
+            None => self.selected.is_some(),
+        }
+    }
+}
+
+impl Interceptor for ViewSession {
+    fn wants(&self, _: CommandName) -> bool {
+        false
+    }
+
+    fn wants_command(&self, name: CommandName, _uid: bool, line: &[u8]) -> bool {
+        if !(self.plain)() {
+            return false;
+        }
+        match name {
+            CommandName::Select | CommandName::Examine => {
+                // Watched, not taken: the mailbox name is kept for the next FETCH or SEARCH.
+                let mailbox = command::parse(line).ok().and_then(|c| {
+                    let name = String::from_utf8_lossy(c.args.first()?.astring()?).into_owned();
+                    Some(if name.eq_ignore_ascii_case("INBOX") { "INBOX".to_string() } else { name })
+                });
+                *self.selecting.lock().expect("selecting") = Some(mailbox);
+                false
+            }
+            CommandName::Search => self.has_mailbox(),
+            CommandName::Fetch => {
+                self.has_mailbox()
+                    && FetchRequest::parse(rest_of(line)).is_some_and(|r| r.items.iter().any(Item::is_content))
+            }
+            _ => false,
+        }
+    }
+
+    async fn handle<P: ProviderCommands>(
+        &mut self,
+        command: Vec<u8>,
+        provider: &mut P,
+        _out: &mut ReplyOut,
+    ) -> Vec<u8> {
+        let Some(head) = Head::parse(&command) else { return b"* BAD Invalid command\r\n".to_vec() };
+        let tag = String::from_utf8_lossy(head.tag).into_owned();
+        let rest = rest_of(&command);
+        let reply = match head.name {
+            CommandName::Search => self.search(&tag, rest, provider).await,
+            CommandName::Fetch => self.fetch(rest, provider).await,
+            _ => relay(rest, provider).await,
+        };
+        let mut out: Vec<u8> = reply.untagged.concat();
+        out.extend(reply.for_client(&tag));
+        out
+    }
+}
+
+/// A FETCH or UID FETCH, parsed.
+struct FetchRequest {
+    uid: bool,
+    set: String,
+    items: Vec<Item>,
+    /// The items as the client wrote them (with any modifiers after the list).
+    items_text: String,
+}
+
+impl FetchRequest {
+    /// From the command after its tag (`UID FETCH 1:* (…)`), one line.
+    fn parse(rest: &[u8]) -> Option<FetchRequest> {
+        let text = std::str::from_utf8(rest).ok()?.trim_end_matches(['\r', '\n']);
+        let (first, text) = text.split_once(' ')?;
+        let (uid, text) = if first.eq_ignore_ascii_case("UID") {
+            let (name, text) = text.split_once(' ')?;
+            (true, (name, text))
+        } else {
+            (false, (first, text))
+        };
+        let (name, text) = text;
+        if !name.eq_ignore_ascii_case("FETCH") {
+            return None;
+        }
+        let (set, items_text) = text.split_once(' ')?;
+        if !set.bytes().all(|b| b.is_ascii_digit() || b == b':' || b == b',' || b == b'*') || set.is_empty() {
+            return None;
+        }
+        let items = fetch::parse_items(items_text.as_bytes()).ok()?;
+        Some(FetchRequest { uid, set: set.to_string(), items, items_text: items_text.to_string() })
+    }
+}
+
+/// The answer for one encrypted message: the items in the order asked, content from the view,
+/// the rest as the provider said it; UID always for a UID FETCH.
+fn compose(
+    number: u32,
+    uid_command: bool,
+    asked: &[Item],
+    provider: &[(String, Vec<u8>)],
+    view: &MessageView,
+) -> Vec<u8> {
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    let named = |name: &str, parts: &mut Vec<Vec<u8>>| {
+        if let Some((n, v)) = provider.iter().find(|(n, _)| n == name) {
+            let entry = [n.as_bytes(), b" ", v].concat();
+            if !parts.contains(&entry) {
+                parts.push(entry);
+            }
+        }
+    };
+    if uid_command {
+        named("UID", &mut parts);
+    }
+    for item in asked {
+        match item {
+            Item::Other(name) => named(name, &mut parts),
+            content => parts.extend(view.item(content)),
+        }
+    }
+    // Flags the provider volunteered (\Seen set by this fetch) go along.
+    if !asked.iter().any(|i| matches!(i, Item::Other(n) if n == "FLAGS")) {
+        named("FLAGS", &mut parts);
+    }
+    let mut out = format!("* {number} FETCH (").into_bytes();
+    out.extend(parts.join(&b' '));
+    out.extend_from_slice(b")\r\n");
+    out
+}
+
+/// The bytes of a literal or quoted string value.
+fn literal_or_string(value: &[u8]) -> Option<Vec<u8>> {
+    if value.starts_with(b"{") {
+        let start = memchr::memmem::find(value, b"}\r\n")? + 3;
+        return Some(value[start..].to_vec());
+    }
+    let inner = value.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    Some(inner.to_vec())
+}
+
+/// The command after its tag.
+fn rest_of(line: &[u8]) -> &[u8] {
+    command::head(line).map_or(line, |(tag, _)| line.get(tag.len() + 1..).unwrap_or_default())
+}
+
+async fn relay(rest: &[u8], provider: &mut impl ProviderCommands) -> Reply {
+    match provider.run(rest, &[]).await {
+        Ok(reply) => reply,
+        Err(e) => failed(&e),
+    }
+}
+
+async fn search(provider: &mut impl ProviderCommands, line: String) -> Result<Vec<u32>, ProviderError> {
+    let reply = provider.run(line.as_bytes(), &[b"* SEARCH"]).await?;
+    if !reply.ok() {
+        debug!(status = %reply.status_text(), "the provider refused a search for encrypted messages");
+    }
+    Ok(reply.untagged.iter().flat_map(|r| search_uids(r)).collect())
+}
+
+fn failed(e: &ProviderError) -> Reply {
+    warn!("the decrypted view could not ask the provider: {e}");
+    Reply { untagged: Vec::new(), status: format!("NO [UNAVAILABLE] {e}\r\n").into_bytes() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_requests() {
+        let r = FetchRequest::parse(b"UID FETCH 1:* (UID FLAGS BODY.PEEK[])\r\n").unwrap();
+        assert!(r.uid && r.set == "1:*" && r.items.len() == 3 && r.items_text == "(UID FLAGS BODY.PEEK[])");
+        let r = FetchRequest::parse(b"fetch 3,5 FAST\r\n").unwrap();
+        assert!(!r.uid && !r.items.iter().all(Item::is_content));
+        assert!(FetchRequest::parse(b"UID STORE 1 +FLAGS (\\Seen)\r\n").is_none());
+        assert!(FetchRequest::parse(b"FETCH $ (FLAGS)\r\n").is_none(), "search results are the provider's");
+    }
+
+    #[test]
+    fn composed_answers_keep_the_order_asked() {
+        let view = MessageView::new(b"Subject: hi\r\n\r\nclear\r\n".to_vec());
+        let asked = fetch::parse_items(b"(FLAGS BODY[TEXT] RFC822.SIZE)").unwrap();
+        let provider = vec![("UID".to_string(), b"9".to_vec()), ("FLAGS".to_string(), b"(\\Seen)".to_vec())];
+        let out = compose(4, true, &asked, &provider, &view);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "* 4 FETCH (UID 9 FLAGS (\\Seen) BODY[TEXT] {7}\r\nclear\r\n RFC822.SIZE 22)\r\n"
+        );
+    }
+}

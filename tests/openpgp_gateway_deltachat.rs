@@ -1,0 +1,145 @@
+//! The running proxy speaks for a plain mail client toward a real Delta Chat 2.65
+//! (`deltachat-rpc-server`, driven by tests/deltachat/dc_openpgp.py) over a real Dovecot:
+//! Delta Chat joins the proxy's `invite` and the proxy's `join` completes toward Delta Chat's
+//! invite, verified on both sides; mail the plain client sends through the proxy shows in
+//! Delta Chat with a padlock. Delta Chat talks to the provider directly; the plain user's side
+//! is only the proxy (its account worker and SMTP).
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::Stdio;
+use std::time::Duration;
+
+use coi_proxy::openpgp::autocrypt::{AutocryptHeader, PreferEncrypt};
+use coi_proxy::openpgp::key::AccountKey;
+use coi_proxy::openpgp::mime;
+use support::openpgp::{cli, dc_report as report, dc_script as script, stdout, stored_peer};
+use support::provider::Provider;
+use support::proxy::Proxy;
+use support::smtp_client::wait_for_inbox;
+
+const ALICE: &str = "alice@example.org";
+const BOB: &str = "bob@example.org";
+
+/// The proxy, with `user` logged in once (its worker needs the password).
+fn proxy_for(provider: &Provider, user: &str) -> Proxy {
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{}", provider.smtp_port))
+        .start();
+    let mut c = proxy.connect();
+    c.login(user, "secret");
+    proxy
+}
+
+#[test]
+fn delta_chat_joins_the_proxys_invite_and_both_are_verified() {
+    let provider = Provider::start();
+    let mut proxy = proxy_for(&provider, ALICE);
+    let link = stdout(&cli(&proxy, &["invite", ALICE])).lines().last().unwrap().to_string();
+    let out = script(&provider, "joiner", BOB).args(["--link", &link]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "Delta Chat did not join: {}\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.log()
+    );
+    let r = report(&text);
+    eprintln!("{r:#}");
+    assert_eq!(r["inviter_contact"]["is_key_contact"], true, "{r}");
+    // The script returns once Delta Chat reports the join complete (progress 1000): in 2.65
+    // that is its verified state; the snapshot has no separate flag.
+    assert!(r["joined_after_s"].is_number(), "{r}");
+    assert_eq!(r["chat"]["is_encrypted"], true, "{r}");
+    proxy.wait_for_log("the joiner proved the invite's token", Duration::from_secs(10));
+    proxy.stop();
+    let bob = stored_peer(&proxy, ALICE, BOB).expect("the proxy knows Bob");
+    assert!(bob.is_verified(), "{bob:?}");
+}
+
+#[test]
+fn the_proxys_join_completes_toward_a_delta_chat_invite() {
+    let provider = Provider::start();
+    let mut proxy = proxy_for(&provider, BOB);
+    let mut child = script(&provider, "inviter", ALICE).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    lines.read_line(&mut first).unwrap();
+    let link =
+        first.strip_prefix("LINK ").unwrap_or_else(|| panic!("no link from Delta Chat: {first:?}")).trim().to_string();
+    stdout(&cli(&proxy, &["join", BOB, &link]));
+    let mut rest = String::new();
+    lines.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "Delta Chat's invite did not complete: {err}\n{rest}\n{}", proxy.log());
+    let r = report(&rest);
+    eprintln!("{r:#}");
+    assert_eq!(r["joiner_contact"]["is_key_contact"], true, "{r}");
+    assert!(r["joined_after_s"].is_number(), "Delta Chat reported the handshake complete: {r}");
+    proxy.wait_for_log("SecureJoin complete", Duration::from_secs(30));
+    proxy.stop();
+    let alice = stored_peer(&proxy, BOB, ALICE).expect("the proxy knows Alice");
+    assert!(alice.is_verified(), "{alice:?}");
+}
+
+/// Bob (Delta Chat, with a key we made) wrote to Alice once in clear with his Autocrypt
+/// header; Alice's plain client answers through the proxy: encrypted, and Delta Chat shows it
+/// with a padlock.
+#[test]
+fn a_plain_clients_mail_shows_in_delta_chat_with_a_padlock() {
+    let provider = Provider::start();
+    let proxy = proxy_for(&provider, ALICE);
+    stdout(&cli(&proxy, &["key", "export", ALICE])); // Alice's key and worker
+    let bob = AccountKey::generate(BOB).unwrap();
+    let header = AutocryptHeader {
+        addr: BOB.into(),
+        prefer_encrypt: PreferEncrypt::Mutual,
+        key: bob.public_key().clone(),
+        verified: false,
+    };
+    let hello = format!(
+        "From: Bob <bob@example.org>\r\nTo: alice@example.org\r\nSubject: hi\r\nDate: {}\r\nMessage-ID: <b1@example.org>\r\n\
+         {}\r\n\r\nhello Alice\r\n",
+        mime::format_date(coi_proxy::clock::now()),
+        mime::fold("Autocrypt", &header.value())
+    );
+    provider.deliver(BOB, ALICE, hello.as_bytes());
+    // The worker learns Bob's key, then Alice's plain client writes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut smtp = proxy.connect_smtp();
+    smtp.login(ALICE, "secret");
+    let letter = b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\nSubject: Hello from a mail program\r\nMessage-ID: <a1@example.org>\r\n\r\nHello Bob, from Outlook.\r\n";
+    loop {
+        let sent = smtp.send_message(ALICE, &[BOB], letter);
+        assert_eq!(sent.code, 250, "{}", smtp.transcript());
+        let at_bob = wait_for_inbox(provider.imap_port, BOB, "secret", Duration::from_secs(10), |m| !m.is_empty());
+        let last = at_bob.last().unwrap().clone();
+        if String::from_utf8_lossy(&last).contains("multipart/encrypted") {
+            let dir = tempfile::tempdir().unwrap();
+            let key_file = dir.path().join("bob.asc");
+            std::fs::write(&key_file, bob.secret_armored().unwrap().expose()).unwrap();
+            let messages = dir.path().join("messages");
+            std::fs::create_dir(&messages).unwrap();
+            std::fs::write(messages.join("1.eml"), &last).unwrap();
+            let out = script(&provider, "accept", BOB)
+                .args(["--key", key_file.to_str().unwrap(), "--messages", messages.to_str().unwrap()])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
+            let r = report(&text);
+            eprintln!("{r:#}");
+            let shown = &r["messages"][0];
+            assert!(shown["text"].as_str().unwrap().contains("Hello Bob, from Outlook."), "{r}");
+            assert_eq!(shown["show_padlock"], true, "{r}");
+            assert_eq!(shown["subject"], "Hello from a mail program", "{r}");
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the proxy never encrypted to Bob:\n{}", proxy.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
