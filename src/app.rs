@@ -117,9 +117,8 @@ pub async fn run_with(
     let identity = open_identity(&config, &store, &seal).await?;
     // Plain clients' sessions see encrypted mail decrypted with the keys the gateway holds
     // (or, in tests, the keys given), the views sealed under the same seal key.
-    let keys = keys.or_else(|| {
-        identity.clone().map(|identity| Arc::new(identity) as Arc<dyn crate::openpgp::cache::SecretKeys>)
-    });
+    let keys = keys
+        .or_else(|| identity.clone().map(|identity| Arc::new(identity) as Arc<dyn crate::openpgp::cache::SecretKeys>));
     let views = keys.map(|keys| {
         Arc::new(crate::openpgp::cache::Views::new(
             store.clone(),

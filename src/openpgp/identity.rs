@@ -15,10 +15,10 @@ use super::cache::SecretKeys;
 use super::fingerprint::Fingerprint;
 use super::key::{AccountKey, KeyError};
 use super::peer::{Peer, Verdict};
-use crate::seal::{SealError, SealKey, secret_key_purpose};
 use super::securejoin::inviter::Issued;
 use super::securejoin::joiner::Joining;
 use crate::config::Config;
+use crate::seal::{SealError, SealKey, secret_key_purpose};
 use crate::secret::Secret;
 use crate::store::{Store, StoreError};
 

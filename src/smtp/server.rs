@@ -79,7 +79,8 @@ pub async fn start(
     }
     let queue = Queue::new(shared.clone());
     let waits = Arc::new(Waits::default());
-    let ctx = Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue, waits: waits.clone(), identity });
+    let ctx =
+        Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue, waits: waits.clone(), identity });
     let mut tasks = Vec::new();
     for (addr, kind) in wanted {
         let label = match kind {
