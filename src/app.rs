@@ -109,23 +109,30 @@ pub async fn run_with(
     let (server_tls, local_cert) = tls::local_server_config(&config.state_dir)?;
     let store = Store::open_async(&config.state_dir).await?;
     // One seal key for every secret in the store: OAuth2 grants, OpenPGP keys, cached views.
+    // Read at start where it exists or is needed now (a bad file stops the start), else made
+    // at its first use: a daemon with nothing to seal leaves no key file.
     let seal_path = config.seal_key_path();
-    let seal = tokio::task::spawn_blocking(move || crate::seal::SealKey::load_or_create(&seal_path))
-        .await
-        .map_err(|_| RunError::Task("reading the seal key"))??;
-    let seal = Arc::new(seal);
-    let identity = open_identity(&config, &store, &seal).await?;
+    let needed = config.autocrypt.enabled || keys.is_some() || config.accounts.iter().any(|a| a.oauth2.is_some());
+    let seal = match needed || seal_path.exists() {
+        true => {
+            let path = seal_path.clone();
+            let key = tokio::task::spawn_blocking(move || crate::seal::SealKey::load_or_create(&path))
+                .await
+                .map_err(|_| RunError::Task("reading the seal key"))??;
+            crate::seal::SealCell::loaded(seal_path, Arc::new(key))
+        }
+        false => crate::seal::SealCell::at(seal_path),
+    };
+    let identity = match seal.if_loaded() {
+        Some(key) => open_identity(&config, &store, &key).await?,
+        None => None,
+    };
     // Plain clients' sessions see encrypted mail decrypted with the keys the gateway holds
     // (or, in tests, the keys given), the views sealed under the same seal key.
     let keys = keys
         .or_else(|| identity.clone().map(|identity| Arc::new(identity) as Arc<dyn crate::openpgp::cache::SecretKeys>));
-    let views = keys.map(|keys| {
-        Arc::new(crate::openpgp::cache::Views::new(
-            store.clone(),
-            seal.clone(),
-            keys,
-            crate::openpgp::cache::DEFAULT_BUDGET,
-        ))
+    let views = keys.zip(seal.if_loaded()).map(|(keys, seal)| {
+        Arc::new(crate::openpgp::cache::Views::new(store.clone(), seal, keys, crate::openpgp::cache::DEFAULT_BUDGET))
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (context, receivers) = Context::new(config, TlsAcceptor::from(server_tls), store, seal, shutdown_rx.clone());

@@ -14,7 +14,7 @@ use crate::account::{Accounts, Credentials};
 use crate::config::Config;
 use crate::limits::Sessions;
 use crate::limits::logins::Logins;
-use crate::seal::SealKey;
+use crate::seal::SealCell;
 use crate::store::Store;
 use crate::tls::UpstreamTls;
 
@@ -28,8 +28,9 @@ pub struct Context {
     pub credentials: Credentials,
     pub store: Store,
     /// Seals the secrets the store keeps (OAuth2 tokens, local password hashes, OpenPGP secret
-    /// keys, cached decrypted views): one key, shared with the OpenPGP gateway.
-    pub seal: Arc<SealKey>,
+    /// keys, cached decrypted views): one key, shared with the OpenPGP gateway; made at its first
+    /// use when nothing needed it at start.
+    pub seal: Arc<SealCell>,
     /// Every account seen since start: COI settings, worker nudges, verdicts.
     pub accounts: Accounts,
     /// Open sessions (IMAP and SMTP) per client address, for `[limits] max_sessions*`.
@@ -58,7 +59,7 @@ impl Context {
         config: Config,
         acceptor: TlsAcceptor,
         store: Store,
-        seal: impl Into<Arc<SealKey>>,
+        seal: impl Into<SealCell>,
         shutdown: watch::Receiver<bool>,
     ) -> (Context, Receivers) {
         let (workers, workers_rx) = mpsc::unbounded_channel();
@@ -70,7 +71,7 @@ impl Context {
             acceptor,
             credentials: Credentials::default(),
             store,
-            seal: seal.into(),
+            seal: Arc::new(seal.into()),
             accounts: Accounts::default(),
             sessions: Sessions::default(),
             logins: Logins::default(),

@@ -27,7 +27,8 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -171,9 +172,72 @@ pub fn secret_key_purpose(login: &str) -> String {
     format!("openpgp-secret-key:{}", login.to_lowercase())
 }
 
+/// The daemon's seal key: read at start when its file exists (a bad file stops the start) or
+/// something needs it at once (the OpenPGP gateway, OAuth2 accounts), else made at its first
+/// use (an OAuth2 account added by a reload), so a daemon with nothing to seal leaves no key
+/// file behind.
+pub struct SealCell {
+    path: PathBuf,
+    key: Mutex<Option<Arc<SealKey>>>,
+}
+
+impl SealCell {
+    /// The key at `path`, not read yet.
+    pub fn at(path: PathBuf) -> SealCell {
+        SealCell { path, key: Mutex::new(None) }
+    }
+
+    /// The key already read (from `path`).
+    pub fn loaded(path: PathBuf, key: Arc<SealKey>) -> SealCell {
+        SealCell { path, key: Mutex::new(Some(key)) }
+    }
+
+    /// The key if it has been read, without any file I/O.
+    pub fn if_loaded(&self) -> Option<Arc<SealKey>> {
+        self.key.lock().expect("seal lock").clone()
+    }
+
+    /// The key, read or made (0600) on first use; one caller at a time touches the file, so
+    /// two first uses never race on its creation. Blocking file I/O: call off the runtime.
+    pub fn get(&self) -> Result<Arc<SealKey>, SealError> {
+        let mut slot = self.key.lock().expect("seal lock");
+        if let Some(key) = slot.as_ref() {
+            return Ok(key.clone());
+        }
+        let key = Arc::new(SealKey::load_or_create(&self.path)?);
+        *slot = Some(key.clone());
+        Ok(key)
+    }
+}
+
+impl From<SealKey> for SealCell {
+    fn from(key: SealKey) -> SealCell {
+        SealCell::loaded(PathBuf::new(), Arc::new(key))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seal_cell_makes_its_file_only_at_first_use_and_keeps_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seal.key");
+        let cell = SealCell::at(path.clone());
+        assert!(cell.if_loaded().is_none() && !path.exists(), "nothing read or made before a use");
+        let sealed = cell.get().unwrap().seal("p", b"secret");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(cell.if_loaded().unwrap().open("p", &sealed).unwrap().expose(), b"secret");
+        let reread = SealCell::at(path.clone());
+        assert_eq!(
+            reread.get().unwrap().open("p", &sealed).unwrap().expose(),
+            b"secret",
+            "the same file, the same key"
+        );
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(SealCell::at(path).get(), Err(SealError::Permissions { .. })));
+    }
 
     #[test]
     fn seal_and_open() {

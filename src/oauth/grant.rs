@@ -145,7 +145,8 @@ fn endpoints_for(config: &Config, login: &str) -> Result<OAuth2Endpoints, OAuthE
 pub async fn sign_in(ctx: &Context, login: &str, password: &Secret) -> Result<Secret, OAuthError> {
     endpoints_for(&ctx.config(), login)?;
     let grant = load(&ctx.store, login)?;
-    let (key, owned, given) = (ctx.seal.clone(), login.to_string(), password.clone());
+    let key = seal_key(ctx, login).await?;
+    let (owned, given) = (login.to_string(), password.clone());
     let matches = blocking(move || {
         let hash = key.open(&password_purpose(&owned), &grant.sealed_password);
         hash.map(|hash| password::verify(&hash, &given)).map_err(|source| OAuthError::Seal { login: owned, source })
@@ -167,12 +168,21 @@ pub async fn access_token(ctx: &Context, login: &str, refused: Option<&Secret>) 
     let job = Refresh {
         account: ctx.accounts.account(login),
         store: ctx.store.clone(),
-        seal: ctx.seal.clone(),
+        seal: seal_key(ctx, login).await?,
         config: ctx.config(),
         login: login.to_string(),
         refused: refused.cloned(),
     };
     tokio::spawn(job.run()).await.map_err(|_| OAuthError::Task)?
+}
+
+/// The daemon's seal key, read or made (off the runtime) at its first use.
+async fn seal_key(ctx: &Context, login: &str) -> Result<Arc<SealKey>, OAuthError> {
+    if let Some(key) = ctx.seal.if_loaded() {
+        return Ok(key);
+    }
+    let cell = ctx.seal.clone();
+    blocking(move || cell.get()).await?.map_err(|source| OAuthError::Seal { login: login.to_string(), source })
 }
 
 /// What [`access_token`] hands its task.
@@ -261,7 +271,7 @@ pub async fn replace(
 ) -> Result<(), OAuthError> {
     let account = ctx.accounts.account(login);
     let mut slot = account.bearer.lock().await;
-    save_new(&ctx.store, &ctx.seal, login, endpoints, tokens, password).await?;
+    save_new(&ctx.store, &seal_key(ctx, login).await?, login, endpoints, tokens, password).await?;
     *slot = None;
     Ok(())
 }

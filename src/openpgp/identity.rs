@@ -303,6 +303,22 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_sealed_under_the_one_seal_key_file() {
+        // `seal_key_file` (shared with the OAuth2 grants and the views), not a key of the wing's own.
+        let (dir, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut config: Config = toml::from_str("").unwrap();
+        config.state_dir = dir.path().to_path_buf();
+        config.seal_key_file = Some(elsewhere.path().join("seal.key"));
+        let id = Identity::open(&config, Store::open(dir.path()).unwrap()).unwrap();
+        let key = id.account_key_blocking("alice@example.org").unwrap();
+        assert!(!dir.path().join("seal.key").exists(), "no second seal key in the state directory");
+        let seal = SealKey::load(&config.seal_key_path()).unwrap();
+        let sealed = id.store().account_key("alice@example.org").unwrap().unwrap();
+        let opened = seal.open(&secret_key_purpose("alice@example.org"), &sealed).unwrap();
+        assert_eq!(opened.expose(), key.secret_bytes().unwrap().expose());
+    }
+
+    #[test]
     fn disabled_autocrypt_keeps_no_keys() {
         let dir = tempfile::tempdir().unwrap();
         let mut config: Config = toml::from_str("[autocrypt]\nenabled = false\n").unwrap();
