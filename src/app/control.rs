@@ -36,7 +36,7 @@ pub async fn serve(
         Ok(l) => l,
         Err(e) => {
             warn!(
-                "cannot create the control socket {}: {e}; `coi-proxy queue` and `coi-proxy oauth` will not reach the running daemon",
+                "cannot create the control socket {}: {e}; `coi-proxy queue`, `key`, `invite`, `join` and `oauth` will not reach the running daemon",
                 path.display()
             );
             return;

@@ -4,8 +4,8 @@
 //! redb lets one process at a time open the store, and the running daemon holds it. So the
 //! daemon serves these commands on a Unix socket in the state directory (`control.sock`, mode
 //! 0600, inside the 0700 state directory; served by `app::control`, which hands `queue …` lines
-//! to [`answer`] and the gateway's to [`answer_gateway`]), and the command line asks it there; only when no daemon answers does the
-//! command line open the store itself.
+//! to [`answer`] and the gateway's to [`answer_gateway`]), and the command line asks it there;
+//! only when no daemon answers does the command line open the store itself.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
