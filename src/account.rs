@@ -2,7 +2,9 @@
 //! its worker decided, the registry of accounts seen since start, and where its password comes
 //! from for work done without a client (the account worker, relaying queued mail): the
 //! account's `password_command`, else the last successful client login, held in memory only and
-//! never written anywhere.
+//! never written anywhere; for an account with `[account.oauth2]`, its OAuth2 grant (the oauth
+//! wing keeps it; its access token is cached here, under the lock that lets one refresh run at a
+//! time).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -90,6 +92,18 @@ pub struct Account {
     /// A chat client (`[coi] chat_clients`) logged in since start: its chat mail in Junk is
     /// rescued by the worker (`[coi] rescue_junk`).
     pub chat_client: AtomicBool,
+    /// An OAuth2 account's access token while it is good; the lock is held through a refresh,
+    /// so sessions, the worker and the queue never refresh the same grant twice at once.
+    pub bearer: tokio::sync::Mutex<Option<Bearer>>,
+}
+
+/// An access token in memory and when it stops being good.
+pub struct Bearer {
+    pub token: Secret,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Its lifetime when issued, in seconds (how early to refresh it depends on it).
+    pub lifetime: i64,
 }
 
 impl Account {
@@ -127,6 +141,7 @@ impl Accounts {
                     nudge: Notify::new(),
                     verdicts: watch::channel(Verdicts::default()).0,
                     chat_client: AtomicBool::new(false),
+                    bearer: tokio::sync::Mutex::new(None),
                 })
             })
             .clone()
@@ -137,6 +152,16 @@ impl Accounts {
 #[derive(Default)]
 pub struct Credentials {
     remembered: Mutex<HashMap<String, Secret>>,
+}
+
+/// What the proxy signs in to an account's provider with, for work of its own.
+#[derive(Debug)]
+pub enum Credential {
+    /// The account's password (`password_command`, or the last client login's).
+    Password(Secret),
+    /// `[account.oauth2]`: an access token from the account's stored grant (the oauth wing
+    /// refreshes it); no password is needed.
+    OAuth2,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +181,15 @@ impl Credentials {
     /// Forgets a password the provider no longer accepts.
     pub fn forget(&self, login: &str) {
         self.remembered.lock().expect("credentials").remove(&login.to_ascii_lowercase());
+    }
+
+    /// What the proxy's own work signs in to `login`'s provider with: the OAuth2 grant where
+    /// `[account.oauth2]` applies, else [`Credentials::password`].
+    pub async fn credential(&self, config: &Config, login: &str) -> Result<Credential, CredentialError> {
+        if config.oauth2_for(login).is_some() {
+            return Ok(Credential::OAuth2);
+        }
+        self.password(config, login).await.map(Credential::Password)
     }
 
     /// The password for `login`: its `password_command` if configured, else a remembered one.
@@ -180,6 +214,12 @@ pub fn password_command<'a>(config: &'a Config, login: &str) -> Option<&'a str> 
         .iter()
         .find(|a| a.login.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(login)))
         .and_then(|a| a.password_command.as_deref())
+}
+
+/// Whether the proxy can sign in to `login`'s provider with no client connected: a
+/// `password_command`, or an OAuth2 grant.
+pub fn works_without_client(config: &Config, login: &str) -> bool {
+    password_command(config, login).is_some() || config.oauth2_for(login).is_some()
 }
 
 /// Runs `command` with `sh -c`; the first line of its output is the password. Its stderr is not
@@ -226,6 +266,19 @@ mod tests {
         assert_eq!(creds.password(&c, "b@x").await.unwrap().expose(), b"pw");
         creds.forget("b@x");
         assert!(creds.password(&c, "b@x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn oauth2_accounts_need_no_password() {
+        let c = config(
+            "[upstream]\nimap = \"imap://127.0.0.1:1\"\n[[account]]\nlogin = \"a@x\"\n[account.oauth2]\nprovider = \"google\"\nclient_id = \"c\"\n",
+        );
+        let creds = Credentials::default();
+        assert!(matches!(creds.credential(&c, "A@x").await.unwrap(), Credential::OAuth2));
+        assert!(creds.credential(&c, "b@x").await.is_err());
+        creds.remember("b@x", &Secret::new(b"pw".to_vec()));
+        assert!(matches!(creds.credential(&c, "b@x").await.unwrap(), Credential::Password(p) if p.expose() == b"pw"));
+        assert!(works_without_client(&c, "a@x") && !works_without_client(&c, "b@x"));
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //! and receipts agent, metrics), reloads on SIGHUP, and shuts down gracefully on SIGTERM/SIGINT
 //! (stop accepting, `* BYE` to every client, close providers; no worker restarts).
 
+mod control;
 mod http;
 
 use std::net::SocketAddr;
@@ -36,11 +37,9 @@ pub enum RunError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
-    Seal(#[from] crate::openpgp::seal::SealError),
-    #[error("reading the seal key did not finish: {0}")]
-    SealTask(#[from] tokio::task::JoinError),
-    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
     #[error("cannot listen on {addr} ({kind}): {source}")]
     Bind { addr: SocketAddr, kind: &'static str, source: std::io::Error },
     #[error(transparent)]
@@ -49,6 +48,8 @@ pub enum RunError {
     Autocrypt(#[from] crate::openpgp::identity::IdentityError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("a start-up task failed: {0}")]
+    Task(&'static str),
 }
 
 /// What a reload changed, for the log: what it put in force, and what it could not (a restart
@@ -107,34 +108,34 @@ pub async fn run_with(
     }
     let (server_tls, local_cert) = tls::local_server_config(&config.state_dir)?;
     let store = Store::open_async(&config.state_dir).await?;
-    let identity = open_identity(&config, &store).await?;
+    // One seal key for every secret in the store: OAuth2 grants, OpenPGP keys, cached views.
+    // Read at start where it exists or is needed now (a bad file stops the start), else made
+    // at its first use: a daemon with nothing to seal leaves no key file.
+    let seal_path = config.seal_key_path();
+    let needed = config.autocrypt.enabled || keys.is_some() || config.accounts.iter().any(|a| a.oauth2.is_some());
+    let seal = match needed || seal_path.exists() {
+        true => {
+            let path = seal_path.clone();
+            let key = tokio::task::spawn_blocking(move || crate::seal::SealKey::load_or_create(&path))
+                .await
+                .map_err(|_| RunError::Task("reading the seal key"))??;
+            crate::seal::SealCell::loaded(seal_path, Arc::new(key))
+        }
+        false => crate::seal::SealCell::at(seal_path),
+    };
+    let identity = match seal.if_loaded() {
+        Some(key) => open_identity(&config, &store, &key).await?,
+        None => None,
+    };
     // Plain clients' sessions see encrypted mail decrypted with the keys the gateway holds
-    // (or, in tests, the keys given), the views sealed under the gateway's seal key.
-    let views = match (keys, &identity) {
-        (Some(keys), identity) => {
-            let seal = match identity {
-                Some(identity) => identity.seal(),
-                None => {
-                    let path = config.autocrypt.seal_key_path(&config.state_dir);
-                    Arc::new(
-                        tokio::task::spawn_blocking(move || crate::openpgp::seal::SealKey::load_or_create(&path))
-                            .await??,
-                    )
-                }
-            };
-            Some((keys, seal))
-        }
-        (None, Some(identity)) => {
-            let keys: Arc<dyn crate::openpgp::cache::SecretKeys> = Arc::new(identity.clone());
-            Some((keys, identity.seal()))
-        }
-        (None, None) => None,
-    }
-    .map(|(keys, seal)| {
+    // (or, in tests, the keys given), the views sealed under the same seal key.
+    let keys = keys
+        .or_else(|| identity.clone().map(|identity| Arc::new(identity) as Arc<dyn crate::openpgp::cache::SecretKeys>));
+    let views = keys.zip(seal.if_loaded()).map(|(keys, seal)| {
         Arc::new(crate::openpgp::cache::Views::new(store.clone(), seal, keys, crate::openpgp::cache::DEFAULT_BUDGET))
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (context, receivers) = Context::new(config, TlsAcceptor::from(server_tls), store, shutdown_rx.clone());
+    let (context, receivers) = Context::new(config, TlsAcceptor::from(server_tls), store, seal, shutdown_rx.clone());
     let ctx = Arc::new(context);
     // The worker supervisor first: logins ask it for workers as soon as the listeners accept.
     let supervisor = tokio::spawn(crate::worker::supervise(ctx.clone(), receivers.workers, identity.clone()));
@@ -154,9 +155,16 @@ pub async fn run_with(
     }
     // SMTP submission listeners, the queue's relay task and the receipts agent.
     let smtp_channels = (receivers.queue, receivers.receipts);
-    listeners.smtp =
-        crate::smtp::server::start(ctx.clone(), smtp_channels, shutdown_rx.clone(), listeners.alive.clone(), identity)
-            .await?;
+    let (smtp, relay_waits) = crate::smtp::server::start(
+        ctx.clone(),
+        smtp_channels,
+        shutdown_rx.clone(),
+        listeners.alive.clone(),
+        identity.clone(),
+    )
+    .await?;
+    listeners.smtp = smtp;
+    tokio::spawn(control::serve(ctx.clone(), relay_waits, identity, shutdown_rx.clone()));
     tokio::spawn(renew_cert_daily(ctx.clone(), local_cert.clone()));
     info!(version = env!("CARGO_PKG_VERSION"), "coi-proxy ready");
     crate::sd_notify::ready("serving");
@@ -175,18 +183,22 @@ pub async fn run_with(
     Ok(())
 }
 
-/// The OpenPGP gateway's state (its seal key file is read or made here, off the runtime);
-/// `None` when `[autocrypt] enabled = false`. A seal key file that others can read, or that is
-/// not one, stops the start: keys sealed under it would be exposed or lost.
-async fn open_identity(config: &Config, store: &Store) -> Result<Option<crate::openpgp::identity::Identity>, RunError> {
+/// The OpenPGP gateway's state, its keys sealed under the daemon's one seal key (`run_with`
+/// has read it; a seal key file that others can read, or that is not one, stopped the start
+/// there); `None` when `[autocrypt] enabled = false`. Unseals the stored keys off the runtime.
+async fn open_identity(
+    config: &Config,
+    store: &Store,
+    seal: &Arc<crate::seal::SealKey>,
+) -> Result<Option<crate::openpgp::identity::Identity>, RunError> {
     use crate::openpgp::identity::{Identity, IdentityError};
     if !config.autocrypt.enabled {
         info!("Autocrypt is off ([autocrypt] enabled = false): mail passes as clients send it");
         return Ok(None);
     }
-    let (config, store) = (config.clone(), store.clone());
+    let (store, seal) = (store.clone(), seal.clone());
     let identity = tokio::task::spawn_blocking(move || {
-        let identity = Identity::open(&config, store)?;
+        let identity = Identity::with_seal(store, seal);
         identity.preload()?;
         Ok(identity)
     })

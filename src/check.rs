@@ -39,6 +39,7 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
         let _ = writeln!(out, "local certificate: no state here (made at the daemon's first start)");
         let _ = writeln!(out, "queue: no state here");
     }
+    oauth2(&mut out, config).await;
     ok &= autocrypt(&mut out, config);
     routes(&mut out, config);
 
@@ -274,6 +275,22 @@ fn local_certificate(out: &mut String, state_dir: &Path) {
     };
 }
 
+/// The OAuth2 accounts' state (authorized, refreshed, refused), from the daemon or the store.
+async fn oauth2(out: &mut String, config: &Config) {
+    if config.accounts.iter().all(|a| a.oauth2.is_none()) {
+        return;
+    }
+    let socket = crate::smtp::control::socket_path(&config.state_dir);
+    match crate::oauth::control::status(config, &socket).await {
+        Ok(text) => {
+            for line in text.lines() {
+                let _ = writeln!(out, "oauth2 {line}");
+            }
+        }
+        Err(e) => _ = writeln!(out, "oauth2: unknown ({e})"),
+    }
+}
+
 /// What the proxy adds on top of the provider after login, and what its provider profile
 /// (decided from the greeting, the host and the capabilities before login) changes.
 fn additions(out: &mut String, config: &Config, up: &Upstream) {
@@ -488,7 +505,7 @@ fn autocrypt(out: &mut String, config: &Config) -> bool {
         let _ = writeln!(out, "autocrypt: off ([autocrypt] enabled = false): no OpenPGP keys, mail passes as sent");
         return true;
     }
-    let path = config.autocrypt.seal_key_path(&config.state_dir);
+    let path = config.seal_key_path();
     let (state, ok) = match std::fs::metadata(&path) {
         Ok(meta) if meta.permissions().mode() & 0o077 != 0 => (
             format!(

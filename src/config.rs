@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod oauth2;
+pub use oauth2::{Endpoints as OAuth2Endpoints, OAuth2};
+
 /// The whole configuration, as read from `proxy.toml` (or built from defaults and flags).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,6 +19,9 @@ pub struct Config {
     /// Store file, local certificate and key live here.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// The key that seals secrets at rest (`seal`); default `<state_dir>/seal.key`. Kept
+    /// elsewhere (a systemd credential, a tmpfs), a stolen state directory reveals no secret.
+    pub seal_key_file: Option<PathBuf>,
     #[serde(default)]
     pub listen: Listen,
     #[serde(default)]
@@ -388,10 +394,8 @@ pub struct Autocrypt {
     /// who announced a key. Off: no keys are made, mail passes as the client sends it.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// The key-encryption key that seals the accounts' secret keys in the store (default
-    /// `<state_dir>/seal.key`). Keep it elsewhere (a systemd credential, a mounted secret) and
-    /// a copy of the state directory alone reveals no secret key.
-    pub seal_key: Option<PathBuf>,
+    // The secret keys are sealed with the top-level `seal_key_file`, as every secret in the
+    // store: one key, so OAuth2 grants, OpenPGP keys and cached views cannot drift apart.
 }
 
 impl Default for Autocrypt {
@@ -414,13 +418,6 @@ fn default_max_smtp_recipients() -> u32 {
     50
 }
 
-impl Autocrypt {
-    /// Where the seal key file is.
-    pub fn seal_key_path(&self, state_dir: &Path) -> PathBuf {
-        self.seal_key.clone().unwrap_or_else(|| state_dir.join("seal.key"))
-    }
-}
-
 fn default_true() -> bool {
     true
 }
@@ -440,6 +437,9 @@ pub struct Account {
     /// Receipts).
     #[serde(default)]
     pub read_receipts: bool,
+    /// Sign in to the provider with OAuth2; the client logs in to the proxy with a local
+    /// password (`coi-proxy oauth authorize`).
+    pub oauth2: Option<OAuth2>,
     /// More addresses the account may send as (aliases), besides its login: SMTP `MAIL FROM`
     /// and the `From:` field must be one of them.
     #[serde(default)]
@@ -626,6 +626,16 @@ impl Config {
             if account.imap.is_none() && self.upstream.is_none() {
                 return Err((key("imap"), "no `imap` here and no [upstream] to fall back on".into()));
             }
+            if let Some(oauth2) = &account.oauth2 {
+                oauth2.endpoints().map_err(|(k, why)| (key(&format!("oauth2.{k}")), why))?;
+                if account.password_command.is_some() {
+                    return Err((
+                        key("password_command"),
+                        "an account with [account.oauth2] signs in with its OAuth2 grant; remove password_command"
+                            .into(),
+                    ));
+                }
+            }
         }
         if self.listen.metrics.is_some_and(|a| !a.ip().is_loopback()) {
             return Err((
@@ -768,6 +778,32 @@ impl Config {
 }
 
 impl Config {
+    /// Where the key that seals secrets at rest is kept.
+    pub fn seal_key_path(&self) -> PathBuf {
+        self.seal_key_file.clone().unwrap_or_else(|| self.state_dir.join("seal.key"))
+    }
+
+    /// The `[account.oauth2]` that applies to `login`: its `[[account]]` by login, else by domain.
+    pub fn oauth2_for(&self, login: &str) -> Option<&OAuth2> {
+        let domain = login.rsplit_once('@').map(|(_, d)| d);
+        let by_login = self.accounts.iter().find(|a| a.login.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(login)));
+        let account = by_login.or_else(|| {
+            self.accounts
+                .iter()
+                .find(|a| a.domain.as_deref().zip(domain).is_some_and(|(a, d)| a.eq_ignore_ascii_case(d)))
+        })?;
+        account.oauth2.as_ref()
+    }
+
+    /// The logins named in an `[[account]]` with `[account.oauth2]` (for `check`).
+    pub fn oauth2_logins(&self) -> Vec<String> {
+        self.accounts
+            .iter()
+            .filter(|a| a.oauth2.is_some())
+            .filter_map(|a| a.login.as_deref().map(str::to_ascii_lowercase))
+            .collect()
+    }
+
     /// The submission server for a login, routed like [`Config::provider_for`]: an `[[account]]`
     /// matched by `login`, then by `domain`, each falling back to `[upstream] smtp`.
     pub fn smtp_provider_for(&self, login: &str) -> Option<SmtpProvider> {
@@ -1106,6 +1142,45 @@ mod tests {
     }
 
     #[test]
+    fn oauth2_accounts() {
+        let c = parse(
+            r#"
+            [upstream]
+            imap = "imaps://default.example"
+            [[account]]
+            login = "alice@outlook.example"
+            [account.oauth2]
+            provider = "microsoft"
+            client_id = "00000000-0000-0000-0000-000000000000"
+            [[account]]
+            domain = "gmail.example"
+            [account.oauth2]
+            provider = "google"
+            client_id = "x.apps.googleusercontent.com"
+            client_secret = "not-so-secret"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.oauth2_for("Alice@outlook.example").unwrap().provider.as_deref(), Some("microsoft"));
+        assert_eq!(c.oauth2_for("bob@gmail.example").unwrap().provider.as_deref(), Some("google"));
+        assert!(c.oauth2_for("carol@example.org").is_none());
+        assert_eq!(c.oauth2_logins(), vec!["alice@outlook.example".to_string()]);
+        assert_eq!(c.seal_key_path(), c.state_dir.join("seal.key"));
+        let err = parse("[upstream]\nimap = \"imaps://x\"\n[[account]]\nlogin = \"a@b\"\n[account.oauth2]\nprovider = \"aol\"\nclient_id = \"c\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("account[0].oauth2.provider: unknown provider `aol`"), "{err}");
+        let err = parse("[upstream]\nimap = \"imaps://x\"\n[[account]]\nlogin = \"a@b\"\npassword_command = \"x\"\n[account.oauth2]\nprovider = \"google\"\nclient_id = \"c\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("account[0].password_command"), "{err}");
+        let err = parse("[upstream]\nimap = \"imaps://x\"\n[[account]]\nlogin = \"a@b\"\n[account.oauth2]\nprovider = \"google\"\nclient_id = \"c\"\nscopes = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `scopes`"), "{err}");
+    }
+
+    #[test]
     fn plaintext_auth_default_follows_address() {
         let l = Listen::default();
         assert!(l.plaintext_auth_allowed(&"127.0.0.1:1143".parse().unwrap()));
@@ -1148,10 +1223,13 @@ mod chat_client_tests {
         assert!(coi.is_chat_client(Some("ArcaneChat")));
         let autocrypt = Config::parse("", Path::new("proxy.toml")).unwrap().autocrypt;
         assert!(autocrypt.enabled, "on by default");
-        assert_eq!(autocrypt.seal_key_path(Path::new("/s")), Path::new("/s/seal.key"));
-        let off = Config::parse("[autocrypt]\nenabled = false\nseal_key = \"/k\"\n", Path::new("proxy.toml")).unwrap();
+        let off = Config::parse("[autocrypt]\nenabled = false\n", Path::new("proxy.toml")).unwrap();
         assert!(!off.autocrypt.enabled);
-        assert_eq!(off.autocrypt.seal_key_path(Path::new("/s")), Path::new("/k"));
+        // One seal key for every secret: the OpenPGP keys use the top-level `seal_key_file`.
+        let one = Config::parse("seal_key_file = \"/k\"\n", Path::new("proxy.toml")).unwrap();
+        assert_eq!(one.seal_key_path(), Path::new("/k"));
+        let err = Config::parse("[autocrypt]\nseal_key = \"/k\"\n", Path::new("proxy.toml")).unwrap_err();
+        assert!(err.to_string().contains("seal_key"), "{err}");
         assert!(Config::parse("[autocrypt]\nenable = true\n", Path::new("proxy.toml")).is_err(), "typos are errors");
     }
 }

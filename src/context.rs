@@ -1,8 +1,9 @@
-//! What every edge and wing is handed: the configuration in force, the store, the accounts and
-//! their credentials, TLS towards providers and clients, the session caps, the shutdown signal,
-//! and the channels to the long-running tasks (the worker supervisor, the receipts agent, the
-//! queue's relay, the Delta Chat notifier). Built once by `app`, which also starts the tasks that read the channels;
-//! nothing here starts anything, so a wing that needs a worker asks for one and never spawns it.
+//! What every edge and wing is handed: the configuration in force, the store and the key that
+//! seals its secrets, the accounts and their credentials, TLS towards providers and clients, the
+//! session caps, the shutdown signal, and the channels to the long-running tasks (the worker
+//! supervisor, the receipts agent, the queue's relay, the Delta Chat notifier). Built once by
+//! `app`, which also starts the tasks that read the channels; nothing here starts anything, so a
+//! wing that needs a worker asks for one and never spawns it.
 
 use std::sync::{Arc, RwLock};
 
@@ -13,6 +14,7 @@ use crate::account::{Accounts, Credentials};
 use crate::config::Config;
 use crate::limits::Sessions;
 use crate::limits::logins::Logins;
+use crate::seal::SealCell;
 use crate::store::Store;
 use crate::tls::UpstreamTls;
 
@@ -25,6 +27,10 @@ pub struct Context {
     pub acceptor: TlsAcceptor,
     pub credentials: Credentials,
     pub store: Store,
+    /// Seals the secrets the store keeps (OAuth2 tokens, local password hashes, OpenPGP secret
+    /// keys, cached decrypted views): one key, shared with the OpenPGP gateway; made at its first
+    /// use when nothing needed it at start.
+    pub seal: Arc<SealCell>,
     /// Every account seen since start: COI settings, worker nudges, verdicts.
     pub accounts: Accounts,
     /// Open sessions (IMAP and SMTP) per client address, for `[limits] max_sessions*`.
@@ -56,6 +62,7 @@ impl Context {
         config: Config,
         acceptor: TlsAcceptor,
         store: Store,
+        seal: impl Into<SealCell>,
         shutdown: watch::Receiver<bool>,
     ) -> (Context, Receivers) {
         let (workers, workers_rx) = mpsc::unbounded_channel();
@@ -68,6 +75,7 @@ impl Context {
             acceptor,
             credentials: Credentials::default(),
             store,
+            seal: Arc::new(seal.into()),
             accounts: Accounts::default(),
             sessions: Sessions::default(),
             logins: Logins::default(),

@@ -72,6 +72,12 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Signs the proxy in to providers that want OAuth2 (Gmail, Microsoft 365; works while the
+    /// daemon runs).
+    Oauth {
+        #[command(subcommand)]
+        action: OauthAction,
+    },
     /// The OpenPGP key coi-proxy holds for an account (works while the daemon runs).
     Key {
         #[command(subcommand)]
@@ -105,6 +111,25 @@ enum Command {
         #[command(subcommand)]
         what: Generate,
     },
+}
+
+#[derive(Subcommand)]
+enum OauthAction {
+    /// Authorizes coi-proxy at the provider of LOGIN (an [[account]] with [account.oauth2]):
+    /// prints the URL and code to use, stores the grant, and sets the local password your mail
+    /// client will log in to coi-proxy with.
+    Authorize {
+        /// The account's login, as in its [[account]] entry.
+        login: String,
+        /// Read the local password from the first line of stdin (required).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Use the browser flow (PKCE, loopback redirect) where the device flow is the default.
+        #[arg(long)]
+        browser: bool,
+    },
+    /// Shows each OAuth2 account's state: authorized, refreshed, or refused by the provider.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -324,6 +349,7 @@ fn main() -> ExitCode {
             };
             print_or_fail(control::cli(&config, cmd))
         }
+        Command::Oauth { action } => runtime.block_on(oauth(&config, action)),
     }
 }
 
@@ -370,6 +396,35 @@ fn generate(what: &Generate) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn oauth(config: &Config, action: OauthAction) -> ExitCode {
+    let socket = coi_proxy::smtp::control::socket_path(&config.state_dir);
+    let result = match action {
+        OauthAction::Authorize { login, password_stdin, browser } => {
+            if !password_stdin {
+                eprintln!(
+                    "coi-proxy: give the local password your mail client will use on stdin, with --password-stdin \
+                     (at a terminal it is asked for, without echo)"
+                );
+                return ExitCode::from(2);
+            }
+            let prompt = format!("the local password {login}'s mail client will log in to coi-proxy with");
+            let password = match coi_proxy::cli::password::read_stdin(&prompt) {
+                Ok(password) => password,
+                Err(e) => {
+                    eprintln!("coi-proxy: cannot read the password from stdin: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut out = std::io::stdout();
+            coi_proxy::oauth::authorize::run(config, &socket, &login, password, browser, &mut out)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        OauthAction::Status => coi_proxy::oauth::control::status(config, &socket).await.map_err(|e| e.to_string()),
+    };
+    print_or_fail(result)
 }
 
 fn command_log_format(command: &Command) -> Option<LogFormat> {

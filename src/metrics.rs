@@ -49,8 +49,19 @@ pub const LISTENERS: [&str; 4] = ["imap", "imaps", "smtp", "smtps"];
 
 /// Why a connection to a provider's IMAP server failed, as labelled in `/metrics` (the
 /// connection code names its causes with these words).
-pub const CAUSES: [&str; 10] =
-    ["dns", "refused", "timeout", "network", "tls", "greeting", "starttls", "closed", "protocol", "login_disabled"];
+pub const CAUSES: [&str; 11] = [
+    "dns",
+    "refused",
+    "timeout",
+    "network",
+    "tls",
+    "greeting",
+    "starttls",
+    "closed",
+    "protocol",
+    "login_disabled",
+    "oauth",
+];
 
 pub static SESSIONS_OPEN: [Gauge; 4] = [const { Gauge::new() }; 4];
 pub static SESSIONS_TOTAL: [Counter; 4] = [const { Counter::new() }; 4];
@@ -58,9 +69,9 @@ pub static SESSIONS_TOTAL: [Counter; 4] = [const { Counter::new() }; 4];
 pub static COMMANDS_RELAYED: Counter = Counter::new();
 pub static BYTES_FROM_CLIENT: Counter = Counter::new();
 pub static BYTES_FROM_PROVIDER: Counter = Counter::new();
-static PROVIDER_CONNECT_FAILURES: [Counter; 10] = [const { Counter::new() }; 10];
+static PROVIDER_CONNECT_FAILURES: [Counter; CAUSES.len()] = [const { Counter::new() }; CAUSES.len()];
 /// The same for providers' submission (SMTP) servers.
-static SUBMISSION_CONNECT_FAILURES: [Counter; 10] = [const { Counter::new() }; 10];
+static SUBMISSION_CONNECT_FAILURES: [Counter; CAUSES.len()] = [const { Counter::new() }; CAUSES.len()];
 /// What became of each recipient at a relay attempt, by [`RELAY_OUTCOMES`].
 static RELAY_OUTCOMES_TOTAL: [Counter; 3] = [const { Counter::new() }; 3];
 /// A relayed recipient's outcome, as labelled in `/metrics`: the provider took it, refused it

@@ -11,13 +11,14 @@ use std::path::Path;
 /// The floors, bottom up (ARCHITECTURE.md, "The map").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Level {
-    /// L0: config, account, mail, limits, logging, secret, net, deflate, tls, state, metrics, sd_notify, clock.
+    /// L0: config, account, mail, limits, logging, secret, net, deflate, tls, state, metrics, sd_notify,
+    /// clock, provider_profile, seal.
     Floor,
     /// L1: `imap::wire` (the IMAP syntax) and `store` (redb); neither imports the other.
     Base,
     /// L2: `context`.
     Context,
-    /// L3: coi, push, receipts, deltachat.
+    /// L3: coi, push, receipts, oauth, openpgp, deltachat.
     Wing,
     /// L4: imap::session, imap::upstream (with imap::conn), smtp, worker.
     Edge,
@@ -62,6 +63,7 @@ const FLOOR_FILES: &[&str] = &[
     "clock",
     "deflate",
     "provider_profile",
+    "seal",
 ];
 const TOP_FILES: &[&str] = &["main", "app", "check", "trust", "cli"];
 
@@ -80,7 +82,7 @@ fn place(module: &[String]) -> Option<Node> {
         ("imap", Some("session")) => node("imap::session", Level::Edge),
         ("imap", Some(_)) => None,
         ("smtp" | "worker", _) => node(first, Level::Edge),
-        ("coi" | "push" | "receipts" | "openpgp" | "deltachat", _) => node(first, Level::Wing),
+        ("coi" | "push" | "receipts" | "oauth" | "openpgp" | "deltachat", _) => node(first, Level::Wing),
         ("context", None) => node("context", Level::Context),
         ("store", _) => node("store", Level::Base),
         (f, _) if FLOOR_FILES.contains(&f) => node(f, Level::Floor),

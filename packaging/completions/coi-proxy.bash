@@ -37,6 +37,9 @@ _coi__proxy() {
             coi__proxy,key)
                 cmd="coi__proxy__subcmd__key"
                 ;;
+            coi__proxy,oauth)
+                cmd="coi__proxy__subcmd__oauth"
+                ;;
             coi__proxy,profile)
                 cmd="coi__proxy__subcmd__profile"
                 ;;
@@ -124,6 +127,9 @@ _coi__proxy() {
             coi__proxy__subcmd__help,key)
                 cmd="coi__proxy__subcmd__help__subcmd__key"
                 ;;
+            coi__proxy__subcmd__help,oauth)
+                cmd="coi__proxy__subcmd__help__subcmd__oauth"
+                ;;
             coi__proxy__subcmd__help,profile)
                 cmd="coi__proxy__subcmd__help__subcmd__profile"
                 ;;
@@ -163,6 +169,12 @@ _coi__proxy() {
             coi__proxy__subcmd__help__subcmd__key,import)
                 cmd="coi__proxy__subcmd__help__subcmd__key__subcmd__import"
                 ;;
+            coi__proxy__subcmd__help__subcmd__oauth,authorize)
+                cmd="coi__proxy__subcmd__help__subcmd__oauth__subcmd__authorize"
+                ;;
+            coi__proxy__subcmd__help__subcmd__oauth,status)
+                cmd="coi__proxy__subcmd__help__subcmd__oauth__subcmd__status"
+                ;;
             coi__proxy__subcmd__help__subcmd__profile,apple)
                 cmd="coi__proxy__subcmd__help__subcmd__profile__subcmd__apple"
                 ;;
@@ -195,6 +207,24 @@ _coi__proxy() {
                 ;;
             coi__proxy__subcmd__key__subcmd__help,import)
                 cmd="coi__proxy__subcmd__key__subcmd__help__subcmd__import"
+                ;;
+            coi__proxy__subcmd__oauth,authorize)
+                cmd="coi__proxy__subcmd__oauth__subcmd__authorize"
+                ;;
+            coi__proxy__subcmd__oauth,help)
+                cmd="coi__proxy__subcmd__oauth__subcmd__help"
+                ;;
+            coi__proxy__subcmd__oauth,status)
+                cmd="coi__proxy__subcmd__oauth__subcmd__status"
+                ;;
+            coi__proxy__subcmd__oauth__subcmd__help,authorize)
+                cmd="coi__proxy__subcmd__oauth__subcmd__help__subcmd__authorize"
+                ;;
+            coi__proxy__subcmd__oauth__subcmd__help,help)
+                cmd="coi__proxy__subcmd__oauth__subcmd__help__subcmd__help"
+                ;;
+            coi__proxy__subcmd__oauth__subcmd__help,status)
+                cmd="coi__proxy__subcmd__oauth__subcmd__help__subcmd__status"
                 ;;
             coi__proxy__subcmd__profile,apple)
                 cmd="coi__proxy__subcmd__profile__subcmd__apple"
@@ -245,7 +275,7 @@ _coi__proxy() {
 
     case "${cmd}" in
         coi__proxy)
-            opts="-c -h -V --config --state-dir --upstream --log-format --help --version run check cert queue key invite join setup profile generate help"
+            opts="-c -h -V --config --state-dir --upstream --log-format --help --version run check cert queue oauth key invite join setup profile generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -701,7 +731,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__help)
-            opts="run check cert queue key invite join setup profile generate help"
+            opts="run check cert queue oauth key invite join setup profile generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -925,6 +955,48 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__help__subcmd__key__subcmd__import)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__help__subcmd__oauth)
+            opts="authorize status"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__help__subcmd__oauth__subcmd__authorize)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__help__subcmd__oauth__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1225,6 +1297,140 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__key__subcmd__import)
+            opts="-c -h --config --state-dir --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__oauth)
+            opts="-c -h --config --state-dir --help authorize status help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__oauth__subcmd__authorize)
+            opts="-c -h --password-stdin --browser --config --state-dir --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__oauth__subcmd__help)
+            opts="authorize status help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__oauth__subcmd__help__subcmd__authorize)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__oauth__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__oauth__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__oauth__subcmd__status)
             opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

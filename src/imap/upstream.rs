@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use base64::Engine;
 
-use crate::account::CredentialError;
+use crate::account::{Credential, CredentialError};
 use crate::config::{Provider, Security, ServerUrl};
 use crate::context::Context;
 use crate::deflate::Counters;
@@ -20,6 +20,8 @@ use crate::imap::wire::capability;
 use crate::imap::wire::command;
 use crate::imap::wire::provider::{ProviderCommands, ProviderError, Reply};
 use crate::net::{NetError, Phase, Stream, TlsProblem, tcp_connect, tls_handshake};
+use crate::oauth::sasl::{Challenge, Mechanism};
+use crate::oauth::{self, OAuthError};
 use crate::provider_profile::{Facts, ProviderProfile};
 use crate::secret::Secret;
 use crate::store::StoreError;
@@ -41,6 +43,11 @@ pub enum UpstreamError {
     Protocol { server: String },
     #[error("{server} does not allow login over this connection (LOGINDISABLED)")]
     LoginDisabled { server: String },
+    #[error("{server} offers neither AUTH=XOAUTH2 nor AUTH=OAUTHBEARER for an OAuth2 sign-in")]
+    NoBearerAuth { server: String },
+    /// The OAuth2 sign-in could not be done now (the identity provider, the store).
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
 }
 
 impl UpstreamError {
@@ -52,6 +59,8 @@ impl UpstreamError {
             UpstreamError::StartTls { .. } => "starttls",
             UpstreamError::Protocol { .. } => "protocol",
             UpstreamError::LoginDisabled { .. } => "login_disabled",
+            UpstreamError::NoBearerAuth { .. } => "login_disabled",
+            UpstreamError::OAuth(_) => "oauth",
         }
     }
 
@@ -206,14 +215,18 @@ impl Upstream {
         Ok(up)
     }
 
-    /// Connects to `login`'s provider and logs in with `password`: the proxy's own connection
+    /// Connects to `login`'s provider and signs in with `credential`: the proxy's own connection
     /// for work on the account.
-    pub async fn open(ctx: &Context, login: &str, password: &Secret) -> Result<Upstream, OwnWorkError> {
+    pub async fn open(ctx: &Context, login: &str, credential: &Credential) -> Result<Upstream, OwnWorkError> {
         let config = ctx.config();
         let provider = config.provider_for(login).ok_or_else(|| OwnWorkError::NoProvider(login.to_string()))?;
         let limits = &config.limits;
         let mut up = Upstream::connect(&provider, &ctx.upstream_tls, limits.connect_timeout(), limits.max_line).await?;
-        match up.authenticate(login, password).await? {
+        let outcome = match credential {
+            Credential::Password(password) => up.authenticate(login, password).await?,
+            Credential::OAuth2 => up.sign_in_oauth2(ctx, login, None).await?,
+        };
+        match outcome {
             AuthOutcome::Ok(_) => {
                 up.compress().await?;
                 Ok(up)
@@ -243,6 +256,95 @@ impl Upstream {
 
     pub fn has(&self, cap: &str) -> bool {
         self.capabilities.iter().any(|c| c.eq_ignore_ascii_case(cap))
+    }
+
+    /// Logs a client in with what it gave: with OAuth2 where `[account.oauth2]` applies (the
+    /// local password is checked by the proxy and never sent on), else with the same
+    /// credentials.
+    pub async fn log_in(
+        &mut self,
+        ctx: &Context,
+        login: &str,
+        password: &Secret,
+    ) -> Result<AuthOutcome, UpstreamError> {
+        if ctx.config().oauth2_for(login).is_some() {
+            return self.sign_in_oauth2(ctx, login, Some(password)).await;
+        }
+        self.authenticate(login, password).await
+    }
+
+    /// Signs in with an access token of `login`'s grant (for a client, after checking its
+    /// local `password`). A token the provider turns down is refreshed once and tried again; a
+    /// refusal the client must act on (wrong password, no or a revoked grant) comes back as a
+    /// `NO [AUTHENTICATIONFAILED]` status that says what to do.
+    async fn sign_in_oauth2(
+        &mut self,
+        ctx: &Context,
+        login: &str,
+        password: Option<&Secret>,
+    ) -> Result<AuthOutcome, UpstreamError> {
+        let token = match password {
+            Some(password) => oauth::sign_in(ctx, login, password).await,
+            None => oauth::access_token(ctx, login, None).await,
+        };
+        let token = match token {
+            Ok(token) => token,
+            Err(e) => return oauth_refusal(e),
+        };
+        match self.authenticate_bearer(login, &token).await? {
+            AuthOutcome::Ok(status) => Ok(AuthOutcome::Ok(status)),
+            AuthOutcome::Rejected(_) => {
+                tracing::info!(login, "the provider turned the access token down; refreshing it once");
+                match oauth::access_token(ctx, login, Some(&token)).await {
+                    Ok(fresh) => self.authenticate_bearer(login, &fresh).await,
+                    Err(e) => oauth_refusal(e),
+                }
+            }
+        }
+    }
+
+    /// AUTHENTICATE with a bearer token: XOAUTH2 or OAUTHBEARER, whichever the provider offers,
+    /// as an initial response where SASL-IR allows. A refusal's challenge is answered as the
+    /// mechanism wants before the provider's `NO`.
+    pub async fn authenticate_bearer(&mut self, login: &str, token: &Secret) -> Result<AuthOutcome, UpstreamError> {
+        let offered = self
+            .capabilities
+            .iter()
+            .filter_map(|c| c.get(..5).filter(|p| p.eq_ignore_ascii_case("AUTH=")).map(|_| &c[5..]));
+        let mechanism = Mechanism::choose(offered)
+            .ok_or_else(|| UpstreamError::NoBearerAuth { server: self.server.to_string() })?;
+        let response = mechanism.initial_response_b64(login, token, &self.server.host, self.server.port);
+        let tag = self.tag();
+        let mut line = format!("{tag} AUTHENTICATE {}", mechanism.name()).into_bytes();
+        let mut pending = Some(response);
+        if self.has("SASL-IR") {
+            line.push(b' ');
+            line.extend_from_slice(pending.take().expect("not sent yet").expose());
+        }
+        line.extend_from_slice(b"\r\n");
+        let line = Secret::new(line);
+        self.send(line.expose()).await?;
+        let prefix = format!("{tag} ");
+        loop {
+            let reply = self.read_response().await?;
+            if let Some(status) = reply.strip_prefix(prefix.as_bytes()) {
+                return self.logged_in(status.to_vec()).await;
+            }
+            if let Some(challenge) = reply.strip_prefix(b"+") {
+                let answer = match pending.take() {
+                    Some(response) => Secret::new([response.expose(), b"\r\n"].concat()),
+                    None => {
+                        // The refusal's challenge (a JSON error); answering it ends the exchange.
+                        let why = Challenge::parse(challenge).map_or_else(|| "no details".into(), |c| c.describe());
+                        tracing::debug!(mechanism = mechanism.name(), "the provider refused the token ({why})");
+                        Secret::new(format!("{}\r\n", mechanism.abort_response_b64()).into_bytes())
+                    }
+                };
+                self.send(answer.expose()).await?;
+            } else if reply.starts_with(b"* BYE") {
+                return Err(UpstreamError::closed(&self.server));
+            }
+        }
     }
 
     /// Tells the provider, before the login, which address the client connects from (RFC 2971
@@ -313,6 +415,11 @@ impl Upstream {
             }
         }
         let status = self.read_tagged(&tag).await?;
+        self.logged_in(status).await
+    }
+
+    /// The outcome of a login from the provider's tagged status; after `OK`, its capabilities.
+    async fn logged_in(&mut self, status: Vec<u8>) -> Result<AuthOutcome, UpstreamError> {
         if status.starts_with(b"OK") {
             match capability::find_in_response(&[b"* ", &status[..]].concat()) {
                 Some(range) => self.capabilities = capability::parse_list(&[b"* ", &status[..]].concat()[range]),
@@ -514,12 +621,76 @@ impl ProviderCommands for Upstream {
     }
 }
 
+/// An OAuth2 sign-in that did not get as far as the provider: a refusal the client must act on
+/// becomes its `NO [AUTHENTICATIONFAILED]` status (saying what to do; a wrong password is not
+/// told apart from a wrong login), anything else a failure to log in now.
+fn oauth_refusal(e: OAuthError) -> Result<AuthOutcome, UpstreamError> {
+    if !e.refuses_login() {
+        return Err(e.into());
+    }
+    tracing::info!("OAuth2 sign-in refused: {e}");
+    let text = match e {
+        OAuthError::WrongPassword => "Authentication failed.".to_string(),
+        e => e.to_string().chars().map(|c| if c.is_ascii_graphic() { c } else { ' ' }).collect(),
+    };
+    Ok(AuthOutcome::Rejected(format!("NO [AUTHENTICATIONFAILED] {text}\r\n").into_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::TcpListener;
 
     use super::*;
+
+    /// A bearer token without SASL-IR: the response after the `+`; a refusal's challenge is
+    /// answered as the mechanism wants (OAUTHBEARER: `AQ==`), then the provider's `NO` is the
+    /// outcome.
+    #[tokio::test]
+    async fn bearer_tokens_without_sasl_ir_and_a_refusal() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let provider = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tcp = BufReader::new(tcp);
+            tcp.write_all(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN AUTH=OAUTHBEARER] ready\r\n").await.unwrap();
+            let mut line = String::new();
+            tcp.read_line(&mut line).await.unwrap();
+            let tag = line.split(' ').next().unwrap().to_string();
+            assert_eq!(line, format!("{tag} AUTHENTICATE OAUTHBEARER\r\n"));
+            tcp.write_all(b"+ \r\n").await.unwrap();
+            line.clear();
+            tcp.read_line(&mut line).await.unwrap();
+            let raw = base64::engine::general_purpose::STANDARD.decode(line.trim_end()).unwrap();
+            assert_eq!(
+                raw,
+                b"n,a=a@x,\x01host=127.0.0.1\x01port="
+                    .iter()
+                    .chain(port.to_string().as_bytes())
+                    .chain(b"\x01auth=Bearer tok\x01\x01")
+                    .copied()
+                    .collect::<Vec<u8>>()
+            );
+            tcp.write_all(b"+ eyJzdGF0dXMiOiJpbnZhbGlkX3Rva2VuIn0=\r\n").await.unwrap();
+            line.clear();
+            tcp.read_line(&mut line).await.unwrap();
+            assert_eq!(line, "AQ==\r\n");
+            tcp.write_all(format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n").as_bytes())
+                .await
+                .unwrap();
+        });
+        let imap = ServerUrl::parse_imap(&format!("imap://127.0.0.1:{port}")).unwrap();
+        let provider_config = Provider { imap, ca_file: None };
+        let mut up = Upstream::connect(&provider_config, &UpstreamTls::default(), Duration::from_secs(5), 64 * 1024)
+            .await
+            .unwrap();
+        let outcome = up.authenticate_bearer("a@x", &Secret::new(b"tok".to_vec())).await.unwrap();
+        assert!(matches!(outcome, AuthOutcome::Rejected(s) if s.starts_with(b"NO [AUTHENTICATIONFAILED]")));
+        provider.await.unwrap();
+        up.capabilities.retain(|c| !c.starts_with("AUTH=OAUTH"));
+        let err = up.authenticate_bearer("a@x", &Secret::default()).await.err().expect("no bearer mechanism");
+        assert!(err.to_string().contains("offers neither AUTH=XOAUTH2 nor AUTH=OAUTHBEARER"), "{err}");
+    }
 
     /// A wing's command with a synchronizing literal on the proxy's own connection: the literal
     /// waits for the provider's `+`, and only the responses asked for are captured.

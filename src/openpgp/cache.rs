@@ -15,9 +15,9 @@ use tracing::warn;
 
 use super::decrypt::DecryptError;
 use super::key::AccountKey;
-use super::seal::SealKey;
 use super::view::{self, View};
 use crate::imap::wire::message::MessageView;
+use crate::seal::SealKey;
 use crate::store::{Store, ViewId};
 
 /// Default memory budget of all views together.

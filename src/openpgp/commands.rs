@@ -197,7 +197,7 @@ pub fn queue(
 mod tests {
     use super::*;
     use crate::openpgp::key::AccountKey;
-    use crate::openpgp::seal::SealKey;
+    use crate::seal::SealKey;
     use crate::store::Store;
 
     #[test]

@@ -15,10 +15,10 @@ use super::cache::SecretKeys;
 use super::fingerprint::Fingerprint;
 use super::key::{AccountKey, KeyError};
 use super::peer::{Peer, Verdict};
-use super::seal::{SealError, SealKey, secret_key_purpose};
 use super::securejoin::inviter::Issued;
 use super::securejoin::joiner::Joining;
 use crate::config::Config;
+use crate::seal::{SealError, SealKey, secret_key_purpose};
 use crate::secret::Secret;
 use crate::store::{Store, StoreError};
 
@@ -52,17 +52,19 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Loads (or creates, 0600) the seal key file of `config`. Blocking file I/O.
+    /// Loads (or creates, 0600) the seal key file of `config` (`seal_key_file`, the one key
+    /// every secret in the store is sealed with). Blocking file I/O.
     pub fn open(config: &Config, store: Store) -> Result<Identity, IdentityError> {
         if !config.autocrypt.enabled {
             return Err(IdentityError::Disabled);
         }
-        let seal = SealKey::load_or_create(&config.autocrypt.seal_key_path(&config.state_dir))?;
+        let seal = SealKey::load_or_create(&config.seal_key_path())?;
         Ok(Identity::with_seal(store, seal))
     }
 
-    pub fn with_seal(store: Store, seal: SealKey) -> Identity {
-        Identity { store, seal: Arc::new(seal), keys: Arc::default() }
+    /// With the seal key already loaded (the daemon's, shared with OAuth2 and the views).
+    pub fn with_seal(store: Store, seal: impl Into<Arc<SealKey>>) -> Identity {
+        Identity { store, seal: seal.into(), keys: Arc::default() }
     }
 
     pub fn store(&self) -> &Store {
@@ -298,6 +300,22 @@ mod tests {
         let other = Identity::with_seal(id.store().clone(), SealKey::generate());
         let err = other.account_key_blocking("alice@example.org").unwrap_err();
         assert!(matches!(err, IdentityError::Unseal(_)), "{err}");
+    }
+
+    #[test]
+    fn keys_are_sealed_under_the_one_seal_key_file() {
+        // `seal_key_file` (shared with the OAuth2 grants and the views), not a key of the wing's own.
+        let (dir, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut config: Config = toml::from_str("").unwrap();
+        config.state_dir = dir.path().to_path_buf();
+        config.seal_key_file = Some(elsewhere.path().join("seal.key"));
+        let id = Identity::open(&config, Store::open(dir.path()).unwrap()).unwrap();
+        let key = id.account_key_blocking("alice@example.org").unwrap();
+        assert!(!dir.path().join("seal.key").exists(), "no second seal key in the state directory");
+        let seal = SealKey::load(&config.seal_key_path()).unwrap();
+        let sealed = id.store().account_key("alice@example.org").unwrap().unwrap();
+        let opened = seal.open(&secret_key_purpose("alice@example.org"), &sealed).unwrap();
+        assert_eq!(opened.expose(), key.secret_bytes().unwrap().expose());
     }
 
     #[test]

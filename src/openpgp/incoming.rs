@@ -137,7 +137,7 @@ mod tests {
     use crate::openpgp::autocrypt::{AutocryptHeader, PreferEncrypt};
     use crate::openpgp::encrypt::{Options, encrypt};
     use crate::openpgp::key::AccountKey;
-    use crate::openpgp::seal::SealKey;
+    use crate::seal::SealKey;
     use crate::store::Store;
 
     const ALICE: &str = "alice@example.org";

@@ -140,7 +140,7 @@ impl AccountKey {
     /// writes it) for `addr`, after checking that it can sign and encrypt, that one of its user
     /// IDs is `addr`, and that a sign-encrypt-decrypt-verify round trip works. A passphrase, if
     /// given, unlocks a protected key; the imported key is kept unprotected (it is sealed at rest
-    /// by the store instead, see `seal.rs`).
+    /// by the store instead, see `crate::seal`).
     pub fn import_armored(armored: &[u8], addr: &str, passphrase: Option<&Secret>) -> Result<AccountKey, KeyError> {
         let addr = checked_addr(addr)?;
         if armored.len() > MAX_ARMORED_KEY {
@@ -247,7 +247,7 @@ impl AccountKey {
         Ok(Secret::new(text))
     }
 
-    /// The binary secret key, to be sealed for the store (`seal.rs`).
+    /// The binary secret key, to be sealed for the store (`crate::seal`).
     pub fn secret_bytes(&self) -> Result<Secret, KeyError> {
         self.secret.to_bytes().map(Secret::new).map_err(|e| KeyError::Serialize(short(&e)))
     }

@@ -8,7 +8,6 @@
 //! view) are synchronous: callers on the runtime use `spawn_blocking`.
 //!
 //! - [`key`], [`fingerprint`]: the account's key (generate, import, export) and peers' keys
-//! - [`seal`]: secret keys encrypted at rest under a key-encryption-key file
 //! - [`commands`]: `coi-proxy key export|import`, `invite`, `join`, for the control socket
 //!   and the command line
 //! - [`incoming`]: one new message for the account worker: SecureJoin steps, then Autocrypt
@@ -26,8 +25,9 @@
 //!
 //! Entry points for the integration:
 //! - account set-up: [`key::AccountKey::generate`] or [`key::AccountKey::import_armored`];
-//!   store [`seal::SealKey::seal`] of [`key::AccountKey::secret_bytes`] under
-//!   [`seal::secret_key_purpose`]; restore with [`key::AccountKey::from_secret_bytes`];
+//!   store [`crate::seal::SealKey::seal`] (the floor's sealing, shared with OAuth2) of
+//!   [`key::AccountKey::secret_bytes`] under [`crate::seal::secret_key_purpose`]; restore
+//!   with [`key::AccountKey::from_secret_bytes`];
 //!   `key export` uses `public_armored` / `secret_armored`.
 //! - SMTP, per message from a plain client: [`encrypt::prepare`] (as is, clear with Autocrypt,
 //!   encrypted, or refused with the reason).
@@ -57,7 +57,6 @@ pub mod key;
 pub mod mime;
 pub mod peer;
 pub mod recommend;
-pub mod seal;
 pub mod search;
 pub mod securejoin;
 pub mod session;

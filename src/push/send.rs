@@ -183,9 +183,7 @@ fn client(private_endpoints: bool) -> Result<&'static reqwest::Client, SendError
     static CLIENTS: [OnceLock<Built>; 2] = [OnceLock::new(), OnceLock::new()];
     CLIENTS[usize::from(private_endpoints)]
         .get_or_init(|| {
-            let tls = crate::tls::UpstreamTls::default().config(None).map_err(|e| Arc::new(e) as SetupError)?;
-            let mut tls = (*tls).clone();
-            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            let tls = crate::tls::https_client_config().map_err(|e| Arc::new(e) as SetupError)?;
             reqwest::Client::builder()
                 .tls_backend_preconfigured(tls)
                 .redirect(reqwest::redirect::Policy::none())

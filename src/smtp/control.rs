@@ -3,25 +3,22 @@
 //!
 //! redb lets one process at a time open the store, and the running daemon holds it. So the
 //! daemon serves these commands on a Unix socket in the state directory (`control.sock`, mode
-//! 0600, inside the 0700 state directory), and the command line asks it there; only when no
-//! daemon answers does the command line open the store itself.
+//! 0600, inside the 0700 state directory; served by `app::control`, which hands `queue …` lines
+//! to [`answer`] and the gateway's to [`answer_gateway`]), and the command line asks it there;
+//! only when no daemon answers does the command line open the store itself.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixListener;
-use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
-use super::Smtp;
+use super::Waits;
 use super::queue::now;
 use crate::config::Config;
+use crate::context::Context;
 use crate::mail::rfc5322_date;
 use crate::openpgp::commands::{self, GatewayCommand};
 use crate::store::{QueuedMessage, RecipientState, Store, StoreError};
@@ -275,76 +272,55 @@ fn deliveries(list: &[crate::store::Delivery]) -> String {
     out
 }
 
-/// Serves the control socket until shutdown.
-pub async fn serve(ctx: Arc<Smtp>, mut shutdown: watch::Receiver<bool>) {
-    let path = socket_path(&ctx.shared.config().state_dir);
-    // A socket left by a killed daemon; the store lock already ensures no other daemon runs.
-    let _ = std::fs::remove_file(&path);
-    let listener = match UnixListener::bind(&path) {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(
-                "cannot create the control socket {}: {e}; `coi-proxy queue` will not work while running",
-                path.display()
-            );
-            return;
-        }
-    };
-    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|down| *down) => break,
-        };
-        let Ok((stream, _)) = accepted else { continue };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            let mut reader = tokio::io::BufReader::new(read.take(commands::MAX_LINE as u64));
-            if reader.read_line(&mut line).await.is_err() {
-                return;
-            }
-            let reply = match Command::parse(&line) {
-                Some(cmd) => {
-                    let store = ctx.shared.store.clone();
-                    let waits = ctx.waits.snapshot();
-                    let result = tokio::task::spawn_blocking(move || execute(&store, cmd, Some(&waits)))
-                        .await
-                        .unwrap_or_else(|e| Err(e.into()));
-                    if let Ok(Done { wake: Some(login), .. }) = &result
-                        && let Command::Retry(id) = cmd
-                    {
-                        ctx.shared.queue.wake(id, login.clone());
-                    }
-                    if result.is_ok() && cmd != Command::List {
-                        info!("control: {}", cmd.to_line());
-                    }
-                    match result {
-                        Ok(done) => format!("ok\n{}", done.text),
-                        Err(e) => format!("error\n{e}\n"),
-                    }
-                }
-                None => match GatewayCommand::parse(&line) {
-                    Some(cmd) => gateway(&ctx, cmd).await,
-                    None => "error\nunknown command; use: queue list | queue retry ID | queue drop ID | key export \
-                             LOGIN [--secret] | key import LOGIN BASE64 | invite LOGIN | join LOGIN LINK\n"
-                        .into(),
-                },
-            };
-            let _ = write.write_all(reply.as_bytes()).await;
-        });
+/// The key of a reason in `waits` that holds for every account (no login is `*`).
+const EVERY_ACCOUNT: &str = "*";
+/// Why queued mail waits in a daemon that runs without the SMTP side.
+const NO_RELAY: &str = "the running coi-proxy does not relay (no [upstream] smtp, or no [listen] smtp/smtps); nothing is sent until it does";
+
+/// The daemon's answer to a control line (`ok` or `error`, then text); `None` if it is not a
+/// queue command. `waits`: the SMTP relay's reasons ([`super::Smtp::waits`]); `None` when the
+/// daemon runs without SMTP (no relay: nothing queued is sent).
+pub async fn answer(shared: &Context, waits: Option<&Waits>, line: &str) -> Option<String> {
+    if line.split_whitespace().next() != Some("queue") {
+        return None;
     }
-    let _ = std::fs::remove_file(&path);
+    let Some(cmd) = Command::parse(line) else {
+        return Some("error\nunknown command; use: queue list | queue retry ID | queue drop ID\n".into());
+    };
+    let store = shared.store.clone();
+    let waits = match waits {
+        Some(waits) => waits.snapshot(),
+        None => HashMap::from([(EVERY_ACCOUNT.to_string(), NO_RELAY.to_string())]),
+    };
+    let result =
+        tokio::task::spawn_blocking(move || execute(&store, cmd, Some(&waits))).await.unwrap_or_else(|e| Err(e.into()));
+    if let Ok(Done { wake: Some(login), .. }) = &result
+        && let Command::Retry(id) = cmd
+    {
+        shared.queue.wake(id, login.clone());
+    }
+    if result.is_ok() && cmd != Command::List {
+        info!("control: {}", cmd.to_line());
+    }
+    Some(match result {
+        Ok(done) => format!("ok\n{}", done.text),
+        Err(e) => format!("error\n{e}\n"),
+    })
 }
 
-/// Carries out a gateway command in the daemon (off the runtime) and wakes the relay for the
-/// handshake mail it queued; the answer as sent on the socket.
-async fn gateway(ctx: &Arc<Smtp>, cmd: GatewayCommand) -> String {
-    let Some(identity) = ctx.identity.clone() else {
-        return format!("error\n{}\n", crate::openpgp::identity::IdentityError::Disabled);
+/// The daemon's answer to a gateway control line (`key …`, `invite`, `join`); `None` if it is
+/// not one. Carries it out off the runtime and wakes the relay for the handshake mail it
+/// queued. `identity`: the gateway's state, `None` when `[autocrypt] enabled = false`.
+pub async fn answer_gateway(
+    shared: &Context,
+    identity: Option<&crate::openpgp::identity::Identity>,
+    line: &str,
+) -> Option<String> {
+    let cmd = GatewayCommand::parse(line)?;
+    let Some(identity) = identity.cloned() else {
+        return Some(format!("error\n{}\n", crate::openpgp::identity::IdentityError::Disabled));
     };
-    let give_up = ctx.shared.config().queue.give_up_after_secs;
+    let give_up = shared.config().queue.give_up_after_secs;
     let shown = cmd.shown();
     let result = tokio::task::spawn_blocking(move || commands::execute(&identity, &cmd, now(), give_up)).await;
     match result {
@@ -352,15 +328,15 @@ async fn gateway(ctx: &Arc<Smtp>, cmd: GatewayCommand) -> String {
             info!("control: {shown}");
             // The account has a key now: its worker answers handshakes from here on.
             if let Some(login) = answer.login.as_deref() {
-                ctx.shared.workers.want(login);
+                shared.workers.want(login);
             }
             for (id, login) in answer.queued {
-                ctx.shared.queue.wake(id, login);
+                shared.queue.wake(id, login);
             }
-            format!("ok\n{}", answer.text)
+            Some(format!("ok\n{}", answer.text))
         }
-        Ok(Err(e)) => format!("error\n{e}\n"),
-        Err(e) => format!("error\n{}\n", ControlError::Task(e)),
+        Ok(Err(e)) => Some(format!("error\n{e}\n")),
+        Err(e) => Some(format!("error\n{}\n", ControlError::Task(e))),
     }
 }
 
@@ -391,7 +367,7 @@ pub fn describe(list: &[(u64, QueuedMessage)], now: i64, waits: Option<&HashMap<
             out.push_str("    a failure report for the sender is waiting to be put into the INBOX\n");
         }
         let why = match waits {
-            Some(waits) => waits.get(&msg.login.to_ascii_lowercase()).cloned(),
+            Some(waits) => waits.get(&msg.login.to_ascii_lowercase()).or_else(|| waits.get(EVERY_ACCOUNT)).cloned(),
             None => Some("no coi-proxy runs with this state directory; nothing is sent until one does".into()),
         };
         if msg.pending().next().is_some() || msg.report_pending {
@@ -473,6 +449,10 @@ mod tests {
         assert!(list.contains("waiting: no password known;") && !list.contains("next attempt"), "{list}");
         let list = execute(&store, Command::List, None).unwrap().text;
         assert!(list.contains("waiting: no coi-proxy runs with this state directory"), "{list}");
+        // A daemon without the SMTP side: every account's mail waits for that.
+        let no_relay = HashMap::from([(EVERY_ACCOUNT.to_string(), NO_RELAY.to_string())]);
+        let list = execute(&store, Command::List, Some(&no_relay)).unwrap().text;
+        assert!(list.contains("waiting: the running coi-proxy does not relay"), "{list}");
         execute(&store, Command::Drop(id), daemon).unwrap();
         assert!(execute(&store, Command::Drop(id), daemon).unwrap_err().to_string().contains("no message #"));
     }

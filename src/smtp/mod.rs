@@ -31,7 +31,7 @@ pub struct Smtp {
     pub queue: queue::Queue,
     /// Why each account's queued mail waits right now, as the relay task knows it (for
     /// `queue list`).
-    pub waits: Waits,
+    pub waits: Arc<Waits>,
     /// The OpenPGP gateway's keys and peers; `None` when `[autocrypt] enabled = false`.
     pub identity: Option<crate::openpgp::identity::Identity>,
 }

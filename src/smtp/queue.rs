@@ -10,7 +10,8 @@
 //! Credentials: an account's `password_command`, else the password of its last login through
 //! the proxy (IMAP or SMTP), held in memory only. After a restart, without a `password_command`,
 //! an account's mail therefore waits until its user logs in again; the queue checks every few
-//! seconds.
+//! seconds. An account with `[account.oauth2]` signs in with its grant and never waits for a
+//! login.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -24,10 +25,10 @@ use super::Smtp;
 use super::relay::{Reply, SmtpClient, Transaction};
 use super::report;
 use super::session::{QueueRefusal, Submission};
-use crate::account::CredentialError;
+use crate::account::{Credential, CredentialError};
 use crate::context::Context;
 use crate::imap::upstream::{OwnWorkError, Upstream};
-use crate::secret::Secret;
+use crate::oauth;
 use crate::store::{QueueCap, QueuedMessage, RecipientState, Store, StoreError};
 
 /// Accounts relayed to at the same time.
@@ -170,14 +171,14 @@ pub async fn run_relay(
             if busy.len() >= MAX_CONNECTIONS {
                 break;
             }
-            match ctx.shared.credentials.password(&ctx.shared.config(), &login).await {
-                Ok(password) => {
+            match ctx.shared.credentials.credential(&ctx.shared.config(), &login).await {
+                Ok(credential) => {
                     if waiting.remove(&login) {
                         info!(login, "password known now; relaying the waiting mail");
                     }
                     ctx.waits.set(&login, "being sent now".into());
                     busy.insert(login.clone());
-                    jobs.spawn(deliver_batch(ctx.clone(), login, password, ids));
+                    jobs.spawn(deliver_batch(ctx.clone(), login, credential, ids));
                 }
                 Err(e) => {
                     ctx.waits.set(&login, match &e {
@@ -242,7 +243,7 @@ pub async fn run_relay(
 
 /// One account's due messages: relay what is pending, give up what is too old, deliver the
 /// failure reports owed. Returns each id's next due time (`None`: gone from the queue).
-async fn deliver_batch(ctx: Arc<Smtp>, login: String, password: Secret, ids: Vec<u64>) -> BatchResult {
+async fn deliver_batch(ctx: Arc<Smtp>, login: String, credential: Credential, ids: Vec<u64>) -> BatchResult {
     let store = &ctx.shared.store;
     let t = now();
     let mut results = Vec::new();
@@ -278,13 +279,13 @@ async fn deliver_batch(ctx: Arc<Smtp>, login: String, password: Secret, ids: Vec
 
     if msgs.iter().any(|(_, m)| m.pending().next().is_some()) {
         crate::receipts::before_relay(store, &msgs).await;
-        relay(&ctx, &login, &password, &mut msgs).await;
+        relay(&ctx, &login, &credential, &mut msgs).await;
     }
     if msgs.iter().any(|(_, m)| m.chat_followup) {
-        super::receipts::follow_up(&ctx, &login, &password, &mut msgs).await;
+        super::receipts::follow_up(&ctx, &login, &credential, &mut msgs).await;
     }
     if msgs.iter().any(|(_, m)| m.report_pending) {
-        send_reports(&ctx, &login, &password, &mut msgs).await;
+        send_reports(&ctx, &login, &credential, &mut msgs).await;
     }
     for (id, msg) in msgs {
         results.push((id, (!msg.is_done()).then_some(msg.next_attempt_at)));
@@ -312,7 +313,7 @@ async fn defer(ctx: &Smtp, id: u64, msg: &mut QueuedMessage, why: &str) {
     save(&ctx.shared.store, id, msg).await;
 }
 
-async fn relay(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(u64, QueuedMessage)]) {
+async fn relay(ctx: &Smtp, login: &str, credential: &Credential, msgs: &mut [(u64, QueuedMessage)]) {
     let shared = &ctx.shared;
     let pending = |m: &QueuedMessage| m.pending().next().is_some();
     let Some(provider) = shared.config().smtp_provider_for(login) else {
@@ -333,15 +334,25 @@ async fn relay(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(u64, Que
             }
         };
     ctx.caps.record(&provider, &client.caps);
-    let auth = match client.authenticate(login, password).await {
-        Ok(reply) if reply.is_positive() => None,
-        Ok(reply) => {
-            if !reply.is_transient() {
+    let auth = match credential {
+        Credential::Password(password) => client.authenticate(login, password).await.map(Ok),
+        Credential::OAuth2 => match oauth::access_token(shared, login, None).await {
+            Ok(token) => client.authenticate_oauth2(shared, login, token).await,
+            Err(e) => Ok(Err(e)),
+        },
+    };
+    let auth = match auth {
+        Ok(Ok(reply)) if reply.is_positive() => None,
+        Ok(Ok(reply)) => {
+            if !reply.is_transient() && matches!(credential, Credential::Password(_)) {
                 // The remembered password is stale: wait for the next login.
                 shared.credentials.forget(login);
             }
             Some(format!("{} refused the login: {reply}", client.server))
         }
+        // The grant is gone (the reason says to run `oauth authorize`) or the identity provider
+        // is unreachable: the mail waits.
+        Ok(Err(e)) => Some(e.to_string()),
         Err(e) => Some(e.to_string()),
     };
     if let Some(why) = auth {
@@ -432,13 +443,13 @@ async fn settle(ctx: &Smtp, id: u64, msg: &mut QueuedMessage, tx: Option<&Transa
 }
 
 /// Puts a failure report into the sender's INBOX for every message that owes one.
-async fn send_reports(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(u64, QueuedMessage)]) {
+async fn send_reports(ctx: &Smtp, login: &str, credential: &Credential, msgs: &mut [(u64, QueuedMessage)]) {
     let shared = &ctx.shared;
     let mut upstream: Option<Upstream> = None;
     for (id, msg) in msgs.iter_mut().filter(|(_, m)| m.report_pending) {
         let result: Result<(), OwnWorkError> = async {
             if upstream.is_none() {
-                upstream = Some(Upstream::open(shared, login, password).await?);
+                upstream = Some(Upstream::open(shared, login, credential).await?);
             }
             let i = *id;
             let body = shared.store.read(move |s| s.queue_body(i)).await?.unwrap_or_default();

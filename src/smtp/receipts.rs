@@ -14,11 +14,11 @@ use tracing::{info, warn};
 use super::Smtp;
 use super::queue::{Queue, now};
 use super::session::{QueueRefusal, Submission};
+use crate::account::Credential;
 use crate::coi::folders::Namespace;
 use crate::context::ReceiptJob;
 use crate::imap::upstream::{OwnWorkError, Upstream};
 use crate::receipts::{self, Mdn, Outbox, mailbox, sent};
-use crate::secret::Secret;
 use crate::store::{MailParams, QueuedMessage, Recipient, RecipientState};
 
 /// Delays after which marks that found no copy yet are tried again (a client's own Sent copy
@@ -49,7 +49,7 @@ impl Outbox for Queue {
 
 /// After relaying: the copy in Chats for every chat message the provider accepted (for at
 /// least one recipient). A message whose copy cannot be appended yet stays queued for it.
-pub async fn follow_up(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(u64, QueuedMessage)]) {
+pub async fn follow_up(ctx: &Smtp, login: &str, credential: &Credential, msgs: &mut [(u64, QueuedMessage)]) {
     let shared = &ctx.shared;
     let mut imap: Option<(Upstream, String)> = None;
     let mut copied = false;
@@ -61,7 +61,7 @@ pub async fn follow_up(ctx: &Smtp, login: &str, password: &Secret, msgs: &mut [(
                 let i = *id;
                 let body = shared.store.read(move |s| s.queue_body(i)).await?.unwrap_or_default();
                 if imap.is_none() {
-                    let mut up = Upstream::open(shared, login, password).await?;
+                    let mut up = Upstream::open(shared, login, credential).await?;
                     let chats = Namespace::discover(&mut up).await?.chats(&shared.config().coi.mailbox_root);
                     imap = Some((up, chats));
                 }
@@ -150,9 +150,9 @@ async fn work(ctx: &Arc<Smtp>, login: &str, jobs: Vec<ReceiptJob>) -> Result<(),
     if !look && !marks_due {
         return Ok(());
     }
-    let password = shared.credentials.password(&shared.config(), login).await?;
-    let mut up = Upstream::open(shared, login, &password).await?;
-    drop(password);
+    let credential = shared.credentials.credential(&shared.config(), login).await?;
+    let mut up = Upstream::open(shared, login, &credential).await?;
+    drop(credential);
     let chats = Namespace::discover(&mut up).await?.chats(&shared.config().coi.mailbox_root);
     if look {
         receipts::read_receipts(store, &ctx.queue, login, &mut up, &chats, send).await?;

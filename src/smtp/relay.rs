@@ -1,5 +1,5 @@
 //! A small SMTP client for the provider's submission server: greeting, EHLO, STARTTLS, AUTH
-//! PLAIN, then transactions (MAIL with parameters, RCPT per recipient, DATA with dot-stuffing)
+//! PLAIN (or XOAUTH2 / OAUTHBEARER with a token of the account's OAuth2 grant), then transactions (MAIL with parameters, RCPT per recipient, DATA with dot-stuffing)
 //! and QUIT. Own code rather than lettre or mail-send because the queue needs the exact reply of
 //! every recipient (temporary or permanent) and control over MAIL/RCPT parameters (BODY,
 //! SMTPUTF8, and the DSN ones).
@@ -15,7 +15,10 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Security, ServerUrl, SmtpProvider};
+use crate::context::Context;
 use crate::net::{NetError, Phase, Stream, TlsProblem, tcp_connect, tls_handshake};
+use crate::oauth::sasl::{Challenge, Mechanism};
+use crate::oauth::{self, OAuthError};
 use crate::secret::Secret;
 use crate::store::{QueuedMessage, RecipientState};
 use crate::tls::UpstreamTls;
@@ -110,6 +113,8 @@ pub struct ProviderCaps {
     pub dsn: bool,
     pub pipelining: bool,
     pub auth_plain: bool,
+    /// The bearer-token mechanism to use, where one is offered.
+    pub auth_bearer: Option<Mechanism>,
     /// `XCLIENT` with `ADDR`: the server takes the client's address from us (it trusts us).
     pub xclient_addr: bool,
 }
@@ -127,7 +132,11 @@ impl ProviderCaps {
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "DSN" => caps.dsn = true,
                 "PIPELINING" => caps.pipelining = true,
-                "AUTH" => caps.auth_plain = words.any(|m| m.eq_ignore_ascii_case("PLAIN")),
+                "AUTH" => {
+                    let mechanisms: Vec<&str> = words.collect();
+                    caps.auth_plain = mechanisms.iter().any(|m| m.eq_ignore_ascii_case("PLAIN"));
+                    caps.auth_bearer = Mechanism::choose(mechanisms);
+                }
                 "XCLIENT" => caps.xclient_addr = words.any(|a| a.eq_ignore_ascii_case("ADDR")),
                 _ => {}
             }
@@ -148,6 +157,8 @@ pub enum RelayError {
     StartTls { server: String, reply: Reply },
     #[error("{server} does not offer AUTH PLAIN")]
     NoAuthPlain { server: String },
+    #[error("{server} offers neither AUTH XOAUTH2 nor AUTH OAUTHBEARER for an OAuth2 sign-in")]
+    NoBearerAuth { server: String },
     #[error("{server} refused EHLO: {reply}")]
     Ehlo { server: String, reply: Reply },
     #[error("{server} sent a malformed reply: {detail}")]
@@ -165,6 +176,8 @@ impl RelayError {
             RelayError::StartTls { .. } => "starttls",
             RelayError::NoAuthPlain { .. } | RelayError::Ehlo { .. } | RelayError::Protocol { .. } => "protocol",
             RelayError::Timeout { .. } => "timeout",
+            // As on the IMAP side: the server does not take this kind of sign-in.
+            RelayError::NoBearerAuth { .. } => "login_disabled",
         }
     }
 }
@@ -198,6 +211,8 @@ impl Transaction {
 pub struct SmtpClient {
     stream: Stream,
     buf: BytesMut,
+    /// Host and port, as OAUTHBEARER names them.
+    url: ServerUrl,
     pub server: String,
     pub caps: ProviderCaps,
 }
@@ -246,8 +261,13 @@ impl SmtpClient {
             _ => Stream::Plain(tcp),
         };
         *phase = Phase::Greeting;
-        let mut client =
-            SmtpClient { stream, buf: BytesMut::with_capacity(4096), server: server.clone(), caps: Default::default() };
+        let mut client = SmtpClient {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+            url: url.clone(),
+            server: server.clone(),
+            caps: Default::default(),
+        };
         let greeting = client.read_reply().await?;
         if greeting.code != 220 {
             return Err(RelayError::Greeting { server, reply: greeting });
@@ -318,6 +338,49 @@ impl SmtpClient {
         cmd.extend_from_slice(b"\r\n");
         let cmd = Secret::new(cmd);
         self.command(cmd.expose()).await
+    }
+
+    /// AUTH with a bearer token, XOAUTH2 or OAUTHBEARER as offered: `AUTH <mechanism>`, the
+    /// `334`, then the response on a line of its own (Dovecot refuses a 2 KB AUTH line, and
+    /// RFC 4954 allows both). A refusal's `334` challenge is answered as the mechanism wants; the
+    /// final reply is returned (`235`, `535` …).
+    pub async fn authenticate_bearer(&mut self, login: &str, token: &Secret) -> Result<Reply, RelayError> {
+        let Some(mechanism) = self.caps.auth_bearer else {
+            return Err(RelayError::NoBearerAuth { server: self.server.clone() });
+        };
+        let reply = self.command(format!("AUTH {}\r\n", mechanism.name()).as_bytes()).await?;
+        if reply.code != 334 {
+            return Ok(reply);
+        }
+        let response = mechanism.initial_response_b64(login, token, &self.url.host, self.url.port);
+        let line = Secret::new([response.expose(), b"\r\n"].concat());
+        let reply = self.command(line.expose()).await?;
+        if reply.code != 334 {
+            return Ok(reply);
+        }
+        let why = Challenge::parse(reply.text.as_bytes()).map_or_else(|| "no details".into(), |c| c.describe());
+        tracing::debug!(mechanism = mechanism.name(), "the provider refused the token ({why})");
+        self.command(format!("{}\r\n", mechanism.abort_response_b64()).as_bytes()).await
+    }
+
+    /// Signs in with `token` of `login`'s OAuth2 grant; a token the provider refuses for good is
+    /// refreshed once and tried again. `Ok(Err)`: no usable token (the grant is gone or the
+    /// identity provider unreachable).
+    pub async fn authenticate_oauth2(
+        &mut self,
+        shared: &Context,
+        login: &str,
+        token: Secret,
+    ) -> Result<Result<Reply, OAuthError>, RelayError> {
+        let reply = self.authenticate_bearer(login, &token).await?;
+        if reply.is_positive() || reply.is_transient() {
+            return Ok(Ok(reply));
+        }
+        tracing::info!(login, "{} turned the access token down ({reply}); refreshing it once", self.server);
+        match oauth::access_token(shared, login, Some(&token)).await {
+            Ok(fresh) => Ok(Ok(self.authenticate_bearer(login, &fresh).await?)),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     /// Offers `body` for the pending recipients of `msg`. With PIPELINING, MAIL, the RCPTs and
@@ -515,6 +578,46 @@ pub fn dot_stuff(data: &[u8], mut at_line_start: bool, out: &mut Vec<u8>) -> boo
 mod tests {
     use super::*;
 
+    /// XOAUTH2 as Dovecot, Gmail and Microsoft take it: `AUTH XOAUTH2`, the `334`, the response
+    /// on its own line; a refused token's `334 <JSON>` is answered with an empty line.
+    #[tokio::test]
+    async fn bearer_auth_waits_for_334_and_answers_a_refusal() {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let token = Secret::new(b"tok".to_vec());
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let response = b64("user=a@x\x01auth=Bearer tok\x01\x01");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tcp = BufReader::new(tcp);
+            let mut line = String::new();
+            let mut expect = async |tcp: &mut BufReader<tokio::net::TcpStream>, want: &str, reply: &str| {
+                line.clear();
+                tcp.read_line(&mut line).await.unwrap();
+                assert_eq!(line, want);
+                tcp.get_mut().write_all(reply.as_bytes()).await.unwrap();
+            };
+            tcp.get_mut().write_all(b"220 ready\r\n").await.unwrap();
+            expect(&mut tcp, "EHLO coi-proxy\r\n", "250-mail.example\r\n250 AUTH PLAIN XOAUTH2 OAUTHBEARER\r\n").await;
+            expect(&mut tcp, "AUTH XOAUTH2\r\n", "334 \r\n").await;
+            let challenge = format!("334 {}\r\n", b64(r#"{"status":"401","schemes":"bearer","scope":"mail"}"#));
+            expect(&mut tcp, &format!("{response}\r\n"), &challenge).await;
+            expect(&mut tcp, "\r\n", "535 5.7.8 Authentication failed\r\n").await;
+            expect(&mut tcp, "AUTH XOAUTH2\r\n", "334 \r\n").await;
+            expect(&mut tcp, &format!("{response}\r\n"), "235 2.7.0 Authenticated\r\n").await;
+        });
+        let smtp = ServerUrl::parse_smtp(&format!("smtp://127.0.0.1:{port}")).unwrap();
+        let provider = SmtpProvider { smtp, ca_file: None };
+        let mut client = SmtpClient::connect(&provider, &UpstreamTls::default(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(client.caps.auth_bearer, Some(Mechanism::XOAuth2));
+        assert_eq!(client.authenticate_bearer("a@x", &token).await.unwrap().code, 535);
+        assert_eq!(client.authenticate_bearer("a@x", &token).await.unwrap().code, 235);
+        server.await.unwrap();
+        client.caps.auth_bearer = None;
+        assert!(matches!(client.authenticate_bearer("a@x", &token).await, Err(RelayError::NoBearerAuth { .. })));
+    }
+
     #[test]
     fn replies_single_multi_partial_and_bad() {
         assert_eq!(parse_reply(b"250 2.1.0 Ok\r\n"), Ok(Some((Reply { code: 250, text: "2.1.0 Ok".into() }, 14))));
@@ -531,6 +634,7 @@ mod tests {
                 eight_bit: true,
                 pipelining: true,
                 auth_plain: true,
+                auth_bearer: None,
                 ..Default::default()
             }
         );

@@ -16,12 +16,13 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use super::queue::{self, Queue, Wakeups};
 use super::relay::SmtpClient;
 use super::session::{AuthResult, Event, Policy, Session};
-use super::{CapsCache, Smtp};
+use super::{CapsCache, Smtp, Waits};
 use crate::context::{Context, ReceiptJob};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::limits::Refused;
 use crate::limits::logins::Gate;
 use crate::net::Stream;
+use crate::oauth::{self, OAuthError};
 use crate::secret::Secret;
 
 /// RFC 5321 4.5.3.2.7: a server should wait at least 5 minutes for the next command.
@@ -50,16 +51,17 @@ pub enum StartError {
 
 /// Binds the SMTP listeners of the config and starts the relay task (fed by `channels.0`, the
 /// other end of `Context::queue`) and the receipts agent (fed by `channels.1`, the other end
-/// of `Context::receipts`). Returns the accept loops (aborted at shutdown); sessions and the
-/// relay hold `alive` until they end. Without SMTP, the channels are dropped: nothing is
-/// queued, and receipts are not worked on.
+/// of `Context::receipts`). Returns the accept loops (aborted at shutdown) and the relay's
+/// reasons for waiting (for `queue list` on the control socket); sessions and the relay hold
+/// `alive` until they end. Without SMTP, the channels are dropped: nothing is queued, and
+/// receipts are not worked on.
 pub async fn start(
     shared: Arc<Context>,
     channels: (Wakeups, mpsc::UnboundedReceiver<ReceiptJob>),
     shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
     identity: Option<crate::openpgp::identity::Identity>,
-) -> Result<Vec<JoinHandle<()>>, StartError> {
+) -> Result<(Vec<JoinHandle<()>>, Option<Arc<Waits>>), StartError> {
     let (wakeups, receipt_jobs) = channels;
     let wanted: Vec<(SocketAddr, Kind)> =
         [(shared.config().listen.smtp, Kind::Smtp), (shared.config().listen.smtps, Kind::Smtps)]
@@ -67,22 +69,18 @@ pub async fn start(
             .filter_map(|(addr, kind)| addr.map(|a| (a, kind)))
             .collect();
     if wanted.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     if !shared.config().has_smtp_provider() {
         warn!(
             "[listen] smtp/smtps are set but no submission server is configured ([upstream] smtp); not listening for SMTP"
         );
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let queue = Queue::new(shared.clone());
-    let ctx = Arc::new(Smtp {
-        shared: shared.clone(),
-        caps: CapsCache::default(),
-        queue,
-        waits: Default::default(),
-        identity,
-    });
+    let waits = Arc::new(Waits::default());
+    let ctx =
+        Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue, waits: waits.clone(), identity });
     let mut tasks = Vec::new();
     for (addr, kind) in wanted {
         let label = match kind {
@@ -110,10 +108,9 @@ pub async fn start(
             ctx.caps.get(&provider, &shared.upstream_tls, shared.config().limits.connect_timeout()).await;
         });
     }
-    tokio::spawn(super::control::serve(ctx.clone(), shutdown.clone()));
     super::receipts::start(ctx.clone(), receipt_jobs);
     tokio::spawn(queue::run_relay(ctx, wakeups, shutdown, alive));
-    Ok(tasks)
+    Ok((tasks, Some(waits)))
 }
 
 /// The provider whose capabilities are advertised before a client has logged in.
@@ -298,6 +295,7 @@ async fn run(
                         tokio::time::sleep(delay).await;
                     }
                     AuthResult::Unavailable(why) => info!(login, "login not checked: {why}"),
+                    AuthResult::Reauthorize(why) => info!(login, "login refused: {why}"),
                 }
                 password.wipe();
                 let ok = matches!(result, AuthResult::Ok(_));
@@ -385,6 +383,50 @@ async fn flush(stream: &mut Stream, session: &mut Session) -> std::io::Result<()
     }
 }
 
+/// An OAuth2 account's login: the local password decides (it never reaches the provider); then
+/// the submission server is asked whether the grant still works (XOAUTH2 / OAUTHBEARER, one
+/// refresh if it turns the token down), so a revoked grant is told at once. If the server cannot
+/// be reached, the login stands and mail is queued.
+async fn check_oauth2_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthResult {
+    let shared = &ctx.shared;
+    let refusal = |e: OAuthError| match e {
+        OAuthError::WrongPassword => AuthResult::Refused,
+        e if e.refuses_login() => AuthResult::Reauthorize(e.to_string()),
+        e => AuthResult::Unavailable(e.to_string()),
+    };
+    let token = match oauth::sign_in(shared, login, password).await {
+        Ok(token) => token,
+        Err(e) => return refusal(e),
+    };
+    let queue_bytes = shared.config().queue.max_bytes_per_account;
+    let Some(provider) = shared.config().smtp_provider_for(login) else {
+        return AuthResult::Unavailable("no submission server is configured for this account".into());
+    };
+    let mut client =
+        match SmtpClient::connect(&provider, &shared.upstream_tls, shared.config().limits.connect_timeout()).await {
+            Ok(client) => client,
+            Err(e) => {
+                warn!("submission server unreachable ({e}); the local password is right, so mail is queued");
+                return AuthResult::Ok(
+                    ctx.caps.known(&provider).as_ref().map(|c| Policy::for_provider(Some(c), queue_bytes)),
+                );
+            }
+        };
+    ctx.caps.record(&provider, &client.caps);
+    let policy = Policy::for_provider(Some(&client.caps), queue_bytes);
+    let reply = client.authenticate_oauth2(shared, login, token).await;
+    client.quit().await;
+    match reply {
+        Ok(Ok(r)) if r.code == 235 => AuthResult::Ok(Some(policy)),
+        Ok(Ok(r)) if r.is_transient() => AuthResult::Unavailable(format!("the provider said: {r}")),
+        Ok(Ok(r)) => AuthResult::Reauthorize(format!(
+            "the provider refused coi-proxy's OAuth2 sign-in ({r}); if this persists, run `coi-proxy oauth authorize {login}`"
+        )),
+        Ok(Err(e)) => refusal(e),
+        Err(e) => AuthResult::Unavailable(e.to_string()),
+    }
+}
+
 /// Checks a login at the account's submission server. If that server cannot be reached, the
 /// account's IMAP server decides instead, so mail can still be queued while submission is down.
 /// The addresses `login` may send as: itself and its `[[account]] addresses`, or any with
@@ -401,6 +443,9 @@ fn senders(config: &crate::config::Config, login: &str) -> Option<Vec<String>> {
 
 async fn check_login(ctx: &Smtp, login: &str, password: &Secret, peer: SocketAddr) -> AuthResult {
     let shared = &ctx.shared;
+    if shared.config().oauth2_for(login).is_some() {
+        return check_oauth2_login(ctx, login, password).await;
+    }
     let timeout = shared.config().limits.connect_timeout();
     let queue_bytes = shared.config().queue.max_bytes_per_account;
     let Some(provider) = shared.config().smtp_provider_for(login) else {

@@ -162,6 +162,9 @@ pub enum AuthResult {
     Refused,
     /// The credentials could not be checked now (the reason is for the client).
     Unavailable(String),
+    /// The credentials are right, but the proxy cannot sign in to the provider until the user
+    /// acts; the reason says how (e.g. run `coi-proxy oauth authorize`).
+    Reauthorize(String),
 }
 
 pub struct Session {
@@ -340,6 +343,7 @@ impl Session {
             AuthResult::Unavailable(why) => {
                 self.reply(&format!("454 4.7.0 Temporary authentication failure: {}", one_line(&why)))
             }
+            AuthResult::Reauthorize(why) => self.error(&format!("535 5.7.8 {}", one_line(&why))),
         }
     }
 
@@ -918,6 +922,10 @@ mod tests {
         assert_eq!(out, "334 UGFzc3dvcmQ6\r\n");
         let (_, event) = run(&mut s, b"cHc=\r\n");
         assert!(matches!(event, Event::Authenticate { ref login, .. } if login == "a@b"));
+        s.auth_result(AuthResult::Reauthorize("run `coi-proxy oauth authorize a@b`\r\nx".into()));
+        let (out, event) = run(&mut s, b"AUTH PLAIN AGFAYgB4\r\n");
+        assert_eq!(out, "535 5.7.8 run `coi-proxy oauth authorize a@b`  x\r\n");
+        assert!(matches!(event, Event::Authenticate { .. }));
         s.auth_result(AuthResult::Unavailable("provider down\r\n".into()));
         let (out, _) = run(&mut s, b"AUTH PLAIN\r\n*\r\nAUTH CRAM-MD5\r\nAUTH PLAIN !!\r\n");
         assert_eq!(

@@ -51,6 +51,8 @@ pub use deltachat::RetryEntry;
 mod push;
 pub use push::{PushSubscription, TooManySubscriptions, Validation};
 
+mod oauth;
+pub use oauth::OAuthGrant;
 mod views;
 pub use views::ViewId;
 

@@ -104,6 +104,14 @@ pub struct UpstreamTls {
     configs: Mutex<HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>>>,
 }
 
+/// The TLS setup of the proxy's HTTPS clients (push services, OAuth2 identity providers,
+/// autoconfig): platform trust, and ALPN for HTTP/2 and HTTP/1.1.
+pub fn https_client_config() -> Result<rustls::ClientConfig, TlsError> {
+    let mut config = (*UpstreamTls::default().config(None)?).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 impl UpstreamTls {
     /// Forgets the built configurations, so a reload re-reads every `ca_file`.
     pub fn clear(&self) {

@@ -126,11 +126,11 @@ async fn serve(
     identity: Option<&Identity>,
 ) -> Result<(), OwnWorkError> {
     let login = account.login.as_str();
-    let password = shared.credentials.password(&shared.config(), login).await?;
+    let credential = shared.credentials.credential(&shared.config(), login).await?;
     // Every message in INBOX when the first look begins counts as looked at after it.
     let mut look_began = Instant::now();
-    let mut up = Upstream::open(shared, login, &password).await?;
-    drop(password);
+    let mut up = Upstream::open(shared, login, &credential).await?;
+    drop(credential);
     let profile = up.profile();
     // Cyrus advertises METADATA but refuses the COI entries: there they are in the store.
     let metadata = profile.metadata == MetadataHome::Provider;

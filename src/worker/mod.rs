@@ -108,7 +108,9 @@ impl Workers {
 /// The accounts whose workers start with the daemon: every `[[account]]` with a
 /// `password_command`, so that filtering (COI on in the local store or the provider's
 /// METADATA, which the worker reads) and pushes go on with no client connected after a
-/// restart. Other accounts get their worker at their next login.
+/// restart; and those with a validated push subscription whose sign-in the configuration can
+/// supply (`password_command`, or an OAuth2 grant). Other accounts get their worker at their
+/// next login.
 async fn at_start(ctx: &Context) -> Vec<String> {
     let config = ctx.config();
     let mut out: Vec<String> = config
@@ -120,8 +122,14 @@ async fn at_start(ctx: &Context) -> Vec<String> {
     match ctx.store.read(|s| s.push_accounts()).await {
         Ok(logins) => {
             for login in logins {
-                if !out.iter().any(|l| l.eq_ignore_ascii_case(&login)) {
-                    info!(%login, "push subscriptions wait for a login (no password_command for this account)");
+                if out.iter().any(|l| l.eq_ignore_ascii_case(&login)) {
+                    continue;
+                }
+                match crate::account::works_without_client(&config, &login) {
+                    true => out.push(login),
+                    false => {
+                        info!(%login, "push subscriptions wait for a login (no password_command for this account)")
+                    }
                 }
             }
         }

@@ -41,7 +41,7 @@ pub fn stdout(out: &Output) -> String {
 /// The stored peer `addr` of `login`, read from a stopped proxy's state directory.
 pub fn stored_peer(proxy: &Proxy, login: &str, addr: &str) -> Option<coi_proxy::openpgp::peer::Peer> {
     use coi_proxy::openpgp::identity::Identity;
-    use coi_proxy::openpgp::seal::SealKey;
+    use coi_proxy::seal::SealKey;
     let store = coi_proxy::store::Store::open(&proxy.state).unwrap();
     let seal = SealKey::load(&proxy.state.join("seal.key")).unwrap();
     Identity::with_seal(store, seal).peer(login, addr).unwrap()

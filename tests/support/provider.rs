@@ -50,6 +50,13 @@ pub struct ProviderOptions {
     pub password: Option<String>,
     /// Dovecot's `mail_max_userip_connections` (default 100), for many sessions per user.
     pub max_conns: Option<u32>,
+    /// OAuth2 bearer tokens (XOAUTH2, OAUTHBEARER) for IMAP and submission, checked against this
+    /// RFC 7662 introspection URL (e.g. `support::idp::Idp::introspection_url`); passwords keep
+    /// working.
+    pub oauth2_introspection_url: Option<String>,
+    /// The bearer mechanisms offered with `oauth2_introspection_url` (default both), e.g.
+    /// `"oauthbearer"`.
+    pub oauth2_mechanisms: Option<String>,
     /// Trust 127.0.0.1 as a proxy (`login_trusted_networks`): the client address it passes
     /// on (IMAP `ID x-originating-ip`, submission `XCLIENT`) is what Dovecot's auth penalty
     /// counts.
@@ -144,6 +151,12 @@ impl Provider {
         }
         if let Some(max_conns) = opts.max_conns {
             cmd.arg("--max-conns").arg(max_conns.to_string());
+        }
+        if let Some(url) = &opts.oauth2_introspection_url {
+            cmd.arg("--oauth2-introspection-url").arg(url);
+        }
+        if let Some(mechanisms) = &opts.oauth2_mechanisms {
+            cmd.arg("--oauth2-mechanisms").arg(mechanisms);
         }
         if let Some(limit) = opts.imap_client_limit {
             cmd.arg("--imap-client-limit").arg(limit.to_string());

@@ -16,7 +16,6 @@ pub mod dns;
 pub mod edit;
 pub mod known;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -183,34 +182,10 @@ fn split_address(address: &str) -> Result<(String, String), SetupError> {
     Ok((local.to_string(), domain))
 }
 
-/// The first line of standard input. At a terminal it asks for it and turns echo off while it
-/// is typed (with `stty`, where there is one), so the password is not shown.
+/// The password at the provider, from stdin (asked for at a terminal, with echo off).
 fn read_password(address: &str) -> Result<Secret, SetupError> {
-    use std::io::{BufRead, IsTerminal};
-    let stdin = std::io::stdin();
-    let terminal = stdin.is_terminal();
-    let stty = |arg: &str| {
-        std::process::Command::new("stty")
-            .arg(arg)
-            .stdin(std::process::Stdio::inherit())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let hidden = terminal && stty("-echo");
-    if terminal {
-        eprint!("password for {address} at the provider{}: ", if hidden { "" } else { " (shown as you type)" });
-    }
-    let mut buf = Vec::new();
-    let read = stdin.lock().take(64 * 1024).read_until(b'\n', &mut buf);
-    if hidden {
-        stty("echo");
-        eprintln!();
-    }
-    read.map_err(|e| SetupError::Password(e.to_string()))?;
-    while buf.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
-        buf.pop();
-    }
-    let password = Secret::new(buf);
+    let prompt = format!("password for {address} at the provider");
+    let password = crate::cli::password::read_stdin(&prompt).map_err(|e| SetupError::Password(e.to_string()))?;
     if password.is_empty() {
         return Err(SetupError::EmptyPassword);
     }
@@ -392,9 +367,7 @@ enum FetchError {
 /// HTTP off loopback, at most [`autoconfig::MAX_BYTES`].
 async fn fetch_autoconfig(url: &str, timeout: Duration) -> Result<String, FetchError> {
     let secs = timeout.as_secs();
-    let tls = crate::tls::UpstreamTls::default().config(None).map_err(|e| FetchError::Other(e.to_string()))?;
-    let mut tls = (*tls).clone();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tls = crate::tls::https_client_config().map_err(|e| FetchError::Other(e.to_string()))?;
     let policy = reqwest::redirect::Policy::custom(|attempt| {
         let secure = attempt.url().scheme() == "https"
             || attempt.url().host_str().is_some_and(|h| h == "127.0.0.1" || h == "[::1]" || h == "localhost");

@@ -584,7 +584,7 @@ impl Session {
             if forward {
                 upstream.identify_client(peer).await?;
             }
-            upstream.authenticate(&user, &pass).await
+            upstream.log_in(&self.shared, &user, &pass).await
         };
         let outcome = match tokio::time::timeout(limits.connect_timeout(), login).await {
             Ok(Ok(outcome)) => outcome,

@@ -33,6 +33,13 @@
 #                            too (long-lived imap-login processes, one per core), so that a
 #                            storm of logins is not a storm of forks
 #   --require-auth-delay     keep Dovecot's 2 s auth_failure_delay (default 0 s)
+#   --oauth2-introspection-url URL
+#                            OAuth2 bearer tokens (IMAP AUTHENTICATE and submission
+#                            AUTH): an oauth2 passdb that asks URL (RFC 7662, POST)
+#                            whether a token is active and whose it is; passwords
+#                            still work (passwd-file, PLAIN/LOGIN only). The anvil
+#                            auth penalty is off, so refused tokens are not delayed.
+#   --oauth2-mechanisms "M"  the bearer mechanisms offered (default "xoauth2 oauthbearer")
 #   --trusted-proxy          login_trusted_networks = 127.0.0.1/32: a proxy connecting from
 #                            there may pass its client's address (IMAP ID x-originating-ip,
 #                            submission XCLIENT), which Dovecot's auth penalty then counts
@@ -55,6 +62,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 IMAP_PORT="" IMAPS_PORT="" SMTP_PORT="" SMTPS_PORT="" LMTP_PORT="" RELAY_PORT=""
 DOMAINS=() USERS="alice bob carol" PASSWORD="secret"
 NO_IDLE=0 METADATA=0 COMPRESS=0 SLASH=0 REMOVE_CAP="" RAWLOG=0 VERBOSE=0 MAXCONN=100 AUTH_DELAY="0" POSTFIX=0
+OAUTH2_URL="" OAUTH2_MECHS="xoauth2 oauthbearer"
 TRUSTED_CONF="" USER_FORMAT="%Lu" HOME_FORMAT="%Ld/%Ln"
 IMAP_CLIENT_LIMIT=1
 STATE=""
@@ -82,6 +90,8 @@ while [ $# -gt 0 ]; do
     --trusted-proxy) TRUSTED_CONF="login_trusted_networks = 127.0.0.1/32"; shift;;
     --case-sensitive) USER_FORMAT="%u"; HOME_FORMAT="%d/%n"; shift;;
     --postfix) POSTFIX=1; shift;;
+    --oauth2-introspection-url) OAUTH2_URL="$2"; shift 2;;
+    --oauth2-mechanisms) OAUTH2_MECHS="$2"; shift 2;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0;;
     -*) echo "unknown option $1" >&2; exit 2;;
     *) STATE="$1"; shift;;
@@ -206,6 +216,31 @@ MAIL_LAYOUT="" NS_SEPARATOR=""
 if [ "$SLASH" = 1 ]; then MAIL_LAYOUT=":LAYOUT=fs"; NS_SEPARATOR="separator = /"; fi
 COMPRESS_CONF=""
 if [ "$COMPRESS" = 1 ]; then COMPRESS_CONF='mail_plugins = $mail_plugins imap_zlib'; fi
+# --oauth2-introspection-url: bearer tokens checked by an oauth2 passdb, passwords by the
+# passwd-file one (each passdb only for its mechanisms), and no auth penalty (anvil would delay
+# every login after a refused token by 2, 4, 8 ... s, past a test token's life)
+AUTH_MECHS="plain login" PASSDB_MECHS="" OAUTH2_PASSDB="" ANVIL_PENALTY=""
+if [ -n "$OAUTH2_URL" ]; then
+  AUTH_MECHS="plain login $OAUTH2_MECHS"
+  PASSDB_MECHS="mechanisms = plain login"
+  cat > "$STATE/dovecot-oauth2.conf.ext" <<EOF2
+introspection_url = $OAUTH2_URL
+introspection_mode = post
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+EOF2
+  chmod 644 "$STATE/dovecot-oauth2.conf.ext"
+  OAUTH2_PASSDB="passdb {
+  driver = oauth2
+  mechanisms = $OAUTH2_MECHS
+  args = $STATE/dovecot-oauth2.conf.ext
+}"
+  ANVIL_PENALTY="unix_listener anvil-auth-penalty {
+    mode = 0
+  }"
+fi
 METADATA_CONF="imap_metadata = no"
 if [ "$METADATA" = 1 ]; then
   METADATA_CONF=$'imap_metadata = yes\nmail_attribute_dict = file:%h/dovecot-attributes'
@@ -255,12 +290,14 @@ ssl_cert = <$STATE/tls/cert.pem
 ssl_key = <$STATE/tls/key.pem
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = $AUTH_MECHS
 auth_failure_delay = $AUTH_DELAY
 auth_cache_size = 0
 $TRUSTED_CONF
+$OAUTH2_PASSDB
 passdb {
   driver = passwd-file
+  $PASSDB_MECHS
   args = scheme=PLAIN username_format=$USER_FORMAT $STATE/users
 }
 userdb {
@@ -337,6 +374,7 @@ service pop3-login {
 }
 service anvil {
   chroot = $CHROOT_ANVIL
+  $ANVIL_PENALTY
 }
 $AUTH_POSTFIX_CONF
 service lmtp {
@@ -572,6 +610,7 @@ echo "PROVIDER_LOG=$STATE/log/dovecot.log"
 echo "PROVIDER_RAWLOG_DIR=$([ "$RAWLOG" = 1 ] && echo "$STATE/rawlog" || echo "")"
 echo "PROVIDER_REMOVED_CAPS=\"$REMOVE_CAP\""
 echo "PROVIDER_METADATA=$METADATA"
+echo "PROVIDER_OAUTH2_INTROSPECTION_URL=$OAUTH2_URL"
 echo "PROVIDER_STARTUP_MS=$STARTUP_MS"
 echo "PROVIDER_STOP=\"$HERE/stop-provider.sh $STATE\""
 } | tee "$STATE/env"

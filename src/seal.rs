@@ -1,29 +1,34 @@
-//! Secret keys encrypted at rest.
+//! Secrets encrypted at rest: OpenPGP secret keys, OAuth2 tokens, the hashes of local passwords.
 //!
 //! Design: one random 256-bit key-encryption key (KEK) per installation, in its own file
-//! (`seal.key`, mode 0600, by default in the state directory), seals every secret the store keeps
-//! with AES-256-GCM; the store only ever holds sealed blobs. The associated data names what a
-//! blob is and whose (`openpgp-secret-key` + login), so a blob copied to another account or
-//! another table does not open.
+//! (`seal.key`, mode 0600, by default in the state directory; `seal_key_file` in proxy.toml puts
+//! it elsewhere), seals every secret the store keeps with AES-256-GCM; the store only ever holds
+//! sealed blobs. The associated data names what a blob is and whose (`openpgp-secret-key` +
+//! login, `oauth2-tokens` + login), so a blob copied to another account or another table does
+//! not open.
 //!
 //! Why a key file and not something derived from the user's password: the account worker must
-//! decrypt incoming mail and answer SecureJoin with no client connected and after a restart,
-//! and a password is neither always available (OAuth, `password_command` absent) nor stable
-//! (it changes; the keys must survive that). A hardware or OS keystore is not available on the
-//! servers this runs on; the KEK path can point to one that is mounted as a file (systemd
-//! credentials, a tmpfs filled at boot, a TPM-unsealed file).
+//! decrypt incoming mail, answer SecureJoin and refresh OAuth2 tokens with no client connected
+//! and after a restart, and a password is neither always available (OAuth, `password_command`
+//! absent) nor stable (it changes; the keys must survive that). A hardware or OS keystore is not
+//! available on the servers this runs on; the KEK path can point to one that is mounted as a
+//! file (systemd credentials, a tmpfs filled at boot, a TPM-unsealed file).
 //!
 //! What a stolen state directory reveals: with the KEK file in it, everything (the secret keys,
-//! hence all mail encrypted to them). Without it (KEK kept elsewhere, or only the store file or
-//! a backup of it taken): the sealed blobs are useless; readable are the public parts: account
-//! logins, peers' addresses, public keys and fingerprints, Autocrypt timestamps and verification
-//! marks (who corresponds with whom and since when). Sealed values can also leave the machine
-//! (cluster state in etcd) without exposing secrets.
+//! hence all mail encrypted to them; the OAuth2 refresh tokens, hence the mailboxes until the
+//! user revokes the grant). Without it (KEK kept elsewhere, or only the store file or a backup
+//! of it taken): the sealed blobs are useless; readable are the public parts: account logins,
+//! peers' addresses, public keys and fingerprints, Autocrypt timestamps and verification marks
+//! (who corresponds with whom and since when), when each OAuth2 grant was made and refreshed.
+//! Sealed values can also leave the machine (cluster state in etcd) without exposing secrets.
+//!
+//! In the floor, not in a wing, so that every wing (openpgp, oauth) seals alike under one key.
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -167,9 +172,72 @@ pub fn secret_key_purpose(login: &str) -> String {
     format!("openpgp-secret-key:{}", login.to_lowercase())
 }
 
+/// The daemon's seal key: read at start when its file exists (a bad file stops the start) or
+/// something needs it at once (the OpenPGP gateway, OAuth2 accounts), else made at its first
+/// use (an OAuth2 account added by a reload), so a daemon with nothing to seal leaves no key
+/// file behind.
+pub struct SealCell {
+    path: PathBuf,
+    key: Mutex<Option<Arc<SealKey>>>,
+}
+
+impl SealCell {
+    /// The key at `path`, not read yet.
+    pub fn at(path: PathBuf) -> SealCell {
+        SealCell { path, key: Mutex::new(None) }
+    }
+
+    /// The key already read (from `path`).
+    pub fn loaded(path: PathBuf, key: Arc<SealKey>) -> SealCell {
+        SealCell { path, key: Mutex::new(Some(key)) }
+    }
+
+    /// The key if it has been read, without any file I/O.
+    pub fn if_loaded(&self) -> Option<Arc<SealKey>> {
+        self.key.lock().expect("seal lock").clone()
+    }
+
+    /// The key, read or made (0600) on first use; one caller at a time touches the file, so
+    /// two first uses never race on its creation. Blocking file I/O: call off the runtime.
+    pub fn get(&self) -> Result<Arc<SealKey>, SealError> {
+        let mut slot = self.key.lock().expect("seal lock");
+        if let Some(key) = slot.as_ref() {
+            return Ok(key.clone());
+        }
+        let key = Arc::new(SealKey::load_or_create(&self.path)?);
+        *slot = Some(key.clone());
+        Ok(key)
+    }
+}
+
+impl From<SealKey> for SealCell {
+    fn from(key: SealKey) -> SealCell {
+        SealCell::loaded(PathBuf::new(), Arc::new(key))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seal_cell_makes_its_file_only_at_first_use_and_keeps_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seal.key");
+        let cell = SealCell::at(path.clone());
+        assert!(cell.if_loaded().is_none() && !path.exists(), "nothing read or made before a use");
+        let sealed = cell.get().unwrap().seal("p", b"secret");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(cell.if_loaded().unwrap().open("p", &sealed).unwrap().expose(), b"secret");
+        let reread = SealCell::at(path.clone());
+        assert_eq!(
+            reread.get().unwrap().open("p", &sealed).unwrap().expose(),
+            b"secret",
+            "the same file, the same key"
+        );
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(SealCell::at(path).get(), Err(SealError::Permissions { .. })));
+    }
 
     #[test]
     fn seal_and_open() {
