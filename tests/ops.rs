@@ -363,23 +363,14 @@ fn json_logs_are_one_object_per_line_with_the_session_fields() {
 
 /// Every key the configuration accepts, per table, read from the parser itself: an unknown
 /// key's error lists the expected ones (every table is `deny_unknown_fields`).
+/// The configuration's tables ("" is the top level; `account` is `[[account]]`).
+const CONFIG_TABLES: &[&str] =
+    &["", "listen", "upstream", "coi", "limits", "queue", "push", "deltachat", "autocrypt", "log", "account"];
+
 fn config_keys() -> Vec<(String, Vec<String>)> {
-    let tables = [
-        "",
-        "listen",
-        "upstream",
-        "coi",
-        "limits",
-        "queue",
-        "push",
-        "deltachat",
-        "autocrypt",
-        "log",
-        "[account]",
-        "account.oauth2",
-    ];
+    let tables = CONFIG_TABLES.iter().map(|t| if *t == "account" { "[account]" } else { t });
     let mut out = Vec::new();
-    for table in tables {
+    for table in tables.chain(["account.oauth2"]) {
         let text = match table {
             "" => "no_such_key = 1\n".to_string(),
             "[account]" => "[[account]]\nno_such_key = 1\n".to_string(),
@@ -404,20 +395,7 @@ fn every_config_key_is_documented_in_readme_and_proxy_toml() {
     let mut missing = Vec::new();
     for (table, keys) in config_keys() {
         for key in keys {
-            let tables = [
-                "",
-                "listen",
-                "upstream",
-                "coi",
-                "limits",
-                "queue",
-                "push",
-                "deltachat",
-                "autocrypt",
-                "log",
-                "account",
-            ];
-            if (table.is_empty() && tables.contains(&key.as_str())) || (table == "account" && key == "oauth2") {
+            if (table.is_empty() && CONFIG_TABLES.contains(&key.as_str())) || (table == "account" && key == "oauth2") {
                 continue; // a table, not a key
             }
             let name = if table.is_empty() { key.clone() } else { format!("{table}.{key}") };
