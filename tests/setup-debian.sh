@@ -8,12 +8,15 @@
 # IMAP providers for tests/providers.rs: Cyrus, Courier and GNU Mailutils imap4d, dnsmasq and
 # man for tests/setup.rs and tests/packaging.rs, and lintian for tests/package.sh; for the
 # benches (bench/README.md), nginx's mail proxy, which `cargo bench --bench peers` measures
-# coi-proxy against. Nothing is configured system-wide; no service is started.
+# coi-proxy against; for the scale-out tests (tests/cluster.rs), etcd and HAProxy, and protoc
+# with the well-known .proto files, which the etcd-client crate's build needs. Nothing is
+# configured system-wide; no service is started.
 set -eu
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 PACKAGES="dovecot-imapd dovecot-lmtpd dovecot-submissiond python3 openssl systemd \
-  isync offlineimap3 neomutt curl dnsmasq-base man-db lintian"
+  isync offlineimap3 neomutt curl dnsmasq-base man-db lintian \
+  etcd-server etcd-client haproxy protobuf-compiler libprotobuf-dev"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
@@ -23,6 +26,8 @@ if [ -n "$missing" ]; then
   # policy-rc.d-less machines would start the system Dovecot; it is not needed, stop it again.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
   $SUDO systemctl disable --now dovecot 2>/dev/null || true
+  $SUDO systemctl disable --now etcd 2>/dev/null || true
+  $SUDO systemctl disable --now haproxy 2>/dev/null || true
 fi
 
 # Postfix without a system configuration (the tests write their own, see tests/support/provider).
