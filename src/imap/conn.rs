@@ -55,6 +55,15 @@ impl ReadSize {
         self.spare = buf.capacity() - buf.len();
     }
 
+    /// The side waits for its peer: a buffer holding nothing is given back while traffic is
+    /// light (the next read takes a new one), so that a waiting session holds no read buffer.
+    /// A stream in full flow keeps its large buffer between reads.
+    pub fn release(&self, buf: &mut BytesMut) {
+        if buf.is_empty() && self.size == Self::INITIAL && buf.capacity() > 0 {
+            *buf = BytesMut::new();
+        }
+    }
+
     /// Adapts to a read of `n` bytes.
     pub fn after_read(&mut self, n: usize) {
         if n >= self.spare {

@@ -8,14 +8,21 @@
 //! cannot deadlock; a side is read again only once what was read from it has been written on
 //! (the bytes stay in their read buffer until then: unchanged runs are written straight from
 //! it, no copy).
+//!
+//! The wait is one hand-written poll over long-lived sources, so a wake-up costs little: each
+//! socket is owned whole (no split halves and their lock), one timer serves every deadline and
+//! is moved only when it must fire earlier, and the watches of shutdown and verdicts stay
+//! registered between waits. A plain TCP side that waits with nothing unfinished holds no read
+//! buffer: it waits for readiness and takes a buffer only once bytes are there.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
 use super::own::{OwnCommands, OwnReply, OwnRequest};
@@ -102,12 +109,10 @@ pub async fn run<I: Interceptor>(
 /// One session's sockets, buffers and policy.
 struct Relay<'a, I> {
     policy: Policy,
-    client_read: ReadHalf<Stream>,
-    client_write: WriteHalf<Stream>,
+    client: Stream,
     client_buf: BytesMut,
     client_size: ReadSize,
-    provider_read: ReadHalf<Stream>,
-    provider_write: WriteHalf<Stream>,
+    provider: Stream,
     provider_buf: BytesMut,
     provider_size: ReadSize,
     to_client: Outbox,
@@ -125,10 +130,10 @@ struct Relay<'a, I> {
     own_replies: Option<mpsc::UnboundedSender<OwnReply>>,
     seen_changed: Option<Arc<dyn Fn() + Send + Sync>>,
     wake_worker: Option<Arc<dyn Fn() + Send + Sync>>,
-    verdicts: Option<watch::Receiver<Verdicts>>,
-    shutdown: watch::Receiver<bool>,
-    shutting_down: bool,
-    /// When the timer fires (at or before the policy's deadline).
+    verdicts: Option<Changes<Verdicts>>,
+    /// `None` once shutting down.
+    shutdown: Option<Changes<bool>>,
+    /// When the timer fires (at or before the policy's deadline and the client's stall).
     armed: Option<Instant>,
 }
 
@@ -143,6 +148,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         let mut verdicts = opts.quiet.as_ref().map(|q| q.verdicts.clone());
         let wake_worker = opts.quiet.as_ref().map(|q| q.wake.clone());
         let initial = verdicts.as_mut().map(|v| *v.borrow_and_update()).unwrap_or_default();
+        let verdicts = verdicts.map(Changes::new);
         let policy_opts = PolicyOptions {
             max_literal: opts.max_literal,
             autologout: opts.autologout,
@@ -157,17 +163,13 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         if shutting_down {
             policy.shutdown(Instant::now());
         }
-        let (client_read, client_write) = tokio::io::split(client.stream);
-        let (provider_read, provider_write) = tokio::io::split(upstream.stream);
         let (own_tx, own_rx) = mpsc::unbounded_channel();
         Relay {
             policy,
-            client_read,
-            client_write,
+            client: client.stream,
             client_buf: client.buf,
             client_size: ReadSize::default(),
-            provider_read,
-            provider_write,
+            provider: upstream.stream,
             provider_buf: upstream.buf,
             provider_size: ReadSize::default(),
             to_client: Outbox::default(),
@@ -182,8 +184,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             seen_changed: opts.seen_changed,
             wake_worker,
             verdicts,
-            shutdown,
-            shutting_down,
+            shutdown: (!shutting_down).then(|| Changes::new(shutdown)),
             armed: None,
         }
     }
@@ -216,7 +217,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                     // A session cut off at shutdown has no last words: the client is not
                     // reading what it was sent already, and the daemon is about to exit.
                     if !self.to_client.is_idle() && end != RelayEnd::ShutdownCut {
-                        let _ = tokio::time::timeout(LAST_WORDS, self.to_client.write(&mut self.client_write)).await;
+                        let _ = tokio::time::timeout(LAST_WORDS, self.to_client.write(&mut self.client)).await;
                     }
                     return Some(end);
                 }
@@ -238,16 +239,13 @@ impl<'a, I: Interceptor> Relay<'a, I> {
     /// deflate on its connection; what the client sent after the command is compressed too.
     async fn start_compression(&mut self) -> std::io::Result<()> {
         if !self.to_client.is_idle() {
-            tokio::time::timeout(LAST_WORDS, self.to_client.write(&mut self.client_write))
+            tokio::time::timeout(LAST_WORDS, self.to_client.write(&mut self.client))
                 .await
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client did not read"))??;
         }
-        let (placeholder_read, placeholder_write) = tokio::io::split(Stream::Upgrading);
-        let read = std::mem::replace(&mut self.client_read, placeholder_read);
-        let write = std::mem::replace(&mut self.client_write, placeholder_write);
         let already_read = self.client_buf.split();
-        let (stream, counters) = read.unsplit(write).compress(&already_read);
-        (self.client_read, self.client_write) = tokio::io::split(stream);
+        let (stream, counters) = std::mem::replace(&mut self.client, Stream::Upgrading).compress(&already_read);
+        self.client = stream;
         self.traffic.client_wire = Some(counters);
         tracing::debug!("client connection compressed (COMPRESS DEFLATE)");
         Ok(())
@@ -347,97 +345,180 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         }
     }
 
-    /// Waits for the next thing to happen: a write done, bytes read, the policy's deadline,
-    /// new verdicts, shutdown, the interceptor. `Some` when the session is over.
+    /// Waits for the next thing to happen: a write done, bytes read, a deadline, new verdicts,
+    /// shutdown, the interceptor. `Some` when the session is over.
     async fn wait(&mut self, mut sleep: Pin<&mut tokio::time::Sleep>) -> Option<RelayEnd> {
         // A timer set earlier than needed just fires early (ticking is harmless then), so it is
         // only reset to move it forward: not on every read that pushes a deadline back.
-        if let Some(deadline) = self.policy.deadline()
-            && self.armed.is_none_or(|armed| deadline < armed)
+        let stalled = self.to_client.stalled_at(CLIENT_STALL);
+        let due = match (self.policy.deadline(), stalled) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(due) = due
+            && self.armed.is_none_or(|armed| due < armed)
         {
-            self.armed = Some(deadline);
-            sleep.as_mut().reset(tokio::time::Instant::from_std(deadline));
+            self.armed = Some(due);
+            sleep.as_mut().reset(tokio::time::Instant::from_std(due));
         }
         // A side is read again once what was read from it has been written on.
         let read_provider = self.to_client.is_idle() && self.policy.reading_provider();
         let want_part = self.to_client.is_idle() && self.policy.wants_part();
-        let stalled = self.to_client.stalled_at(CLIENT_STALL);
         let read_client = self.to_provider.is_idle() && self.policy.reading_client();
-        if read_provider {
-            self.provider_size.prepare(&mut self.provider_buf);
+        std::future::poll_fn(|cx| self.poll_wait(cx, sleep.as_mut(), read_provider, read_client, want_part)).await
+    }
+
+    /// One poll of every source [`Relay::wait`] waits on, in order of precedence; acts on the
+    /// first that is ready. `Ready(Some)` ends the session.
+    fn poll_wait(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut sleep: Pin<&mut tokio::time::Sleep>,
+        read_provider: bool,
+        read_client: bool,
+        want_part: bool,
+    ) -> Poll<Option<RelayEnd>> {
+        if !self.to_client.is_idle()
+            && let Poll::Ready(written) = self.to_client.poll_write(cx, &mut self.client)
+        {
+            return Poll::Ready(written.err().map(|e| RelayEnd::ClientError(e.to_string())));
         }
-        if read_client {
-            self.client_size.prepare(&mut self.client_buf);
+        if !self.to_provider.is_idle()
+            && let Poll::Ready(written) = self.to_provider.poll_write(cx, &mut self.provider)
+        {
+            return Poll::Ready(written.err().map(|e| RelayEnd::ProviderError(e.to_string())));
         }
-        tokio::select! {
-            biased;
-            written = self.to_client.write(&mut self.client_write), if !self.to_client.is_idle() => {
-                if let Err(e) = written {
-                    return Some(RelayEnd::ClientError(e.to_string()));
-                }
-            }
-            written = self.to_provider.write(&mut self.provider_write), if !self.to_provider.is_idle() => {
-                if let Err(e) = written {
-                    return Some(RelayEnd::ProviderError(e.to_string()));
-                }
-            }
-            read = self.provider_read.read_buf(&mut self.provider_buf), if read_provider => self.after_provider_read(read),
-            read = self.client_read.read_buf(&mut self.client_buf), if read_client => return self.after_client_read(read),
-            () = tokio::time::sleep_until(tokio::time::Instant::from_std(stalled.unwrap_or_else(Instant::now))), if stalled.is_some() => {
-                return Some(RelayEnd::ClientError(format!(
+        if read_provider
+            && let Poll::Ready(read) =
+                poll_read(cx, &mut self.provider, &mut self.provider_buf, &mut self.provider_size)
+        {
+            self.after_provider_read(read);
+            return Poll::Ready(None);
+        }
+        if read_client
+            && let Poll::Ready(read) = poll_read(cx, &mut self.client, &mut self.client_buf, &mut self.client_size)
+        {
+            return Poll::Ready(self.after_client_read(read));
+        }
+        if want_part
+            && let Some(parts) = self.parts.as_mut()
+            && let Poll::Ready(Some(part)) = parts.poll_recv(cx)
+        {
+            self.policy.interceptor_part(part, Instant::now());
+            return Poll::Ready(None);
+        }
+        if self.armed.is_some() && sleep.as_mut().poll(cx).is_ready() {
+            self.armed = None;
+            let now = Instant::now();
+            if self.to_client.stalled_at(CLIENT_STALL).is_some_and(|at| now >= at) {
+                return Poll::Ready(Some(RelayEnd::ClientError(format!(
                     "the client read nothing for {} seconds",
                     CLIENT_STALL.as_secs()
-                )));
+                ))));
             }
-            Some(part) = async { self.parts.as_mut()?.recv().await }, if want_part && self.parts.is_some() => {
-                self.policy.interceptor_part(part, Instant::now());
+            self.policy.tick(now);
+            return Poll::Ready(None);
+        }
+        if let Some(verdicts) = self.verdicts.as_mut()
+            && let Poll::Ready(changed) = verdicts.poll(cx)
+        {
+            match changed {
+                Some(current) => self.policy.set_verdicts(current, Instant::now()),
+                // The worker's side is gone: no more verdicts.
+                None => self.verdicts = None,
             }
-            () = sleep, if self.armed.is_some() => {
-                self.armed = None;
-                self.policy.tick(Instant::now());
-            }
-            changed = async { self.verdicts.as_mut()?.changed().await.ok() }, if self.verdicts.is_some() => {
-                match changed {
-                    Some(()) => {
-                        let current = self.verdicts.as_mut().map(|v| *v.borrow_and_update()).unwrap_or_default();
-                        self.policy.set_verdicts(current, Instant::now());
-                    }
-                    // The worker's side is gone: no more verdicts.
-                    None => self.verdicts = None,
+            return Poll::Ready(None);
+        }
+        if let Some(shutdown) = self.shutdown.as_mut()
+            && shutdown.poll(cx).is_ready()
+        {
+            self.shutdown = None;
+            self.policy.shutdown(Instant::now());
+            return Poll::Ready(None);
+        }
+        if let Some(work) = self.intercepting.as_mut()
+            && let Poll::Ready((interceptor, reply)) = work.as_mut().poll(cx)
+        {
+            self.intercepting = None;
+            self.interceptor = Some(interceptor);
+            self.own_replies = None;
+            // A part it wrote last may still wait in the channel: it goes first.
+            if let Some(mut parts) = self.parts.take() {
+                while let Ok(part) = parts.try_recv() {
+                    self.policy.interceptor_part(part, Instant::now());
                 }
             }
-            _ = self.shutdown.changed(), if !self.shutting_down => {
-                self.shutting_down = true;
-                self.policy.shutdown(Instant::now());
+            self.policy.interceptor_reply(reply, Instant::now());
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(Some(request)) = self.own_rx.poll_recv(cx) {
+            if self.policy.streaming() {
+                // Its response has begun: the provider is not read until it ends. The request
+                // is dropped, and the interceptor hears that the command failed.
+                return Poll::Ready(None);
             }
-            (interceptor, reply) = async {
-                match self.intercepting.as_mut() {
-                    Some(work) => work.await,
-                    None => std::future::pending().await,
-                }
-            }, if self.intercepting.is_some() => {
-                self.intercepting = None;
-                self.interceptor = Some(interceptor);
-                self.own_replies = None;
-                // A part it wrote last may still wait in the channel: it goes first.
-                if let Some(mut parts) = self.parts.take() {
-                    while let Ok(part) = parts.try_recv() {
-                        self.policy.interceptor_part(part, Instant::now());
-                    }
-                }
-                self.policy.interceptor_reply(reply, Instant::now());
+            self.own_replies = Some(request.replies);
+            self.policy.own_request(request.command, request.capture, Instant::now());
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+}
+
+/// Reads from one side into `buf`. A plain TCP side waits for readiness first and takes its
+/// buffer only then, so that a side waiting with nothing unfinished holds none (idle sessions
+/// are most sessions); other streams (TLS, COMPRESS) keep theirs.
+fn poll_read(
+    cx: &mut Context<'_>,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    size: &mut ReadSize,
+) -> Poll<std::io::Result<usize>> {
+    if let Stream::Plain(tcp) = stream {
+        loop {
+            if let Poll::Ready(ready) = tcp.poll_read_ready(cx) {
+                ready?;
+            } else {
+                size.release(buf);
+                return Poll::Pending;
             }
-            Some(request) = self.own_rx.recv() => {
-                if self.policy.streaming() {
-                    // Its response has begun: the provider is not read until it ends. The
-                    // request is dropped, and the interceptor hears that the command failed.
-                    return None;
-                }
-                self.own_replies = Some(request.replies);
-                self.policy.own_request(request.command, request.capture, Instant::now());
+            size.prepare(buf);
+            match tcp.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                read => return Poll::Ready(read),
             }
         }
-        None
+    }
+    size.prepare(buf);
+    std::pin::pin!(stream.read_buf(buf)).poll(cx)
+}
+
+/// The next change of a watch, kept registered between waits (a `changed()` made anew for
+/// each wait would register with the sender and leave again every time).
+struct Changes<T> {
+    next: Pin<Box<dyn Future<Output = (watch::Receiver<T>, bool)> + Send>>,
+}
+
+impl<T: Copy + Send + Sync + 'static> Changes<T> {
+    fn new(mut rx: watch::Receiver<T>) -> Changes<T> {
+        Changes {
+            next: Box::pin(async move {
+                let changed = rx.changed().await.is_ok();
+                (rx, changed)
+            }),
+        }
+    }
+
+    /// The value it changed to (and it waits for the next change), or `None` once the sender is
+    /// gone.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let (mut rx, changed) = ready!(self.next.as_mut().poll(cx));
+        if !changed {
+            return Poll::Ready(None);
+        }
+        let value = *rx.borrow_and_update();
+        *self = Changes::new(rx);
+        Poll::Ready(Some(value))
     }
 }
 
@@ -548,17 +629,22 @@ impl Outbox {
     /// Writes and flushes the output. Cancel-safe: what was written is remembered, so a
     /// later call goes on from there.
     async fn write<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_write(cx, w)).await
+    }
+
+    /// [`Outbox::write`] as a poll.
+    fn poll_write<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, w: &mut W) -> Poll<std::io::Result<()>> {
         while self.written < self.output().len() {
-            let n = w.write(&self.output()[self.written..]).await?;
+            let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.output()[self.written..]))?;
             if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
             self.written += n;
             self.progress = Some(Instant::now());
         }
-        w.flush().await?;
+        ready!(Pin::new(&mut *w).poll_flush(cx))?;
         self.clear();
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     fn clear(&mut self) {
