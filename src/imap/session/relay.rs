@@ -474,20 +474,13 @@ fn poll_read(
     buf: &mut BytesMut,
     size: &mut ReadSize,
 ) -> Poll<std::io::Result<usize>> {
-    if let Stream::Plain(tcp) = stream {
-        loop {
-            if let Poll::Ready(ready) = tcp.poll_read_ready(cx) {
-                ready?;
-            } else {
-                size.release(buf);
-                return Poll::Pending;
-            }
-            size.prepare(buf);
-            match tcp.try_read_buf(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                read => return Poll::Ready(read),
-            }
-        }
+    // The read itself goes through `poll_read` all the same: it notes a short read as the end
+    // of what is there, where a `try_read` would cost another system call to learn it.
+    if let Stream::Plain(tcp) = stream
+        && tcp.poll_read_ready(cx).is_pending()
+    {
+        size.release(buf);
+        return Poll::Pending;
     }
     size.prepare(buf);
     std::pin::pin!(stream.read_buf(buf)).poll(cx)

@@ -37,6 +37,7 @@ impl Policy {
                 }
                 if start {
                     self.current.tag = command::head(bytes).map(|(t, _)| t.to_vec()).unwrap_or_default();
+                    self.current.name = None;
                     self.current.mode = Mode::Discard;
                     self.answer(&self.current.tag.clone(), "BAD Command line too long");
                 }
@@ -130,8 +131,9 @@ impl Policy {
             }
             let entry = self.commands.in_flight.entry(self.current.tag.clone()).or_default();
             entry.count += 1;
-            entry.stores_seen |= touches_seen(bytes);
-            entry.fetches_flags |= fetches_flags_only(bytes);
+            let name = self.current.name;
+            entry.stores_seen |= name == Some(CommandName::Store) && touches_seen(bytes);
+            entry.fetches_flags |= name == Some(CommandName::Fetch) && fetches_flags_only(bytes);
             crate::metrics::COMMANDS_RELAYED.inc();
         }
         self.current.forwarded = true;
@@ -182,8 +184,11 @@ impl Policy {
     ) {
         self.current.mode = Mode::Relay;
         self.current.forwarded = false;
+        // The head is read once per command; later steps use what `current` keeps of it.
         let head = Head::parse(line);
-        self.current.tag = head.map(|h| h.tag.to_vec()).unwrap_or_default();
+        self.current.tag.clear();
+        self.current.tag.extend_from_slice(head.map(|h| h.tag).unwrap_or_default());
+        self.current.name = head.map(|h| h.name);
         let Some(head) = head else {
             if line.trim_ascii().eq_ignore_ascii_case(b"DONE") {
                 self.commands.idle_done = self.commands.idle.is_some();
@@ -269,18 +274,15 @@ fn selects_inbox(line: &[u8]) -> bool {
     mailbox.eq_ignore_ascii_case(b"INBOX") || mailbox.eq_ignore_ascii_case(b"\"INBOX\"")
 }
 
-/// Whether a command line is a STORE (or UID STORE) that changes `\Seen`.
+/// Whether a STORE (or UID STORE) command line changes `\Seen`.
 fn touches_seen(line: &[u8]) -> bool {
-    Head::parse(line).is_some_and(|h| h.name == CommandName::Store) && contains_ci(line, b"\\seen")
+    contains_ci(line, b"\\seen")
 }
 
-/// Whether a command line is a FETCH (or UID FETCH) that reads no body without PEEK: the
-/// `\Seen` in the FLAGS it returns is the client's old news. A FETCH of `BODY[…]`, `BINARY[…]`,
-/// `RFC822` or `RFC822.TEXT` sets `\Seen`.
+/// Whether a FETCH (or UID FETCH) command line reads no body without PEEK: the `\Seen` in the
+/// FLAGS it returns is the client's old news. A FETCH of `BODY[…]`, `BINARY[…]`, `RFC822` or
+/// `RFC822.TEXT` sets `\Seen`.
 fn fetches_flags_only(line: &[u8]) -> bool {
-    if !Head::parse(line).is_some_and(|h| h.name == CommandName::Fetch) {
-        return false;
-    }
     let upper = line.to_ascii_uppercase();
     // (item, whether what follows it must not continue a name: `RFC822` is not `RFC822.SIZE`)
     let items: [(&[u8], bool); 4] = [(b"BODY[", false), (b"BINARY[", false), (b"RFC822.TEXT", true), (b"RFC822", true)];

@@ -222,6 +222,8 @@ struct Current {
     /// Part of it has already gone to the provider.
     forwarded: bool,
     tag: Vec<u8>,
+    /// Its name, read once from its first line (`None`: no valid head).
+    name: Option<CommandName>,
 }
 
 /// A relayed client command whose tagged response has not come yet.
@@ -309,7 +311,7 @@ impl Policy {
             opts,
             client,
             provider,
-            current: Current { mode: Mode::Relay, forwarded: false, tag: Vec::new() },
+            current: Current { mode: Mode::Relay, forwarded: false, tag: Vec::new(), name: None },
             commands: Commands::default(),
             emulated_idle: None,
             intercepting: false,
