@@ -8,6 +8,7 @@ mod own;
 pub mod policy;
 pub mod quiet;
 mod relay;
+mod wakes;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -29,6 +29,7 @@ use super::own::{OwnCommands, OwnReply, OwnRequest};
 pub use super::policy::RelayEnd;
 use super::policy::{Event, Keep, Policy, PolicyOptions, Step};
 use super::quiet::Verdicts;
+use super::wakes::{Group, Wakes};
 use crate::deflate::Counters;
 use crate::imap::conn::{Conn, ReadSize};
 use crate::imap::wire::provider::{Interceptor, ReplyOut};
@@ -135,6 +136,30 @@ struct Relay<'a, I> {
     shutdown: Option<Changes<bool>>,
     /// When the timer fires (at or before the policy's deadline and the client's stall).
     armed: Option<Instant>,
+    /// Which group of sources woke the task.
+    wakes: Wakes,
+    /// The sources whose last poll was pending and whose group has not woken since: polling
+    /// them again would only tell the same (bits of [`Source`]).
+    standing: u16,
+}
+
+/// The sources the relay waits on, as bits of `Relay::standing`.
+struct Source;
+
+impl Source {
+    const CLIENT_READ: u16 = 1;
+    const CLIENT_WRITE: u16 = 1 << 1;
+    const PROVIDER_READ: u16 = 1 << 2;
+    const PROVIDER_WRITE: u16 = 1 << 3;
+    const TIMER: u16 = 1 << 4;
+    const PARTS: u16 = 1 << 5;
+    const VERDICTS: u16 = 1 << 6;
+    const SHUTDOWN: u16 = 1 << 7;
+    const INTERCEPTING: u16 = 1 << 8;
+    const OWN: u16 = 1 << 9;
+    const CLIENT: u16 = Source::CLIENT_READ | Source::CLIENT_WRITE;
+    const PROVIDER: u16 = Source::PROVIDER_READ | Source::PROVIDER_WRITE;
+    const OTHER: u16 = Source::PARTS | Source::VERDICTS | Source::SHUTDOWN | Source::INTERCEPTING | Source::OWN;
 }
 
 impl<'a, I: Interceptor> Relay<'a, I> {
@@ -186,6 +211,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             verdicts,
             shutdown: (!shutting_down).then(|| Changes::new(shutdown)),
             armed: None,
+            wakes: Wakes::default(),
+            standing: 0,
         }
     }
 
@@ -246,6 +273,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         let already_read = self.client_buf.split();
         let (stream, counters) = std::mem::replace(&mut self.client, Stream::Upgrading).compress(&already_read);
         self.client = stream;
+        self.standing &= !Source::CLIENT;
         self.traffic.client_wire = Some(counters);
         tracing::debug!("client connection compressed (COMPRESS DEFLATE)");
         Ok(())
@@ -287,6 +315,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                 // One part waits at most: the next is made once the client took that.
                 let (parts, rx) = mpsc::channel(1);
                 self.parts = Some(rx);
+                self.standing &= !(Source::PARTS | Source::INTERCEPTING);
                 self.intercepting = Some(Box::pin(async move {
                     let mut out = ReplyOut::channel(parts);
                     let reply = interceptor.handle(command, &mut own, &mut out).await;
@@ -360,6 +389,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         {
             self.armed = Some(due);
             sleep.as_mut().reset(tokio::time::Instant::from_std(due));
+            self.standing &= !Source::TIMER;
         }
         // A side is read again once what was read from it has been written on.
         let read_provider = self.to_client.is_idle() && self.policy.reading_provider();
@@ -368,8 +398,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         std::future::poll_fn(|cx| self.poll_wait(cx, sleep.as_mut(), read_provider, read_client, want_part)).await
     }
 
-    /// One poll of every source [`Relay::wait`] waits on, in order of precedence; acts on the
-    /// first that is ready. `Ready(Some)` ends the session.
+    /// One poll of the sources [`Relay::wait`] waits on that may have news (see `standing`), in
+    /// order of precedence; acts on the first that is ready. `Ready(Some)` ends the session.
     fn poll_wait(
         &mut self,
         cx: &mut Context<'_>,
@@ -378,88 +408,146 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         read_client: bool,
         want_part: bool,
     ) -> Poll<Option<RelayEnd>> {
-        if !self.to_client.is_idle()
-            && let Poll::Ready(written) = self.to_client.poll_write(cx, &mut self.client)
-        {
-            return Poll::Ready(written.err().map(|e| RelayEnd::ClientError(e.to_string())));
+        let woken = self.wakes.begin(cx);
+        for (group, sources) in [
+            (Group::Client, Source::CLIENT),
+            (Group::Provider, Source::PROVIDER),
+            (Group::Timer, Source::TIMER),
+            (Group::Other, Source::OTHER),
+        ] {
+            if woken.has(group) {
+                self.standing &= !sources;
+            }
         }
-        if !self.to_provider.is_idle()
-            && let Poll::Ready(written) = self.to_provider.poll_write(cx, &mut self.provider)
-        {
-            return Poll::Ready(written.err().map(|e| RelayEnd::ProviderError(e.to_string())));
+        let wakes = &self.wakes;
+        let mut client_cx = Context::from_waker(wakes.waker(Group::Client));
+        let mut provider_cx = Context::from_waker(wakes.waker(Group::Provider));
+        let mut other_cx = Context::from_waker(wakes.waker(Group::Other));
+        let standing = &mut self.standing;
+        // Whether `source` is to be polled; if its poll is pending, it stands until its group wakes.
+        let due = |standing: &u16, source: u16| *standing & source == 0;
+        if !self.to_client.is_idle() && due(standing, Source::CLIENT_WRITE) {
+            match self.to_client.poll_write(&mut client_cx, &mut self.client) {
+                Poll::Ready(written) => {
+                    return Poll::Ready(written.err().map(|e| RelayEnd::ClientError(e.to_string())));
+                }
+                Poll::Pending => *standing |= Source::CLIENT_WRITE,
+            }
         }
-        if read_provider
-            && let Poll::Ready(read) =
-                poll_read(cx, &mut self.provider, &mut self.provider_buf, &mut self.provider_size)
-        {
-            self.after_provider_read(read);
-            return Poll::Ready(None);
+        if !self.to_provider.is_idle() && due(standing, Source::PROVIDER_WRITE) {
+            match self.to_provider.poll_write(&mut provider_cx, &mut self.provider) {
+                Poll::Ready(written) => {
+                    return Poll::Ready(written.err().map(|e| RelayEnd::ProviderError(e.to_string())));
+                }
+                Poll::Pending => *standing |= Source::PROVIDER_WRITE,
+            }
         }
-        if read_client
-            && let Poll::Ready(read) = poll_read(cx, &mut self.client, &mut self.client_buf, &mut self.client_size)
-        {
-            return Poll::Ready(self.after_client_read(read));
+        if read_provider && due(standing, Source::PROVIDER_READ) {
+            match poll_read(&mut provider_cx, &mut self.provider, &mut self.provider_buf, &mut self.provider_size) {
+                Poll::Ready(read) => {
+                    self.after_provider_read(read);
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => *standing |= Source::PROVIDER_READ,
+            }
+        }
+        if read_client && due(standing, Source::CLIENT_READ) {
+            match poll_read(&mut client_cx, &mut self.client, &mut self.client_buf, &mut self.client_size) {
+                Poll::Ready(read) => return Poll::Ready(self.after_client_read(read)),
+                Poll::Pending => *standing |= Source::CLIENT_READ,
+            }
         }
         if want_part
+            && due(standing, Source::PARTS)
             && let Some(parts) = self.parts.as_mut()
-            && let Poll::Ready(Some(part)) = parts.poll_recv(cx)
         {
-            self.policy.interceptor_part(part, Instant::now());
-            return Poll::Ready(None);
-        }
-        if self.armed.is_some() && sleep.as_mut().poll(cx).is_ready() {
-            self.armed = None;
-            let now = Instant::now();
-            if self.to_client.stalled_at(CLIENT_STALL).is_some_and(|at| now >= at) {
-                return Poll::Ready(Some(RelayEnd::ClientError(format!(
-                    "the client read nothing for {} seconds",
-                    CLIENT_STALL.as_secs()
-                ))));
-            }
-            self.policy.tick(now);
-            return Poll::Ready(None);
-        }
-        if let Some(verdicts) = self.verdicts.as_mut()
-            && let Poll::Ready(changed) = verdicts.poll(cx)
-        {
-            match changed {
-                Some(current) => self.policy.set_verdicts(current, Instant::now()),
-                // The worker's side is gone: no more verdicts.
-                None => self.verdicts = None,
-            }
-            return Poll::Ready(None);
-        }
-        if let Some(shutdown) = self.shutdown.as_mut()
-            && shutdown.poll(cx).is_ready()
-        {
-            self.shutdown = None;
-            self.policy.shutdown(Instant::now());
-            return Poll::Ready(None);
-        }
-        if let Some(work) = self.intercepting.as_mut()
-            && let Poll::Ready((interceptor, reply)) = work.as_mut().poll(cx)
-        {
-            self.intercepting = None;
-            self.interceptor = Some(interceptor);
-            self.own_replies = None;
-            // A part it wrote last may still wait in the channel: it goes first.
-            if let Some(mut parts) = self.parts.take() {
-                while let Ok(part) = parts.try_recv() {
+            match parts.poll_recv(&mut other_cx) {
+                Poll::Ready(Some(part)) => {
                     self.policy.interceptor_part(part, Instant::now());
+                    return Poll::Ready(None);
                 }
+                // Its sender is gone: the interceptor's reply comes next.
+                Poll::Ready(None) => {}
+                Poll::Pending => *standing |= Source::PARTS,
             }
-            self.policy.interceptor_reply(reply, Instant::now());
-            return Poll::Ready(None);
         }
-        if let Poll::Ready(Some(request)) = self.own_rx.poll_recv(cx) {
-            if self.policy.streaming() {
-                // Its response has begun: the provider is not read until it ends. The request
-                // is dropped, and the interceptor hears that the command failed.
+        if self.armed.is_some() && due(standing, Source::TIMER) {
+            let mut timer_cx = Context::from_waker(wakes.waker(Group::Timer));
+            if sleep.as_mut().poll(&mut timer_cx).is_pending() {
+                *standing |= Source::TIMER;
+            } else {
+                self.armed = None;
+                let now = Instant::now();
+                if self.to_client.stalled_at(CLIENT_STALL).is_some_and(|at| now >= at) {
+                    return Poll::Ready(Some(RelayEnd::ClientError(format!(
+                        "the client read nothing for {} seconds",
+                        CLIENT_STALL.as_secs()
+                    ))));
+                }
+                self.policy.tick(now);
                 return Poll::Ready(None);
             }
-            self.own_replies = Some(request.replies);
-            self.policy.own_request(request.command, request.capture, Instant::now());
-            return Poll::Ready(None);
+        }
+        if due(standing, Source::VERDICTS)
+            && let Some(verdicts) = self.verdicts.as_mut()
+        {
+            match verdicts.poll(&mut other_cx) {
+                Poll::Ready(Some(current)) => {
+                    self.policy.set_verdicts(current, Instant::now());
+                    return Poll::Ready(None);
+                }
+                // The worker's side is gone: no more verdicts.
+                Poll::Ready(None) => {
+                    self.verdicts = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => *standing |= Source::VERDICTS,
+            }
+        }
+        if due(standing, Source::SHUTDOWN)
+            && let Some(shutdown) = self.shutdown.as_mut()
+        {
+            if shutdown.poll(&mut other_cx).is_ready() {
+                self.shutdown = None;
+                self.policy.shutdown(Instant::now());
+                return Poll::Ready(None);
+            }
+            *standing |= Source::SHUTDOWN;
+        }
+        if due(standing, Source::INTERCEPTING)
+            && let Some(work) = self.intercepting.as_mut()
+        {
+            match work.as_mut().poll(&mut other_cx) {
+                Poll::Ready((interceptor, reply)) => {
+                    self.intercepting = None;
+                    self.interceptor = Some(interceptor);
+                    self.own_replies = None;
+                    // A part it wrote last may still wait in the channel: it goes first.
+                    if let Some(mut parts) = self.parts.take() {
+                        while let Ok(part) = parts.try_recv() {
+                            self.policy.interceptor_part(part, Instant::now());
+                        }
+                    }
+                    self.policy.interceptor_reply(reply, Instant::now());
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => *standing |= Source::INTERCEPTING,
+            }
+        }
+        if due(standing, Source::OWN) {
+            match self.own_rx.poll_recv(&mut other_cx) {
+                Poll::Ready(Some(request)) => {
+                    if !self.policy.streaming() {
+                        self.own_replies = Some(request.replies);
+                        self.policy.own_request(request.command, request.capture, Instant::now());
+                    }
+                    // Else its response has begun: the provider is not read until it ends. The
+                    // request is dropped, and the interceptor hears that the command failed.
+                    return Poll::Ready(None);
+                }
+                // The relay holds a sender itself: never closed.
+                Poll::Ready(None) | Poll::Pending => *standing |= Source::OWN,
+            }
         }
         Poll::Pending
     }
