@@ -120,7 +120,9 @@ mod tests {
         let woken = wakes.begin(&cx);
         assert!(!woken.has(Group::Client) && !woken.has(Group::Other));
         wakes.waker(Group::Provider).wake_by_ref();
-        wakes.waker(Group::Timer).clone().wake();
+        // As a timer does: a waker kept, then woken by value.
+        let kept = wakes.waker(Group::Timer).clone();
+        kept.wake();
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
         let woken = wakes.begin(&cx);
         assert!(woken.has(Group::Provider) && woken.has(Group::Timer));
