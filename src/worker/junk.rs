@@ -148,7 +148,7 @@ impl Junk {
         }
         let uids: Vec<u32> = chat.iter().map(|c| c.0).collect();
         let plan = MovePlan::new(up.profile().move_strategy, &uids, target, &[])?;
-        let (outcome, _) = run_plan(up, plan).await?;
+        let (outcome, _) = run_plan(up, plan, None).await?;
         if !outcome.pending.is_empty() {
             info!(
                 count = outcome.pending.len(),
