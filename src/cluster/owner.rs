@@ -4,7 +4,8 @@
 //! unreachable: by then the others may have taken over). Then it starts over with a new lease.
 //! Ownership: the account's owner key, created on the lease only if absent; the instance takes
 //! unowned accounts up to its share (about ceil(accounts / live members)) at once and, after one
-//! more look, any that nobody else took. It watches the owner keys to take over at once when an
+//! more look, any that nobody else took; over its share while another member has room (one
+//! joined), it hands the excess over. It watches the owner keys to take over at once when an
 //! owner's lease ends. A clean shutdown revokes the lease: the others take over at once.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -85,7 +86,7 @@ async fn hold_lease(
     info!(node = %etcd.node, lease = format!("{lease:x}"), ttl_secs = ttl.as_secs(), "cluster: joined");
     let mut keep: Option<(LeaseKeeper, LeaseKeepAliveStream)> = client.lease_keep_alive(lease).await.ok();
     let mut owners: Option<WatchStream> = None;
-    let mut waited = BTreeSet::new();
+    let (mut waited, mut released) = (BTreeSet::new(), BTreeSet::new());
     let mut tick = tokio::time::interval(ttl / 3);
     let mut look = true;
     let ended = loop {
@@ -95,7 +96,7 @@ async fn hold_lease(
                 let options = WatchOptions::new().with_prefix();
                 owners = client.watch(keys::OWNERS, Some(options)).await.ok();
             }
-            if let Err(e) = reconcile(etcd, &mut client, lease, candidates, &mut waited).await {
+            if let Err(e) = reconcile(etcd, &mut client, lease, candidates, &mut waited, &mut released).await {
                 warn!("cluster: cannot look at the owners: {e}");
             }
         }
@@ -160,6 +161,7 @@ async fn reconcile(
     lease: i64,
     candidates: &BTreeSet<String>,
     waited: &mut BTreeSet<String>,
+    released: &mut BTreeSet<String>,
 ) -> Result<(), ClusterError> {
     let owners = client.get(keys::OWNERS, Some(GetOptions::new().with_prefix())).await.map_err(super::etcd_error)?;
     let members = client
@@ -196,6 +198,25 @@ async fn reconcile(
         }
     }
     waited.retain(|l| !taken.contains(l) && !mine.contains_key(l));
+    // More than our share while others have room (an instance joined): hand the excess over.
+    // The others see the deletes and take them; the fence keeps the two workers apart.
+    let excess = mine.len().saturating_sub(share);
+    if members > 1 && excess > 0 {
+        // Each account at most once per lease: one that no other instance wants comes back to
+        // us (after one more look) and stays.
+        let give: Vec<String> = mine.keys().rev().filter(|l| !released.contains(*l)).take(excess).cloned().collect();
+        for login in give {
+            let key = keys::owner(&login);
+            let txn = Txn::new()
+                .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+                .and_then([TxnOp::delete(key, None)]);
+            client.txn(txn).await.map_err(super::etcd_error)?;
+            info!(%login, "cluster: handing the account over to spread the load");
+            mine.remove(&login);
+            released.insert(login.clone());
+            waited.insert(login);
+        }
+    }
     set_owned(etcd, mine);
     Ok(())
 }

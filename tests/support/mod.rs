@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod data_block;
+pub mod etcd;
 pub mod fake_provider;
 pub mod idp;
 pub mod imap_client;
