@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
 
 use super::proxy_header::{self, Header, HeaderError, Parsed};
 
@@ -27,6 +29,32 @@ pub enum ProxiedError {
     Io(std::io::Error),
     #[error(transparent)]
     Header(#[from] HeaderError),
+}
+
+/// The client's address of a connection just accepted on `listener` (`imap`, `imaps`, `smtp`,
+/// `smtps`): with `proxy_protocol`, the one its header gives (read within [`HEADER_TIMEOUT`]);
+/// else the socket's peer. `None`: the header was missing or bad (logged and counted); close
+/// the connection without a word.
+pub async fn client_address(
+    tcp: &mut TcpStream,
+    socket_peer: SocketAddr,
+    proxy_protocol: bool,
+    listener: &str,
+) -> Option<SocketAddr> {
+    if !proxy_protocol {
+        return Some(socket_peer);
+    }
+    match read_header(tcp, socket_peer, HEADER_TIMEOUT).await {
+        Ok((client, header)) => {
+            debug!(listener, %client, via = %socket_peer, command = ?header.command, version = ?header.version, "PROXY header read");
+            Some(client)
+        }
+        Err(e) => {
+            warn!(listener, via = %socket_peer, "connection closed without a greeting ([listen] proxy_protocol): {e}");
+            crate::metrics::proxy_header_refused(listener);
+            None
+        }
+    }
 }
 
 /// Reads the header from `io` within `timeout`; the client's address is the header's source,
