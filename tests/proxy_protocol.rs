@@ -75,6 +75,16 @@ fn closed_without_a_word(mut tcp: TcpStream, what: &str) {
     }
 }
 
+/// The body of `GET path` on the metrics listener.
+fn http_get(port: u16, path: &str) -> String {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).unwrap();
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or(response)
+}
+
 /// Every log line of the session whose client is `client` (`client=` in its span).
 fn lines_of<'a>(log: &'a str, client: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(&format!("client={client}"))).collect()
@@ -236,7 +246,11 @@ fn failed_logins_count_and_the_provider_hears_the_headers_address() {
 #[test]
 fn connections_without_a_valid_header_are_closed_without_a_greeting() {
     let provider = Provider::start();
-    let proxy = proxied(&provider, "");
+    let proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{}", provider.smtp_port))
+        .listen("proxy_protocol = true\nmetrics = \"127.0.0.1:0\"")
+        .start();
     let ports = [
         ("imap", proxy.imap_port),
         ("imaps", proxy.imaps_port),
@@ -276,6 +290,13 @@ fn connections_without_a_valid_header_are_closed_without_a_greeting() {
     assert!(log.contains("PROXY v1 line has a bad source port"), "{log}");
     assert!(log.contains("PROXY v2 header has version 1, not 2"), "{log}");
     assert!(!log.contains("session ended"), "no session was started:\n{log}");
+    let metrics = http_get(proxy.metrics_port, "/metrics");
+    for (listener, refused) in [("imap", 5), ("imaps", 2), ("smtp", 1), ("smtps", 1)] {
+        let series = format!("coi_proxy_proxy_headers_refused_total{{listener=\"{listener}\"}} {refused}\n");
+        assert!(metrics.contains(&series), "{series}{metrics}");
+        let opened = format!("coi_proxy_sessions_total{{listener=\"{listener}\"}} 0\n");
+        assert!(metrics.contains(&opened), "no session counted: {opened}{metrics}");
+    }
 }
 
 /// A header split over several writes, with the first command right behind its last piece in
