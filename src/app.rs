@@ -394,6 +394,10 @@ impl Listeners {
             task.abort();
             changes.applied.push(format!("metrics listener on {addr} stopped"));
         }
+        if old.listen.proxy_protocol != new.listen.proxy_protocol {
+            let now = if new.listen.proxy_protocol { "on" } else { "off" };
+            changes.applied.push(format!("proxy_protocol {now} (for connections accepted from now on)"));
+        }
         if old.providers() != new.providers() {
             changes.applied.push("providers changed (next logins use them)".into());
         }
@@ -440,17 +444,24 @@ async fn accept_loop(
     let Ok(addr) = listener.local_addr() else { return };
     loop {
         match listener.accept().await {
-            Ok((tcp, peer)) => {
-                // Read per connection, so that a reload that changes it applies to the next one.
+            Ok((mut tcp, socket_peer)) => {
+                // Read per connection, so that a reload that changes them applies to the next one.
                 let plaintext_auth = ctx.config().listen.plaintext_auth_allowed(&addr);
+                let proxy_protocol = ctx.config().listen.proxy_protocol;
                 let info = ListenerInfo { kind, addr, plaintext_auth, views: views.clone() };
-                let limits = &ctx.config().limits;
-                let admitted = ctx.sessions.admit(peer.ip(), limits.max_sessions, limits.max_sessions_per_ip);
+                // Admitted here, in the order of arrival, unless the address is in a header yet
+                // to be read.
+                let admitted = (!proxy_protocol).then(|| admit(&ctx, socket_peer));
                 let (ctx, alive) = (ctx.clone(), alive.clone());
                 let shutdown = ctx.shutdown.clone();
                 tokio::spawn(async move {
-                    let _open = crate::metrics::session_opened(label(kind));
-                    session::serve(ctx, tcp, peer, info, admitted, shutdown).await;
+                    let listener = label(kind);
+                    let client = crate::net::proxied::client_address(&mut tcp, socket_peer, proxy_protocol, listener);
+                    if let Some(peer) = client.await {
+                        let admitted = admitted.unwrap_or_else(|| admit(&ctx, peer));
+                        let _open = crate::metrics::session_opened(listener);
+                        session::serve(ctx, tcp, peer, info, admitted, shutdown).await;
+                    }
                     drop(alive);
                 });
             }
@@ -461,6 +472,12 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// A place for a session from `peer` (the client's address, from the PROXY header if any).
+fn admit(ctx: &Context, peer: SocketAddr) -> Result<crate::limits::SessionPermit, crate::limits::Refused> {
+    let limits = &ctx.config().limits;
+    ctx.sessions.admit(peer.ip(), limits.max_sessions, limits.max_sessions_per_ip)
 }
 
 /// Checks the local certificate once a day and renews it 30 days before it expires, so a

@@ -119,6 +119,11 @@ pub struct Listen {
     pub plaintext_auth: Option<bool>,
     /// HTTP `/healthz` and `/metrics` (Prometheus); loopback only, as it has no authentication.
     pub metrics: Option<SocketAddr>,
+    /// Every client listener (imap, imaps, smtp, smtps) wants a PROXY v1/v2 header first
+    /// (HAProxy's `send-proxy-v2`) and takes the client's address from it; a connection without
+    /// a valid one is closed. Read per connection: a reload applies it to the next ones.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 impl Default for Listen {
@@ -130,6 +135,7 @@ impl Default for Listen {
             smtps: None,
             plaintext_auth: None,
             metrics: None,
+            proxy_protocol: false,
         }
     }
 }

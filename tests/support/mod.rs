@@ -5,6 +5,7 @@
 pub mod data_block;
 pub mod etcd;
 pub mod fake_provider;
+pub mod haproxy;
 pub mod idp;
 pub mod imap_client;
 pub mod mailbox;
