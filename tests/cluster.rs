@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use push_endpoint::{Device, PushEndpoint, Received};
 use support::etcd::Etcd;
+use support::haproxy::Haproxy;
 use support::imap_client::ImapClient;
 use support::provider::Provider;
 use support::proxy::Proxy;
@@ -32,11 +33,14 @@ const BOB: &str = "bob@example.org";
 const LEASE_SECS: u64 = 4;
 const MARGIN: Duration = Duration::from_secs(3);
 
-/// An instance's configuration: both accounts work without a client (password_command).
-fn instance(p: &Provider, etcd: &Etcd, node: &str, state: &Path) -> Proxy {
+/// An instance's configuration: both accounts work without a client (password_command);
+/// behind HAProxy (`proxied`) every listener wants the PROXY header.
+fn instance(p: &Provider, etcd: &Etcd, node: &str, state: &Path, proxied: bool) -> Proxy {
     Proxy::builder()
         .upstream(format!("imap://127.0.0.1:{}", p.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{}", p.smtp_port))
         .state_dir(state)
+        .listen(if proxied { "proxy_protocol = true" } else { "" })
         .extra(&format!(
             "[push]\nprivate_endpoints = true\n\
              [cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\nlease_secs = {LEASE_SECS}\n\
@@ -64,15 +68,15 @@ struct Two {
     _states: (tempfile::TempDir, tempfile::TempDir),
 }
 
-fn two(p: &Provider, etcd: &Etcd) -> Two {
+fn two(p: &Provider, etcd: &Etcd, proxied: bool) -> Two {
     let mut key = [0u8; 32];
     std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key)).unwrap();
     // The seal key file's format (src/seal.rs): a header line and the key in base64.
     use base64::Engine;
     let file = format!("coi-proxy seal key v1\n{}\n", base64::engine::general_purpose::STANDARD.encode(key));
     let states = (state_with_key(file.as_bytes()), state_with_key(file.as_bytes()));
-    let a = instance(p, etcd, "a", states.0.path());
-    let b = instance(p, etcd, "b", states.1.path());
+    let a = instance(p, etcd, "a", states.0.path(), proxied);
+    let b = instance(p, etcd, "b", states.1.path(), proxied);
     Two { a, b, _states: states }
 }
 
@@ -119,6 +123,20 @@ fn login(port: u16, user: &str) -> ImapClient {
     let mut c = ImapClient::connect(port);
     c.login(user, "secret");
     c
+}
+
+/// Alice's session through HAProxy, and the server (instance) HAProxy sent it to.
+fn through(haproxy: &Haproxy) -> (ImapClient, String) {
+    let before = haproxy.stats();
+    let c = login(haproxy.imap_port, ALICE);
+    let after = haproxy.stats();
+    let server = after
+        .iter()
+        .filter(|s| s.backend == "be_imap")
+        .find(|s| before.iter().any(|b| b.backend == s.backend && b.server == s.server && b.sessions < s.sessions))
+        .map(|s| s.server.clone())
+        .expect("HAProxy counted the session");
+    (c, server)
 }
 
 fn count(c: &mut ImapClient, mailbox: &str) -> usize {
@@ -173,7 +191,13 @@ fn pushed_ids(dev: &Device, pushes: &[Received]) -> Vec<String> {
 fn settings_moves_pushes_failover_and_rejoin() {
     let p = Provider::start();
     let etcd = Etcd::start();
-    let mut nodes = two(&p, &etcd);
+    let mut nodes = two(&p, &etcd, true);
+    // Clients reach the instances only through HAProxy (send-proxy-v2, round robin).
+    let haproxy =
+        Haproxy::start(&[("a", nodes.a.imap_port, nodes.a.smtp_port), ("b", nodes.b.imap_port, nodes.b.smtp_port)]);
+    for server in ["a", "b"] {
+        haproxy.wait_up("be_imap", server, Duration::from_secs(20));
+    }
     // Both members; the two accounts spread over them.
     wait_until("both members, one account each", Duration::from_secs(20), || {
         let (members, owners) = ownership(&nodes.a);
@@ -181,10 +205,12 @@ fn settings_moves_pushes_failover_and_rejoin() {
     });
     eprintln!("{}", status(&nodes.a).1);
 
-    // A COI setting made through a is in force through b.
-    let mut via_a = login(nodes.a.imap_port, ALICE);
+    // Two sessions through HAProxy, one on each instance; a COI setting made through one is in
+    // force through the other.
+    let (mut via_a, first) = through(&haproxy);
+    let (mut via_b, second) = through(&haproxy);
+    assert_ne!(first, second, "round robin: one session on each instance");
     via_a.expect_ok(&format!("e SETMETADATA \"\" ({ENABLED} yes {FILTER} active)"));
-    let mut via_b = login(nodes.b.imap_port, ALICE);
     wait_until("the setting through b", Duration::from_secs(10), || {
         let text = metadata_text(&mut via_b, &format!("{ENABLED} {FILTER}"));
         text.contains("yes") && text.contains("active")
@@ -260,7 +286,7 @@ fn settings_moves_pushes_failover_and_rejoin() {
 fn etcd_unreachable_sessions_go_on_workers_stop_until_the_lease_is_back() {
     let p = Provider::start();
     let etcd = Etcd::start();
-    let nodes = two(&p, &etcd);
+    let nodes = two(&p, &etcd, false);
     wait_until("both members", Duration::from_secs(20), || ownership(&nodes.a).1.len() == 2);
     let mut c = login(nodes.a.imap_port, ALICE);
     c.expect_ok(&format!("e SETMETADATA \"\" ({ENABLED} yes {FILTER} active)"));
@@ -301,7 +327,7 @@ fn etcd_unreachable_sessions_go_on_workers_stop_until_the_lease_is_back() {
 fn status_without_etcd_says_so() {
     let p = Provider::start();
     let etcd = Etcd::start();
-    let nodes = two(&p, &etcd);
+    let nodes = two(&p, &etcd, false);
     drop(etcd);
     let (ok, text) = status(&nodes.a);
     assert!(!ok, "{text}");
