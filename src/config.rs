@@ -1284,6 +1284,15 @@ mod tests {
     }
 
     #[test]
+    fn proxy_protocol_is_off_unless_set_and_wants_a_bool() {
+        assert!(!Config::parse("", Path::new("proxy.toml")).unwrap().listen.proxy_protocol);
+        let on = Config::parse("[listen]\nimap = \"127.0.0.1:1143\"\nproxy_protocol = true\n", Path::new("proxy.toml"));
+        assert!(on.unwrap().listen.proxy_protocol);
+        let err = Config::parse("[listen]\nproxy_protocol = \"yes\"\n", Path::new("proxy.toml")).unwrap_err();
+        assert!(err.to_string().contains("proxy_protocol"), "{err}");
+    }
+
+    #[test]
     fn deltachat_defaults_and_notifier_urls() {
         let c = Config::defaults();
         assert_eq!(c.deltachat.notifier_url, "https://notifications.delta.chat/notify");

@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use support::connect_from;
 use support::haproxy::{Backend, Haproxy, parse_stat};
 use support::imap_client::ImapClient;
 use support::provider::{Provider, ProviderOptions};
@@ -45,24 +46,6 @@ fn connect_with(port: u16, header: &[u8]) -> TcpStream {
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     tcp.write_all(header).unwrap();
-    tcp
-}
-
-/// A plain connection to `port` from the loopback address `source` (127.0.0.2 is another
-/// client address than 127.0.0.1).
-fn connect_from(source: &str, port: u16) -> TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
-    let tcp = rt
-        .block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(format!("{source}:0").parse().unwrap())?;
-            socket.connect(([127, 0, 0, 1], port).into()).await
-        })
-        .unwrap()
-        .into_std()
-        .unwrap();
-    tcp.set_nonblocking(false).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     tcp
 }
 
@@ -196,16 +179,21 @@ fn session_limits_count_the_headers_address() {
     let mut third = ImapClient::from_stream(connect_with(proxy.imap_port, &v2_header(a, 1003, proxy.imap_port)));
     assert_eq!(third.greeting, "* BYE [UNAVAILABLE] Too many connections from your address\r\n");
     third.expect_eof();
-    let mut smtp = SmtpClient::from_stream(connect_with(proxy.smtp_port, &v2_header(a, 1004, proxy.smtp_port)));
+    let smtp = SmtpClient::from_stream(connect_with(proxy.smtp_port, &v2_header(a, 1004, proxy.smtp_port)));
     assert_eq!(smtp.greeting.code, 421, "{:?}", smtp.greeting);
 
+    // Another address, from the same socket address: two sessions, both open at once.
+    let mut others = Vec::new();
     for port in [2001, 2002] {
         let mut other = ImapClient::from_stream(connect_with(proxy.imap_port, &v2_header(b, port, proxy.imap_port)));
         assert!(other.greeting.starts_with("* OK"), "{}", other.greeting);
         other.login(BOB, "secret");
+        others.push(other);
     }
     first.expect_ok("n1 NOOP");
-    let log = proxy.log();
+    for other in &mut others {
+        other.expect_ok("n2 NOOP");
+    }
     wait_for_session_line(&proxy, "192.0.2.1:1001", "logged in");
     wait_for_session_line(&proxy, "192.0.2.1:1003", "Too many connections from your address");
     wait_for_session_line(&proxy, "198.51.100.7:2002", "logged in");
@@ -343,7 +331,6 @@ fn fragmented_headers_pipelined_commands_v1_and_tls_after_the_header() {
     smtps.login(ALICE, "secret");
     smtps.expect("QUIT", 221);
 
-    let log = proxy.log();
     wait_for_session_line(&proxy, "192.0.2.9:4242", "logged in");
     wait_for_session_line(&proxy, "203.0.113.77:5555", "logged in");
     wait_for_session_line(&proxy, "[2001:db8::77]:6666", "connected");
