@@ -314,7 +314,8 @@ fn etcd_unreachable_sessions_go_on_workers_stop_until_the_lease_is_back() {
     assert_eq!(count(&mut direct, "COI.Chats"), 1, "no worker moves while the lease is gone");
 
     etcd.resume();
-    let back = wait_until("the second chat mail moved", Duration::from_secs(30), || count(&mut direct, "COI.Chats") == 2);
+    let back =
+        wait_until("the second chat mail moved", Duration::from_secs(30), || count(&mut direct, "COI.Chats") == 2);
     eprintln!("etcd back: the waiting chat mail moved after {:.1} s", back.as_secs_f64());
     let (members, owners) = ownership(&nodes.a);
     assert_eq!((members.len(), owners.len()), (2, 2), "both instances rejoined and own the accounts");
