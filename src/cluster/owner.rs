@@ -84,7 +84,7 @@ async fn hold_lease(
         .await
         .map_err(super::etcd_error)?;
     info!(node = %etcd.node, lease = format!("{lease:x}"), ttl_secs = ttl.as_secs(), "cluster: joined");
-    let mut keep: Option<(LeaseKeeper, LeaseKeepAliveStream)> = client.lease_keep_alive(lease).await.ok();
+    let mut keep: Option<(LeaseKeeper, LeaseKeepAliveStream)> = bounded(client.lease_keep_alive(lease)).await;
     let mut owners: Option<WatchStream> = None;
     let (mut waited, mut released) = (BTreeSet::new(), BTreeSet::new());
     let mut tick = tokio::time::interval(ttl / 3);
@@ -94,7 +94,7 @@ async fn hold_lease(
             look = false;
             if owners.is_none() {
                 let options = WatchOptions::new().with_prefix();
-                owners = client.watch(keys::OWNERS, Some(options)).await.ok();
+                owners = bounded(client.watch(keys::OWNERS, Some(options))).await;
             }
             if let Err(e) = reconcile(etcd, &mut client, lease, candidates, &mut waited, &mut released).await {
                 warn!("cluster: cannot look at the owners: {e}");
@@ -115,14 +115,15 @@ async fn hold_lease(
                     warn!("cluster: no keep-alive acknowledged for the lease's TTL; owning nothing until etcd answers");
                     break Err(ClusterError::Etcd("the lease's keep-alive went unanswered".into()));
                 }
+                // Each call bounded: a stream to an etcd that stopped answering may block a send.
                 let sent = match keep.as_mut() {
-                    Some((keeper, _)) => keeper.keep_alive().await.is_ok(),
+                    Some((keeper, _)) => bounded(keeper.keep_alive()).await.is_some(),
                     None => false,
                 };
                 if !sent {
-                    keep = client.lease_keep_alive(lease).await.ok();
+                    keep = bounded(client.lease_keep_alive(lease)).await;
                     if let Some((keeper, _)) = keep.as_mut() {
-                        let _ = keeper.keep_alive().await;
+                        bounded(keeper.keep_alive()).await;
                     }
                 }
                 look = true;
@@ -152,6 +153,11 @@ async fn hold_lease(
     };
     set_owned(etcd, BTreeMap::new());
     ended
+}
+
+/// An etcd call's result within the request timeout; `None` on an error or no answer.
+async fn bounded<T>(call: impl std::future::Future<Output = Result<T, etcd_client::Error>>) -> Option<T> {
+    tokio::time::timeout(super::REQUEST_TIMEOUT, call).await.ok()?.ok()
 }
 
 /// Reads who owns what, keeps the accounts still on our lease, and takes free ones.
