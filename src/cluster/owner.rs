@@ -3,8 +3,8 @@
 //! answer with TTL <= 0) or when nothing was acknowledged for a whole TTL on its own clock (etcd
 //! unreachable: by then the others may have taken over). Then it starts over with a new lease.
 //! Ownership: the account's owner key, created on the lease only if absent; the instance takes
-//! unowned accounts up to its share (about ceil(accounts / live members)) at once and, after one
-//! more look, any that nobody else took; over its share while another member has room (one
+//! unowned accounts up to its share (about ceil(accounts / live members)) at once and any that
+//! nobody else took within a lease's time; over its share while another member has room (one
 //! joined), it hands the excess over. It watches the owner keys to take over at once when an
 //! owner's lease ends. A clean shutdown revokes the lease: the others take over at once.
 
@@ -86,7 +86,7 @@ async fn hold_lease(
     info!(node = %etcd.node, lease = format!("{lease:x}"), ttl_secs = ttl.as_secs(), "cluster: joined");
     let mut keep: Option<(LeaseKeeper, LeaseKeepAliveStream)> = bounded(client.lease_keep_alive(lease)).await;
     let mut owners: Option<WatchStream> = None;
-    let (mut waited, mut released) = (BTreeSet::new(), BTreeSet::new());
+    let (mut waited, mut released) = (BTreeMap::new(), BTreeSet::new());
     let mut tick = tokio::time::interval(ttl / 3);
     let mut look = true;
     let ended = loop {
@@ -166,7 +166,7 @@ async fn reconcile(
     client: &mut Client,
     lease: i64,
     candidates: &BTreeSet<String>,
-    waited: &mut BTreeSet<String>,
+    waited: &mut BTreeMap<String, Instant>,
     released: &mut BTreeSet<String>,
 ) -> Result<(), ClusterError> {
     let owners = client.get(keys::OWNERS, Some(GetOptions::new().with_prefix())).await.map_err(super::etcd_error)?;
@@ -186,8 +186,9 @@ async fn reconcile(
     }
     let share = keys::share(candidates.len(), members as usize);
     for login in candidates.iter().filter(|l| !taken.contains(*l)) {
-        // Under our share: at once. Over it: after one more look, if nobody else took it.
-        if mine.len() >= share && waited.insert(login.clone()) {
+        // Under our share: at once. Over it: if nobody else took it within a lease's time.
+        let since = *waited.entry(login.clone()).or_insert_with(Instant::now);
+        if mine.len() >= share && since.elapsed() < Duration::from_secs(etcd.lease_secs) {
             continue;
         }
         let key = keys::owner(login);
@@ -203,13 +204,13 @@ async fn reconcile(
             mine.insert(login.clone(), revision);
         }
     }
-    waited.retain(|l| !taken.contains(l) && !mine.contains_key(l));
+    waited.retain(|l, _| !taken.contains(l) && !mine.contains_key(l));
     // More than our share while others have room (an instance joined): hand the excess over.
     // The others see the deletes and take them; the fence keeps the two workers apart.
     let excess = mine.len().saturating_sub(share);
     if members > 1 && excess > 0 {
         // Each account at most once per lease: one that no other instance wants comes back to
-        // us (after one more look) and stays.
+        // us (a lease's time later) and stays.
         let give: Vec<String> = mine.keys().rev().filter(|l| !released.contains(*l)).take(excess).cloned().collect();
         for login in give {
             let key = keys::owner(&login);
@@ -220,7 +221,7 @@ async fn reconcile(
             info!(%login, "cluster: handing the account over to spread the load");
             mine.remove(&login);
             released.insert(login.clone());
-            waited.insert(login);
+            waited.insert(login, Instant::now());
         }
     }
     set_owned(etcd, mine);
