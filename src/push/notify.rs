@@ -160,7 +160,7 @@ impl Pending {
     /// instance claims first.
     pub fn send(self, store: Store, config: Arc<Config>, claims: Option<Claims>) {
         match claims {
-            None => self.send_now(store, config),
+            None => self.send_now(store, config, None),
             Some(claims) => {
                 tokio::spawn(async move {
                     let mut pending = self;
@@ -171,13 +171,14 @@ impl Pending {
                         }
                     }
                     pending.messages = kept;
-                    pending.send_now(store, config);
+                    pending.send_now(store, config, Some(claims.cluster));
                 });
             }
         }
     }
 
-    fn send_now(self, store: Store, config: Arc<Config>) {
+    /// `cluster`: where a subscription the push service says is gone is removed too.
+    fn send_now(self, store: Store, config: Arc<Config>, cluster: Option<Arc<dyn crate::context::Cluster>>) {
         let Pending { login, subscriptions, messages } = self;
         let messages = Arc::new(messages);
         for (stored, sub) in subscriptions {
@@ -189,7 +190,7 @@ impl Pending {
             if payloads.is_empty() {
                 continue;
             }
-            let (store, config, login) = (store.clone(), config.clone(), login.clone());
+            let (store, config, login, cluster) = (store.clone(), config.clone(), login.clone(), cluster.clone());
             tokio::spawn(async move {
                 let Ok(_permit) = IN_FLIGHT.acquire().await else { return };
                 let key = match super::vapid_key(&store).await {
@@ -212,6 +213,16 @@ impl Pending {
                         send::Verdict::Delivered => debug!(subscription = %stored.id, uid, "pushed"),
                         send::Verdict::Gone => {
                             info!(subscription = %stored.id, "the push service says the subscription is gone; removing it");
+                            if let Some(cluster) = &cluster {
+                                let change = crate::context::SharedChange::Push {
+                                    login: login.clone(),
+                                    id: stored.id.clone(),
+                                    subscription: None,
+                                };
+                                if let Err(e) = cluster.publish(change).await {
+                                    warn!("cannot remove a push subscription from the cluster: {e}");
+                                }
+                            }
                             if let Err(e) = store.push_unsubscribe(&login, &stored.id).await {
                                 warn!("cannot remove a push subscription: {e}");
                             }
