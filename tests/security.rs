@@ -230,7 +230,6 @@ fn metadata_readers_that_do_not_read_take_bounded_memory() {
 /// every body in memory, with no time limit. Now DATA goes to a spool file on disk and has a
 /// deadline.
 #[test]
-#[ignore = "issue 23, open: DATA is still buffered in memory (SECURITY.md, Round 2, still open)"]
 fn smtp_data_goes_to_disk_not_memory() {
     let sessions: usize = std::env::var("ATTACK_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let dovecot = Provider::start();

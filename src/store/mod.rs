@@ -35,7 +35,9 @@ use tracing::warn;
 mod deliveries;
 pub use deliveries::{DELIVERIES_KEPT_SECS, Delivery};
 mod queue;
+mod spool;
 pub use queue::{Attempt, MailParams, QueueCap, QueueUsage, QueuedMessage, Recipient, RecipientState};
+pub use spool::SpoolFile;
 
 mod coi;
 mod receipts;
@@ -100,6 +102,9 @@ pub enum StoreError {
     /// The writer thread is gone (the store is being closed); nothing was stored.
     #[error("store: the writer has stopped")]
     WriterGone,
+    /// A message file (spool or queue) could not be read or written.
+    #[error("store: {}: {source}", path.display())]
+    File { path: PathBuf, source: std::io::Error },
     /// A read run off the runtime did not finish (its task panicked or was cancelled).
     #[error("store: a read did not finish: {0}")]
     ReadFailed(String),
@@ -116,6 +121,12 @@ macro_rules! db_error_from {
 }
 
 impl StoreError {
+    /// An error on the message file `path`: a full disk stays [`StoreError::DiskFull`] (SMTP
+    /// says `452` then).
+    pub fn from_io(path: &Path, e: std::io::Error) -> StoreError {
+        if is_disk_full(&e) { StoreError::DiskFull } else { StoreError::File { path: path.to_path_buf(), source: e } }
+    }
+
     fn from_redb(e: redb::Error) -> StoreError {
         match e {
             redb::Error::Io(io) if is_disk_full(&io) => StoreError::DiskFull,
@@ -286,6 +297,15 @@ impl Store {
         F: FnMut(&mut Txn<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         self.inner.writer.submit(work)
+    }
+
+    /// As [`Store::write`]; `after` runs (on the writer thread) once the write is durable.
+    fn write_then<T, F>(&self, work: F, after: impl FnOnce(&T) + Send + 'static) -> Pending<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Txn<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.writer.submit_then(work, Some(Box::new(after)))
     }
 
     fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
