@@ -307,7 +307,8 @@ async fn run(
                 match &result {
                     AuthResult::Ok(_) => {
                         shared.logins.succeeded(&key, password.expose(), Instant::now());
-                        shared.credentials.remember(&login, &password);
+                        shared.credentials.remember(&key, &password);
+                        shared.store.claim_legacy_state(&key).await;
                         tracing::Span::current().record("login", login.as_str());
                         info!("logged in");
                     }
@@ -325,6 +326,8 @@ async fn run(
                 let ok = matches!(result, AuthResult::Ok(_));
                 session.auth_result(result);
                 if ok {
+                    // Queued mail is the account's: its key, as the provider knows the login.
+                    session.set_login(key);
                     session.set_senders(senders(&shared.config(), &login));
                 }
             }

@@ -343,6 +343,14 @@ impl Session {
         }
     }
 
+    /// The account a successful login is kept under (its key, `Config::account_key`), when it
+    /// differs from the login as the client typed it.
+    pub fn set_login(&mut self, login: String) {
+        if self.login.is_some() {
+            self.login = Some(login);
+        }
+    }
+
     /// The addresses the logged-in account may send as (its login and aliases), or `None` for
     /// any (`[[account]] allow_any_sender`).
     pub fn set_senders(&mut self, senders: Option<Vec<String>>) {

@@ -7,17 +7,17 @@ use redb::{ReadableTable, TableDefinition};
 use super::{Pending, Store, StoreError};
 
 /// `account NUL message-id` → sequence number.
-const CHAT_IDS: TableDefinition<&str, u64> = TableDefinition::new("chat_ids");
+pub(super) const CHAT_IDS: TableDefinition<&str, u64> = TableDefinition::new("chat_ids");
 /// `account NUL sequence (20 digits)` → message-id: the order, for dropping the oldest.
-const CHAT_ID_ORDER: TableDefinition<&str, &str> = TableDefinition::new("chat_id_order");
+pub(super) const CHAT_ID_ORDER: TableDefinition<&str, &str> = TableDefinition::new("chat_id_order");
 /// `account` → (UIDVALIDITY, next UID to look at) of INBOX.
-const INBOX_POSITION: TableDefinition<&str, (u32, u32)> = TableDefinition::new("inbox_position");
+pub(super) const INBOX_POSITION: TableDefinition<&str, (u32, u32)> = TableDefinition::new("inbox_position");
 
 /// Chat Message-IDs kept per account.
 pub const MAX_CHAT_IDS: usize = 10_000;
 
 fn account_key(account: &str) -> String {
-    account.to_ascii_lowercase()
+    account.to_string()
 }
 
 impl Store {

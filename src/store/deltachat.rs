@@ -11,7 +11,7 @@ use super::{Pending, Store, StoreError};
 use crate::secret::Secret;
 
 /// `account NUL token` → version 1: last set, Unix seconds (u64 LE).
-const DC_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("deltachat_tokens");
+pub(super) const DC_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("deltachat_tokens");
 /// `token` → version 1: [`RetryEntry`] without the token, as JSON.
 const DC_RETRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deltachat_retries");
 
@@ -45,7 +45,7 @@ struct RetryRecord {
 }
 
 fn token_key(account: &str, token: &str) -> String {
-    format!("{}\0{token}", account.to_ascii_lowercase())
+    format!("{account}\0{token}")
 }
 
 /// The value after the version byte; a value of a later format is an error (never misread).

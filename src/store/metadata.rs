@@ -12,9 +12,9 @@ use redb::{ReadableTable, TableDefinition};
 use super::{Pending, Store, StoreError};
 
 /// `account NUL mailbox NUL entry` → value.
-const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
+pub(super) const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
 /// The same keys → the value's size in bytes.
-const METADATA_SIZES: TableDefinition<&str, u64> = TableDefinition::new("metadata_sizes");
+pub(super) const METADATA_SIZES: TableDefinition<&str, u64> = TableDefinition::new("metadata_sizes");
 
 /// Schema 1 → 2: the sizes table, from the values.
 pub(super) fn migrate_sizes(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
@@ -28,7 +28,7 @@ pub(super) fn migrate_sizes(txn: &redb::WriteTransaction) -> Result<(), StoreErr
 }
 
 fn prefix(account: &str, mailbox: &[u8]) -> String {
-    format!("{}\0{}\0", account.to_ascii_lowercase(), String::from_utf8_lossy(mailbox))
+    format!("{account}\0{}\0", String::from_utf8_lossy(mailbox))
 }
 
 /// A SETMETADATA that would pass a per-account limit.
@@ -113,7 +113,7 @@ impl Store {
         changes: &[(String, Option<Vec<u8>>)],
         max_entries: usize,
     ) -> Pending<Result<(), TooManyEntries>> {
-        let (key_prefix, account_prefix) = (prefix(account, mailbox), format!("{}\0", account.to_ascii_lowercase()));
+        let (key_prefix, account_prefix) = (prefix(account, mailbox), format!("{account}\0"));
         let changes = changes.to_vec();
         self.write(move |txn| {
             let too_many = {

@@ -35,6 +35,7 @@ use tracing::warn;
 mod deliveries;
 pub use deliveries::{DELIVERIES_KEPT_SECS, Delivery};
 mod queue;
+mod keys;
 mod spool;
 pub use queue::{Attempt, MailParams, QueueCap, QueueUsage, QueuedMessage, Recipient, RecipientState};
 pub use spool::SpoolFile;
@@ -66,7 +67,10 @@ use writer::{Txn, Writer};
 ///
 /// - 1: the first release with a store.
 /// - 2: `metadata_sizes` beside `metadata` (filled from it when a schema 1 file is opened).
-pub const SCHEMA_VERSION: u32 = 2;
+/// - 3: account keys exactly as `Config::account_key` gives them, no longer lower-cased
+///   (`keys`: a schema 2 file's names are recorded for the first login to claim them); bodies of
+///   spooled messages as files named in `queue_body_file`.
+pub const SCHEMA_VERSION: u32 = 3;
 
 const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 
@@ -254,6 +258,9 @@ impl File {
                 Some(v) => {
                     if v < 2 {
                         metadata::migrate_sizes(&txn)?;
+                    }
+                    if v < 3 {
+                        keys::migrate_to_exact_keys(&txn)?;
                     }
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }

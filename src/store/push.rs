@@ -18,7 +18,7 @@ use super::{Pending, Store, StoreError};
 /// `"vapid"` → private key (32-octet P-256 scalar).
 const PUSH_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("push_keys");
 /// `account NUL id` → [`PushSubscription`] as JSON.
-const PUSH_SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("push_subscriptions");
+pub(super) const PUSH_SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("push_subscriptions");
 
 /// A stored subscription.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +60,7 @@ pub enum Validation {
 }
 
 fn key(account: &str, id: &str) -> String {
-    format!("{}\0{id}", account.to_ascii_lowercase())
+    format!("{account}\0{id}")
 }
 
 fn decode(bytes: &[u8]) -> Result<PushSubscription, StoreError> {
