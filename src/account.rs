@@ -263,8 +263,9 @@ mod tests {
         assert_eq!(creds.password(&c, "A@x").await.unwrap().expose(), b"s3cret");
         let err = creds.password(&c, "b@x").await.unwrap_err().to_string();
         assert!(err.contains("no password known for b@x"), "{err}");
-        creds.remember("B@x", &Secret::new(b"pw".to_vec()));
+        creds.remember("b@x", &Secret::new(b"pw".to_vec()));
         assert_eq!(creds.password(&c, "b@x").await.unwrap().expose(), b"pw");
+        assert!(creds.password(&c, "B@x").await.is_err(), "keys are exact: another account's password");
         creds.forget("b@x");
         assert!(creds.password(&c, "b@x").await.is_err());
     }

@@ -404,7 +404,6 @@ fn smtp_has_a_login_timeout() {
 /// lowercased login: `Bob` read bob's push subscriptions, turned his COI off and overwrote
 /// his remembered password. Now the key is the login as the provider knows it.
 #[test]
-#[ignore = "issue 23, open: store keys are still the lower-cased login (SECURITY.md, Round 2, still open)"]
 fn logins_that_differ_in_case_are_different_accounts() {
     let dovecot = Provider::start_with(ProviderOptions {
         case_sensitive: true,

@@ -130,7 +130,9 @@ impl Store {
             .await;
         match claimed {
             Ok(0) => {}
-            Ok(moved) => info!(login = %crate::logging::peer_text(key), moved, "state kept by an earlier release under the lower-cased login is this login's now"),
+            Ok(moved) => {
+                info!(login = %crate::logging::peer_text(key), moved, "state kept by an earlier release under the lower-cased login is this login's now")
+            }
             Err(e) => warn!("cannot claim the state an earlier release kept for this login: {e}"),
         }
     }

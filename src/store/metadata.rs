@@ -160,12 +160,14 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let set = |e: &str, v: Option<&str>| (e.to_string(), v.map(|v| v.as_bytes().to_vec()));
         store
-            .metadata_apply("Alice@x", b"", &[set("/private/a", Some("1")), set("/private/b", Some("2"))], 10)
+            .metadata_apply("alice@x", b"", &[set("/private/a", Some("1")), set("/private/b", Some("2"))], 10)
             .wait()
             .unwrap()
             .unwrap();
         store.metadata_apply("alice@x", b"INBOX", &[set("/private/a", Some("3"))], 10).wait().unwrap().unwrap();
         store.metadata_apply("bob@x", b"", &[set("/private/a", Some("4"))], 10).wait().unwrap().unwrap();
+        store.metadata_apply("Alice@x", b"", &[set("/private/z", Some("5"))], 10).wait().unwrap().unwrap();
+        assert_eq!(store.metadata_entries("Alice@x", b"").unwrap().len(), 1, "keys are exact");
         let server = store.metadata_entries("alice@x", b"").unwrap();
         assert_eq!(server.len(), 2);
         assert_eq!(server["/private/b"], b"2");

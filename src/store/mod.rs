@@ -34,8 +34,8 @@ use tracing::warn;
 
 mod deliveries;
 pub use deliveries::{DELIVERIES_KEPT_SECS, Delivery};
-mod queue;
 mod keys;
+mod queue;
 mod spool;
 pub use queue::{Attempt, MailParams, QueueCap, QueueUsage, QueuedMessage, Recipient, RecipientState};
 pub use spool::SpoolFile;

@@ -280,7 +280,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (limit, expiry) = (2, 300);
-        store.push_subscribe("Alice@x", &sub("aaaaaaaaaa", 1000), limit, 1000, expiry).wait().unwrap().unwrap();
+        store.push_subscribe("alice@x", &sub("aaaaaaaaaa", 1000), limit, 1000, expiry).wait().unwrap().unwrap();
+        store.push_subscribe("Alice@x", &sub("dddddddddd", 1000), limit, 1000, expiry).wait().unwrap().unwrap();
         store.push_subscribe("alice@x", &sub("bbbbbbbbbb", 1000), limit, 1000, expiry).wait().unwrap().unwrap();
         store.push_subscribe("bob@x", &sub("aaaaaaaaaa", 1000), limit, 1000, expiry).wait().unwrap().unwrap();
         assert_eq!(

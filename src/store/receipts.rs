@@ -231,7 +231,7 @@ mod tests {
         let tick = |a: &str| Tick { address: a.into(), ..Default::default() };
         let sent =
             SentChat { sent_at: 1, envid: Some("coi.1".into()), recipients: vec![tick("bob@x")], ..Default::default() };
-        store.sent_chat_insert("Alice@x", "m1@x", &sent).wait().unwrap();
+        store.sent_chat_insert("alice@x", "m1@x", &sent).wait().unwrap();
         assert!(store.sent_chats_to_mark("alice@x").unwrap().is_empty());
         let by_envid = store
             .sent_chat_update("alice@x", Some("unknown@x"), Some("coi.1"), |s| s.recipients[0].delivered = Some(5))
@@ -245,7 +245,8 @@ mod tests {
         assert_eq!(store.sent_chats().unwrap()[0].0, "alice@x");
 
         assert!(store.mdn_claim("alice@x", "o@y", 3).wait().unwrap());
-        assert!(!store.mdn_claim("ALICE@x", "o@y", 4).wait().unwrap(), "never twice");
+        assert!(!store.mdn_claim("alice@x", "o@y", 4).wait().unwrap(), "never twice");
+        assert!(store.mdn_claim("ALICE@x", "o@y", 4).wait().unwrap(), "keys are exact: another account");
         assert_eq!(store.mdn_baseline("alice@x").unwrap(), None);
         store.set_mdn_baseline("alice@x", 9).wait().unwrap();
         assert_eq!(store.mdn_baseline("alice@x").unwrap(), Some(9));
