@@ -178,7 +178,6 @@ fn fill_metadata(c: &mut ImapClient, n: usize, size: usize) {
 /// much of it after the sockets closed. Now the reply is streamed: a client that does not read
 /// stops being served.
 #[test]
-#[ignore = "the bound is exceeded: measured from a baseline taken after the filling session's memory was returned, 20 non-reading sessions cost ~6.8 MiB each (bound 4 MiB), alone as under load; the ~3.8 MiB alone came from reusing that session's freed memory. What holds it is open (issue 23)"]
 fn metadata_readers_that_do_not_read_take_bounded_memory() {
     let sessions: usize = std::env::var("ATTACK_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let dovecot = Provider::start();
