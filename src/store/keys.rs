@@ -46,10 +46,7 @@ fn names_in<V: redb::Value + 'static>(
     table: TableDefinition<&str, V>,
     out: &mut BTreeSet<String>,
 ) -> Result<(), StoreError> {
-    let table = match txn.open_table(table) {
-        Ok(t) => t,
-        Err(e) => return Err(e.into()),
-    };
+    let table = txn.open_table(table)?;
     for entry in table.iter()? {
         out.insert(account_of(entry?.0.value()).to_string());
     }
