@@ -121,7 +121,8 @@ impl Account {
     }
 }
 
-/// All accounts the proxy has seen since it started, by login (case-insensitive).
+/// All accounts the proxy has seen since it started, by their key (`Config::account_key`: the
+/// login exactly as the provider knows it; callers pass that, never a login as typed).
 #[derive(Default)]
 pub struct Accounts {
     accounts: Mutex<HashMap<String, Arc<Account>>>,
@@ -129,7 +130,7 @@ pub struct Accounts {
 
 impl Accounts {
     pub fn account(&self, login: &str) -> Arc<Account> {
-        let key = login.to_ascii_lowercase();
+        let key = login.to_string();
         self.accounts
             .lock()
             .expect("accounts")
@@ -148,7 +149,7 @@ impl Accounts {
     }
 }
 
-/// Passwords of accounts that logged in through the proxy since it started.
+/// Passwords of accounts that logged in through the proxy since it started, by account key.
 #[derive(Default)]
 pub struct Credentials {
     remembered: Mutex<HashMap<String, Secret>>,
@@ -175,12 +176,12 @@ pub enum CredentialError {
 impl Credentials {
     /// Remembers the password of a login the provider just accepted.
     pub fn remember(&self, login: &str, password: &Secret) {
-        self.remembered.lock().expect("credentials").insert(login.to_ascii_lowercase(), password.clone());
+        self.remembered.lock().expect("credentials").insert(login.to_string(), password.clone());
     }
 
     /// Forgets a password the provider no longer accepts.
     pub fn forget(&self, login: &str) {
-        self.remembered.lock().expect("credentials").remove(&login.to_ascii_lowercase());
+        self.remembered.lock().expect("credentials").remove(login);
     }
 
     /// What the proxy's own work signs in to `login`'s provider with: the OAuth2 grant where
@@ -200,7 +201,7 @@ impl Credentials {
         self.remembered
             .lock()
             .expect("credentials")
-            .get(&login.to_ascii_lowercase())
+            .get(login)
             .cloned()
             .ok_or_else(|| CredentialError::Unknown { login: login.to_string() })
     }
@@ -262,8 +263,9 @@ mod tests {
         assert_eq!(creds.password(&c, "A@x").await.unwrap().expose(), b"s3cret");
         let err = creds.password(&c, "b@x").await.unwrap_err().to_string();
         assert!(err.contains("no password known for b@x"), "{err}");
-        creds.remember("B@x", &Secret::new(b"pw".to_vec()));
+        creds.remember("b@x", &Secret::new(b"pw".to_vec()));
         assert_eq!(creds.password(&c, "b@x").await.unwrap().expose(), b"pw");
+        assert!(creds.password(&c, "B@x").await.is_err(), "keys are exact: another account's password");
         creds.forget("b@x");
         assert!(creds.password(&c, "b@x").await.is_err());
     }

@@ -176,7 +176,7 @@ impl Workers {
     /// Asks for `login`'s worker (at login, when COI is enabled, when a push subscription is
     /// validated); a no-op when one runs or the account needs none.
     pub fn want(&self, login: &str) {
-        let _ = self.0.send(login.to_ascii_lowercase());
+        let _ = self.0.send(login.to_string());
     }
 }
 
@@ -230,6 +230,6 @@ pub struct Notify(mpsc::UnboundedSender<String>);
 
 impl Notify {
     pub fn new_mail(&self, login: &str) {
-        let _ = self.0.send(login.to_ascii_lowercase());
+        let _ = self.0.send(login.to_string());
     }
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// What coi-proxy itself keeps in the state directory; anything else makes a shared directory
 /// "not ours" (see the module doc).
-const OWN_ENTRIES: &[&str] = &["tls", "coi-proxy.redb", "control.sock", "seal.key"];
+const OWN_ENTRIES: &[&str] = &["tls", "coi-proxy.redb", "control.sock", "seal.key", "spool", "queue"];
 
 /// Why the state directory cannot be used.
 #[derive(Debug, thiserror::Error)]

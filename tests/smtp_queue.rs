@@ -315,6 +315,51 @@ fn sigkill_during_200_submissions_loses_no_acknowledged_message() {
     assert!(counts.len() <= attempted, "nothing arrives that was not submitted");
 }
 
+/// DATA goes to a spool file as it arrives: a SIGKILL in the middle of a message leaves a partial
+/// file, which the restarted daemon removes and never queues; a message acknowledged with `250`
+/// (its body in the queue directory) survives the same kill and is delivered.
+#[test]
+fn a_crash_mid_data_queues_nothing_and_keeps_what_was_acknowledged() {
+    let provider = Provider::start();
+    let mut proxy = Proxy::builder()
+        .upstream(format!("imap://127.0.0.1:{}", provider.imap_port))
+        .upstream_smtp(format!("smtp://127.0.0.1:{}", "1"))
+        .extra(FAST_RETRIES)
+        .log("info")
+        .start();
+    let state = proxy.state_dir.path().join("state");
+    let files = |dir: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(state.join(dir)).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+    };
+    let mut c = proxy.connect_smtp();
+    c.login(ALICE, "secret");
+    let done = b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: spooled-done\r\n\r\nkept\r\n";
+    assert_eq!(c.send_message(ALICE, &[BOB], done).code, 250);
+    assert_eq!(files("queue").len(), 1, "the acknowledged body is a file in the queue directory");
+    c.expect(&format!("MAIL FROM:<{ALICE}>"), 250);
+    c.expect(&format!("RCPT TO:<{BOB}>"), 250);
+    c.expect("DATA", 354);
+    c.send_raw(b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: spooled-partial\r\n\r\n");
+    c.send_raw("partial line\r\n".repeat(4000).as_bytes());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spooled = |f: &Vec<std::path::PathBuf>| f.iter().map(|p| p.metadata().map_or(0, |m| m.len())).sum::<u64>();
+    while spooled(&files("spool")) < 50_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(files("spool").len(), 1, "the message being received is on disk");
+    assert!(spooled(&files("spool")) >= 50_000, "the data goes to disk as it comes");
+    signal(proxy.pid(), 9);
+    drop(c);
+    assert_eq!(files("spool").len(), 1, "the crash leaves the partial file");
+
+    proxy.restart();
+    proxy.wait_for_log("removed the partial message data", Duration::from_secs(10));
+    assert!(files("spool").is_empty(), "{:?}", files("spool"));
+    let (ok, list) = queue_cli(&proxy, &["list"]);
+    assert!(ok && list.contains("\n1 message(s) in the queue:"), "{list}");
+    assert_eq!(files("queue").len(), 1, "the acknowledged message is still queued");
+}
+
 #[test]
 fn giving_up_puts_a_failure_report_into_the_senders_inbox() {
     let provider = Provider::start();

@@ -106,9 +106,13 @@ fn state_is_private_whoever_creates_it() {
     proxy.wait_for_log("delivery deferred", Duration::from_secs(10));
     assert_private(&pre);
     if can_be_nobody() {
-        let store = pre.join("coi-proxy.redb");
-        let (ok, out) = as_nobody(&["grep", "-a", "Queued-BODY-TEXT", store.to_str().unwrap()]);
-        assert!(!ok && !out.contains("4711"), "another user reads the queued message:\n{out}");
+        // The queued body is a file in `queue/` (the store names it).
+        let queued = pre.join("queue");
+        assert!(std::fs::read_dir(&queued).unwrap().count() == 1, "the body is in queue/");
+        for place in [pre.join("coi-proxy.redb"), queued] {
+            let (ok, out) = as_nobody(&["grep", "-ra", "Queued-BODY-TEXT", place.to_str().unwrap()]);
+            assert!(!ok && !out.contains("4711"), "another user reads the queued message:\n{out}");
+        }
         for file in ["tls/ca-key.pem", "tls/key.pem", "coi-proxy.redb"] {
             let (ok, out) = as_nobody(&["cat", pre.join(file).to_str().unwrap()]);
             assert!(!ok, "another user reads {file}:\n{out}");

@@ -1,7 +1,8 @@
 //! An upgrade keeps state: a store file written by the release before the store writer (schema
 //! 1, `tests/fixtures/store-schema1.redb`, made by the code of that release with every table
 //! filled) opens with this version, is migrated (schema 2: METADATA sizes kept beside the
-//! values), reads back exactly what was written, and takes new writes.
+//! values; schema 3: account keys exact, no longer lower-cased, which every release before
+//! wrote), reads back exactly what was written, and takes new writes.
 
 use std::path::Path;
 
@@ -85,7 +86,7 @@ fn check_contents(store: &Store) {
     for id in ["m1@example.org", "m2@example.org"] {
         assert!(store.is_chat_id("alice@example.org", id).unwrap(), "{id}");
     }
-    assert!(store.is_chat_id("DAVE@example.net", "d1@example.net").unwrap());
+    assert!(store.is_chat_id("dave@example.net", "d1@example.net").unwrap());
     assert!(!store.is_chat_id("alice@example.org", "d1@example.net").unwrap());
     assert_eq!(store.inbox_position("alice@example.org").unwrap(), Some((1_234_567, 42)));
     assert_eq!(store.inbox_position("dave@example.net").unwrap(), None);
@@ -137,7 +138,8 @@ fn check_contents(store: &Store) {
 
 #[test]
 fn a_store_of_the_previous_release_reads_unchanged() {
-    assert_eq!(SCHEMA_VERSION, 2, "a new schema needs a migration test of its own");
+    // Schema 3 (exact account keys) has its own test below.
+    assert_eq!(SCHEMA_VERSION, 3, "a new schema needs a migration test of its own");
     let dir = state_dir();
     let store = Store::open(dir.path()).unwrap();
     check_contents(&store);
@@ -210,4 +212,36 @@ fn a_store_of_the_previous_release_takes_openpgp_state() {
     assert_eq!(store.peer("alice@example.org", "bob@example.net").unwrap().as_deref(), Some(&b"peer"[..]));
     assert_eq!(store.invites("alice@example.org").unwrap(), [("inv".to_string(), b"invite".to_vec())]);
     assert_eq!(store.joins("alice@example.org").unwrap(), [("j".to_string(), b"join".to_vec())]);
+}
+
+/// Schema 3: keys are the login exactly as the provider knows it. The previous releases wrote
+/// them lower-cased; a login typed in lower case finds its state unchanged, and the first login
+/// that differs only in case from such a key claims it (moved to its exact key); from then on
+/// logins that differ in case never share state.
+#[test]
+fn a_login_in_capitals_claims_the_previous_releases_state_once() {
+    let dir = state_dir();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // dave@example.net logged in as DAVE@example.net with the previous release.
+    rt.block_on(store.claim_legacy_state("DAVE@example.net"));
+    assert!(store.is_chat_id("DAVE@example.net", "d1@example.net").unwrap());
+    assert!(!store.is_chat_id("dave@example.net", "d1@example.net").unwrap(), "moved, not copied");
+    // alice logs in as she always did: her state stays; a later Alice (another user on a
+    // case-sensitive provider) finds none of it.
+    rt.block_on(store.claim_legacy_state("alice@example.org"));
+    rt.block_on(store.claim_legacy_state("Alice@example.org"));
+    assert_eq!(store.metadata_entries("alice@example.org", b"").unwrap().len(), 2);
+    assert!(store.metadata_entries("Alice@example.org", b"").unwrap().is_empty());
+    assert_eq!(store.push_subscriptions("alice@example.org", 4_000_000_001, 300).unwrap().len(), 2);
+    assert!(store.push_subscriptions("Alice@example.org", 4_000_000_001, 300).unwrap().is_empty());
+    assert!(store.is_chat_id("alice@example.org", "m1@example.org").unwrap());
+    assert!(!store.is_chat_id("Alice@example.org", "m1@example.org").unwrap());
+    drop(store);
+    // A claim holds after a restart; nothing is claimed twice.
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    rt.block_on(store.claim_legacy_state("dave@example.net"));
+    assert!(store.is_chat_id("DAVE@example.net", "d1@example.net").unwrap());
+    assert!(!store.is_chat_id("dave@example.net", "d1@example.net").unwrap());
 }

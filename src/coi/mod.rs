@@ -40,11 +40,14 @@ pub async fn config_at_provider(provider: &mut impl ProviderCommands) -> Result<
 }
 
 /// The configuration as the local store has it (for a provider without METADATA); the
-/// defaults if the store cannot be read.
+/// defaults if the store cannot be read. Reads the two entries only: the account's other
+/// entries may be many and large (1000 × 64 KiB), and every login asks (issue 23: reading them
+/// all made each login hold the account's whole METADATA for a moment).
 pub fn stored_config(store: &Store, login: &str) -> CoiConfig {
-    match store.metadata_entries(login, b"") {
-        Ok(entries) => metadata::config_from(&entries),
-        Err(e) => {
+    let read = |entry| store.metadata_value(login, b"", entry);
+    match (read(ENABLED), read(MESSAGE_FILTER)) {
+        (Ok(enabled), Ok(filter)) => CoiConfig::from_values(enabled.as_deref(), filter.as_deref()),
+        (Err(e), _) | (_, Err(e)) => {
             warn!("cannot read METADATA from the store: {e}");
             CoiConfig::default()
         }

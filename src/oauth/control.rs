@@ -195,7 +195,7 @@ async fn store_request<R: AsyncBufRead + Unpin>(ctx: &Context, login: &str, body
     grant::replace(ctx, login, &endpoints, tokens, password).await.map_err(|e| e.to_string())?;
     info!(login, "control: stored a new OAuth2 authorization");
     // The account's work that waited for a sign-in may go on now.
-    ctx.workers.want(login);
+    ctx.workers.want(&ctx.config().account_key(login));
     Ok(format!("stored the authorization for {login} in the running coi-proxy\n"))
 }
 

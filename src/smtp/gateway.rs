@@ -8,14 +8,26 @@
 use tracing::{debug, warn};
 
 use super::Smtp;
+use super::queue::Body;
 use super::session::{QueueRefusal, Submission};
 use crate::openpgp::autocrypt::PreferEncrypt;
 use crate::openpgp::encrypt::{Prepared, prepare};
 use crate::openpgp::identity::IdentityError;
 use crate::store::StoreError;
 
-/// Applies the gateway to `sub` (in place); `Err` is the refusal for the client.
-pub async fn outgoing(ctx: &Smtp, sub: &mut Submission) -> Result<(), QueueRefusal> {
+/// Messages prepared at once (each is read whole into memory, and a new one made): with the
+/// SIZE limit, what bounds the gateway's share of memory however many clients finish a message.
+const AT_ONCE: usize = 2;
+
+fn slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| tokio::sync::Semaphore::new(AT_ONCE))
+}
+
+/// Applies the gateway to `sub` and its `body` (in place). A spooled body is read into memory
+/// for it ([`AT_ONCE`] messages at a time), and what the gateway makes goes to a new spool file;
+/// `Err` is the refusal for the client.
+pub async fn outgoing(ctx: &Smtp, sub: &mut Submission, body: &mut Body) -> Result<(), QueueRefusal> {
     let Some(identity) = ctx.identity.clone() else { return Ok(()) };
     let key = identity.account_key(&sub.login).await.map_err(|e| match e {
         // The key made now could not be stored: as for the message itself, `452`.
@@ -28,27 +40,45 @@ pub async fn outgoing(ctx: &Smtp, sub: &mut Submission) -> Result<(), QueueRefus
     // The worker learns keys from here on.
     ctx.shared.workers.want(&sub.login);
     let envelope: Vec<String> = sub.recipients.iter().map(|r| r.address.clone()).collect();
-    let (login, body) = (sub.login.clone(), std::mem::take(&mut sub.body));
+    let login = sub.login.clone();
+    let message = std::mem::replace(body, Body::Bytes(Vec::new()));
+    let store = ctx.shared.store.clone();
+    let _slot = slots().acquire().await.map_err(|_| QueueRefusal::Unavailable("shutting down".into()))?;
     let result = tokio::task::spawn_blocking(move || {
+        let (bytes, spooled) = match message {
+            Body::Bytes(bytes) => (bytes, None),
+            Body::Spooled(file) => match std::fs::read(file.path()) {
+                Ok(bytes) => (bytes, Some(file)),
+                Err(e) => return Err(QueueRefusal::Unavailable(format!("cannot read the message back: {e}"))),
+            },
+        };
         let known = |addr: &str| identity.peer(&login, addr).ok().flatten();
-        let prepared = prepare(&body, &key, &envelope, &known, PreferEncrypt::Mutual, crate::clock::now());
-        (prepared, body)
+        let prepared = prepare(&bytes, &key, &envelope, &known, PreferEncrypt::Mutual, crate::clock::now());
+        let made = match &prepared {
+            Ok(Prepared::Clear { message, .. } | Prepared::Encrypted { message }) => Some(message.as_slice()),
+            _ => None,
+        };
+        let body = match (made, spooled) {
+            (Some(message), _) => spool(&store, message)?,
+            (None, Some(file)) => Body::Spooled(file),
+            (None, None) => Body::Bytes(bytes),
+        };
+        Ok((prepared, body))
     })
     .await;
-    let (prepared, body) = match result {
-        Ok(done) => done,
+    let (prepared, made) = match result {
+        Ok(done) => done?,
         Err(e) => return Err(QueueRefusal::Unavailable(format!("the encryption task failed: {e}"))),
     };
-    sub.body = body;
     match prepared {
         Ok(Prepared::AsIs) => debug!("OpenPGP gateway: sent as the client made it"),
         Ok(Prepared::Clear { message, without_key }) => {
             debug!(without_key = ?without_key, "OpenPGP gateway: in clear, with our Autocrypt header");
-            sub.body = message;
+            sub.size = message.len() as u64;
         }
         Ok(Prepared::Encrypted { message }) => {
             debug!("OpenPGP gateway: encrypted and signed");
-            sub.body = message;
+            sub.size = message.len() as u64;
         }
         Ok(Prepared::Refused { without_key, verified }) => {
             return Err(QueueRefusal::NotEncryptable(format!(
@@ -63,5 +93,21 @@ pub async fn outgoing(ctx: &Smtp, sub: &mut Submission) -> Result<(), QueueRefus
             return Err(QueueRefusal::Unavailable(format!("cannot encrypt the message: {e}")));
         }
     }
+    *body = made;
     Ok(())
+}
+
+/// `message` in a new spool file (blocking).
+fn spool(store: &crate::store::Store, message: &[u8]) -> Result<Body, QueueRefusal> {
+    use std::io::Write;
+    let refusal = |e: StoreError| match e {
+        StoreError::DiskFull => QueueRefusal::NoSpace,
+        e => {
+            warn!("OpenPGP gateway: cannot write the message: {e}");
+            QueueRefusal::Unavailable("the message cannot be written to disk".into())
+        }
+    };
+    let (guard, mut file) = store.spool_create().map_err(refusal)?;
+    file.write_all(message).map_err(|e| refusal(StoreError::from_io(guard.path(), e)))?;
+    Ok(Body::Spooled(guard))
 }

@@ -29,7 +29,7 @@ use crate::account::{Credential, CredentialError};
 use crate::context::Context;
 use crate::imap::upstream::{OwnWorkError, Upstream};
 use crate::oauth;
-use crate::store::{QueueCap, QueuedMessage, RecipientState, Store, StoreError};
+use crate::store::{QueueCap, QueuedMessage, RecipientState, SpoolFile, Store, StoreError};
 
 /// Accounts relayed to at the same time.
 pub const MAX_CONNECTIONS: usize = 4;
@@ -39,6 +39,15 @@ const CREDENTIAL_POLL: i64 = 3;
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 pub use crate::clock::now;
+
+/// A message's bytes on their way into the queue.
+#[derive(Debug)]
+pub enum Body {
+    /// In memory (read receipts, and what the OpenPGP gateway made).
+    Bytes(Vec<u8>),
+    /// In a spool file, as the client sent it (SMTP DATA).
+    Spooled(SpoolFile),
+}
 
 /// The submission side's handle on the queue.
 pub struct Queue {
@@ -57,14 +66,14 @@ impl Queue {
 
     /// Commits a client's message durably (redb commit = fsync) and wakes the relay; the id
     /// on success. The account's queue limits apply.
-    pub async fn enqueue(&self, sub: Submission) -> Result<u64, QueueRefusal> {
-        self.insert(sub, Some(cap(&self.shared.config().queue))).await
+    pub async fn enqueue(&self, sub: Submission, body: Body) -> Result<u64, QueueRefusal> {
+        self.insert(sub, body, Some(cap(&self.shared.config().queue))).await
     }
 
     /// As [`Queue::enqueue`] for a read receipt the proxy sends itself: outside the account's
     /// limits, since the user's read action cannot be repeated later.
-    pub async fn enqueue_receipt(&self, sub: Submission) -> Result<u64, QueueRefusal> {
-        self.insert(sub, None).await
+    pub async fn enqueue_receipt(&self, sub: Submission, body: Body) -> Result<u64, QueueRefusal> {
+        self.insert(sub, body, None).await
     }
 
     /// Whether `login` has room for one more message of about `size` bytes (0: unknown).
@@ -77,14 +86,18 @@ impl Queue {
         usage.refusal(&cap, size).map_or(Ok(()), |why| Err(QueueRefusal::Full(why)))
     }
 
-    async fn insert(&self, sub: Submission, cap: Option<QueueCap>) -> Result<u64, QueueRefusal> {
+    async fn insert(&self, sub: Submission, body: Body, cap: Option<QueueCap>) -> Result<u64, QueueRefusal> {
         let at = now();
+        let size = match &body {
+            Body::Bytes(bytes) => bytes.len() as u64,
+            Body::Spooled(_) => sub.size,
+        };
         let mut msg = QueuedMessage {
             login: sub.login,
             from: sub.from,
             params: sub.params,
             recipients: sub.recipients,
-            size: sub.body.len() as u64,
+            size,
             received_at: at,
             next_attempt_at: at,
             give_up_at: at.saturating_add(self.shared.config().queue.give_up_after_secs as i64),
@@ -92,10 +105,20 @@ impl Queue {
             report_pending: false,
             chat_followup: false,
         };
-        crate::receipts::prepare(&mut msg, &sub.body);
+        crate::receipts::prepare(
+            &mut msg,
+            match &body {
+                Body::Bytes(bytes) => bytes,
+                Body::Spooled(_) => &sub.header,
+            },
+        );
         let login = msg.login.clone();
-        let (rcpts, size) = (msg.recipients.len(), msg.size);
-        let id = self.shared.store.queue_insert(&msg, sub.body, cap).await.map_err(|e| match e {
+        let rcpts = msg.recipients.len();
+        let stored = match body {
+            Body::Bytes(bytes) => self.shared.store.queue_insert(&msg, bytes, cap).await,
+            Body::Spooled(file) => self.shared.store.queue_insert_spooled(&msg, file, cap).await,
+        };
+        let id = stored.map_err(|e| match e {
             StoreError::QueueFull(why) => {
                 warn!(size, "message refused: {why}");
                 QueueRefusal::Full(why)

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::Smtp;
+use super::queue::Body;
 use super::queue::{Queue, now};
 use super::session::{QueueRefusal, Submission};
 use crate::account::Credential;
@@ -41,9 +42,10 @@ impl Outbox for Queue {
             from: mdn.from,
             params: MailParams::default(),
             recipients: vec![recipient],
-            body: mdn.body,
+            header: Vec::new(),
+            size: mdn.body.len() as u64,
         };
-        self.enqueue_receipt(submission).await
+        self.enqueue_receipt(submission, Body::Bytes(mdn.body)).await
     }
 }
 

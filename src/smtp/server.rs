@@ -13,9 +13,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use super::queue::{self, Queue, Wakeups};
+use super::queue::{self, Body, Queue, Wakeups};
 use super::relay::SmtpClient;
-use super::session::{AuthResult, Event, Policy, Session};
+use super::session::{AuthResult, Event, Policy, QueueRefusal, Session};
 use super::{CapsCache, Smtp, Waits};
 use crate::context::{Context, ReceiptJob};
 use crate::imap::upstream::{AuthOutcome, Upstream};
@@ -24,6 +24,7 @@ use crate::limits::logins::Gate;
 use crate::net::Stream;
 use crate::oauth::{self, OAuthError};
 use crate::secret::Secret;
+use crate::store::{SpoolFile, Store, StoreError};
 
 /// RFC 5321 4.5.3.2.7: a server should wait at least 5 minutes for the next command.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -76,6 +77,14 @@ pub async fn start(
             "[listen] smtp/smtps are set but no submission server is configured ([upstream] smtp); not listening for SMTP"
         );
         return Ok((Vec::new(), None));
+    }
+    // What a crash left of messages being received is never queued.
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || store.clean_spool()).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => info!(files = n, "removed the partial message data a crash left in the spool"),
+        Ok(Err(e)) => warn!("cannot clean the spool: {e}"),
+        Err(e) => warn!("cannot clean the spool: {e}"),
     }
     let queue = Queue::new(shared.clone());
     let waits = Arc::new(Waits::default());
@@ -235,8 +244,23 @@ async fn run(
     let limits = shared.config().limits.clone();
     let login_deadline = started + limits.login_timeout();
     let mut data_since: Option<Instant> = None;
+    // The message being received: its data goes to this file as it comes (never kept in memory).
+    let mut spool: Option<(SpoolFile, tokio::fs::File)> = None;
     loop {
-        match session.next_event() {
+        let event = session.next_event();
+        let spooled = spool_data(&shared.store, &mut session, &mut spool).await;
+        let enqueue = matches!(event, Event::Enqueue(_));
+        if let Err(why) = &spooled
+            && !enqueue
+        {
+            warn!("cannot keep the message data: {why}");
+            session.spool_failed(why.clone());
+        }
+        if !enqueue && !session.data_kept() {
+            // Refused, finished or never started: the partial file goes.
+            spool = None;
+        }
+        match event {
             Event::NeedInput => {
                 if let Err(e) = flush(&mut stream, &mut session).await {
                     return format!("client connection failed: {e}");
@@ -298,7 +322,8 @@ async fn run(
                 match &result {
                     AuthResult::Ok(_) => {
                         shared.logins.succeeded(&key, password.expose(), Instant::now());
-                        shared.credentials.remember(&login, &password);
+                        shared.credentials.remember(&key, &password);
+                        shared.store.claim_legacy_state(&key).await;
                         tracing::Span::current().record("login", login.as_str());
                         info!("logged in");
                     }
@@ -316,14 +341,23 @@ async fn run(
                 let ok = matches!(result, AuthResult::Ok(_));
                 session.auth_result(result);
                 if ok {
+                    // Queued mail is the account's: its key, as the provider knows the login.
+                    session.set_login(key);
                     session.set_senders(senders(&shared.config(), &login));
                 }
             }
             Event::CheckRoom { login, size } => session.room(ctx.queue.room(login, size).await),
             Event::Enqueue(mut submission) => {
-                let result = match super::gateway::outgoing(ctx, &mut submission).await {
-                    Ok(()) => ctx.queue.enqueue(submission).await,
-                    Err(refusal) => Err(refusal),
+                let body = match spooled {
+                    Ok(()) => finish_spool(spool.take()).await,
+                    Err(why) => Err(why),
+                };
+                let result = match body {
+                    Ok(mut body) => match super::gateway::outgoing(ctx, &mut submission, &mut body).await {
+                        Ok(()) => ctx.queue.enqueue(submission, body).await,
+                        Err(refusal) => Err(refusal),
+                    },
+                    Err(why) => Err(why),
                 };
                 queued += u32::from(result.is_ok());
                 session.queued(result);
@@ -349,6 +383,49 @@ async fn run(
                 let _ = stream.shutdown().await;
                 return format!("closed; {queued} message(s) queued");
             }
+        }
+    }
+}
+
+/// Writes the message data the session handed out to the spool file (made at the first
+/// bytes). Why the data cannot be kept, for the client, on failure.
+async fn spool_data(
+    store: &Store,
+    session: &mut Session,
+    spool: &mut Option<(SpoolFile, tokio::fs::File)>,
+) -> Result<(), QueueRefusal> {
+    let data = session.take_data();
+    if data.is_empty() {
+        return Ok(());
+    }
+    if spool.is_none() {
+        let store = store.clone();
+        let made = tokio::task::spawn_blocking(move || store.spool_create()).await;
+        let (guard, file) = match made {
+            Ok(made) => made.map_err(spool_refusal)?,
+            Err(e) => return Err(QueueRefusal::Unavailable(format!("the spool task failed: {e}"))),
+        };
+        *spool = Some((guard, tokio::fs::File::from_std(file)));
+    }
+    let (guard, file) = spool.as_mut().expect("made above");
+    file.write_all(&data).await.map_err(|e| spool_refusal(StoreError::from_io(guard.path(), e)))
+}
+
+/// The finished message's body: its spool file once all of it is written (an empty message has
+/// none).
+async fn finish_spool(spool: Option<(SpoolFile, tokio::fs::File)>) -> Result<Body, QueueRefusal> {
+    let Some((guard, mut file)) = spool else { return Ok(Body::Bytes(Vec::new())) };
+    file.flush().await.map_err(|e| spool_refusal(StoreError::from_io(guard.path(), e)))?;
+    drop(file);
+    Ok(Body::Spooled(guard))
+}
+
+fn spool_refusal(e: StoreError) -> QueueRefusal {
+    match e {
+        StoreError::DiskFull => QueueRefusal::NoSpace,
+        e => {
+            error!("cannot write message data to the spool: {e}");
+            QueueRefusal::Unavailable("the message cannot be written to disk".into())
         }
     }
 }

@@ -83,19 +83,35 @@ impl std::fmt::Debug for DataSink {
     }
 }
 
+/// A message being received. Its bytes are not kept here: they wait in `Session::data_out` until
+/// the caller takes them ([`Session::take_data`], to a spool file), so the session holds at most
+/// the header section (bounded by [`MAX_HEADER`]) and one input's worth of data, however large
+/// the message.
 #[derive(Debug)]
 struct Data {
     sink: DataSink,
-    body: Vec<u8>,
+    /// The header section so far (and perhaps the start of the body), for the `From:` check.
+    header: Vec<u8>,
     /// Set once the blank line that ends the header section has been seen.
     header_done: bool,
+    /// Message bytes so far.
+    size: u64,
+    /// The last message byte handed out: an LF after it is bare unless it is CR.
+    last: Option<u8>,
+    /// A CR at the end of the last input, not handed out yet: the receiver takes it back if it
+    /// is the CR of the final `CRLF.CRLF`.
+    held_cr: bool,
 }
 
 /// Why a message was refused after its data.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Refusal {
     TooBig,
     HeaderTooBig,
+    BareLf,
+    BareCr,
+    /// The caller could not keep the data ([`Session::spool_failed`]).
+    Store(QueueRefusal),
 }
 
 /// The envelope of the transaction in progress.
@@ -106,14 +122,18 @@ struct Transaction {
     recipients: Vec<Recipient>,
 }
 
-/// A message the client finished; to be committed to the queue.
+/// A message the client finished; to be committed to the queue. Its bytes went out through
+/// [`Session::take_data`].
 #[derive(Debug)]
 pub struct Submission {
     pub login: String,
     pub from: String,
     pub params: MailParams,
     pub recipients: Vec<Recipient>,
-    pub body: Vec<u8>,
+    /// The header section (and perhaps the start of the body): what the queue reads of it.
+    pub header: Vec<u8>,
+    /// Bytes of the whole message.
+    pub size: u64,
 }
 
 /// What the session needs from the outside before it can go on.
@@ -185,6 +205,8 @@ pub struct Session {
     pending_login: Option<String>,
     policy: Policy,
     tx: Option<Transaction>,
+    /// Un-dot-stuffed message bytes for the caller ([`Session::take_data`]).
+    data_out: Vec<u8>,
     errors: u32,
     auth_failures: u32,
 }
@@ -205,6 +227,7 @@ impl Session {
             pending_login: None,
             policy,
             tx: None,
+            data_out: Vec::new(),
             errors: 0,
             auth_failures: 0,
         };
@@ -240,6 +263,29 @@ impl Session {
 
     pub fn in_data(&self) -> bool {
         matches!(self.state, State::Data(_))
+    }
+
+    /// Whether message data is being received and kept (not yet refused): while it is not, the
+    /// caller's spool file of the message can go.
+    pub fn data_kept(&self) -> bool {
+        matches!(&self.state, State::Data(data) if matches!(data.sink, DataSink::Keep(_)))
+    }
+
+    /// Message bytes received since the last call, for the caller to write to its spool file.
+    /// Call it after every [`Session::next_event`]: the session does not keep them.
+    pub fn take_data(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.data_out)
+    }
+
+    /// The caller could not write the message data (e.g. a full disk): the rest is read and
+    /// dropped, and the final dot answered with `why`.
+    pub fn spool_failed(&mut self, why: QueueRefusal) {
+        if let State::Data(data) = &mut self.state
+            && let DataSink::Keep(receiver) = &data.sink
+        {
+            data.sink = DataSink::Discard(DummyDataReceiver::new_data(receiver), Refusal::Store(why));
+            self.data_out = Vec::new();
+        }
     }
 
     /// Processes buffered input until the session needs something.
@@ -294,6 +340,14 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// The account a successful login is kept under (its key, `Config::account_key`), when it
+    /// differs from the login as the client typed it.
+    pub fn set_login(&mut self, login: String) {
+        if self.login.is_some() {
+            self.login = Some(login);
         }
     }
 
@@ -723,8 +777,11 @@ impl Session {
                 receiver.ingest(&mut b"\r\n".iter(), &mut Vec::new());
                 self.state = State::Data(Box::new(Data {
                     sink: DataSink::Keep(receiver),
-                    body: Vec::new(),
+                    header: Vec::new(),
                     header_done: false,
+                    size: 0,
+                    last: None,
+                    held_cr: false,
                 }));
                 self.reply("354 Start mail input; end with <CRLF>.<CRLF>");
             }
@@ -736,29 +793,47 @@ impl Session {
         let max_size = self.policy.max_size;
         let State::Data(data) = &mut self.state else { unreachable!() };
         let mut bytes = self.input.iter();
-        let before = data.body.len();
+        let mut chunk = Vec::new();
+        if std::mem::take(&mut data.held_cr) {
+            chunk.push(b'\r');
+        }
         let done = match &mut data.sink {
-            DataSink::Keep(receiver) => receiver.ingest(&mut bytes, &mut data.body),
+            DataSink::Keep(receiver) => receiver.ingest(&mut bytes, &mut chunk),
             DataSink::Discard(receiver, _) => receiver.ingest(&mut bytes),
         };
         let used = self.input.len() - bytes.len();
         self.input.drain(..used);
+        if !done && chunk.last() == Some(&b'\r') {
+            chunk.pop();
+            data.held_cr = true;
+        }
         if let DataSink::Keep(receiver) = &data.sink {
-            if !data.header_done {
-                let from = before.saturating_sub(3);
-                data.header_done =
-                    data.body.starts_with(b"\r\n") || memchr::memmem::find(&data.body[from..], b"\r\n\r\n").is_some();
+            let bad = line_ends(data.last, &chunk, done);
+            if let Some(&b) = chunk.last() {
+                data.last = Some(b);
             }
-            let refusal = if data.body.len() as u64 > max_size {
+            data.size += chunk.len() as u64;
+            if !data.header_done {
+                let from = data.header.len().saturating_sub(3);
+                data.header.extend_from_slice(&chunk);
+                data.header_done = data.header.starts_with(b"\r\n")
+                    || memchr::memmem::find(&data.header[from..], b"\r\n\r\n").is_some();
+            }
+            let refusal = if data.size > max_size {
                 Some(Refusal::TooBig)
-            } else if !data.header_done && data.body.len() > MAX_HEADER {
+            } else if !data.header_done && data.header.len() > MAX_HEADER {
                 Some(Refusal::HeaderTooBig)
             } else {
-                None
+                bad
             };
-            if let Some(refusal) = refusal {
-                data.sink = DataSink::Discard(DummyDataReceiver::new_data(receiver), refusal);
-                data.body = Vec::new();
+            match refusal {
+                Some(refusal) => {
+                    data.sink = DataSink::Discard(DummyDataReceiver::new_data(receiver), refusal);
+                    self.data_out = Vec::new();
+                    data.header = Vec::new();
+                }
+                None if self.data_out.is_empty() => self.data_out = chunk,
+                None => self.data_out.extend_from_slice(&chunk),
             }
         }
         if !done {
@@ -775,15 +850,19 @@ impl Session {
                 self.error(&format!("552 5.3.4 Message header exceeds {} bytes", MAX_HEADER));
                 None
             }
-            DataSink::Keep(_) if has_bare_lf(&data.body) => {
+            DataSink::Discard(_, Refusal::BareLf) => {
                 self.error("550 5.6.0 Message refused: it contains a bare LF; SMTP requires CRLF line ends");
                 None
             }
-            DataSink::Keep(_) if has_bare_cr(&data.body) => {
+            DataSink::Discard(_, Refusal::BareCr) => {
                 self.error("550 5.6.0 Message refused: it contains a bare CR; SMTP requires CRLF line ends");
                 None
             }
-            DataSink::Keep(_) if let Some(foreign) = self.foreign_from(&data.body) => {
+            DataSink::Discard(_, Refusal::Store(why)) => {
+                self.refuse(why);
+                None
+            }
+            DataSink::Keep(_) if let Some(foreign) = self.foreign_from(&data.header) => {
                 let foreign = one_line(&foreign);
                 self.error(&format!("550 5.7.1 From: {foreign} is not an address of this account"));
                 None
@@ -795,23 +874,31 @@ impl Session {
                     from: tx.from,
                     params: tx.params,
                     recipients: tx.recipients,
-                    body: data.body,
+                    header: data.header,
+                    size: data.size,
                 }))
             }
         }
     }
 }
 
-/// An LF not preceded by CR: a line end that SMTP does not allow, and the stuff of SMTP
-/// smuggling when relayed.
-fn has_bare_lf(body: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', body).any(|i| i == 0 || body[i - 1] != b'\r')
-}
-
-/// A CR not followed by LF: a receiver that ends lines at CR would see lines (and an end of
-/// data, `\r.\r`) that are not there.
-fn has_bare_cr(body: &[u8]) -> bool {
-    memchr::memchr_iter(b'\r', body).any(|i| body.get(i + 1) != Some(&b'\n'))
+/// A bare LF or CR (SMTP lines end with CRLF; relayed, either is the stuff of SMTP smuggling: a
+/// receiver that ends lines at CR or LF sees lines, and an end of data, that are not there) in
+/// `chunk`, the message bytes that follow `last`; `end`: the message ends
+/// with `chunk` (a CR at its end is bare then; otherwise the next chunk decides). Bare LF is
+/// reported before bare CR.
+fn line_ends(last: Option<u8>, chunk: &[u8], end: bool) -> Option<Refusal> {
+    let bare_lf = memchr::memchr_iter(b'\n', chunk).any(|i| {
+        let before = if i == 0 { last } else { Some(chunk[i - 1]) };
+        before != Some(b'\r')
+    });
+    if bare_lf {
+        return Some(Refusal::BareLf);
+    }
+    let bare_cr = (last == Some(b'\r') && chunk.first().is_some_and(|&b| b != b'\n'))
+        || memchr::memchr_iter(b'\r', chunk).any(|i| chunk.get(i + 1).is_some_and(|&b| b != b'\n'))
+        || (end && chunk.last().copied().or(last) == Some(b'\r'));
+    bare_cr.then_some(Refusal::BareCr)
 }
 
 /// Whether `line` is a MAIL command with a `SIZE=` beyond `max` (also one too large for 64
@@ -867,13 +954,21 @@ mod tests {
     /// output as text and the event.
     /// Feeds `input` and runs to the next event, answering queue-room checks with "room".
     fn run(s: &mut Session, input: &[u8]) -> (String, Event) {
+        let (out, event, _) = run_data(s, input);
+        (out, event)
+    }
+
+    /// As `run`, with the message data the session handed out meanwhile.
+    fn run_data(s: &mut Session, input: &[u8]) -> (String, Event, Vec<u8>) {
         s.feed(input);
         let mut event = s.next_event();
+        let mut data = s.take_data();
         while let Event::CheckRoom { .. } = event {
             s.room(Ok(()));
             event = s.next_event();
+            data.extend(s.take_data());
         }
-        (String::from_utf8(s.take_output()).unwrap(), event)
+        (String::from_utf8(s.take_output()).unwrap(), event, data)
     }
 
     fn authed() -> Session {
@@ -938,7 +1033,7 @@ mod tests {
     #[test]
     fn pipelined_transaction_is_queued_with_its_envelope() {
         let mut s = authed();
-        let (out, event) = run(
+        let (out, event, data) = run_data(
             &mut s,
             b"MAIL FROM:<a@b> BODY=8BITMIME SIZE=20\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\nDATA\r\nSubject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n",
         );
@@ -950,7 +1045,8 @@ mod tests {
         assert_eq!((sub.login.as_str(), sub.from.as_str()), ("a@b", "a@b"));
         assert!(sub.params.eight_bit && !sub.params.smtputf8);
         assert_eq!(sub.recipients.iter().map(|r| r.address.as_str()).collect::<Vec<_>>(), ["c@d", "e@f"]);
-        assert_eq!(sub.body, b"Subject: x\r\n\r\n.dot\r\n");
+        assert_eq!(data, b"Subject: x\r\n\r\n.dot\r\n");
+        assert_eq!((sub.size, sub.header.as_slice()), (data.len() as u64, data.as_slice()));
         s.queued(Ok(7));
         let (out, event) = run(&mut s, b"");
         assert_eq!(out, "250 2.0.0 Ok: queued as 7\r\n221 2.0.0 Bye\r\n");
@@ -965,8 +1061,30 @@ mod tests {
         for b in input.iter() {
             (_, event) = run(&mut s, &[*b]);
         }
-        let Event::Enqueue(sub) = event else { panic!("{event:?}") };
-        assert!(sub.body.is_empty() && sub.from.is_empty());
+        let Event::Enqueue(ref sub) = event else { panic!("{event:?}") };
+        assert!(sub.size == 0 && sub.from.is_empty());
+        s.queued(Ok(1));
+        // A message split into single bytes comes out whole; a CR LF split between two inputs
+        // is no bare CR, a lone CR is one however it is split.
+        let message = b"Subject: x\r\n\r\nline\r\n..dot\r\nend\r\n";
+        let (_, _, mut data) = run_data(&mut s, b"MAIL FROM:<>\r\nRCPT TO:<c@d>\r\nDATA\r\n");
+        for b in message.iter().chain(b".\r\n") {
+            let (_, e, more) = run_data(&mut s, &[*b]);
+            data.extend(more);
+            event = e;
+        }
+        let Event::Enqueue(ref sub) = event else { panic!("{event:?}") };
+        assert_eq!(data, b"Subject: x\r\n\r\nline\r\n.dot\r\nend\r\n");
+        assert_eq!(sub.size, data.len() as u64);
+        s.queued(Ok(2));
+        run(&mut s, b"MAIL FROM:<>\r\nRCPT TO:<c@d>\r\nDATA\r\n");
+        let mut out = String::new();
+        for b in b"a\r\nb\rc\r\n.\r\n" {
+            let (o, e, _) = run_data(&mut s, &[*b]);
+            out.push_str(&o);
+            event = e;
+        }
+        assert!(matches!(event, Event::NeedInput) && out.contains("bare CR"), "{out}");
     }
 
     #[test]
@@ -1046,7 +1164,8 @@ mod tests {
             s.feed(&chunk);
             assert!(matches!(s.next_event(), Event::NeedInput));
             let State::Data(data) = &s.state else { panic!() };
-            assert!(data.body.len() <= MAX_HEADER + chunk.len());
+            assert!(data.header.len() <= MAX_HEADER + chunk.len());
+            assert!(s.take_data().len() <= chunk.len(), "message data is handed out, not kept");
         }
         let (out, _) = run(&mut s, b"\r\n\r\nbody\r\n.\r\nNOOP\r\n");
         assert!(out.ends_with("552 5.3.4 Message header exceeds 1048576 bytes\r\n250 2.0.0 Ok\r\n"), "{out}");
@@ -1078,7 +1197,12 @@ mod tests {
             b"MAIL FROM:<a@b> SIZE=99999999999999999999999\r\nMAIL FROM:<a@b> size=18446744073709551615\r\n",
         );
         assert_eq!(out.matches("552 5.3.4 Message size exceeds the limit of 1000 bytes\r\n").count(), 2, "{out}");
-        assert!(has_bare_cr(b"hi\r.\r\n") && has_bare_cr(b"a\r") && !has_bare_cr(b"a\r\nb\r\n"));
+        let cr = |last, chunk: &[u8], end| matches!(line_ends(last, chunk, end), Some(Refusal::BareCr));
+        assert!(cr(None, b"hi\r.\r\n", false) && cr(None, b"a\r", true) && !cr(None, b"a\r\nb\r\n", true));
+        // Split anywhere: a CR at a chunk's end waits for the next chunk (or the end).
+        assert!(!cr(None, b"a\r", false) && !cr(Some(b'\r'), b"\nb", false) && cr(Some(b'\r'), b"b", false));
+        assert!(cr(Some(b'\r'), b"", true) && line_ends(Some(b'\r'), b"\n", true).is_none());
+        assert!(matches!(line_ends(Some(b'x'), b"\n", false), Some(Refusal::BareLf)));
         assert!(!size_beyond(b"MAIL FROM:<a@b> SIZE=1000", 1000) && !size_beyond(b"RCPT TO:<SIZE=99999>", 1));
     }
 

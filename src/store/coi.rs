@@ -7,17 +7,17 @@ use redb::{ReadableTable, TableDefinition};
 use super::{Pending, Store, StoreError};
 
 /// `account NUL message-id` → sequence number.
-const CHAT_IDS: TableDefinition<&str, u64> = TableDefinition::new("chat_ids");
+pub(super) const CHAT_IDS: TableDefinition<&str, u64> = TableDefinition::new("chat_ids");
 /// `account NUL sequence (20 digits)` → message-id: the order, for dropping the oldest.
-const CHAT_ID_ORDER: TableDefinition<&str, &str> = TableDefinition::new("chat_id_order");
+pub(super) const CHAT_ID_ORDER: TableDefinition<&str, &str> = TableDefinition::new("chat_id_order");
 /// `account` → (UIDVALIDITY, next UID to look at) of INBOX.
-const INBOX_POSITION: TableDefinition<&str, (u32, u32)> = TableDefinition::new("inbox_position");
+pub(super) const INBOX_POSITION: TableDefinition<&str, (u32, u32)> = TableDefinition::new("inbox_position");
 
 /// Chat Message-IDs kept per account.
 pub const MAX_CHAT_IDS: usize = 10_000;
 
 fn account_key(account: &str) -> String {
-    account.to_ascii_lowercase()
+    account.to_string()
 }
 
 impl Store {
@@ -102,7 +102,7 @@ mod tests {
         store.remember_chat_ids("b@x", &["other".into()]).wait().unwrap();
         let ids: Vec<String> = (0..MAX_CHAT_IDS + 5).map(|i| format!("id{i}@x")).collect();
         for chunk in ids.chunks(1000) {
-            store.remember_chat_ids("A@x", chunk).wait().unwrap();
+            store.remember_chat_ids("a@x", chunk).wait().unwrap();
         }
         assert!(!store.is_chat_id("a@x", "id0@x").unwrap(), "oldest dropped");
         assert!(!store.is_chat_id("a@x", "id4@x").unwrap());
@@ -111,6 +111,7 @@ mod tests {
         assert!(store.is_chat_id("b@x", "other").unwrap(), "other accounts untouched");
         assert_eq!(store.inbox_position("a@x").unwrap(), None);
         store.set_inbox_position("a@x", 7, 42).wait().unwrap();
-        assert_eq!(store.inbox_position("A@x").unwrap(), Some((7, 42)));
+        assert_eq!(store.inbox_position("a@x").unwrap(), Some((7, 42)));
+        assert_eq!(store.inbox_position("A@x").unwrap(), None, "keys are exact");
     }
 }

@@ -11,7 +11,7 @@ use super::{Pending, Store, StoreError};
 use crate::secret::Secret;
 
 /// `account NUL token` → version 1: last set, Unix seconds (u64 LE).
-const DC_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("deltachat_tokens");
+pub(super) const DC_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("deltachat_tokens");
 /// `token` → version 1: [`RetryEntry`] without the token, as JSON.
 const DC_RETRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deltachat_retries");
 
@@ -45,7 +45,7 @@ struct RetryRecord {
 }
 
 fn token_key(account: &str, token: &str) -> String {
-    format!("{}\0{token}", account.to_ascii_lowercase())
+    format!("{account}\0{token}")
 }
 
 /// The value after the version byte; a value of a later format is an error (never misread).
@@ -238,11 +238,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let now = 1_000 * DAY;
-        store.dc_token_set("Alice@x", &t("openpgp:one"), now, 3, AGE).wait().unwrap();
+        store.dc_token_set("alice@x", &t("openpgp:one"), now, 3, AGE).wait().unwrap();
+        store.dc_token_set("Alice@x", &t("openpgp:three"), now, 3, AGE).wait().unwrap();
         store.dc_token_set("alice@x", &t("openpgp:two"), now + 1, 3, AGE).wait().unwrap();
         store.dc_token_set("bob@x", &t("openpgp:one"), now, 3, AGE).wait().unwrap();
         assert_eq!(names(store.dc_tokens("alice@x", now + 2, AGE).unwrap()), ["openpgp:one", "openpgp:two"]);
-        assert_eq!(store.dc_token_accounts(now, AGE).unwrap(), ["alice@x", "bob@x"]);
+        assert_eq!(store.dc_token_accounts(now, AGE).unwrap(), ["Alice@x", "alice@x", "bob@x"]);
+        assert_eq!(names(store.dc_tokens("Alice@x", now + 2, AGE).unwrap()), ["openpgp:three"], "keys are exact");
+        assert_eq!(store.dc_token_remove(&t("openpgp:three")).wait().unwrap(), 1);
         // Set again: renewed. The other one expires 90 days after it was set.
         store.dc_token_set("alice@x", &t("openpgp:two"), now + 80 * DAY, 3, AGE).wait().unwrap();
         assert_eq!(names(store.dc_tokens("alice@x", now + 91 * DAY, AGE).unwrap()), ["openpgp:two"]);

@@ -12,9 +12,9 @@ use redb::{ReadableTable, TableDefinition};
 use super::{Pending, Store, StoreError};
 
 /// `account NUL mailbox NUL entry` → value.
-const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
+pub(super) const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
 /// The same keys → the value's size in bytes.
-const METADATA_SIZES: TableDefinition<&str, u64> = TableDefinition::new("metadata_sizes");
+pub(super) const METADATA_SIZES: TableDefinition<&str, u64> = TableDefinition::new("metadata_sizes");
 
 /// Schema 1 → 2: the sizes table, from the values.
 pub(super) fn migrate_sizes(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
@@ -28,7 +28,7 @@ pub(super) fn migrate_sizes(txn: &redb::WriteTransaction) -> Result<(), StoreErr
 }
 
 fn prefix(account: &str, mailbox: &[u8]) -> String {
-    format!("{}\0{}\0", account.to_ascii_lowercase(), String::from_utf8_lossy(mailbox))
+    format!("{account}\0{}\0", String::from_utf8_lossy(mailbox))
 }
 
 /// A SETMETADATA that would pass a per-account limit.
@@ -133,7 +133,7 @@ impl Store {
         changes: &[(String, Option<Vec<u8>>)],
         max_entries: usize,
     ) -> Pending<Result<(), TooManyEntries>> {
-        let (key_prefix, account_prefix) = (prefix(account, mailbox), format!("{}\0", account.to_ascii_lowercase()));
+        let (key_prefix, account_prefix) = (prefix(account, mailbox), format!("{account}\0"));
         let changes = changes.to_vec();
         self.write(move |txn| {
             let too_many = {
@@ -180,12 +180,14 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let set = |e: &str, v: Option<&str>| (e.to_string(), v.map(|v| v.as_bytes().to_vec()));
         store
-            .metadata_apply("Alice@x", b"", &[set("/private/a", Some("1")), set("/private/b", Some("2"))], 10)
+            .metadata_apply("alice@x", b"", &[set("/private/a", Some("1")), set("/private/b", Some("2"))], 10)
             .wait()
             .unwrap()
             .unwrap();
         store.metadata_apply("alice@x", b"INBOX", &[set("/private/a", Some("3"))], 10).wait().unwrap().unwrap();
         store.metadata_apply("bob@x", b"", &[set("/private/a", Some("4"))], 10).wait().unwrap().unwrap();
+        store.metadata_apply("Alice@x", b"", &[set("/private/z", Some("5"))], 10).wait().unwrap().unwrap();
+        assert_eq!(store.metadata_entries("Alice@x", b"").unwrap().len(), 1, "keys are exact");
         let server = store.metadata_entries("alice@x", b"").unwrap();
         assert_eq!(server.len(), 2);
         assert_eq!(server["/private/b"], b"2");

@@ -34,8 +34,11 @@ use tracing::warn;
 
 mod deliveries;
 pub use deliveries::{DELIVERIES_KEPT_SECS, Delivery};
+mod keys;
 mod queue;
+mod spool;
 pub use queue::{Attempt, MailParams, QueueCap, QueueUsage, QueuedMessage, Recipient, RecipientState};
+pub use spool::SpoolFile;
 
 mod coi;
 mod receipts;
@@ -64,7 +67,10 @@ use writer::{Txn, Writer};
 ///
 /// - 1: the first release with a store.
 /// - 2: `metadata_sizes` beside `metadata` (filled from it when a schema 1 file is opened).
-pub const SCHEMA_VERSION: u32 = 2;
+/// - 3: account keys exactly as `Config::account_key` gives them, no longer lower-cased
+///   (`keys`: a schema 2 file's names are recorded for the first login to claim them); bodies of
+///   spooled messages as files named in `queue_body_file`.
+pub const SCHEMA_VERSION: u32 = 3;
 
 const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 
@@ -100,6 +106,9 @@ pub enum StoreError {
     /// The writer thread is gone (the store is being closed); nothing was stored.
     #[error("store: the writer has stopped")]
     WriterGone,
+    /// A message file (spool or queue) could not be read or written.
+    #[error("store: {}: {source}", path.display())]
+    File { path: PathBuf, source: std::io::Error },
     /// A read run off the runtime did not finish (its task panicked or was cancelled).
     #[error("store: a read did not finish: {0}")]
     ReadFailed(String),
@@ -116,6 +125,12 @@ macro_rules! db_error_from {
 }
 
 impl StoreError {
+    /// An error on the message file `path`: a full disk stays [`StoreError::DiskFull`] (SMTP
+    /// says `452` then).
+    pub fn from_io(path: &Path, e: std::io::Error) -> StoreError {
+        if is_disk_full(&e) { StoreError::DiskFull } else { StoreError::File { path: path.to_path_buf(), source: e } }
+    }
+
     fn from_redb(e: redb::Error) -> StoreError {
         match e {
             redb::Error::Io(io) if is_disk_full(&io) => StoreError::DiskFull,
@@ -244,6 +259,9 @@ impl File {
                     if v < 2 {
                         metadata::migrate_sizes(&txn)?;
                     }
+                    if v < 3 {
+                        keys::migrate_to_exact_keys(&txn)?;
+                    }
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
             }
@@ -286,6 +304,15 @@ impl Store {
         F: FnMut(&mut Txn<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         self.inner.writer.submit(work)
+    }
+
+    /// As [`Store::write`]; `after` runs (on the writer thread) once the write is durable.
+    fn write_then<T, F>(&self, work: F, after: impl FnOnce(&T) + Send + 'static) -> Pending<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Txn<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.writer.submit_then(work, Some(Box::new(after)))
     }
 
     fn begin_read(&self) -> Result<ReadTransaction, StoreError> {

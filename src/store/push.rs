@@ -18,7 +18,7 @@ use super::{Pending, Store, StoreError};
 /// `"vapid"` → private key (32-octet P-256 scalar).
 const PUSH_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("push_keys");
 /// `account NUL id` → [`PushSubscription`] as JSON.
-const PUSH_SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("push_subscriptions");
+pub(super) const PUSH_SUBSCRIPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("push_subscriptions");
 
 /// A stored subscription.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +60,7 @@ pub enum Validation {
 }
 
 fn key(account: &str, id: &str) -> String {
-    format!("{}\0{id}", account.to_ascii_lowercase())
+    format!("{account}\0{id}")
 }
 
 fn decode(bytes: &[u8]) -> Result<PushSubscription, StoreError> {
@@ -326,7 +326,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (limit, expiry) = (2, 300);
-        store.push_subscribe("Alice@x", &sub("aaaaaaaaaa", 1000), limit, 1000, expiry).wait().unwrap().unwrap();
+        store.push_subscribe("alice@x", &sub("aaaaaaaaaa", 1000), limit, 1000, expiry).wait().unwrap().unwrap();
+        store.push_subscribe("Alice@x", &sub("dddddddddd", 1000), limit, 1000, expiry).wait().unwrap().unwrap();
         store.push_subscribe("alice@x", &sub("bbbbbbbbbb", 1000), limit, 1000, expiry).wait().unwrap().unwrap();
         store.push_subscribe("bob@x", &sub("aaaaaaaaaa", 1000), limit, 1000, expiry).wait().unwrap().unwrap();
         assert_eq!(

@@ -10,14 +10,19 @@
 //! `writer`): a message and its envelope are committed together, and [`Store::queue_save`]
 //! records an outcome and removes a finished message atomically.
 
+use std::sync::{Arc, Mutex};
+
 use redb::{ReadableTable, TableDefinition, TableError};
 use serde::{Deserialize, Serialize};
 
+use super::spool::{self, SpoolFile};
 use super::{Pending, Store, StoreError};
 
 const ENVELOPES: TableDefinition<u64, &str> = TableDefinition::new("queue_envelope");
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_body");
 const META: TableDefinition<&str, u64> = TableDefinition::new("queue_meta");
+/// Bodies kept as files in `state_dir/queue` (schema 3; see `spool`): id → file name.
+const BODY_FILES: TableDefinition<u64, &str> = TableDefinition::new("queue_body_file");
 
 /// Attempt records kept per message; the oldest beyond this are dropped (the first one stays).
 const MAX_ATTEMPTS_KEPT: usize = 30;
@@ -187,12 +192,57 @@ impl Store {
     /// submissions cannot slip past it together: beyond it, [`StoreError::QueueFull`] and nothing
     /// is stored.
     pub fn queue_insert(&self, msg: &QueuedMessage, body: Vec<u8>, cap: Option<QueueCap>) -> Pending<u64> {
+        let size = body.len() as u64;
+        self.insert_envelope(msg, size, cap, move |txn, id| {
+            txn.open_table(BODIES)?.insert(id, body.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// As [`Store::queue_insert`] for a body written to a spool file (`msg.size` bytes): the
+    /// file is synced and moved to the queue directory first, then named in the commit. On any
+    /// failure the file is removed and nothing is queued.
+    pub async fn queue_insert_spooled(
+        &self,
+        msg: &QueuedMessage,
+        mut file: SpoolFile,
+        cap: Option<QueueCap>,
+    ) -> Result<u64, StoreError> {
+        let dir = self.queue_dir();
+        let file = tokio::task::spawn_blocking(move || {
+            let synced = std::fs::File::open(file.path()).and_then(|f| f.sync_all());
+            synced.map_err(|e| StoreError::from_io(file.path(), e))?;
+            spool::private_dir(&dir)?;
+            file.move_to(&dir).map_err(|e| StoreError::from_io(&dir, e))?;
+            spool::sync_dir(&dir)?;
+            Ok::<_, StoreError>(file)
+        })
+        .await
+        .map_err(|e| StoreError::ReadFailed(e.to_string()))??;
+        let name = file.name();
+        let id = self
+            .insert_envelope(msg, msg.size, cap, move |txn, id| {
+                txn.open_table(BODY_FILES)?.insert(id, name.as_str())?;
+                Ok(())
+            })
+            .await?;
+        file.keep();
+        Ok(id)
+    }
+
+    fn insert_envelope(
+        &self,
+        msg: &QueuedMessage,
+        size: u64,
+        cap: Option<QueueCap>,
+        mut body: impl FnMut(&super::writer::Txn<'_>, u64) -> Result<(), StoreError> + Send + 'static,
+    ) -> Pending<u64> {
         let (json, login) = (encode(msg), msg.login.clone());
         self.write(move |txn| {
             let mut envelopes = txn.open_table(ENVELOPES)?;
             // Refused before anything is written (see `StoreError::wrote_nothing`).
             if let Some(cap) = &cap
-                && let Some(why) = usage_in(&envelopes, &login)?.refusal(cap, body.len() as u64)
+                && let Some(why) = usage_in(&envelopes, &login)?.refusal(cap, size)
             {
                 return Err(StoreError::QueueFull(why));
             }
@@ -200,8 +250,42 @@ impl Store {
             let id = meta.get("next_id")?.map(|v| v.value()).unwrap_or(1);
             meta.insert("next_id", id + 1)?;
             envelopes.insert(id, json.as_str())?;
-            txn.open_table(BODIES)?.insert(id, body.as_slice())?;
+            drop((envelopes, meta));
+            body(txn, id)?;
             Ok(id)
+        })
+    }
+
+    /// The names of the queue's body files (to tell leftovers from bodies).
+    pub(super) fn queue_body_files(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(BODY_FILES) {
+            Ok(t) => t,
+            Err(e) if missing(&e) => return Ok(Default::default()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut names = std::collections::HashSet::new();
+        for entry in table.iter()? {
+            names.insert(entry?.1.value().to_string());
+        }
+        Ok(names)
+    }
+
+    /// Forgets `id`'s body in this transaction; the name of its file, to remove once committed.
+    fn remove_body(txn: &redb::WriteTransaction, id: u64) -> Result<Option<String>, StoreError> {
+        txn.open_table(BODIES)?.remove(id)?;
+        Ok(txn.open_table(BODY_FILES)?.remove(id)?.map(|name| name.value().to_string()))
+    }
+
+    /// A write that removes body files once it is committed: the slot the write fills with the
+    /// name, and what removes the file after the commit.
+    fn file_removal(&self) -> (Arc<Mutex<Option<String>>>, impl FnOnce(&bool) + Send + 'static) {
+        let slot: Arc<Mutex<Option<String>>> = Arc::default();
+        let (taken, dir) = (slot.clone(), self.queue_dir());
+        (slot, move |_: &bool| {
+            if let Some(name) = taken.lock().expect("body file slot").take() {
+                spool::remove(&dir.join(name));
+            }
         })
     }
 
@@ -241,15 +325,30 @@ impl Store {
         table.get(id)?.map(|json| decode(id, json.value())).transpose()
     }
 
-    /// The message bytes as received.
+    /// The message bytes as received (from the store file, or from the body's file).
     pub fn queue_body(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(BODIES) {
-            Ok(t) => t,
-            Err(e) if missing(&e) => return Ok(None),
+        match txn.open_table(BODIES) {
+            Ok(table) => {
+                if let Some(body) = table.get(id)? {
+                    return Ok(Some(body.value().to_vec()));
+                }
+            }
+            Err(e) if missing(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let name = match txn.open_table(BODY_FILES) {
+            Ok(table) => table.get(id)?.map(|n| n.value().to_string()),
+            Err(e) if missing(&e) => None,
             Err(e) => return Err(e.into()),
         };
-        Ok(table.get(id)?.map(|b| b.value().to_vec()))
+        let Some(name) = name else { return Ok(None) };
+        let path = self.queue_dir().join(name);
+        match std::fs::read(&path) {
+            Ok(body) => Ok(Some(body)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::File { path, source }),
+        }
     }
 
     /// Stores a message's new state, or removes it when [`QueuedMessage::is_done`], in one
@@ -257,32 +356,40 @@ impl Store {
     /// `deliveries`). `false` if the id is no longer queued (e.g. dropped by hand).
     pub fn queue_save(&self, id: u64, msg: &QueuedMessage) -> Pending<bool> {
         let (json, done, new) = (encode(msg), msg.is_done(), msg.clone());
-        self.write(move |txn| {
-            let mut envelopes = txn.open_table(ENVELOPES)?;
-            let old = envelopes.get(id)?.map(|json| decode(id, json.value())).transpose()?;
-            let existed = old.is_some();
-            if let Some(old) = &old {
-                super::deliveries::record(txn, id, old, &new)?;
-            }
-            if existed {
-                if done {
-                    envelopes.remove(id)?;
-                    txn.open_table(BODIES)?.remove(id)?;
-                } else {
-                    envelopes.insert(id, json.as_str())?;
+        let (doomed, after) = self.file_removal();
+        self.write_then(
+            move |txn| {
+                let mut envelopes = txn.open_table(ENVELOPES)?;
+                let old = envelopes.get(id)?.map(|json| decode(id, json.value())).transpose()?;
+                let existed = old.is_some();
+                if let Some(old) = &old {
+                    super::deliveries::record(txn, id, old, &new)?;
                 }
-            }
-            Ok(existed)
-        })
+                if existed {
+                    if done {
+                        envelopes.remove(id)?;
+                        *doomed.lock().expect("body file slot") = Store::remove_body(txn, id)?;
+                    } else {
+                        envelopes.insert(id, json.as_str())?;
+                    }
+                }
+                Ok(existed)
+            },
+            after,
+        )
     }
 
     /// Removes a message whatever its state; `false` if there was none with this id.
     pub fn queue_remove(&self, id: u64) -> Pending<bool> {
-        self.write(move |txn| {
-            let existed = txn.open_table(ENVELOPES)?.remove(id)?.is_some();
-            txn.open_table(BODIES)?.remove(id)?;
-            Ok(existed)
-        })
+        let (doomed, after) = self.file_removal();
+        self.write_then(
+            move |txn| {
+                let existed = txn.open_table(ENVELOPES)?.remove(id)?.is_some();
+                *doomed.lock().expect("body file slot") = Store::remove_body(txn, id)?;
+                Ok(existed)
+            },
+            after,
+        )
     }
 }
 

@@ -8,12 +8,12 @@ use serde::{Deserialize, Serialize};
 use super::{Pending, Store, StoreError};
 
 /// `account NUL message-id` → JSON [`SentChat`].
-const SENT: TableDefinition<&str, &str> = TableDefinition::new("receipts_sent");
+pub(super) const SENT: TableDefinition<&str, &str> = TableDefinition::new("receipts_sent");
 /// `account NUL message-id` of received messages → Unix time the proxy's MDN went out (0: the
 /// message was already read when read receipts started, or a chat client answered it).
-const MDN_DONE: TableDefinition<&str, i64> = TableDefinition::new("receipts_mdn_done");
+pub(super) const MDN_DONE: TableDefinition<&str, i64> = TableDefinition::new("receipts_mdn_done");
 /// `account` → Unix time read receipts started for it (messages read before get none).
-const MDN_BASELINE: TableDefinition<&str, i64> = TableDefinition::new("receipts_mdn_baseline");
+pub(super) const MDN_BASELINE: TableDefinition<&str, i64> = TableDefinition::new("receipts_mdn_baseline");
 
 /// Sent chat messages kept per account; the oldest go first.
 pub const MAX_SENT: usize = 2_000;
@@ -74,7 +74,7 @@ impl SentChat {
 }
 
 fn key(account: &str, id: &str) -> String {
-    format!("{}\0{id}", account.to_ascii_lowercase())
+    format!("{account}\0{id}")
 }
 
 fn decode(json: &str) -> Result<SentChat, StoreError> {
@@ -86,7 +86,7 @@ impl Store {
     /// beyond [`MAX_SENT`].
     pub fn sent_chat_insert(&self, account: &str, message_id: &str, sent: &SentChat) -> Pending<()> {
         let k = key(account, message_id);
-        let (start, end) = (key(account, ""), format!("{}\u{1}", account.to_ascii_lowercase()));
+        let (start, end) = (key(account, ""), format!("{account}\u{1}"));
         let json = serde_json::to_string(sent).expect("receipt records serialize");
         self.write(move |txn| {
             let mut table = txn.open_table(SENT)?;
@@ -131,7 +131,7 @@ impl Store {
             if found.is_none()
                 && let Some(envid) = &envid
             {
-                let (start, end) = (key(&account, ""), format!("{}\u{1}", account.to_ascii_lowercase()));
+                let (start, end) = (key(&account, ""), format!("{account}\u{1}"));
                 for item in table.range(start.as_str()..end.as_str())? {
                     let (k, v) = item?;
                     let sent = decode(v.value())?;
@@ -158,7 +158,7 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let (start, end) = (key(account, ""), format!("{}\u{1}", account.to_ascii_lowercase()));
+        let (start, end) = (key(account, ""), format!("{account}\u{1}"));
         let mut out = Vec::new();
         for item in table.range(start.as_str()..end.as_str())? {
             let (k, v) = item?;
@@ -208,11 +208,11 @@ impl Store {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        Ok(table.get(account.to_ascii_lowercase().as_str())?.map(|v| v.value()))
+        Ok(table.get(account)?.map(|v| v.value()))
     }
 
     pub fn set_mdn_baseline(&self, account: &str, at: i64) -> Pending<()> {
-        let account = account.to_ascii_lowercase();
+        let account = account.to_string();
         self.write(move |txn| {
             txn.open_table(MDN_BASELINE)?.insert(account.as_str(), at)?;
             Ok(())
@@ -231,7 +231,7 @@ mod tests {
         let tick = |a: &str| Tick { address: a.into(), ..Default::default() };
         let sent =
             SentChat { sent_at: 1, envid: Some("coi.1".into()), recipients: vec![tick("bob@x")], ..Default::default() };
-        store.sent_chat_insert("Alice@x", "m1@x", &sent).wait().unwrap();
+        store.sent_chat_insert("alice@x", "m1@x", &sent).wait().unwrap();
         assert!(store.sent_chats_to_mark("alice@x").unwrap().is_empty());
         let by_envid = store
             .sent_chat_update("alice@x", Some("unknown@x"), Some("coi.1"), |s| s.recipients[0].delivered = Some(5))
@@ -245,7 +245,8 @@ mod tests {
         assert_eq!(store.sent_chats().unwrap()[0].0, "alice@x");
 
         assert!(store.mdn_claim("alice@x", "o@y", 3).wait().unwrap());
-        assert!(!store.mdn_claim("ALICE@x", "o@y", 4).wait().unwrap(), "never twice");
+        assert!(!store.mdn_claim("alice@x", "o@y", 4).wait().unwrap(), "never twice");
+        assert!(store.mdn_claim("ALICE@x", "o@y", 4).wait().unwrap(), "keys are exact: another account");
         assert_eq!(store.mdn_baseline("alice@x").unwrap(), None);
         store.set_mdn_baseline("alice@x", 9).wait().unwrap();
         assert_eq!(store.mdn_baseline("alice@x").unwrap(), Some(9));

@@ -21,7 +21,7 @@ pub struct ViewId {
 
 impl ViewId {
     pub fn new(account: &str, mailbox: &str, uidvalidity: u32, uid: u32) -> ViewId {
-        ViewId { account: account.to_ascii_lowercase(), mailbox: mailbox.to_string(), uidvalidity, uid }
+        ViewId { account: account.to_string(), mailbox: mailbox.to_string(), uidvalidity, uid }
     }
 
     fn key(&self) -> String {
@@ -56,7 +56,7 @@ impl Store {
     /// Forgets the views of an account's mailbox incarnations other than `uidvalidity` (a
     /// changed UIDVALIDITY means the old UIDs name nothing any more).
     pub fn forget_stale_views(&self, account: &str, mailbox: &str, uidvalidity: u32) -> Pending<()> {
-        let prefix = format!("{}\0{mailbox}\0", account.to_ascii_lowercase());
+        let prefix = format!("{account}\0{mailbox}\0");
         let keep = format!("{prefix}{uidvalidity:010}\0");
         self.write(move |txn| {
             let mut table = txn.open_table(VIEWS)?;

@@ -122,7 +122,13 @@ struct Typed<T, F> {
     work: F,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
+    /// Run on the writer thread once the job's write is durable (e.g. removing a file the
+    /// committed write no longer names), before the caller hears of it.
+    after: Option<AfterCommit<T>>,
 }
+
+/// What a write does once it is durable; see [`Writer::submit_then`].
+pub(super) type AfterCommit<T> = Box<dyn FnOnce(&T) + Send>;
 
 impl<T, F> Job for Typed<T, F>
 where
@@ -140,18 +146,26 @@ where
             Ok(_) if txn.discard => Ran::Undo,
             Ok(_) => Ran::Keep,
         };
+        if ran == Ran::Undo {
+            // Not committed (it is answered without a rerun): nothing to do after.
+            self.after = None;
+        }
         self.result = Some(result);
         ran
     }
 
     fn answer(self: Box<Self>, outcome: Result<(), StoreError>) {
-        let result = match (self.result, outcome) {
+        let Typed { result, reply, after, .. } = *self;
+        let result = match (result, outcome) {
             (Some(result), Ok(())) => result,
             (_, Err(e)) => Err(e),
             (None, Ok(())) => Err(StoreError::WriterGone),
         };
+        if let (Ok(value), Some(after)) = (&result, after) {
+            after(value);
+        }
         // The caller may have stopped waiting; the write stands all the same.
-        let _ = self.reply.send(result);
+        let _ = reply.send(result);
     }
 }
 
@@ -193,8 +207,17 @@ impl Writer {
         T: Send + 'static,
         F: FnMut(&mut Txn<'_>) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit_then(work, None)
+    }
+
+    /// As [`Writer::submit`]; `after` runs on the writer thread once the write is durable.
+    pub(super) fn submit_then<T, F>(&self, work: F, after: Option<AfterCommit<T>>) -> Pending<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Txn<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Typed { work, result: None, reply });
+        let job: Box<dyn Job> = Box::new(Typed { work, result: None, reply, after });
         match self.jobs.as_ref().map(|jobs| jobs.send(job)) {
             Some(Ok(())) => Pending { answer },
             _ => Pending::ready(Err(StoreError::WriterGone)),

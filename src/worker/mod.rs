@@ -159,7 +159,7 @@ async fn at_start(ctx: &Context) -> Vec<String> {
         .accounts
         .iter()
         .filter(|a| a.password_command.is_some())
-        .filter_map(|a| a.login.as_ref().map(|l| l.to_ascii_lowercase()))
+        .filter_map(|a| a.login.as_ref().map(|l| config.account_key(l)))
         .collect();
     match ctx.store.read(|s| s.push_accounts()).await {
         Ok(logins) => {

@@ -613,9 +613,11 @@ impl Session {
                     return Ok(None);
                 }
                 self.shared.logins.succeeded(&key, pass.expose(), Instant::now());
-                self.shared.credentials.remember(&user, &pass);
+                self.shared.credentials.remember(&key, &pass);
+                self.shared.store.claim_legacy_state(&key).await;
                 let provider_metadata = upstream.profile().metadata == MetadataHome::Provider;
-                let account = self.shared.accounts.account(&user);
+                // The account's state is keyed by the login as the provider knows it.
+                let account = self.shared.accounts.account(&key);
                 if let Err(e) = coi::load_config(&mut upstream, provider_metadata, &self.shared.store, &account).await {
                     warn!("cannot read the COI configuration: {e}");
                 }
