@@ -214,9 +214,10 @@ async fn serve(
             }
             next_poll
         });
-        // Where INBOX is watched SELECTed (imap4d), a poll SELECTs it again: imap4d's NOOP never
-        // reports mail in an INBOX that was pristine (a Maildir that never held mail) when
-        // SELECTed.
+        // Where INBOX is watched SELECTed (imap4d), a poll SELECTs it again: imap4d's NOOP
+        // rescans the Maildir only when the directory's mtime, in whole seconds, differs from
+        // what its last scan saw, so mail that lands in the same second as the change before
+        // that scan is never reported to the session; a SELECT always rescans.
         let poll_with: &[u8] = if profile.examine_uids_stable { b"NOOP\r\n" } else { b"SELECT INBOX\r\n" };
         look_began = wait_for_change(&mut up, account, config_rx, renew, poll.map(|at| (at, poll_with))).await?;
     }
