@@ -53,7 +53,6 @@ fn delta_chat_compresses_both_ways_with_a_provider_that_offers_compress() {
 }
 
 #[test]
-#[ignore = "passes alone; under the whole suite the worker watched Junk but did not rescue the message within the script's wait once after the OAuth2 merge; cause open (issue 17)"]
 fn chat_mail_the_provider_files_in_junk_reaches_delta_chat() {
     let provider = Provider::start();
     let proxy = Proxy::builder()
@@ -83,7 +82,10 @@ fn chat_mail_the_provider_files_in_junk_reaches_delta_chat() {
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON report");
     assert_eq!(report["junk_left"], 0, "{report}");
     assert_eq!(report["server_comment"], "\"coi-proxy test server\"", "Delta Chat read the proxy's METADATA: {report}");
-    assert_eq!(proxy.log().matches("rescued a message from Junk").count(), 1, "{}", proxy.log());
+    // The worker logs the rescue once the MOVE is answered, which may be after Delta Chat
+    // fetched the copy: waited for, then counted.
+    let log = proxy.wait_for_log("rescued a message from Junk", std::time::Duration::from_secs(10));
+    assert_eq!(log.matches("rescued a message from Junk").count(), 1, "{log}");
 }
 
 #[test]

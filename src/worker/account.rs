@@ -173,18 +173,22 @@ async fn serve(
         if inbox.gateway.is_none() {
             inbox.gateway = identity.filter(|_| super::gateway::wanted(identity, login));
         }
+        let before = inbox.next_uid;
+        let filter = config.effective_filter();
+        // INBOX first: what the provider just announced is classified, and its push (Delta
+        // Chat's notification above all) leaves, before Junk costs two round trips.
+        inbox.process_new(&mut up, filter).await?;
         if let Some(junk) = junk.as_mut().filter(|_| rescues(shared, account)) {
             // Rescued chat mail goes where the chat client looks; in INBOX it is new mail below.
             let target = if config.effective_filter() == Filter::Active { inbox.chats.clone() } else { "INBOX".into() };
             junk.check(shared, identity, login, &mut up, &target).await?;
             // Mail delivered to INBOX while Junk was looked at may be in no view a FETCH reads
             // (its `* n EXISTS` went by with the STATUS, and IDLE does not report it again):
-            // a NOOP brings the view up to date, as after IDLE.
+            // a NOOP brings the view up to date, and what it brought, or what was rescued to
+            // INBOX, is classified now rather than after the next IDLE.
             up.command(b"NOOP\r\n").await?;
+            inbox.process_new(&mut up, filter).await?;
         }
-        let before = inbox.next_uid;
-        let filter = config.effective_filter();
-        inbox.process_new(&mut up, filter).await?;
         if filter == Filter::Seen {
             inbox.move_seen(&mut up).await?;
         }
@@ -214,9 +218,10 @@ async fn serve(
             }
             next_poll
         });
-        // Where INBOX is watched SELECTed (imap4d), a poll SELECTs it again: imap4d's NOOP never
-        // reports mail in an INBOX that was pristine (a Maildir that never held mail) when
-        // SELECTed.
+        // Where INBOX is watched SELECTed (imap4d), a poll SELECTs it again: imap4d's NOOP
+        // rescans the Maildir only when the directory's mtime, in whole seconds, differs from
+        // what its last scan saw, so mail that lands in the same second as the change before
+        // that scan is never reported to the session; a SELECT always rescans.
         let poll_with: &[u8] = if profile.examine_uids_stable { b"NOOP\r\n" } else { b"SELECT INBOX\r\n" };
         look_began = wait_for_change(&mut up, account, config_rx, renew, poll.map(|at| (at, poll_with))).await?;
     }
@@ -629,6 +634,8 @@ async fn wait_for_change(
     up.conn.write(format!("{tag} IDLE\r\n").as_bytes()).await.map_err(|e| network(up, e))?;
     // News that comes before the continuation counts too (the provider syncs as IDLE starts).
     let mut changed = false;
+    // New mail announced (`* n EXISTS`): the session's view holds it already.
+    let mut announced = false;
     loop {
         let resp = up.read_response().await?;
         if resp.starts_with(b"+") {
@@ -641,11 +648,13 @@ async fn wait_for_change(
             });
         }
         changed |= is_mailbox_change(&resp);
+        announced |= is_new_mail(&resp);
     }
     let deadline = tokio::time::Instant::now() + renew;
     while !changed {
         while let Some(resp) = up.conn.try_message() {
             changed |= is_mailbox_change(&resp);
+            announced |= is_new_mail(&resp);
         }
         if changed {
             break;
@@ -662,12 +671,25 @@ async fn wait_for_change(
         }
     }
     up.conn.write(b"DONE\r\n").await.map_err(|e| network(up, e))?;
-    up.read_tagged(&tag).await?;
-    // The end of IDLE does not bring the mailbox up to date (Dovecot syncs a session's view at
-    // the end of a command, and a FETCH sees only what the view has): a NOOP does.
     let began = Instant::now();
-    up.command(b"NOOP\r\n").await?;
+    up.read_tagged(&tag).await?;
+    // An IDLE that ended without news does not bring the mailbox up to date (Dovecot syncs a
+    // session's view at the end of a command, and a FETCH sees only what the view has): a NOOP
+    // does. After an EXISTS the view has the new mail already, and a NOOP's round trip would
+    // only delay its classification and push.
+    if !announced {
+        up.command(b"NOOP\r\n").await?;
+    }
     Ok(began)
+}
+
+/// `* n EXISTS`: new mail in the session's view.
+fn is_new_mail(resp: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&resp[..resp.len().min(32)]).to_ascii_uppercase();
+    let mut words = text.split_whitespace();
+    words.next() == Some("*")
+        && words.next().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        && words.next() == Some("EXISTS")
 }
 
 fn network(up: &Upstream, e: std::io::Error) -> OwnWorkError {
@@ -744,5 +766,9 @@ mod tests {
         assert!(is_mailbox_change(b"* 4 EXISTS\r\n"));
         assert!(is_mailbox_change(b"* 2 FETCH (FLAGS (\\Seen))\r\n"));
         assert!(!is_mailbox_change(b"* OK Still here\r\n"));
+        // Only an EXISTS spares the NOOP after IDLE: flags and expunges bring no new mail.
+        assert!(is_new_mail(b"* 4 EXISTS\r\n") && is_new_mail(b"* 12 exists\r\n"));
+        assert!(!is_new_mail(b"* 2 FETCH (FLAGS (\\Seen))\r\n") && !is_new_mail(b"* 3 EXPUNGE\r\n"));
+        assert!(!is_new_mail(b"* OK [ALERT] 4 EXISTS\r\n") && !is_new_mail(b"a1 OK EXISTS\r\n"));
     }
 }
