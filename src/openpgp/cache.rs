@@ -211,26 +211,67 @@ impl Views {
     /// Keeps the decision for `id` (sealed, on disk, then in memory); the one kept first if
     /// another was (another session, at the same moment).
     fn keep(&self, id: &ViewId, kind: u8, bytes: Vec<u8>) -> Shown {
-        let mut plain = Vec::with_capacity(bytes.len() + 1);
-        plain.push(kind);
-        plain.extend_from_slice(&bytes);
-        let sealed = self.seal.seal(&purpose(id), &plain);
-        match self.store.keep_view(id, sealed).wait() {
-            Ok(true) => {}
-            Ok(false) => {
-                if let Some(first) = self.known(id) {
-                    return first;
+        self.keep_all(vec![(id.clone(), kind, bytes)]).pop().expect("one")
+    }
+
+    /// The views of many UIDs at once (one FETCH): each decided from its original unless it was
+    /// decided already; the new decisions are written together, so they share the store's
+    /// commits instead of waiting for one each. Blocking: call off the runtime.
+    pub fn views_blocking(&self, messages: Vec<(ViewId, Option<Vec<u8>>)>) -> Vec<Shown> {
+        let mut shown: Vec<Option<Shown>> = Vec::with_capacity(messages.len());
+        let mut new = Vec::new();
+        for (i, (id, original)) in messages.into_iter().enumerate() {
+            match (self.known(&id), original) {
+                (Some(known), _) => shown.push(Some(known)),
+                (None, Some(original)) => {
+                    let (kind, bytes) = decide(&original, &self.keys.secret_keys(&id.account));
+                    shown.push(None);
+                    new.push((i, (id, kind, bytes)));
                 }
+                // Gone meanwhile (expunged): the provider's answer, whatever it is.
+                (None, None) => shown.push(Some(Shown::Original)),
             }
-            // Served anyway; decided again (identically, the render is deterministic) later.
-            Err(e) => warn!(uid = id.uid, "cannot keep a view: {e}"),
         }
-        let shown = match kind {
-            KIND_ORIGINAL => Shown::Original,
-            _ => Shown::View { view: Arc::new(MessageView::new(bytes)), decrypted: kind == KIND_DECRYPTED },
-        };
-        self.memory.lock().expect("views").put(id.clone(), shown.clone());
-        shown
+        let (at, decided): (Vec<usize>, Vec<_>) = new.into_iter().unzip();
+        for (i, decision) in at.into_iter().zip(self.keep_all(decided)) {
+            shown[i] = Some(decision);
+        }
+        shown.into_iter().map(|s| s.unwrap_or(Shown::Original)).collect()
+    }
+
+    /// [`Views::keep`] for many: every write submitted first, then each awaited.
+    fn keep_all(&self, decided: Vec<(ViewId, u8, Vec<u8>)>) -> Vec<Shown> {
+        let pending: Vec<_> = decided
+            .iter()
+            .map(|(id, kind, bytes)| {
+                let mut plain = Vec::with_capacity(bytes.len() + 1);
+                plain.push(*kind);
+                plain.extend_from_slice(bytes);
+                self.store.keep_view(id, self.seal.seal(&purpose(id), &plain))
+            })
+            .collect();
+        decided
+            .into_iter()
+            .zip(pending)
+            .map(|((id, kind, bytes), pending)| {
+                match pending.wait() {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if let Some(first) = self.known(&id) {
+                            return first;
+                        }
+                    }
+                    // Served anyway; decided again (identically, the render is deterministic) later.
+                    Err(e) => warn!(uid = id.uid, "cannot keep a view: {e}"),
+                }
+                let shown = match kind {
+                    KIND_ORIGINAL => Shown::Original,
+                    _ => Shown::View { view: Arc::new(MessageView::new(bytes)), decrypted: kind == KIND_DECRYPTED },
+                };
+                self.memory.lock().expect("views").put(id, shown.clone());
+                shown
+            })
+            .collect()
     }
 
     /// Forgets what is kept for other incarnations of a mailbox (UIDVALIDITY changed).

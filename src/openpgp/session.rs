@@ -420,17 +420,20 @@ impl ViewSession {
         }
         let views = self.views.clone();
         let decided = tokio::task::spawn_blocking(move || {
-            ids.iter()
+            let mut originals = originals;
+            let messages = ids
+                .into_iter()
                 .zip(known)
-                .map(|(id, known)| match known {
-                    Some(shown) => shown,
-                    None => match originals.iter().find(|(uid, _)| *uid == id.uid) {
-                        Some((_, original)) => views.view_blocking(id, original),
-                        // Gone meanwhile (expunged): the provider's answer, whatever it is.
-                        None => Shown::Original,
-                    },
+                .map(|(id, known)| {
+                    // Known ones need no original; the others take theirs (if not expunged meanwhile).
+                    let original = match known {
+                        Some(_) => None,
+                        None => originals.iter().position(|(uid, _)| *uid == id.uid).map(|at| originals.swap_remove(at).1),
+                    };
+                    (id, original)
                 })
-                .collect::<Vec<_>>()
+                .collect();
+            views.views_blocking(messages)
         })
         .await
         .map_err(|e| ProviderError::Connection(Box::new(e)))?;
