@@ -140,6 +140,10 @@ impl ViewSession {
         }
         // The provider's items (flags, dates, UID) and the message numbers of the encrypted ones.
         let mut provider_items: Vec<String> = vec!["UID".into()];
+        // The `\Seen` this fetch set is told, as the provider tells it for the others.
+        if request.items.iter().any(Item::sets_seen) {
+            provider_items.push("FLAGS".into());
+        }
         for item in &request.items {
             if let Item::Other(name) = item
                 && !provider_items.contains(name)

@@ -62,6 +62,7 @@ def read(box):
 
 out["sent"] = read("Sent")
 out["drafts"] = read("Drafts")
+imap.select("Sent")
 typ, data = imap.uid("SEARCH", None, "BODY", '"old mill"')
 out["search"] = data[0].decode().split()
 sent_uid = out["appended"]["sent"]["uid"][1]
