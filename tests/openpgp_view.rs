@@ -232,6 +232,12 @@ async fn plain_client_reads_encrypted_mail_consistently() {
             ("SEARCH NOT SEEN SUBJECT multi", "* SEARCH 2\r\n"),
             ("UID SEARCH BODY \"BEGIN PGP MESSAGE\"", "* SEARCH 3\r\n"),
             ("UID SEARCH TEXT \"not encrypted\" UID 4:*", "* SEARCH 4\r\n"),
+            (
+                "UID SEARCH RETURN (MIN MAX COUNT ALL) BODY \"Hello Bob\"",
+                "* ESEARCH (TAG \"q\") UID MIN 1 MAX 2 COUNT 2 ALL 1:2\r\n",
+            ),
+            ("SEARCH RETURN (COUNT) OR SUBJECT multi SUBJECT ordinary", "* ESEARCH (TAG \"q\") COUNT 2\r\n"),
+            ("UID SEARCH RETURN () BODY nowhere", "* ESEARCH (TAG \"q\") UID\r\n"),
         ] {
             let answer =
                 session.handle(format!("q {program}\r\n").into_bytes(), &mut up, &mut ReplyOut::collect()).await;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use super::cache::{Shown, Views};
-use crate::imap::wire::command::{self, CommandName, Head};
+use crate::imap::wire::command::{self, Arg, CommandName, Head};
 use crate::imap::wire::fetch::{self, Item, Items};
 use crate::imap::wire::message::MessageView;
 use crate::imap::wire::provider::{
@@ -209,7 +209,12 @@ impl ViewSession {
         let Ok(parsed) = command::parse(&[tag.as_bytes(), b" ", rest].concat()) else {
             return relay(rest, provider).await;
         };
-        let program = match super::search::parse(&parsed.args) {
+        // ESEARCH (RFC 4731): the options are answered here, the program judged as any other.
+        let (returns, args) = match search_return(&parsed.args) {
+            Some(split) => split,
+            None => return relay(rest, provider).await,
+        };
+        let program = match super::search::parse(args) {
             Ok(program) => program,
             Err(e) => {
                 debug!("{e}; the provider answers alone");
@@ -226,10 +231,15 @@ impl ViewSession {
         if encrypted.is_empty() {
             return relay(rest, provider).await;
         }
-        // The program as the client wrote it.
+        // The program as the client wrote it, without its RETURN options.
         let program_text = {
             let at = rest.windows(6).position(|w| w.eq_ignore_ascii_case(b"SEARCH")).map_or(0, |i| i + 6);
-            &rest[at..]
+            let program = &rest[at..];
+            let trimmed = program.trim_ascii_start();
+            match trimmed.get(..6).filter(|w| w.eq_ignore_ascii_case(b"RETURN")) {
+                Some(_) => &trimmed[trimmed.iter().position(|&b| b == b')').map_or(0, |i| i + 1)..],
+                None => program,
+            }
         };
         let answer = match provider.run(&[by.as_bytes(), program_text].concat(), &[b"* SEARCH"]).await {
             Ok(reply) => reply,
@@ -292,11 +302,16 @@ impl ViewSession {
             }
         }
         found.sort_unstable();
-        let mut line = String::from("* SEARCH");
-        for n in &found {
-            line.push_str(&format!(" {n}"));
-        }
-        line.push_str("\r\n");
+        let line = match returns {
+            Some(options) => esearch(tag, parsed.uid, &options, &found),
+            None => {
+                let mut line = String::from("* SEARCH");
+                for n in &found {
+                    line.push_str(&format!(" {n}"));
+                }
+                line + "\r\n"
+            }
+        };
         untagged.push(line.into_bytes());
         Reply { untagged, status: answer.status }
     }
@@ -539,6 +554,54 @@ impl FetchRequest {
     }
 }
 
+/// The `RETURN (…)` options of an extended SEARCH (RFC 4731) and the arguments after them:
+/// `(None, args)` without them; `None` for options only the provider can answer (`SAVE`,
+/// `PARTIAL`, …), which then answers alone.
+fn search_return(args: &[Arg]) -> Option<(Option<Vec<String>>, &[Arg])> {
+    let [Arg::Atom(word), Arg::List(options), rest @ ..] = args else { return Some((None, args)) };
+    if !word.eq_ignore_ascii_case("RETURN") {
+        return Some((None, args));
+    }
+    let mut asked = Vec::new();
+    for option in options {
+        let Arg::Atom(name) = option else { return None };
+        let name = name.to_ascii_uppercase();
+        if !["MIN", "MAX", "COUNT", "ALL"].contains(&name.as_str()) {
+            return None;
+        }
+        asked.push(name);
+    }
+    if asked.is_empty() {
+        asked.push("ALL".into());
+    }
+    Some((Some(asked), rest))
+}
+
+/// The `* ESEARCH` answer (RFC 4731) for the sorted `found`: MIN, MAX and ALL only when
+/// something was found, COUNT always.
+fn esearch(tag: &str, uid: bool, options: &[String], found: &[u32]) -> String {
+    let mut line = format!("* ESEARCH (TAG \"{tag}\")");
+    if uid {
+        line.push_str(" UID");
+    }
+    let asked = |name: &str| options.iter().any(|o| o == name);
+    if let (Some(min), Some(max)) = (found.first(), found.last()) {
+        if asked("MIN") {
+            line.push_str(&format!(" MIN {min}"));
+        }
+        if asked("MAX") {
+            line.push_str(&format!(" MAX {max}"));
+        }
+    }
+    if asked("COUNT") {
+        line.push_str(&format!(" COUNT {}", found.len()));
+    }
+    if asked("ALL") && !found.is_empty() {
+        line.push_str(&format!(" ALL {}", uid_set(found)));
+    }
+    line + "\r\n"
+}
+
 /// An APPEND of one message, parsed from the command after its tag.
 struct AppendRequest<'a> {
     /// `APPEND mailbox [flags] [date] ` (everything before the literal).
@@ -674,6 +737,22 @@ mod tests {
         assert!(!r.uid && !r.items.iter().all(Item::is_content));
         assert!(FetchRequest::parse(b"UID STORE 1 +FLAGS (\\Seen)\r\n").is_none());
         assert!(FetchRequest::parse(b"FETCH $ (FLAGS)\r\n").is_none(), "search results are the provider's");
+    }
+
+    #[test]
+    fn extended_search_answers() {
+        let parsed = command::parse(b"t UID SEARCH RETURN (MIN COUNT) BODY x\r\n").unwrap();
+        let (options, rest) = search_return(&parsed.args).unwrap();
+        assert_eq!((options.unwrap(), rest.len()), (vec!["MIN".to_string(), "COUNT".to_string()], 2));
+        let parsed = command::parse(b"t SEARCH RETURN () ALL\r\n").unwrap();
+        assert_eq!(search_return(&parsed.args).unwrap().0.unwrap(), ["ALL"]);
+        let parsed = command::parse(b"t SEARCH RETURN (SAVE) ALL\r\n").unwrap();
+        assert!(search_return(&parsed.args).is_none(), "the provider's");
+        let parsed = command::parse(b"t SEARCH BODY x\r\n").unwrap();
+        assert!(search_return(&parsed.args).unwrap().0.is_none());
+        let all = ["MIN", "MAX", "COUNT", "ALL"].map(String::from);
+        assert_eq!(esearch("t", true, &all, &[2, 3, 4, 9]), "* ESEARCH (TAG \"t\") UID MIN 2 MAX 9 COUNT 4 ALL 2:4,9\r\n");
+        assert_eq!(esearch("t", false, &all, &[]), "* ESEARCH (TAG \"t\") COUNT 0\r\n");
     }
 
     #[test]
