@@ -296,23 +296,7 @@ fn daemon_serves_views_to_plain_clients_and_originals_to_chat_clients() {
     p.deliver("x@example.org", &bob_login, big.as_bytes());
 
     let state = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let toml = format!(
-        "state_dir = {:?}\n[upstream]\nimap = \"imap://127.0.0.1:{}\"\n[listen]\nimap = \"127.0.0.1:{port}\"\n",
-        state.path().display().to_string(),
-        p.imap_port
-    );
-    let config = coi_proxy::config::Config::parse(&toml, &state.path().join("proxy.toml")).unwrap();
-    let keys: Arc<dyn SecretKeys> = Arc::new(Keys(vec![bob.clone()]));
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let _ = runtime.block_on(coi_proxy::app::run_with(config, None, Some(keys)));
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the daemon did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let port = daemon(state.path(), &p, "", Arc::new(Keys(vec![bob.clone()])));
 
     let plain = imaplib(port, &bob_login, &p.password, None);
     let caps: Vec<&str> = plain["caps"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
@@ -376,23 +360,8 @@ fn imaptest_finds_no_inconsistency_in_views() {
     std::fs::write(&mbox, text).unwrap();
 
     let state = dir.path().join("state");
-    let port = free_port();
-    let toml = format!(
-        "state_dir = {:?}\n[upstream]\nimap = \"imap://127.0.0.1:{}\"\n[listen]\nimap = \"127.0.0.1:{port}\"\n",
-        state.display().to_string(),
-        p.imap_port
-    );
-    let config = coi_proxy::config::Config::parse(&toml, &dir.path().join("proxy.toml")).unwrap();
-    let keys: Arc<dyn SecretKeys> = Arc::new(Keys(vec![key]));
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let _ = runtime.block_on(coi_proxy::app::run_with(config, None, Some(keys)));
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the daemon did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    std::fs::create_dir(&state).unwrap();
+    let port = daemon(&state, &p, "", Arc::new(Keys(vec![key])));
     let out = std::process::Command::new(bin)
         .arg("host=127.0.0.1")
         .arg(format!("port={port}"))
