@@ -514,3 +514,34 @@ fn reading_encrypted_mail_through_the_view_sends_read_receipts() {
     assert_eq!(mdns_about(&alice_inbox, "fetched@example.org"), 1);
     assert_eq!(mdns_about(&alice_inbox, "stored@example.org"), 1);
 }
+
+/// Delta Chat 2.65's own mail (captured, tests/fixtures/deltachat: a 1:1 message and the first
+/// message of a group) delivered to bob, whose key is the one his Delta Chat exported: a plain
+/// client reads both in clear through the daemon, with the protected Subject; a chat client
+/// gets them as stored.
+#[test]
+fn delta_chat_mail_is_read_in_clear_by_a_plain_client() {
+    let fixture = |name: &str| std::fs::read(format!("{}/tests/fixtures/deltachat/{name}", env!("CARGO_MANIFEST_DIR")));
+    let p = Provider::start();
+    let bob_login = support::mailbox::BOB;
+    let bob = AccountKey::import_armored(&fixture("bob-secret.asc").unwrap(), bob_login, None).unwrap();
+    p.deliver("alice@example.org", bob_login, &fixture("one-to-one.eml").unwrap());
+    p.deliver("alice@example.org", bob_login, &fixture("group.eml").unwrap());
+    let state = tempfile::tempdir().unwrap();
+    let port = daemon(state.path(), &p, "", Arc::new(Keys(vec![Arc::new(bob)])));
+
+    let plain = imaplib(port, bob_login, &p.password, None);
+    let messages = plain["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{plain}");
+    for (m, subject, text) in
+        [(&messages[0], "Message from Alice", "Hello Bob, this is Alice."), (&messages[1], "Team", "Hello Team!")]
+    {
+        assert_eq!(m["subject"], subject, "{m}");
+        assert!(m["text"].as_str().unwrap().contains(text), "{m}");
+        assert_eq!(m["encrypted"], false);
+        assert_eq!(m["size"], m["body_len"], "RFC822.SIZE agrees with BODY[]");
+    }
+    assert_eq!(plain["search"], serde_json::json!(["1"]), "SEARCH BODY \"Hello Bob\" over the clear text");
+    let chat = imaplib(port, bob_login, &p.password, Some("Delta Chat"));
+    assert!(chat["messages"].as_array().unwrap().iter().all(|m| m["encrypted"] == true), "{chat}");
+}
