@@ -181,7 +181,10 @@ fn main() {
         clear_direct.push(fetch(provider.imap_port, "Clear", "(BODY.PEEK[])").0);
     }
     let (cached, clear_proxy, clear_direct) = (median(&cached), median(&clear_proxy), median(&clear_direct));
-    println!("FETCH of {BODIES} x {} KB bodies (UID FETCH 1:* (BODY.PEEK[])), medians of {rounds} rounds:", BODY_SIZE / 1024);
+    println!(
+        "FETCH of {BODIES} x {} KB bodies (UID FETCH 1:* (BODY.PEEK[])), medians of {rounds} rounds:",
+        BODY_SIZE / 1024
+    );
     println!("  unencrypted, direct            {:>8.3} s", clear_direct);
     println!("  unencrypted, through the proxy {:>8.3} s", clear_proxy);
     println!(
@@ -206,7 +209,10 @@ fn main() {
         mix_direct.push(fetch(provider.imap_port, "Mix", HEADER_ITEMS).0);
     }
     let (mix_proxy, plain_proxy, mix_direct) = (median(&mix_proxy), median(&plain_proxy), median(&mix_direct));
-    println!("Header list of {HEADERS} messages, {} encrypted (Outlook's items), medians of {rounds} rounds:", HEADERS / 10);
+    println!(
+        "Header list of {HEADERS} messages, {} encrypted (Outlook's items), medians of {rounds} rounds:",
+        HEADERS / 10
+    );
     println!("  mixed mailbox, direct              {:>8.3} s", mix_direct);
     println!("  all unencrypted, through the proxy {:>8.3} s", plain_proxy);
     println!("  mixed, through the proxy, first    {:>8.3} s   ratio to direct {:.3}", first, mix_direct / first);

@@ -17,8 +17,8 @@ use coi_proxy::imap::wire::fetch::parse_response;
 use coi_proxy::imap::wire::provider::{ALL, Interceptor, ProviderCommands, ReplyOut};
 use coi_proxy::openpgp::autocrypt::PreferEncrypt;
 use coi_proxy::openpgp::cache::{DEFAULT_BUDGET, SecretKeys, Views};
-use coi_proxy::openpgp::encrypt::{Options, encrypt};
 use coi_proxy::openpgp::decrypt::{NoKeys, decrypt};
+use coi_proxy::openpgp::encrypt::{Options, encrypt};
 use coi_proxy::openpgp::key::AccountKey;
 use coi_proxy::openpgp::peer::{Peer, verify};
 use coi_proxy::openpgp::session::ViewSession;
@@ -414,7 +414,8 @@ fn own_copies_are_stored_encrypted_and_views_follow_copy_and_move() {
     let (draft_uid, draft) = appended("draft");
     let (clear_uid, clear) = appended("clear");
     // Through the proxy: each exactly as appended, its size with it.
-    for (box_, uid, bytes) in [("sent", &sent_uid, &sent), ("drafts", &draft_uid, &draft), ("sent", &clear_uid, &clear)] {
+    for (box_, uid, bytes) in [("sent", &sent_uid, &sent), ("drafts", &draft_uid, &draft), ("sent", &clear_uid, &clear)]
+    {
         let m = &seen[box_][uid.as_str()];
         assert_eq!(m["body"].as_str(), Some(bytes.as_str()), "{box_} {uid}: {seen}");
         assert_eq!(m["size"].as_u64(), Some(bytes.len() as u64));
@@ -484,11 +485,9 @@ fn reading_encrypted_mail_through_the_view_sends_read_receipts() {
     for id in ["fetched", "stored"] {
         let clear = message(&alice, &bob_login, id, "Content-Type: text/plain; charset=utf-8\r\n\r\nread me\r\n");
         let encrypted = encrypt(&clear, &alice, &to_bob, &opts).unwrap();
-        let asking = [
-            b"Chat-Version: 1.0\r\nChat-Disposition-Notification-To: alice@example.org\r\n".as_slice(),
-            &encrypted,
-        ]
-        .concat();
+        let asking =
+            [b"Chat-Version: 1.0\r\nChat-Disposition-Notification-To: alice@example.org\r\n".as_slice(), &encrypted]
+                .concat();
         p.deliver("alice@example.org", &bob_login, &asking);
     }
     let state = tempfile::tempdir().unwrap();

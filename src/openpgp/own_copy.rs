@@ -50,10 +50,13 @@ pub fn own_copy(
     if recipients.is_empty() {
         return Ok(None);
     }
-    let peers: Vec<(String, Option<Peer>)> = recipients.into_iter().map(|a| {
-        let peer = known(&a);
-        (a, peer)
-    }).collect();
+    let peers: Vec<(String, Option<Peer>)> = recipients
+        .into_iter()
+        .map(|a| {
+            let peer = known(&a);
+            (a, peer)
+        })
+        .collect();
     let view: Vec<(&str, Option<&Peer>)> = peers.iter().map(|(a, p)| (a.as_str(), p.as_ref())).collect();
     match decide(&view) {
         Decision::Encrypt(_) | Decision::Refuse { .. } => {
@@ -85,7 +88,9 @@ mod tests {
         let known = |addr: &str| (addr == "alice@example.org").then(|| alice_peer.clone());
         let copy = own_copy(&draft("bob@example.org", "Alice <Alice@example.org>"), &bob, &known, 0).unwrap().unwrap();
         let text = String::from_utf8_lossy(&copy);
-        assert!(text.contains("multipart/encrypted") && !text.contains("the clear text") && !text.contains("secret plan"));
+        assert!(
+            text.contains("multipart/encrypted") && !text.contains("the clear text") && !text.contains("secret plan")
+        );
         let clear = decrypt(&copy, &bob, &NoKeys).unwrap();
         assert!(String::from_utf8_lossy(&clear.inner).contains("the clear text"));
         assert!(decrypt(&copy, &alice, &NoKeys).is_err(), "encrypted to the account only");

@@ -336,7 +336,8 @@ impl ViewSession {
             Err(e) => {
                 // Never the clear text of an encrypted conversation at the provider.
                 warn!("cannot encrypt an appended copy: {e}");
-                let status = format!("NO [CANNOT] coi-proxy could not encrypt this copy of an encrypted conversation: {e}\r\n");
+                let status =
+                    format!("NO [CANNOT] coi-proxy could not encrypt this copy of an encrypted conversation: {e}\r\n");
                 return Reply { untagged: Vec::new(), status: status.into_bytes() };
             }
         };
@@ -366,7 +367,8 @@ impl ViewSession {
             Ok(None) => return relay(rest, provider).await,
             Err(e) => return failed(&e),
         };
-        let target = command::parse(&[b"x ", rest].concat()).ok().and_then(|c| c.args.get(1)?.astring().map(mailbox_name));
+        let target =
+            command::parse(&[b"x ", rest].concat()).ok().and_then(|c| c.args.get(1)?.astring().map(mailbox_name));
         // MOVE says COPYUID untagged, before its EXPUNGEs (which go on to the client as they come).
         let capture: &[&[u8]] = if moving { &[b"* OK [COPYUID "] } else { &[] };
         let reply = match provider.run(rest, capture).await {
@@ -447,7 +449,9 @@ impl ViewSession {
                     // Known ones need no original; the others take theirs (if not expunged meanwhile).
                     let original = match known {
                         Some(_) => None,
-                        None => originals.iter().position(|(uid, _)| *uid == id.uid).map(|at| originals.swap_remove(at).1),
+                        None => {
+                            originals.iter().position(|(uid, _)| *uid == id.uid).map(|at| originals.swap_remove(at).1)
+                        }
                     };
                     (id, original)
                 })
@@ -489,7 +493,9 @@ impl Interceptor for ViewSession {
             CommandName::Search => self.has_mailbox(),
             CommandName::Copy | CommandName::Move => self.has_mailbox(),
             // Up to what a session hands an interceptor; a larger copy goes as it came.
-            CommandName::Append => !uid && AppendRequest::literal_len(line).is_some_and(|n| n + line.len() + 2 <= MAX_INTERCEPTED),
+            CommandName::Append => {
+                !uid && AppendRequest::literal_len(line).is_some_and(|n| n + line.len() + 2 <= MAX_INTERCEPTED)
+            }
             CommandName::Fetch => {
                 self.has_mailbox()
                     && FetchRequest::parse(rest_of(line)).is_some_and(|r| r.items.iter().any(Item::is_content))
@@ -751,7 +757,10 @@ mod tests {
         let parsed = command::parse(b"t SEARCH BODY x\r\n").unwrap();
         assert!(search_return(&parsed.args).unwrap().0.is_none());
         let all = ["MIN", "MAX", "COUNT", "ALL"].map(String::from);
-        assert_eq!(esearch("t", true, &all, &[2, 3, 4, 9]), "* ESEARCH (TAG \"t\") UID MIN 2 MAX 9 COUNT 4 ALL 2:4,9\r\n");
+        assert_eq!(
+            esearch("t", true, &all, &[2, 3, 4, 9]),
+            "* ESEARCH (TAG \"t\") UID MIN 2 MAX 9 COUNT 4 ALL 2:4,9\r\n"
+        );
         assert_eq!(esearch("t", false, &all, &[]), "* ESEARCH (TAG \"t\") COUNT 0\r\n");
     }
 

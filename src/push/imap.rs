@@ -15,7 +15,6 @@ pub struct Fetched {
     pub text: Option<Vec<u8>>,
 }
 
-
 /// Reads a `* n FETCH (…)` response. Literal contents are skipped as a whole, so header text
 /// that looks like `UID 5` is never mistaken for an attribute.
 pub fn parse_fetch(resp: &[u8]) -> Option<Fetched> {
