@@ -467,9 +467,10 @@ fn own_copies_are_stored_encrypted_and_views_follow_copy_and_move() {
 
 /// Read receipts (issue 22) for encrypted mail read through the view: a non-PEEK FETCH of an
 /// encrypted message (whose `\Seen` the view sets with a command of its own) and a `STORE
-/// +FLAGS \Seen` on one each send the sender exactly the receipt a clear message would get.
-/// The requests are in the outer header here (as older Delta Chat versions and other OpenPGP
-/// mailers write them).
+/// +FLAGS \Seen` on one each send the sender exactly the receipt a clear message would get,
+/// whether the request is in the outer header (older Delta Chat versions, other OpenPGP
+/// mailers) or only inside the encryption (Delta Chat 2.65), where the view's clear header
+/// is read.
 #[test]
 fn reading_encrypted_mail_through_the_view_sends_read_receipts() {
     use support::imap_client::ImapClient;
@@ -490,6 +491,17 @@ fn reading_encrypted_mail_through_the_view_sends_read_receipts() {
                 .concat();
         p.deliver("alice@example.org", &bob_login, &asking);
     }
+    // As Delta Chat 2.65 asks: inside the encryption only.
+    let inside = message(
+        &alice,
+        &bob_login,
+        "inside",
+        "Chat-Version: 1.0\r\nChat-Disposition-Notification-To: alice@example.org\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nread me too\r\n",
+    );
+    let encrypted = encrypt(&inside, &alice, &to_bob, &opts).unwrap();
+    assert!(!String::from_utf8_lossy(&encrypted).contains("Disposition-Notification"), "asked inside only");
+    p.deliver("alice@example.org", &bob_login, &encrypted);
     let state = tempfile::tempdir().unwrap();
     let extra = format!("smtp = \"127.0.0.1:0\"\n[[account]]\nlogin = \"{bob_login}\"\nread_receipts = true\n");
     let port = daemon(state.path(), &p, &extra, Arc::new(Keys(vec![bob.clone()])));
@@ -506,12 +518,19 @@ fn reading_encrypted_mail_through_the_view_sends_read_receipts() {
     wait_for_inbox(p.imap_port, "alice@example.org", &p.password, Duration::from_secs(30), |m| {
         mdns_about(m, "stored@example.org") > 0
     });
+    // The request inside the encryption is read from the view.
+    let fetched = plain.expect_ok("h UID FETCH 3 (BODY[])").join("\n");
+    assert!(fetched.contains("read me too"), "{fetched}");
+    wait_for_inbox(p.imap_port, "alice@example.org", &p.password, Duration::from_secs(30), |m| {
+        mdns_about(m, "inside@example.org") > 0
+    });
     // Read again: no second receipt.
-    plain.expect_ok("g UID FETCH 1:2 (BODY[TEXT])");
+    plain.expect_ok("g UID FETCH 1:3 (BODY[TEXT])");
     std::thread::sleep(Duration::from_secs(2));
     let alice_inbox = inbox(p.imap_port, "alice@example.org", &p.password);
-    assert_eq!(mdns_about(&alice_inbox, "fetched@example.org"), 1);
-    assert_eq!(mdns_about(&alice_inbox, "stored@example.org"), 1);
+    for id in ["fetched@example.org", "stored@example.org", "inside@example.org"] {
+        assert_eq!(mdns_about(&alice_inbox, id), 1, "{id}");
+    }
 }
 
 /// Delta Chat 2.65's own mail (captured, tests/fixtures/deltachat: a 1:1 message and the first

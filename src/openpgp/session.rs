@@ -124,18 +124,14 @@ impl ViewSession {
             }
         }
         let mut out = Vec::new();
+        let mut seen_set = false;
         if request.items.iter().any(Item::sets_seen) {
             let store = if request.uid { "UID STORE" } else { "STORE" };
             // Fails harmlessly on a mailbox opened with EXAMINE.
             let line = format!("{store} {} +FLAGS.SILENT (\\Seen)\r\n", uid_set(&encrypted));
             match provider.run(line.as_bytes(), &[]).await {
                 Err(e) => return failed(&e),
-                Ok(reply) if reply.ok() => {
-                    if let Some(seen_changed) = &self.seen_changed {
-                        seen_changed();
-                    }
-                }
-                Ok(_) => {}
+                Ok(reply) => seen_set = reply.ok(),
             }
         }
         // The provider's items (flags, dates, UID) and the message numbers of the encrypted ones.
@@ -192,6 +188,11 @@ impl ViewSession {
             if let Err(e) = provider.run(line.as_bytes(), &[]).await {
                 return failed(&e);
             }
+        }
+        // Told once the views are decided: read receipts read a request inside the encryption
+        // from them.
+        if seen_set && let Some(seen_changed) = &self.seen_changed {
+            seen_changed();
         }
         let status = status.unwrap_or(reply).status;
         Reply { untagged: vec![out], status }
