@@ -563,3 +563,50 @@ fn delta_chat_mail_is_read_in_clear_by_a_plain_client() {
     let chat = imaplib(port, bob_login, &p.password, Some("Delta Chat"));
     assert!(chat["messages"].as_array().unwrap().iter().all(|m| m["encrypted"] == true), "{chat}");
 }
+
+/// More encrypted mail than the session reads whole for one of its own commands (4 MiB): the
+/// first FETCH decides every view (the originals are read in batches), so it agrees with the
+/// second byte for byte. Before, the originals past 4 MiB were dropped and those messages shown
+/// encrypted once, decrypted afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_fetch_of_much_encrypted_mail_agrees_with_the_next() {
+    let p = Provider::start();
+    let bob_login = support::mailbox::BOB;
+    let alice = AccountKey::generate("alice@example.org").unwrap();
+    let bob = Arc::new(AccountKey::generate(bob_login).unwrap());
+    let to_bob = vec![(bob_login.to_string(), bob.public_key().clone())];
+    let opts = Options::mail(PreferEncrypt::Mutual, 0);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..24 {
+        // Incompressible text, so each encrypted message is about 300 KB.
+        let mut text = String::new();
+        while text.len() < 220_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            text.push_str(&format!("{seed:016x}"));
+            if text.len() % 80 == 64 {
+                text.push_str("\r\n");
+            }
+        }
+        let clear = message(&alice, bob_login, &format!("big-{i}"), &format!("Content-Type: text/plain\r\n\r\n{text}\r\n"));
+        p.deliver("alice@example.org", bob_login, &encrypt(&clear, &alice, &to_bob, &opts).unwrap());
+    }
+    let mut up = connect(&p, bob_login).await;
+    let dir = tempfile::tempdir().unwrap();
+    let views = Arc::new(Views::new(
+        Store::open(dir.path()).unwrap(),
+        Arc::new(SealKey::generate()),
+        Arc::new(Keys(vec![bob])),
+        DEFAULT_BUDGET,
+    ));
+    let mut session = ViewSession::new(views, bob_login, Arc::new(|| true));
+    assert!(!session.wants_command(CommandName::Select, false, b"s SELECT INBOX\r\n"));
+    assert!(up.run(b"SELECT INBOX\r\n", &[]).await.unwrap().ok());
+    let line = b"f UID FETCH 1:* (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n";
+    let first = session.handle(line.to_vec(), &mut up, &mut ReplyOut::collect()).await;
+    let second = session.handle(line.to_vec(), &mut up, &mut ReplyOut::collect()).await;
+    let first_text = String::from_utf8_lossy(&first);
+    assert_eq!(first_text.matches("Subject: big-").count(), 24, "every one decrypted: {first_text}");
+    assert_eq!(first, second, "the first answer is the one that stays");
+}

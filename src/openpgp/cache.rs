@@ -182,6 +182,15 @@ impl Views {
         }
     }
 
+    /// Decides `id` as its original (a message too large to read for a view), unless it was
+    /// decided already. Blocking: call off the runtime.
+    pub fn original_blocking(&self, id: &ViewId) -> Shown {
+        match self.known(id) {
+            Some(shown) => shown,
+            None => self.keep(id, KIND_ORIGINAL, Vec::new()),
+        }
+    }
+
     /// `to` (a copy of `from`'s message: COPY, MOVE) shows what `from` shows, if `from` was
     /// decided and `to` was not; otherwise `to` is decided when first asked for, as any UID.
     /// Blocking: call off the runtime.

@@ -31,6 +31,12 @@ use crate::store::ViewId;
 pub const DROPPED_CAPABILITIES: &[&str] =
     &["-BINARY", "-PREVIEW", "-SNIPPET", "-SORT", "-THREAD", "-CATENATE", "-URLAUTH"];
 
+/// Largest original read for a view, and most bytes of originals read by one command: the
+/// session captures at most 4 MiB of the answer to one of its own commands. A larger
+/// encrypted message is shown as stored, always.
+const MAX_ORIGINAL: u64 = 3 * 1024 * 1024;
+const ORIGINALS_BATCH: u64 = 2 * 1024 * 1024;
+
 /// The search key that finds PGP/MIME messages at the provider.
 const ENCRYPTED_KEY: &str = "HEADER Content-Type \"multipart/encrypted\"";
 
@@ -423,25 +429,60 @@ impl ViewSession {
         let mut originals: Vec<(u32, Vec<u8>)> = Vec::new();
         // Untagged responses that are not about these messages (EXISTS, EXPUNGE) go on.
         let mut passthrough = Vec::new();
+        // Too large to read for a view: shown as stored, for good.
+        let mut too_large: Vec<u32> = Vec::new();
         if !missing.is_empty() {
             let command = if by_uid { "UID FETCH" } else { "FETCH" };
-            let line = format!("{command} {} (UID BODY.PEEK[])\r\n", uid_set(&missing));
+            // Their sizes first: the originals are read in batches the session can capture whole.
+            let line = format!("{command} {} (UID RFC822.SIZE)\r\n", uid_set(&missing));
             let reply = provider.run(line.as_bytes(), FETCHES).await?;
+            let mut batches: Vec<Vec<u32>> = vec![Vec::new()];
+            let mut batch_bytes = 0u64;
             for resp in &reply.untagged {
-                let Some((_, items)) = fetch::parse_response(resp) else {
+                let Some((number, items)) = fetch::parse_response(resp) else {
                     passthrough.push(resp.clone());
                     continue;
                 };
-                let uid =
-                    items.iter().find(|(n, _)| n == "UID").and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
-                let body = items.iter().find(|(n, _)| n == "BODY[]").and_then(|(_, v)| literal_or_string(v));
-                if let (Some(uid), Some(body)) = (uid, body) {
-                    originals.push((uid, body));
+                let value = |name: &str| {
+                    items.iter().find(|(n, _)| n == name).and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                };
+                let (Some(uid), Some(size)) = (value("UID"), value("RFC822.SIZE")) else { continue };
+                let key = if by_uid { uid as u32 } else { number };
+                if size > MAX_ORIGINAL {
+                    too_large.push(uid as u32);
+                    continue;
+                }
+                if batch_bytes + size > ORIGINALS_BATCH && !batches.last().is_some_and(Vec::is_empty) {
+                    batches.push(Vec::new());
+                    batch_bytes = 0;
+                }
+                batch_bytes += size;
+                batches.last_mut().expect("a batch").push(key);
+            }
+            for batch in batches.iter().filter(|b| !b.is_empty()) {
+                let line = format!("{command} {} (UID BODY.PEEK[])\r\n", uid_set(batch));
+                let reply = provider.run(line.as_bytes(), FETCHES).await?;
+                for resp in &reply.untagged {
+                    let Some((_, items)) = fetch::parse_response(resp) else {
+                        passthrough.push(resp.clone());
+                        continue;
+                    };
+                    let uid = items
+                        .iter()
+                        .find(|(n, _)| n == "UID")
+                        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
+                    let body = items.iter().find(|(n, _)| n == "BODY[]").and_then(|(_, v)| literal_or_string(v));
+                    if let (Some(uid), Some(body)) = (uid, body) {
+                        originals.push((uid, body));
+                    }
                 }
             }
         }
         let views = self.views.clone();
         let decided = tokio::task::spawn_blocking(move || {
+            for id in ids.iter().filter(|id| too_large.contains(&id.uid)) {
+                views.original_blocking(id);
+            }
             let mut originals = originals;
             let messages = ids
                 .into_iter()
