@@ -589,7 +589,8 @@ async fn a_first_fetch_of_much_encrypted_mail_agrees_with_the_next() {
                 text.push_str("\r\n");
             }
         }
-        let clear = message(&alice, bob_login, &format!("big-{i}"), &format!("Content-Type: text/plain\r\n\r\n{text}\r\n"));
+        let clear =
+            message(&alice, bob_login, &format!("big-{i}"), &format!("Content-Type: text/plain\r\n\r\n{text}\r\n"));
         p.deliver("alice@example.org", bob_login, &encrypt(&clear, &alice, &to_bob, &opts).unwrap());
     }
     let mut up = connect(&p, bob_login).await;

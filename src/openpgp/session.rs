@@ -444,7 +444,10 @@ impl ViewSession {
                     continue;
                 };
                 let value = |name: &str| {
-                    items.iter().find(|(n, _)| n == name).and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                    items
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
                 };
                 let (Some(uid), Some(size)) = (value("UID"), value("RFC822.SIZE")) else { continue };
                 let key = if by_uid { uid as u32 } else { number };
