@@ -186,6 +186,7 @@ pub async fn run_with(
         shutdown_rx.clone(),
         listeners.alive.clone(),
         identity.clone(),
+        listeners.views.clone(),
     )
     .await?;
     listeners.smtp = smtp;

@@ -18,6 +18,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = response::response_code_number(data, "UIDNEXT");
     let _ = response::list_mailbox_with(data, "\\Junk");
     let _ = response::status_number(data, "UIDNEXT");
+    let _ = response::appenduid(data);
+    let _ = response::copyuid(&[data]);
     let mut quiet = Quiet::new(Verdicts { watching: true, ..Verdicts::default() });
     let t0 = std::time::Instant::now();
     let mut now = t0;

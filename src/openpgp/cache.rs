@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use tracing::warn;
 
 use super::decrypt::DecryptError;
+use super::encrypt::EncryptError;
 use super::key::AccountKey;
+use super::peer::Peer;
 use super::view::{self, View};
 use crate::imap::wire::message::MessageView;
 use crate::seal::SealKey;
@@ -23,11 +25,18 @@ use crate::store::{Store, ViewId};
 /// Default memory budget of all views together.
 pub const DEFAULT_BUDGET: usize = 64 * 1024 * 1024;
 
-/// The account's secret keys, as the key storage holds them (issue 14 connects this).
+/// The account's secret keys, as the key storage holds them (issue 14 connects this), and the
+/// peers it knows (whether a conversation is encrypted, for the copies a client appends).
 pub trait SecretKeys: Send + Sync {
     /// `login`'s secret keys, the current one first; empty when the account has none (its
     /// sessions then see mail as stored).
     fn secret_keys(&self, login: &str) -> Vec<Arc<AccountKey>>;
+
+    /// What `login`'s gateway knows of `addr` (its key, whether verified). Blocking (a store
+    /// read): call off the runtime. None by default: no conversation counts as encrypted.
+    fn known_peer(&self, _login: &str, _addr: &str) -> Option<Peer> {
+        None
+    }
 }
 
 /// What a UID shows.
@@ -160,20 +169,118 @@ impl Views {
         }
         let keys = self.keys.secret_keys(&id.account);
         let (kind, bytes) = decide(original, &keys);
-        let shown = match kind {
-            KIND_ORIGINAL => Shown::Original,
-            _ => Shown::View { view: Arc::new(MessageView::new(bytes.clone())), decrypted: kind == KIND_DECRYPTED },
-        };
-        let mut plain = Vec::with_capacity(bytes.len() + 1);
-        plain.push(kind);
-        plain.extend_from_slice(&bytes);
-        let sealed = self.seal.seal(&purpose(id), &plain);
-        if let Err(e) = self.store.keep_view(id, sealed).wait() {
-            // Served anyway; decided again (identically, the render is deterministic) later.
-            warn!(uid = id.uid, "cannot keep a view: {e}");
+        self.keep(id, kind, bytes)
+    }
+
+    /// Decides `id` as `clear`, the decrypted message (a copy the client appended, whose
+    /// clear text the proxy had before encrypting it), unless it was decided already.
+    /// Blocking: call off the runtime.
+    pub fn seed_blocking(&self, id: &ViewId, clear: Vec<u8>) -> Shown {
+        match self.known(id) {
+            Some(shown) => shown,
+            None => self.keep(id, KIND_DECRYPTED, clear),
         }
-        self.memory.lock().expect("views").put(id.clone(), shown.clone());
-        shown
+    }
+
+    /// Decides `id` as its original (a message too large to read for a view), unless it was
+    /// decided already. Blocking: call off the runtime.
+    pub fn original_blocking(&self, id: &ViewId) -> Shown {
+        match self.known(id) {
+            Some(shown) => shown,
+            None => self.keep(id, KIND_ORIGINAL, Vec::new()),
+        }
+    }
+
+    /// `to` (a copy of `from`'s message: COPY, MOVE) shows what `from` shows, if `from` was
+    /// decided and `to` was not; otherwise `to` is decided when first asked for, as any UID.
+    /// Blocking: call off the runtime.
+    pub fn copy_blocking(&self, from: &ViewId, to: &ViewId) {
+        let Some(shown) = self.known(from) else { return };
+        if self.known(to).is_some() {
+            return;
+        }
+        let (kind, bytes) = match shown {
+            Shown::Original => (KIND_ORIGINAL, Vec::new()),
+            Shown::View { view, decrypted } => {
+                (if decrypted { KIND_DECRYPTED } else { KIND_FAILED }, view.raw().to_vec())
+            }
+        };
+        self.keep(to, kind, bytes);
+    }
+
+    /// The copy of `message` a plain client of `login` appends, to store instead
+    /// ([`super::own_copy`]): `None` to store it as it is (also when the account has no key).
+    /// Blocking (store reads, encryption): call off the runtime.
+    pub fn own_copy_blocking(&self, login: &str, message: &[u8]) -> Result<Option<Vec<u8>>, EncryptError> {
+        let Some(key) = self.keys.secret_keys(login).into_iter().next() else { return Ok(None) };
+        let known = |addr: &str| self.keys.known_peer(login, addr);
+        super::own_copy::own_copy(message, &key, &known, crate::clock::now())
+    }
+
+    /// Keeps the decision for `id` (sealed, on disk, then in memory); the one kept first if
+    /// another was (another session, at the same moment).
+    fn keep(&self, id: &ViewId, kind: u8, bytes: Vec<u8>) -> Shown {
+        self.keep_all(vec![(id.clone(), kind, bytes)]).pop().expect("one")
+    }
+
+    /// The views of many UIDs at once (one FETCH): each decided from its original unless it was
+    /// decided already; the new decisions are written together, so they share the store's
+    /// commits instead of waiting for one each. Blocking: call off the runtime.
+    pub fn views_blocking(&self, messages: Vec<(ViewId, Option<Vec<u8>>)>) -> Vec<Shown> {
+        let mut shown: Vec<Option<Shown>> = Vec::with_capacity(messages.len());
+        let mut new = Vec::new();
+        for (i, (id, original)) in messages.into_iter().enumerate() {
+            match (self.known(&id), original) {
+                (Some(known), _) => shown.push(Some(known)),
+                (None, Some(original)) => {
+                    let (kind, bytes) = decide(&original, &self.keys.secret_keys(&id.account));
+                    shown.push(None);
+                    new.push((i, (id, kind, bytes)));
+                }
+                // Gone meanwhile (expunged): the provider's answer, whatever it is.
+                (None, None) => shown.push(Some(Shown::Original)),
+            }
+        }
+        let (at, decided): (Vec<usize>, Vec<_>) = new.into_iter().unzip();
+        for (i, decision) in at.into_iter().zip(self.keep_all(decided)) {
+            shown[i] = Some(decision);
+        }
+        shown.into_iter().map(|s| s.unwrap_or(Shown::Original)).collect()
+    }
+
+    /// [`Views::keep`] for many: every write submitted first, then each awaited.
+    fn keep_all(&self, decided: Vec<(ViewId, u8, Vec<u8>)>) -> Vec<Shown> {
+        let pending: Vec<_> = decided
+            .iter()
+            .map(|(id, kind, bytes)| {
+                let mut plain = Vec::with_capacity(bytes.len() + 1);
+                plain.push(*kind);
+                plain.extend_from_slice(bytes);
+                self.store.keep_view(id, self.seal.seal(&purpose(id), &plain))
+            })
+            .collect();
+        decided
+            .into_iter()
+            .zip(pending)
+            .map(|((id, kind, bytes), pending)| {
+                match pending.wait() {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if let Some(first) = self.known(&id) {
+                            return first;
+                        }
+                    }
+                    // Served anyway; decided again (identically, the render is deterministic) later.
+                    Err(e) => warn!(uid = id.uid, "cannot keep a view: {e}"),
+                }
+                let shown = match kind {
+                    KIND_ORIGINAL => Shown::Original,
+                    _ => Shown::View { view: Arc::new(MessageView::new(bytes)), decrypted: kind == KIND_DECRYPTED },
+                };
+                self.memory.lock().expect("views").put(id, shown.clone());
+                shown
+            })
+            .collect()
     }
 
     /// Forgets what is kept for other incarnations of a mailbox (UIDVALIDITY changed).

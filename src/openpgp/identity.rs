@@ -258,6 +258,10 @@ impl SecretKeys for Identity {
         let keys = self.keys.lock().expect("key cache");
         keys.get(&login.to_ascii_lowercase()).cloned().into_iter().collect()
     }
+
+    fn known_peer(&self, login: &str, addr: &str) -> Option<Peer> {
+        self.peer(login, addr).ok().flatten()
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@
 //! - [`encrypt`]: outgoing mail as PGP/MIME in Delta Chat's shape
 //! - [`decrypt`]: incoming PGP/MIME: signer, gossip, protected headers
 //! - [`view`]: the decrypted message a plain client sees; [`cache`]: each UID's view decided
-//!   once, kept sealed
+//!   once, kept sealed; [`own_copy`]: a plain client's Sent and Drafts copies of encrypted
+//!   conversations, stored encrypted to the account
 //! - [`securejoin`]: invite links and both roles of the handshake
 //! - [`mime`]: byte-level header helpers (until the floor has a `mail` module)
 //!
@@ -55,6 +56,7 @@ pub mod identity;
 pub mod incoming;
 pub mod key;
 pub mod mime;
+pub mod own_copy;
 pub mod peer;
 pub mod recommend;
 pub mod search;

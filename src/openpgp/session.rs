@@ -15,11 +15,13 @@ use std::sync::Arc;
 use tracing::{debug, warn};
 
 use super::cache::{Shown, Views};
-use crate::imap::wire::command::{self, CommandName, Head};
+use crate::imap::wire::command::{self, Arg, CommandName, Head};
 use crate::imap::wire::fetch::{self, Item, Items};
 use crate::imap::wire::message::MessageView;
-use crate::imap::wire::provider::{FETCHES, Interceptor, ProviderCommands, ProviderError, Reply, ReplyOut};
-use crate::imap::wire::response::{search_uids, uid_set};
+use crate::imap::wire::provider::{
+    FETCHES, Interceptor, MAX_INTERCEPTED, ProviderCommands, ProviderError, Reply, ReplyOut,
+};
+use crate::imap::wire::response::{appenduid, copyuid, search_uids, uid_set};
 use crate::store::ViewId;
 
 /// Capabilities a session of an account with views loses (`-NAME` removes it, see
@@ -28,6 +30,12 @@ use crate::store::ViewId;
 /// URLAUTH of parts). Chat clients do not use them.
 pub const DROPPED_CAPABILITIES: &[&str] =
     &["-BINARY", "-PREVIEW", "-SNIPPET", "-SORT", "-THREAD", "-CATENATE", "-URLAUTH"];
+
+/// Largest original read for a view, and most bytes of originals read by one command: the
+/// session captures at most 4 MiB of the answer to one of its own commands. A larger
+/// encrypted message is shown as stored, always.
+const MAX_ORIGINAL: u64 = 3 * 1024 * 1024;
+const ORIGINALS_BATCH: u64 = 2 * 1024 * 1024;
 
 /// The search key that finds PGP/MIME messages at the provider.
 const ENCRYPTED_KEY: &str = "HEADER Content-Type \"multipart/encrypted\"";
@@ -43,11 +51,27 @@ pub struct ViewSession {
     /// A SELECT or EXAMINE went by (with its mailbox, if it was on its line): `selected` is
     /// asked again before the next view.
     selecting: std::sync::Mutex<Option<Option<String>>>,
+    /// The session's hook for `\Seen` set by the client (read receipts, the worker's nudge).
+    seen_changed: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl ViewSession {
     pub fn new(views: Arc<Views>, login: &str, plain: Arc<dyn Fn() -> bool + Send + Sync>) -> ViewSession {
-        ViewSession { views, login: login.to_string(), plain, selected: None, selecting: Default::default() }
+        ViewSession {
+            views,
+            login: login.to_string(),
+            plain,
+            selected: None,
+            selecting: Default::default(),
+            seen_changed: None,
+        }
+    }
+
+    /// Tells `hook` when a FETCH sets `\Seen` on encrypted messages (the relay's hook for
+    /// relayed commands does not see the proxy's own STORE).
+    pub fn with_seen_hook(mut self, hook: Arc<dyn Fn() + Send + Sync>) -> ViewSession {
+        self.seen_changed = Some(hook);
+        self
     }
 
     /// The selected mailbox and its UIDVALIDITY, asked with STATUS once after each SELECT
@@ -106,16 +130,22 @@ impl ViewSession {
             }
         }
         let mut out = Vec::new();
+        let mut seen_set = false;
         if request.items.iter().any(Item::sets_seen) {
             let store = if request.uid { "UID STORE" } else { "STORE" };
             // Fails harmlessly on a mailbox opened with EXAMINE.
             let line = format!("{store} {} +FLAGS.SILENT (\\Seen)\r\n", uid_set(&encrypted));
-            if let Err(e) = provider.run(line.as_bytes(), &[]).await {
-                return failed(&e);
+            match provider.run(line.as_bytes(), &[]).await {
+                Err(e) => return failed(&e),
+                Ok(reply) => seen_set = reply.ok(),
             }
         }
         // The provider's items (flags, dates, UID) and the message numbers of the encrypted ones.
         let mut provider_items: Vec<String> = vec!["UID".into()];
+        // The `\Seen` this fetch set is told, as the provider tells it for the others.
+        if request.items.iter().any(Item::sets_seen) {
+            provider_items.push("FLAGS".into());
+        }
         for item in &request.items {
             if let Item::Other(name) = item
                 && !provider_items.contains(name)
@@ -165,6 +195,11 @@ impl ViewSession {
                 return failed(&e);
             }
         }
+        // Told once the views are decided: read receipts read a request inside the encryption
+        // from them.
+        if seen_set && let Some(seen_changed) = &self.seen_changed {
+            seen_changed();
+        }
         let status = status.unwrap_or(reply).status;
         Reply { untagged: vec![out], status }
     }
@@ -181,7 +216,12 @@ impl ViewSession {
         let Ok(parsed) = command::parse(&[tag.as_bytes(), b" ", rest].concat()) else {
             return relay(rest, provider).await;
         };
-        let program = match super::search::parse(&parsed.args) {
+        // ESEARCH (RFC 4731): the options are answered here, the program judged as any other.
+        let (returns, args) = match search_return(&parsed.args) {
+            Some(split) => split,
+            None => return relay(rest, provider).await,
+        };
+        let program = match super::search::parse(args) {
             Ok(program) => program,
             Err(e) => {
                 debug!("{e}; the provider answers alone");
@@ -198,10 +238,15 @@ impl ViewSession {
         if encrypted.is_empty() {
             return relay(rest, provider).await;
         }
-        // The program as the client wrote it.
+        // The program as the client wrote it, without its RETURN options.
         let program_text = {
             let at = rest.windows(6).position(|w| w.eq_ignore_ascii_case(b"SEARCH")).map_or(0, |i| i + 6);
-            &rest[at..]
+            let program = &rest[at..];
+            let trimmed = program.trim_ascii_start();
+            match trimmed.get(..6).filter(|w| w.eq_ignore_ascii_case(b"RETURN")) {
+                Some(_) => &trimmed[trimmed.iter().position(|&b| b == b')').map_or(0, |i| i + 1)..],
+                None => program,
+            }
         };
         let answer = match provider.run(&[by.as_bytes(), program_text].concat(), &[b"* SEARCH"]).await {
             Ok(reply) => reply,
@@ -264,13 +309,96 @@ impl ViewSession {
             }
         }
         found.sort_unstable();
-        let mut line = String::from("* SEARCH");
-        for n in &found {
-            line.push_str(&format!(" {n}"));
-        }
-        line.push_str("\r\n");
+        let line = match returns {
+            Some(options) => esearch(tag, parsed.uid, &options, &found),
+            None => {
+                let mut line = String::from("* SEARCH");
+                for n in &found {
+                    line.push_str(&format!(" {n}"));
+                }
+                line + "\r\n"
+            }
+        };
         untagged.push(line.into_bytes());
         Reply { untagged, status: answer.status }
+    }
+
+    /// APPEND of one message: a copy of an encrypted conversation is stored encrypted to the
+    /// account and its new UID shows the client's clear text; anything else goes as it came.
+    async fn append(&mut self, rest: &[u8], provider: &mut impl ProviderCommands) -> Reply {
+        let Some(append) = AppendRequest::parse(rest) else { return relay(rest, provider).await };
+        let (views, login, clear) = (self.views.clone(), self.login.clone(), append.message.to_vec());
+        let decided = tokio::task::spawn_blocking(move || {
+            let copy = views.own_copy_blocking(&login, &clear);
+            (copy, clear)
+        })
+        .await;
+        let (copy, clear) = match decided {
+            Ok(done) => done,
+            Err(e) => return failed(&ProviderError::Connection(Box::new(e))),
+        };
+        let encrypted = match copy {
+            Ok(Some(encrypted)) => encrypted,
+            Ok(None) => return relay(rest, provider).await,
+            Err(e) => {
+                // Never the clear text of an encrypted conversation at the provider.
+                warn!("cannot encrypt an appended copy: {e}");
+                let status =
+                    format!("NO [CANNOT] coi-proxy could not encrypt this copy of an encrypted conversation: {e}\r\n");
+                return Reply { untagged: Vec::new(), status: status.into_bytes() };
+            }
+        };
+        let mut line = append.head.to_vec();
+        line.extend_from_slice(format!("{{{}}}\r\n", encrypted.len()).as_bytes());
+        line.extend_from_slice(&encrypted);
+        line.extend_from_slice(b"\r\n");
+        let reply = match provider.run(&line, &[]).await {
+            Ok(reply) => reply,
+            Err(e) => return failed(&e),
+        };
+        debug!(status = %reply.status_text(), "appended copy stored encrypted to the account");
+        if let Some((uidvalidity, uid)) = appenduid(&reply.status).filter(|_| reply.ok()) {
+            let (views, id) = (self.views.clone(), ViewId::new(&self.login, &append.mailbox, uidvalidity, uid));
+            if let Err(e) = tokio::task::spawn_blocking(move || views.seed_blocking(&id, clear)).await {
+                warn!("cannot keep the view of an appended copy: {e}");
+            }
+        }
+        reply
+    }
+
+    /// COPY and MOVE (and their UID forms): the provider's answer; each decided view goes to
+    /// its copy's UID (COPYUID), so the copy shows what the original showed.
+    async fn copy(&mut self, rest: &[u8], moving: bool, provider: &mut impl ProviderCommands) -> Reply {
+        let (mailbox, uidvalidity) = match self.selected(provider).await {
+            Ok(Some(selected)) => selected,
+            Ok(None) => return relay(rest, provider).await,
+            Err(e) => return failed(&e),
+        };
+        let target =
+            command::parse(&[b"x ", rest].concat()).ok().and_then(|c| c.args.get(1)?.astring().map(mailbox_name));
+        // MOVE says COPYUID untagged, before its EXPUNGEs (which go on to the client as they come).
+        let capture: &[&[u8]] = if moving { &[b"* OK [COPYUID "] } else { &[] };
+        let reply = match provider.run(rest, capture).await {
+            Ok(reply) => reply,
+            Err(e) => return failed(&e),
+        };
+        let responses: Vec<&[u8]> = reply.untagged.iter().map(Vec::as_slice).chain([reply.status.as_slice()]).collect();
+        if let (true, Some(target), Some((target_validity, pairs))) = (reply.ok(), target, copyuid(&responses)) {
+            let (views, login) = (self.views.clone(), self.login.clone());
+            let carried = tokio::task::spawn_blocking(move || {
+                for (from, to) in pairs {
+                    views.copy_blocking(
+                        &ViewId::new(&login, &mailbox, uidvalidity, from),
+                        &ViewId::new(&login, &target, target_validity, to),
+                    );
+                }
+            })
+            .await;
+            if let Err(e) = carried {
+                warn!("cannot carry views to copied messages: {e}");
+            }
+        }
+        reply
     }
 
     /// The views of the messages, deciding those not decided yet from their originals.
@@ -301,36 +429,79 @@ impl ViewSession {
         let mut originals: Vec<(u32, Vec<u8>)> = Vec::new();
         // Untagged responses that are not about these messages (EXISTS, EXPUNGE) go on.
         let mut passthrough = Vec::new();
+        // Too large to read for a view: shown as stored, for good.
+        let mut too_large: Vec<u32> = Vec::new();
         if !missing.is_empty() {
             let command = if by_uid { "UID FETCH" } else { "FETCH" };
-            let line = format!("{command} {} (UID BODY.PEEK[])\r\n", uid_set(&missing));
+            // Their sizes first: the originals are read in batches the session can capture whole.
+            let line = format!("{command} {} (UID RFC822.SIZE)\r\n", uid_set(&missing));
             let reply = provider.run(line.as_bytes(), FETCHES).await?;
+            let mut batches: Vec<Vec<u32>> = vec![Vec::new()];
+            let mut batch_bytes = 0u64;
             for resp in &reply.untagged {
-                let Some((_, items)) = fetch::parse_response(resp) else {
+                let Some((number, items)) = fetch::parse_response(resp) else {
                     passthrough.push(resp.clone());
                     continue;
                 };
-                let uid =
-                    items.iter().find(|(n, _)| n == "UID").and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
-                let body = items.iter().find(|(n, _)| n == "BODY[]").and_then(|(_, v)| literal_or_string(v));
-                if let (Some(uid), Some(body)) = (uid, body) {
-                    originals.push((uid, body));
+                let value = |name: &str| {
+                    items
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                };
+                let (Some(uid), Some(size)) = (value("UID"), value("RFC822.SIZE")) else { continue };
+                let key = if by_uid { uid as u32 } else { number };
+                if size > MAX_ORIGINAL {
+                    too_large.push(uid as u32);
+                    continue;
+                }
+                if batch_bytes + size > ORIGINALS_BATCH && !batches.last().is_some_and(Vec::is_empty) {
+                    batches.push(Vec::new());
+                    batch_bytes = 0;
+                }
+                batch_bytes += size;
+                batches.last_mut().expect("a batch").push(key);
+            }
+            for batch in batches.iter().filter(|b| !b.is_empty()) {
+                let line = format!("{command} {} (UID BODY.PEEK[])\r\n", uid_set(batch));
+                let reply = provider.run(line.as_bytes(), FETCHES).await?;
+                for resp in &reply.untagged {
+                    let Some((_, items)) = fetch::parse_response(resp) else {
+                        passthrough.push(resp.clone());
+                        continue;
+                    };
+                    let uid = items
+                        .iter()
+                        .find(|(n, _)| n == "UID")
+                        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
+                    let body = items.iter().find(|(n, _)| n == "BODY[]").and_then(|(_, v)| literal_or_string(v));
+                    if let (Some(uid), Some(body)) = (uid, body) {
+                        originals.push((uid, body));
+                    }
                 }
             }
         }
         let views = self.views.clone();
         let decided = tokio::task::spawn_blocking(move || {
-            ids.iter()
+            for id in ids.iter().filter(|id| too_large.contains(&id.uid)) {
+                views.original_blocking(id);
+            }
+            let mut originals = originals;
+            let messages = ids
+                .into_iter()
                 .zip(known)
-                .map(|(id, known)| match known {
-                    Some(shown) => shown,
-                    None => match originals.iter().find(|(uid, _)| *uid == id.uid) {
-                        Some((_, original)) => views.view_blocking(id, original),
-                        // Gone meanwhile (expunged): the provider's answer, whatever it is.
-                        None => Shown::Original,
-                    },
+                .map(|(id, known)| {
+                    // Known ones need no original; the others take theirs (if not expunged meanwhile).
+                    let original = match known {
+                        Some(_) => None,
+                        None => {
+                            originals.iter().position(|(uid, _)| *uid == id.uid).map(|at| originals.swap_remove(at).1)
+                        }
+                    };
+                    (id, original)
                 })
-                .collect::<Vec<_>>()
+                .collect();
+            views.views_blocking(messages)
         })
         .await
         .map_err(|e| ProviderError::Connection(Box::new(e)))?;
@@ -353,21 +524,23 @@ impl Interceptor for ViewSession {
         false
     }
 
-    fn wants_command(&self, name: CommandName, _uid: bool, line: &[u8]) -> bool {
+    fn wants_command(&self, name: CommandName, uid: bool, line: &[u8]) -> bool {
         if !(self.plain)() {
             return false;
         }
         match name {
             CommandName::Select | CommandName::Examine => {
                 // Watched, not taken: the mailbox name is kept for the next FETCH or SEARCH.
-                let mailbox = command::parse(line).ok().and_then(|c| {
-                    let name = String::from_utf8_lossy(c.args.first()?.astring()?).into_owned();
-                    Some(if name.eq_ignore_ascii_case("INBOX") { "INBOX".to_string() } else { name })
-                });
+                let mailbox = command::parse(line).ok().and_then(|c| c.args.first()?.astring().map(mailbox_name));
                 *self.selecting.lock().expect("selecting") = Some(mailbox);
                 false
             }
             CommandName::Search => self.has_mailbox(),
+            CommandName::Copy | CommandName::Move => self.has_mailbox(),
+            // Up to what a session hands an interceptor; a larger copy goes as it came.
+            CommandName::Append => {
+                !uid && AppendRequest::literal_len(line).is_some_and(|n| n + line.len() + 2 <= MAX_INTERCEPTED)
+            }
             CommandName::Fetch => {
                 self.has_mailbox()
                     && FetchRequest::parse(rest_of(line)).is_some_and(|r| r.items.iter().any(Item::is_content))
@@ -388,6 +561,9 @@ impl Interceptor for ViewSession {
         let reply = match head.name {
             CommandName::Search => self.search(&tag, rest, provider).await,
             CommandName::Fetch => self.fetch(rest, provider).await,
+            CommandName::Append => self.append(rest, provider).await,
+            CommandName::Copy => self.copy(rest, false, provider).await,
+            CommandName::Move => self.copy(rest, true, provider).await,
             _ => relay(rest, provider).await,
         };
         let mut out: Vec<u8> = reply.untagged.concat();
@@ -427,6 +603,105 @@ impl FetchRequest {
         let items = fetch::parse_items(items_text.as_bytes()).ok()?;
         Some(FetchRequest { uid, set: set.to_string(), items, items_text: items_text.to_string() })
     }
+}
+
+/// The `RETURN (…)` options of an extended SEARCH (RFC 4731) and the arguments after them:
+/// `(None, args)` without them; `None` for options only the provider can answer (`SAVE`,
+/// `PARTIAL`, …), which then answers alone.
+fn search_return(args: &[Arg]) -> Option<(Option<Vec<String>>, &[Arg])> {
+    let [Arg::Atom(word), Arg::List(options), rest @ ..] = args else { return Some((None, args)) };
+    if !word.eq_ignore_ascii_case("RETURN") {
+        return Some((None, args));
+    }
+    let mut asked = Vec::new();
+    for option in options {
+        let Arg::Atom(name) = option else { return None };
+        let name = name.to_ascii_uppercase();
+        if !["MIN", "MAX", "COUNT", "ALL"].contains(&name.as_str()) {
+            return None;
+        }
+        asked.push(name);
+    }
+    if asked.is_empty() {
+        asked.push("ALL".into());
+    }
+    Some((Some(asked), rest))
+}
+
+/// The `* ESEARCH` answer (RFC 4731) for the sorted `found`: MIN, MAX and ALL only when
+/// something was found, COUNT always.
+fn esearch(tag: &str, uid: bool, options: &[String], found: &[u32]) -> String {
+    let mut line = format!("* ESEARCH (TAG \"{tag}\")");
+    if uid {
+        line.push_str(" UID");
+    }
+    let asked = |name: &str| options.iter().any(|o| o == name);
+    if let (Some(min), Some(max)) = (found.first(), found.last()) {
+        if asked("MIN") {
+            line.push_str(&format!(" MIN {min}"));
+        }
+        if asked("MAX") {
+            line.push_str(&format!(" MAX {max}"));
+        }
+    }
+    if asked("COUNT") {
+        line.push_str(&format!(" COUNT {}", found.len()));
+    }
+    if asked("ALL") && !found.is_empty() {
+        line.push_str(&format!(" ALL {}", uid_set(found)));
+    }
+    line + "\r\n"
+}
+
+/// An APPEND of one message, parsed from the command after its tag.
+struct AppendRequest<'a> {
+    /// `APPEND mailbox [flags] [date] ` (everything before the literal).
+    head: &'a [u8],
+    /// The mailbox as a view names it.
+    mailbox: String,
+    message: &'a [u8],
+}
+
+impl<'a> AppendRequest<'a> {
+    /// `None` for anything but one message in one literal (MULTIAPPEND, CATENATE, a mailbox
+    /// name or message sent otherwise): such commands go to the provider as they came.
+    fn parse(rest: &'a [u8]) -> Option<AppendRequest<'a>> {
+        let eol = memchr::memmem::find(rest, b"\r\n")?;
+        let line = &rest[..eol + 2];
+        let len = Self::literal_len(line)?;
+        let open = line.iter().rposition(|&b| b == b'{')?;
+        let message = rest.get(eol + 2..eol + 2 + len)?;
+        if rest.get(eol + 2 + len..)? != b"\r\n" {
+            return None;
+        }
+        let parsed = command::parse(&[b"x ", rest].concat()).ok()?;
+        if parsed.kind != CommandName::Append || parsed.uid {
+            return None;
+        }
+        let mailbox = mailbox_name(parsed.args.first()?.astring()?);
+        Some(AppendRequest { head: &line[..open], mailbox, message })
+    }
+
+    /// The size of the literal the first line of an APPEND ends with (`{n}` or `{n+}`; not a
+    /// binary literal `~{n}`).
+    fn literal_len(line: &[u8]) -> Option<usize> {
+        let line = line.strip_suffix(b"\r\n").unwrap_or(line).strip_suffix(b"}")?;
+        let open = line.iter().rposition(|&b| b == b'{')?;
+        if open == 0 || line[open - 1] != b' ' {
+            return None;
+        }
+        let digits = line[open + 1..].strip_suffix(b"+").unwrap_or(&line[open + 1..]);
+        if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    }
+}
+
+/// A mailbox name as views name it: INBOX in any case is INBOX.
+fn mailbox_name(name: &[u8]) -> String {
+    let name = String::from_utf8_lossy(name).into_owned();
+    if name.eq_ignore_ascii_case("INBOX") { "INBOX".to_string() } else { name }
 }
 
 /// The answer for one encrypted message: the items in the order asked, content from the view,
@@ -513,6 +788,40 @@ mod tests {
         assert!(!r.uid && !r.items.iter().all(Item::is_content));
         assert!(FetchRequest::parse(b"UID STORE 1 +FLAGS (\\Seen)\r\n").is_none());
         assert!(FetchRequest::parse(b"FETCH $ (FLAGS)\r\n").is_none(), "search results are the provider's");
+    }
+
+    #[test]
+    fn extended_search_answers() {
+        let parsed = command::parse(b"t UID SEARCH RETURN (MIN COUNT) BODY x\r\n").unwrap();
+        let (options, rest) = search_return(&parsed.args).unwrap();
+        assert_eq!((options.unwrap(), rest.len()), (vec!["MIN".to_string(), "COUNT".to_string()], 2));
+        let parsed = command::parse(b"t SEARCH RETURN () ALL\r\n").unwrap();
+        assert_eq!(search_return(&parsed.args).unwrap().0.unwrap(), ["ALL"]);
+        let parsed = command::parse(b"t SEARCH RETURN (SAVE) ALL\r\n").unwrap();
+        assert!(search_return(&parsed.args).is_none(), "the provider's");
+        let parsed = command::parse(b"t SEARCH BODY x\r\n").unwrap();
+        assert!(search_return(&parsed.args).unwrap().0.is_none());
+        let all = ["MIN", "MAX", "COUNT", "ALL"].map(String::from);
+        assert_eq!(
+            esearch("t", true, &all, &[2, 3, 4, 9]),
+            "* ESEARCH (TAG \"t\") UID MIN 2 MAX 9 COUNT 4 ALL 2:4,9\r\n"
+        );
+        assert_eq!(esearch("t", false, &all, &[]), "* ESEARCH (TAG \"t\") COUNT 0\r\n");
+    }
+
+    #[test]
+    fn append_requests() {
+        let a = AppendRequest::parse(b"APPEND Sent (\\Seen) {5}\r\nhello\r\n").unwrap();
+        assert_eq!((a.head, a.mailbox.as_str(), a.message), (&b"APPEND Sent (\\Seen) "[..], "Sent", &b"hello"[..]));
+        let a = AppendRequest::parse(b"APPEND \"inbox\" {2+}\r\nhi\r\n").unwrap();
+        assert_eq!((a.mailbox.as_str(), a.message), ("INBOX", &b"hi"[..]));
+        assert!(AppendRequest::parse(b"APPEND Sent {5}\r\nhello {2}\r\nhi\r\n").is_none(), "MULTIAPPEND");
+        assert!(AppendRequest::parse(b"APPEND Sent {5}\r\nhel").is_none(), "short");
+        assert!(AppendRequest::parse(b"APPEND Sent ~{5}\r\nhello\r\n").is_none(), "binary literal");
+        assert!(AppendRequest::parse(b"APPEND Sent CATENATE (TEXT {5}\r\nhello)\r\n").is_none());
+        assert_eq!(AppendRequest::literal_len(b"t APPEND Drafts (\\Draft) {123}\r\n"), Some(123));
+        assert_eq!(AppendRequest::literal_len(b"t APPEND Drafts {99999999999}\r\n"), None);
+        assert_eq!(AppendRequest::literal_len(b"t APPEND Drafts\r\n"), None);
     }
 
     #[test]

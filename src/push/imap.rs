@@ -1,5 +1,8 @@
 //! The few IMAP responses the push side reads: a FETCH of header fields, INTERNALDATE and the
-//! start of the body; and the COPYUID code (RFC 4315) that says where moved messages went.
+//! start of the body; and the COPYUID code (RFC 4315) that says where moved messages went
+//! (read in `imap::wire::response`, shared with the decrypted view).
+
+pub use crate::imap::wire::response::copyuid;
 
 /// One message of a `UID FETCH … (UID INTERNALDATE BODY.PEEK[HEADER.FIELDS (…)]
 /// BODY.PEEK[TEXT]<0.n>)` answer.
@@ -11,10 +14,6 @@ pub struct Fetched {
     pub header: Vec<u8>,
     pub text: Option<Vec<u8>>,
 }
-
-/// Most UIDs expanded from one COPYUID set (a client cannot make the worker move more at once
-/// than a FETCH batch; this only bounds a provider's nonsense).
-const MAX_COPYUID: usize = 10_000;
 
 /// Reads a `* n FETCH (…)` response. Literal contents are skipped as a whole, so header text
 /// that looks like `UID 5` is never mistaken for an attribute.
@@ -129,36 +128,6 @@ pub fn internal_date(text: &str) -> Option<i64> {
     dt.is_valid().then(|| dt.to_timestamp())
 }
 
-/// The destination UIDVALIDITY and (source, destination) UID pairs of a `[COPYUID …]` code in
-/// any of `responses` (MOVE sends it untagged, COPY in the tagged OK).
-pub fn copyuid(responses: &[&[u8]]) -> Option<(u32, Vec<(u32, u32)>)> {
-    responses.iter().find_map(|resp| {
-        let text = String::from_utf8_lossy(resp);
-        let at = text.to_ascii_uppercase().find("[COPYUID ")?;
-        let inner = text[at + 9..].split(']').next()?;
-        let mut words = inner.split_whitespace();
-        let uidvalidity = words.next()?.parse().ok()?;
-        let source = expand(words.next()?)?;
-        let dest = expand(words.next()?)?;
-        (source.len() == dest.len()).then(|| (uidvalidity, source.into_iter().zip(dest).collect()))
-    })
-}
-
-/// `1:3,7` → `[1, 2, 3, 7]`, bounded.
-fn expand(set: &str) -> Option<Vec<u32>> {
-    let mut out = Vec::new();
-    for part in set.split(',') {
-        let (a, b) = part.split_once(':').unwrap_or((part, part));
-        let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
-        let (lo, hi) = (a.min(b), a.max(b));
-        if out.len() + (hi - lo) as usize >= MAX_COPYUID {
-            return None;
-        }
-        out.extend(lo..=hi);
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,18 +155,5 @@ mod tests {
         // Found by fuzzing: a non-ASCII zone used to panic on a char boundary.
         assert_eq!(internal_date("22-Nov-2026 08:01:00 +\u{fffd}3"), None);
         assert_eq!(internal_date("22-Nov-2026 08:01:00 +0\u{e9}"), None);
-    }
-
-    #[test]
-    fn copyuid_codes() {
-        let untagged: &[u8] = b"* OK [COPYUID 1700000000 4:6,9 11:14] Moved UIDs.\r\n";
-        assert_eq!(
-            copyuid(&[b"* 4 EXPUNGE\r\n", untagged]),
-            Some((1700000000, vec![(4, 11), (5, 12), (6, 13), (9, 14)]))
-        );
-        assert_eq!(copyuid(&[b"OK [COPYUID 7 3 1] Done\r\n"]), Some((7, vec![(3, 1)])));
-        assert_eq!(copyuid(&[b"OK Done\r\n"]), None);
-        assert_eq!(copyuid(&[b"OK [COPYUID 7 1:2 1] Done\r\n"]), None, "sizes differ");
-        assert_eq!(copyuid(&[b"OK [COPYUID 7 1:4000000000 1:4000000000] x\r\n"]), None, "bounded");
     }
 }

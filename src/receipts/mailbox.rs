@@ -4,7 +4,7 @@
 
 use crate::imap::wire::command;
 use crate::imap::wire::provider::{ProviderCommands, ProviderError};
-use crate::imap::wire::response::search_uids;
+use crate::imap::wire::response::{response_code_number, search_uids};
 
 const CAPTURE_SEARCH: &[&[u8]] = &[b"* SEARCH"];
 
@@ -42,6 +42,16 @@ fn quoted(mailbox: &str) -> String {
 pub async fn select(provider: &mut impl ProviderCommands, mailbox: &str) -> Result<bool, ProviderError> {
     let reply = provider.run(format!("SELECT {}\r\n", quoted(mailbox)).as_bytes(), &[]).await?;
     Ok(reply.ok())
+}
+
+/// SELECTs `mailbox`: whether it could be, and its UIDVALIDITY if the provider said it.
+pub async fn select_uidvalidity(
+    provider: &mut impl ProviderCommands,
+    mailbox: &str,
+) -> Result<(bool, Option<u32>), ProviderError> {
+    let reply = provider.run(format!("SELECT {}\r\n", quoted(mailbox)).as_bytes(), &[b"* OK [UIDVALIDITY "]).await?;
+    let uidvalidity = reply.untagged.iter().find_map(|r| response_code_number(r, "UIDVALIDITY"));
+    Ok((reply.ok(), uidvalidity))
 }
 
 /// The UIDs of the messages in `mailbox` with Message-ID `<id>` (none if it does not exist).

@@ -11,5 +11,5 @@ pub mod mailbox;
 pub mod read;
 pub mod sent;
 
-pub use read::{Mdn, Outbox, SeenHook, read_receipts, read_receipts_for};
+pub use read::{ClearHeaders, Mdn, Outbox, SeenHook, read_receipts, read_receipts_for};
 pub use sent::{before_relay, on_new_messages, prepare};

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::formats::{self, MdnParams};
-use super::mailbox::select;
+use super::mailbox::select_uidvalidity;
 use crate::clock::now;
 use crate::config::Config;
 use crate::context::{Context, ReceiptJob};
@@ -93,6 +93,48 @@ pub trait Outbox: Sync {
     fn send(&self, mdn: Mdn) -> impl Future<Output = Result<u64, Self::Error>> + Send;
 }
 
+/// The clear header of an encrypted message as the account's plain sessions are shown it (the
+/// decrypted view, issue 15), by where the message is: Delta Chat asks for its receipt inside
+/// the encryption. Only messages whose view was decided are known (a plain client has had
+/// the message in its list or read it before it is seen).
+pub trait ClearHeaders: Send + Sync {
+    /// The header section of `uid`'s clear text, if it is an encrypted message decrypted for
+    /// plain sessions. Blocking (a store read): called off the runtime.
+    fn clear_header(&self, login: &str, mailbox: &str, uidvalidity: u32, uid: u32) -> Option<Vec<u8>>;
+}
+
+/// The clear headers of the seen encrypted messages in the selected `mailbox` that lack
+/// `$MDNSent` and are not among `asked` (whose outer header asks already).
+async fn clear_headers(
+    provider: &mut impl ProviderCommands,
+    clear: &Arc<dyn ClearHeaders>,
+    login: &str,
+    mailbox: &str,
+    uidvalidity: u32,
+    asked: &[u32],
+) -> Result<Vec<(u32, Vec<u8>)>, ProviderError> {
+    let reply = provider
+        .run(b"UID SEARCH SEEN UNKEYWORD $MDNSent HEADER Content-Type \"multipart/encrypted\"\r\n", CAPTURE_SEARCH)
+        .await?;
+    let encrypted: Vec<u32> =
+        reply.untagged.iter().flat_map(|r| search_uids(r)).filter(|uid| !asked.contains(uid)).collect();
+    if encrypted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (clear, login, mailbox) = (clear.clone(), login.to_string(), mailbox.to_string());
+    let found = tokio::task::spawn_blocking(move || {
+        encrypted
+            .into_iter()
+            .filter_map(|uid| Some((uid, clear.clear_header(&login, &mailbox, uidvalidity, uid)?)))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    Ok(found.unwrap_or_else(|e| {
+        warn!("read receipts: reading clear headers failed: {e}");
+        Vec::new()
+    }))
+}
+
 /// Looks at the seen chat messages that ask for a receipt and lack `$MDNSent`, in INBOX and
 /// Chats; sends one MDN each if `send` (and read receipts have a baseline), then sets
 /// `$MDNSent`.
@@ -103,27 +145,34 @@ pub async fn read_receipts(
     provider: &mut impl ProviderCommands,
     chats: &str,
     send: bool,
+    clear: Option<Arc<dyn ClearHeaders>>,
 ) -> Result<(), ProviderError> {
     let baseline = store.mdn_baseline(login).ok().flatten();
     let send = send && baseline.is_some();
     let own = vec![login.to_ascii_lowercase()];
     for mailbox in ["INBOX", chats] {
-        if !select(provider, mailbox).await? {
+        let (selected, uidvalidity) = select_uidvalidity(provider, mailbox).await?;
+        if !selected {
             continue;
         }
         let reply = provider
             .run(b"UID SEARCH SEEN UNKEYWORD $MDNSent OR HEADER Disposition-Notification-To \"\" HEADER Chat-Disposition-Notification-To \"\"\r\n", CAPTURE_SEARCH)
             .await?;
         let uids: Vec<u32> = reply.untagged.iter().flat_map(|r| search_uids(r)).collect();
-        if uids.is_empty() {
-            continue;
+        // (uid, header) of each seen message that may ask for a receipt.
+        let mut headers: Vec<(u32, Vec<u8>)> = Vec::new();
+        if !uids.is_empty() {
+            let fetch =
+                format!("UID FETCH {} (UID BODY.PEEK[HEADER.FIELDS ({})])\r\n", uid_set(&uids), formats::MDN_FIELDS);
+            let reply = provider.run(fetch.as_bytes(), CAPTURE_FETCH).await?;
+            headers.extend(reply.untagged.iter().filter_map(|r| Some((fetch_uid(r)?, first_literal(r)?.to_vec()))));
         }
-        let fetch =
-            format!("UID FETCH {} (UID BODY.PEEK[HEADER.FIELDS ({})])\r\n", uid_set(&uids), formats::MDN_FIELDS);
-        let reply = provider.run(fetch.as_bytes(), CAPTURE_FETCH).await?;
+        if let (Some(clear), Some(uidvalidity)) = (&clear, uidvalidity) {
+            headers.extend(clear_headers(provider, clear, login, mailbox, uidvalidity, &uids).await?);
+        }
         let mut handled = Vec::new();
-        for resp in &reply.untagged {
-            let (Some(uid), Some(header)) = (fetch_uid(resp), first_literal(resp)) else { continue };
+        for (uid, header) in &headers {
+            let uid = *uid;
             let Some(request) = formats::mdn_request(header, &own) else { continue };
             handled.push(uid);
             let at = if send { now() } else { 0 };

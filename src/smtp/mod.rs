@@ -34,6 +34,9 @@ pub struct Smtp {
     pub waits: Arc<Waits>,
     /// The OpenPGP gateway's keys and peers; `None` when `[autocrypt] enabled = false`.
     pub identity: Option<crate::openpgp::identity::Identity>,
+    /// The decrypted views plain sessions see, when keys are held: read receipts asked for
+    /// inside the encryption are read there.
+    pub views: Option<Arc<crate::openpgp::cache::Views>>,
 }
 
 /// Why an account's queued mail is not being sent, by login: what the relay task knows and

@@ -157,7 +157,8 @@ async fn work(ctx: &Arc<Smtp>, login: &str, jobs: Vec<ReceiptJob>) -> Result<(),
     drop(credential);
     let chats = Namespace::discover(&mut up).await?.chats(&shared.config().coi.mailbox_root);
     if look {
-        receipts::read_receipts(store, &ctx.queue, login, &mut up, &chats, send).await?;
+        let clear = ctx.views.clone().map(|views| Arc::new(ViewHeaders(views)) as Arc<dyn receipts::ClearHeaders>);
+        receipts::read_receipts(store, &ctx.queue, login, &mut up, &chats, send, clear).await?;
     }
     if marks_due {
         let left = sent::mark(store, login, &mut up, &chats).await?;
@@ -172,4 +173,18 @@ async fn work(ctx: &Arc<Smtp>, login: &str, jobs: Vec<ReceiptJob>) -> Result<(),
     }
     let _ = up.command(b"LOGOUT\r\n").await;
     Ok(())
+}
+
+/// Read receipts see the clear header of encrypted mail as plain sessions were shown it.
+struct ViewHeaders(Arc<crate::openpgp::cache::Views>);
+
+impl receipts::ClearHeaders for ViewHeaders {
+    fn clear_header(&self, login: &str, mailbox: &str, uidvalidity: u32, uid: u32) -> Option<Vec<u8>> {
+        use crate::openpgp::cache::Shown;
+        let id = crate::store::ViewId::new(login, mailbox, uidvalidity, uid);
+        match self.0.known(&id)? {
+            Shown::View { view, decrypted: true } => view.section(&crate::imap::wire::fetch::Section::header()),
+            _ => None,
+        }
+    }
 }

@@ -62,6 +62,7 @@ pub async fn start(
     shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
     identity: Option<crate::openpgp::identity::Identity>,
+    views: Option<Arc<crate::openpgp::cache::Views>>,
 ) -> Result<(Vec<JoinHandle<()>>, Option<Arc<Waits>>), StartError> {
     let (wakeups, receipt_jobs) = channels;
     let wanted: Vec<(SocketAddr, Kind)> =
@@ -88,8 +89,14 @@ pub async fn start(
     }
     let queue = Queue::new(shared.clone());
     let waits = Arc::new(Waits::default());
-    let ctx =
-        Arc::new(Smtp { shared: shared.clone(), caps: CapsCache::default(), queue, waits: waits.clone(), identity });
+    let ctx = Arc::new(Smtp {
+        shared: shared.clone(),
+        caps: CapsCache::default(),
+        queue,
+        waits: waits.clone(),
+        identity,
+        views,
+    });
     let mut tasks = Vec::new();
     for (addr, kind) in wanted {
         let label = match kind {

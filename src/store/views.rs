@@ -31,14 +31,16 @@ impl ViewId {
 
 impl Store {
     /// Keeps a sealed view; an existing one is never replaced (the first decision stands).
-    pub fn keep_view(&self, id: &ViewId, sealed: Vec<u8>) -> Pending<()> {
+    /// Whether this one was kept (`false`: another was there first).
+    pub fn keep_view(&self, id: &ViewId, sealed: Vec<u8>) -> Pending<bool> {
         let key = id.key();
         self.write(move |txn| {
             let mut table = txn.open_table(VIEWS)?;
-            if table.get(key.as_str())?.is_none() {
-                table.insert(key.as_str(), sealed.as_slice())?;
+            if table.get(key.as_str())?.is_some() {
+                return Ok(false);
             }
-            Ok(())
+            table.insert(key.as_str(), sealed.as_slice())?;
+            Ok(true)
         })
     }
 
@@ -86,8 +88,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let id = ViewId::new("Bob@Example.org", "INBOX", 7, 3);
         assert_eq!(store.view(&id).unwrap(), None);
-        store.keep_view(&id, b"first".to_vec()).wait().unwrap();
-        store.keep_view(&id, b"second".to_vec()).wait().unwrap();
+        assert!(store.keep_view(&id, b"first".to_vec()).wait().unwrap());
+        assert!(!store.keep_view(&id, b"second".to_vec()).wait().unwrap());
         assert_eq!(store.view(&id).unwrap().as_deref(), Some(&b"first"[..]));
         let old = ViewId::new("bob@example.org", "INBOX", 6, 3);
         let other = ViewId::new("bob@example.org", "INBOX.x", 6, 3);

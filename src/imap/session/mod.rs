@@ -168,20 +168,21 @@ impl Session {
         // The client's ID name: sent before login, or after it (Delta Chat), then seen by the
         // COI interceptor; the read-receipt hook reads it when flags change.
         let client_name = Arc::new(Mutex::new(self.client_id.clone()));
+        let seen_changed: Arc<dyn Fn() + Send + Sync> = {
+            let account = account.clone();
+            // Read receipts for plain clients (src/receipts/).
+            let receipts = crate::receipts::SeenHook::new(&self.shared, &account.login, client_name.clone()).await;
+            Arc::new(move || {
+                account.nudge.notify_one();
+                receipts.seen();
+            })
+        };
         let opts = RelayOptions {
             max_literal: limits.max_literal,
             autologout: limits.autologout(),
             provider_timeout: limits.provider_timeout(),
             extra_capabilities: self.extra_capabilities(upstream.has("METADATA"), upstream.has("IDLE"), &account.login),
-            seen_changed: Some({
-                let account = account.clone();
-                // Read receipts for plain clients (src/receipts/).
-                let receipts = crate::receipts::SeenHook::new(&self.shared, &account.login, client_name.clone()).await;
-                Arc::new(move || {
-                    account.nudge.notify_one();
-                    receipts.seen();
-                })
-            }),
+            seen_changed: Some(seen_changed.clone()),
             quiet: Some(QuietInbox {
                 active: {
                     let account = account.clone();
@@ -207,7 +208,8 @@ impl Session {
                 let name = name.lock().expect("client name");
                 !config.config().coi.is_chat_client(name.as_deref())
             });
-            ViewSession::new(views, &account.login, plain)
+            // The view's own `\Seen` (a non-PEEK FETCH of encrypted mail) tells the same hook.
+            ViewSession::new(views, &account.login, plain).with_seen_hook(seen_changed.clone())
         });
         let deltachat = crate::deltachat::entries::Entries::new(self.shared.clone(), account.clone());
         let coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name, webpush, deltachat);

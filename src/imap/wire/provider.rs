@@ -10,6 +10,10 @@ use std::future::Future;
 
 use super::command::CommandName;
 
+/// Largest command a session gives an interceptor (METADATA values, an appended message
+/// included): an interceptor that wants a command with a literal takes it only up to this.
+pub const MAX_INTERCEPTED: usize = 1024 * 1024;
+
 /// Capture every untagged response of a command.
 pub const ALL: &[&[u8]] = &[b"* "];
 

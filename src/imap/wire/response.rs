@@ -84,6 +84,51 @@ pub fn first_literal(resp: &[u8]) -> Option<&[u8]> {
     resp.get(end + 3..end + 3 + len)
 }
 
+/// Most UIDs expanded from one COPYUID set (a client cannot make the worker move more at once
+/// than a FETCH batch; this only bounds a provider's nonsense).
+const MAX_COPYUID: usize = 10_000;
+
+/// The destination UIDVALIDITY and (source, destination) UID pairs of a `[COPYUID …]` code in
+/// any of `responses` (MOVE sends it untagged, COPY in the tagged OK).
+pub fn copyuid(responses: &[&[u8]]) -> Option<(u32, Vec<(u32, u32)>)> {
+    responses.iter().find_map(|resp| {
+        let text = String::from_utf8_lossy(resp);
+        let at = text.to_ascii_uppercase().find("[COPYUID ")?;
+        let inner = text[at + 9..].split(']').next()?;
+        let mut words = inner.split_whitespace();
+        let uidvalidity = words.next()?.parse().ok()?;
+        let source = expand(words.next()?)?;
+        let dest = expand(words.next()?)?;
+        (source.len() == dest.len()).then(|| (uidvalidity, source.into_iter().zip(dest).collect()))
+    })
+}
+
+/// The destination UIDVALIDITY and UID of an `OK [APPENDUID …]` code (RFC 4315) for one
+/// appended message.
+pub fn appenduid(status: &[u8]) -> Option<(u32, u32)> {
+    let text = String::from_utf8_lossy(status);
+    let at = text.to_ascii_uppercase().find("[APPENDUID ")?;
+    let mut words = text[at + 11..].split(']').next()?.split_whitespace();
+    let uidvalidity = words.next()?.parse().ok()?;
+    let uid = words.next()?.parse().ok()?;
+    words.next().is_none().then_some((uidvalidity, uid))
+}
+
+/// `1:3,7` → `[1, 2, 3, 7]`, bounded.
+fn expand(set: &str) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for part in set.split(',') {
+        let (a, b) = part.split_once(':').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+        let (lo, hi) = (a.min(b), a.max(b));
+        if out.len() + (hi - lo) as usize >= MAX_COPYUID {
+            return None;
+        }
+        out.extend(lo..=hi);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +163,22 @@ mod tests {
         assert_eq!(status_number(b"* 3 EXISTS\r\n", "UIDNEXT"), None);
         assert_eq!(status_number(b"* STATUS Junk (UIDNEXT x)\r\n", "UIDNEXT"), None);
         assert_eq!(status_number("* STATUS ä (UIDNEXT 1)".as_bytes(), "UIDNEXT"), Some(1));
+    }
+
+    #[test]
+    fn copyuid_codes() {
+        let untagged: &[u8] = b"* OK [COPYUID 1700000000 4:6,9 11:14] Moved UIDs.\r\n";
+        assert_eq!(
+            copyuid(&[b"* 4 EXPUNGE\r\n", untagged]),
+            Some((1700000000, vec![(4, 11), (5, 12), (6, 13), (9, 14)]))
+        );
+        assert_eq!(copyuid(&[b"OK [COPYUID 7 3 1] Done\r\n"]), Some((7, vec![(3, 1)])));
+        assert_eq!(copyuid(&[b"OK Done\r\n"]), None);
+        assert_eq!(copyuid(&[b"OK [COPYUID 7 1:2 1] Done\r\n"]), None, "sizes differ");
+        assert_eq!(copyuid(&[b"OK [COPYUID 7 1:4000000000 1:4000000000] x\r\n"]), None, "bounded");
+        assert_eq!(appenduid(b"OK [APPENDUID 1700000000 12] Append completed.\r\n"), Some((1700000000, 12)));
+        assert_eq!(appenduid(b"OK [appenduid 7 3] done\r\n"), Some((7, 3)));
+        assert_eq!(appenduid(b"OK [APPENDUID 7 3:4] two messages\r\n"), None);
+        assert_eq!(appenduid(b"OK Append completed.\r\n"), None);
     }
 }

@@ -46,8 +46,7 @@ use crate::imap::wire::framing::{Fragment, Framer};
 use own::Own;
 use settle::{Look, Next};
 
-/// Largest command an interceptor is given (METADATA values included).
-const MAX_INTERCEPTED: usize = 1024 * 1024;
+use crate::imap::wire::provider::MAX_INTERCEPTED;
 /// How long the BYE that ends a session may wait for the provider's response in progress.
 const BYE_WAIT: Duration = Duration::from_secs(5);
 /// What the proxy reads whole of the provider's responses to one of its own commands (bytes).
