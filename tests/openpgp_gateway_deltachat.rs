@@ -22,6 +22,20 @@ use support::smtp_client::wait_for_inbox;
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
 
+/// The text of the one QR code in a PNG file.
+fn read_qr(path: &std::path::Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Grayscale);
+    let (w, h) = (info.width as usize, info.height as usize);
+    let mut image = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| pixels[y * w + x]);
+    let grids = image.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code in {}", path.display());
+    grids[0].decode().unwrap().1
+}
+
 /// The proxy, with `user` logged in once (its worker needs the password).
 fn proxy_for(provider: &Provider, user: &str) -> Proxy {
     let proxy = Proxy::builder()
@@ -37,7 +51,12 @@ fn proxy_for(provider: &Provider, user: &str) -> Proxy {
 fn delta_chat_joins_the_proxys_invite_and_both_are_verified() {
     let provider = Provider::start();
     let mut proxy = proxy_for(&provider, ALICE);
-    let link = stdout(&cli(&proxy, &["invite", ALICE])).lines().last().unwrap().to_string();
+    // `--qr`: Delta Chat joins with the link read back from the QR code's PNG.
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("invite.png");
+    let printed = stdout(&cli(&proxy, &["invite", ALICE, "--qr", png.to_str().unwrap()]));
+    let link = read_qr(&png);
+    assert_eq!(printed.lines().last(), Some(link.as_str()), "the QR code holds the printed link");
     let out = script(&provider, "joiner", BOB).args(["--link", &link]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
