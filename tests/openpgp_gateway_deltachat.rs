@@ -2,7 +2,8 @@
 //! (`deltachat-rpc-server`, driven by tests/deltachat/dc_openpgp.py) over a real Dovecot:
 //! Delta Chat joins the proxy's `invite` and the proxy's `join` completes toward Delta Chat's
 //! invite, verified on both sides; mail the plain client sends through the proxy shows in
-//! Delta Chat with a padlock. Delta Chat talks to the provider directly; the plain user's side
+//! Delta Chat with a padlock; a plain client's session shows the handshake mails as short
+//! notices, a Delta Chat session as stored. Delta Chat talks to the provider directly; the plain user's side
 //! is only the proxy (its account worker and SMTP).
 
 mod support;
@@ -73,9 +74,61 @@ fn delta_chat_joins_the_proxys_invite_and_both_are_verified() {
     assert!(r["joined_after_s"].is_number(), "{r}");
     assert_eq!(r["chat"]["is_encrypted"], true, "{r}");
     proxy.wait_for_log("the joiner proved the invite's token", Duration::from_secs(10));
+
+    // The handshake mails as Alice's mail programs see them. Besides Delta Chat's (v3: both
+    // encrypted), a legacy first step that comes unencrypted, with `Secure-Join` in the clear.
+    let legacy = "From: <carol@example.org>\r\nTo: <alice@example.org>\r\nDate: Sat, 5 Dec 2026 10:00:00 +0000\r\n\
+        Message-ID: <legacy-request@example.org>\r\nSubject: Message from carol@example.org\r\nChat-Version: 1.0\r\n\
+        Secure-Join: vc-request\r\nSecure-Join-Invitenumber: 3nKlqsVn0fYnFHdKmYtxt0W7\r\n\r\nSecure-Join: vc-request\r\n";
+    provider.deliver("carol@example.org", ALICE, legacy.as_bytes());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let plain = loop {
+        // A plain client: Delta Chat's two steps, its "Hello" and the legacy step.
+        let seen = read_mailbox(&proxy, ALICE, None);
+        if seen["messages"].as_array().unwrap().len() >= 4 {
+            break seen;
+        }
+        assert!(std::time::Instant::now() < deadline, "the mails did not arrive: {seen}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let messages = plain["messages"].as_array().unwrap();
+    let subjects: Vec<&str> = messages.iter().map(|m| m["subject"].as_str().unwrap()).collect();
+    eprintln!("a plain client sees: {subjects:?}");
+    assert_eq!(messages.len(), 4, "{plain}");
+    assert!(messages.iter().all(|m| m["encrypted"] == false), "nothing raw: {plain}");
+    assert!(messages.iter().all(|m| !m["text"].as_str().unwrap().contains("Secure-Join")), "{plain}");
+    assert_eq!(subjects[0], "bob@example.org wants to become a verified contact", "{plain}");
+    assert_eq!(subjects[1], "bob@example.org is now a verified contact", "{plain}");
+    assert!(messages[2]["text"].as_str().unwrap().contains("Hello from Delta Chat"), "{plain}");
+    assert_eq!(subjects[3], "carol@example.org wants to become a verified contact", "{plain}");
+    // Decided once per UID: a second session sees the same bytes.
+    let again = read_mailbox(&proxy, ALICE, None);
+    let sizes = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        v["messages"].as_array().unwrap().iter().map(|m| m["size"].clone()).collect()
+    };
+    assert_eq!(sizes(&again), sizes(&plain));
+    // A chat client sees them as stored.
+    let chat = read_mailbox(&proxy, ALICE, Some("Delta Chat"));
+    let stored = chat["messages"].as_array().unwrap();
+    let encrypted: Vec<bool> = stored.iter().map(|m| m["encrypted"] == true).collect();
+    assert_eq!(encrypted, [true, true, true, false], "{chat}");
+    assert_eq!(stored[3]["subject"], "Message from carol@example.org", "{chat}");
+
     proxy.stop();
     let bob = stored_peer(&proxy, ALICE, BOB).expect("the proxy knows Bob");
     assert!(bob.is_verified(), "{bob:?}");
+}
+
+/// What imaplib reads through the proxy for `user` (tests/openpgp_view/read.py; with `name`, the
+/// session says `ID ("name" name)` first).
+fn read_mailbox(proxy: &Proxy, user: &str, name: Option<&str>) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openpgp_view/read.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(script).arg(proxy.imap_port.to_string()).arg(user).arg("secret");
+    cmd.args(name);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "read.py failed: {}\n{}", String::from_utf8_lossy(&out.stderr), proxy.log());
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

@@ -28,6 +28,13 @@ pub trait SecretKeys: Send + Sync {
     /// `login`'s secret keys, the current one first; empty when the account has none (its
     /// sessions then see mail as stored).
     fn secret_keys(&self, login: &str) -> Vec<Arc<AccountKey>>;
+
+    /// The passwords of `login`'s SecureJoin invites and joins, which open the first two
+    /// handshake steps (shown as notices, [`super::securejoin::notice`]). May block (a store
+    /// read): called only while a view is decided.
+    fn handshake_passwords(&self, _login: &str) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What a UID shows.
@@ -42,6 +49,8 @@ pub enum Shown {
 const KIND_ORIGINAL: u8 = 0;
 const KIND_DECRYPTED: u8 = 1;
 const KIND_FAILED: u8 = 2;
+/// A SecureJoin handshake mail, shown as a short notice.
+const KIND_NOTICE: u8 = 3;
 
 /// All accounts' views.
 pub struct Views {
@@ -135,7 +144,7 @@ impl Views {
         let shown = match self.seal.open(&purpose(id), &sealed) {
             Ok(plain) => match plain.expose().split_first() {
                 Some((&KIND_ORIGINAL, _)) => Shown::Original,
-                Some((&kind, bytes)) if kind == KIND_DECRYPTED || kind == KIND_FAILED => {
+                Some((&kind, bytes)) if kind == KIND_DECRYPTED || kind == KIND_FAILED || kind == KIND_NOTICE => {
                     Shown::View { view: Arc::new(MessageView::new(bytes.to_vec())), decrypted: kind == KIND_DECRYPTED }
                 }
                 _ => {
@@ -159,7 +168,10 @@ impl Views {
             return shown;
         }
         let keys = self.keys.secret_keys(&id.account);
-        let (kind, bytes) = decide(original, &keys);
+        let (kind, bytes) = match notice(original, &keys, || self.keys.handshake_passwords(&id.account)) {
+            Some(bytes) => (KIND_NOTICE, bytes),
+            None => decide(original, &keys),
+        };
         let shown = match kind {
             KIND_ORIGINAL => Shown::Original,
             _ => Shown::View { view: Arc::new(MessageView::new(bytes.clone())), decrypted: kind == KIND_DECRYPTED },
@@ -182,6 +194,14 @@ impl Views {
             warn!("cannot forget stale views: {e}");
         }
     }
+}
+
+/// The notice in place of a SecureJoin handshake mail, if `original` is one with any of the
+/// keys (the passwords are read only for encrypted mail).
+fn notice(original: &[u8], keys: &[Arc<AccountKey>], passwords: impl FnOnce() -> Vec<String>) -> Option<Vec<u8>> {
+    let passwords = if super::decrypt::encrypted_payload(original).is_some() { passwords() } else { Vec::new() };
+    let passwords: Vec<&str> = passwords.iter().map(String::as_str).collect();
+    keys.iter().find_map(|k| super::securejoin::notice::notice(original, k, &passwords))
 }
 
 /// Renders with each key in turn: the first that decrypts wins; a message for none of them

@@ -258,6 +258,24 @@ impl SecretKeys for Identity {
         let keys = self.keys.lock().expect("key cache");
         keys.get(&login.to_ascii_lowercase()).cloned().into_iter().collect()
     }
+
+    /// Our invites' passwords (with the account's fingerprint) and those of the links we
+    /// joined, finished ones included: a handshake mail read late still shows its notice.
+    fn handshake_passwords(&self, login: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let keys = self.secret_keys(login);
+        match self.invites(login) {
+            Ok(invites) => out.extend(
+                invites.iter().flat_map(|i| keys.iter().map(|k| super::securejoin::invite::password(k.fingerprint(), &i.auth))),
+            ),
+            Err(e) => tracing::warn!(login, "cannot read the account's invites: {e}"),
+        }
+        match self.joins(login) {
+            Ok(joins) => out.extend(joins.iter().filter_map(|(_, j)| j.invite().ok()).map(|i| i.password())),
+            Err(e) => tracing::warn!(login, "cannot read the account's joins: {e}"),
+        }
+        out
+    }
 }
 
 #[cfg(test)]

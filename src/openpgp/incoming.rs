@@ -83,8 +83,10 @@ pub fn handle(identity: &Identity, login: &str, message: &[u8], received_at: i64
                 info!(login, inviter = %inviter, "SecureJoin: the inviter's key matches the link; proving our token");
                 return Ok(Handled { send: vec![send], verified: Some(inviter), handshake: true });
             }
-            Ok(JoinerEvent::Joined { inviter, group, .. }) => {
-                identity.set_join(login, &id, None)?;
+            Ok(JoinerEvent::Joined { state, inviter, group }) => {
+                // Kept (finished): its link's password still opens the handshake's mails for
+                // the notice a plain client's session shows in their place.
+                identity.set_join(login, &id, Some(&state))?;
                 info!(login, inviter = %inviter, group = ?group, "SecureJoin complete");
                 return Ok(Handled { send: Vec::new(), verified: Some(inviter), handshake: true });
             }

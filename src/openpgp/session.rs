@@ -29,8 +29,9 @@ use crate::store::ViewId;
 pub const DROPPED_CAPABILITIES: &[&str] =
     &["-BINARY", "-PREVIEW", "-SNIPPET", "-SORT", "-THREAD", "-CATENATE", "-URLAUTH"];
 
-/// The search key that finds PGP/MIME messages at the provider.
-const ENCRYPTED_KEY: &str = "HEADER Content-Type \"multipart/encrypted\"";
+/// The search key that finds the messages that may have a view at the provider: PGP/MIME, and
+/// SecureJoin handshake mail sent unencrypted (the legacy first step), which shows as a notice.
+const ENCRYPTED_KEY: &str = "OR HEADER Content-Type \"multipart/encrypted\" HEADER Secure-Join \"\"";
 
 /// One session's view state.
 pub struct ViewSession {
