@@ -1,13 +1,15 @@
 //! The decrypted view's MIME path: any inner message a sender encrypts (read by
 //! `decrypt::inspect`, composed by `view::compose`) and any outer message (the whole `render`,
 //! including the explanation of an undecryptable one). The view is CRLF-only, has exactly one
-//! marker field and no HP-Outer field, and the same input gives the same bytes.
+//! marker field and no HP-Outer field, and the same input gives the same bytes. Any message
+//! may also be a SecureJoin handshake mail (`securejoin::notice`): its notice obeys the same.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use coi_proxy::openpgp::decrypt::{DecryptError, Method, SignatureStatus, inspect};
 use coi_proxy::openpgp::key::AccountKey;
+use coi_proxy::openpgp::securejoin::notice;
 use coi_proxy::openpgp::{mime, view};
 use libfuzzer_sys::fuzz_target;
 
@@ -41,4 +43,8 @@ fuzz_target!(|data: &[u8]| {
         check(bytes);
     }
     assert_eq!(view::render(data, bob()), rendered);
+    if let Some(notice) = notice::notice(data, bob(), &["securejoin/x/y"]) {
+        check(&notice);
+        assert_eq!(mime::fields(mime::split(&notice).0).iter().filter(|f| f.is(notice::FIELD)).count(), 1);
+    }
 });
