@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 use super::cache::SecretKeys;
+use super::decrypt::Decrypted;
 use super::fingerprint::Fingerprint;
+use super::group::Group;
 use super::key::{AccountKey, KeyError};
 use super::peer::{Peer, Verdict};
 use super::securejoin::inviter::Issued;
@@ -230,6 +232,28 @@ impl Identity {
         let bytes = serde_json::to_vec(issued)
             .map_err(|e| IdentityError::Corrupt { login: login.into(), reason: e.to_string() })?;
         Ok(self.store.put_invite(login, &issued.invitenumber, bytes).wait()?)
+    }
+
+    /// The Delta Chat groups the account is in.
+    pub fn groups(&self, login: &str) -> Result<Vec<Group>, IdentityError> {
+        self.store.groups(login)?.into_iter().map(|(_, bytes)| decode(login, &bytes)).collect()
+    }
+
+    /// Learns from a decrypted message of a group (nothing for other mail); a group past the
+    /// store's bound is not kept.
+    pub fn learn_group(&self, login: &str, decrypted: &Decrypted, received_at: i64) -> Result<(), IdentityError> {
+        let Some(id) = decrypted.protected.chat_group_id.as_deref() else { return Ok(()) };
+        let old: Option<Group> = self.store.group(login, id)?.map(|b| decode(login, &b)).transpose()?;
+        let Some(group) = super::group::learn(decrypted, login, old.as_ref(), received_at) else { return Ok(()) };
+        if old.as_ref() == Some(&group) {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&group)
+            .map_err(|e| IdentityError::Corrupt { login: login.into(), reason: e.to_string() })?;
+        if !self.store.put_group(login, &group.id, bytes).wait()? {
+            warn!(login, "too many Delta Chat groups; a new one is not kept");
+        }
+        Ok(())
     }
 
     /// The handshakes in progress, by id.

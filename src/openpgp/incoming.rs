@@ -88,7 +88,11 @@ pub fn handle(identity: &Identity, login: &str, message: &[u8], received_at: i64
                 // the notice a plain client's session shows in their place.
                 identity.set_join(login, &id, Some(&state))?;
                 info!(login, inviter = %inviter, group = ?group, "SecureJoin complete");
-                return Ok(Handled { send: Vec::new(), verified: Some(inviter), handshake: true });
+                if group.is_none() {
+                    return Ok(Handled { send: Vec::new(), verified: Some(inviter), handshake: true });
+                }
+                // A group's `vg-member-added` is also its first group message: learnt below.
+                break;
             }
             Err(e) => not_for_us("joiner", &e),
         }
@@ -106,6 +110,7 @@ pub fn handle(identity: &Identity, login: &str, message: &[u8], received_at: i64
             let handshake = super::securejoin::step::is_handshake(&decrypted);
             let verdicts = observe(&decrypted, received_at, &known);
             identity.apply(login, &verdicts)?;
+            identity.learn_group(login, &decrypted, received_at)?;
             Ok(Handled { handshake, ..Handled::default() })
         }
         Err(DecryptError::PasswordOnly) => Ok(Handled { handshake: true, ..Handled::default() }),

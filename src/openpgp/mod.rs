@@ -51,6 +51,7 @@ pub mod commands;
 pub mod decrypt;
 pub mod encrypt;
 pub mod fingerprint;
+pub mod group;
 pub mod identity;
 pub mod incoming;
 pub mod key;

@@ -3,16 +3,19 @@
 //! PGP/MIME when every recipient (the envelope: To, Cc and Bcc) has a key
 //! (`openpgp::encrypt::prepare`). A message the client encrypted itself, or that carries its
 //! own Autocrypt header (Delta Chat), passes as it is. Mail that would reach a verified
-//! contact in clear is refused with `554 5.7.1` naming who has no key.
+//! contact in clear is refused with `554 5.7.1` naming who has no key. A reply to a message of
+//! a Delta Chat group the account is in goes to the whole group (`openpgp::group`): every member
+//! is added to To and the envelope, and the group's id and name go inside, encrypted.
 
 use tracing::{debug, warn};
 
 use super::Smtp;
 use super::session::{QueueRefusal, Submission};
 use crate::openpgp::autocrypt::PreferEncrypt;
-use crate::openpgp::encrypt::{Prepared, prepare};
+use crate::openpgp::encrypt::{Outgoing, Prepared, classify, prepare};
+use crate::openpgp::group;
 use crate::openpgp::identity::IdentityError;
-use crate::store::StoreError;
+use crate::store::{Recipient, RecipientState, StoreError};
 
 /// Applies the gateway to `sub` (in place); `Err` is the refusal for the client.
 pub async fn outgoing(ctx: &Smtp, sub: &mut Submission) -> Result<(), QueueRefusal> {
@@ -31,15 +34,39 @@ pub async fn outgoing(ctx: &Smtp, sub: &mut Submission) -> Result<(), QueueRefus
     let (login, body) = (sub.login.clone(), std::mem::take(&mut sub.body));
     let result = tokio::task::spawn_blocking(move || {
         let known = |addr: &str| identity.peer(&login, addr).ok().flatten();
-        let prepared = prepare(&body, &key, &envelope, &known, PreferEncrypt::Mutual, crate::clock::now());
-        (prepared, body)
+        let now = crate::clock::now();
+        // A reply to a Delta Chat group's message goes to the group: to every member, with the
+        // group's id and name inside, encrypted (else as the client wrote it).
+        let groups = match classify(&body) {
+            Outgoing::Plain => identity.groups(&login).unwrap_or_else(|e| {
+                warn!("OpenPGP gateway: cannot read the account's groups: {e}");
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        };
+        if let Some(group) = group::of_reply(&body, &groups) {
+            let (addressed, added) = group::address(&body, group, &login, &envelope);
+            let all: Vec<String> = envelope.iter().chain(&added).cloned().collect();
+            if let Ok(Prepared::Encrypted { message }) =
+                prepare(&addressed, &key, &all, &known, PreferEncrypt::Mutual, now)
+            {
+                debug!(group = %group.id, added = added.len(), "OpenPGP gateway: a reply to a Delta Chat group");
+                return (Ok(Prepared::Encrypted { message }), body, added);
+            }
+            debug!(group = %group.id, "OpenPGP gateway: a group reply that cannot be encrypted to every member goes as written");
+        }
+        let prepared = prepare(&body, &key, &envelope, &known, PreferEncrypt::Mutual, now);
+        (prepared, body, Vec::new())
     })
     .await;
-    let (prepared, body) = match result {
+    let (prepared, body, added) = match result {
         Ok(done) => done,
         Err(e) => return Err(QueueRefusal::Unavailable(format!("the encryption task failed: {e}"))),
     };
     sub.body = body;
+    for address in added {
+        sub.recipients.push(Recipient { address, notify: None, orcpt: None, state: RecipientState::Pending });
+    }
     match prepared {
         Ok(Prepared::AsIs) => debug!("OpenPGP gateway: sent as the client made it"),
         Ok(Prepared::Clear { message, without_key }) => {
