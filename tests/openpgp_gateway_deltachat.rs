@@ -22,6 +22,7 @@ use support::smtp_client::wait_for_inbox;
 
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
+const CAROL: &str = "carol@example.org";
 
 /// The text of the one QR code in a PNG file.
 fn read_qr(path: &std::path::Path) -> String {
@@ -214,4 +215,69 @@ fn a_plain_clients_mail_shows_in_delta_chat_with_a_padlock() {
         assert!(std::time::Instant::now() < deadline, "the proxy never encrypted to Bob:\n{}", proxy.log());
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Alice and Carol (two Delta Chat accounts) are in group "Team"; Bob, the plain user, joins its
+/// invite through the proxy. Alice writes to the group; Bob's mail program answers with a plain
+/// "Reply" (to Alice only): the proxy sends it to the whole group, encrypted, with the group's
+/// id inside, and it lands in "Team" at Alice and at Carol.
+#[test]
+fn a_plain_reply_to_a_delta_chat_group_lands_in_the_group() {
+    let provider = Provider::start();
+    let mut proxy = proxy_for(&provider, BOB);
+    let mut child = script(&provider, "group-with-plain", ALICE)
+        .args(["--other", CAROL, "--plain", BOB])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap());
+    let mut next = |prefix: &str| {
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        line.strip_prefix(prefix).map(|l| l.trim().to_string())
+    };
+    let Some(link) = next("LINK ") else {
+        let _ = child.wait();
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        panic!("no group link from Delta Chat: {err}");
+    };
+    stdout(&cli(&proxy, &["join", BOB, &link]));
+    let hello = next("HELLO ").expect("Delta Chat wrote to the group");
+    // The worker has read the group message (its id, name and members).
+    proxy.wait_for_log(&format!("<{hello}>"), Duration::from_secs(60));
+
+    let mut smtp = proxy.connect_smtp();
+    smtp.login(BOB, "secret");
+    let reply = format!(
+        "From: Bob <bob@example.org>\r\nTo: Alice <alice@example.org>\r\nSubject: Re: Team\r\n\
+         Message-ID: <bob-reply@example.org>\r\nIn-Reply-To: <{hello}>\r\nReferences: <{hello}>\r\n\r\n\
+         Hello group, from a mail program.\r\n\r\n> Hello group\r\n"
+    );
+    let sent = smtp.send_message(BOB, &[ALICE], reply.as_bytes());
+    assert_eq!(sent.code, 250, "{}", smtp.transcript());
+
+    let mut rest = String::new();
+    lines.into_inner().read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "the reply did not reach both Delta Chat accounts: {err}\n{rest}\n{}", proxy.log());
+    let r = report(&rest);
+    eprintln!("{r:#}");
+    let everyone = serde_json::json!([ALICE, BOB, CAROL]);
+    assert_eq!(r["members"], everyone, "{r}");
+    for who in ["alice", "carol"] {
+        let got = &r["received"][who];
+        assert!(got["text"].as_str().unwrap().contains("Hello group, from a mail program."), "{who}: {r}");
+        assert_eq!(got["show_padlock"], true, "{who}: {r}");
+        assert_eq!(got["chat_name"], "Team", "{who}: {r}");
+        assert_eq!(got["chat_type"], "Group", "{who}: {r}");
+        assert_eq!(got["chat_members"], everyone, "{who}: the group keeps its members: {r}");
+    }
+    // At Alice in the very group she wrote to; Carol got it although Bob's mail program
+    // addressed Alice only.
+    assert_eq!(r["received"]["alice"]["in_the_group"], true, "{r}");
+    proxy.stop();
 }

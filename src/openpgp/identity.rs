@@ -245,6 +245,13 @@ impl Identity {
         let Some(id) = decrypted.protected.chat_group_id.as_deref() else { return Ok(()) };
         let old: Option<Group> = self.store.group(login, id)?.map(|b| decode(login, &b)).transpose()?;
         let Some(group) = super::group::learn(decrypted, login, old.as_ref(), received_at) else { return Ok(()) };
+        tracing::debug!(
+            login,
+            group = %group.id,
+            members = group.members.len(),
+            message_id = ?decrypted.protected.message_id,
+            "a Delta Chat group message"
+        );
         if old.as_ref() == Some(&group) {
             return Ok(());
         }
