@@ -297,7 +297,9 @@ impl SecretKeys for Identity {
         let keys = self.secret_keys(login);
         match self.invites(login) {
             Ok(invites) => out.extend(
-                invites.iter().flat_map(|i| keys.iter().map(|k| super::securejoin::invite::password(k.fingerprint(), &i.auth))),
+                invites
+                    .iter()
+                    .flat_map(|i| keys.iter().map(|k| super::securejoin::invite::password(k.fingerprint(), &i.auth))),
             ),
             Err(e) => tracing::warn!(login, "cannot read the account's invites: {e}"),
         }
