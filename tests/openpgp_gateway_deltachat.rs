@@ -154,6 +154,26 @@ fn the_proxys_join_completes_toward_a_delta_chat_invite() {
     assert_eq!(r["joiner_contact"]["is_key_contact"], true, "{r}");
     assert!(r["joined_after_s"].is_number(), "Delta Chat reported the handshake complete: {r}");
     proxy.wait_for_log("SecureJoin complete", Duration::from_secs(30));
+    // Read only now, after the handshake: the first answer (encrypted with the link's password)
+    // still shows as its notice.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let plain = loop {
+        let seen = read_mailbox(&proxy, BOB, None);
+        if seen["messages"].as_array().unwrap().len() >= 3 {
+            break seen;
+        }
+        assert!(std::time::Instant::now() < deadline, "the mails did not arrive: {seen}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let messages = plain["messages"].as_array().unwrap();
+    let subjects: Vec<&str> = messages.iter().map(|m| m["subject"].as_str().unwrap()).collect();
+    assert_eq!(
+        subjects[..2],
+        ["alice@example.org answered your join request", "alice@example.org is now a verified contact"],
+        "{plain}"
+    );
+    assert!(messages[2]["text"].as_str().unwrap().contains("Hello from Delta Chat"), "{plain}");
+    assert!(messages.iter().all(|m| m["encrypted"] == false), "{plain}");
     proxy.stop();
     let alice = stored_peer(&proxy, BOB, ALICE).expect("the proxy knows Alice");
     assert!(alice.is_verified(), "{alice:?}");
