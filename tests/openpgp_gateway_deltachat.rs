@@ -82,16 +82,8 @@ fn delta_chat_joins_the_proxys_invite_and_both_are_verified() {
         Message-ID: <legacy-request@example.org>\r\nSubject: Message from carol@example.org\r\nChat-Version: 1.0\r\n\
         Secure-Join: vc-request\r\nSecure-Join-Invitenumber: 3nKlqsVn0fYnFHdKmYtxt0W7\r\n\r\nSecure-Join: vc-request\r\n";
     provider.deliver("carol@example.org", ALICE, legacy.as_bytes());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let plain = loop {
-        // A plain client: Delta Chat's two steps, its "Hello" and the legacy step.
-        let seen = read_mailbox(&proxy, ALICE, None);
-        if seen["messages"].as_array().unwrap().len() >= 4 {
-            break seen;
-        }
-        assert!(std::time::Instant::now() < deadline, "the mails did not arrive: {seen}");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    // A plain client: Delta Chat's two steps, its "Hello" and the legacy step.
+    let plain = read_once_there(&proxy, ALICE, 4);
     let messages = plain["messages"].as_array().unwrap();
     let subjects: Vec<&str> = messages.iter().map(|m| m["subject"].as_str().unwrap()).collect();
     eprintln!("a plain client sees: {subjects:?}");
@@ -120,6 +112,33 @@ fn delta_chat_joins_the_proxys_invite_and_both_are_verified() {
     assert!(bob.is_verified(), "{bob:?}");
 }
 
+/// The Delta Chat script's report once it ends (the rest of its stdout in `lines`); it must
+/// have succeeded, else `failure` with its stderr.
+fn finish(mut child: std::process::Child, mut lines: impl Read, failure: &str, proxy: &Proxy) -> serde_json::Value {
+    let mut rest = String::new();
+    lines.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{failure}: {err}\n{rest}\n{}", proxy.log());
+    let r = report(&rest);
+    eprintln!("{r:#}");
+    r
+}
+
+/// What a plain client reads once `count` messages are in `user`'s INBOX (30 s at most).
+fn read_once_there(proxy: &Proxy, user: &str, count: usize) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = read_mailbox(proxy, user, None);
+        if seen["messages"].as_array().unwrap().len() >= count {
+            return seen;
+        }
+        assert!(std::time::Instant::now() < deadline, "the mails did not arrive: {seen}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// What imaplib reads through the proxy for `user` (tests/openpgp_view/read.py; with `name`, the
 /// session says `ID ("name" name)` first).
 fn read_mailbox(proxy: &Proxy, user: &str, name: Option<&str>) -> serde_json::Value {
@@ -143,28 +162,13 @@ fn the_proxys_join_completes_toward_a_delta_chat_invite() {
     let link =
         first.strip_prefix("LINK ").unwrap_or_else(|| panic!("no link from Delta Chat: {first:?}")).trim().to_string();
     stdout(&cli(&proxy, &["join", BOB, &link]));
-    let mut rest = String::new();
-    lines.read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(status.success(), "Delta Chat's invite did not complete: {err}\n{rest}\n{}", proxy.log());
-    let r = report(&rest);
-    eprintln!("{r:#}");
+    let r = finish(child, lines, "Delta Chat's invite did not complete", &proxy);
     assert_eq!(r["joiner_contact"]["is_key_contact"], true, "{r}");
     assert!(r["joined_after_s"].is_number(), "Delta Chat reported the handshake complete: {r}");
     proxy.wait_for_log("SecureJoin complete", Duration::from_secs(30));
     // Read only now, after the handshake: the first answer (encrypted with the link's password)
     // still shows as its notice.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let plain = loop {
-        let seen = read_mailbox(&proxy, BOB, None);
-        if seen["messages"].as_array().unwrap().len() >= 3 {
-            break seen;
-        }
-        assert!(std::time::Instant::now() < deadline, "the mails did not arrive: {seen}");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let plain = read_once_there(&proxy, BOB, 3);
     let messages = plain["messages"].as_array().unwrap();
     let subjects: Vec<&str> = messages.iter().map(|m| m["subject"].as_str().unwrap()).collect();
     assert_eq!(
@@ -278,14 +282,7 @@ fn a_plain_reply_to_a_delta_chat_group_lands_in_the_group() {
     let sent = smtp.send_message(BOB, &[ALICE], reply.as_bytes());
     assert_eq!(sent.code, 250, "{}", smtp.transcript());
 
-    let mut rest = String::new();
-    lines.into_inner().read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(status.success(), "the reply did not reach both Delta Chat accounts: {err}\n{rest}\n{}", proxy.log());
-    let r = report(&rest);
-    eprintln!("{r:#}");
+    let r = finish(child, lines.into_inner(), "the reply did not reach both Delta Chat accounts", &proxy);
     let everyone = serde_json::json!([ALICE, BOB, CAROL]);
     assert_eq!(r["members"], everyone, "{r}");
     for who in ["alice", "carol"] {
