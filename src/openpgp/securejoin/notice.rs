@@ -13,8 +13,8 @@
 //! mail ([`super::step::is_handshake`]).
 //!
 //! What the notice claims is only what the message proves: "verified" needs our invite's
-//! token (`vc-request-with-auth`) or a valid signature (`vc-contact-confirm`); an unencrypted
-//! message never claims more than "asked".
+//! token (`vc-request-with-auth`) or the signature of the inviter whose link we joined
+//! (`vc-contact-confirm`); an unencrypted message never claims more than "asked".
 
 use super::invite::password;
 use super::step::{Step, step};
@@ -71,8 +71,10 @@ fn proof(d: &Decrypted, step: &Step, key: &AccountKey, passwords: &[&str]) -> Pr
                 _ => Proof::Unproven,
             }
         }
-        Step::ContactConfirm => match d.signature {
-            SignatureStatus::Valid(_) => Proof::Verified,
+        // Signed by the inviter of a link we joined (its fingerprint is in the link's password):
+        // anyone can sign a "confirmation" with a key of their own.
+        Step::ContactConfirm => match &d.signature {
+            SignatureStatus::Valid(fp) if passwords.iter().any(|p| p.starts_with(&password(fp, ""))) => Proof::Verified,
             _ => Proof::Unproven,
         },
         _ => Proof::Step,
@@ -185,8 +187,11 @@ mod tests {
         // Bob's side: steps 2 and 4.
         let two = text(&notice(&fixture("securejoin-2-vc-pubkey.eml"), &bob, &[&pw]).unwrap());
         assert!(two.contains("answered your join request"), "{two}");
-        let four = text(&notice(&fixture("securejoin-4-vc-contact-confirm.eml"), &bob, &[]).unwrap());
+        let four = text(&notice(&fixture("securejoin-4-vc-contact-confirm.eml"), &bob, &[&pw]).unwrap());
         assert!(four.contains("alice@example.org is now a verified contact"), "{four}");
+        // Signed, but not by the inviter of a link we joined: not taken for a confirmation.
+        let four = text(&notice(&fixture("securejoin-4-vc-contact-confirm.eml"), &bob, &[]).unwrap());
+        assert!(four.contains("ignored") && !four.contains("now a verified"), "{four}");
         // Deterministic (the view keeps it once, but a re-render must agree).
         assert_eq!(notice(&fixture("securejoin-2-vc-pubkey.eml"), &bob, &[&pw]).unwrap(), two.as_bytes());
         // Without the password the first steps do not open: no notice (the view explains them).
