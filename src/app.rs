@@ -40,6 +40,8 @@ pub enum RunError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Seal(#[from] crate::seal::SealError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::context::ClusterError),
     #[error("cannot listen on {addr} ({kind}): {source}")]
     Bind { addr: SocketAddr, kind: &'static str, source: std::io::Error },
     #[error(transparent)]
@@ -72,6 +74,9 @@ enum ReloadError {
     #[error("the certificate task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
+
+/// How long the start waits for the first read of a cluster's shared state.
+const CLUSTER_SYNC_WAIT: Duration = Duration::from_secs(5);
 
 /// How long sessions get to say BYE after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -112,7 +117,10 @@ pub async fn run_with(
     // Read at start where it exists or is needed now (a bad file stops the start), else made
     // at its first use: a daemon with nothing to seal leaves no key file.
     let seal_path = config.seal_key_path();
-    let needed = config.autocrypt.enabled || keys.is_some() || config.accounts.iter().any(|a| a.oauth2.is_some());
+    let needed = config.autocrypt.enabled
+        || keys.is_some()
+        || config.accounts.iter().any(|a| a.oauth2.is_some())
+        || config.cluster.is_some();
     let seal = match needed || seal_path.exists() {
         true => {
             let path = seal_path.clone();
@@ -135,8 +143,25 @@ pub async fn run_with(
         Arc::new(crate::openpgp::cache::Views::new(store.clone(), seal, keys, crate::openpgp::cache::DEFAULT_BUDGET))
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (context, receivers) = Context::new(config, TlsAcceptor::from(server_tls), store, seal, shutdown_rx.clone());
+    // `[cluster]`: etcd holds the shared state and says which accounts this instance works on.
+    let cluster = match (&config.cluster, seal.if_loaded()) {
+        (Some(cluster), Some(key)) => Some(crate::cluster::connect(cluster, key).await?),
+        _ => None,
+    };
+    let (mut context, receivers) =
+        Context::new(config, TlsAcceptor::from(server_tls), store, seal, shutdown_rx.clone());
+    context.cluster = cluster.as_ref().map(|(etcd, _)| etcd.clone() as Arc<dyn crate::context::Cluster>);
     let ctx = Arc::new(context);
+    let mut cluster_task = None;
+    if let Some((_, tasks)) = cluster {
+        // The listeners open on the cluster's shared settings, unless etcd is unreachable: then
+        // on the store's copy, and the replica catches up when etcd answers.
+        let (synced, task) = tasks.start(ctx.clone());
+        cluster_task = Some(task);
+        if tokio::time::timeout(CLUSTER_SYNC_WAIT, synced).await.is_err() {
+            warn!("cluster: etcd has not answered yet; serving the local copy of the shared state meanwhile");
+        }
+    }
     // The worker supervisor first: logins ask it for workers as soon as the listeners accept.
     let supervisor = tokio::spawn(crate::worker::supervise(ctx.clone(), receivers.workers, identity.clone()));
     // Delta Chat push: the notifier and its retries (kept across restarts).
@@ -180,6 +205,10 @@ pub async fn run_with(
     }
     // The supervisor has stopped its workers by now (it watches the same signal).
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, supervisor).await;
+    // The lease revoked: the other instances take this one's accounts over at once.
+    if let Some(task) = cluster_task {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
+    }
     Ok(())
 }
 
@@ -365,6 +394,10 @@ impl Listeners {
             task.abort();
             changes.applied.push(format!("metrics listener on {addr} stopped"));
         }
+        if old.listen.proxy_protocol != new.listen.proxy_protocol {
+            let now = if new.listen.proxy_protocol { "on" } else { "off" };
+            changes.applied.push(format!("proxy_protocol {now} (for connections accepted from now on)"));
+        }
         if old.providers() != new.providers() {
             changes.applied.push("providers changed (next logins use them)".into());
         }
@@ -411,17 +444,24 @@ async fn accept_loop(
     let Ok(addr) = listener.local_addr() else { return };
     loop {
         match listener.accept().await {
-            Ok((tcp, peer)) => {
-                // Read per connection, so that a reload that changes it applies to the next one.
+            Ok((mut tcp, socket_peer)) => {
+                // Read per connection, so that a reload that changes them applies to the next one.
                 let plaintext_auth = ctx.config().listen.plaintext_auth_allowed(&addr);
+                let proxy_protocol = ctx.config().listen.proxy_protocol;
                 let info = ListenerInfo { kind, addr, plaintext_auth, views: views.clone() };
-                let limits = &ctx.config().limits;
-                let admitted = ctx.sessions.admit(peer.ip(), limits.max_sessions, limits.max_sessions_per_ip);
+                // Admitted here, in the order of arrival, unless the address is in a header yet
+                // to be read.
+                let admitted = (!proxy_protocol).then(|| admit(&ctx, socket_peer));
                 let (ctx, alive) = (ctx.clone(), alive.clone());
                 let shutdown = ctx.shutdown.clone();
                 tokio::spawn(async move {
-                    let _open = crate::metrics::session_opened(label(kind));
-                    session::serve(ctx, tcp, peer, info, admitted, shutdown).await;
+                    let listener = label(kind);
+                    let client = crate::net::proxied::client_address(&mut tcp, socket_peer, proxy_protocol, listener);
+                    if let Some(peer) = client.await {
+                        let admitted = admitted.unwrap_or_else(|| admit(&ctx, peer));
+                        let _open = crate::metrics::session_opened(listener);
+                        session::serve(ctx, tcp, peer, info, admitted, shutdown).await;
+                    }
                     drop(alive);
                 });
             }
@@ -432,6 +472,12 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// A place for a session from `peer` (the client's address, from the PROXY header if any).
+fn admit(ctx: &Context, peer: SocketAddr) -> Result<crate::limits::SessionPermit, crate::limits::Refused> {
+    let limits = &ctx.config().limits;
+    ctx.sessions.admit(peer.ip(), limits.max_sessions, limits.max_sessions_per_ip)
 }
 
 /// Checks the local certificate once a day and renews it 30 days before it expires, so a

@@ -42,6 +42,64 @@ pub struct Config {
     pub accounts: Vec<Account>,
     #[serde(default)]
     pub log: Log,
+    /// Many instances sharing state through etcd (issue 21); `None`: one instance, local state.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: this instance's place among others that share accounts through etcd.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// The etcd members' client URLs (`http://host:2379`); the client uses whichever answers.
+    pub etcd: Vec<String>,
+    /// This instance's name, unique among the instances.
+    pub node: String,
+    /// The lease's time to live: how long a dead instance's accounts wait for another owner.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+}
+
+fn default_lease_secs() -> u64 {
+    10
+}
+
+impl Cluster {
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.etcd.is_empty() {
+            return Err((
+                "cluster.etcd".into(),
+                "name at least one etcd member, e.g. [\"http://127.0.0.1:2379\"]".into(),
+            ));
+        }
+        for url in &self.etcd {
+            let rest = url.strip_prefix("http://").ok_or_else(|| {
+                (
+                    "cluster.etcd".to_string(),
+                    format!(
+                        "`{url}`: give http://host:port (this build speaks plain HTTP/2 to etcd: keep etcd on a private \
+                         network or loopback)"
+                    ),
+                )
+            })?;
+            let host = rest.trim_end_matches('/');
+            if host.is_empty() || host.contains(['/', ' ', '@']) {
+                return Err(("cluster.etcd".into(), format!("`{url}`: give http://host:port")));
+            }
+        }
+        let node_ok = !self.node.is_empty()
+            && self.node.len() <= 64
+            && self.node.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !node_ok {
+            return Err((
+                "cluster.node".into(),
+                "a name of 1 to 64 letters, digits, '-', '_' or '.', unique among the instances".into(),
+            ));
+        }
+        if !(2..=3600).contains(&self.lease_secs) {
+            return Err(("cluster.lease_secs".into(), "must be between 2 and 3600 (etcd's minimum is about 2)".into()));
+        }
+        Ok(())
+    }
 }
 
 /// Listening addresses; a missing key disables that listener.
@@ -61,6 +119,11 @@ pub struct Listen {
     pub plaintext_auth: Option<bool>,
     /// HTTP `/healthz` and `/metrics` (Prometheus); loopback only, as it has no authentication.
     pub metrics: Option<SocketAddr>,
+    /// Every client listener (imap, imaps, smtp, smtps) wants a PROXY v1/v2 header first
+    /// (HAProxy's `send-proxy-v2`) and takes the client's address from it; a connection without
+    /// a valid one is closed. Read per connection: a reload applies it to the next ones.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 impl Default for Listen {
@@ -72,6 +135,7 @@ impl Default for Listen {
             smtps: None,
             plaintext_auth: None,
             metrics: None,
+            proxy_protocol: false,
         }
     }
 }
@@ -637,6 +701,9 @@ impl Config {
                 }
             }
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         if self.listen.metrics.is_some_and(|a| !a.ip().is_loopback()) {
             return Err((
                 "listen.metrics".into(),
@@ -1020,6 +1087,34 @@ mod tests {
     }
 
     #[test]
+    fn cluster_section() {
+        let c =
+            parse("[cluster]\netcd = [\"http://127.0.0.1:2379\", \"http://10.0.0.2:2379/\"]\nnode = \"a\"\n").unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(
+            (cluster.etcd.len(), cluster.node.as_str(), cluster.lease_secs),
+            (2, "a", 10),
+            "lease_secs 10 by default"
+        );
+        for (text, key) in [
+            ("etcd = []\nnode = \"a\"", "cluster.etcd"),
+            ("etcd = [\"https://e:2379\"]\nnode = \"a\"", "cluster.etcd"),
+            ("etcd = [\"http://\"]\nnode = \"a\"", "cluster.etcd"),
+            ("etcd = [\"http://e:2379\"]\nnode = \"a/b\"", "cluster.node"),
+            ("etcd = [\"http://e:2379\"]\nnode = \"\"", "cluster.node"),
+            ("etcd = [\"http://e:2379\"]\nnode = \"a\"\nlease_secs = 1", "cluster.lease_secs"),
+        ] {
+            let err = parse(&format!("[cluster]\n{text}\n")).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        assert!(parse("[cluster]\netcd = [\"http://e:2379\"]\n").is_err(), "node is required");
+        assert!(
+            parse("[cluster]\netcd = [\"http://e:2379\"]\nnode = \"a\"\nleases = 3\n").is_err(),
+            "typos are errors"
+        );
+    }
+
+    #[test]
     fn empty_config_has_loopback_listeners() {
         let c = parse("").unwrap();
         assert_eq!(c.listen.imap.unwrap().to_string(), "127.0.0.1:1143");
@@ -1189,6 +1284,15 @@ mod tests {
     }
 
     #[test]
+    fn proxy_protocol_is_off_unless_set_and_wants_a_bool() {
+        assert!(!Config::parse("", Path::new("proxy.toml")).unwrap().listen.proxy_protocol);
+        let on = Config::parse("[listen]\nimap = \"127.0.0.1:1143\"\nproxy_protocol = true\n", Path::new("proxy.toml"));
+        assert!(on.unwrap().listen.proxy_protocol);
+        let err = Config::parse("[listen]\nproxy_protocol = \"yes\"\n", Path::new("proxy.toml")).unwrap_err();
+        assert!(err.to_string().contains("proxy_protocol"), "{err}");
+    }
+
+    #[test]
     fn deltachat_defaults_and_notifier_urls() {
         let c = Config::defaults();
         assert_eq!(c.deltachat.notifier_url, "https://notifications.delta.chat/notify");
@@ -1222,6 +1326,7 @@ mod chat_client_tests {
         let coi: Coi = toml::from_str("chat_clients = [\"Delta Chat\", \"ArcaneChat\"]").unwrap();
         assert!(coi.is_chat_client(Some("ArcaneChat")));
         let autocrypt = Config::parse("", Path::new("proxy.toml")).unwrap().autocrypt;
+        assert!(Config::parse("", Path::new("proxy.toml")).unwrap().cluster.is_none(), "no [cluster]: one instance");
         assert!(autocrypt.enabled, "on by default");
         let off = Config::parse("[autocrypt]\nenabled = false\n", Path::new("proxy.toml")).unwrap();
         assert!(!off.autocrypt.enabled);

@@ -5,6 +5,9 @@
 //! `app`, which also starts the tasks that read the channels; nothing here starts anything, so a
 //! wing that needs a worker asks for one and never spawns it.
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -15,7 +18,7 @@ use crate::config::Config;
 use crate::limits::Sessions;
 use crate::limits::logins::Logins;
 use crate::seal::SealCell;
-use crate::store::Store;
+use crate::store::{PushSubscription, Store};
 use crate::tls::UpstreamTls;
 
 /// The handles, shared by every session, worker and task (`Arc<Context>`).
@@ -47,6 +50,9 @@ pub struct Context {
     pub queue: QueueWake,
     /// Tells the Delta Chat notifier about new mail for an account.
     pub notify: Notify,
+    /// The cluster (`[cluster]`): set by `app` before the context is shared; `None` for one
+    /// instance with local state.
+    pub cluster: Option<Arc<dyn Cluster>>,
 }
 
 /// The other ends of the context's channels, for the tasks `app` starts.
@@ -84,6 +90,7 @@ impl Context {
             receipts: Receipts(receipts),
             queue: QueueWake(queue),
             notify: Notify(notify),
+            cluster: None,
         };
         let receivers = Receivers { workers: workers_rx, receipts: receipts_rx, queue: queue_rx, notify: notify_rx };
         (context, receivers)
@@ -98,6 +105,67 @@ impl Context {
     pub fn set_config(&self, config: Config) {
         *self.config.write().expect("config lock") = Arc::new(config);
     }
+
+    /// Hands a change of shared state to the cluster (etcd) before it counts; a no-op for one
+    /// instance.
+    pub async fn publish(&self, change: SharedChange) -> Result<(), ClusterError> {
+        match &self.cluster {
+            Some(cluster) => cluster.publish(change).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A boxed future, for the object-safe [`Cluster`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The accounts this instance owns, each with its fencing token (the owner key's
+/// create_revision: a later owner always has a larger one).
+pub type Owned = Arc<BTreeMap<String, i64>>;
+
+/// The cluster as the worker and the wings see it (implemented by the `cluster` edge over
+/// etcd): who owns which account, the owner's fenced writes, and the shared state's writes.
+pub trait Cluster: Send + Sync {
+    /// The accounts owned now; changes when one is taken or lost (the lease gone).
+    fn owned(&self) -> watch::Receiver<Owned>;
+    /// Asks to own `login`, an account that needs a worker (taken when the load allows).
+    fn want(&self, login: &str);
+    /// Where the account's worker stopped last: INBOX's UIDVALIDITY and next UID to classify.
+    fn progress(&self, login: String) -> BoxFuture<'_, Result<Option<(u32, u32)>, ClusterError>>;
+    /// Records the worker's progress, only while `fence` is still the owner's token.
+    fn save_progress(&self, login: String, fence: i64, position: (u32, u32))
+    -> BoxFuture<'_, Result<(), ClusterError>>;
+    /// Claims the one push about INBOX message (UIDVALIDITY, UID): `true` for the first claim
+    /// while `fence` owns the account, `false` when it was claimed before.
+    fn claim_push(&self, login: String, fence: i64, message: (u32, u32)) -> BoxFuture<'_, Result<bool, ClusterError>>;
+    /// Whether `fence` still owns the account (checked right before a COPY that could double).
+    fn still_owner(&self, login: String, fence: i64) -> BoxFuture<'_, Result<bool, ClusterError>>;
+    /// Writes a change of shared state to etcd (sealed where secret); every instance's store
+    /// follows by watch.
+    fn publish(&self, change: SharedChange) -> BoxFuture<'_, Result<(), ClusterError>>;
+}
+
+/// Shared state that changes on one instance and must count on all.
+#[derive(Debug, Clone)]
+pub enum SharedChange {
+    /// A METADATA entry the proxy keeps (a provider without METADATA): set or removed.
+    Metadata { login: String, mailbox: Vec<u8>, entry: String, value: Option<Vec<u8>> },
+    /// A WebPush subscription: stored (new or validated) or removed.
+    Push { login: String, id: String, subscription: Option<PushSubscription> },
+}
+
+/// What went wrong with the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// etcd did not answer or refused (its words; etcd's errors carry no secret).
+    #[error("etcd is unreachable or refused: {0}")]
+    Etcd(String),
+    /// This instance no longer owns the account: another took it over.
+    #[error("this instance no longer owns the account (another instance took it over)")]
+    Fenced,
+    /// A shared secret from etcd that the seal key cannot open: instances with different seal keys.
+    #[error("a shared secret in etcd cannot be opened: every instance needs the same seal key ({0})")]
+    Seal(String),
 }
 
 /// The way to an account's worker: the supervisor (`worker::supervise`) owns every worker's

@@ -72,6 +72,11 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Many instances sharing accounts through etcd ([cluster] in the configuration).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Signs the proxy in to providers that want OAuth2 (Gmail, Microsoft 365; works while the
     /// daemon runs).
     Oauth {
@@ -115,6 +120,12 @@ enum Command {
         #[command(subcommand)]
         what: Generate,
     },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Shows the live instances and which accounts each owns (read from etcd).
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -364,6 +375,9 @@ fn main() -> ExitCode {
             print_or_fail(control::cli(&config, cmd))
         }
         Command::Oauth { action } => runtime.block_on(oauth(&config, action)),
+        Command::Cluster { action: ClusterAction::Status } => {
+            print_or_fail(runtime.block_on(coi_proxy::cluster::status::status(&config)))
+        }
     }
 }
 

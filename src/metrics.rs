@@ -65,6 +65,8 @@ pub const CAUSES: [&str; 11] = [
 
 pub static SESSIONS_OPEN: [Gauge; 4] = [const { Gauge::new() }; 4];
 pub static SESSIONS_TOTAL: [Counter; 4] = [const { Counter::new() }; 4];
+/// Connections closed before their session for a missing or bad PROXY header, by listener.
+static PROXY_HEADERS_REFUSED: [Counter; 4] = [const { Counter::new() }; 4];
 /// Tagged client commands passed on to the provider (the proxy's own answers not included).
 pub static COMMANDS_RELAYED: Counter = Counter::new();
 pub static BYTES_FROM_CLIENT: Counter = Counter::new();
@@ -95,6 +97,12 @@ pub fn session_opened(listener: &str) -> SessionGuard {
     SESSIONS_TOTAL[i].inc();
     SESSIONS_OPEN[i].inc();
     SessionGuard(i)
+}
+
+/// Counts a connection on `listener` closed for its PROXY header (`[listen] proxy_protocol`).
+pub fn proxy_header_refused(listener: &str) {
+    let i = LISTENERS.iter().position(|l| *l == listener).unwrap_or(0);
+    PROXY_HEADERS_REFUSED[i].inc();
 }
 
 /// Keeps a session counted as open; see [`session_opened`].
@@ -206,6 +214,14 @@ pub fn render(queue_depth: i64, oldest_age: i64) -> String {
     out.family("coi_proxy_sessions_total", "counter", "Client sessions accepted, by listener.");
     for (i, l) in LISTENERS.iter().enumerate() {
         out.sample("coi_proxy_sessions_total", &[("listener", l)], SESSIONS_TOTAL[i].get());
+    }
+    out.family(
+        "coi_proxy_proxy_headers_refused_total",
+        "counter",
+        "Connections closed with no greeting for a missing or invalid PROXY header ([listen] proxy_protocol), by listener.",
+    );
+    for (i, l) in LISTENERS.iter().enumerate() {
+        out.sample("coi_proxy_proxy_headers_refused_total", &[("listener", l)], PROXY_HEADERS_REFUSED[i].get());
     }
     out.single(
         "coi_proxy_commands_relayed_total",

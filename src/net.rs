@@ -5,6 +5,9 @@
 //! client in the wrong TLS mode so at once (a TLS hello on a plain port, plain text or silence on
 //! an implicit-TLS port).
 
+pub mod proxied;
+pub mod proxy_header;
+
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -20,7 +20,7 @@ enum Level {
     Context,
     /// L3: coi, push, receipts, oauth, openpgp, deltachat.
     Wing,
-    /// L4: imap::session, imap::upstream (with imap::conn), smtp, worker.
+    /// L4: imap::session, imap::upstream (with imap::conn), smtp, worker, cluster.
     Edge,
     /// L5: main, app, check, trust, cli, and the crate root.
     Top,
@@ -81,7 +81,7 @@ fn place(module: &[String]) -> Option<Node> {
         ("imap", Some("upstream" | "conn")) => node("imap::upstream", Level::Edge),
         ("imap", Some("session")) => node("imap::session", Level::Edge),
         ("imap", Some(_)) => None,
-        ("smtp" | "worker", _) => node(first, Level::Edge),
+        ("smtp" | "worker" | "cluster", _) => node(first, Level::Edge),
         ("coi" | "push" | "receipts" | "oauth" | "openpgp" | "deltachat", _) => node(first, Level::Wing),
         ("context", None) => node("context", Level::Context),
         ("store", _) => node("store", Level::Base),

@@ -8,29 +8,12 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::connect_from;
 use support::fake_provider::{FakeProvider, Step, greet_and_login};
 use support::imap_client::ImapClient;
 use support::provider::Provider;
 use support::proxy::Proxy;
 use support::smtp_client::{SmtpClient, wait_for_inbox};
-
-/// A plain connection to `port` from the loopback address `source` (127.0.0.1 and 127.0.0.2
-/// are different client addresses to the proxy).
-fn connect_from(source: &str, port: u16) -> TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
-    let tcp = rt
-        .block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(format!("{source}:0").parse().unwrap())?;
-            socket.connect(([127, 0, 0, 1], port).into()).await
-        })
-        .unwrap()
-        .into_std()
-        .unwrap();
-    tcp.set_nonblocking(false).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    tcp
-}
 
 /// The first line the proxy sends, and whether it then closes the connection.
 fn greeting_and_close(tcp: TcpStream) -> (String, bool) {

@@ -364,8 +364,20 @@ fn json_logs_are_one_object_per_line_with_the_session_fields() {
 /// Every key the configuration accepts, per table, read from the parser itself: an unknown
 /// key's error lists the expected ones (every table is `deny_unknown_fields`).
 /// The configuration's tables ("" is the top level; `account` is `[[account]]`).
-const CONFIG_TABLES: &[&str] =
-    &["", "listen", "upstream", "coi", "limits", "queue", "push", "deltachat", "autocrypt", "log", "account"];
+const CONFIG_TABLES: &[&str] = &[
+    "",
+    "listen",
+    "upstream",
+    "coi",
+    "limits",
+    "queue",
+    "push",
+    "deltachat",
+    "autocrypt",
+    "log",
+    "cluster",
+    "account",
+];
 
 fn config_keys() -> Vec<(String, Vec<String>)> {
     let tables = CONFIG_TABLES.iter().map(|t| if *t == "account" { "[account]" } else { t });

@@ -22,6 +22,9 @@ _coi__proxy() {
             coi__proxy,check)
                 cmd="coi__proxy__subcmd__check"
                 ;;
+            coi__proxy,cluster)
+                cmd="coi__proxy__subcmd__cluster"
+                ;;
             coi__proxy,generate)
                 cmd="coi__proxy__subcmd__generate"
                 ;;
@@ -82,6 +85,18 @@ _coi__proxy() {
             coi__proxy__subcmd__cert__subcmd__help,rotate)
                 cmd="coi__proxy__subcmd__cert__subcmd__help__subcmd__rotate"
                 ;;
+            coi__proxy__subcmd__cluster,help)
+                cmd="coi__proxy__subcmd__cluster__subcmd__help"
+                ;;
+            coi__proxy__subcmd__cluster,status)
+                cmd="coi__proxy__subcmd__cluster__subcmd__status"
+                ;;
+            coi__proxy__subcmd__cluster__subcmd__help,help)
+                cmd="coi__proxy__subcmd__cluster__subcmd__help__subcmd__help"
+                ;;
+            coi__proxy__subcmd__cluster__subcmd__help,status)
+                cmd="coi__proxy__subcmd__cluster__subcmd__help__subcmd__status"
+                ;;
             coi__proxy__subcmd__generate,all)
                 cmd="coi__proxy__subcmd__generate__subcmd__all"
                 ;;
@@ -111,6 +126,9 @@ _coi__proxy() {
                 ;;
             coi__proxy__subcmd__help,check)
                 cmd="coi__proxy__subcmd__help__subcmd__check"
+                ;;
+            coi__proxy__subcmd__help,cluster)
+                cmd="coi__proxy__subcmd__help__subcmd__cluster"
                 ;;
             coi__proxy__subcmd__help,generate)
                 cmd="coi__proxy__subcmd__help__subcmd__generate"
@@ -153,6 +171,9 @@ _coi__proxy() {
                 ;;
             coi__proxy__subcmd__help__subcmd__cert,rotate)
                 cmd="coi__proxy__subcmd__help__subcmd__cert__subcmd__rotate"
+                ;;
+            coi__proxy__subcmd__help__subcmd__cluster,status)
+                cmd="coi__proxy__subcmd__help__subcmd__cluster__subcmd__status"
                 ;;
             coi__proxy__subcmd__help__subcmd__generate,all)
                 cmd="coi__proxy__subcmd__help__subcmd__generate__subcmd__all"
@@ -275,7 +296,7 @@ _coi__proxy() {
 
     case "${cmd}" in
         coi__proxy)
-            opts="-c -h -V --config --state-dir --upstream --log-format --help --version run check cert queue oauth key invite join setup profile generate help"
+            opts="-c -h -V --config --state-dir --upstream --log-format --help --version run check cert queue cluster oauth key invite join setup profile generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -556,6 +577,100 @@ _coi__proxy() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        coi__subcmd__proxy__subcmd__cluster)
+            opts="-c -h --config --state-dir --help status help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__cluster__subcmd__help)
+            opts="status help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__cluster__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__cluster__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__cluster__subcmd__status)
+            opts="-c -h --config --state-dir --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         coi__subcmd__proxy__subcmd__generate)
             opts="-c -h --config --state-dir --help man completions all help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -731,7 +846,7 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__help)
-            opts="run check cert queue oauth key invite join setup profile generate help"
+            opts="run check cert queue cluster oauth key invite join setup profile generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -817,6 +932,34 @@ _coi__proxy() {
         coi__subcmd__proxy__subcmd__help__subcmd__check)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__help__subcmd__cluster)
+            opts="status"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        coi__subcmd__proxy__subcmd__help__subcmd__cluster__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -22,7 +22,7 @@ use crate::imap::wire::metadata::{
     format_entries, format_mailbox, in_subtree, parse_get, parse_response, parse_set, reaches, select, select_by,
 };
 use crate::imap::wire::provider::{Interceptor, ProviderCommands, ProviderError, Reply as OwnReply, ReplyOut};
-use crate::store::TooManyEntries;
+use crate::store::{StoreError, TooManyEntries};
 
 const CAPTURE_METADATA: &[&[u8]] = &[b"* METADATA "];
 const CAPTURE_LIST: &[&[u8]] = &[b"* LIST "];
@@ -378,14 +378,21 @@ impl<E: EntryOwner, L: LocalEntries> CoiSession<E, L> {
                 return Ok(tagged(tag, &refusal(&MetadataError::TooLarge(max))));
             }
             let max_entries = self.shared.config().coi.max_metadata_entries;
-            match self.shared.store.metadata_apply(&self.account.login, &req.mailbox, &req.entries, max_entries).await {
+            match store_shared(&self.shared, &self.account.login, &req.mailbox, &req.entries, max_entries).await {
                 Ok(Ok(())) => {}
                 Ok(Err(TooManyEntries)) => return Ok(tagged(tag, &refusal(&MetadataError::TooMany))),
-                Err(e) => {
+                Err(SharedStoreError::Store(e)) => {
                     warn!("cannot write METADATA to the store: {e}");
                     return Ok(tagged(
                         tag,
                         "NO [UNAVAILABLE] The proxy cannot store the entries now (its store is full or unwritable)",
+                    ));
+                }
+                Err(SharedStoreError::Cluster(e)) => {
+                    warn!("cannot write METADATA to the cluster: {e}");
+                    return Ok(tagged(
+                        tag,
+                        "NO [UNAVAILABLE] The proxy cannot store the entries now (etcd is unreachable)",
                     ));
                 }
             }
@@ -441,11 +448,8 @@ impl<E: EntryOwner, L: LocalEntries> CoiSession<E, L> {
             if !reply.ok() {
                 warn!("provider refused to store the COI state: {}", String::from_utf8_lossy(&reply.status).trim_end());
             }
-        } else if let Err(e) = self
-            .shared
-            .store
-            .metadata_apply(&self.account.login, b"", &[(ENABLED.to_string(), value)], usize::MAX)
-            .await
+        } else if let Err(e) =
+            store_shared(&self.shared, &self.account.login, b"", &[(ENABLED.to_string(), value)], usize::MAX).await
         {
             warn!("cannot store the COI state: {e}");
         }
@@ -748,6 +752,51 @@ fn skip_first_arg(rest: &[u8], name_len: usize) -> &[u8] {
 fn rename_status(resp: &[u8], name: &[u8]) -> Vec<u8> {
     let Some(paren) = resp.iter().position(|&b| b == b'(') else { return resp.to_vec() };
     [b"* STATUS ", name, b" ", &resp[paren..]].concat()
+}
+
+/// Why entries the proxy keeps could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedStoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Cluster(#[from] crate::context::ClusterError),
+}
+
+/// Stores METADATA entries the proxy keeps: in the store (which checks the limit), then, with
+/// `[cluster]`, in etcd, whose watch brings them to every instance. If etcd refuses, the store
+/// gets its old values back and nothing counts.
+async fn store_shared(
+    shared: &Context,
+    login: &str,
+    mailbox: &[u8],
+    entries: &[(String, Option<Vec<u8>>)],
+    max_entries: usize,
+) -> Result<Result<(), TooManyEntries>, SharedStoreError> {
+    let store = &shared.store;
+    let Some(cluster) = &shared.cluster else {
+        return Ok(store.metadata_apply(login, mailbox, entries, max_entries).await?);
+    };
+    let mut before = Vec::new();
+    for (entry, _) in entries {
+        before.push((entry.clone(), store.metadata_value(login, mailbox, entry)?));
+    }
+    if let Err(refused) = store.metadata_apply(login, mailbox, entries, max_entries).await? {
+        return Ok(Err(refused));
+    }
+    for (entry, value) in entries {
+        let change = crate::context::SharedChange::Metadata {
+            login: login.to_string(),
+            mailbox: mailbox.to_vec(),
+            entry: entry.clone(),
+            value: value.clone(),
+        };
+        if let Err(e) = cluster.publish(change).await {
+            store.metadata_apply(login, mailbox, &before, usize::MAX).await?.ok();
+            return Err(e.into());
+        }
+    }
+    Ok(Ok(()))
 }
 
 #[cfg(test)]

@@ -90,6 +90,9 @@ pub enum OwnWorkError {
     Store(#[from] StoreError),
     #[error("moving chat messages: {0}")]
     Move(#[from] crate::provider_profile::move_plan::MoveError),
+    /// `[cluster]`: etcd unreachable, or the account went to another instance.
+    #[error(transparent)]
+    Cluster(#[from] crate::context::ClusterError),
 }
 
 impl From<UpstreamError> for ProviderError {

@@ -190,6 +190,11 @@ pub async fn apply(shared: &Context, account: &Account, changes: Vec<Change>) ->
                         return Err(EntryError::Store);
                     }
                 }
+                if let Err(e) = share(shared, login, &id, Some(stored)).await {
+                    warn!(subscription = %id, "cannot share a push subscription with the cluster: {e}");
+                    let _ = shared.store.push_unsubscribe(login, &id).await;
+                    return Err(EntryError::Store);
+                }
                 if let Err(reason) = validation_push(shared, login, &subscription, &token).await {
                     warn!(subscription = %id, "push endpoint refused: {reason}");
                     let _ = shared.store.push_unsubscribe(login, &id).await;
@@ -200,6 +205,11 @@ pub async fn apply(shared: &Context, account: &Account, changes: Vec<Change>) ->
             Change::Validate { id, value } => match shared.store.push_validate(login, &id, &value, now(), expiry).await
             {
                 Ok(Validation::Validated) => {
+                    let validated = shared.store.push_subscription(login, &id).ok().flatten();
+                    if let Err(e) = share(shared, login, &id, validated).await {
+                        warn!(subscription = %id, "cannot share a validated push subscription with the cluster: {e}");
+                        return Err(EntryError::Store);
+                    }
                     info!(subscription = %id, "push subscription validated");
                     shared.workers.want(login);
                 }
@@ -210,6 +220,10 @@ pub async fn apply(shared: &Context, account: &Account, changes: Vec<Change>) ->
                 }
             },
             Change::Unsubscribe { id } => {
+                if let Err(e) = share(shared, login, &id, None).await {
+                    warn!(subscription = %id, "cannot remove a push subscription from the cluster: {e}");
+                    return Err(EntryError::Store);
+                }
                 match shared.store.push_unsubscribe(login, &id).await {
                     Ok(true) => info!(subscription = %id, "push subscription removed"),
                     Ok(false) => {}
@@ -224,6 +238,18 @@ pub async fn apply(shared: &Context, account: &Account, changes: Vec<Change>) ->
         }
     }
     Ok(())
+}
+
+/// With `[cluster]`, hands a subscription's new state to etcd (sealed there), whose watch
+/// brings it to every instance; a no-op for one instance.
+async fn share(
+    shared: &Context,
+    login: &str,
+    id: &str,
+    subscription: Option<PushSubscription>,
+) -> Result<(), crate::context::ClusterError> {
+    let change = crate::context::SharedChange::Push { login: login.to_string(), id: id.to_string(), subscription };
+    shared.publish(change).await
 }
 
 /// Validation pushes an account may send in a burst, and how often it gets one more: each

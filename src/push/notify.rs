@@ -2,6 +2,12 @@
 //! the payloads need (only when the account has subscriptions that want them), and once the
 //! messages are where they stay (INBOX, or Chats in `active` mode), send the pushes in the
 //! background, one task per subscription so that its pushes keep their order.
+//!
+//! With `[cluster]` each message's push is claimed first, in etcd, under the owner's fence
+//! ([`Claims`]): only the first claim for (account, UIDVALIDITY, UID) pushes. The claim comes
+//! before the send, so the choice is at-most-once: an owner that dies between its claim and the
+//! send loses that push; none is ever sent twice (a new owner that looks at the same message
+//! again finds it claimed).
 
 use std::sync::Arc;
 
@@ -36,6 +42,31 @@ fn news_to(arrived: Option<i64>, created: u64) -> bool {
     arrived.is_none_or(|a| a + CLOCK_SLACK >= created as i64)
 }
 
+/// The cluster's push claims for one account, under the owner's fencing token.
+pub struct Claims {
+    pub cluster: Arc<dyn crate::context::Cluster>,
+    pub login: String,
+    pub fence: i64,
+}
+
+impl Claims {
+    /// Whether this instance may push about INBOX message (UIDVALIDITY, UID): it made the
+    /// first claim. Unsure (etcd unreachable, another owner) counts as no.
+    async fn claim(&self, message: (u32, u32)) -> bool {
+        match self.cluster.claim_push(self.login.clone(), self.fence, message).await {
+            Ok(true) => true,
+            Ok(false) => {
+                debug!(uid = message.1, "pushed before (by this or another instance): not again");
+                false
+            }
+            Err(e) => {
+                warn!(uid = message.1, "no push for this message: cannot claim it: {e}");
+                false
+            }
+        }
+    }
+}
+
 /// New messages about to be pushed.
 pub struct Pending {
     login: String,
@@ -53,6 +84,8 @@ struct Message {
     folder: String,
     uidvalidity: u32,
     uid: u32,
+    /// Where it was when it arrived (INBOX's UIDVALIDITY and UID): the push's identity.
+    arrival: (u32, u32),
 }
 
 /// Fetches the header fields and body start of the `new` messages (UID, chat) in the selected
@@ -105,7 +138,7 @@ pub async fn prepare(
         parsed.date = parsed.date.or(fetched.internal_date);
         let body = fetched.text.as_deref().and_then(payload::body_text);
         let (arrived, folder, uidvalidity) = (fetched.internal_date, "INBOX".into(), inbox_uidvalidity);
-        messages.push(Message { chat, arrived, parsed, body, folder, uidvalidity, uid });
+        messages.push(Message { chat, arrived, parsed, body, folder, uidvalidity, uid, arrival: (uidvalidity, uid) });
     }
     messages.sort_by_key(|m| m.uid);
     Ok((!messages.is_empty()).then(|| Pending { login: login.to_string(), subscriptions, messages }))
@@ -123,8 +156,29 @@ impl Pending {
         }
     }
 
-    /// Sends the pushes in the background.
-    pub fn send(self, store: Store, config: Arc<Config>) {
+    /// Sends the pushes in the background; with `claims`, only those of the messages this
+    /// instance claims first.
+    pub fn send(self, store: Store, config: Arc<Config>, claims: Option<Claims>) {
+        match claims {
+            None => self.send_now(store, config, None),
+            Some(claims) => {
+                tokio::spawn(async move {
+                    let mut pending = self;
+                    let mut kept = Vec::new();
+                    for m in std::mem::take(&mut pending.messages) {
+                        if claims.claim(m.arrival).await {
+                            kept.push(m);
+                        }
+                    }
+                    pending.messages = kept;
+                    pending.send_now(store, config, Some(claims.cluster));
+                });
+            }
+        }
+    }
+
+    /// `cluster`: where a subscription the push service says is gone is removed too.
+    fn send_now(self, store: Store, config: Arc<Config>, cluster: Option<Arc<dyn crate::context::Cluster>>) {
         let Pending { login, subscriptions, messages } = self;
         let messages = Arc::new(messages);
         for (stored, sub) in subscriptions {
@@ -136,7 +190,7 @@ impl Pending {
             if payloads.is_empty() {
                 continue;
             }
-            let (store, config, login) = (store.clone(), config.clone(), login.clone());
+            let (store, config, login, cluster) = (store.clone(), config.clone(), login.clone(), cluster.clone());
             tokio::spawn(async move {
                 let Ok(_permit) = IN_FLIGHT.acquire().await else { return };
                 let key = match super::vapid_key(&store).await {
@@ -159,6 +213,16 @@ impl Pending {
                         send::Verdict::Delivered => debug!(subscription = %stored.id, uid, "pushed"),
                         send::Verdict::Gone => {
                             info!(subscription = %stored.id, "the push service says the subscription is gone; removing it");
+                            if let Some(cluster) = &cluster {
+                                let change = crate::context::SharedChange::Push {
+                                    login: login.clone(),
+                                    id: stored.id.clone(),
+                                    subscription: None,
+                                };
+                                if let Err(e) = cluster.publish(change).await {
+                                    warn!("cannot remove a push subscription from the cluster: {e}");
+                                }
+                            }
                             if let Err(e) = store.push_unsubscribe(&login, &stored.id).await {
                                 warn!("cannot remove a push subscription: {e}");
                             }

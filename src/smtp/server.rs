@@ -130,16 +130,24 @@ async fn accept_loop(
 ) {
     loop {
         match listener.accept().await {
-            Ok((tcp, peer)) => {
-                // One budget with the IMAP sessions: the limits are per daemon and per address.
-                let limits = &ctx.shared.config().limits;
-                let admitted = ctx.shared.sessions.admit(peer.ip(), limits.max_sessions, limits.max_sessions_per_ip);
+            Ok((mut tcp, socket_peer)) => {
+                // Read per connection, so that a reload that changes it applies to the next one.
+                let proxy_protocol = ctx.shared.config().listen.proxy_protocol;
+                // Admitted here, in the order of arrival, unless the address is in a header yet
+                // to be read.
+                let admitted = (!proxy_protocol).then(|| admit(&ctx.shared, socket_peer));
                 let (ctx, shutdown, alive) = (ctx.clone(), shutdown.clone(), alive.clone());
                 tokio::spawn(async move {
-                    let _open = crate::metrics::session_opened(if info.kind == Kind::Smtp { "smtp" } else { "smtps" });
-                    let refused = admitted.as_ref().err().copied();
-                    serve(ctx, tcp, peer, info, refused, shutdown).await;
-                    drop((admitted, alive));
+                    let listener = if info.kind == Kind::Smtp { "smtp" } else { "smtps" };
+                    let client = crate::net::proxied::client_address(&mut tcp, socket_peer, proxy_protocol, listener);
+                    if let Some(peer) = client.await {
+                        let admitted = admitted.unwrap_or_else(|| admit(&ctx.shared, peer));
+                        let _open = crate::metrics::session_opened(listener);
+                        let refused = admitted.as_ref().err().copied();
+                        serve(ctx, tcp, peer, info, refused, shutdown).await;
+                        drop(admitted);
+                    }
+                    drop(alive);
                 });
             }
             Err(e) => {
@@ -148,6 +156,13 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// A place for a session from `peer` (the client's address, from the PROXY header if any): one
+/// budget with the IMAP sessions, as the limits are per daemon and per address.
+fn admit(shared: &Context, peer: SocketAddr) -> Result<crate::limits::SessionPermit, Refused> {
+    let limits = &shared.config().limits;
+    shared.sessions.admit(peer.ip(), limits.max_sessions, limits.max_sessions_per_ip)
 }
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);

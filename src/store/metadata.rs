@@ -92,6 +92,26 @@ impl Store {
         Ok(out)
     }
 
+    /// Every entry the store keeps, as (account, mailbox, entry): what a cluster's first sync
+    /// compares with etcd.
+    pub fn metadata_keys(&self) -> Result<Vec<(String, Vec<u8>, String)>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(METADATA_SIZES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (key, _) = item?;
+            let mut parts = key.value().splitn(3, '\0');
+            if let (Some(account), Some(mailbox), Some(entry)) = (parts.next(), parts.next(), parts.next()) {
+                out.push((account.to_string(), mailbox.as_bytes().to_vec(), entry.to_string()));
+            }
+        }
+        Ok(out)
+    }
+
     /// One entry's value, as a GETMETADATA response writes it out.
     pub fn metadata_value(&self, account: &str, mailbox: &[u8], entry: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.begin_read()?;

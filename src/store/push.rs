@@ -95,6 +95,52 @@ impl Store {
         })
     }
 
+    /// Replaces the VAPID private key (a cluster's shared one, from etcd).
+    pub fn set_vapid_key(&self, private: Vec<u8>) -> Pending<()> {
+        self.write(move |txn| {
+            txn.open_table(PUSH_KEYS)?.insert("vapid", private.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Every account's subscriptions, as stored (a cluster's first sync compares them with etcd).
+    pub fn push_all(&self) -> Result<Vec<(String, PushSubscription)>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(PUSH_SUBSCRIPTIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (key, value) = item?;
+            let account = key.value().split('\0').next().unwrap_or_default().to_string();
+            out.push((account, decode(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Stores `sub` as given, replacing one with its id (a cluster's replicated copy: the
+    /// instance that took it checked the limits).
+    pub fn push_put(&self, account: &str, sub: &PushSubscription) -> Pending<()> {
+        let (k, json) = (key(account, &sub.id), encode(sub));
+        self.write(move |txn| {
+            txn.open_table(PUSH_SUBSCRIPTIONS)?.insert(k.as_str(), json.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// One subscription, as stored (whatever its state).
+    pub fn push_subscription(&self, account: &str, id: &str) -> Result<Option<PushSubscription>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = match txn.open_table(PUSH_SUBSCRIPTIONS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        table.get(key(account, id).as_str())?.map(|v| decode(v.value())).transpose()
+    }
+
     fn stored_vapid_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.begin_read()?;
         match txn.open_table(PUSH_KEYS) {

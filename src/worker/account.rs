@@ -251,6 +251,16 @@ struct Inbox<'a> {
     notify_from: u32,
     /// The OpenPGP gateway, when the account has a key.
     gateway: Option<&'a Identity>,
+    /// `[cluster]`: this instance's fencing token for the account, checked by every write
+    /// that could double (progress, push claims, a COPY).
+    fence: Option<Fence<'a>>,
+}
+
+/// The cluster and the token under which this instance owns the account.
+#[derive(Clone, Copy)]
+pub(super) struct Fence<'a> {
+    pub(super) cluster: &'a dyn crate::context::Cluster,
+    pub(super) token: i64,
 }
 
 impl<'a> Inbox<'a> {
@@ -269,8 +279,21 @@ impl<'a> Inbox<'a> {
         let keywords = (watch == "SELECT").then(|| permanent_keywords(&untagged));
         let store = &shared.store;
         let login = account.login.as_str();
-        let stored = match store.inbox_position(login) {
-            Ok(Some((v, next))) if v == uidvalidity => Some(next),
+        // With a cluster the progress is the owner's, in etcd: a new owner resumes where the
+        // last one stopped, and what came in meanwhile (still in INBOX) is looked at from there.
+        let fence = match &shared.cluster {
+            Some(cluster) => {
+                let token = cluster.owned().borrow().get(login).copied();
+                Some(Fence { cluster: cluster.as_ref(), token: token.ok_or(crate::context::ClusterError::Fenced)? })
+            }
+            None => None,
+        };
+        let position = match fence {
+            Some(fence) => fence.cluster.progress(login.to_string()).await?,
+            None => store.inbox_position(login).ok().flatten(),
+        };
+        let stored = match position {
+            Some((v, next)) if v == uidvalidity => Some(next),
             _ => None,
         };
         // First start (or a new UIDVALIDITY): the whole INBOX, so that chat messages that
@@ -279,6 +302,10 @@ impl<'a> Inbox<'a> {
         let push_from = crate::push::notify::first_to_push(stored, uidnext);
         let notify_from = if stored.is_some() { push_from } else { uidnext };
         let _ = store.set_inbox_position(login, uidvalidity, next_uid).await;
+        if let Some(fence) = fence {
+            fence.cluster.save_progress(login.to_string(), fence.token, (uidvalidity, next_uid)).await?;
+            info!(uidvalidity, next_uid, fence = fence.token, "cluster: resuming the account's INBOX");
+        }
         let waiting = BTreeSet::new();
         let pending = Vec::new();
         Ok(Inbox {
@@ -296,6 +323,7 @@ impl<'a> Inbox<'a> {
             push_from,
             notify_from,
             gateway: None,
+            fence,
         })
     }
 
@@ -316,6 +344,10 @@ impl<'a> Inbox<'a> {
         Ok(())
     }
 
+    fn fence_for_copy(&self) -> Option<(&'a str, Fence<'a>)> {
+        self.fence.map(|f| (self.login, f))
+    }
+
     /// Expunges what earlier moves left flagged, once the user has no `\Deleted` message of
     /// their own in INBOX (only without UIDPLUS).
     async fn expunge_pending(&mut self, up: &mut Upstream) -> Result<(), OwnWorkError> {
@@ -332,7 +364,7 @@ impl<'a> Inbox<'a> {
         }
         self.writable(up).await?;
         let plan = MovePlan::retry(&self.pending, &self.chats)?;
-        let (outcome, _) = run_plan(up, plan).await?;
+        let (outcome, _) = run_plan(up, plan, self.fence_for_copy()).await?;
         self.pending = outcome.pending;
         self.read_only(up).await
     }
@@ -432,7 +464,12 @@ impl<'a> Inbox<'a> {
             }
         }
         if let Some(pending) = pending {
-            pending.send(self.shared.store.clone(), config);
+            let claims = self.fence.map(|f| crate::push::notify::Claims {
+                cluster: self.shared.cluster.clone().expect("a fence comes from the cluster"),
+                login: self.login.to_string(),
+                fence: f.token,
+            });
+            pending.send(self.shared.store.clone(), config, claims);
         }
         let moved = if filter == Filter::Active { chat.len() as u64 } else { 0 };
         self.account.verdicts.send_modify(|v| {
@@ -442,6 +479,10 @@ impl<'a> Inbox<'a> {
         self.next_uid = highest + 1;
         if let Err(e) = self.shared.store.set_inbox_position(self.login, self.uidvalidity, self.next_uid).await {
             warn!("cannot record the INBOX position: {e}");
+        }
+        if let Some(fence) = self.fence {
+            let position = (self.uidvalidity, self.next_uid);
+            fence.cluster.save_progress(self.login.to_string(), fence.token, position).await?;
         }
         Ok(())
     }
@@ -491,7 +532,7 @@ impl<'a> Inbox<'a> {
     /// not be expunged safely yet is kept in `pending` for a later cycle.
     async fn move_to_chats(&mut self, up: &mut Upstream, uids: &[u32]) -> Result<Option<CopyUid>, OwnWorkError> {
         let plan = MovePlan::new(self.profile.move_strategy, uids, &self.chats, &self.pending)?;
-        let (outcome, copied) = run_plan(up, plan).await?;
+        let (outcome, copied) = run_plan(up, plan, self.fence_for_copy()).await?;
         self.pending = outcome.pending;
         if !self.pending.is_empty() {
             info!(
@@ -508,9 +549,12 @@ impl<'a> Inbox<'a> {
 
 /// Runs a move plan to its end: each command, its reply read back into the plan. The COPYUID
 /// of the MOVE or COPY, where the provider gave one.
+/// With a cluster (`fence`), the account's ownership is checked right before a COPY: a COPY
+/// by a stale owner would double the message (a MOVE of a message already moved does nothing).
 pub(super) async fn run_plan(
     up: &mut Upstream,
     mut plan: MovePlan,
+    fence: Option<(&str, Fence<'_>)>,
 ) -> Result<(crate::provider_profile::move_plan::Outcome, Option<CopyUid>), OwnWorkError> {
     let mut next = plan.start();
     let mut copied = None;
@@ -520,6 +564,11 @@ pub(super) async fn run_plan(
             Next::Done(outcome) => return Ok((outcome, copied)),
             Next::Failed(e) => return Err(e.into()),
         };
+        if let (Command::UidCopy { .. }, Some((login, fence))) = (&command, fence)
+            && !fence.cluster.still_owner(login.to_string(), fence.token).await?
+        {
+            return Err(crate::context::ClusterError::Fenced.into());
+        }
         let (untagged, status) = up.command(command.to_line().as_bytes()).await?;
         let reply = if !status.starts_with(b"OK") {
             Reply::Refused(String::from_utf8_lossy(&status).trim_end().into())

@@ -148,7 +148,16 @@ impl Junk {
         }
         let uids: Vec<u32> = chat.iter().map(|c| c.0).collect();
         let plan = MovePlan::new(up.profile().move_strategy, &uids, target, &[])?;
-        let (outcome, _) = run_plan(up, plan).await?;
+        // With a cluster the COPY of a provider without MOVE is fenced like INBOX's moves.
+        let fence = match &shared.cluster {
+            Some(cluster) => {
+                let token = cluster.owned().borrow().get(login).copied();
+                let token = token.ok_or(crate::context::ClusterError::Fenced)?;
+                Some((login, super::account::Fence { cluster: cluster.as_ref(), token }))
+            }
+            None => None,
+        };
+        let (outcome, _) = run_plan(up, plan, fence).await?;
         if !outcome.pending.is_empty() {
             info!(
                 count = outcome.pending.len(),

@@ -6,20 +6,24 @@
 //! the daemon shuts down (with COI switched off it only watches the configuration), so an
 //! account never has two and none is started and stopped in a row. At start-up every account
 //! with a `password_command` gets its worker, client connected or not.
+//!
+//! With `[cluster]` an account's worker runs only on the instance that owns the account
+//! (`Context::cluster`): the supervisor asks to own each account that needs a worker, starts the
+//! worker once the account is owned, and stops it at once when the ownership is lost.
 
 mod account;
 mod gateway;
 mod junk;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tokio::task::{Id, JoinSet};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, Id, JoinSet};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::account::Account;
-use crate::context::Context;
+use crate::context::{Context, Owned};
 use crate::openpgp::identity::Identity;
 
 /// Whether `account` needs a worker: COI enabled, a validated push subscription, a Delta Chat
@@ -41,12 +45,15 @@ fn wanted(ctx: &Context, account: &Account, identity: Option<&Identity>) -> bool
 /// `identity`: the OpenPGP gateway's state (`None` with `[autocrypt] enabled = false`).
 pub async fn supervise(ctx: Arc<Context>, mut requests: mpsc::UnboundedReceiver<String>, identity: Option<Identity>) {
     let mut shutdown = ctx.shutdown.clone();
+    // Without a cluster this instance owns every account, and that never changes.
+    let mut owned: Option<watch::Receiver<Owned>> = ctx.cluster.as_ref().map(|c| c.owned());
     let mut workers = Workers {
         ctx: ctx.clone(),
         tasks: JoinSet::new(),
         by_task: HashMap::new(),
-        running: HashSet::new(),
+        running: HashMap::new(),
         identity: identity.clone(),
+        owned: owned.as_ref().map(|o| o.borrow().clone()),
     };
     for login in at_start(&ctx).await {
         workers.start_if_needed(&login);
@@ -55,15 +62,23 @@ pub async fn supervise(ctx: Arc<Context>, mut requests: mpsc::UnboundedReceiver<
         tokio::select! {
             _ = shutdown.wait_for(|down| *down) => break,
             Some(login) = requests.recv() => workers.start_if_needed(&login),
+            Ok(()) = async { owned.as_mut().expect("guarded").changed().await }, if owned.is_some() => {
+                let now = owned.as_mut().expect("guarded").borrow_and_update().clone();
+                workers.ownership(now);
+            }
             Some(ended) = workers.tasks.join_next_with_id(), if !workers.tasks.is_empty() => {
                 let id = match &ended {
                     Ok((id, ())) => *id,
+                    // Stopped: the account went to another instance.
+                    Err(e) if e.is_cancelled() => e.id(),
                     Err(e) => {
                         warn!("an account worker failed: {e}; the account's next request starts another");
                         e.id()
                     }
                 };
-                if let Some(login) = workers.by_task.remove(&id) {
+                if let Some(login) = workers.by_task.remove(&id)
+                    && workers.running.get(&login).is_some_and(|(task, _)| *task == id)
+                {
                     workers.running.remove(&login);
                 }
             }
@@ -79,9 +94,11 @@ struct Workers {
     tasks: JoinSet<()>,
     /// Each task's account.
     by_task: HashMap<Id, String>,
-    /// The accounts that have a worker.
-    running: HashSet<String>,
+    /// The accounts that have a worker, with its task.
+    running: HashMap<String, (Id, AbortHandle)>,
     identity: Option<Identity>,
+    /// With a cluster: the accounts this instance owns now.
+    owned: Option<Owned>,
 }
 
 impl Workers {
@@ -89,19 +106,44 @@ impl Workers {
     /// look at what changed (COI switched on, a subscription validated).
     fn start_if_needed(&mut self, login: &str) {
         let account = self.ctx.accounts.account(login);
-        if self.running.contains(&account.login) {
+        if self.running.contains_key(&account.login) {
             account.nudge.notify_one();
             return;
         }
         if !wanted(&self.ctx, &account, self.identity.as_ref()) {
             return;
         }
+        if let (Some(owned), Some(cluster)) = (&self.owned, &self.ctx.cluster) {
+            // Started when the account is ours (`ownership`).
+            cluster.want(&account.login);
+            if !owned.contains_key(&account.login) {
+                return;
+            }
+        }
         crate::metrics::WORKER_STARTS.inc();
         let span = info_span!(parent: None, "worker", login = %account.login);
         let login = account.login.clone();
         let handle = self.tasks.spawn(account::run(self.ctx.clone(), account, self.identity.clone()).instrument(span));
         self.by_task.insert(handle.id(), login.clone());
-        self.running.insert(login);
+        self.running.insert(login, (handle.id(), handle));
+    }
+
+    /// The cluster's ownership changed: workers of accounts lost stop at once (the new owner's
+    /// fence would refuse their writes anyway), accounts gained get theirs.
+    fn ownership(&mut self, owned: Owned) {
+        let lost: Vec<String> = self.running.keys().filter(|l| !owned.contains_key(*l)).cloned().collect();
+        for login in lost {
+            if let Some((_, task)) = self.running.remove(&login) {
+                info!(%login, "stopping the account's worker: another instance owns the account now");
+                task.abort();
+                let account = self.ctx.accounts.account(&login);
+                account.verdicts.send_if_modified(|v| std::mem::replace(&mut v.watching, false));
+            }
+        }
+        self.owned = Some(owned.clone());
+        for login in owned.keys() {
+            self.start_if_needed(login);
+        }
     }
 }
 

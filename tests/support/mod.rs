@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod data_block;
+pub mod etcd;
 pub mod fake_provider;
+pub mod haproxy;
 pub mod idp;
 pub mod imap_client;
 pub mod mailbox;
@@ -26,4 +28,22 @@ pub fn first_line(port: u16, send: &[u8]) -> (String, std::time::Duration) {
     let mut line = String::new();
     let _ = std::io::BufReader::new(tcp).read_line(&mut line);
     (line, started.elapsed())
+}
+
+/// A plain connection to 127.0.0.1:`port` from the loopback address `source` (127.0.0.1 and
+/// 127.0.0.2 are different client addresses to the proxy and to HAProxy).
+pub fn connect_from(source: &str, port: u16) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+    let tcp = rt
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(format!("{source}:0").parse().unwrap())?;
+            socket.connect(([127, 0, 0, 1], port).into()).await
+        })
+        .unwrap_or_else(|e| panic!("connect from {source} to port {port}: {e}"))
+        .into_std()
+        .unwrap();
+    tcp.set_nonblocking(false).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    tcp
 }
