@@ -93,6 +93,10 @@ enum Command {
     Invite {
         /// The account (its login, an e-mail address).
         login: String,
+        /// Also writes the link as a QR code to this PNG file (made 0600: it holds the link's
+        /// tokens).
+        #[arg(long, value_name = "FILE.png")]
+        qr: Option<std::path::PathBuf>,
     },
     /// Joins a Delta Chat user's invite link (https://i.delta.chat/#...) for an account: the
     /// daemon completes the handshake as their answers arrive (works while it runs).
@@ -343,9 +347,19 @@ fn main() -> ExitCode {
             };
             print_or_fail(coi_proxy::smtp::control::cli_gateway(&config, &cmd))
         }
-        Command::Invite { login } => {
+        Command::Invite { login, qr } => {
             let cmd = coi_proxy::openpgp::commands::GatewayCommand::Invite { login };
-            print_or_fail(coi_proxy::smtp::control::cli_gateway(&config, &cmd))
+            let result = coi_proxy::smtp::control::cli_gateway(&config, &cmd).map_err(|e| e.to_string());
+            // The link is the answer's last line; the QR code is written before it is printed.
+            let result = result.and_then(|text| match &qr {
+                Some(path) => {
+                    let link = text.lines().last().unwrap_or_default();
+                    coi_proxy::cli::qr::write(link, path).map_err(|e| e.to_string())?;
+                    Ok(format!("QR code written to {}\n{text}", path.display()))
+                }
+                None => Ok(text),
+            });
+            print_or_fail(result)
         }
         Command::Join { login, link } => {
             let cmd = coi_proxy::openpgp::commands::GatewayCommand::Join { login, link };

@@ -205,6 +205,8 @@ fn a_store_of_the_previous_release_takes_openpgp_state() {
     store.put_peers("alice@example.org", vec![("bob@example.net".into(), b"peer".to_vec())]).wait().unwrap().unwrap();
     store.put_invite("alice@example.org", "inv", b"invite".to_vec()).wait().unwrap();
     store.put_join("alice@example.org", "j", Some(b"join".to_vec())).wait().unwrap();
+    assert!(store.groups("alice@example.org").unwrap().is_empty());
+    assert!(store.put_group("alice@example.org", "grp", b"group".to_vec()).wait().unwrap());
     drop(store);
     let store = Store::open(dir.path()).unwrap();
     check_contents(&store);
@@ -212,6 +214,7 @@ fn a_store_of_the_previous_release_takes_openpgp_state() {
     assert_eq!(store.peer("alice@example.org", "bob@example.net").unwrap().as_deref(), Some(&b"peer"[..]));
     assert_eq!(store.invites("alice@example.org").unwrap(), [("inv".to_string(), b"invite".to_vec())]);
     assert_eq!(store.joins("alice@example.org").unwrap(), [("j".to_string(), b"join".to_vec())]);
+    assert_eq!(store.groups("alice@example.org").unwrap(), [("grp".to_string(), b"group".to_vec())]);
 }
 
 /// Schema 3: keys are the login exactly as the provider knows it. The previous releases wrote

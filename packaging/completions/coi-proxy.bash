@@ -1280,12 +1280,16 @@ _coi__proxy() {
             return 0
             ;;
         coi__subcmd__proxy__subcmd__invite)
-            opts="-c -h --config --state-dir --help"
+            opts="-c -h --qr --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --qr)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

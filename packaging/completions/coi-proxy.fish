@@ -146,6 +146,7 @@ complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand key; and __fish_seen
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand key; and __fish_seen_subcommand_from help" -f -a "export" -d 'Writes the account\'s key, ASCII-armored, to stdout (made now if it has none yet)'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand key; and __fish_seen_subcommand_from help" -f -a "import" -d 'Makes an ASCII-armored secret key (Delta Chat\'s or Thunderbird\'s export) the account\'s key, so that one identity serves both'
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand key; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand invite" -l qr -d 'Also writes the link as a QR code to this PNG file (made 0600: it holds the link\'s tokens)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand invite" -s c -l config -d 'The configuration file (default: the first of ./proxy.toml, $XDG_CONFIG_HOME/coi-proxy/proxy.toml, /etc/coi-proxy/proxy.toml)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand invite" -l state-dir -d 'Where the proxy keeps its state (overrides state_dir; the default is the config\'s, or /var/lib/coi-proxy for /etc/coi-proxy/proxy.toml, else ~/.local/share/coi-proxy)' -r -F
 complete -c coi-proxy -n "__fish_coi_proxy_using_subcommand invite" -s h -l help -d 'Print help'

@@ -5,4 +5,5 @@ pub mod client_settings;
 pub mod generate;
 pub mod password;
 pub mod profile;
+pub mod qr;
 pub mod setup;

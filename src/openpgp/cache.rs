@@ -37,6 +37,13 @@ pub trait SecretKeys: Send + Sync {
     fn known_peer(&self, _login: &str, _addr: &str) -> Option<Peer> {
         None
     }
+
+    /// The passwords of `login`'s SecureJoin invites and joins, which open the first two
+    /// handshake steps (shown as notices, [`super::securejoin::notice`]). May block (a store
+    /// read): called only while a view is decided.
+    fn handshake_passwords(&self, _login: &str) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What a UID shows.
@@ -51,6 +58,8 @@ pub enum Shown {
 const KIND_ORIGINAL: u8 = 0;
 const KIND_DECRYPTED: u8 = 1;
 const KIND_FAILED: u8 = 2;
+/// A SecureJoin handshake mail, shown as a short notice.
+const KIND_NOTICE: u8 = 3;
 
 /// All accounts' views.
 pub struct Views {
@@ -144,7 +153,7 @@ impl Views {
         let shown = match self.seal.open(&purpose(id), &sealed) {
             Ok(plain) => match plain.expose().split_first() {
                 Some((&KIND_ORIGINAL, _)) => Shown::Original,
-                Some((&kind, bytes)) if kind == KIND_DECRYPTED || kind == KIND_FAILED => {
+                Some((&kind, bytes)) if kind == KIND_DECRYPTED || kind == KIND_FAILED || kind == KIND_NOTICE => {
                     Shown::View { view: Arc::new(MessageView::new(bytes.to_vec())), decrypted: kind == KIND_DECRYPTED }
                 }
                 _ => {
@@ -168,7 +177,7 @@ impl Views {
             return shown;
         }
         let keys = self.keys.secret_keys(&id.account);
-        let (kind, bytes) = decide(original, &keys);
+        let (kind, bytes) = self.decide(id, original, &keys);
         self.keep(id, kind, bytes)
     }
 
@@ -217,6 +226,15 @@ impl Views {
         super::own_copy::own_copy(message, &key, &known, crate::clock::now())
     }
 
+    /// What `id` shows, from its `original`: a notice for a SecureJoin handshake mail, else the
+    /// decrypted message, an explanation, or the original.
+    fn decide(&self, id: &ViewId, original: &[u8], keys: &[Arc<AccountKey>]) -> (u8, Vec<u8>) {
+        match notice(original, keys, || self.keys.handshake_passwords(&id.account)) {
+            Some(bytes) => (KIND_NOTICE, bytes),
+            None => decide(original, keys),
+        }
+    }
+
     /// Keeps the decision for `id` (sealed, on disk, then in memory); the one kept first if
     /// another was (another session, at the same moment).
     fn keep(&self, id: &ViewId, kind: u8, bytes: Vec<u8>) -> Shown {
@@ -233,7 +251,7 @@ impl Views {
             match (self.known(&id), original) {
                 (Some(known), _) => shown.push(Some(known)),
                 (None, Some(original)) => {
-                    let (kind, bytes) = decide(&original, &self.keys.secret_keys(&id.account));
+                    let (kind, bytes) = self.decide(&id, &original, &self.keys.secret_keys(&id.account));
                     shown.push(None);
                     new.push((i, (id, kind, bytes)));
                 }
@@ -289,6 +307,14 @@ impl Views {
             warn!("cannot forget stale views: {e}");
         }
     }
+}
+
+/// The notice in place of a SecureJoin handshake mail, if `original` is one with any of the
+/// keys (the passwords are read only for encrypted mail).
+fn notice(original: &[u8], keys: &[Arc<AccountKey>], passwords: impl FnOnce() -> Vec<String>) -> Option<Vec<u8>> {
+    let passwords = if super::decrypt::encrypted_payload(original).is_some() { passwords() } else { Vec::new() };
+    let passwords: Vec<&str> = passwords.iter().map(String::as_str).collect();
+    keys.iter().find_map(|k| super::securejoin::notice::notice(original, k, &passwords))
 }
 
 /// Renders with each key in turn: the first that decrypts wins; a message for none of them

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 use super::cache::SecretKeys;
+use super::decrypt::Decrypted;
 use super::fingerprint::Fingerprint;
+use super::group::Group;
 use super::key::{AccountKey, KeyError};
 use super::peer::{Peer, Verdict};
 use super::securejoin::inviter::Issued;
@@ -232,6 +234,35 @@ impl Identity {
         Ok(self.store.put_invite(login, &issued.invitenumber, bytes).wait()?)
     }
 
+    /// The Delta Chat groups the account is in.
+    pub fn groups(&self, login: &str) -> Result<Vec<Group>, IdentityError> {
+        self.store.groups(login)?.into_iter().map(|(_, bytes)| decode(login, &bytes)).collect()
+    }
+
+    /// Learns from a decrypted message of a group (nothing for other mail); a group past the
+    /// store's bound is not kept.
+    pub fn learn_group(&self, login: &str, decrypted: &Decrypted, received_at: i64) -> Result<(), IdentityError> {
+        let Some(id) = decrypted.protected.chat_group_id.as_deref() else { return Ok(()) };
+        let old: Option<Group> = self.store.group(login, id)?.map(|b| decode(login, &b)).transpose()?;
+        let Some(group) = super::group::learn(decrypted, login, old.as_ref(), received_at) else { return Ok(()) };
+        tracing::debug!(
+            login,
+            group = %group.id,
+            members = group.members.len(),
+            message_id = ?decrypted.protected.message_id,
+            "a Delta Chat group message"
+        );
+        if old.as_ref() == Some(&group) {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&group)
+            .map_err(|e| IdentityError::Corrupt { login: login.into(), reason: e.to_string() })?;
+        if !self.store.put_group(login, &group.id, bytes).wait()? {
+            warn!(login, "too many Delta Chat groups; a new one is not kept");
+        }
+        Ok(())
+    }
+
     /// The handshakes in progress, by id.
     pub fn joins(&self, login: &str) -> Result<Vec<(String, Joining)>, IdentityError> {
         self.store.joins(login)?.into_iter().map(|(id, bytes)| Ok((id, decode(login, &bytes)?))).collect()
@@ -261,6 +292,26 @@ impl SecretKeys for Identity {
 
     fn known_peer(&self, login: &str, addr: &str) -> Option<Peer> {
         self.peer(login, addr).ok().flatten()
+    }
+
+    /// Our invites' passwords (with the account's fingerprint) and those of the links we
+    /// joined, finished ones included: a handshake mail read late still shows its notice.
+    fn handshake_passwords(&self, login: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let keys = self.secret_keys(login);
+        match self.invites(login) {
+            Ok(invites) => out.extend(
+                invites
+                    .iter()
+                    .flat_map(|i| keys.iter().map(|k| super::securejoin::invite::password(k.fingerprint(), &i.auth))),
+            ),
+            Err(e) => tracing::warn!(login, "cannot read the account's invites: {e}"),
+        }
+        match self.joins(login) {
+            Ok(joins) => out.extend(joins.iter().filter_map(|(_, j)| j.invite().ok()).map(|i| i.password())),
+            Err(e) => tracing::warn!(login, "cannot read the account's joins: {e}"),
+        }
+        out
     }
 }
 

@@ -83,10 +83,16 @@ pub fn handle(identity: &Identity, login: &str, message: &[u8], received_at: i64
                 info!(login, inviter = %inviter, "SecureJoin: the inviter's key matches the link; proving our token");
                 return Ok(Handled { send: vec![send], verified: Some(inviter), handshake: true });
             }
-            Ok(JoinerEvent::Joined { inviter, group, .. }) => {
-                identity.set_join(login, &id, None)?;
+            Ok(JoinerEvent::Joined { state, inviter, group }) => {
+                // Kept (finished): its link's password still opens the handshake's mails for
+                // the notice a plain client's session shows in their place.
+                identity.set_join(login, &id, Some(&state))?;
                 info!(login, inviter = %inviter, group = ?group, "SecureJoin complete");
-                return Ok(Handled { send: Vec::new(), verified: Some(inviter), handshake: true });
+                if group.is_none() {
+                    return Ok(Handled { send: Vec::new(), verified: Some(inviter), handshake: true });
+                }
+                // A group's `vg-member-added` is also its first group message: learnt below.
+                break;
             }
             Err(e) => not_for_us("joiner", &e),
         }
@@ -104,6 +110,7 @@ pub fn handle(identity: &Identity, login: &str, message: &[u8], received_at: i64
             let handshake = super::securejoin::step::is_handshake(&decrypted);
             let verdicts = observe(&decrypted, received_at, &known);
             identity.apply(login, &verdicts)?;
+            identity.learn_group(login, &decrypted, received_at)?;
             Ok(Handled { handshake, ..Handled::default() })
         }
         Err(DecryptError::PasswordOnly) => Ok(Handled { handshake: true, ..Handled::default() }),

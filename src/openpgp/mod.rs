@@ -42,9 +42,9 @@
 //!   [`securejoin::joiner::Joining::handle`]; `coi-proxy join` calls
 //!   [`securejoin::joiner::start`]. Every event carries the message to send and the peer to
 //!   mark with [`peer::verify`].
-//! - sessions of plain clients: [`securejoin::step::is_handshake`] (decrypted) or
-//!   [`securejoin::step::raw_step`] (as stored) says what to hide;
-//!   [`view::render`] gives the bytes to serve for an encrypted UID (decide once, cache).
+//! - sessions of plain clients: [`cache::Views`] decides each UID once: a SecureJoin handshake
+//!   mail (encrypted, or the legacy unencrypted first step) becomes a short notice
+//!   ([`securejoin::notice`]), an encrypted message its [`view::render`].
 
 pub mod autocrypt;
 pub mod cache;
@@ -52,6 +52,7 @@ pub mod commands;
 pub mod decrypt;
 pub mod encrypt;
 pub mod fingerprint;
+pub mod group;
 pub mod identity;
 pub mod incoming;
 pub mod key;

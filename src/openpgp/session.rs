@@ -37,8 +37,9 @@ pub const DROPPED_CAPABILITIES: &[&str] =
 const MAX_ORIGINAL: u64 = 3 * 1024 * 1024;
 const ORIGINALS_BATCH: u64 = 2 * 1024 * 1024;
 
-/// The search key that finds PGP/MIME messages at the provider.
-const ENCRYPTED_KEY: &str = "HEADER Content-Type \"multipart/encrypted\"";
+/// The search key that finds the messages that may have a view at the provider: PGP/MIME, and
+/// SecureJoin handshake mail sent unencrypted (the legacy first step), which shows as a notice.
+const ENCRYPTED_KEY: &str = "OR HEADER Content-Type \"multipart/encrypted\" HEADER Secure-Join \"\"";
 
 /// One session's view state.
 pub struct ViewSession {

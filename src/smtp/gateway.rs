@@ -3,7 +3,9 @@
 //! PGP/MIME when every recipient (the envelope: To, Cc and Bcc) has a key
 //! (`openpgp::encrypt::prepare`). A message the client encrypted itself, or that carries its
 //! own Autocrypt header (Delta Chat), passes as it is. Mail that would reach a verified
-//! contact in clear is refused with `554 5.7.1` naming who has no key.
+//! contact in clear is refused with `554 5.7.1` naming who has no key. A reply to a message of
+//! a Delta Chat group the account is in goes to the whole group (`openpgp::group`): every member
+//! is added to To and the envelope, and the group's id and name go inside, encrypted.
 
 use tracing::{debug, warn};
 
@@ -11,9 +13,10 @@ use super::Smtp;
 use super::queue::Body;
 use super::session::{QueueRefusal, Submission};
 use crate::openpgp::autocrypt::PreferEncrypt;
-use crate::openpgp::encrypt::{Prepared, prepare};
+use crate::openpgp::encrypt::{Outgoing, Prepared, classify, prepare};
+use crate::openpgp::group;
 use crate::openpgp::identity::IdentityError;
-use crate::store::StoreError;
+use crate::store::{Recipient, RecipientState, StoreError};
 
 /// Messages prepared at once (each is read whole into memory, and a new one made): with the
 /// SIZE limit, what bounds the gateway's share of memory however many clients finish a message.
@@ -53,7 +56,34 @@ pub async fn outgoing(ctx: &Smtp, sub: &mut Submission, body: &mut Body) -> Resu
             },
         };
         let known = |addr: &str| identity.peer(&login, addr).ok().flatten();
-        let prepared = prepare(&bytes, &key, &envelope, &known, PreferEncrypt::Mutual, crate::clock::now());
+        let now = crate::clock::now();
+        // A reply to a Delta Chat group's message goes to the group: to every member, with the
+        // group's id and name inside, encrypted (else as the client wrote it).
+        let groups = match classify(&bytes) {
+            Outgoing::Plain => identity.groups(&login).unwrap_or_else(|e| {
+                warn!("OpenPGP gateway: cannot read the account's groups: {e}");
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        };
+        let mut added = Vec::new();
+        let mut prepared = None;
+        if let Some(group) = group::of_reply(&bytes, &groups) {
+            let (addressed, to_add) = group::address(&bytes, group, &login, &envelope);
+            let all: Vec<String> = envelope.iter().chain(&to_add).cloned().collect();
+            match prepare(&addressed, &key, &all, &known, PreferEncrypt::Mutual, now) {
+                Ok(Prepared::Encrypted { message }) => {
+                    debug!(group = %group.id, added = to_add.len(), "OpenPGP gateway: a reply to a Delta Chat group");
+                    prepared = Some(Ok(Prepared::Encrypted { message }));
+                    added = to_add;
+                }
+                _ => debug!(
+                    group = %group.id,
+                    "OpenPGP gateway: a group reply that cannot be encrypted to every member goes as written"
+                ),
+            }
+        }
+        let prepared = prepared.unwrap_or_else(|| prepare(&bytes, &key, &envelope, &known, PreferEncrypt::Mutual, now));
         let made = match &prepared {
             Ok(Prepared::Clear { message, .. } | Prepared::Encrypted { message }) => Some(message.as_slice()),
             _ => None,
@@ -63,13 +93,16 @@ pub async fn outgoing(ctx: &Smtp, sub: &mut Submission, body: &mut Body) -> Resu
             (None, Some(file)) => Body::Spooled(file),
             (None, None) => Body::Bytes(bytes),
         };
-        Ok((prepared, body))
+        Ok((prepared, body, added))
     })
     .await;
-    let (prepared, made) = match result {
+    let (prepared, made, added) = match result {
         Ok(done) => done?,
         Err(e) => return Err(QueueRefusal::Unavailable(format!("the encryption task failed: {e}"))),
     };
+    for address in added {
+        sub.recipients.push(Recipient { address, notify: None, orcpt: None, state: RecipientState::Pending });
+    }
     match prepared {
         Ok(Prepared::AsIs) => debug!("OpenPGP gateway: sent as the client made it"),
         Ok(Prepared::Clear { message, without_key }) => {

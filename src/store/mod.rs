@@ -46,7 +46,7 @@ pub use receipts::{SentChat, Tick};
 mod metadata;
 pub use metadata::TooManyEntries;
 mod openpgp;
-pub use openpgp::{MAX_PEERS, TooManyPeers};
+pub use openpgp::{MAX_GROUPS, MAX_PEERS, TooManyPeers};
 
 mod deltachat;
 pub use deltachat::RetryEntry;

@@ -1,6 +1,7 @@
 //! What the OpenPGP gateway keeps per account: the account's secret key (a sealed blob: the
-//! store never sees it in clear), the Autocrypt peer table, the invites we issued and the
-//! SecureJoin handshakes we started. The values are opaque bytes; the wing encodes them.
+//! store never sees it in clear), the Autocrypt peer table, the invites we issued, the
+//! SecureJoin handshakes we started and the Delta Chat groups the account is in. The values are
+//! opaque bytes; the wing encodes them.
 //!
 //! The tables came after schema 1 and are made on first use: an older store simply has none,
 //! which reads as "no key yet, no peers" (tests/store_upgrade.rs).
@@ -17,6 +18,12 @@ const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("openpgp_peers"
 const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("openpgp_invites");
 /// `login NUL id` → a handshake we started as joiner.
 const JOINS: TableDefinition<&str, &[u8]> = TableDefinition::new("openpgp_joins");
+
+/// `login NUL group id` → a Delta Chat group the account is in.
+const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("openpgp_groups");
+
+/// Groups kept per account; a new one past it is not kept (its replies go out as ordinary mail).
+pub const MAX_GROUPS: usize = 1_000;
 
 /// Peers kept per account; a write past it is refused (a flood of senders cannot fill the disk).
 pub const MAX_PEERS: usize = 50_000;
@@ -143,6 +150,33 @@ impl Store {
         })
     }
 
+    /// The account's groups, by id.
+    pub fn groups(&self, login: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        entries(self, GROUPS, login)
+    }
+
+    /// One group of the account.
+    pub fn group(&self, login: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        entry(self, GROUPS, &entry_key(login, id))
+    }
+
+    /// Stores a group; a new one past [`MAX_GROUPS`] for the account is not kept (`false`).
+    pub fn put_group(&self, login: &str, id: &str, value: Vec<u8>) -> Pending<bool> {
+        let login = login_key(login);
+        let key = entry_key(&login, id);
+        self.write(move |txn| {
+            let mut table = txn.open_table(GROUPS)?;
+            if table.get(key.as_str())?.is_none() {
+                let (prefix, end) = (format!("{login}\0"), format!("{login}\u{1}"));
+                if table.range(prefix.as_str()..end.as_str())?.count() >= MAX_GROUPS {
+                    return Ok(false);
+                }
+            }
+            table.insert(key.as_str(), value.as_slice())?;
+            Ok(true)
+        })
+    }
+
     /// The handshakes the account started as joiner, by id.
     pub fn joins(&self, login: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         entries(self, JOINS, login)
@@ -165,6 +199,23 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_per_account_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.groups("a@x").unwrap().is_empty() && store.group("a@x", "g").unwrap().is_none());
+        assert!(store.put_group("A@x", "g", b"one".to_vec()).wait().unwrap());
+        assert!(store.put_group("a@x", "g", b"two".to_vec()).wait().unwrap());
+        assert_eq!(store.groups("a@x").unwrap(), [("g".to_string(), b"two".to_vec())]);
+        assert!(store.groups("b@x").unwrap().is_empty());
+        for i in 1..MAX_GROUPS {
+            assert!(store.put_group("a@x", &format!("g{i}"), b"x".to_vec()).wait().unwrap());
+        }
+        assert!(!store.put_group("a@x", "one-too-many", b"x".to_vec()).wait().unwrap());
+        assert!(store.put_group("a@x", "g", b"three".to_vec()).wait().unwrap(), "known ones still update");
+        assert_eq!(store.group("a@x", "g").unwrap().as_deref(), Some(&b"three"[..]));
+    }
 
     #[test]
     fn keys_peers_invites_and_joins_per_account() {

@@ -15,6 +15,11 @@ plays the gateway's side with the Rust code directly, over the same provider):
         progress 1000); then sends "Hello from Delta Chat" to the new contact.
     dc_openpgp.py group-inviter --provider-imap P --provider-smtp P --user alice@example.org
         The same with a new group "Team" and its invite link; then "Hello group" to the group.
+    dc_openpgp.py group-with-plain --provider-imap P --provider-smtp P --user alice@example.org \\
+                          --other carol@example.org --plain bob@example.org
+        Two Delta Chat accounts in group "Team" (Carol joins Alice's link), then the plain user
+        joins (prints "LINK ..."); "Hello group" (prints "HELLO <its Message-ID>"); reports where the plain
+        user's reply lands at Alice and at Carol.
 
 Prints a JSON report on stdout (last line) and exits 0 when Delta Chat did what was asked;
 non-zero with the reason on stderr otherwise.
@@ -118,9 +123,53 @@ def group_inviter(args, dc, rpc, report):
     ac.stop_io()
 
 
+def group_with_plain(args, dc, rpc, report):
+    """Alice (args.user) makes group "Team"; Carol (args.other) joins its link; prints "LINK ..."
+    for the plain user (args.plain, through coi-proxy) to join; once they are in, sends "Hello
+    group" and prints "HELLO <its Message-ID>"; then waits until a message from the plain user arrives at both
+    Delta Chat accounts and reports in which chat it landed."""
+    alice = online(dc, rpc, args, "Alice DC")
+    carol_args = argparse.Namespace(**vars(args))
+    carol_args.user = args.other
+    carol = online(dc, rpc, carol_args, "Carol DC")
+    group = alice.create_group("Team")
+    link = group.get_qr_code()
+    carol.secure_join(link)
+    wait(carol, EventType.SECUREJOIN_JOINER_PROGRESS, lambda e: e.progress == 1000, timeout=90)
+    print("LINK " + link, flush=True)
+    plain_id = None
+    while plain_id is None:
+        e = wait(alice, EventType.SECUREJOIN_INVITER_PROGRESS, lambda e: e.progress == 1000, timeout=120)
+        if alice.get_contact_by_id(e.contact_id).get_snapshot().address == args.plain:
+            plain_id = e.contact_id
+    report["members"] = sorted(c.get_snapshot().address for c in group.get_contacts())
+    hello = group.send_text("Hello group")
+    hello.wait_until_delivered()
+    print("HELLO " + rpc.get_message_info_object(alice.id, hello.id)["rfc724Mid"], flush=True)
+    report["received"] = {}
+    for name, ac in (("alice", alice), ("carol", carol)):
+        while True:
+            e = wait(ac, EventType.INCOMING_MSG, timeout=120)
+            msg = ac.get_message_by_id(e.msg_id).get_snapshot()
+            sender = msg.sender.get_snapshot() if hasattr(msg.sender, "get_snapshot") else msg.sender
+            if sender.address != args.plain:
+                continue
+            chat = ac.get_chat_by_id(e.chat_id).get_basic_snapshot()
+            report["received"][name] = {
+                "text": msg.text, "show_padlock": msg.show_padlock, "chat_name": chat.name,
+                "chat_type": str(chat.chat_type), "chat_members": sorted(
+                    c.get_snapshot().address for c in ac.get_chat_by_id(e.chat_id).get_contacts()),
+            }
+            if name == "alice":
+                report["received"][name]["in_the_group"] = e.chat_id == group.id
+            break
+    alice.stop_io()
+    carol.stop_io()
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["accept", "joiner", "inviter", "group-inviter"])
+    ap.add_argument("mode", choices=["accept", "joiner", "inviter", "group-inviter", "group-with-plain"])
     ap.add_argument("--provider-imap", type=int, required=True)
     ap.add_argument("--provider-smtp", type=int, required=True)
     ap.add_argument("--lmtp", type=int)
@@ -128,6 +177,8 @@ def main():
     ap.add_argument("--key")
     ap.add_argument("--messages")
     ap.add_argument("--link")
+    ap.add_argument("--other", help="group-with-plain: the second Delta Chat account")
+    ap.add_argument("--plain", help="group-with-plain: the plain user coi-proxy speaks for")
     args = ap.parse_args()
     report = {"mode": args.mode}
     accounts_dir = tempfile.mkdtemp(prefix="dc.openpgp.")
@@ -136,7 +187,8 @@ def main():
         with Rpc(accounts_dir=accounts_dir, rpc_server_path=server) as rpc:
             dc = DeltaChat(rpc)
             report["core_version"] = dc.rpc.get_system_info()["deltachat_core_version"]
-            {"accept": accept, "joiner": joiner, "inviter": inviter, "group-inviter": group_inviter}[args.mode](args, dc, rpc, report)
+            {"accept": accept, "joiner": joiner, "inviter": inviter, "group-inviter": group_inviter,
+             "group-with-plain": group_with_plain}[args.mode](args, dc, rpc, report)
     except Exception as e:  # noqa: BLE001 - the reason goes to the caller
         print("FAILED: %r" % e, file=sys.stderr)
         print(json.dumps(report, default=str))

@@ -19,6 +19,7 @@ pub mod invite;
 pub mod inviter;
 pub mod joiner;
 pub mod message;
+pub mod notice;
 pub mod step;
 
 use super::decrypt::DecryptError;
