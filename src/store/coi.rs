@@ -4,6 +4,7 @@
 
 use redb::{ReadableTable, TableDefinition};
 
+use super::read_table;
 use super::{Pending, Store, StoreError};
 
 /// `account NUL message-id` → sequence number.
@@ -63,22 +64,14 @@ impl Store {
 
     pub fn is_chat_id(&self, account: &str, id: &str) -> Result<bool, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(CHAT_IDS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, CHAT_IDS)? else { return Ok(false) };
         Ok(table.get(format!("{}\0{id}", account_key(account)).as_str())?.is_some())
     }
 
     /// Where the worker stopped in INBOX: (UIDVALIDITY, next UID).
     pub fn inbox_position(&self, account: &str) -> Result<Option<(u32, u32)>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(INBOX_POSITION) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, INBOX_POSITION)? else { return Ok(None) };
         Ok(table.get(account_key(account).as_str())?.map(|v| v.value()))
     }
 

@@ -7,6 +7,7 @@
 
 use redb::{ReadableTable, TableDefinition};
 
+use super::read_table;
 use super::{Pending, Store, StoreError};
 use crate::secret::Secret;
 
@@ -113,11 +114,7 @@ impl Store {
     /// The account's current device tokens.
     pub fn dc_tokens(&self, account: &str, now: u64, max_age: u64) -> Result<Vec<Secret>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(DC_TOKENS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, DC_TOKENS)? else { return Ok(Vec::new()) };
         let prefix = token_key(account, "");
         let mut out = Vec::new();
         for item in table.range(prefix.as_str()..)? {
@@ -153,11 +150,7 @@ impl Store {
     /// The accounts that have a current device token (their workers start with the daemon).
     pub fn dc_token_accounts(&self, now: u64, max_age: u64) -> Result<Vec<String>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(DC_TOKENS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, DC_TOKENS)? else { return Ok(Vec::new()) };
         let mut out: Vec<String> = Vec::new();
         for item in table.iter()? {
             let (k, v) = item?;
@@ -198,11 +191,7 @@ impl Store {
     /// Every notification waiting for a retry (read at start).
     pub fn dc_retries(&self) -> Result<Vec<RetryEntry>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(DC_RETRIES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, DC_RETRIES)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for item in table.iter()? {
             let (k, v) = item?;

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use redb::{ReadableTable, TableDefinition};
 
+use super::read_table;
 use super::{Pending, Store, StoreError};
 
 /// `account NUL mailbox NUL entry` → value.
@@ -39,11 +40,7 @@ impl Store {
     /// All entries of `mailbox` (`""` for server entries) of `account`.
     pub fn metadata_entries(&self, account: &str, mailbox: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(METADATA) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, METADATA)? else { return Ok(BTreeMap::new()) };
         let prefix = prefix(account, mailbox);
         let mut out = BTreeMap::new();
         for item in table.range(prefix.as_str()..)? {
@@ -58,11 +55,7 @@ impl Store {
     /// size of each value: what a GETMETADATA selects from, without reading the values.
     pub fn metadata_sizes(&self, account: &str, mailbox: &[u8]) -> Result<BTreeMap<String, u64>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(METADATA_SIZES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(BTreeMap::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, METADATA_SIZES)? else { return Ok(BTreeMap::new()) };
         let prefix = prefix(account, mailbox);
         let mut out = BTreeMap::new();
         for item in table.range(prefix.as_str()..)? {
@@ -76,11 +69,7 @@ impl Store {
     /// The accounts that hold `entry` on `mailbox` (`""` for server entries), in key order.
     pub fn metadata_accounts_with(&self, mailbox: &[u8], entry: &str) -> Result<Vec<String>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(METADATA) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, METADATA)? else { return Ok(Vec::new()) };
         let suffix = format!("\0{}\0{entry}", String::from_utf8_lossy(mailbox));
         let mut out = Vec::new();
         for item in table.iter()? {
@@ -96,11 +85,7 @@ impl Store {
     /// compares with etcd.
     pub fn metadata_keys(&self) -> Result<Vec<(String, Vec<u8>, String)>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(METADATA_SIZES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, METADATA_SIZES)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for item in table.iter()? {
             let (key, _) = item?;
@@ -115,11 +100,7 @@ impl Store {
     /// One entry's value, as a GETMETADATA response writes it out.
     pub fn metadata_value(&self, account: &str, mailbox: &[u8], entry: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(METADATA) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, METADATA)? else { return Ok(None) };
         let key = format!("{}{entry}", prefix(account, mailbox));
         Ok(table.get(key.as_str())?.map(|v| v.value().to_vec()))
     }

@@ -187,6 +187,19 @@ struct File {
 /// memory bound (SECURITY.md). Reads beyond it come from the OS page cache.
 const CACHE_SIZE: usize = 8 * 1024 * 1024;
 
+/// `definition`'s table in a read transaction, `None` when it was never created (nothing
+/// written to it yet, or a state directory from before it existed): readers take that as empty.
+fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    definition: TableDefinition<'_, K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(definition) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn open_file(path: &Path) -> Result<Database, StoreError> {
     redb::Builder::new().set_cache_size(CACHE_SIZE).create(path).map_err(|e| match e {
         DatabaseError::Storage(StorageError::Io(io)) if is_disk_full(&io) => StoreError::DiskFull,

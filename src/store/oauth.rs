@@ -7,6 +7,7 @@
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::read_table;
 use super::{Pending, Store, StoreError};
 
 /// `account` (lower case) → [`OAuthGrant`] as JSON.
@@ -76,11 +77,7 @@ impl Store {
     pub fn oauth_grant(&self, login: &str) -> Result<Option<OAuthGrant>, StoreError> {
         let login = login.to_ascii_lowercase();
         let txn = self.begin_read()?;
-        let table = match txn.open_table(OAUTH_GRANTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, OAUTH_GRANTS)? else { return Ok(None) };
         table.get(login.as_str())?.map(|v| decode(&login, v.value())).transpose()
     }
 
@@ -97,11 +94,7 @@ impl Store {
     /// Every stored grant, by login.
     pub fn oauth_grants(&self) -> Result<Vec<(String, OAuthGrant)>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(OAUTH_GRANTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, OAUTH_GRANTS)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for item in table.iter()? {
             let (k, v) = item?;

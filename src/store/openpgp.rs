@@ -8,6 +8,7 @@
 
 use redb::{ReadableTable, TableDefinition};
 
+use super::read_table;
 use super::{Pending, Store, StoreError};
 
 /// `login` → sealed secret key.
@@ -43,11 +44,7 @@ fn entries(
     login: &str,
 ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
     let txn = store.begin_read()?;
-    let table = match txn.open_table(table) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
+    let Some(table) = read_table(&txn, table)? else { return Ok(Vec::new()) };
     let prefix = format!("{}\0", login_key(login));
     let end = format!("{}\u{1}", login_key(login));
     let mut out = Vec::new();
@@ -60,11 +57,7 @@ fn entries(
 
 fn entry(store: &Store, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
     let txn = store.begin_read()?;
-    let table = match txn.open_table(table) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
+    let Some(table) = read_table(&txn, table)? else { return Ok(None) };
     Ok(table.get(key)?.map(|v| v.value().to_vec()))
 }
 
@@ -96,11 +89,7 @@ impl Store {
     /// The logins that have a key, for `check`.
     pub fn accounts_with_keys(&self) -> Result<Vec<String>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(ACCOUNT_KEYS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, ACCOUNT_KEYS)? else { return Ok(Vec::new()) };
         table.iter()?.map(|item| Ok(item?.0.value().to_string())).collect()
     }
 

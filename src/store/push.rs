@@ -13,6 +13,7 @@
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::read_table;
 use super::{Pending, Store, StoreError};
 
 /// `"vapid"` → private key (32-octet P-256 scalar).
@@ -106,11 +107,7 @@ impl Store {
     /// Every account's subscriptions, as stored (a cluster's first sync compares them with etcd).
     pub fn push_all(&self) -> Result<Vec<(String, PushSubscription)>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(PUSH_SUBSCRIPTIONS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, PUSH_SUBSCRIPTIONS)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for item in table.iter()? {
             let (key, value) = item?;
@@ -133,11 +130,7 @@ impl Store {
     /// One subscription, as stored (whatever its state).
     pub fn push_subscription(&self, account: &str, id: &str) -> Result<Option<PushSubscription>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(PUSH_SUBSCRIPTIONS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, PUSH_SUBSCRIPTIONS)? else { return Ok(None) };
         table.get(key(account, id).as_str())?.map(|v| decode(v.value())).transpose()
     }
 
@@ -212,11 +205,7 @@ impl Store {
         expiry: u64,
     ) -> Result<Vec<PushSubscription>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(PUSH_SUBSCRIPTIONS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, PUSH_SUBSCRIPTIONS)? else { return Ok(Vec::new()) };
         let prefix = key(account, "");
         let mut out = Vec::new();
         for item in table.range(prefix.as_str()..)? {
@@ -235,11 +224,7 @@ impl Store {
     /// Whether `account` has a validated subscription (a read of its own entries only).
     pub fn push_validated(&self, account: &str) -> Result<bool, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(PUSH_SUBSCRIPTIONS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, PUSH_SUBSCRIPTIONS)? else { return Ok(false) };
         let prefix = key(account, "");
         for item in table.range(prefix.as_str()..)? {
             let (k, v) = item?;
@@ -256,11 +241,7 @@ impl Store {
     /// Accounts with at least one validated subscription.
     pub fn push_accounts(&self) -> Result<Vec<String>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(PUSH_SUBSCRIPTIONS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, PUSH_SUBSCRIPTIONS)? else { return Ok(Vec::new()) };
         let mut out: Vec<String> = Vec::new();
         for item in table.iter()? {
             let (k, v) = item?;

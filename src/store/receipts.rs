@@ -5,6 +5,7 @@
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::read_table;
 use super::{Pending, Store, StoreError};
 
 /// `account NUL message-id` → JSON [`SentChat`].
@@ -153,11 +154,7 @@ impl Store {
     /// Sent chat messages of `account` whose copy still lacks a keyword it should have.
     pub fn sent_chats_to_mark(&self, account: &str) -> Result<Vec<(String, SentChat)>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(SENT) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, SENT)? else { return Ok(Vec::new()) };
         let (start, end) = (key(account, ""), format!("{account}\u{1}"));
         let mut out = Vec::new();
         for item in table.range(start.as_str()..end.as_str())? {
@@ -173,11 +170,7 @@ impl Store {
     /// All sent chat messages: (account, Message-ID, record).
     pub fn sent_chats(&self) -> Result<Vec<(String, String, SentChat)>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(SENT) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, SENT)? else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for item in table.iter()? {
             let (k, v) = item?;
@@ -203,11 +196,7 @@ impl Store {
     /// When read receipts started for `account`, if they have.
     pub fn mdn_baseline(&self, account: &str) -> Result<Option<i64>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(MDN_BASELINE) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, MDN_BASELINE)? else { return Ok(None) };
         Ok(table.get(account)?.map(|v| v.value()))
     }
 

@@ -5,6 +5,7 @@
 
 use redb::{ReadableTable, TableDefinition};
 
+use super::read_table;
 use super::{Pending, Store, StoreError};
 
 /// `account NUL mailbox NUL uidvalidity (10 digits) NUL uid (10 digits)` → sealed view.
@@ -47,11 +48,7 @@ impl Store {
     /// The sealed view of `id`, if one was kept.
     pub fn view(&self, id: &ViewId) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.begin_read()?;
-        let table = match txn.open_table(VIEWS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
+        let Some(table) = read_table(&txn, VIEWS)? else { return Ok(None) };
         Ok(table.get(id.key().as_str())?.map(|v| v.value().to_vec()))
     }
 
