@@ -168,6 +168,7 @@ pub async fn run_with(
     tokio::spawn(crate::deltachat::notifier::run(ctx.clone(), receivers.notify));
     // Every session holds a sender; when all are gone, every session has ended.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let control_socket = control::bind(&ctx);
     let mut listeners =
         Listeners { ctx: ctx.clone(), alive: alive_tx, imap: Vec::new(), smtp: Vec::new(), metrics: None, views };
     for (kind, addr) in imap_addrs(&ctx.config()) {
@@ -190,7 +191,9 @@ pub async fn run_with(
     )
     .await?;
     listeners.smtp = smtp;
-    tokio::spawn(control::serve(ctx.clone(), relay_waits, identity, shutdown_rx.clone()));
+    if let Some(socket) = control_socket {
+        tokio::spawn(control::serve(socket, ctx.clone(), relay_waits, identity, shutdown_rx.clone()));
+    }
     tokio::spawn(renew_cert_daily(ctx.clone(), local_cert.clone()));
     info!(version = env!("CARGO_PKG_VERSION"), "coi-proxy ready");
     crate::sd_notify::ready("serving");

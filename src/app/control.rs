@@ -20,29 +20,39 @@ use crate::smtp::Waits;
 /// Longest request line: `key import` carries an armored key on it.
 const MAX_LINE: u64 = crate::openpgp::commands::MAX_LINE as u64;
 
+/// Creates the control socket (0600), before the listeners open: once a client can log in, the
+/// command line reaches the daemon too (connections wait in the backlog until [`serve`] runs).
+/// `None` (logged) when it cannot be created; the daemon runs without it.
+pub fn bind(ctx: &Context) -> Option<UnixListener> {
+    let path = crate::smtp::control::socket_path(&ctx.config().state_dir);
+    // A socket left by a killed daemon; the store lock already ensures no other daemon runs.
+    let _ = std::fs::remove_file(&path);
+    match UnixListener::bind(&path) {
+        Ok(listener) => {
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+            Some(listener)
+        }
+        Err(e) => {
+            warn!(
+                "cannot create the control socket {}: {e}; `coi-proxy queue`, `key`, `invite`, `join` and `oauth` will not reach the running daemon",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
 /// Serves the control socket until shutdown.
 /// `waits`: the SMTP relay's reasons for `queue list` (`None` without SMTP); `identity`: the
 /// OpenPGP gateway's state (`None` when `[autocrypt] enabled = false`).
 pub async fn serve(
+    listener: UnixListener,
     ctx: Arc<Context>,
     waits: Option<Arc<Waits>>,
     identity: Option<Identity>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let path = crate::smtp::control::socket_path(&ctx.config().state_dir);
-    // A socket left by a killed daemon; the store lock already ensures no other daemon runs.
-    let _ = std::fs::remove_file(&path);
-    let listener = match UnixListener::bind(&path) {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(
-                "cannot create the control socket {}: {e}; `coi-proxy queue`, `key`, `invite`, `join` and `oauth` will not reach the running daemon",
-                path.display()
-            );
-            return;
-        }
-    };
-    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
