@@ -40,7 +40,10 @@ impl Dns {
             for d in local_domains {
                 cmd.arg(format!("--local=/{d}/"));
             }
-            cmd.args(records).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            // dnsmasq reports a failed bind on stderr (before its log is open) and exits with 2.
+            let errors = dir.path().join("dnsmasq.err");
+            let stderr = std::fs::File::create(&errors).unwrap();
+            cmd.args(records).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
             // Dropped (and so killed) on any panic below.
             let mut server =
                 Dns { child: cmd.spawn().expect("spawn dnsmasq"), _dir: dir, addr: ([127, 0, 0, 1], port).into() };
@@ -51,8 +54,10 @@ impl Dns {
             let query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04test\x00\x00\x01\x00\x01";
             loop {
                 if let Some(status) = server.child.try_wait().unwrap() {
-                    let err = std::fs::read_to_string(&log).unwrap_or_default();
-                    if err.contains("in use") {
+                    let err = std::fs::read_to_string(&log).unwrap_or_default()
+                        + &std::fs::read_to_string(&errors).unwrap_or_default();
+                    // The free UDP port may be taken for TCP (dnsmasq binds both): try another.
+                    if err.contains("in use") || status.code() == Some(2) {
                         dir = std::mem::replace(&mut server._dir, tempfile::tempdir().unwrap());
                         break;
                     }
