@@ -9,6 +9,7 @@
 
 use base64::Engine;
 
+use crate::config::Config;
 use super::identity::{Identity, IdentityError};
 use super::securejoin::invite::{Invite, InviteError};
 use super::securejoin::inviter::{Inviter, Issued};
@@ -25,6 +26,19 @@ pub enum GatewayCommand {
     KeyImport { login: String, armored: Vec<u8> },
     Invite { login: String },
     Join { login: String, link: String },
+}
+
+impl GatewayCommand {
+    /// The command with its login as the store keys it (`Config::account_key`: exact, or
+    /// lower-cased where the account's provider ignores case).
+    pub fn keyed(mut self, config: &Config) -> GatewayCommand {
+        let (GatewayCommand::KeyExport { login, .. }
+        | GatewayCommand::KeyImport { login, .. }
+        | GatewayCommand::Invite { login }
+        | GatewayCommand::Join { login, .. }) = &mut self;
+        *login = config.account_key(login);
+        self
+    }
 }
 
 impl std::fmt::Debug for GatewayCommand {
@@ -110,7 +124,7 @@ pub fn execute(identity: &Identity, cmd: &GatewayCommand, now: i64, give_up_secs
         GatewayCommand::KeyExport { login, .. }
         | GatewayCommand::KeyImport { login, .. }
         | GatewayCommand::Invite { login }
-        | GatewayCommand::Join { login, .. } => Some(login.to_ascii_lowercase()),
+        | GatewayCommand::Join { login, .. } => Some(login.clone()),
     };
     let text = |text: String| Ok(Answer { text, queued: Vec::new(), login: login.clone() });
     match cmd {
