@@ -263,6 +263,19 @@ impl Refresh {
                 Ok(fresh_tokens.access)
             }
             TokenReply::Error(e) if e.is_permanent() => {
+                // With `[cluster]` another instance may have refreshed meanwhile with the same
+                // refresh token (a provider that rotates them refuses the second): its grant,
+                // brought here by the replica, is the good one.
+                if let Ok(current) = load(&store, login)
+                    && current.sealed_tokens != grant.sealed_tokens
+                    && current.refused.is_none()
+                {
+                    let tokens = Tokens::open(&seal, login, &current.sealed_tokens)?;
+                    info!(login, "another instance refreshed the OAuth2 grant meanwhile; using its token");
+                    let lifetime = current.access_expires_at - current.refreshed_at.unwrap_or(current.authorized_at);
+                    *slot = Some(Bearer { token: tokens.access.clone(), expires_at: current.access_expires_at, lifetime });
+                    return Ok(tokens.access);
+                }
                 warn!(login, "{origin} refused to refresh the OAuth2 grant: {}", e.describe());
                 grant.refused = Some((t, e.describe()));
                 save(&store, cluster, login, grant).await?;
