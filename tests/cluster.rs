@@ -387,7 +387,12 @@ fn status_without_etcd_says_so() {
 
 /// `coi-proxy` with `proxy`'s configuration and `args`: (exit ok, stdout + stderr).
 fn cli(proxy: &Proxy, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_coi-proxy")).arg("--config").arg(&proxy.config_path).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
+        .arg("--config")
+        .arg(&proxy.config_path)
+        .args(args)
+        .output()
+        .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
@@ -396,7 +401,10 @@ fn cli(proxy: &Proxy, args: &[&str]) -> (bool, String) {
 fn exported_fingerprint(proxy: &Proxy, login: &str) -> String {
     let (ok, text) = cli(proxy, &["key", "export", login]);
     assert!(ok, "key export through {}: {text}", proxy.config_path.display());
-    coi_proxy::openpgp::key::PublicKey::from_armored(text.as_bytes()).expect("an armored public key").fingerprint().hex()
+    coi_proxy::openpgp::key::PublicKey::from_armored(text.as_bytes())
+        .expect("an armored public key")
+        .fingerprint()
+        .hex()
 }
 
 /// The device flow of `coi-proxy oauth authorize` through `proxy`'s daemon, the test as the user.

@@ -231,7 +231,8 @@ impl Cluster for Etcd {
                     (keys::push(&login, &id), sealed)
                 }
                 SharedChange::DeviceToken { login, token, set_at } => {
-                    let sealed = set_at.map(|at| self.seal.seal(keys::SEAL_DC_TOKEN, encode_token(at, &token).expose()));
+                    let sealed =
+                        set_at.map(|at| self.seal.seal(keys::SEAL_DC_TOKEN, encode_token(at, &token).expose()));
                     (keys::device_token(&login, token.expose()), sealed)
                 }
                 SharedChange::OAuthGrant { login, grant } => {
@@ -255,7 +256,11 @@ impl Cluster for Etcd {
         Box::pin(async move {
             let key = keys::openpgp(&login, &OpenPgpEntry::Key);
             let reply = self.client.clone().get(key, None).await.map_err(etcd_error)?;
-            reply.kvs().first().map(|kv| self.open(keys::SEAL_OPENPGP, kv.value()).map(|v| v.expose().to_vec())).transpose()
+            reply
+                .kvs()
+                .first()
+                .map(|kv| self.open(keys::SEAL_OPENPGP, kv.value()).map(|v| v.expose().to_vec()))
+                .transpose()
         })
     }
 

@@ -243,8 +243,8 @@ async fn apply_token(
         return Ok(None);
     };
     let plain = etcd.open(keys::SEAL_DC_TOKEN, sealed)?;
-    let (set_at, token) =
-        super::decode_token(plain.expose()).ok_or_else(|| ClusterError::Seal("a device token in etcd: too short".into()))?;
+    let (set_at, token) = super::decode_token(plain.expose())
+        .ok_or_else(|| ClusterError::Seal("a device token in etcd: too short".into()))?;
     if store.dc_token_set_at(login, &token).map_err(store_error)? == Some(set_at) {
         return Ok(None);
     }

@@ -273,7 +273,8 @@ impl Refresh {
                     let tokens = Tokens::open(&seal, login, &current.sealed_tokens)?;
                     info!(login, "another instance refreshed the OAuth2 grant meanwhile; using its token");
                     let lifetime = current.access_expires_at - current.refreshed_at.unwrap_or(current.authorized_at);
-                    *slot = Some(Bearer { token: tokens.access.clone(), expires_at: current.access_expires_at, lifetime });
+                    *slot =
+                        Some(Bearer { token: tokens.access.clone(), expires_at: current.access_expires_at, lifetime });
                     return Ok(tokens.access);
                 }
                 warn!(login, "{origin} refused to refresh the OAuth2 grant: {}", e.describe());

@@ -9,12 +9,12 @@
 
 use base64::Engine;
 
-use crate::config::Config;
 use super::identity::{Identity, IdentityError};
 use super::securejoin::invite::{Invite, InviteError};
 use super::securejoin::inviter::{Inviter, Issued};
 use super::securejoin::joiner;
 use super::securejoin::message::Outgoing;
+use crate::config::Config;
 use crate::store::{MailParams, QueuedMessage, Recipient, RecipientState, StoreError};
 
 /// Longest control line a gateway command may take (an armored key, base64 again).

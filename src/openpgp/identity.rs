@@ -112,7 +112,8 @@ impl Identity {
     /// Hands a change of the account's state to etcd (no-op without `[cluster]`).
     fn publish(&self, login: &str, entry: OpenPgpEntry, value: Option<Vec<u8>>) -> Result<(), IdentityError> {
         let change = SharedChange::OpenPgp { login: login.to_string(), entry, value };
-        Ok(self.in_cluster(|c| c.publish(change)).transpose()?.unwrap_or(()))
+        self.in_cluster(|c| c.publish(change)).transpose()?;
+        Ok(())
     }
 
     /// Takes the account's key from the store again (another instance replaced it). Blocking.

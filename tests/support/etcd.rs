@@ -87,7 +87,8 @@ impl Etcd {
         let binary = require("etcd", "etcd-server");
         let dir = tempfile::Builder::new().prefix("coi-etcd.").tempdir().unwrap();
         let client_port = free_port();
-        let mut etcd = Etcd { child: None, dir, client_port, peer_port: free_port(), health_port: client_port, pki: None };
+        let mut etcd =
+            Etcd { child: None, dir, client_port, peer_port: free_port(), health_port: client_port, pki: None };
         etcd.spawn(&binary);
         etcd
     }
