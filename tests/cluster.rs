@@ -102,14 +102,7 @@ fn two_states() -> (tempfile::TempDir, tempfile::TempDir) {
 
 /// `coi-proxy cluster status` with `proxy`'s configuration: (exit ok, stdout + stderr).
 fn status(proxy: &Proxy) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
-        .arg("--config")
-        .arg(&proxy.config_path)
-        .args(["cluster", "status"])
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    cli(proxy, &["cluster", "status"])
 }
 
 /// Members, and each account's owner, from `cluster status`.

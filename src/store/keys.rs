@@ -111,8 +111,16 @@ pub(super) fn migrate_identity_to_exact_keys(txn: &WriteTransaction) -> Result<(
         };
     }
     identity_tables!(collect);
-    let mut legacy = txn.open_table(LEGACY_IDENTITY)?;
-    // A name without capitals is what its login's exact key is anyway: nothing to claim.
+    record(txn, LEGACY_IDENTITY, &names)
+}
+
+/// Records `names` as unclaimed in `legacy`.
+fn record(
+    txn: &WriteTransaction,
+    legacy: TableDefinition<&str, u8>,
+    names: &BTreeSet<String>,
+) -> Result<(), StoreError> {
+    let mut legacy = txn.open_table(legacy)?;
     for name in names.iter().filter(|n| !n.is_empty()) {
         legacy.insert(name.as_str(), 1)?;
     }
@@ -128,11 +136,7 @@ pub(super) fn migrate_to_exact_keys(txn: &WriteTransaction) -> Result<(), StoreE
         };
     }
     account_tables!(collect);
-    let mut legacy = txn.open_table(LEGACY)?;
-    for name in names.iter().filter(|n| !n.is_empty()) {
-        legacy.insert(name.as_str(), 1)?;
-    }
-    Ok(())
+    record(txn, LEGACY, &names)
 }
 
 impl Store {
