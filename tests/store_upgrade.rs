@@ -305,6 +305,10 @@ fn a_schema3_state_dirs_key_and_grant_still_work() {
     // case-sensitive: the grant is read before the login is proven, and moves at the claim.
     let (dir, fingerprint) = schema3_state_dir();
     let store = Store::open(dir.path()).unwrap();
+    // The daemon's start unseals every stored key: that claims nothing.
+    let preloaded = Identity::with_seal(store.clone(), SealKey::load(&dir.path().join("seal.key")).unwrap());
+    assert_eq!(preloaded.preload().unwrap(), 1);
+    drop(preloaded);
     assert_eq!(store.oauth_grant("DAVE@example.net").unwrap(), Some(grant("old")), "read until claimed");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(store.claim_legacy_state("DAVE@example.net"));

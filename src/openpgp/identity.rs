@@ -139,7 +139,9 @@ impl Identity {
         let logins = self.store.accounts_with_keys()?;
         let mut loaded = 0;
         for login in logins {
-            match self.account_key_blocking(&login) {
+            // As stored, claiming nothing: a lower-cased name an earlier release left is for
+            // the first login that proves itself to claim (`store::keys`).
+            match self.load_key(&login, false) {
                 Ok(_) => loaded += 1,
                 Err(e) => warn!(%login, "the account's OpenPGP key stays closed: {e}"),
             }
@@ -150,11 +152,19 @@ impl Identity {
     /// The account's key, made now if it has none. Blocking (generation, commit): call off the
     /// runtime, or use [`Identity::account_key`].
     pub fn account_key_blocking(&self, login: &str) -> Result<Arc<AccountKey>, IdentityError> {
+        self.load_key(login, true)
+    }
+
+    /// The account's key from the cache, the store, etcd or made now; `claim`: first taking
+    /// what an earlier release kept under the lower-cased login.
+    fn load_key(&self, login: &str, claim: bool) -> Result<Arc<AccountKey>, IdentityError> {
         let name = login.to_string();
         if let Some(key) = self.keys.lock().expect("key cache").get(&name) {
             return Ok(key.clone());
         }
-        self.claim(&name);
+        if claim {
+            self.claim(&name);
+        }
         let key = match self.store.account_key(&name)? {
             Some(sealed) => self.unseal(&name, &sealed)?,
             None => match self.in_cluster(|c| c.shared_account_key(name.clone())).transpose()?.flatten() {
