@@ -508,6 +508,25 @@ fn device_tokens_keys_and_grants_are_the_clusters() {
     a.restart();
     wait_until("a rejoined", Duration::from_secs(20), || ownership(&b).0.len() == 2);
     assert_eq!(exported_fingerprint(&a, ALICE), fa, "the restarted instance has the same key");
+
+    // SecureJoin state is the cluster's too: an invite issued through a is in b's store (read
+    // once b has stopped: the store is one process's).
+    let (ok, text) = cli(&a, &["invite", ALICE]);
+    assert!(ok, "{text}");
+    // A later change through a seen through b: b's watch, which applies changes in etcd's
+    // order, has applied the invite.
+    let mut via_a = ImapClient::connect(a.imap_port);
+    via_a.login(ALICE, LOCAL);
+    via_a.expect_ok("c SETMETADATA \"\" (/private/comment \"after the invite\")");
+    wait_until("the later change through b", Duration::from_secs(10), || {
+        metadata_text(&mut via_b, "/private/comment").contains("after the invite")
+    });
+    drop(via_b);
+    let mut b = b;
+    let store_b = b.state.clone();
+    b.stop();
+    let store = coi_proxy::store::Store::open(&store_b).unwrap();
+    assert_eq!(store.invites(ALICE).unwrap().len(), 1, "the invite issued through a");
 }
 
 /// etcd over TLS with a client certificate: the instances share state through it, `cluster
