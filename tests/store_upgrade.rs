@@ -310,10 +310,13 @@ fn a_schema3_state_dirs_key_and_grant_still_work() {
     assert_eq!(preloaded.preload().unwrap(), 1);
     drop(preloaded);
     assert_eq!(store.oauth_grant("DAVE@example.net").unwrap(), Some(grant("old")), "read until claimed");
+    assert!(store.has_account_key("DAVE@example.net").unwrap(), "its worker takes part in the gateway");
+    assert!(!store.has_account_key("erin@example.net").unwrap());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(store.claim_legacy_state("DAVE@example.net"));
     assert_eq!(store.oauth_grant("DAVE@example.net").unwrap(), Some(grant("old")));
     assert_eq!(store.oauth_grant("dave@example.net").unwrap(), None, "moved, not copied");
+    assert!(!store.has_account_key("dave@example.net").unwrap(), "claimed: nothing is dave's now");
     assert_eq!(store.peer("DAVE@example.net", "erin@example.com").unwrap().as_deref(), Some(&b"peer"[..]));
     let identity = Identity::with_seal(store.clone(), SealKey::load(&dir.path().join("seal.key")).unwrap());
     assert_eq!(identity.account_key_blocking("DAVE@example.net").unwrap().fingerprint(), &fingerprint);

@@ -73,6 +73,17 @@ impl Store {
         entry(self, ACCOUNT_KEYS, &login_key(login))
     }
 
+    /// Whether the account has a key: its own, or one an earlier release kept under the
+    /// lower-cased login that no login has claimed yet (the OpenPGP wing claims it at its
+    /// first use of the account).
+    pub fn has_account_key(&self, login: &str) -> Result<bool, StoreError> {
+        if self.account_key(login)?.is_some() {
+            return Ok(true);
+        }
+        let lower = login.to_ascii_lowercase();
+        Ok(lower != login && self.legacy_identity_unclaimed(&lower)? && self.account_key(&lower)?.is_some())
+    }
+
     /// Stores the account's sealed secret key and returns the one in force: with `replace`
     /// false an existing key is kept (two first uses at once end with one key), with `replace`
     /// true (`key import`) the new one wins.
