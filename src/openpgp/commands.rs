@@ -215,6 +215,21 @@ mod tests {
     use crate::store::Store;
 
     #[test]
+    fn a_commands_login_is_keyed_as_the_store_keys_it() {
+        let config: Config = toml::from_str(
+            "[[account]]\ndomain = \"folded.example\"\nlogin_case_sensitive = false\nimap = \"imap://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let login = |cmd: GatewayCommand| match cmd {
+            GatewayCommand::Invite { login } => login,
+            _ => unreachable!(),
+        };
+        let invite = |l: &str| GatewayCommand::Invite { login: l.into() };
+        assert_eq!(login(invite("Bob@Folded.example").keyed(&config)), "bob@folded.example");
+        assert_eq!(login(invite("Bob@Exact.example").keyed(&config)), "Bob@Exact.example", "case matters by default");
+    }
+
+    #[test]
     fn lines_round_trip_and_logs_hold_no_key_or_token() {
         let cmds = [
             GatewayCommand::KeyExport { login: "a@x".into(), secret: false },
