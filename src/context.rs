@@ -136,9 +136,15 @@ pub trait Cluster: Send + Sync {
     /// Records the worker's progress, only while `fence` is still the owner's token.
     fn save_progress(&self, login: String, fence: i64, position: (u32, u32))
     -> BoxFuture<'_, Result<(), ClusterError>>;
-    /// Claims the one push about INBOX message (UIDVALIDITY, UID): `true` for the first claim
-    /// while `fence` owns the account, `false` when it was claimed before.
-    fn claim_push(&self, login: String, fence: i64, message: (u32, u32)) -> BoxFuture<'_, Result<bool, ClusterError>>;
+    /// Claims the one push of `channel` about INBOX message (UIDVALIDITY, UID): `true` for the
+    /// first claim while `fence` owns the account, `false` when it was claimed before.
+    fn claim_push(
+        &self,
+        channel: PushChannel,
+        login: String,
+        fence: i64,
+        message: (u32, u32),
+    ) -> BoxFuture<'_, Result<bool, ClusterError>>;
     /// Whether `fence` still owns the account (checked right before a COPY that could double).
     fn still_owner(&self, login: String, fence: i64) -> BoxFuture<'_, Result<bool, ClusterError>>;
     /// Writes a change of shared state to etcd (sealed where secret); every instance's store
@@ -267,8 +273,18 @@ impl QueueWake {
     }
 }
 
+/// Which push a cluster claim is for: each message is pushed at most once per channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushChannel {
+    /// RFC 8030 WebPush to the account's subscriptions (COI).
+    WebPush,
+    /// Delta Chat's device tokens, through the notifier.
+    DeviceToken,
+}
+
 /// The Delta Chat notifier's inbox (`deltachat::notifier`): accounts with new mail for their
 /// devices. Without a notifier task (push off) the news is dropped.
+#[derive(Clone)]
 pub struct Notify(mpsc::UnboundedSender<String>);
 
 impl Notify {

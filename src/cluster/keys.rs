@@ -22,7 +22,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::context::OpenPgpEntry;
+use crate::context::{OpenPgpEntry, PushChannel};
 
 pub const MEMBERS: &str = "/coi-proxy/members/";
 pub const OWNERS: &str = "/coi-proxy/owner/";
@@ -60,8 +60,13 @@ pub fn progress(login: &str) -> String {
     format!("{ACCOUNTS}{}/inbox", escape(login))
 }
 
-pub fn pushed(login: &str, uidvalidity: u32, uid: u32) -> String {
-    format!("/coi-proxy/pushed/{}/{uidvalidity}/{uid}", escape(login))
+/// The claim of a push about a message; WebPush keeps the key of earlier releases.
+pub fn pushed(channel: PushChannel, login: &str, uidvalidity: u32, uid: u32) -> String {
+    let kind = match channel {
+        PushChannel::WebPush => "pushed",
+        PushChannel::DeviceToken => "notified",
+    };
+    format!("/coi-proxy/{kind}/{}/{uidvalidity}/{uid}", escape(login))
 }
 
 pub fn metadata(login: &str, mailbox: &[u8], entry: &str) -> String {

@@ -22,7 +22,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, T
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use crate::config;
-use crate::context::{BoxFuture, Cluster, ClusterError, Context, OpenPgpEntry, Owned, SharedChange};
+use crate::context::{BoxFuture, Cluster, ClusterError, Context, OpenPgpEntry, Owned, PushChannel, SharedChange};
 use crate::seal::SealKey;
 use crate::secret::Secret;
 
@@ -196,13 +196,14 @@ impl Cluster for Etcd {
 
     fn claim_push(
         &self,
+        channel: PushChannel,
         login: String,
         fence: i64,
         (uidvalidity, uid): (u32, u32),
     ) -> BoxFuture<'_, Result<bool, ClusterError>> {
         Box::pin(async move {
             let lease = self.claims_lease().await?;
-            let key = keys::pushed(&login, uidvalidity, uid);
+            let key = keys::pushed(channel, &login, uidvalidity, uid);
             let absent = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
             let put = TxnOp::put(key, self.node.clone(), Some(PutOptions::new().with_lease(lease)));
             self.fenced(&login, fence, vec![absent], vec![put]).await
