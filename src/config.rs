@@ -271,6 +271,14 @@ pub struct Limits {
     /// (at most 30 s). Unset: 2000 on listeners bound to a non-loopback address, none on
     /// loopback ones; set: this on every listener (0 turns it off).
     pub auth_failure_delay_ms: Option<u64>,
+    /// Bytes the proxy may hold in total for what peers make it read whole (commands collected
+    /// for a wing, responses read for its own commands, messages in the OpenPGP gateway);
+    /// beyond it such a request gets `NO [LIMIT]` / `452` (`limits::budget`).
+    #[serde(default = "default_max_memory")]
+    pub max_memory: usize,
+    /// The share of `max_memory` one account may hold at once.
+    #[serde(default = "default_max_memory_per_account")]
+    pub max_memory_per_account: usize,
 }
 
 impl Default for Limits {
@@ -286,6 +294,8 @@ impl Default for Limits {
             max_sessions: default_max_sessions(),
             max_sessions_per_ip: default_max_sessions_per_ip(),
             auth_failure_delay_ms: None,
+            max_memory: default_max_memory(),
+            max_memory_per_account: default_max_memory_per_account(),
         }
     }
 }
@@ -552,6 +562,12 @@ fn default_autologout() -> u64 {
 fn default_connect_timeout() -> u64 {
     15
 }
+fn default_max_memory() -> usize {
+    1024 * 1024 * 1024
+}
+fn default_max_memory_per_account() -> usize {
+    256 * 1024 * 1024
+}
 fn default_max_sessions() -> usize {
     2000
 }
@@ -717,6 +733,12 @@ impl Config {
             return Err((
                 "limits.max_sessions".into(),
                 "max_sessions and max_sessions_per_ip must be at least 1".into(),
+            ));
+        }
+        if self.limits.max_memory_per_account < 16 << 20 || self.limits.max_memory < self.limits.max_memory_per_account {
+            return Err((
+                "limits.max_memory_per_account".into(),
+                "must be at least 16 MiB (16777216) and at most limits.max_memory".into(),
             ));
         }
         if self.limits.max_line < 1024 {
