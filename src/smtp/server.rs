@@ -238,7 +238,7 @@ async fn run(
         Some(p) => ctx.caps.get(&p, &shared.upstream_tls, shared.config().limits.connect_timeout()).await,
         None => None,
     };
-    let queue_bytes = shared.config().queue.max_bytes_per_account;
+    let queue_bytes = size_cap(ctx);
     let mut session = Session::new(
         &super::hostname(),
         stream.is_tls(),
@@ -497,7 +497,7 @@ async fn check_oauth2_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthR
         Ok(token) => token,
         Err(e) => return refusal(e),
     };
-    let queue_bytes = shared.config().queue.max_bytes_per_account;
+    let queue_bytes = size_cap(ctx);
     let Some(provider) = shared.config().smtp_provider_for(login) else {
         return AuthResult::Unavailable("no submission server is configured for this account".into());
     };
@@ -546,7 +546,7 @@ async fn check_login(ctx: &Smtp, login: &str, password: &Secret, peer: SocketAdd
         return check_oauth2_login(ctx, login, password).await;
     }
     let timeout = shared.config().limits.connect_timeout();
-    let queue_bytes = shared.config().queue.max_bytes_per_account;
+    let queue_bytes = size_cap(ctx);
     let Some(provider) = shared.config().smtp_provider_for(login) else {
         return AuthResult::Unavailable("no submission server is configured for this account".into());
     };
@@ -591,4 +591,18 @@ async fn check_login(ctx: &Smtp, login: &str, password: &Secret, peer: SocketAdd
         Ok(AuthOutcome::Rejected(_)) => AuthResult::Refused,
         Err(e) => AuthResult::Unavailable(format!("{smtp_error}; {e}")),
     }
+}
+
+/// The largest message to offer (`SIZE`) beside the provider's: one that fits the account's
+/// queue and whose work in memory (the chat copy APPENDed whole; with the OpenPGP gateway on,
+/// its encryption) fits the account's share of the memory budget. A larger one could never be
+/// sent, so it is refused for good with `552`.
+fn size_cap(ctx: &Smtp) -> u64 {
+    let config = ctx.shared.config();
+    let memory = config.limits.max_memory_per_account as u64;
+    let memory = match ctx.identity {
+        Some(_) => memory / super::gateway::MEMORY_FACTOR,
+        None => memory,
+    };
+    config.queue.max_bytes_per_account.min(memory)
 }

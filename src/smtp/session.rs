@@ -164,6 +164,9 @@ pub enum QueueRefusal {
     /// The disk under the store is full (`452 4.3.1`).
     #[error("the proxy's disk is full")]
     NoSpace,
+    /// The memory budget has no room for the work the message needs now (`452 4.3.1`).
+    #[error("{0}")]
+    Memory(crate::limits::budget::Exceeded),
     /// The store cannot take it (`451 4.3.0`).
     #[error("{0}")]
     Unavailable(String),
@@ -432,6 +435,9 @@ impl Session {
             }
             QueueRefusal::NoSpace => {
                 self.reply("452 4.3.1 Insufficient system storage: the proxy's disk is full; try again later")
+            }
+            QueueRefusal::Memory(why) => {
+                self.reply(&format!("452 4.3.1 Insufficient system resources: {why}; try again later"))
             }
             QueueRefusal::Unavailable(why) => {
                 self.reply(&format!("451 4.3.0 Cannot store the message now ({}); try again later", one_line(&why)))
