@@ -269,9 +269,26 @@ pub fn render(queue_depth: i64, oldest_age: i64) -> String {
     out.family("coi_proxy_reports_seen_total", "counter", "Read receipts (mdn) and delivery reports (dsn) classified.");
     out.sample("coi_proxy_reports_seen_total", &[("kind", "mdn")], MDNS_SEEN.get());
     out.sample("coi_proxy_reports_seen_total", &[("kind", "dsn")], DSNS_SEEN.get());
+    out.family(
+        "coi_proxy_runtime_busy_seconds_total",
+        "counter",
+        "Time the async runtime's threads spent running tasks (not parked), summed over them: what no single command may take much of.",
+    );
+    out.sample("coi_proxy_runtime_busy_seconds_total", &[], format!("{:.6}", runtime_busy().as_secs_f64()));
     out.family("coi_proxy_info", "gauge", "The running version.");
     out.sample("coi_proxy_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
     out.0
+}
+
+/// Busy time of the runtime's worker threads so far, summed (zero off a runtime, or where tokio
+/// does not count it).
+fn runtime_busy() -> std::time::Duration {
+    #[cfg(target_has_atomic = "64")]
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        let metrics = handle.metrics();
+        return (0..metrics.num_workers()).map(|w| metrics.worker_total_busy_duration(w)).sum();
+    }
+    std::time::Duration::ZERO
 }
 
 /// Prometheus text format 0.0.4.

@@ -20,6 +20,7 @@ use super::{CapsCache, Smtp, Waits};
 use crate::context::{Context, ReceiptJob};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::limits::Refused;
+use crate::limits::budget::Charge;
 use crate::limits::logins::Gate;
 use crate::net::Stream;
 use crate::oauth::{self, OAuthError};
@@ -253,6 +254,9 @@ async fn run(
     let mut data_since: Option<Instant> = None;
     // The message being received: its data goes to this file as it comes (never kept in memory).
     let mut spool: Option<(SpoolFile, tokio::fs::File)> = None;
+    // The header section the session holds of a message, charged to the account's share of the
+    // memory budget (set at login).
+    let mut header_charge: Option<Charge> = None;
     loop {
         let event = session.next_event();
         let spooled = spool_data(&shared.store, &mut session, &mut spool).await;
@@ -262,6 +266,16 @@ async fn run(
         {
             warn!("cannot keep the message data: {why}");
             session.spool_failed(why.clone());
+        }
+        if let Some(charge) = header_charge.as_mut() {
+            let held = session.header_held();
+            if held == 0 {
+                charge.release();
+            } else if let Err(e) = charge.cover(held, 64 * 1024) {
+                warn!(held, "no room in the memory budget for the message header: {e}");
+                session.spool_failed(QueueRefusal::Memory(e));
+                charge.release();
+            }
         }
         if !enqueue && !session.data_kept() {
             // Refused, finished or never started: the partial file goes.
@@ -328,6 +342,7 @@ async fn run(
                 };
                 match &result {
                     AuthResult::Ok(_) => {
+                        header_charge = Some(shared.memory.account(&key).empty());
                         shared.logins.succeeded(&key, password.expose(), Instant::now());
                         shared.credentials.remember(&key, &password);
                         shared.store.claim_legacy_state(&key).await;

@@ -288,6 +288,16 @@ impl Session {
         {
             data.sink = DataSink::Discard(DummyDataReceiver::new_data(receiver), Refusal::Store(why));
             self.data_out = Vec::new();
+            data.header = Vec::new();
+        }
+    }
+
+    /// Bytes the session holds of the message being received (its header section, for the
+    /// `From:` check), for the caller to charge to the memory budget.
+    pub fn header_held(&self) -> usize {
+        match &self.state {
+            State::Data(data) => data.header.capacity(),
+            _ => 0,
         }
     }
 
