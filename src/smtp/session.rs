@@ -1188,6 +1188,31 @@ mod tests {
     }
 
     #[test]
+    fn a_header_without_room_in_the_memory_budget_is_dropped_and_answered_452() {
+        let mut s = authed();
+        run(&mut s, b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nX-Long: ");
+        s.feed(&[b'y'; 500]);
+        assert!(matches!(s.next_event(), Event::NeedInput));
+        assert!(s.header_held() >= 500, "what the caller charges");
+        // The caller's charge was refused.
+        s.spool_failed(QueueRefusal::Memory(crate::limits::budget::Exceeded::Account));
+        assert_eq!(s.header_held(), 0, "the header is not kept any more");
+        s.feed(&[b'y'; 300]);
+        assert!(matches!(s.next_event(), Event::NeedInput));
+        assert_eq!(s.header_held(), 0, "nor what follows");
+        let (out, event) = run(&mut s, b"\r\n\r\nbody\r\n.\r\n");
+        assert!(matches!(event, Event::NeedInput), "not queued: {event:?}");
+        assert!(
+            out.ends_with(
+                "452 4.3.1 Insufficient system resources: the memory coi-proxy gives one account \
+                 (max_memory_per_account) is in use; try again later\r\n"
+            ),
+            "{out}"
+        );
+        assert_eq!(s.header_held(), 0);
+    }
+
+    #[test]
     fn the_sender_is_one_of_the_accounts_addresses() {
         let mut s = authed();
         let (out, _) = run(&mut s, b"MAIL FROM:<bob@x>\r\n");
