@@ -22,6 +22,7 @@ use crate::imap::wire::provider::{
     FETCHES, Interceptor, MAX_INTERCEPTED, ProviderCommands, ProviderError, Reply, ReplyOut,
 };
 use crate::imap::wire::response::{appenduid, copyuid, search_uids, uid_set};
+use crate::limits::budget::{Charge, Exceeded, Share};
 use crate::store::ViewId;
 
 /// Capabilities a session of an account with views loses (`-NAME` removes it, see
@@ -36,6 +37,8 @@ pub const DROPPED_CAPABILITIES: &[&str] =
 /// encrypted message is shown as stored, always.
 const MAX_ORIGINAL: u64 = 3 * 1024 * 1024;
 const ORIGINALS_BATCH: u64 = 2 * 1024 * 1024;
+/// Charges to the memory budget grow in steps of this many bytes.
+const CHARGE_STEP: usize = 256 * 1024;
 
 /// The search key that finds the messages that may have a view at the provider: PGP/MIME, and
 /// SecureJoin handshake mail sent unencrypted (the legacy first step), which shows as a notice.
@@ -54,6 +57,9 @@ pub struct ViewSession {
     selecting: std::sync::Mutex<Option<Option<String>>>,
     /// The session's hook for `\Seen` set by the client (read receipts, the worker's nudge).
     seen_changed: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// The account's share of the memory budget: the originals read for one command's views
+    /// and the views composed for its answer are charged to it.
+    memory: Option<Share>,
 }
 
 impl ViewSession {
@@ -65,7 +71,15 @@ impl ViewSession {
             selected: None,
             selecting: Default::default(),
             seen_changed: None,
+            memory: None,
         }
+    }
+
+    /// Charges what one command holds of originals and views to `share` (a command that would
+    /// pass it gets `NO [LIMIT]`).
+    pub fn with_memory(mut self, share: Share) -> ViewSession {
+        self.memory = Some(share);
+        self
     }
 
     /// Tells `hook` when a FETCH sets `\Seen` on encrypted messages (the relay's hook for
@@ -176,10 +190,10 @@ impl ViewSession {
                 None => out.extend_from_slice(resp),
             }
         }
-        let views = match self.views_of(&mailbox, uidvalidity, &messages, request.uid, provider).await {
-            Ok((views, passthrough)) => {
+        let (views, mut charge) = match self.views_of(&mailbox, uidvalidity, &messages, request.uid, provider).await {
+            Ok((views, passthrough, charge)) => {
                 out.extend(passthrough.concat());
-                views
+                (views, charge)
             }
             Err(e) => return failed(&e),
         };
@@ -188,6 +202,11 @@ impl ViewSession {
             match shown {
                 Shown::View { view, .. } => out.extend(compose(*number, request.uid, &request.items, items, &view)),
                 Shown::Original => originals.push(if request.uid { *uid } else { *number }),
+            }
+            if let Some(charge) = charge.as_mut()
+                && let Err(e) = charge.cover(charge.bytes().max(out.len()), CHARGE_STEP)
+            {
+                return failed(&ProviderError::Connection(Box::new(e)));
             }
         }
         if !originals.is_empty() {
@@ -289,7 +308,7 @@ impl ViewSession {
             encrypted.iter().filter_map(|n| pairs.iter().find(|(m, _, _)| m == n).cloned()).collect()
         };
         let views = match self.views_of(&mailbox, uidvalidity, &messages, parsed.uid, provider).await {
-            Ok((views, passthrough)) => {
+            Ok((views, passthrough, _charge)) => {
                 untagged.extend(passthrough);
                 views
             }
@@ -402,7 +421,9 @@ impl ViewSession {
         reply
     }
 
-    /// The views of the messages, deciding those not decided yet from their originals.
+    /// The views of the messages, deciding those not decided yet from their originals; with
+    /// the charge to the memory budget for the originals read (`Err` when the budget has no
+    /// room for them: a [`ProviderError::Connection`] holding the [`Exceeded`]).
     async fn views_of(
         &self,
         mailbox: &str,
@@ -410,7 +431,8 @@ impl ViewSession {
         messages: &[(u32, u32, Items)],
         by_uid: bool,
         provider: &mut impl ProviderCommands,
-    ) -> Result<(Vec<Shown>, Vec<Vec<u8>>), ProviderError> {
+    ) -> Result<(Vec<Shown>, Vec<Vec<u8>>, Option<Charge>), ProviderError> {
+        let mut charge = self.memory.as_ref().map(Share::empty);
         let ids: Vec<ViewId> =
             messages.iter().map(|(_, uid, _)| ViewId::new(&self.login, mailbox, uidvalidity, *uid)).collect();
         let views = self.views.clone();
@@ -477,6 +499,9 @@ impl ViewSession {
                         .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
                     let body = items.iter().find(|(n, _)| n == "BODY[]").and_then(|(_, v)| literal_or_string(v));
                     if let (Some(uid), Some(body)) = (uid, body) {
+                        if let Some(charge) = charge.as_mut() {
+                            charge.grow(body.len()).map_err(|e| ProviderError::Connection(Box::new(e)))?;
+                        }
                         originals.push((uid, body));
                     }
                 }
@@ -506,7 +531,7 @@ impl ViewSession {
         })
         .await
         .map_err(|e| ProviderError::Connection(Box::new(e)))?;
-        Ok((decided, passthrough))
+        Ok((decided, passthrough, charge))
     }
 }
 
@@ -773,6 +798,13 @@ async fn search(provider: &mut impl ProviderCommands, line: String) -> Result<Ve
 }
 
 fn failed(e: &ProviderError) -> Reply {
+    if let ProviderError::Connection(inner) = e
+        && let Some(exceeded) = inner.downcast_ref::<Exceeded>()
+    {
+        warn!("decrypted views: no room in the memory budget: {exceeded}");
+        let status = format!("NO [LIMIT] {exceeded}; ask for fewer messages at a time\r\n");
+        return Reply { untagged: Vec::new(), status: status.into_bytes() };
+    }
     warn!("the decrypted view could not ask the provider: {e}");
     Reply { untagged: Vec::new(), status: format!("NO [UNAVAILABLE] {e}\r\n").into_bytes() }
 }
