@@ -735,7 +735,8 @@ impl Config {
                 "max_sessions and max_sessions_per_ip must be at least 1".into(),
             ));
         }
-        if self.limits.max_memory_per_account < 16 << 20 || self.limits.max_memory < self.limits.max_memory_per_account {
+        if self.limits.max_memory_per_account < 16 << 20 || self.limits.max_memory < self.limits.max_memory_per_account
+        {
             return Err((
                 "limits.max_memory_per_account".into(),
                 "must be at least 16 MiB (16777216) and at most limits.max_memory".into(),

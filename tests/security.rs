@@ -339,7 +339,6 @@ fn forty_thousand_entry_names_stall_no_one() {
     };
     let (before, busy_before) = (runtime_cpu(proxy.pid()), runtime_busy(proxy.metrics_port));
     let again = Instant::now();
-    let mut cmd = cmd;
     cmd[..3].copy_from_slice(b"bi2");
     c.send_raw(&cmd);
     let reply = read_tagged(&mut c, b"bi2 ");

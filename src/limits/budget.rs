@@ -231,7 +231,9 @@ mod tests {
         let held = share.charge(80).unwrap();
         let waiting = {
             let share = share.clone();
-            tokio::spawn(async move { share.charge_within(50, std::time::Duration::from_secs(5)).await.map(|c| c.bytes()) })
+            tokio::spawn(
+                async move { share.charge_within(50, std::time::Duration::from_secs(5)).await.map(|c| c.bytes()) },
+            )
         };
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         drop(held);
