@@ -259,7 +259,8 @@ async fn plain_client_reads_encrypted_mail_consistently() {
     // Without room in the account's share of the memory budget, the answer is refused, not
     // held, and nothing stays charged.
     let budget = coi_proxy::limits::budget::Budget::new(1024, 1024);
-    let mut tight = ViewSession::new(views, &bob_login, Arc::new(|| true)).with_memory(budget.account(&bob_login));
+    views.charge_to(budget.clone());
+    let mut tight = ViewSession::new(views, &bob_login, Arc::new(|| true));
     assert!(!tight.wants_command(CommandName::Select, false, b"s SELECT INBOX\r\n"));
     let answer =
         tight.handle(format!("f UID FETCH 1:* {ITEMS}\r\n").into_bytes(), &mut up, &mut ReplyOut::collect()).await;

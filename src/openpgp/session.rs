@@ -57,9 +57,6 @@ pub struct ViewSession {
     selecting: std::sync::Mutex<Option<Option<String>>>,
     /// The session's hook for `\Seen` set by the client (read receipts, the worker's nudge).
     seen_changed: Option<Arc<dyn Fn() + Send + Sync>>,
-    /// The account's share of the memory budget: the originals read for one command's views
-    /// and the views composed for its answer are charged to it.
-    memory: Option<Share>,
 }
 
 impl ViewSession {
@@ -71,15 +68,7 @@ impl ViewSession {
             selected: None,
             selecting: Default::default(),
             seen_changed: None,
-            memory: None,
         }
-    }
-
-    /// Charges what one command holds of originals and views to `share` (a command that would
-    /// pass it gets `NO [LIMIT]`).
-    pub fn with_memory(mut self, share: Share) -> ViewSession {
-        self.memory = Some(share);
-        self
     }
 
     /// Tells `hook` when a FETCH sets `\Seen` on encrypted messages (the relay's hook for
@@ -432,7 +421,10 @@ impl ViewSession {
         by_uid: bool,
         provider: &mut impl ProviderCommands,
     ) -> Result<(Vec<Shown>, Vec<Vec<u8>>, Option<Charge>), ProviderError> {
-        let mut charge = self.memory.as_ref().map(Share::empty);
+        // The originals read, and the views composed from them, are charged to the account's
+        // share of the memory budget (`Views::charge_to`); the share is looked up here rather
+        // than kept, since every session task carries its interceptors.
+        let mut charge = self.views.share(&self.login).as_ref().map(Share::empty);
         let ids: Vec<ViewId> =
             messages.iter().map(|(_, uid, _)| ViewId::new(&self.login, mailbox, uidvalidity, *uid)).collect();
         let views = self.views.clone();

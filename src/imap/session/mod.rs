@@ -210,9 +210,7 @@ impl Session {
                 !config.config().coi.is_chat_client(name.as_deref())
             });
             // The view's own `\Seen` (a non-PEEK FETCH of encrypted mail) tells the same hook.
-            ViewSession::new(views, &account.login, plain)
-                .with_seen_hook(seen_changed.clone())
-                .with_memory(self.shared.memory.account(&account.login))
+            ViewSession::new(views, &account.login, plain).with_seen_hook(seen_changed.clone())
         });
         let deltachat = crate::deltachat::entries::Entries::new(self.shared.clone(), account.clone());
         let coi = CoiSession::new(self.shared.clone(), account, provider_metadata, client_name, webpush, deltachat);
