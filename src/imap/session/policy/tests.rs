@@ -680,6 +680,21 @@ fn an_own_commands_capture_beyond_the_budget_ends_with_limit() {
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(events[1], Event::OwnStatus(b"OK done\r\n".to_vec()));
     assert_eq!(budget.used("a"), (0, 0));
+    // Refused, then abandoned by the interceptor: nothing of it stays for the next own command.
+    let other = budget.account("b").charge(50_000).unwrap();
+    s.policy.own_request(b"GETMETADATA \"\" /x\r\n".to_vec(), &[b"* METADATA "], s.now);
+    s.pump();
+    s.provider_sends(format!("* METADATA \"\" (/x {{60000}}\r\n{big})\r\n").as_bytes());
+    s.policy.interceptor_reply(b"m NO [UNAVAILABLE] timed out\r\n".to_vec(), s.now);
+    drop(other);
+    assert_eq!(s.provider_sends(b"coips3 OK late\r\n"), "");
+    s.events();
+    s.policy.own_request(b"GETMETADATA \"\" /x\r\n".to_vec(), &[b"* METADATA "], s.now);
+    s.pump();
+    s.provider_sends(response.replace("coips2", "coips4").as_bytes());
+    let events = s.events();
+    assert_eq!(events.last(), Some(&Event::OwnStatus(b"OK done\r\n".to_vec())), "{events:?}");
+    assert_eq!(budget.used("a"), (0, 0));
 }
 
 #[test]
