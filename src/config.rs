@@ -1160,6 +1160,18 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_budget_is_checked() {
+        let c = parse("").unwrap();
+        assert_eq!((c.limits.max_memory, c.limits.max_memory_per_account), (1 << 30, 256 << 20));
+        let c = parse("[limits]\nmax_memory = 100000000\nmax_memory_per_account = 20000000\n").unwrap();
+        assert_eq!((c.limits.max_memory, c.limits.max_memory_per_account), (100_000_000, 20_000_000));
+        for bad in ["max_memory_per_account = 1000000", "max_memory = 20000000\nmax_memory_per_account = 30000000"] {
+            let err = parse(&format!("[limits]\n{bad}\n")).unwrap_err().to_string();
+            assert!(err.contains("limits.max_memory_per_account") && err.contains("at least 16 MiB"), "{err}");
+        }
+    }
+
+    #[test]
     fn plain_upstream_only_to_loopback() {
         assert!(ServerUrl::parse_imap("imap://127.0.0.1:143").is_ok());
         assert!(ServerUrl::parse_imap("imap://localhost").is_ok());
