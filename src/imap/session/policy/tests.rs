@@ -687,7 +687,8 @@ fn an_own_commands_capture_beyond_the_budget_ends_with_limit() {
     s.provider_sends(format!("* METADATA \"\" (/x {{60000}}\r\n{big})\r\n").as_bytes());
     s.policy.interceptor_reply(b"m NO [UNAVAILABLE] timed out\r\n".to_vec(), s.now);
     drop(other);
-    assert_eq!(s.provider_sends(b"coips3 OK late\r\n"), "");
+    let got = s.provider_sends(b"coips3 OK late\r\n");
+    assert_eq!(got, "m NO [UNAVAILABLE] timed out\r\n", "the interceptor's answer, never the late status");
     s.events();
     s.policy.own_request(b"GETMETADATA \"\" /x\r\n".to_vec(), &[b"* METADATA "], s.now);
     s.pump();
