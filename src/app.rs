@@ -150,6 +150,9 @@ pub async fn run_with(
     };
     let (mut context, receivers) =
         Context::new(config, TlsAcceptor::from(server_tls), store, seal, shutdown_rx.clone());
+    if let Some(views) = &views {
+        views.charge_to(context.memory.clone());
+    }
     context.cluster = cluster.as_ref().map(|(etcd, _)| etcd.clone() as Arc<dyn crate::context::Cluster>);
     if let (Some((etcd, _)), Some(identity)) = (&cluster, &identity) {
         // Keys and the gateway's state are made once cluster-wide and written to etcd first; a

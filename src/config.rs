@@ -300,6 +300,14 @@ pub struct Limits {
     /// (at most 30 s). Unset: 2000 on listeners bound to a non-loopback address, none on
     /// loopback ones; set: this on every listener (0 turns it off).
     pub auth_failure_delay_ms: Option<u64>,
+    /// Bytes the proxy may hold in total for what peers make it read whole (commands collected
+    /// for a wing, responses read for its own commands, messages in the OpenPGP gateway);
+    /// beyond it such a request gets `NO [LIMIT]` / `452` (`limits::budget`).
+    #[serde(default = "default_max_memory")]
+    pub max_memory: usize,
+    /// The share of `max_memory` one account may hold at once.
+    #[serde(default = "default_max_memory_per_account")]
+    pub max_memory_per_account: usize,
 }
 
 impl Default for Limits {
@@ -315,6 +323,8 @@ impl Default for Limits {
             max_sessions: default_max_sessions(),
             max_sessions_per_ip: default_max_sessions_per_ip(),
             auth_failure_delay_ms: None,
+            max_memory: default_max_memory(),
+            max_memory_per_account: default_max_memory_per_account(),
         }
     }
 }
@@ -581,6 +591,12 @@ fn default_autologout() -> u64 {
 fn default_connect_timeout() -> u64 {
     15
 }
+fn default_max_memory() -> usize {
+    1024 * 1024 * 1024
+}
+fn default_max_memory_per_account() -> usize {
+    256 * 1024 * 1024
+}
 fn default_max_sessions() -> usize {
     2000
 }
@@ -746,6 +762,13 @@ impl Config {
             return Err((
                 "limits.max_sessions".into(),
                 "max_sessions and max_sessions_per_ip must be at least 1".into(),
+            ));
+        }
+        if self.limits.max_memory_per_account < 16 << 20 || self.limits.max_memory < self.limits.max_memory_per_account
+        {
+            return Err((
+                "limits.max_memory_per_account".into(),
+                "must be at least 16 MiB (16777216) and at most limits.max_memory".into(),
             ));
         }
         if self.limits.max_line < 1024 {
@@ -1171,6 +1194,18 @@ mod tests {
         let err = parse("[limits]\nmax_line = \"big\"\n").unwrap_err().to_string();
         assert!(err.starts_with("proxy.toml:2:"), "{err}");
         assert!(err.contains("limits.max_line"), "{err}");
+    }
+
+    #[test]
+    fn the_memory_budget_is_checked() {
+        let c = parse("").unwrap();
+        assert_eq!((c.limits.max_memory, c.limits.max_memory_per_account), (1 << 30, 256 << 20));
+        let c = parse("[limits]\nmax_memory = 100000000\nmax_memory_per_account = 20000000\n").unwrap();
+        assert_eq!((c.limits.max_memory, c.limits.max_memory_per_account), (100_000_000, 20_000_000));
+        for bad in ["max_memory_per_account = 1000000", "max_memory = 20000000\nmax_memory_per_account = 30000000"] {
+            let err = parse(&format!("[limits]\n{bad}\n")).unwrap_err().to_string();
+            assert!(err.contains("limits.max_memory_per_account") && err.contains("at least 16 MiB"), "{err}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::account::{Accounts, Credentials};
 use crate::config::Config;
 use crate::limits::Sessions;
+use crate::limits::budget::Budget;
 use crate::limits::logins::Logins;
 use crate::seal::SealCell;
 use crate::secret::Secret;
@@ -41,6 +42,9 @@ pub struct Context {
     pub sessions: Sessions,
     /// The login gate: back-off per client address and per account, verified passwords.
     pub logins: Logins,
+    /// The memory budget (`[limits] max_memory`, `max_memory_per_account`) that everything a
+    /// peer makes the proxy hold whole draws from.
+    pub memory: Budget,
     /// Turns true when the daemon shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// Asks the worker supervisor for an account's worker.
@@ -76,6 +80,7 @@ impl Context {
         let (receipts, receipts_rx) = mpsc::unbounded_channel();
         let (queue, queue_rx) = mpsc::unbounded_channel();
         let (notify, notify_rx) = mpsc::unbounded_channel();
+        let memory = Budget::new(config.limits.max_memory, config.limits.max_memory_per_account);
         let context = Context {
             config: RwLock::new(Arc::new(config)),
             upstream_tls: UpstreamTls::default(),
@@ -86,6 +91,7 @@ impl Context {
             accounts: Accounts::default(),
             sessions: Sessions::default(),
             logins: Logins::default(),
+            memory,
             shutdown,
             workers: Workers(workers),
             receipts: Receipts(receipts),
@@ -104,6 +110,7 @@ impl Context {
 
     /// Puts a new configuration in force for everything that reads it from now on.
     pub fn set_config(&self, config: Config) {
+        self.memory.set_limits(config.limits.max_memory, config.limits.max_memory_per_account);
         *self.config.write().expect("config lock") = Arc::new(config);
     }
 

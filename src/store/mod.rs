@@ -37,7 +37,7 @@ pub use deliveries::{DELIVERIES_KEPT_SECS, Delivery};
 mod keys;
 mod queue;
 mod spool;
-pub use queue::{Attempt, MailParams, QueueCap, QueueUsage, QueuedMessage, Recipient, RecipientState};
+pub use queue::{Attempt, MailParams, QueueCap, QueueUsage, QueuedBody, QueuedMessage, Recipient, RecipientState};
 pub use spool::SpoolFile;
 
 mod coi;
