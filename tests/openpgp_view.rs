@@ -611,3 +611,140 @@ async fn a_first_fetch_of_much_encrypted_mail_agrees_with_the_next() {
     assert_eq!(first_text.matches("Subject: big-").count(), 24, "every one decrypted: {first_text}");
     assert_eq!(first, second, "the first answer is the one that stays");
 }
+
+/// Sends `APPEND`'s pieces as a client does with synchronizing literals: each piece but the
+/// last ends in `{n}`, and the next goes after the server's `+`. The responses up to the tagged one.
+fn append_pieces(c: &mut support::imap_client::ImapClient, tag: &str, pieces: &[Vec<u8>]) -> Vec<String> {
+    for (i, piece) in pieces.iter().enumerate() {
+        c.send_raw(piece);
+        if i + 1 < pieces.len() {
+            let go_on = c.read_line();
+            if !go_on.starts_with('+') {
+                return vec![go_on];
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    loop {
+        let line = c.read_line();
+        let done = line.starts_with(&format!("{tag} "));
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
+/// A Sent copy to a verified contact of `size` bytes, each line saying `secret line N`.
+fn big_copy(from: &str, to: &str, id: &str, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: Bob <{from}>\r\nTo: <{to}>\r\nSubject: the big one {id}\r\nDate: Sat, 5 Dec 2026 19:35:50 +0000\r\n\
+         Message-ID: <{id}@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    )
+    .into_bytes();
+    let mut n = 0;
+    while m.len() < size {
+        m.extend_from_slice(format!("secret line {n} of {id}, padded to a long line of mail text ..........\r\n").as_bytes());
+        n += 1;
+    }
+    m
+}
+
+/// APPEND of copies larger than what a session reads for an interceptor by default (1 MiB):
+/// a 5 MiB Sent copy, and a MULTIAPPEND of a small and a 5 MiB one, of a conversation with a
+/// verified contact are stored encrypted to the account (no clear text at the provider) and
+/// read back through the proxy exactly as appended (APPENDUID seeds); a copy over `[autocrypt]
+/// max_message_size` is refused and nothing is stored.
+#[test]
+fn large_own_copies_and_multiappend_are_stored_encrypted() {
+    let p = Provider::start();
+    let bob_login = support::mailbox::BOB.to_string();
+    let bob = Arc::new(AccountKey::generate(&bob_login).unwrap());
+    let alice = AccountKey::generate("alice@example.org").unwrap();
+    let alice_peer = verify(None, "alice@example.org", alice.public_key(), 0).peer().cloned().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let extra = "[autocrypt]\nmax_message_size = 8388608\n";
+    let port = daemon(state.path(), &p, extra, Arc::new(KeysAndPeers(vec![bob.clone()], vec![alice_peer])));
+    let mut c = support::imap_client::ImapClient::connect(port);
+    c.set_timeout(Duration::from_secs(120));
+    c.login(&bob_login, &p.password);
+    c.command("c CREATE Sent");
+
+    let one = big_copy(&bob_login, "alice@example.org", "one", 5 << 20);
+    let started = std::time::Instant::now();
+    let head = format!("a1 APPEND Sent (\\Seen) {{{}}}\r\n", one.len()).into_bytes();
+    let lines = append_pieces(&mut c, "a1", &[head, [one.as_slice(), b"\r\n"].concat()]);
+    let status = lines.last().unwrap();
+    assert!(status.starts_with("a1 OK [APPENDUID "), "{lines:?}");
+    eprintln!("5 MiB APPEND through the proxy: {:?}", started.elapsed());
+
+    let (small, two) = (
+        big_copy(&bob_login, "alice@example.org", "small", 2000),
+        big_copy(&bob_login, "alice@example.org", "two", 5 << 20),
+    );
+    let pieces = vec![
+        format!("a2 APPEND Sent {{{}}}\r\n", small.len()).into_bytes(),
+        [small.as_slice(), format!(" (\\Seen) {{{}}}\r\n", two.len()).as_bytes()].concat(),
+        [two.as_slice(), b"\r\n"].concat(),
+    ];
+    let lines = append_pieces(&mut c, "a2", &pieces);
+    assert!(lines.last().unwrap().starts_with("a2 OK [APPENDUID "), "{lines:?}");
+
+    // Over the bound: refused, nothing goes to the provider.
+    let over = big_copy(&bob_login, "alice@example.org", "over", 9 << 20);
+    c.send_raw(format!("a3 APPEND Sent {{{}}}\r\n", over.len()).as_bytes());
+    let refused = c.read_line();
+    assert!(refused.starts_with("a3 NO [TOOBIG]"), "{refused}");
+
+    // Through the proxy: each as appended.
+    c.expect_ok("s SELECT Sent");
+    let lines = c.expect_ok("f UID FETCH 1:* (UID RFC822.SIZE BODY.PEEK[])");
+    let fetched = responses(lines.concat().as_bytes());
+    assert_eq!(fetched.len(), 3, "three copies stored");
+    for (items, sent) in fetched.iter().zip([&one, &small, &two]) {
+        let body = &items.iter().find(|(n, _)| n == "BODY[]").unwrap().1;
+        let start = body.windows(3).position(|w| w == b"}\r\n").unwrap() + 3;
+        assert!(body[start..] == sent[..], "read back as appended");
+        let size = &items.iter().find(|(n, _)| n == "RFC822.SIZE").unwrap().1;
+        assert_eq!(size, sent.len().to_string().as_bytes());
+    }
+
+    // At the provider: encrypted to the account only.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stored = runtime.block_on(stored_whole(&p, &bob_login, "Sent"));
+    assert_eq!(stored.len(), 3);
+    for bytes in &stored {
+        let bytes = bytes.as_slice();
+        let text = String::from_utf8_lossy(bytes);
+        assert!(text.contains("Content-Type: multipart/encrypted") && !text.contains("secret line"), "in clear");
+        let inner = decrypt(bytes, &bob, &NoKeys).unwrap().inner;
+        assert!(String::from_utf8_lossy(&inner).contains("secret line 1 of"));
+        assert!(decrypt(bytes, &alice, &NoKeys).is_err(), "encrypted to the account only");
+    }
+}
+
+/// Every message of `mailbox` at the provider, read in pieces (`Upstream` reads responses of
+/// at most 256 KiB).
+async fn stored_whole(p: &Provider, user: &str, mailbox: &str) -> Vec<Vec<u8>> {
+    let mut up = connect(p, user).await;
+    assert!(up.run(format!("EXAMINE {mailbox}\r\n").as_bytes(), &[]).await.unwrap().ok());
+    let reply = up.run(b"UID FETCH 1:* (UID RFC822.SIZE)\r\n", ALL).await.unwrap();
+    let mut out = Vec::new();
+    for items in responses(&reply.untagged.concat()) {
+        let value = |name: &str| -> usize {
+            String::from_utf8(items.iter().find(|(n, _)| n == name).unwrap().1.clone()).unwrap().parse().unwrap()
+        };
+        let (uid, size) = (value("UID"), value("RFC822.SIZE"));
+        let mut whole = Vec::new();
+        while whole.len() < size {
+            let line = format!("UID FETCH {uid} BODY.PEEK[]<{}.200000>\r\n", whole.len());
+            let reply = up.run(line.as_bytes(), ALL).await.unwrap();
+            let piece = responses(&reply.untagged.concat()).remove(0);
+            let body = &piece.iter().find(|(n, _)| n.starts_with("BODY[]")).unwrap().1;
+            let start = body.windows(3).position(|w| w == b"}\r\n").unwrap() + 3;
+            whole.extend_from_slice(&body[start..]);
+        }
+        out.push(whole);
+    }
+    out
+}

@@ -24,6 +24,11 @@ use crate::store::{Store, ViewId};
 
 /// Default memory budget of all views together.
 pub const DEFAULT_BUDGET: usize = 64 * 1024 * 1024;
+/// Default largest message handled (`[autocrypt] max_message_size`).
+pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Messages of the largest size held at once by all sessions (appended copies read whole):
+/// with [`Views::max_message`], what bounds this memory however many clients append at once.
+pub const LARGE_AT_ONCE: usize = 2;
 
 /// The account's secret keys, as the key storage holds them (issue 14 connects this), and the
 /// peers it knows (whether a conversation is encrypted, for the copies a client appends).
@@ -67,6 +72,30 @@ pub struct Views {
     seal: Arc<SealKey>,
     keys: Arc<dyn SecretKeys>,
     memory: Mutex<Memory>,
+    /// Largest message handled ([`DEFAULT_MAX_MESSAGE`]).
+    max_message: usize,
+    /// Bytes of large messages held now ([`Held`]), at most [`LARGE_AT_ONCE`] × `max_message`.
+    held: std::sync::atomic::AtomicUsize,
+}
+
+/// Bytes of a large message a session holds (an APPEND read whole), counted against the
+/// installation's bound until dropped.
+#[derive(Debug)]
+pub struct Held {
+    views: Arc<Views>,
+    bytes: usize,
+}
+
+impl Held {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.views.held.fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for Views {
@@ -123,7 +152,43 @@ fn size(shown: &Shown) -> usize {
 
 impl Views {
     pub fn new(store: Store, seal: Arc<SealKey>, keys: Arc<dyn SecretKeys>, budget: usize) -> Views {
-        Views { store, seal, keys, memory: Mutex::new(Memory { budget, ..Memory::default() }) }
+        Views {
+            store,
+            seal,
+            keys,
+            memory: Mutex::new(Memory { budget, ..Memory::default() }),
+            max_message: DEFAULT_MAX_MESSAGE,
+            held: Default::default(),
+        }
+    }
+
+    /// With `max` as the largest message handled (`[autocrypt] max_message_size`).
+    pub fn with_max_message(mut self, max: usize) -> Views {
+        self.max_message = max;
+        self
+    }
+
+    /// The largest message handled.
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    /// Counts `more` bytes (added to `held`, if any) against the bound on large messages held
+    /// at once; `None` (and `held` kept as it was) when that would pass it.
+    pub fn hold(self: &Arc<Self>, held: Option<Held>, more: usize) -> Result<Held, Option<Held>> {
+        use std::sync::atomic::Ordering;
+        let bound = self.max_message.saturating_mul(LARGE_AT_ONCE);
+        let taken = self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+            now.checked_add(more).filter(|after| *after <= bound)
+        });
+        match (taken, held) {
+            (Err(_), held) => Err(held),
+            (Ok(_), Some(mut held)) => {
+                held.bytes += more;
+                Ok(held)
+            }
+            (Ok(_), None) => Ok(Held { views: self.clone(), bytes: more }),
+        }
     }
 
     /// Whether `login` has keys, i.e. whether its plain sessions get views at all.
@@ -419,6 +484,28 @@ mod tests {
             panic!()
         };
         assert!(String::from_utf8_lossy(view.raw()).contains("could not decrypt"));
+    }
+
+    #[test]
+    fn large_messages_held_at_once_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let views = Arc::new(
+            Views::new(store, Arc::new(SealKey::generate()), Arc::new(Keys(vec![])), DEFAULT_BUDGET)
+                .with_max_message(1000),
+        );
+        let a = views.hold(None, 1000).unwrap();
+        let b = views.hold(None, 600).unwrap();
+        // The bound is LARGE_AT_ONCE messages of the largest size.
+        let b = views.hold(Some(b), 500).unwrap_err().expect("kept as it was");
+        assert_eq!(b.bytes(), 600);
+        let b = views.hold(Some(b), 400).unwrap();
+        assert_eq!(b.bytes(), 1000);
+        assert!(views.hold(None, 1).is_err());
+        drop(a);
+        let c = views.hold(None, 1000).unwrap();
+        drop((b, c));
+        assert!(views.hold(None, 2000).is_ok(), "all given back");
     }
 
     #[test]

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use super::cache::{Shown, Views};
+use super::cache::{Held, Shown, Views};
+use super::encrypt::EncryptError;
 use crate::imap::wire::command::{self, Arg, CommandName, Head};
 use crate::imap::wire::fetch::{self, Item, Items};
 use crate::imap::wire::message::MessageView;
@@ -54,6 +55,9 @@ pub struct ViewSession {
     selecting: std::sync::Mutex<Option<Option<String>>>,
     /// The session's hook for `\Seen` set by the client (read receipts, the worker's nudge).
     seen_changed: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// An APPEND being read whole: its bytes so far (literals and their lines), and what of
+    /// them counts against the bound on large messages ([`Views::hold`]).
+    appending: std::sync::Mutex<(usize, Option<Held>)>,
 }
 
 impl ViewSession {
@@ -65,6 +69,7 @@ impl ViewSession {
             selected: None,
             selecting: Default::default(),
             seen_changed: None,
+            appending: Default::default(),
         }
     }
 
@@ -324,43 +329,73 @@ impl ViewSession {
         Reply { untagged, status: answer.status }
     }
 
-    /// APPEND of one message: a copy of an encrypted conversation is stored encrypted to the
-    /// account and its new UID shows the client's clear text; anything else goes as it came.
-    async fn append(&mut self, rest: &[u8], provider: &mut impl ProviderCommands) -> Reply {
-        let Some(append) = AppendRequest::parse(rest) else { return relay(rest, provider).await };
-        let (views, login, clear) = (self.views.clone(), self.login.clone(), append.message.to_vec());
-        let decided = tokio::task::spawn_blocking(move || {
-            let copy = views.own_copy_blocking(&login, &clear);
-            (copy, clear)
+    /// APPEND (and MULTIAPPEND): each copy of an encrypted conversation is stored encrypted to
+    /// the account and its new UID shows the client's clear text; anything else goes as it
+    /// came. The encryption runs off the runtime; nothing of the command reaches the provider
+    /// unless every copy that needs it was encrypted.
+    async fn append(&mut self, command: Vec<u8>, provider: &mut impl ProviderCommands) -> Reply {
+        if AppendRequest::parse(rest_of(&command)).is_none() {
+            return relay(rest_of(&command), provider).await;
+        }
+        let (views, login) = (self.views.clone(), self.login.clone());
+        let made = tokio::task::spawn_blocking(move || {
+            let append = AppendRequest::parse(rest_of(&command)).expect("parsed before");
+            let mut line = Vec::new();
+            // The clear text of each message stored encrypted, for its view.
+            let mut seeds: Vec<Option<Vec<u8>>> = Vec::new();
+            for (head, message) in &append.messages {
+                let stored = match views.own_copy_blocking(&login, message)? {
+                    Some(encrypted) => {
+                        seeds.push(Some(message.to_vec()));
+                        encrypted
+                    }
+                    None => {
+                        seeds.push(None);
+                        message.to_vec()
+                    }
+                };
+                line.extend_from_slice(head);
+                line.extend_from_slice(format!("{{{}}}\r\n", stored.len()).as_bytes());
+                line.extend_from_slice(&stored);
+            }
+            line.extend_from_slice(b"\r\n");
+            let mailbox = append.mailbox;
+            // Only when nothing was encrypted is the command needed again, as it came.
+            let command = seeds.iter().all(Option::is_none).then_some(command);
+            Ok::<_, EncryptError>((mailbox, line, seeds, command))
         })
         .await;
-        let (copy, clear) = match decided {
-            Ok(done) => done,
-            Err(e) => return failed(&ProviderError::Connection(Box::new(e))),
-        };
-        let encrypted = match copy {
-            Ok(Some(encrypted)) => encrypted,
-            Ok(None) => return relay(rest, provider).await,
-            Err(e) => {
+        let (mailbox, line, seeds) = match made {
+            Ok(Ok((_, _, _, Some(command)))) => return relay(rest_of(&command), provider).await,
+            Ok(Ok((mailbox, line, seeds, None))) => (mailbox, line, seeds),
+            Ok(Err(e)) => {
                 // Never the clear text of an encrypted conversation at the provider.
                 warn!("cannot encrypt an appended copy: {e}");
                 let status =
                     format!("NO [CANNOT] coi-proxy could not encrypt this copy of an encrypted conversation: {e}\r\n");
                 return Reply { untagged: Vec::new(), status: status.into_bytes() };
             }
+            Err(e) => return failed(&ProviderError::Connection(Box::new(e))),
         };
-        let mut line = append.head.to_vec();
-        line.extend_from_slice(format!("{{{}}}\r\n", encrypted.len()).as_bytes());
-        line.extend_from_slice(&encrypted);
-        line.extend_from_slice(b"\r\n");
         let reply = match provider.run(&line, &[]).await {
             Ok(reply) => reply,
             Err(e) => return failed(&e),
         };
-        debug!(status = %reply.status_text(), "appended copy stored encrypted to the account");
-        if let Some((uidvalidity, uid)) = appenduid(&reply.status).filter(|_| reply.ok()) {
-            let (views, id) = (self.views.clone(), ViewId::new(&self.login, &append.mailbox, uidvalidity, uid));
-            if let Err(e) = tokio::task::spawn_blocking(move || views.seed_blocking(&id, clear)).await {
+        drop(line);
+        debug!(status = %reply.status_text(), messages = seeds.len(), "appended copies stored encrypted to the account");
+        // APPENDUID names the new UIDs in the order of the messages (RFC 4315).
+        let uids = appenduid(&reply.status).filter(|(_, uids)| reply.ok() && uids.len() == seeds.len());
+        if let Some((uidvalidity, uids)) = uids {
+            let (views, login) = (self.views.clone(), self.login.clone());
+            let seeded = tokio::task::spawn_blocking(move || {
+                for (uid, clear) in uids.into_iter().zip(seeds) {
+                    if let Some(clear) = clear {
+                        views.seed_blocking(&ViewId::new(&login, &mailbox, uidvalidity, uid), clear);
+                    }
+                }
+            })
+            .await;
+            if let Err(e) = seeded {
                 warn!("cannot keep the view of an appended copy: {e}");
             }
         }
@@ -538,15 +573,51 @@ impl Interceptor for ViewSession {
             }
             CommandName::Search => self.has_mailbox(),
             CommandName::Copy | CommandName::Move => self.has_mailbox(),
-            // Up to what a session hands an interceptor; a larger copy goes as it came.
-            CommandName::Append => {
-                !uid && AppendRequest::literal_len(line).is_some_and(|n| n + line.len() + 2 <= MAX_INTERCEPTED)
-            }
+            // Every APPEND with a literal, up to `collect_limit`: a larger one is refused rather
+            // than stored in clear.
+            CommandName::Append => !uid && AppendRequest::literal_len(line).is_some(),
             CommandName::Fetch => {
                 self.has_mailbox()
                     && FetchRequest::parse(rest_of(line)).is_some_and(|r| r.items.iter().any(Item::is_content))
             }
             _ => false,
+        }
+    }
+
+    /// An APPEND is read whole up to [`Views::max_message`] per message; over
+    /// [`MAX_INTERCEPTED`] in all, its bytes count against the installation's bound on large
+    /// messages held at once (called for its first line and again for each further literal).
+    fn collect_limit(&self, name: CommandName, _uid: bool, line: &[u8]) -> usize {
+        if name != CommandName::Append {
+            return MAX_INTERCEPTED;
+        }
+        let mut appending = self.appending.lock().expect("appending");
+        if Head::parse(line).is_some_and(|h| h.name == CommandName::Append) {
+            *appending = (0, None);
+        }
+        let (so_far, held) = &mut *appending;
+        let limit = |so_far: usize| so_far.max(MAX_INTERCEPTED);
+        let Some(len) = AppendRequest::literal_len(line) else { return limit(*so_far) };
+        if len > self.views.max_message() {
+            return limit(*so_far);
+        }
+        let wanted = *so_far + line.len() + len + 2;
+        if wanted <= MAX_INTERCEPTED {
+            *so_far = wanted;
+            return MAX_INTERCEPTED;
+        }
+        let more = wanted - held.as_ref().map_or(0, Held::bytes);
+        match self.views.hold(held.take(), more) {
+            Ok(now) => {
+                *held = Some(now);
+                *so_far = wanted;
+                wanted
+            }
+            Err(before) => {
+                debug!(bytes = wanted, "too many large messages appended at once; this one is refused");
+                *held = before;
+                limit(*so_far)
+            }
         }
     }
 
@@ -562,7 +633,12 @@ impl Interceptor for ViewSession {
         let reply = match head.name {
             CommandName::Search => self.search(&tag, rest, provider).await,
             CommandName::Fetch => self.fetch(rest, provider).await,
-            CommandName::Append => self.append(rest, provider).await,
+            CommandName::Append => {
+                let reply = self.append(command, provider).await;
+                // What it held is free again.
+                *self.appending.lock().expect("appending") = (0, None);
+                reply
+            }
             CommandName::Copy => self.copy(rest, false, provider).await,
             CommandName::Move => self.copy(rest, true, provider).await,
             _ => relay(rest, provider).await,
@@ -654,33 +730,40 @@ fn esearch(tag: &str, uid: bool, options: &[String], found: &[u32]) -> String {
     line + "\r\n"
 }
 
-/// An APPEND of one message, parsed from the command after its tag.
+/// An APPEND (or MULTIAPPEND, RFC 3502), parsed from the command after its tag.
 struct AppendRequest<'a> {
-    /// `APPEND mailbox [flags] [date] ` (everything before the literal).
-    head: &'a [u8],
     /// The mailbox as a view names it.
     mailbox: String,
-    message: &'a [u8],
+    /// Each message and what precedes its literal: `APPEND mailbox [flags] [date] ` for the
+    /// first, ` [flags] [date] ` for the others.
+    messages: Vec<(&'a [u8], &'a [u8])>,
 }
 
 impl<'a> AppendRequest<'a> {
-    /// `None` for anything but one message in one literal (MULTIAPPEND, CATENATE, a mailbox
-    /// name or message sent otherwise): such commands go to the provider as they came.
+    /// `None` for anything but messages each in one literal (CATENATE, a mailbox name or
+    /// message sent otherwise): such commands go to the provider as they came.
     fn parse(rest: &'a [u8]) -> Option<AppendRequest<'a>> {
-        let eol = memchr::memmem::find(rest, b"\r\n")?;
-        let line = &rest[..eol + 2];
-        let len = Self::literal_len(line)?;
-        let open = line.iter().rposition(|&b| b == b'{')?;
-        let message = rest.get(eol + 2..eol + 2 + len)?;
-        if rest.get(eol + 2 + len..)? != b"\r\n" {
-            return None;
+        let mut messages = Vec::new();
+        let mut at = 0;
+        loop {
+            let eol = at + memchr::memmem::find(rest.get(at..)?, b"\r\n")?;
+            let line = &rest[at..eol + 2];
+            let len = Self::literal_len(line)?;
+            let open = line.iter().rposition(|&b| b == b'{')?;
+            let message = rest.get(eol + 2..(eol + 2).checked_add(len)?)?;
+            messages.push((&line[..open], message));
+            at = eol + 2 + len;
+            if rest.get(at..)? == b"\r\n" {
+                break;
+            }
         }
-        let parsed = command::parse(&[b"x ", rest].concat()).ok()?;
+        let (first, _) = messages.first()?;
+        let parsed = command::parse(&[b"x ", first.trim_ascii_end(), b"\r\n"].concat()).ok()?;
         if parsed.kind != CommandName::Append || parsed.uid {
             return None;
         }
         let mailbox = mailbox_name(parsed.args.first()?.astring()?);
-        Some(AppendRequest { head: &line[..open], mailbox, message })
+        Some(AppendRequest { mailbox, messages })
     }
 
     /// The size of the literal the first line of an APPEND ends with (`{n}` or `{n+}`; not a
@@ -813,10 +896,14 @@ mod tests {
     #[test]
     fn append_requests() {
         let a = AppendRequest::parse(b"APPEND Sent (\\Seen) {5}\r\nhello\r\n").unwrap();
-        assert_eq!((a.head, a.mailbox.as_str(), a.message), (&b"APPEND Sent (\\Seen) "[..], "Sent", &b"hello"[..]));
+        assert_eq!((a.mailbox.as_str(), a.messages), ("Sent", vec![(&b"APPEND Sent (\\Seen) "[..], &b"hello"[..])]));
         let a = AppendRequest::parse(b"APPEND \"inbox\" {2+}\r\nhi\r\n").unwrap();
-        assert_eq!((a.mailbox.as_str(), a.message), ("INBOX", &b"hi"[..]));
-        assert!(AppendRequest::parse(b"APPEND Sent {5}\r\nhello {2}\r\nhi\r\n").is_none(), "MULTIAPPEND");
+        assert_eq!((a.mailbox.as_str(), a.messages[0].1), ("INBOX", &b"hi"[..]));
+        let multi = AppendRequest::parse(b"APPEND Sent {5}\r\nhello (\\Seen) {2+}\r\nhi\r\n").unwrap();
+        assert_eq!(multi.messages, vec![(&b"APPEND Sent "[..], &b"hello"[..]), (&b" (\\Seen) "[..], &b"hi"[..])]);
+        assert!(AppendRequest::parse(b"APPEND Sent {5}\r\nhello {2}\r\nhi").is_none(), "short");
+        assert!(AppendRequest::parse(b"APPEND Sent {5}\r\nhello junk\r\n").is_none());
+        assert!(AppendRequest::parse(b"APPEND Sent {99999999}\r\nhello\r\n").is_none());
         assert!(AppendRequest::parse(b"APPEND Sent {5}\r\nhel").is_none(), "short");
         assert!(AppendRequest::parse(b"APPEND Sent ~{5}\r\nhello\r\n").is_none(), "binary literal");
         assert!(AppendRequest::parse(b"APPEND Sent CATENATE (TEXT {5}\r\nhello)\r\n").is_none());

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use super::settle::Look;
-use super::{Answer, Compression, EmulatedIdle, Event, Keep, MAX_INTERCEPTED, Mode, Policy, tagged_or_untagged};
+use super::{Answer, Compression, EmulatedIdle, Event, Keep, Mode, Policy, tagged_or_untagged};
 use crate::imap::wire::command::{self, CommandName, Head};
 use crate::imap::wire::framing::{Fragment, Literal};
 
@@ -18,13 +18,13 @@ impl Policy {
         fragment: Fragment,
         bytes: &[u8],
         now: Instant,
-        wants: &dyn Fn(CommandName, bool, &[u8]) -> bool,
+        wants: &dyn Fn(CommandName, bool, &[u8]) -> Option<usize>,
     ) -> Keep {
         match fragment {
             Fragment::Line { first, literal, .. } => self.client_line(first, literal, bytes, now, wants),
             Fragment::LiteralData { .. } => match &mut self.current.mode {
                 Mode::Discard => Keep::Discard,
-                Mode::Collect(command) => {
+                Mode::Collect { command, .. } => {
                     command.extend_from_slice(bytes);
                     Keep::Collect
                 }
@@ -55,7 +55,7 @@ impl Policy {
         literal: Option<Literal>,
         bytes: &[u8],
         now: Instant,
-        wants: &dyn Fn(CommandName, bool, &[u8]) -> bool,
+        wants: &dyn Fn(CommandName, bool, &[u8]) -> Option<usize>,
     ) -> Keep {
         if first {
             if let Some(keep) = self.emulated_idle_line(literal, bytes, now) {
@@ -70,17 +70,32 @@ impl Policy {
                 }
                 Keep::Discard
             }
-            Mode::Collect(_) => self.collect_line(literal, bytes),
+            Mode::Collect { .. } => self.collect_line(first, literal, bytes, wants),
             Mode::Relay => self.relay_line(first, literal, bytes, now),
         }
     }
 
-    /// A line of a command for the interceptor: kept until the command is whole, within
-    /// [`MAX_INTERCEPTED`].
-    fn collect_line(&mut self, literal: Option<Literal>, bytes: &[u8]) -> Keep {
-        let Mode::Collect(command) = &mut self.current.mode else { return Keep::Discard };
-        let too_big =
-            literal.is_some_and(|l| l.len > MAX_INTERCEPTED as u64) || command.len() + bytes.len() > MAX_INTERCEPTED;
+    /// A line of a command for the interceptor: kept until the command is whole, within the
+    /// interceptor's limit for it
+    /// ([`MAX_INTERCEPTED`](crate::imap::wire::provider::MAX_INTERCEPTED) unless it said more).
+    fn collect_line(
+        &mut self,
+        first: bool,
+        literal: Option<Literal>,
+        bytes: &[u8],
+        wants: &dyn Fn(CommandName, bool, &[u8]) -> Option<usize>,
+    ) -> Keep {
+        let name = self.current.name;
+        let Mode::Collect { command, limit, uid } = &mut self.current.mode else { return Keep::Discard };
+        // A further literal (MULTIAPPEND): the interceptor may take more.
+        if !first
+            && literal.is_some()
+            && let Some(more) = name.and_then(|name| wants(name, *uid, bytes))
+        {
+            *limit = (*limit).max(more);
+        }
+        let limit = *limit;
+        let too_big = literal.is_some_and(|l| l.len > limit as u64) || command.len() + bytes.len() > limit;
         if too_big {
             let sync = literal.is_some_and(|l| l.sync);
             if sync {
@@ -180,7 +195,7 @@ impl Policy {
         line: &[u8],
         literal: Option<Literal>,
         now: Instant,
-        wants: &dyn Fn(CommandName, bool, &[u8]) -> bool,
+        wants: &dyn Fn(CommandName, bool, &[u8]) -> Option<usize>,
     ) {
         self.current.mode = Mode::Relay;
         self.current.forwarded = false;
@@ -195,7 +210,8 @@ impl Policy {
             }
             return;
         };
-        let intercepted = wants(head.name, head.uid, line);
+        let collect = wants(head.name, head.uid, line);
+        let intercepted = collect.is_some();
         if head.is(CommandName::Idle) {
             self.commands.idle = Some(head.tag.to_vec());
             self.commands.idle_done = false;
@@ -217,8 +233,8 @@ impl Policy {
             self.answer(head.tag, refusal);
             return;
         }
-        if intercepted {
-            self.current.mode = Mode::Collect(Vec::new());
+        if let Some(limit) = collect {
+            self.current.mode = Mode::Collect { command: Vec::new(), limit, uid: head.uid };
             return;
         }
         // Under `active`, a plain client's commands in INBOX, and those that count INBOX's
