@@ -459,7 +459,8 @@ pub struct Autocrypt {
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// Largest message (bytes) the gateway handles for plain clients' sessions: an encrypted
-    /// message larger than this is shown as a readable explanation with the original attached;
+    /// message larger than this is shown as a readable explanation (the original stays at the
+    /// provider: attaching it would mean reading it whole, which this bound prevents);
     /// an APPEND of a larger message (that may be a copy of an encrypted conversation) is
     /// refused with `NO [TOOBIG]` rather than stored in clear. Messages this large are read
     /// whole, a few at a time.

@@ -748,3 +748,91 @@ async fn stored_whole(p: &Provider, user: &str, mailbox: &str) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// Incompressible text of about `len` bytes in lines (so the encrypted message is large too).
+fn noise(len: usize, mut seed: u64) -> String {
+    let mut text = String::with_capacity(len + 100);
+    while text.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        text.push_str(&format!("{seed:016x}"));
+        if text.len() % 80 == 64 {
+            text.push_str("\r\n");
+        }
+    }
+    text
+}
+
+/// Encrypted mail larger than what the session reads for one of its own commands (4 MiB):
+/// a 5 MiB message is read in pieces and shown decrypted, byte for byte the reference render
+/// of what was delivered, with RFC822.SIZE and BODYSTRUCTURE agreeing, and the same again on
+/// the next FETCH; on disk only sealed. A message over `[autocrypt]
+/// max_message_size` is shown as a readable explanation, never as stored.
+#[test]
+fn large_encrypted_mail_is_shown_decrypted_and_stays_so() {
+    let p = Provider::start();
+    let bob_login = support::mailbox::BOB.to_string();
+    let alice = AccountKey::generate("alice@example.org").unwrap();
+    let bob = Arc::new(AccountKey::generate(&bob_login).unwrap());
+    let to_bob = vec![(bob_login.clone(), bob.public_key().clone())];
+    let opts = Options::mail(PreferEncrypt::Mutual, 0);
+    let big_text = noise(7_500_000, 0x2545_f491_4f6c_dd1d);
+    let big = message(&alice, &bob_login, "large", &format!("Content-Type: text/plain\r\n\r\n{big_text}\r\n"));
+    let big = encrypt(&big, &alice, &to_bob, &opts).unwrap();
+    assert!(big.len() > 4 << 20 && big.len() < 6 << 20, "{}", big.len());
+    let over = message(&alice, &bob_login, "over", &format!("Content-Type: text/plain\r\n\r\n{}\r\n", noise(9_800_000, 7)));
+    let over = encrypt(&over, &alice, &to_bob, &opts).unwrap();
+    assert!(over.len() > 6 << 20, "{}", over.len());
+    p.deliver("alice@example.org", &bob_login, &big);
+    p.deliver("alice@example.org", &bob_login, &over);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let delivered = runtime.block_on(stored_whole(&p, &bob_login, "INBOX"));
+    let View::Decrypted { bytes: expected, .. } = render(&delivered[0], &bob) else { panic!("decrypts") };
+
+    let state = tempfile::tempdir().unwrap();
+    let extra = "[autocrypt]\nmax_message_size = 6291456\n";
+    let port = daemon(state.path(), &p, extra, Arc::new(Keys(vec![bob.clone()])));
+    let mut c = support::imap_client::ImapClient::connect(port);
+    c.set_timeout(Duration::from_secs(300));
+    c.login(&bob_login, &p.password);
+    c.expect_ok("s SELECT INBOX");
+    let started = std::time::Instant::now();
+    let first = c.expect_ok("f UID FETCH 1:* (UID RFC822.SIZE BODYSTRUCTURE BODY.PEEK[])").concat();
+    eprintln!("first FETCH of a 5 MiB encrypted message (decrypt): {:?}", started.elapsed());
+    let started = std::time::Instant::now();
+    let second = c.expect_ok("f UID FETCH 1:* (UID RFC822.SIZE BODYSTRUCTURE BODY.PEEK[])").concat();
+    eprintln!("second FETCH (from the store): {:?}", started.elapsed());
+    assert!(first == second, "the first answer is the one that stays");
+    let fetched = responses(first.as_bytes());
+    assert_eq!(fetched.len(), 2);
+    let item = |i: usize, name: &str| fetched[i].iter().find(|(n, _)| n == name).unwrap().1.clone();
+    let body = |i: usize| {
+        let body = item(i, "BODY[]");
+        let start = body.windows(3).position(|w| w == b"}\r\n").unwrap() + 3;
+        body[start..].to_vec()
+    };
+    assert!(body(0) == expected, "the 5 MiB message decrypted, as rendered from what was delivered");
+    assert_eq!(item(0, "RFC822.SIZE"), expected.len().to_string().into_bytes());
+    let structure = String::from_utf8(item(0, "BODYSTRUCTURE")).unwrap();
+    assert!(structure.starts_with("(\"text\" \"plain\""), "{structure}");
+    let explained = String::from_utf8(body(1)).unwrap();
+    assert!(explained.contains("Subject: Encrypted message too large to show"), "{explained}");
+    let size = delivered[1].len();
+    assert!(explained.contains(&format!("at {size} bytes it is larger than the 6291456 bytes")), "{explained}");
+    assert_eq!(item(1, "RFC822.SIZE"), explained.len().to_string().into_bytes());
+    // On disk: sealed, no clear text.
+    let needle = &big_text.as_bytes()[1000..1064];
+    let mut paths: Vec<std::path::PathBuf> = vec![state.path().to_path_buf()];
+    let mut files = 0;
+    while let Some(path) = paths.pop() {
+        if path.is_dir() {
+            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path.is_file() {
+            files += 1;
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "clear text in {}", path.display());
+        }
+    }
+    assert!(files > 0);
+}

@@ -76,6 +76,8 @@ pub struct Views {
     max_message: usize,
     /// Bytes of large messages held now ([`Held`]), at most [`LARGE_AT_ONCE`] × `max_message`.
     held: std::sync::atomic::AtomicUsize,
+    /// Told when held bytes are given back.
+    freed: tokio::sync::Notify,
 }
 
 /// Bytes of a large message a session holds (an APPEND read whole), counted against the
@@ -95,6 +97,7 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.views.held.fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+        self.views.freed.notify_waiters();
     }
 }
 
@@ -126,7 +129,9 @@ impl Memory {
     }
 
     fn put(&mut self, id: ViewId, shown: Shown) {
-        if self.entries.contains_key(&id) {
+        // A view too large to share the budget with others is read from disk each time
+        // instead of pushing every other view out.
+        if self.entries.contains_key(&id) || size(&shown) > self.budget / 4 {
             return;
         }
         self.tick += 1;
@@ -159,6 +164,7 @@ impl Views {
             memory: Mutex::new(Memory { budget, ..Memory::default() }),
             max_message: DEFAULT_MAX_MESSAGE,
             held: Default::default(),
+            freed: Default::default(),
         }
     }
 
@@ -171,6 +177,20 @@ impl Views {
     /// The largest message handled.
     pub fn max_message(&self) -> usize {
         self.max_message
+    }
+
+    /// Counts `bytes` (at most [`Views::max_message`]) against the bound on large messages
+    /// held at once, waiting until they fit.
+    pub async fn hold_waiting(self: &Arc<Self>, bytes: usize) -> Held {
+        let bytes = bytes.min(self.max_message);
+        loop {
+            // Made before the attempt, so a release in between is not missed.
+            let freed = self.freed.notified();
+            match self.hold(None, bytes) {
+                Ok(held) => return held,
+                Err(_) => freed.await,
+            }
+        }
     }
 
     /// Counts `more` bytes (added to `held`, if any) against the bound on large messages held
@@ -262,6 +282,16 @@ impl Views {
         match self.known(id) {
             Some(shown) => shown,
             None => self.keep(id, KIND_ORIGINAL, Vec::new()),
+        }
+    }
+
+    /// Decides `id`, an encrypted message of `size` bytes over [`Views::max_message`], as the
+    /// explanation made from its outer `header` ([`view::too_large`]), unless it was decided
+    /// already. Blocking: call off the runtime.
+    pub fn too_large_blocking(&self, id: &ViewId, header: &[u8], size: u64) -> Shown {
+        match self.known(id) {
+            Some(shown) => shown,
+            None => self.keep(id, KIND_FAILED, view::too_large(header, size, self.max_message)),
         }
     }
 

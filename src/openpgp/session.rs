@@ -32,10 +32,10 @@ use crate::store::ViewId;
 pub const DROPPED_CAPABILITIES: &[&str] =
     &["-BINARY", "-PREVIEW", "-SNIPPET", "-SORT", "-THREAD", "-CATENATE", "-URLAUTH"];
 
-/// Largest original read for a view, and most bytes of originals read by one command: the
-/// session captures at most 4 MiB of the answer to one of its own commands. A larger
-/// encrypted message is shown as stored, always.
-const MAX_ORIGINAL: u64 = 3 * 1024 * 1024;
+/// Most bytes of originals read by one command (the session captures at most 4 MiB of the
+/// answer to one of its own commands): smaller originals are read several at a time, a larger
+/// one alone in pieces of this size (`BODY.PEEK[]<offset.size>`), up to
+/// [`Views::max_message`]; a larger one is shown as an explanation.
 const ORIGINALS_BATCH: u64 = 2 * 1024 * 1024;
 
 /// The search key that finds the messages that may have a view at the provider: PGP/MIME, and
@@ -465,15 +465,19 @@ impl ViewSession {
         let mut originals: Vec<(u32, Vec<u8>)> = Vec::new();
         // Untagged responses that are not about these messages (EXISTS, EXPUNGE) go on.
         let mut passthrough = Vec::new();
-        // Too large to read for a view: shown as stored, for good.
-        let mut too_large: Vec<u32> = Vec::new();
+        // Read alone, in pieces: (number in the command's numbering, UID, size).
+        let mut large: Vec<(u32, u32, u64)> = Vec::new();
+        // Over the bound: explained from their header (UID, size, header).
+        let mut too_large: Vec<(u32, u64, Vec<u8>)> = Vec::new();
         if !missing.is_empty() {
             let command = if by_uid { "UID FETCH" } else { "FETCH" };
+            let max = self.views.max_message() as u64;
             // Their sizes first: the originals are read in batches the session can capture whole.
             let line = format!("{command} {} (UID RFC822.SIZE)\r\n", uid_set(&missing));
             let reply = provider.run(line.as_bytes(), FETCHES).await?;
             let mut batches: Vec<Vec<u32>> = vec![Vec::new()];
             let mut batch_bytes = 0u64;
+            let mut over: Vec<(u32, u64)> = Vec::new();
             for resp in &reply.untagged {
                 let Some((number, items)) = fetch::parse_response(resp) else {
                     passthrough.push(resp.clone());
@@ -486,9 +490,14 @@ impl ViewSession {
                         .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
                 };
                 let (Some(uid), Some(size)) = (value("UID"), value("RFC822.SIZE")) else { continue };
-                let key = if by_uid { uid as u32 } else { number };
-                if size > MAX_ORIGINAL {
-                    too_large.push(uid as u32);
+                let Ok(uid) = u32::try_from(uid) else { continue };
+                let key = if by_uid { uid } else { number };
+                if size > max {
+                    over.push((key, size));
+                    continue;
+                }
+                if size > ORIGINALS_BATCH {
+                    large.push((key, uid, size));
                     continue;
                 }
                 if batch_bytes + size > ORIGINALS_BATCH && !batches.last().is_some_and(Vec::is_empty) {
@@ -502,30 +511,75 @@ impl ViewSession {
                 let line = format!("{command} {} (UID BODY.PEEK[])\r\n", uid_set(batch));
                 let reply = provider.run(line.as_bytes(), FETCHES).await?;
                 for resp in &reply.untagged {
-                    let Some((_, items)) = fetch::parse_response(resp) else {
-                        passthrough.push(resp.clone());
-                        continue;
-                    };
-                    let uid = items
-                        .iter()
-                        .find(|(n, _)| n == "UID")
-                        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
-                    let body = items.iter().find(|(n, _)| n == "BODY[]").and_then(|(_, v)| literal_or_string(v));
-                    if let (Some(uid), Some(body)) = (uid, body) {
-                        originals.push((uid, body));
+                    match body_of(resp, "BODY[]") {
+                        Some((uid, body)) => originals.push((uid, body)),
+                        None => passthrough.push(resp.clone()),
                     }
                 }
             }
+            if !over.is_empty() {
+                let keys: Vec<u32> = over.iter().map(|(k, _)| *k).collect();
+                let line = format!("{command} {} (UID RFC822.SIZE BODY.PEEK[HEADER])\r\n", uid_set(&keys));
+                let reply = provider.run(line.as_bytes(), FETCHES).await?;
+                for resp in &reply.untagged {
+                    let Some((uid, header)) = body_of(resp, "BODY[HEADER]") else {
+                        passthrough.push(resp.clone());
+                        continue;
+                    };
+                    let size = fetch::parse_response(resp).and_then(|(_, items)| {
+                        let (_, v) = items.iter().find(|(n, _)| n == "RFC822.SIZE")?;
+                        std::str::from_utf8(v).ok()?.parse().ok()
+                    });
+                    too_large.push((uid, size.unwrap_or_default(), header));
+                }
+            }
+        }
+        let mut decided_large: Vec<(u32, Shown)> = Vec::new();
+        for (key, uid, size) in large {
+            // A few at a time across all sessions: each is read whole and decrypted in memory.
+            let held = self.views.hold_waiting(size as usize).await;
+            let command = if by_uid { "UID FETCH" } else { "FETCH" };
+            let mut whole = Vec::with_capacity(size as usize);
+            loop {
+                let line = format!("{command} {key} (UID BODY.PEEK[]<{}.{ORIGINALS_BATCH}>)\r\n", whole.len());
+                let reply = provider.run(line.as_bytes(), FETCHES).await?;
+                let mut piece = None;
+                for resp in &reply.untagged {
+                    match body_of(resp, "BODY[]<") {
+                        Some((_, bytes)) => piece = Some(bytes),
+                        None => passthrough.push(resp.clone()),
+                    }
+                }
+                let Some(piece) = piece else { break };
+                let end = piece.len() < ORIGINALS_BATCH as usize;
+                whole.extend_from_slice(&piece);
+                if end || whole.len() as u64 > size.max(self.views.max_message() as u64) {
+                    break;
+                }
+            }
+            if whole.is_empty() {
+                continue; // Expunged meanwhile: decided when asked again.
+            }
+            let (views, id) = (self.views.clone(), ViewId::new(&self.login, mailbox, uidvalidity, uid));
+            let shown = tokio::task::spawn_blocking(move || views.views_blocking(vec![(id, Some(whole))]))
+                .await
+                .map_err(|e| ProviderError::Connection(Box::new(e)))?;
+            drop(held);
+            decided_large.extend(shown.into_iter().map(|s| (uid, s)));
         }
         let views = self.views.clone();
-        let decided = tokio::task::spawn_blocking(move || {
-            for id in ids.iter().filter(|id| too_large.contains(&id.uid)) {
-                views.original_blocking(id);
+        let done: Vec<u32> = decided_large.iter().map(|(uid, _)| *uid).collect();
+        let rest = tokio::task::spawn_blocking(move || {
+            for (uid, size, header) in &too_large {
+                if let Some(id) = ids.iter().find(|id| id.uid == *uid) {
+                    views.too_large_blocking(id, header, *size);
+                }
             }
             let mut originals = originals;
             let messages = ids
                 .into_iter()
                 .zip(known)
+                .filter(|(id, _)| !done.contains(&id.uid))
                 .map(|(id, known)| {
                     // Known ones need no original; the others take theirs (if not expunged meanwhile).
                     let original = match known {
@@ -541,6 +595,16 @@ impl ViewSession {
         })
         .await
         .map_err(|e| ProviderError::Connection(Box::new(e)))?;
+        // In the order of `messages`: the large ones as decided above (a view too large for the
+        // memory budget is not read back from disk), the others from this step.
+        let mut rest = rest.into_iter();
+        let decided = messages
+            .iter()
+            .map(|(_, uid, _)| match decided_large.iter().position(|(u, _)| u == uid) {
+                Some(at) => decided_large.swap_remove(at).1,
+                None => rest.next().unwrap_or(Shown::Original),
+            })
+            .collect();
         Ok((decided, passthrough))
     }
 }
@@ -823,6 +887,15 @@ fn compose(
     out.extend(parts.join(&b' '));
     out.extend_from_slice(b")\r\n");
     out
+}
+
+/// The UID and the bytes of the item whose name starts with `item` (`BODY[]`, `BODY[]<` for a
+/// partial) of a FETCH response.
+fn body_of(resp: &[u8], item: &str) -> Option<(u32, Vec<u8>)> {
+    let (_, items) = fetch::parse_response(resp)?;
+    let uid = items.iter().find(|(n, _)| n == "UID").and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())?;
+    let body = items.iter().find(|(n, _)| n.starts_with(item)).and_then(|(_, v)| literal_or_string(v))?;
+    Some((uid, body))
 }
 
 /// The bytes of a literal or quoted string value.
