@@ -97,6 +97,13 @@ const ITEMS: &str = "(UID RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY BODY.PEEK[] BO
 BODY.PEEK[1] BODY.PEEK[1.MIME] BODY.PEEK[2] BODY.PEEK[TEXT]<3.40> BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)] \
 BODY.PEEK[HEADER.FIELDS.NOT (SUBJECT)])";
 
+/// The whole answer of `session` to `line`: the parts it handed out, then the rest.
+async fn ask(session: &mut ViewSession, line: Vec<u8>, up: &mut impl ProviderCommands) -> Vec<u8> {
+    let mut out = ReplyOut::collect();
+    let last = session.handle(line, up, &mut out).await;
+    [out.collected(), last].concat()
+}
+
 /// `item name → value` of each FETCH response in `bytes`, by UID order.
 fn responses(bytes: &[u8]) -> Vec<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
@@ -197,7 +204,7 @@ async fn plain_client_reads_encrypted_mail_consistently() {
         let line = format!("f UID FETCH 1:* {ITEMS}\r\n");
         assert!(session.wants_command(CommandName::Fetch, true, line.as_bytes()));
         assert!(!session.wants_command(CommandName::Fetch, true, b"f UID FETCH 1:* (UID FLAGS)\r\n"));
-        let answer = session.handle(line.into_bytes(), &mut up, &mut ReplyOut::collect()).await;
+        let answer = ask(&mut session, line.into_bytes(), &mut up).await;
         assert!(String::from_utf8_lossy(&answer).contains("\r\nf OK"), "{}", String::from_utf8_lossy(&answer));
         let got = responses(&answer);
         assert_eq!(got.len(), 3, "the three encrypted messages come from the views; the ordinary one streams");
@@ -220,7 +227,7 @@ async fn plain_client_reads_encrypted_mail_consistently() {
         assert!(text.contains("could not decrypt") && text.contains("encrypted-message.eml"));
         // A non-PEEK fetch sets \Seen at the provider.
         let answer =
-            session.handle(b"g UID FETCH 1 (FLAGS BODY[TEXT])\r\n".to_vec(), &mut up, &mut ReplyOut::collect()).await;
+            ask(&mut session, b"g UID FETCH 1 (FLAGS BODY[TEXT])\r\n".to_vec(), &mut up).await;
         assert!(String::from_utf8_lossy(&answer).contains("\\Seen"), "{}", String::from_utf8_lossy(&answer));
         // SEARCH: clear text for the encrypted ones, the provider's answer for the rest, flags
         // from the provider, any combination.
@@ -240,7 +247,7 @@ async fn plain_client_reads_encrypted_mail_consistently() {
             ("UID SEARCH RETURN () BODY nowhere", "* ESEARCH (TAG \"q\") UID\r\n"),
         ] {
             let answer =
-                session.handle(format!("q {program}\r\n").into_bytes(), &mut up, &mut ReplyOut::collect()).await;
+                ask(&mut session, format!("q {program}\r\n").into_bytes(), &mut up).await;
             let answer = String::from_utf8(answer).unwrap();
             assert!(answer.starts_with(expected) && answer.contains("\r\nq OK"), "{program}: {answer}");
         }
@@ -253,7 +260,7 @@ async fn plain_client_reads_encrypted_mail_consistently() {
     let mut session = ViewSession::new(views, &bob_login, Arc::new(|| true));
     assert!(!session.wants_command(CommandName::Select, false, b"s SELECT INBOX\r\n"));
     let again = responses(
-        &session.handle(format!("f UID FETCH 1:* {ITEMS}\r\n").into_bytes(), &mut up, &mut ReplyOut::collect()).await,
+        &ask(&mut session, format!("f UID FETCH 1:* {ITEMS}\r\n").into_bytes(), &mut up).await,
     );
     assert_eq!(again, served, "views survive a restart byte for byte");
 }
@@ -605,8 +612,8 @@ async fn a_first_fetch_of_much_encrypted_mail_agrees_with_the_next() {
     assert!(!session.wants_command(CommandName::Select, false, b"s SELECT INBOX\r\n"));
     assert!(up.run(b"SELECT INBOX\r\n", &[]).await.unwrap().ok());
     let line = b"f UID FETCH 1:* (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n";
-    let first = session.handle(line.to_vec(), &mut up, &mut ReplyOut::collect()).await;
-    let second = session.handle(line.to_vec(), &mut up, &mut ReplyOut::collect()).await;
+    let first = ask(&mut session, line.to_vec(), &mut up).await;
+    let second = ask(&mut session, line.to_vec(), &mut up).await;
     let first_text = String::from_utf8_lossy(&first);
     assert_eq!(first_text.matches("Subject: big-").count(), 24, "every one decrypted: {first_text}");
     assert_eq!(first, second, "the first answer is the one that stays");

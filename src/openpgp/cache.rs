@@ -66,6 +66,15 @@ const KIND_FAILED: u8 = 2;
 /// A SecureJoin handshake mail, shown as a short notice.
 const KIND_NOTICE: u8 = 3;
 
+/// Whether a UID's view was decided, for callers that bound what they hold.
+#[derive(Debug, Clone)]
+pub enum Known {
+    Undecided,
+    Shown(Shown),
+    /// Decided and kept on disk; larger than the caller wanted handed out now.
+    Large,
+}
+
 /// All accounts' views.
 pub struct Views {
     store: Store,
@@ -225,8 +234,25 @@ impl Views {
     /// The view of `id` if it was decided already (memory, then disk). Blocking (a store read
     /// and an open): call off the runtime.
     pub fn known(&self, id: &ViewId) -> Option<Shown> {
+        match self.known_within(id, usize::MAX) {
+            Known::Shown(shown) => Some(shown),
+            Known::Undecided | Known::Large => None,
+        }
+    }
+
+    /// As [`Views::known`], but a view of more than `inline` bytes that is not in memory is only
+    /// said to be there ([`Known::Large`]): a caller with many such views loads one at a time.
+    pub fn known_within(&self, id: &ViewId, inline: usize) -> Known {
+        match self.known_inner(id, inline) {
+            Some(Some(shown)) => Known::Shown(shown),
+            Some(None) => Known::Large,
+            None => Known::Undecided,
+        }
+    }
+
+    fn known_inner(&self, id: &ViewId, inline: usize) -> Option<Option<Shown>> {
         if let Some(shown) = self.memory.lock().expect("views").get(id) {
-            return Some(shown);
+            return Some(Some(shown));
         }
         let sealed = match self.store.view(id) {
             Ok(sealed) => sealed?,
@@ -236,6 +262,7 @@ impl Views {
             }
         };
         let shown = match self.seal.open(&purpose(id), &sealed) {
+            Ok(plain) if plain.expose().len() > inline.saturating_add(1) => return Some(None),
             Ok(plain) => match plain.expose().split_first() {
                 Some((&KIND_ORIGINAL, _)) => Shown::Original,
                 Some((&kind, bytes)) if kind == KIND_DECRYPTED || kind == KIND_FAILED || kind == KIND_NOTICE => {
@@ -252,7 +279,7 @@ impl Views {
             }
         };
         self.memory.lock().expect("views").put(id.clone(), shown.clone());
-        Some(shown)
+        Some(Some(shown))
     }
 
     /// The view of `id`, deciding it from the provider's `original` bytes if it was not decided
@@ -516,6 +543,30 @@ mod tests {
         assert!(String::from_utf8_lossy(view.raw()).contains("could not decrypt"));
     }
 
+    /// A view too large for a quarter of the budget stays on disk only, and a caller that
+    /// bounds what it holds is told it is there without getting it.
+    #[test]
+    fn large_views_stay_on_disk_and_are_handed_out_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bob = Arc::new(AccountKey::generate("bob@example.org").unwrap());
+        let alice = AccountKey::generate("alice@example.org").unwrap();
+        let views = Views::new(store, Arc::new(SealKey::generate()), Arc::new(Keys(vec![bob.clone()])), 40_000);
+        let small = ViewId::new("bob@example.org", "INBOX", 1, 1);
+        views.view_blocking(&small, &encrypted(&alice, &bob, "short"));
+        let large = ViewId::new("bob@example.org", "INBOX", 1, 2);
+        let Shown::View { view, decrypted: true } = views.view_blocking(&large, &encrypted(&alice, &bob, &"y".repeat(30_000)))
+        else {
+            panic!()
+        };
+        assert_eq!(views.memory().1, 1, "only the small one in memory");
+        assert!(matches!(views.known_within(&large, 10_000), Known::Large));
+        assert!(matches!(views.known_within(&small, 10_000), Known::Shown(Shown::View { .. })));
+        assert!(matches!(views.known_within(&ViewId::new("bob@example.org", "INBOX", 1, 3), 10), Known::Undecided));
+        let Some(Shown::View { view: again, .. }) = views.known(&large) else { panic!() };
+        assert_eq!(again.raw(), view.raw());
+    }
+
     #[test]
     fn large_messages_held_at_once_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
@@ -544,11 +595,11 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let bob = Arc::new(AccountKey::generate("bob@example.org").unwrap());
         let alice = AccountKey::generate("alice@example.org").unwrap();
-        let views = Views::new(store, Arc::new(SealKey::generate()), Arc::new(Keys(vec![bob.clone()])), 20_000);
+        let views = Views::new(store, Arc::new(SealKey::generate()), Arc::new(Keys(vec![bob.clone()])), 40_000);
         let text = "x".repeat(3000);
         for uid in 1..=10 {
             views.view_blocking(&ViewId::new("bob@example.org", "INBOX", 1, uid), &encrypted(&alice, &bob, &text));
-            assert!(views.memory().0 <= 20_000);
+            assert!(views.memory().0 <= 40_000);
         }
         let (bytes, entries) = views.memory();
         assert!(entries < 10 && entries > 0, "{entries} entries, {bytes} bytes");

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use super::cache::{Held, Shown, Views};
+use super::cache::{Held, Known, Shown, Views};
 use super::encrypt::EncryptError;
 use crate::imap::wire::command::{self, Arg, CommandName, Head};
 use crate::imap::wire::fetch::{self, Item, Items};
@@ -103,7 +103,7 @@ impl ViewSession {
         Ok(self.selected.clone())
     }
 
-    async fn fetch(&mut self, rest: &[u8], provider: &mut impl ProviderCommands) -> Reply {
+    async fn fetch(&mut self, rest: &[u8], provider: &mut impl ProviderCommands, reply_out: &mut ReplyOut) -> Reply {
         let Some(request) = FetchRequest::parse(rest) else { return relay(rest, provider).await };
         let (mailbox, uidvalidity) = match self.selected(provider).await {
             Ok(Some(selected)) => selected,
@@ -188,13 +188,13 @@ impl ViewSession {
             }
             Err(e) => return failed(&e),
         };
-        let mut originals = Vec::new();
-        for ((number, uid, items), shown) in messages.iter().zip(views) {
-            match shown {
-                Shown::View { view, .. } => out.extend(compose(*number, request.uid, &request.items, items, &view)),
-                Shown::Original => originals.push(if request.uid { *uid } else { *number }),
-            }
-        }
+        let originals: Vec<u32> = messages
+            .iter()
+            .zip(&views)
+            .filter(|(_, d)| matches!(d, Decided::Shown(Shown::Original)))
+            .map(|((number, uid, _), _)| if request.uid { *uid } else { *number })
+            .collect();
+        // The provider's last command for this FETCH: its answer streams to the client.
         if !originals.is_empty() {
             let line = format!("{command} {} {}\r\n", uid_set(&originals), request.items_text);
             if let Err(e) = provider.run(line.as_bytes(), &[]).await {
@@ -205,6 +205,16 @@ impl ViewSession {
         // from them.
         if seen_set && let Some(seen_changed) = &self.seen_changed {
             seen_changed();
+        }
+        // The answers from the views, in parts the client takes one after the other: a large
+        // view is loaded when its turn comes, so the command holds one at a time.
+        for ((number, _, items), decided) in messages.iter().zip(views) {
+            if let Some(Shown::View { view, .. }) = decided.load(&self.views).await {
+                out.extend(compose(*number, request.uid, &request.items, items, &view));
+            }
+            if out.len() >= PART {
+                reply_out.send(std::mem::take(&mut out)).await;
+            }
         }
         let status = status.unwrap_or(reply).status;
         Reply { untagged: vec![out], status }
@@ -302,8 +312,9 @@ impl ViewSession {
         };
         let encrypted: Vec<u32> = messages.iter().map(|(n, _, _)| *n).collect();
         let mut found: Vec<u32> = by_provider.iter().copied().filter(|n| !encrypted.contains(n)).collect();
-        for (&n, shown) in encrypted.iter().zip(&views) {
-            let hit = match shown {
+        for (&n, decided) in encrypted.iter().zip(views) {
+            let Some(shown) = decided.load(&self.views).await else { continue };
+            let hit = match &shown {
                 Shown::View { view, .. } => {
                     let clear = super::search::Clear::new(view);
                     program.matches(&clear, &|key| keys.iter().any(|(k, ns)| k == key && ns.contains(&n)))
@@ -445,13 +456,13 @@ impl ViewSession {
         messages: &[(u32, u32, Items)],
         by_uid: bool,
         provider: &mut impl ProviderCommands,
-    ) -> Result<(Vec<Shown>, Vec<Vec<u8>>), ProviderError> {
+    ) -> Result<(Vec<Decided>, Vec<Vec<u8>>), ProviderError> {
         let ids: Vec<ViewId> =
             messages.iter().map(|(_, uid, _)| ViewId::new(&self.login, mailbox, uidvalidity, *uid)).collect();
         let views = self.views.clone();
         let lookup = ids.clone();
-        let known: Vec<Option<Shown>> =
-            tokio::task::spawn_blocking(move || lookup.iter().map(|id| views.known(id)).collect())
+        let known: Vec<Known> =
+            tokio::task::spawn_blocking(move || lookup.iter().map(|id| views.known_within(id, INLINE)).collect())
                 .await
                 .map_err(|e| ProviderError::Connection(Box::new(e)))?;
         // In the client command's numbering: a UID command while the client waits for a FETCH or
@@ -459,7 +470,7 @@ impl ViewSession {
         let missing: Vec<u32> = messages
             .iter()
             .zip(&known)
-            .filter(|(_, k)| k.is_none())
+            .filter(|(_, k)| matches!(k, Known::Undecided))
             .map(|((number, uid, _), _)| if by_uid { *uid } else { *number })
             .collect();
         let mut originals: Vec<(u32, Vec<u8>)> = Vec::new();
@@ -534,7 +545,7 @@ impl ViewSession {
                 }
             }
         }
-        let mut decided_large: Vec<(u32, Shown)> = Vec::new();
+        let mut decided_large: Vec<(u32, Decided)> = Vec::new();
         for (key, uid, size) in large {
             // A few at a time across all sessions: each is read whole and decrypted in memory.
             let held = self.views.hold_waiting(size as usize).await;
@@ -561,14 +572,16 @@ impl ViewSession {
                 continue; // Expunged meanwhile: decided when asked again.
             }
             let (views, id) = (self.views.clone(), ViewId::new(&self.login, mailbox, uidvalidity, uid));
+            let kept = id.clone();
             let shown = tokio::task::spawn_blocking(move || views.views_blocking(vec![(id, Some(whole))]))
                 .await
                 .map_err(|e| ProviderError::Connection(Box::new(e)))?;
             drop(held);
-            decided_large.extend(shown.into_iter().map(|s| (uid, s)));
+            decided_large.extend(shown.into_iter().map(|s| (uid, Decided::of(s, &kept))));
         }
         let views = self.views.clone();
         let done: Vec<u32> = decided_large.iter().map(|(uid, _)| *uid).collect();
+        let known_before = known.clone();
         let rest = tokio::task::spawn_blocking(move || {
             for (uid, size, header) in &too_large {
                 if let Some(id) = ids.iter().find(|id| id.uid == *uid) {
@@ -576,33 +589,36 @@ impl ViewSession {
                 }
             }
             let mut originals = originals;
-            let messages = ids
+            // The undecided ones (not read alone above), each with its original (none if
+            // expunged meanwhile).
+            let messages: Vec<_> = ids
                 .into_iter()
-                .zip(known)
-                .filter(|(id, _)| !done.contains(&id.uid))
-                .map(|(id, known)| {
-                    // Known ones need no original; the others take theirs (if not expunged meanwhile).
-                    let original = match known {
-                        Some(_) => None,
-                        None => {
-                            originals.iter().position(|(uid, _)| *uid == id.uid).map(|at| originals.swap_remove(at).1)
-                        }
-                    };
+                .zip(&known)
+                .filter(|(id, known)| matches!(known, Known::Undecided) && !done.contains(&id.uid))
+                .map(|(id, _)| {
+                    let original =
+                        originals.iter().position(|(uid, _)| *uid == id.uid).map(|at| originals.swap_remove(at).1);
                     (id, original)
                 })
                 .collect();
-            views.views_blocking(messages)
+            let ids: Vec<ViewId> = messages.iter().map(|(id, _)| id.clone()).collect();
+            let shown = views.views_blocking(messages);
+            shown.into_iter().zip(&ids).map(|(s, id)| Decided::of(s, id)).collect::<Vec<_>>()
         })
         .await
         .map_err(|e| ProviderError::Connection(Box::new(e)))?;
-        // In the order of `messages`: the large ones as decided above (a view too large for the
-        // memory budget is not read back from disk), the others from this step.
+        // In the order of `messages`: those known before, those read alone, the others.
         let mut rest = rest.into_iter();
         let decided = messages
             .iter()
-            .map(|(_, uid, _)| match decided_large.iter().position(|(u, _)| u == uid) {
-                Some(at) => decided_large.swap_remove(at).1,
-                None => rest.next().unwrap_or(Shown::Original),
+            .zip(known_before)
+            .map(|((_, uid, _), known)| match known {
+                Known::Shown(shown) => Decided::Shown(shown),
+                Known::Large => Decided::Large(ViewId::new(&self.login, mailbox, uidvalidity, *uid)),
+                Known::Undecided => match decided_large.iter().position(|(u, _)| u == uid) {
+                    Some(at) => decided_large.swap_remove(at).1,
+                    None => rest.next().unwrap_or(Decided::Shown(Shown::Original)),
+                },
             })
             .collect();
         Ok((decided, passthrough))
@@ -689,14 +705,14 @@ impl Interceptor for ViewSession {
         &mut self,
         command: Vec<u8>,
         provider: &mut P,
-        _out: &mut ReplyOut,
+        out: &mut ReplyOut,
     ) -> Vec<u8> {
         let Some(head) = Head::parse(&command) else { return b"* BAD Invalid command\r\n".to_vec() };
         let tag = String::from_utf8_lossy(head.tag).into_owned();
         let rest = rest_of(&command);
         let reply = match head.name {
             CommandName::Search => self.search(&tag, rest, provider).await,
-            CommandName::Fetch => self.fetch(rest, provider).await,
+            CommandName::Fetch => self.fetch(rest, provider, out).await,
             CommandName::Append => {
                 let reply = self.append(command, provider).await;
                 // What it held is free again.
@@ -710,6 +726,46 @@ impl Interceptor for ViewSession {
         let mut out: Vec<u8> = reply.untagged.concat();
         out.extend(reply.for_client(&tag));
         out
+    }
+}
+
+/// Composed FETCH answers are handed to the client in parts of about this size.
+const PART: usize = 256 * 1024;
+
+/// Views larger than this that are not in memory are loaded one at a time, as a FETCH answer
+/// or a SEARCH gets to them, so a command over many large messages holds one at a time.
+const INLINE: usize = 4 * 1024 * 1024;
+
+/// What a UID shows, for one command.
+enum Decided {
+    Shown(Shown),
+    /// A view over [`INLINE`] bytes, kept on disk; loaded when its turn comes.
+    Large(ViewId),
+}
+
+impl Decided {
+    fn of(shown: Shown, id: &ViewId) -> Decided {
+        match &shown {
+            Shown::View { view, .. } if view.size() > INLINE => Decided::Large(id.clone()),
+            _ => Decided::Shown(shown),
+        }
+    }
+
+    /// The view, loaded if it is a large one (off the runtime); `None` if it went missing
+    /// from the store (logged).
+    async fn load(self, views: &Arc<Views>) -> Option<Shown> {
+        match self {
+            Decided::Shown(shown) => Some(shown),
+            Decided::Large(id) => {
+                let views = views.clone();
+                let uid = id.uid;
+                let shown = tokio::task::spawn_blocking(move || views.known(&id)).await.ok().flatten();
+                if shown.is_none() {
+                    warn!(uid, "a kept view could not be read back");
+                }
+                shown
+            }
+        }
     }
 }
 
