@@ -304,11 +304,15 @@ fn a_plain_reply_to_a_delta_chat_group_lands_in_the_group() {
          References: <bob-reply@example.org>\r\n\r\nAnd one more thing.\r\n";
     let sent = smtp.send_message(BOB, &[ALICE], follow_up.as_bytes());
     assert_eq!(sent.code, 250, "{}", smtp.transcript());
-    let is_follow_up =
-        |m: &Vec<u8>| mime::first_value(mime::split(m).0, "Message-ID").as_deref() == Some("<bob-follow-up@example.org>");
+    let is_follow_up = |m: &Vec<u8>| {
+        mime::first_value(mime::split(m).0, "Message-ID").as_deref() == Some("<bob-follow-up@example.org>")
+    };
     let at_carol =
         wait_for_inbox(provider.imap_port, CAROL, "secret", Duration::from_secs(60), |ms| ms.iter().any(is_follow_up));
     let copy = at_carol.iter().find(|m| is_follow_up(m)).unwrap();
-    assert_eq!(mime::first_value(mime::split(copy).0, "Content-Type").map(|t| t.starts_with("multipart/encrypted")), Some(true));
+    assert_eq!(
+        mime::first_value(mime::split(copy).0, "Content-Type").map(|t| t.starts_with("multipart/encrypted")),
+        Some(true)
+    );
     proxy.stop();
 }

@@ -226,8 +226,7 @@ async fn plain_client_reads_encrypted_mail_consistently() {
         let text = String::from_utf8_lossy(body);
         assert!(text.contains("could not decrypt") && text.contains("encrypted-message.eml"));
         // A non-PEEK fetch sets \Seen at the provider.
-        let answer =
-            ask(&mut session, b"g UID FETCH 1 (FLAGS BODY[TEXT])\r\n".to_vec(), &mut up).await;
+        let answer = ask(&mut session, b"g UID FETCH 1 (FLAGS BODY[TEXT])\r\n".to_vec(), &mut up).await;
         assert!(String::from_utf8_lossy(&answer).contains("\\Seen"), "{}", String::from_utf8_lossy(&answer));
         // SEARCH: clear text for the encrypted ones, the provider's answer for the rest, flags
         // from the provider, any combination.
@@ -246,8 +245,7 @@ async fn plain_client_reads_encrypted_mail_consistently() {
             ("SEARCH RETURN (COUNT) OR SUBJECT multi SUBJECT ordinary", "* ESEARCH (TAG \"q\") COUNT 2\r\n"),
             ("UID SEARCH RETURN () BODY nowhere", "* ESEARCH (TAG \"q\") UID\r\n"),
         ] {
-            let answer =
-                ask(&mut session, format!("q {program}\r\n").into_bytes(), &mut up).await;
+            let answer = ask(&mut session, format!("q {program}\r\n").into_bytes(), &mut up).await;
             let answer = String::from_utf8(answer).unwrap();
             assert!(answer.starts_with(expected) && answer.contains("\r\nq OK"), "{program}: {answer}");
         }
@@ -259,9 +257,7 @@ async fn plain_client_reads_encrypted_mail_consistently() {
     let views = Arc::new(Views::new(Store::open(dir.path()).unwrap(), seal, Arc::new(Keys(vec![])), DEFAULT_BUDGET));
     let mut session = ViewSession::new(views, &bob_login, Arc::new(|| true));
     assert!(!session.wants_command(CommandName::Select, false, b"s SELECT INBOX\r\n"));
-    let again = responses(
-        &ask(&mut session, format!("f UID FETCH 1:* {ITEMS}\r\n").into_bytes(), &mut up).await,
-    );
+    let again = responses(&ask(&mut session, format!("f UID FETCH 1:* {ITEMS}\r\n").into_bytes(), &mut up).await);
     assert_eq!(again, served, "views survive a restart byte for byte");
 }
 
@@ -651,7 +647,9 @@ fn big_copy(from: &str, to: &str, id: &str, size: usize) -> Vec<u8> {
     .into_bytes();
     let mut n = 0;
     while m.len() < size {
-        m.extend_from_slice(format!("secret line {n} of {id}, padded to a long line of mail text ..........\r\n").as_bytes());
+        m.extend_from_slice(
+            format!("secret line {n} of {id}, padded to a long line of mail text ..........\r\n").as_bytes(),
+        );
         n += 1;
     }
     m
@@ -788,7 +786,8 @@ fn large_encrypted_mail_is_shown_decrypted_and_stays_so() {
     let big = message(&alice, &bob_login, "large", &format!("Content-Type: text/plain\r\n\r\n{big_text}\r\n"));
     let big = encrypt(&big, &alice, &to_bob, &opts).unwrap();
     assert!(big.len() > 4 << 20 && big.len() < 6 << 20, "{}", big.len());
-    let over = message(&alice, &bob_login, "over", &format!("Content-Type: text/plain\r\n\r\n{}\r\n", noise(9_800_000, 7)));
+    let over =
+        message(&alice, &bob_login, "over", &format!("Content-Type: text/plain\r\n\r\n{}\r\n", noise(9_800_000, 7)));
     let over = encrypt(&over, &alice, &to_bob, &opts).unwrap();
     assert!(over.len() > 6 << 20, "{}", over.len());
     p.deliver("alice@example.org", &bob_login, &big);

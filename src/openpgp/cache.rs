@@ -555,7 +555,8 @@ mod tests {
         let small = ViewId::new("bob@example.org", "INBOX", 1, 1);
         views.view_blocking(&small, &encrypted(&alice, &bob, "short"));
         let large = ViewId::new("bob@example.org", "INBOX", 1, 2);
-        let Shown::View { view, decrypted: true } = views.view_blocking(&large, &encrypted(&alice, &bob, &"y".repeat(30_000)))
+        let Shown::View { view, decrypted: true } =
+            views.view_blocking(&large, &encrypted(&alice, &bob, &"y".repeat(30_000)))
         else {
             panic!()
         };

@@ -701,12 +701,7 @@ impl Interceptor for ViewSession {
         }
     }
 
-    async fn handle<P: ProviderCommands>(
-        &mut self,
-        command: Vec<u8>,
-        provider: &mut P,
-        out: &mut ReplyOut,
-    ) -> Vec<u8> {
+    async fn handle<P: ProviderCommands>(&mut self, command: Vec<u8>, provider: &mut P, out: &mut ReplyOut) -> Vec<u8> {
         let Some(head) = Head::parse(&command) else { return b"* BAD Invalid command\r\n".to_vec() };
         let tag = String::from_utf8_lossy(head.tag).into_owned();
         let rest = rest_of(&command);

@@ -196,7 +196,8 @@ pub fn too_large(header: &[u8], size: u64, max: usize) -> Vec<u8> {
     let mut out = marker("failed; reason=too-large");
     let skip = ["Content-Type", "Content-Transfer-Encoding", "MIME-Version", "Content-Disposition", MARKER, "HP-Outer"];
     let mut subject_written = false;
-    for field in mime::fields(mime::split(&header).0).iter().filter(|f| !f.name.is_empty() && !skip.iter().any(|s| f.is(s)))
+    for field in
+        mime::fields(mime::split(&header).0).iter().filter(|f| !f.name.is_empty() && !skip.iter().any(|s| f.is(s)))
     {
         if field.is("Subject") && matches!(field.value().as_str(), "" | "[...]") {
             continue;

@@ -12,13 +12,16 @@ use super::{Answer, Compression, EmulatedIdle, Event, Keep, Mode, Policy, tagged
 use crate::imap::wire::command::{self, CommandName, Head};
 use crate::imap::wire::framing::{Fragment, Literal};
 
+/// Whether the interceptor takes a command (name, `UID`, a line of it) and up to how many bytes.
+type Wants<'a> = dyn Fn(CommandName, bool, &[u8]) -> Option<usize> + 'a;
+
 impl Policy {
     pub(super) fn client_fragment(
         &mut self,
         fragment: Fragment,
         bytes: &[u8],
         now: Instant,
-        wants: &dyn Fn(CommandName, bool, &[u8]) -> Option<usize>,
+        wants: &Wants<'_>,
     ) -> Keep {
         match fragment {
             Fragment::Line { first, literal, .. } => self.client_line(first, literal, bytes, now, wants),
@@ -55,7 +58,7 @@ impl Policy {
         literal: Option<Literal>,
         bytes: &[u8],
         now: Instant,
-        wants: &dyn Fn(CommandName, bool, &[u8]) -> Option<usize>,
+        wants: &Wants<'_>,
     ) -> Keep {
         if first {
             if let Some(keep) = self.emulated_idle_line(literal, bytes, now) {
@@ -78,13 +81,7 @@ impl Policy {
     /// A line of a command for the interceptor: kept until the command is whole, within the
     /// interceptor's limit for it
     /// ([`MAX_INTERCEPTED`](crate::imap::wire::provider::MAX_INTERCEPTED) unless it said more).
-    fn collect_line(
-        &mut self,
-        first: bool,
-        literal: Option<Literal>,
-        bytes: &[u8],
-        wants: &dyn Fn(CommandName, bool, &[u8]) -> Option<usize>,
-    ) -> Keep {
+    fn collect_line(&mut self, first: bool, literal: Option<Literal>, bytes: &[u8], wants: &Wants<'_>) -> Keep {
         let name = self.current.name;
         let Mode::Collect { command, limit, uid } = &mut self.current.mode else { return Keep::Discard };
         // A further literal (MULTIAPPEND): the interceptor may take more.
@@ -190,13 +187,7 @@ impl Policy {
 
     /// A new command starts with `line`: what is to become of it, and what it tells about
     /// the session (IDLE running, INBOX selected, the quiet INBOX in force).
-    fn command_start(
-        &mut self,
-        line: &[u8],
-        literal: Option<Literal>,
-        now: Instant,
-        wants: &dyn Fn(CommandName, bool, &[u8]) -> Option<usize>,
-    ) {
+    fn command_start(&mut self, line: &[u8], literal: Option<Literal>, now: Instant, wants: &Wants<'_>) {
         self.current.mode = Mode::Relay;
         self.current.forwarded = false;
         // The head is read once per command; later steps use what `current` keeps of it.

@@ -211,7 +211,11 @@ enum Mode {
     Discard,
     /// Read whole for the interceptor, up to the limit it gave (bytes; it may raise it for each
     /// further literal of the command).
-    Collect { command: Vec<u8>, limit: usize, uid: bool },
+    Collect {
+        command: Vec<u8>,
+        limit: usize,
+        uid: bool,
+    },
 }
 
 /// The client command being framed.

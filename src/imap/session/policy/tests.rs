@@ -117,9 +117,9 @@ impl Session {
                 progress = true;
             }
             let (wants, limit) = (self.wants, self.limit);
-            while let Some(step) =
-                self.policy.client_input(&self.from_client, self.now, |n, uid, line: &[u8]| (!uid && wants(n)).then(|| limit(line)))
-            {
+            while let Some(step) = self.policy.client_input(&self.from_client, self.now, |n, uid, line: &[u8]| {
+                (!uid && wants(n)).then(|| limit(line))
+            }) {
                 let bytes: Vec<u8> = self.from_client.drain(..step.len).collect();
                 if step.keep == Keep::Forward {
                     self.provider.extend(&bytes);
