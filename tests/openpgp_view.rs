@@ -74,6 +74,20 @@ fn daemon(state: &std::path::Path, p: &Provider, extra: &str, keys: Arc<dyn Secr
     port
 }
 
+/// [`daemon`] for Bob (`support::mailbox::BOB`), who has a key and knows Alice as a verified
+/// contact: its port, Bob's key and Alice's.
+fn daemon_with_verified_alice(
+    state: &std::path::Path,
+    p: &Provider,
+    extra: &str,
+) -> (u16, Arc<AccountKey>, AccountKey) {
+    let bob = Arc::new(AccountKey::generate(support::mailbox::BOB).unwrap());
+    let alice = AccountKey::generate("alice@example.org").unwrap();
+    let alice_peer = verify(None, "alice@example.org", alice.public_key(), 0).peer().cloned().unwrap();
+    let port = daemon(state, p, extra, Arc::new(KeysAndPeers(vec![bob.clone()], vec![alice_peer])));
+    (port, bob, alice)
+}
+
 async fn connect(p: &Provider, user: &str) -> Upstream {
     let endpoint =
         Endpoint { imap: ServerUrl::parse_imap(&format!("imap://127.0.0.1:{}", p.imap_port)).unwrap(), ca_file: None };
@@ -394,12 +408,9 @@ fn imaptest_finds_no_inconsistency_in_views() {
 fn own_copies_are_stored_encrypted_and_views_follow_copy_and_move() {
     let p = Provider::start();
     // users[0] is alice, the peer here.
-    let bob_login = support::mailbox::BOB.to_string();
-    let bob = Arc::new(AccountKey::generate(&bob_login).unwrap());
-    let alice = AccountKey::generate("alice@example.org").unwrap();
-    let alice_peer = verify(None, "alice@example.org", alice.public_key(), 0).peer().cloned().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let port = daemon(state.path(), &p, "", Arc::new(KeysAndPeers(vec![bob.clone()], vec![alice_peer])));
+    let (port, bob, alice) = daemon_with_verified_alice(state.path(), &p, "");
+    let bob_login = bob.addr().to_string();
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openpgp_view/append.py");
     let out = std::process::Command::new("python3")
@@ -663,13 +674,9 @@ fn big_copy(from: &str, to: &str, id: &str, size: usize) -> Vec<u8> {
 #[test]
 fn large_own_copies_and_multiappend_are_stored_encrypted() {
     let p = Provider::start();
-    let bob_login = support::mailbox::BOB.to_string();
-    let bob = Arc::new(AccountKey::generate(&bob_login).unwrap());
-    let alice = AccountKey::generate("alice@example.org").unwrap();
-    let alice_peer = verify(None, "alice@example.org", alice.public_key(), 0).peer().cloned().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let extra = "[autocrypt]\nmax_message_size = 8388608\n";
-    let port = daemon(state.path(), &p, extra, Arc::new(KeysAndPeers(vec![bob.clone()], vec![alice_peer])));
+    let (port, bob, alice) = daemon_with_verified_alice(state.path(), &p, "[autocrypt]\nmax_message_size = 8388608\n");
+    let bob_login = bob.addr().to_string();
     let mut c = support::imap_client::ImapClient::connect(port);
     c.set_timeout(Duration::from_secs(120));
     c.login(&bob_login, &p.password);

@@ -56,8 +56,9 @@ pub struct ViewSession {
     /// The session's hook for `\Seen` set by the client (read receipts, the worker's nudge).
     seen_changed: Option<Arc<dyn Fn() + Send + Sync>>,
     /// An APPEND being read whole: its bytes so far (literals and their lines), and what of
-    /// them counts against the bound on large messages ([`Views::hold`]).
-    appending: std::sync::Mutex<(usize, Option<Held>)>,
+    /// them counts against the bound on large messages ([`Views::hold`]). Boxed: every
+    /// session task carries this struct, idle or not.
+    appending: Box<std::sync::Mutex<(usize, Option<Held>)>>,
 }
 
 impl ViewSession {
