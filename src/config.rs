@@ -50,8 +50,15 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
-    /// The etcd members' client URLs (`http://host:2379`); the client uses whichever answers.
+    /// The etcd members' client URLs (`http://host:2379`, or `https://` with `ca_file`); the
+    /// client uses whichever answers.
     pub etcd: Vec<String>,
+    /// For `https://` members: the CA (PEM) that signed etcd's server certificates.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) and its key, for an etcd that asks for one
+    /// (`--client-cert-auth`); both or neither.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     /// This instance's name, unique among the instances.
     pub node: String,
     /// The lease's time to live: how long a dead instance's accounts wait for another owner.
@@ -71,20 +78,42 @@ impl Cluster {
                 "name at least one etcd member, e.g. [\"http://127.0.0.1:2379\"]".into(),
             ));
         }
+        let tls = self.etcd[0].starts_with("https://");
         for url in &self.etcd {
-            let rest = url.strip_prefix("http://").ok_or_else(|| {
+            let rest = url.strip_prefix(if tls { "https://" } else { "http://" }).ok_or_else(|| {
                 (
                     "cluster.etcd".to_string(),
                     format!(
-                        "`{url}`: give http://host:port (this build speaks plain HTTP/2 to etcd: keep etcd on a private \
-                         network or loopback)"
+                        "`{url}`: give http://host:port, or https://host:port with ca_file (every member the same \
+                         way)"
                     ),
                 )
             })?;
             let host = rest.trim_end_matches('/');
             if host.is_empty() || host.contains(['/', ' ', '@']) {
-                return Err(("cluster.etcd".into(), format!("`{url}`: give http://host:port")));
+                return Err(("cluster.etcd".into(), format!("`{url}`: give http://host:port or https://host:port")));
             }
+        }
+        match (tls, &self.ca_file) {
+            (true, None) => {
+                return Err((
+                    "cluster.ca_file".into(),
+                    "https:// members need the CA that signed etcd's certificates (ca_file = \"/etc/coi-proxy/etcd-ca.pem\")"
+                        .into(),
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(("cluster.ca_file".into(), "is for https:// members; these are http://".into()));
+            }
+            _ => {}
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => return Err(("cluster.key_file".into(), "cert_file needs its key_file".into())),
+            (None, Some(_)) => return Err(("cluster.cert_file".into(), "key_file needs its cert_file".into())),
+            (Some(_), Some(_)) if !tls => {
+                return Err(("cluster.cert_file".into(), "a client certificate is for https:// members".into()));
+            }
+            _ => {}
         }
         let node_ok = !self.node.is_empty()
             && self.node.len() <= 64
@@ -1110,7 +1139,12 @@ mod tests {
         );
         for (text, key) in [
             ("etcd = []\nnode = \"a\"", "cluster.etcd"),
-            ("etcd = [\"https://e:2379\"]\nnode = \"a\"", "cluster.etcd"),
+            ("etcd = [\"ftp://e:2379\"]\nnode = \"a\"", "cluster.etcd"),
+            ("etcd = [\"https://e:2379\", \"http://f:2379\"]\nnode = \"a\"\nca_file = \"/c\"", "cluster.etcd"),
+            ("etcd = [\"https://e:2379\"]\nnode = \"a\"", "cluster.ca_file"),
+            ("etcd = [\"http://e:2379\"]\nnode = \"a\"\nca_file = \"/c\"", "cluster.ca_file"),
+            ("etcd = [\"https://e:2379\"]\nnode = \"a\"\nca_file = \"/c\"\ncert_file = \"/x\"", "cluster.key_file"),
+            ("etcd = [\"https://e:2379\"]\nnode = \"a\"\nca_file = \"/c\"\nkey_file = \"/x\"", "cluster.cert_file"),
             ("etcd = [\"http://\"]\nnode = \"a\"", "cluster.etcd"),
             ("etcd = [\"http://e:2379\"]\nnode = \"a/b\"", "cluster.node"),
             ("etcd = [\"http://e:2379\"]\nnode = \"\"", "cluster.node"),
@@ -1120,6 +1154,9 @@ mod tests {
             assert!(err.contains(key), "{text}: {err}");
         }
         assert!(parse("[cluster]\netcd = [\"http://e:2379\"]\n").is_err(), "node is required");
+        let tls = "[cluster]\netcd = [\"https://e:2379\"]\nnode = \"a\"\nca_file = \"/c.pem\"\ncert_file = \"/a.pem\"\nkey_file = \"/a.key\"\n";
+        let cluster = parse(tls).unwrap().cluster.unwrap();
+        assert_eq!(cluster.ca_file.as_deref(), Some(Path::new("/c.pem")));
         assert!(
             parse("[cluster]\netcd = [\"http://e:2379\"]\nnode = \"a\"\nleases = 3\n").is_err(),
             "typos are errors"

@@ -18,7 +18,8 @@ use crate::config::Config;
 use crate::limits::Sessions;
 use crate::limits::logins::Logins;
 use crate::seal::SealCell;
-use crate::store::{PushSubscription, Store};
+use crate::secret::Secret;
+use crate::store::{OAuthGrant, PushSubscription, Store};
 use crate::tls::UpstreamTls;
 
 /// The handles, shared by every session, worker and task (`Arc<Context>`).
@@ -143,15 +144,54 @@ pub trait Cluster: Send + Sync {
     /// Writes a change of shared state to etcd (sealed where secret); every instance's store
     /// follows by watch.
     fn publish(&self, change: SharedChange) -> BoxFuture<'_, Result<(), ClusterError>>;
+    /// The account's OpenPGP key (sealed, as the store keeps it) that etcd holds, if any.
+    fn shared_account_key(&self, login: String) -> BoxFuture<'_, Result<Option<Vec<u8>>, ClusterError>>;
+    /// Offers `sealed` as the account's first OpenPGP key (create-if-absent): the key in force
+    /// for the whole cluster, ours or the one another instance made first.
+    fn first_account_key(&self, login: String, sealed: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>, ClusterError>>;
 }
 
 /// Shared state that changes on one instance and must count on all.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum SharedChange {
     /// A METADATA entry the proxy keeps (a provider without METADATA): set or removed.
     Metadata { login: String, mailbox: Vec<u8>, entry: String, value: Option<Vec<u8>> },
     /// A WebPush subscription: stored (new or validated) or removed.
     Push { login: String, id: String, subscription: Option<PushSubscription> },
+    /// A Delta Chat device token: set (at `set_at`, Unix seconds) or gone (`None`: the notifier
+    /// said so).
+    DeviceToken { login: String, token: Secret, set_at: Option<u64> },
+    /// An account's OAuth2 grant as `oauth authorize` or a refresh left it.
+    OAuthGrant { login: String, grant: OAuthGrant },
+    /// An account's OpenPGP state, as the store keeps it: set or removed.
+    OpenPgp { login: String, entry: OpenPgpEntry, value: Option<Vec<u8>> },
+}
+
+impl std::fmt::Debug for SharedChange {
+    /// What changed for whom, never a value (tokens, keys, handshake secrets).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, login) = match self {
+            SharedChange::Metadata { login, .. } => ("Metadata", login),
+            SharedChange::Push { login, .. } => ("Push", login),
+            SharedChange::DeviceToken { login, .. } => ("DeviceToken", login),
+            SharedChange::OAuthGrant { login, .. } => ("OAuthGrant", login),
+            SharedChange::OpenPgp { login, .. } => ("OpenPgp", login),
+        };
+        f.debug_struct(kind).field("login", login).finish_non_exhaustive()
+    }
+}
+
+/// Which of an account's OpenPGP records (`store::openpgp`) a shared change is about; the
+/// string is the record's id there (a peer's canonical address, an invitenumber, a handshake
+/// id, a group id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenPgpEntry {
+    /// The account's secret key (sealed).
+    Key,
+    Peer(String),
+    Invite(String),
+    Join(String),
+    Group(String),
 }
 
 /// What went wrong with the cluster.
@@ -166,6 +206,9 @@ pub enum ClusterError {
     /// A shared secret from etcd that the seal key cannot open: instances with different seal keys.
     #[error("a shared secret in etcd cannot be opened: every instance needs the same seal key ({0})")]
     Seal(String),
+    /// A `[cluster]` certificate or key file that cannot be read.
+    #[error("cannot read {}: {reason}", path.display())]
+    File { path: std::path::PathBuf, reason: String },
 }
 
 /// The way to an account's worker: the supervisor (`worker::supervise`) owns every worker's
