@@ -140,7 +140,11 @@ pub async fn run_with(
     let keys = keys
         .or_else(|| identity.clone().map(|identity| Arc::new(identity) as Arc<dyn crate::openpgp::cache::SecretKeys>));
     let views = keys.zip(seal.if_loaded()).map(|(keys, seal)| {
-        Arc::new(crate::openpgp::cache::Views::new(store.clone(), seal, keys, crate::openpgp::cache::DEFAULT_BUDGET))
+        let max = usize::try_from(config.autocrypt.max_message_size).unwrap_or(usize::MAX);
+        Arc::new(
+            crate::openpgp::cache::Views::new(store.clone(), seal, keys, crate::openpgp::cache::DEFAULT_BUDGET)
+                .with_max_message(max),
+        )
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // `[cluster]`: etcd holds the shared state and says which accounts this instance works on.

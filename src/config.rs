@@ -497,6 +497,14 @@ pub struct Autocrypt {
     /// who announced a key. Off: no keys are made, mail passes as the client sends it.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Largest message (bytes) the gateway handles for plain clients' sessions: an encrypted
+    /// message larger than this is shown as a readable explanation (the original stays at the
+    /// provider: attaching it would mean reading it whole, which this bound prevents);
+    /// an APPEND of a larger message (that may be a copy of an encrypted conversation) is
+    /// refused with `NO [TOOBIG]` rather than stored in clear. Messages this large are read
+    /// whole, a few at a time.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: u64,
     // The secret keys are sealed with the top-level `seal_key_file`, as every secret in the
     // store: one key, so OAuth2 grants, OpenPGP keys and cached views cannot drift apart.
 }
@@ -519,6 +527,10 @@ fn default_notifier_url() -> String {
 }
 fn default_max_smtp_recipients() -> u32 {
     50
+}
+
+fn default_max_message_size() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_true() -> bool {
@@ -1402,6 +1414,9 @@ mod chat_client_tests {
         assert!(autocrypt.enabled, "on by default");
         let off = Config::parse("[autocrypt]\nenabled = false\n", Path::new("proxy.toml")).unwrap();
         assert!(!off.autocrypt.enabled);
+        assert_eq!(autocrypt.max_message_size, 64 << 20);
+        let small = Config::parse("[autocrypt]\nmax_message_size = 1000\n", Path::new("proxy.toml")).unwrap();
+        assert_eq!(small.autocrypt.max_message_size, 1000);
         // One seal key for every secret: the OpenPGP keys use the top-level `seal_key_file`.
         let one = Config::parse("seal_key_file = \"/k\"\n", Path::new("proxy.toml")).unwrap();
         assert_eq!(one.seal_key_path(), Path::new("/k"));

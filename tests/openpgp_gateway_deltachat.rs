@@ -296,5 +296,23 @@ fn a_plain_reply_to_a_delta_chat_group_lands_in_the_group() {
     // At Alice in the very group she wrote to; Carol got it although Bob's mail program
     // addressed Alice only.
     assert_eq!(r["received"]["alice"]["in_the_group"], true, "{r}");
+
+    // Bob follows up on his own message (In-Reply-To his reply, to Alice only): the proxy
+    // remembered its Message-ID as the group's, so this one goes to the group too (Carol gets it).
+    let follow_up = "From: Bob <bob@example.org>\r\nTo: Alice <alice@example.org>\r\nSubject: Re: Team\r\n\
+         Message-ID: <bob-follow-up@example.org>\r\nIn-Reply-To: <bob-reply@example.org>\r\n\
+         References: <bob-reply@example.org>\r\n\r\nAnd one more thing.\r\n";
+    let sent = smtp.send_message(BOB, &[ALICE], follow_up.as_bytes());
+    assert_eq!(sent.code, 250, "{}", smtp.transcript());
+    let is_follow_up = |m: &Vec<u8>| {
+        mime::first_value(mime::split(m).0, "Message-ID").as_deref() == Some("<bob-follow-up@example.org>")
+    };
+    let at_carol =
+        wait_for_inbox(provider.imap_port, CAROL, "secret", Duration::from_secs(60), |ms| ms.iter().any(is_follow_up));
+    let copy = at_carol.iter().find(|m| is_follow_up(m)).unwrap();
+    assert_eq!(
+        mime::first_value(mime::split(copy).0, "Content-Type").map(|t| t.starts_with("multipart/encrypted")),
+        Some(true)
+    );
     proxy.stop();
 }

@@ -74,6 +74,20 @@ fn daemon(state: &std::path::Path, p: &Provider, extra: &str, keys: Arc<dyn Secr
     port
 }
 
+/// [`daemon`] for Bob (`support::mailbox::BOB`), who has a key and knows Alice as a verified
+/// contact: its port, Bob's key and Alice's.
+fn daemon_with_verified_alice(
+    state: &std::path::Path,
+    p: &Provider,
+    extra: &str,
+) -> (u16, Arc<AccountKey>, AccountKey) {
+    let bob = Arc::new(AccountKey::generate(support::mailbox::BOB).unwrap());
+    let alice = AccountKey::generate("alice@example.org").unwrap();
+    let alice_peer = verify(None, "alice@example.org", alice.public_key(), 0).peer().cloned().unwrap();
+    let port = daemon(state, p, extra, Arc::new(KeysAndPeers(vec![bob.clone()], vec![alice_peer])));
+    (port, bob, alice)
+}
+
 async fn connect(p: &Provider, user: &str) -> Upstream {
     let endpoint =
         Endpoint { imap: ServerUrl::parse_imap(&format!("imap://127.0.0.1:{}", p.imap_port)).unwrap(), ca_file: None };
@@ -96,6 +110,13 @@ fn message(from: &AccountKey, to: &str, subject: &str, body: &str) -> Vec<u8> {
 const ITEMS: &str = "(UID RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY BODY.PEEK[] BODY.PEEK[HEADER] BODY.PEEK[TEXT] \
 BODY.PEEK[1] BODY.PEEK[1.MIME] BODY.PEEK[2] BODY.PEEK[TEXT]<3.40> BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)] \
 BODY.PEEK[HEADER.FIELDS.NOT (SUBJECT)])";
+
+/// The whole answer of `session` to `line`: the parts it handed out, then the rest.
+async fn ask(session: &mut ViewSession, line: Vec<u8>, up: &mut impl ProviderCommands) -> Vec<u8> {
+    let mut out = ReplyOut::collect();
+    let last = session.handle(line, up, &mut out).await;
+    [out.collected(), last].concat()
+}
 
 /// `item name → value` of each FETCH response in `bytes`, by UID order.
 fn responses(bytes: &[u8]) -> Vec<Vec<(String, Vec<u8>)>> {
@@ -197,7 +218,7 @@ async fn plain_client_reads_encrypted_mail_consistently() {
         let line = format!("f UID FETCH 1:* {ITEMS}\r\n");
         assert!(session.wants_command(CommandName::Fetch, true, line.as_bytes()));
         assert!(!session.wants_command(CommandName::Fetch, true, b"f UID FETCH 1:* (UID FLAGS)\r\n"));
-        let answer = session.handle(line.into_bytes(), &mut up, &mut ReplyOut::collect()).await;
+        let answer = ask(&mut session, line.into_bytes(), &mut up).await;
         assert!(String::from_utf8_lossy(&answer).contains("\r\nf OK"), "{}", String::from_utf8_lossy(&answer));
         let got = responses(&answer);
         assert_eq!(got.len(), 3, "the three encrypted messages come from the views; the ordinary one streams");
@@ -219,8 +240,7 @@ async fn plain_client_reads_encrypted_mail_consistently() {
         let text = String::from_utf8_lossy(body);
         assert!(text.contains("could not decrypt") && text.contains("encrypted-message.eml"));
         // A non-PEEK fetch sets \Seen at the provider.
-        let answer =
-            session.handle(b"g UID FETCH 1 (FLAGS BODY[TEXT])\r\n".to_vec(), &mut up, &mut ReplyOut::collect()).await;
+        let answer = ask(&mut session, b"g UID FETCH 1 (FLAGS BODY[TEXT])\r\n".to_vec(), &mut up).await;
         assert!(String::from_utf8_lossy(&answer).contains("\\Seen"), "{}", String::from_utf8_lossy(&answer));
         // SEARCH: clear text for the encrypted ones, the provider's answer for the rest, flags
         // from the provider, any combination.
@@ -239,8 +259,7 @@ async fn plain_client_reads_encrypted_mail_consistently() {
             ("SEARCH RETURN (COUNT) OR SUBJECT multi SUBJECT ordinary", "* ESEARCH (TAG \"q\") COUNT 2\r\n"),
             ("UID SEARCH RETURN () BODY nowhere", "* ESEARCH (TAG \"q\") UID\r\n"),
         ] {
-            let answer =
-                session.handle(format!("q {program}\r\n").into_bytes(), &mut up, &mut ReplyOut::collect()).await;
+            let answer = ask(&mut session, format!("q {program}\r\n").into_bytes(), &mut up).await;
             let answer = String::from_utf8(answer).unwrap();
             assert!(answer.starts_with(expected) && answer.contains("\r\nq OK"), "{program}: {answer}");
         }
@@ -252,9 +271,7 @@ async fn plain_client_reads_encrypted_mail_consistently() {
     let views = Arc::new(Views::new(Store::open(dir.path()).unwrap(), seal, Arc::new(Keys(vec![])), DEFAULT_BUDGET));
     let mut session = ViewSession::new(views.clone(), &bob_login, Arc::new(|| true));
     assert!(!session.wants_command(CommandName::Select, false, b"s SELECT INBOX\r\n"));
-    let again = responses(
-        &session.handle(format!("f UID FETCH 1:* {ITEMS}\r\n").into_bytes(), &mut up, &mut ReplyOut::collect()).await,
-    );
+    let again = responses(&ask(&mut session, format!("f UID FETCH 1:* {ITEMS}\r\n").into_bytes(), &mut up).await);
     assert_eq!(again, served, "views survive a restart byte for byte");
     // Without room in the account's share of the memory budget, the answer is refused, not
     // held, and nothing stays charged.
@@ -402,12 +419,9 @@ fn imaptest_finds_no_inconsistency_in_views() {
 fn own_copies_are_stored_encrypted_and_views_follow_copy_and_move() {
     let p = Provider::start();
     // users[0] is alice, the peer here.
-    let bob_login = support::mailbox::BOB.to_string();
-    let bob = Arc::new(AccountKey::generate(&bob_login).unwrap());
-    let alice = AccountKey::generate("alice@example.org").unwrap();
-    let alice_peer = verify(None, "alice@example.org", alice.public_key(), 0).peer().cloned().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let port = daemon(state.path(), &p, "", Arc::new(KeysAndPeers(vec![bob.clone()], vec![alice_peer])));
+    let (port, bob, alice) = daemon_with_verified_alice(state.path(), &p, "");
+    let bob_login = bob.addr().to_string();
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openpgp_view/append.py");
     let out = std::process::Command::new("python3")
@@ -616,9 +630,233 @@ async fn a_first_fetch_of_much_encrypted_mail_agrees_with_the_next() {
     assert!(!session.wants_command(CommandName::Select, false, b"s SELECT INBOX\r\n"));
     assert!(up.run(b"SELECT INBOX\r\n", &[]).await.unwrap().ok());
     let line = b"f UID FETCH 1:* (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n";
-    let first = session.handle(line.to_vec(), &mut up, &mut ReplyOut::collect()).await;
-    let second = session.handle(line.to_vec(), &mut up, &mut ReplyOut::collect()).await;
+    let first = ask(&mut session, line.to_vec(), &mut up).await;
+    let second = ask(&mut session, line.to_vec(), &mut up).await;
     let first_text = String::from_utf8_lossy(&first);
     assert_eq!(first_text.matches("Subject: big-").count(), 24, "every one decrypted: {first_text}");
     assert_eq!(first, second, "the first answer is the one that stays");
+}
+
+/// Sends `APPEND`'s pieces as a client does with synchronizing literals: each piece but the
+/// last ends in `{n}`, and the next goes after the server's `+`. The responses up to the tagged one.
+fn append_pieces(c: &mut support::imap_client::ImapClient, tag: &str, pieces: &[Vec<u8>]) -> Vec<String> {
+    for (i, piece) in pieces.iter().enumerate() {
+        c.send_raw(piece);
+        if i + 1 < pieces.len() {
+            let go_on = c.read_line();
+            if !go_on.starts_with('+') {
+                return vec![go_on];
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    loop {
+        let line = c.read_line();
+        let done = line.starts_with(&format!("{tag} "));
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
+/// A Sent copy to a verified contact of `size` bytes, each line saying `secret line N`.
+fn big_copy(from: &str, to: &str, id: &str, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: Bob <{from}>\r\nTo: <{to}>\r\nSubject: the big one {id}\r\nDate: Sat, 5 Dec 2026 19:35:50 +0000\r\n\
+         Message-ID: <{id}@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    )
+    .into_bytes();
+    let mut n = 0;
+    while m.len() < size {
+        m.extend_from_slice(
+            format!("secret line {n} of {id}, padded to a long line of mail text ..........\r\n").as_bytes(),
+        );
+        n += 1;
+    }
+    m
+}
+
+/// APPEND of copies larger than what a session reads for an interceptor by default (1 MiB):
+/// a 5 MiB Sent copy, and a MULTIAPPEND of a small and a 5 MiB one, of a conversation with a
+/// verified contact are stored encrypted to the account (no clear text at the provider) and
+/// read back through the proxy exactly as appended (APPENDUID seeds); a copy over `[autocrypt]
+/// max_message_size` is refused and nothing is stored.
+#[test]
+fn large_own_copies_and_multiappend_are_stored_encrypted() {
+    let p = Provider::start();
+    let state = tempfile::tempdir().unwrap();
+    let (port, bob, alice) = daemon_with_verified_alice(state.path(), &p, "[autocrypt]\nmax_message_size = 8388608\n");
+    let bob_login = bob.addr().to_string();
+    let mut c = support::imap_client::ImapClient::connect(port);
+    c.set_timeout(Duration::from_secs(120));
+    c.login(&bob_login, &p.password);
+    c.command("c CREATE Sent");
+
+    let one = big_copy(&bob_login, "alice@example.org", "one", 5 << 20);
+    let started = std::time::Instant::now();
+    let head = format!("a1 APPEND Sent (\\Seen) {{{}}}\r\n", one.len()).into_bytes();
+    let lines = append_pieces(&mut c, "a1", &[head, [one.as_slice(), b"\r\n"].concat()]);
+    let status = lines.last().unwrap();
+    assert!(status.starts_with("a1 OK [APPENDUID "), "{lines:?}");
+    eprintln!("5 MiB APPEND through the proxy: {:?}", started.elapsed());
+
+    let (small, two) = (
+        big_copy(&bob_login, "alice@example.org", "small", 2000),
+        big_copy(&bob_login, "alice@example.org", "two", 5 << 20),
+    );
+    let pieces = vec![
+        format!("a2 APPEND Sent {{{}}}\r\n", small.len()).into_bytes(),
+        [small.as_slice(), format!(" (\\Seen) {{{}}}\r\n", two.len()).as_bytes()].concat(),
+        [two.as_slice(), b"\r\n"].concat(),
+    ];
+    let lines = append_pieces(&mut c, "a2", &pieces);
+    assert!(lines.last().unwrap().starts_with("a2 OK [APPENDUID "), "{lines:?}");
+
+    // Over the bound: refused, nothing goes to the provider.
+    let over = big_copy(&bob_login, "alice@example.org", "over", 9 << 20);
+    c.send_raw(format!("a3 APPEND Sent {{{}}}\r\n", over.len()).as_bytes());
+    let refused = c.read_line();
+    assert!(refused.starts_with("a3 NO [TOOBIG]"), "{refused}");
+
+    // Through the proxy: each as appended.
+    c.expect_ok("s SELECT Sent");
+    let lines = c.expect_ok("f UID FETCH 1:* (UID RFC822.SIZE BODY.PEEK[])");
+    let fetched = responses(lines.concat().as_bytes());
+    assert_eq!(fetched.len(), 3, "three copies stored");
+    for (items, sent) in fetched.iter().zip([&one, &small, &two]) {
+        let body = &items.iter().find(|(n, _)| n == "BODY[]").unwrap().1;
+        let start = body.windows(3).position(|w| w == b"}\r\n").unwrap() + 3;
+        assert!(body[start..] == sent[..], "read back as appended");
+        let size = &items.iter().find(|(n, _)| n == "RFC822.SIZE").unwrap().1;
+        assert_eq!(size, sent.len().to_string().as_bytes());
+    }
+
+    // At the provider: encrypted to the account only.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stored = runtime.block_on(stored_whole(&p, &bob_login, "Sent"));
+    assert_eq!(stored.len(), 3);
+    for bytes in &stored {
+        let bytes = bytes.as_slice();
+        let text = String::from_utf8_lossy(bytes);
+        assert!(text.contains("Content-Type: multipart/encrypted") && !text.contains("secret line"), "in clear");
+        let inner = decrypt(bytes, &bob, &NoKeys).unwrap().inner;
+        assert!(String::from_utf8_lossy(&inner).contains("secret line 1 of"));
+        assert!(decrypt(bytes, &alice, &NoKeys).is_err(), "encrypted to the account only");
+    }
+}
+
+/// Every message of `mailbox` at the provider, read in pieces (`Upstream` reads responses of
+/// at most 256 KiB).
+async fn stored_whole(p: &Provider, user: &str, mailbox: &str) -> Vec<Vec<u8>> {
+    let mut up = connect(p, user).await;
+    assert!(up.run(format!("EXAMINE {mailbox}\r\n").as_bytes(), &[]).await.unwrap().ok());
+    let reply = up.run(b"UID FETCH 1:* (UID RFC822.SIZE)\r\n", ALL).await.unwrap();
+    let mut out = Vec::new();
+    for items in responses(&reply.untagged.concat()) {
+        let value = |name: &str| -> usize {
+            String::from_utf8(items.iter().find(|(n, _)| n == name).unwrap().1.clone()).unwrap().parse().unwrap()
+        };
+        let (uid, size) = (value("UID"), value("RFC822.SIZE"));
+        let mut whole = Vec::new();
+        while whole.len() < size {
+            let line = format!("UID FETCH {uid} BODY.PEEK[]<{}.200000>\r\n", whole.len());
+            let reply = up.run(line.as_bytes(), ALL).await.unwrap();
+            let piece = responses(&reply.untagged.concat()).remove(0);
+            let body = &piece.iter().find(|(n, _)| n.starts_with("BODY[]")).unwrap().1;
+            let start = body.windows(3).position(|w| w == b"}\r\n").unwrap() + 3;
+            whole.extend_from_slice(&body[start..]);
+        }
+        out.push(whole);
+    }
+    out
+}
+
+/// Incompressible text of about `len` bytes in lines (so the encrypted message is large too).
+fn noise(len: usize, mut seed: u64) -> String {
+    let mut text = String::with_capacity(len + 100);
+    while text.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        text.push_str(&format!("{seed:016x}"));
+        if text.len() % 80 == 64 {
+            text.push_str("\r\n");
+        }
+    }
+    text
+}
+
+/// Encrypted mail larger than what the session reads for one of its own commands (4 MiB):
+/// a 5 MiB message is read in pieces and shown decrypted, byte for byte the reference render
+/// of what was delivered, with RFC822.SIZE and BODYSTRUCTURE agreeing, and the same again on
+/// the next FETCH; on disk only sealed. A message over `[autocrypt]
+/// max_message_size` is shown as a readable explanation, never as stored.
+#[test]
+fn large_encrypted_mail_is_shown_decrypted_and_stays_so() {
+    let p = Provider::start();
+    let bob_login = support::mailbox::BOB.to_string();
+    let alice = AccountKey::generate("alice@example.org").unwrap();
+    let bob = Arc::new(AccountKey::generate(&bob_login).unwrap());
+    let to_bob = vec![(bob_login.clone(), bob.public_key().clone())];
+    let opts = Options::mail(PreferEncrypt::Mutual, 0);
+    let big_text = noise(7_500_000, 0x2545_f491_4f6c_dd1d);
+    let big = message(&alice, &bob_login, "large", &format!("Content-Type: text/plain\r\n\r\n{big_text}\r\n"));
+    let big = encrypt(&big, &alice, &to_bob, &opts).unwrap();
+    assert!(big.len() > 4 << 20 && big.len() < 6 << 20, "{}", big.len());
+    let over =
+        message(&alice, &bob_login, "over", &format!("Content-Type: text/plain\r\n\r\n{}\r\n", noise(9_800_000, 7)));
+    let over = encrypt(&over, &alice, &to_bob, &opts).unwrap();
+    assert!(over.len() > 6 << 20, "{}", over.len());
+    p.deliver("alice@example.org", &bob_login, &big);
+    p.deliver("alice@example.org", &bob_login, &over);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let delivered = runtime.block_on(stored_whole(&p, &bob_login, "INBOX"));
+    let View::Decrypted { bytes: expected, .. } = render(&delivered[0], &bob) else { panic!("decrypts") };
+
+    let state = tempfile::tempdir().unwrap();
+    let extra = "[autocrypt]\nmax_message_size = 6291456\n";
+    let port = daemon(state.path(), &p, extra, Arc::new(Keys(vec![bob.clone()])));
+    let mut c = support::imap_client::ImapClient::connect(port);
+    c.set_timeout(Duration::from_secs(300));
+    c.login(&bob_login, &p.password);
+    c.expect_ok("s SELECT INBOX");
+    let started = std::time::Instant::now();
+    let first = c.expect_ok("f UID FETCH 1:* (UID RFC822.SIZE BODYSTRUCTURE BODY.PEEK[])").concat();
+    eprintln!("first FETCH of a 5 MiB encrypted message (decrypt): {:?}", started.elapsed());
+    let started = std::time::Instant::now();
+    let second = c.expect_ok("f UID FETCH 1:* (UID RFC822.SIZE BODYSTRUCTURE BODY.PEEK[])").concat();
+    eprintln!("second FETCH (from the store): {:?}", started.elapsed());
+    assert!(first == second, "the first answer is the one that stays");
+    let fetched = responses(first.as_bytes());
+    assert_eq!(fetched.len(), 2);
+    let item = |i: usize, name: &str| fetched[i].iter().find(|(n, _)| n == name).unwrap().1.clone();
+    let body = |i: usize| {
+        let body = item(i, "BODY[]");
+        let start = body.windows(3).position(|w| w == b"}\r\n").unwrap() + 3;
+        body[start..].to_vec()
+    };
+    assert!(body(0) == expected, "the 5 MiB message decrypted, as rendered from what was delivered");
+    assert_eq!(item(0, "RFC822.SIZE"), expected.len().to_string().into_bytes());
+    let structure = String::from_utf8(item(0, "BODYSTRUCTURE")).unwrap();
+    assert!(structure.starts_with("(\"text\" \"plain\""), "{structure}");
+    let explained = String::from_utf8(body(1)).unwrap();
+    assert!(explained.contains("Subject: Encrypted message too large to show"), "{explained}");
+    let size = delivered[1].len();
+    assert!(explained.contains(&format!("at {size} bytes it is larger than the 6291456 bytes")), "{explained}");
+    assert_eq!(item(1, "RFC822.SIZE"), explained.len().to_string().into_bytes());
+    // On disk: sealed, no clear text.
+    let needle = &big_text.as_bytes()[1000..1064];
+    let mut paths: Vec<std::path::PathBuf> = vec![state.path().to_path_buf()];
+    let mut files = 0;
+    while let Some(path) = paths.pop() {
+        if path.is_dir() {
+            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path.is_file() {
+            files += 1;
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "clear text in {}", path.display());
+        }
+    }
+    assert!(files > 0);
 }

@@ -1,6 +1,7 @@
 //! The decrypted view's MIME path: any inner message a sender encrypts (read by
 //! `decrypt::inspect`, composed by `view::compose`) and any outer message (the whole `render`,
-//! including the explanation of an undecryptable one). The view is CRLF-only, has exactly one
+//! including the explanation of an undecryptable one, and `too_large` for one over the
+//! bound). The view is CRLF-only, has exactly one
 //! marker field and no HP-Outer field, and the same input gives the same bytes. Any message
 //! may also be a SecureJoin handshake mail (`securejoin::notice`): its notice obeys the same. A
 //! signed inner message of a group teaches the group (`group::learn`), and a reply addressed to
@@ -59,6 +60,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(view::compose(OUTER, &decrypted), composed);
     let explained = view::explain(data, &DecryptError::NotForThisKey);
     check(&explained);
+    // Any provider header of a message over `[autocrypt] max_message_size`.
+    check(&view::too_large(data, data.len() as u64, 1000));
     let rendered = view::render(data, bob());
     if let Some(bytes) = rendered.bytes() {
         check(bytes);

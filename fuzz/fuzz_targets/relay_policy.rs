@@ -1,5 +1,6 @@
 //! The relay policy driven by any interleaving of client bytes, provider bytes, time, worker
-//! verdicts, interceptor replies and own commands: it never panics, every step covers bytes
+//! verdicts, interceptor replies and own commands (an interceptor that raises its limit per
+//! literal too): it never panics, every step covers bytes
 //! that were there, and nothing is asked of the interceptor while it is at work.
 #![no_main]
 
@@ -10,6 +11,7 @@ use coi_proxy::imap::session::policy::{Event, Policy, PolicyOptions};
 use coi_proxy::imap::session::quiet::Verdicts;
 use coi_proxy::imap::wire::command::CommandName;
 use coi_proxy::imap::wire::framing::Framer;
+use coi_proxy::imap::wire::provider::MAX_INTERCEPTED;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -52,8 +54,12 @@ fuzz_target!(|data: &[u8]| {
         if policy.deadline().is_some_and(|d| d <= now) {
             policy.tick(now);
         }
-        let wants = |name, _uid: bool, _line: &[u8]| {
-            matches!(name, CommandName::GetMetadata | CommandName::SetMetadata | CommandName::Create)
+        // METADATA up to the usual limit; APPEND up to a limit that grows with each literal
+        // line (as the decrypted view raises it for MULTIAPPEND).
+        let wants = |name, _uid: bool, line: &[u8]| match name {
+            CommandName::GetMetadata | CommandName::SetMetadata | CommandName::Create => Some(MAX_INTERCEPTED),
+            CommandName::Append => Some(200 + 8 * line.len()),
+            _ => None,
         };
         while let Some(step) = policy.client_input(&client, now, wants) {
             assert!(step.len > 0 && step.len <= client.len());

@@ -25,6 +25,11 @@ use crate::store::{Store, ViewId};
 
 /// Default memory budget of all views together.
 pub const DEFAULT_BUDGET: usize = 64 * 1024 * 1024;
+/// Default largest message handled (`[autocrypt] max_message_size`).
+pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Messages of the largest size held at once by all sessions (appended copies read whole):
+/// with [`Views::max_message`], what bounds this memory however many clients append at once.
+pub const LARGE_AT_ONCE: usize = 2;
 
 /// The account's secret keys, as the key storage holds them (issue 14 connects this), and the
 /// peers it knows (whether a conversation is encrypted, for the copies a client appends).
@@ -62,6 +67,15 @@ const KIND_FAILED: u8 = 2;
 /// A SecureJoin handshake mail, shown as a short notice.
 const KIND_NOTICE: u8 = 3;
 
+/// Whether a UID's view was decided, for callers that bound what they hold.
+#[derive(Debug, Clone)]
+pub enum Known {
+    Undecided,
+    Shown(Shown),
+    /// Decided and kept on disk; larger than the caller wanted handed out now.
+    Large,
+}
+
 /// All accounts' views.
 pub struct Views {
     store: Store,
@@ -71,6 +85,33 @@ pub struct Views {
     /// The daemon's memory budget: sessions charge the originals and views of one command to
     /// their account's share of it ([`Views::charge_to`]).
     budget: std::sync::OnceLock<Budget>,
+    /// Largest message handled ([`DEFAULT_MAX_MESSAGE`]).
+    max_message: usize,
+    /// Bytes of large messages held now ([`Held`]), at most [`LARGE_AT_ONCE`] × `max_message`.
+    held: std::sync::atomic::AtomicUsize,
+    /// Told when held bytes are given back.
+    freed: tokio::sync::Notify,
+}
+
+/// Bytes of a large message a session holds (an APPEND read whole), counted against the
+/// installation's bound until dropped.
+#[derive(Debug)]
+pub struct Held {
+    views: Arc<Views>,
+    bytes: usize,
+}
+
+impl Held {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.views.held.fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+        self.views.freed.notify_waiters();
+    }
 }
 
 impl std::fmt::Debug for Views {
@@ -101,7 +142,9 @@ impl Memory {
     }
 
     fn put(&mut self, id: ViewId, shown: Shown) {
-        if self.entries.contains_key(&id) {
+        // A view too large to share the budget with others is read from disk each time
+        // instead of pushing every other view out.
+        if self.entries.contains_key(&id) || size(&shown) > self.budget / 4 {
             return;
         }
         self.tick += 1;
@@ -133,6 +176,9 @@ impl Views {
             keys,
             memory: Mutex::new(Memory { budget, ..Memory::default() }),
             budget: std::sync::OnceLock::new(),
+            max_message: DEFAULT_MAX_MESSAGE,
+            held: Default::default(),
+            freed: Default::default(),
         }
     }
 
@@ -145,6 +191,49 @@ impl Views {
     /// `login`'s share of the memory budget, once there is one.
     pub fn share(&self, login: &str) -> Option<Share> {
         self.budget.get().map(|b| b.account(login))
+    }
+
+    /// With `max` as the largest message handled (`[autocrypt] max_message_size`).
+    pub fn with_max_message(mut self, max: usize) -> Views {
+        self.max_message = max;
+        self
+    }
+
+    /// The largest message handled.
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
+    /// Counts `bytes` (at most [`Views::max_message`]) against the bound on large messages
+    /// held at once, waiting until they fit.
+    pub async fn hold_waiting(self: &Arc<Self>, bytes: usize) -> Held {
+        let bytes = bytes.min(self.max_message);
+        loop {
+            // Made before the attempt, so a release in between is not missed.
+            let freed = self.freed.notified();
+            match self.hold(None, bytes) {
+                Ok(held) => return held,
+                Err(_) => freed.await,
+            }
+        }
+    }
+
+    /// Counts `more` bytes (added to `held`, if any) against the bound on large messages held
+    /// at once; `None` (and `held` kept as it was) when that would pass it.
+    pub fn hold(self: &Arc<Self>, held: Option<Held>, more: usize) -> Result<Held, Option<Held>> {
+        use std::sync::atomic::Ordering;
+        let bound = self.max_message.saturating_mul(LARGE_AT_ONCE);
+        let taken = self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+            now.checked_add(more).filter(|after| *after <= bound)
+        });
+        match (taken, held) {
+            (Err(_), held) => Err(held),
+            (Ok(_), Some(mut held)) => {
+                held.bytes += more;
+                Ok(held)
+            }
+            (Ok(_), None) => Ok(Held { views: self.clone(), bytes: more }),
+        }
     }
 
     /// Whether `login` has keys, i.e. whether its plain sessions get views at all.
@@ -161,8 +250,25 @@ impl Views {
     /// The view of `id` if it was decided already (memory, then disk). Blocking (a store read
     /// and an open): call off the runtime.
     pub fn known(&self, id: &ViewId) -> Option<Shown> {
+        match self.known_within(id, usize::MAX) {
+            Known::Shown(shown) => Some(shown),
+            Known::Undecided | Known::Large => None,
+        }
+    }
+
+    /// As [`Views::known`], but a view of more than `inline` bytes that is not in memory is only
+    /// said to be there ([`Known::Large`]): a caller with many such views loads one at a time.
+    pub fn known_within(&self, id: &ViewId, inline: usize) -> Known {
+        match self.known_inner(id, inline) {
+            Some(Some(shown)) => Known::Shown(shown),
+            Some(None) => Known::Large,
+            None => Known::Undecided,
+        }
+    }
+
+    fn known_inner(&self, id: &ViewId, inline: usize) -> Option<Option<Shown>> {
         if let Some(shown) = self.memory.lock().expect("views").get(id) {
-            return Some(shown);
+            return Some(Some(shown));
         }
         let sealed = match self.store.view(id) {
             Ok(sealed) => sealed?,
@@ -172,6 +278,7 @@ impl Views {
             }
         };
         let shown = match self.seal.open(&purpose(id), &sealed) {
+            Ok(plain) if plain.expose().len() > inline.saturating_add(1) => return Some(None),
             Ok(plain) => match plain.expose().split_first() {
                 Some((&KIND_ORIGINAL, _)) => Shown::Original,
                 Some((&kind, bytes)) if kind == KIND_DECRYPTED || kind == KIND_FAILED || kind == KIND_NOTICE => {
@@ -188,7 +295,7 @@ impl Views {
             }
         };
         self.memory.lock().expect("views").put(id.clone(), shown.clone());
-        Some(shown)
+        Some(Some(shown))
     }
 
     /// The view of `id`, deciding it from the provider's `original` bytes if it was not decided
@@ -218,6 +325,16 @@ impl Views {
         match self.known(id) {
             Some(shown) => shown,
             None => self.keep(id, KIND_ORIGINAL, Vec::new()),
+        }
+    }
+
+    /// Decides `id`, an encrypted message of `size` bytes over [`Views::max_message`], as the
+    /// explanation made from its outer `header` ([`view::too_large`]), unless it was decided
+    /// already. Blocking: call off the runtime.
+    pub fn too_large_blocking(&self, id: &ViewId, header: &[u8], size: u64) -> Shown {
+        match self.known(id) {
+            Some(shown) => shown,
+            None => self.keep(id, KIND_FAILED, view::too_large(header, size, self.max_message)),
         }
     }
 
@@ -442,17 +559,64 @@ mod tests {
         assert!(String::from_utf8_lossy(view.raw()).contains("could not decrypt"));
     }
 
+    /// A view too large for a quarter of the budget stays on disk only, and a caller that
+    /// bounds what it holds is told it is there without getting it.
+    #[test]
+    fn large_views_stay_on_disk_and_are_handed_out_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bob = Arc::new(AccountKey::generate("bob@example.org").unwrap());
+        let alice = AccountKey::generate("alice@example.org").unwrap();
+        let views = Views::new(store, Arc::new(SealKey::generate()), Arc::new(Keys(vec![bob.clone()])), 40_000);
+        let small = ViewId::new("bob@example.org", "INBOX", 1, 1);
+        views.view_blocking(&small, &encrypted(&alice, &bob, "short"));
+        let large = ViewId::new("bob@example.org", "INBOX", 1, 2);
+        let Shown::View { view, decrypted: true } =
+            views.view_blocking(&large, &encrypted(&alice, &bob, &"y".repeat(30_000)))
+        else {
+            panic!()
+        };
+        assert_eq!(views.memory().1, 1, "only the small one in memory");
+        assert!(matches!(views.known_within(&large, 10_000), Known::Large));
+        assert!(matches!(views.known_within(&small, 10_000), Known::Shown(Shown::View { .. })));
+        assert!(matches!(views.known_within(&ViewId::new("bob@example.org", "INBOX", 1, 3), 10), Known::Undecided));
+        let Some(Shown::View { view: again, .. }) = views.known(&large) else { panic!() };
+        assert_eq!(again.raw(), view.raw());
+    }
+
+    #[test]
+    fn large_messages_held_at_once_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let views = Arc::new(
+            Views::new(store, Arc::new(SealKey::generate()), Arc::new(Keys(vec![])), DEFAULT_BUDGET)
+                .with_max_message(1000),
+        );
+        let a = views.hold(None, 1000).unwrap();
+        let b = views.hold(None, 600).unwrap();
+        // The bound is LARGE_AT_ONCE messages of the largest size.
+        let b = views.hold(Some(b), 500).unwrap_err().expect("kept as it was");
+        assert_eq!(b.bytes(), 600);
+        let b = views.hold(Some(b), 400).unwrap();
+        assert_eq!(b.bytes(), 1000);
+        assert!(views.hold(None, 1).is_err());
+        drop(a);
+        let c = views.hold(None, 1000).unwrap();
+        drop((b, c));
+        assert!(views.hold(None, 2000).is_ok(), "all given back");
+    }
+
     #[test]
     fn memory_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let bob = Arc::new(AccountKey::generate("bob@example.org").unwrap());
         let alice = AccountKey::generate("alice@example.org").unwrap();
-        let views = Views::new(store, Arc::new(SealKey::generate()), Arc::new(Keys(vec![bob.clone()])), 20_000);
+        let views = Views::new(store, Arc::new(SealKey::generate()), Arc::new(Keys(vec![bob.clone()])), 40_000);
         let text = "x".repeat(3000);
         for uid in 1..=10 {
             views.view_blocking(&ViewId::new("bob@example.org", "INBOX", 1, uid), &encrypted(&alice, &bob, &text));
-            assert!(views.memory().0 <= 20_000);
+            assert!(views.memory().0 <= 40_000);
         }
         let (bytes, entries) = views.memory();
         assert!(entries < 10 && entries > 0, "{entries} entries, {bytes} bytes");

@@ -192,13 +192,16 @@ pub struct Options {
     /// Gossip every To/Cc recipient's key when there are at least this many recipients other
     /// than the sender (Delta Chat: 2; SecureJoin messages: 1).
     pub gossip_from: usize,
+    /// Keep the client's `Bcc` inside: only for a copy encrypted to the account alone (its own
+    /// Sent or Drafts copy), where the field reveals nothing to anyone but its writer.
+    pub keep_bcc: bool,
     /// Current time (seconds), for a missing Date and the signature time.
     pub now: i64,
 }
 
 impl Options {
     pub fn mail(prefer: PreferEncrypt, now: i64) -> Options {
-        Options { prefer, attach_key: true, sign: true, compress: true, gossip_from: 2, now }
+        Options { prefer, attach_key: true, sign: true, compress: true, gossip_from: 2, keep_bcc: false, now }
     }
 }
 
@@ -274,7 +277,9 @@ pub fn seal(message: &[u8], key: &AccountKey, target: Target<'_>, options: &Opti
     add(&mut inner, "Content-Type", &format!("{content_type}; protected-headers=\"v1\"; hp=\"cipher\""));
     let dropped =
         ["From", "Message-ID", "MIME-Version", "Content-Type", "Bcc", "Autocrypt", "Content-Transfer-Encoding"];
-    for field in fields.iter().filter(|f| !f.name.is_empty() && !dropped.iter().any(|d| f.is(d))) {
+    let own_only = options.keep_bcc && matches!(target, Target::Keys([]));
+    let kept = |f: &Field<'_>| !dropped.iter().any(|d| f.is(d)) || (own_only && f.is("Bcc"));
+    for field in fields.iter().filter(|f| !f.name.is_empty() && kept(f)) {
         inner.push_str(&lossy(&field.crlf()));
     }
     for header in &gossip {

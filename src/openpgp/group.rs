@@ -80,14 +80,25 @@ pub fn learn(d: &Decrypted, own: &str, old: Option<&Group>, received_at: i64) ->
         }
         group.updated_at = at;
     }
-    if let Some(mid) = p.message_id.as_deref().and_then(|v| crate::mail::msg_ids(v).into_iter().next())
-        && !group.message_ids.contains(&mid)
-    {
-        group.message_ids.push(mid);
-        let excess = group.message_ids.len().saturating_sub(MAX_MESSAGE_IDS);
-        group.message_ids.drain(..excess);
+    if let Some(mid) = p.message_id.as_deref() {
+        remember(&mut group, mid);
     }
     Some(group)
+}
+
+/// Adds the Message-ID in `value` (`<id>`) to the group's recent ones; whether it was new.
+/// Also for what the account itself sends to the group: a reply to that (the plain user's
+/// follow-up to their own message, a member's program that answers without Chat-Group-ID)
+/// then finds the group too.
+pub fn remember(group: &mut Group, value: &str) -> bool {
+    let Some(mid) = crate::mail::msg_ids(value).into_iter().next() else { return false };
+    if group.message_ids.contains(&mid) {
+        return false;
+    }
+    group.message_ids.push(mid);
+    let excess = group.message_ids.len().saturating_sub(MAX_MESSAGE_IDS);
+    group.message_ids.drain(..excess);
+    true
 }
 
 /// Delta Chat's group ids are URL-safe base64 (`create_id`); anything else is not written back.
@@ -234,5 +245,20 @@ mod tests {
         let (out, add) = address(all.as_bytes(), &g, "bob@example.org", &envelope);
         assert!(add.is_empty());
         assert!(String::from_utf8(out).unwrap().contains("To: alice@example.org, carol@example.org\r\n"));
+    }
+
+    #[test]
+    fn our_own_group_messages_are_remembered_within_the_bound() {
+        let mut g = team();
+        let follow_up = "From: bob@example.org\r\nIn-Reply-To: <bob-1@example.org>\r\n\r\nmore\r\n";
+        assert_eq!(of_reply(follow_up.as_bytes(), std::slice::from_ref(&g)), None);
+        assert!(remember(&mut g, "<bob-1@example.org>") && !remember(&mut g, " <bob-1@example.org> "));
+        assert!(!remember(&mut g, "no id here"));
+        assert_eq!(of_reply(follow_up.as_bytes(), std::slice::from_ref(&g)), Some(&g));
+        for i in 0..MAX_MESSAGE_IDS {
+            remember(&mut g, &format!("<n{i}@example.org>"));
+        }
+        assert_eq!(g.message_ids.len(), MAX_MESSAGE_IDS);
+        assert_eq!(g.message_ids.last().map(String::as_str), Some("n199@example.org"), "oldest go first");
     }
 }

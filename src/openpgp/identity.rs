@@ -358,6 +358,24 @@ impl Identity {
         Ok(())
     }
 
+    /// Remembers `message_id` (`<id>`), a message the account sent to the group `id`, so that
+    /// replies to it find the group. Blocking (a store commit).
+    pub fn remember_sent(&self, login: &str, id: &str, message_id: &str) -> Result<(), IdentityError> {
+        self.claim(login);
+        let Some(mut group) = self.store.group(login, id)?.map(|b| decode::<Group>(login, &b)).transpose()? else {
+            return Ok(());
+        };
+        if !super::group::remember(&mut group, message_id) {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&group)
+            .map_err(|e| IdentityError::Corrupt { login: login.into(), reason: e.to_string() })?;
+        // As every change of the group: shared with the other instances (`[cluster]`).
+        self.publish(login, OpenPgpEntry::Group(group.id.clone()), Some(bytes.clone()))?;
+        self.store.put_group(login, &group.id, bytes).wait()?;
+        Ok(())
+    }
+
     /// The handshakes in progress, by id.
     pub fn joins(&self, login: &str) -> Result<Vec<(String, Joining)>, IdentityError> {
         self.claim(login);

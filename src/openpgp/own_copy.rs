@@ -7,7 +7,8 @@
 //! another address, a message already encrypted or with its own Autocrypt header, mail to
 //! recipients without keys, a draft with no recipient yet) is stored as the client sent it.
 //!
-//! The recipients are the header's `To`, `Cc` and `Bcc` (the copy has no envelope). Sans-I/O
+//! The recipients are the header's `To`, `Cc` and `Bcc` (the copy has no envelope); `Bcc` is
+//! kept inside the copy (it is encrypted to the account alone), so the view shows it. Sans-I/O
 //! and CPU-bound (encryption): callers on the runtime use `spawn_blocking`.
 
 use super::autocrypt::PreferEncrypt;
@@ -60,7 +61,11 @@ pub fn own_copy(
     let view: Vec<(&str, Option<&Peer>)> = peers.iter().map(|(a, p)| (a.as_str(), p.as_ref())).collect();
     match decide(&view) {
         Decision::Encrypt(_) | Decision::Refuse { .. } => {
-            seal(message, key, Target::Keys(&[]), &Options::mail(PreferEncrypt::Mutual, now)).map(Some)
+            // Encrypted to the account alone: its Bcc stays, so a view decided from this copy
+            // (no APPENDUID seed: a provider without UIDPLUS, a copy found by another device)
+            // shows what the client wrote.
+            let options = Options { keep_bcc: true, ..Options::mail(PreferEncrypt::Mutual, now) };
+            seal(message, key, Target::Keys(&[]), &options).map(Some)
         }
         Decision::Clear { .. } => Ok(None),
     }
@@ -97,6 +102,31 @@ mod tests {
         // A verified contact with someone who has no key: never sent in clear, so kept encrypted.
         let mixed = draft("bob@example.org", "alice@example.org, dave@example.org");
         assert!(own_copy(&mixed, &bob, &known, 0).unwrap().is_some());
+    }
+
+    /// A copy stored without an APPENDUID seed is shown from its decryption: its Bcc is there.
+    #[test]
+    fn the_copy_keeps_bcc_for_its_view_and_mail_to_others_does_not() {
+        let bob = AccountKey::generate("bob@example.org").unwrap();
+        let alice = AccountKey::generate("alice@example.org").unwrap();
+        let alice_peer = verify(None, "alice@example.org", alice.public_key(), 0).peer().cloned().unwrap();
+        let known = |addr: &str| (addr == "alice@example.org").then(|| alice_peer.clone());
+        let sent = String::from_utf8(draft("bob@example.org", "alice@example.org"))
+            .unwrap()
+            .replace("Subject:", "Bcc: Alice Two <alice@example.org>\r\nSubject:");
+        let copy = own_copy(sent.as_bytes(), &bob, &known, 0).unwrap().unwrap();
+        assert!(!String::from_utf8_lossy(&copy).contains("Bcc"), "not outside");
+        let crate::openpgp::view::View::Decrypted { bytes, .. } = crate::openpgp::view::render(&copy, &bob) else {
+            panic!("the account reads its copy")
+        };
+        let header = mime::split(&bytes).0;
+        assert_eq!(mime::first_value(header, "Bcc").as_deref(), Some("Alice Two <alice@example.org>"));
+        // Mail encrypted to others never carries it, even asked to.
+        let to = [("alice@example.org".to_string(), alice.public_key().clone())];
+        let options = Options { keep_bcc: true, ..Options::mail(PreferEncrypt::Mutual, 0) };
+        let out = seal(sent.as_bytes(), &bob, Target::Keys(&to), &options).unwrap();
+        let inner = decrypt(&out, &alice, &NoKeys).unwrap().inner;
+        assert!(mime::first_value(mime::split(&inner).0, "Bcc").is_none());
     }
 
     #[test]

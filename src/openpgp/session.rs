@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use super::cache::{Shown, Views};
+use super::cache::{Held, Known, Shown, Views};
+use super::encrypt::EncryptError;
 use crate::imap::wire::command::{self, Arg, CommandName, Head};
 use crate::imap::wire::fetch::{self, Item, Items};
 use crate::imap::wire::message::MessageView;
@@ -32,10 +33,10 @@ use crate::store::ViewId;
 pub const DROPPED_CAPABILITIES: &[&str] =
     &["-BINARY", "-PREVIEW", "-SNIPPET", "-SORT", "-THREAD", "-CATENATE", "-URLAUTH"];
 
-/// Largest original read for a view, and most bytes of originals read by one command: the
-/// session captures at most 4 MiB of the answer to one of its own commands. A larger
-/// encrypted message is shown as stored, always.
-const MAX_ORIGINAL: u64 = 3 * 1024 * 1024;
+/// Most bytes of originals read by one command (the session captures at most 4 MiB of the
+/// answer to one of its own commands): smaller originals are read several at a time, a larger
+/// one alone in pieces of this size (`BODY.PEEK[]<offset.size>`), up to
+/// [`Views::max_message`]; a larger one is shown as an explanation.
 const ORIGINALS_BATCH: u64 = 2 * 1024 * 1024;
 /// Charges to the memory budget grow in steps of this many bytes.
 const CHARGE_STEP: usize = 256 * 1024;
@@ -57,6 +58,10 @@ pub struct ViewSession {
     selecting: std::sync::Mutex<Option<Option<String>>>,
     /// The session's hook for `\Seen` set by the client (read receipts, the worker's nudge).
     seen_changed: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// An APPEND being read whole: its bytes so far (literals and their lines), and what of
+    /// them counts against the bound on large messages ([`Views::hold`]). Boxed: every
+    /// session task carries this struct, idle or not.
+    appending: Box<std::sync::Mutex<(usize, Option<Held>)>>,
 }
 
 impl ViewSession {
@@ -68,6 +73,7 @@ impl ViewSession {
             selected: None,
             selecting: Default::default(),
             seen_changed: None,
+            appending: Default::default(),
         }
     }
 
@@ -101,7 +107,7 @@ impl ViewSession {
         Ok(self.selected.clone())
     }
 
-    async fn fetch(&mut self, rest: &[u8], provider: &mut impl ProviderCommands) -> Reply {
+    async fn fetch(&mut self, rest: &[u8], provider: &mut impl ProviderCommands, reply_out: &mut ReplyOut) -> Reply {
         let Some(request) = FetchRequest::parse(rest) else { return relay(rest, provider).await };
         let (mailbox, uidvalidity) = match self.selected(provider).await {
             Ok(Some(selected)) => selected,
@@ -186,18 +192,13 @@ impl ViewSession {
             }
             Err(e) => return failed(&e),
         };
-        let mut originals = Vec::new();
-        for ((number, uid, items), shown) in messages.iter().zip(views) {
-            match shown {
-                Shown::View { view, .. } => out.extend(compose(*number, request.uid, &request.items, items, &view)),
-                Shown::Original => originals.push(if request.uid { *uid } else { *number }),
-            }
-            if let Some(charge) = charge.as_mut()
-                && let Err(e) = charge.cover(charge.bytes().max(out.len()), CHARGE_STEP)
-            {
-                return failed(&ProviderError::Connection(Box::new(e)));
-            }
-        }
+        let originals: Vec<u32> = messages
+            .iter()
+            .zip(&views)
+            .filter(|(_, d)| matches!(d, Decided::Shown(Shown::Original)))
+            .map(|((number, uid, _), _)| if request.uid { *uid } else { *number })
+            .collect();
+        // The provider's last command for this FETCH: its answer streams to the client.
         if !originals.is_empty() {
             let line = format!("{command} {} {}\r\n", uid_set(&originals), request.items_text);
             if let Err(e) = provider.run(line.as_bytes(), &[]).await {
@@ -208,6 +209,21 @@ impl ViewSession {
         // from them.
         if seen_set && let Some(seen_changed) = &self.seen_changed {
             seen_changed();
+        }
+        // The answers from the views, in parts the client takes one after the other: a large
+        // view is loaded when its turn comes, so the command holds one at a time.
+        for ((number, _, items), decided) in messages.iter().zip(views) {
+            if let Some(Shown::View { view, .. }) = decided.load(&self.views).await {
+                out.extend(compose(*number, request.uid, &request.items, items, &view));
+            }
+            if let Some(charge) = charge.as_mut()
+                && let Err(e) = charge.cover(charge.bytes().max(out.len()), CHARGE_STEP)
+            {
+                return failed(&ProviderError::Connection(Box::new(e)));
+            }
+            if out.len() >= PART {
+                reply_out.send(std::mem::take(&mut out)).await;
+            }
         }
         let status = status.unwrap_or(reply).status;
         Reply { untagged: vec![out], status }
@@ -305,8 +321,9 @@ impl ViewSession {
         };
         let encrypted: Vec<u32> = messages.iter().map(|(n, _, _)| *n).collect();
         let mut found: Vec<u32> = by_provider.iter().copied().filter(|n| !encrypted.contains(n)).collect();
-        for (&n, shown) in encrypted.iter().zip(&views) {
-            let hit = match shown {
+        for (&n, decided) in encrypted.iter().zip(views) {
+            let Some(shown) = decided.load(&self.views).await else { continue };
+            let hit = match &shown {
                 Shown::View { view, .. } => {
                     let clear = super::search::Clear::new(view);
                     program.matches(&clear, &|key| keys.iter().any(|(k, ns)| k == key && ns.contains(&n)))
@@ -332,43 +349,73 @@ impl ViewSession {
         Reply { untagged, status: answer.status }
     }
 
-    /// APPEND of one message: a copy of an encrypted conversation is stored encrypted to the
-    /// account and its new UID shows the client's clear text; anything else goes as it came.
-    async fn append(&mut self, rest: &[u8], provider: &mut impl ProviderCommands) -> Reply {
-        let Some(append) = AppendRequest::parse(rest) else { return relay(rest, provider).await };
-        let (views, login, clear) = (self.views.clone(), self.login.clone(), append.message.to_vec());
-        let decided = tokio::task::spawn_blocking(move || {
-            let copy = views.own_copy_blocking(&login, &clear);
-            (copy, clear)
+    /// APPEND (and MULTIAPPEND): each copy of an encrypted conversation is stored encrypted to
+    /// the account and its new UID shows the client's clear text; anything else goes as it
+    /// came. The encryption runs off the runtime; nothing of the command reaches the provider
+    /// unless every copy that needs it was encrypted.
+    async fn append(&mut self, command: Vec<u8>, provider: &mut impl ProviderCommands) -> Reply {
+        if AppendRequest::parse(rest_of(&command)).is_none() {
+            return relay(rest_of(&command), provider).await;
+        }
+        let (views, login) = (self.views.clone(), self.login.clone());
+        let made = tokio::task::spawn_blocking(move || {
+            let append = AppendRequest::parse(rest_of(&command)).expect("parsed before");
+            let mut line = Vec::new();
+            // The clear text of each message stored encrypted, for its view.
+            let mut seeds: Vec<Option<Vec<u8>>> = Vec::new();
+            for (head, message) in &append.messages {
+                let stored = match views.own_copy_blocking(&login, message)? {
+                    Some(encrypted) => {
+                        seeds.push(Some(message.to_vec()));
+                        encrypted
+                    }
+                    None => {
+                        seeds.push(None);
+                        message.to_vec()
+                    }
+                };
+                line.extend_from_slice(head);
+                line.extend_from_slice(format!("{{{}}}\r\n", stored.len()).as_bytes());
+                line.extend_from_slice(&stored);
+            }
+            line.extend_from_slice(b"\r\n");
+            let mailbox = append.mailbox;
+            // Only when nothing was encrypted is the command needed again, as it came.
+            let command = seeds.iter().all(Option::is_none).then_some(command);
+            Ok::<_, EncryptError>((mailbox, line, seeds, command))
         })
         .await;
-        let (copy, clear) = match decided {
-            Ok(done) => done,
-            Err(e) => return failed(&ProviderError::Connection(Box::new(e))),
-        };
-        let encrypted = match copy {
-            Ok(Some(encrypted)) => encrypted,
-            Ok(None) => return relay(rest, provider).await,
-            Err(e) => {
+        let (mailbox, line, seeds) = match made {
+            Ok(Ok((_, _, _, Some(command)))) => return relay(rest_of(&command), provider).await,
+            Ok(Ok((mailbox, line, seeds, None))) => (mailbox, line, seeds),
+            Ok(Err(e)) => {
                 // Never the clear text of an encrypted conversation at the provider.
                 warn!("cannot encrypt an appended copy: {e}");
                 let status =
                     format!("NO [CANNOT] coi-proxy could not encrypt this copy of an encrypted conversation: {e}\r\n");
                 return Reply { untagged: Vec::new(), status: status.into_bytes() };
             }
+            Err(e) => return failed(&ProviderError::Connection(Box::new(e))),
         };
-        let mut line = append.head.to_vec();
-        line.extend_from_slice(format!("{{{}}}\r\n", encrypted.len()).as_bytes());
-        line.extend_from_slice(&encrypted);
-        line.extend_from_slice(b"\r\n");
         let reply = match provider.run(&line, &[]).await {
             Ok(reply) => reply,
             Err(e) => return failed(&e),
         };
-        debug!(status = %reply.status_text(), "appended copy stored encrypted to the account");
-        if let Some((uidvalidity, uid)) = appenduid(&reply.status).filter(|_| reply.ok()) {
-            let (views, id) = (self.views.clone(), ViewId::new(&self.login, &append.mailbox, uidvalidity, uid));
-            if let Err(e) = tokio::task::spawn_blocking(move || views.seed_blocking(&id, clear)).await {
+        drop(line);
+        debug!(status = %reply.status_text(), messages = seeds.len(), "appended copies stored encrypted to the account");
+        // APPENDUID names the new UIDs in the order of the messages (RFC 4315).
+        let uids = appenduid(&reply.status).filter(|(_, uids)| reply.ok() && uids.len() == seeds.len());
+        if let Some((uidvalidity, uids)) = uids {
+            let (views, login) = (self.views.clone(), self.login.clone());
+            let seeded = tokio::task::spawn_blocking(move || {
+                for (uid, clear) in uids.into_iter().zip(seeds) {
+                    if let Some(clear) = clear {
+                        views.seed_blocking(&ViewId::new(&login, &mailbox, uidvalidity, uid), clear);
+                    }
+                }
+            })
+            .await;
+            if let Err(e) = seeded {
                 warn!("cannot keep the view of an appended copy: {e}");
             }
         }
@@ -420,7 +467,7 @@ impl ViewSession {
         messages: &[(u32, u32, Items)],
         by_uid: bool,
         provider: &mut impl ProviderCommands,
-    ) -> Result<(Vec<Shown>, Vec<Vec<u8>>, Option<Charge>), ProviderError> {
+    ) -> Result<(Vec<Decided>, Vec<Vec<u8>>, Option<Charge>), ProviderError> {
         // The originals read, and the views composed from them, are charged to the account's
         // share of the memory budget (`Views::charge_to`); the share is looked up here rather
         // than kept, since every session task carries its interceptors.
@@ -429,8 +476,8 @@ impl ViewSession {
             messages.iter().map(|(_, uid, _)| ViewId::new(&self.login, mailbox, uidvalidity, *uid)).collect();
         let views = self.views.clone();
         let lookup = ids.clone();
-        let known: Vec<Option<Shown>> =
-            tokio::task::spawn_blocking(move || lookup.iter().map(|id| views.known(id)).collect())
+        let known: Vec<Known> =
+            tokio::task::spawn_blocking(move || lookup.iter().map(|id| views.known_within(id, INLINE)).collect())
                 .await
                 .map_err(|e| ProviderError::Connection(Box::new(e)))?;
         // In the client command's numbering: a UID command while the client waits for a FETCH or
@@ -438,21 +485,25 @@ impl ViewSession {
         let missing: Vec<u32> = messages
             .iter()
             .zip(&known)
-            .filter(|(_, k)| k.is_none())
+            .filter(|(_, k)| matches!(k, Known::Undecided))
             .map(|((number, uid, _), _)| if by_uid { *uid } else { *number })
             .collect();
         let mut originals: Vec<(u32, Vec<u8>)> = Vec::new();
         // Untagged responses that are not about these messages (EXISTS, EXPUNGE) go on.
         let mut passthrough = Vec::new();
-        // Too large to read for a view: shown as stored, for good.
-        let mut too_large: Vec<u32> = Vec::new();
+        // Read alone, in pieces: (number in the command's numbering, UID, size).
+        let mut large: Vec<(u32, u32, u64)> = Vec::new();
+        // Over the bound: explained from their header (UID, size, header).
+        let mut too_large: Vec<(u32, u64, Vec<u8>)> = Vec::new();
         if !missing.is_empty() {
             let command = if by_uid { "UID FETCH" } else { "FETCH" };
+            let max = self.views.max_message() as u64;
             // Their sizes first: the originals are read in batches the session can capture whole.
             let line = format!("{command} {} (UID RFC822.SIZE)\r\n", uid_set(&missing));
             let reply = provider.run(line.as_bytes(), FETCHES).await?;
             let mut batches: Vec<Vec<u32>> = vec![Vec::new()];
             let mut batch_bytes = 0u64;
+            let mut over: Vec<(u32, u64)> = Vec::new();
             for resp in &reply.untagged {
                 let Some((number, items)) = fetch::parse_response(resp) else {
                     passthrough.push(resp.clone());
@@ -465,9 +516,14 @@ impl ViewSession {
                         .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
                 };
                 let (Some(uid), Some(size)) = (value("UID"), value("RFC822.SIZE")) else { continue };
-                let key = if by_uid { uid as u32 } else { number };
-                if size > MAX_ORIGINAL {
-                    too_large.push(uid as u32);
+                let Ok(uid) = u32::try_from(uid) else { continue };
+                let key = if by_uid { uid } else { number };
+                if size > max {
+                    over.push((key, size));
+                    continue;
+                }
+                if size > ORIGINALS_BATCH {
+                    large.push((key, uid, size));
                     continue;
                 }
                 if batch_bytes + size > ORIGINALS_BATCH && !batches.last().is_some_and(Vec::is_empty) {
@@ -481,48 +537,110 @@ impl ViewSession {
                 let line = format!("{command} {} (UID BODY.PEEK[])\r\n", uid_set(batch));
                 let reply = provider.run(line.as_bytes(), FETCHES).await?;
                 for resp in &reply.untagged {
-                    let Some((_, items)) = fetch::parse_response(resp) else {
-                        passthrough.push(resp.clone());
-                        continue;
-                    };
-                    let uid = items
-                        .iter()
-                        .find(|(n, _)| n == "UID")
-                        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
-                    let body = items.iter().find(|(n, _)| n == "BODY[]").and_then(|(_, v)| literal_or_string(v));
-                    if let (Some(uid), Some(body)) = (uid, body) {
-                        if let Some(charge) = charge.as_mut() {
-                            charge.grow(body.len()).map_err(|e| ProviderError::Connection(Box::new(e)))?;
+                    match body_of(resp, "BODY[]") {
+                        Some((uid, body)) => {
+                            if let Some(charge) = charge.as_mut() {
+                                charge.grow(body.len()).map_err(|e| ProviderError::Connection(Box::new(e)))?;
+                            }
+                            originals.push((uid, body));
                         }
-                        originals.push((uid, body));
+                        None => passthrough.push(resp.clone()),
                     }
                 }
             }
+            if !over.is_empty() {
+                let keys: Vec<u32> = over.iter().map(|(k, _)| *k).collect();
+                let line = format!("{command} {} (UID RFC822.SIZE BODY.PEEK[HEADER])\r\n", uid_set(&keys));
+                let reply = provider.run(line.as_bytes(), FETCHES).await?;
+                for resp in &reply.untagged {
+                    let Some((uid, header)) = body_of(resp, "BODY[HEADER]") else {
+                        passthrough.push(resp.clone());
+                        continue;
+                    };
+                    let size = fetch::parse_response(resp).and_then(|(_, items)| {
+                        let (_, v) = items.iter().find(|(n, _)| n == "RFC822.SIZE")?;
+                        std::str::from_utf8(v).ok()?.parse().ok()
+                    });
+                    too_large.push((uid, size.unwrap_or_default(), header));
+                }
+            }
+        }
+        let mut decided_large: Vec<(u32, Decided)> = Vec::new();
+        for (key, uid, size) in large {
+            // A few at a time across all sessions: each is read whole and decrypted in memory.
+            let held = self.views.hold_waiting(size as usize).await;
+            let command = if by_uid { "UID FETCH" } else { "FETCH" };
+            let mut whole = Vec::with_capacity(size as usize);
+            loop {
+                let line = format!("{command} {key} (UID BODY.PEEK[]<{}.{ORIGINALS_BATCH}>)\r\n", whole.len());
+                let reply = provider.run(line.as_bytes(), FETCHES).await?;
+                let mut piece = None;
+                for resp in &reply.untagged {
+                    match body_of(resp, "BODY[]<") {
+                        Some((_, bytes)) => piece = Some(bytes),
+                        None => passthrough.push(resp.clone()),
+                    }
+                }
+                let Some(piece) = piece else { break };
+                let end = piece.len() < ORIGINALS_BATCH as usize;
+                whole.extend_from_slice(&piece);
+                if end || whole.len() as u64 > size.max(self.views.max_message() as u64) {
+                    break;
+                }
+            }
+            if whole.is_empty() {
+                continue; // Expunged meanwhile: decided when asked again.
+            }
+            let (views, id) = (self.views.clone(), ViewId::new(&self.login, mailbox, uidvalidity, uid));
+            let kept = id.clone();
+            let shown = tokio::task::spawn_blocking(move || views.views_blocking(vec![(id, Some(whole))]))
+                .await
+                .map_err(|e| ProviderError::Connection(Box::new(e)))?;
+            drop(held);
+            decided_large.extend(shown.into_iter().map(|s| (uid, Decided::of(s, &kept))));
         }
         let views = self.views.clone();
-        let decided = tokio::task::spawn_blocking(move || {
-            for id in ids.iter().filter(|id| too_large.contains(&id.uid)) {
-                views.original_blocking(id);
+        let done: Vec<u32> = decided_large.iter().map(|(uid, _)| *uid).collect();
+        let known_before = known.clone();
+        let rest = tokio::task::spawn_blocking(move || {
+            for (uid, size, header) in &too_large {
+                if let Some(id) = ids.iter().find(|id| id.uid == *uid) {
+                    views.too_large_blocking(id, header, *size);
+                }
             }
             let mut originals = originals;
-            let messages = ids
+            // The undecided ones (not read alone above), each with its original (none if
+            // expunged meanwhile).
+            let messages: Vec<_> = ids
                 .into_iter()
-                .zip(known)
-                .map(|(id, known)| {
-                    // Known ones need no original; the others take theirs (if not expunged meanwhile).
-                    let original = match known {
-                        Some(_) => None,
-                        None => {
-                            originals.iter().position(|(uid, _)| *uid == id.uid).map(|at| originals.swap_remove(at).1)
-                        }
-                    };
+                .zip(&known)
+                .filter(|(id, known)| matches!(known, Known::Undecided) && !done.contains(&id.uid))
+                .map(|(id, _)| {
+                    let original =
+                        originals.iter().position(|(uid, _)| *uid == id.uid).map(|at| originals.swap_remove(at).1);
                     (id, original)
                 })
                 .collect();
-            views.views_blocking(messages)
+            let ids: Vec<ViewId> = messages.iter().map(|(id, _)| id.clone()).collect();
+            let shown = views.views_blocking(messages);
+            shown.into_iter().zip(&ids).map(|(s, id)| Decided::of(s, id)).collect::<Vec<_>>()
         })
         .await
         .map_err(|e| ProviderError::Connection(Box::new(e)))?;
+        // In the order of `messages`: those known before, those read alone, the others.
+        let mut rest = rest.into_iter();
+        let decided = messages
+            .iter()
+            .zip(known_before)
+            .map(|((_, uid, _), known)| match known {
+                Known::Shown(shown) => Decided::Shown(shown),
+                Known::Large => Decided::Large(ViewId::new(&self.login, mailbox, uidvalidity, *uid)),
+                Known::Undecided => match decided_large.iter().position(|(u, _)| u == uid) {
+                    Some(at) => decided_large.swap_remove(at).1,
+                    None => rest.next().unwrap_or(Decided::Shown(Shown::Original)),
+                },
+            })
+            .collect();
         Ok((decided, passthrough, charge))
     }
 }
@@ -555,10 +673,9 @@ impl Interceptor for ViewSession {
             }
             CommandName::Search => self.has_mailbox(),
             CommandName::Copy | CommandName::Move => self.has_mailbox(),
-            // Up to what a session hands an interceptor; a larger copy goes as it came.
-            CommandName::Append => {
-                !uid && AppendRequest::literal_len(line).is_some_and(|n| n + line.len() + 2 <= MAX_INTERCEPTED)
-            }
+            // Every APPEND with a literal, up to `collect_limit`: a larger one is refused rather
+            // than stored in clear.
+            CommandName::Append => !uid && AppendRequest::literal_len(line).is_some(),
             CommandName::Fetch => {
                 self.has_mailbox()
                     && FetchRequest::parse(rest_of(line)).is_some_and(|r| r.items.iter().any(Item::is_content))
@@ -567,19 +684,56 @@ impl Interceptor for ViewSession {
         }
     }
 
-    async fn handle<P: ProviderCommands>(
-        &mut self,
-        command: Vec<u8>,
-        provider: &mut P,
-        _out: &mut ReplyOut,
-    ) -> Vec<u8> {
+    /// An APPEND is read whole up to [`Views::max_message`] per message; over
+    /// [`MAX_INTERCEPTED`] in all, its bytes count against the installation's bound on large
+    /// messages held at once (called for its first line and again for each further literal).
+    fn collect_limit(&self, name: CommandName, _uid: bool, line: &[u8]) -> usize {
+        if name != CommandName::Append {
+            return MAX_INTERCEPTED;
+        }
+        let mut appending = self.appending.lock().expect("appending");
+        if Head::parse(line).is_some_and(|h| h.name == CommandName::Append) {
+            *appending = (0, None);
+        }
+        let (so_far, held) = &mut *appending;
+        let limit = |so_far: usize| so_far.max(MAX_INTERCEPTED);
+        let Some(len) = AppendRequest::literal_len(line) else { return limit(*so_far) };
+        if len > self.views.max_message() {
+            return limit(*so_far);
+        }
+        let wanted = *so_far + line.len() + len + 2;
+        if wanted <= MAX_INTERCEPTED {
+            *so_far = wanted;
+            return MAX_INTERCEPTED;
+        }
+        let more = wanted - held.as_ref().map_or(0, Held::bytes);
+        match self.views.hold(held.take(), more) {
+            Ok(now) => {
+                *held = Some(now);
+                *so_far = wanted;
+                wanted
+            }
+            Err(before) => {
+                debug!(bytes = wanted, "too many large messages appended at once; this one is refused");
+                *held = before;
+                limit(*so_far)
+            }
+        }
+    }
+
+    async fn handle<P: ProviderCommands>(&mut self, command: Vec<u8>, provider: &mut P, out: &mut ReplyOut) -> Vec<u8> {
         let Some(head) = Head::parse(&command) else { return b"* BAD Invalid command\r\n".to_vec() };
         let tag = String::from_utf8_lossy(head.tag).into_owned();
         let rest = rest_of(&command);
         let reply = match head.name {
             CommandName::Search => self.search(&tag, rest, provider).await,
-            CommandName::Fetch => self.fetch(rest, provider).await,
-            CommandName::Append => self.append(rest, provider).await,
+            CommandName::Fetch => self.fetch(rest, provider, out).await,
+            CommandName::Append => {
+                let reply = self.append(command, provider).await;
+                // What it held is free again.
+                *self.appending.lock().expect("appending") = (0, None);
+                reply
+            }
             CommandName::Copy => self.copy(rest, false, provider).await,
             CommandName::Move => self.copy(rest, true, provider).await,
             _ => relay(rest, provider).await,
@@ -587,6 +741,46 @@ impl Interceptor for ViewSession {
         let mut out: Vec<u8> = reply.untagged.concat();
         out.extend(reply.for_client(&tag));
         out
+    }
+}
+
+/// Composed FETCH answers are handed to the client in parts of about this size.
+const PART: usize = 256 * 1024;
+
+/// Views larger than this that are not in memory are loaded one at a time, as a FETCH answer
+/// or a SEARCH gets to them, so a command over many large messages holds one at a time.
+const INLINE: usize = 4 * 1024 * 1024;
+
+/// What a UID shows, for one command.
+enum Decided {
+    Shown(Shown),
+    /// A view over [`INLINE`] bytes, kept on disk; loaded when its turn comes.
+    Large(ViewId),
+}
+
+impl Decided {
+    fn of(shown: Shown, id: &ViewId) -> Decided {
+        match &shown {
+            Shown::View { view, .. } if view.size() > INLINE => Decided::Large(id.clone()),
+            _ => Decided::Shown(shown),
+        }
+    }
+
+    /// The view, loaded if it is a large one (off the runtime); `None` if it went missing
+    /// from the store (logged).
+    async fn load(self, views: &Arc<Views>) -> Option<Shown> {
+        match self {
+            Decided::Shown(shown) => Some(shown),
+            Decided::Large(id) => {
+                let views = views.clone();
+                let uid = id.uid;
+                let shown = tokio::task::spawn_blocking(move || views.known(&id)).await.ok().flatten();
+                if shown.is_none() {
+                    warn!(uid, "a kept view could not be read back");
+                }
+                shown
+            }
+        }
     }
 }
 
@@ -671,33 +865,40 @@ fn esearch(tag: &str, uid: bool, options: &[String], found: &[u32]) -> String {
     line + "\r\n"
 }
 
-/// An APPEND of one message, parsed from the command after its tag.
+/// An APPEND (or MULTIAPPEND, RFC 3502), parsed from the command after its tag.
 struct AppendRequest<'a> {
-    /// `APPEND mailbox [flags] [date] ` (everything before the literal).
-    head: &'a [u8],
     /// The mailbox as a view names it.
     mailbox: String,
-    message: &'a [u8],
+    /// Each message and what precedes its literal: `APPEND mailbox [flags] [date] ` for the
+    /// first, ` [flags] [date] ` for the others.
+    messages: Vec<(&'a [u8], &'a [u8])>,
 }
 
 impl<'a> AppendRequest<'a> {
-    /// `None` for anything but one message in one literal (MULTIAPPEND, CATENATE, a mailbox
-    /// name or message sent otherwise): such commands go to the provider as they came.
+    /// `None` for anything but messages each in one literal (CATENATE, a mailbox name or
+    /// message sent otherwise): such commands go to the provider as they came.
     fn parse(rest: &'a [u8]) -> Option<AppendRequest<'a>> {
-        let eol = memchr::memmem::find(rest, b"\r\n")?;
-        let line = &rest[..eol + 2];
-        let len = Self::literal_len(line)?;
-        let open = line.iter().rposition(|&b| b == b'{')?;
-        let message = rest.get(eol + 2..eol + 2 + len)?;
-        if rest.get(eol + 2 + len..)? != b"\r\n" {
-            return None;
+        let mut messages = Vec::new();
+        let mut at = 0;
+        loop {
+            let eol = at + memchr::memmem::find(rest.get(at..)?, b"\r\n")?;
+            let line = &rest[at..eol + 2];
+            let len = Self::literal_len(line)?;
+            let open = line.iter().rposition(|&b| b == b'{')?;
+            let message = rest.get(eol + 2..(eol + 2).checked_add(len)?)?;
+            messages.push((&line[..open], message));
+            at = eol + 2 + len;
+            if rest.get(at..)? == b"\r\n" {
+                break;
+            }
         }
-        let parsed = command::parse(&[b"x ", rest].concat()).ok()?;
+        let (first, _) = messages.first()?;
+        let parsed = command::parse(&[b"x ", first.trim_ascii_end(), b"\r\n"].concat()).ok()?;
         if parsed.kind != CommandName::Append || parsed.uid {
             return None;
         }
         let mailbox = mailbox_name(parsed.args.first()?.astring()?);
-        Some(AppendRequest { head: &line[..open], mailbox, message })
+        Some(AppendRequest { mailbox, messages })
     }
 
     /// The size of the literal the first line of an APPEND ends with (`{n}` or `{n+}`; not a
@@ -757,6 +958,15 @@ fn compose(
     out.extend(parts.join(&b' '));
     out.extend_from_slice(b")\r\n");
     out
+}
+
+/// The UID and the bytes of the item whose name starts with `item` (`BODY[]`, `BODY[]<` for a
+/// partial) of a FETCH response.
+fn body_of(resp: &[u8], item: &str) -> Option<(u32, Vec<u8>)> {
+    let (_, items) = fetch::parse_response(resp)?;
+    let uid = items.iter().find(|(n, _)| n == "UID").and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())?;
+    let body = items.iter().find(|(n, _)| n.starts_with(item)).and_then(|(_, v)| literal_or_string(v))?;
+    Some((uid, body))
 }
 
 /// The bytes of a literal or quoted string value.
@@ -837,10 +1047,14 @@ mod tests {
     #[test]
     fn append_requests() {
         let a = AppendRequest::parse(b"APPEND Sent (\\Seen) {5}\r\nhello\r\n").unwrap();
-        assert_eq!((a.head, a.mailbox.as_str(), a.message), (&b"APPEND Sent (\\Seen) "[..], "Sent", &b"hello"[..]));
+        assert_eq!((a.mailbox.as_str(), a.messages), ("Sent", vec![(&b"APPEND Sent (\\Seen) "[..], &b"hello"[..])]));
         let a = AppendRequest::parse(b"APPEND \"inbox\" {2+}\r\nhi\r\n").unwrap();
-        assert_eq!((a.mailbox.as_str(), a.message), ("INBOX", &b"hi"[..]));
-        assert!(AppendRequest::parse(b"APPEND Sent {5}\r\nhello {2}\r\nhi\r\n").is_none(), "MULTIAPPEND");
+        assert_eq!((a.mailbox.as_str(), a.messages[0].1), ("INBOX", &b"hi"[..]));
+        let multi = AppendRequest::parse(b"APPEND Sent {5}\r\nhello (\\Seen) {2+}\r\nhi\r\n").unwrap();
+        assert_eq!(multi.messages, vec![(&b"APPEND Sent "[..], &b"hello"[..]), (&b" (\\Seen) "[..], &b"hi"[..])]);
+        assert!(AppendRequest::parse(b"APPEND Sent {5}\r\nhello {2}\r\nhi").is_none(), "short");
+        assert!(AppendRequest::parse(b"APPEND Sent {5}\r\nhello junk\r\n").is_none());
+        assert!(AppendRequest::parse(b"APPEND Sent {99999999}\r\nhello\r\n").is_none());
         assert!(AppendRequest::parse(b"APPEND Sent {5}\r\nhel").is_none(), "short");
         assert!(AppendRequest::parse(b"APPEND Sent ~{5}\r\nhello\r\n").is_none(), "binary literal");
         assert!(AppendRequest::parse(b"APPEND Sent CATENATE (TEXT {5}\r\nhello)\r\n").is_none());

@@ -186,6 +186,42 @@ pub fn explain(message: &[u8], error: &DecryptError) -> Vec<u8> {
     out
 }
 
+/// The view of an encrypted message larger than the proxy decrypts for mail programs
+/// (`[autocrypt] max_message_size`), from its outer `header` (the provider's) and `size`: a
+/// short text saying so, under the outer header's fields. The original is not attached (it
+/// would have to be read whole, which is what the bound prevents); it stays at the provider
+/// unchanged, where a chat client or an OpenPGP program reads it.
+pub fn too_large(header: &[u8], size: u64, max: usize) -> Vec<u8> {
+    let header = mime::normalize_crlf(header);
+    let mut out = marker("failed; reason=too-large");
+    let skip = ["Content-Type", "Content-Transfer-Encoding", "MIME-Version", "Content-Disposition", MARKER, "HP-Outer"];
+    let mut subject_written = false;
+    for field in
+        mime::fields(mime::split(&header).0).iter().filter(|f| !f.name.is_empty() && !skip.iter().any(|s| f.is(s)))
+    {
+        if field.is("Subject") && matches!(field.value().as_str(), "" | "[...]") {
+            continue;
+        }
+        subject_written |= field.is("Subject");
+        out.extend_from_slice(&field.crlf());
+    }
+    if !subject_written {
+        out.extend_from_slice(b"Subject: Encrypted message too large to show\r\n");
+    }
+    out.extend_from_slice(
+        format!(
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"utf-8\"\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+             This message is encrypted, and at {size} bytes it is larger than the {max} bytes\r\n\
+             coi-proxy decrypts for mail programs ([autocrypt] max_message_size).\r\n\r\n\
+             It is kept unchanged at your provider: Delta Chat or another OpenPGP program with\r\n\
+             this account's key reads it (coi-proxy key export --secret), or your administrator\r\n\
+             can raise the limit for messages that arrive from now on.\r\n"
+        )
+        .as_bytes(),
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +230,21 @@ mod tests {
 
     fn header_names(bytes: &[u8]) -> Vec<String> {
         mime::fields(mime::split(bytes).0).into_iter().map(|f| f.name).collect()
+    }
+
+    #[test]
+    fn a_message_over_the_bound_is_explained() {
+        let header = b"Received: from x\r\nFrom: <alice@example.org>\r\nSubject: [...]\r\nDate: Sat, 5 Dec 2026 19:35:50 +0000\r\n\
+                       Content-Type: multipart/encrypted; boundary=b\r\n\r\n";
+        let view = too_large(header, 70_000_000, 64 << 20);
+        let parsed = MessageParser::new().parse(&view).unwrap();
+        assert_eq!(parsed.subject(), Some("Encrypted message too large to show"));
+        assert_eq!(parsed.from().unwrap().first().unwrap().address(), Some("alice@example.org"));
+        assert!(parsed.body_text(0).unwrap().contains("at 70000000 bytes it is larger than the 67108864 bytes"));
+        assert_eq!(mime::first_value(mime::split(&view).0, MARKER).as_deref(), Some("failed; reason=too-large"));
+        assert_eq!(header_names(&view)[..2], [MARKER, "Received"]);
+        let named = too_large(b"Subject: Holiday photos\r\n\r\n", 1, 0);
+        assert_eq!(MessageParser::new().parse(&named).unwrap().subject(), Some("Holiday photos"));
     }
 
     #[test]

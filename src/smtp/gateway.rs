@@ -95,6 +95,14 @@ pub async fn outgoing(ctx: &Smtp, sub: &mut Submission, body: &mut Body) -> Resu
             match prepare(&addressed, &key, &all, &known, PreferEncrypt::Mutual, now) {
                 Ok(Prepared::Encrypted { message }) => {
                     debug!(group = %group.id, added = to_add.len(), "OpenPGP gateway: a reply to a Delta Chat group");
+                    // Its Message-ID (the client's, or the one made for it: the outer one is
+                    // the inner one) is the group's from now on.
+                    let header = crate::openpgp::mime::split(&message).0;
+                    if let Some(id) = crate::openpgp::mime::first_value(header, "Message-ID")
+                        && let Err(e) = identity.remember_sent(&login, &group.id, &id)
+                    {
+                        warn!("OpenPGP gateway: cannot remember a group message's Message-ID: {e}");
+                    }
                     prepared = Some(Ok(Prepared::Encrypted { message }));
                     added = to_add;
                 }

@@ -287,7 +287,10 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             return false;
         }
         let (policy, interceptor) = (&mut self.policy, &self.interceptor);
-        let wants = |name, uid, line: &[u8]| interceptor.as_deref().is_some_and(|i| i.wants_command(name, uid, line));
+        let wants = |name, uid, line: &[u8]| {
+            let i = interceptor.as_deref()?;
+            i.wants_command(name, uid, line).then(|| i.collect_limit(name, uid, line))
+        };
         let now = Instant::now();
         frame(&mut self.client_buf, &mut self.to_provider, |buf| {
             let step = policy.client_input(buf, now, wants)?;

@@ -106,6 +106,13 @@ pub trait Interceptor: Send {
         !uid && self.wants(name)
     }
 
+    /// The most bytes of the command starting with `line` (one this interceptor wants) that it
+    /// takes whole; a larger one is refused (`NO [TOOBIG]`). [`MAX_INTERCEPTED`] unless it says
+    /// more (the decrypted view takes appended messages up to its own bound).
+    fn collect_limit(&self, _name: CommandName, _uid: bool, _line: &[u8]) -> usize {
+        MAX_INTERCEPTED
+    }
+
     /// Handles one whole command; returns the response for the client, or its last part when
     /// the earlier parts went to `out` (a long response, written as the client reads it).
     fn handle<P: ProviderCommands>(
@@ -187,6 +194,14 @@ impl<A: Interceptor, B: Interceptor> Interceptor for Both<A, B> {
 
     fn wants_command(&self, name: CommandName, uid: bool, line: &[u8]) -> bool {
         self.0.wants_command(name, uid, line) || self.1.wants_command(name, uid, line)
+    }
+
+    fn collect_limit(&self, name: CommandName, uid: bool, line: &[u8]) -> usize {
+        if self.0.wants_command(name, uid, line) {
+            self.0.collect_limit(name, uid, line)
+        } else {
+            self.1.collect_limit(name, uid, line)
+        }
     }
 
     async fn handle<P: ProviderCommands>(&mut self, command: Vec<u8>, provider: &mut P, out: &mut ReplyOut) -> Vec<u8> {

@@ -103,15 +103,15 @@ pub fn copyuid(responses: &[&[u8]]) -> Option<(u32, Vec<(u32, u32)>)> {
     })
 }
 
-/// The destination UIDVALIDITY and UID of an `OK [APPENDUID …]` code (RFC 4315) for one
-/// appended message.
-pub fn appenduid(status: &[u8]) -> Option<(u32, u32)> {
+/// The destination UIDVALIDITY and UIDs of an `OK [APPENDUID …]` code (RFC 4315), in the
+/// order of the appended messages (one for APPEND, a set for MULTIAPPEND).
+pub fn appenduid(status: &[u8]) -> Option<(u32, Vec<u32>)> {
     let text = String::from_utf8_lossy(status);
     let at = text.to_ascii_uppercase().find("[APPENDUID ")?;
     let mut words = text[at + 11..].split(']').next()?.split_whitespace();
     let uidvalidity = words.next()?.parse().ok()?;
-    let uid = words.next()?.parse().ok()?;
-    words.next().is_none().then_some((uidvalidity, uid))
+    let uids = expand(words.next()?)?;
+    words.next().is_none().then_some((uidvalidity, uids))
 }
 
 /// `1:3,7` → `[1, 2, 3, 7]`, bounded.
@@ -176,9 +176,10 @@ mod tests {
         assert_eq!(copyuid(&[b"OK Done\r\n"]), None);
         assert_eq!(copyuid(&[b"OK [COPYUID 7 1:2 1] Done\r\n"]), None, "sizes differ");
         assert_eq!(copyuid(&[b"OK [COPYUID 7 1:4000000000 1:4000000000] x\r\n"]), None, "bounded");
-        assert_eq!(appenduid(b"OK [APPENDUID 1700000000 12] Append completed.\r\n"), Some((1700000000, 12)));
-        assert_eq!(appenduid(b"OK [appenduid 7 3] done\r\n"), Some((7, 3)));
-        assert_eq!(appenduid(b"OK [APPENDUID 7 3:4] two messages\r\n"), None);
+        assert_eq!(appenduid(b"OK [APPENDUID 1700000000 12] Append completed.\r\n"), Some((1700000000, vec![12])));
+        assert_eq!(appenduid(b"OK [appenduid 7 3] done\r\n"), Some((7, vec![3])));
+        assert_eq!(appenduid(b"OK [APPENDUID 7 3:4,9] three messages\r\n"), Some((7, vec![3, 4, 9])));
+        assert_eq!(appenduid(b"OK [APPENDUID 7 3:x] odd\r\n"), None);
         assert_eq!(appenduid(b"OK Append completed.\r\n"), None);
     }
 }

@@ -54,6 +54,7 @@ fn options(now: i64, attach_and_sign: bool) -> Options {
         sign: attach_and_sign,
         compress: false,
         gossip_from: 1,
+        keep_bcc: false,
         now,
     }
 }

@@ -8,11 +8,12 @@
 use std::time::Instant;
 
 use super::settle::Look;
-use super::{
-    Answer, CHARGE_STEP, Compression, EmulatedIdle, Event, Keep, MAX_INTERCEPTED, Mode, Policy, tagged_or_untagged,
-};
+use super::{Answer, CHARGE_STEP, Compression, EmulatedIdle, Event, Keep, Mode, Policy, tagged_or_untagged};
 use crate::imap::wire::command::{self, CommandName, Head};
 use crate::imap::wire::framing::{Fragment, Literal};
+
+/// Whether the interceptor takes a command (name, `UID`, a line of it) and up to how many bytes.
+type Wants<'a> = dyn Fn(CommandName, bool, &[u8]) -> Option<usize> + 'a;
 
 impl Policy {
     pub(super) fn client_fragment(
@@ -20,13 +21,13 @@ impl Policy {
         fragment: Fragment,
         bytes: &[u8],
         now: Instant,
-        wants: &dyn Fn(CommandName, bool, &[u8]) -> bool,
+        wants: &Wants<'_>,
     ) -> Keep {
         match fragment {
             Fragment::Line { first, literal, .. } => self.client_line(first, literal, bytes, now, wants),
             Fragment::LiteralData { .. } => match &mut self.current.mode {
                 Mode::Discard => Keep::Discard,
-                Mode::Collect(command) => {
+                Mode::Collect { command, .. } => {
                     command.extend_from_slice(bytes);
                     Keep::Collect
                 }
@@ -57,7 +58,7 @@ impl Policy {
         literal: Option<Literal>,
         bytes: &[u8],
         now: Instant,
-        wants: &dyn Fn(CommandName, bool, &[u8]) -> bool,
+        wants: &Wants<'_>,
     ) -> Keep {
         if first {
             if let Some(keep) = self.emulated_idle_line(literal, bytes, now) {
@@ -72,17 +73,27 @@ impl Policy {
                 }
                 Keep::Discard
             }
-            Mode::Collect(_) => self.collect_line(literal, bytes),
+            Mode::Collect { .. } => self.collect_line(first, literal, bytes, wants),
             Mode::Relay => self.relay_line(first, literal, bytes, now),
         }
     }
 
-    /// A line of a command for the interceptor: kept until the command is whole, within
-    /// [`MAX_INTERCEPTED`].
-    fn collect_line(&mut self, literal: Option<Literal>, bytes: &[u8]) -> Keep {
-        let Mode::Collect(command) = &mut self.current.mode else { return Keep::Discard };
-        let too_big =
-            literal.is_some_and(|l| l.len > MAX_INTERCEPTED as u64) || command.len() + bytes.len() > MAX_INTERCEPTED;
+    /// A line of a command for the interceptor: kept until the command is whole, within the
+    /// interceptor's limit for it
+    /// ([`MAX_INTERCEPTED`](crate::imap::wire::provider::MAX_INTERCEPTED) unless it said more)
+    /// and within the memory budget.
+    fn collect_line(&mut self, first: bool, literal: Option<Literal>, bytes: &[u8], wants: &Wants<'_>) -> Keep {
+        let name = self.current.name;
+        let Mode::Collect { command, limit, uid } = &mut self.current.mode else { return Keep::Discard };
+        // A further literal (MULTIAPPEND): the interceptor may take more.
+        if !first
+            && literal.is_some()
+            && let Some(more) = name.and_then(|name| wants(name, *uid, bytes))
+        {
+            *limit = (*limit).max(more);
+        }
+        let limit = *limit;
+        let too_big = literal.is_some_and(|l| l.len > limit as u64) || command.len() + bytes.len() > limit;
         // The command so far and the literal it announces are charged before they are read.
         let needed = command.len() + bytes.len() + literal.map_or(0, |l| l.len as usize);
         let refused = match self.collect_charge.as_mut() {
@@ -106,7 +117,7 @@ impl Policy {
             self.answer(&self.current.tag.clone(), &text);
             return Keep::Discard;
         }
-        let Mode::Collect(command) = &mut self.current.mode else { return Keep::Discard };
+        let Mode::Collect { command, .. } = &mut self.current.mode else { return Keep::Discard };
         command.extend_from_slice(bytes);
         match literal {
             None => {
@@ -191,13 +202,7 @@ impl Policy {
 
     /// A new command starts with `line`: what is to become of it, and what it tells about
     /// the session (IDLE running, INBOX selected, the quiet INBOX in force).
-    fn command_start(
-        &mut self,
-        line: &[u8],
-        literal: Option<Literal>,
-        now: Instant,
-        wants: &dyn Fn(CommandName, bool, &[u8]) -> bool,
-    ) {
+    fn command_start(&mut self, line: &[u8], literal: Option<Literal>, now: Instant, wants: &Wants<'_>) {
         self.current.mode = Mode::Relay;
         self.current.forwarded = false;
         // The head is read once per command; later steps use what `current` keeps of it.
@@ -211,7 +216,8 @@ impl Policy {
             }
             return;
         };
-        let intercepted = wants(head.name, head.uid, line);
+        let collect = wants(head.name, head.uid, line);
+        let intercepted = collect.is_some();
         if head.is(CommandName::Idle) {
             self.commands.idle = Some(head.tag.to_vec());
             self.commands.idle_done = false;
@@ -233,8 +239,8 @@ impl Policy {
             self.answer(head.tag, refusal);
             return;
         }
-        if intercepted {
-            self.current.mode = Mode::Collect(Vec::new());
+        if let Some(limit) = collect {
+            self.current.mode = Mode::Collect { command: Vec::new(), limit, uid: head.uid };
             return;
         }
         // Under `active`, a plain client's commands in INBOX, and those that count INBOX's

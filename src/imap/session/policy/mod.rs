@@ -46,7 +46,6 @@ use crate::imap::wire::framing::{Fragment, Framer};
 use own::Own;
 use settle::{Look, Next};
 
-use crate::imap::wire::provider::MAX_INTERCEPTED;
 use crate::limits::budget::{Charge, Exceeded, Share};
 /// Charges to the memory budget grow in steps of this many bytes.
 const CHARGE_STEP: usize = 64 * 1024;
@@ -216,8 +215,13 @@ enum Mode {
     Relay,
     /// Refused: dropped up to its end.
     Discard,
-    /// Read whole for the interceptor.
-    Collect(Vec<u8>),
+    /// Read whole for the interceptor, up to the limit it gave (bytes; it may raise it for each
+    /// further literal of the command).
+    Collect {
+        command: Vec<u8>,
+        limit: usize,
+        uid: bool,
+    },
 }
 
 /// The client command being framed.
@@ -358,12 +362,13 @@ impl Policy {
 
     /// Frames the next client fragment at the front of `buf` and decides its fate; `None` when
     /// more bytes are needed or client commands must wait (see [`Policy::reading_client`]).
-    /// `wants` says whether the interceptor handles a command (name, `UID`, first line).
+    /// `wants` says whether the interceptor handles a command (name, `UID`, first line): the
+    /// most bytes it takes it whole (`None`: relayed).
     pub fn client_input(
         &mut self,
         buf: &[u8],
         now: Instant,
-        wants: impl Fn(CommandName, bool, &[u8]) -> bool,
+        wants: impl Fn(CommandName, bool, &[u8]) -> Option<usize>,
     ) -> Option<Step> {
         if !self.reading_client() || (self.waiting_for_done() && !starts_with_done(buf)) {
             return None;

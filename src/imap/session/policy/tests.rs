@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::imap::session::quiet::HOLD;
+use crate::imap::wire::provider::MAX_INTERCEPTED;
 
 const AUTOLOGOUT: Duration = Duration::from_secs(1800);
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(300);
@@ -40,6 +41,8 @@ struct Session {
     /// Each fragment's fate, for the tests that look closer.
     steps: Vec<(Vec<u8>, Keep)>,
     wants: fn(CommandName) -> bool,
+    /// The interceptor's limit for a line of a command it wants.
+    limit: fn(&[u8]) -> usize,
 }
 
 impl Session {
@@ -57,6 +60,7 @@ impl Session {
             events: Vec::new(),
             steps: Vec::new(),
             wants: |_| false,
+            limit: |_| MAX_INTERCEPTED,
         }
     }
 
@@ -113,10 +117,10 @@ impl Session {
                 self.provider.extend(bytes);
                 progress = true;
             }
-            let wants = self.wants;
-            while let Some(step) =
-                self.policy.client_input(&self.from_client, self.now, |n, uid, _: &[u8]| !uid && wants(n))
-            {
+            let (wants, limit) = (self.wants, self.limit);
+            while let Some(step) = self.policy.client_input(&self.from_client, self.now, |n, uid, line: &[u8]| {
+                (!uid && wants(n)).then(|| limit(line))
+            }) {
                 let bytes: Vec<u8> = self.from_client.drain(..step.len).collect();
                 if step.keep == Keep::Forward {
                     self.provider.extend(&bytes);
@@ -622,6 +626,28 @@ fn an_oversized_intercepted_command_is_refused() {
     assert!(String::from_utf8_lossy(&s.client).ends_with("m NO [TOOBIG] Command too large\r\n"));
     assert!(s.events().is_empty());
     assert_eq!(s.client_sends(b"n NOOP\r\n"), "n NOOP\r\n");
+}
+
+/// The interceptor's own limit (the decrypted view's for appended messages), raised for each
+/// further literal (MULTIAPPEND) as it says.
+#[test]
+fn an_interceptor_may_take_more_and_more_per_literal() {
+    let mut s = Session::new(options());
+    s.wants = |n| n == CommandName::Append;
+    // 2000 for the first line, 2000 more for each further literal.
+    s.limit = |line| if line.starts_with(b"a ") { 2000 } else { 4000 };
+    let one = "x".repeat(1500);
+    s.client_sends(format!("a APPEND Sent {{1500}}\r\n{one} {{1500}}\r\n{one}\r\n").as_bytes());
+    let expected = format!("a APPEND Sent {{1500}}\r\n{one} {{1500}}\r\n{one}\r\n").into_bytes();
+    assert_eq!(s.events(), vec![Event::Intercept(expected)]);
+    s.policy.interceptor_reply(b"a OK\r\n".to_vec(), s.now);
+    // Past what it said: refused, nothing collected or relayed.
+    let mut s = Session::new(options());
+    s.wants = |n| n == CommandName::Append;
+    s.limit = |_| 2000;
+    assert_eq!(s.client_sends(b"b APPEND Sent {2500}\r\n"), "");
+    assert!(String::from_utf8_lossy(&s.client).ends_with("b NO [TOOBIG] Command too large\r\n"));
+    assert!(s.events().is_empty());
 }
 
 #[test]
