@@ -294,7 +294,10 @@ fn idle_client_is_woken(kind: Kind) {
         woken - delivered,
         if kind == Kind::Imap4d {
             let missed = proxy.log().contains("NOOP missed new mail");
-            format!("; the two deliveries {} whole seconds apart, the provider's NOOP missed it: {missed}", delivered_in - first_in)
+            format!(
+                "; the two deliveries {} whole seconds apart, the provider's NOOP missed it: {missed}",
+                delivered_in - first_in
+            )
         } else {
             String::new()
         }

@@ -18,6 +18,7 @@
 //! provider's responses; it says which command to run next and what to tell the client.
 
 use super::CommandName;
+use crate::imap::session::quiet::{Kind, numbered};
 use crate::imap::wire::command::{self, Arg};
 
 /// The untagged responses each step reads.
@@ -104,8 +105,8 @@ impl Rescan {
             (None, None) => return,
         };
         match numbered(line) {
-            Some((n, b"EXISTS")) => target.exists = Some(n),
-            Some((_, b"EXPUNGE")) => target.exists = target.exists.map(|e| e.saturating_sub(1)),
+            Some((n, Kind::Exists)) => target.exists = Some(n),
+            Some((_, Kind::Expunge)) => target.exists = target.exists.map(|e| e.saturating_sub(1)),
             _ => {}
         }
     }
@@ -139,7 +140,7 @@ impl Rescan {
                 }
             }
             Some(Step::Reselect { recent, .. }) => {
-                if let Some((n, b"RECENT")) = numbered(response) {
+                if let Some((n, Kind::Recent)) = numbered(response) {
                     *recent = Some(n);
                 }
             }
@@ -232,15 +233,6 @@ fn selected(name: CommandName, line: &[u8]) -> Option<Selected> {
     }
     let verb: &[u8] = if name == CommandName::Examine { b"EXAMINE " } else { b"SELECT " };
     Some(Selected { select: [verb, &mailbox[..]].concat(), mailbox, exists: None })
-}
-
-/// `* <n> WORD`, the word upper-cased.
-fn numbered(line: &[u8]) -> Option<(u32, &'static [u8])> {
-    let rest = line.strip_prefix(b"* ")?;
-    let sp = rest.iter().position(|&b| b == b' ')?;
-    let n = std::str::from_utf8(&rest[..sp]).ok()?.parse().ok()?;
-    let word = rest[sp + 1..].split(|&b| b == b' ' || b == b'\r' || b == b'\n').next()?;
-    [b"EXISTS" as &[u8], b"EXPUNGE", b"RECENT"].into_iter().find(|w| word.eq_ignore_ascii_case(w)).map(|w| (n, w))
 }
 
 /// MESSAGES of a `* STATUS mailbox (MESSAGES n ...)` line.
@@ -396,7 +388,5 @@ mod tests {
         assert_eq!(search_uids(b"* SEARCH\r\n"), Some(vec![]));
         assert_eq!(search_uids(b"* SEARCH 2 10\r\n"), Some(vec![2, 10]));
         assert_eq!(search_uids(b"* SEARCH 2 x\r\n"), None);
-        assert_eq!(numbered(b"* 7 exists\r\n"), Some((7, b"EXISTS" as &[u8])));
-        assert_eq!(numbered(b"* 7 FETCH (FLAGS ())\r\n"), None);
     }
 }
