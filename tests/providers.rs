@@ -313,6 +313,44 @@ fn idle_client_is_woken(kind: Kind) {
     }
 }
 
+/// imap4d's NOOP misses another session's EXPUNGE as it misses new mail (the Maildir
+/// directory's mtime does not move; measured directly): the IDLE the proxy serves tells it, by
+/// the number the client knows, within a poll interval, and the client's view stays right.
+#[test]
+fn idle_client_hears_another_sessions_expunge_imap4d() {
+    let p = AnyProvider::start(Kind::Imap4d);
+    let proxy = proxy_for(&p);
+    for id in ["one", "two", "three"] {
+        p.deliver("bob@example.org", "alice@example.org", &mail_message(&format!("{id}@example.org")));
+    }
+    let mut c = login(&proxy, "alice@example.org");
+    let r = c.expect_ok("s SELECT INBOX");
+    assert!(r.contains(&"* 3 EXISTS\r\n".to_owned()), "{r:?}");
+    c.send_raw(b"i IDLE\r\n");
+    assert!(c.read_line().starts_with("+ "));
+    let mut d = direct(&p, "alice@example.org");
+    d.expect_ok("s SELECT INBOX");
+    d.expect_ok("st STORE 2 +FLAGS (\\Deleted)");
+    d.expect_ok("x EXPUNGE");
+    let expunged = Instant::now();
+    let mut told = None;
+    while let Some(line) = c.line_within(allowed(Kind::Imap4d) + Duration::from_secs(5)) {
+        assert!(!line.contains("EXISTS"), "nothing came: {line}");
+        if line == "* 2 EXPUNGE\r\n" {
+            told = Some(expunged.elapsed());
+            break;
+        }
+    }
+    let told = told.unwrap_or_else(|| c.fail("the IDLE client never heard of the expunge"));
+    eprintln!("imap4d: another session's EXPUNGE told to the IDLE client {told:?} after it");
+    assert!(told < allowed(Kind::Imap4d), "told after {told:?}");
+    c.send_raw(b"DONE\r\n");
+    assert!(c.read_line().starts_with("i OK"));
+    let f = c.expect_ok("f FETCH 1:* (BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])").join("");
+    assert!(f.contains("one@example.org") && f.contains("three@example.org") && !f.contains("two@"), "{f}");
+    assert!(f.contains("* 2 FETCH") && !f.contains("* 3 FETCH"), "{f}");
+}
+
 fn capabilities_are_clean(kind: Kind) {
     let p = AnyProvider::start(kind);
     let proxy = proxy_for(&p);

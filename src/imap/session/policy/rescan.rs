@@ -6,8 +6,9 @@
 //! delivered in the same second as the scan is never reported by NOOP, until some later change
 //! in another second. STATUS opens the mailbox afresh and counts it right. So where the
 //! profile says NOOP may miss mail, each poll of the emulated IDLE also asks
-//! `STATUS <mailbox> (MESSAGES)`; when the provider holds more messages than it told the
-//! session, the session selects the mailbox again (the way the client did: SELECT or EXAMINE)
+//! `STATUS <mailbox> (MESSAGES)`; when the provider holds another number of messages than it
+//! told the session (more: mail NOOP missed; fewer: another session's EXPUNGE it missed), the
+//! session selects the mailbox again (the way the client did: SELECT or EXAMINE)
 //! between two `UID SEARCH ALL`, and the client hears the difference as IDLE would have told
 //! it: an EXPUNGE for each message gone, then EXISTS and RECENT. Nothing else of the
 //! re-selection reaches the client (no FLAGS, no UIDVALIDITY: imap4d renews that one on a
@@ -158,7 +159,9 @@ impl Rescan {
         let known = selected.exists.unwrap_or(0);
         match step {
             Step::Status { messages } => match messages {
-                Some(m) if ok && m > known => {
+                // More: mail NOOP missed; fewer: EXPUNGEs it missed (imap4d does not see another
+                // session's expunge either until the directory's mtime moves on).
+                Some(m) if ok && m != known => {
                     self.step = Some(Step::Before { uids: None });
                     Next::Run(b"UID SEARCH ALL\r\n".to_vec(), CAPTURE_SEARCH)
                 }
@@ -299,6 +302,19 @@ mod tests {
         r.start();
         r.untagged(b"* STATUS INBOX (MESSAGES 4)\r\n");
         assert_eq!(r.done(true), Next::Done);
+    }
+
+    #[test]
+    fn an_expunge_noop_missed_is_told_too() {
+        let mut r = selected_inbox();
+        r.start();
+        r.untagged(b"* STATUS INBOX (MESSAGES 2)\r\n");
+        assert_eq!(run(r.done(true)), b"UID SEARCH ALL\r\n");
+        r.untagged(b"* SEARCH 1 5 6\r\n");
+        r.done(true);
+        r.done(true);
+        r.untagged(b"* SEARCH 1 6\r\n");
+        assert_eq!(r.done(true), Next::Tell(vec![b"* 2 EXPUNGE\r\n".to_vec()]), "no EXISTS: the count is as told");
     }
 
     #[test]
