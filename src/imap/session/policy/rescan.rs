@@ -13,7 +13,11 @@
 //! it: an EXPUNGE for each message gone, then EXISTS and RECENT. Nothing else of the
 //! re-selection reaches the client (no FLAGS, no UIDVALIDITY: imap4d renews that one on a
 //! rescan while the UIDs stay), and what the session changed persists (imap4d writes a
-//! mailbox's flags when it is closed, `\Deleted` included; measured).
+//! mailbox's flags when it is closed, `\Deleted` included; measured). The NOOP just before it
+//! took whatever the session had to say. What is not told: flags other sessions changed
+//! (imap4d reports them only at a rescan of its own, comparing with what it last told; a
+//! re-selection starts that comparison afresh, so such a change made before it is never
+//! reported to this session; a client sees it at its next SELECT).
 //!
 //! Sans-I/O: the policy tells it the client's SELECT/EXAMINE, CLOSE and UNSELECT and the
 //! provider's responses; it says which command to run next and what to tell the client.
