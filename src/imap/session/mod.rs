@@ -202,6 +202,7 @@ impl Session {
             // the polls also count with STATUS
             rescan: !profile.noop_sees_new_mail,
             compress: true,
+            memory: Some(self.shared.memory.account(&account.login)),
         };
         let webpush = crate::push::entries::Entries::new(self.shared.clone(), account.clone());
         let views = self.views_for(&account.login).map(|views| {

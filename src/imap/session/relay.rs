@@ -56,6 +56,8 @@ pub struct RelayOptions {
     pub rescan: bool,
     /// Serve the client's `COMPRESS DEFLATE`.
     pub compress: bool,
+    /// The account's share of the memory budget (what the policy reads whole is charged to it).
+    pub memory: Option<crate::limits::budget::Share>,
 }
 
 /// What the quiet INBOX needs: whether it applies now, the worker's verdicts, and a way to wake
@@ -186,6 +188,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             rescan: opts.rescan,
             quiet: opts.quiet.map(|q| q.active),
             compress: opts.compress,
+            memory: opts.memory,
         };
         let mut policy = Policy::new(policy_opts, client.framer, upstream.framer, initial, Instant::now());
         let shutting_down = *shutdown.borrow();
