@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         provider_timeout: Duration::from_secs(300),
         extra_capabilities: vec!["COI"],
         emulate_idle: (setup & 1 == 1).then_some(Duration::from_secs(10)),
+        rescan: setup & 16 == 16,
         quiet: (setup & 2 == 2).then(|| Arc::new(move || setup & 4 == 4) as Arc<dyn Fn() -> bool + Send + Sync>),
         compress: setup & 8 == 8,
     };

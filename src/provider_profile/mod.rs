@@ -137,6 +137,13 @@ pub struct ProviderProfile {
     /// became UID 3 under SELECT, and `UID COPY 2` was then BAD). There the worker watches
     /// INBOX SELECTed, at the cost of the `\Recent` flags.
     pub examine_uids_stable: bool,
+    /// Whether NOOP reports every message delivered since the session last looked. Not on
+    /// imap4d: it rescans a Maildir for a session only when the directory's mtime changed, in
+    /// whole seconds, since that session's last scan, so a message delivered in the same
+    /// second is not reported (measured: 3 deliveries in 10 directly). There the IDLE the
+    /// proxy serves also counts with STATUS and selects the mailbox again when it must
+    /// (`imap::session::policy::rescan`).
+    pub noop_sees_new_mail: bool,
     /// Post-login capabilities the proxy must not pass on, beyond those it never passes
     /// (STARTTLS, LOGINDISABLED, AUTH=, COMPRESS=: see imap::wire::capability).
     pub strip: Vec<&'static str>,
@@ -182,6 +189,7 @@ impl ProviderProfile {
             labels: has("X-GM-EXT-1") || server == Server::Gmail,
             limits: limits(server),
             examine_uids_stable: server != Server::Imap4d,
+            noop_sees_new_mail: server != Server::Imap4d,
             strip,
         }
     }
@@ -320,9 +328,10 @@ mod tests {
         let imap4d = ProviderProfile::decide(&Facts { greeting: "* OK IMAP4rev1\r\n", ..Facts::default() });
         assert_eq!(imap4d.server, Server::Imap4d);
         assert!(!imap4d.examine_uids_stable);
-        assert!(
-            ProviderProfile::decide(&Facts { greeting: "* OK Dovecot ready.", ..Facts::default() }).examine_uids_stable
-        );
+        assert!(!imap4d.noop_sees_new_mail);
+        let dovecot = ProviderProfile::decide(&Facts { greeting: "* OK Dovecot ready.", ..Facts::default() });
+        assert!(dovecot.examine_uids_stable);
+        assert!(dovecot.noop_sees_new_mail);
         assert_eq!(decide("gmail.com.example.org"), Server::Other);
     }
 }

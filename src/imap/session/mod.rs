@@ -198,6 +198,9 @@ impl Session {
             // imap4d not before DONE), the proxy serves IDLE by polling.
             emulate_idle: (profile.idle != IdleMode::Push)
                 .then(|| Duration::from_secs(self.shared.config().coi.poll_secs.max(1))),
+            // and where NOOP misses mail that came in the second of the last look (imap4d),
+            // the polls also count with STATUS
+            rescan: !profile.noop_sees_new_mail,
             compress: true,
             memory: Some(self.shared.memory.account(&account.login)),
         };

@@ -241,8 +241,9 @@ impl Quiet {
     }
 }
 
+/// What a numbered untagged response says (`policy::rescan` follows a mailbox's count too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Exists,
     Expunge,
     Recent,
@@ -250,7 +251,7 @@ enum Kind {
 }
 
 /// `* <n> EXISTS|EXPUNGE|RECENT|FETCH`.
-fn numbered(line: &[u8]) -> Option<(u32, Kind)> {
+pub(super) fn numbered(line: &[u8]) -> Option<(u32, Kind)> {
     let rest = line.strip_prefix(b"* ")?;
     let sp = rest.iter().position(|&b| b == b' ')?;
     let n = std::str::from_utf8(&rest[..sp]).ok()?.parse().ok()?;

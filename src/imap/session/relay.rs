@@ -51,6 +51,9 @@ pub struct RelayOptions {
     pub quiet: Option<QuietInbox>,
     /// The provider lacks IDLE: the proxy serves it, polling with NOOP at this interval.
     pub emulate_idle: Option<Duration>,
+    /// The provider's NOOP may miss new mail (imap4d): the emulated IDLE also counts with
+    /// STATUS (see `policy::rescan`).
+    pub rescan: bool,
     /// Serve the client's `COMPRESS DEFLATE`.
     pub compress: bool,
     /// The account's share of the memory budget (what the policy reads whole is charged to it).
@@ -182,6 +185,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             provider_timeout: opts.provider_timeout,
             extra_capabilities: opts.extra_capabilities,
             emulate_idle: opts.emulate_idle,
+            rescan: opts.rescan,
             quiet: opts.quiet.map(|q| q.active),
             compress: opts.compress,
             memory: opts.memory,

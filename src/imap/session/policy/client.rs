@@ -239,6 +239,10 @@ impl Policy {
             self.answer(head.tag, refusal);
             return;
         }
+        if self.opts.rescan {
+            let name = if head.uid { CommandName::Other } else { head.name };
+            self.rescan.client_command(head.tag, name, line, literal.is_some(), intercepted);
+        }
         if let Some(limit) = collect {
             self.current.mode = Mode::Collect { command: Vec::new(), limit, uid: head.uid };
             return;

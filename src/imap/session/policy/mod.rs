@@ -20,7 +20,8 @@
 //! What it decides: commands the proxy cannot carry are refused; commands a wing handles are
 //! collected whole for the interceptor; literals and lines over the limits are refused
 //! without losing the connection where the protocol allows it; IDLE is served by the proxy
-//! where the provider lacks it (polling with NOOP); under the COI `active` filter a plain client
+//! where the provider lacks it (polling with NOOP, and with STATUS where NOOP misses mail,
+//! `rescan.rs`); under the COI `active` filter a plain client
 //! is told of no message in INBOX before the account worker has looked at it (the quiet INBOX,
 //! `settle.rs`), and such a session relays one command at a time; a message that becomes
 //! `\Seen` is reported for read receipts; capability lists are rewritten; the proxy's own
@@ -32,6 +33,7 @@
 mod client;
 mod own;
 mod provider;
+mod rescan;
 mod settle;
 #[cfg(test)]
 mod tests;
@@ -73,6 +75,10 @@ pub struct PolicyOptions {
     pub extra_capabilities: Vec<&'static str>,
     /// The provider lacks IDLE: the proxy serves it, polling with NOOP at this interval.
     pub emulate_idle: Option<Duration>,
+    /// The provider's NOOP may miss new mail (imap4d): each poll of the emulated IDLE also
+    /// counts the selected mailbox with STATUS, and has the provider report what it missed
+    /// ([`rescan`]).
+    pub rescan: bool,
     /// The quiet INBOX applies to this session; the function says whether it is on now (the
     /// account's COI filter is `active`).
     pub quiet: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
@@ -271,6 +277,8 @@ pub struct Policy {
     current: Current,
     commands: Commands,
     emulated_idle: Option<EmulatedIdle>,
+    /// The selected mailbox as the provider told the session, and mail its NOOP missed.
+    rescan: rescan::Rescan,
     /// A collected command is with the interceptor.
     intercepting: bool,
     /// A part of the interceptor's response has come: from the next message start on, the
@@ -332,6 +340,7 @@ impl Policy {
             current: Current { mode: Mode::Relay, forwarded: false, tag: Vec::new(), name: None },
             commands: Commands::default(),
             emulated_idle: None,
+            rescan: rescan::Rescan::default(),
             intercepting: false,
             streaming: false,
             own: Own::default(),

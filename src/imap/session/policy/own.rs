@@ -9,7 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Event, Policy};
+use super::rescan::Next;
+use super::{Answer, Event, Policy};
+use crate::imap::session::quiet::Verdict;
 use crate::imap::upstream::OWN_TAG_PREFIX;
 use crate::imap::wire::framing::{Fragment, Framer};
 
@@ -28,6 +30,8 @@ pub(super) enum Origin {
     Settle,
     /// A held answer's command run again; its captured responses replace the answer.
     Rerun,
+    /// A step of the emulated IDLE's look for mail NOOP missed (`rescan.rs`).
+    Rescan,
 }
 
 #[derive(Debug)]
@@ -204,6 +208,43 @@ impl Policy {
         self.activity = now;
     }
 
+    /// Acts on what the rescan's step that ended comes to.
+    fn rescan_next(&mut self, ok: bool, now: Instant) {
+        match self.rescan.done(ok) {
+            Next::Done => {}
+            Next::Run(command, capture) => self.own.request(command, capture, Origin::Rescan, now),
+            Next::Tell(lines) => {
+                tracing::debug!("the provider's NOOP missed new mail; told after selecting the mailbox again");
+                for line in lines {
+                    self.tell_news(line, now);
+                }
+                self.settle_due = true;
+            }
+            Next::Lost => self.end_with_bye(
+                b"* BYE [UNAVAILABLE] The provider would not select the mailbox again; please reconnect\r\n".to_vec(),
+                "the provider would not select the mailbox again",
+                now,
+            ),
+        }
+    }
+
+    /// Mailbox news the proxy found itself, on its way to the client as the provider's would
+    /// go: the quiet INBOX may hold it.
+    fn tell_news(&mut self, line: Vec<u8>, now: Instant) {
+        let active = self.quiet_active();
+        if let Some(quiet) = self.quiet.as_mut() {
+            let c = &self.commands;
+            let verdict = quiet.on_untagged(&line, c.inbox_selected && active, c.idle.is_some(), now);
+            if quiet.take_growth() {
+                self.events.push_back(Event::WakeWorker);
+            }
+            if verdict == Verdict::Drop {
+                return;
+            }
+        }
+        self.answers.push(Answer::Bytes(line));
+    }
+
     /// An untagged response the running own command captures, whole.
     pub(super) fn own_untagged(&mut self, response: Vec<u8>) {
         match self.own.running_origin() {
@@ -212,6 +253,7 @@ impl Policy {
                     look.rerun_untagged(&response);
                 }
             }
+            Some(Origin::Rescan) => self.rescan.untagged(&response),
             _ => self.events.push_back(Event::OwnUntagged(response)),
         }
     }
@@ -226,6 +268,16 @@ impl Policy {
                     idle.next_poll = now + interval;
                 }
                 self.settle_due = true;
+                if self.opts.rescan
+                    && self.emulated_idle.is_some()
+                    && let Some((command, capture)) = self.rescan.start()
+                {
+                    self.own.request(command, capture, Origin::Rescan, now);
+                }
+            }
+            Origin::Rescan => {
+                let ok = status.len() >= 2 && status[..2].eq_ignore_ascii_case(b"OK");
+                self.rescan_next(ok, now);
             }
             Origin::Settle => self.settle_due = true,
             Origin::Rerun => {

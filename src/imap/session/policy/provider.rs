@@ -73,6 +73,9 @@ impl Policy {
         if let Some(keep) = self.route_own(bytes, complete, now) {
             return keep;
         }
+        if self.opts.rescan {
+            self.follow_selected(bytes);
+        }
         if let Some(keep) = self.look_response(bytes, complete, now) {
             return keep;
         }
@@ -238,6 +241,18 @@ impl Policy {
             before.extend(news);
         }
         None
+    }
+
+    /// What the provider tells the session of its selected mailbox (its count, the end of a
+    /// SELECT), followed where its NOOP may miss mail.
+    fn follow_selected(&mut self, line: &[u8]) {
+        if line.starts_with(b"* ") {
+            self.rescan.provider_untagged(line);
+        } else if !line.starts_with(b"+") {
+            let tag = first_word(line);
+            let ok = line.get(tag.len() + 1..).is_some_and(|s| s.len() >= 2 && s[..2].eq_ignore_ascii_case(b"OK"));
+            self.rescan.provider_tagged(tag, ok);
+        }
     }
 
     /// Whether the quiet INBOX is in force now (the account's filter is `active`).

@@ -20,6 +20,7 @@ fn options() -> PolicyOptions {
         provider_timeout: PROVIDER_TIMEOUT,
         extra_capabilities: vec!["COI"],
         emulate_idle: None,
+        rescan: false,
         quiet: None,
         compress: false,
         memory: None,
@@ -418,6 +419,57 @@ fn idle_emulation_polls_with_noop_and_passes_news() {
     );
     assert!(s.events().is_empty());
     assert_eq!(s.client_sends(b"a NOOP\r\n"), "a NOOP\r\n", "relaying as before");
+}
+
+/// imap4d's NOOP misses mail delivered in the second of the session's last look; STATUS
+/// counts it, and the session selects the mailbox again to have it reported (`rescan.rs`).
+#[test]
+fn idle_emulation_finds_mail_the_providers_noop_missed() {
+    let mut s = Session::new(PolicyOptions { emulate_idle: Some(POLL), rescan: true, ..options() });
+    let ends = |s: &Session, with: &str| {
+        let sent = String::from_utf8_lossy(&s.provider).into_owned();
+        assert!(sent.ends_with(with), "{sent:?} does not end with {with:?}");
+    };
+    assert_eq!(s.client_sends(b"s SELECT INBOX\r\n"), "s SELECT INBOX\r\n");
+    s.provider_sends(b"* 2 EXISTS\r\n* 0 RECENT\r\ns OK [READ-WRITE] SELECT completed\r\n");
+    s.client_sends(b"i IDLE\r\n");
+    s.at(POLL);
+    ends(&s, "coips1 NOOP\r\n");
+    assert_eq!(s.provider_sends(b"coips1 OK NOOP completed\r\n"), "");
+    ends(&s, "coips2 STATUS \"INBOX\" (MESSAGES)\r\n");
+    assert_eq!(s.provider_sends(b"* STATUS INBOX (MESSAGES 3)\r\ncoips2 OK STATUS completed\r\n"), "");
+    ends(&s, "coips3 UID SEARCH ALL\r\n");
+    assert_eq!(s.provider_sends(b"* SEARCH 4 5\r\ncoips3 OK SEARCH completed\r\n"), "");
+    ends(&s, "coips4 SELECT \"INBOX\"\r\n");
+    assert_eq!(s.client_sends(b"DONE\r\n"), "", "the DONE waits for the look to end");
+    let reselected = b"* 3 EXISTS\r\n* 1 RECENT\r\n* OK [UIDVALIDITY 9] UID validity status\r\n\
+* FLAGS (\\Seen)\r\ncoips4 OK [READ-WRITE] SELECT Completed\r\n";
+    assert_eq!(s.provider_sends(reselected), "", "none of the re-selection reaches the client");
+    ends(&s, "coips5 UID SEARCH ALL\r\n");
+    assert_eq!(
+        s.provider_sends(b"* SEARCH 4 5 6\r\ncoips5 OK SEARCH completed\r\n"),
+        "* 3 EXISTS\r\n* 1 RECENT\r\ni OK Idle completed.\r\n",
+        "as IDLE would have told it, before the IDLE's end"
+    );
+    assert_eq!(s.client_sends(b"a NOOP\r\n"), "a NOOP\r\n");
+}
+
+#[test]
+fn idle_emulation_counts_with_status_only_where_noop_misses_mail() {
+    let mut s = Session::new(PolicyOptions { emulate_idle: Some(POLL), rescan: true, ..options() });
+    s.client_sends(b"s SELECT INBOX\r\n");
+    s.provider_sends(b"* 2 EXISTS\r\ns OK SELECT completed\r\n");
+    s.client_sends(b"i IDLE\r\n");
+    s.at(POLL);
+    s.provider_sends(b"* 3 EXISTS\r\ncoips1 OK NOOP completed\r\n");
+    assert!(String::from_utf8_lossy(&s.provider).ends_with("coips2 STATUS \"INBOX\" (MESSAGES)\r\n"));
+    assert_eq!(s.provider_sends(b"* STATUS INBOX (MESSAGES 3)\r\ncoips2 OK STATUS completed\r\n"), "");
+    assert_eq!(s.policy.deadline(), Some(s.now + POLL), "nothing missed: the next poll");
+    // Without a mailbox selected there is nothing to count.
+    let mut s = emulating();
+    s.at(POLL);
+    s.provider_sends(b"coips1 OK NOOP completed\r\n");
+    assert_eq!(String::from_utf8_lossy(&s.provider), "coips1 NOOP\r\n");
 }
 
 #[test]
