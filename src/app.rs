@@ -150,7 +150,20 @@ pub async fn run_with(
     };
     let (mut context, receivers) =
         Context::new(config, TlsAcceptor::from(server_tls), store, seal, shutdown_rx.clone());
+    if let Some(views) = &views {
+        views.charge_to(context.memory.clone());
+    }
     context.cluster = cluster.as_ref().map(|(etcd, _)| etcd.clone() as Arc<dyn crate::context::Cluster>);
+    if let (Some((etcd, _)), Some(identity)) = (&cluster, &identity) {
+        // Keys and the gateway's state are made once cluster-wide and written to etcd first; a
+        // key replaced on another instance reaches this one's cache of unsealed keys.
+        identity.share_through(etcd.clone(), tokio::runtime::Handle::current());
+        let identity = identity.clone();
+        etcd.on_key_change(move |login| {
+            let identity = identity.clone();
+            tokio::task::spawn_blocking(move || identity.reload(&login));
+        });
+    }
     let ctx = Arc::new(context);
     let mut cluster_task = None;
     if let Some((_, tasks)) = cluster {
@@ -271,7 +284,8 @@ fn ca_files(config: &Config) -> Vec<(String, std::path::PathBuf)> {
         .iter()
         .enumerate()
         .filter_map(|(i, a)| a.ca_file.clone().map(|p| (format!("account[{i}].ca_file"), p)));
-    upstream.chain(accounts).collect()
+    let cluster = config.cluster.iter().filter_map(|c| c.ca_file.clone()).map(|p| ("cluster.ca_file".to_string(), p));
+    upstream.chain(accounts).chain(cluster).collect()
 }
 
 fn imap_addrs(config: &Config) -> Vec<(ListenerKind, SocketAddr)> {

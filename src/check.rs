@@ -41,6 +41,7 @@ pub async fn run(config: &Config, source: Option<&Path>) -> (String, bool) {
     }
     oauth2(&mut out, config).await;
     ok &= autocrypt(&mut out, config);
+    ok &= cluster(&mut out, config).await;
     routes(&mut out, config);
 
     let providers = config.providers();
@@ -495,6 +496,22 @@ pub fn offline(config: &Config, source: Option<&Path>) -> (String, bool) {
         );
     }
     (out, !providers.is_empty() && autocrypt_ok)
+}
+
+/// `[cluster]`: etcd answers and grants a lease, or why not (nothing without `[cluster]`).
+async fn cluster(out: &mut String, config: &Config) -> bool {
+    let Some(cluster) = &config.cluster else { return true };
+    let scheme = if cluster.ca_file.is_some() { "TLS" } else { "plain HTTP/2" };
+    match crate::cluster::probe(cluster).await {
+        Ok(()) => {
+            let _ = writeln!(out, "cluster: etcd reachable ({scheme}), lease grant works; node {}", cluster.node);
+            true
+        }
+        Err(e) => {
+            let _ = writeln!(out, "cluster: etcd FAILED at {}: {e}", cluster.etcd.join(", "));
+            false
+        }
+    }
 }
 
 /// `[autocrypt]`: on or off, and whether the seal key file is fit (the daemon refuses a

@@ -50,8 +50,15 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
-    /// The etcd members' client URLs (`http://host:2379`); the client uses whichever answers.
+    /// The etcd members' client URLs (`http://host:2379`, or `https://` with `ca_file`); the
+    /// client uses whichever answers.
     pub etcd: Vec<String>,
+    /// For `https://` members: the CA (PEM) that signed etcd's server certificates.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) and its key, for an etcd that asks for one
+    /// (`--client-cert-auth`); both or neither.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     /// This instance's name, unique among the instances.
     pub node: String,
     /// The lease's time to live: how long a dead instance's accounts wait for another owner.
@@ -71,20 +78,42 @@ impl Cluster {
                 "name at least one etcd member, e.g. [\"http://127.0.0.1:2379\"]".into(),
             ));
         }
+        let tls = self.etcd[0].starts_with("https://");
         for url in &self.etcd {
-            let rest = url.strip_prefix("http://").ok_or_else(|| {
+            let rest = url.strip_prefix(if tls { "https://" } else { "http://" }).ok_or_else(|| {
                 (
                     "cluster.etcd".to_string(),
                     format!(
-                        "`{url}`: give http://host:port (this build speaks plain HTTP/2 to etcd: keep etcd on a private \
-                         network or loopback)"
+                        "`{url}`: give http://host:port, or https://host:port with ca_file (every member the same \
+                         way)"
                     ),
                 )
             })?;
             let host = rest.trim_end_matches('/');
             if host.is_empty() || host.contains(['/', ' ', '@']) {
-                return Err(("cluster.etcd".into(), format!("`{url}`: give http://host:port")));
+                return Err(("cluster.etcd".into(), format!("`{url}`: give http://host:port or https://host:port")));
             }
+        }
+        match (tls, &self.ca_file) {
+            (true, None) => {
+                return Err((
+                    "cluster.ca_file".into(),
+                    "https:// members need the CA that signed etcd's certificates (ca_file = \"/etc/coi-proxy/etcd-ca.pem\")"
+                        .into(),
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(("cluster.ca_file".into(), "is for https:// members; these are http://".into()));
+            }
+            _ => {}
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => return Err(("cluster.key_file".into(), "cert_file needs its key_file".into())),
+            (None, Some(_)) => return Err(("cluster.cert_file".into(), "key_file needs its cert_file".into())),
+            (Some(_), Some(_)) if !tls => {
+                return Err(("cluster.cert_file".into(), "a client certificate is for https:// members".into()));
+            }
+            _ => {}
         }
         let node_ok = !self.node.is_empty()
             && self.node.len() <= 64
@@ -271,6 +300,14 @@ pub struct Limits {
     /// (at most 30 s). Unset: 2000 on listeners bound to a non-loopback address, none on
     /// loopback ones; set: this on every listener (0 turns it off).
     pub auth_failure_delay_ms: Option<u64>,
+    /// Bytes the proxy may hold in total for what peers make it read whole (commands collected
+    /// for a wing, responses read for its own commands, messages in the OpenPGP gateway);
+    /// beyond it such a request gets `NO [LIMIT]` / `452` (`limits::budget`).
+    #[serde(default = "default_max_memory")]
+    pub max_memory: usize,
+    /// The share of `max_memory` one account may hold at once.
+    #[serde(default = "default_max_memory_per_account")]
+    pub max_memory_per_account: usize,
 }
 
 impl Default for Limits {
@@ -286,6 +323,8 @@ impl Default for Limits {
             max_sessions: default_max_sessions(),
             max_sessions_per_ip: default_max_sessions_per_ip(),
             auth_failure_delay_ms: None,
+            max_memory: default_max_memory(),
+            max_memory_per_account: default_max_memory_per_account(),
         }
     }
 }
@@ -552,6 +591,12 @@ fn default_autologout() -> u64 {
 fn default_connect_timeout() -> u64 {
     15
 }
+fn default_max_memory() -> usize {
+    1024 * 1024 * 1024
+}
+fn default_max_memory_per_account() -> usize {
+    256 * 1024 * 1024
+}
 fn default_max_sessions() -> usize {
     2000
 }
@@ -717,6 +762,13 @@ impl Config {
             return Err((
                 "limits.max_sessions".into(),
                 "max_sessions and max_sessions_per_ip must be at least 1".into(),
+            ));
+        }
+        if self.limits.max_memory_per_account < 16 << 20 || self.limits.max_memory < self.limits.max_memory_per_account
+        {
+            return Err((
+                "limits.max_memory_per_account".into(),
+                "must be at least 16 MiB (16777216) and at most limits.max_memory".into(),
             ));
         }
         if self.limits.max_line < 1024 {
@@ -1098,7 +1150,12 @@ mod tests {
         );
         for (text, key) in [
             ("etcd = []\nnode = \"a\"", "cluster.etcd"),
-            ("etcd = [\"https://e:2379\"]\nnode = \"a\"", "cluster.etcd"),
+            ("etcd = [\"ftp://e:2379\"]\nnode = \"a\"", "cluster.etcd"),
+            ("etcd = [\"https://e:2379\", \"http://f:2379\"]\nnode = \"a\"\nca_file = \"/c\"", "cluster.etcd"),
+            ("etcd = [\"https://e:2379\"]\nnode = \"a\"", "cluster.ca_file"),
+            ("etcd = [\"http://e:2379\"]\nnode = \"a\"\nca_file = \"/c\"", "cluster.ca_file"),
+            ("etcd = [\"https://e:2379\"]\nnode = \"a\"\nca_file = \"/c\"\ncert_file = \"/x\"", "cluster.key_file"),
+            ("etcd = [\"https://e:2379\"]\nnode = \"a\"\nca_file = \"/c\"\nkey_file = \"/x\"", "cluster.cert_file"),
             ("etcd = [\"http://\"]\nnode = \"a\"", "cluster.etcd"),
             ("etcd = [\"http://e:2379\"]\nnode = \"a/b\"", "cluster.node"),
             ("etcd = [\"http://e:2379\"]\nnode = \"\"", "cluster.node"),
@@ -1108,6 +1165,9 @@ mod tests {
             assert!(err.contains(key), "{text}: {err}");
         }
         assert!(parse("[cluster]\netcd = [\"http://e:2379\"]\n").is_err(), "node is required");
+        let tls = "[cluster]\netcd = [\"https://e:2379\"]\nnode = \"a\"\nca_file = \"/c.pem\"\ncert_file = \"/a.pem\"\nkey_file = \"/a.key\"\n";
+        let cluster = parse(tls).unwrap().cluster.unwrap();
+        assert_eq!(cluster.ca_file.as_deref(), Some(Path::new("/c.pem")));
         assert!(
             parse("[cluster]\netcd = [\"http://e:2379\"]\nnode = \"a\"\nleases = 3\n").is_err(),
             "typos are errors"
@@ -1134,6 +1194,18 @@ mod tests {
         let err = parse("[limits]\nmax_line = \"big\"\n").unwrap_err().to_string();
         assert!(err.starts_with("proxy.toml:2:"), "{err}");
         assert!(err.contains("limits.max_line"), "{err}");
+    }
+
+    #[test]
+    fn the_memory_budget_is_checked() {
+        let c = parse("").unwrap();
+        assert_eq!((c.limits.max_memory, c.limits.max_memory_per_account), (1 << 30, 256 << 20));
+        let c = parse("[limits]\nmax_memory = 100000000\nmax_memory_per_account = 20000000\n").unwrap();
+        assert_eq!((c.limits.max_memory, c.limits.max_memory_per_account), (100_000_000, 20_000_000));
+        for bad in ["max_memory_per_account = 1000000", "max_memory = 20000000\nmax_memory_per_account = 30000000"] {
+            let err = parse(&format!("[limits]\n{bad}\n")).unwrap_err().to_string();
+            assert!(err.contains("limits.max_memory_per_account") && err.contains("at least 16 MiB"), "{err}");
+        }
     }
 
     #[test]

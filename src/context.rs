@@ -16,9 +16,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::account::{Accounts, Credentials};
 use crate::config::Config;
 use crate::limits::Sessions;
+use crate::limits::budget::Budget;
 use crate::limits::logins::Logins;
 use crate::seal::SealCell;
-use crate::store::{PushSubscription, Store};
+use crate::secret::Secret;
+use crate::store::{OAuthGrant, PushSubscription, Store};
 use crate::tls::UpstreamTls;
 
 /// The handles, shared by every session, worker and task (`Arc<Context>`).
@@ -40,6 +42,9 @@ pub struct Context {
     pub sessions: Sessions,
     /// The login gate: back-off per client address and per account, verified passwords.
     pub logins: Logins,
+    /// The memory budget (`[limits] max_memory`, `max_memory_per_account`) that everything a
+    /// peer makes the proxy hold whole draws from.
+    pub memory: Budget,
     /// Turns true when the daemon shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// Asks the worker supervisor for an account's worker.
@@ -75,6 +80,7 @@ impl Context {
         let (receipts, receipts_rx) = mpsc::unbounded_channel();
         let (queue, queue_rx) = mpsc::unbounded_channel();
         let (notify, notify_rx) = mpsc::unbounded_channel();
+        let memory = Budget::new(config.limits.max_memory, config.limits.max_memory_per_account);
         let context = Context {
             config: RwLock::new(Arc::new(config)),
             upstream_tls: UpstreamTls::default(),
@@ -85,6 +91,7 @@ impl Context {
             accounts: Accounts::default(),
             sessions: Sessions::default(),
             logins: Logins::default(),
+            memory,
             shutdown,
             workers: Workers(workers),
             receipts: Receipts(receipts),
@@ -103,6 +110,7 @@ impl Context {
 
     /// Puts a new configuration in force for everything that reads it from now on.
     pub fn set_config(&self, config: Config) {
+        self.memory.set_limits(config.limits.max_memory, config.limits.max_memory_per_account);
         *self.config.write().expect("config lock") = Arc::new(config);
     }
 
@@ -135,23 +143,68 @@ pub trait Cluster: Send + Sync {
     /// Records the worker's progress, only while `fence` is still the owner's token.
     fn save_progress(&self, login: String, fence: i64, position: (u32, u32))
     -> BoxFuture<'_, Result<(), ClusterError>>;
-    /// Claims the one push about INBOX message (UIDVALIDITY, UID): `true` for the first claim
-    /// while `fence` owns the account, `false` when it was claimed before.
-    fn claim_push(&self, login: String, fence: i64, message: (u32, u32)) -> BoxFuture<'_, Result<bool, ClusterError>>;
+    /// Claims the one push of `channel` about INBOX message (UIDVALIDITY, UID): `true` for the
+    /// first claim while `fence` owns the account, `false` when it was claimed before.
+    fn claim_push(
+        &self,
+        channel: PushChannel,
+        login: String,
+        fence: i64,
+        message: (u32, u32),
+    ) -> BoxFuture<'_, Result<bool, ClusterError>>;
     /// Whether `fence` still owns the account (checked right before a COPY that could double).
     fn still_owner(&self, login: String, fence: i64) -> BoxFuture<'_, Result<bool, ClusterError>>;
     /// Writes a change of shared state to etcd (sealed where secret); every instance's store
     /// follows by watch.
     fn publish(&self, change: SharedChange) -> BoxFuture<'_, Result<(), ClusterError>>;
+    /// The account's OpenPGP key (sealed, as the store keeps it) that etcd holds, if any.
+    fn shared_account_key(&self, login: String) -> BoxFuture<'_, Result<Option<Vec<u8>>, ClusterError>>;
+    /// Offers `sealed` as the account's first OpenPGP key (create-if-absent): the key in force
+    /// for the whole cluster, ours or the one another instance made first.
+    fn first_account_key(&self, login: String, sealed: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>, ClusterError>>;
 }
 
 /// Shared state that changes on one instance and must count on all.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum SharedChange {
     /// A METADATA entry the proxy keeps (a provider without METADATA): set or removed.
     Metadata { login: String, mailbox: Vec<u8>, entry: String, value: Option<Vec<u8>> },
     /// A WebPush subscription: stored (new or validated) or removed.
     Push { login: String, id: String, subscription: Option<PushSubscription> },
+    /// A Delta Chat device token: set (at `set_at`, Unix seconds) or gone (`None`: the notifier
+    /// said so).
+    DeviceToken { login: String, token: Secret, set_at: Option<u64> },
+    /// An account's OAuth2 grant as `oauth authorize` or a refresh left it.
+    OAuthGrant { login: String, grant: OAuthGrant },
+    /// An account's OpenPGP state, as the store keeps it: set or removed.
+    OpenPgp { login: String, entry: OpenPgpEntry, value: Option<Vec<u8>> },
+}
+
+impl std::fmt::Debug for SharedChange {
+    /// What changed for whom, never a value (tokens, keys, handshake secrets).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, login) = match self {
+            SharedChange::Metadata { login, .. } => ("Metadata", login),
+            SharedChange::Push { login, .. } => ("Push", login),
+            SharedChange::DeviceToken { login, .. } => ("DeviceToken", login),
+            SharedChange::OAuthGrant { login, .. } => ("OAuthGrant", login),
+            SharedChange::OpenPgp { login, .. } => ("OpenPgp", login),
+        };
+        f.debug_struct(kind).field("login", login).finish_non_exhaustive()
+    }
+}
+
+/// Which of an account's OpenPGP records (`store::openpgp`) a shared change is about; the
+/// string is the record's id there (a peer's canonical address, an invitenumber, a handshake
+/// id, a group id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenPgpEntry {
+    /// The account's secret key (sealed).
+    Key,
+    Peer(String),
+    Invite(String),
+    Join(String),
+    Group(String),
 }
 
 /// What went wrong with the cluster.
@@ -166,6 +219,9 @@ pub enum ClusterError {
     /// A shared secret from etcd that the seal key cannot open: instances with different seal keys.
     #[error("a shared secret in etcd cannot be opened: every instance needs the same seal key ({0})")]
     Seal(String),
+    /// A `[cluster]` certificate or key file that cannot be read.
+    #[error("cannot read {}: {reason}", path.display())]
+    File { path: std::path::PathBuf, reason: String },
 }
 
 /// The way to an account's worker: the supervisor (`worker::supervise`) owns every worker's
@@ -224,8 +280,18 @@ impl QueueWake {
     }
 }
 
+/// Which push a cluster claim is for: each message is pushed at most once per channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushChannel {
+    /// RFC 8030 WebPush to the account's subscriptions (COI).
+    WebPush,
+    /// Delta Chat's device tokens, through the notifier.
+    DeviceToken,
+}
+
 /// The Delta Chat notifier's inbox (`deltachat::notifier`): accounts with new mail for their
 /// devices. Without a notifier task (push off) the news is dropped.
+#[derive(Clone)]
 pub struct Notify(mpsc::UnboundedSender<String>);
 
 impl Notify {

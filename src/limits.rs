@@ -3,6 +3,7 @@
 //! reach the provider at all, and how long a failed one waits for its answer, is
 //! [`logins::Logins`].
 
+pub mod budget;
 pub mod logins;
 pub mod memory;
 

@@ -269,7 +269,12 @@ fn main() -> ExitCode {
         coi_proxy::logging::keep_protocol_trace();
     }
     coi_proxy::logging::init(config.log.filter.as_deref(), format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("coi-blocking")
+        .on_thread_park(coi_proxy::metrics::runtime_thread_parked)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("coi-proxy: cannot start the runtime: {e}");

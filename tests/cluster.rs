@@ -4,8 +4,15 @@
 //! made through one instance is in force through the other; chat mail is moved exactly once and
 //! pushed exactly once per message, across a kill -9 of the account's owner (the failover time
 //! is measured and printed); the killed instance rejoins; with etcd unreachable sessions go on
-//! and workers stop until the lease is back.
+//! and workers stop until the lease is back. Delta Chat device tokens, the OpenPGP identity and
+//! OAuth2 grants are cluster-wide too (a token set through one instance is pushed by the other
+//! after the first is killed; one key through both; a grant made through one signs in through
+//! the other), none of their secrets in etcd in clear; etcd over TLS with a client certificate;
+//! `check` probes etcd.
 
+#[path = "support/notifier.rs"]
+#[allow(dead_code)]
+mod notifier;
 #[path = "support/push_endpoint.rs"]
 #[allow(dead_code)]
 mod push_endpoint;
@@ -36,6 +43,15 @@ const MARGIN: Duration = Duration::from_secs(3);
 /// An instance's configuration: both accounts work without a client (password_command);
 /// behind HAProxy (`proxied`) every listener wants the PROXY header.
 fn instance(p: &Provider, etcd: &Etcd, node: &str, state: &Path, proxied: bool) -> Proxy {
+    let accounts = format!(
+        "[[account]]\nlogin = \"{ALICE}\"\npassword_command = \"printf secret\"\n\
+         [[account]]\nlogin = \"{BOB}\"\npassword_command = \"printf secret\"\n"
+    );
+    instance_with(p, etcd, node, state, proxied, &accounts)
+}
+
+/// An instance with `extra` configuration after its `[cluster]` (etcd's TLS keys included).
+fn instance_with(p: &Provider, etcd: &Etcd, node: &str, state: &Path, proxied: bool, extra: &str) -> Proxy {
     Proxy::builder()
         .upstream(format!("imap://127.0.0.1:{}", p.imap_port))
         .upstream_smtp(format!("smtp://127.0.0.1:{}", p.smtp_port))
@@ -43,10 +59,9 @@ fn instance(p: &Provider, etcd: &Etcd, node: &str, state: &Path, proxied: bool) 
         .listen(if proxied { "proxy_protocol = true" } else { "" })
         .extra(&format!(
             "[push]\nprivate_endpoints = true\n\
-             [cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\nlease_secs = {LEASE_SECS}\n\
-             [[account]]\nlogin = \"{ALICE}\"\npassword_command = \"printf secret\"\n\
-             [[account]]\nlogin = \"{BOB}\"\npassword_command = \"printf secret\"\n",
-            etcd.url()
+             [cluster]\netcd = [\"{}\"]\nnode = \"{node}\"\nlease_secs = {LEASE_SECS}\n{}{extra}",
+            etcd.url(),
+            etcd.tls_config(),
         ))
         .start()
 }
@@ -69,27 +84,25 @@ struct Two {
 }
 
 fn two(p: &Provider, etcd: &Etcd, proxied: bool) -> Two {
-    let mut key = [0u8; 32];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key)).unwrap();
-    // The seal key file's format (src/seal.rs): a header line and the key in base64.
-    use base64::Engine;
-    let file = format!("coi-proxy seal key v1\n{}\n", base64::engine::general_purpose::STANDARD.encode(key));
-    let states = (state_with_key(file.as_bytes()), state_with_key(file.as_bytes()));
+    let states = two_states();
     let a = instance(p, etcd, "a", states.0.path(), proxied);
     let b = instance(p, etcd, "b", states.1.path(), proxied);
     Two { a, b, _states: states }
 }
 
+/// Two state directories holding one seal key.
+fn two_states() -> (tempfile::TempDir, tempfile::TempDir) {
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key)).unwrap();
+    // The seal key file's format (src/seal.rs): a header line and the key in base64.
+    use base64::Engine;
+    let file = format!("coi-proxy seal key v1\n{}\n", base64::engine::general_purpose::STANDARD.encode(key));
+    (state_with_key(file.as_bytes()), state_with_key(file.as_bytes()))
+}
+
 /// `coi-proxy cluster status` with `proxy`'s configuration: (exit ok, stdout + stderr).
 fn status(proxy: &Proxy) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
-        .arg("--config")
-        .arg(&proxy.config_path)
-        .args(["cluster", "status"])
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    cli(proxy, &["cluster", "status"])
 }
 
 /// Members, and each account's owner, from `cluster status`.
@@ -246,7 +259,16 @@ fn settings_moves_pushes_failover_and_rejoin() {
     for n in 1..=15 {
         p.deliver("carol@example.org", ALICE, &chat_message(n));
     }
-    wait_until("15 chat mails in Chats", Duration::from_secs(60), || count(&mut direct, "COI.Chats") == 15);
+    let delivered = Instant::now();
+    loop {
+        let moved = count(&mut direct, "COI.Chats");
+        if moved == 15 {
+            break;
+        }
+        let late = delivered.elapsed() > Duration::from_secs(60);
+        assert!(!late, "{moved} of 15 chat mails in Chats after 60 s\n{}", cluster_logs(&nodes));
+        std::thread::sleep(Duration::from_millis(50));
+    }
     ep.wait("/p", 16, Duration::from_secs(30));
 
     // kill -9 of alice's owner; 15 more mails come while the other takes over.
@@ -363,4 +385,188 @@ fn status_without_etcd_says_so() {
     let (ok, text) = status(&nodes.a);
     assert!(!ok, "{text}");
     assert!(text.contains("cannot read the cluster from etcd") && text.contains("http://127.0.0.1:"), "{text}");
+}
+
+/// `coi-proxy` with `proxy`'s configuration and `args`: (exit ok, stdout + stderr).
+fn cli(proxy: &Proxy, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
+        .arg("--config")
+        .arg(&proxy.config_path)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The fingerprint of the account key `key export` prints through `proxy`'s daemon.
+fn exported_fingerprint(proxy: &Proxy, login: &str) -> String {
+    let (ok, text) = cli(proxy, &["key", "export", login]);
+    assert!(ok, "key export through {}: {text}", proxy.config_path.display());
+    coi_proxy::openpgp::key::PublicKey::from_armored(text.as_bytes())
+        .expect("an armored public key")
+        .fingerprint()
+        .hex()
+}
+
+/// The device flow of `coi-proxy oauth authorize` through `proxy`'s daemon, the test as the user.
+fn authorize(proxy: &Proxy, idp: &support::idp::Idp, login: &str, password: &str) -> String {
+    use std::io::{BufRead, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coi-proxy"))
+        .arg("--config")
+        .arg(&proxy.config_path)
+        .args(["oauth", "authorize", login, "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let code = loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "oauth authorize ended early: {seen}");
+        seen.push_str(&line);
+        if let Some(rest) = line.split("enter the code ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    idp.approve(&code, login);
+    let status = child.wait().unwrap();
+    stdout.read_to_string(&mut seen).unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "oauth authorize failed: {seen}{err}");
+    seen
+}
+
+/// A device token set through one instance gets its push from the other after the first is
+/// killed; the account's OpenPGP key, made at once through both, is one key; an OAuth2 grant
+/// made through one signs in through the other. etcd holds none of these secrets in clear and
+/// no log shows a token.
+#[test]
+fn device_tokens_keys_and_grants_are_the_clusters() {
+    const LOCAL: &str = "local-pw-Geheim-42";
+    const TOKEN: &str = "openpgp:wcDMA1Jx0zPqd2tbAQv+cluster+phone/aGVsbG8gd29ybGQ=";
+    let idp = support::idp::Idp::start();
+    let p = Provider::start_with(support::provider::ProviderOptions {
+        oauth2_introspection_url: Some(idp.introspection_url()),
+        ..Default::default()
+    });
+    let etcd = Etcd::start();
+    let notifier = notifier::Notifier::start();
+    let states = two_states();
+    let extra = format!(
+        "[deltachat]\nnotifier_url = \"{}\"\n[[account]]\nlogin = \"{ALICE}\"\n{}",
+        notifier.url(),
+        idp.account_config()
+    );
+    let mut a = instance_with(&p, &etcd, "a", states.0.path(), false, &extra);
+    let b = instance_with(&p, &etcd, "b", states.1.path(), false, &extra);
+    wait_until("both members", Duration::from_secs(20), || ownership(&a).0.len() == 2);
+
+    // The grant made through a: alice signs in through b with her local password.
+    authorize(&a, &idp, ALICE, LOCAL);
+    let mut via_b = ImapClient::connect(b.imap_port);
+    wait_until("the grant replicated to b", Duration::from_secs(10), || {
+        let mut c = ImapClient::connect(b.imap_port);
+        c.command(&format!("a LOGIN \"{ALICE}\" \"{LOCAL}\"")).pop().unwrap().starts_with("a OK")
+    });
+    via_b.login(ALICE, LOCAL);
+    via_b.expect_ok("s SELECT INBOX");
+
+    // One key, however many instances make it at once.
+    let (fa, fb) = std::thread::scope(|s| {
+        let fa = s.spawn(|| exported_fingerprint(&a, ALICE));
+        let fb = s.spawn(|| exported_fingerprint(&b, ALICE));
+        (fa.join().unwrap(), fb.join().unwrap())
+    });
+    assert_eq!(fa, fb, "the account's key is the same through a and b");
+    assert_eq!(exported_fingerprint(&b, ALICE), fa);
+
+    // A device token set through a; a is killed; b notifies the device of new mail.
+    let mut via_a = ImapClient::connect(a.imap_port);
+    via_a.login(ALICE, LOCAL);
+    via_a.expect_ok(&format!("t SETMETADATA INBOX (/private/devicetoken \"{TOKEN}\")"));
+    drop(via_a);
+    let dump = etcd.ctl(&["get", "--prefix", "/coi-proxy/"]);
+    assert!(dump.contains("/dctoken/") && dump.contains("/oauth") && dump.contains("/pgp/key"), "{dump}");
+    assert!(!dump.contains(&TOKEN[20..40]), "a device token in etcd in clear");
+    assert!(!dump.contains("PRIVATE KEY") && !dump.contains(LOCAL));
+    for token in idp.issued() {
+        assert!(!dump.contains(&token), "an OAuth2 token in etcd in clear");
+    }
+    support::proxy::signal(a.pid(), 9);
+    wait_until("b owns alice", Duration::from_secs(LEASE_SECS) + MARGIN + MARGIN, || {
+        let (members, owners) = ownership(&b);
+        members.len() == 1 && owners.get(ALICE).is_some_and(|o| o == "b")
+    });
+    let before = notifier.posts_of(TOKEN).len();
+    p.deliver("carol@example.org", ALICE, &chat_message(1));
+    let started = Instant::now();
+    while notifier.posts_of(TOKEN).len() == before {
+        assert!(started.elapsed() < Duration::from_secs(30), "b never notified the device:\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for log in [a.log(), b.log()] {
+        assert!(!log.contains(&TOKEN[20..40]), "a device token in a log");
+    }
+    // b signs alice in with the grant made through a (its worker needs no client).
+    assert_eq!(exported_fingerprint(&b, ALICE), fa);
+    a.restart();
+    wait_until("a rejoined", Duration::from_secs(20), || ownership(&b).0.len() == 2);
+    assert_eq!(exported_fingerprint(&a, ALICE), fa, "the restarted instance has the same key");
+
+    // SecureJoin state is the cluster's too: an invite issued through a is in b's store (read
+    // once b has stopped: the store is one process's).
+    let (ok, text) = cli(&a, &["invite", ALICE]);
+    assert!(ok, "{text}");
+    // A later change through a seen through b: b's watch, which applies changes in etcd's
+    // order, has applied the invite.
+    let mut via_a = ImapClient::connect(a.imap_port);
+    via_a.login(ALICE, LOCAL);
+    via_a.expect_ok("c SETMETADATA \"\" (/private/comment \"after the invite\")");
+    wait_until("the later change through b", Duration::from_secs(10), || {
+        metadata_text(&mut via_b, "/private/comment").contains("after the invite")
+    });
+    drop(via_b);
+    let mut b = b;
+    let store_b = b.state.clone();
+    b.stop();
+    let store = coi_proxy::store::Store::open(&store_b).unwrap();
+    assert_eq!(store.invites(ALICE).unwrap().len(), 1, "the invite issued through a");
+}
+
+/// etcd over TLS with a client certificate: the instances share state through it, `cluster
+/// status` and `check` reach it; a wrong CA and a stopped etcd are told by `check` plainly.
+#[test]
+fn etcd_over_tls_and_check_probes_it() {
+    let p = Provider::start();
+    let etcd = Etcd::start_tls();
+    let nodes = two(&p, &etcd, false);
+    wait_until("both members", Duration::from_secs(20), || ownership(&nodes.a).1.len() == 2);
+    let (mut on_a, mut on_b) = (login(nodes.a.imap_port, ALICE), login(nodes.b.imap_port, ALICE));
+    on_a.expect_ok(&format!("e SETMETADATA \"\" ({ENABLED} yes {FILTER} active)"));
+    wait_until("the setting through b", Duration::from_secs(10), || {
+        metadata_text(&mut on_b, &format!("{ENABLED} {FILTER}")).contains("active")
+    });
+    let (_, text) = cli(&nodes.a, &["check"]);
+    assert!(text.contains("cluster: etcd reachable (TLS), lease grant works; node a"), "{text}");
+
+    // The same configuration with a CA that did not sign etcd's certificate.
+    let config = std::fs::read_to_string(&nodes.a.config_path).unwrap();
+    let pki = etcd.pki.as_ref().unwrap();
+    let wrong = config.replace(&pki.ca.display().to_string(), &pki.other_ca.display().to_string());
+    let path = nodes.a.config_path.with_file_name("wrong-ca.toml");
+    std::fs::write(&path, wrong).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_coi-proxy")).arg("--config").arg(&path).arg("check").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&format!("cluster: etcd FAILED at {}", etcd.url())), "{text}");
+    assert!(!text.contains("BEGIN"), "no key material in the report: {text}");
+
+    drop(etcd);
+    let (ok, text) = cli(&nodes.a, &["check"]);
+    assert!(!ok && text.contains("cluster: etcd FAILED at https://127.0.0.1:"), "{text}");
 }

@@ -250,12 +250,23 @@ async fn plain_client_reads_encrypted_mail_consistently() {
     };
     // A restart: a new store handle and an empty memory; no keys at all now, yet the same views.
     let views = Arc::new(Views::new(Store::open(dir.path()).unwrap(), seal, Arc::new(Keys(vec![])), DEFAULT_BUDGET));
-    let mut session = ViewSession::new(views, &bob_login, Arc::new(|| true));
+    let mut session = ViewSession::new(views.clone(), &bob_login, Arc::new(|| true));
     assert!(!session.wants_command(CommandName::Select, false, b"s SELECT INBOX\r\n"));
     let again = responses(
         &session.handle(format!("f UID FETCH 1:* {ITEMS}\r\n").into_bytes(), &mut up, &mut ReplyOut::collect()).await,
     );
     assert_eq!(again, served, "views survive a restart byte for byte");
+    // Without room in the account's share of the memory budget, the answer is refused, not
+    // held, and nothing stays charged.
+    let budget = coi_proxy::limits::budget::Budget::new(1024, 1024);
+    views.charge_to(budget.clone());
+    let mut tight = ViewSession::new(views, &bob_login, Arc::new(|| true));
+    assert!(!tight.wants_command(CommandName::Select, false, b"s SELECT INBOX\r\n"));
+    let answer =
+        tight.handle(format!("f UID FETCH 1:* {ITEMS}\r\n").into_bytes(), &mut up, &mut ReplyOut::collect()).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.contains("f NO [LIMIT] the memory coi-proxy gives one account"), "{answer}");
+    assert_eq!(budget.used(&bob_login), (0, 0));
 }
 
 /// A free loopback port (bound and released; the daemon binds it right after).

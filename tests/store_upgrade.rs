@@ -2,7 +2,9 @@
 //! 1, `tests/fixtures/store-schema1.redb`, made by the code of that release with every table
 //! filled) opens with this version, is migrated (schema 2: METADATA sizes kept beside the
 //! values; schema 3: account keys exact, no longer lower-cased, which every release before
-//! wrote), reads back exactly what was written, and takes new writes.
+//! wrote), reads back exactly what was written, and takes new writes. Schema 4: the OpenPGP
+//! identity and the OAuth2 grants, which schema 3 still kept lower-cased, are keyed exactly
+//! too; a schema 3 state dir keeps its keys and grants.
 
 use std::path::Path;
 
@@ -138,8 +140,8 @@ fn check_contents(store: &Store) {
 
 #[test]
 fn a_store_of_the_previous_release_reads_unchanged() {
-    // Schema 3 (exact account keys) has its own test below.
-    assert_eq!(SCHEMA_VERSION, 3, "a new schema needs a migration test of its own");
+    // Schema 3 (exact account keys) and 4 (identity and grants too) have their own tests below.
+    assert_eq!(SCHEMA_VERSION, 4, "a new schema needs a migration test of its own");
     let dir = state_dir();
     let store = Store::open(dir.path()).unwrap();
     check_contents(&store);
@@ -247,4 +249,97 @@ fn a_login_in_capitals_claims_the_previous_releases_state_once() {
     rt.block_on(store.claim_legacy_state("dave@example.net"));
     assert!(store.is_chat_id("DAVE@example.net", "d1@example.net").unwrap());
     assert!(!store.is_chat_id("dave@example.net", "d1@example.net").unwrap());
+}
+
+fn grant(client_id: &str) -> coi_proxy::store::OAuthGrant {
+    coi_proxy::store::OAuthGrant {
+        token_url: "https://idp.example/token".into(),
+        client_id: client_id.into(),
+        sealed_tokens: vec![1, 2, 3],
+        access_expires_at: 100,
+        sealed_password: vec![4, 5, 6],
+        authorized_at: 50,
+        refreshed_at: None,
+        refreshes: 0,
+        refused: None,
+    }
+}
+
+/// A schema 3 state dir (the previous release): its OpenPGP key, peers and OAuth2 grant kept
+/// under the lower-cased login, as that release wrote them (the tables' formats are unchanged).
+fn schema3_state_dir() -> (tempfile::TempDir, coi_proxy::openpgp::fingerprint::Fingerprint) {
+    use coi_proxy::openpgp::identity::Identity;
+    use coi_proxy::seal::SealKey;
+    let dir = tempfile::tempdir().unwrap();
+    let seal = SealKey::load_or_create(&dir.path().join("seal.key")).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let identity = Identity::with_seal(store.clone(), seal);
+    // The previous release lower-cased every login before it reached the store.
+    let fingerprint = identity.account_key_blocking("dave@example.net").unwrap().fingerprint().clone();
+    store.put_peers("dave@example.net", vec![("erin@example.com".into(), b"peer".to_vec())]).wait().unwrap().unwrap();
+    store.oauth_grant_save("dave@example.net", &grant("old")).wait().unwrap();
+    store.set_schema_version(3).wait().unwrap();
+    drop((identity, store));
+    (dir, fingerprint)
+}
+
+/// Schema 4: a schema 3 state dir's OpenPGP key and OAuth2 grant still work. A login typed as
+/// the previous release stored it finds them unchanged; a login with capitals (the account key
+/// on a case-sensitive provider) reads the grant until it proves itself, then claims both; from
+/// then on two logins differing only in case never share a key or a grant.
+#[test]
+fn a_schema3_state_dirs_key_and_grant_still_work() {
+    use coi_proxy::openpgp::identity::Identity;
+    use coi_proxy::seal::SealKey;
+    // The login as stored: nothing moves.
+    let (dir, fingerprint) = schema3_state_dir();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let identity = Identity::with_seal(store.clone(), SealKey::load(&dir.path().join("seal.key")).unwrap());
+    assert_eq!(identity.account_key_blocking("dave@example.net").unwrap().fingerprint(), &fingerprint);
+    assert_eq!(store.oauth_grant("dave@example.net").unwrap(), Some(grant("old")));
+    assert_eq!(store.peer("dave@example.net", "erin@example.com").unwrap().as_deref(), Some(&b"peer"[..]));
+    drop((identity, store));
+
+    // DAVE@example.net, the same user on a provider that ignores case but configured
+    // case-sensitive: the grant is read before the login is proven, and moves at the claim.
+    let (dir, fingerprint) = schema3_state_dir();
+    let store = Store::open(dir.path()).unwrap();
+    // The daemon's start unseals every stored key: that claims nothing.
+    let preloaded = Identity::with_seal(store.clone(), SealKey::load(&dir.path().join("seal.key")).unwrap());
+    assert_eq!(preloaded.preload().unwrap(), 1);
+    drop(preloaded);
+    assert_eq!(store.oauth_grant("DAVE@example.net").unwrap(), Some(grant("old")), "read until claimed");
+    assert!(store.has_account_key("DAVE@example.net").unwrap(), "its worker takes part in the gateway");
+    assert!(!store.has_account_key("erin@example.net").unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(store.claim_legacy_state("DAVE@example.net"));
+    assert_eq!(store.oauth_grant("DAVE@example.net").unwrap(), Some(grant("old")));
+    assert_eq!(store.oauth_grant("dave@example.net").unwrap(), None, "moved, not copied");
+    assert!(!store.has_account_key("dave@example.net").unwrap(), "claimed: nothing is dave's now");
+    assert_eq!(store.peer("DAVE@example.net", "erin@example.com").unwrap().as_deref(), Some(&b"peer"[..]));
+    let identity = Identity::with_seal(store.clone(), SealKey::load(&dir.path().join("seal.key")).unwrap());
+    assert_eq!(identity.account_key_blocking("DAVE@example.net").unwrap().fingerprint(), &fingerprint);
+    // dave@example.net, another user there: a key and a grant of its own, never DAVE's.
+    let other = identity.account_key_blocking("dave@example.net").unwrap();
+    assert_ne!(other.fingerprint(), &fingerprint);
+    store.oauth_grant_save("dave@example.net", &grant("other")).wait().unwrap();
+    assert_eq!(store.oauth_grant("DAVE@example.net").unwrap(), Some(grant("old")));
+    drop((identity, store));
+    // After a restart: still apart, nothing claimed twice.
+    let store = Store::open(dir.path()).unwrap();
+    rt.block_on(store.claim_legacy_state("dave@example.net"));
+    let identity = Identity::with_seal(store.clone(), SealKey::load(&dir.path().join("seal.key")).unwrap());
+    assert_eq!(identity.account_key_blocking("DAVE@example.net").unwrap().fingerprint(), &fingerprint);
+    assert_eq!(identity.account_key_blocking("dave@example.net").unwrap().fingerprint(), other.fingerprint());
+    assert_eq!(store.oauth_grant("dave@example.net").unwrap(), Some(grant("other")));
+
+    // The OpenPGP wing claims on its first use of an account (a worker's account that never
+    // logs in through a session): the capitals' key is the old one, moved.
+    let (dir, fingerprint) = schema3_state_dir();
+    let store = Store::open(dir.path()).unwrap();
+    let identity = Identity::with_seal(store.clone(), SealKey::load(&dir.path().join("seal.key")).unwrap());
+    assert_eq!(identity.account_key_blocking("Dave@example.net").unwrap().fingerprint(), &fingerprint);
+    assert_eq!(store.account_key("dave@example.net").unwrap(), None, "moved");
+    assert_eq!(store.oauth_grant("Dave@example.net").unwrap(), Some(grant("old")));
 }

@@ -22,8 +22,9 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, T
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
 use crate::config;
-use crate::context::{BoxFuture, Cluster, ClusterError, Context, Owned, SharedChange};
+use crate::context::{BoxFuture, Cluster, ClusterError, Context, OpenPgpEntry, Owned, PushChannel, SharedChange};
 use crate::seal::SealKey;
+use crate::secret::Secret;
 
 /// Each etcd request's bound: a cut-off etcd must not hold a session's SETMETADATA for long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -40,6 +41,9 @@ pub struct Etcd {
     wants: mpsc::UnboundedSender<String>,
     /// The lease the push claims are put on (a day long, not kept alive) and when it was made.
     claims: Mutex<Option<(i64, Instant)>>,
+    /// Told the login whose OpenPGP key another instance replaced (`import`): the OpenPGP
+    /// wing's cache of unsealed keys takes the new one.
+    key_changed: std::sync::OnceLock<Box<dyn Fn(String) + Send + Sync>>,
 }
 
 /// What `app` starts once the context is built: the lease and ownership loop, and the store's
@@ -51,7 +55,7 @@ pub struct Tasks {
 
 /// Connects to etcd (lazily: an unreachable etcd is retried by the tasks, never fatal).
 pub async fn connect(config: &config::Cluster, seal: Arc<SealKey>) -> Result<(Arc<Etcd>, Tasks), ClusterError> {
-    let client = client(&config.etcd).await?;
+    let client = client(config).await?;
     let (owned, _) = watch::channel(Owned::default());
     let (wants_tx, wants) = mpsc::unbounded_channel();
     let etcd = Arc::new(Etcd {
@@ -62,17 +66,44 @@ pub async fn connect(config: &config::Cluster, seal: Arc<SealKey>) -> Result<(Ar
         owned,
         wants: wants_tx,
         claims: Mutex::new(None),
+        key_changed: std::sync::OnceLock::new(),
     });
     Ok((etcd.clone(), Tasks { etcd, wants }))
 }
 
-/// An etcd client for `endpoints`, each request bounded.
-pub(crate) async fn client(endpoints: &[String]) -> Result<Client, ClusterError> {
-    let options = ConnectOptions::new()
+/// An etcd client for the configured members, each request bounded; over TLS (with the
+/// configured CA and client certificate) for `https://` members.
+pub(crate) async fn client(config: &config::Cluster) -> Result<Client, ClusterError> {
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(Duration::from_secs(2), REQUEST_TIMEOUT);
-    Client::connect(endpoints, Some(options)).await.map_err(etcd_error)
+    if let Some(ca) = &config.ca_file {
+        let mut tls = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(pem(ca).await?));
+        if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
+            tls = tls.identity(etcd_client::Identity::from_pem(pem(cert).await?, pem(key).await?));
+        }
+        options = options.with_tls(tls);
+    }
+    Client::connect(&config.etcd, Some(options)).await.map_err(etcd_error)
+}
+
+/// A PEM file of `[cluster]` (its path in the error, never its content: one is a secret key).
+async fn pem(path: &std::path::Path) -> Result<Vec<u8>, ClusterError> {
+    tokio::fs::read(path).await.map_err(|e| ClusterError::File { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// `coi-proxy check`: etcd answers and grants a lease (revoked at once).
+pub async fn probe(config: &config::Cluster) -> Result<(), ClusterError> {
+    let attempt = async {
+        let mut client = client(config).await?;
+        let lease = client.lease_grant(config.lease_secs as i64, None).await.map_err(etcd_error)?.id();
+        client.lease_revoke(lease).await.map_err(etcd_error)?;
+        Ok(())
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT * 3, attempt)
+        .await
+        .unwrap_or_else(|_| Err(ClusterError::Etcd(format!("no answer within {} s", 3 * REQUEST_TIMEOUT.as_secs()))))
 }
 
 impl Tasks {
@@ -138,7 +169,7 @@ impl Cluster for Etcd {
     }
 
     fn want(&self, login: &str) {
-        let _ = self.wants.send(login.to_ascii_lowercase());
+        let _ = self.wants.send(login.to_string());
     }
 
     fn progress(&self, login: String) -> BoxFuture<'_, Result<Option<(u32, u32)>, ClusterError>> {
@@ -165,13 +196,14 @@ impl Cluster for Etcd {
 
     fn claim_push(
         &self,
+        channel: PushChannel,
         login: String,
         fence: i64,
         (uidvalidity, uid): (u32, u32),
     ) -> BoxFuture<'_, Result<bool, ClusterError>> {
         Box::pin(async move {
             let lease = self.claims_lease().await?;
-            let key = keys::pushed(&login, uidvalidity, uid);
+            let key = keys::pushed(channel, &login, uidvalidity, uid);
             let absent = Compare::create_revision(key.clone(), CompareOp::Equal, 0);
             let put = TxnOp::put(key, self.node.clone(), Some(PutOptions::new().with_lease(lease)));
             self.fenced(&login, fence, vec![absent], vec![put]).await
@@ -199,6 +231,19 @@ impl Cluster for Etcd {
                     });
                     (keys::push(&login, &id), sealed)
                 }
+                SharedChange::DeviceToken { login, token, set_at } => {
+                    let sealed =
+                        set_at.map(|at| self.seal.seal(keys::SEAL_DC_TOKEN, encode_token(at, &token).expose()));
+                    (keys::device_token(&login, token.expose()), sealed)
+                }
+                SharedChange::OAuthGrant { login, grant } => {
+                    let json = Secret::new(serde_json::to_vec(&grant).expect("plain struct"));
+                    (keys::oauth(&login), Some(self.seal.seal(keys::SEAL_OAUTH, json.expose())))
+                }
+                SharedChange::OpenPgp { login, entry, value } => {
+                    let sealed = value.map(|v| self.seal.seal(keys::SEAL_OPENPGP, &v));
+                    (keys::openpgp(&login, &entry), sealed)
+                }
             };
             match value {
                 Some(v) => client.put(key, v, None).await.map(drop),
@@ -207,4 +252,61 @@ impl Cluster for Etcd {
             .map_err(etcd_error)
         })
     }
+
+    fn shared_account_key(&self, login: String) -> BoxFuture<'_, Result<Option<Vec<u8>>, ClusterError>> {
+        Box::pin(async move {
+            let key = keys::openpgp(&login, &OpenPgpEntry::Key);
+            let reply = self.client.clone().get(key, None).await.map_err(etcd_error)?;
+            reply
+                .kvs()
+                .first()
+                .map(|kv| self.open(keys::SEAL_OPENPGP, kv.value()).map(|v| v.expose().to_vec()))
+                .transpose()
+        })
+    }
+
+    fn first_account_key(&self, login: String, sealed: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>, ClusterError>> {
+        Box::pin(async move {
+            let key = keys::openpgp(&login, &OpenPgpEntry::Key);
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), self.seal.seal(keys::SEAL_OPENPGP, &sealed), None)])
+                .or_else([TxnOp::get(key, None)]);
+            let reply = self.client.clone().txn(txn).await.map_err(etcd_error)?;
+            if reply.succeeded() {
+                return Ok(sealed);
+            }
+            let theirs = reply.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            });
+            let theirs = theirs.ok_or_else(|| ClusterError::Etcd("the OpenPGP key vanished from etcd".into()))?;
+            Ok(self.open(keys::SEAL_OPENPGP, &theirs)?.expose().to_vec())
+        })
+    }
+}
+
+impl Etcd {
+    /// Calls `changed` with each login whose OpenPGP key is replaced through etcd.
+    pub fn on_key_change(&self, changed: impl Fn(String) + Send + Sync + 'static) {
+        let _ = self.key_changed.set(Box::new(changed));
+    }
+
+    /// Opens a value this cluster sealed for `purpose`.
+    fn open(&self, purpose: &str, sealed: &[u8]) -> Result<Secret, ClusterError> {
+        self.seal.open(purpose, sealed).map_err(|e| ClusterError::Seal(e.to_string()))
+    }
+}
+
+/// A device token as sealed into etcd: when it was set (u64 LE), then the token.
+fn encode_token(set_at: u64, token: &Secret) -> Secret {
+    let mut plain = set_at.to_le_bytes().to_vec();
+    plain.extend_from_slice(token.expose());
+    Secret::new(plain)
+}
+
+/// [`encode_token`] read back.
+fn decode_token(plain: &[u8]) -> Option<(u64, Secret)> {
+    let (at, token) = plain.split_at_checked(8)?;
+    Some((u64::from_le_bytes(at.try_into().ok()?), Secret::new(token.to_vec())))
 }

@@ -16,8 +16,8 @@ use tracing::{debug, info, warn};
 
 use super::keys::{self, AccountKey};
 use super::{Etcd, etcd_error};
-use crate::context::{ClusterError, Context};
-use crate::store::PushSubscription;
+use crate::context::{ClusterError, Context, OpenPgpEntry};
+use crate::store::{OAuthGrant, PushSubscription};
 
 /// Runs until shutdown; `synced` is told after the first full sync.
 pub(super) async fn run(ctx: Arc<Context>, etcd: Arc<Etcd>, synced: oneshot::Sender<()>) {
@@ -76,6 +76,7 @@ async fn full_sync(ctx: &Context, etcd: &Etcd, kvs: &[KeyValue]) -> Result<(), C
     let store = &ctx.store;
     let mut logins = BTreeSet::new();
     let (mut metadata, mut push) = (BTreeSet::new(), BTreeSet::new());
+    let mut identity: BTreeSet<Vec<u8>> = BTreeSet::new();
     for kv in kvs {
         match keys::parse_account_key(kv.key()) {
             AccountKey::Metadata { login, mailbox, entry } => {
@@ -83,6 +84,9 @@ async fn full_sync(ctx: &Context, etcd: &Etcd, kvs: &[KeyValue]) -> Result<(), C
             }
             AccountKey::Push { login, id } => {
                 push.insert((login, id));
+            }
+            AccountKey::DeviceToken { .. } | AccountKey::OAuth { .. } | AccountKey::OpenPgp { .. } => {
+                identity.insert(kv.key().to_vec());
             }
             AccountKey::Other => continue,
         }
@@ -104,6 +108,7 @@ async fn full_sync(ctx: &Context, etcd: &Etcd, kvs: &[KeyValue]) -> Result<(), C
             logins.insert(login);
         }
     }
+    offer_local(ctx, etcd, &identity).await?;
     info!(accounts = logins.len(), "cluster: shared state read from etcd");
     for login in logins {
         refresh(ctx, &login);
@@ -143,8 +148,152 @@ async fn apply(ctx: &Context, etcd: &Etcd, key: &[u8], value: Option<&[u8]>) -> 
             debug!(%login, "cluster: a push subscription changed on another instance");
             Ok(Some(login))
         }
+        AccountKey::DeviceToken { login } => apply_token(ctx, etcd, &login, key, value).await,
+        AccountKey::OAuth { login } => {
+            let Some(sealed) = value else { return Ok(None) };
+            let json = etcd.open(keys::SEAL_OAUTH, sealed)?;
+            let grant: OAuthGrant = serde_json::from_slice(json.expose())
+                .map_err(|e| ClusterError::Seal(format!("an OAuth2 grant in etcd: {e}")))?;
+            if store.oauth_grant(&login).map_err(store_error)? == Some(grant.clone()) {
+                return Ok(None);
+            }
+            store.oauth_grant_save(&login, &grant).await.map_err(store_error)?;
+            // A session's cached access token of the old grant is dropped.
+            *ctx.accounts.account(&login).bearer.lock().await = None;
+            debug!(%login, "cluster: an OAuth2 grant changed on another instance");
+            Ok(Some(login))
+        }
+        AccountKey::OpenPgp { login, entry } => {
+            let value = value.map(|v| etcd.open(keys::SEAL_OPENPGP, v)).transpose()?;
+            apply_openpgp(ctx, etcd, &login, entry, value.as_ref().map(|v| v.expose())).await?;
+            Ok(None)
+        }
         AccountKey::Other => Ok(None),
     }
+}
+
+/// What this instance's store holds and etcd lacks (kept before `[cluster]` was set, or by
+/// `oauth authorize` with no daemon running): OAuth2 grants, OpenPGP keys and device tokens
+/// go to etcd, each only if absent there (another instance's, written meanwhile, wins).
+async fn offer_local(ctx: &Context, etcd: &Etcd, in_etcd: &BTreeSet<Vec<u8>>) -> Result<(), ClusterError> {
+    let store = &ctx.store;
+    let now = crate::clock::now_unsigned();
+    let max_age = crate::deltachat::TOKEN_MAX_AGE;
+    let (grants, keyed, token_accounts) = store
+        .read(move |s| Ok((s.oauth_grants()?, s.accounts_with_keys()?, s.dc_token_accounts(now, max_age)?)))
+        .await
+        .map_err(store_error)?;
+    let mut offers = Vec::new();
+    for (login, grant) in grants {
+        let key = keys::oauth(&login);
+        if !in_etcd.contains(key.as_bytes()) {
+            let json = crate::secret::Secret::new(serde_json::to_vec(&grant).expect("plain struct"));
+            offers.push((key, etcd.seal.seal(keys::SEAL_OAUTH, json.expose())));
+        }
+    }
+    for login in token_accounts {
+        for token in store.dc_tokens(&login, now, max_age).map_err(store_error)? {
+            let key = keys::device_token(&login, token.expose());
+            let Some(at) = store.dc_token_set_at(&login, &token).map_err(store_error)? else { continue };
+            if !in_etcd.contains(key.as_bytes()) {
+                offers.push((key, etcd.seal.seal(keys::SEAL_DC_TOKEN, super::encode_token(at, &token).expose())));
+            }
+        }
+    }
+    let offered = offers.len();
+    for (key, sealed) in offers {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, sealed, None)]);
+        etcd.client.clone().txn(txn).await.map_err(etcd_error)?;
+    }
+    for login in keyed {
+        if in_etcd.contains(keys::openpgp(&login, &OpenPgpEntry::Key).as_bytes()) {
+            continue;
+        }
+        let Some(ours) = store.account_key(&login).map_err(store_error)? else { continue };
+        let in_force = crate::context::Cluster::first_account_key(etcd, login.clone(), ours.clone()).await?;
+        if in_force != ours {
+            apply_openpgp(ctx, etcd, &login, OpenPgpEntry::Key, Some(&in_force)).await?;
+        }
+    }
+    if offered > 0 {
+        info!(offered, "cluster: grants and device tokens kept only here are in etcd now");
+    }
+    Ok(())
+}
+
+/// A device token set (or gone) on another instance; the account, when the store changed.
+async fn apply_token(
+    ctx: &Context,
+    etcd: &Etcd,
+    login: &str,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<Option<String>, ClusterError> {
+    let store = &ctx.store;
+    let Some(sealed) = value else {
+        // Named by its hash: the account's token that has it is gone.
+        let now = crate::clock::now_unsigned();
+        let tokens = store.dc_tokens(login, now, crate::deltachat::TOKEN_MAX_AGE).map_err(store_error)?;
+        let Some(token) = tokens.into_iter().find(|t| keys::device_token(login, t.expose()).as_bytes() == key) else {
+            return Ok(None);
+        };
+        store.dc_token_remove(&token).await.map_err(store_error)?;
+        return Ok(None);
+    };
+    let plain = etcd.open(keys::SEAL_DC_TOKEN, sealed)?;
+    let (set_at, token) = super::decode_token(plain.expose())
+        .ok_or_else(|| ClusterError::Seal("a device token in etcd: too short".into()))?;
+    if store.dc_token_set_at(login, &token).map_err(store_error)? == Some(set_at) {
+        return Ok(None);
+    }
+    let (limit, max_age) = (crate::deltachat::TOKENS_PER_ACCOUNT, crate::deltachat::TOKEN_MAX_AGE);
+    store.dc_token_set(login, &token, set_at, limit, max_age).await.map_err(store_error)?;
+    debug!(%login, "cluster: a Delta Chat device was registered on another instance");
+    Ok(Some(login.to_string()))
+}
+
+/// An OpenPGP record written on another instance, into the store; a changed account key is
+/// handed to the instance's key cache.
+async fn apply_openpgp(
+    ctx: &Context,
+    etcd: &Etcd,
+    login: &str,
+    entry: OpenPgpEntry,
+    value: Option<&[u8]>,
+) -> Result<(), ClusterError> {
+    let store = &ctx.store;
+    let (login, owned) = (login.to_string(), value.map(<[u8]>::to_vec));
+    match (entry, owned) {
+        (OpenPgpEntry::Key, Some(v)) => {
+            if store.account_key(&login).map_err(store_error)?.as_deref() == Some(v.as_slice()) {
+                return Ok(());
+            }
+            store.put_account_key(&login, v, true).await.map_err(store_error)?;
+            info!(login = %crate::logging::peer_text(&login), "cluster: the account's OpenPGP key is the cluster's");
+            if let Some(changed) = etcd.key_changed.get() {
+                changed(login);
+            }
+        }
+        (OpenPgpEntry::Peer(addr), Some(v)) => {
+            if store.peer(&login, &addr).map_err(store_error)?.as_deref() != Some(v.as_slice())
+                && store.put_peers(&login, vec![(addr, v)]).await.map_err(store_error)?.is_err()
+            {
+                warn!("cluster: too many Autocrypt peers for an account; a shared one is not kept");
+            }
+        }
+        (OpenPgpEntry::Invite(id), Some(v)) => store.put_invite(&login, &id, v).await.map_err(store_error)?,
+        (OpenPgpEntry::Join(id), v) => store.put_join(&login, &id, v).await.map_err(store_error)?,
+        (OpenPgpEntry::Group(id), Some(v)) => {
+            if store.group(&login, &id).map_err(store_error)?.as_deref() != Some(v.as_slice()) {
+                store.put_group(&login, &id, v).await.map_err(store_error)?;
+            }
+        }
+        // Keys, peers, invites and groups are never removed through etcd.
+        (_, None) => {}
+    }
+    Ok(())
 }
 
 fn open_subscription(etcd: &Etcd, sealed: &[u8]) -> Result<PushSubscription, ClusterError> {

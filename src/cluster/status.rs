@@ -23,7 +23,7 @@ pub async fn status(config: &Config) -> Result<String, StatusError> {
     let cluster = config.cluster.as_ref().ok_or(StatusError::NoCluster)?;
     let unreachable = |cause| StatusError::Unreachable { endpoints: cluster.etcd.join(", "), cause };
     let read = async {
-        let mut client = super::client(&cluster.etcd).await?;
+        let mut client = super::client(cluster).await?;
         let members =
             client.get(keys::MEMBERS, Some(GetOptions::new().with_prefix())).await.map_err(super::etcd_error)?;
         let owners =

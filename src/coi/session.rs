@@ -104,21 +104,6 @@ impl<E: EntryOwner, L: LocalEntries> CoiSession<E, L> {
         }
     }
 
-    /// Whether `entry` of `mailbox` is answered locally by name (Delta Chat's entries).
-    fn local_answers(&self, mailbox: &[u8], entry: &str) -> bool {
-        self.local.subtrees(mailbox).iter().any(|s| in_subtree(entry, s))
-    }
-
-    /// Whether a request for `requested` on `mailbox` may reach into the local entries.
-    fn local_reaches(&self, mailbox: &[u8], requested: &str, depth: Depth) -> bool {
-        self.local.subtrees(mailbox).iter().any(|s| reaches(requested, depth, s))
-    }
-
-    /// Whether the proxy answers `entry` of `mailbox` itself, in any way.
-    fn ours(&self, mailbox: &[u8], entry: &str) -> bool {
-        (mailbox.is_empty() && answers(entry, self.entries.subtree())) || self.local_answers(mailbox, entry)
-    }
-
     /// Whether a request may reach into a subtree the proxy answers.
     fn reaches_ours(&self, requested: &str, depth: Depth) -> bool {
         reaches_ours(requested, depth, self.entries.subtree())
@@ -218,7 +203,8 @@ impl<E: EntryOwner, L: LocalEntries> CoiSession<E, L> {
         let server_level = req.mailbox.is_empty();
         let mailbox = req.mailbox.clone();
         let local = self.local.subtrees(&mailbox);
-        let reaches_local = req.entries.iter().any(|e| self.local_reaches(&mailbox, e, req.depth));
+        // The subtrees asked for once, not per entry (tens of thousands of them, on the runtime).
+        let reaches_local = req.entries.iter().any(|e| local.iter().any(|s| reaches(e, req.depth, s)));
         let reaches_ours =
             reaches_local || (server_level && req.entries.iter().any(|e| self.reaches_ours(e, req.depth)));
         if self.provider_metadata && !reaches_ours {
@@ -232,7 +218,8 @@ impl<E: EntryOwner, L: LocalEntries> CoiSession<E, L> {
         let theirs = self.entries.subtree();
         let mut sources = Sources::default();
         if self.provider_metadata {
-            let elsewhere: Vec<&String> = req.entries.iter().filter(|e| !self.ours(&mailbox, e)).collect();
+            let mine = |e: &str| (server_level && answers(e, theirs)) || local.iter().any(|s| in_subtree(e, s));
+            let elsewhere: Vec<&String> = req.entries.iter().filter(|e| !mine(e)).collect();
             if !elsewhere.is_empty() {
                 let reply = own.run(&get_command(&req, &elsewhere), CAPTURE_METADATA).await?;
                 if !reply.ok() {
@@ -240,7 +227,7 @@ impl<E: EntryOwner, L: LocalEntries> CoiSession<E, L> {
                 }
                 for resp in &reply.untagged {
                     if let Some((_, found)) = parse_response(resp) {
-                        sources.provider.extend(found.into_iter().filter(|(e, _)| !self.ours(&mailbox, e)));
+                        sources.provider.extend(found.into_iter().filter(|(e, _)| !mine(e)));
                     }
                 }
                 sources.provider_longest = long_entries(&reply.status);
@@ -337,13 +324,15 @@ impl<E: EntryOwner, L: LocalEntries> CoiSession<E, L> {
             return Ok(tagged(tag, &refusal(&e)));
         }
         // So are the local ones (Delta Chat's device tokens).
-        let local: Vec<_> = req.entries.iter().filter(|(e, _)| self.local_answers(&req.mailbox, e)).cloned().collect();
+        // (Their subtrees are looked up once, not per entry: there may be tens of thousands.)
+        let subtrees = self.local.subtrees(&req.mailbox);
+        let answered_locally = |entry: &str| subtrees.iter().any(|s| in_subtree(entry, s));
+        let local: Vec<_> = req.entries.iter().filter(|(e, _)| answered_locally(e)).cloned().collect();
         if !local.is_empty() {
             if let Err(e) = self.local.set(&req.mailbox, &local).await {
                 return Ok(tagged(tag, &refusal(&e)));
             }
-            let mailbox = req.mailbox.clone();
-            req.entries.retain(|(entry, _)| !self.local_answers(&mailbox, entry));
+            req.entries.retain(|(entry, _)| !answered_locally(entry));
         }
         let theirs = self.entries.subtree();
         req.entries.retain(|(entry, _)| !in_subtree(entry, theirs));

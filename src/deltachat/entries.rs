@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::{ADMIN, COMMENT, DEVICE_TOKEN, MAX_SMTP_RECIPIENTS, MAX_TOKEN, VENDOR_SUBTREE};
 use crate::account::Account;
-use crate::context::Context;
+use crate::context::{Context, SharedChange};
 use crate::imap::wire::metadata::{Entries as EntryList, LocalEntries, Refusal, Status};
 use crate::secret::Secret;
 
@@ -28,6 +28,8 @@ pub enum TokenError {
     TooLong,
     #[error("the proxy cannot store the device token now (its store is full or unwritable)")]
     Store,
+    #[error("the proxy cannot share the device token with its other instances now (etcd is unreachable)")]
+    Cluster,
 }
 
 impl Refusal for TokenError {
@@ -35,7 +37,7 @@ impl Refusal for TokenError {
         match self {
             TokenError::ReadOnly(_) | TokenError::NotAToken => Status::Cannot,
             TokenError::TooLong => Status::MaxSize(MAX_TOKEN as u64),
-            TokenError::Store => Status::Unavailable,
+            TokenError::Store | TokenError::Cluster => Status::Unavailable,
         }
     }
 }
@@ -122,6 +124,12 @@ impl LocalEntries for Entries {
             let token = Secret::new(value.clone());
             let now = crate::clock::now_unsigned();
             let login = &self.account.login;
+            // With `[cluster]`, etcd first (sealed there): every instance can wake the device.
+            let change = SharedChange::DeviceToken { login: login.clone(), token: token.clone(), set_at: Some(now) };
+            if let Err(e) = self.shared.publish(change).await {
+                warn!("cannot share a Delta Chat device token through the cluster: {e}");
+                return Err(TokenError::Cluster);
+            }
             if let Err(e) = self
                 .shared
                 .store

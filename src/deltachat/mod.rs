@@ -17,7 +17,6 @@ pub mod notifier;
 pub mod schedule;
 
 use crate::config::Config;
-use crate::context::Context;
 use crate::secret::Secret;
 use crate::store::Store;
 
@@ -56,15 +55,19 @@ pub fn wanted(store: &Store, config: &Config, login: &str) -> bool {
     config.deltachat.push() && !tokens(store, login).is_empty()
 }
 
-/// The account worker saw new messages (their header fields, `From` among them): unless the
-/// user sent all of them, the account's devices are notified.
-pub fn on_new_mail<'a>(ctx: &Context, login: &str, headers: impl IntoIterator<Item = &'a [u8]>) {
-    if !ctx.config().deltachat.push() {
-        return;
+/// The account worker saw new INBOX messages (UID and header fields, `From` among them): the
+/// newest one the user did not send, whose arrival wakes the account's devices (one
+/// notification covers them all: a woken device fetches everything new). `None` while push is
+/// off or when the user sent all of them.
+pub fn news_for_devices<'a>(
+    config: &Config,
+    login: &str,
+    messages: impl IntoIterator<Item = (u32, &'a [u8])>,
+) -> Option<u32> {
+    if !config.deltachat.push() {
+        return None;
     }
-    if headers.into_iter().any(|h| !sent_by(h, login)) {
-        ctx.notify.new_mail(login);
-    }
+    messages.into_iter().filter(|(_, header)| !sent_by(header, login)).map(|(uid, _)| uid).max()
 }
 
 /// Whether a message with these header fields was sent by `login` itself (its own copy, which
@@ -86,6 +89,15 @@ fn sent_by(header: &[u8], login: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newest_message_not_sent_by_the_user_wakes_the_devices() {
+        let config = Config::defaults();
+        let mail: [(u32, &[u8]); 3] =
+            [(7, b"From: bob@x\r\n\r\n"), (9, b"From: carol@x\r\n\r\n"), (11, b"From: alice@x\r\n\r\n")];
+        assert_eq!(news_for_devices(&config, "alice@x", mail), Some(9));
+        assert_eq!(news_for_devices(&config, "alice@x", [mail[2]]), None, "own copy: no wake-up");
+    }
 
     #[test]
     fn own_mail_is_told_apart_by_its_from_address() {

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::schedule::{Effect, Outcome, Schedule};
 use crate::clock::now_unsigned;
-use crate::context::Context;
+use crate::context::{Context, SharedChange};
 use crate::secret::Secret;
 
 /// Longest a POST may take (as chatmail's relay allows).
@@ -99,9 +99,19 @@ fn apply(ctx: &Arc<Context>, effect: Effect, posts: &mut JoinSet<(Secret, Outcom
         Effect::DeleteToken(token) => {
             info!("the notifier says a Delta Chat device token is no longer valid (410); removing it");
             let write = store.dc_token_remove(&token);
+            let ctx = ctx.clone();
             tokio::spawn(async move {
-                if let Err(e) = write.await {
-                    warn!("cannot remove a Delta Chat device token: {e}");
+                match write.await {
+                    Ok(accounts) => {
+                        // With `[cluster]`, gone on every instance.
+                        for login in accounts {
+                            let change = SharedChange::DeviceToken { login, token: token.clone(), set_at: None };
+                            if let Err(e) = ctx.publish(change).await {
+                                warn!("cannot remove a Delta Chat device token from the cluster: {e}");
+                            }
+                        }
+                    }
+                    Err(e) => warn!("cannot remove a Delta Chat device token: {e}"),
                 }
             });
         }

@@ -94,7 +94,9 @@ pub async fn store_grant(
             .map_err(|source| ControlError::NoAnswer { socket: socket.into(), source })?;
     }
     let (store, key) = open_directly(config, socket).await?;
-    grant::save_new(&store, &key, &login, endpoints, tokens, password).await?;
+    // No daemon: no cluster either; the daemon's replica of etcd holds what it holds.
+    let key_login = config.account_key(&login);
+    grant::save_new(&store, &key, &key_login, endpoints, tokens, password, None).await?;
     Ok(format!("stored the authorization for {login} (no coi-proxy daemon was running)\n"))
 }
 

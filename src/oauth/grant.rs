@@ -17,7 +17,7 @@ use super::{OAuthError, blocking};
 use crate::account::{Account, Bearer};
 use crate::clock::now;
 use crate::config::{Config, OAuth2Endpoints};
-use crate::context::Context;
+use crate::context::{Cluster, Context, SharedChange};
 use crate::seal::SealKey;
 use crate::secret::Secret;
 use crate::store::{OAuthGrant, Store};
@@ -107,8 +107,9 @@ pub fn new_grant(
     })
 }
 
-/// Hashes the password, seals and stores a new grant (durably), replacing any. Used by the
-/// daemon for `oauth authorize` and by the command line when no daemon runs.
+/// Hashes the password, seals and stores a new grant (durably), replacing any; with
+/// `[cluster]` (`cluster`) in etcd first, so that every instance has it. Used by the daemon for
+/// `oauth authorize` and by the command line when no daemon runs.
 pub async fn save_new(
     store: &Store,
     key: &Arc<SealKey>,
@@ -116,14 +117,11 @@ pub async fn save_new(
     endpoints: &OAuth2Endpoints,
     tokens: TokenSet,
     password: Secret,
+    cluster: Option<&Arc<dyn Cluster>>,
 ) -> Result<(), OAuthError> {
-    let (store, key, login, endpoints) = (store.clone(), key.clone(), login.to_string(), endpoints.clone());
-    blocking(move || {
-        let grant = new_grant(&key, &login, &endpoints, tokens, &password, now())?;
-        store.oauth_grant_save(&login, &grant).wait()?;
-        Ok(())
-    })
-    .await?
+    let (owned, key, endpoints) = (login.to_string(), key.clone(), endpoints.clone());
+    let grant = blocking(move || new_grant(&key, &owned, &endpoints, tokens, &password, now())).await??;
+    save(store, cluster, login, grant).await
 }
 
 /// A point read (one key): called directly, as the store's doc allows.
@@ -131,7 +129,17 @@ fn load(store: &Store, login: &str) -> Result<OAuthGrant, OAuthError> {
     store.oauth_grant(login)?.ok_or_else(|| OAuthError::NotAuthorized { login: login.into() })
 }
 
-async fn save(store: &Store, login: &str, grant: OAuthGrant) -> Result<(), OAuthError> {
+/// Stores `login`'s grant: with `[cluster]` in etcd first (sealed there).
+async fn save(
+    store: &Store,
+    cluster: Option<&Arc<dyn Cluster>>,
+    login: &str,
+    grant: OAuthGrant,
+) -> Result<(), OAuthError> {
+    if let Some(cluster) = cluster {
+        let change = SharedChange::OAuthGrant { login: login.to_string(), grant: grant.clone() };
+        cluster.publish(change).await.map_err(OAuthError::Cluster)?;
+    }
     Ok(store.oauth_grant_save(login, &grant).await?)
 }
 
@@ -144,6 +152,8 @@ fn endpoints_for(config: &Config, login: &str) -> Result<OAuth2Endpoints, OAuthE
 /// good access token. A wrong password never reaches the provider.
 pub async fn sign_in(ctx: &Context, login: &str, password: &Secret) -> Result<Secret, OAuthError> {
     endpoints_for(&ctx.config(), login)?;
+    // Kept under the account key, like the rest of the store.
+    let login = &ctx.config().account_key(login);
     let grant = load(&ctx.store, login)?;
     let key = seal_key(ctx, login).await?;
     let (owned, given) = (login.to_string(), password.clone());
@@ -165,7 +175,9 @@ pub async fn sign_in(ctx: &Context, login: &str, password: &Secret) -> Result<Se
 /// login timeout): a refresh whose answer has arrived is always committed, because the provider
 /// may have revoked the old refresh token with that answer.
 pub async fn access_token(ctx: &Context, login: &str, refused: Option<&Secret>) -> Result<Secret, OAuthError> {
+    let login = &ctx.config().account_key(login);
     let job = Refresh {
+        cluster: ctx.cluster.clone(),
         account: ctx.accounts.account(login),
         store: ctx.store.clone(),
         seal: seal_key(ctx, login).await?,
@@ -187,6 +199,7 @@ async fn seal_key(ctx: &Context, login: &str) -> Result<Arc<SealKey>, OAuthError
 
 /// What [`access_token`] hands its task.
 struct Refresh {
+    cluster: Option<Arc<dyn Cluster>>,
     account: Arc<Account>,
     store: Store,
     seal: Arc<SealKey>,
@@ -197,7 +210,8 @@ struct Refresh {
 
 impl Refresh {
     async fn run(self) -> Result<Secret, OAuthError> {
-        let Refresh { account, store, seal, config, login, refused } = self;
+        let Refresh { cluster, account, store, seal, config, login, refused } = self;
+        let cluster = cluster.as_ref();
         let login = login.as_str();
         let mut slot = account.bearer.lock().await;
         let t = now();
@@ -243,15 +257,29 @@ impl Refresh {
                 let expires_at = grant.access_expires_at;
                 // Durable before the new token is used: the provider may have revoked the old
                 // refresh token already.
-                save(&store, login, grant).await?;
+                save(&store, cluster, login, grant).await?;
                 *slot = Some(Bearer { token: fresh_tokens.access.clone(), expires_at, lifetime });
                 info!(login, expires_in = lifetime, rotated, "refreshed the OAuth2 access token");
                 Ok(fresh_tokens.access)
             }
             TokenReply::Error(e) if e.is_permanent() => {
+                // With `[cluster]` another instance may have refreshed meanwhile with the same
+                // refresh token (a provider that rotates them refuses the second): its grant,
+                // brought here by the replica, is the good one.
+                if let Ok(current) = load(&store, login)
+                    && current.sealed_tokens != grant.sealed_tokens
+                    && current.refused.is_none()
+                {
+                    let tokens = Tokens::open(&seal, login, &current.sealed_tokens)?;
+                    info!(login, "another instance refreshed the OAuth2 grant meanwhile; using its token");
+                    let lifetime = current.access_expires_at - current.refreshed_at.unwrap_or(current.authorized_at);
+                    *slot =
+                        Some(Bearer { token: tokens.access.clone(), expires_at: current.access_expires_at, lifetime });
+                    return Ok(tokens.access);
+                }
                 warn!(login, "{origin} refused to refresh the OAuth2 grant: {}", e.describe());
                 grant.refused = Some((t, e.describe()));
-                save(&store, login, grant).await?;
+                save(&store, cluster, login, grant).await?;
                 Err(OAuthError::Reauthorize { login: login.into(), reason: e.describe() })
             }
             TokenReply::Error(e) => Err(OAuthError::Provider { origin, error: e.describe() }),
@@ -269,9 +297,11 @@ pub async fn replace(
     tokens: TokenSet,
     password: Secret,
 ) -> Result<(), OAuthError> {
+    let login = &ctx.config().account_key(login);
     let account = ctx.accounts.account(login);
     let mut slot = account.bearer.lock().await;
-    save_new(&ctx.store, &seal_key(ctx, login).await?, login, endpoints, tokens, password).await?;
+    let key = seal_key(ctx, login).await?;
+    save_new(&ctx.store, &key, login, endpoints, tokens, password, ctx.cluster.as_ref()).await?;
     *slot = None;
     Ok(())
 }

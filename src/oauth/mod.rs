@@ -61,6 +61,9 @@ pub enum OAuthError {
     Seal { login: String, source: SealError },
     #[error("a background task of the OAuth2 sign-in failed")]
     Task,
+    /// With `[cluster]`: the grant could not be written to etcd (so it is not kept at all).
+    #[error("cluster: {0}")]
+    Cluster(crate::context::ClusterError),
 }
 
 impl OAuthError {

@@ -19,6 +19,7 @@ use super::key::AccountKey;
 use super::peer::Peer;
 use super::view::{self, View};
 use crate::imap::wire::message::MessageView;
+use crate::limits::budget::{Budget, Share};
 use crate::seal::SealKey;
 use crate::store::{Store, ViewId};
 
@@ -67,6 +68,9 @@ pub struct Views {
     seal: Arc<SealKey>,
     keys: Arc<dyn SecretKeys>,
     memory: Mutex<Memory>,
+    /// The daemon's memory budget: sessions charge the originals and views of one command to
+    /// their account's share of it ([`Views::charge_to`]).
+    budget: std::sync::OnceLock<Budget>,
 }
 
 impl std::fmt::Debug for Views {
@@ -123,7 +127,24 @@ fn size(shown: &Shown) -> usize {
 
 impl Views {
     pub fn new(store: Store, seal: Arc<SealKey>, keys: Arc<dyn SecretKeys>, budget: usize) -> Views {
-        Views { store, seal, keys, memory: Mutex::new(Memory { budget, ..Memory::default() }) }
+        Views {
+            store,
+            seal,
+            keys,
+            memory: Mutex::new(Memory { budget, ..Memory::default() }),
+            budget: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Charges what sessions hold of originals and views for one command to `budget` (set once,
+    /// when the daemon's context exists).
+    pub fn charge_to(&self, budget: Budget) {
+        let _ = self.budget.set(budget);
+    }
+
+    /// `login`'s share of the memory budget, once there is one.
+    pub fn share(&self, login: &str) -> Option<Share> {
+        self.budget.get().map(|b| b.account(login))
     }
 
     /// Whether `login` has keys, i.e. whether its plain sessions get views at all.

@@ -14,6 +14,7 @@ use super::securejoin::invite::{Invite, InviteError};
 use super::securejoin::inviter::{Inviter, Issued};
 use super::securejoin::joiner;
 use super::securejoin::message::Outgoing;
+use crate::config::Config;
 use crate::store::{MailParams, QueuedMessage, Recipient, RecipientState, StoreError};
 
 /// Longest control line a gateway command may take (an armored key, base64 again).
@@ -25,6 +26,19 @@ pub enum GatewayCommand {
     KeyImport { login: String, armored: Vec<u8> },
     Invite { login: String },
     Join { login: String, link: String },
+}
+
+impl GatewayCommand {
+    /// The command with its login as the store keys it (`Config::account_key`: exact, or
+    /// lower-cased where the account's provider ignores case).
+    pub fn keyed(mut self, config: &Config) -> GatewayCommand {
+        let (GatewayCommand::KeyExport { login, .. }
+        | GatewayCommand::KeyImport { login, .. }
+        | GatewayCommand::Invite { login }
+        | GatewayCommand::Join { login, .. }) = &mut self;
+        *login = config.account_key(login);
+        self
+    }
 }
 
 impl std::fmt::Debug for GatewayCommand {
@@ -110,7 +124,7 @@ pub fn execute(identity: &Identity, cmd: &GatewayCommand, now: i64, give_up_secs
         GatewayCommand::KeyExport { login, .. }
         | GatewayCommand::KeyImport { login, .. }
         | GatewayCommand::Invite { login }
-        | GatewayCommand::Join { login, .. } => Some(login.to_ascii_lowercase()),
+        | GatewayCommand::Join { login, .. } => Some(login.clone()),
     };
     let text = |text: String| Ok(Answer { text, queued: Vec::new(), login: login.clone() });
     match cmd {
@@ -199,6 +213,21 @@ mod tests {
     use crate::openpgp::key::AccountKey;
     use crate::seal::SealKey;
     use crate::store::Store;
+
+    #[test]
+    fn a_commands_login_is_keyed_as_the_store_keys_it() {
+        let config: Config = toml::from_str(
+            "[[account]]\ndomain = \"folded.example\"\nlogin_case_sensitive = false\nimap = \"imap://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let login = |cmd: GatewayCommand| match cmd {
+            GatewayCommand::Invite { login } => login,
+            _ => unreachable!(),
+        };
+        let invite = |l: &str| GatewayCommand::Invite { login: l.into() };
+        assert_eq!(login(invite("Bob@Folded.example").keyed(&config)), "bob@folded.example");
+        assert_eq!(login(invite("Bob@Exact.example").keyed(&config)), "Bob@Exact.example", "case matters by default");
+    }
 
     #[test]
     fn lines_round_trip_and_logs_hold_no_key_or_token() {

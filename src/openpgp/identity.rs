@@ -5,9 +5,17 @@
 //!
 //! Everything here may block (key generation, unsealing, store commits): async callers use
 //! [`Identity::account_key`] (which runs on tokio's blocking threads) or `spawn_blocking`.
+//!
+//! Accounts are keyed like the rest of the store: by the account key (`Config::account_key`,
+//! the login as the provider knows it), so two logins a case-sensitive provider tells apart
+//! never share a key. With `[cluster]` ([`Identity::share_through`]) every write goes to etcd
+//! first (each instance's store follows by watch), and an account's first key is made once for
+//! the whole cluster: the instance that loses the create-if-absent race adopts the winner's.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::runtime::Handle;
 
 use tracing::{info, warn};
 
@@ -20,6 +28,7 @@ use super::peer::{Peer, Verdict};
 use super::securejoin::inviter::Issued;
 use super::securejoin::joiner::Joining;
 use crate::config::Config;
+use crate::context::{BoxFuture, Cluster, ClusterError, OpenPgpEntry, SharedChange};
 use crate::seal::{SealError, SealKey, secret_key_purpose};
 use crate::secret::Secret;
 use crate::store::{Store, StoreError};
@@ -42,6 +51,8 @@ pub enum IdentityError {
     TooManyPeers(String),
     #[error("a key task did not finish: {0}")]
     Task(String),
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 /// Handle to every account's OpenPGP state; cheap to clone.
@@ -49,8 +60,13 @@ pub enum IdentityError {
 pub struct Identity {
     store: Store,
     seal: Arc<SealKey>,
-    /// Keys unsealed so far, by lowercased login (unsealing and parsing cost ~1 ms each).
+    /// Keys unsealed so far, by account key (unsealing and parsing cost ~1 ms each).
     keys: Arc<Mutex<HashMap<String, Arc<AccountKey>>>>,
+    /// With `[cluster]`: etcd, and the runtime its calls run on (blocked on from the blocking
+    /// threads this handle's callers are on).
+    cluster: Arc<OnceLock<(Arc<dyn Cluster>, Handle)>>,
+    /// Accounts whose state an earlier release kept lower-cased has been claimed (or looked for).
+    claimed: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Identity {
@@ -66,7 +82,46 @@ impl Identity {
 
     /// With the seal key already loaded (the daemon's, shared with OAuth2 and the views).
     pub fn with_seal(store: Store, seal: impl Into<Arc<SealKey>>) -> Identity {
-        Identity { store, seal: seal.into(), keys: Arc::default() }
+        Identity { store, seal: seal.into(), keys: Arc::default(), cluster: Arc::default(), claimed: Arc::default() }
+    }
+
+    /// From now on, state is written to etcd first and keys are made once cluster-wide.
+    pub fn share_through(&self, cluster: Arc<dyn Cluster>, runtime: Handle) {
+        let _ = self.cluster.set((cluster, runtime));
+    }
+
+    /// Before the account's state is first read here: state an earlier release kept under the
+    /// lower-cased login, if no login has claimed it, is this account's (`store::keys`).
+    /// Blocking (a read; a commit when there is something to claim).
+    fn claim(&self, login: &str) {
+        if self.claimed.lock().expect("claimed").insert(login.to_string()) {
+            self.store.claim_legacy_state_blocking(login);
+        }
+    }
+
+    /// Runs a cluster call to its end (`None` without `[cluster]`). Blocking: never call on
+    /// the runtime.
+    fn in_cluster<T>(
+        &self,
+        call: impl for<'a> FnOnce(&'a dyn Cluster) -> BoxFuture<'a, Result<T, ClusterError>>,
+    ) -> Option<Result<T, ClusterError>> {
+        let (cluster, runtime) = self.cluster.get()?;
+        Some(runtime.block_on(call(cluster.as_ref())))
+    }
+
+    /// Hands a change of the account's state to etcd (no-op without `[cluster]`).
+    fn publish(&self, login: &str, entry: OpenPgpEntry, value: Option<Vec<u8>>) -> Result<(), IdentityError> {
+        let change = SharedChange::OpenPgp { login: login.to_string(), entry, value };
+        self.in_cluster(|c| c.publish(change)).transpose()?;
+        Ok(())
+    }
+
+    /// Takes the account's key from the store again (another instance replaced it). Blocking.
+    pub fn reload(&self, login: &str) {
+        self.keys.lock().expect("key cache").remove(login);
+        if let Err(e) = self.account_key_blocking(login) {
+            warn!(login = %crate::logging::peer_text(login), "the account's new OpenPGP key stays closed: {e}");
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -84,7 +139,9 @@ impl Identity {
         let logins = self.store.accounts_with_keys()?;
         let mut loaded = 0;
         for login in logins {
-            match self.account_key_blocking(&login) {
+            // As stored, claiming nothing: a lower-cased name an earlier release left is for
+            // the first login that proves itself to claim (`store::keys`).
+            match self.load_key(&login, false) {
                 Ok(_) => loaded += 1,
                 Err(e) => warn!(%login, "the account's OpenPGP key stays closed: {e}"),
             }
@@ -95,41 +152,66 @@ impl Identity {
     /// The account's key, made now if it has none. Blocking (generation, commit): call off the
     /// runtime, or use [`Identity::account_key`].
     pub fn account_key_blocking(&self, login: &str) -> Result<Arc<AccountKey>, IdentityError> {
-        let name = login.to_ascii_lowercase();
+        self.load_key(login, true)
+    }
+
+    /// The account's key from the cache, the store, etcd or made now; `claim`: first taking
+    /// what an earlier release kept under the lower-cased login.
+    fn load_key(&self, login: &str, claim: bool) -> Result<Arc<AccountKey>, IdentityError> {
+        let name = login.to_string();
         if let Some(key) = self.keys.lock().expect("key cache").get(&name) {
             return Ok(key.clone());
         }
+        if claim {
+            self.claim(&name);
+        }
         let key = match self.store.account_key(&name)? {
             Some(sealed) => self.unseal(&name, &sealed)?,
-            None => {
-                let started = std::time::Instant::now();
-                let key =
-                    AccountKey::generate(&name).map_err(|source| IdentityError::Key { login: name.clone(), source })?;
-                let sealed = self.seal_key(&name, &key)?;
-                let kept = self.store.put_account_key(&name, sealed.clone(), false).wait()?;
-                if kept == sealed {
-                    info!(
-                        login = %name,
-                        fingerprint = %key.fingerprint().hex(),
-                        ms = started.elapsed().as_millis() as u64,
-                        "made the account's OpenPGP key"
-                    );
+            None => match self.in_cluster(|c| c.shared_account_key(name.clone())).transpose()?.flatten() {
+                // Made on another instance; the watch has not brought it here yet.
+                Some(theirs) => {
+                    let key = self.unseal(&name, &theirs)?;
+                    self.store.put_account_key(&name, theirs, true).wait()?;
                     key
-                } else {
-                    // Another first use stored its key first: that one is the account's.
-                    self.unseal(&name, &kept)?
                 }
-            }
+                None => self.generate(&name)?,
+            },
         };
         let key = Arc::new(key);
         self.keys.lock().expect("key cache").insert(name, key.clone());
         Ok(key)
     }
 
+    /// The account's first key: made here, kept unless another first use (on this instance,
+    /// or with `[cluster]` on any) stored one first, which is then the account's.
+    fn generate(&self, name: &str) -> Result<AccountKey, IdentityError> {
+        let started = std::time::Instant::now();
+        // The key's user ID is the mail address; its case does not matter to mail.
+        let key = AccountKey::generate(&name.to_ascii_lowercase())
+            .map_err(|source| IdentityError::Key { login: name.into(), source })?;
+        let sealed = self.seal_key(name, &key)?;
+        let (in_force, replace) = match self.in_cluster(|c| c.first_account_key(name.to_string(), sealed.clone())) {
+            Some(winner) => (winner?, true),
+            None => (sealed.clone(), false),
+        };
+        let kept = self.store.put_account_key(name, in_force, replace).wait()?;
+        if kept != sealed {
+            // Another first use stored its key first: that one is the account's.
+            return self.unseal(name, &kept);
+        }
+        info!(
+            login = %crate::logging::peer_text(name),
+            fingerprint = %key.fingerprint().hex(),
+            ms = started.elapsed().as_millis() as u64,
+            "made the account's OpenPGP key"
+        );
+        Ok(key)
+    }
+
     /// [`Identity::account_key_blocking`] for async code: a cached key at once, else on tokio's
     /// blocking threads.
     pub async fn account_key(&self, login: &str) -> Result<Arc<AccountKey>, IdentityError> {
-        if let Some(key) = self.keys.lock().expect("key cache").get(&login.to_ascii_lowercase()) {
+        if let Some(key) = self.keys.lock().expect("key cache").get(login) {
             return Ok(key.clone());
         }
         let (me, login) = (self.clone(), login.to_string());
@@ -145,10 +227,11 @@ impl Identity {
         armored: &[u8],
         passphrase: Option<&Secret>,
     ) -> Result<Fingerprint, IdentityError> {
-        let name = login.to_ascii_lowercase();
-        let key = AccountKey::import_armored(armored, &name, passphrase)
+        let name = login.to_string();
+        let key = AccountKey::import_armored(armored, &name.to_ascii_lowercase(), passphrase)
             .map_err(|source| IdentityError::Key { login: name.clone(), source })?;
         let sealed = self.seal_key(&name, &key)?;
+        self.publish(&name, OpenPgpEntry::Key, Some(sealed.clone()))?;
         self.store.put_account_key(&name, sealed, true).wait()?;
         let fingerprint = key.fingerprint().clone();
         self.keys.lock().expect("key cache").insert(name.clone(), Arc::new(key));
@@ -173,6 +256,7 @@ impl Identity {
     /// One peer's state (`addr` as the wing canonicalizes it). An unreadable record is logged
     /// and treated as unknown, so one bad record never stops the account's mail.
     pub fn peer(&self, login: &str, addr: &str) -> Result<Option<Peer>, IdentityError> {
+        self.claim(login);
         let addr = super::mime::canonical_addr(addr);
         Ok(self.store.peer(login, &addr)?.and_then(|bytes| match serde_json::from_slice(&bytes) {
             Ok(peer) => Some(peer),
@@ -184,6 +268,7 @@ impl Identity {
     }
 
     pub fn peers(&self, login: &str) -> Result<Vec<Peer>, IdentityError> {
+        self.claim(login);
         let mut out = Vec::new();
         for (addr, bytes) in self.store.peers(login)? {
             match serde_json::from_slice(&bytes) {
@@ -196,6 +281,7 @@ impl Identity {
 
     /// Stores what the verdicts changed and logs key changes. Blocking (commit).
     pub fn apply(&self, login: &str, verdicts: &[(String, Verdict)]) -> Result<(), IdentityError> {
+        self.claim(login);
         let mut changed = Vec::new();
         for (addr, verdict) in verdicts {
             match verdict {
@@ -220,28 +306,36 @@ impl Identity {
         if changed.is_empty() {
             return Ok(());
         }
+        for (addr, bytes) in &changed {
+            self.publish(login, OpenPgpEntry::Peer(addr.clone()), Some(bytes.clone()))?;
+        }
         self.store.put_peers(login, changed).wait()?.map_err(|_| IdentityError::TooManyPeers(login.into()))
     }
 
     /// The invites the account honours.
     pub fn invites(&self, login: &str) -> Result<Vec<Issued>, IdentityError> {
+        self.claim(login);
         self.store.invites(login)?.into_iter().map(|(_, bytes)| decode(login, &bytes)).collect()
     }
 
     pub fn add_invite(&self, login: &str, issued: &Issued) -> Result<(), IdentityError> {
+        self.claim(login);
         let bytes = serde_json::to_vec(issued)
             .map_err(|e| IdentityError::Corrupt { login: login.into(), reason: e.to_string() })?;
+        self.publish(login, OpenPgpEntry::Invite(issued.invitenumber.clone()), Some(bytes.clone()))?;
         Ok(self.store.put_invite(login, &issued.invitenumber, bytes).wait()?)
     }
 
     /// The Delta Chat groups the account is in.
     pub fn groups(&self, login: &str) -> Result<Vec<Group>, IdentityError> {
+        self.claim(login);
         self.store.groups(login)?.into_iter().map(|(_, bytes)| decode(login, &bytes)).collect()
     }
 
     /// Learns from a decrypted message of a group (nothing for other mail); a group past the
     /// store's bound is not kept.
     pub fn learn_group(&self, login: &str, decrypted: &Decrypted, received_at: i64) -> Result<(), IdentityError> {
+        self.claim(login);
         let Some(id) = decrypted.protected.chat_group_id.as_deref() else { return Ok(()) };
         let old: Option<Group> = self.store.group(login, id)?.map(|b| decode(login, &b)).transpose()?;
         let Some(group) = super::group::learn(decrypted, login, old.as_ref(), received_at) else { return Ok(()) };
@@ -257,6 +351,7 @@ impl Identity {
         }
         let bytes = serde_json::to_vec(&group)
             .map_err(|e| IdentityError::Corrupt { login: login.into(), reason: e.to_string() })?;
+        self.publish(login, OpenPgpEntry::Group(group.id.clone()), Some(bytes.clone()))?;
         if !self.store.put_group(login, &group.id, bytes).wait()? {
             warn!(login, "too many Delta Chat groups; a new one is not kept");
         }
@@ -265,15 +360,18 @@ impl Identity {
 
     /// The handshakes in progress, by id.
     pub fn joins(&self, login: &str) -> Result<Vec<(String, Joining)>, IdentityError> {
+        self.claim(login);
         self.store.joins(login)?.into_iter().map(|(id, bytes)| Ok((id, decode(login, &bytes)?))).collect()
     }
 
     /// Stores (`Some`) or ends (`None`) a handshake.
     pub fn set_join(&self, login: &str, id: &str, state: Option<&Joining>) -> Result<(), IdentityError> {
+        self.claim(login);
         let bytes = state
             .map(serde_json::to_vec)
             .transpose()
             .map_err(|e| IdentityError::Corrupt { login: login.into(), reason: e.to_string() })?;
+        self.publish(login, OpenPgpEntry::Join(id.to_string()), bytes.clone())?;
         Ok(self.store.put_join(login, id, bytes).wait()?)
     }
 }
@@ -287,7 +385,7 @@ fn decode<T: serde::de::DeserializeOwned>(login: &str, bytes: &[u8]) -> Result<T
 impl SecretKeys for Identity {
     fn secret_keys(&self, login: &str) -> Vec<Arc<AccountKey>> {
         let keys = self.keys.lock().expect("key cache");
-        keys.get(&login.to_ascii_lowercase()).cloned().into_iter().collect()
+        keys.get(login).cloned().into_iter().collect()
     }
 
     fn known_peer(&self, login: &str, addr: &str) -> Option<Peer> {
@@ -331,8 +429,12 @@ mod tests {
     fn a_key_is_made_once_sealed_and_kept_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let id = identity(dir.path());
-        let key = id.account_key_blocking("Alice@Example.org").unwrap();
+        let key = id.account_key_blocking("alice@example.org").unwrap();
         assert_eq!(id.account_key_blocking("alice@example.org").unwrap().fingerprint(), key.fingerprint());
+        // Another account on a case-sensitive provider: its own key (the caller gives the
+        // account key, `Config::account_key`, which folds case where the provider does).
+        let other = id.account_key_blocking("Alice@Example.org").unwrap();
+        assert_ne!(other.fingerprint(), key.fingerprint());
         let sealed = id.store().account_key("alice@example.org").unwrap().unwrap();
         let secret = key.secret_bytes().unwrap();
         assert!(

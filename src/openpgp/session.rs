@@ -22,6 +22,7 @@ use crate::imap::wire::provider::{
     FETCHES, Interceptor, MAX_INTERCEPTED, ProviderCommands, ProviderError, Reply, ReplyOut,
 };
 use crate::imap::wire::response::{appenduid, copyuid, search_uids, uid_set};
+use crate::limits::budget::{Charge, Exceeded, Share};
 use crate::store::ViewId;
 
 /// Capabilities a session of an account with views loses (`-NAME` removes it, see
@@ -36,6 +37,8 @@ pub const DROPPED_CAPABILITIES: &[&str] =
 /// encrypted message is shown as stored, always.
 const MAX_ORIGINAL: u64 = 3 * 1024 * 1024;
 const ORIGINALS_BATCH: u64 = 2 * 1024 * 1024;
+/// Charges to the memory budget grow in steps of this many bytes.
+const CHARGE_STEP: usize = 256 * 1024;
 
 /// The search key that finds the messages that may have a view at the provider: PGP/MIME, and
 /// SecureJoin handshake mail sent unencrypted (the legacy first step), which shows as a notice.
@@ -176,10 +179,10 @@ impl ViewSession {
                 None => out.extend_from_slice(resp),
             }
         }
-        let views = match self.views_of(&mailbox, uidvalidity, &messages, request.uid, provider).await {
-            Ok((views, passthrough)) => {
+        let (views, mut charge) = match self.views_of(&mailbox, uidvalidity, &messages, request.uid, provider).await {
+            Ok((views, passthrough, charge)) => {
                 out.extend(passthrough.concat());
-                views
+                (views, charge)
             }
             Err(e) => return failed(&e),
         };
@@ -188,6 +191,11 @@ impl ViewSession {
             match shown {
                 Shown::View { view, .. } => out.extend(compose(*number, request.uid, &request.items, items, &view)),
                 Shown::Original => originals.push(if request.uid { *uid } else { *number }),
+            }
+            if let Some(charge) = charge.as_mut()
+                && let Err(e) = charge.cover(charge.bytes().max(out.len()), CHARGE_STEP)
+            {
+                return failed(&ProviderError::Connection(Box::new(e)));
             }
         }
         if !originals.is_empty() {
@@ -289,7 +297,7 @@ impl ViewSession {
             encrypted.iter().filter_map(|n| pairs.iter().find(|(m, _, _)| m == n).cloned()).collect()
         };
         let views = match self.views_of(&mailbox, uidvalidity, &messages, parsed.uid, provider).await {
-            Ok((views, passthrough)) => {
+            Ok((views, passthrough, _charge)) => {
                 untagged.extend(passthrough);
                 views
             }
@@ -402,7 +410,9 @@ impl ViewSession {
         reply
     }
 
-    /// The views of the messages, deciding those not decided yet from their originals.
+    /// The views of the messages, deciding those not decided yet from their originals; with
+    /// the charge to the memory budget for the originals read (`Err` when the budget has no
+    /// room for them: a [`ProviderError::Connection`] holding the [`Exceeded`]).
     async fn views_of(
         &self,
         mailbox: &str,
@@ -410,7 +420,11 @@ impl ViewSession {
         messages: &[(u32, u32, Items)],
         by_uid: bool,
         provider: &mut impl ProviderCommands,
-    ) -> Result<(Vec<Shown>, Vec<Vec<u8>>), ProviderError> {
+    ) -> Result<(Vec<Shown>, Vec<Vec<u8>>, Option<Charge>), ProviderError> {
+        // The originals read, and the views composed from them, are charged to the account's
+        // share of the memory budget (`Views::charge_to`); the share is looked up here rather
+        // than kept, since every session task carries its interceptors.
+        let mut charge = self.views.share(&self.login).as_ref().map(Share::empty);
         let ids: Vec<ViewId> =
             messages.iter().map(|(_, uid, _)| ViewId::new(&self.login, mailbox, uidvalidity, *uid)).collect();
         let views = self.views.clone();
@@ -477,6 +491,9 @@ impl ViewSession {
                         .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
                     let body = items.iter().find(|(n, _)| n == "BODY[]").and_then(|(_, v)| literal_or_string(v));
                     if let (Some(uid), Some(body)) = (uid, body) {
+                        if let Some(charge) = charge.as_mut() {
+                            charge.grow(body.len()).map_err(|e| ProviderError::Connection(Box::new(e)))?;
+                        }
                         originals.push((uid, body));
                     }
                 }
@@ -506,7 +523,7 @@ impl ViewSession {
         })
         .await
         .map_err(|e| ProviderError::Connection(Box::new(e)))?;
-        Ok((decided, passthrough))
+        Ok((decided, passthrough, charge))
     }
 }
 
@@ -773,6 +790,13 @@ async fn search(provider: &mut impl ProviderCommands, line: String) -> Result<Ve
 }
 
 fn failed(e: &ProviderError) -> Reply {
+    if let ProviderError::Connection(inner) = e
+        && let Some(exceeded) = inner.downcast_ref::<Exceeded>()
+    {
+        warn!("decrypted views: no room in the memory budget: {exceeded}");
+        let status = format!("NO [LIMIT] {exceeded}; ask for fewer messages at a time\r\n");
+        return Reply { untagged: Vec::new(), status: status.into_bytes() };
+    }
     warn!("the decrypted view could not ask the provider: {e}");
     Reply { untagged: Vec::new(), status: format!("NO [UNAVAILABLE] {e}\r\n").into_bytes() }
 }

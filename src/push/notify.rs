@@ -53,7 +53,11 @@ impl Claims {
     /// Whether this instance may push about INBOX message (UIDVALIDITY, UID): it made the
     /// first claim. Unsure (etcd unreachable, another owner) counts as no.
     async fn claim(&self, message: (u32, u32)) -> bool {
-        match self.cluster.claim_push(self.login.clone(), self.fence, message).await {
+        match self
+            .cluster
+            .claim_push(crate::context::PushChannel::WebPush, self.login.clone(), self.fence, message)
+            .await
+        {
             Ok(true) => true,
             Ok(false) => {
                 debug!(uid = message.1, "pushed before (by this or another instance): not again");

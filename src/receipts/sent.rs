@@ -43,12 +43,16 @@ pub fn message_id(body: &[u8]) -> Option<String> {
     ChatHeaders::parse(&body[..header_end(body)]).message_id
 }
 
+/// What of a queued message is read for its Message-ID: the header section, which submission
+/// bounds to 1 MiB, and its blank line; never the whole message.
+const HEAD: usize = 1024 * 1024 + 4;
+
 /// Before relaying: records the chat messages about to go out, so that a DSN that comes back
 /// faster than the copy is appended still finds its message.
 pub async fn before_relay(store: &Store, msgs: &[(u64, QueuedMessage)]) {
     for (id, msg) in msgs.iter().filter(|(_, m)| m.chat_followup && m.pending().next().is_some()) {
         let id = *id;
-        let Ok(Some(body)) = store.read(move |s| s.queue_body(id)).await else { continue };
+        let Ok(Some(body)) = store.read(move |s| s.queue_body_head(id, HEAD)).await else { continue };
         let Some(message_id) = message_id(&body) else { continue };
         let sent = SentChat {
             sent_at: msg.received_at,

@@ -150,7 +150,8 @@ pub fn cli_gateway(config: &Config, cmd: &GatewayCommand) -> Result<String, Cont
     }
     let store = Store::open(dir).map_err(|source| ControlError::Locked { source, socket })?;
     let identity = crate::openpgp::identity::Identity::open(config, store)?;
-    Ok(commands::execute(&identity, cmd, now(), config.queue.give_up_after_secs)?.text)
+    let cmd = cmd.clone().keyed(config);
+    Ok(commands::execute(&identity, &cmd, now(), config.queue.give_up_after_secs)?.text)
 }
 
 /// The queue in one line, for `check`: its size, or why it cannot be read.
@@ -316,7 +317,7 @@ pub async fn answer_gateway(
     identity: Option<&crate::openpgp::identity::Identity>,
     line: &str,
 ) -> Option<String> {
-    let cmd = GatewayCommand::parse(line)?;
+    let cmd = GatewayCommand::parse(line)?.keyed(&shared.config());
     let Some(identity) = identity.cloned() else {
         return Some(format!("error\n{}\n", crate::openpgp::identity::IdentityError::Disabled));
     };

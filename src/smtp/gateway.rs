@@ -21,6 +21,11 @@ use crate::store::{Recipient, RecipientState, StoreError};
 /// Messages prepared at once (each is read whole into memory, and a new one made): with the
 /// SIZE limit, what bounds the gateway's share of memory however many clients finish a message.
 const AT_ONCE: usize = 2;
+/// What preparing a message holds, in multiples of its size (the message read whole, the one
+/// made, and the parts in between), charged to the memory budget before it is read.
+pub const MEMORY_FACTOR: u64 = 3;
+/// How long a finished message may wait for room in the memory budget before `452`.
+const MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn slots() -> &'static tokio::sync::Semaphore {
     static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
@@ -47,6 +52,22 @@ pub async fn outgoing(ctx: &Smtp, sub: &mut Submission, body: &mut Body) -> Resu
     let message = std::mem::replace(body, Body::Bytes(Vec::new()));
     let store = ctx.shared.store.clone();
     let _slot = slots().acquire().await.map_err(|_| QueueRefusal::Unavailable("shutting down".into()))?;
+    // The whole message is in memory while it is encrypted: charged to the account's share of
+    // the memory budget first (waiting a little for room, then 452).
+    let size = match &message {
+        Body::Bytes(bytes) => bytes.len() as u64,
+        Body::Spooled(file) => tokio::fs::metadata(file.path()).await.map_or(sub.size, |m| m.len()),
+    };
+    let _memory = ctx
+        .shared
+        .memory
+        .account(&sub.login)
+        .charge_within(size.saturating_mul(MEMORY_FACTOR) as usize, MEMORY_WAIT)
+        .await
+        .map_err(|e| {
+            warn!(size, "OpenPGP gateway: no room in the memory budget: {e}");
+            QueueRefusal::Memory(e)
+        })?;
     let result = tokio::task::spawn_blocking(move || {
         let (bytes, spooled) = match message {
             Body::Bytes(bytes) => (bytes, None),

@@ -392,7 +392,7 @@ async fn relay(ctx: &Smtp, login: &str, credential: &Credential, msgs: &mut [(u6
             continue;
         }
         let i = *id;
-        let body = match shared.store.read(move |s| s.queue_body(i)).await {
+        let body = match shared.store.read(move |s| s.queue_body_open(i)).await {
             Ok(Some(body)) => body,
             Ok(None) => {
                 error!(id = *id, "a queued message has no body in the store");
@@ -410,7 +410,7 @@ async fn relay(ctx: &Smtp, login: &str, credential: &Credential, msgs: &mut [(u6
             settle(ctx, *id, msg, None, Some(&reply)).await;
             continue;
         }
-        match client.send(msg, &body).await {
+        match client.send(msg, body).await {
             Ok(tx) => settle(ctx, *id, msg, Some(&tx), None).await,
             Err(e) => {
                 let why = e.to_string();
@@ -475,7 +475,8 @@ async fn send_reports(ctx: &Smtp, login: &str, credential: &Credential, msgs: &m
                 upstream = Some(Upstream::open(shared, login, credential).await?);
             }
             let i = *id;
-            let body = shared.store.read(move |s| s.queue_body(i)).await?.unwrap_or_default();
+            // Only the header is quoted: read no more of the message than it can take.
+            let body = shared.store.read(move |s| s.queue_body_head(i, report::MAX_READ)).await?.unwrap_or_default();
             let report = report::failure_report(*id, msg, &body, &super::hostname(), now());
             let up = upstream.as_mut().expect("connected above");
             match up.append("INBOX", "", &report).await {

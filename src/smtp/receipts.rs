@@ -49,6 +49,9 @@ impl Outbox for Queue {
     }
 }
 
+/// How long a chat copy may wait for room in the memory budget before it is tried again later.
+const MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// After relaying: the copy in Chats for every chat message the provider accepted (for at
 /// least one recipient). A message whose copy cannot be appended yet stays queued for it.
 pub async fn follow_up(ctx: &Smtp, login: &str, credential: &Credential, msgs: &mut [(u64, QueuedMessage)]) {
@@ -59,6 +62,14 @@ pub async fn follow_up(ctx: &Smtp, login: &str, credential: &Credential, msgs: &
         let accepted = msg.recipients.iter().any(|r| matches!(r.state, RecipientState::Delivered { .. }));
         let enabled = shared.accounts.account(login).current().enabled;
         if accepted && enabled {
+            // The copy is APPENDed whole: charged to the account's share of the memory budget.
+            let memory = shared.memory.account(login).charge_within(msg.size as usize, MEMORY_WAIT).await;
+            if let Err(e) = memory {
+                msg.next_attempt_at = now() + 60;
+                warn!(id = *id, "cannot put the chat copy into Chats yet: {e}; retrying in 60 s");
+                super::queue::save(&shared.store, *id, msg).await;
+                continue;
+            }
             let result: Result<(), OwnWorkError> = async {
                 let i = *id;
                 let body = shared.store.read(move |s| s.queue_body(i)).await?.unwrap_or_default();

@@ -20,7 +20,7 @@ use crate::net::{NetError, Phase, Stream, TlsProblem, tcp_connect, tls_handshake
 use crate::oauth::sasl::{Challenge, Mechanism};
 use crate::oauth::{self, OAuthError};
 use crate::secret::Secret;
-use crate::store::{QueuedMessage, RecipientState};
+use crate::store::{QueuedBody, QueuedMessage, RecipientState};
 use crate::tls::UpstreamTls;
 
 /// Longest reply line accepted from a provider (RFC 5321 says 512; be generous).
@@ -165,6 +165,9 @@ pub enum RelayError {
     Protocol { server: String, detail: String },
     #[error("{server} did not answer within {} s", REPLY_TIMEOUT.as_secs())]
     Timeout { server: String },
+    /// The queued message could not be read back while it was being sent.
+    #[error("cannot read the queued message: {detail}")]
+    Body { detail: String },
 }
 
 impl RelayError {
@@ -178,6 +181,8 @@ impl RelayError {
             RelayError::Timeout { .. } => "timeout",
             // As on the IMAP side: the server does not take this kind of sign-in.
             RelayError::NoBearerAuth { .. } => "login_disabled",
+            // Ours, never a connection's: only for completeness.
+            RelayError::Body { .. } => "network",
         }
     }
 }
@@ -384,12 +389,17 @@ impl SmtpClient {
     }
 
     /// Offers `body` for the pending recipients of `msg`. With PIPELINING, MAIL, the RCPTs and
-    /// DATA go out in one write (RFC 2920).
-    pub async fn send(&mut self, msg: &QueuedMessage, body: &[u8]) -> Result<Transaction, RelayError> {
+    /// DATA go out in one write (RFC 2920). A body in a file is read as it is sent, a chunk at
+    /// a time, never whole.
+    pub async fn send(&mut self, msg: &QueuedMessage, body: QueuedBody) -> Result<Transaction, RelayError> {
         let rcpts: Vec<_> = msg.recipients.iter().filter(|r| r.state == RecipientState::Pending).collect();
         let mut mail = format!("MAIL FROM:<{}>", msg.from);
         if self.caps.size.is_some() {
-            mail.push_str(&format!(" SIZE={}", body.len()));
+            let len = match &body {
+                QueuedBody::Bytes(bytes) => bytes.len() as u64,
+                QueuedBody::File { len, .. } => *len,
+            };
+            mail.push_str(&format!(" SIZE={len}"));
         }
         if msg.params.eight_bit && self.caps.eight_bit {
             mail.push_str(" BODY=8BITMIME");
@@ -476,16 +486,41 @@ impl SmtpClient {
         let _ = self.stream.shutdown().await;
     }
 
-    async fn write_body(&mut self, body: &[u8]) -> Result<(), RelayError> {
+    async fn write_body(&mut self, body: QueuedBody) -> Result<(), RelayError> {
         const CHUNK: usize = 64 * 1024;
         let mut out = Vec::with_capacity(CHUNK + 1024);
         let mut at_line_start = true;
-        for chunk in body.chunks(CHUNK) {
+        // The last two bytes sent: whether the data ended with CRLF.
+        let mut tail = *b"\r\n";
+        let mut stuffed = async |this: &mut Self, chunk: &[u8]| {
             out.clear();
             at_line_start = dot_stuff(chunk, at_line_start, &mut out);
-            self.write_raw(&out).await?;
+            match chunk {
+                [.., a, b] => tail = [*a, *b],
+                [b] => tail = [tail[1], *b],
+                [] => {}
+            }
+            this.write_raw(&out).await
+        };
+        match body {
+            QueuedBody::Bytes(bytes) => {
+                for chunk in bytes.chunks(CHUNK) {
+                    stuffed(self, chunk).await?;
+                }
+            }
+            QueuedBody::File { file, .. } => {
+                let mut file = tokio::fs::File::from_std(file);
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let n = file.read(&mut buf).await.map_err(|e| RelayError::Body { detail: e.to_string() })?;
+                    if n == 0 {
+                        break;
+                    }
+                    stuffed(self, &buf[..n]).await?;
+                }
+            }
         }
-        let end: &[u8] = if body.is_empty() || body.ends_with(b"\r\n") { b".\r\n" } else { b"\r\n.\r\n" };
+        let end: &[u8] = if &tail == b"\r\n" { b".\r\n" } else { b"\r\n.\r\n" };
         self.write(end).await
     }
 

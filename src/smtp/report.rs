@@ -10,6 +10,8 @@ use crate::store::{QueuedMessage, RecipientState};
 
 /// At most this much of the original header section is quoted.
 const MAX_QUOTED_HEADER: usize = 64 * 1024;
+/// What of a message a report needs to read: its quoted header and the blank line after it.
+pub const MAX_READ: usize = MAX_QUOTED_HEADER + 4;
 
 /// Builds the report for the failed recipients of queue entry `id`; `body` is the original
 /// message, `now` the Unix time of the report.

@@ -20,6 +20,7 @@ use super::{CapsCache, Smtp, Waits};
 use crate::context::{Context, ReceiptJob};
 use crate::imap::upstream::{AuthOutcome, Upstream};
 use crate::limits::Refused;
+use crate::limits::budget::Charge;
 use crate::limits::logins::Gate;
 use crate::net::Stream;
 use crate::oauth::{self, OAuthError};
@@ -238,7 +239,7 @@ async fn run(
         Some(p) => ctx.caps.get(&p, &shared.upstream_tls, shared.config().limits.connect_timeout()).await,
         None => None,
     };
-    let queue_bytes = shared.config().queue.max_bytes_per_account;
+    let queue_bytes = size_cap(ctx);
     let mut session = Session::new(
         &super::hostname(),
         stream.is_tls(),
@@ -253,6 +254,9 @@ async fn run(
     let mut data_since: Option<Instant> = None;
     // The message being received: its data goes to this file as it comes (never kept in memory).
     let mut spool: Option<(SpoolFile, tokio::fs::File)> = None;
+    // The header section the session holds of a message, charged to the account's share of the
+    // memory budget (set at login).
+    let mut header_charge: Option<Charge> = None;
     loop {
         let event = session.next_event();
         let spooled = spool_data(&shared.store, &mut session, &mut spool).await;
@@ -262,6 +266,16 @@ async fn run(
         {
             warn!("cannot keep the message data: {why}");
             session.spool_failed(why.clone());
+        }
+        if let Some(charge) = header_charge.as_mut() {
+            let held = session.header_held();
+            if held == 0 {
+                charge.release();
+            } else if let Err(e) = charge.cover(held, 64 * 1024) {
+                warn!(held, "no room in the memory budget for the message header: {e}");
+                session.spool_failed(QueueRefusal::Memory(e));
+                charge.release();
+            }
         }
         if !enqueue && !session.data_kept() {
             // Refused, finished or never started: the partial file goes.
@@ -328,6 +342,7 @@ async fn run(
                 };
                 match &result {
                     AuthResult::Ok(_) => {
+                        header_charge = Some(shared.memory.account(&key).empty());
                         shared.logins.succeeded(&key, password.expose(), Instant::now());
                         shared.credentials.remember(&key, &password);
                         shared.store.claim_legacy_state(&key).await;
@@ -497,7 +512,7 @@ async fn check_oauth2_login(ctx: &Smtp, login: &str, password: &Secret) -> AuthR
         Ok(token) => token,
         Err(e) => return refusal(e),
     };
-    let queue_bytes = shared.config().queue.max_bytes_per_account;
+    let queue_bytes = size_cap(ctx);
     let Some(provider) = shared.config().smtp_provider_for(login) else {
         return AuthResult::Unavailable("no submission server is configured for this account".into());
     };
@@ -546,7 +561,7 @@ async fn check_login(ctx: &Smtp, login: &str, password: &Secret, peer: SocketAdd
         return check_oauth2_login(ctx, login, password).await;
     }
     let timeout = shared.config().limits.connect_timeout();
-    let queue_bytes = shared.config().queue.max_bytes_per_account;
+    let queue_bytes = size_cap(ctx);
     let Some(provider) = shared.config().smtp_provider_for(login) else {
         return AuthResult::Unavailable("no submission server is configured for this account".into());
     };
@@ -591,4 +606,18 @@ async fn check_login(ctx: &Smtp, login: &str, password: &Secret, peer: SocketAdd
         Ok(AuthOutcome::Rejected(_)) => AuthResult::Refused,
         Err(e) => AuthResult::Unavailable(format!("{smtp_error}; {e}")),
     }
+}
+
+/// The largest message to offer (`SIZE`) beside the provider's: one that fits the account's
+/// queue and whose work in memory (the chat copy APPENDed whole; with the OpenPGP gateway on,
+/// its encryption) fits the account's share of the memory budget. A larger one could never be
+/// sent, so it is refused for good with `552`.
+fn size_cap(ctx: &Smtp) -> u64 {
+    let config = ctx.shared.config();
+    let memory = config.limits.max_memory_per_account as u64;
+    let memory = match ctx.identity {
+        Some(_) => memory / super::gateway::MEMORY_FACTOR,
+        None => memory,
+    };
+    config.queue.max_bytes_per_account.min(memory)
 }

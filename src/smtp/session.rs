@@ -164,6 +164,9 @@ pub enum QueueRefusal {
     /// The disk under the store is full (`452 4.3.1`).
     #[error("the proxy's disk is full")]
     NoSpace,
+    /// The memory budget has no room for the work the message needs now (`452 4.3.1`).
+    #[error("{0}")]
+    Memory(crate::limits::budget::Exceeded),
     /// The store cannot take it (`451 4.3.0`).
     #[error("{0}")]
     Unavailable(String),
@@ -285,6 +288,16 @@ impl Session {
         {
             data.sink = DataSink::Discard(DummyDataReceiver::new_data(receiver), Refusal::Store(why));
             self.data_out = Vec::new();
+            data.header = Vec::new();
+        }
+    }
+
+    /// Bytes the session holds of the message being received (its header section, for the
+    /// `From:` check), for the caller to charge to the memory budget.
+    pub fn header_held(&self) -> usize {
+        match &self.state {
+            State::Data(data) => data.header.capacity(),
+            _ => 0,
         }
     }
 
@@ -432,6 +445,9 @@ impl Session {
             }
             QueueRefusal::NoSpace => {
                 self.reply("452 4.3.1 Insufficient system storage: the proxy's disk is full; try again later")
+            }
+            QueueRefusal::Memory(why) => {
+                self.reply(&format!("452 4.3.1 Insufficient system resources: {why}; try again later"))
             }
             QueueRefusal::Unavailable(why) => {
                 self.reply(&format!("451 4.3.0 Cannot store the message now ({}); try again later", one_line(&why)))
@@ -1169,6 +1185,31 @@ mod tests {
         }
         let (out, _) = run(&mut s, b"\r\n\r\nbody\r\n.\r\nNOOP\r\n");
         assert!(out.ends_with("552 5.3.4 Message header exceeds 1048576 bytes\r\n250 2.0.0 Ok\r\n"), "{out}");
+    }
+
+    #[test]
+    fn a_header_without_room_in_the_memory_budget_is_dropped_and_answered_452() {
+        let mut s = authed();
+        run(&mut s, b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nX-Long: ");
+        s.feed(&[b'y'; 500]);
+        assert!(matches!(s.next_event(), Event::NeedInput));
+        assert!(s.header_held() >= 500, "what the caller charges");
+        // The caller's charge was refused.
+        s.spool_failed(QueueRefusal::Memory(crate::limits::budget::Exceeded::Account));
+        assert_eq!(s.header_held(), 0, "the header is not kept any more");
+        s.feed(&[b'y'; 300]);
+        assert!(matches!(s.next_event(), Event::NeedInput));
+        assert_eq!(s.header_held(), 0, "nor what follows");
+        let (out, event) = run(&mut s, b"\r\n\r\nbody\r\n.\r\n");
+        assert!(matches!(event, Event::NeedInput), "not queued: {event:?}");
+        assert!(
+            out.ends_with(
+                "452 4.3.1 Insufficient system resources: the memory coi-proxy gives one account \
+                 (max_memory_per_account) is in use; try again later\r\n"
+            ),
+            "{out}"
+        );
+        assert_eq!(s.header_held(), 0);
     }
 
     #[test]

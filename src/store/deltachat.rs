@@ -127,9 +127,19 @@ impl Store {
         Ok(out)
     }
 
+    /// When the account's `token` was last set, if it has it.
+    pub fn dc_token_set_at(&self, account: &str, token: &Secret) -> Result<Option<u64>, StoreError> {
+        let txn = self.begin_read()?;
+        let Some(table) = read_table(&txn, DC_TOKENS)? else { return Ok(None) };
+        let Ok(token) = std::str::from_utf8(token.expose()) else { return Ok(None) };
+        let key = Secret::new(token_key(account, token).into_bytes());
+        let key = std::str::from_utf8(key.expose()).expect("made from a str");
+        table.get(key)?.map(|v| decode_set(v.value())).transpose()
+    }
+
     /// Removes `token` from every account that has it (the notifier said it is gone, 410);
-    /// how many it was removed from.
-    pub fn dc_token_remove(&self, token: &Secret) -> Pending<usize> {
+    /// the accounts it was removed from.
+    pub fn dc_token_remove(&self, token: &Secret) -> Pending<Vec<String>> {
         let token = token.clone();
         self.write(move |txn| {
             let mut table = txn.open_table(DC_TOKENS)?;
@@ -140,10 +150,12 @@ impl Store {
                     gone.push(k.value().to_string());
                 }
             }
+            let mut accounts = Vec::new();
             for k in &gone {
                 table.remove(k.as_str())?;
+                accounts.push(k.split('\0').next().unwrap_or_default().to_string());
             }
-            Ok(gone.len())
+            Ok(accounts)
         })
     }
 
@@ -234,7 +246,9 @@ mod tests {
         assert_eq!(names(store.dc_tokens("alice@x", now + 2, AGE).unwrap()), ["openpgp:one", "openpgp:two"]);
         assert_eq!(store.dc_token_accounts(now, AGE).unwrap(), ["Alice@x", "alice@x", "bob@x"]);
         assert_eq!(names(store.dc_tokens("Alice@x", now + 2, AGE).unwrap()), ["openpgp:three"], "keys are exact");
-        assert_eq!(store.dc_token_remove(&t("openpgp:three")).wait().unwrap(), 1);
+        assert_eq!(store.dc_token_remove(&t("openpgp:three")).wait().unwrap(), ["Alice@x"]);
+        assert_eq!(store.dc_token_set_at("alice@x", &t("openpgp:two")).unwrap(), Some(now + 1));
+        assert_eq!(store.dc_token_set_at("Alice@x", &t("openpgp:two")).unwrap(), None);
         // Set again: renewed. The other one expires 90 days after it was set.
         store.dc_token_set("alice@x", &t("openpgp:two"), now + 80 * DAY, 3, AGE).wait().unwrap();
         assert_eq!(names(store.dc_tokens("alice@x", now + 91 * DAY, AGE).unwrap()), ["openpgp:two"]);
@@ -244,7 +258,7 @@ mod tests {
         }
         assert_eq!(names(store.dc_tokens("carol@x", now + 5, AGE).unwrap()), ["b", "c"]);
         // 410: gone from every account.
-        assert_eq!(store.dc_token_remove(&t("openpgp:one")).wait().unwrap(), 2);
+        assert_eq!(store.dc_token_remove(&t("openpgp:one")).wait().unwrap(), ["alice@x", "bob@x"]);
         assert!(store.dc_tokens("bob@x", now, AGE).unwrap().is_empty());
         drop(store);
         let store = Store::open(dir.path()).unwrap();

@@ -37,7 +37,7 @@ pub use deliveries::{DELIVERIES_KEPT_SECS, Delivery};
 mod keys;
 mod queue;
 mod spool;
-pub use queue::{Attempt, MailParams, QueueCap, QueueUsage, QueuedMessage, Recipient, RecipientState};
+pub use queue::{Attempt, MailParams, QueueCap, QueueUsage, QueuedBody, QueuedMessage, Recipient, RecipientState};
 pub use spool::SpoolFile;
 
 mod coi;
@@ -70,7 +70,9 @@ use writer::{Txn, Writer};
 /// - 3: account keys exactly as `Config::account_key` gives them, no longer lower-cased
 ///   (`keys`: a schema 2 file's names are recorded for the first login to claim them); bodies of
 ///   spooled messages as files named in `queue_body_file`.
-pub const SCHEMA_VERSION: u32 = 3;
+/// - 4: the OpenPGP tables and the OAuth2 grants keyed by the account key too (`keys`: a schema
+///   3 file's names are recorded for the first login to claim them).
+pub const SCHEMA_VERSION: u32 = 4;
 
 const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
 
@@ -274,6 +276,9 @@ impl File {
                     }
                     if v < 3 {
                         keys::migrate_to_exact_keys(&txn)?;
+                    }
+                    if v < 4 {
+                        keys::migrate_identity_to_exact_keys(&txn)?;
                     }
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::read_table;
 use super::{Pending, Store, StoreError};
 
-/// `account` (lower case) → [`OAuthGrant`] as JSON.
-const OAUTH_GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("oauth_grants");
+/// `account` (the account key; lower-cased before schema 4) → [`OAuthGrant`] as JSON.
+pub(super) const OAUTH_GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("oauth_grants");
 
 /// One account's grant.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,18 +73,26 @@ fn decode(login: &str, bytes: &[u8]) -> Result<OAuthGrant, StoreError> {
 }
 
 impl Store {
-    /// `login`'s grant, if `oauth authorize` stored one.
+    /// `login`'s grant, if `oauth authorize` stored one. A grant an earlier release kept under
+    /// the lower-cased login that no login has claimed yet is `login`'s too until one does
+    /// (read only: it moves when a login proves itself, `claim_legacy_state`).
     pub fn oauth_grant(&self, login: &str) -> Result<Option<OAuthGrant>, StoreError> {
-        let login = login.to_ascii_lowercase();
         let txn = self.begin_read()?;
         let Some(table) = read_table(&txn, OAUTH_GRANTS)? else { return Ok(None) };
-        table.get(login.as_str())?.map(|v| decode(&login, v.value())).transpose()
+        if let Some(v) = table.get(login)? {
+            return decode(login, v.value()).map(Some);
+        }
+        let lower = login.to_ascii_lowercase();
+        if lower == login || !self.legacy_identity_unclaimed(&lower)? {
+            return Ok(None);
+        }
+        table.get(lower.as_str())?.map(|v| decode(&lower, v.value())).transpose()
     }
 
     /// Stores `login`'s grant, replacing any; durable when the `Pending` resolves (a rotated
     /// refresh token must survive a crash before it is used).
     pub fn oauth_grant_save(&self, login: &str, grant: &OAuthGrant) -> Pending<()> {
-        let (login, json) = (login.to_ascii_lowercase(), serde_json::to_vec(grant).expect("plain struct"));
+        let (login, json) = (login.to_string(), serde_json::to_vec(grant).expect("plain struct"));
         self.write(move |txn| {
             txn.open_table(OAUTH_GRANTS)?.insert(login.as_str(), json.as_slice())?;
             Ok(())
@@ -125,14 +133,15 @@ mod tests {
     }
 
     #[test]
-    fn grants_round_trip_by_login_case_insensitively() {
+    fn grants_round_trip_by_exact_login() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.oauth_grant("a@x").unwrap(), None);
         assert!(store.oauth_grants().unwrap().is_empty());
         let mut g = grant();
-        store.oauth_grant_save("A@x", &g).wait().unwrap();
-        assert_eq!(store.oauth_grant("a@X").unwrap(), Some(g.clone()));
+        store.oauth_grant_save("a@x", &g).wait().unwrap();
+        assert_eq!(store.oauth_grant("a@x").unwrap(), Some(g.clone()));
+        assert_eq!(store.oauth_grant("A@x").unwrap(), None, "another login on a case-sensitive provider");
         g.refreshes = 1;
         g.refused = Some((70, "invalid_grant".into()));
         store.oauth_grant_save("a@x", &g).wait().unwrap();

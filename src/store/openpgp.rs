@@ -12,16 +12,16 @@ use super::read_table;
 use super::{Pending, Store, StoreError};
 
 /// `login` → sealed secret key.
-const ACCOUNT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("openpgp_account_keys");
+pub(super) const ACCOUNT_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("openpgp_account_keys");
 /// `login NUL canonical address` → peer state.
-const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("openpgp_peers");
+pub(super) const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("openpgp_peers");
 /// `login NUL invitenumber` → an invite we issued.
-const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("openpgp_invites");
+pub(super) const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("openpgp_invites");
 /// `login NUL id` → a handshake we started as joiner.
-const JOINS: TableDefinition<&str, &[u8]> = TableDefinition::new("openpgp_joins");
+pub(super) const JOINS: TableDefinition<&str, &[u8]> = TableDefinition::new("openpgp_joins");
 
 /// `login NUL group id` → a Delta Chat group the account is in.
-const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("openpgp_groups");
+pub(super) const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("openpgp_groups");
 
 /// Groups kept per account; a new one past it is not kept (its replies go out as ordinary mail).
 pub const MAX_GROUPS: usize = 1_000;
@@ -29,8 +29,10 @@ pub const MAX_GROUPS: usize = 1_000;
 /// Peers kept per account; a write past it is refused (a flood of senders cannot fill the disk).
 pub const MAX_PEERS: usize = 50_000;
 
+/// The account key as given (`Config::account_key`); before schema 4 it was lower-cased
+/// (`keys` claims such state for the account).
 fn login_key(login: &str) -> String {
-    login.to_ascii_lowercase()
+    login.to_string()
 }
 
 fn entry_key(login: &str, id: &str) -> String {
@@ -69,6 +71,17 @@ impl Store {
     /// The account's sealed secret key, if it has one.
     pub fn account_key(&self, login: &str) -> Result<Option<Vec<u8>>, StoreError> {
         entry(self, ACCOUNT_KEYS, &login_key(login))
+    }
+
+    /// Whether the account has a key: its own, or one an earlier release kept under the
+    /// lower-cased login that no login has claimed yet (the OpenPGP wing claims it at its
+    /// first use of the account).
+    pub fn has_account_key(&self, login: &str) -> Result<bool, StoreError> {
+        if self.account_key(login)?.is_some() {
+            return Ok(true);
+        }
+        let lower = login.to_ascii_lowercase();
+        Ok(lower != login && self.legacy_identity_unclaimed(&lower)? && self.account_key(&lower)?.is_some())
     }
 
     /// Stores the account's sealed secret key and returns the one in force: with `replace`
@@ -194,7 +207,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         assert!(store.groups("a@x").unwrap().is_empty() && store.group("a@x", "g").unwrap().is_none());
-        assert!(store.put_group("A@x", "g", b"one".to_vec()).wait().unwrap());
+        assert!(store.put_group("a@x", "g", b"one".to_vec()).wait().unwrap());
+        assert!(store.put_group("A@x", "g", b"other".to_vec()).wait().unwrap());
         assert!(store.put_group("a@x", "g", b"two".to_vec()).wait().unwrap());
         assert_eq!(store.groups("a@x").unwrap(), [("g".to_string(), b"two".to_vec())]);
         assert!(store.groups("b@x").unwrap().is_empty());
@@ -212,11 +226,13 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.account_key("a@x").unwrap(), None);
         assert!(store.peers("a@x").unwrap().is_empty() && store.joins("a@x").unwrap().is_empty());
-        assert_eq!(store.put_account_key("A@x", b"first".to_vec(), false).wait().unwrap(), b"first");
+        assert_eq!(store.put_account_key("a@x", b"first".to_vec(), false).wait().unwrap(), b"first");
+        assert_eq!(store.put_account_key("A@x", b"other".to_vec(), false).wait().unwrap(), b"other", "exact keys");
         assert_eq!(store.put_account_key("a@x", b"second".to_vec(), false).wait().unwrap(), b"first", "kept");
         assert_eq!(store.put_account_key("a@x", b"third".to_vec(), true).wait().unwrap(), b"third", "replaced");
-        assert_eq!(store.account_key("a@X").unwrap().as_deref(), Some(&b"third"[..]));
-        assert_eq!(store.accounts_with_keys().unwrap(), ["a@x"]);
+        assert_eq!(store.account_key("a@x").unwrap().as_deref(), Some(&b"third"[..]));
+        assert_eq!(store.account_key("A@x").unwrap().as_deref(), Some(&b"other"[..]));
+        assert_eq!(store.accounts_with_keys().unwrap(), ["A@x", "a@x"]);
 
         let peers = vec![("p@y".to_string(), b"1".to_vec()), ("q@y".to_string(), b"2".to_vec())];
         store.put_peers("a@x", peers.clone()).wait().unwrap().unwrap();

@@ -16,6 +16,14 @@ use redb::{ReadableTable, TableDefinition, TableError};
 use serde::{Deserialize, Serialize};
 
 use super::spool::{self, SpoolFile};
+
+/// A queued message's body, ready to be read.
+pub enum QueuedBody {
+    /// Kept in the store file (earlier releases; messages the proxy made itself).
+    Bytes(Vec<u8>),
+    /// Its file in `state_dir/queue`, open, and its length.
+    File { file: std::fs::File, len: u64, path: std::path::PathBuf },
+}
 use super::{Pending, Store, StoreError};
 
 const ENVELOPES: TableDefinition<u64, &str> = TableDefinition::new("queue_envelope");
@@ -327,11 +335,45 @@ impl Store {
 
     /// The message bytes as received (from the store file, or from the body's file).
     pub fn queue_body(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.queue_body_open(id)? {
+            None => Ok(None),
+            Some(QueuedBody::Bytes(bytes)) => Ok(Some(bytes)),
+            Some(QueuedBody::File { file, len, path }) => {
+                use std::io::Read;
+                let mut body = Vec::with_capacity(len as usize);
+                (&file).read_to_end(&mut body).map_err(|source| StoreError::File { path, source })?;
+                Ok(Some(body))
+            }
+        }
+    }
+
+    /// At most the first `max` bytes of the message (its header, for a report or a
+    /// Message-ID), without reading the rest.
+    pub fn queue_body_head(&self, id: u64, max: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.queue_body_open(id)? {
+            None => Ok(None),
+            Some(QueuedBody::Bytes(mut bytes)) => {
+                bytes.truncate(max);
+                Ok(Some(bytes))
+            }
+            Some(QueuedBody::File { file, path, .. }) => {
+                use std::io::Read;
+                let mut head = Vec::new();
+                file.take(max as u64).read_to_end(&mut head).map_err(|source| StoreError::File { path, source })?;
+                Ok(Some(head))
+            }
+        }
+    }
+
+    /// The message as received, to read as it is sent: the bytes (kept in the store file by
+    /// earlier releases) or its file, opened (it stays readable if the message is dropped
+    /// meanwhile).
+    pub fn queue_body_open(&self, id: u64) -> Result<Option<QueuedBody>, StoreError> {
         let txn = self.begin_read()?;
         match txn.open_table(BODIES) {
             Ok(table) => {
                 if let Some(body) = table.get(id)? {
-                    return Ok(Some(body.value().to_vec()));
+                    return Ok(Some(QueuedBody::Bytes(body.value().to_vec())));
                 }
             }
             Err(e) if missing(&e) => {}
@@ -344,8 +386,9 @@ impl Store {
         };
         let Some(name) = name else { return Ok(None) };
         let path = self.queue_dir().join(name);
-        match std::fs::read(&path) {
-            Ok(body) => Ok(Some(body)),
+        let opened = std::fs::File::open(&path).and_then(|file| Ok((file.metadata()?.len(), file)));
+        match opened {
+            Ok((len, file)) => Ok(Some(QueuedBody::File { file, len, path })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(StoreError::File { path, source }),
         }

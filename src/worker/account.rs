@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use crate::account::{Account, CoiConfig, Filter};
 use crate::coi::classify::{self, ChatHeaders, FIELDS};
 use crate::coi::folders::Namespace;
-use crate::context::Context;
+use crate::context::{Context, PushChannel};
 use crate::imap::upstream::{OwnWorkError, Upstream, UpstreamError};
 use crate::imap::wire::response::{response_code_number, search_uids, uid_set};
 use crate::openpgp::identity::Identity;
@@ -393,7 +393,7 @@ impl<'a> Inbox<'a> {
         let mut new: Vec<(u32, bool)> = Vec::new();
         let mut chat_ids = Vec::new();
         // The header fields of the messages new enough to notify Delta Chat devices of.
-        let mut new_headers: Vec<Vec<u8>> = Vec::new();
+        let mut new_headers: Vec<(u32, Vec<u8>)> = Vec::new();
         let mut highest = None;
         let mut classified = 0;
         // `n:*` returns the last message when n is past the end: that one was handled before.
@@ -415,11 +415,15 @@ impl<'a> Inbox<'a> {
                 new.push((item.uid, is_chat || item.flags.iter().any(|f| f.eq_ignore_ascii_case("$Chat"))));
             }
             if item.uid >= self.notify_from {
-                new_headers.push(item.header.clone());
+                new_headers.push((item.uid, item.header.clone()));
             }
         }
         // Delta Chat devices first: the notification leaves before the rest of the work.
-        crate::deltachat::on_new_mail(self.shared, self.login, new_headers.iter().map(Vec::as_slice));
+        let config = self.shared.config();
+        let news = new_headers.iter().map(|(uid, header)| (*uid, header.as_slice()));
+        if let Some(uid) = crate::deltachat::news_for_devices(&config, self.login, news) {
+            self.notify_devices(uid);
+        }
         // The OpenPGP gateway, before anything moves: SecureJoin steps, Autocrypt, gossip.
         if let Some(identity) = self.gateway {
             let uids: Vec<u32> = new.iter().map(|n| n.0).collect();
@@ -427,7 +431,6 @@ impl<'a> Inbox<'a> {
         }
         // Receipts: DSNs and MDNs about the user's sent chat messages, each handed over once.
         crate::receipts::on_new_messages(self.shared, up, self.login, &fresh).await?;
-        let config = self.shared.config();
         let mut pending =
             crate::push::notify::prepare(&self.shared.store, &config, self.login, up, self.uidvalidity, &new).await?;
         let Some(highest) = highest else { return Ok(()) };
@@ -490,6 +493,27 @@ impl<'a> Inbox<'a> {
             fence.cluster.save_progress(self.login.to_string(), fence.token, position).await?;
         }
         Ok(())
+    }
+
+    /// Wakes the account's Delta Chat devices about INBOX message `uid`. In a cluster only once
+    /// per message across instances: an owner that died after notifying but before saving its
+    /// progress leaves the claim behind, and its successor, seeing the message again, stays quiet.
+    fn notify_devices(&self, uid: u32) {
+        let notify = self.shared.notify.clone();
+        let login = self.login.to_string();
+        let Some(fence) = &self.fence else {
+            notify.new_mail(&login);
+            return;
+        };
+        let cluster = self.shared.cluster.clone().expect("a fence comes from the cluster");
+        let (token, message) = (fence.token, (self.uidvalidity, uid));
+        tokio::spawn(async move {
+            match cluster.claim_push(PushChannel::DeviceToken, login.clone(), token, message).await {
+                Ok(true) => notify.new_mail(&login),
+                Ok(false) => debug!(uid, "devices notified of this message before (by this or another instance)"),
+                Err(e) => warn!(uid, "devices not notified of this message: cannot claim it: {e}"),
+            }
+        });
     }
 
     /// Seen mode: moves every chat message in INBOX that is `\Seen`, whenever it became so and

@@ -19,7 +19,7 @@ const FIELDS: &str = "FROM DATE AUTOCRYPT CONTENT-TYPE";
 /// Whether the account takes part in the gateway: it has a key (made by `key export`,
 /// `invite`, `join`, or its first message through the proxy's SMTP).
 pub fn wanted(identity: Option<&Identity>, login: &str) -> bool {
-    identity.is_some_and(|i| i.store().account_key(login).is_ok_and(|k| k.is_some()))
+    identity.is_some_and(|i| i.store().has_account_key(login).unwrap_or(false))
 }
 
 /// Handles the new messages `uids` of INBOX; returns the UIDs that were SecureJoin messages.

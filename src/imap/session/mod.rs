@@ -199,6 +199,7 @@ impl Session {
             emulate_idle: (profile.idle != IdleMode::Push)
                 .then(|| Duration::from_secs(self.shared.config().coi.poll_secs.max(1))),
             compress: true,
+            memory: Some(self.shared.memory.account(&account.login)),
         };
         let webpush = crate::push::entries::Entries::new(self.shared.clone(), account.clone());
         let views = self.views_for(&account.login).map(|views| {

@@ -53,6 +53,8 @@ pub struct RelayOptions {
     pub emulate_idle: Option<Duration>,
     /// Serve the client's `COMPRESS DEFLATE`.
     pub compress: bool,
+    /// The account's share of the memory budget (what the policy reads whole is charged to it).
+    pub memory: Option<crate::limits::budget::Share>,
 }
 
 /// What the quiet INBOX needs: whether it applies now, the worker's verdicts, and a way to wake
@@ -182,6 +184,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             emulate_idle: opts.emulate_idle,
             quiet: opts.quiet.map(|q| q.active),
             compress: opts.compress,
+            memory: opts.memory,
         };
         let mut policy = Policy::new(policy_opts, client.framer, upstream.framer, initial, Instant::now());
         let shutting_down = *shutdown.borrow();

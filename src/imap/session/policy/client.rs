@@ -8,7 +8,9 @@
 use std::time::Instant;
 
 use super::settle::Look;
-use super::{Answer, Compression, EmulatedIdle, Event, Keep, MAX_INTERCEPTED, Mode, Policy, tagged_or_untagged};
+use super::{
+    Answer, CHARGE_STEP, Compression, EmulatedIdle, Event, Keep, MAX_INTERCEPTED, Mode, Policy, tagged_or_untagged,
+};
 use crate::imap::wire::command::{self, CommandName, Head};
 use crate::imap::wire::framing::{Fragment, Literal};
 
@@ -81,16 +83,30 @@ impl Policy {
         let Mode::Collect(command) = &mut self.current.mode else { return Keep::Discard };
         let too_big =
             literal.is_some_and(|l| l.len > MAX_INTERCEPTED as u64) || command.len() + bytes.len() > MAX_INTERCEPTED;
-        if too_big {
+        // The command so far and the literal it announces are charged before they are read.
+        let needed = command.len() + bytes.len() + literal.map_or(0, |l| l.len as usize);
+        let refused = match self.collect_charge.as_mut() {
+            Some(charge) if !too_big => charge.cover(needed, CHARGE_STEP).err(),
+            _ => None,
+        };
+        if too_big || refused.is_some() {
             let sync = literal.is_some_and(|l| l.sync);
             if sync {
                 self.client.refuse_literal();
             }
             self.current.mode = Mode::Discard;
-            let text = if sync { "NO [TOOBIG] Command too large" } else { "BAD [TOOBIG] Command too large" };
-            self.answer(&self.current.tag.clone(), text);
+            if let Some(charge) = self.collect_charge.as_mut() {
+                charge.release();
+            }
+            let status = if sync { "NO" } else { "BAD" };
+            let text = match refused {
+                Some(e) => format!("{status} [LIMIT] {e}; try again later"),
+                None => format!("{status} [TOOBIG] Command too large"),
+            };
+            self.answer(&self.current.tag.clone(), &text);
             return Keep::Discard;
         }
+        let Mode::Collect(command) = &mut self.current.mode else { return Keep::Discard };
         command.extend_from_slice(bytes);
         match literal {
             None => {

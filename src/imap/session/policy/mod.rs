@@ -47,6 +47,9 @@ use own::Own;
 use settle::{Look, Next};
 
 use crate::imap::wire::provider::MAX_INTERCEPTED;
+use crate::limits::budget::{Charge, Exceeded, Share};
+/// Charges to the memory budget grow in steps of this many bytes.
+const CHARGE_STEP: usize = 64 * 1024;
 /// How long the BYE that ends a session may wait for the provider's response in progress.
 const BYE_WAIT: Duration = Duration::from_secs(5);
 /// What the proxy reads whole of the provider's responses to one of its own commands (bytes).
@@ -76,6 +79,9 @@ pub struct PolicyOptions {
     pub quiet: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
     /// The proxy serves `COMPRESS DEFLATE` (RFC 4978) itself; else it refuses it.
     pub compress: bool,
+    /// The account's share of the memory budget: commands collected for the interceptor and
+    /// responses captured for own commands are charged to it (`None`: not charged).
+    pub memory: Option<Share>,
 }
 
 /// What becomes of one framed fragment.
@@ -288,6 +294,13 @@ pub struct Policy {
     /// Bytes captured for the running own command so far; beyond [`MAX_CAPTURE`] the rest is
     /// dropped and the command ends with [`CAPTURE_TOO_LARGE`].
     captured: usize,
+    /// The budget's charge for what the running own command captured.
+    capture_charge: Option<Charge>,
+    /// The budget refused more for the running own command: the rest is dropped and it ends
+    /// with `NO [LIMIT]`.
+    capture_refused: Option<Exceeded>,
+    /// The budget's charge for the command collected for the interceptor, held until its reply.
+    collect_charge: Option<Charge>,
     /// The rest of a response that was held back is dropped too.
     holding: bool,
     /// The rest of a response goes to the held SELECT answer.
@@ -306,6 +319,8 @@ impl Policy {
     /// counts as they are now.
     pub fn new(opts: PolicyOptions, client: Framer, provider: Framer, verdicts: Verdicts, now: Instant) -> Policy {
         let quiet = opts.quiet.is_some().then(|| Quiet::new(verdicts));
+        let capture_charge = opts.memory.as_ref().map(Share::empty);
+        let collect_charge = opts.memory.as_ref().map(Share::empty);
         Policy {
             opts,
             client,
@@ -326,6 +341,9 @@ impl Policy {
             seen_news: false,
             capture: None,
             captured: 0,
+            capture_charge,
+            capture_refused: None,
+            collect_charge,
             holding: false,
             collecting: false,
             provider_said_bye: false,
@@ -456,6 +474,9 @@ impl Policy {
     /// when they come.
     pub fn interceptor_reply(&mut self, reply: Vec<u8>, now: Instant) {
         self.intercepting = false;
+        if let Some(charge) = self.collect_charge.as_mut() {
+            charge.release();
+        }
         self.own.abandon();
         self.answers.push(Answer::Bytes(reply));
         self.client_clock = now;

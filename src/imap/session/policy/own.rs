@@ -192,6 +192,11 @@ impl Policy {
             waiting: false,
         };
         self.captured = 0;
+        // Nothing of an earlier (abandoned) own command stays charged or refused.
+        self.capture_refused = None;
+        if let Some(charge) = self.capture_charge.as_mut() {
+            charge.release();
+        }
         self.to_provider.extend_from_slice(&running.tag);
         self.to_provider.push(b' ');
         self.to_provider.extend(running.next_piece());

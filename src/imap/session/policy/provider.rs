@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::own::Tagged;
 use super::settle::{Look, is_status_inbox};
-use super::{CAPTURE_TOO_LARGE, Event, Keep, MAX_CAPTURE, Policy};
+use super::{CAPTURE_TOO_LARGE, CHARGE_STEP, Event, Keep, MAX_CAPTURE, Policy};
 use crate::imap::session::quiet::{self, Quiet, Verdict};
 use crate::imap::wire::capability;
 use crate::imap::wire::framing::Fragment;
@@ -26,17 +26,20 @@ impl Policy {
         before: &mut Vec<u8>,
     ) -> Keep {
         let complete = self.provider.at_message_start();
-        if let Some(captured) = self.capture.as_mut() {
+        if self.capture.is_some() {
             self.captured = self.captured.saturating_add(bytes.len());
-            if self.captured <= MAX_CAPTURE {
+            let fits = self.capture_fits();
+            let captured = self.capture.as_mut().expect("checked above");
+            if fits {
                 captured.extend_from_slice(bytes);
             } else {
-                // Too large to read whole: dropped, and the command ends as too large.
+                // Too large to read whole (or no memory for it): dropped, and the command ends
+                // as too large.
                 *captured = Vec::new();
             }
             if complete {
                 let response = self.capture.take().unwrap_or_default();
-                if self.captured <= MAX_CAPTURE {
+                if fits {
                     self.own_untagged(response);
                 }
             }
@@ -91,6 +94,21 @@ impl Policy {
         }
     }
 
+    /// Whether what the running own command captured so far (`captured`) may be kept: within
+    /// [`MAX_CAPTURE`] and charged to the memory budget; once refused, the rest is dropped too.
+    fn capture_fits(&mut self) -> bool {
+        if self.captured > MAX_CAPTURE || self.capture_refused.is_some() {
+            return false;
+        }
+        if let Some(charge) = self.capture_charge.as_mut()
+            && let Err(e) = charge.cover(self.captured, CHARGE_STEP)
+        {
+            self.capture_refused = Some(e);
+            return false;
+        }
+        true
+    }
+
     /// Where a response starting with `line` goes if it is the proxy's own.
     fn route_own(&mut self, line: &[u8], complete: bool, now: Instant) -> Option<Keep> {
         if line.starts_with(b"+") {
@@ -103,12 +121,13 @@ impl Policy {
                 return None;
             }
             self.captured = self.captured.saturating_add(line.len());
+            let fits = self.capture_fits();
             if complete {
-                if self.captured <= MAX_CAPTURE {
+                if fits {
                     self.own_untagged(line.to_vec());
                 }
             } else {
-                self.capture = Some(line.to_vec());
+                self.capture = Some(if fits { line.to_vec() } else { Vec::new() });
             }
             return Some(Keep::Own);
         }
@@ -116,9 +135,17 @@ impl Policy {
         match self.own.tagged(tag) {
             Tagged::Running(origin) => {
                 let status = line.get(tag.len() + 1..).unwrap_or_default();
-                let status = if self.captured > MAX_CAPTURE { CAPTURE_TOO_LARGE } else { status };
+                let refused = self.capture_refused.take().map(|e| format!("NO [LIMIT] {e}; try again later\r\n"));
+                let status = match &refused {
+                    Some(text) => text.as_bytes(),
+                    None if self.captured > MAX_CAPTURE => CAPTURE_TOO_LARGE,
+                    None => status,
+                };
                 self.captured = 0;
                 self.own_done(origin, status, now);
+                if let Some(charge) = self.capture_charge.as_mut() {
+                    charge.release();
+                }
                 Some(Keep::Own)
             }
             Tagged::Abandoned => Some(Keep::Own),

@@ -21,6 +21,7 @@ fn options() -> PolicyOptions {
         emulate_idle: None,
         quiet: None,
         compress: false,
+        memory: None,
     }
 }
 
@@ -621,6 +622,80 @@ fn an_oversized_intercepted_command_is_refused() {
     assert!(String::from_utf8_lossy(&s.client).ends_with("m NO [TOOBIG] Command too large\r\n"));
     assert!(s.events().is_empty());
     assert_eq!(s.client_sends(b"n NOOP\r\n"), "n NOOP\r\n");
+}
+
+#[test]
+fn an_intercepted_command_beyond_the_accounts_memory_is_refused_and_given_back() {
+    use crate::limits::budget::Budget;
+    let budget = Budget::new(1 << 30, 200_000);
+    let mut s = Session::new(PolicyOptions { memory: Some(budget.account("a")), ..options() });
+    s.wants = wants_metadata;
+    // Another session of the account holds most of its share.
+    let other = budget.account("a").charge(150_000).unwrap();
+    assert_eq!(s.client_sends(b"m SETMETADATA \"\" (/private/x {100000}\r\n"), "");
+    assert!(
+        String::from_utf8_lossy(&s.client).ends_with(
+            "m NO [LIMIT] the memory coi-proxy gives one account (max_memory_per_account) is in use; try again later\r\n"
+        ),
+        "{}",
+        String::from_utf8_lossy(&s.client)
+    );
+    assert!(s.events().is_empty());
+    assert_eq!(budget.used("a"), (150_000, 150_000), "nothing kept for the refused command");
+    drop(other);
+    // With room, it is collected, charged while the interceptor has it, and given back after.
+    s.client_sends(b"n SETMETADATA \"\" (/private/x {100000+}\r\n");
+    s.client_sends(&[b'v'; 100_000]);
+    assert_eq!(s.client_sends(b")\r\n"), "");
+    assert!(matches!(s.events().as_slice(), [Event::Intercept(_)]));
+    assert!(budget.used("a").1 >= 100_000);
+    s.policy.interceptor_reply(b"n OK\r\n".to_vec(), s.now);
+    assert_eq!(budget.used("a"), (0, 0));
+}
+
+#[test]
+fn an_own_commands_capture_beyond_the_budget_ends_with_limit() {
+    use crate::limits::budget::Budget;
+    let budget = Budget::new(100_000, 100_000);
+    let mut s = Session::new(PolicyOptions { memory: Some(budget.account("a")), ..options() });
+    let other = budget.account("b").charge(50_000).unwrap();
+    s.policy.own_request(b"GETMETADATA \"\" /x\r\n".to_vec(), &[b"* METADATA "], s.now);
+    s.pump();
+    let big = "v".repeat(60_000);
+    let response = format!("* METADATA \"\" (/x {{60000}}\r\n{big})\r\ncoips1 OK done\r\n");
+    assert_eq!(s.provider_sends(response.as_bytes()), "", "never the client's");
+    assert_eq!(
+        s.events(),
+        vec![Event::OwnStatus(
+            b"NO [LIMIT] the memory coi-proxy gives all sessions (max_memory) is in use; try again later\r\n".to_vec()
+        )]
+    );
+    assert_eq!(budget.used("a"), (50_000, 0), "what was charged is given back");
+    drop(other);
+    s.policy.own_request(b"GETMETADATA \"\" /x\r\n".to_vec(), &[b"* METADATA "], s.now);
+    s.pump();
+    let response = response.replace("coips1", "coips2");
+    s.provider_sends(response.as_bytes());
+    let events = s.events();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1], Event::OwnStatus(b"OK done\r\n".to_vec()));
+    assert_eq!(budget.used("a"), (0, 0));
+    // Refused, then abandoned by the interceptor: nothing of it stays for the next own command.
+    let other = budget.account("b").charge(50_000).unwrap();
+    s.policy.own_request(b"GETMETADATA \"\" /x\r\n".to_vec(), &[b"* METADATA "], s.now);
+    s.pump();
+    s.provider_sends(format!("* METADATA \"\" (/x {{60000}}\r\n{big})\r\n").as_bytes());
+    s.policy.interceptor_reply(b"m NO [UNAVAILABLE] timed out\r\n".to_vec(), s.now);
+    drop(other);
+    let got = s.provider_sends(b"coips3 OK late\r\n");
+    assert_eq!(got, "m NO [UNAVAILABLE] timed out\r\n", "the interceptor's answer, never the late status");
+    s.events();
+    s.policy.own_request(b"GETMETADATA \"\" /x\r\n".to_vec(), &[b"* METADATA "], s.now);
+    s.pump();
+    s.provider_sends(response.replace("coips2", "coips4").as_bytes());
+    let events = s.events();
+    assert_eq!(events.last(), Some(&Event::OwnStatus(b"OK done\r\n".to_vec())), "{events:?}");
+    assert_eq!(budget.used("a"), (0, 0));
 }
 
 #[test]
