@@ -89,7 +89,9 @@ pub fn fields(raw: &[u8]) -> Vec<(String, String)> {
     out
 }
 
-/// The ids in a msg-id list (`<a@b> <c@d>`), without angle brackets; a bare id is accepted.
+/// The ids in a msg-id list (`<a@b> <c@d>`), without angle brackets; a bare id is accepted, a
+/// broken one (`a@b>`, `<a@b`) is none: an id kept from it would never match the `<id>` a reply
+/// writes.
 pub fn msg_ids(value: &str) -> Vec<String> {
     let mut ids = Vec::new();
     let mut rest = value;
@@ -101,7 +103,7 @@ pub fn msg_ids(value: &str) -> Vec<String> {
         }
         rest = &rest[start + len + 1..];
     }
-    if ids.is_empty() && !value.trim().is_empty() && !value.contains(' ') {
+    if ids.is_empty() && !value.trim().is_empty() && !value.contains([' ', '<', '>']) {
         ids.push(value.trim().to_string());
     }
     ids
@@ -159,6 +161,9 @@ mod tests {
     fn ids_addresses_and_fields() {
         assert_eq!(msg_ids("<a@b> <c@d>"), vec!["a@b", "c@d"]);
         assert_eq!(msg_ids("bare@id"), vec!["bare@id"]);
+        // A half-bracketed id (the decrypted_view fuzz target's crash) is no id.
+        assert!(msg_ids("3e91d1ee@localhost>").is_empty());
+        assert!(msg_ids("<3e91d1ee@localhost").is_empty());
         assert_eq!(address("Bob <Bob@Example.org>").as_deref(), Some("bob@example.org"));
         assert_eq!(address("no address"), None);
         assert_eq!(

@@ -218,6 +218,24 @@ mod tests {
         assert_eq!(learn(&removal, "bob@example.org", Some(&g), 0).unwrap().members, ["alice@example.org"]);
     }
 
+    /// Found by the `decrypted_view` fuzz target: a `Message-ID` with only its closing bracket
+    /// was kept as `…@localhost>`, which the `<id>` of a reply (cut at its first `>`) never
+    /// matched. Such an id is not kept; every id kept is found again through a reply.
+    #[test]
+    fn a_half_bracketed_message_id_is_not_kept() {
+        let bob = account("bob");
+        let d = decrypt(&fixture("group.eml"), &bob, &NoKeys).unwrap();
+        let mut broken = d.clone();
+        broken.protected.message_id = Some("\u{fffd}\u{0}3e91d1ee@\u{1}localhost>".into());
+        assert_eq!(learn(&broken, "bob@example.org", None, 0).unwrap().message_ids, Vec::<String>::new());
+        let mut bare = d;
+        bare.protected.message_id = Some("bare\u{1}@localhost".into());
+        let g = learn(&bare, "bob@example.org", None, 0).unwrap();
+        assert_eq!(g.message_ids, ["bare\u{1}@localhost"]);
+        let reply = format!("From: <bob@example.org>\r\nIn-Reply-To: <{}>\r\n\r\nhi\r\n", g.message_ids[0]);
+        assert_eq!(of_reply(reply.as_bytes(), std::slice::from_ref(&g)), Some(&g));
+    }
+
     #[test]
     fn a_reply_finds_its_group_and_is_addressed_to_every_member() {
         let g = team();
