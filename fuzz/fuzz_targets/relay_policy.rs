@@ -1,7 +1,7 @@
 //! The relay policy driven by any interleaving of client bytes, provider bytes, time, worker
 //! verdicts, interceptor replies and own commands (an interceptor that raises its limit per
-//! literal too): it never panics, every step covers bytes
-//! that were there, and nothing is asked of the interceptor while it is at work.
+//! literal too, and a memory share that may refuse a collected command): it never panics, every
+//! step covers bytes that were there, and nothing is asked of the interceptor while it is at work.
 #![no_main]
 
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use coi_proxy::imap::session::quiet::Verdicts;
 use coi_proxy::imap::wire::command::CommandName;
 use coi_proxy::imap::wire::framing::Framer;
 use coi_proxy::imap::wire::provider::MAX_INTERCEPTED;
+use coi_proxy::limits::budget::Budget;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -25,6 +26,8 @@ fuzz_target!(|data: &[u8]| {
         rescan: setup & 16 == 16,
         quiet: (setup & 2 == 2).then(|| Arc::new(move || setup & 4 == 4) as Arc<dyn Fn() -> bool + Send + Sync>),
         compress: setup & 8 == 8,
+        // A small share, so collected commands are both taken and refused for memory.
+        memory: (setup & 32 == 32).then(|| Budget::new(1 << 20, 100_000).account("a")),
     };
     let t0 = Instant::now();
     let mut now = t0;
