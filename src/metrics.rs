@@ -71,6 +71,8 @@ static PROXY_HEADERS_REFUSED: [Counter; 4] = [const { Counter::new() }; 4];
 pub static COMMANDS_RELAYED: Counter = Counter::new();
 pub static BYTES_FROM_CLIENT: Counter = Counter::new();
 pub static BYTES_FROM_PROVIDER: Counter = Counter::new();
+/// Provider bytes (literal bodies) moved to clients in the kernel, counted as they go.
+pub static SPLICED_BYTES: Counter = Counter::new();
 static PROVIDER_CONNECT_FAILURES: [Counter; CAUSES.len()] = [const { Counter::new() }; CAUSES.len()];
 /// The same for providers' submission (SMTP) servers.
 static SUBMISSION_CONNECT_FAILURES: [Counter; CAUSES.len()] = [const { Counter::new() }; CAUSES.len()];
@@ -232,6 +234,12 @@ pub fn render(queue_depth: i64, oldest_age: i64) -> String {
     out.family("coi_proxy_bytes_total", "counter", "IMAP bytes relayed after login, counted when a session ends.");
     out.sample("coi_proxy_bytes_total", &[("direction", "from_client")], BYTES_FROM_CLIENT.get());
     out.sample("coi_proxy_bytes_total", &[("direction", "from_provider")], BYTES_FROM_PROVIDER.get());
+    out.single(
+        "coi_proxy_spliced_bytes_total",
+        "counter",
+        "Literal bytes moved from providers to clients inside the kernel (splice(2), plain TCP both sides), as they go.",
+        &SPLICED_BYTES,
+    );
     out.family(
         "coi_proxy_provider_connect_failures_total",
         "counter",

@@ -64,6 +64,11 @@ impl ReadSize {
         }
     }
 
+    /// Traffic is light: reads are at their small size.
+    pub fn light(&self) -> bool {
+        self.size == Self::INITIAL
+    }
+
     /// Adapts to a read of `n` bytes.
     pub fn after_read(&mut self, n: usize) {
         if n >= self.spare {

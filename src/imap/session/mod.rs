@@ -8,6 +8,7 @@ mod own;
 pub mod policy;
 pub mod quiet;
 mod relay;
+mod splice;
 mod wakes;
 
 use std::net::SocketAddr;

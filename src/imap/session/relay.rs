@@ -29,6 +29,7 @@ use super::own::{OwnCommands, OwnReply, OwnRequest};
 pub use super::policy::RelayEnd;
 use super::policy::{Event, Keep, Policy, PolicyOptions, Step};
 use super::quiet::Verdicts;
+use super::splice::Splicing;
 use super::wakes::{Group, Wakes};
 use crate::deflate::Counters;
 use crate::imap::conn::{Conn, ReadSize};
@@ -123,6 +124,9 @@ struct Relay<'a, I> {
     provider_size: ReadSize,
     to_client: Outbox,
     to_provider: Outbox,
+    /// Literal bodies moved to the client in the kernel; what its pipe holds goes to the
+    /// client before anything in `to_client`.
+    splice: Splicing,
     traffic: Traffic,
     /// The interceptor when it is not at work.
     interceptor: Option<&'a mut I>,
@@ -206,6 +210,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             provider_size: ReadSize::default(),
             to_client: Outbox::default(),
             to_provider: Outbox::default(),
+            splice: Splicing::default(),
             traffic: Traffic::default(),
             interceptor: Some(interceptor),
             intercepting: None,
@@ -236,7 +241,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                     progress |= self.frame_client();
                 }
             }
-            if self.to_client.is_idle() {
+            if self.client_idle() {
                 // Framing first: the proxy's answers pending go in before the next response.
                 if self.frame_provider() {
                     progress = true;
@@ -250,8 +255,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                 if let Event::End(end) = event {
                     // A session cut off at shutdown has no last words: the client is not
                     // reading what it was sent already, and the daemon is about to exit.
-                    if !self.to_client.is_idle() && end != RelayEnd::ShutdownCut {
-                        let _ = tokio::time::timeout(LAST_WORDS, self.to_client.write(&mut self.client)).await;
+                    if !self.client_idle() && end != RelayEnd::ShutdownCut {
+                        let _ = tokio::time::timeout(LAST_WORDS, self.last_words()).await;
                     }
                     return Some(end);
                 }
@@ -266,6 +271,30 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             if !progress {
                 return None;
             }
+        }
+    }
+
+    /// Nothing waits to be written to the client (in the outbox or the splice pipe).
+    fn client_idle(&self) -> bool {
+        self.to_client.is_idle() && self.splice.held() == 0
+    }
+
+    /// What waits for the client, in order: the pipe's bytes, then the outbox.
+    async fn last_words(&mut self) {
+        if self.splice.held() > 0 {
+            let drained = std::future::poll_fn(|cx| self.splice.poll_drain(cx, &self.client)).await;
+            if drained.is_err() {
+                return;
+            }
+        }
+        let _ = self.to_client.write(&mut self.client).await;
+    }
+
+    /// When the client will have read nothing of what waits for it for [`CLIENT_STALL`].
+    fn client_stalled_at(&self) -> Option<Instant> {
+        match (self.to_client.stalled_at(CLIENT_STALL), self.splice.stalled_at(CLIENT_STALL)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -389,7 +418,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
     async fn wait(&mut self, mut sleep: Pin<&mut tokio::time::Sleep>) -> Option<RelayEnd> {
         // A timer set earlier than needed just fires early (ticking is harmless then), so it is
         // only reset to move it forward: not on every read that pushes a deadline back.
-        let stalled = self.to_client.stalled_at(CLIENT_STALL);
+        let stalled = self.client_stalled_at();
         let due = match (self.policy.deadline(), stalled) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -402,8 +431,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             self.standing &= !Source::TIMER;
         }
         // A side is read again once what was read from it has been written on.
-        let read_provider = self.to_client.is_idle() && self.policy.reading_provider();
-        let want_part = self.to_client.is_idle() && self.policy.wants_part();
+        let read_provider = self.client_idle() && self.policy.reading_provider();
+        let want_part = self.client_idle() && self.policy.wants_part();
         let read_client = self.to_provider.is_idle() && self.policy.reading_client();
         std::future::poll_fn(|cx| self.poll_wait(cx, sleep.as_mut(), read_provider, read_client, want_part)).await
     }
@@ -436,6 +465,23 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         let standing = &mut self.standing;
         // Whether `source` is to be polled; if its poll is pending, it stands until its group wakes.
         let due = |standing: &u16, source: u16| *standing & source == 0;
+        if self.splice.held() > 0 && due(standing, Source::CLIENT_WRITE) {
+            match self.splice.poll_drain(&mut client_cx, &self.client) {
+                Poll::Ready(Ok(())) => return Poll::Ready(None),
+                Poll::Ready(Err(e)) if self.splice.cannot(&e) => {
+                    // The pipe's bytes go the ordinary way, before anything else.
+                    return Poll::Ready(match self.splice.take_held() {
+                        Ok(bytes) => {
+                            self.to_client.set(bytes);
+                            None
+                        }
+                        Err(e) => Some(RelayEnd::ClientError(e.to_string())),
+                    });
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(RelayEnd::ClientError(e.to_string()))),
+                Poll::Pending => *standing |= Source::CLIENT_WRITE,
+            }
+        }
         if !self.to_client.is_idle() && due(standing, Source::CLIENT_WRITE) {
             match self.to_client.poll_write(&mut client_cx, &mut self.client) {
                 Poll::Ready(written) => {
@@ -453,12 +499,40 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             }
         }
         if read_provider && due(standing, Source::PROVIDER_READ) {
-            match poll_read(&mut provider_cx, &mut self.provider, &mut self.provider_buf, &mut self.provider_size) {
-                Poll::Ready(read) => {
-                    self.after_provider_read(read);
+            // A literal the policy forwards as-is, with nothing of it read yet, may go to the
+            // client without being seen (plain TCP both sides).
+            let splice = match self.provider_buf.is_empty() && !trace::on() {
+                true => self.splice.chunk(&self.client, &self.provider, self.policy.provider_passthrough()),
+                false => 0,
+            };
+            if splice > 0 {
+                match self.splice.poll_fill(&mut provider_cx, &self.provider, splice) {
+                    Poll::Ready(Ok(0)) => self.policy.provider_closed(),
+                    Poll::Ready(Ok(n)) => {
+                        self.traffic.from_provider += n as u64;
+                        self.policy.provider_passed(n as u64, Instant::now());
+                    }
+                    // Nothing moved: read the ordinary way.
+                    Poll::Ready(Err(e)) if self.splice.cannot(&e) => {}
+                    Poll::Ready(Err(e)) => self.policy.provider_failed(e.to_string()),
+                    Poll::Pending => *standing |= Source::PROVIDER_READ,
+                }
+                if *standing & Source::PROVIDER_READ == 0 {
                     return Poll::Ready(None);
                 }
-                Poll::Pending => *standing |= Source::PROVIDER_READ,
+            } else {
+                match poll_read(&mut provider_cx, &mut self.provider, &mut self.provider_buf, &mut self.provider_size) {
+                    Poll::Ready(read) => {
+                        self.after_provider_read(read);
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending => {
+                        *standing |= Source::PROVIDER_READ;
+                        if self.provider_size.light() {
+                            self.splice.release();
+                        }
+                    }
+                }
             }
         }
         if read_client && due(standing, Source::CLIENT_READ) {
@@ -488,7 +562,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             } else {
                 self.armed = None;
                 let now = Instant::now();
-                if self.to_client.stalled_at(CLIENT_STALL).is_some_and(|at| now >= at) {
+                if self.client_stalled_at().is_some_and(|at| now >= at) {
                     return Poll::Ready(Some(RelayEnd::ClientError(format!(
                         "the client read nothing for {} seconds",
                         CLIENT_STALL.as_secs()

@@ -90,6 +90,25 @@ impl Framer {
         matches!(self.state, State::Literal { .. })
     }
 
+    /// How many bytes of the literal in progress are still to come (`None` outside a literal).
+    pub fn literal_left(&self) -> Option<u64> {
+        match self.state {
+            State::Literal { remaining } => Some(remaining),
+            _ => None,
+        }
+    }
+
+    /// Passes `n` bytes of the literal in progress without seeing them (the relay moved them
+    /// from socket to socket in the kernel, `splice(2)`); at most [`Framer::literal_left`].
+    /// Returns how many were passed (0 outside a literal).
+    pub fn pass_literal(&mut self, n: u64) -> u64 {
+        let State::Literal { remaining } = self.state else { return 0 };
+        let n = n.min(remaining);
+        self.refusable = false;
+        self.state = if n == remaining { State::Continuation } else { State::Literal { remaining: remaining - n } };
+        n
+    }
+
     /// Drops the rest of the current message: the next line starts a new one. Used after the
     /// caller refused a message and discarded its literal by other means.
     pub fn reset(&mut self) {
@@ -212,6 +231,22 @@ pub fn literal_at_end(line: &[u8]) -> Option<Literal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literal_bytes_passed_unseen_keep_the_stream_in_step() {
+        let mut f = Framer::new(1024);
+        let head = b"* 1 FETCH (BODY[] {10}\r\n";
+        assert!(matches!(f.next(head), Some(Fragment::Line { literal: Some(Literal { len: 10, .. }), .. })));
+        assert_eq!(f.literal_left(), Some(10));
+        assert_eq!(f.pass_literal(4), 4);
+        assert_eq!(f.literal_left(), Some(6));
+        assert_eq!(f.next(b"56"), Some(Fragment::LiteralData { len: 2, last: false }));
+        assert_eq!(f.pass_literal(100), 4, "never beyond the literal");
+        assert_eq!(f.literal_left(), None);
+        assert_eq!(f.next(b")\r\n"), Some(Fragment::Line { len: 3, first: false, literal: None }));
+        assert!(f.at_message_start());
+        assert_eq!(f.pass_literal(5), 0, "outside a literal nothing passes");
+    }
 
     /// Frames `input` fed in pieces of `step` bytes; returns each fragment with its bytes.
     fn frame(input: &[u8], step: usize, max_line: usize) -> Vec<(Fragment, Vec<u8>)> {

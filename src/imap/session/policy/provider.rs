@@ -97,6 +97,27 @@ impl Policy {
         }
     }
 
+    /// How many of the provider's next bytes may go to the client unseen (the relay moves them
+    /// socket to socket in the kernel): the rest of the literal in progress when it is
+    /// forwarded as-is, else 0. Not while it is captured for an own command (decrypted views,
+    /// the interceptor's reads: those are charged to the memory budget as they come), held or
+    /// collected by the quiet INBOX, nor while the provider is not to be read. Literal bytes
+    /// are otherwise never looked at (see `provider_fragment`), so passing them changes nothing
+    /// else.
+    pub fn provider_passthrough(&self) -> u64 {
+        if self.capture.is_some() || self.holding || self.collecting || !self.reading_provider() {
+            return 0;
+        }
+        self.provider.literal_left().unwrap_or(0)
+    }
+
+    /// `n` bytes (at most [`Policy::provider_passthrough`]) went from the provider to the client
+    /// unseen.
+    pub fn provider_passed(&mut self, n: u64, now: Instant) {
+        self.provider.pass_literal(n);
+        self.activity = now;
+    }
+
     /// Whether what the running own command captured so far (`captured`) may be kept: within
     /// [`MAX_CAPTURE`] and charged to the memory budget; once refused, the rest is dropped too.
     fn capture_fits(&mut self) -> bool {

@@ -920,3 +920,37 @@ fn compress_with_another_mechanism_or_a_literal_is_refused_and_nothing_switches(
     assert!(s.events().is_empty());
     assert_eq!(s.client_sends(b"c NOOP\r\n"), "c NOOP\r\n", "the refused literal was never sent");
 }
+
+#[test]
+fn only_a_literal_forwarded_as_is_may_pass_unseen() {
+    let mut s = Session::new(options());
+    assert_eq!(s.policy.provider_passthrough(), 0, "between responses");
+    s.client_sends(b"f FETCH 1 BODY[]\r\n");
+    assert_eq!(s.provider_sends(b"* 1 FETCH (BODY[] {10}\r\nabc"), "* 1 FETCH (BODY[] {10}\r\nabc");
+    assert_eq!(s.policy.provider_passthrough(), 7, "the rest of a relayed literal");
+    // The relay moved 5 of them socket to socket.
+    s.policy.provider_passed(5, s.now);
+    assert_eq!(s.policy.provider_passthrough(), 2);
+    assert_eq!(s.provider_sends(b"ij)\r\nf OK done\r\n"), "ij)\r\nf OK done\r\n", "the stream stays in step");
+    assert_eq!(s.policy.provider_passthrough(), 0);
+    assert!(s.policy.reading_client());
+
+    // A literal captured for the proxy's own command is read, never passed.
+    s.wants = wants_metadata;
+    s.client_sends(b"m GETMETADATA \"\" /shared/comment\r\n");
+    s.events();
+    s.policy.own_request(b"GETMETADATA \"\" /shared/comment\r\n".to_vec(), &[b"* METADATA "], s.now);
+    s.pump();
+    assert_eq!(s.provider_sends(b"* METADATA \"\" (/shared/comment {40000}\r\nhi"), "");
+    assert_eq!(s.policy.provider_passthrough(), 0, "captured");
+}
+
+#[test]
+fn a_literal_held_by_the_quiet_inbox_never_passes_unseen() {
+    let (mut s, _active) = idling_on_inbox();
+    // A new message the worker has not looked at is held, and so is a FETCH response about it.
+    assert_eq!(s.provider_sends(b"* 5 EXISTS\r\n"), "");
+    let got = s.provider_sends(b"* 5 FETCH (UID 70 BODY[] {40000}\r\nab");
+    assert_eq!(got, "");
+    assert_eq!(s.policy.provider_passthrough(), 0, "held");
+}
