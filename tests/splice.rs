@@ -104,7 +104,8 @@ fn logged_in(port: u16) -> ImapClient {
 fn large_literals_are_spliced_byte_exact_and_pipelined() {
     let (provider, proxy, messages) = setup();
     let large: usize = messages.iter().filter(|m| m.len() > 16 * 1024).map(Vec::len).sum();
-    let commands = ["f1 UID FETCH 1:* BODY.PEEK[]", "n1 NOOP", "f2 FETCH 4 (UID BODY.PEEK[])", "f3 FETCH 1,2 BODY.PEEK[]"];
+    let commands =
+        ["f1 UID FETCH 1:* BODY.PEEK[]", "n1 NOOP", "f2 FETCH 4 (UID BODY.PEEK[])", "f3 FETCH 1,2 BODY.PEEK[]"];
     let direct = transcript(&mut logged_in(provider.imap_port), &commands);
     for (i, msg) in messages.iter().enumerate() {
         let header = format!("* {n} FETCH (UID {n} BODY[] {{{}}}\r\n", msg.len(), n = i + 1);

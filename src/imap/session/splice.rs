@@ -107,7 +107,15 @@ impl Splicing {
         let cannot = e.kind() == io::ErrorKind::Unsupported
             || matches!(
                 e.raw_os_error(),
-                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EPERM)
+                Some(
+                    libc::EINVAL
+                        | libc::ENOSYS
+                        | libc::EOPNOTSUPP
+                        | libc::EMFILE
+                        | libc::ENFILE
+                        | libc::ENOMEM
+                        | libc::EPERM
+                )
             );
         if cannot {
             tracing::debug!("splicing turned off for the session: {e}");

@@ -96,6 +96,11 @@ impl Woken {
     pub fn has(self, group: Group) -> bool {
         self.0 & group.bit() != 0
     }
+
+    /// Whether any group woke (else the poll comes straight after the relay's own work).
+    pub fn any(self) -> bool {
+        self.0 != 0
+    }
 }
 
 #[cfg(test)]

@@ -156,7 +156,7 @@ impl Policy {
             if self.commands.in_flight.is_empty() {
                 self.commands.sent = self.quiet.as_ref().map(|q| q.verdicts()).unwrap_or_default();
             }
-            let entry = self.commands.in_flight.entry(self.current.tag.clone()).or_default();
+            let entry = self.commands.in_flight.entry(&self.current.tag);
             entry.count += 1;
             let name = self.current.name;
             entry.stores_seen |= name == Some(CommandName::Store) && touches_seen(bytes);

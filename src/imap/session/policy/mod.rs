@@ -35,10 +35,11 @@ mod own;
 mod provider;
 mod rescan;
 mod settle;
+mod tags;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -262,7 +263,7 @@ struct Commands {
     /// The client has INBOX selected (as far as the relayed SELECT/EXAMINE said).
     inbox_selected: bool,
     /// Tags of relayed client commands whose tagged response has not come yet.
-    in_flight: HashMap<Vec<u8>, InFlight>,
+    in_flight: tags::Tags<InFlight>,
     /// The quiet INBOX is in force for the commands in flight: the next waits for their end.
     serial: bool,
     /// The worker's counts when the first of the commands in flight went out.

@@ -119,7 +119,7 @@ impl Look {
     }
 
     /// Whether the SELECT's tag is among `tags`.
-    pub fn tag_in<V>(&self, tags: &std::collections::HashMap<Vec<u8>, V>) -> bool {
+    pub fn tag_in<V: Default>(&self, tags: &super::tags::Tags<V>) -> bool {
         tags.contains_key(&self.tag)
     }
 
