@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
@@ -30,7 +30,7 @@ use super::own::{OwnCommands, OwnReply, OwnRequest};
 pub use super::policy::RelayEnd;
 use super::policy::{Event, Keep, Policy, PolicyOptions, Step};
 use super::quiet::Verdicts;
-use super::splice::Splicing;
+use super::splice::{self, Splicing};
 use super::wakes::{Group, Wakes};
 use crate::deflate::Counters;
 use crate::imap::conn::{Conn, ReadSize};
@@ -543,7 +543,17 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                     return Poll::Ready(None);
                 }
             } else {
-                match poll_read(&mut provider_cx, &mut self.provider, &mut self.provider_buf, &mut self.provider_size) {
+                // While literals are spliced, a read between them takes little more than the
+                // lines before the next, so that the next literal's bytes go through the pipe.
+                let most = (self.splice.active() && self.provider_buf.is_empty() && !self.policy.provider_in_literal())
+                    .then_some(splice::LINES_READ);
+                match poll_read(
+                    &mut provider_cx,
+                    &mut self.provider,
+                    &mut self.provider_buf,
+                    &mut self.provider_size,
+                    most,
+                ) {
                     Poll::Ready(read) => {
                         self.after_provider_read(read);
                         return Poll::Ready(None);
@@ -558,7 +568,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             }
         }
         if read_client && due(standing, Source::CLIENT_READ) {
-            match poll_read(&mut client_cx, &mut self.client, &mut self.client_buf, &mut self.client_size) {
+            match poll_read(&mut client_cx, &mut self.client, &mut self.client_buf, &mut self.client_size, None) {
                 Poll::Ready(read) => return Poll::Ready(self.after_client_read(read)),
                 Poll::Pending => *standing |= Source::CLIENT_READ,
             }
@@ -667,6 +677,7 @@ fn poll_read(
     stream: &mut Stream,
     buf: &mut BytesMut,
     size: &mut ReadSize,
+    most: Option<usize>,
 ) -> Poll<std::io::Result<usize>> {
     // The read itself goes through `poll_read` all the same: it notes a short read as the end
     // of what is there, where a `try_read` would cost another system call to learn it.
@@ -677,7 +688,10 @@ fn poll_read(
         return Poll::Pending;
     }
     size.prepare(buf);
-    std::pin::pin!(stream.read_buf(buf)).poll(cx)
+    match most {
+        Some(most) => std::pin::pin!(stream.read_buf(&mut (&mut *buf).limit(most))).poll(cx),
+        None => std::pin::pin!(stream.read_buf(buf)).poll(cx),
+    }
 }
 
 /// The next change of a watch, kept registered between waits (a `changed()` made anew for

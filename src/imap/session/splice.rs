@@ -20,6 +20,10 @@ use crate::net::Stream;
 /// Literals with less than this left go through the read buffer: for a short rest, the two
 /// extra system calls per chunk cost more than the copies they save.
 pub const THRESHOLD: u64 = 16 * 1024;
+/// While literals are spliced, what a read between two of them takes at most: the lines
+/// between them (a FETCH response's end and the next one's start, usually under 200 bytes)
+/// and the next literal's first bytes, copied; the rest of the literal goes through the pipe.
+pub const LINES_READ: usize = 4 * 1024;
 /// The most moved into the pipe at once: a pipe's default capacity (16 pages).
 const CHUNK: u64 = 64 * 1024;
 
@@ -44,6 +48,11 @@ impl Splicing {
             return 0;
         }
         left.min(CHUNK) as usize
+    }
+
+    /// Whether the session splices now (it holds a pipe: large literals are streaming).
+    pub fn active(&self) -> bool {
+        self.pipe.is_some()
     }
 
     /// Bytes waiting in the pipe for the client.

@@ -111,6 +111,12 @@ impl Policy {
         self.provider.literal_left().unwrap_or(0)
     }
 
+    /// Whether the provider is in the middle of a literal (else of a line, or between
+    /// responses).
+    pub fn provider_in_literal(&self) -> bool {
+        self.provider.in_literal()
+    }
+
     /// `n` bytes (at most [`Policy::provider_passthrough`]) went from the provider to the client
     /// unseen.
     pub fn provider_passed(&mut self, n: u64, now: Instant) {
