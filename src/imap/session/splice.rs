@@ -24,8 +24,10 @@ pub const THRESHOLD: u64 = 16 * 1024;
 /// between them (a FETCH response's end and the next one's start, usually under 200 bytes)
 /// and the next literal's first bytes, copied; the rest of the literal goes through the pipe.
 pub const LINES_READ: usize = 4 * 1024;
-/// The most moved into the pipe at once: a pipe's default capacity (16 pages).
-const CHUNK: u64 = 64 * 1024;
+/// The capacity asked for a pipe, and so the most moved through it at once: fewer, larger
+/// splices. Where the user's pipes exceed the kernel's soft limit (`pipe-user-pages-soft`), a
+/// pipe keeps the capacity it got.
+const PIPE_SIZE: usize = 256 * 1024;
 
 /// The splicing state of one session.
 #[derive(Default)]
@@ -47,7 +49,7 @@ impl Splicing {
         if self.off || self.held > 0 || !plain || left < THRESHOLD || !cfg!(target_os = "linux") {
             return 0;
         }
-        left.min(CHUNK) as usize
+        left.min(PIPE_SIZE as u64) as usize
     }
 
     /// Whether the session splices now (it holds a pipe: large literals are streaming).
@@ -74,7 +76,7 @@ impl Splicing {
             tracing::debug!("splicing literal bodies from the provider to the client");
         }
         let pipe = self.pipe.as_ref().expect("made above");
-        let n = std::task::ready!(pipe.poll_fill(cx, tcp, max))?;
+        let n = std::task::ready!(pipe.poll_fill(cx, tcp, max.min(pipe.capacity())))?;
         self.held = n;
         self.progress = Some(Instant::now());
         crate::metrics::SPLICED_BYTES.add(n as u64);
@@ -167,6 +169,8 @@ mod linux {
     pub struct Pipe {
         read: OwnedFd,
         write: OwnedFd,
+        /// What it holds at most.
+        capacity: usize,
     }
 
     impl Pipe {
@@ -178,7 +182,18 @@ mod linux {
             }
             // SAFETY: pipe2 succeeded, so both are open file descriptors that nothing else owns.
             let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-            Ok(Pipe { read, write })
+            // SAFETY: F_SETPIPE_SZ and F_GETPIPE_SZ on an open pipe; failure changes nothing.
+            let capacity = unsafe {
+                libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, super::PIPE_SIZE as libc::c_int);
+                libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
+            };
+            let capacity = if capacity > 0 { capacity as usize } else { 4096 };
+            Ok(Pipe { read, write, capacity })
+        }
+
+        /// What it holds at most.
+        pub fn capacity(&self) -> usize {
+            self.capacity
         }
 
         /// Splices up to `max` bytes from `tcp` into the pipe (which must have room for them).
@@ -243,6 +258,10 @@ mod other {
     pub enum Pipe {}
 
     impl Pipe {
+        pub fn capacity(&self) -> usize {
+            match *self {}
+        }
+
         pub fn new() -> io::Result<Pipe> {
             Err(io::ErrorKind::Unsupported.into())
         }

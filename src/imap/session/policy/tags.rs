@@ -60,6 +60,8 @@ impl<V: Default> Tags<V> {
         if self.used < SLOTS && (self.more.is_empty() || !self.more.contains_key(tag)) {
             let i = self.used;
             if i == self.slots.len() {
+                // One slot more at a time: most sessions never have a second command in flight.
+                self.slots.reserve_exact(1);
                 self.slots.push((tag.to_vec(), V::default()));
             } else {
                 let (t, v) = &mut self.slots[i];
