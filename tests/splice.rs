@@ -13,8 +13,8 @@ use support::imap_client::ImapClient;
 use support::provider::Provider;
 use support::proxy::Proxy;
 
-/// Message sizes: one below the splice threshold (16 KiB), the rest above, the largest many
-/// pipe loads long.
+/// Message sizes: one below the splice threshold (16 KiB), one below what takes a pipe
+/// (64 KiB), the rest above, the largest many pipe loads long.
 const SIZES: [usize; 5] = [9_000, 40_000, 200_000, 1_500_000, 4_000_000];
 
 /// A 7-bit message of `size` bytes with lines of pseudo-random text; `seed` varies it.
@@ -103,7 +103,7 @@ fn logged_in(port: u16) -> ImapClient {
 #[test]
 fn large_literals_are_spliced_byte_exact_and_pipelined() {
     let (provider, proxy, messages) = setup();
-    let large: usize = messages.iter().filter(|m| m.len() > 16 * 1024).map(Vec::len).sum();
+    let large: usize = messages.iter().filter(|m| m.len() > 64 * 1024).map(Vec::len).sum();
     let commands =
         ["f1 UID FETCH 1:* BODY.PEEK[]", "n1 NOOP", "f2 FETCH 4 (UID BODY.PEEK[])", "f3 FETCH 1,2 BODY.PEEK[]"];
     let direct = transcript(&mut logged_in(provider.imap_port), &commands);

@@ -20,6 +20,9 @@ use crate::net::Stream;
 /// Literals with less than this left go through the read buffer: for a short rest, the two
 /// extra system calls per chunk cost more than the copies they save.
 pub const THRESHOLD: u64 = 16 * 1024;
+/// A session without a pipe takes one only for a literal with at least this left: making and
+/// closing it costs five system calls, more than a medium message's copies.
+const START: u64 = 64 * 1024;
 /// While literals are spliced, what a read between two of them takes at most: the lines
 /// between them (a FETCH response's end and the next one's start, usually under 200 bytes)
 /// and the next literal's first bytes, copied; the rest of the literal goes through the pipe.
@@ -46,7 +49,8 @@ impl Splicing {
     /// `left` is what the policy lets pass unseen ([`super::policy::Policy::provider_passthrough`]).
     pub fn chunk(&self, client: &Stream, provider: &Stream, left: u64) -> usize {
         let plain = matches!((client, provider), (Stream::Plain(_), Stream::Plain(_)));
-        if self.off || self.held > 0 || !plain || left < THRESHOLD || !cfg!(target_os = "linux") {
+        let least = if self.pipe.is_some() { THRESHOLD } else { START };
+        if self.off || self.held > 0 || !plain || left < least || !cfg!(target_os = "linux") {
             return 0;
         }
         left.min(PIPE_SIZE as u64) as usize
