@@ -48,6 +48,11 @@ pub enum DecryptError {
     Unsupported(String),
     #[error("decryption failed, the message is damaged or was altered: {0}")]
     Corrupt(String),
+    /// The OpenPGP library panicked on the message: a bug there, contained here so that a
+    /// crafted message costs no session or worker (the unsupported AEAD mode it panicked on
+    /// once is refused before it is reached; see `is_seipd_v2`).
+    #[error("the OpenPGP library failed on this message")]
+    LibraryFailed,
 }
 
 /// Looks up a public key by fingerprint (the peer table); used to check signatures of senders
@@ -263,12 +268,22 @@ pub fn encrypted_payload(message: &[u8]) -> Option<Vec<u8>> {
 
 /// Decrypts a message encrypted to the account's key.
 pub fn decrypt(message: &[u8], key: &AccountKey, lookup: &dyn KeyLookup) -> Result<Decrypted, DecryptError> {
+    contained(|| decrypt_inner(message, key, lookup))
+}
+
+/// Runs a decryption so that a panic in the OpenPGP library on peer input becomes
+/// [`DecryptError::LibraryFailed`] (the inputs are only read, so nothing is left half-changed).
+fn contained(decrypt: impl FnOnce() -> Result<Decrypted, DecryptError>) -> Result<Decrypted, DecryptError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decrypt)).unwrap_or(Err(DecryptError::LibraryFailed))
+}
+
+fn decrypt_inner(message: &[u8], key: &AccountKey, lookup: &dyn KeyLookup) -> Result<Decrypted, DecryptError> {
     let payload = payload(message)?;
     let pgp = parse_pgp(&payload)?;
     let Message::Encrypted { esk, edata, .. } = &pgp else {
         return Err(DecryptError::NotEncrypted);
     };
-    let seipd_v2 = is_seipd_v2(edata);
+    let seipd_v2 = is_seipd_v2(edata)?;
     if !esk.iter().any(|e| matches!(e, Esk::PublicKeyEncryptedSessionKey(_))) {
         return Err(DecryptError::PasswordOnly);
     }
@@ -290,11 +305,20 @@ pub fn decrypt_with_passwords(
     passwords: &[&str],
     lookup: &dyn KeyLookup,
 ) -> Result<Decrypted, DecryptError> {
+    contained(|| decrypt_with_passwords_inner(message, passwords, lookup))
+}
+
+fn decrypt_with_passwords_inner(
+    message: &[u8],
+    passwords: &[&str],
+    lookup: &dyn KeyLookup,
+) -> Result<Decrypted, DecryptError> {
     let payload = payload(message)?;
     let pgp = parse_pgp(&payload)?;
-    let Message::Encrypted { esk, .. } = &pgp else {
+    let Message::Encrypted { esk, edata, .. } = &pgp else {
         return Err(DecryptError::NotEncrypted);
     };
+    is_seipd_v2(edata)?;
     let [Esk::SymKeyEncryptedSessionKey(skesk)] = esk.as_slice() else {
         return Err(DecryptError::Unsupported("a password message must have exactly one password session key".into()));
     };
@@ -330,13 +354,21 @@ fn parse_pgp(payload: &[u8]) -> Result<Message<'_>, DecryptError> {
     parsed.map_err(|e| DecryptError::Malformed(short(&e)))
 }
 
-fn is_seipd_v2(edata: &pgp::composed::Edata<'_>) -> bool {
+/// Whether the data is SEIPD v2 (AEAD), refusing before any decryption an AEAD mode other than
+/// the three RFC 9580 defines: rPGP 0.21 derives such a packet's nonce by subtracting 8 from the
+/// mode's nonce size, which is 0 for an unknown mode, and panics (found by fuzzing; anyone who
+/// has the account's public key can send such a packet).
+fn is_seipd_v2(edata: &pgp::composed::Edata<'_>) -> Result<bool, DecryptError> {
+    use pgp::crypto::aead::AeadAlgorithm;
     use pgp::packet::{ProtectedDataConfig, SymEncryptedProtectedDataConfig};
-    matches!(
-        edata,
-        pgp::composed::Edata::SymEncryptedProtectedData { reader }
-            if matches!(reader.config(), ProtectedDataConfig::Seipd(SymEncryptedProtectedDataConfig::V2 { .. }))
-    )
+    let pgp::composed::Edata::SymEncryptedProtectedData { reader } = edata else { return Ok(false) };
+    match reader.config() {
+        ProtectedDataConfig::Seipd(SymEncryptedProtectedDataConfig::V2 { aead, .. }) => match aead {
+            AeadAlgorithm::Eax | AeadAlgorithm::Ocb | AeadAlgorithm::Gcm => Ok(true),
+            other => Err(DecryptError::Unsupported(format!("AEAD mode {}", u8::from(*other)))),
+        },
+        _ => Ok(false),
+    }
 }
 
 fn map_decrypt_error(e: pgp::errors::Error) -> DecryptError {
@@ -625,7 +657,12 @@ pub(crate) mod tests {
         let mut binary = Vec::new();
         pkesk.to_writer_with_header(&mut binary).unwrap();
         seipd.to_writer_with_header(&mut binary).unwrap();
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&binary);
+        pgp_mime_of_binary(&binary)
+    }
+
+    /// Wraps binary OpenPGP packets as a PGP/MIME message from alice.
+    fn pgp_mime_of_binary(binary: &[u8]) -> Vec<u8> {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(binary);
         format!(
             "From: <alice@example.org>\r\nSubject: [...]\r\nMIME-Version: 1.0\r\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}\r\n--b--\r\n"
         )
@@ -666,6 +703,70 @@ pub(crate) mod tests {
         let literal = MessageBuilder::from_bytes("", inner.into_bytes()).to_vec(OsRng).unwrap();
         let unsigned = decrypt(&pgp_mime_of_packets(&literal, bob.public_key()), &bob, &lookup).unwrap();
         assert_eq!(unsigned.signature, SignatureStatus::Unsigned);
+    }
+
+    /// A SEIPD v2 packet naming an AEAD mode RFC 9580 does not define is refused before rPGP
+    /// sets it up (rPGP 0.21 panics on such a mode); the three defined modes still decrypt.
+    #[test]
+    fn seipd_v2_with_an_unknown_aead_mode_is_refused_not_a_panic() {
+        use pgp::crypto::aead::{AeadAlgorithm, ChunkSize};
+        let bob = account("bob");
+        let inner = b"From: <alice@example.org>\r\nTo: <bob@example.org>\r\nSubject: s\r\n\r\nHi\r\n".to_vec();
+        let literal = MessageBuilder::from_bytes("", inner).to_vec(OsRng).unwrap();
+        let alg = SymmetricKeyAlgorithm::AES128;
+        let session_key: RawSessionKey = alg.new_session_key(OsRng);
+        let subkey = bob.public_key().encryption_subkey().unwrap();
+        let pkesk = PublicKeyEncryptedSessionKey::from_session_key_v6(OsRng, &session_key, subkey).unwrap();
+        let message_with = |aead: AeadAlgorithm, patch: Option<u8>| {
+            let seipd = SymEncryptedProtectedData::encrypt_seipdv2(
+                OsRng,
+                alg,
+                aead,
+                ChunkSize::default(),
+                session_key.as_ref(),
+                &literal,
+            )
+            .unwrap();
+            let mut packet = Vec::new();
+            seipd.to_writer_with_header(&mut packet).unwrap();
+            // New-format header (tag 18), then the body: version 2, cipher, AEAD mode, chunk size, salt.
+            assert_eq!(packet[0], 0xC0 | 18);
+            let body = match packet[1] {
+                0..192 => 2,
+                192..224 => 3,
+                _ => 6,
+            };
+            assert_eq!(packet[body], 2, "SEIPD v2");
+            if let Some(mode) = patch {
+                packet[body + 2] = mode;
+            }
+            let mut binary = Vec::new();
+            pkesk.to_writer_with_header(&mut binary).unwrap();
+            binary.extend_from_slice(&packet);
+            pgp_mime_of_binary(&binary)
+        };
+        for aead in [AeadAlgorithm::Eax, AeadAlgorithm::Ocb, AeadAlgorithm::Gcm] {
+            let d = decrypt(&message_with(aead, None), &bob, &NoKeys).unwrap();
+            assert_eq!(d.method, Method::PublicKey { seipd_v2: true });
+            assert!(mime::split(&d.inner).1.starts_with(b"Hi"));
+        }
+        for mode in [0u8, 4, 99, 100, 110, 255] {
+            let err = decrypt(&message_with(AeadAlgorithm::Ocb, Some(mode)), &bob, &NoKeys).unwrap_err();
+            assert_eq!(err, DecryptError::Unsupported(format!("AEAD mode {mode}")), "mode {mode}");
+            let err =
+                decrypt_with_passwords(&message_with(AeadAlgorithm::Ocb, Some(mode)), &["pw"], &NoKeys).unwrap_err();
+            assert_eq!(err, DecryptError::Unsupported(format!("AEAD mode {mode}")), "mode {mode}");
+        }
+    }
+
+    #[test]
+    fn a_panic_while_decrypting_is_an_error() {
+        assert_eq!(
+            contained(|| panic!("as rPGP did on an unknown AEAD mode")).unwrap_err(),
+            DecryptError::LibraryFailed
+        );
+        let d = contained(|| decrypt_inner(&fixture("one-to-one.eml"), &account("bob"), &NoKeys)).unwrap();
+        assert_eq!(d.method, Method::PublicKey { seipd_v2: true });
     }
 
     #[test]

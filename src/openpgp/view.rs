@@ -115,6 +115,7 @@ fn reason_code(error: &DecryptError) -> &'static str {
         DecryptError::PasswordOnly | DecryptError::NoPassword => "password-encrypted",
         DecryptError::Unsupported(_) => "unsupported",
         DecryptError::Corrupt(_) => "corrupt",
+        DecryptError::LibraryFailed => "library-failed",
     }
 }
 
