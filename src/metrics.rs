@@ -73,6 +73,8 @@ pub static BYTES_FROM_CLIENT: Counter = Counter::new();
 pub static BYTES_FROM_PROVIDER: Counter = Counter::new();
 /// Provider bytes (literal bodies) moved to clients in the kernel, counted as they go.
 pub static SPLICED_BYTES: Counter = Counter::new();
+/// Sessions handed to a relay lane (`imap::session::lane`), counted as they go.
+pub static LANE_ENTRIES: Counter = Counter::new();
 static PROVIDER_CONNECT_FAILURES: [Counter; CAUSES.len()] = [const { Counter::new() }; CAUSES.len()];
 /// The same for providers' submission (SMTP) servers.
 static SUBMISSION_CONNECT_FAILURES: [Counter; CAUSES.len()] = [const { Counter::new() }; CAUSES.len()];
@@ -239,6 +241,12 @@ pub fn render(queue_depth: i64, oldest_age: i64) -> String {
         "counter",
         "Literal bytes moved from providers to clients inside the kernel (splice(2), plain TCP both sides), as they go.",
         &SPLICED_BYTES,
+    );
+    out.single(
+        "coi_proxy_lane_entries_total",
+        "counter",
+        "Times a session in its plain state was handed to a relay lane (relayed from epoll directly).",
+        &LANE_ENTRIES,
     );
     out.family(
         "coi_proxy_provider_connect_failures_total",

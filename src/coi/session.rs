@@ -555,6 +555,12 @@ impl<E: EntryOwner, L: LocalEntries> Interceptor for CoiSession<E, L> {
         }
     }
 
+    /// Whatever the client turns out to be (a chat client is known only after its ID).
+    fn watches(&self, name: CommandName, uid: bool) -> bool {
+        use CommandName::*;
+        !uid && matches!(name, GetMetadata | SetMetadata | Create | Delete | Rename | Id | Select | Examine | Status)
+    }
+
     async fn handle<P: ProviderCommands>(&mut self, raw: Vec<u8>, own: &mut P, out: &mut ReplyOut) -> Vec<u8> {
         // A command of up to a MiB (tens of thousands of entries) is parsed off the runtime.
         let (raw, parsed) = if raw.len() > OFF_RUNTIME_BYTES {

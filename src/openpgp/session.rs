@@ -660,6 +660,12 @@ impl Interceptor for ViewSession {
         false
     }
 
+    /// Whether or not the client is a plain one now, and whatever is selected.
+    fn watches(&self, name: CommandName, _uid: bool) -> bool {
+        use CommandName::*;
+        matches!(name, Select | Examine | Search | Copy | Move | Append | Fetch)
+    }
+
     fn wants_command(&self, name: CommandName, uid: bool, line: &[u8]) -> bool {
         if !(self.plain)() {
             return false;

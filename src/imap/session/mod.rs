@@ -7,6 +7,7 @@
 mod own;
 pub mod policy;
 pub mod quiet;
+mod lane;
 mod relay;
 mod splice;
 mod wakes;

@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use super::lane::{Failure, Lanes, Watched};
 use super::own::{OwnCommands, OwnReply, OwnRequest};
 pub use super::policy::RelayEnd;
 use super::policy::{Event, Keep, Policy, PolicyOptions, Step};
@@ -107,28 +109,33 @@ pub async fn run<I: Interceptor>(
         if let Some(end) = relay.work().await {
             break end;
         }
+        if let Some(lanes) = relay.lanes
+            && relay.lane_eligible()
+        {
+            match relay.lane(lanes, sleep.as_mut()).await {
+                Ok(back) => relay = back,
+                Err(ended) => return ended,
+            }
+            continue;
+        }
         if let Some(end) = relay.wait(sleep.as_mut()).await {
             break end;
         }
     };
-    (end, relay.traffic.clone())
+    (end, relay.core.traffic.clone())
 }
 
 /// One session's sockets, buffers and policy.
 struct Relay<'a, I> {
-    policy: Policy,
-    client: Stream,
-    client_buf: BytesMut,
-    client_size: ReadSize,
-    provider: Stream,
-    provider_buf: BytesMut,
-    provider_size: ReadSize,
-    to_client: Outbox,
-    to_provider: Outbox,
+    core: Box<Core>,
+    /// Where the session is relayed while it is plain (`None`: lanes are off).
+    lanes: Option<&'static Lanes>,
+    /// The commands the interceptor may watch: a lane leaves them to the task.
+    watched: Watched,
+    provider_timeout: Duration,
     /// Literal bodies moved to the client in the kernel; what its pipe holds goes to the
     /// client before anything in `to_client`.
     splice: Splicing,
-    traffic: Traffic,
     /// The interceptor when it is not at work.
     interceptor: Option<&'a mut I>,
     intercepting: Option<Intercepting<'a, I>>,
@@ -155,6 +162,34 @@ struct Relay<'a, I> {
     /// The sources whose last poll was pending and whose group has not woken since: polling
     /// them again would only tell the same (bits of [`Source`]).
     standing: u16,
+}
+
+/// What a session's relaying needs besides its waiting: the policy, both sockets, their read
+/// buffers and what goes to each. It moves to a lane (`lane.rs`) and back whole.
+pub(super) struct Core {
+    pub policy: Policy,
+    pub client: Stream,
+    pub client_buf: BytesMut,
+    pub client_size: ReadSize,
+    pub provider: Stream,
+    pub provider_buf: BytesMut,
+    pub provider_size: ReadSize,
+    pub to_client: Outbox,
+    pub to_provider: Outbox,
+    pub traffic: Traffic,
+}
+
+impl Core {
+    /// Frames what was read from the provider into what goes to the client; whether anything
+    /// was framed.
+    pub(super) fn frame_provider(&mut self, now: Instant) -> bool {
+        let policy = &mut self.policy;
+        frame(&mut self.provider_buf, &mut self.to_client, now, |buf| {
+            let step = policy.provider_input(buf, now)?;
+            trace::provider_fragment(&step.fragment, &buf[..step.len]);
+            Some(step)
+        })
+    }
 }
 
 /// The sources the relay waits on, as bits of `Relay::standing`.
@@ -188,6 +223,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         let wake_worker = opts.quiet.as_ref().map(|q| q.wake.clone());
         let initial = verdicts.as_mut().map(|v| *v.borrow_and_update()).unwrap_or_default();
         let verdicts = verdicts.map(Changes::new);
+        let provider_timeout = opts.provider_timeout;
         let policy_opts = PolicyOptions {
             max_literal: opts.max_literal,
             autologout: opts.autologout,
@@ -205,18 +241,24 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             policy.shutdown(Instant::now());
         }
         let (own_tx, own_rx) = mpsc::unbounded_channel();
+        let watched = Watched::of(&*interceptor);
         Relay {
-            policy,
-            client: client.stream,
-            client_buf: client.buf,
-            client_size: ReadSize::default(),
-            provider: upstream.stream,
-            provider_buf: upstream.buf,
-            provider_size: ReadSize::default(),
-            to_client: Outbox::default(),
-            to_provider: Outbox::default(),
+            lanes: Lanes::get(),
+            watched,
+            provider_timeout,
+            core: Box::new(Core {
+                policy,
+                client: client.stream,
+                client_buf: client.buf,
+                client_size: ReadSize::default(),
+                provider: upstream.stream,
+                provider_buf: upstream.buf,
+                provider_size: ReadSize::default(),
+                to_client: Outbox::default(),
+                to_provider: Outbox::default(),
+                traffic: Traffic::default(),
+            }),
             splice: Splicing::default(),
-            traffic: Traffic::default(),
             interceptor: Some(interceptor),
             intercepting: None,
             parts: None,
@@ -239,9 +281,9 @@ impl<'a, I: Interceptor> Relay<'a, I> {
     async fn work(&mut self) -> Option<RelayEnd> {
         loop {
             let mut progress = false;
-            if self.to_provider.is_idle() {
-                if let Some(bytes) = self.policy.poll_to_provider() {
-                    self.to_provider.set(bytes, self.now());
+            if self.core.to_provider.is_idle() {
+                if let Some(bytes) = self.core.policy.poll_to_provider() {
+                    self.core.to_provider.set(bytes, self.now());
                     progress = true;
                 } else {
                     progress |= self.frame_client();
@@ -251,12 +293,12 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                 // Framing first: the proxy's answers pending go in before the next response.
                 if self.frame_provider() {
                     progress = true;
-                } else if let Some(bytes) = self.policy.poll_to_client() {
-                    self.to_client.set(bytes, self.now());
+                } else if let Some(bytes) = self.core.policy.poll_to_client() {
+                    self.core.to_client.set(bytes, self.now());
                     progress = true;
                 }
             }
-            while let Some(event) = self.policy.poll_event() {
+            while let Some(event) = self.core.policy.poll_event() {
                 progress = true;
                 if let Event::End(end) = event {
                     // A session cut off at shutdown has no last words: the client is not
@@ -294,23 +336,23 @@ impl<'a, I: Interceptor> Relay<'a, I> {
 
     /// Nothing waits to be written to the client (in the outbox or the splice pipe).
     fn client_idle(&self) -> bool {
-        self.to_client.is_idle() && self.splice.held() == 0
+        self.core.to_client.is_idle() && self.splice.held() == 0
     }
 
     /// What waits for the client, in order: the pipe's bytes, then the outbox.
     async fn last_words(&mut self) {
         if self.splice.held() > 0 {
-            let drained = std::future::poll_fn(|cx| self.splice.poll_drain(cx, &self.client)).await;
+            let drained = std::future::poll_fn(|cx| self.splice.poll_drain(cx, &self.core.client)).await;
             if drained.is_err() {
                 return;
             }
         }
-        let _ = self.to_client.write(&mut self.client).await;
+        let _ = self.core.to_client.write(&mut self.core.client).await;
     }
 
     /// When the client will have read nothing of what waits for it for [`CLIENT_STALL`].
     fn client_stalled_at(&self) -> Option<Instant> {
-        match (self.to_client.stalled_at(CLIENT_STALL), self.splice.stalled_at(CLIENT_STALL)) {
+        match (self.core.to_client.stalled_at(CLIENT_STALL), self.splice.stalled_at(CLIENT_STALL)) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         }
@@ -319,31 +361,31 @@ impl<'a, I: Interceptor> Relay<'a, I> {
     /// Writes the `OK` to the client's COMPRESS (the last uncompressed bytes), then puts
     /// deflate on its connection; what the client sent after the command is compressed too.
     async fn start_compression(&mut self) -> std::io::Result<()> {
-        if !self.to_client.is_idle() {
-            tokio::time::timeout(LAST_WORDS, self.to_client.write(&mut self.client))
+        if !self.core.to_client.is_idle() {
+            tokio::time::timeout(LAST_WORDS, self.core.to_client.write(&mut self.core.client))
                 .await
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client did not read"))??;
         }
-        let already_read = self.client_buf.split();
-        let (stream, counters) = std::mem::replace(&mut self.client, Stream::Upgrading).compress(&already_read);
-        self.client = stream;
+        let already_read = self.core.client_buf.split();
+        let (stream, counters) = std::mem::replace(&mut self.core.client, Stream::Upgrading).compress(&already_read);
+        self.core.client = stream;
         self.standing &= !Source::CLIENT;
-        self.traffic.client_wire = Some(counters);
+        self.core.traffic.client_wire = Some(counters);
         tracing::debug!("client connection compressed (COMPRESS DEFLATE)");
         Ok(())
     }
 
     fn frame_client(&mut self) -> bool {
-        if self.client_buf.is_empty() {
+        if self.core.client_buf.is_empty() {
             return false;
         }
         let now = self.now();
-        let (policy, interceptor) = (&mut self.policy, &self.interceptor);
+        let (policy, interceptor) = (&mut self.core.policy, &self.interceptor);
         let wants = |name, uid, line: &[u8]| {
             let i = interceptor.as_deref()?;
             i.wants_command(name, uid, line).then(|| i.collect_limit(name, uid, line))
         };
-        frame(&mut self.client_buf, &mut self.to_provider, now, |buf| {
+        frame(&mut self.core.client_buf, &mut self.core.to_provider, now, |buf| {
             let step = policy.client_input(buf, now, wants)?;
             trace::client_fragment(&step.fragment, &buf[..step.len]);
             Some(step)
@@ -351,16 +393,11 @@ impl<'a, I: Interceptor> Relay<'a, I> {
     }
 
     fn frame_provider(&mut self) -> bool {
-        if self.provider_buf.is_empty() {
+        if self.core.provider_buf.is_empty() {
             return false;
         }
         let now = self.now();
-        let policy = &mut self.policy;
-        frame(&mut self.provider_buf, &mut self.to_client, now, |buf| {
-            let step = policy.provider_input(buf, now)?;
-            trace::provider_fragment(&step.fragment, &buf[..step.len]);
-            Some(step)
-        })
+        self.core.frame_provider(now)
     }
 
     fn event(&mut self, event: Event) {
@@ -406,13 +443,13 @@ impl<'a, I: Interceptor> Relay<'a, I> {
 
     fn after_provider_read(&mut self, read: std::io::Result<usize>) {
         match read {
-            Ok(0) => self.policy.provider_closed(),
+            Ok(0) => self.core.policy.provider_closed(),
             Ok(n) => {
-                self.traffic.from_provider += n as u64;
-                self.provider_size.after_read(n);
-                self.policy.provider_read(self.now());
+                self.core.traffic.from_provider += n as u64;
+                self.core.provider_size.after_read(n);
+                self.core.policy.provider_read(self.now());
             }
-            Err(e) => self.policy.provider_failed(e.to_string()),
+            Err(e) => self.core.policy.provider_failed(e.to_string()),
         }
     }
 
@@ -420,9 +457,9 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         match read {
             Ok(0) => Some(RelayEnd::ClientClosed),
             Ok(n) => {
-                self.traffic.from_client += n as u64;
-                self.client_size.after_read(n);
-                self.policy.client_read(self.now());
+                self.core.traffic.from_client += n as u64;
+                self.core.client_size.after_read(n);
+                self.core.policy.client_read(self.now());
                 None
             }
             // Many clients close TLS without close_notify: that is a close, not a failure.
@@ -431,26 +468,141 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         }
     }
 
+    /// Whether the session can go to a lane now: both sides plain TCP with nothing unwritten
+    /// or spliced, the policy plain, no interceptor at work, no deadline passed, not shutting
+    /// down, no protocol trace.
+    fn lane_eligible(&self) -> bool {
+        matches!((&self.core.client, &self.core.provider), (Stream::Plain(_), Stream::Plain(_)))
+            && self.core.to_client.is_idle()
+            && self.core.to_provider.is_idle()
+            && self.splice.held() == 0
+            && !self.splice.active()
+            && self.intercepting.is_none()
+            && self.parts.is_none()
+            && self.own_replies.is_none()
+            && self.shutdown.is_some()
+            && !trace::on()
+            && self.core.policy.lane_ready()
+            && self.core.policy.deadline().is_none_or(|d| d > Instant::now())
+    }
+
+    /// Relays in a lane until the session comes back to its task: by itself (something the
+    /// task does), or called back for the timer, shutdown or new verdicts, which are then
+    /// acted on here. `Err` with the session's end when a socket failed in the lane.
+    async fn lane(
+        mut self,
+        lanes: &'static Lanes,
+        mut sleep: Pin<&mut tokio::time::Sleep>,
+    ) -> Result<Relay<'a, I>, (RelayEnd, Traffic)> {
+        let client = std::mem::replace(&mut self.core.client, Stream::Upgrading);
+        let provider = std::mem::replace(&mut self.core.provider, Stream::Upgrading);
+        let (Stream::Plain(client), Stream::Plain(provider)) = (client, provider) else {
+            unreachable!("only plain TCP sessions go to a lane (lane_eligible)")
+        };
+        let traffic = self.core.traffic.clone();
+        let (client, provider) = match (client.into_std(), provider.into_std()) {
+            (Ok(c), Ok(p)) => (c, p),
+            (Err(e), _) | (_, Err(e)) => return Err((RelayEnd::ClientError(format!("leaving the runtime: {e}")), traffic)),
+        };
+        let now = Instant::now();
+        let bound = match self.core.policy.deadline() {
+            Some(d) => d.min(now + self.provider_timeout),
+            None => now + self.provider_timeout,
+        };
+        self.armed = Some(bound);
+        sleep.as_mut().reset(tokio::time::Instant::from_std(bound));
+        let (ticket, mut back) = lanes.enter(self.core, client, provider, self.watched, Some(bound));
+        let (mut timer, mut shutdown, mut verdicts, mut recalled) = (false, false, None, false);
+        let shutdown_watch = &mut self.shutdown;
+        let verdicts_watch = &mut self.verdicts;
+        let laned = std::future::poll_fn(|cx| {
+            if let Poll::Ready(laned) = Pin::new(&mut back).poll(cx) {
+                return Poll::Ready(laned);
+            }
+            if !recalled {
+                timer = sleep.as_mut().poll(cx).is_ready();
+                if let Some(watch) = shutdown_watch.as_mut()
+                    && watch.poll(cx).is_ready()
+                {
+                    *shutdown_watch = None;
+                    shutdown = true;
+                }
+                if let Some(watch) = verdicts_watch.as_mut() {
+                    match watch.poll(cx) {
+                        Poll::Ready(Some(current)) => verdicts = Some(current),
+                        Poll::Ready(None) => *verdicts_watch = None,
+                        Poll::Pending => {}
+                    }
+                }
+                if timer || shutdown || verdicts.is_some() {
+                    ticket.recall();
+                    recalled = true;
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        // A lane never drops a session whose task waits for it.
+        let Ok(laned) = laned else {
+            return Err((RelayEnd::ClientError("the relay lane is gone".into()), traffic));
+        };
+        let laned = *laned;
+        let mut core = laned.core;
+        let traffic = core.traffic.clone();
+        match (TcpStream::from_std(laned.client), TcpStream::from_std(laned.provider)) {
+            (Ok(c), Ok(p)) => (core.client, core.provider) = (Stream::Plain(c), Stream::Plain(p)),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err((RelayEnd::ClientError(format!("back from the relay lane: {e}")), traffic));
+            }
+        }
+        // Every source is polled anew: the sockets are new registrations, and the timer and
+        // watches were polled above with the task's own waker rather than their group's.
+        let mut relay = Relay { core, standing: 0, ..self };
+        relay.now.set(None);
+        let now = Instant::now();
+        match laned.failed {
+            None => {}
+            Some(Failure::ClientRead(e)) => {
+                let end = relay.after_client_read(Err(e)).unwrap_or(RelayEnd::ClientClosed);
+                return Err((end, traffic));
+            }
+            Some(Failure::ClientWrite(e)) => return Err((RelayEnd::ClientError(e.to_string()), traffic)),
+            Some(Failure::ProviderWrite(e)) => return Err((RelayEnd::ProviderError(e.to_string()), traffic)),
+            Some(Failure::ProviderRead(e)) => relay.core.policy.provider_failed(e.to_string()),
+        }
+        if timer {
+            relay.armed = None;
+            relay.core.policy.tick(now);
+        }
+        if shutdown {
+            relay.core.policy.shutdown(now);
+        }
+        if let Some(current) = verdicts {
+            relay.core.policy.set_verdicts(current, now);
+        }
+        Ok(relay)
+    }
+
     /// Frames what was just read from the client and writes it to the provider in the same
     /// wake-up, as [`Relay::work`] and [`Relay::poll_wait`] would do next: the time the bytes
     /// spend in the proxy is the latency it adds, and the bookkeeping of `work` and `wait` can
     /// follow once they are out (a NOOP's round trip ran ~1,500 instructions more per direction
     /// before its bytes left).
     fn pass_client_on(&mut self) -> Option<RelayEnd> {
-        if !self.to_provider.is_idle() {
+        if !self.core.to_provider.is_idle() {
             return None;
         }
-        match self.policy.poll_to_provider() {
-            Some(bytes) => self.to_provider.set(bytes, self.now()),
+        match self.core.policy.poll_to_provider() {
+            Some(bytes) => self.core.to_provider.set(bytes, self.now()),
             None => {
                 self.frame_client();
             }
         }
-        if self.to_provider.is_idle() {
+        if self.core.to_provider.is_idle() {
             return None;
         }
         let waker = self.wakes.waker(Group::Provider).clone();
-        match self.to_provider.poll_write(&mut Context::from_waker(&waker), &mut self.provider, &self.now) {
+        match self.core.to_provider.poll_write(&mut Context::from_waker(&waker), &mut self.core.provider, &self.now) {
             Poll::Ready(written) => written.err().map(|e| RelayEnd::ProviderError(e.to_string())),
             Poll::Pending => {
                 self.standing |= Source::PROVIDER_WRITE;
@@ -466,15 +618,15 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             return None;
         }
         if !self.frame_provider()
-            && let Some(bytes) = self.policy.poll_to_client()
+            && let Some(bytes) = self.core.policy.poll_to_client()
         {
-            self.to_client.set(bytes, self.now());
+            self.core.to_client.set(bytes, self.now());
         }
-        if self.to_client.is_idle() {
+        if self.core.to_client.is_idle() {
             return None;
         }
         let waker = self.wakes.waker(Group::Client).clone();
-        match self.to_client.poll_write(&mut Context::from_waker(&waker), &mut self.client, &self.now) {
+        match self.core.to_client.poll_write(&mut Context::from_waker(&waker), &mut self.core.client, &self.now) {
             Poll::Ready(written) => written.err().map(|e| RelayEnd::ClientError(e.to_string())),
             Poll::Pending => {
                 self.standing |= Source::CLIENT_WRITE;
@@ -489,7 +641,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         // A timer set earlier than needed just fires early (ticking is harmless then), so it is
         // only reset to move it forward: not on every read that pushes a deadline back.
         let stalled = self.client_stalled_at();
-        let due = match (self.policy.deadline(), stalled) {
+        let due = match (self.core.policy.deadline(), stalled) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -501,9 +653,9 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             self.standing &= !Source::TIMER;
         }
         // A side is read again once what was read from it has been written on.
-        let read_provider = self.client_idle() && self.policy.reading_provider();
-        let want_part = self.client_idle() && self.policy.wants_part();
-        let read_client = self.to_provider.is_idle() && self.policy.reading_client();
+        let read_provider = self.client_idle() && self.core.policy.reading_provider();
+        let want_part = self.client_idle() && self.core.policy.wants_part();
+        let read_client = self.core.to_provider.is_idle() && self.core.policy.reading_client();
         std::future::poll_fn(|cx| self.poll_wait(cx, sleep.as_mut(), read_provider, read_client, want_part)).await
     }
 
@@ -540,13 +692,13 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         // Whether `source` is to be polled; if its poll is pending, it stands until its group wakes.
         let due = |standing: &u16, source: u16| *standing & source == 0;
         if self.splice.held() > 0 && due(standing, Source::CLIENT_WRITE) {
-            match self.splice.poll_drain(&mut client_cx, &self.client) {
+            match self.splice.poll_drain(&mut client_cx, &self.core.client) {
                 Poll::Ready(Ok(())) => return Poll::Ready(None),
                 Poll::Ready(Err(e)) if self.splice.cannot(&e) => {
                     // The pipe's bytes go the ordinary way, before anything else.
                     return Poll::Ready(match self.splice.take_held() {
                         Ok(bytes) => {
-                            self.to_client.set(bytes, self.now());
+                            self.core.to_client.set(bytes, self.now());
                             None
                         }
                         Err(e) => Some(RelayEnd::ClientError(e.to_string())),
@@ -556,16 +708,16 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                 Poll::Pending => *standing |= Source::CLIENT_WRITE,
             }
         }
-        if !self.to_client.is_idle() && due(standing, Source::CLIENT_WRITE) {
-            match self.to_client.poll_write(&mut client_cx, &mut self.client, &self.now) {
+        if !self.core.to_client.is_idle() && due(standing, Source::CLIENT_WRITE) {
+            match self.core.to_client.poll_write(&mut client_cx, &mut self.core.client, &self.now) {
                 Poll::Ready(written) => {
                     return Poll::Ready(written.err().map(|e| RelayEnd::ClientError(e.to_string())));
                 }
                 Poll::Pending => *standing |= Source::CLIENT_WRITE,
             }
         }
-        if !self.to_provider.is_idle() && due(standing, Source::PROVIDER_WRITE) {
-            match self.to_provider.poll_write(&mut provider_cx, &mut self.provider, &self.now) {
+        if !self.core.to_provider.is_idle() && due(standing, Source::PROVIDER_WRITE) {
+            match self.core.to_provider.poll_write(&mut provider_cx, &mut self.core.provider, &self.now) {
                 Poll::Ready(written) => {
                     return Poll::Ready(written.err().map(|e| RelayEnd::ProviderError(e.to_string())));
                 }
@@ -575,20 +727,20 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         if read_provider && due(standing, Source::PROVIDER_READ) {
             // A literal the policy forwards as-is, with nothing of it read yet, may go to the
             // client without being seen (plain TCP both sides).
-            let splice = match self.provider_buf.is_empty() && !trace::on() {
-                true => self.splice.chunk(&self.client, &self.provider, self.policy.provider_passthrough()),
+            let splice = match self.core.provider_buf.is_empty() && !trace::on() {
+                true => self.splice.chunk(&self.core.client, &self.core.provider, self.core.policy.provider_passthrough()),
                 false => 0,
             };
             if splice > 0 {
-                match self.splice.poll_fill(&mut provider_cx, &self.provider, splice) {
-                    Poll::Ready(Ok(0)) => self.policy.provider_closed(),
+                match self.splice.poll_fill(&mut provider_cx, &self.core.provider, splice) {
+                    Poll::Ready(Ok(0)) => self.core.policy.provider_closed(),
                     Poll::Ready(Ok(n)) => {
-                        self.traffic.from_provider += n as u64;
-                        self.policy.provider_passed(n as u64, Instant::now());
+                        self.core.traffic.from_provider += n as u64;
+                        self.core.policy.provider_passed(n as u64, Instant::now());
                     }
                     // Nothing moved: read the ordinary way.
                     Poll::Ready(Err(e)) if self.splice.cannot(&e) => {}
-                    Poll::Ready(Err(e)) => self.policy.provider_failed(e.to_string()),
+                    Poll::Ready(Err(e)) => self.core.policy.provider_failed(e.to_string()),
                     Poll::Pending => *standing |= Source::PROVIDER_READ,
                 }
                 if *standing & Source::PROVIDER_READ == 0 {
@@ -597,13 +749,13 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             } else {
                 // While literals are spliced, a read between them takes little more than the
                 // lines before the next, so that the next literal's bytes go through the pipe.
-                let most = (self.splice.active() && self.provider_buf.is_empty() && !self.policy.provider_in_literal())
+                let most = (self.splice.active() && self.core.provider_buf.is_empty() && !self.core.policy.provider_in_literal())
                     .then_some(splice::LINES_READ);
                 match poll_read(
                     &mut provider_cx,
-                    &mut self.provider,
-                    &mut self.provider_buf,
-                    &mut self.provider_size,
+                    &mut self.core.provider,
+                    &mut self.core.provider_buf,
+                    &mut self.core.provider_size,
                     most,
                 ) {
                     Poll::Ready(read) => {
@@ -612,7 +764,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                     }
                     Poll::Pending => {
                         *standing |= Source::PROVIDER_READ;
-                        if self.provider_size.light() {
+                        if self.core.provider_size.light() {
                             self.splice.release();
                         }
                     }
@@ -620,7 +772,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             }
         }
         if read_client && due(standing, Source::CLIENT_READ) {
-            match poll_read(&mut client_cx, &mut self.client, &mut self.client_buf, &mut self.client_size, None) {
+            match poll_read(&mut client_cx, &mut self.core.client, &mut self.core.client_buf, &mut self.core.client_size, None) {
                 Poll::Ready(read) => {
                     return Poll::Ready(self.after_client_read(read).or_else(|| self.pass_client_on()));
                 }
@@ -633,7 +785,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         {
             match parts.poll_recv(&mut other_cx) {
                 Poll::Ready(Some(part)) => {
-                    self.policy.interceptor_part(part, Instant::now());
+                    self.core.policy.interceptor_part(part, Instant::now());
                     return Poll::Ready(None);
                 }
                 // Its sender is gone: the interceptor's reply comes next.
@@ -654,7 +806,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                         CLIENT_STALL.as_secs()
                     ))));
                 }
-                self.policy.tick(now);
+                self.core.policy.tick(now);
                 return Poll::Ready(None);
             }
         }
@@ -663,7 +815,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         {
             match verdicts.poll(&mut other_cx) {
                 Poll::Ready(Some(current)) => {
-                    self.policy.set_verdicts(current, Instant::now());
+                    self.core.policy.set_verdicts(current, Instant::now());
                     return Poll::Ready(None);
                 }
                 // The worker's side is gone: no more verdicts.
@@ -679,7 +831,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         {
             if shutdown.poll(&mut other_cx).is_ready() {
                 self.shutdown = None;
-                self.policy.shutdown(Instant::now());
+                self.core.policy.shutdown(Instant::now());
                 return Poll::Ready(None);
             }
             *standing |= Source::SHUTDOWN;
@@ -695,10 +847,10 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                     // A part it wrote last may still wait in the channel: it goes first.
                     if let Some(mut parts) = self.parts.take() {
                         while let Ok(part) = parts.try_recv() {
-                            self.policy.interceptor_part(part, Instant::now());
+                            self.core.policy.interceptor_part(part, Instant::now());
                         }
                     }
-                    self.policy.interceptor_reply(reply, Instant::now());
+                    self.core.policy.interceptor_reply(reply, Instant::now());
                     return Poll::Ready(None);
                 }
                 Poll::Pending => *standing |= Source::INTERCEPTING,
@@ -707,9 +859,9 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         if due(standing, Source::OWN) {
             match self.own_rx.poll_recv(&mut other_cx) {
                 Poll::Ready(Some(request)) => {
-                    if !self.policy.streaming() {
+                    if !self.core.policy.streaming() {
                         self.own_replies = Some(request.replies);
-                        self.policy.own_request(request.command, request.capture, Instant::now());
+                        self.core.policy.own_request(request.command, request.capture, Instant::now());
                     }
                     // Else its response has begun: the provider is not read until it ends. The
                     // request is dropped, and the interceptor hears that the command failed.
@@ -783,7 +935,7 @@ fn far_future() -> tokio::time::Instant {
 
 /// Runs `next` over the bytes in `buf`, putting what it decides into `out`; the bytes framed
 /// leave `buf` for `out` (without a copy). Whether anything was framed.
-fn frame(buf: &mut BytesMut, out: &mut Outbox, now: Instant, mut next: impl FnMut(&[u8]) -> Option<Step>) -> bool {
+pub(super) fn frame(buf: &mut BytesMut, out: &mut Outbox, now: Instant, mut next: impl FnMut(&[u8]) -> Option<Step>) -> bool {
     let mut pos = 0;
     while let Some(step) = next(&buf[pos..]) {
         let end = pos + step.len;
@@ -811,7 +963,7 @@ fn frame(buf: &mut BytesMut, out: &mut Outbox, now: Instant, mut next: impl FnMu
 /// buffer it came in (no copy); only once something is rewritten, dropped or added is the
 /// output assembled in a second buffer.
 #[derive(Default)]
-struct Outbox {
+pub(super) struct Outbox {
     /// The input bytes the output was made from; `run` points into it.
     chunk: BytesMut,
     /// Unchanged input bytes `start..end`, not yet copied anywhere.
@@ -826,7 +978,7 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         !self.pending
     }
 
@@ -918,6 +1070,31 @@ impl Outbox {
         ready!(Pin::new(&mut *w).poll_flush(cx))?;
         self.clear();
         Poll::Ready(Ok(()))
+    }
+
+    /// Writes what it can without waiting (a socket in a lane). Once all of it went, the
+    /// buffer the output was taken from, for the next read (`None`: the rest would block).
+    pub(super) fn write_now(
+        &mut self,
+        mut socket: &std::net::TcpStream,
+        now: Instant,
+    ) -> std::io::Result<Option<BytesMut>> {
+        use std::io::Write;
+        while self.written < self.output().len() {
+            match socket.write(&self.output()[self.written..]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.written += n;
+                    self.progress = Some(now);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let chunk = std::mem::take(&mut self.chunk);
+        self.clear();
+        Ok(Some(chunk))
     }
 
     fn clear(&mut self) {

@@ -22,7 +22,7 @@ use crate::net::Stream;
 pub const THRESHOLD: u64 = 16 * 1024;
 /// A session without a pipe takes one only for a literal with at least this left: making and
 /// closing it costs five system calls, more than a medium message's copies.
-const START: u64 = 64 * 1024;
+pub const START: u64 = 64 * 1024;
 /// While literals are spliced, what a read between two of them takes at most: the lines
 /// between them (a FETCH response's end and the next one's start, usually under 200 bytes)
 /// and the next literal's first bytes, copied; the rest of the literal goes through the pipe.

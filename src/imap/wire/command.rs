@@ -77,6 +77,16 @@ pub enum CommandName {
 }
 
 impl CommandName {
+    /// Every name, for tables indexed by it.
+    pub const ALL: [CommandName; 33] = {
+        use CommandName::*;
+        [
+            Capability, Noop, Logout, Starttls, Authenticate, Login, Id, Enable, Select, Examine, Create, Delete,
+            Rename, Subscribe, Unsubscribe, List, Lsub, Namespace, Status, Append, Idle, Check, Close, Expunge,
+            Search, Fetch, Store, Copy, Move, Compress, GetMetadata, SetMetadata, Other,
+        ]
+    };
+
     /// The name for a command word, in any case. Allocation-free: it runs on every relayed
     /// command line.
     pub fn parse(word: &[u8]) -> CommandName {

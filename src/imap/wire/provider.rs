@@ -106,6 +106,14 @@ pub trait Interceptor: Send {
         !uid && self.wants(name)
     }
 
+    /// Whether this interceptor may take, or look at, a command named `name` (`uid` for a `UID`
+    /// command) in any form and in any state: commands it never watches are relayed without
+    /// asking it (a session in a lane, `imap::session::lane`). Yes wherever
+    /// [`wants_command`](Interceptor::wants_command) could say yes.
+    fn watches(&self, name: CommandName, uid: bool) -> bool {
+        !uid && self.wants(name)
+    }
+
     /// The most bytes of the command starting with `line` (one this interceptor wants) that it
     /// takes whole; a larger one is refused (`NO [TOOBIG]`). [`MAX_INTERCEPTED`] unless it says
     /// more (the decrypted view takes appended messages up to its own bound).
@@ -194,6 +202,10 @@ impl<A: Interceptor, B: Interceptor> Interceptor for Both<A, B> {
 
     fn wants_command(&self, name: CommandName, uid: bool, line: &[u8]) -> bool {
         self.0.wants_command(name, uid, line) || self.1.wants_command(name, uid, line)
+    }
+
+    fn watches(&self, name: CommandName, uid: bool) -> bool {
+        self.0.watches(name, uid) || self.1.watches(name, uid)
     }
 
     fn collect_limit(&self, name: CommandName, uid: bool, line: &[u8]) -> usize {

@@ -16,15 +16,18 @@ use crate::imap::wire::framing::{Fragment, Literal};
 type Wants<'a> = dyn Fn(CommandName, bool, &[u8]) -> Option<usize> + 'a;
 
 impl Policy {
+    /// `head`: the command's head when the caller parsed it already (a lane does, to see whether
+    /// the interceptor watches the command).
     pub(super) fn client_fragment(
         &mut self,
         fragment: Fragment,
         bytes: &[u8],
+        head: Option<Head<'_>>,
         now: Instant,
         wants: &Wants<'_>,
     ) -> Keep {
         match fragment {
-            Fragment::Line { first, literal, .. } => self.client_line(first, literal, bytes, now, wants),
+            Fragment::Line { first, literal, .. } => self.client_line(first, literal, bytes, head, now, wants),
             Fragment::LiteralData { .. } => match &mut self.current.mode {
                 Mode::Discard => Keep::Discard,
                 Mode::Collect { command, .. } => {
@@ -57,6 +60,7 @@ impl Policy {
         first: bool,
         literal: Option<Literal>,
         bytes: &[u8],
+        head: Option<Head<'_>>,
         now: Instant,
         wants: &Wants<'_>,
     ) -> Keep {
@@ -64,7 +68,7 @@ impl Policy {
             if let Some(keep) = self.emulated_idle_line(literal, bytes, now) {
                 return keep;
             }
-            self.command_start(bytes, literal, now, wants);
+            self.command_start(bytes, head, literal, now, wants);
         }
         match self.current.mode {
             Mode::Discard => {
@@ -202,11 +206,18 @@ impl Policy {
 
     /// A new command starts with `line`: what is to become of it, and what it tells about
     /// the session (IDLE running, INBOX selected, the quiet INBOX in force).
-    fn command_start(&mut self, line: &[u8], literal: Option<Literal>, now: Instant, wants: &Wants<'_>) {
+    fn command_start(
+        &mut self,
+        line: &[u8],
+        head: Option<Head<'_>>,
+        literal: Option<Literal>,
+        now: Instant,
+        wants: &Wants<'_>,
+    ) {
         self.current.mode = Mode::Relay;
         self.current.forwarded = false;
         // The head is read once per command; later steps use what `current` keeps of it.
-        let head = Head::parse(line);
+        let head = head.or_else(|| Head::parse(line));
         self.current.tag.clear();
         self.current.tag.extend_from_slice(head.map(|h| h.tag).unwrap_or_default());
         self.current.name = head.map(|h| h.name);

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::quiet::{Poll, Quiet, SyncAbility, Verdicts};
-use crate::imap::wire::command::CommandName;
+use crate::imap::wire::command::{CommandName, Head};
 use crate::imap::wire::framing::{Fragment, Framer};
 use own::Own;
 use settle::{Look, Next};
@@ -115,6 +115,16 @@ pub struct Step {
     pub len: usize,
     pub before: Vec<u8>,
     pub keep: Keep,
+}
+
+/// What [`Policy::client_input_lane`] made of the client's next bytes.
+#[derive(Debug)]
+pub enum LaneInput {
+    Step(Step),
+    /// More bytes are needed, or client commands must wait.
+    More,
+    /// The next command is one the interceptor may watch: nothing of it was framed.
+    Watched,
 }
 
 /// Something for the I/O loop to do besides writing.
@@ -386,8 +396,38 @@ impl Policy {
         let fragment = self.client.next(buf)?;
         let len = fragment.len();
         self.activity = now;
-        let keep = self.client_fragment(fragment, &buf[..len], now, &wants);
+        let keep = self.client_fragment(fragment, &buf[..len], None, now, &wants);
         Some(Step { fragment, len, before: Vec::new(), keep })
+    }
+
+    /// [`Policy::client_input`] for a lane (`session/lane.rs`), which cannot ask the
+    /// interceptor: a command whose name and `UID` `watched` names is left unframed
+    /// ([`LaneInput::Watched`]; the task frames it), every other one is relayed.
+    pub fn client_input_lane(
+        &mut self,
+        buf: &[u8],
+        now: Instant,
+        watched: impl Fn(CommandName, bool) -> bool,
+    ) -> LaneInput {
+        if !self.reading_client() || (self.waiting_for_done() && !starts_with_done(buf)) {
+            return LaneInput::More;
+        }
+        let before = self.client.at_message_start().then(|| self.client.clone());
+        let Some(fragment) = self.client.next(buf) else { return LaneInput::More };
+        let len = fragment.len();
+        let head = match (&before, fragment) {
+            (Some(_), Fragment::Line { first: true, .. }) => Head::parse(&buf[..len]),
+            _ => None,
+        };
+        if let (Some(before), Some(head)) = (before, head)
+            && watched(head.name, head.uid)
+        {
+            self.client = before;
+            return LaneInput::Watched;
+        }
+        self.activity = now;
+        let keep = self.client_fragment(fragment, &buf[..len], head, now, &|_, _, _| None);
+        LaneInput::Step(Step { fragment, len, before: Vec::new(), keep })
     }
 
     /// Frames the next provider fragment at the front of `buf` and decides its fate; `None`
@@ -459,6 +499,38 @@ impl Policy {
     /// response once it has begun (they would land inside it).
     pub fn reading_provider(&self) -> bool {
         !(self.streaming && self.provider.at_message_start())
+    }
+
+    /// Whether the session is in the plain state a lane relays (`session/lane.rs`): both
+    /// sides read and framed the ordinary way, nothing of the proxy's own waiting or in
+    /// progress (answers, own commands, the interceptor, a held or collected response, an
+    /// emulated IDLE, COMPRESS being set up, the end), so that every fragment is forwarded or
+    /// rewritten and nothing else happens. Anything else, and the lane hands the session back.
+    pub fn lane_ready(&self) -> bool {
+        self.events.is_empty()
+            && self.answers.is_empty()
+            && self.to_provider.is_empty()
+            && !self.intercepting
+            && !self.streaming
+            && !self.own.busy()
+            && self.ending.is_none()
+            && self.ended.is_none()
+            && self.compression == Compression::Off
+            && self.emulated_idle.is_none()
+            && self.capture.is_none()
+            && !self.holding
+            && !self.collecting
+            && self.look.is_none()
+            && self.held_tagged.is_empty()
+            && !self.settle_due
+            && !self.quiet.as_ref().is_some_and(Quiet::holding)
+            && matches!(self.current.mode, Mode::Relay)
+            && self.reading_client()
+    }
+
+    /// The client's next bytes start a command.
+    pub fn client_at_message_start(&self) -> bool {
+        self.client.at_message_start()
     }
 
     /// Whether the interceptor's next part is wanted now: it is at work and what it wrote
