@@ -2,12 +2,15 @@
 //! verdicts, interceptor replies and own commands (an interceptor that raises its limit per
 //! literal too, and a memory share that may refuse a collected command): it never panics, every
 //! step covers bytes that were there, and nothing is asked of the interceptor while it is at work.
+//! With the setup's bit 64, client bytes are framed as a relay lane frames them while the policy
+//! is lane-ready (`client_input_lane`, the interceptor's commands watched): a watched command is
+//! left unframed and then framed the ordinary way, and a lane never collects.
 #![no_main]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coi_proxy::imap::session::policy::{Event, Policy, PolicyOptions};
+use coi_proxy::imap::session::policy::{Event, Keep, LaneInput, Policy, PolicyOptions};
 use coi_proxy::imap::session::quiet::Verdicts;
 use coi_proxy::imap::wire::command::CommandName;
 use coi_proxy::imap::wire::framing::Framer;
@@ -65,7 +68,32 @@ fuzz_target!(|data: &[u8]| {
             CommandName::Append => Some(200 + 8 * line.len()),
             _ => None,
         };
-        while let Some(step) = policy.client_input(&client, now, wants) {
+        let lane = setup & 64 == 64;
+        let watched = |name, _uid: bool| {
+            matches!(
+                name,
+                CommandName::GetMetadata | CommandName::SetMetadata | CommandName::Create | CommandName::Append
+            )
+        };
+        loop {
+            let step = if lane && !client.is_empty() && policy.lane_ready() {
+                match policy.client_input_lane(&client, now, watched) {
+                    LaneInput::Step(step) => {
+                        assert_ne!(step.keep, Keep::Collect, "a lane collects nothing");
+                        Some(step)
+                    }
+                    LaneInput::More => None,
+                    // Left whole for the ordinary framing, which takes it now.
+                    LaneInput::Watched => {
+                        let step = policy.client_input(&client, now, wants);
+                        assert!(step.is_some(), "a watched command is framed the ordinary way");
+                        step
+                    }
+                }
+            } else {
+                policy.client_input(&client, now, wants)
+            };
+            let Some(step) = step else { break };
             assert!(step.len > 0 && step.len <= client.len());
             client.drain(..step.len);
         }

@@ -268,8 +268,7 @@ impl Lane {
 }
 
 fn ctl(epoll: RawFd, op: libc::c_int, fd: RawFd, key: u64) -> io::Result<()> {
-    let mut event =
-        libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32, u64: key };
+    let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32, u64: key };
     // SAFETY: `event` is a live epoll_event; the kernel checks the descriptors.
     if unsafe { libc::epoll_ctl(epoll, op, fd, &mut event) } < 0 {
         return Err(io::Error::last_os_error());
@@ -537,7 +536,6 @@ mod tests {
     #[test]
     fn a_key_of_a_session_gone_back_finds_nothing() {
         let mut sessions = Sessions::default();
-        let mut scratch = Scratch::default();
         let key = Sessions::key(0, 1);
         assert!(sessions.get(key).is_none());
         assert!(sessions.get(key | 1).is_none());

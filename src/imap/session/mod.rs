@@ -4,10 +4,10 @@
 //! and LOGIN / AUTHENTICATE, which pick the provider by login name and log in there with the
 //! same credentials. After a successful login the session becomes a [`relay`].
 
+mod lane;
 mod own;
 pub mod policy;
 pub mod quiet;
-mod lane;
 mod relay;
 mod splice;
 mod wakes;

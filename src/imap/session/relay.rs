@@ -121,6 +121,7 @@ pub async fn run<I: Interceptor>(
         if let Some(end) = relay.wait(sleep.as_mut()).await {
             break end;
         }
+        relay.back_from_lane = false;
     };
     (end, relay.core.traffic.clone())
 }
@@ -133,6 +134,10 @@ struct Relay<'a, I> {
     /// The commands the interceptor may watch: a lane leaves them to the task.
     watched: Watched,
     provider_timeout: Duration,
+    /// The session came back from its lane and has not waited here since: it does once before
+    /// it goes again, so that what sent it back (the end of a stream, a write that would block)
+    /// is seen here rather than sending it back and forth.
+    back_from_lane: bool,
     /// Literal bodies moved to the client in the kernel; what its pipe holds goes to the
     /// client before anything in `to_client`.
     splice: Splicing,
@@ -246,6 +251,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             lanes: Lanes::get(),
             watched,
             provider_timeout,
+            back_from_lane: false,
             core: Box::new(Core {
                 policy,
                 client: client.stream,
@@ -472,7 +478,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
     /// or spliced, the policy plain, no interceptor at work, no deadline passed, not shutting
     /// down, no protocol trace.
     fn lane_eligible(&self) -> bool {
-        matches!((&self.core.client, &self.core.provider), (Stream::Plain(_), Stream::Plain(_)))
+        !self.back_from_lane
+            && matches!((&self.core.client, &self.core.provider), (Stream::Plain(_), Stream::Plain(_)))
             && self.core.to_client.is_idle()
             && self.core.to_provider.is_idle()
             && self.splice.held() == 0
@@ -502,7 +509,9 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         let traffic = self.core.traffic.clone();
         let (client, provider) = match (client.into_std(), provider.into_std()) {
             (Ok(c), Ok(p)) => (c, p),
-            (Err(e), _) | (_, Err(e)) => return Err((RelayEnd::ClientError(format!("leaving the runtime: {e}")), traffic)),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err((RelayEnd::ClientError(format!("leaving the runtime: {e}")), traffic));
+            }
         };
         let now = Instant::now();
         let bound = match self.core.policy.deadline() {
@@ -557,7 +566,7 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         }
         // Every source is polled anew: the sockets are new registrations, and the timer and
         // watches were polled above with the task's own waker rather than their group's.
-        let mut relay = Relay { core, standing: 0, ..self };
+        let mut relay = Relay { core, standing: 0, back_from_lane: true, ..self };
         relay.now.set(None);
         let now = Instant::now();
         match laned.failed {
@@ -728,7 +737,9 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             // A literal the policy forwards as-is, with nothing of it read yet, may go to the
             // client without being seen (plain TCP both sides).
             let splice = match self.core.provider_buf.is_empty() && !trace::on() {
-                true => self.splice.chunk(&self.core.client, &self.core.provider, self.core.policy.provider_passthrough()),
+                true => {
+                    self.splice.chunk(&self.core.client, &self.core.provider, self.core.policy.provider_passthrough())
+                }
                 false => 0,
             };
             if splice > 0 {
@@ -749,8 +760,10 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             } else {
                 // While literals are spliced, a read between them takes little more than the
                 // lines before the next, so that the next literal's bytes go through the pipe.
-                let most = (self.splice.active() && self.core.provider_buf.is_empty() && !self.core.policy.provider_in_literal())
-                    .then_some(splice::LINES_READ);
+                let most = (self.splice.active()
+                    && self.core.provider_buf.is_empty()
+                    && !self.core.policy.provider_in_literal())
+                .then_some(splice::LINES_READ);
                 match poll_read(
                     &mut provider_cx,
                     &mut self.core.provider,
@@ -772,7 +785,13 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             }
         }
         if read_client && due(standing, Source::CLIENT_READ) {
-            match poll_read(&mut client_cx, &mut self.core.client, &mut self.core.client_buf, &mut self.core.client_size, None) {
+            match poll_read(
+                &mut client_cx,
+                &mut self.core.client,
+                &mut self.core.client_buf,
+                &mut self.core.client_size,
+                None,
+            ) {
                 Poll::Ready(read) => {
                     return Poll::Ready(self.after_client_read(read).or_else(|| self.pass_client_on()));
                 }
@@ -935,9 +954,17 @@ fn far_future() -> tokio::time::Instant {
 
 /// Runs `next` over the bytes in `buf`, putting what it decides into `out`; the bytes framed
 /// leave `buf` for `out` (without a copy). Whether anything was framed.
-pub(super) fn frame(buf: &mut BytesMut, out: &mut Outbox, now: Instant, mut next: impl FnMut(&[u8]) -> Option<Step>) -> bool {
+pub(super) fn frame(
+    buf: &mut BytesMut,
+    out: &mut Outbox,
+    now: Instant,
+    mut next: impl FnMut(&[u8]) -> Option<Step>,
+) -> bool {
     let mut pos = 0;
-    while let Some(step) = next(&buf[pos..]) {
+    // Nothing is framed from no bytes: the loop ends without asking once more.
+    while pos < buf.len()
+        && let Some(step) = next(&buf[pos..])
+    {
         let end = pos + step.len;
         if !step.before.is_empty() {
             out.push(buf, &step.before);

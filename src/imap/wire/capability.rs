@@ -68,7 +68,8 @@ pub fn parse_list(text: &[u8]) -> Vec<String> {
 /// Finds the capability list in a response line: an untagged `* CAPABILITY ...` response or a
 /// `[CAPABILITY ...]` response code. Returns the byte range of the list within `line`.
 pub fn find_in_response(line: &[u8]) -> Option<std::ops::Range<usize>> {
-    let body_start = memchr::memchr(b' ', line)? + 1;
+    // The tag and the status word are short: plain scans.
+    let body_start = line.iter().position(|&b| b == b' ')? + 1;
     let body = &line[body_start..];
     let end_of_line = |from: usize| {
         let rest = &line[from..];
@@ -79,11 +80,15 @@ pub fn find_in_response(line: &[u8]) -> Option<std::ops::Range<usize>> {
         return Some(start..end_of_line(start));
     }
     // A status response: `<tag> OK [CAPABILITY ...] text`, also NO/BAD/PREAUTH/BYE.
-    let sp = memchr::memchr(b' ', body)?;
+    let sp = body.iter().position(|&b| b == b' ')?;
+    let code = &body[sp + 1..];
+    // Most lines have no response code: they are told apart here, before the status word.
+    if !starts_with_ci(code, b"[CAPABILITY ") {
+        return None;
+    }
     let status = &body[..sp];
     let is_status = [&b"OK"[..], b"NO", b"BAD", b"PREAUTH", b"BYE"].iter().any(|s| status.eq_ignore_ascii_case(s));
-    let code = &body[sp + 1..];
-    if is_status && starts_with_ci(code, b"[CAPABILITY ") {
+    if is_status {
         let start = body_start + sp + 1 + b"[CAPABILITY ".len();
         let end = start + memchr::memchr(b']', &line[start..])?;
         return Some(start..end);

@@ -81,9 +81,39 @@ impl CommandName {
     pub const ALL: [CommandName; 33] = {
         use CommandName::*;
         [
-            Capability, Noop, Logout, Starttls, Authenticate, Login, Id, Enable, Select, Examine, Create, Delete,
-            Rename, Subscribe, Unsubscribe, List, Lsub, Namespace, Status, Append, Idle, Check, Close, Expunge,
-            Search, Fetch, Store, Copy, Move, Compress, GetMetadata, SetMetadata, Other,
+            Capability,
+            Noop,
+            Logout,
+            Starttls,
+            Authenticate,
+            Login,
+            Id,
+            Enable,
+            Select,
+            Examine,
+            Create,
+            Delete,
+            Rename,
+            Subscribe,
+            Unsubscribe,
+            List,
+            Lsub,
+            Namespace,
+            Status,
+            Append,
+            Idle,
+            Check,
+            Close,
+            Expunge,
+            Search,
+            Fetch,
+            Store,
+            Copy,
+            Move,
+            Compress,
+            GetMetadata,
+            SetMetadata,
+            Other,
         ]
     };
 
@@ -212,17 +242,42 @@ pub enum ParseError {
 /// The tag and command word at the start of a command line, found without allocating.
 /// `UID` commands give `UID` as the word; [`Head::parse`] looks one word further.
 pub fn head(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    // One pass over a few bytes (it runs on every relayed command): the tag's characters up to
+    // its space, then the word's up to the next space or the line's end.
     let line = trim_line_end(line);
-    let sp = memchr::memchr(b' ', line)?;
-    let tag = &line[..sp];
-    if !valid_tag(tag) {
+    let sp = line.iter().position(|&b| !TAG_CHAR[b as usize])?;
+    if sp == 0 || line[sp] != b' ' {
         return None;
     }
     let rest = &line[sp + 1..];
-    let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
-    let name = &rest[..end];
-    (!name.is_empty() && name.iter().all(|&b| is_atom_char(b))).then_some((tag, name))
+    let end = rest.iter().position(|&b| !ATOM_CHAR[b as usize]).unwrap_or(rest.len());
+    if end == 0 || rest.get(end).is_some_and(|&b| b != b' ') {
+        return None;
+    }
+    Some((&line[..sp], &rest[..end]))
 }
+
+/// [`is_atom_char`] as a table, for the hot path of [`head`].
+static ATOM_CHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = is_atom_char(b as u8);
+        b += 1;
+    }
+    table
+};
+
+/// The characters of a tag: ASTRING-CHAR except `+`.
+static TAG_CHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = is_astring_char(b as u8) && b as u8 != b'+';
+        b += 1;
+    }
+    table
+};
 
 /// Parses a whole command message (ending in CRLF or LF).
 pub fn parse(msg: &[u8]) -> Result<Command, ParseError> {
@@ -259,17 +314,13 @@ fn trim_line_end(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-fn valid_tag(tag: &[u8]) -> bool {
-    !tag.is_empty() && tag.iter().all(|&b| is_astring_char(b) && b != b'+')
-}
-
 /// ATOM-CHAR of RFC 3501: any CHAR except atom-specials.
-pub fn is_atom_char(b: u8) -> bool {
+pub const fn is_atom_char(b: u8) -> bool {
     b > 0x20 && b < 0x7f && !matches!(b, b'(' | b')' | b'{' | b'%' | b'*' | b'"' | b'\\' | b']')
 }
 
 /// ASTRING-CHAR: ATOM-CHAR or `]`.
-fn is_astring_char(b: u8) -> bool {
+const fn is_astring_char(b: u8) -> bool {
     is_atom_char(b) || b == b']'
 }
 

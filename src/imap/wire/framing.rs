@@ -161,7 +161,7 @@ impl Framer {
             State::MessageStart | State::Continuation => {
                 let first = self.state == State::MessageStart;
                 let limit = buf.len().min(self.max_line);
-                match memchr::memchr(b'\n', &buf[self.scanned.min(limit)..limit]) {
+                match find_newline(&buf[self.scanned.min(limit)..limit]) {
                     Some(i) => {
                         let len = self.scanned.min(limit) + i + 1;
                         self.scanned = 0;
@@ -208,6 +208,15 @@ impl Framer {
             None => State::MessageStart,
         };
     }
+}
+
+/// The first LF in `bytes`. Most lines framed are short (commands, status responses), where a
+/// plain scan costs a fraction of the vector search's set-up.
+fn find_newline(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() <= 64 {
+        return bytes.iter().position(|&b| b == b'\n');
+    }
+    memchr::memchr(b'\n', bytes)
 }
 
 /// The literal announced at the end of `line` (which includes its line end), if any.
