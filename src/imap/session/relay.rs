@@ -1103,12 +1103,11 @@ impl Outbox {
     /// buffer the output was taken from, for the next read (`None`: the rest would block).
     pub(super) fn write_now(
         &mut self,
-        mut socket: &std::net::TcpStream,
+        socket: &std::net::TcpStream,
         now: Instant,
     ) -> std::io::Result<Option<BytesMut>> {
-        use std::io::Write;
         while self.written < self.output().len() {
-            match socket.write(&self.output()[self.written..]) {
+            match super::lane::send(socket, &self.output()[self.written..]) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.written += n;
