@@ -246,9 +246,11 @@ impl Policy {
     /// The quiet INBOX's say on a response starting with `line`: `Some` if it holds it back.
     /// The tagged end of the client's IDLE releases deferred mailbox news before it.
     fn quiet_response(&mut self, line: &[u8], complete: bool, now: Instant, before: &mut Vec<u8>) -> Option<Keep> {
-        let active = self.quiet_active();
-        let quiet = self.quiet.as_mut()?;
+        self.quiet.as_ref()?;
         if line.starts_with(b"* ") {
+            // Asked only for untagged lines: it looks at the account's settings.
+            let active = self.quiet_active();
+            let quiet = self.quiet.as_mut()?;
             let c = &self.commands;
             let allowed = c.inbox_selected && active;
             let verdict = quiet.on_untagged(line, allowed, c.idle.is_some(), now);
@@ -262,6 +264,7 @@ impl Policy {
             }
         } else if !line.starts_with(b"+")
             && self.commands.idle.as_deref() == Some(first_word(line))
+            && let Some(quiet) = self.quiet.as_mut()
             && !quiet.holding()
             && let Some(news) = quiet.release()
         {
