@@ -112,9 +112,8 @@ pub async fn run<I: Interceptor>(
         if let Some(lanes) = relay.lanes
             && relay.lane_eligible()
         {
-            match relay.lane(lanes, sleep.as_mut()).await {
-                Ok(back) => relay = back,
-                Err(ended) => return ended,
+            if let Err(end) = relay.lane(lanes, sleep.as_mut()).await {
+                break end;
             }
             continue;
         }
@@ -123,12 +122,19 @@ pub async fn run<I: Interceptor>(
         }
         relay.back_from_lane = false;
     };
-    (end, relay.core.traffic.clone())
+    let traffic = match relay.core.get() {
+        Some(core) => core.traffic.clone(),
+        None => relay.traffic_in_lane,
+    };
+    (end, traffic)
 }
 
 /// One session's sockets, buffers and policy.
 struct Relay<'a, I> {
-    core: Box<Core>,
+    /// Away while the session is in a lane.
+    core: Hold<Core>,
+    /// The byte counts when the session last went to a lane (if it never comes back).
+    traffic_in_lane: Traffic,
     /// Where the session is relayed while it is plain (`None`: lanes are off).
     lanes: Option<&'static Lanes>,
     /// The commands the interceptor may watch: a lane leaves them to the task.
@@ -197,6 +203,43 @@ impl Core {
     }
 }
 
+/// A value that is away at times (a session's [`Core`] while it is in a lane): the relay's
+/// state holds one pointer for it rather than a second place for the whole of it, and reads it
+/// through as if it were always there (it is, whenever the task runs anything but `lane`).
+struct Hold<T>(Option<Box<T>>);
+
+impl<T> Hold<T> {
+    fn new(value: T) -> Hold<T> {
+        Hold(Some(Box::new(value)))
+    }
+
+    fn take(&mut self) -> Box<T> {
+        self.0.take().expect("taken once, then put back")
+    }
+
+    fn put(&mut self, value: Box<T>) {
+        self.0 = Some(value);
+    }
+
+    fn get(&self) -> Option<&T> {
+        self.0.as_deref()
+    }
+}
+
+impl<T> std::ops::Deref for Hold<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0.as_deref().expect("the session's core is here while its task runs")
+    }
+}
+
+impl<T> std::ops::DerefMut for Hold<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.as_deref_mut().expect("the session's core is here while its task runs")
+    }
+}
+
 /// The sources the relay waits on, as bits of `Relay::standing`.
 struct Source;
 
@@ -252,7 +295,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             watched,
             provider_timeout,
             back_from_lane: false,
-            core: Box::new(Core {
+            traffic_in_lane: Traffic::default(),
+            core: Hold::new(Core {
                 policy,
                 client: client.stream,
                 client_buf: client.buf,
@@ -289,7 +333,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             let mut progress = false;
             if self.core.to_provider.is_idle() {
                 if let Some(bytes) = self.core.policy.poll_to_provider() {
-                    self.core.to_provider.set(bytes, self.now());
+                    let now = self.now();
+                    self.core.to_provider.set(bytes, now);
                     progress = true;
                 } else {
                     progress |= self.frame_client();
@@ -300,7 +345,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                 if self.frame_provider() {
                     progress = true;
                 } else if let Some(bytes) = self.core.policy.poll_to_client() {
-                    self.core.to_client.set(bytes, self.now());
+                    let now = self.now();
+                    self.core.to_client.set(bytes, now);
                     progress = true;
                 }
             }
@@ -353,7 +399,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                 return;
             }
         }
-        let _ = self.core.to_client.write(&mut self.core.client).await;
+        let core = &mut *self.core;
+        let _ = core.to_client.write(&mut core.client).await;
     }
 
     /// When the client will have read nothing of what waits for it for [`CLIENT_STALL`].
@@ -368,7 +415,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
     /// deflate on its connection; what the client sent after the command is compressed too.
     async fn start_compression(&mut self) -> std::io::Result<()> {
         if !self.core.to_client.is_idle() {
-            tokio::time::timeout(LAST_WORDS, self.core.to_client.write(&mut self.core.client))
+            let core = &mut *self.core;
+            tokio::time::timeout(LAST_WORDS, core.to_client.write(&mut core.client))
                 .await
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client did not read"))??;
         }
@@ -386,12 +434,13 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             return false;
         }
         let now = self.now();
-        let (policy, interceptor) = (&mut self.core.policy, &self.interceptor);
+        let core = &mut *self.core;
+        let (policy, interceptor) = (&mut core.policy, &self.interceptor);
         let wants = |name, uid, line: &[u8]| {
             let i = interceptor.as_deref()?;
             i.wants_command(name, uid, line).then(|| i.collect_limit(name, uid, line))
         };
-        frame(&mut self.core.client_buf, &mut self.core.to_provider, now, |buf| {
+        frame(&mut core.client_buf, &mut core.to_provider, now, |buf| {
             let step = policy.client_input(buf, now, wants)?;
             trace::client_fragment(&step.fragment, &buf[..step.len]);
             Some(step)
@@ -453,7 +502,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             Ok(n) => {
                 self.core.traffic.from_provider += n as u64;
                 self.core.provider_size.after_read(n);
-                self.core.policy.provider_read(self.now());
+                let now = self.now();
+                self.core.policy.provider_read(now);
             }
             Err(e) => self.core.policy.provider_failed(e.to_string()),
         }
@@ -465,7 +515,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             Ok(n) => {
                 self.core.traffic.from_client += n as u64;
                 self.core.client_size.after_read(n);
-                self.core.policy.client_read(self.now());
+                let now = self.now();
+                self.core.policy.client_read(now);
                 None
             }
             // Many clients close TLS without close_notify: that is a close, not a failure.
@@ -496,31 +547,26 @@ impl<'a, I: Interceptor> Relay<'a, I> {
     /// Relays in a lane until the session comes back to its task: by itself (something the
     /// task does), or called back for the timer, shutdown or new verdicts, which are then
     /// acted on here. `Err` with the session's end when a socket failed in the lane.
-    async fn lane(
-        mut self,
-        lanes: &'static Lanes,
-        mut sleep: Pin<&mut tokio::time::Sleep>,
-    ) -> Result<Relay<'a, I>, (RelayEnd, Traffic)> {
-        let client = std::mem::replace(&mut self.core.client, Stream::Upgrading);
-        let provider = std::mem::replace(&mut self.core.provider, Stream::Upgrading);
+    async fn lane(&mut self, lanes: &'static Lanes, mut sleep: Pin<&mut tokio::time::Sleep>) -> Result<(), RelayEnd> {
+        let mut core = self.core.take();
+        self.traffic_in_lane = core.traffic.clone();
+        let client = std::mem::replace(&mut core.client, Stream::Upgrading);
+        let provider = std::mem::replace(&mut core.provider, Stream::Upgrading);
         let (Stream::Plain(client), Stream::Plain(provider)) = (client, provider) else {
             unreachable!("only plain TCP sessions go to a lane (lane_eligible)")
         };
-        let traffic = self.core.traffic.clone();
         let (client, provider) = match (client.into_std(), provider.into_std()) {
             (Ok(c), Ok(p)) => (c, p),
-            (Err(e), _) | (_, Err(e)) => {
-                return Err((RelayEnd::ClientError(format!("leaving the runtime: {e}")), traffic));
-            }
+            (Err(e), _) | (_, Err(e)) => return Err(RelayEnd::ClientError(format!("leaving the runtime: {e}"))),
         };
         let now = Instant::now();
-        let bound = match self.core.policy.deadline() {
+        let bound = match core.policy.deadline() {
             Some(d) => d.min(now + self.provider_timeout),
             None => now + self.provider_timeout,
         };
         self.armed = Some(bound);
         sleep.as_mut().reset(tokio::time::Instant::from_std(bound));
-        let (ticket, mut back) = lanes.enter(self.core, client, provider, self.watched, Some(bound));
+        let (ticket, mut back) = lanes.enter(core, client, provider, self.watched, Some(bound));
         let (mut timer, mut shutdown, mut verdicts, mut recalled) = (false, false, None, false);
         let shutdown_watch = &mut self.shutdown;
         let verdicts_watch = &mut self.verdicts;
@@ -553,43 +599,46 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         .await;
         // A lane never drops a session whose task waits for it.
         let Ok(laned) = laned else {
-            return Err((RelayEnd::ClientError("the relay lane is gone".into()), traffic));
+            return Err(RelayEnd::ClientError("the relay lane is gone".into()));
         };
         let laned = *laned;
         let mut core = laned.core;
-        let traffic = core.traffic.clone();
-        match (TcpStream::from_std(laned.client), TcpStream::from_std(laned.provider)) {
-            (Ok(c), Ok(p)) => (core.client, core.provider) = (Stream::Plain(c), Stream::Plain(p)),
-            (Err(e), _) | (_, Err(e)) => {
-                return Err((RelayEnd::ClientError(format!("back from the relay lane: {e}")), traffic));
+        let streams = (TcpStream::from_std(laned.client), TcpStream::from_std(laned.provider));
+        let registered = match streams {
+            (Ok(c), Ok(p)) => {
+                (core.client, core.provider) = (Stream::Plain(c), Stream::Plain(p));
+                Ok(())
             }
-        }
+            (Err(e), _) | (_, Err(e)) => Err(RelayEnd::ClientError(format!("back from the relay lane: {e}"))),
+        };
+        self.core.put(core);
+        registered?;
         // Every source is polled anew: the sockets are new registrations, and the timer and
         // watches were polled above with the task's own waker rather than their group's.
-        let mut relay = Relay { core, standing: 0, back_from_lane: true, ..self };
-        relay.now.set(None);
+        self.standing = 0;
+        self.back_from_lane = true;
+        self.now.set(None);
         let now = Instant::now();
         match laned.failed {
             None => {}
             Some(Failure::ClientRead(e)) => {
-                let end = relay.after_client_read(Err(e)).unwrap_or(RelayEnd::ClientClosed);
-                return Err((end, traffic));
+                return Err(self.after_client_read(Err(e)).unwrap_or(RelayEnd::ClientClosed));
             }
-            Some(Failure::ClientWrite(e)) => return Err((RelayEnd::ClientError(e.to_string()), traffic)),
-            Some(Failure::ProviderWrite(e)) => return Err((RelayEnd::ProviderError(e.to_string()), traffic)),
-            Some(Failure::ProviderRead(e)) => relay.core.policy.provider_failed(e.to_string()),
+            Some(Failure::ClientWrite(e)) => return Err(RelayEnd::ClientError(e.to_string())),
+            Some(Failure::ProviderWrite(e)) => return Err(RelayEnd::ProviderError(e.to_string())),
+            Some(Failure::ProviderRead(e)) => self.core.policy.provider_failed(e.to_string()),
         }
         if timer {
-            relay.armed = None;
-            relay.core.policy.tick(now);
+            self.armed = None;
+            self.core.policy.tick(now);
         }
         if shutdown {
-            relay.core.policy.shutdown(now);
+            self.core.policy.shutdown(now);
         }
         if let Some(current) = verdicts {
-            relay.core.policy.set_verdicts(current, now);
+            self.core.policy.set_verdicts(current, now);
         }
-        Ok(relay)
+        Ok(())
     }
 
     /// Frames what was just read from the client and writes it to the provider in the same
@@ -602,7 +651,10 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             return None;
         }
         match self.core.policy.poll_to_provider() {
-            Some(bytes) => self.core.to_provider.set(bytes, self.now()),
+            Some(bytes) => {
+                let now = self.now();
+                self.core.to_provider.set(bytes, now)
+            }
             None => {
                 self.frame_client();
             }
@@ -611,7 +663,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             return None;
         }
         let waker = self.wakes.waker(Group::Provider).clone();
-        match self.core.to_provider.poll_write(&mut Context::from_waker(&waker), &mut self.core.provider, &self.now) {
+        let core = &mut *self.core;
+        match core.to_provider.poll_write(&mut Context::from_waker(&waker), &mut core.provider, &self.now) {
             Poll::Ready(written) => written.err().map(|e| RelayEnd::ProviderError(e.to_string())),
             Poll::Pending => {
                 self.standing |= Source::PROVIDER_WRITE;
@@ -629,13 +682,15 @@ impl<'a, I: Interceptor> Relay<'a, I> {
         if !self.frame_provider()
             && let Some(bytes) = self.core.policy.poll_to_client()
         {
-            self.core.to_client.set(bytes, self.now());
+            let now = self.now();
+            self.core.to_client.set(bytes, now);
         }
         if self.core.to_client.is_idle() {
             return None;
         }
         let waker = self.wakes.waker(Group::Client).clone();
-        match self.core.to_client.poll_write(&mut Context::from_waker(&waker), &mut self.core.client, &self.now) {
+        let core = &mut *self.core;
+        match core.to_client.poll_write(&mut Context::from_waker(&waker), &mut core.client, &self.now) {
             Poll::Ready(written) => written.err().map(|e| RelayEnd::ClientError(e.to_string())),
             Poll::Pending => {
                 self.standing |= Source::CLIENT_WRITE;
@@ -707,7 +762,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                     // The pipe's bytes go the ordinary way, before anything else.
                     return Poll::Ready(match self.splice.take_held() {
                         Ok(bytes) => {
-                            self.core.to_client.set(bytes, self.now());
+                            let now = self.now();
+                            self.core.to_client.set(bytes, now);
                             None
                         }
                         Err(e) => Some(RelayEnd::ClientError(e.to_string())),
@@ -718,7 +774,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             }
         }
         if !self.core.to_client.is_idle() && due(standing, Source::CLIENT_WRITE) {
-            match self.core.to_client.poll_write(&mut client_cx, &mut self.core.client, &self.now) {
+            let core = &mut *self.core;
+            match core.to_client.poll_write(&mut client_cx, &mut core.client, &self.now) {
                 Poll::Ready(written) => {
                     return Poll::Ready(written.err().map(|e| RelayEnd::ClientError(e.to_string())));
                 }
@@ -726,7 +783,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             }
         }
         if !self.core.to_provider.is_idle() && due(standing, Source::PROVIDER_WRITE) {
-            match self.core.to_provider.poll_write(&mut provider_cx, &mut self.core.provider, &self.now) {
+            let core = &mut *self.core;
+            match core.to_provider.poll_write(&mut provider_cx, &mut core.provider, &self.now) {
                 Poll::Ready(written) => {
                     return Poll::Ready(written.err().map(|e| RelayEnd::ProviderError(e.to_string())));
                 }
@@ -764,11 +822,12 @@ impl<'a, I: Interceptor> Relay<'a, I> {
                     && self.core.provider_buf.is_empty()
                     && !self.core.policy.provider_in_literal())
                 .then_some(splice::LINES_READ);
+                let core = &mut *self.core;
                 match poll_read(
                     &mut provider_cx,
-                    &mut self.core.provider,
-                    &mut self.core.provider_buf,
-                    &mut self.core.provider_size,
+                    &mut core.provider,
+                    &mut core.provider_buf,
+                    &mut core.provider_size,
                     most,
                 ) {
                     Poll::Ready(read) => {
@@ -785,13 +844,8 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             }
         }
         if read_client && due(standing, Source::CLIENT_READ) {
-            match poll_read(
-                &mut client_cx,
-                &mut self.core.client,
-                &mut self.core.client_buf,
-                &mut self.core.client_size,
-                None,
-            ) {
+            let core = &mut *self.core;
+            match poll_read(&mut client_cx, &mut core.client, &mut core.client_buf, &mut core.client_size, None) {
                 Poll::Ready(read) => {
                     return Poll::Ready(self.after_client_read(read).or_else(|| self.pass_client_on()));
                 }
