@@ -17,6 +17,10 @@
 //! worker's verdicts. `COI_PROXY_LANES=0` in the environment turns lanes off.
 //!
 //! [`Policy::lane_ready`]: super::policy::Policy::lane_ready
+//!
+//! Linux only (`epoll`, like the splicing of `splice.rs`): elsewhere there are no lanes and
+//! every session is relayed by its task.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
 use std::collections::HashMap;
 use std::io;
@@ -119,6 +123,9 @@ impl Lanes {
         static LANES: OnceLock<Option<Lanes>> = OnceLock::new();
         LANES
             .get_or_init(|| {
+                if !cfg!(target_os = "linux") {
+                    return None;
+                }
                 if std::env::var_os("COI_PROXY_LANES").is_some_and(|v| v == "0") {
                     return None;
                 }
@@ -166,6 +173,7 @@ struct Lane {
     inbox: Mutex<Vec<Message>>,
 }
 
+#[cfg(target_os = "linux")]
 impl Lane {
     fn start(n: usize) -> io::Result<Arc<Lane>> {
         // SAFETY: plain system calls; each returned descriptor is checked and owned at once.
@@ -267,6 +275,17 @@ impl Lane {
     }
 }
 
+/// No lanes here: [`Lanes::get`] says so before one is started.
+#[cfg(not(target_os = "linux"))]
+impl Lane {
+    fn start(_: usize) -> io::Result<Arc<Lane>> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    fn send(&self, _: Message) {}
+}
+
+#[cfg(target_os = "linux")]
 fn ctl(epoll: RawFd, op: libc::c_int, fd: RawFd, key: u64) -> io::Result<()> {
     let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32, u64: key };
     // SAFETY: `event` is a live epoll_event; the kernel checks the descriptors.
@@ -278,6 +297,7 @@ fn ctl(epoll: RawFd, op: libc::c_int, fd: RawFd, key: u64) -> io::Result<()> {
 
 /// A lane's sessions, keyed for epoll as slot (high bits), generation and side (bit 0), so
 /// that an event of a session gone back is not taken for its slot's next session.
+#[cfg(target_os = "linux")]
 #[derive(Default)]
 struct Sessions {
     slots: Vec<(u32, Option<Box<Laned>>)>,
@@ -285,6 +305,7 @@ struct Sessions {
     ids: HashMap<u64, u64>,
 }
 
+#[cfg(target_os = "linux")]
 impl Sessions {
     fn key(slot: u32, generation: u32) -> u64 {
         (u64::from(slot) << 32) | (u64::from(generation & 0x7fff_ffff) << 1)
@@ -338,9 +359,11 @@ enum Next {
 
 /// A lane's read buffer, lent to the session whose side is read (a session keeps a buffer of
 /// its own only for bytes left between two reads): no allocation per read.
+#[cfg(target_os = "linux")]
 #[derive(Default)]
 struct Scratch(BytesMut);
 
+#[cfg(target_os = "linux")]
 impl Scratch {
     /// The most a lane keeps of a buffer it was given back.
     const KEEP: usize = 64 * 1024;
@@ -370,6 +393,7 @@ impl Scratch {
 
 /// One readiness of one side: read, frame, write, as long as the side has bytes and the session
 /// stays plain (the session was plain when this began: it is checked after each pass).
+#[cfg(target_os = "linux")]
 fn step(laned: &mut Laned, side: Side, scratch: &mut Scratch) -> Next {
     let now = Instant::now();
     loop {
@@ -463,6 +487,7 @@ fn step(laned: &mut Laned, side: Side, scratch: &mut Scratch) -> Next {
 
 /// Frames the client's bytes as the task would, except that a command the interceptor may
 /// watch is left unframed for the task. Whether the session goes back.
+#[cfg(target_os = "linux")]
 fn frame_client(core: &mut Core, watched: Watched, now: Instant) -> bool {
     let mut back = false;
     let policy = &mut core.policy;
@@ -480,6 +505,7 @@ fn frame_client(core: &mut Core, watched: Watched, now: Instant) -> bool {
 }
 
 /// One `read` into the spare room of `buf`.
+#[cfg(target_os = "linux")]
 fn read_into(socket: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     let spare = buf.spare_capacity_mut();
     // SAFETY: the kernel writes at most `spare.len()` bytes into the spare capacity, and only
@@ -498,6 +524,7 @@ fn read_into(socket: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
 /// `send(2)` of what `bytes` holds, without SIGPIPE. Both this and [`read_into`] are system
 /// calls made directly rather than through libc's wrappers, which make them thread-cancellation
 /// points (two calls more each, ~90 instructions a round trip, for a thread never cancelled).
+#[cfg(target_os = "linux")]
 pub fn send(socket: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
     // SAFETY: the kernel reads at most `bytes.len()` bytes of a live slice.
     let n = unsafe {
@@ -515,6 +542,12 @@ pub fn send(socket: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(n as usize)
+}
+
+/// [`send`] where there are no lanes (never called: only a lane writes this way).
+#[cfg(not(target_os = "linux"))]
+pub fn send(mut socket: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    std::io::Write::write(&mut socket, bytes)
 }
 
 #[cfg(test)]
@@ -560,6 +593,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn a_key_of_a_session_gone_back_finds_nothing() {
         let mut sessions = Sessions::default();
         let key = Sessions::key(0, 1);

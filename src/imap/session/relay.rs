@@ -1155,6 +1155,7 @@ impl Outbox {
 
     /// Writes what it can without waiting (a socket in a lane). Once all of it went, the
     /// buffer the output was taken from, for the next read (`None`: the rest would block).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(super) fn write_now(
         &mut self,
         socket: &std::net::TcpStream,
