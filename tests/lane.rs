@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use support::imap_client::ImapClient;
@@ -27,13 +25,7 @@ fn proxy(provider: &Provider, lanes: bool) -> Proxy {
 
 /// Times sessions went to a lane, as the proxy's metrics say.
 fn lane_entries(proxy: &Proxy) -> u64 {
-    let mut tcp = TcpStream::connect(("127.0.0.1", proxy.metrics_port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).unwrap();
-    let line = response.lines().find(|l| l.starts_with("coi_proxy_lane_entries_total "));
-    line.unwrap_or_else(|| panic!("no lane counter:\n{response}")).rsplit(' ').next().unwrap().parse().unwrap()
+    proxy.metric("coi_proxy_lane_entries_total") as u64
 }
 
 /// Runs `command`, noting what came back in `seen`; tagged lines are cut after their status

@@ -57,13 +57,7 @@ fn setup() -> (Provider, Proxy, Vec<Vec<u8>>) {
 
 /// Bytes moved in the kernel so far, as the proxy's metrics say.
 fn spliced(proxy: &Proxy) -> u64 {
-    let mut tcp = TcpStream::connect(("127.0.0.1", proxy.metrics_port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).unwrap();
-    let line = response.lines().find(|l| l.starts_with("coi_proxy_spliced_bytes_total "));
-    line.unwrap_or_else(|| panic!("no splice counter:\n{response}")).rsplit(' ').next().unwrap().parse().unwrap()
+    proxy.metric("coi_proxy_spliced_bytes_total") as u64
 }
 
 /// Sends `commands` at once (pipelined) and reads every response up to the tagged ones of all

@@ -237,6 +237,18 @@ impl Proxy {
         }
     }
 
+    /// A counter or gauge without labels from the metrics listener (`[listen] metrics`).
+    pub fn metric(&self, name: &str) -> f64 {
+        let mut tcp = TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics listener");
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).unwrap();
+        let prefix = format!("{name} ");
+        let value = response.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
+        value.unwrap_or_else(|| panic!("no {name} in:\n{response}")).trim().parse().unwrap()
+    }
+
     pub fn ca_path(&self) -> PathBuf {
         self.state.join("tls/ca.pem")
     }
