@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
@@ -228,9 +229,22 @@ impl Lane {
                 // The peer closed or the socket failed: what is still there is read here, the
                 // end (which edge-triggered readiness tells only once) by the task.
                 let ended = event.events & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
-                if step(laned, side, &mut scratch) == Next::Back || ended {
-                    let laned = sessions.remove(key);
-                    self.give_back(laned);
+                // A bug on one session's bytes must not take the lane's other sessions with it
+                // (as a panicking task takes only itself): that session is closed, its task
+                // hears that the lane dropped it, and the lane goes on.
+                match std::panic::catch_unwind(AssertUnwindSafe(|| step(laned, side, &mut scratch))) {
+                    Ok(Next::Stay) if !ended => {}
+                    Ok(_) => {
+                        let laned = sessions.remove(key);
+                        self.give_back(laned);
+                    }
+                    Err(_) => {
+                        let mut laned = sessions.remove(key);
+                        laned.back = None;
+                        self.give_back(laned);
+                        scratch = Scratch::default();
+                        tracing::error!("relay lane: relaying a session panicked; it was closed");
+                    }
                 }
             }
         }

@@ -597,9 +597,9 @@ impl<'a, I: Interceptor> Relay<'a, I> {
             Poll::Pending
         })
         .await;
-        // A lane never drops a session whose task waits for it.
+        // A lane drops a session only when relaying it panicked (it logged that).
         let Ok(laned) = laned else {
-            return Err(RelayEnd::ClientError("the relay lane is gone".into()));
+            return Err(RelayEnd::ClientError("relaying failed in the relay lane".into()));
         };
         let laned = *laned;
         let mut core = laned.core;
