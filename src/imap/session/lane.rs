@@ -54,7 +54,7 @@ pub struct Watched(u128);
 impl Watched {
     pub fn of<I: Interceptor + ?Sized>(interceptor: &I) -> Watched {
         let mut bits = 0u128;
-        for name in CommandName::ALL {
+        for &name in CommandName::ALL {
             for uid in [false, true] {
                 if interceptor.watches(name, uid) {
                     bits |= Watched::bit(name, uid);

@@ -36,131 +36,75 @@ pub struct Command {
     pub args: Vec<Arg>,
 }
 
-/// The commands the proxy treats in any way of its own, told apart once from the line head
-/// so that no caller matches names as strings. Everything else is [`CommandName::Other`] and
-/// is relayed untouched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CommandName {
-    Capability,
-    Noop,
-    Logout,
-    Starttls,
-    Authenticate,
-    Login,
-    Id,
-    Enable,
-    Select,
-    Examine,
-    Create,
-    Delete,
-    Rename,
-    Subscribe,
-    Unsubscribe,
-    List,
-    Lsub,
-    Namespace,
-    Status,
-    Append,
-    Idle,
-    Check,
-    Close,
-    Expunge,
-    Search,
-    Fetch,
-    Store,
-    Copy,
-    Move,
-    Compress,
-    GetMetadata,
-    SetMetadata,
-    Other,
+/// Declares [`CommandName`] from one list of variants and their command words: the enum,
+/// [`CommandName::ALL`] and the word lookup of [`CommandName::parse`] cannot drift apart.
+macro_rules! command_names {
+    ($($name:ident = $word:literal,)*) => {
+        /// The commands the proxy treats in any way of its own, told apart once from the line
+        /// head so that no caller matches names as strings. Everything else is
+        /// [`CommandName::Other`] and is relayed untouched.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum CommandName {
+            $($name,)*
+            Other,
+        }
+
+        impl CommandName {
+            /// Every name, for tables indexed by it.
+            pub const ALL: &[CommandName] = &[$(CommandName::$name,)* CommandName::Other];
+
+            /// The name for a command word, in any case. Allocation-free: it runs on every
+            /// relayed command line.
+            pub fn parse(word: &[u8]) -> CommandName {
+                let mut upper = [0u8; 16];
+                let Some(upper) = upper.get_mut(..word.len()) else { return CommandName::Other };
+                upper.copy_from_slice(word);
+                upper.make_ascii_uppercase();
+                match &*upper {
+                    $($word => CommandName::$name,)*
+                    _ => CommandName::Other,
+                }
+            }
+        }
+    };
+}
+
+command_names! {
+    Capability = b"CAPABILITY",
+    Noop = b"NOOP",
+    Logout = b"LOGOUT",
+    Starttls = b"STARTTLS",
+    Authenticate = b"AUTHENTICATE",
+    Login = b"LOGIN",
+    Id = b"ID",
+    Enable = b"ENABLE",
+    Select = b"SELECT",
+    Examine = b"EXAMINE",
+    Create = b"CREATE",
+    Delete = b"DELETE",
+    Rename = b"RENAME",
+    Subscribe = b"SUBSCRIBE",
+    Unsubscribe = b"UNSUBSCRIBE",
+    List = b"LIST",
+    Lsub = b"LSUB",
+    Namespace = b"NAMESPACE",
+    Status = b"STATUS",
+    Append = b"APPEND",
+    Idle = b"IDLE",
+    Check = b"CHECK",
+    Close = b"CLOSE",
+    Expunge = b"EXPUNGE",
+    Search = b"SEARCH",
+    Fetch = b"FETCH",
+    Store = b"STORE",
+    Copy = b"COPY",
+    Move = b"MOVE",
+    Compress = b"COMPRESS",
+    GetMetadata = b"GETMETADATA",
+    SetMetadata = b"SETMETADATA",
 }
 
 impl CommandName {
-    /// Every name, for tables indexed by it.
-    pub const ALL: [CommandName; 33] = {
-        use CommandName::*;
-        [
-            Capability,
-            Noop,
-            Logout,
-            Starttls,
-            Authenticate,
-            Login,
-            Id,
-            Enable,
-            Select,
-            Examine,
-            Create,
-            Delete,
-            Rename,
-            Subscribe,
-            Unsubscribe,
-            List,
-            Lsub,
-            Namespace,
-            Status,
-            Append,
-            Idle,
-            Check,
-            Close,
-            Expunge,
-            Search,
-            Fetch,
-            Store,
-            Copy,
-            Move,
-            Compress,
-            GetMetadata,
-            SetMetadata,
-            Other,
-        ]
-    };
-
-    /// The name for a command word, in any case. Allocation-free: it runs on every relayed
-    /// command line.
-    pub fn parse(word: &[u8]) -> CommandName {
-        let mut upper = [0u8; 16];
-        let Some(upper) = upper.get_mut(..word.len()) else { return CommandName::Other };
-        upper.copy_from_slice(word);
-        upper.make_ascii_uppercase();
-        match &*upper {
-            b"CAPABILITY" => CommandName::Capability,
-            b"NOOP" => CommandName::Noop,
-            b"LOGOUT" => CommandName::Logout,
-            b"STARTTLS" => CommandName::Starttls,
-            b"AUTHENTICATE" => CommandName::Authenticate,
-            b"LOGIN" => CommandName::Login,
-            b"ID" => CommandName::Id,
-            b"ENABLE" => CommandName::Enable,
-            b"SELECT" => CommandName::Select,
-            b"EXAMINE" => CommandName::Examine,
-            b"CREATE" => CommandName::Create,
-            b"DELETE" => CommandName::Delete,
-            b"RENAME" => CommandName::Rename,
-            b"SUBSCRIBE" => CommandName::Subscribe,
-            b"UNSUBSCRIBE" => CommandName::Unsubscribe,
-            b"LIST" => CommandName::List,
-            b"LSUB" => CommandName::Lsub,
-            b"NAMESPACE" => CommandName::Namespace,
-            b"STATUS" => CommandName::Status,
-            b"APPEND" => CommandName::Append,
-            b"IDLE" => CommandName::Idle,
-            b"CHECK" => CommandName::Check,
-            b"CLOSE" => CommandName::Close,
-            b"EXPUNGE" => CommandName::Expunge,
-            b"SEARCH" => CommandName::Search,
-            b"FETCH" => CommandName::Fetch,
-            b"STORE" => CommandName::Store,
-            b"COPY" => CommandName::Copy,
-            b"MOVE" => CommandName::Move,
-            b"COMPRESS" => CommandName::Compress,
-            b"GETMETADATA" => CommandName::GetMetadata,
-            b"SETMETADATA" => CommandName::SetMetadata,
-            _ => CommandName::Other,
-        }
-    }
-
     /// Commands that are valid only once logged in (RFC 3501 6.3 and 6.4, and the extensions
     /// the proxy knows): before login they get "Log in first" rather than "Unknown command".
     pub fn authenticated_only(self) -> bool {
