@@ -166,24 +166,34 @@ impl Bench {
     }
 
     /// One logged-in client per route, plain TCP: direct, coi-proxy, the other coi-proxy build
-    /// and nginx (if running).
+    /// and nginx (if running). All read the filled mailbox, or (`Users::Own`) each route has a
+    /// user of its own: Dovecot serves sessions of one mailbox from one process, where one of
+    /// them at a time keeps the mailbox list's index open and checks it on every NOOP (two
+    /// more system calls, ~2.5 µs here), which would make one route slower for reasons of
+    /// Dovecot's (bench/README.md).
     fn routes<'a>(
         &self,
         coi: &'a Proxy,
         coi_b: Option<&'a Proxy>,
         nginx: Option<&'a Nginx>,
         buffer: usize,
+        users: Users,
     ) -> Vec<Route<'a>> {
-        let login = |port| Client::login(port, &self.logins[0], buffer);
+        let user = |route: usize| match users {
+            Users::Shared => &self.logins[0],
+            Users::Own => &self.logins[1 + route],
+        };
         let mut routes = vec![
-            Route { name: "direct", client: login(self.provider.imap_port), procs: None },
-            Route { name: "coi-proxy", client: login(coi.port), procs: Some(coi) },
+            Route { name: "direct", client: Client::login(self.provider.imap_port, user(0), buffer), procs: None },
+            Route { name: "coi-proxy", client: Client::login(coi.port, user(1), buffer), procs: Some(coi) },
         ];
         if let Some(b) = coi_b {
-            routes.push(Route { name: "coi-proxy B", client: login(b.port), procs: Some(b) });
+            let client = Client::login(b.port, user(routes.len()), buffer);
+            routes.push(Route { name: "coi-proxy B", client, procs: Some(b) });
         }
         if let Some(nginx) = nginx {
-            routes.push(Route { name: "nginx", client: login(nginx.port), procs: Some(nginx) });
+            let client = Client::login(nginx.port, user(routes.len()), buffer);
+            routes.push(Route { name: "nginx", client, procs: Some(nginx) });
         }
         routes
     }
@@ -194,14 +204,14 @@ impl Bench {
         let coi_b = p.coi_b.as_ref().map(|bin| Proxy::start_binary(bin, &self.coi_config(&self.plain, None, 100)));
         let nginx = self.nginx(100);
         if p.fetch_rounds > 0 {
-            let mut routes = self.routes(&coi, coi_b.as_ref(), nginx.as_ref(), FAST_BUFFER);
+            let mut routes = self.routes(&coi, coi_b.as_ref(), nginx.as_ref(), FAST_BUFFER, Users::Shared);
             let fetch = measure::fetch(&mut routes, p.fetch_rounds, stored, &common::dovecot(&self.provider));
             fetch.print("FETCH throughput, UID FETCH 1:* BODY.PEEK[], plain TCP", &routes);
             self.summary.fetch = summary_routes(&routes).map(|i| median(&fetch.ratios(i))).collect();
             println!();
         }
         if p.noop_rounds > 0 {
-            let mut routes = self.routes(&coi, coi_b.as_ref(), nginx.as_ref(), SMALL_BUFFER);
+            let mut routes = self.routes(&coi, coi_b.as_ref(), nginx.as_ref(), SMALL_BUFFER, Users::Own);
             let noop = measure::noop(&mut routes, p.noop_rounds, p.noops);
             noop.print(&routes, p.noops);
             self.summary.noop = summary_routes(&routes)
@@ -411,6 +421,15 @@ struct Held {
     rss_before: u64,
     rss_kib: u64,
     fds: (usize, String),
+}
+
+/// Whose mailbox the routes of one measurement read ([`Bench::routes`]).
+#[derive(Clone, Copy)]
+enum Users {
+    /// All the first user's (the filled mailbox).
+    Shared,
+    /// Each route a user of its own.
+    Own,
 }
 
 /// Opens `sessions` sessions through the proxy at `port`, `SCALE_CONCURRENCY` logins at a time,

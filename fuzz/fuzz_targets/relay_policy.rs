@@ -4,7 +4,9 @@
 //! step covers bytes that were there, and nothing is asked of the interceptor while it is at work.
 //! With the setup's bit 64, client bytes are framed as a relay lane frames them while the policy
 //! is lane-ready (`client_input_lane`, the interceptor's commands watched): a watched command is
-//! left unframed and then framed the ordinary way, and a lane never collects.
+//! left unframed and then framed the ordinary way, and a lane never collects; what a lane
+//! would send ahead before framing it (`client_express`, `provider_express`) is what the
+//! policy then forwards, whole and unchanged.
 #![no_main]
 
 use std::sync::Arc;
@@ -75,6 +77,17 @@ fuzz_target!(|data: &[u8]| {
                 CommandName::GetMetadata | CommandName::SetMetadata | CommandName::Create | CommandName::Append
             )
         };
+        // What a lane would send ahead (`policy/express.rs`) the policy then forwards whole.
+        if lane && policy.lane_ready() {
+            if let Some(express) = policy.client_express(&client, watched) {
+                assert!(policy.client_expressed(&client, express, now), "client input sent ahead is forwarded");
+                client.clear();
+            }
+        }
+        if lane && policy.lane_ready() && policy.provider_express(&provider) {
+            assert!(policy.provider_expressed(&provider, now), "provider input sent ahead is forwarded");
+            provider.clear();
+        }
         loop {
             let step = if lane && !client.is_empty() && policy.lane_ready() {
                 match policy.client_input_lane(&client, now, watched) {

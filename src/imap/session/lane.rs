@@ -208,8 +208,20 @@ impl Lane {
         let mut scratch = Scratch::default();
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         loop {
-            // SAFETY: `events` is a live buffer of `EVENTS` entries.
-            let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), EVENTS as i32, -1) };
+            // SAFETY: `events` is a live buffer of `EVENTS` entries; no signal mask is passed.
+            // A direct system call, as `read_into` and `send` are (`epoll_pwait`: `epoll_wait`
+            // is not on every architecture).
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_epoll_pwait,
+                    self.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    EVENTS as libc::c_int,
+                    -1 as libc::c_int,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
+                )
+            };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -234,16 +246,21 @@ impl Lane {
                 // hears that the lane dropped it, and the lane goes on.
                 match std::panic::catch_unwind(AssertUnwindSafe(|| step(laned, side, &mut scratch))) {
                     Ok(Next::Stay) if !ended => {}
-                    Ok(_) => {
+                    Ok(Next::Stay | Next::Back) => {
                         let laned = sessions.remove(key);
                         self.give_back(laned);
                     }
-                    Err(_) => {
+                    outcome => {
                         let mut laned = sessions.remove(key);
                         laned.back = None;
                         self.give_back(laned);
                         scratch = Scratch::default();
-                        tracing::error!("relay lane: relaying a session panicked; it was closed");
+                        match outcome {
+                            Err(_) => tracing::error!("relay lane: relaying a session panicked; it was closed"),
+                            _ => tracing::error!(
+                                "relay lane: the policy changed input a lane had sent on already; the session was closed"
+                            ),
+                        }
                     }
                 }
             }
@@ -369,6 +386,8 @@ enum Side {
 enum Next {
     Stay,
     Back,
+    /// What was sent ahead is not what the policy made of it (a bug): the session is closed.
+    Close,
 }
 
 /// A lane's read buffer, lent to the session whose side is read (a session keeps a buffer of
@@ -409,7 +428,8 @@ impl Scratch {
 /// stays plain (the session was plain when this began: it is checked after each pass).
 #[cfg(target_os = "linux")]
 fn step(laned: &mut Laned, side: Side, scratch: &mut Scratch) -> Next {
-    let now = Instant::now();
+    // Read once, after an express send: the clock is not asked before the bytes go on.
+    let mut clock = None;
     loop {
         let core = &mut *laned.core;
         let (socket, buf, size) = match side {
@@ -441,18 +461,48 @@ fn step(laned: &mut Laned, side: Side, scratch: &mut Scratch) -> Next {
             }
         };
         size.after_read(n);
+        let now;
         let mut back = false;
         let (to, peer) = match side {
             Side::Client => {
+                // A line the policy is known to relay unchanged goes out before the policy
+                // frames and records it (`policy/express.rs`).
+                let express = match core.to_provider.is_idle() {
+                    true => core.policy.client_express(&core.client_buf, |name, uid| laned.watched.has(name, uid)),
+                    false => None,
+                };
+                let sent = express.as_ref().map(|_| send_ahead(&laned.provider, &core.client_buf));
+                now = *clock.get_or_insert_with(Instant::now);
                 core.traffic.from_client += n as u64;
                 core.policy.client_read(now);
-                back |= frame_client(core, laned.watched, now);
+                match (express, sent) {
+                    (Some(express), Some(sent)) => {
+                        if !core.policy.client_expressed(&core.client_buf, express, now) {
+                            return Next::Close;
+                        }
+                        core.to_provider.sent_in_part(std::mem::take(&mut core.client_buf), sent, now);
+                    }
+                    _ => back |= frame_client(core, laned.watched, now),
+                }
                 (&mut core.to_provider, &laned.provider)
             }
             Side::Provider => {
+                let express = core.to_client.is_idle() && core.policy.provider_express(&core.provider_buf);
+                let sent = express.then(|| send_ahead(&laned.client, &core.provider_buf));
+                now = *clock.get_or_insert_with(Instant::now);
                 core.traffic.from_provider += n as u64;
                 core.policy.provider_read(now);
-                core.frame_provider(now);
+                match sent {
+                    Some(sent) => {
+                        if !core.policy.provider_expressed(&core.provider_buf, now) {
+                            return Next::Close;
+                        }
+                        core.to_client.sent_in_part(std::mem::take(&mut core.provider_buf), sent, now);
+                    }
+                    None => {
+                        core.frame_provider(now);
+                    }
+                }
                 (&mut core.to_client, &laned.client)
             }
         };
@@ -516,6 +566,13 @@ fn frame_client(core: &mut Core, watched: Watched, now: Instant) -> bool {
         }
     });
     back
+}
+
+/// [`send`] of input before it is framed: how much went. An error counts as nothing sent; the
+/// write after framing meets it again and reports it.
+#[cfg(target_os = "linux")]
+fn send_ahead(socket: &TcpStream, bytes: &[u8]) -> usize {
+    send(socket, bytes).unwrap_or(0)
 }
 
 /// One `read` into the spare room of `buf`.

@@ -117,6 +117,17 @@ impl Framer {
         self.refusable = false;
     }
 
+    /// Whether `buf` is exactly one whole first line of a message, announcing no literal: what
+    /// [`Framer::next`] would frame as `Line { len: buf.len(), first: true, literal: None }`
+    /// (a relay lane sends such input before it is framed: `policy/express.rs`).
+    pub fn whole_line(&self, buf: &[u8]) -> bool {
+        let Some((&b'\n', line)) = buf.split_last() else { return false };
+        self.at_message_start()
+            && buf.len() <= self.max_line
+            && find_newline(line).is_none()
+            && literal_at_end(buf).is_none()
+    }
+
     /// The next fragment at the front of `buf`, or `None` when more bytes are needed. The caller
     /// must remove the fragment's `len` bytes from the front of its buffer before calling again.
     pub fn next(&mut self, buf: &[u8]) -> Option<Fragment> {

@@ -31,6 +31,8 @@
 //! responses, never inside one.
 
 mod client;
+mod express;
+pub use express::ClientExpress;
 mod own;
 mod provider;
 mod rescan;
@@ -442,12 +444,18 @@ impl Policy {
         }
         let fragment = self.provider.next(buf)?;
         let len = fragment.len();
+        let (before, keep) = self.provider_step(fragment, &buf[..len], now);
+        Some(Step { fragment, len, before, keep })
+    }
+
+    /// A framed provider fragment's fate, and what goes to the client before it.
+    fn provider_step(&mut self, fragment: Fragment, bytes: &[u8], now: Instant) -> (Vec<u8>, Keep) {
         let mut before = Vec::new();
-        let keep = self.provider_fragment(fragment, &buf[..len], now, &mut before);
+        let keep = self.provider_fragment(fragment, bytes, now, &mut before);
         if self.settle_due && self.provider.at_message_start() {
             self.settle(now);
         }
-        Some(Step { fragment, len, before, keep })
+        (before, keep)
     }
 
     /// Bytes came from the client.

@@ -120,6 +120,11 @@ impl Own {
         self.running.as_ref().is_some_and(|r| crate::imap::wire::provider::captures(r.capture, line))
     }
 
+    /// Whether a tagged response with `tag` is the proxy's ([`Own::tagged`] without taking it).
+    pub fn owns(&self, tag: &[u8]) -> bool {
+        self.running.as_ref().is_some_and(|r| r.tag == tag) || self.abandoned.iter().any(|t| t == tag)
+    }
+
     /// Whose tagged response carries `tag`; an own one is done with.
     pub fn tagged(&mut self, tag: &[u8]) -> Tagged {
         if let Some(running) = &self.running

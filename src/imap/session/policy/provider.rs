@@ -292,7 +292,7 @@ impl Policy {
 }
 
 /// A tagged response's tag.
-fn first_word(line: &[u8]) -> &[u8] {
+pub(super) fn first_word(line: &[u8]) -> &[u8] {
     &line[..line.iter().position(|&b| b == b' ').unwrap_or(line.len())]
 }
 

@@ -954,3 +954,72 @@ fn a_literal_held_by_the_quiet_inbox_never_passes_unseen() {
     assert_eq!(got, "");
     assert_eq!(s.policy.provider_passthrough(), 0, "held");
 }
+
+#[test]
+fn a_lane_sends_ahead_only_lines_the_policy_relays_unchanged() {
+    let mut s = Session::new(options());
+    assert!(s.policy.lane_ready());
+    let none = |_, _| false;
+    for line in [&b"a1 NOOP\r\n"[..], b"a1 uid fetch 1 flags\r\n", b"garbage\r\n", b"a1 NOOP\n"] {
+        let text = String::from_utf8_lossy(line);
+        assert!(s.policy.client_express(line, none).is_some(), "{text} is relayed as it is");
+    }
+    for line in [
+        &b"a1 IDLE\r\n"[..],
+        b"a1 COMPRESS DEFLATE\r\n",
+        b"a1 STARTTLS\r\n",
+        b"a1 APPEND x {5}\r\n",
+        b"a1 NOOP\r\na2 NOOP\r\n",
+        b"a1 NOOP",
+        b"",
+    ] {
+        let text = String::from_utf8_lossy(line);
+        assert!(s.policy.client_express(line, none).is_none(), "{text} is framed first");
+    }
+    let watched = |name, _| name == CommandName::GetMetadata;
+    assert!(s.policy.client_express(b"a1 GETMETADATA \"\" /x\r\n", watched).is_none(), "the interceptor's");
+
+    // What went ahead is recorded as framed input is: the STORE's end tells of `\Seen`.
+    let line = b"a1 STORE 1 +FLAGS (\\Seen)\r\n";
+    let express = s.policy.client_express(line, none).expect("relayed as it is");
+    assert!(s.policy.client_expressed(line, express, s.now));
+    assert!(s.policy.provider_express(b"a1 OK Store completed.\r\n"));
+    for line in [
+        &b"* 1 FETCH (FLAGS (\\Seen))\r\n"[..],
+        b"+ go on\r\n",
+        b"a1 OK [CAPABILITY IMAP4rev1 COMPRESS=DEFLATE] Logged in\r\n",
+        b"a1 OK Store completed.\r\n* 2 EXISTS\r\n",
+        b"a1 OK Store completed.",
+    ] {
+        assert!(!s.policy.provider_express(line), "{} is framed first", String::from_utf8_lossy(line));
+    }
+    assert!(s.policy.provider_expressed(b"a1 OK Store completed.\r\n", s.now));
+    assert_eq!(s.policy.poll_event(), Some(Event::SeenChanged));
+
+    // A token for one line does not pass another: the policy frames what it is given.
+    let express = s.policy.client_express(b"a2 NOOP\r\n", none).expect("relayed as it is");
+    assert!(!s.policy.client_expressed(b"a2 NOOP\r\na3 NOOP\r\n", express, s.now), "two commands are not one");
+}
+
+#[test]
+fn nothing_of_an_idle_or_an_own_command_goes_ahead() {
+    let mut s = Session::new(options());
+    assert_eq!(s.client_sends(b"a1 IDLE\r\n"), "a1 IDLE\r\n");
+    assert_eq!(s.provider_sends(b"+ idling\r\n"), "+ idling\r\n");
+    assert!(s.policy.lane_ready(), "a client's IDLE at the provider is relayed in a lane");
+    assert!(s.policy.client_express(b"DONE\r\n", |_, _| false).is_none());
+    assert!(!s.policy.provider_express(b"a1 OK Idle completed.\r\n"));
+    assert_eq!(s.client_sends(b"DONE\r\n"), "DONE\r\n");
+    assert_eq!(s.provider_sends(b"a1 OK Idle completed.\r\n"), "a1 OK Idle completed.\r\n");
+    assert!(s.policy.lane_ready());
+    assert!(s.policy.client_express(b"a2 NOOP\r\n", |_, _| false).is_some(), "the IDLE is over");
+
+    // An own command's tagged end is the proxy's: it never reaches the client.
+    s.policy.own_request(b"NAMESPACE\r\n".to_vec(), &[b"* NAMESPACE "], s.now);
+    let sent = s.at(Duration::ZERO);
+    assert!(sent.is_empty());
+    let own = String::from_utf8_lossy(&s.provider).lines().last().unwrap_or_default().to_string();
+    let tag = own.split(' ').next().unwrap_or_default().to_string();
+    assert!(!tag.is_empty() && own.ends_with("NAMESPACE"), "{own}");
+    assert!(s.policy.own.owns(tag.as_bytes()));
+}
