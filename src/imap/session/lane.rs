@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 use bytes::BytesMut;
 
 use super::policy::LaneInput;
-use super::relay::{Core, frame};
+use super::relay::{Core, Outbox, frame};
 use super::splice;
 use crate::imap::wire::command::CommandName;
 use crate::imap::wire::provider::Interceptor;
@@ -480,7 +480,7 @@ fn step(laned: &mut Laned, side: Side, scratch: &mut Scratch) -> Next {
                         if !core.policy.client_expressed(&core.client_buf, express, now) {
                             return Next::Close;
                         }
-                        core.to_provider.sent_in_part(std::mem::take(&mut core.client_buf), sent, now);
+                        wrote_ahead(&mut core.to_provider, &mut core.client_buf, sent, now);
                     }
                     _ => back |= frame_client(core, laned.watched, now),
                 }
@@ -497,7 +497,7 @@ fn step(laned: &mut Laned, side: Side, scratch: &mut Scratch) -> Next {
                         if !core.policy.provider_expressed(&core.provider_buf, now) {
                             return Next::Close;
                         }
-                        core.to_client.sent_in_part(std::mem::take(&mut core.provider_buf), sent, now);
+                        wrote_ahead(&mut core.to_client, &mut core.provider_buf, sent, now);
                     }
                     None => {
                         core.frame_provider(now);
@@ -566,6 +566,17 @@ fn frame_client(core: &mut Core, watched: Watched, now: Instant) -> bool {
         }
     });
     back
+}
+
+/// After an express send of `sent` bytes of `buf`: what did not go is the output (the write
+/// after framing sends it), and a buffer sent whole is emptied for the next read.
+#[cfg(target_os = "linux")]
+fn wrote_ahead(to: &mut Outbox, buf: &mut BytesMut, sent: usize, now: Instant) {
+    if sent < buf.len() {
+        to.sent_in_part(std::mem::take(buf), sent, now);
+    } else {
+        buf.clear();
+    }
 }
 
 /// [`send`] of input before it is framed: how much went. An error counts as nothing sent; the

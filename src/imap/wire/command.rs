@@ -254,8 +254,11 @@ pub fn parse(msg: &[u8]) -> Result<Command, ParseError> {
 }
 
 fn trim_line_end(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
+    // Slice patterns: two byte compares (`strip_suffix` compares slices).
+    match line {
+        [rest @ .., b'\r', b'\n'] | [rest @ .., b'\n' | b'\r'] => rest,
+        _ => line,
+    }
 }
 
 /// ATOM-CHAR of RFC 3501: any CHAR except atom-specials.
@@ -485,6 +488,19 @@ mod tests {
         let c = parse(b"x UID STORE 1 +FLAGS (\\Seen)\r\n").unwrap();
         assert_eq!((c.kind, c.uid), (CommandName::Store, true));
         assert!(CommandName::Fetch.authenticated_only() && !CommandName::Compress.authenticated_only());
+    }
+
+    #[test]
+    fn every_name_is_found_by_its_word_alone() {
+        for &name in CommandName::ALL.iter().filter(|&&n| n != CommandName::Other) {
+            // Each variant is named as its word (GetMetadata: GETMETADATA).
+            let word = format!("{name:?}").to_ascii_uppercase();
+            assert_eq!(CommandName::parse(word.as_bytes()), name);
+            assert_eq!(CommandName::parse(word.to_ascii_lowercase().as_bytes()), name);
+            for other in [format!("{word}X"), format!("\0{word}"), word[1..].to_string()] {
+                assert_eq!(CommandName::parse(other.as_bytes()), CommandName::Other, "{other:?}");
+            }
+        }
     }
 
     #[test]

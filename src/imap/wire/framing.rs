@@ -232,9 +232,8 @@ fn find_newline(bytes: &[u8]) -> Option<usize> {
 
 /// The literal announced at the end of `line` (which includes its line end), if any.
 pub fn literal_at_end(line: &[u8]) -> Option<Literal> {
-    let line = line.strip_suffix(b"\n")?;
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let inner = line.strip_suffix(b"}")?;
+    // Slice patterns: byte compares (`strip_suffix` compares slices).
+    let ([inner @ .., b'}', b'\r', b'\n'] | [inner @ .., b'}', b'\n']) = line else { return None };
     let open = memchr::memrchr(b'{', inner)?;
     let (digits, sync) = match inner[open + 1..].strip_suffix(b"+") {
         Some(d) => (d, false),
