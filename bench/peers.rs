@@ -342,7 +342,7 @@ impl Bench {
 }
 
 /// What the environment may change (defaults in brackets): `PEERS_FETCH_ROUNDS` [150],
-/// `PEERS_TLS_ROUNDS` [10], `PEERS_NOOP_ROUNDS` [5], `PEERS_NOOPS` [10000] per route and round,
+/// `PEERS_TLS_ROUNDS` [10], `PEERS_NOOP_ROUNDS` [30], `PEERS_NOOPS` [10000] per route and round,
 /// `PEERS_IDLE_SESSIONS` [500], `PEERS_MIX_SESSIONS` [1000] (0 skips the mix),
 /// `PEERS_MIX_SECONDS` [60] per route, `PEERS_SCALE` [10000] (0 skips it); `PEERS_COI_B`, the
 /// path of another coi-proxy build, adds it as a route "coi-proxy B" to the plain FETCH and NOOP
@@ -365,7 +365,7 @@ impl Params {
             coi_b: std::env::var_os("PEERS_COI_B").map(PathBuf::from),
             fetch_rounds: env_usize("PEERS_FETCH_ROUNDS", 150),
             tls_rounds: env_usize("PEERS_TLS_ROUNDS", 10),
-            noop_rounds: env_usize("PEERS_NOOP_ROUNDS", 5),
+            noop_rounds: env_usize("PEERS_NOOP_ROUNDS", 30),
             noops: env_usize("PEERS_NOOPS", 10_000),
             idle_sessions: env_usize("PEERS_IDLE_SESSIONS", 500),
             mix_sessions: env_usize("PEERS_MIX_SESSIONS", 1_000),
