@@ -471,18 +471,18 @@ fn step(laned: &mut Laned, side: Side, scratch: &mut Scratch) -> Next {
                     true => core.policy.client_express(&core.client_buf, |name, uid| laned.watched.has(name, uid)),
                     false => None,
                 };
-                let sent = express.as_ref().map(|_| send_ahead(&laned.provider, &core.client_buf));
+                let express = express.map(|express| (express, send_ahead(&laned.provider, &core.client_buf)));
                 now = *clock.get_or_insert_with(Instant::now);
                 core.traffic.from_client += n as u64;
                 core.policy.client_read(now);
-                match (express, sent) {
-                    (Some(express), Some(sent)) => {
+                match express {
+                    Some((express, sent)) => {
                         if !core.policy.client_expressed(&core.client_buf, express, now) {
                             return Next::Close;
                         }
                         wrote_ahead(&mut core.to_provider, &mut core.client_buf, sent, now);
                     }
-                    _ => back |= frame_client(core, laned.watched, now),
+                    None => back |= frame_client(core, laned.watched, now),
                 }
                 (&mut core.to_provider, &laned.provider)
             }

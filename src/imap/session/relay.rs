@@ -1206,6 +1206,26 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn input_sent_in_part_ahead_is_finished_by_the_write() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut receiver, _) = listener.accept().unwrap();
+        let mut out = Outbox::default();
+        // The lane's `send` took the first 3 bytes before the policy framed the line.
+        out.sent_in_part(BytesMut::from(&b"a1 NOOP\r\n"[..]), 3, Instant::now());
+        assert!(!out.is_idle());
+        let chunk = out.write_now(&sender, Instant::now()).unwrap().expect("the rest goes at once");
+        assert_eq!(&chunk[..], b"a1 NOOP\r\n", "the buffer comes back for the next read");
+        assert!(out.is_idle());
+        drop(sender);
+        let mut got = Vec::new();
+        receiver.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"NOOP\r\n", "only what had not gone");
+    }
+
     #[test]
     fn an_outbox_gives_a_large_assembly_back_once_written() {
         let mut out = Outbox::default();
